@@ -1,0 +1,12 @@
+using System.CommandLine;
+
+namespace OrtLora.Cli;
+
+/// <summary>The verbs, one file each; add a verb by adding its factory here.</summary>
+public static class Commands
+{
+    public static IEnumerable<Command> All() =>
+    [
+        InspectCommand.Create(),
+    ];
+}

@@ -1,0 +1,80 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace OrtLora.Lora;
+
+/// <summary>One LoRA configuration shared by inject, train, merge and export, with PEFT's names and meanings
+/// (saved as PEFT's adapter_config.json).</summary>
+public sealed class LoraConfig
+{
+    /// <summary>Rank of the update B·A.</summary>
+    public int R { get; set; } = 8;
+    /// <summary>The update is scaled by lora_alpha / r (or lora_alpha / sqrt(r) with rsLoRA).</summary>
+    public double LoraAlpha { get; set; } = 16;
+    /// <summary>Module names matched as PEFT matches them (suffix of the dotted module path), "all-linear", or one
+    /// regular expression (full match against the module path).</summary>
+    public List<string> TargetModules { get; set; } = ["q_proj", "v_proj"];
+    public double LoraDropout { get; set; }
+    public bool UseRslora { get; set; }
+    /// <summary>True when the base weight is stored [in, out] (GPT-2 Conv1D), as PEFT records it.</summary>
+    public bool FanInFanOut { get; set; }
+    /// <summary>"performant": one adapter on a fused projection; "canonical": one per part.</summary>
+    public string Variant { get; set; } = "performant";
+    /// <summary>"kaiming" (PEFT's default, Kaiming-uniform A) or "gaussian" (A ~ N(0, 1/r)).</summary>
+    public string Init { get; set; } = "kaiming";
+    public int Seed { get; set; } = 42;
+
+    public double Scale => UseRslora ? LoraAlpha / Math.Sqrt(R) : LoraAlpha / R;
+
+    public JsonObject ToPeftJson(string? baseModel = null) => new()
+    {
+        ["peft_type"] = "LORA",
+        ["task_type"] = "CAUSAL_LM",
+        ["base_model_name_or_path"] = baseModel,
+        ["r"] = R,
+        ["lora_alpha"] = LoraAlpha,
+        ["lora_dropout"] = LoraDropout,
+        ["target_modules"] = TargetModules.Count == 1 && (TargetModules[0] == "all-linear" || IsRegex(TargetModules[0]))
+            ? TargetModules[0] : new JsonArray(TargetModules.Select(t => (JsonNode)t).ToArray()),
+        ["use_rslora"] = UseRslora,
+        ["fan_in_fan_out"] = FanInFanOut,
+        ["bias"] = "none",
+        ["init_lora_weights"] = true,
+        ["use_dora"] = false,
+        ["inference_mode"] = true,
+        ["modules_to_save"] = null,
+        ["rank_pattern"] = new JsonObject(),
+        ["alpha_pattern"] = new JsonObject(),
+    };
+
+    public static bool IsRegex(string s) => s.IndexOfAny(['*', '(', '[', '|', '^', '$', '\\', '+', '?']) >= 0;
+
+    public static LoraConfig FromPeftJson(string path)
+    {
+        JsonObject json;
+        try { json = JsonNode.Parse(File.ReadAllText(path))!.AsObject(); }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or NullReferenceException)
+        { throw new OrtLoraException($"{path}: not a PEFT adapter_config.json ({e.Message})"); }
+        if (json["peft_type"]?.GetValue<string>() is { } t && t != "LORA")
+            throw new OrtLoraException($"{path}: peft_type is {t}; ortlora reads LORA adapters only");
+        var c = new LoraConfig
+        {
+            R = json["r"]?.GetValue<int>() ?? 8,
+            LoraAlpha = json["lora_alpha"]?.GetValue<double>() ?? 8,
+            LoraDropout = json["lora_dropout"]?.GetValue<double>() ?? 0,
+            UseRslora = json["use_rslora"]?.GetValue<bool>() ?? false,
+            FanInFanOut = json["fan_in_fan_out"]?.GetValue<bool>() ?? false,
+        };
+        c.TargetModules = json["target_modules"] switch
+        {
+            JsonArray a => a.Select(x => x!.GetValue<string>()).ToList(),
+            JsonValue v => [v.GetValue<string>()],
+            _ => throw new OrtLoraException($"{path}: target_modules is missing"),
+        };
+        if (json["use_dora"]?.GetValue<bool>() == true) throw new OrtLoraException($"{path}: DoRA adapters are not supported");
+        return c;
+    }
+
+    public JsonObject ToJson() => JsonSerializer.SerializeToNode(this)!.AsObject();
+    public static LoraConfig FromJson(JsonNode node) => node.Deserialize<LoraConfig>()!;
+}

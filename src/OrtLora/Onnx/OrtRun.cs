@@ -1,0 +1,74 @@
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+
+namespace OrtLora.Onnx;
+
+/// <summary>A named host tensor for feeding or reading an ORT session: float, double or int64 data with a shape.</summary>
+public sealed record HostTensor(Array Data, long[] Shape)
+{
+    public float[] Floats => (float[])Data;
+    public long[] Int64s => (long[])Data;
+    public double[] Doubles => (double[])Data;
+
+    public static HostTensor Of(float[] data, params long[] shape) => new(data, shape);
+    public static HostTensor Of(long[] data, params long[] shape) => new(data, shape);
+    public static HostTensor Of(double[] data, params long[] shape) => new(data, shape);
+
+    public OrtValue ToOrtValue() => Data switch
+    {
+        float[] f => OrtValue.CreateTensorValueFromMemory(f, Shape),
+        long[] l => OrtValue.CreateTensorValueFromMemory(l, Shape),
+        double[] d => OrtValue.CreateTensorValueFromMemory(d, Shape),
+        int[] i => OrtValue.CreateTensorValueFromMemory(i, Shape),
+        bool[] b => OrtValue.CreateTensorValueFromMemory(b, Shape),
+        _ => throw new ArgumentException($"unsupported host tensor type {Data.GetType()}"),
+    };
+
+    public static HostTensor FromOrtValue(OrtValue v)
+    {
+        var info = v.GetTensorTypeAndShape();
+        var shape = info.Shape;
+        return info.ElementDataType switch
+        {
+            TensorElementType.Float => new(v.GetTensorDataAsSpan<float>().ToArray(), shape),
+            TensorElementType.Double => new(v.GetTensorDataAsSpan<double>().ToArray(), shape),
+            TensorElementType.Int64 => new(v.GetTensorDataAsSpan<long>().ToArray(), shape),
+            TensorElementType.Int32 => new(v.GetTensorDataAsSpan<int>().ToArray(), shape),
+            TensorElementType.Bool => new(v.GetTensorDataAsSpan<bool>().ToArray(), shape),
+            TensorElementType.Float16 => new(v.GetTensorDataAsSpan<Float16>().ToArray().Select(h => (float)h).ToArray(), shape),
+            _ => throw new ArgumentException($"unsupported output type {info.ElementDataType}"),
+        };
+    }
+}
+
+/// <summary>One-shot runs of a model on the CPU: for tests, verification and small tools.</summary>
+public static class OrtRun
+{
+    public static SessionOptions DefaultOptions(GraphOptimizationLevel level = GraphOptimizationLevel.ORT_ENABLE_ALL)
+        => new() { GraphOptimizationLevel = level, LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
+
+    public static Dictionary<string, HostTensor> Run(OnnxModel model, IReadOnlyDictionary<string, HostTensor> feeds,
+        IEnumerable<string>? outputs = null, GraphOptimizationLevel level = GraphOptimizationLevel.ORT_ENABLE_ALL)
+    {
+        using var options = DefaultOptions(level);
+        using var session = new InferenceSession(model.ToBytes(), options);
+        return Run(session, feeds, outputs);
+    }
+
+    public static Dictionary<string, HostTensor> Run(InferenceSession session, IReadOnlyDictionary<string, HostTensor> feeds,
+        IEnumerable<string>? outputs = null)
+    {
+        var names = (outputs ?? session.OutputNames).ToList();
+        var inputValues = new Dictionary<string, OrtValue>();
+        try
+        {
+            foreach (var (k, v) in feeds) if (session.InputNames.Contains(k)) inputValues[k] = v.ToOrtValue();
+            using var runOptions = new RunOptions();
+            using var results = session.Run(runOptions, inputValues, names);
+            var dict = new Dictionary<string, HostTensor>();
+            for (int i = 0; i < names.Count; i++) dict[names[i]] = HostTensor.FromOrtValue(results[i]);
+            return dict;
+        }
+        finally { foreach (var v in inputValues.Values) v.Dispose(); }
+    }
+}

@@ -1,0 +1,143 @@
+using System.Runtime.InteropServices;
+using Google.Protobuf;
+using Onnx;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Onnx;
+
+/// <summary>Conversions between TensorProto and plain arrays (ONNX stores tensor bytes little-endian).</summary>
+public static class Tensors
+{
+    public static int ElementSize(int dataType) => (DT)dataType switch
+    {
+        DT.Float or DT.Int32 or DT.Uint32 => 4,
+        DT.Double or DT.Int64 or DT.Uint64 or DT.Complex64 => 8,
+        DT.Float16 or DT.Bfloat16 or DT.Int16 or DT.Uint16 => 2,
+        DT.Uint8 or DT.Int8 or DT.Bool or DT.Float8E4M3Fn or DT.Float8E4M3Fnuz or DT.Float8E5M2 or DT.Float8E5M2Fnuz => 1,
+        DT.Complex128 => 16,
+        _ => 0,
+    };
+
+    public static long ElementCount(IEnumerable<long> dims) => dims.Aggregate(1L, (a, b) => a * b);
+
+    public static long ByteSize(TensorProto t)
+    {
+        if (t.HasRawData) return t.RawData.Length;
+        return ElementCount(t.Dims) * Math.Max(1, ElementSize(t.DataType));
+    }
+
+    /// <summary>Bytes of a tensor stored in the model file itself (raw_data or the typed repeated fields).</summary>
+    public static byte[] InlineBytes(TensorProto t)
+    {
+        if (t.HasRawData) return t.RawData.ToByteArray();
+        switch ((DT)t.DataType)
+        {
+            case DT.Float: return MemoryMarshal.AsBytes(t.FloatData.ToArray().AsSpan()).ToArray();
+            case DT.Double: return MemoryMarshal.AsBytes(t.DoubleData.ToArray().AsSpan()).ToArray();
+            case DT.Int64: return MemoryMarshal.AsBytes(t.Int64Data.ToArray().AsSpan()).ToArray();
+            case DT.Uint64 or DT.Uint32: return MemoryMarshal.AsBytes(t.Uint64Data.Select(v => (uint)v).ToArray().AsSpan()).ToArray();
+            case DT.Int32: return MemoryMarshal.AsBytes(t.Int32Data.ToArray().AsSpan()).ToArray();
+            case DT.Float16 or DT.Bfloat16 or DT.Int16 or DT.Uint16:
+                return MemoryMarshal.AsBytes(t.Int32Data.Select(v => (ushort)v).ToArray().AsSpan()).ToArray();
+            case DT.Int8 or DT.Uint8 or DT.Bool:
+                return t.Int32Data.Select(v => (byte)v).ToArray();
+            default: throw new OrtLoraException($"tensor '{t.Name}': unsupported data type {(DT)t.DataType}");
+        }
+    }
+
+    public static void SetRaw(TensorProto t, byte[] bytes)
+    {
+        t.FloatData.Clear(); t.DoubleData.Clear(); t.Int32Data.Clear(); t.Int64Data.Clear(); t.Uint64Data.Clear();
+        t.ExternalData.Clear();
+        t.ClearDataLocation();
+        t.RawData = ByteString.CopyFrom(bytes);
+    }
+
+    public static void SetExternal(TensorProto t, string location, long offset, long length)
+    {
+        t.FloatData.Clear(); t.DoubleData.Clear(); t.Int32Data.Clear(); t.Int64Data.Clear(); t.Uint64Data.Clear();
+        t.ClearRawData();
+        t.ExternalData.Clear();
+        t.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = location });
+        t.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString() });
+        t.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = length.ToString() });
+        t.DataLocation = TensorProto.Types.DataLocation.External;
+    }
+
+    public static float[] BytesToFloats(byte[] bytes, int dataType) => (DT)dataType switch
+    {
+        DT.Float => MemoryMarshal.Cast<byte, float>(bytes).ToArray(),
+        DT.Double => MemoryMarshal.Cast<byte, double>(bytes).ToArray().Select(d => (float)d).ToArray(),
+        DT.Float16 => MemoryMarshal.Cast<byte, Half>(bytes).ToArray().Select(h => (float)h).ToArray(),
+        DT.Bfloat16 => MemoryMarshal.Cast<byte, ushort>(bytes).ToArray().Select(b => BitConverter.Int32BitsToSingle(b << 16)).ToArray(),
+        _ => throw new OrtLoraException($"cannot read {(DT)dataType} tensor as float"),
+    };
+
+    public static byte[] FloatsToBytes(ReadOnlySpan<float> values, int dataType) => (DT)dataType switch
+    {
+        DT.Float => MemoryMarshal.AsBytes(values).ToArray(),
+        DT.Double => MemoryMarshal.AsBytes(values.ToArray().Select(v => (double)v).ToArray().AsSpan()).ToArray(),
+        DT.Float16 => MemoryMarshal.AsBytes(values.ToArray().Select(v => (Half)v).ToArray().AsSpan()).ToArray(),
+        DT.Bfloat16 => MemoryMarshal.AsBytes(values.ToArray().Select(FloatToBf16).ToArray().AsSpan()).ToArray(),
+        _ => throw new OrtLoraException($"cannot write float values as {(DT)dataType}"),
+    };
+
+    /// <summary>Round-to-nearest-even, as PyTorch converts float32 to bfloat16.</summary>
+    public static ushort FloatToBf16(float f)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(f);
+        if (float.IsNaN(f)) return 0x7FC0;
+        uint rounding = 0x7FFF + ((bits >> 16) & 1);
+        return (ushort)((bits + rounding) >> 16);
+    }
+
+    public static TensorProto FromFloats(string name, long[] dims, ReadOnlySpan<float> values, int dataType = (int)DT.Float)
+    {
+        var t = new TensorProto { Name = name, DataType = dataType };
+        t.Dims.AddRange(dims);
+        t.RawData = ByteString.CopyFrom(FloatsToBytes(values, dataType));
+        return t;
+    }
+
+    public static TensorProto FromInt64(string name, long[] dims, ReadOnlySpan<long> values)
+    {
+        var t = new TensorProto { Name = name, DataType = (int)DT.Int64 };
+        t.Dims.AddRange(dims);
+        t.RawData = ByteString.CopyFrom(MemoryMarshal.AsBytes(values));
+        return t;
+    }
+
+    public static TensorProto FromDoubles(string name, long[] dims, ReadOnlySpan<double> values)
+    {
+        var t = new TensorProto { Name = name, DataType = (int)DT.Double };
+        t.Dims.AddRange(dims);
+        t.RawData = ByteString.CopyFrom(MemoryMarshal.AsBytes(values));
+        return t;
+    }
+
+    /// <summary>A scalar (rank 0) constant of the given element type.</summary>
+    public static TensorProto Scalar(string name, double value, int dataType)
+    {
+        var t = new TensorProto { Name = name, DataType = dataType };
+        byte[] bytes = (DT)dataType switch
+        {
+            DT.Float => BitConverter.GetBytes((float)value),
+            DT.Double => BitConverter.GetBytes(value),
+            DT.Float16 => BitConverter.GetBytes((Half)value),
+            DT.Bfloat16 => BitConverter.GetBytes(FloatToBf16((float)value)),
+            DT.Int64 => BitConverter.GetBytes((long)value),
+            DT.Int32 => BitConverter.GetBytes((int)value),
+            DT.Bool => [(byte)(value != 0 ? 1 : 0)],
+            _ => throw new OrtLoraException($"no scalar constant of type {(DT)dataType}"),
+        };
+        t.RawData = ByteString.CopyFrom(bytes);
+        return t;
+    }
+
+    public static long[] ReadInt64s(byte[] bytes, int dataType) => (DT)dataType switch
+    {
+        DT.Int64 => MemoryMarshal.Cast<byte, long>(bytes).ToArray(),
+        DT.Int32 => MemoryMarshal.Cast<byte, int>(bytes).ToArray().Select(v => (long)v).ToArray(),
+        _ => throw new OrtLoraException($"cannot read {(DT)dataType} tensor as integers"),
+    };
+}

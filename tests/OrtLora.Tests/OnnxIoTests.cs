@@ -1,0 +1,88 @@
+using OrtLora.Lora;
+using OrtLora.Onnx;
+
+namespace OrtLora.Tests;
+
+public class OnnxIoTests
+{
+    [TestCase("llama", "model.dynamo.onnx")]
+    [TestCase("llama", "model.torchscript.onnx")]
+    [TestCase("gpt2", "model.dynamo.onnx")]
+    [TestCase("gpt2", "model.torchscript.onnx")]
+    public void BaseModelReproducesPeftBaseLogits(string arch, string file)
+    {
+        var reference = SafeTensors.Read(Shared.Peft(arch, "reference.safetensors"));
+        using var model = OnnxModel.Load(Shared.Peft(arch, file));
+        var logits = OrtRun.Run(model, Shared.Feeds(reference))["logits"].Floats;
+        Assert.That(Shared.MaxAbsDiff(logits, reference["logits_base"].AsFloats()), Is.LessThan(1e-4f));
+    }
+
+    [Test]
+    public void ExternalDataLoadsAndSavesBothWays()
+    {
+        var reference = SafeTensors.Read(Shared.Peft("llama", "reference.safetensors"));
+        using var model = OnnxModel.Load(Shared.Require("fixtures", "external-data", "llama", "model.onnx"));
+        Assert.That(model.HasExternalData, Is.True);
+        var dir = Shared.TempDir();
+        var externalPath = Path.Combine(dir, "ext.onnx");
+        model.Save(externalPath);
+        Assert.That(File.Exists(externalPath + ".data"), Is.True, "side file kept on save");
+        Assert.That(new FileInfo(externalPath).Length, Is.LessThan(new FileInfo(externalPath + ".data").Length));
+        var inlinePath = Path.Combine(dir, "inline.onnx");
+        model.Save(inlinePath, externalData: false);
+        Assert.That(File.Exists(inlinePath + ".data"), Is.False);
+        foreach (var path in new[] { externalPath, inlinePath })
+        {
+            using var reloaded = OnnxModel.Load(path);
+            var logits = OrtRun.Run(reloaded, Shared.Feeds(reference))["logits"].Floats;
+            Assert.That(Shared.MaxAbsDiff(logits, reference["logits_base"].AsFloats()), Is.LessThan(1e-4f), path);
+        }
+        Assert.That(Directory.GetFiles(dir).Where(f => f.Contains(".tmp")), Is.Empty, "no temp files left");
+    }
+
+    [Test]
+    public void RoundTripKeepsMetadataOpsetsAndUnknownFields()
+    {
+        var path = Shared.Peft("gpt2", "model.dynamo.onnx");
+        using var model = OnnxModel.Load(path);
+        var dir = Shared.TempDir();
+        var copy = Path.Combine(dir, "copy.onnx");
+        model.Save(copy, externalData: false);
+        Assert.That(File.ReadAllBytes(copy), Is.EqualTo(File.ReadAllBytes(path)), "byte-identical re-serialization");
+    }
+
+    [Test]
+    public void TruncatedAndForeignFilesGiveOneClearMessage()
+    {
+        var dir = Shared.TempDir();
+        var truncated = Path.Combine(dir, "truncated.onnx");
+        var bytes = File.ReadAllBytes(Shared.Peft("llama", "model.dynamo.onnx"));
+        File.WriteAllBytes(truncated, bytes[..(bytes.Length / 2)]);
+        var e = Assert.Throws<OrtLoraException>(() => OnnxModel.Load(truncated))!;
+        Assert.That(e.Message, Does.Contain(truncated));
+        var text = Path.Combine(dir, "notes.onnx");
+        File.WriteAllText(text, "this is not a model\n");
+        e = Assert.Throws<OrtLoraException>(() => OnnxModel.Load(text))!;
+        Assert.That(e.Message, Does.Contain("not").And.Contain(text));
+    }
+
+    [Test]
+    public void SafeTensorsRoundTrip()
+    {
+        var dir = Shared.TempDir();
+        var path = Path.Combine(dir, "t.safetensors");
+        var tensors = new Dictionary<string, SafeTensor>
+        {
+            ["b"] = SafeTensor.FromFloats([2, 3], [1, 2, 3, 4, 5, 6.5f]),
+            ["a"] = SafeTensor.FromInt64s([2], [7, -100]),
+        };
+        SafeTensors.Write(path, tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        var back = SafeTensors.Read(path, out var meta);
+        Assert.That(meta["format"], Is.EqualTo("pt"));
+        Assert.That(back["b"].AsFloats(), Is.EqualTo(new[] { 1, 2, 3, 4, 5, 6.5f }));
+        Assert.That(back["b"].Shape, Is.EqualTo(new long[] { 2, 3 }));
+        Assert.That(back["a"].AsInt64s(), Is.EqualTo(new long[] { 7, -100 }));
+        var peft = SafeTensors.Read(Shared.Peft("llama", "adapter/adapter_model.safetensors"));
+        Assert.That(peft["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].Shape, Is.EqualTo(new long[] { 4, 64 }));
+    }
+}
