@@ -15,8 +15,8 @@ public static class InjectCommand
         var alpha = new Option<double>("--lora-alpha") { Description = "the update is scaled by lora_alpha / r", DefaultValueFactory = _ => 16 };
         var targets = new Option<string>("--target-modules")
         {
-            Description = "comma-separated module names (matched like PEFT: the module path ends with .NAME), all-linear, or one regex (full match)",
-            DefaultValueFactory = _ => "q_proj,v_proj",
+            Description = "comma-separated module names (matched like PEFT: the module path ends with .NAME), all-linear, or one regex (full match); default: PEFT's default for the architecture (q_proj,v_proj; c_attn for GPT-2; query_key_value ...)",
+            DefaultValueFactory = _ => "",
         };
         var variant = new Option<string>("--variant") { Description = "fused projections (GPT-2 c_attn, Phi-3 qkv_proj): performant = one adapter, canonical = one per part", DefaultValueFactory = _ => "performant" };
         variant.AcceptOnlyFromAmong("performant", "canonical");
@@ -56,9 +56,9 @@ public static class InjectCommand
     public static List<string> ParseTargets(string text)
     {
         text = text.Trim();
+        if (text == "") return []; // PEFT's default for the architecture
         if (text == "all-linear" || LoraConfig.IsRegex(text)) return [text];
         var names = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
-        if (names.Count == 0) throw new OrtLoraException("--target-modules is empty");
         return names;
     }
 }

@@ -12,7 +12,7 @@ public sealed class LoraConfig
     /// <summary>The update is scaled by lora_alpha / r (or lora_alpha / sqrt(r) with rsLoRA).</summary>
     public double LoraAlpha { get; set; } = 16;
     /// <summary>Module names matched as PEFT matches them (suffix of the dotted module path), "all-linear", or one
-    /// regular expression (full match against the module path).</summary>
+    /// regular expression (full match against the module path). Empty: PEFT's default for the architecture.</summary>
     public List<string> TargetModules { get; set; } = ["q_proj", "v_proj"];
     public double LoraDropout { get; set; }
     public bool UseRslora { get; set; }

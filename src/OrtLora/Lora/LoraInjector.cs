@@ -51,6 +51,9 @@ public static class LoraInjector
 
     static List<Plan> PlanFresh(OnnxModel model, LoraConfig config, List<LinearLayer> layers, string prefix)
     {
+        if (config.TargetModules.Count == 0)
+            config.TargetModules = ModuleNames.DefaultTargets(layers.Select(l => ModuleNames.Strip(l.Module, prefix)))
+                ?? throw new OrtLoraException($"{model.Source}: no layer has a name PEFT targets by default; choose --target-modules (e.g. all-linear)");
         var rng = new Random(config.Seed);
         var plans = new List<Plan>();
         foreach (var layer in layers)

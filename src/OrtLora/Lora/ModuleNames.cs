@@ -44,6 +44,19 @@ public static class ModuleNames
         return targets.Any(t => NameMatches(t, peftPath));
     }
 
+    /// <summary>PEFT's default target_modules per architecture (its TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING),
+    /// most common first: llama/mistral/qwen q_proj,v_proj; GPT-2 c_attn; Bloom/Falcon/GPT-NeoX query_key_value;
+    /// Phi-3/CodeGen qkv_proj; MPT Wqkv; BERT/RoBERTa query,value; T5 q,v.</summary>
+    public static readonly string[][] PeftDefaultTargets =
+        [["q_proj", "v_proj"], ["c_attn"], ["query_key_value"], ["qkv_proj"], ["Wqkv"], ["query", "value"], ["q", "v"]];
+
+    /// <summary>The first of PEFT's default target lists that names a layer of this model, or null.</summary>
+    public static List<string>? DefaultTargets(IEnumerable<string> peftPaths)
+    {
+        var paths = peftPaths.ToList();
+        return PeftDefaultTargets.FirstOrDefault(t => paths.Any(p => t.Any(n => NameMatches(n, p))))?.ToList();
+    }
+
     public static bool NameMatches(string name, string path) => path == name || path.EndsWith("." + name);
 
     public static string LastSegment(string path) => path[(path.LastIndexOf('.') + 1)..];
