@@ -12,7 +12,7 @@ public class LoraInjectTests
     {
         var reference = Reference(arch);
         var output = Path.Combine(Shared.TempDir(), "injected.onnx");
-        CliOk("inject", Shared.Peft(arch, file), "-o", output, "--init-from", Shared.Peft(arch, "adapter"));
+        OrtloraOk("inject", Shared.Peft(arch, file), "-o", output, "--init-from", Shared.Peft(arch, "adapter"));
         Assert.That(Shared.MaxAbsDiff(Logits(output, reference), reference["logits"].AsFloats()), Is.LessThan(1e-4f));
         // Sanity that the adapter matters at all: the reference moves the logits far beyond the tolerance.
         Assert.That(Shared.MaxAbsDiff(reference["logits"].AsFloats(), reference["logits_base"].AsFloats()), Is.GreaterThan(1e-2f));
@@ -30,7 +30,7 @@ public class LoraInjectTests
         var reference = Reference(arch);
         var source = Shared.Peft(arch, file);
         var output = Path.Combine(Shared.TempDir(), "injected.onnx");
-        CliOk("inject", source, "-o", output);
+        OrtloraOk("inject", source, "-o", output);
         Assert.That(Shared.MaxAbsDiff(Logits(output, reference), reference["logits_base"].AsFloats()), Is.LessThan(1e-5f));
         using var model = OnnxModel.Load(output);
         var lora = LoraModel.Read(model)!;
@@ -69,7 +69,7 @@ public class LoraInjectTests
     public void OptionsReachTheModel()
     {
         var output = Path.Combine(Shared.TempDir(), "injected.onnx");
-        CliOk("inject", Shared.Peft("llama", "model.torchscript.onnx"), "-o", output, "--r", "16", "--lora-alpha", "8",
+        OrtloraOk("inject", Shared.Peft("llama", "model.torchscript.onnx"), "-o", output, "--r", "16", "--lora-alpha", "8",
             "--use-rslora", "--target-modules", @".*\.mlp\.(gate|up)_proj", "--init", "gaussian", "--seed", "3", "--lora-dropout", "0.1");
         using var model = OnnxModel.Load(output);
         var lora = LoraModel.Read(model)!;

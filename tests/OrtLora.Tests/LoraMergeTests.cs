@@ -15,8 +15,8 @@ public class LoraMergeTests
         var dir = Shared.TempDir();
         var source = Shared.Peft(arch, file);
         var (injected, merged) = (Path.Combine(dir, "injected.onnx"), Path.Combine(dir, "merged.onnx"));
-        CliOk("inject", source, "-o", injected, "--init-from", Shared.Peft(arch, "adapter"));
-        CliOk("merge", injected, "-o", merged);
+        OrtloraOk("inject", source, "-o", injected, "--init-from", Shared.Peft(arch, "adapter"));
+        OrtloraOk("merge", injected, "-o", merged);
         Assert.That(Shared.MaxAbsDiff(Logits(merged, reference), reference["logits_merged"].AsFloats()), Is.LessThan(1e-4f));
         Assert.That(Histogram(merged), Is.EqualTo(Histogram(source)));
         using var original = OnnxModel.Load(source);
@@ -37,7 +37,7 @@ public class LoraMergeTests
         var reference = Reference("gpt2");
         var dir = Shared.TempDir();
         var injected = Path.Combine(dir, "injected.onnx");
-        CliOk("inject", Shared.Peft("gpt2", file), "-o", injected, "--target-modules", "c_attn", "--variant", variant, "--r", "3");
+        OrtloraOk("inject", Shared.Peft("gpt2", file), "-o", injected, "--target-modules", "c_attn", "--variant", variant, "--r", "3");
         float[] unmerged;
         using (var model = OnnxModel.Load(injected))
         {
@@ -51,7 +51,7 @@ public class LoraMergeTests
             model.Save(injected);
         }
         var merged = Path.Combine(dir, "merged.onnx");
-        CliOk("merge", injected, "-o", merged);
+        OrtloraOk("merge", injected, "-o", merged);
         Assert.That(Shared.MaxAbsDiff(Logits(merged, reference), unmerged), Is.LessThan(1e-4f));
         Assert.That(Histogram(merged), Is.EqualTo(Histogram(Shared.Peft("gpt2", file))));
     }
@@ -63,10 +63,10 @@ public class LoraMergeTests
         var dir = Shared.TempDir();
         var source = Shared.Require("fixtures", "external-data", "llama", "model.onnx");
         var (injected, merged) = (Path.Combine(dir, "injected.onnx"), Path.Combine(dir, "merged.onnx"));
-        CliOk("inject", source, "-o", injected, "--init-from", Shared.Peft("llama", "adapter"));
+        OrtloraOk("inject", source, "-o", injected, "--init-from", Shared.Peft("llama", "adapter"));
         Assert.That(File.Exists(injected + ".data"), Is.True, "injected model keeps its tensors in a side file");
         Assert.That(Shared.MaxAbsDiff(Logits(injected, reference), reference["logits"].AsFloats()), Is.LessThan(1e-4f));
-        CliOk("merge", injected, "-o", merged);
+        OrtloraOk("merge", injected, "-o", merged);
         Assert.That(File.Exists(merged + ".data"), Is.True, "merged model keeps its tensors in a side file");
         Assert.That(new FileInfo(merged).Length, Is.LessThan(new FileInfo(merged + ".data").Length));
         using (var m = OnnxModel.Load(merged)) Assert.That(m.HasExternalData, Is.True);
@@ -97,7 +97,7 @@ public class LoraMergeTests
     {
         var dir = Shared.TempDir();
         var output = Path.Combine(dir, "merged.onnx");
-        var result = LoraTestKit.Cli("merge", Shared.Peft("llama", "model.dynamo.onnx"), "-o", output);
+        var result = Ortlora("merge", Shared.Peft("llama", "model.dynamo.onnx"), "-o", output);
         Assert.That(result.ExitCode, Is.EqualTo(1));
         Assert.That(result.Error, Does.Contain("no LoRA adapters").And.Contain("model.dynamo.onnx"));
         Assert.That(Directory.GetFiles(dir), Is.Empty);

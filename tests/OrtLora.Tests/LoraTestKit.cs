@@ -20,7 +20,7 @@ public static class LoraTestKit
     public sealed record CliResult(int ExitCode, string Out, string Error);
 
     /// <summary>Runs <c>ortlora ARGS</c> through the CLI's own entry point, capturing stdout and stderr.</summary>
-    public static CliResult Cli(params string[] args)
+    public static CliResult Ortlora(params string[] args)
     {
         var root = new RootCommand("ortlora");
         foreach (var command in Commands.All()) root.Subcommands.Add(command);
@@ -32,9 +32,9 @@ public static class LoraTestKit
         finally { Console.SetOut(oldOut); Console.SetError(oldErr); }
     }
 
-    public static CliResult CliOk(params string[] args)
+    public static CliResult OrtloraOk(params string[] args)
     {
-        var result = Cli(args);
+        var result = Ortlora(args);
         Assert.That(result.ExitCode, Is.EqualTo(0), $"ortlora {string.Join(' ', args)} failed: {result.Error}");
         return result;
     }

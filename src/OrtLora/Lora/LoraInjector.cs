@@ -76,7 +76,7 @@ public static class LoraInjector
         }
         if (plans.Count == 0)
             throw new OrtLoraException($"{model.Source}: no linear layer matches target_modules [{string.Join(", ", config.TargetModules)}]; " +
-                $"layers found: {string.Join(", ", layers.Take(8).Select(l => ModuleNames.Strip(l.Module, prefix)))}{(layers.Count > 8 ? ", ..." : "")}");
+                $"its linear layers are named: {string.Join(", ", layers.Select(l => ModuleNames.LastSegment(l.Module)).Distinct())}");
         return plans;
     }
 
