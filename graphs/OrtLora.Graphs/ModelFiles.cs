@@ -6,13 +6,14 @@ namespace OrtLora.Graphs;
 /// <summary>Writes a generated model and its Hugging Face-style config.json into a directory.</summary>
 public static class ModelFiles
 {
-    public static string WriteModel(LlamaShape shape, int seed, string directory, LlamaOptions options, bool? externalData = null)
+    public static string WriteModel(LlamaShape shape, int seed, string directory, LlamaOptions options, bool? externalData = null,
+        int bosTokenId = -1, int eosTokenId = -1)
     {
         Directory.CreateDirectory(directory);
         var path = Path.Combine(directory, "model.onnx");
         using var model = LlamaGraph.Build(shape, seed, options);
         model.Save(path, externalData);
-        WriteAtomically(Path.Combine(directory, "config.json"), ConfigJson(shape));
+        WriteAtomically(Path.Combine(directory, "config.json"), ConfigJson(shape, bosTokenId, eosTokenId));
         return path;
     }
 
