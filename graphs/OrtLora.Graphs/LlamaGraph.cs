@@ -8,9 +8,11 @@ namespace OrtLora.Graphs;
 /// <summary>Options of <see cref="LlamaGraph.Build"/>.</summary>
 /// <param name="WithKvCache">Adds inputs <c>past_key_values.{i}.key/.value</c> [batch, kv_heads, past, head_dim] and
 /// outputs <c>present.{i}.key/.value</c> (Optimum's names); positions start at the past length.</param>
+/// <param name="WithPositionIds">Adds input <c>position_ids</c> int64 [batch, seq] (Optimum's name) for rotary
+/// positions, e.g. cumsum(attention_mask) − 1 for left-padded batches; without it positions are past .. past+seq−1.</param>
 /// <param name="LazyWeights">Weights are computed when the model is saved or serialized, one tensor at a time
 /// (for models too big to hold twice in memory).</param>
-public sealed record LlamaOptions(bool WithKvCache = false, bool LazyWeights = false, float InitStd = 0.02f);
+public sealed record LlamaOptions(bool WithKvCache = false, bool LazyWeights = false, float InitStd = 0.02f, bool WithPositionIds = false);
 
 /// <summary>Builds a LLaMA-style causal LM as an opset-18 ONNX graph of standard ops, laid out like PyTorch's dynamo
 /// export of Hugging Face's LlamaForCausalLM: parameters keep Hugging Face's names, linear weights are stored
@@ -60,7 +62,7 @@ public sealed class LlamaGraph
     {
         DeclareInputs();
         var positions = Positions(out var totalLength);
-        var (cos, sin) = Rotary(positions);
+        var (cos, sin) = Rotary(_options.WithPositionIds ? "position_ids" : positions);
         var mask = AttentionBias(positions, totalLength);
 
         var embed = Parameter("model.embed_tokens.weight", [_shape.VocabSize, _shape.HiddenSize]);
@@ -81,6 +83,7 @@ public sealed class LlamaGraph
     {
         Graph.Input.Add(GraphBuilder.Value("input_ids", DT.Int64, "batch_size", "sequence_length"));
         Graph.Input.Add(GraphBuilder.Value("attention_mask", DT.Int64, "batch_size", TotalLengthDim));
+        if (_options.WithPositionIds) Graph.Input.Add(GraphBuilder.Value("position_ids", DT.Int64, "batch_size", "sequence_length"));
         if (!_options.WithKvCache) return;
         for (int i = 0; i < _shape.NumHiddenLayers; i++)
             foreach (var kind in new[] { "key", "value" })
@@ -108,7 +111,8 @@ public sealed class LlamaGraph
         return _b.Op(scope, "Range", [pastLength, totalLength, _b.Int64Scalar(1)]);
     }
 
-    /// <summary>cos and sin of position × inverse frequency, [seq, head_dim], both halves repeated (Hugging Face's layout).</summary>
+    /// <summary>cos and sin of position × inverse frequency, both halves repeated (Hugging Face's layout): [seq, head_dim]
+    /// from shared positions, [batch, 1, seq, head_dim] from position_ids; either broadcasts against [batch, heads, seq, head_dim].</summary>
     (string Cos, string Sin) Rotary(string positions)
     {
         const string scope = "/model/rotary_emb";
@@ -117,9 +121,10 @@ public sealed class LlamaGraph
         for (int i = 0; i < half; i++)
             invFreq[i] = (float)(1.0 / Math.Pow(_shape.RopeTheta, 2.0 * i / _shape.HeadDim));
         var positionsF = _b.Op(scope, "Cast", [positions], ("to", (int)DT.Float));
-        var column = _b.Op(scope, "Unsqueeze", [positionsF, _b.Int64s(1)]);
+        var column = _b.Op(scope, "Unsqueeze", [positionsF, _b.Int64s(-1)]);
         var freqs = _b.Op(scope, "Mul", [column, _b.Floats("inv_freq", invFreq)]);
         var emb = _b.Op(scope, "Concat", [freqs, freqs], ("axis", -1));
+        if (_options.WithPositionIds) emb = _b.Op(scope, "Unsqueeze", [emb, _b.Int64s(1)]);
         return (_b.Op(scope, "Cos", [emb]), _b.Op(scope, "Sin", [emb]));
     }
 

@@ -216,6 +216,84 @@ public class GraphsTests
     }
 
     [Test]
+    public void PositionIdsMakeLeftPaddingInvisible()
+    {
+        // With position_ids = cumsum(mask) − 1 (as Hugging Face's generate computes them) a left-padded row gives the
+        // unpadded row's logits; with position_ids = 0..n−1 the variant equals the committed model.
+        var shape = LlamaShape.Tiny;
+        using var committed = OnnxModel.Load(TinyPath);
+        using var withIds = LlamaGraph.Build(shape, GraphsRequest.DefaultSeed, new LlamaOptions(WithPositionIds: true));
+        using var committedSession = Session(committed);
+        using var session = Session(withIds);
+        int real = 9, pad = 4, total = real + pad, vocab = shape.VocabSize;
+        var row = Tokens(real, 9, vocab);
+        var expected = Logits(committedSession, [row], [Ones(real)]);
+
+        var sameFeeds = new Dictionary<string, HostTensor>
+        {
+            ["input_ids"] = HostTensor.Of(row, 1, real),
+            ["attention_mask"] = HostTensor.Of(Ones(real), 1, real),
+            ["position_ids"] = HostTensor.Of(Enumerable.Range(0, real).Select(i => (long)i).ToArray(), 1, real),
+        };
+        Assert.That(Shared.MaxAbsDiff(OrtRun.Run(session, sameFeeds)["logits"].Floats, expected), Is.LessThan(1e-6f));
+
+        var leftPadded = Enumerable.Repeat((long)vocab - 1, pad).Concat(row).ToArray();
+        var mask = new long[pad].Concat(Ones(real)).ToArray();
+        var positionIds = Enumerable.Range(0, total).Select(i => (long)Math.Max(0, i - pad)).ToArray();
+        var feeds = new Dictionary<string, HostTensor>
+        {
+            ["input_ids"] = HostTensor.Of(leftPadded, 1, total),
+            ["attention_mask"] = HostTensor.Of(mask, 1, total),
+            ["position_ids"] = HostTensor.Of(positionIds, 1, total),
+        };
+        var logits = OrtRun.Run(session, feeds)["logits"].Floats;
+        Assert.That(logits.All(float.IsFinite), Is.True, "fully masked padding rows stay finite");
+        Assert.That(Shared.MaxAbsDiff(logits[(pad * vocab)..], expected), Is.LessThan(1e-5f));
+    }
+
+    [Test]
+    public void OrtGraphOptimizationsDoNotChangeTheLogits()
+    {
+        // ORT fuses RMSNorm, rotary and attention patterns at ENABLE_ALL; the plain graph must agree with its fusions.
+        using var model = OnnxModel.Load(TinyPath);
+        var vocab = LlamaShape.Tiny.VocabSize;
+        var feeds = new Dictionary<string, HostTensor>
+        {
+            ["input_ids"] = HostTensor.Of(Tokens(14, 10, vocab).Concat(Tokens(14, 11, vocab)).ToArray(), 2, 14),
+            ["attention_mask"] = HostTensor.Of(Ones(14).Concat(Ones(10)).Concat(new long[4]).ToArray(), 2, 14),
+        };
+        var plain = OrtRun.Run(model, feeds, level: GraphOptimizationLevel.ORT_DISABLE_ALL)["logits"].Floats;
+        var optimized = OrtRun.Run(model, feeds, level: GraphOptimizationLevel.ORT_ENABLE_ALL)["logits"].Floats;
+        Assert.That(Shared.MaxAbsDiff(plain, optimized), Is.LessThan(1e-5f));
+    }
+
+    [Test]
+    public void LazyWeightsSavedAsExternalDataEqualTheEagerModel()
+    {
+        // The path big models take (weights made at save time, streamed to model.onnx.data) on the tiny shape.
+        var dir = Shared.TempDir();
+        var path = Path.Combine(dir, "model.onnx");
+        using (var lazy = LlamaGraph.Build(LlamaShape.Tiny, GraphsRequest.DefaultSeed, new LlamaOptions(LazyWeights: true)))
+            lazy.Save(path, externalData: true);
+        Assert.That(File.Exists(path + ".data"), Is.True);
+        using var reloaded = OnnxModel.Load(path);
+        using var committed = OnnxModel.Load(TinyPath);
+        Assert.That(reloaded.HasExternalData, Is.True);
+        Assert.That(reloaded.ToBytes(), Is.EqualTo(committed.ToBytes()), "same graph and weights once inlined");
+    }
+
+    [TestCase("smollm2-135m", 134_515_008L)]
+    [TestCase("tinyllama-1.1b", 1_100_048_384L)]
+    [TestCase("~100m", 0L)]
+    public void NamedShapesHaveTheirModelsParameterCounts(string name, long expected)
+    {
+        // Published counts of HuggingFaceTB/SmolLM2-135M and TinyLlama-1.1B (safetensors metadata).
+        var shape = LlamaShape.Find(name)!;
+        if (expected > 0) Assert.That(shape.ParameterCount, Is.EqualTo(expected));
+        else Assert.That(shape.ParameterCount, Is.InRange(90_000_000L, 110_000_000L));
+    }
+
+    [Test]
     public void CommittedTinyModelIsWhatTheBuilderMakesNow()
     {
         var dir = Shared.TempDir();
