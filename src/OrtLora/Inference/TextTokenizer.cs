@@ -1,3 +1,5 @@
+using System.Text.Json;
+using System.Text.RegularExpressions;
 using Microsoft.ML.Tokenizers;
 
 namespace OrtLora.Inference;
@@ -75,12 +77,24 @@ public sealed class MlTextTokenizer : ITextTokenizer
         return new MlTextTokenizer(t, t.BeginningOfSentenceId, t.EndOfSentenceId, addBos: true);
     }
 
+    /// <summary>GPT-2's pre-tokenizer split (contractions, letters, digits, other, whitespace not before a word).</summary>
+    static readonly Regex Gpt2Split = new(@"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+", RegexOptions.Compiled);
+
     static MlTextTokenizer ByteLevel(string vocabPath, string mergesPath)
     {
-        using var vocab = File.OpenRead(vocabPath);
-        using var merges = File.OpenRead(mergesPath);
-        var t = CodeGenTokenizer.Create(vocab, merges, addPrefixSpace: false, addBeginOfSentence: false, addEndOfSentence: false);
-        int? eos = t.EndOfSentenceId ?? (t.Vocabulary.TryGetValue("<|endoftext|>", out var id) ? id : null);
+        var vocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(vocabPath))
+            ?? throw new OrtLoraException($"{vocabPath}: empty vocabulary");
+        // merges files start with a "#version" line; each other line is one merge "a b".
+        var merges = File.ReadLines(mergesPath).Where(l => l.Length > 0 && !l.StartsWith("#version", StringComparison.Ordinal));
+        int? eos = vocab.TryGetValue("<|endoftext|>", out var id) ? id : null;
+        var special = eos is { } e ? new Dictionary<string, int> { ["<|endoftext|>"] = e } : null;
+        var t = BpeTokenizer.Create(new BpeOptions(vocab)
+        {
+            Merges = merges,
+            ByteLevel = true,
+            PreTokenizer = new RegexPreTokenizer(Gpt2Split, special),
+            SpecialTokens = special,
+        });
         return new MlTextTokenizer(t, null, eos, addBos: false);
     }
 }
