@@ -8,5 +8,6 @@ public static class Commands
     public static IEnumerable<Command> All() =>
     [
         InspectCommand.Create(),
+        GenerateCommand.Create(),
     ];
 }

@@ -16,6 +16,8 @@ public sealed class CausalLmSession : IDisposable
     readonly (string Past, string Present)[] _cache;
 
     public bool HasKvCache => _cache.Length > 0;
+    /// <summary>The logits' last dimension when the model declares it (null when symbolic).</summary>
+    public int? VocabSize => Session.OutputMetadata[_logitsName].Dimensions is { Length: > 0 } d && d[^1] > 0 ? d[^1] : null;
     public IReadOnlyList<(string Past, string Present)> CacheNames => _cache;
 
     public CausalLmSession(InferenceSession session, bool ownsSession = false)
@@ -64,6 +66,8 @@ public sealed class CausalLmSession : IDisposable
     public float[] Step(DecodeState state, IReadOnlyList<int> newTokens, RunOptions? runOptions = null)
     {
         if (newTokens.Count == 0) throw new ArgumentException("a step needs at least one token");
+        if (VocabSize is { } vocab && newTokens.FirstOrDefault(t => t < 0 || t >= vocab, -1) is var bad && bad != -1)
+            throw new OrtLoraException($"token id {bad} is outside the model's vocabulary of {vocab} (wrong tokenizer for this model?)");
         state.Ids.AddRange(newTokens);
         int total = state.Ids.Count;
         int pastLength = state.UseCache ? state.PastLength : 0;
@@ -84,7 +88,9 @@ public sealed class CausalLmSession : IDisposable
                 else Feed(_cache[i].Past, EmptyCache(_cache[i].Past));
             }
             var outputNames = state.UseCache ? [_logitsName, .. _cache.Select(c => c.Present)] : new[] { _logitsName };
-            var results = Session.Run(runOptions ?? state.DefaultRunOptions, names, values, outputNames);
+            IDisposableReadOnlyCollection<OrtValue> results;
+            try { results = Session.Run(runOptions ?? state.DefaultRunOptions, names, values, outputNames); }
+            catch (OnnxRuntimeException e) { throw new OrtLoraException($"ONNX Runtime failed on a decoding step: {e.Message}", e); }
             var logits = LastRow(results[0]);
             if (state.UseCache) state.KeepCache(results, total);
             else results.Dispose();

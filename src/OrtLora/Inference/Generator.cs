@@ -14,11 +14,14 @@ public sealed class Generator : IDisposable
 
     public bool HasKvCache => _model.HasKvCache;
     public CausalLmSession Model => _model;
+    /// <summary>Tokens produced by the latest (or running) generation, for throughput reports.</summary>
+    public int TokensGenerated { get; private set; }
 
     /// <summary>Generated token ids, yielded as they are produced (the prompt is not repeated).</summary>
     public IEnumerable<int> GenerateIds(IReadOnlyList<int> promptIds, GenerationOptions options, OrtLoraAdapter? adapter = null)
     {
         if (promptIds.Count == 0) throw new OrtLoraException("the prompt is empty (no tokens to start from)");
+        TokensGenerated = 0;
         var sampler = new Sampler(options);
         var stop = options.StopTokenIds.ToHashSet();
         using var state = _model.Start(options.UseKvCache);
@@ -28,6 +31,7 @@ public sealed class Generator : IDisposable
         for (int produced = 0; produced < options.MaxNewTokens; produced++)
         {
             int next = sampler.Next(logits);
+            TokensGenerated++;
             yield return next;
             if (stop.Contains(next) || produced + 1 == options.MaxNewTokens) yield break;
             logits = _model.Step(state, [next], runOptions);
