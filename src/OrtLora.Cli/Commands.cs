@@ -9,5 +9,6 @@ public static class Commands
     [
         InspectCommand.Create(),
         GenerateCommand.Create(),
+        AdaptersCommand.Create(),
     ];
 }
