@@ -11,5 +11,7 @@ public static class Commands
         InjectCommand.Create(),
         MergeCommand.Create(),
         ExportAdapterCommand.Create(),
+        GenerateCommand.Create(),
+        AdaptersCommand.Create(),
     ];
 }
