@@ -16,7 +16,7 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
 
 /// <summary>Settings fixed for a session's life. Learning rate and max_grad_norm are given per call.</summary>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
-    GraphOptimizationLevel Optimization = GraphOptimizationLevel.ORT_ENABLE_ALL);
+    GraphOptimizationLevel Optimization = GraphOptimizationLevel.ORT_ENABLE_ALL, string Device = "cpu", string? EpLibrary = null);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -178,6 +178,7 @@ public sealed class TrainingSession : IDisposable
     {
         using var options = OrtRun.DefaultOptions(_options.Optimization);
         if (_options.IntraOpThreads > 0) options.IntraOpNumThreads = _options.IntraOpThreads;
+        ExecutionDevice.Configure(options, _options.Device, _options.EpLibrary);
         return new InferenceSession(proto.ToByteArray(), options);
     }
 
