@@ -98,8 +98,8 @@ public static class LinearLayers
         return false;
     }
 
-    /// <summary>The dotted module path of the layer, or null when no source records one.</summary>
-    public static string? ModulePath(NodeProto node, string weightValue)
+    /// <summary>The dotted module path of the layer: from the weight name, the dynamo metadata or the node name.</summary>
+    public static string ModulePath(NodeProto node, string weightValue)
     {
         if (weightValue.EndsWith(".weight") && !weightValue.StartsWith("onnx::") && weightValue.Contains('.'))
             return weightValue[..^".weight".Length];
@@ -115,7 +115,8 @@ public static class LinearLayers
             var segments = node.Name.Trim('/').Split('/');
             return string.Join('.', segments[..^1]);
         }
-        return null;
+        // Nothing records a module: the node's (or weight's) own name still lets all-linear and regexes select it.
+        return node.Name != "" ? node.Name.Trim('/').Replace('/', '.') : weightValue;
     }
 
     /// <summary>Widths of the parts when the output is split along its last axis (GPT-2 c_attn into q|k|v, Phi-3
