@@ -42,7 +42,7 @@ public static class LoraMerger
     }
 
     /// <summary>float32 weights are updated in place in their own bytes (no second copy of the largest tensor);
-    /// fp16/bf16/double go through float32 and are rounded once, back to their own type.</summary>
+    /// fp16/bf16 go through float32 and are rounded once, back to their own type; double stays double.</summary>
     const int LargeTensorBytes = 16 << 20;
 
     static byte[] AddDelta(byte[] bytes, int dataType, LayerAdapter adapter, WeightLayout layout, double factor)
@@ -53,6 +53,15 @@ public static class LoraMerger
         if (dataType == (int)TensorProto.Types.DataType.Float)
         {
             adapter.AddDeltaTo(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes.AsSpan()), layout, factor);
+            return bytes;
+        }
+        if (dataType == (int)TensorProto.Types.DataType.Double)
+        {
+            // Keep W in double: only the delta is computed in float32 (as PEFT computes it), then added in double.
+            var delta = new float[bytes.Length / sizeof(double)];
+            adapter.AddDeltaTo(delta, layout, factor);
+            var weight = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, double>(bytes.AsSpan());
+            for (int i = 0; i < delta.Length; i++) weight[i] += delta[i];
             return bytes;
         }
         var values = Tensors.BytesToFloats(bytes, dataType);
