@@ -23,6 +23,7 @@ public class LoraInspectTests
         var injected = Path.Combine(Shared.TempDir(), "injected.onnx");
         OrtloraOk("inject", Shared.Peft("gpt2", "model.torchscript.onnx"), "-o", injected, "--variant", "canonical", "--r", "2");
         var output = OrtloraOk("inspect", injected).Out;
+        Assert.That(output, Does.Contain("9 linear layers"), "the adapters' own MatMuls are not layers to target");
         Assert.That(output, Does.Contain("LoRA adapters: 6, 1,536 parameters"));
         Assert.That(output, Does.Match(@"transformer\.h\.1\.attn\.c_attn\s+3/3 \[128:192\]\s+2\s+8"));
     }
