@@ -74,6 +74,8 @@ public class DataTests
             Assert.That(((ChatRecord)chats[i]!).Messages,
                 Is.EqualTo(new[] { new ChatMessage("user", user), new ChatMessage("assistant", row.Output) }), $"row {i}");
         }
+        var again = chat.ReadRowGroup(0);
+        Assert.That(((ChatRecord)again[499]!).Messages, Is.EqualTo(((ChatRecord)chats[499]!).Messages), "a row group reads again");
     }
 
     [Test]

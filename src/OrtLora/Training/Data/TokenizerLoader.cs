@@ -91,7 +91,7 @@ public static class TokenizerLoader
         int? pad = config.IdOf(config.PadToken, tokenizer.Vocabulary, specials);
         var vocabSize = Math.Max(tokenizer.Vocabulary.Values.Max(), specials.Values.DefaultIfEmpty(0).Max()) + 1;
         return new TextTokenizer(tokenizer, path, "sentencepiece", specials, vocabSize, bos, eos, pad,
-            config.AddBosToken ?? true, config.AddEosToken ?? false);
+            config.AddBosToken ?? true, config.AddEosToken ?? false, config);
     }
 
     static TextTokenizer Gpt2Files(string vocabPath, string mergesPath, TokenizerConfig config)
@@ -142,7 +142,7 @@ public static class TokenizerLoader
         var vocabSize = known.Values.Max() + 1;
         // Byte-level BPE models (GPT-2) do not put BOS first unless their config or post-processor says so.
         var addsBos = config.AddBosToken ?? postProcessorBos is not null;
-        return new TextTokenizer(tokenizer, source, kind, specials, vocabSize, bos, eos, pad, addsBos, config.AddEosToken ?? false);
+        return new TextTokenizer(tokenizer, source, kind, specials, vocabSize, bos, eos, pad, addsBos, config.AddEosToken ?? false, config);
     }
 
     /// <summary>Byte-level pre-tokenization: GPT-2's split (the package's RoBERTa pre-tokenizer is the same regex) or the

@@ -51,18 +51,21 @@ public sealed class TrainingData : IDisposable
     public long SkippedNoTrainedTokens => _truncatedAway.Count;
     readonly HashSet<long> _truncatedAway = new();
 
-    /// <summary>Opens the data. <paramref name="tokenizerConfig"/> supplies the model's chat template when the
-    /// options name none.</summary>
-    public static TrainingData Open(string trainPath, TextTokenizer tokenizer, DataOptions options, string? evalPath = null,
-        TokenizerConfig? tokenizerConfig = null)
+    /// <summary>Opens the data. The chat template is the one the options name, else the tokenizer's own
+    /// (its tokenizer_config.json), else ChatML.</summary>
+    public static TrainingData Open(string trainPath, TextTokenizer tokenizer, DataOptions options, string? evalPath = null)
     {
+        if (options.BatchSize <= 0 || options.EvalBatchSize <= 0)
+            throw new OrtLoraException($"batch sizes must be positive, got {options.BatchSize} (train) and {options.EvalBatchSize} (eval)");
         if (options.EvalSplit is < 0 or >= 1) throw new OrtLoraException($"--eval-split must be in [0, 1), got {options.EvalSplit}");
         if (evalPath is not null && options.EvalSplit > 0) throw new OrtLoraException("give either an eval file or --eval-split, not both");
         var train = ParquetDataset.Open(trainPath, options.Format, options.TextColumn);
         try
         {
             var eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn);
-            var chat = Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizerConfig);
+            var chat = train.Format == DatasetFormat.Chat
+                ? Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizer.Config, Path.Combine(Path.GetDirectoryName(tokenizer.Source) ?? "", "tokenizer_config.json"))
+                : Data.ChatTemplate.ChatMl;
             return new TrainingData(train, eval, tokenizer, options, chat);
         }
         catch
