@@ -7,8 +7,11 @@ namespace OrtLora.Tests;
 public class DataBatchTests
 {
     const int Ignore = ExampleEncoder.IgnoreIndex;
-    static TextTokenizer Gpt2() => TokenizerLoader.Load(Shared.Require("tokenizers", "hf-gpt2", "tokenizer.json"));
-    static TextTokenizer Llama() => TokenizerLoader.Load(Shared.Require("tokenizers", "llama2-tokenizer.model"));
+    // Loaded once: a tokenizer is immutable, and loading GPT-2's JSON costs about a second.
+    static readonly Lazy<TextTokenizer> Gpt2Tokenizer = new(() => TokenizerLoader.Load(Shared.Require("tokenizers", "hf-gpt2", "tokenizer.json")));
+    static readonly Lazy<TextTokenizer> LlamaTokenizer = new(() => TokenizerLoader.Load(Shared.Require("tokenizers", "llama2-tokenizer.model")));
+    static TextTokenizer Gpt2() => Gpt2Tokenizer.Value;
+    static TextTokenizer Llama() => LlamaTokenizer.Value;
     static string DataFile(string name) => Shared.Require("data", name);
 
     static List<InstructionRecord> AlpacaRows()
@@ -240,9 +243,10 @@ public class DataBatchTests
         var dir = Shared.TempDir();
         File.Copy(Shared.Require("tokenizers", "hf-gpt2", "tokenizer.json"), Path.Combine(dir, "tokenizer.json"));
         if (jinja is not null) File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), System.Text.Json.JsonSerializer.Serialize(new { chat_template = jinja }));
-        using var data = TrainingData.Open(DataFile("alpaca_500.chat.parquet"), TokenizerLoader.Load(dir), new DataOptions());
+        var tokenizer = TokenizerLoader.Load(dir);
+        using var data = TrainingData.Open(DataFile("alpaca_500.chat.parquet"), tokenizer, new DataOptions());
         Assert.That(data.ChatTemplate.Name, Is.EqualTo(expected));
-        using var named = TrainingData.Open(DataFile("alpaca_500.chat.parquet"), TokenizerLoader.Load(dir), new DataOptions { ChatTemplate = "llama-2" });
+        using var named = TrainingData.Open(DataFile("alpaca_500.chat.parquet"), tokenizer, new DataOptions { ChatTemplate = "llama-2" });
         Assert.That(named.ChatTemplate.Name, Is.EqualTo("llama2"), "a named template wins");
     }
 

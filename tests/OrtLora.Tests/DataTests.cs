@@ -151,4 +151,25 @@ public class DataTests
         using var data = ParquetDataset.Open(damaged);
         Assert.That(() => data.Scan(), Throws.TypeOf<OrtLoraException>().With.Message.StartsWith($"{damaged}: cannot read row group"));
     }
+
+    sealed class NumberRow { public long text { get; set; } }
+    sealed class ShareGptRow { public List<ShareGptTurn>? messages { get; set; } }
+    sealed class ShareGptTurn { public string? from { get; set; } public string? value { get; set; } }
+
+    static string Write<T>(IEnumerable<T> rows, string name)
+    {
+        var path = Path.Combine(Shared.TempDir(), name);
+        Parquet.Serialization.ParquetSerializer.SerializeAsync(rows, path).GetAwaiter().GetResult();
+        return path;
+    }
+
+    [Test]
+    public void ColumnsOfTheWrongShapeAreNamed()
+    {
+        var numbers = Write([new NumberRow { text = 1 }], "numbers.parquet");
+        Assert.That(() => ParquetDataset.Open(numbers), Throws.TypeOf<OrtLoraException>().With.Message.EqualTo($"{numbers}: column 'text' holds Int64, not text"));
+        var shareGpt = Write([new ShareGptRow { messages = [new() { from = "human", value = "hi" }] }], "sharegpt.parquet");
+        Assert.That(() => ParquetDataset.Open(shareGpt), Throws.TypeOf<OrtLoraException>()
+            .With.Message.EqualTo($"{shareGpt}: column 'messages' must be a list of {{role, content}}; its fields are: from, value"));
+    }
 }
