@@ -142,6 +142,9 @@ public class DataBatchTests
         }
         Assert.That(batches.SelectMany(b => b.Rows), Is.EqualTo(Enumerable.Range(0, 12).Select(i => (long)i)), "unshuffled: file order");
         Assert.That(batches.Any(b => b.AttentionMask.Contains(0)), "some padding exercised");
+        var feeds = batches[0].ToFeeds(withLabels: true);
+        Assert.That(feeds.Keys, Is.EquivalentTo(new[] { "input_ids", "attention_mask", "labels" }));
+        Assert.That((feeds["labels"].Int64s, feeds["input_ids"].Shape), Is.EqualTo((batches[0].Labels, batches[0].Shape)));
     }
 
     [Test]
@@ -283,5 +286,18 @@ public class DataBatchTests
         Assert.That(() => VocabularyCheck.Require(llama, 320, "model.onnx"), Throws.TypeOf<OrtLoraException>()
             .With.Message.Contains("32000").And.Message.Contains("320 embedding rows").And.Message.Contains("model.onnx"));
         Assert.That(() => VocabularyCheck.Require(llama, 32000, "model.onnx"), Throws.Nothing);
+    }
+
+    [TestCase("llama", "model.dynamo.onnx")]
+    [TestCase("llama", "model.torchscript.onnx")]
+    [TestCase("gpt2", "model.dynamo.onnx")]
+    [TestCase("gpt2", "model.torchscript.onnx")]
+    public void EmbeddingRowsAreReadFromTheModel(string arch, string file)
+    {
+        var path = Shared.Peft(arch, file);
+        using var model = OrtLora.Onnx.OnnxModel.Load(path);
+        Assert.That(VocabularyCheck.EmbeddingRows(model), Is.EqualTo(320), "the fixtures' vocabulary");
+        Assert.That(() => VocabularyCheck.Require(Gpt2(), model), Throws.TypeOf<OrtLoraException>()
+            .With.Message.Contains("has 50257 tokens").And.Message.Contains("only 320 embedding rows").And.Message.Contains(path));
     }
 }
