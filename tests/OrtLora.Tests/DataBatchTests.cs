@@ -219,6 +219,8 @@ public class DataBatchTests
         Assert.That(eval, Is.Ordered, "eval in file order");
         using var again = TrainingData.Open(DataFile("alpaca_500.zstd.parquet"), tokenizer, options);
         Assert.That(again.EvalBatches().SelectMany(b => b.Rows), Is.EqualTo(eval));
+        Assert.That(data.Describe(), Is.EqualTo($"alpaca_500.zstd.parquet: instruction data, 500 rows read, 0 skipped null, 0 skipped empty, 500 usable, " +
+                                                $"{data.SkippedNoTrainedTokens} dropped (no response left within 64 tokens); eval: 10% of rows"));
         using var separate = TrainingData.Open(DataFile("alpaca_500.zstd.parquet"), tokenizer, options with { EvalSplit = 0, MaxSeqLength = 2048 },
             evalPath: DataFile("alpaca_500.zstd.parquet"));
         Assert.That(separate.EvalBatches().SelectMany(b => b.Rows), Is.EqualTo(Enumerable.Range(0, 500).Select(i => (long)i)), "every row of the eval file");

@@ -25,6 +25,7 @@ public static class TokenizerLoader
         var dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
         try
         {
+            if (name == "tokenizer_config.json") return LoadDirectory(dir);
             if (name.EndsWith(".model")) return SentencePiece(path, TokenizerConfig.Read(dir));
             if (EndsWithAny(name, VocabNames, out var prefix)) return Gpt2Files(path, FindBeside(dir, prefix, MergesNames, path), TokenizerConfig.Read(dir));
             if (EndsWithAny(name, MergesNames, out prefix)) return Gpt2Files(FindBeside(dir, prefix, VocabNames, path), path, TokenizerConfig.Read(dir));

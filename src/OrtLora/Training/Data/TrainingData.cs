@@ -1,3 +1,5 @@
+using System.Globalization;
+
 namespace OrtLora.Training.Data;
 
 /// <summary>Data options, named as the Hugging Face Trainer / TRL name them (CLI: --max-seq-length ...).</summary>
@@ -114,6 +116,14 @@ public sealed class TrainingData : IDisposable
             yield return (example, next);
         }
     }
+
+    /// <summary>One line for the log: file, format, counts, eval source.</summary>
+    public string Describe() =>
+        $"{Path.GetFileName(Train.Path)}: {Train.Format.ToString().ToLowerInvariant()} data" +
+        (Train.Format == DatasetFormat.Chat ? $" ({ChatTemplate.Name} template)" : "") +
+        $", {Summary}" +
+        (SkippedNoTrainedTokens > 0 ? $", {SkippedNoTrainedTokens} dropped (no response left within {Options.MaxSeqLength} tokens)" : "") +
+        (EvalFile is not null ? $"; eval: {Path.GetFileName(EvalFile.Path)}" : Options.EvalSplit > 0 ? string.Create(CultureInfo.InvariantCulture, $"; eval: {Options.EvalSplit * 100:0.##}% of rows") : "");
 
     /// <summary>Counts of the training file (reads it once, streamed, if not yet read whole).</summary>
     public DataSummary Summary => Train.Scan();
