@@ -172,4 +172,43 @@ public class DataTests
         Assert.That(() => ParquetDataset.Open(shareGpt), Throws.TypeOf<OrtLoraException>()
             .With.Message.EqualTo($"{shareGpt}: column 'messages' must be a list of {{role, content}}; its fields are: from, value"));
     }
+
+    sealed class InstructionOnlyRow { public string? instruction { get; set; } public string? output { get; set; } }
+    sealed class ChatRow { public List<ChatTurn?>? messages { get; set; } }
+    sealed class ChatTurn { public string? role { get; set; } public string? content { get; set; } }
+
+    [Test]
+    public void InstructionRowsWithoutInputColumnAndWithNulls()
+    {
+        var path = Write([
+            new InstructionOnlyRow { instruction = "Say hi.", output = "Hi" },
+            new InstructionOnlyRow { instruction = null, output = "x" },
+            new InstructionOnlyRow { instruction = "Say", output = " " },
+            new InstructionOnlyRow { instruction = "Count", output = "1 2 3" },
+        ], "instructions.parquet");
+        using var data = ParquetDataset.Open(path);
+        Assert.That(data.Format, Is.EqualTo(DatasetFormat.Instruction));
+        Assert.That(data.ReadRowGroup(0), Is.EqualTo(new DataRecord?[]
+            { new InstructionRecord("Say hi.", "", "Hi"), null, null, new InstructionRecord("Count", "", "1 2 3") }));
+        Assert.That(data.Summary, Is.EqualTo(new DataSummary(4, 1, 1)));
+    }
+
+    [Test]
+    public void ChatRowsWithNothingToLearnAreSkipped()
+    {
+        ChatTurn Turn(string? role, string? content) => new() { role = role, content = content };
+        var path = Write([
+            new ChatRow { messages = [Turn("user", "Hi"), Turn("assistant", "Hello")] },
+            new ChatRow { messages = null },
+            new ChatRow { messages = [] },
+            new ChatRow { messages = [Turn("user", "Hi")] },
+            new ChatRow { messages = [Turn("user", "Hi"), Turn("assistant", null)] },
+            new ChatRow { messages = [Turn("system", "Be kind"), Turn("user", "Hi"), Turn("assistant", "Hey")] },
+        ], "chats.parquet");
+        using var data = ParquetDataset.Open(path);
+        var rows = data.ReadRowGroup(0);
+        Assert.That(rows.Select(r => r is null), Is.EqualTo(new[] { false, true, true, true, true, false }));
+        Assert.That(((ChatRecord)rows[5]!).Messages.Select(m => m.Role), Is.EqualTo(new[] { "system", "user", "assistant" }));
+        Assert.That(data.Summary, Is.EqualTo(new DataSummary(6, 2, 2)), "null list and null content: null; empty list and no assistant: empty");
+    }
 }
