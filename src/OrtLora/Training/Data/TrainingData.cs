@@ -53,9 +53,10 @@ public sealed class TrainingData : IDisposable
     public long SkippedNoTrainedTokens => _truncatedAway.Count;
     readonly HashSet<long> _truncatedAway = new();
 
-    /// <summary>Opens the data. The chat template is the one the options name, else the tokenizer's own
-    /// (its tokenizer_config.json), else ChatML.</summary>
-    public static TrainingData Open(string trainPath, TextTokenizer tokenizer, DataOptions options, string? evalPath = null)
+    /// <summary>Opens the data. The chat template is the one the options name, else the model's own (from
+    /// <paramref name="tokenizerConfig"/> when given, else the tokenizer's tokenizer_config.json), else ChatML.</summary>
+    public static TrainingData Open(string trainPath, TextTokenizer tokenizer, DataOptions options, string? evalPath = null,
+        TokenizerConfig? tokenizerConfig = null)
     {
         if (options.BatchSize <= 0 || options.EvalBatchSize <= 0)
             throw new OrtLoraException($"batch sizes must be positive, got {options.BatchSize} (train) and {options.EvalBatchSize} (eval)");
@@ -66,7 +67,8 @@ public sealed class TrainingData : IDisposable
         {
             var eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn);
             var chat = train.Format == DatasetFormat.Chat
-                ? Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizer.Config, Path.Combine(Path.GetDirectoryName(tokenizer.Source) ?? "", "tokenizer_config.json"))
+                ? Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizerConfig ?? tokenizer.Config,
+                    Path.Combine(Path.GetDirectoryName(tokenizer.Source) ?? "", "tokenizer_config.json"))
                 : Data.ChatTemplate.ChatMl;
             return new TrainingData(train, eval, tokenizer, options, chat);
         }
