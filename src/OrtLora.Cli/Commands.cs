@@ -8,7 +8,11 @@ public static class Commands
     public static IEnumerable<Command> All() =>
     [
         InspectCommand.Create(),
+        InjectCommand.Create(),
+        MergeCommand.Create(),
+        ExportAdapterCommand.Create(),
         GenerateCommand.Create(),
         AdaptersCommand.Create(),
+        TrainCommand.Create(),
     ];
 }

@@ -1,0 +1,68 @@
+using OrtLora.Onnx;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Autodiff;
+
+/// <summary>AdamW hyper-parameters fixed when the graph is built; learning rate, step and max_grad_norm are graph
+/// inputs so schedules need no rebuild. <see cref="LrMultiplier"/> scales a parameter's learning rate (LoRA+: B × ratio).</summary>
+public sealed record AdamWOptions(double Beta1 = 0.9, double Beta2 = 0.999, double Epsilon = 1e-8, double WeightDecay = 0.0,
+    Func<string, double>? LrMultiplier = null);
+
+/// <summary>One parameter's slot in the optimizer: its value, gradient and moment values (names in the graph).</summary>
+public sealed record AdamWSlot(string Param, string Grad, string ExpAvg, string ExpAvgSq);
+
+/// <summary>Global-norm gradient clipping and the AdamW update as graph nodes, with PyTorch's semantics
+/// (torch.nn.utils.clip_grad_norm_, torch.optim.AdamW single-tensor path):
+/// p ← p·(1 − lr·wd); m ← m + (1 − β1)(g − m); v ← β2·v + (1 − β2)·g²;
+/// p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε). Bias corrections are computed in float64, as PyTorch does.</summary>
+public static class AdamWGraph
+{
+    public sealed record Result(string GradNorm, Dictionary<string, (string Param, string ExpAvg, string ExpAvgSq)> Updated);
+
+    /// <param name="lr">float scalar input: the learning rate</param>
+    /// <param name="step">float scalar input: the step number t, from 1</param>
+    /// <param name="maxGradNorm">float scalar input: clip to this global norm; 0 or less disables clipping</param>
+    public static Result Append(GraphEditor g, IReadOnlyList<AdamWSlot> slots, string lr, string step, string maxGradNorm,
+        AdamWOptions o)
+    {
+        const int F = (int)DT.Float, D = (int)DT.Double;
+        string Scalar(double v, int type) { var n = g.Unique("adamw/const"); g.AddInitializer(Tensors.Scalar(n, v, type)); return n; }
+        string Op(string op, params string[] inputs) => g.Add(op, inputs, name: "adamw/" + op);
+        string Cast(string x, int to) => g.Add("Cast", [x], name: "adamw/Cast", attributes: ("to", (long)to));
+
+        // clip_grad_norm_: coef = min(1, max_norm / (‖g‖ + 1e-6)), applied when max_norm > 0
+        var squares = slots.Select(s => g.Add("ReduceSum", [Op("Mul", s.Grad, s.Grad)], name: "adamw/ReduceSum", attributes: ("keepdims", 0L))).ToArray();
+        var norm = Op("Sqrt", squares.Length == 1 ? squares[0] : Op("Sum", squares));
+        var coef = Op("Min", Scalar(1, F), Op("Div", maxGradNorm, Op("Add", norm, Scalar(1e-6, F))));
+        coef = Op("Where", Op("Greater", maxGradNorm, Scalar(0, F)), coef, Scalar(1, F));
+
+        // bias corrections in float64: 1 − βᵗ
+        var t = Cast(step, D);
+        var correction1 = Op("Sub", Scalar(1, D), Op("Pow", Scalar(o.Beta1, D), t));
+        var sqrtCorrection2 = Cast(Op("Sqrt", Op("Sub", Scalar(1, D), Op("Pow", Scalar(o.Beta2, D), t))), F);
+        var lr64 = Cast(lr, D);
+        var perMultiplier = new Dictionary<double, (string Decay, string StepSize)>();
+        (string Decay, string StepSize) Rates(double multiplier)
+        {
+            if (perMultiplier.TryGetValue(multiplier, out var r)) return r;
+            var lrP = multiplier == 1 ? lr64 : Op("Mul", lr64, Scalar(multiplier, D));
+            var decay = Cast(Op("Sub", Scalar(1, D), Op("Mul", lrP, Scalar(o.WeightDecay, D))), F);
+            var stepSize = Cast(Op("Div", lrP, correction1), F);
+            return perMultiplier[multiplier] = (decay, stepSize);
+        }
+
+        var updated = new Dictionary<string, (string, string, string)>();
+        foreach (var s in slots)
+        {
+            var (decay, stepSize) = Rates(o.LrMultiplier?.Invoke(s.Param) ?? 1.0);
+            var grad = Op("Mul", s.Grad, coef);
+            var decayed = o.WeightDecay == 0 ? s.Param : Op("Mul", s.Param, decay);
+            var m = Op("Add", s.ExpAvg, Op("Mul", Op("Sub", grad, s.ExpAvg), Scalar(1 - o.Beta1, F)));
+            var v = Op("Add", Op("Mul", s.ExpAvgSq, Scalar(o.Beta2, F)), Op("Mul", Op("Mul", grad, grad), Scalar(1 - o.Beta2, F)));
+            var denom = Op("Add", Op("Div", Op("Sqrt", v), sqrtCorrection2), Scalar(o.Epsilon, F));
+            var p = Op("Sub", decayed, Op("Mul", stepSize, Op("Div", m, denom)));
+            updated[s.Param] = (p, m, v);
+        }
+        return new Result(norm, updated);
+    }
+}

@@ -1,0 +1,104 @@
+using Onnx;
+using OrtLora.Onnx;
+
+namespace OrtLora.Autodiff;
+
+/// <summary>Reverse-mode differentiation of an ONNX graph, in place: appends the nodes computing d loss / d parameter
+/// for each parameter and returns their names. One walk: activity analysis (only nodes on a path from a parameter to
+/// the loss get a backward; a rule is only asked for input grads someone needs), reverse topological order, fan-out
+/// contributions summed. The per-op math lives in <see cref="GradientRules"/>.</summary>
+public static class GradientBuilder
+{
+    /// <summary>Ops whose outputs carry no gradient (comparisons, shapes, index computations, piecewise constants).</summary>
+    static readonly HashSet<string> NonDifferentiable =
+    [
+        "Shape", "Size", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Not", "Xor",
+        "Range", "ConstantOfShape", "NonZero", "ArgMax", "ArgMin", "Floor", "Ceil", "Round", "Sign", "IsNaN", "IsInf",
+        "Constant", "EyeLike", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+        "TopK_indices", "OneHot", "Trilu_mask", "BitShift", "Mod",
+    ];
+
+    /// <param name="graph">graph holding the loss; gradient nodes are appended to it</param>
+    /// <param name="loss">name of a float value (any shape: its elements are summed) to differentiate</param>
+    /// <param name="parameters">values (initializers or graph inputs) to differentiate with respect to</param>
+    /// <param name="types">rank and dtype of every forward value (see <see cref="ValueTable.Probe"/>)</param>
+    /// <returns>parameter name → name of its gradient value (zeros for a parameter the loss does not depend on)</returns>
+    public static Dictionary<string, string> Build(GraphEditor graph, string loss, IReadOnlyList<string> parameters,
+        ValueTable types, int opset)
+    {
+        var nodes = graph.Graph.Node.ToList();
+        var active = ForwardActive(nodes, parameters, types);
+        var needed = BackwardNeeded(nodes, loss, active);
+        var contributions = new Dictionary<string, List<string>>();
+        var scalars = new Dictionary<(double, int), string>();
+        var shapes = new Dictionary<string, string>();
+
+        var seedContext = new GradContext(graph, new NodeProto { Name = "seed", OpType = "seed" }, types, opset, [], [],
+            scalars, shapes);
+        contributions[loss] = [seedContext.Op("ConstantOfShape", [seedContext.ShapeOf(loss)],
+            ("value", Tensors.FromFloats("one", [1], [1f], types.ElemType(loss))))];
+
+        for (int k = nodes.Count - 1; k >= 0; k--)
+        {
+            var node = nodes[k];
+            var outputGrads = node.Output.Select(o => contributions.ContainsKey(o) ? Sum(graph, contributions[o]) : null).ToArray();
+            if (outputGrads.All(g => g is null)) continue;
+            var wanted = node.Input.Select(i => i != "" && needed.Contains(i)).ToArray();
+            if (!wanted.Any(w => w)) continue;
+            if (!GradientRules.Table.TryGetValue(node.OpType, out var rule) || node.Domain is not ("" or "ai.onnx"))
+                throw new OrtLoraException($"autodiff: no gradient rule for op {node.Domain}{(node.Domain == "" ? "" : ".")}{node.OpType} " +
+                    $"(node '{node.Name}'), which lies between a trainable parameter and the loss");
+            var context = new GradContext(graph, node, types, opset, outputGrads, wanted, scalars, shapes);
+            var inputGrads = rule(context);
+            for (int i = 0; i < node.Input.Count; i++)
+            {
+                if (!wanted[i] || i >= inputGrads.Length || inputGrads[i] is not { } g) continue;
+                (contributions.TryGetValue(node.Input[i], out var list) ? list : contributions[node.Input[i]] = []).Add(g);
+            }
+        }
+
+        var result = new Dictionary<string, string>();
+        foreach (var p in parameters)
+        {
+            if (contributions.TryGetValue(p, out var list)) result[p] = Sum(graph, list);
+            else result[p] = seedContext.ZerosLike(p);
+        }
+        return result;
+    }
+
+    /// <summary>Values that depend on a parameter through differentiable float computations.</summary>
+    static HashSet<string> ForwardActive(List<NodeProto> nodes, IReadOnlyList<string> parameters, ValueTable types)
+    {
+        var active = new HashSet<string>(parameters);
+        foreach (var n in nodes)
+        {
+            if (NonDifferentiable.Contains(n.OpType) || !n.Input.Any(active.Contains)) continue;
+            foreach (var o in n.Output) if (o != "" && types.IsFloat(o)) active.Add(o);
+        }
+        return active;
+    }
+
+    /// <summary>Active values the loss depends on: exactly those whose gradient must be computed.</summary>
+    static HashSet<string> BackwardNeeded(List<NodeProto> nodes, string loss, HashSet<string> active)
+    {
+        if (!active.Contains(loss)) throw new OrtLoraException($"autodiff: the loss '{loss}' does not depend on any parameter");
+        var needed = new HashSet<string> { loss };
+        for (int k = nodes.Count - 1; k >= 0; k--)
+        {
+            var n = nodes[k];
+            if (!n.Output.Any(needed.Contains)) continue;
+            foreach (var i in n.Input) if (active.Contains(i)) needed.Add(i);
+        }
+        return needed;
+    }
+
+    /// <summary>The sum of a value's gradient contributions (fan-out), as one Sum node.</summary>
+    static string Sum(GraphEditor graph, List<string> parts)
+    {
+        if (parts.Count == 1) return parts[0];
+        var sum = graph.Add("Sum", parts.ToArray(), name: "grad/fanout/Sum");
+        parts.Clear();
+        parts.Add(sum);
+        return sum;
+    }
+}

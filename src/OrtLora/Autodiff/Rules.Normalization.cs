@@ -1,0 +1,83 @@
+namespace OrtLora.Autodiff;
+
+/// <summary>Reductions, softmaxes and normalization layers.</summary>
+public static partial class GradientRules
+{
+    static void AddNormalization(Dictionary<string, GradientRule> t)
+    {
+        t["ReduceSum"] = c => [ReduceBack(c, c.Opset >= 13)];
+        t["ReduceMean"] = c =>
+        {
+            var spread = ReduceBack(c, c.Opset >= 18);
+            // divide by the number of elements averaged: |input| / |output|, computed in the graph (dynamic shapes)
+            var count = c.Div(c.CastLike(c.Op("Size", [c.I(0)]), c.O(0)), c.CastLike(c.Op("Size", [c.O(0)]), c.O(0)));
+            return [c.Div(spread, count)];
+        };
+        t["Softmax"] = c =>
+        {
+            // dx = y ⊙ (dy − Σ dy⊙y)
+            var y = c.O(0);
+            var dot = c.ReduceSum(c.Mul(c.GO(0)!, y), SoftmaxAxes(c), keepdims: true);
+            return [c.Mul(y, c.Sub(c.GO(0)!, dot))];
+        };
+        t["LogSoftmax"] = c =>
+        {
+            // dx = dy − softmax(x) ⊙ Σ dy
+            var total = c.ReduceSum(c.GO(0)!, SoftmaxAxes(c), keepdims: true);
+            return [c.Sub(c.GO(0)!, c.Mul(c.Op("Exp", [c.O(0)]), total))];
+        };
+        t["LayerNormalization"] = c => Normalization(c, centered: true);
+        t["RMSNormalization"] = c => Normalization(c, centered: false);
+        t["SimplifiedLayerNormalization"] = c => Normalization(c, centered: false);
+    }
+
+    /// <summary>Softmax axes: one axis from opset 13; before that the input was coerced to 2-D at the axis (default 1).</summary>
+    static long[] SoftmaxAxes(GradContext c)
+    {
+        int rank = c.Rank(c.O(0));
+        if (c.Opset >= 13) return GradContext.Normalize([c.Attr("axis", -1L)], rank);
+        long axis = GradContext.Normalize([c.Attr("axis", 1L)], rank)[0];
+        return Enumerable.Range((int)axis, rank - (int)axis).Select(i => (long)i).ToArray();
+    }
+
+    /// <summary>The gradient of a sum-like reduction before any scaling: the output gradient, with reduced axes restored
+    /// when keepdims=0, expanded back to the input's shape.</summary>
+    static string ReduceBack(GradContext c, bool axesAsInput)
+    {
+        int rank = c.Rank(c.I(0));
+        var axes = axesAsInput ? c.AxesOf(1) : Onnx.Attrs.Ints(c.Node, "axes");
+        if ((axes is null || axes.Length == 0) && c.Attr("noop_with_empty_axes", 0L) == 1) return c.GO(0)!;
+        var all = axes is null || axes.Length == 0;
+        var normalized = all ? Enumerable.Range(0, rank).Select(i => (long)i).ToArray() : GradContext.Normalize(axes!, rank);
+        var grad = c.GO(0)!;
+        if (c.Attr("keepdims", 1L) == 0) grad = c.Unsqueeze(grad, normalized.Order().ToArray());
+        return c.Op("Expand", [grad, c.ShapeOf(c.I(0))]);
+    }
+
+    /// <summary>LayerNormalization (centered) and RMS normalization over the axes from <c>axis</c> on.
+    /// With x̂ the normalized input, r = 1/σ and g = dy ⊙ scale:
+    /// dx = r·(g − mean(g) − x̂·mean(g⊙x̂)) (RMS: without the mean(g) term); dscale = Σ dy⊙x̂; dbias = Σ dy.</summary>
+    static string?[] Normalization(GradContext c, bool centered)
+    {
+        string x = c.I(0), scale = c.I(1), gy = c.GO(0)!;
+        int rank = c.Rank(x);
+        long axis = GradContext.Normalize([c.Attr("axis", -1L)], rank)[0];
+        var axes = Enumerable.Range((int)axis, rank - (int)axis).Select(i => (long)i).ToArray();
+        double epsilon = c.Attr("epsilon", 1e-5f);
+        var xc = centered ? c.Sub(x, c.ReduceMean(x, axes, keepdims: true)) : x;
+        var variance = c.ReduceMean(c.Mul(xc, xc), axes, keepdims: true);
+        var rstd = c.Op("Reciprocal", [c.Op("Sqrt", [c.Add(variance, c.Scalar(epsilon, x))])]);
+        var xhat = c.Mul(xc, rstd);
+        string? gx = null, gscale = null, gbias = null;
+        if (c.Needs(0))
+        {
+            var g = c.Mul(gy, scale);
+            var inner = c.Sub(g, c.Mul(xhat, c.ReduceMean(c.Mul(g, xhat), axes, keepdims: true)));
+            if (centered) inner = c.Sub(inner, c.ReduceMean(g, axes, keepdims: true));
+            gx = c.Mul(rstd, inner);
+        }
+        if (c.Needs(1)) gscale = c.Unbroadcast(c.Mul(gy, xhat), c.O(0), scale);
+        if (c.HasInput(2) && c.Needs(2)) gbias = c.Unbroadcast(gy, c.O(0), c.I(2));
+        return [gx, gscale, gbias];
+    }
+}

@@ -1,0 +1,198 @@
+using Google.Protobuf;
+using Onnx;
+using OrtLora.Autodiff;
+using OrtLora.Onnx;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Training.Engine;
+
+/// <summary>The graphs a training session runs, all derived from one injected model. The trainable parameters
+/// (initializers named *.lora_A.weight / *.lora_B.weight) become graph inputs; everything else stays frozen.
+/// <list type="bullet">
+/// <item><see cref="Eval"/>: forward + loss.</item>
+/// <item><see cref="Gradients"/>: forward + loss + backward, outputs <c>loss</c> and <c>grad.P</c>.</item>
+/// <item><see cref="BuildStep"/>: that plus clipping and AdamW: one Run per optimizer step.</item>
+/// <item><see cref="BuildAccumulate"/> / <see cref="BuildApply"/>: gradient accumulation, one Run per micro-batch
+/// adding scale·grad into accumulators, then a small graph applying clipping and AdamW to them.</item>
+/// </list></summary>
+public sealed class TrainingGraph
+{
+    public const string Labels = "labels", Loss = "loss", GradNorm = "grad_norm", LearningRate = "lr", Step = "step",
+        MaxGradNorm = "max_grad_norm", GradScale = "grad_scale";
+    public static string GradOf(string p) => "grad." + p;
+    public static string ExpAvgOf(string p) => "exp_avg." + p;
+    public static string ExpAvgSqOf(string p) => "exp_avg_sq." + p;
+    public static string AccumulatorOf(string p) => "grad_acc." + p;
+    public static string Updated(string name) => "updated." + name;
+
+    public IReadOnlyList<string> Parameters { get; }
+    public IReadOnlyDictionary<string, long[]> ParameterShapes { get; }
+    /// <summary>The parameters' values in the model (float32), the starting point of training.</summary>
+    public IReadOnlyDictionary<string, float[]> InitialValues { get; }
+    /// <summary>Model inputs fed from a batch (input_ids, attention_mask, ...), plus labels.</summary>
+    public IReadOnlyList<string> BatchInputs { get; }
+    public ModelProto Eval { get; }
+    public ModelProto Gradients { get; }
+    int Opset { get; }
+
+    public static bool IsLoraParameter(string name) => name.EndsWith(".lora_A.weight") || name.EndsWith(".lora_B.weight");
+
+    TrainingGraph(IReadOnlyList<string> parameters, Dictionary<string, long[]> shapes, Dictionary<string, float[]> values,
+        IReadOnlyList<string> batchInputs, ModelProto eval, ModelProto gradients, int opset)
+    {
+        Parameters = parameters; ParameterShapes = shapes; InitialValues = values; BatchInputs = batchInputs;
+        Eval = eval; Gradients = gradients; Opset = opset;
+    }
+
+    /// <param name="parameters">trainable initializers; default: every LoRA parameter</param>
+    /// <param name="logits">the logits output; default: the output named "logits", else the first output</param>
+    public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null)
+    {
+        int opset = model.Opset();
+        if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; training needs opset 13 or later (re-export the model)");
+        var proto = ModelProto.Parser.ParseFrom(model.ToBytes());
+        var g = new GraphEditor(proto.Graph);
+        parameters ??= proto.Graph.Initializer.Select(t => t.Name).Where(IsLoraParameter).ToList();
+        if (parameters.Count == 0)
+            throw new OrtLoraException($"{model.Source}: no trainable parameters (no initializer ends in .lora_A.weight / .lora_B.weight); run `ortlora inject` first");
+        logits ??= proto.Graph.Output.Any(o => o.Name == "logits") ? "logits" : proto.Graph.Output[0].Name;
+        var logitsType = proto.Graph.Output.FirstOrDefault(o => o.Name == logits)?.Type?.TensorType?.ElemType ?? (int)DT.Float;
+
+        var shapes = new Dictionary<string, long[]>();
+        var values = new Dictionary<string, float[]>();
+        foreach (var p in parameters)
+        {
+            var t = g.Initializer(p) ?? throw new OrtLoraException($"{model.Source}: parameter '{p}' is not an initializer");
+            if (t.DataType != (int)DT.Float) throw new OrtLoraException($"{model.Source}: parameter '{p}' is {(DT)t.DataType}; trainable parameters must be float32");
+            shapes[p] = t.Dims.ToArray();
+            values[p] = Tensors.BytesToFloats(Tensors.InlineBytes(t), t.DataType);
+            g.RemoveInitializer(p);
+            proto.Graph.Input.Add(Input(p, (int)DT.Float, t.Dims.Select(d => (object)d)));
+        }
+        var batchInputs = proto.Graph.Input.Select(i => i.Name).Where(n => !shapes.ContainsKey(n)).Append(Labels).ToList();
+        proto.Graph.Input.Add(Input(Labels, (int)DT.Int64, ["batch", "sequence"]));
+        var loss = CausalLmLoss.Append(g, logits, Labels, logitsType);
+        g.Add("Identity", [loss], name: "loss/output", outputs: [Loss]);
+        proto.Graph.Output.Clear();
+        proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
+        g.Cleanup();
+        var eval = proto.Clone();
+
+        var types = ValueTable.Probe(proto, ProbeFeeds(proto, values, 2, 5), ProbeFeeds(proto, values, 3, 7));
+        var grads = GradientBuilder.Build(g, Loss, parameters, types, opset);
+        foreach (var p in parameters)
+        {
+            g.Add("Identity", [grads[p]], name: "grad/output", outputs: [GradOf(p)]);
+            proto.Graph.Output.Add(new ValueInfoProto { Name = GradOf(p) });
+        }
+        return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, opset);
+    }
+
+    /// <summary>Forward, backward, clipping and AdamW in one graph.</summary>
+    public ModelProto BuildStep(AdamWOptions options)
+    {
+        var proto = Gradients.Clone();
+        var g = new GraphEditor(proto.Graph);
+        AddOptimizer(proto, g, p => GradOf(p), options);
+        return proto;
+    }
+
+    /// <summary>Forward and backward adding <c>grad_scale · grad</c> into the accumulators.</summary>
+    public ModelProto BuildAccumulate()
+    {
+        var proto = Gradients.Clone();
+        var g = new GraphEditor(proto.Graph);
+        proto.Graph.Input.Add(Input(GradScale, (int)DT.Float, []));
+        proto.Graph.Output.Clear();
+        proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
+        foreach (var p in Parameters)
+        {
+            proto.Graph.Input.Add(Input(AccumulatorOf(p), (int)DT.Float, ParameterShapes[p].Select(d => (object)d)));
+            var scaled = g.Add("Mul", [GradOf(p), GradScale], name: "accumulate/Mul");
+            g.Add("Add", [AccumulatorOf(p), scaled], name: "accumulate/Add", outputs: [Updated(AccumulatorOf(p))]);
+            proto.Graph.Output.Add(new ValueInfoProto { Name = Updated(AccumulatorOf(p)) });
+        }
+        return proto;
+    }
+
+    /// <summary>Clipping and AdamW applied to accumulated gradients (inputs grad_acc.P); no forward.</summary>
+    public ModelProto BuildApply(AdamWOptions options)
+    {
+        var proto = new ModelProto { IrVersion = Gradients.IrVersion, Graph = new GraphProto { Name = "apply" } };
+        proto.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = Opset });
+        var g = new GraphEditor(proto.Graph);
+        foreach (var p in Parameters)
+        {
+            proto.Graph.Input.Add(Input(p, (int)DT.Float, ParameterShapes[p].Select(d => (object)d)));
+            proto.Graph.Input.Add(Input(AccumulatorOf(p), (int)DT.Float, ParameterShapes[p].Select(d => (object)d)));
+        }
+        AddOptimizer(proto, g, AccumulatorOf, options);
+        return proto;
+    }
+
+    void AddOptimizer(ModelProto proto, GraphEditor g, Func<string, string> gradOf, AdamWOptions options)
+    {
+        proto.Graph.Input.Add(Input(LearningRate, (int)DT.Float, []));
+        proto.Graph.Input.Add(Input(Step, (int)DT.Float, []));
+        proto.Graph.Input.Add(Input(MaxGradNorm, (int)DT.Float, []));
+        var slots = new List<AdamWSlot>();
+        foreach (var p in Parameters)
+        {
+            var dims = ParameterShapes[p].Select(d => (object)d).ToArray();
+            proto.Graph.Input.Add(Input(ExpAvgOf(p), (int)DT.Float, dims));
+            proto.Graph.Input.Add(Input(ExpAvgSqOf(p), (int)DT.Float, dims));
+            slots.Add(new AdamWSlot(p, gradOf(p), ExpAvgOf(p), ExpAvgSqOf(p)));
+        }
+        var result = AdamWGraph.Append(g, slots, LearningRate, Step, MaxGradNorm, options);
+        var outputs = proto.Graph.Output.Where(o => o.Name == Loss).ToList();
+        proto.Graph.Output.Clear();
+        proto.Graph.Output.AddRange(outputs);
+        void Output(string value, string name)
+        {
+            g.Add("Identity", [value], name: "adamw/output", outputs: [name]);
+            proto.Graph.Output.Add(new ValueInfoProto { Name = name });
+        }
+        Output(result.GradNorm, GradNorm);
+        foreach (var p in Parameters)
+        {
+            var (param, m, v) = result.Updated[p];
+            Output(param, Updated(p));
+            Output(m, Updated(ExpAvgOf(p)));
+            Output(v, Updated(ExpAvgSqOf(p)));
+        }
+        g.Cleanup();
+    }
+
+    static ValueInfoProto Input(string name, int elemType, IEnumerable<object> dims)
+    {
+        var tensor = new TypeProto.Types.Tensor { ElemType = elemType, Shape = new TensorShapeProto() };
+        foreach (var d in dims)
+            tensor.Shape.Dim.Add(d is long v ? new TensorShapeProto.Types.Dimension { DimValue = v }
+                : new TensorShapeProto.Types.Dimension { DimParam = (string)d });
+        return new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = tensor } };
+    }
+
+    /// <summary>A tiny synthetic batch for the probe run: token 1 everywhere, full attention, positions 0..S-1.</summary>
+    static Dictionary<string, HostTensor> ProbeFeeds(ModelProto proto, Dictionary<string, float[]> parameters, int batch, int sequence)
+    {
+        var feeds = new Dictionary<string, HostTensor>();
+        foreach (var (p, v) in parameters)
+            feeds[p] = HostTensor.Of(v, proto.Graph.Input.First(i => i.Name == p).Type.TensorType.Shape.Dim.Select(d => d.DimValue).ToArray());
+        foreach (var input in proto.Graph.Input.Where(i => !parameters.ContainsKey(i.Name)))
+            feeds[input.Name] = BatchFeed(input, batch, sequence);
+        return feeds;
+    }
+
+    static HostTensor BatchFeed(ValueInfoProto input, int batch, int sequence)
+    {
+        var type = input.Type.TensorType;
+        var dims = type.Shape?.Dim.Select((d, i) => d.DimValue > 0 ? d.DimValue : i == 0 ? batch : sequence).ToArray() ?? [batch, sequence];
+        long n = Tensors.ElementCount(dims);
+        if (type.ElemType != (int)DT.Int64)
+            throw new OrtLoraException($"model input '{input.Name}' is {(DT)type.ElemType}; ortlora feeds int64 token inputs only");
+        var data = input.Name.Contains("position")
+            ? Enumerable.Range(0, (int)n).Select(i => (long)(i % dims[^1])).ToArray()
+            : Enumerable.Repeat(1L, (int)n).ToArray();
+        return HostTensor.Of(data, dims);
+    }
+}

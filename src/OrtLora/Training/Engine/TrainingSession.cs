@@ -1,0 +1,255 @@
+using Google.Protobuf;
+using Microsoft.ML.OnnxRuntime;
+using Onnx;
+using OrtLora.Autodiff;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+
+namespace OrtLora.Training.Engine;
+
+/// <summary>A batch of token sequences: input_ids, attention_mask and labels, each [BatchSize, SequenceLength]
+/// row-major. Labels of -100 are not counted in the loss.</summary>
+public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels, int BatchSize, int SequenceLength)
+{
+    public long[] Shape => [BatchSize, SequenceLength];
+}
+
+/// <summary>Settings fixed for a session's life. Learning rate and max_grad_norm are given per call.</summary>
+public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
+    GraphOptimizationLevel Optimization = GraphOptimizationLevel.ORT_ENABLE_ALL, string Device = "cpu", string? EpLibrary = null);
+
+/// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
+/// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
+/// with IOBinding; each graph is built and loaded the first time it is needed.</summary>
+public sealed class TrainingSession : IDisposable
+{
+    readonly TrainingGraph _graph;
+    readonly TrainingSessionOptions _options;
+    readonly Dictionary<string, PingPong> _params = new(), _expAvg = new(), _expAvgSq = new();
+    Dictionary<string, PingPong>? _accumulators;
+    readonly HostScalar _lr = new(), _step = new(), _maxGradNorm = new(), _gradScale = new(), _loss = new(), _gradNorm = new();
+    InferenceSession? _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession;
+
+    public TrainingSession(OnnxModel model, TrainingSessionOptions options, IReadOnlyList<string>? parameters = null)
+    {
+        _options = options;
+        _graph = TrainingGraph.Build(model, parameters);
+        foreach (var p in _graph.Parameters)
+        {
+            var shape = _graph.ParameterShapes[p];
+            _params[p] = new PingPong(shape, _graph.InitialValues[p]);
+            _expAvg[p] = new PingPong(shape);
+            _expAvgSq[p] = new PingPong(shape);
+        }
+    }
+
+    public IReadOnlyList<string> ParameterNames => _graph.Parameters;
+    public TrainingGraph Graph => _graph;
+    /// <summary>Optimizer steps taken (AdamW's t).</summary>
+    public int OptimizerStep { get; private set; }
+    /// <summary>The global gradient norm before clipping, of the last update.</summary>
+    public float LastGradNorm { get; private set; }
+
+    /// <summary>Forward, backward and AdamW on one batch in a single Run; returns the loss (before the update).</summary>
+    public float Step(Batch batch, float learningRate, float maxGradNorm = 0)
+    {
+        _stepSession ??= Load(_graph.BuildStep(_options.AdamW));
+        using var binding = _stepSession.CreateIoBinding();
+        var batchValues = BindBatch(binding, batch);
+        try
+        {
+            BindOptimizer(binding, learningRate, maxGradNorm);
+            foreach (var p in _graph.Parameters) binding.BindInput(p, _params[p].Current);
+            binding.BindOutput(TrainingGraph.Loss, _loss.Value);
+            Run(_stepSession, binding);
+        }
+        finally { foreach (var v in batchValues) v.Dispose(); }
+        FinishUpdate();
+        return _loss.Get();
+    }
+
+    /// <summary>Gradient accumulation: adds <paramref name="gradScale"/> · d loss/d P into the accumulators (one Run);
+    /// returns the micro-batch loss. <see cref="ApplyAccumulated"/> then updates and clears them.</summary>
+    public float Accumulate(Batch batch, float gradScale)
+    {
+        _accumulateSession ??= Load(_graph.BuildAccumulate());
+        _accumulators ??= _graph.Parameters.ToDictionary(p => p, p => new PingPong(_graph.ParameterShapes[p]));
+        using var binding = _accumulateSession.CreateIoBinding();
+        var batchValues = BindBatch(binding, batch);
+        try
+        {
+            _gradScale.Set(gradScale);
+            binding.BindInput(TrainingGraph.GradScale, _gradScale.Value);
+            foreach (var p in _graph.Parameters)
+            {
+                binding.BindInput(p, _params[p].Current);
+                binding.BindInput(TrainingGraph.AccumulatorOf(p), _accumulators[p].Current);
+                binding.BindOutput(TrainingGraph.Updated(TrainingGraph.AccumulatorOf(p)), _accumulators[p].Next);
+            }
+            binding.BindOutput(TrainingGraph.Loss, _loss.Value);
+            Run(_accumulateSession, binding);
+        }
+        finally { foreach (var v in batchValues) v.Dispose(); }
+        foreach (var a in _accumulators.Values) a.Swap();
+        return _loss.Get();
+    }
+
+    /// <summary>Clipping and AdamW on the accumulated gradients (a small graph, no forward); clears the accumulators.</summary>
+    public void ApplyAccumulated(float learningRate, float maxGradNorm = 0)
+    {
+        if (_accumulators is null) throw new InvalidOperationException("ApplyAccumulated before any Accumulate");
+        _applySession ??= Load(_graph.BuildApply(_options.AdamW));
+        using var binding = _applySession.CreateIoBinding();
+        BindOptimizer(binding, learningRate, maxGradNorm);
+        foreach (var p in _graph.Parameters)
+        {
+            binding.BindInput(p, _params[p].Current);
+            binding.BindInput(TrainingGraph.AccumulatorOf(p), _accumulators[p].Current);
+        }
+        Run(_applySession, binding);
+        FinishUpdate();
+        foreach (var a in _accumulators.Values) a.Clear();
+    }
+
+    /// <summary>The loss on a batch with the current parameters (forward only).</summary>
+    public float EvalLoss(Batch batch)
+    {
+        _evalSession ??= Load(_graph.Eval);
+        using var binding = _evalSession.CreateIoBinding();
+        var batchValues = BindBatch(binding, batch);
+        try
+        {
+            foreach (var p in _graph.Parameters) binding.BindInput(p, _params[p].Current);
+            binding.BindOutput(TrainingGraph.Loss, _loss.Value);
+            Run(_evalSession, binding);
+        }
+        finally { foreach (var v in batchValues) v.Dispose(); }
+        return _loss.Get();
+    }
+
+    /// <summary>Loss and d loss / d P at the current parameters, without updating anything (for verification).</summary>
+    public (float Loss, Dictionary<string, float[]> Gradients) ComputeGradients(Batch batch)
+    {
+        _gradSession ??= Load(_graph.Gradients);
+        var feeds = BatchFeeds(batch).ToDictionary(kv => kv.Key, kv => kv.Value);
+        foreach (var p in _graph.Parameters) feeds[p] = HostTensor.Of(_params[p].Read(), _graph.ParameterShapes[p]);
+        var outputs = OrtRun.Run(_gradSession, feeds);
+        return (outputs[TrainingGraph.Loss].Floats[0],
+            _graph.Parameters.ToDictionary(p => p, p => outputs[TrainingGraph.GradOf(p)].Floats));
+    }
+
+    public Dictionary<string, float[]> GetParameters() => _graph.Parameters.ToDictionary(p => p, p => _params[p].Read());
+
+    public void SetParameters(IReadOnlyDictionary<string, float[]> values)
+    {
+        foreach (var (name, v) in values)
+        {
+            if (!_params.TryGetValue(name, out var slot)) throw new OrtLoraException($"'{name}' is not a trainable parameter of this model");
+            slot.Write(v);
+        }
+    }
+
+    /// <summary>AdamW state for checkpoints: exp_avg.P, exp_avg_sq.P and step.</summary>
+    public Dictionary<string, SafeTensor> GetOptimizerState()
+    {
+        var state = new Dictionary<string, SafeTensor> { ["step"] = SafeTensor.FromInt64s([1], [OptimizerStep]) };
+        foreach (var p in _graph.Parameters)
+        {
+            state[TrainingGraph.ExpAvgOf(p)] = SafeTensor.FromFloats(_graph.ParameterShapes[p], _expAvg[p].Read());
+            state[TrainingGraph.ExpAvgSqOf(p)] = SafeTensor.FromFloats(_graph.ParameterShapes[p], _expAvgSq[p].Read());
+        }
+        return state;
+    }
+
+    public void SetOptimizerState(IReadOnlyDictionary<string, SafeTensor> state)
+    {
+        if (!state.TryGetValue("step", out var step)) throw new OrtLoraException("optimizer state has no 'step'");
+        foreach (var p in _graph.Parameters)
+        {
+            if (!state.TryGetValue(TrainingGraph.ExpAvgOf(p), out var m) || !state.TryGetValue(TrainingGraph.ExpAvgSqOf(p), out var v))
+                throw new OrtLoraException($"optimizer state has no moments for '{p}' (a checkpoint of another adapter?)");
+            _expAvg[p].Write(m.AsFloats());
+            _expAvgSq[p].Write(v.AsFloats());
+        }
+        OptimizerStep = (int)step.AsInt64s()[0];
+    }
+
+    InferenceSession Load(ModelProto proto)
+    {
+        using var options = OrtRun.DefaultOptions(_options.Optimization);
+        if (_options.IntraOpThreads > 0) options.IntraOpNumThreads = _options.IntraOpThreads;
+        ExecutionDevice.Configure(options, _options.Device, _options.EpLibrary);
+        return new InferenceSession(proto.ToByteArray(), options);
+    }
+
+    static void Run(InferenceSession session, OrtIoBinding binding)
+    {
+        using var runOptions = new RunOptions();
+        session.RunWithBinding(runOptions, binding);
+    }
+
+    void BindOptimizer(OrtIoBinding binding, float learningRate, float maxGradNorm)
+    {
+        _lr.Set(learningRate);
+        _step.Set(OptimizerStep + 1);
+        _maxGradNorm.Set(maxGradNorm);
+        binding.BindInput(TrainingGraph.LearningRate, _lr.Value);
+        binding.BindInput(TrainingGraph.Step, _step.Value);
+        binding.BindInput(TrainingGraph.MaxGradNorm, _maxGradNorm.Value);
+        binding.BindOutput(TrainingGraph.GradNorm, _gradNorm.Value);
+        foreach (var p in _graph.Parameters)
+        {
+            binding.BindInput(TrainingGraph.ExpAvgOf(p), _expAvg[p].Current);
+            binding.BindInput(TrainingGraph.ExpAvgSqOf(p), _expAvgSq[p].Current);
+            binding.BindOutput(TrainingGraph.Updated(p), _params[p].Next);
+            binding.BindOutput(TrainingGraph.Updated(TrainingGraph.ExpAvgOf(p)), _expAvg[p].Next);
+            binding.BindOutput(TrainingGraph.Updated(TrainingGraph.ExpAvgSqOf(p)), _expAvgSq[p].Next);
+        }
+    }
+
+    void FinishUpdate()
+    {
+        foreach (var p in _graph.Parameters) { _params[p].Swap(); _expAvg[p].Swap(); _expAvgSq[p].Swap(); }
+        OptimizerStep++;
+        LastGradNorm = _gradNorm.Get();
+    }
+
+    Dictionary<string, HostTensor> BatchFeeds(Batch batch)
+    {
+        long n = (long)batch.BatchSize * batch.SequenceLength;
+        if (batch.InputIds.Length != n || batch.AttentionMask.Length != n || batch.Labels.Length != n)
+            throw new OrtLoraException($"batch arrays must each hold {batch.BatchSize}×{batch.SequenceLength} values");
+        var feeds = new Dictionary<string, HostTensor>();
+        foreach (var name in _graph.BatchInputs)
+        {
+            feeds[name] = name switch
+            {
+                "input_ids" => HostTensor.Of(batch.InputIds, batch.Shape),
+                "attention_mask" => HostTensor.Of(batch.AttentionMask, batch.Shape),
+                TrainingGraph.Labels => HostTensor.Of(batch.Labels, batch.Shape),
+                _ when name.Contains("position") => HostTensor.Of(Enumerable.Range(0, (int)n).Select(i => (long)(i % batch.SequenceLength)).ToArray(), batch.Shape),
+                _ => throw new OrtLoraException($"model input '{name}': ortlora feeds input_ids, attention_mask and position_ids only"),
+            };
+        }
+        return feeds;
+    }
+
+    List<OrtValue> BindBatch(OrtIoBinding binding, Batch batch)
+    {
+        var values = new List<OrtValue>();
+        foreach (var (name, tensor) in BatchFeeds(batch))
+        {
+            var v = tensor.ToOrtValue();
+            values.Add(v);
+            binding.BindInput(name, v);
+        }
+        return values;
+    }
+
+    public void Dispose()
+    {
+        foreach (var s in new[] { _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession }) s?.Dispose();
+        foreach (var b in _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? [])) b.Dispose();
+        foreach (var s in new[] { _lr, _step, _maxGradNorm, _gradScale, _loss, _gradNorm }) s.Dispose();
+    }
+}

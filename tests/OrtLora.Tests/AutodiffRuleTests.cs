@@ -1,0 +1,132 @@
+using static OrtLora.Tests.GradCheck;
+
+namespace OrtLora.Tests;
+
+/// <summary>Every gradient rule against central finite differences (float64 where ORT has double kernels).</summary>
+public class AutodiffRuleTests
+{
+    static string Op(TinyGraph g, string op, string[] x, params (string, object)[] attrs) => g.Node(op, x, attrs);
+
+    [TestCase("Add")] [TestCase("Sub")] [TestCase("Mul")] [TestCase("Div")] [TestCase("Max")] [TestCase("Min")]
+    public void BinaryWithBroadcasting(string op)
+    {
+        Check((g, x) => Op(g, op, x), [X("a", 2, 3, 4), Positive("b", 3, 1)]);
+        Check((g, x) => Op(g, op, x), [Positive("a", 1, 4), X("b", 2, 3, 1)]);
+        Check((g, x) => Op(g, op, x), [X("a", 2, 3), X("b")]);
+    }
+
+    [TestCase("Neg")] [TestCase("Sigmoid")] [TestCase("Tanh")] [TestCase("Exp")] [TestCase("Sin")] [TestCase("Cos")]
+    [TestCase("Erf")] [TestCase("Relu")] [TestCase("Abs")] [TestCase("Identity")]
+    public void Unary(string op) => Check((g, x) => Op(g, op, x), [X("x", 2, 5)]);
+
+    [TestCase("Sqrt")] [TestCase("Reciprocal")] [TestCase("Log")]
+    public void UnaryOnPositive(string op) => Check((g, x) => Op(g, op, x), [Positive("x", 2, 5)]);
+
+    [TestCase("none")] [TestCase("tanh")]
+    public void Gelu(string approximate) => Check((g, x) => Op(g, "Gelu", x, ("approximate", approximate)), [X("x", 3, 4)], opset: 20);
+
+    [Test]
+    public void Pow()
+    {
+        Check((g, x) => Op(g, "Pow", [x[0], g.Floats([], 2.0)]), [X("x", 2, 3)]);
+        Check((g, x) => Op(g, "Pow", x), [Positive("x", 2, 3), X("e", 3)]);
+    }
+
+    [Test]
+    public void WhereSumCastClip()
+    {
+        Check((g, x) => Op(g, "Where", [Op(g, "Greater", [x[0], x[1]]), x[0], x[1]]), [X("a", 2, 3), X("b", 3)]);
+        Check((g, x) => Op(g, "Sum", x), [X("a", 2, 3), X("b", 3), X("c", 2, 1)]);
+        Check((g, x) => Op(g, "Cast", [Op(g, "Cast", x, ("to", 11L))], ("to", 1L)), [X("x", 4)], floatOnly: true);
+        Check((g, x) => Op(g, "Clip", [x[0], g.Floats([], -0.3), g.Floats([], 0.4)]), [X("x", 3, 4)]);
+    }
+
+    [TestCase(new long[] { 2, 3, 4 }, new long[] { 4, 5 })]
+    [TestCase(new long[] { 3, 4 }, new long[] { 2, 4, 5 })]
+    [TestCase(new long[] { 2, 1, 3, 4 }, new long[] { 3, 4, 2 })]
+    [TestCase(new long[] { 4 }, new long[] { 4, 5 })]
+    [TestCase(new long[] { 2, 3, 4 }, new long[] { 4 })]
+    [TestCase(new long[] { 4 }, new long[] { 2, 4, 3 })]
+    [TestCase(new long[] { 4 }, new long[] { 4 })]
+    public void MatMul(long[] a, long[] b) => Check((g, x) => Op(g, "MatMul", x), [X("a", a), X("b", b)]);
+
+    [TestCase(0, 0, 1f, 1f)] [TestCase(1, 0, 0.5f, 2f)] [TestCase(0, 1, 2f, 0.5f)] [TestCase(1, 1, 1.5f, 1f)]
+    public void Gemm(int transA, int transB, float alpha, float beta)
+    {
+        long[] a = transA == 1 ? [4, 3] : [3, 4], b = transB == 1 ? [5, 4] : [4, 5];
+        Check((g, x) => Op(g, "Gemm", x, ("transA", (long)transA), ("transB", (long)transB), ("alpha", alpha), ("beta", beta)),
+            [X("a", a), X("b", b), X("c", 5)]);
+        Check((g, x) => Op(g, "Gemm", x, ("transA", (long)transA), ("transB", (long)transB)), [X("a", a), X("b", b)]);
+    }
+
+    [Test]
+    public void SoftmaxAndLogSoftmax()
+    {
+        Check((g, x) => Op(g, "Softmax", x), [X("x", 2, 3, 4)]);
+        Check((g, x) => Op(g, "Softmax", x, ("axis", 1L)), [X("x", 2, 3, 4)]);
+        Check((g, x) => Op(g, "LogSoftmax", x, ("axis", -1L)), [X("x", 2, 5)]);
+        Check((g, x) => Op(g, "Softmax", x, ("axis", 1L)), [X("x", 2, 3, 4)], opset: 11); // coerced to 2-D
+    }
+
+    [Test]
+    public void Reductions()
+    {
+        Check((g, x) => Op(g, "ReduceMean", [x[0], g.Ints(-1)]), [X("x", 2, 3, 4)]);
+        Check((g, x) => Op(g, "ReduceMean", [x[0], g.Ints(0, 2)], ("keepdims", 0L)), [X("x", 2, 3, 4)]);
+        Check((g, x) => Op(g, "ReduceMean", x, ("axes", new long[] { 1 }), ("keepdims", 0L)), [X("x", 2, 3, 4)], opset: 17);
+        Check((g, x) => Op(g, "ReduceSum", [x[0], g.Ints(1)], ("keepdims", 0L)), [X("x", 2, 3, 4)], opset: 13);
+        Check((g, x) => Op(g, "ReduceSum", x, ("keepdims", 0L)), [X("x", 2, 3)], opset: 13);
+    }
+
+    [Test]
+    public void LayerNormalization()
+    {
+        Check((g, x) => Op(g, "LayerNormalization", x, ("epsilon", 1e-5f)), [X("x", 2, 3, 4), X("s", 4), X("b", 4)], opset: 17);
+        Check((g, x) => Op(g, "LayerNormalization", x, ("axis", 1L)), [X("x", 2, 3, 4), X("s", 3, 4)], opset: 17);
+    }
+
+    [Test]
+    public void RmsNormalization() =>
+        Check((g, x) => Op(g, "RMSNormalization", x, ("epsilon", 1e-6f)), [X("x", 2, 3, 4), X("s", 4)], opset: 23);
+
+    [Test]
+    public void ReshapesAndTranspose()
+    {
+        Check((g, x) => Op(g, "Reshape", [x[0], g.Ints(3, -1)]), [X("x", 2, 3, 2)]);
+        Check((g, x) => Op(g, "Flatten", x, ("axis", 2L)), [X("x", 2, 3, 2)]);
+        Check((g, x) => Op(g, "Unsqueeze", [x[0], g.Ints(0, -1)]), [X("x", 2, 3)]);
+        Check((g, x) => Op(g, "Squeeze", [x[0], g.Ints(1)]), [X("x", 2, 1, 3)]);
+        Check((g, x) => Op(g, "Unsqueeze", x, ("axes", new long[] { 1 })), [X("x", 2, 3)], opset: 11);
+        Check((g, x) => Op(g, "Transpose", x, ("perm", new long[] { 2, 0, 1 })), [X("x", 2, 3, 4)]);
+        Check((g, x) => Op(g, "Transpose", x), [X("x", 2, 3)]);
+        Check((g, x) => Op(g, "Expand", [x[0], g.Ints(2, 3, 4)]), [X("x", 3, 1)]);
+        Check((g, x) => Op(g, "Tile", [x[0], g.Ints(2, 3)]), [X("x", 2, 3)]);
+    }
+
+    [Test]
+    public void ConcatAndSplit()
+    {
+        Check((g, x) => Op(g, "Concat", x, ("axis", -1L)), [X("a", 2, 3), X("b", 2, 1), X("c", 2, 2)]);
+        Check((g, x) => Op(g, "Concat", x, ("axis", 0L)), [X("a", 2, 3), X("b", 1, 3)]);
+        Check((g, x) => g.NodeN("Split", [x[0], g.Ints(1, 3)], 2, ("axis", 1L))[1], [X("x", 2, 4)]);
+        Check((g, x) => { var p = g.NodeN("Split", x, 2, ("axis", 0L), ("num_outputs", 2L)); return Op(g, "Mul", p); }, [X("x", 4, 3)]);
+    }
+
+    [Test]
+    public void Slice()
+    {
+        Check((g, x) => Op(g, "Slice", [x[0], g.Ints(1), g.Ints(long.MaxValue), g.Ints(1)]), [X("x", 2, 5)]);
+        Check((g, x) => Op(g, "Slice", [x[0], g.Ints(0, -3), g.Ints(1, -1)]), [X("x", 2, 5)]);
+        Check((g, x) => Op(g, "Slice", [x[0], g.Ints(-100), g.Ints(100), g.Ints(-1)]), [X("x", 2, 5)]);
+        Check((g, x) => Op(g, "Slice", [x[0], g.Ints(0, 4), g.Ints(5, 0), g.Ints(1, 2), g.Ints(2, -2)]), [X("x", 2, 5, 6)]);
+    }
+
+    [Test]
+    public void Gathers()
+    {
+        Check((g, x) => Op(g, "Gather", x), [X("x", 4, 3), Idx("i", [2, 3], 0, 2, 2, 3, -1, 0)]);
+        Check((g, x) => Op(g, "Gather", x, ("axis", 1L)), [X("x", 2, 4, 3), Idx("i", [2], 3, 3)]);
+        Check((g, x) => Op(g, "GatherElements", x, ("axis", 1L)), [X("x", 2, 4), Idx("i", [2, 3], 0, 0, 3, 1, 2, 1)]);
+        Check((g, x) => Op(g, "GatherND", x), [X("x", 3, 4), Idx("i", [3, 2], 0, 1, 2, 3, 0, 1)]);
+    }
+}
