@@ -30,7 +30,7 @@ public static class GenerateCommand
         {
             var modelPath = parse.GetValue(model)!;
             if (!File.Exists(modelPath)) throw new OrtLoraException($"{modelPath}: file not found");
-            var text = MlTextTokenizer.Load(parse.GetValue(tokenizer) ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!);
+            var text = LoadedTokenizer.Load(parse.GetValue(tokenizer) ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!);
             var options = new GenerationOptions
             {
                 MaxNewTokens = parse.GetValue(maxNewTokens),

@@ -83,7 +83,7 @@ public static class GenAiConfig
         var warnings = new List<string>();
         using var model = OnnxModel.Load(modelPath);
         var dims = ModelDimensions.Derive(model, FindHfConfig(dir, tokenizerPath));
-        var tokenizer = MlTextTokenizer.Load(tokenizerPath);
+        var tokenizer = LoadedTokenizer.Load(tokenizerPath);
         var inputs = model.Graph.Input.Select(i => i.Name).ToList();
         if (!inputs.Contains("past_key_values.0.key"))
             warnings.Add($"{modelPath}: no past_key_values inputs; ORT GenAI needs a decoder exported with its KV cache");
