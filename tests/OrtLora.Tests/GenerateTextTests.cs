@@ -104,4 +104,16 @@ public class GenerateTextTests
         Assert.That(counts[2], Is.Zero);
         Assert.That(counts[0] / 20000.0, Is.EqualTo(0.625).Within(0.015));
     }
+
+    [Test]
+    public void InvalidBytesDoNotStallTheStream()
+    {
+        // GPT-2 id 100 is the lone byte 0xA7, a UTF-8 continuation byte: a run of them never completes a character.
+        var tokenizer = LoadedTokenizer.Load(Gpt2Dir());
+        var streamer = new TextStreamer(tokenizer);
+        var pieces = Enumerable.Range(0, 8).Select(_ => streamer.Push(100)).ToList();
+        Assert.That(pieces.Take(3).All(p => p.Length == 0), Is.True, "held while a character could still complete");
+        Assert.That(string.Concat(pieces).Length, Is.GreaterThan(0), "released once no character can complete");
+        Assert.That(string.Concat(pieces) + streamer.Flush(), Is.EqualTo(tokenizer.Decode(Enumerable.Repeat(100, 8))));
+    }
 }
