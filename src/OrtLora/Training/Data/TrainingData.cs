@@ -63,9 +63,10 @@ public sealed class TrainingData : IDisposable
         if (options.EvalSplit is < 0 or >= 1) throw new OrtLoraException($"--eval-split must be in [0, 1), got {options.EvalSplit}");
         if (evalPath is not null && options.EvalSplit > 0) throw new OrtLoraException("give either an eval file or --eval-split, not both");
         var train = ParquetDataset.Open(trainPath, options.Format, options.TextColumn);
+        ParquetDataset? eval = null;
         try
         {
-            var eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn);
+            eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn);
             var chat = train.Format == DatasetFormat.Chat
                 ? Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizerConfig ?? tokenizer.Config,
                     Path.Combine(Path.GetDirectoryName(tokenizer.Source) ?? "", "tokenizer_config.json"))
@@ -75,6 +76,7 @@ public sealed class TrainingData : IDisposable
         catch
         {
             train.Dispose();
+            eval?.Dispose();
             throw;
         }
     }
