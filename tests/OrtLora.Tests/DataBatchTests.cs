@@ -217,6 +217,7 @@ public class DataBatchTests
         Assert.That(train.Count + eval.Count + data.SkippedNoTrainedTokens, Is.EqualTo(500));
         Assert.That(eval.Count, Is.InRange(30, 70));
         Assert.That(eval, Is.Ordered, "eval in file order");
+        Assert.That(data.EvalBatches().SelectMany(b => b.InputIds), Is.EqualTo(data.EvalBatches().SelectMany(b => b.InputIds)), "kept between evaluations");
         using var again = TrainingData.Open(DataFile("alpaca_500.zstd.parquet"), tokenizer, options);
         Assert.That(again.EvalBatches().SelectMany(b => b.Rows), Is.EqualTo(eval));
         Assert.That(data.Describe(), Is.EqualTo($"alpaca_500.zstd.parquet: instruction data, 500 rows read, 0 skipped null, 0 skipped empty, 500 usable, " +
