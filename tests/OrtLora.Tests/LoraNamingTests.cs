@@ -61,4 +61,23 @@ public class LoraNamingTests
             "the embedding keeps its weights; only the head's copy is merged");
         Assert.That(GraphEditor.OpHistogram(model.Graph), Is.EqualTo(GraphEditor.OpHistogram(TiedHeadModel().Graph)));
     }
+
+    [Test]
+    public void ModuleCalledTwiceIsAClearError()
+    {
+        // One module applied at two places (shared weights, as in ALBERT): PEFT's one adapter would be merged twice.
+        var graph = new GraphProto { Name = "shared" };
+        graph.Input.Add(new ValueInfoProto { Name = "x", Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)DT.Float } } });
+        var g = new GraphEditor(graph);
+        g.AddInitializer(Tensors.FromFloats("model.shared.proj.weight", [4, 4], new float[16]));
+        var h = g.Add("MatMul", ["x", "model.shared.proj.weight"], name: "/model/shared/proj/MatMul");
+        g.Add("MatMul", [h, "model.shared.proj.weight"], name: "/model/shared/proj/MatMul_1", outputs: ["y"]);
+        graph.Output.Add(new ValueInfoProto { Name = "y" });
+        var proto = new ModelProto { IrVersion = 9, Graph = graph };
+        using var model = new OnnxModel(proto, source: "shared.onnx");
+        var e = Assert.Throws<OrtLoraException>(() => LoraInjector.Inject(model, new LoraConfig { TargetModules = ["proj"] }))!;
+        Assert.That(e.Message, Does.Contain("shared.onnx").And.Contain("model.shared.proj").And.Contain("several nodes"));
+        // all-linear leaves shared weights alone, as it leaves a tied head alone: nothing is left to adapt here.
+        Assert.Throws<OrtLoraException>(() => LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"] }));
+    }
 }

@@ -60,6 +60,9 @@ public static class LoraInjector
         {
             var path = ModuleNames.Strip(layer.Module, prefix);
             if (!ModuleNames.IsTarget(config.TargetModules, path, layer.IsOutputHead || layer.Tied)) continue;
+            if (plans.FirstOrDefault(p => p.PeftPath == path) is { } twice)
+                throw new OrtLoraException($"{model.Source}: module '{path}' is applied by several nodes ('{twice.Layer.Node.Name}', '{layer.Node.Name}'); " +
+                    "one adapter cannot be merged into weights shared between calls; target other modules");
             int r = config.RankFor(path);
             var sizes = config.Variant == "canonical" && layer.Parts is { } parts ? parts : [(int)layer.Out];
             var partPlans = new List<PartPlan>();
