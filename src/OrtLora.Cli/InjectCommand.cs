@@ -52,11 +52,21 @@ public static class InjectCommand
                 lora = LoraInjector.Inject(m, config);
             }
             var path = parse.GetValue(output)!;
-            m.Save(path);
+            WriteModel(m, path);
             long parameters = lora.Adapters.Sum(a => (long)a.R * (a.In + (a.Part?.Size ?? a.Out)));
             Console.WriteLine($"{path}: {lora.Adapters.Count} adapters, {parameters:N0} trainable parameters (r={lora.Adapters.Max(a => a.R)}, scale={lora.Adapters[0].Scale:G4})");
         }));
         return cmd;
+    }
+
+    /// <summary>Saves atomically; a path that cannot be written is the user's error, not a crash.</summary>
+    public static void WriteModel(OnnxModel model, string path)
+    {
+        try { model.Save(path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new OrtLoraException($"{path}: cannot write the model ({e.Message})", e);
+        }
     }
 
     /// <summary>"q_proj,v_proj" → names; "all-linear" and a regex stay one string, as PEFT takes them.</summary>
