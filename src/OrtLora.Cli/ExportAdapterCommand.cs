@@ -28,7 +28,11 @@ public static class ExportAdapterCommand
                 Console.WriteLine($"{dir}: {parameters.Count} LoRA parameters (ONNX Runtime adapter)");
                 return;
             }
-            adapter.Save(dir);
+            try { adapter.Save(dir); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new OrtLoraException($"{dir}: cannot write the adapter ({e.Message})", e);
+            }
             Console.WriteLine($"{dir}: {adapter.Tensors.Count / 2} LoRA modules (r={adapter.Config.R}, lora_alpha={adapter.Config.LoraAlpha})");
         }));
         return cmd;

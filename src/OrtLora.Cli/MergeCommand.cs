@@ -18,7 +18,7 @@ public static class MergeCommand
             int adapters = LoraModel.Read(m)?.Adapters.Count ?? 0;
             LoraMerger.Merge(m);
             var path = parse.GetValue(output)!;
-            m.Save(path);
+            InjectCommand.WriteModel(m, path);
             Console.WriteLine($"{path}: merged {adapters} adapters");
         }));
         return cmd;

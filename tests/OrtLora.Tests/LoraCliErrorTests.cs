@@ -106,4 +106,15 @@ public class LoraCliErrorTests
         var result = Ortlora("export-adapter", model, "-o", Path.Combine(_dir, "out"));
         AssertFails(result, model, "no LoRA adapters");
     }
+
+    [Test]
+    public void OutputPathThatIsADirectory()
+    {
+        var occupied = Path.Combine(_dir, "out", "model.onnx");
+        Directory.CreateDirectory(occupied);
+        var result = Ortlora("inject", Shared.Peft("gpt2", "model.dynamo.onnx"), "-o", occupied);
+        Assert.That(result.ExitCode, Is.EqualTo(1));
+        Assert.That(result.Error, Does.StartWith("error: ").And.Contain(occupied).And.Contain("cannot write"));
+        Assert.That(Directory.GetFiles(Path.Combine(_dir, "out")), Is.Empty, "no temp file left behind");
+    }
 }

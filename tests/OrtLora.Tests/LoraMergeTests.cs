@@ -93,6 +93,21 @@ public class LoraMergeTests
     }
 
     [Test]
+    public void RuntimeAdapterFormMergesBackToTheOriginalInputs()
+    {
+        // ONNX Runtime's runtime adapters need the LoRA parameters listed as graph inputs (with initializer defaults).
+        var reference = Reference("llama");
+        using var model = OnnxModel.Load(Shared.Peft("llama", "model.torchscript.onnx"));
+        var inputs = model.Graph.Input.Select(i => i.Name).ToList();
+        var lora = LoraInjector.Inject(model, PeftAdapter.Load(Shared.Peft("llama", "adapter")));
+        foreach (var name in lora.Adapters.SelectMany(a => new[] { a.LoraA, a.LoraB }))
+            model.Graph.Input.Add(new global::Onnx.ValueInfoProto { Name = name, Type = new global::Onnx.TypeProto { TensorType = new global::Onnx.TypeProto.Types.Tensor { ElemType = 1 } } });
+        LoraMerger.Merge(model);
+        Assert.That(model.Graph.Input.Select(i => i.Name), Is.EqualTo(inputs));
+        Assert.That(Shared.MaxAbsDiff(Logits(model, reference), reference["logits_merged"].AsFloats()), Is.LessThan(1e-4f));
+    }
+
+    [Test]
     public void MergingAModelWithoutAdaptersIsAClearError()
     {
         var dir = Shared.TempDir();

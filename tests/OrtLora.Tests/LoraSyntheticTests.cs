@@ -86,6 +86,8 @@ public class LoraSyntheticTests
         var before = Outputs(model);
         var lora = LoraInjector.Inject(model, new LoraConfig { TargetModules = ["qkv_proj", "down_proj"], Variant = variant, R = 2 });
         Assert.That(lora.Adapters, Has.Count.EqualTo(variant == "canonical" ? 4 : 2));
+        Assert.That(model.Proto.MetadataProps.Select(p => p.Key), Is.EqualTo(new[] { "owner", LoraModel.MetadataKey }), "other metadata kept");
+        Assert.That(lora.Adapters.Where(x => x.Part is not null).Select(x => x.Part!.Size), Is.EqualTo(variant == "canonical" ? QkvParts : []));
         Assert.That(Shared.MaxAbsDiff(Outputs(model), before), Is.LessThan(1e-6f), "B = 0: unchanged");
         LoraTestKit.RandomizeB(model);
         var unmerged = Outputs(model);

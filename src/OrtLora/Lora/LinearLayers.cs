@@ -99,11 +99,12 @@ public static class LinearLayers
         return false;
     }
 
-    /// <summary>The dotted module path of the layer: from the weight name, the dynamo metadata or the node name.</summary>
+    /// <summary>The dotted module path of the layer. What the node records comes first (the dynamo exporter's
+    /// name_scopes, the legacy exporter's /a/b/c/MatMul name), because a weight's name can belong to another module
+    /// (a head tied to model.embed_tokens.weight); then the weight's own module name; then any name at all, which
+    /// still lets all-linear and regexes select the layer.</summary>
     public static string ModulePath(NodeProto node, string weightValue)
     {
-        if (weightValue.EndsWith(".weight") && !weightValue.StartsWith("onnx::") && weightValue.Contains('.'))
-            return weightValue[..^".weight".Length];
         var scopes = node.MetadataProps.FirstOrDefault(p => p.Key == "pkg.torch.onnx.name_scopes")?.Value;
         if (scopes is not null)
         {
@@ -112,11 +113,9 @@ public static class LinearLayers
             if (items.Count >= 2) return items[^2];
         }
         if (node.Name.StartsWith('/') && node.Name.Count(c => c == '/') >= 2)
-        {
-            var segments = node.Name.Trim('/').Split('/');
-            return string.Join('.', segments[..^1]);
-        }
-        // Nothing records a module: the node's (or weight's) own name still lets all-linear and regexes select it.
+            return string.Join('.', node.Name.Trim('/').Split('/')[..^1]);
+        if (weightValue.EndsWith(".weight") && !weightValue.StartsWith("onnx::") && weightValue.Contains('.'))
+            return weightValue[..^".weight".Length];
         return node.Name != "" ? node.Name.Trim('/').Replace('/', '.') : weightValue;
     }
 

@@ -14,12 +14,12 @@ public static class LoraInjector
     sealed record Plan(LinearLayer Layer, string PeftPath, int R, double Scale, List<PartPlan> Parts);
 
     /// <summary>Injects fresh adapters chosen by <paramref name="config"/> (A random, B zero: outputs unchanged).</summary>
-    public static LoraModel Inject(OnnxModel model, LoraConfig config) => Apply(model, config, plan: null);
+    public static LoraModel Inject(OnnxModel model, LoraConfig config) => Apply(model, config, peft: null);
 
     /// <summary>Injects exactly the adapter of a PEFT directory (its r, lora_alpha, targets and values).</summary>
     public static LoraModel Inject(OnnxModel model, PeftAdapter adapter) => Apply(model, adapter.Config, adapter);
 
-    static LoraModel Apply(OnnxModel model, LoraConfig config, PeftAdapter? plan)
+    static LoraModel Apply(OnnxModel model, LoraConfig config, PeftAdapter? peft)
     {
         if (LoraModel.Read(model) is not null)
             throw new OrtLoraException($"{model.Source}: the model already has LoRA adapters (merge them first)");
@@ -27,7 +27,7 @@ public static class LoraInjector
         var layers = LinearLayers.Find(g);
         if (layers.Count == 0) throw new OrtLoraException($"{model.Source}: no linear layer (MatMul/Gemm with a 2-D weight initializer) found");
         var prefix = ModuleNames.WrapperPrefix(layers.Select(l => l.Module).ToList());
-        var plans = plan is null ? PlanFresh(model, config, layers, prefix) : PlanFromPeft(model, plan, layers, prefix);
+        var plans = peft is null ? PlanFresh(model, config, layers, prefix) : PlanFromPeft(model, peft, layers, prefix);
         var adapters = new List<LoraAdapter>();
         var added = new Dictionary<NodeProto, List<NodeProto>>();
         foreach (var p in plans)
@@ -54,12 +54,17 @@ public static class LoraInjector
         if (config.TargetModules.Count == 0)
             config.TargetModules = ModuleNames.DefaultTargets(layers.Select(l => ModuleNames.Strip(l.Module, prefix)))
                 ?? throw new OrtLoraException($"{model.Source}: no layer has a name PEFT targets by default; choose --target-modules (e.g. all-linear)");
+        if (config.R < 1) throw new OrtLoraException($"r must be at least 1 (got {config.R})");
+        if (config.Variant is not ("performant" or "canonical")) throw new OrtLoraException($"unknown variant '{config.Variant}' (use performant or canonical)");
         var rng = new Random(config.Seed);
         var plans = new List<Plan>();
         foreach (var layer in layers)
         {
             var path = ModuleNames.Strip(layer.Module, prefix);
             if (!ModuleNames.IsTarget(config.TargetModules, path, layer.IsOutputHead || layer.Tied)) continue;
+            if (plans.FirstOrDefault(p => p.PeftPath == path) is { } twice)
+                throw new OrtLoraException($"{model.Source}: module '{path}' is applied by several nodes ('{twice.Layer.Node.Name}', '{layer.Node.Name}'); " +
+                    "one adapter cannot be merged into weights shared between calls; target other modules");
             int r = config.RankFor(path);
             var sizes = config.Variant == "canonical" && layer.Parts is { } parts ? parts : [(int)layer.Out];
             var partPlans = new List<PartPlan>();

@@ -38,6 +38,8 @@ public static class LoraMerger
         var inits = model.Graph.Initializer.Where(t => !removedInitializers.Contains(t.Name)).ToList();
         model.Graph.Initializer.Clear();
         model.Graph.Initializer.AddRange(inits);
+        // A model prepared for runtime adapters lists the LoRA parameters as (overridable) graph inputs too.
+        foreach (var input in model.Graph.Input.Where(i => removedInitializers.Contains(i.Name)).ToList()) model.Graph.Input.Remove(input);
         LoraModel.Remove(model.Proto);
     }
 
