@@ -14,5 +14,6 @@ public static class Commands
         GenerateCommand.Create(),
         AdaptersCommand.Create(),
         TrainCommand.Create(),
+        DemoCommand.Create(),
     ];
 }

@@ -11,8 +11,9 @@ public sealed class TextTokenizer
     readonly string[] _specialsLongestFirst;
 
     internal TextTokenizer(Tokenizer inner, string source, string kind, IReadOnlyDictionary<string, int> specialTokens,
-        int vocabSize, int? bosId, int? eosId, int? padId, bool addsBos, bool addsEos)
+        int vocabSize, int? bosId, int? eosId, int? padId, bool addsBos, bool addsEos, TokenizerConfig config)
     {
+        Config = config;
         _inner = inner;
         Source = source;
         Kind = kind;
@@ -31,6 +32,8 @@ public sealed class TextTokenizer
     public string Source { get; }
     /// <summary>"sentencepiece", "hf-bpe" (tokenizer.json) or "gpt2-bpe" (vocab.json + merges.txt).</summary>
     public string Kind { get; }
+    /// <summary>The tokenizer_config.json beside the tokenizer (empty when there is none); holds the chat template.</summary>
+    public TokenizerConfig Config { get; }
     /// <summary>Tokens that are matched whole in text and never split (added tokens, BOS/EOS/UNK).</summary>
     public IReadOnlyDictionary<string, int> SpecialTokens { get; }
     /// <summary>Number of rows an embedding needs for every id this tokenizer can produce (max id + 1).</summary>
