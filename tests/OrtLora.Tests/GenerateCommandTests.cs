@@ -83,4 +83,18 @@ public class GenerateCommandTests
         Assert.That(code, Is.EqualTo(1));
         Assert.That(error, Does.Contain("token id 99 is outside the model's vocabulary of 11"));
     }
+
+    [Test]
+    public void SeededSamplingIsReproducibleAndSeedsDiffer()
+    {
+        var modelPath = Path.Combine(ToyModelDirectory(), "model.onnx");
+        string Sample(int seed)
+        {
+            var (code, output, error) = Run("generate", modelPath, "--prompt", "abc", "--max-new-tokens", "8", "--temperature", "1.5", "--seed", seed.ToString());
+            Assert.That(code, Is.EqualTo(0), error);
+            return output;
+        }
+        Assert.That(Sample(1), Is.EqualTo(Sample(1)));
+        Assert.That(Enumerable.Range(2, 6).Select(Sample).Distinct().Count(), Is.GreaterThan(1), "different seeds sample differently");
+    }
 }
