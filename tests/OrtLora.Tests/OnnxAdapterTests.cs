@@ -87,6 +87,11 @@ public class OnnxAdapterTests
         OnnxAdapterFile.Write(path, parameters, adapterVersion: 7, modelVersion: 2);
         var bytes = File.ReadAllBytes(path);
         Assert.That(System.Text.Encoding.ASCII.GetString(bytes, 4, 4), Is.EqualTo("TORT"), "file identifier");
+        Assert.DoesNotThrow(() => OrtLoraAdapter.Create(path, null).Dispose(), "ONNX Runtime's verifier accepts the file");
+        Assert.DoesNotThrow(() => OrtLoraAdapter.Create(bytes, null).Dispose(), "and its bytes");
+        var foreign = (byte[])bytes.Clone();
+        foreign[4] = (byte)'X';
+        Assert.Throws<OnnxRuntimeException>(() => OrtLoraAdapter.Create(foreign, null), "ORT does check the identifier");
         var back = OnnxAdapterFile.Read(path);
         Assert.That(back.Keys, Is.EquivalentTo(parameters.Keys));
         foreach (var (name, (values, shape)) in parameters)
