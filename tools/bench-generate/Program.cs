@@ -83,6 +83,7 @@ using (var adapter = OrtLoraAdapter.Create(adapterPath, null))
     Console.WriteLine($"  cached decoding: adapter {newTokens / adapterDecode:F1} tokens/s, merged {newTokens / mergedDecode:F1} tokens/s ({adapterDecode / mergedDecode:F2}x time)");
 }
 File.Delete(adapterPath);
+Directory.Delete(Path.Combine(Path.GetTempPath(), $"ortlora-bench-{Environment.ProcessId}"), recursive: true);
 
 double Best(Func<int> run)
 {
