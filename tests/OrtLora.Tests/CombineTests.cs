@@ -167,4 +167,17 @@ public class CombineTests
         Assert.That(AdaptersCommand.ParseWeighted("a/b"), Is.EqualTo(("a/b", 1.0)));
         Assert.That(AdaptersCommand.ParseWeighted("C:\\x\\y"), Is.EqualTo(("C:\\x\\y", 1.0)));
     }
+
+    [Test]
+    public void CombineVerbWritesTheAdapterAndReportsItsRank()
+    {
+        var first = Shared.Peft("llama", "adapter");
+        var output = Path.Combine(Shared.TempDir(), "verb");
+        var (code, stdout, stderr) = DeployCliRunner.Run("adapters", "combine", first + ":0.5", first + ":0.5", "-o", output, "--rank", "4");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain("rank 4"));
+        Assert.That(MaxDiff(Delta(output, Q0), Delta(first, Q0)), Is.LessThan(1e-5));
+        (code, _, stderr) = DeployCliRunner.Run("adapters", "combine", first, "-o", output, "--rank", "0");
+        Assert.That((code, stderr.Trim()), Is.EqualTo((1, "error: --rank must be at least 1 (got 0)")));
+    }
 }

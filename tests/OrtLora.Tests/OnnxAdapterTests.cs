@@ -136,6 +136,11 @@ public class OnnxAdapterTests
         File.WriteAllBytes(path, new byte[64]);
         var e = Assert.Throws<OrtLoraException>(() => OnnxAdapterFile.Read(path))!;
         Assert.That(e.Message, Does.Contain(path).And.Contain("TORT"));
+        var truncated = Path.Combine(Shared.TempDir(), "truncated.onnx_adapter");
+        var whole = OnnxAdapterFile.Serialize(new Dictionary<string, (float[], long[])> { [AName] = (Random(Rank * In, 3), [Rank, In]) });
+        File.WriteAllBytes(truncated, whole[..(whole.Length / 2)]);
+        e = Assert.Throws<OrtLoraException>(() => OnnxAdapterFile.Read(truncated))!;
+        Assert.That(e.Message, Does.Contain(truncated));
     }
 
     [Test]
