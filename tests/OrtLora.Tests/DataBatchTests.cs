@@ -189,6 +189,18 @@ public class DataBatchTests
     }
 
     [Test]
+    public void ResumingSkipsNullRowsAndEvalRowsTheSameWay()
+    {
+        var options = new DataOptions { BatchSize = 5, MaxSeqLength = 64, EvalSplit = 0.2, Seed = 4 };
+        using var data = TrainingData.Open(DataFile("text_300.nulls.parquet"), Gpt2(), options);
+        var all = data.Batches(new DataPosition(2, 0)).ToList();
+        var eval = data.EvalBatches().SelectMany(b => b.Rows).ToHashSet();
+        Assert.That(all.SelectMany(b => b.Rows).Count() + eval.Count, Is.EqualTo(data.Summary.Usable));
+        for (int stop = 0; stop < all.Count; stop++)
+            Assert.That(data.Batches(all[stop].Next).Select(b => b.Rows), Is.EqualTo(all.Skip(stop + 1).Select(b => b.Rows)), $"after batch {stop}");
+    }
+
+    [Test]
     public void ShuffleIsSeededPerEpochAndCoversEveryRowOnce()
     {
         using var data = ParquetDataset.Open(DataFile("alpaca_5000.parquet"));
@@ -217,6 +229,7 @@ public class DataBatchTests
         Assert.That(train.Count + eval.Count + data.SkippedNoTrainedTokens, Is.EqualTo(500));
         Assert.That(eval.Count, Is.InRange(30, 70));
         Assert.That(eval, Is.Ordered, "eval in file order");
+        Assert.That(data.EvalBatches().SelectMany(b => b.InputIds), Is.EqualTo(data.EvalBatches().SelectMany(b => b.InputIds)), "kept between evaluations");
         using var again = TrainingData.Open(DataFile("alpaca_500.zstd.parquet"), tokenizer, options);
         Assert.That(again.EvalBatches().SelectMany(b => b.Rows), Is.EqualTo(eval));
         Assert.That(data.Describe(), Is.EqualTo($"alpaca_500.zstd.parquet: instruction data, 500 rows read, 0 skipped null, 0 skipped empty, 500 usable, " +

@@ -78,6 +78,28 @@ public class TokenizerJsonTests
         return root;
     }
 
+    static readonly Lazy<List<Piece>> LlamaPieces = new(() => ReadSentencePieceModel(Shared.Require("tokenizers", "llama2-tokenizer.model")));
+
+    [Test]
+    public void DirectoryPrefersTheSentencePieceModelOverItsJsonRestatement()
+    {
+        var dir = Shared.TempDir();
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), LlamaTokenizerJson(LlamaPieces.Value, legacy: true).ToJsonString());
+        File.Copy(Shared.Require("tokenizers", "llama2-tokenizer.model"), Path.Combine(dir, "tokenizer.model"));
+        Assert.That(TokenizerLoader.Load(dir).Source, Is.EqualTo(Path.Combine(dir, "tokenizer.model")));
+        File.Delete(Path.Combine(dir, "tokenizer.model"));
+        Assert.That(TokenizerLoader.Load(dir).Source, Is.EqualTo(Path.Combine(dir, "tokenizer.json")));
+    }
+
+    [Test]
+    public void UnsupportedTokenizerJsonModelIsNamed()
+    {
+        var path = Path.Combine(Shared.TempDir(), "tokenizer.json");
+        File.WriteAllText(path, """{"model": {"type": "WordPiece", "vocab": {"a": 0}}}""");
+        Assert.That(() => TokenizerLoader.Load(path), Throws.TypeOf<OrtLoraException>()
+            .With.Message.StartsWith($"{path}: tokenizer.json model type WordPiece is not supported"));
+    }
+
     [TestCase(true)]
     [TestCase(false)]
     public void Llama2TokenizerJsonMatchesSentencePiece(bool legacy)
@@ -88,7 +110,7 @@ public class TokenizerJsonTests
             .Select(a => a.EnumerateArray().Select(x => x.GetInt32()).ToArray()).ToArray();
         var dir = Shared.TempDir();
         var json = Path.Combine(dir, "tokenizer.json");
-        File.WriteAllText(json, LlamaTokenizerJson(ReadSentencePieceModel(Shared.Require("tokenizers", "llama2-tokenizer.model")), legacy).ToJsonString());
+        File.WriteAllText(json, LlamaTokenizerJson(LlamaPieces.Value, legacy).ToJsonString());
 
         var tokenizer = TokenizerLoader.Load(json);
         Assert.That((tokenizer.Kind, tokenizer.BosId, tokenizer.EosId, tokenizer.VocabSize, tokenizer.AddsBos), Is.EqualTo(("sentencepiece", (int?)1, (int?)2, 32000, true)));

@@ -61,7 +61,7 @@ public static class Trainer
         var modelDir = Path.GetDirectoryName(Path.GetFullPath(job.ModelPath))!;
         var tokenizerPath = job.TokenizerPath ?? modelDir;
         var tokenizer = TokenizerLoader.Load(tokenizerPath);
-        VocabularyCheck.Require(tokenizer, EmbeddingRows(model), job.ModelPath);
+        VocabularyCheck.Require(tokenizer, model);
         var tokenizerDir = Directory.Exists(tokenizerPath) ? tokenizerPath : Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!;
         var dataOptions = job.Data with { BatchSize = args.PerDeviceTrainBatchSize, EvalBatchSize = args.PerDeviceTrainBatchSize, Seed = args.Seed };
         using var data = TrainingData.Open(job.DataPath, tokenizer, dataOptions, job.EvalDataPath, TokenizerConfig.Read(tokenizerDir));
@@ -224,15 +224,6 @@ public static class Trainer
     {
         foreach (var t in model.Graph.Initializer)
             if (values.TryGetValue(t.Name, out var v)) Tensors.SetRaw(t, Tensors.FloatsToBytes(v, t.DataType));
-    }
-
-    /// <summary>Rows of the token embedding: the data input of the Gather that reads input_ids.</summary>
-    public static long EmbeddingRows(OnnxModel model)
-    {
-        var editor = new GraphEditor(model.Graph);
-        foreach (var n in editor.Consumers("input_ids"))
-            if (n.OpType == "Gather" && n.Input[1] == "input_ids" && editor.Initializer(n.Input[0]) is { } w) return w.Dims[0];
-        return long.MaxValue; // unknown layout: no check
     }
 
     static void CopyTokenizerFiles(string fromDir, string toDir)

@@ -85,11 +85,25 @@ public sealed class TextTokenizer
         return (best, bestToken);
     }
 
-    /// <summary>Text for <paramref name="ids"/>; special tokens are written as their text unless skipped.</summary>
+    /// <summary>Text for <paramref name="ids"/>; special tokens are written as their text unless skipped. The text
+    /// between special tokens is decoded on its own, mirroring <see cref="Encode"/>.</summary>
     public string Decode(IEnumerable<int> ids, bool skipSpecialTokens = false)
     {
-        var list = skipSpecialTokens ? ids.Where(id => !_specialById.ContainsKey(id)).ToList() : ids.ToList();
-        return _inner.Decode(list) ?? "";
+        var text = new System.Text.StringBuilder();
+        var run = new List<int>();
+        void Flush()
+        {
+            if (run.Count > 0) text.Append(_inner.Decode(run));
+            run.Clear();
+        }
+        foreach (var id in ids)
+        {
+            if (!_specialById.TryGetValue(id, out var special)) { run.Add(id); continue; }
+            Flush();
+            if (!skipSpecialTokens) text.Append(special);
+        }
+        Flush();
+        return text.ToString();
     }
 
     /// <summary>The id of a token written as text (a special token or a vocabulary entry), or null.</summary>

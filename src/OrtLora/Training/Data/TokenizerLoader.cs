@@ -1,4 +1,3 @@
-using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
@@ -7,7 +6,7 @@ using Microsoft.ML.Tokenizers;
 namespace OrtLora.Training.Data;
 
 /// <summary>Loads a tokenizer from a model's directory or one of its tokenizer files, through Microsoft.ML.Tokenizers:
-/// Hugging Face <c>tokenizer.json</c> (byte-level BPE), SentencePiece <c>tokenizer.model</c>, GPT-2 style
+/// Hugging Face <c>tokenizer.json</c> (byte-level BPE, or SentencePiece-style BPE), SentencePiece <c>tokenizer.model</c>, GPT-2 style
 /// <c>vocab.json</c>/<c>encoder.json</c> + <c>merges.txt</c>/<c>vocab.bpe</c>. Special tokens come from
 /// <c>tokenizer_config.json</c> beside the files when present, then from the tokenizer itself.</summary>
 public static class TokenizerLoader
@@ -107,8 +106,7 @@ public static class TokenizerLoader
         var bos = config.BosToken ?? PostProcessorBos(root["post_processor"]) ?? Named("<s>");
         var eos = config.EosToken ?? Named("</s>");
         using var model = new MemoryStream(SentencePieceJson.ToModelProto(root, path, bos, eos));
-        var tokenizer = SentencePiece(model, path, config with { BosToken = bos, EosToken = eos }, added);
-        return tokenizer;
+        return SentencePiece(model, path, config with { BosToken = bos, EosToken = eos }, added);
     }
 
     static TextTokenizer Gpt2Files(string vocabPath, string mergesPath, TokenizerConfig config)
@@ -116,7 +114,7 @@ public static class TokenizerLoader
         var vocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(vocabPath))
                     ?? throw new OrtLoraException($"{vocabPath}: not a JSON object of token → id");
         var merges = File.ReadLines(mergesPath).Where(l => l.Length > 0 && !l.StartsWith("#version")).ToList();
-        return ByteLevelBpe(vocab, merges, RobertaPreTokenizer.Instance, AddedTokens: new(), config, vocabPath, "gpt2-bpe", postProcessorBos: null);
+        return ByteLevelBpe(vocab, merges, RobertaPreTokenizer.Instance, addedTokens: new(), config, vocabPath, "gpt2-bpe", postProcessorBos: null);
     }
 
     static TextTokenizer HuggingFaceJson(string path, TokenizerConfig config)
@@ -141,9 +139,9 @@ public static class TokenizerLoader
         merge is JsonArray pair ? $"{pair[0]!.GetValue<string>()} {pair[1]!.GetValue<string>()}" : merge!.GetValue<string>();
 
     static TextTokenizer ByteLevelBpe(Dictionary<string, int> vocab, List<string> merges, PreTokenizer preTokenizer,
-        Dictionary<string, int> AddedTokens, TokenizerConfig config, string source, string kind, string? postProcessorBos)
+        Dictionary<string, int> addedTokens, TokenizerConfig config, string source, string kind, string? postProcessorBos)
     {
-        var specials = new Dictionary<string, int>(AddedTokens);
+        var specials = new Dictionary<string, int>(addedTokens);
         foreach (var (token, id) in config.AddedTokens) specials[token] = id;
         // GPT-2's only special token lives in its vocabulary, not in an added-tokens list.
         if (vocab.TryGetValue("<|endoftext|>", out var endOfText)) specials.TryAdd("<|endoftext|>", endOfText);

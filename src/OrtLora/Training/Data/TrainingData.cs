@@ -63,9 +63,10 @@ public sealed class TrainingData : IDisposable
         if (options.EvalSplit is < 0 or >= 1) throw new OrtLoraException($"--eval-split must be in [0, 1), got {options.EvalSplit}");
         if (evalPath is not null && options.EvalSplit > 0) throw new OrtLoraException("give either an eval file or --eval-split, not both");
         var train = ParquetDataset.Open(trainPath, options.Format, options.TextColumn);
+        ParquetDataset? eval = null;
         try
         {
-            var eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn);
+            eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn);
             var chat = train.Format == DatasetFormat.Chat
                 ? Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizerConfig ?? tokenizer.Config,
                     Path.Combine(Path.GetDirectoryName(tokenizer.Source) ?? "", "tokenizer_config.json"))
@@ -75,6 +76,7 @@ public sealed class TrainingData : IDisposable
         catch
         {
             train.Dispose();
+            eval?.Dispose();
             throw;
         }
     }
@@ -87,15 +89,20 @@ public sealed class TrainingData : IDisposable
         return Batching.Batches(sequences, Options.BatchSize, Tokenizer.PadId, from.Epoch);
     }
 
-    /// <summary>Batches for evaluation: the eval file, or the held-out rows, in file order (never packed).</summary>
+    /// <summary>Batches for evaluation: the eval file, or the held-out rows, in file order (never packed). The eval
+    /// examples are tokenized on the first call and kept, so later evaluations do not read the files again.</summary>
     public IEnumerable<Batch> EvalBatches()
     {
-        IEnumerable<(long, DataRecord)> rows = EvalFile is not null ? EvalFile.ReadAll()
-            : Options.EvalSplit > 0 ? Train.ReadAll().Where(r => EpochOrder.IsEval(r.Index, Options.EvalSplit, Options.Seed))
-            : [];
-        var examples = Tokenize(rows.Select(r => (r.Item1, r.Item2, r.Item1 + 1)));
-        return Batching.Batches(Batching.Single(examples), Options.EvalBatchSize, Tokenizer.PadId, 0);
+        _evalExamples ??= [.. Tokenize(EvalRows().Select(r => (r.Index, r.Record, r.Index + 1)))];
+        return Batching.Batches(Batching.Single(_evalExamples), Options.EvalBatchSize, Tokenizer.PadId, 0);
     }
+
+    List<(TokenizedExample, long)>? _evalExamples;
+
+    IEnumerable<(long Index, DataRecord Record)> EvalRows() =>
+        EvalFile is not null ? EvalFile.ReadAll()
+        : Options.EvalSplit > 0 ? Train.ReadAll().Where(r => EpochOrder.IsEval(r.Index, Options.EvalSplit, Options.Seed))
+        : [];
 
     public bool HasEval => EvalFile is not null || Options.EvalSplit > 0;
 
