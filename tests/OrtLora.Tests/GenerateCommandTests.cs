@@ -84,4 +84,18 @@ public class GenerateCommandTests
         Assert.That(Sample(1), Is.EqualTo(Sample(1)));
         Assert.That(Enumerable.Range(2, 6).Select(Sample).Distinct().Count(), Is.GreaterThan(1), "different seeds sample differently");
     }
+
+    [Test]
+    public void EosIdsFromGenerationConfigAlsoStop()
+    {
+        var dir = ToyModelDirectory();
+        var modelPath = Path.Combine(dir, "model.onnx");
+        var (_, free, _) = Run("generate", modelPath, "--prompt", "abc", "--max-new-tokens", "8");
+        Assert.That(free.Trim(), Has.Length.GreaterThan(1), "the toy continues for a few letters");
+        int second = free[1] - 'a';
+        File.WriteAllText(Path.Combine(dir, "generation_config.json"), $"{{\"eos_token_id\": [10, {second}]}}");
+        var (code, stopped, error) = Run("generate", modelPath, "--prompt", "abc", "--max-new-tokens", "8");
+        Assert.That(code, Is.EqualTo(0), error);
+        Assert.That(stopped.Trim(), Is.EqualTo(free[..1]), "stops at the second token, which is not printed");
+    }
 }
