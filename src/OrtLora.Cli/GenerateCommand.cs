@@ -39,6 +39,7 @@ public static class GenerateCommand
                 TopP = parse.GetValue(topP),
                 Seed = parse.GetValue(seed),
                 UseKvCache = !parse.GetValue(noCache),
+                StopTokenIds = StopTokens.FromModelDirectory(Path.GetDirectoryName(Path.GetFullPath(modelPath))!),
             };
             Validate(options);
             using var sessionOptions = OrtRun.DefaultOptions();

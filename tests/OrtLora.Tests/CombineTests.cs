@@ -82,6 +82,14 @@ public class CombineTests
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(output, "adapter_config.json")))!;
         Assert.That((config["r"]!.GetValue<int>(), config["lora_alpha"]!.GetValue<double>()), Is.EqualTo((6, 6.0)));
         Assert.That(config["target_modules"]!.AsArray().Count, Is.EqualTo(7), "union of the target modules");
+        // PEFT's layout: B blocks copied unchanged, the weight and scale folded into A (0.7·2.0 for the fixture).
+        var combined = SafeTensors.Read(Path.Combine(output, "adapter_model.safetensors"));
+        var original = SafeTensors.Read(Path.Combine(first, "adapter_model.safetensors"));
+        var (b6, b4) = (combined[Q0 + ".lora_B.weight"].AsFloats(), original[Q0 + ".lora_B.weight"].AsFloats());
+        for (int o = 0; o < 64; o++)
+            for (int r = 0; r < 4; r++) Assert.That(b6[o * 6 + r], Is.EqualTo(b4[o * 4 + r]));
+        var (a6, a4) = (combined[Q0 + ".lora_A.weight"].AsFloats(), original[Q0 + ".lora_A.weight"].AsFloats());
+        for (int i = 0; i < 4 * 64; i++) Assert.That(a6[i], Is.EqualTo(a4[i] * 1.4f).Within(1e-6f));
         foreach (var module in PeftAdapterDirectory.Load(first).Modules.Keys)
         {
             var expected = module is Q0 or K1 ? WeightedSum(0.7, Delta(first, module), 0.3, Delta(second, module)) : WeightedSum(0.7, Delta(first, module), 0, Delta(first, module));
@@ -158,5 +166,18 @@ public class CombineTests
         Assert.That(AdaptersCommand.ParseWeighted("a/b:-1"), Is.EqualTo(("a/b", -1.0)));
         Assert.That(AdaptersCommand.ParseWeighted("a/b"), Is.EqualTo(("a/b", 1.0)));
         Assert.That(AdaptersCommand.ParseWeighted("C:\\x\\y"), Is.EqualTo(("C:\\x\\y", 1.0)));
+    }
+
+    [Test]
+    public void CombineVerbWritesTheAdapterAndReportsItsRank()
+    {
+        var first = Shared.Peft("llama", "adapter");
+        var output = Path.Combine(Shared.TempDir(), "verb");
+        var (code, stdout, stderr) = DeployCliRunner.Run("adapters", "combine", first + ":0.5", first + ":0.5", "-o", output, "--rank", "4");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain("rank 4"));
+        Assert.That(MaxDiff(Delta(output, Q0), Delta(first, Q0)), Is.LessThan(1e-5));
+        (code, _, stderr) = DeployCliRunner.Run("adapters", "combine", first, "-o", output, "--rank", "0");
+        Assert.That((code, stderr.Trim()), Is.EqualTo((1, "error: --rank must be at least 1 (got 0)")));
     }
 }

@@ -32,20 +32,7 @@ public class DeployCliTests
         return (Path.Combine(dir, "trained.onnx"), Path.Combine(dir, "fresh.onnx"));
     }
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var (oldOut, oldErr) = (Console.Out, Console.Error);
-        var (stdout, stderr) = (new StringWriter(), new StringWriter());
-        Console.SetOut(stdout);
-        Console.SetError(stderr);
-        try
-        {
-            var root = new System.CommandLine.RootCommand();
-            foreach (var c in Commands.All()) root.Subcommands.Add(c);
-            return (CliRunner.Invoke(root, args), stdout.ToString(), stderr.ToString());
-        }
-        finally { Console.SetOut(oldOut); Console.SetError(oldErr); }
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => DeployCliRunner.Run(args);
 
     [Test]
     public void RuntimeAdapterGeneratesWhatTheBakedModelGenerates()

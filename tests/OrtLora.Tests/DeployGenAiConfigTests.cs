@@ -63,4 +63,27 @@ public class DeployGenAiConfigTests
         Assert.That(d["outputs"]!["present_value_names"]!.GetValue<string>(), Is.EqualTo("present.%d.value"));
         Assert.That(string.Format(d["outputs"]!["present_key_names"]!.GetValue<string>().Replace("%d", "{0}"), 0), Is.AnyOf(model.Graph.Output.Select(o => o.Name).ToArray()));
     }
+
+    [Test]
+    public void CachedTinyGetsACompleteConfigWithItsTokenizer()
+    {
+        var dir = Shared.TempDir();
+        var modelPath = Path.Combine(dir, "model.onnx");
+        using (var model = OrtLora.Graphs.LlamaGraph.Build(OrtLora.Graphs.LlamaShape.Tiny, 42, new OrtLora.Graphs.LlamaOptions(WithKvCache: true)))
+            model.Save(modelPath);
+        var tiny = Path.Combine(Shared.RepoRoot, "graphs", "tiny");
+        File.Copy(Path.Combine(tiny, "config.json"), Path.Combine(dir, "config.json"));
+        var warnings = GenAiConfig.WriteBeside(modelPath, tiny);
+        Assert.That(warnings, Is.Empty);
+        foreach (var f in new[] { "vocab.json", "merges.txt", "tokenizer_config.json" })
+            Assert.That(File.ReadAllBytes(Path.Combine(dir, f)), Is.EqualTo(File.ReadAllBytes(Path.Combine(tiny, f))), f);
+        var hf = JsonNode.Parse(File.ReadAllText(Path.Combine(tiny, "config.json")))!;
+        var m = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, GenAiConfig.FileName)))!["model"]!;
+        Assert.That(m["eos_token_id"]!.GetValue<int>(), Is.EqualTo(hf["eos_token_id"]!.GetValue<int>()));
+        Assert.That(m["context_length"]!.GetValue<int>(), Is.EqualTo(hf["max_position_embeddings"]!.GetValue<int>()));
+        var d = m["decoder"]!;
+        Assert.That(d["num_hidden_layers"]!.GetValue<int>(), Is.EqualTo(hf["num_hidden_layers"]!.GetValue<int>()));
+        Assert.That(d["head_size"]!.GetValue<int>(), Is.EqualTo(hf["head_dim"]!.GetValue<int>()));
+        Assert.That(d["inputs"]!["past_key_names"]!.GetValue<string>(), Is.EqualTo("past_key_values.%d.key"));
+    }
 }

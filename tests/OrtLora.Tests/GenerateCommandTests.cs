@@ -21,20 +21,7 @@ public class GenerateCommandTests
         return dir;
     }
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var (oldOut, oldErr) = (Console.Out, Console.Error);
-        var (stdout, stderr) = (new StringWriter(), new StringWriter());
-        Console.SetOut(stdout);
-        Console.SetError(stderr);
-        try
-        {
-            var root = new System.CommandLine.RootCommand();
-            foreach (var c in Commands.All()) root.Subcommands.Add(c);
-            return (CliRunner.Invoke(root, args), stdout.ToString(), stderr.ToString());
-        }
-        finally { Console.SetOut(oldOut); Console.SetError(oldErr); }
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => DeployCliRunner.Run(args);
 
     [Test]
     public void PrintsTheGreedyContinuationUpToEos()
@@ -82,5 +69,33 @@ public class GenerateCommandTests
         (code, _, error) = Run("generate", modelPath, "--prompt", "z");
         Assert.That(code, Is.EqualTo(1));
         Assert.That(error, Does.Contain("token id 99 is outside the model's vocabulary of 11"));
+    }
+
+    [Test]
+    public void SeededSamplingIsReproducibleAndSeedsDiffer()
+    {
+        var modelPath = Path.Combine(ToyModelDirectory(), "model.onnx");
+        string Sample(int seed)
+        {
+            var (code, output, error) = Run("generate", modelPath, "--prompt", "abc", "--max-new-tokens", "8", "--temperature", "1.5", "--seed", seed.ToString());
+            Assert.That(code, Is.EqualTo(0), error);
+            return output;
+        }
+        Assert.That(Sample(1), Is.EqualTo(Sample(1)));
+        Assert.That(Enumerable.Range(2, 6).Select(Sample).Distinct().Count(), Is.GreaterThan(1), "different seeds sample differently");
+    }
+
+    [Test]
+    public void EosIdsFromGenerationConfigAlsoStop()
+    {
+        var dir = ToyModelDirectory();
+        var modelPath = Path.Combine(dir, "model.onnx");
+        var (_, free, _) = Run("generate", modelPath, "--prompt", "abc", "--max-new-tokens", "8");
+        Assert.That(free.Trim(), Has.Length.GreaterThan(1), "the toy continues for a few letters");
+        int second = free[1] - 'a';
+        File.WriteAllText(Path.Combine(dir, "generation_config.json"), $"{{\"eos_token_id\": [10, {second}]}}");
+        var (code, stopped, error) = Run("generate", modelPath, "--prompt", "abc", "--max-new-tokens", "8");
+        Assert.That(code, Is.EqualTo(0), error);
+        Assert.That(stopped.Trim(), Is.EqualTo(free[..1]), "stops at the second token, which is not printed");
     }
 }

@@ -87,6 +87,11 @@ public class OnnxAdapterTests
         OnnxAdapterFile.Write(path, parameters, adapterVersion: 7, modelVersion: 2);
         var bytes = File.ReadAllBytes(path);
         Assert.That(System.Text.Encoding.ASCII.GetString(bytes, 4, 4), Is.EqualTo("TORT"), "file identifier");
+        Assert.DoesNotThrow(() => OrtLoraAdapter.Create(path, null).Dispose(), "ONNX Runtime's verifier accepts the file");
+        Assert.DoesNotThrow(() => OrtLoraAdapter.Create(bytes, null).Dispose(), "and its bytes");
+        var foreign = (byte[])bytes.Clone();
+        foreign[4] = (byte)'X';
+        Assert.Throws<OnnxRuntimeException>(() => OrtLoraAdapter.Create(foreign, null), "ORT does check the identifier");
         var back = OnnxAdapterFile.Read(path);
         Assert.That(back.Keys, Is.EquivalentTo(parameters.Keys));
         foreach (var (name, (values, shape)) in parameters)
@@ -131,6 +136,11 @@ public class OnnxAdapterTests
         File.WriteAllBytes(path, new byte[64]);
         var e = Assert.Throws<OrtLoraException>(() => OnnxAdapterFile.Read(path))!;
         Assert.That(e.Message, Does.Contain(path).And.Contain("TORT"));
+        var truncated = Path.Combine(Shared.TempDir(), "truncated.onnx_adapter");
+        var whole = OnnxAdapterFile.Serialize(new Dictionary<string, (float[], long[])> { [AName] = (Random(Rank * In, 3), [Rank, In]) });
+        File.WriteAllBytes(truncated, whole[..(whole.Length / 2)]);
+        e = Assert.Throws<OrtLoraException>(() => OnnxAdapterFile.Read(truncated))!;
+        Assert.That(e.Message, Does.Contain(truncated));
     }
 
     [Test]

@@ -83,6 +83,15 @@ public static class OnnxAdapterFile
         var bb = new ByteBuffer(File.ReadAllBytes(path));
         if (bb.Length < 8 || !Table.__has_identifier(bb, FileIdentifier))
             throw new OrtLoraException($"{path}: not an ONNX Runtime adapter file (no \"{FileIdentifier}\" identifier)");
+        try { return ReadParameters(bb, path); }
+        catch (Exception e) when (e is ArgumentException or IndexOutOfRangeException or InvalidOperationException)
+        {
+            throw new OrtLoraException($"{path}: damaged ONNX Runtime adapter file (truncated?): {e.Message}", e);
+        }
+    }
+
+    static Dictionary<string, (float[] Values, long[] Shape)> ReadParameters(ByteBuffer bb, string path)
+    {
         var adapter = new Table(bb.GetInt(bb.Position) + bb.Position, bb);
         int formatVersion = IntField(adapter, AdapterFormatVersionSlot);
         if (formatVersion != FormatVersion)

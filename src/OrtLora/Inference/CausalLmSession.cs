@@ -60,7 +60,7 @@ public sealed class CausalLmSession : IDisposable
 
     /// <summary>Starts a sequence. With <paramref name="useCache"/> false every step recomputes the whole sequence
     /// (cache inputs, if any, get empty tensors).</summary>
-    public DecodeState Start(bool useCache = true) => new(this, useCache && HasKvCache);
+    public DecodeState Start(bool useCache = true) => new(useCache && HasKvCache);
 
     /// <summary>Appends tokens and returns the logits that predict the next one.</summary>
     public float[] Step(DecodeState state, IReadOnlyList<int> newTokens, RunOptions? runOptions = null)
@@ -146,7 +146,7 @@ public sealed class DecodeState : IDisposable
     public IReadOnlyList<int> Tokens => Ids;
     public bool UsesCache => UseCache;
 
-    internal DecodeState(CausalLmSession session, bool useCache) => UseCache = useCache;
+    internal DecodeState(bool useCache) => UseCache = useCache;
 
     /// <summary>The presents become the next step's pasts; the previous outputs (the pasts just consumed) are freed.</summary>
     internal void KeepCache(IDisposableReadOnlyCollection<OrtValue> outputs, int length)
