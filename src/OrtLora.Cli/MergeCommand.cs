@@ -11,7 +11,9 @@ public static class MergeCommand
     {
         var model = new Argument<string>("model") { Description = "ONNX model with LoRA adapters (from ortlora inject or train)" };
         var output = new Option<string>("--output", "-o") { Description = "where to write the merged model", Required = true };
-        var cmd = new Command("merge", "Merge LoRA adapters into the base weights (W += scale·B·A) and remove them") { model, output };
+        var genai = new Option<bool>("--genai-config") { Description = "also write genai_config.json (ONNX Runtime GenAI) and the tokenizer files beside the merged model" };
+        var tokenizer = new Option<string?>("--tokenizer") { Description = "tokenizer file or directory for --genai-config (default: beside the input model)" };
+        var cmd = new Command("merge", "Merge LoRA adapters into the base weights (W += scale·B·A) and remove them") { model, output, genai, tokenizer };
         cmd.SetAction(CliRunner.Guard(parse =>
         {
             using var m = OnnxModel.Load(parse.GetValue(model)!);
@@ -20,6 +22,12 @@ public static class MergeCommand
             var path = parse.GetValue(output)!;
             InjectCommand.WriteModel(m, path);
             Console.WriteLine($"{path}: merged {adapters} adapters");
+            if (parse.GetValue(genai))
+            {
+                var source = parse.GetValue(tokenizer) ?? Path.GetDirectoryName(Path.GetFullPath(parse.GetValue(model)!))!;
+                foreach (var warning in Deploy.GenAiConfig.WriteBeside(path, source)) Console.Error.WriteLine($"warning: {warning}");
+                Console.WriteLine($"{Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "genai_config.json")}: written");
+            }
         }));
         return cmd;
     }

@@ -16,7 +16,7 @@ public static class GenAiConfig
     static readonly string[] TokenizerFiles =
     [
         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
-        "encoder.json", "vocab.bpe", "added_tokens.json", "generation_config.json",
+        "encoder.json", "vocab.bpe", "added_tokens.json", "generation_config.json", "config.json",
     ];
 
     public static JsonObject Build(ModelDimensions dims, string modelFileName, IReadOnlyCollection<string> inputNames,
@@ -103,7 +103,8 @@ public static class GenAiConfig
         dirs.Select(d => Directory.Exists(d) ? Path.Combine(d, "config.json") : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(d))!, "config.json"))
             .FirstOrDefault(File.Exists);
 
-    static void CopyTokenizerFiles(string tokenizerPath, string targetDir)
+    /// <summary>Copies a tokenizer file, or the tokenizer and config files of a directory, next to a model.</summary>
+    public static void CopyTokenizerFiles(string tokenizerPath, string targetDir)
     {
         var sources = File.Exists(tokenizerPath) ? [tokenizerPath]
             : TokenizerFiles.Select(f => Path.Combine(tokenizerPath, f)).Where(File.Exists).ToArray();

@@ -162,7 +162,7 @@ public static class Trainer
             LoraMerger.Merge(model);
             merged = Path.Combine(mergedDir, "model.onnx");
             model.Save(merged);
-            CopyTokenizerFiles(tokenizerDir, mergedDir);
+            Deploy.GenAiConfig.CopyTokenizerFiles(tokenizerPath, mergedDir);
         }
         return new TrainResult(state.GlobalStep, firstEval, lastEval, lastLoss, args.OutputDir, merged);
     }
@@ -224,14 +224,6 @@ public static class Trainer
     {
         foreach (var t in model.Graph.Initializer)
             if (values.TryGetValue(t.Name, out var v)) Tensors.SetRaw(t, Tensors.FloatsToBytes(v, t.DataType));
-    }
-
-    static void CopyTokenizerFiles(string fromDir, string toDir)
-    {
-        string[] names = ["tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
-            "special_tokens_map.json", "config.json", "generation_config.json"];
-        foreach (var name in names)
-            if (File.Exists(Path.Combine(fromDir, name))) File.Copy(Path.Combine(fromDir, name), Path.Combine(toDir, name), overwrite: true);
     }
 
     /// <summary>Batches across epochs: when one epoch's batches end, the next epoch starts from its first row.</summary>
