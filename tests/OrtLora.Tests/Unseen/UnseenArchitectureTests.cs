@@ -1,0 +1,153 @@
+using Microsoft.ML.OnnxRuntime;
+using OrtLora.Autodiff;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+using OrtLora.Training.Engine;
+
+namespace OrtLora.Tests.Unseen;
+
+/// <summary>inject → gradients → train step → merge → export on exports the PEFT fixtures do not cover (see
+/// <see cref="Architectures"/>). Every check compares two independent computations: merged against unmerged logits,
+/// re-injected exported adapter against the trained model, analytic gradients against finite differences of the
+/// engine's own loss.</summary>
+[Parallelizable(ParallelScope.None)]
+public class UnseenArchitectureTests
+{
+    const int Batch = 2, Seq = 5, Past = 3;
+    static readonly Architecture[] All = Architectures.All;
+
+    static long[] Tokens(int n, int seed)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, n).Select(_ => (long)rng.Next(1, (int)Architectures.Vocab)).ToArray();
+    }
+
+    /// <summary>Row 1 is left-padded by two tokens, so masking matters.</summary>
+    static long[] AttentionMask(int pastLength) =>
+        Enumerable.Range(0, Batch).SelectMany(b => Enumerable.Range(0, pastLength + Seq).Select(t => b == 1 && t < 2 ? 0L : 1L)).ToArray();
+
+    /// <summary>Inference feeds; a cached model gets a non-empty past (random keys and values).</summary>
+    static Dictionary<string, HostTensor> Feeds(Architecture arch)
+    {
+        int past = arch.Past ? Past : 0;
+        var feeds = new Dictionary<string, HostTensor>
+        {
+            ["input_ids"] = HostTensor.Of(Tokens(Batch * Seq, 1), Batch, Seq),
+            ["attention_mask"] = HostTensor.Of(AttentionMask(past), Batch, past + Seq),
+        };
+        if (!arch.Past) return feeds;
+        feeds["position_ids"] = HostTensor.Of(Enumerable.Range(0, Batch * Seq).Select(i => (long)(past + i % Seq)).ToArray(), Batch, Seq);
+        var rng = new Random(3);
+        for (int l = 0; l < 2; l++)
+            foreach (var kind in new[] { "key", "value" })
+                feeds[$"past_key_values.{l}.{kind}"] = HostTensor.Of(Enumerable.Range(0, Batch * 2 * past * 8).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), Batch, 2, past, 8);
+        return feeds;
+    }
+
+    static float[] Logits(OnnxModel model, Architecture arch) => OrtRun.Run(model, Feeds(arch), ["logits"])["logits"].Floats;
+
+    static Training.Engine.Batch TrainBatch()
+    {
+        var ids = Tokens(Batch * Seq, 2);
+        var mask = AttentionMask(0);
+        var labels = ids.Select((t, i) => mask[i] == 0 ? -100 : t).ToArray();
+        return new Training.Engine.Batch(ids, mask, labels, Batch, Seq);
+    }
+
+    /// <summary>fp16 weights round W + scale·B·A to 11 bits when merged; float32 weights keep it to 1e-4.</summary>
+    static float MergeTolerance(Architecture arch) => arch.Name.Contains("fp16") ? 2e-2f : 1e-4f;
+
+    [TestCaseSource(nameof(All))]
+    public void AllLinearFindsThePeftModules(Architecture arch)
+    {
+        using var model = arch.Build();
+        var lora = LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 4 });
+        Assert.That(lora.Adapters.Select(a => a.Module), Is.EquivalentTo(arch.Targets));
+        Assert.That(lora.Adapters.Select(a => a.LoraA), Is.EquivalentTo(arch.Targets.Select(t => $"base_model.model.{t}.lora_A.weight")));
+    }
+
+    [TestCaseSource(nameof(All))]
+    public void CanonicalVariantSplitsOnlyRealFusedLayers(Architecture arch)
+    {
+        using var model = arch.Build();
+        var lora = LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 2, Variant = "canonical" });
+        foreach (var module in arch.Targets)
+        {
+            var parts = lora.Adapters.Where(a => a.Module == module).Select(a => a.Part?.Size ?? -1).ToArray();
+            var expected = arch.FusedParts.TryGetValue(module, out var p) ? p.Select(v => (long)v).ToArray() : [-1L];
+            Assert.That(parts, Is.EqualTo(expected), module);
+        }
+    }
+
+    [TestCaseSource(nameof(All))]
+    public void MergeAndExportReproduceTheAdaptedLogits(Architecture arch)
+    {
+        foreach (var variant in arch.FusedParts.Count > 0 ? new[] { "performant", "canonical" } : ["performant"])
+        {
+            using var model = arch.Build();
+            var before = Logits(model, arch);
+            LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 4, LoraAlpha = 8, Variant = variant });
+            Assert.That(Shared.MaxAbsDiff(Logits(model, arch), before), Is.LessThan(1e-5f), $"{variant}: B = 0 leaves the logits alone");
+            LoraTestKit.RandomizeB(model, std: 0.3f);
+            var adapted = Logits(model, arch);
+            Assert.That(Shared.MaxAbsDiff(adapted, before), Is.GreaterThan(1e-2f), $"{variant}: random B changes the logits");
+
+            var exported = AdapterExporter.Export(model);
+            using var reloaded = arch.Build();
+            LoraInjector.Inject(reloaded, exported);
+            Assert.That(Shared.MaxAbsDiff(Logits(reloaded, arch), adapted), Is.LessThan(1e-4f), $"{variant}: exported adapter re-injected");
+
+            LoraMerger.Merge(model);
+            Assert.That(Shared.MaxAbsDiff(Logits(model, arch), adapted), Is.LessThan(MergeTolerance(arch)), $"{variant}: merged");
+            using var original = arch.Build();
+            Assert.That(GraphEditor.OpHistogram(model.Graph), Is.EqualTo(GraphEditor.OpHistogram(original.Graph)), $"{variant}: merged graph has the original's ops");
+        }
+    }
+
+    [TestCaseSource(nameof(All))]
+    public void GradientsMatchFiniteDifferencesAndAStepLowersTheLoss(Architecture arch)
+    {
+        using var model = arch.Build();
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4 });
+        LoraTestKit.RandomizeB(model, std: 0.3f); // B = 0 would make every gradient of A zero
+        if (!arch.Trainable)
+        {
+            var e = Assert.Throws<OrtLoraException>(() => TrainingGraph.Build(model));
+            Assert.That(e!.Message, Does.Contain("opset"));
+            return;
+        }
+        using var session = new Training.Engine.TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0),
+            Optimization: GraphOptimizationLevel.ORT_DISABLE_ALL));
+        var batch = TrainBatch();
+        var (loss, grads) = session.ComputeGradients(batch);
+        var start = session.GetParameters();
+        Assert.That(session.EvalLoss(batch), Is.EqualTo(loss).Within(1e-5 * Math.Abs(loss)), "eval and gradient graphs agree on the loss");
+
+        double LossAt(Func<string, int, double> offset)
+        {
+            session.SetParameters(start.ToDictionary(kv => kv.Key, kv => kv.Value.Select((v, i) => (float)(v + offset(kv.Key, i))).ToArray()));
+            return session.EvalLoss(batch);
+        }
+        // Directional derivatives along random directions (every parameter at once) and along the largest components.
+        var rng = new Random(5);
+        long count = start.Values.Sum(v => v.Length);
+        for (int trial = 0; trial < 3; trial++)
+        {
+            var direction = start.ToDictionary(kv => kv.Key, kv => kv.Value.Select(_ => (rng.NextDouble() * 2 - 1) / Math.Sqrt(count)).ToArray());
+            double analytic = direction.Sum(kv => kv.Value.Select((d, i) => d * grads[kv.Key][i]).Sum());
+            const double h = 1e-2;
+            double numeric = (LossAt((p, i) => h * direction[p][i]) - LossAt((p, i) => -h * direction[p][i])) / (2 * h);
+            Assert.That(analytic, Is.EqualTo(numeric).Within(2e-4 + 1e-2 * Math.Abs(numeric)), $"direction {trial}");
+        }
+        foreach (var (name, index) in grads.SelectMany(kv => kv.Value.Select((g, i) => (kv.Key, i, g))).OrderByDescending(t => Math.Abs(t.g)).Take(3).Select(t => (t.Key, t.i)))
+        {
+            const double h = 1e-2;
+            double numeric = (LossAt((p, i) => p == name && i == index ? h : 0) - LossAt((p, i) => p == name && i == index ? -h : 0)) / (2 * h);
+            Assert.That(grads[name][index], Is.EqualTo(numeric).Within(2e-4 + 1e-2 * Math.Abs(numeric)), $"d loss / d {name}[{index}]");
+        }
+
+        session.SetParameters(start);
+        for (int step = 0; step < 3; step++) session.Step(batch, learningRate: 1e-2f);
+        Assert.That(session.EvalLoss(batch), Is.LessThan(loss - 1e-3), "three AdamW steps on the same batch lower its loss");
+    }
+}
