@@ -8,5 +8,10 @@ public static class Commands
     public static IEnumerable<Command> All() =>
     [
         InspectCommand.Create(),
+        InjectCommand.Create(),
+        MergeCommand.Create(),
+        ExportAdapterCommand.Create(),
+        GenerateCommand.Create(),
+        AdaptersCommand.Create(),
     ];
 }

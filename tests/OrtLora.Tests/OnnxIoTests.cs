@@ -86,3 +86,18 @@ public class OnnxIoTests
         Assert.That(peft["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].Shape, Is.EqualTo(new long[] { 4, 64 }));
     }
 }
+
+public class ExecutionDeviceTests
+{
+    [Test]
+    public void CudaWithoutAGpuBuildOrLibraryIsAClearError()
+    {
+        using var options = new Microsoft.ML.OnnxRuntime.SessionOptions();
+        var e = Assert.Throws<OrtLoraException>(() => ExecutionDevice.Configure(options, "cuda", null))!;
+        Assert.That(e.Message, Does.Contain("--ep-library"));
+        e = Assert.Throws<OrtLoraException>(() => ExecutionDevice.Configure(options, "cuda", "/nonexistent/libonnxruntime_providers_cuda.so"))!;
+        Assert.That(e.Message, Does.Contain("/nonexistent/libonnxruntime_providers_cuda.so").And.Contain("not found"));
+        e = Assert.Throws<OrtLoraException>(() => ExecutionDevice.Configure(options, "tpu", null))!;
+        Assert.That(e.Message, Does.Contain("tpu"));
+    }
+}

@@ -12,7 +12,7 @@ public sealed class LoraConfig
     /// <summary>The update is scaled by lora_alpha / r (or lora_alpha / sqrt(r) with rsLoRA).</summary>
     public double LoraAlpha { get; set; } = 16;
     /// <summary>Module names matched as PEFT matches them (suffix of the dotted module path), "all-linear", or one
-    /// regular expression (full match against the module path).</summary>
+    /// regular expression (full match against the module path). Empty: PEFT's default for the architecture.</summary>
     public List<string> TargetModules { get; set; } = ["q_proj", "v_proj"];
     public double LoraDropout { get; set; }
     public bool UseRslora { get; set; }
@@ -24,7 +24,21 @@ public sealed class LoraConfig
     public string Init { get; set; } = "kaiming";
     public int Seed { get; set; } = 42;
 
-    public double Scale => UseRslora ? LoraAlpha / Math.Sqrt(R) : LoraAlpha / R;
+    /// <summary>PEFT's per-module overrides of r and lora_alpha: key = module name or regex, matched as PEFT
+    /// matches them (the key matches the end of the module path at a dot boundary).</summary>
+    public Dictionary<string, int> RankPattern { get; set; } = new();
+    public Dictionary<string, double> AlphaPattern { get; set; } = new();
+
+    public double Scale => ScaleFor(R, LoraAlpha);
+    double ScaleFor(int r, double alpha) => UseRslora ? alpha / Math.Sqrt(r) : alpha / r;
+
+    /// <summary>The rank and scale PEFT gives the module at <paramref name="peftPath"/> (rank_pattern, alpha_pattern).</summary>
+    public int RankFor(string peftPath) => Pattern(RankPattern, peftPath) is { } k ? RankPattern[k] : R;
+    public double AlphaFor(string peftPath) => Pattern(AlphaPattern, peftPath) is { } k ? AlphaPattern[k] : LoraAlpha;
+    public double ScaleFor(string peftPath, int r) => ScaleFor(r, AlphaFor(peftPath));
+
+    static string? Pattern<T>(Dictionary<string, T> patterns, string path) =>
+        patterns.Keys.FirstOrDefault(k => System.Text.RegularExpressions.Regex.IsMatch(path, $"^(.*\\.)?(?:{k})$"));
 
     public JsonObject ToPeftJson(string? baseModel = null) => new()
     {
@@ -43,8 +57,8 @@ public sealed class LoraConfig
         ["use_dora"] = false,
         ["inference_mode"] = true,
         ["modules_to_save"] = null,
-        ["rank_pattern"] = new JsonObject(),
-        ["alpha_pattern"] = new JsonObject(),
+        ["rank_pattern"] = new JsonObject(RankPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
+        ["alpha_pattern"] = new JsonObject(AlphaPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
     };
 
     public static bool IsRegex(string s) => s.IndexOfAny(['*', '(', '[', '|', '^', '$', '\\', '+', '?']) >= 0;
@@ -64,6 +78,8 @@ public sealed class LoraConfig
             LoraDropout = json["lora_dropout"]?.GetValue<double>() ?? 0,
             UseRslora = json["use_rslora"]?.GetValue<bool>() ?? false,
             FanInFanOut = json["fan_in_fan_out"]?.GetValue<bool>() ?? false,
+            RankPattern = json["rank_pattern"] is JsonObject rp ? rp.ToDictionary(p => p.Key, p => p.Value!.GetValue<int>()) : new(),
+            AlphaPattern = json["alpha_pattern"] is JsonObject ap ? ap.ToDictionary(p => p.Key, p => p.Value!.GetValue<double>()) : new(),
         };
         c.TargetModules = json["target_modules"] switch
         {

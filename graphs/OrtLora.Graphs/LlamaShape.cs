@@ -1,0 +1,50 @@
+namespace OrtLora.Graphs;
+
+/// <summary>The hyper-parameters of a LLaMA-style causal LM, named as in Hugging Face's LlamaConfig.</summary>
+public sealed record LlamaShape(
+    string Name,
+    int HiddenSize,
+    int NumHiddenLayers,
+    int NumAttentionHeads,
+    int NumKeyValueHeads,
+    int IntermediateSize,
+    int VocabSize,
+    bool TieWordEmbeddings,
+    double RopeTheta = 10000.0,
+    float RmsNormEps = 1e-5f,
+    int MaxPositionEmbeddings = 2048)
+{
+    public int HeadDim => HiddenSize / NumAttentionHeads;
+    public int KvDim => NumKeyValueHeads * HeadDim;
+
+    /// <summary>The committed demo model: a few MB, trains in seconds on a CPU.</summary>
+    public static readonly LlamaShape Tiny = new("tiny", 128, 4, 4, 2, 352, 512, TieWordEmbeddings: true, MaxPositionEmbeddings: 512);
+
+    /// <summary>The shape of HuggingFaceTB/SmolLM2-135M.</summary>
+    public static readonly LlamaShape SmolLM2_135M = new("smollm2-135m", 576, 30, 9, 3, 1536, 49152, TieWordEmbeddings: true,
+        RopeTheta: 100000.0, MaxPositionEmbeddings: 8192);
+
+    /// <summary>A ~100M-parameter shape between the two (tied, 12 layers of 768).</summary>
+    public static readonly LlamaShape Llama100M = new("llama-100m", 768, 12, 12, 4, 2048, 32000, TieWordEmbeddings: true);
+
+    /// <summary>The shape of TinyLlama/TinyLlama-1.1B (untied lm_head).</summary>
+    public static readonly LlamaShape TinyLlama_1_1B = new("tinyllama-1.1b", 2048, 22, 32, 4, 5632, 32000, TieWordEmbeddings: false);
+
+    public static IReadOnlyList<LlamaShape> All { get; } = [Tiny, SmolLM2_135M, Llama100M, TinyLlama_1_1B];
+
+    public static LlamaShape? Find(string name) =>
+        All.FirstOrDefault(s => s.Name.Equals(name, StringComparison.OrdinalIgnoreCase)
+            || name is "~100m" or "100m" && s == Llama100M);
+
+    /// <summary>Number of parameters (a tied lm_head is counted once).</summary>
+    public long ParameterCount
+    {
+        get
+        {
+            long h = HiddenSize, attention = h * h * 2 + h * KvDim * 2, mlp = 3 * h * IntermediateSize;
+            long perLayer = attention + mlp + 2 * h;
+            long embed = (long)VocabSize * h;
+            return embed * (TieWordEmbeddings ? 1 : 2) + perLayer * NumHiddenLayers + h;
+        }
+    }
+}

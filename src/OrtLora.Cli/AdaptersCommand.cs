@@ -1,0 +1,56 @@
+using System.CommandLine;
+using System.Globalization;
+using OrtLora.Deploy;
+
+namespace OrtLora.Cli;
+
+/// <summary>Adapter arithmetic and conversion on PEFT adapter directories.</summary>
+public static class AdaptersCommand
+{
+    public static Command Create()
+    {
+        var cmd = new Command("adapters", "Combine or convert LoRA adapters");
+        cmd.Subcommands.Add(Combine());
+        cmd.Subcommands.Add(Convert());
+        return cmd;
+    }
+
+    static Command Combine()
+    {
+        var inputs = new Argument<string[]>("adapters") { Description = "PEFT adapter directories, each optionally DIR:WEIGHT (default weight 1; DIR:-1 subtracts)", Arity = ArgumentArity.OneOrMore };
+        var output = new Option<string>("--output", "-o") { Description = "Output adapter directory", Required = true };
+        var rank = new Option<int?>("--rank") { Description = "Re-compress to this rank by truncated SVD (default: exact, ranks concatenated)" };
+        var cmd = new Command("combine", "Weighted sum of adapters, as PEFT's add_weighted_adapter (cat, or svd with --rank)") { inputs, output, rank };
+        cmd.SetAction(CliRunner.Guard(parse =>
+        {
+            var parsed = parse.GetValue(inputs)!.Select(ParseWeighted).ToList();
+            int r = AdapterCombiner.Combine(parsed, parse.GetValue(output)!, parse.GetValue(rank));
+            Console.WriteLine($"wrote {parse.GetValue(output)} (rank {r}, lora_alpha {r}, {(parse.GetValue(rank) is null ? "exact cat" : "truncated svd")})");
+        }));
+        return cmd;
+    }
+
+    static Command Convert()
+    {
+        var input = new Argument<string>("adapter") { Description = "PEFT adapter directory" };
+        var output = new Option<string>("--output", "-o") { Description = "Output .onnx_adapter file", Required = true };
+        var cmd = new Command("convert", "Write a PEFT adapter as ONNX Runtime's .onnx_adapter (for RunOptions.AddActiveLoraAdapter on an injected model)") { input, output };
+        cmd.SetAction(CliRunner.Guard(parse =>
+        {
+            var parameters = RuntimeAdapters.FromPeftDirectory(parse.GetValue(input)!);
+            OnnxAdapterFile.Write(parse.GetValue(output)!, parameters);
+            Console.WriteLine($"wrote {parse.GetValue(output)} ({parameters.Count} parameters)");
+        }));
+        return cmd;
+    }
+
+    /// <summary>"DIR:0.7" → (DIR, 0.7); "DIR" → (DIR, 1). Only a number after the last colon is a weight, so paths
+    /// with colons still work.</summary>
+    public static (string Dir, double Weight) ParseWeighted(string spec)
+    {
+        int colon = spec.LastIndexOf(':');
+        if (colon > 0 && double.TryParse(spec[(colon + 1)..], NumberStyles.Float, CultureInfo.InvariantCulture, out var w))
+            return (spec[..colon], w);
+        return (spec, 1.0);
+    }
+}

@@ -1,0 +1,132 @@
+namespace OrtLora.Deploy;
+
+/// <summary>Best rank-k factorisation of a product B·A (B [out, r], A [r, in]) without forming the [out, in] matrix:
+/// QR of B and of Aᵀ reduce B·A = Qb (Rb Raᵀ) Qaᵀ to the SVD of the small r×r core, done by one-sided Jacobi
+/// rotations (accurate also for tiny singular values, and r is at most a few hundred). Everything in double.</summary>
+public static class LowRank
+{
+    /// <summary>Returns (B' [out, k], A' [k, in]) with B'·A' the truncated SVD of B·A; singular values go into B', as
+    /// PEFT's svd combination puts them into lora_B. With k above r the extra rows/columns are zero.</summary>
+    public static (float[] B, float[] A) Factor(float[] b, float[] a, int outDim, int rank, int inDim, int k)
+    {
+        var (qb, rb) = Qr(ToDouble(b), outDim, rank);
+        var (qa, ra) = Qr(Transpose(ToDouble(a), rank, inDim), inDim, rank);
+        var core = new double[rank * rank]; // Rb · Raᵀ
+        for (int i = 0; i < rank; i++)
+            for (int j = 0; j < rank; j++)
+            {
+                double s = 0;
+                for (int t = 0; t < rank; t++) s += rb[i * rank + t] * ra[j * rank + t];
+                core[i * rank + j] = s;
+            }
+        var (us, v, order) = JacobiSvd(core, rank);
+        var newB = new float[outDim * k];
+        var newA = new float[k * inDim];
+        for (int c = 0; c < Math.Min(k, rank); c++)
+        {
+            int j = order[c];
+            for (int o = 0; o < outDim; o++)
+            {
+                double s = 0;
+                for (int t = 0; t < rank; t++) s += qb[o * rank + t] * us[t * rank + j];
+                newB[o * k + c] = (float)s;
+            }
+            for (int i = 0; i < inDim; i++)
+            {
+                double s = 0;
+                for (int t = 0; t < rank; t++) s += qa[i * rank + t] * v[t * rank + j];
+                newA[c * inDim + i] = (float)s;
+            }
+        }
+        return (newB, newA);
+    }
+
+    /// <summary>The singular values of B·A, largest first (for reports and tests).</summary>
+    public static double[] SingularValues(float[] b, float[] a, int outDim, int rank, int inDim)
+    {
+        var (newB, _) = Factor(b, a, outDim, rank, inDim, rank);
+        // A' has orthonormal rows, so the column norms of B' are the singular values.
+        return Enumerable.Range(0, rank).Select(c => Math.Sqrt(Enumerable.Range(0, outDim).Sum(o => (double)newB[o * rank + c] * newB[o * rank + c]))).ToArray();
+    }
+
+    static double[] ToDouble(float[] x) => x.Select(v => (double)v).ToArray();
+
+    static double[] Transpose(double[] x, int rows, int cols)
+    {
+        var t = new double[x.Length];
+        for (int i = 0; i < rows; i++) for (int j = 0; j < cols; j++) t[j * rows + i] = x[i * cols + j];
+        return t;
+    }
+
+    /// <summary>Thin QR of x [m, n] (row-major) by modified Gram-Schmidt with a second orthogonalisation pass.
+    /// A column that is (numerically) in the span of the previous ones gets a zero Q column.</summary>
+    static (double[] Q, double[] R) Qr(double[] x, int m, int n)
+    {
+        var q = new double[m * n];
+        var r = new double[n * n];
+        var v = new double[m];
+        for (int j = 0; j < n; j++)
+        {
+            double original = 0;
+            for (int i = 0; i < m; i++) { v[i] = x[i * n + j]; original += v[i] * v[i]; }
+            for (int pass = 0; pass < 2; pass++)
+                for (int p = 0; p < j; p++)
+                {
+                    double d = 0;
+                    for (int i = 0; i < m; i++) d += q[i * n + p] * v[i];
+                    r[p * n + j] += d;
+                    for (int i = 0; i < m; i++) v[i] -= d * q[i * n + p];
+                }
+            double norm = Math.Sqrt(v.Sum(e => e * e));
+            if (norm <= 1e-13 * Math.Sqrt(original) || norm == 0) continue;
+            r[j * n + j] = norm;
+            for (int i = 0; i < m; i++) q[i * n + j] = v[i] / norm;
+        }
+        return (q, r);
+    }
+
+    /// <summary>One-sided Jacobi SVD of the square matrix m [n, n]: returns U·S (columns scaled by the singular
+    /// values), V, and the column order by descending singular value.</summary>
+    static (double[] US, double[] V, int[] Order) JacobiSvd(double[] m, int n)
+    {
+        var w = (double[])m.Clone();
+        var v = new double[n * n];
+        for (int i = 0; i < n; i++) v[i * n + i] = 1;
+        for (int sweep = 0; sweep < 60; sweep++)
+        {
+            bool rotated = false;
+            for (int p = 0; p < n - 1; p++)
+                for (int q = p + 1; q < n; q++)
+                {
+                    double alpha = 0, beta = 0, gamma = 0;
+                    for (int i = 0; i < n; i++)
+                    {
+                        alpha += w[i * n + p] * w[i * n + p];
+                        beta += w[i * n + q] * w[i * n + q];
+                        gamma += w[i * n + p] * w[i * n + q];
+                    }
+                    if (gamma == 0 || Math.Abs(gamma) <= 1e-15 * Math.Sqrt(alpha * beta)) continue;
+                    rotated = true;
+                    double zeta = (beta - alpha) / (2 * gamma);
+                    double t = Math.Sign(zeta == 0 ? 1 : zeta) / (Math.Abs(zeta) + Math.Sqrt(1 + zeta * zeta));
+                    double c = 1 / Math.Sqrt(1 + t * t), s = c * t;
+                    Rotate(w, n, p, q, c, s);
+                    Rotate(v, n, p, q, c, s);
+                }
+            if (!rotated) break;
+        }
+        var norms = Enumerable.Range(0, n).Select(j => Enumerable.Range(0, n).Sum(i => w[i * n + j] * w[i * n + j])).ToArray();
+        var order = Enumerable.Range(0, n).OrderByDescending(j => norms[j]).ToArray();
+        return (w, v, order);
+    }
+
+    static void Rotate(double[] x, int n, int p, int q, double c, double s)
+    {
+        for (int i = 0; i < n; i++)
+        {
+            double xp = x[i * n + p], xq = x[i * n + q];
+            x[i * n + p] = c * xp - s * xq;
+            x[i * n + q] = s * xp + c * xq;
+        }
+    }
+}

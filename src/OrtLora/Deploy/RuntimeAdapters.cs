@@ -1,0 +1,73 @@
+using Microsoft.ML.OnnxRuntime;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+
+namespace OrtLora.Deploy;
+
+/// <summary>Serving one injected model with many adapters through ONNX Runtime's adapter API: the session's LoRA
+/// parameters become overridable inputs, and each request activates the adapter it wants.</summary>
+public static class RuntimeAdapters
+{
+    /// <summary>A PEFT adapter directory's LoRA parameters (adapter_model.safetensors) as float32 arrays, keyed as the
+    /// injected model names its initializers. When <paramref name="modelScale"/> differs from the adapter's own
+    /// lora_alpha/r, B is rescaled so that the model's baked-in scale yields the adapter's update.</summary>
+    public static Dictionary<string, (float[] Values, long[] Shape)> FromPeftDirectory(string adapterDir, double? modelScale = null)
+    {
+        var weights = Path.Combine(adapterDir, "adapter_model.safetensors");
+        var configPath = Path.Combine(adapterDir, "adapter_config.json");
+        if (!File.Exists(weights)) throw new OrtLoraException($"{adapterDir}: no adapter_model.safetensors (not a PEFT adapter directory)");
+        double ratio = modelScale is { } s && File.Exists(configPath) ? LoraConfig.FromPeftJson(configPath).Scale / s : 1.0;
+        var result = new Dictionary<string, (float[], long[])>();
+        foreach (var (key, tensor) in SafeTensors.Read(weights))
+        {
+            var name = key.Replace(".default.weight", ".weight", StringComparison.Ordinal);
+            if (!LoraRuntimeForm.IsLoraParameter(name)) continue;
+            var values = tensor.AsFloats();
+            if (ratio != 1.0 && name.EndsWith(".lora_B.weight", StringComparison.Ordinal))
+                for (int i = 0; i < values.Length; i++) values[i] = (float)(values[i] * ratio);
+            result[name] = (values, tensor.Shape);
+        }
+        if (result.Count == 0) throw new OrtLoraException($"{weights}: no lora_A / lora_B tensors");
+        return result;
+    }
+
+    /// <summary>An ORT adapter from an .onnx_adapter file or a PEFT adapter directory (converted in memory), checked
+    /// against <paramref name="session"/>'s inputs when one is given.</summary>
+    public static OrtLoraAdapter Load(string path, InferenceSession? session = null, double? modelScale = null)
+    {
+        bool isDirectory = Directory.Exists(path);
+        if (!isDirectory && !File.Exists(path)) throw new OrtLoraException($"{path}: adapter not found");
+        var parameters = isDirectory ? FromPeftDirectory(path, modelScale) : OnnxAdapterFile.Read(path);
+        if (session is not null) CheckFits(session, parameters, path);
+        try { return isDirectory ? OrtLoraAdapter.Create(OnnxAdapterFile.Serialize(parameters), null) : OrtLoraAdapter.Create(path, null); }
+        catch (OnnxRuntimeException e) { throw new OrtLoraException($"{path}: ONNX Runtime rejected the adapter ({e.Message})", e); }
+    }
+
+    /// <summary>A session over the model with its LoRA parameters as overridable inputs. A model already in that form
+    /// is opened from its file; otherwise the form is made in memory (models under 2 GB).</summary>
+    public static InferenceSession OpenOverridable(string modelPath, SessionOptions options)
+    {
+        using var model = OnnxModel.Load(modelPath);
+        var inputs = model.Graph.Input.Select(i => i.Name).ToHashSet();
+        if (model.Graph.Initializer.Where(t => LoraRuntimeForm.IsLoraParameter(t.Name)).All(t => inputs.Contains(t.Name))
+            && model.Graph.Initializer.Any(t => LoraRuntimeForm.IsLoraParameter(t.Name)))
+            return new InferenceSession(modelPath, options);
+        LoraRuntimeForm.MakeOverridable(model);
+        if (model.Graph.Initializer.Sum(Tensors.ByteSize) > 1_800_000_000L)
+            throw new OrtLoraException($"{modelPath}: too large to prepare for runtime adapters in memory; save its runtime form first (LoraRuntimeForm.MakeOverridable + save)");
+        return new InferenceSession(model.ToBytes(), options);
+    }
+
+    /// <summary>Checks that every adapter parameter is an input of the session with the same shape, so a mismatch is
+    /// reported by name instead of failing inside ORT (or, for a missing name, being silently ignored).</summary>
+    public static void CheckFits(InferenceSession session, IReadOnlyDictionary<string, (float[] Values, long[] Shape)> parameters, string adapterName)
+    {
+        foreach (var (name, (_, shape)) in parameters)
+        {
+            if (!session.InputMetadata.TryGetValue(name, out var meta))
+                throw new OrtLoraException($"{adapterName}: parameter '{name}' is not an input of the model (different target modules, or not an injected model?)");
+            if (!meta.Dimensions.Select(d => (long)d).SequenceEqual(shape))
+                throw new OrtLoraException($"{adapterName}: parameter '{name}' has shape [{string.Join(",", shape)}], the model expects [{string.Join(",", meta.Dimensions)}] (different rank?)");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+using OrtLora.Onnx;
+
+namespace OrtLora.Lora;
+
+/// <summary>An injected (and possibly trained) model's adapters as a PEFT adapter that PeftModel.from_pretrained
+/// loads onto the original Hugging Face model. Tensors keep the model's initializer names and bytes, so an adapter
+/// imported with --init-from comes back unchanged.</summary>
+public static class AdapterExporter
+{
+    public static PeftAdapter Export(OnnxModel model)
+    {
+        var lora = LoraModel.Read(model) ?? throw new OrtLoraException($"{model.Source}: the model has no LoRA adapters to export (no '{LoraModel.MetadataKey}' metadata)");
+        var config = Clone(lora.Config);
+        var tensors = new Dictionary<string, SafeTensor>();
+        foreach (var group in lora.ByLayer())
+        {
+            var layer = LayerAdapter.Read(model, group);
+            if (layer.IsCanonical)
+            {
+                // One adapter per part of a fused layer is, exactly, one PEFT adapter of rank parts·r on the fused module.
+                tensors[ModuleNames.LoraAKey(layer.Module)] = SafeTensor.FromFloats([layer.R, layer.In], layer.A);
+                tensors[ModuleNames.LoraBKey(layer.Module)] = SafeTensor.FromFloats([layer.Out, layer.R], layer.B);
+            }
+            else
+            {
+                tensors[group[0].LoraA] = Raw(model, group[0].LoraA);
+                tensors[group[0].LoraB] = Raw(model, group[0].LoraB);
+            }
+            RecordRankAndScale(config, layer);
+        }
+        config.Variant = "performant";
+        return new PeftAdapter { Config = config, Tensors = tensors };
+    }
+
+    /// <summary>PEFT derives each module's rank from r (or rank_pattern) and its scale from lora_alpha (or
+    /// alpha_pattern): add pattern entries where this layer's rank or scale differs from what the config implies.</summary>
+    static void RecordRankAndScale(LoraConfig config, LayerAdapter layer)
+    {
+        if (config.RankFor(layer.Module) != layer.R) config.RankPattern[layer.Module] = layer.R;
+        if (Math.Abs(config.ScaleFor(layer.Module, layer.R) - layer.Scale) > 1e-9 * Math.Abs(layer.Scale))
+            config.AlphaPattern[layer.Module] = config.UseRslora ? layer.Scale * Math.Sqrt(layer.R) : layer.Scale * layer.R;
+    }
+
+    static SafeTensor Raw(OnnxModel model, string name)
+    {
+        var t = model.Graph.Initializer.First(i => i.Name == name);
+        return SafeTensor.FromFloats(t.Dims.ToArray(), model.ReadFloats(t));
+    }
+
+    static LoraConfig Clone(LoraConfig c)
+    {
+        var copy = LoraConfig.FromJson(c.ToJson());
+        copy.RankPattern = new(c.RankPattern);
+        copy.AlphaPattern = new(c.AlphaPattern);
+        return copy;
+    }
+}

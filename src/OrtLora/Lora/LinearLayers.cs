@@ -1,0 +1,190 @@
+using Onnx;
+using OrtLora.Onnx;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Lora;
+
+/// <summary>How a linear layer's weight initializer is stored: [in, out] (pre-transposed MatMul, GPT-2 Conv1D,
+/// Gemm without transB) or [out, in] (PyTorch nn.Linear reaching MatMul through a Transpose, Gemm with transB).</summary>
+public enum WeightLayout { InOut, OutIn }
+
+/// <summary>One targetable linear layer of an exported graph: y = x·W (+ bias), W a 2-D float initializer.</summary>
+/// <param name="Module">Dotted module path as the exporter recorded it, wrapper prefix included
+/// (e.g. <c>model_.model.layers.0.self_attn.q_proj</c>).</param>
+/// <param name="Parts">Output widths of a fused projection (a Split/Slice of the output along its last axis), or null.</param>
+/// <param name="IsOutputHead">Its output is a graph output: the LM head, which all-linear leaves alone, as PEFT does.</param>
+/// <param name="Tied">The weight initializer is read elsewhere too (tied embeddings).</param>
+public sealed record LinearLayer(NodeProto Node, string Module, string Weight, WeightLayout Layout, long In, long Out,
+    int DataType, float GemmAlpha, int[]? Parts, bool IsOutputHead, bool Tied)
+{
+    public string Input => Node.Input[0];
+    public string Output => Node.Output[0];
+}
+
+/// <summary>Finds the linear layers of a graph as real exporters write them, and the module path of each: from the
+/// weight's name (dynamo keeps <c>model_.transformer.h.0.attn.c_attn.weight</c>), from the dynamo exporter's node
+/// metadata (<c>pkg.torch.onnx.name_scopes</c>, when the weight was folded into <c>val_59</c>), or from the legacy
+/// exporter's node name (<c>/model_/model/layers.0/self_attn/q_proj/MatMul</c>, weight <c>onnx::MatMul_673</c>).</summary>
+public static class LinearLayers
+{
+    static readonly HashSet<int> FloatTypes = [(int)DT.Float, (int)DT.Float16, (int)DT.Bfloat16, (int)DT.Double];
+    // Ops between a projection's output and the Split of a fused projection, or between the head and the graph output.
+    static readonly HashSet<string> PassThrough = ["Reshape", "Identity", "Cast"];
+
+    public static List<LinearLayer> Find(GraphEditor graph)
+    {
+        var layers = new List<LinearLayer>();
+        foreach (var node in graph.Graph.Node.ToList())
+            if (TryRead(graph, node) is { } layer) layers.Add(layer);
+        return layers;
+    }
+
+    static LinearLayer? TryRead(GraphEditor g, NodeProto node)
+    {
+        if (node.Domain is not ("" or "ai.onnx") || node.Input.Count < 2 || node.Output.Count != 1) return null;
+        bool transposed;
+        float alpha = 1;
+        string weightValue = node.Input[1];
+        if (node.OpType == "MatMul")
+        {
+            transposed = false;
+            if (g.Producer(weightValue) is { OpType: "Transpose" } t && IsMatrixTranspose(t))
+            {
+                transposed = true;
+                weightValue = t.Input[0];
+            }
+        }
+        else if (node.OpType == "Gemm")
+        {
+            if (Attrs.Int(node, "transA", 0) != 0) return null;
+            transposed = Attrs.Int(node, "transB", 0) != 0;
+            alpha = Attrs.Float(node, "alpha", 1f);
+        }
+        else return null;
+        var weightName = ResolveIdentity(g, weightValue);
+        var weight = g.Initializer(weightName);
+        if (weight is null || weight.Dims.Count != 2 || !FloatTypes.Contains(weight.DataType)) return null;
+        if (g.Graph.Input.Any(i => i.Name == weightName)) return null; // an overridable input, not a parameter
+        if (g.Constant(node.Input[0]) is not null) return null;
+        var module = ModulePath(node, weightValue);
+        if (module is null) return null;
+        var layout = transposed ? WeightLayout.OutIn : WeightLayout.InOut;
+        long rows = weight.Dims[0], cols = weight.Dims[1];
+        var (inDim, outDim) = layout == WeightLayout.InOut ? (rows, cols) : (cols, rows);
+        return new LinearLayer(node, module, weightName, layout, inDim, outDim, weight.DataType, alpha,
+            FusedParts(g, node.Output[0], outDim), ReachesGraphOutput(g, node.Output[0]), IsTied(g, weightName, node));
+    }
+
+    static bool IsMatrixTranspose(NodeProto t) => Attrs.Ints(t, "perm") is not { } perm || perm.SequenceEqual([1L, 0L]);
+
+    static string ResolveIdentity(GraphEditor g, string value)
+    {
+        while (g.Producer(value) is { OpType: "Identity" } id) value = id.Input[0];
+        return value;
+    }
+
+    /// <summary>The weight is shared when anything besides this layer (and Identity/Transpose nodes leading to it)
+    /// reads it, e.g. an embedding Gather of a tied LM head.</summary>
+    static bool IsTied(GraphEditor g, string weight, NodeProto layer)
+    {
+        var pending = new Stack<string>([weight]);
+        while (pending.Count > 0)
+            foreach (var c in g.Consumers(pending.Pop()))
+            {
+                if (c == layer) continue;
+                if (c.OpType is "Identity" || c.OpType == "Transpose" && IsMatrixTranspose(c)) pending.Push(c.Output[0]);
+                else return true;
+            }
+        return false;
+    }
+
+    /// <summary>The dotted module path of the layer, or null when no source records one.</summary>
+    public static string? ModulePath(NodeProto node, string weightValue)
+    {
+        if (weightValue.EndsWith(".weight") && !weightValue.StartsWith("onnx::") && weightValue.Contains('.'))
+            return weightValue[..^".weight".Length];
+        var scopes = node.MetadataProps.FirstOrDefault(p => p.Key == "pkg.torch.onnx.name_scopes")?.Value;
+        if (scopes is not null)
+        {
+            // "['', 'model_', ..., 'model_.model.layers.0.self_attn.q_proj', 'linear']": the last entry is the op.
+            var items = scopes.Trim('[', ']').Split(',').Select(s => s.Trim().Trim('\'', '"')).Where(s => s != "").ToList();
+            if (items.Count >= 2) return items[^2];
+        }
+        if (node.Name.StartsWith('/') && node.Name.Count(c => c == '/') >= 2)
+        {
+            var segments = node.Name.Trim('/').Split('/');
+            return string.Join('.', segments[..^1]);
+        }
+        return null;
+    }
+
+    /// <summary>Widths of the parts when the output is split along its last axis (GPT-2 c_attn into q|k|v, Phi-3
+    /// qkv_proj by Slices), read from the Split sizes or Slice bounds, never assumed equal; null if not fused.</summary>
+    public static int[]? FusedParts(GraphEditor g, string output, long width)
+    {
+        var consumers = Meaningful(g, output);
+        while (consumers.Count == 1 && PassThrough.Contains(consumers[0].OpType))
+            consumers = Meaningful(g, consumers[0].Output[0]);
+        if (consumers.Count == 1 && consumers[0].OpType == "Split") return SplitSizes(g, consumers[0], width);
+        if (consumers.Count >= 2 && consumers.All(c => c.OpType == "Slice")) return SliceSizes(g, consumers, width);
+        return null;
+    }
+
+    static List<NodeProto> Meaningful(GraphEditor g, string value) => g.Consumers(value).Where(c => c.OpType != "Shape").ToList();
+
+    static int[]? SplitSizes(GraphEditor g, NodeProto split, long width)
+    {
+        long axis = Attrs.Int(split, "axis", 0);
+        if (axis == 0) return null; // the batch or row axis, not the features
+        long[]? sizes = Attrs.Ints(split, "split");
+        if (sizes is null && split.Input.Count > 1 && split.Input[1] != "")
+            sizes = g.Constant(split.Input[1]) is { } t ? Tensors.ReadInt64s(Tensors.InlineBytes(t), t.DataType) : null;
+        if (sizes is null)
+        {
+            long n = Attrs.Int(split, "num_outputs", split.Output.Count);
+            if (n < 2) return null;
+            long chunk = (width + n - 1) / n; // ONNX: equal chunks of ceil(width / n), the last one smaller
+            sizes = Enumerable.Range(0, (int)n).Select(i => Math.Min(chunk, width - i * chunk)).ToArray();
+        }
+        return sizes.Length >= 2 && sizes.Sum() == width && sizes.All(s => s > 0) ? sizes.Select(s => (int)s).ToArray() : null;
+    }
+
+    static int[]? SliceSizes(GraphEditor g, IReadOnlyList<NodeProto> slices, long width)
+    {
+        var ranges = new List<(long Start, long End)>();
+        long? sliceAxis = null;
+        foreach (var s in slices)
+        {
+            long[]? Read(int i) => s.Input.Count > i && s.Input[i] != "" && g.Constant(s.Input[i]) is { } t
+                ? Tensors.ReadInt64s(Tensors.InlineBytes(t), t.DataType) : null;
+            var (starts, ends, axes, steps) = (Read(1), Read(2), Read(3), Read(4));
+            if (starts is not { Length: 1 } || ends is not { Length: 1 } || axes is not { Length: 1 }) return null;
+            if (steps is not null && steps[0] != 1) return null;
+            if (axes[0] == 0 || sliceAxis is { } a && a != axes[0]) return null;
+            sliceAxis = axes[0];
+            ranges.Add((Clamp(starts[0], width), Clamp(ends[0], width)));
+        }
+        ranges.Sort();
+        long next = 0;
+        foreach (var (start, end) in ranges)
+        {
+            if (start != next || end <= start) return null;
+            next = end;
+        }
+        return next == width ? ranges.Select(r => (int)(r.End - r.Start)).ToArray() : null;
+    }
+
+    static long Clamp(long index, long width) => index < 0 ? Math.Max(0, width + index) : Math.Min(index, width);
+
+    static bool ReachesGraphOutput(GraphEditor g, string value)
+    {
+        for (int depth = 0; depth < 8; depth++)
+        {
+            if (g.IsGraphOutput(value)) return true;
+            var next = Meaningful(g, value);
+            if (next.Count != 1 || !PassThrough.Contains(next[0].OpType)) return false;
+            value = next[0].Output[0];
+        }
+        return false;
+    }
+}

@@ -1,0 +1,187 @@
+using Onnx;
+using OrtLora.Onnx;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Lora;
+
+/// <summary>Adds LoRA adapters to an exported model: for each targeted linear layer y = x·W (+ b) becomes
+/// y = x·W (+ b) + scale·(x·Aᵀ)·Bᵀ, with A [r, in] and B [out, r] float32 initializers under PEFT's key names
+/// (the trainer updates them in that layout) and the scale a named scalar initializer.</summary>
+public static class LoraInjector
+{
+    /// <summary>One adapter to add: A and B values and, for one part of a fused layer, which output columns it covers.</summary>
+    sealed record PartPlan(string KeyA, float[] A, string KeyB, float[] B, long Size, LoraPart? Part);
+    sealed record Plan(LinearLayer Layer, string PeftPath, int R, double Scale, List<PartPlan> Parts);
+
+    /// <summary>Injects fresh adapters chosen by <paramref name="config"/> (A random, B zero: outputs unchanged).</summary>
+    public static LoraModel Inject(OnnxModel model, LoraConfig config) => Apply(model, config, plan: null);
+
+    /// <summary>Injects exactly the adapter of a PEFT directory (its r, lora_alpha, targets and values).</summary>
+    public static LoraModel Inject(OnnxModel model, PeftAdapter adapter) => Apply(model, adapter.Config, adapter);
+
+    static LoraModel Apply(OnnxModel model, LoraConfig config, PeftAdapter? plan)
+    {
+        if (LoraModel.Read(model) is not null)
+            throw new OrtLoraException($"{model.Source}: the model already has LoRA adapters (merge them first)");
+        var g = new GraphEditor(model.Graph);
+        var layers = LinearLayers.Find(g);
+        if (layers.Count == 0) throw new OrtLoraException($"{model.Source}: no linear layer (MatMul/Gemm with a 2-D weight initializer) found");
+        var prefix = ModuleNames.WrapperPrefix(layers.Select(l => l.Module).ToList());
+        var plans = plan is null ? PlanFresh(model, config, layers, prefix) : PlanFromPeft(model, plan, layers, prefix);
+        var adapters = new List<LoraAdapter>();
+        var added = new Dictionary<NodeProto, List<NodeProto>>();
+        foreach (var p in plans)
+        {
+            var (nodes, entries) = Emit(g, p);
+            added[p.Layer.Node] = nodes;
+            adapters.AddRange(entries);
+        }
+        var ordered = new List<NodeProto>(model.Graph.Node.Count + added.Values.Sum(n => n.Count));
+        foreach (var n in model.Graph.Node)
+        {
+            ordered.Add(n);
+            if (added.TryGetValue(n, out var extra)) ordered.AddRange(extra);
+        }
+        model.Graph.Node.Clear();
+        model.Graph.Node.AddRange(ordered);
+        var lora = new LoraModel { Config = config, Adapters = adapters };
+        lora.Write(model.Proto);
+        return lora;
+    }
+
+    static List<Plan> PlanFresh(OnnxModel model, LoraConfig config, List<LinearLayer> layers, string prefix)
+    {
+        if (config.TargetModules.Count == 0)
+            config.TargetModules = ModuleNames.DefaultTargets(layers.Select(l => ModuleNames.Strip(l.Module, prefix)))
+                ?? throw new OrtLoraException($"{model.Source}: no layer has a name PEFT targets by default; choose --target-modules (e.g. all-linear)");
+        var rng = new Random(config.Seed);
+        var plans = new List<Plan>();
+        foreach (var layer in layers)
+        {
+            var path = ModuleNames.Strip(layer.Module, prefix);
+            if (!ModuleNames.IsTarget(config.TargetModules, path, layer.IsOutputHead || layer.Tied)) continue;
+            int r = config.RankFor(path);
+            var sizes = config.Variant == "canonical" && layer.Parts is { } parts ? parts : [(int)layer.Out];
+            var partPlans = new List<PartPlan>();
+            long offset = 0;
+            for (int i = 0; i < sizes.Length; i++)
+            {
+                var suffix = sizes.Length > 1 ? $".part{i}" : null;
+                var part = sizes.Length > 1 ? new LoraPart(i, sizes.Length, offset, sizes[i]) : null;
+                partPlans.Add(new PartPlan(ModuleNames.LoraAKey(path, suffix), InitA(rng, config.Init, r, layer.In),
+                    ModuleNames.LoraBKey(path, suffix), new float[sizes[i] * r], sizes[i], part));
+                offset += sizes[i];
+            }
+            plans.Add(new Plan(layer, path, r, config.ScaleFor(path, r), partPlans));
+        }
+        if (plans.Count == 0)
+            throw new OrtLoraException($"{model.Source}: no linear layer matches target_modules [{string.Join(", ", config.TargetModules)}]; " +
+                $"its linear layers are named: {string.Join(", ", layers.Select(l => ModuleNames.LastSegment(l.Module)).Distinct())}");
+        return plans;
+    }
+
+    /// <summary>PEFT's initialization of A: kaiming_uniform_(a=√5) gives bound 1/√in; "gaussian" draws N(0, (1/r)²).</summary>
+    static float[] InitA(Random rng, string init, int r, long inDim)
+    {
+        var a = new float[r * inDim];
+        if (init == "gaussian")
+        {
+            double std = 1.0 / r;
+            for (int i = 0; i < a.Length; i++)
+            {
+                double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
+                a[i] = (float)(std * Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
+            }
+        }
+        else if (init == "kaiming")
+        {
+            double bound = 1.0 / Math.Sqrt(inDim);
+            for (int i = 0; i < a.Length; i++) a[i] = (float)((rng.NextDouble() * 2 - 1) * bound);
+        }
+        else throw new OrtLoraException($"unknown init '{init}' (use kaiming or gaussian)");
+        return a;
+    }
+
+    static List<Plan> PlanFromPeft(OnnxModel model, PeftAdapter adapter, List<LinearLayer> layers, string prefix)
+    {
+        var plans = new List<Plan>();
+        var taken = new Dictionary<LinearLayer, string>();
+        foreach (var m in adapter.Modules())
+        {
+            // The adapter's module path is relative to the Hugging Face model; the graph's may carry a wrapper prefix.
+            var matches = layers.Where(l => l.Module == m.Path || l.Module.EndsWith("." + m.Path)).ToList();
+            if (matches.Count == 0)
+                throw new OrtLoraException($"{adapter.WeightsPath}: tensor '{m.KeyA}': no linear layer '{m.Path}' in {model.Source}");
+            if (matches.Count > 1)
+                throw new OrtLoraException($"{adapter.WeightsPath}: tensor '{m.KeyA}' matches several layers in {model.Source}: {string.Join(", ", matches.Select(l => l.Module))}");
+            var layer = matches[0];
+            if (taken.TryGetValue(layer, out var other))
+                throw new OrtLoraException($"{adapter.WeightsPath}: tensors '{other}' and '{m.KeyA}' adapt the same layer '{layer.Module}'");
+            taken[layer] = m.KeyA;
+            CheckShape(adapter, model, m.KeyA, m.A.Shape, [m.A.Shape[0], layer.In]);
+            CheckShape(adapter, model, m.KeyB, m.B.Shape, [layer.Out, m.A.Shape[0]]);
+            int r = (int)m.A.Shape[0];
+            var path = ModuleNames.Strip(layer.Module, prefix);
+            plans.Add(new Plan(layer, path, r, adapter.Config.ScaleFor(m.Path, r),
+                [new PartPlan(m.KeyA, m.A.AsFloats(), m.KeyB, m.B.AsFloats(), layer.Out, null)]));
+        }
+        return plans.OrderBy(p => layers.IndexOf(p.Layer)).ToList();
+    }
+
+    static void CheckShape(PeftAdapter adapter, OnnxModel model, string key, long[] actual, long[] expected)
+    {
+        if (!actual.SequenceEqual(expected))
+            throw new OrtLoraException($"{adapter.WeightsPath}: tensor '{key}' has shape [{string.Join(", ", actual)}] but " +
+                $"the layer in {model.Source} needs [{string.Join(", ", expected)}]");
+    }
+
+    /// <summary>The nodes of one layer's LoRA branch, in order, and the metadata entry of each part.</summary>
+    static (List<NodeProto> Nodes, List<LoraAdapter> Entries) Emit(GraphEditor g, Plan p)
+    {
+        var layer = p.Layer;
+        if (string.IsNullOrEmpty(layer.Node.Name)) layer.Node.Name = g.Unique($"{p.PeftPath}/{layer.Node.OpType}");
+        var nodes = new List<NodeProto>();
+        string Node(string op, string name, string[] inputs, params (string, object)[] attrs)
+        {
+            var n = new NodeProto { OpType = op, Name = g.Unique($"{p.PeftPath}/lora/{name}") };
+            n.Input.AddRange(inputs);
+            n.Output.Add(g.Unique(n.Name + "_output"));
+            foreach (var (k, v) in attrs) n.Attribute.Add(Attrs.Make(k, v));
+            nodes.Add(n);
+            return n.Output[0];
+        }
+        bool isFloat = layer.DataType == (int)DT.Float;
+        var x = isFloat ? layer.Input : Node("Cast", "Cast_x", [layer.Input], ("to", (int)DT.Float));
+        var partOutputs = new List<string>();
+        foreach (var part in p.Parts)
+        {
+            var tag = part.Part is { } pp ? $"part{pp.Index}/" : "";
+            g.AddInitializer(Tensors.FromFloats(part.KeyA, [p.R, layer.In], part.A));
+            g.AddInitializer(Tensors.FromFloats(part.KeyB, [part.Size, p.R], part.B));
+            var aT = Node("Transpose", tag + "lora_A/Transpose", [part.KeyA], ("perm", new long[] { 1, 0 }));
+            var h = Node("MatMul", tag + "lora_A/MatMul", [x, aT]);
+            var bT = Node("Transpose", tag + "lora_B/Transpose", [part.KeyB], ("perm", new long[] { 1, 0 }));
+            partOutputs.Add(Node("MatMul", tag + "lora_B/MatMul", [h, bT]));
+        }
+        var delta = partOutputs.Count == 1 ? partOutputs[0] : Node("Concat", "Concat", partOutputs.ToArray(), ("axis", -1L));
+        var scaleName = g.Unique($"{ModuleNames.PeftKeyPrefix}{p.PeftPath}.lora_scaling");
+        g.AddInitializer(Tensors.Scalar(scaleName, p.Scale, (int)DT.Float));
+        var scaled = Node("Mul", "Mul", [delta, scaleName]);
+        if (!isFloat) scaled = Node("Cast", "Cast_y", [scaled], ("to", layer.DataType));
+        // The base node now writes a fresh name; the LoRA Add takes over the original, so consumers and graph
+        // outputs keep reading the same value name.
+        var output = layer.Output;
+        var baseOutput = g.Unique(output + "_base");
+        layer.Node.Output[0] = baseOutput;
+        Node("Add", "Add", [baseOutput, scaled]);
+        nodes[^1].Output[0] = output;
+        var names = nodes.Select(n => n.Name).ToList();
+        var entries = p.Parts.Select(part => new LoraAdapter
+        {
+            Module = p.PeftPath, LoraA = part.KeyA, LoraB = part.KeyB, R = p.R, Scale = p.Scale, ScaleName = scaleName,
+            BaseWeight = layer.Weight, Layout = layer.Layout, In = layer.In, Out = layer.Out, GemmAlpha = layer.GemmAlpha,
+            Part = part.Part, Node = layer.Node.Name, BaseOutput = baseOutput, Output = output, Nodes = names,
+        }).ToList();
+        return (nodes, entries);
+    }
+}

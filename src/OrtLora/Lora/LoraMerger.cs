@@ -1,0 +1,77 @@
+using Onnx;
+using OrtLora.Onnx;
+
+namespace OrtLora.Lora;
+
+/// <summary>Folds every adapter into its base weight (W += scale·B·A in W's own layout and dtype) and removes the
+/// LoRA nodes, initializers and metadata, giving back the original graph's topology. The weight update is deferred
+/// to save time (<see cref="OnnxModel.Defer"/>), so with external data only one merged weight is in memory at once.</summary>
+public static class LoraMerger
+{
+    public static void Merge(OnnxModel model)
+    {
+        var lora = LoraModel.Read(model) ?? throw new OrtLoraException($"{model.Source}: the model has no LoRA adapters to merge (no '{LoraModel.MetadataKey}' metadata)");
+        var g = new GraphEditor(model.Graph);
+        var removedNodes = new HashSet<string>();
+        var removedInitializers = new HashSet<string>();
+        foreach (var group in lora.ByLayer())
+        {
+            var first = group[0];
+            var baseNode = g.Producer(first.BaseOutput)
+                ?? throw new OrtLoraException($"{model.Source}: the base layer of adapter '{first.LoraA}' (output '{first.BaseOutput}') is missing");
+            var adapter = LayerAdapter.Read(model, group);
+            var weight = WeightFor(model, g, baseNode, first);
+            int dataType = weight.DataType;
+            double factor = 1.0 / first.GemmAlpha; // Gemm computes alpha·x·W: fold delta / alpha into W
+            model.Defer(weight.Name, bytes =>
+            {
+                var values = Tensors.BytesToFloats(bytes, dataType);
+                adapter.AddDeltaTo(values, first.Layout, factor);
+                return Tensors.FloatsToBytes(values, dataType);
+            });
+            baseNode.Output[0] = first.Output;
+            foreach (var e in group)
+            {
+                removedNodes.UnionWith(e.Nodes);
+                removedInitializers.UnionWith([e.LoraA, e.LoraB, e.ScaleName]);
+            }
+        }
+        var keep = model.Graph.Node.Where(n => !removedNodes.Contains(n.Name)).ToList();
+        model.Graph.Node.Clear();
+        model.Graph.Node.AddRange(keep);
+        var inits = model.Graph.Initializer.Where(t => !removedInitializers.Contains(t.Name)).ToList();
+        model.Graph.Initializer.Clear();
+        model.Graph.Initializer.AddRange(inits);
+        LoraModel.Remove(model.Proto);
+    }
+
+    /// <summary>The base weight initializer, checked against the metadata. A weight that other nodes read too (a tied
+    /// LM head and embedding) gets its own copy for this layer, so merging changes only the adapted layer.</summary>
+    static TensorProto WeightFor(OnnxModel model, GraphEditor g, NodeProto baseNode, LoraAdapter first)
+    {
+        var weight = g.Initializer(first.BaseWeight)
+            ?? throw new OrtLoraException($"{model.Source}: base weight '{first.BaseWeight}' of adapter '{first.LoraA}' is missing");
+        long[] expected = first.Layout == WeightLayout.InOut ? [first.In, first.Out] : [first.Out, first.In];
+        if (!weight.Dims.SequenceEqual(expected))
+            throw new OrtLoraException($"{model.Source}: base weight '{weight.Name}' has shape [{string.Join(", ", weight.Dims)}], adapter '{first.LoraA}' needs [{string.Join(", ", expected)}]");
+        // The layer reads the weight directly or through Identity/Transpose nodes (dynamo's nn.Linear, deduplication).
+        var reader = baseNode;
+        var value = baseNode.Input[1];
+        bool sharedPath = false;
+        while (value != weight.Name)
+        {
+            sharedPath |= g.Consumers(value).Count > 1;
+            reader = g.Producer(value) is { OpType: "Identity" or "Transpose" } p ? p
+                : throw new OrtLoraException($"{model.Source}: layer '{baseNode.Name}' no longer reads base weight '{weight.Name}'");
+            value = reader.Input[0];
+        }
+        if (g.Consumers(weight.Name).Count == 1 && !sharedPath) return weight;
+        if (sharedPath)
+            throw new OrtLoraException($"{model.Source}: base weight '{weight.Name}' of '{first.Module}' reaches other layers through the same nodes; cannot merge into it alone");
+        var copy = weight.Clone();
+        copy.Name = g.Unique(weight.Name + ".merged");
+        g.AddInitializer(copy);
+        for (int i = 0; i < reader.Input.Count; i++) if (reader.Input[i] == weight.Name) reader.Input[i] = copy.Name;
+        return copy;
+    }
+}

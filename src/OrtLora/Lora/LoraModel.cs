@@ -1,0 +1,101 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
+using Onnx;
+using OrtLora.Onnx;
+
+namespace OrtLora.Lora;
+
+/// <summary>One part of a fused projection that has its own adapter (canonical variant): columns
+/// [Offset, Offset + Size) of the layer's output, part Index of Count.</summary>
+public sealed record LoraPart(int Index, int Count, long Offset, long Size);
+
+/// <summary>One adapter as recorded in the injected model: its A [r, in] and B [out, r] initializers (PEFT key names,
+/// float32), the scale initializer, the base layer it adapts and how that layer's weight is stored, and the nodes
+/// injection added (merge removes exactly those).</summary>
+public sealed record LoraAdapter
+{
+    /// <summary>Module path relative to the Hugging Face model, as PEFT names it (e.g. model.layers.0.self_attn.q_proj).</summary>
+    public required string Module { get; init; }
+    [JsonPropertyName("lora_A")] public required string LoraA { get; init; }
+    [JsonPropertyName("lora_B")] public required string LoraB { get; init; }
+    public required int R { get; init; }
+    /// <summary>lora_alpha / r (or / sqrt(r) with rsLoRA), also stored as the scalar initializer <see cref="ScaleName"/>.</summary>
+    public required double Scale { get; init; }
+    public required string ScaleName { get; init; }
+    public required string BaseWeight { get; init; }
+    [JsonConverter(typeof(JsonStringEnumConverter))] public required WeightLayout Layout { get; init; }
+    public required long In { get; init; }
+    /// <summary>Width of the whole layer output (all parts together for a fused layer).</summary>
+    public required long Out { get; init; }
+    /// <summary>Gemm's alpha multiplies x·W; merge divides the delta by it so the merged layer is exact.</summary>
+    public float GemmAlpha { get; init; } = 1;
+    public LoraPart? Part { get; init; }
+    /// <summary>The base layer's node; its output was renamed to <see cref="BaseOutput"/>, and the LoRA Add now
+    /// produces the original name <see cref="Output"/>.</summary>
+    public required string Node { get; init; }
+    public required string BaseOutput { get; init; }
+    public required string Output { get; init; }
+    public required List<string> Nodes { get; init; }
+}
+
+/// <summary>The <c>ortlora.lora</c> metadata of an injected model: the config and one entry per adapter.</summary>
+public sealed class LoraModel
+{
+    public const string MetadataKey = "ortlora.lora";
+    static readonly JsonSerializerOptions Json = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        WriteIndented = false,
+    };
+
+    public int Version { get; init; } = 1;
+    public required LoraConfig Config { get; init; }
+    public required List<LoraAdapter> Adapters { get; init; }
+
+    /// <summary>The adapters of a model, or null when it has none (not injected).</summary>
+    public static LoraModel? Read(OnnxModel model) => Read(model.Proto, model.Source);
+
+    public static LoraModel? Read(ModelProto proto, string source = "<memory>")
+    {
+        var entry = proto.MetadataProps.FirstOrDefault(p => p.Key == MetadataKey);
+        if (entry is null) return null;
+        try
+        {
+            var node = JsonNode.Parse(entry.Value)!.AsObject();
+            return new LoraModel
+            {
+                Version = node["version"]?.GetValue<int>() ?? 1,
+                Config = LoraConfig.FromJson(node["config"]!),
+                Adapters = node["adapters"]!.Deserialize<List<LoraAdapter>>(Json)!,
+            };
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or NullReferenceException)
+        {
+            throw new OrtLoraException($"{source}: metadata '{MetadataKey}' is not valid ortlora LoRA metadata ({e.Message})");
+        }
+    }
+
+    public string ToJson() => new JsonObject
+    {
+        ["version"] = Version,
+        ["config"] = Config.ToJson(),
+        ["adapters"] = JsonSerializer.SerializeToNode(Adapters, Json),
+    }.ToJsonString();
+
+    public void Write(ModelProto proto)
+    {
+        Remove(proto);
+        proto.MetadataProps.Add(new StringStringEntryProto { Key = MetadataKey, Value = ToJson() });
+    }
+
+    public static void Remove(ModelProto proto)
+    {
+        foreach (var p in proto.MetadataProps.Where(p => p.Key == MetadataKey).ToList()) proto.MetadataProps.Remove(p);
+    }
+
+    /// <summary>Adapters grouped by base layer: one group for a performant or plain adapter, the parts of a canonical one.</summary>
+    public IEnumerable<IReadOnlyList<LoraAdapter>> ByLayer() =>
+        Adapters.GroupBy(a => a.Node).Select(g => (IReadOnlyList<LoraAdapter>)g.OrderBy(a => a.Part?.Index ?? 0).ToList());
+}

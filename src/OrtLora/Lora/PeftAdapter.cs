@@ -1,0 +1,68 @@
+namespace OrtLora.Lora;
+
+/// <summary>A PEFT adapter directory: adapter_config.json + adapter_model.safetensors, as <c>save_pretrained</c>
+/// writes it and <c>PeftModel.from_pretrained</c> reads it.</summary>
+public sealed class PeftAdapter
+{
+    public const string ConfigFile = "adapter_config.json";
+    public const string WeightsFile = "adapter_model.safetensors";
+
+    public required LoraConfig Config { get; init; }
+    /// <summary>lora_A / lora_B tensors by adapter key (e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight).</summary>
+    public required Dictionary<string, SafeTensor> Tensors { get; init; }
+    public string WeightsPath { get; init; } = WeightsFile;
+
+    /// <summary>One module's A [r, in] and B [out, r] under their keys.</summary>
+    public sealed record Module(string Path, string KeyA, SafeTensor A, string KeyB, SafeTensor B);
+
+    public static PeftAdapter Load(string dir)
+    {
+        if (!Directory.Exists(dir)) throw new OrtLoraException($"{dir}: PEFT adapter directory not found");
+        var configPath = Path.Combine(dir, ConfigFile);
+        var weightsPath = Path.Combine(dir, WeightsFile);
+        if (!File.Exists(configPath)) throw new OrtLoraException($"{dir}: no {ConfigFile} (not a PEFT adapter directory)");
+        if (!File.Exists(weightsPath))
+            throw new OrtLoraException(File.Exists(Path.Combine(dir, "adapter_model.bin"))
+                ? $"{dir}: only adapter_model.bin (pickle) found; save the adapter with safe_serialization=True"
+                : $"{dir}: no {WeightsFile}");
+        return new PeftAdapter { Config = LoraConfig.FromPeftJson(configPath), Tensors = SafeTensors.Read(weightsPath), WeightsPath = weightsPath };
+    }
+
+    /// <summary>The adapter's modules: every lora_A key paired with its lora_B. Keys that are neither (e.g. saved
+    /// biases or modules_to_save) are reported, since injecting only part of an adapter would silently change it.</summary>
+    public List<Module> Modules()
+    {
+        var a = new Dictionary<string, string>();
+        var b = new Dictionary<string, string>();
+        foreach (var key in Tensors.Keys)
+        {
+            var parsed = ModuleNames.ParseAdapterKey(key)
+                ?? throw new OrtLoraException($"{WeightsPath}: tensor '{key}' is not a LoRA A/B weight; ortlora imports plain LoRA adapters only");
+            (parsed.Kind == "lora_A" ? a : b)[parsed.Module] = key;
+        }
+        var modules = new List<Module>();
+        foreach (var (path, keyA) in a.OrderBy(p => p.Key, StringComparer.Ordinal))
+        {
+            if (!b.TryGetValue(path, out var keyB)) throw new OrtLoraException($"{WeightsPath}: '{keyA}' has no matching lora_B tensor");
+            var (tA, tB) = (Tensors[keyA], Tensors[keyB]);
+            if (tA.Shape.Length != 2 || tB.Shape.Length != 2 || tA.Shape[0] != tB.Shape[1])
+                throw new OrtLoraException($"{WeightsPath}: '{keyA}' [{string.Join(", ", tA.Shape)}] and '{keyB}' [{string.Join(", ", tB.Shape)}] are not a rank-r pair A [r, in], B [out, r]");
+            modules.Add(new Module(path, keyA, tA, keyB, tB));
+        }
+        foreach (var path in b.Keys.Where(p => !a.ContainsKey(p)))
+            throw new OrtLoraException($"{WeightsPath}: '{b[path]}' has no matching lora_A tensor");
+        if (modules.Count == 0) throw new OrtLoraException($"{WeightsPath}: no LoRA tensors");
+        return modules;
+    }
+
+    /// <summary>Writes the directory; each file atomically.</summary>
+    public void Save(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        var configPath = Path.Combine(dir, ConfigFile);
+        var tmp = configPath + $".tmp{Environment.ProcessId}";
+        File.WriteAllText(tmp, Config.ToPeftJson().ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+        SafeTensors.Write(Path.Combine(dir, WeightsFile), Tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        File.Move(tmp, configPath, overwrite: true);
+    }
+}

@@ -1,0 +1,71 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using OrtLora.Lora;
+
+namespace OrtLora.Training;
+
+/// <summary>Where a run stands after step N: the global step, the data position and the seed that drive shuffling,
+/// and the log so far. Saved as trainer_state.json like the Hugging Face Trainer's.</summary>
+public sealed record TrainerState(int GlobalStep, int Epoch, long BatchInEpoch, int Seed, long TokensSeen)
+{
+    public JsonObject ToJson() => new()
+    {
+        ["global_step"] = GlobalStep, ["epoch"] = Epoch, ["batch_in_epoch"] = BatchInEpoch,
+        ["seed"] = Seed, ["tokens_seen"] = TokensSeen,
+    };
+
+    public static TrainerState FromJson(JsonNode j) => new(
+        j["global_step"]!.GetValue<int>(), j["epoch"]!.GetValue<int>(), j["batch_in_epoch"]!.GetValue<long>(),
+        j["seed"]!.GetValue<int>(), j["tokens_seen"]!.GetValue<long>());
+}
+
+/// <summary>checkpoint-N/: the adapter (PEFT format), the optimizer moments, trainer_state.json. Written to a temp
+/// folder and renamed, so a run killed mid-save never leaves a half checkpoint that resume would pick.</summary>
+public static class Checkpoint
+{
+    public const string AdapterFile = "adapter_model.safetensors";
+    public const string ConfigFile = "adapter_config.json";
+    public const string OptimizerFile = "optimizer.safetensors";
+    public const string StateFile = "trainer_state.json";
+
+    public static string Save(string outputDir, TrainerState state, LoraConfig config,
+        IReadOnlyDictionary<string, SafeTensor> adapter, IReadOnlyDictionary<string, SafeTensor> optimizer)
+    {
+        var final = Path.Combine(outputDir, $"checkpoint-{state.GlobalStep}");
+        var tmp = Path.Combine(outputDir, $".tmp-checkpoint-{state.GlobalStep}-{Environment.ProcessId}");
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        Directory.CreateDirectory(tmp);
+        SafeTensors.Write(Path.Combine(tmp, AdapterFile), adapter, new Dictionary<string, string> { ["format"] = "pt" });
+        File.WriteAllText(Path.Combine(tmp, ConfigFile), config.ToPeftJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        SafeTensors.Write(Path.Combine(tmp, OptimizerFile), optimizer);
+        File.WriteAllText(Path.Combine(tmp, StateFile), state.ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        if (Directory.Exists(final)) Directory.Delete(final, true);
+        Directory.Move(tmp, final);
+        return final;
+    }
+
+    public static (TrainerState State, Dictionary<string, SafeTensor> Adapter, Dictionary<string, SafeTensor> Optimizer) Load(string dir)
+    {
+        foreach (var f in new[] { AdapterFile, OptimizerFile, StateFile })
+            if (!File.Exists(Path.Combine(dir, f))) throw new OrtLoraException($"{dir}: not a complete checkpoint ({f} missing)");
+        var state = TrainerState.FromJson(JsonNode.Parse(File.ReadAllText(Path.Combine(dir, StateFile)))!);
+        return (state, SafeTensors.Read(Path.Combine(dir, AdapterFile)), SafeTensors.Read(Path.Combine(dir, OptimizerFile)));
+    }
+
+    /// <summary>checkpoint-N folders in the output dir, oldest first.</summary>
+    public static List<string> List(string outputDir) =>
+        !Directory.Exists(outputDir) ? [] :
+        Directory.GetDirectories(outputDir, "checkpoint-*")
+            .Select(d => (Dir: d, Ok: int.TryParse(Path.GetFileName(d)["checkpoint-".Length..], out var n), N: n))
+            .Where(x => x.Ok && File.Exists(Path.Combine(x.Dir, StateFile)))
+            .OrderBy(x => x.N).Select(x => x.Dir).ToList();
+
+    public static string? Latest(string outputDir) => List(outputDir).LastOrDefault();
+
+    public static void Prune(string outputDir, int saveTotalLimit)
+    {
+        if (saveTotalLimit <= 0) return;
+        var all = List(outputDir);
+        foreach (var old in all.Take(Math.Max(0, all.Count - saveTotalLimit))) Directory.Delete(old, true);
+    }
+}

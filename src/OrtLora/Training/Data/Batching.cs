@@ -1,0 +1,91 @@
+namespace OrtLora.Training.Data;
+
+/// <summary>Where the data stream stands: <see cref="Index"/> rows of epoch <see cref="Epoch"/>'s order have been
+/// used. Saved with a checkpoint, it lets a resumed run continue with exactly the next batch.</summary>
+public readonly record struct DataPosition(int Epoch, long Index)
+{
+    public override string ToString() => $"epoch {Epoch}, row {Index}";
+}
+
+/// <summary>One training batch as the model takes it: row-major [<see cref="BatchSize"/>, <see cref="SeqLength"/>]
+/// int64 arrays, right-padded with the pad id (attention_mask 0, labels -100). <see cref="Next"/> is the position just
+/// after this batch; <see cref="Rows"/> the file rows of its examples, in order.</summary>
+public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels, int BatchSize, int SeqLength, DataPosition Next, long[] Rows)
+{
+    public long[] Shape => [BatchSize, SeqLength];
+    /// <summary>Positions with a label (what the loss averages over).</summary>
+    public int TrainedTokens => Labels.Count(l => l != ExampleEncoder.IgnoreIndex);
+}
+
+/// <summary>A token sequence for one row of a batch: one example, or several packed. <see cref="NextIndex"/> is
+/// the epoch-order index of the first row not in it.</summary>
+public sealed record Sequence(int[] InputIds, int[] Labels, long NextIndex, long[] Rows);
+
+public static class Batching
+{
+    /// <summary>Examples one per sequence.</summary>
+    public static IEnumerable<Sequence> Single(IEnumerable<(TokenizedExample Example, long NextIndex)> examples) =>
+        examples.Select(e => new Sequence(e.Example.InputIds, e.Example.Labels, e.NextIndex, [e.Example.RowIndex]));
+
+    /// <summary>Examples concatenated in order into sequences of at most <paramref name="maxLength"/> tokens; an
+    /// example never splits (each is already cut to the maximum), and each keeps its own labels.</summary>
+    public static IEnumerable<Sequence> Pack(IEnumerable<(TokenizedExample Example, long NextIndex)> examples, int maxLength)
+    {
+        var ids = new List<int>();
+        var labels = new List<int>();
+        var rows = new List<long>();
+        long next = 0;
+        foreach (var (example, nextIndex) in examples)
+        {
+            if (rows.Count > 0 && ids.Count + example.Length > maxLength)
+            {
+                yield return new Sequence([.. ids], [.. labels], next, [.. rows]);
+                ids.Clear();
+                labels.Clear();
+                rows.Clear();
+            }
+            ids.AddRange(example.InputIds);
+            labels.AddRange(example.Labels);
+            rows.Add(example.RowIndex);
+            next = nextIndex;
+        }
+        if (rows.Count > 0) yield return new Sequence([.. ids], [.. labels], next, [.. rows]);
+    }
+
+    /// <summary>Sequences grouped <paramref name="batchSize"/> at a time (the last batch may be smaller) and padded.</summary>
+    public static IEnumerable<Batch> Batches(IEnumerable<Sequence> sequences, int batchSize, int padId, int epoch)
+    {
+        if (batchSize <= 0) throw new OrtLoraException($"batch size must be positive, got {batchSize}");
+        var pending = new List<Sequence>(batchSize);
+        foreach (var sequence in sequences)
+        {
+            pending.Add(sequence);
+            if (pending.Count < batchSize) continue;
+            yield return Pad(pending, padId, epoch);
+            pending.Clear();
+        }
+        if (pending.Count > 0) yield return Pad(pending, padId, epoch);
+    }
+
+    /// <summary>Right padding to the longest sequence: pad id, attention 0, label -100.</summary>
+    public static Batch Pad(IReadOnlyList<Sequence> sequences, int padId, int epoch)
+    {
+        int b = sequences.Count, s = sequences.Max(x => x.InputIds.Length);
+        var inputIds = new long[b * s];
+        var mask = new long[b * s];
+        var labels = new long[b * s];
+        Array.Fill(inputIds, padId);
+        Array.Fill(labels, ExampleEncoder.IgnoreIndex);
+        for (int row = 0; row < b; row++)
+        {
+            var seq = sequences[row];
+            for (int t = 0; t < seq.InputIds.Length; t++)
+            {
+                inputIds[row * s + t] = seq.InputIds[t];
+                mask[row * s + t] = 1;
+                labels[row * s + t] = seq.Labels[t];
+            }
+        }
+        return new Batch(inputIds, mask, labels, b, s, new DataPosition(epoch, sequences[^1].NextIndex), [.. sequences.SelectMany(x => x.Rows)]);
+    }
+}

@@ -1,0 +1,61 @@
+namespace OrtLora.Training.Data;
+
+/// <summary>The order rows are visited in an epoch, reproducible from (seed, epoch): row groups in a shuffled order,
+/// rows shuffled within each group. Shuffling within row groups keeps reading streamed (one group in memory at a
+/// time). Also the deterministic eval split, decided per row index.</summary>
+public sealed class EpochOrder(ParquetDataset dataset, int seed, bool shuffle)
+{
+    /// <summary>The rows of <paramref name="epoch"/> from epoch-order index <paramref name="startIndex"/> on:
+    /// (epoch-order index, row index in the file, the record or null if skipped).</summary>
+    public IEnumerable<(long OrderIndex, long RowIndex, DataRecord? Record)> Rows(int epoch, long startIndex = 0)
+    {
+        var groups = Permutation(dataset.RowGroupCount, Mix(seed, epoch, -1));
+        long orderStart = 0;
+        foreach (var group in groups)
+        {
+            var count = dataset.RowGroupRowCounts[group];
+            if (orderStart + count <= startIndex) { orderStart += count; continue; }
+            var rows = dataset.ReadRowGroup(group);
+            var within = Permutation(rows.Count, Mix(seed, epoch, group));
+            for (int i = (int)Math.Max(0, startIndex - orderStart); i < within.Length; i++)
+                yield return (orderStart + i, dataset.RowGroupStart(group) + within[i], rows[within[i]]);
+            orderStart += count;
+        }
+    }
+
+    int[] Permutation(int n, ulong state)
+    {
+        var order = Enumerable.Range(0, n).ToArray();
+        if (!shuffle) return order;
+        for (int i = n - 1; i > 0; i--)
+        {
+            int j = (int)(Next(ref state) % (ulong)(i + 1));
+            (order[i], order[j]) = (order[j], order[i]);
+        }
+        return order;
+    }
+
+    /// <summary>Whether row <paramref name="rowIndex"/> belongs to the eval split of fraction <paramref name="fraction"/>.</summary>
+    public static bool IsEval(long rowIndex, double fraction, int seed)
+    {
+        if (fraction <= 0) return false;
+        ulong state = Mix(seed, -7, rowIndex);
+        return (Next(ref state) >> 11) * (1.0 / (1UL << 53)) < fraction;
+    }
+
+    static ulong Mix(int seed, long a, long b)
+    {
+        ulong state = (ulong)(uint)seed * 0x9E3779B97F4A7C15UL ^ (ulong)a * 0xC2B2AE3D27D4EB4FUL ^ (ulong)b * 0x165667B19E3779F9UL;
+        Next(ref state);
+        return state;
+    }
+
+    /// <summary>SplitMix64: a fixed generator, so orders never change with the .NET version.</summary>
+    static ulong Next(ref ulong state)
+    {
+        ulong z = state += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+}

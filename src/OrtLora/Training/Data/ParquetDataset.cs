@@ -1,0 +1,196 @@
+using Parquet;
+using Parquet.Schema;
+using Parquet.Serialization;
+
+namespace OrtLora.Training.Data;
+
+/// <summary>A Parquet data file read one row group at a time, so a file of any size streams through a bounded
+/// amount of memory. Rows keep their index in the file (row group after row group) whether usable or skipped,
+/// so positions and the eval split stay stable.</summary>
+public sealed class ParquetDataset : IDisposable
+{
+    const string MessagesColumn = "messages";
+    static readonly string[] InstructionColumns = ["instruction", "input", "output"];
+
+    readonly FileStream _stream;
+    readonly ParquetReader _reader;
+    readonly Dictionary<int, DataSummary> _summaryByGroup = new();
+    readonly long[] _groupStarts;
+
+    ParquetDataset(string path, FileStream stream, ParquetReader reader, DatasetFormat format, string textColumn)
+    {
+        Path = path;
+        _stream = stream;
+        _reader = reader;
+        TextColumn = textColumn;
+        Columns = [.. reader.Schema.Fields.Select(f => f.Name)];
+        RowGroupRowCounts = [.. Enumerable.Range(0, reader.RowGroupCount).Select(g => reader.RowGroups[g].RowCount)];
+        _groupStarts = new long[RowGroupRowCounts.Count + 1];
+        for (int g = 0; g < RowGroupRowCounts.Count; g++) _groupStarts[g + 1] = _groupStarts[g] + RowGroupRowCounts[g];
+        Format = format == DatasetFormat.Auto ? Detect() : format;
+        RequireColumns();
+    }
+
+    public string Path { get; }
+    /// <summary>Top-level column names, in file order.</summary>
+    public IReadOnlyList<string> Columns { get; }
+    public DatasetFormat Format { get; }
+    public string TextColumn { get; }
+    public IReadOnlyList<long> RowGroupRowCounts { get; }
+    public int RowGroupCount => RowGroupRowCounts.Count;
+    public long RowCount => _groupStarts[^1];
+    /// <summary>Index in the file of the first row of row group <paramref name="group"/>.</summary>
+    public long RowGroupStart(int group) => _groupStarts[group];
+
+    /// <summary>Counts over the row groups read so far (each counted once however often it is read).</summary>
+    public DataSummary Summary => _summaryByGroup.Values.Aggregate(new DataSummary(0, 0, 0), (a, b) => a + b);
+
+    /// <summary>Opens <paramref name="path"/>; the format is detected from the columns unless given.</summary>
+    public static ParquetDataset Open(string path, DatasetFormat format = DatasetFormat.Auto, string textColumn = "text")
+    {
+        if (!File.Exists(path)) throw new OrtLoraException($"data file not found: {path}");
+        var stream = File.OpenRead(path);
+        try
+        {
+            var reader = ParquetReader.CreateAsync(stream, leaveStreamOpen: true).GetAwaiter().GetResult();
+            return new ParquetDataset(path, stream, reader, format, textColumn);
+        }
+        catch (Exception e)
+        {
+            stream.Dispose();
+            if (e is OrtLoraException) throw;
+            throw new OrtLoraException($"{path} is not a readable Parquet file (truncated or another format?): {e.Message}", e);
+        }
+    }
+
+    DatasetFormat Detect()
+    {
+        if (Columns.Contains(MessagesColumn)) return DatasetFormat.Chat;
+        if (Columns.Contains("instruction") && Columns.Contains("output")) return DatasetFormat.Instruction;
+        if (Columns.Contains(TextColumn)) return DatasetFormat.Text;
+        throw new OrtLoraException($"{Path}: cannot tell the data format from its columns ({string.Join(", ", Columns)}); " +
+                                   $"expected '{TextColumn}' (text), 'instruction'/'input'/'output' (instruction) or '{MessagesColumn}' (chat)");
+    }
+
+    void RequireColumns()
+    {
+        var needed = Format switch
+        {
+            DatasetFormat.Text => [TextColumn],
+            DatasetFormat.Instruction => ["instruction", "output"],
+            _ => new[] { MessagesColumn },
+        };
+        foreach (var column in needed)
+            if (!Columns.Contains(column))
+                throw new OrtLoraException($"{Path}: no column '{column}' for {Format.ToString().ToLowerInvariant()} data; " +
+                                           $"the file has columns: {string.Join(", ", Columns)}");
+    }
+
+    /// <summary>The rows of one row group, indexed like the file's rows in that group: a record, or null for a
+    /// row skipped as null/empty.</summary>
+    public IReadOnlyList<DataRecord?> ReadRowGroup(int group)
+    {
+        try
+        {
+            var rows = Format switch
+            {
+                DatasetFormat.Text => ReadText(group),
+                DatasetFormat.Instruction => ReadInstructions(group),
+                _ => ReadChats(group),
+            };
+            _summaryByGroup[group] = new DataSummary(rows.Count, rows.Count(r => r.Skip == Skip.Null), rows.Count(r => r.Skip == Skip.Empty));
+            return [.. rows.Select(r => r.Record)];
+        }
+        catch (Exception e) when (e is not OrtLoraException)
+        {
+            throw new OrtLoraException($"{Path}: cannot read row group {group} (file damaged?): {e.Message}", e);
+        }
+    }
+
+    /// <summary>Every row of the file in order, with its index; skipped rows are left out.</summary>
+    public IEnumerable<(long Index, DataRecord Record)> ReadAll()
+    {
+        for (int g = 0; g < RowGroupCount; g++)
+        {
+            var rows = ReadRowGroup(g);
+            for (int i = 0; i < rows.Count; i++)
+                if (rows[i] is { } record) yield return (_groupStarts[g] + i, record);
+        }
+    }
+
+    /// <summary>Reads the whole file once (streamed) and returns its summary.</summary>
+    public DataSummary Scan()
+    {
+        for (int g = 0; g < RowGroupCount; g++) if (!_summaryByGroup.ContainsKey(g)) ReadRowGroup(g);
+        return Summary;
+    }
+
+    enum Skip { None, Null, Empty }
+    readonly record struct Row(DataRecord? Record, Skip Skip);
+
+    static Skip Check(params string?[] required) =>
+        required.Any(v => v is null) ? Skip.Null : required.Any(string.IsNullOrWhiteSpace) ? Skip.Empty : Skip.None;
+
+    List<Row> ReadText(int group)
+    {
+        var text = ReadStrings(group, TextColumn);
+        return [.. text.Select(t => Check(t) is var skip && skip == Skip.None ? new Row(new TextRecord(t!), skip) : new Row(null, skip))];
+    }
+
+    List<Row> ReadInstructions(int group)
+    {
+        var instruction = ReadStrings(group, "instruction");
+        var input = Columns.Contains("input") ? ReadStrings(group, "input") : new string?[instruction.Length];
+        var output = ReadStrings(group, "output");
+        var rows = new List<Row>(instruction.Length);
+        for (int i = 0; i < instruction.Length; i++)
+        {
+            var skip = Check(instruction[i], output[i]);
+            rows.Add(skip == Skip.None ? new Row(new InstructionRecord(instruction[i]!, input[i] ?? "", output[i]!), skip) : new Row(null, skip));
+        }
+        return rows;
+    }
+
+    string?[] ReadStrings(int group, string column)
+    {
+        var field = _reader.Schema.Fields.First(f => f.Name == column) as DataField
+                    ?? throw new OrtLoraException($"{Path}: column '{column}' is nested; a string column is needed");
+        using var rowGroup = _reader.OpenRowGroupReader(group);
+        var values = new string?[rowGroup.RowCount];
+        rowGroup.ReadAsync(field, values.AsMemory()!).GetAwaiter().GetResult();
+        return values;
+    }
+
+    List<Row> ReadChats(int group)
+    {
+        _stream.Position = 0;
+        var rows = ParquetSerializer.DeserializeAsync<ChatRow>(_stream, rowGroupIndex: group).GetAwaiter().GetResult().Data;
+        return [.. rows.Select(ToChatRow)];
+    }
+
+    static Row ToChatRow(ChatRow row)
+    {
+        if (row.messages is null) return new Row(null, Skip.Null);
+        if (row.messages.Count == 0) return new Row(null, Skip.Empty);
+        var messages = new List<ChatMessage>(row.messages.Count);
+        foreach (var m in row.messages)
+        {
+            var skip = Check(m?.role, m?.content);
+            if (skip != Skip.None) return new Row(null, skip);
+            messages.Add(new ChatMessage(m!.role!.Trim(), m.content!));
+        }
+        // Nothing to learn from a chat without an assistant turn.
+        if (!messages.Any(m => m.Role == "assistant")) return new Row(null, Skip.Empty);
+        return new Row(new ChatRecord(messages), Skip.None);
+    }
+
+    // Shapes for Parquet.Net's deserializer: list<struct<role: string, content: string>>.
+    sealed class ChatRow { public List<ChatMessageRow?>? messages { get; set; } }
+    sealed class ChatMessageRow { public string? role { get; set; } public string? content { get; set; } }
+
+    public void Dispose()
+    {
+        _reader.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        _stream.Dispose();
+    }
+}

@@ -1,0 +1,123 @@
+namespace OrtLora.Training.Data;
+
+/// <summary>Data options, named as the Hugging Face Trainer / TRL name them (CLI: --max-seq-length ...).</summary>
+public sealed record DataOptions
+{
+    public DatasetFormat Format { get; init; } = DatasetFormat.Auto;
+    /// <summary>The column of plain-text data (TRL's dataset_text_field).</summary>
+    public string TextColumn { get; init; } = "text";
+    public int MaxSeqLength { get; init; } = 512;
+    /// <summary>Also learn the prompt (instruction data) / user turns (chat data); off: loss on responses only.</summary>
+    public bool TrainOnPrompt { get; init; }
+    /// <summary>Concatenate examples into sequences of up to MaxSeqLength tokens.</summary>
+    public bool Packing { get; init; }
+    /// <summary>per_device_train_batch_size.</summary>
+    public int BatchSize { get; init; } = 1;
+    public int EvalBatchSize { get; init; } = 1;
+    public int Seed { get; init; } = 42;
+    public bool Shuffle { get; init; } = true;
+    /// <summary>Fraction of the training file's rows held out for evaluation (decided per row, from the seed).</summary>
+    public double EvalSplit { get; init; }
+    /// <summary>A built-in chat template name; null: the model's own (tokenizer_config.json), else ChatML.</summary>
+    public string? ChatTemplate { get; init; }
+}
+
+/// <summary>The training data: a Parquet file read row group by row group, rendered, tokenized, labelled, optionally
+/// packed, and batched, in a seeded order that a <see cref="DataPosition"/> can resume exactly. Eval data is a
+/// fraction of the rows (EvalSplit) or a separate file.</summary>
+public sealed class TrainingData : IDisposable
+{
+    readonly EpochOrder _order;
+    readonly ExampleRenderer _renderer;
+    readonly ExampleEncoder _encoder;
+
+    TrainingData(ParquetDataset train, ParquetDataset? eval, TextTokenizer tokenizer, DataOptions options, ChatTemplate chat)
+    {
+        Train = train;
+        EvalFile = eval;
+        Tokenizer = tokenizer;
+        Options = options;
+        _order = new EpochOrder(train, options.Seed, options.Shuffle);
+        _renderer = new ExampleRenderer(chat, tokenizer.AddsBos, options.TrainOnPrompt);
+        _encoder = new ExampleEncoder(tokenizer, options.MaxSeqLength);
+    }
+
+    public ParquetDataset Train { get; }
+    public ParquetDataset? EvalFile { get; }
+    public TextTokenizer Tokenizer { get; }
+    public DataOptions Options { get; }
+    public ChatTemplate ChatTemplate => _renderer.ChatTemplate;
+    /// <summary>Examples dropped because truncation left none of their response (counted once per row).</summary>
+    public long SkippedNoTrainedTokens => _truncatedAway.Count;
+    readonly HashSet<long> _truncatedAway = new();
+
+    /// <summary>Opens the data. <paramref name="tokenizerConfig"/> supplies the model's chat template when the
+    /// options name none.</summary>
+    public static TrainingData Open(string trainPath, TextTokenizer tokenizer, DataOptions options, string? evalPath = null,
+        TokenizerConfig? tokenizerConfig = null)
+    {
+        if (options.EvalSplit is < 0 or >= 1) throw new OrtLoraException($"--eval-split must be in [0, 1), got {options.EvalSplit}");
+        if (evalPath is not null && options.EvalSplit > 0) throw new OrtLoraException("give either an eval file or --eval-split, not both");
+        var train = ParquetDataset.Open(trainPath, options.Format, options.TextColumn);
+        try
+        {
+            var eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn);
+            var chat = Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizerConfig);
+            return new TrainingData(train, eval, tokenizer, options, chat);
+        }
+        catch
+        {
+            train.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The batches of <paramref name="from"/>.Epoch from that position to the epoch's end.</summary>
+    public IEnumerable<Batch> Batches(DataPosition from)
+    {
+        var examples = TrainExamples(from);
+        var sequences = Options.Packing ? Batching.Pack(examples, Options.MaxSeqLength) : Batching.Single(examples);
+        return Batching.Batches(sequences, Options.BatchSize, Tokenizer.PadId, from.Epoch);
+    }
+
+    /// <summary>Batches for evaluation: the eval file, or the held-out rows, in file order (never packed).</summary>
+    public IEnumerable<Batch> EvalBatches()
+    {
+        IEnumerable<(long, DataRecord)> rows = EvalFile is not null ? EvalFile.ReadAll()
+            : Options.EvalSplit > 0 ? Train.ReadAll().Where(r => EpochOrder.IsEval(r.Index, Options.EvalSplit, Options.Seed))
+            : [];
+        var examples = Tokenize(rows.Select(r => (r.Item1, r.Item2, r.Item1 + 1)));
+        return Batching.Batches(Batching.Single(examples), Options.EvalBatchSize, Tokenizer.PadId, 0);
+    }
+
+    public bool HasEval => EvalFile is not null || Options.EvalSplit > 0;
+
+    /// <summary>Number of batches in one epoch (a streamed pass that tokenizes everything; with packing the count
+    /// can differ slightly between epochs, as the order changes).</summary>
+    public int CountBatches(int epoch = 0) => Batches(new DataPosition(epoch, 0)).Count();
+
+    /// <summary>The training rows of an epoch from a position: eval rows and skipped rows left out.</summary>
+    IEnumerable<(TokenizedExample, long)> TrainExamples(DataPosition from) =>
+        Tokenize(_order.Rows(from.Epoch, from.Index)
+            .Where(r => r.Record is not null && !EpochOrder.IsEval(r.RowIndex, Options.EvalSplit, Options.Seed))
+            .Select(r => (r.RowIndex, r.Record!, r.OrderIndex + 1)));
+
+    IEnumerable<(TokenizedExample, long)> Tokenize(IEnumerable<(long RowIndex, DataRecord Record, long NextIndex)> rows)
+    {
+        foreach (var (rowIndex, record, next) in rows)
+        {
+            var example = _encoder.Encode(_renderer.Render(rowIndex, record));
+            if (example is null) { _truncatedAway.Add(rowIndex); continue; }
+            yield return (example, next);
+        }
+    }
+
+    /// <summary>Counts of the training file (reads it once, streamed, if not yet read whole).</summary>
+    public DataSummary Summary => Train.Scan();
+
+    public void Dispose()
+    {
+        Train.Dispose();
+        EvalFile?.Dispose();
+    }
+}

@@ -1,0 +1,52 @@
+namespace OrtLora.Training;
+
+/// <summary>The loop's settings, named and meant as Hugging Face's TrainingArguments.</summary>
+public sealed class TrainingArguments
+{
+    public string OutputDir { get; set; } = "out";
+    public double NumTrainEpochs { get; set; } = 1;
+    /// <summary>When positive, overrides NumTrainEpochs.</summary>
+    public int MaxSteps { get; set; } = -1;
+    public int PerDeviceTrainBatchSize { get; set; } = 8;
+    public int GradientAccumulationSteps { get; set; } = 1;
+    public double LearningRate { get; set; } = 2e-4;
+    public string LrSchedulerType { get; set; } = "linear";
+    public double WarmupRatio { get; set; }
+    public int WarmupSteps { get; set; }
+    public double WeightDecay { get; set; }
+    public double AdamBeta1 { get; set; } = 0.9;
+    public double AdamBeta2 { get; set; } = 0.999;
+    public double AdamEpsilon { get; set; } = 1e-8;
+    public double MaxGradNorm { get; set; } = 1.0;
+    public int Seed { get; set; } = 42;
+    public int LoggingSteps { get; set; } = 10;
+    public int SaveSteps { get; set; } = 500;
+    /// <summary>Keep at most this many checkpoint-N folders (oldest deleted); 0 or less keeps all.</summary>
+    public int SaveTotalLimit { get; set; }
+    public int EvalSteps { get; set; }
+    /// <summary>LoRA+: B's learning rate is LearningRate times this (1 = plain LoRA).</summary>
+    public double LoraplusLrRatio { get; set; } = 1;
+    public string Device { get; set; } = "cpu";
+    public string? EpLibrary { get; set; }
+}
+
+/// <summary>Hugging Face's learning-rate schedules (transformers.get_scheduler), as a pure function of the step.
+/// The lr used by optimizer step k (0-based) is the schedule at k, as the Trainer applies it.</summary>
+public static class LrSchedule
+{
+    public static int WarmupSteps(TrainingArguments a, int totalSteps) =>
+        a.WarmupSteps > 0 ? a.WarmupSteps : (int)Math.Ceiling(totalSteps * a.WarmupRatio);
+
+    public static double At(string type, double baseLr, int step, int warmup, int total)
+    {
+        if (step < warmup) return baseLr * step / Math.Max(1, warmup);
+        double progress = (double)(step - warmup) / Math.Max(1, total - warmup);
+        return type switch
+        {
+            "linear" => baseLr * Math.Max(0.0, (double)(total - step) / Math.Max(1, total - warmup)),
+            "cosine" => baseLr * Math.Max(0.0, 0.5 * (1.0 + Math.Cos(Math.PI * progress))),
+            "constant" or "constant_with_warmup" => baseLr,
+            _ => throw new OrtLoraException($"--lr-scheduler-type {type}: expected linear, cosine or constant"),
+        };
+    }
+}

@@ -1,0 +1,61 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace OrtLora.Training;
+
+/// <summary>What the loop records: one JSON line per logging step in metrics.jsonl (appended and flushed, so a
+/// killed run keeps its history) and a loss curve in loss.png.</summary>
+public sealed class TrainingLog
+{
+    readonly string _metricsPath;
+    public List<(int Step, double Loss)> TrainLoss { get; } = new();
+    public List<(int Step, double Loss)> EvalLoss { get; } = new();
+
+    public TrainingLog(string outputDir) => _metricsPath = Path.Combine(outputDir, "metrics.jsonl");
+
+    public void Append(JsonObject record)
+    {
+        int step = record["step"]!.GetValue<int>();
+        if (record["loss"] is { } l) TrainLoss.Add((step, l.GetValue<double>()));
+        if (record["eval_loss"] is { } e) EvalLoss.Add((step, e.GetValue<double>()));
+        File.AppendAllText(_metricsPath, record.ToJsonString(new JsonSerializerOptions { WriteIndented = false }) + "\n");
+    }
+
+    /// <summary>Rereads an existing metrics.jsonl (on resume), keeping records up to <paramref name="upToStep"/>.</summary>
+    public void Reload(int upToStep)
+    {
+        if (!File.Exists(_metricsPath)) return;
+        var kept = new List<string>();
+        foreach (var line in File.ReadAllLines(_metricsPath))
+        {
+            if (string.IsNullOrWhiteSpace(line)) continue;
+            var r = JsonNode.Parse(line)!.AsObject();
+            if (r["step"]!.GetValue<int>() > upToStep) continue;
+            kept.Add(line);
+            if (r["loss"] is { } l) TrainLoss.Add((r["step"]!.GetValue<int>(), l.GetValue<double>()));
+            if (r["eval_loss"] is { } e) EvalLoss.Add((r["step"]!.GetValue<int>(), e.GetValue<double>()));
+        }
+        File.WriteAllLines(_metricsPath, kept);
+    }
+
+    public void SavePlot(string path)
+    {
+        var plot = new ScottPlot.Plot();
+        if (TrainLoss.Count > 0)
+        {
+            var s = plot.Add.Scatter(TrainLoss.Select(p => (double)p.Step).ToArray(), TrainLoss.Select(p => p.Loss).ToArray());
+            s.LegendText = "train loss";
+        }
+        if (EvalLoss.Count > 0)
+        {
+            var s = plot.Add.Scatter(EvalLoss.Select(p => (double)p.Step).ToArray(), EvalLoss.Select(p => p.Loss).ToArray());
+            s.LegendText = "eval loss";
+        }
+        plot.XLabel("step");
+        plot.YLabel("loss");
+        plot.ShowLegend();
+        var tmp = path + ".tmp.png";
+        plot.SavePng(tmp, 800, 500);
+        File.Move(tmp, path, overwrite: true);
+    }
+}

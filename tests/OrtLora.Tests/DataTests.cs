@@ -1,0 +1,152 @@
+using Parquet;
+using OrtLora.Training.Data;
+
+namespace OrtLora.Tests;
+
+/// <summary>Reading the Parquet fixtures in ../shared/data (written by pyarrow) and rendering their rows.</summary>
+public class DataTests
+{
+    static string DataFile(string name) => Shared.Require("data", name);
+
+    /// <summary>The null count pyarrow wrote into each row group's column statistics.</summary>
+    static long PyarrowNullCount(string path, string column) => PyarrowNullCountAsync(path, column).GetAwaiter().GetResult();
+
+    static async Task<long> PyarrowNullCountAsync(string path, string column)
+    {
+        await using var reader = await ParquetReader.CreateAsync(path);
+        var field = reader.Schema.GetDataFields().Single(f => f.Name == column);
+        long nulls = 0;
+        for (int g = 0; g < reader.RowGroupCount; g++)
+        {
+            using var rowGroup = reader.OpenRowGroupReader(g);
+            nulls += rowGroup.GetStatistics(field)!.NullCount!.Value;
+        }
+        return nulls;
+    }
+
+    [Test]
+    public void AlpacaSnappyStreamsFiveRowGroups()
+    {
+        using var data = ParquetDataset.Open(DataFile("alpaca_5000.parquet"));
+        Assert.That(data.Format, Is.EqualTo(DatasetFormat.Instruction));
+        Assert.That(data.Columns, Is.EqualTo(new[] { "instruction", "input", "output" }));
+        Assert.That(data.RowGroupRowCounts, Is.EqualTo(new long[] { 1000, 1000, 1000, 1000, 1000 }));
+        Assert.That(data.Summary.RowsRead, Is.Zero, "nothing read before asked");
+        var group3 = data.ReadRowGroup(3);
+        Assert.That(group3, Has.Count.EqualTo(1000));
+        Assert.That(data.Summary.RowsRead, Is.EqualTo(1000), "one row group read, not the file");
+        var summary = data.Scan();
+        Assert.That(summary.RowsRead, Is.EqualTo(5000));
+        Assert.That(summary.SkippedNull, Is.EqualTo(PyarrowNullCount(DataFile("alpaca_5000.parquet"), "output")));
+        // Two Alpaca rows have an empty output: nothing to learn, so skipped as empty.
+        var usable = data.ReadAll().Count();
+        Assert.That(summary.SkippedEmpty, Is.EqualTo(5000 - usable));
+        Assert.That(summary.SkippedEmpty, Is.EqualTo(2));
+    }
+
+    [Test]
+    public void ZstdFileWithoutDictionaryIsTheFirst500Rows()
+    {
+        using var small = ParquetDataset.Open(DataFile("alpaca_500.zstd.parquet"));
+        using var large = ParquetDataset.Open(DataFile("alpaca_5000.parquet"));
+        var a = small.ReadRowGroup(0);
+        var b = large.ReadRowGroup(0).Take(500).ToList();
+        Assert.That(a, Is.EqualTo(b));
+        Assert.That(small.Scan(), Is.EqualTo(new DataSummary(500, 0, 0)));
+        var withInput = a.OfType<InstructionRecord>().Count(r => r.Input.Length > 0);
+        Assert.That(withInput, Is.InRange(150, 250), "about 40% of Alpaca rows have an input");
+    }
+
+    [Test]
+    public void ChatFileHoldsTheSameConversations()
+    {
+        using var chat = ParquetDataset.Open(DataFile("alpaca_500.chat.parquet"));
+        using var alpaca = ParquetDataset.Open(DataFile("alpaca_500.zstd.parquet"));
+        Assert.That(chat.Format, Is.EqualTo(DatasetFormat.Chat));
+        Assert.That(chat.Columns, Is.EqualTo(new[] { "messages" }));
+        var chats = chat.ReadRowGroup(0);
+        var rows = alpaca.ReadRowGroup(0);
+        Assert.That(chats, Has.Count.EqualTo(500));
+        for (int i = 0; i < 500; i++)
+        {
+            var row = (InstructionRecord)rows[i]!;
+            var user = row.Input.Length > 0 ? row.Instruction + "\n" + row.Input : row.Instruction;
+            Assert.That(((ChatRecord)chats[i]!).Messages,
+                Is.EqualTo(new[] { new ChatMessage("user", user), new ChatMessage("assistant", row.Output) }), $"row {i}");
+        }
+    }
+
+    [Test]
+    public void TextFileSkipsNullsAndEmptyStrings()
+    {
+        var path = DataFile("text_300.nulls.parquet");
+        using var data = ParquetDataset.Open(path);
+        Assert.That(data.Format, Is.EqualTo(DatasetFormat.Text));
+        var rows = data.ReadRowGroup(0);
+        var summary = data.Summary;
+        Assert.That(summary.RowsRead, Is.EqualTo(300));
+        Assert.That(summary.SkippedNull, Is.EqualTo(PyarrowNullCount(path, "text")).And.GreaterThan(0));
+        Assert.That(summary.SkippedEmpty, Is.GreaterThan(0));
+        Assert.That(rows.Count(r => r is null), Is.EqualTo(summary.SkippedNull + summary.SkippedEmpty));
+        Assert.That(rows.OfType<TextRecord>().All(r => r.Text.Trim().Length > 0));
+        Assert.That(data.Summary.ToString(), Does.Contain("300 rows read").And.Contain($"{summary.SkippedNull} skipped null"));
+    }
+
+    [Test]
+    public void ChosenFormatAndTextColumn()
+    {
+        using var text = ParquetDataset.Open(DataFile("alpaca_500.zstd.parquet"), DatasetFormat.Text, textColumn: "output");
+        Assert.That(text.ReadRowGroup(0)[0], Is.EqualTo(new TextRecord("No")));
+    }
+
+    [Test]
+    public void AlpacaPromptIsStanfordsTemplate()
+    {
+        using var data = ParquetDataset.Open(DataFile("alpaca_500.zstd.parquet"));
+        var rows = data.ReadRowGroup(0).Cast<InstructionRecord>().ToList();
+        var withInput = rows.First(r => r.Input.Length > 0);
+        var noInput = rows.First(r => r.Input.Length == 0);
+        Assert.That(AlpacaTemplate.Prompt(withInput), Is.EqualTo(
+            "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n" +
+            $"### Instruction:\n{withInput.Instruction}\n\n### Input:\n{withInput.Input}\n\n### Response:\n"));
+        Assert.That(AlpacaTemplate.Prompt(noInput), Is.EqualTo(
+            "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n" +
+            $"### Instruction:\n{noInput.Instruction}\n\n### Response:\n"));
+        var example = new ExampleRenderer(ChatTemplate.ChatMl, addBos: true).Render(0, rows[0]);
+        Assert.That(example.Text, Is.EqualTo("<bos>" + AlpacaTemplate.Prompt(rows[0]) + rows[0].Output + "<eos>"));
+    }
+
+    [Test]
+    public void MissingFileWrongColumnAndDamagedFilesGiveOneClearMessage()
+    {
+        var dir = Shared.TempDir();
+        var missing = Path.Combine(dir, "missing.parquet");
+        Assert.That(() => ParquetDataset.Open(missing), Throws.TypeOf<OrtLoraException>().With.Message.EqualTo($"data file not found: {missing}"));
+
+        var alpaca = DataFile("alpaca_500.zstd.parquet");
+        Assert.That(() => ParquetDataset.Open(alpaca, DatasetFormat.Text),
+            Throws.TypeOf<OrtLoraException>().With.Message.EqualTo($"{alpaca}: no column 'text' for text data; the file has columns: instruction, input, output"));
+        Assert.That(() => ParquetDataset.Open(alpaca, DatasetFormat.Chat),
+            Throws.TypeOf<OrtLoraException>().With.Message.Contains("no column 'messages'").And.Message.Contains("instruction, input, output"));
+        var text = DataFile("text_300.nulls.parquet");
+        Assert.That(() => ParquetDataset.Open(text, textColumn: "body"),
+            Throws.TypeOf<OrtLoraException>().With.Message.Contains(text).And.Message.Contains("(text)").And.Message.Contains("columns (text)"));
+
+        var bytes = File.ReadAllBytes(DataFile("alpaca_5000.parquet"));
+        var truncated = Path.Combine(dir, "truncated.parquet");
+        File.WriteAllBytes(truncated, bytes[..(bytes.Length / 2)]);
+        Assert.That(() => ParquetDataset.Open(truncated), Throws.TypeOf<OrtLoraException>()
+            .With.Message.StartsWith($"{truncated} is not a readable Parquet file"));
+        var foreign = Shared.Require("tokenizers", "hf-gpt2", "tokenizer.json");
+        Assert.That(() => ParquetDataset.Open(foreign), Throws.TypeOf<OrtLoraException>()
+            .With.Message.StartsWith($"{foreign} is not a readable Parquet file"));
+
+        // Footer intact, a data page damaged: the message names the file and the row group.
+        var damaged = Path.Combine(dir, "damaged.parquet");
+        var copy = (byte[])bytes.Clone();
+        for (int i = 400_000; i < 400_400; i++) copy[i] ^= 0x5A;
+        File.WriteAllBytes(damaged, copy);
+        using var data = ParquetDataset.Open(damaged);
+        Assert.That(() => data.Scan(), Throws.TypeOf<OrtLoraException>().With.Message.StartsWith($"{damaged}: cannot read row group"));
+    }
+}

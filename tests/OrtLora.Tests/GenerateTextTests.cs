@@ -1,0 +1,107 @@
+using System.Text.Json.Nodes;
+using OrtLora.Inference;
+
+namespace OrtLora.Tests;
+
+/// <summary>Text side of generation: tokenizers against the Hugging Face / sentencepiece reference ids, streaming
+/// decode against the original texts, sampling against its definition.</summary>
+public class GenerateTextTests
+{
+    static JsonObject ReferenceIds() => JsonNode.Parse(File.ReadAllText(Shared.Require("tokenizers", "reference_ids.json")))!.AsObject();
+
+    static string Gpt2Dir()
+    {
+        // The byte-level BPE loader wants both files in one directory; the fixture names them encoder.json / vocab.bpe.
+        Shared.Require("tokenizers", "gpt2-encoder.json");
+        var dir = Shared.TempDir();
+        File.Copy(Path.Combine(Shared.Root, "tokenizers", "gpt2-encoder.json"), Path.Combine(dir, "encoder.json"));
+        File.Copy(Path.Combine(Shared.Root, "tokenizers", "gpt2-vocab.bpe"), Path.Combine(dir, "vocab.bpe"));
+        return dir;
+    }
+
+    [Test]
+    public void Gpt2TokenizerMatchesHuggingFaceAndStreamsEveryTextBack()
+    {
+        var reference = ReferenceIds();
+        var texts = reference["texts"]!.AsArray().Select(t => t!.GetValue<string>()).ToList();
+        var ids = reference["gpt2"]!.AsArray().Select(a => a!.AsArray().Select(i => i!.GetValue<int>()).ToList()).ToList();
+        var tokenizer = MlTextTokenizer.Load(Gpt2Dir());
+        Assert.That(tokenizer.EosId, Is.EqualTo(50256));
+        for (int t = 0; t < texts.Count; t++)
+        {
+            Assert.That(tokenizer.Encode(texts[t]), Is.EqualTo(ids[t]), $"text {t}");
+            var streamer = new TextStreamer(tokenizer);
+            var pieces = ids[t].Select(streamer.Push).Where(p => p.Length > 0).ToList();
+            pieces.Add(streamer.Flush());
+            Assert.That(pieces.Any(p => p.Contains('\uFFFD')), Is.False, $"text {t}: a half character was printed");
+            Assert.That(string.Concat(pieces), Is.EqualTo(texts[t]), $"text {t}");
+        }
+    }
+
+    [Test]
+    public void LlamaTokenizerAddsBosAndStreamsNonAsciiText()
+    {
+        var reference = ReferenceIds();
+        var texts = reference["texts"]!.AsArray().Select(t => t!.GetValue<string>()).ToList();
+        var ids = reference["llama2_sentencepiece_with_bos"]!.AsArray().Select(a => a!.AsArray().Select(i => i!.GetValue<int>()).ToList()).ToList();
+        var tokenizer = MlTextTokenizer.Load(Shared.Require("tokenizers", "llama2-tokenizer.model"));
+        Assert.That(tokenizer.BosId, Is.EqualTo(reference["llama2_bos_id"]!.GetValue<int>()));
+        Assert.That(tokenizer.EosId, Is.EqualTo(reference["llama2_eos_id"]!.GetValue<int>()));
+        int nonAscii = texts.FindIndex(t => t.Any(c => c > 0x7F && char.IsSurrogate(c)));
+        Assert.That(nonAscii, Is.GreaterThanOrEqualTo(0), "the fixture has an emoji text");
+        foreach (var t in new[] { 0, 1, nonAscii })
+        {
+            Assert.That(tokenizer.Encode(texts[t]), Is.EqualTo(ids[t]), $"text {t}");
+            var streamer = new TextStreamer(tokenizer);
+            var pieces = ids[t].Select(streamer.Push).Where(p => p.Length > 0).ToList();
+            pieces.Add(streamer.Flush());
+            Assert.That(pieces.Any(p => p.Contains('\uFFFD')), Is.False, $"text {t}: a half character was printed");
+            Assert.That(string.Concat(pieces), Is.EqualTo(tokenizer.Decode(ids[t])), $"text {t}: streamed pieces join to the full decode");
+        }
+    }
+
+    [Test]
+    public void MissingTokenizerGivesOneClearMessage()
+    {
+        var dir = Shared.TempDir();
+        var e = Assert.Throws<OrtLoraException>(() => MlTextTokenizer.Load(dir))!;
+        Assert.That(e.Message, Does.Contain(dir));
+    }
+
+    [Test]
+    public void GreedyTopKOneAndTinyTopPAllPickTheArgmax()
+    {
+        float[] logits = [0.1f, 2.5f, -1f, 2.4f];
+        Assert.That(new Sampler(new GenerationOptions()).Next(logits), Is.EqualTo(1));
+        for (int seed = 0; seed < 20; seed++)
+        {
+            Assert.That(new Sampler(new GenerationOptions { Temperature = 1, TopK = 1, Seed = seed }).Next(logits), Is.EqualTo(1));
+            Assert.That(new Sampler(new GenerationOptions { Temperature = 1, TopP = 0.01, Seed = seed }).Next(logits), Is.EqualTo(1));
+        }
+    }
+
+    [Test]
+    public void SamplingFollowsTheTemperedSoftmax()
+    {
+        // p(1) = e^(ln3 / T) / (1 + e^(ln3 / T)): 0.75 at T = 1, 0.9 at T = 0.5.
+        float[] logits = [0f, (float)Math.Log(3)];
+        foreach (var (temperature, expected) in new[] { (1.0, 0.75), (0.5, 0.9) })
+        {
+            var sampler = new Sampler(new GenerationOptions { Temperature = temperature, Seed = 1 });
+            int ones = Enumerable.Range(0, 20000).Count(_ => sampler.Next(logits) == 1);
+            Assert.That(ones / 20000.0, Is.EqualTo(expected).Within(0.015), $"T={temperature}");
+        }
+    }
+
+    [Test]
+    public void TopPKeepsTheSmallestSetReachingP()
+    {
+        // Probabilities 0.5, 0.3, 0.2: top_p 0.7 keeps {0, 1}, renormalised to 0.625 / 0.375; token 2 never appears.
+        float[] logits = [(float)Math.Log(0.5), (float)Math.Log(0.3), (float)Math.Log(0.2)];
+        var sampler = new Sampler(new GenerationOptions { Temperature = 1, TopP = 0.7, Seed = 3 });
+        var counts = new int[3];
+        for (int i = 0; i < 20000; i++) counts[sampler.Next(logits)]++;
+        Assert.That(counts[2], Is.Zero);
+        Assert.That(counts[0] / 20000.0, Is.EqualTo(0.625).Within(0.015));
+    }
+}

@@ -1,0 +1,103 @@
+using Microsoft.ML.Tokenizers;
+using OrtLora.Graphs;
+using OrtLora.Onnx;
+
+namespace OrtLora.Tests;
+
+/// <summary>graphs/tiny's tokenizer and demo dataset: the tokenizer loads in Microsoft.ML.Tokenizers as a GPT-2
+/// byte-level BPE and round-trips text; the dataset has the promised columns, sizes and split.</summary>
+public class GraphsDemoAssetsTests
+{
+    static string Tiny(string file) => Path.Combine(Shared.RepoRoot, "graphs", "tiny", file);
+
+    /// <summary>GPT-2's files through Microsoft.ML.Tokenizers' general BPE: byte-level, GPT-2's pre-tokenizer,
+    /// &lt;|endoftext|&gt; special. (CodeGenTokenizer.Create is not a fit: it adds CodeGen's own whitespace tokens.)</summary>
+    static BpeTokenizer LoadTokenizer()
+    {
+        var special = new Dictionary<string, int> { [TinyAssets.EndOfText] = LlamaShape.Tiny.VocabSize - 1 };
+        return BpeTokenizer.Create(new BpeOptions(Tiny("vocab.json"), Tiny("merges.txt"))
+        {
+            ByteLevel = true,
+            PreTokenizer = new RegexPreTokenizer(ByteLevelBpe.PreTokenizer, special),
+            SpecialTokens = special,
+        });
+    }
+
+    static readonly string[] OddTexts = ["", "  two  spaces\tand a tab\n", "naïve café, 東京 👋🏽", "Zebra's QUIET 12345", "   "];
+
+    static IEnumerable<string> DatasetTexts() =>
+        DemoDataset.Read(Tiny("demo.parquet")).Concat(DemoDataset.Read(Tiny("demo_eval.parquet"))).Select(TinyAssets.AlpacaText);
+
+    [Test]
+    public void TokenizerVocabularyMatchesTheModelsVocabSize()
+    {
+        var tokenizer = LoadTokenizer();
+        Assert.That(tokenizer.Vocabulary, Has.Count.EqualTo(LlamaShape.Tiny.VocabSize));
+        using var model = OnnxModel.Load(Tiny("model.onnx"));
+        Assert.That(new GraphEditor(model.Graph).Initializer("model.embed_tokens.weight")!.Dims[0], Is.EqualTo(tokenizer.Vocabulary.Count));
+        Assert.That(tokenizer.Vocabulary[TinyAssets.EndOfText], Is.EqualTo(LlamaShape.Tiny.VocabSize - 1));
+    }
+
+    [Test]
+    public void TokenizerRoundTripsDatasetRowsAndOddText()
+    {
+        var tokenizer = LoadTokenizer();
+        var texts = DatasetTexts().Concat(OddTexts).ToList();
+        foreach (var text in texts)
+        {
+            var ids = tokenizer.EncodeToIds(text);
+            Assert.That(ids.All(id => id >= 0 && id < LlamaShape.Tiny.VocabSize - 1), Is.True, text + ": " + string.Join(",", ids));
+            Assert.That(tokenizer.Decode(ids), Is.EqualTo(text));
+        }
+    }
+
+    [Test]
+    public void LearnedMergesCompressTheDemoText()
+    {
+        // The tokenizer was trained on this text: its merges must beat raw bytes by a wide margin.
+        var tokenizer = LoadTokenizer();
+        var text = string.Join("\n", DatasetTexts());
+        int bytes = System.Text.Encoding.UTF8.GetByteCount(text), tokens = tokenizer.CountTokens(text);
+        Assert.That(tokens, Is.LessThan(bytes / 3), $"{tokens} tokens for {bytes} bytes");
+    }
+
+    [Test]
+    public void TokenizerEncodesAsTheTextbookBpeRuleOverTheTrainedMerges()
+    {
+        // Our reference encoder (highest-priority merge first) over the trainer's merges, against Microsoft's loader
+        // of the files: the same ids for every dataset row and the odd texts.
+        var tokenizer = LoadTokenizer();
+        var bpe = TinyAssets.TrainTokenizer(DemoDataset.Build().Train, LlamaShape.Tiny.VocabSize);
+        foreach (var text in DatasetTexts().Concat(OddTexts))
+            Assert.That(tokenizer.EncodeToIds(text), Is.EqualTo(bpe.Encode(text)), text);
+    }
+
+    [Test]
+    public void EndOfTextIsOneSpecialToken()
+    {
+        var ids = LoadTokenizer().EncodeToIds("The capital of Peru is Lima.<|endoftext|>");
+        Assert.That(ids[^1], Is.EqualTo(LlamaShape.Tiny.VocabSize - 1));
+        Assert.That(ids.Count(id => id == LlamaShape.Tiny.VocabSize - 1), Is.EqualTo(1));
+    }
+
+    [Test]
+    public void DatasetHasAlpacaColumnsShortAnswersAndAHeldOutSplit()
+    {
+        var tokenizer = LoadTokenizer();
+        var train = DemoDataset.Read(Tiny("demo.parquet"));
+        var eval = DemoDataset.Read(Tiny("demo_eval.parquet"));
+        Assert.That(train, Has.Count.InRange(200, 600));
+        Assert.That(eval, Has.Count.InRange(15, 80));
+        Assert.That(eval.Intersect(train), Is.Empty, "eval rows are held out");
+        foreach (var row in train.Concat(eval))
+        {
+            Assert.That(row.Instruction, Is.Not.Empty);
+            Assert.That(tokenizer.CountTokens(row.Output), Is.LessThan(64), row.Output);
+        }
+        // Answers to held-out questions were seen in training under another wording, except the sums.
+        var trainAnswers = train.Select(r => r.Output).ToHashSet();
+        var unseen = eval.Where(r => !trainAnswers.Contains(r.Output)).ToList();
+        Assert.That(unseen.All(r => r.Instruction == "Add the two numbers."), Is.True, string.Join("; ", unseen));
+        Assert.That(train.Count(r => r.Input != ""), Is.InRange(train.Count / 4, train.Count * 3 / 4), "a mix of rows with and without input");
+    }
+}

@@ -1,0 +1,99 @@
+using OrtLora.Lora;
+using OrtLora.Onnx;
+using static OrtLora.Tests.LoraTestKit;
+
+namespace OrtLora.Tests;
+
+/// <summary>Injection against PEFT's own numbers, on both exporters' output of both fixture architectures.</summary>
+public class LoraInjectTests
+{
+    [TestCaseSource(typeof(LoraTestKit), nameof(Models))]
+    public void InitFromPeftReproducesPeftLogits(string arch, string file)
+    {
+        var reference = Reference(arch);
+        var output = Path.Combine(Shared.TempDir(), "injected.onnx");
+        OrtloraOk("inject", Shared.Peft(arch, file), "-o", output, "--init-from", Shared.Peft(arch, "adapter"));
+        Assert.That(Shared.MaxAbsDiff(Logits(output, reference), reference["logits"].AsFloats()), Is.LessThan(1e-4f));
+        // Sanity that the adapter matters at all: the reference moves the logits far beyond the tolerance.
+        Assert.That(Shared.MaxAbsDiff(reference["logits"].AsFloats(), reference["logits_base"].AsFloats()), Is.GreaterThan(1e-2f));
+        using var model = OnnxModel.Load(output);
+        var adapter = PeftAdapter.Load(Shared.Peft(arch, "adapter"));
+        var lora = LoraModel.Read(model)!;
+        Assert.That(lora.Adapters.Select(a => a.LoraA), Is.EquivalentTo(adapter.Tensors.Keys.Where(k => k.EndsWith(".lora_A.weight"))));
+        Assert.That(lora.Adapters.Select(a => a.Scale), Has.All.EqualTo(2.0), "lora_alpha 8 / r 4");
+        Assert.That(lora.Config.R, Is.EqualTo(4));
+    }
+
+    [TestCaseSource(typeof(LoraTestKit), nameof(Models))]
+    public void DefaultInjectionLeavesLogitsUnchanged(string arch, string file)
+    {
+        var reference = Reference(arch);
+        var source = Shared.Peft(arch, file);
+        var output = Path.Combine(Shared.TempDir(), "injected.onnx");
+        OrtloraOk("inject", source, "-o", output);
+        Assert.That(Shared.MaxAbsDiff(Logits(output, reference), reference["logits_base"].AsFloats()), Is.LessThan(1e-5f));
+        using var model = OnnxModel.Load(output);
+        var lora = LoraModel.Read(model)!;
+        // PEFT's defaults: q_proj,v_proj for Llama, c_attn for GPT-2; r 8, lora_alpha 16.
+        string[] expected = arch == "llama" ? ["q_proj", "v_proj"] : ["c_attn"];
+        Assert.That(lora.Adapters.Select(a => ModuleNames.LastSegment(a.Module)).Distinct(), Is.EquivalentTo(expected));
+        Assert.That(lora.Adapters, Has.Count.EqualTo(2 * expected.Length), "two layers");
+        Assert.That(lora.Adapters.Select(a => a.Scale), Has.All.EqualTo(2.0));
+        using var original = OnnxModel.Load(source);
+        Assert.That(model.Proto.OpsetImport, Is.EqualTo(original.Proto.OpsetImport));
+        foreach (var a in lora.Adapters)
+        {
+            var A = model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == a.LoraA));
+            var B = model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == a.LoraB));
+            Assert.That(B, Has.All.EqualTo(0f), "B starts at zero");
+            // PEFT: kaiming_uniform_(a=√5) on A [r, in] → U(-1/√in, 1/√in), variance bound²/3.
+            double bound = 1 / Math.Sqrt(a.In), variance = A.Select(v => (double)v * v).Average();
+            Assert.That(A.Max(Math.Abs), Is.LessThanOrEqualTo(bound).And.GreaterThan(0.9 * bound));
+            Assert.That(variance, Is.EqualTo(bound * bound / 3).Within(25).Percent);
+        }
+    }
+
+    [TestCaseSource(typeof(LoraTestKit), nameof(Models))]
+    public void AllLinearFindsTheLayersPeftAdapted(string arch, string file)
+    {
+        using var model = OnnxModel.Load(Shared.Peft(arch, file));
+        var lora = LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 2 });
+        // The fixture adapters were made with PEFT on every linear layer but the LM head: all-linear must agree.
+        var peft = PeftAdapter.Load(Shared.Peft(arch, "adapter")).Modules();
+        Assert.That(lora.Adapters.Select(a => a.LoraA), Is.EquivalentTo(peft.Select(m => m.KeyA)));
+        Assert.That(lora.Adapters.Select(a => a.LoraB), Is.EquivalentTo(peft.Select(m => m.KeyB)));
+        Assert.That(lora.Adapters.Select(a => (a.In, a.Out)), Is.EquivalentTo(peft.Select(m => (m.A.Shape[1], m.B.Shape[0]))));
+    }
+
+    [Test]
+    public void OptionsReachTheModel()
+    {
+        var output = Path.Combine(Shared.TempDir(), "injected.onnx");
+        OrtloraOk("inject", Shared.Peft("llama", "model.torchscript.onnx"), "-o", output, "--r", "16", "--lora-alpha", "8",
+            "--use-rslora", "--target-modules", @".*\.mlp\.(gate|up)_proj", "--init", "gaussian", "--seed", "3", "--lora-dropout", "0.1");
+        using var model = OnnxModel.Load(output);
+        var lora = LoraModel.Read(model)!;
+        Assert.That(lora.Adapters.Select(a => a.Module), Is.EquivalentTo(new[]
+            { "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj" }));
+        Assert.That(lora.Adapters.Select(a => a.Scale), Has.All.EqualTo(8 / Math.Sqrt(16)).Within(1e-12), "rsLoRA: alpha / sqrt(r)");
+        Assert.That(lora.Config.LoraDropout, Is.EqualTo(0.1));
+        var scale = model.Graph.Initializer.Single(t => t.Name == lora.Adapters[0].ScaleName);
+        Assert.That(model.ReadFloats(scale), Is.EqualTo(new[] { 2f }));
+        var A = model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == lora.Adapters[0].LoraA));
+        double std = Math.Sqrt(A.Select(v => (double)v * v).Average());
+        Assert.That(std, Is.EqualTo(1.0 / 16).Within(10).Percent, "PEFT's gaussian init: N(0, 1/r)");
+    }
+
+    [Test]
+    public void SameSeedSameAdapterOtherSeedOther()
+    {
+        float[] FirstA(int seed)
+        {
+            using var model = OnnxModel.Load(Shared.Peft("llama", "model.dynamo.onnx"));
+            var lora = LoraInjector.Inject(model, new LoraConfig { Seed = seed });
+            return model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == lora.Adapters[0].LoraA));
+        }
+        Assert.That(FirstA(1), Is.EqualTo(FirstA(1)));
+        Assert.That(FirstA(1), Is.Not.EqualTo(FirstA(2)));
+    }
+}

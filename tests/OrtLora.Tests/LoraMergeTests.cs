@@ -1,0 +1,105 @@
+using OrtLora.Lora;
+using OrtLora.Onnx;
+using static OrtLora.Tests.LoraTestKit;
+
+namespace OrtLora.Tests;
+
+/// <summary>merge: W += scale·B·A must reproduce the unmerged model (and PEFT's merge_and_unload) and give back
+/// the original topology.</summary>
+public class LoraMergeTests
+{
+    [TestCaseSource(typeof(LoraTestKit), nameof(Models))]
+    public void MergedPeftAdapterMatchesPeftAndOriginalTopology(string arch, string file)
+    {
+        var reference = Reference(arch);
+        var dir = Shared.TempDir();
+        var source = Shared.Peft(arch, file);
+        var (injected, merged) = (Path.Combine(dir, "injected.onnx"), Path.Combine(dir, "merged.onnx"));
+        OrtloraOk("inject", source, "-o", injected, "--init-from", Shared.Peft(arch, "adapter"));
+        OrtloraOk("merge", injected, "-o", merged);
+        Assert.That(Shared.MaxAbsDiff(Logits(merged, reference), reference["logits_merged"].AsFloats()), Is.LessThan(1e-4f));
+        Assert.That(Histogram(merged), Is.EqualTo(Histogram(source)));
+        using var original = OnnxModel.Load(source);
+        using var result = OnnxModel.Load(merged);
+        Assert.That(result.Graph.Initializer.Select(t => t.Name), Is.EqualTo(original.Graph.Initializer.Select(t => t.Name)));
+        Assert.That(result.Graph.Node.Select(n => n.Output.ToString()), Is.EqualTo(original.Graph.Node.Select(n => n.Output.ToString())),
+            "every node writes its original output names again");
+        Assert.That(result.Proto.MetadataProps, Is.EqualTo(original.Proto.MetadataProps), "ortlora.lora removed, the rest kept");
+        Assert.That(result.Proto.OpsetImport, Is.EqualTo(original.Proto.OpsetImport));
+    }
+
+    [TestCase("model.dynamo.onnx", "performant")]
+    [TestCase("model.dynamo.onnx", "canonical")]
+    [TestCase("model.torchscript.onnx", "performant")]
+    [TestCase("model.torchscript.onnx", "canonical")]
+    public void FusedProjectionVariantsMergeToTheirOwnOutputs(string file, string variant)
+    {
+        var reference = Reference("gpt2");
+        var dir = Shared.TempDir();
+        var injected = Path.Combine(dir, "injected.onnx");
+        OrtloraOk("inject", Shared.Peft("gpt2", file), "-o", injected, "--target-modules", "c_attn", "--variant", variant, "--r", "3");
+        float[] unmerged;
+        using (var model = OnnxModel.Load(injected))
+        {
+            var lora = LoraModel.Read(model)!;
+            Assert.That(lora.Adapters, Has.Count.EqualTo(variant == "canonical" ? 6 : 2));
+            if (variant == "canonical")
+                Assert.That(lora.Adapters.Select(a => a.Part!.Size), Has.All.EqualTo(64), "q|k|v widths read from the Split");
+            RandomizeB(model);
+            unmerged = Logits(model, reference);
+            Assert.That(Shared.MaxAbsDiff(unmerged, reference["logits_base"].AsFloats()), Is.GreaterThan(1e-2f), "B moves the output");
+            model.Save(injected);
+        }
+        var merged = Path.Combine(dir, "merged.onnx");
+        OrtloraOk("merge", injected, "-o", merged);
+        Assert.That(Shared.MaxAbsDiff(Logits(merged, reference), unmerged), Is.LessThan(1e-4f));
+        Assert.That(Histogram(merged), Is.EqualTo(Histogram(Shared.Peft("gpt2", file))));
+    }
+
+    [Test]
+    public void ExternalDataModelInjectsAndMergesWithSideFiles()
+    {
+        var reference = Reference("llama");
+        var dir = Shared.TempDir();
+        var source = Shared.Require("fixtures", "external-data", "llama", "model.onnx");
+        var (injected, merged) = (Path.Combine(dir, "injected.onnx"), Path.Combine(dir, "merged.onnx"));
+        OrtloraOk("inject", source, "-o", injected, "--init-from", Shared.Peft("llama", "adapter"));
+        Assert.That(File.Exists(injected + ".data"), Is.True, "injected model keeps its tensors in a side file");
+        Assert.That(Shared.MaxAbsDiff(Logits(injected, reference), reference["logits"].AsFloats()), Is.LessThan(1e-4f));
+        OrtloraOk("merge", injected, "-o", merged);
+        Assert.That(File.Exists(merged + ".data"), Is.True, "merged model keeps its tensors in a side file");
+        Assert.That(new FileInfo(merged).Length, Is.LessThan(new FileInfo(merged + ".data").Length));
+        using (var m = OnnxModel.Load(merged)) Assert.That(m.HasExternalData, Is.True);
+        Assert.That(Shared.MaxAbsDiff(Logits(merged, reference), reference["logits_merged"].AsFloats()), Is.LessThan(1e-4f));
+        Assert.That(Histogram(merged), Is.EqualTo(Histogram(source)));
+        Assert.That(Directory.GetFiles(dir).Where(f => f.Contains(".tmp")), Is.Empty, "no temp files left");
+    }
+
+    [Test]
+    public void ExplicitlyTargetedTiedHeadMergesWithoutTouchingTheEmbedding()
+    {
+        // GPT-2's dynamo export reads model_.lm_head.weight for both the embedding (Gather) and the head (MatMul).
+        var reference = Reference("gpt2");
+        using var model = OnnxModel.Load(Shared.Peft("gpt2", "model.dynamo.onnx"));
+        var lora = LoraInjector.Inject(model, new LoraConfig { TargetModules = ["lm_head"], R = 2 });
+        Assert.That(lora.Adapters.Single().Module, Is.EqualTo("lm_head"));
+        RandomizeB(model);
+        var unmerged = Logits(model, reference);
+        Assert.That(Shared.MaxAbsDiff(unmerged, reference["logits_base"].AsFloats()), Is.GreaterThan(1e-2f));
+        LoraMerger.Merge(model);
+        Assert.That(Shared.MaxAbsDiff(Logits(model, reference), unmerged), Is.LessThan(1e-4f));
+        using var original = OnnxModel.Load(Shared.Peft("gpt2", "model.dynamo.onnx"));
+        Assert.That(GraphEditor.OpHistogram(model.Graph), Is.EqualTo(GraphEditor.OpHistogram(original.Graph)));
+    }
+
+    [Test]
+    public void MergingAModelWithoutAdaptersIsAClearError()
+    {
+        var dir = Shared.TempDir();
+        var output = Path.Combine(dir, "merged.onnx");
+        var result = Ortlora("merge", Shared.Peft("llama", "model.dynamo.onnx"), "-o", output);
+        Assert.That(result.ExitCode, Is.EqualTo(1));
+        Assert.That(result.Error, Does.Contain("no LoRA adapters").And.Contain("model.dynamo.onnx"));
+        Assert.That(Directory.GetFiles(dir), Is.Empty);
+    }
+}

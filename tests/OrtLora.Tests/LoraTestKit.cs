@@ -1,0 +1,71 @@
+using System.CommandLine;
+using OrtLora.Cli;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+
+namespace OrtLora.Tests;
+
+/// <summary>Helpers shared by the LoRA tests: the CLI run in-process, logits of a model on the fixture batch,
+/// adapters given random B so that merge and export tests can fail.</summary>
+public static class LoraTestKit
+{
+    public static readonly object[] Models =
+    [
+        new object[] { "llama", "model.dynamo.onnx" },
+        new object[] { "llama", "model.torchscript.onnx" },
+        new object[] { "gpt2", "model.dynamo.onnx" },
+        new object[] { "gpt2", "model.torchscript.onnx" },
+    ];
+
+    public sealed record CliResult(int ExitCode, string Out, string Error);
+
+    /// <summary>Runs <c>ortlora ARGS</c> through the CLI's own entry point, capturing stdout and stderr.</summary>
+    public static CliResult Ortlora(params string[] args)
+    {
+        var root = new RootCommand("ortlora");
+        foreach (var command in Commands.All()) root.Subcommands.Add(command);
+        var (oldOut, oldErr) = (Console.Out, Console.Error);
+        var (stdout, stderr) = (new StringWriter(), new StringWriter());
+        Console.SetOut(stdout);
+        Console.SetError(stderr);
+        try { return new CliResult(CliRunner.Invoke(root, args), stdout.ToString(), stderr.ToString()); }
+        finally { Console.SetOut(oldOut); Console.SetError(oldErr); }
+    }
+
+    public static CliResult OrtloraOk(params string[] args)
+    {
+        var result = Ortlora(args);
+        Assert.That(result.ExitCode, Is.EqualTo(0), $"ortlora {string.Join(' ', args)} failed: {result.Error}");
+        return result;
+    }
+
+    public static Dictionary<string, SafeTensor> Reference(string arch) => SafeTensors.Read(Shared.Peft(arch, "reference.safetensors"));
+
+    public static float[] Logits(OnnxModel model, Dictionary<string, SafeTensor> reference) =>
+        OrtRun.Run(model, Shared.Feeds(reference))["logits"].Floats;
+
+    public static float[] Logits(string path, Dictionary<string, SafeTensor> reference)
+    {
+        using var model = OnnxModel.Load(path);
+        return Logits(model, reference);
+    }
+
+    /// <summary>Gives every lora_B random values (B starts at zero, which would make merge and export trivially right).</summary>
+    public static void RandomizeB(OnnxModel model, int seed = 7, float std = 0.5f)
+    {
+        var rng = new Random(seed);
+        foreach (var adapter in LoraModel.Read(model)!.Adapters)
+        {
+            var t = model.Graph.Initializer.Single(i => i.Name == adapter.LoraB);
+            var values = new float[Tensors.ElementCount(t.Dims)];
+            for (int i = 0; i < values.Length; i++) values[i] = (float)(rng.NextDouble() * 2 - 1) * std;
+            Tensors.SetRaw(t, Tensors.FloatsToBytes(values, t.DataType));
+        }
+    }
+
+    public static SortedDictionary<string, int> Histogram(string path)
+    {
+        using var model = OnnxModel.Load(path);
+        return GraphEditor.OpHistogram(model.Graph);
+    }
+}

@@ -1,0 +1,63 @@
+using System.Text.Json.Nodes;
+using OrtLora.Lora;
+using OrtLora.Training;
+
+namespace OrtLora.Tests;
+
+public class TrainingLoopPartsTests
+{
+    // Values of transformers.get_scheduler(...) lambdas (warmup 2, 10 steps), written out from its definitions.
+    [TestCase("linear", 0, 0.0)]
+    [TestCase("linear", 1, 0.5)]
+    [TestCase("linear", 2, 1.0)]
+    [TestCase("linear", 6, 0.5)]
+    [TestCase("linear", 10, 0.0)]
+    [TestCase("cosine", 2, 1.0)]
+    [TestCase("cosine", 6, 0.5)]
+    [TestCase("cosine", 4, 0.8535533905932737)]
+    [TestCase("constant", 1, 0.5)]
+    [TestCase("constant", 7, 1.0)]
+    public void LrScheduleMatchesTransformers(string type, int step, double factor)
+    {
+        Assert.That(LrSchedule.At(type, 1e-3, step, warmup: 2, total: 10), Is.EqualTo(1e-3 * factor).Within(1e-15));
+    }
+
+    [Test]
+    public void WarmupRatioRoundsUpLikeTransformers()
+    {
+        Assert.That(LrSchedule.WarmupSteps(new TrainingArguments { WarmupRatio = 0.03 }, 100), Is.EqualTo(3));
+        Assert.That(LrSchedule.WarmupSteps(new TrainingArguments { WarmupRatio = 0.1 }, 15), Is.EqualTo(2));
+        Assert.That(LrSchedule.WarmupSteps(new TrainingArguments { WarmupRatio = 0.1, WarmupSteps = 7 }, 15), Is.EqualTo(7));
+    }
+
+    [Test]
+    public void CheckpointsAreWholeListedInOrderAndPruned()
+    {
+        var dir = Shared.TempDir();
+        var config = new LoraConfig { R = 2 };
+        var adapter = new Dictionary<string, SafeTensor> { ["x.lora_A.weight"] = SafeTensor.FromFloats([2, 2], [1, 2, 3, 4]) };
+        foreach (var step in new[] { 10, 2, 30 })
+            Checkpoint.Save(dir, new TrainerState(step, 0, step, 7, step * 100), config, adapter, adapter);
+        Directory.CreateDirectory(Path.Combine(dir, "checkpoint-99")); // an incomplete folder (no state) is never picked
+        Assert.That(Checkpoint.List(dir).Select(Path.GetFileName), Is.EqualTo(new[] { "checkpoint-2", "checkpoint-10", "checkpoint-30" }));
+        var (state, a, _) = Checkpoint.Load(Checkpoint.Latest(dir)!);
+        Assert.That(state, Is.EqualTo(new TrainerState(30, 0, 30, 7, 3000)));
+        Assert.That(a["x.lora_A.weight"].AsFloats(), Is.EqualTo(new float[] { 1, 2, 3, 4 }));
+        Checkpoint.Prune(dir, 2);
+        Assert.That(Checkpoint.List(dir).Select(Path.GetFileName), Is.EqualTo(new[] { "checkpoint-10", "checkpoint-30" }));
+    }
+
+    [Test]
+    public void MetricsLogReloadDropsStepsAfterTheCheckpoint()
+    {
+        var dir = Shared.TempDir();
+        var log = new TrainingLog(dir);
+        for (int s = 1; s <= 5; s++) log.Append(new JsonObject { ["step"] = s, ["loss"] = 5.0 - s });
+        var resumed = new TrainingLog(dir);
+        resumed.Reload(upToStep: 3);
+        Assert.That(resumed.TrainLoss.Select(p => p.Step), Is.EqualTo(new[] { 1, 2, 3 }));
+        Assert.That(File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")), Has.Length.EqualTo(3));
+        resumed.SavePlot(Path.Combine(dir, "loss.png"));
+        Assert.That(new FileInfo(Path.Combine(dir, "loss.png")).Length, Is.GreaterThan(1000));
+    }
+}
