@@ -13,5 +13,6 @@ public static class Commands
         ExportAdapterCommand.Create(),
         GenerateCommand.Create(),
         AdaptersCommand.Create(),
+        VerifyCommand.Create(),
     ];
 }
