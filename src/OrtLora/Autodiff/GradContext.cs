@@ -37,6 +37,13 @@ public sealed class GradContext
     public float Attr(string name, float fallback) => Attrs.Float(Node, name, fallback);
     public string Attr(string name, string fallback) => Attrs.Str(Node, name, fallback);
 
+    /// <summary>Gives a forward Dropout node a named mask output (its second output), for its gradient.</summary>
+    internal void AddMaskOutput()
+    {
+        var mask = _graph.Unique(Node.Name + "_mask");
+        if (Node.Output.Count < 2) Node.Output.Add(mask); else Node.Output[1] = mask;
+    }
+
     /// <summary>A failure naming this node: for cases a rule cannot differentiate.</summary>
     public OrtLoraException Unsupported(string why) =>
         new($"autodiff: cannot differentiate {Node.OpType} node '{Node.Name}': {why}");
@@ -124,6 +131,10 @@ public sealed class GradContext
         if (_graph.Constant(value) is not { } t) return null;
         return Tensors.ReadInt64s(Tensors.InlineBytes(t), t.DataType);
     }
+
+    /// <summary>The value of a constant boolean scalar, or null if it is computed.</summary>
+    public bool? ConstBool(string value) =>
+        _graph.Constant(value) is { } t ? Tensors.InlineBytes(t).Any(b => b != 0) : null;
 
     public static long[] Normalize(IEnumerable<long> axes, int rank) => axes.Select(a => a < 0 ? a + rank : a).ToArray();
 
