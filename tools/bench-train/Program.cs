@@ -1,6 +1,7 @@
 // bench-train: step time, tokens/s, graph size and peak memory of ortlora's training engine on the CPU.
 //   dotnet run -c Release --project tools/bench-train -- [--shape smollm2-135m] [--batch 8] [--seq 256] [--r 16]
-//       [--steps 3] [--mode train|eval] [--model PATH [--init-from PEFT_DIR]] [--threads N]
+//       [--steps 3] [--mode train|eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
+//       [--graph-stats] [--build-only]
 // Peak memory is the process's peak working set, so compare modes with one process each (--mode eval vs train).
 using System.Diagnostics;
 using OrtLora.Autodiff;
@@ -20,7 +21,8 @@ else LoraInjector.Inject(model, new LoraConfig { R = options.R, LoraAlpha = 2 * 
 Console.WriteLine($"model: {options.Model ?? options.Shape}, {forwardNodes} forward nodes, {model.Graph.Node.Count} with LoRA ({clock.Elapsed.TotalSeconds:F1} s)");
 
 clock.Restart();
-using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01), options.Threads));
+using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01), options.Threads,
+    CpuMemArena: !args.Contains("--no-arena")));
 long trainable = session.Graph.ParameterShapes.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
 Console.WriteLine($"training graph: {session.Graph.Eval.Graph.Node.Count} nodes forward+loss, {session.Graph.Gradients.Graph.Node.Count} with backward, " +
     $"{trainable:N0} trainable parameters (built in {clock.Elapsed.TotalSeconds:F1} s)");
@@ -28,6 +30,7 @@ Console.WriteLine($"training graph: {session.Graph.Eval.Graph.Node.Count} nodes 
 if (args.Contains("--graph-stats"))
     Console.WriteLine($"step graph (with clipping and AdamW): {session.Graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)).Graph.Node.Count} nodes");
 
+if (args.Contains("--build-only")) return;
 var rng = new Random(1);
 int n = options.Batch * options.Seq;
 var ids = Enumerable.Range(0, n).Select(_ => (long)rng.Next(0, (int)vocab)).ToArray();
