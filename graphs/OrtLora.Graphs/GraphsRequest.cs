@@ -42,8 +42,7 @@ public sealed record GraphsRequest(LlamaShape Shape, string? OutputDirectory, in
         if (Shape == LlamaShape.Tiny && OutputDirectory is null)
         {
             var dir = TinyAssets.DefaultDirectory();
-            TinyAssets.Write(dir);
-            Console.WriteLine($"wrote {dir}");
+            Console.WriteLine($"wrote {dir}: {TinyAssets.Write(dir)}");
             return;
         }
         var options = new LlamaOptions(WithKvCache, LazyWeights: Shape != LlamaShape.Tiny, WithPositionIds: WithPositionIds);

@@ -40,7 +40,7 @@ public static class ModelFiles
         };
         if (bosTokenId >= 0) config["bos_token_id"] = bosTokenId;
         if (eosTokenId >= 0) config["eos_token_id"] = eosTokenId;
-        return config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
+        return config.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }) + "\n";
     }
 
     /// <summary>Temp file then rename, so an interrupted run never leaves a half-written file.</summary>

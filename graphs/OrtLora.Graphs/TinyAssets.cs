@@ -18,7 +18,8 @@ public static class TinyAssets
         throw new OrtLoraException("OrtLora.sln not found above the current directory: give -o DIR");
     }
 
-    public static void Write(string directory)
+    /// <summary>Writes every file of graphs/tiny into <paramref name="directory"/>; returns a one-line summary.</summary>
+    public static string Write(string directory)
     {
         Directory.CreateDirectory(directory);
         var shape = LlamaShape.Tiny;
@@ -33,6 +34,8 @@ public static class TinyAssets
 
         int endOfText = bpe.SpecialId(EndOfText);
         ModelFiles.WriteModel(shape, GraphsRequest.DefaultSeed, directory, new LlamaOptions(), externalData: false, endOfText, endOfText);
+        return $"{shape.ParameterCount / 1e6:F2}M parameters, vocabulary {bpe.VocabSize} ({bpe.Merges.Count} merges), " +
+               $"{train.Count} training rows, {eval.Count} eval rows";
     }
 
     /// <summary>The tokenizer learns from the training rows as a prompt template would show them (Alpaca's), so the
@@ -65,6 +68,6 @@ public static class TinyAssets
                 },
             },
         };
-        return config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
+        return config.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }) + "\n";
     }
 }

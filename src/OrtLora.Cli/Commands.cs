@@ -14,5 +14,7 @@ public static class Commands
         GenerateCommand.Create(),
         AdaptersCommand.Create(),
         VerifyCommand.Create(),
+        TrainCommand.Create(),
+        DemoCommand.Create(),
     ];
 }

@@ -30,7 +30,7 @@ public static class GenerateCommand
         {
             var modelPath = parse.GetValue(model)!;
             if (!File.Exists(modelPath)) throw new OrtLoraException($"{modelPath}: file not found");
-            var text = MlTextTokenizer.Load(parse.GetValue(tokenizer) ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!);
+            var text = LoadedTokenizer.Load(parse.GetValue(tokenizer) ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!);
             var options = new GenerationOptions
             {
                 MaxNewTokens = parse.GetValue(maxNewTokens),
@@ -43,8 +43,9 @@ public static class GenerateCommand
             Validate(options);
             using var sessionOptions = OrtRun.DefaultOptions();
             var adapterPath = parse.GetValue(adapter);
-            using var session = adapterPath is null ? new InferenceSession(modelPath, sessionOptions) : RuntimeAdapters.OpenOverridable(modelPath, sessionOptions);
-            using var loraAdapter = adapterPath is null ? null : RuntimeAdapters.Load(adapterPath, session);
+            double? modelScale = null;
+            using var session = adapterPath is null ? new InferenceSession(modelPath, sessionOptions) : RuntimeAdapters.OpenOverridable(modelPath, sessionOptions, out modelScale);
+            using var loraAdapter = adapterPath is null ? null : RuntimeAdapters.Load(adapterPath, session, modelScale);
             using var generator = new Generator(session);
             Stream(generator, text, parse.GetValue(prompt)!, options, loraAdapter);
         }));

@@ -31,7 +31,14 @@ public static class InjectCommand
         {
             using var m = OnnxModel.Load(parse.GetValue(model)!);
             LoraModel lora;
-            if (parse.GetValue(initFrom) is { } dir) lora = LoraInjector.Inject(m, PeftAdapter.Load(dir));
+            if (parse.GetValue(initFrom) is { } dir)
+            {
+                // The adapter fixes these; silently ignoring a value the user typed would be worse than refusing it.
+                var given = new Option[] { r, alpha, targets, variant, rslora, init, seed }.Where(o => parse.GetResult(o) is { Implicit: false }).ToList();
+                if (given.Count > 0)
+                    throw new OrtLoraException($"{string.Join(", ", given.Select(o => o.Name))}: not allowed with --init-from (the adapter in {dir} sets them)");
+                lora = LoraInjector.Inject(m, PeftAdapter.Load(dir));
+            }
             else
             {
                 var config = new LoraConfig

@@ -29,8 +29,10 @@ public static class InspectCommand
             });
             WriteTable(["module", "op", "in", "out", "W", "fused parts", $"params r={rank}", ""], rows);
             long allLinear = layers.Where(l => !l.IsOutputHead && !l.Tied).Sum(l => rank * (l.In + l.Out));
-            long qv = layers.Where(l => ModuleNames.IsTarget(["q_proj", "v_proj"], l.Module, false)).Sum(l => rank * (l.In + l.Out));
-            Console.WriteLine($"LoRA parameters at r={rank}: all-linear {allLinear:N0}; q_proj,v_proj {qv:N0}");
+            var defaults = ModuleNames.DefaultTargets(layers.Select(l => ModuleNames.Strip(l.Module, prefix)));
+            long byDefault = defaults is null ? 0 : layers.Where(l => ModuleNames.IsTarget(defaults, ModuleNames.Strip(l.Module, prefix), l.IsOutputHead || l.Tied)).Sum(l => rank * (l.In + l.Out));
+            Console.WriteLine($"LoRA parameters at r={rank}: all-linear {allLinear:N0}" +
+                (defaults is null ? "; no layer has a name PEFT targets by default" : $"; default targets ({string.Join(",", defaults)}) {byDefault:N0}"));
             if (LoraModel.Read(m) is { } lora) WriteAdapters(lora);
             Console.WriteLine();
             Console.WriteLine("op histogram: " + string.Join(", ", GraphEditor.OpHistogram(m.Graph).Select(p => $"{p.Key} {p.Value}")));

@@ -74,6 +74,8 @@ public class DataTests
             Assert.That(((ChatRecord)chats[i]!).Messages,
                 Is.EqualTo(new[] { new ChatMessage("user", user), new ChatMessage("assistant", row.Output) }), $"row {i}");
         }
+        var again = chat.ReadRowGroup(0);
+        Assert.That(((ChatRecord)again[499]!).Messages, Is.EqualTo(((ChatRecord)chats[499]!).Messages), "a row group reads again");
     }
 
     [Test]
@@ -148,5 +150,65 @@ public class DataTests
         File.WriteAllBytes(damaged, copy);
         using var data = ParquetDataset.Open(damaged);
         Assert.That(() => data.Scan(), Throws.TypeOf<OrtLoraException>().With.Message.StartsWith($"{damaged}: cannot read row group"));
+    }
+
+    sealed class NumberRow { public long text { get; set; } }
+    sealed class ShareGptRow { public List<ShareGptTurn>? messages { get; set; } }
+    sealed class ShareGptTurn { public string? from { get; set; } public string? value { get; set; } }
+
+    static string Write<T>(IEnumerable<T> rows, string name)
+    {
+        var path = Path.Combine(Shared.TempDir(), name);
+        Parquet.Serialization.ParquetSerializer.SerializeAsync(rows, path).GetAwaiter().GetResult();
+        return path;
+    }
+
+    [Test]
+    public void ColumnsOfTheWrongShapeAreNamed()
+    {
+        var numbers = Write([new NumberRow { text = 1 }], "numbers.parquet");
+        Assert.That(() => ParquetDataset.Open(numbers), Throws.TypeOf<OrtLoraException>().With.Message.EqualTo($"{numbers}: column 'text' holds Int64, not text"));
+        var shareGpt = Write([new ShareGptRow { messages = [new() { from = "human", value = "hi" }] }], "sharegpt.parquet");
+        Assert.That(() => ParquetDataset.Open(shareGpt), Throws.TypeOf<OrtLoraException>()
+            .With.Message.EqualTo($"{shareGpt}: column 'messages' must be a list of {{role, content}}; its fields are: from, value"));
+    }
+
+    sealed class InstructionOnlyRow { public string? instruction { get; set; } public string? output { get; set; } }
+    sealed class ChatRow { public List<ChatTurn?>? messages { get; set; } }
+    sealed class ChatTurn { public string? role { get; set; } public string? content { get; set; } }
+
+    [Test]
+    public void InstructionRowsWithoutInputColumnAndWithNulls()
+    {
+        var path = Write([
+            new InstructionOnlyRow { instruction = "Say hi.", output = "Hi" },
+            new InstructionOnlyRow { instruction = null, output = "x" },
+            new InstructionOnlyRow { instruction = "Say", output = " " },
+            new InstructionOnlyRow { instruction = "Count", output = "1 2 3" },
+        ], "instructions.parquet");
+        using var data = ParquetDataset.Open(path);
+        Assert.That(data.Format, Is.EqualTo(DatasetFormat.Instruction));
+        Assert.That(data.ReadRowGroup(0), Is.EqualTo(new DataRecord?[]
+            { new InstructionRecord("Say hi.", "", "Hi"), null, null, new InstructionRecord("Count", "", "1 2 3") }));
+        Assert.That(data.Summary, Is.EqualTo(new DataSummary(4, 1, 1)));
+    }
+
+    [Test]
+    public void ChatRowsWithNothingToLearnAreSkipped()
+    {
+        ChatTurn Turn(string? role, string? content) => new() { role = role, content = content };
+        var path = Write([
+            new ChatRow { messages = [Turn("user", "Hi"), Turn("assistant", "Hello")] },
+            new ChatRow { messages = null },
+            new ChatRow { messages = [] },
+            new ChatRow { messages = [Turn("user", "Hi")] },
+            new ChatRow { messages = [Turn("user", "Hi"), Turn("assistant", null)] },
+            new ChatRow { messages = [Turn("system", "Be kind"), Turn("user", "Hi"), Turn("assistant", "Hey")] },
+        ], "chats.parquet");
+        using var data = ParquetDataset.Open(path);
+        var rows = data.ReadRowGroup(0);
+        Assert.That(rows.Select(r => r is null), Is.EqualTo(new[] { false, true, true, true, true, false }));
+        Assert.That(((ChatRecord)rows[5]!).Messages.Select(m => m.Role), Is.EqualTo(new[] { "system", "user", "assistant" }));
+        Assert.That(data.Summary, Is.EqualTo(new DataSummary(6, 2, 2)), "null list and null content: null; empty list and no assistant: empty");
     }
 }

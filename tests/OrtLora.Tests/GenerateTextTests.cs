@@ -25,7 +25,7 @@ public class GenerateTextTests
         var reference = ReferenceIds();
         var texts = reference["texts"]!.AsArray().Select(t => t!.GetValue<string>()).ToList();
         var ids = reference["gpt2"]!.AsArray().Select(a => a!.AsArray().Select(i => i!.GetValue<int>()).ToList()).ToList();
-        var tokenizer = MlTextTokenizer.Load(Gpt2Dir());
+        var tokenizer = LoadedTokenizer.Load(Gpt2Dir());
         Assert.That(tokenizer.EosId, Is.EqualTo(50256));
         for (int t = 0; t < texts.Count; t++)
         {
@@ -44,7 +44,7 @@ public class GenerateTextTests
         var reference = ReferenceIds();
         var texts = reference["texts"]!.AsArray().Select(t => t!.GetValue<string>()).ToList();
         var ids = reference["llama2_sentencepiece_with_bos"]!.AsArray().Select(a => a!.AsArray().Select(i => i!.GetValue<int>()).ToList()).ToList();
-        var tokenizer = MlTextTokenizer.Load(Shared.Require("tokenizers", "llama2-tokenizer.model"));
+        var tokenizer = LoadedTokenizer.Load(Shared.Require("tokenizers", "llama2-tokenizer.model"));
         Assert.That(tokenizer.BosId, Is.EqualTo(reference["llama2_bos_id"]!.GetValue<int>()));
         Assert.That(tokenizer.EosId, Is.EqualTo(reference["llama2_eos_id"]!.GetValue<int>()));
         int nonAscii = texts.FindIndex(t => t.Any(c => c > 0x7F && char.IsSurrogate(c)));
@@ -64,7 +64,7 @@ public class GenerateTextTests
     public void MissingTokenizerGivesOneClearMessage()
     {
         var dir = Shared.TempDir();
-        var e = Assert.Throws<OrtLoraException>(() => MlTextTokenizer.Load(dir))!;
+        var e = Assert.Throws<OrtLoraException>(() => LoadedTokenizer.Load(dir))!;
         Assert.That(e.Message, Does.Contain(dir));
     }
 
@@ -103,5 +103,17 @@ public class GenerateTextTests
         for (int i = 0; i < 20000; i++) counts[sampler.Next(logits)]++;
         Assert.That(counts[2], Is.Zero);
         Assert.That(counts[0] / 20000.0, Is.EqualTo(0.625).Within(0.015));
+    }
+
+    [Test]
+    public void InvalidBytesDoNotStallTheStream()
+    {
+        // GPT-2 id 100 is the lone byte 0xA7, a UTF-8 continuation byte: a run of them never completes a character.
+        var tokenizer = LoadedTokenizer.Load(Gpt2Dir());
+        var streamer = new TextStreamer(tokenizer);
+        var pieces = Enumerable.Range(0, 8).Select(_ => streamer.Push(100)).ToList();
+        Assert.That(pieces.Take(3).All(p => p.Length == 0), Is.True, "held while a character could still complete");
+        Assert.That(string.Concat(pieces).Length, Is.GreaterThan(0), "released once no character can complete");
+        Assert.That(string.Concat(pieces) + streamer.Flush(), Is.EqualTo(tokenizer.Decode(Enumerable.Repeat(100, 8))));
     }
 }

@@ -84,6 +84,14 @@ public class LoraCliErrorTests
     }
 
     [Test]
+    public void OptionsTheAdapterFixesAreRefusedWithInitFrom()
+    {
+        var adapter = Shared.Peft("llama", "adapter");
+        AssertFails(Ortlora("inject", Shared.Peft("llama", "model.dynamo.onnx"), "-o", Output, "--init-from", adapter, "--r", "8"),
+            "--r", "--init-from", adapter);
+    }
+
+    [Test]
     public void InjectingTwice()
     {
         var once = Path.Combine(_dir, "once.onnx");

@@ -22,6 +22,9 @@ public class LoraInjectTests
         Assert.That(lora.Adapters.Select(a => a.LoraA), Is.EquivalentTo(adapter.Tensors.Keys.Where(k => k.EndsWith(".lora_A.weight"))));
         Assert.That(lora.Adapters.Select(a => a.Scale), Has.All.EqualTo(2.0), "lora_alpha 8 / r 4");
         Assert.That(lora.Config.R, Is.EqualTo(4));
+        // The metadata speaks PEFT's names, so other tools can read it without ortlora.
+        var json = model.Proto.MetadataProps.Single(p => p.Key == LoraModel.MetadataKey).Value;
+        Assert.That(json, Does.Contain("\"lora_alpha\":8").And.Contain("\"target_modules\":[").And.Contain("\"lora_A\":\"base_model.model."));
     }
 
     [TestCaseSource(typeof(LoraTestKit), nameof(Models))]

@@ -111,6 +111,23 @@ public class TokenizerTests
     }
 
     [Test]
+    public void AddedTokensOfTokenizerJsonAreOneTokenEach()
+    {
+        // A GPT-2 tokenizer extended for ChatML, as fine-tuning recipes do.
+        var root = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Shared.Require("tokenizers", "hf-gpt2", "tokenizer.json")))!;
+        root["added_tokens"] = System.Text.Json.Nodes.JsonNode.Parse(
+            """[{"id": 50257, "content": "<|im_start|>", "special": true}, {"id": 50258, "content": "<|im_end|>", "special": true}]""");
+        var dir = Shared.TempDir();
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), root.ToJsonString());
+        var tokenizer = TokenizerLoader.Load(dir);
+        Assert.That(tokenizer.VocabSize, Is.EqualTo(50259));
+        var plain = tokenizer.Encode("user\nHi");
+        Assert.That(tokenizer.Encode("<|im_start|>user\nHi<|im_end|>"), Is.EqualTo(new[] { 50257 }.Concat(plain).Append(50258)));
+        Assert.That(tokenizer.Decode([50257, .. plain, 50258]), Is.EqualTo("<|im_start|>user\nHi<|im_end|>"));
+        Assert.That(tokenizer.Decode([50257, .. plain, 50258], skipSpecialTokens: true), Is.EqualTo("user\nHi"));
+    }
+
+    [Test]
     public void DirectoryWithSentencePieceModelAndGpt2Files()
     {
         var sp = Shared.TempDir();

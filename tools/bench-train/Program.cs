@@ -1,7 +1,7 @@
 // bench-train: step time, tokens/s, graph size and peak memory of ortlora's training engine on the CPU.
 //   dotnet run -c Release --project tools/bench-train -- [--shape smollm2-135m] [--batch 8] [--seq 256] [--r 16]
 //       [--steps 3] [--mode train|eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
-//       [--graph-stats] [--build-only]
+//       [--graph-stats] [--build-only] [--opt-basic]
 // Peak memory is the process's peak working set, so compare modes with one process each (--mode eval vs train).
 using System.Diagnostics;
 using OrtLora.Autodiff;
@@ -22,7 +22,8 @@ Console.WriteLine($"model: {options.Model ?? options.Shape}, {forwardNodes} forw
 
 clock.Restart();
 using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01), options.Threads,
-    CpuMemArena: !args.Contains("--no-arena")));
+    CpuMemArena: !args.Contains("--no-arena"), Optimization: args.Contains("--opt-basic")
+        ? Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_BASIC : Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL));
 long trainable = session.Graph.ParameterShapes.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
 Console.WriteLine($"training graph: {session.Graph.Eval.Graph.Node.Count} nodes forward+loss, {session.Graph.Gradients.Graph.Node.Count} with backward, " +
     $"{trainable:N0} trainable parameters (built in {clock.Elapsed.TotalSeconds:F1} s)");

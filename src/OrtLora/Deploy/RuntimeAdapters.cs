@@ -44,10 +44,12 @@ public static class RuntimeAdapters
     }
 
     /// <summary>A session over the model with its LoRA parameters as overridable inputs. A model already in that form
-    /// is opened from its file; otherwise the form is made in memory (models under 2 GB).</summary>
-    public static InferenceSession OpenOverridable(string modelPath, SessionOptions options)
+    /// is opened from its file; otherwise the form is made in memory (models under 2 GB). <paramref name="modelScale"/>
+    /// is the LoRA scale baked into the model (from its ortlora metadata), for adapters trained with another one.</summary>
+    public static InferenceSession OpenOverridable(string modelPath, SessionOptions options, out double? modelScale)
     {
         using var model = OnnxModel.Load(modelPath);
+        modelScale = LoraModel.Read(model)?.Config.Scale;
         var inputs = model.Graph.Input.Select(i => i.Name).ToHashSet();
         if (model.Graph.Initializer.Where(t => LoraRuntimeForm.IsLoraParameter(t.Name)).All(t => inputs.Contains(t.Name))
             && model.Graph.Initializer.Any(t => LoraRuntimeForm.IsLoraParameter(t.Name)))
@@ -64,7 +66,8 @@ public static class RuntimeAdapters
     {
         foreach (var (name, (_, shape)) in parameters)
         {
-            if (!session.InputMetadata.TryGetValue(name, out var meta))
+            // Inputs that have an initializer default are listed by ORT as overridable initializers, not as inputs.
+            if (!session.OverridableInitializerMetadata.TryGetValue(name, out var meta) && !session.InputMetadata.TryGetValue(name, out meta))
                 throw new OrtLoraException($"{adapterName}: parameter '{name}' is not an input of the model (different target modules, or not an injected model?)");
             if (!meta.Dimensions.Select(d => (long)d).SequenceEqual(shape))
                 throw new OrtLoraException($"{adapterName}: parameter '{name}' has shape [{string.Join(",", shape)}], the model expects [{string.Join(",", meta.Dimensions)}] (different rank?)");

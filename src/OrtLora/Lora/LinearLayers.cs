@@ -65,6 +65,7 @@ public static class LinearLayers
         var weight = g.Initializer(weightName);
         if (weight is null || weight.Dims.Count != 2 || !FloatTypes.Contains(weight.DataType)) return null;
         if (g.Graph.Input.Any(i => i.Name == weightName)) return null; // an overridable input, not a parameter
+        if (weightName.EndsWith(".lora_A.weight") || weightName.EndsWith(".lora_B.weight")) return null; // an adapter's own branch
         if (g.Constant(node.Input[0]) is not null) return null;
         var module = ModulePath(node, weightValue);
         if (module is null) return null;
@@ -72,7 +73,7 @@ public static class LinearLayers
         long rows = weight.Dims[0], cols = weight.Dims[1];
         var (inDim, outDim) = layout == WeightLayout.InOut ? (rows, cols) : (cols, rows);
         return new LinearLayer(node, module, weightName, layout, inDim, outDim, weight.DataType, alpha,
-            FusedParts(g, node.Output[0], outDim), ReachesGraphOutput(g, node.Output[0]), IsTied(g, weightName, node));
+            FusedParts(g, node.Output[0], outDim), IsHead(g, node.Output[0], module), IsTied(g, weightName, node));
     }
 
     static bool IsMatrixTranspose(NodeProto t) => Attrs.Ints(t, "perm") is not { } perm || perm.SequenceEqual([1L, 0L]);
@@ -98,8 +99,8 @@ public static class LinearLayers
         return false;
     }
 
-    /// <summary>The dotted module path of the layer, or null when no source records one.</summary>
-    public static string? ModulePath(NodeProto node, string weightValue)
+    /// <summary>The dotted module path of the layer: from the weight name, the dynamo metadata or the node name.</summary>
+    public static string ModulePath(NodeProto node, string weightValue)
     {
         if (weightValue.EndsWith(".weight") && !weightValue.StartsWith("onnx::") && weightValue.Contains('.'))
             return weightValue[..^".weight".Length];
@@ -115,7 +116,8 @@ public static class LinearLayers
             var segments = node.Name.Trim('/').Split('/');
             return string.Join('.', segments[..^1]);
         }
-        return null;
+        // Nothing records a module: the node's (or weight's) own name still lets all-linear and regexes select it.
+        return node.Name != "" ? node.Name.Trim('/').Replace('/', '.') : weightValue;
     }
 
     /// <summary>Widths of the parts when the output is split along its last axis (GPT-2 c_attn into q|k|v, Phi-3
@@ -175,6 +177,10 @@ public static class LinearLayers
     }
 
     static long Clamp(long index, long width) => index < 0 ? Math.Max(0, width + index) : Math.Min(index, width);
+
+    // PEFT leaves out the output embedding; exports name it lm_head (GPT-NeoX: embed_out) and it writes the logits.
+    static bool IsHead(GraphEditor g, string output, string module) =>
+        ModuleNames.LastSegment(module) is "lm_head" or "embed_out" || ReachesGraphOutput(g, output);
 
     static bool ReachesGraphOutput(GraphEditor g, string value)
     {

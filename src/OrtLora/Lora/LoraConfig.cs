@@ -91,6 +91,12 @@ public sealed class LoraConfig
         return c;
     }
 
-    public JsonObject ToJson() => JsonSerializer.SerializeToNode(this)!.AsObject();
-    public static LoraConfig FromJson(JsonNode node) => node.Deserialize<LoraConfig>()!;
+    // ortlora's own form (the ortlora.lora metadata): PEFT's snake_case names plus variant, init and seed.
+    static readonly JsonSerializerOptions SnakeCase = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+
+    public JsonObject ToJson() => JsonSerializer.SerializeToNode(this, SnakeCase)!.AsObject();
+
+    /// <summary>Reads <see cref="ToJson"/>; also the PascalCase form written by the first ortlora builds.</summary>
+    public static LoraConfig FromJson(JsonNode node) =>
+        (node is JsonObject o && o.ContainsKey("R") ? node.Deserialize<LoraConfig>() : node.Deserialize<LoraConfig>(SnakeCase))!;
 }

@@ -23,12 +23,8 @@ public static class LoraMerger
             var weight = WeightFor(model, g, baseNode, first);
             int dataType = weight.DataType;
             double factor = 1.0 / first.GemmAlpha; // Gemm computes alpha·x·W: fold delta / alpha into W
-            model.Defer(weight.Name, bytes =>
-            {
-                var values = Tensors.BytesToFloats(bytes, dataType);
-                adapter.AddDeltaTo(values, first.Layout, factor);
-                return Tensors.FloatsToBytes(values, dataType);
-            });
+            var layout = first.Layout;
+            model.Defer(weight.Name, bytes => AddDelta(bytes, dataType, adapter, layout, factor));
             baseNode.Output[0] = first.Output;
             foreach (var e in group)
             {
@@ -43,6 +39,34 @@ public static class LoraMerger
         model.Graph.Initializer.Clear();
         model.Graph.Initializer.AddRange(inits);
         LoraModel.Remove(model.Proto);
+    }
+
+    /// <summary>float32 weights are updated in place in their own bytes (no second copy of the largest tensor);
+    /// fp16/bf16 go through float32 and are rounded once, back to their own type; double stays double.</summary>
+    const int LargeTensorBytes = 16 << 20;
+
+    static byte[] AddDelta(byte[] bytes, int dataType, LayerAdapter adapter, WeightLayout layout, double factor)
+    {
+        // Save reads, merges and writes one weight at a time; the previous one is garbage by now. Collecting it here
+        // keeps peak memory near the largest tensor instead of letting the GC's budget grow to many of them.
+        if (bytes.Length >= LargeTensorBytes) GC.Collect();
+        if (dataType == (int)TensorProto.Types.DataType.Float)
+        {
+            adapter.AddDeltaTo(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes.AsSpan()), layout, factor);
+            return bytes;
+        }
+        if (dataType == (int)TensorProto.Types.DataType.Double)
+        {
+            // Keep W in double: only the delta is computed in float32 (as PEFT computes it), then added in double.
+            var delta = new float[bytes.Length / sizeof(double)];
+            adapter.AddDeltaTo(delta, layout, factor);
+            var weight = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, double>(bytes.AsSpan());
+            for (int i = 0; i < delta.Length; i++) weight[i] += delta[i];
+            return bytes;
+        }
+        var values = Tensors.BytesToFloats(bytes, dataType);
+        adapter.AddDeltaTo(values, layout, factor);
+        return Tensors.FloatsToBytes(values, dataType);
     }
 
     /// <summary>The base weight initializer, checked against the metadata. A weight that other nodes read too (a tied

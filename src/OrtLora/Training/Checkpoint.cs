@@ -6,16 +6,16 @@ namespace OrtLora.Training;
 
 /// <summary>Where a run stands after step N: the global step, the data position and the seed that drive shuffling,
 /// and the log so far. Saved as trainer_state.json like the Hugging Face Trainer's.</summary>
-public sealed record TrainerState(int GlobalStep, int Epoch, long BatchInEpoch, int Seed, long TokensSeen)
+public sealed record TrainerState(int GlobalStep, int Epoch, long DataIndex, int Seed, long TokensSeen)
 {
     public JsonObject ToJson() => new()
     {
-        ["global_step"] = GlobalStep, ["epoch"] = Epoch, ["batch_in_epoch"] = BatchInEpoch,
+        ["global_step"] = GlobalStep, ["epoch"] = Epoch, ["data_index"] = DataIndex,
         ["seed"] = Seed, ["tokens_seen"] = TokensSeen,
     };
 
     public static TrainerState FromJson(JsonNode j) => new(
-        j["global_step"]!.GetValue<int>(), j["epoch"]!.GetValue<int>(), j["batch_in_epoch"]!.GetValue<long>(),
+        j["global_step"]!.GetValue<int>(), j["epoch"]!.GetValue<int>(), j["data_index"]!.GetValue<long>(),
         j["seed"]!.GetValue<int>(), j["tokens_seen"]!.GetValue<long>());
 }
 

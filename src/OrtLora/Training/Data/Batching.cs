@@ -1,3 +1,5 @@
+using OrtLora.Onnx;
+
 namespace OrtLora.Training.Data;
 
 /// <summary>Where the data stream stands: <see cref="Index"/> rows of epoch <see cref="Epoch"/>'s order have been
@@ -15,6 +17,18 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
     public long[] Shape => [BatchSize, SeqLength];
     /// <summary>Positions with a label (what the loss averages over).</summary>
     public int TrainedTokens => Labels.Count(l => l != ExampleEncoder.IgnoreIndex);
+
+    /// <summary>The batch as model inputs: input_ids and attention_mask, and labels when asked.</summary>
+    public Dictionary<string, HostTensor> ToFeeds(bool withLabels)
+    {
+        var feeds = new Dictionary<string, HostTensor>
+        {
+            ["input_ids"] = HostTensor.Of(InputIds, Shape),
+            ["attention_mask"] = HostTensor.Of(AttentionMask, Shape),
+        };
+        if (withLabels) feeds["labels"] = HostTensor.Of(Labels, Shape);
+        return feeds;
+    }
 }
 
 /// <summary>A token sequence for one row of a batch: one example, or several packed. <see cref="NextIndex"/> is

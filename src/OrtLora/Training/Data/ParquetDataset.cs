@@ -84,6 +84,26 @@ public sealed class ParquetDataset : IDisposable
             if (!Columns.Contains(column))
                 throw new OrtLoraException($"{Path}: no column '{column}' for {Format.ToString().ToLowerInvariant()} data; " +
                                            $"the file has columns: {string.Join(", ", Columns)}");
+        if (Format == DatasetFormat.Chat) RequireMessageFields();
+        else foreach (var column in needed.Append("input").Where(Columns.Contains)) RequireStringColumn(column);
+    }
+
+    void RequireStringColumn(string column)
+    {
+        var field = _reader.Schema.Fields.First(f => f.Name == column);
+        if (field is DataField { ClrType: var type } && (type == typeof(string) || type == typeof(ReadOnlyMemory<char>))) return;
+        var what = field is DataField data ? data.ClrType.Name : field.SchemaType.ToString().ToLowerInvariant();
+        throw new OrtLoraException($"{Path}: column '{column}' holds {what}, not text");
+    }
+
+    /// <summary>Chat data is a list of structs with string fields role and content.</summary>
+    void RequireMessageFields()
+    {
+        var prefix = MessagesColumn + "/";
+        var fields = _reader.Schema.GetDataFields().Where(f => f.Path.ToString()!.StartsWith(prefix)).Select(f => f.Name).ToList();
+        if (!fields.Contains("role") || !fields.Contains("content"))
+            throw new OrtLoraException($"{Path}: column '{MessagesColumn}' must be a list of {{role, content}}; its fields are: " +
+                                       (fields.Count == 0 ? "none (not a list of structs)" : string.Join(", ", fields)));
     }
 
     /// <summary>The rows of one row group, indexed like the file's rows in that group: a record, or null for a

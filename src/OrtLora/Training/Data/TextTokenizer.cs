@@ -11,8 +11,9 @@ public sealed class TextTokenizer
     readonly string[] _specialsLongestFirst;
 
     internal TextTokenizer(Tokenizer inner, string source, string kind, IReadOnlyDictionary<string, int> specialTokens,
-        int vocabSize, int? bosId, int? eosId, int? padId, bool addsBos, bool addsEos)
+        int vocabSize, int? bosId, int? eosId, int? padId, bool addsBos, bool addsEos, TokenizerConfig config)
     {
+        Config = config;
         _inner = inner;
         Source = source;
         Kind = kind;
@@ -31,6 +32,8 @@ public sealed class TextTokenizer
     public string Source { get; }
     /// <summary>"sentencepiece", "hf-bpe" (tokenizer.json) or "gpt2-bpe" (vocab.json + merges.txt).</summary>
     public string Kind { get; }
+    /// <summary>The tokenizer_config.json beside the tokenizer (empty when there is none); holds the chat template.</summary>
+    public TokenizerConfig Config { get; }
     /// <summary>Tokens that are matched whole in text and never split (added tokens, BOS/EOS/UNK).</summary>
     public IReadOnlyDictionary<string, int> SpecialTokens { get; }
     /// <summary>Number of rows an embedding needs for every id this tokenizer can produce (max id + 1).</summary>
@@ -82,11 +85,25 @@ public sealed class TextTokenizer
         return (best, bestToken);
     }
 
-    /// <summary>Text for <paramref name="ids"/>; special tokens are written as their text unless skipped.</summary>
+    /// <summary>Text for <paramref name="ids"/>; special tokens are written as their text unless skipped. The text
+    /// between special tokens is decoded on its own, mirroring <see cref="Encode"/>.</summary>
     public string Decode(IEnumerable<int> ids, bool skipSpecialTokens = false)
     {
-        var list = skipSpecialTokens ? ids.Where(id => !_specialById.ContainsKey(id)).ToList() : ids.ToList();
-        return _inner.Decode(list) ?? "";
+        var text = new System.Text.StringBuilder();
+        var run = new List<int>();
+        void Flush()
+        {
+            if (run.Count > 0) text.Append(_inner.Decode(run));
+            run.Clear();
+        }
+        foreach (var id in ids)
+        {
+            if (!_specialById.TryGetValue(id, out var special)) { run.Add(id); continue; }
+            Flush();
+            if (!skipSpecialTokens) text.Append(special);
+        }
+        Flush();
+        return text.ToString();
     }
 
     /// <summary>The id of a token written as text (a special token or a vocabulary entry), or null.</summary>

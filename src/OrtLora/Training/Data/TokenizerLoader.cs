@@ -1,4 +1,3 @@
-using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
@@ -7,7 +6,7 @@ using Microsoft.ML.Tokenizers;
 namespace OrtLora.Training.Data;
 
 /// <summary>Loads a tokenizer from a model's directory or one of its tokenizer files, through Microsoft.ML.Tokenizers:
-/// Hugging Face <c>tokenizer.json</c> (byte-level BPE), SentencePiece <c>tokenizer.model</c>, GPT-2 style
+/// Hugging Face <c>tokenizer.json</c> (byte-level BPE, or SentencePiece-style BPE), SentencePiece <c>tokenizer.model</c>, GPT-2 style
 /// <c>vocab.json</c>/<c>encoder.json</c> + <c>merges.txt</c>/<c>vocab.bpe</c>. Special tokens come from
 /// <c>tokenizer_config.json</c> beside the files when present, then from the tokenizer itself.</summary>
 public static class TokenizerLoader
@@ -25,6 +24,7 @@ public static class TokenizerLoader
         var dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
         try
         {
+            if (name == "tokenizer_config.json") return LoadDirectory(dir);
             if (name.EndsWith(".model")) return SentencePiece(path, TokenizerConfig.Read(dir));
             if (EndsWithAny(name, VocabNames, out var prefix)) return Gpt2Files(path, FindBeside(dir, prefix, MergesNames, path), TokenizerConfig.Read(dir));
             if (EndsWithAny(name, MergesNames, out prefix)) return Gpt2Files(FindBeside(dir, prefix, VocabNames, path), path, TokenizerConfig.Read(dir));
@@ -77,11 +77,16 @@ public static class TokenizerLoader
 
     static TextTokenizer SentencePiece(string path, TokenizerConfig config)
     {
-        SentencePieceTokenizer tokenizer;
-        using (var stream = File.OpenRead(path)) tokenizer = SentencePieceTokenizer.Create(stream, false, false);
+        using var stream = File.OpenRead(path);
+        return SentencePiece(stream, path, config, new Dictionary<string, int>());
+    }
+
+    static TextTokenizer SentencePiece(Stream model, string path, TokenizerConfig config, Dictionary<string, int> addedTokens)
+    {
+        var tokenizer = SentencePieceTokenizer.Create(model, false, false);
         // Control tokens (<s>, </s>) and added tokens are matched whole in text, as Hugging Face does,
         // so a chat template may write them.
-        var specials = new Dictionary<string, int>();
+        var specials = new Dictionary<string, int>(addedTokens);
         void AddSpecial(string? token, int id) { if (token is not null && id >= 0) specials[token] = id; }
         AddSpecial(tokenizer.BeginningOfSentenceToken, tokenizer.BeginningOfSentenceId);
         AddSpecial(tokenizer.EndOfSentenceToken, tokenizer.EndOfSentenceId);
@@ -91,7 +96,17 @@ public static class TokenizerLoader
         int? pad = config.IdOf(config.PadToken, tokenizer.Vocabulary, specials);
         var vocabSize = Math.Max(tokenizer.Vocabulary.Values.Max(), specials.Values.DefaultIfEmpty(0).Max()) + 1;
         return new TextTokenizer(tokenizer, path, "sentencepiece", specials, vocabSize, bos, eos, pad,
-            config.AddBosToken ?? true, config.AddEosToken ?? false);
+            config.AddBosToken ?? true, config.AddEosToken ?? false, config);
+    }
+
+    /// <summary>A Llama/Mistral tokenizer.json, run as the SentencePiece model it restates.</summary>
+    static TextTokenizer SentencePieceFromJson(JsonObject root, string path, TokenizerConfig config, Dictionary<string, int> added)
+    {
+        string? Named(string token) => added.ContainsKey(token) ? token : null;
+        var bos = config.BosToken ?? PostProcessorBos(root["post_processor"]) ?? Named("<s>");
+        var eos = config.EosToken ?? Named("</s>");
+        using var model = new MemoryStream(SentencePieceJson.ToModelProto(root, path, bos, eos));
+        return SentencePiece(model, path, config with { BosToken = bos, EosToken = eos }, added);
     }
 
     static TextTokenizer Gpt2Files(string vocabPath, string mergesPath, TokenizerConfig config)
@@ -99,7 +114,7 @@ public static class TokenizerLoader
         var vocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(vocabPath))
                     ?? throw new OrtLoraException($"{vocabPath}: not a JSON object of token → id");
         var merges = File.ReadLines(mergesPath).Where(l => l.Length > 0 && !l.StartsWith("#version")).ToList();
-        return ByteLevelBpe(vocab, merges, RobertaPreTokenizer.Instance, AddedTokens: new(), config, vocabPath, "gpt2-bpe", postProcessorBos: null);
+        return ByteLevelBpe(vocab, merges, RobertaPreTokenizer.Instance, addedTokens: new(), config, vocabPath, "gpt2-bpe", postProcessorBos: null);
     }
 
     static TextTokenizer HuggingFaceJson(string path, TokenizerConfig config)
@@ -108,13 +123,14 @@ public static class TokenizerLoader
                    ?? throw new OrtLoraException($"{path}: not a JSON object");
         var model = root["model"] as JsonObject ?? throw new OrtLoraException($"{path}: no \"model\" section; not a Hugging Face tokenizer.json");
         var type = model["type"]?.GetValue<string>() ?? (model["merges"] is not null ? "BPE" : "unknown");
-        if (type != "BPE" || IsSentencePieceJson(root))
-            throw new OrtLoraException($"{path}: tokenizer.json of type {type}{(IsSentencePieceJson(root) ? " (SentencePiece-style, byte fallback)" : "")} " +
-                                       "is not supported from JSON; give the model's tokenizer.model (SentencePiece) or a byte-level BPE tokenizer.json");
-        var vocab = model["vocab"]!.AsObject().ToDictionary(kv => kv.Key, kv => kv.Value!.GetValue<int>());
-        var merges = model["merges"]!.AsArray().Select(MergeLine).ToList();
+        if (type != "BPE")
+            throw new OrtLoraException($"{path}: tokenizer.json model type {type} is not supported; " +
+                                       "supported: byte-level BPE (GPT-2, Llama 3, Qwen) and SentencePiece-style BPE (Llama 2, Mistral)");
         var added = (root["added_tokens"] as JsonArray ?? []).OfType<JsonObject>()
             .ToDictionary(t => t["content"]!.GetValue<string>(), t => t["id"]!.GetValue<int>());
+        if (IsSentencePieceJson(root)) return SentencePieceFromJson(root, path, config, added);
+        var vocab = model["vocab"]!.AsObject().ToDictionary(kv => kv.Key, kv => kv.Value!.GetValue<int>());
+        var merges = model["merges"]!.AsArray().Select(MergeLine).ToList();
         return ByteLevelBpe(vocab, merges, PreTokenizerOf(root["pre_tokenizer"], path), added, config, path, "hf-bpe", PostProcessorBos(root["post_processor"]));
     }
 
@@ -123,9 +139,9 @@ public static class TokenizerLoader
         merge is JsonArray pair ? $"{pair[0]!.GetValue<string>()} {pair[1]!.GetValue<string>()}" : merge!.GetValue<string>();
 
     static TextTokenizer ByteLevelBpe(Dictionary<string, int> vocab, List<string> merges, PreTokenizer preTokenizer,
-        Dictionary<string, int> AddedTokens, TokenizerConfig config, string source, string kind, string? postProcessorBos)
+        Dictionary<string, int> addedTokens, TokenizerConfig config, string source, string kind, string? postProcessorBos)
     {
-        var specials = new Dictionary<string, int>(AddedTokens);
+        var specials = new Dictionary<string, int>(addedTokens);
         foreach (var (token, id) in config.AddedTokens) specials[token] = id;
         // GPT-2's only special token lives in its vocabulary, not in an added-tokens list.
         if (vocab.TryGetValue("<|endoftext|>", out var endOfText)) specials.TryAdd("<|endoftext|>", endOfText);
@@ -142,7 +158,7 @@ public static class TokenizerLoader
         var vocabSize = known.Values.Max() + 1;
         // Byte-level BPE models (GPT-2) do not put BOS first unless their config or post-processor says so.
         var addsBos = config.AddBosToken ?? postProcessorBos is not null;
-        return new TextTokenizer(tokenizer, source, kind, specials, vocabSize, bos, eos, pad, addsBos, config.AddEosToken ?? false);
+        return new TextTokenizer(tokenizer, source, kind, specials, vocabSize, bos, eos, pad, addsBos, config.AddEosToken ?? false, config);
     }
 
     /// <summary>Byte-level pre-tokenization: GPT-2's split (the package's RoBERTa pre-tokenizer is the same regex) or the

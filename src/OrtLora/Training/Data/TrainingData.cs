@@ -1,3 +1,5 @@
+using System.Globalization;
+
 namespace OrtLora.Training.Data;
 
 /// <summary>Data options, named as the Hugging Face Trainer / TRL name them (CLI: --max-seq-length ...).</summary>
@@ -51,23 +53,30 @@ public sealed class TrainingData : IDisposable
     public long SkippedNoTrainedTokens => _truncatedAway.Count;
     readonly HashSet<long> _truncatedAway = new();
 
-    /// <summary>Opens the data. <paramref name="tokenizerConfig"/> supplies the model's chat template when the
-    /// options name none.</summary>
+    /// <summary>Opens the data. The chat template is the one the options name, else the model's own (from
+    /// <paramref name="tokenizerConfig"/> when given, else the tokenizer's tokenizer_config.json), else ChatML.</summary>
     public static TrainingData Open(string trainPath, TextTokenizer tokenizer, DataOptions options, string? evalPath = null,
         TokenizerConfig? tokenizerConfig = null)
     {
+        if (options.BatchSize <= 0 || options.EvalBatchSize <= 0)
+            throw new OrtLoraException($"batch sizes must be positive, got {options.BatchSize} (train) and {options.EvalBatchSize} (eval)");
         if (options.EvalSplit is < 0 or >= 1) throw new OrtLoraException($"--eval-split must be in [0, 1), got {options.EvalSplit}");
         if (evalPath is not null && options.EvalSplit > 0) throw new OrtLoraException("give either an eval file or --eval-split, not both");
         var train = ParquetDataset.Open(trainPath, options.Format, options.TextColumn);
+        ParquetDataset? eval = null;
         try
         {
-            var eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn);
-            var chat = Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizerConfig);
+            eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn);
+            var chat = train.Format == DatasetFormat.Chat
+                ? Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizerConfig ?? tokenizer.Config,
+                    Path.Combine(Path.GetDirectoryName(tokenizer.Source) ?? "", "tokenizer_config.json"))
+                : Data.ChatTemplate.ChatMl;
             return new TrainingData(train, eval, tokenizer, options, chat);
         }
         catch
         {
             train.Dispose();
+            eval?.Dispose();
             throw;
         }
     }
@@ -80,15 +89,20 @@ public sealed class TrainingData : IDisposable
         return Batching.Batches(sequences, Options.BatchSize, Tokenizer.PadId, from.Epoch);
     }
 
-    /// <summary>Batches for evaluation: the eval file, or the held-out rows, in file order (never packed).</summary>
+    /// <summary>Batches for evaluation: the eval file, or the held-out rows, in file order (never packed). The eval
+    /// examples are tokenized on the first call and kept, so later evaluations do not read the files again.</summary>
     public IEnumerable<Batch> EvalBatches()
     {
-        IEnumerable<(long, DataRecord)> rows = EvalFile is not null ? EvalFile.ReadAll()
-            : Options.EvalSplit > 0 ? Train.ReadAll().Where(r => EpochOrder.IsEval(r.Index, Options.EvalSplit, Options.Seed))
-            : [];
-        var examples = Tokenize(rows.Select(r => (r.Item1, r.Item2, r.Item1 + 1)));
-        return Batching.Batches(Batching.Single(examples), Options.EvalBatchSize, Tokenizer.PadId, 0);
+        _evalExamples ??= [.. Tokenize(EvalRows().Select(r => (r.Index, r.Record, r.Index + 1)))];
+        return Batching.Batches(Batching.Single(_evalExamples), Options.EvalBatchSize, Tokenizer.PadId, 0);
     }
+
+    List<(TokenizedExample, long)>? _evalExamples;
+
+    IEnumerable<(long Index, DataRecord Record)> EvalRows() =>
+        EvalFile is not null ? EvalFile.ReadAll()
+        : Options.EvalSplit > 0 ? Train.ReadAll().Where(r => EpochOrder.IsEval(r.Index, Options.EvalSplit, Options.Seed))
+        : [];
 
     public bool HasEval => EvalFile is not null || Options.EvalSplit > 0;
 
@@ -111,6 +125,14 @@ public sealed class TrainingData : IDisposable
             yield return (example, next);
         }
     }
+
+    /// <summary>One line for the log: file, format, counts, eval source.</summary>
+    public string Describe() =>
+        $"{Path.GetFileName(Train.Path)}: {Train.Format.ToString().ToLowerInvariant()} data" +
+        (Train.Format == DatasetFormat.Chat ? $" ({ChatTemplate.Name} template)" : "") +
+        $", {Summary}" +
+        (SkippedNoTrainedTokens > 0 ? $", {SkippedNoTrainedTokens} dropped (no response left within {Options.MaxSeqLength} tokens)" : "") +
+        (EvalFile is not null ? $"; eval: {Path.GetFileName(EvalFile.Path)}" : Options.EvalSplit > 0 ? string.Create(CultureInfo.InvariantCulture, $"; eval: {Options.EvalSplit * 100:0.##}% of rows") : "");
 
     /// <summary>Counts of the training file (reads it once, streamed, if not yet read whole).</summary>
     public DataSummary Summary => Train.Scan();

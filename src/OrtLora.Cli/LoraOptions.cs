@@ -1,0 +1,55 @@
+using System.CommandLine;
+using OrtLora.Lora;
+
+namespace OrtLora.Cli;
+
+/// <summary>The LoRA options shared by `inject` and `train`, named as PEFT's LoraConfig fields.</summary>
+public sealed class LoraOptions
+{
+    public Option<int> R { get; } = new("--r") { Description = "rank of the update B·A", DefaultValueFactory = _ => 8 };
+    public Option<double> Alpha { get; } = new("--lora-alpha") { Description = "the update is scaled by lora_alpha / r", DefaultValueFactory = _ => 16 };
+    public Option<string> Targets { get; } = new("--target-modules")
+    {
+        Description = "comma-separated module names (matched like PEFT: the module path ends with .NAME), all-linear, or one regex (full match); default: PEFT's default for the architecture (q_proj,v_proj; c_attn for GPT-2 ...)",
+        DefaultValueFactory = _ => "",
+    };
+    public Option<string> Variant { get; } = new("--variant") { Description = "fused projections (GPT-2 c_attn, Phi-3 qkv_proj): performant = one adapter, canonical = one per part", DefaultValueFactory = _ => "performant" };
+    public Option<double> Dropout { get; } = new("--lora-dropout") { Description = "dropout on the LoRA input during training" };
+    public Option<bool> Rslora { get; } = new("--use-rslora") { Description = "scale by lora_alpha / sqrt(r)" };
+    public Option<string> Init { get; } = new("--init") { Description = "initialization of A (B starts at zero)", DefaultValueFactory = _ => "kaiming" };
+    public Option<int> Seed { get; } = new("--seed") { Description = "random seed", DefaultValueFactory = _ => 42 };
+    public Option<string?> InitFrom { get; } = new("--init-from") { Description = "PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to inject exactly" };
+
+    public LoraOptions()
+    {
+        Variant.AcceptOnlyFromAmong("performant", "canonical");
+        Init.AcceptOnlyFromAmong("kaiming", "gaussian");
+    }
+
+    public void AddTo(Command command)
+    {
+        foreach (var o in new Option[] { R, Alpha, Targets, Variant, Dropout, Rslora, Init, Seed, InitFrom }) command.Options.Add(o);
+    }
+
+    public LoraConfig Read(ParseResult parse)
+    {
+        var config = new LoraConfig
+        {
+            R = parse.GetValue(R), LoraAlpha = parse.GetValue(Alpha), TargetModules = ParseTargets(parse.GetValue(Targets)!),
+            Variant = parse.GetValue(Variant)!, LoraDropout = parse.GetValue(Dropout), UseRslora = parse.GetValue(Rslora),
+            Init = parse.GetValue(Init)!, Seed = parse.GetValue(Seed),
+        };
+        if (config.R < 1) throw new OrtLoraException($"--r must be at least 1 (got {config.R})");
+        if (config.LoraDropout is < 0 or >= 1) throw new OrtLoraException($"--lora-dropout must be in [0, 1) (got {config.LoraDropout})");
+        return config;
+    }
+
+    /// <summary>"q_proj,v_proj" → names; "all-linear" and a regex stay one string, as PEFT takes them.</summary>
+    public static List<string> ParseTargets(string text)
+    {
+        text = text.Trim();
+        if (text == "") return []; // PEFT's default for the architecture
+        if (text == "all-linear" || LoraConfig.IsRegex(text)) return [text];
+        return text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
+    }
+}

@@ -1,0 +1,97 @@
+using System.CommandLine;
+using OrtLora.Training;
+using OrtLora.Training.Data;
+
+namespace OrtLora.Cli;
+
+/// <summary>ortlora train MODEL --data FILE.parquet -o DIR: options named as the Hugging Face Trainer's.</summary>
+public static class TrainCommand
+{
+    public static Command Create()
+    {
+        var model = new Argument<string>("model") { Description = "ONNX model: plain (injected with the LoRA options) or already injected" };
+        var output = new Option<string>("--output", "-o") { Description = "output directory (adapter, checkpoints, metrics.jsonl, loss.png)", Required = true };
+        var lora = new LoraOptions();
+        var data = new Option<string>("--data") { Description = "training data (.parquet): text, instruction/input/output, or chat messages", Required = true };
+        var evalData = new Option<string?>("--eval-data") { Description = "evaluation data (.parquet)" };
+        var evalSplit = new Option<double>("--eval-split") { Description = "fraction of the training rows held out for evaluation" };
+        var format = new Option<string>("--dataset-format") { Description = "auto, text, instruction or chat", DefaultValueFactory = _ => "auto" };
+        format.AcceptOnlyFromAmong("auto", "text", "instruction", "chat");
+        var textColumn = new Option<string>("--text-column") { Description = "column of plain-text data", DefaultValueFactory = _ => "text" };
+        var chatTemplate = new Option<string?>("--chat-template") { Description = "chatml or llama2 (default: the tokenizer's own template, else chatml)" };
+        var tokenizer = new Option<string?>("--tokenizer") { Description = "tokenizer file or directory (default: beside the model)" };
+        var maxSeq = new Option<int>("--max-seq-length") { Description = "truncate examples to this many tokens", DefaultValueFactory = _ => 512 };
+        var packing = new Option<bool>("--packing") { Description = "pack several examples into each sequence" };
+        var trainOnPrompt = new Option<bool>("--train-on-prompt") { Description = "also compute the loss on prompt tokens" };
+        var epochs = new Option<double>("--num-train-epochs") { DefaultValueFactory = _ => 1 };
+        var maxSteps = new Option<int>("--max-steps") { Description = "total optimizer steps (overrides epochs)", DefaultValueFactory = _ => -1 };
+        var batch = new Option<int>("--per-device-train-batch-size") { DefaultValueFactory = _ => 8 };
+        var accumulation = new Option<int>("--gradient-accumulation-steps") { DefaultValueFactory = _ => 1 };
+        var lr = new Option<double>("--learning-rate") { DefaultValueFactory = _ => 2e-4 };
+        var scheduler = new Option<string>("--lr-scheduler-type") { DefaultValueFactory = _ => "linear" };
+        scheduler.AcceptOnlyFromAmong("linear", "cosine", "constant", "constant_with_warmup");
+        var warmupRatio = new Option<double>("--warmup-ratio");
+        var warmupSteps = new Option<int>("--warmup-steps");
+        var weightDecay = new Option<double>("--weight-decay");
+        var maxGradNorm = new Option<double>("--max-grad-norm") { DefaultValueFactory = _ => 1.0 };
+        var logging = new Option<int>("--logging-steps") { DefaultValueFactory = _ => 10 };
+        var saveSteps = new Option<int>("--save-steps") { DefaultValueFactory = _ => 500 };
+        var saveLimit = new Option<int>("--save-total-limit");
+        var evalSteps = new Option<int>("--eval-steps");
+        var loraplus = new Option<double>("--loraplus-lr-ratio") { Description = "LoRA+: B's learning rate is this times --learning-rate", DefaultValueFactory = _ => 1 };
+        var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
+        device.AcceptOnlyFromAmong("cpu", "cuda");
+        var epLibrary = new Option<string?>("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
+        var resume = new Option<string?>("--resume-from-checkpoint") { Description = "continue from a checkpoint folder (no value: the latest in the output directory)", Arity = ArgumentArity.ZeroOrOne };
+        var merge = new Option<bool>("--merge") { Description = "also write the merged model to OUTPUT/merged" };
+        var plain = new Option<bool>("--plain-log") { Description = "one line per logging step instead of a progress bar" };
+
+        var cmd = new Command("train", "Train LoRA adapters on Parquet data") { model, output };
+        lora.AddTo(cmd);
+        foreach (var o in new Option[] { data, evalData, evalSplit, format, textColumn, chatTemplate, tokenizer, maxSeq, packing, trainOnPrompt,
+                     epochs, maxSteps, batch, accumulation, lr, scheduler, warmupRatio, warmupSteps, weightDecay, maxGradNorm,
+                     logging, saveSteps, saveLimit, evalSteps, loraplus, device, epLibrary, resume, merge, plain })
+            cmd.Options.Add(o);
+
+        cmd.SetAction(CliRunner.Guard(parse =>
+        {
+            var args = new TrainingArguments
+            {
+                OutputDir = parse.GetValue(output)!, NumTrainEpochs = parse.GetValue(epochs), MaxSteps = parse.GetValue(maxSteps),
+                PerDeviceTrainBatchSize = parse.GetValue(batch), GradientAccumulationSteps = parse.GetValue(accumulation),
+                LearningRate = parse.GetValue(lr), LrSchedulerType = parse.GetValue(scheduler)!, WarmupRatio = parse.GetValue(warmupRatio),
+                WarmupSteps = parse.GetValue(warmupSteps), WeightDecay = parse.GetValue(weightDecay), MaxGradNorm = parse.GetValue(maxGradNorm),
+                Seed = parse.GetValue(lora.Seed), LoggingSteps = parse.GetValue(logging), SaveSteps = parse.GetValue(saveSteps),
+                SaveTotalLimit = parse.GetValue(saveLimit), EvalSteps = parse.GetValue(evalSteps), LoraplusLrRatio = parse.GetValue(loraplus),
+                Device = parse.GetValue(device)!, EpLibrary = parse.GetValue(epLibrary),
+            };
+            Validate(args);
+            var job = new TrainJob
+            {
+                ModelPath = parse.GetValue(model)!, DataPath = parse.GetValue(data)!, EvalDataPath = parse.GetValue(evalData),
+                TokenizerPath = parse.GetValue(tokenizer), Lora = lora.Read(parse), InitFrom = parse.GetValue(lora.InitFrom),
+                Data = new DataOptions
+                {
+                    Format = Enum.Parse<DatasetFormat>(parse.GetValue(format)!, ignoreCase: true), TextColumn = parse.GetValue(textColumn)!,
+                    MaxSeqLength = parse.GetValue(maxSeq), TrainOnPrompt = parse.GetValue(trainOnPrompt), Packing = parse.GetValue(packing),
+                    EvalSplit = parse.GetValue(evalSplit), ChatTemplate = parse.GetValue(chatTemplate),
+                },
+                Args = args,
+                ResumeFromCheckpoint = parse.GetResult(resume) is null ? null : parse.GetValue(resume) ?? "",
+                Merge = parse.GetValue(merge),
+            };
+            var result = TrainingRunner.Run(job, parse.GetValue(plain));
+            Console.WriteLine($"adapter: {result.AdapterDir}" + (result.MergedModel is { } m ? $"; merged model: {m}" : ""));
+        }));
+        return cmd;
+    }
+
+    static void Validate(TrainingArguments a)
+    {
+        if (a.PerDeviceTrainBatchSize < 1) throw new OrtLoraException("--per-device-train-batch-size must be at least 1");
+        if (a.GradientAccumulationSteps < 1) throw new OrtLoraException("--gradient-accumulation-steps must be at least 1");
+        if (a.LearningRate <= 0) throw new OrtLoraException("--learning-rate must be positive");
+        if (a.WarmupRatio is < 0 or > 1) throw new OrtLoraException("--warmup-ratio must be in [0, 1]");
+        if (a.MaxSteps <= 0 && a.NumTrainEpochs <= 0) throw new OrtLoraException("give --num-train-epochs > 0 or --max-steps > 0");
+    }
+}

@@ -1,0 +1,261 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using OrtLora.Autodiff;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+using OrtLora.Training.Data;
+using OrtLora.Training.Engine;
+using DataBatch = OrtLora.Training.Data.Batch;
+
+namespace OrtLora.Training;
+
+/// <summary>What `ortlora train` was asked to do.</summary>
+public sealed record TrainJob
+{
+    public required string ModelPath { get; init; }
+    public required string DataPath { get; init; }
+    public string? EvalDataPath { get; init; }
+    /// <summary>Tokenizer file or directory; null: the files beside the model.</summary>
+    public string? TokenizerPath { get; init; }
+    /// <summary>Used when the model is not injected yet.</summary>
+    public LoraConfig Lora { get; init; } = new();
+    public string? InitFrom { get; init; }
+    public DataOptions Data { get; init; } = new();
+    public TrainingArguments Args { get; init; } = new();
+    /// <summary>null: start fresh; "": the latest checkpoint in OutputDir; else a checkpoint folder.</summary>
+    public string? ResumeFromCheckpoint { get; init; }
+    /// <summary>Also write the merged model (OutputDir/merged/model.onnx) with the tokenizer files.</summary>
+    public bool Merge { get; init; }
+}
+
+public sealed record StepReport(int Step, int TotalSteps, int Epoch, double Loss, double LearningRate, double GradNorm, double TokensPerSecond);
+
+/// <summary>How the loop tells the outside what happens (the CLI draws a progress bar or prints lines).</summary>
+public interface ITrainingReporter
+{
+    void Started(int totalSteps, int startStep, string summary);
+    void Stepped(StepReport report);
+    void Evaluated(int step, double loss);
+    void Info(string message);
+}
+
+public sealed record TrainResult(int Steps, double? FirstEvalLoss, double? LastEvalLoss, double LastTrainLoss, string AdapterDir, string? MergedModel);
+
+/// <summary>The training loop, top to bottom like nanoGPT's train.py: model, tokenizer, data, engine, loop (lr schedule,
+/// gradient accumulation, logging, eval, checkpoints), then the adapter in PEFT's format and optionally the merged model.</summary>
+public static class Trainer
+{
+    public static TrainResult Run(TrainJob job, ITrainingReporter reporter)
+    {
+        var args = job.Args;
+        Directory.CreateDirectory(args.OutputDir);
+
+        // Model: inject unless it already carries adapters.
+        using var model = OnnxModel.Load(job.ModelPath);
+        var lora = LoraModel.Read(model);
+        if (lora is not null && job.InitFrom is not null)
+            throw new OrtLoraException($"{job.ModelPath}: the model already has LoRA adapters; --init-from is for a plain model");
+        lora ??= job.InitFrom is { } dir ? LoraInjector.Inject(model, PeftAdapter.Load(dir)) : LoraInjector.Inject(model, job.Lora);
+
+        // Tokenizer and data.
+        var modelDir = Path.GetDirectoryName(Path.GetFullPath(job.ModelPath))!;
+        var tokenizerPath = job.TokenizerPath ?? modelDir;
+        var tokenizer = TokenizerLoader.Load(tokenizerPath);
+        VocabularyCheck.Require(tokenizer, model);
+        var tokenizerDir = Directory.Exists(tokenizerPath) ? tokenizerPath : Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!;
+        var dataOptions = job.Data with { BatchSize = args.PerDeviceTrainBatchSize, EvalBatchSize = args.PerDeviceTrainBatchSize, Seed = args.Seed };
+        using var data = TrainingData.Open(job.DataPath, tokenizer, dataOptions, job.EvalDataPath, TokenizerConfig.Read(tokenizerDir));
+
+        int batchesPerEpoch = args.MaxSteps > 0 ? 0 : data.CountBatches();
+        if (args.MaxSteps <= 0 && batchesPerEpoch == 0) throw new OrtLoraException($"{job.DataPath}: no training examples ({data.Summary})");
+        int stepsPerEpoch = Math.Max(1, (batchesPerEpoch + args.GradientAccumulationSteps - 1) / args.GradientAccumulationSteps);
+        int totalSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * stepsPerEpoch);
+        int warmup = LrSchedule.WarmupSteps(args, totalSteps);
+
+        // Engine: LoRA+ gives B its own learning rate.
+        var adamW = new AdamWOptions(args.AdamBeta1, args.AdamBeta2, args.AdamEpsilon, args.WeightDecay,
+            LrMultiplier: p => p.EndsWith(".lora_B.weight") ? args.LoraplusLrRatio : 1.0);
+        using var session = new TrainingSession(model, new TrainingSessionOptions(adamW, Device: args.Device, EpLibrary: args.EpLibrary));
+
+        var state = new TrainerState(0, 0, 0, args.Seed, 0);
+        var log = new TrainingLog(args.OutputDir);
+        if (job.ResumeFromCheckpoint is { } resume)
+        {
+            var path = resume == "" ? Checkpoint.Latest(args.OutputDir)
+                ?? throw new OrtLoraException($"{args.OutputDir}: no checkpoint to resume from") : resume;
+            state = Restore(session, path);
+            log.Reload(state.GlobalStep);
+            reporter.Info($"resumed from {path} at step {state.GlobalStep} ({new DataPosition(state.Epoch, state.DataIndex)})");
+        }
+        else if (File.Exists(Path.Combine(args.OutputDir, "metrics.jsonl"))) File.Delete(Path.Combine(args.OutputDir, "metrics.jsonl"));
+
+        reporter.Started(totalSteps, state.GlobalStep,
+            $"{lora.Adapters.Count} adapters, {session.ParameterNames.Sum(p => session.Graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b)):N0} trainable parameters; " +
+            $"{tokenizer.Kind} tokenizer ({tokenizer.VocabSize} tokens); {totalSteps} steps, warmup {warmup}, data: {data.Summary}");
+
+        double? firstEval = null, lastEval = null;
+        if (data.HasEval && state.GlobalStep == 0)
+        {
+            firstEval = lastEval = Evaluate(session, data);
+            log.Append(new JsonObject { ["step"] = 0, ["eval_loss"] = firstEval, ["perplexity"] = Math.Exp(firstEval.Value) });
+            reporter.Evaluated(0, firstEval.Value);
+        }
+
+        var position = new DataPosition(state.Epoch, state.DataIndex);
+        using var batches = new BatchStream(data, position);
+        double lossSinceLog = 0, lastLoss = double.NaN;
+        int stepsSinceLog = 0;
+        long tokensSinceLog = 0;
+        var clock = Stopwatch.StartNew();
+        while (state.GlobalStep < totalSteps)
+        {
+            var window = batches.Take(args.GradientAccumulationSteps);
+            double lr = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps);
+            double loss = Update(session, window, (float)lr, (float)args.MaxGradNorm);
+            position = window[^1].Next;
+            long tokens = window.Sum(b => b.AttentionMask.Sum());
+            state = state with { GlobalStep = state.GlobalStep + 1, Epoch = position.Epoch, DataIndex = position.Index, TokensSeen = state.TokensSeen + tokens };
+            if (!double.IsFinite(loss))
+                throw new OrtLoraException($"loss is {loss} at step {state.GlobalStep}: training stopped. " +
+                    (Checkpoint.Latest(args.OutputDir) is { } good ? $"The last good checkpoint is {good}." : "No checkpoint was saved."));
+            lastLoss = loss; lossSinceLog += loss; stepsSinceLog++; tokensSinceLog += tokens;
+
+            double tokensPerSecond = tokensSinceLog / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
+            reporter.Stepped(new StepReport(state.GlobalStep, totalSteps, position.Epoch, loss, lr, session.LastGradNorm, tokensPerSecond));
+            if (state.GlobalStep % Math.Max(1, args.LoggingSteps) == 0 || state.GlobalStep == totalSteps)
+            {
+                log.Append(new JsonObject
+                {
+                    ["step"] = state.GlobalStep, ["epoch"] = position.Epoch, ["loss"] = lossSinceLog / stepsSinceLog,
+                    ["learning_rate"] = lr, ["grad_norm"] = session.LastGradNorm, ["tokens_per_second"] = tokensPerSecond,
+                });
+                lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; clock.Restart();
+            }
+            if (data.HasEval && args.EvalSteps > 0 && state.GlobalStep % args.EvalSteps == 0 && state.GlobalStep < totalSteps)
+            {
+                lastEval = Evaluate(session, data);
+                log.Append(new JsonObject { ["step"] = state.GlobalStep, ["eval_loss"] = lastEval, ["perplexity"] = Math.Exp(lastEval.Value) });
+                reporter.Evaluated(state.GlobalStep, lastEval.Value);
+            }
+            if (args.SaveSteps > 0 && state.GlobalStep % args.SaveSteps == 0)
+            {
+                SaveCheckpoint(model, session, state, args.OutputDir);
+                Checkpoint.Prune(args.OutputDir, args.SaveTotalLimit);
+            }
+        }
+
+        if (data.HasEval)
+        {
+            lastEval = Evaluate(session, data);
+            log.Append(new JsonObject { ["step"] = state.GlobalStep, ["eval_loss"] = lastEval, ["perplexity"] = Math.Exp(lastEval.Value) });
+            reporter.Evaluated(state.GlobalStep, lastEval.Value);
+        }
+        log.SavePlot(Path.Combine(args.OutputDir, "loss.png"));
+
+        // The adapter in PEFT's format, then optionally the merged model.
+        SetParameters(model, session.GetParameters());
+        AdapterExporter.Export(model).Save(args.OutputDir);
+        string? merged = null;
+        if (job.Merge)
+        {
+            var mergedDir = Path.Combine(args.OutputDir, "merged");
+            LoraMerger.Merge(model);
+            merged = Path.Combine(mergedDir, "model.onnx");
+            model.Save(merged);
+            CopyTokenizerFiles(tokenizerDir, mergedDir);
+        }
+        return new TrainResult(state.GlobalStep, firstEval, lastEval, lastLoss, args.OutputDir, merged);
+    }
+
+    /// <summary>One optimizer step over a window of micro-batches. The loss is normalized by the window's counted
+    /// tokens, as the Hugging Face Trainer does (num_items_in_batch), so accumulation equals one large batch.</summary>
+    static double Update(TrainingSession session, IReadOnlyList<DataBatch> window, float lr, float maxGradNorm)
+    {
+        if (window.Count == 1) return session.Step(ToEngine(window[0]), lr, maxGradNorm);
+        long tokens = Math.Max(1, window.Sum(b => (long)b.TrainedTokens));
+        double weighted = 0;
+        foreach (var b in window)
+            weighted += session.Accumulate(ToEngine(b), (float)b.TrainedTokens / tokens) * b.TrainedTokens;
+        session.ApplyAccumulated(lr, maxGradNorm);
+        return weighted / tokens;
+    }
+
+    /// <summary>Mean loss over all counted eval tokens.</summary>
+    public static double Evaluate(TrainingSession session, TrainingData data)
+    {
+        double sum = 0;
+        long tokens = 0;
+        foreach (var b in data.EvalBatches())
+        {
+            if (b.TrainedTokens == 0) continue;
+            sum += session.EvalLoss(ToEngine(b)) * (double)b.TrainedTokens;
+            tokens += b.TrainedTokens;
+        }
+        return tokens == 0 ? double.NaN : sum / tokens;
+    }
+
+    static Engine.Batch ToEngine(DataBatch b) => new(b.InputIds, b.AttentionMask, b.Labels, b.BatchSize, b.SeqLength);
+
+    /// <summary>The adapter (PEFT format) for people, and the raw parameters with the moments for an exact resume.</summary>
+    static void SaveCheckpoint(OnnxModel model, TrainingSession session, TrainerState state, string outputDir)
+    {
+        var parameters = session.GetParameters();
+        SetParameters(model, parameters);
+        var adapter = AdapterExporter.Export(model);
+        var optimizer = session.GetOptimizerState();
+        foreach (var (name, values) in parameters)
+            optimizer["param." + name] = SafeTensor.FromFloats(session.Graph.ParameterShapes[name], values);
+        Checkpoint.Save(outputDir, state, adapter.Config, adapter.Tensors, optimizer);
+    }
+
+    static TrainerState Restore(TrainingSession session, string checkpointDir)
+    {
+        var (state, _, optimizer) = Checkpoint.Load(checkpointDir);
+        var parameters = new Dictionary<string, float[]>();
+        foreach (var p in session.ParameterNames)
+            parameters[p] = optimizer.TryGetValue("param." + p, out var t) ? t.AsFloats()
+                : throw new OrtLoraException($"{checkpointDir}: checkpoint has no parameter '{p}' (a checkpoint of another adapter?)");
+        session.SetParameters(parameters);
+        session.SetOptimizerState(optimizer);
+        return state;
+    }
+
+    static void SetParameters(OnnxModel model, IReadOnlyDictionary<string, float[]> values)
+    {
+        foreach (var t in model.Graph.Initializer)
+            if (values.TryGetValue(t.Name, out var v)) Tensors.SetRaw(t, Tensors.FloatsToBytes(v, t.DataType));
+    }
+
+    static void CopyTokenizerFiles(string fromDir, string toDir)
+    {
+        string[] names = ["tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
+            "special_tokens_map.json", "config.json", "generation_config.json"];
+        foreach (var name in names)
+            if (File.Exists(Path.Combine(fromDir, name))) File.Copy(Path.Combine(fromDir, name), Path.Combine(toDir, name), overwrite: true);
+    }
+
+    /// <summary>Batches across epochs: when one epoch's batches end, the next epoch starts from its first row.</summary>
+    sealed class BatchStream(TrainingData data, DataPosition start) : IDisposable
+    {
+        IEnumerator<DataBatch> _current = data.Batches(start).GetEnumerator();
+        int _epoch = start.Epoch;
+
+        /// <summary>Up to <paramref name="count"/> batches, fewer at the end of an epoch (as the Trainer does).</summary>
+        public List<DataBatch> Take(int count)
+        {
+            var window = new List<DataBatch>(count);
+            while (window.Count < count)
+            {
+                if (_current.MoveNext()) { window.Add(_current.Current); continue; }
+                if (window.Count > 0) break;
+                _current.Dispose();
+                _current = data.Batches(new DataPosition(++_epoch, 0)).GetEnumerator();
+                if (!_current.MoveNext()) throw new OrtLoraException($"{data.Train.Path}: no training examples ({data.Summary})");
+                window.Add(_current.Current);
+            }
+            return window;
+        }
+
+        public void Dispose() => _current.Dispose();
+    }
+}

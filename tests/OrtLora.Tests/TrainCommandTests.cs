@@ -1,0 +1,111 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using OrtLora.Lora;
+using static OrtLora.Tests.LoraTestKit;
+
+namespace OrtLora.Tests;
+
+/// <summary>`ortlora train` as a user runs it, on the embedded tiny model and its demo data.</summary>
+public class TrainCommandTests
+{
+    static string Tiny(string file) => Path.Combine(Shared.RepoRoot, "graphs", "tiny", file);
+
+    static string[] TrainArgs(string output, params string[] extra) =>
+    [
+        "train", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "--target-modules", "q_proj,v_proj,down_proj", "--r", "4",
+        "--per-device-train-batch-size", "4", "--learning-rate", "5e-3", "--logging-steps", "1", "--plain-log", "-o", output, .. extra,
+    ];
+
+    [Test]
+    public void TrainingWritesAPeftAdapterMetricsAndPlotAndLowersEvalLoss()
+    {
+        var dir = Shared.TempDir();
+        OrtloraOk(TrainArgs(dir, "--max-steps", "12", "--eval-data", Tiny("demo_eval.parquet"), "--merge", "--warmup-ratio", "0.1"));
+        var metrics = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
+        var evals = metrics.Where(m => m["eval_loss"] is not null).Select(m => m["eval_loss"]!.GetValue<double>()).ToList();
+        Assert.That(evals, Has.Count.EqualTo(2));
+        Assert.That(evals[^1], Is.LessThan(evals[0] - 0.05), "eval loss goes down");
+        var lrs = metrics.Where(m => m["learning_rate"] is not null).Select(m => m["learning_rate"]!.GetValue<double>()).ToList();
+        Assert.That(lrs[0], Is.EqualTo(0.0), "warmup: the first step uses lr 0, as the Hugging Face Trainer does");
+        Assert.That(lrs.Max(), Is.EqualTo(5e-3).Within(1e-12));
+        var adapter = PeftAdapter.Load(dir);
+        Assert.That(adapter.Config.R, Is.EqualTo(4));
+        Assert.That(adapter.Tensors.Keys, Has.Some.EndsWith("layers.0.self_attn.q_proj.lora_B.weight"));
+        Assert.That(adapter.Tensors.Values.Where(t => t.Shape[1] == 4).SelectMany(t => t.AsFloats()).Any(v => v != 0), "B was trained");
+        Assert.That(new FileInfo(Path.Combine(dir, "loss.png")).Length, Is.GreaterThan(1000));
+        Assert.That(Histogram(Path.Combine(dir, "merged", "model.onnx")), Is.EqualTo(Histogram(Tiny("model.onnx"))), "merged = original topology");
+        Assert.That(File.Exists(Path.Combine(dir, "merged", "vocab.json")), "tokenizer beside the merged model");
+    }
+
+    [Test]
+    public void GradientAccumulationEqualsOneLargeBatch()
+    {
+        var big = Shared.TempDir();
+        var small = Shared.TempDir();
+        OrtloraOk(TrainArgs(big, "--max-steps", "3", "--max-grad-norm", "0"));
+        var args = TrainArgs(small, "--max-steps", "3", "--max-grad-norm", "0", "--gradient-accumulation-steps", "2");
+        args[Array.IndexOf(args, "--per-device-train-batch-size") + 1] = "2";
+        OrtloraOk(args);
+        var a = PeftAdapter.Load(big).Tensors;
+        var b = PeftAdapter.Load(small).Tensors;
+        foreach (var key in a.Keys)
+            Assert.That(Shared.MaxAbsDiff(a[key].AsFloats(), b[key].AsFloats()), Is.LessThan(2e-5f), key);
+    }
+
+    [Test]
+    public void KilledRunResumesToTheSameAdapterBitForBit()
+    {
+        var straight = Shared.TempDir();
+        OrtloraOk(TrainArgs(straight, "--max-steps", "10", "--save-steps", "3"));
+
+        var killed = Shared.TempDir();
+        var cli = Path.Combine(AppContext.BaseDirectory, "ortlora.dll");
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        start.ArgumentList.Add(cli);
+        foreach (var a in TrainArgs(killed, "--max-steps", "10", "--save-steps", "3")) start.ArgumentList.Add(a);
+        using (var process = Process.Start(start)!)
+        {
+            var clock = Stopwatch.StartNew();
+            while (!Directory.Exists(Path.Combine(killed, "checkpoint-3")) && !process.HasExited && clock.Elapsed < TimeSpan.FromMinutes(3))
+                Thread.Sleep(20);
+            Assert.That(process.HasExited, Is.False, "the run was still going when killed");
+            process.Kill(entireProcessTree: true); // SIGKILL
+            process.WaitForExit();
+        }
+        Assert.That(File.Exists(Path.Combine(killed, Lora.PeftAdapter.WeightsFile)), Is.False, "a killed run leaves no final adapter");
+        OrtloraOk(TrainArgs(killed, "--max-steps", "10", "--save-steps", "3", "--resume-from-checkpoint"));
+        var expected = File.ReadAllBytes(Path.Combine(straight, PeftAdapter.WeightsFile));
+        Assert.That(File.ReadAllBytes(Path.Combine(killed, PeftAdapter.WeightsFile)), Is.EqualTo(expected));
+        var steps = File.ReadAllLines(Path.Combine(killed, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!["step"]!.GetValue<int>());
+        Assert.That(steps, Is.EqualTo(Enumerable.Range(1, 10)), "metrics.jsonl has each step once after the resume");
+    }
+
+    [Test]
+    public void BadInputsGiveOneMessageAndNoAdapter()
+    {
+        var dir = Shared.TempDir();
+        var truncated = Path.Combine(dir, "truncated.parquet");
+        var bytes = File.ReadAllBytes(Shared.Require("data", "alpaca_500.zstd.parquet"));
+        File.WriteAllBytes(truncated, bytes[..(bytes.Length / 2)]);
+        var cases = new (string Why, string[] Args, string Expect)[]
+        {
+            ("missing data", ["--data", Path.Combine(dir, "nope.parquet")], "nope.parquet"),
+            ("truncated parquet", ["--data", truncated], "truncated.parquet"),
+            ("wrong column", ["--data", Shared.Require("data", "text_300.nulls.parquet"), "--dataset-format", "text", "--text-column", "body"], "body"),
+            ("tokenizer too big", ["--tokenizer", Shared.Require("tokenizers", "hf-gpt2", "tokenizer.json")], "50257"),
+        };
+        foreach (var (why, extra, expect) in cases)
+        {
+            var output = Path.Combine(dir, why.Replace(' ', '_'));
+            var args = TrainArgs(output, "--max-steps", "2").ToList();
+            int at = args.IndexOf("--data");
+            if (extra[0] == "--data") { args[at + 1] = extra[1]; args.AddRange(extra[2..]); }
+            else args.AddRange(extra);
+            var result = Ortlora([.. args]);
+            Assert.That(result.ExitCode, Is.Not.EqualTo(0), why);
+            Assert.That(result.Error, Does.Contain(expect), why);
+            Assert.That(result.Error.Trim().Split('\n'), Has.Length.EqualTo(1), $"{why}: one message");
+            Assert.That(File.Exists(Path.Combine(output, PeftAdapter.WeightsFile)), Is.False, why);
+        }
+    }
+}
