@@ -29,7 +29,12 @@ Console.WriteLine($"training graph: {session.Graph.Eval.Graph.Node.Count} nodes 
     $"{trainable:N0} trainable parameters (built in {clock.Elapsed.TotalSeconds:F1} s)");
 
 if (args.Contains("--graph-stats"))
-    Console.WriteLine($"step graph (with clipping and AdamW): {session.Graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)).Graph.Node.Count} nodes");
+{
+    var step = session.Graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)).Graph;
+    Console.WriteLine($"step graph (with clipping and AdamW): {step.Node.Count} nodes, {step.Initializer.Count} initializers");
+    foreach (var (op, count) in GraphEditor.OpHistogram(step).OrderByDescending(kv => kv.Value).Take(12)) Console.Write($"{op} {count}, ");
+    Console.WriteLine();
+}
 
 if (args.Contains("--build-only")) return;
 var rng = new Random(1);
