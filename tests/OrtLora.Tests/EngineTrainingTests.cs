@@ -165,3 +165,15 @@ public class EngineTrainingTests
             Assert.That(dx[i], Is.EqualTo(dropped[i] == 0 ? 0 : (2 * dropped[i] + 0.3) / 0.75).Within(1e-5), $"[{i}]");
     }
 }
+
+public class AutodiffNoSilentZeroTests
+{
+    /// <summary>Clip's bounds have no rule: when a parameter reaches one, the build stops instead of dropping it.</summary>
+    [Test]
+    public void AGradientARuleDoesNotGiveIsAnErrorNotAZero()
+    {
+        var error = Assert.Throws<OrtLoraException>(() =>
+            GradCheck.Check((g, x) => g.Node("Clip", [x[0], x[1]]), [GradCheck.X("x", 3, 2), GradCheck.X("low")]));
+        Assert.That(error!.Message, Does.Contain("Clip rule gives no gradient for input 1"));
+    }
+}

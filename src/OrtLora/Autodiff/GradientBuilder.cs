@@ -53,7 +53,10 @@ public static class GradientBuilder
             var inputGrads = rule(context);
             for (int i = 0; i < node.Input.Count; i++)
             {
-                if (!wanted[i] || i >= inputGrads.Length || inputGrads[i] is not { } g) continue;
+                if (!wanted[i]) continue;
+                if (i >= inputGrads.Length || inputGrads[i] is not { } g)
+                    throw new OrtLoraException($"autodiff: the {node.OpType} rule gives no gradient for input {i} ('{node.Input[i]}') " +
+                        $"of node '{node.Name}', which lies between a trainable parameter and the loss");
                 (contributions.TryGetValue(node.Input[i], out var list) ? list : contributions[node.Input[i]] = []).Add(g);
             }
         }
