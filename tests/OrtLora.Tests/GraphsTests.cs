@@ -83,6 +83,8 @@ public class GraphsTests
     static global::Onnx.TensorProto? Resolve(GraphEditor editor, string value) =>
         editor.Initializer(value) ?? (editor.Producer(value) is { OpType: "Identity" } identity ? Resolve(editor, identity.Input[0]) : null);
 
+    static double Rms(float[] values) => Math.Sqrt(values.Average(v => (double)v * v));
+
     [Test]
     public void TinyModelRunsAndHasTheDeclaredShape()
     {
@@ -94,8 +96,7 @@ public class GraphsTests
         var logits = Logits(session, [Tokens(9, 1, shape.VocabSize), Tokens(9, 2, shape.VocabSize)], [Ones(9), Ones(9)]);
         Assert.That(logits, Has.Length.EqualTo(2 * 9 * shape.VocabSize));
         Assert.That(logits.All(float.IsFinite), Is.True);
-        // Random init with std 0.02 and tied embeddings: logits are small but not all equal.
-        Assert.That(logits.Max() - logits.Min(), Is.GreaterThan(1e-3f));
+        Assert.That(logits.Max() - logits.Min(), Is.GreaterThan(1e-3f), "random weights: logits differ");
     }
 
     [Test]
@@ -123,9 +124,9 @@ public class GraphsTests
         Assert.That(model.ReadFloats(editor.Initializer("model.norm.weight")!).Distinct(), Is.EqualTo(new[] { 1f }));
         long count = model.Graph.Initializer.Sum(t => Tensors.ElementCount(t.Dims));
         Assert.That(count, Is.EqualTo(shape.ParameterCount));
-        var values = model.ReadFloats(q);
-        double std = Math.Sqrt(values.Average(v => (double)v * v));
-        Assert.That(std, Is.EqualTo(0.02).Within(0.001));
+        Assert.That(Rms(model.ReadFloats(q)), Is.EqualTo(TinyAssets.ModelOptions.InitStd).Within(0.002));
+        Assert.That(Rms(model.ReadFloats(down)), Is.EqualTo(TinyAssets.ModelOptions.InitStd).Within(0.002));
+        Assert.That(Rms(model.ReadFloats(editor.Initializer("model.embed_tokens.weight")!)), Is.EqualTo(TinyAssets.ModelOptions.EmbeddingStd!.Value).Within(0.002));
     }
 
     [Test]
@@ -183,7 +184,7 @@ public class GraphsTests
     {
         var shape = LlamaShape.Tiny;
         using var full = OnnxModel.Load(TinyPath);
-        using var cached = LlamaGraph.Build(shape, GraphsRequest.DefaultSeed, new LlamaOptions(WithKvCache: true));
+        using var cached = LlamaGraph.Build(shape, GraphsRequest.DefaultSeed, TinyAssets.ModelOptions with { WithKvCache = true });
         using var fullSession = Session(full);
         using var cachedSession = Session(cached);
         int batch = 2, prompt = 6, steps = 5, total = prompt + steps;
@@ -222,7 +223,7 @@ public class GraphsTests
         // unpadded row's logits; with position_ids = 0..n−1 the variant equals the committed model.
         var shape = LlamaShape.Tiny;
         using var committed = OnnxModel.Load(TinyPath);
-        using var withIds = LlamaGraph.Build(shape, GraphsRequest.DefaultSeed, new LlamaOptions(WithPositionIds: true));
+        using var withIds = LlamaGraph.Build(shape, GraphsRequest.DefaultSeed, TinyAssets.ModelOptions with { WithPositionIds = true });
         using var committedSession = Session(committed);
         using var session = Session(withIds);
         int real = 9, pad = 4, total = real + pad, vocab = shape.VocabSize;
@@ -273,7 +274,7 @@ public class GraphsTests
         // The path big models take (weights made at save time, streamed to model.onnx.data) on the tiny shape.
         var dir = Shared.TempDir();
         var path = Path.Combine(dir, "model.onnx");
-        using (var lazy = LlamaGraph.Build(LlamaShape.Tiny, GraphsRequest.DefaultSeed, new LlamaOptions(LazyWeights: true)))
+        using (var lazy = LlamaGraph.Build(LlamaShape.Tiny, GraphsRequest.DefaultSeed, TinyAssets.ModelOptions with { LazyWeights = true }))
             lazy.Save(path, externalData: true);
         Assert.That(File.Exists(path + ".data"), Is.True);
         using var reloaded = OnnxModel.Load(path);
