@@ -92,7 +92,8 @@ public class GraphsDemoAssetsTests
         foreach (var row in train.Concat(eval))
         {
             Assert.That(row.Instruction, Is.Not.Empty);
-            Assert.That(tokenizer.CountTokens(row.Output), Is.LessThan(64), row.Output);
+            Assert.That(tokenizer.CountTokens(row.Output), Is.LessThan(20), row.Output);
+            Assert.That(tokenizer.CountTokens(TinyAssets.AlpacaText(row)), Is.LessThan(96), "Alpaca prompt + answer");
         }
         // Every held-out answer was seen in training: under another wording, or as another review's label.
         var trainAnswers = train.Select(r => r.Output).ToHashSet();
