@@ -127,14 +127,14 @@ public static class DemoDataset
         for (int g = 0; g < reader.RowGroupCount; g++)
         {
             using var group = reader.OpenRowGroupReader(g);
-            var columns = new string[Columns.Length][];
+            var columns = new string?[Columns.Length][];
             for (int c = 0; c < Columns.Length; c++)
             {
                 var field = fields.Single(f => f.Name == Columns[c]);
-                columns[c] = new string[group.RowCount];
+                columns[c] = new string?[group.RowCount];
                 await group.ReadAsync(field, columns[c].AsMemory());
             }
-            for (int r = 0; r < group.RowCount; r++) rows.Add(new(columns[0][r], columns[1][r], columns[2][r]));
+            for (int r = 0; r < group.RowCount; r++) rows.Add(new(columns[0][r] ?? "", columns[1][r] ?? "", columns[2][r] ?? ""));
         }
         return rows;
     }

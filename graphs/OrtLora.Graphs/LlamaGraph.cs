@@ -63,7 +63,7 @@ public sealed class LlamaGraph
 
     void BuildGraph()
     {
-        DeclareInputs();
+        DeclareInputsAndOutputs();
         var positions = Positions(out var totalLength);
         var (cos, sin) = Rotary(_options.WithPositionIds ? "position_ids" : positions);
         var mask = AttentionBias(positions, totalLength);
@@ -77,16 +77,17 @@ public sealed class LlamaGraph
         var lmHead = _shape.TieWordEmbeddings ? embed : Parameter("lm_head.weight", [_shape.VocabSize, _shape.HiddenSize]);
         var lmHeadT = _b.Op("/lm_head", "Transpose", [lmHead], ("perm", new long[] { 1, 0 }));
         _b.OpTo("logits", "/lm_head", "MatMul", [hidden, lmHeadT]);
-        Graph.Output.Add(GraphBuilder.Value("logits", DT.Float, "batch_size", "sequence_length", _shape.VocabSize));
     }
 
     string TotalLengthDim => _options.WithKvCache ? "past_sequence_length + sequence_length" : "sequence_length";
 
-    void DeclareInputs()
+    /// <summary>In Optimum's order: input_ids, attention_mask, [position_ids], past_key_values.*; logits, present.*.</summary>
+    void DeclareInputsAndOutputs()
     {
         Graph.Input.Add(GraphBuilder.Value("input_ids", DT.Int64, "batch_size", "sequence_length"));
         Graph.Input.Add(GraphBuilder.Value("attention_mask", DT.Int64, "batch_size", TotalLengthDim));
         if (_options.WithPositionIds) Graph.Input.Add(GraphBuilder.Value("position_ids", DT.Int64, "batch_size", "sequence_length"));
+        Graph.Output.Add(GraphBuilder.Value("logits", DT.Float, "batch_size", "sequence_length", _shape.VocabSize));
         if (!_options.WithKvCache) return;
         for (int i = 0; i < _shape.NumHiddenLayers; i++)
             foreach (var kind in new[] { "key", "value" })
