@@ -9,7 +9,8 @@ namespace OrtLora.Graphs;
 /// <param name="WithKvCache">Adds inputs <c>past_key_values.{i}.key/.value</c> [batch, kv_heads, past, head_dim] and
 /// outputs <c>present.{i}.key/.value</c> (Optimum's names); positions start at the past length.</param>
 /// <param name="WithPositionIds">Adds input <c>position_ids</c> int64 [batch, seq] (Optimum's name) for rotary
-/// positions, e.g. cumsum(attention_mask) − 1 for left-padded batches; without it positions are past .. past+seq−1.</param>
+/// positions, e.g. cumsum(attention_mask) − 1 as generate computes them; without it positions are past .. past+seq−1
+/// (rotary attention only sees position differences, so left padding is invisible either way).</param>
 /// <param name="LazyWeights">Weights are computed when the model is saved or serialized, one tensor at a time
 /// (for models too big to hold twice in memory).</param>
 /// <param name="InitStd">Standard deviation of the linear layers' initial weights (Hugging Face's initializer_range).</param>

@@ -250,6 +250,11 @@ public class GraphsTests
         var logits = OrtRun.Run(session, feeds)["logits"].Floats;
         Assert.That(logits.All(float.IsFinite), Is.True, "fully masked padding rows stay finite");
         Assert.That(Shared.MaxAbsDiff(logits[(pad * vocab)..], expected), Is.LessThan(1e-5f));
+
+        // Rotary attention sees only position differences, so a constant shift cannot show that position_ids are
+        // read; spreading them out must change the logits.
+        sameFeeds["position_ids"] = HostTensor.Of(Enumerable.Range(0, real).Select(i => (long)(3 * i)).ToArray(), 1, real);
+        Assert.That(Shared.MaxAbsDiff(OrtRun.Run(session, sameFeeds)["logits"].Floats, expected), Is.GreaterThan(1e-3f));
     }
 
     [Test]
