@@ -288,6 +288,21 @@ public class GraphsTests
         Assert.That(reloaded.ToBytes(), Is.EqualTo(committed.ToBytes()), "same graph and weights once inlined");
     }
 
+    [Test]
+    public void BigTensorsAreFilledFromIndependentChunkStreams()
+    {
+        // A tensor bigger than one chunk is filled in parallel: the result must not depend on scheduling, each chunk
+        // must have its own stream, and the whole must still have the requested spread.
+        long count = 2 * Weights.ChunkSize + 1000;
+        var a = Weights.Normal(3, "model.layers.0.mlp.up_proj.weight", count, 0.02);
+        var b = Weights.Normal(3, "model.layers.0.mlp.up_proj.weight", count, 0.02);
+        Assert.That(a, Is.EqualTo(b));
+        Assert.That(a.AsSpan(0, 1000).ToArray(), Is.Not.EqualTo(a.AsSpan(Weights.ChunkSize, 1000).ToArray()));
+        Assert.That(Rms(a), Is.EqualTo(0.02).Within(0.0002));
+        Assert.That(Math.Abs(a.Average(v => (double)v)), Is.LessThan(1e-4));
+        Assert.That(Weights.Normal(4, "model.layers.0.mlp.up_proj.weight", 1000, 0.02), Is.Not.EqualTo(a[..1000]), "seed matters");
+    }
+
     [TestCase("smollm2-135m", 134_515_008L)]
     [TestCase("tinyllama-1.1b", 1_100_048_384L)]
     [TestCase("~100m", 0L)]
