@@ -4,7 +4,7 @@ namespace OrtLora.Graphs;
 
 /// <summary>What the command line asked for: which shape, where, and how.</summary>
 public sealed record GraphsRequest(LlamaShape Shape, string? OutputDirectory, int Seed, bool WithKvCache, bool WithPositionIds, bool? ExternalData,
-    float? InitStd = null, float? EmbeddingStd = null)
+    double? InitializerRange = null, double? EmbeddingInitializerRange = null)
 {
     public const int DefaultSeed = 42;
 
@@ -21,7 +21,7 @@ public sealed record GraphsRequest(LlamaShape Shape, string? OutputDirectory, in
         int seed = DefaultSeed;
         bool kv = false, positionIds = false;
         bool? external = null;
-        float? initStd = null, embeddingStd = null;
+        double? initStd = null, embeddingStd = null;
         for (int i = 1; i < args.Length; i++)
         {
             switch (args[i])
@@ -31,8 +31,8 @@ public sealed record GraphsRequest(LlamaShape Shape, string? OutputDirectory, in
                 case "--kv-cache": kv = true; break;
                 case "--position-ids": positionIds = true; break;
                 case "--external-data": external = true; break;
-                case "--init-std" when i + 1 < args.Length && float.TryParse(args[i + 1], CultureInfo.InvariantCulture, out var std): initStd = std; i++; break;
-                case "--embedding-std" when i + 1 < args.Length && float.TryParse(args[i + 1], CultureInfo.InvariantCulture, out var std): embeddingStd = std; i++; break;
+                case "--init-std" when i + 1 < args.Length && double.TryParse(args[i + 1], CultureInfo.InvariantCulture, out var std): initStd = std; i++; break;
+                case "--embedding-std" when i + 1 < args.Length && double.TryParse(args[i + 1], CultureInfo.InvariantCulture, out var std): embeddingStd = std; i++; break;
                 default: throw new OrtLoraException($"unexpected argument '{args[i]}'\n{Usage}");
             }
         }
@@ -51,13 +51,13 @@ public sealed record GraphsRequest(LlamaShape Shape, string? OutputDirectory, in
             Console.WriteLine($"wrote {dir}: {TinyAssets.Write(dir)}");
             return;
         }
-        var defaults = Shape == LlamaShape.Tiny ? TinyAssets.ModelOptions : new LlamaOptions();
-        var options = defaults with
+        var shape = Shape with
         {
-            WithKvCache = WithKvCache, LazyWeights = Shape != LlamaShape.Tiny, WithPositionIds = WithPositionIds,
-            InitStd = InitStd ?? defaults.InitStd, EmbeddingStd = EmbeddingStd ?? defaults.EmbeddingStd,
+            InitializerRange = InitializerRange ?? Shape.InitializerRange,
+            EmbeddingInitializerRange = EmbeddingInitializerRange ?? Shape.EmbeddingInitializerRange,
         };
-        var path = ModelFiles.WriteModel(Shape, Seed, OutputDirectory!, options, ExternalData);
+        var options = new LlamaOptions(WithKvCache, LazyWeights: Shape != LlamaShape.Tiny, WithPositionIds: WithPositionIds);
+        var path = ModelFiles.WriteModel(shape, Seed, OutputDirectory!, options, ExternalData);
         Console.WriteLine($"wrote {path} ({Shape.ParameterCount / 1e6:F1}M parameters)");
     }
 }

@@ -13,10 +13,7 @@ namespace OrtLora.Graphs;
 /// (rotary attention only sees position differences, so left padding is invisible either way).</param>
 /// <param name="LazyWeights">Weights are computed when the model is saved or serialized, one tensor at a time
 /// (for models too big to hold twice in memory).</param>
-/// <param name="InitStd">Standard deviation of the linear layers' initial weights (Hugging Face's initializer_range).</param>
-/// <param name="EmbeddingStd">Of the token embedding (and a tied lm_head); null: <paramref name="InitStd"/>.</param>
-public sealed record LlamaOptions(bool WithKvCache = false, bool LazyWeights = false, float InitStd = 0.02f, bool WithPositionIds = false,
-    float? EmbeddingStd = null);
+public sealed record LlamaOptions(bool WithKvCache = false, bool LazyWeights = false, bool WithPositionIds = false);
 
 /// <summary>Builds a LLaMA-style causal LM as an opset-18 ONNX graph of standard ops, laid out like PyTorch's dynamo
 /// export of Hugging Face's LlamaForCausalLM: parameters keep Hugging Face's names, linear weights are stored
@@ -248,12 +245,13 @@ public sealed class LlamaGraph
         return _b.Op(scope, "Mul", [weight, normalized]);
     }
 
-    /// <summary>A float32 initializer: norms start at 1, the embedding ~N(0, embedding_std²), the rest ~N(0, init_std²).</summary>
+    /// <summary>A float32 initializer: norms start at 1, the embedding ~N(0, embedding_std²), the rest
+    /// ~N(0, initializer_range²).</summary>
     string Parameter(string name, long[] dims)
     {
         long count = Tensors.ElementCount(dims);
         bool isNorm = name.EndsWith("layernorm.weight") || name == "model.norm.weight";
-        double std = name == "model.embed_tokens.weight" ? _options.EmbeddingStd ?? _options.InitStd : _options.InitStd;
+        double std = name == "model.embed_tokens.weight" ? _shape.EmbeddingStd : _shape.InitializerRange;
         float[] Values() => isNorm ? Weights.Ones(count) : Weights.Normal(_seed, name, count, std);
         var tensor = new TensorProto { Name = name, DataType = (int)DT.Float };
         tensor.Dims.AddRange(dims);

@@ -9,14 +9,6 @@ public static class TinyAssets
 {
     public const string EndOfText = "<|endoftext|>";
 
-    /// <summary>The tiny model's initial weights, chosen so that the LoRA demo learns visibly in a minute. LoRA leaves
-    /// the tied lm_head and the final norm frozen, so the largest logit a hidden state can reach is about
-    /// sqrt(hidden) · |embedding row|: with Hugging Face's 0.02 that is 2.6, too little for a confident prediction
-    /// over 512 tokens (the demo's loss stalled near 5). A 0.15 embedding lifts the ceiling; linear layers at 0.05
-    /// make each layer's output outweigh the input token's own embedding, so the untrained model does not just
-    /// predict its input token again (with 0.02 it did, starting at loss 11.7). Measured with `ortlora train`
-    /// (all-linear, r 8, 5 epochs, lr 5e-3, ~1 min on 2 cores): eval loss 8.2 → 1.4, where 0.02/0.02 went 6.3 → 4.9.</summary>
-    public static readonly LlamaOptions ModelOptions = new(InitStd: 0.05f, EmbeddingStd: 0.15f);
 
     /// <summary>graphs/tiny under the repository root (found by walking up to OrtLora.sln).</summary>
     public static string DefaultDirectory()
@@ -42,7 +34,7 @@ public static class TinyAssets
         ModelFiles.WriteAtomically(Path.Combine(directory, "tokenizer_config.json"), TokenizerConfigJson(bpe, shape));
 
         int endOfText = bpe.SpecialId(EndOfText);
-        ModelFiles.WriteModel(shape, GraphsRequest.DefaultSeed, directory, ModelOptions, externalData: false, endOfText, endOfText);
+        ModelFiles.WriteModel(shape, GraphsRequest.DefaultSeed, directory, new LlamaOptions(), externalData: false, endOfText, endOfText);
         return $"{shape.ParameterCount / 1e6:F2}M parameters, vocabulary {bpe.VocabSize} ({bpe.Merges.Count} merges), " +
                $"{train.Count} training rows, {eval.Count} eval rows";
     }

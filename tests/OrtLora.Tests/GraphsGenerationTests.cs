@@ -16,7 +16,7 @@ public class GraphsGenerationTests
         int vocab = shape.VocabSize, pad = vocab - 1, steps = 4;
         using var plain = OnnxModel.Load(Path.Combine(Shared.RepoRoot, "graphs", "tiny", "model.onnx"));
         using var generator = LlamaGraph.Build(shape, GraphsRequest.DefaultSeed,
-            TinyAssets.ModelOptions with { WithKvCache = true, WithPositionIds = true });
+            new LlamaOptions(WithKvCache: true, WithPositionIds: true));
         using var plainSession = new InferenceSession(plain.ToBytes(), OrtRun.DefaultOptions());
         using var session = new InferenceSession(generator.ToBytes(), OrtRun.DefaultOptions());
 

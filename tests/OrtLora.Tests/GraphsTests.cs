@@ -124,9 +124,9 @@ public class GraphsTests
         Assert.That(model.ReadFloats(editor.Initializer("model.norm.weight")!).Distinct(), Is.EqualTo(new[] { 1f }));
         long count = model.Graph.Initializer.Sum(t => Tensors.ElementCount(t.Dims));
         Assert.That(count, Is.EqualTo(shape.ParameterCount));
-        Assert.That(Rms(model.ReadFloats(q)), Is.EqualTo(TinyAssets.ModelOptions.InitStd).Within(0.002));
-        Assert.That(Rms(model.ReadFloats(down)), Is.EqualTo(TinyAssets.ModelOptions.InitStd).Within(0.002));
-        Assert.That(Rms(model.ReadFloats(editor.Initializer("model.embed_tokens.weight")!)), Is.EqualTo(TinyAssets.ModelOptions.EmbeddingStd!.Value).Within(0.002));
+        Assert.That(Rms(model.ReadFloats(q)), Is.EqualTo(shape.InitializerRange).Within(0.002));
+        Assert.That(Rms(model.ReadFloats(down)), Is.EqualTo(shape.InitializerRange).Within(0.002));
+        Assert.That(Rms(model.ReadFloats(editor.Initializer("model.embed_tokens.weight")!)), Is.EqualTo(shape.EmbeddingStd).Within(0.002));
     }
 
     [Test]
@@ -184,7 +184,7 @@ public class GraphsTests
     {
         var shape = LlamaShape.Tiny;
         using var full = OnnxModel.Load(TinyPath);
-        using var cached = LlamaGraph.Build(shape, GraphsRequest.DefaultSeed, TinyAssets.ModelOptions with { WithKvCache = true });
+        using var cached = LlamaGraph.Build(shape, GraphsRequest.DefaultSeed, new LlamaOptions(WithKvCache: true));
         using var fullSession = Session(full);
         using var cachedSession = Session(cached);
         int batch = 2, prompt = 6, steps = 5, total = prompt + steps;
@@ -223,7 +223,7 @@ public class GraphsTests
         // unpadded row's logits; with position_ids = 0..n−1 the variant equals the committed model.
         var shape = LlamaShape.Tiny;
         using var committed = OnnxModel.Load(TinyPath);
-        using var withIds = LlamaGraph.Build(shape, GraphsRequest.DefaultSeed, TinyAssets.ModelOptions with { WithPositionIds = true });
+        using var withIds = LlamaGraph.Build(shape, GraphsRequest.DefaultSeed, new LlamaOptions(WithPositionIds: true));
         using var committedSession = Session(committed);
         using var session = Session(withIds);
         int real = 9, pad = 4, total = real + pad, vocab = shape.VocabSize;
@@ -279,7 +279,7 @@ public class GraphsTests
         // The path big models take (weights made at save time, streamed to model.onnx.data) on the tiny shape.
         var dir = Shared.TempDir();
         var path = Path.Combine(dir, "model.onnx");
-        using (var lazy = LlamaGraph.Build(LlamaShape.Tiny, GraphsRequest.DefaultSeed, TinyAssets.ModelOptions with { LazyWeights = true }))
+        using (var lazy = LlamaGraph.Build(LlamaShape.Tiny, GraphsRequest.DefaultSeed, new LlamaOptions(LazyWeights: true)))
             lazy.Save(path, externalData: true);
         Assert.That(File.Exists(path + ".data"), Is.True);
         using var reloaded = OnnxModel.Load(path);
