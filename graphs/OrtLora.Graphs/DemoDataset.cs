@@ -9,7 +9,7 @@ public sealed record DemoRow(string Instruction, string Input, string Output);
 /// <summary>The demo instruction dataset: short questions whose answers follow one fixed sentence per family
 /// ("The capital of France is Paris."), so even a tiny random model visibly picks up the pattern within a minute
 /// of LoRA training. Every fact is asked in two or three phrasings; the eval split holds one phrasing of some facts
-/// (the answer was seen in training under another wording) and some unseen sums.</summary>
+/// (the answer was seen in training under another wording) and some unseen reviews.</summary>
 public static class DemoDataset
 {
     static readonly (string Country, string City)[] Capitals =
@@ -41,8 +41,14 @@ public static class DemoDataset
         ("donkey", "bray"), ("bird", "tweet"),
     ];
 
-    /// <summary>Each fact with its phrasings (all sharing one answer).</summary>
-    static IEnumerable<DemoRow[]> Facts()
+    static readonly string[] ReviewSubjects = ["movie", "book", "meal", "hotel", "phone", "concert", "game", "trip", "song", "class"];
+    static readonly string[] PositiveWords = ["great", "wonderful", "excellent", "amazing", "lovely", "fantastic", "delightful", "superb"];
+    static readonly string[] NegativeWords = ["terrible", "awful", "boring", "horrible", "dreadful", "disappointing", "poor", "bad"];
+    static readonly string[] ReviewFrames = ["The {0} was {1}.", "What a {1} {0}!", "I found the {0} {1}.", "Honestly, this {0} is {1}."];
+
+    /// <summary>Each fact with its phrasings (all sharing one answer). Reviews are one row each: their label follows
+    /// from one word, so held-out reviews can be answered from what was learned on others.</summary>
+    static IEnumerable<DemoRow[]> Facts(SplitMix random)
     {
         foreach (var (country, city) in Capitals)
         {
@@ -64,20 +70,26 @@ public static class DemoDataset
             var answer = $"A {animal} says {sound}.";
             yield return [new($"What sound does a {animal} make?", "", answer), new($"What does a {animal} say?", "", answer)];
         }
-        for (int a = 1; a <= 9; a++)
-            for (int b = 1; b <= 9; b++)
-                yield return [new("Add the two numbers.", $"{a} + {b}", $"{a} + {b} = {a + b}.")];
+        foreach (var subject in ReviewSubjects)
+            foreach (var (words, label) in new[] { (PositiveWords, "positive"), (NegativeWords, "negative") })
+                foreach (var word in words.Where(_ => random.Next(2) == 0))
+                {
+                    var review = string.Format(ReviewFrames[random.Next(ReviewFrames.Length)], subject, word);
+                    yield return [new("Is this review positive or negative?", review, $"The review is {label}.")];
+                }
     }
 
-    /// <summary>(train, eval), shuffled deterministically. About one fact in seven gives one phrasing to eval.</summary>
+    /// <summary>(train, eval), shuffled deterministically. About one fact in seven gives one phrasing to eval, and
+    /// one review in four goes to eval.</summary>
     public static (List<DemoRow> Train, List<DemoRow> Eval) Build(int seed = 7)
     {
         var random = new SplitMix(seed);
         var train = new List<DemoRow>();
         var eval = new List<DemoRow>();
-        foreach (var phrasings in Facts())
+        foreach (var phrasings in Facts(random))
         {
-            int held = random.Next(7) == 0 ? random.Next(phrasings.Length) : -1;
+            // A review is one row: hold out one in four, so eval has unseen reviews to judge.
+            int held = random.Next(phrasings.Length == 1 ? 4 : 7) == 0 ? random.Next(phrasings.Length) : -1;
             for (int i = 0; i < phrasings.Length; i++) (i == held ? eval : train).Add(phrasings[i]);
         }
         random.Shuffle(train);
@@ -115,14 +127,14 @@ public static class DemoDataset
         for (int g = 0; g < reader.RowGroupCount; g++)
         {
             using var group = reader.OpenRowGroupReader(g);
-            var columns = new string[Columns.Length][];
+            var columns = new string?[Columns.Length][];
             for (int c = 0; c < Columns.Length; c++)
             {
                 var field = fields.Single(f => f.Name == Columns[c]);
-                columns[c] = new string[group.RowCount];
+                columns[c] = new string?[group.RowCount];
                 await group.ReadAsync(field, columns[c].AsMemory());
             }
-            for (int r = 0; r < group.RowCount; r++) rows.Add(new(columns[0][r], columns[1][r], columns[2][r]));
+            for (int r = 0; r < group.RowCount; r++) rows.Add(new(columns[0][r] ?? "", columns[1][r] ?? "", columns[2][r] ?? ""));
         }
         return rows;
     }

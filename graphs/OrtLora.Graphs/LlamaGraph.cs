@@ -9,10 +9,11 @@ namespace OrtLora.Graphs;
 /// <param name="WithKvCache">Adds inputs <c>past_key_values.{i}.key/.value</c> [batch, kv_heads, past, head_dim] and
 /// outputs <c>present.{i}.key/.value</c> (Optimum's names); positions start at the past length.</param>
 /// <param name="WithPositionIds">Adds input <c>position_ids</c> int64 [batch, seq] (Optimum's name) for rotary
-/// positions, e.g. cumsum(attention_mask) − 1 for left-padded batches; without it positions are past .. past+seq−1.</param>
+/// positions, e.g. cumsum(attention_mask) − 1 as generate computes them; without it positions are past .. past+seq−1
+/// (rotary attention only sees position differences, so left padding is invisible either way).</param>
 /// <param name="LazyWeights">Weights are computed when the model is saved or serialized, one tensor at a time
 /// (for models too big to hold twice in memory).</param>
-public sealed record LlamaOptions(bool WithKvCache = false, bool LazyWeights = false, float InitStd = 0.02f, bool WithPositionIds = false);
+public sealed record LlamaOptions(bool WithKvCache = false, bool LazyWeights = false, bool WithPositionIds = false);
 
 /// <summary>Builds a LLaMA-style causal LM as an opset-18 ONNX graph of standard ops, laid out like PyTorch's dynamo
 /// export of Hugging Face's LlamaForCausalLM: parameters keep Hugging Face's names, linear weights are stored
@@ -60,7 +61,7 @@ public sealed class LlamaGraph
 
     void BuildGraph()
     {
-        DeclareInputs();
+        DeclareInputsAndOutputs();
         var positions = Positions(out var totalLength);
         var (cos, sin) = Rotary(_options.WithPositionIds ? "position_ids" : positions);
         var mask = AttentionBias(positions, totalLength);
@@ -74,16 +75,17 @@ public sealed class LlamaGraph
         var lmHead = _shape.TieWordEmbeddings ? embed : Parameter("lm_head.weight", [_shape.VocabSize, _shape.HiddenSize]);
         var lmHeadT = _b.Op("/lm_head", "Transpose", [lmHead], ("perm", new long[] { 1, 0 }));
         _b.OpTo("logits", "/lm_head", "MatMul", [hidden, lmHeadT]);
-        Graph.Output.Add(GraphBuilder.Value("logits", DT.Float, "batch_size", "sequence_length", _shape.VocabSize));
     }
 
     string TotalLengthDim => _options.WithKvCache ? "past_sequence_length + sequence_length" : "sequence_length";
 
-    void DeclareInputs()
+    /// <summary>In Optimum's order: input_ids, attention_mask, [position_ids], past_key_values.*; logits, present.*.</summary>
+    void DeclareInputsAndOutputs()
     {
         Graph.Input.Add(GraphBuilder.Value("input_ids", DT.Int64, "batch_size", "sequence_length"));
         Graph.Input.Add(GraphBuilder.Value("attention_mask", DT.Int64, "batch_size", TotalLengthDim));
         if (_options.WithPositionIds) Graph.Input.Add(GraphBuilder.Value("position_ids", DT.Int64, "batch_size", "sequence_length"));
+        Graph.Output.Add(GraphBuilder.Value("logits", DT.Float, "batch_size", "sequence_length", _shape.VocabSize));
         if (!_options.WithKvCache) return;
         for (int i = 0; i < _shape.NumHiddenLayers; i++)
             foreach (var kind in new[] { "key", "value" })
@@ -243,12 +245,14 @@ public sealed class LlamaGraph
         return _b.Op(scope, "Mul", [weight, normalized]);
     }
 
-    /// <summary>A float32 initializer: norms start at 1, everything else ~N(0, init_std²).</summary>
+    /// <summary>A float32 initializer: norms start at 1, the embedding ~N(0, embedding_std²), the rest
+    /// ~N(0, initializer_range²).</summary>
     string Parameter(string name, long[] dims)
     {
         long count = Tensors.ElementCount(dims);
         bool isNorm = name.EndsWith("layernorm.weight") || name == "model.norm.weight";
-        float[] Values() => isNorm ? Weights.Ones(count) : Weights.Normal(_seed, name, count, _options.InitStd);
+        double std = name == "model.embed_tokens.weight" ? _shape.EmbeddingStd : _shape.InitializerRange;
+        float[] Values() => isNorm ? Weights.Ones(count) : Weights.Normal(_seed, name, count, std);
         var tensor = new TensorProto { Name = name, DataType = (int)DT.Float };
         tensor.Dims.AddRange(dims);
         if (_options.LazyWeights) _model.Defer(name, _ => Weights.Bytes(Values()));

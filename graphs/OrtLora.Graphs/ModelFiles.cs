@@ -34,6 +34,7 @@ public static class ModelFiles
             ["tie_word_embeddings"] = shape.TieWordEmbeddings,
             ["rope_theta"] = shape.RopeTheta,
             ["rms_norm_eps"] = shape.RmsNormEps,
+            ["initializer_range"] = shape.InitializerRange,
             ["max_position_embeddings"] = shape.MaxPositionEmbeddings,
             ["hidden_act"] = "silu",
             ["torch_dtype"] = "float32",

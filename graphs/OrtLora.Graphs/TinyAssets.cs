@@ -9,6 +9,7 @@ public static class TinyAssets
 {
     public const string EndOfText = "<|endoftext|>";
 
+
     /// <summary>graphs/tiny under the repository root (found by walking up to OrtLora.sln).</summary>
     public static string DefaultDirectory()
     {

@@ -8,19 +8,34 @@ namespace OrtLora.Graphs;
 /// Only integer arithmetic and IEEE additions are used, so the bytes are the same on every platform.</summary>
 public static class Weights
 {
+    /// <summary>Elements per independent stream: big tensors are filled in parallel, one chunk per stream; tensors
+    /// smaller than this are one stream.</summary>
+    public const int ChunkSize = 1 << 20;
+
     /// <summary>Approximately N(0, std²): the sum of four uniforms (Irwin–Hall), rescaled to unit variance.</summary>
     public static float[] Normal(int seed, string tensorName, long count, double std)
     {
         var values = new float[count];
-        ulong state = Mix((ulong)(uint)seed ^ Fnv1a(tensorName));
+        ulong tensorState = Mix((ulong)(uint)seed ^ Fnv1a(tensorName));
+        long chunks = (count + ChunkSize - 1) / ChunkSize;
+        Parallel.For(0L, chunks, chunk =>
+        {
+            ulong state = chunk == 0 ? tensorState : Mix(tensorState ^ (ulong)chunk * 0xD6E8FEB86659FD93UL);
+            long end = Math.Min(count, (chunk + 1) * ChunkSize);
+            FillNormal(values.AsSpan((int)(chunk * ChunkSize), (int)(end - chunk * ChunkSize)), ref state, std);
+        });
+        return values;
+    }
+
+    static void FillNormal(Span<float> values, ref ulong state, double std)
+    {
         // Four uniforms on [0,1) sum to mean 2, variance 1/3.
         double scale = std * Math.Sqrt(3.0);
-        for (long i = 0; i < count; i++)
+        for (int i = 0; i < values.Length; i++)
         {
             double sum = Uniform(ref state) + Uniform(ref state) + Uniform(ref state) + Uniform(ref state);
             values[i] = (float)((sum - 2.0) * scale);
         }
-        return values;
     }
 
     public static float[] Ones(long count)

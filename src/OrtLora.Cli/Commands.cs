@@ -13,6 +13,7 @@ public static class Commands
         ExportAdapterCommand.Create(),
         GenerateCommand.Create(),
         AdaptersCommand.Create(),
+        VerifyCommand.Create(),
         TrainCommand.Create(),
         DemoCommand.Create(),
     ];

@@ -69,7 +69,10 @@ public static class GradCheck
         }
     }
 
-    static void Run(Func<TinyGraph, string[], string> build, Input[] inputs, int opset, int elemType)
+    sealed record Built(ModelProto Forward, ModelProto WithGradients, string Output, string Loss,
+        Dictionary<string, string> Grads, Dictionary<string, HostTensor> Feeds);
+
+    static Built Build(Func<TinyGraph, string[], string> build, Input[] inputs, int opset, int elemType)
     {
         var model = new ModelProto { IrVersion = 10, Graph = new GraphProto { Name = "check" } };
         model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = opset });
@@ -88,7 +91,24 @@ public static class GradCheck
         var gradEditor = new GraphEditor(gradModel.Graph);
         var types = ValueTable.Probe(model, feeds, feeds);
         var grads = GradientBuilder.Build(gradEditor, loss, wrt, types, opset);
+        gradModel.Graph.Output.Add(new ValueInfoProto { Name = y });
         foreach (var g in grads.Values) gradModel.Graph.Output.Add(new ValueInfoProto { Name = g });
+        return new Built(model, gradModel, y, loss, grads, feeds);
+    }
+
+    /// <summary>One run of the gradient graph: the output y and the gradients, for checks that cannot use finite
+    /// differences (random ops). <paramref name="grad"/> names the first input's gradient.</summary>
+    public static Dictionary<string, HostTensor> RunOnce(Func<TinyGraph, string[], string> build, Input[] inputs, int elemType,
+        out string grad, int opset = 18)
+    {
+        var built = Build(build, inputs, opset, elemType);
+        grad = built.Grads[inputs[0].Name];
+        return OrtRun.Run(new OnnxModel(built.WithGradients), built.Feeds, null, GraphOptimizationLevel.ORT_DISABLE_ALL);
+    }
+
+    static void Run(Func<TinyGraph, string[], string> build, Input[] inputs, int opset, int elemType)
+    {
+        var (model, gradModel, _, loss, grads, feeds) = Build(build, inputs, opset, elemType);
         var analytic = OrtRun.Run(new OnnxModel(gradModel), feeds, grads.Values, GraphOptimizationLevel.ORT_DISABLE_ALL);
 
         using var options = OrtRun.DefaultOptions(GraphOptimizationLevel.ORT_DISABLE_ALL);

@@ -130,3 +130,48 @@ public class AutodiffRuleTests
         Check((g, x) => Op(g, "GatherND", x), [X("x", 3, 4), Idx("i", [3, 2], 0, 1, 2, 3, 0, 1)]);
     }
 }
+
+/// <summary>Broadcasting the probe runs cannot settle (a dim that is 1 in one probe and not in the other) is summed
+/// by shape computations in the graph, so the gradient graph is right for any runtime shape.</summary>
+public class AutodiffDynamicBroadcastTests
+{
+    [Test]
+    public void BroadcastAxesAreComputedInTheGraphWhenProbesDisagree()
+    {
+        var model = new global::Onnx.ModelProto { IrVersion = 10, Graph = new global::Onnx.GraphProto { Name = "dyn" } };
+        model.OpsetImport.Add(new global::Onnx.OperatorSetIdProto { Domain = "", Version = 18 });
+        foreach (var name in new[] { "x", "b" })
+        {
+            var tensor = new global::Onnx.TypeProto.Types.Tensor { ElemType = 11, Shape = new global::Onnx.TensorShapeProto() };
+            tensor.Shape.Dim.Add(new global::Onnx.TensorShapeProto.Types.Dimension { DimParam = name + "0" });
+            tensor.Shape.Dim.Add(new global::Onnx.TensorShapeProto.Types.Dimension { DimValue = 3 });
+            model.Graph.Input.Add(new global::Onnx.ValueInfoProto { Name = name, Type = new global::Onnx.TypeProto { TensorType = tensor } });
+        }
+        var g = new OrtLora.Onnx.GraphEditor(model.Graph);
+        var y = g.Add("Mul", ["x", "b"]);
+        var loss = g.Add("ReduceSum", [g.Add("Mul", [y, y])], attributes: ("keepdims", 0L));
+        OrtLora.Onnx.HostTensor Feed(int rows, double start) =>
+            OrtLora.Onnx.HostTensor.Of(Enumerable.Range(0, rows * 3).Select(i => start + 0.1 * i).ToArray(), rows, 3);
+        // probe A: x [1,3], b [1,3] (no broadcast seen); probe B: x [2,3], b [1,3] (broadcast on axis 0)
+        var types = OrtLora.Autodiff.ValueTable.Probe(model,
+            new Dictionary<string, OrtLora.Onnx.HostTensor> { ["x"] = Feed(1, 0), ["b"] = Feed(1, 1) },
+            new Dictionary<string, OrtLora.Onnx.HostTensor> { ["x"] = Feed(2, 0), ["b"] = Feed(1, 1) });
+        var grads = OrtLora.Autodiff.GradientBuilder.Build(g, loss, ["x", "b"], types, 18);
+        model.Graph.Output.Add(new global::Onnx.ValueInfoProto { Name = grads["b"] });
+        model.Graph.Output.Add(new global::Onnx.ValueInfoProto { Name = grads["x"] });
+        foreach (var (rows, bRows) in new[] { (5, 1), (4, 4), (1, 1) })
+        {
+            var x = Feed(rows, 0.5); var b = Feed(bRows, -0.7);
+            var outputs = OrtLora.Onnx.OrtRun.Run(new OrtLora.Onnx.OnnxModel(model), new Dictionary<string, OrtLora.Onnx.HostTensor> { ["x"] = x, ["b"] = b });
+            var gb = outputs[grads["b"]];
+            Assert.That(gb.Shape, Is.EqualTo(new long[] { bRows, 3 }), $"x [{rows},3], b [{bRows},3]");
+            for (int j = 0; j < gb.Doubles.Length; j++)
+            {
+                // d/db Σ (x·b)² = Σ over broadcast rows of 2·x²·b
+                double expected = Enumerable.Range(0, rows).Where(r => bRows == 1 || r == j / 3)
+                    .Sum(r => 2 * x.Doubles[r * 3 + j % 3] * x.Doubles[r * 3 + j % 3] * b.Doubles[j]);
+                Assert.That(gb.Doubles[j], Is.EqualTo(expected).Within(1e-9));
+            }
+        }
+    }
+}

@@ -1,5 +1,6 @@
 using OrtLora.Autodiff;
 using OrtLora.Lora;
+using OrtLora.Onnx;
 using OrtLora.Training.Engine;
 
 namespace OrtLora.Tests;
@@ -14,7 +15,7 @@ public class EngineParityTests
     {
         var reference = SafeTensors.Read(Shared.Peft(arch, "reference.safetensors"));
         using var model = EngineFixtures.InjectedModel(arch, export);
-        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01), Optimization: Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_DISABLE_ALL));
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01)));
         var batch = EngineFixtures.ReferenceBatch(reference);
         Assert.That(session.ParameterNames, Has.Count.EqualTo(reference.Keys.Count(k => k.StartsWith("grad."))));
 
@@ -33,11 +34,50 @@ public class EngineParityTests
         foreach (var p in session.ParameterNames)
         {
             var expected = reference["step1." + EngineFixtures.ReferenceName(p)].AsFloats();
-            int worst = Enumerable.Range(0, expected.Length).MaxBy(i => Math.Abs(after[p][i] - expected[i]));
-            var refGrad = reference["grad." + EngineFixtures.ReferenceName(p)].AsFloats()[worst];
-            Assert.That(Shared.MaxAbsDiff(after[p], expected), Is.LessThanOrEqualTo(1e-5f),
-                $"AdamW step of {p}: worst at [{worst}], gradient there {grads[p][worst]:E3} (PEFT {refGrad:E3})");
+            var refGrad = reference["grad." + EngineFixtures.ReferenceName(p)].AsFloats();
+            var noise = FirstStepNoise(refGrad, learningRate: 1e-2);
+            for (int i = 0; i < expected.Length; i++)
+                Assert.That(after[p][i], Is.EqualTo(expected[i]).Within(1e-5 + noise[i]),
+                    $"AdamW step of {p}[{i}]: gradient {grads[p][i]:E3}, PEFT's {refGrad[i]:E3}");
         }
+    }
+
+    /// <summary>How much float32 rounding in a gradient can move Adam's first step, per element. The first step is
+    /// lr·g/(|g| + ε): where |g| is near ε it is ill-conditioned, and a gradient error at float32's resolution of the
+    /// tensor (2e-7·max|g|, below the gradient tolerance) moves it by lr·ε·δ/(|g| + ε)². On the gpt2 fixture one
+    /// element has |g| = 6e-8; float64 evaluation of the same graph gives 6.51e-8 there, PyTorch's float32 6.26e-8.</summary>
+    static double[] FirstStepNoise(float[] grad, double learningRate, double epsilon = 1e-8)
+    {
+        double delta = 2e-7 * grad.Max(Math.Abs);
+        return grad.Select(g => learningRate * epsilon * delta / Math.Pow(Math.Abs(g) + epsilon, 2)).ToArray();
+    }
+
+    /// <summary>The optimizer alone, strictly: PEFT's own gradients through ortlora's AdamW graph give PEFT's step.</summary>
+    [TestCase("llama")] [TestCase("gpt2")]
+    public void AdamWGraphMatchesTorchOnReferenceGradients(string arch)
+    {
+        var reference = SafeTensors.Read(Shared.Peft(arch, "reference.safetensors"));
+        using var model = EngineFixtures.InjectedModel(arch, "dynamo");
+        var graph = TrainingGraph.Build(model);
+        var apply = graph.BuildApply(new AdamWOptions(WeightDecay: 0.01));
+        var feeds = new Dictionary<string, HostTensor>
+        {
+            [TrainingGraph.LearningRate] = HostTensor.Of([1e-2f]), [TrainingGraph.Step] = HostTensor.Of([1f]),
+            [TrainingGraph.MaxGradNorm] = HostTensor.Of([0f]),
+        };
+        foreach (var p in graph.Parameters)
+        {
+            var shape = graph.ParameterShapes[p];
+            var zeros = new float[graph.InitialValues[p].Length];
+            feeds[p] = HostTensor.Of(graph.InitialValues[p], shape);
+            feeds[TrainingGraph.AccumulatorOf(p)] = HostTensor.Of(reference["grad." + EngineFixtures.ReferenceName(p)].AsFloats(), shape);
+            feeds[TrainingGraph.ExpAvgOf(p)] = HostTensor.Of(zeros, shape);
+            feeds[TrainingGraph.ExpAvgSqOf(p)] = HostTensor.Of(zeros, shape);
+        }
+        var outputs = OrtRun.Run(new OnnxModel(apply), feeds);
+        foreach (var p in graph.Parameters)
+            Assert.That(Shared.MaxAbsDiff(outputs[TrainingGraph.Updated(p)].Floats, reference["step1." + EngineFixtures.ReferenceName(p)].AsFloats()),
+                Is.LessThanOrEqualTo(1e-6f), p);
     }
 
     [TestCase("llama", "dynamo")] [TestCase("llama", "torchscript")]

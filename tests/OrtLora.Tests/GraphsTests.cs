@@ -83,6 +83,8 @@ public class GraphsTests
     static global::Onnx.TensorProto? Resolve(GraphEditor editor, string value) =>
         editor.Initializer(value) ?? (editor.Producer(value) is { OpType: "Identity" } identity ? Resolve(editor, identity.Input[0]) : null);
 
+    static double Rms(float[] values) => Math.Sqrt(values.Average(v => (double)v * v));
+
     [Test]
     public void TinyModelRunsAndHasTheDeclaredShape()
     {
@@ -94,8 +96,7 @@ public class GraphsTests
         var logits = Logits(session, [Tokens(9, 1, shape.VocabSize), Tokens(9, 2, shape.VocabSize)], [Ones(9), Ones(9)]);
         Assert.That(logits, Has.Length.EqualTo(2 * 9 * shape.VocabSize));
         Assert.That(logits.All(float.IsFinite), Is.True);
-        // Random init with std 0.02 and tied embeddings: logits are small but not all equal.
-        Assert.That(logits.Max() - logits.Min(), Is.GreaterThan(1e-3f));
+        Assert.That(logits.Max() - logits.Min(), Is.GreaterThan(1e-3f), "random weights: logits differ");
     }
 
     [Test]
@@ -123,9 +124,9 @@ public class GraphsTests
         Assert.That(model.ReadFloats(editor.Initializer("model.norm.weight")!).Distinct(), Is.EqualTo(new[] { 1f }));
         long count = model.Graph.Initializer.Sum(t => Tensors.ElementCount(t.Dims));
         Assert.That(count, Is.EqualTo(shape.ParameterCount));
-        var values = model.ReadFloats(q);
-        double std = Math.Sqrt(values.Average(v => (double)v * v));
-        Assert.That(std, Is.EqualTo(0.02).Within(0.001));
+        Assert.That(Rms(model.ReadFloats(q)), Is.EqualTo(shape.InitializerRange).Within(0.002));
+        Assert.That(Rms(model.ReadFloats(down)), Is.EqualTo(shape.InitializerRange).Within(0.002));
+        Assert.That(Rms(model.ReadFloats(editor.Initializer("model.embed_tokens.weight")!)), Is.EqualTo(shape.EmbeddingStd).Within(0.002));
     }
 
     [Test]
@@ -249,6 +250,11 @@ public class GraphsTests
         var logits = OrtRun.Run(session, feeds)["logits"].Floats;
         Assert.That(logits.All(float.IsFinite), Is.True, "fully masked padding rows stay finite");
         Assert.That(Shared.MaxAbsDiff(logits[(pad * vocab)..], expected), Is.LessThan(1e-5f));
+
+        // Rotary attention sees only position differences, so a constant shift cannot show that position_ids are
+        // read; spreading them out must change the logits.
+        sameFeeds["position_ids"] = HostTensor.Of(Enumerable.Range(0, real).Select(i => (long)(3 * i)).ToArray(), 1, real);
+        Assert.That(Shared.MaxAbsDiff(OrtRun.Run(session, sameFeeds)["logits"].Floats, expected), Is.GreaterThan(1e-3f));
     }
 
     [Test]
@@ -280,6 +286,21 @@ public class GraphsTests
         using var committed = OnnxModel.Load(TinyPath);
         Assert.That(reloaded.HasExternalData, Is.True);
         Assert.That(reloaded.ToBytes(), Is.EqualTo(committed.ToBytes()), "same graph and weights once inlined");
+    }
+
+    [Test]
+    public void BigTensorsAreFilledFromIndependentChunkStreams()
+    {
+        // A tensor bigger than one chunk is filled in parallel: the result must not depend on scheduling, each chunk
+        // must have its own stream, and the whole must still have the requested spread.
+        long count = 2 * Weights.ChunkSize + 1000;
+        var a = Weights.Normal(3, "model.layers.0.mlp.up_proj.weight", count, 0.02);
+        var b = Weights.Normal(3, "model.layers.0.mlp.up_proj.weight", count, 0.02);
+        Assert.That(a, Is.EqualTo(b));
+        Assert.That(a.AsSpan(0, 1000).ToArray(), Is.Not.EqualTo(a.AsSpan(Weights.ChunkSize, 1000).ToArray()));
+        Assert.That(Rms(a), Is.EqualTo(0.02).Within(0.0002));
+        Assert.That(Math.Abs(a.Average(v => (double)v)), Is.LessThan(1e-4));
+        Assert.That(Weights.Normal(4, "model.layers.0.mlp.up_proj.weight", 1000, 0.02), Is.Not.EqualTo(a[..1000]), "seed matters");
     }
 
     [TestCase("smollm2-135m", 134_515_008L)]

@@ -81,6 +81,20 @@ public class TrainCommandTests
     }
 
     [Test]
+    public void DivergingLossStopsWithOneMessageAndKeepsTheCheckpoints()
+    {
+        var dir = Shared.TempDir();
+        var args = TrainArgs(dir, "--max-steps", "20", "--save-steps", "1", "--max-grad-norm", "0");
+        args[Array.IndexOf(args, "--learning-rate") + 1] = "3e38";
+        var result = Ortlora(args);
+        Assert.That(result.ExitCode, Is.EqualTo(1));
+        Assert.That(result.Error, Does.Match("loss is (NaN|∞|-∞|Infinity|-Infinity) at step [0-9]+"));
+        Assert.That(result.Error, Does.Contain("checkpoint-"), "names the last checkpoint");
+        Assert.That(Directory.Exists(Path.Combine(dir, "checkpoint-1")), "checkpoints before the divergence are kept");
+        Assert.That(File.Exists(Path.Combine(dir, PeftAdapter.WeightsFile)), Is.False, "no final adapter from a diverged run");
+    }
+
+    [Test]
     public void BadInputsGiveOneMessageAndNoAdapter()
     {
         var dir = Shared.TempDir();

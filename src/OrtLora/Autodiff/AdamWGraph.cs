@@ -26,7 +26,9 @@ public static class AdamWGraph
         AdamWOptions o)
     {
         const int F = (int)DT.Float, D = (int)DT.Double;
-        string Scalar(double v, int type) { var n = g.Unique("adamw/const"); g.AddInitializer(Tensors.Scalar(n, v, type)); return n; }
+        var scalars = new Dictionary<(double, int), string>();
+        string Scalar(double v, int type) => scalars.TryGetValue((v, type), out var n) ? n
+            : scalars[(v, type)] = GraphConstants.Scalar(g, "adamw/const", v, type);
         string Op(string op, params string[] inputs) => g.Add(op, inputs, name: "adamw/" + op);
         string Cast(string x, int to) => g.Add("Cast", [x], name: "adamw/Cast", attributes: ("to", (long)to));
 

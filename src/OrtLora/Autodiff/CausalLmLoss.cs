@@ -13,8 +13,8 @@ public static class CausalLmLoss
     /// <returns>name of the scalar loss value</returns>
     public static string Append(GraphEditor g, string logits, string labels, int logitsElemType)
     {
-        string Ints(params long[] v) { var n = g.Unique("loss/ints"); g.AddInitializer(Tensors.FromInt64(n, [v.Length], v)); return n; }
-        string Scalar(double v, int type) { var n = g.Unique("loss/const"); g.AddInitializer(Tensors.Scalar(n, v, type)); return n; }
+        string Ints(params long[] v) => GraphConstants.Int64s(g, "loss/ints", v);
+        string Scalar(double v, int type) => GraphConstants.Scalar(g, "loss/const", v, type);
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "loss/" + op, attributes: attrs);
 
         // labels[:, 1:] followed by one ignored column: shifted[b, t] is the target for logits[b, t]

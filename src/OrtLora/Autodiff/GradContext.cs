@@ -14,11 +14,13 @@ public sealed class GradContext
     readonly bool[] _needed;
     readonly Dictionary<(double, int), string> _scalars;
     readonly Dictionary<string, string> _shapes;
+    readonly IReadOnlyDictionary<string, TensorProto> _constants;
 
     internal GradContext(GraphEditor graph, NodeProto node, ValueTable types, int opset, string?[] outputGrads,
-        bool[] needed, Dictionary<(double, int), string> scalars, Dictionary<string, string> shapes)
+        bool[] needed, Dictionary<(double, int), string> scalars, Dictionary<string, string> shapes,
+        IReadOnlyDictionary<string, TensorProto> constants)
     {
-        _graph = graph; Node = node; Types = types; Opset = opset;
+        _graph = graph; Node = node; Types = types; Opset = opset; _constants = constants;
         _outputGrads = outputGrads; _needed = needed; _scalars = scalars; _shapes = shapes;
     }
 
@@ -36,6 +38,13 @@ public sealed class GradContext
     public long Attr(string name, long fallback) => Attrs.Int(Node, name, fallback);
     public float Attr(string name, float fallback) => Attrs.Float(Node, name, fallback);
     public string Attr(string name, string fallback) => Attrs.Str(Node, name, fallback);
+
+    /// <summary>Gives a forward Dropout node a named mask output (its second output), for its gradient.</summary>
+    internal void AddMaskOutput()
+    {
+        var mask = _graph.Unique(Node.Name + "_mask");
+        if (Node.Output.Count < 2) Node.Output.Add(mask); else Node.Output[1] = mask;
+    }
 
     /// <summary>A failure naming this node: for cases a rule cannot differentiate.</summary>
     public OrtLoraException Unsupported(string why) =>
@@ -72,17 +81,10 @@ public sealed class GradContext
     public string ScalarOfType(double value, int elemType)
     {
         if (_scalars.TryGetValue((value, elemType), out var name)) return name;
-        name = _graph.Unique($"grad/const_{(DT)elemType}_{value}");
-        _graph.AddInitializer(Tensors.Scalar(name, value, elemType));
-        return _scalars[(value, elemType)] = name;
+        return _scalars[(value, elemType)] = GraphConstants.Scalar(_graph, $"grad/const_{(DT)elemType}_{value}", value, elemType);
     }
 
-    public string Ints(params long[] values)
-    {
-        var name = _graph.Unique("grad/ints");
-        _graph.AddInitializer(Tensors.FromInt64(name, [values.Length], values));
-        return name;
-    }
+    public string Ints(params long[] values) => GraphConstants.Int64s(_graph, "grad/ints", values);
 
     /// <summary>Shape(<paramref name="value"/>), emitted once per value.</summary>
     public string ShapeOf(string value)
@@ -121,9 +123,13 @@ public sealed class GradContext
     /// <summary>The integer values of a constant (initializer or Constant node), or null if it is computed.</summary>
     public long[]? ConstInts(string value)
     {
-        if (_graph.Constant(value) is not { } t) return null;
+        if (!_constants.TryGetValue(value, out var t)) return null;
         return Tensors.ReadInt64s(Tensors.InlineBytes(t), t.DataType);
     }
+
+    /// <summary>The value of a constant boolean scalar, or null if it is computed.</summary>
+    public bool? ConstBool(string value) =>
+        _constants.TryGetValue(value, out var t) ? Tensors.InlineBytes(t).Any(b => b != 0) : null;
 
     public static long[] Normalize(IEnumerable<long> axes, int rank) => axes.Select(a => a < 0 ? a + rank : a).ToArray();
 

@@ -15,7 +15,7 @@ public static class GradientBuilder
         "Shape", "Size", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Not", "Xor",
         "Range", "ConstantOfShape", "NonZero", "ArgMax", "ArgMin", "Floor", "Ceil", "Round", "Sign", "IsNaN", "IsInf",
         "Constant", "EyeLike", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-        "TopK_indices", "OneHot", "Trilu_mask", "BitShift", "Mod",
+        "OneHot", "BitShift", "Mod",
     ];
 
     /// <param name="graph">graph holding the loss; gradient nodes are appended to it</param>
@@ -32,9 +32,10 @@ public static class GradientBuilder
         var contributions = new Dictionary<string, List<string>>();
         var scalars = new Dictionary<(double, int), string>();
         var shapes = new Dictionary<string, string>();
+        var constants = GraphConstants.Index(graph.Graph);
 
         var seedContext = new GradContext(graph, new NodeProto { Name = "seed", OpType = "seed" }, types, opset, [], [],
-            scalars, shapes);
+            scalars, shapes, constants);
         contributions[loss] = [seedContext.Op("ConstantOfShape", [seedContext.ShapeOf(loss)],
             ("value", Tensors.FromFloats("one", [1], [1f], types.ElemType(loss))))];
 
@@ -48,11 +49,14 @@ public static class GradientBuilder
             if (!GradientRules.Table.TryGetValue(node.OpType, out var rule) || node.Domain is not ("" or "ai.onnx"))
                 throw new OrtLoraException($"autodiff: no gradient rule for op {node.Domain}{(node.Domain == "" ? "" : ".")}{node.OpType} " +
                     $"(node '{node.Name}'), which lies between a trainable parameter and the loss");
-            var context = new GradContext(graph, node, types, opset, outputGrads, wanted, scalars, shapes);
+            var context = new GradContext(graph, node, types, opset, outputGrads, wanted, scalars, shapes, constants);
             var inputGrads = rule(context);
             for (int i = 0; i < node.Input.Count; i++)
             {
-                if (!wanted[i] || i >= inputGrads.Length || inputGrads[i] is not { } g) continue;
+                if (!wanted[i]) continue;
+                if (i >= inputGrads.Length || inputGrads[i] is not { } g)
+                    throw new OrtLoraException($"autodiff: the {node.OpType} rule gives no gradient for input {i} ('{node.Input[i]}') " +
+                        $"of node '{node.Name}', which lies between a trainable parameter and the loss");
                 (contributions.TryGetValue(node.Input[i], out var list) ? list : contributions[node.Input[i]] = []).Add(g);
             }
         }

@@ -18,7 +18,7 @@ public static partial class GradientRules
         t["Pow"] = Pow;
         t["Neg"] = c => [c.Neg(c.GO(0)!)];
         t["Identity"] = c => [c.GO(0)];
-        t["Dropout"] = c => [c.GO(0)]; // ortlora trains with dropout off in the base graph (eval-mode export)
+        t["Dropout"] = Dropout;
         t["Cast"] = c => [c.Types.IsFloat(c.I(0)) ? c.CastLike(c.GO(0)!, c.I(0)) : null];
         t["Sqrt"] = c => [c.Div(c.Mul(c.GO(0)!, c.Scalar(0.5, c.O(0))), c.O(0))];
         t["Reciprocal"] = c => [c.Neg(c.Mul(c.GO(0)!, c.Mul(c.O(0), c.O(0))))];
@@ -87,6 +87,18 @@ public static partial class GradientRules
             derivative = c.Add(cdf, c.Mul(x, pdf));
         }
         return [c.Mul(c.GO(0)!, derivative)];
+    }
+
+    /// <summary>Dropout: identity in inference mode; in training mode the gradient takes the same mask and the
+    /// same 1/(1 − ratio) scale. The mask output is added to the node if it had none.</summary>
+    static string?[] Dropout(GradContext c)
+    {
+        if (!c.HasInput(2) || c.ConstBool(c.I(2)) == false) return [c.GO(0)];
+        if (!c.HasInput(1)) throw c.Unsupported("training-mode Dropout without a ratio input");
+        if (c.Node.Output.Count < 2 || c.Node.Output[1] == "") c.AddMaskOutput();
+        var kept = c.Mul(c.GO(0)!, c.CastLike(c.O(1), c.O(0)));
+        var keepProbability = c.Sub(c.Scalar(1, c.O(0)), c.CastLike(c.I(1), c.O(0)));
+        return [c.Div(kept, keepProbability)];
     }
 
     /// <summary>Max/Min: the gradient goes to the inputs equal to the output, split evenly on ties (as torch.maximum).</summary>

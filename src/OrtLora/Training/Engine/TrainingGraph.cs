@@ -46,7 +46,9 @@ public sealed class TrainingGraph
 
     /// <param name="parameters">trainable initializers; default: every LoRA parameter</param>
     /// <param name="logits">the logits output; default: the output named "logits", else the first output</param>
-    public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null)
+    /// <param name="loraDropout">dropout on each LoRA input in the training graphs; default: the model's LoRA config</param>
+    public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null,
+        double? loraDropout = null)
     {
         int opset = model.Opset();
         if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; training needs opset 13 or later (re-export the model)");
@@ -77,6 +79,8 @@ public sealed class TrainingGraph
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
         g.Cleanup();
         var eval = proto.Clone();
+        var dropout = loraDropout ?? Lora.LoraModel.Read(model)?.Config.LoraDropout ?? 0;
+        if (dropout > 0) AddLoraDropout(g, parameters, dropout);
 
         var types = ValueTable.Probe(proto, ProbeFeeds(proto, values, 2, 5), ProbeFeeds(proto, values, 3, 7));
         var grads = GradientBuilder.Build(g, Loss, parameters, types, opset);
@@ -161,6 +165,27 @@ public sealed class TrainingGraph
             Output(v, Updated(ExpAvgSqOf(p)));
         }
         g.Cleanup();
+    }
+
+    /// <summary>PEFT's lora_dropout: Dropout(x) in training mode feeds x·Aᵀ (the base path keeps x).</summary>
+    static void AddLoraDropout(GraphEditor g, IReadOnlyList<string> parameters, double ratio)
+    {
+        var ratioName = g.Unique("lora_dropout/ratio");
+        g.AddInitializer(Tensors.Scalar(ratioName, ratio, (int)DT.Float));
+        var training = g.Unique("lora_dropout/training_mode");
+        g.AddInitializer(Tensors.Scalar(training, 1, (int)DT.Bool));
+        foreach (var a in parameters.Where(p => p.EndsWith(".lora_A.weight")))
+        {
+            var uses = g.Consumers(a).SelectMany(n => n.OpType == "Transpose" ? g.Consumers(n.Output[0]) : [n])
+                .Where(n => n.OpType is "MatMul" or "Gemm").ToList();
+            foreach (var use in uses)
+            {
+                var dropped = g.Add("Dropout", [use.Input[0], ratioName, training], name: a + "/lora_dropout",
+                    outputs: [g.Unique(a + "/lora_dropout_output"), g.Unique(a + "/lora_dropout_mask")]);
+                use.Input[0] = dropped;
+            }
+        }
+        g.TopologicalSort();
     }
 
     static ValueInfoProto Input(string name, int elemType, IEnumerable<object> dims)

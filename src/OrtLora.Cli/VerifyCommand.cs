@@ -1,0 +1,42 @@
+using System.CommandLine;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+using OrtLora.Training.Engine;
+using Spectre.Console;
+
+namespace OrtLora.Cli;
+
+/// <summary>ortlora verify MODEL --init-from ADAPTER --reference REF.safetensors -o OUT.safetensors: recomputes what
+/// PEFT computed (loss, gradients, one AdamW step, a 20-step trajectory) with ortlora's training graphs, writes it
+/// under the reference's key names, prints the comparison and fails if any quantity is out of tolerance.</summary>
+public static class VerifyCommand
+{
+    public static Command Create()
+    {
+        var model = new Argument<string>("model") { Description = "base ONNX model (no LoRA)" };
+        var initFrom = new Option<string>("--init-from") { Description = "PEFT adapter directory to inject", Required = true };
+        var referencePath = new Option<string>("--reference") { Description = "reference.safetensors with the batch and PEFT's numbers", Required = true };
+        var output = new Option<string>("--output", "-o") { Description = "where to write ortlora's numbers (safetensors)", Required = true };
+        var cmd = new Command("verify", "Check ortlora's loss, gradients and AdamW against a PEFT reference") { model, initFrom, referencePath, output };
+        cmd.SetAction(parse =>
+        {
+            try
+            {
+                var reference = SafeTensors.Read(parse.GetValue(referencePath)!);
+                using var m = OnnxModel.Load(parse.GetValue(model)!);
+                LoraInjector.Inject(m, PeftAdapter.Load(parse.GetValue(initFrom)!));
+                var ours = PeftParity.Compute(m, reference);
+                var rows = PeftParity.Compare(ours, reference);
+                SafeTensors.Write(parse.GetValue(output)!, ours);
+                var table = new Table().AddColumns("quantity", "tensors", "max |diff|", "tolerance", "result", "note");
+                foreach (var r in rows)
+                    table.AddRow(r.Quantity, r.Tensors.ToString(), r.MaxDiff.ToString("E2"), r.Tolerance.ToString("E2"),
+                        r.Passed ? "[green]ok[/]" : "[red]FAIL[/]", Markup.Escape(r.Note));
+                AnsiConsole.Write(table);
+                return rows.All(r => r.Passed) ? 0 : 2;
+            }
+            catch (OrtLoraException e) { Console.Error.WriteLine($"error: {e.Message}"); return 1; }
+        });
+        return cmd;
+    }
+}
