@@ -18,6 +18,9 @@ public static class Architectures
 {
     public const long Vocab = 64, Hidden = 32, Heads = 4, HeadDim = 8, Ffn = 48;
 
+    // Before All: static fields initialize in order.
+    static readonly string[] LlamaTargets = Targets(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]);
+
     public static readonly Architecture[] All =
     [
         new("phi3", () => Phi3(), Targets(["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"]),
@@ -32,8 +35,6 @@ public static class Architectures
         new("llama-opset23-rmsnorm", () => Llama(23), LlamaTargets, []),
         new("llama-fp16-weights", () => Llama(17, weightType: (int)DT.Float16), LlamaTargets, []),
     ];
-
-    static readonly string[] LlamaTargets = Targets(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]);
 
     static string[] Targets(string[] modules, string layers = "model.layers") =>
         Enumerable.Range(0, 2).SelectMany(l => modules.Select(m => $"{layers}.{l}.{m}")).ToArray();
