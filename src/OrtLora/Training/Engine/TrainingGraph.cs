@@ -71,9 +71,10 @@ public sealed class TrainingGraph
             g.RemoveInitializer(p);
             proto.Graph.Input.Add(Input(p, (int)DT.Float, t.Dims.Select(d => (object)d)));
         }
+        FeedEmptyCache(proto, g);
         var batchInputs = proto.Graph.Input.Select(i => i.Name).Where(n => !shapes.ContainsKey(n)).Append(Labels).ToList();
         proto.Graph.Input.Add(Input(Labels, (int)DT.Int64, ["batch", "sequence"]));
-        var loss = CausalLmLoss.Append(g, logits, Labels, logitsType);
+        var loss = CausalLmLoss.Append(g, logits, Labels, logitsType, opset);
         g.Add("Identity", [loss], name: "loss/output", outputs: [Loss]);
         proto.Graph.Output.Clear();
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
@@ -187,6 +188,37 @@ public sealed class TrainingGraph
         }
         g.TopologicalSort();
     }
+
+    /// <summary>A decoder exported for generation (Optimum: past_key_values.N.key/value inputs, present.N outputs) trains
+    /// on whole sequences: each cache input becomes an in-graph empty tensor [batch, ..., 0, ...] (the batch size from
+    /// input_ids, its other symbolic dimension the past length 0), so the batch feeds stay input_ids/attention_mask.</summary>
+    static void FeedEmptyCache(ModelProto proto, GraphEditor g)
+    {
+        var cache = proto.Graph.Input.Where(i => i.Name.StartsWith("past") && i.Type?.TensorType is { } t && t.ElemType != (int)DT.Int64).ToList();
+        if (cache.Count == 0) return;
+        var tokens = proto.Graph.Input.FirstOrDefault(i => i.Name == "input_ids")
+            ?? throw new OrtLoraException($"the model has cache inputs ({cache[0].Name}) but no input_ids to take the batch size from");
+        int existing = proto.Graph.Node.Count;
+        var batch = g.Add("Slice", [g.Add("Shape", [tokens.Name], name: "empty_cache/Shape"), Ints(g, 0), Ints(g, 1), Ints(g, 0)], name: "empty_cache/Slice");
+        foreach (var input in cache)
+        {
+            var dims = input.Type.TensorType.Shape?.Dim.ToList() ?? [];
+            if (dims.Count < 2 || dims.Skip(1).Count(d => d.DimValue <= 0) != 1)
+                throw new OrtLoraException($"model input '{input.Name}': a cache input needs [batch, ...] with exactly one symbolic past-length dimension to train on an empty cache");
+            var rest = Ints(g, dims.Skip(1).Select(d => Math.Max(0, d.DimValue)).ToArray());
+            var shape = g.Add("Concat", [batch, rest], name: "empty_cache/Concat", attributes: ("axis", 0L));
+            g.Add("ConstantOfShape", [shape], name: "empty_cache/" + input.Name, outputs: [input.Name],
+                attributes: ("value", Tensors.FromFloats("zero", [1], [0f], input.Type.TensorType.ElemType)));
+            proto.Graph.Input.Remove(input);
+        }
+        // The new nodes read only input_ids and initializers: move them to the front, where the cache inputs were.
+        var added = proto.Graph.Node.Skip(existing).ToList();
+        foreach (var n in added) proto.Graph.Node.Remove(n);
+        for (int i = 0; i < added.Count; i++) proto.Graph.Node.Insert(i, added[i]);
+    }
+
+    static string Ints(GraphEditor g, params long[] values) =>
+        g.AddInitializer(Tensors.FromInt64(g.Unique("empty_cache/ints"), [values.Length], values));
 
     static ValueInfoProto Input(string name, int elemType, IEnumerable<object> dims)
     {
