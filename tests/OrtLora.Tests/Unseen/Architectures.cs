@@ -19,13 +19,18 @@ public static class Architectures
     public const long Vocab = 64, Hidden = 32, Heads = 4, HeadDim = 8, Ffn = 48;
 
     // Before All: static fields initialize in order.
+    static Architecture Phi3Like(string name, int opset) => new(name, () => Phi3(opset),
+        Targets(["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"]),
+        new() { ["model.layers.0.self_attn.qkv_proj"] = [32, 16, 16], ["model.layers.0.mlp.gate_up_proj"] = [48, 48],
+            ["model.layers.1.self_attn.qkv_proj"] = [32, 16, 16], ["model.layers.1.mlp.gate_up_proj"] = [48, 48] });
+
     static readonly string[] LlamaTargets = Targets(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]);
 
     public static readonly Architecture[] All =
     [
-        new("phi3", () => Phi3(), Targets(["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"]),
-            new() { ["model.layers.0.self_attn.qkv_proj"] = [32, 16, 16], ["model.layers.0.mlp.gate_up_proj"] = [48, 48],
-                ["model.layers.1.self_attn.qkv_proj"] = [32, 16, 16], ["model.layers.1.mlp.gate_up_proj"] = [48, 48] }),
+        Phi3Like("phi3", 17),
+        Phi3Like("phi3-opset18-split-num-outputs", 18),
+        Phi3Like("phi3-opset12-split-attribute", 12) with { Trainable = false },
         new("gpt-neox", () => NeoX(), Targets(["attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"], "gpt_neox.layers"), []),
         new("qwen2", () => Qwen2(), Targets(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]), []),
         new("opt-gemm", () => Opt(), Targets(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"], "model.decoder.layers"), []),
@@ -47,10 +52,11 @@ public static class Architectures
     }
 
     /// <summary>Phi-3: fused qkv_proj cut by Slices into q (4 heads) and k, v (2 KV heads each); fused gate_up_proj
-    /// cut by Split in layer 0 and by Slices in layer 1; SiLU as x·sigmoid(x); RMSNorm written out.</summary>
-    static OnnxModel Phi3()
+    /// cut by Split in layer 0 (sizes as attribute before opset 13, as input, or num_outputs from 18) and by Slices in
+    /// layer 1; SiLU as x·sigmoid(x); RMSNorm written out.</summary>
+    static OnnxModel Phi3(int opset)
     {
-        var n = new Net(17, seed: 3);
+        var n = new Net(opset, seed: 3);
         var (ids, am) = TokenInputs(n);
         var mask = n.Mask(ids, am, null);
         var x = n.Embedding(ids, "model.embed_tokens.weight", Vocab, Hidden);
