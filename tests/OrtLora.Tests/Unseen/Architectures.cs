@@ -39,6 +39,7 @@ public static class Architectures
         new("llama-opset13", () => Llama(13), LlamaTargets, []),
         new("llama-opset23-rmsnorm", () => Llama(23), LlamaTargets, []),
         new("llama-fp16-weights", () => Llama(17, weightType: (int)DT.Float16), LlamaTargets, []),
+        new("llama-fp16", () => Llama(17, weightType: (int)DT.Float16, computeType: (int)DT.Float16), LlamaTargets, []),
     ];
 
     static string[] Targets(string[] modules, string layers = "model.layers") =>
@@ -144,9 +145,9 @@ public static class Architectures
 
     /// <summary>A LLaMA-style decoder at a given opset; with <paramref name="past"/> as Optimum exports it for
     /// generation: position_ids (learned positions here), past_key_values.N.key/value inputs and present.N outputs.</summary>
-    static OnnxModel Llama(int opset, bool past = false, int weightType = (int)DT.Float)
+    static OnnxModel Llama(int opset, bool past = false, int weightType = (int)DT.Float, int computeType = (int)DT.Float)
     {
-        var n = new Net(opset, seed: 11) { WeightType = weightType };
+        var n = new Net(opset, seed: 11) { WeightType = weightType, ComputeType = computeType };
         var (ids, am) = TokenInputs(n, past ? "total_sequence_length" : null);
         string? pastLength = null;
         if (past)
@@ -154,7 +155,7 @@ public static class Architectures
             n.Input("position_ids", (int)DT.Int64, "batch_size", "sequence_length");
             for (int l = 0; l < 2; l++)
                 foreach (var kind in new[] { "key", "value" })
-                    n.Input($"past_key_values.{l}.{kind}", (int)DT.Float, "batch_size", 2, "past_sequence_length", HeadDim);
+                    n.Input($"past_key_values.{l}.{kind}", computeType, "batch_size", 2, "past_sequence_length", HeadDim);
             pastLength = n.Op("Slice", n.Op("Shape", "past_key_values.0.key"), n.I(2), n.I(3), n.I(0));
         }
         var mask = n.Mask(ids, am, pastLength);
@@ -197,6 +198,6 @@ public static class Architectures
         var logits = n.Linear(x, module, Hidden, Vocab, style);
         n.G.Add("Identity", [logits], outputs: ["logits"]);
         // Optimum lists logits first; present.N outputs (if any) were added before, so move logits to the front.
-        n.Proto.Graph.Output.Insert(0, Net.Value("logits", (int)DT.Float, "batch_size", "sequence_length", Vocab));
+        n.Proto.Graph.Output.Insert(0, Net.Value("logits", n.ComputeType, "batch_size", "sequence_length", Vocab));
     }
 }

@@ -19,6 +19,8 @@ public sealed class Net
     public string Prefix { get; init; } = "";
     /// <summary>Weights stored in this type and Cast to float32 before use (fp16 checkpoints exported as-is).</summary>
     public int WeightType { get; init; } = (int)DT.Float;
+    /// <summary>The type activations are computed in (fp16 for an export of a half-precision model).</summary>
+    public int ComputeType { get; init; } = (int)DT.Float;
     readonly Random _rng;
     int _torchScriptId = 100;
 
@@ -45,7 +47,7 @@ public sealed class Net
     public void Output(string value, string name, params object[] dims)
     {
         G.Add("Identity", [value], outputs: [name]);
-        Proto.Graph.Output.Add(Value(name, (int)DT.Float, dims));
+        Proto.Graph.Output.Add(Value(name, ComputeType, dims));
     }
 
     public float[] Random(long n, double scale) => Enumerable.Range(0, (int)n).Select(_ => (float)((_rng.NextDouble() * 2 - 1) * scale)).ToArray();
@@ -54,12 +56,12 @@ public sealed class Net
     public string Param(string name, long[] dims, float[] values)
     {
         G.AddInitializer(Tensors.FromFloats(name, dims, values, WeightType));
-        return WeightType == (int)DT.Float ? name : G.Add("Cast", [name], attributes: ("to", (int)DT.Float));
+        return WeightType == ComputeType ? name : G.Add("Cast", [name], attributes: ("to", ComputeType));
     }
 
     public string Ones(string name, long n) => Param(name, [n], Enumerable.Repeat(1f, (int)n).ToArray());
     public string Zeros(string name, long n) => Param(name, [n], new float[n]);
-    public string F(params float[] v) => G.AddInitializer(Tensors.FromFloats(G.Unique("c"), v.Length == 1 ? [] : [v.Length], v));
+    public string F(params float[] v) => G.AddInitializer(Tensors.FromFloats(G.Unique("c"), v.Length == 1 ? [] : [v.Length], v, ComputeType));
     public string I(params long[] v) => G.AddInitializer(Tensors.FromInt64(G.Unique("i"), [v.Length], v));
 
     public string Op(string op, params string[] inputs) => G.Add(op, inputs);
@@ -154,7 +156,7 @@ public sealed class Net
         var cols = Op("Range", zero, total, one);
         var future = Op("Greater", Unsqueeze(cols, 0), Unsqueeze(rows, 1));
         var causal = Op("Where", future, F(-1e4f), F(0f));
-        var padding = Op("Mul", Op("Sub", F(1f), Op("Cast", [attentionMask], ("to", (int)DT.Float))), F(-1e4f));
+        var padding = Op("Mul", Op("Sub", F(1f), Op("Cast", [attentionMask], ("to", ComputeType))), F(-1e4f));
         return Op("Add", causal, Unsqueeze(padding, 1, 2));
     }
 

@@ -74,6 +74,13 @@ public sealed class TrainingGraph
         FeedEmptyCache(proto, g);
         var batchInputs = proto.Graph.Input.Select(i => i.Name).Where(n => !shapes.ContainsKey(n)).Append(Labels).ToList();
         proto.Graph.Input.Add(Input(Labels, (int)DT.Int64, ["batch", "sequence"]));
+        if (logitsType is (int)DT.Float16 or (int)DT.Bfloat16)
+        {
+            // As Hugging Face's causal-LM heads do (logits.float()): the loss in float32, where it is stable and where
+            // ORT's CPU kernels exist (ScatterElements has no fp16 'add').
+            logits = g.Add("Cast", [logits], name: "loss/upcast", attributes: ("to", (int)DT.Float));
+            logitsType = (int)DT.Float;
+        }
         var loss = CausalLmLoss.Append(g, logits, Labels, logitsType, opset);
         g.Add("Identity", [loss], name: "loss/output", outputs: [Loss]);
         proto.Graph.Output.Clear();
