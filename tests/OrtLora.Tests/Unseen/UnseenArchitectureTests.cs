@@ -97,11 +97,40 @@ public class UnseenArchitectureTests
             LoraInjector.Inject(reloaded, exported);
             Assert.That(Shared.MaxAbsDiff(Logits(reloaded, arch), adapted), Is.LessThan(1e-4f), $"{variant}: exported adapter re-injected");
 
+            if (variant == "performant") Assert.That(Shared.MaxAbsDiff(RuntimeAdapterLogits(arch, exported), adapted), Is.LessThan(1e-4f), "as an ORT runtime adapter");
+
             LoraMerger.Merge(model);
             Assert.That(Shared.MaxAbsDiff(Logits(model, arch), adapted), Is.LessThan(MergeTolerance(arch)), $"{variant}: merged");
             using var original = arch.Build();
             Assert.That(GraphEditor.OpHistogram(model.Graph), Is.EqualTo(GraphEditor.OpHistogram(original.Graph)), $"{variant}: merged graph has the original's ops");
         }
+    }
+
+    /// <summary>The exported adapter saved as a PEFT directory and activated through ONNX Runtime's adapter API on a
+    /// freshly injected (zero-B) model whose LoRA parameters are overridable inputs.</summary>
+    static float[] RuntimeAdapterLogits(Architecture arch, PeftAdapter exported)
+    {
+        var dir = Shared.TempDir();
+        try
+        {
+            exported.Save(dir);
+            using var model = arch.Build();
+            var lora = LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 4, LoraAlpha = 8 });
+            Deploy.LoraRuntimeForm.MakeOverridable(model);
+            using var session = new InferenceSession(model.ToBytes(), OrtRun.DefaultOptions());
+            using var adapter = Deploy.RuntimeAdapters.Load(dir, session, lora.Config.Scale);
+            using var runOptions = new RunOptions();
+            runOptions.AddActiveLoraAdapter(adapter);
+            var feeds = Feeds(arch);
+            var values = feeds.Values.Select(t => t.ToOrtValue()).ToList();
+            try
+            {
+                using var outputs = session.Run(runOptions, feeds.Keys.ToList(), values, ["logits"]);
+                return HostTensor.FromOrtValue(outputs[0]).Floats;
+            }
+            finally { foreach (var v in values) v.Dispose(); }
+        }
+        finally { Directory.Delete(dir, recursive: true); }
     }
 
     [TestCaseSource(nameof(All))]
