@@ -85,4 +85,28 @@ public class UnseenPipelineTests
         var e = Assert.Throws<OrtLoraException>(() => TrainingGraph.Build(model));
         Assert.That(e!.Message, Does.Contain("BiasGelu"));
     }
+
+    /// <summary>Optimum's legacy merged decoder keeps every layer inside the two branches of an If on use_cache_branch.</summary>
+    [Test]
+    public void LayersOnlyInsideIfBranchesGetAMessageSayingSo()
+    {
+        var n = new Net(17);
+        n.Input("input_ids", (int)DT.Int64, "batch_size", "sequence_length");
+        n.Input("use_cache_branch", (int)DT.Bool, 1);
+        var x = n.Embedding("input_ids", "model.embed_tokens.weight", 64, 16);
+        GraphProto Branch(string name)
+        {
+            var branch = new GraphProto { Name = name };
+            var w = n.Param(n.G.Unique("lm_head.weight"), [16, 64], n.Random(16 * 64, 0.25));
+            branch.Node.Add(new NodeProto { OpType = "MatMul", Name = "/lm_head/MatMul", Input = { x, w }, Output = { name + "_logits" } });
+            branch.Output.Add(Net.Value(name + "_logits", (int)DT.Float, "batch_size", "sequence_length", 64));
+            return branch;
+        }
+        var cond = n.Op("Squeeze", "use_cache_branch", n.I(0));
+        n.G.Add("If", [cond], name: "optimum::if", outputs: ["logits"], attributes: [("then_branch", Branch("with_past")), ("else_branch", Branch("without_past"))]);
+        n.Proto.Graph.Output.Add(Net.Value("logits", (int)DT.Float, "batch_size", "sequence_length", 64));
+        using var model = n.Model();
+        var e = Assert.Throws<OrtLoraException>(() => LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"] }));
+        Assert.That(e!.Message, Does.Contain("If node 'optimum::if'").And.Contain("merged decoder"));
+    }
 }
