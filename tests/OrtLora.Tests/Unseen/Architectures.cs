@@ -38,6 +38,7 @@ public static class Architectures
         new("llama-opset12", () => Llama(12), LlamaTargets, [], Trainable: false),
         new("llama-opset13", () => Llama(13), LlamaTargets, []),
         new("llama-opset23-rmsnorm", () => Llama(23), LlamaTargets, []),
+        new("llama-opset23-attention-op", () => Llama(23, attentionOp: true), LlamaTargets, []),
         new("llama-fp16-weights", () => Llama(17, weightType: (int)DT.Float16), LlamaTargets, []),
         new("llama-fp16", () => Llama(17, weightType: (int)DT.Float16, computeType: (int)DT.Float16), LlamaTargets, []),
     ];
@@ -145,7 +146,7 @@ public static class Architectures
 
     /// <summary>A LLaMA-style decoder at a given opset; with <paramref name="past"/> as Optimum exports it for
     /// generation: position_ids (learned positions here), past_key_values.N.key/value inputs and present.N outputs.</summary>
-    static OnnxModel Llama(int opset, bool past = false, int weightType = (int)DT.Float, int computeType = (int)DT.Float)
+    static OnnxModel Llama(int opset, bool past = false, int weightType = (int)DT.Float, int computeType = (int)DT.Float, bool attentionOp = false)
     {
         var n = new Net(opset, seed: 11) { WeightType = weightType, ComputeType = computeType };
         var (ids, am) = TokenInputs(n, past ? "total_sequence_length" : null);
@@ -161,20 +162,24 @@ public static class Architectures
         var mask = n.Mask(ids, am, pastLength);
         var x = n.Embedding(ids, "model.embed_tokens.weight", Vocab, Hidden);
         if (past) x = n.Op("Add", x, n.Embedding("position_ids", "model.embed_positions.weight", 32, Hidden));
-        x = Llama(n, x, mask, kvHeads: 2, LinearStyle.Dynamo, qkvBias: false, pastLength);
+        x = Llama(n, x, mask, kvHeads: 2, LinearStyle.Dynamo, qkvBias: false, pastLength, attentionOp ? am : null);
         Head(n, n.RmsNorm(x, "model.norm.weight", Hidden), "lm_head", LinearStyle.Dynamo);
         return n.Model();
     }
 
-    static string Llama(Net n, string x, string mask, long kvHeads, LinearStyle style, bool qkvBias, string? pastLength)
+    /// <param name="attentionMaskForOp">given: attention by the ONNX Attention op (opset 23, as torch.onnx writes
+    /// scaled_dot_product_attention) — layer 0 on 4-D heads with is_causal (no padding mask), grouped KV heads left
+    /// to the op; layer 1 on 3-D projections (q_num_heads/kv_num_heads) with the full additive mask</param>
+    static string Llama(Net n, string x, string mask, long kvHeads, LinearStyle style, bool qkvBias, string? pastLength, string? attentionMaskForOp = null)
     {
         for (int l = 0; l < 2; l++)
         {
             var p = $"model.layers.{l}";
             var h = n.RmsNorm(x, n.Prefix + p + ".input_layernorm.weight", Hidden);
-            var q = n.Heads(n.Linear(h, p + ".self_attn.q_proj", Hidden, Heads * HeadDim, style, qkvBias), Heads, HeadDim);
-            var k = n.Heads(n.Linear(h, p + ".self_attn.k_proj", Hidden, kvHeads * HeadDim, style, qkvBias), kvHeads, HeadDim);
-            var v = n.Heads(n.Linear(h, p + ".self_attn.v_proj", Hidden, kvHeads * HeadDim, style, qkvBias), kvHeads, HeadDim);
+            var qProj = n.Linear(h, p + ".self_attn.q_proj", Hidden, Heads * HeadDim, style, qkvBias);
+            var kProj = n.Linear(h, p + ".self_attn.k_proj", Hidden, kvHeads * HeadDim, style, qkvBias);
+            var vProj = n.Linear(h, p + ".self_attn.v_proj", Hidden, kvHeads * HeadDim, style, qkvBias);
+            var (q, k, v) = (n.Heads(qProj, Heads, HeadDim), n.Heads(kProj, kvHeads, HeadDim), n.Heads(vProj, kvHeads, HeadDim));
             if (pastLength is not null)
             {
                 k = n.Op("Concat", [$"past_key_values.{l}.key", k], ("axis", 2L));
@@ -183,7 +188,16 @@ public static class Architectures
                 n.Output(v, $"present.{l}.value", "batch_size", kvHeads, "total_sequence_length", HeadDim);
             }
             var rep = Heads / kvHeads;
-            var attn = n.Attention(q, n.RepeatKv(k, kvHeads, rep, HeadDim), n.RepeatKv(v, kvHeads, rep, HeadDim), mask, Heads, HeadDim);
+            string attn;
+            if (attentionMaskForOp is { } am && l == 0)
+            {
+                var y = n.Op("Attention", [q, k, v], ("is_causal", 1L));
+                attn = n.Op("Reshape", n.Op("Transpose", [y], ("perm", new long[] { 0, 2, 1, 3 })), n.I(0, 0, Heads * HeadDim));
+            }
+            else if (attentionMaskForOp is not null)
+                attn = n.Op("Attention", [qProj, kProj, vProj, mask], ("q_num_heads", Heads), ("kv_num_heads", kvHeads), ("scale", 1f / MathF.Sqrt(HeadDim)));
+            else
+                attn = n.Attention(q, n.RepeatKv(k, kvHeads, rep, HeadDim), n.RepeatKv(v, kvHeads, rep, HeadDim), mask, Heads, HeadDim);
             x = n.Op("Add", x, n.Linear(attn, p + ".self_attn.o_proj", Hidden, Hidden, style));
             var m = n.RmsNorm(x, n.Prefix + p + ".post_attention_layernorm.weight", Hidden);
             var gate = n.Linear(m, p + ".mlp.gate_proj", Hidden, Ffn, style);
