@@ -57,6 +57,10 @@ public sealed class TrainingGraph
         parameters ??= proto.Graph.Initializer.Select(t => t.Name).Where(IsLoraParameter).ToList();
         if (parameters.Count == 0)
             throw new OrtLoraException($"{model.Source}: no trainable parameters (no initializer ends in .lora_A.weight / .lora_B.weight); run `ortlora inject` first");
+        var taken = proto.Graph.Input.Select(i => i.Name).Concat(proto.Graph.Node.SelectMany(n => n.Output)).Concat(proto.Graph.Initializer.Select(t => t.Name));
+        if (taken.FirstOrDefault(n => n is Labels or Loss) is { } clash)
+            throw new OrtLoraException($"{model.Source}: the model already has a value named '{clash}' (exported with labels and a loss?); " +
+                "export it with input_ids and attention_mask in, logits out");
         logits ??= proto.Graph.Output.Any(o => o.Name == "logits") ? "logits" : proto.Graph.Output[0].Name;
         var logitsType = proto.Graph.Output.FirstOrDefault(o => o.Name == logits)?.Type?.TensorType?.ElemType ?? (int)DT.Float;
 
