@@ -151,13 +151,19 @@ public sealed class TrainingGraph
             proto.Graph.Input.Add(Input(ExpAvgSqOf(p), (int)DT.Float, dims));
             slots.Add(new AdamWSlot(p, gradOf(p), ExpAvgOf(p), ExpAvgSqOf(p)));
         }
-        var result = AdamWGraph.Append(g, slots, LearningRate, Step, MaxGradNorm, options);
+        var result = AdamWGraph.Append(g, slots, ParameterShapes, LearningRate, Step, MaxGradNorm, options);
         var outputs = proto.Graph.Output.Where(o => o.Name == Loss).ToList();
         proto.Graph.Output.Clear();
         proto.Graph.Output.AddRange(outputs);
+        // a value only the graph output reads is renamed in place; others go through an Identity
+        var read = new HashSet<string>(proto.Graph.Node.SelectMany(n => n.Input));
+        var producers = new Dictionary<string, NodeProto>();
+        foreach (var n in proto.Graph.Node) foreach (var o in n.Output) producers[o] = n;
         void Output(string value, string name)
         {
-            g.Add("Identity", [value], name: "adamw/output", outputs: [name]);
+            if (!read.Contains(value) && producers.TryGetValue(value, out var producer))
+                producer.Output[producer.Output.IndexOf(value)] = name;
+            else g.Add("Identity", [value], name: "adamw/output", outputs: [name]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = name });
         }
         Output(result.GradNorm, GradNorm);
