@@ -14,19 +14,19 @@ public static class DemoCommand
     public static Command Create()
     {
         var output = new Option<string>("--output", "-o") { Description = "working directory", DefaultValueFactory = _ => Path.Combine("out", "demo") };
-        var steps = new Option<int>("--max-steps") { Description = "optimizer steps", DefaultValueFactory = _ => 200 };
+        var epochs = new Option<double>("--num-train-epochs") { Description = "passes over the demo data", DefaultValueFactory = _ => 10 };
         var plain = new Option<bool>("--plain-log") { Description = "one line per logging step instead of a progress bar" };
-        var cmd = new Command("demo", "Inject, train, merge and generate on the embedded tiny model (about a minute on 2 cores)") { output, steps, plain };
-        cmd.SetAction(CliRunner.Guard(parse => Run(parse.GetValue(output)!, parse.GetValue(steps), parse.GetValue(plain))));
+        var cmd = new Command("demo", "Inject, train, merge and generate on the embedded tiny model (about a minute on 2 cores)") { output, epochs, plain };
+        cmd.SetAction(CliRunner.Guard(parse => Run(parse.GetValue(output)!, parse.GetValue(epochs), parse.GetValue(plain))));
         return cmd;
     }
 
-    static void Run(string outputDir, int maxSteps, bool plainLog)
+    static void Run(string outputDir, double epochs, bool plainLog)
     {
         var baseDir = Path.Combine(outputDir, "base");
         ExtractEmbeddedModel(baseDir);
         var model = Path.Combine(baseDir, "model.onnx");
-        var questions = Questions(Path.Combine(baseDir, "demo_eval.parquet"), 4);
+        var questions = Questions(Path.Combine(baseDir, "demo_eval.parquet"), 6);
 
         Console.WriteLine($"== before training: {model}");
         var before = Answer(model, questions);
@@ -41,8 +41,8 @@ public static class DemoCommand
             Data = new DataOptions { MaxSeqLength = 128 },
             Args = new TrainingArguments
             {
-                OutputDir = Path.Combine(outputDir, "adapter"), MaxSteps = maxSteps, PerDeviceTrainBatchSize = 8,
-                LearningRate = 1e-2, WarmupRatio = 0.05, LrSchedulerType = "cosine", LoggingSteps = 20, EvalSteps = 50, SaveSteps = 0,
+                OutputDir = Path.Combine(outputDir, "adapter"), NumTrainEpochs = epochs, PerDeviceTrainBatchSize = 8,
+                LearningRate = 5e-3, WarmupRatio = 0.03, LoggingSteps = 33, EvalSteps = 66, SaveSteps = 0,
             },
             Merge = true,
         }, plainLog);
@@ -54,7 +54,7 @@ public static class DemoCommand
         for (int i = 0; i < questions.Count; i++)
         {
             if (after[i].Trim() == questions[i].Expected) right++;
-            table.AddRow(Markup.Escape(questions[i].Shown), Markup.Escape(questions[i].Expected), Markup.Escape(Short(before[i])), Markup.Escape(Short(after[i])));
+            table.AddRow(Markup.Escape(questions[i].Shown), Markup.Escape(questions[i].Expected), Markup.Escape(Readable(before[i])), Markup.Escape(Readable(after[i])));
         }
         AnsiConsole.Write(table);
         Console.WriteLine($"eval loss {result.FirstEvalLoss:F3} -> {result.LastEvalLoss:F3}; {right}/{questions.Count} held-out answers exact. " +
@@ -66,7 +66,10 @@ public static class DemoCommand
     static List<Question> Questions(string evalPath, int count)
     {
         using var data = ParquetDataset.Open(evalPath);
-        return data.ReadAll().Select(r => (InstructionRecord)r.Record).Take(count)
+        // A few of each kind (the answers' first words tell the kinds apart), so the table shows every task.
+        return data.ReadAll().Select(r => (InstructionRecord)r.Record)
+            .GroupBy(r => string.Join(' ', r.Output.Split(' ').Take(2)))
+            .SelectMany(g => g.Take(2).Select((r, i) => (r, i))).OrderBy(x => x.i).Select(x => x.r).Take(count)
             .Select(r => new Question(AlpacaTemplate.Prompt(r), r.Input == "" ? r.Instruction : $"{r.Instruction} {r.Input}", r.Output)).ToList();
     }
 
@@ -79,10 +82,12 @@ public static class DemoCommand
         {
             var text = string.Concat(generator.GenerateText(tokenizer, q.Prompt, new GenerationOptions { MaxNewTokens = 24 }));
             answers.Add(text);
-            Console.WriteLine($"  {q.Shown}\n    -> {Short(text)}");
+            Console.WriteLine($"  {q.Shown}\n    -> {Readable(text)}");
         }
         return answers;
     }
+
+    static string Readable(string s) => Short(s) is { Length: > 0 } t ? t : "(nothing readable)";
 
     static string Short(string s) => s.ReplaceLineEndings(" ").Trim() is var t && t.Length > 60 ? t[..60] + "…" : t;
 

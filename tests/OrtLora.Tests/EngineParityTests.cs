@@ -94,4 +94,22 @@ public class EngineParityTests
             Assert.That(loss, Is.EqualTo(expected[step]).Within(1e-3), $"loss at step {step}");
         }
     }
+
+    /// <summary>A model whose weights live in a side file (as every model over 2 GB) trains the same.</summary>
+    [Test]
+    public void ExternalDataModelGivesTheSameGradients()
+    {
+        var reference = SafeTensors.Read(Shared.Peft("llama", "reference.safetensors"));
+        using var model = OnnxModel.Load(Shared.Require("fixtures", "external-data", "llama", "model.onnx"));
+        Assert.That(model.HasExternalData, Is.True);
+        LoraInjector.Inject(model, PeftAdapter.Load(Path.GetDirectoryName(Shared.Peft("llama", "adapter/adapter_config.json"))!));
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions()));
+        var (loss, grads) = session.ComputeGradients(EngineFixtures.ReferenceBatch(reference));
+        Assert.That(loss, Is.EqualTo(reference["loss"].AsFloats()[0]).Within(1e-4));
+        foreach (var p in session.ParameterNames)
+        {
+            var expected = reference["grad." + EngineFixtures.ReferenceName(p)].AsFloats();
+            Assert.That(Shared.MaxAbsDiff(grads[p], expected), Is.LessThanOrEqualTo(1e-4f * expected.Max(Math.Abs) + 1e-7f), p);
+        }
+    }
 }

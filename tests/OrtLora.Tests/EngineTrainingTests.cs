@@ -137,6 +137,40 @@ public class EngineTrainingTests
         }
     }
 
+    /// <summary>A batch with no counted token (all labels -100) gives loss 0 and zero gradients, not NaN: Hugging Face
+    /// would divide by zero and poison the adapter.</summary>
+    [Test]
+    public void ABatchWithoutCountedTokensGivesZeroLossAndGradients()
+    {
+        var batch = PeftParity.ReadBatch(Reference("gpt2"));
+        batch = batch with { Labels = batch.Labels.Select(_ => -100L).ToArray() };
+        using var model = EngineFixtures.InjectedModel("gpt2", "dynamo");
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions()));
+        var (loss, grads) = session.ComputeGradients(batch);
+        Assert.That(loss, Is.EqualTo(0f));
+        Assert.That(grads.Values.SelectMany(g => g), Is.All.EqualTo(0f));
+    }
+
+    /// <summary>Batch and sequence sizes unlike the probe runs' (1×1, one long sequence, left padding) run, and the
+    /// training graph's loss equals the forward-only graph's.</summary>
+    [TestCase("llama", "torchscript")] [TestCase("gpt2", "dynamo")]
+    public void AnyBatchShapeRunsAndAgreesWithEval(string arch, string export)
+    {
+        using var model = EngineFixtures.InjectedModel(arch, export);
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions()));
+        var rng = new Random(2);
+        foreach (var (b, s, leftPad) in new[] { (1, 1, 0), (1, 40, 0), (3, 11, 4) })
+        {
+            var ids = Enumerable.Range(0, b * s).Select(_ => (long)rng.Next(320)).ToArray();
+            var mask = Enumerable.Range(0, b * s).Select(i => i % s < leftPad && i / s == 0 ? 0L : 1L).ToArray();
+            var labels = ids.Select((t, i) => mask[i] == 0 ? -100L : t).ToArray();
+            var batch = new Batch(ids, mask, labels, b, s);
+            var (loss, grads) = session.ComputeGradients(batch);
+            Assert.That(loss, Is.EqualTo(session.EvalLoss(batch)).Within(1e-5), $"{b}×{s}");
+            Assert.That(grads.Values.SelectMany(g => g).All(float.IsFinite), Is.True, $"{b}×{s}");
+        }
+    }
+
     [Test]
     public void AnOpWithoutARuleOnThePathIsAnErrorNamingIt()
     {

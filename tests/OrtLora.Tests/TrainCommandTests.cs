@@ -37,13 +37,20 @@ public class TrainCommandTests
         Assert.That(File.Exists(Path.Combine(dir, "merged", "vocab.json")), "tokenizer beside the merged model");
     }
 
-    [Test]
-    public void GradientAccumulationEqualsOneLargeBatch()
+    // Instruction data (prompt masked) and plain text (every token labelled, so column 0 must not be counted).
+    [TestCase("demo")]
+    [TestCase("text")]
+    public void GradientAccumulationEqualsOneLargeBatch(string data)
     {
         var big = Shared.TempDir();
         var small = Shared.TempDir();
-        OrtloraOk(TrainArgs(big, "--max-steps", "3", "--max-grad-norm", "0"));
-        var args = TrainArgs(small, "--max-steps", "3", "--max-grad-norm", "0", "--gradient-accumulation-steps", "2");
+        string[] WithData(string[] args)
+        {
+            if (data == "text") args[Array.IndexOf(args, "--data") + 1] = Shared.Require("data", "text_300.nulls.parquet");
+            return [.. args, "--max-seq-length", "48"];
+        }
+        OrtloraOk(WithData(TrainArgs(big, "--max-steps", "3", "--max-grad-norm", "0")));
+        var args = WithData(TrainArgs(small, "--max-steps", "3", "--max-grad-norm", "0", "--gradient-accumulation-steps", "2"));
         args[Array.IndexOf(args, "--per-device-train-batch-size") + 1] = "2";
         OrtloraOk(args);
         var a = PeftAdapter.Load(big).Tensors;

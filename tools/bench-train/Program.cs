@@ -55,7 +55,7 @@ for (int i = 0; i < options.Steps; i++)
     Console.WriteLine($"step {i + 1}: {times[^1]:F3} s, loss {loss:F4}");
 }
 double median = times.Order().ElementAt(times.Count / 2);
-Console.WriteLine($"{options.Mode}: median {median:F3} s/step, {n / median:F0} tokens/s (B={options.Batch}, S={options.Seq}, " +
+Console.WriteLine($"{options.Mode}: median {median * 1000:F1} ms/step, {n / median:F0} tokens/s (B={options.Batch}, S={options.Seq}, " +
     $"{Environment.ProcessorCount} cores), peak working set {Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0:F0} MiB");
 
 sealed record Args(string Shape, string? Model, string? InitFrom, int Batch, int Seq, int R, int Steps, string Mode, int Threads)

@@ -172,10 +172,10 @@ public static class Trainer
     static double Update(TrainingSession session, IReadOnlyList<DataBatch> window, float lr, float maxGradNorm)
     {
         if (window.Count == 1) return session.Step(ToEngine(window[0]), lr, maxGradNorm);
-        long tokens = Math.Max(1, window.Sum(b => (long)b.TrainedTokens));
+        long tokens = Math.Max(1, window.Sum(b => (long)b.LossTokens));
         double weighted = 0;
         foreach (var b in window)
-            weighted += session.Accumulate(ToEngine(b), (float)b.TrainedTokens / tokens) * b.TrainedTokens;
+            weighted += session.Accumulate(ToEngine(b), (float)b.LossTokens / tokens) * b.LossTokens;
         session.ApplyAccumulated(lr, maxGradNorm);
         return weighted / tokens;
     }
@@ -187,9 +187,9 @@ public static class Trainer
         long tokens = 0;
         foreach (var b in data.EvalBatches())
         {
-            if (b.TrainedTokens == 0) continue;
-            sum += session.EvalLoss(ToEngine(b)) * (double)b.TrainedTokens;
-            tokens += b.TrainedTokens;
+            if (b.LossTokens == 0) continue;
+            sum += session.EvalLoss(ToEngine(b)) * (double)b.LossTokens;
+            tokens += b.LossTokens;
         }
         return tokens == 0 ? double.NaN : sum / tokens;
     }

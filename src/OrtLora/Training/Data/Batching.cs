@@ -18,6 +18,19 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
     /// <summary>Positions with a label (what the loss averages over).</summary>
     public int TrainedTokens => Labels.Count(l => l != ExampleEncoder.IgnoreIndex);
 
+    /// <summary>Labels the causal-LM loss counts: it predicts position t from t-1, so column 0 of each row is never
+    /// scored. Gradient accumulation and eval weight micro-batches by this, as the loss normalizes by it.</summary>
+    public int LossTokens
+    {
+        get
+        {
+            int n = 0;
+            for (int i = 0; i < Labels.Length; i++)
+                if (i % SeqLength != 0 && Labels[i] != ExampleEncoder.IgnoreIndex) n++;
+            return n;
+        }
+    }
+
     /// <summary>The batch as model inputs: input_ids and attention_mask, and labels when asked.</summary>
     public Dictionary<string, HostTensor> ToFeeds(bool withLabels)
     {

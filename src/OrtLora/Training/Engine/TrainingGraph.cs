@@ -57,6 +57,10 @@ public sealed class TrainingGraph
         parameters ??= proto.Graph.Initializer.Select(t => t.Name).Where(IsLoraParameter).ToList();
         if (parameters.Count == 0)
             throw new OrtLoraException($"{model.Source}: no trainable parameters (no initializer ends in .lora_A.weight / .lora_B.weight); run `ortlora inject` first");
+        var taken = proto.Graph.Input.Select(i => i.Name).Concat(proto.Graph.Node.SelectMany(n => n.Output)).Concat(proto.Graph.Initializer.Select(t => t.Name));
+        if (taken.FirstOrDefault(n => n is Labels or Loss) is { } clash)
+            throw new OrtLoraException($"{model.Source}: the model already has a value named '{clash}' (exported with labels and a loss?); " +
+                "export it with input_ids and attention_mask in, logits out");
         logits ??= proto.Graph.Output.Any(o => o.Name == "logits") ? "logits" : proto.Graph.Output[0].Name;
         var logitsType = proto.Graph.Output.FirstOrDefault(o => o.Name == logits)?.Type?.TensorType?.ElemType ?? (int)DT.Float;
 
@@ -158,13 +162,19 @@ public sealed class TrainingGraph
             proto.Graph.Input.Add(Input(ExpAvgSqOf(p), (int)DT.Float, dims));
             slots.Add(new AdamWSlot(p, gradOf(p), ExpAvgOf(p), ExpAvgSqOf(p)));
         }
-        var result = AdamWGraph.Append(g, slots, LearningRate, Step, MaxGradNorm, options);
+        var result = AdamWGraph.Append(g, slots, ParameterShapes, LearningRate, Step, MaxGradNorm, options);
         var outputs = proto.Graph.Output.Where(o => o.Name == Loss).ToList();
         proto.Graph.Output.Clear();
         proto.Graph.Output.AddRange(outputs);
+        // a value only the graph output reads is renamed in place; others go through an Identity
+        var read = new HashSet<string>(proto.Graph.Node.SelectMany(n => n.Input));
+        var producers = new Dictionary<string, NodeProto>();
+        foreach (var n in proto.Graph.Node) foreach (var o in n.Output) producers[o] = n;
         void Output(string value, string name)
         {
-            g.Add("Identity", [value], name: "adamw/output", outputs: [name]);
+            if (!read.Contains(value) && producers.TryGetValue(value, out var producer))
+                producer.Output[producer.Output.IndexOf(value)] = name;
+            else g.Add("Identity", [value], name: "adamw/output", outputs: [name]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = name });
         }
         Output(result.GradNorm, GradNorm);
