@@ -146,7 +146,11 @@ public static class Architectures
 
     /// <summary>A LLaMA-style decoder at a given opset; with <paramref name="past"/> as Optimum exports it for
     /// generation: position_ids (learned positions here), past_key_values.N.key/value inputs and present.N outputs.</summary>
-    static OnnxModel Llama(int opset, bool past = false, int weightType = (int)DT.Float, int computeType = (int)DT.Float, bool attentionOp = false)
+    /// <summary>The Optimum-style decoder (position_ids, past_key_values.N.key/value, present.N) with a given vocabulary.</summary>
+    public static OnnxModel OptimumDecoder(long vocab) => Llama(17, past: true, vocab: vocab);
+
+    static OnnxModel Llama(int opset, bool past = false, int weightType = (int)DT.Float, int computeType = (int)DT.Float, bool attentionOp = false,
+        long vocab = Vocab)
     {
         var n = new Net(opset, seed: 11) { WeightType = weightType, ComputeType = computeType };
         var (ids, am) = TokenInputs(n, past ? "total_sequence_length" : null);
@@ -160,10 +164,10 @@ public static class Architectures
             pastLength = n.Op("Slice", n.Op("Shape", "past_key_values.0.key"), n.I(2), n.I(3), n.I(0));
         }
         var mask = n.Mask(ids, am, pastLength);
-        var x = n.Embedding(ids, "model.embed_tokens.weight", Vocab, Hidden);
-        if (past) x = n.Op("Add", x, n.Embedding("position_ids", "model.embed_positions.weight", 32, Hidden));
+        var x = n.Embedding(ids, "model.embed_tokens.weight", vocab, Hidden);
+        if (past) x = n.Op("Add", x, n.Embedding("position_ids", "model.embed_positions.weight", 128, Hidden));
         x = Llama(n, x, mask, kvHeads: 2, LinearStyle.Dynamo, qkvBias: false, pastLength, attentionOp ? am : null);
-        Head(n, n.RmsNorm(x, "model.norm.weight", Hidden), "lm_head", LinearStyle.Dynamo);
+        Head(n, n.RmsNorm(x, "model.norm.weight", Hidden), "lm_head", LinearStyle.Dynamo, vocab);
         return n.Model();
     }
 
@@ -207,11 +211,11 @@ public static class Architectures
         return x;
     }
 
-    static void Head(Net n, string x, string module, LinearStyle style)
+    static void Head(Net n, string x, string module, LinearStyle style, long vocab = Vocab)
     {
-        var logits = n.Linear(x, module, Hidden, Vocab, style);
+        var logits = n.Linear(x, module, Hidden, vocab, style);
         n.G.Add("Identity", [logits], outputs: ["logits"]);
         // Optimum lists logits first; present.N outputs (if any) were added before, so move logits to the front.
-        n.Proto.Graph.Output.Insert(0, Net.Value("logits", n.ComputeType, "batch_size", "sequence_length", Vocab));
+        n.Proto.Graph.Output.Insert(0, Net.Value("logits", n.ComputeType, "batch_size", "sequence_length", vocab));
     }
 }

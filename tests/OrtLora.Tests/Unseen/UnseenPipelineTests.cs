@@ -109,4 +109,36 @@ public class UnseenPipelineTests
         var e = Assert.Throws<OrtLoraException>(() => LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"] }));
         Assert.That(e!.Message, Does.Contain("If node 'optimum::if'").And.Contain("merged decoder"));
     }
+
+    /// <summary>`ortlora train --merge` as a user runs it on an Optimum-style decoder with a KV cache: the merged model
+    /// equals the base model with the written PEFT adapter injected, past inputs and present outputs intact.</summary>
+    [Test]
+    public void TrainCommandOnAKvCacheExportWritesAnAdapterAndAMergedModelThatAgree()
+    {
+        var dir = Shared.TempDir();
+        try
+        {
+            var tiny = Path.Combine(Shared.RepoRoot, "graphs", "tiny");
+            var modelDir = Directory.CreateDirectory(Path.Combine(dir, "model")).FullName;
+            foreach (var file in new[] { "vocab.json", "merges.txt", "tokenizer_config.json" })
+                File.Copy(Path.Combine(tiny, file), Path.Combine(modelDir, file));
+            using (var exported = Architectures.OptimumDecoder(512)) exported.Save(Path.Combine(modelDir, "model.onnx"));
+            var output = Path.Combine(dir, "out");
+            LoraTestKit.OrtloraOk("train", Path.Combine(modelDir, "model.onnx"), "--data", Path.Combine(tiny, "demo.parquet"),
+                "--target-modules", "all-linear", "--r", "4", "--max-steps", "3", "--per-device-train-batch-size", "2",
+                "--max-seq-length", "64", "--learning-rate", "1e-2", "--plain-log", "--merge", "-o", output);
+
+            var adapter = PeftAdapter.Load(output);
+            Assert.That(adapter.Tensors.Where(t => t.Key.EndsWith(".lora_B.weight")).SelectMany(t => t.Value.AsFloats()).Any(v => v != 0), "B was trained");
+            using var reference = Architectures.OptimumDecoder(512);
+            var before = Logits(reference);
+            LoraInjector.Inject(reference, adapter);
+            var adapted = Logits(reference);
+            Assert.That(Shared.MaxAbsDiff(adapted, before), Is.GreaterThan(1e-4f), "the adapter changes the logits");
+            using var merged = OnnxModel.Load(Path.Combine(output, "merged", "model.onnx"));
+            Assert.That(merged.Graph.Input.Select(i => i.Name), Has.Some.StartsWith("past_key_values."));
+            Assert.That(Shared.MaxAbsDiff(Logits(merged), adapted), Is.LessThan(1e-4f), "merged = base + exported adapter");
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
 }
