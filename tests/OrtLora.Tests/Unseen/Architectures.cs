@@ -19,7 +19,7 @@ public static class Architectures
     public const long Vocab = 64, Hidden = 32, Heads = 4, HeadDim = 8, Ffn = 48;
 
     // Before All: static fields initialize in order.
-    static Architecture Phi3Like(string name, int opset) => new(name, () => Phi3(opset),
+    static Architecture Phi3Like(string name, int opset, LinearStyle style = LinearStyle.Dynamo) => new(name, () => Phi3(opset, style),
         Targets(["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"]),
         new() { ["model.layers.0.self_attn.qkv_proj"] = [32, 16, 16], ["model.layers.0.mlp.gate_up_proj"] = [48, 48],
             ["model.layers.1.self_attn.qkv_proj"] = [32, 16, 16], ["model.layers.1.mlp.gate_up_proj"] = [48, 48] });
@@ -31,6 +31,7 @@ public static class Architectures
         Phi3Like("phi3", 17),
         Phi3Like("phi3-opset18-split-num-outputs", 18),
         Phi3Like("phi3-opset12-split-attribute", 12) with { Trainable = false },
+        Phi3Like("phi3-torchscript", 17, LinearStyle.TorchScript),
         new("gpt-neox", () => NeoX(), Targets(["attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"], "gpt_neox.layers"), []),
         new("qwen2", () => Qwen2(), Targets(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]), []),
         new("opt-gemm", () => Opt(), Targets(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"], "model.decoder.layers"), []),
@@ -56,7 +57,7 @@ public static class Architectures
     /// <summary>Phi-3: fused qkv_proj cut by Slices into q (4 heads) and k, v (2 KV heads each); fused gate_up_proj
     /// cut by Split in layer 0 (sizes as attribute before opset 13, as input, or num_outputs from 18) and by Slices in
     /// layer 1; SiLU as x·sigmoid(x); RMSNorm written out.</summary>
-    static OnnxModel Phi3(int opset)
+    static OnnxModel Phi3(int opset, LinearStyle style)
     {
         var n = new Net(opset, seed: 3);
         var (ids, am) = TokenInputs(n);
@@ -66,18 +67,18 @@ public static class Architectures
         for (int l = 0; l < 2; l++)
         {
             var p = $"model.layers.{l}";
-            var qkv = n.Linear(n.RmsNorm(x, p + ".input_layernorm.weight", Hidden), p + ".self_attn.qkv_proj", Hidden, q + 2 * kv, LinearStyle.Dynamo);
+            var qkv = n.Linear(n.RmsNorm(x, p + ".input_layernorm.weight", Hidden), p + ".self_attn.qkv_proj", Hidden, q + 2 * kv, style);
             var (qs, ks, vs) = (n.Slice(qkv, 0, q), n.Slice(qkv, q, q + kv), n.Slice(qkv, q + kv, q + 2 * kv));
             var rep = Heads / kvHeads;
             var attn = n.Attention(n.Heads(qs, Heads, HeadDim), n.RepeatKv(n.Heads(ks, kvHeads, HeadDim), kvHeads, rep, HeadDim),
                 n.RepeatKv(n.Heads(vs, kvHeads, HeadDim), kvHeads, rep, HeadDim), mask, Heads, HeadDim);
-            x = n.Op("Add", x, n.Linear(attn, p + ".self_attn.o_proj", Hidden, Hidden, LinearStyle.Dynamo));
-            var gateUp = n.Linear(n.RmsNorm(x, p + ".post_attention_layernorm.weight", Hidden), p + ".mlp.gate_up_proj", Hidden, 2 * Ffn, LinearStyle.Dynamo);
+            x = n.Op("Add", x, n.Linear(attn, p + ".self_attn.o_proj", Hidden, Hidden, style));
+            var gateUp = n.Linear(n.RmsNorm(x, p + ".post_attention_layernorm.weight", Hidden), p + ".mlp.gate_up_proj", Hidden, 2 * Ffn, style);
             var (gate, up) = l == 0 ? (n.Split(gateUp, -1, Ffn, Ffn)[0], "") : (n.Slice(gateUp, 0, Ffn), n.Slice(gateUp, Ffn, 2 * Ffn));
             if (l == 0) up = n.G.Producer(gate)!.Output[1];
-            x = n.Op("Add", x, n.Linear(n.Op("Mul", n.Silu(gate), up), p + ".mlp.down_proj", Ffn, Hidden, LinearStyle.Dynamo));
+            x = n.Op("Add", x, n.Linear(n.Op("Mul", n.Silu(gate), up), p + ".mlp.down_proj", Ffn, Hidden, style));
         }
-        Head(n, n.RmsNorm(x, "model.norm.weight", Hidden), "lm_head", LinearStyle.Dynamo);
+        Head(n, n.RmsNorm(x, "model.norm.weight", Hidden), "lm_head", style);
         return n.Model();
     }
 
