@@ -35,6 +35,8 @@ public class UnseenArchitectureTests
             ["input_ids"] = HostTensor.Of(Tokens(Batch * Seq, 1), Batch, Seq),
             ["attention_mask"] = HostTensor.Of(AttentionMask(past), Batch, past + Seq),
         };
+        if (arch.Int32Tokens)
+            foreach (var name in feeds.Keys.ToList()) feeds[name] = new HostTensor(feeds[name].Int64s.Select(v => (int)v).ToArray(), feeds[name].Shape);
         if (!arch.Past) return feeds;
         feeds["position_ids"] = HostTensor.Of(Enumerable.Range(0, Batch * Seq).Select(i => (long)(past + i % Seq)).ToArray(), Batch, Seq);
         var rng = new Random(3);

@@ -76,6 +76,7 @@ public sealed class TrainingGraph
             proto.Graph.Input.Add(Input(p, (int)DT.Float, t.Dims.Select(d => (object)d)));
         }
         FeedEmptyCache(proto, g);
+        TakeInt64Tokens(proto, g);
         var batchInputs = proto.Graph.Input.Select(i => i.Name).Where(n => !shapes.ContainsKey(n)).Append(Labels).ToList();
         proto.Graph.Input.Add(Input(Labels, (int)DT.Int64, ["batch", "sequence"]));
         if (logitsType is (int)DT.Float16 or (int)DT.Bfloat16)
@@ -235,6 +236,26 @@ public sealed class TrainingGraph
         var added = proto.Graph.Node.Skip(existing).ToList();
         foreach (var n in added) proto.Graph.Node.Remove(n);
         for (int i = 0; i < added.Count; i++) proto.Graph.Node.Insert(i, added[i]);
+    }
+
+    /// <summary>Token inputs declared int32 (some exporters) become int64 inputs cast to int32 inside the graph, so a
+    /// session feeds every model the same int64 batches.</summary>
+    static void TakeInt64Tokens(ModelProto proto, GraphEditor g)
+    {
+        var narrow = proto.Graph.Input.Where(i => i.Type?.TensorType?.ElemType == (int)DT.Int32).ToList();
+        if (narrow.Count == 0) return;
+        var casts = new List<NodeProto>();
+        foreach (var input in narrow)
+        {
+            var cast = new NodeProto { OpType = "Cast", Name = g.Unique(input.Name + "/to_int32"), Input = { input.Name }, Output = { g.Unique(input.Name + "_int32") } };
+            cast.Attribute.Add(Attrs.Make("to", (long)DT.Int32));
+            g.ReplaceUses(input.Name, cast.Output[0]);
+            input.Type.TensorType.ElemType = (int)DT.Int64;
+            casts.Add(g.AddNode(cast));
+        }
+        // Appended, then moved to the front: they read only graph inputs.
+        foreach (var cast in casts) proto.Graph.Node.Remove(cast);
+        for (int i = 0; i < casts.Count; i++) proto.Graph.Node.Insert(i, casts[i]);
     }
 
     static string Ints(GraphEditor g, params long[] values) =>
