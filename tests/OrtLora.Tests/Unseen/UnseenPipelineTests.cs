@@ -141,4 +141,57 @@ public class UnseenPipelineTests
         }
         finally { Directory.Delete(dir, recursive: true); }
     }
+
+    /// <summary>GPT-2's legacy cache layout, one "past.N" tensor [2, batch, heads, past, dim]: training feeds it empty
+    /// in-graph; the engine's loss equals the cross-entropy computed here from the model run with an explicit empty past.</summary>
+    [Test]
+    public void LegacyCombinedPastIsFedEmptyForTraining()
+    {
+        var n = new Net(17, seed: 21);
+        n.Input("input_ids", (int)DT.Int64, "batch_size", "sequence_length");
+        n.Input("past.0", (int)DT.Float, 2, "batch_size", 2, "past_sequence_length", 8);
+        var x = n.Embedding("input_ids", "transformer.wte.weight", 64, 16);
+        var heads = n.Heads(n.Linear(x, "transformer.h.0.attn.c_proj", 16, 16, LinearStyle.Dynamo), 2, 8);
+        var current = n.Op("Concat", [n.Unsqueeze(heads, 0), n.Unsqueeze(n.Op("Mul", heads, n.F(0.5f)), 0)], ("axis", 0L));
+        var present = n.Op("Concat", ["past.0", current], ("axis", 3L));
+        n.Output(present, "present.0", 2, "batch_size", 2, "total_sequence_length", 8);
+        var keys = n.Squeeze0(n.Slice(present, 0, 1, 0));
+        var merged = n.Op("Reshape", n.Op("Transpose", [keys], ("perm", new long[] { 0, 2, 1, 3 })), n.I(0, 0, 16));
+        var logits = n.Linear(merged, "lm_head", 16, 64, LinearStyle.Dynamo);
+        n.Output(logits, "logits", "batch_size", "sequence_length", 64);
+        using var model = n.Model();
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["c_proj"], R = 2 });
+        LoraTestKit.RandomizeB(model);
+
+        var ids = new long[] { 3, 7, 1, 60, 12, 12, 9, 40 };
+        var batch = new Training.Engine.Batch(ids, Enumerable.Repeat(1L, 8).ToArray(), ids, 2, 4);
+        var feeds = new Dictionary<string, HostTensor>
+        {
+            ["input_ids"] = HostTensor.Of(ids, 2, 4), ["past.0"] = HostTensor.Of(Array.Empty<float>(), 2, 2, 2, 0, 8),
+        };
+        var expected = CrossEntropy(OrtRun.Run(model, feeds, ["logits"])["logits"].Floats, ids, 2, 4, 64);
+        using var session = new Training.Engine.TrainingSession(model, new TrainingSessionOptions(new AdamWOptions()));
+        Assert.That(session.EvalLoss(batch), Is.EqualTo(expected).Within(1e-5 * expected));
+        session.Step(batch, learningRate: 1e-2f);
+        Assert.That(session.EvalLoss(batch), Is.LessThan(expected - 1e-4));
+    }
+
+    /// <summary>Mean next-token cross-entropy (token t predicts t+1), all labels counted.</summary>
+    static double CrossEntropy(float[] logits, long[] ids, int batch, int seq, int vocab)
+    {
+        double sum = 0;
+        int count = 0;
+        for (int b = 0; b < batch; b++)
+            for (int t = 0; t + 1 < seq; t++)
+            {
+                var row = logits.AsSpan((b * seq + t) * vocab, vocab);
+                double max = double.NegativeInfinity;
+                foreach (var v in row) max = Math.Max(max, v);
+                double z = 0;
+                foreach (var v in row) z += Math.Exp(v - max);
+                sum += max + Math.Log(z) - row[(int)ids[b * seq + t + 1]];
+                count++;
+            }
+        return sum / count;
+    }
 }

@@ -223,11 +223,14 @@ public sealed class TrainingGraph
         var batch = g.Add("Slice", [g.Add("Shape", [tokens.Name], name: "empty_cache/Shape"), Ints(g, 0), Ints(g, 1), Ints(g, 0)], name: "empty_cache/Slice");
         foreach (var input in cache)
         {
-            var dims = input.Type.TensorType.Shape?.Dim.ToList() ?? [];
-            if (dims.Count < 2 || dims.Skip(1).Count(d => d.DimValue <= 0) != 1)
-                throw new OrtLoraException($"model input '{input.Name}': a cache input needs [batch, ...] with exactly one symbolic past-length dimension to train on an empty cache");
-            var rest = Ints(g, dims.Skip(1).Select(d => Math.Max(0, d.DimValue)).ToArray());
-            var shape = g.Add("Concat", [batch, rest], name: "empty_cache/Concat", attributes: ("axis", 0L));
+            // The first symbolic dimension is the batch ([batch, heads, past, dim]; legacy GPT-2: [2, batch, heads,
+            // past, dim]), the only other one the past length.
+            var dims = (input.Type.TensorType.Shape?.Dim.ToList() ?? []).Select(d => d.DimValue > 0 ? d.DimValue : -1).ToList();
+            int batchAxis = dims.IndexOf(-1);
+            if (batchAxis < 0 || dims.Count(d => d < 0) != 2)
+                throw new OrtLoraException($"model input '{input.Name}': a cache input needs a symbolic batch and one symbolic past-length dimension (fixed heads and head size) to train on an empty cache");
+            var shape = g.Add("Concat", [Ints(g, dims.Take(batchAxis).ToArray()), batch, Ints(g, dims.Skip(batchAxis + 1).Select(d => Math.Max(0, d)).ToArray())],
+                name: "empty_cache/Concat", attributes: ("axis", 0L));
             g.Add("ConstantOfShape", [shape], name: "empty_cache/" + input.Name, outputs: [input.Name],
                 attributes: ("value", Tensors.FromFloats("zero", [1], [0f], input.Type.TensorType.ElemType)));
             proto.Graph.Input.Remove(input);
