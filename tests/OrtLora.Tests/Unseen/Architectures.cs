@@ -7,7 +7,7 @@ namespace OrtLora.Tests.Unseen;
 /// <param name="Targets">PEFT module paths all-linear must adapt (layer 0 and 1 ...)</param>
 /// <param name="FusedParts">module path → part widths the canonical variant must split it into</param>
 public sealed record Architecture(string Name, Func<OnnxModel> Build, string[] Targets, Dictionary<string, int[]> FusedParts,
-    bool Past = false, bool Trainable = true, bool Int32Tokens = false)
+    bool Past = false, bool Trainable = true, bool Int32Tokens = false, bool FloatMask = false)
 {
     public override string ToString() => Name;
 }
@@ -42,16 +42,17 @@ public static class Architectures
         new("llama-opset23-attention-op", () => Llama(23, attentionOp: true), LlamaTargets, []),
         new("llama-fp16-weights", () => Llama(17, weightType: (int)DT.Float16), LlamaTargets, []),
         new("llama-int32-token-inputs", () => Llama(17, tokenType: (int)DT.Int32), LlamaTargets, [], Int32Tokens: true),
+        new("llama-float-attention-mask", () => Llama(17, maskType: (int)DT.Float), LlamaTargets, [], FloatMask: true),
         new("llama-fp16", () => Llama(17, weightType: (int)DT.Float16, computeType: (int)DT.Float16), LlamaTargets, []),
     ];
 
     static string[] Targets(string[] modules, string layers = "model.layers") =>
         Enumerable.Range(0, 2).SelectMany(l => modules.Select(m => $"{layers}.{l}.{m}")).ToArray();
 
-    static (string Ids, string Mask) TokenInputs(Net n, string? pastName = null, int tokenType = (int)DT.Int64)
+    static (string Ids, string Mask) TokenInputs(Net n, string? pastName = null, int tokenType = (int)DT.Int64, int? maskType = null)
     {
         n.Input("input_ids", tokenType, "batch_size", "sequence_length");
-        n.Input("attention_mask", tokenType, "batch_size", pastName ?? "sequence_length");
+        n.Input("attention_mask", maskType ?? tokenType, "batch_size", pastName ?? "sequence_length");
         return ("input_ids", "attention_mask");
     }
 
@@ -152,10 +153,10 @@ public static class Architectures
     public static OnnxModel OptimumDecoder(long vocab) => Llama(17, past: true, vocab: vocab);
 
     static OnnxModel Llama(int opset, bool past = false, int weightType = (int)DT.Float, int computeType = (int)DT.Float, bool attentionOp = false,
-        long vocab = Vocab, int tokenType = (int)DT.Int64)
+        long vocab = Vocab, int tokenType = (int)DT.Int64, int? maskType = null)
     {
         var n = new Net(opset, seed: 11) { WeightType = weightType, ComputeType = computeType };
-        var (ids, am) = TokenInputs(n, past ? "total_sequence_length" : null, tokenType);
+        var (ids, am) = TokenInputs(n, past ? "total_sequence_length" : null, tokenType, maskType);
         string? pastLength = null;
         if (past)
         {

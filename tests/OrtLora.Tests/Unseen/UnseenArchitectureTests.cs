@@ -37,6 +37,7 @@ public class UnseenArchitectureTests
         };
         if (arch.Int32Tokens)
             foreach (var name in feeds.Keys.ToList()) feeds[name] = new HostTensor(feeds[name].Int64s.Select(v => (int)v).ToArray(), feeds[name].Shape);
+        if (arch.FloatMask) feeds["attention_mask"] = new HostTensor(feeds["attention_mask"].Int64s.Select(v => (float)v).ToArray(), feeds["attention_mask"].Shape);
         if (!arch.Past) return feeds;
         feeds["position_ids"] = HostTensor.Of(Enumerable.Range(0, Batch * Seq).Select(i => (long)(past + i % Seq)).ToArray(), Batch, Seq);
         var rng = new Random(3);

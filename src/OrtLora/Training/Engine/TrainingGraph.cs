@@ -76,7 +76,7 @@ public sealed class TrainingGraph
             proto.Graph.Input.Add(Input(p, (int)DT.Float, t.Dims.Select(d => (object)d)));
         }
         FeedEmptyCache(proto, g);
-        TakeInt64Tokens(proto, g);
+        TakeInt64BatchInputs(proto, g);
         var batchInputs = proto.Graph.Input.Select(i => i.Name).Where(n => !shapes.ContainsKey(n)).Append(Labels).ToList();
         proto.Graph.Input.Add(Input(Labels, (int)DT.Int64, ["batch", "sequence"]));
         if (logitsType is (int)DT.Float16 or (int)DT.Bfloat16)
@@ -241,17 +241,20 @@ public sealed class TrainingGraph
         for (int i = 0; i < added.Count; i++) proto.Graph.Node.Insert(i, added[i]);
     }
 
-    /// <summary>Token inputs declared int32 (some exporters) become int64 inputs cast to int32 inside the graph, so a
-    /// session feeds every model the same int64 batches.</summary>
-    static void TakeInt64Tokens(ModelProto proto, GraphEditor g)
+    /// <summary>Token inputs declared int32 and masks declared float (some exporters) become int64 inputs cast to the
+    /// declared type inside the graph, so a session feeds every model the same int64 batches.</summary>
+    static void TakeInt64BatchInputs(ModelProto proto, GraphEditor g)
     {
-        var narrow = proto.Graph.Input.Where(i => i.Type?.TensorType?.ElemType == (int)DT.Int32).ToList();
+        static bool IsFloat(int t) => t is (int)DT.Float or (int)DT.Float16 or (int)DT.Bfloat16 or (int)DT.Double;
+        var narrow = proto.Graph.Input.Where(i => i.Type?.TensorType?.ElemType is { } t
+            && (t == (int)DT.Int32 || IsFloat(t) && i.Name.Contains("mask"))).ToList();
         if (narrow.Count == 0) return;
         var casts = new List<NodeProto>();
         foreach (var input in narrow)
         {
-            var cast = new NodeProto { OpType = "Cast", Name = g.Unique(input.Name + "/to_int32"), Input = { input.Name }, Output = { g.Unique(input.Name + "_int32") } };
-            cast.Attribute.Add(Attrs.Make("to", (long)DT.Int32));
+            var declared = (long)input.Type.TensorType.ElemType;
+            var cast = new NodeProto { OpType = "Cast", Name = g.Unique(input.Name + "/to_declared"), Input = { input.Name }, Output = { g.Unique(input.Name + "_declared") } };
+            cast.Attribute.Add(Attrs.Make("to", declared));
             g.ReplaceUses(input.Name, cast.Output[0]);
             input.Type.TensorType.ElemType = (int)DT.Int64;
             casts.Add(g.AddNode(cast));
