@@ -123,7 +123,6 @@ public class TokenizerJsonTests
             if (!ids.SequenceEqual(expected[i])) differing.Add(i);
             Assert.That(tokenizer.Decode(ids, skipSpecialTokens: true), Is.EqualTo(texts[i]), $"decode of #{i}");
         }
-        // Only the repeated-character run differs, as it does from the .model (see TokenizerTests).
-        Assert.That(differing, Is.EqualTo(new[] { 44 }));
+        Assert.That(differing, Is.Empty, "texts whose ids differ from sentencepiece's");
     }
 }

@@ -7,14 +7,17 @@ namespace OrtLora.Training.Data;
 public sealed class TextTokenizer
 {
     readonly Tokenizer _inner;
+    readonly Func<string, IReadOnlyList<int>> _encodeText;
     readonly Dictionary<int, string> _specialById;
     readonly string[] _specialsLongestFirst;
 
     internal TextTokenizer(Tokenizer inner, string source, string kind, IReadOnlyDictionary<string, int> specialTokens,
-        int vocabSize, int? bosId, int? eosId, int? padId, bool addsBos, bool addsEos, TokenizerConfig config)
+        int vocabSize, int? bosId, int? eosId, int? padId, bool addsBos, bool addsEos, TokenizerConfig config,
+        Func<string, IReadOnlyList<int>>? encodeText = null)
     {
         Config = config;
         _inner = inner;
+        _encodeText = encodeText ?? (text => inner.EncodeToIds(text));
         Source = source;
         Kind = kind;
         SpecialTokens = specialTokens;
@@ -63,7 +66,7 @@ public sealed class TextTokenizer
         while (start < text.Length)
         {
             var (at, token) = NextSpecial(text, start);
-            if (at > start) ids.AddRange(_inner.EncodeToIds(text[start..at]));
+            if (at > start) ids.AddRange(_encodeText(text[start..at]));
             if (token is null) break;
             ids.Add(SpecialTokens[token]);
             start = at + token.Length;
