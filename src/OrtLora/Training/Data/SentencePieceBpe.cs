@@ -145,23 +145,23 @@ sealed class SentencePieceBpe
         }
         bool previousUnknown = false;
         for (int i = 0; symbols.Length > 0 && i >= 0; i = symbols[i].Next)
-            Emit(symbols[i].Text(normalized), output, unusedSplits, ref previousUnknown);
+            Emit(normalized.AsSpan(symbols[i].Start, symbols[i].Length), output, unusedSplits, ref previousUnknown);
         return output;
     }
 
     /// <summary>One symbol's ids: an unused piece is split back into the pieces it was merged from; an unknown one
     /// becomes its UTF-8 bytes with byte fallback, else one unknown id for a whole run of unknown symbols.</summary>
-    void Emit(string piece, List<int> output, Dictionary<string, (string Left, string Right)> unusedSplits, ref bool previousUnknown)
+    void Emit(ReadOnlySpan<char> piece, List<int> output, Dictionary<string, (string Left, string Right)> unusedSplits, ref bool previousUnknown)
     {
-        bool known = _ids.TryGetValue(piece, out var id) && _types[id] != TypeUnknown;
-        if (known && _types[id] == TypeUnused && unusedSplits.TryGetValue(piece, out var split))
+        bool known = _lookup.TryGetValue(piece, out var id) && _types[id] != TypeUnknown;
+        if (known && _types[id] == TypeUnused && unusedSplits.TryGetValue(piece.ToString(), out var split))
         {
             Emit(split.Left, output, unusedSplits, ref previousUnknown);
             Emit(split.Right, output, unusedSplits, ref previousUnknown);
             return;
         }
         if (known) output.Add(id);
-        else if (_byteIds is not null) output.AddRange(Encoding.UTF8.GetBytes(piece).Select(b => _byteIds[b]));
+        else if (_byteIds is not null) output.AddRange(Encoding.UTF8.GetBytes(piece.ToArray()).Select(b => _byteIds[b]));
         else if (!previousUnknown) output.Add(_unkId);
         previousUnknown = !known;
     }
@@ -178,7 +178,7 @@ sealed class SentencePieceBpe
         var symbols = new List<Symbol>();
         for (int at = 0; at < normalized.Length;)
         {
-            var userDefined = _userDefinedLongestFirst.FirstOrDefault(p => normalized.AsSpan(at).StartsWith(p, StringComparison.Ordinal));
+            var userDefined = _userDefinedLongestFirst.Length == 0 ? null : _userDefinedLongestFirst.FirstOrDefault(p => normalized.AsSpan(at).StartsWith(p, StringComparison.Ordinal));
             int length = userDefined?.Length ?? (char.IsHighSurrogate(normalized[at]) && at + 1 < normalized.Length && char.IsLowSurrogate(normalized[at + 1]) ? 2 : 1);
             symbols.Add(new Symbol(at, length, symbols.Count - 1, at + length < normalized.Length ? symbols.Count + 1 : -1, userDefined is not null));
             at += length;
