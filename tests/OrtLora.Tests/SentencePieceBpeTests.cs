@@ -91,3 +91,47 @@ public class SentencePieceBpeTests
             : Encoding.UTF8.GetBytes(s).Select(b => byId[$"<0x{b:X2}>"]))];
     }
 }
+
+/// <summary>sentencepiece's other normalizer and trainer switches, on the Llama 2 model with one switch overridden
+/// (a message field written again is merged into the first by protobuf parsers, so appending the override to the
+/// file is enough).</summary>
+public class SentencePieceSwitchTests
+{
+    static TextTokenizer LlamaWith(int specField, int switchField, bool value)
+    {
+        var spec = new MemoryStream();
+        var inner = new Google.Protobuf.CodedOutputStream(spec);
+        inner.WriteTag(switchField, Google.Protobuf.WireFormat.WireType.Varint);
+        inner.WriteBool(value);
+        inner.Flush();
+        var model = new MemoryStream();
+        model.Write(File.ReadAllBytes(Shared.Require("tokenizers", "llama2-tokenizer.model")));
+        var outer = new Google.Protobuf.CodedOutputStream(model);
+        outer.WriteTag(specField, Google.Protobuf.WireFormat.WireType.LengthDelimited);
+        outer.WriteBytes(Google.Protobuf.ByteString.CopyFrom(spec.ToArray()));
+        outer.Flush();
+        var path = Path.Combine(Shared.TempDir(), "tokenizer.model");
+        File.WriteAllBytes(path, model.ToArray());
+        return TokenizerLoader.Load(path);
+    }
+
+    [Test]
+    public void RemoveExtraWhitespacesDropsLeadingTrailingAndRepeatedSpaces()
+    {
+        var llama = TokenizerLoader.Load(Shared.Require("tokenizers", "llama2-tokenizer.model"));
+        var trimming = LlamaWith(specField: 3, switchField: 4, value: true);
+        Assert.That(trimming.Encode("   Hello    world  "), Is.EqualTo(llama.Encode("Hello world")));
+        Assert.That(trimming.Encode("    "), Is.Empty, "nothing left once the spaces go");
+        Assert.That(trimming.Encode("a\t b"), Is.EqualTo(llama.Encode("a\t b")), "only spaces are whitespace to sentencepiece");
+    }
+
+    [Test]
+    public void WithoutByteFallbackARunOfUnknownCharactersIsOneUnknown()
+    {
+        var llama = TokenizerLoader.Load(Shared.Require("tokenizers", "llama2-tokenizer.model"));
+        var noFallback = LlamaWith(specField: 2, switchField: 35, value: false);
+        var unk = llama.TokenId("<unk>")!.Value;
+        Assert.That(noFallback.Encode("a😀😀 b"), Is.EqualTo(new[] { llama.TokenId("▁a")!.Value, unk, llama.TokenId("▁b")!.Value }));
+        Assert.That(noFallback.Encode("😀x😀"), Is.EqualTo(new[] { llama.TokenId("▁")!.Value, unk, llama.TokenId("x")!.Value, unk }));
+    }
+}
