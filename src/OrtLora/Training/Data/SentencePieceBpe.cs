@@ -110,11 +110,23 @@ sealed class SentencePieceBpe
         return normalized.ToString();
     }
 
+    /// <summary>The ids sentencepiece gives <paramref name="text"/> (no BOS/EOS).</summary>
     public List<int> Encode(string text)
     {
         var normalized = Normalize(text);
         var symbols = Split(normalized);
+        var unusedSplits = Merge(normalized, symbols);
         var output = new List<int>();
+        bool previousUnknown = false;
+        for (int i = 0; symbols.Length > 0 && i >= 0; i = symbols[i].Next)
+            Emit(normalized.AsSpan(symbols[i].Start, symbols[i].Length), output, unusedSplits, ref previousUnknown);
+        return output;
+    }
+
+    /// <summary>Merges adjacent symbols in place, best-scoring pair first, and returns how each unused piece formed
+    /// was split (sentencepiece splits those back when it emits them).</summary>
+    Dictionary<string, (string, string)> Merge(string normalized, Symbol[] symbols)
+    {
         // The agenda pops the highest score first and, among equal scores, the leftmost pair (as sentencepiece's
         // SymbolPairComparator does).
         var agenda = new PriorityQueue<(int Left, int Right, int Length), (float Score, int Left)>(
@@ -143,10 +155,7 @@ sealed class SentencePieceBpe
             MaybeAddPair(left.Prev, pair.Left);
             MaybeAddPair(pair.Left, left.Next);
         }
-        bool previousUnknown = false;
-        for (int i = 0; symbols.Length > 0 && i >= 0; i = symbols[i].Next)
-            Emit(normalized.AsSpan(symbols[i].Start, symbols[i].Length), output, unusedSplits, ref previousUnknown);
-        return output;
+        return unusedSplits;
     }
 
     /// <summary>One symbol's ids: an unused piece is split back into the pieces it was merged from; an unknown one

@@ -3,7 +3,8 @@ using Microsoft.ML.Tokenizers;
 namespace OrtLora.Training.Data;
 
 /// <summary>A loaded tokenizer with the few things training needs: text ↔ ids and the special ids.
-/// Wraps a Microsoft.ML.Tokenizers tokenizer; built by <see cref="TokenizerLoader"/>.</summary>
+/// Wraps a Microsoft.ML.Tokenizers tokenizer, which encodes unless the loader gives an exact encoder of its own
+/// (SentencePiece BPE, see <see cref="SentencePieceBpe"/>); built by <see cref="TokenizerLoader"/>.</summary>
 public sealed class TextTokenizer
 {
     readonly Tokenizer _inner;
