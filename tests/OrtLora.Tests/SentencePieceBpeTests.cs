@@ -92,22 +92,24 @@ public class SentencePieceBpeTests
     }
 }
 
-/// <summary>sentencepiece's other normalizer and trainer switches, on the Llama 2 model with one switch overridden
-/// (a message field written again is merged into the first by protobuf parsers, so appending the override to the
-/// file is enough).</summary>
+/// <summary>sentencepiece's other normalizer and trainer switches and user-defined pieces, on the Llama 2 model with
+/// one field appended (protobuf parsers merge a message field written again into the first and append to a repeated
+/// field, so appending to the file is enough).</summary>
 public class SentencePieceSwitchTests
 {
-    static TextTokenizer LlamaWith(int specField, int switchField, bool value)
+    static TextTokenizer LlamaWith(int specField, int switchField, bool value) =>
+        LlamaWith(specField, inner => { inner.WriteTag(switchField, Google.Protobuf.WireFormat.WireType.Varint); inner.WriteBool(value); });
+
+    static TextTokenizer LlamaWith(int field, Action<Google.Protobuf.CodedOutputStream> write)
     {
         var spec = new MemoryStream();
         var inner = new Google.Protobuf.CodedOutputStream(spec);
-        inner.WriteTag(switchField, Google.Protobuf.WireFormat.WireType.Varint);
-        inner.WriteBool(value);
+        write(inner);
         inner.Flush();
         var model = new MemoryStream();
         model.Write(File.ReadAllBytes(Shared.Require("tokenizers", "llama2-tokenizer.model")));
         var outer = new Google.Protobuf.CodedOutputStream(model);
-        outer.WriteTag(specField, Google.Protobuf.WireFormat.WireType.LengthDelimited);
+        outer.WriteTag(field, Google.Protobuf.WireFormat.WireType.LengthDelimited);
         outer.WriteBytes(Google.Protobuf.ByteString.CopyFrom(spec.ToArray()));
         outer.Flush();
         var path = Path.Combine(Shared.TempDir(), "tokenizer.model");
@@ -133,5 +135,23 @@ public class SentencePieceSwitchTests
         var unk = llama.TokenId("<unk>")!.Value;
         Assert.That(noFallback.Encode("a😀😀 b"), Is.EqualTo(new[] { llama.TokenId("▁a")!.Value, unk, llama.TokenId("▁b")!.Value }));
         Assert.That(noFallback.Encode("😀x😀"), Is.EqualTo(new[] { llama.TokenId("▁")!.Value, unk, llama.TokenId("x")!.Value, unk }));
+    }
+
+    [Test]
+    public void UserDefinedPieceIsOneTokenThatNeverMerges()
+    {
+        // A piece appended to the model (id 32000) of type USER_DEFINED (4), as chat fine-tunes add.
+        var llama = TokenizerLoader.Load(Shared.Require("tokenizers", "llama2-tokenizer.model"));
+        var extended = LlamaWith(1, piece =>
+        {
+            piece.WriteTag(1, Google.Protobuf.WireFormat.WireType.LengthDelimited); piece.WriteString("<|user|>");
+            piece.WriteTag(2, Google.Protobuf.WireFormat.WireType.Fixed32); piece.WriteFloat(0);
+            piece.WriteTag(3, Google.Protobuf.WireFormat.WireType.Varint); piece.WriteInt32(4);
+        });
+        Assert.That(extended.VocabSize, Is.EqualTo(32001));
+        var ids = extended.Encode("a<|user|>b");
+        Assert.That(ids, Is.EqualTo(new[] { llama.TokenId("▁a")!.Value, 32000, llama.TokenId("b")!.Value }));
+        Assert.That(extended.Decode(ids), Is.EqualTo("a<|user|>b"));
+        Assert.That(llama.Encode("a<|user|>b"), Has.Length.GreaterThan(3), "without the piece the text is split up");
     }
 }
