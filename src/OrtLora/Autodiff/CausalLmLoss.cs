@@ -11,7 +11,9 @@ public static class CausalLmLoss
     public const long IgnoreIndex = -100;
 
     /// <returns>name of the scalar loss value</returns>
-    public static string Append(GraphEditor g, string logits, string labels, int logitsElemType)
+    /// <param name="opset">before 16 the target log-probability is picked by a one-hot product: GatherElements'
+    /// gradient needs ScatterElements with reduction='add' (opset 16)</param>
+    public static string Append(GraphEditor g, string logits, string labels, int logitsElemType, int opset = 16)
     {
         string Ints(params long[] v) => GraphConstants.Int64s(g, "loss/ints", v);
         string Scalar(double v, int type) => GraphConstants.Scalar(g, "loss/const", v, type);
@@ -26,7 +28,9 @@ public static class CausalLmLoss
         var target = Op("Where", [counted, shifted, Scalar(0, (int)DT.Int64)]);
 
         var logProbs = Op("LogSoftmax", [logits], ("axis", -1L));
-        var picked = Op("GatherElements", [logProbs, Op("Unsqueeze", [target, Ints(-1)])], ("axis", -1L));
+        var picked = opset >= 16 ? Op("GatherElements", [logProbs, Op("Unsqueeze", [target, Ints(-1)])], ("axis", -1L))
+            : Op("ReduceSum", [Op("Mul", [logProbs, Op("OneHot", [target, Op("Slice", [Op("Shape", [logits]), Ints(-1), Ints(long.MaxValue), Ints(0)]),
+                g.AddInitializer(Tensors.FromFloats(g.Unique("loss/one_hot_values"), [2], [0f, 1f], logitsElemType))], ("axis", -1L))]), Ints(-1)], ("keepdims", 1L));
         var weights = Op("Cast", [counted], ("to", (long)logitsElemType));
         var nll = Op("Mul", [Op("Neg", [Op("Squeeze", [picked, Ints(-1)])]), weights]);
         var total = Op("ReduceSum", [nll], ("keepdims", 0L));

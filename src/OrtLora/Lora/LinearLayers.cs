@@ -12,6 +12,7 @@ public enum WeightLayout { InOut, OutIn }
 /// <param name="Module">Dotted module path as the exporter recorded it, wrapper prefix included
 /// (e.g. <c>model_.model.layers.0.self_attn.q_proj</c>).</param>
 /// <param name="Parts">Output widths of a fused projection (a Split/Slice of the output along its last axis), or null.</param>
+/// <param name="DataType">The type the layer computes in: the weight's, or what a Cast on the weight's path gives.</param>
 /// <param name="IsOutputHead">Its output is a graph output: the LM head, which all-linear leaves alone, as PEFT does.</param>
 /// <param name="Tied">The weight initializer is read elsewhere too (tied embeddings).</param>
 public sealed record LinearLayer(NodeProto Node, string Module, string Weight, WeightLayout Layout, long In, long Out,
@@ -42,28 +43,36 @@ public static class LinearLayers
     static LinearLayer? TryRead(GraphEditor g, NodeProto node)
     {
         if (node.Domain is not ("" or "ai.onnx") || node.Input.Count < 2 || node.Output.Count != 1) return null;
-        bool transposed;
+        bool transposed = false;
         float alpha = 1;
-        string weightValue = node.Input[1];
-        if (node.OpType == "MatMul")
-        {
-            transposed = false;
-            if (g.Producer(weightValue) is { OpType: "Transpose" } t && IsMatrixTranspose(t))
-            {
-                transposed = true;
-                weightValue = t.Input[0];
-            }
-        }
-        else if (node.OpType == "Gemm")
+        if (node.OpType == "Gemm")
         {
             if (Attrs.Int(node, "transA", 0) != 0) return null;
             transposed = Attrs.Int(node, "transB", 0) != 0;
             alpha = Attrs.Float(node, "alpha", 1f);
         }
-        else return null;
-        var weightName = ResolveIdentity(g, weightValue);
+        else if (node.OpType != "MatMul") return null;
+        // From the node back to the initializer: Identity (deduplication), one matrix Transpose (nn.Linear's [out, in]
+        // under MatMul) and Cast (weights stored in fp16/bf16 and cast to the compute type), in any order.
+        string weightValue = node.Input[1], weightName = weightValue;
+        int? castTo = null;
+        for (int hops = 0; hops < 8; hops++)
+        {
+            var producer = g.Producer(weightName);
+            if (producer is { OpType: "Identity" }) weightName = producer.Input[0];
+            else if (producer is { OpType: "Cast" }) { castTo ??= (int)Attrs.Int(producer, "to", 0); weightName = producer.Input[0]; }
+            else if (producer is { OpType: "Transpose" } t && node.OpType == "MatMul" && !transposed && IsMatrixTranspose(t))
+            {
+                transposed = true;
+                weightName = t.Input[0];
+                if (castTo is null) weightValue = weightName; // the name the exporter gave the weight, before Identity
+            }
+            else break;
+        }
         var weight = g.Initializer(weightName);
         if (weight is null || weight.Dims.Count != 2 || !FloatTypes.Contains(weight.DataType)) return null;
+        if (castTo is { } to && !FloatTypes.Contains(to)) return null;
+        if (castTo is not null) weightValue = weightName;
         if (g.Graph.Input.Any(i => i.Name == weightName)) return null; // an overridable input, not a parameter
         if (weightName.EndsWith(".lora_A.weight") || weightName.EndsWith(".lora_B.weight")) return null; // an adapter's own branch
         if (g.Constant(node.Input[0]) is not null) return null;
@@ -72,17 +81,11 @@ public static class LinearLayers
         var layout = transposed ? WeightLayout.OutIn : WeightLayout.InOut;
         long rows = weight.Dims[0], cols = weight.Dims[1];
         var (inDim, outDim) = layout == WeightLayout.InOut ? (rows, cols) : (cols, rows);
-        return new LinearLayer(node, module, weightName, layout, inDim, outDim, weight.DataType, alpha,
+        return new LinearLayer(node, module, weightName, layout, inDim, outDim, castTo ?? weight.DataType, alpha,
             FusedParts(g, node.Output[0], outDim), IsHead(g, node.Output[0], module), IsTied(g, weightName, node));
     }
 
     static bool IsMatrixTranspose(NodeProto t) => Attrs.Ints(t, "perm") is not { } perm || perm.SequenceEqual([1L, 0L]);
-
-    static string ResolveIdentity(GraphEditor g, string value)
-    {
-        while (g.Producer(value) is { OpType: "Identity" } id) value = id.Input[0];
-        return value;
-    }
 
     /// <summary>The weight is shared when anything besides this layer (and Identity/Transpose nodes leading to it)
     /// reads it, e.g. an embedding Gather of a tied LM head.</summary>
@@ -93,7 +96,7 @@ public static class LinearLayers
             foreach (var c in g.Consumers(pending.Pop()))
             {
                 if (c == layer) continue;
-                if (c.OpType is "Identity" || c.OpType == "Transpose" && IsMatrixTranspose(c)) pending.Push(c.Output[0]);
+                if (c.OpType is "Identity" or "Cast" || c.OpType == "Transpose" && IsMatrixTranspose(c)) pending.Push(c.Output[0]);
                 else return true;
             }
         return false;

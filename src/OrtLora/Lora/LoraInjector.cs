@@ -25,6 +25,9 @@ public static class LoraInjector
             throw new OrtLoraException($"{model.Source}: the model already has LoRA adapters (merge them first)");
         var g = new GraphEditor(model.Graph);
         var layers = LinearLayers.Find(g);
+        if (layers.Count == 0 && model.Graph.Node.FirstOrDefault(HasLinearSubgraph) is { } branching)
+            throw new OrtLoraException($"{model.Source}: the linear layers are inside the subgraphs of {branching.OpType} node '{branching.Name}' " +
+                "(an Optimum merged decoder, decoder_model_merged.onnx?); export without merging (optimum-cli export onnx without --legacy gives model.onnx) and inject that");
         if (layers.Count == 0) throw new OrtLoraException($"{model.Source}: no linear layer (MatMul/Gemm with a 2-D weight initializer) found");
         var prefix = ModuleNames.WrapperPrefix(layers.Select(l => l.Module).ToList());
         var plans = peft is null ? PlanFresh(model, config, layers, prefix) : PlanFromPeft(model, peft, layers, prefix);
@@ -48,6 +51,9 @@ public static class LoraInjector
         lora.Write(model.Proto);
         return lora;
     }
+
+    static bool HasLinearSubgraph(NodeProto node) => node.Attribute.Any(a =>
+        (a.G is { } g ? [g] : a.Graphs.ToList()).Any(sub => sub.Node.Any(n => n.OpType is "MatMul" or "Gemm" || HasLinearSubgraph(n))));
 
     static List<Plan> PlanFresh(OnnxModel model, LoraConfig config, List<LinearLayer> layers, string prefix)
     {

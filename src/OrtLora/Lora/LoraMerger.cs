@@ -80,14 +80,15 @@ public static class LoraMerger
         long[] expected = first.Layout == WeightLayout.InOut ? [first.In, first.Out] : [first.Out, first.In];
         if (!weight.Dims.SequenceEqual(expected))
             throw new OrtLoraException($"{model.Source}: base weight '{weight.Name}' has shape [{string.Join(", ", weight.Dims)}], adapter '{first.LoraA}' needs [{string.Join(", ", expected)}]");
-        // The layer reads the weight directly or through Identity/Transpose nodes (dynamo's nn.Linear, deduplication).
+        // The layer reads the weight directly or through Identity/Transpose/Cast nodes (dynamo's nn.Linear,
+        // deduplication, weights stored in fp16 and cast to the compute type).
         var reader = baseNode;
         var value = baseNode.Input[1];
         bool sharedPath = false;
         while (value != weight.Name)
         {
             sharedPath |= g.Consumers(value).Count > 1;
-            reader = g.Producer(value) is { OpType: "Identity" or "Transpose" } p ? p
+            reader = g.Producer(value) is { OpType: "Identity" or "Transpose" or "Cast" } p ? p
                 : throw new OrtLoraException($"{model.Source}: layer '{baseNode.Name}' no longer reads base weight '{weight.Name}'");
             value = reader.Input[0];
         }

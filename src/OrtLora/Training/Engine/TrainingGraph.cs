@@ -75,14 +75,26 @@ public sealed class TrainingGraph
             g.RemoveInitializer(p);
             proto.Graph.Input.Add(Input(p, (int)DT.Float, t.Dims.Select(d => (object)d)));
         }
+        FeedEmptyCache(proto, g);
+        TakeInt64Tokens(proto, g);
         var batchInputs = proto.Graph.Input.Select(i => i.Name).Where(n => !shapes.ContainsKey(n)).Append(Labels).ToList();
         proto.Graph.Input.Add(Input(Labels, (int)DT.Int64, ["batch", "sequence"]));
-        var loss = CausalLmLoss.Append(g, logits, Labels, logitsType);
+        if (logitsType is (int)DT.Float16 or (int)DT.Bfloat16)
+        {
+            // As Hugging Face's causal-LM heads do (logits.float()): the loss in float32, where it is stable and where
+            // ORT's CPU kernels exist (ScatterElements has no fp16 'add').
+            logits = g.Add("Cast", [logits], name: "loss/upcast", attributes: ("to", (int)DT.Float));
+            logitsType = (int)DT.Float;
+        }
+        var loss = CausalLmLoss.Append(g, logits, Labels, logitsType, opset);
         g.Add("Identity", [loss], name: "loss/output", outputs: [Loss]);
         proto.Graph.Output.Clear();
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
         g.Cleanup();
         var eval = proto.Clone();
+        // The gradient graph computes Attention (opset 23) from primitives it can differentiate; eval keeps the fused op.
+        if (AttentionDecomposition.Applies(g))
+            AttentionDecomposition.Apply(g, ValueTable.Probe(proto, ProbeFeeds(proto, values, 2, 5), ProbeFeeds(proto, values, 3, 7)));
         var dropout = loraDropout ?? Lora.LoraModel.Read(model)?.Config.LoraDropout ?? 0;
         if (dropout > 0) AddLoraDropout(g, parameters, dropout);
 
@@ -197,6 +209,57 @@ public sealed class TrainingGraph
         }
         g.TopologicalSort();
     }
+
+    /// <summary>A decoder exported for generation (Optimum: past_key_values.N.key/value inputs, present.N outputs) trains
+    /// on whole sequences: each cache input becomes an in-graph empty tensor [batch, ..., 0, ...] (the batch size from
+    /// input_ids, its other symbolic dimension the past length 0), so the batch feeds stay input_ids/attention_mask.</summary>
+    static void FeedEmptyCache(ModelProto proto, GraphEditor g)
+    {
+        var cache = proto.Graph.Input.Where(i => i.Name.StartsWith("past") && i.Type?.TensorType is { } t && t.ElemType != (int)DT.Int64).ToList();
+        if (cache.Count == 0) return;
+        var tokens = proto.Graph.Input.FirstOrDefault(i => i.Name == "input_ids")
+            ?? throw new OrtLoraException($"the model has cache inputs ({cache[0].Name}) but no input_ids to take the batch size from");
+        int existing = proto.Graph.Node.Count;
+        var batch = g.Add("Slice", [g.Add("Shape", [tokens.Name], name: "empty_cache/Shape"), Ints(g, 0), Ints(g, 1), Ints(g, 0)], name: "empty_cache/Slice");
+        foreach (var input in cache)
+        {
+            var dims = input.Type.TensorType.Shape?.Dim.ToList() ?? [];
+            if (dims.Count < 2 || dims.Skip(1).Count(d => d.DimValue <= 0) != 1)
+                throw new OrtLoraException($"model input '{input.Name}': a cache input needs [batch, ...] with exactly one symbolic past-length dimension to train on an empty cache");
+            var rest = Ints(g, dims.Skip(1).Select(d => Math.Max(0, d.DimValue)).ToArray());
+            var shape = g.Add("Concat", [batch, rest], name: "empty_cache/Concat", attributes: ("axis", 0L));
+            g.Add("ConstantOfShape", [shape], name: "empty_cache/" + input.Name, outputs: [input.Name],
+                attributes: ("value", Tensors.FromFloats("zero", [1], [0f], input.Type.TensorType.ElemType)));
+            proto.Graph.Input.Remove(input);
+        }
+        // The new nodes read only input_ids and initializers: move them to the front, where the cache inputs were.
+        var added = proto.Graph.Node.Skip(existing).ToList();
+        foreach (var n in added) proto.Graph.Node.Remove(n);
+        for (int i = 0; i < added.Count; i++) proto.Graph.Node.Insert(i, added[i]);
+    }
+
+    /// <summary>Token inputs declared int32 (some exporters) become int64 inputs cast to int32 inside the graph, so a
+    /// session feeds every model the same int64 batches.</summary>
+    static void TakeInt64Tokens(ModelProto proto, GraphEditor g)
+    {
+        var narrow = proto.Graph.Input.Where(i => i.Type?.TensorType?.ElemType == (int)DT.Int32).ToList();
+        if (narrow.Count == 0) return;
+        var casts = new List<NodeProto>();
+        foreach (var input in narrow)
+        {
+            var cast = new NodeProto { OpType = "Cast", Name = g.Unique(input.Name + "/to_int32"), Input = { input.Name }, Output = { g.Unique(input.Name + "_int32") } };
+            cast.Attribute.Add(Attrs.Make("to", (long)DT.Int32));
+            g.ReplaceUses(input.Name, cast.Output[0]);
+            input.Type.TensorType.ElemType = (int)DT.Int64;
+            casts.Add(g.AddNode(cast));
+        }
+        // Appended, then moved to the front: they read only graph inputs.
+        foreach (var cast in casts) proto.Graph.Node.Remove(cast);
+        for (int i = 0; i < casts.Count; i++) proto.Graph.Node.Insert(i, casts[i]);
+    }
+
+    static string Ints(GraphEditor g, params long[] values) =>
+        g.AddInitializer(Tensors.FromInt64(g.Unique("empty_cache/ints"), [values.Length], values));
 
     static ValueInfoProto Input(string name, int elemType, IEnumerable<object> dims)
     {

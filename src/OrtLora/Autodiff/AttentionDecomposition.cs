@@ -1,0 +1,101 @@
+using Onnx;
+using OrtLora.Onnx;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Autodiff;
+
+/// <summary>Rewrites ONNX Attention nodes (opset 23+, what torch.onnx emits for scaled_dot_product_attention at
+/// opset 23) into the primitive ops they are defined by, so the gradient builder can differentiate them with its
+/// existing rules: 3-D inputs split into heads, past keys/values concatenated, grouped KV heads repeated (each one
+/// for consecutive query heads), softmax(scale·Q·Kᵀ (softcapped) + mask (+ causal mask aligned to the end)) · V.</summary>
+public static class AttentionDecomposition
+{
+    /// <summary>Large negative additive bias for masked keys: finite, so a fully masked row stays a (unused) uniform
+    /// distribution instead of NaN.</summary>
+    const float Masked = -1e4f;
+
+    public static bool Applies(GraphEditor g) => g.Graph.Node.Any(IsAttention);
+
+    static bool IsAttention(NodeProto n) => n.OpType == "Attention" && n.Domain is "" or "ai.onnx";
+
+    /// <param name="types">element types of the graph's values before the rewrite (constants are made in Q's type;
+    /// a bool mask means "attend" where an additive one is added)</param>
+    public static void Apply(GraphEditor g, ValueTable types)
+    {
+        var nodes = g.Graph.Node.Where(IsAttention).ToList();
+        foreach (var node in nodes)
+        {
+            // The replacement reads only the node's inputs: it takes the node's place in the (sorted) node list.
+            int before = g.Graph.Node.Count;
+            Rewrite(g, node, types);
+            var added = g.Graph.Node.Skip(before).ToList();
+            var all = g.Graph.Node.Take(before).ToList();
+            all.InsertRange(all.IndexOf(node), added);
+            g.Graph.Node.Clear();
+            g.Graph.Node.AddRange(all);
+            g.RemoveNode(node); // (also refreshes the editor's producer/consumer maps)
+        }
+    }
+
+    static void Rewrite(GraphEditor g, NodeProto node, ValueTable types)
+    {
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: node.Name + "/" + op, attributes: attrs);
+        string Ints(params long[] v) => g.AddInitializer(Tensors.FromInt64(g.Unique(node.Name + "/ints"), [v.Length], v));
+        int elemType = types.ElemType(node.Input[0]);
+        string Const(float v) => g.AddInitializer(Tensors.FromFloats(g.Unique(node.Name + "/const"), [], [v], elemType));
+        string Dim(string x, long axis) => Op("Slice", [Op("Shape", [x]), Ints(axis), Ints(axis + 1), Ints(0)]);
+        string? Input(int i) => node.Input.Count > i && node.Input[i] != "" ? node.Input[i] : null;
+        if (Attrs.Float(node, "softcap", 0f) is var cap && cap < 0) throw new OrtLoraException($"Attention node '{node.Name}': negative softcap");
+        if (node.Output.Count > 3 && node.Output[3] != "")
+            throw new OrtLoraException($"Attention node '{node.Name}': its qk_matmul_output is used; ortlora can only train through Attention's Y, present_key and present_value");
+        if (Input(6) is not null) throw new OrtLoraException($"Attention node '{node.Name}': nonpad_kv_seqlen is not supported for training");
+
+        string q = node.Input[0], k = node.Input[1], v = node.Input[2];
+        long qHeads = Attrs.Int(node, "q_num_heads", 0), kvHeads = Attrs.Int(node, "kv_num_heads", 0);
+        // 3-D inputs [B, S, heads·D] need the head counts (attributes): [B, S, heads, D] → [B, heads, S, D].
+        bool threeD = types.Rank(q) == 3;
+        if (threeD && (qHeads <= 0 || kvHeads <= 0)) throw new OrtLoraException($"Attention node '{node.Name}': 3-D inputs without q_num_heads and kv_num_heads");
+        string Heads(string x, long heads) => Op("Transpose", [Op("Reshape", [x, Ints(0, 0, heads, -1)])], ("perm", new long[] { 0, 2, 1, 3 }));
+        if (threeD) (q, k, v) = (Heads(q, qHeads), Heads(k, kvHeads), Heads(v, kvHeads));
+
+        if (Input(4) is { } pastKey) k = Op("Concat", [pastKey, k], ("axis", 2L));
+        if (Input(5) is { } pastValue) v = Op("Concat", [pastValue, v], ("axis", 2L));
+        if (node.Output.Count > 1 && node.Output[1] != "") g.Add("Identity", [k], name: node.Name + "/present_key", outputs: [node.Output[1]]);
+        if (node.Output.Count > 2 && node.Output[2] != "") g.Add("Identity", [v], name: node.Name + "/present_value", outputs: [node.Output[2]]);
+
+        // Grouped KV heads: [B, kv, T, D] → [B, kv, rep, T, D] → [B, kv·rep, T, D], rep = q heads / kv heads.
+        var rep = Op("Div", [Dim(q, 1), Dim(k, 1)]);
+        string Repeat(string x) => Op("Reshape", [
+            Op("Expand", [Op("Unsqueeze", [x, Ints(2)]), Op("Concat", [Ints(1, 1), rep, Ints(1, 1)], ("axis", 0L))]),
+            Op("Concat", [Ints(0, -1), Op("Slice", [Op("Shape", [x]), Ints(2), Ints(4), Ints(0)])], ("axis", 0L))]);
+        (k, v) = (Repeat(k), Repeat(v));
+
+        float scaleAttr = Attrs.Float(node, "scale", 0f);
+        var scale = scaleAttr != 0 ? Const(scaleAttr)
+            : Op("Reciprocal", [Op("Sqrt", [Op("Cast", [Dim(q, 3)], ("to", (long)elemType))])]);
+        var scores = Op("Mul", [Op("MatMul", [q, Op("Transpose", [k], ("perm", new long[] { 0, 1, 3, 2 }))]), scale]);
+        if (cap > 0) scores = Op("Mul", [Op("Tanh", [Op("Div", [scores, Const(cap)])]), Const(cap)]);
+
+        if (Input(3) is { } mask)
+        {
+            // bool: true attends; otherwise an additive bias
+            bool isBool = types.ElemType(mask) == (int)DT.Bool;
+            scores = Op("Add", [scores, isBool ? Op("Where", [mask, Const(0), Const(Masked)]) : mask]);
+        }
+        if (Attrs.Int(node, "is_causal", 0) != 0)
+        {
+            // query i (after `past` cached positions) sees key j iff j <= i + past
+            var zero = g.AddInitializer(Tensors.FromInt64(g.Unique(node.Name + "/zero"), [], [0]));
+            var one = g.AddInitializer(Tensors.FromInt64(g.Unique(node.Name + "/one"), [], [1]));
+            string Scalar(string dim) => Op("Squeeze", [dim, Ints(0)]);
+            var rows = Op("Range", [zero, Scalar(Dim(q, 2)), one]);
+            if (Input(4) is { } past) rows = Op("Add", [rows, Scalar(Dim(past, 2))]);
+            var cols = Op("Range", [zero, Scalar(Dim(k, 2)), one]);
+            var future = Op("Greater", [Op("Unsqueeze", [cols, Ints(0)]), Op("Unsqueeze", [rows, Ints(1)])]);
+            scores = Op("Add", [scores, Op("Where", [future, Const(Masked), Const(0)])]);
+        }
+        var y = Op("MatMul", [Op("Softmax", [scores], ("axis", -1L)), v]);
+        if (threeD) y = Op("Reshape", [Op("Transpose", [y], ("perm", new long[] { 0, 2, 1, 3 })), Ints(0, 0, -1)]);
+        g.Add("Identity", [y], name: node.Name + "/Y", outputs: [node.Output[0]]);
+    }
+}
