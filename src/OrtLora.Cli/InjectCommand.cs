@@ -12,7 +12,11 @@ public static class InjectCommand
         var model = new Argument<string>("model") { Description = "ONNX model exported from PyTorch (dynamo or TorchScript exporter)" };
         var output = new Option<string>("--output", "-o") { Description = "where to write the injected model", Required = true };
         var lora = new LoraOptions();
-        var cmd = new Command("inject", "Add LoRA adapters to an ONNX model") { model, output };
+        var runtime = new Option<bool>("--runtime-adapters")
+        {
+            Description = "also list the LoRA parameters as graph inputs (their values stay the defaults), so one ONNX Runtime session serves many adapters switched per request (OrtLoraAdapter, RunOptions.AddActiveLoraAdapter)",
+        };
+        var cmd = new Command("inject", "Add LoRA adapters to an ONNX model") { model, output, runtime };
         lora.AddTo(cmd);
         cmd.SetAction(CliRunner.Guard(parse =>
         {
@@ -31,6 +35,7 @@ public static class InjectCommand
                 var config = lora.Read(parse);
                 injected = LoraInjector.Inject(m, config);
             }
+            if (parse.GetValue(runtime)) Deploy.LoraRuntimeForm.MakeOverridable(m);
             var path = parse.GetValue(output)!;
             WriteModel(m, path);
             long parameters = injected.Adapters.Sum(a => (long)a.R * (a.In + (a.Part?.Size ?? a.Out)));

@@ -56,7 +56,7 @@ public static class RuntimeAdapters
             return new InferenceSession(modelPath, options);
         LoraRuntimeForm.MakeOverridable(model);
         if (model.Graph.Initializer.Sum(Tensors.ByteSize) > 1_800_000_000L)
-            throw new OrtLoraException($"{modelPath}: too large to prepare for runtime adapters in memory; save its runtime form first (LoraRuntimeForm.MakeOverridable + save)");
+            throw new OrtLoraException($"{modelPath}: too large to prepare for runtime adapters in memory; inject it with --runtime-adapters");
         return new InferenceSession(model.ToBytes(), options);
     }
 

@@ -5,9 +5,10 @@ using Google.Protobuf;
 namespace OrtLora.Training.Data;
 
 /// <summary>A SentencePiece-style Hugging Face tokenizer.json (Llama 2, Mistral: BPE over "▁"-escaped text with byte
-/// fallback) restated as the SentencePiece model it was converted from, so Microsoft.ML.Tokenizers' SentencePiece BPE
-/// runs it. SentencePiece merges the adjacent pair whose joined piece scores highest; the file's merges are listed
-/// in that order, so a piece's score is minus the rank of the first merge that forms it.</summary>
+/// fallback) restated as the SentencePiece model it was converted from, so it loads as a tokenizer.model does
+/// (encoded by <see cref="SentencePieceBpe"/>, decoded by Microsoft.ML.Tokenizers). SentencePiece merges the adjacent
+/// pair whose joined piece scores highest; the file's merges are listed in that order, so a piece's score is minus the
+/// rank of the first merge that forms it.</summary>
 static partial class SentencePieceJson
 {
     // sentencepiece_model.proto field numbers.

@@ -3,18 +3,22 @@ using Microsoft.ML.Tokenizers;
 namespace OrtLora.Training.Data;
 
 /// <summary>A loaded tokenizer with the few things training needs: text ↔ ids and the special ids.
-/// Wraps a Microsoft.ML.Tokenizers tokenizer; built by <see cref="TokenizerLoader"/>.</summary>
+/// Wraps a Microsoft.ML.Tokenizers tokenizer, which encodes unless the loader gives an exact encoder of its own
+/// (SentencePiece BPE, see <see cref="SentencePieceBpe"/>); built by <see cref="TokenizerLoader"/>.</summary>
 public sealed class TextTokenizer
 {
     readonly Tokenizer _inner;
+    readonly Func<string, IReadOnlyList<int>> _encodeText;
     readonly Dictionary<int, string> _specialById;
     readonly string[] _specialsLongestFirst;
 
     internal TextTokenizer(Tokenizer inner, string source, string kind, IReadOnlyDictionary<string, int> specialTokens,
-        int vocabSize, int? bosId, int? eosId, int? padId, bool addsBos, bool addsEos, TokenizerConfig config)
+        int vocabSize, int? bosId, int? eosId, int? padId, bool addsBos, bool addsEos, TokenizerConfig config,
+        Func<string, IReadOnlyList<int>>? encodeText = null)
     {
         Config = config;
         _inner = inner;
+        _encodeText = encodeText ?? (text => inner.EncodeToIds(text));
         Source = source;
         Kind = kind;
         SpecialTokens = specialTokens;
@@ -63,7 +67,7 @@ public sealed class TextTokenizer
         while (start < text.Length)
         {
             var (at, token) = NextSpecial(text, start);
-            if (at > start) ids.AddRange(_inner.EncodeToIds(text[start..at]));
+            if (at > start) ids.AddRange(_encodeText(text[start..at]));
             if (token is null) break;
             ids.Add(SpecialTokens[token]);
             start = at + token.Length;

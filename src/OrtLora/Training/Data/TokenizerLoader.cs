@@ -75,15 +75,16 @@ public static class TokenizerLoader
         names.Select(n => prefix + n).Concat(names).Select(n => Path.Combine(dir, n)).FirstOrDefault(File.Exists)
         ?? throw new OrtLoraException($"{forFile} needs {string.Join(" or ", names)} beside it in {dir}");
 
-    static TextTokenizer SentencePiece(string path, TokenizerConfig config)
-    {
-        using var stream = File.OpenRead(path);
-        return SentencePiece(stream, path, config, new Dictionary<string, int>());
-    }
+    static TextTokenizer SentencePiece(string path, TokenizerConfig config) =>
+        SentencePiece(File.ReadAllBytes(path), path, config, new Dictionary<string, int>());
 
-    static TextTokenizer SentencePiece(Stream model, string path, TokenizerConfig config, Dictionary<string, int> addedTokens)
+    static TextTokenizer SentencePiece(byte[] model, string path, TokenizerConfig config, Dictionary<string, int> addedTokens)
     {
-        var tokenizer = SentencePieceTokenizer.Create(model, false, false);
+        var tokenizer = SentencePieceTokenizer.Create(new MemoryStream(model), false, false);
+        // The package splits runs of one character ("aaaa", spaces) differently from sentencepiece (it breaks ties
+        // between equal-score merges from the right), so BPE models encode with SentencePieceBpe, which matches
+        // sentencepiece exactly; the package still decodes and holds the vocabulary.
+        var exactBpe = SentencePieceBpe.TryCreate(model);
         // Control tokens (<s>, </s>) and added tokens are matched whole in text, as Hugging Face does,
         // so a chat template may write them.
         var specials = new Dictionary<string, int>(addedTokens);
@@ -96,7 +97,7 @@ public static class TokenizerLoader
         int? pad = config.IdOf(config.PadToken, tokenizer.Vocabulary, specials);
         var vocabSize = Math.Max(tokenizer.Vocabulary.Values.Max(), specials.Values.DefaultIfEmpty(0).Max()) + 1;
         return new TextTokenizer(tokenizer, path, "sentencepiece", specials, vocabSize, bos, eos, pad,
-            config.AddBosToken ?? true, config.AddEosToken ?? false, config);
+            config.AddBosToken ?? true, config.AddEosToken ?? false, config, exactBpe is null ? null : exactBpe.Encode);
     }
 
     /// <summary>A Llama/Mistral tokenizer.json, run as the SentencePiece model it restates.</summary>
@@ -105,7 +106,7 @@ public static class TokenizerLoader
         string? Named(string token) => added.ContainsKey(token) ? token : null;
         var bos = config.BosToken ?? PostProcessorBos(root["post_processor"]) ?? Named("<s>");
         var eos = config.EosToken ?? Named("</s>");
-        using var model = new MemoryStream(SentencePieceJson.ToModelProto(root, path, bos, eos));
+        var model = SentencePieceJson.ToModelProto(root, path, bos, eos);
         return SentencePiece(model, path, config with { BosToken = bos, EosToken = eos }, added);
     }
 
