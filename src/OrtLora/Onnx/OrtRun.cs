@@ -21,6 +21,7 @@ public sealed record HostTensor(Array Data, long[] Shape)
         double[] d => OrtValue.CreateTensorValueFromMemory(d, Shape),
         int[] i => OrtValue.CreateTensorValueFromMemory(i, Shape),
         bool[] b => OrtValue.CreateTensorValueFromMemory(b, Shape),
+        Float16[] h => OrtValue.CreateTensorValueFromMemory(h, Shape),
         _ => throw new ArgumentException($"unsupported host tensor type {Data.GetType()}"),
     };
 

@@ -9,6 +9,8 @@ namespace OrtLora.Tests.Unseen;
 public sealed record Architecture(string Name, Func<OnnxModel> Build, string[] Targets, Dictionary<string, int[]> FusedParts,
     bool Past = false, bool Trainable = true, bool Int32Tokens = false, bool FloatMask = false)
 {
+    /// <summary>Activations in fp16 (named *-fp16): finite differences of its loss are ~10x noisier.</summary>
+    public bool HalfActivations => Name.EndsWith("-fp16");
     public override string ToString() => Name;
 }
 
@@ -36,6 +38,7 @@ public static class Architectures
         new("qwen2", () => Qwen2(), Targets(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]), []),
         new("opt-gemm", () => Opt(), Targets(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"], "model.decoder.layers"), []),
         new("optimum-kv-cache", () => Llama(17, past: true), LlamaTargets, [], Past: true),
+        new("optimum-kv-cache-fp16", () => Llama(17, past: true, weightType: (int)DT.Float16, computeType: (int)DT.Float16), LlamaTargets, [], Past: true),
         new("llama-opset12", () => Llama(12), LlamaTargets, [], Trainable: false),
         new("llama-opset13", () => Llama(13), LlamaTargets, []),
         new("llama-opset23-rmsnorm", () => Llama(23), LlamaTargets, []),
