@@ -42,7 +42,7 @@ public static class Architectures
         new("llama-opset12", () => Llama(12), LlamaTargets, [], Trainable: false),
         new("llama-opset13", () => Llama(13), LlamaTargets, []),
         new("llama-opset23-rmsnorm", () => Llama(23), LlamaTargets, []),
-        new("llama-opset23-attention-op", () => Llama(23, attentionOp: true), LlamaTargets, []),
+        new("llama-opset23-attention-rotary-ops", () => Llama(23, attentionOp: true), LlamaTargets, []),
         new("llama-fp16-weights", () => Llama(17, weightType: (int)DT.Float16), LlamaTargets, []),
         new("llama-int32-token-inputs", () => Llama(17, tokenType: (int)DT.Int32), LlamaTargets, [], Int32Tokens: true),
         new("llama-float-attention-mask", () => Llama(17, maskType: (int)DT.Float), LlamaTargets, [], FloatMask: true),
@@ -177,7 +177,7 @@ public static class Architectures
         return n.Model();
     }
 
-    /// <param name="attentionMaskForOp">given: attention by the ONNX Attention op (opset 23, as torch.onnx writes
+    /// <param name="attentionMaskForOp">given: RotaryEmbedding on q and k and attention by the ONNX Attention op (opset 23, as torch.onnx writes
     /// scaled_dot_product_attention) — layer 0 on 4-D heads with is_causal (no padding mask), grouped KV heads left
     /// to the op; layer 1 on 3-D projections (q_num_heads/kv_num_heads) with the full additive mask</param>
     static string Llama(Net n, string x, string mask, long kvHeads, LinearStyle style, bool qkvBias, string? pastLength, string? attentionMaskForOp = null)
@@ -199,6 +199,19 @@ public static class Architectures
             }
             var rep = Heads / kvHeads;
             string attn;
+            if (attentionMaskForOp is not null)
+            {
+                // RotaryEmbedding (opset 23) on the positions 0..S-1, 4-D heads in layer 0, 3-D projections in layer 1
+                var positions = n.Op("Expand", n.Unsqueeze(n.Op("Range", n.G.AddInitializer(Tensors.FromInt64(n.G.Unique("zero"), [], [0])),
+                    n.Squeeze0(n.Slice(n.Op("Shape", "input_ids"), 1, 2, 0)), n.G.AddInitializer(Tensors.FromInt64(n.G.Unique("one"), [], [1]))), 0),
+                    n.Op("Shape", "input_ids"));
+                var angles = Enumerable.Range(0, 64 * (int)HeadDim / 2).Select(i => (i / (int)(HeadDim / 2)) * MathF.Pow(100f, -(i % (HeadDim / 2)) / (float)(HeadDim / 2))).ToArray();
+                var cos = n.G.AddInitializer(Tensors.FromFloats(n.G.Unique("cos_cache"), [64, HeadDim / 2], angles.Select(MathF.Cos).ToArray()));
+                var sin = n.G.AddInitializer(Tensors.FromFloats(n.G.Unique("sin_cache"), [64, HeadDim / 2], angles.Select(MathF.Sin).ToArray()));
+                if (l == 0) (q, k) = (n.Op("RotaryEmbedding", q, cos, sin, positions), n.Op("RotaryEmbedding", k, cos, sin, positions));
+                else (qProj, kProj) = (n.Op("RotaryEmbedding", [qProj, cos, sin, positions], ("num_heads", Heads), ("interleaved", 1L)),
+                    n.Op("RotaryEmbedding", [kProj, cos, sin, positions], ("num_heads", kvHeads), ("interleaved", 1L)));
+            }
             if (attentionMaskForOp is { } am && l == 0)
             {
                 var y = n.Op("Attention", [q, k, v], ("is_causal", 1L));

@@ -92,9 +92,10 @@ public sealed class TrainingGraph
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
         g.Cleanup();
         var eval = proto.Clone();
-        // The gradient graph computes Attention (opset 23) from primitives it can differentiate; eval keeps the fused op.
-        if (AttentionDecomposition.Applies(g))
-            AttentionDecomposition.Apply(g, ValueTable.Probe(proto, ProbeFeeds(proto, values, 2, 5), ProbeFeeds(proto, values, 3, 7)));
+        // The gradient graph computes Attention and RotaryEmbedding (opset 23) from primitives it can differentiate;
+        // eval keeps the fused ops.
+        if (FusedOpDecomposition.Applies(g))
+            FusedOpDecomposition.Apply(g, ValueTable.Probe(proto, ProbeFeeds(proto, values, 2, 5), ProbeFeeds(proto, values, 3, 7)));
         var dropout = loraDropout ?? Lora.LoraModel.Read(model)?.Config.LoraDropout ?? 0;
         if (dropout > 0) AddLoraDropout(g, parameters, dropout);
 

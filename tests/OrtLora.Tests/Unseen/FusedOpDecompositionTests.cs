@@ -8,7 +8,7 @@ namespace OrtLora.Tests.Unseen;
 /// <summary>The primitive-op form of ONNX Attention (used for gradients) against ONNX Runtime's own Attention kernel:
 /// same Y and present key/value for 4-D and 3-D inputs, grouped KV heads, past keys/values, causal masking aligned to
 /// the end, bool and additive masks, softcap.</summary>
-public class AttentionDecompositionTests
+public class FusedOpDecompositionTests
 {
     const int B = 2, QHeads = 4, KvHeads = 2, S = 3, Past = 2, D = 8;
 
@@ -58,8 +58,8 @@ public class AttentionDecompositionTests
         var expected = OrtRun.Run(fused, feeds, outputs);
         var types = ValueTable.Probe(fused.Proto, feeds, feeds);
         var editor = new GraphEditor(fused.Proto.Graph);
-        Assert.That(AttentionDecomposition.Applies(editor));
-        AttentionDecomposition.Apply(editor, types);
+        Assert.That(FusedOpDecomposition.Applies(editor));
+        FusedOpDecomposition.Apply(editor, types);
         Assert.That(fused.Graph.Node.Any(x => x.OpType == "Attention"), Is.False);
         var actual = OrtRun.Run(fused, feeds, outputs);
         foreach (var o in outputs)
@@ -67,5 +67,44 @@ public class AttentionDecompositionTests
             Assert.That(actual[o].Shape, Is.EqualTo(expected[o].Shape), o);
             Assert.That(Shared.MaxAbsDiff(actual[o].Floats, expected[o].Floats), Is.LessThan(1e-5f), o);
         }
+    }
+
+    [TestCase(false, false, 0L)]
+    [TestCase(false, true, 0L)]
+    [TestCase(true, false, 4L)]
+    [TestCase(true, true, 4L)]
+    public void RotaryPrimitivesMatchOnnxRuntimesRotaryEmbedding(bool threeD, bool interleaved, long rotaryDim)
+    {
+        const int maxPosition = 16;
+        var n = new Net(23);
+        long[] shape = threeD ? [B, S, QHeads * D] : [B, QHeads, S, D];
+        long half = (rotaryDim > 0 ? rotaryDim : D) / 2;
+        n.Input("x", (int)DT.Float, shape.Cast<object>().ToArray());
+        n.Input("cos", (int)DT.Float, maxPosition, half);
+        n.Input("sin", (int)DT.Float, maxPosition, half);
+        n.Input("position_ids", (int)DT.Int64, B, S);
+        var angles = Random(maxPosition * (int)half, 8).Select(a => a * 3).ToArray();
+        var feeds = new Dictionary<string, HostTensor>
+        {
+            ["x"] = HostTensor.Of(Random((int)Tensors.ElementCount(shape), 9), shape),
+            ["cos"] = HostTensor.Of(angles.Select(MathF.Cos).ToArray(), maxPosition, half),
+            ["sin"] = HostTensor.Of(angles.Select(MathF.Sin).ToArray(), maxPosition, half),
+            ["position_ids"] = HostTensor.Of(new long[] { 0, 1, 2, 7, 3, 15 }, B, S),
+        };
+        var attributes = new List<(string, object)> { ("interleaved", interleaved ? 1L : 0L) };
+        if (threeD) attributes.Add(("num_heads", (long)QHeads));
+        if (rotaryDim > 0) attributes.Add(("rotary_embedding_dim", rotaryDim));
+        n.G.Add("RotaryEmbedding", ["x", "cos", "sin", "position_ids"], name: "rope", outputs: ["y"], attributes: attributes.ToArray());
+        n.Proto.Graph.Output.Add(new ValueInfoProto { Name = "y" });
+
+        using var fused = n.Model();
+        var expected = OrtRun.Run(fused, feeds, ["y"])["y"];
+        var editor = new GraphEditor(fused.Proto.Graph);
+        FusedOpDecomposition.Apply(editor, ValueTable.Probe(fused.Proto, feeds, feeds));
+        Assert.That(fused.Graph.Node.Any(x => x.OpType == "RotaryEmbedding"), Is.False);
+        var actual = OrtRun.Run(fused, feeds, ["y"])["y"];
+        Assert.That(actual.Shape, Is.EqualTo(expected.Shape));
+        Assert.That(Shared.MaxAbsDiff(actual.Floats, expected.Floats), Is.LessThan(1e-5f));
+        Assert.That(Shared.MaxAbsDiff(actual.Floats, feeds["x"].Floats), Is.GreaterThan(1e-2f), "the rotation does something");
     }
 }

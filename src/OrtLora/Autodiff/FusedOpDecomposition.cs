@@ -4,30 +4,36 @@ using DT = Onnx.TensorProto.Types.DataType;
 
 namespace OrtLora.Autodiff;
 
-/// <summary>Rewrites ONNX Attention nodes (opset 23+, what torch.onnx emits for scaled_dot_product_attention at
-/// opset 23) into the primitive ops they are defined by, so the gradient builder can differentiate them with its
-/// existing rules: 3-D inputs split into heads, past keys/values concatenated, grouped KV heads repeated (each one
-/// for consecutive query heads), softmax(scale·Q·Kᵀ (softcapped) + mask (+ causal mask aligned to the end)) · V.</summary>
-public static class AttentionDecomposition
+/// <summary>Rewrites the fused ops of opset 23 (what torch.onnx emits for scaled_dot_product_attention and
+/// torch.onnx.ops.rotary_embedding) into the primitive ops they are defined by, so the gradient builder can
+/// differentiate them with its existing rules.
+/// <list type="bullet">
+/// <item>Attention: 3-D inputs split into heads, past keys/values concatenated, grouped KV heads repeated (each one
+/// for consecutive query heads), softmax(scale·Q·Kᵀ (softcapped) + mask (+ causal mask aligned to the end)) · V.</item>
+/// <item>RotaryEmbedding: the first rotary_embedding_dim features of each head rotated by (cos, sin) picked by
+/// position_ids, halves (or interleaved pairs) as real and imaginary parts.</item>
+/// </list></summary>
+public static class FusedOpDecomposition
 {
     /// <summary>Large negative additive bias for masked keys: finite, so a fully masked row stays a (unused) uniform
     /// distribution instead of NaN.</summary>
     const float Masked = -1e4f;
 
-    public static bool Applies(GraphEditor g) => g.Graph.Node.Any(IsAttention);
+    public static bool Applies(GraphEditor g) => g.Graph.Node.Any(IsFused);
 
-    static bool IsAttention(NodeProto n) => n.OpType == "Attention" && n.Domain is "" or "ai.onnx";
+    static bool IsFused(NodeProto n) => n.OpType is "Attention" or "RotaryEmbedding" && n.Domain is "" or "ai.onnx";
 
     /// <param name="types">element types of the graph's values before the rewrite (constants are made in Q's type;
     /// a bool mask means "attend" where an additive one is added)</param>
     public static void Apply(GraphEditor g, ValueTable types)
     {
-        var nodes = g.Graph.Node.Where(IsAttention).ToList();
+        var nodes = g.Graph.Node.Where(IsFused).ToList();
         foreach (var node in nodes)
         {
             // The replacement reads only the node's inputs: it takes the node's place in the (sorted) node list.
             int before = g.Graph.Node.Count;
-            Rewrite(g, node, types);
+            if (node.OpType == "Attention") Rewrite(g, node, types);
+            else RewriteRotary(g, node, types);
             var added = g.Graph.Node.Skip(before).ToList();
             var all = g.Graph.Node.Take(before).ToList();
             all.InsertRange(all.IndexOf(node), added);
@@ -35,6 +41,46 @@ public static class AttentionDecomposition
             g.Graph.Node.AddRange(all);
             g.RemoveNode(node); // (also refreshes the editor's producer/consumer maps)
         }
+    }
+
+    static void RewriteRotary(GraphEditor g, NodeProto node, ValueTable types)
+    {
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: node.Name + "/" + op, attributes: attrs);
+        string Ints(params long[] v) => g.AddInitializer(Tensors.FromInt64(g.Unique(node.Name + "/ints"), [v.Length], v));
+        string x = node.Input[0], cos = node.Input[1], sin = node.Input[2];
+        int rank = types.Rank(x);
+        long heads = Attrs.Int(node, "num_heads", 0), rotaryDim = Attrs.Int(node, "rotary_embedding_dim", 0);
+        bool interleaved = Attrs.Int(node, "interleaved", 0) != 0;
+        if (rank == 3 && heads <= 0) throw new OrtLoraException($"RotaryEmbedding node '{node.Name}': 3-D input without num_heads");
+        // to [B, S, H, D]
+        var bshd = rank == 4 ? Op("Transpose", [x], ("perm", new long[] { 0, 2, 1, 3 })) : Op("Reshape", [x, Ints(0, 0, heads, -1)]);
+        if (node.Input.Count > 3 && node.Input[3] != "")
+            (cos, sin) = (Op("Gather", [cos, node.Input[3]]), Op("Gather", [sin, node.Input[3]]));
+        (cos, sin) = (Op("Unsqueeze", [cos, Ints(2)]), Op("Unsqueeze", [sin, Ints(2)])); // [B, S, 1, rd/2]
+        string rotated = bshd, rest = "";
+        if (rotaryDim > 0)
+        {
+            rotated = Op("Slice", [bshd, Ints(0), Ints(rotaryDim), Ints(-1)]);
+            rest = Op("Slice", [bshd, Ints(rotaryDim), Ints(long.MaxValue), Ints(-1)]);
+        }
+        string x1, x2;
+        if (interleaved)
+            (x1, x2) = (Op("Slice", [rotated, Ints(0), Ints(long.MaxValue), Ints(-1), Ints(2)]), Op("Slice", [rotated, Ints(1), Ints(long.MaxValue), Ints(-1), Ints(2)]));
+        else
+        {
+            var half = Op("Div", [Op("Slice", [Op("Shape", [rotated]), Ints(-1), Ints(long.MaxValue), Ints(0)]), Ints(2)]);
+            x1 = Op("Slice", [rotated, Ints(0), half, Ints(-1)]);
+            x2 = Op("Slice", [rotated, half, Ints(long.MaxValue), Ints(-1)]);
+        }
+        var real = Op("Sub", [Op("Mul", [cos, x1]), Op("Mul", [sin, x2])]);
+        var imag = Op("Add", [Op("Mul", [sin, x1]), Op("Mul", [cos, x2])]);
+        var y = interleaved
+            ? Op("Reshape", [Op("Concat", [Op("Unsqueeze", [real, Ints(-1)]), Op("Unsqueeze", [imag, Ints(-1)])], ("axis", -1L)),
+                Op("Shape", [rotated])])
+            : Op("Concat", [real, imag], ("axis", -1L));
+        if (rotaryDim > 0) y = Op("Concat", [y, rest], ("axis", -1L));
+        y = rank == 4 ? Op("Transpose", [y], ("perm", new long[] { 0, 2, 1, 3 })) : Op("Reshape", [y, Ints(0, 0, -1)]);
+        g.Add("Identity", [y], name: node.Name + "/Y", outputs: [node.Output[0]]);
     }
 
     static void Rewrite(GraphEditor g, NodeProto node, ValueTable types)
