@@ -14,18 +14,20 @@ public sealed record Architecture(string Name, Func<OnnxModel> Build, string[] T
     public override string ToString() => Name;
 }
 
-/// <summary>Builders of small exports in the styles of Phi-3, GPT-NeoX, Qwen2, OPT, an Optimum decoder with a KV cache,
-/// several opsets and fp16 weights. Vocabulary 64, hidden 32, 4 heads of 8, two layers.</summary>
+/// <summary>Builders of small exports in the styles of Phi-3 (dynamo and TorchScript), GPT-NeoX, Qwen2, OPT (Gemm), an
+/// Optimum decoder with a KV cache (fp32 and fp16), LLaMA at opsets 12/13/17/23 (RMSNormalization, Attention and
+/// RotaryEmbedding ops), fp16 weights cast to fp32, fully fp16, int32 token and float mask inputs.
+/// Vocabulary 64, hidden 32, 4 query heads of 8 (2 KV heads where grouped), two layers.</summary>
 public static class Architectures
 {
     public const long Vocab = 64, Hidden = 32, Heads = 4, HeadDim = 8, Ffn = 48;
 
-    // Before All: static fields initialize in order.
     static Architecture Phi3Like(string name, int opset, LinearStyle style = LinearStyle.Dynamo) => new(name, () => Phi3(opset, style),
         Targets(["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"]),
         new() { ["model.layers.0.self_attn.qkv_proj"] = [32, 16, 16], ["model.layers.0.mlp.gate_up_proj"] = [48, 48],
             ["model.layers.1.self_attn.qkv_proj"] = [32, 16, 16], ["model.layers.1.mlp.gate_up_proj"] = [48, 48] });
 
+    // Before All: static fields initialize in order.
     static readonly string[] LlamaTargets = Targets(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]);
 
     public static readonly Architecture[] All =
