@@ -16,7 +16,7 @@ public sealed record Architecture(string Name, Func<OnnxModel> Build, string[] T
 
 /// <summary>Builders of small exports in the styles of Phi-3 (dynamo and TorchScript), GPT-NeoX, Qwen2, OPT (Gemm), an
 /// Optimum decoder with a KV cache (fp32 and fp16), LLaMA at opsets 12/13/17/23 (RMSNormalization, Attention and
-/// RotaryEmbedding ops), fp16 weights cast to fp32, fully fp16, int32 token and float mask inputs.
+/// RotaryEmbedding ops), Gemma (multi-query, Gelu op, widening q_proj), fp16 weights cast to fp32, fully fp16, int32 token and float mask inputs.
 /// Vocabulary 64, hidden 32, 4 query heads of 8 (2 KV heads where grouped), two layers.</summary>
 public static class Architectures
 {
@@ -38,6 +38,7 @@ public static class Architectures
         Phi3Like("phi3-torchscript", 17, LinearStyle.TorchScript),
         new("gpt-neox", () => NeoX(), Targets(["attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"], "gpt_neox.layers"), []),
         new("qwen2", () => Qwen2(), Targets(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]), []),
+        new("gemma-mqa-gelu-op", () => Gemma(), LlamaTargets, []),
         new("opt-gemm", () => Opt(), Targets(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"], "model.decoder.layers"), []),
         new("optimum-kv-cache", () => Llama(17, past: true), LlamaTargets, [], Past: true),
         new("optimum-kv-cache-fp16", () => Llama(17, past: true, weightType: (int)DT.Float16, computeType: (int)DT.Float16), LlamaTargets, [], Past: true),
@@ -126,6 +127,35 @@ public static class Architectures
         var normed = n.RmsNorm(x, "model_.model.norm.weight", Hidden);
         var tied = n.Op("Transpose", ["model_.model.embed_tokens.weight"], ("perm", new long[] { 1, 0 }));
         n.G.Add("MatMul", [normed, tied], name: "/model_/lm_head/MatMul", outputs: ["logits"]);
+        n.Proto.Graph.Output.Add(Net.Value("logits", (int)DT.Float, "batch_size", "sequence_length", Vocab));
+        return n.Model();
+    }
+
+    /// <summary>Gemma as dynamo writes it at opset 20: embedding scaled by √hidden, one KV head (multi-query), head
+    /// size 16 so q_proj widens (32 → 64) and o_proj narrows, the Gelu op (tanh approximation), head tied to the
+    /// embedding.</summary>
+    static OnnxModel Gemma()
+    {
+        const long headDim = 16, kvHeads = 1;
+        var n = new Net(20, seed: 13);
+        var (ids, am) = TokenInputs(n);
+        var mask = n.Mask(ids, am, null);
+        var x = n.Op("Mul", n.Embedding(ids, "model.embed_tokens.weight", Vocab, Hidden), n.F(MathF.Sqrt(Hidden)));
+        for (int l = 0; l < 2; l++)
+        {
+            var p = $"model.layers.{l}";
+            var h = n.RmsNorm(x, p + ".input_layernorm.weight", Hidden);
+            var q = n.Heads(n.Linear(h, p + ".self_attn.q_proj", Hidden, Heads * headDim, LinearStyle.Dynamo), Heads, headDim);
+            var k = n.Heads(n.Linear(h, p + ".self_attn.k_proj", Hidden, kvHeads * headDim, LinearStyle.Dynamo), kvHeads, headDim);
+            var v = n.Heads(n.Linear(h, p + ".self_attn.v_proj", Hidden, kvHeads * headDim, LinearStyle.Dynamo), kvHeads, headDim);
+            var attn = n.Attention(q, n.RepeatKv(k, kvHeads, Heads, headDim), n.RepeatKv(v, kvHeads, Heads, headDim), mask, Heads, headDim);
+            x = n.Op("Add", x, n.Linear(attn, p + ".self_attn.o_proj", Heads * headDim, Hidden, LinearStyle.Dynamo));
+            var m = n.RmsNorm(x, p + ".post_attention_layernorm.weight", Hidden);
+            var gate = n.Op("Gelu", [n.Linear(m, p + ".mlp.gate_proj", Hidden, Ffn, LinearStyle.Dynamo)], ("approximate", "tanh"));
+            x = n.Op("Add", x, n.Linear(n.Op("Mul", gate, n.Linear(m, p + ".mlp.up_proj", Hidden, Ffn, LinearStyle.Dynamo)), p + ".mlp.down_proj", Ffn, Hidden, LinearStyle.Dynamo));
+        }
+        var tied = n.Op("Transpose", ["model.embed_tokens.weight"], ("perm", new long[] { 1, 0 }));
+        n.G.Add("MatMul", [n.RmsNorm(x, "model.norm.weight", Hidden), tied], name: "/lm_head/MatMul", outputs: ["logits"]);
         n.Proto.Graph.Output.Add(Net.Value("logits", (int)DT.Float, "batch_size", "sequence_length", Vocab));
         return n.Model();
     }

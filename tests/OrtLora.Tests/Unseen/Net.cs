@@ -28,7 +28,7 @@ public sealed class Net
     {
         Opset = opset;
         _rng = new Random(seed);
-        Proto = new ModelProto { IrVersion = opset >= 23 ? 11 : opset >= 21 ? 10 : 8, ProducerName = "unseen-tests", Graph = new GraphProto { Name = "main_graph" } };
+        Proto = new ModelProto { IrVersion = opset >= 23 ? 11 : opset >= 21 ? 10 : opset >= 19 ? 9 : 8, ProducerName = "unseen-tests", Graph = new GraphProto { Name = "main_graph" } };
         Proto.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = opset });
         G = new GraphEditor(Proto.Graph);
     }
