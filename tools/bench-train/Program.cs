@@ -1,8 +1,10 @@
 // bench-train: step time, tokens/s, graph size and peak memory of ortlora's training engine on the CPU.
 //   dotnet run -c Release --project tools/bench-train -- [--shape smollm2-135m] [--batch 8] [--seq 256] [--r 16]
 //       [--steps 3] [--mode train|eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
-//       [--graph-stats] [--build-only] [--opt-basic]
+//       [--graph-stats] [--build-only] [--opt-basic] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json]
 // Peak memory is the process's peak working set, so compare modes with one process each (--mode eval vs train).
+// --profile writes ORT's per-node trace (summarize it with tools/gpu-race/profile_summary.py); --json ends with one
+// JSON line for tools/gpu-race/race.sh. On a GPU the working set is host memory only: race.sh samples nvidia-smi.
 using System.Diagnostics;
 using OrtLora.Autodiff;
 using OrtLora.Graphs;
@@ -21,9 +23,10 @@ else LoraInjector.Inject(model, new LoraConfig { R = options.R, LoraAlpha = 2 * 
 Console.WriteLine($"model: {options.Model ?? options.Shape}, {forwardNodes} forward nodes, {model.Graph.Node.Count} with LoRA ({clock.Elapsed.TotalSeconds:F1} s)");
 
 clock.Restart();
-using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01), options.Threads,
+var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01), options.Threads,
     CpuMemArena: !args.Contains("--no-arena"), Optimization: args.Contains("--opt-basic")
-        ? Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_BASIC : Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL));
+        ? Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_BASIC : Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    Device: options.Device, EpLibrary: options.EpLibrary, ProfilePrefix: options.Profile));
 long trainable = session.Graph.ParameterShapes.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
 Console.WriteLine($"training graph: {session.Graph.Eval.Graph.Node.Count} nodes forward+loss, {session.Graph.Gradients.Graph.Node.Count} with backward, " +
     $"{trainable:N0} trainable parameters (built in {clock.Elapsed.TotalSeconds:F1} s)");
@@ -36,7 +39,7 @@ if (args.Contains("--graph-stats"))
     Console.WriteLine();
 }
 
-if (args.Contains("--build-only")) return;
+if (args.Contains("--build-only")) { session.Dispose(); return; }
 var rng = new Random(1);
 int n = options.Batch * options.Seq;
 var ids = Enumerable.Range(0, n).Select(_ => (long)rng.Next(0, (int)vocab)).ToArray();
@@ -55,10 +58,23 @@ for (int i = 0; i < options.Steps; i++)
     Console.WriteLine($"step {i + 1}: {times[^1]:F3} s, loss {loss:F4}");
 }
 double median = times.Order().ElementAt(times.Count / 2);
+double peakMiB = Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0;
 Console.WriteLine($"{options.Mode}: median {median * 1000:F1} ms/step, {n / median:F0} tokens/s (B={options.Batch}, S={options.Seq}, " +
-    $"{Environment.ProcessorCount} cores), peak working set {Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0:F0} MiB");
+    $"{Environment.ProcessorCount} cores, {options.Device}), peak working set {peakMiB:F0} MiB");
+int stepNodes = session.Graph.Gradients.Graph.Node.Count;
+session.Dispose();
+foreach (var trace in session.ProfileFiles) Console.WriteLine($"profile: {trace}");
+if (args.Contains("--json"))
+    Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
+    {
+        ["engine"] = "ortlora", ["shape"] = options.Shape, ["dtype"] = "fp32", ["device"] = options.Device, ["mode"] = options.Mode,
+        ["batch"] = options.Batch, ["seq"] = options.Seq, ["r"] = options.R, ["step_ms"] = Math.Round(median * 1000, 2),
+        ["tokens_per_s"] = Math.Round(n / median), ["peak_working_set_mib"] = Math.Round(peakMiB), ["graph_nodes"] = stepNodes,
+        ["trainable"] = trainable,
+    }));
 
-sealed record Args(string Shape, string? Model, string? InitFrom, int Batch, int Seq, int R, int Steps, string Mode, int Threads)
+sealed record Args(string Shape, string? Model, string? InitFrom, int Batch, int Seq, int R, int Steps, string Mode, int Threads,
+    string Device, string? EpLibrary, string? Profile)
 {
     public static Args Parse(string[] a)
     {
@@ -66,6 +82,6 @@ sealed record Args(string Shape, string? Model, string? InitFrom, int Batch, int
         string? Maybe(string name) { int i = Array.IndexOf(a, name); return i >= 0 && i + 1 < a.Length ? a[i + 1] : null; }
         return new(Get("--shape", "smollm2-135m"), Maybe("--model"), Maybe("--init-from"), int.Parse(Get("--batch", "8")),
             int.Parse(Get("--seq", "256")), int.Parse(Get("--r", "16")), int.Parse(Get("--steps", "3")), Get("--mode", "train"),
-            int.Parse(Get("--threads", "0")));
+            int.Parse(Get("--threads", "0")), Get("--device", "cpu"), Maybe("--ep-library"), Maybe("--profile"));
     }
 }

@@ -17,9 +17,11 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
 /// <summary>Settings fixed for a session's life. Learning rate and max_grad_norm are given per call.</summary>
 /// <param name="CpuMemArena">ORT's arena allocator; off returns activation memory to the system between steps, which
 /// lowers the peak of large training graphs at a small speed cost</param>
+/// <param name="ProfilePrefix">when set, ORT's profiler writes a JSON trace per session (PREFIX_DATE.json, one event per
+/// node run) when the session is disposed: where a step's time goes, op by op</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
     GraphOptimizationLevel Optimization = GraphOptimizationLevel.ORT_ENABLE_ALL, string Device = "cpu", string? EpLibrary = null,
-    bool CpuMemArena = true);
+    bool CpuMemArena = true, string? ProfilePrefix = null);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -47,6 +49,8 @@ public sealed class TrainingSession : IDisposable
     }
 
     public IReadOnlyList<string> ParameterNames => _graph.Parameters;
+    /// <summary>The profiler's trace files, filled on Dispose when <see cref="TrainingSessionOptions.ProfilePrefix"/> is set.</summary>
+    public List<string> ProfileFiles { get; } = [];
     public TrainingGraph Graph => _graph;
     /// <summary>Optimizer steps taken (AdamW's t).</summary>
     public int OptimizerStep { get; private set; }
@@ -182,6 +186,7 @@ public sealed class TrainingSession : IDisposable
         using var options = OrtRun.DefaultOptions(_options.Optimization);
         if (_options.IntraOpThreads > 0) options.IntraOpNumThreads = _options.IntraOpThreads;
         options.EnableCpuMemArena = _options.CpuMemArena;
+        if (_options.ProfilePrefix is { } prefix) { options.ProfileOutputPathPrefix = prefix; options.EnableProfiling = true; } // prefix first: the setter reads it
         ExecutionDevice.Configure(options, _options.Device, _options.EpLibrary);
         return new InferenceSession(proto.ToByteArray(), options);
     }
@@ -252,7 +257,11 @@ public sealed class TrainingSession : IDisposable
 
     public void Dispose()
     {
-        foreach (var s in new[] { _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession }) s?.Dispose();
+        foreach (var s in new[] { _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession })
+        {
+            if (s is not null && _options.ProfilePrefix is not null) ProfileFiles.Add(s.EndProfiling());
+            s?.Dispose();
+        }
         foreach (var b in _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? [])) b.Dispose();
         foreach (var s in new[] { _lr, _step, _maxGradNorm, _gradScale, _loss, _gradNorm }) s.Dispose();
     }
