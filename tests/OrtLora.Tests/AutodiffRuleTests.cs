@@ -29,7 +29,20 @@ public class AutodiffRuleTests
     public void Pow()
     {
         Check((g, x) => Op(g, "Pow", [x[0], g.Floats([], 2.0)]), [X("x", 2, 3)]);
+        Check((g, x) => Op(g, "Pow", [x[0], g.Floats([], 3.0)]), [X("x", 2, 3)]);
         Check((g, x) => Op(g, "Pow", x), [Positive("x", 2, 3), X("e", 3)]);
+    }
+
+    [Test]
+    public void SquareNeedsNoPowInItsGradient()
+    {
+        // RMSNorm's x² appears once per norm; its gradient is 2·x, so the backward adds no Pow node.
+        using var model = OrtLora.Graphs.LlamaGraph.Build(OrtLora.Graphs.LlamaShape.Tiny, seed: 1);
+        OrtLora.Lora.LoraInjector.Inject(model, new OrtLora.Lora.LoraConfig { R = 2, LoraAlpha = 4, TargetModules = ["all-linear"] });
+        var graph = OrtLora.Training.Engine.TrainingGraph.Build(model);
+        int Pows(global::Onnx.GraphProto g) => g.Node.Count(n => n.OpType == "Pow");
+        Assert.That(Pows(graph.Eval.Graph), Is.GreaterThan(0));
+        Assert.That(Pows(graph.Gradients.Graph), Is.EqualTo(Pows(graph.Eval.Graph)));
     }
 
     [Test]

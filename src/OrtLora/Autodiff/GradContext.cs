@@ -127,6 +127,10 @@ public sealed class GradContext
         return Tensors.ReadInt64s(Tensors.InlineBytes(t), t.DataType);
     }
 
+    /// <summary>The values of a constant float tensor (any float type), or null if it is computed.</summary>
+    public float[]? ConstFloats(string value) =>
+        _constants.TryGetValue(value, out var t) && Types.IsFloat(value) ? Tensors.BytesToFloats(Tensors.InlineBytes(t), t.DataType) : null;
+
     /// <summary>The value of a constant boolean scalar, or null if it is computed.</summary>
     public bool? ConstBool(string value) =>
         _constants.TryGetValue(value, out var t) ? Tensors.InlineBytes(t).Any(b => b != 0) : null;

@@ -49,11 +49,14 @@ public static partial class GradientRules
     /// <summary>Gradient for input i of an elementwise op, summed over broadcast axes.</summary>
     static string? Bcast(GradContext c, int i, string grad) => c.Needs(i) ? c.Unbroadcast(grad, c.O(0), c.I(i)) : null;
 
-    // d a^b/da = b·a^(b-1);  d a^b/db = a^b·ln a
+    // d a^b/da = b·a^(b-1);  d a^b/db = a^b·ln a. The common a² (RMSNorm, LayerNorm variance) becomes 2·a: the same
+    // numbers without a Pow kernel, which costs as much as a MatMul on the CPU.
     static string?[] Pow(GradContext c)
     {
         string? ga = null, gb = null;
-        if (c.Needs(0))
+        if (c.Needs(0) && c.ConstFloats(c.I(1)) is [2f])
+            ga = Bcast(c, 0, c.Mul(c.GO(0)!, c.Mul(c.I(0), c.Scalar(2, c.I(0)))));
+        else if (c.Needs(0))
         {
             var b = c.Types.ElemType(c.I(1)) == c.Types.ElemType(c.I(0)) ? c.I(1) : c.CastLike(c.I(1), c.I(0));
             var power = c.Mul(b, c.Op("Pow", [c.I(0), c.Sub(b, c.Scalar(1, c.I(0)))]));
