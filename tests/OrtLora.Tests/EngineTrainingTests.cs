@@ -50,6 +50,35 @@ public class EngineTrainingTests
         Assert.That(parts.OptimizerStep, Is.EqualTo(2));
     }
 
+    /// <summary>The GPU's code path on the CPU: state allocated by the session's allocator and copied in and out with
+    /// OrtEnv.CopyTensors trains bit for bit like host arrays, through steps, accumulation, eval and a state round trip.</summary>
+    [Test]
+    public void StateInSessionMemoryTrainsExactlyLikeHostArrays()
+    {
+        var batch = PeftParity.ReadBatch(Reference("llama"));
+        using var model = EngineFixtures.InjectedModel("llama", "dynamo");
+        var options = new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01));
+        using var host = new TrainingSession(model, options);
+        using var device = new TrainingSession(model, options with { StateInSessionMemory = true });
+        foreach (var s in new[] { host, device })
+        {
+            s.Step(batch, 1e-2f, maxGradNorm: 1f);
+            s.Accumulate(Row(batch, 0), 0.5f);
+            s.Accumulate(Row(batch, 1), 0.5f);
+            s.ApplyAccumulated(1e-2f);
+            s.SetOptimizerState(s.GetOptimizerState());
+            s.SetParameters(s.GetParameters());
+            s.Step(batch, 1e-2f);
+        }
+        Assert.That(host.StateOnDevice, Is.False);
+        Assert.That(device.StateOnDevice, Is.True);
+        Assert.That(device.EvalLoss(batch), Is.EqualTo(host.EvalLoss(batch)));
+        var (a, b) = (host.GetParameters(), device.GetParameters());
+        foreach (var p in host.ParameterNames) Assert.That(b[p], Is.EqualTo(a[p]), p);
+        var (ma, mb) = (host.GetOptimizerState(), device.GetOptimizerState());
+        foreach (var k in ma.Keys) Assert.That(mb[k].Data, Is.EqualTo(ma[k].Data), k);
+    }
+
     /// <summary>Clipping and the LoRA+ learning-rate ratio against AdamW's first step written out on the host in float64:
     /// g' = g·min(1, c/(‖g‖ + 1e-6)); p ← p(1 − lr·k·wd) − lr·k·g'/(|g'| + ε) with k the parameter's multiplier.</summary>
     [Test]

@@ -1,43 +1,107 @@
 using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
 
 namespace OrtLora.Training.Engine;
 
-/// <summary>One float32 tensor kept in two host buffers wrapped as OrtValues: a run reads <see cref="Current"/> and
-/// writes <see cref="Next"/>, then <see cref="Swap"/> makes the result current. ORT reads and writes these buffers
-/// in place (IOBinding), so a training step copies nothing between host and runtime but the loss.</summary>
+/// <summary>One float32 tensor kept in two buffers: a run reads <see cref="Current"/> and writes <see cref="Next"/>, then
+/// <see cref="Swap"/> makes the result current. The buffers start as host arrays wrapped as OrtValues; <see cref="MoveTo"/>
+/// puts them in an execution device's memory (a GPU's), where the sessions read and write them in place (IOBinding),
+/// so a training step copies nothing between host and device but the batch in and the loss out.</summary>
 public sealed class PingPong : IDisposable
 {
-    readonly float[][] _buffers;
-    readonly OrtValue[] _values;
+    readonly long _count;
+    float[][]? _host;
+    OrtValue[] _values;
+    DeviceCopy? _copy;
     int _current;
 
     public PingPong(long[] shape, float[]? initial = null)
     {
         Shape = shape;
-        long n = shape.Aggregate(1L, (a, b) => a * b);
-        _buffers = [new float[n], new float[n]];
-        if (initial is not null) initial.CopyTo(_buffers[0], 0);
-        _values = [OrtValue.CreateTensorValueFromMemory(_buffers[0], shape), OrtValue.CreateTensorValueFromMemory(_buffers[1], shape)];
+        _count = shape.Aggregate(1L, (a, b) => a * b);
+        _host = [new float[_count], new float[_count]];
+        if (initial is not null) Check(initial).CopyTo(_host[0], 0);
+        _values = [OrtValue.CreateTensorValueFromMemory(_host[0], shape), OrtValue.CreateTensorValueFromMemory(_host[1], shape)];
     }
 
     public long[] Shape { get; }
     public OrtValue Current => _values[_current];
     public OrtValue Next => _values[1 - _current];
-    public float[] CurrentData => _buffers[_current];
     public void Swap() => _current = 1 - _current;
+    /// <summary>Whether the buffers are in a device's memory rather than host arrays.</summary>
+    public bool OnDevice => _host is null;
 
-    public float[] Read() => (float[])_buffers[_current].Clone();
+    /// <summary>Moves both buffers into memory from <paramref name="allocator"/>, keeping the current value.</summary>
+    public void MoveTo(OrtAllocator allocator, DeviceCopy copy)
+    {
+        if (_host is not null) _copy = copy; else return;
+        var current = _host[_current];
+        var moved = new[] { Allocate(allocator), Allocate(allocator) };
+        foreach (var v in _values) v.Dispose();
+        _values = moved;
+        _host = null;
+        Write(current);
+    }
+
+    public float[] Read()
+    {
+        if (_host is not null) return (float[])_host[_current].Clone();
+        var result = new float[_count];
+        using var host = OrtValue.CreateTensorValueFromMemory(result, Shape);
+        _copy!.Copy(Current, host);
+        return result;
+    }
 
     public void Write(float[] values)
     {
-        if (values.Length != _buffers[_current].Length)
-            throw new OrtLoraException($"tensor of {values.Length} values given for shape [{string.Join(", ", Shape)}]");
-        values.CopyTo(_buffers[_current], 0);
+        if (_host is not null) { Check(values).CopyTo(_host[_current], 0); return; }
+        using var host = OrtValue.CreateTensorValueFromMemory(Check(values), Shape);
+        _copy!.Copy(host, Current);
     }
 
-    public void Clear() => Array.Clear(_buffers[_current]);
+    public void Clear()
+    {
+        if (_host is not null) Array.Clear(_host[_current]);
+        else Write(new float[_count]);
+    }
+
+    OrtValue Allocate(OrtAllocator allocator) => OrtValue.CreateAllocatedTensorValue(allocator, TensorElementType.Float, Shape);
+
+    float[] Check(float[] values) => values.Length == _count ? values
+        : throw new OrtLoraException($"tensor of {values.Length} values given for shape [{string.Join(", ", Shape)}]");
 
     public void Dispose() { foreach (var v in _values) v.Dispose(); }
+}
+
+/// <summary>Copies float32 tensors between host and device memory with a one-node Identity session on the training
+/// sessions' device: IOBinding moves a bound input to where the kernel runs and its output to where it is bound. This
+/// works with every execution provider, the classic CUDA one and plugin libraries alike (OrtEnv.CopyTensors only knows
+/// plugin devices, and not host to host).</summary>
+public sealed class DeviceCopy : IDisposable
+{
+    readonly InferenceSession _session;
+
+    public DeviceCopy(SessionOptions options)
+    {
+        var model = new global::Onnx.ModelProto { IrVersion = 8, Graph = new global::Onnx.GraphProto { Name = "copy" } };
+        model.OpsetImport.Add(new global::Onnx.OperatorSetIdProto { Domain = "", Version = 17 });
+        model.Graph.Node.Add(new global::Onnx.NodeProto { OpType = "Identity", Name = "copy", Input = { "x" }, Output = { "y" } });
+        var tensor = new global::Onnx.TypeProto { TensorType = new global::Onnx.TypeProto.Types.Tensor { ElemType = (int)global::Onnx.TensorProto.Types.DataType.Float } };
+        model.Graph.Input.Add(new global::Onnx.ValueInfoProto { Name = "x", Type = tensor });
+        model.Graph.Output.Add(new global::Onnx.ValueInfoProto { Name = "y", Type = tensor });
+        _session = new InferenceSession(Google.Protobuf.MessageExtensions.ToByteArray(model), options);
+    }
+
+    public void Copy(OrtValue source, OrtValue destination)
+    {
+        using var binding = _session.CreateIoBinding();
+        using var run = new RunOptions();
+        binding.BindInput("x", source);
+        binding.BindOutput("y", destination);
+        _session.RunWithBinding(run, binding);
+    }
+
+    public void Dispose() => _session.Dispose();
 }
 
 /// <summary>A float32 scalar the host sets before a run or reads after one (lr, step, loss, ...).</summary>

@@ -19,9 +19,12 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
 /// lowers the peak of large training graphs at a small speed cost</param>
 /// <param name="ProfilePrefix">when set, ORT's profiler writes a JSON trace per session (PREFIX_DATE.json, one event per
 /// node run) when the session is disposed: where a step's time goes, op by op</param>
+/// <param name="StateInSessionMemory">keep parameters, moments and accumulators in memory from the session's allocator even
+/// when that is host memory: the GPU's code path (allocate, copy in and out with OrtEnv.CopyTensors), testable on a CPU.
+/// Without it the state moves to the device only when the sessions want their inputs outside host memory.</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
     GraphOptimizationLevel Optimization = GraphOptimizationLevel.ORT_ENABLE_ALL, string Device = "cpu", string? EpLibrary = null,
-    bool CpuMemArena = true, string? ProfilePrefix = null);
+    bool CpuMemArena = true, string? ProfilePrefix = null, bool StateInSessionMemory = false);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -34,6 +37,9 @@ public sealed class TrainingSession : IDisposable
     Dictionary<string, PingPong>? _accumulators;
     readonly HostScalar _lr = new(), _step = new(), _maxGradNorm = new(), _gradScale = new(), _loss = new(), _gradNorm = new();
     InferenceSession? _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession;
+    OrtAllocator? _stateAllocator;
+    DeviceCopy? _deviceCopy;
+    bool _statePlaced;
 
     public TrainingSession(OnnxModel model, TrainingSessionOptions options, IReadOnlyList<string>? parameters = null)
     {
@@ -80,7 +86,7 @@ public sealed class TrainingSession : IDisposable
     public float Accumulate(Batch batch, float gradScale)
     {
         _accumulateSession ??= Load(_graph.BuildAccumulate());
-        _accumulators ??= _graph.Parameters.ToDictionary(p => p, p => new PingPong(_graph.ParameterShapes[p]));
+        _accumulators ??= _graph.Parameters.ToDictionary(p => p, p => Placed(new PingPong(_graph.ParameterShapes[p])));
         using var binding = _accumulateSession.CreateIoBinding();
         var batchValues = BindBatch(binding, batch);
         try
@@ -183,13 +189,46 @@ public sealed class TrainingSession : IDisposable
 
     InferenceSession Load(ModelProto proto)
     {
-        using var options = OrtRun.DefaultOptions(_options.Optimization);
+        using var options = SessionOptions(profile: true);
+        var session = new InferenceSession(proto.ToByteArray(), options);
+        PlaceState(session);
+        return session;
+    }
+
+    SessionOptions SessionOptions(bool profile)
+    {
+        var options = OrtRun.DefaultOptions(_options.Optimization);
         if (_options.IntraOpThreads > 0) options.IntraOpNumThreads = _options.IntraOpThreads;
         options.EnableCpuMemArena = _options.CpuMemArena;
-        if (_options.ProfilePrefix is { } prefix) { options.ProfileOutputPathPrefix = prefix; options.EnableProfiling = true; } // prefix first: the setter reads it
+        if (profile && _options.ProfilePrefix is { } prefix) { options.ProfileOutputPathPrefix = prefix; options.EnableProfiling = true; } // prefix first: the setter reads it
         ExecutionDevice.Configure(options, _options.Device, _options.EpLibrary);
-        return new InferenceSession(proto.ToByteArray(), options);
+        return options;
     }
+
+    /// <summary>On the first session: where does it want the parameters? Host memory (CPU): the state stays in host
+    /// arrays. A device's memory (CUDA): parameters, moments and accumulators move there for good, allocated by the
+    /// session's allocator for that memory, so steps never copy them.</summary>
+    void PlaceState(InferenceSession session)
+    {
+        if (_statePlaced) return;
+        _statePlaced = true;
+        var inputs = session.InputNames.ToList();
+        var memory = session.GetMemoryInfosForInputs()[inputs.IndexOf(_graph.Parameters[0])];
+        if (memory.GetDeviceType() == OrtMemoryInfoDeviceType.CPU && !_options.StateInSessionMemory) return;
+        _stateAllocator = new OrtAllocator(session, memory);
+        using (var options = SessionOptions(profile: false)) _deviceCopy = new DeviceCopy(options);
+        foreach (var b in _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? []))
+            b.MoveTo(_stateAllocator, _deviceCopy);
+    }
+
+    PingPong Placed(PingPong buffer)
+    {
+        if (_stateAllocator is not null) buffer.MoveTo(_stateAllocator, _deviceCopy!);
+        return buffer;
+    }
+
+    /// <summary>Whether parameters and optimizer state live in the sessions' device memory (see PlaceState).</summary>
+    public bool StateOnDevice => _params.Values.First().OnDevice;
 
     static void Run(InferenceSession session, OrtIoBinding binding)
     {
@@ -257,12 +296,15 @@ public sealed class TrainingSession : IDisposable
 
     public void Dispose()
     {
+        // State first: device buffers come from an allocator of one of the sessions, which must outlive them.
+        foreach (var b in _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? [])) b.Dispose();
+        _stateAllocator?.Dispose();
+        _deviceCopy?.Dispose();
         foreach (var s in new[] { _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession })
         {
             if (s is not null && _options.ProfilePrefix is not null) ProfileFiles.Add(s.EndProfiling());
             s?.Dispose();
         }
-        foreach (var b in _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? [])) b.Dispose();
         foreach (var s in new[] { _lr, _step, _maxGradNorm, _gradScale, _loss, _gradNorm }) s.Dispose();
     }
 }
