@@ -60,7 +60,7 @@ public sealed class ValueTable
         return table;
     }
 
-    /// <summary>The element type of every value of any graph, from one probe run on synthetic inputs: each symbolic
+    /// <summary>The element type of every value of any graph, from a probe run on synthetic inputs: each symbolic
     /// dimension is 2 (the first) or 3 (the others), integers are 1 (positions count 0, 1, ...), floats 0.5. Values do
     /// not change types, so any feed that runs will do.</summary>
     public static Dictionary<string, int> ElemTypes(ModelProto model)

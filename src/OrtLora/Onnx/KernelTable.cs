@@ -7,8 +7,8 @@ namespace OrtLora.Onnx;
 /// an EP that has no kernel for its opset and types runs on the CPU EP instead, with copies to and from the device.</summary>
 public sealed class KernelTable
 {
-    /// <param name="Inputs">per input: a constraint name or a fixed type; null when not recorded</param>
-    /// <param name="Variadic">inputs/outputs whose last entry repeats</param>
+    /// <param name="Inputs">per input: a constraint name or a fixed type; null when not recorded (likewise Outputs)</param>
+    /// <param name="VariadicInputs">the last input entry repeats (likewise VariadicOutputs)</param>
     public sealed record Kernel(string Op, string Domain, int From, int To, string[]? Inputs, bool VariadicInputs,
         string[]? Outputs, bool VariadicOutputs, IReadOnlyDictionary<string, HashSet<string>> Types)
     {
