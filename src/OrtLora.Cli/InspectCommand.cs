@@ -1,18 +1,30 @@
 using System.CommandLine;
+using Onnx;
+using OrtLora.Autodiff;
 using OrtLora.Lora;
 using OrtLora.Onnx;
+using OrtLora.Training.Engine;
 
 namespace OrtLora.Cli;
 
 /// <summary>ortlora inspect MODEL: the linear layers LoRA can target (with the parameter count for a rank), the
-/// adapters of an injected model, and the op histogram. Plain aligned text, so it reads the same piped to a file.</summary>
+/// adapters of an injected model, and the op histogram; with --training-graph the op histogram of the training step
+/// graph, and with --device cuda the nodes of that graph the CUDA EP has no kernel for (they would run on the CPU EP
+/// between CUDA nodes). Plain aligned text, so it reads the same piped to a file.</summary>
 public static class InspectCommand
 {
     public static Command Create()
     {
         var model = new Argument<string>("model") { Description = "ONNX model to inspect" };
         var r = new Option<int>("--r") { Description = "rank to count LoRA parameters for", DefaultValueFactory = _ => 8 };
-        var cmd = new Command("inspect", "List targetable linear layers, LoRA adapters and the op histogram") { model, r };
+        var trainingGraph = new Option<bool>("--training-graph")
+        {
+            Description = "also build the training step graph (forward, loss, backward, AdamW) and print its op histogram; " +
+                "a model without adapters gets all-linear adapters of rank --r for it",
+        };
+        var device = new Option<string>("--device") { Description = "with --training-graph: list the step graph's nodes this device's EP has no kernel for", DefaultValueFactory = _ => "cpu" };
+        device.AcceptOnlyFromAmong("cpu", "cuda");
+        var cmd = new Command("inspect", "List targetable linear layers, LoRA adapters and the op histogram") { model, r, trainingGraph, device };
         cmd.SetAction(CliRunner.Guard(parse =>
         {
             using var m = OnnxModel.Load(parse.GetValue(model)!);
@@ -36,8 +48,37 @@ public static class InspectCommand
             if (LoraModel.Read(m) is { } lora) WriteAdapters(lora);
             Console.WriteLine();
             Console.WriteLine("op histogram: " + string.Join(", ", GraphEditor.OpHistogram(m.Graph).Select(p => $"{p.Key} {p.Value}")));
+            if (parse.GetValue(trainingGraph)) WriteTrainingGraph(m, rank, parse.GetValue(device)!);
+            else if (parse.GetValue(device) != "cpu") throw new OrtLoraException("--device is for --training-graph");
         }));
         return cmd;
+    }
+
+    static void WriteTrainingGraph(OnnxModel m, int rank, string device)
+    {
+        var exported = new HashSet<string>(m.Graph.Node.Select(n => n.Name));
+        bool inject = LoraModel.Read(m) is null;
+        if (inject) LoraInjector.Inject(m, new LoraConfig { R = rank, TargetModules = ["all-linear"] });
+        var graph = TrainingGraph.Build(m);
+        var step = graph.BuildStep(new AdamWOptions());
+        Console.WriteLine();
+        Console.WriteLine($"training step graph: {step.Graph.Node.Count:N0} nodes (forward + loss {graph.Eval.Graph.Node.Count:N0}, " +
+            $"with backward {graph.Gradients.Graph.Node.Count:N0}, then clipping and AdamW){(inject ? $", for all-linear adapters at r={rank}" : "")}");
+        Console.WriteLine("op histogram: " + string.Join(", ", GraphEditor.OpHistogram(step.Graph).Select(p => $"{p.Key} {p.Value}")));
+        if (device != "cuda") return;
+        var table = KernelTable.Cuda;
+        var types = ValueTable.ElemTypes(step);
+        var missing = KernelCoverage.Missing(step, table, types);
+        string Origin(NodeProto n) => exported.Contains(n.Name) ? "from the export" : "added by ortlora";
+        Console.WriteLine(missing.Count == 0
+            ? $"{table.Name}: every node has a kernel (ONNX Runtime's kernel table; see docs/gpu.md)"
+            : $"{table.Name}: {missing.Count} nodes have no kernel and would run on the CPU EP:");
+        foreach (var f in missing) Console.WriteLine($"  {f} ({Origin(f.Node)})");
+        var copies = HostArguments.DeviceToHost(step, types);
+        Console.WriteLine(copies.Count == 0
+            ? "no device-to-host copies: every host-memory argument (shapes, axes, counts) is computed from shapes, constants or token inputs"
+            : $"{copies.Count} host-memory arguments are computed on the device and copied back mid-graph:");
+        foreach (var c in copies) Console.WriteLine($"  {c} ({Origin(c.Node)})");
     }
 
     static void WriteAdapters(LoraModel lora)

@@ -42,6 +42,12 @@ public static class TrainCommand
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
         device.AcceptOnlyFromAmong("cpu", "cuda");
         var epLibrary = new Option<string?>("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
+        var optimization = new Option<string>("--graph-optimization-level")
+        {
+            Description = "ONNX Runtime's optimization of the training graphs (above basic it adds com.microsoft fusions; see docs/gpu.md)",
+            DefaultValueFactory = _ => "all",
+        };
+        optimization.AcceptOnlyFromAmong("all", "extended", "basic", "none");
         var resume = new Option<string?>("--resume-from-checkpoint") { Description = "continue from a checkpoint folder (no value: the latest in the output directory)", Arity = ArgumentArity.ZeroOrOne };
         var merge = new Option<bool>("--merge") { Description = "also write the merged model to OUTPUT/merged" };
         var plain = new Option<bool>("--plain-log") { Description = "one line per logging step instead of a progress bar" };
@@ -50,7 +56,7 @@ public static class TrainCommand
         lora.AddTo(cmd);
         foreach (var o in new Option[] { data, evalData, evalSplit, format, textColumn, chatTemplate, tokenizer, maxSeq, packing, trainOnPrompt,
                      epochs, maxSteps, batch, accumulation, lr, scheduler, warmupRatio, warmupSteps, weightDecay, maxGradNorm,
-                     logging, saveSteps, saveLimit, evalSteps, loraplus, device, epLibrary, resume, merge, plain })
+                     logging, saveSteps, saveLimit, evalSteps, loraplus, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
 
         cmd.SetAction(CliRunner.Guard(parse =>
@@ -64,6 +70,7 @@ public static class TrainCommand
                 Seed = parse.GetValue(lora.Seed), LoggingSteps = parse.GetValue(logging), SaveSteps = parse.GetValue(saveSteps),
                 SaveTotalLimit = parse.GetValue(saveLimit), EvalSteps = parse.GetValue(evalSteps), LoraplusLrRatio = parse.GetValue(loraplus),
                 Device = parse.GetValue(device)!, EpLibrary = parse.GetValue(epLibrary),
+                GraphOptimizationLevel = parse.GetValue(optimization)!,
             };
             Validate(args);
             var job = new TrainJob

@@ -37,6 +37,25 @@ public class TrainCommandTests
         Assert.That(File.Exists(Path.Combine(dir, "merged", "vocab.json")), "tokenizer beside the merged model");
     }
 
+    /// <summary>--graph-optimization-level basic (no com.microsoft fusions: what a CUDA plugin EP can take whole)
+    /// trains the same as ORT's full optimization: same losses step by step, to float32 rounding.</summary>
+    [Test]
+    public void BasicGraphOptimizationTrainsLikeTheDefault()
+    {
+        double[] Losses(params string[] extra)
+        {
+            var dir = Shared.TempDir();
+            OrtloraOk(TrainArgs(dir, ["--max-steps", "4", .. extra]));
+            return File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
+                .Where(m => m["loss"] is not null).Select(m => m["loss"]!.GetValue<double>()).ToArray();
+        }
+        var all = Losses();
+        var basic = Losses("--graph-optimization-level", "basic");
+        Assert.That(basic, Has.Length.EqualTo(4));
+        Assert.That(basic, Is.EqualTo(all).Within(1e-4));
+        Assert.That(basic[^1], Is.LessThan(basic[0]), "it trains");
+    }
+
     // Instruction data (prompt masked) and plain text (every token labelled, so column 0 must not be counted).
     [TestCase("demo")]
     [TestCase("text")]

@@ -57,21 +57,25 @@ public static class FusedOpDecomposition
         if (node.Input.Count > 3 && node.Input[3] != "")
             (cos, sin) = (Op("Gather", [cos, node.Input[3]]), Op("Gather", [sin, node.Input[3]]));
         (cos, sin) = (Op("Unsqueeze", [cos, Ints(2)]), Op("Unsqueeze", [sin, Ints(2)])); // [B, S, 1, rd/2]
+        // Contiguous parts of the head are cut with Split, not Slice: the same values, and no float Slice, which is
+        // the prime suspect of the CUDA plugin's crashes (docs/gpu.md).
+        (string, string) SplitLast(string value, params long[] sizes)
+        {
+            var parts = new[] { g.Unique(node.Name + "/Split_out"), g.Unique(node.Name + "/Split_out") };
+            g.Add("Split", sizes.Length == 0 ? [value] : [value, Ints(sizes)], name: node.Name + "/Split", outputs: parts,
+                attributes: sizes.Length == 0 ? [("axis", -1L), ("num_outputs", 2L)] : [("axis", -1L)]);
+            return (parts[0], parts[1]);
+        }
         string rotated = bshd, rest = "";
         if (rotaryDim > 0)
         {
-            rotated = Op("Slice", [bshd, Ints(0), Ints(rotaryDim), Ints(-1)]);
-            rest = Op("Slice", [bshd, Ints(rotaryDim), Ints(long.MaxValue), Ints(-1)]);
+            long headDim = rank == 4 ? types[x].ShapeA[3] : types[x].ShapeA[2] / heads;
+            (rotated, rest) = SplitLast(bshd, rotaryDim, headDim - rotaryDim);
         }
         string x1, x2;
         if (interleaved)
             (x1, x2) = (Op("Slice", [rotated, Ints(0), Ints(long.MaxValue), Ints(-1), Ints(2)]), Op("Slice", [rotated, Ints(1), Ints(long.MaxValue), Ints(-1), Ints(2)]));
-        else
-        {
-            var half = Op("Div", [Op("Slice", [Op("Shape", [rotated]), Ints(-1), Ints(long.MaxValue), Ints(0)]), Ints(2)]);
-            x1 = Op("Slice", [rotated, Ints(0), half, Ints(-1)]);
-            x2 = Op("Slice", [rotated, half, Ints(long.MaxValue), Ints(-1)]);
-        }
+        else (x1, x2) = SplitLast(rotated);
         var real = Op("Sub", [Op("Mul", [cos, x1]), Op("Mul", [sin, x2])]);
         var imag = Op("Add", [Op("Mul", [sin, x1]), Op("Mul", [cos, x2])]);
         var y = interleaved

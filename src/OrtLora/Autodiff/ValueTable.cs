@@ -60,6 +60,37 @@ public sealed class ValueTable
         return table;
     }
 
+    /// <summary>The element type of every value of any graph, from a probe run on synthetic inputs: each symbolic
+    /// dimension is 2 (the first) or 3 (the others), integers are 1 (positions count 0, 1, ...), floats 0.5. Values do
+    /// not change types, so any feed that runs will do.</summary>
+    public static Dictionary<string, int> ElemTypes(ModelProto model)
+    {
+        var initializers = new HashSet<string>(model.Graph.Initializer.Select(t => t.Name));
+        var feeds = model.Graph.Input.Where(i => !initializers.Contains(i.Name)).ToDictionary(i => i.Name, SyntheticFeed);
+        var table = Probe(model, feeds, feeds);
+        return table._values.ToDictionary(v => v.Key, v => v.Value.ElemType);
+    }
+
+    static HostTensor SyntheticFeed(ValueInfoProto input)
+    {
+        var type = input.Type?.TensorType ?? throw new OrtLoraException($"graph input '{input.Name}' is not a tensor");
+        int symbolic = 0;
+        var dims = type.Shape?.Dim.Select(d => d.DimValue > 0 ? d.DimValue : symbolic++ == 0 ? 2L : 3L).ToArray() ?? [];
+        int n = (int)Tensors.ElementCount(dims);
+        long Int(int i) => input.Name.Contains("position") ? i % Math.Max(1, dims.LastOrDefault(1)) : 1;
+        Array data = (TensorProto.Types.DataType)type.ElemType switch
+        {
+            TensorProto.Types.DataType.Float => Enumerable.Repeat(0.5f, n).ToArray(),
+            TensorProto.Types.DataType.Double => Enumerable.Repeat(0.5, n).ToArray(),
+            TensorProto.Types.DataType.Float16 => Enumerable.Repeat((Float16)0.5f, n).ToArray(),
+            TensorProto.Types.DataType.Int64 => Enumerable.Range(0, n).Select(Int).ToArray(),
+            TensorProto.Types.DataType.Int32 => Enumerable.Range(0, n).Select(i => (int)Int(i)).ToArray(),
+            TensorProto.Types.DataType.Bool => Enumerable.Repeat(true, n).ToArray(),
+            var t => throw new OrtLoraException($"graph input '{input.Name}': no synthetic value for {t} inputs"),
+        };
+        return new HostTensor(data, dims);
+    }
+
     static Dictionary<string, (int Type, long[] Shape)> RunAll(InferenceSession session,
         IReadOnlyDictionary<string, HostTensor> feeds, List<string> outputs)
     {

@@ -75,7 +75,8 @@ public static class Trainer
         // Engine: LoRA+ gives B its own learning rate.
         var adamW = new AdamWOptions(args.AdamBeta1, args.AdamBeta2, args.AdamEpsilon, args.WeightDecay,
             LrMultiplier: p => p.EndsWith(".lora_B.weight") ? args.LoraplusLrRatio : 1.0);
-        using var session = new TrainingSession(model, new TrainingSessionOptions(adamW, Device: args.Device, EpLibrary: args.EpLibrary));
+        using var session = new TrainingSession(model, new TrainingSessionOptions(adamW, Optimization: args.OrtOptimizationLevel,
+            Device: args.Device, EpLibrary: args.EpLibrary));
 
         var state = new TrainerState(0, 0, 0, args.Seed, 0);
         var log = new TrainingLog(args.OutputDir);

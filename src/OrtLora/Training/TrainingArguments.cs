@@ -28,6 +28,19 @@ public sealed class TrainingArguments
     public double LoraplusLrRatio { get; set; } = 1;
     public string Device { get; set; } = "cpu";
     public string? EpLibrary { get; set; }
+    /// <summary>ONNX Runtime's graph optimization level for the training graphs: all, extended, basic or none. Above
+    /// basic ORT fuses the backward's Transpose+MatMul into com.microsoft ops, which a CUDA plugin EP may not take
+    /// (docs/gpu.md).</summary>
+    public string GraphOptimizationLevel { get; set; } = "all";
+
+    public Microsoft.ML.OnnxRuntime.GraphOptimizationLevel OrtOptimizationLevel => GraphOptimizationLevel switch
+    {
+        "all" => Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended" => Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic" => Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none" => Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        var other => throw new OrtLoraException($"--graph-optimization-level {other}: expected all, extended, basic or none"),
+    };
 }
 
 /// <summary>Hugging Face's learning-rate schedules (transformers.get_scheduler), as a pure function of the step.

@@ -1,0 +1,153 @@
+using Onnx;
+using OrtLora.Autodiff;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+using OrtLora.Tests.Unseen;
+using OrtLora.Training.Engine;
+using static OrtLora.Tests.LoraTestKit;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Tests;
+
+/// <summary>The CUDA kernel table and its checker (issue 6: nodes without a CUDA kernel run on the CPU EP between CUDA
+/// nodes). Every graph ortlora builds for training must be covered by a CUDA kernel, node by node and type by type.</summary>
+public class KernelCoverageTests
+{
+    static OnnxModel Injected(Func<OnnxModel> build)
+    {
+        var model = build();
+        LoraInjector.Inject(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["all-linear"], Seed = 3 });
+        return model;
+    }
+
+    static OnnxModel Tiny() => OnnxModel.Load(Path.Combine(Shared.RepoRoot, "graphs", "tiny", "model.onnx"));
+
+    static List<FallbackNode> Fallbacks(ModelProto graph) => KernelCoverage.Missing(graph, KernelTable.Cuda, ValueTable.ElemTypes(graph));
+
+    /// <summary>Every node has a CUDA kernel, and no host-memory argument waits for a device computation.</summary>
+    static void AssertAllOnCuda(string what, ModelProto graph)
+    {
+        var types = ValueTable.ElemTypes(graph);
+        var missing = KernelCoverage.Missing(graph, KernelTable.Cuda, types);
+        Assert.That(missing, Is.Empty, $"{what}: {missing.Count} of {graph.Graph.Node.Count} nodes have no CUDA kernel:\n  "
+            + string.Join("\n  ", missing.Take(20)));
+        var copies = HostArguments.DeviceToHost(graph, types);
+        Assert.That(copies, Is.Empty, $"{what}: device-to-host copies for\n  " + string.Join("\n  ", copies.Take(20)));
+    }
+
+    /// <summary>All four graphs a training run loads (eval, step, accumulate, apply), with LoRA dropout and weight
+    /// decay so that every emitted op appears; the exported forward part included.</summary>
+    static void AssertTrainingGraphsOnCuda(string what, OnnxModel model)
+    {
+        var graph = TrainingGraph.Build(model, loraDropout: 0.1);
+        AssertAllOnCuda(what + " eval", graph.Eval);
+        AssertAllOnCuda(what + " step", graph.BuildStep(new AdamWOptions(WeightDecay: 0.01, LrMultiplier: p => p.EndsWith("lora_B.weight") ? 16 : 1)));
+        AssertAllOnCuda(what + " accumulate", graph.BuildAccumulate());
+        AssertAllOnCuda(what + " apply", graph.BuildApply(new AdamWOptions(WeightDecay: 0.01)));
+    }
+
+    [Test]
+    public void TinyTrainingGraphsHaveACudaKernelForEveryNode()
+    {
+        using var model = Injected(Tiny);
+        AssertTrainingGraphsOnCuda("graphs/tiny", model);
+    }
+
+    [TestCaseSource(typeof(LoraTestKit), nameof(LoraTestKit.Models))]
+    public void FixtureTrainingGraphsHaveACudaKernelForEveryNode(string arch, string file)
+    {
+        using var model = EngineFixtures.InjectedModel(arch, file.Split('.')[1]);
+        AssertTrainingGraphsOnCuda($"{arch} {file}", model);
+    }
+
+    static IEnumerable<Architecture> Trainable => Architectures.All.Where(a => a.Trainable);
+
+    /// <summary>The unseen export styles bring fp16 activations, opset-23 ops, int32 tokens, Gemm layers, cache inputs.</summary>
+    [TestCaseSource(nameof(Trainable))]
+    public void UnseenStepGraphsHaveACudaKernelForEveryNode(Architecture arch)
+    {
+        using var model = Injected(arch.Build);
+        AssertAllOnCuda(arch.Name + " step", TrainingGraph.Build(model).BuildStep(new AdamWOptions(WeightDecay: 0.01)));
+    }
+
+    /// <summary>The checker can fail: an op the CUDA EP has no kernel for (Mean), a type outside a kernel's constraint
+    /// (Clip on int32, which the CPU EP takes), next to nodes it covers (Add, Cast) and a Constant (folded at load).</summary>
+    [Test]
+    public void FindsNodesTheCudaEpHasNoKernelFor()
+    {
+        var net = new Net(17);
+        net.Input("x", (int)DT.Float, 2, 3);
+        var mean = net.Op("Mean", "x", net.Op("Add", "x", net.G.Add("Constant", [], attributes: ("value", Tensors.Scalar("c", 1, (int)DT.Float)))));
+        var clipped = net.Op("Clip", [net.Op("Cast", [mean], ("to", (long)DT.Int32))]);
+        net.Output(net.Op("Cast", [clipped], ("to", (long)DT.Float)), "y", 2, 3);
+
+        var missing = Fallbacks(net.Proto);
+
+        Assert.That(missing.Select(m => m.Node.OpType), Is.EqualTo(new[] { "Mean", "Clip" }));
+        Assert.That(missing[0].Reason, Is.EqualTo("CUDAExecutionProvider has no Mean kernel"));
+        Assert.That(missing[0].Types, Is.EqualTo("float,float -> float"));
+        Assert.That(missing[1].Node.Output[0], Is.EqualTo(clipped));
+        Assert.That(missing[1].Reason, Does.StartWith("input 0 ").And.EndWith("is int32; the kernel for opsets 13+ takes double, float, float16, int64, int8, uint64, uint8"));
+    }
+
+    /// <summary>An opset outside every registered range is a fallback too, and a table's shorthands and variadic
+    /// inputs read as the format says.</summary>
+    [Test]
+    public void ChecksTheOpsetRangeAndVariadicInputs()
+    {
+        var table = KernelTable.Parse("TestEP", """
+            @ints int32,int64
+            Relu    ai.onnx  14+  T   T  T=float
+            Concat  ai.onnx  4-12 T*  T  T=float,@ints
+            """);
+        var net = new Net(13);
+        net.Input("x", (int)DT.Float, 2);
+        net.Input("i", (int)DT.Int64, 2);
+        var relu = net.Op("Relu", "x");
+        net.Op("Concat", ["i", "i", "i"], ("axis", 0L));
+        net.Output(relu, "y", 2);
+        var types = new Dictionary<string, int> { ["x"] = (int)DT.Float, ["i"] = (int)DT.Int64 };
+
+        var missing = KernelCoverage.Missing(net.Proto, table, types);
+
+        Assert.That(missing.Select(m => m.Reason), Is.EqualTo(new[]
+        {
+            "TestEP has Relu for opsets 14+ only",
+            "TestEP has Concat for opsets 4-12 only",
+            "TestEP has no Identity kernel",
+        }));
+        var concat = table.Find("Concat", "").Single();
+        Assert.That(concat.Allowed(input: true, 2), Is.EquivalentTo(new[] { "float", "int32", "int64" }));
+        Assert.That(KernelTable.Cuda.Find("Reciprocal", "ai.onnx").First(k => k.Covers(17)).Allowed(true, 0), Does.Not.Contain("bfloat16"),
+            "the CUDA table as ORT documents it: no bf16 Reciprocal");
+    }
+
+    /// <summary>The copy check can fail: a Reshape whose shape is computed from a float tensor's contents waits for
+    /// a device-to-host copy; one whose shape comes from Shape (metadata) does not.</summary>
+    [Test]
+    public void FindsHostArgumentsComputedOnTheDevice()
+    {
+        var net = new Net(17);
+        net.Input("x", (int)DT.Float, 2, 3);
+        net.Input("ids", (int)DT.Int64, 2, 3);
+        var fromShape = net.Op("Reshape", "x", net.Op("Shape", net.Op("Relu", "x")));
+        var fromTokens = net.Op("Reshape", fromShape, net.Op("Shape", "ids"));
+        var countFromData = net.Op("Cast", [net.Op("ReduceSum", [net.Op("Relu", "x")], ("keepdims", 0L))], ("to", (long)DT.Int64));
+        var fromData = net.Op("Reshape", fromTokens, net.Op("Concat", [net.I(-1), net.Op("Unsqueeze", countFromData, net.I(0))], ("axis", 0L)));
+        net.Output(fromData, "y", 2, 3);
+
+        var copies = HostArguments.DeviceToHost(net.Proto, ValueTable.ElemTypes(net.Proto));
+
+        Assert.That(copies.Select(c => (c.Node.OpType, c.Input)), Is.EqualTo(new[] { ("Reshape", 1) }));
+        Assert.That(copies[0].Node.Output[0], Is.EqualTo(fromData));
+    }
+
+    [Test]
+    public void InspectPrintsTheStepGraphAndItsCudaFallbacks()
+    {
+        var output = OrtloraOk("inspect", Path.Combine(Shared.RepoRoot, "graphs", "tiny", "model.onnx"), "--training-graph", "--device", "cuda", "--r", "2").Out;
+        Assert.That(output, Does.Match(@"training step graph: \d,\d{3} nodes"));
+        Assert.That(output, Does.Match(@"MatMul \d+").And.Contain("ScatterElements 1").And.Contain("LogSoftmax 1"));
+        Assert.That(output, Does.Contain("CUDAExecutionProvider: every node has a kernel").And.Contain("no device-to-host copies"));
+    }
+}
