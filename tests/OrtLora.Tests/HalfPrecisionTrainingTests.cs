@@ -57,6 +57,34 @@ public class HalfPrecisionTrainingTests
         Assert.That(stepGraph.Graph.Initializer.Where(t => Tensors.ElementCount(t.Dims) > 1000).Select(t => t.DataType), Is.All.EqualTo((int)DT.Float16));
     }
 
+    static IEnumerable<Unseen.Architecture> Float32Exports() => Unseen.Architectures.All.Where(a => a.Trainable && !a.HalfActivations);
+
+    /// <summary>Every float32 export style of the Unseen set (fused projections, Gemm layers, KV caches, opset-23
+    /// Attention/RotaryEmbedding/RMSNormalization, fp16 weights behind Casts, int32 tokens, float masks): fp16 loss
+    /// within 1e-2 and each gradient within 2e-2 of its largest element of float32's; an fp16 step lowers the loss.</summary>
+    [TestCaseSource(nameof(Float32Exports))]
+    public void Fp16GradientsMatchFloat32OnUnseenExports(Unseen.Architecture arch)
+    {
+        using var model = arch.Build();
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4 });
+        RandomizeB(model, std: 0.3f);
+        var rng = new Random(2);
+        var ids = Enumerable.Range(0, 10).Select(_ => (long)rng.Next(1, (int)Unseen.Architectures.Vocab)).ToArray();
+        var mask = Enumerable.Range(0, 10).Select(i => i is 5 or 6 ? 0L : 1L).ToArray(); // row 1 left-padded by two
+        var batch = new Batch(ids, mask, ids.Select((t, i) => mask[i] == 0 ? -100 : t).ToArray(), 2, 5);
+        using var full = Session(model, ComputeType.Float32);
+        using var half = Session(model, ComputeType.Float16);
+        var (expectedLoss, expected) = full.ComputeGradients(batch);
+        var (loss, grads) = half.ComputeGradients(batch);
+        Assert.That(loss, Is.EqualTo(expectedLoss).Within(1e-2), "loss");
+        double worst = grads.Max(kv => Shared.MaxAbsDiff(kv.Value, expected[kv.Key]) / expected[kv.Key].Max(Math.Abs));
+        TestContext.Out.WriteLine($"{arch}: loss {Math.Abs(loss - expectedLoss):G3}, worst gradient {worst:G3} of its max");
+        Assert.That(worst, Is.LessThan(2e-2));
+        half.Step(batch, 1e-2f);
+        Assert.That(half.OptimizerStep, Is.EqualTo(1));
+        Assert.That(half.EvalLoss(batch), Is.LessThan(loss - 1e-3));
+    }
+
     [Test]
     public void LossScalingSkipsOverflowingStepsAndHalvesTheScale()
     {

@@ -1,7 +1,7 @@
 // bench-train: step time, tokens/s, graph size and peak memory of ortlora's training engine on the CPU.
 //   dotnet run -c Release --project tools/bench-train -- [--shape smollm2-135m] [--batch 8] [--seq 256] [--r 16]
 //       [--steps 3] [--mode train|eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
-//       [--graph-stats] [--build-only] [--opt-basic]
+//       [--graph-stats] [--build-only] [--opt-basic] [--fp16 | --bf16] [--device cpu|cuda]
 // Peak memory is the process's peak working set, so compare modes with one process each (--mode eval vs train).
 using System.Diagnostics;
 using OrtLora.Autodiff;
@@ -23,7 +23,9 @@ Console.WriteLine($"model: {options.Model ?? options.Shape}, {forwardNodes} forw
 clock.Restart();
 using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01), options.Threads,
     CpuMemArena: !args.Contains("--no-arena"), Optimization: args.Contains("--opt-basic")
-        ? Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_BASIC : Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL));
+        ? Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_BASIC : Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    Device: options.Device, Compute: args.Contains("--bf16") ? ComputeType.BFloat16 : args.Contains("--fp16") ? ComputeType.Float16 : ComputeType.Float32));
+if (session.Graph.HalfPrecision is { } half) Console.WriteLine($"half compute: {half}");
 long trainable = session.Graph.ParameterShapes.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
 Console.WriteLine($"training graph: {session.Graph.Eval.Graph.Node.Count} nodes forward+loss, {session.Graph.Gradients.Graph.Node.Count} with backward, " +
     $"{trainable:N0} trainable parameters (built in {clock.Elapsed.TotalSeconds:F1} s)");
@@ -58,7 +60,7 @@ double median = times.Order().ElementAt(times.Count / 2);
 Console.WriteLine($"{options.Mode}: median {median * 1000:F1} ms/step, {n / median:F0} tokens/s (B={options.Batch}, S={options.Seq}, " +
     $"{Environment.ProcessorCount} cores), peak working set {Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0:F0} MiB");
 
-sealed record Args(string Shape, string? Model, string? InitFrom, int Batch, int Seq, int R, int Steps, string Mode, int Threads)
+sealed record Args(string Shape, string? Model, string? InitFrom, int Batch, int Seq, int R, int Steps, string Mode, int Threads, string Device)
 {
     public static Args Parse(string[] a)
     {
@@ -66,6 +68,6 @@ sealed record Args(string Shape, string? Model, string? InitFrom, int Batch, int
         string? Maybe(string name) { int i = Array.IndexOf(a, name); return i >= 0 && i + 1 < a.Length ? a[i + 1] : null; }
         return new(Get("--shape", "smollm2-135m"), Maybe("--model"), Maybe("--init-from"), int.Parse(Get("--batch", "8")),
             int.Parse(Get("--seq", "256")), int.Parse(Get("--r", "16")), int.Parse(Get("--steps", "3")), Get("--mode", "train"),
-            int.Parse(Get("--threads", "0")));
+            int.Parse(Get("--threads", "0")), Get("--device", "cpu"));
     }
 }
