@@ -81,8 +81,8 @@ public static class HalfPrecision
             {
                 int type = i.Type?.TensorType?.ElemType ?? 0;
                 _original[i.Name] = _now[i.Name] = type;
-                // A float mask is data computed with like the integer one; other float inputs (a past cache,
-                // inputs_embeds) are activations that take the reader's type.
+                // A float mask stays float32 data, as an integer mask cast to float is; other float inputs (a past
+                // cache, inputs_embeds) are activations that take their reader's type.
                 if (type == F32 && !i.Name.Contains("mask")) { _weak.Add(i.Name); _activations.Add(i.Name); }
             }
             foreach (var n in g.Node.ToList()) Visit(n);
