@@ -128,6 +128,27 @@ public class HalfPrecisionTests
             .Select(t => t.DataType), Is.All.EqualTo(Fp16), "linear weights stored in half");
     }
 
+    /// <summary>CPU cannot run bfloat16 arithmetic, but the bfloat16 graph retyped to float32 (every bfloat16 value is
+    /// exact in float32) runs: it has the bfloat16 weights and constants and every Cast of the real graph, and only
+    /// the arithmetic rounding differs. Its logits stay within bfloat16's weight rounding of float32's (measured
+    /// 2.6e-3 to 4.5e-3 of the largest logit).</summary>
+    [TestCase("llama", "dynamo")]
+    [TestCase("gpt2", "torchscript")]
+    [TestCase("tiny", "")]
+    public void Bf16WeightsAndWiringReproduceFloat32Logits(string arch, string export)
+    {
+        using var model = arch == "tiny" ? OnnxModel.Load(Path.Combine(Shared.RepoRoot, "graphs", "tiny", "model.onnx")) : EngineFixtures.InjectedModel(arch, export);
+        if (arch == "tiny") { LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 8 }); RandomizeB(model, std: 0.05f); }
+        var feeds = arch == "tiny" ? TinyFeeds() : Shared.Feeds(Reference(arch));
+        var expected = OrtRun.Run(model, feeds, ["logits"])["logits"].Floats;
+        using var bf16 = Half(model, Bf16, out _);
+        using var emulated = new OnnxModel(ElementTypes.Retype(bf16.Proto, Bf16, F32));
+        var actual = OrtRun.Run(emulated, feeds, ["logits"])["logits"].Floats;
+        float scale = expected.Max(Math.Abs), diff = Shared.MaxAbsDiff(actual, expected);
+        TestContext.Out.WriteLine($"{arch} {export}: max |diff| {diff:G3} = {diff / scale:G3} of max |logit|");
+        Assert.That(diff, Is.LessThan(2e-2f * scale).And.GreaterThan(0f));
+    }
+
     /// <summary>Two rows of 24 tokens, the second right-padded by 5.</summary>
     static Dictionary<string, HostTensor> TinyFeeds()
     {

@@ -141,6 +141,33 @@ public class HalfPrecisionTrainingTests
         Assert.That(refused.Message, Does.Contain("--device cuda").And.Contain("--fp16"));
     }
 
+    /// <summary>The bfloat16 gradient graph retyped to float32 (bfloat16 weights, float32 arithmetic; see
+    /// HalfPrecisionTests.Bf16WeightsAndWiringReproduceFloat32Logits) gives PEFT's loss and gradients within
+    /// bfloat16's weight rounding: its backward is wired right, and only the GPU can tell its arithmetic.</summary>
+    [Test]
+    public void Bf16GradientGraphWithFloat32ArithmeticMatchesPeft()
+    {
+        var reference = Reference("llama");
+        using var model = EngineFixtures.InjectedModel("llama", "dynamo");
+        var graph = TrainingGraph.Build(model, compute: ComputeType.BFloat16);
+        using var emulated = new OnnxModel(ElementTypes.Retype(graph.Gradients, (int)DT.Bfloat16, (int)DT.Float));
+        var batch = EngineFixtures.ReferenceBatch(reference);
+        var feeds = graph.Parameters.ToDictionary(p => p, p => HostTensor.Of(graph.InitialValues[p], graph.ParameterShapes[p]));
+        feeds["input_ids"] = HostTensor.Of(batch.InputIds, batch.Shape);
+        feeds["attention_mask"] = HostTensor.Of(batch.AttentionMask, batch.Shape);
+        feeds[TrainingGraph.Labels] = HostTensor.Of(batch.Labels, batch.Shape);
+        var outputs = OrtRun.Run(emulated, feeds);
+        float loss = outputs[TrainingGraph.Loss].Floats[0];
+        Assert.That(loss, Is.EqualTo(reference["loss"].AsFloats()[0]).Within(1e-2));
+        double worst = graph.Parameters.Max(p =>
+        {
+            var expected = reference["grad." + EngineFixtures.ReferenceName(p)].AsFloats();
+            return Shared.MaxAbsDiff(outputs[TrainingGraph.GradOf(p)].Floats, expected) / expected.Max(Math.Abs);
+        });
+        TestContext.Out.WriteLine($"loss {Math.Abs(loss - reference["loss"].AsFloats()[0]):G3}, worst gradient {worst:G3} of its max");
+        Assert.That(worst, Is.LessThan(3e-2));
+    }
+
     static string Tiny(string file) => Path.Combine(Shared.RepoRoot, "graphs", "tiny", file);
 
     static string[] TrainArgs(string output, params string[] extra) =>
