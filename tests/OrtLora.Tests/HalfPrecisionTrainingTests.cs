@@ -106,6 +106,11 @@ public class HalfPrecisionTrainingTests
         Assert.That(session.Scaler!.Scale, Is.EqualTo((1 << 24) / MathF.Pow(2, session.Scaler.SkippedSteps)));
         Assert.That(float.IsFinite(session.LastGradNorm));
         Assert.That(Shared.MaxAbsDiff(session.GetParameters().Values.First(), before.Values.First()), Is.GreaterThan(0f));
+
+        // Checkpoints carry the scaler, as the Trainer saves GradScaler's state.
+        using var resumed = Session(model, ComputeType.Float16);
+        resumed.SetOptimizerState(session.GetOptimizerState());
+        Assert.That((resumed.Scaler!.Scale, resumed.Scaler.GoodSteps), Is.EqualTo((session.Scaler.Scale, 1)));
     }
 
     [Test]
