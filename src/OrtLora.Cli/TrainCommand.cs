@@ -41,6 +41,8 @@ public static class TrainCommand
         var loraplus = new Option<double>("--loraplus-lr-ratio") { Description = "LoRA+: B's learning rate is this times --learning-rate", DefaultValueFactory = _ => 1 };
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
         device.AcceptOnlyFromAmong("cpu", "cuda");
+        var fp16 = new Option<bool>("--fp16") { Description = "mixed precision: the frozen model computes in float16, LoRA weights, loss and optimizer stay float32" };
+        var bf16 = new Option<bool>("--bf16") { Description = "as --fp16 with bfloat16 (needs --device cuda: ONNX Runtime's CPU provider has no bfloat16 kernels)" };
         var epLibrary = new Option<string?>("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
         var optimization = new Option<string>("--graph-optimization-level")
         {
@@ -56,7 +58,7 @@ public static class TrainCommand
         lora.AddTo(cmd);
         foreach (var o in new Option[] { data, evalData, evalSplit, format, textColumn, chatTemplate, tokenizer, maxSeq, packing, trainOnPrompt,
                      epochs, maxSteps, batch, accumulation, lr, scheduler, warmupRatio, warmupSteps, weightDecay, maxGradNorm,
-                     logging, saveSteps, saveLimit, evalSteps, loraplus, device, epLibrary, optimization, resume, merge, plain })
+                     logging, saveSteps, saveLimit, evalSteps, loraplus, fp16, bf16, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
 
         cmd.SetAction(CliRunner.Guard(parse =>
@@ -69,7 +71,7 @@ public static class TrainCommand
                 WarmupSteps = parse.GetValue(warmupSteps), WeightDecay = parse.GetValue(weightDecay), MaxGradNorm = parse.GetValue(maxGradNorm),
                 Seed = parse.GetValue(lora.Seed), LoggingSteps = parse.GetValue(logging), SaveSteps = parse.GetValue(saveSteps),
                 SaveTotalLimit = parse.GetValue(saveLimit), EvalSteps = parse.GetValue(evalSteps), LoraplusLrRatio = parse.GetValue(loraplus),
-                Device = parse.GetValue(device)!, EpLibrary = parse.GetValue(epLibrary),
+                Fp16 = parse.GetValue(fp16), Bf16 = parse.GetValue(bf16), Device = parse.GetValue(device)!, EpLibrary = parse.GetValue(epLibrary),
                 GraphOptimizationLevel = parse.GetValue(optimization)!,
             };
             Validate(args);
@@ -99,6 +101,7 @@ public static class TrainCommand
         if (a.GradientAccumulationSteps < 1) throw new OrtLoraException("--gradient-accumulation-steps must be at least 1");
         if (a.LearningRate <= 0) throw new OrtLoraException("--learning-rate must be positive");
         if (a.WarmupRatio is < 0 or > 1) throw new OrtLoraException("--warmup-ratio must be in [0, 1]");
+        if (a.Fp16 && a.Bf16) throw new OrtLoraException("choose one of --fp16 and --bf16");
         if (a.MaxSteps <= 0 && a.NumTrainEpochs <= 0) throw new OrtLoraException("give --num-train-epochs > 0 or --max-steps > 0");
     }
 }

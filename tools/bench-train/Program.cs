@@ -1,7 +1,7 @@
 // bench-train: step time, tokens/s, graph size and peak memory of ortlora's training engine on the CPU.
 //   dotnet run -c Release --project tools/bench-train -- [--shape smollm2-135m] [--batch 8] [--seq 256] [--r 16]
 //       [--steps 3] [--mode train|eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
-//       [--graph-stats] [--build-only] [--opt-basic] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json]
+//       [--graph-stats] [--build-only] [--opt-basic] [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json]
 // Peak memory is the process's peak working set, so compare modes with one process each (--mode eval vs train).
 // --profile writes ORT's per-node trace (summarize it with tools/gpu-race/profile_summary.py); --json ends with one
 // JSON line for tools/gpu-race/race.sh. On a GPU the working set is host memory only: race.sh samples nvidia-smi.
@@ -26,7 +26,9 @@ clock.Restart();
 var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01), options.Threads,
     CpuMemArena: !args.Contains("--no-arena"), Optimization: args.Contains("--opt-basic")
         ? Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_BASIC : Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    Device: options.Device, EpLibrary: options.EpLibrary, ProfilePrefix: options.Profile));
+    Device: options.Device, EpLibrary: options.EpLibrary, ProfilePrefix: options.Profile,
+    Compute: args.Contains("--bf16") ? ComputeType.BFloat16 : args.Contains("--fp16") ? ComputeType.Float16 : ComputeType.Float32));
+if (session.Graph.HalfPrecision is { } half) Console.WriteLine($"half compute: {half}");
 long trainable = session.Graph.ParameterShapes.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
 Console.WriteLine($"training graph: {session.Graph.Eval.Graph.Node.Count} nodes forward+loss, {session.Graph.Gradients.Graph.Node.Count} with backward, " +
     $"{trainable:N0} trainable parameters (built in {clock.Elapsed.TotalSeconds:F1} s)");
@@ -67,7 +69,7 @@ foreach (var trace in session.ProfileFiles) Console.WriteLine($"profile: {trace}
 if (args.Contains("--json"))
     Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
     {
-        ["engine"] = "ortlora", ["shape"] = options.Shape, ["dtype"] = "fp32", ["device"] = options.Device, ["mode"] = options.Mode,
+        ["engine"] = "ortlora", ["shape"] = options.Shape, ["dtype"] = args.Contains("--bf16") ? "bf16" : args.Contains("--fp16") ? "fp16" : "fp32", ["device"] = options.Device, ["mode"] = options.Mode,
         ["batch"] = options.Batch, ["seq"] = options.Seq, ["r"] = options.R, ["step_ms"] = Math.Round(median * 1000, 2),
         ["tokens_per_s"] = Math.Round(n / median), ["peak_working_set_mib"] = Math.Round(peakMiB), ["graph_nodes"] = stepNodes,
         ["trainable"] = trainable,

@@ -45,7 +45,12 @@ public sealed class ValueTable
     {
         var table = new ValueTable();
         foreach (var t in model.Graph.Initializer) table.Set(t.Name, new(t.DataType, t.Dims.ToArray(), t.Dims.ToArray()));
-        var probe = model.Clone();
+        // ONNX Runtime's CPU provider has almost no bfloat16 kernels: a bfloat16 graph is probed as its float16 twin
+        // (same shapes, float16 kernels or casts to float32), and float16 read back as bfloat16.
+        const int bf16 = (int)TensorProto.Types.DataType.Bfloat16, fp16 = (int)TensorProto.Types.DataType.Float16;
+        var declared = ElementTypes.Mentioned(model);
+        bool twin = declared.Contains(bf16) && !declared.Contains(fp16);
+        var probe = twin ? ElementTypes.Retype(model, bf16, fp16) : model.Clone();
         var g = probe.Graph;
         var existing = new HashSet<string>(g.Output.Select(o => o.Name));
         foreach (var n in g.Node)
@@ -56,7 +61,7 @@ public sealed class ValueTable
         using var session = new InferenceSession(probe.ToByteArray(), options);
         var a = RunAll(session, feedsA, outputs);
         var b = RunAll(session, feedsB, outputs);
-        foreach (var (name, (type, shape)) in a) table.Set(name, new(type, shape, b[name].Shape));
+        foreach (var (name, (type, shape)) in a) table.Set(name, new(twin && type == fp16 ? bf16 : type, shape, b[name].Shape));
         return table;
     }
 

@@ -95,6 +95,15 @@ public sealed class LoraModel
         foreach (var p in proto.MetadataProps.Where(p => p.Key == MetadataKey).ToList()) proto.MetadataProps.Remove(p);
     }
 
+    /// <summary>The nodes that compute the LoRA deltas: every node of each branch but the Add that joins it to the base
+    /// layer's output.</summary>
+    public HashSet<string> BranchNodes(GraphProto graph)
+    {
+        var outputs = new HashSet<string>(Adapters.Select(a => a.Output));
+        var joins = new HashSet<string>(graph.Node.Where(n => n.Output.Any(outputs.Contains)).Select(n => n.Name));
+        return Adapters.SelectMany(a => a.Nodes).Where(n => !joins.Contains(n)).ToHashSet();
+    }
+
     /// <summary>Adapters grouped by base layer: one group for a performant or plain adapter, the parts of a canonical one.</summary>
     public IEnumerable<IReadOnlyList<LoraAdapter>> ByLayer() =>
         Adapters.GroupBy(a => a.Node).Select(g => (IReadOnlyList<LoraAdapter>)g.OrderBy(a => a.Part?.Index ?? 0).ToList());

@@ -75,8 +75,13 @@ public static class Trainer
         // Engine: LoRA+ gives B its own learning rate.
         var adamW = new AdamWOptions(args.AdamBeta1, args.AdamBeta2, args.AdamEpsilon, args.WeightDecay,
             LrMultiplier: p => p.EndsWith(".lora_B.weight") ? args.LoraplusLrRatio : 1.0);
-        using var session = new TrainingSession(model, new TrainingSessionOptions(adamW, Optimization: args.OrtOptimizationLevel,
-            Device: args.Device, EpLibrary: args.EpLibrary));
+        // The session trains a copy of the model (half compute with --fp16/--bf16); `model` stays float32 for the adapter
+        // and the merge.
+        var compute = args.Bf16 ? ComputeType.BFloat16 : args.Fp16 ? ComputeType.Float16 : ComputeType.Float32;
+        using var session = new TrainingSession(model, new TrainingSessionOptions(adamW, Optimization: args.OrtOptimizationLevel, Device: args.Device, EpLibrary: args.EpLibrary, Compute: compute));
+        if (session.Graph.HalfPrecision is { } half)
+            reporter.Info($"{(args.Bf16 ? "bf16" : "fp16")} compute: {half.HalfNodes} nodes in half, {half.Float32Nodes} in float32 (LoRA branches, " +
+                $"norms, softmax), {half.Casts} casts; {half.ConvertedTensors} frozen tensors stored in half ({half.ConvertedBytes / 1048576.0:F1} MiB)");
 
         var state = new TrainerState(0, 0, 0, args.Seed, 0);
         var log = new TrainingLog(args.OutputDir);
@@ -152,6 +157,8 @@ public static class Trainer
             reporter.Evaluated(state.GlobalStep, lastEval.Value);
         }
         log.SavePlot(Path.Combine(args.OutputDir, "loss.png"));
+        if (session.Scaler is { SkippedSteps: > 0 } scaler)
+            reporter.Info($"fp16 loss scaling skipped {scaler.SkippedSteps} steps whose gradients overflowed (scale now {scaler.Scale})");
 
         // The adapter in PEFT's format, then optionally the merged model.
         SetParameters(model, session.GetParameters());

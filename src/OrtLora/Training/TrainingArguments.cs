@@ -26,6 +26,10 @@ public sealed class TrainingArguments
     public int EvalSteps { get; set; }
     /// <summary>LoRA+: B's learning rate is LearningRate times this (1 = plain LoRA).</summary>
     public double LoraplusLrRatio { get; set; } = 1;
+    /// <summary>Mixed precision: the frozen model computes in float16 (bf16: bfloat16); LoRA parameters, their branches,
+    /// the loss and AdamW stay float32, as PEFT trains a model loaded in half.</summary>
+    public bool Fp16 { get; set; }
+    public bool Bf16 { get; set; }
     public string Device { get; set; } = "cpu";
     public string? EpLibrary { get; set; }
     /// <summary>ONNX Runtime's graph optimization level for the training graphs: all, extended, basic or none. Above

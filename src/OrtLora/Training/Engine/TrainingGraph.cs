@@ -18,7 +18,7 @@ namespace OrtLora.Training.Engine;
 public sealed class TrainingGraph
 {
     public const string Labels = "labels", Loss = "loss", GradNorm = "grad_norm", LearningRate = "lr", Step = "step",
-        MaxGradNorm = "max_grad_norm", GradScale = "grad_scale";
+        MaxGradNorm = "max_grad_norm", GradScale = "grad_scale", LossScale = "loss_scale";
     public static string GradOf(string p) => "grad." + p;
     public static string ExpAvgOf(string p) => "exp_avg." + p;
     public static string ExpAvgSqOf(string p) => "exp_avg_sq." + p;
@@ -33,6 +33,10 @@ public sealed class TrainingGraph
     public IReadOnlyList<string> BatchInputs { get; }
     public ModelProto Eval { get; }
     public ModelProto Gradients { get; }
+    /// <summary>What the half-precision conversion did (null for float32 compute).</summary>
+    public HalfPrecisionReport? HalfPrecision { get; private init; }
+    /// <summary>The gradient graphs take a <c>loss_scale</c> input (float16 compute).</summary>
+    public bool ScalesLoss { get; private init; }
     int Opset { get; }
 
     public static bool IsLoraParameter(string name) => name.EndsWith(".lora_A.weight") || name.EndsWith(".lora_B.weight");
@@ -47,12 +51,15 @@ public sealed class TrainingGraph
     /// <param name="parameters">trainable initializers; default: every LoRA parameter</param>
     /// <param name="logits">the logits output; default: the output named "logits", else the first output</param>
     /// <param name="loraDropout">dropout on each LoRA input in the training graphs; default: the model's LoRA config</param>
+    /// <param name="compute">float16/bfloat16: the frozen model computes in half (<see cref="Onnx.HalfPrecision"/>), the
+    /// LoRA branches, parameters, loss and optimizer in float32</param>
     public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null,
-        double? loraDropout = null)
+        double? loraDropout = null, ComputeType compute = ComputeType.Float32)
     {
         int opset = model.Opset();
         if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; training needs opset 13 or later (re-export the model)");
         var proto = ModelProto.Parser.ParseFrom(model.ToBytes());
+        var halfReport = compute == ComputeType.Float32 ? null : ToHalfCompute(proto, model.Source, compute);
         var g = new GraphEditor(proto.Graph);
         parameters ??= proto.Graph.Initializer.Select(t => t.Name).Where(IsLoraParameter).ToList();
         if (parameters.Count == 0)
@@ -100,13 +107,39 @@ public sealed class TrainingGraph
         if (dropout > 0) AddLoraDropout(g, parameters, dropout);
 
         var types = ValueTable.Probe(proto, ProbeFeeds(proto, values, 2, 5), ProbeFeeds(proto, values, 3, 7));
-        var grads = GradientBuilder.Build(g, Loss, parameters, types, opset);
+        bool scalesLoss = compute == ComputeType.Float16;
+        var differentiated = scalesLoss ? ScaleLoss(proto, g, types) : Loss;
+        var grads = GradientBuilder.Build(g, differentiated, parameters, types, opset);
         foreach (var p in parameters)
         {
-            g.Add("Identity", [grads[p]], name: "grad/output", outputs: [GradOf(p)]);
+            var grad = scalesLoss ? g.Add("Div", [grads[p], LossScale], name: "grad/unscale") : grads[p];
+            g.Add("Identity", [grad], name: "grad/output", outputs: [GradOf(p)]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = GradOf(p) });
         }
-        return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, opset);
+        return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss };
+    }
+
+    /// <summary>Loss scaling for float16 (torch.amp's GradScaler): the backward starts from loss · loss_scale so that
+    /// small gradients survive float16's range, and each float32 parameter gradient is divided back.</summary>
+    static string ScaleLoss(ModelProto proto, GraphEditor g, ValueTable types)
+    {
+        proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
+        types.Set(LossScale, new ValueTable.Info((int)DT.Float, [], []));
+        var scaled = g.Add("Mul", [Loss, LossScale], name: "loss/scale");
+        types.Set(scaled, types[Loss]);
+        return scaled;
+    }
+
+    /// <summary>PEFT's mixed precision on a model loaded in half: the base converted, the LoRA branches kept float32.</summary>
+    static HalfPrecisionReport ToHalfCompute(ModelProto proto, string source, ComputeType compute)
+    {
+        var lora = Lora.LoraModel.Read(proto, source)
+            ?? throw new OrtLoraException($"{source}: half-precision training keeps the LoRA branches in float32 and finds them by the metadata of `ortlora inject`; inject the model with ortlora");
+        int half = compute == ComputeType.Float16 ? (int)DT.Float16 : (int)DT.Bfloat16;
+        // The bfloat16 graph's probe runs as float16 on CPU (ValueTable.Probe), which needs float16 to be unused.
+        if (half == (int)DT.Bfloat16 && ElementTypes.Mentioned(proto).Contains((int)DT.Float16))
+            throw new OrtLoraException($"{source}: the model already computes in float16; --bf16 converts float32 models (use --fp16)");
+        return Onnx.HalfPrecision.Apply(proto, half, lora.BranchNodes(proto.Graph));
     }
 
     /// <summary>Forward, backward, clipping and AdamW in one graph.</summary>

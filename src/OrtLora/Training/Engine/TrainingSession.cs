@@ -14,17 +14,20 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
     public long[] Shape => [BatchSize, SequenceLength];
 }
 
+/// <summary>The precision the frozen model computes in; LoRA parameters, their branches, the loss and AdamW are float32 in all.</summary>
+public enum ComputeType { Float32, Float16, BFloat16 }
+
 /// <summary>Settings fixed for a session's life. Learning rate and max_grad_norm are given per call.</summary>
 /// <param name="CpuMemArena">ORT's arena allocator; off returns activation memory to the system between steps, which
 /// lowers the peak of large training graphs at a small speed cost</param>
 /// <param name="ProfilePrefix">when set, ORT's profiler writes a JSON trace per session (PREFIX_DATE.json, one event per
 /// node run) when the session is disposed: where a step's time goes, op by op</param>
 /// <param name="StateInSessionMemory">keep parameters, moments and accumulators in memory from the session's allocator even
-/// when that is host memory: the GPU's code path (allocate, copy in and out with OrtEnv.CopyTensors), testable on a CPU.
+/// when that is host memory: the GPU's code path (allocate, copy in and out through DeviceCopy), testable on a CPU.
 /// Without it the state moves to the device only when the sessions want their inputs outside host memory.</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
     GraphOptimizationLevel Optimization = GraphOptimizationLevel.ORT_ENABLE_ALL, string Device = "cpu", string? EpLibrary = null,
-    bool CpuMemArena = true, string? ProfilePrefix = null, bool StateInSessionMemory = false);
+    bool CpuMemArena = true, string? ProfilePrefix = null, bool StateInSessionMemory = false, ComputeType Compute = ComputeType.Float32);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -35,7 +38,8 @@ public sealed class TrainingSession : IDisposable
     readonly TrainingSessionOptions _options;
     readonly Dictionary<string, PingPong> _params = new(), _expAvg = new(), _expAvgSq = new();
     Dictionary<string, PingPong>? _accumulators;
-    readonly HostScalar _lr = new(), _step = new(), _maxGradNorm = new(), _gradScale = new(), _loss = new(), _gradNorm = new();
+    readonly HostScalar _lr = new(), _step = new(), _maxGradNorm = new(), _gradScale = new(), _loss = new(), _gradNorm = new(), _lossScale = new();
+    LossScaler? _scaler;
     InferenceSession? _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession;
     OrtAllocator? _stateAllocator;
     DeviceCopy? _deviceCopy;
@@ -44,7 +48,11 @@ public sealed class TrainingSession : IDisposable
     public TrainingSession(OnnxModel model, TrainingSessionOptions options, IReadOnlyList<string>? parameters = null)
     {
         _options = options;
-        _graph = TrainingGraph.Build(model, parameters);
+        if (options.Compute == ComputeType.BFloat16 && options.Device == "cpu")
+            throw new OrtLoraException("bfloat16 compute needs an execution provider with bfloat16 kernels (--device cuda): ONNX Runtime's CPU " +
+                "provider has none for MatMul, Add, Softmax and most other ops. On CPU use --fp16 (ONNX Runtime runs float16 through float32 kernels there)");
+        _graph = TrainingGraph.Build(model, parameters, compute: options.Compute);
+        if (_graph.ScalesLoss) _scaler = new LossScaler();
         foreach (var p in _graph.Parameters)
         {
             var shape = _graph.ParameterShapes[p];
@@ -60,6 +68,8 @@ public sealed class TrainingSession : IDisposable
     public TrainingGraph Graph => _graph;
     /// <summary>Optimizer steps taken (AdamW's t).</summary>
     public int OptimizerStep { get; private set; }
+    /// <summary>float16 compute's loss scaling (null otherwise).</summary>
+    public LossScaler? Scaler => _scaler;
     /// <summary>The global gradient norm before clipping, of the last update.</summary>
     public float LastGradNorm { get; private set; }
 
@@ -72,6 +82,7 @@ public sealed class TrainingSession : IDisposable
         try
         {
             BindOptimizer(binding, learningRate, maxGradNorm);
+            BindLossScale(binding);
             foreach (var p in _graph.Parameters) binding.BindInput(p, _params[p].Current);
             binding.BindOutput(TrainingGraph.Loss, _loss.Value);
             Run(_stepSession, binding);
@@ -93,6 +104,7 @@ public sealed class TrainingSession : IDisposable
         {
             _gradScale.Set(gradScale);
             binding.BindInput(TrainingGraph.GradScale, _gradScale.Value);
+            BindLossScale(binding);
             foreach (var p in _graph.Parameters)
             {
                 binding.BindInput(p, _params[p].Current);
@@ -146,6 +158,7 @@ public sealed class TrainingSession : IDisposable
         _gradSession ??= Load(_graph.Gradients);
         var feeds = BatchFeeds(batch).ToDictionary(kv => kv.Key, kv => kv.Value);
         foreach (var p in _graph.Parameters) feeds[p] = HostTensor.Of(_params[p].Read(), _graph.ParameterShapes[p]);
+        if (_scaler is not null) feeds[TrainingGraph.LossScale] = HostTensor.Of(new[] { _scaler.Scale });
         var outputs = OrtRun.Run(_gradSession, feeds);
         return (outputs[TrainingGraph.Loss].Floats[0],
             _graph.Parameters.ToDictionary(p => p, p => outputs[TrainingGraph.GradOf(p)].Floats));
@@ -166,6 +179,11 @@ public sealed class TrainingSession : IDisposable
     public Dictionary<string, SafeTensor> GetOptimizerState()
     {
         var state = new Dictionary<string, SafeTensor> { ["step"] = SafeTensor.FromInt64s([1], [OptimizerStep]) };
+        if (_scaler is not null)
+        {
+            state["loss_scale"] = SafeTensor.FromFloats([1], [_scaler.Scale]);
+            state["loss_scale_good_steps"] = SafeTensor.FromInt64s([1], [_scaler.GoodSteps]);
+        }
         foreach (var p in _graph.Parameters)
         {
             state[TrainingGraph.ExpAvgOf(p)] = SafeTensor.FromFloats(_graph.ParameterShapes[p], _expAvg[p].Read());
@@ -185,6 +203,8 @@ public sealed class TrainingSession : IDisposable
             _expAvgSq[p].Write(v.AsFloats());
         }
         OptimizerStep = (int)step.AsInt64s()[0];
+        if (_scaler is not null && state.TryGetValue("loss_scale", out var scale) && state.TryGetValue("loss_scale_good_steps", out var good))
+            _scaler = new LossScaler(scale.AsFloats()[0], (int)good.AsInt64s()[0]);
     }
 
     InferenceSession Load(ModelProto proto)
@@ -255,11 +275,21 @@ public sealed class TrainingSession : IDisposable
         }
     }
 
+    void BindLossScale(OrtIoBinding binding)
+    {
+        if (_scaler is null) return;
+        _lossScale.Set(_scaler.Scale);
+        binding.BindInput(TrainingGraph.LossScale, _lossScale.Value);
+    }
+
+    /// <summary>Takes the update the Run wrote to the Next buffers, unless loss scaling found that its gradients
+    /// overflowed: then parameters and moments stay as they were (GradScaler skips optimizer.step).</summary>
     void FinishUpdate()
     {
+        LastGradNorm = _gradNorm.Get();
+        if (_scaler is not null && !_scaler.Update(LastGradNorm)) return;
         foreach (var p in _graph.Parameters) { _params[p].Swap(); _expAvg[p].Swap(); _expAvgSq[p].Swap(); }
         OptimizerStep++;
-        LastGradNorm = _gradNorm.Get();
     }
 
     Dictionary<string, HostTensor> BatchFeeds(Batch batch)
@@ -305,6 +335,6 @@ public sealed class TrainingSession : IDisposable
             if (s is not null && _options.ProfilePrefix is not null) ProfileFiles.Add(s.EndProfiling());
             s?.Dispose();
         }
-        foreach (var s in new[] { _lr, _step, _maxGradNorm, _gradScale, _loss, _gradNorm }) s.Dispose();
+        foreach (var s in new[] { _lr, _step, _maxGradNorm, _gradScale, _loss, _gradNorm, _lossScale }) s.Dispose();
     }
 }
