@@ -58,7 +58,7 @@ public class EngineParityTests
     {
         var reference = SafeTensors.Read(Shared.Peft(arch, "reference.safetensors"));
         using var model = EngineFixtures.InjectedModel(arch, "dynamo");
-        var graph = TrainingGraph.Build(model);
+        using var graph = TrainingGraph.Build(model);
         var apply = graph.BuildApply(new AdamWOptions(WeightDecay: 0.01));
         var feeds = new Dictionary<string, HostTensor>
         {

@@ -1,8 +1,10 @@
 // bench-train: step time, tokens/s, graph size and peak memory of ortlora's training engine on the CPU.
 //   dotnet run -c Release --project tools/bench-train -- [--shape smollm2-135m] [--batch 8] [--seq 256] [--r 16]
-//       [--steps 3] [--mode train|eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
+//       [--steps 3] [--mode train|eval|train+eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
 //       [--graph-stats] [--build-only] [--opt-basic]
 // Peak memory is the process's peak working set, so compare modes with one process each (--mode eval vs train).
+// train+eval times training steps, then loads the eval session too (as `ortlora train --eval-steps` does) and
+// evaluates once: the peak then shows what the two sessions hold together.
 using System.Diagnostics;
 using OrtLora.Autodiff;
 using OrtLora.Graphs;
@@ -53,6 +55,12 @@ for (int i = 0; i < options.Steps; i++)
     var loss = Run();
     times.Add(clock.Elapsed.TotalSeconds);
     Console.WriteLine($"step {i + 1}: {times[^1]:F3} s, loss {loss:F4}");
+}
+if (options.Mode == "train+eval")
+{
+    clock.Restart();
+    var evalLoss = session.EvalLoss(batch);
+    Console.WriteLine($"eval after training (session load included): {clock.Elapsed.TotalSeconds:F2} s, loss {evalLoss:F4}");
 }
 double median = times.Order().ElementAt(times.Count / 2);
 Console.WriteLine($"{options.Mode}: median {median * 1000:F1} ms/step, {n / median:F0} tokens/s (B={options.Batch}, S={options.Seq}, " +

@@ -14,8 +14,10 @@ namespace OrtLora.Training.Engine;
 /// <item><see cref="BuildStep"/>: that plus clipping and AdamW: one Run per optimizer step.</item>
 /// <item><see cref="BuildAccumulate"/> / <see cref="BuildApply"/>: gradient accumulation, one Run per micro-batch
 /// adding scale·grad into accumulators, then a small graph applying clipping and AdamW to them.</item>
-/// </list></summary>
-public sealed class TrainingGraph
+/// </list>
+/// The frozen weights are not in these graphs: they are graph inputs, fed from <see cref="Frozen"/>, one copy in native
+/// memory that every session of the model reads in place.</summary>
+public sealed class TrainingGraph : IDisposable
 {
     public const string Labels = "labels", Loss = "loss", GradNorm = "grad_norm", LearningRate = "lr", Step = "step",
         MaxGradNorm = "max_grad_norm", GradScale = "grad_scale";
@@ -33,15 +35,18 @@ public sealed class TrainingGraph
     public IReadOnlyList<string> BatchInputs { get; }
     public ModelProto Eval { get; }
     public ModelProto Gradients { get; }
+    /// <summary>The model's frozen weights, inputs of <see cref="Eval"/>, <see cref="Gradients"/> and the graphs built
+    /// from it; owned by this graph.</summary>
+    public SharedInitializers Frozen { get; }
     int Opset { get; }
 
     public static bool IsLoraParameter(string name) => name.EndsWith(".lora_A.weight") || name.EndsWith(".lora_B.weight");
 
     TrainingGraph(IReadOnlyList<string> parameters, Dictionary<string, long[]> shapes, Dictionary<string, float[]> values,
-        IReadOnlyList<string> batchInputs, ModelProto eval, ModelProto gradients, int opset)
+        IReadOnlyList<string> batchInputs, ModelProto eval, ModelProto gradients, SharedInitializers frozen, int opset)
     {
         Parameters = parameters; ParameterShapes = shapes; InitialValues = values; BatchInputs = batchInputs;
-        Eval = eval; Gradients = gradients; Opset = opset;
+        Eval = eval; Gradients = gradients; Frozen = frozen; Opset = opset;
     }
 
     /// <param name="parameters">trainable initializers; default: every LoRA parameter</param>
@@ -52,7 +57,8 @@ public sealed class TrainingGraph
     {
         int opset = model.Opset();
         if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; training needs opset 13 or later (re-export the model)");
-        var proto = ModelProto.Parser.ParseFrom(model.ToBytes());
+        // A copy of the structure: tensors in raw_data share their bytes with the model, external ones stay external.
+        var proto = model.Proto.Clone();
         var g = new GraphEditor(proto.Graph);
         parameters ??= proto.Graph.Initializer.Select(t => t.Name).Where(IsLoraParameter).ToList();
         if (parameters.Count == 0)
@@ -71,7 +77,7 @@ public sealed class TrainingGraph
             var t = g.Initializer(p) ?? throw new OrtLoraException($"{model.Source}: parameter '{p}' is not an initializer");
             if (t.DataType != (int)DT.Float) throw new OrtLoraException($"{model.Source}: parameter '{p}' is {(DT)t.DataType}; trainable parameters must be float32");
             shapes[p] = t.Dims.ToArray();
-            values[p] = Tensors.BytesToFloats(Tensors.InlineBytes(t), t.DataType);
+            values[p] = Tensors.BytesToFloats(model.ReadBytes(t), t.DataType);
             g.RemoveInitializer(p);
             proto.Graph.Input.Add(Input(p, (int)DT.Float, t.Dims.Select(d => (object)d)));
         }
@@ -91,23 +97,35 @@ public sealed class TrainingGraph
         proto.Graph.Output.Clear();
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
         g.Cleanup();
-        var eval = proto.Clone();
-        // The gradient graph computes Attention and RotaryEmbedding (opset 23) from primitives it can differentiate;
-        // eval keeps the fused ops.
-        if (FusedOpDecomposition.Applies(g))
-            FusedOpDecomposition.Apply(g, ValueTable.Probe(proto, ProbeFeeds(proto, values, 2, 5), ProbeFeeds(proto, values, 3, 7)));
-        var dropout = loraDropout ?? Lora.LoraModel.Read(model)?.Config.LoraDropout ?? 0;
-        if (dropout > 0) AddLoraDropout(g, parameters, dropout);
-
-        var types = ValueTable.Probe(proto, ProbeFeeds(proto, values, 2, 5), ProbeFeeds(proto, values, 3, 7));
-        var grads = GradientBuilder.Build(g, Loss, parameters, types, opset);
-        foreach (var p in parameters)
+        var frozen = SharedInitializers.Extract(model, proto.Graph);
+        try
         {
-            g.Add("Identity", [grads[p]], name: "grad/output", outputs: [GradOf(p)]);
-            proto.Graph.Output.Add(new ValueInfoProto { Name = GradOf(p) });
+            g = new GraphEditor(proto.Graph);
+            var eval = proto.Clone();
+            // The gradient graph computes Attention and RotaryEmbedding (opset 23) from primitives it can differentiate;
+            // eval keeps the fused ops.
+            if (FusedOpDecomposition.Applies(g))
+                FusedOpDecomposition.Apply(g, Probe(proto, values, frozen));
+            var dropout = loraDropout ?? Lora.LoraModel.Read(model)?.Config.LoraDropout ?? 0;
+            if (dropout > 0) AddLoraDropout(g, parameters, dropout);
+
+            var types = Probe(proto, values, frozen);
+            var grads = GradientBuilder.Build(g, Loss, parameters, types, opset);
+            foreach (var p in parameters)
+            {
+                g.Add("Identity", [grads[p]], name: "grad/output", outputs: [GradOf(p)]);
+                proto.Graph.Output.Add(new ValueInfoProto { Name = GradOf(p) });
+            }
+            return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset);
         }
-        return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, opset);
+        catch
+        {
+            frozen.Dispose();
+            throw;
+        }
     }
+
+    public void Dispose() => Frozen.Dispose();
 
     /// <summary>Forward, backward, clipping and AdamW in one graph.</summary>
     public ModelProto BuildStep(AdamWOptions options)
@@ -277,13 +295,17 @@ public sealed class TrainingGraph
         return new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = tensor } };
     }
 
+    static ValueTable Probe(ModelProto proto, Dictionary<string, float[]> parameters, SharedInitializers frozen) =>
+        ValueTable.Probe(proto, ProbeFeeds(proto, parameters, frozen, 2, 5), ProbeFeeds(proto, parameters, frozen, 3, 7), frozen.Values);
+
     /// <summary>A tiny synthetic batch for the probe run: token 1 everywhere, full attention, positions 0..S-1.</summary>
-    static Dictionary<string, HostTensor> ProbeFeeds(ModelProto proto, Dictionary<string, float[]> parameters, int batch, int sequence)
+    static Dictionary<string, HostTensor> ProbeFeeds(ModelProto proto, Dictionary<string, float[]> parameters,
+        SharedInitializers frozen, int batch, int sequence)
     {
         var feeds = new Dictionary<string, HostTensor>();
         foreach (var (p, v) in parameters)
             feeds[p] = HostTensor.Of(v, proto.Graph.Input.First(i => i.Name == p).Type.TensorType.Shape.Dim.Select(d => d.DimValue).ToArray());
-        foreach (var input in proto.Graph.Input.Where(i => !parameters.ContainsKey(i.Name)))
+        foreach (var input in proto.Graph.Input.Where(i => !parameters.ContainsKey(i.Name) && !frozen.Values.ContainsKey(i.Name)))
             feeds[input.Name] = BatchFeed(input, batch, sequence);
         return feeds;
     }
