@@ -44,11 +44,11 @@ public sealed class SharedInitializers : IDisposable
                 // An initializer that is also a graph input is a default the caller may override: not frozen.
                 if (!IsWeight(t) || inputs.Contains(t.Name))
                 {
-                    if (OnnxModel.IsExternal(t)) Tensors.SetRaw(t, model.ReadBytes(t));
+                    if (OnnxModel.IsExternal(t) || model.IsDeferred(t.Name)) Tensors.SetRaw(t, model.ReadBytes(t));
                     remaining.Add(t);
                     continue;
                 }
-                shared.Add(t.Name, t.DataType, t.Dims.ToArray(), model.ReadBytes(t));
+                shared.Add(model, t);
                 graph.Input.Add(InputFor(t));
             }
             graph.Initializer.Clear();
@@ -69,16 +69,17 @@ public sealed class SharedInitializers : IDisposable
             if (_values.TryGetValue(name, out var value)) binding.BindInput(name, value);
     }
 
-    void Add(string name, int dataType, long[] dims, byte[] bytes)
+    unsafe void Add(OnnxModel model, TensorProto t)
     {
-        IntPtr buffer;
+        long size = Tensors.ElementCount(t.Dims) * Tensors.ElementSize(t.DataType);
+        if (size > int.MaxValue) throw new OrtLoraException($"{model.Source}: tensor '{t.Name}' is over 2 GB; ortlora reads tensors of up to 2 GB each");
         // 64-byte alignment, as ORT's own CPU allocator gives its kernels.
-        unsafe { buffer = (IntPtr)NativeMemory.AlignedAlloc((nuint)Math.Max(1, bytes.Length), 64); }
+        var buffer = (IntPtr)NativeMemory.AlignedAlloc((nuint)Math.Max(1, size), 64);
         _buffers.Add(buffer);
-        Marshal.Copy(bytes, 0, buffer, bytes.Length);
+        model.ReadInto(t, new Span<byte>((void*)buffer, (int)size));
         // ONNX's data type numbers are ORT's TensorElementType numbers.
-        _values[name] = OrtValue.CreateTensorValueWithData(OrtMemoryInfo.DefaultInstance, (TensorElementType)dataType, dims, buffer, bytes.Length);
-        TotalBytes += bytes.Length;
+        _values[t.Name] = OrtValue.CreateTensorValueWithData(OrtMemoryInfo.DefaultInstance, (TensorElementType)t.DataType, t.Dims.ToArray(), buffer, size);
+        TotalBytes += size;
     }
 
     static ValueInfoProto InputFor(TensorProto t)
