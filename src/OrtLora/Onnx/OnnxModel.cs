@@ -82,16 +82,23 @@ public sealed class OnnxModel : IDisposable
         byte[] bytes;
         if (IsExternal(t))
         {
-            var file = ExternalPath(t);
-            if (!_openFiles.TryGetValue(file, out var fs)) _openFiles[file] = fs = File.OpenRead(file);
-            long offset = long.TryParse(ExternalKey(t, "offset"), out var o) ? o : 0;
-            long length = long.TryParse(ExternalKey(t, "length"), out var l) ? l : Tensors.ByteSize(t);
+            var (fs, length) = SeekExternal(t);
             bytes = new byte[length];
-            fs.Seek(offset, SeekOrigin.Begin);
             fs.ReadExactly(bytes);
         }
         else bytes = Tensors.InlineBytes(t);
         return _deferred.TryGetValue(t.Name, out var f) ? f(bytes) : bytes;
+    }
+
+    /// <summary>The side file of an external tensor, positioned at its bytes, and their length.</summary>
+    (FileStream File, long Length) SeekExternal(TensorProto t)
+    {
+        var file = ExternalPath(t);
+        if (!_openFiles.TryGetValue(file, out var fs)) _openFiles[file] = fs = File.OpenRead(file);
+        long offset = long.TryParse(ExternalKey(t, "offset"), out var o) ? o : 0;
+        long length = long.TryParse(ExternalKey(t, "length"), out var l) ? l : Tensors.ByteSize(t);
+        fs.Seek(offset, SeekOrigin.Begin);
+        return (fs, length);
     }
 
     /// <summary>Copies the tensor's bytes into <paramref name="destination"/>, which must be exactly their size: from
@@ -106,12 +113,8 @@ public sealed class OnnxModel : IDisposable
         }
         else if (IsExternal(t))
         {
-            var file = ExternalPath(t);
-            if (!_openFiles.TryGetValue(file, out var fs)) _openFiles[file] = fs = File.OpenRead(file);
-            long offset = long.TryParse(ExternalKey(t, "offset"), out var o) ? o : 0;
-            long length = long.TryParse(ExternalKey(t, "length"), out var l) ? l : Tensors.ByteSize(t);
+            var (fs, length) = SeekExternal(t);
             if (length != destination.Length) throw SizeMismatch(t, length, destination.Length);
-            fs.Seek(offset, SeekOrigin.Begin);
             fs.ReadExactly(destination);
         }
         else
