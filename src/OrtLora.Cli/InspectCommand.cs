@@ -59,7 +59,7 @@ public static class InspectCommand
         var exported = new HashSet<string>(m.Graph.Node.Select(n => n.Name));
         bool inject = LoraModel.Read(m) is null;
         if (inject) LoraInjector.Inject(m, new LoraConfig { R = rank, TargetModules = ["all-linear"] });
-        var graph = TrainingGraph.Build(m);
+        using var graph = TrainingGraph.Build(m);
         var step = graph.BuildStep(new AdamWOptions());
         Console.WriteLine();
         Console.WriteLine($"training step graph: {step.Graph.Node.Count:N0} nodes (forward + loss {graph.Eval.Graph.Node.Count:N0}, " +

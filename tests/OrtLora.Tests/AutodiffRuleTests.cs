@@ -39,7 +39,7 @@ public class AutodiffRuleTests
         // RMSNorm's x² appears once per norm; its gradient is 2·x, so the backward adds no Pow node.
         using var model = OrtLora.Graphs.LlamaGraph.Build(OrtLora.Graphs.LlamaShape.Tiny, seed: 1);
         OrtLora.Lora.LoraInjector.Inject(model, new OrtLora.Lora.LoraConfig { R = 2, LoraAlpha = 4, TargetModules = ["all-linear"] });
-        var graph = OrtLora.Training.Engine.TrainingGraph.Build(model);
+        using var graph = OrtLora.Training.Engine.TrainingGraph.Build(model);
         int Pows(global::Onnx.GraphProto g) => g.Node.Count(n => n.OpType == "Pow");
         Assert.That(Pows(graph.Eval.Graph), Is.GreaterThan(0));
         Assert.That(Pows(graph.Gradients.Graph), Is.EqualTo(Pows(graph.Eval.Graph)));

@@ -182,8 +182,8 @@ public class HalfPrecisionTests
             foreach (bool half in new[] { false, true })
             {
                 if (half && name.EndsWith("fp16")) continue;
-                var graph = Training.Engine.TrainingGraph.Build(model, compute: half ? Training.Engine.ComputeType.Float16 : Training.Engine.ComputeType.Float32);
-                var probed = Autodiff.ValueTable.Probe(graph.Eval, ProbeFeeds(graph, 2, 5), ProbeFeeds(graph, 3, 6));
+                using var graph = Training.Engine.TrainingGraph.Build(model, compute: half ? Training.Engine.ComputeType.Float16 : Training.Engine.ComputeType.Float32);
+                var probed = Autodiff.ValueTable.Probe(graph.Eval, ProbeFeeds(graph, 2, 5), ProbeFeeds(graph, 3, 6), graph.Frozen.Values);
                 var inferred = ElementTypes.Infer(graph.Eval.Graph);
                 foreach (var value in graph.Eval.Graph.Node.SelectMany(n => n.Output).Where(o => o != ""))
                 {

@@ -131,7 +131,7 @@ public class HalfPrecisionTrainingTests
     public void Bf16TrainingGraphIsConsistentAndCpuIsRefused()
     {
         using var model = EngineFixtures.InjectedModel("llama", "dynamo");
-        var graph = TrainingGraph.Build(model, compute: ComputeType.BFloat16);
+        using var graph = TrainingGraph.Build(model, compute: ComputeType.BFloat16);
         Assert.That(graph.ScalesLoss, Is.False, "bfloat16 has float32's range: no loss scaling, as torch.amp");
         var step = graph.BuildStep(new AdamWOptions());
         var types = ElementTypes.Infer(step.Graph);
@@ -154,10 +154,17 @@ public class HalfPrecisionTrainingTests
     {
         var reference = Reference("llama");
         using var model = EngineFixtures.InjectedModel("llama", "dynamo");
-        var graph = TrainingGraph.Build(model, compute: ComputeType.BFloat16);
+        using var graph = TrainingGraph.Build(model, compute: ComputeType.BFloat16);
         using var emulated = new OnnxModel(ElementTypes.Retype(graph.Gradients, (int)DT.Bfloat16, (int)DT.Float));
         var batch = EngineFixtures.ReferenceBatch(reference);
         var feeds = graph.Parameters.ToDictionary(p => p, p => HostTensor.Of(graph.InitialValues[p], graph.ParameterShapes[p]));
+        foreach (var (name, weight) in graph.Frozen.Values) // the shared frozen weights, bfloat16 widened like the graph
+        {
+            var info = weight.GetTensorTypeAndShape();
+            feeds[name] = HostTensor.Of(info.ElementDataType == Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.BFloat16
+                ? weight.GetTensorDataAsSpan<BFloat16>().ToArray().Select(b => (float)b).ToArray()
+                : weight.GetTensorDataAsSpan<float>().ToArray(), info.Shape);
+        }
         feeds["input_ids"] = HostTensor.Of(batch.InputIds, batch.Shape);
         feeds["attention_mask"] = HostTensor.Of(batch.AttentionMask, batch.Shape);
         feeds[TrainingGraph.Labels] = HostTensor.Of(batch.Labels, batch.Shape);

@@ -39,7 +39,7 @@ public class KernelCoverageTests
     /// decay so that every emitted op appears; the exported forward part included.</summary>
     static void AssertTrainingGraphsOnCuda(string what, OnnxModel model)
     {
-        var graph = TrainingGraph.Build(model, loraDropout: 0.1);
+        using var graph = TrainingGraph.Build(model, loraDropout: 0.1);
         AssertAllOnCuda(what + " eval", graph.Eval);
         AssertAllOnCuda(what + " step", graph.BuildStep(new AdamWOptions(WeightDecay: 0.01, LrMultiplier: p => p.EndsWith("lora_B.weight") ? 16 : 1)));
         AssertAllOnCuda(what + " accumulate", graph.BuildAccumulate());
@@ -67,7 +67,8 @@ public class KernelCoverageTests
     public void UnseenStepGraphsHaveACudaKernelForEveryNode(Architecture arch)
     {
         using var model = Injected(arch.Build);
-        AssertAllOnCuda(arch.Name + " step", TrainingGraph.Build(model).BuildStep(new AdamWOptions(WeightDecay: 0.01)));
+        using var graph = TrainingGraph.Build(model);
+        AssertAllOnCuda(arch.Name + " step", graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)));
     }
 
     /// <summary>The checker can fail: an op the CUDA EP has no kernel for (Mean), a type outside a kernel's constraint

@@ -1,8 +1,10 @@
 // bench-train: step time, tokens/s, graph size and peak memory of ortlora's training engine on the CPU.
 //   dotnet run -c Release --project tools/bench-train -- [--shape smollm2-135m] [--batch 8] [--seq 256] [--r 16]
-//       [--steps 3] [--mode train|eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
+//       [--steps 3] [--mode train|eval|train+eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
 //       [--graph-stats] [--build-only] [--opt-basic] [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json]
 // Peak memory is the process's peak working set, so compare modes with one process each (--mode eval vs train).
+// train+eval times training steps, then loads the eval session too (as `ortlora train --eval-steps` does) and
+// evaluates once: the peak then shows what the two sessions hold together.
 // --profile writes ORT's per-node trace (summarize it with tools/gpu-race/profile_summary.py); --json ends with one
 // JSON line for tools/gpu-race/race.sh. On a GPU the working set is host memory only: race.sh samples nvidia-smi.
 using System.Diagnostics;
@@ -58,6 +60,12 @@ for (int i = 0; i < options.Steps; i++)
     var loss = Run();
     times.Add(clock.Elapsed.TotalSeconds);
     Console.WriteLine($"step {i + 1}: {times[^1]:F3} s, loss {loss:F4}");
+}
+if (options.Mode == "train+eval")
+{
+    clock.Restart();
+    var evalLoss = session.EvalLoss(batch);
+    Console.WriteLine($"eval after training (session load included): {clock.Elapsed.TotalSeconds:F2} s, loss {evalLoss:F4}");
 }
 double median = times.Order().ElementAt(times.Count / 2);
 double peakMiB = Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0;

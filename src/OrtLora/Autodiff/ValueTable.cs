@@ -40,9 +40,11 @@ public sealed class ValueTable
 
     /// <summary>Runs <paramref name="model"/> on two feed sets (ideally of different batch and sequence sizes) and
     /// records every value. Initializers and Constant outputs are recorded from their tensors.</summary>
+    /// <param name="fixedInputs">inputs with the same value in both runs, e.g. shared frozen weights (not disposed)</param>
     public static ValueTable Probe(ModelProto model, IReadOnlyDictionary<string, HostTensor> feedsA,
-        IReadOnlyDictionary<string, HostTensor> feedsB)
+        IReadOnlyDictionary<string, HostTensor> feedsB, IReadOnlyDictionary<string, OrtValue>? fixedInputs = null)
     {
+        fixedInputs ??= new Dictionary<string, OrtValue>();
         var table = new ValueTable();
         foreach (var t in model.Graph.Initializer) table.Set(t.Name, new(t.DataType, t.Dims.ToArray(), t.Dims.ToArray()));
         // ONNX Runtime's CPU provider has almost no bfloat16 kernels: a bfloat16 graph is probed as its float16 twin
@@ -59,9 +61,15 @@ public sealed class ValueTable
         var outputs = g.Output.Select(o => o.Name).ToList();
         using var options = OrtRun.DefaultOptions(GraphOptimizationLevel.ORT_DISABLE_ALL);
         using var session = new InferenceSession(probe.ToByteArray(), options);
-        var a = RunAll(session, feedsA, outputs);
-        var b = RunAll(session, feedsB, outputs);
-        foreach (var (name, (type, shape)) in a) table.Set(name, new(twin && type == fp16 ? bf16 : type, shape, b[name].Shape));
+        var converted = new List<OrtValue>();
+        var twinInputs = twin ? AsFloat16(fixedInputs, converted) : null;
+        try
+        {
+            var a = RunAll(session, feedsA, twinInputs ?? fixedInputs, outputs);
+            var b = RunAll(session, feedsB, twinInputs ?? fixedInputs, outputs);
+            foreach (var (name, (type, shape)) in a) table.Set(name, new(twin && type == fp16 ? bf16 : type, shape, b[name].Shape));
+        }
+        finally { foreach (var v in converted) v.Dispose(); }
         return table;
     }
 
@@ -96,15 +104,32 @@ public sealed class ValueTable
         return new HostTensor(data, dims);
     }
 
+    /// <summary>bfloat16 inputs converted to float16 for the twin probe (values in range; only types and shapes are read).</summary>
+    static Dictionary<string, OrtValue> AsFloat16(IReadOnlyDictionary<string, OrtValue> inputs, List<OrtValue> converted)
+    {
+        var result = new Dictionary<string, OrtValue>();
+        foreach (var (name, v) in inputs)
+        {
+            var info = v.GetTensorTypeAndShape();
+            if (info.ElementDataType != Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.BFloat16) { result[name] = v; continue; }
+            var halves = v.GetTensorDataAsSpan<BFloat16>().ToArray().Select(b => (Float16)(float)b).ToArray();
+            converted.Add(result[name] = OrtValue.CreateTensorValueFromMemory(halves, info.Shape));
+        }
+        return result;
+    }
+
     static Dictionary<string, (int Type, long[] Shape)> RunAll(InferenceSession session,
-        IReadOnlyDictionary<string, HostTensor> feeds, List<string> outputs)
+        IReadOnlyDictionary<string, HostTensor> feeds, IReadOnlyDictionary<string, OrtValue> fixedInputs, List<string> outputs)
     {
         var result = new Dictionary<string, (int, long[])>();
         var inputs = new Dictionary<string, OrtValue>();
+        var owned = new List<OrtValue>();
         try
         {
             foreach (var (k, v) in feeds)
-                if (session.InputNames.Contains(k)) inputs[k] = v.ToOrtValue();
+                if (session.InputNames.Contains(k)) owned.Add(inputs[k] = v.ToOrtValue());
+            foreach (var (k, v) in fixedInputs)
+                if (session.InputNames.Contains(k)) inputs[k] = v;
             foreach (var name in session.InputNames)
                 if (!inputs.ContainsKey(name)) throw new OrtLoraException($"autodiff probe: no value for graph input '{name}'");
             foreach (var (k, v) in inputs)
@@ -122,6 +147,6 @@ public sealed class ValueTable
             }
             return result;
         }
-        finally { foreach (var v in inputs.Values) v.Dispose(); }
+        finally { foreach (var v in owned) v.Dispose(); }
     }
 }

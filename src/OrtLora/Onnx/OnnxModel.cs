@@ -82,19 +82,55 @@ public sealed class OnnxModel : IDisposable
         byte[] bytes;
         if (IsExternal(t))
         {
-            var file = ExternalPath(t);
-            if (!_openFiles.TryGetValue(file, out var fs)) _openFiles[file] = fs = File.OpenRead(file);
-            long offset = long.TryParse(ExternalKey(t, "offset"), out var o) ? o : 0;
-            long length = long.TryParse(ExternalKey(t, "length"), out var l) ? l : Tensors.ByteSize(t);
+            var (fs, length) = SeekExternal(t);
             bytes = new byte[length];
-            fs.Seek(offset, SeekOrigin.Begin);
             fs.ReadExactly(bytes);
         }
         else bytes = Tensors.InlineBytes(t);
         return _deferred.TryGetValue(t.Name, out var f) ? f(bytes) : bytes;
     }
 
+    /// <summary>The side file of an external tensor, positioned at its bytes, and their length.</summary>
+    (FileStream File, long Length) SeekExternal(TensorProto t)
+    {
+        var file = ExternalPath(t);
+        if (!_openFiles.TryGetValue(file, out var fs)) _openFiles[file] = fs = File.OpenRead(file);
+        long offset = long.TryParse(ExternalKey(t, "offset"), out var o) ? o : 0;
+        long length = long.TryParse(ExternalKey(t, "length"), out var l) ? l : Tensors.ByteSize(t);
+        fs.Seek(offset, SeekOrigin.Begin);
+        return (fs, length);
+    }
+
+    /// <summary>Copies the tensor's bytes into <paramref name="destination"/>, which must be exactly their size: from
+    /// the side file or the model's own buffer straight, with no array in between.</summary>
+    public void ReadInto(TensorProto t, Span<byte> destination)
+    {
+        if (_deferred.ContainsKey(t.Name) || !IsExternal(t) && !t.HasRawData)
+        {
+            var bytes = ReadBytes(t);
+            if (bytes.Length != destination.Length) throw SizeMismatch(t, bytes.Length, destination.Length);
+            bytes.CopyTo(destination);
+        }
+        else if (IsExternal(t))
+        {
+            var (fs, length) = SeekExternal(t);
+            if (length != destination.Length) throw SizeMismatch(t, length, destination.Length);
+            fs.ReadExactly(destination);
+        }
+        else
+        {
+            if (t.RawData.Length != destination.Length) throw SizeMismatch(t, t.RawData.Length, destination.Length);
+            t.RawData.Span.CopyTo(destination);
+        }
+    }
+
+    OrtLoraException SizeMismatch(TensorProto t, long stored, long expected) =>
+        new($"{Source}: tensor '{t.Name}' has {stored} bytes of data; its type and shape need {expected}");
+
     public float[] ReadFloats(TensorProto t) => Tensors.BytesToFloats(ReadBytes(t), t.DataType);
+
+    /// <summary>True when the tensor's bytes are computed on read (<see cref="Defer"/>), not stored in the proto.</summary>
+    public bool IsDeferred(string tensorName) => _deferred.ContainsKey(tensorName);
 
     public void Defer(string tensorName, Func<byte[], byte[]> transform)
     {

@@ -14,8 +14,10 @@ namespace OrtLora.Training.Engine;
 /// <item><see cref="BuildStep"/>: that plus clipping and AdamW: one Run per optimizer step.</item>
 /// <item><see cref="BuildAccumulate"/> / <see cref="BuildApply"/>: gradient accumulation, one Run per micro-batch
 /// adding scale·grad into accumulators, then a small graph applying clipping and AdamW to them.</item>
-/// </list></summary>
-public sealed class TrainingGraph
+/// </list>
+/// The frozen weights are not in these graphs: they are graph inputs, fed from <see cref="Frozen"/>, one copy in native
+/// memory that every session of the model reads in place.</summary>
+public sealed class TrainingGraph : IDisposable
 {
     public const string Labels = "labels", Loss = "loss", GradNorm = "grad_norm", LearningRate = "lr", Step = "step",
         MaxGradNorm = "max_grad_norm", GradScale = "grad_scale", LossScale = "loss_scale";
@@ -37,15 +39,18 @@ public sealed class TrainingGraph
     public HalfPrecisionReport? HalfPrecision { get; private init; }
     /// <summary>The gradient graphs take a <c>loss_scale</c> input (float16 compute).</summary>
     public bool ScalesLoss { get; private init; }
+    /// <summary>The model's frozen weights, inputs of <see cref="Eval"/>, <see cref="Gradients"/> and the graphs built
+    /// from it; owned by this graph.</summary>
+    public SharedInitializers Frozen { get; }
     int Opset { get; }
 
     public static bool IsLoraParameter(string name) => name.EndsWith(".lora_A.weight") || name.EndsWith(".lora_B.weight");
 
     TrainingGraph(IReadOnlyList<string> parameters, Dictionary<string, long[]> shapes, Dictionary<string, float[]> values,
-        IReadOnlyList<string> batchInputs, ModelProto eval, ModelProto gradients, int opset)
+        IReadOnlyList<string> batchInputs, ModelProto eval, ModelProto gradients, SharedInitializers frozen, int opset)
     {
         Parameters = parameters; ParameterShapes = shapes; InitialValues = values; BatchInputs = batchInputs;
-        Eval = eval; Gradients = gradients; Opset = opset;
+        Eval = eval; Gradients = gradients; Frozen = frozen; Opset = opset;
     }
 
     /// <param name="parameters">trainable initializers; default: every LoRA parameter</param>
@@ -58,8 +63,12 @@ public sealed class TrainingGraph
     {
         int opset = model.Opset();
         if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; training needs opset 13 or later (re-export the model)");
-        var proto = ModelProto.Parser.ParseFrom(model.ToBytes());
+        // A copy of the structure: tensors in raw_data share their bytes with the model, external ones stay external.
+        // Half compute converts the weights, so it works on an inline copy and the weights are read from that.
+        var proto = compute == ComputeType.Float32 ? model.Proto.Clone() : ModelProto.Parser.ParseFrom(model.ToBytes());
         var halfReport = compute == ComputeType.Float32 ? null : ToHalfCompute(proto, model.Source, compute);
+        using var converted = halfReport is null ? null : new OnnxModel(proto, source: model.Source);
+        var weightSource = converted ?? model;
         var g = new GraphEditor(proto.Graph);
         parameters ??= proto.Graph.Initializer.Select(t => t.Name).Where(IsLoraParameter).ToList();
         if (parameters.Count == 0)
@@ -78,7 +87,7 @@ public sealed class TrainingGraph
             var t = g.Initializer(p) ?? throw new OrtLoraException($"{model.Source}: parameter '{p}' is not an initializer");
             if (t.DataType != (int)DT.Float) throw new OrtLoraException($"{model.Source}: parameter '{p}' is {(DT)t.DataType}; trainable parameters must be float32");
             shapes[p] = t.Dims.ToArray();
-            values[p] = Tensors.BytesToFloats(Tensors.InlineBytes(t), t.DataType);
+            values[p] = Tensors.BytesToFloats(weightSource.ReadBytes(t), t.DataType);
             g.RemoveInitializer(p);
             proto.Graph.Input.Add(Input(p, (int)DT.Float, t.Dims.Select(d => (object)d)));
         }
@@ -98,25 +107,35 @@ public sealed class TrainingGraph
         proto.Graph.Output.Clear();
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
         g.Cleanup();
-        var eval = proto.Clone();
-        // The gradient graph computes Attention and RotaryEmbedding (opset 23) from primitives it can differentiate;
-        // eval keeps the fused ops.
-        if (FusedOpDecomposition.Applies(g))
-            FusedOpDecomposition.Apply(g, ValueTable.Probe(proto, ProbeFeeds(proto, values, 2, 5), ProbeFeeds(proto, values, 3, 7)));
-        var dropout = loraDropout ?? Lora.LoraModel.Read(model)?.Config.LoraDropout ?? 0;
-        if (dropout > 0) AddLoraDropout(g, parameters, dropout);
-
-        var types = ValueTable.Probe(proto, ProbeFeeds(proto, values, 2, 5), ProbeFeeds(proto, values, 3, 7));
-        bool scalesLoss = compute == ComputeType.Float16;
-        var differentiated = scalesLoss ? ScaleLoss(proto, g, types) : Loss;
-        var grads = GradientBuilder.Build(g, differentiated, parameters, types, opset);
-        foreach (var p in parameters)
+        var frozen = SharedInitializers.Extract(weightSource, proto.Graph);
+        try
         {
-            var grad = scalesLoss ? g.Add("Div", [grads[p], LossScale], name: "grad/unscale") : grads[p];
-            g.Add("Identity", [grad], name: "grad/output", outputs: [GradOf(p)]);
-            proto.Graph.Output.Add(new ValueInfoProto { Name = GradOf(p) });
+            g = new GraphEditor(proto.Graph);
+            var eval = proto.Clone();
+            // The gradient graph computes Attention and RotaryEmbedding (opset 23) from primitives it can differentiate;
+            // eval keeps the fused ops.
+            if (FusedOpDecomposition.Applies(g))
+                FusedOpDecomposition.Apply(g, Probe(proto, values, frozen));
+            var dropout = loraDropout ?? Lora.LoraModel.Read(model)?.Config.LoraDropout ?? 0;
+            if (dropout > 0) AddLoraDropout(g, parameters, dropout);
+
+            var types = Probe(proto, values, frozen);
+            bool scalesLoss = compute == ComputeType.Float16;
+            var differentiated = scalesLoss ? ScaleLoss(proto, g, types) : Loss;
+            var grads = GradientBuilder.Build(g, differentiated, parameters, types, opset);
+            foreach (var p in parameters)
+            {
+                var grad = scalesLoss ? g.Add("Div", [grads[p], LossScale], name: "grad/unscale") : grads[p];
+                g.Add("Identity", [grad], name: "grad/output", outputs: [GradOf(p)]);
+                proto.Graph.Output.Add(new ValueInfoProto { Name = GradOf(p) });
+            }
+            return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss };
         }
-        return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss };
+        catch
+        {
+            frozen.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Loss scaling for float16 (torch.amp's GradScaler): the backward starts from loss · loss_scale so that
@@ -141,6 +160,8 @@ public sealed class TrainingGraph
             throw new OrtLoraException($"{source}: the model already computes in float16; --bf16 converts float32 models (use --fp16)");
         return Onnx.HalfPrecision.Apply(proto, half, lora.BranchNodes(proto.Graph));
     }
+
+    public void Dispose() => Frozen.Dispose();
 
     /// <summary>Forward, backward, clipping and AdamW in one graph.</summary>
     public ModelProto BuildStep(AdamWOptions options)
@@ -310,13 +331,17 @@ public sealed class TrainingGraph
         return new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = tensor } };
     }
 
+    static ValueTable Probe(ModelProto proto, Dictionary<string, float[]> parameters, SharedInitializers frozen) =>
+        ValueTable.Probe(proto, ProbeFeeds(proto, parameters, frozen, 2, 5), ProbeFeeds(proto, parameters, frozen, 3, 7), frozen.Values);
+
     /// <summary>A tiny synthetic batch for the probe run: token 1 everywhere, full attention, positions 0..S-1.</summary>
-    static Dictionary<string, HostTensor> ProbeFeeds(ModelProto proto, Dictionary<string, float[]> parameters, int batch, int sequence)
+    static Dictionary<string, HostTensor> ProbeFeeds(ModelProto proto, Dictionary<string, float[]> parameters,
+        SharedInitializers frozen, int batch, int sequence)
     {
         var feeds = new Dictionary<string, HostTensor>();
         foreach (var (p, v) in parameters)
             feeds[p] = HostTensor.Of(v, proto.Graph.Input.First(i => i.Name == p).Type.TensorType.Shape.Dim.Select(d => d.DimValue).ToArray());
-        foreach (var input in proto.Graph.Input.Where(i => !parameters.ContainsKey(i.Name)))
+        foreach (var input in proto.Graph.Input.Where(i => !parameters.ContainsKey(i.Name) && !frozen.Values.ContainsKey(i.Name)))
             feeds[input.Name] = BatchFeed(input, batch, sequence);
         return feeds;
     }

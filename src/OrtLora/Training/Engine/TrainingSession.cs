@@ -31,7 +31,8 @@ public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThrea
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
-/// with IOBinding; each graph is built and loaded the first time it is needed.</summary>
+/// with IOBinding; so do the frozen weights, held once (<see cref="TrainingGraph.Frozen"/>) for all sessions. Each
+/// graph is built and loaded the first time it is needed.</summary>
 public sealed class TrainingSession : IDisposable
 {
     readonly TrainingGraph _graph;
@@ -83,7 +84,7 @@ public sealed class TrainingSession : IDisposable
         {
             BindOptimizer(binding, learningRate, maxGradNorm);
             BindLossScale(binding);
-            foreach (var p in _graph.Parameters) binding.BindInput(p, _params[p].Current);
+            BindModel(binding, _stepSession);
             binding.BindOutput(TrainingGraph.Loss, _loss.Value);
             Run(_stepSession, binding);
         }
@@ -105,9 +106,9 @@ public sealed class TrainingSession : IDisposable
             _gradScale.Set(gradScale);
             binding.BindInput(TrainingGraph.GradScale, _gradScale.Value);
             BindLossScale(binding);
+            BindModel(binding, _accumulateSession);
             foreach (var p in _graph.Parameters)
             {
-                binding.BindInput(p, _params[p].Current);
                 binding.BindInput(TrainingGraph.AccumulatorOf(p), _accumulators[p].Current);
                 binding.BindOutput(TrainingGraph.Updated(TrainingGraph.AccumulatorOf(p)), _accumulators[p].Next);
             }
@@ -144,7 +145,7 @@ public sealed class TrainingSession : IDisposable
         var batchValues = BindBatch(binding, batch);
         try
         {
-            foreach (var p in _graph.Parameters) binding.BindInput(p, _params[p].Current);
+            BindModel(binding, _evalSession);
             binding.BindOutput(TrainingGraph.Loss, _loss.Value);
             Run(_evalSession, binding);
         }
@@ -156,12 +157,19 @@ public sealed class TrainingSession : IDisposable
     public (float Loss, Dictionary<string, float[]> Gradients) ComputeGradients(Batch batch)
     {
         _gradSession ??= Load(_graph.Gradients);
-        var feeds = BatchFeeds(batch).ToDictionary(kv => kv.Key, kv => kv.Value);
-        foreach (var p in _graph.Parameters) feeds[p] = HostTensor.Of(_params[p].Read(), _graph.ParameterShapes[p]);
-        if (_scaler is not null) feeds[TrainingGraph.LossScale] = HostTensor.Of(new[] { _scaler.Scale });
-        var outputs = OrtRun.Run(_gradSession, feeds);
-        return (outputs[TrainingGraph.Loss].Floats[0],
-            _graph.Parameters.ToDictionary(p => p, p => outputs[TrainingGraph.GradOf(p)].Floats));
+        using var binding = _gradSession.CreateIoBinding();
+        var batchValues = BindBatch(binding, batch);
+        try
+        {
+            BindModel(binding, _gradSession);
+            BindLossScale(binding);
+            foreach (var name in _gradSession.OutputNames) binding.BindOutputToDevice(name, OrtMemoryInfo.DefaultInstance);
+            Run(_gradSession, binding);
+            using var outputs = binding.GetOutputValues();
+            var values = _gradSession.OutputNames.Zip(outputs).ToDictionary(o => o.First, o => o.Second.GetTensorDataAsSpan<float>().ToArray());
+            return (values[TrainingGraph.Loss][0], _graph.Parameters.ToDictionary(p => p, p => values[TrainingGraph.GradOf(p)]));
+        }
+        finally { foreach (var v in batchValues) v.Dispose(); }
     }
 
     public Dictionary<string, float[]> GetParameters() => _graph.Parameters.ToDictionary(p => p, p => _params[p].Read());
@@ -250,6 +258,13 @@ public sealed class TrainingSession : IDisposable
     /// <summary>Whether parameters and optimizer state live in the sessions' device memory (see PlaceState).</summary>
     public bool StateOnDevice => _params.Values.First().OnDevice;
 
+    /// <summary>Binds the model itself: the trainable parameters' current values and the shared frozen weights.</summary>
+    void BindModel(OrtIoBinding binding, InferenceSession session)
+    {
+        foreach (var p in _graph.Parameters) binding.BindInput(p, _params[p].Current);
+        _graph.Frozen.Bind(binding, session);
+    }
+
     static void Run(InferenceSession session, OrtIoBinding binding)
     {
         using var runOptions = new RunOptions();
@@ -336,5 +351,6 @@ public sealed class TrainingSession : IDisposable
             s?.Dispose();
         }
         foreach (var s in new[] { _lr, _step, _maxGradNorm, _gradScale, _loss, _gradNorm, _lossScale }) s.Dispose();
+        _graph.Dispose();
     }
 }
