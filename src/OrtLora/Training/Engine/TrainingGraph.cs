@@ -86,8 +86,8 @@ public sealed class TrainingGraph
             logits = g.Add("Cast", [logits], name: "loss/upcast", attributes: ("to", (int)DT.Float));
             logitsType = (int)DT.Float;
         }
-        var loss = CausalLmLoss.Append(g, logits, Labels, logitsType, opset);
-        g.Add("Identity", [loss], name: "loss/output", outputs: [Loss]);
+        var loss = CausalLmLoss.Append(g, logits, Labels, logitsType);
+        g.Add("Identity", [loss.Loss], name: "loss/output", outputs: [Loss]);
         proto.Graph.Output.Clear();
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
         g.Cleanup();
@@ -100,7 +100,9 @@ public sealed class TrainingGraph
         if (dropout > 0) AddLoraDropout(g, parameters, dropout);
 
         var types = ValueTable.Probe(proto, ProbeFeeds(proto, values, 2, 5), ProbeFeeds(proto, values, 3, 7));
-        var grads = GradientBuilder.Build(g, Loss, parameters, types, opset);
+        // The loss's gradient enters at the logits, in closed form; an upcast's Cast takes it back to the model's dtype.
+        var seeds = new Dictionary<string, string> { [loss.Logits] = loss.AppendLogitsGradient(g) };
+        var grads = GradientBuilder.Build(g, seeds, parameters, types, opset);
         foreach (var p in parameters)
         {
             g.Add("Identity", [grads[p]], name: "grad/output", outputs: [GradOf(p)]);
