@@ -34,6 +34,7 @@ if (args.Contains("--graph-stats"))
     Console.WriteLine($"step graph (with clipping and AdamW): {step.Node.Count} nodes, {step.Initializer.Count} initializers");
     foreach (var (op, count) in GraphEditor.OpHistogram(step).OrderByDescending(kv => kv.Value).Take(12)) Console.Write($"{op} {count}, ");
     Console.WriteLine();
+    Console.WriteLine($"[B, S, V] values in forward+loss+backward: {FullVocabValues(session.Graph, vocab)}");
 }
 
 if (args.Contains("--build-only")) return;
@@ -57,6 +58,15 @@ for (int i = 0; i < options.Steps; i++)
 double median = times.Order().ElementAt(times.Count / 2);
 Console.WriteLine($"{options.Mode}: median {median * 1000:F1} ms/step, {n / median:F0} tokens/s (B={options.Batch}, S={options.Seq}, " +
     $"{Environment.ProcessorCount} cores), peak working set {Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0:F0} MiB");
+
+// Values shaped [B, S, vocab], counted in a probe run at B=2, S=5 (each is a B·S·V·4-byte tensor at full size).
+static int FullVocabValues(TrainingGraph graph, long vocab)
+{
+    var feeds = graph.Gradients.Graph.Input.ToDictionary(i => i.Name, i => graph.InitialValues.TryGetValue(i.Name, out var v)
+        ? HostTensor.Of(v, graph.ParameterShapes[i.Name]) : HostTensor.Of(Enumerable.Repeat(1L, 10).ToArray(), 2, 5));
+    var types = ValueTable.Probe(graph.Gradients, feeds, feeds);
+    return graph.Gradients.Graph.Node.SelectMany(n => n.Output).Count(o => types.Find(o)?.ShapeA.SequenceEqual([2L, 5, vocab]) == true);
+}
 
 sealed record Args(string Shape, string? Model, string? InitFrom, int Batch, int Seq, int R, int Steps, string Mode, int Threads)
 {

@@ -13,9 +13,11 @@ namespace OrtLora.Autodiff;
 /// <param name="Logits">the logits the loss reads, [B, S, V]</param>
 /// <param name="LogProbs">LogSoftmax(logits), [B, S, V]</param>
 /// <param name="TargetIndex">the shifted labels with ignored ones set to 0, [B, S, 1] (indices into V)</param>
+/// <param name="TargetLogProb">the target's log-probability, [B, S, 1]</param>
 /// <param name="Weights">1 for a counted token, 0 for an ignored one, [B, S]</param>
 /// <param name="Count">the number of counted tokens, at least 1, scalar</param>
-public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, string TargetIndex, string Weights, string Count)
+public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, string TargetIndex, string TargetLogProb,
+    string Weights, string Count)
 {
     public const long IgnoreIndex = -100;
 
@@ -41,21 +43,23 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
         var total = Op("ReduceSum", [nll], ("keepdims", 0L));
         // max(count, 1): a batch with no counted token gives loss 0 and zero gradients instead of NaN
         var count = Op("Max", [Op("ReduceSum", [weights], ("keepdims", 0L)), Scalar(1, logitsElemType)]);
-        return new(Op("Div", [total, count]), logits, logProbs, targetIndex, weights, count);
+        return new(Op("Div", [total, count]), logits, logProbs, targetIndex, picked, weights, count);
     }
 
     /// <summary>Appends d loss / d logits = (softmax(logits) − onehot(target)) · weight / count, [B, S, V].
     /// The softmax is Exp of the forward's log-probabilities, so the logits need not outlive the forward; the one-hot
-    /// is never built: the target column is written over by ScatterElements (the target's probability is gathered
-    /// from the softmax). Three [B, S, V] values (the softmax, it scaled, the scatter); each is the only reader of the
-    /// one before it, so ORT may reuse its buffer. Bitwise what the op-by-op backward gives, up to the sign of zeros.</summary>
+    /// is never built: the target column is written over by ScatterElements. Three [B, S, V] values (the softmax, it
+    /// scaled, the scatter), each the only reader of the one before it, so ORT may reuse its buffer. The target's
+    /// probability is Exp of the forward's picked log-probability: reading it makes the gradient depend on the loss's
+    /// GatherElements, so ORT (which orders nodes depth-first from the outputs) runs that at the start of the backward
+    /// and the log-probabilities die there, not after the whole backward with the loss.</summary>
     public string AppendLogitsGradient(GraphEditor g)
     {
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "grad/loss/" + op, attributes: attrs);
 
         var scale = Op("Unsqueeze", [Op("Div", [Weights, Count]), GraphConstants.Int64s(g, "grad/loss/ints", -1)]);
         var probs = Op("Exp", [LogProbs]);
-        var targetProb = Op("GatherElements", [probs, TargetIndex], ("axis", -1L));
+        var targetProb = Op("Exp", [TargetLogProb]);
         var scaled = Op("Mul", [probs, scale]);
         var atTarget = Op("Sub", [Op("Mul", [targetProb, scale]), scale]);
         return Op("ScatterElements", [scaled, TargetIndex, atTarget], ("axis", -1L));
