@@ -59,7 +59,7 @@ double median = times.Order().ElementAt(times.Count / 2);
 Console.WriteLine($"{options.Mode}: median {median * 1000:F1} ms/step, {n / median:F0} tokens/s (B={options.Batch}, S={options.Seq}, " +
     $"{Environment.ProcessorCount} cores), peak working set {Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0:F0} MiB");
 
-// Values shaped [B, S, vocab], counted in a probe run at B=2, S=5 (each is a B·S·V·4-byte tensor at full size).
+// Values shaped [B, S, vocab] in the gradient graph, counted in a probe run at B=2, S=5: the logits-sized tensors.
 static int FullVocabValues(TrainingGraph graph, long vocab)
 {
     var feeds = graph.Gradients.Graph.Input.ToDictionary(i => i.Name, i => graph.InitialValues.TryGetValue(i.Name, out var v)

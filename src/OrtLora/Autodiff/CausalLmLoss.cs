@@ -7,8 +7,9 @@ namespace OrtLora.Autodiff;
 /// -100 are ignored, cross-entropy averaged over the counted tokens. The labels are shifted rather than the logits
 /// sliced, the same pairs without copying the [B, S, V] logits; LogSoftmax keeps it numerically stable.
 /// <see cref="AppendLogitsGradient"/> writes d loss / d logits in closed form, the way fused cross-entropy kernels do,
-/// to seed <see cref="GradientBuilder"/> with: differentiating the loss op by op makes twice as many [B, S, V]
-/// tensors.</summary>
+/// to seed <see cref="GradientBuilder"/> with: differentiating the loss op by op makes five [B, S, V] tensors in the
+/// backward, this three. GatherElements picks the target at every opset (its own gradient, which needs opset 16, is
+/// never taken).</summary>
 /// <param name="Loss">the scalar loss</param>
 /// <param name="Logits">the logits the loss reads, [B, S, V]</param>
 /// <param name="LogProbs">LogSoftmax(logits), [B, S, V]</param>
@@ -49,7 +50,7 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
     /// <summary>Appends d loss / d logits = (softmax(logits) − onehot(target)) · weight / count, [B, S, V].
     /// The softmax is Exp of the forward's log-probabilities, so the logits need not outlive the forward; the one-hot
     /// is never built: the target column is written over by ScatterElements. Three [B, S, V] values (the softmax, it
-    /// scaled, the scatter), each the only reader of the one before it, so ORT may reuse its buffer. The target's
+    /// scaled, the scatter), each read only by the next, so no more than two are alive at once. The target's
     /// probability is Exp of the forward's picked log-probability: reading it makes the gradient depend on the loss's
     /// GatherElements, so ORT (which orders nodes depth-first from the outputs) runs that at the start of the backward
     /// and the log-probabilities die there, not after the whole backward with the loss.</summary>
