@@ -53,7 +53,9 @@ public static class GradCheck
 
     static double[] Random(string seed, long[] shape, int salt)
     {
-        var rng = new Random(seed.GetHashCode() ^ (int)Tensors.ElementCount(shape) ^ salt);
+        // string.GetHashCode differs per process: a stable hash keeps every run on the same values.
+        int hash = seed.Aggregate(17, (h, c) => h * 31 + c);
+        var rng = new Random(hash ^ (int)Tensors.ElementCount(shape) ^ salt);
         return Enumerable.Range(0, (int)Tensors.ElementCount(shape)).Select(_ => rng.NextDouble() * 2 - 1).ToArray();
     }
 

@@ -41,6 +41,7 @@ if (args.Contains("--graph-stats"))
     Console.WriteLine($"step graph (with clipping and AdamW): {step.Node.Count} nodes, {step.Initializer.Count} initializers");
     foreach (var (op, count) in GraphEditor.OpHistogram(step).OrderByDescending(kv => kv.Value).Take(12)) Console.Write($"{op} {count}, ");
     Console.WriteLine();
+    Console.WriteLine($"[B, S, V] values in forward+loss+backward: {FullVocabValues(session.Graph, vocab)}");
 }
 
 if (args.Contains("--build-only")) { session.Dispose(); return; }
@@ -82,6 +83,16 @@ if (args.Contains("--json"))
         ["tokens_per_s"] = Math.Round(n / median), ["peak_working_set_mib"] = Math.Round(peakMiB), ["graph_nodes"] = stepNodes,
         ["trainable"] = trainable,
     }));
+
+// Values shaped [B, S, vocab] in the gradient graph, counted in a probe run at B=2, S=5: the logits-sized tensors.
+static int FullVocabValues(TrainingGraph graph, long vocab)
+{
+    var feeds = graph.Gradients.Graph.Input.Where(i => !graph.Frozen.Values.ContainsKey(i.Name)).ToDictionary(i => i.Name,
+        i => graph.InitialValues.TryGetValue(i.Name, out var v) ? HostTensor.Of(v, graph.ParameterShapes[i.Name])
+            : i.Name == TrainingGraph.LossScale ? HostTensor.Of(new[] { 1f }) : HostTensor.Of(Enumerable.Repeat(1L, 10).ToArray(), 2, 5));
+    var types = ValueTable.Probe(graph.Gradients, feeds, feeds, graph.Frozen.Values);
+    return graph.Gradients.Graph.Node.SelectMany(n => n.Output).Count(o => types.Find(o)?.ShapeA.SequenceEqual([2L, 5, vocab]) == true);
+}
 
 sealed record Args(string Shape, string? Model, string? InitFrom, int Batch, int Seq, int R, int Steps, string Mode, int Threads,
     string Device, string? EpLibrary, string? Profile)

@@ -5,15 +5,25 @@ namespace OrtLora.Autodiff;
 
 /// <summary>Hugging Face's causal-LM loss as graph nodes: token t's logits predict label t+1 (shift), labels equal to
 /// -100 are ignored, cross-entropy averaged over the counted tokens. The labels are shifted rather than the logits
-/// sliced, the same pairs without copying the [B, S, V] logits; LogSoftmax keeps it numerically stable.</summary>
-public static class CausalLmLoss
+/// sliced, the same pairs without copying the [B, S, V] logits; LogSoftmax keeps it numerically stable.
+/// <see cref="AppendLogitsGradient"/> writes d loss / d logits in closed form, the way fused cross-entropy kernels do,
+/// to seed <see cref="GradientBuilder"/> with: differentiating the loss op by op makes five [B, S, V] tensors in the
+/// backward, this three. GatherElements picks the target at every opset (its own gradient, which needs opset 16, is
+/// never taken).</summary>
+/// <param name="Loss">the scalar loss</param>
+/// <param name="Logits">the logits the loss reads, [B, S, V]</param>
+/// <param name="LogProbs">LogSoftmax(logits), [B, S, V]</param>
+/// <param name="TargetIndex">the shifted labels with ignored ones set to 0, [B, S, 1] (indices into V)</param>
+/// <param name="TargetLogProb">the target's log-probability, [B, S, 1]</param>
+/// <param name="Weights">1 for a counted token, 0 for an ignored one, [B, S]</param>
+/// <param name="Count">the number of counted tokens, at least 1, scalar</param>
+public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, string TargetIndex, string TargetLogProb,
+    string Weights, string Count)
 {
     public const long IgnoreIndex = -100;
 
-    /// <returns>name of the scalar loss value</returns>
-    /// <param name="opset">before 16 the target log-probability is picked by a one-hot product: GatherElements'
-    /// gradient needs ScatterElements with reduction='add' (opset 16)</param>
-    public static string Append(GraphEditor g, string logits, string labels, int logitsElemType, int opset = 16)
+    /// <param name="logitsElemType">a float type the loss is computed in (the logits' own)</param>
+    public static CausalLmLoss Append(GraphEditor g, string logits, string labels, int logitsElemType)
     {
         string Ints(params long[] v) => GraphConstants.Int64s(g, "loss/ints", v);
         string Scalar(double v, int type) => GraphConstants.Scalar(g, "loss/const", v, type);
@@ -25,17 +35,34 @@ public static class CausalLmLoss
             ("value", Tensors.FromInt64("ignore", [1], [IgnoreIndex])));
         var shifted = Op("Concat", [Op("Slice", [labels, Ints(1), Ints(long.MaxValue), Ints(1)]), ignoredColumn], ("axis", 1L));
         var counted = Op("Not", [Op("Equal", [shifted, Scalar(IgnoreIndex, (int)DT.Int64)])]);
-        var target = Op("Where", [counted, shifted, Scalar(0, (int)DT.Int64)]);
+        var targetIndex = Op("Unsqueeze", [Op("Where", [counted, shifted, Scalar(0, (int)DT.Int64)]), Ints(-1)]);
 
         var logProbs = Op("LogSoftmax", [logits], ("axis", -1L));
-        var picked = opset >= 16 ? Op("GatherElements", [logProbs, Op("Unsqueeze", [target, Ints(-1)])], ("axis", -1L))
-            : Op("ReduceSum", [Op("Mul", [logProbs, Op("OneHot", [target, Op("Slice", [Op("Shape", [logits]), Ints(-1), Ints(long.MaxValue), Ints(0)]),
-                g.AddInitializer(Tensors.FromFloats(g.Unique("loss/one_hot_values"), [2], [0f, 1f], logitsElemType))], ("axis", -1L))]), Ints(-1)], ("keepdims", 1L));
+        var picked = Op("GatherElements", [logProbs, targetIndex], ("axis", -1L));
         var weights = Op("Cast", [counted], ("to", (long)logitsElemType));
         var nll = Op("Mul", [Op("Neg", [Op("Squeeze", [picked, Ints(-1)])]), weights]);
         var total = Op("ReduceSum", [nll], ("keepdims", 0L));
         // max(count, 1): a batch with no counted token gives loss 0 and zero gradients instead of NaN
         var count = Op("Max", [Op("ReduceSum", [weights], ("keepdims", 0L)), Scalar(1, logitsElemType)]);
-        return Op("Div", [total, count]);
+        return new(Op("Div", [total, count]), logits, logProbs, targetIndex, picked, weights, count);
+    }
+
+    /// <summary>Appends d loss / d logits = (softmax(logits) − onehot(target)) · weight / count, [B, S, V].
+    /// The softmax is Exp of the forward's log-probabilities, so the logits need not outlive the forward; the one-hot
+    /// is never built: the target column is written over by ScatterElements. Three [B, S, V] values (the softmax, it
+    /// scaled, the scatter), each read only by the next, so no more than two are alive at once. The target's
+    /// probability is Exp of the forward's picked log-probability: reading it makes the gradient depend on the loss's
+    /// GatherElements, so ORT (which orders nodes depth-first from the outputs) runs that at the start of the backward
+    /// and the log-probabilities die there, not after the whole backward with the loss.</summary>
+    public string AppendLogitsGradient(GraphEditor g)
+    {
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "grad/loss/" + op, attributes: attrs);
+
+        var scale = Op("Unsqueeze", [Op("Div", [Weights, Count]), GraphConstants.Int64s(g, "grad/loss/ints", -1)]);
+        var probs = Op("Exp", [LogProbs]);
+        var targetProb = Op("Exp", [TargetLogProb]);
+        var scaled = Op("Mul", [probs, scale]);
+        var atTarget = Op("Sub", [Op("Mul", [targetProb, scale]), scale]);
+        return Op("ScatterElements", [scaled, TargetIndex, atTarget], ("axis", -1L));
     }
 }

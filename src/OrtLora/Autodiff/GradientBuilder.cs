@@ -26,18 +26,27 @@ public static class GradientBuilder
     public static Dictionary<string, string> Build(GraphEditor graph, string loss, IReadOnlyList<string> parameters,
         ValueTable types, int opset)
     {
+        var ones = graph.Add("ConstantOfShape", [graph.Add("Shape", [loss], name: "grad/seed/Shape")], name: "grad/seed/ones",
+            attributes: ("value", Tensors.FromFloats("one", [1], [1f], types.ElemType(loss))));
+        return Build(graph, new Dictionary<string, string> { [loss] = ones }, parameters, types, opset);
+    }
+
+    /// <summary>The vector–Jacobian product from given gradients: for each seeded value v with given gradient s (same
+    /// shape and type as v), Σ_v s·dv/dp. A loss whose gradient with respect to some inner value is known in closed form
+    /// (cross-entropy with respect to its logits) is seeded there, and the nodes after that value get no backward.</summary>
+    /// <param name="seeds">value → name of its given gradient; the gradient's nodes may already be in the graph</param>
+    public static Dictionary<string, string> Build(GraphEditor graph, IReadOnlyDictionary<string, string> seeds,
+        IReadOnlyList<string> parameters, ValueTable types, int opset)
+    {
         var nodes = graph.Graph.Node.ToList();
         var active = ForwardActive(nodes, parameters, types);
-        var needed = BackwardNeeded(nodes, loss, active);
-        var contributions = new Dictionary<string, List<string>>();
+        var needed = BackwardNeeded(nodes, seeds.Keys, active);
+        var contributions = seeds.ToDictionary(s => s.Key, s => new List<string> { s.Value });
         var scalars = new Dictionary<(double, int), string>();
         var shapes = new Dictionary<string, string>();
         var constants = GraphConstants.Index(graph.Graph);
-
         var seedContext = new GradContext(graph, new NodeProto { Name = "seed", OpType = "seed" }, types, opset, [], [],
             scalars, shapes, constants);
-        contributions[loss] = [seedContext.Op("ConstantOfShape", [seedContext.ShapeOf(loss)],
-            ("value", Tensors.FromFloats("one", [1], [1f], types.ElemType(loss))))];
 
         for (int k = nodes.Count - 1; k >= 0; k--)
         {
@@ -82,11 +91,12 @@ public static class GradientBuilder
         return active;
     }
 
-    /// <summary>Active values the loss depends on: exactly those whose gradient must be computed.</summary>
-    static HashSet<string> BackwardNeeded(List<NodeProto> nodes, string loss, HashSet<string> active)
+    /// <summary>Active values the seeded values depend on: exactly those whose gradient must be computed.</summary>
+    static HashSet<string> BackwardNeeded(List<NodeProto> nodes, IEnumerable<string> seeded, HashSet<string> active)
     {
-        if (!active.Contains(loss)) throw new OrtLoraException($"autodiff: the loss '{loss}' does not depend on any parameter");
-        var needed = new HashSet<string> { loss };
+        var needed = new HashSet<string>();
+        foreach (var v in seeded)
+            needed.Add(active.Contains(v) ? v : throw new OrtLoraException($"autodiff: '{v}' does not depend on any parameter"));
         for (int k = nodes.Count - 1; k >= 0; k--)
         {
             var n = nodes[k];

@@ -102,8 +102,8 @@ public sealed class TrainingGraph : IDisposable
             logits = g.Add("Cast", [logits], name: "loss/upcast", attributes: ("to", (int)DT.Float));
             logitsType = (int)DT.Float;
         }
-        var loss = CausalLmLoss.Append(g, logits, Labels, logitsType, opset);
-        g.Add("Identity", [loss], name: "loss/output", outputs: [Loss]);
+        var loss = CausalLmLoss.Append(g, logits, Labels, logitsType);
+        g.Add("Identity", [loss.Loss], name: "loss/output", outputs: [Loss]);
         proto.Graph.Output.Clear();
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
         g.Cleanup();
@@ -120,9 +120,11 @@ public sealed class TrainingGraph : IDisposable
             if (dropout > 0) AddLoraDropout(g, parameters, dropout);
 
             var types = Probe(proto, values, frozen);
+            // The loss's gradient enters at the logits, in closed form; an upcast's Cast takes it back to the model's dtype.
+            var logitsGradient = loss.AppendLogitsGradient(g);
             bool scalesLoss = compute == ComputeType.Float16;
-            var differentiated = scalesLoss ? ScaleLoss(proto, g, types) : Loss;
-            var grads = GradientBuilder.Build(g, differentiated, parameters, types, opset);
+            if (scalesLoss) logitsGradient = ScaleLoss(proto, g, logitsGradient);
+            var grads = GradientBuilder.Build(g, new Dictionary<string, string> { [loss.Logits] = logitsGradient }, parameters, types, opset);
             foreach (var p in parameters)
             {
                 var grad = scalesLoss ? g.Add("Div", [grads[p], LossScale], name: "grad/unscale") : grads[p];
@@ -138,15 +140,12 @@ public sealed class TrainingGraph : IDisposable
         }
     }
 
-    /// <summary>Loss scaling for float16 (torch.amp's GradScaler): the backward starts from loss · loss_scale so that
-    /// small gradients survive float16's range, and each float32 parameter gradient is divided back.</summary>
-    static string ScaleLoss(ModelProto proto, GraphEditor g, ValueTable types)
+    /// <summary>Loss scaling for float16 (torch.amp's GradScaler): the backward starts from loss_scale · d loss/d logits
+    /// so that small gradients survive float16's range, and each float32 parameter gradient is divided back.</summary>
+    static string ScaleLoss(ModelProto proto, GraphEditor g, string logitsGradient)
     {
         proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
-        types.Set(LossScale, new ValueTable.Info((int)DT.Float, [], []));
-        var scaled = g.Add("Mul", [Loss, LossScale], name: "loss/scale");
-        types.Set(scaled, types[Loss]);
-        return scaled;
+        return g.Add("Mul", [logitsGradient, LossScale], name: "loss/scale");
     }
 
     /// <summary>PEFT's mixed precision on a model loaded in half: the base converted, the LoRA branches kept float32.</summary>
