@@ -50,8 +50,8 @@ public class EngineTrainingTests
         Assert.That(parts.OptimizerStep, Is.EqualTo(2));
     }
 
-    /// <summary>The GPU's code path on the CPU: state allocated by the session's allocator and copied in and out with
-    /// OrtEnv.CopyTensors trains bit for bit like host arrays, through steps, accumulation, eval and a state round trip.</summary>
+    /// <summary>The GPU's code path on the CPU: state and frozen weights allocated by the session's allocator and copied in
+    /// and out by DeviceCopy train bit for bit like host memory, through steps, accumulation, eval and a state round trip.</summary>
     [Test]
     public void StateInSessionMemoryTrainsExactlyLikeHostArrays()
     {
@@ -72,6 +72,8 @@ public class EngineTrainingTests
         }
         Assert.That(host.StateOnDevice, Is.False);
         Assert.That(device.StateOnDevice, Is.True);
+        Assert.That(host.Graph.Frozen.OnDeviceCount, Is.Zero);
+        Assert.That(device.Graph.Frozen.OnDeviceCount, Is.EqualTo(device.Graph.Frozen.Values.Count).And.GreaterThan(10), "every frozen weight moved");
         Assert.That(device.EvalLoss(batch), Is.EqualTo(host.EvalLoss(batch)));
         var (a, b) = (host.GetParameters(), device.GetParameters());
         foreach (var p in host.ParameterNames) Assert.That(b[p], Is.EqualTo(a[p]), p);

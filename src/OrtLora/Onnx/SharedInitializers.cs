@@ -21,7 +21,7 @@ public sealed class SharedInitializers : IDisposable
     public const long MinBytes = 1024;
 
     readonly Dictionary<string, OrtValue> _values = new();
-    readonly List<IntPtr> _buffers = new();
+    readonly Dictionary<string, IntPtr> _hostBuffers = new();
 
     public IReadOnlyDictionary<string, OrtValue> Values => _values;
     public long TotalBytes { get; private set; }
@@ -69,13 +69,33 @@ public sealed class SharedInitializers : IDisposable
             if (_values.TryGetValue(name, out var value)) binding.BindInput(name, value);
     }
 
+    /// <summary>Moves the named weights into memory from <paramref name="allocator"/> (a device's), freeing their host
+    /// buffers: on a GPU the sessions then read the weights where they run instead of copying them every step.</summary>
+    public void MoveTo(IEnumerable<string> names, OrtAllocator allocator, DeviceCopy copy)
+    {
+        foreach (var name in names.ToList())
+        {
+            var host = _values[name];
+            var info = host.GetTensorTypeAndShape();
+            var moved = OrtValue.CreateAllocatedTensorValue(allocator, info.ElementDataType, info.Shape);
+            copy.Copy(host, moved);
+            _values[name] = moved;
+            host.Dispose();
+            if (_hostBuffers.Remove(name, out var buffer)) unsafe { NativeMemory.AlignedFree((void*)buffer); }
+            OnDeviceCount++;
+        }
+    }
+
+    /// <summary>How many weights <see cref="MoveTo"/> moved out of host memory.</summary>
+    public int OnDeviceCount { get; private set; }
+
     unsafe void Add(OnnxModel model, TensorProto t)
     {
         long size = Tensors.ElementCount(t.Dims) * Tensors.ElementSize(t.DataType);
         if (size > int.MaxValue) throw new OrtLoraException($"{model.Source}: tensor '{t.Name}' is over 2 GB; ortlora reads tensors of up to 2 GB each");
         // 64-byte alignment, as ORT's own CPU allocator gives its kernels.
         var buffer = (IntPtr)NativeMemory.AlignedAlloc((nuint)Math.Max(1, size), 64);
-        _buffers.Add(buffer);
+        _hostBuffers[t.Name] = buffer;
         model.ReadInto(t, new Span<byte>((void*)buffer, (int)size));
         // ONNX's data type numbers are ORT's TensorElementType numbers.
         _values[t.Name] = OrtValue.CreateTensorValueWithData(OrtMemoryInfo.DefaultInstance, (TensorElementType)t.DataType, t.Dims.ToArray(), buffer, size);
@@ -93,7 +113,7 @@ public sealed class SharedInitializers : IDisposable
     {
         foreach (var v in _values.Values) v.Dispose();
         _values.Clear();
-        unsafe { foreach (var b in _buffers) NativeMemory.AlignedFree((void*)b); }
-        _buffers.Clear();
+        unsafe { foreach (var b in _hostBuffers.Values) NativeMemory.AlignedFree((void*)b); }
+        _hostBuffers.Clear();
     }
 }

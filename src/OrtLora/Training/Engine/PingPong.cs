@@ -1,4 +1,5 @@
 using Microsoft.ML.OnnxRuntime;
+using OrtLora.Onnx;
 using Microsoft.ML.OnnxRuntime.Tensors;
 
 namespace OrtLora.Training.Engine;
@@ -71,37 +72,6 @@ public sealed class PingPong : IDisposable
         : throw new OrtLoraException($"tensor of {values.Length} values given for shape [{string.Join(", ", Shape)}]");
 
     public void Dispose() { foreach (var v in _values) v.Dispose(); }
-}
-
-/// <summary>Copies float32 tensors between host and device memory with a one-node Identity session on the training
-/// sessions' device: IOBinding moves a bound input to where the kernel runs and its output to where it is bound. This
-/// works with every execution provider, the classic CUDA one and plugin libraries alike (OrtEnv.CopyTensors only knows
-/// plugin devices, and not host to host).</summary>
-public sealed class DeviceCopy : IDisposable
-{
-    readonly InferenceSession _session;
-
-    public DeviceCopy(SessionOptions options)
-    {
-        var model = new global::Onnx.ModelProto { IrVersion = 8, Graph = new global::Onnx.GraphProto { Name = "copy" } };
-        model.OpsetImport.Add(new global::Onnx.OperatorSetIdProto { Domain = "", Version = 17 });
-        model.Graph.Node.Add(new global::Onnx.NodeProto { OpType = "Identity", Name = "copy", Input = { "x" }, Output = { "y" } });
-        var tensor = new global::Onnx.TypeProto { TensorType = new global::Onnx.TypeProto.Types.Tensor { ElemType = (int)global::Onnx.TensorProto.Types.DataType.Float } };
-        model.Graph.Input.Add(new global::Onnx.ValueInfoProto { Name = "x", Type = tensor });
-        model.Graph.Output.Add(new global::Onnx.ValueInfoProto { Name = "y", Type = tensor });
-        _session = new InferenceSession(Google.Protobuf.MessageExtensions.ToByteArray(model), options);
-    }
-
-    public void Copy(OrtValue source, OrtValue destination)
-    {
-        using var binding = _session.CreateIoBinding();
-        using var run = new RunOptions();
-        binding.BindInput("x", source);
-        binding.BindOutput("y", destination);
-        _session.RunWithBinding(run, binding);
-    }
-
-    public void Dispose() => _session.Dispose();
 }
 
 /// <summary>A float32 scalar the host sets before a run or reads after one (lr, step, loss, ...).</summary>

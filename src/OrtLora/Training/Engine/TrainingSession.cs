@@ -234,8 +234,8 @@ public sealed class TrainingSession : IDisposable
     }
 
     /// <summary>On the first session: where does it want the parameters? Host memory (CPU): the state stays in host
-    /// arrays. A device's memory (CUDA): parameters, moments and accumulators move there for good, allocated by the
-    /// session's allocator for that memory, so steps never copy them.</summary>
+    /// arrays. A device's memory (CUDA): parameters, moments, accumulators and the frozen weights move there for good,
+    /// allocated by the session's allocator for that memory, so steps copy only the batch in and the loss out.</summary>
     void PlaceState(InferenceSession session)
     {
         if (_statePlaced) return;
@@ -244,9 +244,14 @@ public sealed class TrainingSession : IDisposable
         var memory = session.GetMemoryInfosForInputs()[inputs.IndexOf(_graph.Parameters[0])];
         if (memory.GetDeviceType() == OrtMemoryInfoDeviceType.CPU && !_options.StateInSessionMemory) return;
         _stateAllocator = new OrtAllocator(session, memory);
-        using (var options = SessionOptions(profile: false)) _deviceCopy = new DeviceCopy(options);
+        _deviceCopy = new DeviceCopy(SessionOptions(profile: false));
         foreach (var b in _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? []))
             b.MoveTo(_stateAllocator, _deviceCopy);
+        // The frozen weights too, each where the session reads it (a weight only a host-side node reads stays put).
+        var memories = session.GetMemoryInfosForInputs();
+        var weights = inputs.Where((name, i) => _graph.Frozen.Values.ContainsKey(name)
+            && (memories[i].GetDeviceType() != OrtMemoryInfoDeviceType.CPU || _options.StateInSessionMemory));
+        _graph.Frozen.MoveTo(weights, _stateAllocator, _deviceCopy);
     }
 
     PingPong Placed(PingPong buffer)
@@ -341,8 +346,9 @@ public sealed class TrainingSession : IDisposable
 
     public void Dispose()
     {
-        // State first: device buffers come from an allocator of one of the sessions, which must outlive them.
+        // State and weights first: device buffers come from an allocator of one of the sessions, which must outlive them.
         foreach (var b in _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? [])) b.Dispose();
+        _graph.Dispose();
         _stateAllocator?.Dispose();
         _deviceCopy?.Dispose();
         foreach (var s in new[] { _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession })
@@ -351,6 +357,5 @@ public sealed class TrainingSession : IDisposable
             s?.Dispose();
         }
         foreach (var s in new[] { _lr, _step, _maxGradNorm, _gradScale, _loss, _gradNorm, _lossScale }) s.Dispose();
-        _graph.Dispose();
     }
 }
