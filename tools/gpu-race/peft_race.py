@@ -18,19 +18,20 @@ import argparse, json, os, time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-# hidden, layers, heads, kv heads, intermediate, vocab, tied embeddings, rope theta (as graphs/OrtLora.Graphs/LlamaShape.cs)
+# hidden, layers, heads, kv heads, intermediate, vocab, tied embeddings (as graphs/OrtLora.Graphs/LlamaShape.cs; rope
+# theta is left at the default: it changes no cost, and transformers 5 moved it into rope_parameters)
 SHAPES = {
-    "smollm2-135m": (576, 30, 9, 3, 1536, 49152, True, 100000.0),
-    "tinyllama-1.1b": (2048, 22, 32, 4, 5632, 32000, False, 10000.0),
-    "llama-100m": (768, 12, 12, 4, 2048, 32000, True, 10000.0),
+    "smollm2-135m": (576, 30, 9, 3, 1536, 49152, True),
+    "tinyllama-1.1b": (2048, 22, 32, 4, 5632, 32000, False),
+    "llama-100m": (768, 12, 12, 4, 2048, 32000, True),
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def build(shape: str) -> LlamaForCausalLM:
-    h, layers, heads, kv, inter, vocab, tied, theta = SHAPES[shape]
+    h, layers, heads, kv, inter, vocab, tied = SHAPES[shape]
     config = LlamaConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
-                         intermediate_size=inter, vocab_size=vocab, tie_word_embeddings=tied, rope_theta=theta,
+                         intermediate_size=inter, vocab_size=vocab, tie_word_embeddings=tied,
                          max_position_embeddings=2048, use_cache=False)
     torch.manual_seed(0)
     return LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
@@ -87,10 +88,10 @@ def export(a) -> dict:
     model = LogitsOnly(build(a.shape).eval())
     os.makedirs(a.out, exist_ok=True)
     ids = torch.randint(0, model.model_.config.vocab_size, (2, 16))
-    batch, seq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=2, max=8192)
+    dynamic = torch.export.Dim.DYNAMIC  # batch and sequence; the exporter names them
     start = time.perf_counter()
     program = torch.onnx.export(model, (ids, torch.ones_like(ids)), dynamo=True, input_names=["input_ids", "attention_mask"],
-                                output_names=["logits"], dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
+                                output_names=["logits"], dynamic_shapes=({0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic}))
     program.save(os.path.join(a.out, "model.onnx"), external_data=True)
     return {"exported": os.path.join(a.out, "model.onnx"), "seconds": round(time.perf_counter() - start, 1)}
 
