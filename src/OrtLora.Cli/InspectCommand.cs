@@ -24,7 +24,9 @@ public static class InspectCommand
         };
         var device = new Option<string>("--device") { Description = "with --training-graph: list the step graph's nodes this device's EP has no kernel for", DefaultValueFactory = _ => "cpu" };
         device.AcceptOnlyFromAmong("cpu", "cuda");
-        var cmd = new Command("inspect", "List targetable linear layers, LoRA adapters and the op histogram") { model, r, trainingGraph, device };
+        var fp16 = new Option<bool>("--fp16") { Description = "with --training-graph: the graph `train --fp16` runs (frozen base in float16)" };
+        var bf16 = new Option<bool>("--bf16") { Description = "with --training-graph: the graph `train --bf16` runs (frozen base in bfloat16)" };
+        var cmd = new Command("inspect", "List targetable linear layers, LoRA adapters and the op histogram") { model, r, trainingGraph, device, fp16, bf16 };
         cmd.SetAction(CliRunner.Guard(parse =>
         {
             using var m = OnnxModel.Load(parse.GetValue(model)!);
@@ -48,18 +50,20 @@ public static class InspectCommand
             if (LoraModel.Read(m) is { } lora) WriteAdapters(lora);
             Console.WriteLine();
             Console.WriteLine("op histogram: " + string.Join(", ", GraphEditor.OpHistogram(m.Graph).Select(p => $"{p.Key} {p.Value}")));
-            if (parse.GetValue(trainingGraph)) WriteTrainingGraph(m, rank, parse.GetValue(device)!);
-            else if (parse.GetValue(device) != "cpu") throw new OrtLoraException("--device is for --training-graph");
+            if (parse.GetValue(fp16) && parse.GetValue(bf16)) throw new OrtLoraException("--fp16 and --bf16: choose one");
+            var compute = parse.GetValue(bf16) ? ComputeType.BFloat16 : parse.GetValue(fp16) ? ComputeType.Float16 : ComputeType.Float32;
+            if (parse.GetValue(trainingGraph)) WriteTrainingGraph(m, rank, parse.GetValue(device)!, compute);
+            else if (parse.GetValue(device) != "cpu" || compute != ComputeType.Float32) throw new OrtLoraException("--device, --fp16 and --bf16 are for --training-graph");
         }));
         return cmd;
     }
 
-    static void WriteTrainingGraph(OnnxModel m, int rank, string device)
+    static void WriteTrainingGraph(OnnxModel m, int rank, string device, ComputeType compute)
     {
         var exported = new HashSet<string>(m.Graph.Node.Select(n => n.Name));
         bool inject = LoraModel.Read(m) is null;
         if (inject) LoraInjector.Inject(m, new LoraConfig { R = rank, TargetModules = ["all-linear"] });
-        using var graph = TrainingGraph.Build(m);
+        using var graph = TrainingGraph.Build(m, compute: compute);
         var step = graph.BuildStep(new AdamWOptions());
         Console.WriteLine();
         Console.WriteLine($"training step graph: {step.Graph.Node.Count:N0} nodes (forward + loss {graph.Eval.Graph.Node.Count:N0}, " +

@@ -60,6 +60,21 @@ public class KernelCoverageTests
         AssertTrainingGraphsOnCuda($"{arch} {file}", model);
     }
 
+    /// <summary>The graphs `train --fp16` / `--bf16` run (half base, float32 LoRA branches and optimizer) on graphs/tiny
+    /// and the llama fixture: bf16 is the GPU's case, where the Slice gradient's Pad (no bfloat16 CUDA kernel) pads in
+    /// float32.</summary>
+    [TestCase(ComputeType.Float16)]
+    [TestCase(ComputeType.BFloat16)]
+    public void HalfComputeStepGraphsHaveACudaKernelForEveryNode(ComputeType compute)
+    {
+        foreach (var (name, open) in new (string, Func<OnnxModel>)[] { ("graphs/tiny", () => Injected(Tiny)), ("llama dynamo", () => EngineFixtures.InjectedModel("llama", "dynamo")) })
+        {
+            using var model = open();
+            using var graph = TrainingGraph.Build(model, compute: compute);
+            AssertAllOnCuda($"{name} {compute} step", graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)));
+        }
+    }
+
     static IEnumerable<Architecture> Trainable => Architectures.All.Where(a => a.Trainable);
 
     /// <summary>The unseen export styles bring fp16 activations, opset-23 ops, int32 tokens, Gemm layers, cache inputs.</summary>

@@ -87,10 +87,13 @@ public static partial class GradientRules
             after[axis] = c.Sub(dim, end);
         }
         var pads = c.Concat([.. before, .. after]);
-        return c.Op("Pad", [c.GO(0)!, pads], ("mode", "constant"));
+        // CUDA has no bfloat16 Pad: pad in float32 instead (exact, bfloat16 → float32 → bfloat16 round-trips).
+        if (c.Types.ElemType(c.I(0)) != Bfloat16) return c.Op("Pad", [c.GO(0)!, pads], ("mode", "constant"));
+        return c.CastLike(c.Op("Pad", [c.Cast(c.GO(0)!, Float), pads], ("mode", "constant")), c.I(0));
     }
 
-    const int Int64 = (int)global::Onnx.TensorProto.Types.DataType.Int64;
+    const int Int64 = (int)global::Onnx.TensorProto.Types.DataType.Int64, Float = (int)global::Onnx.TensorProto.Types.DataType.Float,
+        Bfloat16 = (int)global::Onnx.TensorProto.Types.DataType.Bfloat16;
 
     static string AsInt64(GradContext c, string value, string like) =>
         c.Types.ElemType(like) == Int64 ? value : c.Cast(value, Int64);

@@ -96,6 +96,8 @@ public sealed class ValueTable
             TensorProto.Types.DataType.Float => Enumerable.Repeat(0.5f, n).ToArray(),
             TensorProto.Types.DataType.Double => Enumerable.Repeat(0.5, n).ToArray(),
             TensorProto.Types.DataType.Float16 => Enumerable.Repeat((Float16)0.5f, n).ToArray(),
+            // Probe runs a bfloat16 graph as its float16 twin, which takes float16 here.
+            TensorProto.Types.DataType.Bfloat16 => Enumerable.Repeat((Float16)0.5f, n).ToArray(),
             TensorProto.Types.DataType.Int64 => Enumerable.Range(0, n).Select(Int).ToArray(),
             TensorProto.Types.DataType.Int32 => Enumerable.Range(0, n).Select(i => (int)Int(i)).ToArray(),
             TensorProto.Types.DataType.Bool => Enumerable.Repeat(true, n).ToArray(),
