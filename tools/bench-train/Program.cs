@@ -1,7 +1,7 @@
 // bench-train: step time, tokens/s, graph size and peak memory of ortlora's training engine on the CPU.
 //   dotnet run -c Release --project tools/bench-train -- [--shape smollm2-135m] [--batch 8] [--seq 256] [--r 16]
 //       [--steps 3] [--mode train|eval|train+eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
-//       [--graph-stats] [--build-only] [--opt-basic] [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json]
+//       [--graph-stats] [--build-only] [--opt-basic] [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
 // Peak memory is the process's peak working set, so compare modes with one process each (--mode eval vs train).
 // train+eval times training steps, then loads the eval session too (as `ortlora train --eval-steps` does) and
 // evaluates once: the peak then shows what the two sessions hold together.
@@ -28,7 +28,7 @@ clock.Restart();
 var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01), options.Threads,
     CpuMemArena: !args.Contains("--no-arena"), Optimization: args.Contains("--opt-basic")
         ? Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_BASIC : Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    Device: options.Device, EpLibrary: options.EpLibrary, ProfilePrefix: options.Profile,
+    Device: options.Device, EpLibrary: options.EpLibrary, ProfilePrefix: options.Profile, StaticShapes: args.Contains("--static-shapes"),
     Compute: args.Contains("--bf16") ? ComputeType.BFloat16 : args.Contains("--fp16") ? ComputeType.Float16 : ComputeType.Float32));
 if (session.Graph.HalfPrecision is { } half) Console.WriteLine($"half compute: {half}");
 long trainable = session.Graph.ParameterShapes.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));

@@ -22,12 +22,15 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// lowers the peak of large training graphs at a small speed cost</param>
 /// <param name="ProfilePrefix">when set, ORT's profiler writes a JSON trace per session (PREFIX_DATE.json, one event per
 /// node run) when the session is disposed: where a step's time goes, op by op</param>
+/// <param name="StaticShapes">load each graph for the batch shape it runs ([batch, sequence] fixed), so ORT folds the shape
+/// arithmetic into constants; a batch of another shape reloads the graph. For runs whose batches all have one shape
+/// (packing, or padding to --max-seq-length).</param>
 /// <param name="StateInSessionMemory">keep parameters, moments and accumulators in memory from the session's allocator even
 /// when that is host memory: the GPU's code path (allocate, copy in and out through DeviceCopy), testable on a CPU.
 /// Without it the state moves to the device only when the sessions want their inputs outside host memory.</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
     GraphOptimizationLevel Optimization = GraphOptimizationLevel.ORT_ENABLE_ALL, string Device = "cpu", string? EpLibrary = null,
-    bool CpuMemArena = true, string? ProfilePrefix = null, bool StateInSessionMemory = false, ComputeType Compute = ComputeType.Float32);
+    bool CpuMemArena = true, string? ProfilePrefix = null, bool StateInSessionMemory = false, ComputeType Compute = ComputeType.Float32, bool StaticShapes = false);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -42,7 +45,9 @@ public sealed class TrainingSession : IDisposable
     readonly HostScalar _lr = new(), _step = new(), _maxGradNorm = new(), _gradScale = new(), _loss = new(), _gradNorm = new(), _lossScale = new();
     LossScaler? _scaler;
     InferenceSession? _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession;
+    readonly Dictionary<InferenceSession, (int BatchSize, int SequenceLength)> _loadedShapes = new();
     OrtAllocator? _stateAllocator;
+    InferenceSession? _allocatorSession;
     DeviceCopy? _deviceCopy;
     bool _statePlaced;
 
@@ -77,7 +82,7 @@ public sealed class TrainingSession : IDisposable
     /// <summary>Forward, backward and AdamW on one batch in a single Run; returns the loss (before the update).</summary>
     public float Step(Batch batch, float learningRate, float maxGradNorm = 0)
     {
-        _stepSession ??= Load(_graph.BuildStep(_options.AdamW));
+        ForBatch(ref _stepSession, () => _graph.BuildStep(_options.AdamW), batch);
         using var binding = _stepSession.CreateIoBinding();
         var batchValues = BindBatch(binding, batch);
         try
@@ -97,7 +102,7 @@ public sealed class TrainingSession : IDisposable
     /// returns the micro-batch loss. <see cref="ApplyAccumulated"/> then updates and clears them.</summary>
     public float Accumulate(Batch batch, float gradScale)
     {
-        _accumulateSession ??= Load(_graph.BuildAccumulate());
+        ForBatch(ref _accumulateSession, _graph.BuildAccumulate, batch);
         _accumulators ??= _graph.Parameters.ToDictionary(p => p, p => Placed(new PingPong(_graph.ParameterShapes[p])));
         using var binding = _accumulateSession.CreateIoBinding();
         var batchValues = BindBatch(binding, batch);
@@ -140,7 +145,7 @@ public sealed class TrainingSession : IDisposable
     /// <summary>The loss on a batch with the current parameters (forward only).</summary>
     public float EvalLoss(Batch batch)
     {
-        _evalSession ??= Load(_graph.Eval);
+        ForBatch(ref _evalSession, () => _graph.Eval, batch);
         using var binding = _evalSession.CreateIoBinding();
         var batchValues = BindBatch(binding, batch);
         try
@@ -156,7 +161,7 @@ public sealed class TrainingSession : IDisposable
     /// <summary>Loss and d loss / d P at the current parameters, without updating anything (for verification).</summary>
     public (float Loss, Dictionary<string, float[]> Gradients) ComputeGradients(Batch batch)
     {
-        _gradSession ??= Load(_graph.Gradients);
+        ForBatch(ref _gradSession, () => _graph.Gradients, batch);
         using var binding = _gradSession.CreateIoBinding();
         var batchValues = BindBatch(binding, batch);
         try
@@ -215,6 +220,24 @@ public sealed class TrainingSession : IDisposable
             _scaler = new LossScaler(scale.AsFloats()[0], (int)good.AsInt64s()[0]);
     }
 
+    /// <summary>The session in <paramref name="slot"/>, loaded on first use; with static shapes, (re)loaded for the
+    /// batch's shape.</summary>
+    void ForBatch(ref InferenceSession? slot, Func<ModelProto> build, Batch batch)
+    {
+        var shape = (batch.BatchSize, batch.SequenceLength);
+        if (slot is not null && (!_options.StaticShapes || _loadedShapes[slot] == shape)) return;
+        // The session whose allocator holds device state stays loaded until Dispose.
+        if (slot is not null) { _loadedShapes.Remove(slot); if (slot != _allocatorSession) Unload(slot); }
+        slot = Load(_options.StaticShapes ? _graph.WithBatchShape(build(), shape.BatchSize, shape.SequenceLength) : build());
+        _loadedShapes[slot] = shape;
+    }
+
+    void Unload(InferenceSession session)
+    {
+        if (_options.ProfilePrefix is not null) ProfileFiles.Add(session.EndProfiling());
+        session.Dispose();
+    }
+
     InferenceSession Load(ModelProto proto)
     {
         using var options = SessionOptions(profile: true);
@@ -244,6 +267,7 @@ public sealed class TrainingSession : IDisposable
         var memory = session.GetMemoryInfosForInputs()[inputs.IndexOf(_graph.Parameters[0])];
         if (memory.GetDeviceType() == OrtMemoryInfoDeviceType.CPU && !_options.StateInSessionMemory) return;
         _stateAllocator = new OrtAllocator(session, memory);
+        _allocatorSession = session;
         _deviceCopy = new DeviceCopy(SessionOptions(profile: false));
         foreach (var b in _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? []))
             b.MoveTo(_stateAllocator, _deviceCopy);
@@ -351,11 +375,9 @@ public sealed class TrainingSession : IDisposable
         _graph.Dispose();
         _stateAllocator?.Dispose();
         _deviceCopy?.Dispose();
-        foreach (var s in new[] { _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession })
-        {
-            if (s is not null && _options.ProfilePrefix is not null) ProfileFiles.Add(s.EndProfiling());
-            s?.Dispose();
-        }
+        foreach (var s in new[] { _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession, _allocatorSession }
+                     .OfType<InferenceSession>().Distinct())
+            Unload(s);
         foreach (var s in new[] { _lr, _step, _maxGradNorm, _gradScale, _loss, _gradNorm, _lossScale }) s.Dispose();
     }
 }
