@@ -240,19 +240,22 @@ public sealed class TrainingSession : IDisposable
     {
         if (_statePlaced) return;
         _statePlaced = true;
-        var inputs = session.InputNames.ToList();
-        var memory = session.GetMemoryInfosForInputs()[inputs.IndexOf(_graph.Parameters[0])];
-        if (memory.GetDeviceType() == OrtMemoryInfoDeviceType.CPU && !_options.StateInSessionMemory) return;
-        _stateAllocator = new OrtAllocator(session, memory);
+        var inputs = session.InputNames;
+        using var memories = session.GetMemoryInfosForInputs();
+        bool OnDevice(int input) => memories[input].GetDeviceType() != OrtMemoryInfoDeviceType.CPU || _options.StateInSessionMemory;
+        int first = inputs.ToList().IndexOf(_graph.Parameters[0]);
+        if (!OnDevice(first)) return;
+        _stateAllocator = new OrtAllocator(session, memories[first]); // keeps its own copy of the memory info
         _deviceCopy = new DeviceCopy(SessionOptions(profile: false));
-        foreach (var b in _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? []))
-            b.MoveTo(_stateAllocator, _deviceCopy);
+        foreach (var b in StateBuffers()) b.MoveTo(_stateAllocator, _deviceCopy);
         // The frozen weights too, each where the session reads it (a weight only a host-side node reads stays put).
-        var memories = session.GetMemoryInfosForInputs();
-        var weights = inputs.Where((name, i) => _graph.Frozen.Values.ContainsKey(name)
-            && (memories[i].GetDeviceType() != OrtMemoryInfoDeviceType.CPU || _options.StateInSessionMemory));
+        var weights = inputs.Where((name, i) => _graph.Frozen.Values.ContainsKey(name) && OnDevice(i));
         _graph.Frozen.MoveTo(weights, _stateAllocator, _deviceCopy);
     }
+
+    /// <summary>Parameters, moments and (once made) accumulators.</summary>
+    IEnumerable<PingPong> StateBuffers() =>
+        _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? []);
 
     PingPong Placed(PingPong buffer)
     {
@@ -347,7 +350,7 @@ public sealed class TrainingSession : IDisposable
     public void Dispose()
     {
         // State and weights first: device buffers come from an allocator of one of the sessions, which must outlive them.
-        foreach (var b in _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? [])) b.Dispose();
+        foreach (var b in StateBuffers()) b.Dispose();
         _graph.Dispose();
         _stateAllocator?.Dispose();
         _deviceCopy?.Dispose();
