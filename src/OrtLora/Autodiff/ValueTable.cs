@@ -14,8 +14,7 @@ public sealed class ValueTable
     public sealed record Info(int ElemType, long[] ShapeA, long[] ShapeB)
     {
         public int Rank => ShapeA.Length;
-        public bool IsFloat => ElemType is (int)TensorProto.Types.DataType.Float or (int)TensorProto.Types.DataType.Double
-            or (int)TensorProto.Types.DataType.Float16 or (int)TensorProto.Types.DataType.Bfloat16;
+        public bool IsFloat => Tensors.IsFloat(ElemType);
     }
 
     readonly Dictionary<string, Info> _values = new();
