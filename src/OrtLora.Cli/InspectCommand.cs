@@ -30,6 +30,8 @@ public static class InspectCommand
             using var m = OnnxModel.Load(parse.GetValue(model)!);
             int rank = parse.GetValue(r);
             if (rank < 1) throw new OrtLoraException($"--r must be at least 1 (got {rank})");
+            bool withTrainingGraph = parse.GetValue(trainingGraph);
+            if (!withTrainingGraph && parse.GetValue(device) != "cpu") throw new OrtLoraException("--device is for --training-graph");
             var layers = LinearLayers.Find(new GraphEditor(m.Graph));
             var prefix = ModuleNames.WrapperPrefix(layers.Select(l => l.Module).ToList());
             Console.WriteLine($"{m.Source}: {layers.Count} linear layers{(prefix != "" ? $" (module paths under the wrapper '{prefix}')" : "")}");
@@ -45,19 +47,19 @@ public static class InspectCommand
             long byDefault = defaults is null ? 0 : layers.Where(l => ModuleNames.IsTarget(defaults, ModuleNames.Strip(l.Module, prefix), l.IsOutputHead || l.Tied)).Sum(l => rank * (l.In + l.Out));
             Console.WriteLine($"LoRA parameters at r={rank}: all-linear {allLinear:N0}" +
                 (defaults is null ? "; no layer has a name PEFT targets by default" : $"; default targets ({string.Join(",", defaults)}) {byDefault:N0}"));
-            if (LoraModel.Read(m) is { } lora) WriteAdapters(lora);
+            var lora = LoraModel.Read(m);
+            if (lora is not null) WriteAdapters(lora);
             Console.WriteLine();
             Console.WriteLine("op histogram: " + string.Join(", ", GraphEditor.OpHistogram(m.Graph).Select(p => $"{p.Key} {p.Value}")));
-            if (parse.GetValue(trainingGraph)) WriteTrainingGraph(m, rank, parse.GetValue(device)!);
-            else if (parse.GetValue(device) != "cpu") throw new OrtLoraException("--device is for --training-graph");
+            if (withTrainingGraph) WriteTrainingGraph(m, inject: lora is null, rank, parse.GetValue(device)!);
         }));
         return cmd;
     }
 
-    static void WriteTrainingGraph(OnnxModel m, int rank, string device)
+    /// <param name="inject">the model has no adapters: give it all-linear ones of rank <paramref name="rank"/></param>
+    static void WriteTrainingGraph(OnnxModel m, bool inject, int rank, string device)
     {
         var exported = new HashSet<string>(m.Graph.Node.Select(n => n.Name));
-        bool inject = LoraModel.Read(m) is null;
         if (inject) LoraInjector.Inject(m, new LoraConfig { R = rank, TargetModules = ["all-linear"] });
         using var graph = TrainingGraph.Build(m);
         var step = graph.BuildStep(new AdamWOptions());

@@ -151,4 +151,13 @@ public class KernelCoverageTests
         Assert.That(output, Does.Match(@"MatMul \d+").And.Contain("ScatterElements 1").And.Contain("LogSoftmax 1"));
         Assert.That(output, Does.Contain("CUDAExecutionProvider: every node has a kernel").And.Contain("no device-to-host copies"));
     }
+
+    [Test]
+    public void InspectRefusesDeviceWithoutTheTrainingGraphBeforePrinting()
+    {
+        var result = Ortlora("inspect", Path.Combine(Shared.RepoRoot, "graphs", "tiny", "model.onnx"), "--device", "cuda");
+        Assert.That(result.ExitCode, Is.Not.Zero);
+        Assert.That(result.Error, Does.Contain("--device is for --training-graph"));
+        Assert.That(result.Out, Is.Empty, "the arguments are checked before the model is described");
+    }
 }
