@@ -41,6 +41,7 @@ public sealed class TrainingSession : IDisposable
     Dictionary<string, PingPong>? _accumulators;
     readonly HostScalar _lr = new(), _step = new(), _maxGradNorm = new(), _gradScale = new(), _loss = new(), _gradNorm = new(), _lossScale = new();
     LossScaler? _scaler;
+    readonly RunOptions _runOptions = new(); // the defaults, for every Run: made once, not per step
     InferenceSession? _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession;
     OrtAllocator? _stateAllocator;
     DeviceCopy? _deviceCopy;
@@ -273,11 +274,7 @@ public sealed class TrainingSession : IDisposable
         _graph.Frozen.Bind(binding, session);
     }
 
-    static void Run(InferenceSession session, OrtIoBinding binding)
-    {
-        using var runOptions = new RunOptions();
-        session.RunWithBinding(runOptions, binding);
-    }
+    void Run(InferenceSession session, OrtIoBinding binding) => session.RunWithBinding(_runOptions, binding);
 
     void BindOptimizer(OrtIoBinding binding, float learningRate, float maxGradNorm)
     {
@@ -360,5 +357,6 @@ public sealed class TrainingSession : IDisposable
             s?.Dispose();
         }
         foreach (var s in new[] { _lr, _step, _maxGradNorm, _gradScale, _loss, _gradNorm, _lossScale }) s.Dispose();
+        _runOptions.Dispose();
     }
 }
