@@ -69,7 +69,7 @@ public static class InspectCommand
         Console.WriteLine("op histogram: " + string.Join(", ", GraphEditor.OpHistogram(step.Graph).Select(p => $"{p.Key} {p.Value}")));
         if (device != "cuda") return;
         var table = KernelTable.Cuda;
-        var types = ValueTable.ElemTypes(step);
+        var types = ValueTable.ElemTypes(step, graph.Frozen.Values);
         var missing = KernelCoverage.Missing(step, table, types);
         string Origin(NodeProto n) => exported.Contains(n.Name) ? "from the export" : "added by ortlora";
         Console.WriteLine(missing.Count == 0

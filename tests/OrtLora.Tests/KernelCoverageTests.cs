@@ -71,6 +71,18 @@ public class KernelCoverageTests
         AssertAllOnCuda(arch.Name + " step", graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)));
     }
 
+    /// <summary>A training graph's frozen weights, fed as they are held, give the same types as synthetic weights.</summary>
+    [Test]
+    public void ElemTypesFromTheFrozenWeightsMatchSyntheticOnes()
+    {
+        using var model = Injected(Tiny);
+        using var graph = TrainingGraph.Build(model);
+        var step = graph.BuildStep(new AdamWOptions());
+        var fromFrozen = ValueTable.ElemTypes(step, graph.Frozen.Values);
+        Assert.That(graph.Frozen.Values.Keys, Is.SubsetOf(fromFrozen.Keys).And.Not.Empty);
+        Assert.That(fromFrozen, Is.EquivalentTo(ValueTable.ElemTypes(step)));
+    }
+
     /// <summary>The checker can fail: an op the CUDA EP has no kernel for (Mean), a type outside a kernel's constraint
     /// (Clip on int32, which the CPU EP takes), next to nodes it covers (Add, Cast) and a Constant (folded at load).</summary>
     [Test]
