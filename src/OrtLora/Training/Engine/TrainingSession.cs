@@ -31,8 +31,8 @@ public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThrea
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
-/// with IOBinding; so do the frozen weights, held once (<see cref="TrainingGraph.Frozen"/>) for all sessions. Each
-/// graph is built and loaded the first time it is needed.</summary>
+/// with IOBinding; the frozen weights, held once for all sessions (<see cref="TrainingGraph.Frozen"/>), are bound the
+/// same way. Each graph is built and loaded the first time it is needed.</summary>
 public sealed class TrainingSession : IDisposable
 {
     readonly TrainingGraph _graph;
