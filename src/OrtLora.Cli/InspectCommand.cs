@@ -32,6 +32,11 @@ public static class InspectCommand
             using var m = OnnxModel.Load(parse.GetValue(model)!);
             int rank = parse.GetValue(r);
             if (rank < 1) throw new OrtLoraException($"--r must be at least 1 (got {rank})");
+            bool withTrainingGraph = parse.GetValue(trainingGraph);
+            if (parse.GetValue(fp16) && parse.GetValue(bf16)) throw new OrtLoraException("--fp16 and --bf16: choose one");
+            var compute = parse.GetValue(bf16) ? ComputeType.BFloat16 : parse.GetValue(fp16) ? ComputeType.Float16 : ComputeType.Float32;
+            foreach (var (given, option) in new[] { (parse.GetValue(device) != "cpu", "--device"), (parse.GetValue(fp16), "--fp16"), (parse.GetValue(bf16), "--bf16") })
+                if (given && !withTrainingGraph) throw new OrtLoraException($"{option} is for --training-graph");
             var layers = LinearLayers.Find(new GraphEditor(m.Graph));
             var prefix = ModuleNames.WrapperPrefix(layers.Select(l => l.Module).ToList());
             Console.WriteLine($"{m.Source}: {layers.Count} linear layers{(prefix != "" ? $" (module paths under the wrapper '{prefix}')" : "")}");
@@ -47,21 +52,19 @@ public static class InspectCommand
             long byDefault = defaults is null ? 0 : layers.Where(l => ModuleNames.IsTarget(defaults, ModuleNames.Strip(l.Module, prefix), l.IsOutputHead || l.Tied)).Sum(l => rank * (l.In + l.Out));
             Console.WriteLine($"LoRA parameters at r={rank}: all-linear {allLinear:N0}" +
                 (defaults is null ? "; no layer has a name PEFT targets by default" : $"; default targets ({string.Join(",", defaults)}) {byDefault:N0}"));
-            if (LoraModel.Read(m) is { } lora) WriteAdapters(lora);
+            var lora = LoraModel.Read(m);
+            if (lora is not null) WriteAdapters(lora);
             Console.WriteLine();
             Console.WriteLine("op histogram: " + string.Join(", ", GraphEditor.OpHistogram(m.Graph).Select(p => $"{p.Key} {p.Value}")));
-            if (parse.GetValue(fp16) && parse.GetValue(bf16)) throw new OrtLoraException("--fp16 and --bf16: choose one");
-            var compute = parse.GetValue(bf16) ? ComputeType.BFloat16 : parse.GetValue(fp16) ? ComputeType.Float16 : ComputeType.Float32;
-            if (parse.GetValue(trainingGraph)) WriteTrainingGraph(m, rank, parse.GetValue(device)!, compute);
-            else if (parse.GetValue(device) != "cpu" || compute != ComputeType.Float32) throw new OrtLoraException("--device, --fp16 and --bf16 are for --training-graph");
+            if (withTrainingGraph) WriteTrainingGraph(m, inject: lora is null, rank, parse.GetValue(device)!, compute);
         }));
         return cmd;
     }
 
-    static void WriteTrainingGraph(OnnxModel m, int rank, string device, ComputeType compute)
+    /// <param name="inject">the model has no adapters: give it all-linear ones of rank <paramref name="rank"/></param>
+    static void WriteTrainingGraph(OnnxModel m, bool inject, int rank, string device, ComputeType compute)
     {
         var exported = new HashSet<string>(m.Graph.Node.Select(n => n.Name));
-        bool inject = LoraModel.Read(m) is null;
         if (inject) LoraInjector.Inject(m, new LoraConfig { R = rank, TargetModules = ["all-linear"] });
         using var graph = TrainingGraph.Build(m, compute: compute);
         var step = graph.BuildStep(new AdamWOptions());
@@ -71,7 +74,7 @@ public static class InspectCommand
         Console.WriteLine("op histogram: " + string.Join(", ", GraphEditor.OpHistogram(step.Graph).Select(p => $"{p.Key} {p.Value}")));
         if (device != "cuda") return;
         var table = KernelTable.Cuda;
-        var types = ValueTable.ElemTypes(step);
+        var types = ValueTable.ElemTypes(step, graph.Frozen.Values);
         var missing = KernelCoverage.Missing(step, table, types);
         string Origin(NodeProto n) => exported.Contains(n.Name) ? "from the export" : "added by ortlora";
         Console.WriteLine(missing.Count == 0

@@ -54,6 +54,15 @@ public class CausalLmLossTests
         return (model, grads[wrt]);
     }
 
+    /// <summary>Feeds for <see cref="LossGraph"/> with throughFp16: x [b, s, 3], w [3, v] and labels (a fifth ignored),
+    /// from seeds <paramref name="seed"/>, +1 and +2.</summary>
+    static Dictionary<string, HostTensor> UpcastFeeds(long b, long s, long v, int seed) => new()
+    {
+        ["x"] = HostTensor.Of(Uniform(b * s * 3, 1, seed).Select(x => (float)x).ToArray(), b, s, 3),
+        ["w"] = HostTensor.Of(Uniform(3 * v, 2, seed + 1).Select(x => (float)x).ToArray(), 3, v),
+        ["labels"] = HostTensor.Of(Labels(b, s, v, 0.2, seed + 2), b, s),
+    };
+
     static long[] Labels(long b, long s, long v, double ignoredFraction, int seed)
     {
         var rng = new Random(seed);
@@ -146,12 +155,7 @@ public class CausalLmLossTests
     {
         const long b = 2, s = 5, v = 40;
         var (forward, loss, wrt) = LossGraph((int)DT.Float, b, s, v, throughFp16: true);
-        var feeds = new Dictionary<string, HostTensor>
-        {
-            ["x"] = HostTensor.Of(Uniform(b * s * 3, 1, seed: 5).Select(x => (float)x).ToArray(), b, s, 3),
-            ["w"] = HostTensor.Of(Uniform(3 * v, 2, seed: 6).Select(x => (float)x).ToArray(), 3, v),
-            ["labels"] = HostTensor.Of(Labels(b, s, v, 0.2, seed: 7), b, s),
-        };
+        var feeds = UpcastFeeds(b, s, v, seed: 5);
         float[] Grad(bool seeded)
         {
             var (model, grad) = WithGradient(forward, loss, wrt, feeds, seeded);
@@ -171,12 +175,7 @@ public class CausalLmLossTests
     {
         const long b = 2, s = 5, v = 40;
         var (forward, loss, wrt) = LossGraph((int)DT.Float, b, s, v, throughFp16: true);
-        var feeds = new Dictionary<string, HostTensor>
-        {
-            ["x"] = HostTensor.Of(Uniform(b * s * 3, 1, seed: 10).Select(x => (float)x).ToArray(), b, s, 3),
-            ["w"] = HostTensor.Of(Uniform(3 * v, 2, seed: 11).Select(x => (float)x).ToArray(), 3, v),
-            ["labels"] = HostTensor.Of(Labels(b, s, v, 0.2, seed: 12), b, s),
-        };
+        var feeds = UpcastFeeds(b, s, v, seed: 10);
         var (model, grad) = WithGradient(forward, loss, wrt, feeds, seeded: true);
         string Producer(string value) => model.Graph.Node.Single(n => n.Output.Contains(value)).Name;
 

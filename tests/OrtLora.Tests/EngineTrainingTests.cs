@@ -81,6 +81,26 @@ public class EngineTrainingTests
         foreach (var k in ma.Keys) Assert.That(mb[k].Data, Is.EqualTo(ma[k].Data), k);
     }
 
+    /// <summary>Graphs loaded for their batch shape train like the shape-agnostic ones, and a batch of another shape
+    /// (a single row, then the whole batch again) reloads them.</summary>
+    [Test]
+    public void StaticShapesTrainLikeDynamicOnesAcrossBatchShapes()
+    {
+        var batch = PeftParity.ReadBatch(Reference("llama"));
+        using var model = EngineFixtures.InjectedModel("llama", "dynamo");
+        var options = new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01));
+        using var dynamic = new TrainingSession(model, options);
+        using var fixedShapes = new TrainingSession(model, options with { StaticShapes = true, StateInSessionMemory = true });
+        foreach (var b in new[] { batch, Row(batch, 0), batch })
+        {
+            var (expected, actual) = (dynamic.Step(b, 1e-2f, maxGradNorm: 1f), fixedShapes.Step(b, 1e-2f, maxGradNorm: 1f));
+            Assert.That(actual, Is.EqualTo(expected).Within(1e-6f * Math.Abs(expected)));
+            Assert.That(fixedShapes.EvalLoss(b), Is.EqualTo(dynamic.EvalLoss(b)).Within(1e-6f * Math.Abs(expected)));
+        }
+        var (a, c) = (dynamic.GetParameters(), fixedShapes.GetParameters());
+        foreach (var p in dynamic.ParameterNames) Assert.That(Shared.MaxAbsDiff(a[p], c[p]), Is.LessThan(1e-6f), p);
+    }
+
     /// <summary>Clipping and the LoRA+ learning-rate ratio against AdamW's first step written out on the host in float64:
     /// g' = g·min(1, c/(‖g‖ + 1e-6)); p ← p(1 − lr·k·wd) − lr·k·g'/(|g'| + ε) with k the parameter's multiplier.</summary>
     [Test]

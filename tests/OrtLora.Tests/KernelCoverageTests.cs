@@ -86,6 +86,18 @@ public class KernelCoverageTests
         AssertAllOnCuda(arch.Name + " step", graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)));
     }
 
+    /// <summary>A training graph's frozen weights, fed as they are held, give the same types as synthetic weights.</summary>
+    [Test]
+    public void ElemTypesFromTheFrozenWeightsMatchSyntheticOnes()
+    {
+        using var model = Injected(Tiny);
+        using var graph = TrainingGraph.Build(model);
+        var step = graph.BuildStep(new AdamWOptions());
+        var fromFrozen = ValueTable.ElemTypes(step, graph.Frozen.Values);
+        Assert.That(graph.Frozen.Values.Keys, Is.SubsetOf(fromFrozen.Keys).And.Not.Empty);
+        Assert.That(fromFrozen, Is.EquivalentTo(ValueTable.ElemTypes(step)));
+    }
+
     /// <summary>The checker can fail: an op the CUDA EP has no kernel for (Mean), a type outside a kernel's constraint
     /// (Clip on int32, which the CPU EP takes), next to nodes it covers (Add, Cast) and a Constant (folded at load).</summary>
     [Test]
@@ -165,5 +177,14 @@ public class KernelCoverageTests
         Assert.That(output, Does.Match(@"training step graph: \d,\d{3} nodes"));
         Assert.That(output, Does.Match(@"MatMul \d+").And.Contain("ScatterElements 1").And.Contain("LogSoftmax 1"));
         Assert.That(output, Does.Contain("CUDAExecutionProvider: every node has a kernel").And.Contain("no device-to-host copies"));
+    }
+
+    [Test]
+    public void InspectRefusesDeviceWithoutTheTrainingGraphBeforePrinting()
+    {
+        var result = Ortlora("inspect", Path.Combine(Shared.RepoRoot, "graphs", "tiny", "model.onnx"), "--device", "cuda");
+        Assert.That(result.ExitCode, Is.Not.Zero);
+        Assert.That(result.Error, Does.Contain("--device is for --training-graph"));
+        Assert.That(result.Out, Is.Empty, "the arguments are checked before the model is described");
     }
 }

@@ -25,11 +25,12 @@ else LoraInjector.Inject(model, new LoraConfig { R = options.R, LoraAlpha = 2 * 
 Console.WriteLine($"model: {options.Model ?? options.Shape}, {forwardNodes} forward nodes, {model.Graph.Node.Count} with LoRA ({clock.Elapsed.TotalSeconds:F1} s)");
 
 clock.Restart();
+var compute = args.Contains("--bf16") ? ComputeType.BFloat16 : args.Contains("--fp16") ? ComputeType.Float16 : ComputeType.Float32;
 var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01), options.Threads,
     CpuMemArena: !args.Contains("--no-arena"), Optimization: args.Contains("--opt-basic")
         ? Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_BASIC : Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
     Device: options.Device, EpLibrary: options.EpLibrary, ProfilePrefix: options.Profile, StaticShapes: args.Contains("--static-shapes"),
-    Compute: args.Contains("--bf16") ? ComputeType.BFloat16 : args.Contains("--fp16") ? ComputeType.Float16 : ComputeType.Float32));
+    Compute: compute));
 if (session.Graph.HalfPrecision is { } half) Console.WriteLine($"half compute: {half}");
 long trainable = session.Graph.ParameterShapes.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
 Console.WriteLine($"training graph: {session.Graph.Eval.Graph.Node.Count} nodes forward+loss, {session.Graph.Gradients.Graph.Node.Count} with backward, " +
@@ -78,7 +79,7 @@ foreach (var trace in session.ProfileFiles) Console.WriteLine($"profile: {trace}
 if (args.Contains("--json"))
     Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
     {
-        ["engine"] = "ortlora", ["shape"] = options.Shape, ["dtype"] = args.Contains("--bf16") ? "bf16" : args.Contains("--fp16") ? "fp16" : "fp32", ["device"] = options.Device, ["mode"] = options.Mode,
+        ["engine"] = "ortlora", ["shape"] = options.Shape, ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
         ["batch"] = options.Batch, ["seq"] = options.Seq, ["r"] = options.R, ["step_ms"] = Math.Round(median * 1000, 2),
         ["tokens_per_s"] = Math.Round(n / median), ["peak_working_set_mib"] = Math.Round(peakMiB), ["graph_nodes"] = stepNodes,
         ["trainable"] = trainable,

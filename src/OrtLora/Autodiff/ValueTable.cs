@@ -14,8 +14,7 @@ public sealed class ValueTable
     public sealed record Info(int ElemType, long[] ShapeA, long[] ShapeB)
     {
         public int Rank => ShapeA.Length;
-        public bool IsFloat => ElemType is (int)TensorProto.Types.DataType.Float or (int)TensorProto.Types.DataType.Double
-            or (int)TensorProto.Types.DataType.Float16 or (int)TensorProto.Types.DataType.Bfloat16;
+        public bool IsFloat => Tensors.IsFloat(ElemType);
     }
 
     readonly Dictionary<string, Info> _values = new();
@@ -76,11 +75,13 @@ public sealed class ValueTable
     /// <summary>The element type of every value of any graph, from a probe run on synthetic inputs: each symbolic
     /// dimension is 2 (the first) or 3 (the others), integers are 1 (positions count 0, 1, ...), floats 0.5. Values do
     /// not change types, so any feed that runs will do.</summary>
-    public static Dictionary<string, int> ElemTypes(ModelProto model)
+    /// <param name="fixedInputs">inputs that have values already (a training graph's frozen weights): fed as they are,
+    /// not made again</param>
+    public static Dictionary<string, int> ElemTypes(ModelProto model, IReadOnlyDictionary<string, OrtValue>? fixedInputs = null)
     {
-        var initializers = new HashSet<string>(model.Graph.Initializer.Select(t => t.Name));
-        var feeds = model.Graph.Input.Where(i => !initializers.Contains(i.Name)).ToDictionary(i => i.Name, SyntheticFeed);
-        var table = Probe(model, feeds, feeds);
+        var given = new HashSet<string>(model.Graph.Initializer.Select(t => t.Name).Concat(fixedInputs?.Keys ?? []));
+        var feeds = model.Graph.Input.Where(i => !given.Contains(i.Name)).ToDictionary(i => i.Name, SyntheticFeed);
+        var table = Probe(model, feeds, feeds, fixedInputs);
         return table._values.ToDictionary(v => v.Key, v => v.Value.ElemType);
     }
 

@@ -12,6 +12,7 @@ public sealed class DeviceCopy : IDisposable
 {
     readonly SessionOptions _options;
     readonly Dictionary<int, InferenceSession> _sessions = new();
+    readonly RunOptions _run = new();
 
     /// <param name="options">the training sessions' options (same device); owned from here on</param>
     public DeviceCopy(SessionOptions options) => _options = options;
@@ -21,10 +22,9 @@ public sealed class DeviceCopy : IDisposable
         int type = (int)source.GetTensorTypeAndShape().ElementDataType; // ORT's element types are ONNX's data types
         if (!_sessions.TryGetValue(type, out var session)) _sessions[type] = session = new InferenceSession(IdentityModel(type), _options);
         using var binding = session.CreateIoBinding();
-        using var run = new RunOptions();
         binding.BindInput("x", source);
         binding.BindOutput("y", destination);
-        session.RunWithBinding(run, binding);
+        session.RunWithBinding(_run, binding);
     }
 
     static byte[] IdentityModel(int elementType)
@@ -41,6 +41,7 @@ public sealed class DeviceCopy : IDisposable
     public void Dispose()
     {
         foreach (var s in _sessions.Values) s.Dispose();
+        _run.Dispose();
         _options.Dispose();
     }
 }

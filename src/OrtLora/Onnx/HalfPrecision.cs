@@ -34,11 +34,11 @@ public static class HalfPrecision
     static readonly HashSet<string> Float32Ops = ["Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare",
         "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceProd", "Pow", "Sqrt", "Reciprocal", "Exp", "Log",
         "CumSum", "LayerNormalization", "RMSNormalization", "GroupNormalization", "InstanceNormalization", "BatchNormalization"];
-    /// <summary>Inputs left in their own type: read for their shape only, or typed apart from the data by the schema.</summary>
     /// <summary>Ops that move data without computing: on constants only (a transposed weight) they form constant
     /// expressions, which follow their readers' type like the constants themselves.</summary>
     static readonly HashSet<string> LayoutOps = ["Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten",
         "Expand", "Slice", "Concat", "Split", "Gather", "Tile"];
+    /// <summary>Inputs left in their own type: read for their shape only, or typed apart from the data by the schema.</summary>
     static readonly Dictionary<string, int[]> OwnTypeInputs = new() { ["Shape"] = [0], ["Size"] = [0], ["Resize"] = [1, 2], ["Dropout"] = [1] };
 
     public static string Suffix(int half) => half == (int)DT.Float16 ? "fp16" : "bf16";

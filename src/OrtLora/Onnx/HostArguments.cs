@@ -1,5 +1,4 @@
 using Onnx;
-using DT = Onnx.TensorProto.Types.DataType;
 
 namespace OrtLora.Onnx;
 
@@ -36,11 +35,10 @@ public static class HostArguments
     /// <param name="elemTypes">element type of each value (<see cref="Autodiff.ValueTable.ElemTypes"/>)</param>
     public static List<HostCopy> DeviceToHost(ModelProto model, IReadOnlyDictionary<string, int> elemTypes)
     {
-        static bool IsFloat(int t) => t is (int)DT.Float or (int)DT.Float16 or (int)DT.Bfloat16 or (int)DT.Double;
         var initializers = new HashSet<string>(model.Graph.Initializer.Select(t => t.Name));
         // float graph inputs (parameters, moments, lr) live on the device with the compute that reads them
         var deviceData = new HashSet<string>(model.Graph.Input
-            .Where(i => !initializers.Contains(i.Name) && elemTypes.TryGetValue(i.Name, out var t) && IsFloat(t)).Select(i => i.Name));
+            .Where(i => !initializers.Contains(i.Name) && elemTypes.TryGetValue(i.Name, out var t) && Tensors.IsFloat(t)).Select(i => i.Name));
         var copies = new List<HostCopy>();
         foreach (var node in model.Graph.Node)
         {

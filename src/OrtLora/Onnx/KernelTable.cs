@@ -30,7 +30,6 @@ public sealed class KernelTable
     readonly Dictionary<(string Op, string Domain), List<Kernel>> _kernels = new();
 
     public string Name { get; }
-    public IEnumerable<Kernel> All => _kernels.Values.SelectMany(k => k);
 
     KernelTable(string name) => Name = name;
 

@@ -2,7 +2,6 @@ using System.Runtime.InteropServices;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 using Onnx;
-using DT = Onnx.TensorProto.Types.DataType;
 
 namespace OrtLora.Onnx;
 
@@ -27,7 +26,7 @@ public sealed class SharedInitializers : IDisposable
     public long TotalBytes { get; private set; }
 
     public static bool IsWeight(TensorProto t) =>
-        t.DataType is (int)DT.Float or (int)DT.Float16 or (int)DT.Bfloat16 or (int)DT.Double && Tensors.ByteSize(t) >= MinBytes;
+        Tensors.IsFloat(t.DataType) && Tensors.ByteSize(t) >= MinBytes;
 
     /// <summary>Moves every weight initializer of <paramref name="graph"/> (a copy of <paramref name="model"/>'s graph)
     /// into native memory and declares each as a graph input instead. The other initializers are made inline, so the

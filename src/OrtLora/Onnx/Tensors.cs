@@ -18,6 +18,9 @@ public static class Tensors
         _ => 0,
     };
 
+    /// <summary>float32, float16, bfloat16 or float64.</summary>
+    public static bool IsFloat(int dataType) => (DT)dataType is DT.Float or DT.Float16 or DT.Bfloat16 or DT.Double;
+
     public static long ElementCount(IEnumerable<long> dims) => dims.Aggregate(1L, (a, b) => a * b);
 
     public static long ByteSize(TensorProto t)

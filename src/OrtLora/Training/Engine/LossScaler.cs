@@ -7,7 +7,7 @@ public sealed class LossScaler
     public const float InitialScale = 65536f;
     public const int GrowthInterval = 2000;
 
-    public float Scale { get; private set; } = InitialScale;
+    public float Scale { get; private set; }
     /// <summary>Finite steps since the scale last changed.</summary>
     public int GoodSteps { get; private set; }
     /// <summary>Steps skipped because their gradients overflowed.</summary>

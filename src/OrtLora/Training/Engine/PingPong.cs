@@ -1,6 +1,6 @@
 using Microsoft.ML.OnnxRuntime;
-using OrtLora.Onnx;
 using Microsoft.ML.OnnxRuntime.Tensors;
+using OrtLora.Onnx;
 
 namespace OrtLora.Training.Engine;
 
@@ -35,7 +35,8 @@ public sealed class PingPong : IDisposable
     /// <summary>Moves both buffers into memory from <paramref name="allocator"/>, keeping the current value.</summary>
     public void MoveTo(OrtAllocator allocator, DeviceCopy copy)
     {
-        if (_host is not null) _copy = copy; else return;
+        if (_host is null) return; // already moved
+        _copy = copy;
         var current = _host[_current];
         var moved = new[] { Allocate(allocator), Allocate(allocator) };
         foreach (var v in _values) v.Dispose();

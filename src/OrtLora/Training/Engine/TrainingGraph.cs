@@ -299,9 +299,8 @@ public sealed class TrainingGraph : IDisposable
     /// declared type inside the graph, so a session feeds every model the same int64 batches.</summary>
     static void TakeInt64BatchInputs(ModelProto proto, GraphEditor g)
     {
-        static bool IsFloat(int t) => t is (int)DT.Float or (int)DT.Float16 or (int)DT.Bfloat16 or (int)DT.Double;
         var narrow = proto.Graph.Input.Where(i => i.Type?.TensorType?.ElemType is { } t
-            && (t == (int)DT.Int32 || IsFloat(t) && i.Name.Contains("mask"))).ToList();
+            && (t == (int)DT.Int32 || Tensors.IsFloat(t) && i.Name.Contains("mask"))).ToList();
         if (narrow.Count == 0) return;
         var casts = new List<NodeProto>();
         foreach (var input in narrow)

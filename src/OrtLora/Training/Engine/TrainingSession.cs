@@ -34,8 +34,8 @@ public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThrea
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
-/// with IOBinding; so do the frozen weights, held once (<see cref="TrainingGraph.Frozen"/>) for all sessions. Each
-/// graph is built and loaded the first time it is needed.</summary>
+/// with IOBinding; the frozen weights, held once for all sessions (<see cref="TrainingGraph.Frozen"/>), are bound the
+/// same way. Each graph is built and loaded the first time it is needed.</summary>
 public sealed class TrainingSession : IDisposable
 {
     readonly TrainingGraph _graph;
@@ -44,6 +44,7 @@ public sealed class TrainingSession : IDisposable
     Dictionary<string, PingPong>? _accumulators;
     readonly HostScalar _lr = new(), _step = new(), _maxGradNorm = new(), _gradScale = new(), _loss = new(), _gradNorm = new(), _lossScale = new();
     LossScaler? _scaler;
+    readonly RunOptions _runOptions = new(); // the defaults, for every Run: made once, not per step
     InferenceSession? _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession;
     readonly Dictionary<InferenceSession, (int BatchSize, int SequenceLength)> _loadedShapes = new();
     OrtAllocator? _stateAllocator;
@@ -263,20 +264,23 @@ public sealed class TrainingSession : IDisposable
     {
         if (_statePlaced) return;
         _statePlaced = true;
-        var inputs = session.InputNames.ToList();
-        var memory = session.GetMemoryInfosForInputs()[inputs.IndexOf(_graph.Parameters[0])];
-        if (memory.GetDeviceType() == OrtMemoryInfoDeviceType.CPU && !_options.StateInSessionMemory) return;
-        _stateAllocator = new OrtAllocator(session, memory);
+        var inputs = session.InputNames;
+        using var memories = session.GetMemoryInfosForInputs();
+        bool OnDevice(int input) => memories[input].GetDeviceType() != OrtMemoryInfoDeviceType.CPU || _options.StateInSessionMemory;
+        int first = inputs.ToList().IndexOf(_graph.Parameters[0]);
+        if (!OnDevice(first)) return;
+        _stateAllocator = new OrtAllocator(session, memories[first]); // keeps its own copy of the memory info
         _allocatorSession = session;
         _deviceCopy = new DeviceCopy(SessionOptions(profile: false));
-        foreach (var b in _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? []))
-            b.MoveTo(_stateAllocator, _deviceCopy);
+        foreach (var b in StateBuffers()) b.MoveTo(_stateAllocator, _deviceCopy);
         // The frozen weights too, each where the session reads it (a weight only a host-side node reads stays put).
-        var memories = session.GetMemoryInfosForInputs();
-        var weights = inputs.Where((name, i) => _graph.Frozen.Values.ContainsKey(name)
-            && (memories[i].GetDeviceType() != OrtMemoryInfoDeviceType.CPU || _options.StateInSessionMemory));
+        var weights = inputs.Where((name, i) => _graph.Frozen.Values.ContainsKey(name) && OnDevice(i));
         _graph.Frozen.MoveTo(weights, _stateAllocator, _deviceCopy);
     }
+
+    /// <summary>Parameters, moments and (once made) accumulators.</summary>
+    IEnumerable<PingPong> StateBuffers() =>
+        _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? []);
 
     PingPong Placed(PingPong buffer)
     {
@@ -294,11 +298,7 @@ public sealed class TrainingSession : IDisposable
         _graph.Frozen.Bind(binding, session);
     }
 
-    static void Run(InferenceSession session, OrtIoBinding binding)
-    {
-        using var runOptions = new RunOptions();
-        session.RunWithBinding(runOptions, binding);
-    }
+    void Run(InferenceSession session, OrtIoBinding binding) => session.RunWithBinding(_runOptions, binding);
 
     void BindOptimizer(OrtIoBinding binding, float learningRate, float maxGradNorm)
     {
@@ -371,7 +371,7 @@ public sealed class TrainingSession : IDisposable
     public void Dispose()
     {
         // State and weights first: device buffers come from an allocator of one of the sessions, which must outlive them.
-        foreach (var b in _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? [])) b.Dispose();
+        foreach (var b in StateBuffers()) b.Dispose();
         _graph.Dispose();
         _stateAllocator?.Dispose();
         _deviceCopy?.Dispose();
@@ -379,5 +379,6 @@ public sealed class TrainingSession : IDisposable
                      .OfType<InferenceSession>().Distinct())
             Unload(s);
         foreach (var s in new[] { _lr, _step, _maxGradNorm, _gradScale, _loss, _gradNorm, _lossScale }) s.Dispose();
+        _runOptions.Dispose();
     }
 }
