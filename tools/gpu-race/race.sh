@@ -35,7 +35,7 @@ for dtype in $dtypes; do
   precision=(); [ "$dtype" = fp32 ] || precision=(--"$dtype")
   measured dotnet "$app/bench-train.dll" --model "$out/$shape/model.onnx" --shape "$shape" --device cuda \
     --ep-library /tmp/gpu/libonnxruntime_providers_cuda.so --batch "$batch" --seq "$seq" --r 16 --steps "$steps" \
-    "${precision[@]}" --profile "$out/$shape-$dtype" --json | tee -a "$out/results.jsonl"
+    "${precision[@]}" --static-shapes --profile "$out/$shape-$dtype" --json | tee -a "$out/results.jsonl"
   python3 "$here/profile_summary.py" "$(ls -t "$out/$shape-$dtype"_*.json | head -1)" --top 12 || true
 done
 python3 "$here/peft_race.py" table "$out/results.jsonl"
