@@ -17,7 +17,13 @@ public static class VerifyCommand
         var initFrom = new Option<string>("--init-from") { Description = "PEFT adapter directory to inject", Required = true };
         var referencePath = new Option<string>("--reference") { Description = "reference.safetensors with the batch and PEFT's numbers", Required = true };
         var output = new Option<string>("--output", "-o") { Description = "where to write ortlora's numbers (safetensors)", Required = true };
-        var cmd = new Command("verify", "Check ortlora's loss, gradients and AdamW against a PEFT reference") { model, initFrom, referencePath, output };
+        var device = new Option<string>("--device") { Description = "where the training graphs run", DefaultValueFactory = _ => "cpu" };
+        device.AcceptOnlyFromAmong("cpu", "cuda");
+        var epLibrary = new Option<string?>("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
+        var optimization = new Option<string>("--graph-optimization-level") { Description = "all, extended, basic or none", DefaultValueFactory = _ => "all" };
+        optimization.AcceptOnlyFromAmong("all", "extended", "basic", "none");
+        var cmd = new Command("verify", "Check ortlora's loss, gradients and AdamW against a PEFT reference")
+            { model, initFrom, referencePath, output, device, epLibrary, optimization };
         cmd.SetAction(parse =>
         {
             try
@@ -25,7 +31,9 @@ public static class VerifyCommand
                 var reference = SafeTensors.Read(parse.GetValue(referencePath)!);
                 using var m = OnnxModel.Load(parse.GetValue(model)!);
                 LoraInjector.Inject(m, PeftAdapter.Load(parse.GetValue(initFrom)!));
-                var ours = PeftParity.Compute(m, reference);
+                var level = new Training.TrainingArguments { GraphOptimizationLevel = parse.GetValue(optimization)! }.OrtOptimizationLevel;
+                var ours = PeftParity.Compute(m, reference, options: new TrainingSessionOptions(new Autodiff.AdamWOptions(), Optimization: level,
+                    Device: parse.GetValue(device)!, EpLibrary: parse.GetValue(epLibrary)));
                 var rows = PeftParity.Compare(ours, reference);
                 SafeTensors.Write(parse.GetValue(output)!, ours);
                 var table = new Table().AddColumns("quantity", "tensors", "max |diff|", "tolerance", "result", "note");

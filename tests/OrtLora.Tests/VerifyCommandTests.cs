@@ -33,4 +33,26 @@ public class VerifyCommandTests
         Assert.That(result.Error, Does.Contain("reference has no 'grad."));
         Assert.That(File.Exists(output), Is.False);
     }
+
+    /// <summary>The GPU session's check: verify runs where it is told, at the optimization level it is told (basic: no
+    /// com.microsoft fusions) and still matches PEFT; a missing EP library is one clear error and no output.</summary>
+    [Test]
+    public void VerifyTakesTheDeviceAndOptimizationLevel()
+    {
+        var dir = Shared.TempDir();
+        string[] Args(string output, params string[] more) => ["verify", Shared.Peft("gpt2", "model.dynamo.onnx"),
+            "--init-from", Path.GetDirectoryName(Shared.Peft("gpt2", "adapter/adapter_config.json"))!,
+            "--reference", Shared.Peft("gpt2", "reference.safetensors"), "-o", output, .. more];
+        var basic = LoraTestKit.Ortlora(Args(Path.Combine(dir, "basic.safetensors"), "--graph-optimization-level", "basic"));
+        Assert.That(basic.ExitCode, Is.EqualTo(0), basic.Error + basic.Out);
+        var reference = SafeTensors.Read(Shared.Peft("gpt2", "reference.safetensors"));
+        var ours = SafeTensors.Read(Path.Combine(dir, "basic.safetensors"));
+        Assert.That(Math.Abs(ours["loss"].AsFloats()[0] - reference["loss"].AsFloats()[0]), Is.LessThan(1e-4));
+
+        var missing = Path.Combine(dir, "no-such-provider.so");
+        var cuda = LoraTestKit.Ortlora(Args(Path.Combine(dir, "cuda.safetensors"), "--device", "cuda", "--ep-library", missing));
+        Assert.That(cuda.ExitCode, Is.EqualTo(1));
+        Assert.That(cuda.Error, Does.Contain(missing).And.Contain("not found"));
+        Assert.That(File.Exists(Path.Combine(dir, "cuda.safetensors")), Is.False);
+    }
 }

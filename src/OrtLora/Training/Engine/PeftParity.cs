@@ -31,12 +31,14 @@ public static class PeftParity
     }
 
     /// <summary>Computes loss, grad.*, step1.* and (when the reference has trajectory batches) traj.loss.</summary>
+    /// <param name="options">device and session settings (the AdamW settings are the reference's); default: CPU</param>
     public static Dictionary<string, SafeTensor> Compute(OnnxModel injected, IReadOnlyDictionary<string, SafeTensor> reference,
-        int trajectorySteps = 20)
+        int trajectorySteps = 20, TrainingSessionOptions? options = null)
     {
+        options ??= new TrainingSessionOptions(new AdamWOptions());
         var results = new Dictionary<string, SafeTensor>();
         var batch = ReadBatch(reference);
-        using (var session = new TrainingSession(injected, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01))))
+        using (var session = new TrainingSession(injected, options with { AdamW = new AdamWOptions(WeightDecay: 0.01) }))
         {
             var (loss, grads) = session.ComputeGradients(batch);
             results["loss"] = SafeTensor.FromFloats([1], [loss]);
@@ -46,7 +48,7 @@ public static class PeftParity
         }
         if (!reference.TryGetValue("traj.input_ids", out var trajectory)) return results;
         int batches = (int)trajectory.Shape[0];
-        using (var session = new TrainingSession(injected, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0))))
+        using (var session = new TrainingSession(injected, options with { AdamW = new AdamWOptions(WeightDecay: 0) }))
         {
             var losses = new float[trajectorySteps];
             for (int step = 0; step < trajectorySteps; step++)
