@@ -83,16 +83,16 @@ public sealed class TrainingSession : IDisposable
     /// <summary>Forward, backward and AdamW on one batch in a single Run; returns the loss (before the update).</summary>
     public float Step(Batch batch, float learningRate, float maxGradNorm = 0)
     {
-        ForBatch(ref _stepSession, () => _graph.BuildStep(_options.AdamW), batch);
-        using var binding = _stepSession.CreateIoBinding();
+        var session = ForBatch(ref _stepSession, () => _graph.BuildStep(_options.AdamW), batch);
+        using var binding = session.CreateIoBinding();
         var batchValues = BindBatch(binding, batch);
         try
         {
             BindOptimizer(binding, learningRate, maxGradNorm);
             BindLossScale(binding);
-            BindModel(binding, _stepSession);
+            BindModel(binding, session);
             binding.BindOutput(TrainingGraph.Loss, _loss.Value);
-            Run(_stepSession, binding);
+            Run(session, binding);
         }
         finally { foreach (var v in batchValues) v.Dispose(); }
         FinishUpdate();
@@ -103,23 +103,23 @@ public sealed class TrainingSession : IDisposable
     /// returns the micro-batch loss. <see cref="ApplyAccumulated"/> then updates and clears them.</summary>
     public float Accumulate(Batch batch, float gradScale)
     {
-        ForBatch(ref _accumulateSession, _graph.BuildAccumulate, batch);
+        var session = ForBatch(ref _accumulateSession, _graph.BuildAccumulate, batch);
         _accumulators ??= _graph.Parameters.ToDictionary(p => p, p => Placed(new PingPong(_graph.ParameterShapes[p])));
-        using var binding = _accumulateSession.CreateIoBinding();
+        using var binding = session.CreateIoBinding();
         var batchValues = BindBatch(binding, batch);
         try
         {
             _gradScale.Set(gradScale);
             binding.BindInput(TrainingGraph.GradScale, _gradScale.Value);
             BindLossScale(binding);
-            BindModel(binding, _accumulateSession);
+            BindModel(binding, session);
             foreach (var p in _graph.Parameters)
             {
                 binding.BindInput(TrainingGraph.AccumulatorOf(p), _accumulators[p].Current);
                 binding.BindOutput(TrainingGraph.Updated(TrainingGraph.AccumulatorOf(p)), _accumulators[p].Next);
             }
             binding.BindOutput(TrainingGraph.Loss, _loss.Value);
-            Run(_accumulateSession, binding);
+            Run(session, binding);
         }
         finally { foreach (var v in batchValues) v.Dispose(); }
         foreach (var a in _accumulators.Values) a.Swap();
@@ -146,14 +146,14 @@ public sealed class TrainingSession : IDisposable
     /// <summary>The loss on a batch with the current parameters (forward only).</summary>
     public float EvalLoss(Batch batch)
     {
-        ForBatch(ref _evalSession, () => _graph.Eval, batch);
-        using var binding = _evalSession.CreateIoBinding();
+        var session = ForBatch(ref _evalSession, () => _graph.Eval, batch);
+        using var binding = session.CreateIoBinding();
         var batchValues = BindBatch(binding, batch);
         try
         {
-            BindModel(binding, _evalSession);
+            BindModel(binding, session);
             binding.BindOutput(TrainingGraph.Loss, _loss.Value);
-            Run(_evalSession, binding);
+            Run(session, binding);
         }
         finally { foreach (var v in batchValues) v.Dispose(); }
         return _loss.Get();
@@ -162,17 +162,17 @@ public sealed class TrainingSession : IDisposable
     /// <summary>Loss and d loss / d P at the current parameters, without updating anything (for verification).</summary>
     public (float Loss, Dictionary<string, float[]> Gradients) ComputeGradients(Batch batch)
     {
-        ForBatch(ref _gradSession, () => _graph.Gradients, batch);
-        using var binding = _gradSession.CreateIoBinding();
+        var session = ForBatch(ref _gradSession, () => _graph.Gradients, batch);
+        using var binding = session.CreateIoBinding();
         var batchValues = BindBatch(binding, batch);
         try
         {
-            BindModel(binding, _gradSession);
+            BindModel(binding, session);
             BindLossScale(binding);
-            foreach (var name in _gradSession.OutputNames) binding.BindOutputToDevice(name, OrtMemoryInfo.DefaultInstance);
-            Run(_gradSession, binding);
+            foreach (var name in session.OutputNames) binding.BindOutputToDevice(name, OrtMemoryInfo.DefaultInstance);
+            Run(session, binding);
             using var outputs = binding.GetOutputValues();
-            var values = _gradSession.OutputNames.Zip(outputs).ToDictionary(o => o.First, o => o.Second.GetTensorDataAsSpan<float>().ToArray());
+            var values = session.OutputNames.Zip(outputs).ToDictionary(o => o.First, o => o.Second.GetTensorDataAsSpan<float>().ToArray());
             return (values[TrainingGraph.Loss][0], _graph.Parameters.ToDictionary(p => p, p => values[TrainingGraph.GradOf(p)]));
         }
         finally { foreach (var v in batchValues) v.Dispose(); }
@@ -223,14 +223,15 @@ public sealed class TrainingSession : IDisposable
 
     /// <summary>The session in <paramref name="slot"/>, loaded on first use; with static shapes, (re)loaded for the
     /// batch's shape.</summary>
-    void ForBatch(ref InferenceSession? slot, Func<ModelProto> build, Batch batch)
+    InferenceSession ForBatch(ref InferenceSession? slot, Func<ModelProto> build, Batch batch)
     {
         var shape = (batch.BatchSize, batch.SequenceLength);
-        if (slot is not null && (!_options.StaticShapes || _loadedShapes[slot] == shape)) return;
+        if (slot is not null && (!_options.StaticShapes || _loadedShapes[slot] == shape)) return slot;
         // The session whose allocator holds device state stays loaded until Dispose.
         if (slot is not null) { _loadedShapes.Remove(slot); if (slot != _allocatorSession) Unload(slot); }
         slot = Load(_options.StaticShapes ? _graph.WithBatchShape(build(), shape.BatchSize, shape.SequenceLength) : build());
         _loadedShapes[slot] = shape;
+        return slot;
     }
 
     void Unload(InferenceSession session)

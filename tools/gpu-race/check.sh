@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# On the GPU machine, after staging (README.md here): does ortlora train correctly on CUDA, and which graphs crash the
+# plugin? Each case runs in its own process, so a segfault is recorded and the next case still runs.
+#   bash tools/gpu-race/check.sh            (fixtures from .gpu/fixtures, carried by the staging call)
+#   DEVICE=cpu FIXTURES=../shared/fixtures/peft bash tools/gpu-race/check.sh    (the same cases here, with the local build)
+set -uo pipefail
+venv=/opt/torch/.venv/lib/python3.12/site-packages
+export DOTNET_ROOT=/tmp/gpu/dotnet PATH=/tmp/gpu/dotnet:$PATH
+export LD_LIBRARY_PATH=/usr/local/cuda-13.0/lib64:$venv/nvidia/cu13/lib ORT_REAL_CORE=$venv/onnxruntime/capi/libonnxruntime.so.1.30.0
+ep=(--device cuda --ep-library /tmp/gpu/libonnxruntime_providers_cuda.so)
+ortlora=(dotnet /tmp/gpu/app/ortlora.dll)
+if [ "${DEVICE:-cuda}" = cpu ]; then ep=(); ortlora=(dotnet src/OrtLora.Cli/bin/Release/net10.0/ortlora.dll); fi
+fixtures=${FIXTURES:-.gpu/fixtures}
+out=/tmp/check; mkdir -p "$out"
+summary=()
+case_() { # name command...
+  local name=$1; shift
+  timeout 300 "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  local verdict=$([ $rc -eq 0 ] && echo ok || { [ $rc -ge 128 ] && echo "CRASH (signal $((rc - 128)))" || echo "failed (rc $rc)"; })
+  summary+=("$name: $verdict")
+  echo "== $name: $verdict"; grep -E "│ (loss|grad|AdamW|20-step)|eval loss|error" "$out/$name.log" | head -6
+}
+for arch in llama gpt2; do
+  for export in dynamo torchscript; do
+    for level in all basic; do
+      case_ "verify-$arch-$export-$level" "${ortlora[@]}" verify "$fixtures/$arch/model.$export.onnx" \
+        --init-from "$fixtures/$arch/adapter" --reference "$fixtures/$arch/reference.safetensors" \
+        -o "$out/$arch-$export-$level.safetensors" --graph-optimization-level "$level" "${ep[@]}"
+    done
+  done
+done
+for precision in "" --fp16 --bf16; do
+  case_ "train-tiny${precision}" "${ortlora[@]}" train graphs/tiny/model.onnx --data graphs/tiny/demo.parquet \
+    --eval-data graphs/tiny/demo_eval.parquet --target-modules all-linear --max-steps 20 --eval-steps 20 \
+    --learning-rate 5e-3 --plain-log $precision -o "$out/train${precision}" "${ep[@]}"
+done
+printf '%s\n' "${summary[@]}"
