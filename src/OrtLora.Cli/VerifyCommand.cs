@@ -31,7 +31,7 @@ public static class VerifyCommand
                 var reference = SafeTensors.Read(parse.GetValue(referencePath)!);
                 using var m = OnnxModel.Load(parse.GetValue(model)!);
                 LoraInjector.Inject(m, PeftAdapter.Load(parse.GetValue(initFrom)!));
-                var level = new Training.TrainingArguments { GraphOptimizationLevel = parse.GetValue(optimization)! }.OrtOptimizationLevel;
+                var level = Training.TrainingArguments.OrtLevel(parse.GetValue(optimization)!);
                 var ours = PeftParity.Compute(m, reference, options: new TrainingSessionOptions(new Autodiff.AdamWOptions(), Optimization: level,
                     Device: parse.GetValue(device)!, EpLibrary: parse.GetValue(epLibrary)));
                 var rows = PeftParity.Compare(ours, reference);

@@ -37,7 +37,10 @@ public sealed class TrainingArguments
     /// (docs/gpu.md).</summary>
     public string GraphOptimizationLevel { get; set; } = "all";
 
-    public Microsoft.ML.OnnxRuntime.GraphOptimizationLevel OrtOptimizationLevel => GraphOptimizationLevel switch
+    public Microsoft.ML.OnnxRuntime.GraphOptimizationLevel OrtOptimizationLevel => OrtLevel(GraphOptimizationLevel);
+
+    /// <summary>The ORT level of a --graph-optimization-level value (train and verify take the same names).</summary>
+    public static Microsoft.ML.OnnxRuntime.GraphOptimizationLevel OrtLevel(string name) => name switch
     {
         "all" => Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
         "extended" => Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
