@@ -43,6 +43,7 @@ public static class TrainCommand
         device.AcceptOnlyFromAmong("cpu", "cuda");
         var fp16 = new Option<bool>("--fp16") { Description = "mixed precision: the frozen model computes in float16, LoRA weights, loss and optimizer stay float32" };
         var bf16 = new Option<bool>("--bf16") { Description = "as --fp16 with bfloat16 (needs --device cuda: ONNX Runtime's CPU provider has no bfloat16 kernels)" };
+        var checkpointing = new Option<bool>("--gradient-checkpointing") { Description = "recompute each layer's forward in the backward instead of storing its activations: less memory, about a third more compute" };
         var epLibrary = new Option<string?>("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
         var optimization = new Option<string>("--graph-optimization-level")
         {
@@ -58,7 +59,7 @@ public static class TrainCommand
         lora.AddTo(cmd);
         foreach (var o in new Option[] { data, evalData, evalSplit, format, textColumn, chatTemplate, tokenizer, maxSeq, packing, trainOnPrompt,
                      epochs, maxSteps, batch, accumulation, lr, scheduler, warmupRatio, warmupSteps, weightDecay, maxGradNorm,
-                     logging, saveSteps, saveLimit, evalSteps, loraplus, fp16, bf16, device, epLibrary, optimization, resume, merge, plain })
+                     logging, saveSteps, saveLimit, evalSteps, loraplus, fp16, bf16, checkpointing, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
 
         cmd.SetAction(CliRunner.Guard(parse =>
@@ -72,7 +73,7 @@ public static class TrainCommand
                 Seed = parse.GetValue(lora.Seed), LoggingSteps = parse.GetValue(logging), SaveSteps = parse.GetValue(saveSteps),
                 SaveTotalLimit = parse.GetValue(saveLimit), EvalSteps = parse.GetValue(evalSteps), LoraplusLrRatio = parse.GetValue(loraplus),
                 Fp16 = parse.GetValue(fp16), Bf16 = parse.GetValue(bf16), Device = parse.GetValue(device)!, EpLibrary = parse.GetValue(epLibrary),
-                GraphOptimizationLevel = parse.GetValue(optimization)!,
+                GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),
             };
             Validate(args);
             var job = new TrainJob

@@ -37,20 +37,24 @@ public class TrainCommandTests
         Assert.That(File.Exists(Path.Combine(dir, "merged", "vocab.json")), "tokenizer beside the merged model");
     }
 
-    /// <summary>--graph-optimization-level basic (no com.microsoft fusions: what a CUDA plugin EP can take whole)
-    /// trains the same as ORT's full optimization: same losses step by step, to float32 rounding.</summary>
-    [Test]
-    public void BasicGraphOptimizationTrainsLikeTheDefault()
+    /// <summary>--graph-optimization-level basic (no com.microsoft fusions: what a CUDA plugin EP can take whole) and
+    /// --gradient-checkpointing (activations recomputed in the backward) train the same as the defaults: same losses
+    /// step by step, to float32 rounding.</summary>
+    [TestCase("--graph-optimization-level basic")]
+    [TestCase("--gradient-checkpointing")]
+    public void OptionsThatChangeOnlyHowTrainingRunsTrainLikeTheDefault(string option)
     {
         double[] Losses(params string[] extra)
         {
             var dir = Shared.TempDir();
-            OrtloraOk(TrainArgs(dir, ["--max-steps", "4", .. extra]));
+            var result = OrtloraOk(TrainArgs(dir, ["--max-steps", "4", .. extra]));
+            if (extra.Contains("--gradient-checkpointing"))
+                Assert.That(result.Out, Does.Match(@"gradient checkpointing: the backward recomputes \d+ forward segments"));
             return File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
                 .Where(m => m["loss"] is not null).Select(m => m["loss"]!.GetValue<double>()).ToArray();
         }
         var all = Losses();
-        var basic = Losses("--graph-optimization-level", "basic");
+        var basic = Losses(option.Split(' '));
         Assert.That(basic, Has.Length.EqualTo(4));
         Assert.That(basic, Is.EqualTo(all).Within(1e-4));
         Assert.That(basic[^1], Is.LessThan(basic[0]), "it trains");

@@ -2,6 +2,7 @@
 //   dotnet run -c Release --project tools/bench-train -- [--shape smollm2-135m] [--batch 8] [--seq 256] [--r 16]
 //       [--steps 3] [--mode train|eval|train+eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
 //       [--graph-stats] [--build-only] [--opt-basic] [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
+//       [--gradient-checkpointing]
 // Peak memory is the process's peak working set, so compare modes with one process each (--mode eval vs train).
 // train+eval times training steps, then loads the eval session too (as `ortlora train --eval-steps` does) and
 // evaluates once: the peak then shows what the two sessions hold together.
@@ -30,7 +31,7 @@ var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOpt
     CpuMemArena: !args.Contains("--no-arena"), Optimization: args.Contains("--opt-basic")
         ? Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_BASIC : Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
     Device: options.Device, EpLibrary: options.EpLibrary, ProfilePrefix: options.Profile, StaticShapes: args.Contains("--static-shapes"),
-    Compute: compute));
+    Compute: compute, GradientCheckpointing: args.Contains("--gradient-checkpointing")));
 if (session.Graph.HalfPrecision is { } half) Console.WriteLine($"half compute: {half}");
 long trainable = session.Graph.ParameterShapes.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
 Console.WriteLine($"training graph: {session.Graph.Eval.Graph.Node.Count} nodes forward+loss, {session.Graph.Gradients.Graph.Node.Count} with backward, " +

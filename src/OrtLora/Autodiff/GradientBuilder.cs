@@ -24,23 +24,26 @@ public static class GradientBuilder
     /// <param name="types">rank and dtype of every forward value (see <see cref="ValueTable.Probe"/>)</param>
     /// <returns>parameter name → name of its gradient value (zeros for a parameter the loss does not depend on)</returns>
     public static Dictionary<string, string> Build(GraphEditor graph, string loss, IReadOnlyList<string> parameters,
-        ValueTable types, int opset)
+        ValueTable types, int opset, bool checkpointing = false)
     {
         var ones = graph.Add("ConstantOfShape", [graph.Add("Shape", [loss], name: "grad/seed/Shape")], name: "grad/seed/ones",
             attributes: ("value", Tensors.FromFloats("one", [1], [1f], types.ElemType(loss))));
-        return Build(graph, new Dictionary<string, string> { [loss] = ones }, parameters, types, opset);
+        return Build(graph, new Dictionary<string, string> { [loss] = ones }, parameters, types, opset, checkpointing);
     }
 
     /// <summary>The vector–Jacobian product from given gradients: for each seeded value v with given gradient s (same
     /// shape and type as v), Σ_v s·dv/dp. A loss whose gradient with respect to some inner value is known in closed form
     /// (cross-entropy with respect to its logits) is seeded there, and the nodes after that value get no backward.</summary>
     /// <param name="seeds">value → name of its given gradient; the gradient's nodes may already be in the graph</param>
+    /// <param name="checkpointing">recompute segments of the forward in the backward (<see cref="Checkpoints"/>)
+    /// instead of keeping their activations</param>
     public static Dictionary<string, string> Build(GraphEditor graph, IReadOnlyDictionary<string, string> seeds,
-        IReadOnlyList<string> parameters, ValueTable types, int opset)
+        IReadOnlyList<string> parameters, ValueTable types, int opset, bool checkpointing = false)
     {
         var nodes = graph.Graph.Node.ToList();
         var active = ForwardActive(nodes, parameters, types);
         var needed = BackwardNeeded(nodes, seeds.Keys, active);
+        var checkpoints = checkpointing ? Checkpoints.Plan(nodes, needed, types) : null;
         var contributions = seeds.ToDictionary(s => s.Key, s => new List<string> { s.Value });
         var scalars = new Dictionary<(double, int), string>();
         var shapes = new Dictionary<string, string>();
@@ -50,11 +53,14 @@ public static class GradientBuilder
 
         for (int k = nodes.Count - 1; k >= 0; k--)
         {
-            var node = nodes[k];
-            var outputGrads = node.Output.Select(o => contributions.ContainsKey(o) ? Sum(graph, contributions[o]) : null).ToArray();
+            var forward = nodes[k];
+            var outputGrads = forward.Output.Select(o => contributions.ContainsKey(o) ? Sum(graph, contributions[o]) : null).ToArray();
             if (outputGrads.All(g => g is null)) continue;
-            var wanted = node.Input.Select(i => i != "" && needed.Contains(i)).ToArray();
+            var wanted = forward.Input.Select(i => i != "" && needed.Contains(i)).ToArray();
             if (!wanted.Any(w => w)) continue;
+            // The rule reads the forward's values, or their recomputation inside a checkpointed segment; the gradients
+            // are keyed by the forward's names either way.
+            var node = checkpoints?.NodeForBackward(k, graph, types, outputGrads) ?? forward;
             if (!GradientRules.Table.TryGetValue(node.OpType, out var rule) || node.Domain is not ("" or "ai.onnx"))
                 throw new OrtLoraException($"autodiff: no gradient rule for op {node.Domain}{(node.Domain == "" ? "" : ".")}{node.OpType} " +
                     $"(node '{node.Name}'), which lies between a trainable parameter and the loss");
@@ -66,7 +72,7 @@ public static class GradientBuilder
                 if (i >= inputGrads.Length || inputGrads[i] is not { } g)
                     throw new OrtLoraException($"autodiff: the {node.OpType} rule gives no gradient for input {i} ('{node.Input[i]}') " +
                         $"of node '{node.Name}', which lies between a trainable parameter and the loss");
-                (contributions.TryGetValue(node.Input[i], out var list) ? list : contributions[node.Input[i]] = []).Add(g);
+                (contributions.TryGetValue(forward.Input[i], out var list) ? list : contributions[forward.Input[i]] = []).Add(g);
             }
         }
 

@@ -48,24 +48,28 @@ public static class OrtRun
     public static SessionOptions DefaultOptions(GraphOptimizationLevel level = GraphOptimizationLevel.ORT_ENABLE_ALL)
         => new() { GraphOptimizationLevel = level, LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
 
+    /// <param name="fixedInputs">inputs that are OrtValues already (a training graph's frozen weights): not disposed</param>
     public static Dictionary<string, HostTensor> Run(OnnxModel model, IReadOnlyDictionary<string, HostTensor> feeds,
-        IEnumerable<string>? outputs = null, GraphOptimizationLevel level = GraphOptimizationLevel.ORT_ENABLE_ALL)
+        IEnumerable<string>? outputs = null, GraphOptimizationLevel level = GraphOptimizationLevel.ORT_ENABLE_ALL,
+        IReadOnlyDictionary<string, OrtValue>? fixedInputs = null)
     {
         using var options = DefaultOptions(level);
         using var session = new InferenceSession(model.ToBytes(), options);
-        return Run(session, feeds, outputs);
+        return Run(session, feeds, outputs, fixedInputs);
     }
 
     public static Dictionary<string, HostTensor> Run(InferenceSession session, IReadOnlyDictionary<string, HostTensor> feeds,
-        IEnumerable<string>? outputs = null)
+        IEnumerable<string>? outputs = null, IReadOnlyDictionary<string, OrtValue>? fixedInputs = null)
     {
         var names = (outputs ?? session.OutputNames).ToList();
         var inputValues = new Dictionary<string, OrtValue>();
         try
         {
             foreach (var (k, v) in feeds) if (session.InputNames.Contains(k)) inputValues[k] = v.ToOrtValue();
+            var inputs = new Dictionary<string, OrtValue>(inputValues);
+            foreach (var (k, v) in fixedInputs ?? new Dictionary<string, OrtValue>()) if (session.InputNames.Contains(k)) inputs[k] = v;
             using var runOptions = new RunOptions();
-            using var results = session.Run(runOptions, inputValues, names);
+            using var results = session.Run(runOptions, inputs, names);
             var dict = new Dictionary<string, HostTensor>();
             for (int i = 0; i < names.Count; i++) dict[names[i]] = HostTensor.FromOrtValue(results[i]);
             return dict;

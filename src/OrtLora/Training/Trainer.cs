@@ -78,10 +78,17 @@ public static class Trainer
         // The session trains a copy of the model (half compute with --fp16/--bf16); `model` stays float32 for the adapter
         // and the merge.
         var compute = args.Bf16 ? ComputeType.BFloat16 : args.Fp16 ? ComputeType.Float16 : ComputeType.Float32;
-        using var session = new TrainingSession(model, new TrainingSessionOptions(adamW, Optimization: args.OrtOptimizationLevel, Device: args.Device, EpLibrary: args.EpLibrary, Compute: compute));
+        using var session = new TrainingSession(model, new TrainingSessionOptions(adamW, Optimization: args.OrtOptimizationLevel, Device: args.Device, EpLibrary: args.EpLibrary, Compute: compute,
+            GradientCheckpointing: args.GradientCheckpointing));
         if (session.Graph.HalfPrecision is { } half)
             reporter.Info($"{(args.Bf16 ? "bf16" : "fp16")} compute: {half.HalfNodes} nodes in half, {half.Float32Nodes} in float32 (LoRA branches, " +
                 $"norms, softmax), {half.Casts} casts; {half.ConvertedTensors} frozen tensors stored in half ({half.ConvertedBytes / 1048576.0:F1} MiB)");
+        if (args.GradientCheckpointing)
+        {
+            int segments = Autodiff.Checkpoints.CountSegments(session.Graph.Gradients.Graph);
+            reporter.Info(segments > 0 ? $"gradient checkpointing: the backward recomputes {segments} forward segments"
+                : "gradient checkpointing: no value carries the whole forward at any point (no segment to recompute); training stores all activations");
+        }
 
         var state = new TrainerState(0, 0, 0, args.Seed, 0);
         var log = new TrainingLog(args.OutputDir);

@@ -30,6 +30,9 @@ public sealed class TrainingArguments
     /// the loss and AdamW stay float32, as PEFT trains a model loaded in half.</summary>
     public bool Fp16 { get; set; }
     public bool Bf16 { get; set; }
+    /// <summary>Recompute the forward in the backward, segment by segment, instead of storing its activations
+    /// (Hugging Face's gradient_checkpointing): less memory, more compute.</summary>
+    public bool GradientCheckpointing { get; set; }
     public string Device { get; set; } = "cpu";
     public string? EpLibrary { get; set; }
     /// <summary>ONNX Runtime's graph optimization level for the training graphs: all, extended, basic or none. Above

@@ -192,6 +192,31 @@ public class UnseenArchitectureTests
         Assert.That(session.EvalLoss(batch), Is.LessThan(loss - 1e-3), "three AdamW steps on the same batch lower its loss");
     }
 
+    /// <summary>Gradient checkpointing changes where activations come from, not the numbers: on every export style, the
+    /// loss and gradients equal those of the graph that stores all activations (to float32 reordering).</summary>
+    [TestCaseSource(nameof(All))]
+    public void CheckpointedGradientsEqualStoredOnes(Architecture arch)
+    {
+        if (!arch.Trainable) return; // covered above: a clear error
+        using var model = arch.Build();
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4 });
+        LoraTestKit.RandomizeB(model, std: 0.3f);
+        var batch = TrainBatch();
+        (float Loss, Dictionary<string, float[]> Grads, int Segments) Gradients(bool checkpointing)
+        {
+            using var session = new Training.Engine.TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(),
+                Optimization: GraphOptimizationLevel.ORT_DISABLE_ALL, GradientCheckpointing: checkpointing));
+            var (loss, grads) = session.ComputeGradients(batch);
+            return (loss, grads, Autodiff.Checkpoints.CountSegments(session.Graph.Gradients.Graph));
+        }
+        var stored = Gradients(false);
+        var recomputed = Gradients(true);
+        TestContext.Out.WriteLine($"{arch.Name}: {recomputed.Segments} segments");
+        Assert.That(recomputed.Loss, Is.EqualTo(stored.Loss).Within(1e-6 * Math.Abs(stored.Loss)));
+        foreach (var (p, g) in stored.Grads)
+            Assert.That(Shared.MaxAbsDiff(recomputed.Grads[p], g), Is.LessThanOrEqualTo(1e-5f * g.Max(Math.Abs) + 1e-9f), p);
+    }
+
     /// <summary>lora_dropout puts a Dropout on each adapter's input: on fp16 activations, fused opset-23 ops and a
     /// cache export the step still runs and, with dropout, still lowers the loss measured without it.</summary>
     [TestCase("llama-fp16")]

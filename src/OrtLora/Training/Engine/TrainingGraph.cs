@@ -58,8 +58,10 @@ public sealed class TrainingGraph : IDisposable
     /// <param name="loraDropout">dropout on each LoRA input in the training graphs; default: the model's LoRA config</param>
     /// <param name="compute">float16/bfloat16: the frozen model computes in half (<see cref="Onnx.HalfPrecision"/>), the
     /// LoRA branches, parameters, loss and optimizer in float32</param>
+    /// <param name="gradientCheckpointing">the backward recomputes the forward segment by segment instead of keeping
+    /// its activations (<see cref="Checkpoints"/>): less memory, about one more forward of compute</param>
     public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null,
-        double? loraDropout = null, ComputeType compute = ComputeType.Float32)
+        double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false)
     {
         int opset = model.Opset();
         if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; training needs opset 13 or later (re-export the model)");
@@ -124,13 +126,15 @@ public sealed class TrainingGraph : IDisposable
             var logitsGradient = loss.AppendLogitsGradient(g);
             bool scalesLoss = compute == ComputeType.Float16;
             if (scalesLoss) logitsGradient = ScaleLoss(proto, g, logitsGradient);
-            var grads = GradientBuilder.Build(g, new Dictionary<string, string> { [loss.Logits] = logitsGradient }, parameters, types, opset);
+            var grads = GradientBuilder.Build(g, new Dictionary<string, string> { [loss.Logits] = logitsGradient }, parameters, types,
+                opset, gradientCheckpointing);
             foreach (var p in parameters)
             {
                 var grad = scalesLoss ? g.Add("Div", [grads[p], LossScale], name: "grad/unscale") : grads[p];
                 g.Add("Identity", [grad], name: "grad/output", outputs: [GradOf(p)]);
                 proto.Graph.Output.Add(new ValueInfoProto { Name = GradOf(p) });
             }
+            if (gradientCheckpointing) g.Cleanup(); // recomputed values no rule read
             return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss };
         }
         catch

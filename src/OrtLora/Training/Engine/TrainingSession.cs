@@ -28,9 +28,12 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// <param name="StateInSessionMemory">keep parameters, moments and accumulators in memory from the session's allocator even
 /// when that is host memory: the GPU's code path (allocate, copy in and out through DeviceCopy), testable on a CPU.
 /// Without it the state moves to the device only when the sessions want their inputs outside host memory.</param>
+/// <param name="GradientCheckpointing">the backward recomputes the forward segment by segment (about one layer each)
+/// instead of keeping every activation: far less activation memory for about a third more compute</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
     GraphOptimizationLevel Optimization = GraphOptimizationLevel.ORT_ENABLE_ALL, string Device = "cpu", string? EpLibrary = null,
-    bool CpuMemArena = true, string? ProfilePrefix = null, bool StateInSessionMemory = false, ComputeType Compute = ComputeType.Float32, bool StaticShapes = false);
+    bool CpuMemArena = true, string? ProfilePrefix = null, bool StateInSessionMemory = false, ComputeType Compute = ComputeType.Float32,
+    bool StaticShapes = false, bool GradientCheckpointing = false);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -58,7 +61,7 @@ public sealed class TrainingSession : IDisposable
         if (options.Compute == ComputeType.BFloat16 && options.Device == "cpu")
             throw new OrtLoraException("bfloat16 compute needs an execution provider with bfloat16 kernels (--device cuda): ONNX Runtime's CPU " +
                 "provider has none for MatMul, Add, Softmax and most other ops. On CPU use --fp16 (ONNX Runtime runs float16 through float32 kernels there)");
-        _graph = TrainingGraph.Build(model, parameters, compute: options.Compute);
+        _graph = TrainingGraph.Build(model, parameters, compute: options.Compute, gradientCheckpointing: options.GradientCheckpointing);
         if (_graph.ScalesLoss) _scaler = new LossScaler();
         foreach (var p in _graph.Parameters)
         {

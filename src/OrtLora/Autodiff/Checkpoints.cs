@@ -1,0 +1,183 @@
+using Onnx;
+using OrtLora.Onnx;
+
+namespace OrtLora.Autodiff;
+
+/// <summary>Gradient checkpointing (Chen et al., "Training deep nets with sublinear memory cost"; Hugging Face's
+/// <c>gradient_checkpointing</c>): the backward of a segment of the forward recomputes that segment from its input
+/// instead of reading the activations the forward computed, so ONNX Runtime frees them as soon as the forward is past
+/// them. Peak activation memory goes from all layers' to the segment inputs plus one segment's, for about one more
+/// forward of compute.
+/// <para>Segments are cut where a single activation carries everything forward (in a transformer, the residual stream
+/// between blocks): an activation is a value the backward needs whose size grows with the batch (its shapes differ
+/// in the two probe runs); a cut is a node whose output is then the only activation still to be read. Cuts are
+/// grouped into about √(activation bytes / cut bytes) segments of equal activation bytes, the classic optimum.</para>
+/// <para>The recomputation reads its segment input through <c>x + 0·g</c>, g one element of the gradient at the
+/// segment's end: ORT can neither run it before the backward reaches the segment (it would hold everything again) nor
+/// merge it with the forward as a common subexpression.</para></summary>
+public sealed class Checkpoints
+{
+    /// <summary>One recomputed range of forward nodes (First, Last], from Start (produced by node First) to End
+    /// (produced by node Last).</summary>
+    sealed record Segment(int First, int Last, string Start, string End);
+
+    /// <summary>Name of the node starting each segment's recomputation (made unique with _1, _2, ...).</summary>
+    public const string SegmentStart = "checkpoint/segment_start";
+
+    /// <summary>How many segments <see cref="Plan"/> cut the forward of <paramref name="graph"/> into.</summary>
+    public static int CountSegments(GraphProto graph) =>
+        graph.Node.Count(n => n.Name == SegmentStart || n.Name.StartsWith(SegmentStart + "_"));
+
+    readonly List<NodeProto> _nodes;
+    readonly List<Segment> _segments;
+    readonly Dictionary<int, Segment> _segmentOf = new();
+    readonly Dictionary<Segment, Dictionary<string, string>> _renames = new();
+
+    Checkpoints(List<NodeProto> nodes, List<Segment> segments)
+    {
+        _nodes = nodes; _segments = segments;
+        foreach (var s in segments) for (int k = s.First + 1; k <= s.Last; k++) _segmentOf[k] = s;
+    }
+
+    /// <param name="nodes">the forward nodes in topological order</param>
+    /// <param name="needed">values whose gradient the backward computes</param>
+    internal static Checkpoints Plan(List<NodeProto> nodes, HashSet<string> needed, ValueTable types)
+    {
+        bool IsActivation(string v) => needed.Contains(v) && types.Find(v) is { } t && !t.ShapeA.SequenceEqual(t.ShapeB);
+        var producer = new Dictionary<string, int>();
+        var lastUse = new Dictionary<string, int>();
+        for (int k = 0; k < nodes.Count; k++)
+        {
+            foreach (var i in nodes[k].Input) if (i != "") lastUse[i] = k;
+            foreach (var o in nodes[k].Output) if (o != "") producer[o] = k;
+        }
+        // live[k]: activations produced at or before node k and read after it
+        var live = new int[nodes.Count + 1];
+        foreach (var (v, k) in producer)
+            if (IsActivation(v) && lastUse.TryGetValue(v, out var last) && last > k) { live[k]++; live[last]--; }
+        for (int k = 1; k < nodes.Count; k++) live[k] += live[k - 1];
+
+        var cuts = new List<(int Node, string Value)>();
+        var bytesBefore = new List<double>(); // activation bytes produced up to each cut
+        double bytes = 0;
+        for (int k = 0; k < nodes.Count; k++)
+        {
+            foreach (var o in nodes[k].Output) if (o != "" && IsActivation(o)) bytes += Bytes(types[o]);
+            if (live[k] != 1) continue;
+            var carried = nodes[k].Output.FirstOrDefault(o => o != "" && IsActivation(o) && lastUse.GetValueOrDefault(o, -1) > k);
+            if (carried is null || !Recomputable(nodes[k])) continue;
+            cuts.Add((k, carried));
+            bytesBefore.Add(bytes);
+        }
+        if (cuts.Count < 2) return new Checkpoints(nodes, []);
+
+        // Between the first and the last cut (before the first there is no stored input to recompute from; after the
+        // last, the backward starts at once), ~√(bytes / cut bytes) segments of about equal activation bytes.
+        double span = bytesBefore[^1] - bytesBefore[0];
+        double cutBytes = cuts.Average(c => Bytes(types[c.Value]));
+        int wanted = Math.Clamp((int)Math.Round(Math.Sqrt(span / cutBytes)), 1, cuts.Count - 1);
+        var chosen = new List<int> { 0 };
+        for (int c = 1; c < cuts.Count; c++)
+            if (bytesBefore[c] - bytesBefore[chosen[^1]] >= span / wanted * 0.999 || c == cuts.Count - 1) chosen.Add(c);
+        var segments = new List<Segment>();
+        for (int s = 0; s + 1 < chosen.Count; s++)
+        {
+            var (first, start) = cuts[chosen[s]];
+            var (last, end) = cuts[chosen[s + 1]];
+            if (Enumerable.Range(first + 1, last - first).All(k => Recomputable(nodes[k])))
+                segments.Add(new Segment(first, last, start, end));
+        }
+        return new Checkpoints(nodes, segments);
+    }
+
+    /// <summary>Nodes that give the same result when run again. Training-mode Dropout is redone from its mask.</summary>
+    static bool Recomputable(NodeProto n) =>
+        !n.OpType.StartsWith("Random") && n.OpType != "Multinomial" && !n.Attribute.Any(a => a.G is not null || a.Graphs.Count > 0);
+
+    static double Bytes(ValueTable.Info info) =>
+        Tensors.ElementCount(info.ShapeB) * Math.Max(1, Tensors.ElementSize(info.ElemType));
+
+    /// <summary>The node the gradient rule of forward node <paramref name="k"/> should see: inside a segment, a copy
+    /// reading and naming the recomputed values (recomputing the segment the first time it is asked, which the
+    /// reverse walk does at the segment's last node, once the gradient of its end value is complete).</summary>
+    /// <param name="outputGrads">the gradients of node k's outputs</param>
+    internal NodeProto NodeForBackward(int k, GraphEditor graph, ValueTable types, string?[] outputGrads)
+    {
+        var node = _nodes[k];
+        if (!_segmentOf.TryGetValue(k, out var segment)) return node;
+        if (!_renames.TryGetValue(segment, out var renames))
+        {
+            if (k != segment.Last) throw new InvalidOperationException($"checkpoint segment entered at node {k}, not at its end {segment.Last}");
+            var endGradient = outputGrads[node.Output.IndexOf(segment.End)]
+                ?? throw new InvalidOperationException($"no gradient for checkpoint '{segment.End}'");
+            renames = _renames[segment] = Recompute(segment, endGradient, graph, types);
+        }
+        if (!node.Input.Concat(node.Output).Any(renames.ContainsKey)) return node;
+        var copy = node.Clone();
+        for (int i = 0; i < copy.Input.Count; i++) if (renames.TryGetValue(copy.Input[i], out var r)) copy.Input[i] = r;
+        for (int i = 0; i < copy.Output.Count; i++) if (renames.TryGetValue(copy.Output[i], out var r)) copy.Output[i] = r;
+        return copy;
+    }
+
+    /// <summary>Appends the nodes of <paramref name="segment"/> that depend on its start value, renamed, reading the
+    /// start through <c>start + 0·g</c>; returns forward name → recomputed name.</summary>
+    Dictionary<string, string> Recompute(Segment segment, string endGradient, GraphEditor graph, ValueTable types)
+    {
+        var renames = new Dictionary<string, string>();
+        var start = types[segment.Start];
+        int rank = types.Rank(segment.End); // a gradient has its value's shape and type
+        var element = graph.Add("Slice", [endGradient, Ints(graph, new long[rank]), Ints(graph, Enumerable.Repeat(1L, rank).ToArray())],
+            name: $"checkpoint/{segment.End}/Slice");
+        element = graph.Add("Reshape", [element, Ints(graph, [])], name: "checkpoint/Reshape"); // a scalar: start keeps its shape
+        if (types.ElemType(segment.End) != start.ElemType)
+            element = graph.Add("Cast", [element], name: "checkpoint/Cast", attributes: ("to", (long)start.ElemType));
+        var zero = GraphConstants.Scalar(graph, "checkpoint/zero", 0, start.ElemType);
+        var after = graph.Add("Add", [segment.Start, graph.Add("Mul", [element, zero], name: "checkpoint/Mul")], name: SegmentStart);
+        renames[segment.Start] = after;
+        types.Set(after, start);
+
+        for (int k = segment.First + 1; k <= segment.Last; k++)
+        {
+            var n = _nodes[k];
+            if (!n.Input.Any(renames.ContainsKey)) continue;
+            if (n.OpType == "Dropout" && n.Input.Count > 2 && n.Input[2] != "") { RecomputeDropout(n, renames, graph, types); continue; }
+            var copy = n.Clone();
+            copy.Name = graph.Unique(n.Name + "/recompute");
+            for (int i = 0; i < copy.Input.Count; i++) if (renames.TryGetValue(copy.Input[i], out var r)) copy.Input[i] = r;
+            for (int i = 0; i < copy.Output.Count; i++)
+            {
+                if (copy.Output[i] == "") continue;
+                var renamed = graph.Unique(n.Output[i] + "/recompute");
+                renames[n.Output[i]] = copy.Output[i] = renamed;
+                if (types.Find(n.Output[i]) is { } info) types.Set(renamed, info);
+            }
+            graph.AddNode(copy);
+        }
+        return renames;
+    }
+
+    /// <summary>A Dropout that may be in training mode draws a new mask each run: the recomputation applies the forward's
+    /// mask instead (given the node if it had none): x·mask / (1 − ratio), as the forward (mask all true in inference).</summary>
+    static void RecomputeDropout(NodeProto n, Dictionary<string, string> renames, GraphEditor graph, ValueTable types)
+    {
+        if (n.Output.Count < 2 || n.Output[1] == "")
+        {
+            var name = graph.Unique(n.Name + "_mask");
+            if (n.Output.Count < 2) n.Output.Add(name); else n.Output[1] = name;
+        }
+        string x = renames[n.Input[0]], mask = n.Output[1];
+        int type = types.ElemType(n.Input[0]);
+        var kept = graph.Add("Mul", [x, graph.Add("Cast", [mask], name: "checkpoint/dropout/Cast", attributes: ("to", (long)type))],
+            name: "checkpoint/dropout/Mul");
+        var one = GraphConstants.Scalar(graph, "checkpoint/one", 1, type);
+        var ratio = graph.Add("Cast", [n.Input[1]], name: "checkpoint/dropout/ratio", attributes: ("to", (long)type));
+        var training = graph.Add("Cast", [n.Input[2]], name: "checkpoint/dropout/training", attributes: ("to", (long)type));
+        // inference mode (training false) keeps x: divide by 1 − ratio·training
+        var divisor = graph.Add("Sub", [one, graph.Add("Mul", [ratio, training], name: "checkpoint/dropout/Mul")], name: "checkpoint/dropout/Sub");
+        var output = graph.Add("Div", [kept, divisor], name: "checkpoint/dropout/Div", outputs: [graph.Unique(n.Output[0] + "/recompute")]);
+        renames[n.Output[0]] = output;
+        types.Set(output, types[n.Output[0]]);
+    }
+
+    static string Ints(GraphEditor graph, long[] values) => GraphConstants.Int64s(graph, "checkpoint/ints", values);
+}
