@@ -30,9 +30,10 @@ for arch in llama gpt2; do
     done
   done
 done
-for precision in "" --fp16 --bf16; do
-  case_ "train-tiny${precision}" "${ortlora[@]}" train graphs/tiny/model.onnx --data graphs/tiny/demo.parquet \
+for flags in "" --fp16 --bf16 "--bf16 --gradient-checkpointing"; do
+  name=$(echo "$flags" | tr -d ' ')
+  case_ "train-tiny${name}" "${ortlora[@]}" train graphs/tiny/model.onnx --data graphs/tiny/demo.parquet \
     --eval-data graphs/tiny/demo_eval.parquet --target-modules all-linear --max-steps 20 --eval-steps 20 \
-    --learning-rate 5e-3 --plain-log $precision -o "$out/train${precision}" "${ep[@]}"
+    --learning-rate 5e-3 --plain-log $flags -o "$out/train${name}" "${ep[@]}"
 done
 printf '%s\n' "${summary[@]}"

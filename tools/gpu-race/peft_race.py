@@ -97,15 +97,17 @@ def export(a) -> dict:
 
 
 def table(path: str) -> str:
-    """One row per (shape, dtype): PEFT and ortlora side by side, ortlora's speed-up and memory ratio."""
+    """One row per (shape, dtype, ortlora variant): PEFT and ortlora side by side, ortlora's speed-up. The latest
+    measurement of each wins."""
     rows = [json.loads(line) for line in open(path) if line.startswith("{")]
-    lines = ["| shape | dtype | PEFT tokens/s | ortlora tokens/s | speed-up | PEFT step ms | ortlora step ms "
-             "| peak GPU MiB PEFT / ortlora (nvidia-smi) |", "|---|---|---|---|---|---|---|---|"]
-    for shape, dtype in dict.fromkeys((r["shape"], r["dtype"]) for r in rows if "engine" in r):
-        peft = next((r for r in rows if r.get("engine") == "peft" and r["shape"] == shape and r["dtype"] == dtype), {})
-        ours = next((r for r in rows if r.get("engine") == "ortlora" and r["shape"] == shape and r["dtype"] == dtype), {})
+    lines = ["| shape | dtype | ortlora variant | PEFT tokens/s | ortlora tokens/s | speed-up | PEFT step ms | ortlora step ms "
+             "| peak GPU MiB PEFT / ortlora (nvidia-smi) |", "|---|---|---|---|---|---|---|---|---|"]
+    for shape, dtype, engine in dict.fromkeys((r["shape"], r["dtype"], r["engine"]) for r in rows
+                                              if r.get("engine", "").startswith("ortlora")):
+        peft = next((r for r in reversed(rows) if r.get("engine") == "peft" and r["shape"] == shape and r["dtype"] == dtype), {})
+        ours = next(r for r in reversed(rows) if r.get("engine") == engine and r["shape"] == shape and r["dtype"] == dtype)
         speedup = f"{ours['tokens_per_s'] / peft['tokens_per_s']:.2f}x" if peft.get("tokens_per_s") and ours.get("tokens_per_s") else "-"
-        lines.append(f"| {shape} | {dtype} | {peft.get('tokens_per_s', '-')} | {ours.get('tokens_per_s', '-')} | {speedup} "
+        lines.append(f"| {shape} | {dtype} | {engine} | {peft.get('tokens_per_s', '-')} | {ours.get('tokens_per_s', '-')} | {speedup} "
                      f"| {peft.get('step_ms', '-')} | {ours.get('step_ms', '-')} | {peft.get('smi_peak_mib', '-')} / {ours.get('smi_peak_mib', '-')} |")
     return "\n".join(lines)
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The speed race of issue 6, on the GPU machine: PEFT and ortlora on the same model, settings and GPU, in one run.
 #   bash tools/gpu-race/race.sh SHAPE [DTYPE ...]       SHAPE: smollm2-135m | tinyllama-1.1b; DTYPE: bf16 fp32 (default both)
-# Environment: BATCH (8), SEQ (512), STEPS (10), APP (/tmp/gpu/app: a published bench-train, see README.md here).
+# Environment: BATCH (8), SEQ (512), STEPS (10), APP (/tmp/gpu/app: a published bench-train, see README.md here),
+# VARIANTS ("stored checkpointing": ortlora keeping all activations, and with --gradient-checkpointing).
 # Appends one JSON line per measurement to /tmp/race/results.jsonl and prints the side-by-side table.
 set -euo pipefail
 shape=$1; shift
 dtypes=${*:-bf16 fp32}
 here=$(cd "$(dirname "$0")" && pwd)
 out=/tmp/race; mkdir -p "$out"
-batch=${BATCH:-8}; seq=${SEQ:-512}; steps=${STEPS:-10}; app=${APP:-/tmp/gpu/app}
+batch=${BATCH:-8}; seq=${SEQ:-512}; steps=${STEPS:-10}; app=${APP:-/tmp/gpu/app}; variants=${VARIANTS:-stored checkpointing}
 venv=/opt/torch/.venv/lib/python3.12/site-packages
 export DOTNET_ROOT=/tmp/gpu/dotnet PATH=/tmp/gpu/dotnet:$PATH
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/lib64:$venv/nvidia/cu13/lib ORT_REAL_CORE=$venv/onnxruntime/capi/libonnxruntime.so.1.30.0
@@ -31,11 +32,14 @@ for dtype in $dtypes; do
   echo "PEFT $shape $dtype..."
   measured python3 "$here/peft_race.py" time --shape "$shape" --dtype "$dtype" --batch "$batch" --seq "$seq" --steps "$steps" \
     | tee -a "$out/results.jsonl"
-  echo "ortlora $shape $dtype..."
   precision=(); [ "$dtype" = fp32 ] || precision=(--"$dtype")
-  measured dotnet "$app/bench-train.dll" --model "$out/$shape/model.onnx" --shape "$shape" --device cuda \
-    --ep-library /tmp/gpu/libonnxruntime_providers_cuda.so --batch "$batch" --seq "$seq" --r 16 --steps "$steps" \
-    "${precision[@]}" --static-shapes --profile "$out/$shape-$dtype" --json | tee -a "$out/results.jsonl"
-  python3 "$here/profile_summary.py" "$(ls -t "$out/$shape-$dtype"_*.json | head -1)" --top 12 || true
+  for variant in $variants; do
+    echo "ortlora $shape $dtype $variant..."
+    flags=(); [ "$variant" = checkpointing ] && flags=(--gradient-checkpointing)
+    measured dotnet "$app/bench-train.dll" --model "$out/$shape/model.onnx" --shape "$shape" --device cuda \
+      --ep-library /tmp/gpu/libonnxruntime_providers_cuda.so --batch "$batch" --seq "$seq" --r 16 --steps "$steps" \
+      "${precision[@]}" "${flags[@]}" --static-shapes --profile "$out/$shape-$dtype-$variant" --json | tee -a "$out/results.jsonl"
+    python3 "$here/profile_summary.py" "$(ls -t "$out/$shape-$dtype-$variant"_*.json | head -1)" --top 12 || true
+  done
 done
 python3 "$here/peft_race.py" table "$out/results.jsonl"

@@ -22,29 +22,49 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
 {
     public const long IgnoreIndex = -100;
 
+    /// <summary>What the loss needs of the labels, computed once (also for a loss taken chunk by chunk).</summary>
+    /// <param name="TargetIndex">the shifted labels with ignored ones set to 0, [B, S, 1]</param>
+    /// <param name="Weights">1 for a counted token, 0 for an ignored one, [B, S]</param>
+    /// <param name="Count">the number of counted tokens, at least 1, scalar</param>
+    public sealed record Targets(string TargetIndex, string Weights, string Count);
+
     /// <param name="logitsElemType">a float type the loss is computed in (the logits' own)</param>
-    public static CausalLmLoss Append(GraphEditor g, string logits, string labels, int logitsElemType)
+    public static CausalLmLoss Append(GraphEditor g, string logits, string labels, int logitsElemType) =>
+        Append(g, logits, AppendTargets(g, labels, logitsElemType));
+
+    /// <summary>labels[:, 1:] followed by one ignored column (shifted[b, t] is the target for logits[b, t]), the
+    /// weights that drop ignored tokens and their count.</summary>
+    public static Targets AppendTargets(GraphEditor g, string labels, int logitsElemType)
     {
         string Ints(params long[] v) => GraphConstants.Int64s(g, "loss/ints", v);
         string Scalar(double v, int type) => GraphConstants.Scalar(g, "loss/const", v, type);
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "loss/" + op, attributes: attrs);
 
-        // labels[:, 1:] followed by one ignored column: shifted[b, t] is the target for logits[b, t]
         var batchDim = Op("Slice", [Op("Shape", [labels]), Ints(0), Ints(1), Ints(0)]);
         var ignoredColumn = Op("ConstantOfShape", [Op("Concat", [batchDim, Ints(1)], ("axis", 0L))],
             ("value", Tensors.FromInt64("ignore", [1], [IgnoreIndex])));
         var shifted = Op("Concat", [Op("Slice", [labels, Ints(1), Ints(long.MaxValue), Ints(1)]), ignoredColumn], ("axis", 1L));
         var counted = Op("Not", [Op("Equal", [shifted, Scalar(IgnoreIndex, (int)DT.Int64)])]);
         var targetIndex = Op("Unsqueeze", [Op("Where", [counted, shifted, Scalar(0, (int)DT.Int64)]), Ints(-1)]);
-
-        var logProbs = Op("LogSoftmax", [logits], ("axis", -1L));
-        var picked = Op("GatherElements", [logProbs, targetIndex], ("axis", -1L));
         var weights = Op("Cast", [counted], ("to", (long)logitsElemType));
-        var nll = Op("Mul", [Op("Neg", [Op("Squeeze", [picked, Ints(-1)])]), weights]);
-        var total = Op("ReduceSum", [nll], ("keepdims", 0L));
         // max(count, 1): a batch with no counted token gives loss 0 and zero gradients instead of NaN
         var count = Op("Max", [Op("ReduceSum", [weights], ("keepdims", 0L)), Scalar(1, logitsElemType)]);
-        return new(Op("Div", [total, count]), logits, logProbs, targetIndex, picked, weights, count);
+        return new(targetIndex, weights, count);
+    }
+
+    /// <summary>The loss of <paramref name="logits"/> against <paramref name="targets"/>: Σ nll · weight / count. For
+    /// a chunk of the sequence, the targets are that chunk's and the count the whole batch's, and the chunks' losses
+    /// add up to the batch's.</summary>
+    public static CausalLmLoss Append(GraphEditor g, string logits, Targets targets)
+    {
+        string Ints(params long[] v) => GraphConstants.Int64s(g, "loss/ints", v);
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "loss/" + op, attributes: attrs);
+
+        var logProbs = Op("LogSoftmax", [logits], ("axis", -1L));
+        var picked = Op("GatherElements", [logProbs, targets.TargetIndex], ("axis", -1L));
+        var nll = Op("Mul", [Op("Neg", [Op("Squeeze", [picked, Ints(-1)])]), targets.Weights]);
+        var total = Op("ReduceSum", [nll], ("keepdims", 0L));
+        return new(Op("Div", [total, targets.Count]), logits, logProbs, targets.TargetIndex, picked, targets.Weights, targets.Count);
     }
 
     /// <summary>Appends d loss / d logits = (softmax(logits) − onehot(target)) · weight / count, [B, S, V].

@@ -12,9 +12,9 @@ namespace OrtLora.Autodiff;
 /// between blocks): an activation is a value the backward needs whose size grows with the batch (its shapes differ
 /// in the two probe runs); a cut is a node whose output is then the only activation still to be read. Cuts are
 /// grouped into about √(activation bytes / cut bytes) segments of equal activation bytes, the classic optimum.</para>
-/// <para>The recomputation reads its segment input through <c>x + 0·g</c>, g one element of the gradient at the
-/// segment's end: ORT can neither run it before the backward reaches the segment (it would hold everything again) nor
-/// merge it with the forward as a common subexpression.</para></summary>
+/// <para>The recomputation reads its segment input through <c>x + 0·g</c> (<see cref="Ordering"/>), g the gradient at
+/// the segment's end: ORT can neither run it before the backward reaches the segment (it would hold everything again)
+/// nor merge it with the forward as a common subexpression.</para></summary>
 public sealed class Checkpoints
 {
     /// <summary>One recomputed range of forward nodes (First, Last], from Start (produced by node First) to End
@@ -125,14 +125,8 @@ public sealed class Checkpoints
     {
         var renames = new Dictionary<string, string>();
         var start = types[segment.Start];
-        int rank = types.Rank(segment.End); // a gradient has its value's shape and type
-        var element = graph.Add("Slice", [endGradient, Ints(graph, new long[rank]), Ints(graph, Enumerable.Repeat(1L, rank).ToArray())],
-            name: $"checkpoint/{segment.End}/Slice");
-        element = graph.Add("Reshape", [element, Ints(graph, [])], name: "checkpoint/Reshape"); // a scalar: start keeps its shape
-        if (types.ElemType(segment.End) != start.ElemType)
-            element = graph.Add("Cast", [element], name: "checkpoint/Cast", attributes: ("to", (long)start.ElemType));
-        var zero = GraphConstants.Scalar(graph, "checkpoint/zero", 0, start.ElemType);
-        var after = graph.Add("Add", [segment.Start, graph.Add("Mul", [element, zero], name: "checkpoint/Mul")], name: SegmentStart);
+        var zero = Ordering.ZeroAfter(graph, endGradient, types.ElemType(segment.End), start.ElemType);
+        var after = graph.Add("Add", [segment.Start, zero], name: SegmentStart);
         renames[segment.Start] = after;
         types.Set(after, start);
 
@@ -179,5 +173,4 @@ public sealed class Checkpoints
         types.Set(output, types[n.Output[0]]);
     }
 
-    static string Ints(GraphEditor graph, long[] values) => GraphConstants.Int64s(graph, "checkpoint/ints", values);
 }

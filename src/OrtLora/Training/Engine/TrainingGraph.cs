@@ -60,8 +60,10 @@ public sealed class TrainingGraph : IDisposable
     /// LoRA branches, parameters, loss and optimizer in float32</param>
     /// <param name="gradientCheckpointing">the backward recomputes the forward segment by segment instead of keeping
     /// its activations (<see cref="Checkpoints"/>): less memory, about one more forward of compute</param>
+    /// <param name="lossChunks">the loss and its gradient in this many chunks of the sequence, through the lm_head
+    /// (<see cref="ChunkedLoss"/>); default: 8 when the vocabulary has 8192 or more entries, else 1 (whole)</param>
     public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null,
-        double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false)
+        double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false, int? lossChunks = null)
     {
         int opset = model.Opset();
         if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; training needs opset 13 or later (re-export the model)");
@@ -122,19 +124,17 @@ public sealed class TrainingGraph : IDisposable
             if (dropout > 0) AddLoraDropout(g, parameters, dropout);
 
             var types = Probe(proto, values, frozen);
-            // The loss's gradient enters at the logits, in closed form; an upcast's Cast takes it back to the model's dtype.
-            var logitsGradient = loss.AppendLogitsGradient(g);
             bool scalesLoss = compute == ComputeType.Float16;
-            if (scalesLoss) logitsGradient = ScaleLoss(proto, g, logitsGradient);
-            var grads = GradientBuilder.Build(g, new Dictionary<string, string> { [loss.Logits] = logitsGradient }, parameters, types,
-                opset, gradientCheckpointing);
+            var seeds = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss,
+                lossChunks ?? (types[loss.Logits].ShapeA[^1] >= 8192 ? 8 : 1));
+            var grads = GradientBuilder.Build(g, seeds, parameters, types, opset, gradientCheckpointing);
             foreach (var p in parameters)
             {
                 var grad = scalesLoss ? g.Add("Div", [grads[p], LossScale], name: "grad/unscale") : grads[p];
                 g.Add("Identity", [grad], name: "grad/output", outputs: [GradOf(p)]);
                 proto.Graph.Output.Add(new ValueInfoProto { Name = GradOf(p) });
             }
-            if (gradientCheckpointing) g.Cleanup(); // recomputed values no rule read
+            g.Cleanup(); // recomputed values no rule read, the full logits of a chunked loss
             return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss };
         }
         catch
@@ -144,12 +144,25 @@ public sealed class TrainingGraph : IDisposable
         }
     }
 
-    /// <summary>Loss scaling for float16 (torch.amp's GradScaler): the backward starts from loss_scale · d loss/d logits
-    /// so that small gradients survive float16's range, and each float32 parameter gradient is divided back.</summary>
-    static string ScaleLoss(ModelProto proto, GraphEditor g, string logitsGradient)
+    /// <summary>Where the backward starts: d loss / d logits in closed form (an upcast's Cast takes it back to the
+    /// model's dtype), or with a chunked loss d loss / d h at the lm_head's input, the loss output then reading the
+    /// chunks' sum. Float16 loss scaling (torch.amp's GradScaler) multiplies the gradient by a loss_scale input so that
+    /// small gradients survive float16's range; each float32 parameter gradient is divided back.</summary>
+    static Dictionary<string, string> LossGradient(ModelProto proto, GraphEditor g, CausalLmLoss loss, int logitsType,
+        ValueTable types, int opset, bool scalesLoss, int chunks)
     {
-        proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
-        return g.Add("Mul", [logitsGradient, LossScale], name: "loss/scale");
+        if (scalesLoss) proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
+        if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, scalesLoss ? LossScale : null) is { } chunked)
+        {
+            var output = proto.Graph.Node.Single(n => n.Output.Contains(Loss));
+            g.RemoveNode(output); // appended again after the chunks, which it now reads
+            output.Input[0] = chunked.Loss;
+            g.AddNode(output);
+            return new() { [chunked.Hidden] = chunked.HiddenGradient };
+        }
+        var logitsGradient = loss.AppendLogitsGradient(g);
+        if (scalesLoss) logitsGradient = g.Add("Mul", [logitsGradient, LossScale], name: "loss/scale");
+        return new() { [loss.Logits] = logitsGradient };
     }
 
     /// <summary>PEFT's mixed precision on a model loaded in half: the base converted, the LoRA branches kept float32.</summary>

@@ -30,10 +30,12 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// Without it the state moves to the device only when the sessions want their inputs outside host memory.</param>
 /// <param name="GradientCheckpointing">the backward recomputes the forward segment by segment (about one layer each)
 /// instead of keeping every activation: far less activation memory for about a third more compute</param>
+/// <param name="LossChunks">the loss and its gradient taken in this many chunks of the sequence through the lm_head, so
+/// that no [batch, sequence, vocabulary] tensor is built whole (default: 8 from a vocabulary of 8192, else 1)</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
     GraphOptimizationLevel Optimization = GraphOptimizationLevel.ORT_ENABLE_ALL, string Device = "cpu", string? EpLibrary = null,
     bool CpuMemArena = true, string? ProfilePrefix = null, bool StateInSessionMemory = false, ComputeType Compute = ComputeType.Float32,
-    bool StaticShapes = false, bool GradientCheckpointing = false);
+    bool StaticShapes = false, bool GradientCheckpointing = false, int? LossChunks = null);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -61,7 +63,8 @@ public sealed class TrainingSession : IDisposable
         if (options.Compute == ComputeType.BFloat16 && options.Device == "cpu")
             throw new OrtLoraException("bfloat16 compute needs an execution provider with bfloat16 kernels (--device cuda): ONNX Runtime's CPU " +
                 "provider has none for MatMul, Add, Softmax and most other ops. On CPU use --fp16 (ONNX Runtime runs float16 through float32 kernels there)");
-        _graph = TrainingGraph.Build(model, parameters, compute: options.Compute, gradientCheckpointing: options.GradientCheckpointing);
+        _graph = TrainingGraph.Build(model, parameters, compute: options.Compute, gradientCheckpointing: options.GradientCheckpointing,
+            lossChunks: options.LossChunks);
         if (_graph.ScalesLoss) _scaler = new LossScaler();
         foreach (var p in _graph.Parameters)
         {

@@ -1,0 +1,93 @@
+using Onnx;
+using OrtLora.Onnx;
+
+namespace OrtLora.Autodiff;
+
+/// <summary>The causal-LM loss and its gradient taken chunk by chunk along the sequence, through the lm_head (what
+/// "fused linear cross-entropy" kernels do): for each chunk of the last hidden state h, its logits, loss and
+/// d loss / d h, so that one chunk's [B, S/C, V] logits are alive at a time instead of several full [B, S, V] ones.
+/// The backward then starts at h, seeded with the concatenated d loss / d h, and the full logits are never built.
+/// <para>Applies when the logits are a position-wise function of h: a MatMul of h by a matrix that does not depend on
+/// the batch (the lm_head weight, tied or not), then optional elementwise ops with batch-independent operands (Cast,
+/// logit scaling, soft-capping). Each chunk's logits are computed only after the previous chunk's d loss / d h (its
+/// slice of h is read through <c>h + 0·g</c>, g one element of that gradient), so ORT cannot run the chunks' logits
+/// side by side.</para></summary>
+public static class ChunkedLoss
+{
+    static readonly HashSet<string> PositionWise = ["Cast", "Mul", "Div", "Add", "Sub", "Tanh", "Identity"];
+
+    /// <param name="Loss">the scalar loss (the sum of the chunks' parts)</param>
+    /// <param name="Hidden">h, the input of the lm_head MatMul, [B, S, H]</param>
+    /// <param name="HiddenGradient">d loss / d h (times the loss scale when given), [B, S, H]</param>
+    public sealed record Result(string Loss, string Hidden, string HiddenGradient, int Chunks);
+
+    /// <summary>The head between h and the logits, or null when the logits are not a position-wise function of one
+    /// [B, S, H] value through a MatMul.</summary>
+    static (string Hidden, List<NodeProto> Path)? FindHead(GraphEditor g, string logits, ValueTable types)
+    {
+        bool BatchSized(string v) => types.Find(v) is { } t && !t.ShapeA.SequenceEqual(t.ShapeB);
+        var path = new List<NodeProto>();
+        for (var value = logits; ;)
+        {
+            var node = g.Producer(value);
+            if (node is null || node.Output.Count != 1 || (value != logits && g.Consumers(value).Count != 1)) return null;
+            path.Insert(0, node);
+            if (node.OpType == "MatMul")
+            {
+                string a = node.Input[0], b = node.Input[1];
+                if (!BatchSized(a) || BatchSized(b) || types.Rank(a) != 3 || types.Rank(b) != 2) return null;
+                return (a, path);
+            }
+            if (!PositionWise.Contains(node.OpType) || node.Domain is not ("" or "ai.onnx")) return null;
+            var onPath = node.Input.Where(i => i != "" && BatchSized(i)).ToList();
+            if (onPath.Count != 1 || types.Rank(onPath[0]) != types.Rank(logits)) return null;
+            value = onPath[0];
+        }
+    }
+
+    /// <param name="logits">the float logits the loss reads (after any upcast)</param>
+    /// <param name="lossScale">a scalar the gradient is multiplied by before it enters the head's backward (float16
+    /// loss scaling), or null</param>
+    /// <returns>null when the head is not position-wise (see <see cref="ChunkedLoss"/>): use the full loss</returns>
+    public static Result? Append(GraphEditor g, string logits, string labels, int logitsElemType, ValueTable types, int opset,
+        int chunks, string? lossScale = null)
+    {
+        if (chunks < 2 || FindHead(g, logits, types) is not var (hidden, path)) return null;
+        string Ints(params long[] v) => GraphConstants.Int64s(g, "loss_chunks/ints", v);
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "loss_chunks/" + op, attributes: attrs);
+
+        var targets = CausalLmLoss.AppendTargets(g, labels, logitsElemType);
+        // chunk length ceil(S / C); the last chunks may be short or empty
+        var length = Op("Div", [Op("Add", [Op("Slice", [Op("Shape", [hidden]), Ints(1), Ints(2)]), Ints(chunks - 1)]), Ints(chunks)]);
+        var parts = new List<string>();
+        var gradients = new List<string>();
+        for (int c = 0; c < chunks; c++)
+        {
+            var start = Op("Mul", [length, Ints(c)]);
+            var end = Op("Mul", [length, Ints(c + 1)]);
+            string Chunk(string value) => Op("Slice", [value, start, end, Ints(1)]);
+            var h = Chunk(hidden);
+            int type = types.ElemType(hidden);
+            if (gradients.Count > 0) h = Op("Add", [h, Ordering.ZeroAfter(g, gradients[^1], type, type)]);
+            types.Set(h, types[hidden]);
+            var z = h;
+            var renames = new Dictionary<string, string> { [hidden] = h };
+            foreach (var node in path)
+            {
+                var copy = node.Clone();
+                copy.Name = g.Unique(node.Name + $"/chunk{c}");
+                for (int i = 0; i < copy.Input.Count; i++) if (renames.TryGetValue(copy.Input[i], out var r)) copy.Input[i] = r;
+                z = copy.Output[0] = renames[node.Output[0]] = g.Unique(node.Output[0] + $"/chunk{c}");
+                types.Set(z, types[node.Output[0]]); // same rank and type; the rules compare shapes chunk against chunk
+                g.AddNode(copy);
+            }
+            var loss = CausalLmLoss.Append(g, z, new CausalLmLoss.Targets(Chunk(targets.TargetIndex), Chunk(targets.Weights), targets.Count));
+            parts.Add(loss.Loss);
+            var seed = loss.AppendLogitsGradient(g);
+            if (lossScale is not null) seed = g.Add("Mul", [seed, lossScale], name: "loss_chunks/scale");
+            gradients.Add(GradientBuilder.Build(g, new Dictionary<string, string> { [z] = seed }, [h], types, opset)[h]);
+        }
+        var total = parts.Count == 1 ? parts[0] : Op("Sum", parts.ToArray());
+        return new Result(total, hidden, Op("Concat", gradients.ToArray(), ("axis", 1L)), chunks);
+    }
+}

@@ -1,0 +1,86 @@
+using OrtLora.Autodiff;
+using OrtLora.Graphs;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+using OrtLora.Training.Engine;
+
+namespace OrtLora.Tests;
+
+/// <summary>The loss taken chunk by chunk through the lm_head: PEFT's loss and gradients on the fixtures, the same
+/// training as the whole loss, and no [B, S, V] value left in the gradient graph.</summary>
+public class EngineChunkedLossTests
+{
+    [TestCase("llama", "dynamo", false)] [TestCase("llama", "torchscript", false)]
+    [TestCase("gpt2", "dynamo", false)] [TestCase("gpt2", "torchscript", true)]
+    [TestCase("llama", "dynamo", true)]
+    public void GradientsMatchPeft(string arch, string export, bool checkpointing)
+    {
+        var reference = SafeTensors.Read(Shared.Peft(arch, "reference.safetensors"));
+        using var model = EngineFixtures.InjectedModel(arch, export);
+        var batch = EngineFixtures.ReferenceBatch(reference);
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), LossChunks: 4,
+            GradientCheckpointing: checkpointing));
+        Assert.That(session.Graph.Gradients.Graph.Node.Count(n => n.Name.Contains("/chunk3")), Is.GreaterThan(0), "the head runs in chunks");
+
+        var (loss, grads) = session.ComputeGradients(batch);
+        Assert.That(loss, Is.EqualTo(reference["loss"].AsFloats()[0]).Within(1e-4), "loss");
+        foreach (var p in session.ParameterNames)
+        {
+            var expected = reference["grad." + EngineFixtures.ReferenceName(p)].AsFloats();
+            Assert.That(Shared.MaxAbsDiff(grads[p], expected), Is.LessThanOrEqualTo(1e-4f * expected.Max(Math.Abs) + 1e-7f), $"grad of {p}");
+        }
+        Assert.That(session.EvalLoss(batch), Is.EqualTo(loss).Within(1e-5), "the eval graph (whole loss) agrees");
+    }
+
+    /// <summary>Steps with the chunked loss follow those with the whole loss, in float32 and with float16 loss scaling;
+    /// a sequence shorter than the chunk count leaves chunks empty and still works.</summary>
+    [TestCase(ComputeType.Float32, 32)] [TestCase(ComputeType.Float16, 32)] [TestCase(ComputeType.Float32, 3)]
+    public void TrainingStepsEqualThoseOfTheWholeLoss(ComputeType compute, int sequence)
+    {
+        using var model = LlamaGraph.Build(LlamaShape.Tiny, seed: 3);
+        LoraInjector.Inject(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["all-linear"] });
+        LoraTestKit.RandomizeB(model, std: 0.1f);
+        var rng = new Random(4);
+        var ids = Enumerable.Range(0, 4 * sequence).Select(_ => (long)rng.Next(LlamaShape.Tiny.VocabSize)).ToArray();
+        var labels = ids.Select((t, i) => i % 5 == 0 ? CausalLmLoss.IgnoreIndex : t).ToArray();
+        var batch = new Batch(ids, Enumerable.Repeat(1L, ids.Length).ToArray(), labels, 4, sequence);
+        (Dictionary<string, float[]> Grads, float[] Losses) Train(int chunks)
+        {
+            using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01),
+                Compute: compute, LossChunks: chunks));
+            var grads = session.ComputeGradients(batch).Gradients;
+            var losses = Enumerable.Range(0, 4).Select(_ => session.Step(batch, learningRate: 1e-3f, maxGradNorm: 1f)).ToArray();
+            return (grads, losses);
+        }
+        var whole = Train(1);
+        var chunked = Train(8);
+        bool half = compute == ComputeType.Float16;
+        foreach (var (p, g) in whole.Grads)
+            Assert.That(Shared.MaxAbsDiff(chunked.Grads[p], g), Is.LessThanOrEqualTo((half ? 1e-3f : 1e-5f) * g.Max(Math.Abs)), $"grad of {p}");
+        Assert.That(chunked.Losses, Is.EqualTo(whole.Losses).Within(half ? 2e-4 : 1e-5));
+        Assert.That(chunked.Losses[^1], Is.LessThan(chunked.Losses[0]), "it trains");
+    }
+
+    /// <summary>The memory point: with the whole loss the gradient graph has several values of the logits' size; with
+    /// chunks it has none (each chunk's are a quarter of the sequence).</summary>
+    [Test]
+    public void NoValueHasTheFullLogitsShape()
+    {
+        using var model = LlamaGraph.Build(LlamaShape.Tiny, seed: 3);
+        LoraInjector.Inject(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["all-linear"] });
+        int FullVocabValues(int chunks)
+        {
+            using var graph = TrainingGraph.Build(model, lossChunks: chunks);
+            var feeds = graph.InitialValues.ToDictionary(kv => kv.Key, kv => HostTensor.Of(kv.Value, graph.ParameterShapes[kv.Key]));
+            foreach (var input in graph.BatchInputs)
+                feeds[input] = HostTensor.Of(Enumerable.Repeat(1L, 2 * 16).ToArray(), [2, 16]);
+            var types = ValueTable.Probe(graph.Gradients, feeds, feeds, graph.Frozen.Values);
+            long vocab = LlamaShape.Tiny.VocabSize;
+            var values = graph.Gradients.Graph.Node.SelectMany(n => n.Output).Where(o => types.Find(o) is { } t && t.ShapeA.Length == 3 && t.ShapeA[2] == vocab).ToList();
+            Assert.That(values.All(v => types[v].ShapeA[1] == 16 / chunks), Is.True, $"{chunks} chunks: every vocabulary-sized value spans {16 / chunks} positions");
+            return values.Count(v => types[v].ShapeA[1] == 16);
+        }
+        Assert.That(FullVocabValues(1), Is.GreaterThanOrEqualTo(4));
+        Assert.That(FullVocabValues(4), Is.EqualTo(0));
+    }
+}
