@@ -1,8 +1,8 @@
 // bench-train: step time, tokens/s, graph size and peak memory of ortlora's training engine on the CPU.
 //   dotnet run -c Release --project tools/bench-train -- [--shape smollm2-135m] [--batch 8] [--seq 256] [--r 16]
 //       [--steps 3] [--mode train|eval|train+eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
-//       [--graph-stats] [--build-only] [--opt-basic] [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
-//       [--gradient-checkpointing]
+//       [--graph-stats] [--build-only] [--opt-basic | --graph-optimization-level all|extended|basic|none] [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
+//       [--gradient-checkpointing] [--loss-chunks N]
 // Peak memory is the process's peak working set, so compare modes with one process each (--mode eval vs train).
 // train+eval times training steps, then loads the eval session too (as `ortlora train --eval-steps` does) and
 // evaluates once: the peak then shows what the two sessions hold together.
@@ -28,10 +28,11 @@ Console.WriteLine($"model: {options.Model ?? options.Shape}, {forwardNodes} forw
 clock.Restart();
 var compute = args.Contains("--bf16") ? ComputeType.BFloat16 : args.Contains("--fp16") ? ComputeType.Float16 : ComputeType.Float32;
 var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01), options.Threads,
-    CpuMemArena: !args.Contains("--no-arena"), Optimization: args.Contains("--opt-basic")
-        ? Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_BASIC : Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    CpuMemArena: !args.Contains("--no-arena"), Optimization: OrtLora.Training.TrainingArguments.OrtLevel(args.Contains("--opt-basic") ? "basic"
+        : Array.IndexOf(args, "--graph-optimization-level") is var level and >= 0 ? args[level + 1] : "all"),
     Device: options.Device, EpLibrary: options.EpLibrary, ProfilePrefix: options.Profile, StaticShapes: args.Contains("--static-shapes"),
-    Compute: compute, GradientCheckpointing: args.Contains("--gradient-checkpointing")));
+    Compute: compute, GradientCheckpointing: args.Contains("--gradient-checkpointing"),
+    LossChunks: options.LossChunks));
 if (session.Graph.HalfPrecision is { } half) Console.WriteLine($"half compute: {half}");
 long trainable = session.Graph.ParameterShapes.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
 Console.WriteLine($"training graph: {session.Graph.Eval.Graph.Node.Count} nodes forward+loss, {session.Graph.Gradients.Graph.Node.Count} with backward, " +
@@ -97,7 +98,7 @@ static int FullVocabValues(TrainingGraph graph, long vocab)
 }
 
 sealed record Args(string Shape, string? Model, string? InitFrom, int Batch, int Seq, int R, int Steps, string Mode, int Threads,
-    string Device, string? EpLibrary, string? Profile)
+    string Device, string? EpLibrary, string? Profile, int? LossChunks)
 {
     public static Args Parse(string[] a)
     {
@@ -105,6 +106,7 @@ sealed record Args(string Shape, string? Model, string? InitFrom, int Batch, int
         string? Maybe(string name) { int i = Array.IndexOf(a, name); return i >= 0 && i + 1 < a.Length ? a[i + 1] : null; }
         return new(Get("--shape", "smollm2-135m"), Maybe("--model"), Maybe("--init-from"), int.Parse(Get("--batch", "8")),
             int.Parse(Get("--seq", "256")), int.Parse(Get("--r", "16")), int.Parse(Get("--steps", "3")), Get("--mode", "train"),
-            int.Parse(Get("--threads", "0")), Get("--device", "cpu"), Maybe("--ep-library"), Maybe("--profile"));
+            int.Parse(Get("--threads", "0")), Get("--device", "cpu"), Maybe("--ep-library"), Maybe("--profile"),
+            Maybe("--loss-chunks") is { } chunks ? int.Parse(chunks) : null);
     }
 }
