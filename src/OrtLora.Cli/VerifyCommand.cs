@@ -22,8 +22,10 @@ public static class VerifyCommand
         var epLibrary = new Option<string?>("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
         var optimization = new Option<string>("--graph-optimization-level") { Description = "all, extended, basic or none", DefaultValueFactory = _ => "all" };
         optimization.AcceptOnlyFromAmong("all", "extended", "basic", "none");
+        var checkpointing = new Option<bool>("--gradient-checkpointing") { Description = "verify the graphs that recompute the forward in the backward" };
+        var lossChunks = new Option<int?>("--loss-chunks") { Description = "take the loss in this many sequence chunks (default: 8 from a vocabulary of 8192, else 1)" };
         var cmd = new Command("verify", "Check ortlora's loss, gradients and AdamW against a PEFT reference")
-            { model, initFrom, referencePath, output, device, epLibrary, optimization };
+            { model, initFrom, referencePath, output, device, epLibrary, optimization, checkpointing, lossChunks };
         cmd.SetAction(parse =>
         {
             try
@@ -33,7 +35,8 @@ public static class VerifyCommand
                 LoraInjector.Inject(m, PeftAdapter.Load(parse.GetValue(initFrom)!));
                 var level = Training.TrainingArguments.OrtLevel(parse.GetValue(optimization)!);
                 var ours = PeftParity.Compute(m, reference, options: new TrainingSessionOptions(new Autodiff.AdamWOptions(), Optimization: level,
-                    Device: parse.GetValue(device)!, EpLibrary: parse.GetValue(epLibrary)));
+                    Device: parse.GetValue(device)!, EpLibrary: parse.GetValue(epLibrary), GradientCheckpointing: parse.GetValue(checkpointing),
+                    LossChunks: parse.GetValue(lossChunks)));
                 var rows = PeftParity.Compare(ours, reference);
                 SafeTensors.Write(parse.GetValue(output)!, ours);
                 var table = new Table().AddColumns("quantity", "tensors", "max |diff|", "tolerance", "result", "note");

@@ -21,6 +21,20 @@ public class VerifyCommandTests
         Assert.That(Math.Abs(ours["loss"].AsFloats()[0] - reference["loss"].AsFloats()[0]), Is.LessThan(1e-4));
     }
 
+    /// <summary>The memory options verified end to end: loss, gradients, the AdamW step and the 20-step trajectory all
+    /// within PEFT's tolerances (verify exits 2 when any row fails).</summary>
+    [TestCase("llama")] [TestCase("gpt2")]
+    public void CheckpointingAndTheChunkedLossPassEveryRow(string arch)
+    {
+        var output = Path.Combine(Shared.TempDir(), "ours.safetensors");
+        var result = LoraTestKit.Ortlora("verify", Shared.Peft(arch, "model.dynamo.onnx"),
+            "--init-from", Path.GetDirectoryName(Shared.Peft(arch, "adapter/adapter_config.json"))!,
+            "--reference", Shared.Peft(arch, "reference.safetensors"), "-o", output, "--gradient-checkpointing", "--loss-chunks", "4");
+        Assert.That(result.ExitCode, Is.EqualTo(0), result.Out + result.Error);
+        var ours = SafeTensors.Read(output);
+        Assert.That(ours["traj.loss"].AsFloats(), Has.Length.EqualTo(SafeTensors.Read(Shared.Peft(arch, "reference.safetensors"))["traj.loss"].AsFloats().Length));
+    }
+
     [Test]
     public void AReferenceForAnotherModelIsOneClearErrorAndNoOutput()
     {

@@ -30,6 +30,9 @@ for arch in llama gpt2; do
     done
   done
 done
+case_ "verify-llama-dynamo-checkpointing-chunks" "${ortlora[@]}" verify "$fixtures/llama/model.dynamo.onnx" \
+  --init-from "$fixtures/llama/adapter" --reference "$fixtures/llama/reference.safetensors" \
+  -o "$out/llama-checkpointing.safetensors" --gradient-checkpointing --loss-chunks 4 "${ep[@]}"
 for flags in "" --fp16 --bf16 "--bf16 --gradient-checkpointing"; do
   name=$(echo "$flags" | tr -d ' ')
   case_ "train-tiny${name}" "${ortlora[@]}" train graphs/tiny/model.onnx --data graphs/tiny/demo.parquet \
