@@ -61,26 +61,32 @@ public class EngineChunkedLossTests
         Assert.That(chunked.Losses[^1], Is.LessThan(chunked.Losses[0]), "it trains");
     }
 
-    /// <summary>The memory point: with the whole loss the gradient graph has several values of the logits' size; with
-    /// chunks it has none (each chunk's are a quarter of the sequence).</summary>
+    /// <summary>The memory point: with the whole loss the gradient graph has several values of the logits' size and the
+    /// eval graph two; with chunks neither has any (each chunk's are a quarter of the sequence).</summary>
     [Test]
     public void NoValueHasTheFullLogitsShape()
     {
         using var model = LlamaGraph.Build(LlamaShape.Tiny, seed: 3);
         LoraInjector.Inject(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["all-linear"] });
-        int FullVocabValues(int chunks)
+        (int Gradients, int Eval) FullVocabValues(int chunks)
         {
             using var graph = TrainingGraph.Build(model, lossChunks: chunks);
             var feeds = graph.InitialValues.ToDictionary(kv => kv.Key, kv => HostTensor.Of(kv.Value, graph.ParameterShapes[kv.Key]));
             foreach (var input in graph.BatchInputs)
                 feeds[input] = HostTensor.Of(Enumerable.Repeat(1L, 2 * 16).ToArray(), [2, 16]);
-            var types = ValueTable.Probe(graph.Gradients, feeds, feeds, graph.Frozen.Values);
-            long vocab = LlamaShape.Tiny.VocabSize;
-            var values = graph.Gradients.Graph.Node.SelectMany(n => n.Output).Where(o => types.Find(o) is { } t && t.ShapeA.Length == 3 && t.ShapeA[2] == vocab).ToList();
-            Assert.That(values.All(v => types[v].ShapeA[1] == 16 / chunks), Is.True, $"{chunks} chunks: every vocabulary-sized value spans {16 / chunks} positions");
-            return values.Count(v => types[v].ShapeA[1] == 16);
+            int Count(global::Onnx.ModelProto proto)
+            {
+                var types = ValueTable.Probe(proto, feeds, feeds, graph.Frozen.Values);
+                long vocab = LlamaShape.Tiny.VocabSize;
+                var values = proto.Graph.Node.SelectMany(n => n.Output).Where(o => types.Find(o) is { } t && t.ShapeA.Length == 3 && t.ShapeA[2] == vocab).ToList();
+                Assert.That(values.All(v => types[v].ShapeA[1] == 16 / chunks), Is.True, $"{chunks} chunks: every vocabulary-sized value spans {16 / chunks} positions");
+                return values.Count(v => types[v].ShapeA[1] == 16);
+            }
+            return (Count(graph.Gradients), Count(graph.Eval));
         }
-        Assert.That(FullVocabValues(1), Is.GreaterThanOrEqualTo(4));
-        Assert.That(FullVocabValues(4), Is.EqualTo(0));
+        var whole = FullVocabValues(1);
+        Assert.That(whole.Gradients, Is.GreaterThanOrEqualTo(4));
+        Assert.That(whole.Eval, Is.GreaterThanOrEqualTo(2));
+        Assert.That(FullVocabValues(4), Is.EqualTo((0, 0)));
     }
 }

@@ -46,11 +46,13 @@ public static class ChunkedLoss
     }
 
     /// <param name="logits">the float logits the loss reads (after any upcast)</param>
+    /// <param name="withGradient">also d loss / d h (training); without it (evaluation) each chunk waits for the
+    /// previous chunk's loss instead, and <see cref="Result.HiddenGradient"/> is empty</param>
     /// <param name="lossScale">a scalar the gradient is multiplied by before it enters the head's backward (float16
     /// loss scaling), or null</param>
     /// <returns>null when the head is not position-wise (see <see cref="ChunkedLoss"/>): use the full loss</returns>
     public static Result? Append(GraphEditor g, string logits, string labels, int logitsElemType, ValueTable types, int opset,
-        int chunks, string? lossScale = null)
+        int chunks, bool withGradient = true, string? lossScale = null)
     {
         if (chunks < 2 || FindHead(g, logits, types) is not var (hidden, path)) return null;
         string Ints(params long[] v) => GraphConstants.Int64s(g, "loss_chunks/ints", v);
@@ -68,7 +70,8 @@ public static class ChunkedLoss
             string Chunk(string value) => Op("Slice", [value, start, end, Ints(1)]);
             var h = Chunk(hidden);
             int type = types.ElemType(hidden);
-            if (gradients.Count > 0) h = Op("Add", [h, Ordering.ZeroAfter(g, gradients[^1], type, type)]);
+            if (c > 0)
+                h = Op("Add", [h, withGradient ? Ordering.ZeroAfter(g, gradients[^1], type, type) : Ordering.ZeroAfter(g, parts[^1], logitsElemType, type)]);
             types.Set(h, types[hidden]);
             var z = h;
             var renames = new Dictionary<string, string> { [hidden] = h };
@@ -83,11 +86,12 @@ public static class ChunkedLoss
             }
             var loss = CausalLmLoss.Append(g, z, new CausalLmLoss.Targets(Chunk(targets.TargetIndex), Chunk(targets.Weights), targets.Count));
             parts.Add(loss.Loss);
+            if (!withGradient) continue;
             var seed = loss.AppendLogitsGradient(g);
             if (lossScale is not null) seed = g.Add("Mul", [seed, lossScale], name: "loss_chunks/scale");
             gradients.Add(GradientBuilder.Build(g, new Dictionary<string, string> { [z] = seed }, [h], types, opset)[h]);
         }
         var total = parts.Count == 1 ? parts[0] : Op("Sum", parts.ToArray());
-        return new Result(total, hidden, Op("Concat", gradients.ToArray(), ("axis", 1L)), chunks);
+        return new Result(total, hidden, withGradient ? Op("Concat", gradients.ToArray(), ("axis", 1L)) : "", chunks);
     }
 }

@@ -125,8 +125,9 @@ public sealed class TrainingGraph : IDisposable
 
             var types = Probe(proto, values, frozen);
             bool scalesLoss = compute == ComputeType.Float16;
-            var seeds = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss,
-                lossChunks ?? (types[loss.Logits].ShapeA[^1] >= 8192 ? 8 : 1));
+            int chunks = lossChunks ?? (types[loss.Logits].ShapeA[^1] >= 8192 ? 8 : 1);
+            var seeds = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks);
+            ChunkEvalLoss(eval, loss, logitsType, types, opset, chunks);
             var grads = GradientBuilder.Build(g, seeds, parameters, types, opset, gradientCheckpointing);
             foreach (var p in parameters)
             {
@@ -144,6 +145,25 @@ public sealed class TrainingGraph : IDisposable
         }
     }
 
+    /// <summary>The eval graph's loss in chunks too, each after the previous chunk's loss: two [B, S/C, V] values alive
+    /// instead of the whole logits and log-probabilities. The head's values have the same names in both graphs.</summary>
+    static void ChunkEvalLoss(ModelProto eval, CausalLmLoss loss, int logitsType, ValueTable types, int opset, int chunks)
+    {
+        var g = new GraphEditor(eval.Graph);
+        if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, withGradient: false) is not { } chunked) return;
+        ReadLoss(eval, g, chunked.Loss);
+        g.Cleanup();
+    }
+
+    /// <summary>The loss output reads <paramref name="value"/>; its node moves after the nodes appended since.</summary>
+    static void ReadLoss(ModelProto proto, GraphEditor g, string value)
+    {
+        var output = proto.Graph.Node.Single(n => n.Output.Contains(Loss));
+        g.RemoveNode(output);
+        output.Input[0] = value;
+        g.AddNode(output);
+    }
+
     /// <summary>Where the backward starts: d loss / d logits in closed form (an upcast's Cast takes it back to the
     /// model's dtype), or with a chunked loss d loss / d h at the lm_head's input, the loss output then reading the
     /// chunks' sum. Float16 loss scaling (torch.amp's GradScaler) multiplies the gradient by a loss_scale input so that
@@ -152,12 +172,9 @@ public sealed class TrainingGraph : IDisposable
         ValueTable types, int opset, bool scalesLoss, int chunks)
     {
         if (scalesLoss) proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
-        if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, scalesLoss ? LossScale : null) is { } chunked)
+        if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, lossScale: scalesLoss ? LossScale : null) is { } chunked)
         {
-            var output = proto.Graph.Node.Single(n => n.Output.Contains(Loss));
-            g.RemoveNode(output); // appended again after the chunks, which it now reads
-            output.Input[0] = chunked.Loss;
-            g.AddNode(output);
+            ReadLoss(proto, g, chunked.Loss);
             return new() { [chunked.Hidden] = chunked.HiddenGradient };
         }
         var logitsGradient = loss.AppendLogitsGradient(g);
