@@ -1,0 +1,46 @@
+using Google.Protobuf;
+using Microsoft.ML.OnnxRuntime;
+using Onnx;
+using OrtLora.Autodiff;
+using OrtLora.Onnx;
+using OrtLora.Training.Engine;
+
+namespace OrtLora.Bench;
+
+/// <summary>The step graph as ORT runs it: loaded with static shapes ([batch, seq] fixed, as TrainingSession's
+/// StaticShapes does), optimized at each level, saved (SessionOptions.OptimizedModelFilePath) and counted. On a launch-
+/// bound device every one of these nodes is a kernel launch per step; the graph we emit (--graph-stats) is not what runs.
+/// CPU execution provider: CUDA's own fusions differ a little, the folding of shapes and constants does not.</summary>
+static class OrtGraphStats
+{
+    public static void Print(TrainingGraph graph, int batch, int seq)
+    {
+        var step = graph.WithBatchShape(graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)), batch, seq).ToByteArray();
+        foreach (var level in new[] { GraphOptimizationLevel.ORT_ENABLE_BASIC, GraphOptimizationLevel.ORT_ENABLE_ALL })
+        {
+            var path = Path.Combine(Path.GetTempPath(), $"ortlora-step-{Environment.ProcessId}-{level}.onnx");
+            try
+            {
+                using (var options = OrtRun.DefaultOptions(level))
+                {
+                    options.IntraOpNumThreads = 1;
+                    options.OptimizedModelFilePath = path;
+                    using var session = new InferenceSession(step, options);
+                }
+                var optimized = ModelProto.Parser.ParseFrom(File.ReadAllBytes(path)).Graph;
+                Console.WriteLine($"ORT step graph at {level} (B={batch}, S={seq}, static shapes): {optimized.Node.Count} nodes");
+                var ops = optimized.Node.GroupBy(n => n.Domain is "" or "ai.onnx" ? n.OpType : $"{n.Domain}.{n.OpType}")
+                    .OrderByDescending(g => g.Count()).Select(g => $"{g.Key} {g.Count()}");
+                Console.WriteLine("  " + string.Join(", ", ops));
+                var origins = optimized.Node.GroupBy(n => Origin(n.Name)).OrderByDescending(g => g.Count()).Select(g => $"{g.Key} {g.Count()}");
+                Console.WriteLine("  by origin: " + string.Join(", ", origins));
+            }
+            finally { File.Delete(path); }
+        }
+    }
+
+    /// <summary>Which part of the step a node comes from, by the name prefix autodiff and the optimizer give their
+    /// nodes (a node ORT made by fusing keeps a name derived from one of the fused).</summary>
+    static string Origin(string name) =>
+        name.StartsWith("adamw/") ? "optimizer" : name.StartsWith("grad/") ? "backward" : name.StartsWith("loss/") ? "loss" : "forward";
+}
