@@ -6,13 +6,7 @@ public static partial class GradientRules
     static void AddNormalization(Dictionary<string, GradientRule> t)
     {
         t["ReduceSum"] = c => [ReduceBack(c, c.Opset >= 13)];
-        t["ReduceMean"] = c =>
-        {
-            var spread = ReduceBack(c, c.Opset >= 18);
-            // divide by the number of elements averaged: |input| / |output|, computed in the graph (dynamic shapes)
-            var count = c.Div(c.CastLike(c.Op("Size", [c.I(0)]), c.O(0)), c.CastLike(c.Op("Size", [c.O(0)]), c.O(0)));
-            return [c.Div(spread, count)];
-        };
+        t["ReduceMean"] = c => [c.Div(ReduceBack(c, c.Opset >= 18), AveragedCount(c, c.Opset >= 18))];
         t["Softmax"] = c =>
         {
             // dx = y ⊙ (dy − Σ dy⊙y)
@@ -44,14 +38,31 @@ public static partial class GradientRules
     /// when keepdims=0, expanded back to the input's shape.</summary>
     static string ReduceBack(GradContext c, bool axesAsInput)
     {
+        if (ReducedAxes(c, axesAsInput) is not { } axes) return c.GO(0)!;
+        var grad = c.GO(0)!;
+        if (c.Attr("keepdims", 1L) == 0) grad = c.Unsqueeze(grad, axes.Order().ToArray());
+        return c.Op("Expand", [grad, c.ShapeOf(c.I(0))]);
+    }
+
+    /// <summary>The axes a reduction sums over, normalized; null for a no-op (empty axes with noop_with_empty_axes).</summary>
+    static long[]? ReducedAxes(GradContext c, bool axesAsInput)
+    {
         int rank = c.Rank(c.I(0));
         var axes = axesAsInput ? c.AxesOf(1) : Onnx.Attrs.Ints(c.Node, "axes");
-        if ((axes is null || axes.Length == 0) && c.Attr("noop_with_empty_axes", 0L) == 1) return c.GO(0)!;
-        var all = axes is null || axes.Length == 0;
-        var normalized = all ? Enumerable.Range(0, rank).Select(i => (long)i).ToArray() : GradContext.Normalize(axes!, rank);
-        var grad = c.GO(0)!;
-        if (c.Attr("keepdims", 1L) == 0) grad = c.Unsqueeze(grad, normalized.Order().ToArray());
-        return c.Op("Expand", [grad, c.ShapeOf(c.I(0))]);
+        if ((axes is null || axes.Length == 0) && c.Attr("noop_with_empty_axes", 0L) == 1) return null;
+        return axes is null || axes.Length == 0 ? Enumerable.Range(0, rank).Select(i => (long)i).ToArray() : GradContext.Normalize(axes, rank);
+    }
+
+    /// <summary>The number of elements each output of a ReduceMean averages. A constant when both probe runs saw the same
+    /// extents on the reduced axes (a hidden size, a head dim): then no Size/Cast/Div nodes run per step. Otherwise
+    /// |input| / |output|, computed in the graph.</summary>
+    static string AveragedCount(GradContext c, bool axesAsInput)
+    {
+        var (a, b) = (c.Types[c.I(0)].ShapeA, c.Types[c.I(0)].ShapeB);
+        var axes = ReducedAxes(c, axesAsInput) ?? [];
+        if (axes.All(i => a[i] == b[i] && a[i] > 0))
+            return c.Scalar(axes.Aggregate(1L, (n, i) => n * a[i]), c.O(0));
+        return c.Div(c.CastLike(c.Op("Size", [c.I(0)]), c.O(0)), c.CastLike(c.Op("Size", [c.O(0)]), c.O(0)));
     }
 
     /// <summary>LayerNormalization (centered) and RMS normalization over the axes from <c>axis</c> on.
