@@ -54,6 +54,7 @@ public class AutodiffRuleTests
         Check((g, x) => Op(g, "Clip", [x[0], g.Floats([], -0.3), g.Floats([], 0.4)]), [X("x", 3, 4)]);
     }
 
+    [TestCase(new long[] { 3, 4 }, new long[] { 4, 5 })]
     [TestCase(new long[] { 2, 3, 4 }, new long[] { 4, 5 })]
     [TestCase(new long[] { 3, 4 }, new long[] { 2, 4, 5 })]
     [TestCase(new long[] { 2, 1, 3, 4 }, new long[] { 3, 4, 2 })]

@@ -15,28 +15,33 @@ static class OrtGraphStats
 {
     public static void Print(TrainingGraph graph, int batch, int seq)
     {
-        var step = graph.WithBatchShape(graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)), batch, seq).ToByteArray();
-        foreach (var level in new[] { GraphOptimizationLevel.ORT_ENABLE_BASIC, GraphOptimizationLevel.ORT_ENABLE_ALL })
+        var step = graph.BuildStep(new AdamWOptions(WeightDecay: 0.01));
+        var fixedShape = graph.WithBatchShape(step, batch, seq).ToByteArray();
+        Count($"basic, static shapes B={batch} S={seq}", fixedShape, GraphOptimizationLevel.ORT_ENABLE_BASIC);
+        Count($"all, static shapes B={batch} S={seq}", fixedShape, GraphOptimizationLevel.ORT_ENABLE_ALL);
+        Count("all, dynamic shapes", step.ToByteArray(), GraphOptimizationLevel.ORT_ENABLE_ALL);
+    }
+
+    static void Count(string what, byte[] model, GraphOptimizationLevel level)
+    {
+        var path = Path.Combine(Path.GetTempPath(), $"ortlora-step-{Environment.ProcessId}.onnx");
+        try
         {
-            var path = Path.Combine(Path.GetTempPath(), $"ortlora-step-{Environment.ProcessId}-{level}.onnx");
-            try
+            using (var options = OrtRun.DefaultOptions(level))
             {
-                using (var options = OrtRun.DefaultOptions(level))
-                {
-                    options.IntraOpNumThreads = 1;
-                    options.OptimizedModelFilePath = path;
-                    using var session = new InferenceSession(step, options);
-                }
-                var optimized = ModelProto.Parser.ParseFrom(File.ReadAllBytes(path)).Graph;
-                Console.WriteLine($"ORT step graph at {level} (B={batch}, S={seq}, static shapes): {optimized.Node.Count} nodes");
-                var ops = optimized.Node.GroupBy(n => n.Domain is "" or "ai.onnx" ? n.OpType : $"{n.Domain}.{n.OpType}")
-                    .OrderByDescending(g => g.Count()).Select(g => $"{g.Key} {g.Count()}");
-                Console.WriteLine("  " + string.Join(", ", ops));
-                var origins = optimized.Node.GroupBy(n => Origin(n.Name)).OrderByDescending(g => g.Count()).Select(g => $"{g.Key} {g.Count()}");
-                Console.WriteLine("  by origin: " + string.Join(", ", origins));
+                options.IntraOpNumThreads = 1;
+                options.OptimizedModelFilePath = path;
+                using var session = new InferenceSession(model, options);
             }
-            finally { File.Delete(path); }
+            var optimized = ModelProto.Parser.ParseFrom(File.ReadAllBytes(path)).Graph;
+            Console.WriteLine($"ORT step graph ({what}): {optimized.Node.Count} nodes");
+            var ops = optimized.Node.GroupBy(n => n.Domain is "" or "ai.onnx" ? n.OpType : $"{n.Domain}.{n.OpType}")
+                .OrderByDescending(g => g.Count()).Select(g => $"{g.Key} {g.Count()}");
+            Console.WriteLine("  " + string.Join(", ", ops));
+            var origins = optimized.Node.GroupBy(n => Origin(n.Name)).OrderByDescending(g => g.Count()).Select(g => $"{g.Key} {g.Count()}");
+            Console.WriteLine("  by origin: " + string.Join(", ", origins));
         }
+        finally { File.Delete(path); }
     }
 
     /// <summary>Which part of the step a node comes from, by the name prefix autodiff and the optimizer give their

@@ -139,9 +139,17 @@ public sealed class GradContext
 
     public string Concat(params string[] parts) => Op("Concat", parts, ("axis", 0L));
 
+    /// <summary>Dims [<paramref name="from"/>, <paramref name="to"/>) of a forward value's shape, as an int64 vector: a
+    /// constant when both probe runs saw the same extents there (model dims: hidden size, heads, head dim), which ORT
+    /// folds with whatever reads it; else sliced from Shape(value) in the graph.</summary>
+    public string Dims(string value, int from, int to)
+    {
+        var (a, b) = (Types[value].ShapeA[from..to], Types[value].ShapeB[from..to]);
+        return a.SequenceEqual(b) && a.All(d => d > 0) ? Ints(a) : Op("Slice", [ShapeOf(value), Ints(from), Ints(to), Ints(0)]);
+    }
+
     /// <summary>The last <paramref name="count"/> dims of a forward value's shape, as an int64 vector.</summary>
-    public string LastDims(string value, int count) =>
-        Op("Slice", [ShapeOf(value), Ints(-count), Ints(long.MaxValue), Ints(0)]);
+    public string LastDims(string value, int count) => Dims(value, Rank(value) - count, Rank(value));
 
     /// <summary>Sums away the leading axes of a rank-<paramref name="rank"/> value down to rank <paramref name="keep"/>.</summary>
     public string SumLeading(string x, int rank, int keep) =>
