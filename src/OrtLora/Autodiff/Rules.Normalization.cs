@@ -5,8 +5,9 @@ public static partial class GradientRules
 {
     static void AddNormalization(Dictionary<string, GradientRule> t)
     {
-        t["ReduceSum"] = c => [ReduceBack(c, c.Opset >= 13)];
-        t["ReduceMean"] = c => [c.Div(ReduceBack(c, c.Opset >= 18), AveragedCount(c, c.Opset >= 18))];
+        t["ReduceSum"] = c => [ReduceBack(c, c.Opset >= 13, c.GO(0)!)];
+        // divided before it is spread: the same numbers, computed on the reduced tensor
+        t["ReduceMean"] = c => [ReduceBack(c, c.Opset >= 18, c.Div(c.GO(0)!, AveragedCount(c, c.Opset >= 18)))];
         t["Softmax"] = c =>
         {
             // dx = y ⊙ (dy − Σ dy⊙y)
@@ -34,12 +35,11 @@ public static partial class GradientRules
         return Enumerable.Range((int)axis, rank - (int)axis).Select(i => (long)i).ToArray();
     }
 
-    /// <summary>The gradient of a sum-like reduction before any scaling: the output gradient, with reduced axes restored
-    /// when keepdims=0, expanded back to the input's shape.</summary>
-    static string ReduceBack(GradContext c, bool axesAsInput)
+    /// <summary>A gradient shaped like a reduction's output spread back over the reduced axes: the axes restored when
+    /// keepdims=0, then expanded to the input's shape.</summary>
+    static string ReduceBack(GradContext c, bool axesAsInput, string grad)
     {
-        if (ReducedAxes(c, axesAsInput) is not { } axes) return c.GO(0)!;
-        var grad = c.GO(0)!;
+        if (ReducedAxes(c, axesAsInput) is not { } axes) return grad;
         if (c.Attr("keepdims", 1L) == 0) grad = c.Unsqueeze(grad, axes.Order().ToArray());
         return c.Op("Expand", [grad, c.ShapeOf(c.I(0))]);
     }
