@@ -7,9 +7,10 @@ using OrtLora.Training.Engine;
 
 namespace OrtLora.Bench;
 
-/// <summary>The step graph as ORT runs it: loaded with static shapes ([batch, seq] fixed, as TrainingSession's
-/// StaticShapes does), optimized at each level, saved (SessionOptions.OptimizedModelFilePath) and counted. On a launch-
-/// bound device every one of these nodes is a kernel launch per step; the graph we emit (--graph-stats) is not what runs.
+/// <summary>The training graphs as ORT runs them: the step graph loaded with static shapes ([batch, seq] fixed, as
+/// TrainingSession's StaticShapes does) at levels basic and all, and with dynamic shapes at all; gradient accumulation's
+/// micro-batch graph at all. Each is optimized, saved (SessionOptions.OptimizedModelFilePath) and counted. On a launch-
+/// bound device every one of these nodes costs a dispatch per run; the graph we emit (--graph-stats) is not what runs.
 /// CPU execution provider: CUDA's own fusions differ a little, the folding of shapes and constants does not.</summary>
 static class OrtGraphStats
 {
@@ -17,9 +18,11 @@ static class OrtGraphStats
     {
         var step = graph.BuildStep(new AdamWOptions(WeightDecay: 0.01));
         var fixedShape = graph.WithBatchShape(step, batch, seq).ToByteArray();
-        Count($"basic, static shapes B={batch} S={seq}", fixedShape, GraphOptimizationLevel.ORT_ENABLE_BASIC);
-        Count($"all, static shapes B={batch} S={seq}", fixedShape, GraphOptimizationLevel.ORT_ENABLE_ALL);
-        Count("all, dynamic shapes", step.ToByteArray(), GraphOptimizationLevel.ORT_ENABLE_ALL);
+        Count($"step, basic, static shapes B={batch} S={seq}", fixedShape, GraphOptimizationLevel.ORT_ENABLE_BASIC);
+        Count($"step, all, static shapes B={batch} S={seq}", fixedShape, GraphOptimizationLevel.ORT_ENABLE_ALL);
+        Count("step, all, dynamic shapes", step.ToByteArray(), GraphOptimizationLevel.ORT_ENABLE_ALL);
+        Count($"gradient accumulation's micro-batch graph, all, static shapes B={batch} S={seq}",
+            graph.WithBatchShape(graph.BuildAccumulate(), batch, seq).ToByteArray(), GraphOptimizationLevel.ORT_ENABLE_ALL);
     }
 
     static void Count(string what, byte[] model, GraphOptimizationLevel level)
@@ -34,7 +37,7 @@ static class OrtGraphStats
                 using var session = new InferenceSession(model, options);
             }
             var optimized = ModelProto.Parser.ParseFrom(File.ReadAllBytes(path)).Graph;
-            Console.WriteLine($"ORT step graph ({what}): {optimized.Node.Count} nodes");
+            Console.WriteLine($"ORT graph ({what}): {optimized.Node.Count} nodes");
             var ops = optimized.Node.GroupBy(n => n.Domain is "" or "ai.onnx" ? n.OpType : $"{n.Domain}.{n.OpType}")
                 .OrderByDescending(g => g.Count()).Select(g => $"{g.Key} {g.Count()}");
             Console.WriteLine("  " + string.Join(", ", ops));
@@ -47,5 +50,5 @@ static class OrtGraphStats
     /// <summary>Which part of the step a node comes from, by the name prefix autodiff and the optimizer give their
     /// nodes (a node ORT made by fusing keeps a name derived from one of the fused).</summary>
     static string Origin(string name) =>
-        name.StartsWith("adamw/") ? "optimizer" : name.StartsWith("grad/") ? "backward" : name.StartsWith("loss/") ? "loss" : "forward";
+        name.StartsWith("adamw/") ? "optimizer" : name.StartsWith("accumulate/") ? "accumulation" : name.StartsWith("grad/") ? "backward" : name.StartsWith("loss/") ? "loss" : "forward";
 }

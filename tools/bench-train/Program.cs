@@ -2,7 +2,8 @@
 //   dotnet run -c Release --project tools/bench-train -- [--shape smollm2-135m] [--batch 8] [--seq 256] [--r 16]
 //       [--steps 3] [--mode train|eval|train+eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
 //       [--graph-stats] [--ort-graph-stats] [--build-only] [--opt-basic] [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
-// --ort-graph-stats: the step graph after ORT's optimizations at basic and all, with static shapes (what a step runs).
+// --ort-graph-stats: the nodes a step runs: the step graph after ORT's optimizations (basic and all, static shapes; all,
+// dynamic shapes) and gradient accumulation's micro-batch graph, with op histograms.
 // Peak memory is the process's peak working set, so compare modes with one process each (--mode eval vs train).
 // train+eval times training steps, then loads the eval session too (as `ortlora train --eval-steps` does) and
 // evaluates once: the peak then shows what the two sessions hold together.

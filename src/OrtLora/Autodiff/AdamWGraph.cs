@@ -23,7 +23,7 @@ public static class AdamWGraph
     /// <param name="step">float scalar input: the step number t, from 1</param>
     /// <param name="maxGradNorm">float scalar input: clip to this global norm; 0 or less disables clipping</param>
     /// <param name="shapes">each parameter's shape: parameters sharing a learning rate and all dims but one are updated
-    /// as one tensor, concatenated along that dim (a dozen nodes per bundle instead of per parameter), then split back</param>
+    /// as one tensor (<see cref="ParameterBundle"/>), then split back</param>
     public static Result Append(GraphEditor g, IReadOnlyList<AdamWSlot> slots, IReadOnlyDictionary<string, long[]> shapes,
         string lr, string step, string maxGradNorm, AdamWOptions o)
     {
@@ -34,9 +34,10 @@ public static class AdamWGraph
         string Op(string op, params string[] inputs) => g.Add(op, inputs, name: "adamw/" + op);
         string Cast(string x, int to) => g.Add("Cast", [x], name: "adamw/Cast", attributes: ("to", (long)to));
 
-        var bundles = slots.GroupBy(s => o.LrMultiplier?.Invoke(s.Param) ?? 1.0)
-            .SelectMany(grp => Bundle.Form(grp.ToList(), shapes).Select(b => (Multiplier: grp.Key, Bundle: b))).ToList();
-        var bundleGrads = bundles.Select(b => b.Bundle.Join(g, s => s.Grad)).ToList();
+        var slotOf = slots.ToDictionary(s => s.Param);
+        var bundles = slots.GroupBy(s => o.LrMultiplier?.Invoke(s.Param) ?? 1.0).SelectMany(grp =>
+            ParameterBundle.Form(grp.Select(s => s.Param), shapes).Select(b => (Multiplier: grp.Key, Bundle: b))).ToList();
+        var bundleGrads = bundles.Select(b => b.Bundle.Join(g, p => slotOf[p].Grad, "adamw")).ToList();
 
         // clip_grad_norm_: coef = min(1, max_norm / (‖g‖ + 1e-6)), applied when max_norm > 0
         var squares = bundleGrads.Select(bg => g.Add("ReduceSum", [Op("Mul", bg, bg)], name: "adamw/ReduceSum", attributes: ("keepdims", 0L))).ToArray();
@@ -63,9 +64,9 @@ public static class AdamWGraph
         {
             var (multiplier, bundle) = bundles[k];
             var (decay, stepSize) = Rates(multiplier);
-            var param = bundle.Join(g, s => s.Param);
-            var expAvg = bundle.Join(g, s => s.ExpAvg);
-            var expAvgSq = bundle.Join(g, s => s.ExpAvgSq);
+            var param = bundle.Join(g, name => name, "adamw");
+            var expAvg = bundle.Join(g, name => slotOf[name].ExpAvg, "adamw");
+            var expAvgSq = bundle.Join(g, name => slotOf[name].ExpAvgSq, "adamw");
             var grad = Op("Mul", bundleGrads[k], coef);
             var decayed = o.WeightDecay == 0 ? param : Op("Mul", param, decay);
             var m = Op("Add", expAvg, Op("Mul", Op("Sub", grad, expAvg), Scalar(1 - o.Beta1, F)));
@@ -73,47 +74,9 @@ public static class AdamWGraph
             var denom = Op("Add", Op("Div", Op("Sqrt", v), sqrtCorrection2), Scalar(o.Epsilon, F));
             var p = Op("Sub", decayed, Op("Mul", stepSize, Op("Div", m, denom)));
 
-            var (ps, ms, vs) = (bundle.Unjoin(g, p), bundle.Unjoin(g, m), bundle.Unjoin(g, v));
-            for (int i = 0; i < bundle.Slots.Count; i++) updated[bundle.Slots[i].Param] = (ps[i], ms[i], vs[i]);
+            var (ps, ms, vs) = (bundle.Unjoin(g, p, "adamw"), bundle.Unjoin(g, m, "adamw"), bundle.Unjoin(g, v, "adamw"));
+            for (int i = 0; i < bundle.Members.Count; i++) updated[bundle.Members[i]] = (ps[i], ms[i], vs[i]);
         }
         return new Result(norm, updated);
-    }
-
-    /// <summary>Parameters whose shapes differ in at most one dim, <see cref="Axis"/>: concatenated along it they make one
-    /// tensor, with no reshape in or out (LoRA's A matrices [r, in] side by side, its B matrices [out, r] stacked).</summary>
-    sealed record Bundle(List<AdamWSlot> Slots, int Axis, long[] Extents)
-    {
-        /// <summary>Greedy: the (axis, other dims) pattern most parameters share becomes a bundle, then the next among
-        /// those left. Scalars stay alone.</summary>
-        public static List<Bundle> Form(List<AdamWSlot> slots, IReadOnlyDictionary<string, long[]> shapes)
-        {
-            var bundles = new List<Bundle>();
-            var left = new List<AdamWSlot>(slots);
-            while (left.Count > 0)
-            {
-                var best = left.SelectMany(s => Patterns(shapes[s.Param]).Select(key => (key, s)))
-                    .GroupBy(x => x.key).OrderByDescending(grp => grp.Count()).ThenBy(grp => grp.Key.Axis).FirstOrDefault();
-                var members = best is null ? [left[0]] : best.Select(x => x.s).ToList();
-                int axis = best?.Key.Axis ?? 0;
-                bundles.Add(new Bundle(members, axis, members.Select(s => shapes[s.Param] is [] ? 1 : shapes[s.Param][axis]).ToArray()));
-                left.RemoveAll(members.Contains);
-            }
-            return bundles;
-        }
-
-        static IEnumerable<(int Axis, string Others)> Patterns(long[] shape) =>
-            Enumerable.Range(0, shape.Length).Select(a => (a, string.Join(",", shape.Select((d, i) => i == a ? "*" : d.ToString()))));
-
-        public string Join(GraphEditor g, Func<AdamWSlot, string> value) => Slots.Count == 1 ? value(Slots[0])
-            : g.Add("Concat", Slots.Select(value), name: "adamw/Concat", attributes: ("axis", (long)Axis));
-
-        public string[] Unjoin(GraphEditor g, string joined)
-        {
-            if (Slots.Count == 1) return [joined];
-            var outputs = Slots.Select(_ => g.Unique("adamw/Split_out")).ToArray();
-            g.Add("Split", [joined, GraphConstants.Int64s(g, "adamw/sizes", Extents)], name: "adamw/Split", outputs: outputs,
-                attributes: ("axis", (long)Axis));
-            return outputs;
-        }
     }
 }
