@@ -80,4 +80,20 @@ public class AdamWGraphTests
             }
         }
     }
+
+    /// <summary>On a launch-bound device each node costs a dispatch: the optimizer and the accumulation of a LoRA model
+    /// run a fixed handful of nodes per bundle (A's, B's), not a chain per parameter (56 parameters on tiny).</summary>
+    [Test]
+    public void OptimizerAndAccumulationNodesDoNotGrowWithTheParameterCount()
+    {
+        using var model = OrtLora.Graphs.LlamaGraph.Build(OrtLora.Graphs.LlamaShape.Tiny, seed: 1);
+        OrtLora.Lora.LoraInjector.Inject(model, new OrtLora.Lora.LoraConfig { R = 2, LoraAlpha = 4, TargetModules = ["all-linear"] });
+        using var graph = OrtLora.Training.Engine.TrainingGraph.Build(model);
+        Assert.That(graph.Parameters, Has.Count.EqualTo(56));
+        var step = graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)).Graph.Node;
+        Assert.That(step.Count(n => n.Name.StartsWith("adamw/")), Is.LessThan(100), "69 today; a chain per parameter made over 400");
+        Assert.That(step.Count(n => n.OpType == "Reshape" && n.Name.StartsWith("adamw/")), Is.Zero);
+        var accumulate = graph.BuildAccumulate().Graph.Node;
+        Assert.That(accumulate.Count(n => n.Name.StartsWith("accumulate/")), Is.EqualTo(10), "per bundle: 2 Concats, Mul, Add, Split");
+    }
 }
