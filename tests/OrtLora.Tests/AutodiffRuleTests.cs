@@ -226,4 +226,32 @@ public class AutodiffDynamicBroadcastTests
             }
         }
     }
+
+    /// <summary>A reshape's gradient reshapes back to a constant shape when at most one dim varies: 0 copies a dim the
+    /// gradient has at the same index, -1 infers one it has elsewhere. No Shape node, right for any runtime shape.</summary>
+    [Test]
+    public void ReshapeBackNeedsNoShapeNodeForOneVaryingDim()
+    {
+        var (model, g) = Model("x");
+        var column = g.Add("Reshape", ["x", g.Add("Concat", [g.Add("Shape", ["x"]), g.AddInitializer(OrtLora.Onnx.Tensors.FromInt64("one", [1], [1L]))],
+            attributes: ("axis", 0L))]); // [rows, 3, 1]: the varying dim at the same index
+        var front = g.Add("Unsqueeze", ["x", g.AddInitializer(OrtLora.Onnx.Tensors.FromInt64("zero", [1], [0L]))]); // [1, rows, 3]: moved
+        var loss = g.Add("Add", [g.Add("ReduceSum", [g.Add("Mul", [column, column])], attributes: ("keepdims", 0L)),
+            g.Add("ReduceSum", [g.Add("Mul", [g.Add("Mul", [front, front]), front])], attributes: ("keepdims", 0L))]);
+        var types = OrtLora.Autodiff.ValueTable.Probe(model,
+            new Dictionary<string, OrtLora.Onnx.HostTensor> { ["x"] = Feed(2, 0) }, new Dictionary<string, OrtLora.Onnx.HostTensor> { ["x"] = Feed(3, 0) });
+        int before = model.Graph.Node.Count;
+        var grads = OrtLora.Autodiff.GradientBuilder.Build(g, loss, ["x"], types, 18);
+        Assert.That(model.Graph.Node.Skip(before).Where(n => n.OpType == "Shape").Select(n => n.Input[0]), Has.No.Member("x"),
+            "both gradients reshape back to x's shape without reading it");
+        model.Graph.Output.Add(new global::Onnx.ValueInfoProto { Name = grads["x"] });
+        foreach (var rows in new[] { 1, 4, 6 })
+        {
+            var x = Feed(rows, -0.3);
+            var gx = OrtLora.Onnx.OrtRun.Run(new OrtLora.Onnx.OnnxModel(model), new Dictionary<string, OrtLora.Onnx.HostTensor> { ["x"] = x })[grads["x"]];
+            Assert.That(gx.Shape, Is.EqualTo(new long[] { rows, 3 }));
+            for (int j = 0; j < gx.Doubles.Length; j++)
+                Assert.That(gx.Doubles[j], Is.EqualTo(2 * x.Doubles[j] + 3 * x.Doubles[j] * x.Doubles[j]).Within(1e-9), $"rows {rows}, x[{j}]");
+        }
+    }
 }

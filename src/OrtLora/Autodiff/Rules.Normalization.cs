@@ -41,7 +41,11 @@ public static partial class GradientRules
     {
         if (ReducedAxes(c, axesAsInput) is not { } axes) return grad;
         if (c.Attr("keepdims", 1L) == 0) grad = c.Unsqueeze(grad, axes.Order().ToArray());
-        return c.Op("Expand", [grad, c.ShapeOf(c.I(0))]);
+        // Expand broadcasts: the shape needs only the reduced axes' extents, 1 where the gradient has the dim already. A
+        // constant when the probes agree on those extents (no Shape node per step without static shapes either).
+        var (a, b) = (c.Types[c.I(0)].ShapeA, c.Types[c.I(0)].ShapeB);
+        var shape = axes.All(i => a[i] == b[i] && a[i] > 0) ? c.Ints(a.Select((d, i) => axes.Contains(i) ? d : 1L).ToArray()) : c.ShapeOf(c.I(0));
+        return c.Op("Expand", [grad, shape]);
     }
 
     /// <summary>The axes a reduction sums over, normalized; null for a no-op (empty axes with noop_with_empty_axes).</summary>

@@ -5,7 +5,7 @@ public static partial class GradientRules
 {
     static void AddShape(Dictionary<string, GradientRule> t)
     {
-        GradientRule reshapeBack = c => [c.ReshapeLike(c.GO(0)!, c.I(0))];
+        GradientRule reshapeBack = c => [c.ReshapeLike(c.GO(0)!, c.I(0), (c.Types[c.O(0)].ShapeA, c.Types[c.O(0)].ShapeB))];
         foreach (var op in new[] { "Reshape", "Flatten", "Squeeze", "Unsqueeze" }) t[op] = reshapeBack;
         t["Expand"] = c => [c.Unbroadcast(c.GO(0)!, c.O(0), c.I(0))];
         t["Transpose"] = Transpose;
