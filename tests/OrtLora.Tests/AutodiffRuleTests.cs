@@ -54,6 +54,7 @@ public class AutodiffRuleTests
         Check((g, x) => Op(g, "Clip", [x[0], g.Floats([], -0.3), g.Floats([], 0.4)]), [X("x", 3, 4)]);
     }
 
+    [TestCase(new long[] { 3, 4 }, new long[] { 4, 5 })]
     [TestCase(new long[] { 2, 3, 4 }, new long[] { 4, 5 })]
     [TestCase(new long[] { 3, 4 }, new long[] { 2, 4, 5 })]
     [TestCase(new long[] { 2, 1, 3, 4 }, new long[] { 3, 4, 2 })]
@@ -144,27 +145,34 @@ public class AutodiffRuleTests
     }
 }
 
-/// <summary>Broadcasting the probe runs cannot settle (a dim that is 1 in one probe and not in the other) is summed
-/// by shape computations in the graph, so the gradient graph is right for any runtime shape.</summary>
+/// <summary>What the probe runs cannot settle (a dim that is 1 in one probe and not in the other, a reduced dim whose
+/// extent differs) is computed by shape computations in the graph, so the gradient graph is right for any runtime shape.</summary>
 public class AutodiffDynamicBroadcastTests
 {
-    [Test]
-    public void BroadcastAxesAreComputedInTheGraphWhenProbesDisagree()
+    /// <summary>A float64 graph whose inputs are [rows, 3], rows dynamic.</summary>
+    static (global::Onnx.ModelProto, OrtLora.Onnx.GraphEditor) Model(params string[] inputs)
     {
         var model = new global::Onnx.ModelProto { IrVersion = 10, Graph = new global::Onnx.GraphProto { Name = "dyn" } };
         model.OpsetImport.Add(new global::Onnx.OperatorSetIdProto { Domain = "", Version = 18 });
-        foreach (var name in new[] { "x", "b" })
+        foreach (var name in inputs)
         {
             var tensor = new global::Onnx.TypeProto.Types.Tensor { ElemType = 11, Shape = new global::Onnx.TensorShapeProto() };
             tensor.Shape.Dim.Add(new global::Onnx.TensorShapeProto.Types.Dimension { DimParam = name + "0" });
             tensor.Shape.Dim.Add(new global::Onnx.TensorShapeProto.Types.Dimension { DimValue = 3 });
             model.Graph.Input.Add(new global::Onnx.ValueInfoProto { Name = name, Type = new global::Onnx.TypeProto { TensorType = tensor } });
         }
-        var g = new OrtLora.Onnx.GraphEditor(model.Graph);
+        return (model, new OrtLora.Onnx.GraphEditor(model.Graph));
+    }
+
+    static OrtLora.Onnx.HostTensor Feed(int rows, double start) =>
+        OrtLora.Onnx.HostTensor.Of(Enumerable.Range(0, rows * 3).Select(i => start + 0.1 * i).ToArray(), rows, 3);
+
+    [Test]
+    public void BroadcastAxesAreComputedInTheGraphWhenProbesDisagree()
+    {
+        var (model, g) = Model("x", "b");
         var y = g.Add("Mul", ["x", "b"]);
         var loss = g.Add("ReduceSum", [g.Add("Mul", [y, y])], attributes: ("keepdims", 0L));
-        OrtLora.Onnx.HostTensor Feed(int rows, double start) =>
-            OrtLora.Onnx.HostTensor.Of(Enumerable.Range(0, rows * 3).Select(i => start + 0.1 * i).ToArray(), rows, 3);
         // probe A: x [1,3], b [1,3] (no broadcast seen); probe B: x [2,3], b [1,3] (broadcast on axis 0)
         var types = OrtLora.Autodiff.ValueTable.Probe(model,
             new Dictionary<string, OrtLora.Onnx.HostTensor> { ["x"] = Feed(1, 0), ["b"] = Feed(1, 1) },
@@ -185,6 +193,65 @@ public class AutodiffDynamicBroadcastTests
                     .Sum(r => 2 * x.Doubles[r * 3 + j % 3] * x.Doubles[r * 3 + j % 3] * b.Doubles[j]);
                 Assert.That(gb.Doubles[j], Is.EqualTo(expected).Within(1e-9));
             }
+        }
+    }
+
+    /// <summary>ReduceMean's gradient divides by the count averaged: a constant for the fixed axis (no Size node), computed
+    /// in the graph for the axis whose extent the probes saw change.</summary>
+    [Test]
+    public void AveragedCountIsConstantOnlyForAxesTheProbesAgreeOn()
+    {
+        var (model, g) = Model("x");
+        var overRows = g.Add("ReduceMean", ["x", g.AddInitializer(OrtLora.Onnx.Tensors.FromInt64("axis0", [1], [0L]))]);
+        var overColumns = g.Add("ReduceMean", ["x", g.AddInitializer(OrtLora.Onnx.Tensors.FromInt64("axis1", [1], [1L]))]);
+        var loss = g.Add("Add", [g.Add("ReduceSum", [g.Add("Mul", [overRows, overRows])], attributes: ("keepdims", 0L)),
+            g.Add("ReduceSum", [g.Add("Mul", [overColumns, overColumns])], attributes: ("keepdims", 0L))]);
+        var types = OrtLora.Autodiff.ValueTable.Probe(model,
+            new Dictionary<string, OrtLora.Onnx.HostTensor> { ["x"] = Feed(2, 0) }, new Dictionary<string, OrtLora.Onnx.HostTensor> { ["x"] = Feed(3, 0) });
+        int before = model.Graph.Node.Count;
+        var grads = OrtLora.Autodiff.GradientBuilder.Build(g, loss, ["x"], types, 18);
+        Assert.That(model.Graph.Node.Skip(before).Count(n => n.OpType == "Size"), Is.EqualTo(2), "|input| and |output| of the mean over rows only");
+        model.Graph.Output.Add(new global::Onnx.ValueInfoProto { Name = grads["x"] });
+        foreach (var rows in new[] { 1, 4, 6 })
+        {
+            var x = Feed(rows, 0.5);
+            var gx = OrtLora.Onnx.OrtRun.Run(new OrtLora.Onnx.OnnxModel(model), new Dictionary<string, OrtLora.Onnx.HostTensor> { ["x"] = x })[grads["x"]];
+            for (int j = 0; j < gx.Doubles.Length; j++)
+            {
+                // d/dx Σ_c mean_r(x)² + Σ_r mean_c(x)² = 2·mean over its column / rows + 2·mean over its row / 3
+                int r = j / 3, col = j % 3;
+                double columnMean = Enumerable.Range(0, rows).Average(k => x.Doubles[k * 3 + col]);
+                double rowMean = Enumerable.Range(0, 3).Average(k => x.Doubles[r * 3 + k]);
+                Assert.That(gx.Doubles[j], Is.EqualTo(2 * columnMean / rows + 2 * rowMean / 3).Within(1e-9), $"rows {rows}, x[{r},{col}]");
+            }
+        }
+    }
+
+    /// <summary>A reshape's gradient reshapes back to a constant shape when at most one dim varies: 0 copies a dim the
+    /// gradient has at the same index, -1 infers one it has elsewhere. No Shape node, right for any runtime shape.</summary>
+    [Test]
+    public void ReshapeBackNeedsNoShapeNodeForOneVaryingDim()
+    {
+        var (model, g) = Model("x");
+        var column = g.Add("Reshape", ["x", g.Add("Concat", [g.Add("Shape", ["x"]), g.AddInitializer(OrtLora.Onnx.Tensors.FromInt64("one", [1], [1L]))],
+            attributes: ("axis", 0L))]); // [rows, 3, 1]: the varying dim at the same index
+        var front = g.Add("Unsqueeze", ["x", g.AddInitializer(OrtLora.Onnx.Tensors.FromInt64("zero", [1], [0L]))]); // [1, rows, 3]: moved
+        var loss = g.Add("Add", [g.Add("ReduceSum", [g.Add("Mul", [column, column])], attributes: ("keepdims", 0L)),
+            g.Add("ReduceSum", [g.Add("Mul", [g.Add("Mul", [front, front]), front])], attributes: ("keepdims", 0L))]);
+        var types = OrtLora.Autodiff.ValueTable.Probe(model,
+            new Dictionary<string, OrtLora.Onnx.HostTensor> { ["x"] = Feed(2, 0) }, new Dictionary<string, OrtLora.Onnx.HostTensor> { ["x"] = Feed(3, 0) });
+        int before = model.Graph.Node.Count;
+        var grads = OrtLora.Autodiff.GradientBuilder.Build(g, loss, ["x"], types, 18);
+        Assert.That(model.Graph.Node.Skip(before).Where(n => n.OpType == "Shape").Select(n => n.Input[0]), Has.No.Member("x"),
+            "both gradients reshape back to x's shape without reading it");
+        model.Graph.Output.Add(new global::Onnx.ValueInfoProto { Name = grads["x"] });
+        foreach (var rows in new[] { 1, 4, 6 })
+        {
+            var x = Feed(rows, -0.3);
+            var gx = OrtLora.Onnx.OrtRun.Run(new OrtLora.Onnx.OnnxModel(model), new Dictionary<string, OrtLora.Onnx.HostTensor> { ["x"] = x })[grads["x"]];
+            Assert.That(gx.Shape, Is.EqualTo(new long[] { rows, 3 }));
+            for (int j = 0; j < gx.Doubles.Length; j++)
+                Assert.That(gx.Doubles[j], Is.EqualTo(2 * x.Doubles[j] + 3 * x.Doubles[j] * x.Doubles[j]).Within(1e-9), $"rows {rows}, x[{j}]");
         }
     }
 }

@@ -1,8 +1,11 @@
 // bench-train: step time, tokens/s, graph size and peak memory of ortlora's training engine on the CPU.
 //   dotnet run -c Release --project tools/bench-train -- [--shape smollm2-135m] [--batch 8] [--seq 256] [--r 16]
 //       [--steps 3] [--mode train|eval|train+eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
-//       [--graph-stats] [--build-only] [--opt-basic | --graph-optimization-level all|extended|basic|none] [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
+//       [--graph-stats] [--ort-graph-stats] [--build-only] [--opt-basic | --graph-optimization-level all|extended|basic|none]
+//       [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
 //       [--gradient-checkpointing] [--loss-chunks N]
+// --ort-graph-stats: the nodes a step runs: the step graph after ORT's optimizations (basic and all, static shapes; all,
+// dynamic shapes) and gradient accumulation's micro-batch graph, with op histograms.
 // Peak memory is the process's peak working set, so compare modes with one process each (--mode eval vs train).
 // train+eval times training steps, then loads the eval session too (as `ortlora train --eval-steps` does) and
 // evaluates once: the peak then shows what the two sessions hold together.
@@ -46,6 +49,8 @@ if (args.Contains("--graph-stats"))
     Console.WriteLine();
     Console.WriteLine($"[B, S, V] values in forward+loss+backward: {FullVocabValues(session.Graph, vocab)}");
 }
+
+if (args.Contains("--ort-graph-stats")) OrtLora.Bench.OrtGraphStats.Print(session.Graph, options.Batch, options.Seq);
 
 if (args.Contains("--build-only")) { session.Dispose(); return; }
 var rng = new Random(1);

@@ -22,8 +22,8 @@ public static class AdamWGraph
     /// <param name="lr">float scalar input: the learning rate</param>
     /// <param name="step">float scalar input: the step number t, from 1</param>
     /// <param name="maxGradNorm">float scalar input: clip to this global norm; 0 or less disables clipping</param>
-    /// <param name="shapes">each parameter's shape: parameters sharing a learning rate are updated as one flat vector
-    /// (a few dozen nodes instead of twenty per parameter), then split back</param>
+    /// <param name="shapes">each parameter's shape: parameters sharing a learning rate and all dims but one are updated
+    /// as one tensor (<see cref="ParameterBundle"/>), then split back</param>
     public static Result Append(GraphEditor g, IReadOnlyList<AdamWSlot> slots, IReadOnlyDictionary<string, long[]> shapes,
         string lr, string step, string maxGradNorm, AdamWOptions o)
     {
@@ -33,18 +33,14 @@ public static class AdamWGraph
             : scalars[(v, type)] = GraphConstants.Scalar(g, "adamw/const", v, type);
         string Op(string op, params string[] inputs) => g.Add(op, inputs, name: "adamw/" + op);
         string Cast(string x, int to) => g.Add("Cast", [x], name: "adamw/Cast", attributes: ("to", (long)to));
-        var flatShape = GraphConstants.Int64s(g, "adamw/flat", -1);
-        string Flat(IEnumerable<string> values)
-        {
-            var parts = values.Select(v => Op("Reshape", v, flatShape)).ToArray();
-            return parts.Length == 1 ? parts[0] : g.Add("Concat", parts, name: "adamw/Concat", attributes: ("axis", 0L));
-        }
 
-        var groups = slots.GroupBy(s => o.LrMultiplier?.Invoke(s.Param) ?? 1.0).Select(grp => (Multiplier: grp.Key, Slots: grp.ToList())).ToList();
-        var flatGrads = groups.Select(grp => Flat(grp.Slots.Select(s => s.Grad))).ToList();
+        var slotOf = slots.ToDictionary(s => s.Param);
+        var bundles = slots.GroupBy(s => o.LrMultiplier?.Invoke(s.Param) ?? 1.0).SelectMany(grp =>
+            ParameterBundle.Form(grp.Select(s => s.Param), shapes).Select(b => (Multiplier: grp.Key, Bundle: b))).ToList();
+        var bundleGrads = bundles.Select(b => b.Bundle.Join(g, p => slotOf[p].Grad, "adamw")).ToList();
 
         // clip_grad_norm_: coef = min(1, max_norm / (‖g‖ + 1e-6)), applied when max_norm > 0
-        var squares = flatGrads.Select(fg => g.Add("ReduceSum", [Op("Mul", fg, fg)], name: "adamw/ReduceSum", attributes: ("keepdims", 0L))).ToArray();
+        var squares = bundleGrads.Select(bg => g.Add("ReduceSum", [Op("Mul", bg, bg)], name: "adamw/ReduceSum", attributes: ("keepdims", 0L))).ToArray();
         var norm = Op("Sqrt", squares.Length == 1 ? squares[0] : Op("Sum", squares));
         var coef = Op("Min", Scalar(1, F), Op("Div", maxGradNorm, Op("Add", norm, Scalar(1e-6, F))));
         coef = Op("Where", Op("Greater", maxGradNorm, Scalar(0, F)), coef, Scalar(1, F));
@@ -54,35 +50,32 @@ public static class AdamWGraph
         var correction1 = Op("Sub", Scalar(1, D), Op("Pow", Scalar(o.Beta1, D), t));
         var sqrtCorrection2 = Cast(Op("Sqrt", Op("Sub", Scalar(1, D), Op("Pow", Scalar(o.Beta2, D), t))), F);
         var lr64 = Cast(lr, D);
-
-        var updated = new Dictionary<string, (string, string, string)>();
-        for (int k = 0; k < groups.Count; k++)
+        var perMultiplier = new Dictionary<double, (string Decay, string StepSize)>();
+        (string Decay, string StepSize) Rates(double multiplier)
         {
-            var (multiplier, group) = groups[k];
+            if (perMultiplier.TryGetValue(multiplier, out var known)) return known;
             var lrP = multiplier == 1 ? lr64 : Op("Mul", lr64, Scalar(multiplier, D));
             var decay = Cast(Op("Sub", Scalar(1, D), Op("Mul", lrP, Scalar(o.WeightDecay, D))), F);
-            var stepSize = Cast(Op("Div", lrP, correction1), F);
+            return perMultiplier[multiplier] = (decay, Cast(Op("Div", lrP, correction1), F));
+        }
 
-            var param = Flat(group.Select(s => s.Param));
-            var expAvg = Flat(group.Select(s => s.ExpAvg));
-            var expAvgSq = Flat(group.Select(s => s.ExpAvgSq));
-            var grad = Op("Mul", flatGrads[k], coef);
+        var updated = new Dictionary<string, (string, string, string)>();
+        for (int k = 0; k < bundles.Count; k++)
+        {
+            var (multiplier, bundle) = bundles[k];
+            var (decay, stepSize) = Rates(multiplier);
+            var param = bundle.Join(g, name => name, "adamw");
+            var expAvg = bundle.Join(g, name => slotOf[name].ExpAvg, "adamw");
+            var expAvgSq = bundle.Join(g, name => slotOf[name].ExpAvgSq, "adamw");
+            var grad = Op("Mul", bundleGrads[k], coef);
             var decayed = o.WeightDecay == 0 ? param : Op("Mul", param, decay);
             var m = Op("Add", expAvg, Op("Mul", Op("Sub", grad, expAvg), Scalar(1 - o.Beta1, F)));
             var v = Op("Add", Op("Mul", expAvgSq, Scalar(o.Beta2, F)), Op("Mul", Op("Mul", grad, grad), Scalar(1 - o.Beta2, F)));
             var denom = Op("Add", Op("Div", Op("Sqrt", v), sqrtCorrection2), Scalar(o.Epsilon, F));
             var p = Op("Sub", decayed, Op("Mul", stepSize, Op("Div", m, denom)));
 
-            var sizes = GraphConstants.Int64s(g, "adamw/sizes", group.Select(s => shapes[s.Param].Aggregate(1L, (a, b) => a * b)).ToArray());
-            string[] Unflatten(string flat)
-            {
-                if (group.Count == 1) return [Op("Reshape", flat, GraphConstants.Int64s(g, "adamw/shape", shapes[group[0].Param]))];
-                var outputs = group.Select(_ => g.Unique("adamw/Split_out")).ToArray();
-                g.Add("Split", [flat, sizes], name: "adamw/Split", outputs: outputs, attributes: ("axis", 0L));
-                return outputs.Select((part, i) => Op("Reshape", part, GraphConstants.Int64s(g, "adamw/shape", shapes[group[i].Param]))).ToArray();
-            }
-            var (ps, ms, vs) = (Unflatten(p), Unflatten(m), Unflatten(v));
-            for (int i = 0; i < group.Count; i++) updated[group[i].Param] = (ps[i], ms[i], vs[i]);
+            var (ps, ms, vs) = (bundle.Unjoin(g, p, "adamw"), bundle.Unjoin(g, m, "adamw"), bundle.Unjoin(g, v, "adamw"));
+            for (int i = 0; i < bundle.Members.Count; i++) updated[bundle.Members[i]] = (ps[i], ms[i], vs[i]);
         }
         return new Result(norm, updated);
     }

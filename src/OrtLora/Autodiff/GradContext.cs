@@ -99,6 +99,22 @@ public sealed class GradContext
     /// <summary>Reshape <paramref name="grad"/> back to the shape of forward value <paramref name="target"/>.</summary>
     public string ReshapeLike(string grad, string target) => Reshape(grad, ShapeOf(target));
 
+    /// <summary>As above, for a gradient whose shapes in the two probe runs are known: the target shape is then a constant
+    /// where it can be, so no Shape node runs per step without static shapes either. A dim both probes agree on is
+    /// itself; one that varies is 0 (Reshape copies the gradient's dim) when the gradient has it at the same index, else
+    /// -1 (inferred), for one such dim; Shape(target) only when more vary.</summary>
+    public string ReshapeLike(string grad, string target, (long[] A, long[] B) gradShapes)
+    {
+        var (a, b) = (Types[target].ShapeA, Types[target].ShapeB);
+        var dims = new long[a.Length];
+        for (int i = 0; i < a.Length; i++)
+        {
+            bool sameInGrad = i < gradShapes.A.Length && gradShapes.A[i] == a[i] && gradShapes.B[i] == b[i];
+            dims[i] = a[i] == b[i] && a[i] > 0 ? a[i] : sameInGrad && a[i] > 0 && b[i] > 0 ? 0 : -1;
+        }
+        return dims.Count(d => d == -1) <= 1 ? Reshape(grad, Ints(dims)) : ReshapeLike(grad, target);
+    }
+
     // ---- opset-aware helpers (axes moved from attributes to inputs in opsets 13 and 18) ------------------------------
 
     public string ReduceSum(string x, long[] axes, bool keepdims) => Opset >= 13
@@ -139,9 +155,17 @@ public sealed class GradContext
 
     public string Concat(params string[] parts) => Op("Concat", parts, ("axis", 0L));
 
+    /// <summary>Dims [<paramref name="from"/>, <paramref name="to"/>) of a forward value's shape, as an int64 vector: a
+    /// constant when both probe runs saw the same extents there (model dims: hidden size, heads, head dim), which ORT
+    /// folds with whatever reads it; else sliced from Shape(value) in the graph.</summary>
+    public string Dims(string value, int from, int to)
+    {
+        var (a, b) = (Types[value].ShapeA[from..to], Types[value].ShapeB[from..to]);
+        return a.SequenceEqual(b) && a.All(d => d > 0) ? Ints(a) : Op("Slice", [ShapeOf(value), Ints(from), Ints(to), Ints(0)]);
+    }
+
     /// <summary>The last <paramref name="count"/> dims of a forward value's shape, as an int64 vector.</summary>
-    public string LastDims(string value, int count) =>
-        Op("Slice", [ShapeOf(value), Ints(-count), Ints(long.MaxValue), Ints(0)]);
+    public string LastDims(string value, int count) => Dims(value, Rank(value) - count, Rank(value));
 
     /// <summary>Sums away the leading axes of a rank-<paramref name="rank"/> value down to rank <paramref name="keep"/>.</summary>
     public string SumLeading(string x, int rank, int keep) =>
@@ -165,7 +189,8 @@ public sealed class GradContext
             && axesA.SequenceEqual(axesB))
         {
             var summed = axesA.Length == 0 ? grad : ReduceSum(grad, axesA, keepdims: true);
-            return gradRank == t.Rank ? summed : ReshapeLike(summed, target);
+            long[] Kept(long[] shape) => shape.Select((d, i) => axesA.Contains(i) ? 1 : d).ToArray();
+            return gradRank == t.Rank ? summed : ReshapeLike(summed, target, (Kept(gradShapes.A), Kept(gradShapes.B)));
         }
         if (Opset < 13) throw Unsupported("dynamic broadcasting needs opset 13 or later");
         int pad = gradRank - t.Rank;

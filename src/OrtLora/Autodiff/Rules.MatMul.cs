@@ -17,27 +17,33 @@ public static partial class GradientRules
     }
 
     // Y = A·B:  dA = dY·Bᵀ,  dB = Aᵀ·dY, each summed over broadcast batch dims. Vectors are made matrices first.
+    // Matrices go through Gemm, whose transA/transB read the operand transposed: no Transpose node, no transposed copy.
     static string?[] MatMul(GradContext c)
     {
         string a = c.I(0), b = c.I(1), gy = c.GO(0)!;
         int ra = c.Rank(a), rb = c.Rank(b);
         if (ra == 1 || rb == 1) return MatMulWithVector(c);
+        bool gemm = HasGemm(c, a) && HasGemm(c, b);
         string? ga = null, gb = null;
         if (c.Needs(0))
-            ga = c.Unbroadcast(c.MatMul(gy, c.Transpose(b, SwapLastTwo(rb))), BatchShapes(c, a), a);
+            ga = ra == 2 && rb == 2 && gemm ? c.Op("Gemm", [gy, b], ("transB", 1L))
+                : c.Unbroadcast(c.MatMul(gy, c.Transpose(b, SwapLastTwo(rb))), BatchShapes(c, a), a);
         if (c.Needs(1))
         {
-            if (rb == 2 && ra > 2)
+            if (rb == 2 && (ra > 2 || gemm))
             {
                 // the common x[..., K]·W[K, N]: fold the batch dims into rows, one [K, rows]·[rows, N] product
-                var rows = c.Reshape(a, c.Concat(c.Ints(-1), c.LastDims(a, 1)));
-                var grows = c.Reshape(gy, c.Concat(c.Ints(-1), c.LastDims(c.O(0), 1)));
-                gb = c.MatMul(c.Transpose(rows, [1, 0]), grows);
+                var rows = ra == 2 ? a : c.Reshape(a, c.Concat(c.Ints(-1), c.LastDims(a, 1)));
+                var grows = ra == 2 ? gy : c.Reshape(gy, c.Concat(c.Ints(-1), c.LastDims(c.O(0), 1)));
+                gb = gemm ? c.Op("Gemm", [rows, grows], ("transA", 1L)) : c.MatMul(c.Transpose(rows, [1, 0]), grows);
             }
             else gb = c.Unbroadcast(c.MatMul(c.Transpose(a, SwapLastTwo(ra)), gy), BatchShapes(c, b), b);
         }
         return [ga, gb];
     }
+
+    /// <summary>Gemm for float and double; other types keep MatMul, whose kernels cover more types.</summary>
+    static bool HasGemm(GradContext c, string value) => c.Types.ElemType(value) is Float or Double;
 
     static string?[] MatMulWithVector(GradContext c)
     {

@@ -5,14 +5,9 @@ public static partial class GradientRules
 {
     static void AddNormalization(Dictionary<string, GradientRule> t)
     {
-        t["ReduceSum"] = c => [ReduceBack(c, c.Opset >= 13)];
-        t["ReduceMean"] = c =>
-        {
-            var spread = ReduceBack(c, c.Opset >= 18);
-            // divide by the number of elements averaged: |input| / |output|, computed in the graph (dynamic shapes)
-            var count = c.Div(c.CastLike(c.Op("Size", [c.I(0)]), c.O(0)), c.CastLike(c.Op("Size", [c.O(0)]), c.O(0)));
-            return [c.Div(spread, count)];
-        };
+        t["ReduceSum"] = c => [ReduceBack(c, c.Opset >= 13, c.GO(0)!)];
+        // divided before it is spread: the same numbers, computed on the reduced tensor
+        t["ReduceMean"] = c => [ReduceBack(c, c.Opset >= 18, c.Div(c.GO(0)!, AveragedCount(c, c.Opset >= 18)))];
         t["Softmax"] = c =>
         {
             // dx = y ⊙ (dy − Σ dy⊙y)
@@ -40,18 +35,38 @@ public static partial class GradientRules
         return Enumerable.Range((int)axis, rank - (int)axis).Select(i => (long)i).ToArray();
     }
 
-    /// <summary>The gradient of a sum-like reduction before any scaling: the output gradient, with reduced axes restored
-    /// when keepdims=0, expanded back to the input's shape.</summary>
-    static string ReduceBack(GradContext c, bool axesAsInput)
+    /// <summary>A gradient shaped like a reduction's output spread back over the reduced axes: the axes restored when
+    /// keepdims=0, then expanded to the input's shape.</summary>
+    static string ReduceBack(GradContext c, bool axesAsInput, string grad)
+    {
+        if (ReducedAxes(c, axesAsInput) is not { } axes) return grad;
+        if (c.Attr("keepdims", 1L) == 0) grad = c.Unsqueeze(grad, axes.Order().ToArray());
+        // Expand broadcasts: the shape needs only the reduced axes' extents, 1 where the gradient has the dim already. A
+        // constant when the probes agree on those extents (no Shape node per step without static shapes either).
+        var (a, b) = (c.Types[c.I(0)].ShapeA, c.Types[c.I(0)].ShapeB);
+        var shape = axes.All(i => a[i] == b[i] && a[i] > 0) ? c.Ints(a.Select((d, i) => axes.Contains(i) ? d : 1L).ToArray()) : c.ShapeOf(c.I(0));
+        return c.Op("Expand", [grad, shape]);
+    }
+
+    /// <summary>The axes a reduction sums over, normalized; null for a no-op (empty axes with noop_with_empty_axes).</summary>
+    static long[]? ReducedAxes(GradContext c, bool axesAsInput)
     {
         int rank = c.Rank(c.I(0));
         var axes = axesAsInput ? c.AxesOf(1) : Onnx.Attrs.Ints(c.Node, "axes");
-        if ((axes is null || axes.Length == 0) && c.Attr("noop_with_empty_axes", 0L) == 1) return c.GO(0)!;
-        var all = axes is null || axes.Length == 0;
-        var normalized = all ? Enumerable.Range(0, rank).Select(i => (long)i).ToArray() : GradContext.Normalize(axes!, rank);
-        var grad = c.GO(0)!;
-        if (c.Attr("keepdims", 1L) == 0) grad = c.Unsqueeze(grad, normalized.Order().ToArray());
-        return c.Op("Expand", [grad, c.ShapeOf(c.I(0))]);
+        if ((axes is null || axes.Length == 0) && c.Attr("noop_with_empty_axes", 0L) == 1) return null;
+        return axes is null || axes.Length == 0 ? Enumerable.Range(0, rank).Select(i => (long)i).ToArray() : GradContext.Normalize(axes, rank);
+    }
+
+    /// <summary>The number of elements each output of a ReduceMean averages. A constant when both probe runs saw the same
+    /// extents on the reduced axes (a hidden size, a head dim): then no Size/Cast/Div nodes run per step. Otherwise
+    /// |input| / |output|, computed in the graph.</summary>
+    static string AveragedCount(GradContext c, bool axesAsInput)
+    {
+        var (a, b) = (c.Types[c.I(0)].ShapeA, c.Types[c.I(0)].ShapeB);
+        var axes = ReducedAxes(c, axesAsInput) ?? [];
+        if (axes.All(i => a[i] == b[i] && a[i] > 0))
+            return c.Scalar(axes.Aggregate(1L, (n, i) => n * a[i]), c.O(0));
+        return c.Div(c.CastLike(c.Op("Size", [c.I(0)]), c.O(0)), c.CastLike(c.Op("Size", [c.O(0)]), c.O(0)));
     }
 
     /// <summary>LayerNormalization (centered) and RMS normalization over the axes from <c>axis</c> on.

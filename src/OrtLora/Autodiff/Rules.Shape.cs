@@ -5,7 +5,7 @@ public static partial class GradientRules
 {
     static void AddShape(Dictionary<string, GradientRule> t)
     {
-        GradientRule reshapeBack = c => [c.ReshapeLike(c.GO(0)!, c.I(0))];
+        GradientRule reshapeBack = c => [c.ReshapeLike(c.GO(0)!, c.I(0), (c.Types[c.O(0)].ShapeA, c.Types[c.O(0)].ShapeB))];
         foreach (var op in new[] { "Reshape", "Flatten", "Squeeze", "Unsqueeze" }) t[op] = reshapeBack;
         t["Expand"] = c => [c.Unbroadcast(c.GO(0)!, c.O(0), c.I(0))];
         t["Transpose"] = Transpose;
@@ -38,7 +38,7 @@ public static partial class GradientRules
         int rank = c.Rank(c.O(0));
         long axis = GradContext.Normalize([c.Attr("axis", 0L)], rank)[0];
         var sizes = Enumerable.Range(0, c.InputCount)
-            .Select(i => c.Op("Slice", [c.ShapeOf(c.I(i)), c.Ints(axis), c.Ints(axis + 1), c.Ints(0)])).ToArray();
+            .Select(i => c.Dims(c.I(i), (int)axis, (int)axis + 1)).ToArray();
         if (c.Opset < 13) throw c.Unsupported("needs opset 13 or later (Split with a sizes input)");
         var parts = c.OpN("Split", [c.GO(0)!, c.Concat(sizes)], c.InputCount, ("axis", axis));
         return Enumerable.Range(0, c.InputCount).Select(i => c.Needs(i) ? parts[i] : null).ToArray();
@@ -72,14 +72,13 @@ public static partial class GradientRules
     static string SliceByPad(GradContext c, long[] axes)
     {
         int rank = c.Rank(c.I(0));
-        var shape = c.ShapeOf(c.I(0));
         var before = Enumerable.Range(0, rank).Select(_ => c.Ints(0)).ToArray();
         var after = Enumerable.Range(0, rank).Select(_ => c.Ints(0)).ToArray();
         var zero = c.Ints(0);
         for (int k = 0; k < axes.Length; k++)
         {
             long axis = axes[k];
-            var dim = c.Op("Slice", [shape, c.Ints(axis), c.Ints(axis + 1), c.Ints(0)]);
+            var dim = c.Dims(c.I(0), (int)axis, (int)axis + 1);
             var start = Clamp(c, c.Op("Slice", [c.I(1), c.Ints(k), c.Ints(k + 1), c.Ints(0)]), dim, zero);
             var end = Clamp(c, c.Op("Slice", [c.I(2), c.Ints(k), c.Ints(k + 1), c.Ints(0)]), dim, zero);
             end = c.Op("Max", [end, start]);
@@ -93,7 +92,7 @@ public static partial class GradientRules
     }
 
     const int Int64 = (int)global::Onnx.TensorProto.Types.DataType.Int64, Float = (int)global::Onnx.TensorProto.Types.DataType.Float,
-        Bfloat16 = (int)global::Onnx.TensorProto.Types.DataType.Bfloat16;
+        Double = (int)global::Onnx.TensorProto.Types.DataType.Double, Bfloat16 = (int)global::Onnx.TensorProto.Types.DataType.Bfloat16;
 
     static string AsInt64(GradContext c, string value, string like) =>
         c.Types.ElemType(like) == Int64 ? value : c.Cast(value, Int64);
@@ -110,12 +109,11 @@ public static partial class GradientRules
     static string?[] SliceByScatter(GradContext c, long[] axes)
     {
         int rank = c.Rank(c.I(0));
-        var inputShape = c.ShapeOf(c.I(0));
         var grad = c.GO(0)!;
         for (int k = axes.Length - 1; k >= 0; k--)
         {
             long axis = axes[k];
-            var dim = c.Op("Squeeze", [c.Op("Slice", [inputShape, c.Ints(axis), c.Ints(axis + 1), c.Ints(0)]), c.Ints(0)]);
+            var dim = c.Op("Squeeze", [c.Dims(c.I(0), (int)axis, (int)axis + 1), c.Ints(0)]);
             var ramp = c.Op("Range", [c.ScalarOfType(0, Int64), dim, c.ScalarOfType(1, Int64)]);
             string Part(int input) => AsInt64(c, c.Op("Slice", [c.I(input), c.Ints(k), c.Ints(k + 1), c.Ints(0)]), c.I(input));
             var picked = c.Op("Slice", [ramp, Part(1), Part(2), c.Ints(0), c.HasInput(4) ? Part(4) : c.Ints(1)]);
@@ -124,7 +122,7 @@ public static partial class GradientRules
             var indices = c.Op("Expand", [c.Reshape(picked, c.Ints(viewShape)), gradShape]);
             var target = c.Concat(
                 c.Op("Slice", [gradShape, c.Ints(0), c.Ints(axis), c.Ints(0)]),
-                c.Op("Slice", [inputShape, c.Ints(axis), c.Ints(axis + 1), c.Ints(0)]),
+                c.Dims(c.I(0), (int)axis, (int)axis + 1),
                 c.Op("Slice", [gradShape, c.Ints(axis + 1), c.Ints(long.MaxValue), c.Ints(0)]));
             var zeros = c.Op("ConstantOfShape", [target], ("value", OrtLora.Onnx.Tensors.FromFloats("zero", [1], [0f], c.Types.ElemType(c.I(0)))));
             grad = c.Op("ScatterElements", [zeros, indices, grad], ("axis", axis));

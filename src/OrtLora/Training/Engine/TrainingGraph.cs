@@ -205,7 +205,7 @@ public sealed class TrainingGraph : IDisposable
         return proto;
     }
 
-    /// <summary>Forward and backward adding <c>grad_scale · grad</c> into the accumulators.</summary>
+    /// <summary>Forward and backward adding <c>grad_scale · grad</c> into the accumulators, a bundle of parameters at a time.</summary>
     public ModelProto BuildAccumulate()
     {
         var proto = Gradients.Clone();
@@ -216,9 +216,13 @@ public sealed class TrainingGraph : IDisposable
         foreach (var p in Parameters)
         {
             proto.Graph.Input.Add(Input(AccumulatorOf(p), (int)DT.Float, ParameterShapes[p].Select(d => (object)d)));
-            var scaled = g.Add("Mul", [GradOf(p), GradScale], name: "accumulate/Mul");
-            g.Add("Add", [AccumulatorOf(p), scaled], name: "accumulate/Add", outputs: [Updated(AccumulatorOf(p))]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = Updated(AccumulatorOf(p)) });
+        }
+        foreach (var bundle in ParameterBundle.Form(Parameters, ParameterShapes))
+        {
+            var scaled = g.Add("Mul", [bundle.Join(g, GradOf, "accumulate"), GradScale], name: "accumulate/Mul");
+            var sum = g.Add("Add", [bundle.Join(g, AccumulatorOf, "accumulate"), scaled], name: "accumulate/Add");
+            bundle.Unjoin(g, sum, "accumulate", p => Updated(AccumulatorOf(p)));
         }
         return proto;
     }
