@@ -54,7 +54,8 @@ public static class ChunkedLoss
     public static Result? Append(GraphEditor g, string logits, string labels, int logitsElemType, ValueTable types, int opset,
         int chunks, bool withGradient = true, string? lossScale = null)
     {
-        if (chunks < 2 || FindHead(g, logits, types) is not var (hidden, path)) return null;
+        // opset 14: the head's gradient reshapes an empty chunk (Reshape's allowzero)
+        if (chunks < 2 || opset < 14 || FindHead(g, logits, types) is not var (hidden, path)) return null;
         string Ints(params long[] v) => GraphConstants.Int64s(g, "loss_chunks/ints", v);
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "loss_chunks/" + op, attributes: attrs);
 

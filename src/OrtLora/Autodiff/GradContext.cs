@@ -97,7 +97,10 @@ public sealed class GradContext
         Op("ConstantOfShape", [ShapeOf(value)], ("value", Tensors.FromFloats("zero", [1], [0f], Types.ElemType(value))));
 
     /// <summary>Reshape <paramref name="grad"/> back to the shape of forward value <paramref name="target"/>.</summary>
-    public string ReshapeLike(string grad, string target) => Reshape(grad, ShapeOf(target));
+    /// <remarks>The shape comes from Shape(target), so a 0 in it is a real empty dim (a chunk past the end of a short
+    /// sequence), which Reshape must keep rather than copy from the input: allowzero from opset 14.</remarks>
+    public string ReshapeLike(string grad, string target) => Opset >= 14
+        ? Op("Reshape", [grad, ShapeOf(target)], ("allowzero", 1L)) : Reshape(grad, ShapeOf(target));
 
     /// <summary>As above, for a gradient whose shapes in the two probe runs are known: the target shape is then a constant
     /// where it can be, so no Shape node runs per step without static shapes either. A dim both probes agree on is

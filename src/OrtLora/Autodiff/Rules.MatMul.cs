@@ -24,17 +24,23 @@ public static partial class GradientRules
         int ra = c.Rank(a), rb = c.Rank(b);
         if (ra == 1 || rb == 1) return MatMulWithVector(c);
         bool gemm = HasGemm(c, a) && HasGemm(c, b);
-        string? ga = null, gb = null;
+        string? ga = null, gb = null, gradRows = null;
+        // the common x[..., K]·W[K, N]: the batch dims folded into rows, dY as [rows, N]
+        string GradRows() => gradRows ??= ra == 2 ? gy : c.Reshape(gy, c.Concat(c.Ints(-1), c.LastDims(c.O(0), 1)));
         if (c.Needs(0))
-            ga = ra == 2 && rb == 2 && gemm ? c.Op("Gemm", [gy, b], ("transB", 1L))
-                : c.Unbroadcast(c.MatMul(gy, c.Transpose(b, SwapLastTwo(rb))), BatchShapes(c, a), a);
+        {
+            if (rb == 2 && gemm)
+                // dX rows = dY rows · Wᵀ, Wᵀ read by Gemm's transB: no transposed copy of the weight per step
+                ga = ra == 2 ? c.Op("Gemm", [gy, b], ("transB", 1L)) : c.ReshapeLike(c.Op("Gemm", [GradRows(), b], ("transB", 1L)), a);
+            else ga = c.Unbroadcast(c.MatMul(gy, c.Transpose(b, SwapLastTwo(rb))), BatchShapes(c, a), a);
+        }
         if (c.Needs(1))
         {
             if (rb == 2 && (ra > 2 || gemm))
             {
-                // the common x[..., K]·W[K, N]: fold the batch dims into rows, one [K, rows]·[rows, N] product
+                // one [K, rows]·[rows, N] product
                 var rows = ra == 2 ? a : c.Reshape(a, c.Concat(c.Ints(-1), c.LastDims(a, 1)));
-                var grows = ra == 2 ? gy : c.Reshape(gy, c.Concat(c.Ints(-1), c.LastDims(c.O(0), 1)));
+                var grows = GradRows();
                 gb = gemm ? c.Op("Gemm", [rows, grows], ("transA", 1L)) : c.MatMul(c.Transpose(rows, [1, 0]), grows);
             }
             else gb = c.Unbroadcast(c.MatMul(c.Transpose(a, SwapLastTwo(ra)), gy), BatchShapes(c, b), b);

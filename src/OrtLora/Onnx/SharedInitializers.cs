@@ -30,10 +30,14 @@ public sealed class SharedInitializers : IDisposable
 
     /// <summary>Moves every weight initializer of <paramref name="graph"/> (a copy of <paramref name="model"/>'s graph)
     /// into native memory and declares each as a graph input instead. The other initializers are made inline, so the
-    /// graph needs no side file to load.</summary>
+    /// graph needs no side file to load.
+    /// <para>A matrix read only through Transposes (the dynamo export's <c>x · Transpose(W)</c>) is stored transposed
+    /// (the input keeps the weight's name, with the swapped shape) and the Transposes go: as an initializer ORT would have folded them, as a graph input it
+    /// would transpose the whole weight on every run and keep the copy for the backward.</para></summary>
     public static SharedInitializers Extract(OnnxModel model, GraphProto graph)
     {
         var inputs = new HashSet<string>(graph.Input.Select(i => i.Name));
+        var transposedOnly = ReadOnlyTransposed(graph);
         var shared = new SharedInitializers();
         try
         {
@@ -47,11 +51,19 @@ public sealed class SharedInitializers : IDisposable
                     remaining.Add(t);
                     continue;
                 }
-                shared.Add(model, t);
-                graph.Input.Add(InputFor(t));
+                bool transpose = transposedOnly.ContainsKey(t.Name);
+                shared.Add(model, t, transpose);
+                graph.Input.Add(InputFor(t, transpose));
             }
             graph.Initializer.Clear();
             graph.Initializer.AddRange(remaining);
+            foreach (var (weight, transposes) in transposedOnly)
+                foreach (var node in transposes)
+                {
+                    foreach (var n in graph.Node)
+                        for (int i = 0; i < n.Input.Count; i++) if (n.Input[i] == node.Output[0]) n.Input[i] = weight;
+                    graph.Node.Remove(node);
+                }
             return shared;
         }
         catch
@@ -88,7 +100,27 @@ public sealed class SharedInitializers : IDisposable
     /// <summary>How many weights <see cref="MoveTo"/> moved out of host memory.</summary>
     public int OnDeviceCount { get; private set; }
 
-    unsafe void Add(OnnxModel model, TensorProto t)
+    /// <summary>Weight initializers of rank 2 whose every reader is a Transpose swapping the two axes (and not a graph
+    /// output), with those Transposes.</summary>
+    static Dictionary<string, List<NodeProto>> ReadOnlyTransposed(GraphProto graph)
+    {
+        var readers = new Dictionary<string, List<NodeProto>>();
+        foreach (var n in graph.Node)
+            foreach (var i in n.Input.Distinct())
+                if (i != "") (readers.TryGetValue(i, out var l) ? l : readers[i] = []).Add(n);
+        var outputs = new HashSet<string>(graph.Output.Select(o => o.Name));
+        var result = new Dictionary<string, List<NodeProto>>();
+        foreach (var t in graph.Initializer)
+        {
+            if (t.Dims.Count != 2 || !IsWeight(t) || outputs.Contains(t.Name) || !readers.TryGetValue(t.Name, out var nodes)) continue;
+            bool swaps(NodeProto n) => n.OpType == "Transpose" && n.Domain is "" or "ai.onnx" && n.Input.Count == 1
+                && (Attrs.Ints(n, "perm") ?? [1, 0]) is [1, 0] && !outputs.Contains(n.Output[0]);
+            if (nodes.All(swaps)) result[t.Name] = nodes;
+        }
+        return result;
+    }
+
+    unsafe void Add(OnnxModel model, TensorProto t, bool transpose)
     {
         long size = Tensors.ElementCount(t.Dims) * Tensors.ElementSize(t.DataType);
         if (size > int.MaxValue) throw new OrtLoraException($"{model.Source}: tensor '{t.Name}' is over 2 GB; ortlora reads tensors of up to 2 GB each");
@@ -96,15 +128,48 @@ public sealed class SharedInitializers : IDisposable
         var buffer = (IntPtr)NativeMemory.AlignedAlloc((nuint)Math.Max(1, size), 64);
         _hostBuffers[t.Name] = buffer;
         model.ReadInto(t, new Span<byte>((void*)buffer, (int)size));
+        var dims = t.Dims.ToArray();
+        if (transpose)
+        {
+            Transpose2D((byte*)buffer, dims[0], dims[1], Tensors.ElementSize(t.DataType));
+            dims = [dims[1], dims[0]];
+        }
         // ONNX's data type numbers are ORT's TensorElementType numbers.
-        _values[t.Name] = OrtValue.CreateTensorValueWithData(OrtMemoryInfo.DefaultInstance, (TensorElementType)t.DataType, t.Dims.ToArray(), buffer, size);
+        _values[t.Name] = OrtValue.CreateTensorValueWithData(OrtMemoryInfo.DefaultInstance, (TensorElementType)t.DataType, dims, buffer, size);
         TotalBytes += size;
     }
 
-    static ValueInfoProto InputFor(TensorProto t)
+    /// <summary>Transposes a [rows, cols] matrix in place (through a copy), in 32×32 tiles for the cache.</summary>
+    static unsafe void Transpose2D(byte* data, long rows, long cols, int elementSize)
+    {
+        long size = rows * cols * elementSize;
+        var copy = (byte*)NativeMemory.Alloc((nuint)size);
+        try
+        {
+            Buffer.MemoryCopy(data, copy, size, size);
+            const int tile = 32;
+            for (long r0 = 0; r0 < rows; r0 += tile)
+                for (long c0 = 0; c0 < cols; c0 += tile)
+                    for (long r = r0; r < Math.Min(r0 + tile, rows); r++)
+                        for (long c = c0; c < Math.Min(c0 + tile, cols); c++)
+                        {
+                            byte* from = copy + (r * cols + c) * elementSize, to = data + (c * rows + r) * elementSize;
+                            switch (elementSize)
+                            {
+                                case 4: *(uint*)to = *(uint*)from; break;
+                                case 2: *(ushort*)to = *(ushort*)from; break;
+                                case 8: *(ulong*)to = *(ulong*)from; break;
+                                default: Buffer.MemoryCopy(from, to, elementSize, elementSize); break;
+                            }
+                        }
+        }
+        finally { NativeMemory.Free(copy); }
+    }
+
+    static ValueInfoProto InputFor(TensorProto t, bool transposed)
     {
         var shape = new TensorShapeProto();
-        foreach (var d in t.Dims) shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = d });
+        foreach (var d in transposed ? t.Dims.Reverse() : t.Dims) shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = d });
         return new ValueInfoProto { Name = t.Name, Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = t.DataType, Shape = shape } } };
     }
 
