@@ -113,6 +113,29 @@ public class EngineCheckpointingTests
         return feeds;
     }
 
+    /// <summary>The zero a recomputation waits through stays 0 where a float16 sum would overflow (2,000 × 1,000 is
+    /// past 65,504, and 0·∞ is NaN), and for an empty tensor.</summary>
+    [TestCase(2000)] [TestCase(0)]
+    public void OrderingZeroIsZeroForLargeHalfTensors(int length)
+    {
+        const int fp16 = (int)TensorProto.Types.DataType.Float16, fp32 = (int)TensorProto.Types.DataType.Float;
+        var model = new ModelProto { IrVersion = 8, Graph = new GraphProto { Name = "order" } };
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = 17 });
+        foreach (var (name, type, n) in new[] { ("x", fp16, length), ("y", fp32, 3) })
+            model.Graph.Input.Add(new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = new TypeProto.Types.Tensor
+                { ElemType = type, Shape = new TensorShapeProto { Dim = { new TensorShapeProto.Types.Dimension { DimValue = n } } } } } });
+        var g = new GraphEditor(model.Graph);
+        g.Add("Add", ["y", Ordering.ZeroAfter(g, [("x", fp16), ("y", fp32)], fp32)], name: "out", outputs: ["out"]);
+        model.Graph.Output.Add(new ValueInfoProto { Name = "out" });
+        using var onnx = new OnnxModel(model);
+        var outputs = OrtRun.Run(onnx, new Dictionary<string, HostTensor>
+        {
+            ["x"] = new HostTensor(Enumerable.Repeat((Microsoft.ML.OnnxRuntime.Float16)1000f, length).ToArray(), [length]),
+            ["y"] = HostTensor.Of([1f, 2f, 3f], 3),
+        });
+        Assert.That(outputs["out"].Floats, Is.EqualTo(new[] { 1f, 2f, 3f }));
+    }
+
     /// <summary>Training-mode LoRA dropout draws a new mask each run: the recomputation must apply the forward's.</summary>
     [Test]
     public void RecomputedDropoutUsesTheForwardMask()

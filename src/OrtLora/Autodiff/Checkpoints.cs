@@ -101,7 +101,10 @@ public sealed class Checkpoints
     /// reading and naming the recomputed values (recomputing the segment the first time it is asked, which the
     /// reverse walk does at the segment's last node, once the gradient of its end value is complete).</summary>
     /// <param name="outputGrads">the gradients of node k's outputs</param>
-    internal NodeProto NodeForBackward(int k, GraphEditor graph, ValueTable types, string?[] outputGrads)
+    /// <param name="parameterGrads">gradients computed from activations since the last recomputation (LoRA's dA, dB of
+    /// the segments above): the recomputation waits for them too, and the list is emptied. ONNX Runtime orders nodes
+    /// only by dependencies; without this it may leave them, and the activations they read, for the end of the step.</param>
+    internal NodeProto NodeForBackward(int k, GraphEditor graph, ValueTable types, string?[] outputGrads, List<(string Grad, int ElemType)> parameterGrads)
     {
         var node = _nodes[k];
         if (!_segmentOf.TryGetValue(k, out var segment)) return node;
@@ -110,7 +113,8 @@ public sealed class Checkpoints
             if (k != segment.Last) throw new InvalidOperationException($"checkpoint segment entered at node {k}, not at its end {segment.Last}");
             var endGradient = outputGrads[node.Output.IndexOf(segment.End)]
                 ?? throw new InvalidOperationException($"no gradient for checkpoint '{segment.End}'");
-            renames = _renames[segment] = Recompute(segment, endGradient, graph, types);
+            renames = _renames[segment] = Recompute(segment, [(endGradient, types.ElemType(segment.End)), .. parameterGrads], graph, types);
+            parameterGrads.Clear();
         }
         if (!node.Input.Concat(node.Output).Any(renames.ContainsKey)) return node;
         var copy = node.Clone();
@@ -120,12 +124,13 @@ public sealed class Checkpoints
     }
 
     /// <summary>Appends the nodes of <paramref name="segment"/> that depend on its start value, renamed, reading the
-    /// start through <c>start + 0·g</c>; returns forward name → recomputed name.</summary>
-    Dictionary<string, string> Recompute(Segment segment, string endGradient, GraphEditor graph, ValueTable types)
+    /// start through <c>start + 0·Σ…</c> of the values it waits for (the gradient at its end first); returns forward name
+    /// → recomputed name.</summary>
+    Dictionary<string, string> Recompute(Segment segment, (string Value, int ElemType)[] waitFor, GraphEditor graph, ValueTable types)
     {
         var renames = new Dictionary<string, string>();
         var start = types[segment.Start];
-        var zero = Ordering.ZeroAfter(graph, endGradient, types.ElemType(segment.End), start.ElemType);
+        var zero = Ordering.ZeroAfter(graph, waitFor, start.ElemType);
         var after = graph.Add("Add", [segment.Start, zero], name: SegmentStart);
         renames[segment.Start] = after;
         types.Set(after, start);

@@ -44,6 +44,10 @@ public static class GradientBuilder
         var active = ForwardActive(nodes, parameters, types);
         var needed = BackwardNeeded(nodes, seeds.Keys, active);
         var checkpoints = checkpointing ? Checkpoints.Plan(nodes, needed, types) : null;
+        // With checkpointing: the gradients of parameter-sized values computed from activations since the last segment
+        // was recomputed (LoRA's dA, dB), which the next recomputation waits for (Checkpoints.NodeForBackward)
+        var parameterGrads = new List<(string Grad, int ElemType)>();
+        bool BatchSized(string v) => types.Find(v) is { } t && !t.ShapeA.SequenceEqual(t.ShapeB);
         var contributions = seeds.ToDictionary(s => s.Key, s => new List<string> { s.Value });
         var scalars = new Dictionary<(double, int), string>();
         var shapes = new Dictionary<string, string>();
@@ -60,7 +64,7 @@ public static class GradientBuilder
             if (!wanted.Any(w => w)) continue;
             // The rule reads the forward's values, or their recomputation inside a checkpointed segment; the gradients
             // are keyed by the forward's names either way.
-            var node = checkpoints?.NodeForBackward(k, graph, types, outputGrads) ?? forward;
+            var node = checkpoints?.NodeForBackward(k, graph, types, outputGrads, parameterGrads) ?? forward;
             if (!GradientRules.Table.TryGetValue(node.OpType, out var rule) || node.Domain is not ("" or "ai.onnx"))
                 throw new OrtLoraException($"autodiff: no gradient rule for op {node.Domain}{(node.Domain == "" ? "" : ".")}{node.OpType} " +
                     $"(node '{node.Name}'), which lies between a trainable parameter and the loss");
@@ -73,6 +77,8 @@ public static class GradientBuilder
                     throw new OrtLoraException($"autodiff: the {node.OpType} rule gives no gradient for input {i} ('{node.Input[i]}') " +
                         $"of node '{node.Name}', which lies between a trainable parameter and the loss");
                 (contributions.TryGetValue(forward.Input[i], out var list) ? list : contributions[forward.Input[i]] = []).Add(g);
+                if (checkpoints is not null && !BatchSized(forward.Input[i]) && forward.Input.Concat(forward.Output).Any(BatchSized))
+                    parameterGrads.Add((g, types.ElemType(forward.Input[i])));
             }
         }
 
