@@ -27,13 +27,11 @@ public static partial class GradientRules
         string? ga = null, gb = null, gradRows = null;
         // the common x[..., K]·W[K, N]: the batch dims folded into rows, dY as [rows, N]
         string GradRows() => gradRows ??= ra == 2 ? gy : c.Reshape(gy, c.Concat(c.Ints(-1), c.LastDims(c.O(0), 1)));
+        // dX of x[..., K]·W[K, N] stays MatMul(dY, Transpose(W)): ORT fuses the pair into one FusedMatMul (transB) at
+        // level extended and above, where Gemm would need a Reshape on each side (measured: more nodes per step)
         if (c.Needs(0))
-        {
-            if (rb == 2 && gemm)
-                // dX rows = dY rows · Wᵀ, Wᵀ read by Gemm's transB: no transposed copy of the weight per step
-                ga = ra == 2 ? c.Op("Gemm", [gy, b], ("transB", 1L)) : c.ReshapeLike(c.Op("Gemm", [GradRows(), b], ("transB", 1L)), a);
-            else ga = c.Unbroadcast(c.MatMul(gy, c.Transpose(b, SwapLastTwo(rb))), BatchShapes(c, a), a);
-        }
+            ga = ra == 2 && rb == 2 && gemm ? c.Op("Gemm", [gy, b], ("transB", 1L))
+                : c.Unbroadcast(c.MatMul(gy, c.Transpose(b, SwapLastTwo(rb))), BatchShapes(c, a), a);
         if (c.Needs(1))
         {
             if (rb == 2 && (ra > 2 || gemm))
