@@ -62,16 +62,21 @@ public class KernelCoverageTests
 
     /// <summary>The graphs `train --fp16` / `--bf16` run (half base, float32 LoRA branches and optimizer) on graphs/tiny
     /// and the llama fixture: bf16 is the GPU's case, where the Slice gradient's Pad (no bfloat16 CUDA kernel) pads in
-    /// float32.</summary>
-    [TestCase(ComputeType.Float16)]
-    [TestCase(ComputeType.BFloat16)]
-    public void HalfComputeStepGraphsHaveACudaKernelForEveryNode(ComputeType compute)
+    /// float32. With gradient checkpointing and the chunked loss too: their ordering nodes (ReduceSum, Slice, Sum, Cast in
+    /// half) and the chunks' slices must not fall back either.</summary>
+    [TestCase(ComputeType.Float16, false)]
+    [TestCase(ComputeType.BFloat16, false)]
+    [TestCase(ComputeType.Float16, true)]
+    [TestCase(ComputeType.BFloat16, true)]
+    public void HalfComputeStepGraphsHaveACudaKernelForEveryNode(ComputeType compute, bool memoryOptions)
     {
         foreach (var (name, open) in new (string, Func<OnnxModel>)[] { ("graphs/tiny", () => Injected(Tiny)), ("llama dynamo", () => EngineFixtures.InjectedModel("llama", "dynamo")) })
         {
             using var model = open();
-            using var graph = TrainingGraph.Build(model, compute: compute);
+            using var graph = TrainingGraph.Build(model, compute: compute, gradientCheckpointing: memoryOptions, lossChunks: memoryOptions ? 4 : 1);
+            if (memoryOptions) Assert.That(Checkpoints.CountSegments(graph.Gradients.Graph), Is.GreaterThan(0), name);
             AssertAllOnCuda($"{name} {compute} step", graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)));
+            if (memoryOptions) AssertAllOnCuda($"{name} {compute} eval", graph.Eval);
         }
     }
 
