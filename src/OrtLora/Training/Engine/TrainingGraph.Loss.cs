@@ -1,0 +1,47 @@
+using Onnx;
+using OrtLora.Autodiff;
+using OrtLora.Onnx;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Training.Engine;
+
+/// <summary>Where the loss enters the training graphs: whole, or in chunks through the lm_head.</summary>
+public sealed partial class TrainingGraph
+{
+    /// <summary>The eval graph's loss in chunks too, each after the previous chunk's loss: two [B, S/C, V] values alive
+    /// instead of the whole logits and log-probabilities. The head's values have the same names in both graphs.</summary>
+    static void ChunkEvalLoss(ModelProto eval, CausalLmLoss loss, int logitsType, ValueTable types, int opset, int chunks)
+    {
+        var g = new GraphEditor(eval.Graph);
+        if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, withGradient: false) is not { } chunked) return;
+        ReadLoss(eval, g, chunked.Loss);
+        g.Cleanup();
+    }
+
+    /// <summary>The loss output reads <paramref name="value"/>; its node moves after the nodes appended since.</summary>
+    static void ReadLoss(ModelProto proto, GraphEditor g, string value)
+    {
+        var output = proto.Graph.Node.Single(n => n.Output.Contains(Loss));
+        g.RemoveNode(output);
+        output.Input[0] = value;
+        g.AddNode(output);
+    }
+
+    /// <summary>Where the backward starts: d loss / d logits in closed form (an upcast's Cast takes it back to the
+    /// model's dtype), or with a chunked loss d loss / d h at the lm_head's input, the loss output then reading the
+    /// chunks' sum. Float16 loss scaling (torch.amp's GradScaler) multiplies the gradient by a loss_scale input so that
+    /// small gradients survive float16's range; each float32 parameter gradient is divided back.</summary>
+    static Dictionary<string, string> LossGradient(ModelProto proto, GraphEditor g, CausalLmLoss loss, int logitsType,
+        ValueTable types, int opset, bool scalesLoss, int chunks)
+    {
+        if (scalesLoss) proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
+        if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, lossScale: scalesLoss ? LossScale : null) is { } chunked)
+        {
+            ReadLoss(proto, g, chunked.Loss);
+            return new() { [chunked.Hidden] = chunked.HiddenGradient };
+        }
+        var logitsGradient = loss.AppendLogitsGradient(g);
+        if (scalesLoss) logitsGradient = g.Add("Mul", [logitsGradient, LossScale], name: "loss/scale");
+        return new() { [loss.Logits] = logitsGradient };
+    }
+}
