@@ -40,8 +40,7 @@ public class EngineCheckpointingTests
     [TestCase(ComputeType.Float32)] [TestCase(ComputeType.Float16)]
     public void TrainingStepsEqualThoseThatStoreActivations(ComputeType compute)
     {
-        using var model = LlamaGraph.Build(LlamaShape.Tiny, seed: 3);
-        LoraInjector.Inject(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["all-linear"] });
+        using var model = EngineFixtures.TinyWithLora();
         LoraTestKit.RandomizeB(model, std: 0.1f);
         var rng = new Random(2);
         var ids = Enumerable.Range(0, 4 * 32).Select(_ => (long)rng.Next(LlamaShape.Tiny.VocabSize)).ToArray();
@@ -73,8 +72,7 @@ public class EngineCheckpointingTests
     [Test]
     public void TheBackwardReadsFewerForwardActivations()
     {
-        using var model = LlamaGraph.Build(LlamaShape.Tiny, seed: 3);
-        LoraInjector.Inject(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["all-linear"] });
+        using var model = EngineFixtures.TinyWithLora();
         using var stored = TrainingGraph.Build(model);
         using var recomputed = TrainingGraph.Build(model, gradientCheckpointing: true);
         int segments = Checkpoints.CountSegments(recomputed.Gradients.Graph);
@@ -99,18 +97,8 @@ public class EngineCheckpointingTests
     static Dictionary<string, int> RanksFromEval(TrainingGraph graph)
     {
         var proto = graph.Eval.Clone();
-        var table = ValueTable.Probe(proto, Feeds(graph, proto, 2, 5), Feeds(graph, proto, 2, 5), graph.Frozen.Values);
+        var table = ValueTable.Probe(proto, EngineFixtures.SyntheticFeeds(graph, proto, 2, 5), EngineFixtures.SyntheticFeeds(graph, proto, 2, 5), graph.Frozen.Values);
         return proto.Graph.Node.SelectMany(n => n.Output).Where(o => table.Find(o) is not null).Distinct().ToDictionary(o => o, o => table.Rank(o));
-    }
-
-    static Dictionary<string, HostTensor> Feeds(TrainingGraph graph, ModelProto proto, int batch, int sequence)
-    {
-        var feeds = graph.InitialValues.ToDictionary(kv => kv.Key, kv => HostTensor.Of(kv.Value, graph.ParameterShapes[kv.Key]));
-        var ids = Enumerable.Repeat(1L, batch * sequence).ToArray();
-        foreach (var input in graph.BatchInputs)
-            if (proto.Graph.Input.Any(i => i.Name == input))
-                feeds[input] = HostTensor.Of(input.Contains("position") ? ids.Select((_, i) => (long)(i % sequence)).ToArray() : ids, [batch, sequence]);
-        return feeds;
     }
 
     /// <summary>The zero a recomputation waits through stays 0 where a float16 sum would overflow (2,000 × 1,000 is
@@ -140,8 +128,7 @@ public class EngineCheckpointingTests
     [Test]
     public void RecomputedDropoutUsesTheForwardMask()
     {
-        using var model = LlamaGraph.Build(LlamaShape.Tiny, seed: 3);
-        LoraInjector.Inject(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["all-linear"] });
+        using var model = EngineFixtures.TinyWithLora();
         using var graph = TrainingGraph.Build(model, loraDropout: 0.5, gradientCheckpointing: true);
         var proto = graph.Gradients.Clone();
         var pairs = proto.Graph.Node.Where(n => n.OpType == "Dropout").Select(n => n.Output[0])
@@ -152,7 +139,7 @@ public class EngineCheckpointingTests
             proto.Graph.Output.Add(new ValueInfoProto { Name = y });
             proto.Graph.Output.Add(new ValueInfoProto { Name = y + "/recompute" });
         }
-        var feeds = Feeds(graph, proto, 2, 16);
+        var feeds = EngineFixtures.SyntheticFeeds(graph, proto, 2, 16);
         feeds[TrainingGraph.Labels] = HostTensor.Of(Enumerable.Repeat(1L, 32).ToArray(), [2, 16]);
         using var withOutputs = new OnnxModel(proto);
         var outputs = OrtRun.Run(withOutputs, feeds, fixedInputs: graph.Frozen.Values);

@@ -37,8 +37,7 @@ public class EngineChunkedLossTests
     [TestCase(ComputeType.Float32, 32)] [TestCase(ComputeType.Float16, 32)] [TestCase(ComputeType.Float32, 3)]
     public void TrainingStepsEqualThoseOfTheWholeLoss(ComputeType compute, int sequence)
     {
-        using var model = LlamaGraph.Build(LlamaShape.Tiny, seed: 3);
-        LoraInjector.Inject(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["all-linear"] });
+        using var model = EngineFixtures.TinyWithLora();
         LoraTestKit.RandomizeB(model, std: 0.1f);
         var rng = new Random(4);
         var ids = Enumerable.Range(0, 4 * sequence).Select(_ => (long)rng.Next(LlamaShape.Tiny.VocabSize)).ToArray();
@@ -66,14 +65,11 @@ public class EngineChunkedLossTests
     [Test]
     public void NoValueHasTheFullLogitsShape()
     {
-        using var model = LlamaGraph.Build(LlamaShape.Tiny, seed: 3);
-        LoraInjector.Inject(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["all-linear"] });
+        using var model = EngineFixtures.TinyWithLora();
         (int Gradients, int Eval) FullVocabValues(int chunks)
         {
             using var graph = TrainingGraph.Build(model, lossChunks: chunks);
-            var feeds = graph.InitialValues.ToDictionary(kv => kv.Key, kv => HostTensor.Of(kv.Value, graph.ParameterShapes[kv.Key]));
-            foreach (var input in graph.BatchInputs)
-                feeds[input] = HostTensor.Of(Enumerable.Repeat(1L, 2 * 16).ToArray(), [2, 16]);
+            var feeds = EngineFixtures.SyntheticFeeds(graph, graph.Gradients, 2, 16);
             int Count(global::Onnx.ModelProto proto)
             {
                 var types = ValueTable.Probe(proto, feeds, feeds, graph.Frozen.Values);

@@ -15,6 +15,26 @@ public static class EngineFixtures
         return model;
     }
 
+    /// <summary>graphs/' LLaMA builder at the tiny shape (seed 3) with r=4 adapters on every linear layer.</summary>
+    public static OnnxModel TinyWithLora()
+    {
+        var model = Graphs.LlamaGraph.Build(Graphs.LlamaShape.Tiny, seed: 3);
+        LoraInjector.Inject(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["all-linear"] });
+        return model;
+    }
+
+    /// <summary>Feeds for running a training graph's <paramref name="proto"/> directly: the parameters at their initial
+    /// values, and the batch inputs it takes as tokens 1 (positions 0..S-1).</summary>
+    public static Dictionary<string, HostTensor> SyntheticFeeds(TrainingGraph graph, global::Onnx.ModelProto proto, int batch, int sequence)
+    {
+        var feeds = graph.InitialValues.ToDictionary(kv => kv.Key, kv => HostTensor.Of(kv.Value, graph.ParameterShapes[kv.Key]));
+        var ids = Enumerable.Repeat(1L, batch * sequence).ToArray();
+        foreach (var input in graph.BatchInputs)
+            if (proto.Graph.Input.Any(i => i.Name == input))
+                feeds[input] = HostTensor.Of(input.Contains("position") ? ids.Select((_, i) => (long)(i % sequence)).ToArray() : ids, [batch, sequence]);
+        return feeds;
+    }
+
     public static Batch ReferenceBatch(Dictionary<string, SafeTensor> reference, string prefix = "", int index = -1)
     {
         long[] Take(string key)

@@ -43,7 +43,7 @@ public sealed class Checkpoints
     /// <param name="needed">values whose gradient the backward computes</param>
     internal static Checkpoints Plan(List<NodeProto> nodes, HashSet<string> needed, ValueTable types)
     {
-        bool IsActivation(string v) => needed.Contains(v) && types.Find(v) is { } t && !t.ShapeA.SequenceEqual(t.ShapeB);
+        bool IsActivation(string v) => needed.Contains(v) && types.VariesWithBatch(v);
         var producer = new Dictionary<string, int>();
         var lastUse = new Dictionary<string, int>();
         for (int k = 0; k < nodes.Count; k++)
@@ -140,17 +140,9 @@ public sealed class Checkpoints
             var n = _nodes[k];
             if (!n.Input.Any(renames.ContainsKey)) continue;
             if (n.OpType == "Dropout" && n.Input.Count > 2 && n.Input[2] != "") { RecomputeDropout(n, renames, graph, types); continue; }
-            var copy = n.Clone();
-            copy.Name = graph.Unique(n.Name + "/recompute");
-            for (int i = 0; i < copy.Input.Count; i++) if (renames.TryGetValue(copy.Input[i], out var r)) copy.Input[i] = r;
-            for (int i = 0; i < copy.Output.Count; i++)
-            {
-                if (copy.Output[i] == "") continue;
-                var renamed = graph.Unique(n.Output[i] + "/recompute");
-                renames[n.Output[i]] = copy.Output[i] = renamed;
-                if (types.Find(n.Output[i]) is { } info) types.Set(renamed, info);
-            }
-            graph.AddNode(copy);
+            graph.AddRenamedCopy(n, renames, "/recompute");
+            foreach (var o in n.Output)
+                if (o != "" && types.Find(o) is { } info) types.Set(renames[o], info);
         }
         return renames;
     }

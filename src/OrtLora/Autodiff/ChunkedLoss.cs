@@ -19,13 +19,12 @@ public static class ChunkedLoss
     /// <param name="Loss">the scalar loss (the sum of the chunks' parts)</param>
     /// <param name="Hidden">h, the input of the lm_head MatMul, [B, S, H]</param>
     /// <param name="HiddenGradient">d loss / d h (times the loss scale when given), [B, S, H]</param>
-    public sealed record Result(string Loss, string Hidden, string HiddenGradient, int Chunks);
+    public sealed record Result(string Loss, string Hidden, string HiddenGradient);
 
     /// <summary>The head between h and the logits, or null when the logits are not a position-wise function of one
     /// [B, S, H] value through a MatMul.</summary>
     static (string Hidden, List<NodeProto> Path)? FindHead(GraphEditor g, string logits, ValueTable types)
     {
-        bool BatchSized(string v) => types.Find(v) is { } t && !t.ShapeA.SequenceEqual(t.ShapeB);
         var path = new List<NodeProto>();
         for (var value = logits; ;)
         {
@@ -35,11 +34,11 @@ public static class ChunkedLoss
             if (node.OpType == "MatMul")
             {
                 string a = node.Input[0], b = node.Input[1];
-                if (!BatchSized(a) || BatchSized(b) || types.Rank(a) != 3 || types.Rank(b) != 2) return null;
+                if (!types.VariesWithBatch(a) || types.VariesWithBatch(b) || types.Rank(a) != 3 || types.Rank(b) != 2) return null;
                 return (a, path);
             }
             if (!PositionWise.Contains(node.OpType) || node.Domain is not ("" or "ai.onnx")) return null;
-            var onPath = node.Input.Where(i => i != "" && BatchSized(i)).ToList();
+            var onPath = node.Input.Where(i => i != "" && types.VariesWithBatch(i)).ToList();
             if (onPath.Count != 1 || types.Rank(onPath[0]) != types.Rank(logits)) return null;
             value = onPath[0];
         }
@@ -62,6 +61,7 @@ public static class ChunkedLoss
         var targets = CausalLmLoss.AppendTargets(g, labels, logitsElemType);
         // chunk length ceil(S / C); the last chunks may be short or empty
         var length = Op("Div", [Op("Add", [Op("Slice", [Op("Shape", [hidden]), Ints(1), Ints(2)]), Ints(chunks - 1)]), Ints(chunks)]);
+        int type = types.ElemType(hidden);
         var parts = new List<string>();
         var gradients = new List<string>();
         for (int c = 0; c < chunks; c++)
@@ -70,7 +70,6 @@ public static class ChunkedLoss
             var end = Op("Mul", [length, Ints(c + 1)]);
             string Chunk(string value) => Op("Slice", [value, start, end, Ints(1)]);
             var h = Chunk(hidden);
-            int type = types.ElemType(hidden);
             if (c > 0)
                 h = Op("Add", [h, withGradient ? Ordering.ZeroAfter(g, gradients[^1], type, type) : Ordering.ZeroAfter(g, parts[^1], logitsElemType, type)]);
             types.Set(h, types[hidden]);
@@ -78,12 +77,8 @@ public static class ChunkedLoss
             var renames = new Dictionary<string, string> { [hidden] = h };
             foreach (var node in path)
             {
-                var copy = node.Clone();
-                copy.Name = g.Unique(node.Name + $"/chunk{c}");
-                for (int i = 0; i < copy.Input.Count; i++) if (renames.TryGetValue(copy.Input[i], out var r)) copy.Input[i] = r;
-                z = copy.Output[0] = renames[node.Output[0]] = g.Unique(node.Output[0] + $"/chunk{c}");
+                z = g.AddRenamedCopy(node, renames, $"/chunk{c}").Output[0];
                 types.Set(z, types[node.Output[0]]); // same rank and type; the rules compare shapes chunk against chunk
-                g.AddNode(copy);
             }
             var loss = CausalLmLoss.Append(g, z, new CausalLmLoss.Targets(Chunk(targets.TargetIndex), Chunk(targets.Weights), targets.Count));
             parts.Add(loss.Loss);
@@ -93,6 +88,6 @@ public static class ChunkedLoss
             gradients.Add(GradientBuilder.Build(g, new Dictionary<string, string> { [z] = seed }, [h], types, opset)[h]);
         }
         var total = parts.Count == 1 ? parts[0] : Op("Sum", parts.ToArray());
-        return new Result(total, hidden, withGradient ? Op("Concat", gradients.ToArray(), ("axis", 1L)) : "", chunks);
+        return new Result(total, hidden, withGradient ? Op("Concat", gradients.ToArray(), ("axis", 1L)) : "");
     }
 }

@@ -47,7 +47,6 @@ public static class GradientBuilder
         // With checkpointing: the gradients of parameter-sized values computed from activations since the last segment
         // was recomputed (LoRA's dA, dB), which the next recomputation waits for (Checkpoints.NodeForBackward)
         var parameterGrads = new List<(string Grad, int ElemType)>();
-        bool BatchSized(string v) => types.Find(v) is { } t && !t.ShapeA.SequenceEqual(t.ShapeB);
         var contributions = seeds.ToDictionary(s => s.Key, s => new List<string> { s.Value });
         var scalars = new Dictionary<(double, int), string>();
         var shapes = new Dictionary<string, string>();
@@ -69,6 +68,7 @@ public static class GradientBuilder
                 throw new OrtLoraException($"autodiff: no gradient rule for op {node.Domain}{(node.Domain == "" ? "" : ".")}{node.OpType} " +
                     $"(node '{node.Name}'), which lies between a trainable parameter and the loss");
             var context = new GradContext(graph, node, types, opset, outputGrads, wanted, scalars, shapes, constants);
+            bool readsActivations = checkpoints is not null && forward.Input.Concat(forward.Output).Any(types.VariesWithBatch);
             var inputGrads = rule(context);
             for (int i = 0; i < node.Input.Count; i++)
             {
@@ -77,8 +77,7 @@ public static class GradientBuilder
                     throw new OrtLoraException($"autodiff: the {node.OpType} rule gives no gradient for input {i} ('{node.Input[i]}') " +
                         $"of node '{node.Name}', which lies between a trainable parameter and the loss");
                 (contributions.TryGetValue(forward.Input[i], out var list) ? list : contributions[forward.Input[i]] = []).Add(g);
-                if (checkpoints is not null && !BatchSized(forward.Input[i]) && forward.Input.Concat(forward.Output).Any(BatchSized))
-                    parameterGrads.Add((g, types.ElemType(forward.Input[i])));
+                if (readsActivations && !types.VariesWithBatch(forward.Input[i])) parameterGrads.Add((g, types.ElemType(forward.Input[i])));
             }
         }
 

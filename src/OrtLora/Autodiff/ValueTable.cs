@@ -28,6 +28,10 @@ public sealed class ValueTable
     public int ElemType(string name) => this[name].ElemType;
     public bool IsFloat(string name) => Find(name)?.IsFloat ?? false;
 
+    /// <summary>True for a value whose shape differed between the two probe runs: its size grows with the batch or the
+    /// sequence (an activation, a gradient of one), unlike parameters, weights and constants.</summary>
+    public bool VariesWithBatch(string name) => Find(name) is { } t && !t.ShapeA.SequenceEqual(t.ShapeB);
+
     /// <summary>True when both probe runs saw the two values with identical shapes (so no broadcast between them).</summary>
     public bool SameShape(string a, string b)
     {

@@ -92,6 +92,19 @@ public sealed class GraphEditor
         return node;
     }
 
+    /// <summary>Appends a copy of <paramref name="node"/> (a piece of the graph computed again elsewhere) that reads
+    /// renamed values where <paramref name="renames"/> has them and writes fresh ones, named output + suffix and
+    /// recorded in <paramref name="renames"/>.</summary>
+    public NodeProto AddRenamedCopy(NodeProto node, IDictionary<string, string> renames, string suffix)
+    {
+        var copy = node.Clone();
+        copy.Name = Unique(node.Name + suffix);
+        for (int i = 0; i < copy.Input.Count; i++) if (renames.TryGetValue(copy.Input[i], out var r)) copy.Input[i] = r;
+        for (int i = 0; i < copy.Output.Count; i++)
+            if (copy.Output[i] != "") renames[node.Output[i]] = copy.Output[i] = Unique(node.Output[i] + suffix);
+        return AddNode(copy);
+    }
+
     public string AddInitializer(TensorProto tensor)
     {
         if (Initializer(tensor.Name) is not null || !_names.Add(tensor.Name) && Producer(tensor.Name) is not null)

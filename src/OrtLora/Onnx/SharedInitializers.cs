@@ -57,12 +57,12 @@ public sealed class SharedInitializers : IDisposable
             }
             graph.Initializer.Clear();
             graph.Initializer.AddRange(remaining);
+            var editor = new GraphEditor(graph);
             foreach (var (weight, transposes) in transposedOnly)
                 foreach (var node in transposes)
                 {
-                    foreach (var n in graph.Node)
-                        for (int i = 0; i < n.Input.Count; i++) if (n.Input[i] == node.Output[0]) n.Input[i] = weight;
-                    graph.Node.Remove(node);
+                    editor.ReplaceUses(node.Output[0], weight);
+                    editor.RemoveNode(node);
                 }
             return shared;
         }
@@ -102,21 +102,14 @@ public sealed class SharedInitializers : IDisposable
 
     /// <summary>Weight initializers of rank 2 whose every reader is a Transpose swapping the two axes (and not a graph
     /// output), with those Transposes.</summary>
-    static Dictionary<string, List<NodeProto>> ReadOnlyTransposed(GraphProto graph)
+    static Dictionary<string, IReadOnlyList<NodeProto>> ReadOnlyTransposed(GraphProto graph)
     {
-        var readers = new Dictionary<string, List<NodeProto>>();
-        foreach (var n in graph.Node)
-            foreach (var i in n.Input.Distinct())
-                if (i != "") (readers.TryGetValue(i, out var l) ? l : readers[i] = []).Add(n);
-        var outputs = new HashSet<string>(graph.Output.Select(o => o.Name));
-        var result = new Dictionary<string, List<NodeProto>>();
-        foreach (var t in graph.Initializer)
-        {
-            if (t.Dims.Count != 2 || !IsWeight(t) || outputs.Contains(t.Name) || !readers.TryGetValue(t.Name, out var nodes)) continue;
-            bool swaps(NodeProto n) => n.OpType == "Transpose" && n.Domain is "" or "ai.onnx" && n.Input.Count == 1
-                && (Attrs.Ints(n, "perm") ?? [1, 0]) is [1, 0] && !outputs.Contains(n.Output[0]);
-            if (nodes.All(swaps)) result[t.Name] = nodes;
-        }
+        var editor = new GraphEditor(graph);
+        bool Swaps(NodeProto n) => n.OpType == "Transpose" && n.Domain is "" or "ai.onnx" && n.Input.Count == 1
+            && (Attrs.Ints(n, "perm") ?? [1, 0]) is [1, 0] && !editor.IsGraphOutput(n.Output[0]);
+        var result = new Dictionary<string, IReadOnlyList<NodeProto>>();
+        foreach (var t in graph.Initializer.Where(t => t.Dims.Count == 2 && IsWeight(t) && !editor.IsGraphOutput(t.Name)))
+            if (editor.Consumers(t.Name) is { Count: > 0 } readers && readers.All(Swaps)) result[t.Name] = readers;
         return result;
     }
 
