@@ -22,6 +22,7 @@ public static class TrainCommand
         var tokenizer = new Option<string?>("--tokenizer") { Description = "tokenizer file or directory (default: beside the model)" };
         var maxSeq = new Option<int>("--max-seq-length") { Description = "truncate examples to this many tokens", DefaultValueFactory = _ => 512 };
         var packing = new Option<bool>("--packing") { Description = "pack several examples into each sequence" };
+        var padToMax = new Option<bool>("--pad-to-max-length") { Description = "pad every batch to --max-seq-length and the full batch size: one shape, graphs loaded for it" };
         var trainOnPrompt = new Option<bool>("--train-on-prompt") { Description = "also compute the loss on prompt tokens" };
         var epochs = new Option<double>("--num-train-epochs") { DefaultValueFactory = _ => 1 };
         var maxSteps = new Option<int>("--max-steps") { Description = "total optimizer steps (overrides epochs)", DefaultValueFactory = _ => -1 };
@@ -44,6 +45,7 @@ public static class TrainCommand
         var fp16 = new Option<bool>("--fp16") { Description = "mixed precision: the frozen model computes in float16, LoRA weights, loss and optimizer stay float32" };
         var bf16 = new Option<bool>("--bf16") { Description = "as --fp16 with bfloat16 (needs --device cuda: ONNX Runtime's CPU provider has no bfloat16 kernels)" };
         var checkpointing = new Option<bool>("--gradient-checkpointing") { Description = "recompute each layer's forward in the backward instead of storing its activations: less memory, about a third more compute" };
+        var cudaGraphs = new Option<bool>("--cuda-graphs") { Description = "capture each step's kernels once and replay them (ONNX Runtime's enable_cuda_graph; implies --pad-to-max-length, not with --lora-dropout)" };
         var epLibrary = new Option<string?>("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
         var optimization = new Option<string>("--graph-optimization-level")
         {
@@ -57,9 +59,9 @@ public static class TrainCommand
 
         var cmd = new Command("train", "Train LoRA adapters on Parquet data") { model, output };
         lora.AddTo(cmd);
-        foreach (var o in new Option[] { data, evalData, evalSplit, format, textColumn, chatTemplate, tokenizer, maxSeq, packing, trainOnPrompt,
+        foreach (var o in new Option[] { data, evalData, evalSplit, format, textColumn, chatTemplate, tokenizer, maxSeq, packing, padToMax, trainOnPrompt,
                      epochs, maxSteps, batch, accumulation, lr, scheduler, warmupRatio, warmupSteps, weightDecay, maxGradNorm,
-                     logging, saveSteps, saveLimit, evalSteps, loraplus, fp16, bf16, checkpointing, device, epLibrary, optimization, resume, merge, plain })
+                     logging, saveSteps, saveLimit, evalSteps, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
 
         cmd.SetAction(CliRunner.Guard(parse =>
@@ -74,6 +76,7 @@ public static class TrainCommand
                 SaveTotalLimit = parse.GetValue(saveLimit), EvalSteps = parse.GetValue(evalSteps), LoraplusLrRatio = parse.GetValue(loraplus),
                 Fp16 = parse.GetValue(fp16), Bf16 = parse.GetValue(bf16), Device = parse.GetValue(device)!, EpLibrary = parse.GetValue(epLibrary),
                 GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),
+                CudaGraphs = parse.GetValue(cudaGraphs),
             };
             Validate(args);
             var job = new TrainJob
@@ -84,7 +87,7 @@ public static class TrainCommand
                 {
                     Format = Enum.Parse<DatasetFormat>(parse.GetValue(format)!, ignoreCase: true), TextColumn = parse.GetValue(textColumn)!,
                     MaxSeqLength = parse.GetValue(maxSeq), TrainOnPrompt = parse.GetValue(trainOnPrompt), Packing = parse.GetValue(packing),
-                    EvalSplit = parse.GetValue(evalSplit), ChatTemplate = parse.GetValue(chatTemplate),
+                    PadToMaxLength = parse.GetValue(padToMax), EvalSplit = parse.GetValue(evalSplit), ChatTemplate = parse.GetValue(chatTemplate),
                 },
                 Args = args,
                 ResumeFromCheckpoint = parse.GetResult(resume) is null ? null : parse.GetValue(resume) ?? "",

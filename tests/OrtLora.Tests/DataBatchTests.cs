@@ -147,6 +147,43 @@ public class DataBatchTests
         Assert.That((feeds["labels"].Int64s, feeds["input_ids"].Shape), Is.EqualTo((batches[0].Labels, batches[0].Shape)));
     }
 
+    /// <summary>--pad-to-max-length: every batch, the epoch's last one and eval's included, is [batch size, max length];
+    /// the real rows are the padded-to-longest rows extended with padding, and the filler rows of the last batch attend
+    /// to one pad token and have no label.</summary>
+    [Test]
+    public void PadToMaxLengthGivesEveryBatchOneShape()
+    {
+        var options = new DataOptions { BatchSize = 3, EvalBatchSize = 3, MaxSeqLength = 300, Shuffle = false, EvalSplit = 0.05 };
+        using var longest = TrainingData.Open(DataFile("alpaca_500.zstd.parquet"), Gpt2(), options);
+        using var fixedShape = TrainingData.Open(DataFile("alpaca_500.zstd.parquet"), Gpt2(), options with { PadToMaxLength = true });
+        var pairs = longest.Batches(new DataPosition(0, 0)).Zip(fixedShape.Batches(new DataPosition(0, 0))).ToList();
+        var evalPairs = longest.EvalBatches().Zip(fixedShape.EvalBatches()).ToList();
+        Assert.That(pairs.Count + evalPairs.Count, Is.EqualTo(longest.CountBatches() + longest.EvalBatches().Count()));
+        Assert.That(pairs.Concat(evalPairs).Select(p => p.Second.Shape), Has.All.EqualTo(new long[] { 3, 300 }));
+        var lastRows = pairs.Concat(evalPairs).Select(p => p.First.BatchSize).ToList();
+        Assert.That(lastRows, Has.Some.LessThan(3), "a short last batch is exercised");
+        foreach (var (a, b) in pairs.Concat(evalPairs))
+        {
+            Assert.That(b.Rows, Is.EqualTo(a.Rows));
+            Assert.That((b.LossTokens, b.TrainedTokens), Is.EqualTo((a.LossTokens, a.TrainedTokens)));
+            for (int row = 0; row < 3; row++)
+            {
+                var span = Enumerable.Range(row * 300, 300);
+                if (row < a.BatchSize)
+                {
+                    var expected = Enumerable.Range(row * a.SeqLength, a.SeqLength);
+                    Assert.That(span.Take(a.SeqLength).Select(i => b.InputIds[i]), Is.EqualTo(expected.Select(i => a.InputIds[i])));
+                    Assert.That(span.Select(i => b.AttentionMask[i]).Sum(), Is.EqualTo(expected.Select(i => a.AttentionMask[i]).Sum()));
+                }
+                else
+                {
+                    Assert.That(span.Select(i => b.AttentionMask[i]), Is.EqualTo(Enumerable.Repeat(0L, 300).Prepend(1L).Take(300)), "filler row: one attended pad");
+                    Assert.That(span.Select(i => b.Labels[i]), Has.All.EqualTo((long)Ignore));
+                }
+            }
+        }
+    }
+
     [Test]
     public void PackingConcatenatesWholeExamplesUpToMaxLength()
     {

@@ -37,11 +37,14 @@ public class TrainCommandTests
         Assert.That(File.Exists(Path.Combine(dir, "merged", "vocab.json")), "tokenizer beside the merged model");
     }
 
-    /// <summary>--graph-optimization-level basic (no com.microsoft fusions: what a CUDA plugin EP can take whole) and
-    /// --gradient-checkpointing (activations recomputed in the backward) train the same as the defaults: same losses
-    /// step by step, to float32 rounding.</summary>
+    /// <summary>--graph-optimization-level basic (no com.microsoft fusions: what a CUDA plugin EP can take whole),
+    /// --gradient-checkpointing (activations recomputed in the backward), --pad-to-max-length (every batch [4, 512],
+    /// graphs loaded for that shape) and --cuda-graphs (the same, every buffer bound at a fixed address; on the CPU there
+    /// is nothing to capture) train the same as the defaults: same losses step by step, to float32 rounding.</summary>
     [TestCase("--graph-optimization-level basic")]
     [TestCase("--gradient-checkpointing")]
+    [TestCase("--pad-to-max-length")]
+    [TestCase("--cuda-graphs")]
     public void OptionsThatChangeOnlyHowTrainingRunsTrainLikeTheDefault(string option)
     {
         double[] Losses(params string[] extra)
@@ -50,6 +53,8 @@ public class TrainCommandTests
             var result = OrtloraOk(TrainArgs(dir, ["--max-steps", "4", .. extra]));
             if (extra.Contains("--gradient-checkpointing"))
                 Assert.That(result.Out, Does.Match(@"gradient checkpointing: the backward recomputes \d+ forward segments"));
+            if (extra.Contains("--cuda-graphs") || extra.Contains("--pad-to-max-length"))
+                Assert.That(result.Out, Does.Contain("every batch padded to [4, 512]"));
             return File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
                 .Where(m => m["loss"] is not null).Select(m => m["loss"]!.GetValue<double>()).ToArray();
         }

@@ -3,7 +3,9 @@
 //       [--steps 3] [--mode train|eval|train+eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
 //       [--graph-stats] [--ort-graph-stats] [--build-only] [--opt-basic | --graph-optimization-level all|extended|basic|none]
 //       [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
-//       [--gradient-checkpointing] [--loss-chunks N]
+//       [--gradient-checkpointing] [--loss-chunks N] [--cuda-graphs]
+// --cuda-graphs: CUDA graphs (ORT enable_cuda_graph; every buffer at a fixed address, static shapes); on a CPU only the
+// fixed-address binding applies.
 // --ort-graph-stats: the nodes a step runs: the step graph after ORT's optimizations (basic and all, static shapes; all,
 // dynamic shapes) and gradient accumulation's micro-batch graph, with op histograms.
 // Peak memory is the process's peak working set, so compare modes with one process each (--mode eval vs train).
@@ -34,7 +36,7 @@ var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOpt
     CpuMemArena: !args.Contains("--no-arena"), Optimization: OrtLora.Training.TrainingArguments.OrtLevel(args.Contains("--opt-basic") ? "basic"
         : Array.IndexOf(args, "--graph-optimization-level") is var level and >= 0 ? args[level + 1] : "all"),
     Device: options.Device, EpLibrary: options.EpLibrary, ProfilePrefix: options.Profile, StaticShapes: args.Contains("--static-shapes"),
-    Compute: compute, GradientCheckpointing: args.Contains("--gradient-checkpointing"),
+    Compute: compute, GradientCheckpointing: args.Contains("--gradient-checkpointing"), CudaGraphs: args.Contains("--cuda-graphs"),
     LossChunks: options.LossChunks));
 if (session.Graph.HalfPrecision is { } half) Console.WriteLine($"half compute: {half}");
 long trainable = session.Graph.ParameterShapes.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
@@ -86,7 +88,7 @@ foreach (var trace in session.ProfileFiles) Console.WriteLine($"profile: {trace}
 if (args.Contains("--json"))
     Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
     {
-        ["engine"] = args.Contains("--gradient-checkpointing") ? "ortlora+checkpointing" : "ortlora", ["shape"] = options.Shape, ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
+        ["engine"] = "ortlora" + (args.Contains("--gradient-checkpointing") ? "+checkpointing" : "") + (args.Contains("--cuda-graphs") ? "+cuda-graphs" : ""), ["shape"] = options.Shape, ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
         ["batch"] = options.Batch, ["seq"] = options.Seq, ["r"] = options.R, ["step_ms"] = Math.Round(median * 1000, 2),
         ["tokens_per_s"] = Math.Round(n / median), ["peak_working_set_mib"] = Math.Round(peakMiB), ["graph_nodes"] = stepNodes,
         ["trainable"] = trainable,

@@ -33,7 +33,9 @@ done
 case_ "verify-llama-dynamo-checkpointing-chunks" "${ortlora[@]}" verify "$fixtures/llama/model.dynamo.onnx" \
   --init-from "$fixtures/llama/adapter" --reference "$fixtures/llama/reference.safetensors" \
   -o "$out/llama-checkpointing.safetensors" --gradient-checkpointing --loss-chunks 4 "${ep[@]}"
-for flags in "" --fp16 --bf16 "--bf16 --gradient-checkpointing"; do
+# --cuda-graphs: captured and replayed step, eval and accumulate graphs; their losses should match the runs without.
+for flags in "" --fp16 --bf16 "--bf16 --gradient-checkpointing" "--pad-to-max-length --max-seq-length 128" \
+    "--cuda-graphs --max-seq-length 128" "--bf16 --cuda-graphs --max-seq-length 128"; do
   name=$(echo "$flags" | tr -d ' ')
   case_ "train-tiny${name}" "${ortlora[@]}" train graphs/tiny/model.onnx --data graphs/tiny/demo.parquet \
     --eval-data graphs/tiny/demo_eval.parquet --target-modules all-linear --max-steps 20 --eval-steps 20 \

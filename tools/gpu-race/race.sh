@@ -2,14 +2,15 @@
 # The speed race of issue 6, on the GPU machine: PEFT and ortlora on the same model, settings and GPU, in one run.
 #   bash tools/gpu-race/race.sh SHAPE [DTYPE ...]       SHAPE: smollm2-135m | tinyllama-1.1b; DTYPE: bf16 fp32 (default both)
 # Environment: BATCH (8), SEQ (512), STEPS (10), APP (/tmp/gpu/app: a published bench-train, see README.md here),
-# VARIANTS ("stored checkpointing": ortlora keeping all activations, and with --gradient-checkpointing).
+# VARIANTS ("stored checkpointing graphs checkpointing-graphs": ortlora keeping all activations, with
+# --gradient-checkpointing, with --cuda-graphs, with both). A variant that fails is reported and the race goes on.
 # Appends one JSON line per measurement to /tmp/race/results.jsonl and prints the side-by-side table.
 set -euo pipefail
 shape=$1; shift
 dtypes=${*:-bf16 fp32}
 here=$(cd "$(dirname "$0")" && pwd)
 out=/tmp/race; mkdir -p "$out"
-batch=${BATCH:-8}; seq=${SEQ:-512}; steps=${STEPS:-10}; app=${APP:-/tmp/gpu/app}; variants=${VARIANTS:-stored checkpointing}
+batch=${BATCH:-8}; seq=${SEQ:-512}; steps=${STEPS:-10}; app=${APP:-/tmp/gpu/app}; variants=${VARIANTS:-stored checkpointing graphs checkpointing-graphs}
 venv=/opt/torch/.venv/lib/python3.12/site-packages
 export DOTNET_ROOT=/tmp/gpu/dotnet PATH=/tmp/gpu/dotnet:$PATH
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/lib64:$venv/nvidia/cu13/lib ORT_REAL_CORE=$venv/onnxruntime/capi/libonnxruntime.so.1.30.0
@@ -35,10 +36,13 @@ for dtype in $dtypes; do
   precision=(); [ "$dtype" = fp32 ] || precision=(--"$dtype")
   for variant in $variants; do
     echo "ortlora $shape $dtype $variant..."
-    flags=(); [ "$variant" = checkpointing ] && flags=(--gradient-checkpointing)
+    flags=()
+    case $variant in *checkpointing*) flags+=(--gradient-checkpointing) ;; esac
+    case $variant in *graphs*) flags+=(--cuda-graphs) ;; esac
     measured dotnet "$app/bench-train.dll" --model "$out/$shape/model.onnx" --shape "$shape" --device cuda \
       --ep-library /tmp/gpu/libonnxruntime_providers_cuda.so --batch "$batch" --seq "$seq" --r 16 --steps "$steps" \
-      "${precision[@]}" "${flags[@]}" --static-shapes --profile "$out/$shape-$dtype-$variant" --json | tee -a "$out/results.jsonl"
+      "${precision[@]}" "${flags[@]}" --static-shapes --profile "$out/$shape-$dtype-$variant" --json | tee -a "$out/results.jsonl" \
+      || { echo "ortlora $shape $dtype $variant FAILED (log above)"; continue; }
     python3 "$here/profile_summary.py" "$(ls -t "$out/$shape-$dtype-$variant"_*.json | head -1)" --top 12 || true
   done
 done

@@ -10,18 +10,27 @@ public static class ExecutionDevice
 {
     static readonly Dictionary<string, string> Registered = new();
 
-    public static void Configure(SessionOptions options, string device, string? epLibrary, int deviceId = 0)
+    /// <param name="cudaGraphs">CUDA's enable_cuda_graph: the session captures the kernels of a Run and replays them,
+    /// which needs every input and output bound at a fixed address (<see cref="Training.Engine.FixedAddresses"/>)</param>
+    public static void Configure(SessionOptions options, string device, string? epLibrary, int deviceId = 0, bool cudaGraphs = false)
     {
+        // The plugin got no options when it was seen to work: only add what is asked for.
+        var cudaOptions = cudaGraphs ? new Dictionary<string, string> { ["enable_cuda_graph"] = "1" } : new Dictionary<string, string>();
         switch (device)
         {
             case "cpu":
                 if (epLibrary is not null) throw new OrtLoraException("--ep-library is for --device cuda");
                 return;
             case "cuda" when epLibrary is not null:
-                AppendPlugin(options, epLibrary, "CUDA");
+                AppendPlugin(options, epLibrary, "CUDA", cudaOptions);
                 return;
             case "cuda":
-                try { options.AppendExecutionProvider_CUDA(deviceId); }
+                try
+                {
+                    using var cuda = new OrtCUDAProviderOptions();
+                    cuda.UpdateOptions(new(cudaOptions) { ["device_id"] = deviceId.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+                    options.AppendExecutionProvider_CUDA(cuda);
+                }
                 catch (Exception e) when (e is OnnxRuntimeException or EntryPointNotFoundException)
                 {
                     throw new OrtLoraException("--device cuda: this ONNX Runtime build has no CUDA execution provider " +
@@ -33,7 +42,7 @@ public static class ExecutionDevice
         }
     }
 
-    static void AppendPlugin(SessionOptions options, string library, string vendorHint)
+    static void AppendPlugin(SessionOptions options, string library, string vendorHint, Dictionary<string, string> providerOptions)
     {
         if (!File.Exists(library)) throw new OrtLoraException($"{library}: execution provider library not found");
         var env = OrtEnv.Instance();
@@ -51,6 +60,6 @@ public static class ExecutionDevice
         var devices = env.GetEpDevices().Where(d => d.EpName.Contains(vendorHint, StringComparison.OrdinalIgnoreCase)).ToList();
         if (devices.Count == 0)
             throw new OrtLoraException($"{library}: loaded, but it reports no {vendorHint} device (is there a GPU and its driver?)");
-        options.AppendExecutionProvider(env, [devices[0]], new Dictionary<string, string>());
+        options.AppendExecutionProvider(env, [devices[0]], providerOptions);
     }
 }

@@ -73,11 +73,11 @@ public sealed class SharedInitializers : IDisposable
         }
     }
 
-    /// <summary>Binds each shared weight that <paramref name="session"/> takes as an input.</summary>
-    public void Bind(OrtIoBinding binding, InferenceSession session)
+    /// <summary>The shared weights that <paramref name="session"/> takes as inputs, to bind.</summary>
+    public IEnumerable<(string Name, OrtValue Value)> InputsOf(InferenceSession session)
     {
         foreach (var name in session.InputNames)
-            if (_values.TryGetValue(name, out var value)) binding.BindInput(name, value);
+            if (_values.TryGetValue(name, out var value)) yield return (name, value);
     }
 
     /// <summary>Moves the named weights into memory from <paramref name="allocator"/> (a device's), freeing their host

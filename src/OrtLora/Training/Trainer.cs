@@ -63,7 +63,8 @@ public static class Trainer
         var tokenizer = TokenizerLoader.Load(tokenizerPath);
         VocabularyCheck.Require(tokenizer, model);
         var tokenizerDir = Directory.Exists(tokenizerPath) ? tokenizerPath : Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!;
-        var dataOptions = job.Data with { BatchSize = args.PerDeviceTrainBatchSize, EvalBatchSize = args.PerDeviceTrainBatchSize, Seed = args.Seed };
+        var dataOptions = job.Data with { BatchSize = args.PerDeviceTrainBatchSize, EvalBatchSize = args.PerDeviceTrainBatchSize, Seed = args.Seed,
+            PadToMaxLength = job.Data.PadToMaxLength || args.CudaGraphs };
         using var data = TrainingData.Open(job.DataPath, tokenizer, dataOptions, job.EvalDataPath, TokenizerConfig.Read(tokenizerDir));
 
         int batchesPerEpoch = args.MaxSteps > 0 ? 0 : data.CountBatches();
@@ -79,7 +80,11 @@ public static class Trainer
         // and the merge.
         var compute = args.Bf16 ? ComputeType.BFloat16 : args.Fp16 ? ComputeType.Float16 : ComputeType.Float32;
         using var session = new TrainingSession(model, new TrainingSessionOptions(adamW, Optimization: args.OrtOptimizationLevel, Device: args.Device, EpLibrary: args.EpLibrary, Compute: compute,
-            GradientCheckpointing: args.GradientCheckpointing));
+            GradientCheckpointing: args.GradientCheckpointing, StaticShapes: dataOptions.PadToMaxLength, CudaGraphs: args.CudaGraphs));
+        if (dataOptions.PadToMaxLength)
+            reporter.Info($"every batch padded to [{dataOptions.BatchSize}, {dataOptions.MaxSeqLength}]; graphs loaded for that shape" +
+                (!args.CudaGraphs ? "" : args.Device == "cuda" ? "; CUDA graphs: each session captures its kernels once per state parity and replays them"
+                    : "; every buffer bound at a fixed address (the CUDA graphs themselves need --device cuda)"));
         if (session.Graph.HalfPrecision is { } half)
             reporter.Info($"{(args.Bf16 ? "bf16" : "fp16")} compute: {half.HalfNodes} nodes in half, {half.Float32Nodes} in float32 (LoRA branches, " +
                 $"norms, softmax), {half.Casts} casts; {half.ConvertedTensors} frozen tensors stored in half ({half.ConvertedBytes / 1048576.0:F1} MiB)");

@@ -33,6 +33,9 @@ public sealed class TrainingArguments
     /// <summary>Recompute the forward in the backward, segment by segment, instead of storing its activations
     /// (Hugging Face's gradient_checkpointing): less memory, more compute.</summary>
     public bool GradientCheckpointing { get; set; }
+    /// <summary>CUDA graphs: each step's kernels captured once and replayed (ONNX Runtime's enable_cuda_graph). Every batch
+    /// is then padded to one shape (max_seq_length × the batch size).</summary>
+    public bool CudaGraphs { get; set; }
     public string Device { get; set; } = "cpu";
     public string? EpLibrary { get; set; }
     /// <summary>ONNX Runtime's graph optimization level for the training graphs: all, extended, basic or none. Above

@@ -80,7 +80,9 @@ public static class Batching
     }
 
     /// <summary>Sequences grouped <paramref name="batchSize"/> at a time (the last batch may be smaller) and padded.</summary>
-    public static IEnumerable<Batch> Batches(IEnumerable<Sequence> sequences, int batchSize, int padId, int epoch)
+    /// <param name="fixedLength">pad every batch to this length and to <paramref name="batchSize"/> rows (one shape for
+    /// the whole run: what static-shape sessions and CUDA graphs need)</param>
+    public static IEnumerable<Batch> Batches(IEnumerable<Sequence> sequences, int batchSize, int padId, int epoch, int? fixedLength = null)
     {
         if (batchSize <= 0) throw new OrtLoraException($"batch size must be positive, got {batchSize}");
         var pending = new List<Sequence>(batchSize);
@@ -88,22 +90,27 @@ public static class Batching
         {
             pending.Add(sequence);
             if (pending.Count < batchSize) continue;
-            yield return Pad(pending, padId, epoch);
+            yield return Pad(pending, padId, epoch, fixedLength is { } l ? (batchSize, l) : null);
             pending.Clear();
         }
-        if (pending.Count > 0) yield return Pad(pending, padId, epoch);
+        if (pending.Count > 0) yield return Pad(pending, padId, epoch, fixedLength is { } length ? (batchSize, length) : null);
     }
 
-    /// <summary>Right padding to the longest sequence: pad id, attention 0, label -100.</summary>
-    public static Batch Pad(IReadOnlyList<Sequence> sequences, int padId, int epoch)
+    /// <summary>Right padding to the longest sequence (or to <paramref name="shape"/>): pad id, attention 0, label -100.
+    /// Rows beyond the sequences given attend to one pad token and score nothing: a row with no attended position
+    /// would give a softmax over nothing but masked scores.</summary>
+    public static Batch Pad(IReadOnlyList<Sequence> sequences, int padId, int epoch, (int Rows, int Length)? shape = null)
     {
-        int b = sequences.Count, s = sequences.Max(x => x.InputIds.Length);
+        int longest = sequences.Max(x => x.InputIds.Length);
+        if (shape is { } fixedShape && (fixedShape.Length < longest || fixedShape.Rows < sequences.Count))
+            throw new OrtLoraException($"{sequences.Count} sequences of up to {longest} tokens do not fit a [{fixedShape.Rows}, {fixedShape.Length}] batch");
+        int b = shape?.Rows ?? sequences.Count, s = shape?.Length ?? longest;
         var inputIds = new long[b * s];
         var mask = new long[b * s];
         var labels = new long[b * s];
         Array.Fill(inputIds, padId);
         Array.Fill(labels, ExampleEncoder.IgnoreIndex);
-        for (int row = 0; row < b; row++)
+        for (int row = 0; row < sequences.Count; row++)
         {
             var seq = sequences[row];
             for (int t = 0; t < seq.InputIds.Length; t++)
@@ -113,6 +120,7 @@ public static class Batching
                 labels[row * s + t] = seq.Labels[t];
             }
         }
+        for (int row = sequences.Count; row < b; row++) mask[row * s] = 1;
         return new Batch(inputIds, mask, labels, b, s, new DataPosition(epoch, sequences[^1].NextIndex), [.. sequences.SelectMany(x => x.Rows)]);
     }
 }

@@ -13,6 +13,9 @@ public sealed record DataOptions
     public bool TrainOnPrompt { get; init; }
     /// <summary>Concatenate examples into sequences of up to MaxSeqLength tokens.</summary>
     public bool Packing { get; init; }
+    /// <summary>Pad every batch to MaxSeqLength and to BatchSize rows (the tokenizers' padding="max_length"): one batch
+    /// shape for the whole run.</summary>
+    public bool PadToMaxLength { get; init; }
     /// <summary>per_device_train_batch_size.</summary>
     public int BatchSize { get; init; } = 1;
     public int EvalBatchSize { get; init; } = 1;
@@ -86,7 +89,7 @@ public sealed class TrainingData : IDisposable
     {
         var examples = TrainExamples(from);
         var sequences = Options.Packing ? Batching.Pack(examples, Options.MaxSeqLength) : Batching.Single(examples);
-        return Batching.Batches(sequences, Options.BatchSize, Tokenizer.PadId, from.Epoch);
+        return Batching.Batches(sequences, Options.BatchSize, Tokenizer.PadId, from.Epoch, FixedLength);
     }
 
     /// <summary>Batches for evaluation: the eval file, or the held-out rows, in file order (never packed). The eval
@@ -94,7 +97,7 @@ public sealed class TrainingData : IDisposable
     public IEnumerable<Batch> EvalBatches()
     {
         _evalExamples ??= [.. Tokenize(EvalRows().Select(r => (r.Index, r.Record, r.Index + 1)))];
-        return Batching.Batches(Batching.Single(_evalExamples), Options.EvalBatchSize, Tokenizer.PadId, 0);
+        return Batching.Batches(Batching.Single(_evalExamples), Options.EvalBatchSize, Tokenizer.PadId, 0, FixedLength);
     }
 
     List<(TokenizedExample, long)>? _evalExamples;
@@ -108,6 +111,8 @@ public sealed class TrainingData : IDisposable
 
     /// <summary>Number of batches in one epoch (a streamed pass that tokenizes everything; with packing the count
     /// can differ slightly between epochs, as the order changes).</summary>
+    int? FixedLength => Options.PadToMaxLength ? Options.MaxSeqLength : null;
+
     public int CountBatches(int epoch = 0) => Batches(new DataPosition(epoch, 0)).Count();
 
     /// <summary>The training rows of an epoch from a position: eval rows and skipped rows left out.</summary>

@@ -29,6 +29,8 @@ public sealed class PingPong : IDisposable
     public OrtValue Current => _values[_current];
     public OrtValue Next => _values[1 - _current];
     public void Swap() => _current = 1 - _current;
+    /// <summary>Which buffer is current (0 or 1).</summary>
+    public int Parity => _current;
     /// <summary>Whether the buffers are in a device's memory rather than host arrays.</summary>
     public bool OnDevice => _host is null;
 

@@ -32,10 +32,14 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// instead of keeping every activation: far less activation memory for about a third more compute</param>
 /// <param name="LossChunks">the loss and its gradient taken in this many chunks of the sequence through the lm_head, so
 /// that no [batch, sequence, vocabulary] tensor is built whole (default: 8 from a vocabulary of 8192, else 1)</param>
+/// <param name="CudaGraphs">CUDA graphs (ORT's enable_cuda_graph): each session captures its kernels once per state parity
+/// and replays them, with no per-node launch cost on the host. Implies static shapes and state in session memory; every
+/// input and output is bound at a fixed address (<see cref="FixedAddresses"/>). Not with dropout (a replay repeats the
+/// captured random numbers).</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
     GraphOptimizationLevel Optimization = GraphOptimizationLevel.ORT_ENABLE_ALL, string Device = "cpu", string? EpLibrary = null,
     bool CpuMemArena = true, string? ProfilePrefix = null, bool StateInSessionMemory = false, ComputeType Compute = ComputeType.Float32,
-    bool StaticShapes = false, bool GradientCheckpointing = false, int? LossChunks = null);
+    bool StaticShapes = false, bool GradientCheckpointing = false, int? LossChunks = null, bool CudaGraphs = false);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -55,11 +59,13 @@ public sealed class TrainingSession : IDisposable
     OrtAllocator? _stateAllocator;
     InferenceSession? _allocatorSession;
     DeviceCopy? _deviceCopy;
+    FixedAddresses? _fixed;
     bool _statePlaced;
 
     public TrainingSession(OnnxModel model, TrainingSessionOptions options, IReadOnlyList<string>? parameters = null)
     {
-        _options = options;
+        // CUDA graphs need fixed shapes and every buffer where the session allocates: the two options that give them.
+        _options = options.CudaGraphs ? options with { StaticShapes = true, StateInSessionMemory = true } : options;
         if (options.Compute == ComputeType.BFloat16 && options.Device == "cpu")
             throw new OrtLoraException("bfloat16 compute needs an execution provider with bfloat16 kernels (--device cuda): ONNX Runtime's CPU " +
                 "provider has none for MatMul, Add, Softmax and most other ops. On CPU use --fp16 (ONNX Runtime runs float16 through float32 kernels there)");
@@ -90,17 +96,13 @@ public sealed class TrainingSession : IDisposable
     public float Step(Batch batch, float learningRate, float maxGradNorm = 0)
     {
         var session = ForBatch(ref _stepSession, () => _graph.BuildStep(_options.AdamW), batch);
-        using var binding = session.CreateIoBinding();
-        var batchValues = BindBatch(binding, batch);
-        try
-        {
-            BindOptimizer(binding, learningRate, maxGradNorm);
-            BindLossScale(binding);
-            BindModel(binding, session);
-            binding.BindOutput(TrainingGraph.Loss, _loss.Value);
-            Run(session, binding);
-        }
-        finally { foreach (var v in batchValues) v.Dispose(); }
+        using var run = new RunBinding(session, _fixed);
+        BindBatch(run, batch);
+        BindOptimizer(run, learningRate, maxGradNorm);
+        BindLossScale(run);
+        BindModel(run, session);
+        run.HostOutput(TrainingGraph.Loss, _loss.Value);
+        Run(run, graphId: StateParity);
         FinishUpdate();
         return _loss.Get();
     }
@@ -111,23 +113,15 @@ public sealed class TrainingSession : IDisposable
     {
         var session = ForBatch(ref _accumulateSession, _graph.BuildAccumulate, batch);
         _accumulators ??= _graph.Parameters.ToDictionary(p => p, p => Placed(new PingPong(_graph.ParameterShapes[p])));
-        using var binding = session.CreateIoBinding();
-        var batchValues = BindBatch(binding, batch);
-        try
-        {
-            _gradScale.Set(gradScale);
-            binding.BindInput(TrainingGraph.GradScale, _gradScale.Value);
-            BindLossScale(binding);
-            BindModel(binding, session);
-            foreach (var p in _graph.Parameters)
-            {
-                binding.BindInput(TrainingGraph.AccumulatorOf(p), _accumulators[p].Current);
-                binding.BindOutput(TrainingGraph.Updated(TrainingGraph.AccumulatorOf(p)), _accumulators[p].Next);
-            }
-            binding.BindOutput(TrainingGraph.Loss, _loss.Value);
-            Run(session, binding);
-        }
-        finally { foreach (var v in batchValues) v.Dispose(); }
+        using var run = new RunBinding(session, _fixed);
+        BindBatch(run, batch);
+        _gradScale.Set(gradScale);
+        run.HostInput(TrainingGraph.GradScale, _gradScale.Value);
+        BindLossScale(run);
+        BindModel(run, session);
+        BindAccumulators(run, output: true);
+        run.HostOutput(TrainingGraph.Loss, _loss.Value);
+        Run(run, graphId: 2 * StateParity + AccumulatorParity);
         foreach (var a in _accumulators.Values) a.Swap();
         return _loss.Get();
     }
@@ -137,14 +131,11 @@ public sealed class TrainingSession : IDisposable
     {
         if (_accumulators is null) throw new InvalidOperationException("ApplyAccumulated before any Accumulate");
         _applySession ??= Load(_graph.BuildApply(_options.AdamW));
-        using var binding = _applySession.CreateIoBinding();
-        BindOptimizer(binding, learningRate, maxGradNorm);
-        foreach (var p in _graph.Parameters)
-        {
-            binding.BindInput(p, _params[p].Current);
-            binding.BindInput(TrainingGraph.AccumulatorOf(p), _accumulators[p].Current);
-        }
-        Run(_applySession, binding);
+        using var run = new RunBinding(_applySession, _fixed);
+        BindOptimizer(run, learningRate, maxGradNorm);
+        foreach (var p in _graph.Parameters) run.Input(p, _params[p].Current);
+        BindAccumulators(run, output: false);
+        Run(run, graphId: 2 * StateParity + AccumulatorParity);
         FinishUpdate();
         foreach (var a in _accumulators.Values) a.Clear();
     }
@@ -153,15 +144,11 @@ public sealed class TrainingSession : IDisposable
     public float EvalLoss(Batch batch)
     {
         var session = ForBatch(ref _evalSession, () => _graph.Eval, batch);
-        using var binding = session.CreateIoBinding();
-        var batchValues = BindBatch(binding, batch);
-        try
-        {
-            BindModel(binding, session);
-            binding.BindOutput(TrainingGraph.Loss, _loss.Value);
-            Run(session, binding);
-        }
-        finally { foreach (var v in batchValues) v.Dispose(); }
+        using var run = new RunBinding(session, _fixed);
+        BindBatch(run, batch);
+        BindModel(run, session);
+        run.HostOutput(TrainingGraph.Loss, _loss.Value);
+        Run(run, graphId: StateParity);
         return _loss.Get();
     }
 
@@ -169,20 +156,25 @@ public sealed class TrainingSession : IDisposable
     public (float Loss, Dictionary<string, float[]> Gradients) ComputeGradients(Batch batch)
     {
         var session = ForBatch(ref _gradSession, () => _graph.Gradients, batch);
-        using var binding = session.CreateIoBinding();
-        var batchValues = BindBatch(binding, batch);
-        try
-        {
-            BindModel(binding, session);
-            BindLossScale(binding);
-            foreach (var name in session.OutputNames) binding.BindOutputToDevice(name, OrtMemoryInfo.DefaultInstance);
-            Run(session, binding);
-            using var outputs = binding.GetOutputValues();
-            var values = session.OutputNames.Zip(outputs).ToDictionary(o => o.First, o => o.Second.GetTensorDataAsSpan<float>().ToArray());
-            return (values[TrainingGraph.Loss][0], _graph.Parameters.ToDictionary(p => p, p => values[TrainingGraph.GradOf(p)]));
-        }
-        finally { foreach (var v in batchValues) v.Dispose(); }
+        using var run = new RunBinding(session, _fixed);
+        BindBatch(run, batch);
+        BindModel(run, session);
+        BindLossScale(run);
+        // Outputs in host memory, allocated by the Run: not fixed, so never captured.
+        foreach (var name in session.OutputNames) run.Binding.BindOutputToDevice(name, OrtMemoryInfo.DefaultInstance);
+        Run(run, graphId: -1);
+        using var outputs = run.Binding.GetOutputValues();
+        var values = session.OutputNames.Zip(outputs).ToDictionary(o => o.First, o => o.Second.GetTensorDataAsSpan<float>().ToArray());
+        return (values[TrainingGraph.Loss][0], _graph.Parameters.ToDictionary(p => p, p => values[TrainingGraph.GradOf(p)]));
     }
+
+    /// <summary>Which of their two buffers parameters and moments are in (they swap together): the captured graph to replay.</summary>
+    int StateParity => _params.Values.First().Parity;
+    int AccumulatorParity => _accumulators!.Values.First().Parity;
+
+    /// <summary>Called with each Run's bindings (graph id, what was bound), for checking that a captured graph always
+    /// finds its buffers where it left them.</summary>
+    public Action<InferenceSession, int, IReadOnlyList<(string Name, OrtValue Value)>>? RunObserver { get; set; }
 
     public Dictionary<string, float[]> GetParameters() => _graph.Parameters.ToDictionary(p => p, p => _params[p].Read());
 
@@ -242,25 +234,30 @@ public sealed class TrainingSession : IDisposable
 
     void Unload(InferenceSession session)
     {
+        _fixed?.Release(session);
         if (_options.ProfilePrefix is not null) ProfileFiles.Add(session.EndProfiling());
         session.Dispose();
     }
 
     InferenceSession Load(ModelProto proto)
     {
-        using var options = SessionOptions(profile: true);
+        if (_options.CudaGraphs && proto.Graph.Node.FirstOrDefault(n => n.OpType is "RandomUniform" or "RandomNormal" or "RandomUniformLike"
+                or "RandomNormalLike" or "Bernoulli" or "Multinomial" || n.OpType == "Dropout" && n.Input.Count > 2 && n.Input[2] != "") is { } random)
+            throw new OrtLoraException($"CUDA graphs replay the random numbers of the captured step: the training graph has {random.OpType} " +
+                $"('{random.Name}'); train without --cuda-graphs, or with --lora-dropout 0");
+        using var options = SessionOptions(profile: true, cudaGraphs: _options.CudaGraphs);
         var session = new InferenceSession(proto.ToByteArray(), options);
         PlaceState(session);
         return session;
     }
 
-    SessionOptions SessionOptions(bool profile)
+    SessionOptions SessionOptions(bool profile, bool cudaGraphs)
     {
         var options = OrtRun.DefaultOptions(_options.Optimization);
         if (_options.IntraOpThreads > 0) options.IntraOpNumThreads = _options.IntraOpThreads;
         options.EnableCpuMemArena = _options.CpuMemArena;
         if (profile && _options.ProfilePrefix is { } prefix) { options.ProfileOutputPathPrefix = prefix; options.EnableProfiling = true; } // prefix first: the setter reads it
-        ExecutionDevice.Configure(options, _options.Device, _options.EpLibrary);
+        ExecutionDevice.Configure(options, _options.Device, _options.EpLibrary, cudaGraphs: cudaGraphs);
         return options;
     }
 
@@ -278,7 +275,8 @@ public sealed class TrainingSession : IDisposable
         if (!OnDevice(first)) return;
         _stateAllocator = new OrtAllocator(session, memories[first]); // keeps its own copy of the memory info
         _allocatorSession = session;
-        _deviceCopy = new DeviceCopy(SessionOptions(profile: false));
+        _deviceCopy = new DeviceCopy(SessionOptions(profile: false, cudaGraphs: false)); // copies run with new addresses every time
+        if (_options.CudaGraphs) _fixed = new FixedAddresses(_stateAllocator, _deviceCopy);
         foreach (var b in StateBuffers()) b.MoveTo(_stateAllocator, _deviceCopy);
         // The frozen weights too, each where the session reads it (a weight only a host-side node reads stays put).
         var weights = inputs.Where((name, i) => _graph.Frozen.Values.ContainsKey(name) && OnDevice(i));
@@ -299,38 +297,51 @@ public sealed class TrainingSession : IDisposable
     public bool StateOnDevice => _params.Values.First().OnDevice;
 
     /// <summary>Binds the model itself: the trainable parameters' current values and the shared frozen weights.</summary>
-    void BindModel(OrtIoBinding binding, InferenceSession session)
+    void BindModel(RunBinding run, InferenceSession session)
     {
-        foreach (var p in _graph.Parameters) binding.BindInput(p, _params[p].Current);
-        _graph.Frozen.Bind(binding, session);
+        foreach (var p in _graph.Parameters) run.Input(p, _params[p].Current);
+        foreach (var (name, value) in _graph.Frozen.InputsOf(session)) run.Input(name, value);
     }
 
-    void Run(InferenceSession session, OrtIoBinding binding) => session.RunWithBinding(_runOptions, binding);
+    void Run(RunBinding run, int graphId)
+    {
+        run.Run(_runOptions, graphId);
+        RunObserver?.Invoke(run.Session, graphId, run.Bound);
+    }
 
-    void BindOptimizer(OrtIoBinding binding, float learningRate, float maxGradNorm)
+    void BindOptimizer(RunBinding run, float learningRate, float maxGradNorm)
     {
         _lr.Set(learningRate);
         _step.Set(OptimizerStep + 1);
         _maxGradNorm.Set(maxGradNorm);
-        binding.BindInput(TrainingGraph.LearningRate, _lr.Value);
-        binding.BindInput(TrainingGraph.Step, _step.Value);
-        binding.BindInput(TrainingGraph.MaxGradNorm, _maxGradNorm.Value);
-        binding.BindOutput(TrainingGraph.GradNorm, _gradNorm.Value);
+        run.HostInput(TrainingGraph.LearningRate, _lr.Value);
+        run.HostInput(TrainingGraph.Step, _step.Value);
+        run.HostInput(TrainingGraph.MaxGradNorm, _maxGradNorm.Value);
+        run.HostOutput(TrainingGraph.GradNorm, _gradNorm.Value);
         foreach (var p in _graph.Parameters)
         {
-            binding.BindInput(TrainingGraph.ExpAvgOf(p), _expAvg[p].Current);
-            binding.BindInput(TrainingGraph.ExpAvgSqOf(p), _expAvgSq[p].Current);
-            binding.BindOutput(TrainingGraph.Updated(p), _params[p].Next);
-            binding.BindOutput(TrainingGraph.Updated(TrainingGraph.ExpAvgOf(p)), _expAvg[p].Next);
-            binding.BindOutput(TrainingGraph.Updated(TrainingGraph.ExpAvgSqOf(p)), _expAvgSq[p].Next);
+            run.Input(TrainingGraph.ExpAvgOf(p), _expAvg[p].Current);
+            run.Input(TrainingGraph.ExpAvgSqOf(p), _expAvgSq[p].Current);
+            run.Output(TrainingGraph.Updated(p), _params[p].Next);
+            run.Output(TrainingGraph.Updated(TrainingGraph.ExpAvgOf(p)), _expAvg[p].Next);
+            run.Output(TrainingGraph.Updated(TrainingGraph.ExpAvgSqOf(p)), _expAvgSq[p].Next);
         }
     }
 
-    void BindLossScale(OrtIoBinding binding)
+    void BindAccumulators(RunBinding run, bool output)
+    {
+        foreach (var p in _graph.Parameters)
+        {
+            run.Input(TrainingGraph.AccumulatorOf(p), _accumulators![p].Current);
+            if (output) run.Output(TrainingGraph.Updated(TrainingGraph.AccumulatorOf(p)), _accumulators[p].Next);
+        }
+    }
+
+    void BindLossScale(RunBinding run)
     {
         if (_scaler is null) return;
         _lossScale.Set(_scaler.Scale);
-        binding.BindInput(TrainingGraph.LossScale, _lossScale.Value);
+        run.HostInput(TrainingGraph.LossScale, _lossScale.Value);
     }
 
     /// <summary>Takes the update the Run wrote to the Next buffers, unless loss scaling found that its gradients
@@ -363,16 +374,9 @@ public sealed class TrainingSession : IDisposable
         return feeds;
     }
 
-    List<OrtValue> BindBatch(OrtIoBinding binding, Batch batch)
+    void BindBatch(RunBinding run, Batch batch)
     {
-        var values = new List<OrtValue>();
-        foreach (var (name, tensor) in BatchFeeds(batch))
-        {
-            var v = tensor.ToOrtValue();
-            values.Add(v);
-            binding.BindInput(name, v);
-        }
-        return values;
+        foreach (var (name, tensor) in BatchFeeds(batch)) run.HostInput(name, tensor);
     }
 
     public void Dispose()
@@ -380,6 +384,7 @@ public sealed class TrainingSession : IDisposable
         // State and weights first: device buffers come from an allocator of one of the sessions, which must outlive them.
         foreach (var b in StateBuffers()) b.Dispose();
         _graph.Dispose();
+        _fixed?.Dispose();
         _stateAllocator?.Dispose();
         _deviceCopy?.Dispose();
         foreach (var s in new[] { _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession, _allocatorSession }
