@@ -13,6 +13,13 @@ public sealed class LoraOptions
         Description = "comma-separated module names (matched like PEFT: the module path ends with .NAME), all-linear, or one regex (full match); default: PEFT's default for the architecture (q_proj,v_proj; c_attn for GPT-2 ...)",
         DefaultValueFactory = _ => "",
     };
+    public Option<string> Exclude { get; } = new("--exclude-modules")
+    {
+        Description = "modules left out even when targeted: comma-separated names (matched as --target-modules names are) or one regex (full match)",
+        DefaultValueFactory = _ => "",
+    };
+    public Option<string> Layers { get; } = new("--layers-to-transform") { Description = "only these layer indices, comma-separated (the N of layers.N.)", DefaultValueFactory = _ => "" };
+    public Option<string> LayersPattern { get; } = new("--layers-pattern") { Description = "the module-path segment before the layer index (layers, h, blocks ...; default: the last NAME.N.)", DefaultValueFactory = _ => "" };
     public Option<string> Variant { get; } = new("--variant") { Description = "fused projections (GPT-2 c_attn, Phi-3 qkv_proj): performant = one adapter, canonical = one per part", DefaultValueFactory = _ => "performant" };
     public Option<double> Dropout { get; } = new("--lora-dropout") { Description = "dropout on the LoRA input during training" };
     public Option<bool> Rslora { get; } = new("--use-rslora") { Description = "scale by lora_alpha / sqrt(r)" };
@@ -28,7 +35,7 @@ public sealed class LoraOptions
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { R, Alpha, Targets, Variant, Dropout, Rslora, Init, Seed, InitFrom }) command.Options.Add(o);
+        foreach (var o in new Option[] { R, Alpha, Targets, Exclude, Layers, LayersPattern, Variant, Dropout, Rslora, Init, Seed, InitFrom }) command.Options.Add(o);
     }
 
     public LoraConfig Read(ParseResult parse)
@@ -37,12 +44,21 @@ public sealed class LoraOptions
         {
             R = parse.GetValue(R), LoraAlpha = parse.GetValue(Alpha), TargetModules = ParseTargets(parse.GetValue(Targets)!),
             Variant = parse.GetValue(Variant)!, LoraDropout = parse.GetValue(Dropout), UseRslora = parse.GetValue(Rslora),
-            Init = parse.GetValue(Init)!, Seed = parse.GetValue(Seed),
+            Init = parse.GetValue(Init)!, Seed = parse.GetValue(Seed), ExcludeModules = ParseTargets(parse.GetValue(Exclude)!),
+            LayersToTransform = ParseLayers(parse.GetValue(Layers)!),
+            LayersPattern = parse.GetValue(LayersPattern)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),
         };
+        if (config.LayersPattern.Count > 0 && config.LayersToTransform.Count == 0)
+            throw new OrtLoraException("--layers-pattern is read with --layers-to-transform (which layers to take)");
         if (config.R < 1) throw new OrtLoraException($"--r must be at least 1 (got {config.R})");
         if (config.LoraDropout is < 0 or >= 1) throw new OrtLoraException($"--lora-dropout must be in [0, 1) (got {config.LoraDropout})");
         return config;
     }
+
+    static List<int> ParseLayers(string text) =>
+        text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
+            int.TryParse(t, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var i) ? i
+                : throw new OrtLoraException($"--layers-to-transform: '{t}' is not a layer index (expected e.g. 0,1,2)")).ToList();
 
     /// <summary>"q_proj,v_proj" → names; "all-linear" and a regex stay one string, as PEFT takes them.</summary>
     public static List<string> ParseTargets(string text)

@@ -99,4 +99,63 @@ public class LoraInjectTests
         Assert.That(FirstA(1), Is.EqualTo(FirstA(1)));
         Assert.That(FirstA(1), Is.Not.EqualTo(FirstA(2)));
     }
+
+    /// <summary>PEFT's layers_to_transform, layers_pattern and exclude_modules, on the fixture's module paths
+    /// (model.layers.N.self_attn.q_proj ... for llama, transformer.h.N.attn.c_attn ... for gpt2).</summary>
+    [TestCase("llama", "model.dynamo.onnx", new[] { 1 }, "", "", 7)]
+    [TestCase("llama", "model.torchscript.onnx", new[] { 0 }, "layers", "down_proj", 6)]
+    [TestCase("llama", "model.dynamo.onnx", new int[0], "", @".*\.layers\.0\..*", 7)]
+    [TestCase("llama", "model.dynamo.onnx", new int[0], "", "o_proj,gate_proj", 10)]
+    [TestCase("gpt2", "model.dynamo.onnx", new[] { 0 }, "h", "", 4)]
+    [TestCase("gpt2", "model.torchscript.onnx", new[] { 1 }, "", "c_fc", 3)]
+    public void LayersToTransformAndExcludeModulesSelectAsPeftDoes(string arch, string file, int[] layers, string pattern, string exclude, int expected)
+    {
+        using var model = OnnxModel.Load(Shared.Peft(arch, file));
+        var config = new LoraConfig
+        {
+            TargetModules = ["all-linear"], R = 2, LayersToTransform = [.. layers],
+            LayersPattern = pattern == "" ? [] : [pattern], ExcludeModules = Cli.LoraOptions.ParseTargets(exclude),
+        };
+        var lora = LoraInjector.Inject(model, config);
+        var all = PeftAdapter.Load(Shared.Peft(arch, "adapter")).Modules().Select(m => m.Path).ToList(); // every linear layer but the head
+        var expectedModules = all.Where(m =>
+            (layers.Length == 0 || layers.Any(l => m.Contains($".{l}."))) &&
+            !(exclude.Contains('*') ? m.StartsWith("model.layers.0.") : exclude.Split(',', StringSplitOptions.RemoveEmptyEntries).Any(e => m.EndsWith("." + e))));
+        Assert.That(lora.Adapters.Select(a => a.Module), Is.EquivalentTo(expectedModules));
+        Assert.That(lora.Adapters, Has.Count.EqualTo(expected));
+    }
+
+    [Test]
+    public void LayerSelectionReachesPeftConfigAndNothingLeftIsOneError()
+    {
+        var dir = Shared.TempDir();
+        var injected = Path.Combine(dir, "injected.onnx");
+        OrtloraOk("inject", Shared.Peft("llama", "model.dynamo.onnx"), "-o", injected, "--target-modules", "all-linear",
+            "--layers-to-transform", "1", "--layers-pattern", "layers", "--exclude-modules", "k_proj,v_proj");
+        OrtloraOk("export-adapter", injected, "-o", Path.Combine(dir, "adapter"));
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "adapter", "adapter_config.json")))!;
+        Assert.That(json["layers_to_transform"]!.AsArray().Select(n => n!.GetValue<int>()), Is.EqualTo(new[] { 1 }));
+        Assert.That(json["layers_pattern"]!.GetValue<string>(), Is.EqualTo("layers"));
+        Assert.That(json["exclude_modules"]!.AsArray().Select(n => n!.GetValue<string>()), Is.EqualTo(new[] { "k_proj", "v_proj" }));
+        var back = LoraConfig.FromPeftJson(Path.Combine(dir, "adapter", "adapter_config.json"));
+        Assert.That((back.LayersToTransform, back.LayersPattern, back.ExcludeModules), Is.EqualTo((new List<int> { 1 }, new List<string> { "layers" }, new List<string> { "k_proj", "v_proj" })));
+        var exported = PeftAdapter.Load(Path.Combine(dir, "adapter")).Modules().Select(m => m.Path).ToList();
+        Assert.That(exported, Has.All.StartWith("model.layers.1."));
+        Assert.That(exported, Has.Count.EqualTo(5));
+
+        // PEFT also writes a single int and a single regex string.
+        var peftStyle = Path.Combine(dir, "peft_config.json");
+        File.WriteAllText(peftStyle, """{"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"], "layers_to_transform": 0, "exclude_modules": ".*mlp.*"}""");
+        var read = LoraConfig.FromPeftJson(peftStyle);
+        Assert.That((read.LayersToTransform, read.ExcludeModules), Is.EqualTo((new List<int> { 0 }, new List<string> { ".*mlp.*" })));
+
+        var none = Ortlora("inject", Shared.Peft("llama", "model.dynamo.onnx"), "-o", Path.Combine(dir, "none.onnx"), "--target-modules", "q_proj",
+            "--layers-to-transform", "7");
+        Assert.That(none.ExitCode, Is.Not.Zero);
+        Assert.That(none.Error, Does.Contain("no linear layer matches target_modules [q_proj] in layers_to_transform [7]"));
+        Assert.That(File.Exists(Path.Combine(dir, "none.onnx")), Is.False);
+        var bad = Ortlora("inject", Shared.Peft("llama", "model.dynamo.onnx"), "-o", Path.Combine(dir, "bad.onnx"), "--layers-to-transform", "one");
+        Assert.That(bad.ExitCode, Is.Not.Zero);
+        Assert.That(bad.Error, Does.Contain("--layers-to-transform: 'one' is not a layer index"));
+    }
 }

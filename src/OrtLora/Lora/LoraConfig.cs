@@ -14,6 +14,13 @@ public sealed class LoraConfig
     /// <summary>Module names matched as PEFT matches them (suffix of the dotted module path), "all-linear", or one
     /// regular expression (full match against the module path). Empty: PEFT's default for the architecture.</summary>
     public List<string> TargetModules { get; set; } = ["q_proj", "v_proj"];
+    /// <summary>Modules left out even when targeted: names matched as target_modules names are, or one regex (full match).</summary>
+    public List<string> ExcludeModules { get; set; } = [];
+    /// <summary>Only modules of these layer indices (empty: every layer). The index is the number after
+    /// <see cref="LayersPattern"/> in the module path (<c>layers.3.</c>), or after the last "NAME.N." segment when no
+    /// pattern is given, as PEFT reads it.</summary>
+    public List<int> LayersToTransform { get; set; } = [];
+    public List<string> LayersPattern { get; set; } = [];
     public double LoraDropout { get; set; }
     public bool UseRslora { get; set; }
     /// <summary>True when the base weight is stored [in, out] (GPT-2 Conv1D), as PEFT records it.</summary>
@@ -40,6 +47,22 @@ public sealed class LoraConfig
     static string? Pattern<T>(Dictionary<string, T> patterns, string path) =>
         patterns.Keys.FirstOrDefault(k => System.Text.RegularExpressions.Regex.IsMatch(path, $"^(.*\\.)?(?:{k})$"));
 
+    /// <summary>Whether PEFT puts an adapter on the module at <paramref name="peftPath"/>: target_modules, then
+    /// exclude_modules, then layers_to_transform.</summary>
+    public bool Selects(string peftPath, bool isHead) =>
+        ModuleNames.IsTarget(TargetModules, peftPath, isHead) && !ModuleNames.IsExcluded(ExcludeModules, peftPath)
+        && ModuleNames.InLayers(LayersToTransform, LayersPattern, peftPath);
+
+    static JsonNode? NamesOrRegex(List<string> names) =>
+        names.Count == 1 && (names[0] == "all-linear" || IsRegex(names[0])) ? names[0] : new JsonArray(names.Select(t => (JsonNode)t).ToArray());
+
+    static List<string> ReadNamesOrRegex(JsonNode? node) => node switch
+    {
+        JsonArray a => a.Select(x => x!.GetValue<string>()).ToList(),
+        JsonValue v => [v.GetValue<string>()],
+        _ => [],
+    };
+
     public JsonObject ToPeftJson(string? baseModel = null) => new()
     {
         ["peft_type"] = "LORA",
@@ -48,8 +71,10 @@ public sealed class LoraConfig
         ["r"] = R,
         ["lora_alpha"] = LoraAlpha,
         ["lora_dropout"] = LoraDropout,
-        ["target_modules"] = TargetModules.Count == 1 && (TargetModules[0] == "all-linear" || IsRegex(TargetModules[0]))
-            ? TargetModules[0] : new JsonArray(TargetModules.Select(t => (JsonNode)t).ToArray()),
+        ["target_modules"] = NamesOrRegex(TargetModules),
+        ["exclude_modules"] = ExcludeModules.Count == 0 ? null : NamesOrRegex(ExcludeModules),
+        ["layers_to_transform"] = LayersToTransform.Count == 0 ? null : new JsonArray(LayersToTransform.Select(i => (JsonNode)i).ToArray()),
+        ["layers_pattern"] = LayersPattern.Count switch { 0 => null, 1 => LayersPattern[0], _ => new JsonArray(LayersPattern.Select(t => (JsonNode)t).ToArray()) },
         ["use_rslora"] = UseRslora,
         ["fan_in_fan_out"] = FanInFanOut,
         ["bias"] = "none",
@@ -81,11 +106,14 @@ public sealed class LoraConfig
             RankPattern = json["rank_pattern"] is JsonObject rp ? rp.ToDictionary(p => p.Key, p => p.Value!.GetValue<int>()) : new(),
             AlphaPattern = json["alpha_pattern"] is JsonObject ap ? ap.ToDictionary(p => p.Key, p => p.Value!.GetValue<double>()) : new(),
         };
-        c.TargetModules = json["target_modules"] switch
+        c.TargetModules = json["target_modules"] is null ? throw new OrtLoraException($"{path}: target_modules is missing") : ReadNamesOrRegex(json["target_modules"]);
+        c.ExcludeModules = ReadNamesOrRegex(json["exclude_modules"]);
+        c.LayersPattern = ReadNamesOrRegex(json["layers_pattern"]);
+        c.LayersToTransform = json["layers_to_transform"] switch
         {
-            JsonArray a => a.Select(x => x!.GetValue<string>()).ToList(),
-            JsonValue v => [v.GetValue<string>()],
-            _ => throw new OrtLoraException($"{path}: target_modules is missing"),
+            JsonArray a => a.Select(x => x!.GetValue<int>()).ToList(),
+            JsonValue v => [v.GetValue<int>()],
+            _ => [],
         };
         if (json["use_dora"]?.GetValue<bool>() == true) throw new OrtLoraException($"{path}: DoRA adapters are not supported");
         return c;

@@ -67,7 +67,7 @@ public static class LoraInjector
         foreach (var layer in layers)
         {
             var path = ModuleNames.Strip(layer.Module, prefix);
-            if (!ModuleNames.IsTarget(config.TargetModules, path, layer.IsOutputHead || layer.Tied)) continue;
+            if (!config.Selects(path, layer.IsOutputHead || layer.Tied)) continue;
             if (plans.FirstOrDefault(p => p.PeftPath == path) is { } twice)
                 throw new OrtLoraException($"{model.Source}: module '{path}' is applied by several nodes ('{twice.Layer.Node.Name}', '{layer.Node.Name}'); " +
                     "one adapter cannot be merged into weights shared between calls; target other modules");
@@ -86,7 +86,10 @@ public static class LoraInjector
             plans.Add(new Plan(layer, path, r, config.ScaleFor(path, r), partPlans));
         }
         if (plans.Count == 0)
-            throw new OrtLoraException($"{model.Source}: no linear layer matches target_modules [{string.Join(", ", config.TargetModules)}]; " +
+            throw new OrtLoraException($"{model.Source}: no linear layer matches target_modules [{string.Join(", ", config.TargetModules)}]" +
+                (config.ExcludeModules.Count > 0 ? $" without exclude_modules [{string.Join(", ", config.ExcludeModules)}]" : "") +
+                (config.LayersToTransform.Count > 0 ? $" in layers_to_transform [{string.Join(", ", config.LayersToTransform)}]" +
+                    (config.LayersPattern.Count > 0 ? $" (layers_pattern {string.Join(", ", config.LayersPattern)})" : "") : "") + "; " +
                 $"its linear layers are named: {string.Join(", ", layers.Select(l => ModuleNames.LastSegment(l.Module)).Distinct())}");
         return plans;
     }

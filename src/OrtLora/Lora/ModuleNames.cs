@@ -44,6 +44,21 @@ public static class ModuleNames
         return targets.Any(t => NameMatches(t, peftPath));
     }
 
+    /// <summary>PEFT's exclude_modules: one regex must match the whole path; names match as target names do.</summary>
+    public static bool IsExcluded(IReadOnlyList<string> excluded, string peftPath) =>
+        excluded.Count == 1 && LoraConfig.IsRegex(excluded[0]) ? Regex.IsMatch(peftPath, $"^(?:{excluded[0]})$")
+            : excluded.Any(e => NameMatches(e, peftPath));
+
+    /// <summary>PEFT's layers_to_transform: the layer index is the number in "PATTERN.N." (each pattern tried in order),
+    /// or without a pattern in the last "NAME.N." preceded by a dot; a module with no index is not taken.</summary>
+    public static bool InLayers(IReadOnlyList<int> layers, IReadOnlyList<string> patterns, string peftPath)
+    {
+        if (layers.Count == 0) return true;
+        var match = patterns.Count == 0 ? Regex.Match(peftPath, @"^.*\.[^.]*\.(\d+)\.")
+            : patterns.Select(p => Regex.Match(peftPath, $@"^.*\.{p}\.(\d+)\.")).FirstOrDefault(m => m.Success) ?? Match.Empty;
+        return match.Success && layers.Contains(int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture));
+    }
+
     /// <summary>PEFT's default target_modules per architecture (its TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING),
     /// most common first: llama/mistral/qwen q_proj,v_proj; GPT-2 c_attn; Bloom/Falcon/GPT-NeoX query_key_value;
     /// Phi-3/CodeGen qkv_proj; MPT Wqkv; BERT/RoBERTa query,value; T5 q,v.</summary>
