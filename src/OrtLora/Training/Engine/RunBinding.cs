@@ -46,6 +46,15 @@ public sealed class FixedAddresses : IDisposable
         return _runOptions[id] = options;
     }
 
+    /// <summary>A replay repeats the random numbers of the captured Run: training-mode Dropout and Random* ops are refused.</summary>
+    public static void RequireNoRandomness(global::Onnx.ModelProto proto)
+    {
+        if (proto.Graph.Node.FirstOrDefault(n => n.OpType is "RandomUniform" or "RandomNormal" or "RandomUniformLike" or "RandomNormalLike"
+                or "Bernoulli" or "Multinomial" || n.OpType == "Dropout" && n.Input.Count > 2 && n.Input[2] != "") is { } random)
+            throw new OrtLoraException($"CUDA graphs replay the random numbers of the captured step: the training graph has {random.OpType} " +
+                $"('{random.Name}'); train without --cuda-graphs, or with --lora-dropout 0");
+    }
+
     /// <summary>Frees a session's buffers when the session is unloaded (its captured graphs go with it).</summary>
     public void Release(InferenceSession session)
     {

@@ -241,12 +241,14 @@ public sealed class TrainingSession : IDisposable
 
     InferenceSession Load(ModelProto proto)
     {
-        if (_options.CudaGraphs && proto.Graph.Node.FirstOrDefault(n => n.OpType is "RandomUniform" or "RandomNormal" or "RandomUniformLike"
-                or "RandomNormalLike" or "Bernoulli" or "Multinomial" || n.OpType == "Dropout" && n.Input.Count > 2 && n.Input[2] != "") is { } random)
-            throw new OrtLoraException($"CUDA graphs replay the random numbers of the captured step: the training graph has {random.OpType} " +
-                $"('{random.Name}'); train without --cuda-graphs, or with --lora-dropout 0");
+        if (_options.CudaGraphs) FixedAddresses.RequireNoRandomness(proto);
         using var options = SessionOptions(profile: true, cudaGraphs: _options.CudaGraphs);
-        var session = new InferenceSession(proto.ToByteArray(), options);
+        InferenceSession session;
+        try { session = new InferenceSession(proto.ToByteArray(), options); }
+        catch (OnnxRuntimeException e) when (_options.CudaGraphs && e.Message.Contains("graph capture", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new OrtLoraException($"ONNX Runtime will not capture CUDA graphs of the training graph ({e.Message.Split('\n')[0]}); train without --cuda-graphs", e);
+        }
         PlaceState(session);
         return session;
     }
