@@ -38,8 +38,9 @@ public static class InjectCommand
             if (parse.GetValue(runtime)) Deploy.LoraRuntimeForm.MakeOverridable(m);
             var path = parse.GetValue(output)!;
             WriteModel(m, path);
-            long parameters = injected.Adapters.Sum(a => (long)a.R * (a.In + (a.Part?.Size ?? a.Out)));
-            Console.WriteLine($"{path}: {injected.Adapters.Count} adapters, {parameters:N0} trainable parameters (r={injected.Adapters.Max(a => a.R)}, scale={injected.Adapters[0].Scale:G4})");
+            long parameters = injected.Adapters.Sum(a => (long)a.R * (a.In + (a.Part?.Size ?? a.Out)) + (a.Magnitude is null ? 0 : a.Out));
+            Console.WriteLine($"{path}: {injected.Adapters.Count} {(injected.Config.UseDora ? "DoRA" : "LoRA")} adapters, {parameters:N0} trainable parameters " +
+                $"(r={injected.Adapters.Max(a => a.R)}, scale={injected.Adapters[0].Scale:G4})");
         }));
         return cmd;
     }

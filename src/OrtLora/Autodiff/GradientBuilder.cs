@@ -37,11 +37,12 @@ public static class GradientBuilder
     /// <param name="seeds">value → name of its given gradient; the gradient's nodes may already be in the graph</param>
     /// <param name="checkpointing">recompute segments of the forward in the backward (<see cref="Checkpoints"/>)
     /// instead of keeping their activations</param>
+    /// <param name="detached">values treated as constants (torch's detach): no gradient flows through them</param>
     public static Dictionary<string, string> Build(GraphEditor graph, IReadOnlyDictionary<string, string> seeds,
-        IReadOnlyList<string> parameters, ValueTable types, int opset, bool checkpointing = false)
+        IReadOnlyList<string> parameters, ValueTable types, int opset, bool checkpointing = false, IReadOnlySet<string>? detached = null)
     {
         var nodes = graph.Graph.Node.ToList();
-        var active = ForwardActive(nodes, parameters, types);
+        var active = ForwardActive(nodes, parameters, types, detached ?? new HashSet<string>());
         var needed = BackwardNeeded(nodes, seeds.Keys, active);
         var checkpoints = checkpointing ? Checkpoints.Plan(nodes, needed, types) : null;
         // With checkpointing: the gradients of parameter-sized values computed from activations since the last segment
@@ -91,13 +92,13 @@ public static class GradientBuilder
     }
 
     /// <summary>Values that depend on a parameter through differentiable float computations.</summary>
-    static HashSet<string> ForwardActive(List<NodeProto> nodes, IReadOnlyList<string> parameters, ValueTable types)
+    static HashSet<string> ForwardActive(List<NodeProto> nodes, IReadOnlyList<string> parameters, ValueTable types, IReadOnlySet<string> detached)
     {
         var active = new HashSet<string>(parameters);
         foreach (var n in nodes)
         {
             if (NonDifferentiable.Contains(n.OpType) || !n.Input.Any(active.Contains)) continue;
-            foreach (var o in n.Output) if (o != "" && types.IsFloat(o)) active.Add(o);
+            foreach (var o in n.Output) if (o != "" && types.IsFloat(o) && !detached.Contains(o)) active.Add(o);
         }
         return active;
     }

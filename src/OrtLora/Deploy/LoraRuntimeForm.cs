@@ -10,7 +10,7 @@ namespace OrtLora.Deploy;
 /// serves any number of adapters.</summary>
 public static class LoraRuntimeForm
 {
-    public static bool IsLoraParameter(string name) => name.EndsWith(".lora_A.weight", StringComparison.Ordinal)
+    public static bool IsLoraParameter(string name) => name.EndsWith(".lora_magnitude_vector", StringComparison.Ordinal) || name.EndsWith(".lora_A.weight", StringComparison.Ordinal)
         || name.EndsWith(".lora_B.weight", StringComparison.Ordinal);
 
     /// <summary>Lists every LoRA parameter initializer (name ending .lora_A.weight / .lora_B.weight) in graph.input,

@@ -24,7 +24,10 @@ public sealed class PeftAdapterDirectory
         if (!Directory.Exists(dir)) throw new OrtLoraException($"{dir}: adapter directory not found");
         if (!File.Exists(configPath) || !File.Exists(weightsPath))
             throw new OrtLoraException($"{dir}: not a PEFT adapter directory (needs adapter_config.json and adapter_model.safetensors)");
-        var parsed = LoraConfig.FromPeftJson(configPath); // validates peft_type / DoRA
+        var parsed = LoraConfig.FromPeftJson(configPath); // validates peft_type
+        if (parsed.UseDora)
+            throw new OrtLoraException($"{configPath}: a DoRA adapter (use_dora); adapter arithmetic and conversion take plain LoRA adapters " +
+                "(for ONNX Runtime's runtime adapters, inject it with --init-from and use export-adapter --format onnx-adapter)");
         var config = JsonNode.Parse(File.ReadAllText(configPath))!.AsObject();
         if (config["alpha_pattern"] is JsonObject { Count: > 0 })
             throw new OrtLoraException($"{configPath}: alpha_pattern is not supported (per-module lora_alpha)");

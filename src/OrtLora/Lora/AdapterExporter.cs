@@ -25,6 +25,7 @@ public static class AdapterExporter
             {
                 tensors[group[0].LoraA] = Raw(model, group[0].LoraA);
                 tensors[group[0].LoraB] = Raw(model, group[0].LoraB);
+                if (group[0].Magnitude is { } m) tensors[m] = Raw(model, m);
             }
             RecordRankAndScale(config, layer);
         }

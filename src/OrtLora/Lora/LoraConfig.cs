@@ -23,6 +23,9 @@ public sealed class LoraConfig
     public List<string> LayersPattern { get; set; } = [];
     public double LoraDropout { get; set; }
     public bool UseRslora { get; set; }
+    /// <summary>DoRA: each adapted weight becomes m ⊙ (W + scale·B·A) / ‖W + scale·B·A‖ per output feature, with a
+    /// trainable magnitude m (lora_magnitude_vector) that starts at ‖W‖.</summary>
+    public bool UseDora { get; set; }
     /// <summary>True when the base weight is stored [in, out] (GPT-2 Conv1D), as PEFT records it.</summary>
     public bool FanInFanOut { get; set; }
     /// <summary>"performant": one adapter on a fused projection; "canonical": one per part.</summary>
@@ -79,7 +82,7 @@ public sealed class LoraConfig
         ["fan_in_fan_out"] = FanInFanOut,
         ["bias"] = "none",
         ["init_lora_weights"] = true,
-        ["use_dora"] = false,
+        ["use_dora"] = UseDora,
         ["inference_mode"] = true,
         ["modules_to_save"] = null,
         ["rank_pattern"] = new JsonObject(RankPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
@@ -102,6 +105,7 @@ public sealed class LoraConfig
             LoraAlpha = json["lora_alpha"]?.GetValue<double>() ?? 8,
             LoraDropout = json["lora_dropout"]?.GetValue<double>() ?? 0,
             UseRslora = json["use_rslora"]?.GetValue<bool>() ?? false,
+            UseDora = json["use_dora"]?.GetValue<bool>() ?? false,
             FanInFanOut = json["fan_in_fan_out"]?.GetValue<bool>() ?? false,
             RankPattern = json["rank_pattern"] is JsonObject rp ? rp.ToDictionary(p => p.Key, p => p.Value!.GetValue<int>()) : new(),
             AlphaPattern = json["alpha_pattern"] is JsonObject ap ? ap.ToDictionary(p => p.Key, p => p.Value!.GetValue<double>()) : new(),
@@ -115,7 +119,6 @@ public sealed class LoraConfig
             JsonValue v => [v.GetValue<int>()],
             _ => [],
         };
-        if (json["use_dora"]?.GetValue<bool>() == true) throw new OrtLoraException($"{path}: DoRA adapters are not supported");
         return c;
     }
 

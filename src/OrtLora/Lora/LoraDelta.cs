@@ -9,6 +9,9 @@ namespace OrtLora.Lora;
 public sealed record LayerAdapter(string Module, int R, long In, long Out, double Scale, float[] A, float[] B,
     IReadOnlyList<LoraAdapter> Entries)
 {
+    /// <summary>DoRA's magnitude m [Out], or null for plain LoRA.</summary>
+    public float[]? Magnitude { get; init; }
+
     public bool IsCanonical => Entries.Count > 1 || Entries[0].Part is not null;
 
     public static LayerAdapter Read(OnnxModel model, IReadOnlyList<LoraAdapter> group)
@@ -29,7 +32,10 @@ public sealed record LayerAdapter(string Module, int R, long In, long Out, doubl
                 Array.Copy(partB, o * e.R, b, (offset + o) * r + rank, e.R);
             rank += e.R;
         }
-        return new LayerAdapter(first.Module, r, inDim, outDim, first.Scale, a, b, group);
+        return new LayerAdapter(first.Module, r, inDim, outDim, first.Scale, a, b, group)
+        {
+            Magnitude = first.Magnitude is { } m ? ReadFloats(model, m, [outDim]) : null,
+        };
     }
 
     static float[] ReadFloats(OnnxModel model, string name, long[] dims)

@@ -11,7 +11,8 @@ public static class LoraInjector
 {
     /// <summary>One adapter to add: A and B values and, for one part of a fused layer, which output columns it covers.</summary>
     sealed record PartPlan(string KeyA, float[] A, string KeyB, float[] B, long Size, LoraPart? Part);
-    sealed record Plan(LinearLayer Layer, string PeftPath, int R, double Scale, List<PartPlan> Parts);
+    /// <param name="Magnitude">DoRA's m [out], null for plain LoRA</param>
+    sealed record Plan(LinearLayer Layer, string PeftPath, int R, double Scale, List<PartPlan> Parts, float[]? Magnitude = null);
 
     /// <summary>Injects fresh adapters chosen by <paramref name="config"/> (A random, B zero: outputs unchanged).</summary>
     public static LoraModel Inject(OnnxModel model, LoraConfig config) => Apply(model, config, peft: null);
@@ -35,7 +36,7 @@ public static class LoraInjector
         var added = new Dictionary<NodeProto, List<NodeProto>>();
         foreach (var p in plans)
         {
-            var (nodes, entries) = Emit(g, p);
+            var (nodes, entries) = Emit(g, p, model.Opset());
             added[p.Layer.Node] = nodes;
             adapters.AddRange(entries);
         }
@@ -57,6 +58,7 @@ public static class LoraInjector
 
     static List<Plan> PlanFresh(OnnxModel model, LoraConfig config, List<LinearLayer> layers, string prefix)
     {
+        var g = new GraphEditor(model.Graph);
         if (config.TargetModules.Count == 0)
             config.TargetModules = ModuleNames.DefaultTargets(layers.Select(l => ModuleNames.Strip(l.Module, prefix)))
                 ?? throw new OrtLoraException($"{model.Source}: no layer has a name PEFT targets by default; choose --target-modules (e.g. all-linear)");
@@ -83,7 +85,7 @@ public static class LoraInjector
                     ModuleNames.LoraBKey(path, suffix), new float[sizes[i] * r], sizes[i], part));
                 offset += sizes[i];
             }
-            plans.Add(new Plan(layer, path, r, config.ScaleFor(path, r), partPlans));
+            plans.Add(new Plan(layer, path, r, config.ScaleFor(path, r), partPlans, config.UseDora ? Dora.InitialMagnitude(model, g, layer, path, config, partPlans.Count) : null));
         }
         if (plans.Count == 0)
             throw new OrtLoraException($"{model.Source}: no linear layer matches target_modules [{string.Join(", ", config.TargetModules)}]" +
@@ -136,8 +138,9 @@ public static class LoraInjector
             CheckShape(adapter, model, m.KeyB, m.B.Shape, [layer.Out, m.A.Shape[0]]);
             int r = (int)m.A.Shape[0];
             var path = ModuleNames.Strip(layer.Module, prefix);
+            if (m.M is not null) Dora.RequireSupported(model, layer, path, adapter.Config, parts: 1);
             plans.Add(new Plan(layer, path, r, adapter.Config.ScaleFor(m.Path, r),
-                [new PartPlan(m.KeyA, m.A.AsFloats(), m.KeyB, m.B.AsFloats(), layer.Out, null)]));
+                [new PartPlan(m.KeyA, m.A.AsFloats(), m.KeyB, m.B.AsFloats(), layer.Out, null)], m.M?.AsFloats()));
         }
         return plans.OrderBy(p => layers.IndexOf(p.Layer)).ToList();
     }
@@ -150,7 +153,7 @@ public static class LoraInjector
     }
 
     /// <summary>The nodes of one layer's LoRA branch, in order, and the metadata entry of each part.</summary>
-    static (List<NodeProto> Nodes, List<LoraAdapter> Entries) Emit(GraphEditor g, Plan p)
+    static (List<NodeProto> Nodes, List<LoraAdapter> Entries) Emit(GraphEditor g, Plan p, int opset)
     {
         var layer = p.Layer;
         if (string.IsNullOrEmpty(layer.Node.Name)) layer.Node.Name = g.Unique($"{p.PeftPath}/{layer.Node.OpType}");
@@ -181,12 +184,21 @@ public static class LoraInjector
         var scaleName = g.Unique($"{ModuleNames.PeftKeyPrefix}{p.PeftPath}.lora_scaling");
         g.AddInitializer(Tensors.Scalar(scaleName, p.Scale, (int)DT.Float));
         var scaled = Node("Mul", "Mul", [delta, scaleName]);
-        if (!isFloat) scaled = Node("Cast", "Cast_y", [scaled], ("to", layer.DataType));
         // The base node now writes a fresh name; the LoRA Add takes over the original, so consumers and graph
         // outputs keep reading the same value name.
         var output = layer.Output;
         var baseOutput = g.Unique(output + "_base");
         layer.Node.Output[0] = baseOutput;
+        string? magnitude = null, weightNorm = null;
+        if (p.Magnitude is { } m)
+        {
+            magnitude = ModuleNames.MagnitudeKey(p.PeftPath);
+            g.AddInitializer(Tensors.FromFloats(magnitude, [layer.Out], m));
+            (scaled, weightNorm) = Dora.Emit(g, layer, opset, p.Parts[0].KeyA, p.Parts[0].KeyB, scaleName, magnitude,
+                isFloat ? baseOutput : Node("Cast", "dora/Cast_base", [baseOutput], ("to", (int)DT.Float)), scaled,
+                (op, name, inputs, attrs) => Node(op, "dora/" + name, inputs, attrs));
+        }
+        if (!isFloat) scaled = Node("Cast", "Cast_y", [scaled], ("to", layer.DataType));
         Node("Add", "Add", [baseOutput, scaled]);
         nodes[^1].Output[0] = output;
         var names = nodes.Select(n => n.Name).ToList();
@@ -195,6 +207,7 @@ public static class LoraInjector
             Module = p.PeftPath, LoraA = part.KeyA, LoraB = part.KeyB, R = p.R, Scale = p.Scale, ScaleName = scaleName,
             BaseWeight = layer.Weight, Layout = layer.Layout, In = layer.In, Out = layer.Out, GemmAlpha = layer.GemmAlpha,
             Part = part.Part, Node = layer.Node.Name, BaseOutput = baseOutput, Output = output, Nodes = names,
+            Magnitude = magnitude, WeightNorm = weightNorm,
         }).ToList();
         return (nodes, entries);
     }

@@ -30,6 +30,7 @@ public static class LoraMerger
             {
                 removedNodes.UnionWith(e.Nodes);
                 removedInitializers.UnionWith([e.LoraA, e.LoraB, e.ScaleName]);
+                if (e.Magnitude is { } m) removedInitializers.UnionWith(model.Graph.Initializer.Select(t => t.Name).Where(n => n.StartsWith(m, StringComparison.Ordinal)));
             }
         }
         var keep = model.Graph.Node.Where(n => !removedNodes.Contains(n.Name)).ToList();
@@ -54,11 +55,14 @@ public static class LoraMerger
         if (bytes.Length >= LargeTensorBytes) GC.Collect();
         if (dataType == (int)TensorProto.Types.DataType.Float)
         {
-            adapter.AddDeltaTo(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes.AsSpan()), layout, factor);
+            var weight = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes.AsSpan());
+            adapter.AddDeltaTo(weight, layout, factor);
+            if (adapter.Magnitude is { } m) Dora.ScaleToMagnitude(weight, layout, adapter.In, adapter.Out, m);
             return bytes;
         }
         if (dataType == (int)TensorProto.Types.DataType.Double)
         {
+            if (adapter.Magnitude is not null) throw new OrtLoraException($"DoRA on '{adapter.Module}': merging into a float64 weight is not supported");
             // Keep W in double: only the delta is computed in float32 (as PEFT computes it), then added in double.
             var delta = new float[bytes.Length / sizeof(double)];
             adapter.AddDeltaTo(delta, layout, factor);
@@ -68,6 +72,7 @@ public static class LoraMerger
         }
         var values = Tensors.BytesToFloats(bytes, dataType);
         adapter.AddDeltaTo(values, layout, factor);
+        if (adapter.Magnitude is { } magnitude) Dora.ScaleToMagnitude(values, layout, adapter.In, adapter.Out, magnitude);
         return Tensors.FloatsToBytes(values, dataType);
     }
 

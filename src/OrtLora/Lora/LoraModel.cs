@@ -37,6 +37,10 @@ public sealed record LoraAdapter
     public required string BaseOutput { get; init; }
     public required string Output { get; init; }
     public required List<string> Nodes { get; init; }
+    /// <summary>DoRA: the magnitude vector m [Out] (a trainable initializer) and the value ‖W + scale·B·A‖ per output
+    /// feature, which training treats as a constant (DoRA §4.3, as PEFT detaches it).</summary>
+    public string? Magnitude { get; init; }
+    public string? WeightNorm { get; init; }
 }
 
 /// <summary>The <c>ortlora.lora</c> metadata of an injected model: the config and one entry per adapter.</summary>

@@ -29,6 +29,8 @@ public static class ModuleNames
 
     public static string LoraAKey(string peftPath, string? part = null) => $"{PeftKeyPrefix}{peftPath}{part}.lora_A.weight";
     public static string LoraBKey(string peftPath, string? part = null) => $"{PeftKeyPrefix}{peftPath}{part}.lora_B.weight";
+    /// <summary>DoRA's magnitude vector m [out], as PEFT saves it (no ".weight").</summary>
+    public static string MagnitudeKey(string peftPath) => $"{PeftKeyPrefix}{peftPath}.lora_magnitude_vector";
 
     /// <summary>PEFT's rule: a name matches when the path equals it or ends with ".name"; a single string that is a
     /// regular expression must match the whole path; "all-linear" takes every linear layer except the output head.
@@ -77,11 +79,11 @@ public static class ModuleNames
     public static string LastSegment(string path) => path[(path.LastIndexOf('.') + 1)..];
 
     /// <summary>The module part of a PEFT adapter key: <c>base_model.model.X.lora_A.weight</c> (or with PEFT's
-    /// in-memory <c>.default</c>) → X; null for keys that are not LoRA A/B weights.</summary>
+    /// in-memory <c>.default</c>) → X; also DoRA's <c>X.lora_magnitude_vector</c>; null for keys that are none of these.</summary>
     public static (string Module, string Kind)? ParseAdapterKey(string key)
     {
-        foreach (var kind in new[] { "lora_A", "lora_B" })
-            foreach (var suffix in new[] { $".{kind}.weight", $".{kind}.default.weight" })
+        foreach (var kind in new[] { "lora_A", "lora_B", "lora_magnitude_vector" })
+            foreach (var suffix in kind == "lora_magnitude_vector" ? [$".{kind}", $".{kind}.default.weight", $".{kind}.weight"] : new[] { $".{kind}.weight", $".{kind}.default.weight" })
                 if (key.EndsWith(suffix))
                 {
                     var module = key[..^suffix.Length];

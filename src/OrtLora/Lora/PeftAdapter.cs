@@ -12,8 +12,8 @@ public sealed class PeftAdapter
     public required Dictionary<string, SafeTensor> Tensors { get; init; }
     public string WeightsPath { get; init; } = WeightsFile;
 
-    /// <summary>One module's A [r, in] and B [out, r] under their keys.</summary>
-    public sealed record Module(string Path, string KeyA, SafeTensor A, string KeyB, SafeTensor B);
+    /// <summary>One module's A [r, in] and B [out, r] under their keys, and DoRA's magnitude m [out] when the adapter has one.</summary>
+    public sealed record Module(string Path, string KeyA, SafeTensor A, string KeyB, SafeTensor B, string? KeyM = null, SafeTensor? M = null);
 
     public static PeftAdapter Load(string dir)
     {
@@ -34,12 +34,17 @@ public sealed class PeftAdapter
     {
         var a = new Dictionary<string, string>();
         var b = new Dictionary<string, string>();
+        var m = new Dictionary<string, string>();
         foreach (var key in Tensors.Keys)
         {
             var parsed = ModuleNames.ParseAdapterKey(key)
-                ?? throw new OrtLoraException($"{WeightsPath}: tensor '{key}' is not a LoRA A/B weight; ortlora imports plain LoRA adapters only");
-            (parsed.Kind == "lora_A" ? a : b)[parsed.Module] = key;
+                ?? throw new OrtLoraException($"{WeightsPath}: tensor '{key}' is not a LoRA A/B weight or DoRA magnitude; ortlora imports LoRA and DoRA adapters only");
+            (parsed.Kind switch { "lora_A" => a, "lora_B" => b, _ => m })[parsed.Module] = key;
         }
+        if (m.Count > 0 && !Config.UseDora) throw new OrtLoraException($"{WeightsPath}: '{m.Values.First()}' is a DoRA magnitude but the config has no use_dora");
+        if (Config.UseDora && m.Count == 0) throw new OrtLoraException($"{WeightsPath}: use_dora is set but no lora_magnitude_vector tensor is saved");
+        foreach (var path in m.Keys.Where(p => !a.ContainsKey(p)))
+            throw new OrtLoraException($"{WeightsPath}: '{m[path]}' has no matching lora_A tensor");
         var modules = new List<Module>();
         foreach (var (path, keyA) in a.OrderBy(p => p.Key, StringComparer.Ordinal))
         {
@@ -47,7 +52,12 @@ public sealed class PeftAdapter
             var (tA, tB) = (Tensors[keyA], Tensors[keyB]);
             if (tA.Shape.Length != 2 || tB.Shape.Length != 2 || tA.Shape[0] != tB.Shape[1])
                 throw new OrtLoraException($"{WeightsPath}: '{keyA}' [{string.Join(", ", tA.Shape)}] and '{keyB}' [{string.Join(", ", tB.Shape)}] are not a rank-r pair A [r, in], B [out, r]");
-            modules.Add(new Module(path, keyA, tA, keyB, tB));
+            if (!Config.UseDora) { modules.Add(new Module(path, keyA, tA, keyB, tB)); continue; }
+            if (!m.TryGetValue(path, out var keyM)) throw new OrtLoraException($"{WeightsPath}: DoRA module '{path}' has no lora_magnitude_vector");
+            var tM = Tensors[keyM];
+            if (tM.Shape.Length != 1 || tM.Shape[0] != tB.Shape[0])
+                throw new OrtLoraException($"{WeightsPath}: '{keyM}' [{string.Join(", ", tM.Shape)}] is not a magnitude vector [{tB.Shape[0]}] for '{keyB}'");
+            modules.Add(new Module(path, keyA, tA, keyB, tB, keyM, tM));
         }
         foreach (var path in b.Keys.Where(p => !a.ContainsKey(p)))
             throw new OrtLoraException($"{WeightsPath}: '{b[path]}' has no matching lora_A tensor");

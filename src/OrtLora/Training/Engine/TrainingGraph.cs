@@ -44,7 +44,7 @@ public sealed partial class TrainingGraph : IDisposable
     public SharedInitializers Frozen { get; }
     int Opset { get; }
 
-    public static bool IsLoraParameter(string name) => name.EndsWith(".lora_A.weight") || name.EndsWith(".lora_B.weight");
+    public static bool IsLoraParameter(string name) => name.EndsWith(".lora_A.weight") || name.EndsWith(".lora_B.weight") || name.EndsWith(".lora_magnitude_vector");
 
     TrainingGraph(IReadOnlyList<string> parameters, Dictionary<string, long[]> shapes, Dictionary<string, float[]> values,
         IReadOnlyList<string> batchInputs, ModelProto eval, ModelProto gradients, SharedInitializers frozen, int opset)
@@ -121,6 +121,8 @@ public sealed partial class TrainingGraph : IDisposable
             if (FusedOpDecomposition.Applies(g))
                 FusedOpDecomposition.Apply(g, Probe(proto, values, frozen));
             var dropout = loraDropout ?? Lora.LoraModel.Read(model)?.Config.LoraDropout ?? 0;
+            if (dropout > 0 && Lora.LoraModel.Read(model)?.Config.UseDora == true)
+                throw new OrtLoraException($"{model.Source}: DoRA with lora_dropout > 0: PEFT recomputes the base layer on the dropped-out input, which ortlora does not; train with --lora-dropout 0");
             if (dropout > 0) AddLoraDropout(g, parameters, dropout);
 
             var types = Probe(proto, values, frozen);
@@ -128,7 +130,9 @@ public sealed partial class TrainingGraph : IDisposable
             int chunks = lossChunks ?? (types[loss.Logits].ShapeA[^1] >= 8192 ? 8 : 1);
             var seeds = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks);
             ChunkEvalLoss(eval, loss, logitsType, types, opset, chunks);
-            var grads = GradientBuilder.Build(g, seeds, parameters, types, opset, gradientCheckpointing);
+            // DoRA's weight norms are constants to the gradient, as PEFT detaches them.
+            var detached = Lora.LoraModel.Read(model)?.Adapters.Select(a => a.WeightNorm).OfType<string>().ToHashSet() ?? [];
+            var grads = GradientBuilder.Build(g, seeds, parameters, types, opset, gradientCheckpointing, detached);
             foreach (var p in parameters)
             {
                 var grad = scalesLoss ? g.Add("Div", [grads[p], LossScale], name: "grad/unscale") : grads[p];

@@ -1,0 +1,94 @@
+using OrtLora.Onnx;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Lora;
+
+/// <summary>DoRA (weight-decomposed LoRA; PEFT's use_dora): the adapted weight is W' = m ⊙ V / ‖V‖ with V = W + scale·B·A,
+/// the norm taken per output feature and m [out] a trainable magnitude that starts at ‖W‖, so the injected model computes
+/// the original. As PEFT computes it: y = x·W + (s − 1)·(x·W) + s·scale·(x·Aᵀ)·Bᵀ with s = m / ‖V‖, i.e. y = s·(x·W +
+/// scale·(x·Aᵀ)·Bᵀ); training treats ‖V‖ as a constant (the paper's §4.3; PEFT detaches it), and merge folds
+/// W ← s ⊙ (W + scale·B·A).</summary>
+public static class Dora
+{
+    public delegate string AddNode(string op, string name, string[] inputs, params (string, object)[] attributes);
+
+    /// <summary>What ortlora's DoRA does not cover, each one error naming the module.</summary>
+    public static void RequireSupported(OnnxModel model, LinearLayer layer, string path, LoraConfig config, int parts)
+    {
+        string Refuse(string why) => throw new OrtLoraException($"{model.Source}: DoRA on '{path}': {why}");
+        if (parts > 1) Refuse("DoRA normalizes the whole fused weight, so it takes one adapter per layer (--variant performant)");
+        if (GemmBias(layer) is not null && Attrs.Float(layer.Node, "beta", 1f) != 1f)
+            Refuse($"the layer is a Gemm with beta {Attrs.Float(layer.Node, "beta", 1f)}");
+        if (layer.GemmAlpha != 1) Refuse($"the layer is a Gemm with alpha {layer.GemmAlpha}");
+        if (config.LoraDropout > 0)
+            Refuse("with lora_dropout > 0 PEFT recomputes the base layer on the dropped-out input; ortlora's DoRA needs lora_dropout 0");
+    }
+
+    /// <summary>The bias C of a Gemm layer (inside the base output, which DoRA scales without it), or null.</summary>
+    static string? GemmBias(LinearLayer layer) =>
+        layer.Node.OpType == "Gemm" && layer.Node.Input.Count > 2 && layer.Node.Input[2] != "" ? layer.Node.Input[2] : null;
+
+    /// <summary>m = ‖W‖ per output feature (B starts at zero), after checking the layer is supported.</summary>
+    public static float[] InitialMagnitude(OnnxModel model, GraphEditor g, LinearLayer layer, string path, LoraConfig config, int parts)
+    {
+        RequireSupported(model, layer, path, config, parts);
+        var weight = g.Initializer(layer.Weight) ?? throw new OrtLoraException($"{model.Source}: weight '{layer.Weight}' of '{path}' is missing");
+        return OutputNorms(model.ReadFloats(weight), layer.Layout, layer.In, layer.Out);
+    }
+
+    /// <summary>‖W[o, :]‖ for each output feature o of a weight stored [out, in] or [in, out], summed in double.</summary>
+    public static float[] OutputNorms(ReadOnlySpan<float> weight, WeightLayout layout, long inDim, long outDim)
+    {
+        var sums = new double[outDim];
+        for (long i = 0; i < inDim * outDim; i++)
+        {
+            long o = layout == WeightLayout.OutIn ? i / inDim : i % outDim;
+            sums[o] += (double)weight[(int)i] * weight[(int)i];
+        }
+        return sums.Select(s => (float)Math.Sqrt(s)).ToArray();
+    }
+
+    /// <summary>Scales each output feature of a merged weight V = W + scale·B·A to m ⊙ V / ‖V‖, in V's layout.</summary>
+    public static void ScaleToMagnitude(Span<float> weight, WeightLayout layout, long inDim, long outDim, float[] magnitude)
+    {
+        var norms = OutputNorms(weight, layout, inDim, outDim);
+        for (long i = 0; i < inDim * outDim; i++)
+        {
+            long o = layout == WeightLayout.OutIn ? i / inDim : i % outDim;
+            weight[(int)i] *= magnitude[o] / norms[o];
+        }
+    }
+
+    /// <summary>Adds DoRA's nodes to a layer's LoRA branch. <paramref name="baseOutput"/> is the layer's output in
+    /// float32 (x·W, plus C for a Gemm with a bias), <paramref name="scaledLora"/> scale·(x·Aᵀ)·Bᵀ; returns what the branch
+    /// adds to the layer's output, (s − 1)·x·W + s·scaled (PEFT takes the bias out of the base result first), and the
+    /// name of ‖V‖.</summary>
+    public static (string Added, string WeightNorm) Emit(GraphEditor g, LinearLayer layer, int opset, string a, string b, string scale,
+        string magnitude, string baseOutput, string scaledLora, AddNode node)
+    {
+        var weightType = g.Initializer(layer.Weight)!.DataType;
+        var w = weightType == (int)DT.Float ? layer.Weight : node("Cast", "Cast_W", [layer.Weight], ("to", (int)DT.Float));
+        // B·A in W's own layout: [out, in] = B·A, [in, out] = Aᵀ·Bᵀ; the norm then runs along the input axis.
+        bool outIn = layer.Layout == WeightLayout.OutIn;
+        var product = outIn ? node("MatMul", "B_A", [b, a])
+            : node("MatMul", "At_Bt", [node("Transpose", "A_T", [a], ("perm", new long[] { 1, 0 })), node("Transpose", "B_T", [b], ("perm", new long[] { 1, 0 }))]);
+        var v = node("Add", "V", [w, node("Mul", "delta", [product, scale])]);
+        long axis = outIn ? 1 : 0;
+        string norm;
+        if (opset >= 18)
+        {
+            var axes = g.AddInitializer(Tensors.FromInt64(g.Unique($"{magnitude}.norm_axes"), [1], [axis]));
+            norm = node("ReduceL2", "norm", [v, axes], ("keepdims", 0L));
+        }
+        else norm = node("ReduceL2", "norm", [v], ("axes", new[] { axis }), ("keepdims", 0L));
+        var s = node("Div", "mag_norm_scale", [magnitude, norm]);
+        if (GemmBias(layer) is { } bias)
+        {
+            var biasType = g.Initializer(bias)?.DataType ?? layer.DataType;
+            var biasF = biasType == (int)DT.Float ? bias : node("Cast", "Cast_bias", [bias], ("to", (int)DT.Float));
+            baseOutput = node("Sub", "base_without_bias", [baseOutput, biasF]);
+        }
+        var added = node("Sub", "added", [node("Mul", "scaled", [s, node("Add", "base_plus_lora", [baseOutput, scaledLora])]), baseOutput]);
+        return (added, norm);
+    }
+}
