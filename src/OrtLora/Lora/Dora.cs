@@ -20,13 +20,36 @@ public static class Dora
         if (GemmBias(layer) is not null && Attrs.Float(layer.Node, "beta", 1f) != 1f)
             Refuse($"the layer is a Gemm with beta {Attrs.Float(layer.Node, "beta", 1f)}");
         if (layer.GemmAlpha != 1) Refuse($"the layer is a Gemm with alpha {layer.GemmAlpha}");
-        if (config.LoraDropout > 0)
-            Refuse("with lora_dropout > 0 PEFT recomputes the base layer on the dropped-out input; ortlora's DoRA needs lora_dropout 0");
     }
 
     /// <summary>The bias C of a Gemm layer (inside the base output, which DoRA scales without it), or null.</summary>
     static string? GemmBias(LinearLayer layer) =>
         layer.Node.OpType == "Gemm" && layer.Node.Input.Count > 2 && layer.Node.Input[2] != "" ? layer.Node.Input[2] : null;
+
+    /// <summary>With lora_dropout, PEFT's DoRA term reads the base layer applied to the dropped-out input:
+    /// y = x·W + (s − 1)·(x_d·W) + s·scale·(x_d·Aᵀ)·Bᵀ. For each DoRA adapter this adds a copy of the base layer on
+    /// <paramref name="dropout"/>(adapter)'s output (the dropout of the LoRA branch's input, cast to the layer's input type)
+    /// and points the DoRA nodes at it instead of at the layer's own output. Types come from a probe of the graph before
+    /// the dropout (a dropout's output has its input's type).</summary>
+    public static void UseDroppedInput(GraphEditor g, LoraModel lora, Func<LoraAdapter, (string Output, string Input)?> dropout, Autodiff.ValueTable types)
+    {
+        foreach (var adapter in lora.Adapters.Where(a => a.WeightNorm is not null))
+        {
+            if (dropout(adapter) is not var (dropped, droppedFrom)) continue;
+            var names = adapter.Nodes.Where(n => n.Contains("/dora/")).ToHashSet();
+            var doraNodes = g.Graph.Node.Where(n => names.Contains(n.Name)).ToList();
+            var first = doraNodes.FirstOrDefault(n => n.Name.EndsWith("/dora/base_without_bias")) ?? doraNodes.Single(n => n.Name.EndsWith("/dora/base_plus_lora"));
+            var baseInDora = first.Input[0];
+            var layer = g.Producer(adapter.BaseOutput) ?? throw new OrtLoraException($"DoRA on '{adapter.Module}': its base layer is missing");
+            var x = types.ElemType(layer.Input[0]) == types.ElemType(droppedFrom) ? dropped
+                : g.Add("Cast", [dropped], name: $"{adapter.Module}/lora/dropout_base/Cast_x", attributes: ("to", (long)types.ElemType(layer.Input[0])));
+            var copy = g.AddRenamedCopy(layer, new Dictionary<string, string> { [layer.Input[0]] = x }, "/dropout_base");
+            var recomputed = types.ElemType(baseInDora) == types.ElemType(adapter.BaseOutput) ? copy.Output[0]
+                : g.Add("Cast", [copy.Output[0]], name: $"{adapter.Module}/lora/dropout_base/Cast_y", attributes: ("to", (long)types.ElemType(baseInDora)));
+            foreach (var n in doraNodes)
+                for (int i = 0; i < n.Input.Count; i++) if (n.Input[i] == baseInDora) n.Input[i] = recomputed;
+        }
+    }
 
     /// <summary>m = ‖W‖ per output feature (B starts at zero), after checking the layer is supported.</summary>
     public static float[] InitialMagnitude(OnnxModel model, GraphEditor g, LinearLayer layer, string path, LoraConfig config, int parts)

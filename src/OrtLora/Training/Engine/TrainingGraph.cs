@@ -121,9 +121,14 @@ public sealed partial class TrainingGraph : IDisposable
             if (FusedOpDecomposition.Applies(g))
                 FusedOpDecomposition.Apply(g, Probe(proto, values, frozen));
             var dropout = loraDropout ?? Lora.LoraModel.Read(model)?.Config.LoraDropout ?? 0;
-            if (dropout > 0 && Lora.LoraModel.Read(model)?.Config.UseDora == true)
-                throw new OrtLoraException($"{model.Source}: DoRA with lora_dropout > 0: PEFT recomputes the base layer on the dropped-out input, which ortlora does not; train with --lora-dropout 0");
-            if (dropout > 0) AddLoraDropout(g, parameters, dropout);
+            if (dropout > 0)
+            {
+                var dora = Lora.LoraModel.Read(model) is { Config.UseDora: true } l ? l : null;
+                var typesBefore = dora is null ? null : Probe(proto, values, frozen);
+                var dropped = AddLoraDropout(g, parameters, dropout);
+                if (dora is not null) Lora.Dora.UseDroppedInput(g, dora, a => dropped.TryGetValue(a.LoraA, out var d) ? d : null, typesBefore!);
+                g.TopologicalSort();
+            }
 
             var types = Probe(proto, values, frozen);
             bool scalesLoss = compute == ComputeType.Float16;
@@ -249,8 +254,10 @@ public sealed partial class TrainingGraph : IDisposable
     }
 
     /// <summary>PEFT's lora_dropout: Dropout(x) in training mode feeds x·Aᵀ (the base path keeps x).</summary>
-    static void AddLoraDropout(GraphEditor g, IReadOnlyList<string> parameters, double ratio)
+    /// <returns>lora_A name → its dropout's output (the dropped-out input) and input</returns>
+    static Dictionary<string, (string Output, string Input)> AddLoraDropout(GraphEditor g, IReadOnlyList<string> parameters, double ratio)
     {
+        var dropped = new Dictionary<string, (string, string)>();
         var ratioName = g.Unique("lora_dropout/ratio");
         g.AddInitializer(Tensors.Scalar(ratioName, ratio, (int)DT.Float));
         var training = g.Unique("lora_dropout/training_mode");
@@ -258,15 +265,16 @@ public sealed partial class TrainingGraph : IDisposable
         foreach (var a in parameters.Where(p => p.EndsWith(".lora_A.weight")))
         {
             var uses = g.Consumers(a).SelectMany(n => n.OpType == "Transpose" ? g.Consumers(n.Output[0]) : [n])
-                .Where(n => n.OpType is "MatMul" or "Gemm").ToList();
+                .Where(n => n.OpType is "MatMul" or "Gemm" && !n.Name.Contains("/dora/")).ToList(); // DoRA's B·A is not x·Aᵀ
             foreach (var use in uses)
             {
-                var dropped = g.Add("Dropout", [use.Input[0], ratioName, training], name: a + "/lora_dropout",
+                var output = g.Add("Dropout", [use.Input[0], ratioName, training], name: a + "/lora_dropout",
                     outputs: [g.Unique(a + "/lora_dropout_output"), g.Unique(a + "/lora_dropout_mask")]);
-                use.Input[0] = dropped;
+                dropped[a] = (output, use.Input[0]);
+                use.Input[0] = output;
             }
         }
-        g.TopologicalSort();
+        return dropped;
     }
 
     /// <summary>A decoder exported for generation (Optimum: past_key_values.N.key/value inputs, present.N outputs) trains
