@@ -80,6 +80,21 @@ public class KernelCoverageTests
         }
     }
 
+    /// <summary>DoRA's graphs (weight norms, the base copies that lora_dropout adds, Gemm bias removal on GPT-2
+    /// torchscript), in float32 and bf16.</summary>
+    [TestCase("llama", "model.dynamo.onnx", ComputeType.Float32)]
+    [TestCase("gpt2", "model.torchscript.onnx", ComputeType.Float32)]
+    [TestCase("llama", "model.torchscript.onnx", ComputeType.BFloat16)]
+    public void DoraTrainingGraphsHaveACudaKernelForEveryNode(string arch, string file, ComputeType compute)
+    {
+        using var model = OnnxModel.Load(Shared.Peft(arch, file));
+        LoraInjector.Inject(model, new LoraConfig { R = 4, TargetModules = ["all-linear"], UseDora = true });
+        using var graph = TrainingGraph.Build(model, loraDropout: 0.1, compute: compute);
+        Assert.That(graph.Gradients.Graph.Node.Count(n => n.OpType == "ReduceL2"), Is.GreaterThan(0));
+        AssertAllOnCuda($"DoRA {arch} {file} {compute} eval", graph.Eval);
+        AssertAllOnCuda($"DoRA {arch} {file} {compute} step", graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)));
+    }
+
     static IEnumerable<Architecture> Trainable => Architectures.All.Where(a => a.Trainable);
 
     /// <summary>The unseen export styles bring fp16 activations, opset-23 ops, int32 tokens, Gemm layers, cache inputs.</summary>
