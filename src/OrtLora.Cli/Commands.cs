@@ -14,6 +14,7 @@ public static class Commands
         GenerateCommand.Create(),
         AdaptersCommand.Create(),
         VerifyCommand.Create(),
+        EvalCommand.Create(),
         TrainCommand.Create(),
         DemoCommand.Create(),
     ];

@@ -15,15 +15,9 @@ public static class TrainCommand
         var data = new Option<string>("--data") { Description = "training data (.parquet): text, instruction/input/output, or chat messages", Required = true };
         var evalData = new Option<string?>("--eval-data") { Description = "evaluation data (.parquet)" };
         var evalSplit = new Option<double>("--eval-split") { Description = "fraction of the training rows held out for evaluation" };
-        var format = new Option<string>("--dataset-format") { Description = "auto, text, instruction or chat", DefaultValueFactory = _ => "auto" };
-        format.AcceptOnlyFromAmong("auto", "text", "instruction", "chat");
-        var textColumn = new Option<string>("--text-column") { Description = "column of plain-text data", DefaultValueFactory = _ => "text" };
-        var chatTemplate = new Option<string?>("--chat-template") { Description = "chatml or llama2 (default: the tokenizer's own template, else chatml)" };
-        var tokenizer = new Option<string?>("--tokenizer") { Description = "tokenizer file or directory (default: beside the model)" };
-        var maxSeq = new Option<int>("--max-seq-length") { Description = "truncate examples to this many tokens", DefaultValueFactory = _ => 512 };
+        var dataOptions = new DataCliOptions();
         var packing = new Option<bool>("--packing") { Description = "pack several examples into each sequence" };
         var padToMax = new Option<bool>("--pad-to-max-length") { Description = "pad every batch to --max-seq-length and the full batch size: one shape, graphs loaded for it" };
-        var trainOnPrompt = new Option<bool>("--train-on-prompt") { Description = "also compute the loss on prompt tokens" };
         var epochs = new Option<double>("--num-train-epochs") { DefaultValueFactory = _ => 1 };
         var maxSteps = new Option<int>("--max-steps") { Description = "total optimizer steps (overrides epochs)", DefaultValueFactory = _ => -1 };
         var batch = new Option<int>("--per-device-train-batch-size") { DefaultValueFactory = _ => 8 };
@@ -59,7 +53,8 @@ public static class TrainCommand
 
         var cmd = new Command("train", "Train LoRA adapters on Parquet data") { model, output };
         lora.AddTo(cmd);
-        foreach (var o in new Option[] { data, evalData, evalSplit, format, textColumn, chatTemplate, tokenizer, maxSeq, packing, padToMax, trainOnPrompt,
+        foreach (var o in dataOptions.All) cmd.Options.Add(o);
+        foreach (var o in new Option[] { data, evalData, evalSplit, packing, padToMax,
                      epochs, maxSteps, batch, accumulation, lr, scheduler, warmupRatio, warmupSteps, weightDecay, maxGradNorm,
                      logging, saveSteps, saveLimit, evalSteps, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
@@ -82,12 +77,10 @@ public static class TrainCommand
             var job = new TrainJob
             {
                 ModelPath = parse.GetValue(model)!, DataPath = parse.GetValue(data)!, EvalDataPath = parse.GetValue(evalData),
-                TokenizerPath = parse.GetValue(tokenizer), Lora = lora.Read(parse), InitFrom = parse.GetValue(lora.InitFrom),
-                Data = new DataOptions
+                TokenizerPath = parse.GetValue(dataOptions.Tokenizer), Lora = lora.Read(parse), InitFrom = parse.GetValue(lora.InitFrom),
+                Data = dataOptions.Read(parse) with
                 {
-                    Format = Enum.Parse<DatasetFormat>(parse.GetValue(format)!, ignoreCase: true), TextColumn = parse.GetValue(textColumn)!,
-                    MaxSeqLength = parse.GetValue(maxSeq), TrainOnPrompt = parse.GetValue(trainOnPrompt), Packing = parse.GetValue(packing),
-                    PadToMaxLength = parse.GetValue(padToMax), EvalSplit = parse.GetValue(evalSplit), ChatTemplate = parse.GetValue(chatTemplate),
+                    Packing = parse.GetValue(packing), PadToMaxLength = parse.GetValue(padToMax), EvalSplit = parse.GetValue(evalSplit),
                 },
                 Args = args,
                 ResumeFromCheckpoint = parse.GetResult(resume) is null ? null : parse.GetValue(resume) ?? "",

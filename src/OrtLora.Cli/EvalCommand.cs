@@ -1,0 +1,32 @@
+using System.CommandLine;
+using OrtLora.Training;
+
+namespace OrtLora.Cli;
+
+/// <summary>ortlora eval MODEL --data FILE.parquet: eval_loss and perplexity of any causal LM (base, injected, trained
+/// or merged) on Parquet data, computed as `train` computes its eval loss.</summary>
+public static class EvalCommand
+{
+    public static Command Create()
+    {
+        var model = new Argument<string>("model") { Description = "ONNX causal LM (input_ids, attention_mask → logits), with or without LoRA adapters" };
+        var data = new Option<string>("--data") { Description = "evaluation data (.parquet): text, instruction/input/output, or chat messages", Required = true };
+        var batch = new Option<int>("--per-device-eval-batch-size") { DefaultValueFactory = _ => 8 };
+        var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
+        device.AcceptOnlyFromAmong("cpu", "cuda");
+        var epLibrary = new Option<string?>("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
+        var dataOptions = new DataCliOptions();
+        var cmd = new Command("eval", "Loss and perplexity of a model on Parquet data (scored tokens as in training)") { model, data, batch, device, epLibrary };
+        foreach (var o in dataOptions.All) cmd.Options.Add(o);
+        cmd.SetAction(CliRunner.Guard(parse =>
+        {
+            int batchSize = parse.GetValue(batch);
+            if (batchSize < 1) throw new OrtLoraException("--per-device-eval-batch-size must be at least 1");
+            var options = dataOptions.Read(parse) with { BatchSize = batchSize, EvalBatchSize = batchSize };
+            var result = Evaluator.Run(parse.GetValue(model)!, parse.GetValue(data)!, options, parse.GetValue(dataOptions.Tokenizer),
+                parse.GetValue(device)!, parse.GetValue(epLibrary));
+            Console.WriteLine($"eval_loss {result.Loss:F4}  perplexity {result.Perplexity:F2}  ({result.Tokens:N0} tokens scored in {result.Batches} batches; {result.DataSummary})");
+        }));
+        return cmd;
+    }
+}

@@ -1,0 +1,38 @@
+using OrtLora.Autodiff;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+using OrtLora.Training.Data;
+using OrtLora.Training.Engine;
+
+namespace OrtLora.Training;
+
+/// <summary>What `ortlora eval` measured: the causal-LM loss averaged over every scored token of the data, as the
+/// Trainer's evaluate() reports it, and its exp.</summary>
+public sealed record EvalResult(double Loss, long Tokens, int Batches, string DataSummary)
+{
+    public double Perplexity => Math.Exp(Loss);
+}
+
+/// <summary>Evaluates any causal LM on Parquet data with the training engine's eval graph (the same loss, batches and
+/// token weighting as `train --eval-data`): a base model, an injected or trained one, or a merged one.</summary>
+public static class Evaluator
+{
+    public static EvalResult Run(string modelPath, string dataPath, DataOptions options, string? tokenizerPath = null,
+        string device = "cpu", string? epLibrary = null)
+    {
+        using var model = OnnxModel.Load(modelPath);
+        // The engine evaluates models with LoRA parameters. A plain model gets rank-1 adapters whose B is zero: they add
+        // exactly 0 to every layer, so the loss is the plain model's.
+        if (LoraModel.Read(model) is null) LoraInjector.Inject(model, new LoraConfig { R = 1, TargetModules = ["all-linear"] });
+        var tokenizerSource = tokenizerPath ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!;
+        var tokenizer = TokenizerLoader.Load(tokenizerSource);
+        VocabularyCheck.Require(tokenizer, model);
+        var tokenizerDir = Directory.Exists(tokenizerSource) ? tokenizerSource : Path.GetDirectoryName(Path.GetFullPath(tokenizerSource))!;
+        // Every row of the file is evaluation data: it is opened as the eval file, with no split of a training file.
+        using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false }, dataPath, TokenizerConfig.Read(tokenizerDir));
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary));
+        long tokens = data.EvalBatches().Sum(b => (long)b.LossTokens);
+        if (tokens == 0) throw new OrtLoraException($"{dataPath}: no token to score ({data.Summary})");
+        return new EvalResult(Trainer.Evaluate(session, data), tokens, data.EvalBatches().Count(), data.Summary.ToString());
+    }
+}

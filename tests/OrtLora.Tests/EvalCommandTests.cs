@@ -1,0 +1,57 @@
+using System.Globalization;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using static OrtLora.Tests.LoraTestKit;
+
+namespace OrtLora.Tests;
+
+/// <summary>`ortlora eval`: the loss `train` reports on its eval data, recomputed from the model files alone.</summary>
+public class EvalCommandTests
+{
+    static string Tiny(string file) => Path.Combine(Shared.RepoRoot, "graphs", "tiny", file);
+
+    static double EvalLoss(params string[] args)
+    {
+        var result = OrtloraOk(["eval", .. args]);
+        var match = Regex.Match(result.Out, @"eval_loss (\d+\.\d+)  perplexity (\d+\.\d+)  \((\d+) tokens scored");
+        Assert.That(match.Success, result.Out);
+        double loss = double.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture);
+        Assert.That(double.Parse(match.Groups[2].Value, CultureInfo.InvariantCulture), Is.EqualTo(Math.Exp(loss)).Within(0.01).Percent);
+        Assert.That(int.Parse(match.Groups[3].Value), Is.GreaterThan(100));
+        return loss;
+    }
+
+    /// <summary>The base model gives train's step-0 eval loss; the merged model train's last one (the eval printed to 4
+    /// decimals); the batch size changes nothing (token-weighted).</summary>
+    [Test]
+    public void EvalReproducesTheLossesTrainReported()
+    {
+        var dir = Shared.TempDir();
+        OrtloraOk("train", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "--eval-data", Tiny("demo_eval.parquet"),
+            "--target-modules", "all-linear", "--r", "4", "--per-device-train-batch-size", "4", "--learning-rate", "5e-3",
+            "--max-steps", "10", "--eval-steps", "10", "--plain-log", "--merge", "-o", dir);
+        var evals = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
+            .Where(m => m["eval_loss"] is not null).Select(m => m["eval_loss"]!.GetValue<double>()).ToList();
+        Assert.That(evals, Has.Count.EqualTo(2));
+        Assert.That(EvalLoss(Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet")), Is.EqualTo(evals[0]).Within(1e-4));
+        var merged = Path.Combine(dir, "merged", "model.onnx");
+        double trained = EvalLoss(merged, "--data", Tiny("demo_eval.parquet"));
+        Assert.That(trained, Is.EqualTo(evals[1]).Within(1e-4));
+        Assert.That(trained, Is.LessThan(evals[0] - 1));
+        Assert.That(EvalLoss(merged, "--data", Tiny("demo_eval.parquet"), "--per-device-eval-batch-size", "3"), Is.EqualTo(trained).Within(1e-5));
+    }
+
+    [Test]
+    public void BadInputIsOneError()
+    {
+        var missing = Ortlora("eval", Tiny("model.onnx"), "--data", Path.Combine(Shared.TempDir(), "none.parquet"));
+        Assert.That(missing.ExitCode, Is.Not.Zero);
+        Assert.That(missing.Error, Does.Contain("none.parquet"));
+        var column = Ortlora("eval", Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet"), "--dataset-format", "text", "--text-column", "nope");
+        Assert.That(column.ExitCode, Is.Not.Zero);
+        Assert.That(column.Error, Does.Contain("nope"));
+        var batch = Ortlora("eval", Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet"), "--per-device-eval-batch-size", "0");
+        Assert.That(batch.ExitCode, Is.Not.Zero);
+        Assert.That(batch.Error, Does.Contain("--per-device-eval-batch-size"));
+    }
+}
