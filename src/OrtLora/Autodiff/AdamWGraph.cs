@@ -24,8 +24,9 @@ public static class AdamWGraph
     /// <param name="maxGradNorm">float scalar input: clip to this global norm; 0 or less disables clipping</param>
     /// <param name="shapes">each parameter's shape: parameters sharing a learning rate and all dims but one are updated
     /// as one tensor (<see cref="ParameterBundle"/>), then split back</param>
+    /// <param name="gradDivisor">float scalar the gradients are divided by first (a loss scale), a bundle at a time</param>
     public static Result Append(GraphEditor g, IReadOnlyList<AdamWSlot> slots, IReadOnlyDictionary<string, long[]> shapes,
-        string lr, string step, string maxGradNorm, AdamWOptions o)
+        string lr, string step, string maxGradNorm, AdamWOptions o, string? gradDivisor = null)
     {
         const int F = (int)DT.Float, D = (int)DT.Double;
         var scalars = new Dictionary<(double, int), string>();
@@ -37,7 +38,8 @@ public static class AdamWGraph
         var slotOf = slots.ToDictionary(s => s.Param);
         var bundles = slots.GroupBy(s => o.LrMultiplier?.Invoke(s.Param) ?? 1.0).SelectMany(grp =>
             ParameterBundle.Form(grp.Select(s => s.Param), shapes).Select(b => (Multiplier: grp.Key, Bundle: b))).ToList();
-        var bundleGrads = bundles.Select(b => b.Bundle.Join(g, p => slotOf[p].Grad, "adamw")).ToList();
+        var bundleGrads = bundles.Select(b => b.Bundle.Join(g, p => slotOf[p].Grad, "adamw"))
+            .Select(joined => gradDivisor is null ? joined : Op("Div", joined, gradDivisor)).ToList();
 
         // clip_grad_norm_: coef = min(1, max_norm / (‖g‖ + 1e-6)), applied when max_norm > 0
         var squares = bundleGrads.Select(bg => g.Add("ReduceSum", [Op("Mul", bg, bg)], name: "adamw/ReduceSum", attributes: ("keepdims", 0L))).ToArray();

@@ -39,6 +39,9 @@ public sealed partial class TrainingGraph : IDisposable
     public HalfPrecisionReport? HalfPrecision { get; private init; }
     /// <summary>The gradient graphs take a <c>loss_scale</c> input (float16 compute).</summary>
     public bool ScalesLoss { get; private init; }
+    /// <summary>With loss scaling: each parameter's gradient before the division by the scale. The step and accumulate
+    /// graphs divide whole parameter bundles instead (one Div a bundle, not one a parameter).</summary>
+    Dictionary<string, string> ScaledGradients { get; init; } = new();
     /// <summary>The model's frozen weights, inputs of <see cref="Eval"/>, <see cref="Gradients"/> and the graphs built
     /// from it; owned by this graph.</summary>
     public SharedInitializers Frozen { get; }
@@ -140,12 +143,13 @@ public sealed partial class TrainingGraph : IDisposable
             var grads = GradientBuilder.Build(g, seeds, parameters, types, opset, gradientCheckpointing, detached);
             foreach (var p in parameters)
             {
-                var grad = scalesLoss ? g.Add("Div", [grads[p], LossScale], name: "grad/unscale") : grads[p];
+                var grad = scalesLoss ? g.Add("Div", [grads[p], LossScale], name: "grad/unscale") : grads[p]; // Gradients' own outputs (verify)
                 g.Add("Identity", [grad], name: "grad/output", outputs: [GradOf(p)]);
                 proto.Graph.Output.Add(new ValueInfoProto { Name = GradOf(p) });
             }
             g.Cleanup(); // recomputed values no rule read, the full logits of a chunked loss
-            return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss };
+            return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss,
+                ScaledGradients = scalesLoss ? new(grads) : new() };
         }
         catch
         {
@@ -173,7 +177,7 @@ public sealed partial class TrainingGraph : IDisposable
     {
         var proto = Gradients.Clone();
         var g = new GraphEditor(proto.Graph);
-        AddOptimizer(proto, g, p => GradOf(p), options);
+        AddOptimizer(proto, g, p => ScalesLoss ? ScaledGradients[p] : GradOf(p), options, ScalesLoss ? LossScale : null);
         return proto;
     }
 
@@ -192,10 +196,13 @@ public sealed partial class TrainingGraph : IDisposable
         }
         foreach (var bundle in ParameterBundle.Form(Parameters, ParameterShapes))
         {
-            var scaled = g.Add("Mul", [bundle.Join(g, GradOf, "accumulate"), GradScale], name: "accumulate/Mul");
+            var joined = ScalesLoss ? g.Add("Div", [bundle.Join(g, p => ScaledGradients[p], "accumulate"), LossScale], name: "accumulate/unscale")
+                : bundle.Join(g, GradOf, "accumulate");
+            var scaled = g.Add("Mul", [joined, GradScale], name: "accumulate/Mul");
             var sum = g.Add("Add", [bundle.Join(g, AccumulatorOf, "accumulate"), scaled], name: "accumulate/Add");
             bundle.Unjoin(g, sum, "accumulate", p => Updated(AccumulatorOf(p)));
         }
+        g.Cleanup(); // the per-parameter gradient outputs no one reads now
         return proto;
     }
 
@@ -214,7 +221,7 @@ public sealed partial class TrainingGraph : IDisposable
         return proto;
     }
 
-    void AddOptimizer(ModelProto proto, GraphEditor g, Func<string, string> gradOf, AdamWOptions options)
+    void AddOptimizer(ModelProto proto, GraphEditor g, Func<string, string> gradOf, AdamWOptions options, string? gradDivisor = null)
     {
         proto.Graph.Input.Add(Input(LearningRate, (int)DT.Float, []));
         proto.Graph.Input.Add(Input(Step, (int)DT.Float, []));
@@ -227,7 +234,7 @@ public sealed partial class TrainingGraph : IDisposable
             proto.Graph.Input.Add(Input(ExpAvgSqOf(p), (int)DT.Float, dims));
             slots.Add(new AdamWSlot(p, gradOf(p), ExpAvgOf(p), ExpAvgSqOf(p)));
         }
-        var result = AdamWGraph.Append(g, slots, ParameterShapes, LearningRate, Step, MaxGradNorm, options);
+        var result = AdamWGraph.Append(g, slots, ParameterShapes, LearningRate, Step, MaxGradNorm, options, gradDivisor);
         var outputs = proto.Graph.Output.Where(o => o.Name == Loss).ToList();
         proto.Graph.Output.Clear();
         proto.Graph.Output.AddRange(outputs);
