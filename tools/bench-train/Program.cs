@@ -3,7 +3,7 @@
 //       [--steps 3] [--mode train|eval|train+eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
 //       [--graph-stats] [--ort-graph-stats] [--build-only] [--opt-basic | --graph-optimization-level all|extended|basic|none]
 //       [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
-//       [--gradient-checkpointing] [--loss-chunks N] [--cuda-graphs]
+//       [--gradient-checkpointing] [--loss-chunks N] [--cuda-graphs] [--use-dora]
 // --cuda-graphs: CUDA graphs (ORT enable_cuda_graph; every buffer at a fixed address, static shapes); on a CPU only the
 // fixed-address binding applies.
 // --ort-graph-stats: the nodes a step runs: the step graph after ORT's optimizations (basic and all, static shapes; all,
@@ -27,7 +27,7 @@ using var model = options.Model is { } path ? OnnxModel.Load(path) : LlamaGraph.
 int forwardNodes = model.Graph.Node.Count;
 long vocab = model.Graph.Output[0].Type.TensorType.Shape.Dim.Last().DimValue is > 0 and var v ? v : 1000;
 if (options.InitFrom is { } dir) LoraInjector.Inject(model, PeftAdapter.Load(dir));
-else LoraInjector.Inject(model, new LoraConfig { R = options.R, LoraAlpha = 2 * options.R, TargetModules = ["all-linear"] });
+else LoraInjector.Inject(model, new LoraConfig { R = options.R, LoraAlpha = 2 * options.R, TargetModules = ["all-linear"], UseDora = args.Contains("--use-dora") });
 Console.WriteLine($"model: {options.Model ?? options.Shape}, {forwardNodes} forward nodes, {model.Graph.Node.Count} with LoRA ({clock.Elapsed.TotalSeconds:F1} s)");
 
 clock.Restart();
@@ -88,7 +88,7 @@ foreach (var trace in session.ProfileFiles) Console.WriteLine($"profile: {trace}
 if (args.Contains("--json"))
     Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
     {
-        ["engine"] = "ortlora" + (args.Contains("--gradient-checkpointing") ? "+checkpointing" : "") + (args.Contains("--cuda-graphs") ? "+cuda-graphs" : ""), ["shape"] = options.Shape, ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
+        ["engine"] = "ortlora" + (args.Contains("--use-dora") ? "+dora" : "") + (args.Contains("--gradient-checkpointing") ? "+checkpointing" : "") + (args.Contains("--cuda-graphs") ? "+cuda-graphs" : ""), ["shape"] = options.Shape, ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
         ["batch"] = options.Batch, ["seq"] = options.Seq, ["r"] = options.R, ["step_ms"] = Math.Round(median * 1000, 2),
         ["tokens_per_s"] = Math.Round(n / median), ["peak_working_set_mib"] = Math.Round(peakMiB), ["graph_nodes"] = stepNodes,
         ["trainable"] = trainable,

@@ -51,16 +51,22 @@ public static class Dora
         }
     }
 
-    /// <summary>m = ‖W‖ per output feature (B starts at zero), after checking the layer is supported.</summary>
-    public static float[] InitialMagnitude(OnnxModel model, GraphEditor g, LinearLayer layer, string path, LoraConfig config, int parts)
+    /// <summary>m = ‖W‖ per output feature (B starts at zero) and ‖W‖², after checking the layer is supported.</summary>
+    public static (float[] Magnitude, float[] WeightNormSquared) InitialMagnitude(OnnxModel model, GraphEditor g, LinearLayer layer, string path,
+        LoraConfig config, int parts)
     {
         RequireSupported(model, layer, path, config, parts);
         var weight = g.Initializer(layer.Weight) ?? throw new OrtLoraException($"{model.Source}: weight '{layer.Weight}' of '{path}' is missing");
-        return OutputNorms(model.ReadFloats(weight), layer.Layout, layer.In, layer.Out);
+        var squares = OutputSquares(model.ReadFloats(weight), layer.Layout, layer.In, layer.Out);
+        return (squares.Select(s => (float)Math.Sqrt(s)).ToArray(), squares.Select(s => (float)s).ToArray());
     }
 
     /// <summary>‖W[o, :]‖ for each output feature o of a weight stored [out, in] or [in, out], summed in double.</summary>
-    public static float[] OutputNorms(ReadOnlySpan<float> weight, WeightLayout layout, long inDim, long outDim)
+    public static float[] OutputNorms(ReadOnlySpan<float> weight, WeightLayout layout, long inDim, long outDim) =>
+        OutputSquares(weight, layout, inDim, outDim).Select(s => (float)Math.Sqrt(s)).ToArray();
+
+    /// <summary>‖W[o, :]‖² for each output feature o, in double.</summary>
+    public static double[] OutputSquares(ReadOnlySpan<float> weight, WeightLayout layout, long inDim, long outDim)
     {
         var sums = new double[outDim];
         for (long i = 0; i < inDim * outDim; i++)
@@ -68,7 +74,14 @@ public static class Dora
             long o = layout == WeightLayout.OutIn ? i / inDim : i % outDim;
             sums[o] += (double)weight[(int)i] * weight[(int)i];
         }
-        return sums.Select(s => (float)Math.Sqrt(s)).ToArray();
+        return sums;
+    }
+
+    /// <summary>‖W[o, :]‖² of a layer's frozen weight, which the graph's norm starts from.</summary>
+    public static float[] WeightNormSquared(OnnxModel model, GraphEditor g, LinearLayer layer)
+    {
+        var weight = g.Initializer(layer.Weight) ?? throw new OrtLoraException($"{model.Source}: weight '{layer.Weight}' is missing");
+        return OutputSquares(model.ReadFloats(weight), layer.Layout, layer.In, layer.Out).Select(v => (float)v).ToArray();
     }
 
     /// <summary>Scales each output feature of a merged weight V = W + scale·B·A to m ⊙ V / ‖V‖, in V's layout.</summary>
@@ -85,25 +98,38 @@ public static class Dora
     /// <summary>Adds DoRA's nodes to a layer's LoRA branch. <paramref name="baseOutput"/> is the layer's output in
     /// float32 (x·W, plus C for a Gemm with a bias), <paramref name="scaledLora"/> scale·(x·Aᵀ)·Bᵀ; returns what the branch
     /// adds to the layer's output, (s − 1)·x·W + s·scaled (PEFT takes the bias out of the base result first), and the
-    /// name of ‖V‖.</summary>
+    /// name of ‖V‖.
+    /// <para>‖V_o‖² is expanded as ‖W_o‖² + 2·scale·⟨W_o, (B·A)_o⟩ + scale²·‖(B·A)_o‖², with ⟨W_o, (B·A)_o⟩ = Σ_k B_ok·(W·Aᵀ)_ok
+    /// and ‖(B·A)_o‖² = Σ_k B_ok·(B·A·Aᵀ)_ok: every intermediate is [out, r] or [r, r], where forming V would make
+    /// weight-sized tensors each step. ‖W_o‖² is <paramref name="weightNormSquared"/>, computed once at inject (W is
+    /// frozen).</para></summary>
     public static (string Added, string WeightNorm) Emit(GraphEditor g, LinearLayer layer, int opset, string a, string b, string scale,
-        string magnitude, string baseOutput, string scaledLora, AddNode node)
+        string magnitude, string weightNormSquared, string baseOutput, string scaledLora, AddNode node)
     {
-        var weightType = g.Initializer(layer.Weight)!.DataType;
-        var w = weightType == (int)DT.Float ? layer.Weight : node("Cast", "Cast_W", [layer.Weight], ("to", (int)DT.Float));
-        // B·A in W's own layout: [out, in] = B·A, [in, out] = Aᵀ·Bᵀ; the norm then runs along the input axis.
-        bool outIn = layer.Layout == WeightLayout.OutIn;
-        var product = outIn ? node("MatMul", "B_A", [b, a])
-            : node("MatMul", "At_Bt", [node("Transpose", "A_T", [a], ("perm", new long[] { 1, 0 })), node("Transpose", "B_T", [b], ("perm", new long[] { 1, 0 }))]);
-        var v = node("Add", "V", [w, node("Mul", "delta", [product, scale])]);
-        long axis = outIn ? 1 : 0;
-        string norm;
-        if (opset >= 18)
+        // W as the layer reads it (through the export's Transpose or Cast, if any): reading the initializer itself would
+        // keep SharedInitializers from storing a Transpose-only weight transposed. Gemm with transB reads [out, in],
+        // everything else [in, out].
+        var read = layer.Node.Input[1];
+        bool outIn = layer.Node.OpType == "Gemm" && Attrs.Int(layer.Node, "transB", 0) != 0;
+        var readType = g.Initializer(read)?.DataType ?? layer.DataType;
+        var w = readType == (int)DT.Float ? read : node("Cast", "Cast_W", [read], ("to", (int)DT.Float));
+        var aT = node("Transpose", "A_T", [a], ("perm", new long[] { 1, 0 }));
+        // W·Aᵀ [out, r]: [out, in]·[in, r], or (A·W)ᵀ for W read [in, out].
+        var wa = outIn ? node("MatMul", "W_At", [w, aT])
+            : node("Transpose", "W_At", [node("MatMul", "A_W", [a, w])], ("perm", new long[] { 1, 0 }));
+        string RowSum(string name, string x)
         {
-            var axes = g.AddInitializer(Tensors.FromInt64(g.Unique($"{magnitude}.norm_axes"), [1], [axis]));
-            norm = node("ReduceL2", "norm", [v, axes], ("keepdims", 0L));
+            if (opset >= 13)
+            {
+                var axes = g.AddInitializer(Tensors.FromInt64(g.Unique($"{magnitude}.{name}_axes"), [1], [1]));
+                return node("ReduceSum", name, [x, axes], ("keepdims", 0L));
+            }
+            return node("ReduceSum", name, [x], ("axes", new long[] { 1 }), ("keepdims", 0L));
         }
-        else norm = node("ReduceL2", "norm", [v], ("axes", new[] { axis }), ("keepdims", 0L));
+        var cross = RowSum("cross", node("Mul", "B_W_At", [b, wa]));
+        var quadratic = RowSum("quadratic", node("Mul", "B_A_At_B", [node("MatMul", "B_A_At", [b, node("MatMul", "A_At", [a, aT])]), b]));
+        var inner = node("Add", "inner", [node("Add", "two_cross", [cross, cross]), node("Mul", "scaled_quadratic", [quadratic, scale])]);
+        var norm = node("Sqrt", "norm", [node("Add", "norm_squared", [weightNormSquared, node("Mul", "scaled_inner", [inner, scale])])]);
         var s = node("Div", "mag_norm_scale", [magnitude, norm]);
         if (GemmBias(layer) is { } bias)
         {

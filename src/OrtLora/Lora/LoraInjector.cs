@@ -11,8 +11,8 @@ public static class LoraInjector
 {
     /// <summary>One adapter to add: A and B values and, for one part of a fused layer, which output columns it covers.</summary>
     sealed record PartPlan(string KeyA, float[] A, string KeyB, float[] B, long Size, LoraPart? Part);
-    /// <param name="Magnitude">DoRA's m [out], null for plain LoRA</param>
-    sealed record Plan(LinearLayer Layer, string PeftPath, int R, double Scale, List<PartPlan> Parts, float[]? Magnitude = null);
+    /// <param name="Dora">DoRA's m [out] and ‖W‖² per output feature, null for plain LoRA</param>
+    sealed record Plan(LinearLayer Layer, string PeftPath, int R, double Scale, List<PartPlan> Parts, (float[] Magnitude, float[] WeightNormSquared)? Dora = null);
 
     /// <summary>Injects fresh adapters chosen by <paramref name="config"/> (A random, B zero: outputs unchanged).</summary>
     public static LoraModel Inject(OnnxModel model, LoraConfig config) => Apply(model, config, peft: null);
@@ -85,7 +85,7 @@ public static class LoraInjector
                     ModuleNames.LoraBKey(path, suffix), new float[sizes[i] * r], sizes[i], part));
                 offset += sizes[i];
             }
-            plans.Add(new Plan(layer, path, r, config.ScaleFor(path, r), partPlans, config.UseDora ? Dora.InitialMagnitude(model, g, layer, path, config, partPlans.Count) : null));
+            plans.Add(new Plan(layer, path, r, config.ScaleFor(path, r), partPlans, config.UseDora ? Lora.Dora.InitialMagnitude(model, g, layer, path, config, partPlans.Count) : null));
         }
         if (plans.Count == 0)
             throw new OrtLoraException($"{model.Source}: no linear layer matches target_modules [{string.Join(", ", config.TargetModules)}]" +
@@ -138,9 +138,11 @@ public static class LoraInjector
             CheckShape(adapter, model, m.KeyB, m.B.Shape, [layer.Out, m.A.Shape[0]]);
             int r = (int)m.A.Shape[0];
             var path = ModuleNames.Strip(layer.Module, prefix);
-            if (m.M is not null) Dora.RequireSupported(model, layer, path, adapter.Config, parts: 1);
+            if (m.M is not null) Lora.Dora.RequireSupported(model, layer, path, adapter.Config, parts: 1);
+            var g = new GraphEditor(model.Graph);
             plans.Add(new Plan(layer, path, r, adapter.Config.ScaleFor(m.Path, r),
-                [new PartPlan(m.KeyA, m.A.AsFloats(), m.KeyB, m.B.AsFloats(), layer.Out, null)], m.M?.AsFloats()));
+                [new PartPlan(m.KeyA, m.A.AsFloats(), m.KeyB, m.B.AsFloats(), layer.Out, null)],
+                m.M is null ? null : (m.M.AsFloats(), Lora.Dora.WeightNormSquared(model, g, layer))));
         }
         return plans.OrderBy(p => layers.IndexOf(p.Layer)).ToList();
     }
@@ -190,11 +192,12 @@ public static class LoraInjector
         var baseOutput = g.Unique(output + "_base");
         layer.Node.Output[0] = baseOutput;
         string? magnitude = null, weightNorm = null;
-        if (p.Magnitude is { } m)
+        if (p.Dora is var (m, squares))
         {
             magnitude = ModuleNames.MagnitudeKey(p.PeftPath);
             g.AddInitializer(Tensors.FromFloats(magnitude, [layer.Out], m));
-            (scaled, weightNorm) = Dora.Emit(g, layer, opset, p.Parts[0].KeyA, p.Parts[0].KeyB, scaleName, magnitude,
+            var squaresName = g.AddInitializer(Tensors.FromFloats(g.Unique(magnitude + ".weight_norm_squared"), [layer.Out], squares));
+            (scaled, weightNorm) = Dora.Emit(g, layer, opset, p.Parts[0].KeyA, p.Parts[0].KeyB, scaleName, magnitude, squaresName,
                 isFloat ? baseOutput : Node("Cast", "dora/Cast_base", [baseOutput], ("to", (int)DT.Float)), scaled,
                 (op, name, inputs, attrs) => Node(op, "dora/" + name, inputs, attrs));
         }

@@ -20,7 +20,7 @@ public static class LoraMerger
             var baseNode = g.Producer(first.BaseOutput)
                 ?? throw new OrtLoraException($"{model.Source}: the base layer of adapter '{first.LoraA}' (output '{first.BaseOutput}') is missing");
             var adapter = LayerAdapter.Read(model, group);
-            var weight = WeightFor(model, g, baseNode, first);
+            var weight = WeightFor(model, g, baseNode, first, lora.Adapters.SelectMany(a => a.Nodes).ToHashSet());
             int dataType = weight.DataType;
             double factor = 1.0 / first.GemmAlpha; // Gemm computes alpha·x·W: fold delta / alpha into W
             var layout = first.Layout;
@@ -78,8 +78,10 @@ public static class LoraMerger
 
     /// <summary>The base weight initializer, checked against the metadata. A weight that other nodes read too (a tied
     /// LM head and embedding) gets its own copy for this layer, so merging changes only the adapted layer.</summary>
-    static TensorProto WeightFor(OnnxModel model, GraphEditor g, NodeProto baseNode, LoraAdapter first)
+    /// <param name="loraNodes">the nodes merge removes (DoRA's norm reads the weight as the layer does)</param>
+    static TensorProto WeightFor(OnnxModel model, GraphEditor g, NodeProto baseNode, LoraAdapter first, HashSet<string> loraNodes)
     {
+        int Readers(string value) => g.Consumers(value).Count(n => !loraNodes.Contains(n.Name));
         var weight = g.Initializer(first.BaseWeight)
             ?? throw new OrtLoraException($"{model.Source}: base weight '{first.BaseWeight}' of adapter '{first.LoraA}' is missing");
         long[] expected = first.Layout == WeightLayout.InOut ? [first.In, first.Out] : [first.Out, first.In];
@@ -92,12 +94,12 @@ public static class LoraMerger
         bool sharedPath = false;
         while (value != weight.Name)
         {
-            sharedPath |= g.Consumers(value).Count > 1;
+            sharedPath |= Readers(value) > 1;
             reader = g.Producer(value) is { OpType: "Identity" or "Transpose" or "Cast" } p ? p
                 : throw new OrtLoraException($"{model.Source}: layer '{baseNode.Name}' no longer reads base weight '{weight.Name}'");
             value = reader.Input[0];
         }
-        if (g.Consumers(weight.Name).Count == 1 && !sharedPath) return weight;
+        if (Readers(weight.Name) == 1 && !sharedPath) return weight;
         if (sharedPath)
             throw new OrtLoraException($"{model.Source}: base weight '{weight.Name}' of '{first.Module}' reaches other layers through the same nodes; cannot merge into it alone");
         var copy = weight.Clone();
