@@ -27,7 +27,7 @@ public class UnseenArchitectureTests
         Enumerable.Range(0, Batch).SelectMany(b => Enumerable.Range(0, pastLength + Seq).Select(t => b == 1 && t < 2 ? 0L : 1L)).ToArray();
 
     /// <summary>Inference feeds; a cached model gets a non-empty past (random keys and values).</summary>
-    static Dictionary<string, HostTensor> Feeds(Architecture arch)
+    public static Dictionary<string, HostTensor> Feeds(Architecture arch)
     {
         int past = arch.Past ? Past : 0;
         var feeds = new Dictionary<string, HostTensor>
@@ -53,7 +53,7 @@ public class UnseenArchitectureTests
 
     static float[] Logits(OnnxModel model, Architecture arch) => OrtRun.Run(model, Feeds(arch), ["logits"])["logits"].Floats;
 
-    static Training.Engine.Batch TrainBatch()
+    public static Training.Engine.Batch TrainBatch()
     {
         var ids = Tokens(Batch * Seq, 2);
         var mask = AttentionMask(0);
