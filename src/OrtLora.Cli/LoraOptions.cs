@@ -24,14 +24,18 @@ public sealed class LoraOptions
     public Option<double> Dropout { get; } = new("--lora-dropout") { Description = "dropout on the LoRA input during training" };
     public Option<bool> Rslora { get; } = new("--use-rslora") { Description = "scale by lora_alpha / sqrt(r)" };
     public Option<bool> UseDora { get; } = new("--use-dora") { Description = "DoRA: a trainable magnitude per output feature times the normalized W + scale·B·A" };
-    public Option<string> Init { get; } = new("--init") { Description = "initialization of A (B starts at zero)", DefaultValueFactory = _ => "kaiming" };
+    public Option<string> Init { get; } = new("--init-lora-weights", "--init")
+    {
+        Description = "initialization of A, B starting at zero (PEFT's init_lora_weights): true/kaiming (Kaiming-uniform) or gaussian",
+        DefaultValueFactory = _ => "kaiming",
+    };
     public Option<int> Seed { get; } = new("--seed") { Description = "random seed", DefaultValueFactory = _ => 42 };
     public Option<string?> InitFrom { get; } = new("--init-from") { Description = "PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to inject exactly" };
 
     public LoraOptions()
     {
         Variant.AcceptOnlyFromAmong("performant", "canonical");
-        Init.AcceptOnlyFromAmong("kaiming", "gaussian");
+        Init.AcceptOnlyFromAmong("kaiming", "true", "gaussian");
     }
 
     public void AddTo(Command command)
@@ -45,7 +49,7 @@ public sealed class LoraOptions
         {
             R = parse.GetValue(R), LoraAlpha = parse.GetValue(Alpha), TargetModules = ParseTargets(parse.GetValue(Targets)!),
             Variant = parse.GetValue(Variant)!, LoraDropout = parse.GetValue(Dropout), UseRslora = parse.GetValue(Rslora), UseDora = parse.GetValue(UseDora),
-            Init = parse.GetValue(Init)!, Seed = parse.GetValue(Seed), ExcludeModules = ParseTargets(parse.GetValue(Exclude)!),
+            Init = parse.GetValue(Init) is "true" ? "kaiming" : parse.GetValue(Init)!, Seed = parse.GetValue(Seed), ExcludeModules = ParseTargets(parse.GetValue(Exclude)!),
             LayersToTransform = ParseLayers(parse.GetValue(Layers)!),
             LayersPattern = parse.GetValue(LayersPattern)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),
         };

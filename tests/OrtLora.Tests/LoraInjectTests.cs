@@ -73,7 +73,7 @@ public class LoraInjectTests
     {
         var output = Path.Combine(Shared.TempDir(), "injected.onnx");
         OrtloraOk("inject", Shared.Peft("llama", "model.torchscript.onnx"), "-o", output, "--r", "16", "--lora-alpha", "8",
-            "--use-rslora", "--target-modules", @".*\.mlp\.(gate|up)_proj", "--init", "gaussian", "--seed", "3", "--lora-dropout", "0.1");
+            "--use-rslora", "--target-modules", @".*\.mlp\.(gate|up)_proj", "--init-lora-weights", "gaussian", "--seed", "3", "--lora-dropout", "0.1");
         using var model = OnnxModel.Load(output);
         var lora = LoraModel.Read(model)!;
         Assert.That(lora.Adapters.Select(a => a.Module), Is.EquivalentTo(new[]
@@ -85,6 +85,7 @@ public class LoraInjectTests
         var A = model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == lora.Adapters[0].LoraA));
         double std = Math.Sqrt(A.Select(v => (double)v * v).Average());
         Assert.That(std, Is.EqualTo(1.0 / 16).Within(10).Percent, "PEFT's gaussian init: N(0, 1/r)");
+        Assert.That(lora.Config.ToPeftJson()["init_lora_weights"]!.GetValue<string>(), Is.EqualTo("gaussian"), "as PEFT records it");
     }
 
     [Test]
