@@ -2,15 +2,16 @@
 # The speed race of issue 6, on the GPU machine: PEFT and ortlora on the same model, settings and GPU, in one run.
 #   bash tools/gpu-race/race.sh SHAPE [DTYPE ...]       SHAPE: smollm2-135m | tinyllama-1.1b; DTYPE: bf16 fp32 (default both)
 # Environment: BATCH (8), SEQ (512), STEPS (10), APP (/tmp/gpu/app: a published bench-train, see README.md here),
-# VARIANTS ("stored checkpointing graphs checkpointing-graphs": ortlora keeping all activations, with
-# --gradient-checkpointing, with --cuda-graphs, with both). A variant that fails is reported and the race goes on.
+# VARIANTS ("stored graphs checkpointing-graphs": ortlora keeping all activations, with --cuda-graphs, with both
+# --gradient-checkpointing and --cuda-graphs; "checkpointing" is the fourth). A variant that fails is reported and the
+# race goes on.
 # Appends one JSON line per measurement to /tmp/race/results.jsonl and prints the side-by-side table.
 set -euo pipefail
 shape=$1; shift
 dtypes=${*:-bf16 fp32}
 here=$(cd "$(dirname "$0")" && pwd)
 out=/tmp/race; mkdir -p "$out"
-batch=${BATCH:-8}; seq=${SEQ:-512}; steps=${STEPS:-10}; app=${APP:-/tmp/gpu/app}; variants=${VARIANTS:-stored checkpointing graphs checkpointing-graphs}
+batch=${BATCH:-8}; seq=${SEQ:-512}; steps=${STEPS:-10}; app=${APP:-/tmp/gpu/app}; variants=${VARIANTS:-stored graphs checkpointing-graphs}
 venv=/opt/torch/.venv/lib/python3.12/site-packages
 export DOTNET_ROOT=/tmp/gpu/dotnet PATH=/tmp/gpu/dotnet:$PATH
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/lib64:$venv/nvidia/cu13/lib ORT_REAL_CORE=$venv/onnxruntime/capi/libonnxruntime.so.1.30.0
