@@ -19,7 +19,7 @@ case_() { # name command...
   local rc=$?
   local verdict=$([ $rc -eq 0 ] && echo ok || { [ $rc -ge 128 ] && echo "CRASH (signal $((rc - 128)))" || echo "failed (rc $rc)"; })
   summary+=("$name: $verdict")
-  echo "== $name: $verdict"; grep -E "│ (loss|grad|AdamW|20-step)|eval loss|error" "$out/$name.log" | head -6
+  echo "== $name: $verdict"; grep -E "│ (loss|grad|AdamW|20-step)|eval_loss|error" "$out/$name.log" | head -6
 }
 for arch in llama gpt2; do
   for export in dynamo torchscript; do
