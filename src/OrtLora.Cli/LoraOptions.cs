@@ -26,7 +26,7 @@ public sealed class LoraOptions
     public Option<bool> UseDora { get; } = new("--use-dora") { Description = "DoRA: a trainable magnitude per output feature times the normalized W + scale·B·A" };
     public Option<string> Init { get; } = new("--init-lora-weights", "--init")
     {
-        Description = "initialization of A, B starting at zero (PEFT's init_lora_weights): true/kaiming (Kaiming-uniform) or gaussian",
+        Description = "PEFT's init_lora_weights: true/kaiming (Kaiming-uniform A, B zero), gaussian, or pissa_niter_K (A, B from W's top singular vectors, W keeps the residual)",
         DefaultValueFactory = _ => "kaiming",
     };
     public Option<int> Seed { get; } = new("--seed") { Description = "random seed", DefaultValueFactory = _ => 42 };
@@ -35,7 +35,7 @@ public sealed class LoraOptions
     public LoraOptions()
     {
         Variant.AcceptOnlyFromAmong("performant", "canonical");
-        Init.AcceptOnlyFromAmong("kaiming", "true", "gaussian");
+
     }
 
     public void AddTo(Command command)

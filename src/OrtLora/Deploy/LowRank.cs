@@ -60,7 +60,7 @@ public static class LowRank
 
     /// <summary>Thin QR of x [m, n] (row-major) by modified Gram-Schmidt with a second orthogonalisation pass.
     /// A column that is (numerically) in the span of the previous ones gets a zero Q column.</summary>
-    static (double[] Q, double[] R) Qr(double[] x, int m, int n)
+    internal static (double[] Q, double[] R) Qr(double[] x, int m, int n)
     {
         var q = new double[m * n];
         var r = new double[n * n];
@@ -87,7 +87,7 @@ public static class LowRank
 
     /// <summary>One-sided Jacobi SVD of the square matrix m [n, n]: returns U·S (columns scaled by the singular
     /// values), V, and the column order by descending singular value.</summary>
-    static (double[] US, double[] V, int[] Order) JacobiSvd(double[] m, int n)
+    internal static (double[] US, double[] V, int[] Order) JacobiSvd(double[] m, int n)
     {
         var w = (double[])m.Clone();
         var v = new double[n * n];

@@ -12,10 +12,25 @@ public static class AdapterExporter
         var lora = LoraModel.Read(model) ?? throw new OrtLoraException($"{model.Source}: the model has no LoRA adapters to export (no '{LoraModel.MetadataKey}' metadata)");
         var config = Clone(lora.Config);
         var tensors = new Dictionary<string, SafeTensor>();
+        bool pissa = lora.Adapters.Any(a => a.InitialA is not null);
+        if (pissa)
+        {
+            // PEFT's conversion of a PiSSA adapter for the original weight: ΔW = scale·(B·A − B₀·A₀) is a rank-2r LoRA
+            // with A' = [A; A₀] and B' = [B, −B₀], at the same scale.
+            config.R *= 2;
+            config.LoraAlpha *= config.UseRslora ? Math.Sqrt(2) : 2;
+            config.Init = "kaiming";
+        }
         foreach (var group in lora.ByLayer())
         {
             var layer = LayerAdapter.Read(model, group);
-            if (layer.IsCanonical)
+            if (group[0].InitialA is { } initialA)
+            {
+                layer = RelativeToOriginal(model, layer, initialA, group[0].InitialB!);
+                tensors[group[0].LoraA] = SafeTensor.FromFloats([layer.R, layer.In], layer.A);
+                tensors[group[0].LoraB] = SafeTensor.FromFloats([layer.Out, layer.R], layer.B);
+            }
+            else if (layer.IsCanonical)
             {
                 // One adapter per part of a fused layer is, exactly, one PEFT adapter of rank parts·r on the fused module.
                 tensors[ModuleNames.LoraAKey(layer.Module)] = SafeTensor.FromFloats([layer.R, layer.In], layer.A);
@@ -40,6 +55,21 @@ public static class AdapterExporter
         if (config.RankFor(layer.Module) != layer.R) config.RankPattern[layer.Module] = layer.R;
         if (Math.Abs(config.ScaleFor(layer.Module, layer.R) - layer.Scale) > 1e-9 * Math.Abs(layer.Scale))
             config.AlphaPattern[layer.Module] = config.UseRslora ? layer.Scale * Math.Sqrt(layer.R) : layer.Scale * layer.R;
+    }
+
+    static LayerAdapter RelativeToOriginal(OnnxModel model, LayerAdapter layer, string initialA, string initialB)
+    {
+        float[] Read(string name) => model.ReadFloats(model.Graph.Initializer.First(i => i.Name == name));
+        var (a0, b0) = (Read(initialA), Read(initialB));
+        int r = layer.R;
+        var b = new float[layer.Out * 2 * r];
+        for (long o = 0; o < layer.Out; o++)
+            for (int k = 0; k < r; k++)
+            {
+                b[o * 2 * r + k] = layer.B[o * r + k];
+                b[o * 2 * r + r + k] = -b0[o * r + k];
+            }
+        return layer with { R = 2 * r, A = [.. layer.A, .. a0], B = b };
     }
 
     static SafeTensor Raw(OnnxModel model, string name)

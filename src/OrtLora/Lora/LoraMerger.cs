@@ -30,6 +30,7 @@ public static class LoraMerger
             {
                 removedNodes.UnionWith(e.Nodes);
                 removedInitializers.UnionWith([e.LoraA, e.LoraB, e.ScaleName]);
+                if (e.InitialA is { } a0) removedInitializers.UnionWith([a0, e.InitialB!]);
                 if (e.Magnitude is { } m) removedInitializers.UnionWith(model.Graph.Initializer.Select(t => t.Name).Where(n => n.StartsWith(m, StringComparison.Ordinal)));
             }
         }
@@ -48,7 +49,7 @@ public static class LoraMerger
     /// fp16/bf16 go through float32 and are rounded once, back to their own type; double stays double.</summary>
     const int LargeTensorBytes = 16 << 20;
 
-    static byte[] AddDelta(byte[] bytes, int dataType, LayerAdapter adapter, WeightLayout layout, double factor)
+    internal static byte[] AddDelta(byte[] bytes, int dataType, LayerAdapter adapter, WeightLayout layout, double factor)
     {
         // Save reads, merges and writes one weight at a time; the previous one is garbage by now. Collecting it here
         // keeps peak memory near the largest tensor instead of letting the GC's budget grow to many of them.
