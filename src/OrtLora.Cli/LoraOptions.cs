@@ -26,7 +26,7 @@ public sealed class LoraOptions
     public Option<bool> UseDora { get; } = new("--use-dora") { Description = "DoRA: a trainable magnitude per output feature times the normalized W + scale·B·A" };
     public Option<string> Init { get; } = new("--init-lora-weights", "--init")
     {
-        Description = "PEFT's init_lora_weights: true/kaiming (Kaiming-uniform A, B zero), gaussian, or pissa_niter_K (A, B from W's top singular vectors, W keeps the residual)",
+        Description = "PEFT's init_lora_weights: true/kaiming (Kaiming-uniform A, B zero), gaussian, pissa_niter_K (A, B from W's top singular vectors) or olora (from W's QR); with the last two W keeps the residual",
         DefaultValueFactory = _ => "kaiming",
     };
     public Option<int> Seed { get; } = new("--seed") { Description = "random seed", DefaultValueFactory = _ => 42 };

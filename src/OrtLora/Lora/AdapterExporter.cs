@@ -15,7 +15,7 @@ public static class AdapterExporter
         bool pissa = lora.Adapters.Any(a => a.InitialA is not null);
         if (pissa)
         {
-            // PEFT's conversion of a PiSSA adapter for the original weight: ΔW = scale·(B·A − B₀·A₀) is a rank-2r LoRA
+            // PEFT's conversion of a PiSSA or OLoRA adapter for the original weight: ΔW = scale·(B·A − B₀·A₀) is a rank-2r LoRA
             // with A' = [A; A₀] and B' = [B, −B₀], at the same scale.
             config.R *= 2;
             config.LoraAlpha *= config.UseRslora ? Math.Sqrt(2) : 2;

@@ -12,9 +12,9 @@ public static class LoraInjector
     /// <summary>One adapter to add: A and B values and, for one part of a fused layer, which output columns it covers.</summary>
     sealed record PartPlan(string KeyA, float[] A, string KeyB, float[] B, long Size, LoraPart? Part);
     /// <param name="Dora">DoRA's m [out] and ‖W‖² per output feature, null for plain LoRA</param>
-    /// <param name="Pissa">A and B are W's principal part: the weight becomes the residual and the initial A, B are kept</param>
+    /// <param name="Residual">A and B come from W (PiSSA, OLoRA): the weight becomes the residual and the initial A, B are kept</param>
     sealed record Plan(LinearLayer Layer, string PeftPath, int R, double Scale, List<PartPlan> Parts,
-        (float[] Magnitude, float[] WeightNormSquared)? Dora = null, bool Pissa = false);
+        (float[] Magnitude, float[] WeightNormSquared)? Dora = null, bool Residual = false);
 
     /// <summary>Injects fresh adapters chosen by <paramref name="config"/> (A random, B zero: outputs unchanged).</summary>
     public static LoraModel Inject(OnnxModel model, LoraConfig config) => Apply(model, config, peft: null);
@@ -50,8 +50,8 @@ public static class LoraInjector
         }
         model.Graph.Node.Clear();
         model.Graph.Node.AddRange(ordered);
-        // PiSSA: the base weight becomes W − scale·B·A (written when the model is saved or read, in W's layout and type).
-        foreach (var p in plans.Where(p => p.Pissa))
+        // PiSSA, OLoRA: the base weight becomes W − scale·B·A (written when the model is saved or read, in W's layout and type).
+        foreach (var p in plans.Where(p => p.Residual))
         {
             var weight = g.Initializer(p.Layer.Weight)!;
             var principal = new LayerAdapter(p.PeftPath, p.R, p.Layer.In, p.Layer.Out, p.Scale, p.Parts[0].A, p.Parts[0].B, []);
@@ -96,14 +96,14 @@ public static class LoraInjector
                     ModuleNames.LoraBKey(path, suffix), new float[sizes[i] * r], sizes[i], part));
                 offset += sizes[i];
             }
-            bool pissa = Lora.Pissa.Iterations(config.Init) is not null;
-            if (pissa)
+            bool residual = ResidualInit.Applies(config.Init);
+            if (residual)
             {
-                var (a, b) = Lora.Pissa.ForLayer(model, g, layer, path, config, r, config.ScaleFor(path, r), partPlans.Count, rng);
+                var (a, b) = ResidualInit.ForLayer(model, g, layer, path, config, r, config.ScaleFor(path, r), partPlans.Count, rng);
                 partPlans[0] = partPlans[0] with { A = a, B = b };
             }
             plans.Add(new Plan(layer, path, r, config.ScaleFor(path, r), partPlans,
-                config.UseDora ? Lora.Dora.InitialMagnitude(model, g, layer, path, config, partPlans.Count) : null, pissa));
+                config.UseDora ? Lora.Dora.InitialMagnitude(model, g, layer, path, config, partPlans.Count) : null, residual));
         }
         if (plans.Count == 0)
             throw new OrtLoraException($"{model.Source}: no linear layer matches target_modules [{string.Join(", ", config.TargetModules)}]" +
@@ -127,14 +127,14 @@ public static class LoraInjector
                 a[i] = (float)(std * Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
             }
         }
-        else if (init == "kaiming" || Lora.Pissa.Iterations(init) is not null) // PiSSA replaces A afterwards
+        else if (init == "kaiming" || ResidualInit.Applies(init)) // PiSSA and OLoRA replace A afterwards
         {
             double bound = 1.0 / Math.Sqrt(inDim);
             for (int i = 0; i < a.Length; i++) a[i] = (float)((rng.NextDouble() * 2 - 1) * bound);
         }
         else if (init == "pissa")
             throw new OrtLoraException("init_lora_weights pissa (a full SVD of every weight) is not implemented; use pissa_niter_K, PEFT's fast variant (e.g. pissa_niter_16)");
-        else throw new OrtLoraException($"unknown init '{init}' (use kaiming, gaussian or pissa_niter_K)");
+        else throw new OrtLoraException($"unknown init '{init}' (use kaiming, gaussian, pissa_niter_K or olora)");
         return a;
     }
 
@@ -212,7 +212,7 @@ public static class LoraInjector
         var baseOutput = g.Unique(output + "_base");
         layer.Node.Output[0] = baseOutput;
         string? magnitude = null, weightNorm = null, initialA = null, initialB = null;
-        if (p.Pissa)
+        if (p.Residual)
         {
             // The initial factors, for exporting to PEFT relative to the original weight (PEFT's pissa conversion).
             initialA = g.AddInitializer(Tensors.FromFloats(g.Unique(p.Parts[0].KeyA + ".pissa_init"), [p.R, layer.In], p.Parts[0].A));

@@ -41,7 +41,7 @@ public sealed record LoraAdapter
     /// feature, which training treats as a constant (DoRA §4.3, as PEFT detaches it).</summary>
     public string? Magnitude { get; init; }
     public string? WeightNorm { get; init; }
-    /// <summary>PiSSA: the initial A and B (the base weight holds W − scale·B₀·A₀); export turns the adapter into a LoRA
+    /// <summary>PiSSA and OLoRA: the initial A and B (the base weight holds W − scale·B₀·A₀); export turns the adapter into a LoRA
     /// relative to the original W.</summary>
     public string? InitialA { get; init; }
     public string? InitialB { get; init; }

@@ -4,14 +4,14 @@ using static OrtLora.Tests.LoraTestKit;
 
 namespace OrtLora.Tests;
 
-/// <summary>PiSSA (--init-lora-weights pissa_niter_K): A and B start as W's principal part and W keeps the residual.</summary>
-public class PissaTests
+/// <summary>PiSSA (--init-lora-weights pissa_niter_K) and OLoRA (olora): A and B start from W, which keeps the residual.</summary>
+public class ResidualInitTests
 {
-    static string Injected(string arch, string file, params string[] extra)
+    static string Injected(string arch, string file, string init = "pissa_niter_8")
     {
-        var output = Path.Combine(Shared.TempDir(), "pissa.onnx");
-        OrtloraOk(["inject", Shared.Peft(arch, file), "-o", output, "--init-lora-weights", "pissa_niter_8", "--target-modules", "all-linear",
-            "--r", "4", "--lora-alpha", "8", .. extra]);
+        var output = Path.Combine(Shared.TempDir(), "residual.onnx");
+        OrtloraOk(["inject", Shared.Peft(arch, file), "-o", output, "--init-lora-weights", init, "--target-modules", "all-linear",
+            "--r", "4", "--lora-alpha", "8"]);
         return output;
     }
 
@@ -105,7 +105,7 @@ public class PissaTests
                 lowRank[i * cols + j] = Enumerable.Range(0, r).Sum(k => u[i * r + k] * sigma[k] * v[j * r + k]);
         var w = lowRank.Select(x => x + 1e-4 * (rng.NextDouble() - 0.5)).ToArray();
         const double scale = 2;
-        var (a, b) = Pissa.Factor(w, rows, cols, r, scale, iterations: 4, new Random(7));
+        var (a, b) = ResidualInit.Pissa(w, rows, cols, r, scale, iterations: 4, new Random(7));
         for (int k = 0; k < r; k++)
         {
             double bb = Enumerable.Range(0, rows).Sum(i => (double)b[i * r + k] * b[i * r + k]);
@@ -117,13 +117,15 @@ public class PissaTests
     }
 
     /// <summary>After training moves A and B, export gives PEFT's converted adapter (rank 2r, A' = [A; A₀],
-    /// B' = [B, −B₀]): injected into the original model it reproduces the PiSSA model, as the merge does.</summary>
-    [TestCase("llama", "model.dynamo.onnx")]
-    [TestCase("gpt2", "model.torchscript.onnx")]
-    public void ExportIsALoraForTheOriginalWeights(string arch, string file)
+    /// B' = [B, −B₀]): injected into the original model it reproduces the PiSSA or OLoRA model, as the merge does.</summary>
+    [TestCase("llama", "model.dynamo.onnx", "pissa_niter_8")]
+    [TestCase("gpt2", "model.torchscript.onnx", "pissa_niter_8")]
+    [TestCase("llama", "model.torchscript.onnx", "olora")]
+    [TestCase("gpt2", "model.dynamo.onnx", "olora")]
+    public void ExportIsALoraForTheOriginalWeights(string arch, string file, string init)
     {
         var reference = Reference(arch);
-        var path = Injected(arch, file);
+        var path = Injected(arch, file, init);
         using (var model = OnnxModel.Load(path))
         {
             var rng = new Random(3);
@@ -149,6 +151,36 @@ public class PissaTests
         Assert.That(mergedModel.Graph.Initializer.Select(t => t.Name), Has.None.Contains("pissa"));
     }
 
+    /// <summary>OLoRA: B = Q_r has orthonormal columns, A = R_r = Q_rᵀ·W is upper triangular in its first r columns
+    /// (W [out, in]), W's first r columns are B·A's exactly, and the injected model computes the original.</summary>
+    [TestCaseSource(typeof(LoraTestKit), nameof(Models))]
+    public void OloraStartsFromTheQrOfW(string arch, string file)
+    {
+        var reference = Reference(arch);
+        var path = Injected(arch, file, "olora");
+        Assert.That(Shared.MaxAbsDiff(Logits(path, reference), reference["logits_base"].AsFloats()), Is.LessThan(2e-5f));
+        using var original = OnnxModel.Load(Shared.Peft(arch, file));
+        using var model = OnnxModel.Load(path);
+        foreach (var adapter in LoraModel.Read(model)!.Adapters.Take(3))
+        {
+            var a = model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == adapter.LoraA));
+            var b = model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == adapter.LoraB));
+            int r = adapter.R, inDim = (int)adapter.In, outDim = (int)adapter.Out;
+            for (int i = 0; i < r; i++)
+                for (int j = 0; j <= i; j++)
+                    Assert.That(Enumerable.Range(0, outDim).Sum(o => (double)b[o * r + i] * b[o * r + j]), Is.EqualTo(i == j ? 1 : 0).Within(1e-5), "QᵀQ = I");
+            for (int c = 0; c < r; c++)
+                for (int i = 0; i < c; i++) Assert.That(a[c * inDim + i], Is.EqualTo(0).Within(1e-5), "R is upper triangular");
+            var w = original.ReadFloats(original.Graph.Initializer.Single(t => t.Name == adapter.BaseWeight));
+            for (int o = 0; o < outDim; o++)
+                for (int i = 0; i < r; i++)
+                {
+                    double wOi = adapter.Layout == WeightLayout.OutIn ? w[o * inDim + i] : w[i * outDim + o];
+                    Assert.That(Enumerable.Range(0, r).Sum(k => (double)b[o * r + k] * a[k * inDim + i]), Is.EqualTo(wOi).Within(1e-5), "Q_r·R_r spans W's first r columns");
+                }
+        }
+    }
+
     [Test]
     public void WhatPissaDoesNotCoverIsOneErrorEach()
     {
@@ -156,9 +188,9 @@ public class PissaTests
         (string, string)[] cases =
         [
             ("--init-lora-weights pissa", "pissa_niter_K"),
-            ("--init-lora-weights pissa_niter_4 --use-dora", "PiSSA with DoRA"),
+            ("--init-lora-weights pissa_niter_4 --use-dora", "pissa_niter_4 on 'transformer.h.0.attn.c_attn': with DoRA it is not supported"),
             ("--init-lora-weights pissa_niter_4 --variant canonical", "--variant performant"),
-            ("--init-lora-weights olora", "unknown init 'olora'"),
+            ("--init-lora-weights loftq", "unknown init 'loftq'"),
         ];
         foreach (var (options, message) in cases)
         {
