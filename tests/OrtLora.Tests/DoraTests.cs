@@ -200,17 +200,25 @@ public class DoraTests
         }
         var adapterFile = Path.Combine(dir, "dora.onnx_adapter");
         OrtloraOk("export-adapter", trained, "--format", "onnx-adapter", "-o", adapterFile);
+        // The same adapter through PEFT's format: export-adapter, then adapters convert.
+        var peftDir = Path.Combine(dir, "peft");
+        OrtloraOk("export-adapter", trained, "-o", peftDir);
+        var converted = Path.Combine(dir, "converted.onnx_adapter");
+        OrtloraOk("adapters", "convert", peftDir, "-o", converted);
         using var options = OrtRun.DefaultOptions();
         using var session = new Microsoft.ML.OnnxRuntime.InferenceSession(baseModel, options);
-        using var adapter = Microsoft.ML.OnnxRuntime.OrtLoraAdapter.Create(adapterFile, null);
-        var inputs = Shared.Feeds(reference).ToDictionary(f => f.Key, f => f.Value.ToOrtValue());
-        using var run = new Microsoft.ML.OnnxRuntime.RunOptions();
-        run.AddActiveLoraAdapter(adapter);
-        using var outputs = session.Run(run, inputs, ["logits"]);
-        foreach (var v in inputs.Values) v.Dispose();
         var expected = Logits(trained, reference);
         Assert.That(Shared.MaxAbsDiff(expected, reference["logits_base"].AsFloats()), Is.GreaterThan(1e-2f));
-        Assert.That(Shared.MaxAbsDiff(outputs[0].GetTensorDataAsSpan<float>().ToArray(), expected), Is.LessThan(1e-5f));
+        foreach (var file in new[] { adapterFile, converted })
+        {
+            using var adapter = Microsoft.ML.OnnxRuntime.OrtLoraAdapter.Create(file, null);
+            var inputs = Shared.Feeds(reference).ToDictionary(f => f.Key, f => f.Value.ToOrtValue());
+            using var run = new Microsoft.ML.OnnxRuntime.RunOptions();
+            run.AddActiveLoraAdapter(adapter);
+            using var outputs = session.Run(run, inputs, ["logits"]);
+            foreach (var v in inputs.Values) v.Dispose();
+            Assert.That(Shared.MaxAbsDiff(outputs[0].GetTensorDataAsSpan<float>().ToArray(), expected), Is.LessThan(1e-5f), file);
+        }
     }
 
     /// <summary>With lora_dropout, PEFT's DoRA term reads the base layer on the dropped-out input; the training graph adds

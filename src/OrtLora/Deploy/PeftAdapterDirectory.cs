@@ -26,8 +26,8 @@ public sealed class PeftAdapterDirectory
             throw new OrtLoraException($"{dir}: not a PEFT adapter directory (needs adapter_config.json and adapter_model.safetensors)");
         var parsed = LoraConfig.FromPeftJson(configPath); // validates peft_type
         if (parsed.UseDora)
-            throw new OrtLoraException($"{configPath}: a DoRA adapter (use_dora); adapter arithmetic and conversion take plain LoRA adapters " +
-                "(for ONNX Runtime's runtime adapters, inject it with --init-from and use export-adapter --format onnx-adapter)");
+            throw new OrtLoraException($"{configPath}: a DoRA adapter (use_dora); adapter arithmetic takes plain LoRA adapters " +
+                "(a weighted sum of DoRA adapters is not a DoRA adapter of the summed update)");
         var config = JsonNode.Parse(File.ReadAllText(configPath))!.AsObject();
         if (config["alpha_pattern"] is JsonObject { Count: > 0 })
             throw new OrtLoraException($"{configPath}: alpha_pattern is not supported (per-module lora_alpha)");
