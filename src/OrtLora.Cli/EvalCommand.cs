@@ -15,8 +15,9 @@ public static class EvalCommand
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
         device.AcceptOnlyFromAmong("cpu", "cuda");
         var epLibrary = new Option<string?>("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
+        var adapter = new Option<string?>("--adapter") { Description = "PEFT adapter directory to evaluate on the model (injected in memory)" };
         var dataOptions = new DataCliOptions();
-        var cmd = new Command("eval", "Loss and perplexity of a model on Parquet data (scored tokens as in training)") { model, data, batch, device, epLibrary };
+        var cmd = new Command("eval", "Loss and perplexity of a model on Parquet data (scored tokens as in training)") { model, data, adapter, batch, device, epLibrary };
         foreach (var o in dataOptions.All) cmd.Options.Add(o);
         cmd.SetAction(CliRunner.Guard(parse =>
         {
@@ -24,7 +25,7 @@ public static class EvalCommand
             if (batchSize < 1) throw new OrtLoraException("--per-device-eval-batch-size must be at least 1");
             var options = dataOptions.Read(parse) with { BatchSize = batchSize, EvalBatchSize = batchSize };
             var result = Evaluator.Run(parse.GetValue(model)!, parse.GetValue(data)!, options, parse.GetValue(dataOptions.Tokenizer),
-                parse.GetValue(device)!, parse.GetValue(epLibrary));
+                parse.GetValue(device)!, parse.GetValue(epLibrary), parse.GetValue(adapter));
             Console.WriteLine($"eval_loss {result.Loss:F4}  perplexity {result.Perplexity:F2}  ({result.Tokens:N0} tokens scored in {result.Batches} batches; {result.DataSummary})");
         }));
         return cmd;

@@ -39,6 +39,13 @@ public class EvalCommandTests
         Assert.That(trained, Is.EqualTo(evals[1]).Within(1e-4));
         Assert.That(trained, Is.LessThan(evals[0] - 1));
         Assert.That(EvalLoss(merged, "--data", Tiny("demo_eval.parquet"), "--per-device-eval-batch-size", "3"), Is.EqualTo(trained).Within(1e-5));
+        // The base model with the trained adapter directory, injected in memory.
+        Assert.That(EvalLoss(Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet"), "--adapter", dir), Is.EqualTo(trained).Within(1e-4));
+        var injected = Path.Combine(Shared.TempDir(), "injected.onnx");
+        OrtloraOk("inject", Tiny("model.onnx"), "-o", injected);
+        var twice = Ortlora("eval", injected, "--data", Tiny("demo_eval.parquet"), "--tokenizer", Path.GetDirectoryName(Tiny("model.onnx"))!, "--adapter", dir);
+        Assert.That(twice.ExitCode, Is.Not.Zero);
+        Assert.That(twice.Error, Does.Contain("already has LoRA adapters; --adapter is for a plain (or merged) model"));
     }
 
     [Test]

@@ -17,10 +17,17 @@ public sealed record EvalResult(double Loss, long Tokens, int Batches, string Da
 /// token weighting as `train --eval-data`): a base model, an injected or trained one, or a merged one.</summary>
 public static class Evaluator
 {
+    /// <param name="adapterDir">a PEFT adapter directory to evaluate on the (plain) model, injected in memory</param>
     public static EvalResult Run(string modelPath, string dataPath, DataOptions options, string? tokenizerPath = null,
-        string device = "cpu", string? epLibrary = null)
+        string device = "cpu", string? epLibrary = null, string? adapterDir = null)
     {
         using var model = OnnxModel.Load(modelPath);
+        if (adapterDir is not null)
+        {
+            if (LoraModel.Read(model) is not null)
+                throw new OrtLoraException($"{modelPath}: the model already has LoRA adapters; --adapter is for a plain (or merged) model");
+            LoraInjector.Inject(model, PeftAdapter.Load(adapterDir));
+        }
         // The engine evaluates models with LoRA parameters. A plain model gets rank-1 adapters whose B is zero: they add
         // exactly 0 to every layer, so the loss is the plain model's.
         if (LoraModel.Read(model) is null) LoraInjector.Inject(model, new LoraConfig { R = 1, TargetModules = ["all-linear"] });
