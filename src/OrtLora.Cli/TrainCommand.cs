@@ -24,7 +24,7 @@ public static class TrainCommand
         var accumulation = new Option<int>("--gradient-accumulation-steps") { DefaultValueFactory = _ => 1 };
         var lr = new Option<double>("--learning-rate") { DefaultValueFactory = _ => 2e-4 };
         var scheduler = new Option<string>("--lr-scheduler-type") { DefaultValueFactory = _ => "linear" };
-        scheduler.AcceptOnlyFromAmong("linear", "cosine", "constant", "constant_with_warmup");
+        scheduler.AcceptOnlyFromAmong(LrSchedule.Types);
         var warmupRatio = new Option<double>("--warmup-ratio");
         var warmupSteps = new Option<int>("--warmup-steps");
         var weightDecay = new Option<double>("--weight-decay");

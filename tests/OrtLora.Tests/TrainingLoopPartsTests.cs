@@ -15,8 +15,18 @@ public class TrainingLoopPartsTests
     [TestCase("cosine", 2, 1.0)]
     [TestCase("cosine", 6, 0.5)]
     [TestCase("cosine", 4, 0.8535533905932737)]
-    [TestCase("constant", 1, 0.5)]
-    [TestCase("constant", 7, 1.0)]
+    [TestCase("constant", 0, 1.0)] // get_constant_schedule takes no warmup
+    [TestCase("constant", 1, 1.0)]
+    [TestCase("constant_with_warmup", 1, 0.5)]
+    [TestCase("constant_with_warmup", 7, 1.0)]
+    [TestCase("cosine_with_restarts", 1, 0.5)]
+    [TestCase("cosine_with_restarts", 6, 0.5)]
+    [TestCase("cosine_with_restarts", 10, 0.0)]
+    [TestCase("polynomial", 6, 0.50005)] // ((1e-3 − 1e-7)·0.5 + 1e-7) / 1e-3
+    [TestCase("polynomial", 10, 1e-4)] // lr_end / lr
+    [TestCase("inverse_sqrt", 1, 0.5)]
+    [TestCase("inverse_sqrt", 2, 1.0)]
+    [TestCase("inverse_sqrt", 8, 0.5)] // 1 / √((8 + 0) / 2)
     public void LrScheduleMatchesTransformers(string type, int step, double factor)
     {
         Assert.That(LrSchedule.At(type, 1e-3, step, warmup: 2, total: 10), Is.EqualTo(1e-3 * factor).Within(1e-15));

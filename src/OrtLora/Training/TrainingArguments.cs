@@ -63,16 +63,27 @@ public static class LrSchedule
     public static int WarmupSteps(TrainingArguments a, int totalSteps) =>
         a.WarmupSteps > 0 ? a.WarmupSteps : (int)Math.Ceiling(totalSteps * a.WarmupRatio);
 
+    /// <summary>The Hugging Face Trainer's schedulers (transformers.get_scheduler with its defaults): "constant" ignores
+    /// warmup, the others ramp up linearly over it; polynomial decays to lr_end 1e-7 with power 1; inverse_sqrt uses
+    /// timescale = warmup (10,000 without warmup); cosine_with_restarts has one cycle.</summary>
     public static double At(string type, double baseLr, int step, int warmup, int total)
     {
+        if (type == "constant") return baseLr;
         if (step < warmup) return baseLr * step / Math.Max(1, warmup);
         double progress = (double)(step - warmup) / Math.Max(1, total - warmup);
         return type switch
         {
             "linear" => baseLr * Math.Max(0.0, (double)(total - step) / Math.Max(1, total - warmup)),
             "cosine" => baseLr * Math.Max(0.0, 0.5 * (1.0 + Math.Cos(Math.PI * progress))),
-            "constant" or "constant_with_warmup" => baseLr,
-            _ => throw new OrtLoraException($"--lr-scheduler-type {type}: expected linear, cosine or constant"),
+            "cosine_with_restarts" => progress >= 1 ? 0 : baseLr * Math.Max(0.0, 0.5 * (1.0 + Math.Cos(Math.PI * (progress % 1.0)))),
+            "polynomial" => step > total ? PolynomialEnd : (baseLr - PolynomialEnd) * (1 - (double)(step - warmup) / (total - warmup)) + PolynomialEnd,
+            "inverse_sqrt" => baseLr / Math.Sqrt((double)(step + (InverseSqrtTimescale(warmup) - warmup)) / InverseSqrtTimescale(warmup)),
+            "constant_with_warmup" => baseLr,
+            _ => throw new OrtLoraException($"--lr-scheduler-type {type}: expected one of {string.Join(", ", Types)}"),
         };
     }
+
+    public static readonly string[] Types = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"];
+    const double PolynomialEnd = 1e-7;
+    static int InverseSqrtTimescale(int warmup) => warmup > 0 ? warmup : 10_000;
 }
