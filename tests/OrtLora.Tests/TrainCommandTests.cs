@@ -26,8 +26,13 @@ public class TrainCommandTests
         Assert.That(evals, Has.Count.EqualTo(2));
         Assert.That(evals[^1], Is.LessThan(evals[0] - 0.05), "eval loss goes down");
         var lrs = metrics.Where(m => m["learning_rate"] is not null).Select(m => m["learning_rate"]!.GetValue<double>()).ToList();
-        Assert.That(lrs[0], Is.EqualTo(0.0), "warmup: the first step uses lr 0, as the Hugging Face Trainer does");
-        Assert.That(lrs.Max(), Is.EqualTo(5e-3).Within(1e-12));
+        // As the Hugging Face Trainer logs it: the scheduler after its step. Warmup 2 of 12 steps, linear: step 1 trained
+        // at lr 0 and logs 2.5e-3, step 2 logs the peak, the last step logs 0.
+        Assert.That(lrs, Has.Count.EqualTo(12));
+        Assert.That(lrs[0], Is.EqualTo(2.5e-3).Within(1e-12));
+        Assert.That(lrs[1], Is.EqualTo(5e-3).Within(1e-12));
+        Assert.That(lrs[6], Is.EqualTo(5e-3 * 5 / 10).Within(1e-12));
+        Assert.That(lrs[^1], Is.EqualTo(0.0));
         var adapter = PeftAdapter.Load(dir);
         Assert.That(adapter.Config.R, Is.EqualTo(4));
         Assert.That(adapter.Tensors.Keys, Has.Some.EndsWith("layers.0.self_attn.q_proj.lora_B.weight"));

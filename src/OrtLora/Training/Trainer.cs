@@ -144,8 +144,10 @@ public static class Trainer
             {
                 log.Append(new JsonObject
                 {
+                    // learning_rate as the Trainer logs it: the scheduler's value after its step, i.e. the next step's
                     ["step"] = state.GlobalStep, ["epoch"] = position.Epoch, ["loss"] = lossSinceLog / stepsSinceLog,
-                    ["learning_rate"] = lr, ["grad_norm"] = session.LastGradNorm, ["tokens_per_second"] = tokensPerSecond,
+                    ["learning_rate"] = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps),
+                    ["grad_norm"] = session.LastGradNorm, ["tokens_per_second"] = tokensPerSecond,
                 });
                 lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; clock.Restart();
             }
