@@ -33,6 +33,10 @@ public class TrainCommandTests
         Assert.That(lrs[1], Is.EqualTo(5e-3).Within(1e-12));
         Assert.That(lrs[6], Is.EqualTo(5e-3 * 5 / 10).Within(1e-12));
         Assert.That(lrs[^1], Is.EqualTo(0.0));
+        // epoch is fractional, as the Trainer logs it: 12 steps of 4 rows of the demo's 263.
+        var epochs = metrics.Where(m => m["loss"] is not null).Select(m => m["epoch"]!.GetValue<double>()).ToList();
+        Assert.That(epochs[0], Is.EqualTo(Math.Round(4.0 / 263, 4)));
+        Assert.That(epochs[^1], Is.EqualTo(Math.Round(48.0 / 263, 4)));
         var adapter = PeftAdapter.Load(dir);
         Assert.That(adapter.Config.R, Is.EqualTo(4));
         Assert.That(adapter.Tensors.Keys, Has.Some.EndsWith("layers.0.self_attn.q_proj.lora_B.weight"));

@@ -145,7 +145,9 @@ public static class Trainer
                 log.Append(new JsonObject
                 {
                     // learning_rate as the Trainer logs it: the scheduler's value after its step, i.e. the next step's
-                    ["step"] = state.GlobalStep, ["epoch"] = position.Epoch, ["loss"] = lossSinceLog / stepsSinceLog,
+                    // epoch fractional, as the Trainer logs it: the share of the epoch's rows used so far
+                    ["step"] = state.GlobalStep, ["epoch"] = Math.Round(position.Epoch + (double)position.Index / Math.Max(1, data.Train.RowCount), 4),
+                    ["loss"] = lossSinceLog / stepsSinceLog,
                     ["learning_rate"] = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps),
                     ["grad_norm"] = session.LastGradNorm, ["tokens_per_second"] = tokensPerSecond,
                 });
