@@ -37,6 +37,12 @@ public class TrainCommandTests
         var epochs = metrics.Where(m => m["loss"] is not null).Select(m => m["epoch"]!.GetValue<double>()).ToList();
         Assert.That(epochs[0], Is.EqualTo(Math.Round(4.0 / 263, 4)));
         Assert.That(epochs[^1], Is.EqualTo(Math.Round(48.0 / 263, 4)));
+        // The Trainer's closing summary: train_loss is the mean of the 12 step losses (logged one per step here).
+        var summary = metrics.Single(m => m["train_loss"] is not null);
+        var losses = metrics.Where(m => m["loss"] is not null).Select(m => m["loss"]!.GetValue<double>()).ToList();
+        Assert.That(summary["train_loss"]!.GetValue<double>(), Is.EqualTo(losses.Average()).Within(1e-9));
+        Assert.That(summary["train_samples_per_second"]!.GetValue<double>(), Is.EqualTo(48 / summary["train_runtime"]!.GetValue<double>()).Within(1).Percent);
+        Assert.That(summary["step"]!.GetValue<int>(), Is.EqualTo(12));
         var adapter = PeftAdapter.Load(dir);
         Assert.That(adapter.Config.R, Is.EqualTo(4));
         Assert.That(adapter.Tensors.Keys, Has.Some.EndsWith("layers.0.self_attn.q_proj.lora_B.weight"));
@@ -120,8 +126,10 @@ public class TrainCommandTests
         OrtloraOk(TrainArgs(killed, "--max-steps", "10", "--save-steps", "3", "--resume-from-checkpoint"));
         var expected = File.ReadAllBytes(Path.Combine(straight, PeftAdapter.WeightsFile));
         Assert.That(File.ReadAllBytes(Path.Combine(killed, PeftAdapter.WeightsFile)), Is.EqualTo(expected));
-        var steps = File.ReadAllLines(Path.Combine(killed, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!["step"]!.GetValue<int>());
+        var lines = File.ReadAllLines(Path.Combine(killed, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
+        var steps = lines.Where(m => m["loss"] is not null).Select(m => m["step"]!.GetValue<int>());
         Assert.That(steps, Is.EqualTo(Enumerable.Range(1, 10)), "metrics.jsonl has each step once after the resume");
+        Assert.That(lines.Count(m => m["train_loss"] is not null), Is.EqualTo(1), "one closing summary: the killed run wrote none");
     }
 
     [Test]

@@ -125,6 +125,10 @@ public static class Trainer
         int stepsSinceLog = 0;
         long tokensSinceLog = 0;
         var clock = Stopwatch.StartNew();
+        var runClock = Stopwatch.StartNew();
+        double lossThisRun = 0;
+        int stepsThisRun = 0;
+        long samplesThisRun = 0;
         while (state.GlobalStep < totalSteps)
         {
             var window = batches.Take(args.GradientAccumulationSteps);
@@ -137,6 +141,7 @@ public static class Trainer
                 throw new OrtLoraException($"loss is {loss} at step {state.GlobalStep}: training stopped. " +
                     (Checkpoint.Latest(args.OutputDir) is { } good ? $"The last good checkpoint is {good}." : "No checkpoint was saved."));
             lastLoss = loss; lossSinceLog += loss; stepsSinceLog++; tokensSinceLog += tokens;
+            lossThisRun += loss; stepsThisRun++; samplesThisRun += window.Sum(b => (long)b.Rows.Length);
 
             double tokensPerSecond = tokensSinceLog / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
             reporter.Stepped(new StepReport(state.GlobalStep, totalSteps, position.Epoch, loss, lr, session.LastGradNorm, tokensPerSecond));
@@ -166,6 +171,15 @@ public static class Trainer
             }
         }
 
+        // The Trainer's closing summary (this run's steps: a resumed run counts from where it resumed).
+        double runtime = runClock.Elapsed.TotalSeconds;
+        if (stepsThisRun > 0)
+            log.Append(new JsonObject
+            {
+                ["step"] = state.GlobalStep, ["epoch"] = Math.Round(position.Epoch + (double)position.Index / Math.Max(1, data.Train.RowCount), 4),
+                ["train_runtime"] = Math.Round(runtime, 4), ["train_samples_per_second"] = Math.Round(samplesThisRun / Math.Max(1e-9, runtime), 3),
+                ["train_steps_per_second"] = Math.Round(stepsThisRun / Math.Max(1e-9, runtime), 3), ["train_loss"] = lossThisRun / stepsThisRun,
+            });
         if (data.HasEval)
         {
             lastEval = Evaluate(session, data);
