@@ -33,6 +33,10 @@ public static class TrainCommand
         var saveSteps = new Option<int>("--save-steps") { DefaultValueFactory = _ => 500 };
         var saveLimit = new Option<int>("--save-total-limit");
         var evalSteps = new Option<int>("--eval-steps");
+        var evalStrategy = new Option<string>("--eval-strategy") { Description = "steps (every --eval-steps), epoch or no; eval data is also scored before the first step and after the last", DefaultValueFactory = _ => "steps" };
+        evalStrategy.AcceptOnlyFromAmong("no", "steps", "epoch");
+        var saveStrategy = new Option<string>("--save-strategy") { Description = "steps (every --save-steps), epoch or no", DefaultValueFactory = _ => "steps" };
+        saveStrategy.AcceptOnlyFromAmong("no", "steps", "epoch");
         var loraplus = new Option<double>("--loraplus-lr-ratio") { Description = "LoRA+: B's learning rate is this times --learning-rate", DefaultValueFactory = _ => 1 };
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
         device.AcceptOnlyFromAmong("cpu", "cuda");
@@ -56,7 +60,7 @@ public static class TrainCommand
         foreach (var o in dataOptions.All) cmd.Options.Add(o);
         foreach (var o in new Option[] { data, evalData, evalSplit, packing, padToMax,
                      epochs, maxSteps, batch, accumulation, lr, scheduler, warmupRatio, warmupSteps, weightDecay, maxGradNorm,
-                     logging, saveSteps, saveLimit, evalSteps, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
+                     logging, saveSteps, saveStrategy, saveLimit, evalSteps, evalStrategy, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
 
         cmd.SetAction(CliRunner.Guard(parse =>
@@ -68,7 +72,7 @@ public static class TrainCommand
                 LearningRate = parse.GetValue(lr), LrSchedulerType = parse.GetValue(scheduler)!, WarmupRatio = parse.GetValue(warmupRatio),
                 WarmupSteps = parse.GetValue(warmupSteps), WeightDecay = parse.GetValue(weightDecay), MaxGradNorm = parse.GetValue(maxGradNorm),
                 Seed = parse.GetValue(lora.Seed), LoggingSteps = parse.GetValue(logging), SaveSteps = parse.GetValue(saveSteps),
-                SaveTotalLimit = parse.GetValue(saveLimit), EvalSteps = parse.GetValue(evalSteps), LoraplusLrRatio = parse.GetValue(loraplus),
+                SaveTotalLimit = parse.GetValue(saveLimit), EvalSteps = parse.GetValue(evalSteps), EvalStrategy = parse.GetValue(evalStrategy)!, SaveStrategy = parse.GetValue(saveStrategy)!, LoraplusLrRatio = parse.GetValue(loraplus),
                 Fp16 = parse.GetValue(fp16), Bf16 = parse.GetValue(bf16), Device = parse.GetValue(device)!, EpLibrary = parse.GetValue(epLibrary),
                 GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),
                 CudaGraphs = parse.GetValue(cudaGraphs),

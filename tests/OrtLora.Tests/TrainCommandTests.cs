@@ -80,6 +80,22 @@ public class TrainCommandTests
         Assert.That(basic[^1], Is.LessThan(basic[0]), "it trains");
     }
 
+    /// <summary>--eval-strategy epoch and --save-strategy epoch act on the step that ends each epoch. 263 rows in batches
+    /// of 16 are 17 batches an epoch; with 2 micro-batches a step, a window does not cross an epoch (as in the Trainer),
+    /// so an epoch is 9 steps: evals at 0, 9 and 18 (the last one after training), checkpoints 9 and 18.</summary>
+    [Test]
+    public void EpochStrategiesActAtEachEpochsEnd()
+    {
+        var dir = Shared.TempDir();
+        var args = TrainArgs(dir, "--num-train-epochs", "2", "--gradient-accumulation-steps", "2", "--eval-data", Tiny("demo_eval.parquet"),
+            "--eval-strategy", "epoch", "--save-strategy", "epoch");
+        args[Array.IndexOf(args, "--per-device-train-batch-size") + 1] = "16";
+        OrtloraOk(args);
+        var metrics = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
+        Assert.That(metrics.Where(m => m["eval_loss"] is not null).Select(m => m["step"]!.GetValue<int>()), Is.EqualTo(new[] { 0, 9, 18 }));
+        Assert.That(Directory.GetDirectories(dir, "checkpoint-*").Select(Path.GetFileName).Order(), Is.EqualTo(new[] { "checkpoint-18", "checkpoint-9" }));
+    }
+
     // Instruction data (prompt masked) and plain text (every token labelled, so column 0 must not be counted).
     [TestCase("demo")]
     [TestCase("text")]

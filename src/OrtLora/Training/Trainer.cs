@@ -158,13 +158,19 @@ public static class Trainer
                 });
                 lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; clock.Restart();
             }
-            if (data.HasEval && args.EvalSteps > 0 && state.GlobalStep % args.EvalSteps == 0 && state.GlobalStep < totalSteps)
+            bool epochEnded = batches.EpochEnded;
+            if (data.HasEval && state.GlobalStep < totalSteps && args.EvalStrategy switch
+                {
+                    "steps" => args.EvalSteps > 0 && state.GlobalStep % args.EvalSteps == 0,
+                    "epoch" => epochEnded,
+                    _ => false,
+                })
             {
                 lastEval = Evaluate(session, data);
                 log.Append(new JsonObject { ["step"] = state.GlobalStep, ["eval_loss"] = lastEval, ["perplexity"] = Math.Exp(lastEval.Value) });
                 reporter.Evaluated(state.GlobalStep, lastEval.Value);
             }
-            if (args.SaveSteps > 0 && state.GlobalStep % args.SaveSteps == 0)
+            if (args.SaveStrategy switch { "steps" => args.SaveSteps > 0 && state.GlobalStep % args.SaveSteps == 0, "epoch" => epochEnded, _ => false })
             {
                 SaveCheckpoint(model, session, state, args.OutputDir);
                 Checkpoint.Prune(args.OutputDir, args.SaveTotalLimit);
@@ -269,6 +275,17 @@ public static class Trainer
     {
         IEnumerator<DataBatch> _current = data.Batches(start).GetEnumerator();
         int _epoch = start.Epoch;
+        bool? _hasNext; // one batch of lookahead, so that the step ending an epoch knows it
+
+        bool MoveNext()
+        {
+            bool has = _hasNext ?? _current.MoveNext();
+            _hasNext = null;
+            return has;
+        }
+
+        /// <summary>Whether the batches taken so far end the current epoch.</summary>
+        public bool EpochEnded => !(_hasNext ??= _current.MoveNext());
 
         /// <summary>Up to <paramref name="count"/> batches, fewer at the end of an epoch (as the Trainer does).</summary>
         public List<DataBatch> Take(int count)
@@ -276,11 +293,11 @@ public static class Trainer
             var window = new List<DataBatch>(count);
             while (window.Count < count)
             {
-                if (_current.MoveNext()) { window.Add(_current.Current); continue; }
+                if (MoveNext()) { window.Add(_current.Current); continue; }
                 if (window.Count > 0) break;
                 _current.Dispose();
                 _current = data.Batches(new DataPosition(++_epoch, 0)).GetEnumerator();
-                if (!_current.MoveNext()) throw new OrtLoraException($"{data.Train.Path}: no training examples ({data.Summary})");
+                if (!MoveNext()) throw new OrtLoraException($"{data.Train.Path}: no training examples ({data.Summary})");
                 window.Add(_current.Current);
             }
             return window;

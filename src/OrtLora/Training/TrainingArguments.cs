@@ -24,6 +24,11 @@ public sealed class TrainingArguments
     /// <summary>Keep at most this many checkpoint-N folders (oldest deleted); 0 or less keeps all.</summary>
     public int SaveTotalLimit { get; set; }
     public int EvalSteps { get; set; }
+    /// <summary>When to evaluate during training: "steps" (every EvalSteps), "epoch" (at each epoch's end) or "no"; eval
+    /// data is always evaluated before the first step and after the last.</summary>
+    public string EvalStrategy { get; set; } = "steps";
+    /// <summary>When to save a checkpoint: "steps" (every SaveSteps), "epoch" or "no".</summary>
+    public string SaveStrategy { get; set; } = "steps";
     /// <summary>LoRA+: B's learning rate is LearningRate times this (1 = plain LoRA).</summary>
     public double LoraplusLrRatio { get; set; } = 1;
     /// <summary>Mixed precision: the frozen model computes in float16 (bf16: bfloat16); LoRA parameters, their branches,
