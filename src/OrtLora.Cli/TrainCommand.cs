@@ -25,6 +25,7 @@ public static class TrainCommand
         var lr = new Option<double>("--learning-rate") { DefaultValueFactory = _ => 2e-4 };
         var scheduler = new Option<string>("--lr-scheduler-type") { DefaultValueFactory = _ => "linear" };
         scheduler.AcceptOnlyFromAmong(LrSchedule.Types);
+        var schedulerKwargs = new Option<string?>("--lr-scheduler-kwargs") { Description = "JSON object for the scheduler, e.g. {\"num_cycles\": 2} or {\"min_lr\": 1e-5}" };
         var warmupRatio = new Option<double>("--warmup-ratio");
         var warmupSteps = new Option<int>("--warmup-steps");
         var weightDecay = new Option<double>("--weight-decay");
@@ -59,7 +60,7 @@ public static class TrainCommand
         lora.AddTo(cmd);
         foreach (var o in dataOptions.All) cmd.Options.Add(o);
         foreach (var o in new Option[] { data, evalData, evalSplit, packing, padToMax,
-                     epochs, maxSteps, batch, accumulation, lr, scheduler, warmupRatio, warmupSteps, weightDecay, maxGradNorm,
+                     epochs, maxSteps, batch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay, maxGradNorm,
                      logging, saveSteps, saveStrategy, saveLimit, evalSteps, evalStrategy, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
 
@@ -69,7 +70,7 @@ public static class TrainCommand
             {
                 OutputDir = parse.GetValue(output)!, NumTrainEpochs = parse.GetValue(epochs), MaxSteps = parse.GetValue(maxSteps),
                 PerDeviceTrainBatchSize = parse.GetValue(batch), GradientAccumulationSteps = parse.GetValue(accumulation),
-                LearningRate = parse.GetValue(lr), LrSchedulerType = parse.GetValue(scheduler)!, WarmupRatio = parse.GetValue(warmupRatio),
+                LearningRate = parse.GetValue(lr), LrSchedulerType = parse.GetValue(scheduler)!, LrSchedulerKwargs = LrSchedule.ParseKwargs(parse.GetValue(schedulerKwargs)), WarmupRatio = parse.GetValue(warmupRatio),
                 WarmupSteps = parse.GetValue(warmupSteps), WeightDecay = parse.GetValue(weightDecay), MaxGradNorm = parse.GetValue(maxGradNorm),
                 Seed = parse.GetValue(lora.Seed), LoggingSteps = parse.GetValue(logging), SaveSteps = parse.GetValue(saveSteps),
                 SaveTotalLimit = parse.GetValue(saveLimit), EvalSteps = parse.GetValue(evalSteps), EvalStrategy = parse.GetValue(evalStrategy)!, SaveStrategy = parse.GetValue(saveStrategy)!, LoraplusLrRatio = parse.GetValue(loraplus),

@@ -80,6 +80,22 @@ public class TrainCommandTests
         Assert.That(basic[^1], Is.LessThan(basic[0]), "it trains");
     }
 
+    /// <summary>--lr-scheduler-kwargs reaches the schedule: cosine_with_min_lr with min_lr_rate 0.5 over 6 steps logs
+    /// (after each step, as the Trainer does) a cosine from the peak down to half of it.</summary>
+    [Test]
+    public void SchedulerKwargsReachTheSchedule()
+    {
+        var dir = Shared.TempDir();
+        OrtloraOk(TrainArgs(dir, "--max-steps", "6", "--lr-scheduler-type", "cosine_with_min_lr", "--lr-scheduler-kwargs", """{"min_lr_rate": 0.5}"""));
+        var lrs = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
+            .Where(m => m["learning_rate"] is not null).Select(m => m["learning_rate"]!.GetValue<double>()).ToList();
+        var expected = Enumerable.Range(1, 6).Select(k => 5e-3 * (0.5 * (1 + Math.Cos(Math.PI * k / 6)) * 0.5 + 0.5));
+        Assert.That(lrs, Is.EqualTo(expected).Within(1e-12));
+        var bad = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "2", "--lr-scheduler-kwargs", "{num_cycles: 2}"));
+        Assert.That(bad.ExitCode, Is.Not.Zero);
+        Assert.That(bad.Error, Does.Contain("--lr-scheduler-kwargs"));
+    }
+
     /// <summary>--eval-strategy epoch and --save-strategy epoch act on the step that ends each epoch. 263 rows in batches
     /// of 16 are 17 batches an epoch; with 2 micro-batches a step, a window does not cross an epoch (as in the Trainer),
     /// so an epoch is 9 steps: evals at 0, 9 and 18 (the last one after training), checkpoints 9 and 18.</summary>

@@ -32,6 +32,29 @@ public class TrainingLoopPartsTests
         Assert.That(LrSchedule.At(type, 1e-3, step, warmup: 2, total: 10), Is.EqualTo(1e-3 * factor).Within(1e-15));
     }
 
+    // lr_scheduler_kwargs, as transformers' lambdas take them (warmup 2, 10 steps).
+    [TestCase("cosine_with_min_lr", """{"min_lr_rate": 0.1}""", 6, 0.55)]
+    [TestCase("cosine_with_min_lr", """{"min_lr_rate": 0.1}""", 10, 0.1)]
+    [TestCase("cosine_with_min_lr", """{"min_lr": 1e-4}""", 6, 0.55)]
+    [TestCase("cosine_with_restarts", """{"num_cycles": 2}""", 4, 0.5)]
+    [TestCase("cosine_with_restarts", """{"num_cycles": 2}""", 6, 1.0)]
+    [TestCase("cosine", """{"num_cycles": 1}""", 6, 0.0)]
+    [TestCase("polynomial", """{"power": 2, "lr_end": 0}""", 6, 0.25)]
+    [TestCase("inverse_sqrt", """{"timescale": 8}""", 8, 0.7559289460184544)] // 1 / √((8 + 6) / 8)
+    public void LrSchedulerKwargsMatchTransformers(string type, string kwargs, int step, double factor)
+    {
+        Assert.That(LrSchedule.At(type, 1e-3, step, warmup: 2, total: 10, LrSchedule.ParseKwargs(kwargs)), Is.EqualTo(1e-3 * factor).Within(1e-15));
+    }
+
+    [Test]
+    public void SchedulerArgumentsThatCannotWorkAreOneError()
+    {
+        Assert.That(() => LrSchedule.At("cosine_with_min_lr", 1e-3, 5, 2, 10), Throws.TypeOf<OrtLoraException>().With.Message.Contain("min_lr or min_lr_rate"));
+        Assert.That(() => LrSchedule.ParseKwargs("num_cycles=2"), Throws.TypeOf<OrtLoraException>().With.Message.Contain("--lr-scheduler-kwargs"));
+        Assert.That(() => LrSchedule.At("polynomial", 1e-3, 5, 2, 10, LrSchedule.ParseKwargs("""{"lr_end": 0.1}""")),
+            Throws.TypeOf<OrtLoraException>().With.Message.Contain("lr_end"));
+    }
+
     [Test]
     public void WarmupRatioRoundsUpLikeTransformers()
     {

@@ -132,7 +132,7 @@ public static class Trainer
         while (state.GlobalStep < totalSteps)
         {
             var window = batches.Take(args.GradientAccumulationSteps);
-            double lr = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps);
+            double lr = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs);
             double loss = Update(session, window, (float)lr, (float)args.MaxGradNorm);
             position = window[^1].Next;
             long tokens = window.Sum(b => b.AttentionMask.Sum());
@@ -153,7 +153,7 @@ public static class Trainer
                     // epoch fractional, as the Trainer logs it: the share of the epoch's rows used so far
                     ["step"] = state.GlobalStep, ["epoch"] = Math.Round(position.Epoch + (double)position.Index / Math.Max(1, data.Train.RowCount), 4),
                     ["loss"] = lossSinceLog / stepsSinceLog,
-                    ["learning_rate"] = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps),
+                    ["learning_rate"] = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs),
                     ["grad_norm"] = session.LastGradNorm, ["tokens_per_second"] = tokensPerSecond,
                 });
                 lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; clock.Restart();

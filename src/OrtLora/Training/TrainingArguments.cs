@@ -11,6 +11,8 @@ public sealed class TrainingArguments
     public int GradientAccumulationSteps { get; set; } = 1;
     public double LearningRate { get; set; } = 2e-4;
     public string LrSchedulerType { get; set; } = "linear";
+    /// <summary>lr_scheduler_kwargs (num_cycles, lr_end, power, timescale, min_lr, min_lr_rate).</summary>
+    public Dictionary<string, double> LrSchedulerKwargs { get; set; } = new();
     public double WarmupRatio { get; set; }
     public int WarmupSteps { get; set; }
     public double WeightDecay { get; set; }
@@ -68,27 +70,57 @@ public static class LrSchedule
     public static int WarmupSteps(TrainingArguments a, int totalSteps) =>
         a.WarmupSteps > 0 ? a.WarmupSteps : (int)Math.Ceiling(totalSteps * a.WarmupRatio);
 
-    /// <summary>The Hugging Face Trainer's schedulers (transformers.get_scheduler with its defaults): "constant" ignores
-    /// warmup, the others ramp up linearly over it; polynomial decays to lr_end 1e-7 with power 1; inverse_sqrt uses
-    /// timescale = warmup (10,000 without warmup); cosine_with_restarts has one cycle.</summary>
-    public static double At(string type, double baseLr, int step, int warmup, int total)
+    /// <summary>The Hugging Face Trainer's schedulers (transformers.get_scheduler): "constant" ignores warmup, the others
+    /// ramp up linearly over it. <paramref name="kwargs"/> is lr_scheduler_kwargs, with transformers' defaults:
+    /// num_cycles (0.5 for cosine and cosine_with_min_lr, 1 for cosine_with_restarts), lr_end 1e-7 and power 1
+    /// (polynomial), timescale (inverse_sqrt: the warmup, or 10,000 without one), min_lr or min_lr_rate
+    /// (cosine_with_min_lr, one of them required).</summary>
+    public static double At(string type, double baseLr, int step, int warmup, int total, IReadOnlyDictionary<string, double>? kwargs = null)
     {
+        double Arg(string name, double fallback) => kwargs is not null && kwargs.TryGetValue(name, out var v) ? v : fallback;
         if (type == "constant") return baseLr;
         if (step < warmup) return baseLr * step / Math.Max(1, warmup);
         double progress = (double)(step - warmup) / Math.Max(1, total - warmup);
+        double Cosine(double cycles) => 0.5 * (1.0 + Math.Cos(Math.PI * cycles * 2.0 * progress));
         return type switch
         {
             "linear" => baseLr * Math.Max(0.0, (double)(total - step) / Math.Max(1, total - warmup)),
-            "cosine" => baseLr * Math.Max(0.0, 0.5 * (1.0 + Math.Cos(Math.PI * progress))),
-            "cosine_with_restarts" => progress >= 1 ? 0 : baseLr * Math.Max(0.0, 0.5 * (1.0 + Math.Cos(Math.PI * (progress % 1.0)))),
-            "polynomial" => step > total ? PolynomialEnd : (baseLr - PolynomialEnd) * (1 - (double)(step - warmup) / (total - warmup)) + PolynomialEnd,
-            "inverse_sqrt" => baseLr / Math.Sqrt((double)(step + (InverseSqrtTimescale(warmup) - warmup)) / InverseSqrtTimescale(warmup)),
+            "cosine" => baseLr * Math.Max(0.0, Cosine(Arg("num_cycles", 0.5))),
+            "cosine_with_min_lr" => baseLr * Math.Max(0.0, Cosine(Arg("num_cycles", 0.5)) * (1 - MinLrRate(kwargs, baseLr)) + MinLrRate(kwargs, baseLr)),
+            "cosine_with_restarts" => progress >= 1 ? 0
+                : baseLr * Math.Max(0.0, 0.5 * (1.0 + Math.Cos(Math.PI * (Arg("num_cycles", 1) * progress % 1.0)))),
+            "polynomial" => Polynomial(baseLr, step, warmup, total, Arg("lr_end", 1e-7), Arg("power", 1.0)),
+            "inverse_sqrt" => baseLr / Math.Sqrt((step + (Arg("timescale", warmup > 0 ? warmup : 10_000) - warmup)) / Arg("timescale", warmup > 0 ? warmup : 10_000)),
             "constant_with_warmup" => baseLr,
             _ => throw new OrtLoraException($"--lr-scheduler-type {type}: expected one of {string.Join(", ", Types)}"),
         };
     }
 
-    public static readonly string[] Types = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"];
-    const double PolynomialEnd = 1e-7;
-    static int InverseSqrtTimescale(int warmup) => warmup > 0 ? warmup : 10_000;
+    public static readonly string[] Types = ["linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"];
+
+    static double Polynomial(double baseLr, int step, int warmup, int total, double lrEnd, double power)
+    {
+        if (lrEnd > baseLr) throw new OrtLoraException($"--lr-scheduler-kwargs: lr_end ({lrEnd}) must be smaller than the learning rate ({baseLr})");
+        if (step > total) return lrEnd;
+        return (baseLr - lrEnd) * Math.Pow(1 - (double)(step - warmup) / (total - warmup), power) + lrEnd;
+    }
+
+    static double MinLrRate(IReadOnlyDictionary<string, double>? kwargs, double baseLr) =>
+        kwargs is not null && kwargs.TryGetValue("min_lr", out var minLr) ? minLr / baseLr
+        : kwargs is not null && kwargs.TryGetValue("min_lr_rate", out var rate) ? rate
+        : throw new OrtLoraException("--lr-scheduler-type cosine_with_min_lr needs min_lr or min_lr_rate in --lr-scheduler-kwargs");
+
+    /// <summary>lr_scheduler_kwargs as the Trainer's CLI takes it: a JSON object of numbers, e.g. {"num_cycles": 2}.</summary>
+    public static Dictionary<string, double> ParseKwargs(string? json)
+    {
+        if (string.IsNullOrWhiteSpace(json)) return new();
+        try
+        {
+            return System.Text.Json.Nodes.JsonNode.Parse(json)!.AsObject().ToDictionary(p => p.Key, p => p.Value!.GetValue<double>());
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or FormatException or NullReferenceException)
+        {
+            throw new OrtLoraException($"--lr-scheduler-kwargs: expected a JSON object of numbers such as {{\"num_cycles\": 2}}, got '{json}'");
+        }
+    }
 }
