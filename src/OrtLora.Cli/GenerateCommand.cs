@@ -19,12 +19,13 @@ public static class GenerateCommand
         var topK = new Option<int>("--top-k") { Description = "Sample among the k most likely tokens (0: all)", DefaultValueFactory = _ => 0 };
         var topP = new Option<double>("--top-p") { Description = "Sample among the most likely tokens whose probability reaches p", DefaultValueFactory = _ => 1.0 };
         var seed = new Option<int?>("--seed") { Description = "Random seed for sampling" };
+        var repetitionPenalty = new Option<double>("--repetition-penalty") { Description = "divide the logits of tokens already in the sequence by this (Hugging Face's repetition_penalty; 1: off)", DefaultValueFactory = _ => 1.0 };
         var adapter = new Option<string?>("--adapter") { Description = "Runtime LoRA adapter: .onnx_adapter file or PEFT adapter directory (the model must be injected)" };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "Tokenizer file or directory (default: the model's directory)" };
         var noCache = new Option<bool>("--no-kv-cache") { Description = "Recompute the whole sequence every step even if the model has a KV cache" };
         var cmd = new Command("generate", "Generate text from a prompt, streaming tokens as they come")
         {
-            model, prompt, maxNewTokens, temperature, topK, topP, seed, adapter, tokenizer, noCache,
+            model, prompt, maxNewTokens, temperature, topK, topP, repetitionPenalty, seed, adapter, tokenizer, noCache,
         };
         cmd.SetAction(CliRunner.Guard(parse =>
         {
@@ -37,6 +38,7 @@ public static class GenerateCommand
                 Temperature = parse.GetValue(temperature),
                 TopK = parse.GetValue(topK),
                 TopP = parse.GetValue(topP),
+                RepetitionPenalty = parse.GetValue(repetitionPenalty),
                 Seed = parse.GetValue(seed),
                 UseKvCache = !parse.GetValue(noCache),
                 StopTokenIds = StopTokens.FromModelDirectory(Path.GetDirectoryName(Path.GetFullPath(modelPath))!),
@@ -59,6 +61,7 @@ public static class GenerateCommand
         if (o.Temperature < 0) throw new OrtLoraException("--temperature must be 0 (greedy) or positive");
         if (o.TopK < 0) throw new OrtLoraException("--top-k must be 0 (off) or positive");
         if (o.TopP is <= 0 or > 1) throw new OrtLoraException("--top-p must be in (0, 1]");
+        if (o.RepetitionPenalty <= 0) throw new OrtLoraException("--repetition-penalty must be positive (1: off)");
     }
 
     static void Stream(Generator generator, ITextTokenizer tokenizer, string prompt, GenerationOptions options, OrtLoraAdapter? adapter)

@@ -80,6 +80,21 @@ public class GenerateTextTests
         }
     }
 
+    /// <summary>Hugging Face's repetition penalty: seen tokens' positive logits are divided by it, negative ones
+    /// multiplied, before the choice; unseen tokens and a penalty of 1 change nothing.</summary>
+    [Test]
+    public void RepetitionPenaltyLowersSeenTokensAsTransformersDoes()
+    {
+        float[] logits = [2.0f, 3.0f, -1.0f, -0.4f];
+        var penalized = new Sampler(new GenerationOptions { RepetitionPenalty = 2 });
+        Assert.That(penalized.Next(logits, [1]), Is.EqualTo(0), "3 / 2 = 1.5 < 2");
+        Assert.That(penalized.Next(logits, [0]), Is.EqualTo(1), "an unseen best token stays best");
+        Assert.That(new Sampler(new GenerationOptions()).Next(logits, [1]), Is.EqualTo(1), "penalty 1: off");
+        float[] negative = [-1.0f, -0.6f];
+        Assert.That(penalized.Next(negative, [1]), Is.EqualTo(0), "-0.6 · 2 = -1.2 < -1");
+        Assert.That(new Sampler(new GenerationOptions { RepetitionPenalty = 1.5 }).Next([1.0f, 1.4f], [0, 1]), Is.EqualTo(1), "all seen: the order stays");
+    }
+
     [Test]
     public void SamplingFollowsTheTemperedSoftmax()
     {

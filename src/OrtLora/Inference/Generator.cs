@@ -28,9 +28,11 @@ public sealed class Generator : IDisposable
         using var runOptions = new RunOptions();
         if (adapter is not null) runOptions.AddActiveLoraAdapter(adapter);
         var logits = _model.Step(state, promptIds, runOptions);
+        var seen = options.RepetitionPenalty == 1.0 ? null : promptIds.ToHashSet();
         for (int produced = 0; produced < options.MaxNewTokens; produced++)
         {
-            int next = sampler.Next(logits);
+            int next = sampler.Next(logits, seen);
+            seen?.Add(next);
             TokensGenerated++;
             yield return next;
             if (stop.Contains(next) || produced + 1 == options.MaxNewTokens) yield break;

@@ -11,6 +11,9 @@ public sealed record GenerationOptions
     /// <summary>Keep the smallest set of most likely tokens whose probability reaches top_p (1: all).</summary>
     public double TopP { get; init; } = 1.0;
     public int? Seed { get; init; }
+    /// <summary>Hugging Face's repetition_penalty: the logit of every token already in the sequence (prompt included) is
+    /// divided by it when positive, multiplied when negative, before temperature and sampling (1: off).</summary>
+    public double RepetitionPenalty { get; init; } = 1.0;
     /// <summary>Use the model's key/value cache when it has one; false recomputes the whole sequence every step.</summary>
     public bool UseKvCache { get; init; } = true;
     /// <summary>Generation stops after emitting any of these (the tokenizer's EOS is added by the generator).</summary>
@@ -22,7 +25,21 @@ public sealed class Sampler(GenerationOptions options)
 {
     readonly Random _random = options.Seed is { } s ? new Random(s) : new Random();
 
-    public int Next(ReadOnlySpan<float> logits)
+    /// <param name="seen">the sequence's token ids so far, for the repetition penalty</param>
+    public int Next(ReadOnlySpan<float> logits, IReadOnlyCollection<int>? seen = null)
+    {
+        if (options.RepetitionPenalty != 1.0 && seen is { Count: > 0 })
+        {
+            var penalized = logits.ToArray();
+            foreach (var id in seen)
+                if ((uint)id < (uint)penalized.Length)
+                    penalized[id] = logits[id] < 0 ? (float)(logits[id] * options.RepetitionPenalty) : (float)(logits[id] / options.RepetitionPenalty);
+            return Choose(penalized);
+        }
+        return Choose(logits);
+    }
+
+    int Choose(ReadOnlySpan<float> logits)
     {
         if (options.Temperature <= 0) return ArgMax(logits);
         var order = Enumerable.Range(0, logits.Length).ToArray();
