@@ -20,18 +20,28 @@ public static class GenerateCommand
         var topP = new Option<double>("--top-p") { Description = "Sample among the most likely tokens whose probability reaches p", DefaultValueFactory = _ => 1.0 };
         var seed = new Option<int?>("--seed") { Description = "Random seed for sampling" };
         var repetitionPenalty = new Option<double>("--repetition-penalty") { Description = "divide the logits of tokens already in the sequence by this (Hugging Face's repetition_penalty; 1: off)", DefaultValueFactory = _ => 1.0 };
+        var promptFormat = new Option<string>("--prompt-format")
+        {
+            Description = "raw (the prompt as written), instruction (Alpaca's template, as train renders instruction data) or chat (one user message in the chat template, the assistant's turn opened)",
+            DefaultValueFactory = _ => "raw",
+        };
+        promptFormat.AcceptOnlyFromAmong(PromptFormat.Names);
+        var chatTemplate = new Option<string?>("--chat-template") { Description = "chatml or llama2 for --prompt-format chat (default: the tokenizer's own, else chatml)" };
         var adapter = new Option<string?>("--adapter") { Description = "Runtime LoRA adapter: .onnx_adapter file or PEFT adapter directory (the model must be injected)" };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "Tokenizer file or directory (default: the model's directory)" };
         var noCache = new Option<bool>("--no-kv-cache") { Description = "Recompute the whole sequence every step even if the model has a KV cache" };
         var cmd = new Command("generate", "Generate text from a prompt, streaming tokens as they come")
         {
-            model, prompt, maxNewTokens, temperature, topK, topP, repetitionPenalty, seed, adapter, tokenizer, noCache,
+            model, prompt, promptFormat, chatTemplate, maxNewTokens, temperature, topK, topP, repetitionPenalty, seed, adapter, tokenizer, noCache,
         };
         cmd.SetAction(CliRunner.Guard(parse =>
         {
             var modelPath = parse.GetValue(model)!;
             if (!File.Exists(modelPath)) throw new OrtLoraException($"{modelPath}: file not found");
             var text = LoadedTokenizer.Load(parse.GetValue(tokenizer) ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!);
+            var format = parse.GetValue(promptFormat)!;
+            var chat = Training.Data.ChatTemplate.Resolve(parse.GetValue(chatTemplate), text.Inner.Config);
+            var promptIds = PromptFormat.Encode(format, parse.GetValue(prompt)!, text.Inner, chat);
             var options = new GenerationOptions
             {
                 MaxNewTokens = parse.GetValue(maxNewTokens),
@@ -41,7 +51,7 @@ public static class GenerateCommand
                 RepetitionPenalty = parse.GetValue(repetitionPenalty),
                 Seed = parse.GetValue(seed),
                 UseKvCache = !parse.GetValue(noCache),
-                StopTokenIds = StopTokens.FromModelDirectory(Path.GetDirectoryName(Path.GetFullPath(modelPath))!),
+                StopTokenIds = [.. StopTokens.FromModelDirectory(Path.GetDirectoryName(Path.GetFullPath(modelPath))!), .. PromptFormat.StopIds(format, text.Inner, chat)],
             };
             Validate(options);
             using var sessionOptions = OrtRun.DefaultOptions();
@@ -50,7 +60,7 @@ public static class GenerateCommand
             using var session = adapterPath is null ? new InferenceSession(modelPath, sessionOptions) : RuntimeAdapters.OpenOverridable(modelPath, sessionOptions, out modelScale);
             using var loraAdapter = adapterPath is null ? null : RuntimeAdapters.Load(adapterPath, session, modelScale);
             using var generator = new Generator(session);
-            Stream(generator, text, parse.GetValue(prompt)!, options, loraAdapter);
+            Stream(generator, text, promptIds, options, loraAdapter);
         }));
         return cmd;
     }
@@ -64,7 +74,7 @@ public static class GenerateCommand
         if (o.RepetitionPenalty <= 0) throw new OrtLoraException("--repetition-penalty must be positive (1: off)");
     }
 
-    static void Stream(Generator generator, ITextTokenizer tokenizer, string prompt, GenerationOptions options, OrtLoraAdapter? adapter)
+    static void Stream(Generator generator, ITextTokenizer tokenizer, IReadOnlyList<int> prompt, GenerationOptions options, OrtLoraAdapter? adapter)
     {
         // Pieces are whole characters; the console must print them as UTF-8 whatever the locale says.
         if (Console.OutputEncoding.CodePage != Encoding.UTF8.CodePage) Console.OutputEncoding = new UTF8Encoding(false);

@@ -42,12 +42,16 @@ public sealed class Generator : IDisposable
 
     /// <summary>Generated text in printable pieces (multi-byte characters complete), stopping at the tokenizer's EOS.
     /// The EOS token itself is not printed.</summary>
-    public IEnumerable<string> GenerateText(ITextTokenizer tokenizer, string prompt, GenerationOptions options, OrtLoraAdapter? adapter = null)
+    public IEnumerable<string> GenerateText(ITextTokenizer tokenizer, string prompt, GenerationOptions options, OrtLoraAdapter? adapter = null) =>
+        GenerateText(tokenizer, tokenizer.Encode(prompt), options, adapter);
+
+    /// <summary>The same from prompt ids (a prompt rendered by <see cref="PromptFormat"/>).</summary>
+    public IEnumerable<string> GenerateText(ITextTokenizer tokenizer, IReadOnlyList<int> promptIds, GenerationOptions options, OrtLoraAdapter? adapter = null)
     {
         var stops = options.StopTokenIds.ToHashSet();
         if (tokenizer.EosId is { } eos) stops.Add(eos);
         var streamer = new TextStreamer(tokenizer);
-        foreach (var id in GenerateIds(tokenizer.Encode(prompt), options with { StopTokenIds = stops }, adapter))
+        foreach (var id in GenerateIds(promptIds, options with { StopTokenIds = stops }, adapter))
         {
             if (stops.Contains(id)) break;
             var piece = streamer.Push(id);

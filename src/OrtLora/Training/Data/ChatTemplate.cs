@@ -46,6 +46,13 @@ public sealed class ChatTemplate
         : config?.ChatTemplate is { } jinja ? FromJinja(jinja, configSource)
         : ChatMl;
 
+    /// <summary>What follows the conversation when the assistant is to answer next (transformers' add_generation_prompt):
+    /// ChatML opens an assistant turn; Llama 2's [/INST] already hands over.</summary>
+    public IReadOnlyList<Segment> GenerationPrompt => this == ChatMl ? [new Segment("<|im_start|>assistant\n", false)] : [];
+
+    /// <summary>The token that ends an assistant turn besides EOS (ChatML's &lt;|im_end|&gt;), if any.</summary>
+    public string? EndOfTurn => this == ChatMl ? "<|im_end|>" : null;
+
     /// <summary>The conversation as segments; <paramref name="addBos"/>: the tokenizer puts BOS first.</summary>
     public IReadOnlyList<Segment> Render(IReadOnlyList<ChatMessage> messages, bool addBos) => [.. _render(messages, addBos)];
 

@@ -21,8 +21,22 @@ public sealed class ExampleEncoder(TextTokenizer tokenizer, int maxSeqLength)
     public int MaxSeqLength { get; } = maxSeqLength > 0 ? maxSeqLength
         : throw new OrtLoraException($"--max-seq-length must be positive, got {maxSeqLength}");
 
+    /// <summary>The example's token ids, whole (no truncation, trained tokens or not): a prompt for generation.</summary>
+    public int[] Ids(Example example) => Tokens(example).Ids.ToArray();
+
     /// <summary>The example's tokens and labels, or null when truncation left no trained token.</summary>
     public TokenizedExample? Encode(Example example)
+    {
+        var (ids, labels) = Tokens(example);
+        if (ids.Count > MaxSeqLength)
+        {
+            ids.RemoveRange(MaxSeqLength, ids.Count - MaxSeqLength);
+            labels.RemoveRange(MaxSeqLength, labels.Count - MaxSeqLength);
+        }
+        return labels.Any(l => l != IgnoreIndex) ? new TokenizedExample(example.RowIndex, [.. ids], [.. labels]) : null;
+    }
+
+    (List<int> Ids, List<int> Labels) Tokens(Example example)
     {
         var ids = new List<int>();
         var labels = new List<int>();
@@ -39,12 +53,7 @@ public sealed class ExampleEncoder(TextTokenizer tokenizer, int maxSeqLength)
             }
         }
         AppendRun(run, ids, labels);
-        if (ids.Count > MaxSeqLength)
-        {
-            ids.RemoveRange(MaxSeqLength, ids.Count - MaxSeqLength);
-            labels.RemoveRange(MaxSeqLength, labels.Count - MaxSeqLength);
-        }
-        return labels.Any(l => l != IgnoreIndex) ? new TokenizedExample(example.RowIndex, [.. ids], [.. labels]) : null;
+        return (ids, labels);
     }
 
     void AppendRun(List<Segment> run, List<int> ids, List<int> labels)

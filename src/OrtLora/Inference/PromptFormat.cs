@@ -1,0 +1,37 @@
+using OrtLora.Training.Data;
+
+namespace OrtLora.Inference;
+
+/// <summary>How `generate` turns --prompt into token ids: as written ("raw"), or the way training rendered its examples,
+/// so that a model fine-tuned on instruction or chat data is asked in the form it learned: "instruction" (Stanford
+/// Alpaca's prompt with an empty input) or "chat" (one user message in the chat template, then the assistant's turn
+/// opened, as transformers' add_generation_prompt does).</summary>
+public static class PromptFormat
+{
+    public static readonly string[] Names = ["raw", "instruction", "chat"];
+
+    public static int[] Encode(string format, string prompt, TextTokenizer tokenizer, ChatTemplate chat)
+    {
+        var segments = new List<Segment>();
+        switch (format)
+        {
+            case "raw":
+                return tokenizer.Encode(prompt, addBos: tokenizer.AddsBos);
+            case "instruction":
+                if (tokenizer.AddsBos) segments.Add(Segment.Bos());
+                segments.Add(new Segment(AlpacaTemplate.Prompt(new InstructionRecord(prompt, "", "")), false));
+                break;
+            case "chat":
+                segments.AddRange(chat.Render([new ChatMessage("user", prompt)], tokenizer.AddsBos));
+                segments.AddRange(chat.GenerationPrompt);
+                break;
+            default:
+                throw new OrtLoraException($"--prompt-format {format}: expected {string.Join(", ", Names)}");
+        }
+        return new ExampleEncoder(tokenizer, int.MaxValue).Ids(new Example(0, segments));
+    }
+
+    /// <summary>Tokens that end the answer besides the stop tokens of the model: ChatML's end of turn in chat format.</summary>
+    public static IEnumerable<int> StopIds(string format, TextTokenizer tokenizer, ChatTemplate chat) =>
+        format == "chat" && chat.EndOfTurn is { } end && tokenizer.TokenId(end) is { } id ? [id] : [];
+}
