@@ -56,9 +56,8 @@ public static class Dora
         LoraConfig config, int parts)
     {
         RequireSupported(model, layer, path, config, parts);
-        var weight = g.Initializer(layer.Weight) ?? throw new OrtLoraException($"{model.Source}: weight '{layer.Weight}' of '{path}' is missing");
-        var squares = OutputSquares(model.ReadFloats(weight), layer.Layout, layer.In, layer.Out);
-        return (squares.Select(s => (float)Math.Sqrt(s)).ToArray(), squares.Select(s => (float)s).ToArray());
+        var squares = WeightNormSquared(model, g, layer);
+        return (squares.Select(s => (float)Math.Sqrt(s)).ToArray(), squares);
     }
 
     /// <summary>‖W[o, :]‖ for each output feature o of a weight stored [out, in] or [in, out], summed in double.</summary>
@@ -117,15 +116,10 @@ public static class Dora
         // W·Aᵀ [out, r]: [out, in]·[in, r], or (A·W)ᵀ for W read [in, out].
         var wa = outIn ? node("MatMul", "W_At", [w, aT])
             : node("Transpose", "W_At", [node("MatMul", "A_W", [a, w])], ("perm", new long[] { 1, 0 }));
-        string RowSum(string name, string x)
-        {
-            if (opset >= 13)
-            {
-                var axes = g.AddInitializer(Tensors.FromInt64(g.Unique($"{magnitude}.{name}_axes"), [1], [1]));
-                return node("ReduceSum", name, [x, axes], ("keepdims", 0L));
-            }
-            return node("ReduceSum", name, [x], ("axes", new long[] { 1 }), ("keepdims", 0L));
-        }
+        var rowAxes = opset >= 13 ? g.AddInitializer(Tensors.FromInt64(g.Unique($"{magnitude}.row_axes"), [1], [1])) : null;
+        string RowSum(string name, string x) => rowAxes is not null
+            ? node("ReduceSum", name, [x, rowAxes], ("keepdims", 0L))
+            : node("ReduceSum", name, [x], ("axes", new long[] { 1 }), ("keepdims", 0L));
         var cross = RowSum("cross", node("Mul", "B_W_At", [b, wa]));
         var quadratic = RowSum("quadratic", node("Mul", "B_A_At_B", [node("MatMul", "B_A_At", [b, node("MatMul", "A_At", [a, aT])]), b]));
         var inner = node("Add", "inner", [node("Add", "two_cross", [cross, cross]), node("Mul", "scaled_quadratic", [quadratic, scale])]);

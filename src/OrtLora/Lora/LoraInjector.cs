@@ -33,7 +33,7 @@ public static class LoraInjector
                 "(an Optimum merged decoder, decoder_model_merged.onnx?); export without merging (optimum-cli export onnx without --legacy gives model.onnx) and inject that");
         if (layers.Count == 0) throw new OrtLoraException($"{model.Source}: no linear layer (MatMul/Gemm with a 2-D weight initializer) found");
         var prefix = ModuleNames.WrapperPrefix(layers.Select(l => l.Module).ToList());
-        var plans = peft is null ? PlanFresh(model, config, layers, prefix) : PlanFromPeft(model, peft, layers, prefix);
+        var plans = peft is null ? PlanFresh(model, g, config, layers, prefix) : PlanFromPeft(model, g, peft, layers, prefix);
         var adapters = new List<LoraAdapter>();
         var added = new Dictionary<NodeProto, List<NodeProto>>();
         foreach (var p in plans)
@@ -67,9 +67,8 @@ public static class LoraInjector
     static bool HasLinearSubgraph(NodeProto node) => node.Attribute.Any(a =>
         (a.G is { } g ? [g] : a.Graphs.ToList()).Any(sub => sub.Node.Any(n => n.OpType is "MatMul" or "Gemm" || HasLinearSubgraph(n))));
 
-    static List<Plan> PlanFresh(OnnxModel model, LoraConfig config, List<LinearLayer> layers, string prefix)
+    static List<Plan> PlanFresh(OnnxModel model, GraphEditor g, LoraConfig config, List<LinearLayer> layers, string prefix)
     {
-        var g = new GraphEditor(model.Graph);
         if (config.TargetModules.Count == 0)
             config.TargetModules = ModuleNames.DefaultTargets(layers.Select(l => ModuleNames.Strip(l.Module, prefix)))
                 ?? throw new OrtLoraException($"{model.Source}: no layer has a name PEFT targets by default; choose --target-modules (e.g. all-linear)");
@@ -138,7 +137,7 @@ public static class LoraInjector
         return a;
     }
 
-    static List<Plan> PlanFromPeft(OnnxModel model, PeftAdapter adapter, List<LinearLayer> layers, string prefix)
+    static List<Plan> PlanFromPeft(OnnxModel model, GraphEditor g, PeftAdapter adapter, List<LinearLayer> layers, string prefix)
     {
         var plans = new List<Plan>();
         var taken = new Dictionary<LinearLayer, string>();
@@ -159,7 +158,6 @@ public static class LoraInjector
             int r = (int)m.A.Shape[0];
             var path = ModuleNames.Strip(layer.Module, prefix);
             if (m.M is not null) Lora.Dora.RequireSupported(model, layer, path, adapter.Config, parts: 1);
-            var g = new GraphEditor(model.Graph);
             plans.Add(new Plan(layer, path, r, adapter.Config.ScaleFor(m.Path, r),
                 [new PartPlan(m.KeyA, m.A.AsFloats(), m.KeyB, m.B.AsFloats(), layer.Out, null)],
                 m.M is null ? null : (m.M.AsFloats(), Lora.Dora.WeightNormSquared(model, g, layer))));

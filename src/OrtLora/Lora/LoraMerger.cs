@@ -14,13 +14,14 @@ public static class LoraMerger
         var g = new GraphEditor(model.Graph);
         var removedNodes = new HashSet<string>();
         var removedInitializers = new HashSet<string>();
+        var loraNodes = lora.Adapters.SelectMany(a => a.Nodes).ToHashSet();
         foreach (var group in lora.ByLayer())
         {
             var first = group[0];
             var baseNode = g.Producer(first.BaseOutput)
                 ?? throw new OrtLoraException($"{model.Source}: the base layer of adapter '{first.LoraA}' (output '{first.BaseOutput}') is missing");
             var adapter = LayerAdapter.Read(model, group);
-            var weight = WeightFor(model, g, baseNode, first, lora.Adapters.SelectMany(a => a.Nodes).ToHashSet());
+            var weight = WeightFor(model, g, baseNode, first, loraNodes);
             int dataType = weight.DataType;
             double factor = 1.0 / first.GemmAlpha; // Gemm computes alpha·x·W: fold delta / alpha into W
             var layout = first.Layout;

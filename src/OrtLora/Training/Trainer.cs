@@ -150,8 +150,7 @@ public static class Trainer
                 log.Append(new JsonObject
                 {
                     // learning_rate as the Trainer logs it: the scheduler's value after its step, i.e. the next step's
-                    // epoch fractional, as the Trainer logs it: the share of the epoch's rows used so far
-                    ["step"] = state.GlobalStep, ["epoch"] = Math.Round(position.Epoch + (double)position.Index / Math.Max(1, data.Train.RowCount), 4),
+                    ["step"] = state.GlobalStep, ["epoch"] = FractionalEpoch(position, data),
                     ["loss"] = lossSinceLog / stepsSinceLog,
                     ["learning_rate"] = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs),
                     ["grad_norm"] = session.LastGradNorm, ["tokens_per_second"] = tokensPerSecond,
@@ -182,7 +181,7 @@ public static class Trainer
         if (stepsThisRun > 0)
             log.Append(new JsonObject
             {
-                ["step"] = state.GlobalStep, ["epoch"] = Math.Round(position.Epoch + (double)position.Index / Math.Max(1, data.Train.RowCount), 4),
+                ["step"] = state.GlobalStep, ["epoch"] = FractionalEpoch(position, data),
                 ["train_runtime"] = Math.Round(runtime, 4), ["train_samples_per_second"] = Math.Round(samplesThisRun / Math.Max(1e-9, runtime), 3),
                 ["train_steps_per_second"] = Math.Round(stepsThisRun / Math.Max(1e-9, runtime), 3), ["train_loss"] = lossThisRun / stepsThisRun,
             });
@@ -225,18 +224,27 @@ public static class Trainer
     }
 
     /// <summary>Mean loss over all counted eval tokens.</summary>
-    public static double Evaluate(TrainingSession session, TrainingData data)
+    public static double Evaluate(TrainingSession session, TrainingData data) => Score(session, data).Loss;
+
+    /// <summary>The eval loss with the tokens it counted and the batches it ran, in one pass over the eval data.</summary>
+    public static (double Loss, long Tokens, int Batches) Score(TrainingSession session, TrainingData data)
     {
         double sum = 0;
         long tokens = 0;
+        int batches = 0;
         foreach (var b in data.EvalBatches())
         {
             if (b.LossTokens == 0) continue;
             sum += session.EvalLoss(ToEngine(b)) * (double)b.LossTokens;
             tokens += b.LossTokens;
+            batches++;
         }
-        return tokens == 0 ? double.NaN : sum / tokens;
+        return (tokens == 0 ? double.NaN : sum / tokens, tokens, batches);
     }
+
+    /// <summary>The epoch as the Trainer logs it, fractional: the share of the epoch's rows used so far.</summary>
+    static double FractionalEpoch(DataPosition position, TrainingData data) =>
+        Math.Round(position.Epoch + (double)position.Index / Math.Max(1, data.Train.RowCount), 4);
 
     static Engine.Batch ToEngine(DataBatch b) => new(b.InputIds, b.AttentionMask, b.Labels, b.BatchSize, b.SeqLength);
 

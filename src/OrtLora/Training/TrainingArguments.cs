@@ -90,13 +90,16 @@ public static class LrSchedule
             "cosine_with_restarts" => progress >= 1 ? 0
                 : baseLr * Math.Max(0.0, 0.5 * (1.0 + Math.Cos(Math.PI * (Arg("num_cycles", 1) * progress % 1.0)))),
             "polynomial" => Polynomial(baseLr, step, warmup, total, Arg("lr_end", 1e-7), Arg("power", 1.0)),
-            "inverse_sqrt" => baseLr / Math.Sqrt((step + (Arg("timescale", warmup > 0 ? warmup : 10_000) - warmup)) / Arg("timescale", warmup > 0 ? warmup : 10_000)),
+            "inverse_sqrt" => InverseSqrt(baseLr, step, warmup, Arg("timescale", warmup > 0 ? warmup : 10_000)),
             "constant_with_warmup" => baseLr,
             _ => throw new OrtLoraException($"--lr-scheduler-type {type}: expected one of {string.Join(", ", Types)}"),
         };
     }
 
     public static readonly string[] Types = ["linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"];
+
+    static double InverseSqrt(double baseLr, int step, int warmup, double timescale) =>
+        baseLr / Math.Sqrt((step + (timescale - warmup)) / timescale);
 
     static double Polynomial(double baseLr, int step, int warmup, int total, double lrEnd, double power)
     {

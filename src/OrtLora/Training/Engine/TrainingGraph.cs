@@ -123,10 +123,11 @@ public sealed partial class TrainingGraph : IDisposable
             // eval keeps the fused ops.
             if (FusedOpDecomposition.Applies(g))
                 FusedOpDecomposition.Apply(g, Probe(proto, values, frozen));
-            var dropout = loraDropout ?? Lora.LoraModel.Read(model)?.Config.LoraDropout ?? 0;
+            var lora = Lora.LoraModel.Read(model);
+            var dropout = loraDropout ?? lora?.Config.LoraDropout ?? 0;
             if (dropout > 0)
             {
-                var dora = Lora.LoraModel.Read(model) is { Config.UseDora: true } l ? l : null;
+                var dora = lora is { Config.UseDora: true } ? lora : null;
                 var typesBefore = dora is null ? null : Probe(proto, values, frozen);
                 var dropped = AddLoraDropout(g, parameters, dropout);
                 if (dora is not null) Lora.Dora.UseDroppedInput(g, dora, a => dropped.TryGetValue(a.LoraA, out var d) ? d : null, typesBefore!);
@@ -139,7 +140,7 @@ public sealed partial class TrainingGraph : IDisposable
             var seeds = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks);
             ChunkEvalLoss(eval, loss, logitsType, types, opset, chunks);
             // DoRA's weight norms are constants to the gradient, as PEFT detaches them.
-            var detached = Lora.LoraModel.Read(model)?.Adapters.Select(a => a.WeightNorm).OfType<string>().ToHashSet() ?? [];
+            var detached = lora?.Adapters.Select(a => a.WeightNorm).OfType<string>().ToHashSet() ?? [];
             var grads = GradientBuilder.Build(g, seeds, parameters, types, opset, gradientCheckpointing, detached);
             foreach (var p in parameters)
             {
