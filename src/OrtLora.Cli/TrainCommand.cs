@@ -21,6 +21,7 @@ public static class TrainCommand
         var epochs = new Option<double>("--num-train-epochs") { DefaultValueFactory = _ => 1 };
         var maxSteps = new Option<int>("--max-steps") { Description = "total optimizer steps (overrides epochs)", DefaultValueFactory = _ => -1 };
         var batch = new Option<int>("--per-device-train-batch-size") { DefaultValueFactory = _ => 8 };
+        var evalBatch = new Option<int>("--per-device-eval-batch-size") { Description = "rows per eval batch (default: the training batch size)" };
         var accumulation = new Option<int>("--gradient-accumulation-steps") { DefaultValueFactory = _ => 1 };
         var lr = new Option<double>("--learning-rate") { DefaultValueFactory = _ => 2e-4 };
         var scheduler = new Option<string>("--lr-scheduler-type") { DefaultValueFactory = _ => "linear" };
@@ -29,6 +30,9 @@ public static class TrainCommand
         var warmupRatio = new Option<double>("--warmup-ratio");
         var warmupSteps = new Option<int>("--warmup-steps");
         var weightDecay = new Option<double>("--weight-decay");
+        var beta1 = new Option<double>("--adam-beta1") { DefaultValueFactory = _ => 0.9 };
+        var beta2 = new Option<double>("--adam-beta2") { DefaultValueFactory = _ => 0.999 };
+        var epsilon = new Option<double>("--adam-epsilon") { DefaultValueFactory = _ => 1e-8 };
         var maxGradNorm = new Option<double>("--max-grad-norm") { DefaultValueFactory = _ => 1.0 };
         var logging = new Option<int>("--logging-steps") { DefaultValueFactory = _ => 10 };
         var saveSteps = new Option<int>("--save-steps") { DefaultValueFactory = _ => 500 };
@@ -38,6 +42,11 @@ public static class TrainCommand
         evalStrategy.AcceptOnlyFromAmong("no", "steps", "epoch");
         var saveStrategy = new Option<string>("--save-strategy") { Description = "steps (every --save-steps), epoch or no", DefaultValueFactory = _ => "steps" };
         saveStrategy.AcceptOnlyFromAmong("no", "steps", "epoch");
+        var loadBest = new Option<bool>("--load-best-model-at-end") { Description = "the adapter (and --merge) take the parameters of the evaluation with the lowest eval_loss" };
+        var metricForBest = new Option<string>("--metric-for-best-model") { Description = "eval_loss (loss and perplexity name the same order)", DefaultValueFactory = _ => "eval_loss" };
+        metricForBest.AcceptOnlyFromAmong("eval_loss", "loss", "perplexity", "eval_perplexity");
+        var patience = new Option<int>("--early-stopping-patience") { Description = "stop after this many evaluations without a lower eval_loss (transformers' EarlyStoppingCallback)" };
+        var threshold = new Option<double>("--early-stopping-threshold") { Description = "how much lower eval_loss must be to count as better, for --early-stopping-patience" };
         var loraplus = new Option<double>("--loraplus-lr-ratio") { Description = "LoRA+: B's learning rate is this times --learning-rate", DefaultValueFactory = _ => 1 };
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
         device.AcceptOnlyFromAmong("cpu", "cuda");
@@ -60,8 +69,9 @@ public static class TrainCommand
         lora.AddTo(cmd);
         foreach (var o in dataOptions.All) cmd.Options.Add(o);
         foreach (var o in new Option[] { data, evalData, evalSplit, packing, padToMax,
-                     epochs, maxSteps, batch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay, maxGradNorm,
-                     logging, saveSteps, saveStrategy, saveLimit, evalSteps, evalStrategy, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
+                     epochs, maxSteps, batch, evalBatch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay,
+                     beta1, beta2, epsilon, maxGradNorm, logging, saveSteps, saveStrategy, saveLimit, evalSteps, evalStrategy,
+                     loadBest, metricForBest, patience, threshold, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
 
         cmd.SetAction(CliRunner.Guard(parse =>
@@ -69,14 +79,16 @@ public static class TrainCommand
             var args = new TrainingArguments
             {
                 OutputDir = parse.GetValue(output)!, NumTrainEpochs = parse.GetValue(epochs), MaxSteps = parse.GetValue(maxSteps),
-                PerDeviceTrainBatchSize = parse.GetValue(batch), GradientAccumulationSteps = parse.GetValue(accumulation),
+                PerDeviceTrainBatchSize = parse.GetValue(batch), PerDeviceEvalBatchSize = parse.GetValue(evalBatch), GradientAccumulationSteps = parse.GetValue(accumulation),
                 LearningRate = parse.GetValue(lr), LrSchedulerType = parse.GetValue(scheduler)!, LrSchedulerKwargs = LrSchedule.ParseKwargs(parse.GetValue(schedulerKwargs)), WarmupRatio = parse.GetValue(warmupRatio),
-                WarmupSteps = parse.GetValue(warmupSteps), WeightDecay = parse.GetValue(weightDecay), MaxGradNorm = parse.GetValue(maxGradNorm),
+                WarmupSteps = parse.GetValue(warmupSteps), WeightDecay = parse.GetValue(weightDecay),
+                AdamBeta1 = parse.GetValue(beta1), AdamBeta2 = parse.GetValue(beta2), AdamEpsilon = parse.GetValue(epsilon), MaxGradNorm = parse.GetValue(maxGradNorm),
                 Seed = parse.GetValue(lora.Seed), LoggingSteps = parse.GetValue(logging), SaveSteps = parse.GetValue(saveSteps),
                 SaveTotalLimit = parse.GetValue(saveLimit), EvalSteps = parse.GetValue(evalSteps), EvalStrategy = parse.GetValue(evalStrategy)!, SaveStrategy = parse.GetValue(saveStrategy)!, LoraplusLrRatio = parse.GetValue(loraplus),
                 Fp16 = parse.GetValue(fp16), Bf16 = parse.GetValue(bf16), Device = parse.GetValue(device)!, EpLibrary = parse.GetValue(epLibrary),
                 GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),
-                CudaGraphs = parse.GetValue(cudaGraphs),
+                CudaGraphs = parse.GetValue(cudaGraphs), LoadBestModelAtEnd = parse.GetValue(loadBest),
+                EarlyStoppingPatience = parse.GetValue(patience), EarlyStoppingThreshold = parse.GetValue(threshold),
             };
             Validate(args);
             var job = new TrainJob
@@ -103,6 +115,10 @@ public static class TrainCommand
         if (a.GradientAccumulationSteps < 1) throw new OrtLoraException("--gradient-accumulation-steps must be at least 1");
         if (a.LearningRate <= 0) throw new OrtLoraException("--learning-rate must be positive");
         if (a.WarmupRatio is < 0 or > 1) throw new OrtLoraException("--warmup-ratio must be in [0, 1]");
+        if (a.PerDeviceEvalBatchSize < 0) throw new OrtLoraException("--per-device-eval-batch-size must be at least 1");
+        if (a.AdamBeta1 is < 0 or >= 1 || a.AdamBeta2 is < 0 or >= 1) throw new OrtLoraException("--adam-beta1 and --adam-beta2 must be in [0, 1)");
+        if (a.AdamEpsilon <= 0) throw new OrtLoraException("--adam-epsilon must be positive");
+        if (a.EarlyStoppingPatience < 0 || a.EarlyStoppingThreshold < 0) throw new OrtLoraException("--early-stopping-patience and --early-stopping-threshold must not be negative");
         if (a.Fp16 && a.Bf16) throw new OrtLoraException("choose one of --fp16 and --bf16");
         if (a.MaxSteps <= 0 && a.NumTrainEpochs <= 0) throw new OrtLoraException("give --num-train-epochs > 0 or --max-steps > 0");
     }

@@ -5,19 +5,31 @@ using OrtLora.Lora;
 namespace OrtLora.Training;
 
 /// <summary>Where a run stands after step N: the global step, the data position and the seed that drive shuffling,
-/// and the log so far. Saved as trainer_state.json like the Hugging Face Trainer's.</summary>
+/// and the best eval so far (load_best_model_at_end, early stopping). Saved as trainer_state.json like the Hugging Face
+/// Trainer's (best_metric, best_global_step and the early-stopping counter under its names).</summary>
 public sealed record TrainerState(int GlobalStep, int Epoch, long DataIndex, int Seed, long TokensSeen)
 {
+    public BestEval? Best { get; init; }
+
     public JsonObject ToJson() => new()
     {
         ["global_step"] = GlobalStep, ["epoch"] = Epoch, ["data_index"] = DataIndex,
         ["seed"] = Seed, ["tokens_seen"] = TokensSeen,
+        ["best_metric"] = Best?.Metric, ["best_global_step"] = Best?.Step, ["early_stopping_patience_counter"] = Best?.EvalsWithoutImprovement ?? 0,
     };
 
     public static TrainerState FromJson(JsonNode j) => new(
         j["global_step"]!.GetValue<int>(), j["epoch"]!.GetValue<int>(), j["data_index"]!.GetValue<long>(),
-        j["seed"]!.GetValue<int>(), j["tokens_seen"]!.GetValue<long>());
+        j["seed"]!.GetValue<int>(), j["tokens_seen"]!.GetValue<long>())
+    {
+        Best = j["best_metric"] is { } metric && j["best_global_step"] is { } step
+            ? new BestEval(metric.GetValue<double>(), step.GetValue<int>(), j["early_stopping_patience_counter"]?.GetValue<int>() ?? 0) : null,
+    };
 }
+
+/// <summary>The lowest eval loss so far, its step, and how many evaluations since have not improved on it by more than
+/// the early-stopping threshold.</summary>
+public sealed record BestEval(double Metric, int Step, int EvalsWithoutImprovement);
 
 /// <summary>checkpoint-N/: the adapter (PEFT format), the optimizer moments, trainer_state.json. Written to a temp
 /// folder and renamed, so a run killed mid-save never leaves a half checkpoint that resume would pick.</summary>

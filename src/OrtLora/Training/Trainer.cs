@@ -63,9 +63,15 @@ public static class Trainer
         var tokenizer = TokenizerLoader.Load(tokenizerPath);
         VocabularyCheck.Require(tokenizer, model);
         var tokenizerDir = Directory.Exists(tokenizerPath) ? tokenizerPath : Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!;
-        var dataOptions = job.Data with { BatchSize = args.PerDeviceTrainBatchSize, EvalBatchSize = args.PerDeviceTrainBatchSize, Seed = args.Seed,
+        var dataOptions = job.Data with { BatchSize = args.PerDeviceTrainBatchSize,
+            EvalBatchSize = args.PerDeviceEvalBatchSize > 0 ? args.PerDeviceEvalBatchSize : args.PerDeviceTrainBatchSize, Seed = args.Seed,
             PadToMaxLength = job.Data.PadToMaxLength || args.CudaGraphs };
         using var data = TrainingData.Open(job.DataPath, tokenizer, dataOptions, job.EvalDataPath, TokenizerConfig.Read(tokenizerDir));
+
+        var best = new BestModel(args);
+        if (best.Tracking && (!data.HasEval || args.EvalStrategy == "no"))
+            throw new OrtLoraException($"{job.DataPath}: --load-best-model-at-end and --early-stopping-patience compare evaluations during " +
+                "training: give --eval-data or --eval-split, and an --eval-strategy other than no");
 
         int batchesPerEpoch = args.MaxSteps > 0 ? 0 : data.CountBatches();
         if (args.MaxSteps <= 0 && batchesPerEpoch == 0) throw new OrtLoraException($"{job.DataPath}: no training examples ({data.Summary})");
@@ -101,7 +107,7 @@ public static class Trainer
         {
             var path = resume == "" ? Checkpoint.Latest(args.OutputDir)
                 ?? throw new OrtLoraException($"{args.OutputDir}: no checkpoint to resume from") : resume;
-            state = Restore(session, path);
+            state = Restore(session, best, path);
             log.Reload(state.GlobalStep);
             reporter.Info($"resumed from {path} at step {state.GlobalStep} ({new DataPosition(state.Epoch, state.DataIndex)})");
         }
@@ -112,12 +118,16 @@ public static class Trainer
             $"{tokenizer.Kind} tokenizer ({tokenizer.VocabSize} tokens); {totalSteps} steps, warmup {warmup}, data: {data.Summary}");
 
         double? firstEval = null, lastEval = null;
-        if (data.HasEval && state.GlobalStep == 0)
+        int lastEvalStep = -1;
+        double EvaluateAt(int step)
         {
-            firstEval = lastEval = Evaluate(session, data);
-            log.Append(new JsonObject { ["step"] = 0, ["eval_loss"] = firstEval, ["perplexity"] = Math.Exp(firstEval.Value) });
-            reporter.Evaluated(0, firstEval.Value);
+            double loss = Evaluate(session, data);
+            log.Append(new JsonObject { ["step"] = step, ["eval_loss"] = loss, ["perplexity"] = Math.Exp(loss) });
+            reporter.Evaluated(step, loss);
+            lastEvalStep = step;
+            return loss;
         }
+        if (data.HasEval && state.GlobalStep == 0) firstEval = lastEval = EvaluateAt(0); // the baseline: never the "best model"
 
         var position = new DataPosition(state.Epoch, state.DataIndex);
         using var batches = new BatchStream(data, position);
@@ -129,7 +139,8 @@ public static class Trainer
         double lossThisRun = 0;
         int stepsThisRun = 0;
         long samplesThisRun = 0;
-        while (state.GlobalStep < totalSteps)
+        bool stoppedEarly = false;
+        while (state.GlobalStep < totalSteps && !stoppedEarly)
         {
             var window = batches.Take(args.GradientAccumulationSteps);
             double lr = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs);
@@ -165,13 +176,16 @@ public static class Trainer
                     _ => false,
                 })
             {
-                lastEval = Evaluate(session, data);
-                log.Append(new JsonObject { ["step"] = state.GlobalStep, ["eval_loss"] = lastEval, ["perplexity"] = Math.Exp(lastEval.Value) });
-                reporter.Evaluated(state.GlobalStep, lastEval.Value);
+                lastEval = EvaluateAt(state.GlobalStep);
+                stoppedEarly = best.Observe(state.GlobalStep, lastEval.Value, session.GetParameters);
+                state = state with { Best = best.Best };
+                if (stoppedEarly)
+                    reporter.Info($"early stopping at step {state.GlobalStep}: {args.EarlyStoppingPatience} evaluations without lowering eval_loss " +
+                        $"by more than {args.EarlyStoppingThreshold} (best {best.Best!.Metric:F4} at step {best.Best.Step})");
             }
             if (args.SaveStrategy switch { "steps" => args.SaveSteps > 0 && state.GlobalStep % args.SaveSteps == 0, "epoch" => epochEnded, _ => false })
             {
-                SaveCheckpoint(model, session, state, args.OutputDir);
+                SaveCheckpoint(model, session, state, best, args.OutputDir);
                 Checkpoint.Prune(args.OutputDir, args.SaveTotalLimit);
             }
         }
@@ -185,11 +199,17 @@ public static class Trainer
                 ["train_runtime"] = Math.Round(runtime, 4), ["train_samples_per_second"] = Math.Round(samplesThisRun / Math.Max(1e-9, runtime), 3),
                 ["train_steps_per_second"] = Math.Round(stepsThisRun / Math.Max(1e-9, runtime), 3), ["train_loss"] = lossThisRun / stepsThisRun,
             });
-        if (data.HasEval)
+        if (data.HasEval && lastEvalStep != state.GlobalStep)
         {
-            lastEval = Evaluate(session, data);
-            log.Append(new JsonObject { ["step"] = state.GlobalStep, ["eval_loss"] = lastEval, ["perplexity"] = Math.Exp(lastEval.Value) });
-            reporter.Evaluated(state.GlobalStep, lastEval.Value);
+            lastEval = EvaluateAt(state.GlobalStep);
+            best.Observe(state.GlobalStep, lastEval.Value, session.GetParameters);
+        }
+        if (args.LoadBestModelAtEnd && best is { Best: { } b, Parameters: { } bestParameters } && b.Step != state.GlobalStep)
+        {
+            session.SetParameters(bestParameters);
+            lastEval = b.Metric;
+            log.Append(new JsonObject { ["step"] = state.GlobalStep, ["best_global_step"] = b.Step, ["best_metric"] = b.Metric });
+            reporter.Info($"loaded the best model: step {b.Step}, eval_loss {b.Metric:F4}");
         }
         log.SavePlot(Path.Combine(args.OutputDir, "loss.png"));
         if (session.Scaler is { SkippedSteps: > 0 } scaler)
@@ -249,7 +269,7 @@ public static class Trainer
     static Engine.Batch ToEngine(DataBatch b) => new(b.InputIds, b.AttentionMask, b.Labels, b.BatchSize, b.SeqLength);
 
     /// <summary>The adapter (PEFT format) for people, and the raw parameters with the moments for an exact resume.</summary>
-    static void SaveCheckpoint(OnnxModel model, TrainingSession session, TrainerState state, string outputDir)
+    static void SaveCheckpoint(OnnxModel model, TrainingSession session, TrainerState state, BestModel best, string outputDir)
     {
         var parameters = session.GetParameters();
         SetParameters(model, parameters);
@@ -257,12 +277,17 @@ public static class Trainer
         var optimizer = session.GetOptimizerState();
         foreach (var (name, values) in parameters)
             optimizer["param." + name] = SafeTensor.FromFloats(session.Graph.ParameterShapes[name], values);
+        foreach (var (name, values) in best.Parameters ?? new Dictionary<string, float[]>())
+            optimizer[BestModel.CheckpointPrefix + name] = SafeTensor.FromFloats(session.Graph.ParameterShapes[name], values);
         Checkpoint.Save(outputDir, state, adapter.Config, adapter.Tensors, optimizer);
     }
 
-    static TrainerState Restore(TrainingSession session, string checkpointDir)
+    static TrainerState Restore(TrainingSession session, BestModel best, string checkpointDir)
     {
         var (state, _, optimizer) = Checkpoint.Load(checkpointDir);
+        var bestParameters = session.ParameterNames.All(p => optimizer.ContainsKey(BestModel.CheckpointPrefix + p))
+            ? session.ParameterNames.ToDictionary(p => p, p => optimizer[BestModel.CheckpointPrefix + p].AsFloats()) : null;
+        best.Restore(state.Best, bestParameters);
         var parameters = new Dictionary<string, float[]>();
         foreach (var p in session.ParameterNames)
             parameters[p] = optimizer.TryGetValue("param." + p, out var t) ? t.AsFloats()

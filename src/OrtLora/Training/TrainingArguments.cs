@@ -8,6 +8,8 @@ public sealed class TrainingArguments
     /// <summary>When positive, overrides NumTrainEpochs.</summary>
     public int MaxSteps { get; set; } = -1;
     public int PerDeviceTrainBatchSize { get; set; } = 8;
+    /// <summary>Rows per eval batch; 0: the training batch size.</summary>
+    public int PerDeviceEvalBatchSize { get; set; }
     public int GradientAccumulationSteps { get; set; } = 1;
     public double LearningRate { get; set; } = 2e-4;
     public string LrSchedulerType { get; set; } = "linear";
@@ -31,6 +33,12 @@ public sealed class TrainingArguments
     public string EvalStrategy { get; set; } = "steps";
     /// <summary>When to save a checkpoint: "steps" (every SaveSteps), "epoch" or "no".</summary>
     public string SaveStrategy { get; set; } = "steps";
+    /// <summary>At the end, the adapter (and merge) takes the parameters of the evaluation with the lowest eval loss.</summary>
+    public bool LoadBestModelAtEnd { get; set; }
+    /// <summary>Stop when this many evaluations in a row have not lowered the best eval loss by more than
+    /// EarlyStoppingThreshold (transformers' EarlyStoppingCallback); 0: never.</summary>
+    public int EarlyStoppingPatience { get; set; }
+    public double EarlyStoppingThreshold { get; set; }
     /// <summary>LoRA+: B's learning rate is LearningRate times this (1 = plain LoRA).</summary>
     public double LoraplusLrRatio { get; set; } = 1;
     /// <summary>Mixed precision: the frozen model computes in float16 (bf16: bfloat16); LoRA parameters, their branches,
