@@ -39,6 +39,8 @@ public sealed class TrainingArguments
     /// EarlyStoppingThreshold (transformers' EarlyStoppingCallback); 0: never.</summary>
     public int EarlyStoppingPatience { get; set; }
     public double EarlyStoppingThreshold { get; set; }
+    /// <summary>NEFTune's α (neftune_noise_alpha): uniform noise on the token embeddings while training; 0: none.</summary>
+    public double NeftuneNoiseAlpha { get; set; }
     /// <summary>LoRA+: B's learning rate is LearningRate times this (1 = plain LoRA).</summary>
     public double LoraplusLrRatio { get; set; } = 1;
     /// <summary>Mixed precision: the frozen model computes in float16 (bf16: bfloat16); LoRA parameters, their branches,

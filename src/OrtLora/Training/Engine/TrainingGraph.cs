@@ -37,6 +37,9 @@ public sealed partial class TrainingGraph : IDisposable
     public ModelProto Gradients { get; }
     /// <summary>What the half-precision conversion did (null for float32 compute).</summary>
     public HalfPrecisionReport? HalfPrecision { get; private init; }
+    /// <summary>With NEFTune: the hidden size d of the <see cref="NeftuneNoise.Input"/> [batch, sequence, d] that the
+    /// gradient graphs (not eval) take.</summary>
+    public long? NeftuneWidth { get; private init; }
     /// <summary>The gradient graphs take a <c>loss_scale</c> input (float16 compute).</summary>
     public bool ScalesLoss { get; private init; }
     /// <summary>With loss scaling: each parameter's gradient before the division by the scale. The step and accumulate
@@ -65,8 +68,10 @@ public sealed partial class TrainingGraph : IDisposable
     /// its activations (<see cref="Checkpoints"/>): less memory, about one more forward of compute</param>
     /// <param name="lossChunks">the loss and its gradient in this many chunks of the sequence, through the lm_head
     /// (<see cref="ChunkedLoss"/>); default: 8 when the vocabulary has 8192 or more entries, else 1 (whole)</param>
+    /// <param name="neftuneNoise">NEFTune: the training graphs add the <see cref="NeftuneNoise.Input"/> to the token embeddings</param>
     public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null,
-        double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false, int? lossChunks = null)
+        double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false, int? lossChunks = null,
+        bool neftuneNoise = false)
     {
         int opset = model.Opset();
         if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; training needs opset 13 or later (re-export the model)");
@@ -134,6 +139,8 @@ public sealed partial class TrainingGraph : IDisposable
                 g.TopologicalSort();
             }
 
+            long? neftuneWidth = neftuneNoise ? NeftuneNoise.Apply(g, model.Source) : null;
+
             var types = Probe(proto, values, frozen);
             bool scalesLoss = compute == ComputeType.Float16;
             int chunks = lossChunks ?? (types[loss.Logits].ShapeA[^1] >= 8192 ? 8 : 1);
@@ -149,7 +156,7 @@ public sealed partial class TrainingGraph : IDisposable
                 proto.Graph.Output.Add(new ValueInfoProto { Name = GradOf(p) });
             }
             g.Cleanup(); // recomputed values no rule read, the full logits of a chunked loss
-            return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss,
+            return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss, NeftuneWidth = neftuneWidth,
                 ScaledGradients = scalesLoss ? new(grads) : new() };
         }
         catch
@@ -348,10 +355,10 @@ public sealed partial class TrainingGraph : IDisposable
     public ModelProto WithBatchShape(ModelProto graph, int batch, int sequence)
     {
         var result = graph.Clone();
-        foreach (var input in result.Graph.Input.Where(i => BatchInputs.Contains(i.Name)))
+        foreach (var input in result.Graph.Input.Where(i => BatchInputs.Contains(i.Name) || i.Name == NeftuneNoise.Input))
         {
             var dims = input.Type?.TensorType?.Shape?.Dim;
-            if (dims is not { Count: 2 }) continue;
+            if (dims is null || dims.Count != (input.Name == NeftuneNoise.Input ? 3 : 2)) continue;
             dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch };
             dims[1] = new TensorShapeProto.Types.Dimension { DimValue = sequence };
         }
@@ -387,6 +394,7 @@ public sealed partial class TrainingGraph : IDisposable
         var type = input.Type.TensorType;
         var dims = type.Shape?.Dim.Select((d, i) => d.DimValue > 0 ? d.DimValue : i == 0 ? batch : sequence).ToArray() ?? [batch, sequence];
         long n = Tensors.ElementCount(dims);
+        if (input.Name == NeftuneNoise.Input) return HostTensor.Of(new float[n], dims);
         if (type.ElemType != (int)DT.Int64)
             throw new OrtLoraException($"model input '{input.Name}' is {(DT)type.ElemType}; ortlora feeds int64 token inputs only");
         var data = input.Name.Contains("position")

@@ -36,10 +36,14 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// and replays them, with no per-node launch cost on the host. Implies static shapes and state in session memory; every
 /// input and output is bound at a fixed address (<see cref="FixedAddresses"/>). Not with dropout (a replay repeats the
 /// captured random numbers).</param>
+/// <param name="NeftuneNoiseAlpha">NEFTune: uniform noise of magnitude α/√(S·d) on the token embeddings while training
+/// (<see cref="NeftuneNoise"/>); 0: none</param>
+/// <param name="Seed">seeds that noise, drawn anew for each optimizer step and micro-batch</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
     GraphOptimizationLevel Optimization = GraphOptimizationLevel.ORT_ENABLE_ALL, string Device = "cpu", string? EpLibrary = null,
     bool CpuMemArena = true, string? ProfilePrefix = null, bool StateInSessionMemory = false, ComputeType Compute = ComputeType.Float32,
-    bool StaticShapes = false, bool GradientCheckpointing = false, int? LossChunks = null, bool CudaGraphs = false);
+    bool StaticShapes = false, bool GradientCheckpointing = false, int? LossChunks = null, bool CudaGraphs = false,
+    double NeftuneNoiseAlpha = 0, int Seed = 42);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -61,6 +65,7 @@ public sealed class TrainingSession : IDisposable
     DeviceCopy? _deviceCopy;
     FixedAddresses? _fixed;
     bool _statePlaced;
+    int _microBatches; // accumulated since the last update
 
     public TrainingSession(OnnxModel model, TrainingSessionOptions options, IReadOnlyList<string>? parameters = null)
     {
@@ -70,7 +75,7 @@ public sealed class TrainingSession : IDisposable
             throw new OrtLoraException("bfloat16 compute needs an execution provider with bfloat16 kernels (--device cuda): ONNX Runtime's CPU " +
                 "provider has none for MatMul, Add, Softmax and most other ops. On CPU use --fp16 (ONNX Runtime runs float16 through float32 kernels there)");
         _graph = TrainingGraph.Build(model, parameters, compute: options.Compute, gradientCheckpointing: options.GradientCheckpointing,
-            lossChunks: options.LossChunks);
+            lossChunks: options.LossChunks, neftuneNoise: options.NeftuneNoiseAlpha > 0);
         if (_graph.ScalesLoss) _scaler = new LossScaler();
         foreach (var p in _graph.Parameters)
         {
@@ -98,6 +103,7 @@ public sealed class TrainingSession : IDisposable
         var session = ForBatch(ref _stepSession, () => _graph.BuildStep(_options.AdamW), batch);
         using var run = new RunBinding(session, _fixed);
         BindBatch(run, batch);
+        BindNoise(run, batch, microBatch: 0);
         BindOptimizer(run, learningRate, maxGradNorm);
         BindLossScale(run);
         BindModel(run, session);
@@ -115,6 +121,7 @@ public sealed class TrainingSession : IDisposable
         _accumulators ??= _graph.Parameters.ToDictionary(p => p, p => Placed(new PingPong(_graph.ParameterShapes[p])));
         using var run = new RunBinding(session, _fixed);
         BindBatch(run, batch);
+        BindNoise(run, batch, _microBatches++);
         _gradScale.Set(gradScale);
         run.HostInput(TrainingGraph.GradScale, _gradScale.Value);
         BindLossScale(run);
@@ -138,6 +145,7 @@ public sealed class TrainingSession : IDisposable
         Run(run, graphId: 2 * StateParity + AccumulatorParity);
         FinishUpdate();
         foreach (var a in _accumulators.Values) a.Clear();
+        _microBatches = 0;
     }
 
     /// <summary>The loss on a batch with the current parameters (forward only).</summary>
@@ -158,6 +166,7 @@ public sealed class TrainingSession : IDisposable
         var session = ForBatch(ref _gradSession, () => _graph.Gradients, batch);
         using var run = new RunBinding(session, _fixed);
         BindBatch(run, batch);
+        BindNoise(run, batch, microBatch: 0);
         BindModel(run, session);
         BindLossScale(run);
         // Outputs in host memory, allocated by the Run: not fixed, so never captured.
@@ -379,6 +388,14 @@ public sealed class TrainingSession : IDisposable
     void BindBatch(RunBinding run, Batch batch)
     {
         foreach (var (name, tensor) in BatchFeeds(batch)) run.HostInput(name, tensor);
+    }
+
+    /// <summary>NEFTune's noise for this optimizer step and micro-batch (<see cref="NeftuneNoise.Draw"/>).</summary>
+    void BindNoise(RunBinding run, Batch batch, int microBatch)
+    {
+        if (_graph.NeftuneWidth is not { } width) return;
+        var noise = NeftuneNoise.Draw(_options.NeftuneNoiseAlpha, _options.Seed, OptimizerStep, microBatch, batch.BatchSize, batch.SequenceLength, width);
+        run.HostInput(NeftuneNoise.Input, HostTensor.Of(noise, [batch.BatchSize, batch.SequenceLength, width]));
     }
 
     public void Dispose()

@@ -1,0 +1,100 @@
+using Onnx;
+using OrtLora.Onnx;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Training.Engine;
+
+/// <summary>NEFTune (Jain et al., "NEFTune: Noisy Embeddings Improve Instruction Finetuning"; the Hugging Face Trainer's
+/// neftune_noise_alpha): while training, uniform noise in [−α/√(S·d), α/√(S·d)] is added to the token embeddings, S the
+/// (padded) sequence length and d the hidden size, as transformers' forward hook on the input embeddings does. Only
+/// the training graphs get it: eval, the exported adapter and the merged model see no noise.
+/// <para>The noise is drawn on the host and fed as an input, not drawn in the graph: ONNX Runtime has no
+/// RandomUniformLike kernel for opset 22 and later; an input is the same in a recomputed checkpoint segment, fits a
+/// captured CUDA graph (a fixed buffer like the batch's), and is a function of (seed, optimizer step, micro-batch), so
+/// a resumed run draws what an uninterrupted one would.</para></summary>
+public static class NeftuneNoise
+{
+    /// <summary>The training graphs' input: noise shaped [batch, sequence, hidden], float32.</summary>
+    public const string Input = "neftune_noise";
+
+    /// <summary>Adds the <see cref="Input"/> to the output of the token embedding's Gather in <paramref name="g"/>.</summary>
+    /// <returns>the embedding's width d</returns>
+    public static long Apply(GraphEditor g, string source)
+    {
+        var (gather, elemType, hidden) = FindEmbedding(g)
+            ?? throw new OrtLoraException($"{source}: --neftune-noise-alpha adds noise to the token embeddings, and no token embedding " +
+                "(a Gather of a [vocabulary, hidden] table by input_ids) was found");
+        var tensor = new TypeProto.Types.Tensor { ElemType = (int)DT.Float, Shape = new TensorShapeProto() };
+        tensor.Shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimParam = "batch" });
+        tensor.Shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimParam = "sequence" });
+        tensor.Shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = hidden });
+        g.Graph.Input.Add(new ValueInfoProto { Name = Input, Type = new TypeProto { TensorType = tensor } });
+
+        var embedding = gather.Output[0];
+        var noise = elemType == (int)DT.Float ? Input : g.Add("Cast", [Input], name: "neftune/Cast", attributes: ("to", (long)elemType));
+        // The embedding's own shape: exports that flatten input_ids first gather [B·S, d].
+        var shape = g.Add("Shape", [embedding], name: "neftune/Shape");
+        noise = g.Add("Reshape", [noise, shape], name: "neftune/Reshape");
+        var noisy = g.Add("Add", [embedding, noise], name: "neftune/Add", outputs: [g.Unique(embedding + "/neftune")]);
+        g.ReplaceUses(embedding, noisy, g.Producer(noisy)!, g.Producer(shape)!);
+        g.TopologicalSort();
+        return hidden;
+    }
+
+    /// <summary>The noise for one micro-batch: uniform in ±α/√(S·d), [batch, sequence, d], a function of its arguments
+    /// only. Drawn in parallel blocks, each from its own SplitMix64 stream.</summary>
+    public static float[] Draw(double alpha, int seed, int step, int microBatch, int batch, int sequence, long hidden)
+    {
+        var noise = new float[checked(batch * sequence * (int)hidden)];
+        float magnitude = (float)(alpha / Math.Sqrt(sequence * (double)hidden));
+        const int block = 1 << 16;
+        ulong stream = Mix((ulong)(uint)seed, (ulong)(uint)step, (ulong)(uint)microBatch);
+        Parallel.For(0, (noise.Length + block - 1) / block, b =>
+        {
+            ulong state = Mix(stream, (ulong)b, 0x5EED);
+            int end = Math.Min(noise.Length, (b + 1) * block);
+            for (int i = b * block; i < end; i++)
+            {
+                // 24 random bits → [0, 1) → [−1, 1), scaled.
+                float unit = (SplitMix64(ref state) >> 40) * (1f / (1 << 24));
+                noise[i] = (2f * unit - 1f) * magnitude;
+            }
+        });
+        return noise;
+    }
+
+    static ulong SplitMix64(ref ulong state)
+    {
+        ulong z = state += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+
+    static ulong Mix(ulong a, ulong b, ulong c)
+    {
+        ulong state = a * 0x9E3779B97F4A7C15UL ^ b * 0xC2B2AE3D27D4EB4FUL ^ c * 0x165667B19E3779F9UL;
+        return SplitMix64(ref state);
+    }
+
+    /// <summary>The Gather that reads rows of a 2-D table (an initializer, or a frozen weight fed as an input) with ids
+    /// computed from input_ids by Casts and reshapes; its table's element type and width.</summary>
+    static (NodeProto Gather, int ElemType, long Hidden)? FindEmbedding(GraphEditor g)
+    {
+        var ids = new HashSet<string> { "input_ids" };
+        foreach (var n in g.Graph.Node)
+        {
+            if (n.OpType is "Cast" or "Reshape" or "Unsqueeze" or "Squeeze" or "Flatten" && n.Input.Count > 0 && ids.Contains(n.Input[0]))
+                ids.Add(n.Output[0]);
+            if (n.OpType != "Gather" || n.Input.Count < 2 || !ids.Contains(n.Input[1]) || Attrs.Int(n, "axis", 0) != 0) continue;
+            // The table, possibly stored in another type behind a Cast (fp16 weights computed in float32).
+            var table = n.Input[0];
+            int? castTo = null;
+            if (g.Producer(table) is { OpType: "Cast" } cast) { table = cast.Input[0]; castTo = (int)Attrs.Int(cast, "to", 0); }
+            if (g.Initializer(table) is { Dims.Count: 2 } initializer) return (n, castTo ?? initializer.DataType, initializer.Dims[1]);
+            if (g.Graph.Input.FirstOrDefault(i => i.Name == table)?.Type?.TensorType is { Shape.Dim: { Count: 2 } dim } type && dim[1].HasDimValue)
+                return (n, castTo ?? type.ElemType, dim[1].DimValue);
+        }
+        return null;
+    }
+}
