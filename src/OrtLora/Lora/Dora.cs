@@ -80,7 +80,8 @@ public static class Dora
     public static float[] WeightNormSquared(OnnxModel model, GraphEditor g, LinearLayer layer)
     {
         var weight = g.Initializer(layer.Weight) ?? throw new OrtLoraException($"{model.Source}: weight '{layer.Weight}' is missing");
-        return OutputSquares(model.ReadFloats(weight), layer.Layout, layer.In, layer.Out).Select(v => (float)v).ToArray();
+        var values = layer.Dequantize is { } dq ? Onnx.Dequantize.Run(model, g, dq) : model.ReadFloats(weight);
+        return OutputSquares(values, layer.Layout, layer.In, layer.Out).Select(v => (float)v).ToArray();
     }
 
     /// <summary>Scales each output feature of a merged weight V = W + scale·B·A to m ⊙ V / ‖V‖, in V's layout.</summary>

@@ -20,6 +20,9 @@ public sealed record LinearLayer(NodeProto Node, string Module, string Weight, W
 {
     public string Input => Node.Input[0];
     public string Output => Node.Output[0];
+    /// <summary>The DequantizeLinear the weight is read through when it is stored quantized (weight-only QDQ); then
+    /// <see cref="Weight"/> is the integer tensor.</summary>
+    public NodeProto? Dequantize { get; init; }
 }
 
 /// <summary>Finds the linear layers of a graph as real exporters write them, and the module path of each: from the
@@ -53,14 +56,22 @@ public static class LinearLayers
         }
         else if (node.OpType != "MatMul") return null;
         // From the node back to the initializer: Identity (deduplication), one matrix Transpose (nn.Linear's [out, in]
-        // under MatMul) and Cast (weights stored in fp16/bf16 and cast to the compute type), in any order.
+        // under MatMul), Cast (weights stored in fp16/bf16 and cast to the compute type) and one DequantizeLinear
+        // (weights stored as integers), in any order.
         string weightValue = node.Input[1], weightName = weightValue;
         int? castTo = null;
+        NodeProto? dequantize = null;
         for (int hops = 0; hops < 8; hops++)
         {
             var producer = g.Producer(weightName);
             if (producer is { OpType: "Identity" }) weightName = producer.Input[0];
             else if (producer is { OpType: "Cast" }) { castTo ??= (int)Attrs.Int(producer, "to", 0); weightName = producer.Input[0]; }
+            else if (producer is { OpType: "DequantizeLinear", Domain: "" or "ai.onnx" } dq && dequantize is null && dq.Input.Skip(1).All(i => i == "" || g.Initializer(i) is not null))
+            {
+                dequantize = dq;
+                castTo ??= Onnx.Dequantize.OutputType(dq, g);
+                weightName = dq.Input[0];
+            }
             else if (producer is { OpType: "Transpose" } t && node.OpType == "MatMul" && !transposed && IsMatrixTranspose(t))
             {
                 transposed = true;
@@ -70,9 +81,12 @@ public static class LinearLayers
             else break;
         }
         var weight = g.Initializer(weightName);
-        if (weight is null || weight.Dims.Count != 2 || !FloatTypes.Contains(weight.DataType)) return null;
+        if (weight is null || weight.Dims.Count != 2) return null;
+        if (!(dequantize is null ? FloatTypes.Contains(weight.DataType) : Onnx.Dequantize.IsQuantizedType(weight.DataType))) return null;
         if (castTo is { } to && !FloatTypes.Contains(to)) return null;
         if (castTo is not null) weightValue = weightName;
+        // ONNX Runtime's quantizers name the integers after the weight: W_quantized (int8 QDQ), W_DQ_Q4 (4-bit QDQ).
+        if (dequantize is not null) weightValue = System.Text.RegularExpressions.Regex.Replace(weightValue, "(_quantized|_DQ_Q[248])$", "");
         if (g.Graph.Input.Any(i => i.Name == weightName)) return null; // an overridable input, not a parameter
         if (weightName.EndsWith(".lora_A.weight") || weightName.EndsWith(".lora_B.weight")) return null; // an adapter's own branch
         if (g.Constant(node.Input[0]) is not null) return null;
@@ -82,7 +96,7 @@ public static class LinearLayers
         long rows = weight.Dims[0], cols = weight.Dims[1];
         var (inDim, outDim) = layout == WeightLayout.InOut ? (rows, cols) : (cols, rows);
         return new LinearLayer(node, module, weightName, layout, inDim, outDim, castTo ?? weight.DataType, alpha,
-            FusedParts(g, node.Output[0], outDim), IsHead(g, node.Output[0], module), IsTied(g, weightName, node));
+            FusedParts(g, node.Output[0], outDim), IsHead(g, node.Output[0], module), IsTied(g, weightName, node)) { Dequantize = dequantize };
     }
 
     static bool IsMatrixTranspose(NodeProto t) => Attrs.Ints(t, "perm") is not { } perm || perm.SequenceEqual([1L, 0L]);
@@ -93,12 +107,16 @@ public static class LinearLayers
     {
         var pending = new Stack<string>([weight]);
         while (pending.Count > 0)
-            foreach (var c in g.Consumers(pending.Pop()))
+        {
+            var value = pending.Pop();
+            foreach (var c in g.Consumers(value))
             {
                 if (c == layer) continue;
-                if (c.OpType is "Identity" or "Cast" || c.OpType == "Transpose" && IsMatrixTranspose(c)) pending.Push(c.Output[0]);
+                if (c.OpType is "Identity" or "Cast" || c.OpType == "Transpose" && IsMatrixTranspose(c)
+                    || c.OpType == "DequantizeLinear" && c.Input[0] == value) pending.Push(c.Output[0]);
                 else return true;
             }
+        }
         return false;
     }
 

@@ -5,7 +5,10 @@ namespace OrtLora.Lora;
 
 /// <summary>Folds every adapter into its base weight (W += scale·B·A in W's own layout and dtype) and removes the
 /// LoRA nodes, initializers and metadata, giving back the original graph's topology. The weight update is deferred
-/// to save time (<see cref="OnnxModel.Defer"/>), so with external data only one merged weight is in memory at once.</summary>
+/// to save time (<see cref="OnnxModel.Defer"/>), so with external data only one merged weight is in memory at once.
+/// A weight stored quantized (read through DequantizeLinear) becomes a float weight holding its dequantized values plus
+/// the delta, as PEFT merges a QLoRA adapter into the dequantized base: requantizing with the same scales would round
+/// most of a small delta away. Those layers lose their DequantizeLinear; requantize the merged model if needed.</summary>
 public static class LoraMerger
 {
     public static void Merge(OnnxModel model)
@@ -15,13 +18,14 @@ public static class LoraMerger
         var removedNodes = new HashSet<string>();
         var removedInitializers = new HashSet<string>();
         var loraNodes = lora.Adapters.SelectMany(a => a.Nodes).ToHashSet();
+        var dequantizers = new List<NodeProto>();
         foreach (var group in lora.ByLayer())
         {
             var first = group[0];
             var baseNode = g.Producer(first.BaseOutput)
                 ?? throw new OrtLoraException($"{model.Source}: the base layer of adapter '{first.LoraA}' (output '{first.BaseOutput}') is missing");
             var adapter = LayerAdapter.Read(model, group);
-            var weight = WeightFor(model, g, baseNode, first, loraNodes);
+            var weight = Dequantized(model, g, baseNode, first, dequantizers) ?? WeightFor(model, g, baseNode, first, loraNodes);
             int dataType = weight.DataType;
             double factor = 1.0 / first.GemmAlpha; // Gemm computes alpha·x·W: fold delta / alpha into W
             var layout = first.Layout;
@@ -43,7 +47,47 @@ public static class LoraMerger
         model.Graph.Initializer.AddRange(inits);
         // A model prepared for runtime adapters lists the LoRA parameters as (overridable) graph inputs too.
         foreach (var input in model.Graph.Input.Where(i => removedInitializers.Contains(i.Name)).ToList()) model.Graph.Input.Remove(input);
+        RemoveUnread(new GraphEditor(model.Graph), dequantizers); // a fresh index: the LoRA nodes are gone
         LoraModel.Remove(model.Proto);
+    }
+
+    /// <summary>When the layer reads its weight through a DequantizeLinear of <paramref name="first"/>'s base weight:
+    /// a new float initializer with the dequantized values (in the quantized tensor's layout, the DequantizeLinear's
+    /// output type), read by the layer's path in place of the DequantizeLinear (noted in <paramref name="dequantizers"/>);
+    /// else null.</summary>
+    static TensorProto? Dequantized(OnnxModel model, GraphEditor g, NodeProto baseNode, LoraAdapter first, List<NodeProto> dequantizers)
+    {
+        var reader = baseNode;
+        var value = baseNode.Input[1];
+        while (g.Producer(value) is { } producer)
+        {
+            if (producer.OpType == "DequantizeLinear" && producer.Input[0] == first.BaseWeight)
+            {
+                var quantized = g.Initializer(first.BaseWeight)!;
+                var values = Dequantize.Run(model, g, producer);
+                var weight = Tensors.FromFloats(g.Unique(first.BaseWeight + ".dequantized"), quantized.Dims.ToArray(), values, Dequantize.OutputType(producer, g));
+                g.AddInitializer(weight);
+                for (int i = 0; i < reader.Input.Count; i++) if (reader.Input[i] == value) reader.Input[i] = weight.Name;
+                dequantizers.Add(producer);
+                return weight;
+            }
+            if (producer.OpType is not ("Identity" or "Transpose" or "Cast")) return null;
+            reader = producer;
+            value = producer.Input[0];
+        }
+        return null;
+    }
+
+    /// <summary>Removes the DequantizeLinear nodes nothing reads any more, and their initializers nothing else reads.</summary>
+    static void RemoveUnread(GraphEditor g, List<NodeProto> dequantizers)
+    {
+        foreach (var dq in dequantizers.Distinct())
+        {
+            if (g.Consumers(dq.Output[0]).Count > 0 || g.IsGraphOutput(dq.Output[0])) continue;
+            g.RemoveNode(dq);
+            foreach (var input in dq.Input.Where(i => i != "" && g.Initializer(i) is not null && g.Consumers(i).Count == 0).Distinct().ToList())
+                g.RemoveInitializer(input);
+        }
     }
 
     /// <summary>float32 weights are updated in place in their own bytes (no second copy of the largest tensor);

@@ -29,6 +29,7 @@ public static class ResidualInit
         if (parts > 1) Refuse("it factors the whole fused weight; use --variant performant");
         if (config.UseDora) Refuse("with DoRA it is not supported");
         if (layer.GemmAlpha != 1) Refuse($"the layer is a Gemm with alpha {layer.GemmAlpha}");
+        if (layer.Dequantize is not null) Refuse($"weight '{layer.Weight}' is stored quantized, and the residual W − scale·B·A would not survive requantization");
         if (g.Consumers(layer.Weight).Count > 1) Refuse($"weight '{layer.Weight}' is read by other nodes too (tied?); PiSSA rewrites it");
         var weight = g.Initializer(layer.Weight)!;
         var values = model.ReadFloats(weight);

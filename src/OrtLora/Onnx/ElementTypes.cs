@@ -14,7 +14,7 @@ public static class ElementTypes
     public static int[] Outputs(NodeProto n, Func<string, int> typeOf)
     {
         int In(int i) => i < n.Input.Count && n.Input[i] != "" ? typeOf(n.Input[i]) : 0;
-        if (n.Domain is not ("" or "ai.onnx") || n.OpType.Contains("Quantize") || n.OpType.EndsWith("Integer"))
+        if (n.Domain is not ("" or "ai.onnx") || n.OpType.Contains("Quantize") && n.OpType != "DequantizeLinear" || n.OpType.EndsWith("Integer"))
             throw new OrtLoraException($"node '{n.Name}' ({n.Domain}:{n.OpType}): element types are known for standard float ops only");
         int first = n.OpType switch
         {
@@ -28,6 +28,7 @@ public static class ElementTypes
             "RandomNormal" or "RandomUniform" => (int)Attrs.Int(n, "dtype", (int)DT.Float),
             "RandomNormalLike" or "RandomUniformLike" or "EyeLike" or "Bernoulli" => (int)Attrs.Int(n, "dtype", In(0)),
             "Multinomial" => (int)Attrs.Int(n, "dtype", (int)DT.Int32),
+            "DequantizeLinear" => Attrs.Int(n, "output_dtype", 0) is var t and not 0 ? (int)t : In(1), // the scale's type
             _ => In(0),
         };
         var types = Enumerable.Repeat(first, n.Output.Count).ToArray();

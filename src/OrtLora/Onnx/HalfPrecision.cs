@@ -35,9 +35,11 @@ public static class HalfPrecision
         "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceProd", "Pow", "Sqrt", "Reciprocal", "Exp", "Log",
         "CumSum", "LayerNormalization", "RMSNormalization", "GroupNormalization", "InstanceNormalization", "BatchNormalization"];
     /// <summary>Ops that move data without computing: on constants only (a transposed weight) they form constant
-    /// expressions, which follow their readers' type like the constants themselves.</summary>
+    /// expressions, which follow their readers' type like the constants themselves. DequantizeLinear too from opset 19
+    /// (before, its scale is float32 only): its output takes its scale's type, so a weight stored quantized dequantizes
+    /// straight into half.</summary>
     static readonly HashSet<string> LayoutOps = ["Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten",
-        "Expand", "Slice", "Concat", "Split", "Gather", "Tile"];
+        "Expand", "Slice", "Concat", "Split", "Gather", "Tile", "DequantizeLinear"];
     /// <summary>Inputs left in their own type: read for their shape only, or typed apart from the data by the schema.</summary>
     static readonly Dictionary<string, int[]> OwnTypeInputs = new() { ["Shape"] = [0], ["Size"] = [0], ["Resize"] = [1, 2], ["Dropout"] = [1] };
 
@@ -47,13 +49,14 @@ public static class HalfPrecision
     public static HalfPrecisionReport Apply(ModelProto model, int half, IReadOnlySet<string> float32Nodes)
     {
         if (half is not ((int)DT.Float16 or (int)DT.Bfloat16)) throw new ArgumentException($"not a half type: {(DT)half}");
-        return new Pass(model.Graph, half, float32Nodes).Run();
+        int opset = model.OpsetImport.Where(o => o.Domain is "" or "ai.onnx").Select(o => (int)o.Version).DefaultIfEmpty(0).Max();
+        return new Pass(model.Graph, half, float32Nodes, HalfScales: opset >= 19).Run();
     }
 
     /// <summary>The largest finite value of <paramref name="half"/>; float32 values beyond it saturate.</summary>
     public static float MaxFinite(int half) => half == (int)DT.Float16 ? (float)Half.MaxValue : BitConverter.Int32BitsToSingle(0x7F7F0000);
 
-    sealed class Pass(GraphProto g, int half, IReadOnlySet<string> float32Nodes)
+    sealed class Pass(GraphProto g, int half, IReadOnlySet<string> float32Nodes, bool HalfScales)
     {
         sealed class ConstantUse { public bool Float32; public readonly List<(NodeProto Node, int Input)> Half = new(); }
 
@@ -105,7 +108,7 @@ public static class HalfPrecision
             for (int i = 0; i < n.Output.Count; i++) if (n.Output[i] != "") _original[n.Output[i]] = types[i];
             if (n.OpType == "Constant") { _constants.Add(n.Output[0]); _weak.Add(n.Output[0]); }
             bool branch = float32Nodes.Contains(n.Name);
-            if (!branch && LayoutOps.Contains(n.OpType) && n.Input.All(v => v == "" || _constants.Contains(v))
+            if (!branch && LayoutOps.Contains(n.OpType) && (n.OpType != "DequantizeLinear" || HalfScales) && n.Input.All(v => v == "" || _constants.Contains(v))
                 && n.Input.Any(v => v != "" && _original[v] == F32))
             {
                 // Typed later (StoreConstants), once every reader has asked for its type.

@@ -45,8 +45,16 @@ public sealed record HostTensor(Array Data, long[] Shape)
 /// <summary>One-shot runs of a model on the CPU: for tests, verification and small tools.</summary>
 public static class OrtRun
 {
+    /// <summary>The session options of every graph ortlora runs. Weight-only quantized models (DequantizeLinear before
+    /// MatMul) are fused by ONNX Runtime into MatMulNBits, whose default on CPU (accuracy level 4) quantizes the
+    /// activations to int8: logits move by ~1e-2. Level 1 computes in float32 from the dequantized blocks, so a quantized
+    /// model computes what its dequantized weights give, as PEFT's QLoRA does, and training, eval and merge agree.</summary>
     public static SessionOptions DefaultOptions(GraphOptimizationLevel level = GraphOptimizationLevel.ORT_ENABLE_ALL)
-        => new() { GraphOptimizationLevel = level, LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
+    {
+        var options = new SessionOptions { GraphOptimizationLevel = level, LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
+        options.AddSessionConfigEntry("session.qdq_matmulnbits_accuracy_level", "1");
+        return options;
+    }
 
     /// <param name="fixedInputs">inputs that are OrtValues already (a training graph's frozen weights): not disposed</param>
     public static Dictionary<string, HostTensor> Run(OnnxModel model, IReadOnlyDictionary<string, HostTensor> feeds,

@@ -26,6 +26,7 @@ public static class Tensors
     public static long ByteSize(TensorProto t)
     {
         if (t.HasRawData) return t.RawData.Length;
+        if ((DT)t.DataType is DT.Int4 or DT.Uint4) return (ElementCount(t.Dims) + 1) / 2; // two to a byte
         return ElementCount(t.Dims) * Math.Max(1, ElementSize(t.DataType));
     }
 
@@ -42,7 +43,7 @@ public static class Tensors
             case DT.Int32: return MemoryMarshal.AsBytes(t.Int32Data.ToArray().AsSpan()).ToArray();
             case DT.Float16 or DT.Bfloat16 or DT.Int16 or DT.Uint16:
                 return MemoryMarshal.AsBytes(t.Int32Data.Select(v => (ushort)v).ToArray().AsSpan()).ToArray();
-            case DT.Int8 or DT.Uint8 or DT.Bool:
+            case DT.Int8 or DT.Uint8 or DT.Bool or DT.Int4 or DT.Uint4: // 4-bit: one packed byte per int32
                 return t.Int32Data.Select(v => (byte)v).ToArray();
             default: throw new OrtLoraException($"tensor '{t.Name}': unsupported data type {(DT)t.DataType}");
         }

@@ -9,6 +9,19 @@ namespace OrtLora.Tests.Unseen;
 public sealed record Architecture(string Name, Func<OnnxModel> Build, string[] Targets, Dictionary<string, int[]> FusedParts,
     bool Past = false, bool Trainable = true, bool Int32Tokens = false, bool FloatMask = false)
 {
+    /// <summary>Linear weights stored quantized (named *-qdq).</summary>
+    public bool QuantizedWeights => Name.EndsWith("-qdq");
+
+    /// <summary>The op histogram merge gives back: the original's, less the DequantizeLinear of each merged layer, whose
+    /// weight becomes float (merging into the integers would round the delta away).</summary>
+    public SortedDictionary<string, int> MergedHistogram(int mergedLayers)
+    {
+        using var original = Build();
+        var histogram = GraphEditor.OpHistogram(original.Graph);
+        if (QuantizedWeights) histogram["DequantizeLinear"] -= mergedLayers;
+        return histogram;
+    }
+
     /// <summary>Activations in fp16 (named *-fp16): finite differences of its loss are ~10x noisier.</summary>
     public bool HalfActivations => Name.EndsWith("-fp16");
     public override string ToString() => Name;
@@ -50,6 +63,10 @@ public static class Architectures
         new("llama-int32-token-inputs", () => Llama(17, tokenType: (int)DT.Int32), LlamaTargets, [], Int32Tokens: true),
         new("llama-float-attention-mask", () => Llama(17, maskType: (int)DT.Float), LlamaTargets, [], FloatMask: true),
         new("llama-fp16", () => Llama(17, weightType: (int)DT.Float16, computeType: (int)DT.Float16), LlamaTargets, []),
+        // Weight-only QDQ, as ONNX Runtime's quantizers write a TorchScript export (weights [in, out]): int8 per output
+        // channel, and uint4 in blocks of 16 along the input axis (opset 21).
+        new("llama-int8-weights-qdq", () => Llama(17, quantize: new((int)DT.Int8), style: LinearStyle.TorchScript), LlamaTargets, []),
+        new("llama-int4-block-weights-qdq", () => Llama(21, quantize: new((int)DT.Uint4, 16), style: LinearStyle.TorchScript), LlamaTargets, []),
     ];
 
     static string[] Targets(string[] modules, string layers = "model.layers") =>
@@ -188,9 +205,9 @@ public static class Architectures
     public static OnnxModel OptimumDecoder(long vocab) => Llama(17, past: true, vocab: vocab);
 
     static OnnxModel Llama(int opset, bool past = false, int weightType = (int)DT.Float, int computeType = (int)DT.Float, bool attentionOp = false,
-        long vocab = Vocab, int tokenType = (int)DT.Int64, int? maskType = null)
+        long vocab = Vocab, int tokenType = (int)DT.Int64, int? maskType = null, Quantization? quantize = null, LinearStyle style = LinearStyle.Dynamo)
     {
-        var n = new Net(opset, seed: 11) { WeightType = weightType, ComputeType = computeType };
+        var n = new Net(opset, seed: 11) { WeightType = weightType, ComputeType = computeType, Quantize = quantize };
         var (ids, am) = TokenInputs(n, past ? "total_sequence_length" : null, tokenType, maskType);
         string? pastLength = null;
         if (past)
@@ -204,8 +221,8 @@ public static class Architectures
         var mask = n.Mask(ids, am, pastLength);
         var x = n.Embedding(ids, "model.embed_tokens.weight", vocab, Hidden);
         if (past) x = n.Op("Add", x, n.Embedding("position_ids", "model.embed_positions.weight", 128, Hidden));
-        x = Llama(n, x, mask, kvHeads: 2, LinearStyle.Dynamo, qkvBias: false, pastLength, attentionOp ? am : null);
-        Head(n, n.RmsNorm(x, "model.norm.weight", Hidden), "lm_head", LinearStyle.Dynamo, vocab);
+        x = Llama(n, x, mask, kvHeads: 2, style, qkvBias: false, pastLength, attentionOp ? am : null);
+        Head(n, n.RmsNorm(x, "model.norm.weight", Hidden), "lm_head", style, vocab);
         return n.Model();
     }
 

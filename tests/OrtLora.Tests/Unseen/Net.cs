@@ -21,6 +21,9 @@ public sealed class Net
     public int WeightType { get; init; } = (int)DT.Float;
     /// <summary>The type activations are computed in (fp16 for an export of a half-precision model).</summary>
     public int ComputeType { get; init; } = (int)DT.Float;
+    /// <summary>Linear weights stored quantized and read through DequantizeLinear, named as ONNX Runtime's weight-only
+    /// quantizers name them (WEIGHT_quantized with int8, WEIGHT_DQ_Q4 with 4 bits).</summary>
+    public Quantization? Quantize { get; init; }
     readonly Random _rng;
     int _torchScriptId = 100;
 
@@ -97,12 +100,12 @@ public sealed class Net
         switch (style)
         {
             case LinearStyle.Dynamo:
-                y = G.Add("MatMul", [x, Op("Transpose", [Param(full + ".weight", [outDim, inDim], w)], ("perm", new long[] { 1, 0 }))]);
+                y = G.Add("MatMul", [x, Op("Transpose", [Weight(full + ".weight", [outDim, inDim], w, outAxis: 0)], ("perm", new long[] { 1, 0 }))]);
                 break;
             case LinearStyle.TorchScript:
                 var transposed = new float[w.Length];
                 for (int o = 0; o < outDim; o++) for (int i = 0; i < inDim; i++) transposed[i * outDim + o] = w[o * inDim + i];
-                y = G.Add("MatMul", [x, Param($"onnx::MatMul_{_torchScriptId++}", [inDim, outDim], transposed)],
+                y = G.Add("MatMul", [x, Weight($"onnx::MatMul_{_torchScriptId++}", [inDim, outDim], transposed, outAxis: 1)],
                     name: "/" + full.Replace('.', '/').Replace("/layers/", "/layers.") + "/MatMul");
                 break;
             default:
@@ -113,6 +116,58 @@ public sealed class Net
                 return Op("Reshape", y2, Op("Concat", [batchSeq, I(outDim)], ("axis", 0L)));
         }
         return b is null ? y : Op("Add", y, b);
+    }
+
+    /// <summary>A linear layer's 2-D weight: a parameter, or with <see cref="Quantize"/> integers and their scales (and
+    /// zero points) read through DequantizeLinear. int8: symmetric per output channel (zero point 0); uint4: blocks of
+    /// <see cref="Quantization.BlockSize"/> along the input axis, zero point 8.</summary>
+    string Weight(string name, long[] dims, float[] w, int outAxis)
+    {
+        if (Quantize is not { } qz) return Param(name, dims, w);
+        bool int4 = qz.Type == (int)DT.Uint4;
+        int axis = int4 ? 1 - outAxis : outAxis;
+        long block = int4 ? qz.BlockSize : 0;
+        var scaleDims = int4 ? dims.Select((d, i) => i == axis ? (d + block - 1) / block : d).ToArray() : [dims[axis]];
+        long ScaleIndex(long r, long c)
+        {
+            long along = axis == 0 ? r : c;
+            if (!int4) return along;
+            return axis == 0 ? along / block * dims[1] + c : r * scaleDims[1] + along / block;
+        }
+        var scales = new float[Tensors.ElementCount(scaleDims)];
+        for (long r = 0; r < dims[0]; r++)
+            for (long c = 0; c < dims[1]; c++)
+            {
+                long s = ScaleIndex(r, c);
+                scales[s] = Math.Max(scales[s], Math.Abs(w[r * dims[1] + c]) / (int4 ? 7f : 127f));
+            }
+        var q = new int[w.Length];
+        for (long r = 0; r < dims[0]; r++)
+            for (long c = 0; c < dims[1]; c++)
+            {
+                long i = r * dims[1] + c;
+                q[i] = (int)Math.Round(w[i] / scales[ScaleIndex(r, c)]) + (int4 ? 8 : 0);
+            }
+        var zeros = Enumerable.Repeat(int4 ? 8 : 0, scales.Length).ToArray();
+        var quantized = G.AddInitializer(Integers(name + (int4 ? "_DQ_Q4" : "_quantized"), dims, q, qz.Type));
+        var scale = G.AddInitializer(Tensors.FromFloats(name + (int4 ? "_DQ_scales" : "_scale"), scaleDims, scales));
+        var zero = G.AddInitializer(Integers(name + (int4 ? "_DQ_zero_points" : "_zero_point"), scaleDims, zeros, qz.Type));
+        return int4 ? Op("DequantizeLinear", [quantized, scale, zero], ("axis", (long)axis), ("block_size", block))
+            : Op("DequantizeLinear", [quantized, scale, zero], ("axis", (long)axis));
+    }
+
+    static TensorProto Integers(string name, long[] dims, int[] values, int type)
+    {
+        var t = new TensorProto { Name = name, DataType = type };
+        t.Dims.AddRange(dims);
+        var bytes = type == (int)DT.Uint4 ? new byte[(values.Length + 1) / 2] : new byte[values.Length];
+        for (int i = 0; i < values.Length; i++)
+        {
+            if (type == (int)DT.Uint4) bytes[i / 2] |= (byte)((values[i] & 0xF) << (4 * (i % 2)));
+            else bytes[i] = (byte)(sbyte)values[i];
+        }
+        t.RawData = Google.Protobuf.ByteString.CopyFrom(bytes);
+        return t;
     }
 
     public string RmsNorm(string x, string weightName, long dim)
@@ -168,3 +223,6 @@ public sealed class Net
         return Op("Reshape", Op("Transpose", [context], ("perm", new long[] { 0, 2, 1, 3 })), I(0, 0, heads * dim));
     }
 }
+
+/// <summary>How <see cref="Net"/> stores linear weights quantized: int8 per channel, or uint4 in blocks.</summary>
+public sealed record Quantization(int Type, long BlockSize = 0);

@@ -106,10 +106,10 @@ public class UnseenArchitectureTests
 
             if (variant == "performant") Assert.That(Shared.MaxAbsDiff(RuntimeAdapterLogits(arch, exported), adapted), Is.LessThan(1e-4f), "as an ORT runtime adapter");
 
+            int layers = LoraModel.Read(model)!.ByLayer().Count();
             LoraMerger.Merge(model);
             Assert.That(Shared.MaxAbsDiff(Logits(model, arch), adapted), Is.LessThan(MergeTolerance(arch)), $"{variant}: merged");
-            using var original = arch.Build();
-            Assert.That(GraphEditor.OpHistogram(model.Graph), Is.EqualTo(GraphEditor.OpHistogram(original.Graph)), $"{variant}: merged graph has the original's ops");
+            Assert.That(GraphEditor.OpHistogram(model.Graph), Is.EqualTo(arch.MergedHistogram(layers)), $"{variant}: merged graph has the original's ops");
         }
     }
 
