@@ -10,6 +10,7 @@ public static class Commands
         InspectCommand.Create(),
         InjectCommand.Create(),
         MergeCommand.Create(),
+        QuantizeCommand.Create(),
         ExportAdapterCommand.Create(),
         GenerateCommand.Create(),
         AdaptersCommand.Create(),

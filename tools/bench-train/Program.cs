@@ -3,7 +3,10 @@
 //       [--steps 3] [--mode train|eval|train+eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
 //       [--graph-stats] [--ort-graph-stats] [--build-only] [--opt-basic | --graph-optimization-level all|extended|basic|none]
 //       [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
-//       [--gradient-checkpointing] [--loss-chunks N] [--cuda-graphs] [--use-dora]
+//       [--gradient-checkpointing] [--loss-chunks N] [--cuda-graphs] [--use-dora] [--quantize-weights 4|8 [--block-size 32]]
+// --quantize-weights: the base's linear weights stored quantized (WeightQuantizer: uint4 blocks or int8 channels, read
+// through DequantizeLinear), QLoRA-style; a generated model is raised to opset 21 for 4 bits. --save-base PATH writes the
+// (quantized) base and stops: bench it with --model PATH in a fresh process.
 // --cuda-graphs: CUDA graphs (ORT enable_cuda_graph; every buffer at a fixed address, static shapes); on a CPU only the
 // fixed-address binding applies.
 // --ort-graph-stats: the nodes a step runs: the step graph after ORT's optimizations (basic and all, static shapes; all,
@@ -24,6 +27,22 @@ var options = Args.Parse(args);
 var clock = Stopwatch.StartNew();
 using var model = options.Model is { } path ? OnnxModel.Load(path) : LlamaGraph.Build(
     LlamaShape.Find(options.Shape) ?? throw new ArgumentException($"unknown shape {options.Shape}"), seed: 42);
+if (Array.IndexOf(args, "--quantize-weights") is var quantizeAt and >= 0)
+{
+    int bits = int.Parse(args[quantizeAt + 1]);
+    if (bits == 4 && options.Model is null) // the builder writes opset 18; its ops mean the same at 21
+        foreach (var o in model.Proto.OpsetImport.Where(o => o.Domain is "" or "ai.onnx")) o.Version = Math.Max(o.Version, 21);
+    int blockSize = Array.IndexOf(args, "--block-size") is var b and >= 0 ? int.Parse(args[b + 1]) : 32;
+    Console.WriteLine($"quantized {WeightQuantizer.Apply(model, bits, blockSize)} linear weights to {bits} bits");
+}
+if (Array.IndexOf(args, "--save-base") is var saveAt and >= 0)
+{
+    // The base (quantized or not) as a file, to bench in a fresh process with --model: the peak working set then
+    // shows training, not building and quantizing the model.
+    model.Save(args[saveAt + 1]);
+    Console.WriteLine($"saved {args[saveAt + 1]}");
+    return;
+}
 int forwardNodes = model.Graph.Node.Count;
 long vocab = model.Graph.Output[0].Type.TensorType.Shape.Dim.Last().DimValue is > 0 and var v ? v : 1000;
 if (options.InitFrom is { } dir) LoraInjector.Inject(model, PeftAdapter.Load(dir));
@@ -88,7 +107,7 @@ foreach (var trace in session.ProfileFiles) Console.WriteLine($"profile: {trace}
 if (args.Contains("--json"))
     Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
     {
-        ["engine"] = "ortlora" + (args.Contains("--use-dora") ? "+dora" : "") + (args.Contains("--gradient-checkpointing") ? "+checkpointing" : "") + (args.Contains("--cuda-graphs") ? "+cuda-graphs" : ""), ["shape"] = options.Shape, ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
+        ["engine"] = "ortlora" + (args.Contains("--use-dora") ? "+dora" : "") + (Array.IndexOf(args, "--quantize-weights") is var q and >= 0 ? $"+int{args[q + 1]}" : "") + (args.Contains("--gradient-checkpointing") ? "+checkpointing" : "") + (args.Contains("--cuda-graphs") ? "+cuda-graphs" : ""), ["shape"] = options.Shape, ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
         ["batch"] = options.Batch, ["seq"] = options.Seq, ["r"] = options.R, ["step_ms"] = Math.Round(median * 1000, 2),
         ["tokens_per_s"] = Math.Round(n / median), ["peak_working_set_mib"] = Math.Round(peakMiB), ["graph_nodes"] = stepNodes,
         ["trainable"] = trainable,

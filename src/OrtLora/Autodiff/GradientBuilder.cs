@@ -45,6 +45,7 @@ public static class GradientBuilder
         var active = ForwardActive(nodes, parameters, types, detached ?? new HashSet<string>());
         var needed = BackwardNeeded(nodes, seeds.Keys, active);
         var checkpoints = checkpointing ? Checkpoints.Plan(nodes, needed, types) : null;
+        var widened = new WidenedWeights(graph, types, active);
         // With checkpointing: the gradients of parameter-sized values computed from activations since the last segment
         // was recomputed (LoRA's dA, dB), which the next recomputation waits for (Checkpoints.NodeForBackward)
         var parameterGrads = new List<(string Grad, int ElemType)>();
@@ -65,6 +66,7 @@ public static class GradientBuilder
             // The rule reads the forward's values, or their recomputation inside a checkpointed segment; the gradients
             // are keyed by the forward's names either way.
             var node = checkpoints?.NodeForBackward(k, graph, types, outputGrads, parameterGrads) ?? forward;
+            node = widened.ForBackward(node, outputGrads, forward.Output);
             if (!GradientRules.Table.TryGetValue(node.OpType, out var rule) || node.Domain is not ("" or "ai.onnx"))
                 throw new OrtLoraException($"autodiff: no gradient rule for op {node.Domain}{(node.Domain == "" ? "" : ".")}{node.OpType} " +
                     $"(node '{node.Name}'), which lies between a trainable parameter and the loss");

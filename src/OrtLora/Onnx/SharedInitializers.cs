@@ -38,6 +38,9 @@ public sealed class SharedInitializers : IDisposable
     {
         var inputs = new HashSet<string>(graph.Input.Select(i => i.Name));
         var transposedOnly = ReadOnlyTransposed(graph);
+        // A quantized weight's scales stay initializers, as its integers do: ONNX Runtime fuses DequantizeLinear + MatMul
+        // into MatMulNBits only over constants.
+        var quantization = graph.Node.Where(n => n.OpType == "DequantizeLinear").SelectMany(n => n.Input).ToHashSet();
         var shared = new SharedInitializers();
         try
         {
@@ -45,7 +48,7 @@ public sealed class SharedInitializers : IDisposable
             foreach (var t in graph.Initializer)
             {
                 // An initializer that is also a graph input is a default the caller may override: not frozen.
-                if (!IsWeight(t) || inputs.Contains(t.Name))
+                if (!IsWeight(t) || inputs.Contains(t.Name) || quantization.Contains(t.Name))
                 {
                     if (OnnxModel.IsExternal(t) || model.IsDeferred(t.Name)) Tensors.SetRaw(t, model.ReadBytes(t));
                     remaining.Add(t);

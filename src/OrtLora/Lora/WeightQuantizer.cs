@@ -1,0 +1,137 @@
+using Google.Protobuf;
+using Onnx;
+using OrtLora.Onnx;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Lora;
+
+/// <summary>Stores the linear layers' weights quantized, read through DequantizeLinear (weight-only QDQ, the format
+/// ONNX Runtime's quantizers write and fuse into MatMulNBits): the frozen base of QLoRA-style training. 4 bits: uint4 in
+/// blocks along the input axis, asymmetric (a zero point per block, as ONNX Runtime's MatMul4BitsQuantizer does by
+/// default; opset 21). 8 bits: int8 per output channel, symmetric. A weight read only through a Transpose (nn.Linear's
+/// [out, in] in a dynamo export) is stored transposed, [in, out], so DequantizeLinear feeds the MatMul directly, as
+/// ONNX Runtime's quantizer leaves it after its pre-processing.</summary>
+public static class WeightQuantizer
+{
+    /// <returns>the number of layers quantized</returns>
+    public static int Apply(OnnxModel model, int bits, int blockSize = 32)
+    {
+        if (bits is not (4 or 8)) throw new OrtLoraException($"quantization to {bits} bits: use 4 or 8");
+        int opset = model.Opset();
+        if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; per-channel DequantizeLinear needs opset 13 (re-export at 13 or later)");
+        if (bits == 4 && opset < 21)
+        {
+            // 4-bit types and block_size came with opset 21 (IR 10). The standard ops between 13 and 21 changed by
+            // taking more types (and options exports do not use), so the graph means the same at 21.
+            foreach (var o in model.Proto.OpsetImport.Where(o => o.Domain is "" or "ai.onnx")) o.Version = 21;
+            if (model.Proto.IrVersion < 10) model.Proto.IrVersion = 10;
+        }
+        if (blockSize < 16 || (blockSize & (blockSize - 1)) != 0) throw new OrtLoraException($"block size {blockSize}: a power of two, 16 or more");
+        var g = new GraphEditor(model.Graph);
+        int count = 0;
+        foreach (var layer in LinearLayers.Find(g).Where(l => l.Dequantize is null && !l.Tied).DistinctBy(l => l.Weight).ToList())
+        {
+            var weight = g.Initializer(layer.Weight)!;
+            var values = model.ReadFloats(weight);
+            var dims = weight.Dims.ToArray();
+            var name = weight.Name;
+            var read = name; // the value the quantized weight replaces
+            var layout = layer.Layout;
+            if (layout == WeightLayout.OutIn && g.Consumers(name) is [{ OpType: "Transpose" } transpose]
+                && Attrs.Ints(transpose, "perm") is null or [1, 0] && !g.IsGraphOutput(transpose.Output[0]))
+            {
+                values = Transposed(values, dims[0], dims[1]);
+                dims = [dims[1], dims[0]];
+                layout = WeightLayout.InOut;
+                read = transpose.Output[0];
+                g.RemoveNode(transpose);
+            }
+            // The input axis of the stored weight: blocks run along it; per-channel scales are along the other.
+            int inputAxis = layout == WeightLayout.InOut ? 0 : 1;
+            var (q, scales, zeros, scaleDims, axis) = bits == 4
+                ? Blocks(values, dims, inputAxis, blockSize)
+                : PerChannel(values, dims, 1 - inputAxis);
+            int type = bits == 4 ? (int)DT.Uint4 : (int)DT.Int8;
+            var quantized = g.AddInitializer(Integers(g.Unique(name + (bits == 4 ? "_DQ_Q4" : "_quantized")), dims, q, type));
+            var scale = g.AddInitializer(Tensors.FromFloats(g.Unique(name + "_scale"), scaleDims, scales));
+            var zero = g.AddInitializer(Integers(g.Unique(name + "_zero_point"), scaleDims, zeros, type));
+            var attributes = bits == 4 ? new (string, object)[] { ("axis", (long)axis), ("block_size", (long)blockSize) } : [("axis", (long)axis)];
+            var output = g.Add("DequantizeLinear", [quantized, scale, zero], name: name + "/DequantizeLinear", attributes: attributes);
+            var dq = g.Producer(output)!;
+            // The float weight's readers now read its dequantized values; a weight stored in fp16 keeps its Cast.
+            g.ReplaceUses(read, output, dq);
+            g.RemoveInitializer(name);
+            count++;
+        }
+        g.TopologicalSort();
+        return count;
+    }
+
+    static float[] Transposed(float[] w, long rows, long cols)
+    {
+        var t = new float[w.Length];
+        for (long r = 0; r < rows; r++)
+            for (long c = 0; c < cols; c++) t[c * rows + r] = w[r * cols + c];
+        return t;
+    }
+
+    static (int[] Q, float[] Scales, int[] Zeros, long[] ScaleDims, int Axis) Blocks(float[] w, long[] dims, int axis, int block)
+    {
+        var scaleDims = dims.Select((d, i) => i == axis ? (d + block - 1) / block : d).ToArray();
+        long Index(long r, long c) => axis == 0 ? r / block * dims[1] + c : r * scaleDims[1] + c / block;
+        var min = new float[Tensors.ElementCount(scaleDims)];
+        var max = new float[min.Length];
+        for (long r = 0; r < dims[0]; r++)
+            for (long c = 0; c < dims[1]; c++)
+            {
+                long s = Index(r, c);
+                float v = w[r * dims[1] + c];
+                min[s] = Math.Min(min[s], v); // starts at 0: the range holds zero
+                max[s] = Math.Max(max[s], v);
+            }
+        var scales = new float[min.Length];
+        var zeros = new int[min.Length];
+        for (int s = 0; s < scales.Length; s++)
+        {
+            scales[s] = max[s] > min[s] ? (max[s] - min[s]) / 15f : 1f;
+            zeros[s] = Math.Clamp((int)MathF.Round(-min[s] / scales[s]), 0, 15);
+        }
+        var q = new int[w.Length];
+        for (long r = 0; r < dims[0]; r++)
+            for (long c = 0; c < dims[1]; c++)
+            {
+                long i = r * dims[1] + c, s = Index(r, c);
+                q[i] = Math.Clamp((int)MathF.Round(w[i] / scales[s]) + zeros[s], 0, 15);
+            }
+        return (q, scales, zeros, scaleDims, axis);
+    }
+
+    static (int[] Q, float[] Scales, int[] Zeros, long[] ScaleDims, int Axis) PerChannel(float[] w, long[] dims, int axis)
+    {
+        var scales = new float[dims[axis]];
+        for (long i = 0; i < w.Length; i++)
+        {
+            long channel = axis == 0 ? i / dims[1] : i % dims[1];
+            scales[channel] = Math.Max(scales[channel], Math.Abs(w[i]) / 127f);
+        }
+        for (int s = 0; s < scales.Length; s++) if (scales[s] == 0) scales[s] = 1;
+        var q = new int[w.Length];
+        for (long i = 0; i < w.Length; i++)
+            q[i] = Math.Clamp((int)MathF.Round(w[i] / scales[axis == 0 ? i / dims[1] : i % dims[1]]), -127, 127);
+        return (q, scales, new int[scales.Length], [dims[axis]], axis);
+    }
+
+    static TensorProto Integers(string name, long[] dims, int[] values, int type)
+    {
+        var t = new TensorProto { Name = name, DataType = type };
+        t.Dims.AddRange(dims);
+        var bytes = new byte[type == (int)DT.Uint4 ? (values.Length + 1) / 2 : values.Length];
+        for (int i = 0; i < values.Length; i++)
+        {
+            if (type == (int)DT.Uint4) bytes[i / 2] |= (byte)((values[i] & 0xF) << (4 * (i % 2)));
+            else bytes[i] = (byte)(sbyte)values[i];
+        }
+        t.RawData = ByteString.CopyFrom(bytes);
+        return t;
+    }
+}
