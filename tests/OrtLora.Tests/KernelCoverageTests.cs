@@ -95,6 +95,22 @@ public class KernelCoverageTests
         AssertAllOnCuda($"DoRA {arch} {file} {compute} step", graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)));
     }
 
+    /// <summary>Quantized bases in half compute: DequantizeLinear has no bfloat16 scale on CUDA, so bf16 dequantizes to
+    /// float32 and casts; fp16 dequantizes into float16 from opset 19 (the int8 base is at opset 17: float32 and a Cast).</summary>
+    [TestCase("llama-int8-weights-qdq", ComputeType.Float16)]
+    [TestCase("llama-int8-weights-qdq", ComputeType.BFloat16)]
+    [TestCase("llama-int4-block-weights-qdq", ComputeType.Float16)]
+    [TestCase("llama-int4-block-weights-qdq", ComputeType.BFloat16)]
+    public void QuantizedBasesInHalfComputeHaveACudaKernelForEveryNode(string name, ComputeType compute)
+    {
+        using var model = Injected(Architectures.All.Single(a => a.Name == name).Build);
+        using var graph = TrainingGraph.Build(model, compute: compute);
+        var scales = graph.Gradients.Graph.Node.Where(n => n.OpType == "DequantizeLinear").Select(n => n.Input[1]).Distinct().ToList();
+        Assert.That(scales, Is.Not.Empty);
+        AssertAllOnCuda($"{name} {compute} eval", graph.Eval);
+        AssertAllOnCuda($"{name} {compute} step", graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)));
+    }
+
     static IEnumerable<Architecture> Trainable => Architectures.All.Where(a => a.Trainable);
 
     /// <summary>The unseen export styles bring fp16 activations, opset-23 ops, int32 tokens, Gemm layers, cache inputs.</summary>

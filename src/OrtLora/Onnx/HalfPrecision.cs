@@ -35,9 +35,9 @@ public static class HalfPrecision
         "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceProd", "Pow", "Sqrt", "Reciprocal", "Exp", "Log",
         "CumSum", "LayerNormalization", "RMSNormalization", "GroupNormalization", "InstanceNormalization", "BatchNormalization"];
     /// <summary>Ops that move data without computing: on constants only (a transposed weight) they form constant
-    /// expressions, which follow their readers' type like the constants themselves. DequantizeLinear too from opset 19
-    /// (before, its scale is float32 only): its output takes its scale's type, so a weight stored quantized dequantizes
-    /// straight into half.</summary>
+    /// expressions, which follow their readers' type like the constants themselves. DequantizeLinear too, in float16 from
+    /// opset 19 (before, its scale is float32 only; CUDA has no bfloat16 scale): its output takes its scale's type, so a
+    /// weight stored quantized dequantizes straight into half. Otherwise it dequantizes to float32 and its reader casts.</summary>
     static readonly HashSet<string> LayoutOps = ["Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten",
         "Expand", "Slice", "Concat", "Split", "Gather", "Tile", "DequantizeLinear"];
     /// <summary>Inputs left in their own type: read for their shape only, or typed apart from the data by the schema.</summary>
@@ -50,7 +50,7 @@ public static class HalfPrecision
     {
         if (half is not ((int)DT.Float16 or (int)DT.Bfloat16)) throw new ArgumentException($"not a half type: {(DT)half}");
         int opset = model.OpsetImport.Where(o => o.Domain is "" or "ai.onnx").Select(o => (int)o.Version).DefaultIfEmpty(0).Max();
-        return new Pass(model.Graph, half, float32Nodes, HalfScales: opset >= 19).Run();
+        return new Pass(model.Graph, half, float32Nodes, HalfScales: opset >= 19 && half == (int)DT.Float16).Run();
     }
 
     /// <summary>The largest finite value of <paramref name="half"/>; float32 values beyond it saturate.</summary>
