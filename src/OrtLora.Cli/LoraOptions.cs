@@ -26,21 +26,24 @@ public sealed class LoraOptions
     public Option<bool> UseDora { get; } = new("--use-dora") { Description = "DoRA: a trainable magnitude per output feature times the normalized W + scale·B·A" };
     public Option<string> Init { get; } = new("--init-lora-weights", "--init")
     {
-        Description = "PEFT's init_lora_weights: true/kaiming (Kaiming-uniform A, B zero), gaussian, pissa_niter_K (A, B from W's top singular vectors) or olora (from W's QR); with the last two W keeps the residual",
+        Description = "PEFT's init_lora_weights: true/kaiming (Kaiming-uniform A, B zero), gaussian, pissa_niter_K (A, B from W's top singular vectors), olora (from W's QR); " +
+            "with these two W keeps the residual; loftq: W stored quantized (--loftq-bits), A, B from the SVD of the quantization error",
         DefaultValueFactory = _ => "kaiming",
     };
+    public Option<int> LoftqBits { get; } = new("--loftq-bits") { Description = "LoftQ: the targeted weights in 4 bits (uint4 blocks of 32) or 8 (int8 per channel)", DefaultValueFactory = _ => 4 };
+    public Option<int> LoftqIter { get; } = new("--loftq-iter") { Description = "LoftQ: alternating quantize/SVD steps", DefaultValueFactory = _ => 1 };
     public Option<int> Seed { get; } = new("--seed") { Description = "random seed", DefaultValueFactory = _ => 42 };
     public Option<string?> InitFrom { get; } = new("--init-from") { Description = "PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to inject exactly" };
 
     public LoraOptions()
     {
         Variant.AcceptOnlyFromAmong("performant", "canonical");
-
+        LoftqBits.AcceptOnlyFromAmong("4", "8");
     }
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { R, Alpha, Targets, Exclude, Layers, LayersPattern, Variant, Dropout, Rslora, UseDora, Init, Seed, InitFrom }) command.Options.Add(o);
+        foreach (var o in new Option[] { R, Alpha, Targets, Exclude, Layers, LayersPattern, Variant, Dropout, Rslora, UseDora, Init, LoftqBits, LoftqIter, Seed, InitFrom }) command.Options.Add(o);
     }
 
     public LoraConfig Read(ParseResult parse)
@@ -50,11 +53,12 @@ public sealed class LoraOptions
             R = parse.GetValue(R), LoraAlpha = parse.GetValue(Alpha), TargetModules = ParseTargets(parse.GetValue(Targets)!),
             Variant = parse.GetValue(Variant)!, LoraDropout = parse.GetValue(Dropout), UseRslora = parse.GetValue(Rslora), UseDora = parse.GetValue(UseDora),
             Init = parse.GetValue(Init) is "true" ? "kaiming" : parse.GetValue(Init)!, Seed = parse.GetValue(Seed), ExcludeModules = ParseTargets(parse.GetValue(Exclude)!),
-            LayersToTransform = ParseLayers(parse.GetValue(Layers)!),
+            LayersToTransform = ParseLayers(parse.GetValue(Layers)!), LoftqBits = parse.GetValue(LoftqBits), LoftqIter = parse.GetValue(LoftqIter),
             LayersPattern = parse.GetValue(LayersPattern)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),
         };
         if (config.LayersPattern.Count > 0 && config.LayersToTransform.Count == 0)
             throw new OrtLoraException("--layers-pattern is read with --layers-to-transform (which layers to take)");
+        if (config.LoftqIter < 1) throw new OrtLoraException($"--loftq-iter must be at least 1 (got {config.LoftqIter})");
         if (config.R < 1) throw new OrtLoraException($"--r must be at least 1 (got {config.R})");
         if (config.LoraDropout is < 0 or >= 1) throw new OrtLoraException($"--lora-dropout must be in [0, 1) (got {config.LoraDropout})");
         return config;

@@ -32,6 +32,11 @@ public sealed class LoraConfig
     public string Variant { get; set; } = "performant";
     /// <summary>"kaiming" (PEFT's default, Kaiming-uniform A) or "gaussian" (A ~ N(0, 1/r)).</summary>
     public string Init { get; set; } = "kaiming";
+    /// <summary>LoftQ (Init "loftq"): the bits the targeted weights are stored in (4: uint4 blocks of
+    /// <see cref="LoftqBlockSize"/>; 8: int8 per channel) and the alternating steps (PEFT's LoftQConfig).</summary>
+    public int LoftqBits { get; set; } = 4;
+    public int LoftqIter { get; set; } = 1;
+    public int LoftqBlockSize { get; set; } = 32;
     public int Seed { get; set; } = 42;
 
     /// <summary>PEFT's per-module overrides of r and lora_alpha: key = module name or regex, matched as PEFT
@@ -81,7 +86,8 @@ public sealed class LoraConfig
         ["use_rslora"] = UseRslora,
         ["fan_in_fan_out"] = FanInFanOut,
         ["bias"] = "none",
-        ["init_lora_weights"] = Init == "gaussian" ? "gaussian" : true,
+        ["init_lora_weights"] = Init is "gaussian" or "loftq" ? Init : true,
+        ["loftq_config"] = Init == "loftq" ? new JsonObject { ["loftq_bits"] = LoftqBits, ["loftq_iter"] = LoftqIter } : new JsonObject(),
         ["use_dora"] = UseDora,
         ["inference_mode"] = true,
         ["modules_to_save"] = null,

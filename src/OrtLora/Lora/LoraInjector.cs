@@ -75,6 +75,7 @@ public static class LoraInjector
         if (config.R < 1) throw new OrtLoraException($"r must be at least 1 (got {config.R})");
         if (config.Variant is not ("performant" or "canonical")) throw new OrtLoraException($"unknown variant '{config.Variant}' (use performant or canonical)");
         var rng = new Random(config.Seed);
+        if (config.Init == "loftq") WeightQuantizer.Prepare(model, config.LoftqBits, config.LoftqBlockSize);
         var plans = new List<Plan>();
         foreach (var layer in layers)
         {
@@ -96,12 +97,19 @@ public static class LoraInjector
                 offset += sizes[i];
             }
             bool residual = ResidualInit.Applies(config.Init);
+            var planned = layer;
             if (residual)
             {
                 var (a, b) = ResidualInit.ForLayer(model, g, layer, path, config, r, config.ScaleFor(path, r), partPlans.Count, rng);
                 partPlans[0] = partPlans[0] with { A = a, B = b };
             }
-            plans.Add(new Plan(layer, path, r, config.ScaleFor(path, r), partPlans,
+            else if (config.Init == "loftq")
+            {
+                var (a, b, quantized) = Loftq.ForLayer(model, g, layer, path, config, r, config.ScaleFor(path, r), partPlans.Count, rng);
+                partPlans[0] = partPlans[0] with { A = a, B = b };
+                planned = quantized;
+            }
+            plans.Add(new Plan(planned, path, r, config.ScaleFor(path, r), partPlans,
                 config.UseDora ? Lora.Dora.InitialMagnitude(model, g, layer, path, config, partPlans.Count) : null, residual));
         }
         if (plans.Count == 0)
@@ -126,14 +134,14 @@ public static class LoraInjector
                 a[i] = (float)(std * Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
             }
         }
-        else if (init == "kaiming" || ResidualInit.Applies(init)) // PiSSA and OLoRA replace A afterwards
+        else if (init is "kaiming" or "loftq" || ResidualInit.Applies(init)) // PiSSA, OLoRA and LoftQ replace A afterwards
         {
             double bound = 1.0 / Math.Sqrt(inDim);
             for (int i = 0; i < a.Length; i++) a[i] = (float)((rng.NextDouble() * 2 - 1) * bound);
         }
         else if (init == "pissa")
             throw new OrtLoraException("init_lora_weights pissa (a full SVD of every weight) is not implemented; use pissa_niter_K, PEFT's fast variant (e.g. pissa_niter_16)");
-        else throw new OrtLoraException($"unknown init '{init}' (use kaiming, gaussian, pissa_niter_K or olora)");
+        else throw new OrtLoraException($"unknown init '{init}' (use kaiming, gaussian, pissa_niter_K, olora or loftq)");
         return a;
     }
 

@@ -13,10 +13,59 @@ namespace OrtLora.Lora;
 /// ONNX Runtime's quantizer leaves it after its pre-processing.</summary>
 public static class WeightQuantizer
 {
+    /// <summary>Integers, their scales and zero points, as DequantizeLinear reads them (axis, block_size 0 per channel).</summary>
+    public sealed record Quantized(int[] Q, float[] Scales, int[] Zeros, long[] Dims, long[] ScaleDims, int Axis, int Bits, int BlockSize)
+    {
+        long ScaleIndex(long i)
+        {
+            long r = i / Dims[1], c = i % Dims[1];
+            if (BlockSize == 0) return Axis == 0 ? r : c;
+            return Axis == 0 ? r / BlockSize * Dims[1] + c : r * ScaleDims[1] + c / BlockSize;
+        }
+
+        /// <summary>The values DequantizeLinear gives: (q − zero point)·scale.</summary>
+        public float[] Dequantized()
+        {
+            var values = new float[Q.Length];
+            for (long i = 0; i < Q.Length; i++) { long s = ScaleIndex(i); values[i] = (Q[i] - Zeros[s]) * Scales[s]; }
+            return values;
+        }
+    }
+
     /// <returns>the number of layers quantized</returns>
     public static int Apply(OnnxModel model, int bits, int blockSize = 32)
     {
+        Prepare(model, bits, blockSize);
+        var g = new GraphEditor(model.Graph);
+        int count = 0;
+        foreach (var layer in LinearLayers.Find(g).Where(l => l.Dequantize is null && !l.Tied).DistinctBy(l => l.Weight).ToList())
+        {
+            var weight = g.Initializer(layer.Weight)!;
+            var values = model.ReadFloats(weight);
+            var dims = weight.Dims.ToArray();
+            var read = weight.Name; // the value the quantized weight replaces
+            var layout = layer.Layout;
+            if (layout == WeightLayout.OutIn && g.Consumers(weight.Name) is [{ OpType: "Transpose" } transpose]
+                && Attrs.Ints(transpose, "perm") is null or [1, 0] && !g.IsGraphOutput(transpose.Output[0]))
+            {
+                values = Transposed(values, dims[0], dims[1]);
+                dims = [dims[1], dims[0]];
+                layout = WeightLayout.InOut;
+                read = transpose.Output[0];
+                g.RemoveNode(transpose);
+            }
+            Replace(g, weight.Name, read, Quantize(values, dims, layout, bits, blockSize));
+            count++;
+        }
+        g.TopologicalSort();
+        return count;
+    }
+
+    /// <summary>Checks the settings; raises the opset to 21 for 4 bits.</summary>
+    internal static void Prepare(OnnxModel model, int bits, int blockSize)
+    {
         if (bits is not (4 or 8)) throw new OrtLoraException($"quantization to {bits} bits: use 4 or 8");
+        if (blockSize < 16 || (blockSize & (blockSize - 1)) != 0) throw new OrtLoraException($"block size {blockSize}: a power of two, 16 or more");
         int opset = model.Opset();
         if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; per-channel DequantizeLinear needs opset 13 (re-export at 13 or later)");
         if (bits == 4 && opset < 21)
@@ -26,45 +75,35 @@ public static class WeightQuantizer
             foreach (var o in model.Proto.OpsetImport.Where(o => o.Domain is "" or "ai.onnx")) o.Version = 21;
             if (model.Proto.IrVersion < 10) model.Proto.IrVersion = 10;
         }
-        if (blockSize < 16 || (blockSize & (blockSize - 1)) != 0) throw new OrtLoraException($"block size {blockSize}: a power of two, 16 or more");
-        var g = new GraphEditor(model.Graph);
-        int count = 0;
-        foreach (var layer in LinearLayers.Find(g).Where(l => l.Dequantize is null && !l.Tied).DistinctBy(l => l.Weight).ToList())
-        {
-            var weight = g.Initializer(layer.Weight)!;
-            var values = model.ReadFloats(weight);
-            var dims = weight.Dims.ToArray();
-            var name = weight.Name;
-            var read = name; // the value the quantized weight replaces
-            var layout = layer.Layout;
-            if (layout == WeightLayout.OutIn && g.Consumers(name) is [{ OpType: "Transpose" } transpose]
-                && Attrs.Ints(transpose, "perm") is null or [1, 0] && !g.IsGraphOutput(transpose.Output[0]))
-            {
-                values = Transposed(values, dims[0], dims[1]);
-                dims = [dims[1], dims[0]];
-                layout = WeightLayout.InOut;
-                read = transpose.Output[0];
-                g.RemoveNode(transpose);
-            }
-            // The input axis of the stored weight: blocks run along it; per-channel scales are along the other.
-            int inputAxis = layout == WeightLayout.InOut ? 0 : 1;
-            var (q, scales, zeros, scaleDims, axis) = bits == 4
-                ? Blocks(values, dims, inputAxis, blockSize)
-                : PerChannel(values, dims, 1 - inputAxis);
-            int type = bits == 4 ? (int)DT.Uint4 : (int)DT.Int8;
-            var quantized = g.AddInitializer(Integers(g.Unique(name + (bits == 4 ? "_DQ_Q4" : "_quantized")), dims, q, type));
-            var scale = g.AddInitializer(Tensors.FromFloats(g.Unique(name + "_scale"), scaleDims, scales));
-            var zero = g.AddInitializer(Integers(g.Unique(name + "_zero_point"), scaleDims, zeros, type));
-            var attributes = bits == 4 ? new (string, object)[] { ("axis", (long)axis), ("block_size", (long)blockSize) } : [("axis", (long)axis)];
-            var output = g.Add("DequantizeLinear", [quantized, scale, zero], name: name + "/DequantizeLinear", attributes: attributes);
-            var dq = g.Producer(output)!;
-            // The float weight's readers now read its dequantized values; a weight stored in fp16 keeps its Cast.
-            g.ReplaceUses(read, output, dq);
-            g.RemoveInitializer(name);
-            count++;
-        }
-        g.TopologicalSort();
-        return count;
+    }
+
+    /// <summary>A 2-D weight in <paramref name="layout"/>, quantized: 4 bits in blocks along its input axis, 8 bits per
+    /// output channel.</summary>
+    public static Quantized Quantize(float[] values, long[] dims, WeightLayout layout, int bits, int blockSize)
+    {
+        // The input axis of the stored weight: blocks run along it; per-channel scales are along the other.
+        int inputAxis = layout == WeightLayout.InOut ? 0 : 1;
+        var (q, scales, zeros, scaleDims, axis) = bits == 4 ? Blocks(values, dims, inputAxis, blockSize) : PerChannel(values, dims, 1 - inputAxis);
+        return new Quantized(q, scales, zeros, dims, scaleDims, axis, bits, bits == 4 ? blockSize : 0);
+    }
+
+    /// <summary>Stores <paramref name="quantized"/> in place of float initializer <paramref name="weight"/>: the readers of
+    /// <paramref name="read"/> (the weight, or what replaced it) read a DequantizeLinear instead.</summary>
+    /// <returns>the DequantizeLinear node</returns>
+    internal static NodeProto Replace(GraphEditor g, string weight, string read, Quantized quantized)
+    {
+        int type = quantized.Bits == 4 ? (int)DT.Uint4 : (int)DT.Int8;
+        var q = g.AddInitializer(Integers(g.Unique(weight + (quantized.Bits == 4 ? "_DQ_Q4" : "_quantized")), quantized.Dims, quantized.Q, type));
+        var scale = g.AddInitializer(Tensors.FromFloats(g.Unique(weight + "_scale"), quantized.ScaleDims, quantized.Scales));
+        var zero = g.AddInitializer(Integers(g.Unique(weight + "_zero_point"), quantized.ScaleDims, quantized.Zeros, type));
+        var attributes = quantized.Bits == 4
+            ? new (string, object)[] { ("axis", (long)quantized.Axis), ("block_size", (long)quantized.BlockSize) } : [("axis", (long)quantized.Axis)];
+        var output = g.Add("DequantizeLinear", [q, scale, zero], name: weight + "/DequantizeLinear", attributes: attributes);
+        var dq = g.Producer(output)!;
+        // The float weight's readers now read its dequantized values; a weight stored in fp16 keeps its Cast.
+        g.ReplaceUses(read, output, dq);
+        if (g.Consumers(weight).Count == 0) g.RemoveInitializer(weight);
+        return dq;
     }
 
     static float[] Transposed(float[] w, long rows, long cols)
