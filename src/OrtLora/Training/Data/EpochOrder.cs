@@ -43,19 +43,7 @@ public sealed class EpochOrder(ParquetDataset dataset, int seed, bool shuffle)
         return (Next(ref state) >> 11) * (1.0 / (1UL << 53)) < fraction;
     }
 
-    static ulong Mix(int seed, long a, long b)
-    {
-        ulong state = (ulong)(uint)seed * 0x9E3779B97F4A7C15UL ^ (ulong)a * 0xC2B2AE3D27D4EB4FUL ^ (ulong)b * 0x165667B19E3779F9UL;
-        Next(ref state);
-        return state;
-    }
+    static ulong Mix(int seed, long a, long b) => SplitMix64.Stream((uint)seed, (ulong)a, (ulong)b);
 
-    /// <summary>SplitMix64: a fixed generator, so orders never change with the .NET version.</summary>
-    static ulong Next(ref ulong state)
-    {
-        ulong z = state += 0x9E3779B97F4A7C15UL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
-    }
+    static ulong Next(ref ulong state) => SplitMix64.Next(ref state);
 }

@@ -24,11 +24,7 @@ public static class NeftuneNoise
         var (gather, elemType, hidden) = FindEmbedding(g)
             ?? throw new OrtLoraException($"{source}: --neftune-noise-alpha adds noise to the token embeddings, and no token embedding " +
                 "(a Gather of a [vocabulary, hidden] table by input_ids) was found");
-        var tensor = new TypeProto.Types.Tensor { ElemType = (int)DT.Float, Shape = new TensorShapeProto() };
-        tensor.Shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimParam = "batch" });
-        tensor.Shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimParam = "sequence" });
-        tensor.Shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = hidden });
-        g.Graph.Input.Add(new ValueInfoProto { Name = Input, Type = new TypeProto { TensorType = tensor } });
+        g.Graph.Input.Add(TrainingGraph.Input(Input, (int)DT.Float, ["batch", "sequence", hidden]));
 
         var embedding = gather.Output[0];
         var noise = elemType == (int)DT.Float ? Input : g.Add("Cast", [Input], name: "neftune/Cast", attributes: ("to", (long)elemType));
@@ -48,33 +44,19 @@ public static class NeftuneNoise
         var noise = new float[checked(batch * sequence * (int)hidden)];
         float magnitude = (float)(alpha / Math.Sqrt(sequence * (double)hidden));
         const int block = 1 << 16;
-        ulong stream = Mix((ulong)(uint)seed, (ulong)(uint)step, (ulong)(uint)microBatch);
+        ulong stream = SplitMix64.Stream((uint)seed, (uint)step, (uint)microBatch);
         Parallel.For(0, (noise.Length + block - 1) / block, b =>
         {
-            ulong state = Mix(stream, (ulong)b, 0x5EED);
+            ulong state = SplitMix64.Stream(stream, (ulong)b, 0x5EED);
             int end = Math.Min(noise.Length, (b + 1) * block);
             for (int i = b * block; i < end; i++)
             {
                 // 24 random bits → [0, 1) → [−1, 1), scaled.
-                float unit = (SplitMix64(ref state) >> 40) * (1f / (1 << 24));
+                float unit = (SplitMix64.Next(ref state) >> 40) * (1f / (1 << 24));
                 noise[i] = (2f * unit - 1f) * magnitude;
             }
         });
         return noise;
-    }
-
-    static ulong SplitMix64(ref ulong state)
-    {
-        ulong z = state += 0x9E3779B97F4A7C15UL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
-    }
-
-    static ulong Mix(ulong a, ulong b, ulong c)
-    {
-        ulong state = a * 0x9E3779B97F4A7C15UL ^ b * 0xC2B2AE3D27D4EB4FUL ^ c * 0x165667B19E3779F9UL;
-        return SplitMix64(ref state);
     }
 
     /// <summary>The Gather that reads rows of a 2-D table (an initializer, or a frozen weight fed as an input) with ids

@@ -365,41 +365,12 @@ public sealed partial class TrainingGraph : IDisposable
         return result;
     }
 
-    static ValueInfoProto Input(string name, int elemType, IEnumerable<object> dims)
+    internal static ValueInfoProto Input(string name, int elemType, IEnumerable<object> dims)
     {
         var tensor = new TypeProto.Types.Tensor { ElemType = elemType, Shape = new TensorShapeProto() };
         foreach (var d in dims)
             tensor.Shape.Dim.Add(d is long v ? new TensorShapeProto.Types.Dimension { DimValue = v }
                 : new TensorShapeProto.Types.Dimension { DimParam = (string)d });
         return new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = tensor } };
-    }
-
-    static ValueTable Probe(ModelProto proto, Dictionary<string, float[]> parameters, SharedInitializers frozen) =>
-        ValueTable.Probe(proto, ProbeFeeds(proto, parameters, frozen, 2, 5), ProbeFeeds(proto, parameters, frozen, 3, 7), frozen.Values);
-
-    /// <summary>A tiny synthetic batch for the probe run: token 1 everywhere, full attention, positions 0..S-1.</summary>
-    static Dictionary<string, HostTensor> ProbeFeeds(ModelProto proto, Dictionary<string, float[]> parameters,
-        SharedInitializers frozen, int batch, int sequence)
-    {
-        var feeds = new Dictionary<string, HostTensor>();
-        foreach (var (p, v) in parameters)
-            feeds[p] = HostTensor.Of(v, proto.Graph.Input.First(i => i.Name == p).Type.TensorType.Shape.Dim.Select(d => d.DimValue).ToArray());
-        foreach (var input in proto.Graph.Input.Where(i => !parameters.ContainsKey(i.Name) && !frozen.Values.ContainsKey(i.Name)))
-            feeds[input.Name] = BatchFeed(input, batch, sequence);
-        return feeds;
-    }
-
-    static HostTensor BatchFeed(ValueInfoProto input, int batch, int sequence)
-    {
-        var type = input.Type.TensorType;
-        var dims = type.Shape?.Dim.Select((d, i) => d.DimValue > 0 ? d.DimValue : i == 0 ? batch : sequence).ToArray() ?? [batch, sequence];
-        long n = Tensors.ElementCount(dims);
-        if (input.Name == NeftuneNoise.Input) return HostTensor.Of(new float[n], dims);
-        if (type.ElemType != (int)DT.Int64)
-            throw new OrtLoraException($"model input '{input.Name}' is {(DT)type.ElemType}; ortlora feeds int64 token inputs only");
-        var data = input.Name.Contains("position")
-            ? Enumerable.Range(0, (int)n).Select(i => (long)(i % dims[^1])).ToArray()
-            : Enumerable.Repeat(1L, (int)n).ToArray();
-        return HostTensor.Of(data, dims);
     }
 }

@@ -7,13 +7,6 @@ using OrtLora.Onnx;
 
 namespace OrtLora.Training.Engine;
 
-/// <summary>A batch of token sequences: input_ids, attention_mask and labels, each [BatchSize, SequenceLength]
-/// row-major. Labels of -100 are not counted in the loss.</summary>
-public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels, int BatchSize, int SequenceLength)
-{
-    public long[] Shape => [BatchSize, SequenceLength];
-}
-
 /// <summary>The precision the frozen model computes in; LoRA parameters, their branches, the loss and AdamW are float32 in all.</summary>
 public enum ComputeType { Float32, Float16, BFloat16 }
 
@@ -365,29 +358,9 @@ public sealed class TrainingSession : IDisposable
         OptimizerStep++;
     }
 
-    Dictionary<string, HostTensor> BatchFeeds(Batch batch)
-    {
-        long n = (long)batch.BatchSize * batch.SequenceLength;
-        if (batch.InputIds.Length != n || batch.AttentionMask.Length != n || batch.Labels.Length != n)
-            throw new OrtLoraException($"batch arrays must each hold {batch.BatchSize}×{batch.SequenceLength} values");
-        var feeds = new Dictionary<string, HostTensor>();
-        foreach (var name in _graph.BatchInputs)
-        {
-            feeds[name] = name switch
-            {
-                "input_ids" => HostTensor.Of(batch.InputIds, batch.Shape),
-                "attention_mask" => HostTensor.Of(batch.AttentionMask, batch.Shape),
-                TrainingGraph.Labels => HostTensor.Of(batch.Labels, batch.Shape),
-                _ when name.Contains("position") => HostTensor.Of(Enumerable.Range(0, (int)n).Select(i => (long)(i % batch.SequenceLength)).ToArray(), batch.Shape),
-                _ => throw new OrtLoraException($"model input '{name}': ortlora feeds input_ids, attention_mask and position_ids only"),
-            };
-        }
-        return feeds;
-    }
-
     void BindBatch(RunBinding run, Batch batch)
     {
-        foreach (var (name, tensor) in BatchFeeds(batch)) run.HostInput(name, tensor);
+        foreach (var (name, tensor) in batch.Feeds(_graph.BatchInputs)) run.HostInput(name, tensor);
     }
 
     /// <summary>NEFTune's noise for this optimizer step and micro-batch (<see cref="NeftuneNoise.Draw"/>).</summary>

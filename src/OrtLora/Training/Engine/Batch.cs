@@ -1,0 +1,32 @@
+using OrtLora.Onnx;
+
+namespace OrtLora.Training.Engine;
+
+/// <summary>A batch of token sequences: input_ids, attention_mask and labels, each [BatchSize, SequenceLength]
+/// row-major. Labels of -100 are not counted in the loss.</summary>
+public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels, int BatchSize, int SequenceLength)
+{
+    public long[] Shape => [BatchSize, SequenceLength];
+
+    /// <summary>The graph inputs fed from this batch (<see cref="TrainingGraph.BatchInputs"/>): input_ids,
+    /// attention_mask, labels, and positions 0..S-1 for an input named like position_ids.</summary>
+    public Dictionary<string, HostTensor> Feeds(IReadOnlyList<string> batchInputs)
+    {
+        long n = (long)BatchSize * SequenceLength;
+        if (InputIds.Length != n || AttentionMask.Length != n || Labels.Length != n)
+            throw new OrtLoraException($"batch arrays must each hold {BatchSize}×{SequenceLength} values");
+        var feeds = new Dictionary<string, HostTensor>();
+        foreach (var name in batchInputs)
+        {
+            feeds[name] = name switch
+            {
+                "input_ids" => HostTensor.Of(InputIds, Shape),
+                "attention_mask" => HostTensor.Of(AttentionMask, Shape),
+                TrainingGraph.Labels => HostTensor.Of(Labels, Shape),
+                _ when name.Contains("position") => HostTensor.Of(Enumerable.Range(0, (int)n).Select(i => (long)(i % SequenceLength)).ToArray(), Shape),
+                _ => throw new OrtLoraException($"model input '{name}': ortlora feeds input_ids, attention_mask and position_ids only"),
+            };
+        }
+        return feeds;
+    }
+}
