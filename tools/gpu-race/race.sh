@@ -3,8 +3,9 @@
 #   bash tools/gpu-race/race.sh SHAPE [DTYPE ...]       SHAPE: smollm2-135m | tinyllama-1.1b; DTYPE: bf16 fp32 (default both)
 # Environment: BATCH (8), SEQ (512), STEPS (10), APP (/tmp/gpu/app: a published bench-train, see README.md here),
 # VARIANTS ("stored graphs checkpointing-graphs": ortlora keeping all activations, with --cuda-graphs, with both
-# --gradient-checkpointing and --cuda-graphs; "checkpointing" is the fourth). A variant that fails is reported and the
-# race goes on.
+# --gradient-checkpointing and --cuda-graphs; "checkpointing" is the fourth; a name containing "int4" adds
+# --quantize-weights 4, a QLoRA-style base: other numbers than PEFT's, for memory only). A variant that fails is
+# reported and the race goes on.
 # Appends one JSON line per measurement to /tmp/race/results.jsonl and prints the side-by-side table.
 set -euo pipefail
 shape=$1; shift
@@ -40,6 +41,7 @@ for dtype in $dtypes; do
     flags=()
     case $variant in *checkpointing*) flags+=(--gradient-checkpointing) ;; esac
     case $variant in *graphs*) flags+=(--cuda-graphs) ;; esac
+    case $variant in *int4*) flags+=(--quantize-weights 4) ;; esac
     measured dotnet "$app/bench-train.dll" --model "$out/$shape/model.onnx" --shape "$shape" --device cuda \
       --ep-library /tmp/gpu/libonnxruntime_providers_cuda.so --batch "$batch" --seq "$seq" --r 16 --steps "$steps" \
       "${precision[@]}" "${flags[@]}" --static-shapes --profile "$out/$shape-$dtype-$variant" --json | tee -a "$out/results.jsonl" \
