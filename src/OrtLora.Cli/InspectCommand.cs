@@ -37,7 +37,9 @@ public static class InspectCommand
             var compute = parse.GetValue(bf16) ? ComputeType.BFloat16 : parse.GetValue(fp16) ? ComputeType.Float16 : ComputeType.Float32;
             foreach (var (given, option) in new[] { (parse.GetValue(device) != "cpu", "--device"), (parse.GetValue(fp16), "--fp16"), (parse.GetValue(bf16), "--bf16") })
                 if (given && !withTrainingGraph) throw new OrtLoraException($"{option} is for --training-graph");
+            int nbits = MatMulNBitsForm.ToQdq(m); // as inject reads them
             var layers = LinearLayers.Find(new GraphEditor(m.Graph));
+            if (nbits > 0) Console.WriteLine($"{m.Source}: {nbits} MatMulNBits layers, read as DequantizeLinear + MatMul");
             var prefix = ModuleNames.WrapperPrefix(layers.Select(l => l.Module).ToList());
             Console.WriteLine($"{m.Source}: {layers.Count} linear layers{(prefix != "" ? $" (module paths under the wrapper '{prefix}')" : "")}");
             var rows = layers.Select(l => new[]

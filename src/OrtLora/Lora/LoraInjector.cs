@@ -26,6 +26,7 @@ public static class LoraInjector
     {
         if (LoraModel.Read(model) is not null)
             throw new OrtLoraException($"{model.Source}: the model already has LoRA adapters (merge them first)");
+        MatMulNBitsForm.ToQdq(model); // ONNX Runtime's int4 layers as DequantizeLinear + MatMul, which inject and autodiff read
         var g = new GraphEditor(model.Graph);
         var layers = LinearLayers.Find(g);
         if (layers.Count == 0 && model.Graph.Node.FirstOrDefault(HasLinearSubgraph) is { } branching)

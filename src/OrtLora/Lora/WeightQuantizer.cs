@@ -160,7 +160,8 @@ public static class WeightQuantizer
         return (q, scales, new int[scales.Length], [dims[axis]], axis);
     }
 
-    static TensorProto Integers(string name, long[] dims, int[] values, int type)
+    /// <summary>An integer initializer: 4-bit types packed two to a byte, low nibble first; 8-bit types a byte each.</summary>
+    internal static TensorProto Integers(string name, long[] dims, int[] values, int type)
     {
         var t = new TensorProto { Name = name, DataType = type };
         t.Dims.AddRange(dims);
