@@ -64,9 +64,13 @@ public static class LoraMerger
             if (producer.OpType == "DequantizeLinear" && producer.Input[0] == first.BaseWeight)
             {
                 var quantized = g.Initializer(first.BaseWeight)!;
-                var values = Dequantize.Run(model, g, producer);
-                var weight = Tensors.FromFloats(g.Unique(first.BaseWeight + ".dequantized"), quantized.Dims.ToArray(), values, Dequantize.OutputType(producer, g));
+                var values = Dequantize.Later(model, g, producer);
+                int type = Dequantize.OutputType(producer, g);
+                // Empty until saved or read: the deferred transform makes the floats, one weight at a time.
+                var weight = new TensorProto { Name = g.Unique(first.BaseWeight + ".dequantized"), DataType = type, RawData = Google.Protobuf.ByteString.Empty };
+                weight.Dims.AddRange(quantized.Dims);
                 g.AddInitializer(weight);
+                model.Defer(weight.Name, _ => Tensors.FloatsToBytes(values(), type));
                 for (int i = 0; i < reader.Input.Count; i++) if (reader.Input[i] == value) reader.Input[i] = weight.Name;
                 dequantizers.Add(producer);
                 return weight;

@@ -17,7 +17,11 @@ public static class Dequantize
         : g.Initializer(dq.Input[1])?.DataType ?? g.Graph.Input.FirstOrDefault(i => i.Name == dq.Input[1])?.Type?.TensorType?.ElemType ?? (int)DT.Float;
 
     /// <summary>The float values of a DequantizeLinear whose inputs are initializers, in the quantized tensor's layout.</summary>
-    public static float[] Run(OnnxModel model, GraphEditor g, NodeProto dq)
+    public static float[] Run(OnnxModel model, GraphEditor g, NodeProto dq) => Later(model, g, dq)();
+
+    /// <summary>As <see cref="Run"/>, the integers, scales and zero points read now (a fraction of the float size) and
+    /// the floats made when asked: merge writes one dequantized weight at a time.</summary>
+    public static Func<float[]> Later(OnnxModel model, GraphEditor g, NodeProto dq)
     {
         TensorProto Initializer(string name) => g.Initializer(name)
             ?? throw new OrtLoraException($"{model.Source}: DequantizeLinear '{dq.Name}' reads '{name}', which is not an initializer");
@@ -32,13 +36,16 @@ public static class Dequantize
         long block = Attrs.Int(dq, "block_size", 0);
         var strides = new long[rank];
         for (int d = rank - 1, s = 1; d >= 0; s *= (int)dims[d], d--) strides[d] = s;
-        var result = new float[q.Length];
-        for (long i = 0; i < q.Length; i++)
+        return () =>
         {
-            long index = ScaleIndex(i, dims, strides, axis, block, scale.Length);
-            result[i] = (q[i] - (zero?[index] ?? 0)) * scale[index];
-        }
-        return result;
+            var result = new float[q.Length];
+            for (long i = 0; i < q.Length; i++)
+            {
+                long index = ScaleIndex(i, dims, strides, axis, block, scale.Length);
+                result[i] = (q[i] - (zero?[index] ?? 0)) * scale[index];
+            }
+            return result;
+        };
     }
 
     /// <summary>Which scale (and zero point) element x's element <paramref name="i"/> uses.</summary>
