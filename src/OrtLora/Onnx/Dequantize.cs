@@ -28,7 +28,8 @@ public static class Dequantize
         var x = Initializer(dq.Input[0]);
         var scale = model.ReadFloats(Initializer(dq.Input[1]));
         var zero = dq.Input.Count > 2 && dq.Input[2] != "" ? Integers(model, Initializer(dq.Input[2])) : null;
-        var q = Integers(model, x);
+        var packed = model.ReadBytes(x); // kept packed until asked: a 4-bit weight is an eighth of its floats
+        var (name, type) = (x.Name, x.DataType);
         var dims = x.Dims.ToArray();
         int rank = dims.Length;
         long axis = Attrs.Int(dq, "axis", 1);
@@ -38,6 +39,7 @@ public static class Dequantize
         for (int d = rank - 1, s = 1; d >= 0; s *= (int)dims[d], d--) strides[d] = s;
         return () =>
         {
+            var q = Integers(model.Source, name, type, Tensors.ElementCount(dims), packed);
             var result = new float[q.Length];
             for (long i = 0; i < q.Length; i++)
             {
@@ -67,28 +69,29 @@ public static class Dequantize
     }
 
     /// <summary>The integers of a quantized tensor: 4-bit types packed two per byte, low nibble first.</summary>
-    static int[] Integers(OnnxModel model, TensorProto t)
+    static int[] Integers(OnnxModel model, TensorProto t) =>
+        Integers(model.Source, t.Name, t.DataType, Tensors.ElementCount(t.Dims), model.ReadBytes(t));
+
+    static int[] Integers(string source, string name, int dataType, long n, byte[] bytes)
     {
-        long n = Tensors.ElementCount(t.Dims);
-        var bytes = model.ReadBytes(t);
-        if (bytes.Length < ((DT)t.DataType is DT.Int4 or DT.Uint4 ? (n + 1) / 2 : n * Tensors.ElementSize(t.DataType)))
-            throw new OrtLoraException($"{model.Source}: quantized tensor '{t.Name}' holds {bytes.Length} bytes, too few for its shape");
+        if (bytes.Length < ((DT)dataType is DT.Int4 or DT.Uint4 ? (n + 1) / 2 : n * Tensors.ElementSize(dataType)))
+            throw new OrtLoraException($"{source}: quantized tensor '{name}' holds {bytes.Length} bytes, too few for its shape");
         var values = new int[n];
-        switch ((DT)t.DataType)
+        switch ((DT)dataType)
         {
             case DT.Int8: for (long i = 0; i < n; i++) values[i] = (sbyte)bytes[i]; break;
             case DT.Uint8: for (long i = 0; i < n; i++) values[i] = bytes[i]; break;
             case DT.Int16: for (long i = 0; i < n; i++) values[i] = BitConverter.ToInt16(bytes, (int)(2 * i)); break;
             case DT.Uint16: for (long i = 0; i < n; i++) values[i] = BitConverter.ToUInt16(bytes, (int)(2 * i)); break;
             case DT.Int4 or DT.Uint4:
-                bool signed = t.DataType == (int)DT.Int4;
+                bool signed = dataType == (int)DT.Int4;
                 for (long i = 0; i < n; i++)
                 {
                     int nibble = (bytes[i / 2] >> (int)(4 * (i % 2))) & 0xF;
                     values[i] = signed && nibble >= 8 ? nibble - 16 : nibble;
                 }
                 break;
-            default: throw new OrtLoraException($"{model.Source}: tensor '{t.Name}' is {(DT)t.DataType}, not a quantized integer type");
+            default: throw new OrtLoraException($"{source}: tensor '{name}' is {(DT)dataType}, not a quantized integer type");
         }
         return values;
     }
