@@ -5,14 +5,16 @@ using Onnx;
 using OrtLora.Lora;
 using OrtLora.Onnx;
 
-// Each phase runs in its own process so that its peak RSS is its own: generate → inject → merge → check.
+// Each phase runs in its own process so that its peak RSS is its own: generate → (quantize) → inject → merge → check.
+// --quantize-weights 4|8: a QLoRA-style base (WeightQuantizer), merged into float weights.
 var options = Args.Parse(args);
 if (options.Phase is { } phase) return RunPhase(phase, options);
 
 Directory.CreateDirectory(options.Dir);
 Console.WriteLine($"model: {options.Layers} MatMul layers of [{options.Hidden}, {options.Hidden}] float32 = " +
     $"{(double)options.Layers * options.Hidden * options.Hidden / 1e6:F0}M parameters, largest tensor {options.Hidden * (long)options.Hidden * 4 / 1e6:F0} MB");
-foreach (var p in new[] { "generate", "inject", "merge", "check" }) RunChild(p, options);
+foreach (var p in options.Bits > 0 ? new[] { "generate", "quantize", "inject", "merge", "check" } : ["generate", "inject", "merge", "check"])
+    RunChild(p, options);
 return 0;
 
 static void RunChild(string phase, Args o)
@@ -33,6 +35,15 @@ static int RunPhase(string phase, Args o)
     switch (phase)
     {
         case "generate": Generate(basePath, o); break;
+        case "quantize": // a QLoRA-style base: merge then writes float weights (dequantized plus the delta), deferred
+            using (var m = OnnxModel.Load(basePath))
+            {
+                WeightQuantizer.Apply(m, o.Bits);
+                m.Save(basePath + ".q.onnx");
+            }
+            File.Move(basePath + ".q.onnx", basePath, overwrite: true);
+            File.Delete(basePath + ".data"); // 4-bit weights fit in the model file itself
+            break;
         case "inject":
             using (var m = OnnxModel.Load(basePath))
             {
@@ -115,8 +126,10 @@ static void Check(string basePath, string injectedPath, string mergedPath, Args 
     using var inj = OnnxModel.Load(injectedPath);
     using var m = OnnxModel.Load(mergedPath);
     var adapter = LoraModel.Read(inj)!.Adapters[0];
-    var w = b.ReadFloats(b.Graph.Initializer.Single(t => t.Name == adapter.BaseWeight));
-    var merged = m.ReadFloats(m.Graph.Initializer.Single(t => t.Name == adapter.BaseWeight));
+    var baseGraph = new GraphEditor(b.Graph);
+    var w = b.Graph.Node.FirstOrDefault(n => n.OpType == "DequantizeLinear" && n.Input[0] == adapter.BaseWeight) is { } dq
+        ? Dequantize.Run(b, baseGraph, dq) : b.ReadFloats(baseGraph.Initializer(adapter.BaseWeight)!);
+    var merged = m.ReadFloats(m.Graph.Initializer.Single(t => t.Name == adapter.BaseWeight || t.Name == adapter.BaseWeight + ".dequantized"));
     var A = inj.ReadFloats(inj.Graph.Initializer.Single(t => t.Name == adapter.LoraA));
     var B = inj.ReadFloats(inj.Graph.Initializer.Single(t => t.Name == adapter.LoraB));
     int h = o.Hidden, r = adapter.R;
@@ -132,7 +145,7 @@ static void Check(string basePath, string injectedPath, string mergedPath, Args 
         $"merged ops {string.Join(",", GraphEditor.OpHistogram(m.Graph))}");
 }
 
-sealed record Args(int Hidden, int Layers, int R, string Dir, string? Phase)
+sealed record Args(int Hidden, int Layers, int R, string Dir, string? Phase, int Bits = 0)
 {
     public static Args Parse(string[] args)
     {
@@ -145,10 +158,12 @@ sealed record Args(int Hidden, int Layers, int R, string Dir, string? Phase)
                 "--r" => a with { R = int.Parse(args[i + 1]) },
                 "--dir" => a with { Dir = args[i + 1] },
                 "--phase" => a with { Phase = args[i + 1] },
+                "--quantize-weights" => a with { Bits = int.Parse(args[i + 1]) },
                 _ => throw new ArgumentException($"unknown option {args[i]}"),
             };
         return a;
     }
 
-    public string[] ToArgs(string phase) => ["--hidden", $"{Hidden}", "--layers", $"{Layers}", "--r", $"{R}", "--dir", Dir, "--phase", phase];
+    public string[] ToArgs(string phase) =>
+        ["--hidden", $"{Hidden}", "--layers", $"{Layers}", "--r", $"{R}", "--dir", Dir, "--phase", phase, "--quantize-weights", $"{Bits}"];
 }

@@ -66,8 +66,9 @@ public static class LoraMerger
                 var quantized = g.Initializer(first.BaseWeight)!;
                 var values = Dequantize.Later(model, g, producer);
                 int type = Dequantize.OutputType(producer, g);
-                // Empty until saved or read: the deferred transform makes the floats, one weight at a time.
-                var weight = new TensorProto { Name = g.Unique(first.BaseWeight + ".dequantized"), DataType = type, RawData = Google.Protobuf.ByteString.Empty };
+                // No data until saved or read: the deferred transform makes the floats, one weight at a time. (Without
+                // raw_data its size counts as its shape's, so Save still knows to write a large model's side file.)
+                var weight = new TensorProto { Name = g.Unique(first.BaseWeight + ".dequantized"), DataType = type };
                 weight.Dims.AddRange(quantized.Dims);
                 g.AddInitializer(weight);
                 model.Defer(weight.Name, _ => Tensors.FloatsToBytes(values(), type));

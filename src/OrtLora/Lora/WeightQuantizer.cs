@@ -41,6 +41,7 @@ public static class WeightQuantizer
         foreach (var layer in LinearLayers.Find(g).Where(l => l.Dequantize is null && !l.Tied).DistinctBy(l => l.Weight).ToList())
         {
             var weight = g.Initializer(layer.Weight)!;
+            if (Tensors.ByteSize(weight) >= 16 << 20) GC.Collect(); // the last weight's arrays: keep the peak near one weight's
             var values = model.ReadFloats(weight);
             var dims = weight.Dims.ToArray();
             var read = weight.Name; // the value the quantized weight replaces

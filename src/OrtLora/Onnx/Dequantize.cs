@@ -19,8 +19,8 @@ public static class Dequantize
     /// <summary>The float values of a DequantizeLinear whose inputs are initializers, in the quantized tensor's layout.</summary>
     public static float[] Run(OnnxModel model, GraphEditor g, NodeProto dq) => Later(model, g, dq)();
 
-    /// <summary>As <see cref="Run"/>, the integers, scales and zero points read now (a fraction of the float size) and
-    /// the floats made when asked: merge writes one dequantized weight at a time.</summary>
+    /// <summary>As <see cref="Run"/>, the scales and zero points read now and the integers and floats when asked: merge
+    /// writes one dequantized weight at a time.</summary>
     public static Func<float[]> Later(OnnxModel model, GraphEditor g, NodeProto dq)
     {
         TensorProto Initializer(string name) => g.Initializer(name)
@@ -28,8 +28,7 @@ public static class Dequantize
         var x = Initializer(dq.Input[0]);
         var scale = model.ReadFloats(Initializer(dq.Input[1]));
         var zero = dq.Input.Count > 2 && dq.Input[2] != "" ? Integers(model, Initializer(dq.Input[2])) : null;
-        var packed = model.ReadBytes(x); // kept packed until asked: a 4-bit weight is an eighth of its floats
-        var (name, type) = (x.Name, x.DataType);
+        var (name, type) = (x.Name, x.DataType); // x's bytes are read when asked (merge may drop x from the graph by then)
         var dims = x.Dims.ToArray();
         int rank = dims.Length;
         long axis = Attrs.Int(dq, "axis", 1);
@@ -39,7 +38,7 @@ public static class Dequantize
         for (int d = rank - 1, s = 1; d >= 0; s *= (int)dims[d], d--) strides[d] = s;
         return () =>
         {
-            var q = Integers(model.Source, name, type, Tensors.ElementCount(dims), packed);
+            var q = Integers(model.Source, name, type, Tensors.ElementCount(dims), model.ReadBytes(x));
             var result = new float[q.Length];
             for (long i = 0; i < q.Length; i++)
             {
