@@ -45,7 +45,8 @@ public static class InspectCommand
             var rows = layers.Select(l => new[]
             {
                 ModuleNames.Strip(l.Module, prefix), l.Node.OpType, l.In.ToString(), l.Out.ToString(),
-                l.Layout == WeightLayout.InOut ? "[in,out]" : "[out,in]", l.Parts is { } p ? string.Join("+", p) : "-",
+                (l.Layout == WeightLayout.InOut ? "[in,out]" : "[out,in]") + (l.Dequantize is null ? "" : " " + WeightType(m, l)),
+                l.Parts is { } p ? string.Join("+", p) : "-",
                 (rank * (l.In + l.Out)).ToString("N0"), l.IsOutputHead ? "output head" : l.Tied ? "tied weight" : "",
             });
             WriteTable(["module", "op", "in", "out", "W", "fused parts", $"params r={rank}", ""], rows);
@@ -61,6 +62,14 @@ public static class InspectCommand
             if (withTrainingGraph) WriteTrainingGraph(m, inject: lora is null, rank, parse.GetValue(device)!, compute);
         }));
         return cmd;
+    }
+
+    /// <summary>How a quantized weight is stored: its integer type and blocks, e.g. "uint4/32" or "int8/channel".</summary>
+    static string WeightType(OnnxModel m, LinearLayer l)
+    {
+        var type = ((global::Onnx.TensorProto.Types.DataType)new GraphEditor(m.Graph).Initializer(l.Weight)!.DataType).ToString().ToLowerInvariant();
+        long block = Attrs.Int(l.Dequantize!, "block_size", 0);
+        return $"{type}/{(block > 0 ? block.ToString() : "channel")}";
     }
 
     /// <param name="inject">the model has no adapters: give it all-linear ones of rank <paramref name="rank"/></param>

@@ -90,6 +90,7 @@ public class LoraQuantizeTests
         var result = OrtloraOk("quantize", Tiny("model.onnx"), "-o", quantized, "--bits", "4");
         Assert.That(result.Out, Does.Contain("28 linear layers in 4 bits"));
         Assert.That(new FileInfo(quantized).Length, Is.LessThan(new FileInfo(Tiny("model.onnx")).Length / 3));
+        Assert.That(OrtloraOk("inspect", quantized).Out, Does.Contain("model.layers.0.self_attn.q_proj  MatMul  128  128  [in,out] uint4/32"));
         double[] Evals(string output) => File.ReadAllLines(Path.Combine(output, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
             .Where(m => m["eval_loss"] is not null).Select(m => m["eval_loss"]!.GetValue<double>()).ToArray();
         string[] Train(string model, string output) => ["train", model, "--data", Tiny("demo.parquet"), "--eval-data", Tiny("demo_eval.parquet"),
