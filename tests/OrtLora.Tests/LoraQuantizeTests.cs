@@ -115,4 +115,22 @@ public class LoraQuantizeTests
         Assert.That(refused.Error, Does.Contain("block size 24"));
         Assert.That(File.Exists(Path.Combine(dir, "x.onnx")), Is.False);
     }
+
+    /// <summary>Activations quantized too (static QDQ: QuantizeLinear + DequantizeLinear on a layer's input): no gradient
+    /// goes through the rounding, and the error says which models train.</summary>
+    [Test]
+    public void ActivationQuantizationIsRefusedWithTheWayOut()
+    {
+        using var model = LlamaGraph.Build(LlamaShape.Tiny, seed: 3);
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 4 });
+        var g = new GraphEditor(model.Graph);
+        var down = LinearLayers.Find(g).First(l => l.Module.EndsWith("layers.1.mlp.down_proj"));
+        var scale = g.AddInitializer(Tensors.Scalar(g.Unique("act_scale"), 0.05, (int)global::Onnx.TensorProto.Types.DataType.Float));
+        var q = g.Add("QuantizeLinear", [down.Input, scale], name: "act/QuantizeLinear");
+        var dq = g.Add("DequantizeLinear", [q, scale], name: "act/DequantizeLinear");
+        g.ReplaceUses(down.Input, dq, g.Producer(q)!);
+        g.TopologicalSort();
+        var error = Assert.Throws<OrtLoraException>(() => Training.Engine.TrainingGraph.Build(model).Dispose());
+        Assert.That(error!.Message, Does.Contain("QuantizeLinear").And.Contain("weights only are quantized"));
+    }
 }

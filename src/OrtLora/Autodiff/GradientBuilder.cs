@@ -43,6 +43,11 @@ public static class GradientBuilder
     {
         var nodes = graph.Graph.Node.ToList();
         var active = ForwardActive(nodes, parameters, types, detached ?? new HashSet<string>());
+        // Quantizing an activation that depends on a parameter rounds it to integers, where the walker would see no
+        // gradient flow at all: refuse rather than train the layers below it on a silently partial gradient.
+        if (nodes.FirstOrDefault(n => n.OpType is "QuantizeLinear" or "DynamicQuantizeLinear" && n.Input.Count > 0 && active.Contains(n.Input[0])) is { } quantize)
+            throw new OrtLoraException($"autodiff: {quantize.OpType} '{quantize.Name}' quantizes an activation that depends on a trainable parameter " +
+                "(static or dynamic QDQ): train on a model whose weights only are quantized (ortlora quantize, or ONNX Runtime's weight-only quantizers)");
         var needed = BackwardNeeded(nodes, seeds.Keys, active);
         var checkpoints = checkpointing ? Checkpoints.Plan(nodes, needed, types) : null;
         var widened = new WidenedWeights(graph, types, active);
