@@ -10,10 +10,13 @@ namespace OrtLora.Training;
 public sealed record TrainerState(int GlobalStep, int Epoch, long DataIndex, int Seed, long TokensSeen)
 {
     public BestEval? Best { get; init; }
+    /// <summary>Batches done of the length group starting at DataIndex (--group-by-length).</summary>
+    public int DataSkipBatches { get; init; }
+    public Data.DataPosition Position => new(Epoch, DataIndex, DataSkipBatches);
 
     public JsonObject ToJson() => new()
     {
-        ["global_step"] = GlobalStep, ["epoch"] = Epoch, ["data_index"] = DataIndex,
+        ["global_step"] = GlobalStep, ["epoch"] = Epoch, ["data_index"] = DataIndex, ["data_skip_batches"] = DataSkipBatches,
         ["seed"] = Seed, ["tokens_seen"] = TokensSeen,
         ["best_metric"] = Best?.Metric, ["best_global_step"] = Best?.Step, ["early_stopping_patience_counter"] = Best?.EvalsWithoutImprovement ?? 0,
     };
@@ -22,6 +25,7 @@ public sealed record TrainerState(int GlobalStep, int Epoch, long DataIndex, int
         j["global_step"]!.GetValue<int>(), j["epoch"]!.GetValue<int>(), j["data_index"]!.GetValue<long>(),
         j["seed"]!.GetValue<int>(), j["tokens_seen"]!.GetValue<long>())
     {
+        DataSkipBatches = j["data_skip_batches"]?.GetValue<int>() ?? 0,
         Best = j["best_metric"] is { } metric && j["best_global_step"] is { } step
             ? new BestEval(metric.GetValue<double>(), step.GetValue<int>(), j["early_stopping_patience_counter"]?.GetValue<int>() ?? 0) : null,
     };

@@ -110,7 +110,7 @@ public static class Trainer
                 ?? throw new OrtLoraException($"{args.OutputDir}: no checkpoint to resume from") : resume;
             state = Restore(session, best, path);
             log.Reload(state.GlobalStep);
-            reporter.Info($"resumed from {path} at step {state.GlobalStep} ({new DataPosition(state.Epoch, state.DataIndex)})");
+            reporter.Info($"resumed from {path} at step {state.GlobalStep} ({state.Position})");
         }
         else if (File.Exists(Path.Combine(args.OutputDir, "metrics.jsonl"))) File.Delete(Path.Combine(args.OutputDir, "metrics.jsonl"));
 
@@ -130,7 +130,7 @@ public static class Trainer
         }
         if (data.HasEval && state.GlobalStep == 0) firstEval = lastEval = EvaluateAt(0); // the baseline: never the "best model"
 
-        var position = new DataPosition(state.Epoch, state.DataIndex);
+        var position = state.Position;
         using var batches = new BatchStream(data, position);
         double lossSinceLog = 0, lastLoss = double.NaN;
         int stepsSinceLog = 0;
@@ -148,7 +148,11 @@ public static class Trainer
             double loss = Update(session, window, (float)lr, (float)args.MaxGradNorm);
             position = window[^1].Next;
             long tokens = window.Sum(b => b.AttentionMask.Sum());
-            state = state with { GlobalStep = state.GlobalStep + 1, Epoch = position.Epoch, DataIndex = position.Index, TokensSeen = state.TokensSeen + tokens };
+            state = state with
+            {
+                GlobalStep = state.GlobalStep + 1, Epoch = position.Epoch, DataIndex = position.Index, DataSkipBatches = position.SkipBatches,
+                TokensSeen = state.TokensSeen + tokens,
+            };
             if (!double.IsFinite(loss))
                 throw new OrtLoraException($"loss is {loss} at step {state.GlobalStep}: training stopped. " +
                     (Checkpoint.Latest(args.OutputDir) is { } good ? $"The last good checkpoint is {good}." : "No checkpoint was saved."));

@@ -3,10 +3,11 @@ using OrtLora.Onnx;
 namespace OrtLora.Training.Data;
 
 /// <summary>Where the data stream stands: <see cref="Index"/> rows of epoch <see cref="Epoch"/>'s order have been
-/// used. Saved with a checkpoint, it lets a resumed run continue with exactly the next batch.</summary>
-public readonly record struct DataPosition(int Epoch, long Index)
+/// used, then <see cref="SkipBatches"/> batches of the length-sorted group that starts there (--group-by-length).
+/// Saved with a checkpoint, it lets a resumed run continue with exactly the next batch.</summary>
+public readonly record struct DataPosition(int Epoch, long Index, int SkipBatches = 0)
 {
-    public override string ToString() => $"epoch {Epoch}, row {Index}";
+    public override string ToString() => $"epoch {Epoch}, row {Index}" + (SkipBatches > 0 ? $", batch {SkipBatches} of its length group" : "");
 }
 
 /// <summary>One training batch as the model takes it: row-major [<see cref="BatchSize"/>, <see cref="SeqLength"/>]
@@ -94,6 +95,41 @@ public static class Batching
             pending.Clear();
         }
         if (pending.Count > 0) yield return Pad(pending, padId, epoch, fixedLength is { } length ? (batchSize, length) : null);
+    }
+
+    /// <summary>The Trainer's group_by_length (its LengthGroupedSampler, over the epoch's shuffled order): groups of
+    /// <paramref name="groupSize"/> sequences in stream order, each sorted longest first (stable) and cut into batches,
+    /// so a batch holds sequences of similar length and pads little. A batch inside a group is positioned by the group's
+    /// start and how many of its batches are done; the group's last batch by the next group's start.</summary>
+    /// <param name="from">where the epoch's stream starts (a group start) and how many batches of that group to skip</param>
+    public static IEnumerable<Batch> GroupedByLength(IEnumerable<Sequence> sequences, int batchSize, int groupSize, int padId, DataPosition from,
+        int? fixedLength = null)
+    {
+        if (batchSize <= 0 || groupSize < batchSize) throw new OrtLoraException($"batch size {batchSize} and group size {groupSize}: need 0 < batch ≤ group");
+        var group = new List<Sequence>(groupSize);
+        long start = from.Index;
+        int skip = from.SkipBatches;
+        IEnumerable<Batch> Emit()
+        {
+            var sorted = group.OrderByDescending(x => x.InputIds.Length).ToList();
+            int count = (sorted.Count + batchSize - 1) / batchSize;
+            for (int k = skip; k < count; k++)
+            {
+                var batch = Pad(sorted.GetRange(k * batchSize, Math.Min(batchSize, sorted.Count - k * batchSize)), padId, from.Epoch,
+                    fixedLength is { } l ? (batchSize, l) : null);
+                yield return batch with { Next = k == count - 1 ? new DataPosition(from.Epoch, group[^1].NextIndex) : new DataPosition(from.Epoch, start, k + 1) };
+            }
+            start = group[^1].NextIndex;
+            skip = 0;
+            group.Clear();
+        }
+        foreach (var sequence in sequences)
+        {
+            group.Add(sequence);
+            if (group.Count < groupSize) continue;
+            foreach (var batch in Emit()) yield return batch;
+        }
+        if (group.Count > 0) foreach (var batch in Emit()) yield return batch;
     }
 
     /// <summary>Right padding to the longest sequence (or to <paramref name="shape"/>): pad id, attention 0, label -100.

@@ -13,6 +13,8 @@ public sealed record DataOptions
     public bool TrainOnPrompt { get; init; }
     /// <summary>Concatenate examples into sequences of up to MaxSeqLength tokens.</summary>
     public bool Packing { get; init; }
+    /// <summary>The Trainer's group_by_length: batches of similar lengths (less padding), see <see cref="Batching.GroupedByLength"/>.</summary>
+    public bool GroupByLength { get; init; }
     /// <summary>Pad every batch to MaxSeqLength and to BatchSize rows (the tokenizers' padding="max_length"): one batch
     /// shape for the whole run.</summary>
     public bool PadToMaxLength { get; init; }
@@ -65,6 +67,8 @@ public sealed class TrainingData : IDisposable
             throw new OrtLoraException($"batch sizes must be positive, got {options.BatchSize} (train) and {options.EvalBatchSize} (eval)");
         if (options.EvalSplit is < 0 or >= 1) throw new OrtLoraException($"--eval-split must be in [0, 1), got {options.EvalSplit}");
         if (evalPath is not null && options.EvalSplit > 0) throw new OrtLoraException("give either an eval file or --eval-split, not both");
+        if (options.GroupByLength && options.Packing)
+            throw new OrtLoraException("--group-by-length sorts examples by length to pad less; packed sequences are all about --max-seq-length: choose one");
         var train = ParquetDataset.Open(trainPath, options.Format, options.TextColumn);
         ParquetDataset? eval = null;
         try
@@ -89,6 +93,12 @@ public sealed class TrainingData : IDisposable
     {
         var examples = TrainExamples(from);
         var sequences = Options.Packing ? Batching.Pack(examples, Options.MaxSeqLength) : Batching.Single(examples);
+        if (Options.GroupByLength)
+        {
+            // transformers' megabatch: 50 batches, fewer when the data has under 200 batches (a quarter of them)
+            int batches = (int)Math.Clamp(Train.RowCount / (4L * Options.BatchSize), 1, 50);
+            return Batching.GroupedByLength(sequences, Options.BatchSize, batches * Options.BatchSize, Tokenizer.PadId, from, FixedLength);
+        }
         return Batching.Batches(sequences, Options.BatchSize, Tokenizer.PadId, from.Epoch, FixedLength);
     }
 
