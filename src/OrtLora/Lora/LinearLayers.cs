@@ -66,7 +66,8 @@ public static class LinearLayers
             var producer = g.Producer(weightName);
             if (producer is { OpType: "Identity" }) weightName = producer.Input[0];
             else if (producer is { OpType: "Cast" }) { castTo ??= (int)Attrs.Int(producer, "to", 0); weightName = producer.Input[0]; }
-            else if (producer is { OpType: "DequantizeLinear", Domain: "" or "ai.onnx" } dq && dequantize is null && dq.Input.Skip(1).All(i => i == "" || g.Initializer(i) is not null))
+            else if (producer is { OpType: "DequantizeLinear", Domain: "" or "ai.onnx" } dq && dequantize is null
+                     && dq.Input.Skip(1).All(i => i == "" || g.Initializer(i) is not null)) // scales and zero points constant
             {
                 dequantize = dq;
                 castTo ??= Onnx.Dequantize.OutputType(dq, g);
