@@ -10,13 +10,6 @@ namespace OrtLora.Tests;
 /// quantization error, so that Q + scale·B·A is nearer W than Q alone.</summary>
 public class LoftqTests
 {
-    static Dictionary<string, HostTensor> Feeds()
-    {
-        var rng = new Random(4);
-        var ids = Enumerable.Range(0, 2 * 24).Select(_ => (long)rng.Next(LlamaShape.Tiny.VocabSize)).ToArray();
-        return new() { ["input_ids"] = HostTensor.Of(ids, 2, 24), ["attention_mask"] = HostTensor.Of(Enumerable.Repeat(1L, ids.Length).ToArray(), 2, 24) };
-    }
-
     static double RelativeRms(float[] a, float[] reference) =>
         Math.Sqrt(a.Zip(reference, (x, y) => (double)(x - y) * (x - y)).Average() / reference.Average(y => (double)y * y));
 
@@ -28,10 +21,10 @@ public class LoftqTests
     {
         using var floats = LlamaGraph.Build(LlamaShape.Tiny, seed: 3);
         var floatWeights = new GraphEditor(floats.Graph);
-        var reference = OrtRun.Run(floats, Feeds(), ["logits"])["logits"].Floats;
+        var reference = OrtRun.Run(floats, TinyFeeds(), ["logits"])["logits"].Floats;
         using var quantized = LlamaGraph.Build(LlamaShape.Tiny, seed: 3);
         WeightQuantizer.Apply(quantized, bits);
-        double plainError = RelativeRms(OrtRun.Run(quantized, Feeds(), ["logits"])["logits"].Floats, reference);
+        double plainError = RelativeRms(OrtRun.Run(quantized, TinyFeeds(), ["logits"])["logits"].Floats, reference);
 
         double LoftqError(int iterations, bool checkLayers)
         {
@@ -61,9 +54,9 @@ public class LoftqTests
                         }
                     Assert.That(Math.Sqrt(withAdapter), Is.LessThan(0.98 * Math.Sqrt(without)), a.Module);
                 }
-            var logits = OrtRun.Run(model, Feeds(), ["logits"])["logits"].Floats;
+            var logits = OrtRun.Run(model, TinyFeeds(), ["logits"])["logits"].Floats;
             LoraMerger.Merge(model);
-            Assert.That(Shared.MaxAbsDiff(OrtRun.Run(model, Feeds(), ["logits"])["logits"].Floats, logits), Is.LessThan(1e-3f), "merged = injected");
+            Assert.That(Shared.MaxAbsDiff(OrtRun.Run(model, TinyFeeds(), ["logits"])["logits"].Floats, logits), Is.LessThan(1e-3f), "merged = injected");
             return RelativeRms(logits, reference);
         }
         double one = LoftqError(1, checkLayers: true), two = LoftqError(2, checkLayers: false);

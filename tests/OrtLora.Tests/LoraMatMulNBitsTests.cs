@@ -72,24 +72,17 @@ public class LoraMatMulNBitsTests
         return model;
     }
 
-    static Dictionary<string, HostTensor> Feeds()
-    {
-        var rng = new Random(4);
-        var ids = Enumerable.Range(0, 2 * 24).Select(_ => (long)rng.Next(LlamaShape.Tiny.VocabSize)).ToArray();
-        return new() { ["input_ids"] = HostTensor.Of(ids, 2, 24), ["attention_mask"] = HostTensor.Of(Enumerable.Repeat(1L, ids.Length).ToArray(), 2, 24) };
-    }
-
     /// <summary>The rewritten model computes what ONNX Runtime's MatMulNBits kernel computes (in float32), and its layers
     /// are found under the same PEFT names as the float model's.</summary>
     [Test]
     public void TheStandardFormComputesWhatMatMulNBitsDoes()
     {
         using var nbits = TinyInMatMulNBits();
-        var expected = OrtRun.Run(nbits, Feeds(), ["logits"])["logits"].Floats;
+        var expected = OrtRun.Run(nbits, TinyFeeds(), ["logits"])["logits"].Floats;
         Assert.That(MatMulNBitsForm.ToQdq(nbits), Is.EqualTo(28));
         Assert.That(nbits.Graph.Node.Any(n => n.OpType == "MatMulNBits"), Is.False);
         Assert.That(nbits.Opset(), Is.EqualTo(21));
-        var logits = OrtRun.Run(nbits, Feeds(), ["logits"])["logits"].Floats;
+        var logits = OrtRun.Run(nbits, TinyFeeds(), ["logits"])["logits"].Floats;
         Assert.That(Shared.MaxAbsDiff(logits, expected), Is.LessThan(1e-4f * expected.Max(Math.Abs)));
         using var floats = LlamaGraph.Build(LlamaShape.Tiny, seed: 3);
         var layers = LinearLayers.Find(new GraphEditor(nbits.Graph));

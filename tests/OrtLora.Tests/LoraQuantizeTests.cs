@@ -10,13 +10,6 @@ namespace OrtLora.Tests;
 /// <summary>`ortlora quantize` (WeightQuantizer) and training on its output, QLoRA-style.</summary>
 public class LoraQuantizeTests
 {
-    static Dictionary<string, HostTensor> Feeds()
-    {
-        var rng = new Random(4);
-        var ids = Enumerable.Range(0, 2 * 24).Select(_ => (long)rng.Next(LlamaShape.Tiny.VocabSize)).ToArray();
-        return new() { ["input_ids"] = HostTensor.Of(ids, 2, 24), ["attention_mask"] = HostTensor.Of(Enumerable.Repeat(1L, ids.Length).ToArray(), 2, 24) };
-    }
-
     /// <summary>Every linear layer but the tied head is stored quantized and still found under its PEFT name; each
     /// dequantized weight is within half a quantization step of the float one (its own scale); the model's logits stay
     /// near the float model's (relative RMS error; random weights make these worst cases).</summary>
@@ -47,8 +40,8 @@ public class LoraQuantizeTests
             Assert.That(worst, Is.LessThanOrEqualTo(scales.Max() * 0.5001f), layer.Module);
             Assert.That(worst, Is.GreaterThan(0), "quantized, not copied");
         }
-        var reference = OrtRun.Run(floats, Feeds(), ["logits"])["logits"].Floats;
-        var logits = OrtRun.Run(model, Feeds(), ["logits"])["logits"].Floats;
+        var reference = OrtRun.Run(floats, TinyFeeds(), ["logits"])["logits"].Floats;
+        var logits = OrtRun.Run(model, TinyFeeds(), ["logits"])["logits"].Floats;
         double Rms(IEnumerable<double> v) => Math.Sqrt(v.Average(x => x * x));
         double relative = Rms(logits.Zip(reference, (a, b) => (double)a - b)) / Rms(reference.Select(x => (double)x));
         TestContext.Out.WriteLine($"{bits} bits: logits' RMS error {relative:P2} of their RMS");

@@ -63,6 +63,14 @@ public static class LoraTestKit
         }
     }
 
+    /// <summary>Two rows of 24 random tokens for graphs/' tiny LLaMA shape, fully attended.</summary>
+    public static Dictionary<string, HostTensor> TinyFeeds()
+    {
+        var rng = new Random(4);
+        var ids = Enumerable.Range(0, 2 * 24).Select(_ => (long)rng.Next(Graphs.LlamaShape.Tiny.VocabSize)).ToArray();
+        return new() { ["input_ids"] = HostTensor.Of(ids, 2, 24), ["attention_mask"] = HostTensor.Of(Enumerable.Repeat(1L, ids.Length).ToArray(), 2, 24) };
+    }
+
     public static SortedDictionary<string, int> Histogram(string path)
     {
         using var model = OnnxModel.Load(path);
