@@ -18,6 +18,7 @@ public static class TrainCommand
         var dataOptions = new DataCliOptions();
         var packing = new Option<bool>("--packing") { Description = "pack several examples into each sequence" };
         var groupByLength = new Option<bool>("--group-by-length") { Description = "batches of similar lengths (the Trainer's length-grouped sampler): less padding, faster steps" };
+        var dropLast = new Option<bool>("--dataloader-drop-last") { Description = "leave out each epoch's last batch when it has fewer rows than the batch size" };
         var padToMax = new Option<bool>("--pad-to-max-length") { Description = "pad every batch to --max-seq-length and the full batch size: one shape, graphs loaded for it" };
         var epochs = new Option<double>("--num-train-epochs") { DefaultValueFactory = _ => 1 };
         var maxSteps = new Option<int>("--max-steps") { Description = "total optimizer steps (overrides epochs)", DefaultValueFactory = _ => -1 };
@@ -36,6 +37,7 @@ public static class TrainCommand
         var epsilon = new Option<double>("--adam-epsilon") { DefaultValueFactory = _ => 1e-8 };
         var maxGradNorm = new Option<double>("--max-grad-norm") { DefaultValueFactory = _ => 1.0 };
         var logging = new Option<int>("--logging-steps") { DefaultValueFactory = _ => 10 };
+        var loggingFirst = new Option<bool>("--logging-first-step") { Description = "also log the first step" };
         var saveSteps = new Option<int>("--save-steps") { DefaultValueFactory = _ => 500 };
         var saveLimit = new Option<int>("--save-total-limit");
         var evalSteps = new Option<int>("--eval-steps");
@@ -70,9 +72,9 @@ public static class TrainCommand
         var cmd = new Command("train", "Train LoRA adapters on Parquet data") { model, output };
         lora.AddTo(cmd);
         foreach (var o in dataOptions.All) cmd.Options.Add(o);
-        foreach (var o in new Option[] { data, evalData, evalSplit, packing, groupByLength, padToMax,
+        foreach (var o in new Option[] { data, evalData, evalSplit, packing, groupByLength, dropLast, padToMax,
                      epochs, maxSteps, batch, evalBatch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay,
-                     beta1, beta2, epsilon, maxGradNorm, logging, saveSteps, saveStrategy, saveLimit, evalSteps, evalStrategy,
+                     beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, saveSteps, saveStrategy, saveLimit, evalSteps, evalStrategy,
                      loadBest, metricForBest, patience, threshold, neftune, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
 
@@ -85,7 +87,7 @@ public static class TrainCommand
                 LearningRate = parse.GetValue(lr), LrSchedulerType = parse.GetValue(scheduler)!, LrSchedulerKwargs = LrSchedule.ParseKwargs(parse.GetValue(schedulerKwargs)), WarmupRatio = parse.GetValue(warmupRatio),
                 WarmupSteps = parse.GetValue(warmupSteps), WeightDecay = parse.GetValue(weightDecay),
                 AdamBeta1 = parse.GetValue(beta1), AdamBeta2 = parse.GetValue(beta2), AdamEpsilon = parse.GetValue(epsilon), MaxGradNorm = parse.GetValue(maxGradNorm),
-                Seed = parse.GetValue(lora.Seed), LoggingSteps = parse.GetValue(logging), SaveSteps = parse.GetValue(saveSteps),
+                Seed = parse.GetValue(lora.Seed), LoggingSteps = parse.GetValue(logging), LoggingFirstStep = parse.GetValue(loggingFirst), SaveSteps = parse.GetValue(saveSteps),
                 SaveTotalLimit = parse.GetValue(saveLimit), EvalSteps = parse.GetValue(evalSteps), EvalStrategy = parse.GetValue(evalStrategy)!, SaveStrategy = parse.GetValue(saveStrategy)!, LoraplusLrRatio = parse.GetValue(loraplus),
                 Fp16 = parse.GetValue(fp16), Bf16 = parse.GetValue(bf16), Device = parse.GetValue(device)!, EpLibrary = parse.GetValue(epLibrary),
                 GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),
@@ -100,7 +102,7 @@ public static class TrainCommand
                 TokenizerPath = parse.GetValue(dataOptions.Tokenizer), Lora = lora.Read(parse), InitFrom = parse.GetValue(lora.InitFrom),
                 Data = dataOptions.Read(parse) with
                 {
-                    Packing = parse.GetValue(packing), GroupByLength = parse.GetValue(groupByLength), PadToMaxLength = parse.GetValue(padToMax), EvalSplit = parse.GetValue(evalSplit),
+                    Packing = parse.GetValue(packing), GroupByLength = parse.GetValue(groupByLength), DropLast = parse.GetValue(dropLast), PadToMaxLength = parse.GetValue(padToMax), EvalSplit = parse.GetValue(evalSplit),
                 },
                 Args = args,
                 ResumeFromCheckpoint = parse.GetResult(resume) is null ? null : parse.GetValue(resume) ?? "",

@@ -112,6 +112,22 @@ public class TrainCommandTests
         Assert.That(Directory.GetDirectories(dir, "checkpoint-*").Select(Path.GetFileName).Order(), Is.EqualTo(new[] { "checkpoint-18", "checkpoint-9" }));
     }
 
+    /// <summary>--dataloader-drop-last: 263 rows in batches of 4 are 65 full batches and one of 3, left out: an epoch
+    /// is 65 steps, and every batch trained has 4 rows. --logging-first-step logs step 1 besides every 20th and the last.</summary>
+    [Test]
+    public void DropLastAndLoggingFirstStep()
+    {
+        var dir = Shared.TempDir();
+        var args = TrainArgs(dir, "--num-train-epochs", "1", "--dataloader-drop-last", "--logging-first-step");
+        args[Array.IndexOf(args, "--logging-steps") + 1] = "20";
+        OrtloraOk(args);
+        var metrics = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
+        Assert.That(metrics.Where(m => m["loss"] is not null).Select(m => m["step"]!.GetValue<int>()), Is.EqualTo(new[] { 1, 20, 40, 60, 65 }));
+        var summary = metrics.Single(m => m["train_loss"] is not null);
+        Assert.That(summary["train_samples_per_second"]!.GetValue<double>() * summary["train_runtime"]!.GetValue<double>(), Is.EqualTo(260).Within(1).Percent,
+            "65 batches of 4 rows");
+    }
+
     // Instruction data (prompt masked) and plain text (every token labelled, so column 0 must not be counted).
     [TestCase("demo")]
     [TestCase("text")]

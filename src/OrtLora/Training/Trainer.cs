@@ -161,7 +161,7 @@ public static class Trainer
 
             double tokensPerSecond = tokensSinceLog / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
             reporter.Stepped(new StepReport(state.GlobalStep, totalSteps, position.Epoch, loss, lr, session.LastGradNorm, tokensPerSecond));
-            if (state.GlobalStep % Math.Max(1, args.LoggingSteps) == 0 || state.GlobalStep == totalSteps)
+            if (state.GlobalStep % Math.Max(1, args.LoggingSteps) == 0 || state.GlobalStep == totalSteps || args.LoggingFirstStep && state.GlobalStep == 1)
             {
                 log.Append(new JsonObject
                 {

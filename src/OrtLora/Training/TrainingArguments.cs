@@ -24,6 +24,8 @@ public sealed class TrainingArguments
     public double MaxGradNorm { get; set; } = 1.0;
     public int Seed { get; set; } = 42;
     public int LoggingSteps { get; set; } = 10;
+    /// <summary>Also log the first step (logging_first_step).</summary>
+    public bool LoggingFirstStep { get; set; }
     public int SaveSteps { get; set; } = 500;
     /// <summary>Keep at most this many checkpoint-N folders (oldest deleted); 0 or less keeps all.</summary>
     public int SaveTotalLimit { get; set; }

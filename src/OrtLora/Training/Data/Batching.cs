@@ -16,6 +16,8 @@ public readonly record struct DataPosition(int Epoch, long Index, int SkipBatche
 public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels, int BatchSize, int SeqLength, DataPosition Next, long[] Rows)
 {
     public long[] Shape => [BatchSize, SeqLength];
+    /// <summary>How many sequences the batch holds (fewer than <see cref="BatchSize"/> rows when padded to a fixed shape).</summary>
+    public int Sequences { get; init; }
     /// <summary>Positions with a label (what the loss averages over).</summary>
     public int TrainedTokens => Labels.Count(l => l != ExampleEncoder.IgnoreIndex);
 
@@ -157,6 +159,7 @@ public static class Batching
             }
         }
         for (int row = sequences.Count; row < b; row++) mask[row * s] = 1;
-        return new Batch(inputIds, mask, labels, b, s, new DataPosition(epoch, sequences[^1].NextIndex), [.. sequences.SelectMany(x => x.Rows)]);
+        return new Batch(inputIds, mask, labels, b, s, new DataPosition(epoch, sequences[^1].NextIndex), [.. sequences.SelectMany(x => x.Rows)])
+            { Sequences = sequences.Count };
     }
 }

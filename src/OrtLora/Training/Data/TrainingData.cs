@@ -15,6 +15,8 @@ public sealed record DataOptions
     public bool Packing { get; init; }
     /// <summary>The Trainer's group_by_length: batches of similar lengths (less padding), see <see cref="Batching.GroupedByLength"/>.</summary>
     public bool GroupByLength { get; init; }
+    /// <summary>The Trainer's dataloader_drop_last: an epoch's last batch is left out when it has fewer rows.</summary>
+    public bool DropLast { get; init; }
     /// <summary>Pad every batch to MaxSeqLength and to BatchSize rows (the tokenizers' padding="max_length"): one batch
     /// shape for the whole run.</summary>
     public bool PadToMaxLength { get; init; }
@@ -97,10 +99,15 @@ public sealed class TrainingData : IDisposable
         {
             // transformers' megabatch: 50 batches, fewer when the data has under 200 batches (a quarter of them)
             int batches = (int)Math.Clamp(Train.RowCount / (4L * Options.BatchSize), 1, 50);
-            return Batching.GroupedByLength(sequences, Options.BatchSize, batches * Options.BatchSize, Tokenizer.PadId, from, FixedLength);
+            return DropPartial(Batching.GroupedByLength(sequences, Options.BatchSize, batches * Options.BatchSize, Tokenizer.PadId, from, FixedLength));
         }
-        return Batching.Batches(sequences, Options.BatchSize, Tokenizer.PadId, from.Epoch, FixedLength);
+        return DropPartial(Batching.Batches(sequences, Options.BatchSize, Tokenizer.PadId, from.Epoch, FixedLength));
     }
+
+    /// <summary>With <see cref="DataOptions.DropLast"/>, the batches that hold fewer rows than the batch size (only ever
+    /// an epoch's last: grouping sorts within groups of whole batches).</summary>
+    IEnumerable<Batch> DropPartial(IEnumerable<Batch> batches) =>
+        Options.DropLast ? batches.Where(b => b.Sequences >= Options.BatchSize) : batches;
 
     /// <summary>Batches for evaluation: the eval file, or the held-out rows, in file order (never packed). The eval
     /// examples are tokenized on the first call and kept, so later evaluations do not read the files again.</summary>
