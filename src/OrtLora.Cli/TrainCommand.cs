@@ -51,6 +51,7 @@ public static class TrainCommand
         var patience = new Option<int>("--early-stopping-patience") { Description = "stop after this many evaluations without a lower eval_loss (transformers' EarlyStoppingCallback)" };
         var threshold = new Option<double>("--early-stopping-threshold") { Description = "how much lower eval_loss must be to count as better, for --early-stopping-patience" };
         var neftune = new Option<double>("--neftune-noise-alpha") { Description = "NEFTune: uniform noise of magnitude alpha/sqrt(seq_len·hidden) on the token embeddings while training (the papers use 5)" };
+        var labelSmoothing = new Option<double>("--label-smoothing-factor") { Description = "label smoothing ε: (1 − ε)·cross-entropy + ε·mean −log p over the vocabulary (train and eval loss)" };
         var loraplus = new Option<double>("--loraplus-lr-ratio") { Description = "LoRA+: B's learning rate is this times --learning-rate", DefaultValueFactory = _ => 1 };
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
         device.AcceptOnlyFromAmong("cpu", "cuda");
@@ -75,7 +76,7 @@ public static class TrainCommand
         foreach (var o in new Option[] { data, evalData, evalSplit, packing, groupByLength, dropLast, padToMax,
                      epochs, maxSteps, batch, evalBatch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay,
                      beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, saveSteps, saveStrategy, saveLimit, evalSteps, evalStrategy,
-                     loadBest, metricForBest, patience, threshold, neftune, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
+                     loadBest, metricForBest, patience, threshold, neftune, labelSmoothing, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
 
         cmd.SetAction(CliRunner.Guard(parse =>
@@ -93,7 +94,7 @@ public static class TrainCommand
                 GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),
                 CudaGraphs = parse.GetValue(cudaGraphs), LoadBestModelAtEnd = parse.GetValue(loadBest),
                 EarlyStoppingPatience = parse.GetValue(patience), EarlyStoppingThreshold = parse.GetValue(threshold),
-                NeftuneNoiseAlpha = parse.GetValue(neftune),
+                NeftuneNoiseAlpha = parse.GetValue(neftune), LabelSmoothingFactor = parse.GetValue(labelSmoothing),
             };
             Validate(args);
             var job = new TrainJob
@@ -124,6 +125,7 @@ public static class TrainCommand
         if (a.AdamBeta1 is < 0 or >= 1 || a.AdamBeta2 is < 0 or >= 1) throw new OrtLoraException("--adam-beta1 and --adam-beta2 must be in [0, 1)");
         if (a.AdamEpsilon <= 0) throw new OrtLoraException("--adam-epsilon must be positive");
         if (a.EarlyStoppingPatience < 0 || a.EarlyStoppingThreshold < 0) throw new OrtLoraException("--early-stopping-patience and --early-stopping-threshold must not be negative");
+        if (a.LabelSmoothingFactor is < 0 or >= 1) throw new OrtLoraException("--label-smoothing-factor must be in [0, 1)");
         if (a.NeftuneNoiseAlpha < 0) throw new OrtLoraException("--neftune-noise-alpha must not be negative");
         if (a.Fp16 && a.Bf16) throw new OrtLoraException("choose one of --fp16 and --bf16");
         if (a.MaxSteps <= 0 && a.NumTrainEpochs <= 0) throw new OrtLoraException("give --num-train-epochs > 0 or --max-steps > 0");

@@ -33,9 +33,10 @@ public class EngineChunkedLossTests
     }
 
     /// <summary>Steps with the chunked loss follow those with the whole loss, in float32 and with float16 loss scaling;
-    /// a sequence shorter than the chunk count leaves chunks empty and still works.</summary>
-    [TestCase(ComputeType.Float32, 32)] [TestCase(ComputeType.Float16, 32)] [TestCase(ComputeType.Float32, 3)]
-    public void TrainingStepsEqualThoseOfTheWholeLoss(ComputeType compute, int sequence)
+    /// a sequence shorter than the chunk count leaves chunks empty and still works; with label smoothing too (train and eval).</summary>
+    [TestCase(ComputeType.Float32, 32, 0.0)] [TestCase(ComputeType.Float16, 32, 0.0)] [TestCase(ComputeType.Float32, 3, 0.0)]
+    [TestCase(ComputeType.Float32, 32, 0.1)]
+    public void TrainingStepsEqualThoseOfTheWholeLoss(ComputeType compute, int sequence, double smoothing)
     {
         using var model = EngineFixtures.TinyWithLora();
         LoraTestKit.RandomizeB(model, std: 0.1f);
@@ -46,10 +47,10 @@ public class EngineChunkedLossTests
         (Dictionary<string, float[]> Grads, float[] Losses) Train(int chunks)
         {
             using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01),
-                Compute: compute, LossChunks: chunks));
+                Compute: compute, LossChunks: chunks, LabelSmoothing: smoothing));
             var grads = session.ComputeGradients(batch).Gradients;
             var losses = Enumerable.Range(0, 4).Select(_ => session.Step(batch, learningRate: 1e-3f, maxGradNorm: 1f)).ToArray();
-            return (grads, losses);
+            return (grads, [.. losses, session.EvalLoss(batch)]); // the eval loss after the steps, chunked or whole too
         }
         var whole = Train(1);
         var chunked = Train(8);

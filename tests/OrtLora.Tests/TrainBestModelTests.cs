@@ -111,4 +111,22 @@ public class TrainBestModelTests
         var refused = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--adam-beta2", "1"));
         Assert.That(refused.Error, Does.Contain("--adam-beta1 and --adam-beta2 must be in [0, 1)"));
     }
+
+    /// <summary>--label-smoothing-factor reaches the loss: the step-0 eval (the same model) differs from the plain
+    /// cross-entropy's, and training lowers it; 1 is refused.</summary>
+    [Test]
+    public void LabelSmoothingReachesTheLoss()
+    {
+        double[] EvalLosses(params string[] extra)
+        {
+            var dir = Shared.TempDir();
+            OrtloraOk(TrainArgs(dir, ["--max-steps", "4", "--eval-data", Tiny("demo_eval.parquet"), .. extra]));
+            return Evals(dir).Select(e => e.Loss).ToArray();
+        }
+        var plain = EvalLosses();
+        var smoothed = EvalLosses("--label-smoothing-factor", "0.1");
+        Assert.That(Math.Abs(smoothed[0] - plain[0]), Is.GreaterThan(1e-3));
+        Assert.That(smoothed[^1], Is.LessThan(smoothed[0]));
+        Assert.That(Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--label-smoothing-factor", "1")).Error, Does.Contain("--label-smoothing-factor"));
+    }
 }

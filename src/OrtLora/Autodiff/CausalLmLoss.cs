@@ -22,15 +22,24 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
 {
     public const long IgnoreIndex = -100;
 
+    /// <summary>The Trainer's label_smoothing_factor ε (its LabelSmoother): loss = (1 − ε)·nll + ε·mean over the counted
+    /// tokens of −Σ_v log p_v / V.</summary>
+    public double Smoothing { get; init; }
+    /// <summary>With smoothing: V as a scalar of the loss's type, and that type.</summary>
+    string? Vocabulary { get; init; }
+    int ElemType { get; init; }
+
     /// <summary>What the loss needs of the labels, computed once (also for a loss taken chunk by chunk).</summary>
     /// <param name="TargetIndex">the shifted labels with ignored ones set to 0, [B, S, 1]</param>
     /// <param name="Weights">1 for a counted token, 0 for an ignored one, [B, S]</param>
     /// <param name="Count">the number of counted tokens, at least 1, scalar</param>
-    public sealed record Targets(string TargetIndex, string Weights, string Count);
+    /// <param name="ElemType">the float type the loss is computed in</param>
+    public sealed record Targets(string TargetIndex, string Weights, string Count, int ElemType);
 
     /// <param name="logitsElemType">a float type the loss is computed in (the logits' own)</param>
-    public static CausalLmLoss Append(GraphEditor g, string logits, string labels, int logitsElemType) =>
-        Append(g, logits, AppendTargets(g, labels, logitsElemType));
+    /// <param name="smoothing">label_smoothing_factor (0: plain cross-entropy)</param>
+    public static CausalLmLoss Append(GraphEditor g, string logits, string labels, int logitsElemType, double smoothing = 0) =>
+        Append(g, logits, AppendTargets(g, labels, logitsElemType), smoothing);
 
     /// <summary>labels[:, 1:] followed by one ignored column (shifted[b, t] is the target for logits[b, t]), the
     /// weights that drop ignored tokens and their count.</summary>
@@ -49,13 +58,13 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
         var weights = Op("Cast", [counted], ("to", (long)logitsElemType));
         // max(count, 1): a batch with no counted token gives loss 0 and zero gradients instead of NaN
         var count = Op("Max", [Op("ReduceSum", [weights], ("keepdims", 0L)), Scalar(1, logitsElemType)]);
-        return new(targetIndex, weights, count);
+        return new(targetIndex, weights, count, logitsElemType);
     }
 
     /// <summary>The loss of <paramref name="logits"/> against <paramref name="targets"/>: Σ nll · weight / count. For
     /// a chunk of the sequence, the targets are that chunk's and the count the whole batch's, and the chunks' losses
     /// add up to the batch's.</summary>
-    public static CausalLmLoss Append(GraphEditor g, string logits, Targets targets)
+    public static CausalLmLoss Append(GraphEditor g, string logits, Targets targets, double smoothing = 0)
     {
         string Ints(params long[] v) => GraphConstants.Int64s(g, "loss/ints", v);
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "loss/" + op, attributes: attrs);
@@ -64,7 +73,17 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
         var picked = Op("GatherElements", [logProbs, targets.TargetIndex], ("axis", -1L));
         var nll = Op("Mul", [Op("Neg", [Op("Squeeze", [picked, Ints(-1)])]), targets.Weights]);
         var total = Op("ReduceSum", [nll], ("keepdims", 0L));
-        return new(Op("Div", [total, targets.Count]), logits, logProbs, targets.TargetIndex, picked, targets.Weights, targets.Count);
+        var loss = Op("Div", [total, targets.Count]);
+        if (smoothing <= 0) return new(loss, logits, logProbs, targets.TargetIndex, picked, targets.Weights, targets.Count);
+        string Scalar(double v) => GraphConstants.Scalar(g, "loss/const", v, targets.ElemType);
+        var vocabulary = Op("Cast", [Op("Gather", [Op("Shape", [logits]), GraphConstants.Scalar(g, "loss/last", -1, (int)DT.Int64)])],
+            ("to", (long)targets.ElemType));
+        var sums = Op("ReduceSum", [logProbs, Ints(-1)], ("keepdims", 0L)); // Σ_v log p_v, [B, S]
+        var uniform = Op("Div", [Op("Neg", [Op("ReduceSum", [Op("Mul", [sums, targets.Weights])], ("keepdims", 0L))]),
+            Op("Mul", [targets.Count, vocabulary])]);
+        loss = Op("Add", [Op("Mul", [loss, Scalar(1 - smoothing)]), Op("Mul", [uniform, Scalar(smoothing)])]);
+        return new(loss, logits, logProbs, targets.TargetIndex, picked, targets.Weights, targets.Count)
+            { Smoothing = smoothing, Vocabulary = vocabulary, ElemType = targets.ElemType };
     }
 
     /// <summary>Appends d loss / d logits = (softmax(logits) − onehot(target)) · weight / count, [B, S, V].
@@ -81,6 +100,14 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
         var scale = Op("Unsqueeze", [Op("Div", [Weights, Count]), GraphConstants.Int64s(g, "grad/loss/ints", -1)]);
         var probs = Op("Exp", [LogProbs]);
         var targetProb = Op("Exp", [TargetLogProb]);
+        if (Smoothing > 0)
+        {
+            // d/dz of (1 − ε)·nll + ε·uniform: softmax − (1 − ε)·onehot − ε/V, times weight / count
+            var share = Op("Div", [GraphConstants.Scalar(g, "grad/loss/const", Smoothing, ElemType), Vocabulary!]);
+            var smoothed = Op("Mul", [Op("Sub", [probs, share]), scale]);
+            var smoothedTarget = Op("Mul", [Op("Sub", [Op("Sub", [targetProb, share]), GraphConstants.Scalar(g, "grad/loss/const", 1 - Smoothing, ElemType)]), scale]);
+            return Op("ScatterElements", [smoothed, TargetIndex, smoothedTarget], ("axis", -1L));
+        }
         var scaled = Op("Mul", [probs, scale]);
         var atTarget = Op("Sub", [Op("Mul", [targetProb, scale]), scale]);
         return Op("ScatterElements", [scaled, TargetIndex, atTarget], ("axis", -1L));

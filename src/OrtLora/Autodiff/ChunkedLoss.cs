@@ -49,9 +49,10 @@ public static class ChunkedLoss
     /// previous chunk's loss instead, and <see cref="Result.HiddenGradient"/> is empty</param>
     /// <param name="lossScale">a scalar the gradient is multiplied by before it enters the head's backward (float16
     /// loss scaling), or null</param>
+    /// <param name="smoothing">label_smoothing_factor (<see cref="CausalLmLoss.Smoothing"/>)</param>
     /// <returns>null when the head is not position-wise (see <see cref="ChunkedLoss"/>): use the full loss</returns>
     public static Result? Append(GraphEditor g, string logits, string labels, int logitsElemType, ValueTable types, int opset,
-        int chunks, bool withGradient = true, string? lossScale = null)
+        int chunks, bool withGradient = true, string? lossScale = null, double smoothing = 0)
     {
         // opset 14: the head's gradient reshapes an empty chunk (Reshape's allowzero)
         if (chunks < 2 || opset < 14 || FindHead(g, logits, types) is not var (hidden, path)) return null;
@@ -80,7 +81,7 @@ public static class ChunkedLoss
                 z = g.AddRenamedCopy(node, renames, $"/chunk{c}").Output[0];
                 types.Set(z, types[node.Output[0]]); // same rank and type; the rules compare shapes chunk against chunk
             }
-            var loss = CausalLmLoss.Append(g, z, new CausalLmLoss.Targets(Chunk(targets.TargetIndex), Chunk(targets.Weights), targets.Count));
+            var loss = CausalLmLoss.Append(g, z, new CausalLmLoss.Targets(Chunk(targets.TargetIndex), Chunk(targets.Weights), targets.Count, targets.ElemType), smoothing);
             parts.Add(loss.Loss);
             if (!withGradient) continue;
             var seed = loss.AppendLogitsGradient(g);

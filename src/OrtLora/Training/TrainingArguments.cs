@@ -41,6 +41,8 @@ public sealed class TrainingArguments
     /// EarlyStoppingThreshold (transformers' EarlyStoppingCallback); 0: never.</summary>
     public int EarlyStoppingPatience { get; set; }
     public double EarlyStoppingThreshold { get; set; }
+    /// <summary>label_smoothing_factor ε: the loss is (1 − ε)·cross-entropy + ε·the mean −log p over the vocabulary.</summary>
+    public double LabelSmoothingFactor { get; set; }
     /// <summary>NEFTune's α (neftune_noise_alpha): uniform noise on the token embeddings while training; 0: none.</summary>
     public double NeftuneNoiseAlpha { get; set; }
     /// <summary>LoRA+: B's learning rate is LearningRate times this (1 = plain LoRA).</summary>

@@ -13,7 +13,7 @@ public sealed partial class TrainingGraph
     static void ChunkEvalLoss(ModelProto eval, CausalLmLoss loss, int logitsType, ValueTable types, int opset, int chunks)
     {
         var g = new GraphEditor(eval.Graph);
-        if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, withGradient: false) is not { } chunked) return;
+        if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, withGradient: false, smoothing: loss.Smoothing) is not { } chunked) return;
         ReadLoss(eval, g, chunked.Loss);
         g.Cleanup();
     }
@@ -35,7 +35,8 @@ public sealed partial class TrainingGraph
         ValueTable types, int opset, bool scalesLoss, int chunks)
     {
         if (scalesLoss) proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
-        if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, lossScale: scalesLoss ? LossScale : null) is { } chunked)
+        if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, lossScale: scalesLoss ? LossScale : null,
+                smoothing: loss.Smoothing) is { } chunked)
         {
             ReadLoss(proto, g, chunked.Loss);
             return new() { [chunked.Hidden] = chunked.HiddenGradient };

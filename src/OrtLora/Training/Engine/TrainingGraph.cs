@@ -69,9 +69,10 @@ public sealed partial class TrainingGraph : IDisposable
     /// <param name="lossChunks">the loss and its gradient in this many chunks of the sequence, through the lm_head
     /// (<see cref="ChunkedLoss"/>); default: 8 when the vocabulary has 8192 or more entries, else 1 (whole)</param>
     /// <param name="neftuneNoise">NEFTune: the training graphs add the <see cref="NeftuneNoise.Input"/> to the token embeddings</param>
+    /// <param name="labelSmoothing">the Trainer's label_smoothing_factor, in the training and the eval loss (as the Trainer computes both)</param>
     public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null,
         double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false, int? lossChunks = null,
-        bool neftuneNoise = false)
+        bool neftuneNoise = false, double labelSmoothing = 0)
     {
         int opset = model.Opset();
         if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; training needs opset 13 or later (re-export the model)");
@@ -114,7 +115,7 @@ public sealed partial class TrainingGraph : IDisposable
             logits = g.Add("Cast", [logits], name: "loss/upcast", attributes: ("to", (int)DT.Float));
             logitsType = (int)DT.Float;
         }
-        var loss = CausalLmLoss.Append(g, logits, Labels, logitsType);
+        var loss = CausalLmLoss.Append(g, logits, Labels, logitsType, labelSmoothing);
         g.Add("Identity", [loss.Loss], name: "loss/output", outputs: [Loss]);
         proto.Graph.Output.Clear();
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });

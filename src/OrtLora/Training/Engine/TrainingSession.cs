@@ -32,11 +32,12 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// <param name="NeftuneNoiseAlpha">NEFTune: uniform noise of magnitude α/√(S·d) on the token embeddings while training
 /// (<see cref="NeftuneNoise"/>); 0: none</param>
 /// <param name="Seed">seeds that noise, drawn anew for each optimizer step and micro-batch</param>
+/// <param name="LabelSmoothing">the Trainer's label_smoothing_factor (<see cref="CausalLmLoss.Smoothing"/>)</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
     GraphOptimizationLevel Optimization = GraphOptimizationLevel.ORT_ENABLE_ALL, string Device = "cpu", string? EpLibrary = null,
     bool CpuMemArena = true, string? ProfilePrefix = null, bool StateInSessionMemory = false, ComputeType Compute = ComputeType.Float32,
     bool StaticShapes = false, bool GradientCheckpointing = false, int? LossChunks = null, bool CudaGraphs = false,
-    double NeftuneNoiseAlpha = 0, int Seed = 42);
+    double NeftuneNoiseAlpha = 0, int Seed = 42, double LabelSmoothing = 0);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -68,7 +69,7 @@ public sealed class TrainingSession : IDisposable
             throw new OrtLoraException("bfloat16 compute needs an execution provider with bfloat16 kernels (--device cuda): ONNX Runtime's CPU " +
                 "provider has none for MatMul, Add, Softmax and most other ops. On CPU use --fp16 (ONNX Runtime runs float16 through float32 kernels there)");
         _graph = TrainingGraph.Build(model, parameters, compute: options.Compute, gradientCheckpointing: options.GradientCheckpointing,
-            lossChunks: options.LossChunks, neftuneNoise: options.NeftuneNoiseAlpha > 0);
+            lossChunks: options.LossChunks, neftuneNoise: options.NeftuneNoiseAlpha > 0, labelSmoothing: options.LabelSmoothing);
         if (_graph.ScalesLoss) _scaler = new LossScaler();
         foreach (var p in _graph.Parameters)
         {
