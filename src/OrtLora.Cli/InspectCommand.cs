@@ -38,14 +38,15 @@ public static class InspectCommand
             foreach (var (given, option) in new[] { (parse.GetValue(device) != "cpu", "--device"), (parse.GetValue(fp16), "--fp16"), (parse.GetValue(bf16), "--bf16") })
                 if (given && !withTrainingGraph) throw new OrtLoraException($"{option} is for --training-graph");
             int nbits = MatMulNBitsForm.ToQdq(m); // as inject reads them
-            var layers = LinearLayers.Find(new GraphEditor(m.Graph));
+            var editor = new GraphEditor(m.Graph);
+            var layers = LinearLayers.Find(editor);
             if (nbits > 0) Console.WriteLine($"{m.Source}: {nbits} MatMulNBits layers, read as DequantizeLinear + MatMul");
             var prefix = ModuleNames.WrapperPrefix(layers.Select(l => l.Module).ToList());
             Console.WriteLine($"{m.Source}: {layers.Count} linear layers{(prefix != "" ? $" (module paths under the wrapper '{prefix}')" : "")}");
             var rows = layers.Select(l => new[]
             {
                 ModuleNames.Strip(l.Module, prefix), l.Node.OpType, l.In.ToString(), l.Out.ToString(),
-                (l.Layout == WeightLayout.InOut ? "[in,out]" : "[out,in]") + (l.Dequantize is null ? "" : " " + WeightType(m, l)),
+                (l.Layout == WeightLayout.InOut ? "[in,out]" : "[out,in]") + (l.Dequantize is null ? "" : " " + WeightType(editor, l)),
                 l.Parts is { } p ? string.Join("+", p) : "-",
                 (rank * (l.In + l.Out)).ToString("N0"), l.IsOutputHead ? "output head" : l.Tied ? "tied weight" : "",
             });
@@ -65,9 +66,9 @@ public static class InspectCommand
     }
 
     /// <summary>How a quantized weight is stored: its integer type and blocks, e.g. "uint4/32" or "int8/channel".</summary>
-    static string WeightType(OnnxModel m, LinearLayer l)
+    static string WeightType(GraphEditor g, LinearLayer l)
     {
-        var type = ((global::Onnx.TensorProto.Types.DataType)new GraphEditor(m.Graph).Initializer(l.Weight)!.DataType).ToString().ToLowerInvariant();
+        var type = ((global::Onnx.TensorProto.Types.DataType)g.Initializer(l.Weight)!.DataType).ToString().ToLowerInvariant();
         long block = Attrs.Int(l.Dequantize!, "block_size", 0);
         return $"{type}/{(block > 0 ? block.ToString() : "channel")}";
     }

@@ -75,6 +75,26 @@ public class CausalLmLossTests
         return Enumerable.Range(0, (int)n).Select(_ => (rng.NextDouble() * 2 - 1) * scale).ToArray();
     }
 
+    /// <summary>d loss / d logits[k], central differences (h = 1e-5, double), equals <paramref name="analytic"/>[k] to 1e-9.</summary>
+    static void AssertCentralDifferences(ModelProto forward, CausalLmLoss loss, Dictionary<string, HostTensor> feeds, double[] logits,
+        long[] shape, double[] analytic)
+    {
+        using var options = OrtRun.DefaultOptions(GraphOptimizationLevel.ORT_DISABLE_ALL);
+        using var session = new InferenceSession(new OnnxModel(forward).ToBytes(), options);
+        const double h = 1e-5;
+        for (int k = 0; k < logits.Length; k++)
+        {
+            double LossAt(double delta)
+            {
+                var perturbed = (double[])logits.Clone();
+                perturbed[k] += delta;
+                var f = new Dictionary<string, HostTensor>(feeds) { ["logits"] = HostTensor.Of(perturbed, shape) };
+                return OrtRun.Run(session, f, [loss.Loss])[loss.Loss].Doubles[0];
+            }
+            Assert.That(analytic[k], Is.EqualTo((LossAt(h) - LossAt(-h)) / (2 * h)).Within(1e-9), $"d loss / d logits[{k}]");
+        }
+    }
+
     static double[] AsDoubles(HostTensor t) => t.Data is double[] d ? d : t.Floats.Select(f => (double)f).ToArray();
 
     /// <summary>label_smoothing_factor ε: the loss is transformers' LabelSmoother on shifted labels, (1 − ε)·nll/n +
@@ -111,20 +131,7 @@ public class CausalLmLossTests
         var (opModel, opGrad) = WithGradient(forward, loss, wrt, feeds, seeded: false);
         var opByOp = OrtRun.Run(new OnnxModel(opModel), feeds, [opGrad], GraphOptimizationLevel.ORT_DISABLE_ALL)[opGrad].Doubles;
         Assert.That(analytic, Is.EqualTo(opByOp).Within(1e-12));
-        using var options = OrtRun.DefaultOptions(GraphOptimizationLevel.ORT_DISABLE_ALL);
-        using var session = new InferenceSession(new OnnxModel(forward).ToBytes(), options);
-        const double h = 1e-5;
-        for (int k = 0; k < logits.Length; k++)
-        {
-            double LossAt(double delta)
-            {
-                var perturbed = (double[])logits.Clone();
-                perturbed[k] += delta;
-                var f = new Dictionary<string, HostTensor>(feeds) { ["logits"] = HostTensor.Of(perturbed, b, s, v) };
-                return OrtRun.Run(session, f, [loss.Loss])[loss.Loss].Doubles[0];
-            }
-            Assert.That(analytic[k], Is.EqualTo((LossAt(h) - LossAt(-h)) / (2 * h)).Within(1e-9), $"d loss / d logits[{k}]");
-        }
+        AssertCentralDifferences(forward, loss, feeds, logits, [b, s, v], analytic);
     }
 
     /// <summary>Opset 13 too: training's lowest, where the op-by-op gradient of GatherElements was not available.</summary>
@@ -141,21 +148,7 @@ public class CausalLmLossTests
         var (model, grad) = WithGradient(forward, loss, wrt, feeds, seeded: true);
         var analytic = OrtRun.Run(new OnnxModel(model), feeds, [grad], GraphOptimizationLevel.ORT_DISABLE_ALL)[grad].Doubles;
 
-        using var options = OrtRun.DefaultOptions(GraphOptimizationLevel.ORT_DISABLE_ALL);
-        using var session = new InferenceSession(new OnnxModel(forward).ToBytes(), options);
-        const double h = 1e-5;
-        for (int k = 0; k < logits.Length; k++)
-        {
-            double LossAt(double delta)
-            {
-                var perturbed = (double[])logits.Clone();
-                perturbed[k] += delta;
-                var f = new Dictionary<string, HostTensor>(feeds) { ["logits"] = HostTensor.Of(perturbed, b, s, v) };
-                return OrtRun.Run(session, f, [loss.Loss])[loss.Loss].Doubles[0];
-            }
-            double numeric = (LossAt(h) - LossAt(-h)) / (2 * h);
-            Assert.That(analytic[k], Is.EqualTo(numeric).Within(1e-9), $"d loss / d logits[{k}]");
-        }
+        AssertCentralDifferences(forward, loss, feeds, logits, [b, s, v], analytic);
         // an ignored label, and the last position of each row (it has no next token), give exactly zero gradient
         for (int row = 0; row < b * s; row++)
         {

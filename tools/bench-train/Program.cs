@@ -5,7 +5,7 @@
 //       [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
 //       [--gradient-checkpointing] [--loss-chunks N] [--cuda-graphs] [--use-dora] [--quantize-weights 4|8 [--block-size 32]]
 // --quantize-weights: the base's linear weights stored quantized (WeightQuantizer: uint4 blocks or int8 channels, read
-// through DequantizeLinear), QLoRA-style; a generated model is raised to opset 21 for 4 bits. --save-base PATH writes the
+// through DequantizeLinear), QLoRA-style. --save-base PATH writes the
 // (quantized) base and stops: bench it with --model PATH in a fresh process.
 // --cuda-graphs: CUDA graphs (ORT enable_cuda_graph; every buffer at a fixed address, static shapes); on a CPU only the
 // fixed-address binding applies.
@@ -29,9 +29,7 @@ using var model = options.Model is { } path ? OnnxModel.Load(path) : LlamaGraph.
     LlamaShape.Find(options.Shape) ?? throw new ArgumentException($"unknown shape {options.Shape}"), seed: 42);
 if (Array.IndexOf(args, "--quantize-weights") is var quantizeAt and >= 0)
 {
-    int bits = int.Parse(args[quantizeAt + 1]);
-    if (bits == 4 && options.Model is null) // the builder writes opset 18; its ops mean the same at 21
-        foreach (var o in model.Proto.OpsetImport.Where(o => o.Domain is "" or "ai.onnx")) o.Version = Math.Max(o.Version, 21);
+    int bits = int.Parse(args[quantizeAt + 1]); // 4 bits raise the opset to 21 (WeightQuantizer)
     int blockSize = Array.IndexOf(args, "--block-size") is var b and >= 0 ? int.Parse(args[b + 1]) : 32;
     Console.WriteLine($"quantized {WeightQuantizer.Apply(model, bits, blockSize)} linear weights to {bits} bits");
 }

@@ -19,12 +19,7 @@ public static class MatMulNBitsForm
         var nodes = model.Graph.Node.Where(n => n.OpType == "MatMulNBits" && n.Domain == "com.microsoft").ToList();
         if (nodes.Count == 0) return 0;
         var g = new GraphEditor(model.Graph);
-        if (model.Opset() < 21)
-        {
-            // uint4 and block_size need opset 21; the standard ops between the export's opset and 21 only took more types.
-            foreach (var o in model.Proto.OpsetImport.Where(o => o.Domain is "" or "ai.onnx")) o.Version = 21;
-            if (model.Proto.IrVersion < 10) model.Proto.IrVersion = 10;
-        }
+        WeightQuantizer.RaiseToOpset21(model); // uint4 and block_size
         foreach (var node in nodes)
         {
             OrtLoraException Refused(string why) => new($"{model.Source}: MatMulNBits '{node.Name}': {why}");
@@ -39,7 +34,8 @@ public static class MatMulNBitsForm
             long blocks = (k + block - 1) / block;
             if (scales.Length != n * blocks) throw Refused($"{scales.Length} scales for N={n} and {blocks} blocks");
             // Integers as N rows of blocks·block_size values (the last block zero-padded), zero points N rows of blocks.
-            int[] q = Unpack(packed, (int)bits, n * blocks * block);
+            int integerType = bits == 4 ? (int)DT.Uint4 : (int)DT.Uint8;
+            int[] q = Dequantize.Integers(model.Source, node.Input[1], integerType, n * blocks * block, packed);
             int[] zero;
             if (node.Input.Count > 3 && node.Input[3] != "")
             {
@@ -50,7 +46,7 @@ public static class MatMulNBitsForm
                 zero = new int[n * blocks];
                 for (long row = 0; row < n; row++)
                 {
-                    var rowValues = Unpack(zBytes.AsSpan((int)(row * perRow), (int)perRow).ToArray(), (int)bits, blocks);
+                    var rowValues = Dequantize.Integers(model.Source, z.Name, integerType, blocks, zBytes.AsSpan((int)(row * perRow), (int)perRow).ToArray());
                     Array.Copy(rowValues, 0, zero, row * blocks, blocks);
                 }
             }
@@ -69,15 +65,14 @@ public static class MatMulNBitsForm
                     zeroKn[b * n + row] = zero[row * blocks + b];
                     scaleKn[b * n + row] = scales[row * blocks + b];
                 }
-            int type = bits == 4 ? (int)DT.Uint4 : (int)DT.Uint8;
             // ONNX Runtime's quantizer names the node and the weight after the originals plus _Q4: take them back, so the
             // module path reads as before (/model/layers.0/self_attn/q_proj/MatMul).
             string Original(string s) => System.Text.RegularExpressions.Regex.Replace(s, "_Q[48]$", "");
             var name = Original(node.Input[1]);
             g.RemoveNode(node);
-            var integers = g.AddInitializer(WeightQuantizer.Integers(g.Unique(name + "_DQ_Q" + bits), [k, n], values, type));
+            var integers = g.AddInitializer(WeightQuantizer.Integers(g.Unique(name + "_DQ_Q" + bits), [k, n], values, integerType));
             var scale = g.AddInitializer(Tensors.FromFloats(g.Unique(name + "_DQ_scales"), [blocks, n], scaleKn, scaleType));
-            var zeros = g.AddInitializer(WeightQuantizer.Integers(g.Unique(name + "_DQ_zero_points"), [blocks, n], zeroKn, type));
+            var zeros = g.AddInitializer(WeightQuantizer.Integers(g.Unique(name + "_DQ_zero_points"), [blocks, n], zeroKn, integerType));
             var weight = g.Add("DequantizeLinear", [integers, scale, zeros], name: name + "/DequantizeLinear",
                 attributes: [("axis", 0L), ("block_size", block)]);
             bool bias = node.Input.Count > 5 && node.Input[5] != "";
@@ -87,14 +82,5 @@ public static class MatMulNBitsForm
         g.TopologicalSort(); // the new nodes were appended; Cleanup reads the order
         g.Cleanup();
         return nodes.Count;
-    }
-
-    /// <summary>Unsigned <paramref name="bits"/>-bit values packed little-end first (low nibble first for 4 bits).</summary>
-    static int[] Unpack(byte[] bytes, int bits, long count)
-    {
-        var values = new int[count];
-        for (long i = 0; i < count && (bits == 8 ? i : i / 2) < bytes.Length; i++)
-            values[i] = bits == 8 ? bytes[i] : (bytes[i / 2] >> (int)(4 * (i % 2))) & 0xF;
-        return values;
     }
 }

@@ -69,13 +69,16 @@ public static class WeightQuantizer
         if (blockSize < 16 || (blockSize & (blockSize - 1)) != 0) throw new OrtLoraException($"block size {blockSize}: a power of two, 16 or more");
         int opset = model.Opset();
         if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; per-channel DequantizeLinear needs opset 13 (re-export at 13 or later)");
-        if (bits == 4 && opset < 21)
-        {
-            // 4-bit types and block_size came with opset 21 (IR 10). The standard ops between 13 and 21 changed by
-            // taking more types (and options exports do not use), so the graph means the same at 21.
-            foreach (var o in model.Proto.OpsetImport.Where(o => o.Domain is "" or "ai.onnx")) o.Version = 21;
-            if (model.Proto.IrVersion < 10) model.Proto.IrVersion = 10;
-        }
+        if (bits == 4) RaiseToOpset21(model);
+    }
+
+    /// <summary>4-bit types and block_size came with opset 21 (IR 10). The standard ops between 13 and 21 changed by
+    /// taking more types (and options exports do not use), so the graph means the same at 21.</summary>
+    internal static void RaiseToOpset21(OnnxModel model)
+    {
+        if (model.Opset() >= 21) return;
+        foreach (var o in model.Proto.OpsetImport.Where(o => o.Domain is "" or "ai.onnx")) o.Version = 21;
+        if (model.Proto.IrVersion < 10) model.Proto.IrVersion = 10;
     }
 
     /// <summary>A 2-D weight in <paramref name="layout"/>, quantized: 4 bits in blocks along its input axis, 8 bits per

@@ -71,7 +71,8 @@ public static class Dequantize
     static int[] Integers(OnnxModel model, TensorProto t) =>
         Integers(model.Source, t.Name, t.DataType, Tensors.ElementCount(t.Dims), model.ReadBytes(t));
 
-    static int[] Integers(string source, string name, int dataType, long n, byte[] bytes)
+    /// <summary>The integers of <paramref name="n"/> values of a quantized type in their ONNX bytes.</summary>
+    internal static int[] Integers(string source, string name, int dataType, long n, byte[] bytes)
     {
         if (bytes.Length < ((DT)dataType is DT.Int4 or DT.Uint4 ? (n + 1) / 2 : n * Tensors.ElementSize(dataType)))
             throw new OrtLoraException($"{source}: quantized tensor '{name}' holds {bytes.Length} bytes, too few for its shape");

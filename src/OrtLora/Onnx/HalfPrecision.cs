@@ -50,13 +50,13 @@ public static class HalfPrecision
     {
         if (half is not ((int)DT.Float16 or (int)DT.Bfloat16)) throw new ArgumentException($"not a half type: {(DT)half}");
         int opset = model.OpsetImport.Where(o => o.Domain is "" or "ai.onnx").Select(o => (int)o.Version).DefaultIfEmpty(0).Max();
-        return new Pass(model.Graph, half, float32Nodes, HalfScales: opset >= 19 && half == (int)DT.Float16).Run();
+        return new Pass(model.Graph, half, float32Nodes, halfScales: opset >= 19 && half == (int)DT.Float16).Run();
     }
 
     /// <summary>The largest finite value of <paramref name="half"/>; float32 values beyond it saturate.</summary>
     public static float MaxFinite(int half) => half == (int)DT.Float16 ? (float)Half.MaxValue : BitConverter.Int32BitsToSingle(0x7F7F0000);
 
-    sealed class Pass(GraphProto g, int half, IReadOnlySet<string> float32Nodes, bool HalfScales)
+    sealed class Pass(GraphProto g, int half, IReadOnlySet<string> float32Nodes, bool halfScales)
     {
         sealed class ConstantUse { public bool Float32; public readonly List<(NodeProto Node, int Input)> Half = new(); }
 
@@ -108,7 +108,7 @@ public static class HalfPrecision
             for (int i = 0; i < n.Output.Count; i++) if (n.Output[i] != "") _original[n.Output[i]] = types[i];
             if (n.OpType == "Constant") { _constants.Add(n.Output[0]); _weak.Add(n.Output[0]); }
             bool branch = float32Nodes.Contains(n.Name);
-            if (!branch && LayoutOps.Contains(n.OpType) && (n.OpType != "DequantizeLinear" || HalfScales) && n.Input.All(v => v == "" || _constants.Contains(v))
+            if (!branch && LayoutOps.Contains(n.OpType) && (n.OpType != "DequantizeLinear" || halfScales) && n.Input.All(v => v == "" || _constants.Contains(v))
                 && n.Input.Any(v => v != "" && _original[v] == F32))
             {
                 // Typed later (StoreConstants), once every reader has asked for its type.
