@@ -57,7 +57,7 @@ public static class InspectCommand
             Console.WriteLine($"LoRA parameters at r={rank}: all-linear {allLinear:N0}" +
                 (defaults is null ? "; no layer has a name PEFT targets by default" : $"; default targets ({string.Join(",", defaults)}) {byDefault:N0}"));
             var lora = LoraModel.Read(m);
-            if (lora is not null) WriteAdapters(lora);
+            if (lora is not null) WriteAdapters(lora, editor);
             Console.WriteLine();
             Console.WriteLine("op histogram: " + string.Join(", ", GraphEditor.OpHistogram(m.Graph).Select(p => $"{p.Key} {p.Value}")));
             if (withTrainingGraph) WriteTrainingGraph(m, inject: lora is null, rank, parse.GetValue(device)!, compute);
@@ -100,7 +100,7 @@ public static class InspectCommand
         foreach (var c in copies) Console.WriteLine($"  {c} ({Origin(c.Node)})");
     }
 
-    static void WriteAdapters(LoraModel lora)
+    static void WriteAdapters(LoraModel lora, GraphEditor graph)
     {
         var c = lora.Config;
         long parameters = lora.Adapters.Sum(a => (long)a.R * (a.In + (a.Part?.Size ?? a.Out)));
@@ -110,6 +110,13 @@ public static class InspectCommand
         {
             a.Module, a.Part is { } p ? $"{p.Index + 1}/{p.Count} [{p.Offset}:{p.Offset + p.Size}]" : "-",
             a.R.ToString(), a.Scale.ToString("G4"), a.BaseWeight,
+        }));
+        if (lora.SavedModules.Count == 0) return;
+        Console.WriteLine($"modules_to_save: {lora.SavedModules.Count}, trained whole");
+        WriteTable(["module", "kind", "weight", "parameters", "copied from"], lora.SavedModules.Select(s => new[]
+        {
+            s.Module, s.Kind, $"[{string.Join(", ", graph.Initializer(s.Weight)?.Dims ?? [])}]",
+            (graph.Initializer(s.Weight) is { } t ? Tensors.ElementCount(t.Dims) : 0).ToString("N0"), s.Original,
         }));
     }
 

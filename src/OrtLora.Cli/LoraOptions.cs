@@ -18,6 +18,11 @@ public sealed class LoraOptions
         Description = "modules left out even when targeted: comma-separated names (matched as --target-modules names are) or one regex (full match)",
         DefaultValueFactory = _ => "",
     };
+    public Option<string> ModulesToSave { get; } = new("--modules-to-save")
+    {
+        Description = "comma-separated modules trained whole next to the adapters, as PEFT's modules_to_save (e.g. lm_head,embed_tokens; matched as --target-modules names are)",
+        DefaultValueFactory = _ => "",
+    };
     public Option<string> Layers { get; } = new("--layers-to-transform") { Description = "only these layer indices, comma-separated (the N of layers.N.)", DefaultValueFactory = _ => "" };
     public Option<string> LayersPattern { get; } = new("--layers-pattern") { Description = "the module-path segment before the layer index (layers, h, blocks ...; default: the last NAME.N.)", DefaultValueFactory = _ => "" };
     public Option<string> Variant { get; } = new("--variant") { Description = "fused projections (GPT-2 c_attn, Phi-3 qkv_proj): performant = one adapter, canonical = one per part", DefaultValueFactory = _ => "performant" };
@@ -43,7 +48,7 @@ public sealed class LoraOptions
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { R, Alpha, Targets, Exclude, Layers, LayersPattern, Variant, Dropout, Rslora, UseDora, Init, LoftqBits, LoftqIter, Seed, InitFrom }) command.Options.Add(o);
+        foreach (var o in new Option[] { R, Alpha, Targets, Exclude, ModulesToSave, Layers, LayersPattern, Variant, Dropout, Rslora, UseDora, Init, LoftqBits, LoftqIter, Seed, InitFrom }) command.Options.Add(o);
     }
 
     public LoraConfig Read(ParseResult parse)
@@ -53,7 +58,8 @@ public sealed class LoraOptions
             R = parse.GetValue(R), LoraAlpha = parse.GetValue(Alpha), TargetModules = ParseTargets(parse.GetValue(Targets)!),
             Variant = parse.GetValue(Variant)!, LoraDropout = parse.GetValue(Dropout), UseRslora = parse.GetValue(Rslora), UseDora = parse.GetValue(UseDora),
             Init = parse.GetValue(Init) is "true" ? "kaiming" : parse.GetValue(Init)!, Seed = parse.GetValue(Seed), ExcludeModules = ParseTargets(parse.GetValue(Exclude)!),
-            LayersToTransform = ParseLayers(parse.GetValue(Layers)!), LoftqBits = parse.GetValue(LoftqBits), LoftqIter = parse.GetValue(LoftqIter),
+            LayersToTransform = ParseLayers(parse.GetValue(Layers)!),
+            ModulesToSave = parse.GetValue(ModulesToSave)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(), LoftqBits = parse.GetValue(LoftqBits), LoftqIter = parse.GetValue(LoftqIter),
             LayersPattern = parse.GetValue(LayersPattern)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),
         };
         if (config.LayersPattern.Count > 0 && config.LayersToTransform.Count == 0)

@@ -15,7 +15,7 @@ public class EngineSharedWeightsTests
     {
         using var model = EngineFixtures.InjectedModel("llama", "dynamo");
         using var graph = TrainingGraph.Build(model);
-        var weights = model.Graph.Initializer.Where(t => SharedInitializers.IsWeight(t) && !TrainingGraph.IsLoraParameter(t.Name)).ToList();
+        var weights = model.Graph.Initializer.Where(t => SharedInitializers.IsWeight(t) && !TrainingGraph.IsTrainable(t.Name)).ToList();
         Assert.That(weights, Is.Not.Empty);
         Assert.That(graph.Frozen.Values.Keys, Is.EquivalentTo(weights.Select(t => t.Name)));
         Assert.That(graph.Frozen.TotalBytes, Is.EqualTo(weights.Sum(t => Tensors.ByteSize(t))));

@@ -43,12 +43,18 @@ public static partial class GradientRules
             gy = c.Transpose(gy, gradPerm);
             zerosShape = c.Op("Gather", [zerosShape, c.Ints(dataPerm)], ("axis", 0L));
         }
-        var zeros = c.Op("ConstantOfShape", [zerosShape], ("value", Tensors.FromFloats("zero", [1], [0f], c.Types.ElemType(data))));
+        // Rows gathered many times (a token embedding) add up many small half values: the scatter adds in float32, as
+        // ORT's CPU ScatterND has no float16 'add' anyway, and the sum is cast back once.
+        int type = c.Types.ElemType(data);
+        bool half = type is Float16 or Bfloat16;
+        if (half) gy = c.Cast(gy, Float);
+        var zeros = c.Op("ConstantOfShape", [zerosShape], ("value", Tensors.FromFloats("zero", [1], [0f], half ? Float : type)));
         var index64 = c.Types.ElemType(indices) == Int64 ? indices : c.Cast(indices, Int64);
         // Gather allows negative indices; ScatterND is given them made non-negative
         var dim = c.Op("Gather", [c.ShapeOf(data), c.ScalarOfType(axis, Int64)], ("axis", 0L));
         index64 = c.Where(c.Op("Less", [index64, c.ScalarOfType(0, Int64)]), c.Add(index64, dim), index64);
         var scattered = c.Op("ScatterND", [zeros, c.Unsqueeze(index64, [-1]), gy], ("reduction", "add"));
+        if (half) scattered = c.Cast(scattered, type);
         if (dataPerm is null) return [scattered, null];
         var inverse = new long[rank];
         for (int i = 0; i < rank; i++) inverse[dataPerm[i]] = i;

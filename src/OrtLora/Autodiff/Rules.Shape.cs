@@ -92,7 +92,8 @@ public static partial class GradientRules
     }
 
     const int Int64 = (int)global::Onnx.TensorProto.Types.DataType.Int64, Float = (int)global::Onnx.TensorProto.Types.DataType.Float,
-        Double = (int)global::Onnx.TensorProto.Types.DataType.Double, Bfloat16 = (int)global::Onnx.TensorProto.Types.DataType.Bfloat16;
+        Double = (int)global::Onnx.TensorProto.Types.DataType.Double, Bfloat16 = (int)global::Onnx.TensorProto.Types.DataType.Bfloat16,
+        Float16 = (int)global::Onnx.TensorProto.Types.DataType.Float16;
 
     static string AsInt64(GradContext c, string value, string like) =>
         c.Types.ElemType(like) == Int64 ? value : c.Cast(value, Int64);

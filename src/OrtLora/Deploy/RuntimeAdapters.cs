@@ -16,11 +16,14 @@ public static class RuntimeAdapters
         var weights = Path.Combine(adapterDir, "adapter_model.safetensors");
         var configPath = Path.Combine(adapterDir, "adapter_config.json");
         if (!File.Exists(weights)) throw new OrtLoraException($"{adapterDir}: no adapter_model.safetensors (not a PEFT adapter directory)");
-        double ratio = modelScale is { } s && File.Exists(configPath) ? LoraConfig.FromPeftJson(configPath).Scale / s : 1.0;
+        var config = File.Exists(configPath) ? LoraConfig.FromPeftJson(configPath) : null;
+        double ratio = modelScale is { } s && config is not null ? config.Scale / s : 1.0;
         var result = new Dictionary<string, (float[], long[])>();
         foreach (var (key, tensor) in SafeTensors.Read(weights))
         {
-            var name = key.Replace(".default.weight", ".weight", StringComparison.Ordinal);
+            // A modules_to_save weight goes to the injected model's copy of it (same layout, PyTorch's).
+            var name = ModulesToSave.PathOfPeftKey(key, config?.ModulesToSave ?? []) is { } saved ? ModulesToSave.WeightName(saved)
+                : key.Replace(".default.weight", ".weight", StringComparison.Ordinal);
             if (!LoraRuntimeForm.IsLoraParameter(name)) continue;
             var values = tensor.AsFloats();
             if (ratio != 1.0 && name.EndsWith(".lora_B.weight", StringComparison.Ordinal))

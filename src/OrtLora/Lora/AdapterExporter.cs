@@ -2,8 +2,8 @@ using OrtLora.Onnx;
 
 namespace OrtLora.Lora;
 
-/// <summary>An injected (and possibly trained) model's adapters as a PEFT adapter that PeftModel.from_pretrained
-/// loads onto the original Hugging Face model. Tensors keep the model's initializer names and bytes, so an adapter
+/// <summary>An injected (and possibly trained) model's adapters, and its modules_to_save weights, as a PEFT adapter
+/// that PeftModel.from_pretrained loads onto the original Hugging Face model. Tensors keep the model's initializer names and bytes, so an adapter
 /// imported with --init-from comes back unchanged.</summary>
 public static class AdapterExporter
 {
@@ -43,6 +43,11 @@ public static class AdapterExporter
                 if (group[0].Magnitude is { } m) tensors[m] = Raw(model, m);
             }
             RecordRankAndScale(config, layer);
+        }
+        foreach (var saved in lora.SavedModules)
+        {
+            var t = model.Graph.Initializer.First(i => i.Name == saved.Weight); // already in PyTorch's layout
+            tensors[ModulesToSave.PeftKey(saved.Module)] = SafeTensor.FromFloats(t.Dims.ToArray(), model.ReadFloats(t));
         }
         config.Variant = "performant";
         return new PeftAdapter { Config = config, Tensors = tensors };

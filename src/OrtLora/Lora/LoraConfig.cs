@@ -38,6 +38,9 @@ public sealed class LoraConfig
     public int LoftqIter { get; set; } = 1;
     public int LoftqBlockSize { get; set; } = 32;
     public int Seed { get; set; } = 42;
+    /// <summary>PEFT's modules_to_save: modules trained whole next to the adapters (names matched as target_modules
+    /// names are), e.g. lm_head, embed_tokens.</summary>
+    public List<string> ModulesToSave { get; set; } = [];
 
     /// <summary>PEFT's per-module overrides of r and lora_alpha: key = module name or regex, matched as PEFT
     /// matches them (the key matches the end of the module path at a dot boundary).</summary>
@@ -90,7 +93,7 @@ public sealed class LoraConfig
         ["loftq_config"] = Init == "loftq" ? new JsonObject { ["loftq_bits"] = LoftqBits, ["loftq_iter"] = LoftqIter } : new JsonObject(),
         ["use_dora"] = UseDora,
         ["inference_mode"] = true,
-        ["modules_to_save"] = null,
+        ["modules_to_save"] = ModulesToSave.Count == 0 ? null : new JsonArray(ModulesToSave.Select(t => (JsonNode)t).ToArray()),
         ["rank_pattern"] = new JsonObject(RankPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
         ["alpha_pattern"] = new JsonObject(AlphaPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
     };
@@ -119,6 +122,7 @@ public sealed class LoraConfig
         };
         c.TargetModules = json["target_modules"] is null ? throw new OrtLoraException($"{path}: target_modules is missing") : ReadNamesOrRegex(json["target_modules"]);
         c.ExcludeModules = ReadNamesOrRegex(json["exclude_modules"]);
+        c.ModulesToSave = ReadNamesOrRegex(json["modules_to_save"]);
         c.LayersPattern = ReadNamesOrRegex(json["layers_pattern"]);
         c.LayersToTransform = json["layers_to_transform"] switch
         {

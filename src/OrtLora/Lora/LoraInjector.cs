@@ -60,7 +60,9 @@ public static class LoraInjector
             var layout = p.Layer.Layout;
             model.Defer(weight.Name, bytes => LoraMerger.AddDelta(bytes, dataType, principal, layout, factor: -1));
         }
-        var lora = new LoraModel { Config = config, Adapters = adapters };
+        var saved = ModulesToSave.Apply(model, new GraphEditor(model.Graph), config.ModulesToSave, layers, prefix,
+            plans.Select(p => p.Layer.Node).ToHashSet(), peft?.Tensors, peft?.WeightsPath);
+        var lora = new LoraModel { Config = config, Adapters = adapters, SavedModules = saved };
         lora.Write(model.Proto);
         return lora;
     }

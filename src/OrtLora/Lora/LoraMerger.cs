@@ -3,8 +3,9 @@ using OrtLora.Onnx;
 
 namespace OrtLora.Lora;
 
-/// <summary>Folds every adapter into its base weight (W += scale·B·A in W's own layout and dtype) and removes the
-/// LoRA nodes, initializers and metadata, giving back the original graph's topology. The weight update is deferred
+/// <summary>Folds every adapter into its base weight (W += scale·B·A in W's own layout and dtype), puts each trained
+/// modules_to_save weight in place of the one it was copied from, and removes the LoRA nodes, initializers and
+/// metadata, giving back the original graph's topology. The weight update is deferred
 /// to save time (<see cref="OnnxModel.Defer"/>), so with external data only one merged weight is in memory at once.
 /// A weight stored quantized (read through DequantizeLinear) becomes a float weight holding its dequantized values plus
 /// the delta, as PEFT merges a QLoRA adapter into the dequantized base: requantizing with the same scales would round
@@ -38,6 +39,19 @@ public static class LoraMerger
                 if (e.InitialA is { } a0) removedInitializers.UnionWith([a0, e.InitialB!]);
                 if (e.Magnitude is { } m) removedInitializers.UnionWith(model.Graph.Initializer.Select(t => t.Name).Where(n => n.StartsWith(m, StringComparison.Ordinal)));
             }
+        }
+        foreach (var saved in lora.SavedModules)
+        {
+            // The trained copy becomes the module's weight, in the original's layout and type, where the original was read.
+            var copy = g.Initializer(saved.Weight) ?? throw new OrtLoraException($"{model.Source}: the modules_to_save weight '{saved.Weight}' is missing");
+            var values = model.ReadFloats(copy);
+            long[] dims = copy.Dims.ToArray();
+            if (saved.Transposed) (values, dims) = (ModulesToSave.Transpose(values, dims[0], dims[1]), [dims[1], dims[0]]);
+            var name = g.Initializer(saved.Original) is null ? saved.Original : g.Unique(saved.Original + ".merged");
+            g.AddInitializer(Tensors.FromFloats(name, dims, values, saved.DataType));
+            for (var value = saved.StandsFor; value != saved.Weight; value = g.Producer(value)!.Input[0]) removedNodes.Add(g.Producer(value)!.Name);
+            g.ReplaceUses(saved.StandsFor, name);
+            removedInitializers.Add(saved.Weight);
         }
         var keep = model.Graph.Node.Where(n => !removedNodes.Contains(n.Name)).ToList();
         model.Graph.Node.Clear();

@@ -61,6 +61,8 @@ public sealed class LoraModel
     public int Version { get; init; } = 1;
     public required LoraConfig Config { get; init; }
     public required List<LoraAdapter> Adapters { get; init; }
+    /// <summary>modules_to_save: the modules trained whole (<see cref="Lora.ModulesToSave"/>).</summary>
+    public List<SavedModule> SavedModules { get; init; } = [];
 
     /// <summary>The adapters of a model, or null when it has none (not injected).</summary>
     public static LoraModel? Read(OnnxModel model) => Read(model.Proto, model.Source);
@@ -77,6 +79,7 @@ public sealed class LoraModel
                 Version = node["version"]?.GetValue<int>() ?? 1,
                 Config = LoraConfig.FromJson(node["config"]!),
                 Adapters = node["adapters"]!.Deserialize<List<LoraAdapter>>(Json)!,
+                SavedModules = node["saved_modules"]?.Deserialize<List<SavedModule>>(Json) ?? [],
             };
         }
         catch (Exception e) when (e is JsonException or InvalidOperationException or NullReferenceException)
@@ -90,6 +93,7 @@ public sealed class LoraModel
         ["version"] = Version,
         ["config"] = Config.ToJson(),
         ["adapters"] = JsonSerializer.SerializeToNode(Adapters, Json),
+        ["saved_modules"] = SavedModules.Count == 0 ? null : JsonSerializer.SerializeToNode(SavedModules, Json),
     }.ToJsonString();
 
     public void Write(ModelProto proto)

@@ -28,8 +28,9 @@ public sealed class PeftAdapter
         return new PeftAdapter { Config = LoraConfig.FromPeftJson(configPath), Tensors = SafeTensors.Read(weightsPath), WeightsPath = weightsPath };
     }
 
-    /// <summary>The adapter's modules: every lora_A key paired with its lora_B. Keys that are neither (e.g. saved
-    /// biases or modules_to_save) are reported, since injecting only part of an adapter would silently change it.</summary>
+    /// <summary>The adapter's modules: every lora_A key paired with its lora_B. The weights of modules_to_save are
+    /// read by inject; other keys (e.g. saved biases) are reported, since injecting only part of an adapter would
+    /// silently change it.</summary>
     public List<Module> Modules()
     {
         var a = new Dictionary<string, string>();
@@ -37,6 +38,7 @@ public sealed class PeftAdapter
         var m = new Dictionary<string, string>();
         foreach (var key in Tensors.Keys)
         {
+            if (IsSavedModuleKey(key)) continue;
             var parsed = ModuleNames.ParseAdapterKey(key)
                 ?? throw new OrtLoraException($"{WeightsPath}: tensor '{key}' is not a LoRA A/B weight or DoRA magnitude; ortlora imports LoRA and DoRA adapters only");
             (parsed.Kind switch { "lora_A" => a, "lora_B" => b, _ => m })[parsed.Module] = key;
@@ -64,6 +66,9 @@ public sealed class PeftAdapter
         if (modules.Count == 0) throw new OrtLoraException($"{WeightsPath}: no LoRA tensors");
         return modules;
     }
+
+    /// <summary>A modules_to_save weight (<c>base_model.model.lm_head.weight</c>) of a module the config lists.</summary>
+    public bool IsSavedModuleKey(string key) => ModulesToSave.PathOfPeftKey(key, Config.ModulesToSave) is not null;
 
     /// <summary>Writes the directory; each file atomically.</summary>
     public void Save(string dir)

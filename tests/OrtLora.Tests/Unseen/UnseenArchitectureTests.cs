@@ -115,14 +115,14 @@ public class UnseenArchitectureTests
 
     /// <summary>The exported adapter saved as a PEFT directory and activated through ONNX Runtime's adapter API on a
     /// freshly injected (zero-B) model whose LoRA parameters are overridable inputs.</summary>
-    static float[] RuntimeAdapterLogits(Architecture arch, PeftAdapter exported)
+    internal static float[] RuntimeAdapterLogits(Architecture arch, PeftAdapter exported, LoraConfig? injected = null)
     {
         var dir = Shared.TempDir();
         try
         {
             exported.Save(dir);
             using var model = arch.Build();
-            var lora = LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 4, LoraAlpha = 8 });
+            var lora = LoraInjector.Inject(model, injected ?? new LoraConfig { TargetModules = ["all-linear"], R = 4, LoraAlpha = 8 });
             Deploy.LoraRuntimeForm.MakeOverridable(model);
             using var session = new InferenceSession(model.ToBytes(), OrtRun.DefaultOptions());
             using var adapter = Deploy.RuntimeAdapters.Load(dir, session, lora.Config.Scale);

@@ -50,7 +50,9 @@ public sealed partial class TrainingGraph : IDisposable
     public SharedInitializers Frozen { get; }
     int Opset { get; }
 
-    public static bool IsLoraParameter(string name) => name.EndsWith(".lora_A.weight") || name.EndsWith(".lora_B.weight") || name.EndsWith(".lora_magnitude_vector");
+    /// <summary>What training updates by default: LoRA's A and B, DoRA's magnitudes, the weights of modules_to_save.</summary>
+    public static bool IsTrainable(string name) => name.EndsWith(".lora_A.weight") || name.EndsWith(".lora_B.weight") || name.EndsWith(".lora_magnitude_vector")
+        || Lora.ModulesToSave.IsWeight(name);
 
     TrainingGraph(IReadOnlyList<string> parameters, Dictionary<string, long[]> shapes, Dictionary<string, float[]> values,
         IReadOnlyList<string> batchInputs, ModelProto eval, ModelProto gradients, SharedInitializers frozen, int opset)
@@ -83,7 +85,7 @@ public sealed partial class TrainingGraph : IDisposable
         using var converted = halfReport is null ? null : new OnnxModel(proto, source: model.Source);
         var weightSource = converted ?? model;
         var g = new GraphEditor(proto.Graph);
-        parameters ??= proto.Graph.Initializer.Select(t => t.Name).Where(IsLoraParameter).ToList();
+        parameters ??= proto.Graph.Initializer.Select(t => t.Name).Where(IsTrainable).ToList();
         if (parameters.Count == 0)
             throw new OrtLoraException($"{model.Source}: no trainable parameters (no initializer ends in .lora_A.weight / .lora_B.weight); run `ortlora inject` first");
         var taken = proto.Graph.Input.Select(i => i.Name).Concat(proto.Graph.Node.SelectMany(n => n.Output)).Concat(proto.Graph.Initializer.Select(t => t.Name));
@@ -145,6 +147,8 @@ public sealed partial class TrainingGraph : IDisposable
             var types = Probe(proto, values, frozen);
             bool scalesLoss = compute == ComputeType.Float16;
             int chunks = lossChunks ?? (types[loss.Logits].ShapeA[^1] >= 8192 ? 8 : 1);
+            // A trained lm_head (modules_to_save) needs the whole logits' gradient: the chunks give d loss / d h only.
+            if (HeadIsTrained(g, loss.Logits, parameters)) chunks = 1;
             var seeds = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks);
             ChunkEvalLoss(eval, loss, logitsType, types, opset, chunks);
             // DoRA's weight norms are constants to the gradient, as PEFT detaches them.
@@ -167,6 +171,23 @@ public sealed partial class TrainingGraph : IDisposable
         }
     }
 
+    /// <summary>Whether the logits' producers read a parameter before the first MatMul on the way back (a trained lm_head).</summary>
+    static bool HeadIsTrained(GraphEditor g, string logits, IReadOnlyList<string> parameters)
+    {
+        var trained = parameters.ToHashSet();
+        for (var node = g.Producer(logits); node is not null; node = node.Input.Count > 0 ? g.Producer(node.Input[0]) : null)
+        {
+            if (node.OpType != "MatMul" && node.OpType != "Gemm") continue;
+            for (var weight = node.Input[1]; ; )
+            {
+                if (trained.Contains(weight)) return true;
+                if (g.Producer(weight) is not { OpType: "Identity" or "Cast" or "Transpose" } hop) return false;
+                weight = hop.Input[0];
+            }
+        }
+        return false;
+    }
+
     /// <summary>PEFT's mixed precision on a model loaded in half: the base converted, the LoRA branches kept float32.</summary>
     static HalfPrecisionReport ToHalfCompute(ModelProto proto, string source, ComputeType compute)
     {
@@ -176,7 +197,21 @@ public sealed partial class TrainingGraph : IDisposable
         // The bfloat16 graph's probe runs as float16 on CPU (ValueTable.Probe), which needs float16 to be unused.
         if (half == (int)DT.Bfloat16 && ElementTypes.Mentioned(proto).Contains((int)DT.Float16))
             throw new OrtLoraException($"{source}: the model already computes in float16; --bf16 converts float32 models (use --fp16)");
-        return Onnx.HalfPrecision.Apply(proto, half, lora.BranchNodes(proto.Graph));
+        // modules_to_save weights stay float32 master weights that the half graph casts where it reads them: as graph
+        // inputs during the conversion (float32 inputs take their reader's type), initializers again after it.
+        var saved = proto.Graph.Initializer.Where(t => Lora.ModulesToSave.IsWeight(t.Name)).ToList();
+        foreach (var t in saved)
+        {
+            proto.Graph.Initializer.Remove(t);
+            proto.Graph.Input.Add(Input(t.Name, t.DataType, t.Dims.Select(d => (object)d)));
+        }
+        var report = Onnx.HalfPrecision.Apply(proto, half, lora.BranchNodes(proto.Graph));
+        foreach (var t in saved)
+        {
+            proto.Graph.Input.Remove(proto.Graph.Input.Single(i => i.Name == t.Name));
+            proto.Graph.Initializer.Add(t);
+        }
+        return report;
     }
 
     public void Dispose() => Frozen.Dispose();
