@@ -4,6 +4,7 @@
 //       [--graph-stats] [--ort-graph-stats] [--build-only] [--opt-basic | --graph-optimization-level all|extended|basic|none]
 //       [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
 //       [--gradient-checkpointing] [--loss-chunks N] [--cuda-graphs] [--use-dora] [--quantize-weights 4|8 [--block-size 32]]
+//       [--modules-to-save lm_head,embed_tokens]
 // --quantize-weights: the base's linear weights stored quantized (WeightQuantizer: uint4 blocks or int8 channels, read
 // through DequantizeLinear), QLoRA-style. --save-base PATH writes the
 // (quantized) base and stops: bench it with --model PATH in a fresh process.
@@ -44,7 +45,8 @@ if (Array.IndexOf(args, "--save-base") is var saveAt and >= 0)
 int forwardNodes = model.Graph.Node.Count;
 long vocab = model.Graph.Output[0].Type.TensorType.Shape.Dim.Last().DimValue is > 0 and var v ? v : 1000;
 if (options.InitFrom is { } dir) LoraInjector.Inject(model, PeftAdapter.Load(dir));
-else LoraInjector.Inject(model, new LoraConfig { R = options.R, LoraAlpha = 2 * options.R, TargetModules = ["all-linear"], UseDora = args.Contains("--use-dora") });
+else LoraInjector.Inject(model, new LoraConfig { R = options.R, LoraAlpha = 2 * options.R, TargetModules = ["all-linear"], UseDora = args.Contains("--use-dora"),
+    ModulesToSave = Array.IndexOf(args, "--modules-to-save") is var saveModules and >= 0 ? [.. args[saveModules + 1].Split(',')] : [] });
 Console.WriteLine($"model: {options.Model ?? options.Shape}, {forwardNodes} forward nodes, {model.Graph.Node.Count} with LoRA ({clock.Elapsed.TotalSeconds:F1} s)");
 
 clock.Restart();
@@ -105,7 +107,7 @@ foreach (var trace in session.ProfileFiles) Console.WriteLine($"profile: {trace}
 if (args.Contains("--json"))
     Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
     {
-        ["engine"] = "ortlora" + (args.Contains("--use-dora") ? "+dora" : "") + (Array.IndexOf(args, "--quantize-weights") is var q and >= 0 ? $"+int{args[q + 1]}" : "") + (args.Contains("--gradient-checkpointing") ? "+checkpointing" : "") + (args.Contains("--cuda-graphs") ? "+cuda-graphs" : ""), ["shape"] = options.Shape, ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
+        ["engine"] = "ortlora" + (args.Contains("--use-dora") ? "+dora" : "") + (args.Contains("--modules-to-save") ? "+modules_to_save" : "") + (Array.IndexOf(args, "--quantize-weights") is var q and >= 0 ? $"+int{args[q + 1]}" : "") + (args.Contains("--gradient-checkpointing") ? "+checkpointing" : "") + (args.Contains("--cuda-graphs") ? "+cuda-graphs" : ""), ["shape"] = options.Shape, ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
         ["batch"] = options.Batch, ["seq"] = options.Seq, ["r"] = options.R, ["step_ms"] = Math.Round(median * 1000, 2),
         ["tokens_per_s"] = Math.Round(n / median), ["peak_working_set_mib"] = Math.Round(peakMiB), ["graph_nodes"] = stepNodes,
         ["trainable"] = trainable,

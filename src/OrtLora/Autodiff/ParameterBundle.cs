@@ -8,12 +8,21 @@ namespace OrtLora.Autodiff;
 /// on a GPU, where each node costs a launch, a few hundred LoRA parameters made thousands.</summary>
 public sealed record ParameterBundle(IReadOnlyList<string> Members, int Axis, long[] Extents)
 {
+    /// <summary>A parameter this large (a modules_to_save embedding or LM head) stays alone: joining it would copy it
+    /// and its gradient each step to save one launch.</summary>
+    public const long AloneFrom = 1 << 20;
+
     /// <summary>Greedy: the (axis, other dims) pattern most parameters share becomes a bundle, then the next among those
-    /// left, in the parameters' order. Scalars stay alone.</summary>
+    /// left, in the parameters' order. Scalars and parameters of <see cref="AloneFrom"/> elements or more stay alone.</summary>
     public static List<ParameterBundle> Form(IEnumerable<string> parameters, IReadOnlyDictionary<string, long[]> shapes)
     {
         var bundles = new List<ParameterBundle>();
         var left = parameters.ToList();
+        foreach (var large in left.Where(p => shapes[p].Aggregate(1L, (a, b) => a * b) >= AloneFrom).ToList())
+        {
+            bundles.Add(new ParameterBundle([large], 0, [shapes[large] is [] ? 1 : shapes[large][0]]));
+            left.Remove(large);
+        }
         while (left.Count > 0)
         {
             var best = left.SelectMany(p => Patterns(shapes[p]).Select(key => (key, p)))

@@ -1,0 +1,113 @@
+using System.Globalization;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using OrtLora.Autodiff;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+using OrtLora.Training.Engine;
+using static OrtLora.Tests.LoraTestKit;
+
+namespace OrtLora.Tests;
+
+/// <summary>--modules-to-save as a user runs it: train on graphs/tiny (whose LM head is tied to the embedding), then
+/// the adapter directory, the merged model and the in-memory injection of the adapter all agree.</summary>
+public class ModulesToSaveTests
+{
+    static string Tiny(string file) => Path.Combine(Shared.RepoRoot, "graphs", "tiny", file);
+
+    static double EvalLoss(params string[] args)
+    {
+        var result = OrtloraOk(["eval", .. args]);
+        var match = Regex.Match(result.Out, @"eval_loss (\d+\.\d+)");
+        Assert.That(match.Success, result.Out);
+        return double.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>Training the head of a tied model trains a copy: the merged model's embedding is the original's byte
+    /// for byte, its head is the adapter's tensor, and eval of the merged model, of the plain model with --adapter,
+    /// and train's last eval agree.</summary>
+    [Test]
+    public void TrainingTheTiedHeadLeavesTheEmbeddingAlone()
+    {
+        var dir = Shared.TempDir();
+        var result = OrtloraOk("train", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "--eval-data", Tiny("demo_eval.parquet"),
+            "--modules-to-save", "lm_head", "--r", "4", "--learning-rate", "5e-3", "--max-steps", "8", "--eval-steps", "8", "--plain-log", "--merge", "-o", dir);
+        Assert.That(result.Out, Does.Contain("1 modules_to_save (lm_head)"));
+        using (var probe = OnnxModel.Load(Tiny("model.onnx")))
+        {
+            LoraInjector.Inject(probe, new LoraConfig { R = 4, ModulesToSave = ["lm_head"] });
+            long adapters = probe.Graph.Initializer.Where(t => t.Name.EndsWith(".lora_A.weight") || t.Name.EndsWith(".lora_B.weight")).Sum(t => Tensors.ElementCount(t.Dims));
+            Assert.That(result.Out, Does.Contain($"{adapters + 512 * 128:N0} trainable parameters"), "A, B and the head's 512 x 128");
+        }
+
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "adapter_config.json")))!;
+        Assert.That(config["modules_to_save"]!.AsArray().Select(n => n!.GetValue<string>()), Is.EqualTo(new[] { "lm_head" }));
+        var tensors = SafeTensors.Read(Path.Combine(dir, "adapter_model.safetensors"));
+        var head = tensors[ModulesToSave.PeftKey("lm_head")];
+        Assert.That(head.Shape, Is.EqualTo(new long[] { 512, 128 }), "nn.Linear's [out, in] = [vocabulary, hidden]");
+
+        using var original = OnnxModel.Load(Tiny("model.onnx"));
+        using var merged = OnnxModel.Load(Path.Combine(dir, "merged", "model.onnx"));
+        var embedding = original.Graph.Initializer.Single(t => t.Name == "model.embed_tokens.weight");
+        var originalRows = original.ReadFloats(embedding);
+        Assert.That(merged.ReadFloats(merged.Graph.Initializer.Single(t => t.Name == "model.embed_tokens.weight")), Is.EqualTo(originalRows),
+            "the embedding the Gather reads is untouched");
+        var mergedHead = merged.Graph.Initializer.Single(t => t.Name == "model.embed_tokens.weight.merged");
+        Assert.That(merged.ReadFloats(mergedHead), Is.EqualTo(head.AsFloats()), "the head is the trained copy (stored [out, in] as the original)");
+        Assert.That(Shared.MaxAbsDiff(head.AsFloats(), originalRows), Is.GreaterThan(1e-3f), "the head trained");
+        Assert.That(GraphEditor.OpHistogram(merged.Graph), Is.EqualTo(GraphEditor.OpHistogram(original.Graph)));
+
+        var evals = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
+            .Where(m => m["eval_loss"] is not null).Select(m => m["eval_loss"]!.GetValue<double>()).ToList();
+        double mergedLoss = EvalLoss(Path.Combine(dir, "merged", "model.onnx"), "--data", Tiny("demo_eval.parquet"));
+        Assert.That(mergedLoss, Is.EqualTo(evals[^1]).Within(1e-4));
+        Assert.That(mergedLoss, Is.LessThan(evals[0] - 0.5));
+        Assert.That(EvalLoss(Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet"), "--adapter", dir), Is.EqualTo(mergedLoss).Within(1e-4));
+    }
+
+    /// <summary>A trained head needs the gradient of the whole logits: asking for a chunked loss gives the same
+    /// gradients as the whole one (the chunks, which give d loss / d h only, are not used).</summary>
+    [Test]
+    public void ATrainedHeadTakesTheWholeLoss()
+    {
+        using var model = OnnxModel.Load(Tiny("model.onnx"));
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 4, ModulesToSave = ["lm_head", "embed_tokens"] });
+        RandomizeB(model, std: 0.3f);
+        var feeds = TinyFeeds();
+        var ids = feeds["input_ids"].Int64s;
+        var batch = new Batch(ids, feeds["attention_mask"].Int64s, ids, 2, 24);
+        using var whole = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), LossChunks: 1));
+        using var chunked = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), LossChunks: 4));
+        var (loss, grads) = whole.ComputeGradients(batch);
+        var (chunkedLoss, chunkedGrads) = chunked.ComputeGradients(batch);
+        Assert.That(chunkedLoss, Is.EqualTo(loss).Within(1e-6 * loss));
+        var head = ModulesToSave.WeightName("lm_head");
+        Assert.That(grads[head].Max(Math.Abs), Is.GreaterThan(1e-4f));
+        foreach (var (p, g) in grads) Assert.That(Shared.MaxAbsDiff(chunkedGrads[p], g), Is.LessThanOrEqualTo(1e-6f * g.Max(Math.Abs) + 1e-9f), p);
+    }
+
+    /// <summary>Each mistake is one error naming the file and the module.</summary>
+    [Test]
+    public void MistakesAreOneErrorEach()
+    {
+        var output = Path.Combine(Shared.TempDir(), "out.onnx");
+        var unknown = Ortlora("inject", Tiny("model.onnx"), "-o", output, "--modules-to-save", "score");
+        Assert.That(unknown.ExitCode, Is.Not.Zero);
+        Assert.That(unknown.Error, Does.Contain("model.onnx: modules_to_save 'score': no linear layer or token embedding has that name").And.Contain("lm_head, model.embed_tokens"));
+        var both = Ortlora("inject", Tiny("model.onnx"), "-o", output, "--target-modules", "q_proj,lm_head", "--modules-to-save", "lm_head");
+        Assert.That(both.ExitCode, Is.Not.Zero);
+        Assert.That(both.Error, Does.Contain("module 'lm_head' is both in target_modules and in modules_to_save"));
+        Assert.That(File.Exists(output), Is.False, "no partial output");
+
+        // A PEFT directory whose saved head has the wrong shape.
+        using var model = OnnxModel.Load(Tiny("model.onnx"));
+        LoraInjector.Inject(model, new LoraConfig { ModulesToSave = ["lm_head"] });
+        var adapter = AdapterExporter.Export(model);
+        adapter.Tensors[ModulesToSave.PeftKey("lm_head")] = SafeTensor.FromFloats([128, 512], new float[128 * 512]);
+        var dir = Shared.TempDir();
+        adapter.Save(dir);
+        var shape = Ortlora("inject", Tiny("model.onnx"), "-o", output, "--init-from", dir);
+        Assert.That(shape.ExitCode, Is.Not.Zero);
+        Assert.That(shape.Error, Does.Contain("adapter_model.safetensors: tensor 'base_model.model.lm_head.weight' has shape [128, 512] but the module in").And.Contain("needs [512, 128]"));
+    }
+}
