@@ -25,7 +25,7 @@ public static class InjectCommand
             if (parse.GetValue(lora.InitFrom) is { } dir)
             {
                 // The adapter fixes these; silently ignoring a value the user typed would be worse than refusing it.
-                var given = new Option[] { lora.R, lora.Alpha, lora.Targets, lora.Variant, lora.Rslora, lora.Init, lora.Seed }.Where(o => parse.GetResult(o) is { Implicit: false }).ToList();
+                var given = new Option[] { lora.R, lora.Alpha, lora.Targets, lora.Variant, lora.Rslora, lora.Init, lora.Seed, lora.ModulesToSave, lora.TrainableTokens }.Where(o => parse.GetResult(o) is { Implicit: false }).ToList();
                 if (given.Count > 0)
                     throw new OrtLoraException($"{string.Join(", ", given.Select(o => o.Name))}: not allowed with --init-from (the adapter in {dir} sets them)");
                 injected = LoraInjector.Inject(m, PeftAdapter.Load(dir));
@@ -38,8 +38,10 @@ public static class InjectCommand
             if (parse.GetValue(runtime)) Deploy.LoraRuntimeForm.MakeOverridable(m);
             var path = parse.GetValue(output)!;
             WriteModel(m, path);
-            long parameters = injected.Adapters.Sum(a => (long)a.R * (a.In + (a.Part?.Size ?? a.Out)) + (a.Magnitude is null ? 0 : a.Out));
-            Console.WriteLine($"{path}: {injected.Adapters.Count} {(injected.Config.UseDora ? "DoRA" : "LoRA")} adapters, {parameters:N0} trainable parameters " +
+            long parameters = m.Graph.Initializer.Where(t => Training.Engine.TrainingGraph.IsTrainable(t.Name)).Sum(t => Tensors.ElementCount(t.Dims));
+            var extra = (injected.SavedModules.Count > 0 ? $", modules_to_save {string.Join(", ", injected.SavedModules.Select(s => s.Module))}" : "")
+                + (injected.TrainableTokens.Count > 0 ? $", {injected.TrainableTokens.Sum(t => t.TokenIds.Count)} trainable token rows" : "");
+            Console.WriteLine($"{path}: {injected.Adapters.Count} {(injected.Config.UseDora ? "DoRA" : "LoRA")} adapters{extra}, {parameters:N0} trainable parameters " +
                 $"(r={injected.Adapters.Max(a => a.R)}, scale={injected.Adapters[0].Scale:G4})");
         }));
         return cmd;

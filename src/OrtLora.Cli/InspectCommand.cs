@@ -111,6 +111,15 @@ public static class InspectCommand
             a.Module, a.Part is { } p ? $"{p.Index + 1}/{p.Count} [{p.Offset}:{p.Offset + p.Size}]" : "-",
             a.R.ToString(), a.Scale.ToString("G4"), a.BaseWeight,
         }));
+        if (lora.TrainableTokens.Count > 0)
+        {
+            Console.WriteLine($"trainable tokens: {lora.TrainableTokens.Sum(t => t.TokenIds.Count)} rows");
+            WriteTable(["module", "tokens", "rows", "table"], lora.TrainableTokens.Select(t => new[]
+            {
+                t.Module, string.Join(",", t.TokenIds.Take(8)) + (t.TokenIds.Count > 8 ? $",… ({t.TokenIds.Count})" : ""),
+                $"[{string.Join(", ", graph.Initializer(t.Rows)?.Dims ?? [])}]", t.Table,
+            }));
+        }
         if (lora.SavedModules.Count == 0) return;
         Console.WriteLine($"modules_to_save: {lora.SavedModules.Count}, trained whole");
         WriteTable(["module", "kind", "weight", "parameters", "copied from"], lora.SavedModules.Select(s => new[]

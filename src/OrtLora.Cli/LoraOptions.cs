@@ -23,6 +23,11 @@ public sealed class LoraOptions
         Description = "comma-separated modules trained whole next to the adapters, as PEFT's modules_to_save (e.g. lm_head,embed_tokens; matched as --target-modules names are)",
         DefaultValueFactory = _ => "",
     };
+    public Option<string> TrainableTokens { get; } = new("--trainable-token-indices")
+    {
+        Description = "token ids whose embedding rows train, as PEFT's trainable_token_indices: 5,6,7 (the token embedding) or MODULE=ids;MODULE=ids (e.g. embed_tokens=5,6;lm_head=5,6 for an untied head)",
+        DefaultValueFactory = _ => "",
+    };
     public Option<string> Layers { get; } = new("--layers-to-transform") { Description = "only these layer indices, comma-separated (the N of layers.N.)", DefaultValueFactory = _ => "" };
     public Option<string> LayersPattern { get; } = new("--layers-pattern") { Description = "the module-path segment before the layer index (layers, h, blocks ...; default: the last NAME.N.)", DefaultValueFactory = _ => "" };
     public Option<string> Variant { get; } = new("--variant") { Description = "fused projections (GPT-2 c_attn, Phi-3 qkv_proj): performant = one adapter, canonical = one per part", DefaultValueFactory = _ => "performant" };
@@ -48,7 +53,7 @@ public sealed class LoraOptions
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { R, Alpha, Targets, Exclude, ModulesToSave, Layers, LayersPattern, Variant, Dropout, Rslora, UseDora, Init, LoftqBits, LoftqIter, Seed, InitFrom }) command.Options.Add(o);
+        foreach (var o in new Option[] { R, Alpha, Targets, Exclude, ModulesToSave, TrainableTokens, Layers, LayersPattern, Variant, Dropout, Rslora, UseDora, Init, LoftqBits, LoftqIter, Seed, InitFrom }) command.Options.Add(o);
     }
 
     public LoraConfig Read(ParseResult parse)
@@ -59,7 +64,8 @@ public sealed class LoraOptions
             Variant = parse.GetValue(Variant)!, LoraDropout = parse.GetValue(Dropout), UseRslora = parse.GetValue(Rslora), UseDora = parse.GetValue(UseDora),
             Init = parse.GetValue(Init) is "true" ? "kaiming" : parse.GetValue(Init)!, Seed = parse.GetValue(Seed), ExcludeModules = ParseTargets(parse.GetValue(Exclude)!),
             LayersToTransform = ParseLayers(parse.GetValue(Layers)!),
-            ModulesToSave = parse.GetValue(ModulesToSave)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(), LoftqBits = parse.GetValue(LoftqBits), LoftqIter = parse.GetValue(LoftqIter),
+            ModulesToSave = parse.GetValue(ModulesToSave)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),
+            TrainableTokenIndices = ParseTokens(parse.GetValue(TrainableTokens)!), LoftqBits = parse.GetValue(LoftqBits), LoftqIter = parse.GetValue(LoftqIter),
             LayersPattern = parse.GetValue(LayersPattern)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),
         };
         if (config.LayersPattern.Count > 0 && config.LayersToTransform.Count == 0)
@@ -74,6 +80,22 @@ public sealed class LoraOptions
         text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
             int.TryParse(t, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var i) ? i
                 : throw new OrtLoraException($"--layers-to-transform: '{t}' is not a layer index (expected e.g. 0,1,2)")).ToList();
+
+    /// <summary>"5,6,7" → the token embedding's ids (key ""); "embed_tokens=5,6;lm_head=5,6" → ids by module.</summary>
+    public static Dictionary<string, List<long>> ParseTokens(string text)
+    {
+        var result = new Dictionary<string, List<long>>();
+        foreach (var part in text.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var (module, ids) = part.IndexOf('=') is var eq and >= 0 ? (part[..eq].Trim(), part[(eq + 1)..]) : ("", part);
+            if (result.ContainsKey(module))
+                throw new OrtLoraException($"--trainable-token-indices: {(module == "" ? "the token embedding" : $"'{module}'")} is given twice");
+            result[module] = ids.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
+                long.TryParse(t, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var id) ? id
+                    : throw new OrtLoraException($"--trainable-token-indices: '{t}' is not a token id (expected e.g. 5,6,7 or embed_tokens=5,6)")).ToList();
+        }
+        return result;
+    }
 
     /// <summary>"q_proj,v_proj" → names; "all-linear" and a regex stay one string, as PEFT takes them.</summary>
     public static List<string> ParseTargets(string text)

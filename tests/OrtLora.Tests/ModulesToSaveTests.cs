@@ -9,8 +9,9 @@ using static OrtLora.Tests.LoraTestKit;
 
 namespace OrtLora.Tests;
 
-/// <summary>--modules-to-save as a user runs it: train on graphs/tiny (whose LM head is tied to the embedding), then
-/// the adapter directory, the merged model and the in-memory injection of the adapter all agree.</summary>
+/// <summary>--modules-to-save and --trainable-token-indices as a user runs them: train on graphs/tiny (whose LM head is
+/// tied to the embedding), then the adapter directory, the merged model and the in-memory injection of the adapter
+/// all agree.</summary>
 public class ModulesToSaveTests
 {
     static string Tiny(string file) => Path.Combine(Shared.RepoRoot, "graphs", "tiny", file);
@@ -63,6 +64,45 @@ public class ModulesToSaveTests
         Assert.That(mergedLoss, Is.EqualTo(evals[^1]).Within(1e-4));
         Assert.That(mergedLoss, Is.LessThan(evals[0] - 0.5));
         Assert.That(EvalLoss(Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet"), "--adapter", dir), Is.EqualTo(mergedLoss).Within(1e-4));
+    }
+
+    /// <summary>--trainable-token-indices on the tied tiny model: the merged model differs from the original in the
+    /// listed tokens' rows of the one table (which embedding and head share) and nowhere else; those rows are the
+    /// adapter's tensor; the adapter injected in memory gives train's last eval loss.</summary>
+    [Test]
+    public void TrainableTokensChangeOnlyTheirRows()
+    {
+        var dir = Shared.TempDir();
+        long[] tokens = [5, 6, 7, 300];
+        var result = OrtloraOk("train", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "--eval-data", Tiny("demo_eval.parquet"),
+            "--trainable-token-indices", string.Join(",", tokens), "--r", "4", "--learning-rate", "5e-2", "--max-steps", "6", "--eval-steps", "6",
+            "--plain-log", "--merge", "-o", dir);
+        Assert.That(result.Out, Does.Contain("4 trainable token rows"));
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "adapter_config.json")))!;
+        Assert.That(config["trainable_token_indices"]!.AsArray().Select(n => n!.GetValue<long>()), Is.EqualTo(tokens), "PEFT's list form: the embedding");
+        var rows = SafeTensors.Read(Path.Combine(dir, "adapter_model.safetensors"))["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"];
+        Assert.That(rows.Shape, Is.EqualTo(new long[] { 4, 128 }));
+
+        using var original = OnnxModel.Load(Tiny("model.onnx"));
+        using var merged = OnnxModel.Load(Path.Combine(dir, "merged", "model.onnx"));
+        Assert.That(GraphEditor.OpHistogram(merged.Graph), Is.EqualTo(GraphEditor.OpHistogram(original.Graph)));
+        var before = original.ReadFloats(original.Graph.Initializer.Single(t => t.Name == "model.embed_tokens.weight"));
+        var after = merged.ReadFloats(merged.Graph.Initializer.Single(t => t.Name == "model.embed_tokens.weight"));
+        var trained = rows.AsFloats();
+        for (long token = 0; token < 512; token++)
+        {
+            var row = after.Skip((int)token * 128).Take(128).ToArray();
+            int k = Array.IndexOf(tokens, token);
+            if (k < 0) Assert.That(row, Is.EqualTo(before.Skip((int)token * 128).Take(128)), $"row {token} untouched");
+            else
+            {
+                Assert.That(row, Is.EqualTo(trained.Skip(k * 128).Take(128)), $"row {token} is the adapter's");
+                Assert.That(Shared.MaxAbsDiff(row, before.Skip((int)token * 128).Take(128).ToArray()), Is.GreaterThan(1e-3f), $"row {token} trained");
+            }
+        }
+        var evals = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
+            .Where(m => m["eval_loss"] is not null).Select(m => m["eval_loss"]!.GetValue<double>()).ToList();
+        Assert.That(EvalLoss(Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet"), "--adapter", dir), Is.EqualTo(evals[^1]).Within(1e-4));
     }
 
     /// <summary>A trained head needs the gradient of the whole logits: asking for a chunked loss gives the same

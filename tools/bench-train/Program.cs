@@ -4,7 +4,7 @@
 //       [--graph-stats] [--ort-graph-stats] [--build-only] [--opt-basic | --graph-optimization-level all|extended|basic|none]
 //       [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
 //       [--gradient-checkpointing] [--loss-chunks N] [--cuda-graphs] [--use-dora] [--quantize-weights 4|8 [--block-size 32]]
-//       [--modules-to-save lm_head,embed_tokens]
+//       [--modules-to-save lm_head,embed_tokens] [--trainable-tokens N (the first N ids of the token embedding)]
 // --quantize-weights: the base's linear weights stored quantized (WeightQuantizer: uint4 blocks or int8 channels, read
 // through DequantizeLinear), QLoRA-style. --save-base PATH writes the
 // (quantized) base and stops: bench it with --model PATH in a fresh process.
@@ -46,7 +46,9 @@ int forwardNodes = model.Graph.Node.Count;
 long vocab = model.Graph.Output[0].Type.TensorType.Shape.Dim.Last().DimValue is > 0 and var v ? v : 1000;
 if (options.InitFrom is { } dir) LoraInjector.Inject(model, PeftAdapter.Load(dir));
 else LoraInjector.Inject(model, new LoraConfig { R = options.R, LoraAlpha = 2 * options.R, TargetModules = ["all-linear"], UseDora = args.Contains("--use-dora"),
-    ModulesToSave = Array.IndexOf(args, "--modules-to-save") is var saveModules and >= 0 ? [.. args[saveModules + 1].Split(',')] : [] });
+    ModulesToSave = Array.IndexOf(args, "--modules-to-save") is var saveModules and >= 0 ? [.. args[saveModules + 1].Split(',')] : [],
+    TrainableTokenIndices = Array.IndexOf(args, "--trainable-tokens") is var tokensAt and >= 0
+        ? new() { [""] = [.. Enumerable.Range(0, int.Parse(args[tokensAt + 1])).Select(i => (long)i)] } : new() });
 Console.WriteLine($"model: {options.Model ?? options.Shape}, {forwardNodes} forward nodes, {model.Graph.Node.Count} with LoRA ({clock.Elapsed.TotalSeconds:F1} s)");
 
 clock.Restart();

@@ -2,12 +2,14 @@ using OrtLora.Onnx;
 
 namespace OrtLora.Autodiff;
 
-/// <summary>Gathers: their gradient scatters the output gradient back into zeros, adding where indices repeat.</summary>
+/// <summary>Gathers: their gradient scatters the output gradient back into zeros, adding where indices repeat. ScatterND
+/// (trainable tokens' rows written into a table): its gradient gathers.</summary>
 public static partial class GradientRules
 {
     static void AddIndex(Dictionary<string, GradientRule> t)
     {
         t["Gather"] = Gather;
+        t["ScatterND"] = ScatterND;
         t["GatherElements"] = c =>
         {
             RequireScatterAdd(c);
@@ -19,6 +21,18 @@ public static partial class GradientRules
             if (c.Attr("batch_dims", 0L) != 0) throw c.Unsupported("batch_dims > 0 is not supported");
             return [c.Op("ScatterND", [c.ZerosLike(c.I(0)), c.I(1), c.GO(0)!], ("reduction", "add"))];
         };
+    }
+
+    // Y = data with the indexed slices replaced by updates (reduction none; added with 'add'): the replaced slices get
+    // no gradient through data, each update the gradient at its slice.
+    static string?[] ScatterND(GradContext c)
+    {
+        var reduction = c.Attr("reduction", "none");
+        if (reduction is not ("none" or "add")) throw c.Unsupported($"reduction '{reduction}' is not supported");
+        string indices = c.I(1), gy = c.GO(0)!;
+        string? gData = !c.Needs(0) ? null : reduction == "add" ? gy : c.Op("ScatterND", [gy, indices, c.ZerosLike(c.I(2))]);
+        string? gUpdates = c.Needs(2) ? c.Op("GatherND", [gy, indices]) : null;
+        return [gData, null, gUpdates];
     }
 
     static void RequireScatterAdd(GradContext c)

@@ -49,6 +49,11 @@ public static class AdapterExporter
             var t = model.Graph.Initializer.First(i => i.Name == saved.Weight); // already in PyTorch's layout
             tensors[ModulesToSave.PeftKey(saved.Module)] = SafeTensor.FromFloats(t.Dims.ToArray(), model.ReadFloats(t));
         }
+        foreach (var rows in lora.TrainableTokens)
+        {
+            var t = model.Graph.Initializer.First(i => i.Name == rows.Rows); // named by PEFT's key already
+            tensors[rows.Rows] = SafeTensor.FromFloats(t.Dims.ToArray(), model.ReadFloats(t));
+        }
         config.Variant = "performant";
         return new PeftAdapter { Config = config, Tensors = tensors };
     }

@@ -41,6 +41,9 @@ public sealed class LoraConfig
     /// <summary>PEFT's modules_to_save: modules trained whole next to the adapters (names matched as target_modules
     /// names are), e.g. lm_head, embed_tokens.</summary>
     public List<string> ModulesToSave { get; set; } = [];
+    /// <summary>PEFT's trainable_token_indices: module name → token ids whose rows train; the key "" (PEFT's list
+    /// form) is the token embedding.</summary>
+    public Dictionary<string, List<long>> TrainableTokenIndices { get; set; } = new();
 
     /// <summary>PEFT's per-module overrides of r and lora_alpha: key = module name or regex, matched as PEFT
     /// matches them (the key matches the end of the module path at a dot boundary).</summary>
@@ -94,9 +97,14 @@ public sealed class LoraConfig
         ["use_dora"] = UseDora,
         ["inference_mode"] = true,
         ["modules_to_save"] = ModulesToSave.Count == 0 ? null : new JsonArray(ModulesToSave.Select(t => (JsonNode)t).ToArray()),
+        ["trainable_token_indices"] = TrainableTokenIndices.Count == 0 ? null
+            : TrainableTokenIndices.Count == 1 && TrainableTokenIndices.ContainsKey("") ? Ids(TrainableTokenIndices[""])
+            : new JsonObject(TrainableTokenIndices.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)Ids(p.Value)))),
         ["rank_pattern"] = new JsonObject(RankPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
         ["alpha_pattern"] = new JsonObject(AlphaPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
     };
+
+    static JsonArray Ids(List<long> ids) => new(ids.Select(i => (JsonNode)i).ToArray());
 
     public static bool IsRegex(string s) => s.IndexOfAny(['*', '(', '[', '|', '^', '$', '\\', '+', '?']) >= 0;
 
@@ -123,6 +131,12 @@ public sealed class LoraConfig
         c.TargetModules = json["target_modules"] is null ? throw new OrtLoraException($"{path}: target_modules is missing") : ReadNamesOrRegex(json["target_modules"]);
         c.ExcludeModules = ReadNamesOrRegex(json["exclude_modules"]);
         c.ModulesToSave = ReadNamesOrRegex(json["modules_to_save"]);
+        c.TrainableTokenIndices = json["trainable_token_indices"] switch
+        {
+            JsonArray a => new() { [""] = a.Select(x => x!.GetValue<long>()).ToList() },
+            JsonObject o => o.ToDictionary(p => p.Key, p => p.Value!.AsArray().Select(x => x!.GetValue<long>()).ToList()),
+            _ => new(),
+        };
         c.LayersPattern = ReadNamesOrRegex(json["layers_pattern"]);
         c.LayersToTransform = json["layers_to_transform"] switch
         {

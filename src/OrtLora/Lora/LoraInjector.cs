@@ -60,9 +60,10 @@ public static class LoraInjector
             var layout = p.Layer.Layout;
             model.Defer(weight.Name, bytes => LoraMerger.AddDelta(bytes, dataType, principal, layout, factor: -1));
         }
-        var saved = ModulesToSave.Apply(model, new GraphEditor(model.Graph), config.ModulesToSave, layers, prefix,
-            plans.Select(p => p.Layer.Node).ToHashSet(), peft?.Tensors, peft?.WeightsPath);
-        var lora = new LoraModel { Config = config, Adapters = adapters, SavedModules = saved };
+        var adapted = plans.Select(p => p.Layer.Node).ToHashSet();
+        var saved = ModulesToSave.Apply(model, new GraphEditor(model.Graph), config.ModulesToSave, layers, prefix, adapted, peft?.Tensors, peft?.WeightsPath);
+        var tokens = TrainableTokens.Apply(model, new GraphEditor(model.Graph), config.TrainableTokenIndices, layers, prefix, adapted, saved, peft?.Tensors, peft?.WeightsPath);
+        var lora = new LoraModel { Config = config, Adapters = adapters, SavedModules = saved, TrainableTokens = tokens };
         lora.Write(model.Proto);
         return lora;
     }

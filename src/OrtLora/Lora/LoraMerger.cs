@@ -53,6 +53,17 @@ public static class LoraMerger
             g.ReplaceUses(saved.StandsFor, name);
             removedInitializers.Add(saved.Weight);
         }
+        foreach (var tokens in lora.TrainableTokens)
+        {
+            // The trained rows written into the table itself, which its readers read again.
+            var table = g.Initializer(tokens.Table) ?? throw new OrtLoraException($"{model.Source}: the table '{tokens.Table}' of trainable tokens is missing");
+            var rows = model.ReadFloats(g.Initializer(tokens.Rows)!);
+            var dims = table.Dims.ToArray();
+            model.Defer(table.Name, bytes => TrainableTokens.Write(bytes, tokens.DataType, tokens.Transposed, dims, tokens.TokenIds, rows));
+            g.ReplaceUses(tokens.Output, tokens.Table);
+            removedNodes.UnionWith(tokens.Nodes);
+            removedInitializers.UnionWith([tokens.Rows, tokens.Indices]);
+        }
         var keep = model.Graph.Node.Where(n => !removedNodes.Contains(n.Name)).ToList();
         model.Graph.Node.Clear();
         model.Graph.Node.AddRange(keep);

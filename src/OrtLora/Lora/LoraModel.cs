@@ -63,6 +63,8 @@ public sealed class LoraModel
     public required List<LoraAdapter> Adapters { get; init; }
     /// <summary>modules_to_save: the modules trained whole (<see cref="Lora.ModulesToSave"/>).</summary>
     public List<SavedModule> SavedModules { get; init; } = [];
+    /// <summary>trainable_token_indices: the tables with trainable rows (<see cref="Lora.TrainableTokens"/>).</summary>
+    public List<TokenRows> TrainableTokens { get; init; } = [];
 
     /// <summary>The adapters of a model, or null when it has none (not injected).</summary>
     public static LoraModel? Read(OnnxModel model) => Read(model.Proto, model.Source);
@@ -80,6 +82,7 @@ public sealed class LoraModel
                 Config = LoraConfig.FromJson(node["config"]!),
                 Adapters = node["adapters"]!.Deserialize<List<LoraAdapter>>(Json)!,
                 SavedModules = node["saved_modules"]?.Deserialize<List<SavedModule>>(Json) ?? [],
+                TrainableTokens = node["trainable_tokens"]?.Deserialize<List<TokenRows>>(Json) ?? [],
             };
         }
         catch (Exception e) when (e is JsonException or InvalidOperationException or NullReferenceException)
@@ -94,6 +97,7 @@ public sealed class LoraModel
         ["config"] = Config.ToJson(),
         ["adapters"] = JsonSerializer.SerializeToNode(Adapters, Json),
         ["saved_modules"] = SavedModules.Count == 0 ? null : JsonSerializer.SerializeToNode(SavedModules, Json),
+        ["trainable_tokens"] = TrainableTokens.Count == 0 ? null : JsonSerializer.SerializeToNode(TrainableTokens, Json),
     }.ToJsonString();
 
     public void Write(ModelProto proto)

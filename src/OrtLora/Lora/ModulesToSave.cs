@@ -44,7 +44,11 @@ public static class ModulesToSave
 
     /// <summary>A module that can be saved: the node that reads the weight (input <paramref name="Input"/>), the ops between
     /// the initializer and that input, outermost last.</summary>
-    sealed record Candidate(string Path, NodeProto Node, int Input, string Table, string Kind, bool Transposed, List<NodeProto> Chain);
+    internal sealed record Candidate(string Path, NodeProto Node, int Input, string Table, string Kind, bool Transposed, List<NodeProto> Chain);
+
+    /// <summary>The linear layers and token (and position) embeddings a module name can pick.</summary>
+    internal static List<Candidate> Candidates(GraphEditor g, IReadOnlyList<LinearLayer> layers, string prefix) =>
+        Linear(g, layers, prefix).Concat(Embeddings(g, prefix)).ToList();
 
     /// <summary>Gives each module named in <paramref name="names"/> (matched as target_modules names are) its trainable copy.</summary>
     /// <param name="adapted">nodes that got a LoRA adapter: a module cannot be both adapted and saved</param>
@@ -53,7 +57,7 @@ public static class ModulesToSave
         string prefix, IReadOnlySet<NodeProto> adapted, IReadOnlyDictionary<string, SafeTensor>? values = null, string? valuesSource = null)
     {
         if (names.Count == 0) return [];
-        var candidates = Linear(g, layers, prefix).Concat(Embeddings(g, prefix)).ToList();
+        var candidates = Candidates(g, layers, prefix);
         var saved = new List<SavedModule>();
         foreach (var name in names)
         {
@@ -166,7 +170,7 @@ public static class ModulesToSave
     }
 
     /// <summary>Gemm's C, or an Add of a constant vector right after the MatMul.</summary>
-    static bool HasBias(GraphEditor g, NodeProto node) =>
+    internal static bool HasBias(GraphEditor g, NodeProto node) =>
         node.OpType == "Gemm" && node.Input.Count > 2 && node.Input[2] != ""
         || node.OpType == "MatMul" && g.Consumers(node.Output[0]) is [{ OpType: "Add" } add]
            && add.Input.Any(i => g.Initializer(i) is { Dims.Count: 1 } || g.Constant(i) is { Dims.Count: 1 });

@@ -21,7 +21,7 @@ public static class NeftuneNoise
     /// <returns>the embedding's width d</returns>
     public static long Apply(GraphEditor g, string source)
     {
-        var (gather, elemType, hidden) = FindEmbedding(g)
+        var (gather, elemType, hidden) = Lora.TokenEmbedding.Find(g)
             ?? throw new OrtLoraException($"{source}: --neftune-noise-alpha adds noise to the token embeddings, and no token embedding " +
                 "(a Gather of a [vocabulary, hidden] table by input_ids) was found");
         g.Graph.Input.Add(TrainingGraph.Input(Input, (int)DT.Float, ["batch", "sequence", hidden]));
@@ -57,26 +57,5 @@ public static class NeftuneNoise
             }
         });
         return noise;
-    }
-
-    /// <summary>The Gather that reads rows of a 2-D table (an initializer, or a frozen weight fed as an input) with ids
-    /// computed from input_ids by Casts and reshapes; its table's element type and width.</summary>
-    static (NodeProto Gather, int ElemType, long Hidden)? FindEmbedding(GraphEditor g)
-    {
-        var ids = new HashSet<string> { "input_ids" };
-        foreach (var n in g.Graph.Node)
-        {
-            if (n.OpType is "Cast" or "Reshape" or "Unsqueeze" or "Squeeze" or "Flatten" && n.Input.Count > 0 && ids.Contains(n.Input[0]))
-                ids.Add(n.Output[0]);
-            if (n.OpType != "Gather" || n.Input.Count < 2 || !ids.Contains(n.Input[1]) || Attrs.Int(n, "axis", 0) != 0) continue;
-            // The table, possibly stored in another type behind a Cast (fp16 weights computed in float32).
-            var table = n.Input[0];
-            int? castTo = null;
-            if (g.Producer(table) is { OpType: "Cast" } cast) { table = cast.Input[0]; castTo = (int)Attrs.Int(cast, "to", 0); }
-            if (g.Initializer(table) is { Dims.Count: 2 } initializer) return (n, castTo ?? initializer.DataType, initializer.Dims[1]);
-            if (g.Graph.Input.FirstOrDefault(i => i.Name == table)?.Type?.TensorType is { Shape.Dim: { Count: 2 } dim } type && dim[1].HasDimValue)
-                return (n, castTo ?? type.ElemType, dim[1].DimValue);
-        }
-        return null;
     }
 }

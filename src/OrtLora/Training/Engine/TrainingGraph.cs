@@ -50,9 +50,10 @@ public sealed partial class TrainingGraph : IDisposable
     public SharedInitializers Frozen { get; }
     int Opset { get; }
 
-    /// <summary>What training updates by default: LoRA's A and B, DoRA's magnitudes, the weights of modules_to_save.</summary>
+    /// <summary>What training updates by default: LoRA's A and B, DoRA's magnitudes, the weights of modules_to_save, the
+    /// rows of trainable tokens.</summary>
     public static bool IsTrainable(string name) => name.EndsWith(".lora_A.weight") || name.EndsWith(".lora_B.weight") || name.EndsWith(".lora_magnitude_vector")
-        || Lora.ModulesToSave.IsWeight(name);
+        || Lora.ModulesToSave.IsWeight(name) || Lora.TrainableTokens.IsRows(name);
 
     TrainingGraph(IReadOnlyList<string> parameters, Dictionary<string, long[]> shapes, Dictionary<string, float[]> values,
         IReadOnlyList<string> batchInputs, ModelProto eval, ModelProto gradients, SharedInitializers frozen, int opset)
@@ -171,19 +172,21 @@ public sealed partial class TrainingGraph : IDisposable
         }
     }
 
-    /// <summary>Whether the logits' producers read a parameter before the first MatMul on the way back (a trained lm_head).</summary>
+    /// <summary>Whether the head (the first MatMul/Gemm on the way back from the logits) reads a weight computed from a
+    /// parameter: a modules_to_save copy, or a table with trainable token rows.</summary>
     static bool HeadIsTrained(GraphEditor g, string logits, IReadOnlyList<string> parameters)
     {
+        var node = g.Producer(logits);
+        while (node is not null && node.OpType is not ("MatMul" or "Gemm")) node = node.Input.Count > 0 ? g.Producer(node.Input[0]) : null;
+        if (node is null) return false;
         var trained = parameters.ToHashSet();
-        for (var node = g.Producer(logits); node is not null; node = node.Input.Count > 0 ? g.Producer(node.Input[0]) : null)
+        var seen = new HashSet<string>();
+        var pending = new Stack<string>([node.Input[1]]);
+        while (pending.TryPop(out var value))
         {
-            if (node.OpType != "MatMul" && node.OpType != "Gemm") continue;
-            for (var weight = node.Input[1]; ; )
-            {
-                if (trained.Contains(weight)) return true;
-                if (g.Producer(weight) is not { OpType: "Identity" or "Cast" or "Transpose" } hop) return false;
-                weight = hop.Input[0];
-            }
+            if (trained.Contains(value)) return true;
+            if (!seen.Add(value) || g.Producer(value) is not { } producer) continue;
+            foreach (var input in producer.Input.Where(i => i != "")) pending.Push(input);
         }
         return false;
     }
@@ -197,9 +200,9 @@ public sealed partial class TrainingGraph : IDisposable
         // The bfloat16 graph's probe runs as float16 on CPU (ValueTable.Probe), which needs float16 to be unused.
         if (half == (int)DT.Bfloat16 && ElementTypes.Mentioned(proto).Contains((int)DT.Float16))
             throw new OrtLoraException($"{source}: the model already computes in float16; --bf16 converts float32 models (use --fp16)");
-        // modules_to_save weights stay float32 master weights that the half graph casts where it reads them: as graph
+        // modules_to_save weights and trainable token rows stay float32 master weights that the half graph casts where it reads them: as graph
         // inputs during the conversion (float32 inputs take their reader's type), initializers again after it.
-        var saved = proto.Graph.Initializer.Where(t => Lora.ModulesToSave.IsWeight(t.Name)).ToList();
+        var saved = proto.Graph.Initializer.Where(t => Lora.ModulesToSave.IsWeight(t.Name) || Lora.TrainableTokens.IsRows(t.Name)).ToList();
         foreach (var t in saved)
         {
             proto.Graph.Initializer.Remove(t);
