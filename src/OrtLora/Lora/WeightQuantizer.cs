@@ -72,14 +72,8 @@ public static class WeightQuantizer
         if (bits == 4) RaiseToOpset21(model);
     }
 
-    /// <summary>4-bit types and block_size came with opset 21 (IR 10). The standard ops between 13 and 21 changed by
-    /// taking more types (and options exports do not use), so the graph means the same at 21.</summary>
-    internal static void RaiseToOpset21(OnnxModel model)
-    {
-        if (model.Opset() >= 21) return;
-        foreach (var o in model.Proto.OpsetImport.Where(o => o.Domain is "" or "ai.onnx")) o.Version = 21;
-        if (model.Proto.IrVersion < 10) model.Proto.IrVersion = 10;
-    }
+    /// <summary>4-bit types and block_size came with opset 21 (IR 10); <see cref="OpsetRaise"/> moves the graph there.</summary>
+    internal static void RaiseToOpset21(OnnxModel model) => OpsetRaise.Raise(model.Proto, 21, model.Source);
 
     /// <summary>A 2-D weight in <paramref name="layout"/>, quantized: 4 bits in blocks along its input axis, 8 bits per
     /// output channel.</summary>
