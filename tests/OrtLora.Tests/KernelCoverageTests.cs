@@ -111,6 +111,25 @@ public class KernelCoverageTests
         AssertAllOnCuda($"{name} {compute} step", graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)));
     }
 
+    /// <summary>modules_to_save (a float32 head and embedding copy, the embedding's scatter-add) and trainable tokens (the
+    /// rows' ScatterND, GatherND in the backward) on graphs/tiny, whose head is tied, in float32 and both half types.</summary>
+    [TestCase(ComputeType.Float32)]
+    [TestCase(ComputeType.Float16)]
+    [TestCase(ComputeType.BFloat16)]
+    public void SavedModulesAndTokenRowsHaveACudaKernelForEveryNode(ComputeType compute)
+    {
+        foreach (var config in new[] { new LoraConfig { R = 4, ModulesToSave = ["lm_head", "embed_tokens"] }, new LoraConfig { R = 4, TrainableTokenIndices = new() { [""] = [5, 6, 7] } } })
+        {
+            using var model = Tiny();
+            LoraInjector.Inject(model, config);
+            using var graph = TrainingGraph.Build(model, compute: compute);
+            var what = $"{(config.ModulesToSave.Count > 0 ? "modules_to_save" : "trainable tokens")} {compute}";
+            Assert.That(graph.Gradients.Graph.Node.Count(n => n.OpType == "ScatterND"), Is.GreaterThan(0), what);
+            AssertAllOnCuda(what + " eval", graph.Eval);
+            AssertAllOnCuda(what + " step", graph.BuildStep(new AdamWOptions(WeightDecay: 0.01)));
+        }
+    }
+
     static IEnumerable<Architecture> Trainable => Architectures.All.Where(a => a.Trainable);
 
     /// <summary>The unseen export styles bring fp16 activations, opset-23 ops, int32 tokens, Gemm layers, cache inputs.</summary>
