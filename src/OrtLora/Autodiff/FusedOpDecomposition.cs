@@ -32,7 +32,7 @@ public static class FusedOpDecomposition
         {
             // The replacement reads only the node's inputs: it takes the node's place in the (sorted) node list.
             int before = g.Graph.Node.Count;
-            if (node.OpType == "Attention") Rewrite(g, node, types);
+            if (node.OpType == "Attention") RewriteAttention(g, node, types);
             else RewriteRotary(g, node, types);
             var added = g.Graph.Node.Skip(before).ToList();
             var all = g.Graph.Node.Take(before).ToList();
@@ -43,7 +43,9 @@ public static class FusedOpDecomposition
         }
     }
 
-    static void RewriteRotary(GraphEditor g, NodeProto node, ValueTable types)
+    /// <summary>Appends the primitives of RotaryEmbedding <paramref name="node"/> (which need not be in the graph), ending in
+    /// its output.</summary>
+    internal static void RewriteRotary(GraphEditor g, NodeProto node, ValueTable types)
     {
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: node.Name + "/" + op, attributes: attrs);
         string Ints(params long[] v) => g.AddInitializer(Tensors.FromInt64(g.Unique(node.Name + "/ints"), [v.Length], v));
@@ -87,7 +89,8 @@ public static class FusedOpDecomposition
         g.Add("Identity", [y], name: node.Name + "/Y", outputs: [node.Output[0]]);
     }
 
-    static void Rewrite(GraphEditor g, NodeProto node, ValueTable types)
+    /// <summary>Appends the primitives of Attention <paramref name="node"/> (which need not be in the graph), ending in its output.</summary>
+    internal static void RewriteAttention(GraphEditor g, NodeProto node, ValueTable types)
     {
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: node.Name + "/" + op, attributes: attrs);
         string Ints(params long[] v) => g.AddInitializer(Tensors.FromInt64(g.Unique(node.Name + "/ints"), [v.Length], v));

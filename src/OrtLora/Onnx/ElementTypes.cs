@@ -9,11 +9,16 @@ namespace OrtLora.Onnx;
 public static class ElementTypes
 {
     static readonly HashSet<string> Comparisons = ["Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN", "IsInf"];
+    /// <summary>The com.microsoft ops of ORT GenAI's builder whose outputs take the first input's type (statistics aside).</summary>
+    static readonly HashSet<string> ContribLikeFirstInput = ["GroupQueryAttention", "RotaryEmbedding", "SkipSimplifiedLayerNormalization", "SkipLayerNormalization"];
 
     /// <summary>The element type of each output of <paramref name="n"/>, given its inputs' types.</summary>
     public static int[] Outputs(NodeProto n, Func<string, int> typeOf)
     {
         int In(int i) => i < n.Input.Count && n.Input[i] != "" ? typeOf(n.Input[i]) : 0;
+        if (n.Domain == "com.microsoft" && ContribLikeFirstInput.Contains(n.OpType))
+            // SkipLayerNormalization's mean and inv_std_var are float32
+            return n.Output.Select((_, i) => n.OpType.StartsWith("Skip") && i is 1 or 2 ? (int)DT.Float : In(0)).ToArray();
         if (n.Domain is not ("" or "ai.onnx") || n.OpType.Contains("Quantize") && n.OpType != "DequantizeLinear" || n.OpType.EndsWith("Integer"))
             throw new OrtLoraException($"node '{n.Name}' ({n.Domain}:{n.OpType}): element types are known for standard float ops only");
         int first = n.OpType switch

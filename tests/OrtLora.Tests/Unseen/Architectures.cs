@@ -7,7 +7,8 @@ namespace OrtLora.Tests.Unseen;
 /// <param name="Targets">PEFT module paths all-linear must adapt (layer 0 and 1 ...)</param>
 /// <param name="FusedParts">module path → part widths the canonical variant must split it into</param>
 public sealed record Architecture(string Name, Func<OnnxModel> Build, string[] Targets, Dictionary<string, int[]> FusedParts,
-    bool Past = false, bool Trainable = true, bool Int32Tokens = false, bool FloatMask = false)
+    bool Past = false, bool Trainable = true, bool Int32Tokens = false, bool FloatMask = false, bool NoPadding = false,
+    long CacheHeads = 2, long CacheHeadDim = 8)
 {
     /// <summary>Linear weights stored quantized (named *-qdq).</summary>
     public bool QuantizedWeights => Name.EndsWith("-qdq");
@@ -21,6 +22,9 @@ public sealed record Architecture(string Name, Func<OnnxModel> Build, string[] T
         if (QuantizedWeights) histogram["DequantizeLinear"] -= mergedLayers;
         return histogram;
     }
+
+    /// <summary>An ORT GenAI builder export: its cache inputs come without position_ids.</summary>
+    public bool GenAi => Name.StartsWith("genai");
 
     /// <summary>Activations in fp16 (named *-fp16): finite differences of its loss are ~10x noisier.</summary>
     public bool HalfActivations => Name.EndsWith("-fp16");
@@ -67,6 +71,10 @@ public static class Architectures
         // channel, and uint4 in blocks of 16 along the input axis (opset 21).
         new("llama-int8-weights-qdq", () => Llama(17, quantize: new((int)DT.Int8), style: LinearStyle.TorchScript), LlamaTargets, []),
         new("llama-int4-block-weights-qdq", () => Llama(21, quantize: new((int)DT.Uint4, 16), style: LinearStyle.TorchScript), LlamaTargets, []),
+        // ORT GenAI's model builder: contrib ops (GroupQueryAttention, SkipSimplifiedLayerNormalization), no padding
+        // (GroupQueryAttention leaves padded rows undefined), a cache without position_ids.
+        new("genai-builder-gqa", GenAiBuilderExport.Build, GenAiBuilderExport.Targets, [], Past: true, NoPadding: true,
+            CacheHeads: GenAiBuilderExport.KvHeads, CacheHeadDim: GenAiBuilderExport.HeadSize),
     ];
 
     static string[] Targets(string[] modules, string layers = "model.layers") =>

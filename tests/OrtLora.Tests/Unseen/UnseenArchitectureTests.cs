@@ -22,41 +22,44 @@ public class UnseenArchitectureTests
         return Enumerable.Range(0, n).Select(_ => (long)rng.Next(1, (int)Architectures.Vocab)).ToArray();
     }
 
-    /// <summary>Row 1 is left-padded by two tokens, so masking matters.</summary>
-    static long[] AttentionMask(int pastLength) =>
-        Enumerable.Range(0, Batch).SelectMany(b => Enumerable.Range(0, pastLength + Seq).Select(t => b == 1 && t < 2 ? 0L : 1L)).ToArray();
+    /// <summary>Row 1 is left-padded by two tokens, so masking matters; none for an architecture that takes no padding
+    /// (GroupQueryAttention assumes right padding and leaves padded rows undefined).</summary>
+    static long[] AttentionMask(int pastLength, Architecture arch) =>
+        Enumerable.Range(0, Batch).SelectMany(b => Enumerable.Range(0, pastLength + Seq).Select(t => b == 1 && t < 2 && !arch.NoPadding ? 0L : 1L)).ToArray();
 
     /// <summary>Inference feeds; a cached model gets a non-empty past (random keys and values).</summary>
     public static Dictionary<string, HostTensor> Feeds(Architecture arch)
     {
-        int past = arch.Past ? Past : 0;
+        // GroupQueryAttention takes a past with more than one new token only for batch 1: GenAI exports get an empty one.
+        int past = arch.Past && !arch.GenAi ? Past : 0;
         var feeds = new Dictionary<string, HostTensor>
         {
             ["input_ids"] = HostTensor.Of(Tokens(Batch * Seq, 1), Batch, Seq),
-            ["attention_mask"] = HostTensor.Of(AttentionMask(past), Batch, past + Seq),
+            ["attention_mask"] = HostTensor.Of(AttentionMask(past, arch), Batch, past + Seq),
         };
         if (arch.Int32Tokens)
             foreach (var name in feeds.Keys.ToList()) feeds[name] = new HostTensor(feeds[name].Int64s.Select(v => (int)v).ToArray(), feeds[name].Shape);
         if (arch.FloatMask) feeds["attention_mask"] = new HostTensor(feeds["attention_mask"].Int64s.Select(v => (float)v).ToArray(), feeds["attention_mask"].Shape);
         if (!arch.Past) return feeds;
-        feeds["position_ids"] = HostTensor.Of(Enumerable.Range(0, Batch * Seq).Select(i => (long)(past + i % Seq)).ToArray(), Batch, Seq);
+        if (!arch.GenAi) feeds["position_ids"] = HostTensor.Of(Enumerable.Range(0, Batch * Seq).Select(i => (long)(past + i % Seq)).ToArray(), Batch, Seq);
         var rng = new Random(3);
         for (int l = 0; l < 2; l++)
             foreach (var kind in new[] { "key", "value" })
             {
-                var values = Enumerable.Range(0, Batch * 2 * past * 8).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+                long[] shape = [Batch, arch.CacheHeads, past, arch.CacheHeadDim];
+                var values = Enumerable.Range(0, (int)Tensors.ElementCount(shape)).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
                 feeds[$"past_key_values.{l}.{kind}"] = arch.Name.Contains("fp16")
-                    ? new HostTensor(values.Select(v => (Float16)v).ToArray(), [Batch, 2, past, 8]) : HostTensor.Of(values, Batch, 2, past, 8);
+                    ? new HostTensor(values.Select(v => (Float16)v).ToArray(), shape) : new HostTensor(values, shape);
             }
         return feeds;
     }
 
     static float[] Logits(OnnxModel model, Architecture arch) => OrtRun.Run(model, Feeds(arch), ["logits"])["logits"].Floats;
 
-    public static Training.Engine.Batch TrainBatch()
+    public static Training.Engine.Batch TrainBatch(Architecture arch)
     {
         var ids = Tokens(Batch * Seq, 2);
-        var mask = AttentionMask(0);
+        var mask = AttentionMask(0, arch);
         var labels = ids.Select((t, i) => mask[i] == 0 ? -100 : t).ToArray();
         return new Training.Engine.Batch(ids, mask, labels, Batch, Seq);
     }
@@ -154,7 +157,7 @@ public class UnseenArchitectureTests
         }
         using var session = new Training.Engine.TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0),
             Optimization: GraphOptimizationLevel.ORT_DISABLE_ALL));
-        var batch = TrainBatch();
+        var batch = TrainBatch(arch);
         var (loss, grads) = session.ComputeGradients(batch);
         var start = session.GetParameters();
         Assert.That(session.EvalLoss(batch), Is.EqualTo(loss).Within(1e-5 * Math.Abs(loss)), "eval and gradient graphs agree on the loss");
@@ -201,7 +204,7 @@ public class UnseenArchitectureTests
         using var model = arch.Build();
         LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4 });
         LoraTestKit.RandomizeB(model, std: 0.3f);
-        var batch = TrainBatch();
+        var batch = TrainBatch(arch);
         (float Loss, Dictionary<string, float[]> Grads, int Segments) Gradients(bool checkpointing)
         {
             using var session = new Training.Engine.TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(),
@@ -229,7 +232,7 @@ public class UnseenArchitectureTests
         LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 4, LoraDropout = 0.1 });
         using var session = new Training.Engine.TrainingSession(model, new TrainingSessionOptions(new AdamWOptions()));
         Assert.That(session.Graph.Gradients.Graph.Node.Count(x => x.OpType == "Dropout"), Is.EqualTo(LoraModel.Read(model)!.Adapters.Count));
-        var batch = TrainBatch();
+        var batch = TrainBatch(arch);
         float before = session.EvalLoss(batch);
         for (int step = 0; step < 3; step++) Assert.That(float.IsFinite(session.Step(batch, learningRate: 1e-2f)));
         Assert.That(session.EvalLoss(batch), Is.LessThan(before - 1e-3));
@@ -253,7 +256,7 @@ public class UnseenArchitectureTests
         var tableName = graph.Node.SingleOrDefault(n => n.OpType == "Cast" && n.Output[0] == gather.Input[0])?.Input[0] ?? gather.Input[0];
         var table = graph.Input.Single(i => i.Name == tableName).Type.TensorType.Shape.Dim;
         Assert.That(table[0].DimValue, Is.EqualTo(Architectures.Vocab), "the table has a row per token");
-        var batch = TrainBatch();
+        var batch = TrainBatch(arch);
         float before = session.EvalLoss(batch);
         for (int step = 0; step < 3; step++) Assert.That(float.IsFinite(session.Step(batch, learningRate: 1e-2f)));
         Assert.That(session.EvalLoss(batch), Is.LessThan(before - 1e-3));

@@ -42,7 +42,7 @@ public class UnseenDoraTests
         if (arch.Trainable)
         {
             using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions()));
-            var batch = UnseenArchitectureTests.TrainBatch();
+            var batch = UnseenArchitectureTests.TrainBatch(arch);
             float first = session.EvalLoss(batch);
             for (int step = 0; step < 3; step++) session.Step(batch, learningRate: 1e-2f);
             Assert.That(session.EvalLoss(batch), Is.LessThan(first - 1e-3), "three AdamW steps lower the loss");

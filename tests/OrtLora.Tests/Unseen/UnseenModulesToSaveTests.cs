@@ -94,7 +94,7 @@ public class UnseenModulesToSaveTests
         LoraTestKit.RandomizeB(model, std: 0.3f);
         using var session = new Training.Engine.TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0),
             Optimization: GraphOptimizationLevel.ORT_DISABLE_ALL));
-        var batch = UnseenArchitectureTests.TrainBatch();
+        var batch = UnseenArchitectureTests.TrainBatch(arch);
         var (loss, grads) = session.ComputeGradients(batch);
         var start = session.GetParameters();
         foreach (var saved in lora.SavedModules)

@@ -87,7 +87,7 @@ public class UnseenTrainableTokensTests
         var lora = LoraInjector.Inject(model, Config(arch));
         var options = new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0), Optimization: GraphOptimizationLevel.ORT_DISABLE_ALL);
         using var session = new Training.Engine.TrainingSession(model, options);
-        var batch = UnseenArchitectureTests.TrainBatch();
+        var batch = UnseenArchitectureTests.TrainBatch(arch);
         var (loss, grads) = session.ComputeGradients(batch);
         var start = session.GetParameters();
         bool half = arch.Name.Contains("fp16");

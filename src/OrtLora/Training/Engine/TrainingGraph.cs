@@ -131,8 +131,10 @@ public sealed partial class TrainingGraph : IDisposable
         {
             g = new GraphEditor(proto.Graph);
             var eval = proto.Clone();
-            // The gradient graph computes Attention and RotaryEmbedding (opset 23) from primitives it can differentiate;
-            // eval keeps the fused ops.
+            // The gradient graph computes Attention and RotaryEmbedding (opset 23), and the contrib ops of ORT GenAI's
+            // builder, from primitives it can differentiate; eval keeps the fused ops.
+            if (ContribOpDecomposition.Applies(g))
+                ContribOpDecomposition.Apply(g, Probe(proto, values, frozen));
             if (FusedOpDecomposition.Applies(g))
                 FusedOpDecomposition.Apply(g, Probe(proto, values, frozen));
             var lora = Lora.LoraModel.Read(model);

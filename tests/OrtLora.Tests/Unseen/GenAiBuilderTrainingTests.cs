@@ -1,0 +1,52 @@
+using Microsoft.ML.OnnxRuntime;
+using OrtLora.Autodiff;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+using OrtLora.Training.Engine;
+
+namespace OrtLora.Tests.Unseen;
+
+/// <summary>Training on ORT GenAI builder exports (see <see cref="GenAiBuilderExport"/>): the gradient graph replaces
+/// GroupQueryAttention and SkipSimplifiedLayerNormalization by primitives; eval keeps ORT's kernels.</summary>
+public class GenAiBuilderTrainingTests
+{
+    static readonly Architecture GenAi = Architectures.All.Single(a => a.GenAi);
+
+    /// <summary>Right-padded rows, as ortlora's batches are: the decomposed graph's loss equals the kernels' (the padded
+    /// positions count for nothing), and the step graph has no contrib op left.</summary>
+    [Test]
+    public void RightPaddedBatchesScoreAlikeInBothGraphs()
+    {
+        using var model = GenAi.Build();
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4 });
+        LoraTestKit.RandomizeB(model, std: 0.3f);
+        using var session = new Training.Engine.TrainingSession(model, new TrainingSessionOptions(new AdamWOptions()));
+        Assert.That(session.Graph.Gradients.Graph.Node.Where(n => n.Domain == "com.microsoft").Select(n => n.OpType), Is.Empty);
+        Assert.That(session.Graph.Eval.Graph.Node.Count(n => n.OpType == "GroupQueryAttention"), Is.EqualTo(2), "eval keeps the kernel");
+        var rng = new Random(8);
+        const int batch = 3, sequence = 7;
+        var ids = Enumerable.Range(0, batch * sequence).Select(_ => (long)rng.Next(1, (int)Architectures.Vocab)).ToArray();
+        int[] lengths = [7, 5, 2];
+        var mask = Enumerable.Range(0, batch * sequence).Select(i => i % sequence < lengths[i / sequence] ? 1L : 0L).ToArray();
+        var labels = ids.Select((t, i) => mask[i] == 1 ? t : -100).ToArray();
+        var padded = new Training.Engine.Batch(ids, mask, labels, batch, sequence);
+        var (loss, _) = session.ComputeGradients(padded);
+        Assert.That(session.EvalLoss(padded), Is.EqualTo(loss).Within(1e-5 * loss));
+        // and the padding changes nothing for the rows' own tokens: row 1 alone, unpadded, scores the same tokens alike
+        var row = new Training.Engine.Batch(ids.Skip(sequence).Take(5).ToArray(), Enumerable.Repeat(1L, 5).ToArray(), labels.Skip(sequence).Take(5).ToArray(), 1, 5);
+        var rowOnly = new Training.Engine.Batch(ids, mask, Enumerable.Range(0, batch * sequence).Select(i => i / sequence == 1 ? labels[i] : -100).ToArray(), batch, sequence);
+        Assert.That(session.EvalLoss(rowOnly), Is.EqualTo(session.EvalLoss(row)).Within(1e-5));
+    }
+
+    /// <summary>What the decomposition does not cover is one error each, naming the node.</summary>
+    [Test]
+    public void SlidingWindowIsRefusedByName()
+    {
+        using var model = GenAi.Build();
+        foreach (var node in model.Graph.Node.Where(n => n.OpType == "GroupQueryAttention"))
+            node.Attribute.Single(a => a.Name == "local_window_size").I = 4;
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"] });
+        var e = Assert.Throws<OrtLoraException>(() => new Training.Engine.TrainingSession(model, new TrainingSessionOptions(new AdamWOptions())).Dispose());
+        Assert.That(e!.Message, Is.EqualTo("GroupQueryAttention node '/model/layers.0/attn/GroupQueryAttention': local_window_size (sliding window) is not supported for training"));
+    }
+}
