@@ -6,9 +6,9 @@ using OrtLora.Training.Engine;
 
 namespace OrtLora.Tests.Unseen;
 
-/// <summary>Training on ORT GenAI builder exports (see <see cref="GenAiBuilderExport"/>): the gradient graph replaces
+/// <summary>Training on and generating with ORT GenAI builder exports (see <see cref="GenAiBuilderExport"/>): the gradient graph replaces
 /// GroupQueryAttention and SkipSimplifiedLayerNormalization by primitives; eval keeps ORT's kernels.</summary>
-public class GenAiBuilderTrainingTests
+public class GenAiBuilderTests
 {
     static readonly Architecture GenAi = Architectures.All.Single(a => a.GenAi);
 
@@ -36,6 +36,29 @@ public class GenAiBuilderTrainingTests
         var row = new Training.Engine.Batch(ids.Skip(sequence).Take(5).ToArray(), Enumerable.Repeat(1L, 5).ToArray(), labels.Skip(sequence).Take(5).ToArray(), 1, 5);
         var rowOnly = new Training.Engine.Batch(ids, mask, Enumerable.Range(0, batch * sequence).Select(i => i / sequence == 1 ? labels[i] : -100).ToArray(), batch, sequence);
         Assert.That(session.EvalLoss(rowOnly), Is.EqualTo(session.EvalLoss(row)).Within(1e-5));
+    }
+
+    /// <summary>Generation on the builder's cache (GroupQueryAttention appending to past_key_values): decoding with the
+    /// cache gives the logits of recomputing the whole sequence at every step.</summary>
+    [Test]
+    public void CachedDecodingMatchesRecomputing()
+    {
+        using var model = GenAi.Build();
+        using var session = new InferenceSession(model.ToBytes(), OrtRun.DefaultOptions());
+        using var lm = new Inference.CausalLmSession(session);
+        Assert.That(lm.HasKvCache, Is.True);
+        using var cached = lm.Start(useCache: true);
+        using var full = lm.Start(useCache: false);
+        int[] prompt = [3, 1, 4, 1, 5];
+        var a = lm.Step(cached, prompt);
+        var b = lm.Step(full, prompt);
+        for (int step = 0; step < 8; step++)
+        {
+            Assert.That(Shared.MaxAbsDiff(a, b), Is.LessThan(1e-4f), $"step {step}");
+            int next = Inference.Sampler.ArgMax(a);
+            (a, b) = (lm.Step(cached, [next]), lm.Step(full, [next]));
+        }
+        Assert.That(cached.UsesCache, Is.True);
     }
 
     /// <summary>What the decomposition does not cover is one error each, naming the node.</summary>
