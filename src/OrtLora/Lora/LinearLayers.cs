@@ -142,15 +142,29 @@ public static class LinearLayers
     }
 
     /// <summary>Widths of the parts when the output is split along its last axis (GPT-2 c_attn into q|k|v, Phi-3
-    /// qkv_proj by Slices), read from the Split sizes or Slice bounds, never assumed equal; null if not fused.</summary>
+    /// qkv_proj by Slices), read from the Split sizes or Slice bounds (or GroupQueryAttention's head counts), never
+    /// assumed equal; null if not fused.</summary>
     public static int[]? FusedParts(GraphEditor g, string output, long width)
     {
-        var consumers = Meaningful(g, output);
+        var value = output;
+        var consumers = Meaningful(g, value);
         while (consumers.Count == 1 && PassThrough.Contains(consumers[0].OpType))
-            consumers = Meaningful(g, consumers[0].Output[0]);
+            consumers = Meaningful(g, value = consumers[0].Output[0]);
         if (consumers.Count == 1 && consumers[0].OpType == "Split") return SplitSizes(g, consumers[0], width);
         if (consumers.Count >= 2 && consumers.All(c => c.OpType == "Slice")) return SliceSizes(g, consumers, width);
+        if (consumers is [{ OpType: "GroupQueryAttention", Domain: "com.microsoft" } gqa] && gqa.Input[0] == value && gqa.Input.Count > 1 && gqa.Input[1] == "")
+            return PackedQkv(gqa, width);
         return null;
+    }
+
+    /// <summary>ORT GenAI's packed projection: GroupQueryAttention reads q | k | v from one input when key and value are
+    /// empty, num_heads and kv_num_heads heads of one size.</summary>
+    static int[]? PackedQkv(NodeProto gqa, long width)
+    {
+        long heads = Attrs.Int(gqa, "num_heads", 0), kvHeads = Attrs.Int(gqa, "kv_num_heads", 0);
+        if (heads <= 0 || kvHeads <= 0 || width % (heads + 2 * kvHeads) != 0) return null;
+        long head = width / (heads + 2 * kvHeads);
+        return [(int)(heads * head), (int)(kvHeads * head), (int)(kvHeads * head)];
     }
 
     static List<NodeProto> Meaningful(GraphEditor g, string value) => g.Consumers(value).Where(c => c.OpType != "Shape").ToList();

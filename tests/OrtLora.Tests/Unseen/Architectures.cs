@@ -73,7 +73,7 @@ public static class Architectures
         new("llama-int4-block-weights-qdq", () => Llama(21, quantize: new((int)DT.Uint4, 16), style: LinearStyle.TorchScript), LlamaTargets, []),
         // ORT GenAI's model builder: contrib ops (GroupQueryAttention, SkipSimplifiedLayerNormalization), no padding
         // (GroupQueryAttention leaves padded rows undefined), a cache without position_ids.
-        new("genai-builder-gqa", GenAiBuilderExport.Build, GenAiBuilderExport.Targets, [], Past: true, NoPadding: true,
+        new("genai-builder-gqa", GenAiBuilderExport.Build, GenAiBuilderExport.Targets, new() { ["model.layers.0.attn.qkv_proj"] = [32, 16, 16] }, Past: true, NoPadding: true,
             CacheHeads: GenAiBuilderExport.KvHeads, CacheHeadDim: GenAiBuilderExport.HeadSize),
     ];
 
