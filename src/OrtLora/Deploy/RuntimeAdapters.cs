@@ -41,7 +41,11 @@ public static class RuntimeAdapters
         bool isDirectory = Directory.Exists(path);
         if (!isDirectory && !File.Exists(path)) throw new OrtLoraException($"{path}: adapter not found");
         var parameters = isDirectory ? FromPeftDirectory(path, modelScale) : OnnxAdapterFile.Read(path);
-        if (session is not null) CheckFits(session, parameters, path);
+        if (session is not null)
+        {
+            if (isDirectory) parameters = ToBuilderNames(parameters, name => session.OverridableInitializerMetadata.ContainsKey(name) || session.InputMetadata.ContainsKey(name));
+            CheckFits(session, parameters, path);
+        }
         try { return isDirectory ? OrtLoraAdapter.Create(OnnxAdapterFile.Serialize(parameters), null) : OrtLoraAdapter.Create(path, null); }
         catch (OnnxRuntimeException e) { throw new OrtLoraException($"{path}: ONNX Runtime rejected the adapter ({e.Message})", e); }
     }
@@ -61,6 +65,27 @@ public static class RuntimeAdapters
         if (model.Graph.Initializer.Sum(Tensors.ByteSize) > 1_800_000_000L)
             throw new OrtLoraException($"{modelPath}: too large to prepare for runtime adapters in memory; inject it with --runtime-adapters");
         return new InferenceSession(model.ToBytes(), options);
+    }
+
+    /// <summary>A PEFT adapter's Hugging Face names on an ORT GenAI builder export (<see cref="GenAiNames"/>): a name the
+    /// model lacks is tried as the builder's (attn for self_attn), and q_proj / k_proj / v_proj as the parts of a
+    /// packed qkv_proj injected with --variant canonical. Names the model has are kept.</summary>
+    public static Dictionary<string, (float[] Values, long[] Shape)> ToBuilderNames(Dictionary<string, (float[] Values, long[] Shape)> parameters, Func<string, bool> exists)
+    {
+        var result = new Dictionary<string, (float[], long[])>();
+        foreach (var (name, value) in parameters)
+        {
+            var mapped = name;
+            if (!exists(name) && ModuleNames.ParseAdapterKey(name) is var (module, kind) && kind is "lora_A" or "lora_B")
+            {
+                var builder = GenAiNames.FromPeft(module);
+                string Key(string path, string? part = null) => kind == "lora_A" ? ModuleNames.LoraAKey(path, part) : ModuleNames.LoraBKey(path, part);
+                if (exists(Key(builder))) mapped = Key(builder);
+                else if (GenAiNames.PackedPart(builder) is var (packed, part) && exists(Key(packed, $".part{part}"))) mapped = Key(packed, $".part{part}");
+            }
+            result[mapped] = value;
+        }
+        return result;
     }
 
     /// <summary>Checks that every adapter parameter is an input of the session with the same shape, so a mismatch is

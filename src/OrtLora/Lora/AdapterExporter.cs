@@ -21,29 +21,51 @@ public static class AdapterExporter
             config.LoraAlpha *= config.UseRslora ? Math.Sqrt(2) : 2;
             config.Init = "kaiming";
         }
+        // ORT GenAI builder exports: Hugging Face names, and the packed qkv_proj as q_proj, k_proj and v_proj.
+        bool genAi = GenAiNames.Applies(model.Graph);
+        var graph = genAi ? new GraphEditor(model.Graph) : null;
+        var written = new List<string>();
         foreach (var group in lora.ByLayer())
         {
             var layer = LayerAdapter.Read(model, group);
+            var module = genAi ? GenAiNames.ToPeft(layer.Module) : layer.Module;
+            if (genAi && group[0].InitialA is null && group[0].Magnitude is null && GenAiNames.IsPacked(layer.Module)
+                && LinearLayers.FusedParts(graph!, group[0].Output, layer.Out) is { Length: 3 } widths)
+            {
+                foreach (var part in PackedParts(model, group, layer, widths))
+                {
+                    tensors[ModuleNames.LoraAKey(part.Module)] = SafeTensor.FromFloats([part.R, part.In], part.A);
+                    tensors[ModuleNames.LoraBKey(part.Module)] = SafeTensor.FromFloats([part.Out, part.R], part.B);
+                    RecordRankAndScale(config, part);
+                    written.Add(part.Module);
+                }
+                continue;
+            }
+            string keyA = genAi ? ModuleNames.LoraAKey(module) : group[0].LoraA, keyB = genAi ? ModuleNames.LoraBKey(module) : group[0].LoraB;
             if (group[0].InitialA is { } initialA)
             {
                 layer = RelativeToOriginal(model, layer, initialA, group[0].InitialB!);
-                tensors[group[0].LoraA] = SafeTensor.FromFloats([layer.R, layer.In], layer.A);
-                tensors[group[0].LoraB] = SafeTensor.FromFloats([layer.Out, layer.R], layer.B);
+                tensors[keyA] = SafeTensor.FromFloats([layer.R, layer.In], layer.A);
+                tensors[keyB] = SafeTensor.FromFloats([layer.Out, layer.R], layer.B);
             }
             else if (layer.IsCanonical)
             {
                 // One adapter per part of a fused layer is, exactly, one PEFT adapter of rank parts·r on the fused module.
-                tensors[ModuleNames.LoraAKey(layer.Module)] = SafeTensor.FromFloats([layer.R, layer.In], layer.A);
-                tensors[ModuleNames.LoraBKey(layer.Module)] = SafeTensor.FromFloats([layer.Out, layer.R], layer.B);
+                tensors[ModuleNames.LoraAKey(module)] = SafeTensor.FromFloats([layer.R, layer.In], layer.A);
+                tensors[ModuleNames.LoraBKey(module)] = SafeTensor.FromFloats([layer.Out, layer.R], layer.B);
             }
             else
             {
-                tensors[group[0].LoraA] = Raw(model, group[0].LoraA);
-                tensors[group[0].LoraB] = Raw(model, group[0].LoraB);
-                if (group[0].Magnitude is { } m) tensors[m] = Raw(model, m);
+                tensors[keyA] = Raw(model, group[0].LoraA);
+                tensors[keyB] = Raw(model, group[0].LoraB);
+                if (group[0].Magnitude is { } m) tensors[genAi ? ModuleNames.MagnitudeKey(module) : m] = Raw(model, m);
             }
-            RecordRankAndScale(config, layer);
+            RecordRankAndScale(config, layer with { Module = module });
+            written.Add(module);
         }
+        // target_modules must name what the Hugging Face model has; the builder's own names would match nothing there.
+        if (genAi && config.TargetModules is not ["all-linear"])
+            config.TargetModules = written.Select(ModuleNames.LastSegment).Distinct().ToList();
         foreach (var saved in lora.SavedModules)
         {
             var t = model.Graph.Initializer.First(i => i.Name == saved.Weight); // already in PyTorch's layout
@@ -65,6 +87,27 @@ public static class AdapterExporter
         if (config.RankFor(layer.Module) != layer.R) config.RankPattern[layer.Module] = layer.R;
         if (Math.Abs(config.ScaleFor(layer.Module, layer.R) - layer.Scale) > 1e-9 * Math.Abs(layer.Scale))
             config.AlphaPattern[layer.Module] = config.UseRslora ? layer.Scale * Math.Sqrt(layer.R) : layer.Scale * layer.R;
+    }
+
+    /// <summary>A packed q|k|v adapter as three Hugging Face modules: one adapter per part of a canonical one (a part
+    /// that is all zeros, as an import fills a part the PEFT adapter did not have, is left out), or a performant one's
+    /// A with each part's rows of B (exact: the part's rows of B·A).</summary>
+    static IEnumerable<LayerAdapter> PackedParts(OnnxModel model, IReadOnlyList<LoraAdapter> group, LayerAdapter layer, int[] widths)
+    {
+        long offset = 0;
+        for (int i = 0; i < widths.Length; offset += widths[i], i++)
+        {
+            var name = GenAiNames.ToPeft(layer.Module[..^"qkv_proj".Length] + GenAiNames.PackedParts[i]);
+            if (!layer.IsCanonical)
+            {
+                yield return layer with { Module = name, Out = widths[i], B = layer.B[(int)(offset * layer.R)..(int)((offset + widths[i]) * layer.R)] };
+                continue;
+            }
+            var e = group.Single(x => x.Part!.Index == i);
+            var (a, b) = (Raw(model, e.LoraA).AsFloats(), Raw(model, e.LoraB).AsFloats());
+            if (a.All(v => v == 0) && b.All(v => v == 0)) continue;
+            yield return layer with { Module = name, R = e.R, Out = widths[i], A = a, B = b };
+        }
     }
 
     static LayerAdapter RelativeToOriginal(OnnxModel model, LayerAdapter layer, string initialA, string initialB)

@@ -153,10 +153,26 @@ public static class LoraInjector
     {
         var plans = new List<Plan>();
         var taken = new Dictionary<LinearLayer, string>();
+        // ORT GenAI builder exports name attention attn.* and pack q, k, v into attn.qkv_proj (GenAiNames).
+        bool genAi = GenAiNames.Applies(model.Graph);
+        var packed = new Dictionary<LinearLayer, PeftAdapter.Module?[]>();
+        List<LinearLayer> Matching(string path) => layers.Where(l => l.Module == path || l.Module.EndsWith("." + path)).ToList();
         foreach (var m in adapter.Modules())
         {
             // The adapter's module path is relative to the Hugging Face model; the graph's may carry a wrapper prefix.
-            var matches = layers.Where(l => l.Module == m.Path || l.Module.EndsWith("." + m.Path)).ToList();
+            var matches = Matching(m.Path);
+            if (matches.Count == 0 && genAi)
+            {
+                var builderPath = GenAiNames.FromPeft(m.Path);
+                matches = Matching(builderPath);
+                if (matches.Count == 0 && GenAiNames.PackedPart(builderPath) is var (packedPath, part)
+                    && Matching(packedPath) is [{ Parts.Length: 3 } fused])
+                {
+                    if (m.M is not null) throw new OrtLoraException($"{adapter.WeightsPath}: '{m.Path}' is a DoRA module and {model.Source} packs it into '{fused.Module}'; DoRA on packed q, k, v is not supported");
+                    (packed.TryGetValue(fused, out var parts) ? parts : packed[fused] = new PeftAdapter.Module?[3])[part] = m;
+                    continue;
+                }
+            }
             if (matches.Count == 0)
                 throw new OrtLoraException($"{adapter.WeightsPath}: tensor '{m.KeyA}': no linear layer '{m.Path}' in {model.Source}");
             if (matches.Count > 1)
@@ -174,7 +190,33 @@ public static class LoraInjector
                 [new PartPlan(m.KeyA, m.A.AsFloats(), m.KeyB, m.B.AsFloats(), layer.Out, null)],
                 m.M is null ? null : (m.M.AsFloats(), Lora.Dora.WeightNormSquared(model, g, layer))));
         }
+        foreach (var (layer, parts) in packed) plans.Add(PackedPlan(model, adapter, layer, ModuleNames.Strip(layer.Module, prefix), parts));
         return plans.OrderBy(p => layers.IndexOf(p.Layer)).ToList();
+    }
+
+    /// <summary>q_proj, k_proj, v_proj adapters of a PEFT adapter on a packed qkv_proj: one adapter per part (canonical),
+    /// a part the adapter lacks as zeros (A and B zero stay zero in training, and export leaves them out again).</summary>
+    static Plan PackedPlan(OnnxModel model, PeftAdapter adapter, LinearLayer layer, string path, PeftAdapter.Module?[] parts)
+    {
+        var given = parts.OfType<PeftAdapter.Module>().ToList();
+        var ranks = given.Select(m => (int)m.A.Shape[0]).Distinct().ToList();
+        var scales = given.Select(m => adapter.Config.ScaleFor(m.Path, (int)m.A.Shape[0])).Distinct().ToList();
+        if (ranks.Count > 1 || scales.Count > 1)
+            throw new OrtLoraException($"{adapter.WeightsPath}: {string.Join(", ", given.Select(m => m.Path))} have different ranks or scales, and {model.Source} packs them into '{layer.Module}'");
+        int r = ranks[0];
+        var plans = new List<PartPlan>();
+        long offset = 0;
+        for (int i = 0; i < 3; offset += layer.Parts![i], i++)
+        {
+            long size = layer.Parts![i];
+            var part = new LoraPart(i, 3, offset, size);
+            string keyA = ModuleNames.LoraAKey(path, $".part{i}"), keyB = ModuleNames.LoraBKey(path, $".part{i}");
+            if (parts[i] is not { } m) { plans.Add(new PartPlan(keyA, new float[r * layer.In], keyB, new float[size * r], size, part)); continue; }
+            CheckShape(adapter, model, m.KeyA, m.A.Shape, [r, layer.In]);
+            CheckShape(adapter, model, m.KeyB, m.B.Shape, [size, r]);
+            plans.Add(new PartPlan(keyA, m.A.AsFloats(), keyB, m.B.AsFloats(), size, part));
+        }
+        return new Plan(layer, path, r, scales[0], plans);
     }
 
     static void CheckShape(PeftAdapter adapter, OnnxModel model, string key, long[] actual, long[] expected)

@@ -61,6 +61,51 @@ public class GenAiBuilderTests
         Assert.That(cached.UsesCache, Is.True);
     }
 
+    static float[] Logits(OnnxModel model) => OrtRun.Run(model, UnseenArchitectureTests.Feeds(GenAi), ["logits"])["logits"].Floats;
+
+    /// <summary>PEFT adapters use Hugging Face's names: the export of a builder model writes self_attn.* for attn.* and
+    /// the packed qkv_proj as q_proj, k_proj, v_proj (a performant adapter's A shared, B cut by rows); target_modules
+    /// lists those names. An adapter with only q_proj and v_proj (PEFT's default targets) injects into the packed layer
+    /// (k's part zero), computes what it should, and exports back to the same two modules.</summary>
+    [TestCase("performant")]
+    [TestCase("canonical")]
+    public void AdaptersTravelUnderHuggingFaceNames(string variant)
+    {
+        using var model = GenAi.Build();
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["qkv_proj", "o_proj"], R = 2, LoraAlpha = 4, Variant = variant });
+        LoraTestKit.RandomizeB(model, std: 0.3f);
+        var exported = AdapterExporter.Export(model);
+        var modules = exported.Modules().Select(m => m.Path).ToList();
+        Assert.That(modules, Is.EquivalentTo(new[]
+        {
+            "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj", "model.layers.0.self_attn.o_proj",
+            "model.layers.1.self_attn.o_proj",
+        }), "layer 1's q, k, v are MatMuls of their own, not targeted by qkv_proj");
+        Assert.That(exported.Config.TargetModules, Is.EquivalentTo(new[] { "q_proj", "k_proj", "v_proj", "o_proj" }));
+        var k = exported.Modules().Single(m => m.Path.EndsWith("0.self_attn.k_proj"));
+        Assert.That(k.B.Shape, Is.EqualTo(new long[] { GenAiBuilderExport.KvHeads * GenAiBuilderExport.HeadSize, 2 }));
+        var adapted = Logits(model);
+
+        using (var reloaded = GenAi.Build())
+        {
+            LoraInjector.Inject(reloaded, exported);
+            Assert.That(Shared.MaxAbsDiff(Logits(reloaded), adapted), Is.LessThan(1e-5f), "re-injected");
+        }
+
+        // Without k_proj: the same as the model with k's rows of the update removed.
+        foreach (var key in exported.Tensors.Keys.Where(key => key.Contains("layers.0.self_attn.k_proj")).ToList()) exported.Tensors.Remove(key);
+        using var partial = GenAi.Build();
+        var lora = LoraInjector.Inject(partial, exported);
+        var packed = lora.Adapters.Where(a => a.Module == "model.layers.0.attn.qkv_proj").ToList();
+        Assert.That(packed.Select(a => a.Part!.Index), Is.EqualTo(new[] { 0, 1, 2 }));
+        var kB = partial.Graph.Initializer.Single(t => t.Name == packed[1].LoraB);
+        Assert.That(partial.ReadFloats(kB), Has.All.EqualTo(0f), "k's part is zero");
+        Assert.That(Shared.MaxAbsDiff(Logits(partial), adapted), Is.GreaterThan(1e-3f), "k's update is gone");
+        var again = AdapterExporter.Export(partial);
+        Assert.That(again.Modules().Select(m => m.Path), Has.None.Contains("k_proj").And.Some.EndsWith("0.self_attn.q_proj"));
+        foreach (var (key, tensor) in again.Tensors) Assert.That(tensor.AsFloats(), Is.EqualTo(exported.Tensors[key].AsFloats()), key);
+    }
+
     /// <summary>What the decomposition does not cover is one error each, naming the node.</summary>
     [Test]
     public void SlidingWindowIsRefusedByName()

@@ -17,7 +17,8 @@ public class UnseenModulesToSaveTests
     /// <summary>The head and the token embedding; only the embedding where the head is stored quantized (refused, below).</summary>
     static string[] Saved(Architecture arch) => arch.Name == "gpt-neox" ? ["embed_out", "embed_in"] : arch.QuantizedWeights ? ["embed_tokens"] : ["lm_head", "embed_tokens"];
 
-    static LoraConfig Config(Architecture arch) => new() { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4, ModulesToSave = [.. Saved(arch)] };
+    // Canonical on a GenAI builder export, whose packed qkv_proj then takes Hugging Face's q, k, v as runtime adapters.
+    static LoraConfig Config(Architecture arch) => new() { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4, ModulesToSave = [.. Saved(arch)], Variant = arch.GenAi ? "canonical" : "performant" };
     static LoraModel Inject(OnnxModel model, Architecture arch) => LoraInjector.Inject(model, Config(arch));
 
     /// <summary>The same computation in another session: float32 agrees to rounding, fp16 activations to a unit in the last place.</summary>

@@ -23,7 +23,7 @@ public class UnseenTrainableTokensTests
     {
         var tokens = new Dictionary<string, List<long>> { [""] = Tokens };
         if (!TiedHead(arch) && !arch.QuantizedWeights) tokens[Head(arch)] = [.. Tokens];
-        return new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4, TrainableTokenIndices = tokens };
+        return new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4, TrainableTokenIndices = tokens, Variant = arch.GenAi ? "canonical" : "performant" };
     }
 
     static float[] Logits(OnnxModel model, Architecture arch) => OrtRun.Run(model, UnseenArchitectureTests.Feeds(arch), ["logits"])["logits"].Floats;
