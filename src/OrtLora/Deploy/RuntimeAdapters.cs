@@ -41,12 +41,16 @@ public static class RuntimeAdapters
         bool isDirectory = Directory.Exists(path);
         if (!isDirectory && !File.Exists(path)) throw new OrtLoraException($"{path}: adapter not found");
         var parameters = isDirectory ? FromPeftDirectory(path, modelScale) : OnnxAdapterFile.Read(path);
+        bool renamed = false;
         if (session is not null)
         {
-            if (isDirectory) parameters = ToBuilderNames(parameters, name => session.OverridableInitializerMetadata.ContainsKey(name) || session.InputMetadata.ContainsKey(name));
+            var mapped = ToBuilderNames(parameters, name => session.OverridableInitializerMetadata.ContainsKey(name) || session.InputMetadata.ContainsKey(name));
+            renamed = !mapped.Keys.ToHashSet().SetEquals(parameters.Keys);
+            parameters = mapped;
             CheckFits(session, parameters, path);
         }
-        try { return isDirectory ? OrtLoraAdapter.Create(OnnxAdapterFile.Serialize(parameters), null) : OrtLoraAdapter.Create(path, null); }
+        // A file whose names the session knows under the builder's names goes to ORT re-serialized with those.
+        try { return isDirectory || renamed ? OrtLoraAdapter.Create(OnnxAdapterFile.Serialize(parameters), null) : OrtLoraAdapter.Create(path, null); }
         catch (OnnxRuntimeException e) { throw new OrtLoraException($"{path}: ONNX Runtime rejected the adapter ({e.Message})", e); }
     }
 

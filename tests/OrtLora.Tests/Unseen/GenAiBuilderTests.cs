@@ -92,6 +92,12 @@ public class GenAiBuilderTests
             Assert.That(Shared.MaxAbsDiff(Logits(reloaded), adapted), Is.LessThan(1e-5f), "re-injected");
         }
 
+        if (variant == "canonical")
+            foreach (var asFile in new[] { false, true })
+                Assert.That(Shared.MaxAbsDiff(UnseenArchitectureTests.RuntimeAdapterLogits(GenAi, exported,
+                    new LoraConfig { TargetModules = ["qkv_proj", "o_proj"], R = 2, LoraAlpha = 4, Variant = variant }, asFile), adapted),
+                    Is.LessThan(1e-5f), asFile ? "an .onnx_adapter file" : "a PEFT directory, as a runtime adapter");
+
         // Without k_proj: the same as the model with k's rows of the update removed.
         foreach (var key in exported.Tensors.Keys.Where(key => key.Contains("layers.0.self_attn.k_proj")).ToList()) exported.Tensors.Remove(key);
         using var partial = GenAi.Build();

@@ -121,7 +121,8 @@ public class UnseenArchitectureTests
 
     /// <summary>The exported adapter saved as a PEFT directory and activated through ONNX Runtime's adapter API on a
     /// freshly injected (zero-B) model whose LoRA parameters are overridable inputs.</summary>
-    internal static float[] RuntimeAdapterLogits(Architecture arch, PeftAdapter exported, LoraConfig? injected = null)
+    /// <param name="asFile">through an .onnx_adapter file written from the directory (`adapters convert`)</param>
+    internal static float[] RuntimeAdapterLogits(Architecture arch, PeftAdapter exported, LoraConfig? injected = null, bool asFile = false)
     {
         var dir = Shared.TempDir();
         try
@@ -131,7 +132,13 @@ public class UnseenArchitectureTests
             var lora = LoraInjector.Inject(model, injected ?? new LoraConfig { TargetModules = ["all-linear"], R = 4, LoraAlpha = 8 });
             Deploy.LoraRuntimeForm.MakeOverridable(model);
             using var session = new InferenceSession(model.ToBytes(), OrtRun.DefaultOptions());
-            using var adapter = Deploy.RuntimeAdapters.Load(dir, session, lora.Config.Scale);
+            var path = dir;
+            if (asFile)
+            {
+                path = Path.Combine(dir, "adapter.onnx_adapter");
+                File.WriteAllBytes(path, Deploy.OnnxAdapterFile.Serialize(Deploy.RuntimeAdapters.FromPeftDirectory(dir, lora.Config.Scale)));
+            }
+            using var adapter = Deploy.RuntimeAdapters.Load(path, session, lora.Config.Scale);
             using var runOptions = new RunOptions();
             runOptions.AddActiveLoraAdapter(adapter);
             var feeds = Feeds(arch);

@@ -45,4 +45,23 @@ public sealed partial class TrainingGraph
         if (scalesLoss) logitsGradient = g.Add("Mul", [logitsGradient, LossScale], name: "loss/scale");
         return new() { [loss.Logits] = logitsGradient };
     }
+
+    /// <summary>Whether the head (the first MatMul/Gemm on the way back from the logits) reads a weight computed from a
+    /// parameter: a modules_to_save copy, or a table with trainable token rows.</summary>
+    static bool HeadIsTrained(GraphEditor g, string logits, IReadOnlyList<string> parameters)
+    {
+        var node = g.Producer(logits);
+        while (node is not null && node.OpType is not ("MatMul" or "Gemm")) node = node.Input.Count > 0 ? g.Producer(node.Input[0]) : null;
+        if (node is null) return false;
+        var trained = parameters.ToHashSet();
+        var seen = new HashSet<string>();
+        var pending = new Stack<string>([node.Input[1]]);
+        while (pending.TryPop(out var value))
+        {
+            if (trained.Contains(value)) return true;
+            if (!seen.Add(value) || g.Producer(value) is not { } producer) continue;
+            foreach (var input in producer.Input.Where(i => i != "")) pending.Push(input);
+        }
+        return false;
+    }
 }
