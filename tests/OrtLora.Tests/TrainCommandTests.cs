@@ -128,6 +128,34 @@ public class TrainCommandTests
             "65 batches of 4 rows");
     }
 
+    /// <summary>--dataloader-drop-last drops the eval's partial last batch too, as the Trainer's eval dataloader does; each
+    /// evaluation logs the Trainer's eval_runtime, eval_samples_per_second and eval_steps_per_second.</summary>
+    [Test]
+    public void DropLastAppliesToEvaluationToo()
+    {
+        long rows;
+        using (var eval = Training.Data.ParquetDataset.Open(Tiny("demo_eval.parquet"))) rows = eval.RowCount;
+        const int batch = 7;
+        Assert.That(rows % batch, Is.Not.Zero, "the eval set ends in a partial batch");
+        (long Samples, long Steps, double Loss) Eval(params string[] extra)
+        {
+            var dir = Shared.TempDir();
+            var args = TrainArgs(dir, ["--eval-data", Tiny("demo_eval.parquet"), "--per-device-eval-batch-size", $"{batch}", "--max-steps", "1", .. extra]);
+            OrtloraOk(args);
+            var first = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!).First(m => m["eval_loss"] is not null);
+            double runtime = first["eval_runtime"]!.GetValue<double>();
+            return ((long)Math.Round(first["eval_samples_per_second"]!.GetValue<double>() * runtime),
+                (long)Math.Round(first["eval_steps_per_second"]!.GetValue<double>() * runtime), first["eval_loss"]!.GetValue<double>());
+        }
+        var all = Eval();
+        var dropped = Eval("--dataloader-drop-last");
+        Assert.That(all.Samples, Is.EqualTo(rows).Within(1).Percent);
+        Assert.That(all.Steps, Is.EqualTo((rows + batch - 1) / batch));
+        Assert.That(dropped.Samples, Is.EqualTo(rows / batch * batch).Within(1).Percent);
+        Assert.That(dropped.Steps, Is.EqualTo(rows / batch));
+        Assert.That(dropped.Loss, Is.Not.EqualTo(all.Loss).Within(1e-6), "the last rows are not scored");
+    }
+
     // Instruction data (prompt masked) and plain text (every token labelled, so column 0 must not be counted).
     [TestCase("demo")]
     [TestCase("text")]

@@ -38,7 +38,7 @@ public static class Evaluator
         // Every row of the file is evaluation data: it is opened as the eval file, with no split of a training file.
         using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false }, dataPath, TokenizerConfig.Read(tokenizerDir));
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary));
-        var (loss, tokens, batches) = Trainer.Score(session, data);
+        var (loss, tokens, batches, _) = Trainer.Score(session, data);
         if (tokens == 0) throw new OrtLoraException($"{dataPath}: no token to score ({data.Summary})");
         return new EvalResult(loss, tokens, batches, data.Summary.ToString());
     }

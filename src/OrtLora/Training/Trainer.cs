@@ -122,8 +122,15 @@ public static class Trainer
         int lastEvalStep = -1;
         double EvaluateAt(int step)
         {
-            double loss = Evaluate(session, data);
-            log.Append(new JsonObject { ["step"] = step, ["eval_loss"] = loss, ["perplexity"] = Math.Exp(loss) });
+            var clock = Stopwatch.StartNew();
+            var (loss, _, evalBatches, samples) = Score(session, data);
+            double runtime = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
+            // The Trainer's evaluate() names, plus perplexity.
+            log.Append(new JsonObject
+            {
+                ["step"] = step, ["eval_loss"] = loss, ["perplexity"] = Math.Exp(loss), ["eval_runtime"] = Math.Round(runtime, 4),
+                ["eval_samples_per_second"] = Math.Round(samples / runtime, 3), ["eval_steps_per_second"] = Math.Round(evalBatches / runtime, 3),
+            });
             reporter.Evaluated(step, loss);
             lastEvalStep = step;
             return loss;
@@ -251,20 +258,21 @@ public static class Trainer
     /// <summary>Mean loss over all counted eval tokens.</summary>
     public static double Evaluate(TrainingSession session, TrainingData data) => Score(session, data).Loss;
 
-    /// <summary>The eval loss with the tokens it counted and the batches it ran, in one pass over the eval data.</summary>
-    public static (double Loss, long Tokens, int Batches) Score(TrainingSession session, TrainingData data)
+    /// <summary>The eval loss with the tokens it counted, the batches it ran and their rows, in one pass over the eval data.</summary>
+    public static (double Loss, long Tokens, int Batches, long Samples) Score(TrainingSession session, TrainingData data)
     {
         double sum = 0;
-        long tokens = 0;
+        long tokens = 0, samples = 0;
         int batches = 0;
         foreach (var b in data.EvalBatches())
         {
             if (b.LossTokens == 0) continue;
             sum += session.EvalLoss(ToEngine(b)) * (double)b.LossTokens;
             tokens += b.LossTokens;
+            samples += b.Sequences;
             batches++;
         }
-        return (tokens == 0 ? double.NaN : sum / tokens, tokens, batches);
+        return (tokens == 0 ? double.NaN : sum / tokens, tokens, batches, samples);
     }
 
     /// <summary>The epoch as the Trainer logs it, fractional: the share of the epoch's rows used so far.</summary>

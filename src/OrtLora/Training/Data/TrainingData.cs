@@ -15,7 +15,7 @@ public sealed record DataOptions
     public bool Packing { get; init; }
     /// <summary>The Trainer's group_by_length: batches of similar lengths (less padding), see <see cref="Batching.GroupedByLength"/>.</summary>
     public bool GroupByLength { get; init; }
-    /// <summary>The Trainer's dataloader_drop_last: an epoch's last batch is left out when it has fewer rows.</summary>
+    /// <summary>The Trainer's dataloader_drop_last: an epoch's (and an evaluation's) last batch is left out when it has fewer rows.</summary>
     public bool DropLast { get; init; }
     /// <summary>Pad every batch to MaxSeqLength and to BatchSize rows (the tokenizers' padding="max_length"): one batch
     /// shape for the whole run.</summary>
@@ -106,15 +106,16 @@ public sealed class TrainingData : IDisposable
 
     /// <summary>With <see cref="DataOptions.DropLast"/>, the batches that hold fewer rows than the batch size (only ever
     /// an epoch's last: grouping sorts within groups of whole batches).</summary>
-    IEnumerable<Batch> DropPartial(IEnumerable<Batch> batches) =>
-        Options.DropLast ? batches.Where(b => b.Sequences >= Options.BatchSize) : batches;
+    IEnumerable<Batch> DropPartial(IEnumerable<Batch> batches, int? batchSize = null) =>
+        Options.DropLast ? batches.Where(b => b.Sequences >= (batchSize ?? Options.BatchSize)) : batches;
 
     /// <summary>Batches for evaluation: the eval file, or the held-out rows, in file order (never packed). The eval
-    /// examples are tokenized on the first call and kept, so later evaluations do not read the files again.</summary>
+    /// examples are tokenized on the first call and kept, so later evaluations do not read the files again. As the
+    /// Trainer's eval dataloader, drop_last leaves out a last batch with fewer rows.</summary>
     public IEnumerable<Batch> EvalBatches()
     {
         _evalExamples ??= [.. Tokenize(EvalRows().Select(r => (r.Index, r.Record, r.Index + 1)))];
-        return Batching.Batches(Batching.Single(_evalExamples), Options.EvalBatchSize, Tokenizer.PadId, 0, FixedLength);
+        return DropPartial(Batching.Batches(Batching.Single(_evalExamples), Options.EvalBatchSize, Tokenizer.PadId, 0, FixedLength), Options.EvalBatchSize);
     }
 
     List<(TokenizedExample, long)>? _evalExamples;
