@@ -8,6 +8,16 @@ public sealed class LoraOptions
 {
     public Option<int> R { get; } = new("--r") { Description = "rank of the update B·A", DefaultValueFactory = _ => 8 };
     public Option<double> Alpha { get; } = new("--lora-alpha") { Description = "the update is scaled by lora_alpha / r", DefaultValueFactory = _ => 16 };
+    public Option<string> RankPattern { get; } = new("--rank-pattern")
+    {
+        Description = "PEFT's rank_pattern: NAME=r pairs, comma-separated (semicolons when a regex has commas); NAME is a module name or regex matched against the end of the module path",
+        DefaultValueFactory = _ => "",
+    };
+    public Option<string> AlphaPattern { get; } = new("--alpha-pattern")
+    {
+        Description = "PEFT's alpha_pattern: NAME=lora_alpha pairs, as --rank-pattern",
+        DefaultValueFactory = _ => "",
+    };
     public Option<string> Targets { get; } = new("--target-modules")
     {
         Description = "comma-separated module names (matched like PEFT: the module path ends with .NAME), all-linear, or one regex (full match); default: PEFT's default for the architecture (q_proj,v_proj; c_attn for GPT-2 ...)",
@@ -53,7 +63,7 @@ public sealed class LoraOptions
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { R, Alpha, Targets, Exclude, ModulesToSave, TrainableTokens, Layers, LayersPattern, Variant, Dropout, Rslora, UseDora, Init, LoftqBits, LoftqIter, Seed, InitFrom }) command.Options.Add(o);
+        foreach (var o in new Option[] { R, Alpha, RankPattern, AlphaPattern, Targets, Exclude, ModulesToSave, TrainableTokens, Layers, LayersPattern, Variant, Dropout, Rslora, UseDora, Init, LoftqBits, LoftqIter, Seed, InitFrom }) command.Options.Add(o);
     }
 
     public LoraConfig Read(ParseResult parse)
@@ -65,7 +75,9 @@ public sealed class LoraOptions
             Init = parse.GetValue(Init) is "true" ? "kaiming" : parse.GetValue(Init)!, Seed = parse.GetValue(Seed), ExcludeModules = ParseTargets(parse.GetValue(Exclude)!),
             LayersToTransform = ParseLayers(parse.GetValue(Layers)!),
             ModulesToSave = parse.GetValue(ModulesToSave)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),
-            TrainableTokenIndices = ParseTokens(parse.GetValue(TrainableTokens)!), LoftqBits = parse.GetValue(LoftqBits), LoftqIter = parse.GetValue(LoftqIter),
+            TrainableTokenIndices = ParseTokens(parse.GetValue(TrainableTokens)!),
+            RankPattern = ParsePattern<int>("--rank-pattern", parse.GetValue(RankPattern)!, v => int.TryParse(v, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var r) && r >= 1 ? r : (int?)null),
+            AlphaPattern = ParsePattern<double>("--alpha-pattern", parse.GetValue(AlphaPattern)!, v => double.TryParse(v, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var a) && a > 0 ? a : (double?)null), LoftqBits = parse.GetValue(LoftqBits), LoftqIter = parse.GetValue(LoftqIter),
             LayersPattern = parse.GetValue(LayersPattern)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),
         };
         if (config.LayersPattern.Count > 0 && config.LayersToTransform.Count == 0)
@@ -80,6 +92,23 @@ public sealed class LoraOptions
         text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
             int.TryParse(t, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var i) ? i
                 : throw new OrtLoraException($"--layers-to-transform: '{t}' is not a layer index (expected e.g. 0,1,2)")).ToList();
+
+    /// <summary>"q_proj=16,down_proj=4" (or ';'-separated) → the pattern dictionary; a key is checked as a regex.</summary>
+    static Dictionary<string, T> ParsePattern<T>(string option, string text, Func<string, T?> value) where T : struct
+    {
+        var result = new Dictionary<string, T>();
+        foreach (var pair in text.Split(text.Contains(';') ? ';' : ',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            int eq = pair.LastIndexOf('=');
+            var key = eq > 0 ? pair[..eq].Trim() : "";
+            if (key == "" || value(pair[(eq + 1)..].Trim()) is not { } v)
+                throw new OrtLoraException($"{option}: '{pair}' is not NAME=value (expected e.g. q_proj=16 with a positive value)");
+            try { _ = new System.Text.RegularExpressions.Regex(key); }
+            catch (ArgumentException e) { throw new OrtLoraException($"{option}: '{key}' is not a valid regular expression ({e.Message})"); }
+            result[key] = v;
+        }
+        return result;
+    }
 
     /// <summary>"5,6,7" → the token embedding's ids (key ""); "embed_tokens=5,6;lm_head=5,6" → ids by module.</summary>
     public static Dictionary<string, List<long>> ParseTokens(string text)

@@ -88,6 +88,33 @@ public class LoraInjectTests
         Assert.That(lora.Config.ToPeftJson()["init_lora_weights"]!.GetValue<string>(), Is.EqualTo("gaussian"), "as PEFT records it");
     }
 
+    /// <summary>--rank-pattern / --alpha-pattern (PEFT's rank_pattern, alpha_pattern): a name or a regex matched against
+    /// the end of the module path gives that module its own r and lora_alpha; the exported config keeps the patterns, so
+    /// PEFT builds the same shapes; a malformed pair is one error.</summary>
+    [Test]
+    public void RankAndAlphaPatternsGiveModulesTheirOwn()
+    {
+        var output = Path.Combine(Shared.TempDir(), "injected.onnx");
+        OrtloraOk("inject", Shared.Peft("llama", "model.dynamo.onnx"), "-o", output, "--r", "4", "--lora-alpha", "8", "--target-modules", "q_proj,v_proj",
+            "--rank-pattern", @"q_proj=8,layers\.1\.self_attn\.v_proj=2", "--alpha-pattern", "v_proj=6");
+        using var model = OnnxModel.Load(output);
+        var lora = LoraModel.Read(model)!;
+        var byModule = lora.Adapters.ToDictionary(a => a.Module, a => (a.R, a.Scale));
+        Assert.That(byModule["model.layers.0.self_attn.q_proj"], Is.EqualTo((8, 1.0)), "r 8, alpha 8");
+        Assert.That(byModule["model.layers.0.self_attn.v_proj"], Is.EqualTo((4, 1.5)), "r 4, alpha 6");
+        Assert.That(byModule["model.layers.1.self_attn.v_proj"], Is.EqualTo((2, 3.0)), "r 2, alpha 6");
+        Assert.That(model.Graph.Initializer.Single(t => t.Name == ModuleNames.LoraAKey("model.layers.0.self_attn.q_proj")).Dims, Is.EqualTo(new long[] { 8, 64 }));
+        var json = AdapterExporter.Export(model).Config.ToPeftJson();
+        Assert.That(json["rank_pattern"]!.AsObject().Select(p => (p.Key, p.Value!.GetValue<int>())), Is.EquivalentTo(new[] { ("q_proj", 8), (@"layers\.1\.self_attn\.v_proj", 2) }));
+        Assert.That(json["alpha_pattern"]!["v_proj"]!.GetValue<double>(), Is.EqualTo(6));
+        foreach (var (option, bad) in new[] { ("--rank-pattern", "q_proj"), ("--rank-pattern", "q_proj=0"), ("--alpha-pattern", "(=2") })
+        {
+            var result = Ortlora("inject", Shared.Peft("llama", "model.dynamo.onnx"), "-o", output + ".bad", option, bad);
+            Assert.That(result.ExitCode, Is.Not.Zero, bad);
+            Assert.That(result.Error, Does.Contain(option + ": '"), bad);
+        }
+    }
+
     [Test]
     public void SameSeedSameAdapterOtherSeedOther()
     {
