@@ -38,6 +38,11 @@ public sealed class LoraOptions
         Description = "token ids whose embedding rows train, as PEFT's trainable_token_indices: 5,6,7 (the token embedding) or MODULE=ids;MODULE=ids (e.g. embed_tokens=5,6;lm_head=5,6 for an untied head)",
         DefaultValueFactory = _ => "",
     };
+    public Option<string> Bias { get; } = new("--bias")
+    {
+        Description = "PEFT's bias: none, all (every bias trains too) or lora_only (the adapted layers' biases); trained biases change the base model when merged",
+        DefaultValueFactory = _ => "none",
+    };
     public Option<string> Layers { get; } = new("--layers-to-transform") { Description = "only these layer indices, comma-separated (the N of layers.N.)", DefaultValueFactory = _ => "" };
     public Option<string> LayersPattern { get; } = new("--layers-pattern") { Description = "the module-path segment before the layer index (layers, h, blocks ...; default: the last NAME.N.)", DefaultValueFactory = _ => "" };
     public Option<string> Variant { get; } = new("--variant") { Description = "fused projections (GPT-2 c_attn, Phi-3 qkv_proj): performant = one adapter, canonical = one per part", DefaultValueFactory = _ => "performant" };
@@ -58,12 +63,13 @@ public sealed class LoraOptions
     public LoraOptions()
     {
         Variant.AcceptOnlyFromAmong("performant", "canonical");
+        Bias.AcceptOnlyFromAmong(TrainedBiases.Options);
         LoftqBits.AcceptOnlyFromAmong("4", "8");
     }
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { R, Alpha, RankPattern, AlphaPattern, Targets, Exclude, ModulesToSave, TrainableTokens, Layers, LayersPattern, Variant, Dropout, Rslora, UseDora, Init, LoftqBits, LoftqIter, Seed, InitFrom }) command.Options.Add(o);
+        foreach (var o in new Option[] { R, Alpha, RankPattern, AlphaPattern, Bias, Targets, Exclude, ModulesToSave, TrainableTokens, Layers, LayersPattern, Variant, Dropout, Rslora, UseDora, Init, LoftqBits, LoftqIter, Seed, InitFrom }) command.Options.Add(o);
     }
 
     public LoraConfig Read(ParseResult parse)
@@ -75,7 +81,7 @@ public sealed class LoraOptions
             Init = parse.GetValue(Init) is "true" ? "kaiming" : parse.GetValue(Init)!, Seed = parse.GetValue(Seed), ExcludeModules = ParseTargets(parse.GetValue(Exclude)!),
             LayersToTransform = ParseLayers(parse.GetValue(Layers)!),
             ModulesToSave = parse.GetValue(ModulesToSave)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),
-            TrainableTokenIndices = ParseTokens(parse.GetValue(TrainableTokens)!),
+            TrainableTokenIndices = ParseTokens(parse.GetValue(TrainableTokens)!), Bias = parse.GetValue(Bias)!,
             RankPattern = ParsePattern<int>("--rank-pattern", parse.GetValue(RankPattern)!, v => int.TryParse(v, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var r) && r >= 1 ? r : (int?)null),
             AlphaPattern = ParsePattern<double>("--alpha-pattern", parse.GetValue(AlphaPattern)!, v => double.TryParse(v, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var a) && a > 0 ? a : (double?)null), LoftqBits = parse.GetValue(LoftqBits), LoftqIter = parse.GetValue(LoftqIter),
             LayersPattern = parse.GetValue(LayersPattern)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),

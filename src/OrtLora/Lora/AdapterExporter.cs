@@ -71,6 +71,11 @@ public static class AdapterExporter
             var t = model.Graph.Initializer.First(i => i.Name == saved.Weight); // already in PyTorch's layout
             tensors[ModulesToSave.PeftKey(saved.Module)] = SafeTensor.FromFloats(t.Dims.ToArray(), model.ReadFloats(t));
         }
+        foreach (var bias in lora.TrainedBiases)
+        {
+            var t = model.Graph.Initializer.First(i => i.Name == bias.Weight); // named by PEFT's key already
+            tensors[bias.Weight] = SafeTensor.FromFloats(t.Dims.ToArray(), model.ReadFloats(t));
+        }
         foreach (var rows in lora.TrainableTokens)
         {
             var t = model.Graph.Initializer.First(i => i.Name == rows.Rows); // named by PEFT's key already

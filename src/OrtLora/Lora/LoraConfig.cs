@@ -44,6 +44,8 @@ public sealed class LoraConfig
     /// <summary>PEFT's trainable_token_indices: module name → token ids whose rows train; the key "" (PEFT's list
     /// form) is the token embedding.</summary>
     public Dictionary<string, List<long>> TrainableTokenIndices { get; set; } = new();
+    /// <summary>PEFT's bias: "none", "all" (every bias trains) or "lora_only" (the adapted layers' biases).</summary>
+    public string Bias { get; set; } = "none";
 
     /// <summary>PEFT's per-module overrides of r and lora_alpha: key = module name or regex, matched as PEFT
     /// matches them (the key matches the end of the module path at a dot boundary).</summary>
@@ -91,7 +93,7 @@ public sealed class LoraConfig
         ["layers_pattern"] = LayersPattern.Count switch { 0 => null, 1 => LayersPattern[0], _ => new JsonArray(LayersPattern.Select(t => (JsonNode)t).ToArray()) },
         ["use_rslora"] = UseRslora,
         ["fan_in_fan_out"] = FanInFanOut,
-        ["bias"] = "none",
+        ["bias"] = Bias,
         ["init_lora_weights"] = Init is "gaussian" or "loftq" ? Init : true,
         ["loftq_config"] = Init == "loftq" ? new JsonObject { ["loftq_bits"] = LoftqBits, ["loftq_iter"] = LoftqIter } : new JsonObject(),
         ["use_dora"] = UseDora,
@@ -131,6 +133,7 @@ public sealed class LoraConfig
         c.TargetModules = json["target_modules"] is null ? throw new OrtLoraException($"{path}: target_modules is missing") : ReadNamesOrRegex(json["target_modules"]);
         c.ExcludeModules = ReadNamesOrRegex(json["exclude_modules"]);
         c.ModulesToSave = ReadNamesOrRegex(json["modules_to_save"]);
+        c.Bias = json["bias"]?.GetValue<string>() ?? "none";
         c.TrainableTokenIndices = json["trainable_token_indices"] switch
         {
             JsonArray a => new() { [""] = a.Select(x => x!.GetValue<long>()).ToList() },

@@ -34,6 +34,7 @@ public static class LoraInjector
                 "(an Optimum merged decoder, decoder_model_merged.onnx?); export without merging (optimum-cli export onnx without --legacy gives model.onnx) and inject that");
         if (layers.Count == 0) throw new OrtLoraException($"{model.Source}: no linear layer (MatMul/Gemm with a 2-D weight initializer) found");
         var prefix = ModuleNames.WrapperPrefix(layers.Select(l => l.Module).ToList());
+        var layerBiases = TrainedBiases.OfLayers(g, layers); // before the LoRA Adds sit between the MatMuls and their biases
         var plans = peft is null ? PlanFresh(model, g, config, layers, prefix) : PlanFromPeft(model, g, peft, layers, prefix);
         var adapters = new List<LoraAdapter>();
         var added = new Dictionary<NodeProto, List<NodeProto>>();
@@ -63,7 +64,8 @@ public static class LoraInjector
         var adapted = plans.Select(p => p.Layer.Node).ToHashSet();
         var saved = ModulesToSave.Apply(model, new GraphEditor(model.Graph), config.ModulesToSave, layers, prefix, adapted, peft?.Tensors, peft?.WeightsPath);
         var tokens = TrainableTokens.Apply(model, new GraphEditor(model.Graph), config.TrainableTokenIndices, layers, prefix, adapted, saved, peft?.Tensors, peft?.WeightsPath);
-        var lora = new LoraModel { Config = config, Adapters = adapters, SavedModules = saved, TrainableTokens = tokens };
+        var biases = TrainedBiases.Apply(model, new GraphEditor(model.Graph), config.Bias, layerBiases, layers, adapted, prefix, peft?.Tensors, peft?.WeightsPath);
+        var lora = new LoraModel { Config = config, Adapters = adapters, SavedModules = saved, TrainableTokens = tokens, TrainedBiases = biases };
         lora.Write(model.Proto);
         return lora;
     }

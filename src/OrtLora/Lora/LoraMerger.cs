@@ -53,6 +53,15 @@ public static class LoraMerger
             g.ReplaceUses(saved.StandsFor, name);
             removedInitializers.Add(saved.Weight);
         }
+        foreach (var bias in lora.TrainedBiases)
+        {
+            // The trained bias back under the original's name and type, read where the original was.
+            var trained = g.Initializer(bias.Weight) ?? throw new OrtLoraException($"{model.Source}: the trained bias '{bias.Weight}' is missing");
+            g.AddInitializer(Tensors.FromFloats(bias.Original, trained.Dims.ToArray(), model.ReadFloats(trained), bias.DataType));
+            g.ReplaceUses(bias.StandsFor, bias.Original);
+            removedNodes.UnionWith(bias.Nodes);
+            removedInitializers.Add(bias.Weight);
+        }
         foreach (var tokens in lora.TrainableTokens)
         {
             // The trained rows written into the table itself, which its readers read again.

@@ -65,6 +65,8 @@ public sealed class LoraModel
     public List<SavedModule> SavedModules { get; init; } = [];
     /// <summary>trainable_token_indices: the tables with trainable rows (<see cref="Lora.TrainableTokens"/>).</summary>
     public List<TokenRows> TrainableTokens { get; init; } = [];
+    /// <summary>bias "all" / "lora_only": the biases trained in place (<see cref="Lora.TrainedBiases"/>).</summary>
+    public List<TrainedBias> TrainedBiases { get; init; } = [];
 
     /// <summary>The adapters of a model, or null when it has none (not injected).</summary>
     public static LoraModel? Read(OnnxModel model) => Read(model.Proto, model.Source);
@@ -83,6 +85,7 @@ public sealed class LoraModel
                 Adapters = node["adapters"]!.Deserialize<List<LoraAdapter>>(Json)!,
                 SavedModules = node["saved_modules"]?.Deserialize<List<SavedModule>>(Json) ?? [],
                 TrainableTokens = node["trainable_tokens"]?.Deserialize<List<TokenRows>>(Json) ?? [],
+                TrainedBiases = node["trained_biases"]?.Deserialize<List<TrainedBias>>(Json) ?? [],
             };
         }
         catch (Exception e) when (e is JsonException or InvalidOperationException or NullReferenceException)
@@ -98,6 +101,7 @@ public sealed class LoraModel
         ["adapters"] = JsonSerializer.SerializeToNode(Adapters, Json),
         ["saved_modules"] = SavedModules.Count == 0 ? null : JsonSerializer.SerializeToNode(SavedModules, Json),
         ["trainable_tokens"] = TrainableTokens.Count == 0 ? null : JsonSerializer.SerializeToNode(TrainableTokens, Json),
+        ["trained_biases"] = TrainedBiases.Count == 0 ? null : JsonSerializer.SerializeToNode(TrainedBiases, Json),
     }.ToJsonString();
 
     public void Write(ModelProto proto)

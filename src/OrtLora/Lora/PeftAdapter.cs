@@ -38,7 +38,7 @@ public sealed class PeftAdapter
         var m = new Dictionary<string, string>();
         foreach (var key in Tensors.Keys)
         {
-            if (IsSavedModuleKey(key) || TrainableTokens.IsRows(key)) continue;
+            if (IsSavedModuleKey(key) || TrainableTokens.IsRows(key) || Config.Bias != "none" && TrainedBiases.IsBias(key)) continue;
             var parsed = ModuleNames.ParseAdapterKey(key)
                 ?? throw new OrtLoraException($"{WeightsPath}: tensor '{key}' is not a LoRA A/B weight or DoRA magnitude; ortlora imports LoRA and DoRA adapters only");
             (parsed.Kind switch { "lora_A" => a, "lora_B" => b, _ => m })[parsed.Module] = key;

@@ -51,9 +51,9 @@ public sealed partial class TrainingGraph : IDisposable
     int Opset { get; }
 
     /// <summary>What training updates by default: LoRA's A and B, DoRA's magnitudes, the weights of modules_to_save, the
-    /// rows of trainable tokens.</summary>
+    /// rows of trainable tokens, the biases of bias="all"/"lora_only".</summary>
     public static bool IsTrainable(string name) => name.EndsWith(".lora_A.weight") || name.EndsWith(".lora_B.weight") || name.EndsWith(".lora_magnitude_vector")
-        || Lora.ModulesToSave.IsWeight(name) || Lora.TrainableTokens.IsRows(name);
+        || Lora.ModulesToSave.IsWeight(name) || Lora.TrainableTokens.IsRows(name) || Lora.TrainedBiases.IsBias(name);
 
     TrainingGraph(IReadOnlyList<string> parameters, Dictionary<string, long[]> shapes, Dictionary<string, float[]> values,
         IReadOnlyList<string> batchInputs, ModelProto eval, ModelProto gradients, SharedInitializers frozen, int opset)
@@ -188,7 +188,7 @@ public sealed partial class TrainingGraph : IDisposable
             throw new OrtLoraException($"{source}: the model already computes in float16; --bf16 converts float32 models (use --fp16)");
         // modules_to_save weights and trainable token rows stay float32 master weights that the half graph casts where it reads them: as graph
         // inputs during the conversion (float32 inputs take their reader's type), initializers again after it.
-        var saved = proto.Graph.Initializer.Where(t => Lora.ModulesToSave.IsWeight(t.Name) || Lora.TrainableTokens.IsRows(t.Name)).ToList();
+        var saved = proto.Graph.Initializer.Where(t => IsTrainable(t.Name) && !t.Name.Contains(".lora_")).ToList();
         foreach (var t in saved)
         {
             proto.Graph.Initializer.Remove(t);

@@ -1,0 +1,84 @@
+using Onnx;
+using OrtLora.Onnx;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Lora;
+
+/// <summary>One bias trained with the adapters (PEFT's bias="all" or "lora_only").</summary>
+/// <param name="Module">The PEFT path of the module it belongs to (a linear layer, a LayerNorm)</param>
+/// <param name="Weight">The trainable float32 bias under PEFT's key, <c>base_model.model.PATH.bias</c></param>
+/// <param name="Original">The initializer it replaced (merge writes it back under this name)</param>
+/// <param name="DataType">The original's type: a Cast follows the bias when it is not float32</param>
+/// <param name="StandsFor">The value the original's readers read now</param>
+public sealed record TrainedBias(string Module, string Weight, string Original, int DataType, string StandsFor, List<string> Nodes);
+
+/// <summary>PEFT's <c>bias</c> option: "lora_only" trains the biases of the adapted layers, "all" every bias of the
+/// model (each parameter named *.bias, as PEFT selects them, and every linear layer's), in place: the base model's
+/// biases change, and the adapter file carries them (<c>base_model.model.PATH.bias</c>).</summary>
+public static class TrainedBiases
+{
+    public static readonly string[] Options = ["none", "all", "lora_only"];
+    public static string PeftKey(string path) => ModuleNames.PeftKeyPrefix + path + ".bias";
+    public static bool IsBias(string name) =>
+        name.StartsWith(ModuleNames.PeftKeyPrefix, StringComparison.Ordinal) && name.EndsWith(".bias", StringComparison.Ordinal);
+
+    /// <summary>The bias initializer of each linear layer that has one (Gemm's C, or a constant vector added right after
+    /// a MatMul), by layer node: read before inject puts the LoRA Add between the MatMul and that Add.</summary>
+    public static Dictionary<NodeProto, string> OfLayers(GraphEditor g, IEnumerable<LinearLayer> layers)
+    {
+        // By reference: protobuf messages hash by content, and inject renames the layer's output afterwards.
+        var biases = new Dictionary<NodeProto, string>(ReferenceEqualityComparer.Instance);
+        foreach (var layer in layers)
+        {
+            var node = layer.Node;
+            string? bias = node.OpType == "Gemm" && node.Input.Count > 2 ? node.Input[2]
+                : g.Consumers(node.Output[0]) is [{ OpType: "Add" } add] ? add.Input.FirstOrDefault(i => i != node.Output[0]) : null;
+            if (bias is not null && g.Initializer(bias) is { Dims.Count: 1 } t && Tensors.IsFloat(t.DataType)) biases[node] = bias;
+        }
+        return biases;
+    }
+
+    /// <param name="layerBiases">from <see cref="OfLayers"/>, before injection</param>
+    /// <param name="adapted">the layers with a LoRA adapter (lora_only)</param>
+    /// <param name="values">PEFT tensors by key (an imported adapter), or null: the biases start as they are</param>
+    public static List<TrainedBias> Apply(OnnxModel model, GraphEditor g, string mode, Dictionary<NodeProto, string> layerBiases,
+        IReadOnlyList<LinearLayer> layers, IReadOnlySet<NodeProto> adapted, string prefix,
+        IReadOnlyDictionary<string, SafeTensor>? values = null, string? valuesSource = null)
+    {
+        if (!Options.Contains(mode)) throw new OrtLoraException($"bias '{mode}' is not one of {string.Join(", ", Options)}");
+        if (mode == "none") return [];
+        // initializer → module path
+        var chosen = new Dictionary<string, string>();
+        foreach (var layer in layers.Where(l => layerBiases.ContainsKey(l.Node) && (mode == "all" || adapted.Contains(l.Node))))
+            chosen.TryAdd(layerBiases[layer.Node], ModuleNames.Strip(layer.Module, prefix));
+        if (mode == "all")
+            foreach (var t in g.Graph.Initializer.Where(t => t.Name.EndsWith(".bias", StringComparison.Ordinal) && t.Dims.Count == 1 && Tensors.IsFloat(t.DataType)
+                         && !t.Name.StartsWith(ModuleNames.PeftKeyPrefix, StringComparison.Ordinal)).ToList())
+                chosen.TryAdd(t.Name, ModuleNames.Strip(t.Name[..^".bias".Length], prefix));
+        if (chosen.Count == 0) throw new OrtLoraException($"{model.Source}: bias '{mode}': the {(mode == "all" ? "model has" : "adapted layers have")} no bias to train");
+        var result = new List<TrainedBias>();
+        foreach (var (original, module) in chosen)
+        {
+            var t = g.Initializer(original)!;
+            var key = PeftKey(module);
+            float[] start;
+            if (values is null) start = model.ReadFloats(t);
+            else if (values.TryGetValue(key, out var given) && given.Shape.SequenceEqual(t.Dims)) start = given.AsFloats();
+            else throw new OrtLoraException($"{valuesSource}: bias is '{mode}' but " + (values.TryGetValue(key, out var wrong)
+                ? $"tensor '{key}' has shape [{string.Join(", ", wrong.Shape)}], the model's bias [{string.Join(", ", t.Dims)}]" : $"there is no tensor '{key}'"));
+            var weight = g.AddInitializer(Tensors.FromFloats(key, t.Dims.ToArray(), start));
+            var standsFor = weight;
+            var nodes = new List<string>();
+            if (t.DataType != (int)DT.Float)
+            {
+                standsFor = g.Add("Cast", [weight], name: module + "/bias/Cast", attributes: ("to", (long)t.DataType));
+                nodes.Add(g.Producer(standsFor)!.Name);
+            }
+            g.ReplaceUses(original, standsFor);
+            g.RemoveInitializer(original);
+            result.Add(new TrainedBias(module, weight, original, t.DataType, standsFor, nodes));
+        }
+        g.TopologicalSort();
+        return result;
+    }
+}
