@@ -16,7 +16,7 @@ public class UnseenBiasTests
     static LoraConfig Config(Architecture arch, string bias) =>
         new() { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4, Bias = bias, Variant = arch.GenAi ? "canonical" : "performant" };
 
-    static float[] Logits(OnnxModel model, Architecture arch) => OrtRun.Run(model, UnseenArchitectureTests.Feeds(arch), ["logits"])["logits"].Floats;
+    static float[] Logits(OnnxModel model, Architecture arch) => UnseenChecks.Logits(model, arch);
 
     [TestCaseSource(nameof(All))]
     public void TrainedBiasesExportAndMerge(Architecture arch)
@@ -44,20 +44,9 @@ public class UnseenBiasTests
         var trained = Logits(model, arch);
         Assert.That(Shared.MaxAbsDiff(trained, adaptersOnly), Is.GreaterThan(1e-2f), "the model reads the trained biases");
 
-        var exported = AdapterExporter.Export(model);
+        var exported = UnseenChecks.ExportReinjectAndMerge(arch, model, Config(arch, "all"), trained);
         Assert.That(exported.Config.Bias, Is.EqualTo("all"));
         Assert.That(exported.Tensors.Keys.Where(TrainedBiases.IsBias).ToList(), Has.Count.EqualTo(lora.TrainedBiases.Count));
-        using (var reloaded = arch.Build())
-        {
-            LoraInjector.Inject(reloaded, exported);
-            Assert.That(Shared.MaxAbsDiff(Logits(reloaded, arch), trained), Is.LessThan(arch.HalfActivations ? 4e-3f : 1e-5f), "re-injected");
-        }
-        Assert.That(Shared.MaxAbsDiff(UnseenArchitectureTests.RuntimeAdapterLogits(arch, exported, Config(arch, "all")), trained),
-            Is.LessThan(arch.HalfActivations ? 4e-3f : 1e-5f), "runtime adapter");
-        int layers = lora.ByLayer().Count();
-        LoraMerger.Merge(model);
-        Assert.That(Shared.MaxAbsDiff(Logits(model, arch), trained), Is.LessThan(arch.Name.Contains("fp16") ? 2e-2f : 1e-4f), "merged");
-        Assert.That(GraphEditor.OpHistogram(model.Graph), Is.EqualTo(arch.MergedHistogram(layers)));
         foreach (var (name, type) in originals)
             Assert.That(model.Graph.Initializer.Single(t => t.Name == name).DataType, Is.EqualTo(type), name);
     }
@@ -84,14 +73,7 @@ public class UnseenBiasTests
         foreach (var (weight, index, largest) in lora.TrainedBiases.SelectMany(b => grads[b.Weight].Select((v, i) => (b.Weight, i, v)))
                      .OrderByDescending(x => Math.Abs(x.v)).Take(3))
         {
-            double LossAt(double delta)
-            {
-                var moved = start.ToDictionary(kv => kv.Key, kv => (float[])kv.Value.Clone());
-                moved[weight][index] += (float)delta;
-                session.SetParameters(moved);
-                return session.EvalLoss(batch);
-            }
-            double numeric = (LossAt(5e-2) - LossAt(-5e-2)) / 0.1;
+            double numeric = UnseenChecks.CentralDifference(session, start, batch, weight, index, 5e-2);
             Assert.That(largest, Is.EqualTo(numeric).Within(3e-4 + 2e-2 * Math.Abs(numeric)), $"{weight}[{index}]");
         }
     }

@@ -21,10 +21,7 @@ public class UnseenModulesToSaveTests
     static LoraConfig Config(Architecture arch) => new() { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4, ModulesToSave = [.. Saved(arch)], Variant = arch.GenAi ? "canonical" : "performant" };
     static LoraModel Inject(OnnxModel model, Architecture arch) => LoraInjector.Inject(model, Config(arch));
 
-    /// <summary>The same computation in another session: float32 agrees to rounding, fp16 activations to a unit in the last place.</summary>
-    static float Exact(Architecture arch) => arch.HalfActivations ? 4e-3f : 1e-5f;
-
-    static float[] Logits(OnnxModel model, Architecture arch) => OrtRun.Run(model, UnseenArchitectureTests.Feeds(arch), ["logits"])["logits"].Floats;
+    static float[] Logits(OnnxModel model, Architecture arch) => UnseenChecks.Logits(model, arch);
 
     /// <summary>What training would do to the copies: small random changes, so that every later check can fail.</summary>
     static void Perturb(OnnxModel model, LoraModel lora, float std)
@@ -56,7 +53,7 @@ public class UnseenModulesToSaveTests
         var trained = Logits(model, arch);
         Assert.That(Shared.MaxAbsDiff(trained, adaptersOnly), Is.GreaterThan(1e-2f), "the model reads the copies");
 
-        var exported = AdapterExporter.Export(model);
+        var exported = UnseenChecks.ExportReinjectAndMerge(arch, model, Config(arch), trained);
         Assert.That(exported.Config.ModulesToSave, Is.EqualTo(Saved(arch)));
         foreach (var saved in lora.SavedModules)
         {
@@ -64,19 +61,6 @@ public class UnseenModulesToSaveTests
             // PyTorch's layout: an embedding is [vocabulary, hidden] and so is a head's nn.Linear weight [out, in].
             Assert.That(tensor.Shape, Is.EqualTo(new[] { Architectures.Vocab, Architectures.Hidden }), saved.Module);
         }
-        using (var reloaded = arch.Build())
-        {
-            LoraInjector.Inject(reloaded, exported);
-            Assert.That(Shared.MaxAbsDiff(Logits(reloaded, arch), trained), Is.LessThan(Exact(arch)), "exported adapter re-injected");
-        }
-
-        // Through ONNX Runtime's adapter API on a fresh injection, the copies overridden like A and B.
-        Assert.That(Shared.MaxAbsDiff(UnseenArchitectureTests.RuntimeAdapterLogits(arch, exported, Config(arch)), trained), Is.LessThan(Exact(arch)), "runtime adapter");
-
-        int layers = lora.ByLayer().Count();
-        LoraMerger.Merge(model);
-        Assert.That(Shared.MaxAbsDiff(Logits(model, arch), trained), Is.LessThan(arch.Name.Contains("fp16") ? 2e-2f : 1e-4f), "merged");
-        Assert.That(GraphEditor.OpHistogram(model.Graph), Is.EqualTo(arch.MergedHistogram(layers)), "merged graph has the original's ops");
         Assert.That(model.Graph.Initializer.Select(t => t.Name), Has.None.Contains("modules_to_save"));
         foreach (var saved in lora.SavedModules)
             Assert.That(model.Graph.Initializer.Where(t => t.Name.StartsWith(saved.Original)).Select(t => t.DataType), Has.All.EqualTo(types[saved.Original]),
@@ -105,15 +89,7 @@ public class UnseenModulesToSaveTests
             var (index, largest) = g.Select((v, i) => (i, v)).MaxBy(x => Math.Abs(x.v));
             // fp16 weights: the step is rounded to 11 bits where the copy is cast, so a longer one
             bool half = arch.Name.Contains("fp16");
-            double h = half ? 5e-2 : 1e-2;
-            double LossAt(double delta)
-            {
-                var moved = start.ToDictionary(kv => kv.Key, kv => (float[])kv.Value.Clone());
-                moved[saved.Weight][index] += (float)delta;
-                session.SetParameters(moved);
-                return session.EvalLoss(batch);
-            }
-            double numeric = (LossAt(h) - LossAt(-h)) / (2 * h);
+            double numeric = UnseenChecks.CentralDifference(session, start, batch, saved.Weight, index, half ? 5e-2 : 1e-2);
             Assert.That(largest, Is.EqualTo(numeric).Within((arch.HalfActivations ? 2e-3 : 3e-4) + (half ? 3e-2 : 1e-2) * Math.Abs(numeric)), $"{saved.Module}[{index}]");
             if (saved.Kind != "embedding") continue;
             // A token's row has a gradient when it sits where the loss reads it: attended and not the last of its row

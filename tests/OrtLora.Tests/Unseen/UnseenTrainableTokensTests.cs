@@ -26,8 +26,7 @@ public class UnseenTrainableTokensTests
         return new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4, TrainableTokenIndices = tokens, Variant = arch.GenAi ? "canonical" : "performant" };
     }
 
-    static float[] Logits(OnnxModel model, Architecture arch) => OrtRun.Run(model, UnseenArchitectureTests.Feeds(arch), ["logits"])["logits"].Floats;
-    static float Exact(Architecture arch) => arch.HalfActivations ? 4e-3f : 1e-5f;
+    static float[] Logits(OnnxModel model, Architecture arch) => UnseenChecks.Logits(model, arch);
 
     static void Perturb(OnnxModel model, LoraModel lora)
     {
@@ -59,21 +58,10 @@ public class UnseenTrainableTokensTests
             Assert.That(model.Graph.Node.Where(n => n.Input.Contains(scatter.Output[0])).Select(n => n.OpType), Is.EquivalentTo(new[] { "Gather", "Transpose" }));
         }
 
-        var exported = AdapterExporter.Export(model);
+        var exported = UnseenChecks.ExportReinjectAndMerge(arch, model, Config(arch), trained);
         Assert.That(exported.Config.TrainableTokenIndices, Is.EqualTo(Config(arch).TrainableTokenIndices));
         foreach (var rows in lora.TrainableTokens)
             Assert.That(exported.Tensors[rows.Rows].Shape, Is.EqualTo(new[] { Tokens.Count, Architectures.Hidden }), rows.Module);
-        using (var reloaded = arch.Build())
-        {
-            LoraInjector.Inject(reloaded, exported);
-            Assert.That(Shared.MaxAbsDiff(Logits(reloaded, arch), trained), Is.LessThan(Exact(arch)), "exported adapter re-injected");
-        }
-        Assert.That(Shared.MaxAbsDiff(UnseenArchitectureTests.RuntimeAdapterLogits(arch, exported, Config(arch)), trained), Is.LessThan(Exact(arch)), "runtime adapter");
-
-        int layers = lora.ByLayer().Count();
-        LoraMerger.Merge(model);
-        Assert.That(Shared.MaxAbsDiff(Logits(model, arch), trained), Is.LessThan(arch.Name.Contains("fp16") ? 2e-2f : 1e-4f), "merged");
-        Assert.That(GraphEditor.OpHistogram(model.Graph), Is.EqualTo(arch.MergedHistogram(layers)), "merged graph has the original's ops");
     }
 
     /// <summary>The rows' gradients against central differences of the loss; where the head has its own weight they
@@ -96,15 +84,7 @@ public class UnseenTrainableTokensTests
             var g = grads[rows.Rows];
             var (index, largest) = g.Select((v, i) => (i, v)).MaxBy(x => Math.Abs(x.v));
             Assert.That(Math.Abs(largest), Is.GreaterThan(1e-4f), rows.Module);
-            double h = half ? 5e-2 : 1e-2;
-            double LossAt(double delta)
-            {
-                var moved = start.ToDictionary(kv => kv.Key, kv => (float[])kv.Value.Clone());
-                moved[rows.Rows][index] += (float)delta;
-                session.SetParameters(moved);
-                return session.EvalLoss(batch);
-            }
-            double numeric = (LossAt(h) - LossAt(-h)) / (2 * h);
+            double numeric = UnseenChecks.CentralDifference(session, start, batch, rows.Rows, index, half ? 5e-2 : 1e-2);
             Assert.That(largest, Is.EqualTo(numeric).Within((arch.HalfActivations ? 2e-3 : 3e-4) + (half ? 3e-2 : 1e-2) * Math.Abs(numeric)), $"{rows.Module}[{index}]");
         }
         if (TiedHead(arch)) return;
