@@ -84,7 +84,7 @@ public static class TrainableTokens
         var table = g.Initializer(c.Table)!;
         long vocab = c.Transposed ? table.Dims[1] : table.Dims[0], hidden = c.Transposed ? table.Dims[0] : table.Dims[1];
         if (ids.Count == 0) throw new OrtLoraException($"{model.Source}: trainable_token_indices for '{c.Path}' is empty");
-        if (ids.FirstOrDefault(i => i < 0 || i >= vocab) is var bad && (bad < 0 || bad >= vocab))
+        foreach (var bad in ids.Where(i => i < 0 || i >= vocab).Take(1))
             throw new OrtLoraException($"{model.Source}: trainable token {bad} of '{c.Path}' is outside its vocabulary of {vocab}");
         if (ids.GroupBy(i => i).FirstOrDefault(grp => grp.Count() > 1) is { } twice)
             throw new OrtLoraException($"{model.Source}: trainable token {twice.Key} of '{c.Path}' is listed twice");

@@ -23,12 +23,12 @@ public static class OpsetRaise
         if (from >= target) return from;
         var nodes = AllNodes(model.Graph).ToList();
         foreach (var (op, at) in Changed)
-            if (from < at && target >= at && nodes.Select(n => n.Node).FirstOrDefault(n => n.OpType == op && n.Domain is "" or "ai.onnx") is { } changed)
+            if (from < at && target >= at && nodes.FirstOrDefault(n => n.OpType == op && n.Domain is "" or "ai.onnx") is { } changed)
                 throw new OrtLoraException($"{source}: node '{changed.Name}' ({op}) means something else from opset {at}; cannot move the model from opset {from} to {target}");
         if (from < 18 && target >= 18)
         {
             var g = new GraphEditor(model.Graph);
-            foreach (var (node, _) in nodes.Where(n => ReduceWithAxesAt18.Contains(n.Node.OpType) && n.Node.Domain is "" or "ai.onnx"))
+            foreach (var node in nodes.Where(n => ReduceWithAxesAt18.Contains(n.OpType) && n.Domain is "" or "ai.onnx"))
             {
                 if (Attrs.Find(node, "axes") is not { } axes) continue; // no axes: all of them, the same in both forms
                 node.Attribute.Remove(axes);
@@ -42,11 +42,12 @@ public static class OpsetRaise
         return from;
     }
 
-    static IEnumerable<(NodeProto Node, GraphProto Graph)> AllNodes(GraphProto graph)
+    /// <summary>The graph's nodes and those of its subgraphs (If, Loop), whose Reduce ops move to opset 18 too.</summary>
+    static IEnumerable<NodeProto> AllNodes(GraphProto graph)
     {
         foreach (var n in graph.Node)
         {
-            yield return (n, graph);
+            yield return n;
             foreach (var sub in n.Attribute.Where(a => a.G is not null).Select(a => a.G).Concat(n.Attribute.SelectMany(a => a.Graphs)))
                 foreach (var inner in AllNodes(sub)) yield return inner;
         }
