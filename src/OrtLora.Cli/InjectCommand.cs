@@ -25,7 +25,7 @@ public static class InjectCommand
             if (parse.GetValue(lora.InitFrom) is { } dir)
             {
                 // The adapter fixes these; silently ignoring a value the user typed would be worse than refusing it.
-                var given = new Option[] { lora.R, lora.Alpha, lora.Targets, lora.Variant, lora.Rslora, lora.Init, lora.Seed, lora.ModulesToSave, lora.TrainableTokens, lora.RankPattern, lora.AlphaPattern, lora.Bias }.Where(o => parse.GetResult(o) is { Implicit: false }).ToList();
+                var given = new Option[] { lora.R, lora.Alpha, lora.Targets, lora.Variant, lora.Rslora, lora.Init, lora.Seed, lora.ModulesToSave, lora.TrainableTokens, lora.RankPattern, lora.AlphaPattern, lora.Bias, lora.EnsureWeightTying }.Where(o => parse.GetResult(o) is { Implicit: false }).ToList();
                 if (given.Count > 0)
                     throw new OrtLoraException($"{string.Join(", ", given.Select(o => o.Name))}: not allowed with --init-from (the adapter in {dir} sets them)");
                 injected = LoraInjector.Inject(m, PeftAdapter.Load(dir));

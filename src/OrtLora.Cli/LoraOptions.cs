@@ -33,6 +33,10 @@ public sealed class LoraOptions
         Description = "comma-separated modules trained whole next to the adapters, as PEFT's modules_to_save (e.g. lm_head,embed_tokens; matched as --target-modules names are)",
         DefaultValueFactory = _ => "",
     };
+    public Option<bool> EnsureWeightTying { get; } = new("--ensure-weight-tying")
+    {
+        Description = "PEFT's ensure_weight_tying: a modules_to_save copy of a tied weight (lm_head, embed_tokens) stays shared by the modules that shared it",
+    };
     public Option<string> TrainableTokens { get; } = new("--trainable-token-indices")
     {
         Description = "token ids whose embedding rows train, as PEFT's trainable_token_indices: 5,6,7 (the token embedding) or MODULE=ids;MODULE=ids (e.g. embed_tokens=5,6;lm_head=5,6 for an untied head)",
@@ -69,7 +73,7 @@ public sealed class LoraOptions
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { R, Alpha, RankPattern, AlphaPattern, Bias, Targets, Exclude, ModulesToSave, TrainableTokens, Layers, LayersPattern, Variant, Dropout, Rslora, UseDora, Init, LoftqBits, LoftqIter, Seed, InitFrom }) command.Options.Add(o);
+        foreach (var o in new Option[] { R, Alpha, RankPattern, AlphaPattern, Bias, Targets, Exclude, ModulesToSave, EnsureWeightTying, TrainableTokens, Layers, LayersPattern, Variant, Dropout, Rslora, UseDora, Init, LoftqBits, LoftqIter, Seed, InitFrom }) command.Options.Add(o);
     }
 
     public LoraConfig Read(ParseResult parse)
@@ -81,7 +85,7 @@ public sealed class LoraOptions
             Init = parse.GetValue(Init) is "true" ? "kaiming" : parse.GetValue(Init)!, Seed = parse.GetValue(Seed), ExcludeModules = ParseTargets(parse.GetValue(Exclude)!),
             LayersToTransform = ParseLayers(parse.GetValue(Layers)!),
             ModulesToSave = parse.GetValue(ModulesToSave)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),
-            TrainableTokenIndices = ParseTokens(parse.GetValue(TrainableTokens)!), Bias = parse.GetValue(Bias)!,
+            TrainableTokenIndices = ParseTokens(parse.GetValue(TrainableTokens)!), Bias = parse.GetValue(Bias)!, EnsureWeightTying = parse.GetValue(EnsureWeightTying),
             RankPattern = ParsePattern<int>("--rank-pattern", parse.GetValue(RankPattern)!, v => int.TryParse(v, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var r) && r >= 1 ? r : (int?)null),
             AlphaPattern = ParsePattern<double>("--alpha-pattern", parse.GetValue(AlphaPattern)!, v => double.TryParse(v, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var a) && a > 0 ? a : (double?)null), LoftqBits = parse.GetValue(LoftqBits), LoftqIter = parse.GetValue(LoftqIter),
             LayersPattern = parse.GetValue(LayersPattern)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),

@@ -105,6 +105,37 @@ public class ModulesToSaveTests
         Assert.That(EvalLoss(Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet"), "--adapter", dir), Is.EqualTo(evals[^1]).Within(1e-4));
     }
 
+    /// <summary>--ensure-weight-tying (PEFT's ensure_weight_tying) on the tied tiny model: the embedding's copy is read by
+    /// the head too, so moving it equals moving the tied original; merged, the model has one table again, read by both;
+    /// listing the head as well is one error.</summary>
+    [Test]
+    public void EnsureWeightTyingKeepsHeadAndEmbeddingOneMatrix()
+    {
+        using var tied = OnnxModel.Load(Tiny("model.onnx"));
+        var lora = LoraInjector.Inject(tied, new LoraConfig { R = 4, ModulesToSave = ["embed_tokens"], EnsureWeightTying = true });
+        var copy = tied.Graph.Initializer.Single(t => t.Name == lora.SavedModules.Single().Weight);
+        Assert.That(tied.Graph.Initializer.Any(t => t.Name == "model.embed_tokens.weight"), Is.False, "nothing reads the original any more");
+        var rng = new Random(3);
+        var moved = tied.ReadFloats(copy).Select(v => v + (float)(rng.NextDouble() - 0.5) * 0.2f).ToArray();
+        Tensors.SetRaw(copy, Tensors.FloatsToBytes(moved, copy.DataType));
+
+        using var reference = OnnxModel.Load(Tiny("model.onnx"));
+        var table = reference.Graph.Initializer.Single(t => t.Name == "model.embed_tokens.weight");
+        Tensors.SetRaw(table, Tensors.FloatsToBytes(moved, table.DataType));
+        var expected = OrtRun.Run(reference, TinyFeeds(), ["logits"])["logits"].Floats;
+        Assert.That(Shared.MaxAbsDiff(OrtRun.Run(tied, TinyFeeds(), ["logits"])["logits"].Floats, expected), Is.LessThan(1e-5f), "the head reads the copy");
+        Assert.That(AdapterExporter.Export(tied).Config.ToPeftJson()["ensure_weight_tying"]!.GetValue<bool>(), Is.True);
+
+        LoraMerger.Merge(tied);
+        Assert.That(tied.Graph.Initializer.Where(t => t.Dims.SequenceEqual(new long[] { 512, 128 })).Select(t => t.Name), Is.EqualTo(new[] { "model.embed_tokens.weight" }));
+        Assert.That(Shared.MaxAbsDiff(OrtRun.Run(tied, TinyFeeds(), ["logits"])["logits"].Floats, expected), Is.LessThan(1e-5f), "merged");
+        Assert.That(GraphEditor.OpHistogram(tied.Graph), Is.EqualTo(GraphEditor.OpHistogram(reference.Graph)));
+
+        using var both = OnnxModel.Load(Tiny("model.onnx"));
+        var e = Assert.Throws<OrtLoraException>(() => LoraInjector.Inject(both, new LoraConfig { ModulesToSave = ["embed_tokens", "lm_head"], EnsureWeightTying = true }));
+        Assert.That(e!.Message, Does.Contain("is tied to 'model.embed_tokens', whose copy it reads with ensure_weight_tying"));
+    }
+
     /// <summary>A trained head needs the gradient of the whole logits: asking for a chunked loss gives the same
     /// gradients as the whole one (the chunks, which give d loss / d h only, are not used).</summary>
     [Test]

@@ -41,6 +41,8 @@ public sealed class LoraConfig
     /// <summary>PEFT's modules_to_save: modules trained whole next to the adapters (names matched as target_modules
     /// names are), e.g. lm_head, embed_tokens.</summary>
     public List<string> ModulesToSave { get; set; } = [];
+    /// <summary>PEFT's ensure_weight_tying: a modules_to_save copy of a tied weight is read by every module that shared it.</summary>
+    public bool EnsureWeightTying { get; set; }
     /// <summary>PEFT's trainable_token_indices: module name → token ids whose rows train; the key "" (PEFT's list
     /// form) is the token embedding.</summary>
     public Dictionary<string, List<long>> TrainableTokenIndices { get; set; } = new();
@@ -98,6 +100,7 @@ public sealed class LoraConfig
         ["loftq_config"] = Init == "loftq" ? new JsonObject { ["loftq_bits"] = LoftqBits, ["loftq_iter"] = LoftqIter } : new JsonObject(),
         ["use_dora"] = UseDora,
         ["inference_mode"] = true,
+        ["ensure_weight_tying"] = EnsureWeightTying,
         ["modules_to_save"] = ModulesToSave.Count == 0 ? null : new JsonArray(ModulesToSave.Select(t => (JsonNode)t).ToArray()),
         ["trainable_token_indices"] = TrainableTokenIndices.Count == 0 ? null
             : TrainableTokenIndices.Count == 1 && TrainableTokenIndices.ContainsKey("") ? Ids(TrainableTokenIndices[""])
@@ -134,6 +137,7 @@ public sealed class LoraConfig
         c.ExcludeModules = ReadNamesOrRegex(json["exclude_modules"]);
         c.ModulesToSave = ReadNamesOrRegex(json["modules_to_save"]);
         c.Bias = json["bias"]?.GetValue<string>() ?? "none";
+        c.EnsureWeightTying = json["ensure_weight_tying"]?.GetValue<bool>() ?? false;
         c.TrainableTokenIndices = json["trainable_token_indices"] switch
         {
             JsonArray a => new() { [""] = a.Select(x => x!.GetValue<long>()).ToList() },

@@ -53,8 +53,11 @@ public static class ModulesToSave
     /// <summary>Gives each module named in <paramref name="names"/> (matched as target_modules names are) its trainable copy.</summary>
     /// <param name="adapted">nodes that got a LoRA adapter: a module cannot be both adapted and saved</param>
     /// <param name="values">PEFT tensors by key (an imported adapter), or null: the copy starts as the original weight</param>
+    /// <param name="tie">PEFT's ensure_weight_tying: every reader of a tied weight reads the copy (the head and the
+    /// embedding stay one matrix)</param>
     public static List<SavedModule> Apply(OnnxModel model, GraphEditor g, IReadOnlyList<string> names, IReadOnlyList<LinearLayer> layers,
-        string prefix, IReadOnlySet<NodeProto> adapted, IReadOnlyDictionary<string, SafeTensor>? values = null, string? valuesSource = null)
+        string prefix, IReadOnlySet<NodeProto> adapted, IReadOnlyDictionary<string, SafeTensor>? values = null, string? valuesSource = null,
+        bool tie = false)
     {
         if (names.Count == 0) return [];
         var candidates = Candidates(g, layers, prefix);
@@ -75,16 +78,18 @@ public static class ModulesToSave
                     throw new OrtLoraException($"{model.Source}: module '{c.Path}' has a bias, which PEFT's modules_to_save trains too; ortlora trains the weight only");
                 if (adapted.Contains(c.Node))
                     throw new OrtLoraException($"{model.Source}: module '{c.Path}' is both in target_modules and in modules_to_save; a module is adapted or trained whole, not both");
+                if (tie && saved.FirstOrDefault(s => s.Original == c.Table) is { } tiedTo)
+                    throw new OrtLoraException($"{model.Source}: module '{c.Path}' is tied to '{tiedTo.Module}', whose copy it reads with ensure_weight_tying; list one of them");
                 if (saved.Any(s => s.Module == c.Path))
                     throw new OrtLoraException($"{model.Source}: module '{c.Path}' is applied by several nodes; its weight cannot be saved as one module");
-                saved.Add(Copy(model, g, c, values, valuesSource));
+                saved.Add(Copy(model, g, c, values, valuesSource, tie));
             }
         }
         g.TopologicalSort();
         return saved;
     }
 
-    static SavedModule Copy(OnnxModel model, GraphEditor g, Candidate c, IReadOnlyDictionary<string, SafeTensor>? values, string? valuesSource)
+    static SavedModule Copy(OnnxModel model, GraphEditor g, Candidate c, IReadOnlyDictionary<string, SafeTensor>? values, string? valuesSource, bool tie)
     {
         var original = g.Initializer(c.Table)!;
         var dims = original.Dims.ToArray();
@@ -113,6 +118,11 @@ public static class ModulesToSave
         if (c.Transposed) Add("Transpose", ("perm", new long[] { 1, 0 }));
         if (original.DataType != (int)DT.Float) Add("Cast", ("to", (long)original.DataType));
         var standsFor = value;
+        if (tie)
+        {
+            // The other readers of a tied weight (the embedding's Gather, the head's Transpose) read the copy too.
+            g.ReplaceUses(c.Table, standsFor);
+        }
         var renames = new Dictionary<string, string> { [c.Table] = value };
         foreach (var hop in c.Chain)
         {
@@ -123,6 +133,7 @@ public static class ModulesToSave
         var replaced = c.Node.Input[c.Input];
         c.Node.Input[c.Input] = value;
         RemoveUnread(g, replaced);
+        if (tie && g.Initializer(c.Table) is not null && g.Consumers(c.Table).Count == 0) g.RemoveInitializer(c.Table);
         return new SavedModule(c.Path, weight, c.Table, c.Kind, c.Transposed, original.DataType, standsFor, added);
     }
 
