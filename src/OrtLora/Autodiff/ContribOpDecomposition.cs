@@ -126,7 +126,6 @@ public static class ContribOpDecomposition
         string Unsupported(string what) => throw new OrtLoraException($"GroupQueryAttention node '{node.Name}': {what} is not supported for training");
         long heads = Attrs.Int(node, "num_heads", 0), kvHeads = Attrs.Int(node, "kv_num_heads", 0);
         long window = Attrs.Int(node, "local_window_size", -1); // > 0: query i sees the window keys i − window + 1 .. i
-        if (Attrs.Int(node, "smooth_softmax", 0) != 0) Unsupported("smooth_softmax");
         for (int i = 9; i < node.Input.Count; i++) if (node.Input[i] != "") Unsupported($"input {i} (position_ids, attention_bias, head_sink, KV quantization)");
         if (Output(node, 3) is not null) Unsupported("the output_qk output");
         foreach (var past in new[] { Input(node, 3), Input(node, 4) }.OfType<string>())
@@ -180,6 +179,7 @@ public static class ContribOpDecomposition
         attention.Attribute.Add(Attrs.Make("is_causal", 1L));
         if (Attrs.Float(node, "scale", 0f) is var scale && scale != 0) attention.Attribute.Add(Attrs.Make("scale", scale));
         if (Attrs.Float(node, "softcap", 0f) is var cap && cap != 0) attention.Attribute.Add(Attrs.Make("softcap", cap));
+        if (Attrs.Int(node, "smooth_softmax", 0) != 0) attention.Attribute.Add(Attrs.Make("smooth_softmax", 1L));
         FusedOpDecomposition.RewriteAttention(g, attention, types);
     }
 }

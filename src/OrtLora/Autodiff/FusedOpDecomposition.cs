@@ -147,7 +147,22 @@ public static class FusedOpDecomposition
             var future = Op("Greater", [Op("Unsqueeze", [cols, Ints(0)]), Op("Unsqueeze", [rows, Ints(1)])]);
             scores = Op("Add", [scores, Op("Where", [future, Const(Masked), Const(0)])]);
         }
-        var y = Op("MatMul", [Op("Softmax", [scores], ("axis", -1L)), v]);
+        string probabilities;
+        if (Attrs.Int(node, "smooth_softmax", 0) != 0)
+        {
+            // GroupQueryAttention's smooth softmax (not an ONNX attribute; passed through by ContribOpDecomposition):
+            // softmax over the scores and one more logit of 0, which takes its share and is dropped.
+            var shape = Op("Shape", [scores]);
+            var sink = Op("ConstantOfShape", [Op("Concat", [Op("Slice", [shape, Ints(0), Ints(-1), Ints(0)]), Ints(1)], ("axis", 0L))],
+                ("value", Tensors.FromFloats("zero", [1], [0f], elemType)));
+            var withSink = Op("Softmax", [Op("Concat", [scores, sink], ("axis", -1L))], ("axis", -1L));
+            var parts = new[] { g.Unique(node.Name + "/probabilities"), g.Unique(node.Name + "/sink") };
+            g.Add("Split", [withSink, Op("Concat", [Op("Slice", [shape, Ints(-1), Ints(long.MaxValue), Ints(0)]), Ints(1)], ("axis", 0L))],
+                name: node.Name + "/Split", outputs: parts, attributes: ("axis", -1L));
+            probabilities = parts[0];
+        }
+        else probabilities = Op("Softmax", [scores], ("axis", -1L));
+        var y = Op("MatMul", [probabilities, v]);
         if (threeD) y = Op("Reshape", [Op("Transpose", [y], ("perm", new long[] { 0, 2, 1, 3 })), Ints(0, 0, -1)]);
         g.Add("Identity", [y], name: node.Name + "/Y", outputs: [node.Output[0]]);
     }

@@ -112,12 +112,13 @@ public class GenAiBuilderTests
         foreach (var (key, tensor) in again.Tensors) Assert.That(tensor.AsFloats(), Is.EqualTo(exported.Tensors[key].AsFloats()), key);
     }
 
-    /// <summary>GroupQueryAttention's sliding window (local_window_size, as Mistral- and Phi-3-style builder models set it)
-    /// and softcap, each against ORT's kernel: the decomposed graph's loss equals the kernels' (eval), and the gradients
+    /// <summary>GroupQueryAttention's sliding window (local_window_size, as Mistral- and Phi-3-style builder models set it),
+    /// softcap and smooth softmax, each against ORT's kernel: the decomposed graph's loss equals the kernels' (eval), and the gradients
     /// match central differences of that loss.</summary>
     [TestCase("local_window_size", 2L)]
     [TestCase("local_window_size", 4L)]
     [TestCase("softcap", 3L)]
+    [TestCase("smooth_softmax", 1L)]
     public void SlidingWindowAndSoftcapMatchTheKernel(string attribute, long value)
     {
         using var model = GenAi.Build();
@@ -148,13 +149,14 @@ public class GenAiBuilderTests
 
     /// <summary>What the decomposition does not cover is one error each, naming the node.</summary>
     [Test]
-    public void SmoothSoftmaxIsRefusedByName()
+    public void PositionIdsAreRefusedByName()
     {
         using var model = GenAi.Build();
-        foreach (var node in model.Graph.Node.Where(n => n.OpType == "GroupQueryAttention"))
-            node.Attribute.Add(Attrs.Make("smooth_softmax", 1L));
+        var gqa = model.Graph.Node.First(n => n.OpType == "GroupQueryAttention");
+        while (gqa.Input.Count < 10) gqa.Input.Add("");
+        gqa.Input[9] = "input_ids"; // int64 [batch, sequence], as position_ids are
         LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"] });
-        var e = Assert.Throws<OrtLoraException>(() => new Training.Engine.TrainingSession(model, new TrainingSessionOptions(new AdamWOptions())).Dispose());
-        Assert.That(e!.Message, Is.EqualTo("GroupQueryAttention node '/model/layers.0/attn/GroupQueryAttention': smooth_softmax is not supported for training"));
+        var e = Assert.Throws<OrtLoraException>(() => TrainingGraph.Build(model).Dispose());
+        Assert.That(e!.Message, Does.Contain("GroupQueryAttention node '/model/layers.0/attn/GroupQueryAttention': input 9"));
     }
 }
