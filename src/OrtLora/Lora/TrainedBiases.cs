@@ -47,6 +47,8 @@ public static class TrainedBiases
     {
         if (!Options.Contains(mode)) throw new OrtLoraException($"bias '{mode}' is not one of {string.Join(", ", Options)}");
         if (mode == "none") return [];
+        if (GenAiNames.Applies(g.Graph))
+            throw new OrtLoraException($"{model.Source}: bias '{mode}' on an ORT GenAI builder export: its biases (packed q|k|v, names of its own) have no PEFT key to travel under; train without --bias");
         // initializer → module path
         var chosen = new Dictionary<string, string>();
         foreach (var layer in layers.Where(l => layerBiases.ContainsKey(l.Node) && (mode == "all" || adapted.Contains(l.Node))))
