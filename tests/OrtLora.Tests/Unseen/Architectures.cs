@@ -75,6 +75,10 @@ public static class Architectures
         // (GroupQueryAttention leaves padded rows undefined), a cache without position_ids.
         new("genai-builder-gqa", GenAiBuilderExport.Build, GenAiBuilderExport.Targets, new() { ["model.layers.0.attn.qkv_proj"] = [32, 16, 16] }, Past: true, NoPadding: true,
             CacheHeads: GenAiBuilderExport.KvHeads, CacheHeadDim: GenAiBuilderExport.HeadSize),
+        // ... and its int4 form (the builder's int4 models; here as DequantizeLinear + MatMul, which inject reads
+        // MatMulNBits as)
+        new("genai-builder-gqa-int4-qdq", GenAiBuilderExport.BuildInt4, GenAiBuilderExport.Targets, new() { ["model.layers.0.attn.qkv_proj"] = [32, 16, 16] },
+            Past: true, NoPadding: true, CacheHeads: GenAiBuilderExport.KvHeads, CacheHeadDim: GenAiBuilderExport.HeadSize),
     ];
 
     static string[] Targets(string[] modules, string layers = "model.layers") =>

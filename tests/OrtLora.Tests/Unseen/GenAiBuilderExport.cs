@@ -72,6 +72,14 @@ public static class GenAiBuilderExport
         return n.Model();
     }
 
+    /// <summary>The same model with its linear weights (the tied-free head included) in 4 bits, blocks of 16.</summary>
+    public static OnnxModel BuildInt4()
+    {
+        var model = Build();
+        Lora.WeightQuantizer.Apply(model, 4, blockSize: 16);
+        return model;
+    }
+
     static string Norm(Net n, string name) => n.Param(name, [Hidden], n.Random(Hidden, 0.2).Select(v => 1 + v).ToArray());
 
     /// <summary>The builder's MatMul: weight [in, out] named after the node (model.layers.0.attn.q_proj.MatMul.weight).</summary>

@@ -10,7 +10,7 @@ namespace OrtLora.Tests.Unseen;
 /// GroupQueryAttention and SkipSimplifiedLayerNormalization by primitives; eval keeps ORT's kernels.</summary>
 public class GenAiBuilderTests
 {
-    static readonly Architecture GenAi = Architectures.All.Single(a => a.GenAi);
+    static readonly Architecture GenAi = Architectures.All.Single(a => a.Name == "genai-builder-gqa");
 
     /// <summary>Right-padded rows, as ortlora's batches are: the decomposed graph's loss equals the kernels' (the padded
     /// positions count for nothing), and the step graph has no contrib op left.</summary>
