@@ -32,6 +32,10 @@ public static class TrainCommand
         var warmupRatio = new Option<double>("--warmup-ratio");
         var warmupSteps = new Option<int>("--warmup-steps");
         var weightDecay = new Option<double>("--weight-decay");
+        // The optimizer is torch.optim.AdamW's arithmetic (fused or not, the same numbers): the Trainer's names for it are
+        // taken, so its command lines carry over; any other optimizer is refused by the parser, listing these.
+        var optim = new Option<string>("--optim") { Description = "the Trainer's optim: adamw_torch or adamw_torch_fused (the AdamW ortlora computes)", DefaultValueFactory = _ => "adamw_torch" };
+        optim.AcceptOnlyFromAmong("adamw_torch", "adamw_torch_fused");
         var beta1 = new Option<double>("--adam-beta1") { DefaultValueFactory = _ => 0.9 };
         var beta2 = new Option<double>("--adam-beta2") { DefaultValueFactory = _ => 0.999 };
         var epsilon = new Option<double>("--adam-epsilon") { DefaultValueFactory = _ => 1e-8 };
@@ -75,7 +79,7 @@ public static class TrainCommand
         foreach (var o in dataOptions.All) cmd.Options.Add(o);
         foreach (var o in new Option[] { data, evalData, evalSplit, packing, groupByLength, dropLast, padToMax,
                      epochs, maxSteps, batch, evalBatch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay,
-                     beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, saveSteps, saveStrategy, saveLimit, evalSteps, evalStrategy,
+                     optim, beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, saveSteps, saveStrategy, saveLimit, evalSteps, evalStrategy,
                      loadBest, metricForBest, patience, threshold, neftune, labelSmoothing, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
 

@@ -128,6 +128,21 @@ public class TrainCommandTests
             "65 batches of 4 rows");
     }
 
+    /// <summary>--optim takes the Trainer's names for the AdamW ortlora computes (the same adapter either way) and refuses
+    /// another optimizer with the names it takes.</summary>
+    [Test]
+    public void OptimTakesTheTrainersNamesForAdamW()
+    {
+        var (torch, fused) = (Shared.TempDir(), Shared.TempDir());
+        OrtloraOk(TrainArgs(torch, "--max-steps", "2", "--optim", "adamw_torch"));
+        OrtloraOk(TrainArgs(fused, "--max-steps", "2", "--optim", "adamw_torch_fused"));
+        var (a, b) = (PeftAdapter.Load(torch).Tensors, PeftAdapter.Load(fused).Tensors);
+        foreach (var key in a.Keys) Assert.That(b[key].AsFloats(), Is.EqualTo(a[key].AsFloats()), key);
+        var other = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "2", "--optim", "paged_adamw_8bit"));
+        Assert.That(other.ExitCode, Is.Not.Zero);
+        Assert.That(other.Error, Does.Contain("paged_adamw_8bit").And.Contain("adamw_torch_fused"));
+    }
+
     /// <summary>--dataloader-drop-last drops the eval's partial last batch too, as the Trainer's eval dataloader does; each
     /// evaluation logs the Trainer's eval_runtime, eval_samples_per_second and eval_steps_per_second.</summary>
     [Test]
