@@ -28,22 +28,15 @@ public static class ContribOpDecomposition
     public static void Apply(GraphEditor g, ValueTable types)
     {
         foreach (var node in g.Graph.Node.Where(IsContrib).ToList())
-        {
-            int before = g.Graph.Node.Count;
-            switch (node.OpType)
+            FusedOpDecomposition.Replace(g, node, () =>
             {
-                case "GroupQueryAttention": GroupQueryAttention(g, node, types); break;
-                case "RotaryEmbedding": Rotary(g, node, types); break;
-                default: SkipNormalization(g, node); break;
-            }
-            // The replacement reads only the node's inputs: it takes the node's place in the node list.
-            var added = g.Graph.Node.Skip(before).ToList();
-            var all = g.Graph.Node.Take(before).ToList();
-            all.InsertRange(all.IndexOf(node), added);
-            g.Graph.Node.Clear();
-            g.Graph.Node.AddRange(all);
-            g.RemoveNode(node);
-        }
+                switch (node.OpType)
+                {
+                    case "GroupQueryAttention": GroupQueryAttention(g, node, types); break;
+                    case "RotaryEmbedding": Rotary(g, node, types); break;
+                    default: SkipNormalization(g, node); break;
+                }
+            });
     }
 
     static string? Input(NodeProto node, int i) => node.Input.Count > i && node.Input[i] != "" ? node.Input[i] : null;
@@ -88,7 +81,7 @@ public static class ContribOpDecomposition
         string Ints(params long[] v) => g.AddInitializer(Tensors.FromInt64(g.Unique(scope + "/ints"), [v.Length], v));
         string Scalar(long v) => g.AddInitializer(Tensors.FromInt64(g.Unique(scope + "/scalar"), [], [v]));
         string Const(float v) => g.AddInitializer(Tensors.FromFloats(g.Unique(scope + "/const"), [], [v], info.ElemType));
-        var positions = Op("Range", [Scalar(0), Op("Squeeze", [Op("Slice", [Op("Shape", [q]), Ints(1), Ints(2), Ints(0)]), Ints(0)]), Scalar(1)]);
+        var positions = SequenceRange(g, scope, q, 1);
         var distance = Op("Sub", [Op("Unsqueeze", [positions, Ints(1)]), Op("Unsqueeze", [positions, Ints(0)])]);
         var mask = Op("Where", [Op("Greater", [distance, Scalar(window - 1)]), Const(-1e4f), Const(0)]);
         types.Set(mask, info with { ShapeA = [info.ShapeA[1], info.ShapeA[1]], ShapeB = [info.ShapeB[1], info.ShapeB[1]] });
@@ -101,11 +94,18 @@ public static class ContribOpDecomposition
     {
         string Op(string op, string[] inputs) => g.Add(op, inputs, name: scope + "/positions/" + op);
         string Ints(params long[] v) => g.AddInitializer(Tensors.FromInt64(g.Unique(scope + "/ints"), [v.Length], v));
-        string Scalar(long v) => g.AddInitializer(Tensors.FromInt64(g.Unique(scope + "/scalar"), [], [v]));
-        var length = Op("Squeeze", [Op("Slice", [Op("Shape", [x]), Ints(axis), Ints(axis + 1), Ints(0)]), Ints(0)]);
-        var range = Op("Range", [Scalar(0), length, Scalar(1)]);
+        var range = SequenceRange(g, scope, x, axis);
         if (offset is not null) range = Op("Add", [range, offset]);
         return Op("Unsqueeze", [range, Ints(0)]);
+    }
+
+    /// <summary>0..n−1 for the length n of <paramref name="x"/> along <paramref name="axis"/>, int64.</summary>
+    static string SequenceRange(GraphEditor g, string scope, string x, long axis)
+    {
+        string Op(string op, string[] inputs) => g.Add(op, inputs, name: scope + "/range/" + op);
+        string Ints(params long[] v) => g.AddInitializer(Tensors.FromInt64(g.Unique(scope + "/ints"), [v.Length], v));
+        string Scalar(long v) => g.AddInitializer(Tensors.FromInt64(g.Unique(scope + "/scalar"), [], [v]));
+        return Op("Range", [Scalar(0), Op("Squeeze", [Op("Slice", [Op("Shape", [x]), Ints(axis), Ints(axis + 1), Ints(0)]), Ints(0)]), Scalar(1)]);
     }
 
     /// <summary>An ONNX RotaryEmbedding node (not added to the graph: the fused-op pass writes its primitives).</summary>

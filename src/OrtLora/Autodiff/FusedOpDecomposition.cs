@@ -27,20 +27,26 @@ public static class FusedOpDecomposition
     /// a bool mask means "attend" where an additive one is added)</param>
     public static void Apply(GraphEditor g, ValueTable types)
     {
-        var nodes = g.Graph.Node.Where(IsFused).ToList();
-        foreach (var node in nodes)
-        {
-            // The replacement reads only the node's inputs: it takes the node's place in the (sorted) node list.
-            int before = g.Graph.Node.Count;
-            if (node.OpType == "Attention") RewriteAttention(g, node, types);
-            else RewriteRotary(g, node, types);
-            var added = g.Graph.Node.Skip(before).ToList();
-            var all = g.Graph.Node.Take(before).ToList();
-            all.InsertRange(all.IndexOf(node), added);
-            g.Graph.Node.Clear();
-            g.Graph.Node.AddRange(all);
-            g.RemoveNode(node); // (also refreshes the editor's producer/consumer maps)
-        }
+        foreach (var node in g.Graph.Node.Where(IsFused).ToList())
+            Replace(g, node, () =>
+            {
+                if (node.OpType == "Attention") RewriteAttention(g, node, types);
+                else RewriteRotary(g, node, types);
+            });
+    }
+
+    /// <summary>Runs <paramref name="rewrite"/>, which appends the nodes computing <paramref name="node"/>'s outputs from
+    /// its inputs, and puts them in the node's place in the (sorted) node list, the node removed.</summary>
+    internal static void Replace(GraphEditor g, NodeProto node, Action rewrite)
+    {
+        int before = g.Graph.Node.Count;
+        rewrite();
+        var added = g.Graph.Node.Skip(before).ToList();
+        var all = g.Graph.Node.Take(before).ToList();
+        all.InsertRange(all.IndexOf(node), added);
+        g.Graph.Node.Clear();
+        g.Graph.Node.AddRange(all);
+        g.RemoveNode(node); // (also refreshes the editor's producer/consumer maps)
     }
 
     /// <summary>Appends the primitives of RotaryEmbedding <paramref name="node"/> (which need not be in the graph), ending in

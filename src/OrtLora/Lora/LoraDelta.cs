@@ -56,7 +56,7 @@ public sealed record LayerAdapter(string Module, int R, long In, long Out, doubl
         if (layout == WeightLayout.OutIn)
             AddRowCombinations(weight, rows: Out, width: In, coefficients: B, basis: A, s);
         else
-            AddRowCombinations(weight, rows: In, width: Out, coefficients: Transpose(A, R, In), basis: Transpose(B, Out, R), s);
+            AddRowCombinations(weight, rows: In, width: Out, coefficients: Tensors.Transpose(A, R, In), basis: Tensors.Transpose(B, Out, R), s);
     }
 
     /// <summary>weight[row, :] += s·Σ_k coefficients[row, k]·basis[k, :], rows in parallel, each row vectorized.</summary>
@@ -91,13 +91,5 @@ public sealed record LayerAdapter(string Module, int R, long In, long Out, doubl
                 (new Vector<float>(y[i..]) + va * new Vector<float>(x[i..])).CopyTo(y[i..]);
         }
         for (; i < y.Length; i++) y[i] += a * x[i];
-    }
-
-    static float[] Transpose(float[] m, long rows, long cols)
-    {
-        var t = new float[m.Length];
-        for (long i = 0; i < rows; i++)
-            for (long j = 0; j < cols; j++) t[j * rows + i] = m[i * cols + j];
-        return t;
     }
 }

@@ -62,10 +62,11 @@ public static class LoraInjector
             model.Defer(weight.Name, bytes => LoraMerger.AddDelta(bytes, dataType, principal, layout, factor: -1));
         }
         var adapted = plans.Select(p => p.Layer.Node).ToHashSet();
-        var saved = ModulesToSave.Apply(model, new GraphEditor(model.Graph), config.ModulesToSave, layers, prefix, adapted, peft?.Tensors, peft?.WeightsPath,
+        var editor = new GraphEditor(model.Graph); // a fresh index: the LoRA branches renamed the layers' outputs
+        var saved = ModulesToSave.Apply(model, editor, config.ModulesToSave, layers, prefix, adapted, peft?.Tensors, peft?.WeightsPath,
             config.EnsureWeightTying);
-        var tokens = TrainableTokens.Apply(model, new GraphEditor(model.Graph), config.TrainableTokenIndices, layers, prefix, adapted, saved, peft?.Tensors, peft?.WeightsPath);
-        var biases = TrainedBiases.Apply(model, new GraphEditor(model.Graph), config.Bias, layerBiases, layers, adapted, prefix, peft?.Tensors, peft?.WeightsPath);
+        var tokens = TrainableTokens.Apply(model, editor, config.TrainableTokenIndices, layers, prefix, adapted, saved, peft?.Tensors, peft?.WeightsPath);
+        var biases = TrainedBiases.Apply(model, editor, config.Bias, layerBiases, layers, adapted, prefix, peft?.Tensors, peft?.WeightsPath);
         var lora = new LoraModel { Config = config, Adapters = adapters, SavedModules = saved, TrainableTokens = tokens, TrainedBiases = biases };
         lora.Write(model.Proto);
         return lora;

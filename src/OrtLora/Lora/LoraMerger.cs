@@ -46,7 +46,7 @@ public static class LoraMerger
             var copy = g.Initializer(saved.Weight) ?? throw new OrtLoraException($"{model.Source}: the modules_to_save weight '{saved.Weight}' is missing");
             var values = model.ReadFloats(copy);
             long[] dims = copy.Dims.ToArray();
-            if (saved.Transposed) (values, dims) = (ModulesToSave.Transpose(values, dims[0], dims[1]), [dims[1], dims[0]]);
+            if (saved.Transposed) (values, dims) = (Tensors.Transpose(values, dims[0], dims[1]), [dims[1], dims[0]]);
             var name = g.Initializer(saved.Original) is null ? saved.Original : g.Unique(saved.Original + ".merged");
             g.AddInitializer(Tensors.FromFloats(name, dims, values, saved.DataType));
             for (var value = saved.StandsFor; value != saved.Weight; value = g.Producer(value)!.Input[0]) removedNodes.Add(g.Producer(value)!.Name);

@@ -74,7 +74,7 @@ public static class ModulesToSave
             {
                 if (c.Kind == "quantized")
                     throw new OrtLoraException($"{model.Source}: module '{c.Path}' is stored quantized (DequantizeLinear); modules_to_save trains a float weight whole");
-                if (HasBias(g, c.Node))
+                if (c.Kind == "linear" && TrainedBiases.Of(g, c.Node) is not null)
                     throw new OrtLoraException($"{model.Source}: module '{c.Path}' has a bias, which PEFT's modules_to_save trains too; ortlora trains the weight only");
                 if (adapted.Contains(c.Node))
                     throw new OrtLoraException($"{model.Source}: module '{c.Path}' is both in target_modules and in modules_to_save; a module is adapted or trained whole, not both");
@@ -94,7 +94,7 @@ public static class ModulesToSave
         var original = g.Initializer(c.Table)!;
         var dims = original.Dims.ToArray();
         float[] start;
-        if (values is null) start = c.Transposed ? Transpose(model.ReadFloats(original), dims[0], dims[1]) : model.ReadFloats(original);
+        if (values is null) start = c.Transposed ? Tensors.Transpose(model.ReadFloats(original), dims[0], dims[1]) : model.ReadFloats(original);
         else
         {
             var key = PeftKey(c.Path);
@@ -147,14 +147,6 @@ public static class ModulesToSave
         }
     }
 
-    public static float[] Transpose(float[] values, long rows, long cols)
-    {
-        var t = new float[values.Length];
-        for (long i = 0; i < rows; i++)
-            for (long j = 0; j < cols; j++) t[j * rows + i] = values[i * cols + j];
-        return t;
-    }
-
     static IEnumerable<Candidate> Linear(GraphEditor g, IReadOnlyList<LinearLayer> layers, string prefix)
     {
         foreach (var layer in layers)
@@ -179,12 +171,6 @@ public static class ModulesToSave
             yield return new Candidate(ModuleNames.Strip(LinearLayers.ModulePath(node, table), prefix), node, 0, table, "embedding", false, chain);
         }
     }
-
-    /// <summary>Gemm's C, or an Add of a constant vector right after the MatMul.</summary>
-    internal static bool HasBias(GraphEditor g, NodeProto node) =>
-        node.OpType == "Gemm" && node.Input.Count > 2 && node.Input[2] != ""
-        || node.OpType == "MatMul" && g.Consumers(node.Output[0]) is [{ OpType: "Add" } add]
-           && add.Input.Any(i => g.Initializer(i) is { Dims.Count: 1 } || g.Constant(i) is { Dims.Count: 1 });
 
     /// <summary>The ops from <paramref name="initializer"/> to <paramref name="value"/>, innermost first.</summary>
     static List<NodeProto>? Chain(GraphEditor g, string value, string initializer)

@@ -22,19 +22,23 @@ public static class TrainedBiases
     public static bool IsBias(string name) =>
         name.StartsWith(ModuleNames.PeftKeyPrefix, StringComparison.Ordinal) && name.EndsWith(".bias", StringComparison.Ordinal);
 
-    /// <summary>The bias initializer of each linear layer that has one (Gemm's C, or a constant vector added right after
-    /// a MatMul), by layer node: read before inject puts the LoRA Add between the MatMul and that Add.</summary>
+    /// <summary>A linear layer's bias: Gemm's C, or a constant vector (initializer or Constant) added right after the
+    /// MatMul; null when it has none.</summary>
+    public static string? Of(GraphEditor g, NodeProto node)
+    {
+        string? bias = node.OpType == "Gemm" && node.Input.Count > 2 && node.Input[2] != "" ? node.Input[2]
+            : node.OpType == "MatMul" && g.Consumers(node.Output[0]) is [{ OpType: "Add" } add] ? add.Input.FirstOrDefault(i => i != node.Output[0]) : null;
+        return bias is not null && (g.Initializer(bias) ?? g.Constant(bias)) is { Dims.Count: 1 } ? bias : null;
+    }
+
+    /// <summary>The float bias initializer of each linear layer that has one, by layer node: read before inject puts the
+    /// LoRA Add between the MatMul and that Add.</summary>
     public static Dictionary<NodeProto, string> OfLayers(GraphEditor g, IEnumerable<LinearLayer> layers)
     {
         // By reference: protobuf messages hash by content, and inject renames the layer's output afterwards.
         var biases = new Dictionary<NodeProto, string>(ReferenceEqualityComparer.Instance);
         foreach (var layer in layers)
-        {
-            var node = layer.Node;
-            string? bias = node.OpType == "Gemm" && node.Input.Count > 2 ? node.Input[2]
-                : g.Consumers(node.Output[0]) is [{ OpType: "Add" } add] ? add.Input.FirstOrDefault(i => i != node.Output[0]) : null;
-            if (bias is not null && g.Initializer(bias) is { Dims.Count: 1 } t && Tensors.IsFloat(t.DataType)) biases[node] = bias;
-        }
+            if (Of(g, layer.Node) is { } bias && g.Initializer(bias) is { } t && Tensors.IsFloat(t.DataType)) biases[layer.Node] = bias;
         return biases;
     }
 

@@ -49,7 +49,7 @@ public static class WeightQuantizer
             if (layout == WeightLayout.OutIn && g.Consumers(weight.Name) is [{ OpType: "Transpose" } transpose]
                 && Attrs.Ints(transpose, "perm") is null or [1, 0] && !g.IsGraphOutput(transpose.Output[0]))
             {
-                values = Transposed(values, dims[0], dims[1]);
+                values = Tensors.Transpose(values, dims[0], dims[1]);
                 dims = [dims[1], dims[0]];
                 layout = WeightLayout.InOut;
                 read = transpose.Output[0];
@@ -102,14 +102,6 @@ public static class WeightQuantizer
         g.ReplaceUses(read, output, dq);
         if (g.Consumers(weight).Count == 0) g.RemoveInitializer(weight);
         return dq;
-    }
-
-    static float[] Transposed(float[] w, long rows, long cols)
-    {
-        var t = new float[w.Length];
-        for (long r = 0; r < rows; r++)
-            for (long c = 0; c < cols; c++) t[c * rows + r] = w[r * cols + c];
-        return t;
     }
 
     static (int[] Q, float[] Scales, int[] Zeros, long[] ScaleDims, int Axis) Blocks(float[] w, long[] dims, int axis, int block)

@@ -23,6 +23,15 @@ public static class Tensors
 
     public static long ElementCount(IEnumerable<long> dims) => dims.Aggregate(1L, (a, b) => a * b);
 
+    /// <summary>A row-major [rows, cols] matrix as [cols, rows].</summary>
+    public static float[] Transpose(float[] m, long rows, long cols)
+    {
+        var t = new float[m.Length];
+        for (long i = 0; i < rows; i++)
+            for (long j = 0; j < cols; j++) t[j * rows + i] = m[i * cols + j];
+        return t;
+    }
+
     public static long ByteSize(TensorProto t)
     {
         if (t.HasRawData) return t.RawData.Length;
