@@ -20,7 +20,7 @@ public sealed class LoraOptions
     };
     public Option<string> Targets { get; } = new("--target-modules")
     {
-        Description = "comma-separated module names (matched like PEFT: the module path ends with .NAME), all-linear, or one regex (full match); default: PEFT's default for the architecture (q_proj,v_proj; c_attn for GPT-2 ...)",
+        Description = "comma-separated module names (matched like PEFT: the module path ends with .NAME), all-linear, or one regex (full match); a named token embedding (embed_tokens) gets PEFT's embedding adapter; default: PEFT's default for the architecture (q_proj,v_proj; c_attn for GPT-2 ...)",
         DefaultValueFactory = _ => "",
     };
     public Option<string> Exclude { get; } = new("--exclude-modules")

@@ -13,13 +13,13 @@ public class CombineTests
     const string K1 = "base_model.model.model.layers.1.self_attn.k_proj";
 
     /// <summary>ΔW [out, in] of one module read straight from a PEFT directory (scale = lora_alpha / r).</summary>
-    static double[,] Delta(string dir, string module)
+    static double[,] Delta(string dir, string module, bool embedding = false)
     {
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "adapter_config.json")))!;
         double scale = config["lora_alpha"]!.GetValue<double>() / config["r"]!.GetValue<double>();
         var tensors = SafeTensors.Read(Path.Combine(dir, "adapter_model.safetensors"));
-        var a = tensors[module + ".lora_A.weight"];
-        var b = tensors[module + ".lora_B.weight"];
+        var a = tensors[module + (embedding ? ".lora_embedding_A" : ".lora_A.weight")];
+        var b = tensors[module + (embedding ? ".lora_embedding_B" : ".lora_B.weight")];
         int r = (int)a.Shape[0], inDim = (int)a.Shape[1], outDim = (int)b.Shape[0];
         var (av, bv) = (a.AsFloats(), b.AsFloats());
         var d = new double[outDim, inDim];
@@ -94,6 +94,44 @@ public class CombineTests
         {
             var expected = module is Q0 or K1 ? WeightedSum(0.7, Delta(first, module), 0.3, Delta(second, module)) : WeightedSum(0.7, Delta(first, module), 0, Delta(first, module));
             Assert.That(MaxDiff(Delta(output, module), expected), Is.LessThan(1e-5), module);
+        }
+    }
+
+    /// <summary>Adapters with an embedding module (PEFT's lora_embedding_A [r, vocabulary], lora_embedding_B [hidden, r])
+    /// combine by the same arithmetic, cat and SVD, and keep the embedding's key names.</summary>
+    [Test]
+    public void EmbeddingAdaptersCombineUnderTheirOwnKeys()
+    {
+        const string Embed = "base_model.model.model.embed_tokens";
+        var dir = Shared.TempDir();
+        var rng = new Random(9);
+        float[] Rand(int n) => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+        string Adapter(string name, int r)
+        {
+            var path = Path.Combine(dir, name);
+            Directory.CreateDirectory(path);
+            var config = JsonNode.Parse(File.ReadAllText(Path.Combine(Shared.Peft("llama", "adapter"), "adapter_config.json")))!.AsObject();
+            (config["r"], config["lora_alpha"], config["target_modules"]) = (r, 2 * r, new JsonArray("embed_tokens", "q_proj"));
+            File.WriteAllText(Path.Combine(path, "adapter_config.json"), config.ToJsonString());
+            SafeTensors.Write(Path.Combine(path, "adapter_model.safetensors"), new Dictionary<string, SafeTensor>
+            {
+                [Embed + ".lora_embedding_A"] = SafeTensor.FromFloats([r, 100], Rand(r * 100)),
+                [Embed + ".lora_embedding_B"] = SafeTensor.FromFloats([64, r], Rand(64 * r)),
+                [Q0 + ".lora_A.weight"] = SafeTensor.FromFloats([r, 64], Rand(r * 64)),
+                [Q0 + ".lora_B.weight"] = SafeTensor.FromFloats([64, r], Rand(64 * r)),
+            });
+            return path;
+        }
+        var (first, second) = (Adapter("first", 2), Adapter("second", 3));
+        Assert.That(AdapterCombiner.Combine([(first, 0.6), (second, -0.4)], Path.Combine(dir, "cat")), Is.EqualTo(5));
+        AdapterCombiner.Combine([(first, 0.6), (second, -0.4)], Path.Combine(dir, "svd"), rank: 5);
+        var keys = SafeTensors.Read(Path.Combine(dir, "cat", "adapter_model.safetensors")).Keys;
+        Assert.That(keys, Is.EquivalentTo(new[] { Embed + ".lora_embedding_A", Embed + ".lora_embedding_B", Q0 + ".lora_A.weight", Q0 + ".lora_B.weight" }));
+        foreach (var (module, embedding) in new[] { (Embed, true), (Q0, false) })
+        {
+            var expected = WeightedSum(0.6, Delta(first, module, embedding), -0.4, Delta(second, module, embedding));
+            Assert.That(MaxDiff(Delta(Path.Combine(dir, "cat"), module, embedding), expected), Is.LessThan(1e-5), $"cat {module}");
+            Assert.That(MaxDiff(Delta(Path.Combine(dir, "svd"), module, embedding), expected), Is.LessThan(1e-5), $"svd at full rank {module}");
         }
     }
 

@@ -5,6 +5,7 @@
 //       [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
 //       [--gradient-checkpointing] [--loss-chunks N] [--cuda-graphs] [--use-dora] [--quantize-weights 4|8 [--block-size 32]]
 //       [--modules-to-save lm_head,embed_tokens] [--trainable-tokens N (the first N ids of the token embedding)]
+//       [--target-modules q_proj,v_proj,embed_tokens (default all-linear)]
 // --quantize-weights: the base's linear weights stored quantized (WeightQuantizer: uint4 blocks or int8 channels, read
 // through DequantizeLinear), QLoRA-style. --save-base PATH writes the
 // (quantized) base and stops: bench it with --model PATH in a fresh process.
@@ -45,7 +46,7 @@ if (Array.IndexOf(args, "--save-base") is var saveAt and >= 0)
 int forwardNodes = model.Graph.Node.Count;
 long vocab = model.Graph.Output[0].Type.TensorType.Shape.Dim.Last().DimValue is > 0 and var v ? v : 1000;
 if (options.InitFrom is { } dir) LoraInjector.Inject(model, PeftAdapter.Load(dir));
-else LoraInjector.Inject(model, new LoraConfig { R = options.R, LoraAlpha = 2 * options.R, TargetModules = ["all-linear"], UseDora = args.Contains("--use-dora"),
+else LoraInjector.Inject(model, new LoraConfig { R = options.R, LoraAlpha = 2 * options.R, TargetModules = Array.IndexOf(args, "--target-modules") is var targetsAt and >= 0 ? [.. args[targetsAt + 1].Split(',')] : ["all-linear"], UseDora = args.Contains("--use-dora"),
     ModulesToSave = Array.IndexOf(args, "--modules-to-save") is var saveModules and >= 0 ? [.. args[saveModules + 1].Split(',')] : [],
     TrainableTokenIndices = Array.IndexOf(args, "--trainable-tokens") is var tokensAt and >= 0
         ? new() { [""] = [.. Enumerable.Range(0, int.Parse(args[tokensAt + 1])).Select(i => (long)i)] } : new() });

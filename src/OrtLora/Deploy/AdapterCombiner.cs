@@ -28,7 +28,7 @@ public static class AdapterCombiner
         foreach (var (name, p) in cat)
         {
             var (b, a) = LowRank.Factor(p.B, p.A, p.Out, p.Rank, p.In, rank);
-            result[name] = new LoraPair(a, b, rank, p.In, p.Out, 1.0);
+            result[name] = new LoraPair(a, b, rank, p.In, p.Out, 1.0, p.Embedding);
         }
         return result;
     }
@@ -38,7 +38,7 @@ public static class AdapterCombiner
         var present = inputs.Where(x => x.Adapter.Modules.ContainsKey(name)).Select(x => (Pair: x.Adapter.Modules[name], x.Weight, x.Adapter.Source)).ToList();
         var (inDim, outDim) = (present[0].Pair.In, present[0].Pair.Out);
         foreach (var (pair, _, source) in present)
-            if (pair.In != inDim || pair.Out != outDim)
+            if (pair.In != inDim || pair.Out != outDim || pair.Embedding != present[0].Pair.Embedding)
                 throw new OrtLoraException($"{source}: module '{name}' is [{pair.Out}x{pair.In}] but {present[0].Source} has [{outDim}x{inDim}]; adapters of different base models cannot be combined");
         var a = new float[rank * inDim];
         var b = new float[outDim * rank];
@@ -53,7 +53,7 @@ public static class AdapterCombiner
                 for (int r = 0; r < pair.Rank; r++) b[o * rank + row + r] = pair.B[o * pair.Rank + r];
             row += pair.Rank;
         }
-        return new LoraPair(a, b, rank, inDim, outDim, 1.0);
+        return new LoraPair(a, b, rank, inDim, outDim, 1.0, present[0].Pair.Embedding);
     }
 
     /// <summary>The first config with target_modules covering all inputs: a list union, or for regular expressions

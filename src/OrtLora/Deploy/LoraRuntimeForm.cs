@@ -10,8 +10,8 @@ namespace OrtLora.Deploy;
 /// serves any number of adapters.</summary>
 public static class LoraRuntimeForm
 {
-    public static bool IsLoraParameter(string name) => name.EndsWith(".lora_magnitude_vector", StringComparison.Ordinal) || name.EndsWith(".lora_A.weight", StringComparison.Ordinal)
-        || name.EndsWith(".lora_B.weight", StringComparison.Ordinal) || Lora.ModulesToSave.IsWeight(name) || Lora.TrainableTokens.IsRows(name) || Lora.TrainedBiases.IsBias(name);
+    public static bool IsLoraParameter(string name) => name.EndsWith(".lora_magnitude_vector", StringComparison.Ordinal) || Lora.ModuleNames.IsLoraA(name)
+        || Lora.ModuleNames.IsLoraB(name) || Lora.ModulesToSave.IsWeight(name) || Lora.TrainableTokens.IsRows(name) || Lora.TrainedBiases.IsBias(name);
 
     /// <summary>Lists every LoRA parameter initializer (name ending .lora_A.weight / .lora_B.weight) in graph.input,
     /// keeping its value as the default. Returns the parameter names (already-listed ones included).</summary>

@@ -5,8 +5,12 @@ using OrtLora.Lora;
 namespace OrtLora.Deploy;
 
 /// <summary>One LoRA module of a PEFT adapter: A [r, in], B [out, r] and its scale (lora_alpha / r, or / sqrt(r)
-/// with rsLoRA), so that ΔW = Scale · B · A.</summary>
-public sealed record LoraPair(float[] A, float[] B, int Rank, int In, int Out, double Scale);
+/// with rsLoRA), so that ΔW = Scale · B · A. An embedding's pair (lora_embedding_A [r, vocabulary], lora_embedding_B
+/// [hidden, r]) combines by the same arithmetic and keeps its kind of key.</summary>
+public sealed record LoraPair(float[] A, float[] B, int Rank, int In, int Out, double Scale, bool Embedding = false)
+{
+    public static (string A, string B) Suffixes(bool embedding) => embedding ? (".lora_embedding_A", ".lora_embedding_B") : (".lora_A.weight", ".lora_B.weight");
+}
 
 /// <summary>A PEFT adapter directory as saved by save_pretrained: adapter_config.json (kept as JSON so fields
 /// ortlora does not model survive a rewrite) and adapter_model.safetensors, grouped into modules.</summary>
@@ -14,7 +18,7 @@ public sealed class PeftAdapterDirectory
 {
     public required string Source { get; init; }
     public required JsonObject Config { get; init; }
-    /// <summary>Module key (the tensor name before ".lora_A.weight") → its pair, in file order.</summary>
+    /// <summary>Module key (the tensor name before ".lora_A.weight" or ".lora_embedding_A") → its pair, in file order.</summary>
     public required Dictionary<string, LoraPair> Modules { get; init; }
 
     public static PeftAdapterDirectory Load(string dir)
@@ -35,21 +39,22 @@ public sealed class PeftAdapterDirectory
         var modules = new Dictionary<string, LoraPair>();
         foreach (var (name, a) in tensors)
         {
-            if (!name.EndsWith(".lora_A.weight", StringComparison.Ordinal))
+            if (!ModuleNames.IsLoraA(name))
             {
-                if (!name.EndsWith(".lora_B.weight", StringComparison.Ordinal))
-                    throw new OrtLoraException($"{weightsPath}: tensor '{name}' is not a LoRA A/B weight (modules_to_save and embedding adapters are not supported)");
+                if (!ModuleNames.IsLoraB(name))
+                    throw new OrtLoraException($"{weightsPath}: tensor '{name}' is not a LoRA A/B weight (modules_to_save, trainable tokens and biases are not supported)");
                 continue;
             }
-            var module = name[..^".lora_A.weight".Length];
-            if (!tensors.TryGetValue(module + ".lora_B.weight", out var b))
-                throw new OrtLoraException($"{weightsPath}: '{name}' has no matching lora_B");
+            bool embedding = name.EndsWith(".lora_embedding_A", StringComparison.Ordinal);
+            var module = name[..^LoraPair.Suffixes(embedding).A.Length];
+            if (!tensors.TryGetValue(module + LoraPair.Suffixes(embedding).B, out var b))
+                throw new OrtLoraException($"{weightsPath}: '{name}' has no matching {LoraPair.Suffixes(embedding).B.TrimStart('.')}");
             if (a.Shape.Length != 2 || b.Shape.Length != 2 || a.Shape[0] != b.Shape[1])
                 throw new OrtLoraException($"{weightsPath}: module '{module}' has A [{string.Join(",", a.Shape)}] and B [{string.Join(",", b.Shape)}], not [r,in] and [out,r]");
             int rank = (int)a.Shape[0];
             // rank_pattern can give a module its own r; the tensor's shape says which one applies.
             double scale = parsed.UseRslora ? parsed.LoraAlpha / Math.Sqrt(rank) : parsed.LoraAlpha / rank;
-            modules[module] = new LoraPair(a.AsFloats(), b.AsFloats(), rank, (int)a.Shape[1], (int)b.Shape[0], scale);
+            modules[module] = new LoraPair(a.AsFloats(), b.AsFloats(), rank, (int)a.Shape[1], (int)b.Shape[0], scale, embedding);
         }
         if (modules.Count == 0) throw new OrtLoraException($"{weightsPath}: no LoRA modules");
         return new PeftAdapterDirectory { Source = dir, Config = config, Modules = modules };
@@ -70,8 +75,8 @@ public sealed class PeftAdapterDirectory
         foreach (var (module, pair) in modules)
         {
             if (pair.Rank != rank || Math.Abs(pair.Scale - 1.0) > 1e-12) throw new ArgumentException($"module {module}: rank {pair.Rank}, scale {pair.Scale}");
-            tensors[module + ".lora_A.weight"] = SafeTensor.FromFloats([rank, pair.In], pair.A);
-            tensors[module + ".lora_B.weight"] = SafeTensor.FromFloats([pair.Out, rank], pair.B);
+            tensors[module + LoraPair.Suffixes(pair.Embedding).A] = SafeTensor.FromFloats([rank, pair.In], pair.A);
+            tensors[module + LoraPair.Suffixes(pair.Embedding).B] = SafeTensor.FromFloats([pair.Out, rank], pair.B);
         }
         var full = Path.GetFullPath(dir);
         var tmp = full.TrimEnd(Path.DirectorySeparatorChar) + $".tmp{Environment.ProcessId}";

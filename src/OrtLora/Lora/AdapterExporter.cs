@@ -41,7 +41,8 @@ public static class AdapterExporter
                 }
                 continue;
             }
-            string keyA = genAi ? ModuleNames.LoraAKey(module) : group[0].LoraA, keyB = genAi ? ModuleNames.LoraBKey(module) : group[0].LoraB;
+            bool embedding = group[0].Embedding;
+            string keyA = genAi ? ModuleNames.LoraAKey(module, embedding) : group[0].LoraA, keyB = genAi ? ModuleNames.LoraBKey(module, embedding) : group[0].LoraB;
             if (group[0].InitialA is { } initialA)
             {
                 layer = RelativeToOriginal(model, layer, initialA, group[0].InitialB!);

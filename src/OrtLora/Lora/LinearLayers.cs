@@ -18,7 +18,13 @@ public enum WeightLayout { InOut, OutIn }
 public sealed record LinearLayer(NodeProto Node, string Module, string Weight, WeightLayout Layout, long In, long Out,
     int DataType, float GemmAlpha, int[]? Parts, bool IsOutputHead, bool Tied)
 {
-    public string Input => Node.Input[0];
+    /// <summary>A token (or position) embedding, PEFT's LoRA on nn.Embedding: a Gather of rows of the table, which is
+    /// the linear layer onehot(ids)·W with W [vocabulary, hidden] stored [in, out].</summary>
+    public bool Embedding { get; init; }
+    /// <summary>x: the layer's input, or an embedding's ids.</summary>
+    public string Input => Embedding ? Node.Input[1] : Node.Input[0];
+    /// <summary>Which input of <see cref="Node"/> reads the weight.</summary>
+    public int WeightInput => Embedding ? 0 : 1;
     public string Output => Node.Output[0];
     /// <summary>The DequantizeLinear the weight is read through when it is stored quantized (weight-only QDQ); then
     /// <see cref="Weight"/> is the integer tensor.</summary>
@@ -89,7 +95,7 @@ public static class LinearLayers
         // ONNX Runtime's quantizers name the integers after the weight: W_quantized (int8 QDQ), W_DQ_Q4 (4-bit QDQ).
         if (dequantize is not null) weightValue = System.Text.RegularExpressions.Regex.Replace(weightValue, "(_quantized|_DQ_Q[248])$", "");
         if (g.Graph.Input.Any(i => i.Name == weightName)) return null; // an overridable input, not a parameter
-        if (weightName.EndsWith(".lora_A.weight") || weightName.EndsWith(".lora_B.weight")) return null; // an adapter's own branch
+        if (ModuleNames.IsLoraA(weightName) || ModuleNames.IsLoraB(weightName)) return null; // an adapter's own branch
         if (g.Constant(node.Input[0]) is not null) return null;
         var module = ModulePath(node, weightValue);
         if (module is null) return null;
@@ -98,6 +104,29 @@ public static class LinearLayers
         var (inDim, outDim) = layout == WeightLayout.InOut ? (rows, cols) : (cols, rows);
         return new LinearLayer(node, module, weightName, layout, inDim, outDim, castTo ?? weight.DataType, alpha,
             FusedParts(g, node.Output[0], outDim), IsHead(g, node.Output[0], module), IsTied(g, weightName, node)) { Dequantize = dequantize };
+    }
+
+    /// <summary>The token (and position) embeddings: Gathers of rows (axis 0) of a 2-D float initializer, read directly or
+    /// through Identity/Cast nodes, by computed ids.</summary>
+    public static List<LinearLayer> Embeddings(GraphEditor g)
+    {
+        var embeddings = new List<LinearLayer>();
+        foreach (var node in g.Graph.Node.Where(n => n.OpType == "Gather" && n.Domain is "" or "ai.onnx" && Attrs.Int(n, "axis", 0) == 0))
+        {
+            if (g.Constant(node.Input[1]) is not null || g.Initializer(node.Input[1]) is not null) continue;
+            var table = node.Input[0];
+            int? castTo = null;
+            while (g.Producer(table) is { OpType: "Identity" or "Cast" } hop)
+            {
+                if (hop.OpType == "Cast") castTo ??= (int)Attrs.Int(hop, "to", 0); // the outermost Cast gives the type read
+                table = hop.Input[0];
+            }
+            if (g.Initializer(table) is not { Dims.Count: 2 } t || !FloatTypes.Contains(t.DataType) || castTo is { } to && !FloatTypes.Contains(to)) continue;
+            if (g.Graph.Input.Any(i => i.Name == table) || ModuleNames.IsLoraA(table)) continue;
+            embeddings.Add(new LinearLayer(node, ModulePath(node, table), table, WeightLayout.InOut, t.Dims[0], t.Dims[1], castTo ?? t.DataType,
+                1, null, IsOutputHead: false, IsTied(g, table, node)) { Embedding = true });
+        }
+        return embeddings;
     }
 
     static bool IsMatrixTranspose(NodeProto t) => Attrs.Ints(t, "perm") is not { } perm || perm.SequenceEqual([1L, 0L]);

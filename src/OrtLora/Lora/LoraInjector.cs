@@ -35,7 +35,8 @@ public static class LoraInjector
         if (layers.Count == 0) throw new OrtLoraException($"{model.Source}: no linear layer (MatMul/Gemm with a 2-D weight initializer) found");
         var prefix = ModuleNames.WrapperPrefix(layers.Select(l => l.Module).ToList());
         var layerBiases = TrainedBiases.OfLayers(g, layers); // before the LoRA Adds sit between the MatMuls and their biases
-        var plans = peft is null ? PlanFresh(model, g, config, layers, prefix) : PlanFromPeft(model, g, peft, layers, prefix);
+        var embeddings = LinearLayers.Embeddings(g);
+        var plans = peft is null ? PlanFresh(model, g, config, layers, embeddings, prefix) : PlanFromPeft(model, g, peft, [.. layers, .. embeddings], prefix);
         var adapters = new List<LoraAdapter>();
         var added = new Dictionary<NodeProto, List<NodeProto>>();
         foreach (var p in plans)
@@ -75,7 +76,7 @@ public static class LoraInjector
     static bool HasLinearSubgraph(NodeProto node) => node.Attribute.Any(a =>
         (a.G is { } g ? [g] : a.Graphs.ToList()).Any(sub => sub.Node.Any(n => n.OpType is "MatMul" or "Gemm" || HasLinearSubgraph(n))));
 
-    static List<Plan> PlanFresh(OnnxModel model, GraphEditor g, LoraConfig config, List<LinearLayer> layers, string prefix)
+    static List<Plan> PlanFresh(OnnxModel model, GraphEditor g, LoraConfig config, List<LinearLayer> layers, List<LinearLayer> embeddings, string prefix)
     {
         if (config.TargetModules.Count == 0)
             config.TargetModules = ModuleNames.DefaultTargets(layers.Select(l => ModuleNames.Strip(l.Module, prefix)))
@@ -85,14 +86,16 @@ public static class LoraInjector
         var rng = new Random(config.Seed);
         if (config.Init == "loftq") WeightQuantizer.Prepare(model, config.LoftqBits, config.LoftqBlockSize);
         var plans = new List<Plan>();
-        foreach (var layer in layers)
+        foreach (var layer in layers.Concat(embeddings))
         {
             var path = ModuleNames.Strip(layer.Module, prefix);
-            if (!config.Selects(path, layer.IsOutputHead || layer.Tied)) continue;
+            // As the head, an embedding is only adapted when named: PEFT's all-linear takes linear layers only.
+            if (!config.Selects(path, layer.IsOutputHead || layer.Tied || layer.Embedding)) continue;
             if (plans.FirstOrDefault(p => p.PeftPath == path) is { } twice)
                 throw new OrtLoraException($"{model.Source}: module '{path}' is applied by several nodes ('{twice.Layer.Node.Name}', '{layer.Node.Name}'); " +
                     "one adapter cannot be merged into weights shared between calls; target other modules");
             int r = config.RankFor(path);
+            if (layer.Embedding) { plans.Add(EmbeddingPlan(model, config, layer, path, r, rng)); continue; }
             var sizes = config.Variant == "canonical" && layer.Parts is { } parts ? parts : [(int)layer.Out];
             var partPlans = new List<PartPlan>();
             long offset = 0;
@@ -125,9 +128,27 @@ public static class LoraInjector
                 (config.ExcludeModules.Count > 0 ? $" without exclude_modules [{string.Join(", ", config.ExcludeModules)}]" : "") +
                 (config.LayersToTransform.Count > 0 ? $" in layers_to_transform [{string.Join(", ", config.LayersToTransform)}]" +
                     (config.LayersPattern.Count > 0 ? $" (layers_pattern {string.Join(", ", config.LayersPattern)})" : "") : "") + "; " +
-                $"its linear layers are named: {string.Join(", ", layers.Select(l => ModuleNames.LastSegment(l.Module)).Distinct())}");
+                $"its linear layers are named: {string.Join(", ", layers.Select(l => ModuleNames.LastSegment(l.Module)).Distinct())}" +
+                (embeddings.Count > 0 ? $"; its embeddings: {string.Join(", ", embeddings.Select(l => ModuleNames.LastSegment(l.Module)).Distinct())}" : ""));
         return plans;
     }
+
+    /// <summary>PEFT's LoRA on nn.Embedding: A [r, vocabulary] starts at zero and B [hidden, r] from N(0, 1), the other
+    /// way round from a linear layer (PEFT does so for every init but loftq, PiSSA's and OLoRA's included).</summary>
+    static Plan EmbeddingPlan(OnnxModel model, LoraConfig config, LinearLayer layer, string path, int r, Random rng)
+    {
+        if (config.UseDora)
+            throw new OrtLoraException($"{model.Source}: module '{path}' is an embedding, and ortlora's DoRA adapts linear layers only; leave it out of target_modules");
+        if (config.Init == "loftq")
+            throw new OrtLoraException($"{model.Source}: module '{path}' is an embedding, and LoftQ quantizes linear layers only; leave it out of target_modules");
+        var b = new float[layer.Out * r];
+        for (int i = 0; i < b.Length; i++) b[i] = (float)Normal(rng);
+        return new Plan(layer, path, r, config.ScaleFor(path, r),
+            [new PartPlan(ModuleNames.LoraEmbeddingAKey(path), new float[r * layer.In], ModuleNames.LoraEmbeddingBKey(path), b, layer.Out, null)]);
+    }
+
+    /// <summary>A standard normal draw (Box-Muller).</summary>
+    static double Normal(Random rng) => Math.Sqrt(-2 * Math.Log(1.0 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble());
 
     /// <summary>PEFT's initialization of A: kaiming_uniform_(a=√5) gives bound 1/√in; "gaussian" draws N(0, (1/r)²).</summary>
     static float[] InitA(Random rng, string init, int r, long inDim)
@@ -136,11 +157,7 @@ public static class LoraInjector
         if (init == "gaussian")
         {
             double std = 1.0 / r;
-            for (int i = 0; i < a.Length; i++)
-            {
-                double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
-                a[i] = (float)(std * Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
-            }
+            for (int i = 0; i < a.Length; i++) a[i] = (float)(std * Normal(rng));
         }
         else if (init is "kaiming" or "loftq" || ResidualInit.Applies(init)) // PiSSA, OLoRA and LoftQ replace A afterwards
         {
@@ -185,13 +202,18 @@ public static class LoraInjector
             if (taken.TryGetValue(layer, out var other))
                 throw new OrtLoraException($"{adapter.WeightsPath}: tensors '{other}' and '{m.KeyA}' adapt the same layer '{layer.Module}'");
             taken[layer] = m.KeyA;
+            if (m.Embedding != layer.Embedding)
+                throw new OrtLoraException($"{adapter.WeightsPath}: tensor '{m.KeyA}' is {(m.Embedding ? "an embedding's" : "a linear layer's")} adapter, " +
+                    $"but '{layer.Module}' in {model.Source} is {(layer.Embedding ? "an embedding" : "a linear layer")}");
             CheckShape(adapter, model, m.KeyA, m.A.Shape, [m.A.Shape[0], layer.In]);
             CheckShape(adapter, model, m.KeyB, m.B.Shape, [layer.Out, m.A.Shape[0]]);
             int r = (int)m.A.Shape[0];
             var path = ModuleNames.Strip(layer.Module, prefix);
             if (m.M is not null) Lora.Dora.RequireSupported(model, layer, path, adapter.Config, parts: 1);
+            // Keys read with PEFT's ".default" are named as ortlora names them, which training and export recognize.
+            var (keyA, keyB) = m.Embedding ? (ModuleNames.LoraEmbeddingAKey(path), ModuleNames.LoraEmbeddingBKey(path)) : (m.KeyA, m.KeyB);
             plans.Add(new Plan(layer, path, r, adapter.Config.ScaleFor(m.Path, r),
-                [new PartPlan(m.KeyA, m.A.AsFloats(), m.KeyB, m.B.AsFloats(), layer.Out, null)],
+                [new PartPlan(keyA, m.A.AsFloats(), keyB, m.B.AsFloats(), layer.Out, null)],
                 m.M is null ? null : (m.M.AsFloats(), Lora.Dora.WeightNormSquared(model, g, layer))));
         }
         foreach (var (layer, parts) in packed) plans.Add(PackedPlan(model, adapter, layer, ModuleNames.Strip(layer.Module, prefix), parts));
@@ -246,7 +268,7 @@ public static class LoraInjector
             return n.Output[0];
         }
         bool isFloat = layer.DataType == (int)DT.Float;
-        var x = isFloat ? layer.Input : Node("Cast", "Cast_x", [layer.Input], ("to", (int)DT.Float));
+        var x = isFloat || layer.Embedding ? layer.Input : Node("Cast", "Cast_x", [layer.Input], ("to", (int)DT.Float));
         var partOutputs = new List<string>();
         foreach (var part in p.Parts)
         {
@@ -254,7 +276,8 @@ public static class LoraInjector
             g.AddInitializer(Tensors.FromFloats(part.KeyA, [p.R, layer.In], part.A));
             g.AddInitializer(Tensors.FromFloats(part.KeyB, [part.Size, p.R], part.B));
             var aT = Node("Transpose", tag + "lora_A/Transpose", [part.KeyA], ("perm", new long[] { 1, 0 }));
-            var h = Node("MatMul", tag + "lora_A/MatMul", [x, aT]);
+            // An embedding's x·Aᵀ is onehot(ids)·Aᵀ: the ids' rows of Aᵀ (PEFT's F.embedding(x, A.T)).
+            var h = layer.Embedding ? Node("Gather", tag + "lora_A/Gather", [aT, x]) : Node("MatMul", tag + "lora_A/MatMul", [x, aT]);
             var bT = Node("Transpose", tag + "lora_B/Transpose", [part.KeyB], ("perm", new long[] { 1, 0 }));
             partOutputs.Add(Node("MatMul", tag + "lora_B/MatMul", [h, bT]));
         }
@@ -291,7 +314,7 @@ public static class LoraInjector
         {
             Module = p.PeftPath, LoraA = part.KeyA, LoraB = part.KeyB, R = p.R, Scale = p.Scale, ScaleName = scaleName,
             BaseWeight = layer.Weight, Layout = layer.Layout, In = layer.In, Out = layer.Out, GemmAlpha = layer.GemmAlpha,
-            Part = part.Part, Node = layer.Node.Name, BaseOutput = baseOutput, Output = output, Nodes = names,
+            Part = part.Part, Embedding = layer.Embedding, Node = layer.Node.Name, BaseOutput = baseOutput, Output = output, Nodes = names,
             Magnitude = magnitude, WeightNorm = weightNorm, InitialA = initialA, InitialB = initialB,
         }).ToList();
         return (nodes, entries);

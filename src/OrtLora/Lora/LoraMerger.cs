@@ -92,7 +92,7 @@ public static class LoraMerger
     static TensorProto? Dequantized(OnnxModel model, GraphEditor g, NodeProto baseNode, LoraAdapter first, List<NodeProto> dequantizers)
     {
         var reader = baseNode;
-        var value = baseNode.Input[1];
+        var value = baseNode.Input[first.Embedding ? 0 : 1]; // a Gather reads its table first
         while (g.Producer(value) is { } producer)
         {
             if (producer.OpType == "DequantizeLinear" && producer.Input[0] == first.BaseWeight)
@@ -175,7 +175,7 @@ public static class LoraMerger
         // The layer reads the weight directly or through Identity/Transpose/Cast nodes (dynamo's nn.Linear,
         // deduplication, weights stored in fp16 and cast to the compute type).
         var reader = baseNode;
-        var value = baseNode.Input[1];
+        var value = baseNode.Input[first.Embedding ? 0 : 1]; // a Gather reads its table first
         bool sharedPath = false;
         while (value != weight.Name)
         {

@@ -31,6 +31,9 @@ public sealed record LoraAdapter
     /// <summary>Gemm's alpha multiplies x·W; merge divides the delta by it so the merged layer is exact.</summary>
     public float GemmAlpha { get; init; } = 1;
     public LoraPart? Part { get; init; }
+    /// <summary>An embedding's adapter (PEFT's lora_embedding_A [r, vocabulary] and lora_embedding_B [hidden, r]): the base
+    /// node is a Gather, its table the weight stored [in, out].</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public bool Embedding { get; init; }
     /// <summary>The base layer's node; its output was renamed to <see cref="BaseOutput"/>, and the LoRA Add now
     /// produces the original name <see cref="Output"/>.</summary>
     public required string Node { get; init; }

@@ -29,6 +29,14 @@ public static class ModuleNames
 
     public static string LoraAKey(string peftPath, string? part = null) => $"{PeftKeyPrefix}{peftPath}{part}.lora_A.weight";
     public static string LoraBKey(string peftPath, string? part = null) => $"{PeftKeyPrefix}{peftPath}{part}.lora_B.weight";
+    /// <summary>An embedding's A [r, vocabulary] and B [hidden, r]: PEFT keeps them in ParameterDicts, so its keys have no ".weight".</summary>
+    public static string LoraEmbeddingAKey(string peftPath) => $"{PeftKeyPrefix}{peftPath}.lora_embedding_A";
+    public static string LoraEmbeddingBKey(string peftPath) => $"{PeftKeyPrefix}{peftPath}.lora_embedding_B";
+    public static string LoraAKey(string peftPath, bool embedding) => embedding ? LoraEmbeddingAKey(peftPath) : LoraAKey(peftPath);
+    public static string LoraBKey(string peftPath, bool embedding) => embedding ? LoraEmbeddingBKey(peftPath) : LoraBKey(peftPath);
+    /// <summary>An adapter's A (a linear layer's or an embedding's), by the name ortlora gives its initializer.</summary>
+    public static bool IsLoraA(string name) => name.EndsWith(".lora_A.weight", StringComparison.Ordinal) || name.EndsWith(".lora_embedding_A", StringComparison.Ordinal);
+    public static bool IsLoraB(string name) => name.EndsWith(".lora_B.weight", StringComparison.Ordinal) || name.EndsWith(".lora_embedding_B", StringComparison.Ordinal);
     /// <summary>DoRA's magnitude vector m [out], as PEFT saves it (no ".weight").</summary>
     public static string MagnitudeKey(string peftPath) => $"{PeftKeyPrefix}{peftPath}.lora_magnitude_vector";
 
@@ -79,11 +87,17 @@ public static class ModuleNames
     public static string LastSegment(string path) => path[(path.LastIndexOf('.') + 1)..];
 
     /// <summary>The module part of a PEFT adapter key: <c>base_model.model.X.lora_A.weight</c> (or with PEFT's
-    /// in-memory <c>.default</c>) → X; also DoRA's <c>X.lora_magnitude_vector</c>; null for keys that are none of these.</summary>
+    /// in-memory <c>.default</c>) → X; also an embedding's <c>X.lora_embedding_A</c> and DoRA's <c>X.lora_magnitude_vector</c>;
+    /// null for keys that are none of these.</summary>
     public static (string Module, string Kind)? ParseAdapterKey(string key)
     {
-        foreach (var kind in new[] { "lora_A", "lora_B", "lora_magnitude_vector" })
-            foreach (var suffix in kind == "lora_magnitude_vector" ? [$".{kind}", $".{kind}.default.weight", $".{kind}.weight"] : new[] { $".{kind}.weight", $".{kind}.default.weight" })
+        foreach (var kind in new[] { "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector" })
+            foreach (var suffix in kind switch
+                     {
+                         "lora_magnitude_vector" => [$".{kind}", $".{kind}.default.weight", $".{kind}.weight"],
+                         "lora_embedding_A" or "lora_embedding_B" => [$".{kind}", $".{kind}.default"],
+                         _ => new[] { $".{kind}.weight", $".{kind}.default.weight" },
+                     })
                 if (key.EndsWith(suffix))
                 {
                     var module = key[..^suffix.Length];

@@ -158,18 +158,12 @@ public static class ModulesToSave
         }
     }
 
-    /// <summary>Gathers of rows (axis 0) of a 2-D float initializer by computed indices: token (and position) embeddings.</summary>
+    /// <summary>The token (and position) embeddings (<see cref="LinearLayers.Embeddings"/>).</summary>
     static IEnumerable<Candidate> Embeddings(GraphEditor g, string prefix)
     {
-        foreach (var node in g.Graph.Node.Where(n => n.OpType == "Gather" && n.Domain is "" or "ai.onnx" && Attrs.Int(n, "axis", 0) == 0).ToList())
-        {
-            if (g.Constant(node.Input[1]) is not null || g.Initializer(node.Input[1]) is not null) continue;
-            var table = node.Input[0];
-            while (g.Producer(table) is { OpType: "Identity" or "Cast" } hop) table = hop.Input[0];
-            if (g.Initializer(table) is not { Dims.Count: 2 } t || !Tensors.IsFloat(t.DataType)) continue;
-            if (Chain(g, node.Input[0], table) is not { } chain) continue;
-            yield return new Candidate(ModuleNames.Strip(LinearLayers.ModulePath(node, table), prefix), node, 0, table, "embedding", false, chain);
-        }
+        foreach (var e in LinearLayers.Embeddings(g))
+            if (Chain(g, e.Node.Input[0], e.Weight) is { } chain)
+                yield return new Candidate(ModuleNames.Strip(e.Module, prefix), e.Node, 0, e.Weight, "embedding", false, chain);
     }
 
     /// <summary>The ops from <paramref name="initializer"/> to <paramref name="value"/>, innermost first.</summary>

@@ -8,12 +8,15 @@ public sealed class PeftAdapter
     public const string WeightsFile = "adapter_model.safetensors";
 
     public required LoraConfig Config { get; init; }
-    /// <summary>lora_A / lora_B tensors by adapter key (e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight).</summary>
+    /// <summary>lora_A / lora_B tensors by adapter key (e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight,
+    /// base_model.model.model.embed_tokens.lora_embedding_A).</summary>
     public required Dictionary<string, SafeTensor> Tensors { get; init; }
     public string WeightsPath { get; init; } = WeightsFile;
 
     /// <summary>One module's A [r, in] and B [out, r] under their keys, and DoRA's magnitude m [out] when the adapter has one.</summary>
-    public sealed record Module(string Path, string KeyA, SafeTensor A, string KeyB, SafeTensor B, string? KeyM = null, SafeTensor? M = null);
+    /// <param name="Embedding">an embedding's adapter (lora_embedding_A [r, vocabulary], lora_embedding_B [hidden, r])</param>
+    public sealed record Module(string Path, string KeyA, SafeTensor A, string KeyB, SafeTensor B, string? KeyM = null, SafeTensor? M = null,
+        bool Embedding = false);
 
     public static PeftAdapter Load(string dir)
     {
@@ -41,7 +44,7 @@ public sealed class PeftAdapter
             if (IsSavedModuleKey(key) || TrainableTokens.IsRows(key) || Config.Bias != "none" && TrainedBiases.IsBias(key)) continue;
             var parsed = ModuleNames.ParseAdapterKey(key)
                 ?? throw new OrtLoraException($"{WeightsPath}: tensor '{key}' is not a LoRA A/B weight or DoRA magnitude; ortlora imports LoRA and DoRA adapters only");
-            (parsed.Kind switch { "lora_A" => a, "lora_B" => b, _ => m })[parsed.Module] = key;
+            (parsed.Kind switch { "lora_A" or "lora_embedding_A" => a, "lora_B" or "lora_embedding_B" => b, _ => m })[parsed.Module] = key;
         }
         if (m.Count > 0 && !Config.UseDora) throw new OrtLoraException($"{WeightsPath}: '{m.Values.First()}' is a DoRA magnitude but the config has no use_dora");
         if (Config.UseDora && m.Count == 0) throw new OrtLoraException($"{WeightsPath}: use_dora is set but no lora_magnitude_vector tensor is saved");
@@ -54,7 +57,12 @@ public sealed class PeftAdapter
             var (tA, tB) = (Tensors[keyA], Tensors[keyB]);
             if (tA.Shape.Length != 2 || tB.Shape.Length != 2 || tA.Shape[0] != tB.Shape[1])
                 throw new OrtLoraException($"{WeightsPath}: '{keyA}' [{string.Join(", ", tA.Shape)}] and '{keyB}' [{string.Join(", ", tB.Shape)}] are not a rank-r pair A [r, in], B [out, r]");
-            if (!Config.UseDora) { modules.Add(new Module(path, keyA, tA, keyB, tB)); continue; }
+            bool embedding = ModuleNames.ParseAdapterKey(keyA)!.Value.Kind == "lora_embedding_A";
+            if (embedding != (ModuleNames.ParseAdapterKey(keyB)!.Value.Kind == "lora_embedding_B"))
+                throw new OrtLoraException($"{WeightsPath}: '{keyA}' and '{keyB}' are not both a linear layer's (lora_A, lora_B) or both an embedding's (lora_embedding_A, lora_embedding_B)");
+            if (embedding && Config.UseDora)
+                throw new OrtLoraException($"{WeightsPath}: '{keyA}' is a DoRA adapter on an embedding; ortlora imports DoRA on linear layers only");
+            if (!Config.UseDora) { modules.Add(new Module(path, keyA, tA, keyB, tB, Embedding: embedding)); continue; }
             if (!m.TryGetValue(path, out var keyM)) throw new OrtLoraException($"{WeightsPath}: DoRA module '{path}' has no lora_magnitude_vector");
             var tM = Tensors[keyM];
             if (tM.Shape.Length != 1 || tM.Shape[0] != tB.Shape[0])

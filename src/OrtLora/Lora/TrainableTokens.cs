@@ -39,7 +39,7 @@ public static class TrainableTokens
     {
         if (tokens.Count == 0) return [];
         var candidates = ModulesToSave.Candidates(g, layers, prefix);
-        var adaptedWeights = layers.Where(l => adapted.Contains(l.Node)).ToDictionary(l => l.Weight, l => l.Module);
+        var adaptedWeights = layers.Concat(LinearLayers.Embeddings(g)).Where(l => adapted.Contains(l.Node)).DistinctBy(l => l.Weight).ToDictionary(l => l.Weight, l => l.Module);
         var result = new List<TokenRows>();
         foreach (var (name, ids) in tokens)
         {
@@ -50,6 +50,8 @@ public static class TrainableTokens
                 throw new OrtLoraException($"{model.Source}: module '{c.Path}' is stored quantized (DequantizeLinear); trainable tokens replace float rows");
             if (ModulesToSave.IsWeight(c.Table))
                 throw new OrtLoraException($"{model.Source}: the token embedding is in modules_to_save (trained whole); its tokens cannot also be trainable");
+            if (adapted.Contains(c.Node))
+                throw new OrtLoraException($"{model.Source}: module '{c.Path}' has a LoRA adapter; leave it out of target_modules or of trainable_token_indices");
             if (adaptedWeights.TryGetValue(c.Table, out var adaptedModule))
                 throw new OrtLoraException($"{model.Source}: module '{c.Path}' shares its weight with '{adaptedModule}', which has a LoRA adapter; leave it out of target_modules or of trainable_token_indices");
             if (result.FirstOrDefault(r => r.Table == c.Table) is { } tied)

@@ -81,7 +81,7 @@ public static class Trainer
 
         // Engine: LoRA+ gives B its own learning rate.
         var adamW = new AdamWOptions(args.AdamBeta1, args.AdamBeta2, args.AdamEpsilon, args.WeightDecay,
-            LrMultiplier: p => p.EndsWith(".lora_B.weight") || p.EndsWith(".lora_magnitude_vector") ? args.LoraplusLrRatio : 1.0); // PEFT's LoRA+ puts 1-D parameters (DoRA's m) with B
+            LrMultiplier: p => p.EndsWith(".lora_B.weight") || p.EndsWith(".lora_magnitude_vector") ? args.LoraplusLrRatio : 1.0); // PEFT's LoRA+ puts 1-D parameters (DoRA's m) with B; an embedding's lora_embedding_B falls in its group A
         // The session trains a copy of the model (half compute with --fp16/--bf16); `model` stays float32 for the adapter
         // and the merge.
         var compute = args.Bf16 ? ComputeType.BFloat16 : args.Fp16 ? ComputeType.Float16 : ComputeType.Float32;

@@ -13,7 +13,8 @@ public static class PeftParity
 
     /// <summary>PyTorch's name for a parameter: PEFT's module holds its adapter under the name "default".</summary>
     public static string TorchName(string parameter) =>
-        parameter.Replace(".lora_A.weight", ".lora_A.default.weight").Replace(".lora_B.weight", ".lora_B.default.weight");
+        parameter.EndsWith(".lora_embedding_A") || parameter.EndsWith(".lora_embedding_B") ? parameter + ".default"
+            : parameter.Replace(".lora_A.weight", ".lora_A.default.weight").Replace(".lora_B.weight", ".lora_B.default.weight");
 
     public static Batch ReadBatch(IReadOnlyDictionary<string, SafeTensor> reference, string prefix = "", int index = -1)
     {
