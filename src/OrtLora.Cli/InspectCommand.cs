@@ -51,6 +51,10 @@ public static class InspectCommand
                 (rank * (l.In + l.Out)).ToString("N0"), l.IsOutputHead ? "output head" : l.Tied ? "tied weight" : "",
             });
             WriteTable(["module", "op", "in", "out", "W", "fused parts", $"params r={rank}", ""], rows);
+            var embeddings = LinearLayers.Embeddings(editor);
+            if (embeddings.Count > 0)
+                Console.WriteLine("embeddings (adapted when --target-modules names them): " + string.Join(", ",
+                    embeddings.Select(e => $"{ModuleNames.Strip(e.Module, prefix)} [{e.In}, {e.Out}] {rank * (e.In + e.Out):N0} params at r={rank}")));
             long allLinear = layers.Where(l => !l.IsOutputHead && !l.Tied).Sum(l => rank * (l.In + l.Out));
             var defaults = ModuleNames.DefaultTargets(layers.Select(l => ModuleNames.Strip(l.Module, prefix)));
             long byDefault = defaults is null ? 0 : layers.Where(l => ModuleNames.IsTarget(defaults, ModuleNames.Strip(l.Module, prefix), l.IsOutputHead || l.Tied)).Sum(l => rank * (l.In + l.Out));

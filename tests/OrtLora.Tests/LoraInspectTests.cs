@@ -15,6 +15,10 @@ public class LoraInspectTests
         Assert.That(output, Does.Contain($"all-linear {peftElements:N0}"));
         Assert.That(output, Does.Contain("lm_head").And.Contain("output head"));
         if (arch == "gpt2") Assert.That(output, Does.Match(@"transformer\.h\.0\.attn\.c_attn\s+Gemm\s+64\s+192\s+\[in,out\]\s+64\+64\+64"));
+        // The embeddings PEFT adapts when named (lora_embedding_A [r, vocabulary] + lora_embedding_B [hidden, r]).
+        var vocabulary = SafeTensors.Read(Shared.Peft(arch, "reference.safetensors"))["logits"].Shape[^1];
+        Assert.That(output, Does.Contain($"{(arch == "gpt2" ? "transformer.wte" : "model.embed_tokens")} [{vocabulary}, 64] {4 * (vocabulary + 64):N0} params at r=4"));
+        if (arch == "gpt2") Assert.That(output, Does.Contain("transformer.wpe [256, 64]"), "the position embedding, by name too");
     }
 
     [Test]
