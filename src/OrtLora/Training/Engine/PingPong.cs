@@ -16,12 +16,14 @@ public sealed class PingPong : IDisposable
     DeviceCopy? _copy;
     int _current;
 
-    public PingPong(long[] shape, float[]? initial = null)
+    /// <param name="adopt">the first buffer is <paramref name="initial"/> itself, not a copy: the caller gives the array
+    /// up (a modules_to_save weight's starting values are as large as the weight)</param>
+    public PingPong(long[] shape, float[]? initial = null, bool adopt = false)
     {
         Shape = shape;
         _count = shape.Aggregate(1L, (a, b) => a * b);
-        _host = [new float[_count], new float[_count]];
-        if (initial is not null) Check(initial).CopyTo(_host[0], 0);
+        _host = [adopt && initial is not null ? Check(initial) : new float[_count], new float[_count]];
+        if (initial is not null && !adopt) Check(initial).CopyTo(_host[0], 0);
         _values = [OrtValue.CreateTensorValueFromMemory(_host[0], shape), OrtValue.CreateTensorValueFromMemory(_host[1], shape)];
     }
 

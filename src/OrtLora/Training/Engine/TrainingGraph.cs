@@ -29,7 +29,9 @@ public sealed partial class TrainingGraph : IDisposable
 
     public IReadOnlyList<string> Parameters { get; }
     public IReadOnlyDictionary<string, long[]> ParameterShapes { get; }
-    /// <summary>The parameters' values in the model (float32), the starting point of training.</summary>
+    /// <summary>The parameters' values in the model (float32), the starting point of training. A TrainingSession adopts
+    /// these arrays as its parameters' first buffers (no second copy), so through a session's graph they hold whatever
+    /// that buffer last held.</summary>
     public IReadOnlyDictionary<string, float[]> InitialValues { get; }
     /// <summary>Model inputs fed from a batch (input_ids, attention_mask, ...), plus labels.</summary>
     public IReadOnlyList<string> BatchInputs { get; }

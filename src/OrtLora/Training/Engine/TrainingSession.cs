@@ -74,7 +74,7 @@ public sealed class TrainingSession : IDisposable
         foreach (var p in _graph.Parameters)
         {
             var shape = _graph.ParameterShapes[p];
-            _params[p] = new PingPong(shape, _graph.InitialValues[p]);
+            _params[p] = new PingPong(shape, _graph.InitialValues[p], adopt: true); // the graph's starting values become the first buffer
             _expAvg[p] = new PingPong(shape);
             _expAvgSq[p] = new PingPong(shape);
         }
