@@ -17,7 +17,8 @@ public sealed record AdamWSlot(string Param, string Grad, string ExpAvg, string 
 /// p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε). Bias corrections are computed in float64, as PyTorch does.</summary>
 public static class AdamWGraph
 {
-    public sealed record Result(string GradNorm, Dictionary<string, (string Param, string ExpAvg, string ExpAvgSq)> Updated);
+    /// <param name="ClipCoefficient">what the gradients are multiplied by before the update (1 when not clipped)</param>
+    public sealed record Result(string GradNorm, string ClipCoefficient, Dictionary<string, (string Param, string ExpAvg, string ExpAvgSq)> Updated);
 
     /// <param name="lr">float scalar input: the learning rate</param>
     /// <param name="step">float scalar input: the step number t, from 1</param>
@@ -25,8 +26,10 @@ public static class AdamWGraph
     /// <param name="shapes">each parameter's shape: parameters sharing a learning rate and all dims but one are updated
     /// as one tensor (<see cref="ParameterBundle"/>), then split back</param>
     /// <param name="gradDivisor">float scalar the gradients are divided by first (a loss scale), a bundle at a time</param>
+    /// <param name="normOnly">gradients (already divided) that count in the global norm but are updated elsewhere
+    /// (<see cref="HostAdamW"/>): their sum of squares is taken without a squared copy</param>
     public static Result Append(GraphEditor g, IReadOnlyList<AdamWSlot> slots, IReadOnlyDictionary<string, long[]> shapes,
-        string lr, string step, string maxGradNorm, AdamWOptions o, string? gradDivisor = null)
+        string lr, string step, string maxGradNorm, AdamWOptions o, string? gradDivisor = null, IReadOnlyList<string>? normOnly = null)
     {
         const int F = (int)DT.Float, D = (int)DT.Double;
         var scalars = new Dictionary<(double, int), string>();
@@ -42,7 +45,8 @@ public static class AdamWGraph
             .Select(joined => gradDivisor is null ? joined : Op("Div", joined, gradDivisor)).ToList();
 
         // clip_grad_norm_: coef = min(1, max_norm / (‖g‖ + 1e-6)), applied when max_norm > 0
-        var squares = bundleGrads.Select(bg => g.Add("ReduceSum", [Op("Mul", bg, bg)], name: "adamw/ReduceSum", attributes: ("keepdims", 0L))).ToArray();
+        var squares = bundleGrads.Select(bg => g.Add("ReduceSum", [Op("Mul", bg, bg)], name: "adamw/ReduceSum", attributes: ("keepdims", 0L)))
+            .Concat((normOnly ?? []).Select(grad => g.Add("ReduceSumSquare", [grad], name: "adamw/ReduceSumSquare", attributes: ("keepdims", 0L)))).ToArray();
         var norm = Op("Sqrt", squares.Length == 1 ? squares[0] : Op("Sum", squares));
         var coef = Op("Min", Scalar(1, F), Op("Div", maxGradNorm, Op("Add", norm, Scalar(1e-6, F))));
         coef = Op("Where", Op("Greater", maxGradNorm, Scalar(0, F)), coef, Scalar(1, F));
@@ -79,6 +83,6 @@ public static class AdamWGraph
             var (ps, ms, vs) = (bundle.Unjoin(g, p, "adamw"), bundle.Unjoin(g, m, "adamw"), bundle.Unjoin(g, v, "adamw"));
             for (int i = 0; i < bundle.Members.Count; i++) updated[bundle.Members[i]] = (ps[i], ms[i], vs[i]);
         }
-        return new Result(norm, updated);
+        return new Result(norm, coef, updated);
     }
 }

@@ -18,14 +18,22 @@ public sealed class PingPong : IDisposable
 
     /// <param name="adopt">the first buffer is <paramref name="initial"/> itself, not a copy: the caller gives the array
     /// up (a modules_to_save weight's starting values are as large as the weight)</param>
-    public PingPong(long[] shape, float[]? initial = null, bool adopt = false)
+    /// <param name="single">one host buffer that is both Current and Next, for a tensor updated in place on the host
+    /// (<see cref="HostAdamW"/>): never bind it as an output of a run that reads it</param>
+    public PingPong(long[] shape, float[]? initial = null, bool adopt = false, bool single = false)
     {
         Shape = shape;
         _count = shape.Aggregate(1L, (a, b) => a * b);
-        _host = [adopt && initial is not null ? Check(initial) : new float[_count], new float[_count]];
+        var first = adopt && initial is not null ? Check(initial) : new float[_count];
+        _host = [first, single ? first : new float[_count]];
         if (initial is not null && !adopt) Check(initial).CopyTo(_host[0], 0);
-        _values = [OrtValue.CreateTensorValueFromMemory(_host[0], shape), OrtValue.CreateTensorValueFromMemory(_host[1], shape)];
+        var value = OrtValue.CreateTensorValueFromMemory(_host[0], shape);
+        _values = [value, single ? value : OrtValue.CreateTensorValueFromMemory(_host[1], shape)];
     }
+
+    /// <summary>The current host array, for updates in place (host buffers only).</summary>
+    public float[] HostArray => _host?[_current] ?? throw new InvalidOperationException("the buffers are in a device's memory");
+    public bool Single => ReferenceEquals(_values[0], _values[1]);
 
     public long[] Shape { get; }
     public OrtValue Current => _values[_current];
@@ -42,8 +50,9 @@ public sealed class PingPong : IDisposable
         if (_host is null) return; // already moved
         _copy = copy;
         var current = _host[_current];
-        var moved = new[] { Allocate(allocator), Allocate(allocator) };
-        foreach (var v in _values) v.Dispose();
+        var first = Allocate(allocator);
+        var moved = new[] { first, Single ? first : Allocate(allocator) };
+        foreach (var v in _values.Distinct()) v.Dispose();
         _values = moved;
         _host = null;
         Write(current);
@@ -76,7 +85,7 @@ public sealed class PingPong : IDisposable
     float[] Check(float[] values) => values.Length == _count ? values
         : throw new OrtLoraException($"tensor of {values.Length} values given for shape [{string.Join(", ", Shape)}]");
 
-    public void Dispose() { foreach (var v in _values) v.Dispose(); }
+    public void Dispose() { foreach (var v in _values.Distinct()) v.Dispose(); }
 }
 
 /// <summary>A float32 scalar the host sets before a run or reads after one (lr, step, loss, ...).</summary>

@@ -33,11 +33,13 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// (<see cref="NeftuneNoise"/>); 0: none</param>
 /// <param name="Seed">seeds that noise, drawn anew for each optimizer step and micro-batch</param>
 /// <param name="LabelSmoothing">the Trainer's label_smoothing_factor (<see cref="CausalLmLoss.Smoothing"/>)</param>
+/// <param name="HostUpdateFrom">parameters of this many elements or more (modules_to_save weights) are updated by
+/// <see cref="HostAdamW"/> in place when the state is in host memory, instead of by the graph</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
     GraphOptimizationLevel Optimization = GraphOptimizationLevel.ORT_ENABLE_ALL, string Device = "cpu", string? EpLibrary = null,
     bool CpuMemArena = true, string? ProfilePrefix = null, bool StateInSessionMemory = false, ComputeType Compute = ComputeType.Float32,
     bool StaticShapes = false, bool GradientCheckpointing = false, int? LossChunks = null, bool CudaGraphs = false,
-    double NeftuneNoiseAlpha = 0, int Seed = 42, double LabelSmoothing = 0);
+    double NeftuneNoiseAlpha = 0, int Seed = 42, double LabelSmoothing = 0, long HostUpdateFrom = ParameterBundle.AloneFrom);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -49,7 +51,11 @@ public sealed class TrainingSession : IDisposable
     readonly TrainingSessionOptions _options;
     readonly Dictionary<string, PingPong> _params = new(), _expAvg = new(), _expAvgSq = new();
     Dictionary<string, PingPong>? _accumulators;
-    readonly HostScalar _lr = new(), _step = new(), _maxGradNorm = new(), _gradScale = new(), _loss = new(), _gradNorm = new(), _lossScale = new();
+    /// <summary>The parameters <see cref="HostAdamW"/> updates in place (one buffer each), and their gradients' buffers.</summary>
+    readonly HashSet<string> _hostUpdated;
+    readonly Dictionary<string, PingPong> _hostGradients = new();
+    readonly HostScalar _lr = new(), _step = new(), _maxGradNorm = new(), _gradScale = new(), _loss = new(), _gradNorm = new(), _lossScale = new(),
+        _clipCoefficient = new();
     LossScaler? _scaler;
     readonly RunOptions _runOptions = new(); // the defaults, for every Run: made once, not per step
     InferenceSession? _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession;
@@ -71,12 +77,17 @@ public sealed class TrainingSession : IDisposable
         _graph = TrainingGraph.Build(model, parameters, compute: options.Compute, gradientCheckpointing: options.GradientCheckpointing,
             lossChunks: options.LossChunks, neftuneNoise: options.NeftuneNoiseAlpha > 0, labelSmoothing: options.LabelSmoothing);
         if (_graph.ScalesLoss) _scaler = new LossScaler();
+        // State in host memory (the CPU, where PlaceState leaves it): large parameters are updated in place by the host.
+        bool hostState = _options.Device == "cpu" && !_options.StateInSessionMemory;
+        _hostUpdated = hostState ? _graph.Parameters.Where(p => _graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b) >= _options.HostUpdateFrom).ToHashSet() : [];
         foreach (var p in _graph.Parameters)
         {
             var shape = _graph.ParameterShapes[p];
-            _params[p] = new PingPong(shape, _graph.InitialValues[p], adopt: true); // the graph's starting values become the first buffer
-            _expAvg[p] = new PingPong(shape);
-            _expAvgSq[p] = new PingPong(shape);
+            bool single = _hostUpdated.Contains(p);
+            _params[p] = new PingPong(shape, _graph.InitialValues[p], adopt: true, single); // the graph's starting values become the first buffer
+            _expAvg[p] = new PingPong(shape, single: single);
+            _expAvgSq[p] = new PingPong(shape, single: single);
+            if (single) _hostGradients[p] = new PingPong(shape, single: true);
         }
     }
 
@@ -94,16 +105,17 @@ public sealed class TrainingSession : IDisposable
     /// <summary>Forward, backward and AdamW on one batch in a single Run; returns the loss (before the update).</summary>
     public float Step(Batch batch, float learningRate, float maxGradNorm = 0)
     {
-        var session = ForBatch(ref _stepSession, () => _graph.BuildStep(_options.AdamW), batch);
+        var session = ForBatch(ref _stepSession, () => _graph.BuildStep(_options.AdamW, _hostUpdated), batch);
         using var run = new RunBinding(session, _fixed);
         BindBatch(run, batch);
         BindNoise(run, batch, microBatch: 0);
         BindOptimizer(run, learningRate, maxGradNorm);
+        foreach (var (p, gradient) in _hostGradients) run.Output(TrainingGraph.GradOf(p), gradient.Current);
         BindLossScale(run);
         BindModel(run, session);
         run.HostOutput(TrainingGraph.Loss, _loss.Value);
         Run(run, graphId: StateParity);
-        FinishUpdate();
+        FinishUpdate(p => _hostGradients[p].HostArray);
         return _loss.Get();
     }
 
@@ -111,8 +123,8 @@ public sealed class TrainingSession : IDisposable
     /// returns the micro-batch loss. <see cref="ApplyAccumulated"/> then updates and clears them.</summary>
     public float Accumulate(Batch batch, float gradScale)
     {
-        var session = ForBatch(ref _accumulateSession, _graph.BuildAccumulate, batch);
-        _accumulators ??= _graph.Parameters.ToDictionary(p => p, p => Placed(new PingPong(_graph.ParameterShapes[p])));
+        var session = ForBatch(ref _accumulateSession, () => _graph.BuildAccumulate(_hostUpdated), batch);
+        _accumulators ??= _graph.Parameters.ToDictionary(p => p, p => Placed(new PingPong(_graph.ParameterShapes[p], single: _hostUpdated.Contains(p))));
         using var run = new RunBinding(session, _fixed);
         BindBatch(run, batch);
         BindNoise(run, batch, _microBatches++);
@@ -121,9 +133,11 @@ public sealed class TrainingSession : IDisposable
         BindLossScale(run);
         BindModel(run, session);
         BindAccumulators(run, output: true);
+        foreach (var (p, gradient) in _hostGradients) run.Output(TrainingGraph.GradOf(p), gradient.Current);
         run.HostOutput(TrainingGraph.Loss, _loss.Value);
         Run(run, graphId: 2 * StateParity + AccumulatorParity);
         foreach (var a in _accumulators.Values) a.Swap();
+        foreach (var (p, gradient) in _hostGradients) HostAdamW.Accumulate(_accumulators[p].HostArray, gradient.HostArray, gradScale);
         return _loss.Get();
     }
 
@@ -131,13 +145,13 @@ public sealed class TrainingSession : IDisposable
     public void ApplyAccumulated(float learningRate, float maxGradNorm = 0)
     {
         if (_accumulators is null) throw new InvalidOperationException("ApplyAccumulated before any Accumulate");
-        _applySession ??= Load(_graph.BuildApply(_options.AdamW));
+        _applySession ??= Load(_graph.BuildApply(_options.AdamW, _hostUpdated));
         using var run = new RunBinding(_applySession, _fixed);
         BindOptimizer(run, learningRate, maxGradNorm);
-        foreach (var p in _graph.Parameters) run.Input(p, _params[p].Current);
+        foreach (var p in _graph.Parameters.Where(p => !_hostUpdated.Contains(p))) run.Input(p, _params[p].Current);
         BindAccumulators(run, output: false);
         Run(run, graphId: 2 * StateParity + AccumulatorParity);
-        FinishUpdate();
+        FinishUpdate(p => _accumulators[p].HostArray);
         foreach (var a in _accumulators.Values) a.Clear();
         _microBatches = 0;
     }
@@ -290,7 +304,7 @@ public sealed class TrainingSession : IDisposable
 
     /// <summary>Parameters, moments and (once made) accumulators.</summary>
     IEnumerable<PingPong> StateBuffers() =>
-        _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? []);
+        _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? []).Concat(_hostGradients.Values);
 
     PingPong Placed(PingPong buffer)
     {
@@ -323,7 +337,8 @@ public sealed class TrainingSession : IDisposable
         run.HostInput(TrainingGraph.Step, _step.Value);
         run.HostInput(TrainingGraph.MaxGradNorm, _maxGradNorm.Value);
         run.HostOutput(TrainingGraph.GradNorm, _gradNorm.Value);
-        foreach (var p in _graph.Parameters)
+        if (_hostUpdated.Count > 0) run.HostOutput(TrainingGraph.ClipCoefficient, _clipCoefficient.Value);
+        foreach (var p in _graph.Parameters.Where(p => !_hostUpdated.Contains(p)))
         {
             run.Input(TrainingGraph.ExpAvgOf(p), _expAvg[p].Current);
             run.Input(TrainingGraph.ExpAvgSqOf(p), _expAvgSq[p].Current);
@@ -337,6 +352,7 @@ public sealed class TrainingSession : IDisposable
     {
         foreach (var p in _graph.Parameters)
         {
+            if (output && _hostUpdated.Contains(p)) continue; // the host adds its gradient
             run.Input(TrainingGraph.AccumulatorOf(p), _accumulators![p].Current);
             if (output) run.Output(TrainingGraph.Updated(TrainingGraph.AccumulatorOf(p)), _accumulators[p].Next);
         }
@@ -349,12 +365,16 @@ public sealed class TrainingSession : IDisposable
         run.HostInput(TrainingGraph.LossScale, _lossScale.Value);
     }
 
-    /// <summary>Takes the update the Run wrote to the Next buffers, unless loss scaling found that its gradients
-    /// overflowed: then parameters and moments stay as they were (GradScaler skips optimizer.step).</summary>
-    void FinishUpdate()
+    /// <summary>Takes the update the Run wrote to the Next buffers and makes the host's (from <paramref name="hostGradient"/>
+    /// times the clip coefficient), unless loss scaling found that the gradients overflowed: then parameters and moments
+    /// stay as they were (GradScaler skips optimizer.step).</summary>
+    void FinishUpdate(Func<string, float[]> hostGradient)
     {
         LastGradNorm = _gradNorm.Get();
         if (_scaler is not null && !_scaler.Update(LastGradNorm)) return;
+        foreach (var p in _hostUpdated)
+            HostAdamW.Update(_params[p].HostArray, _expAvg[p].HostArray, _expAvgSq[p].HostArray, hostGradient(p), _clipCoefficient.Get(),
+                _options.AdamW, _lr.Get(), _options.AdamW.LrMultiplier?.Invoke(p) ?? 1.0, OptimizerStep + 1);
         foreach (var p in _graph.Parameters) { _params[p].Swap(); _expAvg[p].Swap(); _expAvgSq[p].Swap(); }
         OptimizerStep++;
     }
@@ -383,7 +403,7 @@ public sealed class TrainingSession : IDisposable
         foreach (var s in new[] { _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession, _allocatorSession }
                      .OfType<InferenceSession>().Distinct())
             Unload(s);
-        foreach (var s in new[] { _lr, _step, _maxGradNorm, _gradScale, _loss, _gradNorm, _lossScale }) s.Dispose();
+        foreach (var s in new[] { _lr, _step, _maxGradNorm, _gradScale, _loss, _gradNorm, _lossScale, _clipCoefficient }) s.Dispose();
         _runOptions.Dispose();
     }
 }
