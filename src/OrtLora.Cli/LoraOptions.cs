@@ -55,7 +55,7 @@ public sealed class LoraOptions
     public Option<bool> UseDora { get; } = new("--use-dora") { Description = "DoRA: a trainable magnitude per output feature times the normalized W + scale·B·A" };
     public Option<string> Init { get; } = new("--init-lora-weights", "--init")
     {
-        Description = "PEFT's init_lora_weights: true/kaiming (Kaiming-uniform A, B zero), gaussian, pissa_niter_K (A, B from W's top singular vectors), olora (from W's QR); " +
+        Description = "PEFT's init_lora_weights: true/kaiming (Kaiming-uniform A, B zero), gaussian, orthogonal (A and B dense, B·A = 0; even r), pissa_niter_K (A, B from W's top singular vectors), olora (from W's QR); " +
             "with these two W keeps the residual; loftq: W stored quantized (--loftq-bits), A, B from the SVD of the quantization error",
         DefaultValueFactory = _ => "kaiming",
     };

@@ -88,6 +88,51 @@ public class LoraInjectTests
         Assert.That(lora.Config.ToPeftJson()["init_lora_weights"]!.GetValue<string>(), Is.EqualTo("gaussian"), "as PEFT records it");
     }
 
+    /// <summary>--init-lora-weights orthogonal (PEFT's): A and B both dense, with B·A = 0, so the injected model computes
+    /// the original while both factors get a gradient from the first step (B = 0 leaves A's at zero); canonical parts each
+    /// get their own pair; an odd r is one error naming the module, as PEFT raises.</summary>
+    [Test]
+    public void OrthogonalInitIsDenseYetStartsUnchanged()
+    {
+        var reference = Reference("gpt2");
+        var output = Path.Combine(Shared.TempDir(), "injected.onnx");
+        OrtloraOk("inject", Shared.Peft("gpt2", "model.dynamo.onnx"), "-o", output, "--r", "4", "--target-modules", "all-linear",
+            "--variant", "canonical", "--init-lora-weights", "orthogonal", "--seed", "5");
+        using var model = OnnxModel.Load(output);
+        var lora = LoraModel.Read(model)!;
+        Assert.That(lora.Config.ToPeftJson()["init_lora_weights"]!.GetValue<string>(), Is.EqualTo("orthogonal"), "as PEFT records it");
+        Assert.That(Shared.MaxAbsDiff(Logits(model, reference), reference["logits_base"].AsFloats()), Is.LessThan(1e-4f));
+        foreach (var e in lora.Adapters)
+        {
+            var a = model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == e.LoraA));
+            var b = model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == e.LoraB));
+            long outDim = e.Part?.Size ?? e.Out;
+            Assert.That((a.Count(v => v == 0), b.Count(v => v == 0)), Is.EqualTo((0, 0)), e.LoraA);
+            double largest = 0, product = 0;
+            for (long o = 0; o < outDim; o++)
+                for (long i = 0; i < e.In; i++)
+                {
+                    double ba = 0, size = 0;
+                    for (int k = 0; k < e.R; k++) { ba += (double)b[o * e.R + k] * a[k * e.In + i]; size += Math.Abs((double)b[o * e.R + k] * a[k * e.In + i]); }
+                    (product, largest) = (Math.Max(product, Math.Abs(ba)), Math.Max(largest, size));
+                }
+            Assert.That(product, Is.LessThan(1e-6 * largest), $"{e.LoraA}: B·A = 0 (terms up to {largest:G3})");
+        }
+        using var session = new Training.Engine.TrainingSession(model, new Training.Engine.TrainingSessionOptions(new Autodiff.AdamWOptions()));
+        var batch = Training.Engine.PeftParity.ReadBatch(reference);
+        var (_, grads) = session.ComputeGradients(batch);
+        foreach (var e in lora.Adapters)
+        {
+            Assert.That(grads[e.LoraA].Max(Math.Abs), Is.GreaterThan(1e-6f), e.LoraA);
+            Assert.That(grads[e.LoraB].Max(Math.Abs), Is.GreaterThan(1e-6f), e.LoraB);
+        }
+
+        var error = Ortlora("inject", Shared.Peft("gpt2", "model.dynamo.onnx"), "-o", output, "--r", "4", "--rank-pattern", "c_fc=3", "--target-modules", "all-linear",
+            "--init-lora-weights", "orthogonal");
+        Assert.That(error.ExitCode, Is.Not.EqualTo(0));
+        Assert.That(error.Error, Does.Contain("init_lora_weights orthogonal on 'transformer.h.0.mlp.c_fc' needs an even r (got 3)"));
+    }
+
     /// <summary>--rank-pattern / --alpha-pattern (PEFT's rank_pattern, alpha_pattern): a name or a regex matched against
     /// the end of the module path gives that module its own r and lora_alpha; the exported config keeps the patterns, so
     /// PEFT builds the same shapes; a malformed pair is one error.</summary>

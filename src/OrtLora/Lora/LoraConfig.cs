@@ -30,7 +30,8 @@ public sealed class LoraConfig
     public bool FanInFanOut { get; set; }
     /// <summary>"performant": one adapter on a fused projection; "canonical": one per part.</summary>
     public string Variant { get; set; } = "performant";
-    /// <summary>"kaiming" (PEFT's default, Kaiming-uniform A) or "gaussian" (A ~ N(0, 1/r)).</summary>
+    /// <summary>"kaiming" (PEFT's default, Kaiming-uniform A), "gaussian" (A ~ N(0, 1/r)), "orthogonal" (A and B dense with
+    /// B·A = 0), or PiSSA, OLoRA and LoftQ's names.</summary>
     public string Init { get; set; } = "kaiming";
     /// <summary>LoftQ (Init "loftq"): the bits the targeted weights are stored in (4: uint4 blocks of
     /// <see cref="LoftqBlockSize"/>; 8: int8 per channel) and the alternating steps (PEFT's LoftQConfig).</summary>
@@ -96,7 +97,7 @@ public sealed class LoraConfig
         ["use_rslora"] = UseRslora,
         ["fan_in_fan_out"] = FanInFanOut,
         ["bias"] = Bias,
-        ["init_lora_weights"] = Init is "gaussian" or "loftq" ? Init : true,
+        ["init_lora_weights"] = Init is "gaussian" or "loftq" or "orthogonal" ? Init : true,
         ["loftq_config"] = Init == "loftq" ? new JsonObject { ["loftq_bits"] = LoftqBits, ["loftq_iter"] = LoftqIter } : new JsonObject(),
         ["use_dora"] = UseDora,
         ["inference_mode"] = true,
@@ -128,7 +129,7 @@ public sealed class LoraConfig
             LoraDropout = json["lora_dropout"]?.GetValue<double>() ?? 0,
             UseRslora = json["use_rslora"]?.GetValue<bool>() ?? false,
             UseDora = json["use_dora"]?.GetValue<bool>() ?? false,
-            Init = json["init_lora_weights"] is JsonValue init && init.TryGetValue<string>(out var how) && how == "gaussian" ? "gaussian" : "kaiming",
+            Init = json["init_lora_weights"] is JsonValue init && init.TryGetValue<string>(out var how) && how is "gaussian" or "orthogonal" ? how : "kaiming",
             FanInFanOut = json["fan_in_fan_out"]?.GetValue<bool>() ?? false,
             RankPattern = json["rank_pattern"] is JsonObject rp ? rp.ToDictionary(p => p.Key, p => p.Value!.GetValue<int>()) : new(),
             AlphaPattern = json["alpha_pattern"] is JsonObject ap ? ap.ToDictionary(p => p.Key, p => p.Value!.GetValue<double>()) : new(),
