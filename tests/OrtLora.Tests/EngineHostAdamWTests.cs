@@ -30,7 +30,7 @@ public class EngineHostAdamWTests
         ComputeType compute, int steps)
     {
         using var model = Injected();
-        var adamW = new AdamWOptions(WeightDecay: 0.01, LrMultiplier: p => p.EndsWith(".lora_B.weight") ? 4 : 1);
+        var adamW = new AdamWOptions(WeightDecay: 0.01, LrMultiplier: p => p.EndsWith(".lora_B.weight") ? 4 : 1, Decays: p => !p.Contains("layers.0."));
         using var session = new TrainingSession(model, new TrainingSessionOptions(adamW, Compute: compute, HostUpdateFrom: hostUpdateFrom));
         for (int step = 0; step < steps; step++)
         {
@@ -46,9 +46,12 @@ public class EngineHostAdamWTests
         return (session.GetParameters(), session.GetOptimizerState(), session.LastGradNorm);
     }
 
-    /// <remarks>float16 takes one step: the norm, summed in another order, can differ in its last bit, and after a step
-    /// that moves the parameters by an ulp the next float16 forward rounds differently, which AdamW's normalized update
-    /// turns into learning-rate-sized changes where a gradient is near zero.</remarks>
+    /// <remarks>After one step the two agree to the last bit or two (the global norm is summed in another order). Later
+    /// steps start from parameters an ulp apart, and AdamW's normalized update magnifies that where a moment nearly cancels,
+    /// so three steps agree to a few parts in a million. float16 takes one step: there the next forward, rounded to 11
+    /// bits, would magnify it beyond that.</remarks>
+    [TestCase(false, ComputeType.Float32, 1)]
+    [TestCase(true, ComputeType.Float32, 1)]
     [TestCase(false, ComputeType.Float32, 3)]
     [TestCase(true, ComputeType.Float32, 3)]
     [TestCase(false, ComputeType.Float16, 1)]
@@ -58,7 +61,7 @@ public class EngineHostAdamWTests
         var host = Train(1, accumulate, compute, steps); // every parameter on the host
         var head = "base_model.model.lm_head.modules_to_save.default.weight";
         Assert.That(graph.Parameters.Keys, Does.Contain(head));
-        const float tolerance = 1e-6f;
+        float tolerance = steps == 1 ? 1e-7f : 3e-6f;
         Assert.That(host.GradNorm, Is.EqualTo(graph.GradNorm).Within(10 * tolerance * graph.GradNorm));
         Assert.That(graph.GradNorm, Is.GreaterThan(0.5f), "clipped");
         foreach (var (name, expected) in graph.Parameters)

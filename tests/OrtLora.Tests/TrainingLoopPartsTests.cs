@@ -46,6 +46,24 @@ public class TrainingLoopPartsTests
         Assert.That(LrSchedule.At(type, 1e-3, step, warmup: 2, total: 10, LrSchedule.ParseKwargs(kwargs)), Is.EqualTo(1e-3 * factor).Within(1e-15));
     }
 
+    // The Trainer's get_decay_parameter_names and PEFT's create_loraplus_optimizer groups, on the names ortlora gives parameters.
+    [TestCase("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", false, true, false)]
+    [TestCase("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", false, true, true)]
+    [TestCase("base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias", true, false, true)]
+    [TestCase("base_model.model.model.layers.0.self_attn.q_proj.bias", true, false, true)]
+    [TestCase("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector", true, true, true)]
+    [TestCase("base_model.model.model.embed_tokens.lora_embedding_A", false, true, false)]
+    [TestCase("base_model.model.model.embed_tokens.lora_embedding_B", false, true, false)]
+    [TestCase("base_model.model.lm_head.modules_to_save.default.weight", false, true, false)]
+    [TestCase("base_model.model.model.norm.modules_to_save.default.weight", true, false, true)]
+    [TestCase("base_model.model.model.layers.0.post_attention_layernorm.weight", true, false, true)]
+    [TestCase("base_model.model.transformer.h.0.ln_1.weight", true, true, true)] // neither name rule; the Trainer goes by the LayerNorm type here
+    public void WeightDecayAndLoraPlusGroupsFollowTheirNames(string parameter, bool isVector, bool decays, bool groupB)
+    {
+        Assert.That(TrainingArguments.DecaysWeight(parameter), Is.EqualTo(decays), "weight decay");
+        Assert.That(TrainingArguments.LoraPlusGroupB(parameter, isVector), Is.EqualTo(groupB), "LoRA+ group B");
+    }
+
     [Test]
     public void SchedulerArgumentsThatCannotWorkAreOneError()
     {

@@ -4,9 +4,14 @@ using DT = Onnx.TensorProto.Types.DataType;
 namespace OrtLora.Autodiff;
 
 /// <summary>AdamW hyper-parameters fixed when the graph is built; learning rate, step and max_grad_norm are graph
-/// inputs so schedules need no rebuild. <see cref="LrMultiplier"/> scales a parameter's learning rate (LoRA+: B × ratio).</summary>
+/// inputs so schedules need no rebuild. <see cref="LrMultiplier"/> scales a parameter's learning rate (LoRA+: B × ratio);
+/// <see cref="Decays"/> says which parameters weight decay applies to (default: all; the Trainer leaves biases out).</summary>
 public sealed record AdamWOptions(double Beta1 = 0.9, double Beta2 = 0.999, double Epsilon = 1e-8, double WeightDecay = 0.0,
-    Func<string, double>? LrMultiplier = null);
+    Func<string, double>? LrMultiplier = null, Func<string, bool>? Decays = null)
+{
+    /// <summary>The weight decay of <paramref name="parameter"/>: <see cref="WeightDecay"/>, or 0 where it does not decay.</summary>
+    public double WeightDecayOf(string parameter) => Decays?.Invoke(parameter) ?? true ? WeightDecay : 0;
+}
 
 /// <summary>One parameter's slot in the optimizer: its value, gradient and moment values (names in the graph).</summary>
 public sealed record AdamWSlot(string Param, string Grad, string ExpAvg, string ExpAvgSq);
@@ -39,8 +44,8 @@ public static class AdamWGraph
         string Cast(string x, int to) => g.Add("Cast", [x], name: "adamw/Cast", attributes: ("to", (long)to));
 
         var slotOf = slots.ToDictionary(s => s.Param);
-        var bundles = slots.GroupBy(s => o.LrMultiplier?.Invoke(s.Param) ?? 1.0).SelectMany(grp =>
-            ParameterBundle.Form(grp.Select(s => s.Param), shapes).Select(b => (Multiplier: grp.Key, Bundle: b))).ToList();
+        var bundles = slots.GroupBy(s => (Multiplier: o.LrMultiplier?.Invoke(s.Param) ?? 1.0, WeightDecay: o.WeightDecayOf(s.Param))).SelectMany(grp =>
+            ParameterBundle.Form(grp.Select(s => s.Param), shapes).Select(b => (grp.Key.Multiplier, grp.Key.WeightDecay, Bundle: b))).ToList();
         var bundleGrads = bundles.Select(b => b.Bundle.Join(g, p => slotOf[p].Grad, "adamw"))
             .Select(joined => gradDivisor is null ? joined : Op("Div", joined, gradDivisor)).ToList();
 
@@ -56,25 +61,25 @@ public static class AdamWGraph
         var correction1 = Op("Sub", Scalar(1, D), Op("Pow", Scalar(o.Beta1, D), t));
         var sqrtCorrection2 = Cast(Op("Sqrt", Op("Sub", Scalar(1, D), Op("Pow", Scalar(o.Beta2, D), t))), F);
         var lr64 = Cast(lr, D);
-        var perMultiplier = new Dictionary<double, (string Decay, string StepSize)>();
-        (string Decay, string StepSize) Rates(double multiplier)
+        var perGroup = new Dictionary<(double, double), (string Decay, string StepSize)>();
+        (string Decay, string StepSize) Rates(double multiplier, double weightDecay)
         {
-            if (perMultiplier.TryGetValue(multiplier, out var known)) return known;
+            if (perGroup.TryGetValue((multiplier, weightDecay), out var known)) return known;
             var lrP = multiplier == 1 ? lr64 : Op("Mul", lr64, Scalar(multiplier, D));
-            var decay = Cast(Op("Sub", Scalar(1, D), Op("Mul", lrP, Scalar(o.WeightDecay, D))), F);
-            return perMultiplier[multiplier] = (decay, Cast(Op("Div", lrP, correction1), F));
+            var decay = Cast(Op("Sub", Scalar(1, D), Op("Mul", lrP, Scalar(weightDecay, D))), F);
+            return perGroup[(multiplier, weightDecay)] = (decay, Cast(Op("Div", lrP, correction1), F));
         }
 
         var updated = new Dictionary<string, (string, string, string)>();
         for (int k = 0; k < bundles.Count; k++)
         {
-            var (multiplier, bundle) = bundles[k];
-            var (decay, stepSize) = Rates(multiplier);
+            var (multiplier, weightDecay, bundle) = bundles[k];
+            var (decay, stepSize) = Rates(multiplier, weightDecay);
             var param = bundle.Join(g, name => name, "adamw");
             var expAvg = bundle.Join(g, name => slotOf[name].ExpAvg, "adamw");
             var expAvgSq = bundle.Join(g, name => slotOf[name].ExpAvgSq, "adamw");
             var grad = Op("Mul", bundleGrads[k], coef);
-            var decayed = o.WeightDecay == 0 ? param : Op("Mul", param, decay);
+            var decayed = weightDecay == 0 ? param : Op("Mul", param, decay);
             var m = Op("Add", expAvg, Op("Mul", Op("Sub", grad, expAvg), Scalar(1 - o.Beta1, F)));
             var v = Op("Add", Op("Mul", expAvgSq, Scalar(o.Beta2, F)), Op("Mul", Op("Mul", grad, grad), Scalar(1 - o.Beta2, F)));
             var denom = Op("Add", Op("Div", Op("Sqrt", v), sqrtCorrection2), Scalar(o.Epsilon, F));

@@ -79,9 +79,11 @@ public static class Trainer
         int totalSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * stepsPerEpoch);
         int warmup = LrSchedule.WarmupSteps(args, totalSteps);
 
-        // Engine: LoRA+ gives B its own learning rate.
+        // Engine: LoRA+ gives B its own learning rate; weight decay leaves biases and norms alone, as the Trainer does.
+        var vectors = model.Graph.Initializer.Where(t => TrainingGraph.IsTrainable(t.Name) && t.Dims.Count == 1).Select(t => t.Name).ToHashSet();
         var adamW = new AdamWOptions(args.AdamBeta1, args.AdamBeta2, args.AdamEpsilon, args.WeightDecay,
-            LrMultiplier: p => p.EndsWith(".lora_B.weight") || p.EndsWith(".lora_magnitude_vector") ? args.LoraplusLrRatio : 1.0); // PEFT's LoRA+ puts 1-D parameters (DoRA's m) with B; an embedding's lora_embedding_B falls in its group A
+            LrMultiplier: p => TrainingArguments.LoraPlusGroupB(p, vectors.Contains(p)) ? args.LoraplusLrRatio : 1.0,
+            Decays: TrainingArguments.DecaysWeight);
         // The session trains a copy of the model (half compute with --fp16/--bf16); `model` stays float32 for the adapter
         // and the merge.
         var compute = args.Bf16 ? ComputeType.BFloat16 : args.Fp16 ? ComputeType.Float16 : ComputeType.Float32;

@@ -67,6 +67,17 @@ public sealed class TrainingArguments
     public Microsoft.ML.OnnxRuntime.GraphOptimizationLevel OrtOptimizationLevel => OrtLevel(GraphOptimizationLevel);
 
     /// <summary>The ORT level of a --graph-optimization-level value (train and verify take the same names).</summary>
+    /// <summary>The Trainer's get_decay_parameter_names: weight decay applies to a parameter unless its name (lowercase)
+    /// has "bias", "layernorm", "rmsnorm", a "norm" segment or "_norm" (the PEFT names ortlora gives parameters: trained
+    /// biases and LoRA's own lora_B.bias are left out).</summary>
+    public static bool DecaysWeight(string parameter) => !NoDecay.IsMatch(parameter.ToLowerInvariant());
+    static readonly System.Text.RegularExpressions.Regex NoDecay = new(@"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)");
+
+    /// <summary>PEFT's LoRA+ (create_loraplus_optimizer) puts in B's group, at --loraplus-lr-ratio times the learning rate,
+    /// every parameter named lora_B and every 1-D one (DoRA's magnitudes, trained biases); the rest (A, an embedding's
+    /// lora_embedding_A/B, modules_to_save weights, token rows) keeps the learning rate.</summary>
+    public static bool LoraPlusGroupB(string parameter, bool isVector) => parameter.Contains("lora_B", StringComparison.Ordinal) || isVector;
+
     public static Microsoft.ML.OnnxRuntime.GraphOptimizationLevel OrtLevel(string name) => name switch
     {
         "all" => Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL,

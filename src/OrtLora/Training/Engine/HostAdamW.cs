@@ -13,17 +13,18 @@ public static class HostAdamW
     /// <param name="gradFactor">what the gradient is multiplied by first: the clip coefficient the step graph computed
     /// over every gradient</param>
     /// <param name="lrMultiplier">the parameter's learning-rate multiplier (<see cref="AdamWOptions.LrMultiplier"/>)</param>
+    /// <param name="weightDecay">the parameter's weight decay (<see cref="AdamWOptions.WeightDecayOf"/>)</param>
     /// <param name="step">AdamW's t, from 1</param>
     public static void Update(float[] param, float[] expAvg, float[] expAvgSq, float[] grad, float gradFactor,
-        AdamWOptions o, float learningRate, double lrMultiplier, int step)
+        AdamWOptions o, float learningRate, double lrMultiplier, double weightDecay, int step)
     {
         // The graph's constants, in the types it computes them in.
         double lr = (double)learningRate * lrMultiplier;
         double correction1 = 1 - Math.Pow(o.Beta1, step);
         float sqrtCorrection2 = (float)Math.Sqrt(1 - Math.Pow(o.Beta2, step));
-        float decay = (float)(1 - lr * o.WeightDecay), stepSize = (float)(lr / correction1);
+        float decay = (float)(1 - lr * weightDecay), stepSize = (float)(lr / correction1);
         float oneMinusBeta1 = (float)(1 - o.Beta1), beta2 = (float)o.Beta2, oneMinusBeta2 = (float)(1 - o.Beta2), epsilon = (float)o.Epsilon;
-        bool decays = o.WeightDecay != 0;
+        bool decays = weightDecay != 0;
         const int Block = 1 << 16;
         Parallel.For(0, (param.Length + Block - 1) / Block, b =>
         {

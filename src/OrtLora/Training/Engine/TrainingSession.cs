@@ -374,7 +374,7 @@ public sealed class TrainingSession : IDisposable
         if (_scaler is not null && !_scaler.Update(LastGradNorm)) return;
         foreach (var p in _hostUpdated)
             HostAdamW.Update(_params[p].HostArray, _expAvg[p].HostArray, _expAvgSq[p].HostArray, hostGradient(p), _clipCoefficient.Get(),
-                _options.AdamW, _lr.Get(), _options.AdamW.LrMultiplier?.Invoke(p) ?? 1.0, OptimizerStep + 1);
+                _options.AdamW, _lr.Get(), _options.AdamW.LrMultiplier?.Invoke(p) ?? 1.0, _options.AdamW.WeightDecayOf(p), OptimizerStep + 1);
         foreach (var p in _graph.Parameters) { _params[p].Swap(); _expAvg[p].Swap(); _expAvgSq[p].Swap(); }
         OptimizerStep++;
     }
