@@ -52,6 +52,7 @@ public sealed class LoraOptions
     public Option<string> Variant { get; } = new("--variant") { Description = "fused projections (GPT-2 c_attn, Phi-3 qkv_proj): performant = one adapter, canonical = one per part", DefaultValueFactory = _ => "performant" };
     public Option<double> Dropout { get; } = new("--lora-dropout") { Description = "dropout on the LoRA input during training" };
     public Option<bool> Rslora { get; } = new("--use-rslora") { Description = "scale by lora_alpha / sqrt(r)" };
+    public Option<bool> LoraBias { get; } = new("--lora-bias") { Description = "PEFT's lora_bias: B gets a trainable bias (zero at first); merge adds it to the layer's own bias, which the layer must have" };
     public Option<bool> UseDora { get; } = new("--use-dora") { Description = "DoRA: a trainable magnitude per output feature times the normalized W + scale·B·A" };
     public Option<string> Init { get; } = new("--init-lora-weights", "--init")
     {
@@ -73,7 +74,7 @@ public sealed class LoraOptions
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { R, Alpha, RankPattern, AlphaPattern, Bias, Targets, Exclude, ModulesToSave, EnsureWeightTying, TrainableTokens, Layers, LayersPattern, Variant, Dropout, Rslora, UseDora, Init, LoftqBits, LoftqIter, Seed, InitFrom }) command.Options.Add(o);
+        foreach (var o in new Option[] { R, Alpha, RankPattern, AlphaPattern, Bias, Targets, Exclude, ModulesToSave, EnsureWeightTying, TrainableTokens, Layers, LayersPattern, Variant, Dropout, Rslora, LoraBias, UseDora, Init, LoftqBits, LoftqIter, Seed, InitFrom }) command.Options.Add(o);
     }
 
     public LoraConfig Read(ParseResult parse)
@@ -81,7 +82,7 @@ public sealed class LoraOptions
         var config = new LoraConfig
         {
             R = parse.GetValue(R), LoraAlpha = parse.GetValue(Alpha), TargetModules = ParseTargets(parse.GetValue(Targets)!),
-            Variant = parse.GetValue(Variant)!, LoraDropout = parse.GetValue(Dropout), UseRslora = parse.GetValue(Rslora), UseDora = parse.GetValue(UseDora),
+            Variant = parse.GetValue(Variant)!, LoraDropout = parse.GetValue(Dropout), UseRslora = parse.GetValue(Rslora), LoraBias = parse.GetValue(LoraBias), UseDora = parse.GetValue(UseDora),
             Init = parse.GetValue(Init) is "true" ? "kaiming" : parse.GetValue(Init)!, Seed = parse.GetValue(Seed), ExcludeModules = ParseTargets(parse.GetValue(Exclude)!),
             LayersToTransform = ParseLayers(parse.GetValue(Layers)!),
             ModulesToSave = parse.GetValue(ModulesToSave)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),

@@ -11,7 +11,7 @@ namespace OrtLora.Deploy;
 public static class LoraRuntimeForm
 {
     public static bool IsLoraParameter(string name) => name.EndsWith(".lora_magnitude_vector", StringComparison.Ordinal) || Lora.ModuleNames.IsLoraA(name)
-        || Lora.ModuleNames.IsLoraB(name) || Lora.ModulesToSave.IsWeight(name) || Lora.TrainableTokens.IsRows(name) || Lora.TrainedBiases.IsBias(name);
+        || Lora.ModuleNames.IsLoraB(name) || Lora.ModuleNames.IsLoraBias(name) || Lora.ModulesToSave.IsWeight(name) || Lora.TrainableTokens.IsRows(name) || Lora.TrainedBiases.IsBias(name);
 
     /// <summary>Lists every LoRA parameter initializer (name ending .lora_A.weight / .lora_B.weight) in graph.input,
     /// keeping its value as the default. Returns the parameter names (already-listed ones included).</summary>

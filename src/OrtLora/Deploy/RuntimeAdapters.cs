@@ -23,10 +23,10 @@ public static class RuntimeAdapters
         {
             // A modules_to_save weight goes to the injected model's copy of it (same layout, PyTorch's).
             var name = ModulesToSave.PathOfPeftKey(key, config?.ModulesToSave ?? []) is { } saved ? ModulesToSave.WeightName(saved)
-                : key.Replace(".default.weight", ".weight", StringComparison.Ordinal) is var k && k.EndsWith(".default", StringComparison.Ordinal) ? k[..^".default".Length] : k;
+                : key.Replace(".default.weight", ".weight", StringComparison.Ordinal).Replace(".lora_B.default.bias", ".lora_B.bias", StringComparison.Ordinal) is var k && k.EndsWith(".default", StringComparison.Ordinal) ? k[..^".default".Length] : k;
             if (!LoraRuntimeForm.IsLoraParameter(name)) continue;
             var values = tensor.AsFloats();
-            if (ratio != 1.0 && ModuleNames.IsLoraB(name))
+            if (ratio != 1.0 && (ModuleNames.IsLoraB(name) || ModuleNames.IsLoraBias(name))) // both inside the scale
                 for (int i = 0; i < values.Length; i++) values[i] = (float)(values[i] * ratio);
             result[name] = (values, tensor.Shape);
         }

@@ -48,17 +48,20 @@ public static class AdapterExporter
                 layer = RelativeToOriginal(model, layer, initialA, group[0].InitialB!);
                 tensors[keyA] = SafeTensor.FromFloats([layer.R, layer.In], layer.A);
                 tensors[keyB] = SafeTensor.FromFloats([layer.Out, layer.R], layer.B);
+                if (group[0].LoraBias is { } bias) tensors[bias] = Raw(model, bias);
             }
             else if (layer.IsCanonical)
             {
                 // One adapter per part of a fused layer is, exactly, one PEFT adapter of rank parts·r on the fused module.
                 tensors[ModuleNames.LoraAKey(module)] = SafeTensor.FromFloats([layer.R, layer.In], layer.A);
                 tensors[ModuleNames.LoraBKey(module)] = SafeTensor.FromFloats([layer.Out, layer.R], layer.B);
+                if (layer.Bias is { } bias) tensors[ModuleNames.LoraBiasKey(module)] = SafeTensor.FromFloats([layer.Out], bias);
             }
             else
             {
                 tensors[keyA] = Raw(model, group[0].LoraA);
                 tensors[keyB] = Raw(model, group[0].LoraB);
+                if (group[0].LoraBias is { } bias) tensors[bias] = Raw(model, bias);
                 if (group[0].Magnitude is { } m) tensors[genAi ? ModuleNames.MagnitudeKey(module) : m] = Raw(model, m);
             }
             RecordRankAndScale(config, layer with { Module = module });

@@ -23,6 +23,9 @@ public sealed class LoraConfig
     public List<string> LayersPattern { get; set; } = [];
     public double LoraDropout { get; set; }
     public bool UseRslora { get; set; }
+    /// <summary>PEFT's lora_bias: B gets a bias vector [out], zero at first, inside the scale (scale·(x·Aᵀ·Bᵀ + b)); merge
+    /// adds scale·b to the layer's own bias.</summary>
+    public bool LoraBias { get; set; }
     /// <summary>DoRA: each adapted weight becomes m ⊙ (W + scale·B·A) / ‖W + scale·B·A‖ per output feature, with a
     /// trainable magnitude m (lora_magnitude_vector) that starts at ‖W‖.</summary>
     public bool UseDora { get; set; }
@@ -95,6 +98,7 @@ public sealed class LoraConfig
         ["layers_to_transform"] = LayersToTransform.Count == 0 ? null : new JsonArray(LayersToTransform.Select(i => (JsonNode)i).ToArray()),
         ["layers_pattern"] = LayersPattern.Count switch { 0 => null, 1 => LayersPattern[0], _ => new JsonArray(LayersPattern.Select(t => (JsonNode)t).ToArray()) },
         ["use_rslora"] = UseRslora,
+        ["lora_bias"] = LoraBias,
         ["fan_in_fan_out"] = FanInFanOut,
         ["bias"] = Bias,
         ["init_lora_weights"] = Init is "gaussian" or "loftq" or "orthogonal" ? Init : true,
@@ -128,6 +132,7 @@ public sealed class LoraConfig
             LoraAlpha = json["lora_alpha"]?.GetValue<double>() ?? 8,
             LoraDropout = json["lora_dropout"]?.GetValue<double>() ?? 0,
             UseRslora = json["use_rslora"]?.GetValue<bool>() ?? false,
+            LoraBias = json["lora_bias"]?.GetValue<bool>() ?? false,
             UseDora = json["use_dora"]?.GetValue<bool>() ?? false,
             Init = json["init_lora_weights"] is JsonValue init && init.TryGetValue<string>(out var how) && how is "gaussian" or "orthogonal" ? how : "kaiming",
             FanInFanOut = json["fan_in_fan_out"]?.GetValue<bool>() ?? false,

@@ -11,6 +11,8 @@ public sealed record LayerAdapter(string Module, int R, long In, long Out, doubl
 {
     /// <summary>DoRA's magnitude m [Out], or null for plain LoRA.</summary>
     public float[]? Magnitude { get; init; }
+    /// <summary>lora_bias: B's bias [Out] (the parts' side by side), or null.</summary>
+    public float[]? Bias { get; init; }
 
     public bool IsCanonical => Entries.Count > 1 || Entries[0].Part is not null;
 
@@ -21,6 +23,7 @@ public sealed record LayerAdapter(string Module, int R, long In, long Out, doubl
         int r = group.Sum(e => e.R);
         var a = new float[r * inDim];
         var b = new float[outDim * r];
+        var bias = group.Any(e => e.LoraBias is not null) ? new float[outDim] : null;
         int rank = 0;
         foreach (var e in group)
         {
@@ -30,11 +33,13 @@ public sealed record LayerAdapter(string Module, int R, long In, long Out, doubl
             partA.CopyTo(a, rank * inDim);
             for (long o = 0; o < size; o++)
                 Array.Copy(partB, o * e.R, b, (offset + o) * r + rank, e.R);
+            if (e.LoraBias is { } name) ReadFloats(model, name, [size]).CopyTo(bias!, offset);
             rank += e.R;
         }
         return new LayerAdapter(first.Module, r, inDim, outDim, first.Scale, a, b, group)
         {
             Magnitude = first.Magnitude is { } m ? ReadFloats(model, m, [outDim]) : null,
+            Bias = bias,
         };
     }
 

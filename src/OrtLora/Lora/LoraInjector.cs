@@ -10,7 +10,8 @@ namespace OrtLora.Lora;
 public static class LoraInjector
 {
     /// <summary>One adapter to add: A and B values and, for one part of a fused layer, which output columns it covers.</summary>
-    sealed record PartPlan(string KeyA, float[] A, string KeyB, float[] B, long Size, LoraPart? Part);
+    /// <param name="Bias">lora_bias: B's bias [Size], or null</param>
+    sealed record PartPlan(string KeyA, float[] A, string KeyB, float[] B, long Size, LoraPart? Part, float[]? Bias = null);
     /// <param name="Dora">DoRA's m [out] and ‖W‖² per output feature, null for plain LoRA</param>
     /// <param name="Residual">A and B come from W (PiSSA, OLoRA): the weight becomes the residual and the initial A, B are kept</param>
     sealed record Plan(LinearLayer Layer, string PeftPath, int R, double Scale, List<PartPlan> Parts,
@@ -35,13 +36,15 @@ public static class LoraInjector
         if (layers.Count == 0) throw new OrtLoraException($"{model.Source}: no linear layer (MatMul/Gemm with a 2-D weight initializer) found");
         var prefix = ModuleNames.WrapperPrefix(layers.Select(l => l.Module).ToList());
         var layerBiases = TrainedBiases.OfLayers(g, layers); // before the LoRA Adds sit between the MatMuls and their biases
+        var biasValues = layers.Where(l => TrainedBiases.ValueOf(g, l.Node) is not null)
+            .ToDictionary(l => l.Node, l => TrainedBiases.ValueOf(g, l.Node)!, ReferenceEqualityComparer.Instance); // lora_bias merges there
         var embeddings = LinearLayers.Embeddings(g);
         var plans = peft is null ? PlanFresh(model, g, config, layers, embeddings, prefix) : PlanFromPeft(model, g, peft, [.. layers, .. embeddings], prefix);
         var adapters = new List<LoraAdapter>();
         var added = new Dictionary<NodeProto, List<NodeProto>>();
         foreach (var p in plans)
         {
-            var (nodes, entries) = Emit(g, p, model.Opset());
+            var (nodes, entries) = Emit(g, p, model.Opset(), biasValues.GetValueOrDefault(p.Layer.Node));
             added[p.Layer.Node] = nodes;
             adapters.AddRange(entries);
         }
@@ -96,6 +99,7 @@ public static class LoraInjector
                     "one adapter cannot be merged into weights shared between calls; target other modules");
             int r = config.RankFor(path);
             if (layer.Embedding) { plans.Add(EmbeddingPlan(model, config, layer, path, r, rng)); continue; }
+            if (config.LoraBias) RequireLoraBias(model, config, path);
             var sizes = config.Variant == "canonical" && layer.Parts is { } parts ? parts : [(int)layer.Out];
             var partPlans = new List<PartPlan>();
             long offset = 0;
@@ -104,7 +108,7 @@ public static class LoraInjector
                 var suffix = sizes.Length > 1 ? $".part{i}" : null;
                 var part = sizes.Length > 1 ? new LoraPart(i, sizes.Length, offset, sizes[i]) : null;
                 partPlans.Add(new PartPlan(ModuleNames.LoraAKey(path, suffix), InitA(rng, config.Init, r, layer.In),
-                    ModuleNames.LoraBKey(path, suffix), new float[sizes[i] * r], sizes[i], part));
+                    ModuleNames.LoraBKey(path, suffix), new float[sizes[i] * r], sizes[i], part, config.LoraBias ? new float[sizes[i]] : null));
                 offset += sizes[i];
             }
             bool residual = ResidualInit.Applies(config.Init);
@@ -148,6 +152,8 @@ public static class LoraInjector
     {
         if (config.UseDora)
             throw new OrtLoraException($"{model.Source}: module '{path}' is an embedding, and ortlora's DoRA adapts linear layers only; leave it out of target_modules");
+        if (config.LoraBias)
+            throw new OrtLoraException($"{model.Source}: module '{path}' is an embedding, and lora_bias is for linear layers (PEFT refuses it on embeddings too); leave it out of target_modules");
         if (config.Init == "loftq")
             throw new OrtLoraException($"{model.Source}: module '{path}' is an embedding, and LoftQ quantizes linear layers only; leave it out of target_modules");
         var b = new float[layer.Out * r];
@@ -189,6 +195,14 @@ public static class LoraInjector
             for (int k = 0; k < r; k++) b[row * r + k] = (float)Enumerable.Range(0, half).Sum(j => draws[j] * q[2 * j + 1, k]);
         }
         return (a, b);
+    }
+
+    /// <summary>lora_bias goes with plain LoRA on a model whose biases stay as they are.</summary>
+    static void RequireLoraBias(OnnxModel model, LoraConfig config, string path)
+    {
+        string? why = config.UseDora ? "DoRA" : config.Bias != "none" ? $"bias '{config.Bias}' (both would train the layer's bias)"
+            : GenAiNames.Applies(model.Graph) ? "an ORT GenAI builder export (its packed biases have no PEFT key)" : null;
+        if (why is not null) throw new OrtLoraException($"{model.Source}: lora_bias on '{path}' does not go with {why}");
     }
 
     /// <summary>A standard normal draw (Box-Muller).</summary>
@@ -256,8 +270,9 @@ public static class LoraInjector
             if (m.M is not null) Lora.Dora.RequireSupported(model, layer, path, adapter.Config, parts: 1);
             // Keys read with PEFT's ".default" are named as ortlora names them, which training and export recognize.
             var (keyA, keyB) = m.Embedding ? (ModuleNames.LoraEmbeddingAKey(path), ModuleNames.LoraEmbeddingBKey(path)) : (m.KeyA, m.KeyB);
+            if (m.Bias is not null) { RequireLoraBias(model, adapter.Config, path); CheckShape(adapter, model, ModuleNames.LoraBiasKey(m.Path), m.Bias.Shape, [layer.Out]); }
             plans.Add(new Plan(layer, path, r, adapter.Config.ScaleFor(m.Path, r),
-                [new PartPlan(keyA, m.A.AsFloats(), keyB, m.B.AsFloats(), layer.Out, null)],
+                [new PartPlan(keyA, m.A.AsFloats(), keyB, m.B.AsFloats(), layer.Out, null, m.Bias?.AsFloats())],
                 m.M is null ? null : (m.M.AsFloats(), Lora.Dora.WeightNormSquared(model, g, layer))));
         }
         foreach (var (layer, parts) in packed) plans.Add(PackedPlan(model, adapter, layer, ModuleNames.Strip(layer.Module, prefix), parts));
@@ -296,8 +311,12 @@ public static class LoraInjector
                 $"the layer in {model.Source} needs [{string.Join(", ", expected)}]");
     }
 
+    /// <summary>B's bias key beside B's: base_model.model.PATH[.partI].lora_B.bias.</summary>
+    static string BiasKey(PartPlan part) => System.Text.RegularExpressions.Regex.Replace(part.KeyB, @"\.lora_B(\.default)?\.weight$", ".lora_B.bias");
+
     /// <summary>The nodes of one layer's LoRA branch, in order, and the metadata entry of each part.</summary>
-    static (List<NodeProto> Nodes, List<LoraAdapter> Entries) Emit(GraphEditor g, Plan p, int opset)
+    /// <param name="baseBias">the value the layer adds as its bias (lora_bias merges into it), or null</param>
+    static (List<NodeProto> Nodes, List<LoraAdapter> Entries) Emit(GraphEditor g, Plan p, int opset, string? baseBias)
     {
         var layer = p.Layer;
         if (string.IsNullOrEmpty(layer.Node.Name)) layer.Node.Name = g.Unique($"{p.PeftPath}/{layer.Node.OpType}");
@@ -323,7 +342,14 @@ public static class LoraInjector
             // An embedding's x·Aᵀ is onehot(ids)·Aᵀ: the ids' rows of Aᵀ (PEFT's F.embedding(x, A.T)).
             var h = layer.Embedding ? Node("Gather", tag + "lora_A/Gather", [aT, x]) : Node("MatMul", tag + "lora_A/MatMul", [x, aT]);
             var bT = Node("Transpose", tag + "lora_B/Transpose", [part.KeyB], ("perm", new long[] { 1, 0 }));
-            partOutputs.Add(Node("MatMul", tag + "lora_B/MatMul", [h, bT]));
+            var bh = Node("MatMul", tag + "lora_B/MatMul", [h, bT]);
+            if (part.Bias is not null)
+            {
+                // PEFT's lora_B is an nn.Linear with a bias: it is added before the scale.
+                g.AddInitializer(Tensors.FromFloats(BiasKey(part), [part.Size], part.Bias));
+                bh = Node("Add", tag + "lora_B/Add", [bh, BiasKey(part)]);
+            }
+            partOutputs.Add(bh);
         }
         var delta = partOutputs.Count == 1 ? partOutputs[0] : Node("Concat", "Concat", partOutputs.ToArray(), ("axis", -1L));
         var scaleName = g.Unique($"{ModuleNames.PeftKeyPrefix}{p.PeftPath}.lora_scaling");
@@ -358,7 +384,8 @@ public static class LoraInjector
         {
             Module = p.PeftPath, LoraA = part.KeyA, LoraB = part.KeyB, R = p.R, Scale = p.Scale, ScaleName = scaleName,
             BaseWeight = layer.Weight, Layout = layer.Layout, In = layer.In, Out = layer.Out, GemmAlpha = layer.GemmAlpha,
-            Part = part.Part, Embedding = layer.Embedding, Node = layer.Node.Name, BaseOutput = baseOutput, Output = output, Nodes = names,
+            Part = part.Part, Embedding = layer.Embedding, LoraBias = part.Bias is null ? null : BiasKey(part), BaseBias = part.Bias is null ? null : baseBias,
+            Node = layer.Node.Name, BaseOutput = baseOutput, Output = output, Nodes = names,
             Magnitude = magnitude, WeightNorm = weightNorm, InitialA = initialA, InitialB = initialB,
         }).ToList();
         return (nodes, entries);

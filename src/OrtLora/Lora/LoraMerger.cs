@@ -31,11 +31,13 @@ public static class LoraMerger
             double factor = 1.0 / first.GemmAlpha; // Gemm computes alpha·x·W: fold delta / alpha into W
             var layout = first.Layout;
             model.Defer(weight.Name, bytes => AddDelta(bytes, dataType, adapter, layout, factor));
+            if (adapter.Bias is { } loraBias) MergeBias(model, g, baseNode, first, loraBias);
             baseNode.Output[0] = first.Output;
             foreach (var e in group)
             {
                 removedNodes.UnionWith(e.Nodes);
                 removedInitializers.UnionWith([e.LoraA, e.LoraB, e.ScaleName]);
+                if (e.LoraBias is { } b) removedInitializers.Add(b);
                 if (e.InitialA is { } a0) removedInitializers.UnionWith([a0, e.InitialB!]);
                 if (e.Magnitude is { } m) removedInitializers.UnionWith(model.Graph.Initializer.Select(t => t.Name).Where(n => n.StartsWith(m, StringComparison.Ordinal)));
             }
@@ -83,6 +85,39 @@ public static class LoraMerger
         foreach (var input in model.Graph.Input.Where(i => removedInitializers.Contains(i.Name)).ToList()) model.Graph.Input.Remove(input);
         RemoveUnread(new GraphEditor(model.Graph), dequantizers); // a fresh index: the LoRA nodes are gone
         LoraModel.Remove(model.Proto);
+    }
+
+    /// <summary>lora_bias: the layer's own bias += scale·b (Gemm adds beta·C: divided by beta), as PEFT merges it; a layer
+    /// without a bias cannot take it (PEFT raises there too).</summary>
+    static void MergeBias(OnnxModel model, GraphEditor g, NodeProto baseNode, LoraAdapter first, float[] loraBias)
+    {
+        var value = first.BaseBias ?? throw new OrtLoraException($"{model.Source}: '{first.Module}' has a lora_bias but its layer has no bias to merge it into " +
+            "(PEFT cannot merge it either); use the injected model, or runtime adapters");
+        // Through the Identity nodes to the initializer; one that other layers read too (shared by the TorchScript
+        // exporter because the values were equal) gets a copy for this layer, read by the last hop.
+        var hop = (NodeProto?)null;
+        var name = value;
+        while (g.Producer(name) is { OpType: "Identity" } identity) { hop = identity; name = identity.Input[0]; }
+        var bias = g.Initializer(name) ?? throw new OrtLoraException($"{model.Source}: the bias '{name}' of '{first.Module}' is missing");
+        if (g.Consumers(name).Count > 1)
+        {
+            var reader = hop ?? (baseNode.OpType == "Gemm" ? baseNode : g.Consumers(first.Output).First(n => n.Input.Contains(value)));
+            bias = bias.Clone();
+            bias.Name = g.Unique(name + ".merged");
+            g.AddInitializer(bias);
+            for (int i = 0; i < reader.Input.Count; i++) if (reader.Input[i] == name) reader.Input[i] = bias.Name;
+            name = bias.Name;
+        }
+        if (bias.Dims.Count != 1 || bias.Dims[0] != loraBias.Length)
+            throw new OrtLoraException($"{model.Source}: the bias '{name}' of '{first.Module}' has shape [{string.Join(", ", bias.Dims)}], its lora_bias [{loraBias.Length}]");
+        float factor = (float)(first.Scale / (baseNode.OpType == "Gemm" ? Attrs.Float(baseNode, "beta", 1f) : 1f));
+        int dataType = bias.DataType;
+        model.Defer(name, bytes =>
+        {
+            var values = Tensors.BytesToFloats(bytes, dataType);
+            for (int i = 0; i < values.Length; i++) values[i] += factor * loraBias[i];
+            return Tensors.FloatsToBytes(values, dataType);
+        });
     }
 
     /// <summary>When the layer reads its weight through a DequantizeLinear of <paramref name="first"/>'s base weight:

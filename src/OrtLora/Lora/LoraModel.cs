@@ -34,6 +34,11 @@ public sealed record LoraAdapter
     /// <summary>An embedding's adapter (PEFT's lora_embedding_A [r, vocabulary] and lora_embedding_B [hidden, r]): the base
     /// node is a Gather, its table the weight stored [in, out].</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public bool Embedding { get; init; }
+    /// <summary>lora_bias: B's bias initializer ([part size], inside the scale), and the value the layer adds as its own
+    /// bias, an initializer or an Identity of one, that merge adds it to (null when the layer has none: then merge
+    /// refuses, as PEFT does).</summary>
+    public string? LoraBias { get; init; }
+    public string? BaseBias { get; init; }
     /// <summary>The base layer's node; its output was renamed to <see cref="BaseOutput"/>, and the LoRA Add now
     /// produces the original name <see cref="Output"/>.</summary>
     public required string Node { get; init; }

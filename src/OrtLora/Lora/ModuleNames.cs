@@ -34,6 +34,9 @@ public static class ModuleNames
     public static string LoraEmbeddingBKey(string peftPath) => $"{PeftKeyPrefix}{peftPath}.lora_embedding_B";
     public static string LoraAKey(string peftPath, bool embedding) => embedding ? LoraEmbeddingAKey(peftPath) : LoraAKey(peftPath);
     public static string LoraBKey(string peftPath, bool embedding) => embedding ? LoraEmbeddingBKey(peftPath) : LoraBKey(peftPath);
+    /// <summary>lora_bias: B's bias [out], as PEFT saves it (its nn.Linear's bias).</summary>
+    public static string LoraBiasKey(string peftPath, string? part = null) => $"{PeftKeyPrefix}{peftPath}{part}.lora_B.bias";
+    public static bool IsLoraBias(string name) => name.EndsWith(".lora_B.bias", StringComparison.Ordinal);
     /// <summary>An adapter's A (a linear layer's or an embedding's), by the name ortlora gives its initializer.</summary>
     public static bool IsLoraA(string name) => name.EndsWith(".lora_A.weight", StringComparison.Ordinal) || name.EndsWith(".lora_embedding_A", StringComparison.Ordinal);
     public static bool IsLoraB(string name) => name.EndsWith(".lora_B.weight", StringComparison.Ordinal) || name.EndsWith(".lora_embedding_B", StringComparison.Ordinal);

@@ -15,8 +15,9 @@ public sealed class PeftAdapter
 
     /// <summary>One module's A [r, in] and B [out, r] under their keys, and DoRA's magnitude m [out] when the adapter has one.</summary>
     /// <param name="Embedding">an embedding's adapter (lora_embedding_A [r, vocabulary], lora_embedding_B [hidden, r])</param>
+    /// <param name="Bias">lora_bias: B's bias [out] (<c>PATH.lora_B.bias</c>)</param>
     public sealed record Module(string Path, string KeyA, SafeTensor A, string KeyB, SafeTensor B, string? KeyM = null, SafeTensor? M = null,
-        bool Embedding = false);
+        bool Embedding = false, SafeTensor? Bias = null);
 
     public static PeftAdapter Load(string dir)
     {
@@ -39,8 +40,15 @@ public sealed class PeftAdapter
         var a = new Dictionary<string, string>();
         var b = new Dictionary<string, string>();
         var m = new Dictionary<string, string>();
+        var biases = new Dictionary<string, string>();
         foreach (var key in Tensors.Keys)
         {
+            if (System.Text.RegularExpressions.Regex.Match(key, @"^(?:base_model\.model\.)?(.+)\.lora_B(?:\.default)?\.bias$") is { Success: true } bias)
+            {
+                if (!Config.LoraBias) throw new OrtLoraException($"{WeightsPath}: '{key}' is a lora_bias tensor but the config has no lora_bias");
+                biases[bias.Groups[1].Value] = key;
+                continue;
+            }
             if (IsSavedModuleKey(key) || TrainableTokens.IsRows(key) || Config.Bias != "none" && TrainedBiases.IsBias(key)) continue;
             var parsed = ModuleNames.ParseAdapterKey(key)
                 ?? throw new OrtLoraException($"{WeightsPath}: tensor '{key}' is not a LoRA A/B weight or DoRA magnitude; ortlora imports LoRA and DoRA adapters only");
@@ -62,7 +70,13 @@ public sealed class PeftAdapter
                 throw new OrtLoraException($"{WeightsPath}: '{keyA}' and '{keyB}' are not both a linear layer's (lora_A, lora_B) or both an embedding's (lora_embedding_A, lora_embedding_B)");
             if (embedding && Config.UseDora)
                 throw new OrtLoraException($"{WeightsPath}: '{keyA}' is a DoRA adapter on an embedding; ortlora imports DoRA on linear layers only");
-            if (!Config.UseDora) { modules.Add(new Module(path, keyA, tA, keyB, tB, Embedding: embedding)); continue; }
+            SafeTensor? tBias = null;
+            if (Config.LoraBias && !embedding)
+            {
+                if (!biases.TryGetValue(path, out var keyBias)) throw new OrtLoraException($"{WeightsPath}: lora_bias is set but '{keyB}' has no lora_B.bias");
+                tBias = Tensors[keyBias];
+            }
+            if (!Config.UseDora) { modules.Add(new Module(path, keyA, tA, keyB, tB, Embedding: embedding, Bias: tBias)); continue; }
             if (!m.TryGetValue(path, out var keyM)) throw new OrtLoraException($"{WeightsPath}: DoRA module '{path}' has no lora_magnitude_vector");
             var tM = Tensors[keyM];
             if (tM.Shape.Length != 1 || tM.Shape[0] != tB.Shape[0])

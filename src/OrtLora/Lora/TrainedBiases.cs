@@ -20,7 +20,7 @@ public static class TrainedBiases
     public static readonly string[] Options = ["none", "all", "lora_only"];
     public static string PeftKey(string path) => ModuleNames.PeftKeyPrefix + path + ".bias";
     public static bool IsBias(string name) =>
-        name.StartsWith(ModuleNames.PeftKeyPrefix, StringComparison.Ordinal) && name.EndsWith(".bias", StringComparison.Ordinal);
+        name.StartsWith(ModuleNames.PeftKeyPrefix, StringComparison.Ordinal) && name.EndsWith(".bias", StringComparison.Ordinal) && !ModuleNames.IsLoraBias(name);
 
     /// <summary>A linear layer's bias: Gemm's C, or a constant vector (initializer or Constant) added right after the
     /// MatMul; null when it has none.</summary>
@@ -29,6 +29,18 @@ public static class TrainedBiases
         string? bias = node.OpType == "Gemm" && node.Input.Count > 2 && node.Input[2] != "" ? node.Input[2]
             : node.OpType == "MatMul" && g.Consumers(node.Output[0]) is [{ OpType: "Add" } add] ? add.Input.FirstOrDefault(i => i != node.Output[0]) : null;
         return bias is not null && (g.Initializer(bias) ?? g.Constant(bias)) is { Dims.Count: 1 } ? bias : null;
+    }
+
+    /// <summary>The value a linear layer adds as its bias (Gemm's C, or the other input of the Add right after a MatMul)
+    /// when it is a 1-D float initializer, read directly or through Identity nodes (the TorchScript exporter shares equal
+    /// biases that way); null otherwise.</summary>
+    public static string? ValueOf(GraphEditor g, NodeProto node)
+    {
+        string? value = node.OpType == "Gemm" && node.Input.Count > 2 && node.Input[2] != "" ? node.Input[2]
+            : node.OpType == "MatMul" && g.Consumers(node.Output[0]) is [{ OpType: "Add" } add] ? add.Input.FirstOrDefault(i => i != node.Output[0]) : null;
+        var source = value;
+        while (source is not null && g.Producer(source) is { OpType: "Identity" } hop) source = hop.Input[0];
+        return source is not null && g.Initializer(source) is { Dims.Count: 1 } t && Tensors.IsFloat(t.DataType) ? value : null;
     }
 
     /// <summary>The float bias initializer of each linear layer that has one, by layer node: read before inject puts the

@@ -54,7 +54,7 @@ public sealed partial class TrainingGraph : IDisposable
 
     /// <summary>What training updates by default: LoRA's A and B, DoRA's magnitudes, the weights of modules_to_save, the
     /// rows of trainable tokens, the biases of bias="all"/"lora_only".</summary>
-    public static bool IsTrainable(string name) => Lora.ModuleNames.IsLoraA(name) || Lora.ModuleNames.IsLoraB(name) || name.EndsWith(".lora_magnitude_vector")
+    public static bool IsTrainable(string name) => Lora.ModuleNames.IsLoraA(name) || Lora.ModuleNames.IsLoraB(name) || Lora.ModuleNames.IsLoraBias(name) || name.EndsWith(".lora_magnitude_vector")
         || Lora.ModulesToSave.IsWeight(name) || Lora.TrainableTokens.IsRows(name) || Lora.TrainedBiases.IsBias(name);
 
     TrainingGraph(IReadOnlyList<string> parameters, Dictionary<string, long[]> shapes, Dictionary<string, float[]> values,
