@@ -119,9 +119,13 @@ public class LoraBiasTests
     [Test]
     public void WhatLoraBiasCannotDoIsOneErrorEach()
     {
-        using (var model = OnnxModel.Load(Shared.Peft("llama", "model.dynamo.onnx")))
+        var injected = Path.Combine(Shared.TempDir(), "injected.onnx");
+        OrtloraOk("inject", Shared.Peft("llama", "model.dynamo.onnx"), "-o", injected, "--r", "4", "--lora-alpha", "8", "--target-modules", "all-linear", "--lora-bias");
+        using (var model = OnnxModel.Load(injected))
         {
-            var lora = LoraInjector.Inject(model, Config());
+            var lora = LoraModel.Read(model)!;
+            Assert.That(lora.Config.LoraBias, Is.True);
+            Assert.That(lora.Adapters.Select(a => a.LoraBias), Has.All.Not.Null);
             Assert.That(lora.Adapters.Select(a => a.BaseBias), Has.All.Null);
             using (var session = new Training.Engine.TrainingSession(model, new TrainingSessionOptions(new AdamWOptions())))
                 Assert.That(session.ParameterNames.Count(ModuleNames.IsLoraBias), Is.EqualTo(lora.Adapters.Count), "trainable");
