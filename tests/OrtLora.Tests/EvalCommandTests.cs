@@ -8,8 +8,6 @@ namespace OrtLora.Tests;
 /// <summary>`ortlora eval`: the loss `train` reports on its eval data, recomputed from the model files alone.</summary>
 public class EvalCommandTests
 {
-    static string Tiny(string file) => Path.Combine(Shared.RepoRoot, "graphs", "tiny", file);
-
     static double EvalLoss(params string[] args)
     {
         var result = OrtloraOk(["eval", .. args]);

@@ -39,6 +39,9 @@ public static class LoraTestKit
         return result;
     }
 
+    /// <summary>A file of the embedded default model, graphs/tiny.</summary>
+    public static string Tiny(string file) => Path.Combine(Shared.RepoRoot, "graphs", "tiny", file);
+
     public static Dictionary<string, SafeTensor> Reference(string arch) => SafeTensors.Read(Shared.Peft(arch, "reference.safetensors"));
 
     public static float[] Logits(OnnxModel model, Dictionary<string, SafeTensor> reference) =>

@@ -8,8 +8,6 @@ namespace OrtLora.Tests;
 /// --early-stopping-patience/threshold), the eval batch size and the Adam hyperparameters.</summary>
 public class TrainBestModelTests
 {
-    static string Tiny(string file) => Path.Combine(Shared.RepoRoot, "graphs", "tiny", file);
-
     static string[] TrainArgs(string output, params string[] extra) =>
     [
         "train", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "--target-modules", "q_proj,v_proj,down_proj", "--r", "4",

@@ -8,8 +8,6 @@ namespace OrtLora.Tests;
 /// <summary>`ortlora train` as a user runs it, on the embedded tiny model and its demo data.</summary>
 public class TrainCommandTests
 {
-    static string Tiny(string file) => Path.Combine(Shared.RepoRoot, "graphs", "tiny", file);
-
     static string[] TrainArgs(string output, params string[] extra) =>
     [
         "train", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "--target-modules", "q_proj,v_proj,down_proj", "--r", "4",
