@@ -28,9 +28,8 @@ public class EvalCommandTests
         OrtloraOk("train", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "--eval-data", Tiny("demo_eval.parquet"),
             "--target-modules", "all-linear", "--r", "4", "--per-device-train-batch-size", "4", "--learning-rate", "5e-3",
             "--max-steps", "10", "--eval-steps", "10", "--plain-log", "--merge", "-o", dir);
-        var evals = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
-            .Where(m => m["eval_loss"] is not null).Select(m => m["eval_loss"]!.GetValue<double>()).ToList();
-        Assert.That(evals, Has.Count.EqualTo(2));
+        var evals = EvalLosses(dir);
+        Assert.That(evals, Has.Length.EqualTo(2));
         Assert.That(EvalLoss(Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet")), Is.EqualTo(evals[0]).Within(1e-4));
         var merged = Path.Combine(dir, "merged", "model.onnx");
         double trained = EvalLoss(merged, "--data", Tiny("demo_eval.parquet"));

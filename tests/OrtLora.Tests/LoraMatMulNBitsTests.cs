@@ -105,8 +105,7 @@ public class LoraMatMulNBitsTests
         var output = Path.Combine(dir, "out");
         OrtloraOk("train", path, "--data", Tiny("demo.parquet"), "--eval-data", Tiny("demo_eval.parquet"), "--tokenizer", tokenizer,
             "--target-modules", "all-linear", "--r", "8", "--learning-rate", "5e-3", "--max-steps", "20", "--plain-log", "--merge", "-o", output);
-        var evals = File.ReadAllLines(Path.Combine(output, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
-            .Where(m => m["eval_loss"] is not null).Select(m => m["eval_loss"]!.GetValue<double>()).ToArray();
+        var evals = EvalLosses(output);
         Assert.That(evals[^1], Is.LessThan(evals[0] - 4));
         string Eval(params string[] args) => OrtloraOk(["eval", .. args, "--data", Tiny("demo_eval.parquet"), "--tokenizer", tokenizer]).Out.Split("  ")[0];
         var merged = Path.Combine(output, "merged", "model.onnx");

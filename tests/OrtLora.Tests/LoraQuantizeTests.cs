@@ -84,8 +84,6 @@ public class LoraQuantizeTests
         Assert.That(result.Out, Does.Contain("28 linear layers in 4 bits"));
         Assert.That(new FileInfo(quantized).Length, Is.LessThan(new FileInfo(Tiny("model.onnx")).Length / 3));
         Assert.That(OrtloraOk("inspect", quantized).Out, Does.Contain("model.layers.0.self_attn.q_proj  MatMul  128  128  [in,out] uint4/32"));
-        double[] Evals(string output) => File.ReadAllLines(Path.Combine(output, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
-            .Where(m => m["eval_loss"] is not null).Select(m => m["eval_loss"]!.GetValue<double>()).ToArray();
         string[] Train(string model, string output) => ["train", model, "--data", Tiny("demo.parquet"), "--eval-data", Tiny("demo_eval.parquet"),
             "--tokenizer", Path.GetDirectoryName(Tiny("vocab.json"))!, "--target-modules", "all-linear", "--r", "8", "--learning-rate", "5e-3",
             "--max-steps", "20", "--plain-log", "-o", output];
@@ -93,7 +91,7 @@ public class LoraQuantizeTests
         OrtloraOk([.. Train(quantized, q), "--merge"]);
         var f32 = Path.Combine(dir, "f");
         OrtloraOk(Train(Tiny("model.onnx"), f32));
-        var (qe, fe) = (Evals(q), Evals(f32));
+        var (qe, fe) = (EvalLosses(q), EvalLosses(f32));
         Assert.That(qe[0], Is.EqualTo(fe[0]).Within(0.05), "the quantized base scores near the float one");
         Assert.That(qe[^1], Is.LessThan(qe[0] - 4), "it trains");
         Assert.That(qe[^1], Is.EqualTo(fe[^1]).Within(0.3), "about as well as on float weights");

@@ -42,6 +42,10 @@ public static class LoraTestKit
     /// <summary>A file of the embedded default model, graphs/tiny.</summary>
     public static string Tiny(string file) => Path.Combine(Shared.RepoRoot, "graphs", "tiny", file);
 
+    /// <summary>The eval_loss entries a `train` run logged to DIR/metrics.jsonl, in order.</summary>
+    public static double[] EvalLosses(string dir) => File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => System.Text.Json.Nodes.JsonNode.Parse(l)!)
+        .Where(m => m["eval_loss"] is not null).Select(m => m["eval_loss"]!.GetValue<double>()).ToArray();
+
     public static Dictionary<string, SafeTensor> Reference(string arch) => SafeTensors.Read(Shared.Peft(arch, "reference.safetensors"));
 
     public static float[] Logits(OnnxModel model, Dictionary<string, SafeTensor> reference) =>

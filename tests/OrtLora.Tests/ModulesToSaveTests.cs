@@ -56,8 +56,7 @@ public class ModulesToSaveTests
         Assert.That(Shared.MaxAbsDiff(head.AsFloats(), originalRows), Is.GreaterThan(1e-3f), "the head trained");
         Assert.That(GraphEditor.OpHistogram(merged.Graph), Is.EqualTo(GraphEditor.OpHistogram(original.Graph)));
 
-        var evals = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
-            .Where(m => m["eval_loss"] is not null).Select(m => m["eval_loss"]!.GetValue<double>()).ToList();
+        var evals = EvalLosses(dir);
         double mergedLoss = EvalLoss(Path.Combine(dir, "merged", "model.onnx"), "--data", Tiny("demo_eval.parquet"));
         Assert.That(mergedLoss, Is.EqualTo(evals[^1]).Within(1e-4));
         Assert.That(mergedLoss, Is.LessThan(evals[0] - 0.5));
@@ -98,8 +97,7 @@ public class ModulesToSaveTests
                 Assert.That(Shared.MaxAbsDiff(row, before.Skip((int)token * 128).Take(128).ToArray()), Is.GreaterThan(1e-3f), $"row {token} trained");
             }
         }
-        var evals = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
-            .Where(m => m["eval_loss"] is not null).Select(m => m["eval_loss"]!.GetValue<double>()).ToList();
+        var evals = EvalLosses(dir);
         Assert.That(EvalLoss(Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet"), "--adapter", dir), Is.EqualTo(evals[^1]).Within(1e-4));
     }
 
@@ -218,8 +216,7 @@ public class ModulesToSaveTests
         Assert.That(Shared.MaxAbsDiff(adapted, expected), Is.LessThan(1e-5f), "the Gather's table is W + scale·(B·A)ᵀ");
         Assert.That(Shared.MaxAbsDiff(adapted, table), Is.GreaterThan(1e-3f), "the embedding trained");
 
-        var evals = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
-            .Where(m => m["eval_loss"] is not null).Select(m => m["eval_loss"]!.GetValue<double>()).ToList();
+        var evals = EvalLosses(dir);
         double mergedLoss = EvalLoss(Path.Combine(dir, "merged", "model.onnx"), "--data", Tiny("demo_eval.parquet"));
         Assert.That(mergedLoss, Is.EqualTo(evals[^1]).Within(1e-4));
         Assert.That(mergedLoss, Is.LessThan(evals[0] - 0.3));
