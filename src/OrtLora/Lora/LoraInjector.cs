@@ -107,7 +107,7 @@ public static class LoraInjector
             {
                 var suffix = sizes.Length > 1 ? $".part{i}" : null;
                 var part = sizes.Length > 1 ? new LoraPart(i, sizes.Length, offset, sizes[i]) : null;
-                partPlans.Add(new PartPlan(ModuleNames.LoraAKey(path, suffix), InitA(rng, config.Init, r, layer.In),
+                partPlans.Add(new PartPlan(ModuleNames.LoraAKey(path, suffix), LoraInit.A(rng, config.Init, r, layer.In),
                     ModuleNames.LoraBKey(path, suffix), new float[sizes[i] * r], sizes[i], part, config.LoraBias ? new float[sizes[i]] : null));
                 offset += sizes[i];
             }
@@ -129,7 +129,7 @@ public static class LoraInjector
                 if (r % 2 != 0) throw new OrtLoraException($"{model.Source}: init_lora_weights orthogonal on '{path}' needs an even r (got {r})");
                 for (int i = 0; i < partPlans.Count; i++)
                 {
-                    var (a, b) = Orthogonal(rng, r, layer.In, partPlans[i].Size);
+                    var (a, b) = LoraInit.Orthogonal(rng, r, layer.In, partPlans[i].Size);
                     partPlans[i] = partPlans[i] with { A = a, B = b };
                 }
             }
@@ -157,44 +157,9 @@ public static class LoraInjector
         if (config.Init == "loftq")
             throw new OrtLoraException($"{model.Source}: module '{path}' is an embedding, and LoftQ quantizes linear layers only; leave it out of target_modules");
         var b = new float[layer.Out * r];
-        for (int i = 0; i < b.Length; i++) b[i] = (float)Normal(rng);
+        for (int i = 0; i < b.Length; i++) b[i] = (float)LoraInit.Normal(rng);
         return new Plan(layer, path, r, config.ScaleFor(path, r),
             [new PartPlan(ModuleNames.LoraEmbeddingAKey(path), new float[r * layer.In], ModuleNames.LoraEmbeddingBKey(path), b, layer.Out, null)]);
-    }
-
-    /// <summary>PEFT's init_lora_weights "orthogonal": Q from the QR of an r×r normal matrix; A = (N[in, r/2]·Q's even-indexed
-    /// rows)ᵀ and B = N[r/2, out]ᵀ·Q's odd-indexed rows. Both are dense, yet B·A = 0 (Q's rows are orthonormal), so the
-    /// model starts unchanged with a gradient for A as well as B.</summary>
-    static (float[] A, float[] B) Orthogonal(Random rng, int r, long inDim, long outDim)
-    {
-        // Q by modified Gram-Schmidt on the rows of a normal matrix (r is small).
-        var q = new double[r, r];
-        for (int i = 0; i < r; i++)
-        {
-            for (int j = 0; j < r; j++) q[i, j] = Normal(rng);
-            for (int k = 0; k < i; k++)
-            {
-                double dot = 0;
-                for (int j = 0; j < r; j++) dot += q[i, j] * q[k, j];
-                for (int j = 0; j < r; j++) q[i, j] -= dot * q[k, j];
-            }
-            double norm = Math.Sqrt(Enumerable.Range(0, r).Sum(j => q[i, j] * q[i, j]));
-            for (int j = 0; j < r; j++) q[i, j] /= norm;
-        }
-        int half = r / 2;
-        var a = new float[r * inDim];
-        for (long col = 0; col < inDim; col++)
-        {
-            var draws = Enumerable.Range(0, half).Select(_ => Normal(rng)).ToArray();
-            for (int k = 0; k < r; k++) a[k * inDim + col] = (float)Enumerable.Range(0, half).Sum(j => draws[j] * q[2 * j, k]);
-        }
-        var b = new float[outDim * r];
-        for (long row = 0; row < outDim; row++)
-        {
-            var draws = Enumerable.Range(0, half).Select(_ => Normal(rng)).ToArray();
-            for (int k = 0; k < r; k++) b[row * r + k] = (float)Enumerable.Range(0, half).Sum(j => draws[j] * q[2 * j + 1, k]);
-        }
-        return (a, b);
     }
 
     /// <summary>lora_bias goes with plain LoRA on a model whose biases stay as they are.</summary>
@@ -203,29 +168,6 @@ public static class LoraInjector
         string? why = config.UseDora ? "DoRA" : config.Bias != "none" ? $"bias '{config.Bias}' (both would train the layer's bias)"
             : GenAiNames.Applies(model.Graph) ? "an ORT GenAI builder export (its packed biases have no PEFT key)" : null;
         if (why is not null) throw new OrtLoraException($"{model.Source}: lora_bias on '{path}' does not go with {why}");
-    }
-
-    /// <summary>A standard normal draw (Box-Muller).</summary>
-    static double Normal(Random rng) => Math.Sqrt(-2 * Math.Log(1.0 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble());
-
-    /// <summary>PEFT's initialization of A: kaiming_uniform_(a=√5) gives bound 1/√in; "gaussian" draws N(0, (1/r)²).</summary>
-    static float[] InitA(Random rng, string init, int r, long inDim)
-    {
-        var a = new float[r * inDim];
-        if (init == "gaussian")
-        {
-            double std = 1.0 / r;
-            for (int i = 0; i < a.Length; i++) a[i] = (float)(std * Normal(rng));
-        }
-        else if (init is "kaiming" or "loftq" or "orthogonal" || ResidualInit.Applies(init)) // PiSSA, OLoRA, LoftQ and orthogonal replace A afterwards
-        {
-            double bound = 1.0 / Math.Sqrt(inDim);
-            for (int i = 0; i < a.Length; i++) a[i] = (float)((rng.NextDouble() * 2 - 1) * bound);
-        }
-        else if (init == "pissa")
-            throw new OrtLoraException("init_lora_weights pissa (a full SVD of every weight) is not implemented; use pissa_niter_K, PEFT's fast variant (e.g. pissa_niter_16)");
-        else throw new OrtLoraException($"unknown init '{init}' (use kaiming, gaussian, orthogonal, pissa_niter_K, olora or loftq)");
-        return a;
     }
 
     static List<Plan> PlanFromPeft(OnnxModel model, GraphEditor g, PeftAdapter adapter, List<LinearLayer> layers, string prefix)
