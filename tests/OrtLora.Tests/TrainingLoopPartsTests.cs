@@ -41,6 +41,23 @@ public class TrainingLoopPartsTests
     [TestCase("cosine", """{"num_cycles": 1}""", 6, 0.0)]
     [TestCase("polynomial", """{"power": 2, "lr_end": 0}""", 6, 0.25)]
     [TestCase("inverse_sqrt", """{"timescale": 8}""", 8, 0.7559289460184544)] // 1 / √((8 + 6) / 8)
+    // warmup_stable_decay: 2 warmup, 10 − 2 − 4 = 4 stable, 4 decay steps
+    [TestCase("warmup_stable_decay", """{"num_decay_steps": 4}""", 1, 0.5)]
+    [TestCase("warmup_stable_decay", """{"num_decay_steps": 4}""", 3, 1.0)]
+    [TestCase("warmup_stable_decay", """{"num_decay_steps": 4}""", 6, 1.0)]
+    [TestCase("warmup_stable_decay", """{"num_decay_steps": 4}""", 7, 0.8535533905932737)] // ½(1 + cos(π/4))
+    [TestCase("warmup_stable_decay", """{"num_decay_steps": 4}""", 10, 0.0)]
+    [TestCase("warmup_stable_decay", """{"num_decay_steps": 4, "min_lr_ratio": 0.1, "warmup_type": "1-sqrt", "decay_type": "linear"}""", 1, 0.36360389693210724)] // (1 − √½)·0.9 + 0.1
+    [TestCase("warmup_stable_decay", """{"num_decay_steps": 4, "min_lr_ratio": 0.1, "warmup_type": "1-sqrt", "decay_type": "linear"}""", 8, 0.55)]
+    [TestCase("warmup_stable_decay", """{"num_decay_steps": 4, "min_lr_ratio": 0.1, "warmup_type": "1-sqrt", "decay_type": "linear"}""", 12, 0.1)]
+    [TestCase("warmup_stable_decay", """{"num_decay_steps": 2, "num_stable_steps": 1, "warmup_type": "cosine"}""", 1, 0.5)] // ½(1 − cos(π/2))
+    [TestCase("warmup_stable_decay", """{"num_decay_steps": 2, "num_stable_steps": 1}""", 4, 0.5)] // decay from step 3: ½(1 + cos(π/2))
+    // cosine_warmup_with_min_lr: the warmup reaches 1 at its last step, the cosine counts from the step after
+    [TestCase("cosine_warmup_with_min_lr", """{"min_lr_rate": 0.1}""", 0, 0.5)]
+    [TestCase("cosine_warmup_with_min_lr", """{"min_lr_rate": 0.1}""", 1, 1.0)]
+    [TestCase("cosine_warmup_with_min_lr", """{"min_lr_rate": 0.1}""", 2, 0.9657457896300791)] // ½(1 + cos(π/8))·0.9 + 0.1
+    [TestCase("cosine_warmup_with_min_lr", """{"min_lr_rate": 0.1, "warmup_lr_rate": 0.2}""", 0, 0.2)]
+    [TestCase("cosine_warmup_with_min_lr", """{"min_lr_rate": 0.1, "warmup_lr_rate": 0.2}""", 1, 1.0)]
     public void LrSchedulerKwargsMatchTransformers(string type, string kwargs, int step, double factor)
     {
         Assert.That(LrSchedule.At(type, 1e-3, step, warmup: 2, total: 10, LrSchedule.ParseKwargs(kwargs)), Is.EqualTo(1e-3 * factor).Within(1e-15));
@@ -69,6 +86,9 @@ public class TrainingLoopPartsTests
     {
         Assert.That(() => LrSchedule.At("cosine_with_min_lr", 1e-3, 5, 2, 10), Throws.TypeOf<OrtLoraException>().With.Message.Contain("min_lr or min_lr_rate"));
         Assert.That(() => LrSchedule.ParseKwargs("num_cycles=2"), Throws.TypeOf<OrtLoraException>().With.Message.Contain("--lr-scheduler-kwargs"));
+        Assert.That(() => LrSchedule.At("warmup_stable_decay", 1e-3, 5, 2, 10), Throws.TypeOf<OrtLoraException>().With.Message.Contain("num_decay_steps"));
+        Assert.That(() => LrSchedule.At("warmup_stable_decay", 1e-3, 5, 2, 10, LrSchedule.ParseKwargs("""{"num_decay_steps": 2, "decay_type": "exp"}""")),
+            Throws.TypeOf<OrtLoraException>().With.Message.Contain("decay_type 'exp' is not one of linear, cosine, 1-sqrt"));
         Assert.That(() => LrSchedule.At("polynomial", 1e-3, 5, 2, 10, LrSchedule.ParseKwargs("""{"lr_end": 0.1}""")),
             Throws.TypeOf<OrtLoraException>().With.Message.Contain("lr_end"));
     }

@@ -13,8 +13,9 @@ public sealed class TrainingArguments
     public int GradientAccumulationSteps { get; set; } = 1;
     public double LearningRate { get; set; } = 2e-4;
     public string LrSchedulerType { get; set; } = "linear";
-    /// <summary>lr_scheduler_kwargs (num_cycles, lr_end, power, timescale, min_lr, min_lr_rate).</summary>
-    public Dictionary<string, double> LrSchedulerKwargs { get; set; } = new();
+    /// <summary>lr_scheduler_kwargs (num_cycles, lr_end, power, timescale, min_lr, min_lr_rate, warmup_lr_rate,
+    /// num_decay_steps, num_stable_steps, min_lr_ratio, warmup_type, decay_type).</summary>
+    public SchedulerKwargs LrSchedulerKwargs { get; set; } = SchedulerKwargs.None;
     public double WarmupRatio { get; set; }
     public int WarmupSteps { get; set; }
     public double WeightDecay { get; set; }
@@ -100,10 +101,13 @@ public static class LrSchedule
     /// num_cycles (0.5 for cosine and cosine_with_min_lr, 1 for cosine_with_restarts), lr_end 1e-7 and power 1
     /// (polynomial), timescale (inverse_sqrt: the warmup, or 10,000 without one), min_lr or min_lr_rate
     /// (cosine_with_min_lr, one of them required).</summary>
-    public static double At(string type, double baseLr, int step, int warmup, int total, IReadOnlyDictionary<string, double>? kwargs = null)
+    public static double At(string type, double baseLr, int step, int warmup, int total, SchedulerKwargs? kwargs = null)
     {
-        double Arg(string name, double fallback) => kwargs is not null && kwargs.TryGetValue(name, out var v) ? v : fallback;
+        kwargs ??= SchedulerKwargs.None;
+        double Arg(string name, double fallback) => kwargs.Number(name) ?? fallback;
         if (type == "constant") return baseLr;
+        if (type == "warmup_stable_decay") return baseLr * WarmupStableDecay(step, warmup, total, kwargs);
+        if (type == "cosine_warmup_with_min_lr") return baseLr * CosineWarmupWithMinLr(step, warmup, total, Arg("num_cycles", 0.5), MinLrRate(kwargs, baseLr), kwargs.Number("warmup_lr_rate"));
         if (step < warmup) return baseLr * step / Math.Max(1, warmup);
         double progress = (double)(step - warmup) / Math.Max(1, total - warmup);
         double Cosine(double cycles) => 0.5 * (1.0 + Math.Cos(Math.PI * cycles * 2.0 * progress));
@@ -121,7 +125,43 @@ public static class LrSchedule
         };
     }
 
-    public static readonly string[] Types = ["linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"];
+    public static readonly string[] Types = ["linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "polynomial",
+        "constant", "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay"];
+
+    /// <summary>transformers' get_wsd_schedule: warm up (linear, cosine or 1-sqrt) from min_lr_ratio to 1, hold, then decay
+    /// (linear, cosine or 1-sqrt) over num_decay_steps (required) to min_lr_ratio; the hold lasts num_stable_steps, or
+    /// whatever the total leaves.</summary>
+    static double WarmupStableDecay(int step, int warmup, int total, SchedulerKwargs kwargs)
+    {
+        int decay = (int)(kwargs.Number("num_decay_steps") ?? throw new OrtLoraException("--lr-scheduler-type warmup_stable_decay needs num_decay_steps in --lr-scheduler-kwargs"));
+        int stable = (int)(kwargs.Number("num_stable_steps") ?? total - warmup - decay);
+        double minRatio = kwargs.Number("min_lr_ratio") ?? 0, cycles = kwargs.Number("num_cycles") ?? 0.5;
+        string warmupType = kwargs.Name("warmup_type", "linear", ["linear", "cosine", "1-sqrt"]), decayType = kwargs.Name("decay_type", "cosine", ["linear", "cosine", "1-sqrt"]);
+        if (step < warmup)
+        {
+            double progress = (double)step / Math.Max(1, warmup);
+            double factor = warmupType switch { "linear" => progress, "cosine" => 0.5 * (1.0 - Math.Cos(Math.PI * progress)), _ => 1.0 - Math.Sqrt(1.0 - progress) };
+            return Math.Max(0.0, factor * (1.0 - minRatio) + minRatio);
+        }
+        if (step < warmup + stable) return 1.0;
+        if (step < warmup + stable + decay)
+        {
+            double progress = (double)(step - warmup - stable) / Math.Max(1, decay);
+            double factor = decayType switch { "linear" => 1.0 - progress, "cosine" => 0.5 * (1.0 + Math.Cos(Math.PI * cycles * 2.0 * progress)), _ => 1.0 - Math.Sqrt(progress) };
+            return Math.Max(0.0, factor * (1.0 - minRatio) + minRatio);
+        }
+        return minRatio;
+    }
+
+    /// <summary>transformers' get_cosine_with_min_lr_schedule_with_warmup_lr_rate: the warmup starts at warmup_lr_rate (or
+    /// 1/warmup) and reaches 1 at its last step; the cosine counts from the step after.</summary>
+    static double CosineWarmupWithMinLr(int step, int warmup, int total, double cycles, double minRate, double? warmupRate)
+    {
+        if (step < warmup)
+            return warmupRate is { } start ? start + (1.0 - start) * step / Math.Max(1, warmup - 1) : (step + 1.0) / Math.Max(1.0, warmup);
+        double progress = (step - warmup + 1.0) / Math.Max(1.0, total - warmup);
+        return Math.Max(0, 0.5 * (1.0 + Math.Cos(Math.PI * cycles * 2.0 * progress)) * (1 - minRate) + minRate);
+    }
 
     static double InverseSqrt(double baseLr, int step, int warmup, double timescale) =>
         baseLr / Math.Sqrt((step + (timescale - warmup)) / timescale);
@@ -133,22 +173,35 @@ public static class LrSchedule
         return (baseLr - lrEnd) * Math.Pow(1 - (double)(step - warmup) / (total - warmup), power) + lrEnd;
     }
 
-    static double MinLrRate(IReadOnlyDictionary<string, double>? kwargs, double baseLr) =>
-        kwargs is not null && kwargs.TryGetValue("min_lr", out var minLr) ? minLr / baseLr
-        : kwargs is not null && kwargs.TryGetValue("min_lr_rate", out var rate) ? rate
-        : throw new OrtLoraException("--lr-scheduler-type cosine_with_min_lr needs min_lr or min_lr_rate in --lr-scheduler-kwargs");
+    static double MinLrRate(SchedulerKwargs kwargs, double baseLr) =>
+        kwargs.Number("min_lr") is { } minLr ? minLr / baseLr
+        : kwargs.Number("min_lr_rate") ?? throw new OrtLoraException("--lr-scheduler-type cosine_with_min_lr and cosine_warmup_with_min_lr need min_lr or min_lr_rate in --lr-scheduler-kwargs");
 
-    /// <summary>lr_scheduler_kwargs as the Trainer's CLI takes it: a JSON object of numbers, e.g. {"num_cycles": 2}.</summary>
-    public static Dictionary<string, double> ParseKwargs(string? json)
+    /// <summary>lr_scheduler_kwargs as the Trainer's CLI takes it: a JSON object of numbers and names, e.g. {"num_cycles": 2}.</summary>
+    public static SchedulerKwargs ParseKwargs(string? json)
     {
-        if (string.IsNullOrWhiteSpace(json)) return new();
+        if (string.IsNullOrWhiteSpace(json)) return SchedulerKwargs.None;
         try
         {
-            return System.Text.Json.Nodes.JsonNode.Parse(json)!.AsObject().ToDictionary(p => p.Key, p => p.Value!.GetValue<double>());
+            var values = System.Text.Json.Nodes.JsonNode.Parse(json)!.AsObject().ToDictionary(p => p.Key, p => p.Value!.AsValue());
+            return new SchedulerKwargs(
+                values.Where(p => !p.Value.TryGetValue<string>(out _)).ToDictionary(p => p.Key, p => p.Value.GetValue<double>()),
+                values.Where(p => p.Value.TryGetValue<string>(out _)).ToDictionary(p => p.Key, p => p.Value.GetValue<string>()));
         }
         catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or FormatException or NullReferenceException)
         {
-            throw new OrtLoraException($"--lr-scheduler-kwargs: expected a JSON object of numbers such as {{\"num_cycles\": 2}}, got '{json}'");
+            throw new OrtLoraException($"--lr-scheduler-kwargs: expected a JSON object of numbers (and warmup_type / decay_type names) such as {{\"num_cycles\": 2}}, got '{json}'");
         }
     }
+}
+
+/// <summary>lr_scheduler_kwargs: the numbers (num_cycles, min_lr_rate, num_decay_steps ...) and the names (warmup_type,
+/// decay_type) a schedule reads.</summary>
+public sealed record SchedulerKwargs(IReadOnlyDictionary<string, double> Numbers, IReadOnlyDictionary<string, string> Names)
+{
+    public static readonly SchedulerKwargs None = new(new Dictionary<string, double>(), new Dictionary<string, string>());
+    public double? Number(string name) => Numbers.TryGetValue(name, out var v) ? v : null;
+    public string Name(string name, string fallback, string[] allowed) =>
+        !Names.TryGetValue(name, out var v) ? fallback : allowed.Contains(v) ? v
+        : throw new OrtLoraException($"--lr-scheduler-kwargs: {name} '{v}' is not one of {string.Join(", ", allowed)}");
 }
