@@ -14,6 +14,29 @@ public class TrainCommandTests
         "--per-device-train-batch-size", "4", "--learning-rate", "5e-3", "--logging-steps", "1", "--plain-log", "-o", output, .. extra,
     ];
 
+    /// <summary>--lr-scheduler-type reduce_lr_on_plateau steps on each evaluation's eval_loss (threshold 0.9: only a 90%
+    /// drop counts as better, so every evaluation after the first halves the rate); the rate is logged at the steps that
+    /// follow; a resumed run goes on from the checkpoint's plateau state; without evaluations it is one error.</summary>
+    [Test]
+    public void ReduceLrOnPlateauHalvesTheRateAfterEachEvaluationThatDoesNotImprove()
+    {
+        string[] Plateau(string dir, params string[] extra) => TrainArgs(dir, ["--eval-data", Tiny("demo_eval.parquet"), "--eval-steps", "2",
+            "--lr-scheduler-type", "reduce_lr_on_plateau", "--lr-scheduler-kwargs", """{"patience": 0, "factor": 0.5, "threshold": 0.9}""", .. extra]);
+        double[] Rates(string dir) => File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
+            .Where(m => m["learning_rate"] is not null).Select(m => m["learning_rate"]!.GetValue<double>()).ToArray();
+        var dir = Shared.TempDir();
+        OrtloraOk(Plateau(dir, "--max-steps", "8", "--save-steps", "4"));
+        // Evaluations at steps 2 (the first beats nothing), 4 and 6 (not 90% lower): halved after 4 and after 6.
+        double[] expected = [5e-3, 5e-3, 5e-3, 5e-3, 2.5e-3, 2.5e-3, 1.25e-3, 1.25e-3];
+        Assert.That(Rates(dir), Is.EqualTo(expected).Within(1e-15));
+        OrtloraOk(Plateau(dir, "--max-steps", "8", "--resume-from-checkpoint", Path.Combine(dir, "checkpoint-4")));
+        Assert.That(Rates(dir), Is.EqualTo(expected).Within(1e-15), "resumed at step 4");
+
+        var error = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "2", "--lr-scheduler-type", "reduce_lr_on_plateau"));
+        Assert.That(error.ExitCode, Is.Not.EqualTo(0));
+        Assert.That(error.Error, Does.Contain("reduce_lr_on_plateau lowers the learning rate when eval_loss stops improving"));
+    }
+
     [Test]
     public void TrainingWritesAPeftAdapterMetricsAndPlotAndLowersEvalLoss()
     {

@@ -81,6 +81,29 @@ public class TrainingLoopPartsTests
         Assert.That(TrainingArguments.LoraPlusGroupB(parameter, isVector), Is.EqualTo(groupB), "LoRA+ group B");
     }
 
+    /// <summary>reduce_lr_on_plateau against torch's ReduceLROnPlateau, its rules written out: better means below best·(1 −
+    /// threshold); after more than `patience` evaluations that are not, the rate is multiplied by `factor` (not below
+    /// min_lr), and `cooldown` evaluations follow in which bad ones do not count.</summary>
+    [TestCase("""{"patience": 2, "factor": 0.5}""", new[] { 1.0, 0.9, 0.95, 0.96, 0.97, 0.5, 0.6 }, new[] { 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5 })]
+    [TestCase("""{"patience": 0, "factor": 0.5, "cooldown": 1}""", new[] { 1.0, 1.1, 1.2, 1.3, 1.4 }, new[] { 1.0, 0.5, 0.5, 0.25, 0.25 })]
+    [TestCase("""{"patience": 0, "factor": 0.5, "threshold": 0.5}""", new[] { 1.0, 0.6, 0.4, 0.3 }, new[] { 1.0, 0.5, 0.5, 0.25 })] // 0.4 < 1.0·0.5 is better; 0.3 ≥ 0.4·0.5 is not
+    [TestCase("""{"patience": 0, "factor": 0.1, "min_lr": 0.05}""", new[] { 1.0, 2.0, 3.0, 4.0 }, new[] { 1.0, 0.1, 0.05, 0.05 })]
+    [TestCase("""{"patience": 0, "mode": "max", "threshold_mode": "abs", "threshold": 0.1}""", new[] { 1.0, 1.05, 1.2 }, new[] { 1.0, 0.1, 0.1 })]
+    public void ReduceLrOnPlateauFollowsTorch(string kwargs, double[] metrics, double[] lrs)
+    {
+        var k = LrSchedule.ParseKwargs(kwargs);
+        var state = ReduceLrOnPlateau.Start(1.0, k);
+        var seen = new List<double>();
+        foreach (var metric in metrics)
+        {
+            state = ReduceLrOnPlateau.Step(state, metric, k);
+            seen.Add(state.Lr);
+        }
+        Assert.That(seen, Is.EqualTo(lrs).Within(1e-12));
+        var restored = TrainerState.FromJson(JsonNode.Parse((new TrainerState(3, 0, 0, 42, 0) { Plateau = state }).ToJson().ToJsonString())!);
+        Assert.That(restored.Plateau, Is.EqualTo(state), "kept in checkpoints");
+    }
+
     [Test]
     public void SchedulerArgumentsThatCannotWorkAreOneError()
     {

@@ -10,6 +10,8 @@ namespace OrtLora.Training;
 public sealed record TrainerState(int GlobalStep, int Epoch, long DataIndex, int Seed, long TokensSeen)
 {
     public BestEval? Best { get; init; }
+    /// <summary>reduce_lr_on_plateau's state (<see cref="ReduceLrOnPlateau"/>), null with other schedules.</summary>
+    public PlateauState? Plateau { get; init; }
     /// <summary>Batches done of the length group starting at DataIndex (--group-by-length).</summary>
     public int DataSkipBatches { get; init; }
     public Data.DataPosition Position => new(Epoch, DataIndex, DataSkipBatches);
@@ -19,6 +21,11 @@ public sealed record TrainerState(int GlobalStep, int Epoch, long DataIndex, int
         ["global_step"] = GlobalStep, ["epoch"] = Epoch, ["data_index"] = DataIndex, ["data_skip_batches"] = DataSkipBatches,
         ["seed"] = Seed, ["tokens_seen"] = TokensSeen,
         ["best_metric"] = Best?.Metric, ["best_global_step"] = Best?.Step, ["early_stopping_patience_counter"] = Best?.EvalsWithoutImprovement ?? 0,
+        ["plateau"] = Plateau is { } p ? new JsonObject
+        {
+            // ±∞ (no evaluation yet) as JSON's null
+            ["lr"] = p.Lr, ["best"] = double.IsFinite(p.Best) ? p.Best : null, ["num_bad_epochs"] = p.BadEvals, ["cooldown_counter"] = p.Cooldown,
+        } : null,
     };
 
     public static TrainerState FromJson(JsonNode j) => new(
@@ -26,6 +33,8 @@ public sealed record TrainerState(int GlobalStep, int Epoch, long DataIndex, int
         j["seed"]!.GetValue<int>(), j["tokens_seen"]!.GetValue<long>())
     {
         DataSkipBatches = j["data_skip_batches"]?.GetValue<int>() ?? 0,
+        Plateau = j["plateau"] is JsonObject p ? new PlateauState(p["lr"]!.GetValue<double>(), p["best"]?.GetValue<double>() ?? double.NaN,
+            p["num_bad_epochs"]!.GetValue<int>(), p["cooldown_counter"]!.GetValue<int>()) : null,
         Best = j["best_metric"] is { } metric && j["best_global_step"] is { } step
             ? new BestEval(metric.GetValue<double>(), step.GetValue<int>(), j["early_stopping_patience_counter"]?.GetValue<int>() ?? 0) : null,
     };

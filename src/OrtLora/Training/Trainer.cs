@@ -115,6 +115,17 @@ public static class Trainer
             reporter.Info($"resumed from {path} at step {state.GlobalStep} ({state.Position})");
         }
         else if (File.Exists(Path.Combine(args.OutputDir, "metrics.jsonl"))) File.Delete(Path.Combine(args.OutputDir, "metrics.jsonl"));
+        bool plateau = args.LrSchedulerType == ReduceLrOnPlateau.Name;
+        if (plateau)
+        {
+            if (!data.HasEval || args.EvalStrategy == "no")
+                throw new OrtLoraException($"{job.DataPath}: --lr-scheduler-type {ReduceLrOnPlateau.Name} lowers the learning rate when eval_loss stops improving: " +
+                    "give --eval-data or --eval-split, and an --eval-strategy other than no");
+            var start = ReduceLrOnPlateau.Start(args.LearningRate, args.LrSchedulerKwargs);
+            state = state with { Plateau = state.Plateau is { } p ? (double.IsNaN(p.Best) ? p with { Best = start.Best } : p) : start };
+        }
+        // The schedule's rate at a step; reduce_lr_on_plateau's is where the evaluations have left it.
+        double LearningRateAt(int step) => plateau ? state.Plateau!.Lr : LrSchedule.At(args.LrSchedulerType, args.LearningRate, step, warmup, totalSteps, args.LrSchedulerKwargs);
 
         reporter.Started(totalSteps, state.GlobalStep,
             $"{lora.Adapters.Count} adapters{(lora.SavedModules.Count > 0 ? $" and {lora.SavedModules.Count} modules_to_save ({string.Join(", ", lora.SavedModules.Select(m => m.Module))})" : "")}{(lora.TrainableTokens.Count > 0 ? $", {lora.TrainableTokens.Sum(t => t.TokenIds.Count)} trainable token rows" : "")}, {session.ParameterNames.Sum(p => session.Graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b)):N0} trainable parameters; " +
@@ -153,7 +164,7 @@ public static class Trainer
         while (state.GlobalStep < totalSteps && !stoppedEarly)
         {
             var window = batches.Take(args.GradientAccumulationSteps);
-            double lr = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs);
+            double lr = LearningRateAt(state.GlobalStep);
             double loss = Update(session, window, (float)lr, (float)args.MaxGradNorm);
             position = window[^1].Next;
             long tokens = window.Sum(b => b.AttentionMask.Sum());
@@ -177,7 +188,7 @@ public static class Trainer
                     // learning_rate as the Trainer logs it: the scheduler's value after its step, i.e. the next step's
                     ["step"] = state.GlobalStep, ["epoch"] = FractionalEpoch(position, data),
                     ["loss"] = lossSinceLog / stepsSinceLog,
-                    ["learning_rate"] = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs),
+                    ["learning_rate"] = LearningRateAt(state.GlobalStep),
                     ["grad_norm"] = session.LastGradNorm, ["tokens_per_second"] = tokensPerSecond,
                 });
                 lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; clock.Restart();
@@ -191,6 +202,7 @@ public static class Trainer
                 })
             {
                 lastEval = EvaluateAt(state.GlobalStep);
+                if (plateau) state = state with { Plateau = ReduceLrOnPlateau.Step(state.Plateau!, lastEval.Value, args.LrSchedulerKwargs) };
                 stoppedEarly = best.Observe(state.GlobalStep, lastEval.Value, session.GetParameters);
                 state = state with { Best = best.Best };
                 if (stoppedEarly)

@@ -105,7 +105,7 @@ public static class LrSchedule
     {
         kwargs ??= SchedulerKwargs.None;
         double Arg(string name, double fallback) => kwargs.Number(name) ?? fallback;
-        if (type == "constant") return baseLr;
+        if (type is "constant" or ReduceLrOnPlateau.Name) return baseLr; // the plateau's rate before any evaluation
         if (type == "warmup_stable_decay") return baseLr * WarmupStableDecay(step, warmup, total, kwargs);
         if (type == "cosine_warmup_with_min_lr") return baseLr * CosineWarmupWithMinLr(step, warmup, total, Arg("num_cycles", 0.5), MinLrRate(kwargs, baseLr), kwargs.Number("warmup_lr_rate"));
         if (step < warmup) return baseLr * step / Math.Max(1, warmup);
@@ -126,7 +126,7 @@ public static class LrSchedule
     }
 
     public static readonly string[] Types = ["linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "polynomial",
-        "constant", "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay"];
+        "constant", "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay", ReduceLrOnPlateau.Name];
 
     /// <summary>transformers' get_wsd_schedule: warm up (linear, cosine or 1-sqrt) from min_lr_ratio to 1, hold, then decay
     /// (linear, cosine or 1-sqrt) over num_decay_steps (required) to min_lr_ratio; the hold lasts num_stable_steps, or
