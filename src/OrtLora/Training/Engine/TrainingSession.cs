@@ -302,7 +302,7 @@ public sealed class TrainingSession : IDisposable
         _graph.Frozen.MoveTo(weights, _stateAllocator, _deviceCopy);
     }
 
-    /// <summary>Parameters, moments and (once made) accumulators.</summary>
+    /// <summary>Parameters, moments, (once made) accumulators, and the gradients the host updates from.</summary>
     IEnumerable<PingPong> StateBuffers() =>
         _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? []).Concat(_hostGradients.Values);
 
