@@ -42,6 +42,8 @@ public static class TrainCommand
         var maxGradNorm = new Option<double>("--max-grad-norm") { DefaultValueFactory = _ => 1.0 };
         var logging = new Option<int>("--logging-steps") { DefaultValueFactory = _ => 10 };
         var loggingFirst = new Option<bool>("--logging-first-step") { Description = "also log the first step" };
+        var loggingStrategy = new Option<string>("--logging-strategy") { Description = "steps (every --logging-steps, and the last), epoch or no", DefaultValueFactory = _ => "steps" };
+        loggingStrategy.AcceptOnlyFromAmong("no", "steps", "epoch");
         var saveSteps = new Option<int>("--save-steps") { DefaultValueFactory = _ => 500 };
         var saveLimit = new Option<int>("--save-total-limit");
         var evalSteps = new Option<int>("--eval-steps");
@@ -79,7 +81,7 @@ public static class TrainCommand
         foreach (var o in dataOptions.All) cmd.Options.Add(o);
         foreach (var o in new Option[] { data, evalData, evalSplit, packing, groupByLength, dropLast, padToMax,
                      epochs, maxSteps, batch, evalBatch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay,
-                     optim, beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, saveSteps, saveStrategy, saveLimit, evalSteps, evalStrategy,
+                     optim, beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, loggingStrategy, saveSteps, saveStrategy, saveLimit, evalSteps, evalStrategy,
                      loadBest, metricForBest, patience, threshold, neftune, labelSmoothing, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
 
@@ -92,7 +94,7 @@ public static class TrainCommand
                 LearningRate = parse.GetValue(lr), LrSchedulerType = parse.GetValue(scheduler)!, LrSchedulerKwargs = LrSchedule.ParseKwargs(parse.GetValue(schedulerKwargs)), WarmupRatio = parse.GetValue(warmupRatio),
                 WarmupSteps = parse.GetValue(warmupSteps), WeightDecay = parse.GetValue(weightDecay),
                 AdamBeta1 = parse.GetValue(beta1), AdamBeta2 = parse.GetValue(beta2), AdamEpsilon = parse.GetValue(epsilon), MaxGradNorm = parse.GetValue(maxGradNorm),
-                Seed = parse.GetValue(lora.Seed), LoggingSteps = parse.GetValue(logging), LoggingFirstStep = parse.GetValue(loggingFirst), SaveSteps = parse.GetValue(saveSteps),
+                Seed = parse.GetValue(lora.Seed), LoggingSteps = parse.GetValue(logging), LoggingFirstStep = parse.GetValue(loggingFirst), LoggingStrategy = parse.GetValue(loggingStrategy)!, SaveSteps = parse.GetValue(saveSteps),
                 SaveTotalLimit = parse.GetValue(saveLimit), EvalSteps = parse.GetValue(evalSteps), EvalStrategy = parse.GetValue(evalStrategy)!, SaveStrategy = parse.GetValue(saveStrategy)!, LoraplusLrRatio = parse.GetValue(loraplus),
                 Fp16 = parse.GetValue(fp16), Bf16 = parse.GetValue(bf16), Device = parse.GetValue(device)!, EpLibrary = parse.GetValue(epLibrary),
                 GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),

@@ -37,6 +37,23 @@ public class TrainCommandTests
         Assert.That(error.Error, Does.Contain("reduce_lr_on_plateau lowers the learning rate when eval_loss stops improving"));
     }
 
+    /// <summary>--logging-strategy (the Trainer's logging_strategy): epoch logs the loss at each epoch's end, no logs none;
+    /// --logging-first-step adds step 1 to either.</summary>
+    [TestCase("epoch", false, new[] { 66, 132 })]
+    [TestCase("epoch", true, new[] { 1, 66, 132 })]
+    [TestCase("no", false, new int[0])]
+    public void LoggingStrategyChoosesTheStepsThatLog(string strategy, bool firstStep, int[] logged)
+    {
+        var dir = Shared.TempDir();
+        // 263 rows in batches of 4: 66 steps an epoch
+        OrtloraOk(TrainArgs(dir, ["--num-train-epochs", "2", "--logging-strategy", strategy,
+            .. firstStep ? new[] { "--logging-first-step" } : []]));
+        var steps = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
+            .Where(m => m["loss"] is not null).Select(m => m["step"]!.GetValue<int>()).ToArray();
+        Assert.That(steps, Is.EqualTo(logged));
+        Assert.That(File.Exists(Path.Combine(dir, "adapter_model.safetensors")), "the run finishes");
+    }
+
     [Test]
     public void TrainingWritesAPeftAdapterMetricsAndPlotAndLowersEvalLoss()
     {

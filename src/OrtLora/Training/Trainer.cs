@@ -181,7 +181,13 @@ public static class Trainer
 
             double tokensPerSecond = tokensSinceLog / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
             reporter.Stepped(new StepReport(state.GlobalStep, totalSteps, position.Epoch, loss, lr, session.LastGradNorm, tokensPerSecond));
-            if (state.GlobalStep % Math.Max(1, args.LoggingSteps) == 0 || state.GlobalStep == totalSteps || args.LoggingFirstStep && state.GlobalStep == 1)
+            bool epochEnded = batches.EpochEnded;
+            if (args.LoggingStrategy switch
+                {
+                    "steps" => state.GlobalStep % Math.Max(1, args.LoggingSteps) == 0 || state.GlobalStep == totalSteps,
+                    "epoch" => epochEnded,
+                    _ => false,
+                } || args.LoggingFirstStep && state.GlobalStep == 1)
             {
                 log.Append(new JsonObject
                 {
@@ -193,7 +199,6 @@ public static class Trainer
                 });
                 lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; clock.Restart();
             }
-            bool epochEnded = batches.EpochEnded;
             if (data.HasEval && state.GlobalStep < totalSteps && args.EvalStrategy switch
                 {
                     "steps" => args.EvalSteps > 0 && state.GlobalStep % args.EvalSteps == 0,

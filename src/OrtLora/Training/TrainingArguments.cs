@@ -27,6 +27,9 @@ public sealed class TrainingArguments
     public int LoggingSteps { get; set; } = 10;
     /// <summary>Also log the first step (logging_first_step).</summary>
     public bool LoggingFirstStep { get; set; }
+    /// <summary>When to log the training loss: "steps" (every LoggingSteps, and the last step), "epoch" (at each epoch's
+    /// end) or "no"; LoggingFirstStep adds step 1 in all three, as the Trainer's logging_strategy.</summary>
+    public string LoggingStrategy { get; set; } = "steps";
     public int SaveSteps { get; set; } = 500;
     /// <summary>Keep at most this many checkpoint-N folders (oldest deleted); 0 or less keeps all.</summary>
     public int SaveTotalLimit { get; set; }
