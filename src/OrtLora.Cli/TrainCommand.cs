@@ -46,6 +46,7 @@ public static class TrainCommand
         loggingStrategy.AcceptOnlyFromAmong("no", "steps", "epoch");
         var saveSteps = new Option<int>("--save-steps") { DefaultValueFactory = _ => 500 };
         var saveLimit = new Option<int>("--save-total-limit");
+        var saveOnlyModel = new Option<bool>("--save-only-model") { Description = "checkpoints hold the adapter and trainer state but no optimizer state: smaller, and not resumable" };
         var evalSteps = new Option<int>("--eval-steps");
         var evalStrategy = new Option<string>("--eval-strategy") { Description = "steps (every --eval-steps), epoch or no; eval data is also scored before the first step and after the last", DefaultValueFactory = _ => "steps" };
         evalStrategy.AcceptOnlyFromAmong("no", "steps", "epoch");
@@ -81,7 +82,7 @@ public static class TrainCommand
         foreach (var o in dataOptions.All) cmd.Options.Add(o);
         foreach (var o in new Option[] { data, evalData, evalSplit, packing, groupByLength, dropLast, padToMax,
                      epochs, maxSteps, batch, evalBatch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay,
-                     optim, beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, loggingStrategy, saveSteps, saveStrategy, saveLimit, evalSteps, evalStrategy,
+                     optim, beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, loggingStrategy, saveSteps, saveOnlyModel, saveStrategy, saveLimit, evalSteps, evalStrategy,
                      loadBest, metricForBest, patience, threshold, neftune, labelSmoothing, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
 
@@ -94,7 +95,7 @@ public static class TrainCommand
                 LearningRate = parse.GetValue(lr), LrSchedulerType = parse.GetValue(scheduler)!, LrSchedulerKwargs = LrSchedule.ParseKwargs(parse.GetValue(schedulerKwargs)), WarmupRatio = parse.GetValue(warmupRatio),
                 WarmupSteps = parse.GetValue(warmupSteps), WeightDecay = parse.GetValue(weightDecay),
                 AdamBeta1 = parse.GetValue(beta1), AdamBeta2 = parse.GetValue(beta2), AdamEpsilon = parse.GetValue(epsilon), MaxGradNorm = parse.GetValue(maxGradNorm),
-                Seed = parse.GetValue(lora.Seed), LoggingSteps = parse.GetValue(logging), LoggingFirstStep = parse.GetValue(loggingFirst), LoggingStrategy = parse.GetValue(loggingStrategy)!, SaveSteps = parse.GetValue(saveSteps),
+                Seed = parse.GetValue(lora.Seed), LoggingSteps = parse.GetValue(logging), LoggingFirstStep = parse.GetValue(loggingFirst), LoggingStrategy = parse.GetValue(loggingStrategy)!, SaveSteps = parse.GetValue(saveSteps), SaveOnlyModel = parse.GetValue(saveOnlyModel),
                 SaveTotalLimit = parse.GetValue(saveLimit), EvalSteps = parse.GetValue(evalSteps), EvalStrategy = parse.GetValue(evalStrategy)!, SaveStrategy = parse.GetValue(saveStrategy)!, LoraplusLrRatio = parse.GetValue(loraplus),
                 Fp16 = parse.GetValue(fp16), Bf16 = parse.GetValue(bf16), Device = parse.GetValue(device)!, EpLibrary = parse.GetValue(epLibrary),
                 GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),

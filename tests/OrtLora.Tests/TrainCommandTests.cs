@@ -54,6 +54,21 @@ public class TrainCommandTests
         Assert.That(File.Exists(Path.Combine(dir, "adapter_model.safetensors")), "the run finishes");
     }
 
+    /// <summary>--save-only-model (the Trainer's save_only_model): checkpoints hold the adapter, which loads, and the
+    /// trainer state, but no optimizer state; resuming from one is one error naming the folder.</summary>
+    [Test]
+    public void SaveOnlyModelCheckpointsHoldTheAdapterAndCannotResume()
+    {
+        var dir = Shared.TempDir();
+        OrtloraOk(TrainArgs(dir, "--max-steps", "4", "--save-steps", "2", "--save-only-model"));
+        var checkpoint = Path.Combine(dir, "checkpoint-2");
+        Assert.That(Directory.GetFiles(checkpoint).Select(Path.GetFileName), Is.EquivalentTo(new[] { "adapter_model.safetensors", "adapter_config.json", "trainer_state.json" }));
+        Assert.That(PeftAdapter.Load(checkpoint).Tensors, Has.Count.EqualTo(2 * 3 * 4), "A and B of q_proj, v_proj and down_proj in 4 layers");
+        var error = Ortlora(TrainArgs(dir, "--max-steps", "4", "--resume-from-checkpoint", checkpoint));
+        Assert.That(error.ExitCode, Is.Not.EqualTo(0));
+        Assert.That(error.Error, Does.Contain($"{checkpoint}: saved with --save-only-model"));
+    }
+
     [Test]
     public void TrainingWritesAPeftAdapterMetricsAndPlotAndLowersEvalLoss()
     {

@@ -53,8 +53,9 @@ public static class Checkpoint
     public const string OptimizerFile = "optimizer.safetensors";
     public const string StateFile = "trainer_state.json";
 
+    /// <param name="optimizer">moments and raw parameters for an exact resume; null with save_only_model</param>
     public static string Save(string outputDir, TrainerState state, LoraConfig config,
-        IReadOnlyDictionary<string, SafeTensor> adapter, IReadOnlyDictionary<string, SafeTensor> optimizer)
+        IReadOnlyDictionary<string, SafeTensor> adapter, IReadOnlyDictionary<string, SafeTensor>? optimizer)
     {
         var final = Path.Combine(outputDir, $"checkpoint-{state.GlobalStep}");
         var tmp = Path.Combine(outputDir, $".tmp-checkpoint-{state.GlobalStep}-{Environment.ProcessId}");
@@ -62,7 +63,7 @@ public static class Checkpoint
         Directory.CreateDirectory(tmp);
         SafeTensors.Write(Path.Combine(tmp, AdapterFile), adapter, new Dictionary<string, string> { ["format"] = "pt" });
         File.WriteAllText(Path.Combine(tmp, ConfigFile), config.ToPeftJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        SafeTensors.Write(Path.Combine(tmp, OptimizerFile), optimizer);
+        if (optimizer is not null) SafeTensors.Write(Path.Combine(tmp, OptimizerFile), optimizer);
         File.WriteAllText(Path.Combine(tmp, StateFile), state.ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         if (Directory.Exists(final)) Directory.Delete(final, true);
         Directory.Move(tmp, final);
@@ -71,6 +72,8 @@ public static class Checkpoint
 
     public static (TrainerState State, Dictionary<string, SafeTensor> Adapter, Dictionary<string, SafeTensor> Optimizer) Load(string dir)
     {
+        if (File.Exists(Path.Combine(dir, AdapterFile)) && File.Exists(Path.Combine(dir, StateFile)) && !File.Exists(Path.Combine(dir, OptimizerFile)))
+            throw new OrtLoraException($"{dir}: saved with --save-only-model (the adapter, no {OptimizerFile}); training cannot resume from it, as the Trainer cannot");
         foreach (var f in new[] { AdapterFile, OptimizerFile, StateFile })
             if (!File.Exists(Path.Combine(dir, f))) throw new OrtLoraException($"{dir}: not a complete checkpoint ({f} missing)");
         var state = TrainerState.FromJson(JsonNode.Parse(File.ReadAllText(Path.Combine(dir, StateFile)))!);

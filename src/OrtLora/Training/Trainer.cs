@@ -216,7 +216,7 @@ public static class Trainer
             }
             if (args.SaveStrategy switch { "steps" => args.SaveSteps > 0 && state.GlobalStep % args.SaveSteps == 0, "epoch" => epochEnded, _ => false })
             {
-                SaveCheckpoint(model, session, state, best, args.OutputDir);
+                SaveCheckpoint(model, session, state, best, args.OutputDir, args.SaveOnlyModel);
                 Checkpoint.Prune(args.OutputDir, args.SaveTotalLimit);
             }
         }
@@ -301,11 +301,12 @@ public static class Trainer
     static Engine.Batch ToEngine(DataBatch b) => new(b.InputIds, b.AttentionMask, b.Labels, b.BatchSize, b.SeqLength);
 
     /// <summary>The adapter (PEFT format) for people, and the raw parameters with the moments for an exact resume.</summary>
-    static void SaveCheckpoint(OnnxModel model, TrainingSession session, TrainerState state, BestModel best, string outputDir)
+    static void SaveCheckpoint(OnnxModel model, TrainingSession session, TrainerState state, BestModel best, string outputDir, bool saveOnlyModel)
     {
         var parameters = session.GetParameters();
         SetParameters(model, parameters);
         var adapter = AdapterExporter.Export(model);
+        if (saveOnlyModel) { Checkpoint.Save(outputDir, state, adapter.Config, adapter.Tensors, optimizer: null); return; }
         var optimizer = session.GetOptimizerState();
         foreach (var (name, values) in parameters)
             optimizer["param." + name] = SafeTensor.FromFloats(session.Graph.ParameterShapes[name], values);

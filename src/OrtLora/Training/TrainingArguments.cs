@@ -31,6 +31,9 @@ public sealed class TrainingArguments
     /// end) or "no"; LoggingFirstStep adds step 1 in all three, as the Trainer's logging_strategy.</summary>
     public string LoggingStrategy { get; set; } = "steps";
     public int SaveSteps { get; set; } = 500;
+    /// <summary>save_only_model: checkpoints hold the adapter and the trainer state, not the optimizer state (smaller, but
+    /// training cannot resume from them).</summary>
+    public bool SaveOnlyModel { get; set; }
     /// <summary>Keep at most this many checkpoint-N folders (oldest deleted); 0 or less keeps all.</summary>
     public int SaveTotalLimit { get; set; }
     public int EvalSteps { get; set; }
