@@ -36,8 +36,8 @@ public static class LoraInjector
         if (layers.Count == 0) throw new OrtLoraException($"{model.Source}: no linear layer (MatMul/Gemm with a 2-D weight initializer) found");
         var prefix = ModuleNames.WrapperPrefix(layers.Select(l => l.Module).ToList());
         var layerBiases = TrainedBiases.OfLayers(g, layers); // before the LoRA Adds sit between the MatMuls and their biases
-        var biasValues = layers.Where(l => TrainedBiases.ValueOf(g, l.Node) is not null)
-            .ToDictionary(l => l.Node, l => TrainedBiases.ValueOf(g, l.Node)!, ReferenceEqualityComparer.Instance); // lora_bias merges there
+        var biasValues = new Dictionary<NodeProto, string>(ReferenceEqualityComparer.Instance); // lora_bias merges there
+        foreach (var layer in layers) if (TrainedBiases.ValueOf(g, layer.Node) is { } value) biasValues[layer.Node] = value;
         var embeddings = LinearLayers.Embeddings(g);
         var plans = peft is null ? PlanFresh(model, g, config, layers, embeddings, prefix) : PlanFromPeft(model, g, peft, [.. layers, .. embeddings], prefix);
         var adapters = new List<LoraAdapter>();

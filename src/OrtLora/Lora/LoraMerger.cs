@@ -101,11 +101,7 @@ public static class LoraMerger
         var bias = g.Initializer(name) ?? throw new OrtLoraException($"{model.Source}: the bias '{name}' of '{first.Module}' is missing");
         if (g.Consumers(name).Count > 1)
         {
-            var reader = hop ?? (baseNode.OpType == "Gemm" ? baseNode : g.Consumers(first.Output).First(n => n.Input.Contains(value)));
-            bias = bias.Clone();
-            bias.Name = g.Unique(name + ".merged");
-            g.AddInitializer(bias);
-            for (int i = 0; i < reader.Input.Count; i++) if (reader.Input[i] == name) reader.Input[i] = bias.Name;
+            bias = CopyFor(g, bias, hop ?? (baseNode.OpType == "Gemm" ? baseNode : g.Consumers(first.Output).First(n => n.Input.Contains(value))));
             name = bias.Name;
         }
         if (bias.Dims.Count != 1 || bias.Dims[0] != loraBias.Length)
@@ -222,10 +218,17 @@ public static class LoraMerger
         if (Readers(weight.Name) == 1 && !sharedPath) return weight;
         if (sharedPath)
             throw new OrtLoraException($"{model.Source}: base weight '{weight.Name}' of '{first.Module}' reaches other layers through the same nodes; cannot merge into it alone");
-        var copy = weight.Clone();
-        copy.Name = g.Unique(weight.Name + ".merged");
+        return CopyFor(g, weight, reader);
+    }
+
+    /// <summary>A copy of an initializer that other nodes read too (NAME.merged), which <paramref name="reader"/> reads
+    /// instead, so merging into it changes this layer only.</summary>
+    static TensorProto CopyFor(GraphEditor g, TensorProto original, NodeProto reader)
+    {
+        var copy = original.Clone();
+        copy.Name = g.Unique(original.Name + ".merged");
         g.AddInitializer(copy);
-        for (int i = 0; i < reader.Input.Count; i++) if (reader.Input[i] == weight.Name) reader.Input[i] = copy.Name;
+        for (int i = 0; i < reader.Input.Count; i++) if (reader.Input[i] == original.Name) reader.Input[i] = copy.Name;
         return copy;
     }
 }

@@ -90,15 +90,16 @@ public static class ModuleNames
     public static string LastSegment(string path) => path[(path.LastIndexOf('.') + 1)..];
 
     /// <summary>The module part of a PEFT adapter key: <c>base_model.model.X.lora_A.weight</c> (or with PEFT's
-    /// in-memory <c>.default</c>) → X; also an embedding's <c>X.lora_embedding_A</c> and DoRA's <c>X.lora_magnitude_vector</c>;
-    /// null for keys that are none of these.</summary>
+    /// in-memory <c>.default</c>) → X; also an embedding's <c>X.lora_embedding_A</c>, DoRA's <c>X.lora_magnitude_vector</c>
+    /// and lora_bias's <c>X.lora_B.bias</c> (kind "lora_bias"); null for keys that are none of these.</summary>
     public static (string Module, string Kind)? ParseAdapterKey(string key)
     {
-        foreach (var kind in new[] { "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector" })
+        foreach (var kind in new[] { "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "lora_bias" })
             foreach (var suffix in kind switch
                      {
                          "lora_magnitude_vector" => [$".{kind}", $".{kind}.default.weight", $".{kind}.weight"],
                          "lora_embedding_A" or "lora_embedding_B" => [$".{kind}", $".{kind}.default"],
+                         "lora_bias" => [".lora_B.bias", ".lora_B.default.bias"], // lora_bias: B's own bias
                          _ => new[] { $".{kind}.weight", $".{kind}.default.weight" },
                      })
                 if (key.EndsWith(suffix))

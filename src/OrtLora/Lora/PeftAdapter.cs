@@ -43,16 +43,11 @@ public sealed class PeftAdapter
         var biases = new Dictionary<string, string>();
         foreach (var key in Tensors.Keys)
         {
-            if (System.Text.RegularExpressions.Regex.Match(key, @"^(?:base_model\.model\.)?(.+)\.lora_B(?:\.default)?\.bias$") is { Success: true } bias)
-            {
-                if (!Config.LoraBias) throw new OrtLoraException($"{WeightsPath}: '{key}' is a lora_bias tensor but the config has no lora_bias");
-                biases[bias.Groups[1].Value] = key;
-                continue;
-            }
             if (IsSavedModuleKey(key) || TrainableTokens.IsRows(key) || Config.Bias != "none" && TrainedBiases.IsBias(key)) continue;
             var parsed = ModuleNames.ParseAdapterKey(key)
                 ?? throw new OrtLoraException($"{WeightsPath}: tensor '{key}' is not a LoRA A/B weight or DoRA magnitude; ortlora imports LoRA and DoRA adapters only");
-            (parsed.Kind switch { "lora_A" or "lora_embedding_A" => a, "lora_B" or "lora_embedding_B" => b, _ => m })[parsed.Module] = key;
+            if (parsed.Kind == "lora_bias" && !Config.LoraBias) throw new OrtLoraException($"{WeightsPath}: '{key}' is a lora_bias tensor but the config has no lora_bias");
+            (parsed.Kind switch { "lora_A" or "lora_embedding_A" => a, "lora_B" or "lora_embedding_B" => b, "lora_bias" => biases, _ => m })[parsed.Module] = key;
         }
         if (m.Count > 0 && !Config.UseDora) throw new OrtLoraException($"{WeightsPath}: '{m.Values.First()}' is a DoRA magnitude but the config has no use_dora");
         if (Config.UseDora && m.Count == 0) throw new OrtLoraException($"{WeightsPath}: use_dora is set but no lora_magnitude_vector tensor is saved");

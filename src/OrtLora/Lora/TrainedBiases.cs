@@ -24,20 +24,21 @@ public static class TrainedBiases
 
     /// <summary>A linear layer's bias: Gemm's C, or a constant vector (initializer or Constant) added right after the
     /// MatMul; null when it has none.</summary>
-    public static string? Of(GraphEditor g, NodeProto node)
-    {
-        string? bias = node.OpType == "Gemm" && node.Input.Count > 2 && node.Input[2] != "" ? node.Input[2]
-            : node.OpType == "MatMul" && g.Consumers(node.Output[0]) is [{ OpType: "Add" } add] ? add.Input.FirstOrDefault(i => i != node.Output[0]) : null;
-        return bias is not null && (g.Initializer(bias) ?? g.Constant(bias)) is { Dims.Count: 1 } ? bias : null;
-    }
+    public static string? Of(GraphEditor g, NodeProto node) =>
+        AddedInput(g, node) is { } bias && (g.Initializer(bias) ?? g.Constant(bias)) is { Dims.Count: 1 } ? bias : null;
+
+    /// <summary>What a linear layer adds after its product: Gemm's C, or the other input of the one Add that reads a
+    /// MatMul's output; null when neither.</summary>
+    static string? AddedInput(GraphEditor g, NodeProto node) =>
+        node.OpType == "Gemm" && node.Input.Count > 2 && node.Input[2] != "" ? node.Input[2]
+        : node.OpType == "MatMul" && g.Consumers(node.Output[0]) is [{ OpType: "Add" } add] ? add.Input.FirstOrDefault(i => i != node.Output[0]) : null;
 
     /// <summary>The value a linear layer adds as its bias (Gemm's C, or the other input of the Add right after a MatMul)
     /// when it is a 1-D float initializer, read directly or through Identity nodes (the TorchScript exporter shares equal
     /// biases that way); null otherwise.</summary>
     public static string? ValueOf(GraphEditor g, NodeProto node)
     {
-        string? value = node.OpType == "Gemm" && node.Input.Count > 2 && node.Input[2] != "" ? node.Input[2]
-            : node.OpType == "MatMul" && g.Consumers(node.Output[0]) is [{ OpType: "Add" } add] ? add.Input.FirstOrDefault(i => i != node.Output[0]) : null;
+        var value = AddedInput(g, node);
         var source = value;
         while (source is not null && g.Producer(source) is { OpType: "Identity" } hop) source = hop.Input[0];
         return source is not null && g.Initializer(source) is { Dims.Count: 1 } t && Tensors.IsFloat(t.DataType) ? value : null;

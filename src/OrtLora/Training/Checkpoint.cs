@@ -23,8 +23,7 @@ public sealed record TrainerState(int GlobalStep, int Epoch, long DataIndex, int
         ["best_metric"] = Best?.Metric, ["best_global_step"] = Best?.Step, ["early_stopping_patience_counter"] = Best?.EvalsWithoutImprovement ?? 0,
         ["plateau"] = Plateau is { } p ? new JsonObject
         {
-            // ±∞ (no evaluation yet) as JSON's null
-            ["lr"] = p.Lr, ["best"] = double.IsFinite(p.Best) ? p.Best : null, ["num_bad_epochs"] = p.BadEvals, ["cooldown_counter"] = p.Cooldown,
+            ["lr"] = p.Lr, ["best"] = p.Best, ["num_bad_epochs"] = p.BadEvals, ["cooldown_counter"] = p.Cooldown,
         } : null,
     };
 
@@ -33,7 +32,7 @@ public sealed record TrainerState(int GlobalStep, int Epoch, long DataIndex, int
         j["seed"]!.GetValue<int>(), j["tokens_seen"]!.GetValue<long>())
     {
         DataSkipBatches = j["data_skip_batches"]?.GetValue<int>() ?? 0,
-        Plateau = j["plateau"] is JsonObject p ? new PlateauState(p["lr"]!.GetValue<double>(), p["best"]?.GetValue<double>() ?? double.NaN,
+        Plateau = j["plateau"] is JsonObject p ? new PlateauState(p["lr"]!.GetValue<double>(), p["best"]?.GetValue<double>(),
             p["num_bad_epochs"]!.GetValue<int>(), p["cooldown_counter"]!.GetValue<int>()) : null,
         Best = j["best_metric"] is { } metric && j["best_global_step"] is { } step
             ? new BestEval(metric.GetValue<double>(), step.GetValue<int>(), j["early_stopping_patience_counter"]?.GetValue<int>() ?? 0) : null,

@@ -121,8 +121,7 @@ public static class Trainer
             if (!data.HasEval || args.EvalStrategy == "no")
                 throw new OrtLoraException($"{job.DataPath}: --lr-scheduler-type {ReduceLrOnPlateau.Name} lowers the learning rate when eval_loss stops improving: " +
                     "give --eval-data or --eval-split, and an --eval-strategy other than no");
-            var start = ReduceLrOnPlateau.Start(args.LearningRate, args.LrSchedulerKwargs);
-            state = state with { Plateau = state.Plateau is { } p ? (double.IsNaN(p.Best) ? p with { Best = start.Best } : p) : start };
+            state = state with { Plateau = state.Plateau ?? ReduceLrOnPlateau.Start(args.LearningRate, args.LrSchedulerKwargs) };
         }
         // The schedule's rate at a step; reduce_lr_on_plateau's is where the evaluations have left it.
         double LearningRateAt(int step) => plateau ? state.Plateau!.Lr : LrSchedule.At(args.LrSchedulerType, args.LearningRate, step, warmup, totalSteps, args.LrSchedulerKwargs);

@@ -53,6 +53,8 @@ public sealed class TrainingSession : IDisposable
     Dictionary<string, PingPong>? _accumulators;
     /// <summary>The parameters <see cref="HostAdamW"/> updates in place (one buffer each), and their gradients' buffers.</summary>
     readonly HashSet<string> _hostUpdated;
+    /// <summary>The other parameters, which the graphs update.</summary>
+    readonly List<string> _graphUpdated;
     readonly Dictionary<string, PingPong> _hostGradients = new();
     readonly HostScalar _lr = new(), _step = new(), _maxGradNorm = new(), _gradScale = new(), _loss = new(), _gradNorm = new(), _lossScale = new(),
         _clipCoefficient = new();
@@ -80,6 +82,7 @@ public sealed class TrainingSession : IDisposable
         // State in host memory (the CPU, where PlaceState leaves it): large parameters are updated in place by the host.
         bool hostState = _options.Device == "cpu" && !_options.StateInSessionMemory;
         _hostUpdated = hostState ? _graph.Parameters.Where(p => _graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b) >= _options.HostUpdateFrom).ToHashSet() : [];
+        _graphUpdated = _graph.Parameters.Where(p => !_hostUpdated.Contains(p)).ToList();
         foreach (var p in _graph.Parameters)
         {
             var shape = _graph.ParameterShapes[p];
@@ -148,7 +151,7 @@ public sealed class TrainingSession : IDisposable
         _applySession ??= Load(_graph.BuildApply(_options.AdamW, _hostUpdated));
         using var run = new RunBinding(_applySession, _fixed);
         BindOptimizer(run, learningRate, maxGradNorm);
-        foreach (var p in _graph.Parameters.Where(p => !_hostUpdated.Contains(p))) run.Input(p, _params[p].Current);
+        foreach (var p in _graphUpdated) run.Input(p, _params[p].Current);
         BindAccumulators(run, output: false);
         Run(run, graphId: 2 * StateParity + AccumulatorParity);
         FinishUpdate(p => _accumulators[p].HostArray);
@@ -338,7 +341,7 @@ public sealed class TrainingSession : IDisposable
         run.HostInput(TrainingGraph.MaxGradNorm, _maxGradNorm.Value);
         run.HostOutput(TrainingGraph.GradNorm, _gradNorm.Value);
         if (_hostUpdated.Count > 0) run.HostOutput(TrainingGraph.ClipCoefficient, _clipCoefficient.Value);
-        foreach (var p in _graph.Parameters.Where(p => !_hostUpdated.Contains(p)))
+        foreach (var p in _graphUpdated)
         {
             run.Input(TrainingGraph.ExpAvgOf(p), _expAvg[p].Current);
             run.Input(TrainingGraph.ExpAvgSqOf(p), _expAvgSq[p].Current);
