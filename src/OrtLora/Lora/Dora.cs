@@ -7,7 +7,8 @@ namespace OrtLora.Lora;
 /// the norm taken per output feature and m [out] a trainable magnitude that starts at ‖W‖, so the injected model computes
 /// the original. As PEFT computes it: y = x·W + (s − 1)·(x·W) + s·scale·(x·Aᵀ)·Bᵀ with s = m / ‖V‖, i.e. y = s·(x·W +
 /// scale·(x·Aᵀ)·Bᵀ); training treats ‖V‖ as a constant (the paper's §4.3; PEFT detaches it), and merge folds
-/// W ← s ⊙ (W + scale·B·A).</summary>
+/// W ← s ⊙ (W + scale·B·A). An embedding is the linear layer onehot(ids)·W with its table W [vocabulary, hidden] stored
+/// [in, out], so the same nodes give PEFT's DoraEmbeddingLayer: the norm runs over the table's columns.</summary>
 public static class Dora
 {
     public delegate string AddNode(string op, string name, string[] inputs, params (string, object)[] attributes);
@@ -108,8 +109,8 @@ public static class Dora
     {
         // W as the layer reads it (through the export's Transpose or Cast, if any): reading the initializer itself would
         // keep SharedInitializers from storing a Transpose-only weight transposed. Gemm with transB reads [out, in],
-        // everything else [in, out].
-        var read = layer.Node.Input[1];
+        // everything else [in, out] (an embedding's table [vocabulary, hidden] too).
+        var read = layer.Node.Input[layer.WeightInput];
         bool outIn = layer.Node.OpType == "Gemm" && Attrs.Int(layer.Node, "transB", 0) != 0;
         var readType = g.Initializer(read)?.DataType ?? layer.DataType;
         var w = readType == (int)DT.Float ? read : node("Cast", "Cast_W", [read], ("to", (int)DT.Float));

@@ -98,7 +98,7 @@ public static class LoraInjector
                 throw new OrtLoraException($"{model.Source}: module '{path}' is applied by several nodes ('{twice.Layer.Node.Name}', '{layer.Node.Name}'); " +
                     "one adapter cannot be merged into weights shared between calls; target other modules");
             int r = config.RankFor(path);
-            if (layer.Embedding) { plans.Add(EmbeddingPlan(model, config, layer, path, r, rng)); continue; }
+            if (layer.Embedding) { plans.Add(EmbeddingPlan(model, g, config, layer, path, r, rng)); continue; }
             if (config.LoraBias) RequireLoraBias(model, config, path);
             var sizes = config.Variant == "canonical" && layer.Parts is { } parts ? parts : [(int)layer.Out];
             var partPlans = new List<PartPlan>();
@@ -147,11 +147,11 @@ public static class LoraInjector
     }
 
     /// <summary>PEFT's LoRA on nn.Embedding: A [r, vocabulary] starts at zero and B [hidden, r] from N(0, 1), the other
-    /// way round from a linear layer (PEFT does so for every init but loftq, PiSSA's and OLoRA's included).</summary>
-    static Plan EmbeddingPlan(OnnxModel model, LoraConfig config, LinearLayer layer, string path, int r, Random rng)
+    /// way round from a linear layer (PEFT does so for every init but loftq, PiSSA's and OLoRA's included). With DoRA,
+    /// m [hidden] starts at the norm of each of the table's columns (PEFT's DoraEmbeddingLayer: the table as a linear
+    /// layer's [out, in] weight is its transpose).</summary>
+    static Plan EmbeddingPlan(OnnxModel model, GraphEditor g, LoraConfig config, LinearLayer layer, string path, int r, Random rng)
     {
-        if (config.UseDora)
-            throw new OrtLoraException($"{model.Source}: module '{path}' is an embedding, and ortlora's DoRA adapts linear layers only; leave it out of target_modules");
         if (config.LoraBias)
             throw new OrtLoraException($"{model.Source}: module '{path}' is an embedding, and lora_bias is for linear layers (PEFT refuses it on embeddings too); leave it out of target_modules");
         if (config.Init == "loftq")
@@ -159,7 +159,8 @@ public static class LoraInjector
         var b = new float[layer.Out * r];
         for (int i = 0; i < b.Length; i++) b[i] = (float)LoraInit.Normal(rng);
         return new Plan(layer, path, r, config.ScaleFor(path, r),
-            [new PartPlan(ModuleNames.LoraEmbeddingAKey(path), new float[r * layer.In], ModuleNames.LoraEmbeddingBKey(path), b, layer.Out, null)]);
+            [new PartPlan(ModuleNames.LoraEmbeddingAKey(path), new float[r * layer.In], ModuleNames.LoraEmbeddingBKey(path), b, layer.Out, null)],
+            config.UseDora ? Lora.Dora.InitialMagnitude(model, g, layer, path, config, parts: 1) : null);
     }
 
     /// <summary>lora_bias goes with plain LoRA on a model whose biases stay as they are.</summary>

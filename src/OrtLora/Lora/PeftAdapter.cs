@@ -63,8 +63,6 @@ public sealed class PeftAdapter
             bool embedding = ModuleNames.ParseAdapterKey(keyA)!.Value.Kind == "lora_embedding_A";
             if (embedding != (ModuleNames.ParseAdapterKey(keyB)!.Value.Kind == "lora_embedding_B"))
                 throw new OrtLoraException($"{WeightsPath}: '{keyA}' and '{keyB}' are not both a linear layer's (lora_A, lora_B) or both an embedding's (lora_embedding_A, lora_embedding_B)");
-            if (embedding && Config.UseDora)
-                throw new OrtLoraException($"{WeightsPath}: '{keyA}' is a DoRA adapter on an embedding; ortlora imports DoRA on linear layers only");
             SafeTensor? tBias = null;
             if (Config.LoraBias && !embedding)
             {
@@ -76,7 +74,7 @@ public sealed class PeftAdapter
             var tM = Tensors[keyM];
             if (tM.Shape.Length != 1 || tM.Shape[0] != tB.Shape[0])
                 throw new OrtLoraException($"{WeightsPath}: '{keyM}' [{string.Join(", ", tM.Shape)}] is not a magnitude vector [{tB.Shape[0]}] for '{keyB}'");
-            modules.Add(new Module(path, keyA, tA, keyB, tB, keyM, tM));
+            modules.Add(new Module(path, keyA, tA, keyB, tB, keyM, tM, Embedding: embedding));
         }
         foreach (var path in b.Keys.Where(p => !a.ContainsKey(p)))
             throw new OrtLoraException($"{WeightsPath}: '{b[path]}' has no matching lora_A tensor");

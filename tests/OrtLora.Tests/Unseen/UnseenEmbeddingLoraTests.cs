@@ -159,7 +159,6 @@ public class UnseenEmbeddingLoraTests
         }
         foreach (var (config, message) in new (LoraConfig, string)[]
                  {
-                     (new() { TargetModules = ["embed_tokens"], UseDora = true }, "module 'model.embed_tokens' is an embedding, and ortlora's DoRA adapts linear layers only"),
                      (new() { TargetModules = ["embed_tokens"], Init = "loftq" }, "module 'model.embed_tokens' is an embedding, and LoftQ quantizes linear layers only"),
                      (new() { TargetModules = ["embed_tokens"], TrainableTokenIndices = new() { [""] = [1, 2] } }, "module 'model.embed_tokens' has a LoRA adapter"),
                      (new() { TargetModules = ["embed_tokens"], ModulesToSave = ["embed_tokens"] }, "module 'model.embed_tokens' is both in target_modules and in modules_to_save"),
