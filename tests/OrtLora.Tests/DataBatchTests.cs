@@ -290,32 +290,42 @@ public class DataBatchTests
         Assert.That(batch.InputIds[0], Is.EqualTo(1));
     }
 
-    [TestCase("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n'}}{% endfor %}", "chatml")]
-    [TestCase("{% for m in messages %}{{ bos_token + '[INST] ' + m['content'] + ' [/INST]' }}{% endfor %}", "llama2")]
-    [TestCase(null, "chatml")]
+    /// <summary>A model's own template (tokenizer_config.json's chat_template) is run, whatever its style; a named
+    /// template or a template file wins; without either, ChatML.</summary>
+    [TestCase("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n'}}{% endfor %}",
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n")]
+    [TestCase("{% for m in messages %}{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}{{ eos_token }}\n{% else %}<|assistant|>\n{{ m['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}",
+        "<|user|>\nHi<eos>\n<|assistant|>\nHello<eos>\n")]
+    [TestCase(null, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n")]
     public void ChatTemplateComesFromTheModelsTokenizerConfig(string? jinja, string expected)
     {
         var dir = Shared.TempDir();
         File.Copy(Shared.Require("tokenizers", "hf-gpt2", "tokenizer.json"), Path.Combine(dir, "tokenizer.json"));
-        if (jinja is not null) File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), System.Text.Json.JsonSerializer.Serialize(new { chat_template = jinja }));
+        if (jinja is not null) File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), System.Text.Json.JsonSerializer.Serialize(new { chat_template = jinja, eos_token = "<|endoftext|>" }));
         var tokenizer = TokenizerLoader.Load(dir);
         using var data = TrainingData.Open(DataFile("alpaca_500.chat.parquet"), tokenizer, new DataOptions());
-        Assert.That(data.ChatTemplate.Name, Is.EqualTo(expected));
+        Assert.That(data.ChatTemplate.Name, Is.EqualTo(jinja is null ? "chatml" : "tokenizer_config.json's own"));
+        var example = new ExampleRenderer(data.ChatTemplate, false).Render(0, new ChatRecord([new ChatMessage("user", "Hi"), new ChatMessage("assistant", "Hello")]));
+        Assert.That(example.Text, Is.EqualTo(expected));
         using var named = TrainingData.Open(DataFile("alpaca_500.chat.parquet"), tokenizer, new DataOptions { ChatTemplate = "llama-2" });
         Assert.That(named.ChatTemplate.Name, Is.EqualTo("llama2"), "a named template wins");
+        var file = Path.Combine(dir, "mine.jinja");
+        File.WriteAllText(file, "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}");
+        using var fromFile = TrainingData.Open(DataFile("alpaca_500.chat.parquet"), tokenizer, new DataOptions { ChatTemplate = file });
+        Assert.That(fromFile.ChatTemplate.Name, Is.EqualTo("mine.jinja's own"), "a template file wins");
     }
 
     [Test]
-    public void UnknownChatTemplatesAreClearErrors()
+    public void BrokenAndUnknownChatTemplatesAreClearErrors()
     {
         var dir = Shared.TempDir();
         File.Copy(Shared.Require("tokenizers", "hf-gpt2", "tokenizer.json"), Path.Combine(dir, "tokenizer.json"));
-        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), """{"chat_template": "{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}"}""");
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), """{"chat_template": "{% for m in messages %}\n<|user|>{{ m['content'] }}"}""");
         var tokenizer = TokenizerLoader.Load(dir);
         Assert.That(() => TrainingData.Open(DataFile("alpaca_500.chat.parquet"), tokenizer, new DataOptions()), Throws.TypeOf<OrtLoraException>()
-            .With.Message.Contains(Path.Combine(dir, "tokenizer_config.json")).And.Message.Contains("--chat-template (chatml, llama2)"));
+            .With.Message.StartsWith(Path.Combine(dir, "tokenizer_config.json") + ": chat template line "));
         Assert.That(() => TrainingData.Open(DataFile("alpaca_500.chat.parquet"), tokenizer, new DataOptions { ChatTemplate = "vicuna" }),
-            Throws.TypeOf<OrtLoraException>().With.Message.EqualTo("unknown chat template 'vicuna'; built in: chatml, llama2"));
+            Throws.TypeOf<OrtLoraException>().With.Message.EqualTo("unknown chat template 'vicuna'; built in: chatml, llama2, or a Jinja template file"));
     }
 
     [Test]

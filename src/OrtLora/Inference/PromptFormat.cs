@@ -22,8 +22,7 @@ public static class PromptFormat
                 segments.Add(new Segment(AlpacaTemplate.Prompt(new InstructionRecord(prompt, "", "")), false));
                 break;
             case "chat":
-                segments.AddRange(chat.Render([new ChatMessage("user", prompt)], tokenizer.AddsBos));
-                segments.AddRange(chat.GenerationPrompt);
+                segments.AddRange(chat.Render(new ChatRecord([new ChatMessage("user", prompt)]), tokenizer.AddsBos, addGenerationPrompt: true));
                 break;
             default:
                 throw new OrtLoraException($"--prompt-format {format}: expected {string.Join(", ", Names)}");
@@ -31,7 +30,8 @@ public static class PromptFormat
         return new ExampleEncoder(tokenizer, int.MaxValue).Ids(new Example(0, segments));
     }
 
-    /// <summary>Tokens that end the answer besides the stop tokens of the model: ChatML's end of turn in chat format.</summary>
+    /// <summary>Tokens that end the answer besides the stop tokens of the model: the template's end of turn in chat format
+    /// (ChatML's &lt;|im_end|&gt;, Llama 3's &lt;|eot_id|&gt;, ...).</summary>
     public static IEnumerable<int> StopIds(string format, TextTokenizer tokenizer, ChatTemplate chat) =>
         format == "chat" && chat.EndOfTurn is { } end && tokenizer.TokenId(end) is { } id ? [id] : [];
 }

@@ -128,7 +128,7 @@ public static class Trainer
 
         reporter.Started(totalSteps, state.GlobalStep,
             $"{lora.Adapters.Count} adapters{(lora.SavedModules.Count > 0 ? $" and {lora.SavedModules.Count} modules_to_save ({string.Join(", ", lora.SavedModules.Select(m => m.Module))})" : "")}{(lora.TrainableTokens.Count > 0 ? $", {lora.TrainableTokens.Sum(t => t.TokenIds.Count)} trainable token rows" : "")}, {session.ParameterNames.Sum(p => session.Graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b)):N0} trainable parameters; " +
-            $"{tokenizer.Kind} tokenizer ({tokenizer.VocabSize} tokens); {totalSteps} steps, warmup {warmup}, data: {data.Summary}");
+            $"{tokenizer.Kind} tokenizer ({tokenizer.VocabSize} tokens); {totalSteps} steps, warmup {warmup}; data: {data.Describe()}");
 
         double? firstEval = null, lastEval = null;
         int lastEvalStep = -1;

@@ -1,79 +1,90 @@
+using OrtLora.Training.Data.Jinja;
+
 namespace OrtLora.Training.Data;
 
-/// <summary>How a conversation becomes text. Built in: <c>chatml</c> (the default) and <c>llama2</c>. A model's own
-/// Jinja template (tokenizer_config.json's chat_template) is recognised as one of these by its markers;
-/// ortlora does not run Jinja. Assistant turns, with their end marker, are the trained part.</summary>
+/// <summary>How a conversation becomes text. A model's own Jinja template (tokenizer_config.json's chat_template, or a
+/// file given to --chat-template) is run as transformers' apply_chat_template runs it (<see cref="JinjaChat"/>). Built in,
+/// for tokenizers without one: <c>chatml</c> (the default) and <c>llama2</c>. Assistant turns, with their end marker, are
+/// the trained part.</summary>
 public sealed class ChatTemplate
 {
-    readonly Func<IReadOnlyList<ChatMessage>, bool, IEnumerable<Segment>> _render;
+    /// <summary>Renders (conversation, tokenizer adds BOS, add_generation_prompt) as segments.</summary>
+    readonly Func<ChatRecord, bool, bool, IEnumerable<Segment>> _render;
 
-    ChatTemplate(string name, Func<IReadOnlyList<ChatMessage>, bool, IEnumerable<Segment>> render)
+    ChatTemplate(string name, Func<ChatRecord, bool, bool, IEnumerable<Segment>> render, string? endOfTurn)
     {
         Name = name;
         _render = render;
+        EndOfTurn = endOfTurn;
     }
 
     public string Name { get; }
 
+    /// <summary>The token that ends an assistant turn besides EOS (ChatML's &lt;|im_end|&gt;, Llama 3's &lt;|eot_id|&gt;), if any.</summary>
+    public string? EndOfTurn { get; }
+
     /// <summary>ChatML (Qwen, many fine-tunes): <c>&lt;|im_start|&gt;{role}\n{content}&lt;|im_end|&gt;\n</c> per message.</summary>
-    public static ChatTemplate ChatMl { get; } = new("chatml", RenderChatMl);
+    public static ChatTemplate ChatMl { get; } = new("chatml", RenderChatMl, "<|im_end|>");
 
     /// <summary>Llama 2 chat, as Meta's and Hugging Face's template writes it:
     /// <c>&lt;s&gt;[INST] &lt;&lt;SYS&gt;&gt;\n{system}\n&lt;&lt;/SYS&gt;&gt;\n\n{user} [/INST] {assistant} &lt;/s&gt;</c>.</summary>
-    public static ChatTemplate Llama2 { get; } = new("llama2", RenderLlama2);
+    public static ChatTemplate Llama2 { get; } = new("llama2", (chat, addBos, _) => RenderLlama2(chat), null);
 
     public static IReadOnlyList<string> BuiltInNames { get; } = ["chatml", "llama2"];
 
-    public static ChatTemplate FromName(string name) => name.ToLowerInvariant().Replace("-", "").Replace("_", "") switch
+    /// <summary>A built-in template by name, or a Jinja template file.</summary>
+    public static ChatTemplate FromName(string name, TokenizerConfig? config = null)
     {
-        "chatml" => ChatMl,
-        "llama2" or "llama2chat" => Llama2,
-        _ => throw new OrtLoraException($"unknown chat template '{name}'; built in: {string.Join(", ", BuiltInNames)}"),
-    };
+        if (File.Exists(name)) return FromJinja(File.ReadAllText(name), name, config);
+        return name.ToLowerInvariant().Replace("-", "").Replace("_", "") switch
+        {
+            "chatml" => ChatMl,
+            "llama2" or "llama2chat" => Llama2,
+            _ => throw new OrtLoraException($"unknown chat template '{name}'; built in: {string.Join(", ", BuiltInNames)}, or a Jinja template file"),
+        };
+    }
 
-    /// <summary>The built-in template a model's Jinja chat template writes, recognised by its markers.</summary>
-    public static ChatTemplate FromJinja(string jinja, string source)
+    /// <summary>A model's Jinja chat template, run with its bos_token and eos_token; <paramref name="clock"/> is what
+    /// strftime_now reads (the local time when null).</summary>
+    public static ChatTemplate FromJinja(string jinja, string source, TokenizerConfig? config = null, Func<DateTime>? clock = null)
     {
-        if (jinja.Contains("<|im_start|>")) return ChatMl;
-        if (jinja.Contains("[INST]")) return Llama2;
-        throw new OrtLoraException($"the chat template in {source} is neither ChatML nor Llama 2 style, the ones ortlora " +
-                                   $"renders; choose one with --chat-template ({string.Join(", ", BuiltInNames)})");
+        var chat = new JinjaChat(JinjaTemplate.Parse(jinja, source), source, config?.BosToken, config?.EosToken, clock);
+        return new ChatTemplate($"{Path.GetFileName(source)}'s own", chat.Render, chat.EndOfTurn());
     }
 
     /// <summary>The template to use: the one named, else the model's own (from its tokenizer_config.json), else ChatML.</summary>
     public static ChatTemplate Resolve(string? name, TokenizerConfig? config, string configSource = "tokenizer_config.json") =>
-        name is not null ? FromName(name)
-        : config?.ChatTemplate is { } jinja ? FromJinja(jinja, configSource)
+        name is not null ? FromName(name, config)
+        : config?.ChatTemplate is { } jinja ? FromJinja(jinja, configSource, config)
         : ChatMl;
 
-    /// <summary>What follows the conversation when the assistant is to answer next (transformers' add_generation_prompt):
-    /// ChatML opens an assistant turn; Llama 2's [/INST] already hands over.</summary>
-    public IReadOnlyList<Segment> GenerationPrompt => this == ChatMl ? [new Segment("<|im_start|>assistant\n", false)] : [];
+    /// <summary>The conversation as segments; <paramref name="addBos"/>: the tokenizer puts BOS first (a Jinja template
+    /// writes its own BOS, as transformers encodes its output without adding special tokens);
+    /// <paramref name="addGenerationPrompt"/>: open the assistant's turn after it (transformers' add_generation_prompt).</summary>
+    public IReadOnlyList<Segment> Render(ChatRecord chat, bool addBos, bool addGenerationPrompt = false) => [.. _render(chat, addBos, addGenerationPrompt)];
 
-    /// <summary>The token that ends an assistant turn besides EOS (ChatML's &lt;|im_end|&gt;), if any.</summary>
-    public string? EndOfTurn => this == ChatMl ? "<|im_end|>" : null;
-
-    /// <summary>The conversation as segments; <paramref name="addBos"/>: the tokenizer puts BOS first.</summary>
-    public IReadOnlyList<Segment> Render(IReadOnlyList<ChatMessage> messages, bool addBos) => [.. _render(messages, addBos)];
-
-    static IEnumerable<Segment> RenderChatMl(IReadOnlyList<ChatMessage> messages, bool addBos)
+    static IEnumerable<Segment> RenderChatMl(ChatRecord chat, bool addBos, bool addGenerationPrompt)
     {
         if (addBos) yield return Segment.Bos();
-        foreach (var m in messages)
+        for (int i = 0; i < chat.Messages.Count; i++)
         {
-            var assistant = m.Role == "assistant";
+            var (m, trained) = (chat.Messages[i], chat.Trains(i));
             yield return new Segment($"<|im_start|>{m.Role}\n", false);
-            yield return new Segment(m.Content, assistant);
-            yield return new Segment("<|im_end|>", assistant);
+            yield return new Segment(m.Content, trained);
+            yield return new Segment("<|im_end|>", trained);
             yield return new Segment("\n", false);
         }
+        if (addGenerationPrompt) yield return new Segment("<|im_start|>assistant\n", false);
     }
 
-    static IEnumerable<Segment> RenderLlama2(IReadOnlyList<ChatMessage> messages, bool addBos)
+    /// <summary>Llama 2's [/INST] already hands over to the assistant, so add_generation_prompt adds nothing.</summary>
+    static IEnumerable<Segment> RenderLlama2(ChatRecord chat)
     {
+        var messages = chat.Messages;
         string? system = messages.Count > 0 && messages[0].Role == "system" ? messages[0].Content : null;
-        foreach (var m in messages.Skip(system is null ? 0 : 1))
+        for (int i = system is null ? 0 : 1; i < messages.Count; i++)
         {
+            var m = messages[i];
             if (m.Role == "user")
             {
                 var content = system is null ? m.Content.Trim() : $"<<SYS>>\n{system}\n<</SYS>>\n\n{m.Content.Trim()}";
@@ -83,8 +94,8 @@ public sealed class ChatTemplate
             }
             else if (m.Role == "assistant")
             {
-                yield return new Segment($" {m.Content.Trim()} ", true);
-                yield return Segment.Eos();
+                yield return new Segment($" {m.Content.Trim()} ", chat.Trains(i));
+                yield return Segment.Eos(chat.Trains(i));
             }
             else throw new OrtLoraException($"the llama2 chat template has no place for a '{m.Role}' message (only system first, then user/assistant)");
         }

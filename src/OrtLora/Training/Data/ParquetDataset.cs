@@ -66,10 +66,11 @@ public sealed class ParquetDataset : IDisposable
     DatasetFormat Detect()
     {
         if (Columns.Contains(MessagesColumn)) return DatasetFormat.Chat;
+        if (Columns.Contains("prompt") && Columns.Contains("completion")) return DatasetFormat.PromptCompletion;
         if (Columns.Contains("instruction") && Columns.Contains("output")) return DatasetFormat.Instruction;
         if (Columns.Contains(TextColumn)) return DatasetFormat.Text;
         throw new OrtLoraException($"{Path}: cannot tell the data format from its columns ({string.Join(", ", Columns)}); " +
-                                   $"expected '{TextColumn}' (text), 'instruction'/'input'/'output' (instruction) or '{MessagesColumn}' (chat)");
+                                   $"expected '{TextColumn}' (text), 'instruction'/'input'/'output' (instruction), 'prompt'/'completion' (prompt-completion) or '{MessagesColumn}' (chat)");
     }
 
     void RequireColumns()
@@ -78,13 +79,22 @@ public sealed class ParquetDataset : IDisposable
         {
             DatasetFormat.Text => [TextColumn],
             DatasetFormat.Instruction => ["instruction", "output"],
+            DatasetFormat.PromptCompletion => ["prompt", "completion"],
             _ => new[] { MessagesColumn },
         };
         foreach (var column in needed)
             if (!Columns.Contains(column))
-                throw new OrtLoraException($"{Path}: no column '{column}' for {Format.ToString().ToLowerInvariant()} data; " +
+                throw new OrtLoraException($"{Path}: no column '{column}' for {FormatName(Format)} data; " +
                                            $"the file has columns: {string.Join(", ", Columns)}");
-        if (Format == DatasetFormat.Chat) RequireMessageFields();
+        if (Format == DatasetFormat.Chat) RequireMessageFields(MessagesColumn);
+        else if (Format == DatasetFormat.PromptCompletion)
+        {
+            // TRL's two kinds: both columns text (standard), or both lists of messages (conversational).
+            ConversationalPrompts = _reader.Schema.Fields.First(f => f.Name == "prompt") is not DataField;
+            foreach (var column in needed)
+                if (ConversationalPrompts) RequireMessageFields(column);
+                else RequireStringColumn(column);
+        }
         else foreach (var column in needed.Append("input").Where(Columns.Contains)) RequireStringColumn(column);
     }
 
@@ -96,13 +106,30 @@ public sealed class ParquetDataset : IDisposable
         throw new OrtLoraException($"{Path}: column '{column}' holds {what}, not text");
     }
 
-    /// <summary>Chat data is a list of structs with string fields role and content.</summary>
-    void RequireMessageFields()
+    /// <summary>The name --dataset-format takes for a format (prompt-completion for PromptCompletion).</summary>
+    public static string FormatName(DatasetFormat format) => format == DatasetFormat.PromptCompletion ? "prompt-completion" : format.ToString().ToLowerInvariant();
+
+    /// <summary>A --dataset-format value: auto, text, instruction, chat or prompt-completion.</summary>
+    public static DatasetFormat ParseFormat(string name)
     {
-        var prefix = MessagesColumn + "/";
+        var key = name.ToLowerInvariant().Replace('_', '-');
+        foreach (var format in Enum.GetValues<DatasetFormat>()) if (FormatName(format) == key) return format;
+        throw new OrtLoraException($"unknown dataset format '{name}'; expected {string.Join(", ", Enum.GetValues<DatasetFormat>().Select(FormatName))}");
+    }
+
+    /// <summary>Prompt-completion data whose columns are lists of messages (TRL's conversational kind).</summary>
+    public bool ConversationalPrompts { get; private set; }
+
+    /// <summary>Rows go through a chat template: chat data, or conversational prompt-completion data.</summary>
+    public bool IsConversational => Format == DatasetFormat.Chat || ConversationalPrompts;
+
+    /// <summary>Chat data is a list of structs with string fields role and content.</summary>
+    void RequireMessageFields(string column)
+    {
+        var prefix = column + "/";
         var fields = _reader.Schema.GetDataFields().Where(f => f.Path.ToString()!.StartsWith(prefix)).Select(f => f.Name).ToList();
         if (!fields.Contains("role") || !fields.Contains("content"))
-            throw new OrtLoraException($"{Path}: column '{MessagesColumn}' must be a list of {{role, content}}; its fields are: " +
+            throw new OrtLoraException($"{Path}: column '{column}' must be a list of {{role, content}}; its fields are: " +
                                        (fields.Count == 0 ? "none (not a list of structs)" : string.Join(", ", fields)));
     }
 
@@ -116,6 +143,8 @@ public sealed class ParquetDataset : IDisposable
             {
                 DatasetFormat.Text => ReadText(group),
                 DatasetFormat.Instruction => ReadInstructions(group),
+                DatasetFormat.PromptCompletion when ConversationalPrompts => ReadConversationalPromptCompletions(group),
+                DatasetFormat.PromptCompletion => ReadPromptCompletions(group),
                 _ => ReadChats(group),
             };
             _summaryByGroup[group] = new DataSummary(rows.Count, rows.Count(r => r.Skip == Skip.Null), rows.Count(r => r.Skip == Skip.Empty));
@@ -171,6 +200,15 @@ public sealed class ParquetDataset : IDisposable
         return rows;
     }
 
+    List<Row> ReadPromptCompletions(int group)
+    {
+        var prompt = ReadStrings(group, "prompt");
+        var completion = ReadStrings(group, "completion");
+        // An empty prompt is allowed (pure completion), an empty completion leaves nothing to learn.
+        return [.. prompt.Select((p, i) => Check(completion[i]) is var skip && p is null ? new Row(null, Skip.Null)
+            : skip == Skip.None ? new Row(new PromptCompletionRecord(p!, completion[i]!), skip) : new Row(null, skip))];
+    }
+
     string?[] ReadStrings(int group, string column)
     {
         var field = _reader.Schema.Fields.First(f => f.Name == column) as DataField
@@ -188,24 +226,36 @@ public sealed class ParquetDataset : IDisposable
         return [.. rows.Select(ToChatRow)];
     }
 
-    static Row ToChatRow(ChatRow row)
+    List<Row> ReadConversationalPromptCompletions(int group)
     {
-        if (row.messages is null) return new Row(null, Skip.Null);
-        if (row.messages.Count == 0) return new Row(null, Skip.Empty);
-        var messages = new List<ChatMessage>(row.messages.Count);
-        foreach (var m in row.messages)
+        _stream.Position = 0;
+        var rows = ParquetSerializer.DeserializeAsync<PromptCompletionRow>(_stream, rowGroupIndex: group).GetAwaiter().GetResult().Data;
+        return [.. rows.Select(r => r.prompt is null ? new Row(null, Skip.Null) : ToChatRow([.. r.prompt, .. r.completion ?? []], r.completion is null ? -1 : r.prompt.Count))];
+    }
+
+    static Row ToChatRow(ChatRow row) => ToChatRow(row.messages, 0);
+
+    /// <summary>A conversation whose assistant turns from <paramref name="trainedFrom"/> on are learned (-1: no completion).</summary>
+    static Row ToChatRow(List<ChatMessageRow?>? rows, int trainedFrom)
+    {
+        if (rows is null || trainedFrom < 0) return new Row(null, Skip.Null);
+        if (rows.Count == 0) return new Row(null, Skip.Empty);
+        var messages = new List<ChatMessage>(rows.Count);
+        foreach (var m in rows)
         {
             var skip = Check(m?.role, m?.content);
             if (skip != Skip.None) return new Row(null, skip);
             messages.Add(new ChatMessage(m!.role!.Trim(), m.content!));
         }
-        // Nothing to learn from a chat without an assistant turn.
-        if (!messages.Any(m => m.Role == "assistant")) return new Row(null, Skip.Empty);
-        return new Row(new ChatRecord(messages), Skip.None);
+        var record = new ChatRecord(messages, trainedFrom);
+        // Nothing to learn from a chat without an assistant turn (in the completion).
+        if (!Enumerable.Range(0, messages.Count).Any(record.Trains)) return new Row(null, Skip.Empty);
+        return new Row(record, Skip.None);
     }
 
     // Shapes for Parquet.Net's deserializer: list<struct<role: string, content: string>>.
     sealed class ChatRow { public List<ChatMessageRow?>? messages { get; set; } }
+    sealed class PromptCompletionRow { public List<ChatMessageRow?>? prompt { get; set; } public List<ChatMessageRow?>? completion { get; set; } }
     sealed class ChatMessageRow { public string? role { get; set; } public string? content { get; set; } }
 
     public void Dispose()

@@ -41,7 +41,8 @@ public static class AlpacaTemplate
 }
 
 /// <summary>Turns rows into examples: text rows are trained on whole; instruction rows are the Alpaca prompt then the
-/// output; chat rows go through a chat template with only the assistant turns trained. EOS follows the response
+/// output; prompt-completion rows the prompt then the completion; chat rows go through a chat template with only the
+/// assistant turns trained. EOS follows the response
 /// (text and instruction) and BOS comes first when the tokenizer uses one.</summary>
 public sealed class ExampleRenderer(ChatTemplate chatTemplate, bool addBos, bool trainOnPrompt = false, bool addEos = true)
 {
@@ -60,8 +61,12 @@ public sealed class ExampleRenderer(ChatTemplate chatTemplate, bool addBos, bool
                 segments.Add(new Segment(AlpacaTemplate.Prompt(row), trainOnPrompt));
                 segments.Add(new Segment(row.Output, true));
                 break;
+            case PromptCompletionRecord row:
+                segments.Add(new Segment(row.Prompt, trainOnPrompt));
+                segments.Add(new Segment(row.Completion, true));
+                break;
             case ChatRecord chat:
-                segments.AddRange(chatTemplate.Render(chat.Messages, addBos));
+                segments.AddRange(chatTemplate.Render(chat, addBos));
                 break;
         }
         if (addEos && record is not ChatRecord) segments.Add(Segment.Eos());

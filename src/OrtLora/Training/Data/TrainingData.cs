@@ -76,7 +76,7 @@ public sealed class TrainingData : IDisposable
         try
         {
             eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn);
-            var chat = train.Format == DatasetFormat.Chat
+            var chat = train.IsConversational
                 ? Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizerConfig ?? tokenizer.Config,
                     Path.Combine(Path.GetDirectoryName(tokenizer.Source) ?? "", "tokenizer_config.json"))
                 : Data.ChatTemplate.ChatMl;
@@ -151,8 +151,8 @@ public sealed class TrainingData : IDisposable
 
     /// <summary>One line for the log: file, format, counts, eval source.</summary>
     public string Describe() =>
-        $"{Path.GetFileName(Train.Path)}: {Train.Format.ToString().ToLowerInvariant()} data" +
-        (Train.Format == DatasetFormat.Chat ? $" ({ChatTemplate.Name} template)" : "") +
+        $"{Path.GetFileName(Train.Path)}: {ParquetDataset.FormatName(Train.Format)}{(Train.ConversationalPrompts ? " (conversational)" : "")} data" +
+        (Train.IsConversational ? $" ({ChatTemplate.Name} template)" : "") +
         $", {Summary}" +
         (SkippedNoTrainedTokens > 0 ? $", {SkippedNoTrainedTokens} dropped (no response left within {Options.MaxSeqLength} tokens)" : "") +
         (EvalFile is not null ? $"; eval: {Path.GetFileName(EvalFile.Path)}" : Options.EvalSplit > 0 ? string.Create(CultureInfo.InvariantCulture, $"; eval: {Options.EvalSplit * 100:0.##}% of rows") : "");

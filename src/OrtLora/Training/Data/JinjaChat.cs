@@ -1,0 +1,138 @@
+using OrtLora.Training.Data.Jinja;
+
+namespace OrtLora.Training.Data;
+
+/// <summary>A model's Jinja chat template as training reads it: the text transformers' apply_chat_template gives, and
+/// which characters of it are the trained assistant turns. A turn is found as the text that rendering the conversation
+/// up to it adds to rendering the conversation before it with add_generation_prompt, as far as the whole conversation
+/// writes the same (the turn's content and end marker; the whitespace after the marker stays untrained, as ChatML's
+/// "\n" after &lt;|im_end|&gt;). Templates that render an
+/// earlier part differently once more messages follow (Mistral's system prompt moves to the last user turn) fall back
+/// to finding the turn's content in the whole text, followed by the template's end-of-turn marker.</summary>
+sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, string? eosToken, Func<DateTime>? clock)
+{
+    const string Probe = "ortlora-probe-answer";
+
+    /// <summary>apply_chat_template's text for <paramref name="messages"/>.</summary>
+    public string Text(IEnumerable<ChatMessage> messages, bool addGenerationPrompt)
+    {
+        var variables = new Dictionary<string, object?>
+        {
+            ["messages"] = messages.Select(m => (object?)new Dictionary<string, object?> { ["role"] = m.Role, ["content"] = m.Content }).ToList(),
+            ["add_generation_prompt"] = addGenerationPrompt,
+            // apply_chat_template without tools or documents passes both as None (defined, unlike an absent name).
+            ["tools"] = null,
+            ["documents"] = null,
+        };
+        // transformers passes the special tokens the tokenizer has; one it lacks is undefined in the template.
+        if (bosToken is not null) variables["bos_token"] = bosToken;
+        if (eosToken is not null) variables["eos_token"] = eosToken;
+        return template.Render(variables, clock);
+    }
+
+    /// <summary>What the template writes after an assistant's content to end the turn (e.g. &lt;|eot_id|&gt;,
+    /// &lt;end_of_turn&gt;, &lt;/s&gt;), from a probe conversation; null when the probe does not show it.</summary>
+    public string? EndOfTurn()
+    {
+        try
+        {
+            var after = Text([new ChatMessage("user", "Hi"), new ChatMessage("assistant", Probe)], false);
+            int at = after.IndexOf(Probe, StringComparison.Ordinal);
+            // The first word after the content: Phi-3 writes "<|end|>\n<|endoftext|>" after a conversation's last turn.
+            var marker = at < 0 ? "" : new string(after[(at + Probe.Length)..].TrimStart().TakeWhile(c => !char.IsWhiteSpace(c)).ToArray());
+            return marker.Length > 0 ? marker : null;
+        }
+        catch (OrtLoraException) { return null; }
+    }
+
+    /// <summary><see cref="EndOfTurn"/>, probed once.</summary>
+    string? EndOfTurnMarker => _endOfTurn ??= EndOfTurn() ?? "";
+    string? _endOfTurn;
+
+    public IEnumerable<Segment> Render(ChatRecord chat, bool addBos, bool addGenerationPrompt)
+    {
+        var full = Text(chat.Messages, addGenerationPrompt);
+        var trained = new List<(int Start, int End)>();
+        for (int i = 0, cursor = 0; i < chat.Messages.Count; i++)
+        {
+            if (!chat.Trains(i)) continue;
+            var span = ByPrefix(chat.Messages, i, full, cursor) ?? ByContent(chat.Messages[i], full, cursor, EndOfTurnMarker!)
+                ?? throw new OrtLoraException($"{source}: the chat template's text does not show assistant turn {i + 1} (message {i + 1} of " +
+                                              $"{chat.Messages.Count}) where ortlora can find it; choose --chat-template ({string.Join(", ", ChatTemplate.BuiltInNames)})");
+            trained.Add(span);
+            cursor = span.End;
+        }
+        return Segments(full, trained);
+    }
+
+    (int Start, int End)? ByPrefix(IReadOnlyList<ChatMessage> messages, int turn, string full, int cursor)
+    {
+        string before, after;
+        try
+        {
+            before = Text(messages.Take(turn), true);
+            after = Text(messages.Take(turn + 1), false);
+        }
+        catch (OrtLoraException) { return null; } // e.g. a template that raises unless the conversation starts with a user
+        if (before.Length < cursor || !after.StartsWith(before, StringComparison.Ordinal) || !full.StartsWith(before, StringComparison.Ordinal)) return null;
+        // The turn is what the conversation keeps of it: a template may close a conversation that ends here (Phi-3 writes
+        // EOS after the last turn), which a longer one does not have at this place.
+        int end = before.Length;
+        while (end < after.Length && end < full.Length && after[end] == full[end]) end++;
+        // The two may go on alike for a few characters past the turn ("\n<|" of "\n<|endoftext|>" and "\n<|user|>"):
+        // the turn ends at its end-of-turn marker where the template writes one.
+        if (EndOfTurnMarker is { Length: > 0 } marker && after.LastIndexOf(marker, end - 1, end - before.Length, StringComparison.Ordinal) is var at and >= 0)
+            end = at + marker.Length;
+        while (end > before.Length && char.IsWhiteSpace(after[end - 1])) end--;
+        return end > before.Length ? (before.Length, end) : null;
+    }
+
+    static (int Start, int End)? ByContent(ChatMessage message, string full, int cursor, string endOfTurn)
+    {
+        foreach (var content in new[] { message.Content, message.Content.Trim() })
+        {
+            int at = full.IndexOf(content, cursor, StringComparison.Ordinal);
+            if (at < 0 || content.Length == 0) continue;
+            int end = at + content.Length;
+            int marker = endOfTurn.Length == 0 ? -1 : full.IndexOf(endOfTurn, end, StringComparison.Ordinal);
+            if (marker >= 0 && string.IsNullOrWhiteSpace(full[end..marker])) end = marker + endOfTurn.Length;
+            return (at, end);
+        }
+        return null;
+    }
+
+    /// <summary>The text cut at the trained spans' edges, with BOS and EOS written in it as their tokens (so the
+    /// tokenizer's ids are used whether or not it parses them inside text).</summary>
+    IEnumerable<Segment> Segments(string full, List<(int Start, int End)> trained)
+    {
+        int at = 0;
+        foreach (var (start, end) in trained.Append((full.Length, full.Length)))
+        {
+            foreach (var s in Split(full[at..start], false)) yield return s;
+            foreach (var s in Split(full[start..end], true)) yield return s;
+            at = end;
+        }
+    }
+
+    IEnumerable<Segment> Split(string text, bool trainable)
+    {
+        int at = 0;
+        while (at < text.Length)
+        {
+            var (next, special) = NextSpecial(text, at);
+            if (next > at) yield return new Segment(text[at..next], trainable);
+            if (special is null) yield break;
+            yield return special == SpecialToken.Bos ? Segment.Bos(trainable) : Segment.Eos(trainable);
+            at = next + (special == SpecialToken.Bos ? bosToken! : eosToken!).Length;
+        }
+    }
+
+    (int At, SpecialToken? Token) NextSpecial(string text, int from)
+    {
+        int bos = string.IsNullOrEmpty(bosToken) ? -1 : text.IndexOf(bosToken, from, StringComparison.Ordinal);
+        int eos = string.IsNullOrEmpty(eosToken) ? -1 : text.IndexOf(eosToken, from, StringComparison.Ordinal);
+        if (bos < 0 && eos < 0) return (text.Length, null);
+        // One string for both (GPT-2's <|endoftext|>) counts as EOS, what a template writes it for.
+        return bos >= 0 && (eos < 0 || bos < eos) ? (bos, SpecialToken.Bos) : (eos, SpecialToken.Eos);
+    }
+}

@@ -1,0 +1,106 @@
+using System.Text.Json.Nodes;
+using OrtLora.Training.Data;
+
+namespace OrtLora.Tests;
+
+/// <summary>Real models' chat templates (tokenizer_config.json's chat_template, verbatim) as training reads them: the
+/// text equals what jinja2 renders as transformers configures it (tests/OrtLora.Tests/Data/chat_templates.json, written
+/// by tools/chat-templates/render.py), and the trained part is exactly each assistant turn's content with the model's
+/// end-of-turn marker.</summary>
+public class DataChatTemplateTests
+{
+    static readonly Lazy<JsonObject> Fixture = new(() =>
+        JsonNode.Parse(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Data", "chat_templates.json")))!.AsObject());
+
+    /// <summary>How each model writes an assistant turn around its content ({0}), whether it strips the content first,
+    /// as its template's text shows.</summary>
+    static readonly Dictionary<string, (string Turn, bool Strips, string EndOfTurn)> Models = new()
+    {
+        ["llama-2-chat"] = (" {0} </s>", true, "</s>"),
+        ["llama-3.1-instruct"] = ("{0}<|eot_id|>", true, "<|eot_id|>"),
+        ["llama-3.2-instruct"] = ("{0}<|eot_id|>", true, "<|eot_id|>"),
+        ["mistral-7b-instruct-v0.1"] = (" {0}</s>", false, "</s>"),
+        ["mistral-7b-instruct-v0.3"] = ("{0}</s>", false, "</s>"),
+        ["qwen2.5-instruct"] = ("{0}<|im_end|>", false, "<|im_end|>"),
+        ["smollm2-instruct"] = ("{0}<|im_end|>", false, "<|im_end|>"),
+        ["tinyllama-chat"] = ("{0}</s>", false, "</s>"),
+        ["gemma-3-it"] = ("{0}<end_of_turn>", true, "<end_of_turn>"),
+        ["phi-3-mini-instruct"] = ("{0}<|end|>", false, "<|end|>"),
+        ["deepseek-r1"] = ("{0}<｜end▁of▁sentence｜>", false, "<｜end▁of▁sentence｜>"),
+    };
+
+    static IEnumerable<string> ModelNames => Models.Keys;
+
+    static JsonObject Case(string name) => Fixture.Value["cases"]!.AsArray().Select(c => c!.AsObject()).Single(c => c["name"]!.GetValue<string>() == name);
+
+    static (ChatTemplate Chat, List<ChatMessage> Messages, string Bos, string Eos) Load(string model, string conversation)
+    {
+        var variables = Case($"{model}/{conversation}")["variables"]!.AsObject();
+        var (bos, eos) = (variables["bos_token"]!.GetValue<string>(), variables["eos_token"]!.GetValue<string>());
+        var messages = variables["messages"]!.AsArray().Select(m => new ChatMessage(m!["role"]!.GetValue<string>(), m["content"]!.GetValue<string>())).ToList();
+        var config = TokenizerConfig.Empty with { BosToken = bos, EosToken = eos };
+        // strftime_now reads the fixture's clock, as render.py's does (Llama 3.2 writes today's date).
+        var now = DateTime.Parse(Fixture.Value["now"]!.GetValue<string>(), System.Globalization.CultureInfo.InvariantCulture);
+        return (ChatTemplate.FromJinja(Fixture.Value["templates"]![model]!["template"]!.GetValue<string>(), model, config, () => now), messages, bos, eos);
+    }
+
+    static string Spell(IEnumerable<Segment> segments, string bos, string eos) =>
+        string.Concat(segments.Select(s => s.Special switch { SpecialToken.Bos => bos, SpecialToken.Eos => eos, _ => s.Text }));
+
+    /// <summary>The trained characters as runs: consecutive trained segments join.</summary>
+    static List<string> TrainedRuns(IReadOnlyList<Segment> segments, string bos, string eos)
+    {
+        var runs = new List<string>();
+        bool inRun = false;
+        foreach (var s in segments)
+        {
+            if (!s.Trainable) { inRun = false; continue; }
+            if (!inRun) runs.Add("");
+            runs[^1] += Spell([s], bos, eos);
+            inRun = true;
+        }
+        return runs;
+    }
+
+    /// <summary>Each model's conversations that its template renders (Gemma 1 refuses a system message).</summary>
+    static IEnumerable<TestCaseData> Conversations() =>
+        from model in ModelNames
+        from conversation in new[] { "system_user_assistant/nogen", "multi_turn/nogen", "no_system/nogen", "unicode_and_quotes/nogen" }
+        where Case($"{model}/{conversation}")["expected"] is not null
+        select new TestCaseData(model, conversation);
+
+    [TestCaseSource(nameof(Conversations))]
+    public void TrainingTextIsJinja2sAndOnlyAssistantTurnsAreTrained(string model, string conversation)
+    {
+        var fixture = Case($"{model}/{conversation}");
+        var (chat, messages, bos, eos) = Load(model, conversation);
+        var segments = chat.Render(new ChatRecord(messages), addBos: false);
+        Assert.That(Spell(segments, bos, eos), Is.EqualTo(fixture["expected"]!.GetValue<string>()), "the text jinja2 renders");
+        // A turn ends at its marker: Phi-3's EOS after a conversation's last turn closes the conversation, not the turn.
+        var expected = messages.Where(m => m.Role == "assistant")
+            .Select(m => string.Format(Models[model].Turn, Models[model].Strips ? m.Content.Trim() : m.Content)).ToList();
+        Assert.That(TrainedRuns(segments, bos, eos), Is.EqualTo(expected), "each assistant turn with its end marker, nothing else");
+        Assert.That(chat.EndOfTurn, Is.EqualTo(Models[model].EndOfTurn));
+    }
+
+    /// <summary>generate's chat prompt is the template's own generation prompt (add_generation_prompt=True).</summary>
+    [TestCaseSource(nameof(ModelNames))]
+    public void GenerationPromptIsJinja2s(string model)
+    {
+        var (chat, messages, bos, eos) = Load(model, "single_user/gen");
+        var prompt = chat.Render(new ChatRecord(messages), addBos: false, addGenerationPrompt: true);
+        Assert.That(Spell(prompt, bos, eos), Is.EqualTo(Case($"{model}/single_user/gen")["expected"]!.GetValue<string>()));
+        Assert.That(prompt.Any(s => s.Trainable), Is.False);
+    }
+
+    /// <summary>A conversational prompt-completion row through a real template: the prompt's assistant turn is read, the
+    /// completion's learned.</summary>
+    [Test]
+    public void PromptHistoryIsReadOnly()
+    {
+        var (chat, _, bos, eos) = Load("llama-3.1-instruct", "multi_turn/nogen");
+        var messages = new List<ChatMessage> { new("user", "Hi"), new("assistant", "Hello."), new("user", "Bye"), new("assistant", "Goodbye.") };
+        Assert.That(TrainedRuns(chat.Render(new ChatRecord(messages, TrainedFrom: 2), false), bos, eos), Is.EqualTo(new[] { "Goodbye.<|eot_id|>" }));
+        Assert.That(TrainedRuns(chat.Render(new ChatRecord(messages), false), bos, eos), Is.EqualTo(new[] { "Hello.<|eot_id|>", "Goodbye.<|eot_id|>" }));
+    }
+}
