@@ -26,13 +26,14 @@ public static class GenerateCommand
             DefaultValueFactory = _ => "raw",
         };
         promptFormat.AcceptOnlyFromAmong(PromptFormat.Names);
-        var chatTemplate = new Option<string?>("--chat-template") { Description = "chatml or llama2 for --prompt-format chat (default: the tokenizer's own, else chatml)" };
+        var chatTemplate = new Option<string?>("--chat-template") { Description = "chatml, llama2 or a Jinja template file for --prompt-format chat (default: the tokenizer's own, else chatml)" };
+        var system = new Option<string?>("--system") { Description = "a system message before the prompt (--prompt-format chat)" };
         var adapter = new Option<string?>("--adapter") { Description = "Runtime LoRA adapter: .onnx_adapter file or PEFT adapter directory (the model must be injected)" };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "Tokenizer file or directory (default: the model's directory)" };
         var noCache = new Option<bool>("--no-kv-cache") { Description = "Recompute the whole sequence every step even if the model has a KV cache" };
         var cmd = new Command("generate", "Generate text from a prompt, streaming tokens as they come")
         {
-            model, prompt, promptFormat, chatTemplate, maxNewTokens, temperature, topK, topP, repetitionPenalty, seed, adapter, tokenizer, noCache,
+            model, prompt, promptFormat, chatTemplate, system, maxNewTokens, temperature, topK, topP, repetitionPenalty, seed, adapter, tokenizer, noCache,
         };
         cmd.SetAction(CliRunner.Guard(parse =>
         {
@@ -40,8 +41,9 @@ public static class GenerateCommand
             if (!File.Exists(modelPath)) throw new OrtLoraException($"{modelPath}: file not found");
             var text = LoadedTokenizer.Load(parse.GetValue(tokenizer) ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!);
             var format = parse.GetValue(promptFormat)!;
-            var chat = Training.Data.ChatTemplate.Resolve(parse.GetValue(chatTemplate), text.Inner.Config);
-            var promptIds = PromptFormat.Encode(format, parse.GetValue(prompt)!, text.Inner, chat);
+            var chat = Training.Data.ChatTemplate.Resolve(parse.GetValue(chatTemplate), text.Inner.Config,
+                Path.Combine(Path.GetDirectoryName(Path.GetFullPath(text.Inner.Source)) ?? "", "tokenizer_config.json"));
+            var promptIds = PromptFormat.Encode(format, parse.GetValue(prompt)!, text.Inner, chat, parse.GetValue(system));
             var options = new GenerationOptions
             {
                 MaxNewTokens = parse.GetValue(maxNewTokens),

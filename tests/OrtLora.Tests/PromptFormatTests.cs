@@ -45,6 +45,23 @@ public class PromptFormatTests
         if (template == "chatml") Assert.That(tokenizer.Decode(ids), Does.EndWith("<|im_start|>assistant\n"));
     }
 
+    /// <summary>With a model's own template (Llama 3.1's, from the Jinja fixture) and a system message: the prompt is what
+    /// training read before the assistant's turn, and generation stops at the template's end of turn too.</summary>
+    [Test]
+    public void ChatPromptWithASystemMessageThroughAModelsOwnTemplate()
+    {
+        var fixture = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Data", "chat_templates.json")))!;
+        var config = TokenizerConfig.Empty with { BosToken = "<s>", EosToken = "</s>" };
+        var chat = ChatTemplate.FromJinja(fixture["templates"]!["llama-3.1-instruct"]!["template"]!.GetValue<string>(), "llama-3.1", config);
+        var tokenizer = Llama.Value;
+        var ids = PromptFormat.Encode("chat", "Who are you?", tokenizer, chat, system: "Answer in one word.");
+        var conversation = new ChatRecord([new("system", "Answer in one word."), new("user", "Who are you?"), new("assistant", "Nobody.")]);
+        Assert.That(ids, Is.EqualTo(TrainedPrefix(tokenizer, chat, conversation)));
+        Assert.That(tokenizer.Decode(ids, skipSpecialTokens: true), Does.Contain("Answer in one word.<|eot_id|>").And.EndWith("<|start_header_id|>assistant<|end_header_id|>\n\n"));
+        Assert.That(ids[0], Is.EqualTo(tokenizer.BosId), "the template's bos_token is the tokenizer's BOS");
+        Assert.That(() => PromptFormat.Encode("raw", "x", tokenizer, chat, system: "s"), Throws.TypeOf<OrtLoraException>().With.Message.EqualTo("--system needs --prompt-format chat (got raw)"));
+    }
+
     [Test]
     public void RawIsTheTokenizersOwnEncoding()
     {

@@ -10,8 +10,10 @@ public static class PromptFormat
 {
     public static readonly string[] Names = ["raw", "instruction", "chat"];
 
-    public static int[] Encode(string format, string prompt, TextTokenizer tokenizer, ChatTemplate chat)
+    /// <param name="system">a system message before the prompt (chat format only)</param>
+    public static int[] Encode(string format, string prompt, TextTokenizer tokenizer, ChatTemplate chat, string? system = null)
     {
+        if (system is not null && format != "chat") throw new OrtLoraException($"--system needs --prompt-format chat (got {format})");
         var segments = new List<Segment>();
         switch (format)
         {
@@ -22,7 +24,8 @@ public static class PromptFormat
                 segments.Add(new Segment(AlpacaTemplate.Prompt(new InstructionRecord(prompt, "", "")), false));
                 break;
             case "chat":
-                segments.AddRange(chat.Render(new ChatRecord([new ChatMessage("user", prompt)]), tokenizer.AddsBos, addGenerationPrompt: true));
+                ChatMessage[] messages = system is null ? [new("user", prompt)] : [new("system", system), new("user", prompt)];
+                segments.AddRange(chat.Render(new ChatRecord(messages), tokenizer.AddsBos, addGenerationPrompt: true));
                 break;
             default:
                 throw new OrtLoraException($"--prompt-format {format}: expected {string.Join(", ", Names)}");
