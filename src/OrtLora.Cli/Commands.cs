@@ -16,6 +16,7 @@ public static class Commands
         AdaptersCommand.Create(),
         VerifyCommand.Create(),
         EvalCommand.Create(),
+        ShowDataCommand.Create(),
         TrainCommand.Create(),
         DemoCommand.Create(),
     ];

@@ -103,4 +103,25 @@ public class DataChatTemplateTests
         Assert.That(TrainedRuns(chat.Render(new ChatRecord(messages, TrainedFrom: 2), false), bos, eos), Is.EqualTo(new[] { "Goodbye.<|eot_id|>" }));
         Assert.That(TrainedRuns(chat.Render(new ChatRecord(messages), false), bos, eos), Is.EqualTo(new[] { "Hello.<|eot_id|>", "Goodbye.<|eot_id|>" }));
     }
+
+    /// <summary>`ortlora show-data` prints rows as training tokenizes them: with Llama 3.1's template file on the shared
+    /// Alpaca chat data, only the answer and its &lt;|eot_id|&gt; are between the learned markers, and the counts are the
+    /// encoder's.</summary>
+    [Test]
+    public void ShowDataMarksTheLearnedTokens()
+    {
+        var template = Path.Combine(Shared.TempDir(), "llama31.jinja");
+        File.WriteAllText(template, Fixture.Value["templates"]!["llama-3.1-instruct"]!["template"]!.GetValue<string>());
+        var tiny = Path.Combine(Shared.RepoRoot, "graphs", "tiny");
+        var data = Shared.Require("data", "alpaca_500.chat.parquet");
+        var run = LoraTestKit.OrtloraOk("show-data", data, "--tokenizer", tiny, "--chat-template", template, "--rows", "2");
+        using var training = TrainingData.Open(data, TokenizerLoader.Load(tiny), new DataOptions { ChatTemplate = template });
+        var first = training.FileExamples().First().Example!;
+        var answer = ((ChatRecord)training.Train.ReadRowGroup(0)[0]!).Messages[^1].Content;
+        Assert.That(run.Out, Does.Contain($"── row 0: {first.Length} tokens, {first.TrainedTokens} learned\n"));
+        Assert.That(run.Out, Does.Contain($"<|start_header_id|>assistant<|end_header_id|>\n\n⟦{answer}<|eot_id|>⟧\n── row 1:"));
+        Assert.That(run.Out.Split('⟦').Length - 1, Is.EqualTo(1 + 2), "the legend, then one learned run per row");
+        var missing = LoraTestKit.Ortlora("show-data", data);
+        Assert.That((missing.ExitCode, missing.Error), Is.EqualTo((1, "error: show-data needs --tokenizer (a tokenizer file or a model's directory)\n")));
+    }
 }

@@ -133,6 +133,11 @@ public sealed class TrainingData : IDisposable
 
     public int CountBatches(int epoch = 0) => Batches(new DataPosition(epoch, 0)).Count();
 
+    /// <summary>The usable rows in file order, each tokenized and labelled as training would (null: truncation left
+    /// nothing to learn), without the epoch's shuffle: what `ortlora show-data` prints.</summary>
+    public IEnumerable<(long Row, TokenizedExample? Example)> FileExamples() =>
+        Train.ReadAll().Select(r => (r.Index, _encoder.Encode(_renderer.Render(r.Index, r.Record))));
+
     /// <summary>The training rows of an epoch from a position: eval rows and skipped rows left out.</summary>
     IEnumerable<(TokenizedExample, long)> TrainExamples(DataPosition from) =>
         Tokenize(_order.Rows(from.Epoch, from.Index)

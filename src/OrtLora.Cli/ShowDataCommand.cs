@@ -1,0 +1,54 @@
+using System.CommandLine;
+using System.Text;
+using OrtLora.Training.Data;
+
+namespace OrtLora.Cli;
+
+/// <summary>ortlora show-data FILE --tokenizer DIR: the first rows of a data file as training sees them (rendered
+/// through the template, tokenized, cut at --max-seq-length), with the learned tokens marked, so the loss mask of a
+/// chat template or prompt-completion file can be checked before a run.</summary>
+public static class ShowDataCommand
+{
+    public const string LearnedOpen = "⟦", LearnedClose = "⟧";
+
+    public static Command Create()
+    {
+        var data = new Argument<string>("data") { Description = "training data (.parquet)" };
+        var rows = new Option<int>("--rows") { Description = "how many usable rows to show, from the file's start", DefaultValueFactory = _ => 3 };
+        var dataOptions = new DataCliOptions();
+        var cmd = new Command("show-data", $"Show the first rows of a data file as training tokenizes them, learned tokens between {LearnedOpen} {LearnedClose}") { data, rows };
+        foreach (var o in dataOptions.All) cmd.Options.Add(o);
+        cmd.SetAction(CliRunner.Guard(parse =>
+        {
+            int count = parse.GetValue(rows);
+            if (count < 1) throw new OrtLoraException("--rows must be at least 1");
+            var tokenizerPath = parse.GetValue(dataOptions.Tokenizer) ?? throw new OrtLoraException("show-data needs --tokenizer (a tokenizer file or a model's directory)");
+            var tokenizer = TokenizerLoader.Load(tokenizerPath);
+            var tokenizerDir = Directory.Exists(tokenizerPath) ? tokenizerPath : Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!;
+            using var training = TrainingData.Open(parse.GetValue(data)!, tokenizer, dataOptions.Read(parse), tokenizerConfig: TokenizerConfig.Read(tokenizerDir));
+            Console.WriteLine($"{Path.GetFileName(training.Train.Path)}: {ParquetDataset.FormatName(training.Train.Format)}" +
+                (training.Train.IsConversational ? $" data, {training.ChatTemplate.Name} template" : " data") + $"; learned tokens between {LearnedOpen} {LearnedClose}");
+            foreach (var (row, example) in training.FileExamples().Take(count))
+            {
+                if (example is null) { Console.WriteLine($"── row {row}: nothing learned within {training.Options.MaxSeqLength} tokens (dropped from training)"); continue; }
+                Console.WriteLine($"── row {row}: {example.Length} tokens, {example.TrainedTokens} learned");
+                Console.WriteLine(Marked(tokenizer, example));
+            }
+        }));
+        return cmd;
+    }
+
+    /// <summary>The example's text, decoded run by run of learned and read tokens, the learned runs between markers.</summary>
+    public static string Marked(TextTokenizer tokenizer, TokenizedExample example)
+    {
+        var text = new StringBuilder();
+        for (int start = 0, end; start < example.Length; start = end)
+        {
+            bool learned = example.Labels[start] != ExampleEncoder.IgnoreIndex;
+            for (end = start; end < example.Length && (example.Labels[end] != ExampleEncoder.IgnoreIndex) == learned; end++) { }
+            var piece = tokenizer.Decode(example.InputIds[start..end]);
+            text.Append(learned ? LearnedOpen + piece + LearnedClose : piece);
+        }
+        return text.ToString();
+    }
+}
