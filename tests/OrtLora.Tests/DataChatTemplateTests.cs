@@ -124,4 +124,63 @@ public class DataChatTemplateTests
         var missing = LoraTestKit.Ortlora("show-data", data);
         Assert.That((missing.ExitCode, missing.Error), Is.EqualTo((1, "error: show-data needs --tokenizer (a tokenizer file or a model's directory)\n")));
     }
+
+    /// <summary>A conversation with tools, an assistant's tool call and the tool's result, as a Parquet file holds it
+    /// (Hugging Face's message fields; arguments and the tools column as JSON text), read and rendered through Llama 3.1's,
+    /// Qwen2.5's and Qwen3-Coder's templates: jinja2's text for the same conversation; the tool call's turn and the answer
+    /// are learned, the tool's result is not.</summary>
+    [TestCase("llama-3.1-instruct")]
+    [TestCase("qwen2.5-instruct")]
+    [TestCase("qwen3-coder")]
+    public void ToolCallsFromParquetRenderAsJinja2AndAreLearned(string model)
+    {
+        var fixture = Case($"{model}/tools/nogen");
+        var variables = fixture["variables"]!.AsObject();
+        var rows = new[]
+        {
+            new ToolChatRow
+            {
+                tools = variables["tools"]!.ToJsonString(),
+                messages = [.. variables["messages"]!.AsArray().Select(m => new ToolMessageRow
+                {
+                    role = m!["role"]!.GetValue<string>(), content = m["content"]?.GetValue<string>(),
+                    name = m["name"]?.GetValue<string>(), tool_call_id = m["tool_call_id"]?.GetValue<string>(),
+                    tool_calls = m["tool_calls"]?.AsArray().Select(c => new ToolCallRow
+                    {
+                        id = c!["id"]?.GetValue<string>(), type = c["type"]!.GetValue<string>(),
+                        function = new FunctionRow { name = c["function"]!["name"]!.GetValue<string>(), arguments = c["function"]!["arguments"]!.ToJsonString() },
+                    }).ToList(),
+                })],
+            },
+        };
+        var path = Path.Combine(Shared.TempDir(), "tools.parquet");
+        Parquet.Serialization.ParquetSerializer.SerializeAsync(rows, path).GetAwaiter().GetResult();
+        using var data = ParquetDataset.Open(path);
+        var chat = (ChatRecord)data.ReadRowGroup(0).Single()!;
+        Assert.That(chat.Messages.Select(m => m.ToolCalls?.Single().Name), Has.Some.EqualTo("get_weather"));
+
+        var (template, _, bos, eos) = Load(model, "tools/nogen");
+        var segments = template.Render(chat, addBos: false);
+        Assert.That(Spell(segments, bos, eos), Is.EqualTo(fixture["expected"]!.GetValue<string>()), "the text jinja2 renders");
+        var learned = TrainedRuns(segments, bos, eos);
+        var assistants = chat.Messages.Where(m => m.Role == "assistant").ToList();
+        Assert.That(learned, Has.Count.EqualTo(assistants.Count));
+        Assert.That(learned[0], Does.Contain("get_weather").And.Contain("Paris"), "the tool call is learned");
+        Assert.That(learned[^1], Does.StartWith(assistants[^1].Content.Trim()), "the answer is learned");
+        var result = chat.Messages.Single(m => m.Role == "tool").Content;
+        Assert.That(learned, Has.None.Contain(result), "the tool's result is read only");
+        Assert.That(() => ChatTemplate.ChatMl.Render(chat, false), Throws.TypeOf<OrtLoraException>().With.Message.Contains("no place for tools and tool calls"));
+    }
+
+    sealed class ToolChatRow { public List<ToolMessageRow>? messages { get; set; } public string? tools { get; set; } }
+    sealed class ToolMessageRow
+    {
+        public string? role { get; set; }
+        public string? content { get; set; }
+        public List<ToolCallRow>? tool_calls { get; set; }
+        public string? name { get; set; }
+        public string? tool_call_id { get; set; }
+    }
+    sealed class ToolCallRow { public string? id { get; set; } public string? type { get; set; } public FunctionRow? function { get; set; } }
+    sealed class FunctionRow { public string? name { get; set; } public string? arguments { get; set; } }
 }

@@ -61,7 +61,15 @@ public sealed class ChatTemplate
     /// <summary>The conversation as segments; <paramref name="addBos"/>: the tokenizer puts BOS first (a Jinja template
     /// writes its own BOS, as transformers encodes its output without adding special tokens);
     /// <paramref name="addGenerationPrompt"/>: open the assistant's turn after it (transformers' add_generation_prompt).</summary>
-    public IReadOnlyList<Segment> Render(ChatRecord chat, bool addBos, bool addGenerationPrompt = false) => [.. _render(chat, addBos, addGenerationPrompt)];
+    public IReadOnlyList<Segment> Render(ChatRecord chat, bool addBos, bool addGenerationPrompt = false)
+    {
+        if (IsBuiltIn && (chat.Tools is not null || chat.Messages.Any(m => m.ToolCalls is not null)))
+            throw new OrtLoraException($"the built-in {Name} chat template has no place for tools and tool calls; use the model's own " +
+                "(its tokenizer_config.json's chat_template, or --chat-template FILE)");
+        return [.. _render(chat, addBos, addGenerationPrompt)];
+    }
+
+    bool IsBuiltIn => this == ChatMl || this == Llama2;
 
     static IEnumerable<Segment> RenderChatMl(ChatRecord chat, bool addBos, bool addGenerationPrompt)
     {

@@ -5,7 +5,13 @@ namespace OrtLora.Training.Data;
 /// column → text.</summary>
 public enum DatasetFormat { Auto, Text, Instruction, Chat, PromptCompletion }
 
-public sealed record ChatMessage(string Role, string Content);
+/// <summary>One message of a conversation, as Hugging Face's chat format writes it: an assistant's tool calls, a tool
+/// result's name and tool_call_id, where the data has them.</summary>
+public sealed record ChatMessage(string Role, string Content, IReadOnlyList<ToolCall>? ToolCalls = null, string? Name = null, string? ToolCallId = null);
+
+/// <summary>A function call of an assistant message; <see cref="Arguments"/> is the arguments' JSON text, as datasets
+/// store it (a chat template reads a JSON object as a mapping, as transformers' message format has it).</summary>
+public sealed record ToolCall(string Name, string Arguments, string? Id = null, string Type = "function");
 
 /// <summary>One usable row of a data file, before rendering.</summary>
 public abstract record DataRecord;
@@ -13,8 +19,9 @@ public sealed record TextRecord(string Text) : DataRecord;
 /// <summary>An Alpaca-style row; <see cref="Input"/> is "" when the row has none.</summary>
 public sealed record InstructionRecord(string Instruction, string Input, string Output) : DataRecord;
 /// <summary>A conversation; assistant turns before <see cref="TrainedFrom"/> are read, not trained (a conversational
-/// prompt-completion row: the prompt's messages, then the completion's).</summary>
-public sealed record ChatRecord(IReadOnlyList<ChatMessage> Messages, int TrainedFrom = 0) : DataRecord
+/// prompt-completion row: the prompt's messages, then the completion's).
+/// <see cref="Tools"/>: the JSON array of function schemas the row offers (TRL's tools column), or null.</summary>
+public sealed record ChatRecord(IReadOnlyList<ChatMessage> Messages, int TrainedFrom = 0, string? Tools = null) : DataRecord
 {
     public bool Trains(int message) => message >= TrainedFrom && Messages[message].Role == "assistant";
 }

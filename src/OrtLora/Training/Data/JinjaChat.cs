@@ -1,3 +1,5 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
 using OrtLora.Training.Data.Jinja;
 
 namespace OrtLora.Training.Data;
@@ -13,15 +15,16 @@ sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, 
 {
     const string Probe = "ortlora-probe-answer";
 
-    /// <summary>apply_chat_template's text for <paramref name="messages"/>.</summary>
-    public string Text(IEnumerable<ChatMessage> messages, bool addGenerationPrompt)
+    /// <summary>apply_chat_template's text for <paramref name="messages"/>, offering <paramref name="tools"/> (a JSON
+    /// array of function schemas, or null).</summary>
+    public string Text(IEnumerable<ChatMessage> messages, bool addGenerationPrompt, string? tools = null)
     {
         var variables = new Dictionary<string, object?>
         {
-            ["messages"] = messages.Select(m => (object?)new Dictionary<string, object?> { ["role"] = m.Role, ["content"] = m.Content }).ToList(),
+            ["messages"] = messages.Select(Message).ToList(),
             ["add_generation_prompt"] = addGenerationPrompt,
             // apply_chat_template without tools or documents passes both as None (defined, unlike an absent name).
-            ["tools"] = null,
+            ["tools"] = tools is null ? null : Json(tools, "tools"),
             ["documents"] = null,
         };
         // transformers passes the special tokens the tokenizer has; one it lacks is undefined in the template.
@@ -29,6 +32,44 @@ sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, 
         if (eosToken is not null) variables["eos_token"] = eosToken;
         return template.Render(variables, clock);
     }
+
+    /// <summary>A message in Hugging Face's format: role and content, and tool_calls, name, tool_call_id where present.</summary>
+    object? Message(ChatMessage m)
+    {
+        var message = new Dictionary<string, object?> { ["role"] = m.Role, ["content"] = m.Content };
+        if (m.ToolCalls is { } calls)
+            message["tool_calls"] = calls.Select(c =>
+            {
+                var call = new Dictionary<string, object?> { ["type"] = c.Type };
+                if (c.Id is not null) call["id"] = c.Id;
+                // transformers' format has the arguments as a mapping; text that is not a JSON object stays text.
+                var arguments = c.Arguments.TrimStart().StartsWith('{') ? Json(c.Arguments, $"tool call '{c.Name}' arguments") : c.Arguments;
+                call["function"] = new Dictionary<string, object?> { ["name"] = c.Name, ["arguments"] = arguments };
+                return (object?)call;
+            }).ToList();
+        if (m.Name is not null) message["name"] = m.Name;
+        if (m.ToolCallId is not null) message["tool_call_id"] = m.ToolCallId;
+        return message;
+    }
+
+    /// <summary>JSON text as the template's values: objects as mappings (keys in order), arrays as lists, integers as
+    /// integers, other numbers as floats, as Python's json.loads gives them.</summary>
+    object? Json(string text, string what)
+    {
+        try { return FromJson(JsonNode.Parse(text)); }
+        catch (JsonException e) { throw new OrtLoraException($"{source}: {what} is not valid JSON: {e.Message}"); }
+    }
+
+    static object? FromJson(JsonNode? node) => node switch
+    {
+        null => null,
+        JsonObject o => o.ToDictionary(p => p.Key, p => FromJson(p.Value)),
+        JsonArray a => a.Select(FromJson).ToList(),
+        JsonValue v when v.GetValueKind() == JsonValueKind.String => v.GetValue<string>(),
+        JsonValue v when v.GetValueKind() is JsonValueKind.True or JsonValueKind.False => v.GetValue<bool>(),
+        JsonValue v when v.TryGetValue<long>(out var n) => n, // "1.0" and "1e3" are not integers, as in json.loads
+        JsonValue v => v.GetValue<double>(),
+    };
 
     /// <summary>What the template writes after an assistant's content to end the turn (e.g. &lt;|eot_id|&gt;,
     /// &lt;end_of_turn&gt;, &lt;/s&gt;), from a probe conversation; null when the probe does not show it.</summary>
@@ -51,12 +92,12 @@ sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, 
 
     public IEnumerable<Segment> Render(ChatRecord chat, bool addBos, bool addGenerationPrompt)
     {
-        var full = Text(chat.Messages, addGenerationPrompt);
+        var full = Text(chat.Messages, addGenerationPrompt, chat.Tools);
         var trained = new List<(int Start, int End)>();
         for (int i = 0, cursor = 0; i < chat.Messages.Count; i++)
         {
             if (!chat.Trains(i)) continue;
-            var span = ByPrefix(chat.Messages, i, full, cursor) ?? ByContent(chat.Messages[i], full, cursor, EndOfTurnMarker!)
+            var span = ByPrefix(chat, i, full, cursor) ?? ByContent(chat.Messages[i], full, cursor, EndOfTurnMarker!)
                 ?? throw new OrtLoraException($"{source}: the chat template's text does not show assistant turn {i + 1} (message {i + 1} of " +
                                               $"{chat.Messages.Count}) where ortlora can find it; choose --chat-template ({string.Join(", ", ChatTemplate.BuiltInNames)})");
             trained.Add(span);
@@ -65,13 +106,13 @@ sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, 
         return Segments(full, trained);
     }
 
-    (int Start, int End)? ByPrefix(IReadOnlyList<ChatMessage> messages, int turn, string full, int cursor)
+    (int Start, int End)? ByPrefix(ChatRecord chat, int turn, string full, int cursor)
     {
         string before, after;
         try
         {
-            before = Text(messages.Take(turn), true);
-            after = Text(messages.Take(turn + 1), false);
+            before = Text(chat.Messages.Take(turn), true, chat.Tools);
+            after = Text(chat.Messages.Take(turn + 1), false, chat.Tools);
         }
         catch (OrtLoraException) { return null; } // e.g. a template that raises unless the conversation starts with a user
         if (before.Length < cursor || !after.StartsWith(before, StringComparison.Ordinal) || !full.StartsWith(before, StringComparison.Ordinal)) return null;

@@ -10,6 +10,7 @@ namespace OrtLora.Training.Data;
 public sealed class ParquetDataset : IDisposable
 {
     const string MessagesColumn = "messages";
+    const string ToolsColumn = "tools";
     static readonly string[] InstructionColumns = ["instruction", "input", "output"];
 
     readonly FileStream _stream;
@@ -96,6 +97,8 @@ public sealed class ParquetDataset : IDisposable
                 else RequireStringColumn(column);
         }
         else foreach (var column in needed.Append("input").Where(Columns.Contains)) RequireStringColumn(column);
+        // TRL's tools column: the JSON array of function schemas a conversation offers.
+        if (IsConversational && Columns.Contains(ToolsColumn)) RequireStringColumn(ToolsColumn);
     }
 
     void RequireStringColumn(string column)
@@ -230,33 +233,52 @@ public sealed class ParquetDataset : IDisposable
     {
         _stream.Position = 0;
         var rows = ParquetSerializer.DeserializeAsync<PromptCompletionRow>(_stream, rowGroupIndex: group).GetAwaiter().GetResult().Data;
-        return [.. rows.Select(r => r.prompt is null ? new Row(null, Skip.Null) : ToChatRow([.. r.prompt, .. r.completion ?? []], r.completion is null ? -1 : r.prompt.Count))];
+        return [.. rows.Select(r => r.prompt is null ? new Row(null, Skip.Null)
+            : ToChatRow([.. r.prompt, .. r.completion ?? []], r.completion is null ? -1 : r.prompt.Count, r.tools))];
     }
 
-    static Row ToChatRow(ChatRow row) => ToChatRow(row.messages, 0);
+    static Row ToChatRow(ChatRow row) => ToChatRow(row.messages, 0, row.tools);
 
     /// <summary>A conversation whose assistant turns from <paramref name="trainedFrom"/> on are learned (-1: no completion).</summary>
-    static Row ToChatRow(List<ChatMessageRow?>? rows, int trainedFrom)
+    static Row ToChatRow(List<ChatMessageRow?>? rows, int trainedFrom, string? tools)
     {
         if (rows is null || trainedFrom < 0) return new Row(null, Skip.Null);
         if (rows.Count == 0) return new Row(null, Skip.Empty);
         var messages = new List<ChatMessage>(rows.Count);
         foreach (var m in rows)
         {
-            var skip = Check(m?.role, m?.content);
+            var calls = m?.tool_calls?.Where(c => c?.function?.name is not null)
+                .Select(c => new ToolCall(c!.function!.name!, c.function.arguments ?? "{}", c.id, c.type ?? "function")).ToList();
+            // An assistant message that calls tools may have no text.
+            var skip = calls is { Count: > 0 } ? Check(m!.role) : Check(m?.role, m?.content);
             if (skip != Skip.None) return new Row(null, skip);
-            messages.Add(new ChatMessage(m!.role!.Trim(), m.content!));
+            messages.Add(new ChatMessage(m!.role!.Trim(), m.content ?? "", calls is { Count: > 0 } ? calls : null, m.name, m.tool_call_id));
         }
-        var record = new ChatRecord(messages, trainedFrom);
+        var record = new ChatRecord(messages, trainedFrom, string.IsNullOrWhiteSpace(tools) ? null : tools);
         // Nothing to learn from a chat without an assistant turn (in the completion).
         if (!Enumerable.Range(0, messages.Count).Any(record.Trains)) return new Row(null, Skip.Empty);
         return new Row(record, Skip.None);
     }
 
-    // Shapes for Parquet.Net's deserializer: list<struct<role: string, content: string>>.
-    sealed class ChatRow { public List<ChatMessageRow?>? messages { get; set; } }
-    sealed class PromptCompletionRow { public List<ChatMessageRow?>? prompt { get; set; } public List<ChatMessageRow?>? completion { get; set; } }
-    sealed class ChatMessageRow { public string? role { get; set; } public string? content { get; set; } }
+    // Shapes for Parquet.Net's deserializer: list<struct<role: string, content: string, ...>>, Hugging Face's message
+    // format; fields a file lacks stay null.
+    sealed class ChatRow { public List<ChatMessageRow?>? messages { get; set; } public string? tools { get; set; } }
+    sealed class PromptCompletionRow
+    {
+        public List<ChatMessageRow?>? prompt { get; set; }
+        public List<ChatMessageRow?>? completion { get; set; }
+        public string? tools { get; set; }
+    }
+    sealed class ChatMessageRow
+    {
+        public string? role { get; set; }
+        public string? content { get; set; }
+        public List<ToolCallRow?>? tool_calls { get; set; }
+        public string? name { get; set; }
+        public string? tool_call_id { get; set; }
+    }
+    sealed class ToolCallRow { public string? id { get; set; } public string? type { get; set; } public FunctionRow? function { get; set; } }
+    sealed class FunctionRow { public string? name { get; set; } public string? arguments { get; set; } }
 
     public void Dispose()
     {
