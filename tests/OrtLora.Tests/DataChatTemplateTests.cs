@@ -153,9 +153,7 @@ public class DataChatTemplateTests
                 })],
             },
         };
-        var path = Path.Combine(Shared.TempDir(), "tools.parquet");
-        Parquet.Serialization.ParquetSerializer.SerializeAsync(rows, path).GetAwaiter().GetResult();
-        using var data = ParquetDataset.Open(path);
+        using var data = ParquetDataset.Open(Shared.WriteParquet(rows, "tools.parquet"));
         var chat = (ChatRecord)data.ReadRowGroup(0).Single()!;
         Assert.That(chat.Messages.Select(m => m.ToolCalls?.Single().Name), Has.Some.EqualTo("get_weather"));
 

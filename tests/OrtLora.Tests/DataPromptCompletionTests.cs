@@ -14,19 +14,12 @@ public class DataPromptCompletionTests
     sealed class ConversationRow { public List<Turn?>? prompt { get; set; } public List<Turn?>? completion { get; set; } }
     sealed class MixedRow { public string? prompt { get; set; } public List<Turn?>? completion { get; set; } }
 
-    static string Write<T>(IEnumerable<T> rows, string name)
-    {
-        var path = Path.Combine(Shared.TempDir(), name);
-        Parquet.Serialization.ParquetSerializer.SerializeAsync(rows, path).GetAwaiter().GetResult();
-        return path;
-    }
-
     static Turn T(string role, string content) => new() { role = role, content = content };
 
     [Test]
     public void TextPromptsAreReadAndCompletionsLearned()
     {
-        var path = Write([
+        var path = Shared.WriteParquet([
             new TextRow { prompt = "The sky is", completion = " blue." },
             new TextRow { prompt = null, completion = "x" },
             new TextRow { prompt = "Q", completion = "  " },
@@ -54,7 +47,7 @@ public class DataPromptCompletionTests
     [Test]
     public void ConversationalCompletionsAreTheOnlyTrainedTurns()
     {
-        var path = Write([
+        var path = Shared.WriteParquet([
             new ConversationRow { prompt = [T("system", "Be brief."), T("user", "Hi"), T("assistant", "Hello!"), T("user", "2+2?")], completion = [T("assistant", "4")] },
             new ConversationRow { prompt = [T("user", "Hi")], completion = null },
             new ConversationRow { prompt = [T("user", "Hi")], completion = [T("user", "again")] },
@@ -81,7 +74,7 @@ public class DataPromptCompletionTests
     [Test]
     public void MixedColumnsAndUnknownFormatsAreOneErrorEach()
     {
-        var mixed = Write([new MixedRow { prompt = "Hi", completion = [T("assistant", "Hello")] }], "mixed.parquet");
+        var mixed = Shared.WriteParquet([new MixedRow { prompt = "Hi", completion = [T("assistant", "Hello")] }], "mixed.parquet");
         Assert.That(() => ParquetDataset.Open(mixed), Throws.TypeOf<OrtLoraException>()
             .With.Message.EqualTo($"{mixed}: column 'completion' holds list, not text"));
         Assert.That(ParquetDataset.ParseFormat("prompt_completion"), Is.EqualTo(DatasetFormat.PromptCompletion));
@@ -98,8 +91,8 @@ public class DataPromptCompletionTests
         List<(string Instruction, string Output)> demo;
         using (var data = ParquetDataset.Open(LoraTestKit.Tiny("demo.parquet")))
             demo = [.. data.ReadAll().Select(r => (InstructionRecord)r.Record).Take(64).Select(r => (r.Instruction, r.Output))];
-        var text = Write(demo.Select(d => new TextRow { prompt = d.Instruction + "\n", completion = d.Output }), "text_pc.parquet");
-        var chats = Write(demo.Select(d => new ConversationRow { prompt = [T("user", d.Instruction)], completion = [T("assistant", d.Output)] }), "chat_pc.parquet");
+        var text = Shared.WriteParquet(demo.Select(d => new TextRow { prompt = d.Instruction + "\n", completion = d.Output }), "text_pc.parquet");
+        var chats = Shared.WriteParquet(demo.Select(d => new ConversationRow { prompt = [T("user", d.Instruction)], completion = [T("assistant", d.Output)] }), "chat_pc.parquet");
         var template = Path.Combine(Shared.TempDir(), "plain.jinja");
         File.WriteAllText(template, "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}");
         foreach (var (file, kind, extra) in new[] { (text, "prompt-completion data", new string[0]), (chats, "prompt-completion (conversational) data (plain.jinja's own template)", ["--chat-template", template]) })

@@ -156,19 +156,12 @@ public class DataTests
     sealed class ShareGptRow { public List<ShareGptTurn>? messages { get; set; } }
     sealed class ShareGptTurn { public string? from { get; set; } public string? value { get; set; } }
 
-    static string Write<T>(IEnumerable<T> rows, string name)
-    {
-        var path = Path.Combine(Shared.TempDir(), name);
-        Parquet.Serialization.ParquetSerializer.SerializeAsync(rows, path).GetAwaiter().GetResult();
-        return path;
-    }
-
     [Test]
     public void ColumnsOfTheWrongShapeAreNamed()
     {
-        var numbers = Write([new NumberRow { text = 1 }], "numbers.parquet");
+        var numbers = Shared.WriteParquet([new NumberRow { text = 1 }], "numbers.parquet");
         Assert.That(() => ParquetDataset.Open(numbers), Throws.TypeOf<OrtLoraException>().With.Message.EqualTo($"{numbers}: column 'text' holds Int64, not text"));
-        var shareGpt = Write([new ShareGptRow { messages = [new() { from = "human", value = "hi" }] }], "sharegpt.parquet");
+        var shareGpt = Shared.WriteParquet([new ShareGptRow { messages = [new() { from = "human", value = "hi" }] }], "sharegpt.parquet");
         Assert.That(() => ParquetDataset.Open(shareGpt), Throws.TypeOf<OrtLoraException>()
             .With.Message.EqualTo($"{shareGpt}: column 'messages' must be a list of {{role, content}}; its fields are: from, value"));
     }
@@ -180,7 +173,7 @@ public class DataTests
     [Test]
     public void InstructionRowsWithoutInputColumnAndWithNulls()
     {
-        var path = Write([
+        var path = Shared.WriteParquet([
             new InstructionOnlyRow { instruction = "Say hi.", output = "Hi" },
             new InstructionOnlyRow { instruction = null, output = "x" },
             new InstructionOnlyRow { instruction = "Say", output = " " },
@@ -197,7 +190,7 @@ public class DataTests
     public void ChatRowsWithNothingToLearnAreSkipped()
     {
         ChatTurn Turn(string? role, string? content) => new() { role = role, content = content };
-        var path = Write([
+        var path = Shared.WriteParquet([
             new ChatRow { messages = [Turn("user", "Hi"), Turn("assistant", "Hello")] },
             new ChatRow { messages = null },
             new ChatRow { messages = [] },

@@ -50,6 +50,14 @@ public static class Shared
         return m;
     }
 
+    /// <summary>Rows written with Parquet.Net's serializer to a fresh temp file NAME (property names are the columns).</summary>
+    public static string WriteParquet<T>(IEnumerable<T> rows, string name)
+    {
+        var path = Path.Combine(TempDir(), name);
+        Parquet.Serialization.ParquetSerializer.SerializeAsync(rows, path).GetAwaiter().GetResult();
+        return path;
+    }
+
     public static string TempDir()
     {
         var d = Path.Combine(Path.GetTempPath(), "ortlora-tests", Guid.NewGuid().ToString("N")[..8]);

@@ -9,6 +9,12 @@ public static class UnseenChecks
     public static float[] Logits(OnnxModel model, Architecture arch) => OrtRun.Run(model, UnseenArchitectureTests.Feeds(arch), ["logits"])["logits"].Floats;
 
     /// <summary>The same computation in another session: float32 agrees to rounding, fp16 activations to a unit in the last place.</summary>
+    /// <summary>The token embedding's module name (GPT-NeoX calls it embed_in).</summary>
+    public static string Embedding(Architecture arch) => arch.Name == "gpt-neox" ? "embed_in" : "embed_tokens";
+
+    /// <summary>The styles whose LM head reads the token embedding's table.</summary>
+    public static bool TiedHead(Architecture arch) => arch.Name is "qwen2" or "gemma-mqa-gelu-op";
+
     public static float Exact(Architecture arch) => arch.HalfActivations ? 4e-3f : 1e-5f;
 
     /// <summary>The adapter exported from <paramref name="model"/> (injected with <paramref name="config"/>, then moved to

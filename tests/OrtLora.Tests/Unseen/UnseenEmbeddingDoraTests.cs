@@ -16,9 +16,7 @@ public class UnseenEmbeddingDoraTests
     const int R = 2;
     const double Scale = 4.0 / R;
 
-    static string Embedding(Architecture arch) => arch.Name == "gpt-neox" ? "embed_in" : "embed_tokens";
-    static bool TiedHead(Architecture arch) => arch.Name is "qwen2" or "gemma-mqa-gelu-op";
-    static LoraConfig Config(Architecture arch) => new() { TargetModules = [Embedding(arch)], R = R, LoraAlpha = 4, UseDora = true };
+    static LoraConfig Config(Architecture arch) => new() { TargetModules = [UnseenChecks.Embedding(arch)], R = R, LoraAlpha = 4, UseDora = true };
 
     static float[] Floats(OnnxModel model, string name) => model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == name));
 
@@ -60,7 +58,7 @@ public class UnseenEmbeddingDoraTests
         Move(model, adapter);
         var trained = UnseenChecks.Logits(model, arch);
         Assert.That(Shared.MaxAbsDiff(trained, before), Is.GreaterThan(1e-2f), "the model reads the adapter");
-        if (!TiedHead(arch)) // a tied head reads the original table, and merge keeps a copy for it
+        if (!UnseenChecks.TiedHead(arch)) // a tied head reads the original table, and merge keeps a copy for it
         {
             var (a, b, m) = (Floats(model, adapter.LoraA), Floats(model, adapter.LoraB), Floats(model, adapter.Magnitude!));
             var v = new double[vocab * hidden];

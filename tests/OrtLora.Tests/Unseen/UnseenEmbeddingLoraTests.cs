@@ -15,9 +15,7 @@ public class UnseenEmbeddingLoraTests
     const int R = 2;
     const double Scale = 4.0 / R;
 
-    static string Embedding(Architecture arch) => arch.Name == "gpt-neox" ? "embed_in" : "embed_tokens";
-    static bool TiedHead(Architecture arch) => arch.Name is "qwen2" or "gemma-mqa-gelu-op";
-    static LoraConfig Config(Architecture arch) => new() { TargetModules = [Embedding(arch)], R = R, LoraAlpha = 4 };
+    static LoraConfig Config(Architecture arch) => new() { TargetModules = [UnseenChecks.Embedding(arch)], R = R, LoraAlpha = 4 };
 
     /// <summary>What training does to A, which starts at zero: random values, so every later check can fail.</summary>
     static void PerturbA(OnnxModel model, LoraAdapter adapter)
@@ -53,7 +51,7 @@ public class UnseenEmbeddingLoraTests
         var trained = UnseenChecks.Logits(model, arch);
         Assert.That(Shared.MaxAbsDiff(trained, before), Is.GreaterThan(1e-2f), "the model reads the adapter");
         float tolerance = arch.Name.Contains("fp16") ? 2e-2f : 1e-4f;
-        if (!TiedHead(arch)) // a tied head reads the original table: merge keeps a copy for it (checked below)
+        if (!UnseenChecks.TiedHead(arch)) // a tied head reads the original table: merge keeps a copy for it (checked below)
         {
             using var expected = arch.Build();
             var table = expected.Graph.Initializer.Single(t => t.Name == adapter.BaseWeight);
@@ -74,7 +72,7 @@ public class UnseenEmbeddingLoraTests
         Assert.That(exported.Tensors.Keys, Is.EquivalentTo(new[] { $"base_model.model.{path}.lora_embedding_A", $"base_model.model.{path}.lora_embedding_B" }));
         Assert.That(exported.Tensors[$"base_model.model.{path}.lora_embedding_A"].Shape, Is.EqualTo(new long[] { R, Architectures.Vocab }));
         Assert.That(exported.Tensors[$"base_model.model.{path}.lora_embedding_B"].Shape, Is.EqualTo(new long[] { Architectures.Hidden, R }));
-        if (TiedHead(arch))
+        if (UnseenChecks.TiedHead(arch))
             Assert.That(model.Graph.Initializer.Count(t => t.Name.StartsWith(adapter.BaseWeight)), Is.EqualTo(2), "merged: the head keeps the original table");
     }
 
@@ -109,7 +107,7 @@ public class UnseenEmbeddingLoraTests
         }
 
         using var whole = arch.Build();
-        var saved = LoraInjector.Inject(whole, new LoraConfig { TargetModules = ["all-linear"], R = R, LoraAlpha = 4, ModulesToSave = [Embedding(arch)] });
+        var saved = LoraInjector.Inject(whole, new LoraConfig { TargetModules = ["all-linear"], R = R, LoraAlpha = 4, ModulesToSave = [UnseenChecks.Embedding(arch)] });
         var copy = whole.Graph.Initializer.Single(t => t.Name == saved.SavedModules.Single().Weight);
         long vocab = adapter.In, hidden = adapter.Out;
         var table = whole.ReadFloats(copy);

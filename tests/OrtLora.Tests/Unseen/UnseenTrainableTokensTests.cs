@@ -15,14 +15,13 @@ public class UnseenTrainableTokensTests
     static readonly Architecture[] All = Architectures.All;
     static readonly List<long> Tokens = [3, 7, 11, 40];
 
-    static bool TiedHead(Architecture arch) => arch.Name is "qwen2" or "gemma-mqa-gelu-op";
     static string Head(Architecture arch) => arch.Name == "gpt-neox" ? "embed_out" : "lm_head";
 
     /// <summary>The embedding (PEFT's list form), and the head by name where it is a float weight of its own.</summary>
     static LoraConfig Config(Architecture arch)
     {
         var tokens = new Dictionary<string, List<long>> { [""] = Tokens };
-        if (!TiedHead(arch) && !arch.QuantizedWeights) tokens[Head(arch)] = [.. Tokens];
+        if (!UnseenChecks.TiedHead(arch) && !arch.QuantizedWeights) tokens[Head(arch)] = [.. Tokens];
         return new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4, TrainableTokenIndices = tokens, Variant = arch.GenAi ? "canonical" : "performant" };
     }
 
@@ -51,7 +50,7 @@ public class UnseenTrainableTokensTests
         Perturb(model, lora);
         var trained = Logits(model, arch);
         Assert.That(Shared.MaxAbsDiff(trained, adaptersOnly), Is.GreaterThan(1e-2f), "the model reads the rows");
-        if (TiedHead(arch))
+        if (UnseenChecks.TiedHead(arch))
         {
             // One table with the rows written in, read by the embedding's Gather and by the head's Transpose.
             var scatter = model.Graph.Node.Single(n => n.OpType == "ScatterND");
@@ -87,11 +86,11 @@ public class UnseenTrainableTokensTests
             double numeric = UnseenChecks.CentralDifference(session, start, batch, rows.Rows, index, half ? 5e-2 : 1e-2);
             Assert.That(largest, Is.EqualTo(numeric).Within((arch.HalfActivations ? 2e-3 : 3e-4) + (half ? 3e-2 : 1e-2) * Math.Abs(numeric)), $"{rows.Module}[{index}]");
         }
-        if (TiedHead(arch)) return;
+        if (UnseenChecks.TiedHead(arch)) return;
 
         using var whole = arch.Build();
         var saved = LoraInjector.Inject(whole, new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4,
-            ModulesToSave = arch.QuantizedWeights ? [Embedding(arch)] : [Embedding(arch), Head(arch)] });
+            ModulesToSave = arch.QuantizedWeights ? [UnseenChecks.Embedding(arch)] : [UnseenChecks.Embedding(arch), Head(arch)] });
         // The same A (same seed) and B (zero): the same model, so the same gradients.
         using var wholeSession = new Training.Engine.TrainingSession(whole, options);
         var (wholeLoss, wholeGrads) = wholeSession.ComputeGradients(batch);
@@ -105,7 +104,6 @@ public class UnseenTrainableTokensTests
         }
     }
 
-    static string Embedding(Architecture arch) => arch.Name == "gpt-neox" ? "embed_in" : "embed_tokens";
 
     [Test]
     public void MistakesAreOneErrorEach()
