@@ -49,7 +49,7 @@ public sealed class ChatTemplate
     public static ChatTemplate FromJinja(string jinja, string source, TokenizerConfig? config = null, Func<DateTime>? clock = null)
     {
         var chat = new JinjaChat(JinjaTemplate.Parse(jinja, source), source, config?.BosToken, config?.EosToken, clock);
-        return new ChatTemplate($"{Path.GetFileName(source)}'s own", chat.Render, chat.EndOfTurn());
+        return new ChatTemplate($"{Path.GetFileName(source)}'s own", chat.Render, chat.EndOfTurn);
     }
 
     /// <summary>The template to use: the one named, else the model's own (from its tokenizer_config.json), else ChatML.</summary>

@@ -73,7 +73,13 @@ sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, 
 
     /// <summary>What the template writes after an assistant's content to end the turn (e.g. &lt;|eot_id|&gt;,
     /// &lt;end_of_turn&gt;, &lt;/s&gt;), from a probe conversation; null when the probe does not show it.</summary>
-    public string? EndOfTurn()
+    public string? EndOfTurn => EndOfTurnMarker.Length > 0 ? EndOfTurnMarker : null;
+
+    /// <summary>The end-of-turn marker, or "" (probed once).</summary>
+    string EndOfTurnMarker => _endOfTurn ??= ProbeEndOfTurn();
+    string? _endOfTurn;
+
+    string ProbeEndOfTurn()
     {
         try
         {
@@ -81,14 +87,10 @@ sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, 
             int at = after.IndexOf(Probe, StringComparison.Ordinal);
             // The first word after the content: Phi-3 writes "<|end|>\n<|endoftext|>" after a conversation's last turn.
             var marker = at < 0 ? "" : new string(after[(at + Probe.Length)..].TrimStart().TakeWhile(c => !char.IsWhiteSpace(c)).ToArray());
-            return marker.Length > 0 ? marker : null;
+            return marker;
         }
-        catch (OrtLoraException) { return null; }
+        catch (OrtLoraException) { return ""; }
     }
-
-    /// <summary><see cref="EndOfTurn"/>, probed once.</summary>
-    string? EndOfTurnMarker => _endOfTurn ??= EndOfTurn() ?? "";
-    string? _endOfTurn;
 
     public IEnumerable<Segment> Render(ChatRecord chat, bool addBos, bool addGenerationPrompt)
     {
@@ -97,7 +99,7 @@ sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, 
         for (int i = 0, cursor = 0; i < chat.Messages.Count; i++)
         {
             if (!chat.Trains(i)) continue;
-            var span = ByPrefix(chat, i, full, cursor) ?? ByContent(chat.Messages[i], full, cursor, EndOfTurnMarker!)
+            var span = ByPrefix(chat, i, full, cursor) ?? ByContent(chat.Messages[i], full, cursor, EndOfTurnMarker)
                 ?? throw new OrtLoraException($"{source}: the chat template's text does not show assistant turn {i + 1} (message {i + 1} of " +
                                               $"{chat.Messages.Count}) where ortlora can find it; choose --chat-template ({string.Join(", ", ChatTemplate.BuiltInNames)})");
             trained.Add(span);
@@ -122,7 +124,8 @@ sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, 
         while (end < after.Length && end < full.Length && after[end] == full[end]) end++;
         // The two may go on alike for a few characters past the turn ("\n<|" of "\n<|endoftext|>" and "\n<|user|>"):
         // the turn ends at its end-of-turn marker where the template writes one.
-        if (EndOfTurnMarker is { Length: > 0 } marker && after.LastIndexOf(marker, end - 1, end - before.Length, StringComparison.Ordinal) is var at and >= 0)
+        if (EndOfTurnMarker is { Length: > 0 } marker && end > before.Length
+            && after.LastIndexOf(marker, end - 1, end - before.Length, StringComparison.Ordinal) is var at and >= 0)
             end = at + marker.Length;
         while (end > before.Length && char.IsWhiteSpace(after[end - 1])) end--;
         return end > before.Length ? (before.Length, end) : null;
