@@ -7,10 +7,10 @@ namespace OrtLora.Cli;
 public sealed class DataCliOptions
 {
     public Option<string> Format { get; } = new("--dataset-format") { Description = "auto, text, instruction, chat or prompt-completion (TRL's: prompt and completion columns, text or messages)", DefaultValueFactory = _ => "auto" };
-    public Option<string> TextColumn { get; } = new("--text-column") { Description = "column of plain-text data", DefaultValueFactory = _ => "text" };
+    public Option<string> TextColumn { get; } = new("--dataset-text-field", "--text-column") { Description = "column of plain-text data (TRL's dataset_text_field)", DefaultValueFactory = _ => "text" };
     public Option<string?> ChatTemplate { get; } = new("--chat-template") { Description = "chatml, llama2 or a Jinja template file (default: the tokenizer's own template, run as transformers runs it, else chatml)" };
     public Option<string?> Tokenizer { get; } = new("--tokenizer") { Description = "tokenizer file or directory (default: beside the model)" };
-    public Option<int> MaxSeqLength { get; } = new("--max-seq-length") { Description = "truncate examples to this many tokens", DefaultValueFactory = _ => 512 };
+    public Option<int> MaxSeqLength { get; } = new("--max-seq-length", "--max-length") { Description = "truncate examples to this many tokens (TRL's max_seq_length, now max_length)", DefaultValueFactory = _ => 512 };
     public Option<bool> TrainOnPrompt { get; } = new("--train-on-prompt") { Description = "also compute the loss on prompt tokens" };
 
     public DataCliOptions() => Format.AcceptOnlyFromAmong("auto", "text", "instruction", "chat", "prompt-completion");

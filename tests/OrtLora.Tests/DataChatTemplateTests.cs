@@ -181,4 +181,17 @@ public class DataChatTemplateTests
     }
     sealed class ToolCallRow { public string? id { get; set; } public string? type { get; set; } public FunctionRow? function { get; set; } }
     sealed class FunctionRow { public string? name { get; set; } public string? arguments { get; set; } }
+
+    /// <summary>TRL's option names work as ortlora's: --dataset-text-field (--text-column) and --max-length
+    /// (--max-seq-length): the output column as text ("No", two tokens of the tiny tokenizer, then EOS), cut at 2 tokens.</summary>
+    [Test]
+    public void TrlOptionNamesAreAccepted()
+    {
+        var data = Shared.Require("data", "alpaca_500.zstd.parquet");
+        var tiny = Path.Combine(Shared.RepoRoot, "graphs", "tiny");
+        var trl = LoraTestKit.OrtloraOk("show-data", data, "--tokenizer", tiny, "--dataset-format", "text", "--dataset-text-field", "output", "--max-length", "2", "--rows", "1");
+        var ours = LoraTestKit.OrtloraOk("show-data", data, "--tokenizer", tiny, "--dataset-format", "text", "--text-column", "output", "--max-seq-length", "2", "--rows", "1");
+        Assert.That(trl.Out, Is.EqualTo(ours.Out));
+        Assert.That(trl.Out, Does.EndWith("── row 0: 2 tokens, 2 learned\n⟦No⟧\n"), "the output column, cut before EOS");
+    }
 }
