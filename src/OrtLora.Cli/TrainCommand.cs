@@ -12,8 +12,8 @@ public static class TrainCommand
         var model = new Argument<string>("model") { Description = "ONNX model: plain (injected with the LoRA options) or already injected" };
         var output = new Option<string>("--output", "-o") { Description = "output directory (adapter, checkpoints, metrics.jsonl, loss.png)", Required = true };
         var lora = new LoraOptions();
-        var data = new Option<string>("--data") { Description = "training data (.parquet): text, instruction/input/output, or chat messages", Required = true };
-        var evalData = new Option<string?>("--eval-data") { Description = "evaluation data (.parquet)" };
+        var data = new Option<string>("--data") { Description = "training data: a .parquet file, a directory of them or a pattern (data/train-*.parquet); text, instruction/input/output, prompt/completion, or chat messages", Required = true };
+        var evalData = new Option<string?>("--eval-data") { Description = "evaluation data: a .parquet file, a directory of them or a pattern" };
         var evalSplit = new Option<double>("--eval-split") { Description = "fraction of the training rows held out for evaluation" };
         var dataOptions = new DataCliOptions();
         var packing = new Option<bool>("--packing") { Description = "pack several examples into each sequence" };

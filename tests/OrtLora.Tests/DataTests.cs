@@ -204,4 +204,54 @@ public class DataTests
         Assert.That(((ChatRecord)rows[5]!).Messages.Select(m => m.Role), Is.EqualTo(new[] { "system", "user", "assistant" }));
         Assert.That(data.Summary, Is.EqualTo(new DataSummary(6, 2, 2)), "null list and null content: null; empty list and no assistant: empty");
     }
+
+    sealed class AlpacaRow { public string? instruction { get; set; } public string? input { get; set; } public string? output { get; set; } }
+
+    /// <summary>A dataset split into shards, as the Hugging Face Hub stores one (data/train-0000K-of-0000N.parquet): the
+    /// directory, or a pattern, reads as one table, rows in the files' name order, so positions, the eval split and the
+    /// records are those of the single file; a shard with other columns, a pattern matching nothing, an empty directory are
+    /// one error each.</summary>
+    [Test]
+    public void ShardedDatasetsReadAsOneTable()
+    {
+        List<(long Index, DataRecord Record)> whole;
+        using (var single = ParquetDataset.Open(DataFile("alpaca_500.zstd.parquet"))) whole = [.. single.ReadAll()];
+        var rows = whole.Select(r => (InstructionRecord)r.Record).Select(r => new AlpacaRow { instruction = r.Instruction, input = r.Input, output = r.Output }).ToList();
+        var dir = Shared.TempDir();
+        int[] sizes = [200, 150, 150];
+        for (int k = 0, start = 0; k < sizes.Length; start += sizes[k], k++)
+            Parquet.Serialization.ParquetSerializer.SerializeAsync(rows.Skip(start).Take(sizes[k]), Path.Combine(dir, $"train-{k:D5}-of-00003.parquet"),
+                new Parquet.ParquetOptions { RowGroupSize = 64 }).GetAwaiter().GetResult();
+        // Written last, named first: the directory reads by name, not by time.
+        File.Copy(Path.Combine(dir, "train-00002-of-00003.parquet"), Path.Combine(dir, "eval-00000-of-00001.parquet"));
+
+        using (var pattern = ParquetDataset.Open(Path.Combine(dir, "train-*.parquet")))
+        {
+            Assert.That(pattern.RowCount, Is.EqualTo(500));
+            Assert.That(pattern.RowGroupCount, Is.EqualTo(4 + 3 + 3), "64-row groups in each file");
+            Assert.That(pattern.ReadAll().ToList(), Is.EqualTo(whole), "the same records at the same indices");
+            Assert.That(pattern.Format, Is.EqualTo(DatasetFormat.Instruction));
+        }
+        // From the command line too: the pattern shows the single file's first rows, token for token.
+        var tiny = Path.Combine(Shared.RepoRoot, "graphs", "tiny");
+        string Shown(string data) => LoraTestKit.OrtloraOk("show-data", data, "--tokenizer", tiny, "--rows", "3").Out.Split('\n', 2)[1];
+        Assert.That(Shown(Path.Combine(dir, "train-*.parquet")), Is.EqualTo(Shown(DataFile("alpaca_500.zstd.parquet"))));
+        using (var all = ParquetDataset.Open(dir))
+        {
+            Assert.That(all.RowCount, Is.EqualTo(650), "every .parquet file of the directory");
+            Assert.That(all.ReadAll().Take(150).Select(r => r.Record), Is.EqualTo(whole.Skip(350).Select(r => r.Record)), "eval-* sorts first");
+        }
+
+        var other = Shared.TempDir();
+        File.Copy(Path.Combine(dir, "train-00000-of-00003.parquet"), Path.Combine(other, "a.parquet"));
+        var stray = Shared.WriteParquet([new NumberRow { text = 1 }], "b.parquet");
+        File.Copy(stray, Path.Combine(other, "b.parquet"));
+        Assert.That(() => ParquetDataset.Open(other), Throws.TypeOf<OrtLoraException>().With.Message.EqualTo(
+            $"{Path.Combine(other, "b.parquet")}: its columns (text int64) differ from those of {Path.Combine(other, "a.parquet")} " +
+            "(instruction string, input string, output string); the files of one dataset share a schema"));
+        Assert.That(() => ParquetDataset.Open(Path.Combine(dir, "test-*.parquet")), Throws.TypeOf<OrtLoraException>()
+            .With.Message.EqualTo($"{Path.Combine(dir, "test-*.parquet")}: no file matches"));
+        var empty = Shared.TempDir();
+        Assert.That(() => ParquetDataset.Open(empty), Throws.TypeOf<OrtLoraException>().With.Message.EqualTo($"{empty}: no .parquet file in the directory"));
+    }
 }

@@ -13,23 +13,47 @@ public sealed class ParquetDataset : IDisposable
     const string ToolsColumn = "tools";
     static readonly string[] InstructionColumns = ["instruction", "input", "output"];
 
-    readonly FileStream _stream;
-    readonly ParquetReader _reader;
+    /// <summary>One file of the dataset, and the dataset-wide index of its first row group.</summary>
+    sealed record Shard(string Path, FileStream Stream, ParquetReader Reader, int FirstGroup);
+
+    readonly List<Shard> _shards;
     readonly Dictionary<int, DataSummary> _summaryByGroup = new();
     readonly long[] _groupStarts;
 
-    ParquetDataset(string path, FileStream stream, ParquetReader reader, DatasetFormat format, string textColumn)
+    ParquetDataset(string path, List<Shard> shards, DatasetFormat format, string textColumn)
     {
         Path = path;
-        _stream = stream;
-        _reader = reader;
+        _shards = shards;
         TextColumn = textColumn;
-        Columns = [.. reader.Schema.Fields.Select(f => f.Name)];
-        RowGroupRowCounts = [.. Enumerable.Range(0, reader.RowGroupCount).Select(g => reader.RowGroups[g].RowCount)];
+        Columns = [.. FirstReader.Schema.Fields.Select(f => f.Name)];
+        foreach (var other in shards.Skip(1))
+            if (SchemaText(other.Reader) != SchemaText(FirstReader))
+                throw new OrtLoraException($"{other.Path}: its columns ({SchemaText(other.Reader)}) differ from those of {shards[0].Path} " +
+                                           $"({SchemaText(FirstReader)}); the files of one dataset share a schema");
+        RowGroupRowCounts = [.. shards.SelectMany(s => Enumerable.Range(0, s.Reader.RowGroupCount).Select(g => s.Reader.RowGroups[g].RowCount))];
         _groupStarts = new long[RowGroupRowCounts.Count + 1];
         for (int g = 0; g < RowGroupRowCounts.Count; g++) _groupStarts[g + 1] = _groupStarts[g] + RowGroupRowCounts[g];
         Format = format == DatasetFormat.Auto ? Detect() : format;
         RequireColumns();
+    }
+
+    /// <summary>The first file's reader, whose schema every file has.</summary>
+    ParquetReader FirstReader => _shards[0].Reader;
+
+    /// <summary>The top-level columns and their kinds: what the readers rely on (writers name a list's inner fields
+    /// differently, and read strings as string or ReadOnlyMemory&lt;char&gt;).</summary>
+    static string SchemaText(ParquetReader reader) => string.Join(", ", reader.Schema.Fields.Select(f => $"{f.Name} {f switch
+    {
+        DataField { ClrType: var t } when t == typeof(string) || t == typeof(ReadOnlyMemory<char>) => "string",
+        DataField d => d.ClrType.Name.ToLowerInvariant(),
+        _ => f.SchemaType.ToString().ToLowerInvariant(),
+    }}"));
+
+    /// <summary>The file holding dataset row group <paramref name="group"/>, and the group's index in it.</summary>
+    (Shard Shard, int Group) Locate(int group)
+    {
+        var shard = _shards.Last(s => s.FirstGroup <= group);
+        return (shard, group - shard.FirstGroup);
     }
 
     public string Path { get; }
@@ -46,22 +70,46 @@ public sealed class ParquetDataset : IDisposable
     /// <summary>Counts over the row groups read so far (each counted once however often it is read).</summary>
     public DataSummary Summary => _summaryByGroup.Values.Aggregate(new DataSummary(0, 0, 0), (a, b) => a + b);
 
-    /// <summary>Opens <paramref name="path"/>; the format is detected from the columns unless given.</summary>
+    /// <summary>Opens <paramref name="path"/>: a Parquet file, a directory of them (a dataset's shards, read in name
+    /// order as one table) or a file pattern (<c>data/train-*.parquet</c>); the format is detected from the columns
+    /// unless given.</summary>
     public static ParquetDataset Open(string path, DatasetFormat format = DatasetFormat.Auto, string textColumn = "text")
     {
-        if (!File.Exists(path)) throw new OrtLoraException($"data file not found: {path}");
-        var stream = File.OpenRead(path);
+        var shards = new List<Shard>();
         try
         {
-            var reader = ParquetReader.CreateAsync(stream, leaveStreamOpen: true).GetAwaiter().GetResult();
-            return new ParquetDataset(path, stream, reader, format, textColumn);
+            foreach (var file in Files(path))
+            {
+                var stream = File.OpenRead(file);
+                try
+                {
+                    var reader = ParquetReader.CreateAsync(stream, leaveStreamOpen: true).GetAwaiter().GetResult();
+                    shards.Add(new Shard(file, stream, reader, shards.Sum(s => s.Reader.RowGroupCount)));
+                }
+                catch (Exception e)
+                {
+                    stream.Dispose();
+                    throw new OrtLoraException($"{file} is not a readable Parquet file (truncated or another format?): {e.Message}", e);
+                }
+            }
+            return new ParquetDataset(path, shards, format, textColumn);
         }
-        catch (Exception e)
+        catch
         {
-            stream.Dispose();
-            if (e is OrtLoraException) throw;
-            throw new OrtLoraException($"{path} is not a readable Parquet file (truncated or another format?): {e.Message}", e);
+            foreach (var shard in shards) Close(shard);
+            throw;
         }
+    }
+
+    /// <summary>The files a data path names, in the order their rows are numbered.</summary>
+    static List<string> Files(string path)
+    {
+        if (File.Exists(path)) return [path];
+        var (dir, pattern) = Directory.Exists(path) ? (path, "*.parquet") : (System.IO.Path.GetDirectoryName(path) is { Length: > 0 } d ? d : ".", System.IO.Path.GetFileName(path));
+        bool isPattern = Directory.Exists(path) || pattern.IndexOfAny(['*', '?']) >= 0;
+        if (!isPattern || !Directory.Exists(dir)) throw new OrtLoraException($"data file not found: {path}");
+        var files = Directory.GetFiles(dir, pattern).Order(StringComparer.Ordinal).ToList();
+        return files.Count > 0 ? files : throw new OrtLoraException($"{path}: no {(Directory.Exists(path) ? ".parquet file in the directory" : "file matches")}");
     }
 
     DatasetFormat Detect()
@@ -91,7 +139,7 @@ public sealed class ParquetDataset : IDisposable
         else if (Format == DatasetFormat.PromptCompletion)
         {
             // TRL's two kinds: both columns text (standard), or both lists of messages (conversational).
-            ConversationalPrompts = _reader.Schema.Fields.First(f => f.Name == "prompt") is not DataField;
+            ConversationalPrompts = FirstReader.Schema.Fields.First(f => f.Name == "prompt") is not DataField;
             foreach (var column in needed)
                 if (ConversationalPrompts) RequireMessageFields(column);
                 else RequireStringColumn(column);
@@ -103,7 +151,7 @@ public sealed class ParquetDataset : IDisposable
 
     void RequireStringColumn(string column)
     {
-        var field = _reader.Schema.Fields.First(f => f.Name == column);
+        var field = FirstReader.Schema.Fields.First(f => f.Name == column);
         if (field is DataField { ClrType: var type } && (type == typeof(string) || type == typeof(ReadOnlyMemory<char>))) return;
         var what = field is DataField data ? data.ClrType.Name : field.SchemaType.ToString().ToLowerInvariant();
         throw new OrtLoraException($"{Path}: column '{column}' holds {what}, not text");
@@ -130,7 +178,7 @@ public sealed class ParquetDataset : IDisposable
     void RequireMessageFields(string column)
     {
         var prefix = column + "/";
-        var fields = _reader.Schema.GetDataFields().Where(f => f.Path.ToString()!.StartsWith(prefix)).Select(f => f.Name).ToList();
+        var fields = FirstReader.Schema.GetDataFields().Where(f => f.Path.ToString()!.StartsWith(prefix)).Select(f => f.Name).ToList();
         if (!fields.Contains("role") || !fields.Contains("content"))
             throw new OrtLoraException($"{Path}: column '{column}' must be a list of {{role, content}}; its fields are: " +
                                        (fields.Count == 0 ? "none (not a list of structs)" : string.Join(", ", fields)));
@@ -155,7 +203,8 @@ public sealed class ParquetDataset : IDisposable
         }
         catch (Exception e) when (e is not OrtLoraException)
         {
-            throw new OrtLoraException($"{Path}: cannot read row group {group} (file damaged?): {e.Message}", e);
+            var (shard, local) = Locate(group);
+            throw new OrtLoraException($"{shard.Path}: cannot read row group {local} (file damaged?): {e.Message}", e);
         }
     }
 
@@ -214,9 +263,10 @@ public sealed class ParquetDataset : IDisposable
 
     string?[] ReadStrings(int group, string column)
     {
-        var field = _reader.Schema.Fields.First(f => f.Name == column) as DataField
+        var field = FirstReader.Schema.Fields.First(f => f.Name == column) as DataField
                     ?? throw new OrtLoraException($"{Path}: column '{column}' is nested; a string column is needed");
-        using var rowGroup = _reader.OpenRowGroupReader(group);
+        var (shard, local) = Locate(group);
+        using var rowGroup = shard.Reader.OpenRowGroupReader(local);
         var values = new string?[rowGroup.RowCount];
         rowGroup.ReadAsync(field, values.AsMemory()!).GetAwaiter().GetResult();
         return values;
@@ -224,17 +274,23 @@ public sealed class ParquetDataset : IDisposable
 
     List<Row> ReadChats(int group)
     {
-        _stream.Position = 0;
-        var rows = ParquetSerializer.DeserializeAsync<ChatRow>(_stream, rowGroupIndex: group).GetAwaiter().GetResult().Data;
+        var rows = Deserialize<ChatRow>(group);
         return [.. rows.Select(ToChatRow)];
     }
 
     List<Row> ReadConversationalPromptCompletions(int group)
     {
-        _stream.Position = 0;
-        var rows = ParquetSerializer.DeserializeAsync<PromptCompletionRow>(_stream, rowGroupIndex: group).GetAwaiter().GetResult().Data;
+        var rows = Deserialize<PromptCompletionRow>(group);
         return [.. rows.Select(r => r.prompt is null ? new Row(null, Skip.Null)
             : ToChatRow([.. r.prompt, .. r.completion ?? []], r.completion is null ? -1 : r.prompt.Count, r.tools))];
+    }
+
+    /// <summary>A row group's rows as objects of nested columns (lists of message structs).</summary>
+    IList<T> Deserialize<T>(int group) where T : class, new()
+    {
+        var (shard, local) = Locate(group);
+        shard.Stream.Position = 0;
+        return ParquetSerializer.DeserializeAsync<T>(shard.Stream, rowGroupIndex: local).GetAwaiter().GetResult().Data;
     }
 
     static Row ToChatRow(ChatRow row) => ToChatRow(row.messages, 0, row.tools);
@@ -280,9 +336,14 @@ public sealed class ParquetDataset : IDisposable
     sealed class ToolCallRow { public string? id { get; set; } public string? type { get; set; } public FunctionRow? function { get; set; } }
     sealed class FunctionRow { public string? name { get; set; } public string? arguments { get; set; } }
 
+    static void Close(Shard shard)
+    {
+        shard.Reader.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        shard.Stream.Dispose();
+    }
+
     public void Dispose()
     {
-        _reader.DisposeAsync().AsTask().GetAwaiter().GetResult();
-        _stream.Dispose();
+        foreach (var shard in _shards) Close(shard);
     }
 }
