@@ -26,7 +26,7 @@ public static class EvalCommand
             var options = dataOptions.Read(parse) with { BatchSize = batchSize, EvalBatchSize = batchSize };
             var result = Evaluator.Run(parse.GetValue(model)!, parse.GetValue(data)!, options, parse.GetValue(dataOptions.Tokenizer),
                 parse.GetValue(device)!, parse.GetValue(epLibrary), parse.GetValue(adapter));
-            Console.WriteLine($"eval_loss {result.Loss:F4}  perplexity {result.Perplexity:F2}  ({result.Tokens:N0} tokens scored in {result.Batches} batches; {result.DataSummary})");
+            Console.WriteLine($"eval_loss {result.Loss:F4}  perplexity {result.Perplexity:F2}  mean_token_accuracy {result.MeanTokenAccuracy:F4}  ({result.Tokens:N0} tokens scored in {result.Batches} batches; {result.DataSummary})");
         }));
         return cmd;
     }

@@ -8,15 +8,17 @@ namespace OrtLora.Tests;
 /// <summary>`ortlora eval`: the loss `train` reports on its eval data, recomputed from the model files alone.</summary>
 public class EvalCommandTests
 {
-    static double EvalLoss(params string[] args)
+    static double EvalLoss(params string[] args) => Eval(args).Loss;
+
+    static (double Loss, double Accuracy) Eval(params string[] args)
     {
         var result = OrtloraOk(["eval", .. args]);
-        var match = Regex.Match(result.Out, @"eval_loss (\d+\.\d+)  perplexity (\d+\.\d+)  \((\d+) tokens scored");
+        var match = Regex.Match(result.Out, @"eval_loss (\d+\.\d+)  perplexity (\d+\.\d+)  mean_token_accuracy (\d\.\d+)  \((\d+) tokens scored");
         Assert.That(match.Success, result.Out);
         double loss = double.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture);
         Assert.That(double.Parse(match.Groups[2].Value, CultureInfo.InvariantCulture), Is.EqualTo(Math.Exp(loss)).Within(0.01).Percent);
-        Assert.That(int.Parse(match.Groups[3].Value), Is.GreaterThan(100));
-        return loss;
+        Assert.That(int.Parse(match.Groups[4].Value), Is.GreaterThan(100));
+        return (loss, double.Parse(match.Groups[3].Value, CultureInfo.InvariantCulture));
     }
 
     /// <summary>The base model gives train's step-0 eval loss; the merged model train's last one (the eval printed to 4
@@ -32,8 +34,14 @@ public class EvalCommandTests
         Assert.That(evals, Has.Length.EqualTo(2));
         Assert.That(EvalLoss(Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet")), Is.EqualTo(evals[0]).Within(1e-4));
         var merged = Path.Combine(dir, "merged", "model.onnx");
-        double trained = EvalLoss(merged, "--data", Tiny("demo_eval.parquet"));
+        var (trained, accuracy) = Eval(merged, "--data", Tiny("demo_eval.parquet"));
         Assert.That(trained, Is.EqualTo(evals[1]).Within(1e-4));
+        // TRL's eval_mean_token_accuracy, logged by train and printed by eval, from the same model.
+        var logged = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
+            .Where(m => m["eval_mean_token_accuracy"] is not null).Select(m => m["eval_mean_token_accuracy"]!.GetValue<double>()).ToArray();
+        Assert.That(logged, Has.Length.EqualTo(2));
+        Assert.That(accuracy, Is.EqualTo(logged[1]).Within(1e-4));
+        Assert.That(logged[1], Is.GreaterThan(logged[0]), "training raised it");
         Assert.That(trained, Is.LessThan(evals[0] - 1));
         Assert.That(EvalLoss(merged, "--data", Tiny("demo_eval.parquet"), "--per-device-eval-batch-size", "3"), Is.EqualTo(trained).Within(1e-5));
         // The base model with the trained adapter directory, injected in memory.

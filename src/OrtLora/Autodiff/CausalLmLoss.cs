@@ -25,8 +25,9 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
     /// <summary>The Trainer's label_smoothing_factor ε (its LabelSmoother): loss = (1 − ε)·nll + ε·mean over the counted
     /// tokens of −Σ_v log p_v / V.</summary>
     public double Smoothing { get; init; }
-    /// <summary>With smoothing: V as a scalar of the loss's type, and that type.</summary>
+    /// <summary>With smoothing: V as a scalar of the loss's type.</summary>
     string? Vocabulary { get; init; }
+    /// <summary>The float type the loss is computed in.</summary>
     int ElemType { get; init; }
 
     /// <summary>What the loss needs of the labels, computed once (also for a loss taken chunk by chunk).</summary>
@@ -74,7 +75,7 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
         var nll = Op("Mul", [Op("Neg", [Op("Squeeze", [picked, Ints(-1)])]), targets.Weights]);
         var total = Op("ReduceSum", [nll], ("keepdims", 0L));
         var loss = Op("Div", [total, targets.Count]);
-        if (smoothing <= 0) return new(loss, logits, logProbs, targets.TargetIndex, picked, targets.Weights, targets.Count);
+        if (smoothing <= 0) return new(loss, logits, logProbs, targets.TargetIndex, picked, targets.Weights, targets.Count) { ElemType = targets.ElemType };
         string Scalar(double v) => GraphConstants.Scalar(g, "loss/const", v, targets.ElemType);
         var vocabulary = Op("Cast", [Op("Gather", [Op("Shape", [logits]), GraphConstants.Scalar(g, "loss/last", -1, (int)DT.Int64)])],
             ("to", (long)targets.ElemType));
@@ -84,6 +85,18 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
         loss = Op("Add", [Op("Mul", [loss, Scalar(1 - smoothing)]), Op("Mul", [uniform, Scalar(smoothing)])]);
         return new(loss, logits, logProbs, targets.TargetIndex, picked, targets.Weights, targets.Count)
             { Smoothing = smoothing, Vocabulary = vocabulary, ElemType = targets.ElemType };
+    }
+
+    /// <summary>Appends the number of counted tokens whose target is the arg-max of its logits (TRL's
+    /// mean_token_accuracy is this over the count), a scalar of the loss's type. ArgMax takes the first of tied maxima,
+    /// as torch.argmax does.</summary>
+    public string AppendCorrect(GraphEditor g)
+    {
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "accuracy/" + op, attributes: attrs);
+
+        var predicted = Op("ArgMax", [Logits], ("axis", -1L), ("keepdims", 1L));
+        var hit = Op("Squeeze", [Op("Cast", [Op("Equal", [predicted, TargetIndex])], ("to", (long)ElemType)), GraphConstants.Int64s(g, "accuracy/ints", -1)]);
+        return Op("ReduceSum", [Op("Mul", [hit, Weights])], ("keepdims", 0L));
     }
 
     /// <summary>Appends d loss / d logits = (softmax(logits) − onehot(target)) · weight / count, [B, S, V].

@@ -19,7 +19,8 @@ public static class ChunkedLoss
     /// <param name="Loss">the scalar loss (the sum of the chunks' parts)</param>
     /// <param name="Hidden">h, the input of the lm_head MatMul, [B, S, H]</param>
     /// <param name="HiddenGradient">d loss / d h (times the loss scale when given), [B, S, H]</param>
-    public sealed record Result(string Loss, string Hidden, string HiddenGradient);
+    /// <param name="Correct">evaluation: the counted tokens whose target is the arg-max (<see cref="CausalLmLoss.AppendCorrect"/>), summed over the chunks</param>
+    public sealed record Result(string Loss, string Hidden, string HiddenGradient, string Correct = "");
 
     /// <summary>The head between h and the logits, or null when the logits are not a position-wise function of one
     /// [B, S, H] value through a MatMul.</summary>
@@ -65,6 +66,7 @@ public static class ChunkedLoss
         int type = types.ElemType(hidden);
         var parts = new List<string>();
         var gradients = new List<string>();
+        var correct = new List<string>();
         for (int c = 0; c < chunks; c++)
         {
             var start = Op("Mul", [length, Ints(c)]);
@@ -83,12 +85,13 @@ public static class ChunkedLoss
             }
             var loss = CausalLmLoss.Append(g, z, new CausalLmLoss.Targets(Chunk(targets.TargetIndex), Chunk(targets.Weights), targets.Count, targets.ElemType), smoothing);
             parts.Add(loss.Loss);
-            if (!withGradient) continue;
+            if (!withGradient) { correct.Add(loss.AppendCorrect(g)); continue; }
             var seed = loss.AppendLogitsGradient(g);
             if (lossScale is not null) seed = g.Add("Mul", [seed, lossScale], name: "loss_chunks/scale");
             gradients.Add(GradientBuilder.Build(g, new Dictionary<string, string> { [z] = seed }, [h], types, opset)[h]);
         }
         var total = parts.Count == 1 ? parts[0] : Op("Sum", parts.ToArray());
-        return new Result(total, hidden, withGradient ? Op("Concat", gradients.ToArray(), ("axis", 1L)) : "");
+        return withGradient ? new Result(total, hidden, Op("Concat", gradients.ToArray(), ("axis", 1L)))
+            : new Result(total, hidden, "", Op("Sum", correct.ToArray()));
     }
 }

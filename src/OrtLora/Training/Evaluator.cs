@@ -8,7 +8,7 @@ namespace OrtLora.Training;
 
 /// <summary>What `ortlora eval` measured: the causal-LM loss averaged over every scored token of the data, as the
 /// Trainer's evaluate() reports it, and its exp.</summary>
-public sealed record EvalResult(double Loss, long Tokens, int Batches, string DataSummary)
+public sealed record EvalResult(double Loss, double MeanTokenAccuracy, long Tokens, int Batches, string DataSummary)
 {
     public double Perplexity => Math.Exp(Loss);
 }
@@ -38,8 +38,8 @@ public static class Evaluator
         // Every row of the file is evaluation data: it is opened as the eval file, with no split of a training file.
         using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false }, dataPath, TokenizerConfig.Read(tokenizerDir));
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary));
-        var (loss, tokens, batches, _) = Trainer.Score(session, data);
-        if (tokens == 0) throw new OrtLoraException($"{dataPath}: no token to score ({data.Summary})");
-        return new EvalResult(loss, tokens, batches, data.Summary.ToString());
+        var score = Trainer.Score(session, data);
+        if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no token to score ({data.Summary})");
+        return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString());
     }
 }

@@ -35,7 +35,8 @@ public interface ITrainingReporter
 {
     void Started(int totalSteps, int startStep, string summary);
     void Stepped(StepReport report);
-    void Evaluated(int step, double loss);
+    /// <param name="meanTokenAccuracy">the share of counted tokens whose arg-max is the target (TRL's mean_token_accuracy)</param>
+    void Evaluated(int step, double loss, double meanTokenAccuracy);
     void Info(string message);
 }
 
@@ -135,15 +136,16 @@ public static class Trainer
         double EvaluateAt(int step)
         {
             var clock = Stopwatch.StartNew();
-            var (loss, _, evalBatches, samples) = Score(session, data);
-            double runtime = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
-            // The Trainer's evaluate() names, plus perplexity.
+            var score = Score(session, data);
+            double loss = score.Loss, runtime = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
+            // The Trainer's evaluate() names, TRL's eval_mean_token_accuracy, and perplexity.
             log.Append(new JsonObject
             {
-                ["step"] = step, ["eval_loss"] = loss, ["perplexity"] = Math.Exp(loss), ["eval_runtime"] = Math.Round(runtime, 4),
-                ["eval_samples_per_second"] = Math.Round(samples / runtime, 3), ["eval_steps_per_second"] = Math.Round(evalBatches / runtime, 3),
+                ["step"] = step, ["eval_loss"] = loss, ["perplexity"] = Math.Exp(loss), ["eval_mean_token_accuracy"] = score.MeanTokenAccuracy,
+                ["eval_runtime"] = Math.Round(runtime, 4),
+                ["eval_samples_per_second"] = Math.Round(score.Samples / runtime, 3), ["eval_steps_per_second"] = Math.Round(score.Batches / runtime, 3),
             });
-            reporter.Evaluated(step, loss);
+            reporter.Evaluated(step, loss, score.MeanTokenAccuracy);
             lastEvalStep = step;
             return loss;
         }
@@ -276,21 +278,26 @@ public static class Trainer
     /// <summary>Mean loss over all counted eval tokens.</summary>
     public static double Evaluate(TrainingSession session, TrainingData data) => Score(session, data).Loss;
 
-    /// <summary>The eval loss with the tokens it counted, the batches it ran and their rows, in one pass over the eval data.</summary>
-    public static (double Loss, long Tokens, int Batches, long Samples) Score(TrainingSession session, TrainingData data)
+    /// <summary>One pass over the eval data: the loss and the mean token accuracy over the counted tokens, those tokens,
+    /// the batches run and their rows.</summary>
+    public sealed record EvalScore(double Loss, double MeanTokenAccuracy, long Tokens, int Batches, long Samples);
+
+    public static EvalScore Score(TrainingSession session, TrainingData data)
     {
-        double sum = 0;
+        double sum = 0, correct = 0;
         long tokens = 0, samples = 0;
         int batches = 0;
         foreach (var b in data.EvalBatches())
         {
             if (b.LossTokens == 0) continue;
-            sum += session.EvalLoss(ToEngine(b)) * (double)b.LossTokens;
+            var (loss, right) = session.Evaluate(ToEngine(b));
+            sum += loss * (double)b.LossTokens;
+            correct += right;
             tokens += b.LossTokens;
             samples += b.Sequences;
             batches++;
         }
-        return (tokens == 0 ? double.NaN : sum / tokens, tokens, batches, samples);
+        return new(tokens == 0 ? double.NaN : sum / tokens, tokens == 0 ? double.NaN : correct / tokens, tokens, batches, samples);
     }
 
     /// <summary>The epoch as the Trainer logs it, fractional: the share of the epoch's rows used so far.</summary>

@@ -8,13 +8,21 @@ namespace OrtLora.Training.Engine;
 /// <summary>Where the loss enters the training graphs: whole, or in chunks through the lm_head.</summary>
 public sealed partial class TrainingGraph
 {
-    /// <summary>The eval graph's loss in chunks too, each after the previous chunk's loss: two [B, S/C, V] values alive
-    /// instead of the whole logits and log-probabilities. The head's values have the same names in both graphs.</summary>
-    static void ChunkEvalLoss(ModelProto eval, CausalLmLoss loss, int logitsType, ValueTable types, int opset, int chunks)
+    /// <summary>The eval graph's outputs: the loss, in chunks too (each after the previous chunk's loss: two [B, S/C, V]
+    /// values alive instead of the whole logits and log-probabilities), and the number of counted tokens predicted right
+    /// (<see cref="CorrectTokens"/>). The head's values have the same names in both graphs.</summary>
+    static void EvalOutputs(ModelProto eval, CausalLmLoss loss, int logitsType, ValueTable types, int opset, int chunks)
     {
         var g = new GraphEditor(eval.Graph);
-        if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, withGradient: false, smoothing: loss.Smoothing) is not { } chunked) return;
-        ReadLoss(eval, g, chunked.Loss);
+        string correct;
+        if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, withGradient: false, smoothing: loss.Smoothing) is { } chunked)
+        {
+            ReadLoss(eval, g, chunked.Loss);
+            correct = chunked.Correct;
+        }
+        else correct = loss.AppendCorrect(g);
+        g.Add("Identity", [correct], name: "accuracy/output", outputs: [CorrectTokens]);
+        eval.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
         g.Cleanup();
     }
 

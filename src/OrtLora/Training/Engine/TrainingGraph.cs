@@ -19,7 +19,7 @@ namespace OrtLora.Training.Engine;
 /// memory that every session of the model reads in place.</summary>
 public sealed partial class TrainingGraph : IDisposable
 {
-    public const string Labels = "labels", Loss = "loss", GradNorm = "grad_norm", LearningRate = "lr", Step = "step",
+    public const string Labels = "labels", Loss = "loss", CorrectTokens = "correct_tokens", GradNorm = "grad_norm", LearningRate = "lr", Step = "step",
         MaxGradNorm = "max_grad_norm", GradScale = "grad_scale", LossScale = "loss_scale", ClipCoefficient = "clip_coefficient";
     public static string GradOf(string p) => "grad." + p;
     public static string ExpAvgOf(string p) => "exp_avg." + p;
@@ -95,7 +95,7 @@ public sealed partial class TrainingGraph : IDisposable
         if (parameters.Count == 0)
             throw new OrtLoraException($"{model.Source}: no trainable parameters (no initializer ends in .lora_A.weight / .lora_B.weight); run `ortlora inject` first");
         var taken = proto.Graph.Input.Select(i => i.Name).Concat(proto.Graph.Node.SelectMany(n => n.Output)).Concat(proto.Graph.Initializer.Select(t => t.Name));
-        if (taken.FirstOrDefault(n => n is Labels or Loss) is { } clash)
+        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens) is { } clash)
             throw new OrtLoraException($"{model.Source}: the model already has a value named '{clash}' (exported with labels and a loss?); " +
                 "export it with input_ids and attention_mask in, logits out");
         logits ??= proto.Graph.Output.Any(o => o.Name == "logits") ? "logits" : proto.Graph.Output[0].Name;
@@ -158,7 +158,7 @@ public sealed partial class TrainingGraph : IDisposable
             // A trained lm_head (modules_to_save) needs the whole logits' gradient: the chunks give d loss / d h only.
             if (HeadIsTrained(g, loss.Logits, parameters)) chunks = 1;
             var seeds = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks);
-            ChunkEvalLoss(eval, loss, logitsType, types, opset, chunks);
+            EvalOutputs(eval, loss, logitsType, types, opset, chunks);
             // DoRA's weight norms are constants to the gradient, as PEFT detaches them.
             var detached = lora?.Adapters.Select(a => a.WeightNorm).OfType<string>().ToHashSet() ?? [];
             var grads = GradientBuilder.Build(g, seeds, parameters, types, opset, gradientCheckpointing, detached);

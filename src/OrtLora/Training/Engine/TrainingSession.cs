@@ -56,7 +56,7 @@ public sealed class TrainingSession : IDisposable
     /// <summary>The other parameters, which the graphs update.</summary>
     readonly List<string> _graphUpdated;
     readonly Dictionary<string, PingPong> _hostGradients = new();
-    readonly HostScalar _lr = new(), _step = new(), _maxGradNorm = new(), _gradScale = new(), _loss = new(), _gradNorm = new(), _lossScale = new(),
+    readonly HostScalar _lr = new(), _step = new(), _maxGradNorm = new(), _gradScale = new(), _loss = new(), _correct = new(), _gradNorm = new(), _lossScale = new(),
         _clipCoefficient = new();
     LossScaler? _scaler;
     readonly RunOptions _runOptions = new(); // the defaults, for every Run: made once, not per step
@@ -160,15 +160,19 @@ public sealed class TrainingSession : IDisposable
     }
 
     /// <summary>The loss on a batch with the current parameters (forward only).</summary>
-    public float EvalLoss(Batch batch)
+    public float EvalLoss(Batch batch) => Evaluate(batch).Loss;
+
+    /// <summary>The loss on a batch and how many of its counted tokens the model predicts (arg-max) right.</summary>
+    public (float Loss, float CorrectTokens) Evaluate(Batch batch)
     {
         var session = ForBatch(ref _evalSession, () => _graph.Eval, batch);
         using var run = new RunBinding(session, _fixed);
         BindBatch(run, batch);
         BindModel(run, session);
         run.HostOutput(TrainingGraph.Loss, _loss.Value);
+        run.HostOutput(TrainingGraph.CorrectTokens, _correct.Value);
         Run(run, graphId: StateParity);
-        return _loss.Get();
+        return (_loss.Get(), _correct.Get());
     }
 
     /// <summary>Loss and d loss / d P at the current parameters, without updating anything (for verification).</summary>
@@ -406,7 +410,7 @@ public sealed class TrainingSession : IDisposable
         foreach (var s in new[] { _stepSession, _evalSession, _gradSession, _accumulateSession, _applySession, _allocatorSession }
                      .OfType<InferenceSession>().Distinct())
             Unload(s);
-        foreach (var s in new[] { _lr, _step, _maxGradNorm, _gradScale, _loss, _gradNorm, _lossScale, _clipCoefficient }) s.Dispose();
+        foreach (var s in new[] { _lr, _step, _maxGradNorm, _gradScale, _loss, _correct, _gradNorm, _lossScale, _clipCoefficient }) s.Dispose();
         _runOptions.Dispose();
     }
 }
