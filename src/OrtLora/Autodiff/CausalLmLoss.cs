@@ -94,9 +94,12 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
     {
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "accuracy/" + op, attributes: attrs);
 
+        // [B, S, 1] throughout, no Squeeze: ORT's ArgMax of an empty chunk ([B, 0, V]) keeps the last dim, which only
+        // broadcasting takes.
         var predicted = Op("ArgMax", [Logits], ("axis", -1L), ("keepdims", 1L));
-        var hit = Op("Squeeze", [Op("Cast", [Op("Equal", [predicted, TargetIndex])], ("to", (long)ElemType)), GraphConstants.Int64s(g, "accuracy/ints", -1)]);
-        return Op("ReduceSum", [Op("Mul", [hit, Weights])], ("keepdims", 0L));
+        var hit = Op("Cast", [Op("Equal", [predicted, TargetIndex])], ("to", (long)ElemType));
+        var weights = Op("Unsqueeze", [Weights, GraphConstants.Int64s(g, "accuracy/ints", -1)]);
+        return Op("ReduceSum", [Op("Mul", [hit, weights])], ("keepdims", 0L));
     }
 
     /// <summary>Appends d loss / d logits = (softmax(logits) − onehot(target)) · weight / count, [B, S, V].
