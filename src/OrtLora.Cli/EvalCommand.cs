@@ -17,7 +17,7 @@ public static class EvalCommand
         var epLibrary = new Option<string?>("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
         var adapter = new Option<string?>("--adapter") { Description = "PEFT adapter directory to evaluate on the model (injected in memory)" };
         var dataOptions = new DataCliOptions();
-        var cmd = new Command("eval", "Loss and perplexity of a model on Parquet data (scored tokens as in training)") { model, data, adapter, batch, device, epLibrary };
+        var cmd = new Command("eval", "Loss, perplexity and mean token accuracy of a model on Parquet data (scored tokens as in training)") { model, data, adapter, batch, device, epLibrary };
         foreach (var o in dataOptions.All) cmd.Options.Add(o);
         cmd.SetAction(CliRunner.Guard(parse =>
         {

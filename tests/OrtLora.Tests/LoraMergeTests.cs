@@ -28,6 +28,23 @@ public class LoraMergeTests
         Assert.That(result.Proto.OpsetImport, Is.EqualTo(original.Proto.OpsetImport));
     }
 
+    /// <summary>`merge MODEL --adapter DIR`: PEFT's saved adapter folded into the plain export in one command gives PEFT's
+    /// merge_and_unload logits and the original topology; an injected model with --adapter is one error.</summary>
+    [TestCaseSource(typeof(LoraTestKit), nameof(Models))]
+    public void MergeTakesAPeftAdapterDirectory(string arch, string file)
+    {
+        var reference = Reference(arch);
+        var source = Shared.Peft(arch, file);
+        var merged = Path.Combine(Shared.TempDir(), "merged.onnx");
+        Assert.That(OrtloraOk("merge", source, "--adapter", Shared.Peft(arch, "adapter"), "-o", merged).Out, Does.Contain("merged"));
+        Assert.That(Shared.MaxAbsDiff(Logits(merged, reference), reference["logits_merged"].AsFloats()), Is.LessThan(1e-4f));
+        Assert.That(Histogram(merged), Is.EqualTo(Histogram(source)));
+        var injected = Path.Combine(Shared.TempDir(), "injected.onnx");
+        OrtloraOk("inject", source, "-o", injected);
+        var twice = Ortlora("merge", injected, "--adapter", Shared.Peft(arch, "adapter"), "-o", Path.Combine(Shared.TempDir(), "x.onnx"));
+        Assert.That((twice.ExitCode, twice.Error), Is.EqualTo((1, $"error: {injected}: the model already has LoRA adapters; --adapter merges a PEFT adapter into a plain model\n")));
+    }
+
     [TestCase("model.dynamo.onnx", "performant")]
     [TestCase("model.dynamo.onnx", "canonical")]
     [TestCase("model.torchscript.onnx", "performant")]
