@@ -194,4 +194,19 @@ public class DataChatTemplateTests
         Assert.That(trl.Out, Is.EqualTo(ours.Out));
         Assert.That(trl.Out, Does.EndWith("── row 0: 2 tokens, 2 learned\n⟦No⟧\n"), "the output column, cut before EOS");
     }
+
+    /// <summary>A template that refuses a conversation (Gemma's raise_exception on a system message) stops the run with
+    /// one message naming the data file, the row, the template's file and its words.</summary>
+    [Test]
+    public void ATemplateThatRefusesARowNamesTheRow()
+    {
+        var template = Path.Combine(Shared.TempDir(), "gemma.jinja");
+        File.WriteAllText(template, Fixture.Value["templates"]!["gemma-it"]!["template"]!.GetValue<string>());
+        var data = Shared.WriteParquet([
+            new ToolChatRow { messages = [new() { role = "user", content = "Hi" }, new() { role = "assistant", content = "Hello" }] },
+            new ToolChatRow { messages = [new() { role = "system", content = "Be brief." }, new() { role = "user", content = "Hi" }, new() { role = "assistant", content = "Hey" }] },
+        ], "with_system.parquet");
+        var run = LoraTestKit.Ortlora("show-data", data, "--tokenizer", Path.Combine(Shared.RepoRoot, "graphs", "tiny"), "--chat-template", template);
+        Assert.That((run.ExitCode, run.Error), Is.EqualTo((1, $"error: {data}: row 1: {template}: the chat template raised: System role not supported\n")));
+    }
 }

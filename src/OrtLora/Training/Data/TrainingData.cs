@@ -114,7 +114,7 @@ public sealed class TrainingData : IDisposable
     /// Trainer's eval dataloader, drop_last leaves out a last batch with fewer rows.</summary>
     public IEnumerable<Batch> EvalBatches()
     {
-        _evalExamples ??= [.. Tokenize(EvalRows().Select(r => (r.Index, r.Record, r.Index + 1)))];
+        _evalExamples ??= [.. Tokenize(EvalFile ?? Train, EvalRows().Select(r => (r.Index, r.Record, r.Index + 1)))];
         return DropPartial(Batching.Batches(Batching.Single(_evalExamples), Options.EvalBatchSize, Tokenizer.PadId, 0, FixedLength), Options.EvalBatchSize);
     }
 
@@ -136,22 +136,30 @@ public sealed class TrainingData : IDisposable
     /// <summary>The usable rows in file order, each tokenized and labelled as training would (null: truncation left
     /// nothing to learn), without the epoch's shuffle: what `ortlora show-data` prints.</summary>
     public IEnumerable<(long Row, TokenizedExample? Example)> FileExamples() =>
-        Train.ReadAll().Select(r => (r.Index, _encoder.Encode(_renderer.Render(r.Index, r.Record))));
+        Train.ReadAll().Select(r => (r.Index, _encoder.Encode(Render(Train, r.Index, r.Record))));
 
     /// <summary>The training rows of an epoch from a position: eval rows and skipped rows left out.</summary>
     IEnumerable<(TokenizedExample, long)> TrainExamples(DataPosition from) =>
-        Tokenize(_order.Rows(from.Epoch, from.Index)
+        Tokenize(Train, _order.Rows(from.Epoch, from.Index)
             .Where(r => r.Record is not null && !EpochOrder.IsEval(r.RowIndex, Options.EvalSplit, Options.Seed))
             .Select(r => (r.RowIndex, r.Record!, r.OrderIndex + 1)));
 
-    IEnumerable<(TokenizedExample, long)> Tokenize(IEnumerable<(long RowIndex, DataRecord Record, long NextIndex)> rows)
+    IEnumerable<(TokenizedExample, long)> Tokenize(ParquetDataset file, IEnumerable<(long RowIndex, DataRecord Record, long NextIndex)> rows)
     {
         foreach (var (rowIndex, record, next) in rows)
         {
-            var example = _encoder.Encode(_renderer.Render(rowIndex, record));
+            var example = _encoder.Encode(Render(file, rowIndex, record));
             if (example is null) { _truncatedAway.Add(rowIndex); continue; }
             yield return (example, next);
         }
+    }
+
+    /// <summary>A row rendered; what the template refuses (a role it has no place for, its raise_exception) names the
+    /// data file and the row.</summary>
+    Example Render(ParquetDataset file, long rowIndex, DataRecord record)
+    {
+        try { return _renderer.Render(rowIndex, record); }
+        catch (OrtLoraException e) { throw new OrtLoraException($"{file.Path}: row {rowIndex}: {e.Message}", e); }
     }
 
     /// <summary>One line for the log: file, format, counts, eval source.</summary>
