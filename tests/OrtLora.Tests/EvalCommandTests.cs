@@ -42,6 +42,9 @@ public class EvalCommandTests
         Assert.That(logged, Has.Length.EqualTo(2));
         Assert.That(accuracy, Is.EqualTo(logged[1]).Within(1e-4));
         Assert.That(logged[1], Is.GreaterThan(logged[0]), "training raised it");
+        var training = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
+            .Where(m => m["loss"] is not null && m["step"] is not null).Select(m => m["mean_token_accuracy"]!.GetValue<double>()).ToArray();
+        Assert.That(training, Is.Not.Empty.And.All.InRange(0.0, 1.0), "the training steps' accuracy, logged with their loss");
         Assert.That(trained, Is.LessThan(evals[0] - 1));
         Assert.That(EvalLoss(merged, "--data", Tiny("demo_eval.parquet"), "--per-device-eval-batch-size", "3"), Is.EqualTo(trained).Within(1e-5));
         // The base model with the trained adapter directory, injected in memory.

@@ -19,8 +19,8 @@ public static class ChunkedLoss
     /// <param name="Loss">the scalar loss (the sum of the chunks' parts)</param>
     /// <param name="Hidden">h, the input of the lm_head MatMul, [B, S, H]</param>
     /// <param name="HiddenGradient">d loss / d h (times the loss scale when given), [B, S, H]</param>
-    /// <param name="Correct">evaluation: the counted tokens whose target is the arg-max (<see cref="CausalLmLoss.AppendCorrect"/>), summed over the chunks</param>
-    public sealed record Result(string Loss, string Hidden, string HiddenGradient, string Correct = "");
+    /// <param name="Correct">the counted tokens whose target is the arg-max (<see cref="CausalLmLoss.AppendCorrect"/>), summed over the chunks</param>
+    public sealed record Result(string Loss, string Hidden, string HiddenGradient, string Correct);
 
     /// <summary>The head between h and the logits, or null when the logits are not a position-wise function of one
     /// [B, S, H] value through a MatMul.</summary>
@@ -73,8 +73,9 @@ public static class ChunkedLoss
             var end = Op("Mul", [length, Ints(c + 1)]);
             string Chunk(string value) => Op("Slice", [value, start, end, Ints(1)]);
             var h = Chunk(hidden);
+            // The previous chunk's accuracy count too: otherwise ORT may leave every chunk's ArgMax, and so its logits, to the end.
             if (c > 0)
-                h = Op("Add", [h, withGradient ? Ordering.ZeroAfter(g, gradients[^1], type, type) : Ordering.ZeroAfter(g, parts[^1], logitsElemType, type)]);
+                h = Op("Add", [h, Ordering.ZeroAfter(g, [withGradient ? (gradients[^1], type) : (parts[^1], logitsElemType), (correct[^1], logitsElemType)], type)]);
             types.Set(h, types[hidden]);
             var z = h;
             var renames = new Dictionary<string, string> { [hidden] = h };
@@ -85,13 +86,15 @@ public static class ChunkedLoss
             }
             var loss = CausalLmLoss.Append(g, z, new CausalLmLoss.Targets(Chunk(targets.TargetIndex), Chunk(targets.Weights), targets.Count, targets.ElemType), smoothing);
             parts.Add(loss.Loss);
-            if (!withGradient) { correct.Add(loss.AppendCorrect(g)); continue; }
+            // Read next to the loss, so that the chunk's logits die with it.
+            correct.Add(loss.AppendCorrect(g));
+            if (!withGradient) continue;
             var seed = loss.AppendLogitsGradient(g);
             if (lossScale is not null) seed = g.Add("Mul", [seed, lossScale], name: "loss_chunks/scale");
             gradients.Add(GradientBuilder.Build(g, new Dictionary<string, string> { [z] = seed }, [h], types, opset)[h]);
         }
         var total = parts.Count == 1 ? parts[0] : Op("Sum", parts.ToArray());
-        return withGradient ? new Result(total, hidden, Op("Concat", gradients.ToArray(), ("axis", 1L)))
-            : new Result(total, hidden, "", Op("Sum", correct.ToArray()));
+        var right = Op("Sum", correct.ToArray());
+        return new Result(total, hidden, withGradient ? Op("Concat", gradients.ToArray(), ("axis", 1L)) : "", right);
     }
 }

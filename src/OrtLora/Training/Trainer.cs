@@ -153,9 +153,9 @@ public static class Trainer
 
         var position = state.Position;
         using var batches = new BatchStream(data, position);
-        double lossSinceLog = 0, lastLoss = double.NaN;
+        double lossSinceLog = 0, lastLoss = double.NaN, correctSinceLog = 0;
         int stepsSinceLog = 0;
-        long tokensSinceLog = 0;
+        long tokensSinceLog = 0, scoredSinceLog = 0;
         var clock = Stopwatch.StartNew();
         var runClock = Stopwatch.StartNew();
         double lossThisRun = 0;
@@ -166,7 +166,7 @@ public static class Trainer
         {
             var window = batches.Take(args.GradientAccumulationSteps);
             double lr = LearningRateAt(state.GlobalStep);
-            double loss = Update(session, window, (float)lr, (float)args.MaxGradNorm);
+            var (loss, correct) = Update(session, window, (float)lr, (float)args.MaxGradNorm);
             position = window[^1].Next;
             long tokens = window.Sum(b => b.AttentionMask.Sum());
             state = state with
@@ -178,6 +178,7 @@ public static class Trainer
                 throw new OrtLoraException($"loss is {loss} at step {state.GlobalStep}: training stopped. " +
                     (Checkpoint.Latest(args.OutputDir) is { } good ? $"The last good checkpoint is {good}." : "No checkpoint was saved."));
             lastLoss = loss; lossSinceLog += loss; stepsSinceLog++; tokensSinceLog += tokens;
+            correctSinceLog += correct; scoredSinceLog += window.Sum(b => (long)b.LossTokens);
             lossThisRun += loss; stepsThisRun++; samplesThisRun += window.Sum(b => (long)b.Rows.Length);
 
             double tokensPerSecond = tokensSinceLog / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
@@ -197,8 +198,9 @@ public static class Trainer
                     ["loss"] = lossSinceLog / stepsSinceLog,
                     ["learning_rate"] = LearningRateAt(state.GlobalStep),
                     ["grad_norm"] = session.LastGradNorm, ["tokens_per_second"] = tokensPerSecond,
+                    ["mean_token_accuracy"] = correctSinceLog / Math.Max(1, scoredSinceLog),
                 });
-                lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; clock.Restart();
+                lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; correctSinceLog = 0; scoredSinceLog = 0; clock.Restart();
             }
             if (data.HasEval && state.GlobalStep < totalSteps && args.EvalStrategy switch
                 {
@@ -264,15 +266,19 @@ public static class Trainer
 
     /// <summary>One optimizer step over a window of micro-batches. The loss is normalized by the window's counted
     /// tokens, as the Hugging Face Trainer does (num_items_in_batch), so accumulation equals one large batch.</summary>
-    static double Update(TrainingSession session, IReadOnlyList<DataBatch> window, float lr, float maxGradNorm)
+    /// <returns>the loss, and the counted tokens the model predicted right</returns>
+    static (double Loss, double CorrectTokens) Update(TrainingSession session, IReadOnlyList<DataBatch> window, float lr, float maxGradNorm)
     {
-        if (window.Count == 1) return session.Step(ToEngine(window[0]), lr, maxGradNorm);
+        if (window.Count == 1) return (session.Step(ToEngine(window[0]), lr, maxGradNorm), session.LastCorrectTokens);
         long tokens = Math.Max(1, window.Sum(b => (long)b.LossTokens));
-        double weighted = 0;
+        double weighted = 0, correct = 0;
         foreach (var b in window)
+        {
             weighted += session.Accumulate(ToEngine(b), (float)b.LossTokens / tokens) * b.LossTokens;
+            correct += session.LastCorrectTokens;
+        }
         session.ApplyAccumulated(lr, maxGradNorm);
-        return weighted / tokens;
+        return (weighted / tokens, correct);
     }
 
     /// <summary>Mean loss over all counted eval tokens.</summary>

@@ -38,8 +38,9 @@ public sealed partial class TrainingGraph
     /// <summary>Where the backward starts: d loss / d logits in closed form (an upcast's Cast takes it back to the
     /// model's dtype), or with a chunked loss d loss / d h at the lm_head's input, the loss output then reading the
     /// chunks' sum. Float16 loss scaling (torch.amp's GradScaler) multiplies the gradient by a loss_scale input so that
-    /// small gradients survive float16's range; each float32 parameter gradient is divided back.</summary>
-    static Dictionary<string, string> LossGradient(ModelProto proto, GraphEditor g, CausalLmLoss loss, int logitsType,
+    /// small gradients survive float16's range; each float32 parameter gradient is divided back. Also the count of
+    /// tokens predicted right (TRL's training mean_token_accuracy), from the same logits.</summary>
+    static (Dictionary<string, string> Seeds, string Correct) LossGradient(ModelProto proto, GraphEditor g, CausalLmLoss loss, int logitsType,
         ValueTable types, int opset, bool scalesLoss, int chunks)
     {
         if (scalesLoss) proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
@@ -47,11 +48,12 @@ public sealed partial class TrainingGraph
                 smoothing: loss.Smoothing) is { } chunked)
         {
             ReadLoss(proto, g, chunked.Loss);
-            return new() { [chunked.Hidden] = chunked.HiddenGradient };
+            return (new() { [chunked.Hidden] = chunked.HiddenGradient }, chunked.Correct);
         }
+        var correct = loss.AppendCorrect(g);
         var logitsGradient = loss.AppendLogitsGradient(g);
         if (scalesLoss) logitsGradient = g.Add("Mul", [logitsGradient, LossScale], name: "loss/scale");
-        return new() { [loss.Logits] = logitsGradient };
+        return (new() { [loss.Logits] = logitsGradient }, correct);
     }
 
     /// <summary>Whether the head (the first MatMul/Gemm on the way back from the logits) reads a weight computed from a

@@ -157,7 +157,9 @@ public sealed partial class TrainingGraph : IDisposable
             int chunks = lossChunks ?? (types[loss.Logits].ShapeA[^1] >= 8192 ? 8 : 1);
             // A trained lm_head (modules_to_save) needs the whole logits' gradient: the chunks give d loss / d h only.
             if (HeadIsTrained(g, loss.Logits, parameters)) chunks = 1;
-            var seeds = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks);
+            var (seeds, correct) = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks);
+            g.Add("Identity", [correct], name: "accuracy/output", outputs: [CorrectTokens]);
+            proto.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
             EvalOutputs(eval, loss, logitsType, types, opset, chunks);
             // DoRA's weight norms are constants to the gradient, as PEFT detaches them.
             var detached = lora?.Adapters.Select(a => a.WeightNorm).OfType<string>().ToHashSet() ?? [];
@@ -227,6 +229,7 @@ public sealed partial class TrainingGraph : IDisposable
         proto.Graph.Input.Add(Input(GradScale, (int)DT.Float, []));
         proto.Graph.Output.Clear();
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
+        proto.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
         var inGraph = Parameters.Where(p => hostUpdated?.Contains(p) != true).ToList();
         foreach (var p in inGraph)
         {
@@ -279,7 +282,7 @@ public sealed partial class TrainingGraph : IDisposable
             slots.Add(new AdamWSlot(p, gradOf(p), ExpAvgOf(p), ExpAvgSqOf(p)));
         }
         var result = AdamWGraph.Append(g, slots, ParameterShapes, LearningRate, Step, MaxGradNorm, options, gradDivisor, onHost.Select(hostGradOf).ToList());
-        var outputs = proto.Graph.Output.Where(o => o.Name == Loss).ToList();
+        var outputs = proto.Graph.Output.Where(o => o.Name is Loss or CorrectTokens).ToList();
         proto.Graph.Output.Clear();
         proto.Graph.Output.AddRange(outputs);
         // a value only the graph output reads is renamed in place; others go through an Identity

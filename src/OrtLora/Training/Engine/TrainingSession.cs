@@ -104,6 +104,9 @@ public sealed class TrainingSession : IDisposable
     public LossScaler? Scaler => _scaler;
     /// <summary>The global gradient norm before clipping, of the last update.</summary>
     public float LastGradNorm { get; private set; }
+    /// <summary>How many counted tokens of the last <see cref="Step"/> or <see cref="Accumulate"/> batch the model predicted
+    /// (arg-max) right, before the update: TRL's training mean_token_accuracy over the counted tokens.</summary>
+    public float LastCorrectTokens { get; private set; }
 
     /// <summary>Forward, backward and AdamW on one batch in a single Run; returns the loss (before the update).</summary>
     public float Step(Batch batch, float learningRate, float maxGradNorm = 0)
@@ -117,8 +120,10 @@ public sealed class TrainingSession : IDisposable
         BindLossScale(run);
         BindModel(run, session);
         run.HostOutput(TrainingGraph.Loss, _loss.Value);
+        run.HostOutput(TrainingGraph.CorrectTokens, _correct.Value);
         Run(run, graphId: StateParity);
         FinishUpdate(p => _hostGradients[p].HostArray);
+        LastCorrectTokens = _correct.Get();
         return _loss.Get();
     }
 
@@ -138,7 +143,9 @@ public sealed class TrainingSession : IDisposable
         BindAccumulators(run, output: true);
         foreach (var (p, gradient) in _hostGradients) run.Output(TrainingGraph.GradOf(p), gradient.Current);
         run.HostOutput(TrainingGraph.Loss, _loss.Value);
+        run.HostOutput(TrainingGraph.CorrectTokens, _correct.Value);
         Run(run, graphId: 2 * StateParity + AccumulatorParity);
+        LastCorrectTokens = _correct.Get();
         foreach (var a in _accumulators.Values) a.Swap();
         foreach (var (p, gradient) in _hostGradients) HostAdamW.Accumulate(_accumulators[p].HostArray, gradient.HostArray, gradScale);
         return _loss.Get();
