@@ -209,4 +209,22 @@ public class DataChatTemplateTests
         var run = LoraTestKit.Ortlora("show-data", data, "--tokenizer", Path.Combine(Shared.RepoRoot, "graphs", "tiny"), "--chat-template", template);
         Assert.That((run.ExitCode, run.Error), Is.EqualTo((1, $"error: {data}: row 1: {template}: the chat template raised: System role not supported\n")));
     }
+
+    /// <summary>A template with {% generation %} blocks (SmolLM3's) says itself what the assistant's text is, as
+    /// transformers' return_assistant_tokens_mask reads it: the learned text is each block's, where jinja2 puts it
+    /// (the fixture's spans, from a render with sentinels around the blocks), header included.</summary>
+    [TestCase("system_user_assistant/nogen")]
+    [TestCase("multi_turn/nogen")]
+    [TestCase("unicode_and_quotes/nogen")]
+    public void GenerationBlocksAreTheLearnedText(string conversation)
+    {
+        var fixture = Case($"smollm3/{conversation}");
+        var expected = fixture["expected"]!.GetValue<string>();
+        var blocks = fixture["generation"]!.AsArray().Select(p => expected[p![0]!.GetValue<int>()..p[1]!.GetValue<int>()]).ToList();
+        Assert.That(blocks, Has.Count.GreaterThan(0).And.All.StartWith("<|im_start|>assistant\n"));
+        var (chat, messages, bos, eos) = Load("smollm3", conversation);
+        var segments = chat.Render(new ChatRecord(messages), addBos: false);
+        Assert.That(Spell(segments, bos, eos), Is.EqualTo(expected));
+        Assert.That(TrainedRuns(segments, bos, eos), Is.EqualTo(blocks));
+    }
 }

@@ -8,7 +8,7 @@ namespace OrtLora.Tests;
 /// (tools/chat-templates/render.py). Every case must render byte for byte the same, or fail with jinja2's message.</summary>
 public class JinjaTemplateTests
 {
-    sealed record FixtureCase(string Name, string TemplateKey, Dictionary<string, object?> Variables, string? Expected, string? Error);
+    sealed record FixtureCase(string Name, string TemplateKey, Dictionary<string, object?> Variables, string? Expected, string? Error, IReadOnlyList<(int Start, int End)>? Generation);
 
     sealed record Fixture(DateTime Now, Dictionary<string, string> Templates, Dictionary<string, FixtureCase> Cases);
 
@@ -27,7 +27,8 @@ public class JinjaTemplateTests
             c.GetProperty("template").GetString()!,
             (Dictionary<string, object?>)ToValue(c.GetProperty("variables"))!,
             c.TryGetProperty("expected", out var expected) ? expected.GetString() : null,
-            c.TryGetProperty("error", out var error) ? error.GetString() : null));
+            c.TryGetProperty("error", out var error) ? error.GetString() : null,
+            c.TryGetProperty("generation", out var spans) ? spans.EnumerateArray().Select(p => (p[0].GetInt32(), p[1].GetInt32())).ToList() : null));
         return new Fixture(DateTime.Parse(root.GetProperty("now").GetString()!, System.Globalization.CultureInfo.InvariantCulture),
                            templates, cases.ToDictionary(c => c.Name));
     }
@@ -65,7 +66,11 @@ public class JinjaTemplateTests
             Assert.That(e.Message, Does.Contain(c.Error).And.StartWith(c.TemplateKey + ": "));
             return;
         }
-        Assert.That(template.Render(c.Variables, () => fixture.Now), Is.EqualTo(c.Expected));
+        var (text, generated) = template.RenderTracked(c.Variables, () => fixture.Now);
+        Assert.That(text, Is.EqualTo(c.Expected));
+        // Where each {% generation %} block's text lands: the assistant mask (jinja2's, from a render with sentinels).
+        Assert.That(template.HasGenerationBlocks, Is.EqualTo(c.Generation is not null));
+        if (c.Generation is not null) Assert.That(generated, Is.EqualTo(c.Generation));
     }
 
     [Test]

@@ -9,6 +9,7 @@ See README.md next to this script for where each template came from.
 """
 import datetime
 import json
+import re
 import os
 import sys
 
@@ -38,7 +39,12 @@ class AssistantTracker(Extension):
 
     @jinja2.pass_eval_context
     def _generation_support(self, context, caller):
-        return caller()
+        # With MARK_GENERATION, the body between two sentinels: where it lands in the text is the assistant mask that
+        # transformers' return_assistant_tokens_mask reads (the spans are taken out of a second render).
+        return GENERATION_OPEN + caller() + GENERATION_CLOSE if context.environment.mark_generation else caller()
+
+
+GENERATION_OPEN, GENERATION_CLOSE = "\x02", "\x03"
 
 
 def raise_exception(message):
@@ -54,9 +60,10 @@ def strftime_now(format):
     return FIXED_NOW.strftime(format)
 
 
-def make_environment():
+def make_environment(mark_generation=False):
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[AssistantTracker, jinja2.ext.loopcontrols])
+    env.mark_generation = mark_generation
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
@@ -64,6 +71,25 @@ def make_environment():
 
 
 ENV = make_environment()
+MARKING_ENV = make_environment(mark_generation=True)
+GENERATION_TAG = re.compile(r"{%[-+]?\s*generation\s*[-+]?%}")
+
+
+def generation_spans(text, variables):
+    """[start, end) of each {% generation %} block's text in the render, from a render with sentinels around them, in
+    UTF-16 code units (the C# string's indices; an emoji is two)."""
+    marked = MARKING_ENV.from_string(text).render(**variables)
+    spans, offset, start = [], 0, None
+    for i, ch in enumerate(marked):
+        if ch == GENERATION_OPEN:
+            start = i - offset
+            offset += 1
+        elif ch == GENERATION_CLOSE:
+            spans.append([start, i - offset])
+            offset += 1
+    plain = marked.replace(GENERATION_OPEN, "").replace(GENERATION_CLOSE, "")
+    utf16 = lambda n: len(plain[:n].encode("utf-16-le")) // 2
+    return [[utf16(a), utf16(b)] for a, b in spans]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -458,6 +484,8 @@ def render_case(name, template_key, text, variables):
     case = {"name": name, "template": template_key, "variables": variables}
     try:
         case["expected"] = ENV.from_string(text).render(**variables)
+        if GENERATION_TAG.search(text):
+            case["generation"] = generation_spans(text, variables)
     except Exception as error:  # the C# interpreter must fail too, with this message in its own
         case["error"] = str(error)
     return case

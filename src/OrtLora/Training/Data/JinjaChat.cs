@@ -17,7 +17,10 @@ sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, 
 
     /// <summary>apply_chat_template's text for <paramref name="messages"/>, offering <paramref name="tools"/> (a JSON
     /// array of function schemas, or null).</summary>
-    public string Text(IEnumerable<ChatMessage> messages, bool addGenerationPrompt, string? tools = null)
+    public string Text(IEnumerable<ChatMessage> messages, bool addGenerationPrompt, string? tools = null) =>
+        template.Render(Variables(messages, addGenerationPrompt, tools), clock);
+
+    Dictionary<string, object?> Variables(IEnumerable<ChatMessage> messages, bool addGenerationPrompt, string? tools)
     {
         var variables = new Dictionary<string, object?>
         {
@@ -30,7 +33,7 @@ sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, 
         // transformers passes the special tokens the tokenizer has; one it lacks is undefined in the template.
         if (bosToken is not null) variables["bos_token"] = bosToken;
         if (eosToken is not null) variables["eos_token"] = eosToken;
-        return template.Render(variables, clock);
+        return variables;
     }
 
     /// <summary>A message in Hugging Face's format: role and content, and tool_calls, name, tool_call_id where present.</summary>
@@ -94,6 +97,7 @@ sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, 
 
     public IEnumerable<Segment> Render(ChatRecord chat, bool addBos, bool addGenerationPrompt)
     {
+        if (_marksAssistantText && ByGenerationBlocks(chat, addGenerationPrompt) is var (text, spans)) return Segments(text, spans);
         var full = Text(chat.Messages, addGenerationPrompt, chat.Tools);
         var trained = new List<(int Start, int End)>();
         for (int i = 0, cursor = 0; i < chat.Messages.Count; i++)
@@ -106,6 +110,19 @@ sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, 
             cursor = span.End;
         }
         return Segments(full, trained);
+    }
+
+    readonly bool _marksAssistantText = template.HasGenerationBlocks;
+
+    /// <summary>A template with <c>{% generation %}</c> blocks says itself which text is the assistant's, as transformers'
+    /// return_assistant_tokens_mask reads it: the k-th block is the k-th assistant message (null when the counts differ,
+    /// and the turns are found as for any template).</summary>
+    (string Text, List<(int Start, int End)> Trained)? ByGenerationBlocks(ChatRecord chat, bool addGenerationPrompt)
+    {
+        var (text, blocks) = template.RenderTracked(Variables(chat.Messages, addGenerationPrompt, chat.Tools), clock);
+        var assistants = Enumerable.Range(0, chat.Messages.Count).Where(i => chat.Messages[i].Role == "assistant").ToList();
+        if (blocks.Count != assistants.Count) return null;
+        return (text, [.. assistants.Zip(blocks).Where(x => chat.Trains(x.First) && x.Second.End > x.Second.Start).Select(x => x.Second)]);
     }
 
     (int Start, int End)? ByPrefix(ChatRecord chat, int turn, string full, int cursor)

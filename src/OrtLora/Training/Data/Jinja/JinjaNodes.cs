@@ -23,8 +23,8 @@ sealed record MacroNode(string Name, IReadOnlyList<string> Parameters, IReadOnly
 sealed record LoopControlNode(bool IsBreak, int Line) : Node(Line);
 
 /// <summary>A body rendered in a child scope: <c>{% generation %}</c> (transformers' AssistantTracker renders it as a
-/// call block) and <c>{% with %}</c>, whose assignments come first.</summary>
-sealed record ScopeNode(IReadOnlyList<(Target Target, Expr Value)> Assignments, IReadOnlyList<Node> Body, int Line) : Node(Line);
+/// call block and records where its text lands: the assistant mask) and <c>{% with %}</c>, whose assignments come first.</summary>
+sealed record ScopeNode(IReadOnlyList<(Target Target, Expr Value)> Assignments, IReadOnlyList<Node> Body, int Line, bool Generation = false) : Node(Line);
 
 /// <summary><c>{% filter name %}body{% endfilter %}</c>: the rendered body through the filters.</summary>
 sealed record FilterBlockNode(IReadOnlyList<FilterExpr> Filters, IReadOnlyList<Node> Body, int Line) : Node(Line);

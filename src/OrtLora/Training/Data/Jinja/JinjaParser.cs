@@ -136,7 +136,7 @@ sealed partial class JinjaParser
             case "filter": return ParseFilterBlock();
             case "generation":
                 Next();
-                return new ScopeNode([], ParseBody(["endgeneration"], "generation", token.Line, true), token.Line);
+                return new ScopeNode([], ParseBody(["endgeneration"], "generation", token.Line, true), token.Line, Generation: true);
             case "print":
                 Next();
                 return new OutputNode(ParseTuple(), token.Line);

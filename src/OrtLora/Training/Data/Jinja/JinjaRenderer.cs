@@ -72,21 +72,28 @@ sealed class JinjaRenderer
         }
     }
 
-    public static string Render(IReadOnlyList<Node> body, IReadOnlyDictionary<string, object?> variables, Func<DateTime> clock)
+    public static string Render(IReadOnlyList<Node> body, IReadOnlyDictionary<string, object?> variables, Func<DateTime> clock) =>
+        RenderTracked(body, variables, clock).Text;
+
+    /// <summary>The text, and where the text of each <c>{% generation %}</c> block lies in it, in order.</summary>
+    public static (string Text, IReadOnlyList<(int Start, int End)> Generated) RenderTracked(IReadOnlyList<Node> body,
+        IReadOnlyDictionary<string, object?> variables, Func<DateTime> clock)
     {
         var renderer = new JinjaRenderer(variables, clock);
-        var output = new StringBuilder();
         try
         {
-            renderer.Execute(body, renderer._root, output);
+            renderer.Execute(body, renderer._root, renderer._output);
         }
         catch (JinjaException e) when (e.Line == 0)
         {
             e.Line = renderer._line;
             throw;
         }
-        return output.ToString();
+        return (renderer._output.ToString(), renderer._generated);
     }
+
+    readonly StringBuilder _output = new();
+    readonly List<(int Start, int End)> _generated = [];
 
     Flow Execute(IReadOnlyList<Node> nodes, Scope scope, StringBuilder output)
     {
@@ -123,7 +130,10 @@ sealed class JinjaRenderer
                 case ScopeNode block:
                     var inner = new Scope(scope);
                     foreach (var (target, value) in block.Assignments) Assign(target, Evaluate(value, scope), inner);
+                    int start = output.Length;
                     flow = Execute(block.Body, inner, output);
+                    // Only text written to the template's own output has a place in it (not a macro's or a set block's).
+                    if (block.Generation && ReferenceEquals(output, _output)) _generated.Add((start, output.Length));
                     break;
                 case LoopControlNode control:
                     return control.IsBreak ? Flow.Break : Flow.Continue;

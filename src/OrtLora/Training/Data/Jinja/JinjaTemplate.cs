@@ -36,11 +36,31 @@ public sealed class JinjaTemplate
 
     /// <summary>As <see cref="Render(IReadOnlyDictionary{string, object?})"/>, with the clock <c>strftime_now</c>
     /// reads (the local time when null), so a render that shows today's date can be reproduced.</summary>
-    public string Render(IReadOnlyDictionary<string, object?> variables, Func<DateTime>? clock)
+    public string Render(IReadOnlyDictionary<string, object?> variables, Func<DateTime>? clock) => RenderTracked(variables, clock).Text;
+
+    /// <summary>Whether the template marks assistant text with <c>{% generation %}</c> blocks (transformers'
+    /// return_assistant_tokens_mask reads them).</summary>
+    public bool HasGenerationBlocks => Contains(_body, n => n is ScopeNode { Generation: true });
+
+    static bool Contains(IReadOnlyList<Node> nodes, Func<Node, bool> test) => nodes.Any(n => test(n) || Children(n).Any(body => Contains(body, test)));
+
+    static IEnumerable<IReadOnlyList<Node>> Children(Node node) => node switch
+    {
+        IfNode n => [.. n.Branches.Select(b => b.Body), n.Else],
+        ForNode n => [n.Body, n.Else],
+        SetBlockNode n => [n.Body],
+        MacroNode n => [n.Body],
+        ScopeNode n => [n.Body],
+        FilterBlockNode n => [n.Body],
+        _ => [],
+    };
+
+    /// <summary>The text, and the character span of each <c>{% generation %}</c> block's output in it, in order.</summary>
+    public (string Text, IReadOnlyList<(int Start, int End)> Generated) RenderTracked(IReadOnlyDictionary<string, object?> variables, Func<DateTime>? clock)
     {
         try
         {
-            return JinjaRenderer.Render(_body, variables, clock ?? (() => DateTime.Now));
+            return JinjaRenderer.RenderTracked(_body, variables, clock ?? (() => DateTime.Now));
         }
         catch (JinjaRaisedException e)
         {
