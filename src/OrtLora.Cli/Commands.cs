@@ -13,6 +13,7 @@ public static class Commands
         QuantizeCommand.Create(),
         ExportAdapterCommand.Create(),
         GenerateCommand.Create(),
+        ChatCommand.Create(),
         AdaptersCommand.Create(),
         VerifyCommand.Create(),
         EvalCommand.Create(),

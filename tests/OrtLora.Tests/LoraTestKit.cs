@@ -32,6 +32,15 @@ public static class LoraTestKit
         finally { Console.SetOut(oldOut); Console.SetError(oldErr); }
     }
 
+    /// <summary>As <see cref="Ortlora"/>, with <paramref name="input"/> as standard input.</summary>
+    public static CliResult OrtloraWithInput(string input, params string[] args)
+    {
+        var oldIn = Console.In;
+        Console.SetIn(new StringReader(input));
+        try { return Ortlora(args); }
+        finally { Console.SetIn(oldIn); }
+    }
+
     public static CliResult OrtloraOk(params string[] args)
     {
         var result = Ortlora(args);

@@ -24,14 +24,16 @@ public static class PromptFormat
                 segments.Add(new Segment(AlpacaTemplate.Prompt(new InstructionRecord(prompt, "", "")), false));
                 break;
             case "chat":
-                ChatMessage[] messages = system is null ? [new("user", prompt)] : [new("system", system), new("user", prompt)];
-                segments.AddRange(chat.Render(new ChatRecord(messages), tokenizer.AddsBos, addGenerationPrompt: true));
-                break;
+                return EncodeConversation(system is null ? [new("user", prompt)] : [new("system", system), new("user", prompt)], tokenizer, chat);
             default:
                 throw new OrtLoraException($"--prompt-format {format}: expected {string.Join(", ", Names)}");
         }
         return new ExampleEncoder(tokenizer, int.MaxValue).Ids(new Example(0, segments));
     }
+
+    /// <summary>A conversation so far, the assistant's turn opened after it: what `ortlora chat` asks with at each turn.</summary>
+    public static int[] EncodeConversation(IReadOnlyList<ChatMessage> messages, TextTokenizer tokenizer, ChatTemplate chat) =>
+        new ExampleEncoder(tokenizer, int.MaxValue).Ids(new Example(0, chat.Render(new ChatRecord(messages), tokenizer.AddsBos, addGenerationPrompt: true)));
 
     /// <summary>Tokens that end the answer besides the stop tokens of the model: the template's end of turn in chat format
     /// (ChatML's &lt;|im_end|&gt;, Llama 3's &lt;|eot_id|&gt;, ...).</summary>

@@ -72,6 +72,7 @@ sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, 
         JsonValue v when v.GetValueKind() is JsonValueKind.True or JsonValueKind.False => v.GetValue<bool>(),
         JsonValue v when v.TryGetValue<long>(out var n) => n, // "1.0" and "1e3" are not integers, as in json.loads
         JsonValue v => v.GetValue<double>(),
+        _ => throw new OrtLoraException($"unexpected JSON {node.ToJsonString()}"), // JsonNode has no other kind
     };
 
     /// <summary>What the template writes after an assistant's content to end the turn (e.g. &lt;|eot_id|&gt;,
