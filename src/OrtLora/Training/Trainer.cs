@@ -281,9 +281,6 @@ public static class Trainer
         return (weighted / tokens, correct);
     }
 
-    /// <summary>Mean loss over all counted eval tokens.</summary>
-    public static double Evaluate(TrainingSession session, TrainingData data) => Score(session, data).Loss;
-
     /// <summary>One pass over the eval data: the loss and the mean token accuracy over the counted tokens, those tokens,
     /// the batches run and their rows.</summary>
     public sealed record EvalScore(double Loss, double MeanTokenAccuracy, long Tokens, int Batches, long Samples);

@@ -11,7 +11,6 @@ public sealed class ParquetDataset : IDisposable
 {
     const string MessagesColumn = "messages";
     const string ToolsColumn = "tools";
-    static readonly string[] InstructionColumns = ["instruction", "input", "output"];
 
     /// <summary>One file of the dataset, and the dataset-wide index of its first row group.</summary>
     sealed record Shard(string Path, FileStream Stream, ParquetReader Reader, int FirstGroup);
