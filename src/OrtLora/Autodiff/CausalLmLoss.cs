@@ -28,7 +28,7 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
     /// <summary>With smoothing: V as a scalar of the loss's type.</summary>
     string? Vocabulary { get; init; }
     /// <summary>The float type the loss is computed in.</summary>
-    int ElemType { get; init; }
+    public int ElemType { get; private init; }
 
     /// <summary>What the loss needs of the labels, computed once (also for a loss taken chunk by chunk).</summary>
     /// <param name="TargetIndex">the shifted labels with ignored ones set to 0, [B, S, 1]</param>
@@ -109,11 +109,13 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
     /// probability is Exp of the forward's picked log-probability: reading it makes the gradient depend on the loss's
     /// GatherElements, so ORT (which orders nodes depth-first from the outputs) runs that at the start of the backward
     /// and the log-probabilities die there, not after the whole backward with the loss.</summary>
-    public string AppendLogitsGradient(GraphEditor g)
+    /// <param name="tokenScale">each token's d loss / d nll, [B, S], in place of weight / count (the DPO loss's rows
+    /// weigh their tokens by the row's share of the loss)</param>
+    public string AppendLogitsGradient(GraphEditor g, string? tokenScale = null)
     {
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "grad/loss/" + op, attributes: attrs);
 
-        var scale = Op("Unsqueeze", [Op("Div", [Weights, Count]), GraphConstants.Int64s(g, "grad/loss/ints", -1)]);
+        var scale = Op("Unsqueeze", [tokenScale ?? Op("Div", [Weights, Count]), GraphConstants.Int64s(g, "grad/loss/ints", -1)]);
         var probs = Op("Exp", [LogProbs]);
         var targetProb = Op("Exp", [TargetLogProb]);
         if (Smoothing > 0)

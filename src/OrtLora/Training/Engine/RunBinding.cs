@@ -135,6 +135,14 @@ public sealed class RunBinding : IDisposable
         Output(name, buffer);
     }
 
+    /// <summary>An output the host reads after the Run into <paramref name="array"/>, shaped [array.Length].</summary>
+    public void HostOutput(string name, float[] array)
+    {
+        var value = OrtValue.CreateTensorValueFromMemory(array, [array.Length]);
+        _owned.Add(value);
+        HostOutput(name, value);
+    }
+
     /// <summary>Runs captured graph <paramref name="graphId"/> when graphs are captured; -1 for a Run whose buffers are
     /// not fixed.</summary>
     public void Run(RunOptions plain, int graphId)

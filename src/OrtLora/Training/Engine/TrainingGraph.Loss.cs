@@ -39,9 +39,10 @@ public sealed partial class TrainingGraph
     /// model's dtype), or with a chunked loss d loss / d h at the lm_head's input, the loss output then reading the
     /// chunks' sum. Float16 loss scaling (torch.amp's GradScaler) multiplies the gradient by a loss_scale input so that
     /// small gradients survive float16's range; each float32 parameter gradient is divided back. Also the count of
-    /// tokens predicted right (TRL's training mean_token_accuracy), from the same logits.</summary>
+    /// tokens predicted right (TRL's training mean_token_accuracy), from the same logits. With DPO the seed is
+    /// <see cref="PreferenceLoss"/>'s.</summary>
     static (Dictionary<string, string> Seeds, string Correct) LossGradient(ModelProto proto, GraphEditor g, CausalLmLoss loss, int logitsType,
-        ValueTable types, int opset, bool scalesLoss, int chunks)
+        ValueTable types, int opset, bool scalesLoss, int chunks, PreferenceLoss? preference)
     {
         if (scalesLoss) proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
         if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, lossScale: scalesLoss ? LossScale : null,
@@ -51,7 +52,7 @@ public sealed partial class TrainingGraph
             return (new() { [chunked.Hidden] = chunked.HiddenGradient }, chunked.Correct);
         }
         var correct = loss.AppendCorrect(g);
-        var logitsGradient = loss.AppendLogitsGradient(g);
+        var logitsGradient = preference?.AppendLogitsGradient(g) ?? loss.AppendLogitsGradient(g);
         if (scalesLoss) logitsGradient = g.Add("Mul", [logitsGradient, LossScale], name: "loss/scale");
         return (new() { [loss.Logits] = logitsGradient }, correct);
     }

@@ -9,8 +9,10 @@ namespace OrtLora.Training.Engine;
 /// shapes (which values vary with the batch: the activations).</summary>
 public sealed partial class TrainingGraph
 {
+    /// <remarks>DPO's batches are row pairs: its graphs are probed with an even second batch.</remarks>
     static ValueTable Probe(ModelProto proto, Dictionary<string, float[]> parameters, SharedInitializers frozen) =>
-        ValueTable.Probe(proto, ProbeFeeds(proto, parameters, frozen, 2, 5), ProbeFeeds(proto, parameters, frozen, 3, 7), frozen.Values);
+        ValueTable.Probe(proto, ProbeFeeds(proto, parameters, frozen, 2, 5),
+            ProbeFeeds(proto, parameters, frozen, proto.Graph.Input.Any(i => i.Name == PreferenceLoss.ReferenceInput) ? 4 : 3, 7), frozen.Values);
 
     /// <summary>A tiny synthetic batch for the probe run: token 1 everywhere, full attention, positions 0..S-1.</summary>
     static Dictionary<string, HostTensor> ProbeFeeds(ModelProto proto, Dictionary<string, float[]> parameters,
@@ -29,7 +31,7 @@ public sealed partial class TrainingGraph
         var type = input.Type.TensorType;
         var dims = type.Shape?.Dim.Select((d, i) => d.DimValue > 0 ? d.DimValue : i == 0 ? batch : sequence).ToArray() ?? [batch, sequence];
         long n = Tensors.ElementCount(dims);
-        if (input.Name == NeftuneNoise.Input) return HostTensor.Of(new float[n], dims);
+        if (input.Name is NeftuneNoise.Input or PreferenceLoss.ReferenceInput) return HostTensor.Of(new float[n], dims);
         if (type.ElemType != (int)DT.Int64)
             throw new OrtLoraException($"model input '{input.Name}' is {(DT)type.ElemType}; ortlora feeds int64 token inputs only");
         var data = input.Name.Contains("position")

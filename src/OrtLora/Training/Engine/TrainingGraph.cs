@@ -19,7 +19,7 @@ namespace OrtLora.Training.Engine;
 /// memory that every session of the model reads in place.</summary>
 public sealed partial class TrainingGraph : IDisposable
 {
-    public const string Labels = "labels", Loss = "loss", CorrectTokens = "correct_tokens", GradNorm = "grad_norm", LearningRate = "lr", Step = "step",
+    public const string Labels = "labels", Loss = "loss", CorrectTokens = "correct_tokens", SequenceLogProbs = "sequence_logps", GradNorm = "grad_norm", LearningRate = "lr", Step = "step",
         MaxGradNorm = "max_grad_norm", GradScale = "grad_scale", LossScale = "loss_scale", ClipCoefficient = "clip_coefficient";
     public static string GradOf(string p) => "grad." + p;
     public static string ExpAvgOf(string p) => "exp_avg." + p;
@@ -42,6 +42,12 @@ public sealed partial class TrainingGraph : IDisposable
     /// <summary>With NEFTune: the hidden size d of the <see cref="NeftuneNoise.Input"/> [batch, sequence, d] that the
     /// gradient graphs (not eval) take.</summary>
     public long? NeftuneWidth { get; private init; }
+    /// <summary>The loss is DPO's (<see cref="PreferenceLoss"/>): batches are preference pairs, the graphs take the
+    /// reference model's <see cref="PreferenceLoss.ReferenceInput"/> and output each row's <see cref="SequenceLogProbs"/>.</summary>
+    public bool Preference { get; private init; }
+    /// <summary>The graph outputs a session reads back after each Run (the loss, the tokens predicted right, with DPO
+    /// the rows' log-probabilities).</summary>
+    public IReadOnlyList<string> ReportedOutputs => Preference ? [Loss, CorrectTokens, SequenceLogProbs] : [Loss, CorrectTokens];
     /// <summary>The gradient graphs take a <c>loss_scale</c> input (float16 compute).</summary>
     public bool ScalesLoss { get; private init; }
     /// <summary>With loss scaling: each parameter's gradient before the division by the scale. The step and accumulate
@@ -75,9 +81,11 @@ public sealed partial class TrainingGraph : IDisposable
     /// (<see cref="ChunkedLoss"/>); default: 8 when the vocabulary has 8192 or more entries, else 1 (whole)</param>
     /// <param name="neftuneNoise">NEFTune: the training graphs add the <see cref="NeftuneNoise.Input"/> to the token embeddings</param>
     /// <param name="labelSmoothing">the Trainer's label_smoothing_factor, in the training and the eval loss (as the Trainer computes both)</param>
+    /// <param name="preferenceBeta">DPO's beta: the loss is <see cref="PreferenceLoss"/> over row pairs (chosen, rejected)
+    /// instead of the causal-LM loss; null: the causal-LM loss</param>
     public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null,
         double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false, int? lossChunks = null,
-        bool neftuneNoise = false, double labelSmoothing = 0)
+        bool neftuneNoise = false, double labelSmoothing = 0, double? preferenceBeta = null)
     {
         int opset = model.Opset();
         if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; training needs opset 13 or later (re-export the model)");
@@ -95,7 +103,7 @@ public sealed partial class TrainingGraph : IDisposable
         if (parameters.Count == 0)
             throw new OrtLoraException($"{model.Source}: no trainable parameters (no initializer ends in .lora_A.weight / .lora_B.weight); run `ortlora inject` first");
         var taken = proto.Graph.Input.Select(i => i.Name).Concat(proto.Graph.Node.SelectMany(n => n.Output)).Concat(proto.Graph.Initializer.Select(t => t.Name));
-        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens) is { } clash)
+        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens or SequenceLogProbs or PreferenceLoss.ReferenceInput) is { } clash)
             throw new OrtLoraException($"{model.Source}: the model already has a value named '{clash}' (exported with labels and a loss?); " +
                 "export it with input_ids and attention_mask in, logits out");
         logits ??= proto.Graph.Output.Any(o => o.Name == "logits") ? "logits" : proto.Graph.Output[0].Name;
@@ -124,9 +132,21 @@ public sealed partial class TrainingGraph : IDisposable
             logitsType = (int)DT.Float;
         }
         var loss = CausalLmLoss.Append(g, logits, Labels, logitsType, labelSmoothing);
-        g.Add("Identity", [loss.Loss], name: "loss/output", outputs: [Loss]);
+        PreferenceLoss? preference = null;
+        if (preferenceBeta is { } beta)
+        {
+            proto.Graph.Input.Add(Input(PreferenceLoss.ReferenceInput, (int)DT.Float, ["batch"]));
+            batchInputs.Add(PreferenceLoss.ReferenceInput);
+            preference = PreferenceLoss.Append(g, loss, beta);
+        }
+        g.Add("Identity", [preference?.Loss ?? loss.Loss], name: "loss/output", outputs: [Loss]);
         proto.Graph.Output.Clear();
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
+        if (preference is not null)
+        {
+            g.Add("Identity", [preference.SequenceLogProbs], name: "dpo/output", outputs: [SequenceLogProbs]);
+            proto.Graph.Output.Add(new ValueInfoProto { Name = SequenceLogProbs });
+        }
         g.Cleanup();
         var frozen = SharedInitializers.Extract(weightSource, proto.Graph);
         try
@@ -156,8 +176,9 @@ public sealed partial class TrainingGraph : IDisposable
             bool scalesLoss = compute == ComputeType.Float16;
             int chunks = lossChunks ?? (types[loss.Logits].ShapeA[^1] >= 8192 ? 8 : 1);
             // A trained lm_head (modules_to_save) needs the whole logits' gradient: the chunks give d loss / d h only.
-            if (HeadIsTrained(g, loss.Logits, parameters)) chunks = 1;
-            var (seeds, correct) = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks);
+            // DPO's rows weigh their tokens by the whole row's log-probability, known only after every chunk.
+            if (HeadIsTrained(g, loss.Logits, parameters) || preference is not null) chunks = 1;
+            var (seeds, correct) = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks, preference);
             g.Add("Identity", [correct], name: "accuracy/output", outputs: [CorrectTokens]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
             EvalOutputs(eval, loss, logitsType, types, opset, chunks);
@@ -172,6 +193,7 @@ public sealed partial class TrainingGraph : IDisposable
             }
             g.Cleanup(); // recomputed values no rule read, the full logits of a chunked loss
             return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss, NeftuneWidth = neftuneWidth,
+                Preference = preference is not null,
                 ScaledGradients = scalesLoss ? new(grads) : new() };
         }
         catch
@@ -228,8 +250,7 @@ public sealed partial class TrainingGraph : IDisposable
         var g = new GraphEditor(proto.Graph);
         proto.Graph.Input.Add(Input(GradScale, (int)DT.Float, []));
         proto.Graph.Output.Clear();
-        proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
-        proto.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
+        foreach (var reported in ReportedOutputs) proto.Graph.Output.Add(new ValueInfoProto { Name = reported });
         var inGraph = Parameters.Where(p => hostUpdated?.Contains(p) != true).ToList();
         foreach (var p in inGraph)
         {
@@ -282,7 +303,7 @@ public sealed partial class TrainingGraph : IDisposable
             slots.Add(new AdamWSlot(p, gradOf(p), ExpAvgOf(p), ExpAvgSqOf(p)));
         }
         var result = AdamWGraph.Append(g, slots, ParameterShapes, LearningRate, Step, MaxGradNorm, options, gradDivisor, onHost.Select(hostGradOf).ToList());
-        var outputs = proto.Graph.Output.Where(o => o.Name is Loss or CorrectTokens).ToList();
+        var outputs = proto.Graph.Output.Where(o => ReportedOutputs.Contains(o.Name)).ToList();
         proto.Graph.Output.Clear();
         proto.Graph.Output.AddRange(outputs);
         // a value only the graph output reads is renamed in place; others go through an Identity
@@ -399,6 +420,7 @@ public sealed partial class TrainingGraph : IDisposable
         foreach (var input in result.Graph.Input.Where(i => BatchInputs.Contains(i.Name) || i.Name == NeftuneNoise.Input))
         {
             var dims = input.Type?.TensorType?.Shape?.Dim;
+            if (input.Name == PreferenceLoss.ReferenceInput && dims is { Count: 1 }) { dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch }; continue; }
             if (dims is null || dims.Count != (input.Name == NeftuneNoise.Input ? 3 : 2)) continue;
             dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch };
             dims[1] = new TensorShapeProto.Types.Dimension { DimValue = sequence };

@@ -33,13 +33,16 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// (<see cref="NeftuneNoise"/>); 0: none</param>
 /// <param name="Seed">seeds that noise, drawn anew for each optimizer step and micro-batch</param>
 /// <param name="LabelSmoothing">the Trainer's label_smoothing_factor (<see cref="CausalLmLoss.Smoothing"/>)</param>
+/// <param name="PreferenceBeta">DPO's beta: the batches are preference pairs and the loss is <see cref="PreferenceLoss"/>,
+/// with the model as it was when the session started as the reference; null: the causal-LM loss</param>
 /// <param name="HostUpdateFrom">parameters of this many elements or more (modules_to_save weights) are updated by
 /// <see cref="HostAdamW"/> in place when the state is in host memory, instead of by the graph</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
     GraphOptimizationLevel Optimization = GraphOptimizationLevel.ORT_ENABLE_ALL, string Device = "cpu", string? EpLibrary = null,
     bool CpuMemArena = true, string? ProfilePrefix = null, bool StateInSessionMemory = false, ComputeType Compute = ComputeType.Float32,
     bool StaticShapes = false, bool GradientCheckpointing = false, int? LossChunks = null, bool CudaGraphs = false,
-    double NeftuneNoiseAlpha = 0, int Seed = 42, double LabelSmoothing = 0, long HostUpdateFrom = ParameterBundle.AloneFrom);
+    double NeftuneNoiseAlpha = 0, int Seed = 42, double LabelSmoothing = 0, long HostUpdateFrom = ParameterBundle.AloneFrom,
+    double? PreferenceBeta = null);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -56,6 +59,8 @@ public sealed class TrainingSession : IDisposable
     /// <summary>The other parameters, which the graphs update.</summary>
     readonly List<string> _graphUpdated;
     readonly Dictionary<string, PingPong> _hostGradients = new();
+    /// <summary>With DPO: the parameters' starting values, which make the reference model (one buffer each).</summary>
+    readonly Dictionary<string, PingPong> _reference = new();
     readonly HostScalar _lr = new(), _step = new(), _maxGradNorm = new(), _gradScale = new(), _loss = new(), _correct = new(), _gradNorm = new(), _lossScale = new(),
         _clipCoefficient = new();
     LossScaler? _scaler;
@@ -77,7 +82,8 @@ public sealed class TrainingSession : IDisposable
             throw new OrtLoraException("bfloat16 compute needs an execution provider with bfloat16 kernels (--device cuda): ONNX Runtime's CPU " +
                 "provider has none for MatMul, Add, Softmax and most other ops. On CPU use --fp16 (ONNX Runtime runs float16 through float32 kernels there)");
         _graph = TrainingGraph.Build(model, parameters, compute: options.Compute, gradientCheckpointing: options.GradientCheckpointing,
-            lossChunks: options.LossChunks, neftuneNoise: options.NeftuneNoiseAlpha > 0, labelSmoothing: options.LabelSmoothing);
+            lossChunks: options.LossChunks, neftuneNoise: options.NeftuneNoiseAlpha > 0, labelSmoothing: options.LabelSmoothing,
+            preferenceBeta: options.PreferenceBeta);
         if (_graph.ScalesLoss) _scaler = new LossScaler();
         // State in host memory (the CPU, where PlaceState leaves it): large parameters are updated in place by the host.
         bool hostState = _options.Device == "cpu" && !_options.StateInSessionMemory;
@@ -87,6 +93,8 @@ public sealed class TrainingSession : IDisposable
         {
             var shape = _graph.ParameterShapes[p];
             bool single = _hostUpdated.Contains(p);
+            // a copy: the first parameter buffer adopts the starting values' array, which training then overwrites
+            if (_graph.Preference) _reference[p] = new PingPong(shape, (float[])_graph.InitialValues[p].Clone(), adopt: true, single: true);
             _params[p] = new PingPong(shape, _graph.InitialValues[p], adopt: true, single); // the graph's starting values become the first buffer
             _expAvg[p] = new PingPong(shape, single: single);
             _expAvgSq[p] = new PingPong(shape, single: single);
@@ -107,10 +115,15 @@ public sealed class TrainingSession : IDisposable
     /// <summary>How many counted tokens of the last <see cref="Step"/> or <see cref="Accumulate"/> batch the model predicted
     /// (arg-max) right, before the update: TRL's training mean_token_accuracy over the counted tokens.</summary>
     public float LastCorrectTokens { get; private set; }
+    /// <summary>With DPO: each row's log-probability under the model (before the update) and under the reference, of the
+    /// last <see cref="Step"/>, <see cref="Accumulate"/> or <see cref="Evaluate"/> batch.</summary>
+    public float[] LastSequenceLogps { get; private set; } = [];
+    public float[] LastReferenceLogps { get; private set; } = [];
 
     /// <summary>Forward, backward and AdamW on one batch in a single Run; returns the loss (before the update).</summary>
     public float Step(Batch batch, float learningRate, float maxGradNorm = 0)
     {
+        batch = WithReference(batch);
         var session = ForBatch(ref _stepSession, () => _graph.BuildStep(_options.AdamW, _hostUpdated), batch);
         using var run = new RunBinding(session, _fixed);
         BindBatch(run, batch);
@@ -121,6 +134,7 @@ public sealed class TrainingSession : IDisposable
         BindModel(run, session);
         run.HostOutput(TrainingGraph.Loss, _loss.Value);
         run.HostOutput(TrainingGraph.CorrectTokens, _correct.Value);
+        BindSequenceLogps(run, batch);
         Run(run, graphId: StateParity);
         FinishUpdate(p => _hostGradients[p].HostArray);
         LastCorrectTokens = _correct.Get();
@@ -131,6 +145,7 @@ public sealed class TrainingSession : IDisposable
     /// returns the micro-batch loss. <see cref="ApplyAccumulated"/> then updates and clears them.</summary>
     public float Accumulate(Batch batch, float gradScale)
     {
+        batch = WithReference(batch);
         var session = ForBatch(ref _accumulateSession, () => _graph.BuildAccumulate(_hostUpdated), batch);
         _accumulators ??= _graph.Parameters.ToDictionary(p => p, p => Placed(new PingPong(_graph.ParameterShapes[p], single: _hostUpdated.Contains(p))));
         using var run = new RunBinding(session, _fixed);
@@ -144,6 +159,7 @@ public sealed class TrainingSession : IDisposable
         foreach (var (p, gradient) in _hostGradients) run.Output(TrainingGraph.GradOf(p), gradient.Current);
         run.HostOutput(TrainingGraph.Loss, _loss.Value);
         run.HostOutput(TrainingGraph.CorrectTokens, _correct.Value);
+        BindSequenceLogps(run, batch);
         Run(run, graphId: 2 * StateParity + AccumulatorParity);
         LastCorrectTokens = _correct.Get();
         foreach (var a in _accumulators.Values) a.Swap();
@@ -172,19 +188,52 @@ public sealed class TrainingSession : IDisposable
     /// <summary>The loss on a batch and how many of its counted tokens the model predicts (arg-max) right.</summary>
     public (float Loss, float CorrectTokens) Evaluate(Batch batch)
     {
+        batch = WithReference(batch);
         var session = ForBatch(ref _evalSession, () => _graph.Eval, batch);
         using var run = new RunBinding(session, _fixed);
         BindBatch(run, batch);
         BindModel(run, session);
         run.HostOutput(TrainingGraph.Loss, _loss.Value);
         run.HostOutput(TrainingGraph.CorrectTokens, _correct.Value);
+        BindSequenceLogps(run, batch);
         Run(run, graphId: StateParity);
         return (_loss.Get(), _correct.Get());
+    }
+
+    /// <summary>With DPO: each row's log-probability under the reference model (the parameters' starting values), from
+    /// the eval graph; TRL computes it with the adapter disabled, which is the same model when the adapters start at
+    /// zero (B = 0, DoRA's m = ‖W‖, saved modules and token rows as they were).</summary>
+    public float[] ReferenceLogps(Batch batch)
+    {
+        if (!_graph.Preference) throw new InvalidOperationException("reference log-probabilities are for the DPO loss");
+        batch = batch with { ReferenceLogps = new float[batch.BatchSize] };
+        var session = ForBatch(ref _evalSession, () => _graph.Eval, batch);
+        using var run = new RunBinding(session, _fixed);
+        BindBatch(run, batch);
+        BindModel(run, session, _reference);
+        run.HostOutput(TrainingGraph.Loss, _loss.Value);
+        run.HostOutput(TrainingGraph.CorrectTokens, _correct.Value);
+        var logps = new float[batch.BatchSize];
+        run.HostOutput(TrainingGraph.SequenceLogProbs, logps);
+        Run(run, graphId: 2); // its own captured graph: the reference buffers are not the parameters'
+        return logps;
+    }
+
+    Batch WithReference(Batch batch) => !_graph.Preference || batch.ReferenceLogps is not null ? batch : batch with { ReferenceLogps = ReferenceLogps(batch) };
+
+    /// <summary>With DPO, the rows' log-probabilities come back with the loss.</summary>
+    void BindSequenceLogps(RunBinding run, Batch batch)
+    {
+        if (!_graph.Preference) return;
+        LastReferenceLogps = batch.ReferenceLogps!;
+        LastSequenceLogps = new float[batch.BatchSize];
+        run.HostOutput(TrainingGraph.SequenceLogProbs, LastSequenceLogps);
     }
 
     /// <summary>Loss and d loss / d P at the current parameters, without updating anything (for verification).</summary>
     public (float Loss, Dictionary<string, float[]> Gradients) ComputeGradients(Batch batch)
     {
+        batch = WithReference(batch);
         var session = ForBatch(ref _gradSession, () => _graph.Gradients, batch);
         using var run = new RunBinding(session, _fixed);
         BindBatch(run, batch);
@@ -318,7 +367,8 @@ public sealed class TrainingSession : IDisposable
 
     /// <summary>Parameters, moments, (once made) accumulators, and the gradients the host updates from.</summary>
     IEnumerable<PingPong> StateBuffers() =>
-        _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? []).Concat(_hostGradients.Values);
+        _params.Values.Concat(_expAvg.Values).Concat(_expAvgSq.Values).Concat((IEnumerable<PingPong>?)_accumulators?.Values ?? []).Concat(_hostGradients.Values)
+            .Concat(_reference.Values);
 
     PingPong Placed(PingPong buffer)
     {
@@ -330,9 +380,9 @@ public sealed class TrainingSession : IDisposable
     public bool StateOnDevice => _params.Values.First().OnDevice;
 
     /// <summary>Binds the model itself: the trainable parameters' current values and the shared frozen weights.</summary>
-    void BindModel(RunBinding run, InferenceSession session)
+    void BindModel(RunBinding run, InferenceSession session, Dictionary<string, PingPong>? parameters = null)
     {
-        foreach (var p in _graph.Parameters) run.Input(p, _params[p].Current);
+        foreach (var p in _graph.Parameters) run.Input(p, (parameters ?? _params)[p].Current);
         foreach (var (name, value) in _graph.Frozen.InputsOf(session)) run.Input(name, value);
     }
 

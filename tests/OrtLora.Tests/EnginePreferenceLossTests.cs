@@ -1,0 +1,151 @@
+using OrtLora.Autodiff;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+using OrtLora.Training.Engine;
+
+namespace OrtLora.Tests;
+
+/// <summary>The DPO loss of the training graphs (<see cref="PreferenceLoss"/>) against TRL's formula computed here from
+/// the logits of plain ONNX Runtime runs of the policy and the reference model; its gradients against central
+/// differences.</summary>
+public class EnginePreferenceLossTests
+{
+    const int Rows = 4, Length = 20, PromptLength = 7;
+    const double Beta = 0.5;
+
+    /// <summary>Two preference pairs (rows chosen, rejected, chosen, rejected): a shared prompt per pair, labelled -100,
+    /// completions of different lengths, the last row padded.</summary>
+    static Batch PairBatch()
+    {
+        var rng = new Random(11);
+        int vocab = Graphs.LlamaShape.Tiny.VocabSize;
+        var ids = new long[Rows * Length];
+        var mask = new long[Rows * Length];
+        var labels = new long[Rows * Length];
+        int[] lengths = [20, 16, 18, 12];
+        for (int row = 0; row < Rows; row++)
+            for (int t = 0; t < Length; t++)
+            {
+                int i = row * Length + t;
+                // the prompt is the pair's: the rejected row repeats the chosen row's first tokens
+                ids[i] = row % 2 == 1 && t < PromptLength ? ids[(row - 1) * Length + t] : rng.Next(vocab);
+                mask[i] = t < lengths[row] ? 1 : 0;
+                labels[i] = t < PromptLength || t >= lengths[row] ? -100 : ids[i];
+            }
+        return new Batch(ids, mask, labels, Rows, Length);
+    }
+
+    /// <summary>Each row's Σ log p(label) over its labelled positions, from plain logits (position t predicts t + 1).</summary>
+    static double[] RowLogps(OnnxModel model, Batch batch)
+    {
+        var feeds = new Dictionary<string, HostTensor> { ["input_ids"] = HostTensor.Of(batch.InputIds, batch.Shape), ["attention_mask"] = HostTensor.Of(batch.AttentionMask, batch.Shape) };
+        var logits = OrtRun.Run(model, feeds, ["logits"])["logits"].Floats;
+        int vocab = logits.Length / (Rows * Length);
+        var result = new double[Rows];
+        for (int row = 0; row < Rows; row++)
+            for (int t = 0; t + 1 < Length; t++)
+            {
+                long label = batch.Labels[row * Length + t + 1];
+                if (label == -100) continue;
+                var z = logits.AsSpan((row * Length + t) * vocab, vocab);
+                double max = double.NegativeInfinity, sum = 0;
+                foreach (var v in z) max = Math.Max(max, v);
+                foreach (var v in z) sum += Math.Exp(v - max);
+                result[row] += z[(int)label] - max - Math.Log(sum);
+            }
+        return result;
+    }
+
+    static double DpoLoss(double[] policy, double[] reference)
+    {
+        double total = 0;
+        for (int pair = 0; pair < Rows / 2; pair++)
+        {
+            double z = Beta * ((policy[2 * pair] - reference[2 * pair]) - (policy[2 * pair + 1] - reference[2 * pair + 1]));
+            total += Math.Log(1 + Math.Exp(-z)); // −log σ(z)
+        }
+        return total / (Rows / 2);
+    }
+
+    static OnnxModel Injected()
+    {
+        var model = OnnxModel.Load(LoraTestKit.Tiny("model.onnx"));
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["q_proj", "v_proj", "down_proj"], R = 4 });
+        return model;
+    }
+
+    static Dictionary<string, float[]> LoraValues(OnnxModel model, TrainingSession session) =>
+        session.ParameterNames.ToDictionary(p => p, p => model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == p)));
+
+    [Test]
+    public void StartsAtLogTwoWithThePolicyAsItsOwnReference()
+    {
+        using var model = Injected();
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), PreferenceBeta: Beta));
+        var batch = PairBatch();
+        var (loss, _) = session.Evaluate(batch);
+        Assert.That(loss, Is.EqualTo(Math.Log(2)).Within(1e-6));
+        var plain = RowLogps(model, batch);
+        Assert.That(session.LastSequenceLogps, Is.EqualTo(session.LastReferenceLogps));
+        for (int row = 0; row < Rows; row++)
+            Assert.That(session.LastSequenceLogps[row], Is.EqualTo(plain[row]).Within(1e-4 * Math.Abs(plain[row])), $"row {row}");
+        Assert.That(plain.Min(), Is.LessThan(-10), "rows score many tokens");
+    }
+
+    [Test]
+    public void LossAndRowsEqualTrlsFormulaOnPlainLogits()
+    {
+        using var model = Injected();
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), PreferenceBeta: Beta));
+        var batch = PairBatch();
+        var reference = RowLogps(model, batch);
+        LoraTestKit.RandomizeB(model, std: 0.3f);
+        session.SetParameters(LoraValues(model, session));
+        var policy = RowLogps(model, batch);
+
+        var (loss, _) = session.Evaluate(batch);
+        var expected = DpoLoss(policy, reference);
+        Assert.That(Math.Abs(expected - Math.Log(2)), Is.GreaterThan(0.05), "the policy has moved away from the reference");
+        Assert.That(loss, Is.EqualTo(expected).Within(2e-5));
+        for (int row = 0; row < Rows; row++)
+        {
+            Assert.That(session.LastReferenceLogps[row], Is.EqualTo(reference[row]).Within(1e-4 * Math.Abs(reference[row])), $"reference row {row}");
+            Assert.That(session.LastSequenceLogps[row], Is.EqualTo(policy[row]).Within(1e-4 * Math.Abs(policy[row])), $"policy row {row}");
+        }
+    }
+
+    /// <summary>The closed-form gradient through the rows' log-probabilities, against central differences of the loss
+    /// the eval graph computes, on the entries with the largest gradients of A and B.</summary>
+    [Test]
+    public void GradientsMatchCentralDifferences()
+    {
+        using var model = Injected();
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), PreferenceBeta: Beta));
+        var batch = PairBatch();
+        LoraTestKit.RandomizeB(model, std: 0.3f);
+        var values = LoraValues(model, session);
+        session.SetParameters(values);
+        var (_, gradients) = session.ComputeGradients(batch);
+        Assert.That(gradients.Values.Sum(g => g.Sum(x => (double)x * x)), Is.GreaterThan(1e-8));
+        int checkedEntries = 0;
+        foreach (var name in session.ParameterNames.Where(p => p.Contains("layers.0.")))
+        {
+            var grad = gradients[name];
+            foreach (int index in Enumerable.Range(0, grad.Length).OrderByDescending(i => Math.Abs(grad[i])).Take(2))
+            {
+                const float h = 2e-2f;
+                double LossAt(float delta)
+                {
+                    var moved = values.ToDictionary(kv => kv.Key, kv => (float[])kv.Value.Clone());
+                    moved[name][index] += delta;
+                    session.SetParameters(moved);
+                    return session.Evaluate(batch with { ReferenceLogps = null }).Loss;
+                }
+                double numeric = (LossAt(h) - LossAt(-h)) / (2 * h);
+                Assert.That(grad[index], Is.EqualTo(numeric).Within(0.03 * Math.Abs(numeric) + 2e-5), $"{name}[{index}]");
+                checkedEntries++;
+            }
+        }
+        Assert.That(checkedEntries, Is.GreaterThanOrEqualTo(8));
+    }
+}
