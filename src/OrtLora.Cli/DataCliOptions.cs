@@ -6,20 +6,28 @@ namespace OrtLora.Cli;
 /// <summary>How Parquet rows become token sequences, shared by `train` and `eval` (TRL's / the Trainer's names).</summary>
 public sealed class DataCliOptions
 {
-    public Option<string> Format { get; } = new("--dataset-format") { Description = "auto, text, instruction, chat or prompt-completion (TRL's: prompt and completion columns, text or messages)", DefaultValueFactory = _ => "auto" };
+    public Option<string> Format { get; } = new("--dataset-format") { Description = "auto, text, instruction, chat, prompt-completion (TRL's: prompt and completion columns, text or messages) or preference (TRL's: chosen and rejected, with or without prompt; trains with the DPO loss)", DefaultValueFactory = _ => "auto" };
     public Option<string> TextColumn { get; } = new("--dataset-text-field", "--text-column") { Description = "column of plain-text data (TRL's dataset_text_field)", DefaultValueFactory = _ => "text" };
     public Option<string?> ChatTemplate { get; } = new("--chat-template") { Description = "chatml, llama2 or a Jinja template file (default: the tokenizer's own template, run as transformers runs it, else chatml)" };
     public Option<string?> Tokenizer { get; } = new("--tokenizer") { Description = "tokenizer file or directory (default: beside the model)" };
     public Option<int> MaxSeqLength { get; } = new("--max-seq-length", "--max-length") { Description = "truncate examples to this many tokens (TRL's max_seq_length, now max_length)", DefaultValueFactory = _ => 512 };
     public Option<bool> TrainOnPrompt { get; } = new("--train-on-prompt") { Description = "also compute the loss on prompt tokens" };
+    public Option<int> MaxPromptLength { get; } = new("--max-prompt-length") { Description = "preference data: keep the prompt's last N tokens (TRL's DPOConfig)", DefaultValueFactory = _ => 512 };
+    public Option<int?> MaxCompletionLength { get; } = new("--max-completion-length") { Description = "preference data: keep each completion's first N tokens (default: all)" };
+    public Option<string> TruncationMode { get; } = new("--truncation-mode") { Description = "preference data: which end of prompt + completion a cut to --max-length keeps", DefaultValueFactory = _ => "keep_end" };
 
-    public DataCliOptions() => Format.AcceptOnlyFromAmong("auto", "text", "instruction", "chat", "prompt-completion");
+    public DataCliOptions()
+    {
+        Format.AcceptOnlyFromAmong("auto", "text", "instruction", "chat", "prompt-completion", "preference");
+        TruncationMode.AcceptOnlyFromAmong("keep_end", "keep_start");
+    }
 
-    public IEnumerable<Option> All => [Format, TextColumn, ChatTemplate, Tokenizer, MaxSeqLength, TrainOnPrompt];
+    public IEnumerable<Option> All => [Format, TextColumn, ChatTemplate, Tokenizer, MaxSeqLength, TrainOnPrompt, MaxPromptLength, MaxCompletionLength, TruncationMode];
 
     public DataOptions Read(ParseResult parse) => new()
     {
         Format = ParquetDataset.ParseFormat(parse.GetValue(Format)!), TextColumn = parse.GetValue(TextColumn)!,
         MaxSeqLength = parse.GetValue(MaxSeqLength), TrainOnPrompt = parse.GetValue(TrainOnPrompt), ChatTemplate = parse.GetValue(ChatTemplate),
+        MaxPromptLength = parse.GetValue(MaxPromptLength), MaxCompletionLength = parse.GetValue(MaxCompletionLength), TruncationMode = parse.GetValue(TruncationMode)!,
     };
 }

@@ -148,4 +148,31 @@ public class EnginePreferenceLossTests
         }
         Assert.That(checkedEntries, Is.GreaterThanOrEqualTo(8));
     }
+
+    /// <summary>A batch padded to a fixed shape (--pad-to-max-length) ends in empty pairs: the loss is the mean over the
+    /// pairs that count tokens, and the gradients are those of the unpadded batch.</summary>
+    [Test]
+    public void EmptyPaddingPairsCountForNothing()
+    {
+        using var model = Injected();
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), PreferenceBeta: Beta));
+        LoraTestKit.RandomizeB(model, std: 0.3f);
+        session.SetParameters(LoraValues(model, session));
+        var batch = PairBatch();
+        // two more rows: each attends to one pad token and scores nothing, as Batching.Pad fills a fixed shape
+        var padded = new Batch([.. batch.InputIds, .. new long[2 * Length]],
+            [.. batch.AttentionMask, .. Enumerable.Range(0, 2 * Length).Select(i => i % Length == 0 ? 1L : 0L)],
+            [.. batch.Labels, .. Enumerable.Repeat(-100L, 2 * Length)], Rows + 2, Length);
+        var (loss, gradients) = session.ComputeGradients(batch);
+        var (paddedLoss, paddedGradients) = session.ComputeGradients(padded);
+        Assert.That(Math.Abs(loss - Math.Log(2)), Is.GreaterThan(0.01));
+        Assert.That(paddedLoss, Is.EqualTo(loss).Within(1e-6));
+        foreach (var (name, grad) in gradients)
+        {
+            double scale = grad.Max(x => Math.Abs(x));
+            Assert.That(scale, Is.GreaterThan(0), name);
+            for (int i = 0; i < grad.Length; i++)
+                Assert.That(paddedGradients[name][i], Is.EqualTo(grad[i]).Within(1e-4 * scale), $"{name}[{i}]");
+        }
+    }
 }

@@ -14,8 +14,10 @@ namespace OrtLora.Autodiff;
 /// <param name="SequenceLogProbs">each row's summed log-probability, [rows]</param>
 /// <param name="Tokens">the token-level pieces (log-probabilities, targets, weights) the rows are summed from</param>
 /// <param name="Margin">z = β·((π_c − r_c) − (π_r − r_r)) per pair, [pairs]</param>
+/// <param name="PairWeight">1 for a pair whose chosen row counts tokens, 0 for a padding pair, divided by the number of
+/// counted pairs (at least 1), [pairs]</param>
 /// <param name="Beta">DPOConfig.beta</param>
-public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, CausalLmLoss Tokens, string Margin, double Beta)
+public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, CausalLmLoss Tokens, string Margin, string PairWeight, double Beta)
 {
     /// <summary>The graph input of the reference model's per-row log-probabilities (float32, [rows]).</summary>
     public const string ReferenceInput = "reference_logps";
@@ -37,9 +39,14 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         var chosen = Op("Gather", [pairs, GraphConstants.Scalar(g, "dpo/index", 0, (int)DT.Int64)], ("axis", 1L));
         var rejected = Op("Gather", [pairs, GraphConstants.Scalar(g, "dpo/index", 1, (int)DT.Int64)], ("axis", 1L));
         var margin = Op("Mul", [Op("Sub", [chosen, rejected]), Scalar(beta)]); // z, [P]
+        // The mean over pairs, leaving out the empty pairs that pad a batch to a fixed shape (--pad-to-max-length).
+        var rowCounts = Op("Min", [Op("ReduceSum", [tokens.Weights, Ints(1)], ("keepdims", 0L)), GraphConstants.Scalar(g, "dpo/one", 1, tokens.ElemType)]);
+        if (tokens.ElemType != (int)DT.Float) rowCounts = Op("Cast", [rowCounts], ("to", (long)DT.Float));
+        var counted = Op("Gather", [Op("Reshape", [rowCounts, Ints(-1, 2)]), GraphConstants.Scalar(g, "dpo/index", 0, (int)DT.Int64)], ("axis", 1L));
+        var pairWeight = Op("Div", [counted, Op("Max", [Op("ReduceSum", [counted], ("keepdims", 0L)), Scalar(1)])]);
         // −log σ(z) = softplus(−z), which ORT computes without overflow for large |z|
-        var loss = Op("ReduceMean", [Op("Softplus", [Op("Neg", [margin])])], ("keepdims", 0L));
-        return new PreferenceLoss(loss, logProbs, tokens, margin, beta);
+        var loss = Op("ReduceSum", [Op("Mul", [Op("Softplus", [Op("Neg", [margin])]), pairWeight])], ("keepdims", 0L));
+        return new PreferenceLoss(loss, logProbs, tokens, margin, pairWeight, beta);
     }
 
     /// <summary>d loss / d logits: Σ over rows of d loss / d π times d π / d logits = w·(onehot − softmax), i.e. the
@@ -49,9 +56,9 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         string Ints(params long[] v) => GraphConstants.Int64s(g, "grad/dpo/ints", v);
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "grad/dpo/" + op, attributes: attrs);
 
-        // d loss / d π_c = −β·σ(−z)/P and d loss / d π_r = +β·σ(−z)/P, interleaved back into rows; the scale is its negative
-        var pairCount = Op("Cast", [Op("Shape", [Margin])], ("to", (long)DT.Float));
-        var share = Op("Div", [Op("Mul", [Op("Sigmoid", [Op("Neg", [Margin])]), GraphConstants.Scalar(g, "grad/dpo/const", Beta, (int)DT.Float)]), pairCount]);
+        // d loss / d π_c = −β·σ(−z)/P and d loss / d π_r = +β·σ(−z)/P (P the counted pairs), interleaved back into rows;
+        // the scale is its negative
+        var share = Op("Mul", [Op("Mul", [Op("Sigmoid", [Op("Neg", [Margin])]), GraphConstants.Scalar(g, "grad/dpo/const", Beta, (int)DT.Float)]), PairWeight]);
         var column = Op("Unsqueeze", [share, Ints(1)]);
         var rowScale = Op("Reshape", [Op("Concat", [column, Op("Neg", [column])], ("axis", 1L)), Ints(-1)]);
         if (Tokens.ElemType != (int)DT.Float) rowScale = Op("Cast", [rowScale], ("to", (long)Tokens.ElemType));

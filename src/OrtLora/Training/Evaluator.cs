@@ -37,6 +37,9 @@ public static class Evaluator
         var tokenizerDir = Directory.Exists(tokenizerSource) ? tokenizerSource : Path.GetDirectoryName(Path.GetFullPath(tokenizerSource))!;
         // Every row of the file is evaluation data: it is opened as the eval file, with no split of a training file.
         using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false }, dataPath, TokenizerConfig.Read(tokenizerDir));
+        if (data.IsPreference)
+            throw new OrtLoraException($"{dataPath}: preference data (chosen/rejected) is scored by the DPO loss, against a reference model; " +
+                "`ortlora train --eval-data` reports its eval_loss and eval_rewards/*");
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary));
         var score = Trainer.Score(session, data);
         if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no token to score ({data.Summary})");

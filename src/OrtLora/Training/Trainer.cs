@@ -74,6 +74,8 @@ public static class Trainer
             throw new OrtLoraException($"{job.DataPath}: --load-best-model-at-end and --early-stopping-patience compare evaluations during " +
                 "training: give --eval-data or --eval-split, and an --eval-strategy other than no");
 
+        if (data.IsPreference && args.LabelSmoothingFactor > 0)
+            throw new OrtLoraException($"{job.DataPath}: preference data trains with the DPO loss; --label-smoothing-factor is for the causal-LM loss");
         int batchesPerEpoch = args.MaxSteps > 0 ? 0 : data.CountBatches();
         if (args.MaxSteps <= 0 && batchesPerEpoch == 0) throw new OrtLoraException($"{job.DataPath}: no training examples ({data.Summary})");
         int stepsPerEpoch = Math.Max(1, (batchesPerEpoch + args.GradientAccumulationSteps - 1) / args.GradientAccumulationSteps);
@@ -90,7 +92,8 @@ public static class Trainer
         var compute = args.Bf16 ? ComputeType.BFloat16 : args.Fp16 ? ComputeType.Float16 : ComputeType.Float32;
         using var session = new TrainingSession(model, new TrainingSessionOptions(adamW, Optimization: args.OrtOptimizationLevel, Device: args.Device, EpLibrary: args.EpLibrary, Compute: compute,
             GradientCheckpointing: args.GradientCheckpointing, StaticShapes: dataOptions.PadToMaxLength, CudaGraphs: args.CudaGraphs,
-            NeftuneNoiseAlpha: args.NeftuneNoiseAlpha, Seed: args.Seed, LabelSmoothing: args.LabelSmoothingFactor));
+            NeftuneNoiseAlpha: args.NeftuneNoiseAlpha, Seed: args.Seed, LabelSmoothing: args.LabelSmoothingFactor,
+            PreferenceBeta: data.IsPreference ? args.Beta : null));
         if (dataOptions.PadToMaxLength)
             reporter.Info($"every batch padded to [{dataOptions.BatchSize}, {dataOptions.MaxSeqLength}]; graphs loaded for that shape" +
                 (!args.CudaGraphs ? "" : args.Device == "cuda" ? "; CUDA graphs: each session captures its kernels once per state parity and replays them"
@@ -136,15 +139,17 @@ public static class Trainer
         double EvaluateAt(int step)
         {
             var clock = Stopwatch.StartNew();
-            var score = Score(session, data);
+            var evalPreference = data.IsPreference ? new PreferenceMetrics(args.Beta) : null;
+            var score = Score(session, data, evalPreference);
             double loss = score.Loss, runtime = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
-            // The Trainer's evaluate() names, TRL's eval_mean_token_accuracy, and perplexity.
-            log.Append(new JsonObject
-            {
-                ["step"] = step, ["eval_loss"] = loss, ["perplexity"] = Math.Exp(loss), ["eval_mean_token_accuracy"] = score.MeanTokenAccuracy,
-                ["eval_runtime"] = Math.Round(runtime, 4),
-                ["eval_samples_per_second"] = Math.Round(score.Samples / runtime, 3), ["eval_steps_per_second"] = Math.Round(score.Batches / runtime, 3),
-            });
+            // The Trainer's evaluate() names, TRL's eval_mean_token_accuracy, and perplexity; DPO's eval_rewards/* instead.
+            var record = new JsonObject { ["step"] = step, ["eval_loss"] = loss };
+            if (evalPreference is not null) evalPreference.Report(record, "eval_");
+            else { record["perplexity"] = Math.Exp(loss); record["eval_mean_token_accuracy"] = score.MeanTokenAccuracy; }
+            record["eval_runtime"] = Math.Round(runtime, 4);
+            record["eval_samples_per_second"] = Math.Round(score.Samples / runtime, 3);
+            record["eval_steps_per_second"] = Math.Round(score.Batches / runtime, 3);
+            log.Append(record);
             reporter.Evaluated(step, loss, score.MeanTokenAccuracy);
             lastEvalStep = step;
             return loss;
@@ -162,11 +167,12 @@ public static class Trainer
         int stepsThisRun = 0;
         long samplesThisRun = 0;
         bool stoppedEarly = false;
+        var preference = data.IsPreference ? new PreferenceMetrics(args.Beta) : null;
         while (state.GlobalStep < totalSteps && !stoppedEarly)
         {
             var window = batches.Take(args.GradientAccumulationSteps);
             double lr = LearningRateAt(state.GlobalStep);
-            var (loss, correct) = Update(session, window, (float)lr, (float)args.MaxGradNorm);
+            var (loss, correct) = Update(session, window, (float)lr, (float)args.MaxGradNorm, preference);
             position = window[^1].Next;
             long tokens = window.Sum(b => b.AttentionMask.Sum());
             state = state with
@@ -179,7 +185,7 @@ public static class Trainer
                     (Checkpoint.Latest(args.OutputDir) is { } good ? $"The last good checkpoint is {good}." : "No checkpoint was saved."));
             lastLoss = loss; lossSinceLog += loss; stepsSinceLog++; tokensSinceLog += tokens;
             correctSinceLog += correct; scoredSinceLog += window.Sum(b => (long)b.LossTokens);
-            lossThisRun += loss; stepsThisRun++; samplesThisRun += window.Sum(b => (long)b.Rows.Length);
+            lossThisRun += loss; stepsThisRun++; samplesThisRun += window.Sum(b => (long)b.Rows.Length) / (data.IsPreference ? 2 : 1);
 
             double tokensPerSecond = tokensSinceLog / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
             reporter.Stepped(new StepReport(state.GlobalStep, totalSteps, position.Epoch, loss, lr, session.LastGradNorm, tokensPerSecond));
@@ -191,15 +197,17 @@ public static class Trainer
                     _ => false,
                 } || args.LoggingFirstStep && state.GlobalStep == 1)
             {
-                log.Append(new JsonObject
+                var record = new JsonObject
                 {
                     // learning_rate as the Trainer logs it: the scheduler's value after its step, i.e. the next step's
                     ["step"] = state.GlobalStep, ["epoch"] = FractionalEpoch(position, data),
                     ["loss"] = lossSinceLog / stepsSinceLog,
                     ["learning_rate"] = LearningRateAt(state.GlobalStep),
                     ["grad_norm"] = session.LastGradNorm, ["tokens_per_second"] = tokensPerSecond,
-                    ["mean_token_accuracy"] = correctSinceLog / Math.Max(1, scoredSinceLog),
-                });
+                };
+                if (preference is not null) preference.Report(record);
+                else record["mean_token_accuracy"] = correctSinceLog / Math.Max(1, scoredSinceLog);
+                log.Append(record);
                 lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; correctSinceLog = 0; scoredSinceLog = 0; clock.Restart();
             }
             if (data.HasEval && state.GlobalStep < totalSteps && args.EvalStrategy switch
@@ -265,42 +273,57 @@ public static class Trainer
     }
 
     /// <summary>One optimizer step over a window of micro-batches. The loss is normalized by the window's counted
-    /// tokens, as the Hugging Face Trainer does (num_items_in_batch), so accumulation equals one large batch.</summary>
+    /// tokens, as the Hugging Face Trainer does (num_items_in_batch), so accumulation equals one large batch; the DPO
+    /// loss, a mean over pairs, by the window's pairs.</summary>
+    /// <param name="preference">with preference data, takes each micro-batch's rewards</param>
     /// <returns>the loss, and the counted tokens the model predicted right</returns>
-    static (double Loss, double CorrectTokens) Update(TrainingSession session, IReadOnlyList<DataBatch> window, float lr, float maxGradNorm)
+    static (double Loss, double CorrectTokens) Update(TrainingSession session, IReadOnlyList<DataBatch> window, float lr, float maxGradNorm,
+        PreferenceMetrics? preference)
     {
-        if (window.Count == 1) return (session.Step(ToEngine(window[0]), lr, maxGradNorm), session.LastCorrectTokens);
-        long tokens = Math.Max(1, window.Sum(b => (long)b.LossTokens));
+        void Observe(DataBatch b) => preference?.Add(session.LastSequenceLogps[..b.Sequences], session.LastReferenceLogps[..b.Sequences]);
+        if (window.Count == 1)
+        {
+            var loss = session.Step(ToEngine(window[0]), lr, maxGradNorm);
+            Observe(window[0]);
+            return (loss, session.LastCorrectTokens);
+        }
+        long Weight(DataBatch b) => preference is null ? b.LossTokens : b.Sequences / 2;
+        long total = Math.Max(1, window.Sum(Weight));
         double weighted = 0, correct = 0;
         foreach (var b in window)
         {
-            weighted += session.Accumulate(ToEngine(b), (float)b.LossTokens / tokens) * b.LossTokens;
+            weighted += session.Accumulate(ToEngine(b), (float)Weight(b) / total) * Weight(b);
             correct += session.LastCorrectTokens;
+            Observe(b);
         }
         session.ApplyAccumulated(lr, maxGradNorm);
-        return (weighted / tokens, correct);
+        return (weighted / total, correct);
     }
 
     /// <summary>One pass over the eval data: the loss and the mean token accuracy over the counted tokens, those tokens,
     /// the batches run and their rows.</summary>
     public sealed record EvalScore(double Loss, double MeanTokenAccuracy, long Tokens, int Batches, long Samples);
 
-    public static EvalScore Score(TrainingSession session, TrainingData data)
+    /// <param name="preference">with preference data: the DPO loss is averaged over pairs, whose rewards this takes</param>
+    public static EvalScore Score(TrainingSession session, TrainingData data, PreferenceMetrics? preference = null)
     {
-        double sum = 0, correct = 0;
+        double sum = 0, correct = 0, weights = 0;
         long tokens = 0, samples = 0;
         int batches = 0;
         foreach (var b in data.EvalBatches())
         {
             if (b.LossTokens == 0) continue;
             var (loss, right) = session.Evaluate(ToEngine(b));
-            sum += loss * (double)b.LossTokens;
+            double weight = preference is null ? b.LossTokens : b.Sequences / 2;
+            sum += loss * weight;
+            weights += weight;
             correct += right;
             tokens += b.LossTokens;
-            samples += b.Sequences;
+            samples += preference is null ? b.Sequences : b.Sequences / 2;
             batches++;
+            preference?.Add(session.LastSequenceLogps[..b.Sequences], session.LastReferenceLogps[..b.Sequences]);
         }
-        return new(tokens == 0 ? double.NaN : sum / tokens, tokens == 0 ? double.NaN : correct / tokens, tokens, batches, samples);
+        return new(tokens == 0 ? double.NaN : sum / weights, tokens == 0 ? double.NaN : correct / tokens, tokens, batches, samples);
     }
 
     /// <summary>The epoch as the Trainer logs it, fractional: the share of the epoch's rows used so far.</summary>

@@ -50,6 +50,9 @@ public sealed class TrainingArguments
     public double EarlyStoppingThreshold { get; set; }
     /// <summary>label_smoothing_factor ε: the loss is (1 − ε)·cross-entropy + ε·the mean −log p over the vocabulary.</summary>
     public double LabelSmoothingFactor { get; set; }
+    /// <summary>DPO's beta (TRL's DPOConfig.beta), for preference data: how far the trained model may move from the
+    /// reference; higher keeps it closer.</summary>
+    public double Beta { get; set; } = 0.1;
     /// <summary>NEFTune's α (neftune_noise_alpha): uniform noise on the token embeddings while training; 0: none.</summary>
     public double NeftuneNoiseAlpha { get; set; }
     /// <summary>LoRA+: B's learning rate is LearningRate times this (1 = plain LoRA).</summary>

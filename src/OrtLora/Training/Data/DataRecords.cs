@@ -1,9 +1,9 @@
 namespace OrtLora.Training.Data;
 
 /// <summary>How rows of a data file become examples. <see cref="Auto"/> picks from the columns: <c>messages</c> → chat,
-/// <c>prompt</c> + <c>completion</c> → prompt-completion (TRL's), <c>instruction</c> + <c>output</c> → instruction, the text
-/// column → text.</summary>
-public enum DatasetFormat { Auto, Text, Instruction, Chat, PromptCompletion }
+/// <c>chosen</c> + <c>rejected</c> → preference (TRL's, trained with the DPO loss), <c>prompt</c> + <c>completion</c> →
+/// prompt-completion (TRL's), <c>instruction</c> + <c>output</c> → instruction, the text column → text.</summary>
+public enum DatasetFormat { Auto, Text, Instruction, Chat, PromptCompletion, Preference }
 
 /// <summary>One message of a conversation, as Hugging Face's chat format writes it: an assistant's tool calls, a tool
 /// result's name and tool_call_id, where the data has them.</summary>
@@ -28,6 +28,15 @@ public sealed record ChatRecord(IReadOnlyList<ChatMessage> Messages, int Trained
 /// <summary>TRL's standard prompt-completion row: the completion is trained, the prompt only read (unless
 /// --train-on-prompt), and the text is prompt + completion, as TRL's SFTTrainer joins them.</summary>
 public sealed record PromptCompletionRecord(string Prompt, string Completion) : DataRecord;
+
+/// <summary>TRL's preference row, standard kind: a prompt (possibly empty) and two completions of it, the preferred one
+/// first.</summary>
+public sealed record PreferenceRecord(string Prompt, string Chosen, string Rejected) : DataRecord;
+
+/// <summary>TRL's preference row, conversational kind: the prompt's messages and each completion's (usually one
+/// assistant message); <see cref="Tools"/> as for <see cref="ChatRecord"/>.</summary>
+public sealed record ChatPreferenceRecord(IReadOnlyList<ChatMessage> Prompt, IReadOnlyList<ChatMessage> Chosen, IReadOnlyList<ChatMessage> Rejected,
+    string? Tools = null) : DataRecord;
 
 /// <summary>What reading found: rows read, and rows skipped because a needed value was null or empty
 /// (whitespace only counts as empty; a chat without an assistant turn counts as empty).</summary>

@@ -7,7 +7,7 @@ namespace OrtLora.Training.Data;
 /// <summary>A Parquet data file read one row group at a time, so a file of any size streams through a bounded
 /// amount of memory. Rows keep their index in the file (row group after row group) whether usable or skipped,
 /// so positions and the eval split stay stable.</summary>
-public sealed class ParquetDataset : IDisposable
+public sealed partial class ParquetDataset : IDisposable
 {
     const string MessagesColumn = "messages";
     const string ToolsColumn = "tools";
@@ -114,11 +114,13 @@ public sealed class ParquetDataset : IDisposable
     DatasetFormat Detect()
     {
         if (Columns.Contains(MessagesColumn)) return DatasetFormat.Chat;
+        if (Columns.Contains("chosen") && Columns.Contains("rejected")) return DatasetFormat.Preference;
         if (Columns.Contains("prompt") && Columns.Contains("completion")) return DatasetFormat.PromptCompletion;
         if (Columns.Contains("instruction") && Columns.Contains("output")) return DatasetFormat.Instruction;
         if (Columns.Contains(TextColumn)) return DatasetFormat.Text;
         throw new OrtLoraException($"{Path}: cannot tell the data format from its columns ({string.Join(", ", Columns)}); " +
-                                   $"expected '{TextColumn}' (text), 'instruction'/'input'/'output' (instruction), 'prompt'/'completion' (prompt-completion) or '{MessagesColumn}' (chat)");
+                                   $"expected '{TextColumn}' (text), 'instruction'/'input'/'output' (instruction), 'prompt'/'completion' (prompt-completion), " +
+                                   $"'{MessagesColumn}' (chat) or 'chosen'/'rejected' (preference)");
     }
 
     void RequireColumns()
@@ -128,6 +130,7 @@ public sealed class ParquetDataset : IDisposable
             DatasetFormat.Text => [TextColumn],
             DatasetFormat.Instruction => ["instruction", "output"],
             DatasetFormat.PromptCompletion => ["prompt", "completion"],
+            DatasetFormat.Preference => ["chosen", "rejected"],
             _ => new[] { MessagesColumn },
         };
         foreach (var column in needed)
@@ -135,10 +138,12 @@ public sealed class ParquetDataset : IDisposable
                 throw new OrtLoraException($"{Path}: no column '{column}' for {FormatName(Format)} data; " +
                                            $"the file has columns: {string.Join(", ", Columns)}");
         if (Format == DatasetFormat.Chat) RequireMessageFields(MessagesColumn);
-        else if (Format == DatasetFormat.PromptCompletion)
+        else if (Format is DatasetFormat.PromptCompletion or DatasetFormat.Preference)
         {
-            // TRL's two kinds: both columns text (standard), or both lists of messages (conversational).
-            ConversationalPrompts = FirstReader.Schema.Fields.First(f => f.Name == "prompt") is not DataField;
+            // TRL's two kinds: all columns text (standard), or all lists of messages (conversational). Preference
+            // data's prompt column is optional (TRL's implicit prompt: the chosen and rejected columns' common start).
+            if (Format == DatasetFormat.Preference && Columns.Contains("prompt")) needed = [.. needed, "prompt"];
+            ConversationalPrompts = FirstReader.Schema.Fields.First(f => f.Name == needed[0]) is not DataField;
             foreach (var column in needed)
                 if (ConversationalPrompts) RequireMessageFields(column);
                 else RequireStringColumn(column);
@@ -167,7 +172,7 @@ public sealed class ParquetDataset : IDisposable
         throw new OrtLoraException($"unknown dataset format '{name}'; expected {string.Join(", ", Enum.GetValues<DatasetFormat>().Select(FormatName))}");
     }
 
-    /// <summary>Prompt-completion data whose columns are lists of messages (TRL's conversational kind).</summary>
+    /// <summary>Prompt-completion or preference data whose columns are lists of messages (TRL's conversational kind).</summary>
     public bool ConversationalPrompts { get; private set; }
 
     /// <summary>Rows go through a chat template: chat data, or conversational prompt-completion data.</summary>
@@ -195,6 +200,8 @@ public sealed class ParquetDataset : IDisposable
                 DatasetFormat.Instruction => ReadInstructions(group),
                 DatasetFormat.PromptCompletion when ConversationalPrompts => ReadConversationalPromptCompletions(group),
                 DatasetFormat.PromptCompletion => ReadPromptCompletions(group),
+                DatasetFormat.Preference when ConversationalPrompts => ReadConversationalPreferences(group),
+                DatasetFormat.Preference => ReadPreferences(group),
                 _ => ReadChats(group),
             };
             _summaryByGroup[group] = new DataSummary(rows.Count, rows.Count(r => r.Skip == Skip.Null), rows.Count(r => r.Skip == Skip.Empty));
@@ -294,11 +301,9 @@ public sealed class ParquetDataset : IDisposable
 
     static Row ToChatRow(ChatRow row) => ToChatRow(row.messages, 0, row.tools);
 
-    /// <summary>A conversation whose assistant turns from <paramref name="trainedFrom"/> on are learned (-1: no completion).</summary>
-    static Row ToChatRow(List<ChatMessageRow?>? rows, int trainedFrom, string? tools)
+    /// <summary>Messages as read; null with the reason when a message lacks its role or content.</summary>
+    static (List<ChatMessage>? Messages, Skip Skip) ToMessages(List<ChatMessageRow?> rows)
     {
-        if (rows is null || trainedFrom < 0) return new Row(null, Skip.Null);
-        if (rows.Count == 0) return new Row(null, Skip.Empty);
         var messages = new List<ChatMessage>(rows.Count);
         foreach (var m in rows)
         {
@@ -306,9 +311,19 @@ public sealed class ParquetDataset : IDisposable
                 .Select(c => new ToolCall(c!.function!.name!, c.function.arguments ?? "{}", c.id, c.type ?? "function")).ToList();
             // An assistant message that calls tools may have no text.
             var skip = calls is { Count: > 0 } ? Check(m!.role) : Check(m?.role, m?.content);
-            if (skip != Skip.None) return new Row(null, skip);
+            if (skip != Skip.None) return (null, skip);
             messages.Add(new ChatMessage(m!.role!.Trim(), m.content ?? "", calls is { Count: > 0 } ? calls : null, m.name, m.tool_call_id));
         }
+        return (messages, Skip.None);
+    }
+
+    /// <summary>A conversation whose assistant turns from <paramref name="trainedFrom"/> on are learned (-1: no completion).</summary>
+    static Row ToChatRow(List<ChatMessageRow?>? rows, int trainedFrom, string? tools)
+    {
+        if (rows is null || trainedFrom < 0) return new Row(null, Skip.Null);
+        if (rows.Count == 0) return new Row(null, Skip.Empty);
+        var (messages, skip) = ToMessages(rows);
+        if (messages is null) return new Row(null, skip);
         var record = new ChatRecord(messages, trainedFrom, string.IsNullOrWhiteSpace(tools) ? null : tools);
         // Nothing to learn from a chat without an assistant turn (in the completion).
         if (!Enumerable.Range(0, messages.Count).Any(record.Trains)) return new Row(null, Skip.Empty);

@@ -29,6 +29,12 @@ public sealed record DataOptions
     public double EvalSplit { get; init; }
     /// <summary>A built-in chat template name; null: the model's own (tokenizer_config.json), else ChatML.</summary>
     public string? ChatTemplate { get; init; }
+    /// <summary>Preference data (TRL's DPOConfig): the prompt keeps its last max_prompt_length tokens.</summary>
+    public int MaxPromptLength { get; init; } = 512;
+    /// <summary>Preference data: each completion keeps its first max_completion_length tokens (null: all).</summary>
+    public int? MaxCompletionLength { get; init; }
+    /// <summary>Preference data: which end of prompt + completion a cut to MaxSeqLength keeps, keep_end (TRL's default) or keep_start.</summary>
+    public string TruncationMode { get; init; } = "keep_end";
 }
 
 /// <summary>The training data: a Parquet file read row group by row group, rendered, tokenized, labelled, optionally
@@ -39,6 +45,7 @@ public sealed class TrainingData : IDisposable
     readonly EpochOrder _order;
     readonly ExampleRenderer _renderer;
     readonly ExampleEncoder _encoder;
+    readonly PreferenceEncoder? _preference;
 
     TrainingData(ParquetDataset train, ParquetDataset? eval, TextTokenizer tokenizer, DataOptions options, ChatTemplate chat)
     {
@@ -49,7 +56,17 @@ public sealed class TrainingData : IDisposable
         _order = new EpochOrder(train, options.Seed, options.Shuffle);
         _renderer = new ExampleRenderer(chat, tokenizer.AddsBos, options.TrainOnPrompt);
         _encoder = new ExampleEncoder(tokenizer, options.MaxSeqLength);
+        if (train.Format == DatasetFormat.Preference)
+            _preference = new PreferenceEncoder(tokenizer, chat, options.MaxSeqLength, options.MaxPromptLength, options.MaxCompletionLength,
+                keepEnd: options.TruncationMode == "keep_end");
     }
+
+    /// <summary>Preference data: each example is a pair of sequences, chosen then rejected, side by side in a batch
+    /// (rows 2i and 2i + 1), a batch holding BatchSize pairs; the DPO loss trains on them.</summary>
+    public bool IsPreference => _preference is not null;
+
+    /// <summary>Sequences in a full batch of <paramref name="examples"/> examples.</summary>
+    int Sequences(int examples) => IsPreference ? 2 * examples : examples;
 
     public ParquetDataset Train { get; }
     public ParquetDataset? EvalFile { get; }
@@ -71,7 +88,16 @@ public sealed class TrainingData : IDisposable
         if (evalPath is not null && options.EvalSplit > 0) throw new OrtLoraException("give either an eval file or --eval-split, not both");
         if (options.GroupByLength && options.Packing)
             throw new OrtLoraException("--group-by-length sorts examples by length to pad less; packed sequences are all about --max-seq-length: choose one");
+        if (options.TruncationMode is not ("keep_end" or "keep_start"))
+            throw new OrtLoraException($"--truncation-mode must be keep_end or keep_start, got '{options.TruncationMode}'");
+        if (options.MaxPromptLength <= 0 || options.MaxCompletionLength <= 0)
+            throw new OrtLoraException($"--max-prompt-length and --max-completion-length must be positive, got {options.MaxPromptLength} and {options.MaxCompletionLength}");
         var train = ParquetDataset.Open(trainPath, options.Format, options.TextColumn);
+        if (train.Format == DatasetFormat.Preference && (options.Packing || options.GroupByLength))
+        {
+            train.Dispose();
+            throw new OrtLoraException($"{trainPath}: preference data trains pairs side by side (chosen, rejected); --packing and --group-by-length would take them apart");
+        }
         ParquetDataset? eval = null;
         try
         {
@@ -101,13 +127,13 @@ public sealed class TrainingData : IDisposable
             int batches = (int)Math.Clamp(Train.RowCount / (4L * Options.BatchSize), 1, 50);
             return DropPartial(Batching.GroupedByLength(sequences, Options.BatchSize, batches * Options.BatchSize, Tokenizer.PadId, from, FixedLength));
         }
-        return DropPartial(Batching.Batches(sequences, Options.BatchSize, Tokenizer.PadId, from.Epoch, FixedLength));
+        return DropPartial(Batching.Batches(sequences, Sequences(Options.BatchSize), Tokenizer.PadId, from.Epoch, FixedLength));
     }
 
     /// <summary>With <see cref="DataOptions.DropLast"/>, the batches that hold fewer rows than the batch size (only ever
     /// an epoch's last: grouping sorts within groups of whole batches).</summary>
     IEnumerable<Batch> DropPartial(IEnumerable<Batch> batches, int? batchSize = null) =>
-        Options.DropLast ? batches.Where(b => b.Sequences >= (batchSize ?? Options.BatchSize)) : batches;
+        Options.DropLast ? batches.Where(b => b.Sequences >= Sequences(batchSize ?? Options.BatchSize)) : batches;
 
     /// <summary>Batches for evaluation: the eval file, or the held-out rows, in file order (never packed). The eval
     /// examples are tokenized on the first call and kept, so later evaluations do not read the files again. As the
@@ -115,7 +141,7 @@ public sealed class TrainingData : IDisposable
     public IEnumerable<Batch> EvalBatches()
     {
         _evalExamples ??= [.. Tokenize(EvalFile ?? Train, EvalRows().Select(r => (r.Index, r.Record, r.Index + 1)))];
-        return DropPartial(Batching.Batches(Batching.Single(_evalExamples), Options.EvalBatchSize, Tokenizer.PadId, 0, FixedLength), Options.EvalBatchSize);
+        return DropPartial(Batching.Batches(Batching.Single(_evalExamples), Sequences(Options.EvalBatchSize), Tokenizer.PadId, 0, FixedLength), Options.EvalBatchSize);
     }
 
     List<(TokenizedExample, long)>? _evalExamples;
@@ -135,8 +161,11 @@ public sealed class TrainingData : IDisposable
 
     /// <summary>The usable rows in file order, each tokenized and labelled as training would (null: truncation left
     /// nothing to learn), without the epoch's shuffle: what `ortlora show-data` prints.</summary>
+    /// Preference rows give two, chosen then rejected.
     public IEnumerable<(long Row, TokenizedExample? Example)> FileExamples() =>
-        Train.ReadAll().Select(r => (r.Index, _encoder.Encode(Render(Train, r.Index, r.Record))));
+        Train.ReadAll().SelectMany(r => _preference is null ? [(r.Index, _encoder.Encode(Render(Train, r.Index, r.Record)))]
+            : EncodePair(Train, r.Index, r.Record) is { } pair ? [(r.Index, pair.Chosen), (r.Index, pair.Rejected)]
+            : new (long, TokenizedExample?)[] { (r.Index, null) });
 
     /// <summary>The training rows of an epoch from a position: eval rows and skipped rows left out.</summary>
     IEnumerable<(TokenizedExample, long)> TrainExamples(DataPosition from) =>
@@ -148,6 +177,13 @@ public sealed class TrainingData : IDisposable
     {
         foreach (var (rowIndex, record, next) in rows)
         {
+            if (_preference is not null)
+            {
+                if (EncodePair(file, rowIndex, record) is not { } pair) { _truncatedAway.Add(rowIndex); continue; }
+                yield return (pair.Chosen, next);
+                yield return (pair.Rejected, next);
+                continue;
+            }
             var example = _encoder.Encode(Render(file, rowIndex, record));
             if (example is null) { _truncatedAway.Add(rowIndex); continue; }
             yield return (example, next);
@@ -159,6 +195,12 @@ public sealed class TrainingData : IDisposable
     Example Render(ParquetDataset file, long rowIndex, DataRecord record)
     {
         try { return _renderer.Render(rowIndex, record); }
+        catch (OrtLoraException e) { throw new OrtLoraException($"{file.Path}: row {rowIndex}: {e.Message}", e); }
+    }
+
+    (TokenizedExample Chosen, TokenizedExample Rejected)? EncodePair(ParquetDataset file, long rowIndex, DataRecord record)
+    {
+        try { return _preference!.Encode(rowIndex, record); }
         catch (OrtLoraException e) { throw new OrtLoraException($"{file.Path}: row {rowIndex}: {e.Message}", e); }
     }
 

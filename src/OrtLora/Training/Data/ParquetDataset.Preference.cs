@@ -1,0 +1,77 @@
+using Parquet.Schema;
+
+namespace OrtLora.Training.Data;
+
+/// <summary>TRL's preference rows (prompt, chosen, rejected), standard or conversational. Without a prompt column the
+/// prompt is the common start of chosen and rejected, as TRL's extract_prompt finds it.</summary>
+public sealed partial class ParquetDataset
+{
+    List<Row> ReadPreferences(int group)
+    {
+        var chosen = ReadStrings(group, "chosen");
+        var rejected = ReadStrings(group, "rejected");
+        var prompt = Columns.Contains("prompt") ? ReadStrings(group, "prompt") : null;
+        var rows = new List<Row>(chosen.Length);
+        for (int i = 0; i < chosen.Length; i++)
+        {
+            if (chosen[i] is null || rejected[i] is null || prompt is not null && prompt[i] is null) { rows.Add(new Row(null, Skip.Null)); continue; }
+            var (p, c, r) = prompt is not null ? (prompt[i]!, chosen[i]!, rejected[i]!) : ExtractPrompt(chosen[i]!, rejected[i]!);
+            // An empty prompt is allowed; an empty completion has nothing to compare.
+            var skip = Check(c, r);
+            rows.Add(skip == Skip.None ? new Row(new PreferenceRecord(p, c, r), skip) : new Row(null, skip));
+        }
+        return rows;
+    }
+
+    List<Row> ReadConversationalPreferences(int group)
+    {
+        var rows = Deserialize<PreferenceRow>(group);
+        return [.. rows.Select(row =>
+        {
+            if (row.chosen is null || row.rejected is null || Columns.Contains("prompt") && row.prompt is null) return new Row(null, Skip.Null);
+            var (chosen, chosenSkip) = ToMessages(row.chosen);
+            var (rejected, rejectedSkip) = ToMessages(row.rejected);
+            var (prompt, promptSkip) = ToMessages(row.prompt ?? []);
+            if (chosen is null || rejected is null || prompt is null) return new Row(null, new[] { chosenSkip, rejectedSkip, promptSkip }.Max());
+            if (row.prompt is null) (prompt, chosen, rejected) = ExtractPrompt(chosen, rejected);
+            if (chosen.Count == 0 || rejected.Count == 0) return new Row(null, Skip.Empty);
+            return new Row(new ChatPreferenceRecord(prompt, chosen, rejected, string.IsNullOrWhiteSpace(row.tools) ? null : row.tools), Skip.None);
+        })];
+    }
+
+    /// <summary>TRL's extract_prompt: the prompt is chosen's start up to the first place where rejected differs (a
+    /// space just before it stays with the completions); chosen and rejected are what follows.</summary>
+    static (string Prompt, string Chosen, string Rejected) ExtractPrompt(string chosen, string rejected)
+    {
+        var (at, differs) = CommonStart(chosen.Length, rejected.Length, i => chosen[i] == rejected[i]);
+        if (differs && at > 0 && chosen[at - 1] == ' ') at--;
+        return (chosen[..at], chosen[at..], rejected[at..]);
+    }
+
+    static (List<ChatMessage>, List<ChatMessage>, List<ChatMessage>) ExtractPrompt(List<ChatMessage> chosen, List<ChatMessage> rejected)
+    {
+        var (at, _) = CommonStart(chosen.Count, rejected.Count, i => SameMessage(chosen[i], rejected[i]));
+        return (chosen[..at], chosen[at..], rejected[at..]);
+    }
+
+    /// <summary>The index where two sequences first differ. As TRL's loop leaves it, sequences that never differ within
+    /// the shorter one's length split one before its end (the last element counts as the completion).</summary>
+    static (int At, bool Differs) CommonStart(int a, int b, Func<int, bool> same)
+    {
+        int n = Math.Min(a, b);
+        for (int i = 0; i < n; i++) if (!same(i)) return (i, true);
+        return (Math.Max(0, n - 1), false);
+    }
+
+    static bool SameMessage(ChatMessage a, ChatMessage b) =>
+        a.Role == b.Role && a.Content == b.Content && a.Name == b.Name && a.ToolCallId == b.ToolCallId
+        && (a.ToolCalls ?? []).SequenceEqual(b.ToolCalls ?? []);
+
+    sealed class PreferenceRow
+    {
+        public List<ChatMessageRow?>? prompt { get; set; }
+        public List<ChatMessageRow?>? chosen { get; set; }
+        public List<ChatMessageRow?>? rejected { get; set; }
+        public string? tools { get; set; }
+    }
+}

@@ -1,0 +1,92 @@
+namespace OrtLora.Training.Data;
+
+/// <summary>Preference rows as TRL's DPOTrainer tokenizes them (tokenize_row, then concatenated_forward): the prompt and
+/// each completion are tokenized on their own with no special tokens added, a standard row's completions end with EOS, the
+/// prompt keeps its last max_prompt_length tokens and each completion its first max_completion_length, and prompt +
+/// completion is cut to max_length, keeping its end (truncation_mode keep_end, TRL's default) or its start. A
+/// conversational row goes through the chat template: the prompt with the generation prompt opened, each completion as
+/// the text the template adds for it after the prompt (the two renders' common start, as TRL takes it). The prompt's
+/// tokens are read, not learned (labels -100).</summary>
+public sealed class PreferenceEncoder(TextTokenizer tokenizer, ChatTemplate chatTemplate, int maxLength, int maxPromptLength, int? maxCompletionLength,
+    bool keepEnd)
+{
+    // BOS and EOS segments of a render, as characters no text has, so that renders compare and cut as strings.
+    const char BosMark = '\uE000', EosMark = '\uE001';
+
+    /// <summary>The pair's chosen and rejected sequences, or null when truncation left one of them no completion token.</summary>
+    public (TokenizedExample Chosen, TokenizedExample Rejected)? Encode(long rowIndex, DataRecord record)
+    {
+        var (prompt, chosen, rejected) = record switch
+        {
+            PreferenceRecord row => (Ids(row.Prompt), WithEos(Ids(row.Chosen)), WithEos(Ids(row.Rejected))),
+            ChatPreferenceRecord row => Conversational(row),
+            _ => throw new OrtLoraException($"row {rowIndex} is not a preference row ({record.GetType().Name})"),
+        };
+        if (prompt.Count > maxPromptLength) prompt = prompt[^maxPromptLength..];
+        if (maxCompletionLength is { } most)
+        {
+            if (chosen.Count > most) chosen = chosen[..most];
+            if (rejected.Count > most) rejected = rejected[..most];
+        }
+        var (c, r) = (Sequence(rowIndex, prompt, chosen), Sequence(rowIndex, prompt, rejected));
+        return c.TrainedTokens > 0 && r.TrainedTokens > 0 ? (c, r) : null;
+    }
+
+    TokenizedExample Sequence(long rowIndex, List<int> prompt, List<int> completion)
+    {
+        var ids = prompt.Concat(completion).ToList();
+        var labels = Enumerable.Repeat(ExampleEncoder.IgnoreIndex, prompt.Count).Concat(completion).ToList();
+        if (ids.Count > maxLength)
+        {
+            int from = keepEnd ? ids.Count - maxLength : 0;
+            ids = ids.GetRange(from, maxLength);
+            labels = labels.GetRange(from, maxLength);
+        }
+        return new TokenizedExample(rowIndex, [.. ids], [.. labels]);
+    }
+
+    List<int> WithEos(List<int> ids)
+    {
+        if (tokenizer.EosId is int eos) ids.Add(eos);
+        return ids;
+    }
+
+    /// <summary>TRL's maybe_apply_chat_template on a preference row: a prompt ending with a user message opens the
+    /// assistant's turn; the completions are what each full render adds after the prompt.</summary>
+    (List<int>, List<int>, List<int>) Conversational(ChatPreferenceRecord row)
+    {
+        if (row.Prompt.Count == 0 || row.Prompt[^1].Role != "user")
+            throw new OrtLoraException($"a conversational preference prompt must end with a user message (it ends with {(row.Prompt.Count == 0 ? "nothing" : $"a '{row.Prompt[^1].Role}' message")})");
+        var prompt = Render([.. row.Prompt], row.Tools, addGenerationPrompt: true);
+        var withChosen = Render([.. row.Prompt, .. row.Chosen], row.Tools, addGenerationPrompt: false);
+        var withRejected = Render([.. row.Prompt, .. row.Rejected], row.Tools, addGenerationPrompt: false);
+        // Templates that add to the prompt only with the generation prompt (DeepSeek-R1's <think>) differ from the full
+        // render there: the prompt is the common start, as TRL takes it.
+        int common = 0;
+        while (common < prompt.Length && common < withChosen.Length && prompt[common] == withChosen[common]) common++;
+        return (Ids(prompt[..common]), Ids(withChosen[common..]), Ids(withRejected[common..]));
+    }
+
+    string Render(List<ChatMessage> messages, string? tools, bool addGenerationPrompt) =>
+        string.Concat(chatTemplate.Render(new ChatRecord(messages, messages.Count, tools), addBos: false, addGenerationPrompt).Select(s => s.Special switch
+        {
+            SpecialToken.Bos => BosMark.ToString(),
+            SpecialToken.Eos => EosMark.ToString(),
+            _ => s.Text,
+        }));
+
+    /// <summary>Token ids of text (special tokens written in it recognized, none added), the BOS/EOS marks as their ids.</summary>
+    List<int> Ids(string text)
+    {
+        var ids = new List<int>();
+        int start = 0;
+        for (int i = 0; i <= text.Length; i++)
+        {
+            if (i < text.Length && text[i] is not (BosMark or EosMark)) continue;
+            if (i > start) ids.AddRange(tokenizer.Encode(text[start..i]));
+            if (i < text.Length && (text[i] == BosMark ? tokenizer.BosId : tokenizer.EosId) is int special) ids.Add(special);
+            start = i + 1;
+        }
+        return ids;
+    }
+}

@@ -1,0 +1,99 @@
+using System.Text.Json.Nodes;
+using OrtLora.Training.Data;
+using static OrtLora.Tests.LoraTestKit;
+
+namespace OrtLora.Tests;
+
+/// <summary>`ortlora train` on preference data (DPO) with the embedded tiny model: pairs made from its demo
+/// instructions, the row's answer chosen and an evasive one rejected.</summary>
+public class TrainPreferenceTests
+{
+    sealed class PreferenceRow { public string? prompt { get; set; } public string? chosen { get; set; } public string? rejected { get; set; } }
+
+    static readonly Lazy<string> Pairs = new(() =>
+    {
+        using var demo = ParquetDataset.Open(Tiny("demo.parquet"));
+        var rows = demo.ReadAll().Select(r => (InstructionRecord)r.Record).ToList();
+        return Shared.WriteParquet(rows.Select((row, i) => new PreferenceRow
+        {
+            prompt = AlpacaTemplate.Prompt(row), chosen = row.Output, rejected = i % 2 == 0 ? "I do not know." : "I would rather not say.",
+        }), "tiny_preferences.parquet");
+    });
+
+    static string[] TrainArgs(string output, params string[] extra) =>
+    [
+        "train", Tiny("model.onnx"), "--data", Pairs.Value, "--target-modules", "all-linear", "--r", "8",
+        "--learning-rate", "5e-3", "--logging-steps", "1", "--eval-steps", "15", "--plain-log",
+        "-o", output, .. extra,
+    ];
+
+    static List<JsonNode> Metrics(string dir) => [.. File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)];
+
+    /// <summary>The policy starts as its own reference: the first step's loss and the step-0 eval loss are ln 2 and
+    /// every reward 0. Training then prefers the chosen answers on held-out pairs: eval rewards/accuracies near 1, margins
+    /// positive, eval loss far below ln 2; the logged rewards are β times the log-probability moves.</summary>
+    [Test]
+    public void DpoLearnsToPreferTheChosenAnswers()
+    {
+        var dir = Shared.TempDir();
+        var run = OrtloraOk(TrainArgs(dir, "--max-steps", "30", "--beta", "0.1", "--eval-split", "0.1", "--per-device-train-batch-size", "4"));
+        Assert.That(run.Out, Does.Contain("preference data"));
+        var metrics = Metrics(dir);
+        var evals = metrics.Where(m => m["eval_loss"] is not null).ToList();
+        var steps = metrics.Where(m => m["loss"] is not null).ToList();
+        Assert.That(evals.Select(m => (int)m["step"]!), Is.EqualTo(new[] { 0, 15, 30 }));
+
+        Assert.That((double)evals[0]["eval_loss"]!, Is.EqualTo(Math.Log(2)).Within(1e-6));
+        Assert.That((double)evals[0]["eval_rewards/chosen"]!, Is.EqualTo(0).Within(1e-9));
+        Assert.That((double)steps[0]["loss"]!, Is.EqualTo(Math.Log(2)).Within(1e-6), "step 1 computes its loss before its update");
+        Assert.That((double)steps[0]["rewards/margins"]!, Is.EqualTo(0).Within(1e-9));
+
+        var last = evals[^1];
+        Assert.That((double)last["eval_loss"]!, Is.LessThan(0.35));
+        Assert.That((double)last["eval_rewards/accuracies"]!, Is.GreaterThan(0.85));
+        Assert.That((double)last["eval_rewards/margins"]!, Is.GreaterThan(1));
+        Assert.That((double)last["eval_rewards/margins"]!,
+            Is.EqualTo((double)last["eval_rewards/chosen"]! - (double)last["eval_rewards/rejected"]!).Within(1e-9));
+        // β·(π − r): the chosen answers' reward is β times how far their mean log-probability rose
+        double chosenRise = (double)last["eval_logps/chosen"]! - (double)evals[0]["eval_logps/chosen"]!;
+        Assert.That((double)last["eval_rewards/chosen"]!, Is.EqualTo(0.1 * chosenRise).Within(1e-3 * Math.Abs(chosenRise) + 1e-6));
+        Assert.That(metrics.Any(m => m["mean_token_accuracy"] is not null || m["perplexity"] is not null), Is.False, "DPO logs rewards, not token metrics");
+        Assert.That(File.Exists(Path.Combine(dir, "adapter_model.safetensors")));
+    }
+
+    /// <summary>Gradient accumulation averages the DPO loss over the window's pairs: two micro-batches of 2 pairs give the
+    /// step of one batch of 4 (same adapter to float32 rounding), and padding every batch to a fixed shape changes nothing.</summary>
+    [Test]
+    public void AccumulationAndFixedShapesTrainAsOneBatch()
+    {
+        string[] Short(string dir, params string[] extra) => TrainArgs(dir, ["--max-steps", "3", "--max-grad-norm", "0", .. extra]);
+        var whole = Shared.TempDir();
+        var accumulated = Shared.TempDir();
+        var padded = Shared.TempDir();
+        OrtloraOk(Short(whole, "--per-device-train-batch-size", "4"));
+        OrtloraOk(Short(accumulated, "--gradient-accumulation-steps", "2", "--per-device-train-batch-size", "2"));
+        OrtloraOk(Short(padded, "--per-device-train-batch-size", "4", "--pad-to-max-length", "--max-length", "320"));
+        var reference = Lora.SafeTensors.Read(Path.Combine(whole, "adapter_model.safetensors"));
+        foreach (var other in new[] { accumulated, padded })
+        {
+            var tensors = Lora.SafeTensors.Read(Path.Combine(other, "adapter_model.safetensors"));
+            foreach (var (name, tensor) in reference)
+            {
+                Assert.That(Shared.MaxAbsDiff(tensors[name].AsFloats(), tensor.AsFloats()), Is.LessThan(2e-5f), $"{other}: {name}");
+            }
+        }
+    }
+
+    [Test]
+    public void PreferenceDataRefusesWhatWouldSplitItsPairs()
+    {
+        var packed = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--packing"));
+        Assert.That(packed.ExitCode, Is.Not.EqualTo(0));
+        Assert.That(packed.Error, Does.Contain("tiny_preferences.parquet").And.Contain("--packing"));
+        var smoothed = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--label-smoothing-factor", "0.1"));
+        Assert.That(smoothed.Error, Does.Contain("DPO loss"));
+        var eval = Ortlora("eval", Tiny("model.onnx"), "--data", Pairs.Value);
+        Assert.That(eval.ExitCode, Is.Not.EqualTo(0));
+        Assert.That(eval.Error, Does.Contain("tiny_preferences.parquet").And.Contain("DPO loss"));
+    }
+}
