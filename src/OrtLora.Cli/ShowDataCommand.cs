@@ -28,10 +28,14 @@ public static class ShowDataCommand
             using var training = TrainingData.Open(parse.GetValue(data)!, tokenizer, dataOptions.Read(parse), tokenizerConfig: TokenizerConfig.Read(tokenizerDir));
             Console.WriteLine($"{Path.GetFileName(training.Train.Path)}: {ParquetDataset.FormatName(training.Train.Format)}" +
                 (training.Train.IsConversational ? $" data, {training.ChatTemplate.Name} template" : " data") + $"; learned tokens between {LearnedOpen} {LearnedClose}");
-            foreach (var (row, example) in training.FileExamples().Take(count))
+            // Preference rows show both sequences, chosen then rejected.
+            long previous = -1;
+            foreach (var (row, example) in training.FileExamples().Take(training.IsPreference ? 2 * count : count))
             {
+                var name = !training.IsPreference ? $"row {row}" : $"row {row} {(row == previous ? "rejected" : "chosen")}";
+                previous = row;
                 if (example is null) { Console.WriteLine($"── row {row}: nothing learned within {training.Options.MaxSeqLength} tokens (dropped from training)"); continue; }
-                Console.WriteLine($"── row {row}: {example.Length} tokens, {example.TrainedTokens} learned");
+                Console.WriteLine($"── {name}: {example.Length} tokens, {example.TrainedTokens} learned");
                 Console.WriteLine(Marked(tokenizer, example));
             }
         }));

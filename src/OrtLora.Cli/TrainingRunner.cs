@@ -25,7 +25,8 @@ public static class TrainingRunner
             if (r.Step % Math.Max(1, loggingSteps) == 0 || r.Step == r.TotalSteps)
                 Console.WriteLine($"step {r.Step}/{r.TotalSteps}  epoch {r.Epoch}  loss {r.Loss:F4}  lr {r.LearningRate:G3}  grad_norm {r.GradNorm:F3}  {r.TokensPerSecond:F0} tok/s");
         }
-        public void Evaluated(int step, double loss, double accuracy) => Console.WriteLine($"step {step}: eval_loss {loss:F4}  perplexity {Math.Exp(loss):F2}  mean_token_accuracy {accuracy:F4}");
+        public void Evaluated(int step, double loss, IReadOnlyList<(string Name, double Value)> metrics) =>
+            Console.WriteLine($"step {step}: eval_loss {loss:F4}  " + string.Join("  ", metrics.Select(m => $"{m.Name} {m.Value:F4}")));
         public void Info(string message) => Console.WriteLine(message);
     }
 
@@ -43,7 +44,8 @@ public static class TrainingRunner
             _task!.Value = r.Step;
             _task.Description = $"step {r.Step}/{r.TotalSteps} loss {r.Loss:F4} {r.TokensPerSecond:F0} tok/s";
         }
-        public void Evaluated(int step, double loss, double accuracy) => AnsiConsole.MarkupLineInterpolated($"step {step}: eval_loss [bold]{loss:F4}[/] perplexity {Math.Exp(loss):F2} mean_token_accuracy {accuracy:F4}");
+        public void Evaluated(int step, double loss, IReadOnlyList<(string Name, double Value)> metrics) =>
+            AnsiConsole.MarkupLineInterpolated($"step {step}: eval_loss [bold]{loss:F4}[/] {string.Join(" ", metrics.Select(m => $"{m.Name} {m.Value:F4}"))}");
         public void Info(string message) => AnsiConsole.MarkupLineInterpolated($"[grey]{message}[/]");
     }
 }

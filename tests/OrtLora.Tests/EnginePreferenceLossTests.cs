@@ -1,3 +1,5 @@
+using InferenceSession = Microsoft.ML.OnnxRuntime.InferenceSession;
+using OrtValue = Microsoft.ML.OnnxRuntime.OrtValue;
 using OrtLora.Autodiff;
 using OrtLora.Lora;
 using OrtLora.Onnx;
@@ -174,5 +176,60 @@ public class EnginePreferenceLossTests
             for (int i = 0; i < grad.Length; i++)
                 Assert.That(paddedGradients[name][i], Is.EqualTo(grad[i]).Within(1e-4 * scale), $"{name}[{i}]");
         }
+    }
+
+    /// <summary>CUDA graphs' host half (<see cref="FixedAddresses"/>): the reference forward runs as its own captured
+    /// graph of the eval session, bound to the starting parameters' buffers; every replay finds its buffers, and training
+    /// through them is training as before, bit for bit.</summary>
+    [Test]
+    public void FixedAddressesTrainBitForBitWithTheReferenceAsItsOwnGraph()
+    {
+        using var model = Injected();
+        var options = new TrainingSessionOptions(new AdamWOptions(), StaticShapes: true, StateInSessionMemory: true, PreferenceBeta: Beta);
+        using var plain = new TrainingSession(model, options);
+        using var graphs = new TrainingSession(model, options with { CudaGraphs = true });
+        var first = new Dictionary<(InferenceSession, int), List<(string Name, OrtValue Value)>>();
+        var ids = new HashSet<int>();
+        graphs.RunObserver = (session, id, bound) =>
+        {
+            ids.Add(id);
+            if (id < 0) return;
+            if (!first.TryGetValue((session, id), out var captured)) { first[(session, id)] = [.. bound]; return; }
+            Assert.That(bound.Select(b => b.Name), Is.EqualTo(captured.Select(b => b.Name)), $"graph {id}");
+            for (int i = 0; i < bound.Count; i++)
+                Assert.That(ReferenceEquals(bound[i].Value, captured[i].Value), $"graph {id}: '{bound[i].Name}' moved");
+        };
+        var batch = PairBatch();
+        var losses = new List<(float, float)>();
+        for (int i = 0; i < 3; i++) losses.Add((plain.Step(batch, 1e-2f, 1f), graphs.Step(batch, 1e-2f, 1f)));
+        for (int i = 0; i < 2; i++) losses.Add((plain.Evaluate(batch).Loss, graphs.Evaluate(batch).Loss));
+        foreach (var (expected, actual) in losses) Assert.That(actual, Is.EqualTo(expected));
+        Assert.That(losses[0].Item1, Is.EqualTo(Math.Log(2)).Within(1e-6));
+        Assert.That(losses[^1].Item1, Is.LessThan(losses[0].Item1 - 0.05), "the steps lower the loss");
+        Assert.That(ids, Does.Contain(2), "the reference forward's own graph");
+        Assert.That(graphs.LastReferenceLogps, Is.EqualTo(plain.LastReferenceLogps));
+    }
+
+    /// <summary>fp16 compute: the half model starts as its own reference too, and the loss of moved parameters is float32's
+    /// within half precision's error.</summary>
+    [Test]
+    public void HalfPrecisionComputesTheSameLoss()
+    {
+        using var model = Injected();
+        using var single = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), PreferenceBeta: Beta));
+        using var half = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Compute: ComputeType.Float16, PreferenceBeta: Beta));
+        var batch = PairBatch();
+        Assert.That(half.Evaluate(batch).Loss, Is.EqualTo(Math.Log(2)).Within(1e-6));
+        LoraTestKit.RandomizeB(model, std: 0.3f);
+        var values = LoraValues(model, single);
+        single.SetParameters(values);
+        half.SetParameters(values);
+        var expected = single.Evaluate(batch).Loss;
+        Assert.That(Math.Abs(expected - Math.Log(2)), Is.GreaterThan(0.05));
+        Assert.That(half.Evaluate(batch).Loss, Is.EqualTo(expected).Within(5e-3 * expected));
+        var (_, halfGradients) = half.ComputeGradients(batch);
+        var (_, singleGradients) = single.ComputeGradients(batch);
+        foreach (var (name, grad) in singleGradients)
+            Assert.That(Shared.MaxAbsDiff(halfGradients[name], grad), Is.LessThan(2e-2 * grad.Max(x => Math.Abs(x)) + 1e-7), name);
     }
 }

@@ -96,4 +96,49 @@ public class TrainPreferenceTests
         Assert.That(eval.ExitCode, Is.Not.EqualTo(0));
         Assert.That(eval.Error, Does.Contain("tiny_preferences.parquet").And.Contain("DPO loss"));
     }
+
+    /// <summary>A resumed run ends with the uninterrupted run's adapter byte for byte: the reference is the model as
+    /// injected, which the resumed run rebuilds.</summary>
+    [Test]
+    public void ResumedRunEndsWithTheSameAdapter()
+    {
+        var straight = Shared.TempDir();
+        var resumed = Shared.TempDir();
+        OrtloraOk(TrainArgs(straight, "--max-steps", "6", "--save-steps", "3", "--per-device-train-batch-size", "2"));
+        OrtloraOk(TrainArgs(resumed, "--max-steps", "6", "--save-steps", "3", "--per-device-train-batch-size", "2"));
+        File.Delete(Path.Combine(resumed, "adapter_model.safetensors"));
+        Directory.Delete(Path.Combine(resumed, "checkpoint-6"), recursive: true);
+        OrtloraOk(TrainArgs(resumed, "--max-steps", "6", "--save-steps", "3", "--per-device-train-batch-size", "2", "--resume-from-checkpoint"));
+        Assert.That(File.ReadAllBytes(Path.Combine(resumed, "adapter_model.safetensors")),
+            Is.EqualTo(File.ReadAllBytes(Path.Combine(straight, "adapter_model.safetensors"))));
+    }
+
+    /// <summary>DPO after SFT: with --init-from the reference is the starting adapter (what TRL's ref_adapter_name gives),
+    /// so the step-0 eval loss is ln 2 although that adapter's log-probabilities differ from the base model's.</summary>
+    [Test]
+    public void StartingFromAnAdapterMakesItTheReference()
+    {
+        var sft = Shared.TempDir();
+        OrtloraOk(["train", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "--target-modules", "all-linear", "--r", "8", "--max-steps", "20",
+            "--learning-rate", "5e-3", "--plain-log", "-o", sft]);
+        var fromBase = Shared.TempDir();
+        var fromSft = Shared.TempDir();
+        OrtloraOk(TrainArgs(fromBase, "--max-steps", "1", "--eval-split", "0.1"));
+        OrtloraOk([.. TrainArgs(fromSft, "--max-steps", "1", "--eval-split", "0.1"), "--init-from", sft]);
+        var baseEval = Metrics(fromBase).First(m => m["eval_loss"] is not null);
+        var sftEval = Metrics(fromSft).First(m => m["eval_loss"] is not null);
+        Assert.That((double)sftEval["eval_loss"]!, Is.EqualTo(Math.Log(2)).Within(1e-6));
+        Assert.That((double)sftEval["eval_logps/chosen"]! - (double)baseEval["eval_logps/chosen"]!, Is.GreaterThan(5),
+            "the SFT adapter made the chosen answers more likely than the base model does");
+    }
+
+    [Test]
+    public void ShowDataPrintsBothSequencesOfAPair()
+    {
+        var shown = OrtloraOk("show-data", Pairs.Value, "--tokenizer", Tiny(""), "--rows", "2");
+        Assert.That(shown.Out, Does.Contain("preference data"));
+        var headers = shown.Out.Split('\n').Where(l => l.StartsWith("── ")).ToList();
+        Assert.That(headers.Select(h => h.Split(':')[0]), Is.EqualTo(new[] { "── row 0 chosen", "── row 0 rejected", "── row 1 chosen", "── row 1 rejected" }));
+        Assert.That(shown.Out, Does.Contain("⟦I do not know.<|endoftext|>⟧").And.Contain("⟦I would rather not say.<|endoftext|>⟧"));
+    }
 }

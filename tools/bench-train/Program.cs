@@ -5,7 +5,7 @@
 //       [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
 //       [--gradient-checkpointing] [--loss-chunks N] [--cuda-graphs] [--use-dora] [--quantize-weights 4|8 [--block-size 32]]
 //       [--modules-to-save lm_head,embed_tokens] [--trainable-tokens N (the first N ids of the token embedding)]
-//       [--target-modules q_proj,v_proj,embed_tokens (default all-linear)]
+//       [--target-modules q_proj,v_proj,embed_tokens (default all-linear)] [--dpo BETA (the batch's rows as chosen/rejected pairs)]
 // --quantize-weights: the base's linear weights stored quantized (WeightQuantizer: uint4 blocks or int8 channels, read
 // through DequantizeLinear), QLoRA-style. --save-base PATH writes the
 // (quantized) base and stops: bench it with --model PATH in a fresh process.
@@ -59,7 +59,7 @@ var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOpt
         : Array.IndexOf(args, "--graph-optimization-level") is var level and >= 0 ? args[level + 1] : "all"),
     Device: options.Device, EpLibrary: options.EpLibrary, ProfilePrefix: options.Profile, StaticShapes: args.Contains("--static-shapes"),
     Compute: compute, GradientCheckpointing: args.Contains("--gradient-checkpointing"), CudaGraphs: args.Contains("--cuda-graphs"),
-    LossChunks: options.LossChunks));
+    LossChunks: options.LossChunks, PreferenceBeta: Array.IndexOf(args, "--dpo") is var dpoAt and >= 0 ? double.Parse(args[dpoAt + 1]) : null));
 if (session.Graph.HalfPrecision is { } half) Console.WriteLine($"half compute: {half}");
 long trainable = session.Graph.ParameterShapes.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
 Console.WriteLine($"training graph: {session.Graph.Eval.Graph.Node.Count} nodes forward+loss, {session.Graph.Gradients.Graph.Node.Count} with backward, " +
@@ -110,7 +110,7 @@ foreach (var trace in session.ProfileFiles) Console.WriteLine($"profile: {trace}
 if (args.Contains("--json"))
     Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
     {
-        ["engine"] = "ortlora" + (args.Contains("--use-dora") ? "+dora" : "") + (args.Contains("--modules-to-save") ? "+modules_to_save" : "") + (Array.IndexOf(args, "--quantize-weights") is var q and >= 0 ? $"+int{args[q + 1]}" : "") + (args.Contains("--gradient-checkpointing") ? "+checkpointing" : "") + (args.Contains("--cuda-graphs") ? "+cuda-graphs" : ""), ["shape"] = options.Shape, ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
+        ["engine"] = "ortlora" + (args.Contains("--use-dora") ? "+dora" : "") + (args.Contains("--modules-to-save") ? "+modules_to_save" : "") + (Array.IndexOf(args, "--quantize-weights") is var q and >= 0 ? $"+int{args[q + 1]}" : "") + (args.Contains("--gradient-checkpointing") ? "+checkpointing" : "") + (args.Contains("--cuda-graphs") ? "+cuda-graphs" : "") + (args.Contains("--dpo") ? "+dpo" : ""), ["shape"] = options.Shape, ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
         ["batch"] = options.Batch, ["seq"] = options.Seq, ["r"] = options.R, ["step_ms"] = Math.Round(median * 1000, 2),
         ["tokens_per_s"] = Math.Round(n / median), ["peak_working_set_mib"] = Math.Round(peakMiB), ["graph_nodes"] = stepNodes,
         ["trainable"] = trainable,

@@ -35,8 +35,9 @@ public interface ITrainingReporter
 {
     void Started(int totalSteps, int startStep, string summary);
     void Stepped(StepReport report);
-    /// <param name="meanTokenAccuracy">the share of counted tokens whose arg-max is the target (TRL's mean_token_accuracy)</param>
-    void Evaluated(int step, double loss, double meanTokenAccuracy);
+    /// <param name="metrics">what else to show: perplexity and mean_token_accuracy (the share of counted tokens whose arg-max
+    /// is the target), or with preference data DPO's rewards/accuracies and rewards/margins</param>
+    void Evaluated(int step, double loss, IReadOnlyList<(string Name, double Value)> metrics);
     void Info(string message);
 }
 
@@ -150,7 +151,8 @@ public static class Trainer
             record["eval_samples_per_second"] = Math.Round(score.Samples / runtime, 3);
             record["eval_steps_per_second"] = Math.Round(score.Batches / runtime, 3);
             log.Append(record);
-            reporter.Evaluated(step, loss, score.MeanTokenAccuracy);
+            string[] shown = evalPreference is null ? ["perplexity", "eval_mean_token_accuracy"] : ["eval_rewards/accuracies", "eval_rewards/margins"];
+            reporter.Evaluated(step, loss, [.. shown.Select(name => (name.Replace("eval_", ""), (double)record[name]!))]);
             lastEvalStep = step;
             return loss;
         }
