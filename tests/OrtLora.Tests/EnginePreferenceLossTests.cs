@@ -38,36 +38,60 @@ public class EnginePreferenceLossTests
     }
 
     /// <summary>Each row's Σ log p(label) over its labelled positions, from plain logits (position t predicts t + 1).</summary>
-    static double[] RowLogps(OnnxModel model, Batch batch)
+    static double[] RowLogps(OnnxModel model, Batch batch) => RowSums(model, batch).Sums;
+
+    static (double[] Sums, int[] Lengths) RowSums(OnnxModel model, Batch batch)
     {
         var feeds = new Dictionary<string, HostTensor> { ["input_ids"] = HostTensor.Of(batch.InputIds, batch.Shape), ["attention_mask"] = HostTensor.Of(batch.AttentionMask, batch.Shape) };
         var logits = OrtRun.Run(model, feeds, ["logits"])["logits"].Floats;
         int vocab = logits.Length / (Rows * Length);
         var result = new double[Rows];
+        var lengths = new int[Rows];
         for (int row = 0; row < Rows; row++)
             for (int t = 0; t + 1 < Length; t++)
             {
                 long label = batch.Labels[row * Length + t + 1];
                 if (label == -100) continue;
+                lengths[row]++;
                 var z = logits.AsSpan((row * Length + t) * vocab, vocab);
                 double max = double.NegativeInfinity, sum = 0;
                 foreach (var v in z) max = Math.Max(max, v);
                 foreach (var v in z) sum += Math.Exp(v - max);
                 result[row] += z[(int)label] - max - Math.Log(sum);
             }
-        return result;
+        return (result, lengths);
     }
 
-    static double DpoLoss(double[] policy, double[] reference)
+    static double LogSigmoid(double x) => -Math.Log(1 + Math.Exp(-x));
+
+    /// <summary>TRL's DPOTrainer.dpo_loss written out, over the rows' sums (IPO: means) and lengths; RPO adds α times the
+    /// chosen tokens' mean cross-entropy.</summary>
+    static double TrlLoss(PreferenceOptions o, (double[] Sums, int[] Lengths) policy, (double[] Sums, int[] Lengths) reference)
     {
-        double total = 0;
+        double Logp((double[] Sums, int[] Lengths) rows, int row) => o.LossType == "ipo" ? rows.Sums[row] / rows.Lengths[row] : rows.Sums[row];
+        double total = 0, chosenNll = 0, chosenTokens = 0;
+        double e = o.LabelSmoothing, beta = o.Beta;
         for (int pair = 0; pair < Rows / 2; pair++)
         {
-            double z = Beta * ((policy[2 * pair] - reference[2 * pair]) - (policy[2 * pair + 1] - reference[2 * pair + 1]));
-            total += Math.Log(1 + Math.Exp(-z)); // −log σ(z)
+            double logits = (Logp(policy, 2 * pair) - Logp(reference, 2 * pair)) - (Logp(policy, 2 * pair + 1) - Logp(reference, 2 * pair + 1));
+            total += o.LossType switch
+            {
+                "sigmoid" => -LogSigmoid(beta * logits) * (1 - e) - LogSigmoid(-beta * logits) * e,
+                "robust" => (-LogSigmoid(beta * logits) * (1 - e) + LogSigmoid(-beta * logits) * e) / (1 - 2 * e),
+                "hinge" => Math.Max(0, 1 - beta * logits),
+                _ => Math.Pow(logits - 1 / (2 * beta), 2),
+            };
+            chosenNll -= policy.Sums[2 * pair];
+            chosenTokens += policy.Lengths[2 * pair];
         }
-        return total / (Rows / 2);
+        return total / (Rows / 2) + o.RpoAlpha * chosenNll / chosenTokens;
     }
+
+    static readonly PreferenceOptions[] LossTypes =
+    [
+        new(Beta), new(Beta, LabelSmoothing: 0.1), new(Beta, "robust", LabelSmoothing: 0.1), new(0.02, "hinge"), new(0.05, "ipo"),
+        new(Beta, RpoAlpha: 0.5),
+    ];
 
     static OnnxModel Injected()
     {
@@ -83,7 +107,7 @@ public class EnginePreferenceLossTests
     public void StartsAtLogTwoWithThePolicyAsItsOwnReference()
     {
         using var model = Injected();
-        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), PreferenceBeta: Beta));
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: new PreferenceOptions(Beta)));
         var batch = PairBatch();
         var (loss, _) = session.Evaluate(batch);
         Assert.That(loss, Is.EqualTo(Math.Log(2)).Within(1e-6));
@@ -94,35 +118,39 @@ public class EnginePreferenceLossTests
         Assert.That(plain.Min(), Is.LessThan(-10), "rows score many tokens");
     }
 
-    [Test]
-    public void LossAndRowsEqualTrlsFormulaOnPlainLogits()
+    /// <summary>Each of TRL's loss types (and label smoothing, RPO) against TRL's formula on the logits of plain runs of
+    /// the moved and the starting model; the rows' π and r (IPO: means over the completion's tokens) likewise.</summary>
+    [TestCaseSource(nameof(LossTypes))]
+    public void LossAndRowsEqualTrlsFormulaOnPlainLogits(PreferenceOptions options)
     {
         using var model = Injected();
-        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), PreferenceBeta: Beta));
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options));
         var batch = PairBatch();
-        var reference = RowLogps(model, batch);
+        var reference = RowSums(model, batch);
+        var unmoved = TrlLoss(options, reference, reference);
         LoraTestKit.RandomizeB(model, std: 0.3f);
         session.SetParameters(LoraValues(model, session));
-        var policy = RowLogps(model, batch);
+        var policy = RowSums(model, batch);
 
         var (loss, _) = session.Evaluate(batch);
-        var expected = DpoLoss(policy, reference);
-        Assert.That(Math.Abs(expected - Math.Log(2)), Is.GreaterThan(0.05), "the policy has moved away from the reference");
-        Assert.That(loss, Is.EqualTo(expected).Within(2e-5));
+        var expected = TrlLoss(options, policy, reference);
+        Assert.That(Math.Abs(expected - unmoved), Is.GreaterThan(1e-3), "the policy has moved away from the reference");
+        Assert.That(loss, Is.EqualTo(expected).Within(2e-5 * Math.Max(1, Math.Abs(expected))));
         for (int row = 0; row < Rows; row++)
         {
-            Assert.That(session.LastReferenceLogps[row], Is.EqualTo(reference[row]).Within(1e-4 * Math.Abs(reference[row])), $"reference row {row}");
-            Assert.That(session.LastSequenceLogps[row], Is.EqualTo(policy[row]).Within(1e-4 * Math.Abs(policy[row])), $"policy row {row}");
+            double divisor = options.LossType == "ipo" ? policy.Lengths[row] : 1;
+            Assert.That(session.LastReferenceLogps[row], Is.EqualTo(reference.Sums[row] / divisor).Within(1e-4 * Math.Abs(reference.Sums[row] / divisor)), $"reference row {row}");
+            Assert.That(session.LastSequenceLogps[row], Is.EqualTo(policy.Sums[row] / divisor).Within(1e-4 * Math.Abs(policy.Sums[row] / divisor)), $"policy row {row}");
         }
     }
 
     /// <summary>The closed-form gradient through the rows' log-probabilities, against central differences of the loss
     /// the eval graph computes, on the entries with the largest gradients of A and B.</summary>
-    [Test]
-    public void GradientsMatchCentralDifferences()
+    [TestCaseSource(nameof(LossTypes))]
+    public void GradientsMatchCentralDifferences(PreferenceOptions options)
     {
         using var model = Injected();
-        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), PreferenceBeta: Beta));
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options));
         var batch = PairBatch();
         LoraTestKit.RandomizeB(model, std: 0.3f);
         var values = LoraValues(model, session);
@@ -157,7 +185,7 @@ public class EnginePreferenceLossTests
     public void EmptyPaddingPairsCountForNothing()
     {
         using var model = Injected();
-        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), PreferenceBeta: Beta));
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: new PreferenceOptions(Beta)));
         LoraTestKit.RandomizeB(model, std: 0.3f);
         session.SetParameters(LoraValues(model, session));
         var batch = PairBatch();
@@ -185,7 +213,7 @@ public class EnginePreferenceLossTests
     public void FixedAddressesTrainBitForBitWithTheReferenceAsItsOwnGraph()
     {
         using var model = Injected();
-        var options = new TrainingSessionOptions(new AdamWOptions(), StaticShapes: true, StateInSessionMemory: true, PreferenceBeta: Beta);
+        var options = new TrainingSessionOptions(new AdamWOptions(), StaticShapes: true, StateInSessionMemory: true, Preference: new PreferenceOptions(Beta));
         using var plain = new TrainingSession(model, options);
         using var graphs = new TrainingSession(model, options with { CudaGraphs = true });
         var first = new Dictionary<(InferenceSession, int), List<(string Name, OrtValue Value)>>();
@@ -216,8 +244,8 @@ public class EnginePreferenceLossTests
     public void HalfPrecisionComputesTheSameLoss()
     {
         using var model = Injected();
-        using var single = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), PreferenceBeta: Beta));
-        using var half = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Compute: ComputeType.Float16, PreferenceBeta: Beta));
+        using var single = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: new PreferenceOptions(Beta)));
+        using var half = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Compute: ComputeType.Float16, Preference: new PreferenceOptions(Beta)));
         var batch = PairBatch();
         Assert.That(half.Evaluate(batch).Loss, Is.EqualTo(Math.Log(2)).Within(1e-6));
         LoraTestKit.RandomizeB(model, std: 0.3f);

@@ -141,4 +141,22 @@ public class TrainPreferenceTests
         Assert.That(headers.Select(h => h.Split(':')[0]), Is.EqualTo(new[] { "── row 0 chosen", "── row 0 rejected", "── row 1 chosen", "── row 1 rejected" }));
         Assert.That(shown.Out, Does.Contain("⟦I do not know.<|endoftext|>⟧").And.Contain("⟦I would rather not say.<|endoftext|>⟧"));
     }
+
+    /// <summary>--loss-type and --label-smoothing reach the loss: where the policy is its own reference (L = 0) each
+    /// type's eval loss is its value at zero, (1/(2β))² for IPO, 1 for the hinge, ln 2 for robust DPO; a type that
+    /// takes no smoothing refuses it.</summary>
+    [TestCase("ipo", 25.0)]
+    [TestCase("hinge", 1.0)]
+    [TestCase("robust", 0.69314718)]
+    public void LossTypesStartAtTheirValueAtZero(string lossType, double atZero)
+    {
+        var dir = Shared.TempDir();
+        string[] smoothing = lossType == "robust" ? ["--label-smoothing", "0.1"] : [];
+        OrtloraOk([.. TrainArgs(dir, "--max-steps", "2", "--eval-split", "0.1", "--loss-type", lossType, "--beta", "0.1"), .. smoothing]);
+        var evals = Metrics(dir).Where(m => m["eval_loss"] is not null).ToList();
+        Assert.That((double)evals[0]["eval_loss"]!, Is.EqualTo(atZero).Within(1e-5 * atZero));
+        Assert.That((double)evals[^1]["eval_loss"]!, Is.Not.EqualTo(atZero).Within(1e-4 * atZero), "two steps move it");
+        var refused = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "hinge", "--label-smoothing", "0.1"));
+        Assert.That(refused.Error, Does.Contain("label smoothing applies to the sigmoid and robust losses"));
+    }
 }

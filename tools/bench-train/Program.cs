@@ -59,7 +59,7 @@ var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOpt
         : Array.IndexOf(args, "--graph-optimization-level") is var level and >= 0 ? args[level + 1] : "all"),
     Device: options.Device, EpLibrary: options.EpLibrary, ProfilePrefix: options.Profile, StaticShapes: args.Contains("--static-shapes"),
     Compute: compute, GradientCheckpointing: args.Contains("--gradient-checkpointing"), CudaGraphs: args.Contains("--cuda-graphs"),
-    LossChunks: options.LossChunks, PreferenceBeta: Array.IndexOf(args, "--dpo") is var dpoAt and >= 0 ? double.Parse(args[dpoAt + 1]) : null));
+    LossChunks: options.LossChunks, Preference: Array.IndexOf(args, "--dpo") is var dpoAt and >= 0 ? new PreferenceOptions(double.Parse(args[dpoAt + 1])) : null));
 if (session.Graph.HalfPrecision is { } half) Console.WriteLine($"half compute: {half}");
 long trainable = session.Graph.ParameterShapes.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
 Console.WriteLine($"training graph: {session.Graph.Eval.Graph.Node.Count} nodes forward+loss, {session.Graph.Gradients.Graph.Node.Count} with backward, " +

@@ -3,64 +3,133 @@ using DT = Onnx.TensorProto.Types.DataType;
 
 namespace OrtLora.Autodiff;
 
-/// <summary>TRL's DPO loss (DPOTrainer, loss_type "sigmoid") as graph nodes. The batch holds preference pairs as row
-/// pairs, chosen then rejected (2i, 2i + 1); each row's log-probability is the sum of its counted tokens' log-probabilities
-/// (the completion's: the prompt is labelled -100), as TRL's concatenated_forward sums them. With the reference model's
-/// log-probabilities r fed as an input (<see cref="ReferenceInput"/>, one per row), the loss is the mean over pairs of
-/// −log σ(β·((π_c − r_c) − (π_r − r_r))). Its gradient with respect to the logits is written in closed form, as
-/// <see cref="CausalLmLoss"/>'s is: each row's log-probability has the gradient w·(onehot − softmax) of the causal-LM
-/// loss, scaled by d loss / d π of that row.</summary>
+/// <summary>TRL's DPOConfig options that shape the loss.</summary>
+/// <param name="Beta">how far the policy may move from the reference (higher: closer)</param>
+/// <param name="LossType">sigmoid (DPO), robust (robust DPO), hinge (SLiC) or ipo (IPO: log-probabilities averaged over
+/// the completion's tokens)</param>
+/// <param name="LabelSmoothing">ε, the assumed share of flipped labels (conservative DPO; sigmoid and robust)</param>
+/// <param name="RpoAlpha">α: adds α times the chosen completions' token-mean cross-entropy (RPO); 0: none</param>
+public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sigmoid", double LabelSmoothing = 0, double RpoAlpha = 0)
+{
+    public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo"];
+
+    public void Validate()
+    {
+        if (!LossTypes.Contains(LossType)) throw new OrtLoraException($"unknown DPO loss type '{LossType}'; expected {string.Join(", ", LossTypes)}");
+        if (Beta <= 0) throw new OrtLoraException($"DPO's beta must be positive, got {Beta}");
+        if (LabelSmoothing is < 0 or >= 0.5) throw new OrtLoraException($"DPO's label smoothing must be in [0, 0.5), got {LabelSmoothing}");
+        if (LabelSmoothing > 0 && LossType is not ("sigmoid" or "robust"))
+            throw new OrtLoraException($"DPO's label smoothing applies to the sigmoid and robust losses, not {LossType}");
+        if (RpoAlpha < 0) throw new OrtLoraException($"rpo_alpha must not be negative, got {RpoAlpha}");
+    }
+}
+
+/// <summary>TRL's DPO losses (DPOTrainer.dpo_loss) as graph nodes. The batch holds preference pairs as row pairs, chosen
+/// then rejected (2i, 2i + 1); each row's log-probability π is the sum of its counted tokens' log-probabilities (the
+/// completion's: the prompt is labelled -100), as TRL's concatenated_forward sums them (IPO: their mean). With the
+/// reference model's log-probabilities r fed as an input (<see cref="ReferenceInput"/>, one per row) and
+/// L = (π_c − r_c) − (π_r − r_r), z = β·L, each pair's loss is
+/// <list type="bullet">
+/// <item>sigmoid: −log σ(z)·(1 − ε) − log σ(−z)·ε</item>
+/// <item>robust: (−log σ(z)·(1 − ε) + log σ(−z)·ε) / (1 − 2ε)</item>
+/// <item>hinge: relu(1 − z)</item>
+/// <item>ipo: (L − 1/(2β))²</item>
+/// </list>
+/// and the loss is their mean, plus α·(the chosen tokens' mean cross-entropy) with rpo_alpha. Its gradient with respect
+/// to the logits is written in closed form, as <see cref="CausalLmLoss"/>'s is: each row's summed log-probability has
+/// the gradient w·(onehot − softmax), scaled by d loss / d (that sum).</summary>
 /// <param name="Loss">the scalar loss</param>
-/// <param name="SequenceLogProbs">each row's summed log-probability, [rows]</param>
+/// <param name="SequenceLogProbs">each row's π, [rows]</param>
 /// <param name="Tokens">the token-level pieces (log-probabilities, targets, weights) the rows are summed from</param>
-/// <param name="Margin">z = β·((π_c − r_c) − (π_r − r_r)) per pair, [pairs]</param>
+/// <param name="Difference">L per pair, [pairs]</param>
 /// <param name="PairWeight">1 for a pair whose chosen row counts tokens, 0 for a padding pair, divided by the number of
 /// counted pairs (at least 1), [pairs]</param>
-/// <param name="Beta">DPOConfig.beta</param>
-public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, CausalLmLoss Tokens, string Margin, string PairWeight, double Beta)
+/// <param name="RowLengths">each row's counted tokens (IPO's divisor), [rows]; null for the summing losses</param>
+/// <param name="ChosenTokens">with rpo_alpha: the chosen rows' counted tokens, at least 1, scalar</param>
+public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, CausalLmLoss Tokens, string Difference, string PairWeight,
+    string? RowLengths, string? ChosenTokens, PreferenceOptions Options)
 {
     /// <summary>The graph input of the reference model's per-row log-probabilities (float32, [rows]).</summary>
     public const string ReferenceInput = "reference_logps";
 
-    /// <summary>Appends the DPO loss on top of <paramref name="tokens"/> (which must be a plain cross-entropy: no label
-    /// smoothing).</summary>
-    /// <param name="beta">DPOConfig.beta: how far the policy may move from the reference</param>
-    public static PreferenceLoss Append(GraphEditor g, CausalLmLoss tokens, double beta)
+    /// <summary>Appends the loss on top of <paramref name="tokens"/> (a plain cross-entropy: no label smoothing).</summary>
+    public static PreferenceLoss Append(GraphEditor g, CausalLmLoss tokens, PreferenceOptions options)
     {
+        options.Validate();
         if (tokens.Smoothing > 0) throw new OrtLoraException("the DPO loss takes the completions' log-probabilities; label smoothing does not apply to it");
         string Ints(params long[] v) => GraphConstants.Int64s(g, "dpo/ints", v);
         string Scalar(double v) => GraphConstants.Scalar(g, "dpo/const", v, (int)DT.Float);
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "dpo/" + op, attributes: attrs);
+        string Float(string value) => tokens.ElemType == (int)DT.Float ? value : Op("Cast", [value], ("to", (long)DT.Float));
+        string Column(string pairs, long index) => Op("Gather", [pairs, GraphConstants.Scalar(g, "dpo/index", index, (int)DT.Int64)], ("axis", 1L));
 
         var picked = Op("Squeeze", [tokens.TargetLogProb, Ints(-1)]); // [R, S]
-        var logProbs = Op("ReduceSum", [Op("Mul", [picked, tokens.Weights]), Ints(1)], ("keepdims", 0L)); // [R]
-        if (tokens.ElemType != (int)DT.Float) logProbs = Op("Cast", [logProbs], ("to", (long)DT.Float));
+        var sums = Float(Op("ReduceSum", [Op("Mul", [picked, tokens.Weights]), Ints(1)], ("keepdims", 0L))); // [R]
+        var lengths = Float(Op("ReduceSum", [tokens.Weights, Ints(1)], ("keepdims", 0L))); // [R]
+        bool averaged = options.LossType == "ipo";
+        var logProbs = averaged ? Op("Div", [sums, Op("Max", [lengths, Scalar(1)])]) : sums;
         var pairs = Op("Reshape", [Op("Sub", [logProbs, ReferenceInput]), Ints(-1, 2)]); // [P, 2]: chosen, rejected
-        var chosen = Op("Gather", [pairs, GraphConstants.Scalar(g, "dpo/index", 0, (int)DT.Int64)], ("axis", 1L));
-        var rejected = Op("Gather", [pairs, GraphConstants.Scalar(g, "dpo/index", 1, (int)DT.Int64)], ("axis", 1L));
-        var margin = Op("Mul", [Op("Sub", [chosen, rejected]), Scalar(beta)]); // z, [P]
+        var difference = Op("Sub", [Column(pairs, 0), Column(pairs, 1)]); // L, [P]
+        var z = Op("Mul", [difference, Scalar(options.Beta)]);
+
         // The mean over pairs, leaving out the empty pairs that pad a batch to a fixed shape (--pad-to-max-length).
-        var rowCounts = Op("Min", [Op("ReduceSum", [tokens.Weights, Ints(1)], ("keepdims", 0L)), GraphConstants.Scalar(g, "dpo/one", 1, tokens.ElemType)]);
-        if (tokens.ElemType != (int)DT.Float) rowCounts = Op("Cast", [rowCounts], ("to", (long)DT.Float));
-        var counted = Op("Gather", [Op("Reshape", [rowCounts, Ints(-1, 2)]), GraphConstants.Scalar(g, "dpo/index", 0, (int)DT.Int64)], ("axis", 1L));
+        var counted = Column(Op("Reshape", [Op("Min", [lengths, Scalar(1)]), Ints(-1, 2)]), 0);
         var pairWeight = Op("Div", [counted, Op("Max", [Op("ReduceSum", [counted], ("keepdims", 0L)), Scalar(1)])]);
         // −log σ(z) = softplus(−z), which ORT computes without overflow for large |z|
-        var loss = Op("ReduceSum", [Op("Mul", [Op("Softplus", [Op("Neg", [margin])]), pairWeight])], ("keepdims", 0L));
-        return new PreferenceLoss(loss, logProbs, tokens, margin, pairWeight, beta);
+        double e = options.LabelSmoothing;
+        var perPair = options.LossType switch
+        {
+            "hinge" => Op("Relu", [Op("Sub", [Scalar(1), z])]),
+            "ipo" => Op("Pow", [Op("Sub", [difference, Scalar(1 / (2 * options.Beta))]), Scalar(2)]),
+            "robust" => Op("Div", [Op("Sub", [Op("Mul", [Op("Softplus", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Softplus", [z]), Scalar(e)])]), Scalar(1 - 2 * e)]),
+            _ => e == 0 ? Op("Softplus", [Op("Neg", [z])])
+                : Op("Add", [Op("Mul", [Op("Softplus", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Softplus", [z]), Scalar(e)])]),
+        };
+        var loss = Op("ReduceSum", [Op("Mul", [perPair, pairWeight])], ("keepdims", 0L));
+        string? chosenTokens = null;
+        if (options.RpoAlpha > 0)
+        {
+            // RPO: α · the chosen completions' cross-entropy, averaged over their tokens (TRL's policy_nll_loss)
+            var chosenRows = Op("Reshape", [Op("Concat", [Op("Unsqueeze", [Column(Op("Reshape", [sums, Ints(-1, 2)]), 0), Ints(1)]),
+                Op("Unsqueeze", [Column(Op("Reshape", [lengths, Ints(-1, 2)]), 0), Ints(1)])], ("axis", 1L)), Ints(-1, 2)]); // [P, 2]: sum, length
+            chosenTokens = Op("Max", [Op("ReduceSum", [Column(chosenRows, 1)], ("keepdims", 0L)), Scalar(1)]);
+            var nll = Op("Div", [Op("Neg", [Op("ReduceSum", [Column(chosenRows, 0)], ("keepdims", 0L))]), chosenTokens]);
+            loss = Op("Add", [loss, Op("Mul", [nll, Scalar(options.RpoAlpha)])]);
+        }
+        return new PreferenceLoss(loss, logProbs, tokens, difference, pairWeight, averaged ? lengths : null, chosenTokens, options);
     }
 
-    /// <summary>d loss / d logits: Σ over rows of d loss / d π times d π / d logits = w·(onehot − softmax), i.e. the
-    /// causal-LM gradient's form with −(d loss / d π)·w as each token's scale.</summary>
+    /// <summary>d loss / d logits: for each row, d loss / d (its summed log-probability) times w·(onehot − softmax), i.e.
+    /// the causal-LM gradient's form with −(d loss / d sum)·w as each token's scale.</summary>
     public string AppendLogitsGradient(GraphEditor g)
     {
         string Ints(params long[] v) => GraphConstants.Int64s(g, "grad/dpo/ints", v);
+        string Scalar(double v) => GraphConstants.Scalar(g, "grad/dpo/const", v, (int)DT.Float);
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "grad/dpo/" + op, attributes: attrs);
 
-        // d loss / d π_c = −β·σ(−z)/P and d loss / d π_r = +β·σ(−z)/P (P the counted pairs), interleaved back into rows;
-        // the scale is its negative
-        var share = Op("Mul", [Op("Mul", [Op("Sigmoid", [Op("Neg", [Margin])]), GraphConstants.Scalar(g, "grad/dpo/const", Beta, (int)DT.Float)]), PairWeight]);
-        var column = Op("Unsqueeze", [share, Ints(1)]);
-        var rowScale = Op("Reshape", [Op("Concat", [column, Op("Neg", [column])], ("axis", 1L)), Ints(-1)]);
+        // d (pair loss) / d L, per pair
+        double beta = Options.Beta, e = Options.LabelSmoothing;
+        var z = Op("Mul", [Difference, Scalar(beta)]);
+        var slope = Options.LossType switch
+        {
+            "hinge" => Op("Mul", [Op("Cast", [Op("Less", [z, Scalar(1)])], ("to", (long)DT.Float)), Scalar(-beta)]),
+            "ipo" => Op("Mul", [Op("Sub", [Difference, Scalar(1 / (2 * beta))]), Scalar(2)]),
+            "robust" => Op("Mul", [Op("Add", [Op("Mul", [Op("Sigmoid", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Sigmoid", [z]), Scalar(e)])]),
+                Scalar(-beta / (1 - 2 * e))]),
+            _ => Op("Mul", [Op("Sub", [Op("Mul", [Op("Sigmoid", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Sigmoid", [z]), Scalar(e)])]), Scalar(-beta)]),
+        };
+        // d loss / d π: +slope for the chosen row, −slope for the rejected, weighted by the pair's share; its negative is the scale
+        var column = Op("Unsqueeze", [Op("Mul", [slope, PairWeight]), Ints(1)]);
+        var rowScale = Op("Reshape", [Op("Concat", [Op("Neg", [column]), column], ("axis", 1L)), Ints(-1)]);
+        if (RowLengths is not null) rowScale = Op("Div", [rowScale, Op("Max", [RowLengths, Scalar(1)])]); // IPO's π is a mean
+        if (ChosenTokens is not null)
+        {
+            // RPO: + α / (chosen tokens) on each chosen row (d loss / d sum is −α / N there)
+            string Filled(float value) => Op("Unsqueeze", [Op("ConstantOfShape", [Op("Shape", [Difference])],
+                ("value", Tensors.FromFloats("value", [1], [value], (int)DT.Float))), Ints(1)]);
+            var chosenRows = Op("Reshape", [Op("Concat", [Filled(1), Filled(0)], ("axis", 1L)), Ints(-1)]); // 1, 0, 1, 0, ...
+            rowScale = Op("Add", [rowScale, Op("Mul", [chosenRows, Op("Div", [Scalar(Options.RpoAlpha), ChosenTokens])])]);
+        }
         if (Tokens.ElemType != (int)DT.Float) rowScale = Op("Cast", [rowScale], ("to", (long)Tokens.ElemType));
         var tokenScale = Op("Mul", [Op("Unsqueeze", [rowScale, Ints(1)]), Tokens.Weights]);
         return Tokens.AppendLogitsGradient(g, tokenScale);

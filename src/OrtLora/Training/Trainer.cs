@@ -94,7 +94,7 @@ public static class Trainer
         using var session = new TrainingSession(model, new TrainingSessionOptions(adamW, Optimization: args.OrtOptimizationLevel, Device: args.Device, EpLibrary: args.EpLibrary, Compute: compute,
             GradientCheckpointing: args.GradientCheckpointing, StaticShapes: dataOptions.PadToMaxLength, CudaGraphs: args.CudaGraphs,
             NeftuneNoiseAlpha: args.NeftuneNoiseAlpha, Seed: args.Seed, LabelSmoothing: args.LabelSmoothingFactor,
-            PreferenceBeta: data.IsPreference ? args.Beta : null));
+            Preference: data.IsPreference ? args.Preference : null));
         if (dataOptions.PadToMaxLength)
             reporter.Info($"every batch padded to [{dataOptions.BatchSize}, {dataOptions.MaxSeqLength}]; graphs loaded for that shape" +
                 (!args.CudaGraphs ? "" : args.Device == "cuda" ? "; CUDA graphs: each session captures its kernels once per state parity and replays them"

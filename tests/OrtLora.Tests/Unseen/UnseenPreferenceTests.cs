@@ -22,7 +22,7 @@ public class UnseenPreferenceTests
         LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4 });
         LoraTestKit.RandomizeB(model, std: 0.3f); // the reference too: A gets a gradient from the start
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Optimization: GraphOptimizationLevel.ORT_DISABLE_ALL,
-            PreferenceBeta: 0.5));
+            Preference: new PreferenceOptions(0.5)));
         var batch = UnseenArchitectureTests.TrainBatch(arch);
         var (loss, grads) = session.ComputeGradients(batch);
         Assert.That(loss, Is.EqualTo(Math.Log(2)).Within(1e-5), "the model is its own reference");

@@ -81,11 +81,11 @@ public sealed partial class TrainingGraph : IDisposable
     /// (<see cref="ChunkedLoss"/>); default: 8 when the vocabulary has 8192 or more entries, else 1 (whole)</param>
     /// <param name="neftuneNoise">NEFTune: the training graphs add the <see cref="NeftuneNoise.Input"/> to the token embeddings</param>
     /// <param name="labelSmoothing">the Trainer's label_smoothing_factor, in the training and the eval loss (as the Trainer computes both)</param>
-    /// <param name="preferenceBeta">DPO's beta: the loss is <see cref="PreferenceLoss"/> over row pairs (chosen, rejected)
-    /// instead of the causal-LM loss; null: the causal-LM loss</param>
+    /// <param name="preference">DPO: the loss is <see cref="PreferenceLoss"/> over row pairs (chosen, rejected) instead of
+    /// the causal-LM loss; null: the causal-LM loss</param>
     public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null,
         double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false, int? lossChunks = null,
-        bool neftuneNoise = false, double labelSmoothing = 0, double? preferenceBeta = null)
+        bool neftuneNoise = false, double labelSmoothing = 0, PreferenceOptions? preference = null)
     {
         int opset = model.Opset();
         if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; training needs opset 13 or later (re-export the model)");
@@ -132,19 +132,19 @@ public sealed partial class TrainingGraph : IDisposable
             logitsType = (int)DT.Float;
         }
         var loss = CausalLmLoss.Append(g, logits, Labels, logitsType, labelSmoothing);
-        PreferenceLoss? preference = null;
-        if (preferenceBeta is { } beta)
+        PreferenceLoss? preferenceLoss = null;
+        if (preference is not null)
         {
             proto.Graph.Input.Add(Input(PreferenceLoss.ReferenceInput, (int)DT.Float, ["batch"]));
             batchInputs.Add(PreferenceLoss.ReferenceInput);
-            preference = PreferenceLoss.Append(g, loss, beta);
+            preferenceLoss = PreferenceLoss.Append(g, loss, preference);
         }
-        g.Add("Identity", [preference?.Loss ?? loss.Loss], name: "loss/output", outputs: [Loss]);
+        g.Add("Identity", [preferenceLoss?.Loss ?? loss.Loss], name: "loss/output", outputs: [Loss]);
         proto.Graph.Output.Clear();
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
-        if (preference is not null)
+        if (preferenceLoss is not null)
         {
-            g.Add("Identity", [preference.SequenceLogProbs], name: "dpo/output", outputs: [SequenceLogProbs]);
+            g.Add("Identity", [preferenceLoss.SequenceLogProbs], name: "dpo/output", outputs: [SequenceLogProbs]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = SequenceLogProbs });
         }
         g.Cleanup();
@@ -177,8 +177,8 @@ public sealed partial class TrainingGraph : IDisposable
             int chunks = lossChunks ?? (types[loss.Logits].ShapeA[^1] >= 8192 ? 8 : 1);
             // A trained lm_head (modules_to_save) needs the whole logits' gradient: the chunks give d loss / d h only.
             // DPO's rows weigh their tokens by the whole row's log-probability, known only after every chunk.
-            if (HeadIsTrained(g, loss.Logits, parameters) || preference is not null) chunks = 1;
-            var (seeds, correct) = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks, preference);
+            if (HeadIsTrained(g, loss.Logits, parameters) || preferenceLoss is not null) chunks = 1;
+            var (seeds, correct) = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks, preferenceLoss);
             g.Add("Identity", [correct], name: "accuracy/output", outputs: [CorrectTokens]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
             EvalOutputs(eval, loss, logitsType, types, opset, chunks);
@@ -193,7 +193,7 @@ public sealed partial class TrainingGraph : IDisposable
             }
             g.Cleanup(); // recomputed values no rule read, the full logits of a chunked loss
             return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss, NeftuneWidth = neftuneWidth,
-                Preference = preference is not null,
+                Preference = preferenceLoss is not null,
                 ScaledGradients = scalesLoss ? new(grads) : new() };
         }
         catch
