@@ -129,4 +129,22 @@ public class DataPreferenceTests
         Assert.That(() => TrainingData.Open(path, Gpt2.Value, new DataOptions { Packing = true }),
             Throws.TypeOf<OrtLoraException>().With.Message.Contains("pairs.parquet").And.Message.Contains("--packing"));
     }
+
+    /// <summary>A tokenizer that puts BOS first (Llama 2's): the prompt starts with one BOS, as ortlora's SFT data and
+    /// generate have it; the completions get none. Through the built-in ChatML template too.</summary>
+    [Test]
+    public void BosStartsThePromptWhereTheTokenizerAddsIt()
+    {
+        var llama = TokenizerLoader.Load(Shared.Require("tokenizers", "llama2-tokenizer.model"));
+        var encoder = new PreferenceEncoder(llama, ChatTemplate.ChatMl, 1024, 512, null, keepEnd: true);
+        var (chosen, rejected) = encoder.Encode(0, new PreferenceRecord("The sky is", " blue", " green"))!.Value;
+        var prompt = llama.Encode("The sky is", addBos: true);
+        Assert.That(prompt[0], Is.EqualTo(llama.BosId));
+        Assert.That(chosen.InputIds, Is.EqualTo(prompt.Concat(llama.Encode(" blue")).Append(llama.EosId!.Value)));
+        Assert.That(rejected.InputIds.Count(id => id == llama.BosId), Is.EqualTo(1));
+        var chat = new ChatPreferenceRecord([new ChatMessage("user", "Hi")], [new ChatMessage("assistant", "Hello")], [new ChatMessage("assistant", "Go away")]);
+        var (chatChosen, _) = encoder.Encode(1, chat)!.Value;
+        Assert.That(chatChosen.InputIds[0], Is.EqualTo(llama.BosId));
+        Assert.That(chatChosen.InputIds.Count(id => id == llama.BosId), Is.EqualTo(1));
+    }
 }

@@ -6,7 +6,9 @@ namespace OrtLora.Training.Data;
 /// completion is cut to max_length, keeping its end (truncation_mode keep_end, TRL's default) or its start. A
 /// conversational row goes through the chat template: the prompt with the generation prompt opened, each completion as
 /// the text the template adds for it after the prompt (the two renders' common start, as TRL takes it). The prompt's
-/// tokens are read, not learned (labels -100).</summary>
+/// tokens are read, not learned (labels -100). One difference: where the tokenizer puts BOS first (Llama 2), the prompt
+/// starts with BOS, as TRL up to 0.11 added it and as ortlora's own SFT data and `generate` have it (current TRL leaves it
+/// out of decoder-only models' preference rows); a Jinja chat template writes BOS itself, as it does for TRL.</summary>
 public sealed class PreferenceEncoder(TextTokenizer tokenizer, ChatTemplate chatTemplate, int maxLength, int maxPromptLength, int? maxCompletionLength,
     bool keepEnd)
 {
@@ -18,7 +20,7 @@ public sealed class PreferenceEncoder(TextTokenizer tokenizer, ChatTemplate chat
     {
         var (prompt, chosen, rejected) = record switch
         {
-            PreferenceRecord row => (Ids(row.Prompt), WithEos(Ids(row.Chosen)), WithEos(Ids(row.Rejected))),
+            PreferenceRecord row => (WithBos(Ids(row.Prompt)), WithEos(Ids(row.Chosen)), WithEos(Ids(row.Rejected))),
             ChatPreferenceRecord row => Conversational(row),
             _ => throw new OrtLoraException($"row {rowIndex} is not a preference row ({record.GetType().Name})"),
         };
@@ -45,6 +47,12 @@ public sealed class PreferenceEncoder(TextTokenizer tokenizer, ChatTemplate chat
         return new TokenizedExample(rowIndex, [.. ids], [.. labels]);
     }
 
+    List<int> WithBos(List<int> ids)
+    {
+        if (tokenizer.AddsBos) ids.Insert(0, tokenizer.BosId!.Value);
+        return ids;
+    }
+
     List<int> WithEos(List<int> ids)
     {
         if (tokenizer.EosId is int eos) ids.Add(eos);
@@ -68,7 +76,7 @@ public sealed class PreferenceEncoder(TextTokenizer tokenizer, ChatTemplate chat
     }
 
     string Render(List<ChatMessage> messages, string? tools, bool addGenerationPrompt) =>
-        string.Concat(chatTemplate.Render(new ChatRecord(messages, messages.Count, tools), addBos: false, addGenerationPrompt).Select(s => s.Special switch
+        string.Concat(chatTemplate.Render(new ChatRecord(messages, messages.Count, tools), tokenizer.AddsBos, addGenerationPrompt).Select(s => s.Special switch
         {
             SpecialToken.Bos => BosMark.ToString(),
             SpecialToken.Eos => EosMark.ToString(),
