@@ -4,7 +4,8 @@ using OrtLora.Training;
 namespace OrtLora.Cli;
 
 /// <summary>ortlora eval MODEL --data FILE.parquet: eval_loss and perplexity of any causal LM (base, injected, trained
-/// or merged) on Parquet data, computed as `train` computes its eval loss.</summary>
+/// or merged) on Parquet data, computed as `train` computes its eval loss; on preference data the DPO loss and rewards
+/// against a reference model.</summary>
 public static class EvalCommand
 {
     public static Command Create()
@@ -16,16 +17,25 @@ public static class EvalCommand
         device.AcceptOnlyFromAmong("cpu", "cuda");
         var epLibrary = new Option<string?>("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
         var adapter = new Option<string?>("--adapter") { Description = "PEFT adapter directory to evaluate on the model (injected in memory)" };
+        var reference = new Option<string?>("--reference-model") { Description = "preference data: the DPO reference model (default with --adapter: MODEL without the adapter)" };
         var dataOptions = new DataCliOptions();
-        var cmd = new Command("eval", "Loss, perplexity and mean token accuracy of a model on Parquet data (scored tokens as in training)") { model, data, adapter, batch, device, epLibrary };
-        foreach (var o in dataOptions.All) cmd.Options.Add(o);
+        var preference = new PreferenceCliOptions();
+        var cmd = new Command("eval", "Loss, perplexity and mean token accuracy of a model on Parquet data (scored tokens as in training); DPO loss and rewards on preference data")
+            { model, data, adapter, reference, batch, device, epLibrary };
+        foreach (var o in dataOptions.All.Concat(preference.All)) cmd.Options.Add(o);
         cmd.SetAction(CliRunner.Guard(parse =>
         {
             int batchSize = parse.GetValue(batch);
             if (batchSize < 1) throw new OrtLoraException("--per-device-eval-batch-size must be at least 1");
             var options = dataOptions.Read(parse) with { BatchSize = batchSize, EvalBatchSize = batchSize };
             var result = Evaluator.Run(parse.GetValue(model)!, parse.GetValue(data)!, options, parse.GetValue(dataOptions.Tokenizer),
-                parse.GetValue(device)!, parse.GetValue(epLibrary), parse.GetValue(adapter));
+                parse.GetValue(device)!, parse.GetValue(epLibrary), parse.GetValue(adapter), parse.GetValue(reference), preference.Read(parse));
+            if (result.Rewards is { } rewards)
+            {
+                Console.WriteLine($"eval_loss {result.Loss:F4}  " + string.Join("  ", rewards.Select(r => $"{r.Key} {r.Value:F4}")) +
+                    $"  ({result.Pairs:N0} pairs scored in {result.Batches} batches; {result.DataSummary})");
+                return;
+            }
             Console.WriteLine($"eval_loss {result.Loss:F4}  perplexity {result.Perplexity:F2}  mean_token_accuracy {result.MeanTokenAccuracy:F4}  ({result.Tokens:N0} tokens scored in {result.Batches} batches; {result.DataSummary})");
         }));
         return cmd;

@@ -59,11 +59,7 @@ public static class TrainCommand
         var threshold = new Option<double>("--early-stopping-threshold") { Description = "how much lower eval_loss must be to count as better, for --early-stopping-patience" };
         var neftune = new Option<double>("--neftune-noise-alpha") { Description = "NEFTune: uniform noise of magnitude alpha/sqrt(seq_len·hidden) on the token embeddings while training (the papers use 5)" };
         var labelSmoothing = new Option<double>("--label-smoothing-factor") { Description = "label smoothing ε: (1 − ε)·cross-entropy + ε·mean −log p over the vocabulary (train and eval loss)" };
-        var beta = new Option<double>("--beta") { Description = "DPO's beta for preference data (TRL's DPOConfig.beta): higher keeps the model closer to the reference", DefaultValueFactory = _ => 0.1 };
-        var lossType = new Option<string>("--loss-type") { Description = "preference data: TRL's DPO loss_type (sigmoid: DPO, robust, hinge: SLiC, ipo: IPO)", DefaultValueFactory = _ => "sigmoid" };
-        lossType.AcceptOnlyFromAmong(OrtLora.Autodiff.PreferenceOptions.LossTypes);
-        var dpoSmoothing = new Option<double>("--label-smoothing") { Description = "preference data: DPOConfig.label_smoothing, the assumed share of flipped pairs (sigmoid and robust losses)" };
-        var rpoAlpha = new Option<double>("--rpo-alpha") { Description = "preference data: add alpha times the chosen completions' cross-entropy (RPO)" };
+        var preference = new PreferenceCliOptions();
         var loraplus = new Option<double>("--loraplus-lr-ratio") { Description = "LoRA+: B's learning rate is this times --learning-rate", DefaultValueFactory = _ => 1 };
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
         device.AcceptOnlyFromAmong("cpu", "cuda");
@@ -84,11 +80,11 @@ public static class TrainCommand
 
         var cmd = new Command("train", "Train LoRA adapters on Parquet data") { model, output };
         lora.AddTo(cmd);
-        foreach (var o in dataOptions.All) cmd.Options.Add(o);
+        foreach (var o in dataOptions.All.Concat(preference.All)) cmd.Options.Add(o);
         foreach (var o in new Option[] { data, evalData, evalSplit, packing, groupByLength, dropLast, padToMax,
                      epochs, maxSteps, batch, evalBatch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay,
                      optim, beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, loggingStrategy, saveSteps, saveOnlyModel, saveStrategy, saveLimit, evalSteps, evalStrategy,
-                     loadBest, metricForBest, patience, threshold, neftune, labelSmoothing, beta, lossType, dpoSmoothing, rpoAlpha, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
+                     loadBest, metricForBest, patience, threshold, neftune, labelSmoothing, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
 
         cmd.SetAction(CliRunner.Guard(parse =>
@@ -106,8 +102,7 @@ public static class TrainCommand
                 GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),
                 CudaGraphs = parse.GetValue(cudaGraphs), LoadBestModelAtEnd = parse.GetValue(loadBest),
                 EarlyStoppingPatience = parse.GetValue(patience), EarlyStoppingThreshold = parse.GetValue(threshold),
-                NeftuneNoiseAlpha = parse.GetValue(neftune), LabelSmoothingFactor = parse.GetValue(labelSmoothing), Beta = parse.GetValue(beta),
-                LossType = parse.GetValue(lossType)!, DpoLabelSmoothing = parse.GetValue(dpoSmoothing), RpoAlpha = parse.GetValue(rpoAlpha),
+                NeftuneNoiseAlpha = parse.GetValue(neftune), LabelSmoothingFactor = parse.GetValue(labelSmoothing), Preference = preference.Read(parse),
             };
             Validate(args);
             var job = new TrainJob
@@ -139,9 +134,6 @@ public static class TrainCommand
         if (a.AdamEpsilon <= 0) throw new OrtLoraException("--adam-epsilon must be positive");
         if (a.EarlyStoppingPatience < 0 || a.EarlyStoppingThreshold < 0) throw new OrtLoraException("--early-stopping-patience and --early-stopping-threshold must not be negative");
         if (a.LabelSmoothingFactor is < 0 or >= 1) throw new OrtLoraException("--label-smoothing-factor must be in [0, 1)");
-        if (a.Beta <= 0) throw new OrtLoraException("--beta must be positive");
-        if (a.DpoLabelSmoothing is < 0 or >= 0.5) throw new OrtLoraException("--label-smoothing must be in [0, 0.5)");
-        if (a.RpoAlpha < 0) throw new OrtLoraException("--rpo-alpha must not be negative");
         if (a.NeftuneNoiseAlpha < 0) throw new OrtLoraException("--neftune-noise-alpha must not be negative");
         if (a.Fp16 && a.Bf16) throw new OrtLoraException("choose one of --fp16 and --bf16");
         if (a.MaxSteps <= 0 && a.NumTrainEpochs <= 0) throw new OrtLoraException("give --num-train-epochs > 0 or --max-steps > 0");

@@ -10,15 +10,18 @@ public class TrainPreferenceTests
 {
     sealed class PreferenceRow { public string? prompt { get; set; } public string? chosen { get; set; } public string? rejected { get; set; } }
 
-    static readonly Lazy<string> Pairs = new(() =>
+    static readonly Lazy<string> Pairs = new(() => PairsOf("demo.parquet", "tiny_preferences.parquet"));
+    static readonly Lazy<string> EvalPairs = new(() => PairsOf("demo_eval.parquet", "tiny_eval_preferences.parquet"));
+
+    static string PairsOf(string instructions, string name)
     {
-        using var demo = ParquetDataset.Open(Tiny("demo.parquet"));
+        using var demo = ParquetDataset.Open(Tiny(instructions));
         var rows = demo.ReadAll().Select(r => (InstructionRecord)r.Record).ToList();
         return Shared.WriteParquet(rows.Select((row, i) => new PreferenceRow
         {
             prompt = AlpacaTemplate.Prompt(row), chosen = row.Output, rejected = i % 2 == 0 ? "I do not know." : "I would rather not say.",
-        }), "tiny_preferences.parquet");
-    });
+        }), name);
+    }
 
     static string[] TrainArgs(string output, params string[] extra) =>
     [
@@ -94,7 +97,7 @@ public class TrainPreferenceTests
         Assert.That(smoothed.Error, Does.Contain("DPO loss"));
         var eval = Ortlora("eval", Tiny("model.onnx"), "--data", Pairs.Value);
         Assert.That(eval.ExitCode, Is.Not.EqualTo(0));
-        Assert.That(eval.Error, Does.Contain("tiny_preferences.parquet").And.Contain("DPO loss"));
+        Assert.That(eval.Error, Does.Contain("tiny_preferences.parquet").And.Contain("--adapter DIR").And.Contain("--reference-model"));
     }
 
     /// <summary>A resumed run ends with the uninterrupted run's adapter byte for byte: the reference is the model as
@@ -158,5 +161,30 @@ public class TrainPreferenceTests
         Assert.That((double)evals[^1]["eval_loss"]!, Is.Not.EqualTo(atZero).Within(1e-4 * atZero), "two steps move it");
         var refused = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "hinge", "--label-smoothing", "0.1"));
         Assert.That(refused.Error, Does.Contain("label smoothing applies to the sigmoid and robust losses"));
+    }
+
+    /// <summary>`ortlora eval` on preference data scores a DPO adapter against the model without it, and a merged model
+    /// against a --reference-model: both give train's last eval_loss and rewards on the same file.</summary>
+    [Test]
+    public void EvalScoresTheAdapterAndTheMergeAsTrainDid()
+    {
+        var dir = Shared.TempDir();
+        OrtloraOk(TrainArgs(dir, "--max-steps", "12", "--eval-data", EvalPairs.Value, "--per-device-train-batch-size", "4", "--merge"));
+        var last = Metrics(dir).Last(m => m["eval_loss"] is not null);
+        (double Loss, double Margins, double Accuracies) Parse(string output)
+        {
+            double Value(string name) => double.Parse(System.Text.RegularExpressions.Regex.Match(output, name + @" (-?\d+\.\d+)").Groups[1].Value,
+                System.Globalization.CultureInfo.InvariantCulture);
+            return (Value("eval_loss"), Value("rewards/margins"), Value("rewards/accuracies"));
+        }
+        var viaAdapter = Parse(OrtloraOk("eval", Tiny("model.onnx"), "--data", EvalPairs.Value, "--adapter", dir).Out);
+        var viaMerge = Parse(OrtloraOk("eval", Path.Combine(dir, "merged", "model.onnx"), "--data", EvalPairs.Value, "--reference-model", Tiny("model.onnx")).Out);
+        Assert.That((double)last["eval_loss"]!, Is.LessThan(0.6), "the adapter has learned something to compare");
+        foreach (var (what, scored, tolerance) in new[] { ("--adapter", viaAdapter, 2e-4), ("merged", viaMerge, 2e-3) })
+        {
+            Assert.That(scored.Loss, Is.EqualTo((double)last["eval_loss"]!).Within(tolerance), what);
+            Assert.That(scored.Margins, Is.EqualTo((double)last["eval_rewards/margins"]!).Within(tolerance * 10), what);
+            Assert.That(scored.Accuracies, Is.EqualTo((double)last["eval_rewards/accuracies"]!).Within(1e-4), what);
+        }
     }
 }

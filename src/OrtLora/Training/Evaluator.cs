@@ -7,10 +7,14 @@ using OrtLora.Training.Engine;
 namespace OrtLora.Training;
 
 /// <summary>What `ortlora eval` measured: the causal-LM loss averaged over every scored token of the data, as the
-/// Trainer's evaluate() reports it, and its exp.</summary>
+/// Trainer's evaluate() reports it, and its exp; with preference data the DPO loss over the pairs and TRL's
+/// <see cref="Rewards"/> (rewards/chosen, rewards/accuracies, ...).</summary>
 public sealed record EvalResult(double Loss, double MeanTokenAccuracy, long Tokens, int Batches, string DataSummary)
 {
     public double Perplexity => Math.Exp(Loss);
+    /// <summary>Preference data: the pairs scored and TRL's metrics by name; null otherwise.</summary>
+    public IReadOnlyDictionary<string, double>? Rewards { get; init; }
+    public long Pairs { get; init; }
 }
 
 /// <summary>Evaluates any causal LM on Parquet data with the training engine's eval graph (the same loss, batches and
@@ -18,31 +22,71 @@ public sealed record EvalResult(double Loss, double MeanTokenAccuracy, long Toke
 public static class Evaluator
 {
     /// <param name="adapterDir">a PEFT adapter directory to evaluate on the (plain) model, injected in memory</param>
+    /// <param name="referenceModel">preference data: the DPO reference model (default with an adapter: the plain model)</param>
+    /// <param name="preference">preference data: the DPO loss's options</param>
     public static EvalResult Run(string modelPath, string dataPath, DataOptions options, string? tokenizerPath = null,
-        string device = "cpu", string? epLibrary = null, string? adapterDir = null)
+        string device = "cpu", string? epLibrary = null, string? adapterDir = null, string? referenceModel = null, PreferenceOptions? preference = null)
     {
-        using var model = OnnxModel.Load(modelPath);
-        if (adapterDir is not null)
-        {
-            if (LoraModel.Read(model) is not null)
-                throw new OrtLoraException($"{modelPath}: the model already has LoRA adapters; --adapter is for a plain (or merged) model");
-            LoraInjector.Inject(model, PeftAdapter.Load(adapterDir));
-        }
-        // The engine evaluates models with LoRA parameters. A plain model gets rank-1 adapters whose B is zero: they add
-        // exactly 0 to every layer, so the loss is the plain model's.
-        if (LoraModel.Read(model) is null) LoraInjector.Inject(model, new LoraConfig { R = 1, TargetModules = ["all-linear"] });
+        using var model = Scorable(modelPath, adapterDir);
         var tokenizerSource = tokenizerPath ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!;
         var tokenizer = TokenizerLoader.Load(tokenizerSource);
         VocabularyCheck.Require(tokenizer, model);
         var tokenizerDir = Directory.Exists(tokenizerSource) ? tokenizerSource : Path.GetDirectoryName(Path.GetFullPath(tokenizerSource))!;
         // Every row of the file is evaluation data: it is opened as the eval file, with no split of a training file.
         using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false }, dataPath, TokenizerConfig.Read(tokenizerDir));
-        if (data.IsPreference)
-            throw new OrtLoraException($"{dataPath}: preference data (chosen/rejected) is scored by the DPO loss, against a reference model; " +
-                "`ortlora train --eval-data` reports its eval_loss and eval_rewards/*");
+        if (data.IsPreference) return ScorePreferences(model, data, tokenizer, dataPath, referenceModel ?? (adapterDir is not null ? modelPath : null),
+            preference ?? new PreferenceOptions(), device, epLibrary);
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary));
         var score = Trainer.Score(session, data);
         if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no token to score ({data.Summary})");
         return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString());
+    }
+
+    /// <summary>The model as the engine scores it, with the adapter injected. The engine evaluates models with LoRA
+    /// parameters: a plain model gets rank-1 adapters whose B is zero, which add exactly 0 to every layer.</summary>
+    static OnnxModel Scorable(string modelPath, string? adapterDir)
+    {
+        var model = OnnxModel.Load(modelPath);
+        try
+        {
+            if (adapterDir is not null)
+            {
+                if (LoraModel.Read(model) is not null)
+                    throw new OrtLoraException($"{modelPath}: the model already has LoRA adapters; --adapter is for a plain (or merged) model");
+                LoraInjector.Inject(model, PeftAdapter.Load(adapterDir));
+            }
+            if (LoraModel.Read(model) is null) LoraInjector.Inject(model, new LoraConfig { R = 1, TargetModules = ["all-linear"] });
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Preference data: the DPO loss of the model against a reference model (TRL's evaluate on a DPO model),
+    /// each batch's reference log-probabilities from the reference's own session.</summary>
+    static EvalResult ScorePreferences(OnnxModel model, TrainingData data, TextTokenizer tokenizer, string dataPath, string? referencePath,
+        PreferenceOptions preference, string device, string? epLibrary)
+    {
+        if (referencePath is null)
+            throw new OrtLoraException($"{dataPath}: preference data is scored by the DPO loss against a reference model: give --adapter DIR " +
+                "(the reference is then the model without it) or --reference-model PATH");
+        using var reference = Scorable(referencePath, adapterDir: null);
+        VocabularyCheck.Require(tokenizer, reference);
+        var sessionOptions = new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary, Preference: preference);
+        using var referenceSession = new TrainingSession(reference, sessionOptions);
+        using var session = new TrainingSession(model, sessionOptions);
+        var metrics = new PreferenceMetrics(preference.Beta);
+        var score = Trainer.Score(session, data, metrics, batch => referenceSession.ReferenceLogps(batch));
+        if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no pair to score ({data.Summary})");
+        long pairs = metrics.Pairs;
+        var record = new System.Text.Json.Nodes.JsonObject();
+        metrics.Report(record);
+        return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString())
+        {
+            Rewards = record.ToDictionary(kv => kv.Key, kv => (double)kv.Value!), Pairs = pairs,
+        };
     }
 }

@@ -140,7 +140,7 @@ public static class Trainer
         double EvaluateAt(int step)
         {
             var clock = Stopwatch.StartNew();
-            var evalPreference = data.IsPreference ? new PreferenceMetrics(args.Beta) : null;
+            var evalPreference = data.IsPreference ? new PreferenceMetrics(args.Preference.Beta) : null;
             var score = Score(session, data, evalPreference);
             double loss = score.Loss, runtime = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
             // The Trainer's evaluate() names, TRL's eval_mean_token_accuracy, and perplexity; DPO's eval_rewards/* instead.
@@ -169,7 +169,7 @@ public static class Trainer
         int stepsThisRun = 0;
         long samplesThisRun = 0;
         bool stoppedEarly = false;
-        var preference = data.IsPreference ? new PreferenceMetrics(args.Beta) : null;
+        var preference = data.IsPreference ? new PreferenceMetrics(args.Preference.Beta) : null;
         while (state.GlobalStep < totalSteps && !stoppedEarly)
         {
             var window = batches.Take(args.GradientAccumulationSteps);
@@ -307,7 +307,10 @@ public static class Trainer
     public sealed record EvalScore(double Loss, double MeanTokenAccuracy, long Tokens, int Batches, long Samples);
 
     /// <param name="preference">with preference data: the DPO loss is averaged over pairs, whose rewards this takes</param>
-    public static EvalScore Score(TrainingSession session, TrainingData data, PreferenceMetrics? preference = null)
+    /// <param name="reference">preference data: each batch's reference log-probabilities from elsewhere (another
+    /// model's session); null: the session's own starting parameters</param>
+    public static EvalScore Score(TrainingSession session, TrainingData data, PreferenceMetrics? preference = null,
+        Func<Engine.Batch, float[]>? reference = null)
     {
         double sum = 0, correct = 0, weights = 0;
         long tokens = 0, samples = 0;
@@ -315,7 +318,8 @@ public static class Trainer
         foreach (var b in data.EvalBatches())
         {
             if (b.LossTokens == 0) continue;
-            var (loss, right) = session.Evaluate(ToEngine(b));
+            var batch = ToEngine(b);
+            var (loss, right) = session.Evaluate(reference is null ? batch : batch with { ReferenceLogps = reference(batch) });
             double weight = preference is null ? b.LossTokens : b.Sequences / 2;
             sum += loss * weight;
             weights += weight;

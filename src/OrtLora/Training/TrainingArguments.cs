@@ -50,16 +50,8 @@ public sealed class TrainingArguments
     public double EarlyStoppingThreshold { get; set; }
     /// <summary>label_smoothing_factor ε: the loss is (1 − ε)·cross-entropy + ε·the mean −log p over the vocabulary.</summary>
     public double LabelSmoothingFactor { get; set; }
-    /// <summary>DPO's beta (TRL's DPOConfig.beta), for preference data: how far the trained model may move from the
-    /// reference; higher keeps it closer.</summary>
-    public double Beta { get; set; } = 0.1;
-    /// <summary>DPOConfig.loss_type: sigmoid, robust, hinge or ipo.</summary>
-    public string LossType { get; set; } = "sigmoid";
-    /// <summary>DPOConfig.label_smoothing (conservative DPO; not the Trainer's label_smoothing_factor).</summary>
-    public double DpoLabelSmoothing { get; set; }
-    /// <summary>DPOConfig.rpo_alpha: adds this times the chosen completions' cross-entropy (RPO); 0: none.</summary>
-    public double RpoAlpha { get; set; }
-    public Autodiff.PreferenceOptions Preference => new(Beta, LossType, DpoLabelSmoothing, RpoAlpha);
+    /// <summary>For preference data: TRL's DPOConfig options (beta, loss_type, label_smoothing, rpo_alpha).</summary>
+    public Autodiff.PreferenceOptions Preference { get; set; } = new();
     /// <summary>NEFTune's α (neftune_noise_alpha): uniform noise on the token embeddings while training; 0: none.</summary>
     public double NeftuneNoiseAlpha { get; set; }
     /// <summary>LoRA+: B's learning rate is LearningRate times this (1 = plain LoRA).</summary>

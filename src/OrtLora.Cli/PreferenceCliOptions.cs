@@ -1,0 +1,28 @@
+using System.CommandLine;
+using OrtLora.Autodiff;
+
+namespace OrtLora.Cli;
+
+/// <summary>TRL's DPOConfig options for preference data, shared by `train` and `eval`.</summary>
+public sealed class PreferenceCliOptions
+{
+    public Option<double> Beta { get; } = new("--beta") { Description = "preference data: DPO's beta (TRL's DPOConfig.beta); higher keeps the model closer to the reference", DefaultValueFactory = _ => 0.1 };
+    public Option<string> LossType { get; } = new("--loss-type") { Description = "preference data: TRL's DPO loss_type (sigmoid: DPO, robust, hinge: SLiC, ipo: IPO)", DefaultValueFactory = _ => "sigmoid" };
+    public Option<double> LabelSmoothing { get; } = new("--label-smoothing") { Description = "preference data: DPOConfig.label_smoothing, the assumed share of flipped pairs (sigmoid and robust losses)" };
+    public Option<double> RpoAlpha { get; } = new("--rpo-alpha") { Description = "preference data: add alpha times the chosen completions' cross-entropy (RPO)" };
+
+    public PreferenceCliOptions() => LossType.AcceptOnlyFromAmong(PreferenceOptions.LossTypes);
+
+    public IEnumerable<Option> All => [Beta, LossType, LabelSmoothing, RpoAlpha];
+
+    public PreferenceOptions Read(ParseResult parse)
+    {
+        var options = new PreferenceOptions(parse.GetValue(Beta), parse.GetValue(LossType)!, parse.GetValue(LabelSmoothing), parse.GetValue(RpoAlpha));
+        // the option names, not PreferenceOptions' own words
+        if (options.Beta <= 0) throw new OrtLoraException("--beta must be positive");
+        if (options.LabelSmoothing is < 0 or >= 0.5) throw new OrtLoraException("--label-smoothing must be in [0, 0.5)");
+        if (options.RpoAlpha < 0) throw new OrtLoraException("--rpo-alpha must not be negative");
+        options.Validate();
+        return options;
+    }
+}
