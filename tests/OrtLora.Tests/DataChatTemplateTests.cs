@@ -227,4 +227,32 @@ public class DataChatTemplateTests
         Assert.That(Spell(segments, bos, eos), Is.EqualTo(expected));
         Assert.That(TrainedRuns(segments, bos, eos), Is.EqualTo(blocks));
     }
+
+    /// <summary>Preference rows through real templates (TRL's maybe_apply_chat_template): each sequence is the template's
+    /// text of the conversation with that completion, and the learned part is the completion's turn (content and end
+    /// marker, then at most the template's trailing whitespace and closing EOS), the generation prompt staying in the read
+    /// prompt.</summary>
+    [TestCaseSource(nameof(ModelNames))]
+    public void PreferencePairsSplitWhereTheGenerationPromptEnds(string model)
+    {
+        var (chat, messages, bos, eos) = Load(model, "no_system/nogen");
+        var gpt2 = TokenizerLoader.Load(Shared.Require("tokenizers", "hf-gpt2", "tokenizer.json"));
+        int last = messages.FindLastIndex(m => m.Role == "assistant");
+        var prompt = messages[..last];
+        var row = new ChatPreferenceRecord(prompt, [messages[last]], [new ChatMessage("assistant", "Something else entirely.")]);
+        var (chosen, rejected) = new PreferenceEncoder(gpt2, chat, 4096, 4096, null, keepEnd: true).Encode(0, row)!.Value;
+        // GPT-2 spells BOS and EOS alike; everything else decodes to the text it was encoded from
+        string Text(IEnumerable<int> ids) => gpt2.Decode(ids);
+        string Template(List<ChatMessage> conversation) => Spell(chat.Render(new ChatRecord(conversation, conversation.Count), addBos: false), "<|endoftext|>", "<|endoftext|>");
+        foreach (var (sequence, completion) in new[] { (chosen, messages[last]), (rejected, row.Rejected[0]) })
+        {
+            Assert.That(Text(sequence.InputIds), Is.EqualTo(Template([.. prompt, completion])), "the template's text of the whole conversation");
+            var learned = Text(sequence.InputIds.Where((_, i) => sequence.Labels[i] != ExampleEncoder.IgnoreIndex)).TrimStart();
+            var (turn, strips, _) = Models[model];
+            var expected = string.Format(turn, strips ? completion.Content.Trim() : completion.Content).Replace(eos, "<|endoftext|>");
+            Assert.That(learned, Does.StartWith(expected.TrimStart()), "the completion's turn");
+            // Phi-3's template closes the conversation with EOS after its last turn: TRL's completion takes it too
+            Assert.That(learned[expected.TrimStart().Length..].Replace("<|endoftext|>", "").Trim(), Is.Empty, "then at most whitespace and a closing EOS");
+        }
+    }
 }
