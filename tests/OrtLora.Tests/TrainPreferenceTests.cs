@@ -187,4 +187,30 @@ public class TrainPreferenceTests
             Assert.That(scored.Accuracies, Is.EqualTo((double)last["eval_rewards/accuracies"]!).Within(1e-4), what);
         }
     }
+
+    /// <summary>--precompute-ref-log-probs (TRL's precompute_ref_log_probs): the reference's log-probabilities of every
+    /// training pair, computed once in file order, train as those computed in each step (the same adapter to float32
+    /// rounding, the same eval losses); a run resumed from a checkpoint recomputes them and ends byte for byte the same.</summary>
+    [Test]
+    public void PrecomputedReferencesTrainAsPerStepOnes()
+    {
+        string[] Run(string dir, params string[] extra) => TrainArgs(dir, ["--max-steps", "6", "--eval-split", "0.1",
+            "--per-device-train-batch-size", "4", "--max-grad-norm", "0", .. extra]);
+        var perStep = Shared.TempDir();
+        var precomputed = Shared.TempDir();
+        OrtloraOk(Run(perStep));
+        var log = OrtloraOk(Run(precomputed, "--precompute-ref-log-probs", "--save-steps", "3"));
+        Assert.That(log.Out, Does.Match(@"precomputed the reference log-probabilities of 2\d\d pairs"));
+        var a = Lora.SafeTensors.Read(Path.Combine(perStep, "adapter_model.safetensors"));
+        var b = Lora.SafeTensors.Read(Path.Combine(precomputed, "adapter_model.safetensors"));
+        foreach (var (name, tensor) in a) Assert.That(Shared.MaxAbsDiff(b[name].AsFloats(), tensor.AsFloats()), Is.LessThan(2e-5f), name);
+        double[] EvalLosses(string dir) => [.. Metrics(dir).Where(m => m["eval_loss"] is not null).Select(m => (double)m["eval_loss"]!)];
+        Assert.That(EvalLosses(precomputed), Is.EqualTo(EvalLosses(perStep)).Within(1e-5));
+
+        var adapter = File.ReadAllBytes(Path.Combine(precomputed, "adapter_model.safetensors"));
+        File.Delete(Path.Combine(precomputed, "adapter_model.safetensors"));
+        Directory.Delete(Path.Combine(precomputed, "checkpoint-6"), recursive: true);
+        OrtloraOk(Run(precomputed, "--precompute-ref-log-probs", "--save-steps", "3", "--resume-from-checkpoint"));
+        Assert.That(File.ReadAllBytes(Path.Combine(precomputed, "adapter_model.safetensors")), Is.EqualTo(adapter));
+    }
 }

@@ -52,6 +52,9 @@ public sealed class TrainingArguments
     public double LabelSmoothingFactor { get; set; }
     /// <summary>For preference data: TRL's DPOConfig options (beta, loss_type, label_smoothing, rpo_alpha).</summary>
     public Autodiff.PreferenceOptions Preference { get; set; } = new();
+    /// <summary>For preference data: the reference's log-probabilities of every training pair are computed once before
+    /// the first step (TRL's precompute_ref_log_probs) instead of by a forward in every step.</summary>
+    public bool PrecomputeRefLogProbs { get; set; }
     /// <summary>NEFTune's α (neftune_noise_alpha): uniform noise on the token embeddings while training; 0: none.</summary>
     public double NeftuneNoiseAlpha { get; set; }
     /// <summary>LoRA+: B's learning rate is LearningRate times this (1 = plain LoRA).</summary>

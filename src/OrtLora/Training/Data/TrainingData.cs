@@ -146,6 +146,12 @@ public sealed class TrainingData : IDisposable
 
     List<(TokenizedExample, long)>? _evalExamples;
 
+    /// <summary>Preference data: the training rows' pairs in file order, EvalBatchSize pairs a batch, for computing the
+    /// reference's log-probabilities once (TRL's precompute_ref_log_probs).</summary>
+    public IEnumerable<Batch> TrainPairsInFileOrder() =>
+        Batching.Batches(Batching.Single(Tokenize(Train, Train.ReadAll().Where(r => !EpochOrder.IsEval(r.Index, Options.EvalSplit, Options.Seed))
+            .Select(r => (r.Index, r.Record, r.Index + 1)))), Sequences(Options.EvalBatchSize), Tokenizer.PadId, 0, FixedLength);
+
     IEnumerable<(long Index, DataRecord Record)> EvalRows() =>
         EvalFile is not null ? EvalFile.ReadAll()
         : Options.EvalSplit > 0 ? Train.ReadAll().Where(r => EpochOrder.IsEval(r.Index, Options.EvalSplit, Options.Seed))
