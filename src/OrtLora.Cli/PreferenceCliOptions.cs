@@ -7,7 +7,7 @@ namespace OrtLora.Cli;
 public sealed class PreferenceCliOptions
 {
     public Option<double> Beta { get; } = new("--beta") { Description = "preference data: DPO's beta (TRL's DPOConfig.beta); higher keeps the model closer to the reference", DefaultValueFactory = _ => 0.1 };
-    public Option<string> LossType { get; } = new("--loss-type") { Description = "preference data: TRL's DPO loss_type (sigmoid: DPO, robust, hinge: SLiC, ipo: IPO)", DefaultValueFactory = _ => "sigmoid" };
+    public Option<string> LossType { get; } = new("--loss-type") { Description = "preference data: TRL's DPO loss_type (sigmoid: DPO, robust, hinge: SLiC, ipo: IPO) or orpo (TRL's ORPOTrainer, no reference; --beta is its lambda)", DefaultValueFactory = _ => "sigmoid" };
     public Option<double> LabelSmoothing { get; } = new("--label-smoothing") { Description = "preference data: DPOConfig.label_smoothing, the assumed share of flipped pairs (sigmoid and robust losses)" };
     public Option<double> RpoAlpha { get; } = new("--rpo-alpha") { Description = "preference data: add alpha times the chosen completions' cross-entropy (RPO)" };
 

@@ -68,7 +68,8 @@ public class EnginePreferenceLossTests
     /// chosen tokens' mean cross-entropy.</summary>
     static double TrlLoss(PreferenceOptions o, (double[] Sums, int[] Lengths) policy, (double[] Sums, int[] Lengths) reference)
     {
-        double Logp((double[] Sums, int[] Lengths) rows, int row) => o.LossType == "ipo" ? rows.Sums[row] / rows.Lengths[row] : rows.Sums[row];
+        double Logp((double[] Sums, int[] Lengths) rows, int row) => o.LossType is "ipo" or "orpo" ? rows.Sums[row] / rows.Lengths[row] : rows.Sums[row];
+        double LogOdds(int row) => Logp(policy, row) - Math.Log(1 - Math.Exp(Logp(policy, row))); // ORPO: π − log1p(−e^π)
         double total = 0, chosenNll = 0, chosenTokens = 0;
         double e = o.LabelSmoothing, beta = o.Beta;
         for (int pair = 0; pair < Rows / 2; pair++)
@@ -79,18 +80,19 @@ public class EnginePreferenceLossTests
                 "sigmoid" => -LogSigmoid(beta * logits) * (1 - e) - LogSigmoid(-beta * logits) * e,
                 "robust" => (-LogSigmoid(beta * logits) * (1 - e) + LogSigmoid(-beta * logits) * e) / (1 - 2 * e),
                 "hinge" => Math.Max(0, 1 - beta * logits),
+                "orpo" => -beta * LogSigmoid(LogOdds(2 * pair) - LogOdds(2 * pair + 1)),
                 _ => Math.Pow(logits - 1 / (2 * beta), 2),
             };
             chosenNll -= policy.Sums[2 * pair];
             chosenTokens += policy.Lengths[2 * pair];
         }
-        return total / (Rows / 2) + o.RpoAlpha * chosenNll / chosenTokens;
+        return total / (Rows / 2) + (o.LossType == "orpo" ? 1 : o.RpoAlpha) * chosenNll / chosenTokens;
     }
 
     static readonly PreferenceOptions[] LossTypes =
     [
         new(Beta), new(Beta, LabelSmoothing: 0.1), new(Beta, "robust", LabelSmoothing: 0.1), new(0.02, "hinge"), new(0.05, "ipo"),
-        new(Beta, RpoAlpha: 0.5),
+        new(Beta, RpoAlpha: 0.5), new(Beta, "orpo"),
     ];
 
     static OnnxModel Injected()
@@ -118,7 +120,7 @@ public class EnginePreferenceLossTests
         Assert.That(plain.Min(), Is.LessThan(-10), "rows score many tokens");
     }
 
-    /// <summary>Each of TRL's loss types (and label smoothing, RPO) against TRL's formula on the logits of plain runs of
+    /// <summary>Each of TRL's loss types (and label smoothing, RPO, ORPO) against TRL's formula on the logits of plain runs of
     /// the moved and the starting model; the rows' π and r (IPO: means over the completion's tokens) likewise.</summary>
     [TestCaseSource(nameof(LossTypes))]
     public void LossAndRowsEqualTrlsFormulaOnPlainLogits(PreferenceOptions options)
@@ -138,8 +140,9 @@ public class EnginePreferenceLossTests
         Assert.That(loss, Is.EqualTo(expected).Within(2e-5 * Math.Max(1, Math.Abs(expected))));
         for (int row = 0; row < Rows; row++)
         {
-            double divisor = options.LossType == "ipo" ? policy.Lengths[row] : 1;
-            Assert.That(session.LastReferenceLogps[row], Is.EqualTo(reference.Sums[row] / divisor).Within(1e-4 * Math.Abs(reference.Sums[row] / divisor)), $"reference row {row}");
+            double divisor = options.Averages ? policy.Lengths[row] : 1;
+            double expectedReference = options.UsesReference ? reference.Sums[row] / divisor : 0; // ORPO has none
+            Assert.That(session.LastReferenceLogps[row], Is.EqualTo(expectedReference).Within(1e-4 * Math.Abs(expectedReference)), $"reference row {row}");
             Assert.That(session.LastSequenceLogps[row], Is.EqualTo(policy.Sums[row] / divisor).Within(1e-4 * Math.Abs(policy.Sums[row] / divisor)), $"policy row {row}");
         }
     }

@@ -213,4 +213,23 @@ public class TrainPreferenceTests
         OrtloraOk(Run(precomputed, "--precompute-ref-log-probs", "--save-steps", "3", "--resume-from-checkpoint"));
         Assert.That(File.ReadAllBytes(Path.Combine(precomputed, "adapter_model.safetensors")), Is.EqualTo(adapter));
     }
+
+    /// <summary>--loss-type orpo (TRL's ORPOTrainer): no reference model (no reference pass; `eval` needs none); the
+    /// rewards are β times the mean log-probabilities, as ORPOTrainer logs them; training lowers the loss and prefers the
+    /// chosen answers.</summary>
+    [Test]
+    public void OrpoTrainsWithoutAReference()
+    {
+        var dir = Shared.TempDir();
+        OrtloraOk(TrainArgs(dir, "--max-steps", "20", "--eval-split", "0.1", "--loss-type", "orpo", "--beta", "0.1", "--per-device-train-batch-size", "4"));
+        var evals = Metrics(dir).Where(m => m["eval_loss"] is not null).ToList();
+        foreach (var e in evals)
+            Assert.That((double)e["eval_rewards/chosen"]!, Is.EqualTo(0.1 * (double)e["eval_logps/chosen"]!).Within(1e-6));
+        Assert.That((double)evals[^1]["eval_loss"]!, Is.LessThan((double)evals[0]["eval_loss"]! - 0.5));
+        Assert.That((double)evals[^1]["eval_rewards/accuracies"]!, Is.GreaterThan((double)evals[0]["eval_rewards/accuracies"]!));
+        var scored = OrtloraOk("eval", Tiny("model.onnx"), "--data", Pairs.Value, "--loss-type", "orpo", "--adapter", dir);
+        Assert.That(scored.Out, Does.Contain("rewards/accuracies"));
+        var refused = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "orpo", "--rpo-alpha", "0.5"));
+        Assert.That(refused.Error, Does.Contain("rpo_alpha is for the DPO losses"));
+    }
 }

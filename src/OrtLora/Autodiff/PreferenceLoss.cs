@@ -5,13 +5,20 @@ namespace OrtLora.Autodiff;
 
 /// <summary>TRL's DPOConfig options that shape the loss.</summary>
 /// <param name="Beta">how far the policy may move from the reference (higher: closer)</param>
-/// <param name="LossType">sigmoid (DPO), robust (robust DPO), hinge (SLiC) or ipo (IPO: log-probabilities averaged over
-/// the completion's tokens)</param>
+/// <param name="LossType">sigmoid (DPO), robust (robust DPO), hinge (SLiC), ipo (IPO: log-probabilities averaged over
+/// the completion's tokens) or orpo (TRL's ORPOTrainer: no reference; Beta is its λ)</param>
 /// <param name="LabelSmoothing">ε, the assumed share of flipped labels (conservative DPO; sigmoid and robust)</param>
 /// <param name="RpoAlpha">α: adds α times the chosen completions' token-mean cross-entropy (RPO); 0: none</param>
 public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sigmoid", double LabelSmoothing = 0, double RpoAlpha = 0)
 {
-    public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo"];
+    public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo", "orpo"];
+
+    /// <summary>Whether the loss compares with a reference model (all but ORPO).</summary>
+    public bool UsesReference => LossType != "orpo";
+    /// <summary>Whether a row's π is the mean of its tokens' log-probabilities (IPO, ORPO) rather than their sum.</summary>
+    public bool Averages => LossType is "ipo" or "orpo";
+    /// <summary>The weight of the chosen completions' token-mean cross-entropy in the loss: rpo_alpha, or ORPO's 1.</summary>
+    public double ChosenNllWeight => LossType == "orpo" ? 1 : RpoAlpha;
 
     public void Validate()
     {
@@ -21,6 +28,7 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
         if (LabelSmoothing > 0 && LossType is not ("sigmoid" or "robust"))
             throw new OrtLoraException($"DPO's label smoothing applies to the sigmoid and robust losses, not {LossType}");
         if (RpoAlpha < 0) throw new OrtLoraException($"rpo_alpha must not be negative, got {RpoAlpha}");
+        if (RpoAlpha > 0 && LossType == "orpo") throw new OrtLoraException("ORPO's loss holds the chosen completions' cross-entropy already; rpo_alpha is for the DPO losses");
     }
 }
 
@@ -34,14 +42,15 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
 /// <item>robust: (−log σ(z)·(1 − ε) + log σ(−z)·ε) / (1 − 2ε)</item>
 /// <item>hinge: relu(1 − z)</item>
 /// <item>ipo: (L − 1/(2β))²</item>
+/// <item>orpo (ORPOTrainer, no reference): −β·log σ(log odds(π_c) − log odds(π_r)), log odds(π) = π − log(1 − e^π)</item>
 /// </list>
-/// and the loss is their mean, plus α·(the chosen tokens' mean cross-entropy) with rpo_alpha. Its gradient with respect
+/// and the loss is their mean, plus α·(the chosen tokens' mean cross-entropy) with rpo_alpha (ORPO: always, α = 1). Its gradient with respect
 /// to the logits is written in closed form, as <see cref="CausalLmLoss"/>'s is: each row's summed log-probability has
 /// the gradient w·(onehot − softmax), scaled by d loss / d (that sum).</summary>
 /// <param name="Loss">the scalar loss</param>
 /// <param name="SequenceLogProbs">each row's π, [rows]</param>
 /// <param name="Tokens">the token-level pieces (log-probabilities, targets, weights) the rows are summed from</param>
-/// <param name="Difference">L per pair, [pairs]</param>
+/// <param name="Difference">L per pair (ORPO: the log odds ratio), [pairs]</param>
 /// <param name="PairWeight">1 for a pair whose chosen row counts tokens, 0 for a padding pair, divided by the number of
 /// counted pairs (at least 1), [pairs]</param>
 /// <param name="RowLengths">each row's counted tokens (IPO's divisor), [rows]; null for the summing losses</param>
@@ -66,9 +75,11 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         var picked = Op("Squeeze", [tokens.TargetLogProb, Ints(-1)]); // [R, S]
         var sums = Float(Op("ReduceSum", [Op("Mul", [picked, tokens.Weights]), Ints(1)], ("keepdims", 0L))); // [R]
         var lengths = Float(Op("ReduceSum", [tokens.Weights, Ints(1)], ("keepdims", 0L))); // [R]
-        bool averaged = options.LossType == "ipo";
-        var logProbs = averaged ? Op("Div", [sums, Op("Max", [lengths, Scalar(1)])]) : sums;
-        var pairs = Op("Reshape", [Op("Sub", [logProbs, ReferenceInput]), Ints(-1, 2)]); // [P, 2]: chosen, rejected
+        var logProbs = options.Averages ? Op("Div", [sums, Op("Max", [lengths, Scalar(1)])]) : sums;
+        // ORPO compares log odds, π − log(1 − e^π), and no reference; the others π − r
+        var compared = options.UsesReference ? Op("Sub", [logProbs, ReferenceInput])
+            : Op("Sub", [logProbs, Op("Log", [Op("Sub", [Scalar(1), Op("Exp", [logProbs])])])]);
+        var pairs = Op("Reshape", [compared, Ints(-1, 2)]); // [P, 2]: chosen, rejected
         var difference = Op("Sub", [Column(pairs, 0), Column(pairs, 1)]); // L, [P]
         var z = Op("Mul", [difference, Scalar(options.Beta)]);
 
@@ -81,22 +92,22 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         {
             "hinge" => Op("Relu", [Op("Sub", [Scalar(1), z])]),
             "ipo" => Op("Pow", [Op("Sub", [difference, Scalar(1 / (2 * options.Beta))]), Scalar(2)]),
+            "orpo" => Op("Mul", [Op("Softplus", [Op("Neg", [difference])]), Scalar(options.Beta)]),
             "robust" => Op("Div", [Op("Sub", [Op("Mul", [Op("Softplus", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Softplus", [z]), Scalar(e)])]), Scalar(1 - 2 * e)]),
             _ => e == 0 ? Op("Softplus", [Op("Neg", [z])])
                 : Op("Add", [Op("Mul", [Op("Softplus", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Softplus", [z]), Scalar(e)])]),
         };
         var loss = Op("ReduceSum", [Op("Mul", [perPair, pairWeight])], ("keepdims", 0L));
         string? chosenTokens = null;
-        if (options.RpoAlpha > 0)
+        if (options.ChosenNllWeight > 0)
         {
-            // RPO: α · the chosen completions' cross-entropy, averaged over their tokens (TRL's policy_nll_loss)
-            var chosenRows = Op("Reshape", [Op("Concat", [Op("Unsqueeze", [Column(Op("Reshape", [sums, Ints(-1, 2)]), 0), Ints(1)]),
-                Op("Unsqueeze", [Column(Op("Reshape", [lengths, Ints(-1, 2)]), 0), Ints(1)])], ("axis", 1L)), Ints(-1, 2)]); // [P, 2]: sum, length
-            chosenTokens = Op("Max", [Op("ReduceSum", [Column(chosenRows, 1)], ("keepdims", 0L)), Scalar(1)]);
-            var nll = Op("Div", [Op("Neg", [Op("ReduceSum", [Column(chosenRows, 0)], ("keepdims", 0L))]), chosenTokens]);
-            loss = Op("Add", [loss, Op("Mul", [nll, Scalar(options.RpoAlpha)])]);
+            // RPO's and ORPO's α · the chosen completions' cross-entropy, averaged over their tokens (TRL's policy_nll_loss)
+            string ChosenTotal(string rows) => Op("ReduceSum", [Column(Op("Reshape", [rows, Ints(-1, 2)]), 0)], ("keepdims", 0L));
+            chosenTokens = Op("Max", [ChosenTotal(lengths), Scalar(1)]);
+            var nll = Op("Div", [Op("Neg", [ChosenTotal(sums)]), chosenTokens]);
+            loss = Op("Add", [loss, Op("Mul", [nll, Scalar(options.ChosenNllWeight)])]);
         }
-        return new PreferenceLoss(loss, logProbs, tokens, difference, pairWeight, averaged ? lengths : null, chosenTokens, options);
+        return new PreferenceLoss(loss, logProbs, tokens, difference, pairWeight, options.Averages ? lengths : null, chosenTokens, options);
     }
 
     /// <summary>d loss / d logits: for each row, d loss / d (its summed log-probability) times w·(onehot − softmax), i.e.
@@ -114,6 +125,7 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         {
             "hinge" => Op("Mul", [Op("Cast", [Op("Less", [z, Scalar(1)])], ("to", (long)DT.Float)), Scalar(-beta)]),
             "ipo" => Op("Mul", [Op("Sub", [Difference, Scalar(1 / (2 * beta))]), Scalar(2)]),
+            "orpo" => Op("Mul", [Op("Sigmoid", [Op("Neg", [Difference])]), Scalar(-beta)]),
             "robust" => Op("Mul", [Op("Add", [Op("Mul", [Op("Sigmoid", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Sigmoid", [z]), Scalar(e)])]),
                 Scalar(-beta / (1 - 2 * e))]),
             _ => Op("Mul", [Op("Sub", [Op("Mul", [Op("Sigmoid", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Sigmoid", [z]), Scalar(e)])]), Scalar(-beta)]),
@@ -121,14 +133,16 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         // d loss / d π: +slope for the chosen row, −slope for the rejected, weighted by the pair's share; its negative is the scale
         var column = Op("Unsqueeze", [Op("Mul", [slope, PairWeight]), Ints(1)]);
         var rowScale = Op("Reshape", [Op("Concat", [Op("Neg", [column]), column], ("axis", 1L)), Ints(-1)]);
-        if (RowLengths is not null) rowScale = Op("Div", [rowScale, Op("Max", [RowLengths, Scalar(1)])]); // IPO's π is a mean
+        // ORPO: d (log odds) / d π = 1 / (1 − e^π)
+        if (!Options.UsesReference) rowScale = Op("Div", [rowScale, Op("Sub", [Scalar(1), Op("Exp", [SequenceLogProbs])])]);
+        if (RowLengths is not null) rowScale = Op("Div", [rowScale, Op("Max", [RowLengths, Scalar(1)])]); // IPO's and ORPO's π is a mean
         if (ChosenTokens is not null)
         {
-            // RPO: + α / (chosen tokens) on each chosen row (d loss / d sum is −α / N there)
+            // RPO, ORPO: + α / (chosen tokens) on each chosen row (d loss / d sum is −α / N there)
             string Filled(float value) => Op("Unsqueeze", [Op("ConstantOfShape", [Op("Shape", [Difference])],
                 ("value", Tensors.FromFloats("value", [1], [value], (int)DT.Float))), Ints(1)]);
             var chosenRows = Op("Reshape", [Op("Concat", [Filled(1), Filled(0)], ("axis", 1L)), Ints(-1)]); // 1, 0, 1, 0, ...
-            rowScale = Op("Add", [rowScale, Op("Mul", [chosenRows, Op("Div", [Scalar(Options.RpoAlpha), ChosenTokens])])]);
+            rowScale = Op("Add", [rowScale, Op("Mul", [chosenRows, Op("Div", [Scalar(Options.ChosenNllWeight), ChosenTokens])])]);
         }
         if (Tokens.ElemType != (int)DT.Float) rowScale = Op("Cast", [rowScale], ("to", (long)Tokens.ElemType));
         var tokenScale = Op("Mul", [Op("Unsqueeze", [rowScale, Ints(1)]), Tokens.Weights]);

@@ -70,16 +70,17 @@ public static class Evaluator
     static EvalResult ScorePreferences(OnnxModel model, TrainingData data, TextTokenizer tokenizer, string dataPath, string? referencePath,
         PreferenceOptions preference, string device, string? epLibrary)
     {
-        if (referencePath is null)
+        if (!preference.UsesReference) referencePath = null; // ORPO
+        else if (referencePath is null)
             throw new OrtLoraException($"{dataPath}: preference data is scored by the DPO loss against a reference model: give --adapter DIR " +
                 "(the reference is then the model without it) or --reference-model PATH");
-        using var reference = Scorable(referencePath, adapterDir: null);
-        VocabularyCheck.Require(tokenizer, reference);
+        using var reference = referencePath is null ? null : Scorable(referencePath, adapterDir: null);
+        if (reference is not null) VocabularyCheck.Require(tokenizer, reference);
         var sessionOptions = new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary, Preference: preference);
-        using var referenceSession = new TrainingSession(reference, sessionOptions);
+        using var referenceSession = reference is null ? null : new TrainingSession(reference, sessionOptions);
         using var session = new TrainingSession(model, sessionOptions);
         var metrics = new PreferenceMetrics(preference.Beta);
-        var score = Trainer.Score(session, data, metrics, batch => referenceSession.ReferenceLogps(batch));
+        var score = Trainer.Score(session, data, metrics, referenceSession is null ? null : referenceSession.ReferenceLogps);
         if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no pair to score ({data.Summary})");
         long pairs = metrics.Pairs;
         var record = new System.Text.Json.Nodes.JsonObject();

@@ -134,7 +134,7 @@ public static class Trainer
         // DPO's reference log-probabilities: the evaluations' are computed at the first one and kept (the eval batches and
         // the reference never change); the training pairs' once before the first step with --precompute-ref-log-probs.
         var evalReferences = new List<float[]>();
-        var precomputed = data.IsPreference && args.PrecomputeRefLogProbs ? PrecomputeReferences(session, data, reporter) : null;
+        var precomputed = data.IsPreference && args.PrecomputeRefLogProbs && args.Preference.UsesReference ? PrecomputeReferences(session, data, reporter) : null;
         Engine.Batch Prepare(DataBatch b)
         {
             var batch = ToEngine(b);

@@ -94,7 +94,7 @@ public sealed class TrainingSession : IDisposable
             var shape = _graph.ParameterShapes[p];
             bool single = _hostUpdated.Contains(p);
             // a copy: the first parameter buffer adopts the starting values' array, which training then overwrites
-            if (_graph.Preference) _reference[p] = new PingPong(shape, (float[])_graph.InitialValues[p].Clone(), adopt: true, single: true);
+            if (_options.Preference is { UsesReference: true }) _reference[p] = new PingPong(shape, (float[])_graph.InitialValues[p].Clone(), adopt: true, single: true);
             _params[p] = new PingPong(shape, _graph.InitialValues[p], adopt: true, single); // the graph's starting values become the first buffer
             _expAvg[p] = new PingPong(shape, single: single);
             _expAvgSq[p] = new PingPong(shape, single: single);
@@ -207,6 +207,7 @@ public sealed class TrainingSession : IDisposable
     {
         if (!_graph.Preference) throw new InvalidOperationException("reference log-probabilities are for the DPO loss");
         batch = batch with { ReferenceLogps = new float[batch.BatchSize] };
+        if (_reference.Count == 0) return batch.ReferenceLogps; // ORPO: no reference
         var session = ForBatch(ref _evalSession, () => _graph.Eval, batch);
         using var run = new RunBinding(session, _fixed);
         BindBatch(run, batch);
