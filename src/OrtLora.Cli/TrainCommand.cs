@@ -60,6 +60,7 @@ public static class TrainCommand
         var neftune = new Option<double>("--neftune-noise-alpha") { Description = "NEFTune: uniform noise of magnitude alpha/sqrt(seq_len·hidden) on the token embeddings while training (the papers use 5)" };
         var labelSmoothing = new Option<double>("--label-smoothing-factor") { Description = "label smoothing ε: (1 − ε)·cross-entropy + ε·mean −log p over the vocabulary (train and eval loss)" };
         var preference = new PreferenceCliOptions();
+        var lossChunks = new Option<int?>("--loss-chunks") { Description = "take the loss in this many sequence chunks through the lm_head: less memory (default: 8 from a vocabulary of 8192, else 1)" };
         var precompute = new Option<bool>("--precompute-ref-log-probs") { Description = "preference data: compute the reference's log-probabilities of every pair once before training instead of in every step" };
         var loraplus = new Option<double>("--loraplus-lr-ratio") { Description = "LoRA+: B's learning rate is this times --learning-rate", DefaultValueFactory = _ => 1 };
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
@@ -85,7 +86,7 @@ public static class TrainCommand
         foreach (var o in new Option[] { data, evalData, evalSplit, packing, groupByLength, dropLast, padToMax,
                      epochs, maxSteps, batch, evalBatch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay,
                      optim, beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, loggingStrategy, saveSteps, saveOnlyModel, saveStrategy, saveLimit, evalSteps, evalStrategy,
-                     loadBest, metricForBest, patience, threshold, neftune, labelSmoothing, precompute, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
+                     loadBest, metricForBest, patience, threshold, neftune, labelSmoothing, precompute, lossChunks, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
 
         cmd.SetAction(CliRunner.Guard(parse =>
@@ -103,7 +104,7 @@ public static class TrainCommand
                 GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),
                 CudaGraphs = parse.GetValue(cudaGraphs), LoadBestModelAtEnd = parse.GetValue(loadBest),
                 EarlyStoppingPatience = parse.GetValue(patience), EarlyStoppingThreshold = parse.GetValue(threshold),
-                NeftuneNoiseAlpha = parse.GetValue(neftune), LabelSmoothingFactor = parse.GetValue(labelSmoothing), Preference = preference.Read(parse), PrecomputeRefLogProbs = parse.GetValue(precompute),
+                NeftuneNoiseAlpha = parse.GetValue(neftune), LabelSmoothingFactor = parse.GetValue(labelSmoothing), Preference = preference.Read(parse), PrecomputeRefLogProbs = parse.GetValue(precompute), LossChunks = parse.GetValue(lossChunks),
             };
             Validate(args);
             var job = new TrainJob
@@ -135,6 +136,7 @@ public static class TrainCommand
         if (a.AdamEpsilon <= 0) throw new OrtLoraException("--adam-epsilon must be positive");
         if (a.EarlyStoppingPatience < 0 || a.EarlyStoppingThreshold < 0) throw new OrtLoraException("--early-stopping-patience and --early-stopping-threshold must not be negative");
         if (a.LabelSmoothingFactor is < 0 or >= 1) throw new OrtLoraException("--label-smoothing-factor must be in [0, 1)");
+        if (a.LossChunks is < 1) throw new OrtLoraException("--loss-chunks must be at least 1");
         if (a.NeftuneNoiseAlpha < 0) throw new OrtLoraException("--neftune-noise-alpha must not be negative");
         if (a.Fp16 && a.Bf16) throw new OrtLoraException("choose one of --fp16 and --bf16");
         if (a.MaxSteps <= 0 && a.NumTrainEpochs <= 0) throw new OrtLoraException("give --num-train-epochs > 0 or --max-steps > 0");

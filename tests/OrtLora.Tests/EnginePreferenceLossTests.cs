@@ -263,4 +263,30 @@ public class EnginePreferenceLossTests
         foreach (var (name, grad) in singleGradients)
             Assert.That(Shared.MaxAbsDiff(halfGradients[name], grad), Is.LessThan(2e-2 * grad.Max(x => Math.Abs(x)) + 1e-7), name);
     }
+
+    /// <summary>The loss taken in chunks through the lm_head (two passes: the rows' sums, then each chunk's gradient with
+    /// the rows' scales) equals the whole loss: loss, rows and gradients, for each loss type.</summary>
+    [TestCaseSource(nameof(LossTypes))]
+    public void ChunkedLossEqualsTheWholeLoss(PreferenceOptions options)
+    {
+        using var model = Injected();
+        LoraTestKit.RandomizeB(model, std: 0.3f);
+        using var whole = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options, LossChunks: 1));
+        using var chunked = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options, LossChunks: 3));
+        Assert.That(chunked.Graph.Gradients.Graph.Node.Count(n => n.Name.Contains("/chunk2/grad")), Is.GreaterThan(0), "the second pass's last chunk");
+        Assert.That(chunked.Graph.Eval.Graph.Node.Count(n => n.Name.Contains("/chunk2")), Is.GreaterThan(0), "eval in chunks too");
+        // a moved policy, with the starting model as the reference
+        var moved = whole.GetParameters().ToDictionary(kv => kv.Key, kv => kv.Value.Select((v, i) => v + 0.02f * MathF.Sin(i)).ToArray());
+        whole.SetParameters(moved);
+        chunked.SetParameters(moved);
+        var batch = PairBatch();
+        var (wholeLoss, wholeGradients) = whole.ComputeGradients(batch);
+        var (chunkedLoss, chunkedGradients) = chunked.ComputeGradients(batch);
+        Assert.That(chunkedLoss, Is.EqualTo(wholeLoss).Within(1e-5 * Math.Max(1, Math.Abs(wholeLoss))));
+        Assert.That(chunked.Evaluate(batch).Loss, Is.EqualTo(whole.Evaluate(batch).Loss).Within(1e-5 * Math.Max(1, Math.Abs(wholeLoss))));
+        for (int row = 0; row < Rows; row++)
+            Assert.That(chunked.LastSequenceLogps[row], Is.EqualTo(whole.LastSequenceLogps[row]).Within(1e-5 * Math.Abs(whole.LastSequenceLogps[row])));
+        foreach (var (name, grad) in wholeGradients)
+            Assert.That(Shared.MaxAbsDiff(chunkedGradients[name], grad), Is.LessThan(1e-4 * grad.Max(x => Math.Abs(x)) + 1e-9), name);
+    }
 }

@@ -20,7 +20,8 @@ public static class ChunkedLoss
     /// <param name="Hidden">h, the input of the lm_head MatMul, [B, S, H]</param>
     /// <param name="HiddenGradient">d loss / d h (times the loss scale when given), [B, S, H]</param>
     /// <param name="Correct">the counted tokens whose target is the arg-max (<see cref="CausalLmLoss.AppendCorrect"/>), summed over the chunks</param>
-    public sealed record Result(string Loss, string Hidden, string HiddenGradient, string Correct);
+    /// <param name="SequenceLogProbs">with the DPO loss: each row's π (<see cref="PreferenceLoss.SequenceLogProbs"/>)</param>
+    public sealed record Result(string Loss, string Hidden, string HiddenGradient, string Correct, string? SequenceLogProbs = null);
 
     /// <summary>The head between h and the logits, or null when the logits are not a position-wise function of one
     /// [B, S, H] value through a MatMul.</summary>
@@ -96,5 +97,66 @@ public static class ChunkedLoss
         var total = parts.Count == 1 ? parts[0] : Op("Sum", parts.ToArray());
         var right = Op("Sum", correct.ToArray());
         return new Result(total, hidden, withGradient ? Op("Concat", gradients.ToArray(), ("axis", 1L)) : "", right);
+    }
+
+    /// <summary>The DPO loss (<see cref="PreferenceLoss"/>) chunk by chunk. Its gradient scales each row's tokens by
+    /// d loss / d (the whole row's log-probability), known only once every chunk is summed, so it takes two passes: the
+    /// first sums each row's log-probabilities chunk by chunk, the second computes each chunk's logits again and its
+    /// d loss / d h. One more lm_head product than the causal-LM loss's one pass, and still one chunk's logits alive at a
+    /// time.</summary>
+    public static Result? AppendPreference(GraphEditor g, string logits, string labels, int logitsElemType, ValueTable types, int opset,
+        int chunks, PreferenceOptions options, bool withGradient = true, string? lossScale = null)
+    {
+        if (chunks < 2 || opset < 14 || FindHead(g, logits, types) is not var (hidden, path)) return null;
+        string Ints(params long[] v) => GraphConstants.Int64s(g, "loss_chunks/ints", v);
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "loss_chunks/" + op, attributes: attrs);
+
+        var targets = CausalLmLoss.AppendTargets(g, labels, logitsElemType);
+        var length = Op("Div", [Op("Add", [Op("Slice", [Op("Shape", [hidden]), Ints(1), Ints(2)]), Ints(chunks - 1)]), Ints(chunks)]);
+        int type = types.ElemType(hidden);
+        // One chunk's logits and their loss pieces, after the values in `after` (so that chunks run one at a time).
+        (string H, string Logits, CausalLmLoss Loss) ChunkAt(int c, string pass, IReadOnlyList<(string Value, int ElemType)> after)
+        {
+            var start = Op("Mul", [length, Ints(c)]);
+            var end = Op("Mul", [length, Ints(c + 1)]);
+            string Chunk(string value) => Op("Slice", [value, start, end, Ints(1)]);
+            var h = Chunk(hidden);
+            if (after.Count > 0) h = Op("Add", [h, Ordering.ZeroAfter(g, after, type)]);
+            types.Set(h, types[hidden]);
+            var z = h;
+            var renames = new Dictionary<string, string> { [hidden] = h };
+            foreach (var node in path)
+            {
+                z = g.AddRenamedCopy(node, renames, $"/chunk{c}{pass}").Output[0];
+                types.Set(z, types[node.Output[0]]);
+            }
+            var targetsOfChunk = new CausalLmLoss.Targets(Chunk(targets.TargetIndex), Chunk(targets.Weights), targets.Count, targets.ElemType);
+            return (h, z, CausalLmLoss.Append(g, z, targetsOfChunk));
+        }
+
+        // Pass 1: each row's Σ w·log p(target), a chunk at a time.
+        var sums = new List<string>();
+        var correct = new List<string>();
+        for (int c = 0; c < chunks; c++)
+        {
+            var (_, _, loss) = ChunkAt(c, "", c == 0 ? [] : [(sums[^1], logitsElemType), (correct[^1], logitsElemType)]);
+            sums.Add(PreferenceLoss.SumRows(g, loss.TargetLogProb, loss.Weights));
+            correct.Add(loss.AppendCorrect(g));
+        }
+        var preference = PreferenceLoss.FromRows(g, Op("Sum", [.. sums]), PreferenceLoss.CountRows(g, targets.Weights), logitsElemType, options);
+        var right = Op("Sum", [.. correct]);
+        if (!withGradient) return new Result(preference.Loss, hidden, "", right, preference.SequenceLogProbs);
+
+        // Pass 2: each chunk's logits again, and d loss / d h with the rows' scales.
+        var rowScale = Op("Unsqueeze", [preference.AppendRowScale(g, logitsElemType), Ints(1)]); // [R, 1]
+        var gradients = new List<string>();
+        for (int c = 0; c < chunks; c++)
+        {
+            var (h, z, loss) = ChunkAt(c, "/grad", c == 0 ? [(rowScale, logitsElemType), (right, logitsElemType)] : [(gradients[^1], type)]);
+            var seed = loss.AppendLogitsGradient(g, Op("Mul", [rowScale, loss.Weights]));
+            if (lossScale is not null) seed = g.Add("Mul", [seed, lossScale], name: "loss_chunks/scale");
+            gradients.Add(GradientBuilder.Build(g, new Dictionary<string, string> { [z] = seed }, [h], types, opset)[h]);
+        }
+        return new Result(preference.Loss, hidden, Op("Concat", [.. gradients], ("axis", 1L)), right, preference.SequenceLogProbs);
     }
 }

@@ -49,13 +49,14 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
 /// the gradient w·(onehot − softmax), scaled by d loss / d (that sum).</summary>
 /// <param name="Loss">the scalar loss</param>
 /// <param name="SequenceLogProbs">each row's π, [rows]</param>
-/// <param name="Tokens">the token-level pieces (log-probabilities, targets, weights) the rows are summed from</param>
+/// <param name="Tokens">the token-level pieces (log-probabilities, targets, weights) the rows are summed from; null when
+/// the rows were summed chunk by chunk (<see cref="ChunkedLoss.AppendPreference"/>)</param>
 /// <param name="Difference">L per pair (ORPO: the log odds ratio), [pairs]</param>
 /// <param name="PairWeight">1 for a pair whose chosen row counts tokens, 0 for a padding pair, divided by the number of
 /// counted pairs (at least 1), [pairs]</param>
 /// <param name="RowLengths">each row's counted tokens (IPO's divisor), [rows]; null for the summing losses</param>
 /// <param name="ChosenTokens">with rpo_alpha: the chosen rows' counted tokens, at least 1, scalar</param>
-public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, CausalLmLoss Tokens, string Difference, string PairWeight,
+public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, CausalLmLoss? Tokens, string Difference, string PairWeight,
     string? RowLengths, string? ChosenTokens, PreferenceOptions Options)
 {
     /// <summary>The graph input of the reference model's per-row log-probabilities (float32, [rows]).</summary>
@@ -64,17 +65,35 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
     /// <summary>Appends the loss on top of <paramref name="tokens"/> (a plain cross-entropy: no label smoothing).</summary>
     public static PreferenceLoss Append(GraphEditor g, CausalLmLoss tokens, PreferenceOptions options)
     {
-        options.Validate();
         if (tokens.Smoothing > 0) throw new OrtLoraException("the DPO loss takes the completions' log-probabilities; label smoothing does not apply to it");
+        return FromRows(g, SumRows(g, tokens.TargetLogProb, tokens.Weights), CountRows(g, tokens.Weights), tokens.ElemType, options) with { Tokens = tokens };
+    }
+
+    /// <summary>Each row's Σ w·log p(target) of <paramref name="targetLogProb"/> [R, S, 1] and <paramref name="weights"/> [R, S], [R].</summary>
+    public static string SumRows(GraphEditor g, string targetLogProb, string weights)
+    {
+        var ints = GraphConstants.Int64s(g, "dpo/ints", -1);
+        var picked = g.Add("Squeeze", [targetLogProb, ints], name: "dpo/Squeeze");
+        return g.Add("ReduceSum", [g.Add("Mul", [picked, weights], name: "dpo/Mul"), GraphConstants.Int64s(g, "dpo/ints", 1)], name: "dpo/ReduceSum", attributes: ("keepdims", 0L));
+    }
+
+    /// <summary>Each row's counted tokens, [R].</summary>
+    public static string CountRows(GraphEditor g, string weights) =>
+        g.Add("ReduceSum", [weights, GraphConstants.Int64s(g, "dpo/ints", 1)], name: "dpo/ReduceSum", attributes: ("keepdims", 0L));
+
+    /// <summary>The loss from the rows' summed log-probabilities and counted tokens ([R] each, of type
+    /// <paramref name="elemType"/>).</summary>
+    public static PreferenceLoss FromRows(GraphEditor g, string rowSums, string rowLengths, int elemType, PreferenceOptions options)
+    {
+        options.Validate();
         string Ints(params long[] v) => GraphConstants.Int64s(g, "dpo/ints", v);
         string Scalar(double v) => GraphConstants.Scalar(g, "dpo/const", v, (int)DT.Float);
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "dpo/" + op, attributes: attrs);
-        string Float(string value) => tokens.ElemType == (int)DT.Float ? value : Op("Cast", [value], ("to", (long)DT.Float));
+        string Float(string value) => elemType == (int)DT.Float ? value : Op("Cast", [value], ("to", (long)DT.Float));
         string Column(string pairs, long index) => Op("Gather", [pairs, GraphConstants.Scalar(g, "dpo/index", index, (int)DT.Int64)], ("axis", 1L));
 
-        var picked = Op("Squeeze", [tokens.TargetLogProb, Ints(-1)]); // [R, S]
-        var sums = Float(Op("ReduceSum", [Op("Mul", [picked, tokens.Weights]), Ints(1)], ("keepdims", 0L))); // [R]
-        var lengths = Float(Op("ReduceSum", [tokens.Weights, Ints(1)], ("keepdims", 0L))); // [R]
+        var sums = Float(rowSums);
+        var lengths = Float(rowLengths);
         var logProbs = options.Averages ? Op("Div", [sums, Op("Max", [lengths, Scalar(1)])]) : sums;
         // ORPO compares log odds, π − log(1 − e^π), and no reference; the others π − r
         var compared = options.UsesReference ? Op("Sub", [logProbs, ReferenceInput])
@@ -107,12 +126,23 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
             var nll = Op("Div", [Op("Neg", [ChosenTotal(sums)]), chosenTokens]);
             loss = Op("Add", [loss, Op("Mul", [nll, Scalar(options.ChosenNllWeight)])]);
         }
-        return new PreferenceLoss(loss, logProbs, tokens, difference, pairWeight, options.Averages ? lengths : null, chosenTokens, options);
+        return new PreferenceLoss(loss, logProbs, null, difference, pairWeight, options.Averages ? lengths : null, chosenTokens, options);
     }
 
     /// <summary>d loss / d logits: for each row, d loss / d (its summed log-probability) times w·(onehot − softmax), i.e.
     /// the causal-LM gradient's form with −(d loss / d sum)·w as each token's scale.</summary>
     public string AppendLogitsGradient(GraphEditor g)
+    {
+        var tokens = Tokens ?? throw new InvalidOperationException("the rows were summed chunk by chunk: their gradient is ChunkedLoss's");
+        var rowScale = AppendRowScale(g, tokens.ElemType);
+        var tokenScale = g.Add("Mul", [g.Add("Unsqueeze", [rowScale, GraphConstants.Int64s(g, "grad/dpo/ints", 1)], name: "grad/dpo/Unsqueeze"), tokens.Weights],
+            name: "grad/dpo/Mul");
+        return tokens.AppendLogitsGradient(g, tokenScale);
+    }
+
+    /// <summary>−d loss / d (each row's summed log-probability), [R], of type <paramref name="elemType"/>: each token's
+    /// scale in the causal-LM gradient's form is this times its weight.</summary>
+    public string AppendRowScale(GraphEditor g, int elemType)
     {
         string Ints(params long[] v) => GraphConstants.Int64s(g, "grad/dpo/ints", v);
         string Scalar(double v) => GraphConstants.Scalar(g, "grad/dpo/const", v, (int)DT.Float);
@@ -144,8 +174,6 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
             var chosenRows = Op("Reshape", [Op("Concat", [Filled(1), Filled(0)], ("axis", 1L)), Ints(-1)]); // 1, 0, 1, 0, ...
             rowScale = Op("Add", [rowScale, Op("Mul", [chosenRows, Op("Div", [Scalar(Options.ChosenNllWeight), ChosenTokens])])]);
         }
-        if (Tokens.ElemType != (int)DT.Float) rowScale = Op("Cast", [rowScale], ("to", (long)Tokens.ElemType));
-        var tokenScale = Op("Mul", [Op("Unsqueeze", [rowScale, Ints(1)]), Tokens.Weights]);
-        return Tokens.AppendLogitsGradient(g, tokenScale);
+        return elemType == (int)DT.Float ? rowScale : Op("Cast", [rowScale], ("to", (long)elemType));
     }
 }

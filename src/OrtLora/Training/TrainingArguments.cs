@@ -55,6 +55,9 @@ public sealed class TrainingArguments
     /// <summary>For preference data: the reference's log-probabilities of every training pair are computed once before
     /// the first step (TRL's precompute_ref_log_probs) instead of by a forward in every step.</summary>
     public bool PrecomputeRefLogProbs { get; set; }
+    /// <summary>The loss and its gradient in this many chunks of the sequence through the lm_head (less memory: one
+    /// chunk's logits at a time); null: 8 from a vocabulary of 8192, else 1.</summary>
+    public int? LossChunks { get; set; }
     /// <summary>NEFTune's α (neftune_noise_alpha): uniform noise on the token embeddings while training; 0: none.</summary>
     public double NeftuneNoiseAlpha { get; set; }
     /// <summary>LoRA+: B's learning rate is LearningRate times this (1 = plain LoRA).</summary>

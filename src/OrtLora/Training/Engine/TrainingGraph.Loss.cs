@@ -11,13 +11,17 @@ public sealed partial class TrainingGraph
     /// <summary>The eval graph's outputs: the loss, in chunks too (each after the previous chunk's loss: two [B, S/C, V]
     /// values alive instead of the whole logits and log-probabilities), and the number of counted tokens predicted right
     /// (<see cref="CorrectTokens"/>). The head's values have the same names in both graphs.</summary>
-    static void EvalOutputs(ModelProto eval, CausalLmLoss loss, int logitsType, ValueTable types, int opset, int chunks)
+    static void EvalOutputs(ModelProto eval, CausalLmLoss loss, int logitsType, ValueTable types, int opset, int chunks, PreferenceLoss? preference)
     {
         var g = new GraphEditor(eval.Graph);
         string correct;
-        if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, withGradient: false, smoothing: loss.Smoothing) is { } chunked)
+        var chunked = preference is not null
+            ? ChunkedLoss.AppendPreference(g, loss.Logits, Labels, logitsType, types, opset, chunks, preference.Options, withGradient: false)
+            : ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, withGradient: false, smoothing: loss.Smoothing);
+        if (chunked is not null)
         {
             ReadLoss(eval, g, chunked.Loss);
+            if (chunked.SequenceLogProbs is { } rows) ReadLoss(eval, g, rows, SequenceLogProbs);
             correct = chunked.Correct;
         }
         else correct = loss.AppendCorrect(g);
@@ -26,10 +30,11 @@ public sealed partial class TrainingGraph
         g.Cleanup();
     }
 
-    /// <summary>The loss output reads <paramref name="value"/>; its node moves after the nodes appended since.</summary>
-    static void ReadLoss(ModelProto proto, GraphEditor g, string value)
+    /// <summary>The loss output (or <paramref name="output"/>) reads <paramref name="value"/>; its node moves after the
+    /// nodes appended since.</summary>
+    static void ReadLoss(ModelProto proto, GraphEditor g, string value, string outputName = Loss)
     {
-        var output = proto.Graph.Node.Single(n => n.Output.Contains(Loss));
+        var output = proto.Graph.Node.Single(n => n.Output.Contains(outputName));
         g.RemoveNode(output);
         output.Input[0] = value;
         g.AddNode(output);
@@ -45,10 +50,13 @@ public sealed partial class TrainingGraph
         ValueTable types, int opset, bool scalesLoss, int chunks, PreferenceLoss? preference)
     {
         if (scalesLoss) proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
-        if (ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, lossScale: scalesLoss ? LossScale : null,
-                smoothing: loss.Smoothing) is { } chunked)
+        var chunked = preference is not null
+            ? ChunkedLoss.AppendPreference(g, loss.Logits, Labels, logitsType, types, opset, chunks, preference.Options, lossScale: scalesLoss ? LossScale : null)
+            : ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, lossScale: scalesLoss ? LossScale : null, smoothing: loss.Smoothing);
+        if (chunked is not null)
         {
             ReadLoss(proto, g, chunked.Loss);
+            if (chunked.SequenceLogProbs is { } rows) ReadLoss(proto, g, rows, SequenceLogProbs);
             return (new() { [chunked.Hidden] = chunked.HiddenGradient }, chunked.Correct);
         }
         var correct = loss.AppendCorrect(g);

@@ -176,12 +176,11 @@ public sealed partial class TrainingGraph : IDisposable
             bool scalesLoss = compute == ComputeType.Float16;
             int chunks = lossChunks ?? (types[loss.Logits].ShapeA[^1] >= 8192 ? 8 : 1);
             // A trained lm_head (modules_to_save) needs the whole logits' gradient: the chunks give d loss / d h only.
-            // DPO's rows weigh their tokens by the whole row's log-probability, known only after every chunk.
-            if (HeadIsTrained(g, loss.Logits, parameters) || preferenceLoss is not null) chunks = 1;
+            if (HeadIsTrained(g, loss.Logits, parameters)) chunks = 1;
             var (seeds, correct) = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks, preferenceLoss);
             g.Add("Identity", [correct], name: "accuracy/output", outputs: [CorrectTokens]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
-            EvalOutputs(eval, loss, logitsType, types, opset, chunks);
+            EvalOutputs(eval, loss, logitsType, types, opset, chunks, preferenceLoss);
             // DoRA's weight norms are constants to the gradient, as PEFT detaches them.
             var detached = lora?.Adapters.Select(a => a.WeightNorm).OfType<string>().ToHashSet() ?? [];
             var grads = GradientBuilder.Build(g, seeds, parameters, types, opset, gradientCheckpointing, detached);
