@@ -131,18 +131,8 @@ public static class Trainer
         // The schedule's rate at a step; reduce_lr_on_plateau's is where the evaluations have left it.
         double LearningRateAt(int step) => plateau ? state.Plateau!.Lr : LrSchedule.At(args.LrSchedulerType, args.LearningRate, step, warmup, totalSteps, args.LrSchedulerKwargs);
 
-        // DPO's reference log-probabilities: the evaluations' are computed at the first one and kept (the eval batches and
-        // the reference never change); the training pairs' once before the first step with --precompute-ref-log-probs.
-        var evalReferences = new List<float[]>();
-        var precomputed = data.IsPreference && args.PrecomputeRefLogProbs && args.Preference.UsesReference ? PrecomputeReferences(session, data, reporter) : null;
-        Engine.Batch Prepare(DataBatch b)
-        {
-            var batch = ToEngine(b);
-            if (precomputed is null) return batch;
-            var reference = new float[b.BatchSize];
-            for (int k = 0; k < b.Sequences; k += 2) (reference[k], reference[k + 1]) = precomputed[b.Rows[k]];
-            return batch with { ReferenceLogps = reference };
-        }
+        var references = new ReferenceLogps(session);
+        if (data.IsPreference && args.PrecomputeRefLogProbs && args.Preference.UsesReference) references.Precompute(data, reporter);
 
         reporter.Started(totalSteps, state.GlobalStep,
             $"{lora.Adapters.Count} adapters{(lora.SavedModules.Count > 0 ? $" and {lora.SavedModules.Count} modules_to_save ({string.Join(", ", lora.SavedModules.Select(m => m.Module))})" : "")}{(lora.TrainableTokens.Count > 0 ? $", {lora.TrainableTokens.Sum(t => t.TokenIds.Count)} trainable token rows" : "")}, {session.ParameterNames.Sum(p => session.Graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b)):N0} trainable parameters; " +
@@ -154,13 +144,7 @@ public static class Trainer
         {
             var clock = Stopwatch.StartNew();
             var evalPreference = data.IsPreference ? new PreferenceMetrics(args.Preference.Beta) : null;
-            int evalBatch = 0;
-            float[] EvalReference(Engine.Batch batch)
-            {
-                if (evalBatch == evalReferences.Count) evalReferences.Add(session.ReferenceLogps(batch));
-                return evalReferences[evalBatch++];
-            }
-            var score = Score(session, data, evalPreference, evalPreference is null ? null : EvalReference);
+            var score = Score(session, data, evalPreference, evalPreference is null ? null : references.ForEvaluation());
             double loss = score.Loss, runtime = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
             // The Trainer's evaluate() names, TRL's eval_mean_token_accuracy, and perplexity; DPO's eval_rewards/* instead.
             var record = new JsonObject { ["step"] = step, ["eval_loss"] = loss };
@@ -193,7 +177,7 @@ public static class Trainer
         {
             var window = batches.Take(args.GradientAccumulationSteps);
             double lr = LearningRateAt(state.GlobalStep);
-            var (loss, correct) = Update(session, window, (float)lr, (float)args.MaxGradNorm, preference, Prepare);
+            var (loss, correct) = Update(session, window, (float)lr, (float)args.MaxGradNorm, preference, references.ForTraining);
             position = window[^1].Next;
             long tokens = window.Sum(b => b.AttentionMask.Sum());
             state = state with
@@ -352,26 +336,11 @@ public static class Trainer
         return new(tokens == 0 ? double.NaN : sum / weights, tokens == 0 ? double.NaN : correct / tokens, tokens, batches, samples);
     }
 
-    /// <summary>TRL's precompute_ref_log_probs: the reference's log-probabilities of every training pair (row → chosen,
-    /// rejected), from one pass over the training rows in file order.</summary>
-    static Dictionary<long, (float Chosen, float Rejected)> PrecomputeReferences(TrainingSession session, TrainingData data, ITrainingReporter reporter)
-    {
-        var clock = Stopwatch.StartNew();
-        var result = new Dictionary<long, (float, float)>();
-        foreach (var b in data.TrainPairsInFileOrder())
-        {
-            var reference = session.ReferenceLogps(ToEngine(b));
-            for (int k = 0; k < b.Sequences; k += 2) result[b.Rows[k]] = (reference[k], reference[k + 1]);
-        }
-        reporter.Info($"precomputed the reference log-probabilities of {result.Count} pairs in {clock.Elapsed.TotalSeconds:F1} s");
-        return result;
-    }
-
     /// <summary>The epoch as the Trainer logs it, fractional: the share of the epoch's rows used so far.</summary>
     static double FractionalEpoch(DataPosition position, TrainingData data) =>
         Math.Round(position.Epoch + (double)position.Index / Math.Max(1, data.Train.RowCount), 4);
 
-    static Engine.Batch ToEngine(DataBatch b) => new(b.InputIds, b.AttentionMask, b.Labels, b.BatchSize, b.SeqLength);
+    internal static Engine.Batch ToEngine(DataBatch b) => new(b.InputIds, b.AttentionMask, b.Labels, b.BatchSize, b.SeqLength);
 
     /// <summary>The adapter (PEFT format) for people, and the raw parameters with the moments for an exact resume.</summary>
     static void SaveCheckpoint(OnnxModel model, TrainingSession session, TrainerState state, BestModel best, string outputDir, bool saveOnlyModel)

@@ -48,7 +48,7 @@ public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThrea
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
 /// with IOBinding; the frozen weights, held once for all sessions (<see cref="TrainingGraph.Frozen"/>), are bound the
 /// same way. Each graph is built and loaded the first time it is needed.</summary>
-public sealed class TrainingSession : IDisposable
+public sealed partial class TrainingSession : IDisposable
 {
     readonly TrainingGraph _graph;
     readonly TrainingSessionOptions _options;
@@ -59,8 +59,6 @@ public sealed class TrainingSession : IDisposable
     /// <summary>The other parameters, which the graphs update.</summary>
     readonly List<string> _graphUpdated;
     readonly Dictionary<string, PingPong> _hostGradients = new();
-    /// <summary>With DPO: the parameters' starting values, which make the reference model (one buffer each).</summary>
-    readonly Dictionary<string, PingPong> _reference = new();
     readonly HostScalar _lr = new(), _step = new(), _maxGradNorm = new(), _gradScale = new(), _loss = new(), _correct = new(), _gradNorm = new(), _lossScale = new(),
         _clipCoefficient = new();
     LossScaler? _scaler;
@@ -115,10 +113,6 @@ public sealed class TrainingSession : IDisposable
     /// <summary>How many counted tokens of the last <see cref="Step"/> or <see cref="Accumulate"/> batch the model predicted
     /// (arg-max) right, before the update: TRL's training mean_token_accuracy over the counted tokens.</summary>
     public float LastCorrectTokens { get; private set; }
-    /// <summary>With DPO: each row's log-probability under the model (before the update) and under the reference, of the
-    /// last <see cref="Step"/>, <see cref="Accumulate"/> or <see cref="Evaluate"/> batch.</summary>
-    public float[] LastSequenceLogps { get; private set; } = [];
-    public float[] LastReferenceLogps { get; private set; } = [];
 
     /// <summary>Forward, backward and AdamW on one batch in a single Run; returns the loss (before the update).</summary>
     public float Step(Batch batch, float learningRate, float maxGradNorm = 0)
@@ -198,37 +192,6 @@ public sealed class TrainingSession : IDisposable
         BindSequenceLogps(run, batch);
         Run(run, graphId: StateParity);
         return (_loss.Get(), _correct.Get());
-    }
-
-    /// <summary>With DPO: each row's log-probability under the reference model (the parameters' starting values), from
-    /// the eval graph; TRL computes it with the adapter disabled, which is the same model when the adapters start at
-    /// zero (B = 0, DoRA's m = ‖W‖, saved modules and token rows as they were).</summary>
-    public float[] ReferenceLogps(Batch batch)
-    {
-        if (!_graph.Preference) throw new InvalidOperationException("reference log-probabilities are for the DPO loss");
-        batch = batch with { ReferenceLogps = new float[batch.BatchSize] };
-        if (_reference.Count == 0) return batch.ReferenceLogps; // ORPO: no reference
-        var session = ForBatch(ref _evalSession, () => _graph.Eval, batch);
-        using var run = new RunBinding(session, _fixed);
-        BindBatch(run, batch);
-        BindModel(run, session, _reference);
-        run.HostOutput(TrainingGraph.Loss, _loss.Value);
-        run.HostOutput(TrainingGraph.CorrectTokens, _correct.Value);
-        var logps = new float[batch.BatchSize];
-        run.HostOutput(TrainingGraph.SequenceLogProbs, logps);
-        Run(run, graphId: 2); // its own captured graph: the reference buffers are not the parameters'
-        return logps;
-    }
-
-    Batch WithReference(Batch batch) => !_graph.Preference || batch.ReferenceLogps is not null ? batch : batch with { ReferenceLogps = ReferenceLogps(batch) };
-
-    /// <summary>With DPO, the rows' log-probabilities come back with the loss.</summary>
-    void BindSequenceLogps(RunBinding run, Batch batch)
-    {
-        if (!_graph.Preference) return;
-        LastReferenceLogps = batch.ReferenceLogps!;
-        LastSequenceLogps = new float[batch.BatchSize];
-        run.HostOutput(TrainingGraph.SequenceLogProbs, LastSequenceLogps);
     }
 
     /// <summary>Loss and d loss / d P at the current parameters, without updating anything (for verification).</summary>
