@@ -68,7 +68,7 @@ public class EnginePreferenceLossTests
     /// chosen tokens' mean cross-entropy.</summary>
     static double TrlLoss(PreferenceOptions o, (double[] Sums, int[] Lengths) policy, (double[] Sums, int[] Lengths) reference)
     {
-        double Logp((double[] Sums, int[] Lengths) rows, int row) => o.LossType is "ipo" or "orpo" ? rows.Sums[row] / rows.Lengths[row] : rows.Sums[row];
+        double Logp((double[] Sums, int[] Lengths) rows, int row) => o.LossType is "ipo" or "orpo" or "simpo" ? rows.Sums[row] / rows.Lengths[row] : rows.Sums[row];
         double LogOdds(int row) => Logp(policy, row) - Math.Log(1 - Math.Exp(Logp(policy, row))); // ORPO: π − log1p(−e^π)
         double total = 0, chosenNll = 0, chosenTokens = 0;
         double e = o.LabelSmoothing, beta = o.Beta;
@@ -81,18 +81,21 @@ public class EnginePreferenceLossTests
                 "robust" => (-LogSigmoid(beta * logits) * (1 - e) + LogSigmoid(-beta * logits) * e) / (1 - 2 * e),
                 "hinge" => Math.Max(0, 1 - beta * logits),
                 "orpo" => -beta * LogSigmoid(LogOdds(2 * pair) - LogOdds(2 * pair + 1)),
+                // CPOTrainer's simpo: logits = π_c − π_r − γ/β, then the sigmoid loss of β·logits
+                "simpo" => -LogSigmoid(beta * (Logp(policy, 2 * pair) - Logp(policy, 2 * pair + 1) - o.SimpoGamma / beta)) * (1 - e)
+                    - LogSigmoid(-beta * (Logp(policy, 2 * pair) - Logp(policy, 2 * pair + 1) - o.SimpoGamma / beta)) * e,
                 _ => Math.Pow(logits - 1 / (2 * beta), 2),
             };
             chosenNll -= policy.Sums[2 * pair];
             chosenTokens += policy.Lengths[2 * pair];
         }
-        return total / (Rows / 2) + (o.LossType == "orpo" ? 1 : o.RpoAlpha) * chosenNll / chosenTokens;
+        return total / (Rows / 2) + (o.LossType switch { "orpo" => 1, "simpo" => o.CpoAlpha, _ => o.RpoAlpha }) * chosenNll / chosenTokens;
     }
 
     static readonly PreferenceOptions[] LossTypes =
     [
         new(Beta), new(Beta, LabelSmoothing: 0.1), new(Beta, "robust", LabelSmoothing: 0.1), new(0.02, "hinge"), new(0.05, "ipo"),
-        new(Beta, RpoAlpha: 0.5), new(Beta, "orpo"),
+        new(Beta, RpoAlpha: 0.5), new(Beta, "orpo"), new(2.0, "simpo", LabelSmoothing: 0.1), new(2.0, "simpo", SimpoGamma: 1, CpoAlpha: 0),
     ];
 
     static OnnxModel Injected()

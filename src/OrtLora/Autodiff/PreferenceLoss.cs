@@ -6,29 +6,36 @@ namespace OrtLora.Autodiff;
 /// <summary>TRL's DPOConfig options that shape the loss.</summary>
 /// <param name="Beta">how far the policy may move from the reference (higher: closer)</param>
 /// <param name="LossType">sigmoid (DPO), robust (robust DPO), hinge (SLiC), ipo (IPO: log-probabilities averaged over
-/// the completion's tokens) or orpo (TRL's ORPOTrainer: no reference; Beta is its λ)</param>
+/// the completion's tokens), orpo (TRL's ORPOTrainer: no reference; Beta is its λ) or simpo (TRL's CPOTrainer with
+/// loss_type simpo: no reference, token means, a target margin)</param>
 /// <param name="LabelSmoothing">ε, the assumed share of flipped labels (conservative DPO; sigmoid and robust)</param>
 /// <param name="RpoAlpha">α: adds α times the chosen completions' token-mean cross-entropy (RPO); 0: none</param>
-public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sigmoid", double LabelSmoothing = 0, double RpoAlpha = 0)
+/// <param name="SimpoGamma">SimPO's target margin γ (CPOConfig.simpo_gamma)</param>
+/// <param name="CpoAlpha">SimPO: the weight of the chosen completions' cross-entropy (CPOConfig.cpo_alpha; 0: pure SimPO)</param>
+public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sigmoid", double LabelSmoothing = 0, double RpoAlpha = 0,
+    double SimpoGamma = 0.5, double CpoAlpha = 1)
 {
-    public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo", "orpo"];
+    public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo", "orpo", "simpo"];
 
-    /// <summary>Whether the loss compares with a reference model (all but ORPO).</summary>
-    public bool UsesReference => LossType != "orpo";
-    /// <summary>Whether a row's π is the mean of its tokens' log-probabilities (IPO, ORPO) rather than their sum.</summary>
-    public bool Averages => LossType is "ipo" or "orpo";
-    /// <summary>The weight of the chosen completions' token-mean cross-entropy in the loss: rpo_alpha, or ORPO's 1.</summary>
-    public double ChosenNllWeight => LossType == "orpo" ? 1 : RpoAlpha;
+    /// <summary>Whether the loss compares with a reference model (all but ORPO and SimPO).</summary>
+    public bool UsesReference => LossType is not ("orpo" or "simpo");
+    /// <summary>Whether a row's π is the mean of its tokens' log-probabilities (IPO, ORPO, SimPO) rather than their sum.</summary>
+    public bool Averages => LossType is "ipo" or "orpo" or "simpo";
+    /// <summary>The weight of the chosen completions' token-mean cross-entropy in the loss: rpo_alpha, ORPO's 1, or
+    /// SimPO's cpo_alpha.</summary>
+    public double ChosenNllWeight => LossType switch { "orpo" => 1, "simpo" => CpoAlpha, _ => RpoAlpha };
 
     public void Validate()
     {
         if (!LossTypes.Contains(LossType)) throw new OrtLoraException($"unknown DPO loss type '{LossType}'; expected {string.Join(", ", LossTypes)}");
         if (Beta <= 0) throw new OrtLoraException($"DPO's beta must be positive, got {Beta}");
         if (LabelSmoothing is < 0 or >= 0.5) throw new OrtLoraException($"DPO's label smoothing must be in [0, 0.5), got {LabelSmoothing}");
-        if (LabelSmoothing > 0 && LossType is not ("sigmoid" or "robust"))
-            throw new OrtLoraException($"DPO's label smoothing applies to the sigmoid and robust losses, not {LossType}");
+        if (LabelSmoothing > 0 && LossType is not ("sigmoid" or "robust" or "simpo"))
+            throw new OrtLoraException($"DPO's label smoothing applies to the sigmoid, robust and simpo losses, not {LossType}");
+        if (CpoAlpha < 0) throw new OrtLoraException($"cpo_alpha must not be negative, got {CpoAlpha}");
         if (RpoAlpha < 0) throw new OrtLoraException($"rpo_alpha must not be negative, got {RpoAlpha}");
-        if (RpoAlpha > 0 && LossType == "orpo") throw new OrtLoraException("ORPO's loss holds the chosen completions' cross-entropy already; rpo_alpha is for the DPO losses");
+        if (RpoAlpha > 0 && !UsesReference)
+            throw new OrtLoraException($"{LossType}'s loss weighs the chosen completions' cross-entropy itself (ORPO: 1, SimPO: cpo_alpha); rpo_alpha is for the DPO losses");
     }
 }
 
@@ -43,8 +50,9 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
 /// <item>hinge: relu(1 − z)</item>
 /// <item>ipo: (L − 1/(2β))²</item>
 /// <item>orpo (ORPOTrainer, no reference): −β·log σ(log odds(π_c) − log odds(π_r)), log odds(π) = π − log(1 − e^π)</item>
+/// <item>simpo (CPOTrainer, no reference): the sigmoid loss with z = β·(π_c − π_r) − γ</item>
 /// </list>
-/// and the loss is their mean, plus α·(the chosen tokens' mean cross-entropy) with rpo_alpha (ORPO: always, α = 1). Its gradient with respect
+/// and the loss is their mean, plus α·(the chosen tokens' mean cross-entropy) with rpo_alpha (ORPO: α = 1; SimPO: cpo_alpha). Its gradient with respect
 /// to the logits is written in closed form, as <see cref="CausalLmLoss"/>'s is: each row's summed log-probability has
 /// the gradient w·(onehot − softmax), scaled by d loss / d (that sum).</summary>
 /// <param name="Loss">the scalar loss</param>
@@ -95,12 +103,13 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         var sums = Float(rowSums);
         var lengths = Float(rowLengths);
         var logProbs = options.Averages ? Op("Div", [sums, Op("Max", [lengths, Scalar(1)])]) : sums;
-        // ORPO compares log odds, π − log(1 − e^π), and no reference; the others π − r
+        // ORPO compares log odds, π − log(1 − e^π), SimPO π itself, the others π − r
         var compared = options.UsesReference ? Op("Sub", [logProbs, ReferenceInput])
+            : options.LossType == "simpo" ? logProbs
             : Op("Sub", [logProbs, Op("Log", [Op("Sub", [Scalar(1), Op("Exp", [logProbs])])])]);
         var pairs = Op("Reshape", [compared, Ints(-1, 2)]); // [P, 2]: chosen, rejected
         var difference = Op("Sub", [Column(pairs, 0), Column(pairs, 1)]); // L, [P]
-        var z = Op("Mul", [difference, Scalar(options.Beta)]);
+        var z = Margin(g, difference, options, "dpo");
 
         // The mean over pairs, leaving out the empty pairs that pad a batch to a fixed shape (--pad-to-max-length).
         var counted = Column(Op("Reshape", [Op("Min", [lengths, Scalar(1)]), Ints(-1, 2)]), 0);
@@ -140,6 +149,14 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         return tokens.AppendLogitsGradient(g, tokenScale);
     }
 
+    /// <summary>z = β·L, less SimPO's target margin γ.</summary>
+    static string Margin(GraphEditor g, string difference, PreferenceOptions options, string scope)
+    {
+        var z = g.Add("Mul", [difference, GraphConstants.Scalar(g, scope + "/const", options.Beta, (int)DT.Float)], name: scope + "/Mul");
+        return options.LossType != "simpo" ? z
+            : g.Add("Sub", [z, GraphConstants.Scalar(g, scope + "/const", options.SimpoGamma, (int)DT.Float)], name: scope + "/Sub");
+    }
+
     /// <summary>−d loss / d (each row's summed log-probability), [R], of type <paramref name="elemType"/>: each token's
     /// scale in the causal-LM gradient's form is this times its weight.</summary>
     public string AppendRowScale(GraphEditor g, int elemType)
@@ -150,7 +167,7 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
 
         // d (pair loss) / d L, per pair
         double beta = Options.Beta, e = Options.LabelSmoothing;
-        var z = Op("Mul", [Difference, Scalar(beta)]);
+        var z = Margin(g, Difference, Options, "grad/dpo");
         var slope = Options.LossType switch
         {
             "hinge" => Op("Mul", [Op("Cast", [Op("Less", [z, Scalar(1)])], ("to", (long)DT.Float)), Scalar(-beta)]),
@@ -164,7 +181,7 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         var column = Op("Unsqueeze", [Op("Mul", [slope, PairWeight]), Ints(1)]);
         var rowScale = Op("Reshape", [Op("Concat", [Op("Neg", [column]), column], ("axis", 1L)), Ints(-1)]);
         // ORPO: d (log odds) / d π = 1 / (1 − e^π)
-        if (!Options.UsesReference) rowScale = Op("Div", [rowScale, Op("Sub", [Scalar(1), Op("Exp", [SequenceLogProbs])])]);
+        if (Options.LossType == "orpo") rowScale = Op("Div", [rowScale, Op("Sub", [Scalar(1), Op("Exp", [SequenceLogProbs])])]);
         if (RowLengths is not null) rowScale = Op("Div", [rowScale, Op("Max", [RowLengths, Scalar(1)])]); // IPO's and ORPO's π is a mean
         if (ChosenTokens is not null)
         {

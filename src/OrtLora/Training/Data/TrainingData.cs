@@ -166,8 +166,8 @@ public sealed class TrainingData : IDisposable
     public int CountBatches(int epoch = 0) => Batches(new DataPosition(epoch, 0)).Count();
 
     /// <summary>The usable rows in file order, each tokenized and labelled as training would (null: truncation left
-    /// nothing to learn), without the epoch's shuffle: what `ortlora show-data` prints.</summary>
-    /// Preference rows give two, chosen then rejected.
+    /// nothing to learn), without the epoch's shuffle: what `ortlora show-data` prints. A preference row gives two,
+    /// chosen then rejected.</summary>
     public IEnumerable<(long Row, TokenizedExample? Example)> FileExamples() =>
         Train.ReadAll().SelectMany(r => _preference is null ? [(r.Index, _encoder.Encode(Render(Train, r.Index, r.Record)))]
             : EncodePair(Train, r.Index, r.Record) is { } pair ? [(r.Index, pair.Chosen), (r.Index, pair.Rejected)]
