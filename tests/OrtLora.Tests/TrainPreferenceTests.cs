@@ -9,6 +9,8 @@ namespace OrtLora.Tests;
 public class TrainPreferenceTests
 {
     sealed class PreferenceRow { public string? prompt { get; set; } public string? chosen { get; set; } public string? rejected { get; set; } }
+    sealed class Turn { public string? role { get; set; } public string? content { get; set; } }
+    sealed class ConversationRow { public List<Turn>? chosen { get; set; } public List<Turn>? rejected { get; set; } }
 
     static readonly Lazy<string> Pairs = new(() => PairsOf("demo.parquet", "tiny_preferences.parquet"));
     static readonly Lazy<string> EvalPairs = new(() => PairsOf("demo_eval.parquet", "tiny_eval_preferences.parquet"));
@@ -231,5 +233,29 @@ public class TrainPreferenceTests
         Assert.That(scored.Out, Does.Contain("rewards/accuracies"));
         var refused = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "orpo", "--rpo-alpha", "0.5"));
         Assert.That(refused.Error, Does.Contain("rpo_alpha is for the DPO losses"));
+    }
+
+    /// <summary>Conversational pairs (TRL's implicit-prompt kind: two whole conversations that differ in the last
+    /// answer) through `ortlora train`: read as preference data through the chat template, and DPO prefers the chosen
+    /// answers on held-out conversations.</summary>
+    [Test]
+    public void ConversationalPairsTrainThroughTheChatTemplate()
+    {
+        using var demo = ParquetDataset.Open(Tiny("demo.parquet"));
+        var rows = demo.ReadAll().Select(r => (InstructionRecord)r.Record).ToList();
+        static Turn T(string role, string content) => new() { role = role, content = content };
+        var path = Shared.WriteParquet(rows.Select((row, i) => new ConversationRow
+        {
+            chosen = [T("user", row.Instruction + (row.Input == "" ? "" : "\n" + row.Input)), T("assistant", row.Output)],
+            rejected = [T("user", row.Instruction + (row.Input == "" ? "" : "\n" + row.Input)), T("assistant", i % 2 == 0 ? "I do not know." : "No.")],
+        }), "tiny_chat_preferences.parquet");
+        var dir = Shared.TempDir();
+        var run = OrtloraOk(["train", Tiny("model.onnx"), "--data", path, "--target-modules", "all-linear", "--r", "8", "--learning-rate", "5e-3",
+            "--max-steps", "20", "--eval-split", "0.1", "--per-device-train-batch-size", "4", "--plain-log", "-o", dir]);
+        Assert.That(run.Out, Does.Contain("preference (conversational) data").And.Contain("template"));
+        var evals = Metrics(dir).Where(m => m["eval_loss"] is not null).ToList();
+        Assert.That((double)evals[0]["eval_loss"]!, Is.EqualTo(Math.Log(2)).Within(1e-6));
+        Assert.That((double)evals[^1]["eval_loss"]!, Is.LessThan(0.4));
+        Assert.That((double)evals[^1]["eval_rewards/accuracies"]!, Is.GreaterThan(0.85));
     }
 }
