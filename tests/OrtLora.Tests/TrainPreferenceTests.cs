@@ -162,7 +162,7 @@ public class TrainPreferenceTests
         Assert.That((double)evals[0]["eval_loss"]!, Is.EqualTo(atZero).Within(1e-5 * atZero));
         Assert.That((double)evals[^1]["eval_loss"]!, Is.Not.EqualTo(atZero).Within(1e-4 * atZero), "two steps move it");
         var refused = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "hinge", "--label-smoothing", "0.1"));
-        Assert.That(refused.Error, Does.Contain("label smoothing applies to the sigmoid and robust losses"));
+        Assert.That(refused.Error, Does.Contain("label smoothing applies to the sigmoid, robust and simpo losses"));
     }
 
     /// <summary>`ortlora eval` on preference data scores a DPO adapter against the model without it, and a merged model

@@ -46,6 +46,41 @@ public static class ChunkedLoss
         }
     }
 
+    /// <summary>The chunks of one loss: the head's input h split along the sequence, each chunk's logits computed by a
+    /// renamed copy of the head, and the labels' targets chunked alike.</summary>
+    sealed class Chunks(GraphEditor g, ValueTable types, string hidden, List<NodeProto> path, CausalLmLoss.Targets targets, int count)
+    {
+        // chunk length ceil(S / C); the last chunks may be short or empty
+        readonly string _length = g.Add("Div", [g.Add("Add", [g.Add("Slice", [g.Add("Shape", [hidden], name: "loss_chunks/Shape"),
+            Ints(g, 1), Ints(g, 2)], name: "loss_chunks/Slice"), Ints(g, count - 1)], name: "loss_chunks/Add"), Ints(g, count)], name: "loss_chunks/Div");
+
+        public CausalLmLoss.Targets Targets => targets;
+        public int HiddenType => types.ElemType(hidden);
+
+        /// <summary>Chunk <paramref name="c"/>'s h and its loss pieces, computed after the values in <paramref name="after"/>
+        /// (so that ORT runs the chunks one at a time); <paramref name="pass"/> names a second copy of the same chunk.</summary>
+        public (string H, string Logits, CausalLmLoss Loss) At(int c, IReadOnlyList<(string Value, int ElemType)> after, double smoothing = 0, string pass = "")
+        {
+            var start = g.Add("Mul", [_length, Ints(g, c)], name: "loss_chunks/Mul");
+            var end = g.Add("Mul", [_length, Ints(g, c + 1)], name: "loss_chunks/Mul");
+            string Chunk(string value) => g.Add("Slice", [value, start, end, Ints(g, 1)], name: "loss_chunks/Slice");
+            var h = Chunk(hidden);
+            if (after.Count > 0) h = g.Add("Add", [h, Ordering.ZeroAfter(g, after, HiddenType)], name: "loss_chunks/Add");
+            types.Set(h, types[hidden]);
+            var z = h;
+            var renames = new Dictionary<string, string> { [hidden] = h };
+            foreach (var node in path)
+            {
+                z = g.AddRenamedCopy(node, renames, $"/chunk{c}{pass}").Output[0];
+                types.Set(z, types[node.Output[0]]); // same rank and type; the rules compare shapes chunk against chunk
+            }
+            var chunkTargets = new CausalLmLoss.Targets(Chunk(targets.TargetIndex), Chunk(targets.Weights), targets.Count, targets.ElemType);
+            return (h, z, CausalLmLoss.Append(g, z, chunkTargets, smoothing));
+        }
+
+        static string Ints(GraphEditor g, params long[] v) => GraphConstants.Int64s(g, "loss_chunks/ints", v);
+    }
+
     /// <param name="logits">the float logits the loss reads (after any upcast)</param>
     /// <param name="withGradient">also d loss / d h (training); without it (evaluation) each chunk waits for the
     /// previous chunk's loss instead, and <see cref="Result.HiddenGradient"/> is empty</param>
@@ -58,34 +93,15 @@ public static class ChunkedLoss
     {
         // opset 14: the head's gradient reshapes an empty chunk (Reshape's allowzero)
         if (chunks < 2 || opset < 14 || FindHead(g, logits, types) is not var (hidden, path)) return null;
-        string Ints(params long[] v) => GraphConstants.Int64s(g, "loss_chunks/ints", v);
-        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "loss_chunks/" + op, attributes: attrs);
-
-        var targets = CausalLmLoss.AppendTargets(g, labels, logitsElemType);
-        // chunk length ceil(S / C); the last chunks may be short or empty
-        var length = Op("Div", [Op("Add", [Op("Slice", [Op("Shape", [hidden]), Ints(1), Ints(2)]), Ints(chunks - 1)]), Ints(chunks)]);
-        int type = types.ElemType(hidden);
+        var chunked = new Chunks(g, types, hidden, path, CausalLmLoss.AppendTargets(g, labels, logitsElemType), chunks);
         var parts = new List<string>();
         var gradients = new List<string>();
         var correct = new List<string>();
         for (int c = 0; c < chunks; c++)
         {
-            var start = Op("Mul", [length, Ints(c)]);
-            var end = Op("Mul", [length, Ints(c + 1)]);
-            string Chunk(string value) => Op("Slice", [value, start, end, Ints(1)]);
-            var h = Chunk(hidden);
             // The previous chunk's accuracy count too: otherwise ORT may leave every chunk's ArgMax, and so its logits, to the end.
-            if (c > 0)
-                h = Op("Add", [h, Ordering.ZeroAfter(g, [withGradient ? (gradients[^1], type) : (parts[^1], logitsElemType), (correct[^1], logitsElemType)], type)]);
-            types.Set(h, types[hidden]);
-            var z = h;
-            var renames = new Dictionary<string, string> { [hidden] = h };
-            foreach (var node in path)
-            {
-                z = g.AddRenamedCopy(node, renames, $"/chunk{c}").Output[0];
-                types.Set(z, types[node.Output[0]]); // same rank and type; the rules compare shapes chunk against chunk
-            }
-            var loss = CausalLmLoss.Append(g, z, new CausalLmLoss.Targets(Chunk(targets.TargetIndex), Chunk(targets.Weights), targets.Count, targets.ElemType), smoothing);
+            var (h, z, loss) = chunked.At(c, c == 0 ? []
+                : [withGradient ? (gradients[^1], chunked.HiddenType) : (parts[^1], logitsElemType), (correct[^1], logitsElemType)], smoothing);
             parts.Add(loss.Loss);
             // Read next to the loss, so that the chunk's logits die with it.
             correct.Add(loss.AppendCorrect(g));
@@ -94,9 +110,9 @@ public static class ChunkedLoss
             if (lossScale is not null) seed = g.Add("Mul", [seed, lossScale], name: "loss_chunks/scale");
             gradients.Add(GradientBuilder.Build(g, new Dictionary<string, string> { [z] = seed }, [h], types, opset)[h]);
         }
-        var total = parts.Count == 1 ? parts[0] : Op("Sum", parts.ToArray());
-        var right = Op("Sum", correct.ToArray());
-        return new Result(total, hidden, withGradient ? Op("Concat", gradients.ToArray(), ("axis", 1L)) : "", right);
+        var total = parts.Count == 1 ? parts[0] : g.Add("Sum", [.. parts], name: "loss_chunks/Sum");
+        var right = g.Add("Sum", [.. correct], name: "loss_chunks/Sum");
+        return new Result(total, hidden, withGradient ? g.Add("Concat", [.. gradients], name: "loss_chunks/Concat", attributes: ("axis", 1L)) : "", right);
     }
 
     /// <summary>The DPO loss (<see cref="PreferenceLoss"/>) chunk by chunk. Its gradient scales each row's tokens by
@@ -108,55 +124,35 @@ public static class ChunkedLoss
         int chunks, PreferenceOptions options, bool withGradient = true, string? lossScale = null)
     {
         if (chunks < 2 || opset < 14 || FindHead(g, logits, types) is not var (hidden, path)) return null;
-        string Ints(params long[] v) => GraphConstants.Int64s(g, "loss_chunks/ints", v);
-        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "loss_chunks/" + op, attributes: attrs);
-
-        var targets = CausalLmLoss.AppendTargets(g, labels, logitsElemType);
-        var length = Op("Div", [Op("Add", [Op("Slice", [Op("Shape", [hidden]), Ints(1), Ints(2)]), Ints(chunks - 1)]), Ints(chunks)]);
-        int type = types.ElemType(hidden);
-        // One chunk's logits and their loss pieces, after the values in `after` (so that chunks run one at a time).
-        (string H, string Logits, CausalLmLoss Loss) ChunkAt(int c, string pass, IReadOnlyList<(string Value, int ElemType)> after)
-        {
-            var start = Op("Mul", [length, Ints(c)]);
-            var end = Op("Mul", [length, Ints(c + 1)]);
-            string Chunk(string value) => Op("Slice", [value, start, end, Ints(1)]);
-            var h = Chunk(hidden);
-            if (after.Count > 0) h = Op("Add", [h, Ordering.ZeroAfter(g, after, type)]);
-            types.Set(h, types[hidden]);
-            var z = h;
-            var renames = new Dictionary<string, string> { [hidden] = h };
-            foreach (var node in path)
-            {
-                z = g.AddRenamedCopy(node, renames, $"/chunk{c}{pass}").Output[0];
-                types.Set(z, types[node.Output[0]]);
-            }
-            var targetsOfChunk = new CausalLmLoss.Targets(Chunk(targets.TargetIndex), Chunk(targets.Weights), targets.Count, targets.ElemType);
-            return (h, z, CausalLmLoss.Append(g, z, targetsOfChunk));
-        }
+        var chunked = new Chunks(g, types, hidden, path, CausalLmLoss.AppendTargets(g, labels, logitsElemType), chunks);
 
         // Pass 1: each row's Σ w·log p(target), a chunk at a time.
         var sums = new List<string>();
         var correct = new List<string>();
         for (int c = 0; c < chunks; c++)
         {
-            var (_, _, loss) = ChunkAt(c, "", c == 0 ? [] : [(sums[^1], logitsElemType), (correct[^1], logitsElemType)]);
+            var (_, _, loss) = chunked.At(c, c == 0 ? [] : [(sums[^1], logitsElemType), (correct[^1], logitsElemType)]);
             sums.Add(PreferenceLoss.SumRows(g, loss.TargetLogProb, loss.Weights));
             correct.Add(loss.AppendCorrect(g));
         }
-        var preference = PreferenceLoss.FromRows(g, Op("Sum", [.. sums]), PreferenceLoss.CountRows(g, targets.Weights), logitsElemType, options);
-        var right = Op("Sum", [.. correct]);
+        var preference = PreferenceLoss.FromRows(g, g.Add("Sum", [.. sums], name: "loss_chunks/Sum"), PreferenceLoss.CountRows(g, chunked.Targets.Weights),
+            logitsElemType, options);
+        var right = g.Add("Sum", [.. correct], name: "loss_chunks/Sum");
         if (!withGradient) return new Result(preference.Loss, hidden, "", right, preference.SequenceLogProbs);
 
         // Pass 2: each chunk's logits again, and d loss / d h with the rows' scales.
-        var rowScale = Op("Unsqueeze", [preference.AppendRowScale(g, logitsElemType), Ints(1)]); // [R, 1]
+        var rowScale = g.Add("Unsqueeze", [preference.AppendRowScale(g, logitsElemType), GraphConstants.Int64s(g, "loss_chunks/ints", 1)],
+            name: "loss_chunks/Unsqueeze"); // [R, 1]
         var gradients = new List<string>();
         for (int c = 0; c < chunks; c++)
         {
-            var (h, z, loss) = ChunkAt(c, "/grad", c == 0 ? [(rowScale, logitsElemType), (right, logitsElemType)] : [(gradients[^1], type)]);
-            var seed = loss.AppendLogitsGradient(g, Op("Mul", [rowScale, loss.Weights]));
+            var (h, z, loss) = chunked.At(c, c == 0 ? [(rowScale, logitsElemType), (right, logitsElemType)] : [(gradients[^1], chunked.HiddenType)],
+                pass: "/grad");
+            var seed = loss.AppendLogitsGradient(g, g.Add("Mul", [rowScale, loss.Weights], name: "loss_chunks/Mul"));
             if (lossScale is not null) seed = g.Add("Mul", [seed, lossScale], name: "loss_chunks/scale");
             gradients.Add(GradientBuilder.Build(g, new Dictionary<string, string> { [z] = seed }, [h], types, opset)[h]);
         }
-        return new Result(preference.Loss, hidden, Op("Concat", [.. gradients], ("axis", 1L)), right, preference.SequenceLogProbs);
+        return new Result(preference.Loss, hidden, g.Add("Concat", [.. gradients], name: "loss_chunks/Concat", attributes: ("axis", 1L)), right,
+            preference.SequenceLogProbs);
     }
 }
