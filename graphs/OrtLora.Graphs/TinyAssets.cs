@@ -27,6 +27,8 @@ public static class TinyAssets
         var (train, eval) = DemoDataset.Build();
         DemoDataset.Write(Path.Combine(directory, "demo.parquet"), train);
         DemoDataset.Write(Path.Combine(directory, "demo_eval.parquet"), eval);
+        DemoPreferences.Write(Path.Combine(directory, "demo_preferences.parquet"), DemoPreferences.Build(train));
+        DemoPreferences.Write(Path.Combine(directory, "demo_preferences_eval.parquet"), DemoPreferences.Build(eval));
 
         var bpe = TrainTokenizer(train, shape.VocabSize);
         ModelFiles.WriteAtomically(Path.Combine(directory, "vocab.json"), bpe.VocabJson());

@@ -102,4 +102,30 @@ public class GraphsDemoAssetsTests
         Assert.That(eval.Count(r => r.Output.StartsWith("The review is") && !trainInputs.Contains(r.Input)), Is.GreaterThanOrEqualTo(5), "unseen reviews");
         Assert.That(train.Count(r => r.Input != ""), Is.InRange(train.Count / 4, train.Count * 3 / 4), "a mix of rows with and without input");
     }
+
+    /// <summary>The committed preference pairs are the demo rows': each row's Alpaca prompt as ortlora renders it, its
+    /// answer chosen, and a wrong answer of the same sentence form rejected; they are what the code makes.</summary>
+    [TestCase("demo.parquet", "demo_preferences.parquet")]
+    [TestCase("demo_eval.parquet", "demo_preferences_eval.parquet")]
+    public void PreferencePairsAreTheRowsWithAWrongAnswerOfTheSameKind(string rowsFile, string pairsFile)
+    {
+        var rows = DemoDataset.Read(Tiny(rowsFile));
+        using var file = OrtLora.Training.Data.ParquetDataset.Open(Tiny(pairsFile));
+        var pairs = file.ReadAll().Select(r => (OrtLora.Training.Data.PreferenceRecord)r.Record).ToList();
+        Assert.That(pairs, Has.Count.EqualTo(rows.Count));
+        Assert.That(pairs, Is.EqualTo(DemoPreferences.Build(rows).Select(p => new OrtLora.Training.Data.PreferenceRecord(p.Prompt, p.Chosen, p.Rejected))));
+        for (int i = 0; i < rows.Count; i++)
+        {
+            var instruction = new OrtLora.Training.Data.InstructionRecord(rows[i].Instruction, rows[i].Input, rows[i].Output);
+            Assert.That(pairs[i].Prompt, Is.EqualTo(OrtLora.Training.Data.AlpacaTemplate.Prompt(instruction)), "the prompt instruction data trains with");
+            Assert.That(pairs[i].Chosen, Is.EqualTo(rows[i].Output));
+            Assert.That(pairs[i].Rejected, Is.Not.EqualTo(pairs[i].Chosen));
+            // the same sentence up to its last " is " / " says ", another value after it
+            var chosen = pairs[i].Chosen;
+            int cut = Math.Max(chosen.LastIndexOf(" is ", StringComparison.Ordinal), chosen.LastIndexOf(" says ", StringComparison.Ordinal));
+            Assert.That(cut, Is.GreaterThan(0), chosen);
+            var form = chosen[..(chosen.IndexOf(' ', cut + 1) + 1)];
+            Assert.That(pairs[i].Rejected, Does.StartWith(form).And.EndWith("."), pairs[i].Rejected);
+        }
+    }
 }

@@ -41,4 +41,11 @@ for flags in "" --fp16 --bf16 "--bf16 --gradient-checkpointing" "--pad-to-max-le
     --eval-data graphs/tiny/demo_eval.parquet --target-modules all-linear --max-steps 20 --eval-steps 20 \
     --learning-rate 5e-3 --plain-log $flags -o "$out/train${name}" "${ep[@]}"
 done
+# DPO: the reference forward is its own graph (its own captured graph id under --cuda-graphs); ORPO has none.
+for flags in "" "--cuda-graphs --max-seq-length 128" "--bf16" "--loss-type orpo"; do
+  name=$(echo "$flags" | tr -d ' ')
+  case_ "dpo-tiny${name}" "${ortlora[@]}" train graphs/tiny/model.onnx --data graphs/tiny/demo_preferences.parquet \
+    --eval-data graphs/tiny/demo_preferences_eval.parquet --target-modules all-linear --max-steps 20 --eval-steps 20 \
+    --learning-rate 5e-3 --plain-log $flags -o "$out/dpo${name}" "${ep[@]}"
+done
 printf '%s\n' "${summary[@]}"
