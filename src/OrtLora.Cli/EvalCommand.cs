@@ -11,7 +11,7 @@ public static class EvalCommand
     public static Command Create()
     {
         var model = new Argument<string>("model") { Description = "ONNX causal LM (input_ids, attention_mask → logits), with or without LoRA adapters" };
-        var data = new Option<string>("--data") { Description = "evaluation data: a .parquet file, a directory of them or a pattern (data/test-*.parquet); text, instruction/input/output, prompt/completion, or chat messages", Required = true };
+        var data = new Option<string>("--data") { Description = "evaluation data: a .parquet or .jsonl file, a directory of them or a pattern (data/test-*.parquet); text, instruction/input/output, prompt/completion, or chat messages", Required = true };
         var batch = new Option<int>("--per-device-eval-batch-size") { DefaultValueFactory = _ => 8 };
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
         device.AcceptOnlyFromAmong("cpu", "cuda");

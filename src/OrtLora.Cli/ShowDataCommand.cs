@@ -13,7 +13,7 @@ public static class ShowDataCommand
 
     public static Command Create()
     {
-        var data = new Argument<string>("data") { Description = "training data (.parquet)" };
+        var data = new Argument<string>("data") { Description = "training data (.parquet or .jsonl)" };
         var rows = new Option<int>("--rows") { Description = "how many usable rows to show, from the file's start", DefaultValueFactory = _ => 3 };
         var dataOptions = new DataCliOptions();
         var cmd = new Command("show-data", $"Show the first rows of a data file as training tokenizes them, learned tokens between {LearnedOpen} {LearnedClose}") { data, rows };

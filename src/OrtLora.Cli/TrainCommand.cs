@@ -12,8 +12,8 @@ public static class TrainCommand
         var model = new Argument<string>("model") { Description = "ONNX model: plain (injected with the LoRA options) or already injected" };
         var output = new Option<string>("--output", "-o") { Description = "output directory (adapter, checkpoints, metrics.jsonl, loss.png)", Required = true };
         var lora = new LoraOptions();
-        var data = new Option<string>("--data") { Description = "training data: a .parquet file, a directory of them or a pattern (data/train-*.parquet); text, instruction/input/output, prompt/completion, chat messages, or chosen/rejected preferences (DPO)", Required = true };
-        var evalData = new Option<string?>("--eval-data") { Description = "evaluation data: a .parquet file, a directory of them or a pattern" };
+        var data = new Option<string>("--data") { Description = "training data: a .parquet or .jsonl file, a directory of them or a pattern (data/train-*.parquet); text, instruction/input/output, prompt/completion, chat messages, or chosen/rejected preferences (DPO)", Required = true };
+        var evalData = new Option<string?>("--eval-data") { Description = "evaluation data: a .parquet or .jsonl file, a directory of them or a pattern" };
         var evalSplit = new Option<double>("--eval-split") { Description = "fraction of the training rows held out for evaluation" };
         var dataOptions = new DataCliOptions();
         var packing = new Option<bool>("--packing") { Description = "pack several examples into each sequence" };
@@ -80,7 +80,7 @@ public static class TrainCommand
         var merge = new Option<bool>("--merge") { Description = "also write the merged model to OUTPUT/merged" };
         var plain = new Option<bool>("--plain-log") { Description = "one line per logging step instead of a progress bar" };
 
-        var cmd = new Command("train", "Train LoRA adapters on Parquet data") { model, output };
+        var cmd = new Command("train", "Train LoRA adapters on Parquet or JSON Lines data") { model, output };
         lora.AddTo(cmd);
         foreach (var o in dataOptions.All.Concat(preference.All)) cmd.Options.Add(o);
         foreach (var o in new Option[] { data, evalData, evalSplit, packing, groupByLength, dropLast, padToMax,

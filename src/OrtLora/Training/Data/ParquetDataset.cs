@@ -12,8 +12,9 @@ public sealed partial class ParquetDataset : IDisposable
     const string MessagesColumn = "messages";
     const string ToolsColumn = "tools";
 
-    /// <summary>One file of the dataset, and the dataset-wide index of its first row group.</summary>
-    sealed record Shard(string Path, FileStream Stream, ParquetReader Reader, int FirstGroup);
+    /// <summary>One file of the dataset, and the dataset-wide index of its first row group. A JSON file's stream holds
+    /// its rows converted to Parquet (<see cref="JsonLines"/>).</summary>
+    sealed record Shard(string Path, Stream Stream, ParquetReader Reader, int FirstGroup);
 
     readonly List<Shard> _shards;
     readonly Dictionary<int, DataSummary> _summaryByGroup = new();
@@ -70,8 +71,8 @@ public sealed partial class ParquetDataset : IDisposable
     public DataSummary Summary => _summaryByGroup.Values.Aggregate(new DataSummary(0, 0, 0), (a, b) => a + b);
 
     /// <summary>Opens <paramref name="path"/>: a Parquet file, a directory of them (a dataset's shards, read in name
-    /// order as one table) or a file pattern (<c>data/train-*.parquet</c>); the format is detected from the columns
-    /// unless given.</summary>
+    /// order as one table) or a file pattern (<c>data/train-*.parquet</c>); JSON Lines files (.jsonl, .json) too, read
+    /// whole into memory (<see cref="JsonLines"/>). The format is detected from the columns unless given.</summary>
     public static ParquetDataset Open(string path, DatasetFormat format = DatasetFormat.Auto, string textColumn = "text")
     {
         var shards = new List<Shard>();
@@ -79,13 +80,13 @@ public sealed partial class ParquetDataset : IDisposable
         {
             foreach (var file in Files(path))
             {
-                var stream = File.OpenRead(file);
+                Stream stream = JsonLines.Is(file) ? new MemoryStream(JsonLines.ToParquet(file)) : File.OpenRead(file);
                 try
                 {
                     var reader = ParquetReader.CreateAsync(stream, leaveStreamOpen: true).GetAwaiter().GetResult();
                     shards.Add(new Shard(file, stream, reader, shards.Sum(s => s.Reader.RowGroupCount)));
                 }
-                catch (Exception e)
+                catch (Exception e) when (e is not OrtLoraException)
                 {
                     stream.Dispose();
                     throw new OrtLoraException($"{file} is not a readable Parquet file (truncated or another format?): {e.Message}", e);
@@ -108,6 +109,8 @@ public sealed partial class ParquetDataset : IDisposable
         bool isPattern = Directory.Exists(path) || pattern.IndexOfAny(['*', '?']) >= 0;
         if (!isPattern || !Directory.Exists(dir)) throw new OrtLoraException($"data file not found: {path}");
         var files = Directory.GetFiles(dir, pattern).Order(StringComparer.Ordinal).ToList();
+        // a directory of JSON Lines files where it has no Parquet ones
+        if (files.Count == 0 && Directory.Exists(path)) files = [.. Directory.GetFiles(dir, "*.jsonl").Order(StringComparer.Ordinal)];
         return files.Count > 0 ? files : throw new OrtLoraException($"{path}: no {(Directory.Exists(path) ? ".parquet file in the directory" : "file matches")}");
     }
 
