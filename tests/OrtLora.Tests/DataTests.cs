@@ -139,9 +139,13 @@ public class DataTests
         File.WriteAllBytes(truncated, bytes[..(bytes.Length / 2)]);
         Assert.That(() => ParquetDataset.Open(truncated), Throws.TypeOf<OrtLoraException>()
             .With.Message.StartsWith($"{truncated} is not a readable Parquet file"));
-        var foreign = Shared.Require("tokenizers", "hf-gpt2", "tokenizer.json");
+        var foreign = Shared.Require("tokenizers", "llama2-tokenizer.model");
         Assert.That(() => ParquetDataset.Open(foreign), Throws.TypeOf<OrtLoraException>()
             .With.Message.StartsWith($"{foreign} is not a readable Parquet file"));
+        // a .json file is read as JSON data (datasets' json loader): a JSON document that is not rows says so
+        var document = Shared.Require("tokenizers", "hf-gpt2", "tokenizer.json");
+        Assert.That(() => ParquetDataset.Open(document), Throws.TypeOf<OrtLoraException>()
+            .With.Message.StartsWith($"{document}: one JSON document, not data"));
 
         // Footer intact, a data page damaged: the message names the file and the row group.
         var damaged = Path.Combine(dir, "damaged.parquet");

@@ -67,9 +67,21 @@ public static class JsonLines
             number++;
             if (string.IsNullOrWhiteSpace(line)) continue;
             try { rows.Add((number, JsonNode.Parse(line) as JsonObject ?? throw new JsonException("not an object"))); }
-            catch (JsonException e) { throw new OrtLoraException($"{path}: line {number} is not a JSON object: {e.Message}", e); }
+            catch (JsonException e)
+            {
+                // a pretty-printed document (a tokenizer.json, a config) is JSON but not data
+                if (rows.Count == 0 && IsJson(text))
+                    throw new OrtLoraException($"{path}: one JSON document, not data: data is one JSON object a line (JSON Lines) or one array of objects", e);
+                throw new OrtLoraException($"{path}: line {number} is not a JSON object: {e.Message}", e);
+            }
         }
         return rows;
+    }
+
+    static bool IsJson(string text)
+    {
+        try { JsonNode.Parse(text); return true; }
+        catch (JsonException) { return false; }
     }
 
     static bool IsMessageList(JsonNode value) => value is JsonArray { Count: > 0 } array && array.All(m => m is JsonObject o && o.ContainsKey("role"));
