@@ -147,4 +147,40 @@ public class DataPreferenceTests
         Assert.That(chatChosen.InputIds[0], Is.EqualTo(llama.BosId));
         Assert.That(chatChosen.InputIds.Count(id => id == llama.BosId), Is.EqualTo(1));
     }
+
+    /// <summary>Unpaired rows (TRL's KTO format: prompt, completion, label), the label a boolean column or JSON's
+    /// true/false. A batch holds its examples, then one KL row each: the example's prompt with the previous example's
+    /// completion (TRL's KTOTrainer rotates the batch's completions by one); roles 1, -1 and 0.</summary>
+    [Test]
+    public void UnpairedRowsBatchWithTheirKlRows()
+    {
+        var json = Path.Combine(Shared.TempDir(), "unpaired.jsonl");
+        File.WriteAllText(json, string.Join("\n",
+            """{"prompt": "Sky?", "completion": " Blue.", "label": true}""",
+            """{"prompt": "Grass?", "completion": " Red.", "label": false}""",
+            """{"prompt": "Snow?", "completion": " White.", "label": true}""",
+            """{"prompt": "Sun?", "completion": null, "label": true}"""));
+        using (var file = ParquetDataset.Open(json))
+        {
+            Assert.That(file.Format, Is.EqualTo(DatasetFormat.UnpairedPreference));
+            Assert.That(file.ReadRowGroup(0), Is.EqualTo(new DataRecord?[]
+            {
+                new UnpairedPreferenceRecord("Sky?", " Blue.", true), new UnpairedPreferenceRecord("Grass?", " Red.", false),
+                new UnpairedPreferenceRecord("Snow?", " White.", true), null,
+            }));
+        }
+        using var data = TrainingData.Open(json, Gpt2.Value, new DataOptions { BatchSize = 2, Shuffle = false });
+        Assert.That((data.IsPreference, data.IsUnpaired), Is.EqualTo((true, true)));
+        var batches = data.Batches(new DataPosition(0, 0)).ToList();
+        Assert.That(batches.Select(b => b.Sequences), Is.EqualTo(new[] { 4, 2 }));
+        var first = batches[0];
+        Assert.That(first.Roles, Is.EqualTo(new float[] { 1, -1, 0, 0 }));
+        string Row(int row) => Gpt2.Value.Decode(first.InputIds.Skip(row * first.SeqLength).Take(first.SeqLength).Where((_, t) => first.AttentionMask[row * first.SeqLength + t] == 1).Select(i => (int)i));
+        Assert.That(Enumerable.Range(0, 4).Select(Row), Is.EqualTo(new[]
+        {
+            "Sky? Blue.<|endoftext|>", "Grass? Red.<|endoftext|>",
+            "Sky? Red.<|endoftext|>", "Grass? Blue.<|endoftext|>", // KL rows: each prompt with the previous completion
+        }));
+        Assert.That(batches[1].Roles, Is.EqualTo(new float[] { 1, 0 }), "a one-example batch's KL row is its own prompt and completion");
+    }
 }

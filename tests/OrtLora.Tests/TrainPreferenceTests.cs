@@ -11,6 +11,7 @@ public class TrainPreferenceTests
     sealed class PreferenceRow { public string? prompt { get; set; } public string? chosen { get; set; } public string? rejected { get; set; } }
     sealed class Turn { public string? role { get; set; } public string? content { get; set; } }
     sealed class ConversationRow { public List<Turn>? chosen { get; set; } public List<Turn>? rejected { get; set; } }
+    sealed class UnpairedRow { public string? prompt { get; set; } public string? completion { get; set; } public bool? label { get; set; } }
 
     static readonly Lazy<string> Pairs = new(() => PairsOf("demo.parquet", "tiny_preferences.parquet"));
     static readonly Lazy<string> EvalPairs = new(() => PairsOf("demo_eval.parquet", "tiny_eval_preferences.parquet"));
@@ -257,5 +258,38 @@ public class TrainPreferenceTests
         Assert.That((double)evals[0]["eval_loss"]!, Is.EqualTo(Math.Log(2)).Within(1e-6));
         Assert.That((double)evals[^1]["eval_loss"]!, Is.LessThan(0.4));
         Assert.That((double)evals[^1]["eval_rewards/accuracies"]!, Is.GreaterThan(0.85));
+    }
+
+    /// <summary>KTO (TRL's KTOTrainer) on unpaired rows (prompt, completion, label): each demo prompt with its answer
+    /// (desirable) and with an evasive reply (undesirable). Policy = reference at step 0, so each example's loss is
+    /// 1 − σ(0) = 0.5 and kl 0; training lowers the held-out loss and puts the desirable rewards above the undesirable;
+    /// the batches' KL rows give kl. Paired data with --loss-type kto, and unpaired data without it, are one error each.</summary>
+    [Test]
+    public void KtoTrainsOnUnpairedRows()
+    {
+        using var demo = ParquetDataset.Open(Tiny("demo.parquet"));
+        var rows = demo.ReadAll().Select(r => (InstructionRecord)r.Record).ToList();
+        var path = Shared.WriteParquet(rows.SelectMany((row, i) => new[]
+        {
+            new UnpairedRow { prompt = AlpacaTemplate.Prompt(row), completion = row.Output, label = true },
+            new UnpairedRow { prompt = AlpacaTemplate.Prompt(row), completion = i % 2 == 0 ? "I do not know." : "I would rather not say.", label = false },
+        }), "tiny_unpaired.parquet");
+        string[] OnUnpaired(string[] args) => [.. args.Select(a => a == Pairs.Value ? path : a)];
+        var dir = Shared.TempDir();
+        var run = OrtloraOk(OnUnpaired(TrainArgs(dir, "--max-steps", "30", "--eval-split", "0.1", "--loss-type", "kto", "--per-device-train-batch-size", "4")));
+        Assert.That(run.Out, Does.Contain("unpaired-preference data"));
+        var evals = Metrics(dir).Where(m => m["eval_loss"] is not null).ToList();
+        Assert.That((double)evals[0]["eval_loss"]!, Is.EqualTo(0.5).Within(1e-6));
+        Assert.That((double)evals[0]["eval_kl"]!, Is.EqualTo(0).Within(1e-9));
+        var last = evals[^1];
+        Assert.That((double)last["eval_loss"]!, Is.LessThan(0.3));
+        Assert.That((double)last["eval_rewards/chosen"]!, Is.GreaterThan((double)last["eval_rewards/rejected"]!));
+        Assert.That(last["eval_kl"], Is.Not.Null);
+        Assert.That(last["eval_rewards/accuracies"], Is.Null, "KTO has no pairs to compare");
+
+        var paired = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "kto"));
+        Assert.That(paired.Error, Does.Contain("tiny_preferences.parquet").And.Contain("--loss-type kto takes unpaired preference data"));
+        var unpaired = Ortlora(OnUnpaired(TrainArgs(Shared.TempDir(), "--max-steps", "1")));
+        Assert.That(unpaired.Error, Does.Contain("tiny_unpaired.parquet").And.Contain("trains with --loss-type kto"));
     }
 }

@@ -12,10 +12,16 @@ namespace OrtLora.Autodiff;
 /// <param name="RpoAlpha">α: adds α times the chosen completions' token-mean cross-entropy (RPO); 0: none</param>
 /// <param name="SimpoGamma">SimPO's target margin γ (CPOConfig.simpo_gamma)</param>
 /// <param name="CpoAlpha">SimPO: the weight of the chosen completions' cross-entropy (CPOConfig.cpo_alpha; 0: pure SimPO)</param>
+/// <param name="DesirableWeight">KTO: the weight of desirable examples' losses (KTOConfig.desirable_weight)</param>
+/// <param name="UndesirableWeight">KTO: the weight of undesirable examples' losses (KTOConfig.undesirable_weight)</param>
 public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sigmoid", double LabelSmoothing = 0, double RpoAlpha = 0,
-    double SimpoGamma = 0.5, double CpoAlpha = 1)
+    double SimpoGamma = 0.5, double CpoAlpha = 1, double DesirableWeight = 1, double UndesirableWeight = 1)
 {
+    /// <summary>The losses of paired data (chosen, rejected); KTO's takes unpaired data.</summary>
     public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo", "orpo", "simpo"];
+
+    /// <summary>KTO (TRL's KTOTrainer): unpaired examples with a desirable/undesirable label, and KL rows.</summary>
+    public bool Unpaired => LossType == "kto";
 
     /// <summary>Whether the loss compares with a reference model (all but ORPO and SimPO).</summary>
     public bool UsesReference => LossType is not ("orpo" or "simpo");
@@ -27,12 +33,14 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
 
     public void Validate()
     {
-        if (!LossTypes.Contains(LossType)) throw new OrtLoraException($"unknown DPO loss type '{LossType}'; expected {string.Join(", ", LossTypes)}");
+        if (!LossTypes.Contains(LossType) && !Unpaired) throw new OrtLoraException($"unknown DPO loss type '{LossType}'; expected {string.Join(", ", LossTypes)}");
         if (Beta <= 0) throw new OrtLoraException($"DPO's beta must be positive, got {Beta}");
         if (LabelSmoothing is < 0 or >= 0.5) throw new OrtLoraException($"DPO's label smoothing must be in [0, 0.5), got {LabelSmoothing}");
         if (LabelSmoothing > 0 && LossType is not ("sigmoid" or "robust" or "simpo"))
             throw new OrtLoraException($"DPO's label smoothing applies to the sigmoid, robust and simpo losses, not {LossType}");
         if (CpoAlpha < 0) throw new OrtLoraException($"cpo_alpha must not be negative, got {CpoAlpha}");
+        if (DesirableWeight < 0 || UndesirableWeight < 0) throw new OrtLoraException("KTO's desirable and undesirable weights must not be negative");
+        if (Unpaired && RpoAlpha > 0) throw new OrtLoraException("rpo_alpha is for the DPO losses of paired data, not KTO");
         if (RpoAlpha < 0) throw new OrtLoraException($"rpo_alpha must not be negative, got {RpoAlpha}");
         if (RpoAlpha > 0 && !UsesReference)
             throw new OrtLoraException($"{LossType}'s loss weighs the chosen completions' cross-entropy itself (ORPO: 1, SimPO: cpo_alpha); rpo_alpha is for the DPO losses");
@@ -69,6 +77,8 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
 {
     /// <summary>The graph input of the reference model's per-row log-probabilities (float32, [rows]).</summary>
     public const string ReferenceInput = "reference_logps";
+    /// <summary>KTO's graph input of each row's role: 1 desirable, -1 undesirable, 0 a KL row or padding (float32, [rows]).</summary>
+    public const string RolesInput = "preference_roles";
 
     /// <summary>Appends the loss on top of <paramref name="tokens"/> (a plain cross-entropy: no label smoothing).</summary>
     public static PreferenceLoss Append(GraphEditor g, CausalLmLoss tokens, PreferenceOptions options)
@@ -102,6 +112,7 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
 
         var sums = Float(rowSums);
         var lengths = Float(rowLengths);
+        if (options.Unpaired) return Kto(g, sums, lengths, options);
         var logProbs = options.Averages ? Op("Div", [sums, Op("Max", [lengths, Scalar(1)])]) : sums;
         // ORPO compares log odds, π − log(1 − e^π), SimPO π itself, the others π − r
         var compared = options.UsesReference ? Op("Sub", [logProbs, ReferenceInput])
@@ -149,6 +160,27 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         return tokens.AppendLogitsGradient(g, tokenScale);
     }
 
+    /// <summary>TRL's kto_loss over rows of roles ±1 (examples) and 0 (KL rows): with each row's ratio π − r and the KL
+    /// estimate kl = max(0, mean ratio of the KL rows), treated as a constant as TRL detaches it, an example's loss is
+    /// w·(1 − σ(β·role·(ratio − kl))), w the desirable or undesirable weight, averaged over the examples.</summary>
+    static PreferenceLoss Kto(GraphEditor g, string logProbs, string lengths, PreferenceOptions options)
+    {
+        string Scalar(double v) => GraphConstants.Scalar(g, "kto/const", v, (int)DT.Float);
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "kto/" + op, attributes: attrs);
+        string Sum(string value) => Op("ReduceSum", [value], ("keepdims", 0L));
+
+        var ratio = Op("Sub", [logProbs, ReferenceInput]);
+        var klRows = Op("Mul", [Op("Cast", [Op("Equal", [RolesInput, Scalar(0)])], ("to", (long)DT.Float)), Op("Min", [lengths, Scalar(1)])]);
+        var kl = Op("Max", [Op("Div", [Sum(Op("Mul", [ratio, klRows])), Op("Max", [Sum(klRows), Scalar(1)])]), Scalar(0)]);
+        var signed = Op("Mul", [RolesInput, Op("Sub", [ratio, kl])]); // role·(ratio − kl)
+        var weight = Op("Add", [Op("Mul", [Op("Relu", [RolesInput]), Scalar(options.DesirableWeight)]),
+            Op("Mul", [Op("Relu", [Op("Neg", [RolesInput])]), Scalar(options.UndesirableWeight)])]);
+        var rowWeight = Op("Div", [weight, Op("Max", [Sum(Op("Abs", [RolesInput])), Scalar(1)])]);
+        var perRow = Op("Sub", [Scalar(1), Op("Sigmoid", [Op("Mul", [signed, Scalar(options.Beta)])])]);
+        var loss = Sum(Op("Mul", [perRow, rowWeight]));
+        return new PreferenceLoss(loss, logProbs, null, signed, rowWeight, null, null, options);
+    }
+
     /// <summary>z = β·L, less SimPO's target margin γ.</summary>
     static string Margin(GraphEditor g, string difference, PreferenceOptions options, string scope)
     {
@@ -165,8 +197,16 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         string Scalar(double v) => GraphConstants.Scalar(g, "grad/dpo/const", v, (int)DT.Float);
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "grad/dpo/" + op, attributes: attrs);
 
-        // d (pair loss) / d L, per pair
         double beta = Options.Beta, e = Options.LabelSmoothing;
+        if (Options.Unpaired)
+        {
+            // KTO: d loss / d ratio = −w·β·σ(z)·σ(−z)·role per example row (z = β·role·(ratio − kl)); the scale is its negative
+            var zk = Op("Mul", [Difference, Scalar(beta)]);
+            var kto = Op("Mul", [Op("Mul", [Op("Mul", [Op("Sigmoid", [zk]), Op("Sigmoid", [Op("Neg", [zk])])]), Scalar(beta)]),
+                Op("Mul", [PairWeight, RolesInput])]);
+            return elemType == (int)DT.Float ? kto : Op("Cast", [kto], ("to", (long)elemType));
+        }
+        // d (pair loss) / d L, per pair
         var z = Margin(g, Difference, Options, "grad/dpo");
         var slope = Options.LossType switch
         {

@@ -75,6 +75,13 @@ public static class Trainer
             throw new OrtLoraException($"{job.DataPath}: --load-best-model-at-end and --early-stopping-patience compare evaluations during " +
                 "training: give --eval-data or --eval-split, and an --eval-strategy other than no");
 
+        // KTO's loss is what unpaired data trains with; paired data takes the others.
+        if (data.IsUnpaired != args.Preference.Unpaired && data.IsPreference)
+            throw new OrtLoraException(data.IsUnpaired
+                ? $"{job.DataPath}: unpaired preference data (prompt, completion, label) trains with --loss-type kto"
+                : $"{job.DataPath}: --loss-type kto takes unpaired preference data (prompt, completion, label); this file has pairs (chosen, rejected)");
+        if (data.IsUnpaired && args.PrecomputeRefLogProbs)
+            throw new OrtLoraException($"{job.DataPath}: KTO's KL rows pair each prompt with another row's completion in its batch; --precompute-ref-log-probs is for paired data");
         if (data.IsPreference && args.LabelSmoothingFactor > 0)
             throw new OrtLoraException($"{job.DataPath}: preference data trains with the DPO loss; --label-smoothing-factor is for the causal-LM loss");
         int batchesPerEpoch = args.MaxSteps > 0 ? 0 : data.CountBatches();
@@ -154,8 +161,8 @@ public static class Trainer
             record["eval_samples_per_second"] = Math.Round(score.Samples / runtime, 3);
             record["eval_steps_per_second"] = Math.Round(score.Batches / runtime, 3);
             log.Append(record);
-            string[] shown = evalPreference is null ? ["perplexity", "eval_mean_token_accuracy"] : ["eval_rewards/accuracies", "eval_rewards/margins"];
-            reporter.Evaluated(step, loss, [.. shown.Select(name => (name.Replace("eval_", ""), (double)record[name]!))]);
+            string[] shown = evalPreference is null ? ["perplexity", "eval_mean_token_accuracy"] : ["eval_rewards/accuracies", "eval_rewards/margins", "eval_kl"];
+            reporter.Evaluated(step, loss, [.. shown.Where(record.ContainsKey).Select(name => (name.Replace("eval_", ""), (double)record[name]!))]);
             lastEvalStep = step;
             return loss;
         }
@@ -286,7 +293,7 @@ public static class Trainer
     static (double Loss, double CorrectTokens) Update(TrainingSession session, IReadOnlyList<DataBatch> window, float lr, float maxGradNorm,
         PreferenceMetrics? preference, Func<DataBatch, Engine.Batch> prepare)
     {
-        void Observe(DataBatch b) => preference?.Add(session.LastSequenceLogps[..b.Sequences], session.LastReferenceLogps[..b.Sequences]);
+        void Observe(DataBatch b) => preference?.Add(session.LastSequenceLogps[..b.Sequences], session.LastReferenceLogps[..b.Sequences], Roles(b));
         if (window.Count == 1)
         {
             var loss = session.Step(prepare(window[0]), lr, maxGradNorm);
@@ -331,7 +338,7 @@ public static class Trainer
             tokens += b.LossTokens;
             samples += preference is null ? b.Sequences : b.Sequences / 2;
             batches++;
-            preference?.Add(session.LastSequenceLogps[..b.Sequences], session.LastReferenceLogps[..b.Sequences]);
+            preference?.Add(session.LastSequenceLogps[..b.Sequences], session.LastReferenceLogps[..b.Sequences], Roles(b));
         }
         return new(tokens == 0 ? double.NaN : sum / weights, tokens == 0 ? double.NaN : correct / tokens, tokens, batches, samples);
     }
@@ -340,7 +347,10 @@ public static class Trainer
     static double FractionalEpoch(DataPosition position, TrainingData data) =>
         Math.Round(position.Epoch + (double)position.Index / Math.Max(1, data.Train.RowCount), 4);
 
-    internal static Engine.Batch ToEngine(DataBatch b) => new(b.InputIds, b.AttentionMask, b.Labels, b.BatchSize, b.SeqLength);
+    /// <summary>KTO's rows' roles, null for other data.</summary>
+    static float[]? Roles(DataBatch b) => b.Roles.Any(r => r != 0) ? b.Roles[..b.Sequences] : null;
+
+    internal static Engine.Batch ToEngine(DataBatch b) => new(b.InputIds, b.AttentionMask, b.Labels, b.BatchSize, b.SeqLength) { Roles = b.Roles };
 
     /// <summary>The adapter (PEFT format) for people, and the raw parameters with the moments for an exact resume.</summary>
     static void SaveCheckpoint(OnnxModel model, TrainingSession session, TrainerState state, BestModel best, string outputDir, bool saveOnlyModel)

@@ -18,6 +18,8 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
     public long[] Shape => [BatchSize, SeqLength];
     /// <summary>How many sequences the batch holds (fewer than <see cref="BatchSize"/> rows when padded to a fixed shape).</summary>
     public int Sequences { get; init; }
+    /// <summary>Each row's role in KTO's loss (<see cref="Sequence.Role"/>; padding rows 0).</summary>
+    public float[] Roles { get; init; } = [];
     /// <summary>Positions with a label (what the loss averages over).</summary>
     public int TrainedTokens => Labels.Count(l => l != ExampleEncoder.IgnoreIndex);
 
@@ -49,7 +51,12 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
 
 /// <summary>A token sequence for one row of a batch: one example, or several packed. <see cref="NextIndex"/> is
 /// the epoch-order index of the first row not in it.</summary>
-public sealed record Sequence(int[] InputIds, int[] Labels, long NextIndex, long[] Rows);
+public sealed record Sequence(int[] InputIds, int[] Labels, long NextIndex, long[] Rows)
+{
+    /// <summary>Unpaired preference data (KTO): 1 for a desirable completion, -1 for an undesirable one, 0 for a KL row
+    /// (a prompt with another row's completion, scored but not trained).</summary>
+    public float Role { get; init; }
+}
 
 public static class Batching
 {
@@ -160,6 +167,6 @@ public static class Batching
         }
         for (int row = sequences.Count; row < b; row++) mask[row * s] = 1;
         return new Batch(inputIds, mask, labels, b, s, new DataPosition(epoch, sequences[^1].NextIndex), [.. sequences.SelectMany(x => x.Rows)])
-            { Sequences = sequences.Count };
+            { Sequences = sequences.Count, Roles = [.. sequences.Select(x => x.Role), .. new float[b - sequences.Count]] };
     }
 }

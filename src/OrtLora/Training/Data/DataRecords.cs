@@ -1,9 +1,10 @@
 namespace OrtLora.Training.Data;
 
 /// <summary>How rows of a data file become examples. <see cref="Auto"/> picks from the columns: <c>messages</c> → chat,
-/// <c>chosen</c> + <c>rejected</c> → preference (TRL's, trained with the DPO loss), <c>prompt</c> + <c>completion</c> →
+/// <c>chosen</c> + <c>rejected</c> → preference (TRL's, trained with the DPO loss), <c>prompt</c> + <c>completion</c> +
+/// <c>label</c> → unpaired preference (TRL's, trained with the KTO loss), <c>prompt</c> + <c>completion</c> →
 /// prompt-completion (TRL's), <c>instruction</c> + <c>output</c> → instruction, the text column → text.</summary>
-public enum DatasetFormat { Auto, Text, Instruction, Chat, PromptCompletion, Preference }
+public enum DatasetFormat { Auto, Text, Instruction, Chat, PromptCompletion, Preference, UnpairedPreference }
 
 /// <summary>One message of a conversation, as Hugging Face's chat format writes it: an assistant's tool calls, a tool
 /// result's name and tool_call_id, where the data has them.</summary>
@@ -36,6 +37,14 @@ public sealed record PreferenceRecord(string Prompt, string Chosen, string Rejec
 /// <summary>TRL's preference row, conversational kind: the prompt's messages and each completion's (usually one
 /// assistant message); <see cref="Tools"/> as for <see cref="ChatRecord"/>.</summary>
 public sealed record ChatPreferenceRecord(IReadOnlyList<ChatMessage> Prompt, IReadOnlyList<ChatMessage> Chosen, IReadOnlyList<ChatMessage> Rejected,
+    string? Tools = null) : DataRecord;
+
+/// <summary>TRL's unpaired preference row (KTO), standard kind: a prompt, a completion, and whether the completion is
+/// desirable.</summary>
+public sealed record UnpairedPreferenceRecord(string Prompt, string Completion, bool Label) : DataRecord;
+
+/// <summary>TRL's unpaired preference row, conversational kind.</summary>
+public sealed record ChatUnpairedPreferenceRecord(IReadOnlyList<ChatMessage> Prompt, IReadOnlyList<ChatMessage> Completion, bool Label,
     string? Tools = null) : DataRecord;
 
 /// <summary>What reading found: rows read, and rows skipped because a needed value was null or empty

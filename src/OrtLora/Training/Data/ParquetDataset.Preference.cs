@@ -3,7 +3,8 @@ using Parquet.Schema;
 namespace OrtLora.Training.Data;
 
 /// <summary>TRL's preference rows (prompt, chosen, rejected), standard or conversational. Without a prompt column the
-/// prompt is the common start of chosen and rejected, as TRL's extract_prompt finds it.</summary>
+/// prompt is the common start of chosen and rejected, as TRL's extract_prompt finds it. And TRL's unpaired preference
+/// rows (prompt, completion, label) for KTO.</summary>
 public sealed partial class ParquetDataset
 {
     List<Row> ReadPreferences(int group)
@@ -66,6 +67,56 @@ public sealed partial class ParquetDataset
     static bool SameMessage(ChatMessage a, ChatMessage b) =>
         a.Role == b.Role && a.Content == b.Content && a.Name == b.Name && a.ToolCallId == b.ToolCallId
         && (a.ToolCalls ?? []).SequenceEqual(b.ToolCalls ?? []);
+
+    /// <summary>KTO's label: a boolean column, or text "true"/"false" (JSON Lines data).</summary>
+    void RequireLabelColumn()
+    {
+        var field = FirstReader.Schema.Fields.FirstOrDefault(f => f.Name == "label")
+            ?? throw new OrtLoraException($"{Path}: no column 'label' for unpaired-preference data; the file has columns: {string.Join(", ", Columns)}");
+        if (field is DataField { ClrType: var type } && (type == typeof(bool) || type == typeof(string) || type == typeof(ReadOnlyMemory<char>))) return;
+        throw new OrtLoraException($"{Path}: column 'label' holds {(field is DataField d ? d.ClrType.Name : field.SchemaType.ToString().ToLowerInvariant())}, not booleans");
+    }
+
+    bool?[] ReadLabels(int group)
+    {
+        var field = (DataField)FirstReader.Schema.Fields.First(f => f.Name == "label");
+        if (field.ClrType == typeof(bool))
+        {
+            var (shard, local) = Locate(group);
+            using var rowGroup = shard.Reader.OpenRowGroupReader(local);
+            var values = new bool?[rowGroup.RowCount];
+            rowGroup.ReadAsync(field, values.AsMemory()).GetAwaiter().GetResult();
+            return values;
+        }
+        var text = ReadStrings(group, "label");
+        return [.. text.Select((t, i) => t is null ? (bool?)null : bool.TryParse(t.Trim(), out var b) ? b
+            : throw new OrtLoraException($"{Path}: row {RowGroupStart(group) + i}: label '{t}' is not true or false"))];
+    }
+
+    List<Row> ReadUnpaired(int group)
+    {
+        var prompt = ReadStrings(group, "prompt");
+        var completion = ReadStrings(group, "completion");
+        var label = ReadLabels(group);
+        return [.. prompt.Select((p, i) => p is null || completion[i] is null || label[i] is null ? new Row(null, Skip.Null)
+            : Check(completion[i]) is var skip && skip != Skip.None ? new Row(null, skip)
+            : new Row(new UnpairedPreferenceRecord(p, completion[i]!, label[i]!.Value), Skip.None))];
+    }
+
+    List<Row> ReadConversationalUnpaired(int group)
+    {
+        var rows = Deserialize<PromptCompletionRow>(group);
+        var label = ReadLabels(group);
+        return [.. rows.Select((row, i) =>
+        {
+            if (row.prompt is null || row.completion is null || label[i] is null) return new Row(null, Skip.Null);
+            var (prompt, promptSkip) = ToMessages(row.prompt);
+            var (completion, completionSkip) = ToMessages(row.completion);
+            if (prompt is null || completion is null) return new Row(null, promptSkip == Skip.None ? completionSkip : promptSkip);
+            if (completion.Count == 0) return new Row(null, Skip.Empty);
+            return new Row(new ChatUnpairedPreferenceRecord(prompt, completion, label[i]!.Value, string.IsNullOrWhiteSpace(row.tools) ? null : row.tools), Skip.None);
+        })];
+    }
 
     sealed class PreferenceRow
     {

@@ -118,6 +118,7 @@ public sealed partial class ParquetDataset : IDisposable
     {
         if (Columns.Contains(MessagesColumn)) return DatasetFormat.Chat;
         if (Columns.Contains("chosen") && Columns.Contains("rejected")) return DatasetFormat.Preference;
+        if (Columns.Contains("prompt") && Columns.Contains("completion") && Columns.Contains("label")) return DatasetFormat.UnpairedPreference;
         if (Columns.Contains("prompt") && Columns.Contains("completion")) return DatasetFormat.PromptCompletion;
         if (Columns.Contains("instruction") && Columns.Contains("output")) return DatasetFormat.Instruction;
         if (Columns.Contains(TextColumn)) return DatasetFormat.Text;
@@ -134,6 +135,7 @@ public sealed partial class ParquetDataset : IDisposable
             DatasetFormat.Instruction => ["instruction", "output"],
             DatasetFormat.PromptCompletion => ["prompt", "completion"],
             DatasetFormat.Preference => ["chosen", "rejected"],
+            DatasetFormat.UnpairedPreference => ["prompt", "completion"],
             _ => new[] { MessagesColumn },
         };
         foreach (var column in needed)
@@ -141,7 +143,7 @@ public sealed partial class ParquetDataset : IDisposable
                 throw new OrtLoraException($"{Path}: no column '{column}' for {FormatName(Format)} data; " +
                                            $"the file has columns: {string.Join(", ", Columns)}");
         if (Format == DatasetFormat.Chat) RequireMessageFields(MessagesColumn);
-        else if (Format is DatasetFormat.PromptCompletion or DatasetFormat.Preference)
+        else if (Format is DatasetFormat.PromptCompletion or DatasetFormat.Preference or DatasetFormat.UnpairedPreference)
         {
             // TRL's two kinds: all columns text (standard), or all lists of messages (conversational). Preference
             // data's prompt column is optional (TRL's implicit prompt: the chosen and rejected columns' common start).
@@ -154,6 +156,7 @@ public sealed partial class ParquetDataset : IDisposable
         else foreach (var column in needed.Append("input").Where(Columns.Contains)) RequireStringColumn(column);
         // TRL's tools column: the JSON array of function schemas a conversation offers.
         if (IsConversational && Columns.Contains(ToolsColumn)) RequireStringColumn(ToolsColumn);
+        if (Format == DatasetFormat.UnpairedPreference) RequireLabelColumn();
     }
 
     void RequireStringColumn(string column)
@@ -165,7 +168,12 @@ public sealed partial class ParquetDataset : IDisposable
     }
 
     /// <summary>The name --dataset-format takes for a format (prompt-completion for PromptCompletion).</summary>
-    public static string FormatName(DatasetFormat format) => format == DatasetFormat.PromptCompletion ? "prompt-completion" : format.ToString().ToLowerInvariant();
+    public static string FormatName(DatasetFormat format) => format switch
+    {
+        DatasetFormat.PromptCompletion => "prompt-completion",
+        DatasetFormat.UnpairedPreference => "unpaired-preference",
+        _ => format.ToString().ToLowerInvariant(),
+    };
 
     /// <summary>A --dataset-format value: auto, text, instruction, chat or prompt-completion.</summary>
     public static DatasetFormat ParseFormat(string name)
@@ -205,6 +213,8 @@ public sealed partial class ParquetDataset : IDisposable
                 DatasetFormat.PromptCompletion => ReadPromptCompletions(group),
                 DatasetFormat.Preference when ConversationalPrompts => ReadConversationalPreferences(group),
                 DatasetFormat.Preference => ReadPreferences(group),
+                DatasetFormat.UnpairedPreference when ConversationalPrompts => ReadConversationalUnpaired(group),
+                DatasetFormat.UnpairedPreference => ReadUnpaired(group),
                 _ => ReadChats(group),
             };
             _summaryByGroup[group] = new DataSummary(rows.Count, rows.Count(r => r.Skip == Skip.Null), rows.Count(r => r.Skip == Skip.Empty));

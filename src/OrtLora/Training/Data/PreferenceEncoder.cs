@@ -21,20 +21,35 @@ public sealed class PreferenceEncoder(TextTokenizer tokenizer, ChatTemplate chat
         var (prompt, chosen, rejected) = record switch
         {
             PreferenceRecord row => (WithBos(Ids(row.Prompt)), WithEos(Ids(row.Chosen)), WithEos(Ids(row.Rejected))),
-            ChatPreferenceRecord row => Conversational(row),
+            ChatPreferenceRecord row => Conversational(row.Prompt, row.Tools, row.Chosen, row.Rejected) is var (p, both) ? (p, both[0], both[1]) : default,
             _ => throw new OrtLoraException($"row {rowIndex} is not a preference row ({record.GetType().Name})"),
         };
-        if (prompt.Count > maxPromptLength) prompt = prompt[^maxPromptLength..];
-        if (maxCompletionLength is { } most)
-        {
-            if (chosen.Count > most) chosen = chosen[..most];
-            if (rejected.Count > most) rejected = rejected[..most];
-        }
+        (prompt, chosen, rejected) = (Truncated(prompt, keepEnd: true, maxPromptLength), Truncated(chosen, keepEnd: false, maxCompletionLength),
+            Truncated(rejected, keepEnd: false, maxCompletionLength));
         var (c, r) = (Sequence(rowIndex, prompt, chosen), Sequence(rowIndex, prompt, rejected));
         return c.TrainedTokens > 0 && r.TrainedTokens > 0 ? (c, r) : null;
     }
 
-    TokenizedExample Sequence(long rowIndex, List<int> prompt, List<int> completion)
+    /// <summary>An unpaired (KTO) row: its sequence, and its prompt's and completion's ids (KTO's KL rows pair a prompt
+    /// with another row's completion, <see cref="Sequence"/>); null when truncation left no completion token.</summary>
+    public (TokenizedExample Example, List<int> Prompt, List<int> Completion)? EncodeUnpaired(long rowIndex, DataRecord record)
+    {
+        var (prompt, completion) = record switch
+        {
+            UnpairedPreferenceRecord row => (WithBos(Ids(row.Prompt)), WithEos(Ids(row.Completion))),
+            ChatUnpairedPreferenceRecord row => Conversational(row.Prompt, row.Tools, row.Completion) is var (p, c) ? (p, c[0]) : default,
+            _ => throw new OrtLoraException($"row {rowIndex} is not an unpaired preference row ({record.GetType().Name})"),
+        };
+        (prompt, completion) = (Truncated(prompt, keepEnd: true, maxPromptLength), Truncated(completion, keepEnd: false, maxCompletionLength));
+        var example = Sequence(rowIndex, prompt, completion);
+        return example.TrainedTokens > 0 ? (example, prompt, completion) : null;
+    }
+
+    static List<int> Truncated(List<int> ids, bool keepEnd, int? most) =>
+        most is { } m && ids.Count > m ? keepEnd ? ids[^m..] : ids[..m] : ids;
+
+    /// <summary>Prompt + completion as one sequence (the prompt labelled -100), cut to max_length by the truncation mode.</summary>
+    public TokenizedExample Sequence(long rowIndex, List<int> prompt, List<int> completion)
     {
         var ids = prompt.Concat(completion).ToList();
         var labels = Enumerable.Repeat(ExampleEncoder.IgnoreIndex, prompt.Count).Concat(completion).ToList();
@@ -61,18 +76,17 @@ public sealed class PreferenceEncoder(TextTokenizer tokenizer, ChatTemplate chat
 
     /// <summary>TRL's maybe_apply_chat_template on a preference row: a prompt ending with a user message opens the
     /// assistant's turn; the completions are what each full render adds after the prompt.</summary>
-    (List<int>, List<int>, List<int>) Conversational(ChatPreferenceRecord row)
+    (List<int> Prompt, List<List<int>> Completions) Conversational(IReadOnlyList<ChatMessage> messages, string? tools, params IReadOnlyList<ChatMessage>[] completions)
     {
-        if (row.Prompt.Count == 0 || row.Prompt[^1].Role != "user")
-            throw new OrtLoraException($"a conversational preference prompt must end with a user message (it ends with {(row.Prompt.Count == 0 ? "nothing" : $"a '{row.Prompt[^1].Role}' message")})");
-        var prompt = Render([.. row.Prompt], row.Tools, addGenerationPrompt: true);
-        var withChosen = Render([.. row.Prompt, .. row.Chosen], row.Tools, addGenerationPrompt: false);
-        var withRejected = Render([.. row.Prompt, .. row.Rejected], row.Tools, addGenerationPrompt: false);
+        if (messages.Count == 0 || messages[^1].Role != "user")
+            throw new OrtLoraException($"a conversational preference prompt must end with a user message (it ends with {(messages.Count == 0 ? "nothing" : $"a '{messages[^1].Role}' message")})");
+        var prompt = Render([.. messages], tools, addGenerationPrompt: true);
+        var full = completions.Select(c => Render([.. messages, .. c], tools, addGenerationPrompt: false)).ToList();
         // Templates that add to the prompt only with the generation prompt (DeepSeek-R1's <think>) differ from the full
         // render there: the prompt is the common start, as TRL takes it.
         int common = 0;
-        while (common < prompt.Length && common < withChosen.Length && prompt[common] == withChosen[common]) common++;
-        return (Ids(prompt[..common]), Ids(withChosen[common..]), Ids(withRejected[common..]));
+        while (common < prompt.Length && common < full[0].Length && prompt[common] == full[0][common]) common++;
+        return (Ids(prompt[..common]), [.. full.Select(f => Ids(f[common..]))]);
     }
 
     string Render(List<ChatMessage> messages, string? tools, bool addGenerationPrompt) =>

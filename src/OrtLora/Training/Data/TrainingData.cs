@@ -56,14 +56,18 @@ public sealed class TrainingData : IDisposable
         _order = new EpochOrder(train, options.Seed, options.Shuffle);
         _renderer = new ExampleRenderer(chat, tokenizer.AddsBos, options.TrainOnPrompt);
         _encoder = new ExampleEncoder(tokenizer, options.MaxSeqLength);
-        if (train.Format == DatasetFormat.Preference)
+        if (train.Format is DatasetFormat.Preference or DatasetFormat.UnpairedPreference)
             _preference = new PreferenceEncoder(tokenizer, chat, options.MaxSeqLength, options.MaxPromptLength, options.MaxCompletionLength,
                 keepEnd: options.TruncationMode == "keep_end");
     }
 
     /// <summary>Preference data: each example is a pair of sequences, chosen then rejected, side by side in a batch
-    /// (rows 2i and 2i + 1), a batch holding BatchSize pairs; the DPO loss trains on them.</summary>
+    /// (rows 2i and 2i + 1), a batch holding BatchSize pairs; the DPO loss trains on them. Unpaired preference data
+    /// (KTO) too: a batch holds BatchSize examples and as many KL rows after them.</summary>
     public bool IsPreference => _preference is not null;
+
+    /// <summary>Unpaired preference data (KTO's): each batch's examples, then its KL rows (<see cref="UnpairedBatches"/>).</summary>
+    public bool IsUnpaired => Train.Format == DatasetFormat.UnpairedPreference;
 
     /// <summary>Sequences in a full batch of <paramref name="examples"/> examples.</summary>
     int Sequences(int examples) => IsPreference ? 2 * examples : examples;
@@ -93,7 +97,7 @@ public sealed class TrainingData : IDisposable
         if (options.MaxPromptLength <= 0 || options.MaxCompletionLength <= 0)
             throw new OrtLoraException($"--max-prompt-length and --max-completion-length must be positive, got {options.MaxPromptLength} and {options.MaxCompletionLength}");
         var train = ParquetDataset.Open(trainPath, options.Format, options.TextColumn);
-        if (train.Format == DatasetFormat.Preference && (options.Packing || options.GroupByLength))
+        if (train.Format is DatasetFormat.Preference or DatasetFormat.UnpairedPreference && (options.Packing || options.GroupByLength))
         {
             train.Dispose();
             throw new OrtLoraException($"{trainPath}: preference data trains pairs side by side (chosen, rejected); --packing and --group-by-length would take them apart");
@@ -127,8 +131,29 @@ public sealed class TrainingData : IDisposable
             int batches = (int)Math.Clamp(Train.RowCount / (4L * Options.BatchSize), 1, 50);
             return DropPartial(Batching.GroupedByLength(sequences, Options.BatchSize, batches * Options.BatchSize, Tokenizer.PadId, from, FixedLength));
         }
+        if (IsUnpaired) return DropPartial(UnpairedBatches(examples, Options.BatchSize, from.Epoch));
         return DropPartial(Batching.Batches(sequences, Sequences(Options.BatchSize), Tokenizer.PadId, from.Epoch, FixedLength));
     }
+
+    /// <summary>KTO's batches, as TRL's KTOTrainer builds them: <paramref name="batchSize"/> examples, then one KL row for
+    /// each, the example's prompt with the previous example's completion (the batch's completions rotated by one), which
+    /// estimates the policy's KL divergence from the reference and is not trained.</summary>
+    IEnumerable<Batch> UnpairedBatches(IEnumerable<(TokenizedExample Example, long Next)> examples, int batchSize, int epoch)
+    {
+        foreach (var chunk in examples.Chunk(batchSize))
+        {
+            var pieces = chunk.Select(e => _unpaired.TryGetValue(e.Example, out var p) ? p : throw new InvalidOperationException("an unpaired example without its pieces")).ToList();
+            var rows = chunk.Select((e, i) => new Sequence(e.Example.InputIds, e.Example.Labels, e.Next, [e.Example.RowIndex]) { Role = pieces[i].Desirable ? 1 : -1 })
+                .Concat(chunk.Select((e, i) => _preference!.Sequence(e.Example.RowIndex, pieces[i].Prompt, pieces[(i + chunk.Length - 1) % chunk.Length].Completion) is var kl
+                    ? new Sequence(kl.InputIds, kl.Labels, e.Next, [e.Example.RowIndex]) : null!))
+                .ToList();
+            yield return Batching.Pad(rows, Tokenizer.PadId, epoch, FixedLength is { } l ? (Sequences(batchSize), l) : null);
+        }
+    }
+
+    /// <summary>KTO: each tokenized example's prompt and completion ids and label, for its batch's KL rows.</summary>
+    readonly System.Runtime.CompilerServices.ConditionalWeakTable<TokenizedExample, UnpairedPieces> _unpaired = new();
+    sealed record UnpairedPieces(List<int> Prompt, List<int> Completion, bool Desirable);
 
     /// <summary>With <see cref="DataOptions.DropLast"/>, the batches that hold fewer rows than the batch size (only ever
     /// an epoch's last: grouping sorts within groups of whole batches).</summary>
@@ -141,6 +166,7 @@ public sealed class TrainingData : IDisposable
     public IEnumerable<Batch> EvalBatches()
     {
         _evalExamples ??= [.. Tokenize(EvalFile ?? Train, EvalRows().Select(r => (r.Index, r.Record, r.Index + 1)))];
+        if (IsUnpaired) return DropPartial(UnpairedBatches(_evalExamples, Options.EvalBatchSize, 0), Options.EvalBatchSize);
         return DropPartial(Batching.Batches(Batching.Single(_evalExamples), Sequences(Options.EvalBatchSize), Tokenizer.PadId, 0, FixedLength), Options.EvalBatchSize);
     }
 
@@ -170,6 +196,7 @@ public sealed class TrainingData : IDisposable
     /// chosen then rejected.</summary>
     public IEnumerable<(long Row, TokenizedExample? Example)> FileExamples() =>
         Train.ReadAll().SelectMany(r => _preference is null ? [(r.Index, _encoder.Encode(Render(Train, r.Index, r.Record)))]
+            : IsUnpaired ? [(r.Index, EncodeUnpaired(Train, r.Index, r.Record)?.Example)]
             : EncodePair(Train, r.Index, r.Record) is { } pair ? [(r.Index, pair.Chosen), (r.Index, pair.Rejected)]
             : new (long, TokenizedExample?)[] { (r.Index, null) });
 
@@ -183,6 +210,18 @@ public sealed class TrainingData : IDisposable
     {
         foreach (var (rowIndex, record, next) in rows)
         {
+            if (IsUnpaired)
+            {
+                if (EncodeUnpaired(file, rowIndex, record) is not { } unpaired) { _truncatedAway.Add(rowIndex); continue; }
+                _unpaired.AddOrUpdate(unpaired.Example, new UnpairedPieces(unpaired.Prompt, unpaired.Completion, record switch
+                {
+                    UnpairedPreferenceRecord r => r.Label,
+                    ChatUnpairedPreferenceRecord r => r.Label,
+                    _ => false,
+                }));
+                yield return (unpaired.Example, next);
+                continue;
+            }
             if (_preference is not null)
             {
                 if (EncodePair(file, rowIndex, record) is not { } pair) { _truncatedAway.Add(rowIndex); continue; }
@@ -201,6 +240,12 @@ public sealed class TrainingData : IDisposable
     Example Render(ParquetDataset file, long rowIndex, DataRecord record)
     {
         try { return _renderer.Render(rowIndex, record); }
+        catch (OrtLoraException e) { throw new OrtLoraException($"{file.Path}: row {rowIndex}: {e.Message}", e); }
+    }
+
+    (TokenizedExample Example, List<int> Prompt, List<int> Completion)? EncodeUnpaired(ParquetDataset file, long rowIndex, DataRecord record)
+    {
+        try { return _preference!.EncodeUnpaired(rowIndex, record); }
         catch (OrtLoraException e) { throw new OrtLoraException($"{file.Path}: row {rowIndex}: {e.Message}", e); }
     }
 

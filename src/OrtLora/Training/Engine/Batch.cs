@@ -10,6 +10,8 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
     /// <summary>With the DPO loss: the reference model's log-probability of each row (<see cref="Autodiff.PreferenceLoss"/>);
     /// a training session fills it in when it is null.</summary>
     public float[]? ReferenceLogps { get; init; }
+    /// <summary>With KTO: each row's role (<see cref="Autodiff.PreferenceLoss.RolesInput"/>).</summary>
+    public float[]? Roles { get; init; }
 
     /// <summary>The graph inputs fed from this batch (<see cref="TrainingGraph.BatchInputs"/>): input_ids,
     /// attention_mask, labels, and positions 0..S-1 for an input named like position_ids.</summary>
@@ -26,6 +28,7 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
                 "input_ids" => HostTensor.Of(InputIds, Shape),
                 "attention_mask" => HostTensor.Of(AttentionMask, Shape),
                 TrainingGraph.Labels => HostTensor.Of(Labels, Shape),
+                Autodiff.PreferenceLoss.RolesInput => HostTensor.Of(Roles ?? throw new OrtLoraException("a KTO batch needs each row's role"), BatchSize),
                 Autodiff.PreferenceLoss.ReferenceInput => HostTensor.Of(ReferenceLogps ?? throw new OrtLoraException("a DPO batch needs the reference model's log-probabilities"), BatchSize),
                 _ when name.Contains("position") => HostTensor.Of(Enumerable.Range(0, (int)n).Select(i => (long)(i % SequenceLength)).ToArray(), Shape),
                 _ => throw new OrtLoraException($"model input '{name}': ortlora feeds input_ids, attention_mask and position_ids only"),
