@@ -29,10 +29,11 @@ public static class ShowDataCommand
             Console.WriteLine($"{Path.GetFileName(training.Train.Path)}: {ParquetDataset.FormatName(training.Train.Format)}" +
                 (training.Train.IsConversational ? $" data, {training.ChatTemplate.Name} template" : " data") + $"; learned tokens between {LearnedOpen} {LearnedClose}");
             // Preference rows show both sequences, chosen then rejected.
+            bool pairs = training.IsPreference && !training.IsUnpaired;
             long previous = -1;
-            foreach (var (row, example) in training.FileExamples().Take(training.IsPreference ? 2 * count : count))
+            foreach (var (row, example) in training.FileExamples().Take(pairs ? 2 * count : count))
             {
-                var name = !training.IsPreference ? $"row {row}" : $"row {row} {(row == previous ? "rejected" : "chosen")}";
+                var name = !pairs ? $"row {row}" : $"row {row} {(row == previous ? "rejected" : "chosen")}";
                 previous = row;
                 if (example is null) { Console.WriteLine($"── row {row}: nothing learned within {training.Options.MaxSeqLength} tokens (dropped from training)"); continue; }
                 Console.WriteLine($"── {name}: {example.Length} tokens, {example.TrainedTokens} learned");

@@ -286,6 +286,8 @@ public class TrainPreferenceTests
         Assert.That((double)last["eval_rewards/chosen"]!, Is.GreaterThan((double)last["eval_rewards/rejected"]!));
         Assert.That(last["eval_kl"], Is.Not.Null);
         Assert.That(last["eval_rewards/accuracies"], Is.Null, "KTO has no pairs to compare");
+        var shown = OrtloraOk("show-data", path, "--tokenizer", Tiny(""), "--rows", "2").Out.Split('\n').Where(l => l.StartsWith("── ")).ToList();
+        Assert.That(shown.Select(h => h.Split(':')[0]), Is.EqualTo(new[] { "── row 0", "── row 1" }), "show-data: one sequence a row");
 
         var paired = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "kto"));
         Assert.That(paired.Error, Does.Contain("tiny_preferences.parquet").And.Contain("--loss-type kto takes unpaired preference data"));
