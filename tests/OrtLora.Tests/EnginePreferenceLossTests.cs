@@ -163,6 +163,13 @@ public class EnginePreferenceLossTests
         session.SetParameters(values);
         var (_, gradients) = session.ComputeGradients(batch);
         Assert.That(gradients.Values.Sum(g => g.Sum(x => (double)x * x)), Is.GreaterThan(1e-8));
+        MatchCentralDifferences(session, values, gradients, () => session.Evaluate(batch with { ReferenceLogps = null }).Loss);
+    }
+
+    /// <summary>Each of the two largest gradient entries of every first-layer parameter against the central difference
+    /// of <paramref name="loss"/> (read at the session's parameters) around <paramref name="values"/>.</summary>
+    static void MatchCentralDifferences(TrainingSession session, Dictionary<string, float[]> values, Dictionary<string, float[]> gradients, Func<double> loss)
+    {
         int checkedEntries = 0;
         foreach (var name in session.ParameterNames.Where(p => p.Contains("layers.0.")))
         {
@@ -175,7 +182,7 @@ public class EnginePreferenceLossTests
                     var moved = values.ToDictionary(kv => kv.Key, kv => (float[])kv.Value.Clone());
                     moved[name][index] += delta;
                     session.SetParameters(moved);
-                    return session.Evaluate(batch with { ReferenceLogps = null }).Loss;
+                    return loss();
                 }
                 double numeric = (LossAt(h) - LossAt(-h)) / (2 * h);
                 Assert.That(grad[index], Is.EqualTo(numeric).Within(0.03 * Math.Abs(numeric) + 2e-5), $"{name}[{index}]");
@@ -183,6 +190,7 @@ public class EnginePreferenceLossTests
             }
         }
         Assert.That(checkedEntries, Is.GreaterThanOrEqualTo(8));
+        session.SetParameters(values);
     }
 
     /// <summary>A batch padded to a fixed shape (--pad-to-max-length) ends in empty pairs: the loss is the mean over the
@@ -352,29 +360,13 @@ public class EnginePreferenceLossTests
             Assert.That(Shared.MaxAbsDiff(chunkedGradients[name], grad), Is.LessThan(1e-4 * grad.Max(x => Math.Abs(x)) + 1e-9), name);
 
         // kl is a constant to the gradient (TRL detaches it): the differences move the examples' rows and keep kl
-        int checkedEntries = 0;
-        foreach (var name in session.ParameterNames.Where(p => p.Contains("layers.0.")))
+        MatchCentralDifferences(session, moved, gradients, () =>
         {
-            var grad = gradients[name];
-            foreach (int index in Enumerable.Range(0, grad.Length).OrderByDescending(i => Math.Abs(grad[i])).Take(2))
-            {
-                const float h = 2e-2f;
-                double LossAt(float delta)
-                {
-                    var values = moved.ToDictionary(kv => kv.Key, kv => (float[])kv.Value.Clone());
-                    values[name][index] += delta;
-                    session.SetParameters(values);
-                    var rows = RowSumsOf(session, batch);
-                    double Moved(int row) => rows[row] - reference.Sums[row];
-                    double Example(int row, double w) => w * (1 - 1 / (1 + Math.Exp(-Beta * roles[row] * (Moved(row) - kl))));
-                    return (Example(0, 1.0) + Example(1, 1.5)) / 2;
-                }
-                double numeric = (LossAt(h) - LossAt(-h)) / (2 * h);
-                Assert.That(grad[index], Is.EqualTo(numeric).Within(0.03 * Math.Abs(numeric) + 2e-5), $"{name}[{index}]");
-                checkedEntries++;
-            }
-        }
-        Assert.That(checkedEntries, Is.GreaterThanOrEqualTo(8));
+            var rows = RowSumsOf(session, batch);
+            double Moved(int row) => rows[row] - reference.Sums[row];
+            double Example(int row, double w) => w * (1 - 1 / (1 + Math.Exp(-Beta * roles[row] * (Moved(row) - kl))));
+            return (Example(0, 1.0) + Example(1, 1.5)) / 2;
+        });
     }
 
     /// <summary>The rows' summed log-probabilities at the session's current parameters (from its eval graph).</summary>
