@@ -183,4 +183,23 @@ public class DataPreferenceTests
         }));
         Assert.That(batches[1].Roles, Is.EqualTo(new float[] { 1, 0 }), "a one-example batch's KL row is its own prompt and completion");
     }
+
+    /// <summary>Conversational unpaired rows: the prompt's messages and the completion's, through the chat template as
+    /// preference rows go (the completion is what the full render adds after the generation prompt).</summary>
+    [Test]
+    public void ConversationalUnpairedRowsGoThroughTheChatTemplate()
+    {
+        var json = Path.Combine(Shared.TempDir(), "unpaired_chat.jsonl");
+        File.WriteAllText(json, """{"prompt": [{"role": "user", "content": "Sky colour?"}], "completion": [{"role": "assistant", "content": "Blue."}], "label": false}""");
+        using var file = ParquetDataset.Open(json);
+        Assert.That((file.Format, file.IsConversational), Is.EqualTo((DatasetFormat.UnpairedPreference, true)));
+        var record = (ChatUnpairedPreferenceRecord)file.ReadRowGroup(0)[0]!;
+        Assert.That((record.Prompt.Single().Content, record.Completion.Single().Content, record.Label), Is.EqualTo(("Sky colour?", "Blue.", false)));
+        var (example, prompt, completion) = Encoder().EncodeUnpaired(0, record)!.Value;
+        var tokenizer = Gpt2.Value;
+        Assert.That(prompt, Is.EqualTo(tokenizer.Encode("<|im_start|>user\nSky colour?<|im_end|>\n<|im_start|>assistant\n")));
+        Assert.That(tokenizer.Decode(completion), Is.EqualTo("Blue.<|im_end|>\n"));
+        Assert.That(example.InputIds, Is.EqualTo(prompt.Concat(completion)));
+        Assert.That(example.Labels.Take(prompt.Count), Is.All.EqualTo(Ignore));
+    }
 }

@@ -13,6 +13,18 @@ public class TrainPreferenceTests
     sealed class ConversationRow { public List<Turn>? chosen { get; set; } public List<Turn>? rejected { get; set; } }
     sealed class UnpairedRow { public string? prompt { get; set; } public string? completion { get; set; } public bool? label { get; set; } }
 
+    /// <summary>Each demo prompt with its answer (desirable) and with an evasive reply (undesirable), as KTO's rows.</summary>
+    static string UnpairedOf(string instructions, string name)
+    {
+        using var demo = ParquetDataset.Open(Tiny(instructions));
+        var rows = demo.ReadAll().Select(r => (InstructionRecord)r.Record).ToList();
+        return Shared.WriteParquet(rows.SelectMany((row, i) => new[]
+        {
+            new UnpairedRow { prompt = AlpacaTemplate.Prompt(row), completion = row.Output, label = true },
+            new UnpairedRow { prompt = AlpacaTemplate.Prompt(row), completion = i % 2 == 0 ? "I do not know." : "I would rather not say.", label = false },
+        }), name);
+    }
+
     static readonly Lazy<string> Pairs = new(() => PairsOf("demo.parquet", "tiny_preferences.parquet"));
     static readonly Lazy<string> EvalPairs = new(() => PairsOf("demo_eval.parquet", "tiny_eval_preferences.parquet"));
 
@@ -267,13 +279,7 @@ public class TrainPreferenceTests
     [Test]
     public void KtoTrainsOnUnpairedRows()
     {
-        using var demo = ParquetDataset.Open(Tiny("demo.parquet"));
-        var rows = demo.ReadAll().Select(r => (InstructionRecord)r.Record).ToList();
-        var path = Shared.WriteParquet(rows.SelectMany((row, i) => new[]
-        {
-            new UnpairedRow { prompt = AlpacaTemplate.Prompt(row), completion = row.Output, label = true },
-            new UnpairedRow { prompt = AlpacaTemplate.Prompt(row), completion = i % 2 == 0 ? "I do not know." : "I would rather not say.", label = false },
-        }), "tiny_unpaired.parquet");
+        var path = UnpairedOf("demo.parquet", "tiny_unpaired.parquet");
         string[] OnUnpaired(string[] args) => [.. args.Select(a => a == Pairs.Value ? path : a)];
         var dir = Shared.TempDir();
         var run = OrtloraOk(OnUnpaired(TrainArgs(dir, "--max-steps", "30", "--eval-split", "0.1", "--loss-type", "kto", "--per-device-train-batch-size", "4")));
@@ -293,5 +299,26 @@ public class TrainPreferenceTests
         Assert.That(paired.Error, Does.Contain("tiny_preferences.parquet").And.Contain("--loss-type kto takes unpaired preference data"));
         var unpaired = Ortlora(OnUnpaired(TrainArgs(Shared.TempDir(), "--max-steps", "1")));
         Assert.That(unpaired.Error, Does.Contain("tiny_unpaired.parquet").And.Contain("trains with --loss-type kto"));
+    }
+
+    /// <summary>`ortlora eval --loss-type kto` scores a KTO adapter against the model without it: train's last eval loss,
+    /// rewards and kl on the same file with the same eval batches (the KL rows depend on them).</summary>
+    [Test]
+    public void KtoEvalScoresTheAdapterAsTrainDid()
+    {
+        var (train, eval) = (UnpairedOf("demo.parquet", "kto_train.parquet"), UnpairedOf("demo_eval.parquet", "kto_eval.parquet"));
+        var dir = Shared.TempDir();
+        OrtloraOk(["train", Tiny("model.onnx"), "--data", train, "--eval-data", eval, "--target-modules", "all-linear", "--r", "8", "--learning-rate", "5e-3",
+            "--max-steps", "12", "--per-device-train-batch-size", "4", "--loss-type", "kto", "--plain-log", "-o", dir]);
+        var last = Metrics(dir).Last(m => m["eval_loss"] is not null);
+        var scored = OrtloraOk("eval", Tiny("model.onnx"), "--data", eval, "--adapter", dir, "--loss-type", "kto", "--per-device-eval-batch-size", "4").Out;
+        double Value(string name) => double.Parse(System.Text.RegularExpressions.Regex.Match(scored, "(?<![/_])" + name + @" (-?\d+\.\d+)").Groups[1].Value,
+            System.Globalization.CultureInfo.InvariantCulture);
+        Assert.That((double)last["eval_loss"]!, Is.LessThan(0.45), "the adapter has learned something to compare");
+        Assert.That(Value("eval_loss"), Is.EqualTo((double)last["eval_loss"]!).Within(2e-4));
+        Assert.That(Value("rewards/margins"), Is.EqualTo((double)last["eval_rewards/margins"]!).Within(2e-3));
+        Assert.That(Value("kl"), Is.EqualTo((double)last["eval_kl"]!).Within(2e-3));
+        var unsaid = Ortlora("eval", Tiny("model.onnx"), "--data", eval, "--adapter", dir);
+        Assert.That(unsaid.Error, Does.Contain("kto_eval.parquet").And.Contain("--loss-type kto"));
     }
 }
