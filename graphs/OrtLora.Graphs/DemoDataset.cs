@@ -100,21 +100,23 @@ public static class DemoDataset
     public static readonly string[] Columns = ["instruction", "input", "output"];
 
     /// <summary>Writes the rows as Parquet (one row group, three string columns), atomically.</summary>
-    public static void Write(string path, IReadOnlyList<DemoRow> rows)
+    public static void Write(string path, IReadOnlyList<DemoRow> rows) =>
+        WriteStrings(path, Columns, [rows.Select(r => r.Instruction), rows.Select(r => r.Input), rows.Select(r => r.Output)]);
+
+    /// <summary>String columns as Parquet (one row group), atomically: the demo files' one layout.</summary>
+    internal static void WriteStrings(string path, string[] names, IEnumerable<string>[] columns)
     {
-        var fields = Columns.Select(c => new DataField<string>(c)).ToArray();
+        var fields = names.Select(c => new DataField<string>(c)).ToArray();
         using var buffer = new MemoryStream();
-        WriteAsync(buffer, fields, rows).GetAwaiter().GetResult();
+        WriteAsync(buffer, fields, columns).GetAwaiter().GetResult();
         ModelFiles.WriteAtomically(path, buffer.ToArray());
     }
 
-    static async Task WriteAsync(Stream stream, DataField<string>[] fields, IReadOnlyList<DemoRow> rows)
+    static async Task WriteAsync(Stream stream, DataField<string>[] fields, IEnumerable<string>[] columns)
     {
         await using var writer = await ParquetWriter.CreateAsync(new ParquetSchema(fields), stream);
         using var group = writer.CreateRowGroup();
-        await group.WriteAsync(fields[0], rows.Select(r => r.Instruction).ToArray());
-        await group.WriteAsync(fields[1], rows.Select(r => r.Input).ToArray());
-        await group.WriteAsync(fields[2], rows.Select(r => r.Output).ToArray());
+        for (int i = 0; i < fields.Length; i++) await group.WriteAsync(fields[i], columns[i].ToArray());
     }
 
     public static List<DemoRow> Read(string path) => ReadAsync(path).GetAwaiter().GetResult();

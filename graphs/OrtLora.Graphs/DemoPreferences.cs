@@ -1,6 +1,4 @@
 using System.Text.RegularExpressions;
-using Parquet;
-using Parquet.Schema;
 
 namespace OrtLora.Graphs;
 
@@ -56,20 +54,6 @@ public static partial class DemoPreferences
     [GeneratedRegex(@"^A (.+) says (.+)\.$")] private static partial Regex Sound();
 
     /// <summary>Writes the pairs as Parquet (one row group, three string columns), atomically.</summary>
-    public static void Write(string path, IReadOnlyList<Pair> pairs)
-    {
-        var fields = Columns.Select(c => new DataField<string>(c)).ToArray();
-        using var buffer = new MemoryStream();
-        WriteAsync(buffer, fields, pairs).GetAwaiter().GetResult();
-        ModelFiles.WriteAtomically(path, buffer.ToArray());
-    }
-
-    static async Task WriteAsync(Stream stream, DataField<string>[] fields, IReadOnlyList<Pair> pairs)
-    {
-        await using var writer = await ParquetWriter.CreateAsync(new ParquetSchema(fields), stream);
-        using var group = writer.CreateRowGroup();
-        await group.WriteAsync(fields[0], pairs.Select(p => p.Prompt).ToArray());
-        await group.WriteAsync(fields[1], pairs.Select(p => p.Chosen).ToArray());
-        await group.WriteAsync(fields[2], pairs.Select(p => p.Rejected).ToArray());
-    }
+    public static void Write(string path, IReadOnlyList<Pair> pairs) =>
+        DemoDataset.WriteStrings(path, Columns, [pairs.Select(p => p.Prompt), pairs.Select(p => p.Chosen), pairs.Select(p => p.Rejected)]);
 }

@@ -70,9 +70,7 @@ public static class Evaluator
     static EvalResult ScorePreferences(OnnxModel model, TrainingData data, TextTokenizer tokenizer, string dataPath, string? referencePath,
         PreferenceOptions preference, string device, string? epLibrary)
     {
-        if (data.IsUnpaired != preference.Unpaired)
-            throw new OrtLoraException(data.IsUnpaired ? $"{dataPath}: unpaired preference data is scored with --loss-type kto"
-                : $"{dataPath}: --loss-type kto scores unpaired preference data (prompt, completion, label)");
+        data.RequireLoss(preference);
         if (!preference.UsesReference) referencePath = null; // ORPO, SimPO
         else if (referencePath is null)
             throw new OrtLoraException($"{dataPath}: preference data is scored by the DPO loss against a reference model: give --adapter DIR " +

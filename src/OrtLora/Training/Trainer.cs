@@ -75,11 +75,7 @@ public static class Trainer
             throw new OrtLoraException($"{job.DataPath}: --load-best-model-at-end and --early-stopping-patience compare evaluations during " +
                 "training: give --eval-data or --eval-split, and an --eval-strategy other than no");
 
-        // KTO's loss is what unpaired data trains with; paired data takes the others.
-        if (data.IsUnpaired != args.Preference.Unpaired && data.IsPreference)
-            throw new OrtLoraException(data.IsUnpaired
-                ? $"{job.DataPath}: unpaired preference data (prompt, completion, label) trains with --loss-type kto"
-                : $"{job.DataPath}: --loss-type kto takes unpaired preference data (prompt, completion, label); this file has pairs (chosen, rejected)");
+        if (data.IsPreference) data.RequireLoss(args.Preference);
         if (data.IsUnpaired && args.PrecomputeRefLogProbs)
             throw new OrtLoraException($"{job.DataPath}: KTO's KL rows pair each prompt with another row's completion in its batch; --precompute-ref-log-probs is for paired data");
         if (data.IsPreference && args.LabelSmoothingFactor > 0)

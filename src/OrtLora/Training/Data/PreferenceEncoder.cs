@@ -18,15 +18,13 @@ public sealed class PreferenceEncoder(TextTokenizer tokenizer, ChatTemplate chat
     /// <summary>The pair's chosen and rejected sequences, or null when truncation left one of them no completion token.</summary>
     public (TokenizedExample Chosen, TokenizedExample Rejected)? Encode(long rowIndex, DataRecord record)
     {
-        var (prompt, chosen, rejected) = record switch
+        var (prompt, completions) = Truncated(record switch
         {
-            PreferenceRecord row => (WithBos(Ids(row.Prompt)), WithEos(Ids(row.Chosen)), WithEos(Ids(row.Rejected))),
-            ChatPreferenceRecord row => Conversational(row.Prompt, row.Tools, row.Chosen, row.Rejected) is var (p, both) ? (p, both[0], both[1]) : default,
+            PreferenceRecord row => (WithBos(Ids(row.Prompt)), [WithEos(Ids(row.Chosen)), WithEos(Ids(row.Rejected))]),
+            ChatPreferenceRecord row => Conversational(row.Prompt, row.Tools, row.Chosen, row.Rejected),
             _ => throw new OrtLoraException($"row {rowIndex} is not a preference row ({record.GetType().Name})"),
-        };
-        (prompt, chosen, rejected) = (Truncated(prompt, keepEnd: true, maxPromptLength), Truncated(chosen, keepEnd: false, maxCompletionLength),
-            Truncated(rejected, keepEnd: false, maxCompletionLength));
-        var (c, r) = (Sequence(rowIndex, prompt, chosen), Sequence(rowIndex, prompt, rejected));
+        });
+        var (c, r) = (Sequence(rowIndex, prompt, completions[0]), Sequence(rowIndex, prompt, completions[1]));
         return c.TrainedTokens > 0 && r.TrainedTokens > 0 ? (c, r) : null;
     }
 
@@ -34,19 +32,22 @@ public sealed class PreferenceEncoder(TextTokenizer tokenizer, ChatTemplate chat
     /// with another row's completion, <see cref="Sequence"/>); null when truncation left no completion token.</summary>
     public (TokenizedExample Example, List<int> Prompt, List<int> Completion)? EncodeUnpaired(long rowIndex, DataRecord record)
     {
-        var (prompt, completion) = record switch
+        var (prompt, completions) = Truncated(record switch
         {
-            UnpairedPreferenceRecord row => (WithBos(Ids(row.Prompt)), WithEos(Ids(row.Completion))),
-            ChatUnpairedPreferenceRecord row => Conversational(row.Prompt, row.Tools, row.Completion) is var (p, c) ? (p, c[0]) : default,
+            UnpairedPreferenceRecord row => (WithBos(Ids(row.Prompt)), [WithEos(Ids(row.Completion))]),
+            ChatUnpairedPreferenceRecord row => Conversational(row.Prompt, row.Tools, row.Completion),
             _ => throw new OrtLoraException($"row {rowIndex} is not an unpaired preference row ({record.GetType().Name})"),
-        };
-        (prompt, completion) = (Truncated(prompt, keepEnd: true, maxPromptLength), Truncated(completion, keepEnd: false, maxCompletionLength));
-        var example = Sequence(rowIndex, prompt, completion);
-        return example.TrainedTokens > 0 ? (example, prompt, completion) : null;
+        });
+        var example = Sequence(rowIndex, prompt, completions[0]);
+        return example.TrainedTokens > 0 ? (example, prompt, completions[0]) : null;
     }
 
     static List<int> Truncated(List<int> ids, bool keepEnd, int? most) =>
         most is { } m && ids.Count > m ? keepEnd ? ids[^m..] : ids[..m] : ids;
+
+    /// <summary>A row's prompt and completions, each cut to its own limit (the prompt keeps its end, a completion its start).</summary>
+    (List<int> Prompt, List<List<int>> Completions) Truncated((List<int> Prompt, List<List<int>> Completions) row) =>
+        (Truncated(row.Prompt, keepEnd: true, maxPromptLength), [.. row.Completions.Select(c => Truncated(c, keepEnd: false, maxCompletionLength))]);
 
     /// <summary>Prompt + completion as one sequence (the prompt labelled -100), cut to max_length by the truncation mode.</summary>
     public TokenizedExample Sequence(long rowIndex, List<int> prompt, List<int> completion)

@@ -69,6 +69,15 @@ public sealed class TrainingData : IDisposable
     /// <summary>Unpaired preference data (KTO's): each batch's examples, then its KL rows (<see cref="UnpairedBatches"/>).</summary>
     public bool IsUnpaired => Train.Format == DatasetFormat.UnpairedPreference;
 
+    /// <summary>KTO's loss is what unpaired data trains with; paired data takes the others.</summary>
+    public void RequireLoss(Autodiff.PreferenceOptions options)
+    {
+        if (IsUnpaired == options.Unpaired) return;
+        throw new OrtLoraException(IsUnpaired
+            ? $"{Train.Path}: unpaired preference data (prompt, completion, label) trains with --loss-type kto"
+            : $"{Train.Path}: --loss-type kto takes unpaired preference data (prompt, completion, label); this file has pairs (chosen, rejected)");
+    }
+
     /// <summary>Sequences in a full batch of <paramref name="examples"/> examples.</summary>
     int Sequences(int examples) => IsPreference ? 2 * examples : examples;
 
