@@ -168,7 +168,7 @@ public class EnginePreferenceLossTests
 
     /// <summary>Each of the two largest gradient entries of every first-layer parameter against the central difference
     /// of <paramref name="loss"/> (read at the session's parameters) around <paramref name="values"/>.</summary>
-    static void MatchCentralDifferences(TrainingSession session, Dictionary<string, float[]> values, Dictionary<string, float[]> gradients, Func<double> loss)
+    internal static void MatchCentralDifferences(TrainingSession session, Dictionary<string, float[]> values, Dictionary<string, float[]> gradients, Func<double> loss)
     {
         int checkedEntries = 0;
         foreach (var name in session.ParameterNames.Where(p => p.Contains("layers.0.")))

@@ -29,13 +29,20 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
     string? Vocabulary { get; init; }
     /// <summary>The float type the loss is computed in.</summary>
     public int ElemType { get; private init; }
+    /// <summary>1 for a counted token, 0 for an ignored one, [B, S]: <see cref="Weights"/> unless the tokens are weighted
+    /// (<see cref="AppendTargets"/> with token weights), where accuracy still counts each token once.</summary>
+    public string Mask { get; private init; } = Weights;
 
     /// <summary>What the loss needs of the labels, computed once (also for a loss taken chunk by chunk).</summary>
     /// <param name="TargetIndex">the shifted labels with ignored ones set to 0, [B, S, 1]</param>
     /// <param name="Weights">1 for a counted token, 0 for an ignored one, [B, S]</param>
     /// <param name="Count">the number of counted tokens, at least 1, scalar</param>
     /// <param name="ElemType">the float type the loss is computed in</param>
-    public sealed record Targets(string TargetIndex, string Weights, string Count, int ElemType);
+    public sealed record Targets(string TargetIndex, string Weights, string Count, int ElemType)
+    {
+        /// <summary>1 for a counted token, 0 for an ignored one: <see cref="Weights"/> unless tokens are weighted.</summary>
+        public string Mask { get; init; } = Weights;
+    }
 
     /// <param name="logitsElemType">a float type the loss is computed in (the logits' own)</param>
     /// <param name="smoothing">label_smoothing_factor (0: plain cross-entropy)</param>
@@ -44,7 +51,10 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
 
     /// <summary>labels[:, 1:] followed by one ignored column (shifted[b, t] is the target for logits[b, t]), the
     /// weights that drop ignored tokens and their count.</summary>
-    public static Targets AppendTargets(GraphEditor g, string labels, int logitsElemType)
+    /// <param name="tokenWeights">a float32 [B, S] input aligned with the labels: each token's weight in a loss
+    /// Σ weight·nll that is not divided by a count (a policy gradient's per-token coefficients, GRPO's); null: the mean
+    /// over counted tokens</param>
+    public static Targets AppendTargets(GraphEditor g, string labels, int logitsElemType, string? tokenWeights = null)
     {
         string Ints(params long[] v) => GraphConstants.Int64s(g, "loss/ints", v);
         string Scalar(double v, int type) => GraphConstants.Scalar(g, "loss/const", v, type);
@@ -59,7 +69,13 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
         var weights = Op("Cast", [counted], ("to", (long)logitsElemType));
         // max(count, 1): a batch with no counted token gives loss 0 and zero gradients instead of NaN
         var count = Op("Max", [Op("ReduceSum", [weights], ("keepdims", 0L)), Scalar(1, logitsElemType)]);
-        return new(targetIndex, weights, count, logitsElemType);
+        if (tokenWeights is null) return new(targetIndex, weights, count, logitsElemType);
+        // shifted like the labels, so that a label's weight scales the prediction of that label
+        var zeroColumn = Op("ConstantOfShape", [Op("Concat", [batchDim, Ints(1)], ("axis", 0L))],
+            ("value", Tensors.FromFloats("zero", [1], [0f], (int)DT.Float)));
+        var shiftedWeights = Op("Concat", [Op("Slice", [tokenWeights, Ints(1), Ints(long.MaxValue), Ints(1)]), zeroColumn], ("axis", 1L));
+        if (logitsElemType != (int)DT.Float) shiftedWeights = Op("Cast", [shiftedWeights], ("to", (long)logitsElemType));
+        return new(targetIndex, Op("Mul", [weights, shiftedWeights]), Scalar(1, logitsElemType), logitsElemType) { Mask = weights };
     }
 
     /// <summary>The loss of <paramref name="logits"/> against <paramref name="targets"/>: Σ nll · weight / count. For
@@ -75,7 +91,8 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
         var nll = Op("Mul", [Op("Neg", [Op("Squeeze", [picked, Ints(-1)])]), targets.Weights]);
         var total = Op("ReduceSum", [nll], ("keepdims", 0L));
         var loss = Op("Div", [total, targets.Count]);
-        if (smoothing <= 0) return new(loss, logits, logProbs, targets.TargetIndex, picked, targets.Weights, targets.Count) { ElemType = targets.ElemType };
+        if (smoothing <= 0) return new(loss, logits, logProbs, targets.TargetIndex, picked, targets.Weights, targets.Count) { ElemType = targets.ElemType, Mask = targets.Mask };
+        if (targets.Mask != targets.Weights) throw new OrtLoraException("label smoothing is for the causal-LM loss, not a loss of weighted tokens");
         string Scalar(double v) => GraphConstants.Scalar(g, "loss/const", v, targets.ElemType);
         var vocabulary = Op("Cast", [Op("Gather", [Op("Shape", [logits]), GraphConstants.Scalar(g, "loss/last", -1, (int)DT.Int64)])],
             ("to", (long)targets.ElemType));
@@ -98,7 +115,7 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
         // broadcasting takes.
         var predicted = Op("ArgMax", [Logits], ("axis", -1L), ("keepdims", 1L));
         var hit = Op("Cast", [Op("Equal", [predicted, TargetIndex])], ("to", (long)ElemType));
-        var weights = Op("Unsqueeze", [Weights, GraphConstants.Int64s(g, "accuracy/ints", -1)]);
+        var weights = Op("Unsqueeze", [Mask, GraphConstants.Int64s(g, "accuracy/ints", -1)]);
         return Op("ReduceSum", [Op("Mul", [hit, weights])], ("keepdims", 0L));
     }
 

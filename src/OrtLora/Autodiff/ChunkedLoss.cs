@@ -74,7 +74,9 @@ public static class ChunkedLoss
                 z = g.AddRenamedCopy(node, renames, $"/chunk{c}{pass}").Output[0];
                 types.Set(z, types[node.Output[0]]); // same rank and type; the rules compare shapes chunk against chunk
             }
-            var chunkTargets = new CausalLmLoss.Targets(Chunk(targets.TargetIndex), Chunk(targets.Weights), targets.Count, targets.ElemType);
+            var weights = Chunk(targets.Weights);
+            var chunkTargets = new CausalLmLoss.Targets(Chunk(targets.TargetIndex), weights, targets.Count, targets.ElemType)
+                { Mask = targets.Mask == targets.Weights ? weights : Chunk(targets.Mask) };
             return (h, z, CausalLmLoss.Append(g, z, chunkTargets, smoothing));
         }
 
@@ -87,13 +89,14 @@ public static class ChunkedLoss
     /// <param name="lossScale">a scalar the gradient is multiplied by before it enters the head's backward (float16
     /// loss scaling), or null</param>
     /// <param name="smoothing">label_smoothing_factor (<see cref="CausalLmLoss.Smoothing"/>)</param>
+    /// <param name="tokenWeights">each token's weight (<see cref="CausalLmLoss.AppendTargets"/>), or null</param>
     /// <returns>null when the head is not position-wise (see <see cref="ChunkedLoss"/>): use the full loss</returns>
     public static Result? Append(GraphEditor g, string logits, string labels, int logitsElemType, ValueTable types, int opset,
-        int chunks, bool withGradient = true, string? lossScale = null, double smoothing = 0)
+        int chunks, bool withGradient = true, string? lossScale = null, double smoothing = 0, string? tokenWeights = null)
     {
         // opset 14: the head's gradient reshapes an empty chunk (Reshape's allowzero)
         if (chunks < 2 || opset < 14 || FindHead(g, logits, types) is not var (hidden, path)) return null;
-        var chunked = new Chunks(g, types, hidden, path, CausalLmLoss.AppendTargets(g, labels, logitsElemType), chunks);
+        var chunked = new Chunks(g, types, hidden, path, CausalLmLoss.AppendTargets(g, labels, logitsElemType, tokenWeights), chunks);
         var parts = new List<string>();
         var gradients = new List<string>();
         var correct = new List<string>();

@@ -11,13 +11,14 @@ public sealed partial class TrainingGraph
     /// <summary>The eval graph's outputs: the loss, in chunks too (each after the previous chunk's loss: two [B, S/C, V]
     /// values alive instead of the whole logits and log-probabilities), and the number of counted tokens predicted right
     /// (<see cref="CorrectTokens"/>). The head's values have the same names in both graphs.</summary>
-    static void EvalOutputs(ModelProto eval, CausalLmLoss loss, int logitsType, ValueTable types, int opset, int chunks, PreferenceLoss? preference)
+    static void EvalOutputs(ModelProto eval, CausalLmLoss loss, int logitsType, ValueTable types, int opset, int chunks, PreferenceLoss? preference,
+        string? tokenWeights)
     {
         var g = new GraphEditor(eval.Graph);
         string correct;
         var chunked = preference is not null
             ? ChunkedLoss.AppendPreference(g, loss.Logits, Labels, logitsType, types, opset, chunks, preference.Options, withGradient: false)
-            : ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, withGradient: false, smoothing: loss.Smoothing);
+            : ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, withGradient: false, smoothing: loss.Smoothing, tokenWeights: tokenWeights);
         if (chunked is not null)
         {
             ReadLoss(eval, g, chunked.Loss);
@@ -47,12 +48,13 @@ public sealed partial class TrainingGraph
     /// tokens predicted right (TRL's training mean_token_accuracy), from the same logits. With DPO the seed is
     /// <see cref="PreferenceLoss"/>'s.</summary>
     static (Dictionary<string, string> Seeds, string Correct) LossGradient(ModelProto proto, GraphEditor g, CausalLmLoss loss, int logitsType,
-        ValueTable types, int opset, bool scalesLoss, int chunks, PreferenceLoss? preference)
+        ValueTable types, int opset, bool scalesLoss, int chunks, PreferenceLoss? preference, string? tokenWeights)
     {
         if (scalesLoss) proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
         var chunked = preference is not null
             ? ChunkedLoss.AppendPreference(g, loss.Logits, Labels, logitsType, types, opset, chunks, preference.Options, lossScale: scalesLoss ? LossScale : null)
-            : ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, lossScale: scalesLoss ? LossScale : null, smoothing: loss.Smoothing);
+            : ChunkedLoss.Append(g, loss.Logits, Labels, logitsType, types, opset, chunks, lossScale: scalesLoss ? LossScale : null, smoothing: loss.Smoothing,
+                tokenWeights: tokenWeights);
         if (chunked is not null)
         {
             ReadLoss(proto, g, chunked.Loss);

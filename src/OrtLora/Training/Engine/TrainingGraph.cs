@@ -20,7 +20,8 @@ namespace OrtLora.Training.Engine;
 public sealed partial class TrainingGraph : IDisposable
 {
     public const string Labels = "labels", Loss = "loss", CorrectTokens = "correct_tokens", SequenceLogProbs = "sequence_logps", GradNorm = "grad_norm", LearningRate = "lr", Step = "step",
-        MaxGradNorm = "max_grad_norm", GradScale = "grad_scale", LossScale = "loss_scale", ClipCoefficient = "clip_coefficient";
+        MaxGradNorm = "max_grad_norm", GradScale = "grad_scale", LossScale = "loss_scale", ClipCoefficient = "clip_coefficient",
+        TokenWeights = "token_weights";
     public static string GradOf(string p) => "grad." + p;
     public static string ExpAvgOf(string p) => "exp_avg." + p;
     public static string ExpAvgSqOf(string p) => "exp_avg_sq." + p;
@@ -45,6 +46,9 @@ public sealed partial class TrainingGraph : IDisposable
     /// <summary>The loss is DPO's (<see cref="PreferenceLoss"/>): batches are preference pairs, the graphs take the
     /// reference model's <see cref="PreferenceLoss.ReferenceInput"/> and output each row's <see cref="SequenceLogProbs"/>.</summary>
     public bool Preference { get; private init; }
+    /// <summary>The loss is Σ weight·nll over the counted tokens with each token's weight a <see cref="TokenWeights"/>
+    /// input (a policy gradient: GRPO's advantages, normalized), not a mean.</summary>
+    public bool TokenWeighted { get; private init; }
     /// <summary>The graph outputs a session reads back after each Run (the loss, the tokens predicted right, with DPO
     /// the rows' log-probabilities).</summary>
     public IReadOnlyList<string> ReportedOutputs => Preference ? [Loss, CorrectTokens, SequenceLogProbs] : [Loss, CorrectTokens];
@@ -83,10 +87,14 @@ public sealed partial class TrainingGraph : IDisposable
     /// <param name="labelSmoothing">the Trainer's label_smoothing_factor, in the training and the eval loss (as the Trainer computes both)</param>
     /// <param name="preference">DPO: the loss is <see cref="PreferenceLoss"/> over row pairs (chosen, rejected) instead of
     /// the causal-LM loss; null: the causal-LM loss</param>
+    /// <param name="tokenWeights">the loss is Σ w·nll with w a <see cref="TokenWeights"/> input [batch, sequence] aligned
+    /// with the labels, not divided by the token count (<see cref="TokenWeighted"/>)</param>
     public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null,
         double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false, int? lossChunks = null,
-        bool neftuneNoise = false, double labelSmoothing = 0, PreferenceOptions? preference = null)
+        bool neftuneNoise = false, double labelSmoothing = 0, PreferenceOptions? preference = null, bool tokenWeights = false)
     {
+        if (tokenWeights && (preference is not null || labelSmoothing > 0))
+            throw new OrtLoraException("a loss of weighted tokens is its own loss: not with a preference loss or label smoothing");
         int opset = model.Opset();
         if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; training needs opset 13 or later (re-export the model)");
         // A copy of the structure: tensors in raw_data share their bytes with the model, external ones stay external.
@@ -103,7 +111,7 @@ public sealed partial class TrainingGraph : IDisposable
         if (parameters.Count == 0)
             throw new OrtLoraException($"{model.Source}: no trainable parameters (no initializer ends in .lora_A.weight / .lora_B.weight); run `ortlora inject` first");
         var taken = proto.Graph.Input.Select(i => i.Name).Concat(proto.Graph.Node.SelectMany(n => n.Output)).Concat(proto.Graph.Initializer.Select(t => t.Name));
-        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens or SequenceLogProbs or PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput) is { } clash)
+        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens or SequenceLogProbs or TokenWeights or PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput) is { } clash)
             throw new OrtLoraException($"{model.Source}: the model already has a value named '{clash}' (exported with labels and a loss?); " +
                 "export it with input_ids and attention_mask in, logits out");
         logits ??= proto.Graph.Output.Any(o => o.Name == "logits") ? "logits" : proto.Graph.Output[0].Name;
@@ -124,6 +132,13 @@ public sealed partial class TrainingGraph : IDisposable
         TakeInt64BatchInputs(proto, g);
         var batchInputs = proto.Graph.Input.Select(i => i.Name).Where(n => !shapes.ContainsKey(n)).Append(Labels).ToList();
         proto.Graph.Input.Add(Input(Labels, (int)DT.Int64, ["batch", "sequence"]));
+        string? weightsInput = null;
+        if (tokenWeights)
+        {
+            weightsInput = TokenWeights;
+            proto.Graph.Input.Add(Input(TokenWeights, (int)DT.Float, ["batch", "sequence"]));
+            batchInputs.Add(TokenWeights);
+        }
         if (logitsType is (int)DT.Float16 or (int)DT.Bfloat16)
         {
             // As Hugging Face's causal-LM heads do (logits.float()): the loss in float32, where it is stable and where
@@ -131,7 +146,7 @@ public sealed partial class TrainingGraph : IDisposable
             logits = g.Add("Cast", [logits], name: "loss/upcast", attributes: ("to", (int)DT.Float));
             logitsType = (int)DT.Float;
         }
-        var loss = CausalLmLoss.Append(g, logits, Labels, logitsType, labelSmoothing);
+        var loss = CausalLmLoss.Append(g, logits, CausalLmLoss.AppendTargets(g, Labels, logitsType, weightsInput), labelSmoothing);
         PreferenceLoss? preferenceLoss = null;
         if (preference is not null)
         {
@@ -182,10 +197,10 @@ public sealed partial class TrainingGraph : IDisposable
             int chunks = lossChunks ?? (types[loss.Logits].ShapeA[^1] >= 8192 ? 8 : 1);
             // A trained lm_head (modules_to_save) needs the whole logits' gradient: the chunks give d loss / d h only.
             if (HeadIsTrained(g, loss.Logits, parameters)) chunks = 1;
-            var (seeds, correct) = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks, preferenceLoss);
+            var (seeds, correct) = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks, preferenceLoss, weightsInput);
             g.Add("Identity", [correct], name: "accuracy/output", outputs: [CorrectTokens]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
-            EvalOutputs(eval, loss, logitsType, types, opset, chunks, preferenceLoss);
+            EvalOutputs(eval, loss, logitsType, types, opset, chunks, preferenceLoss, weightsInput);
             // DoRA's weight norms are constants to the gradient, as PEFT detaches them.
             var detached = lora?.Adapters.Select(a => a.WeightNorm).OfType<string>().ToHashSet() ?? [];
             var grads = GradientBuilder.Build(g, seeds, parameters, types, opset, gradientCheckpointing, detached);
@@ -197,7 +212,7 @@ public sealed partial class TrainingGraph : IDisposable
             }
             g.Cleanup(); // recomputed values no rule read, the full logits of a chunked loss
             return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss, NeftuneWidth = neftuneWidth,
-                Preference = preferenceLoss is not null,
+                Preference = preferenceLoss is not null, TokenWeighted = tokenWeights,
                 ScaledGradients = scalesLoss ? new(grads) : new() };
         }
         catch
