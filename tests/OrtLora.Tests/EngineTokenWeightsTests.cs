@@ -44,7 +44,7 @@ public class EngineTokenWeightsTests
     }
 
     /// <summary>Each labelled token's −log p(label) from a plain run of the model's logits (position t predicts t + 1).</summary>
-    static double WeightedNll(OnnxModel model, Batch batch, float[] weights)
+    static double WeightedNll(OnnxModel model, Batch batch, float[] weights, double temperature = 1)
     {
         var feeds = new Dictionary<string, HostTensor> { ["input_ids"] = HostTensor.Of(batch.InputIds, batch.Shape), ["attention_mask"] = HostTensor.Of(batch.AttentionMask, batch.Shape) };
         var logits = OrtRun.Run(model, feeds, ["logits"])["logits"].Floats;
@@ -57,9 +57,9 @@ public class EngineTokenWeightsTests
                 if (batch.Labels[next] == -100) continue;
                 var z = logits.AsSpan((row * Length + t) * vocab, vocab);
                 double max = double.NegativeInfinity, sum = 0;
-                foreach (var v in z) max = Math.Max(max, v);
-                foreach (var v in z) sum += Math.Exp(v - max);
-                total += weights[next] * -(z[(int)batch.Labels[next]] - max - Math.Log(sum));
+                foreach (var v in z) max = Math.Max(max, v / temperature);
+                foreach (var v in z) sum += Math.Exp(v / temperature - max);
+                total += weights[next] * -(z[(int)batch.Labels[next]] / temperature - max - Math.Log(sum));
             }
         return total;
     }
@@ -94,18 +94,21 @@ public class EngineTokenWeightsTests
 
     /// <summary>Signed weights (a positive and a negative advantage per row, as GRPO's): the loss is Σ w·nll of plain
     /// logits, and its gradient matches central differences, whole and chunked.</summary>
-    [TestCase(1)]
-    [TestCase(3)]
-    public void SignedWeightsGiveTheirWeightedSumAndItsGradient(int chunks)
+    /// <remarks>With a temperature the loss reads logits / T, as TRL scores GRPO's completions.</remarks>
+    [TestCase(1, 1.0)]
+    [TestCase(3, 1.0)]
+    [TestCase(3, 0.7)]
+    public void SignedWeightsGiveTheirWeightedSumAndItsGradient(int chunks, double temperature)
     {
         using var model = Injected();
-        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), LossChunks: chunks, TokenWeighted: true));
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), LossChunks: chunks, TokenWeighted: true,
+            LogitsTemperature: temperature));
         var batch = PromptCompletionBatch();
         float[] advantages = [1.3f, -0.7f, -2f];
         var weighted = batch with { TokenWeights = Weights(batch, (row, t) => advantages[row] / 10f * (1 + 0.1f * t)) };
 
         var (loss, gradients) = session.ComputeGradients(weighted);
-        double expected = WeightedNll(model, batch, weighted.TokenWeights!);
+        double expected = WeightedNll(model, batch, weighted.TokenWeights!, temperature);
         Assert.That(Math.Abs(expected), Is.GreaterThan(0.1));
         Assert.That(loss, Is.EqualTo(expected).Within(2e-5 * Math.Abs(expected)));
         var values = session.ParameterNames.ToDictionary(p => p, p => model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == p)));

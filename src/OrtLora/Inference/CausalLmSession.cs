@@ -63,7 +63,17 @@ public sealed class CausalLmSession : IDisposable
     public DecodeState Start(bool useCache = true) => new(useCache && HasKvCache);
 
     /// <summary>Appends tokens and returns the logits that predict the next one.</summary>
-    public float[] Step(DecodeState state, IReadOnlyList<int> newTokens, RunOptions? runOptions = null)
+    public float[] Step(DecodeState state, IReadOnlyList<int> newTokens, RunOptions? runOptions = null) => Advance(state, newTokens, runOptions, LastRow);
+
+    /// <summary>The logits at every position of <paramref name="ids"/> in one run without the cache, [ids.Count × vocabulary]
+    /// row-major: row t predicts token t + 1 (scoring a sequence).</summary>
+    public float[] AllLogits(IReadOnlyList<int> ids, RunOptions? runOptions = null)
+    {
+        using var state = Start(useCache: false);
+        return Advance(state, ids, runOptions, AllRows);
+    }
+
+    float[] Advance(DecodeState state, IReadOnlyList<int> newTokens, RunOptions? runOptions, Func<OrtValue, float[]> read)
     {
         if (newTokens.Count == 0) throw new ArgumentException("a step needs at least one token");
         if (VocabSize is { } vocab && newTokens.FirstOrDefault(t => t < 0 || t >= vocab, -1) is var bad && bad != -1)
@@ -91,7 +101,7 @@ public sealed class CausalLmSession : IDisposable
             IDisposableReadOnlyCollection<OrtValue> results;
             try { results = Session.Run(runOptions ?? state.DefaultRunOptions, names, values, outputNames); }
             catch (OnnxRuntimeException e) { throw new OrtLoraException($"ONNX Runtime failed on a decoding step: {e.Message}", e); }
-            var logits = LastRow(results[0]);
+            var logits = read(results[0]);
             if (state.UseCache) state.KeepCache(results, total);
             else results.Dispose();
             return logits;
@@ -114,15 +124,19 @@ public sealed class CausalLmSession : IDisposable
         return OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, meta.ElementDataType, shape);
     }
 
-    static float[] LastRow(OrtValue logits)
+    static float[] LastRow(OrtValue logits) => Rows(logits, last: true);
+    static float[] AllRows(OrtValue logits) => Rows(logits, last: false);
+
+    static float[] Rows(OrtValue logits, bool last)
     {
         var info = logits.GetTensorTypeAndShape();
         int vocab = (int)info.Shape[^1];
+        Range rows = last ? ^vocab.. : ..;
         return info.ElementDataType switch
         {
-            TensorElementType.Float => logits.GetTensorDataAsSpan<float>()[^vocab..].ToArray(),
-            TensorElementType.Float16 => logits.GetTensorDataAsSpan<Float16>()[^vocab..].ToArray().Select(h => (float)h).ToArray(),
-            TensorElementType.BFloat16 => logits.GetTensorDataAsSpan<BFloat16>()[^vocab..].ToArray().Select(h => (float)h).ToArray(),
+            TensorElementType.Float => logits.GetTensorDataAsSpan<float>()[rows].ToArray(),
+            TensorElementType.Float16 => logits.GetTensorDataAsSpan<Float16>()[rows].ToArray().Select(h => (float)h).ToArray(),
+            TensorElementType.BFloat16 => logits.GetTensorDataAsSpan<BFloat16>()[rows].ToArray().Select(h => (float)h).ToArray(),
             _ => throw new OrtLoraException($"logits of type {info.ElementDataType} are not supported"),
         };
     }

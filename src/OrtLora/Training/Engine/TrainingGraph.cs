@@ -89,10 +89,13 @@ public sealed partial class TrainingGraph : IDisposable
     /// the causal-LM loss; null: the causal-LM loss</param>
     /// <param name="tokenWeights">the loss is Σ w·nll with w a <see cref="TokenWeights"/> input [batch, sequence] aligned
     /// with the labels, not divided by the token count (<see cref="TokenWeighted"/>)</param>
+    /// <param name="logitsTemperature">the loss reads logits / T (TRL's GRPO scores completions at the sampling temperature)</param>
     public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null,
         double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false, int? lossChunks = null,
-        bool neftuneNoise = false, double labelSmoothing = 0, PreferenceOptions? preference = null, bool tokenWeights = false)
+        bool neftuneNoise = false, double labelSmoothing = 0, PreferenceOptions? preference = null, bool tokenWeights = false,
+        double logitsTemperature = 1)
     {
+        if (logitsTemperature <= 0) throw new OrtLoraException($"the logits' temperature must be positive, got {logitsTemperature}");
         if (tokenWeights && (preference is not null || labelSmoothing > 0))
             throw new OrtLoraException("a loss of weighted tokens is its own loss: not with a preference loss or label smoothing");
         int opset = model.Opset();
@@ -146,6 +149,8 @@ public sealed partial class TrainingGraph : IDisposable
             logits = g.Add("Cast", [logits], name: "loss/upcast", attributes: ("to", (int)DT.Float));
             logitsType = (int)DT.Float;
         }
+        // a position-wise Div: the chunked loss still finds the head through it
+        if (logitsTemperature != 1) logits = g.Add("Div", [logits, GraphConstants.Scalar(g, "loss/temperature", logitsTemperature, logitsType)], name: "loss/temperature");
         var loss = CausalLmLoss.Append(g, logits, CausalLmLoss.AppendTargets(g, Labels, logitsType, weightsInput), labelSmoothing);
         PreferenceLoss? preferenceLoss = null;
         if (preference is not null)

@@ -1,0 +1,73 @@
+using Microsoft.ML.OnnxRuntime;
+using OrtLora.Deploy;
+using OrtLora.Inference;
+using OrtLora.Onnx;
+
+namespace OrtLora.Training.Grpo;
+
+/// <summary>Completions sampled from the policy as training has left it. One inference session over the injected model
+/// with its LoRA parameters as overridable inputs (<see cref="LoraRuntimeForm"/>); each step's parameters reach it as an
+/// ONNX Runtime adapter, so nothing is reloaded and the KV cache of the export is used. The inputs' defaults are the
+/// parameters as training started: running without the adapter is the reference model (TRL's PEFT reference, the
+/// adapter disabled, when B starts at zero).</summary>
+public sealed class PolicySampler : IDisposable
+{
+    readonly InferenceSession _session;
+    readonly Generator _generator;
+    OrtLoraAdapter? _adapter;
+
+    public PolicySampler(OnnxModel injected, SessionOptions options)
+    {
+        using var copy = new OnnxModel(injected.Proto.Clone(), injected.BaseDirectory, injected.Source);
+        LoraRuntimeForm.MakeOverridable(copy);
+        if (copy.Graph.Initializer.Sum(Tensors.ByteSize) > 1_800_000_000L)
+            throw new OrtLoraException($"{injected.Source}: too large to sample from in memory (over 1.8 GB of weights)");
+        _session = new InferenceSession(copy.ToBytes(), options);
+        _generator = new Generator(_session);
+    }
+
+    /// <summary>The policy's parameters from now on (the training session's current values).</summary>
+    public void SetParameters(IReadOnlyDictionary<string, float[]> values, IReadOnlyDictionary<string, long[]> shapes)
+    {
+        var adapter = OrtLoraAdapter.Create(OnnxAdapterFile.Serialize(values.ToDictionary(kv => kv.Key, kv => (kv.Value, shapes[kv.Key]))), null);
+        _adapter?.Dispose();
+        _adapter = adapter;
+    }
+
+    /// <summary>One completion of <paramref name="prompt"/>: its ids (ending with a stop id unless truncated) and whether it
+    /// was cut at <see cref="GenerationOptions.MaxNewTokens"/> without one.</summary>
+    public (List<int> Ids, bool Truncated) Sample(IReadOnlyList<int> prompt, GenerationOptions options)
+    {
+        var ids = _generator.GenerateIds(prompt, options, _adapter).ToList();
+        bool stopped = ids.Count > 0 && options.StopTokenIds.Contains(ids[^1]);
+        return (ids, !stopped && ids.Count >= options.MaxNewTokens);
+    }
+
+    /// <summary>log p of each completion token after the prompt, from the logits divided by <paramref name="temperature"/>
+    /// (as TRL scores completions), under the policy or the reference.</summary>
+    public float[] CompletionLogps(IReadOnlyList<int> prompt, IReadOnlyList<int> completion, double temperature, bool reference)
+    {
+        var ids = prompt.Concat(completion).ToList();
+        using var options = new RunOptions();
+        if (!reference && _adapter is not null) options.AddActiveLoraAdapter(_adapter);
+        var logits = _generator.Model.AllLogits(ids, options);
+        int vocab = logits.Length / ids.Count;
+        var result = new float[completion.Count];
+        for (int t = 0; t < completion.Count; t++)
+        {
+            var row = logits.AsSpan((prompt.Count - 1 + t) * vocab, vocab);
+            double max = double.NegativeInfinity, sum = 0;
+            foreach (var v in row) max = Math.Max(max, v / temperature);
+            foreach (var v in row) sum += Math.Exp(v / temperature - max);
+            result[t] = (float)(row[completion[t]] / temperature - max - Math.Log(sum));
+        }
+        return result;
+    }
+
+    public void Dispose()
+    {
+        _adapter?.Dispose();
+        _generator.Dispose();
+        _session.Dispose();
+    }
+}
