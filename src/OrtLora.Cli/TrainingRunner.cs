@@ -6,14 +6,17 @@ namespace OrtLora.Cli;
 /// <summary>Runs the loop with a Spectre.Console progress bar on a terminal, plain lines otherwise.</summary>
 public static class TrainingRunner
 {
-    public static TrainResult Run(TrainJob job, bool plainLog)
+    public static TrainResult Run(TrainJob job, bool plainLog) => Run(reporter => Trainer.Run(job, reporter), job.Args.LoggingSteps, plainLog);
+
+    /// <summary>Any training loop (`train`'s, `grpo`'s) with the progress bar or plain lines.</summary>
+    public static TrainResult Run(Func<ITrainingReporter, TrainResult> loop, int loggingSteps, bool plainLog)
     {
         if (plainLog || Console.IsOutputRedirected || !AnsiConsole.Profile.Capabilities.Interactive)
-            return Trainer.Run(job, new PlainReporter(job.Args.LoggingSteps));
+            return loop(new PlainReporter(loggingSteps));
         TrainResult? result = null;
         AnsiConsole.Progress()
             .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-            .Start(ctx => result = Trainer.Run(job, new BarReporter(ctx)));
+            .Start(ctx => result = loop(new BarReporter(ctx)));
         return result!;
     }
 

@@ -349,7 +349,7 @@ public static class Trainer
     internal static Engine.Batch ToEngine(DataBatch b) => new(b.InputIds, b.AttentionMask, b.Labels, b.BatchSize, b.SeqLength) { Roles = b.Roles };
 
     /// <summary>The adapter (PEFT format) for people, and the raw parameters with the moments for an exact resume.</summary>
-    static void SaveCheckpoint(OnnxModel model, TrainingSession session, TrainerState state, BestModel best, string outputDir, bool saveOnlyModel)
+    internal static void SaveCheckpoint(OnnxModel model, TrainingSession session, TrainerState state, BestModel best, string outputDir, bool saveOnlyModel)
     {
         var parameters = session.GetParameters();
         SetParameters(model, parameters);
@@ -363,7 +363,7 @@ public static class Trainer
         Checkpoint.Save(outputDir, state, adapter.Config, adapter.Tensors, optimizer);
     }
 
-    static TrainerState Restore(TrainingSession session, BestModel best, string checkpointDir)
+    internal static TrainerState Restore(TrainingSession session, BestModel best, string checkpointDir)
     {
         var (state, _, optimizer) = Checkpoint.Load(checkpointDir);
         var bestParameters = session.ParameterNames.All(p => optimizer.ContainsKey(BestModel.CheckpointPrefix + p))
@@ -378,7 +378,7 @@ public static class Trainer
         return state;
     }
 
-    static void SetParameters(OnnxModel model, IReadOnlyDictionary<string, float[]> values)
+    internal static void SetParameters(OnnxModel model, IReadOnlyDictionary<string, float[]> values)
     {
         foreach (var t in model.Graph.Initializer)
             if (values.TryGetValue(t.Name, out var v)) Tensors.SetRaw(t, Tensors.FloatsToBytes(v, t.DataType));

@@ -1,0 +1,120 @@
+using System.Text.Json.Nodes;
+using OrtLora.Inference;
+using OrtLora.Training.Data;
+using EngineBatch = OrtLora.Training.Engine.Batch;
+
+namespace OrtLora.Training.Grpo;
+
+/// <summary>One sampled completion: its prompt, its ids (a stop id last unless truncated) and text.</summary>
+public sealed record Completion(GrpoPrompt Prompt, List<int> Ids, string Text, bool Truncated);
+
+/// <summary>A step's scores: each function's reward (NaN: not scored), the weighted sums, the advantages and the group
+/// statistics TRL logs.</summary>
+public sealed record RolloutScores(double[][] PerFunction, double[] Rewards, double[] Advantages, double[] Std, bool[] StdIsZero);
+
+/// <summary>One micro-batch for the engine with TRL's loss of it and its KL terms' sum.</summary>
+public sealed record GrpoMicroBatch(EngineBatch Batch, double Loss, double KlSum, int CountedTokens);
+
+/// <summary>A GRPO step's data path: sample the groups, score them, and lay them out as the engine's batches of weighted
+/// tokens.</summary>
+public static class GrpoRollout
+{
+    /// <summary>num_generations completions of each prompt, prompt by prompt (groups are consecutive). Each completion's
+    /// sampler is seeded from (seed, step, its place), so a run and a resumed run draw the same completions.</summary>
+    public static List<Completion> Sample(PolicySampler sampler, IReadOnlyList<GrpoPrompt> prompts, TextTokenizer tokenizer, GrpoOptions grpo,
+        IReadOnlyCollection<int> stops, int seed, int step)
+    {
+        var completions = new List<Completion>();
+        foreach (var prompt in prompts)
+            for (int g = 0; g < grpo.NumGenerations; g++)
+            {
+                ulong stream = SplitMix64.Stream((ulong)seed, (ulong)step, (ulong)completions.Count);
+                var options = new GenerationOptions
+                {
+                    MaxNewTokens = grpo.MaxCompletionLength, Temperature = grpo.Temperature, TopK = grpo.TopK, TopP = grpo.TopP,
+                    RepetitionPenalty = grpo.RepetitionPenalty, StopTokenIds = stops, Seed = (int)(SplitMix64.Next(ref stream) & int.MaxValue),
+                };
+                var (ids, truncated) = sampler.Sample(prompt.Ids, options);
+                completions.Add(new Completion(prompt, ids, tokenizer.Decode(ids, skipSpecialTokens: true), truncated));
+            }
+        return completions;
+    }
+
+    public static RolloutScores Score(IReadOnlyList<Completion> completions, IReadOnlyList<IRewardFunction> rewards, GrpoOptions grpo)
+    {
+        var inputs = completions.Select(c => new RewardInput(c.Prompt.Text, c.Text, c.Ids.Count, c.Truncated, c.Prompt.Columns)).ToList();
+        var perFunction = completions.Select(_ => new double[rewards.Count]).ToArray();
+        for (int f = 0; f < rewards.Count; f++)
+        {
+            var scores = rewards[f].Score(inputs);
+            if (scores.Length != completions.Count)
+                throw new OrtLoraException($"reward function '{rewards[f].Name}' gave {scores.Length} scores for {completions.Count} completions");
+            for (int i = 0; i < scores.Length; i++) perFunction[i][f] = scores[i] ?? double.NaN;
+        }
+        var weights = grpo.RewardWeights ?? [.. rewards.Select(_ => 1.0)];
+        var (sums, advantages, std, zero) = GroupAdvantages.Compute(perFunction, weights, grpo.NumGenerations, grpo.ScaleRewards);
+        return new RolloutScores(perFunction, sums, advantages, std, zero);
+    }
+
+    /// <summary>Consecutive runs of <paramref name="batchSize"/> completions as right-padded batches: prompt + completion,
+    /// the completion's tokens labelled and weighted by −d loss / d log p (<see cref="GroupAdvantages.TokenWeights"/>).</summary>
+    public static List<GrpoMicroBatch> MicroBatches(IReadOnlyList<Completion> completions, RolloutScores scores, PolicySampler sampler,
+        TextTokenizer tokenizer, GrpoOptions grpo, int batchSize)
+    {
+        var scored = completions.Select((c, i) =>
+        {
+            int counted = grpo.MaskTruncatedCompletions && c.Truncated ? 0 : c.Ids.Count;
+            // β > 0: the KL term's gradient needs each token's log-probability under the policy and the reference
+            return grpo.Beta == 0 || counted == 0 ? new ScoredCompletion(counted, scores.Advantages[i])
+                : new ScoredCompletion(counted, scores.Advantages[i], sampler.CompletionLogps(c.Prompt.Ids, c.Ids, grpo.Temperature, reference: false),
+                    sampler.CompletionLogps(c.Prompt.Ids, c.Ids, grpo.Temperature, reference: true));
+        }).ToList();
+        long windowTokens = scored.Sum(s => (long)s.CountedTokens);
+        int accumulation = (completions.Count + batchSize - 1) / batchSize;
+        var batches = new List<GrpoMicroBatch>();
+        for (int start = 0; start < completions.Count; start += batchSize)
+        {
+            int rows = Math.Min(batchSize, completions.Count - start);
+            var part = scored.GetRange(start, rows);
+            var normalizers = GroupAdvantages.Normalizers(part, windowTokens, accumulation, grpo.LossType, grpo.MaxCompletionLength);
+            var (loss, klSum) = GroupAdvantages.Loss(part, normalizers, grpo.Beta);
+            int length = Enumerable.Range(start, rows).Max(i => completions[i].Prompt.Ids.Length + completions[i].Ids.Count);
+            var ids = new long[rows * length];
+            var mask = new long[rows * length];
+            var labels = new long[rows * length];
+            var weights = new float[rows * length];
+            Array.Fill(ids, tokenizer.PadId);
+            Array.Fill(labels, -100);
+            for (int r = 0; r < rows; r++)
+            {
+                var c = completions[start + r];
+                var tokenWeights = GroupAdvantages.TokenWeights(part[r], normalizers[r], grpo.Beta);
+                int at = r * length;
+                for (int t = 0; t < c.Prompt.Ids.Length; t++, at++) { ids[at] = c.Prompt.Ids[t]; mask[at] = 1; }
+                for (int t = 0; t < c.Ids.Count; t++, at++)
+                {
+                    ids[at] = c.Ids[t];
+                    mask[at] = 1;
+                    if (t < part[r].CountedTokens) { labels[at] = c.Ids[t]; weights[at] = tokenWeights[t]; }
+                }
+            }
+            batches.Add(new GrpoMicroBatch(new EngineBatch(ids, mask, labels, rows, length) { TokenWeights = weights }, loss, klSum,
+                part.Sum(p => p.CountedTokens)));
+        }
+        return batches;
+    }
+
+    /// <summary>TRL's log_completions, as JSON Lines: each completion with its prompt, rewards and advantage.</summary>
+    public static void AppendLog(string path, int step, IReadOnlyList<Completion> completions, RolloutScores scores, IReadOnlyList<IRewardFunction> rewards)
+    {
+        using var writer = File.AppendText(path);
+        for (int i = 0; i < completions.Count; i++)
+        {
+            var record = new JsonObject { ["step"] = step, ["prompt"] = completions[i].Prompt.Text, ["completion"] = completions[i].Text };
+            for (int f = 0; f < rewards.Count; f++) record[rewards[f].Name] = double.IsNaN(scores.PerFunction[i][f]) ? null : scores.PerFunction[i][f];
+            record["reward"] = scores.Rewards[i];
+            record["advantage"] = scores.Advantages[i];
+            writer.WriteLine(record.ToJsonString());
+        }
+    }
+}

@@ -1,0 +1,201 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using OrtLora.Autodiff;
+using OrtLora.Inference;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+using OrtLora.Training.Data;
+using OrtLora.Training.Engine;
+
+namespace OrtLora.Training.Grpo;
+
+/// <summary>What `ortlora grpo` was asked to do.</summary>
+public sealed record GrpoJob
+{
+    public required string ModelPath { get; init; }
+    public required string DataPath { get; init; }
+    /// <summary>--reward-funcs specs (<see cref="RewardFunctions.Parse"/>).</summary>
+    public required IReadOnlyList<string> RewardFuncs { get; init; }
+    public string? TokenizerPath { get; init; }
+    public LoraConfig Lora { get; init; } = new();
+    public string? InitFrom { get; init; }
+    /// <summary>A built-in chat template name for conversational prompts; null: the model's own, else ChatML.</summary>
+    public string? ChatTemplate { get; init; }
+    public GrpoOptions Grpo { get; init; } = new();
+    public TrainingArguments Args { get; init; } = new();
+    /// <summary>null: start fresh; "": the latest checkpoint in OutputDir; else a checkpoint folder.</summary>
+    public string? ResumeFromCheckpoint { get; init; }
+    /// <summary>Write each step's prompts, completions, rewards and advantages to OutputDir/completions.jsonl (TRL's log_completions).</summary>
+    public bool LogCompletions { get; init; }
+    public bool Merge { get; init; }
+}
+
+/// <summary>TRL's GRPOTrainer on the training engine, top to bottom: each step samples num_generations completions of
+/// (batch × accumulation) / num_generations prompts from the policy as it is, scores them with the reward functions,
+/// turns the rewards into group-relative advantages (<see cref="GroupAdvantages"/>), and takes one optimizer step on the
+/// loss of weighted tokens whose gradient is TRL's (one iteration per generation batch, so the policy ratio is 1).</summary>
+public static class GrpoTrainer
+{
+    public static TrainResult Run(GrpoJob job, ITrainingReporter reporter)
+    {
+        var args = job.Args;
+        var grpo = job.Grpo;
+        int completionsPerStep = args.PerDeviceTrainBatchSize * args.GradientAccumulationSteps;
+        if (completionsPerStep % grpo.NumGenerations != 0)
+            throw new OrtLoraException($"--per-device-train-batch-size × --gradient-accumulation-steps ({completionsPerStep}) must be a multiple of " +
+                $"--num-generations ({grpo.NumGenerations}): each step takes whole groups of completions");
+        var rewards = job.RewardFuncs.Select(spec => RewardFunctions.Parse(spec, grpo.MaxCompletionLength)).ToList();
+        try
+        {
+            grpo.Validate(rewards.Count);
+            return Train(job, rewards, reporter);
+        }
+        finally
+        {
+            foreach (var r in rewards) r.Dispose();
+        }
+    }
+
+    static TrainResult Train(GrpoJob job, List<IRewardFunction> rewards, ITrainingReporter reporter)
+    {
+        var args = job.Args;
+        var grpo = job.Grpo;
+        Directory.CreateDirectory(args.OutputDir);
+        using var model = OnnxModel.Load(job.ModelPath);
+        var lora = LoraModel.Read(model);
+        if (lora is not null && job.InitFrom is not null)
+            throw new OrtLoraException($"{job.ModelPath}: the model already has LoRA adapters; --init-from is for a plain model");
+        lora ??= job.InitFrom is { } dir ? LoraInjector.Inject(model, PeftAdapter.Load(dir)) : LoraInjector.Inject(model, job.Lora);
+
+        var tokenizerPath = job.TokenizerPath ?? Path.GetDirectoryName(Path.GetFullPath(job.ModelPath))!;
+        var tokenizer = TokenizerLoader.Load(tokenizerPath);
+        VocabularyCheck.Require(tokenizer, model);
+        var tokenizerDir = Directory.Exists(tokenizerPath) ? tokenizerPath : Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!;
+        var config = TokenizerConfig.Read(tokenizerDir);
+        var chat = Data.ChatTemplate.Resolve(job.ChatTemplate, config ?? tokenizer.Config, Path.Combine(tokenizerDir, "tokenizer_config.json"));
+        var prompts = GrpoPrompts.Load(job.DataPath, tokenizer, chat, grpo.MaxPromptLength, args.Seed);
+        foreach (var reward in rewards)
+            if (reward.RequiredColumns.FirstOrDefault(c => !prompts.Columns.Contains(c)) is { } missing)
+                throw new OrtLoraException($"{job.DataPath}: reward function '{reward.Name}' reads column '{missing}', which the file lacks (columns: {string.Join(", ", prompts.Columns)})");
+
+        int promptsPerStep = args.PerDeviceTrainBatchSize * args.GradientAccumulationSteps / grpo.NumGenerations;
+        int stepsPerEpoch = (prompts.All.Count + promptsPerStep - 1) / promptsPerStep;
+        int totalSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * stepsPerEpoch);
+        int warmup = LrSchedule.WarmupSteps(args, totalSteps);
+
+        var vectors = model.Graph.Initializer.Where(t => TrainingGraph.IsTrainable(t.Name) && t.Dims.Count == 1).Select(t => t.Name).ToHashSet();
+        var adamW = new AdamWOptions(args.AdamBeta1, args.AdamBeta2, args.AdamEpsilon, args.WeightDecay,
+            LrMultiplier: p => TrainingArguments.LoraPlusGroupB(p, vectors.Contains(p)) ? args.LoraplusLrRatio : 1.0,
+            Decays: TrainingArguments.DecaysWeight);
+        var compute = args.Bf16 ? ComputeType.BFloat16 : args.Fp16 ? ComputeType.Float16 : ComputeType.Float32;
+        using var session = new TrainingSession(model, new TrainingSessionOptions(adamW, Optimization: args.OrtOptimizationLevel, Device: args.Device,
+            EpLibrary: args.EpLibrary, Compute: compute, GradientCheckpointing: args.GradientCheckpointing, Seed: args.Seed, LossChunks: args.LossChunks,
+            TokenWeighted: true, LogitsTemperature: grpo.Temperature));
+        using var sessionOptions = OrtRun.DefaultOptions();
+        using var sampler = new PolicySampler(model, sessionOptions);
+
+        var state = new TrainerState(0, 0, 0, args.Seed, 0);
+        var best = new BestModel(args);
+        var log = new TrainingLog(args.OutputDir);
+        var completionsLog = Path.Combine(args.OutputDir, "completions.jsonl");
+        if (job.ResumeFromCheckpoint is { } resume)
+        {
+            var path = resume == "" ? Checkpoint.Latest(args.OutputDir) ?? throw new OrtLoraException($"{args.OutputDir}: no checkpoint to resume from") : resume;
+            state = Trainer.Restore(session, best, path);
+            log.Reload(state.GlobalStep);
+            reporter.Info($"resumed from {path} at step {state.GlobalStep}");
+        }
+        else
+        {
+            File.Delete(Path.Combine(args.OutputDir, "metrics.jsonl"));
+            File.Delete(completionsLog);
+        }
+
+        var stops = PromptFormat.StopIds(prompts.Conversational ? "chat" : "raw", tokenizer, chat).ToHashSet();
+        if (tokenizer.EosId is int eos) stops.Add(eos);
+        reporter.Started(totalSteps, state.GlobalStep,
+            $"{lora.Adapters.Count} adapters, {session.ParameterNames.Sum(p => session.Graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b)):N0} trainable parameters; " +
+            $"{prompts.All.Count} prompts ({(prompts.Conversational ? "conversational" : "text")}), {promptsPerStep} per step × {grpo.NumGenerations} completions; " +
+            $"rewards: {string.Join(", ", rewards.Select(r => r.Name))}; loss {grpo.LossType}, {totalSteps} steps, warmup {warmup}");
+
+        var window = new GrpoMetrics(rewards.Select(r => r.Name).ToList());
+        var clock = Stopwatch.StartNew();
+        var runClock = Stopwatch.StartNew();
+        double lastLoss = double.NaN, lossThisRun = 0;
+        int stepsThisRun = 0;
+        while (state.GlobalStep < totalSteps)
+        {
+            double lr = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs);
+            // The step's prompts, in the epoch's order; an epoch's last step may take the next epoch's first prompts.
+            var group = new List<GrpoPrompt>();
+            var (epoch, index) = (state.Epoch, (int)state.DataIndex);
+            while (group.Count < promptsPerStep)
+            {
+                if (index == prompts.All.Count) (epoch, index) = (epoch + 1, 0);
+                group.Add(prompts.At(epoch, index++));
+            }
+
+            sampler.SetParameters(session.GetParameters(), session.Graph.ParameterShapes);
+            var rollout = GrpoRollout.Sample(sampler, group, tokenizer, grpo, stops, args.Seed, state.GlobalStep);
+            var scores = GrpoRollout.Score(rollout, rewards, grpo);
+            var micro = GrpoRollout.MicroBatches(rollout, scores, sampler, tokenizer, grpo, args.PerDeviceTrainBatchSize);
+            double loss = micro.Sum(m => m.Loss);
+            if (micro.Count == 1) session.Step(micro[0].Batch, (float)lr, (float)args.MaxGradNorm);
+            else
+            {
+                foreach (var m in micro) session.Accumulate(m.Batch, 1f);
+                session.ApplyAccumulated((float)lr, (float)args.MaxGradNorm);
+            }
+            if (!double.IsFinite(session.LastGradNorm))
+                throw new OrtLoraException($"the gradient norm is {session.LastGradNorm} at step {state.GlobalStep + 1}: training stopped");
+            long tokens = micro.Sum(m => m.Batch.AttentionMask.Sum());
+            state = state with { GlobalStep = state.GlobalStep + 1, Epoch = epoch, DataIndex = index, TokensSeen = state.TokensSeen + tokens };
+            window.Add(rollout, scores, loss, micro.Sum(m => m.KlSum), micro.Sum(m => (long)m.CountedTokens), tokens);
+            lastLoss = loss; lossThisRun += loss; stepsThisRun++;
+            if (job.LogCompletions) GrpoRollout.AppendLog(completionsLog, state.GlobalStep, rollout, scores, rewards);
+
+            double tokensPerSecond = window.Tokens / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
+            reporter.Stepped(new StepReport(state.GlobalStep, totalSteps, epoch, loss, lr, session.LastGradNorm, tokensPerSecond));
+            if (state.GlobalStep % Math.Max(1, args.LoggingSteps) == 0 || state.GlobalStep == totalSteps || args.LoggingFirstStep && state.GlobalStep == 1)
+            {
+                var record = new JsonObject
+                {
+                    ["step"] = state.GlobalStep, ["epoch"] = Math.Round(epoch + (double)index / prompts.All.Count, 4),
+                    ["learning_rate"] = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs),
+                    ["grad_norm"] = session.LastGradNorm, ["num_tokens"] = state.TokensSeen, ["tokens_per_second"] = tokensPerSecond,
+                };
+                window.Report(record, grpo.Beta > 0);
+                log.Append(record);
+                reporter.Info($"step {state.GlobalStep}: loss {(double)record["loss"]!:F4}  reward {(double)record["reward"]!:F4}  reward_std {(double)record["reward_std"]!:F4}  " +
+                    $"mean_length {(double)record["completions/mean_length"]!:F1}  clipped_ratio {(double)record["completions/clipped_ratio"]!:F2}");
+                clock.Restart();
+            }
+            if (args.SaveStrategy == "steps" && args.SaveSteps > 0 && state.GlobalStep % args.SaveSteps == 0)
+            {
+                Trainer.SaveCheckpoint(model, session, state, best, args.OutputDir, args.SaveOnlyModel);
+                Checkpoint.Prune(args.OutputDir, args.SaveTotalLimit);
+            }
+        }
+
+        double runtime = runClock.Elapsed.TotalSeconds;
+        if (stepsThisRun > 0)
+            log.Append(new JsonObject
+            {
+                ["step"] = state.GlobalStep, ["train_runtime"] = Math.Round(runtime, 4),
+                ["train_steps_per_second"] = Math.Round(stepsThisRun / Math.Max(1e-9, runtime), 3), ["train_loss"] = lossThisRun / stepsThisRun,
+            });
+        log.SavePlot(Path.Combine(args.OutputDir, "loss.png"));
+        Trainer.SetParameters(model, session.GetParameters());
+        AdapterExporter.Export(model).Save(args.OutputDir);
+        string? merged = null;
+        if (job.Merge)
+        {
+            var mergedDir = Path.Combine(args.OutputDir, "merged");
+            LoraMerger.Merge(model);
+            merged = Path.Combine(mergedDir, "model.onnx");
+            model.Save(merged);
+            Deploy.GenAiConfig.CopyTokenizerFiles(tokenizerPath, mergedDir);
+        }
+        return new TrainResult(state.GlobalStep, null, null, lastLoss, args.OutputDir, merged);
+    }
+}
