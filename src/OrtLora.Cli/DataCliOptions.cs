@@ -6,7 +6,7 @@ namespace OrtLora.Cli;
 /// <summary>How Parquet rows become token sequences, shared by `train` and `eval` (TRL's / the Trainer's names).</summary>
 public sealed class DataCliOptions
 {
-    public Option<string> Format { get; } = new("--dataset-format") { Description = "auto, text, instruction, chat, prompt-completion (TRL's: prompt and completion columns, text or messages) preference (TRL's: chosen and rejected, with or without prompt; trains with the DPO loss) or unpaired-preference (prompt, completion, label; KTO)", DefaultValueFactory = _ => "auto" };
+    public Option<string> Format { get; } = new("--dataset-format") { Description = "auto, text, instruction, chat, prompt-completion (TRL's: prompt and completion columns, text or messages), preference (TRL's: chosen and rejected, with or without prompt; trains with the DPO loss), unpaired-preference (prompt, completion, label; KTO) or prompt-only (TRL's: a prompt column, for ortlora grpo)", DefaultValueFactory = _ => "auto" };
     public Option<string> TextColumn { get; } = new("--dataset-text-field", "--text-column") { Description = "column of plain-text data (TRL's dataset_text_field)", DefaultValueFactory = _ => "text" };
     public Option<string?> ChatTemplate { get; } = new("--chat-template") { Description = "chatml, llama2 or a Jinja template file (default: the tokenizer's own template, run as transformers runs it, else chatml)" };
     public Option<string?> Tokenizer { get; } = new("--tokenizer") { Description = "tokenizer file or directory (default: beside the model)" };
@@ -18,7 +18,7 @@ public sealed class DataCliOptions
 
     public DataCliOptions()
     {
-        Format.AcceptOnlyFromAmong("auto", "text", "instruction", "chat", "prompt-completion", "preference", "unpaired-preference");
+        Format.AcceptOnlyFromAmong("auto", "text", "instruction", "chat", "prompt-completion", "preference", "unpaired-preference", "prompt-only");
         TruncationMode.AcceptOnlyFromAmong("keep_end", "keep_start");
     }
 

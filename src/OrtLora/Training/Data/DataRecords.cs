@@ -3,8 +3,9 @@ namespace OrtLora.Training.Data;
 /// <summary>How rows of a data file become examples. <see cref="Auto"/> picks from the columns: <c>messages</c> → chat,
 /// <c>chosen</c> + <c>rejected</c> → preference (TRL's, trained with the DPO loss), <c>prompt</c> + <c>completion</c> +
 /// <c>label</c> → unpaired preference (TRL's, trained with the KTO loss), <c>prompt</c> + <c>completion</c> →
-/// prompt-completion (TRL's), <c>instruction</c> + <c>output</c> → instruction, the text column → text.</summary>
-public enum DatasetFormat { Auto, Text, Instruction, Chat, PromptCompletion, Preference, UnpairedPreference }
+/// prompt-completion (TRL's), <c>prompt</c> alone → prompt-only (TRL's, what GRPO samples completions for),
+/// <c>instruction</c> + <c>output</c> → instruction, the text column → text.</summary>
+public enum DatasetFormat { Auto, Text, Instruction, Chat, PromptCompletion, Preference, UnpairedPreference, Prompt }
 
 /// <summary>One message of a conversation, as Hugging Face's chat format writes it: an assistant's tool calls, a tool
 /// result's name and tool_call_id, where the data has them.</summary>
@@ -46,6 +47,14 @@ public sealed record UnpairedPreferenceRecord(string Prompt, string Completion, 
 /// <summary>TRL's unpaired preference row, conversational kind.</summary>
 public sealed record ChatUnpairedPreferenceRecord(IReadOnlyList<ChatMessage> Prompt, IReadOnlyList<ChatMessage> Completion, bool Label,
     string? Tools = null) : DataRecord;
+
+/// <summary>TRL's prompt-only row (GRPO's), standard kind: the prompt, and the row's other scalar columns as text
+/// (a reference answer, say), by column name, for reward functions; a null value stays null.</summary>
+public sealed record PromptRecord(string Prompt, IReadOnlyDictionary<string, string?> Columns) : DataRecord;
+
+/// <summary>TRL's prompt-only row, conversational kind: the prompt's messages; <see cref="Tools"/> as for
+/// <see cref="ChatRecord"/>; <see cref="Columns"/> as for <see cref="PromptRecord"/> (tools not among them).</summary>
+public sealed record ChatPromptRecord(IReadOnlyList<ChatMessage> Prompt, string? Tools, IReadOnlyDictionary<string, string?> Columns) : DataRecord;
 
 /// <summary>What reading found: rows read, and rows skipped because a needed value was null or empty
 /// (whitespace only counts as empty; a chat without an assistant turn counts as empty).</summary>

@@ -120,11 +120,12 @@ public sealed partial class ParquetDataset : IDisposable
         if (Columns.Contains("chosen") && Columns.Contains("rejected")) return DatasetFormat.Preference;
         if (Columns.Contains("prompt") && Columns.Contains("completion") && Columns.Contains("label")) return DatasetFormat.UnpairedPreference;
         if (Columns.Contains("prompt") && Columns.Contains("completion")) return DatasetFormat.PromptCompletion;
+        if (Columns.Contains("prompt") && !new[] { "completion", "chosen", "rejected", MessagesColumn }.Any(Columns.Contains)) return DatasetFormat.Prompt;
         if (Columns.Contains("instruction") && Columns.Contains("output")) return DatasetFormat.Instruction;
         if (Columns.Contains(TextColumn)) return DatasetFormat.Text;
         throw new OrtLoraException($"{Path}: cannot tell the data format from its columns ({string.Join(", ", Columns)}); " +
                                    $"expected '{TextColumn}' (text), 'instruction'/'input'/'output' (instruction), 'prompt'/'completion' (prompt-completion), " +
-                                   $"'{MessagesColumn}' (chat) or 'chosen'/'rejected' (preference)");
+                                   $"'{MessagesColumn}' (chat), 'chosen'/'rejected' (preference) or 'prompt' alone (prompt-only, for `ortlora grpo`)");
     }
 
     void RequireColumns()
@@ -136,6 +137,7 @@ public sealed partial class ParquetDataset : IDisposable
             DatasetFormat.PromptCompletion => ["prompt", "completion"],
             DatasetFormat.Preference => ["chosen", "rejected"],
             DatasetFormat.UnpairedPreference => ["prompt", "completion"],
+            DatasetFormat.Prompt => ["prompt"],
             _ => new[] { MessagesColumn },
         };
         foreach (var column in needed)
@@ -143,7 +145,7 @@ public sealed partial class ParquetDataset : IDisposable
                 throw new OrtLoraException($"{Path}: no column '{column}' for {FormatName(Format)} data; " +
                                            $"the file has columns: {string.Join(", ", Columns)}");
         if (Format == DatasetFormat.Chat) RequireMessageFields(MessagesColumn);
-        else if (Format is DatasetFormat.PromptCompletion or DatasetFormat.Preference or DatasetFormat.UnpairedPreference)
+        else if (Format is DatasetFormat.PromptCompletion or DatasetFormat.Preference or DatasetFormat.UnpairedPreference or DatasetFormat.Prompt)
         {
             // TRL's two kinds: all columns text (standard), or all lists of messages (conversational). Preference
             // data's prompt column is optional (TRL's implicit prompt: the chosen and rejected columns' common start).
@@ -172,10 +174,11 @@ public sealed partial class ParquetDataset : IDisposable
     {
         DatasetFormat.PromptCompletion => "prompt-completion",
         DatasetFormat.UnpairedPreference => "unpaired-preference",
+        DatasetFormat.Prompt => "prompt-only",
         _ => format.ToString().ToLowerInvariant(),
     };
 
-    /// <summary>A --dataset-format value: auto, text, instruction, chat or prompt-completion.</summary>
+    /// <summary>A --dataset-format value: one of the <see cref="FormatName"/>s, '_' read as '-' (prompt_only).</summary>
     public static DatasetFormat ParseFormat(string name)
     {
         var key = name.ToLowerInvariant().Replace('_', '-');
@@ -183,10 +186,10 @@ public sealed partial class ParquetDataset : IDisposable
         throw new OrtLoraException($"unknown dataset format '{name}'; expected {string.Join(", ", Enum.GetValues<DatasetFormat>().Select(FormatName))}");
     }
 
-    /// <summary>Prompt-completion or preference data whose columns are lists of messages (TRL's conversational kind).</summary>
+    /// <summary>Prompt-completion, preference or prompt-only data whose columns are lists of messages (TRL's conversational kind).</summary>
     public bool ConversationalPrompts { get; private set; }
 
-    /// <summary>Rows go through a chat template: chat data, or conversational prompt-completion data.</summary>
+    /// <summary>Rows go through a chat template: chat data, or the conversational kind of the prompt formats.</summary>
     public bool IsConversational => Format == DatasetFormat.Chat || ConversationalPrompts;
 
     /// <summary>Chat data is a list of structs with string fields role and content.</summary>
@@ -215,6 +218,8 @@ public sealed partial class ParquetDataset : IDisposable
                 DatasetFormat.Preference => ReadPreferences(group),
                 DatasetFormat.UnpairedPreference when ConversationalPrompts => ReadConversationalUnpaired(group),
                 DatasetFormat.UnpairedPreference => ReadUnpaired(group),
+                DatasetFormat.Prompt when ConversationalPrompts => ReadConversationalPrompts(group),
+                DatasetFormat.Prompt => ReadPrompts(group),
                 _ => ReadChats(group),
             };
             _summaryByGroup[group] = new DataSummary(rows.Count, rows.Count(r => r.Skip == Skip.Null), rows.Count(r => r.Skip == Skip.Empty));

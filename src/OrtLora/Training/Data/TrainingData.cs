@@ -106,6 +106,13 @@ public sealed class TrainingData : IDisposable
         if (options.MaxPromptLength <= 0 || options.MaxCompletionLength <= 0)
             throw new OrtLoraException($"--max-prompt-length and --max-completion-length must be positive, got {options.MaxPromptLength} and {options.MaxCompletionLength}");
         var train = ParquetDataset.Open(trainPath, options.Format, options.TextColumn);
+        // Without this the renderer and encoders, which know completions only, would fail on the first row.
+        if (train.Format == DatasetFormat.Prompt)
+        {
+            train.Dispose();
+            throw new OrtLoraException($"{trainPath}: prompt-only data (a 'prompt' column and no completion) has nothing to learn from by itself: " +
+                                       "it is for `ortlora grpo`, which samples completions and scores them with reward functions");
+        }
         if (train.Format is DatasetFormat.Preference or DatasetFormat.UnpairedPreference && (options.Packing || options.GroupByLength))
         {
             train.Dispose();
