@@ -103,6 +103,23 @@ public class GraphsDemoAssetsTests
         Assert.That(train.Count(r => r.Input != ""), Is.InRange(train.Count / 4, train.Count * 3 / 4), "a mix of rows with and without input");
     }
 
+    /// <summary>The committed GRPO prompts are the training rows' Alpaca prompts, as ortlora renders them, with each row's
+    /// answer as the solution column; prompt-only data, what the code makes.</summary>
+    [Test]
+    public void GrpoPromptsAreTheTrainingRowsPromptsWithTheirAnswers()
+    {
+        var rows = DemoDataset.Read(Tiny("demo.parquet"));
+        using var file = OrtLora.Training.Data.ParquetDataset.Open(Tiny("demo_prompts.parquet"));
+        Assert.That(file.Format, Is.EqualTo(OrtLora.Training.Data.DatasetFormat.Prompt));
+        var prompts = file.ReadAll().Select(r => (OrtLora.Training.Data.PromptRecord)r.Record).ToList();
+        Assert.That(prompts, Has.Count.EqualTo(rows.Count));
+        for (int i = 0; i < rows.Count; i++)
+        {
+            Assert.That(prompts[i].Prompt, Is.EqualTo(OrtLora.Training.Data.AlpacaTemplate.Prompt(new(rows[i].Instruction, rows[i].Input, rows[i].Output))));
+            Assert.That(prompts[i].Columns["solution"], Is.EqualTo(rows[i].Output));
+        }
+    }
+
     /// <summary>The committed preference pairs are the demo rows': each row's Alpaca prompt as ortlora renders it, its
     /// answer chosen, and a wrong answer of the same sentence form rejected; they are what the code makes.</summary>
     [TestCase("demo.parquet", "demo_preferences.parquet")]

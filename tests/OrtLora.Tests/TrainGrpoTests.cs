@@ -1,0 +1,131 @@
+using System.Text.Json.Nodes;
+using OrtLora.Lora;
+using static OrtLora.Tests.LoraTestKit;
+
+namespace OrtLora.Tests;
+
+/// <summary>`ortlora grpo` (TRL's GRPOTrainer) on the embedded tiny model: completions sampled from the policy as it is,
+/// scored by reward functions, and the adapters trained toward the better ones of each group.</summary>
+public class TrainGrpoTests
+{
+    sealed class PromptRow { public string? prompt { get; set; } public string? solution { get; set; } }
+
+    static readonly Lazy<string> Prompts = new(() => Shared.WriteParquet(new[]
+    {
+        "What is the capital of France?", "What is the opposite of hot?", "What sound does a cow make?", "Is this review positive or negative? The movie was great.",
+    }.Select(p => new PromptRow { prompt = p, solution = "x" }), "grpo_prompts.parquet"));
+
+    /// <summary>Short completions of the random model, rewarded for holding the letter e: about three in four do at first.</summary>
+    static string[] GrpoArgs(string output, params string[] extra) =>
+    [
+        "grpo", Tiny("model.onnx"), "--data", Prompts.Value, "--reward-funcs", "regex:e", "--max-completion-length", "8",
+        "--num-generations", "8", "--per-device-train-batch-size", "16", "--learning-rate", "1e-2", "--logging-steps", "1", "--plain-log",
+        "-o", output, .. extra,
+    ];
+
+    /// <summary><paramref name="args"/> with <paramref name="option"/>'s value replaced.</summary>
+    static string[] With(string[] args, string option, string value) => [.. args.Select((a, i) => i > 0 && args[i - 1] == option ? value : a)];
+
+    static List<JsonNode> Metrics(string dir) => [.. File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)];
+    static double[] Series(List<JsonNode> metrics, string name) => [.. metrics.Where(m => m[name] is not null && m["train_runtime"] is null).Select(m => m[name]!.GetValue<double>())];
+
+    /// <summary>The reward rises from the random model's share to every completion, and TRL's metrics are logged: the
+    /// reward is the mean of the function's, reward_std the group's, the loss (ratio 1, equal lengths) zero.</summary>
+    [Test]
+    public void TheRewardRisesToOne()
+    {
+        var dir = Shared.TempDir();
+        var run = OrtloraOk(GrpoArgs(dir, "--max-steps", "30", "--log-completions"));
+        Assert.That(run.Out, Does.Contain("4 prompts (text), 2 per step × 8 completions"));
+        var metrics = Metrics(dir);
+        var reward = Series(metrics, "reward");
+        Assert.That(reward, Has.Length.EqualTo(30));
+        Assert.That(reward.Take(3).Average(), Is.InRange(0.3, 0.95), "the random model's completions hold an e about as often as not");
+        Assert.That(reward.TakeLast(5), Is.All.EqualTo(1.0), "after training every completion does");
+        Assert.That(Series(metrics, "rewards/regex/mean"), Is.EqualTo(reward), "one function of weight 1: its mean is the reward");
+        Assert.That(Series(metrics, "frac_reward_zero_std")[^1], Is.EqualTo(1.0));
+        Assert.That(Series(metrics, "completions/mean_length"), Is.All.InRange(1.0, 8.0));
+        Assert.That(metrics[0]["grad_norm"]!.GetValue<double>(), Is.GreaterThan(0));
+
+        // log_completions: each completion with its reward and advantage; a group's advantages sum to zero
+        var logged = File.ReadAllLines(Path.Combine(dir, "completions.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
+        Assert.That(logged, Has.Count.EqualTo(30 * 16));
+        var first = logged.Take(8).ToList();
+        Assert.That(first.Select(c => c["prompt"]!.GetValue<string>()).Distinct().Count(), Is.EqualTo(1), "a group is one prompt's completions");
+        foreach (var c in first)
+            Assert.That(c["regex"]!.GetValue<double>(), Is.EqualTo(c["completion"]!.GetValue<string>().Contains('e') ? 1.0 : 0.0));
+        Assert.That(first.Sum(c => c["advantage"]!.GetValue<double>()), Is.EqualTo(0).Within(1e-9));
+
+        // the adapter is PEFT's, and it moved
+        var adapter = SafeTensors.Read(Path.Combine(dir, "adapter_model.safetensors"));
+        Assert.That(adapter.Where(kv => kv.Key.Contains("lora_B")).Sum(kv => kv.Value.AsFloats().Sum(v => Math.Abs(v))), Is.GreaterThan(0));
+    }
+
+    /// <summary>A step's gradient is the same whichever way its completions are split into micro-batches, for each loss
+    /// type: dapo normalizes by the whole step's tokens, grpo's and bnpo's micro-batch means are divided by the
+    /// accumulation steps (the micro-batches here hold whole groups of equal token counts, where bnpo's local count is
+    /// the global one's share). The logged grad_norm, before clipping, compares the gradients themselves (AdamW's
+    /// first step is blind to their scale).</summary>
+    [TestCase("dapo")]
+    [TestCase("grpo")]
+    [TestCase("dr_grpo")]
+    public void AccumulationGivesTheOneBatchGradient(string lossType)
+    {
+        var whole = Shared.TempDir();
+        OrtloraOk(GrpoArgs(whole, "--max-steps", "1", "--loss-type", lossType));
+        var split = Shared.TempDir();
+        OrtloraOk(With(GrpoArgs(split, "--max-steps", "1", "--loss-type", lossType, "--gradient-accumulation-steps", "2"), "--per-device-train-batch-size", "8"));
+        double expected = Metrics(whole)[0]["grad_norm"]!.GetValue<double>();
+        Assert.That(expected, Is.GreaterThan(1e-3));
+        Assert.That(Metrics(split)[0]["grad_norm"]!.GetValue<double>(), Is.EqualTo(expected).Within(1e-4 * expected));
+        Assert.That(Metrics(split)[0]["reward"]!.GetValue<double>(), Is.EqualTo(Metrics(whole)[0]["reward"]!.GetValue<double>()), "the same completions");
+    }
+
+    /// <summary>A run resumed from a checkpoint draws the same completions (each sampler is seeded from the step and its
+    /// place) and ends byte for byte like the straight run.</summary>
+    [Test]
+    public void AResumedRunEndsLikeTheStraightRun()
+    {
+        var straight = Shared.TempDir();
+        var resumed = Shared.TempDir();
+        OrtloraOk(GrpoArgs(straight, "--max-steps", "4", "--save-steps", "2"));
+        OrtloraOk(GrpoArgs(resumed, "--max-steps", "4", "--save-steps", "2"));
+        File.Delete(Path.Combine(resumed, "adapter_model.safetensors"));
+        Directory.Delete(Path.Combine(resumed, "checkpoint-4"), recursive: true);
+        OrtloraOk(GrpoArgs(resumed, "--max-steps", "4", "--save-steps", "2", "--resume-from-checkpoint"));
+        Assert.That(File.ReadAllBytes(Path.Combine(resumed, "adapter_model.safetensors")),
+            Is.EqualTo(File.ReadAllBytes(Path.Combine(straight, "adapter_model.safetensors"))));
+        Assert.That(Series(Metrics(resumed), "reward"), Is.EqualTo(Series(Metrics(straight), "reward")), "the same completions, the log continued");
+    }
+
+    /// <summary>β > 0: the KL to the model as training started is logged (0 before the first update, then positive).</summary>
+    [Test]
+    public void BetaLogsTheKlToTheStartingModel()
+    {
+        var dir = Shared.TempDir();
+        OrtloraOk(GrpoArgs(dir, "--max-steps", "4", "--beta", "0.04", "--loss-type", "grpo"));
+        var kl = Series(Metrics(dir), "kl");
+        Assert.That(kl, Has.Length.EqualTo(4));
+        Assert.That(kl[0], Is.EqualTo(0).Within(1e-6), "step 1 samples from the starting model itself");
+        Assert.That(kl[^1], Is.GreaterThan(1e-4));
+    }
+
+    [Test]
+    public void MistakesAreOneClearError()
+    {
+        var dir = Shared.TempDir();
+        var odd = Ortlora(With(GrpoArgs(dir, "--max-steps", "1"), "--num-generations", "3"));
+        Assert.That(odd.ExitCode, Is.EqualTo(1));
+        Assert.That(odd.Error, Does.Contain("multiple of --num-generations"));
+        var sft = Ortlora(["grpo", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "--reward-funcs", "exact_match", "-o", dir]);
+        Assert.That(sft.ExitCode, Is.EqualTo(1));
+        Assert.That(sft.Error, Does.Contain("demo.parquet").And.Contain("prompt-only"));
+        var column = Ortlora(With(GrpoArgs(dir, "--max-steps", "1"), "--reward-funcs", "exact_match:answer"));
+        Assert.That(column.ExitCode, Is.EqualTo(1));
+        Assert.That(column.Error, Does.Contain("'answer'").And.Contain("grpo_prompts.parquet"));
+        var unknown = Ortlora(With(GrpoArgs(dir, "--max-steps", "1"), "--reward-funcs", "accuracy"));
+        Assert.That(unknown.ExitCode, Is.EqualTo(1));
+        Assert.That(unknown.Error, Does.Contain("accuracy"));
+        Assert.That(File.Exists(Path.Combine(dir, "adapter_model.safetensors")), Is.False, "no partial output");
+    }
+}
