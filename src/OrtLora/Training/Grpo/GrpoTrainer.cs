@@ -44,9 +44,11 @@ public static class GrpoTrainer
         if (completionsPerStep % grpo.NumGenerations != 0)
             throw new OrtLoraException($"--per-device-train-batch-size × --gradient-accumulation-steps ({completionsPerStep}) must be a multiple of " +
                 $"--num-generations ({grpo.NumGenerations}): each step takes whole groups of completions");
-        var rewards = job.RewardFuncs.Select(spec => RewardFunctions.Parse(spec, grpo.MaxCompletionLength)).ToList();
+        var rewards = new List<IRewardFunction>();
         try
         {
+            // one at a time: a command reward's process is running once parsed, and a later spec may be the wrong one
+            foreach (var spec in job.RewardFuncs) rewards.Add(RewardFunctions.Parse(spec, grpo.MaxCompletionLength));
             grpo.Validate(rewards.Count);
             return Train(job, rewards, reporter);
         }
