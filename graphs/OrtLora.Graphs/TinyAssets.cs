@@ -30,8 +30,9 @@ public static class TinyAssets
         DemoPreferences.Write(Path.Combine(directory, "demo_preferences.parquet"), DemoPreferences.Build(train));
         DemoPreferences.Write(Path.Combine(directory, "demo_preferences_eval.parquet"), DemoPreferences.Build(eval));
         // GRPO's prompt-only data: the Alpaca prompt, and the answer as the solution column its rewards compare with
-        DemoDataset.WriteStrings(Path.Combine(directory, "demo_prompts.parquet"), ["prompt", "solution"],
-            [train.Select(r => AlpacaText(r with { Output = "" })), train.Select(r => r.Output)]);
+        foreach (var (rows, name) in new[] { (train, "demo_prompts.parquet"), (eval, "demo_prompts_eval.parquet") })
+            DemoDataset.WriteStrings(Path.Combine(directory, name), ["prompt", "solution"],
+                [rows.Select(r => AlpacaText(r with { Output = "" })), rows.Select(r => r.Output)]);
 
         var bpe = TrainTokenizer(train, shape.VocabSize);
         ModelFiles.WriteAtomically(Path.Combine(directory, "vocab.json"), bpe.VocabJson());

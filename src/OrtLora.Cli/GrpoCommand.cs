@@ -14,6 +14,11 @@ public static class GrpoCommand
         var output = new Option<string>("--output", "-o") { Description = "output directory (adapter, checkpoints, metrics.jsonl, loss.png)", Required = true };
         var lora = new LoraOptions();
         var data = new Option<string>("--data") { Description = "prompt-only data (.parquet or .jsonl): a 'prompt' column (text or messages) and the columns the reward functions read", Required = true };
+        var evalData = new Option<string?>("--eval-data") { Description = "prompt-only data sampled and scored at each evaluation (eval_reward ...)" };
+        var evalSteps = new Option<int>("--eval-steps") { Description = "evaluate every N steps (also before the first and after the last)" };
+        var evalStrategy = new Option<string>("--eval-strategy") { Description = "steps or no", DefaultValueFactory = _ => "steps" };
+        evalStrategy.AcceptOnlyFromAmong("steps", "no");
+        var generationsEval = new Option<int?>("--num-generations-eval") { Description = "completions per eval prompt (default: --num-generations)" };
         var rewardFuncs = new Option<string[]>("--reward-funcs")
         {
             Description = $"reward functions, each one of: {string.Join(", ", RewardFunctions.Names)} (several: --reward-funcs a b)",
@@ -69,7 +74,7 @@ public static class GrpoCommand
 
         var cmd = new Command("grpo", "GRPO (TRL's GRPOTrainer): sample completions of prompts, score them with reward functions, train the adapters toward the better ones") { model, output };
         lora.AddTo(cmd);
-        foreach (var o in new Option[] { data, rewardFuncs, rewardWeights, tokenizer, chatTemplate, generations, maxCompletion, maxPrompt, temperature, topP, topK, repetition,
+        foreach (var o in new Option[] { data, evalData, evalSteps, evalStrategy, generationsEval, rewardFuncs, rewardWeights, tokenizer, chatTemplate, generations, maxCompletion, maxPrompt, temperature, topP, topK, repetition,
                      beta, lossType, scale, maskTruncated, logCompletions, epochs, maxSteps, batch, accumulation, lr, scheduler, warmupRatio, warmupSteps, weightDecay,
                      beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, saveSteps, saveLimit, saveOnlyModel, loraplus, lossChunks, device, epLibrary, fp16, bf16,
                      checkpointing, resume, merge, plain })
@@ -86,7 +91,7 @@ public static class GrpoCommand
                 MaxGradNorm = parse.GetValue(maxGradNorm), Seed = parse.GetValue(lora.Seed), LoggingSteps = parse.GetValue(logging), LoggingFirstStep = parse.GetValue(loggingFirst),
                 SaveSteps = parse.GetValue(saveSteps), SaveTotalLimit = parse.GetValue(saveLimit), SaveOnlyModel = parse.GetValue(saveOnlyModel), LoraplusLrRatio = parse.GetValue(loraplus),
                 LossChunks = parse.GetValue(lossChunks), Device = parse.GetValue(device)!, EpLibrary = parse.GetValue(epLibrary), Fp16 = parse.GetValue(fp16), Bf16 = parse.GetValue(bf16),
-                GradientCheckpointing = parse.GetValue(checkpointing),
+                GradientCheckpointing = parse.GetValue(checkpointing), EvalSteps = parse.GetValue(evalSteps), EvalStrategy = parse.GetValue(evalStrategy)!,
             };
             if (args.PerDeviceTrainBatchSize < 1 || args.GradientAccumulationSteps < 1) throw new OrtLoraException("--per-device-train-batch-size and --gradient-accumulation-steps must be at least 1");
             if (args.LearningRate <= 0) throw new OrtLoraException("--learning-rate must be positive");
@@ -95,11 +100,11 @@ public static class GrpoCommand
             var weights = parse.GetValue(rewardWeights);
             var job = new GrpoJob
             {
-                ModelPath = parse.GetValue(model)!, DataPath = parse.GetValue(data)!, RewardFuncs = parse.GetValue(rewardFuncs)!,
+                ModelPath = parse.GetValue(model)!, DataPath = parse.GetValue(data)!, EvalDataPath = parse.GetValue(evalData), RewardFuncs = parse.GetValue(rewardFuncs)!,
                 TokenizerPath = parse.GetValue(tokenizer), ChatTemplate = parse.GetValue(chatTemplate), Lora = lora.Read(parse), InitFrom = parse.GetValue(lora.InitFrom),
                 Grpo = new GrpoOptions
                 {
-                    NumGenerations = parse.GetValue(generations), MaxCompletionLength = parse.GetValue(maxCompletion), MaxPromptLength = parse.GetValue(maxPrompt),
+                    NumGenerations = parse.GetValue(generations), NumGenerationsEval = parse.GetValue(generationsEval), MaxCompletionLength = parse.GetValue(maxCompletion), MaxPromptLength = parse.GetValue(maxPrompt),
                     Temperature = parse.GetValue(temperature), TopP = parse.GetValue(topP), TopK = parse.GetValue(topK), RepetitionPenalty = parse.GetValue(repetition),
                     Beta = parse.GetValue(beta), LossType = parse.GetValue(lossType)!, ScaleRewards = parse.GetValue(scale)!,
                     MaskTruncatedCompletions = parse.GetValue(maskTruncated), RewardWeights = weights is { Length: > 0 } ? weights : null,

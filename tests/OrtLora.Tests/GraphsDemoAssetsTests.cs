@@ -103,13 +103,14 @@ public class GraphsDemoAssetsTests
         Assert.That(train.Count(r => r.Input != ""), Is.InRange(train.Count / 4, train.Count * 3 / 4), "a mix of rows with and without input");
     }
 
-    /// <summary>The committed GRPO prompts are the training rows' Alpaca prompts, as ortlora renders them, with each row's
+    /// <summary>The committed GRPO prompts are the demo rows' Alpaca prompts, as ortlora renders them, with each row's
     /// answer as the solution column; prompt-only data, what the code makes.</summary>
-    [Test]
-    public void GrpoPromptsAreTheTrainingRowsPromptsWithTheirAnswers()
+    [TestCase("demo.parquet", "demo_prompts.parquet")]
+    [TestCase("demo_eval.parquet", "demo_prompts_eval.parquet")]
+    public void GrpoPromptsAreTheRowsPromptsWithTheirAnswers(string rowsFile, string promptsFile)
     {
-        var rows = DemoDataset.Read(Tiny("demo.parquet"));
-        using var file = OrtLora.Training.Data.ParquetDataset.Open(Tiny("demo_prompts.parquet"));
+        var rows = DemoDataset.Read(Tiny(rowsFile));
+        using var file = OrtLora.Training.Data.ParquetDataset.Open(Tiny(promptsFile));
         Assert.That(file.Format, Is.EqualTo(OrtLora.Training.Data.DatasetFormat.Prompt));
         var prompts = file.ReadAll().Select(r => (OrtLora.Training.Data.PromptRecord)r.Record).ToList();
         Assert.That(prompts, Has.Count.EqualTo(rows.Count));

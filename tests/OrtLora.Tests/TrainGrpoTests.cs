@@ -35,10 +35,10 @@ public class TrainGrpoTests
     public void TheRewardRisesToOne()
     {
         var dir = Shared.TempDir();
-        var run = OrtloraOk(GrpoArgs(dir, "--max-steps", "30", "--log-completions"));
+        var run = OrtloraOk(GrpoArgs(dir, "--max-steps", "30", "--log-completions", "--eval-data", Prompts.Value, "--eval-steps", "10"));
         Assert.That(run.Out, Does.Contain("4 prompts (text), 2 per step × 8 completions"));
         var metrics = Metrics(dir);
-        var reward = Series(metrics, "reward");
+        var reward = Series(metrics.Where(m => m["eval_reward"] is null).ToList(), "reward");
         Assert.That(reward, Has.Length.EqualTo(30));
         Assert.That(reward.Take(3).Average(), Is.InRange(0.3, 0.95), "the random model's completions hold an e about as often as not");
         Assert.That(reward.TakeLast(5), Is.All.EqualTo(1.0), "after training every completion does");
@@ -46,6 +46,14 @@ public class TrainGrpoTests
         Assert.That(Series(metrics, "frac_reward_zero_std")[^1], Is.EqualTo(1.0));
         Assert.That(Series(metrics, "completions/mean_length"), Is.All.InRange(1.0, 8.0));
         Assert.That(metrics[0]["grad_norm"]!.GetValue<double>(), Is.GreaterThan(0));
+
+        // evaluations before the first step, every 10 steps and after the last: the eval prompts' groups sampled and scored
+        var evals = metrics.Where(m => m["eval_reward"] is not null).ToList();
+        Assert.That(evals.Select(m => m["step"]!.GetValue<int>()), Is.EqualTo(new[] { 0, 10, 20, 30 }));
+        Assert.That(evals[0]["eval_reward"]!.GetValue<double>(), Is.InRange(0.3, 0.95));
+        Assert.That(evals[^1]["eval_reward"]!.GetValue<double>(), Is.EqualTo(1.0));
+        Assert.That(evals[^1]["eval_rewards/regex/mean"]!.GetValue<double>(), Is.EqualTo(1.0));
+        Assert.That(evals.All(m => m["loss"] is null), "an evaluation trains nothing and logs no loss");
 
         // log_completions: each completion with its reward and advantage; a group's advantages sum to zero
         var logged = File.ReadAllLines(Path.Combine(dir, "completions.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();

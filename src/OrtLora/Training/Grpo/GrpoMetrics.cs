@@ -11,10 +11,17 @@ public sealed class GrpoMetrics(IReadOnlyList<string> rewardNames)
 
     void Put(string name, double value) => (_values.TryGetValue(name, out var list) ? list : _values[name] = []).Add(value);
 
-    public void Add(IReadOnlyList<Completion> completions, RolloutScores scores, double loss, double klSum, long countedTokens, long tokens)
+    /// <summary>A training step's loss, its KL terms' sum over its counted tokens, and the tokens it ran.</summary>
+    public void AddLoss(double loss, double klSum, long countedTokens, long tokens)
     {
         Tokens += tokens;
         Put("loss", loss);
+        Put("kl", countedTokens == 0 ? 0 : klSum / countedTokens);
+    }
+
+    /// <summary>A generation batch's rewards and completion lengths.</summary>
+    public void Add(IReadOnlyList<Completion> completions, RolloutScores scores)
+    {
         for (int f = 0; f < rewardNames.Count; f++)
         {
             var scored = scores.PerFunction.Select(r => r[f]).Where(v => !double.IsNaN(v)).ToList();
@@ -31,7 +38,6 @@ public sealed class GrpoMetrics(IReadOnlyList<string> rewardNames)
         Put("completions/clipped_ratio", completions.Average(c => c.Truncated ? 1.0 : 0.0));
         var terminated = completions.Where(c => !c.Truncated).Select(c => (double)c.Ids.Count).ToList();
         Put("completions/mean_terminated_length", terminated.Count == 0 ? 0 : terminated.Average());
-        Put("kl", countedTokens == 0 ? 0 : klSum / countedTokens);
     }
 
     static double StdDev(IReadOnlyList<double> values)
@@ -41,14 +47,15 @@ public sealed class GrpoMetrics(IReadOnlyList<string> rewardNames)
         return Math.Sqrt(values.Sum(v => (v - mean) * (v - mean)) / (values.Count - 1));
     }
 
-    /// <summary>Writes the means (kl only with β > 0, as TRL logs it), then starts over.</summary>
-    public void Report(JsonObject record, bool withKl)
+    /// <summary>Writes the means (kl only with β > 0, as TRL logs it), under TRL's names (evaluation: with the eval_
+    /// prefix), then starts over.</summary>
+    public void Report(JsonObject record, bool withKl, string prefix = "")
     {
         foreach (var (name, values) in _values)
         {
             if (name == "kl" && !withKl) continue;
             var finite = values.Where(double.IsFinite).ToList();
-            record[name] = finite.Count == 0 ? null : finite.Average();
+            record[prefix + name] = finite.Count == 0 ? null : finite.Average();
         }
         _values.Clear();
         Tokens = 0;

@@ -10,6 +10,8 @@ public sealed record GrpoOptions
 
     /// <summary>num_generations: completions sampled per prompt, the group its rewards are compared within (at least 2).</summary>
     public int NumGenerations { get; init; } = 8;
+    /// <summary>num_generations_eval: completions per eval prompt (null: <see cref="NumGenerations"/>).</summary>
+    public int? NumGenerationsEval { get; init; }
     /// <summary>max_completion_length: a completion stops there if it has not ended with EOS (it is then truncated).</summary>
     public int MaxCompletionLength { get; init; } = 256;
     /// <summary>The prompt keeps its last this many tokens.</summary>
@@ -35,6 +37,7 @@ public sealed record GrpoOptions
     public void Validate(int rewardFunctions)
     {
         if (NumGenerations < 2) throw new OrtLoraException($"--num-generations must be at least 2 (rewards are compared within each prompt's group), got {NumGenerations}");
+        if (NumGenerationsEval is < 1) throw new OrtLoraException($"--num-generations-eval must be at least 1, got {NumGenerationsEval}");
         if (MaxCompletionLength < 1) throw new OrtLoraException("--max-completion-length must be at least 1");
         if (MaxPromptLength < 1) throw new OrtLoraException("--max-prompt-length must be at least 1");
         if (Temperature <= 0) throw new OrtLoraException($"--temperature must be positive (GRPO samples its completions), got {Temperature}");

@@ -14,6 +14,8 @@ public sealed record GrpoJob
 {
     public required string ModelPath { get; init; }
     public required string DataPath { get; init; }
+    /// <summary>Prompt-only data whose completions are sampled and scored at each evaluation (no update).</summary>
+    public string? EvalDataPath { get; init; }
     /// <summary>--reward-funcs specs (<see cref="RewardFunctions.Parse"/>).</summary>
     public required IReadOnlyList<string> RewardFuncs { get; init; }
     public string? TokenizerPath { get; init; }
@@ -76,9 +78,11 @@ public static class GrpoTrainer
         var config = TokenizerConfig.Read(tokenizerDir);
         var chat = Data.ChatTemplate.Resolve(job.ChatTemplate, config ?? tokenizer.Config, Path.Combine(tokenizerDir, "tokenizer_config.json"));
         var prompts = GrpoPrompts.Load(job.DataPath, tokenizer, chat, grpo.MaxPromptLength, args.Seed);
-        foreach (var reward in rewards)
-            if (reward.RequiredColumns.FirstOrDefault(c => !prompts.Columns.Contains(c)) is { } missing)
-                throw new OrtLoraException($"{job.DataPath}: reward function '{reward.Name}' reads column '{missing}', which the file lacks (columns: {string.Join(", ", prompts.Columns)})");
+        var evalPrompts = job.EvalDataPath is { } evalPath ? GrpoPrompts.Load(evalPath, tokenizer, chat, grpo.MaxPromptLength, args.Seed) : null;
+        foreach (var set in new[] { prompts, evalPrompts }.OfType<GrpoPrompts>())
+            foreach (var reward in rewards)
+                if (reward.RequiredColumns.FirstOrDefault(c => !set.Columns.Contains(c)) is { } missing)
+                    throw new OrtLoraException($"{set.Path}: reward function '{reward.Name}' reads column '{missing}', which the file lacks (columns: {string.Join(", ", set.Columns)})");
 
         int promptsPerStep = args.PerDeviceTrainBatchSize * args.GradientAccumulationSteps / grpo.NumGenerations;
         int stepsPerEpoch = (prompts.All.Count + promptsPerStep - 1) / promptsPerStep;
@@ -120,7 +124,27 @@ public static class GrpoTrainer
             $"{prompts.All.Count} prompts ({(prompts.Conversational ? "conversational" : "text")}), {promptsPerStep} per step × {grpo.NumGenerations} completions; " +
             $"rewards: {string.Join(", ", rewards.Select(r => r.Name))}; loss {grpo.LossType}, {totalSteps} steps, warmup {warmup}");
 
-        var window = new GrpoMetrics(rewards.Select(r => r.Name).ToList());
+        var rewardNames = rewards.Select(r => r.Name).ToList();
+        // An evaluation samples every eval prompt's group from the policy as it is, with the same seeds each time (the
+        // step key -1), so evaluations differ by the policy, not by the draw.
+        void EvaluateAt(int step)
+        {
+            sampler.SetParameters(session.GetParameters(), session.Graph.ParameterShapes);
+            var options = grpo with { NumGenerations = grpo.NumGenerationsEval ?? grpo.NumGenerations };
+            var completions = GrpoRollout.Sample(sampler, evalPrompts!.All, tokenizer, options, stops, args.Seed, step: -1);
+            var metrics = new GrpoMetrics(rewardNames);
+            metrics.Add(completions, GrpoRollout.Score(completions, rewards, options));
+            var record = new JsonObject { ["step"] = step };
+            metrics.Report(record, withKl: false, prefix: "eval_");
+            log.Append(record);
+            reporter.Info($"eval at step {step}: reward {(double?)record["eval_reward"] ?? double.NaN:F4}  reward_std {(double?)record["eval_reward_std"] ?? double.NaN:F4}  " +
+                $"mean_length {(double?)record["eval_completions/mean_length"] ?? double.NaN:F1}");
+        }
+        bool evaluates = evalPrompts is not null && args.EvalStrategy != "no";
+        int lastEval = -1;
+        if (evaluates && state.GlobalStep == 0) { EvaluateAt(0); lastEval = 0; }
+
+        var window = new GrpoMetrics(rewardNames);
         var clock = Stopwatch.StartNew();
         var runClock = Stopwatch.StartNew();
         double lastLoss = double.NaN, lossThisRun = 0;
@@ -152,7 +176,8 @@ public static class GrpoTrainer
                 throw new OrtLoraException($"the gradient norm is {session.LastGradNorm} at step {state.GlobalStep + 1}: training stopped");
             long tokens = micro.Sum(m => m.Batch.AttentionMask.Sum());
             state = state with { GlobalStep = state.GlobalStep + 1, Epoch = epoch, DataIndex = index, TokensSeen = state.TokensSeen + tokens };
-            window.Add(rollout, scores, loss, micro.Sum(m => m.KlSum), micro.Sum(m => (long)m.CountedTokens), tokens);
+            window.Add(rollout, scores);
+            window.AddLoss(loss, micro.Sum(m => m.KlSum), micro.Sum(m => (long)m.CountedTokens), tokens);
             lastLoss = loss; lossThisRun += loss; stepsThisRun++;
             if (job.LogCompletions) GrpoRollout.AppendLog(completionsLog, state.GlobalStep, rollout, scores, rewards);
 
@@ -172,6 +197,11 @@ public static class GrpoTrainer
                     $"mean_length {(double)record["completions/mean_length"]!:F1}  clipped_ratio {(double)record["completions/clipped_ratio"]!:F2}");
                 clock.Restart();
             }
+            if (evaluates && args.EvalSteps > 0 && state.GlobalStep % args.EvalSteps == 0 && state.GlobalStep < totalSteps)
+            {
+                EvaluateAt(state.GlobalStep);
+                lastEval = state.GlobalStep;
+            }
             if (args.SaveStrategy == "steps" && args.SaveSteps > 0 && state.GlobalStep % args.SaveSteps == 0)
             {
                 Trainer.SaveCheckpoint(model, session, state, best, args.OutputDir, args.SaveOnlyModel);
@@ -186,6 +216,7 @@ public static class GrpoTrainer
                 ["step"] = state.GlobalStep, ["train_runtime"] = Math.Round(runtime, 4),
                 ["train_steps_per_second"] = Math.Round(stepsThisRun / Math.Max(1e-9, runtime), 3), ["train_loss"] = lossThisRun / stepsThisRun,
             });
+        if (evaluates && lastEval != state.GlobalStep) EvaluateAt(state.GlobalStep);
         log.SavePlot(Path.Combine(args.OutputDir, "loss.png"));
         Trainer.SetParameters(model, session.GetParameters());
         AdapterExporter.Export(model).Save(args.OutputDir);
