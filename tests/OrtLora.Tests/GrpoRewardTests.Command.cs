@@ -24,6 +24,27 @@ public partial class GrpoRewardTests
     static RewardInput Input(int tokens, bool truncated, string? solution, string completion = "c") =>
         new("p", completion, tokens, truncated, new Dictionary<string, string?> { ["solution"] = solution });
 
+    /// <summary>Score, run within a minute: a protocol bug that blocks on a pipe fails the test instead of hanging the
+    /// run (the test's Dispose then kills the process, freeing the thread).</summary>
+    static Task<double?[]> Bounded(IRewardFunction reward, RewardInput[] batch)
+    {
+        var scoring = Task.Run(() => reward.Score(batch));
+        try { scoring.Wait(TimeSpan.FromSeconds(60)); }
+        catch (AggregateException) { } // a fault: the caller looks at it
+        if (!scoring.IsCompleted) Assert.Fail("Score neither answered nor failed within 60 s");
+        return scoring;
+    }
+
+    static double?[] Scores(IRewardFunction reward, params RewardInput[] batch) => Bounded(reward, batch).GetAwaiter().GetResult();
+
+    static OrtLoraException ScoreFails(IRewardFunction reward, params RewardInput[] batch)
+    {
+        var scoring = Bounded(reward, batch);
+        if (!scoring.IsFaulted) Assert.Fail($"Score answered [{string.Join(", ", scoring.Result)}] instead of failing");
+        Assert.That(scoring.Exception!.InnerException, Is.TypeOf<OrtLoraException>());
+        return (OrtLoraException)scoring.Exception.InnerException!;
+    }
+
     // For each request line: null where solution is null, −L where truncated, else L / 4 — read from the request's
     // arrays, so the scores can only be right if the request reached the script whole and the answer came back in order.
     const string LengthScript = """
@@ -55,13 +76,13 @@ public partial class GrpoRewardTests
             Assert.That(reward.Name, Is.EqualTo("length_score"));
             Assert.That(reward.RequiredColumns, Is.Empty);
             // newlines, quotes and backslashes in a completion must not break the one-line framing
-            var first = reward.Score([
+            var first = Scores(reward,
                 Input(3, false, "a", "line one\nline two"),
                 Input(5, true, "b", "say \"hi\" \\ [x]"),
                 Input(8, false, null, "caf\u00e9 \U0001F600"),
-                Input(2, false, "c")]);
+                Input(2, false, "c"));
             Assert.That(first, Is.EqualTo(new double?[] { 0.75, -5.0, null, 0.5 }));
-            Assert.That(reward.Score([Input(10, false, "z")]), Is.EqualTo(new double?[] { 2.5 }));
+            Assert.That(Scores(reward, Input(10, false, "z")), Is.EqualTo(new double?[] { 2.5 }));
             Assert.That(reward.Score([]), Is.Empty);
             Assert.That(File.ReadAllLines(log), Is.EqualTo(new[] { "started" }), "one process serves every batch");
         }
@@ -87,7 +108,7 @@ public partial class GrpoRewardTests
                 new Dictionary<string, string?> { ["solution"] = "42", ["level"] = "easy", ["prompts"] = "a column named like a keyword" }),
             new RewardInput("Say \"\u00e9\"", "\u00e9\t\\", 12, true, new Dictionary<string, string?> { ["solution"] = null }),
         };
-        Assert.That(reward.Score(batch), Is.EqualTo(new double?[] { 0.5, null }));
+        Assert.That(Scores(reward, batch), Is.EqualTo(new double?[] { 0.5, null }));
 
         var lines = File.ReadAllLines(saved);
         Assert.That(lines, Has.Length.EqualTo(1));
@@ -117,8 +138,8 @@ public partial class GrpoRewardTests
         var (command, _) = Script($"while IFS= read -r line; do {answer}; done\n");
         using var reward = RewardFunctions.Parse("command:" + command, 20);
         Assert.That(reward.Score([]), Is.Empty, "an empty batch needs no exchange");
-        var ex = Assert.Throws<OrtLoraException>(() => reward.Score([Input(1, false, "a"), Input(2, false, "b")]));
-        Assert.That(ex!.Message, Does.Contain($"reward command '{command}'"));
+        var ex = ScoreFails(reward, Input(1, false, "a"), Input(2, false, "b"));
+        Assert.That(ex.Message, Does.Contain($"reward command '{command}'"));
         Assert.That(ex.Message, Does.Contain(why));
     }
 
@@ -128,9 +149,22 @@ public partial class GrpoRewardTests
         RequirePosixShell();
         var (command, _) = Script("echo 'loading weights' >&2\necho 'reward model missing: /models/rm.onnx' >&2\nexit 3\n");
         using var reward = RewardFunctions.Parse("command:" + command, 20);
-        var ex = Assert.Throws<OrtLoraException>(() => reward.Score([Input(1, false, "a")]));
-        Assert.That(ex!.Message, Does.Contain($"reward command '{command}' exited with code 3 before answering"));
+        var ex = ScoreFails(reward, Input(1, false, "a"));
+        Assert.That(ex.Message, Does.Contain($"reward command '{command}' exited with code 3 before answering"));
         Assert.That(ex.Message, Does.Contain("loading weights\nreward model missing: /models/rm.onnx"));
+    }
+
+    [Test]
+    public void CommandThatExitsLeavingAChildOnStderrStillReportsPromptly()
+    {
+        RequirePosixShell();
+        // the background sleep keeps stdout and stderr open after the shell exits: waiting for their EOF would take 20 s
+        using var reward = RewardFunctions.Parse("command:sleep 20 & echo 'boom' >&2; exit 2", 20);
+        var clock = Stopwatch.StartNew();
+        var ex = ScoreFails(reward, Input(1, false, "a"));
+        Assert.That(clock.Elapsed, Is.LessThan(TimeSpan.FromSeconds(12)));
+        Assert.That(ex.Message, Does.Contain("exited with code 2 before answering"));
+        Assert.That(ex.Message, Does.Contain("boom"));
     }
 
     [Test]
@@ -139,8 +173,8 @@ public partial class GrpoRewardTests
         RequirePosixShell();
         const string missing = "/nonexistent/ortlora-reward-script";
         using var reward = RewardFunctions.Parse("command:" + missing, 20);
-        var ex = Assert.Throws<OrtLoraException>(() => reward.Score([Input(1, false, "a")]));
-        Assert.That(ex!.Message, Does.Contain($"reward command '{missing}' exited with code 127"));
+        var ex = ScoreFails(reward, Input(1, false, "a"));
+        Assert.That(ex.Message, Does.Contain($"reward command '{missing}' exited with code 127"));
         Assert.That(ex.Message, Does.Contain("its stderr ends:").And.Contains(missing), "sh names what it could not find");
     }
 
@@ -153,8 +187,8 @@ public partial class GrpoRewardTests
             exit 1
             """);
         using var reward = RewardFunctions.Parse("command:" + command, 20);
-        var ex = Assert.Throws<OrtLoraException>(() => reward.Score([Input(1, false, "a")]));
-        Assert.That(ex!.Message, Does.Contain("log line 4999"));
+        var ex = ScoreFails(reward, Input(1, false, "a"));
+        Assert.That(ex.Message, Does.Contain("log line 4999"));
         Assert.That(ex.Message, Does.Not.Contain("log line 4900\n"), "only the last ~500 characters");
         Assert.That(ex.Message, Has.Length.LessThan(800));
     }
@@ -171,9 +205,7 @@ public partial class GrpoRewardTests
             done
             """);
         using var reward = RewardFunctions.Parse("command:" + command, 20);
-        var scoring = Task.Run(() => reward.Score([Input(1, false, "a")]));
-        Assert.That(scoring.Wait(TimeSpan.FromSeconds(60)), Is.True, "Score returned");
-        Assert.That(scoring.Result, Is.EqualTo(new double?[] { 1.0 }));
+        Assert.That(Scores(reward, Input(1, false, "a")), Is.EqualTo(new double?[] { 1.0 }));
     }
 
     [Test]

@@ -93,9 +93,9 @@ sealed class CommandReward : IRewardFunction
                 _process.StandardInput.Write(request);
                 _process.StandardInput.Write('\n');
                 _process.StandardInput.Flush();
-                answer = _process.StandardOutput.ReadLine();
+                answer = ReadAnswer();
             }
-            catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException) // a broken pipe: the process is gone
+            catch (Exception e) when (Broken(e)) // a broken pipe: the process is gone
             {
                 ObjectDisposedException.ThrowIf(Disposed, this);
                 throw new OrtLoraException(Gone(), e);
@@ -108,6 +108,26 @@ sealed class CommandReward : IRewardFunction
             return Answer(answer, batch.Count);
         }
     }
+
+    /// <summary>The answer line, or null once stdout ends or the process has ended without one. Polled rather than a
+    /// plain ReadLine: a process that dies leaving a child holding its stdout (sh -c 'x & y') would send no EOF.</summary>
+    string? ReadAnswer()
+    {
+        var pending = _process.StandardOutput.ReadLineAsync();
+        try
+        {
+            while (!pending.Wait(TimeSpan.FromMilliseconds(100)))
+                if (_process.HasExited && !pending.Wait(ExitGrace)) return null; // the grace: a line already in the pipe
+            return pending.Result;
+        }
+        catch (AggregateException e) when (e.InnerException is { } inner && Broken(inner))
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(inner);
+            throw;
+        }
+    }
+
+    static bool Broken(Exception e) => e is IOException or ObjectDisposedException or InvalidOperationException;
 
     /// <summary>The request line. Utf8JsonWriter escapes control characters in strings, so the object is one line
     /// whatever the completions hold; its default encoder also escapes every non-ASCII character (\uXXXX), so a reader
@@ -183,10 +203,11 @@ sealed class CommandReward : IRewardFunction
     /// <summary>Why no answer came: the exit code once the process has ended, and what it last said on stderr.</summary>
     string Gone()
     {
-        // WaitForExit() without a timeout also drains the async stderr reader, so the tail is complete; it is only
-        // called once the process has exited (stdout closed but the process alive: report without waiting forever).
+        // Only the untimed WaitForExit() waits for the async stderr reader to finish, so the tail is complete; bounded
+        // all the same, since a child the command left running may hold stderr open (or, with stdout closed, the
+        // process itself may still run).
         string state = _process.WaitForExit(ExitGrace) ? $"exited with code {ExitCode()}" : "closed its stdout";
-        if (_process.HasExited) _process.WaitForExit();
+        if (_process.HasExited) Task.Run(_process.WaitForExit).Wait(ExitGrace);
         string tail;
         lock (_stderr) tail = _stderr.ToString().TrimEnd();
         if (tail.Length > StderrTail) tail = "…" + tail[^StderrTail..];
