@@ -105,13 +105,13 @@ public static class GrpoRollout
     }
 
     /// <summary>TRL's log_completions, as JSON Lines: each completion with its prompt, rewards and advantage.</summary>
-    public static void AppendLog(string path, int step, IReadOnlyList<Completion> completions, RolloutScores scores, IReadOnlyList<IRewardFunction> rewards)
+    public static void AppendLog(string path, int step, IReadOnlyList<Completion> completions, RolloutScores scores, IReadOnlyList<string> rewardNames)
     {
         using var writer = File.AppendText(path);
         for (int i = 0; i < completions.Count; i++)
         {
             var record = new JsonObject { ["step"] = step, ["prompt"] = completions[i].Prompt.Text, ["completion"] = completions[i].Text };
-            for (int f = 0; f < rewards.Count; f++) record[rewards[f].Name] = double.IsNaN(scores.PerFunction[i][f]) ? null : scores.PerFunction[i][f];
+            for (int f = 0; f < rewardNames.Count; f++) record[rewardNames[f]] = double.IsNaN(scores.PerFunction[i][f]) ? null : scores.PerFunction[i][f];
             record["reward"] = scores.Rewards[i];
             record["advantage"] = scores.Advantages[i];
             writer.WriteLine(record.ToJsonString());

@@ -117,14 +117,15 @@ public static class GrpoTrainer
             File.Delete(completionsLog);
         }
 
+        // the metric names; a name given twice (two regex rewards) takes its place's number: regex, regex_2
+        var rewardNames = rewards.Select((r, i) => rewards.Take(i).Count(o => o.Name == r.Name) is var before and > 0 ? $"{r.Name}_{before + 1}" : r.Name).ToList();
         var stops = PromptFormat.StopIds(prompts.Conversational ? "chat" : "raw", tokenizer, chat).ToHashSet();
         if (tokenizer.EosId is int eos) stops.Add(eos);
         reporter.Started(totalSteps, state.GlobalStep,
             $"{lora.Adapters.Count} adapters, {session.ParameterNames.Sum(p => session.Graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b)):N0} trainable parameters; " +
             $"{prompts.All.Count} prompts ({(prompts.Conversational ? "conversational" : "text")}), {promptsPerStep} per step × {grpo.NumGenerations} completions; " +
-            $"rewards: {string.Join(", ", rewards.Select(r => r.Name))}; loss {grpo.LossType}, {totalSteps} steps, warmup {warmup}");
+            $"rewards: {string.Join(", ", rewardNames)}; loss {grpo.LossType}, {totalSteps} steps, warmup {warmup}");
 
-        var rewardNames = rewards.Select(r => r.Name).ToList();
         // An evaluation samples every eval prompt's group from the policy as it is, with the same seeds each time (the
         // step key -1), so evaluations differ by the policy, not by the draw.
         void EvaluateAt(int step)
@@ -179,7 +180,7 @@ public static class GrpoTrainer
             window.Add(rollout, scores);
             window.AddLoss(loss, micro.Sum(m => m.KlSum), micro.Sum(m => (long)m.CountedTokens), tokens);
             lastLoss = loss; lossThisRun += loss; stepsThisRun++;
-            if (job.LogCompletions) GrpoRollout.AppendLog(completionsLog, state.GlobalStep, rollout, scores, rewards);
+            if (job.LogCompletions) GrpoRollout.AppendLog(completionsLog, state.GlobalStep, rollout, scores, rewardNames);
 
             double tokensPerSecond = window.Tokens / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
             reporter.Stepped(new StepReport(state.GlobalStep, totalSteps, epoch, loss, lr, session.LastGradNorm, tokensPerSecond));
