@@ -118,6 +118,24 @@ public class TrainGrpoTests
         Assert.That(kl[^1], Is.GreaterThan(1e-4));
     }
 
+    /// <summary>Conversational prompts (JSON Lines, lists of messages) are rendered by the chat template with the
+    /// assistant's turn opened (the tiny model has none of its own: ChatML), and the rewards read the other columns.</summary>
+    [Test]
+    public void ConversationalPromptsGoThroughTheChatTemplate()
+    {
+        var data = Path.Combine(Shared.TempDir(), "chat_prompts.jsonl");
+        File.WriteAllLines(data, new[] { "France", "Japan" }.Select(country =>
+            $$"""{"prompt": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is the capital of {{country}}?"}], "country": "{{country}}"}"""));
+        var dir = Shared.TempDir();
+        OrtloraOk(With(With(GrpoArgs(dir, "--max-steps", "2", "--log-completions"), "--data", data), "--reward-funcs", "contains:country"));
+        var logged = File.ReadAllLines(Path.Combine(dir, "completions.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
+        Assert.That(logged, Has.Count.EqualTo(32));
+        var prompt = logged[0]["prompt"]!.GetValue<string>();
+        Assert.That(prompt, Does.StartWith("<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nWhat is the capital of"));
+        Assert.That(prompt, Does.EndWith("<|im_start|>assistant\n"));
+        Assert.That(logged.Select(c => c["contains:country"]!.GetValue<double>()), Is.All.EqualTo(0.0).Or.EqualTo(1.0));
+    }
+
     [Test]
     public void MistakesAreOneClearError()
     {

@@ -86,15 +86,10 @@ public static class Trainer
         int totalSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * stepsPerEpoch);
         int warmup = LrSchedule.WarmupSteps(args, totalSteps);
 
-        // Engine: LoRA+ gives B its own learning rate; weight decay leaves biases and norms alone, as the Trainer does.
-        var vectors = model.Graph.Initializer.Where(t => TrainingGraph.IsTrainable(t.Name) && t.Dims.Count == 1).Select(t => t.Name).ToHashSet();
-        var adamW = new AdamWOptions(args.AdamBeta1, args.AdamBeta2, args.AdamEpsilon, args.WeightDecay,
-            LrMultiplier: p => TrainingArguments.LoraPlusGroupB(p, vectors.Contains(p)) ? args.LoraplusLrRatio : 1.0,
-            Decays: TrainingArguments.DecaysWeight);
         // The session trains a copy of the model (half compute with --fp16/--bf16); `model` stays float32 for the adapter
         // and the merge.
-        var compute = args.Bf16 ? ComputeType.BFloat16 : args.Fp16 ? ComputeType.Float16 : ComputeType.Float32;
-        using var session = new TrainingSession(model, new TrainingSessionOptions(adamW, Optimization: args.OrtOptimizationLevel, Device: args.Device, EpLibrary: args.EpLibrary, Compute: compute,
+        var compute = args.Compute;
+        using var session = new TrainingSession(model, new TrainingSessionOptions(args.AdamWFor(model), Optimization: args.OrtOptimizationLevel, Device: args.Device, EpLibrary: args.EpLibrary, Compute: compute,
             GradientCheckpointing: args.GradientCheckpointing, StaticShapes: dataOptions.PadToMaxLength, CudaGraphs: args.CudaGraphs,
             NeftuneNoiseAlpha: args.NeftuneNoiseAlpha, Seed: args.Seed, LabelSmoothing: args.LabelSmoothingFactor, LossChunks: args.LossChunks,
             Preference: data.IsPreference ? args.Preference : null));
@@ -265,19 +260,24 @@ public static class Trainer
         if (session.Scaler is { SkippedSteps: > 0 } scaler)
             reporter.Info($"fp16 loss scaling skipped {scaler.SkippedSteps} steps whose gradients overflowed (scale now {scaler.Scale})");
 
-        // The adapter in PEFT's format, then optionally the merged model.
-        SetParameters(model, session.GetParameters());
-        AdapterExporter.Export(model).Save(args.OutputDir);
-        string? merged = null;
-        if (job.Merge)
-        {
-            var mergedDir = Path.Combine(args.OutputDir, "merged");
-            LoraMerger.Merge(model);
-            merged = Path.Combine(mergedDir, "model.onnx");
-            model.Save(merged);
-            Deploy.GenAiConfig.CopyTokenizerFiles(tokenizerPath, mergedDir);
-        }
+        var merged = SaveAdapter(model, session, args.OutputDir, job.Merge ? tokenizerPath : null);
         return new TrainResult(state.GlobalStep, firstEval, lastEval, lastLoss, args.OutputDir, merged);
+    }
+
+    /// <summary>The trained parameters into <paramref name="model"/>, the adapter in PEFT's format into
+    /// <paramref name="outputDir"/>, then, given the tokenizer's path, the merged model with the tokenizer files in
+    /// OUTPUT/merged (returns its path).</summary>
+    internal static string? SaveAdapter(OnnxModel model, TrainingSession session, string outputDir, string? mergeWithTokenizer)
+    {
+        SetParameters(model, session.GetParameters());
+        AdapterExporter.Export(model).Save(outputDir);
+        if (mergeWithTokenizer is null) return null;
+        var mergedDir = Path.Combine(outputDir, "merged");
+        LoraMerger.Merge(model);
+        var merged = Path.Combine(mergedDir, "model.onnx");
+        model.Save(merged);
+        Deploy.GenAiConfig.CopyTokenizerFiles(mergeWithTokenizer, mergedDir);
+        return merged;
     }
 
     /// <summary>One optimizer step over a window of micro-batches. The loss is normalized by the window's counted

@@ -80,6 +80,17 @@ public sealed class TrainingArguments
     public string GraphOptimizationLevel { get; set; } = "all";
 
     public Microsoft.ML.OnnxRuntime.GraphOptimizationLevel OrtOptimizationLevel => OrtLevel(GraphOptimizationLevel);
+    /// <summary>What the frozen model computes in (--fp16, --bf16, else float32).</summary>
+    public Engine.ComputeType Compute => Bf16 ? Engine.ComputeType.BFloat16 : Fp16 ? Engine.ComputeType.Float16 : Engine.ComputeType.Float32;
+
+    /// <summary>AdamW as these arguments set it up for <paramref name="model"/>'s trainable parameters: LoRA+ gives B (and
+    /// the trained vectors) its own learning rate; weight decay leaves biases and norms alone, as the Trainer does.</summary>
+    public Autodiff.AdamWOptions AdamWFor(Onnx.OnnxModel model)
+    {
+        var vectors = model.Graph.Initializer.Where(t => Engine.TrainingGraph.IsTrainable(t.Name) && t.Dims.Count == 1).Select(t => t.Name).ToHashSet();
+        return new Autodiff.AdamWOptions(AdamBeta1, AdamBeta2, AdamEpsilon, WeightDecay,
+            LrMultiplier: p => LoraPlusGroupB(p, vectors.Contains(p)) ? LoraplusLrRatio : 1.0, Decays: DecaysWeight);
+    }
 
     /// <summary>The ORT level of a --graph-optimization-level value (train and verify take the same names).</summary>
     /// <summary>The Trainer's get_decay_parameter_names: weight decay applies to a parameter unless its name (lowercase)

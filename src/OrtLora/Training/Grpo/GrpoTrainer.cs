@@ -89,13 +89,8 @@ public static class GrpoTrainer
         int totalSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * stepsPerEpoch);
         int warmup = LrSchedule.WarmupSteps(args, totalSteps);
 
-        var vectors = model.Graph.Initializer.Where(t => TrainingGraph.IsTrainable(t.Name) && t.Dims.Count == 1).Select(t => t.Name).ToHashSet();
-        var adamW = new AdamWOptions(args.AdamBeta1, args.AdamBeta2, args.AdamEpsilon, args.WeightDecay,
-            LrMultiplier: p => TrainingArguments.LoraPlusGroupB(p, vectors.Contains(p)) ? args.LoraplusLrRatio : 1.0,
-            Decays: TrainingArguments.DecaysWeight);
-        var compute = args.Bf16 ? ComputeType.BFloat16 : args.Fp16 ? ComputeType.Float16 : ComputeType.Float32;
-        using var session = new TrainingSession(model, new TrainingSessionOptions(adamW, Optimization: args.OrtOptimizationLevel, Device: args.Device,
-            EpLibrary: args.EpLibrary, Compute: compute, GradientCheckpointing: args.GradientCheckpointing, Seed: args.Seed, LossChunks: args.LossChunks,
+        using var session = new TrainingSession(model, new TrainingSessionOptions(args.AdamWFor(model), Optimization: args.OrtOptimizationLevel, Device: args.Device,
+            EpLibrary: args.EpLibrary, Compute: args.Compute, GradientCheckpointing: args.GradientCheckpointing, Seed: args.Seed, LossChunks: args.LossChunks,
             TokenWeighted: true, LogitsTemperature: grpo.Temperature));
         using var sessionOptions = OrtRun.DefaultOptions();
         using var sampler = new PolicySampler(model, sessionOptions);
@@ -219,17 +214,7 @@ public static class GrpoTrainer
             });
         if (evaluates && lastEval != state.GlobalStep) EvaluateAt(state.GlobalStep);
         log.SavePlot(Path.Combine(args.OutputDir, "loss.png"));
-        Trainer.SetParameters(model, session.GetParameters());
-        AdapterExporter.Export(model).Save(args.OutputDir);
-        string? merged = null;
-        if (job.Merge)
-        {
-            var mergedDir = Path.Combine(args.OutputDir, "merged");
-            LoraMerger.Merge(model);
-            merged = Path.Combine(mergedDir, "model.onnx");
-            model.Save(merged);
-            Deploy.GenAiConfig.CopyTokenizerFiles(tokenizerPath, mergedDir);
-        }
+        var merged = Trainer.SaveAdapter(model, session, args.OutputDir, job.Merge ? tokenizerPath : null);
         return new TrainResult(state.GlobalStep, null, null, lastLoss, args.OutputDir, merged);
     }
 }
