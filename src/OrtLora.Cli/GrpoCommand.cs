@@ -14,6 +14,8 @@ public static class GrpoCommand
         var output = new Option<string>("--output", "-o") { Description = "output directory (adapter, checkpoints, metrics.jsonl, loss.png)", Required = true };
         var lora = new LoraOptions();
         var data = new Option<string>("--data") { Description = "prompt-only data (.parquet or .jsonl): a 'prompt' column (text or messages) and the columns the reward functions read", Required = true };
+        var format = new Option<string>("--dataset-format") { Description = "auto, or prompt-only: any file's 'prompt' column as the prompts, its other columns (a completion too) for the rewards", DefaultValueFactory = _ => "auto" };
+        format.AcceptOnlyFromAmong("auto", "prompt-only");
         var evalData = new Option<string?>("--eval-data") { Description = "prompt-only data sampled and scored at each evaluation (eval_reward ...)" };
         var evalSteps = new Option<int>("--eval-steps") { Description = "evaluate every N steps (also before the first and after the last)" };
         var evalStrategy = new Option<string>("--eval-strategy") { Description = "steps or no", DefaultValueFactory = _ => "steps" };
@@ -74,7 +76,7 @@ public static class GrpoCommand
 
         var cmd = new Command("grpo", "GRPO (TRL's GRPOTrainer): sample completions of prompts, score them with reward functions, train the adapters toward the better ones") { model, output };
         lora.AddTo(cmd);
-        foreach (var o in new Option[] { data, evalData, evalSteps, evalStrategy, generationsEval, rewardFuncs, rewardWeights, tokenizer, chatTemplate, generations, maxCompletion, maxPrompt, temperature, topP, topK, repetition,
+        foreach (var o in new Option[] { data, format, evalData, evalSteps, evalStrategy, generationsEval, rewardFuncs, rewardWeights, tokenizer, chatTemplate, generations, maxCompletion, maxPrompt, temperature, topP, topK, repetition,
                      beta, lossType, scale, maskTruncated, logCompletions, epochs, maxSteps, batch, accumulation, lr, scheduler, warmupRatio, warmupSteps, weightDecay,
                      beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, saveSteps, saveLimit, saveOnlyModel, loraplus, lossChunks, device, epLibrary, fp16, bf16,
                      checkpointing, resume, merge, plain })
@@ -100,7 +102,8 @@ public static class GrpoCommand
             var weights = parse.GetValue(rewardWeights);
             var job = new GrpoJob
             {
-                ModelPath = parse.GetValue(model)!, DataPath = parse.GetValue(data)!, EvalDataPath = parse.GetValue(evalData), RewardFuncs = parse.GetValue(rewardFuncs)!,
+                ModelPath = parse.GetValue(model)!, DataPath = parse.GetValue(data)!, EvalDataPath = parse.GetValue(evalData),
+                Format = Training.Data.ParquetDataset.ParseFormat(parse.GetValue(format)!), RewardFuncs = parse.GetValue(rewardFuncs)!,
                 TokenizerPath = parse.GetValue(tokenizer), ChatTemplate = parse.GetValue(chatTemplate), Lora = lora.Read(parse), InitFrom = parse.GetValue(lora.InitFrom),
                 Grpo = new GrpoOptions
                 {

@@ -146,6 +146,14 @@ public class TrainGrpoTests
         var sft = Ortlora(["grpo", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "--reward-funcs", "exact_match", "-o", dir]);
         Assert.That(sft.ExitCode, Is.EqualTo(1));
         Assert.That(sft.Error, Does.Contain("demo.parquet").And.Contain("prompt-only"));
+        // a prompt-completion file is refused, and read as prompts with --dataset-format prompt-only (its completion a column)
+        var pairs = Path.Combine(Shared.TempDir(), "pairs.jsonl");
+        File.WriteAllLines(pairs, ["""{"prompt": "What is the capital of France?", "completion": "The capital of France is Paris."}"""]);
+        var detected = Ortlora(With(GrpoArgs(dir, "--max-steps", "1"), "--data", pairs));
+        Assert.That(detected.Error, Does.Contain("prompt-completion data").And.Contain("--dataset-format prompt-only"));
+        var asPrompts = Shared.TempDir();
+        OrtloraOk(With(With(GrpoArgs(asPrompts, "--max-steps", "1", "--dataset-format", "prompt-only"), "--data", pairs), "--reward-funcs", "exact_match:completion"));
+        Assert.That(File.Exists(Path.Combine(asPrompts, "adapter_model.safetensors")));
         var column = Ortlora(With(GrpoArgs(dir, "--max-steps", "1"), "--reward-funcs", "exact_match:answer"));
         Assert.That(column.ExitCode, Is.EqualTo(1));
         Assert.That(column.Error, Does.Contain("'answer'").And.Contain("grpo_prompts.parquet"));

@@ -14,6 +14,9 @@ public sealed record GrpoJob
 {
     public required string ModelPath { get; init; }
     public required string DataPath { get; init; }
+    /// <summary>Auto (a 'prompt' column alone) or Prompt: read any file with a 'prompt' column as prompts, its other
+    /// columns (a completion column too) going to the reward functions.</summary>
+    public DatasetFormat Format { get; init; } = DatasetFormat.Auto;
     /// <summary>Prompt-only data whose completions are sampled and scored at each evaluation (no update).</summary>
     public string? EvalDataPath { get; init; }
     /// <summary>--reward-funcs specs (<see cref="RewardFunctions.Parse"/>).</summary>
@@ -77,8 +80,8 @@ public static class GrpoTrainer
         var tokenizerDir = Directory.Exists(tokenizerPath) ? tokenizerPath : Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!;
         var config = TokenizerConfig.Read(tokenizerDir);
         var chat = Data.ChatTemplate.Resolve(job.ChatTemplate, config ?? tokenizer.Config, Path.Combine(tokenizerDir, "tokenizer_config.json"));
-        var prompts = GrpoPrompts.Load(job.DataPath, tokenizer, chat, grpo.MaxPromptLength, args.Seed);
-        var evalPrompts = job.EvalDataPath is { } evalPath ? GrpoPrompts.Load(evalPath, tokenizer, chat, grpo.MaxPromptLength, args.Seed) : null;
+        var prompts = GrpoPrompts.Load(job.DataPath, tokenizer, chat, grpo.MaxPromptLength, args.Seed, job.Format);
+        var evalPrompts = job.EvalDataPath is { } evalPath ? GrpoPrompts.Load(evalPath, tokenizer, chat, grpo.MaxPromptLength, args.Seed, job.Format) : null;
         foreach (var set in new[] { prompts, evalPrompts }.OfType<GrpoPrompts>())
             foreach (var reward in rewards)
                 if (reward.RequiredColumns.FirstOrDefault(c => !set.Columns.Contains(c)) is { } missing)
