@@ -48,4 +48,11 @@ for flags in "" "--cuda-graphs --max-seq-length 128" "--bf16" "--loss-type orpo"
     --eval-data graphs/tiny/demo_preferences_eval.parquet --target-modules all-linear --max-steps 20 --eval-steps 20 \
     --learning-rate 5e-3 --plain-log $flags -o "$out/dpo${name}" "${ep[@]}"
 done
+# GRPO: the weighted-token loss's graphs on the device, sampling on the CPU session; the reward should reach 1.0 as on CPU.
+for flags in "" "--bf16"; do
+  name=$(echo "$flags" | tr -d ' ')
+  case_ "grpo-tiny${name}" "${ortlora[@]}" grpo graphs/tiny/model.onnx --data graphs/tiny/demo_prompts.parquet \
+    --reward-funcs "regex:e" --max-completion-length 8 --num-generations 8 --per-device-train-batch-size 16 \
+    --max-steps 30 --learning-rate 1e-2 --logging-steps 10 --plain-log $flags -o "$out/grpo${name}" "${ep[@]}"
+done
 printf '%s\n' "${summary[@]}"
