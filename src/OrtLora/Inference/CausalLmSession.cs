@@ -63,39 +63,54 @@ public sealed class CausalLmSession : IDisposable
     public DecodeState Start(bool useCache = true) => new(useCache && HasKvCache);
 
     /// <summary>Appends tokens and returns the logits that predict the next one.</summary>
-    public float[] Step(DecodeState state, IReadOnlyList<int> newTokens, RunOptions? runOptions = null) => Advance(state, newTokens, runOptions, LastRow);
+    public float[] Step(DecodeState state, IReadOnlyList<int> newTokens, RunOptions? runOptions = null) =>
+        Advance(state, [newTokens], runOptions, logits => LastRows(logits, 1)[0]);
+
+    /// <summary>Starts <paramref name="rows"/> sequences decoded side by side, one run for all of them per step (batch =
+    /// rows). The rows always have equal lengths (a shared prompt, then one token each per step), so nothing is padded.</summary>
+    public DecodeState StartGroup(int rows, bool useCache = true) => new(useCache && HasKvCache, rows);
+
+    /// <summary>Appends each row's tokens (equal counts) and returns each row's logits for its next token.</summary>
+    public float[][] StepGroup(DecodeState state, IReadOnlyList<IReadOnlyList<int>> newTokens, RunOptions? runOptions = null) =>
+        Advance(state, newTokens, runOptions, logits => LastRows(logits, newTokens.Count));
 
     /// <summary>The logits at every position of <paramref name="ids"/> in one run without the cache, [ids.Count × vocabulary]
     /// row-major: row t predicts token t + 1 (scoring a sequence).</summary>
     public float[] AllLogits(IReadOnlyList<int> ids, RunOptions? runOptions = null)
     {
         using var state = Start(useCache: false);
-        return Advance(state, ids, runOptions, AllRows);
+        return Advance(state, [ids], runOptions, AllRows);
     }
 
-    float[] Advance(DecodeState state, IReadOnlyList<int> newTokens, RunOptions? runOptions, Func<OrtValue, float[]> read)
+    T Advance<T>(DecodeState state, IReadOnlyList<IReadOnlyList<int>> newTokens, RunOptions? runOptions, Func<OrtValue, T> read)
     {
-        if (newTokens.Count == 0) throw new ArgumentException("a step needs at least one token");
-        if (VocabSize is { } vocab && newTokens.FirstOrDefault(t => t < 0 || t >= vocab, -1) is var bad && bad != -1)
-            throw new OrtLoraException($"token id {bad} is outside the model's vocabulary of {vocab} (wrong tokenizer for this model?)");
-        state.Ids.AddRange(newTokens);
-        int total = state.Ids.Count;
+        int rows = state.Rows.Length;
+        if (newTokens.Count != rows || newTokens.Any(t => t.Count != newTokens[0].Count))
+            throw new ArgumentException($"a step of {rows} rows needs as many token lists, all of one length");
+        if (newTokens[0].Count == 0) throw new ArgumentException("a step needs at least one token");
+        foreach (var tokens in newTokens)
+            if (VocabSize is { } vocab && tokens.FirstOrDefault(t => t < 0 || t >= vocab, -1) is var bad && bad != -1)
+                throw new OrtLoraException($"token id {bad} is outside the model's vocabulary of {vocab} (wrong tokenizer for this model?)");
+        for (int r = 0; r < rows; r++) state.Rows[r].AddRange(newTokens[r]);
+        int total = state.Rows[0].Count;
         int pastLength = state.UseCache ? state.PastLength : 0;
-        var fed = state.Ids.GetRange(pastLength, total - pastLength);
+        var fed = state.Rows.SelectMany(row => row.Skip(pastLength)).ToList();
+        int fedLength = total - pastLength;
         var names = new List<string>();
         var values = new List<OrtValue>();
         var owned = new List<OrtValue>();
         void Feed(string name, OrtValue value, bool own = true) { names.Add(name); values.Add(value); if (own) owned.Add(value); }
         try
         {
-            Feed(_idsName, IntTensor(_idsName, fed.Select(i => (long)i).ToArray()));
-            if (_maskName is not null) Feed(_maskName, IntTensor(_maskName, Enumerable.Repeat(1L, total).ToArray()));
-            if (_positionName is not null) Feed(_positionName, IntTensor(_positionName, Enumerable.Range(pastLength, fed.Count).Select(i => (long)i).ToArray()));
+            Feed(_idsName, IntTensor(_idsName, [.. fed.Select(i => (long)i)], rows));
+            if (_maskName is not null) Feed(_maskName, IntTensor(_maskName, Enumerable.Repeat(1L, rows * total).ToArray(), rows));
+            if (_positionName is not null)
+                Feed(_positionName, IntTensor(_positionName, [.. Enumerable.Range(0, rows * fedLength).Select(i => (long)(pastLength + i % fedLength))], rows));
             if (_useCacheBranchName is not null) Feed(_useCacheBranchName, OrtValue.CreateTensorValueFromMemory(new[] { pastLength > 0 }, [1]));
             for (int i = 0; i < _cache.Length; i++)
             {
                 if (state.UseCache && state.Past is not null) Feed(_cache[i].Past, state.Past[i], own: false);
-                else Feed(_cache[i].Past, EmptyCache(_cache[i].Past));
+                else Feed(_cache[i].Past, EmptyCache(_cache[i].Past, rows));
             }
             var outputNames = state.UseCache ? [_logitsName, .. _cache.Select(c => c.Present)] : new[] { _logitsName };
             IDisposableReadOnlyCollection<OrtValue> results;
@@ -109,35 +124,40 @@ public sealed class CausalLmSession : IDisposable
         finally { foreach (var v in owned) v.Dispose(); }
     }
 
-    OrtValue IntTensor(string input, long[] values)
+    OrtValue IntTensor(string input, long[] values, int rows)
     {
-        long[] shape = [1, values.Length];
+        long[] shape = [rows, values.Length / rows];
         return Session.InputMetadata[input].ElementDataType == TensorElementType.Int32
             ? OrtValue.CreateTensorValueFromMemory(values.Select(v => (int)v).ToArray(), shape)
             : OrtValue.CreateTensorValueFromMemory(values, shape);
     }
 
-    OrtValue EmptyCache(string input)
+    OrtValue EmptyCache(string input, int rows)
     {
         var meta = Session.InputMetadata[input];
-        long[] shape = [1, meta.Dimensions[1], 0, meta.Dimensions[3]];
+        long[] shape = [rows, meta.Dimensions[1], 0, meta.Dimensions[3]];
         return OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, meta.ElementDataType, shape);
     }
 
-    static float[] LastRow(OrtValue logits) => Rows(logits, last: true);
-    static float[] AllRows(OrtValue logits) => Rows(logits, last: false);
-
-    static float[] Rows(OrtValue logits, bool last)
+    /// <summary>Each batch row's logits at its last position ([rows, n, V] → rows × V).</summary>
+    static float[][] LastRows(OrtValue logits, int rows)
     {
-        var info = logits.GetTensorTypeAndShape();
-        int vocab = (int)info.Shape[^1];
-        Range rows = last ? ^vocab.. : ..;
-        return info.ElementDataType switch
+        var shape = logits.GetTensorTypeAndShape().Shape;
+        long vocab = shape[^1], perRow = shape.Length == 3 ? shape[1] * vocab : vocab;
+        return [.. Enumerable.Range(0, rows).Select(r => Floats(logits, new Range((int)(r * perRow + perRow - vocab), (int)((r + 1) * perRow))))];
+    }
+
+    static float[] AllRows(OrtValue logits) => Floats(logits, ..);
+
+    static float[] Floats(OrtValue logits, Range range)
+    {
+        var type = logits.GetTensorTypeAndShape().ElementDataType;
+        return type switch
         {
-            TensorElementType.Float => logits.GetTensorDataAsSpan<float>()[rows].ToArray(),
-            TensorElementType.Float16 => logits.GetTensorDataAsSpan<Float16>()[rows].ToArray().Select(h => (float)h).ToArray(),
-            TensorElementType.BFloat16 => logits.GetTensorDataAsSpan<BFloat16>()[rows].ToArray().Select(h => (float)h).ToArray(),
-            _ => throw new OrtLoraException($"logits of type {info.ElementDataType} are not supported"),
+            TensorElementType.Float => logits.GetTensorDataAsSpan<float>()[range].ToArray(),
+            TensorElementType.Float16 => logits.GetTensorDataAsSpan<Float16>()[range].ToArray().Select(h => (float)h).ToArray(),
+            TensorElementType.BFloat16 => logits.GetTensorDataAsSpan<BFloat16>()[range].ToArray().Select(h => (float)h).ToArray(),
+            _ => throw new OrtLoraException($"logits of type {type} are not supported"),
         };
     }
 
@@ -147,10 +167,12 @@ public sealed class CausalLmSession : IDisposable
     }
 }
 
-/// <summary>One sequence being decoded: its tokens so far and, with a cache, the previous step's present tensors.</summary>
+/// <summary>Sequences being decoded (one, or a group side by side): their tokens so far and, with a cache, the previous
+/// step's present tensors.</summary>
 public sealed class DecodeState : IDisposable
 {
-    internal List<int> Ids { get; } = [];
+    internal List<int>[] Rows { get; }
+    internal List<int> Ids => Rows[0];
     internal bool UseCache { get; }
     internal int PastLength { get; private set; }
     internal OrtValue[]? Past { get; private set; }
@@ -160,7 +182,11 @@ public sealed class DecodeState : IDisposable
     public IReadOnlyList<int> Tokens => Ids;
     public bool UsesCache => UseCache;
 
-    internal DecodeState(bool useCache) => UseCache = useCache;
+    internal DecodeState(bool useCache, int rows = 1)
+    {
+        UseCache = useCache;
+        Rows = [.. Enumerable.Range(0, rows).Select(_ => new List<int>())];
+    }
 
     /// <summary>The presents become the next step's pasts; the previous outputs (the pasts just consumed) are freed.</summary>
     internal void KeepCache(IDisposableReadOnlyCollection<OrtValue> outputs, int length)

@@ -19,24 +19,28 @@ public sealed record GrpoMicroBatch(EngineBatch Batch, double Loss, double KlSum
 /// tokens.</summary>
 public static class GrpoRollout
 {
-    /// <summary>num_generations completions of each prompt, prompt by prompt (groups are consecutive). Each completion's
-    /// sampler is seeded from (seed, step, its place), so a run and a resumed run draw the same completions.</summary>
+    /// <summary>num_generations completions of each prompt, prompt by prompt (groups are consecutive), each group sampled
+    /// side by side (<see cref="PolicySampler.SampleGroup"/>). Each completion's sampler is seeded from (seed, step, its
+    /// place), so a run and a resumed run draw the same completions.</summary>
     public static List<Completion> Sample(PolicySampler sampler, IReadOnlyList<GrpoPrompt> prompts, TextTokenizer tokenizer, GrpoOptions grpo,
         IReadOnlyCollection<int> stops, int seed, int step)
     {
         var completions = new List<Completion>();
         foreach (var prompt in prompts)
-            for (int g = 0; g < grpo.NumGenerations; g++)
+        {
+            var options = Enumerable.Range(completions.Count, grpo.NumGenerations).Select(place =>
             {
-                ulong stream = SplitMix64.Stream((ulong)seed, (ulong)step, (ulong)completions.Count);
-                var options = new GenerationOptions
+                ulong stream = SplitMix64.Stream((ulong)seed, (ulong)step, (ulong)place);
+                return new GenerationOptions
                 {
                     MaxNewTokens = grpo.MaxCompletionLength, Temperature = grpo.Temperature, TopK = grpo.TopK, TopP = grpo.TopP,
                     RepetitionPenalty = grpo.RepetitionPenalty, StopTokenIds = stops, Seed = (int)(SplitMix64.Next(ref stream) & int.MaxValue),
                 };
-                var (ids, truncated) = sampler.Sample(prompt.Ids, options);
+            }).ToList();
+            // the group side by side: one run per generated token for all its completions
+            foreach (var (ids, truncated) in sampler.SampleGroup(prompt.Ids, options))
                 completions.Add(new Completion(prompt, ids, tokenizer.Decode(ids, skipSpecialTokens: true), truncated));
-            }
+        }
         return completions;
     }
 

@@ -43,6 +43,38 @@ public sealed class PolicySampler : IDisposable
         return (ids, !stopped && ids.Count >= options.MaxNewTokens);
     }
 
+    /// <summary>Completions of one prompt side by side, one per options (their seeds differ): one run per step for the
+    /// whole group (batch = group size; the rows share the prompt, so none is padded). A row that has stopped is fed its
+    /// stop token again until every row has stopped or reached <see cref="GenerationOptions.MaxNewTokens"/>; what it
+    /// produces then is dropped. Each row draws from its own sampler exactly as <see cref="Sample"/> would.</summary>
+    public List<(List<int> Ids, bool Truncated)> SampleGroup(IReadOnlyList<int> prompt, IReadOnlyList<GenerationOptions> options)
+    {
+        if (prompt.Count == 0) throw new OrtLoraException("the prompt is empty (no tokens to start from)");
+        int rows = options.Count, max = options[0].MaxNewTokens;
+        using var state = _generator.Model.StartGroup(rows, options[0].UseKvCache);
+        using var run = new RunOptions();
+        if (_adapter is not null) run.AddActiveLoraAdapter(_adapter);
+        var samplers = options.Select(o => new Sampler(o)).ToArray();
+        var seen = options.Select(o => o.RepetitionPenalty == 1.0 ? null : prompt.ToHashSet()).ToArray();
+        var ids = options.Select(_ => new List<int>()).ToArray();
+        var stopped = new bool[rows];
+        var logits = _generator.Model.StepGroup(state, [.. Enumerable.Repeat(prompt, rows)], run);
+        for (int produced = 0; produced < max; produced++)
+        {
+            for (int r = 0; r < rows; r++)
+            {
+                if (stopped[r]) continue;
+                int next = samplers[r].Next(logits[r], seen[r]);
+                seen[r]?.Add(next);
+                ids[r].Add(next);
+                stopped[r] = options[r].StopTokenIds.Contains(next);
+            }
+            if (stopped.All(s => s) || produced + 1 == max) break;
+            logits = _generator.Model.StepGroup(state, [.. ids.Select(row => (IReadOnlyList<int>)[row[^1]])], run);
+        }
+        return [.. ids.Select((row, r) => (row, !stopped[r] && row.Count >= max))];
+    }
+
     /// <summary>log p of each completion token after the prompt, from the logits divided by <paramref name="temperature"/>
     /// (as TRL scores completions), under the policy or the reference.</summary>
     public float[] CompletionLogps(IReadOnlyList<int> prompt, IReadOnlyList<int> completion, double temperature, bool reference)
