@@ -11,6 +11,7 @@ public class DataPreferenceTests
 
     sealed class TextRow { public string? prompt { get; set; } public string? chosen { get; set; } public string? rejected { get; set; } }
     sealed class ImplicitRow { public string? chosen { get; set; } public string? rejected { get; set; } }
+    sealed class RequiredLabelRow { public int id { get; set; } public double score { get; set; } public string? prompt { get; set; } public string? completion { get; set; } public bool label { get; set; } }
     sealed class Turn { public string? role { get; set; } public string? content { get; set; } }
     sealed class ConversationRow { public List<Turn?>? prompt { get; set; } public List<Turn?>? chosen { get; set; } public List<Turn?>? rejected { get; set; } }
     sealed class ImplicitConversationRow { public List<Turn?>? chosen { get; set; } public List<Turn?>? rejected { get; set; } }
@@ -146,6 +147,22 @@ public class DataPreferenceTests
         var (chatChosen, _) = encoder.Encode(1, chat)!.Value;
         Assert.That(chatChosen.InputIds[0], Is.EqualTo(llama.BosId));
         Assert.That(chatChosen.InputIds.Count(id => id == llama.BosId), Is.EqualTo(1));
+    }
+
+    /// <summary>A label column that is required (not nullable, as Parquet.Net writes a bool property), after other
+    /// required columns: every stored value is read, none as null. The reader takes a required column as plain values,
+    /// as the prompt-only reader does since Parquet.Net 6.1 gave it nulls reading required int and double columns into
+    /// nullable values; this file does not trigger that, it guards the required path itself.</summary>
+    [Test]
+    public void RequiredLabelsAfterOtherRequiredColumnsAreRead()
+    {
+        var path = Shared.WriteParquet(Enumerable.Range(0, 6).Select(i => new RequiredLabelRow
+            { id = i, score = i / 3.0, prompt = $"Q{i}?", completion = $" A{i}.", label = i % 3 != 0 }), "required_labels.parquet");
+        using var data = ParquetDataset.Open(path);
+        Assert.That(data.Format, Is.EqualTo(DatasetFormat.UnpairedPreference));
+        var rows = data.ReadAll().Select(r => (UnpairedPreferenceRecord)r.Record).ToList();
+        Assert.That(rows.Select(r => r.Label), Is.EqualTo(new[] { false, true, true, false, true, true }));
+        Assert.That(data.Summary.SkippedNull, Is.EqualTo(0));
     }
 
     /// <summary>Unpaired rows (TRL's KTO format: prompt, completion, label), the label a boolean column or JSON's

@@ -84,6 +84,14 @@ public sealed partial class ParquetDataset
         {
             var (shard, local) = Locate(group);
             using var rowGroup = shard.Reader.OpenRowGroupReader(local);
+            // A required column as plain values: Parquet.Net 6.1 can read one into nullable values as nulls after another
+            // such read (ParquetDataset.Prompts' ReadValues).
+            if (!field.IsNullable)
+            {
+                var required = new bool[rowGroup.RowCount];
+                rowGroup.ReadAsync(field, required.AsMemory()).GetAwaiter().GetResult();
+                return [.. required.Select(v => (bool?)v)];
+            }
             var values = new bool?[rowGroup.RowCount];
             rowGroup.ReadAsync(field, values.AsMemory()).GetAwaiter().GetResult();
             return values;
