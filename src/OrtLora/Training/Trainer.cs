@@ -52,12 +52,8 @@ public static class Trainer
         var args = job.Args;
         Directory.CreateDirectory(args.OutputDir);
 
-        // Model: inject unless it already carries adapters.
         using var model = OnnxModel.Load(job.ModelPath);
-        var lora = LoraModel.Read(model);
-        if (lora is not null && job.InitFrom is not null)
-            throw new OrtLoraException($"{job.ModelPath}: the model already has LoRA adapters; --init-from is for a plain model");
-        lora ??= job.InitFrom is { } dir ? LoraInjector.Inject(model, PeftAdapter.Load(dir)) : LoraInjector.Inject(model, job.Lora);
+        var lora = InjectUnlessInjected(model, job.InitFrom, job.Lora);
 
         // Tokenizer and data.
         var modelDir = Path.GetDirectoryName(Path.GetFullPath(job.ModelPath))!;
@@ -278,6 +274,16 @@ public static class Trainer
         model.Save(merged);
         Deploy.GenAiConfig.CopyTokenizerFiles(mergeWithTokenizer, mergedDir);
         return merged;
+    }
+
+    /// <summary>The model's adapters: its own when it already carries some, else injected from <paramref name="initFrom"/>'s
+    /// PEFT adapter or with <paramref name="config"/>.</summary>
+    internal static LoraModel InjectUnlessInjected(OnnxModel model, string? initFrom, LoraConfig config)
+    {
+        var lora = LoraModel.Read(model);
+        if (lora is not null && initFrom is not null)
+            throw new OrtLoraException($"{model.Source}: the model already has LoRA adapters; --init-from is for a plain model");
+        return lora ?? (initFrom is { } dir ? LoraInjector.Inject(model, PeftAdapter.Load(dir)) : LoraInjector.Inject(model, config));
     }
 
     /// <summary>One optimizer step over a window of micro-batches. The loss is normalized by the window's counted

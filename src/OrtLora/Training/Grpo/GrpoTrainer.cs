@@ -69,10 +69,7 @@ public static class GrpoTrainer
         var grpo = job.Grpo;
         Directory.CreateDirectory(args.OutputDir);
         using var model = OnnxModel.Load(job.ModelPath);
-        var lora = LoraModel.Read(model);
-        if (lora is not null && job.InitFrom is not null)
-            throw new OrtLoraException($"{job.ModelPath}: the model already has LoRA adapters; --init-from is for a plain model");
-        lora ??= job.InitFrom is { } dir ? LoraInjector.Inject(model, PeftAdapter.Load(dir)) : LoraInjector.Inject(model, job.Lora);
+        var lora = Trainer.InjectUnlessInjected(model, job.InitFrom, job.Lora);
 
         var tokenizerPath = job.TokenizerPath ?? Path.GetDirectoryName(Path.GetFullPath(job.ModelPath))!;
         var tokenizer = TokenizerLoader.Load(tokenizerPath);
