@@ -37,6 +37,9 @@ public static class GrpoCommand
         var topK = new Option<int>("--top-k") { Description = "0: no top-k filtering" };
         var repetition = new Option<double>("--repetition-penalty") { DefaultValueFactory = _ => 1.0 };
         var beta = new Option<double>("--beta") { Description = "KL coefficient against the model as training starts (TRL's default 0: no reference pass)" };
+        var iterations = new Option<int>("--num-iterations") { Description = "optimizer steps on each generation batch (TRL's mu); from the second on the policy ratio is clipped", DefaultValueFactory = _ => 1 };
+        var clip = new Option<double>("--epsilon") { Description = "the ratio's lower clip, 1 - epsilon", DefaultValueFactory = _ => 0.2 };
+        var epsilonHigh = new Option<double?>("--epsilon-high") { Description = "the ratio's upper clip, 1 + epsilon_high (default: --epsilon; DAPO: 0.28)" };
         var lossType = new Option<string>("--loss-type") { DefaultValueFactory = _ => "dapo" };
         lossType.AcceptOnlyFromAmong(GrpoOptions.LossTypes);
         var scale = new Option<string>("--scale-rewards") { Description = "divide advantages by the group's reward std, the batch's, or none", DefaultValueFactory = _ => "group" };
@@ -77,7 +80,7 @@ public static class GrpoCommand
         var cmd = new Command("grpo", "GRPO (TRL's GRPOTrainer): sample completions of prompts, score them with reward functions, train the adapters toward the better ones") { model, output };
         lora.AddTo(cmd);
         foreach (var o in new Option[] { data, format, evalData, evalSteps, evalStrategy, generationsEval, rewardFuncs, rewardWeights, tokenizer, chatTemplate, generations, maxCompletion, maxPrompt, temperature, topP, topK, repetition,
-                     beta, lossType, scale, maskTruncated, logCompletions, epochs, maxSteps, batch, accumulation, lr, scheduler, warmupRatio, warmupSteps, weightDecay,
+                     beta, iterations, clip, epsilonHigh, lossType, scale, maskTruncated, logCompletions, epochs, maxSteps, batch, accumulation, lr, scheduler, warmupRatio, warmupSteps, weightDecay,
                      beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, saveSteps, saveLimit, saveOnlyModel, loraplus, lossChunks, device, epLibrary, fp16, bf16,
                      checkpointing, resume, merge, plain })
             cmd.Options.Add(o);
@@ -109,7 +112,8 @@ public static class GrpoCommand
                 {
                     NumGenerations = parse.GetValue(generations), NumGenerationsEval = parse.GetValue(generationsEval), MaxCompletionLength = parse.GetValue(maxCompletion), MaxPromptLength = parse.GetValue(maxPrompt),
                     Temperature = parse.GetValue(temperature), TopP = parse.GetValue(topP), TopK = parse.GetValue(topK), RepetitionPenalty = parse.GetValue(repetition),
-                    Beta = parse.GetValue(beta), LossType = parse.GetValue(lossType)!, ScaleRewards = parse.GetValue(scale)!,
+                    Beta = parse.GetValue(beta), NumIterations = parse.GetValue(iterations), Epsilon = parse.GetValue(clip), EpsilonHigh = parse.GetValue(epsilonHigh),
+                    LossType = parse.GetValue(lossType)!, ScaleRewards = parse.GetValue(scale)!,
                     MaskTruncatedCompletions = parse.GetValue(maskTruncated), RewardWeights = weights is { Length: > 0 } ? weights : null,
                 },
                 Args = args, LogCompletions = parse.GetValue(logCompletions), Merge = parse.GetValue(merge),

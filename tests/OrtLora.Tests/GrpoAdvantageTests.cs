@@ -66,9 +66,38 @@ public class GrpoAdvantageTests
         Assert.That(weights[0], Is.EqualTo(norm * (0.8 - beta * (1 - Math.Exp(-0.5)))).Within(1e-7));
         Assert.That(weights[1], Is.EqualTo(norm * (0.8 - beta * (1 - Math.Exp(1.0)))).Within(1e-7));
         double Kl(double r, double p) => Math.Exp(r - p) - (r - p) - 1;
-        var (loss, klSum) = GroupAdvantages.Loss([completion], [norm], beta);
+        var (loss, klSum, _, _, _) = GroupAdvantages.Loss([completion], [norm], beta);
         Assert.That(klSum, Is.EqualTo(Kl(-1.5, -1.0) + Kl(-1.0, -2.0)).Within(1e-7));
         Assert.That(loss, Is.EqualTo(norm * (-0.8 * 2 + beta * klSum)).Within(1e-9));
         Assert.That(GroupAdvantages.TokenWeights(new ScoredCompletion(3, -0.5), norm, 0), Is.All.EqualTo((float)(-0.05)));
+    }
+
+    /// <summary>A later iteration on a generation batch (num_iterations > 1): the per-token loss is
+    /// −min(ρ·A, clip(ρ, 1 − ε, 1 + ε_high)·A). Where the unclipped term is the min its gradient is A·ρ·∇log p, where the
+    /// clipped one is, nothing: tokens whose ratio has left the trust region in the advantage's direction stop pulling.</summary>
+    [Test]
+    public void LaterIterationsWeighByTheRatioAndStopAtTheClip()
+    {
+        const double norm = 0.5, epsilon = 0.2, epsilonHigh = 0.28;
+        float[] old = [-1.0f, -1.0f, -1.0f, -1.0f];
+        // ratios e^(p − old): 1.1 (inside), 1.5 (above 1 + ε_high), 0.7 (below 1 − ε), 1.0
+        float[] policy = [(float)(-1 + Math.Log(1.1)), (float)(-1 + Math.Log(1.5)), (float)(-1 + Math.Log(0.7)), -1.0f];
+        var positive = new ScoredCompletion(4, 2.0, policy, OldLogps: old);
+        var negative = new ScoredCompletion(4, -2.0, policy, OldLogps: old);
+        double[] rho = [1.1, 1.5, 0.7, 1.0];
+        var up = GroupAdvantages.TokenWeights(positive, norm, 0, epsilon, epsilonHigh);
+        // A > 0: clipped above 1 + ε_high only; below 1 − ε the unclipped term is still the min
+        Assert.That(up, Is.EqualTo(new[] { norm * 2 * rho[0], 0, norm * 2 * rho[2], norm * 2 }).Within(1e-6));
+        var down = GroupAdvantages.TokenWeights(negative, norm, 0, epsilon, epsilonHigh);
+        // A < 0: clipped below 1 − ε only
+        Assert.That(down, Is.EqualTo(new[] { -norm * 2 * rho[0], -norm * 2 * rho[1], 0, -norm * 2 }).Within(1e-6));
+
+        var up_ = GroupAdvantages.Loss([positive], [norm], 0, epsilon, epsilonHigh);
+        double expected = -norm * 2 * (1.1 + (1 + epsilonHigh) + 0.7 + 1.0);
+        Assert.That(up_.Loss, Is.EqualTo(expected).Within(1e-6));
+        Assert.That((up_.LowClipped, up_.HighClipped, up_.RegionClipped), Is.EqualTo((0, 1, 2)));
+        var down_ = GroupAdvantages.Loss([negative], [norm], 0, epsilon, epsilonHigh);
+        Assert.That(down_.Loss, Is.EqualTo(norm * 2 * (1.1 + 1.5 + (1 - epsilon) + 1.0)).Within(1e-6));
+        Assert.That((down_.LowClipped, down_.HighClipped, down_.RegionClipped), Is.EqualTo((1, 0, 2)));
     }
 }

@@ -118,6 +118,41 @@ public class TrainGrpoTests
         Assert.That(kl[^1], Is.GreaterThan(1e-4));
     }
 
+    /// <summary>num_iterations 2: each generation batch trains two steps, so the rewards (logged when sampled) are logged on
+    /// every other step, the second step's ratio moves away from 1 and the clip ratios are logged; the reward still rises.
+    /// A run resumed from a checkpoint (which falls between generation batches) ends like the straight run; a --save-steps
+    /// that would cut between the two iterations is one error.</summary>
+    [Test]
+    public void NumIterationsTrainsEachGenerationBatchTwice()
+    {
+        var dir = Shared.TempDir();
+        OrtloraOk(GrpoArgs(dir, "--max-steps", "30", "--num-iterations", "2", "--epsilon", "0.1", "--log-completions"));
+        var metrics = Metrics(dir).Where(m => m["train_runtime"] is null).ToList();
+        Assert.That(metrics, Has.Count.EqualTo(30));
+        Assert.That(metrics.Select(m => m["reward"] is not null), Is.EqualTo(Enumerable.Range(1, 30).Select(step => step % 2 == 1)));
+        Assert.That(File.ReadAllLines(Path.Combine(dir, "completions.jsonl")), Has.Length.EqualTo(15 * 16), "one generation batch per two steps");
+        var region = metrics.Select(m => m["clip_ratio/region_mean"]!.GetValue<double>()).ToList();
+        Assert.That(region.Where((_, i) => i % 2 == 0), Is.All.EqualTo(0.0), "the first iteration's ratio is 1");
+        Assert.That(region.Where((_, i) => i % 2 == 1).Max(), Is.GreaterThan(0), "after a step at lr 1e-2 some ratios leave [0.9, 1.1]");
+        var reward = Series(metrics, "reward");
+        Assert.That(reward.TakeLast(3).Average(), Is.GreaterThan(reward.Take(3).Average() + 0.1), "the reward rises (a run: 0.73 → 0.90)");
+
+        // checkpoints fall between generation batches, so a resumed run ends byte for byte like the straight one
+        var straight = Shared.TempDir();
+        var resumed = Shared.TempDir();
+        OrtloraOk(GrpoArgs(straight, "--max-steps", "4", "--num-iterations", "2", "--save-steps", "2"));
+        OrtloraOk(GrpoArgs(resumed, "--max-steps", "4", "--num-iterations", "2", "--save-steps", "2"));
+        File.Delete(Path.Combine(resumed, "adapter_model.safetensors"));
+        Directory.Delete(Path.Combine(resumed, "checkpoint-4"), recursive: true);
+        OrtloraOk(GrpoArgs(resumed, "--max-steps", "4", "--num-iterations", "2", "--save-steps", "2", "--resume-from-checkpoint"));
+        Assert.That(File.ReadAllBytes(Path.Combine(resumed, "adapter_model.safetensors")),
+            Is.EqualTo(File.ReadAllBytes(Path.Combine(straight, "adapter_model.safetensors"))));
+
+        var cut = Ortlora(GrpoArgs(Shared.TempDir(), "--max-steps", "4", "--num-iterations", "2", "--save-steps", "3"));
+        Assert.That(cut.ExitCode, Is.EqualTo(1));
+        Assert.That(cut.Error, Does.Contain("--save-steps (3) must be a multiple of --num-iterations (2)"));
+    }
+
     /// <summary>Conversational prompts (JSON Lines, lists of messages) are rendered by the chat template with the
     /// assistant's turn opened (the tiny model has none of its own: ChatML), and the rewards read the other columns.</summary>
     [Test]

@@ -1,13 +1,19 @@
 namespace OrtLora.Training.Grpo;
 
-/// <summary>One sampled completion's part in a step: its tokens (those the loss counts) and, with β > 0, its tokens'
-/// log-probabilities under the policy and the reference.</summary>
+/// <summary>One sampled completion's part in a step: its tokens (those the loss counts) and, where needed, its tokens'
+/// log-probabilities under the policy as it is (β > 0, or a later iteration), the reference (β > 0), and the policy that
+/// sampled it (a later iteration of num_iterations: the ratio's denominator).</summary>
 /// <param name="CountedTokens">completion tokens in the loss (0 for a truncated completion under mask_truncated_completions)</param>
-public sealed record ScoredCompletion(int CountedTokens, double Advantage, float[]? PolicyLogps = null, float[]? ReferenceLogps = null);
+public sealed record ScoredCompletion(int CountedTokens, double Advantage, float[]? PolicyLogps = null, float[]? ReferenceLogps = null,
+    float[]? OldLogps = null);
+
+/// <summary>A micro-batch's loss as TRL logs it, the sum of its KL terms, and how many of its tokens the clipping held:
+/// low (A &lt; 0, ratio &lt; 1 − ε), high (A &gt; 0, ratio &gt; 1 + ε_high), and out of [1 − ε, 1 + ε_high] at all.</summary>
+public sealed record MicroBatchLoss(double Loss, double KlSum, int LowClipped, int HighClipped, int RegionClipped);
 
 /// <summary>GRPO's arithmetic between the rewards and the loss, as TRL's GRPOTrainer computes it
-/// (_generate_and_score_completions, then _compute_loss with num_iterations = 1, so that the policy ratio is 1 and the
-/// clipping never acts).</summary>
+/// (_generate_and_score_completions, then _compute_loss). Each token's loss is −min(ρ·A, clip(ρ, 1 − ε, 1 + ε_high)·A)
+/// + β·kl with ρ = π / π_old; at the first iteration on a generation batch ρ is 1 and the clipping never acts.</summary>
 public static class GroupAdvantages
 {
     /// <summary>Rewards, advantages and the statistics TRL logs for one generation batch of groups of
@@ -60,24 +66,37 @@ public static class GroupAdvantages
         })];
     }
 
+    /// <summary>Token t's ratio ρ = π / π_old (1 without old log-probabilities) and which bound holds it: −1 low, +1 high,
+    /// 0 none (the min picks the unclipped term).</summary>
+    static (double Ratio, int Clipped) Ratio(ScoredCompletion c, int t, double epsilon, double epsilonHigh)
+    {
+        if (c.OldLogps is null) return (1, 0);
+        double ratio = Math.Exp(c.PolicyLogps![t] - c.OldLogps[t]);
+        return c.Advantage < 0 && ratio < 1 - epsilon ? (ratio, -1) : c.Advantage > 0 && ratio > 1 + epsilonHigh ? (ratio, 1) : (ratio, 0);
+    }
+
     /// <summary>−d loss / d log p of each counted token of a completion (the token weights of the engine's weighted loss):
-    /// normalizer·(A − β·(1 − e^(ref − logp))), since TRL's per-token loss is −A·ratio + β·(e^(ref − logp) − (ref − logp) − 1).</summary>
-    public static float[] TokenWeights(ScoredCompletion completion, double normalizer, double beta)
+    /// normalizer·(A·ρ − β·(1 − e^(ref − logp))), with A·ρ replaced by 0 where the clipped term is the min (it is constant
+    /// there), since d ρ / d log p = ρ and d/d log p of e^(ref − logp) − (ref − logp) − 1 is 1 − e^(ref − logp).</summary>
+    public static float[] TokenWeights(ScoredCompletion completion, double normalizer, double beta, double epsilon = 0.2, double epsilonHigh = 0.2)
     {
         var weights = new float[completion.CountedTokens];
         for (int t = 0; t < weights.Length; t++)
         {
+            var (ratio, clipped) = Ratio(completion, t, epsilon, epsilonHigh);
             double kl = beta == 0 ? 0 : beta * (1 - Math.Exp(completion.ReferenceLogps![t] - completion.PolicyLogps![t]));
-            weights[t] = (float)(normalizer * (completion.Advantage - kl));
+            weights[t] = (float)(normalizer * ((clipped == 0 ? completion.Advantage * ratio : 0) - kl));
         }
         return weights;
     }
 
-    /// <summary>TRL's logged loss for one micro-batch (with the ratio at 1): Σ over counted tokens of
-    /// normalizer·(−A + β·kl), and the micro-batch's mean per-token KL (0 without β).</summary>
-    public static (double Loss, double KlSum) Loss(IReadOnlyList<ScoredCompletion> microBatch, IReadOnlyList<double> normalizers, double beta)
+    /// <summary>TRL's logged loss for one micro-batch: Σ over counted tokens of normalizer·(−min(ρ·A, clip(ρ)·A) + β·kl),
+    /// with the KL terms' sum and the clipped tokens.</summary>
+    public static MicroBatchLoss Loss(IReadOnlyList<ScoredCompletion> microBatch, IReadOnlyList<double> normalizers, double beta,
+        double epsilon = 0.2, double epsilonHigh = 0.2)
     {
         double loss = 0, klSum = 0;
+        int low = 0, high = 0, region = 0;
         for (int i = 0; i < microBatch.Count; i++)
         {
             var c = microBatch[i];
@@ -89,10 +108,15 @@ public static class GroupAdvantages
                     double d = c.ReferenceLogps![t] - c.PolicyLogps![t];
                     kl = Math.Exp(d) - d - 1;
                 }
+                var (ratio, clipped) = Ratio(c, t, epsilon, epsilonHigh);
+                double surrogate = Math.Min(ratio * c.Advantage, Math.Clamp(ratio, 1 - epsilon, 1 + epsilonHigh) * c.Advantage);
                 klSum += kl;
-                loss += normalizers[i] * (-c.Advantage + beta * kl);
+                loss += normalizers[i] * (-surrogate + beta * kl);
+                if (clipped < 0) low++;
+                if (clipped > 0) high++;
+                if (ratio < 1 - epsilon || ratio > 1 + epsilonHigh) region++;
             }
         }
-        return (loss, klSum);
+        return new MicroBatchLoss(loss, klSum, low, high, region);
     }
 }

@@ -11,12 +11,17 @@ public sealed class GrpoMetrics(IReadOnlyList<string> rewardNames)
 
     void Put(string name, double value) => (_values.TryGetValue(name, out var list) ? list : _values[name] = []).Add(value);
 
-    /// <summary>A training step's loss, its KL terms' sum over its counted tokens, and the tokens it ran.</summary>
-    public void AddLoss(double loss, double klSum, long countedTokens, long tokens)
+    /// <summary>A training step's micro-batches: the loss, the mean KL and clipped shares over their counted tokens, and
+    /// the tokens they ran.</summary>
+    public void AddLoss(IReadOnlyList<GrpoMicroBatch> micro)
     {
-        Tokens += tokens;
-        Put("loss", loss);
-        Put("kl", countedTokens == 0 ? 0 : klSum / countedTokens);
+        Tokens += micro.Sum(m => m.Batch.AttentionMask.Sum());
+        double counted = Math.Max(1, micro.Sum(m => (long)m.CountedTokens));
+        Put("loss", micro.Sum(m => m.Loss.Loss));
+        Put("kl", micro.Sum(m => m.Loss.KlSum) / counted);
+        Put("clip_ratio/low_mean", micro.Sum(m => m.Loss.LowClipped) / counted);
+        Put("clip_ratio/high_mean", micro.Sum(m => m.Loss.HighClipped) / counted);
+        Put("clip_ratio/region_mean", micro.Sum(m => m.Loss.RegionClipped) / counted);
     }
 
     /// <summary>A generation batch's rewards and completion lengths.</summary>
@@ -47,13 +52,13 @@ public sealed class GrpoMetrics(IReadOnlyList<string> rewardNames)
         return Math.Sqrt(values.Sum(v => (v - mean) * (v - mean)) / (values.Count - 1));
     }
 
-    /// <summary>Writes the means (kl only with β > 0, as TRL logs it), under TRL's names (evaluation: with the eval_
+    /// <summary>Writes the means (kl only with β > 0, clip ratios only with num_iterations > 1), under TRL's names (evaluation: with the eval_
     /// prefix), then starts over.</summary>
-    public void Report(JsonObject record, bool withKl, string prefix = "")
+    public void Report(JsonObject record, bool withKl, string prefix = "", bool withClipping = false)
     {
         foreach (var (name, values) in _values)
         {
-            if (name == "kl" && !withKl) continue;
+            if (name == "kl" && !withKl || name.StartsWith("clip_ratio/", StringComparison.Ordinal) && !withClipping) continue;
             var finite = values.Where(double.IsFinite).ToList();
             record[prefix + name] = finite.Count == 0 ? null : finite.Average();
         }

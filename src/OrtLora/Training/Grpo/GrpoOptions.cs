@@ -29,6 +29,12 @@ public sealed record GrpoOptions
     /// <summary>The KL coefficient against the reference (the model as training starts); 0 (TRL's default) computes no
     /// reference log-probabilities.</summary>
     public double Beta { get; init; }
+    /// <summary>num_iterations (μ): optimizer steps on each generation batch; from the second on, the ratio to the
+    /// policy that sampled it is clipped to [1 − ε, 1 + ε_high].</summary>
+    public int NumIterations { get; init; } = 1;
+    public double Epsilon { get; init; } = 0.2;
+    /// <summary>epsilon_high (null: <see cref="Epsilon"/>; DAPO uses 0.28).</summary>
+    public double? EpsilonHigh { get; init; }
     /// <summary>Truncated completions (no EOS within max_completion_length) count in the rewards but not in the loss.</summary>
     public bool MaskTruncatedCompletions { get; init; }
     /// <summary>One weight per reward function (null: all 1).</summary>
@@ -46,6 +52,9 @@ public sealed record GrpoOptions
         if (RepetitionPenalty <= 0) throw new OrtLoraException("--repetition-penalty must be positive");
         if (!LossTypes.Contains(LossType)) throw new OrtLoraException($"unknown GRPO loss type '{LossType}'; expected {string.Join(", ", LossTypes)}");
         if (!RewardScalings.Contains(ScaleRewards)) throw new OrtLoraException($"unknown --scale-rewards '{ScaleRewards}'; expected {string.Join(", ", RewardScalings)}");
+        if (NumIterations < 1) throw new OrtLoraException($"--num-iterations must be at least 1, got {NumIterations}");
+        if (Epsilon is <= 0 or >= 1) throw new OrtLoraException($"--epsilon must be in (0, 1), got {Epsilon}");
+        if (EpsilonHigh is <= 0) throw new OrtLoraException($"--epsilon-high must be positive, got {EpsilonHigh}");
         if (Beta < 0) throw new OrtLoraException($"--beta must not be negative, got {Beta}");
         if (rewardFunctions == 0) throw new OrtLoraException("GRPO needs at least one reward function (--reward-funcs)");
         if (RewardWeights is { } w && w.Count != rewardFunctions)

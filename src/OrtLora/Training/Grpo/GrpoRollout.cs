@@ -12,8 +12,8 @@ public sealed record Completion(GrpoPrompt Prompt, List<int> Ids, string Text, b
 /// statistics TRL logs.</summary>
 public sealed record RolloutScores(double[][] PerFunction, double[] Rewards, double[] Advantages, double[] Std, bool[] StdIsZero);
 
-/// <summary>One micro-batch for the engine with TRL's loss of it and its KL terms' sum.</summary>
-public sealed record GrpoMicroBatch(EngineBatch Batch, double Loss, double KlSum, int CountedTokens);
+/// <summary>One micro-batch for the engine with TRL's loss of it (and its KL and clipping counts).</summary>
+public sealed record GrpoMicroBatch(EngineBatch Batch, MicroBatchLoss Loss, int CountedTokens);
 
 /// <summary>A GRPO step's data path: sample the groups, score them, and lay them out as the engine's batches of weighted
 /// tokens.</summary>
@@ -60,18 +60,28 @@ public static class GrpoRollout
         return new RolloutScores(perFunction, sums, advantages, std, zero);
     }
 
+    /// <summary>Each completion's log-probabilities under the sampler's policy as it is: the ratio's denominator for the
+    /// later iterations on a generation batch (num_iterations &gt; 1).</summary>
+    public static List<float[]> PolicyLogps(IReadOnlyList<Completion> completions, PolicySampler sampler, double temperature) =>
+        [.. completions.Select(c => sampler.CompletionLogps(c.Prompt.Ids, c.Ids, temperature, reference: false))];
+
     /// <summary>Consecutive runs of <paramref name="batchSize"/> completions as right-padded batches: prompt + completion,
     /// the completion's tokens labelled and weighted by −d loss / d log p (<see cref="GroupAdvantages.TokenWeights"/>).</summary>
+    /// <param name="oldLogps">from the second iteration on a generation batch: each completion's log-probabilities under
+    /// the policy that sampled it; null at the first (the ratio is 1)</param>
     public static List<GrpoMicroBatch> MicroBatches(IReadOnlyList<Completion> completions, RolloutScores scores, PolicySampler sampler,
-        TextTokenizer tokenizer, GrpoOptions grpo, int batchSize)
+        TextTokenizer tokenizer, GrpoOptions grpo, int batchSize, IReadOnlyList<float[]>? oldLogps = null)
     {
+        double epsilonHigh = grpo.EpsilonHigh ?? grpo.Epsilon;
         var scored = completions.Select((c, i) =>
         {
             int counted = grpo.MaskTruncatedCompletions && c.Truncated ? 0 : c.Ids.Count;
-            // β > 0: the KL term's gradient needs each token's log-probability under the policy and the reference
-            return grpo.Beta == 0 || counted == 0 ? new ScoredCompletion(counted, scores.Advantages[i])
-                : new ScoredCompletion(counted, scores.Advantages[i], sampler.CompletionLogps(c.Prompt.Ids, c.Ids, grpo.Temperature, reference: false),
-                    sampler.CompletionLogps(c.Prompt.Ids, c.Ids, grpo.Temperature, reference: true));
+            // β > 0: the KL term's gradient needs each token's log-probability under the policy and the reference; a
+            // later iteration, the policy's and the sampling policy's for the ratio
+            if (counted == 0 || grpo.Beta == 0 && oldLogps is null) return new ScoredCompletion(counted, scores.Advantages[i]);
+            var policy = sampler.CompletionLogps(c.Prompt.Ids, c.Ids, grpo.Temperature, reference: false);
+            var reference = grpo.Beta == 0 ? null : sampler.CompletionLogps(c.Prompt.Ids, c.Ids, grpo.Temperature, reference: true);
+            return new ScoredCompletion(counted, scores.Advantages[i], policy, reference, oldLogps?[i]);
         }).ToList();
         long windowTokens = scored.Sum(s => (long)s.CountedTokens);
         int accumulation = (completions.Count + batchSize - 1) / batchSize;
@@ -81,7 +91,7 @@ public static class GrpoRollout
             int rows = Math.Min(batchSize, completions.Count - start);
             var part = scored.GetRange(start, rows);
             var normalizers = GroupAdvantages.Normalizers(part, windowTokens, accumulation, grpo.LossType, grpo.MaxCompletionLength);
-            var (loss, klSum) = GroupAdvantages.Loss(part, normalizers, grpo.Beta);
+            var loss = GroupAdvantages.Loss(part, normalizers, grpo.Beta, grpo.Epsilon, epsilonHigh);
             int length = Enumerable.Range(start, rows).Max(i => completions[i].Prompt.Ids.Length + completions[i].Ids.Count);
             var ids = new long[rows * length];
             var mask = new long[rows * length];
@@ -92,7 +102,7 @@ public static class GrpoRollout
             for (int r = 0; r < rows; r++)
             {
                 var c = completions[start + r];
-                var tokenWeights = GroupAdvantages.TokenWeights(part[r], normalizers[r], grpo.Beta);
+                var tokenWeights = GroupAdvantages.TokenWeights(part[r], normalizers[r], grpo.Beta, grpo.Epsilon, epsilonHigh);
                 int at = r * length;
                 for (int t = 0; t < c.Prompt.Ids.Length; t++, at++) { ids[at] = c.Prompt.Ids[t]; mask[at] = 1; }
                 for (int t = 0; t < c.Ids.Count; t++, at++)
@@ -102,7 +112,7 @@ public static class GrpoRollout
                     if (t < part[r].CountedTokens) { labels[at] = c.Ids[t]; weights[at] = tokenWeights[t]; }
                 }
             }
-            batches.Add(new GrpoMicroBatch(new EngineBatch(ids, mask, labels, rows, length) { TokenWeights = weights }, loss, klSum,
+            batches.Add(new GrpoMicroBatch(new EngineBatch(ids, mask, labels, rows, length) { TokenWeights = weights }, loss,
                 part.Sum(p => p.CountedTokens)));
         }
         return batches;

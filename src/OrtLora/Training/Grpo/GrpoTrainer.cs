@@ -38,7 +38,8 @@ public sealed record GrpoJob
 /// <summary>TRL's GRPOTrainer on the training engine, top to bottom: each step samples num_generations completions of
 /// (batch × accumulation) / num_generations prompts from the policy as it is, scores them with the reward functions,
 /// turns the rewards into group-relative advantages (<see cref="GroupAdvantages"/>), and takes one optimizer step on the
-/// loss of weighted tokens whose gradient is TRL's (one iteration per generation batch, so the policy ratio is 1).</summary>
+/// loss of weighted tokens whose gradient is TRL's. With num_iterations μ a generation batch serves μ steps: the first
+/// with the ratio at 1, the others with the ratio to the policy that sampled it, clipped.</summary>
 public static class GrpoTrainer
 {
     public static TrainResult Run(GrpoJob job, ITrainingReporter reporter)
@@ -85,7 +86,10 @@ public static class GrpoTrainer
                     throw new OrtLoraException($"{set.Path}: reward function '{reward.Name}' reads column '{missing}', which the file lacks (columns: {string.Join(", ", set.Columns)})");
 
         int promptsPerStep = args.PerDeviceTrainBatchSize * args.GradientAccumulationSteps / grpo.NumGenerations;
-        int stepsPerEpoch = (prompts.All.Count + promptsPerStep - 1) / promptsPerStep;
+        int stepsPerEpoch = (prompts.All.Count + promptsPerStep - 1) / promptsPerStep * grpo.NumIterations;
+        if (grpo.NumIterations > 1 && args.SaveStrategy == "steps" && args.SaveSteps % grpo.NumIterations != 0)
+            throw new OrtLoraException($"--save-steps ({args.SaveSteps}) must be a multiple of --num-iterations ({grpo.NumIterations}): " +
+                "a checkpoint between the iterations on one generation batch could not resume them");
         int totalSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * stepsPerEpoch);
         int warmup = LrSchedule.WarmupSteps(args, totalSteps);
 
@@ -145,23 +149,31 @@ public static class GrpoTrainer
         var runClock = Stopwatch.StartNew();
         double lastLoss = double.NaN, lossThisRun = 0;
         int stepsThisRun = 0;
+        // The generation batch the current iterations train on: completions, scores, and (μ > 1) their log-probabilities
+        // under the policy that sampled them; with the data position after its prompts.
+        (List<Completion> Rollout, RolloutScores Scores, List<float[]>? Old, int Epoch, int Index)? batch = null;
         while (state.GlobalStep < totalSteps)
         {
             double lr = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs);
-            // The step's prompts, in the epoch's order; an epoch's last step may take the next epoch's first prompts.
-            var group = new List<GrpoPrompt>();
-            var (epoch, index) = (state.Epoch, (int)state.DataIndex);
-            while (group.Count < promptsPerStep)
-            {
-                if (index == prompts.All.Count) (epoch, index) = (epoch + 1, 0);
-                group.Add(prompts.At(epoch, index++));
-            }
-
             sampler.SetParameters(session.GetParameters(), session.Graph.ParameterShapes);
-            var rollout = GrpoRollout.Sample(sampler, group, tokenizer, grpo, stops, args.Seed, state.GlobalStep);
-            var scores = GrpoRollout.Score(rollout, rewards, grpo);
-            var micro = GrpoRollout.MicroBatches(rollout, scores, sampler, tokenizer, grpo, args.PerDeviceTrainBatchSize);
-            double loss = micro.Sum(m => m.Loss);
+            bool generates = batch is null || state.GlobalStep % grpo.NumIterations == 0;
+            if (generates)
+            {
+                // The step's prompts, in the epoch's order; an epoch's last step may take the next epoch's first prompts.
+                var group = new List<GrpoPrompt>();
+                var (at, next) = (state.Epoch, (int)state.DataIndex);
+                while (group.Count < promptsPerStep)
+                {
+                    if (next == prompts.All.Count) (at, next) = (at + 1, 0);
+                    group.Add(prompts.At(at, next++));
+                }
+                var sampled = GrpoRollout.Sample(sampler, group, tokenizer, grpo, stops, args.Seed, state.GlobalStep);
+                batch = (sampled, GrpoRollout.Score(sampled, rewards, grpo),
+                    grpo.NumIterations > 1 ? GrpoRollout.PolicyLogps(sampled, sampler, grpo.Temperature) : null, at, next);
+            }
+            var (rollout, scores, old, epoch, index) = batch!.Value;
+            var micro = GrpoRollout.MicroBatches(rollout, scores, sampler, tokenizer, grpo, args.PerDeviceTrainBatchSize, generates ? null : old);
+            double loss = micro.Sum(m => m.Loss.Loss);
             if (micro.Count == 1) session.Step(micro[0].Batch, (float)lr, (float)args.MaxGradNorm);
             else
             {
@@ -172,10 +184,11 @@ public static class GrpoTrainer
                 throw new OrtLoraException($"the gradient norm is {session.LastGradNorm} at step {state.GlobalStep + 1}: training stopped");
             long tokens = micro.Sum(m => m.Batch.AttentionMask.Sum());
             state = state with { GlobalStep = state.GlobalStep + 1, Epoch = epoch, DataIndex = index, TokensSeen = state.TokensSeen + tokens };
-            window.Add(rollout, scores);
-            window.AddLoss(loss, micro.Sum(m => m.KlSum), micro.Sum(m => (long)m.CountedTokens), tokens);
+            // the rewards are the generation batch's, logged once (as TRL logs them when it scores)
+            if (generates) window.Add(rollout, scores);
+            window.AddLoss(micro);
             lastLoss = loss; lossThisRun += loss; stepsThisRun++;
-            if (job.LogCompletions) GrpoRollout.AppendLog(completionsLog, state.GlobalStep, rollout, scores, rewardNames);
+            if (job.LogCompletions && generates) GrpoRollout.AppendLog(completionsLog, state.GlobalStep, rollout, scores, rewardNames);
 
             double tokensPerSecond = window.Tokens / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
             reporter.Stepped(new StepReport(state.GlobalStep, totalSteps, epoch, loss, lr, session.LastGradNorm, tokensPerSecond));
@@ -187,10 +200,11 @@ public static class GrpoTrainer
                     ["learning_rate"] = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs),
                     ["grad_norm"] = session.LastGradNorm, ["num_tokens"] = state.TokensSeen, ["tokens_per_second"] = tokensPerSecond,
                 };
-                window.Report(record, grpo.Beta > 0);
+                window.Report(record, grpo.Beta > 0, withClipping: grpo.NumIterations > 1);
                 log.Append(record);
-                reporter.Info($"step {state.GlobalStep}: loss {(double)record["loss"]!:F4}  reward {(double)record["reward"]!:F4}  reward_std {(double)record["reward_std"]!:F4}  " +
-                    $"mean_length {(double)record["completions/mean_length"]!:F1}  clipped_ratio {(double)record["completions/clipped_ratio"]!:F2}");
+                double Value(string name) => (double?)record[name] ?? double.NaN;
+                reporter.Info($"step {state.GlobalStep}: loss {Value("loss"):F4}  reward {Value("reward"):F4}  reward_std {Value("reward_std"):F4}  " +
+                    $"mean_length {Value("completions/mean_length"):F1}  clipped_ratio {Value("completions/clipped_ratio"):F2}");
                 clock.Restart();
             }
             if (evaluates && args.EvalSteps > 0 && state.GlobalStep % args.EvalSteps == 0 && state.GlobalStep < totalSteps)
