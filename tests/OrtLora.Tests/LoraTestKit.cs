@@ -48,6 +48,23 @@ public static class LoraTestKit
         return result;
     }
 
+    /// <summary>Runs the command <paramref name="args"/> makes for an output folder in two folders; in the second, deletes
+    /// the adapter and <paramref name="lastCheckpoint"/> and resumes from the checkpoint before it. Asserts the resumed run
+    /// ends with the straight run's adapter byte for byte; returns both folders.</summary>
+    public static (string Straight, string Resumed) AssertResumedRunEndsLikeStraight(Func<string, string[]> args, string lastCheckpoint)
+    {
+        var straight = Shared.TempDir();
+        var resumed = Shared.TempDir();
+        OrtloraOk(args(straight));
+        OrtloraOk(args(resumed));
+        File.Delete(Path.Combine(resumed, "adapter_model.safetensors"));
+        Directory.Delete(Path.Combine(resumed, lastCheckpoint), recursive: true);
+        OrtloraOk([.. args(resumed), "--resume-from-checkpoint"]);
+        Assert.That(File.ReadAllBytes(Path.Combine(resumed, "adapter_model.safetensors")),
+            Is.EqualTo(File.ReadAllBytes(Path.Combine(straight, "adapter_model.safetensors"))));
+        return (straight, resumed);
+    }
+
     /// <summary>A file of the embedded default model, graphs/tiny.</summary>
     public static string Tiny(string file) => Path.Combine(Shared.RepoRoot, "graphs", "tiny", file);
 

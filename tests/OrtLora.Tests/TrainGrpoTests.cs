@@ -94,15 +94,7 @@ public class TrainGrpoTests
     [Test]
     public void AResumedRunEndsLikeTheStraightRun()
     {
-        var straight = Shared.TempDir();
-        var resumed = Shared.TempDir();
-        OrtloraOk(GrpoArgs(straight, "--max-steps", "4", "--save-steps", "2"));
-        OrtloraOk(GrpoArgs(resumed, "--max-steps", "4", "--save-steps", "2"));
-        File.Delete(Path.Combine(resumed, "adapter_model.safetensors"));
-        Directory.Delete(Path.Combine(resumed, "checkpoint-4"), recursive: true);
-        OrtloraOk(GrpoArgs(resumed, "--max-steps", "4", "--save-steps", "2", "--resume-from-checkpoint"));
-        Assert.That(File.ReadAllBytes(Path.Combine(resumed, "adapter_model.safetensors")),
-            Is.EqualTo(File.ReadAllBytes(Path.Combine(straight, "adapter_model.safetensors"))));
+        var (straight, resumed) = AssertResumedRunEndsLikeStraight(dir => GrpoArgs(dir, "--max-steps", "4", "--save-steps", "2"), "checkpoint-4");
         Assert.That(Series(Metrics(resumed), "reward"), Is.EqualTo(Series(Metrics(straight), "reward")), "the same completions, the log continued");
     }
 
@@ -138,15 +130,7 @@ public class TrainGrpoTests
         Assert.That(reward.TakeLast(3).Average(), Is.GreaterThan(reward.Take(3).Average() + 0.1), "the reward rises (a run: 0.73 → 0.90)");
 
         // checkpoints fall between generation batches, so a resumed run ends byte for byte like the straight one
-        var straight = Shared.TempDir();
-        var resumed = Shared.TempDir();
-        OrtloraOk(GrpoArgs(straight, "--max-steps", "4", "--num-iterations", "2", "--save-steps", "2"));
-        OrtloraOk(GrpoArgs(resumed, "--max-steps", "4", "--num-iterations", "2", "--save-steps", "2"));
-        File.Delete(Path.Combine(resumed, "adapter_model.safetensors"));
-        Directory.Delete(Path.Combine(resumed, "checkpoint-4"), recursive: true);
-        OrtloraOk(GrpoArgs(resumed, "--max-steps", "4", "--num-iterations", "2", "--save-steps", "2", "--resume-from-checkpoint"));
-        Assert.That(File.ReadAllBytes(Path.Combine(resumed, "adapter_model.safetensors")),
-            Is.EqualTo(File.ReadAllBytes(Path.Combine(straight, "adapter_model.safetensors"))));
+        AssertResumedRunEndsLikeStraight(dir => GrpoArgs(dir, "--max-steps", "4", "--num-iterations", "2", "--save-steps", "2"), "checkpoint-4");
 
         var cut = Ortlora(GrpoArgs(Shared.TempDir(), "--max-steps", "4", "--num-iterations", "2", "--save-steps", "3"));
         Assert.That(cut.ExitCode, Is.EqualTo(1));

@@ -120,15 +120,7 @@ public class TrainPreferenceTests
     [Test]
     public void ResumedRunEndsWithTheSameAdapter()
     {
-        var straight = Shared.TempDir();
-        var resumed = Shared.TempDir();
-        OrtloraOk(TrainArgs(straight, "--max-steps", "6", "--save-steps", "3", "--per-device-train-batch-size", "2"));
-        OrtloraOk(TrainArgs(resumed, "--max-steps", "6", "--save-steps", "3", "--per-device-train-batch-size", "2"));
-        File.Delete(Path.Combine(resumed, "adapter_model.safetensors"));
-        Directory.Delete(Path.Combine(resumed, "checkpoint-6"), recursive: true);
-        OrtloraOk(TrainArgs(resumed, "--max-steps", "6", "--save-steps", "3", "--per-device-train-batch-size", "2", "--resume-from-checkpoint"));
-        Assert.That(File.ReadAllBytes(Path.Combine(resumed, "adapter_model.safetensors")),
-            Is.EqualTo(File.ReadAllBytes(Path.Combine(straight, "adapter_model.safetensors"))));
+        AssertResumedRunEndsLikeStraight(dir => TrainArgs(dir, "--max-steps", "6", "--save-steps", "3", "--per-device-train-batch-size", "2"), "checkpoint-6");
     }
 
     /// <summary>DPO after SFT: with --init-from the reference is the starting adapter (what TRL's ref_adapter_name gives),
