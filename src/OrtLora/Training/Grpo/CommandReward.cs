@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 
 namespace OrtLora.Training.Grpo;
 
@@ -129,8 +130,8 @@ sealed class CommandReward : IRewardFunction
 
     static bool Broken(Exception e) => e is IOException or ObjectDisposedException or InvalidOperationException;
 
-    /// <summary>The request line. Utf8JsonWriter escapes control characters in strings, so the object is one line
-    /// whatever the completions hold; its default encoder also escapes every non-ASCII character (\uXXXX), so a reader
+    /// <summary>The request line. JSON's default encoder escapes control characters in strings, so the object is one line
+    /// whatever the completions hold, and every non-ASCII character (\uXXXX), so a reader
     /// whose stdin decodes in a legacy code page (Python on Windows) still gets the exact text.</summary>
     static string Request(IReadOnlyList<RewardInput> batch)
     {
@@ -140,35 +141,16 @@ sealed class CommandReward : IRewardFunction
             foreach (var key in input.Columns.Keys)
                 if (seen.Add(key)) columns.Add(key);
 
-        using var buffer = new MemoryStream();
-        using (var json = new Utf8JsonWriter(buffer))
+        JsonArray Array(Func<RewardInput, JsonNode?> value) => [.. batch.Select(value)];
+        var request = new JsonObject
         {
-            json.WriteStartObject();
-            json.WriteStartArray("prompts");
-            foreach (var input in batch) json.WriteStringValue(input.Prompt);
-            json.WriteEndArray();
-            json.WriteStartArray("completions");
-            foreach (var input in batch) json.WriteStringValue(input.Completion);
-            json.WriteEndArray();
-            json.WriteStartArray("completion_lengths");
-            foreach (var input in batch) json.WriteNumberValue(input.CompletionTokens);
-            json.WriteEndArray();
-            json.WriteStartArray("truncated");
-            foreach (var input in batch) json.WriteBooleanValue(input.Truncated);
-            json.WriteEndArray();
-            foreach (var column in columns)
-            {
-                json.WriteStartArray(column);
-                foreach (var input in batch)
-                {
-                    if (input.Columns.TryGetValue(column, out var value) && value is not null) json.WriteStringValue(value);
-                    else json.WriteNullValue();
-                }
-                json.WriteEndArray();
-            }
-            json.WriteEndObject();
-        }
-        return Encoding.UTF8.GetString(buffer.GetBuffer(), 0, (int)buffer.Length);
+            ["prompts"] = Array(input => input.Prompt),
+            ["completions"] = Array(input => input.Completion),
+            ["completion_lengths"] = Array(input => input.CompletionTokens),
+            ["truncated"] = Array(input => input.Truncated),
+        };
+        foreach (var column in columns) request[column] = Array(input => input.Columns.GetValueOrDefault(column));
+        return request.ToJsonString();
     }
 
     double?[] Answer(string line, int count)

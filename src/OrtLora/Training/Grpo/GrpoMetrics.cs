@@ -11,11 +11,11 @@ public sealed class GrpoMetrics(IReadOnlyList<string> rewardNames)
 
     void Put(string name, double value) => (_values.TryGetValue(name, out var list) ? list : _values[name] = []).Add(value);
 
-    /// <summary>A training step's micro-batches: the loss, the mean KL and clipped shares over their counted tokens, and
+    /// <summary>A training step's micro-batches: the loss, the mean KL and clipped shares over their counted tokens; and
     /// the tokens they ran.</summary>
-    public void AddLoss(IReadOnlyList<GrpoMicroBatch> micro)
+    public void AddLoss(IReadOnlyList<GrpoMicroBatch> micro, long tokens)
     {
-        Tokens += micro.Sum(m => m.Batch.AttentionMask.Sum());
+        Tokens += tokens;
         double counted = Math.Max(1, micro.Sum(m => (long)m.CountedTokens));
         Put("loss", micro.Sum(m => m.Loss.Loss));
         Put("kl", micro.Sum(m => m.Loss.KlSum) / counted);

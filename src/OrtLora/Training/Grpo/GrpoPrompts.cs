@@ -61,19 +61,19 @@ public sealed class GrpoPrompts
     /// Fisher–Yates shuffle, the same on every .NET).</summary>
     public GrpoPrompt At(int epoch, int index) => All[Order(epoch)[index]];
 
-    readonly Dictionary<int, int[]> _orders = new();
+    (int Epoch, int[] Order)? _last; // the order asked for last: a step reads one epoch's, rarely two
 
     int[] Order(int epoch)
     {
-        if (_orders.TryGetValue(epoch, out var order)) return order;
-        order = [.. Enumerable.Range(0, All.Count)];
+        if (_last is { } last && last.Epoch == epoch) return last.Order;
+        int[] order = [.. Enumerable.Range(0, All.Count)];
         ulong state = SplitMix64.Stream((ulong)_seed, (ulong)epoch, 0x6770);
         for (int i = order.Length - 1; i > 0; i--)
         {
             int j = (int)(SplitMix64.Next(ref state) % (ulong)(i + 1));
             (order[i], order[j]) = (order[j], order[i]);
         }
-        _orders.Clear(); // one epoch at a time
-        return _orders[epoch] = order;
+        _last = (epoch, order);
+        return order;
     }
 }

@@ -60,29 +60,23 @@ public static class GrpoRollout
         return new RolloutScores(perFunction, sums, advantages, std, zero);
     }
 
-    /// <summary>Each completion's log-probabilities under the sampler's policy as it is: the ratio's denominator for the
-    /// later iterations on a generation batch (num_iterations &gt; 1).</summary>
-    public static List<float[]> PolicyLogps(IReadOnlyList<Completion> completions, PolicySampler sampler, double temperature) =>
-        [.. completions.Select(c => sampler.CompletionLogps(c.Prompt.Ids, c.Ids, temperature, reference: false))];
+    /// <summary>Each completion's log-probabilities under the sampler's policy as it is, or under the reference.</summary>
+    public static List<float[]> Logps(IReadOnlyList<Completion> completions, PolicySampler sampler, double temperature, bool reference = false) =>
+        [.. completions.Select(c => sampler.CompletionLogps(c.Prompt.Ids, c.Ids, temperature, reference))];
 
     /// <summary>Consecutive runs of <paramref name="batchSize"/> completions as right-padded batches: prompt + completion,
     /// the completion's tokens labelled and weighted by −d loss / d log p (<see cref="GroupAdvantages.TokenWeights"/>).</summary>
-    /// <param name="oldLogps">from the second iteration on a generation batch: each completion's log-probabilities under
-    /// the policy that sampled it; null at the first (the ratio is 1)</param>
-    public static List<GrpoMicroBatch> MicroBatches(IReadOnlyList<Completion> completions, RolloutScores scores, PolicySampler sampler,
-        TextTokenizer tokenizer, GrpoOptions grpo, int batchSize, IReadOnlyList<float[]>? oldLogps = null)
+    /// <param name="policyLogps">each completion's log-probabilities under the policy as it is (β > 0, or a later
+    /// iteration); null when the loss needs none</param>
+    /// <param name="referenceLogps">the same under the reference (β > 0)</param>
+    /// <param name="oldLogps">from the second iteration on a generation batch: under the policy that sampled it; null at
+    /// the first (the ratio is 1)</param>
+    public static List<GrpoMicroBatch> MicroBatches(IReadOnlyList<Completion> completions, RolloutScores scores, TextTokenizer tokenizer,
+        GrpoOptions grpo, int batchSize, IReadOnlyList<float[]>? policyLogps, IReadOnlyList<float[]>? referenceLogps, IReadOnlyList<float[]>? oldLogps)
     {
         double epsilonHigh = grpo.EpsilonHigh ?? grpo.Epsilon;
-        var scored = completions.Select((c, i) =>
-        {
-            int counted = grpo.MaskTruncatedCompletions && c.Truncated ? 0 : c.Ids.Count;
-            // β > 0: the KL term's gradient needs each token's log-probability under the policy and the reference; a
-            // later iteration, the policy's and the sampling policy's for the ratio
-            if (counted == 0 || grpo.Beta == 0 && oldLogps is null) return new ScoredCompletion(counted, scores.Advantages[i]);
-            var policy = sampler.CompletionLogps(c.Prompt.Ids, c.Ids, grpo.Temperature, reference: false);
-            var reference = grpo.Beta == 0 ? null : sampler.CompletionLogps(c.Prompt.Ids, c.Ids, grpo.Temperature, reference: true);
-            return new ScoredCompletion(counted, scores.Advantages[i], policy, reference, oldLogps?[i]);
-        }).ToList();
+        var scored = completions.Select((c, i) => new ScoredCompletion(grpo.MaskTruncatedCompletions && c.Truncated ? 0 : c.Ids.Count,
+            scores.Advantages[i], policyLogps?[i], referenceLogps?[i], oldLogps?[i])).ToList();
         long windowTokens = scored.Sum(s => (long)s.CountedTokens);
         int accumulation = (completions.Count + batchSize - 1) / batchSize;
         var batches = new List<GrpoMicroBatch>();

@@ -137,8 +137,7 @@ public static class GrpoTrainer
             var record = new JsonObject { ["step"] = step };
             metrics.Report(record, withKl: false, prefix: "eval_");
             log.Append(record);
-            reporter.Info($"eval at step {step}: reward {(double?)record["eval_reward"] ?? double.NaN:F4}  reward_std {(double?)record["eval_reward_std"] ?? double.NaN:F4}  " +
-                $"mean_length {(double?)record["eval_completions/mean_length"] ?? double.NaN:F1}");
+            reporter.Info($"eval at step {step}: {Summary(record, "eval_")}");
         }
         bool evaluates = evalPrompts is not null && args.EvalStrategy != "no";
         int lastEval = -1;
@@ -149,9 +148,10 @@ public static class GrpoTrainer
         var runClock = Stopwatch.StartNew();
         double lastLoss = double.NaN, lossThisRun = 0;
         int stepsThisRun = 0;
-        // The generation batch the current iterations train on: completions, scores, and (μ > 1) their log-probabilities
-        // under the policy that sampled them; with the data position after its prompts.
-        (List<Completion> Rollout, RolloutScores Scores, List<float[]>? Old, int Epoch, int Index)? batch = null;
+        // The generation batch the current iterations train on: completions, scores, their log-probabilities under the
+        // policy that sampled them (μ > 1 or β > 0) and under the reference (β > 0), each computed once; with the data
+        // position after its prompts.
+        (List<Completion> Rollout, RolloutScores Scores, List<float[]>? Sampling, List<float[]>? Reference, int Epoch, int Index)? batch = null;
         while (state.GlobalStep < totalSteps)
         {
             double lr = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs);
@@ -169,10 +169,13 @@ public static class GrpoTrainer
                 }
                 var sampled = GrpoRollout.Sample(sampler, group, tokenizer, grpo, stops, args.Seed, state.GlobalStep);
                 batch = (sampled, GrpoRollout.Score(sampled, rewards, grpo),
-                    grpo.NumIterations > 1 ? GrpoRollout.PolicyLogps(sampled, sampler, grpo.Temperature) : null, at, next);
+                    grpo.NumIterations > 1 || grpo.Beta > 0 ? GrpoRollout.Logps(sampled, sampler, grpo.Temperature) : null,
+                    grpo.Beta > 0 ? GrpoRollout.Logps(sampled, sampler, grpo.Temperature, reference: true) : null, at, next);
             }
-            var (rollout, scores, old, epoch, index) = batch!.Value;
-            var micro = GrpoRollout.MicroBatches(rollout, scores, sampler, tokenizer, grpo, args.PerDeviceTrainBatchSize, generates ? null : old);
+            var (rollout, scores, sampling, reference, epoch, index) = batch!.Value;
+            // at the first iteration the policy is the sampling one; later ones score the completions again
+            var policy = generates ? sampling : GrpoRollout.Logps(rollout, sampler, grpo.Temperature);
+            var micro = GrpoRollout.MicroBatches(rollout, scores, tokenizer, grpo, args.PerDeviceTrainBatchSize, policy, reference, generates ? null : sampling);
             double loss = micro.Sum(m => m.Loss.Loss);
             if (micro.Count == 1) session.Step(micro[0].Batch, (float)lr, (float)args.MaxGradNorm);
             else
@@ -186,7 +189,7 @@ public static class GrpoTrainer
             state = state with { GlobalStep = state.GlobalStep + 1, Epoch = epoch, DataIndex = index, TokensSeen = state.TokensSeen + tokens };
             // the rewards are the generation batch's, logged once (as TRL logs them when it scores)
             if (generates) window.Add(rollout, scores);
-            window.AddLoss(micro);
+            window.AddLoss(micro, tokens);
             lastLoss = loss; lossThisRun += loss; stepsThisRun++;
             if (job.LogCompletions && generates) GrpoRollout.AppendLog(completionsLog, state.GlobalStep, rollout, scores, rewardNames);
 
@@ -202,9 +205,7 @@ public static class GrpoTrainer
                 };
                 window.Report(record, grpo.Beta > 0, withClipping: grpo.NumIterations > 1);
                 log.Append(record);
-                double Value(string name) => (double?)record[name] ?? double.NaN;
-                reporter.Info($"step {state.GlobalStep}: loss {Value("loss"):F4}  reward {Value("reward"):F4}  reward_std {Value("reward_std"):F4}  " +
-                    $"mean_length {Value("completions/mean_length"):F1}  clipped_ratio {Value("completions/clipped_ratio"):F2}");
+                reporter.Info($"step {state.GlobalStep}: loss {(double?)record["loss"] ?? double.NaN:F4}  {Summary(record)}");
                 clock.Restart();
             }
             if (evaluates && args.EvalSteps > 0 && state.GlobalStep % args.EvalSteps == 0 && state.GlobalStep < totalSteps)
@@ -230,5 +231,14 @@ public static class GrpoTrainer
         log.SavePlot(Path.Combine(args.OutputDir, "loss.png"));
         var merged = Trainer.SaveAdapter(model, session, args.OutputDir, job.Merge ? tokenizerPath : null);
         return new TrainResult(state.GlobalStep, null, null, lastLoss, args.OutputDir, merged);
+    }
+
+    /// <summary>The reported metrics of a training (or, with the eval_ prefix, an evaluation) record in one line; a step
+    /// that sampled nothing (a later iteration) shows NaN rewards.</summary>
+    static string Summary(JsonObject record, string prefix = "")
+    {
+        double Value(string name) => (double?)record[prefix + name] ?? double.NaN;
+        return $"reward {Value("reward"):F4}  reward_std {Value("reward_std"):F4}  mean_length {Value("completions/mean_length"):F1}  " +
+            $"clipped_ratio {Value("completions/clipped_ratio"):F2}";
     }
 }

@@ -34,7 +34,8 @@ public sealed class PolicySampler : IDisposable
         _adapter = adapter;
     }
 
-    /// <summary>One completion of <paramref name="prompt"/>: its ids (ending with a stop id unless truncated) and whether it
+    /// <summary>One completion of <paramref name="prompt"/> through `generate`'s own path (the reference a group's rows are
+    /// checked against): its ids (ending with a stop id unless truncated) and whether it
     /// was cut at <see cref="GenerationOptions.MaxNewTokens"/> without one.</summary>
     public (List<int> Ids, bool Truncated) Sample(IReadOnlyList<int> prompt, GenerationOptions options)
     {
