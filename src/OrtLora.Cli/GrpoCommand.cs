@@ -40,8 +40,20 @@ public static class GrpoCommand
         var iterations = new Option<int>("--num-iterations") { Description = "optimizer steps on each generation batch (TRL's mu); from the second on the policy ratio is clipped", DefaultValueFactory = _ => 1 };
         var clip = new Option<double>("--epsilon") { Description = "the ratio's lower clip, 1 - epsilon", DefaultValueFactory = _ => 0.2 };
         var epsilonHigh = new Option<double?>("--epsilon-high") { Description = "the ratio's upper clip, 1 + epsilon_high (default: --epsilon; DAPO: 0.28)" };
-        var lossType = new Option<string>("--loss-type") { DefaultValueFactory = _ => "dapo" };
+        var lossType = new Option<string>("--loss-type") { Description = "dapo, grpo, bnpo, dr_grpo; cispo (MiniMax-M1), sapo (soft gate), luspo (GSPO scaled by length)", DefaultValueFactory = _ => "dapo" };
         lossType.AcceptOnlyFromAmong(GrpoOptions.LossTypes);
+        var level = new Option<string>("--importance-sampling-level") { Description = "token, or sequence (GSPO: one ratio per completion, the geometric mean of its tokens')", DefaultValueFactory = _ => "token" };
+        level.AcceptOnlyFromAmong(GrpoOptions.ImportanceSamplingLevels);
+        var delta = new Option<double?>("--delta") { Description = "two-sided clip (INTELLECT-2): cap the unclipped ratio at delta (more than 1 + epsilon)" };
+        var sapoPos = new Option<double>("--sapo-temperature-pos") { Description = "sapo's gate temperature for positive advantages", DefaultValueFactory = _ => 1.0 };
+        var sapoNeg = new Option<double>("--sapo-temperature-neg") { Description = "sapo's gate temperature for the others", DefaultValueFactory = _ => 1.05 };
+        var offPolicyMask = new Option<double?>("--off-policy-mask-threshold") { Description = "drop completions with A < 0 whose mean log(pi_old / pi) exceeds this (DeepSeek-V3.2)" };
+        var biasCorrection = new Option<bool>("--use-bias-correction-kl") { Description = "the KL term times the importance ratio (DeepSeek-V3.2)" };
+        var topEntropy = new Option<double>("--top-entropy-quantile") { Description = "train only each micro-batch's top share of tokens by entropy (0.2 in 'Beyond the 80/20 rule'; 1: all)", DefaultValueFactory = _ => 1.0 };
+        var aggregation = new Option<string>("--multi-objective-aggregation") { Description = "sum_then_normalize, or normalize_then_sum (GDPO: each reward normalized in its group first)", DefaultValueFactory = _ => "sum_then_normalize" };
+        aggregation.AcceptOnlyFromAmong(GrpoOptions.Aggregations);
+        var stepsPerGeneration = new Option<int?>("--steps-per-generation") { Description = "micro-batches one generation batch is split over (default: --gradient-accumulation-steps); later steps are off-policy" };
+        var generationBatchSize = new Option<int?>("--generation-batch-size") { Description = "completions sampled at once (instead of --steps-per-generation)" };
         var scale = new Option<string>("--scale-rewards") { Description = "divide advantages by the group's reward std, the batch's, or none", DefaultValueFactory = _ => "group" };
         scale.AcceptOnlyFromAmong(GrpoOptions.RewardScalings);
         var maskTruncated = new Option<bool>("--mask-truncated-completions") { Description = "completions cut at --max-completion-length count in the rewards, not in the loss" };
@@ -80,7 +92,8 @@ public static class GrpoCommand
         var cmd = new Command("grpo", "GRPO (TRL's GRPOTrainer): sample completions of prompts, score them with reward functions, train the adapters toward the better ones") { model, output };
         lora.AddTo(cmd);
         foreach (var o in new Option[] { data, format, evalData, evalSteps, evalStrategy, generationsEval, rewardFuncs, rewardWeights, tokenizer, chatTemplate, generations, maxCompletion, maxPrompt, temperature, topP, topK, repetition,
-                     beta, iterations, clip, epsilonHigh, lossType, scale, maskTruncated, logCompletions, epochs, maxSteps, batch, accumulation, lr, scheduler, warmupRatio, warmupSteps, weightDecay,
+                     beta, iterations, clip, epsilonHigh, lossType, level, delta, sapoPos, sapoNeg, offPolicyMask, biasCorrection, topEntropy, aggregation,
+                     stepsPerGeneration, generationBatchSize, scale, maskTruncated, logCompletions, epochs, maxSteps, batch, accumulation, lr, scheduler, warmupRatio, warmupSteps, weightDecay,
                      beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, saveSteps, saveLimit, saveOnlyModel, loraplus, lossChunks, device, epLibrary, fp16, bf16,
                      checkpointing, resume, merge, plain })
             cmd.Options.Add(o);
@@ -113,7 +126,11 @@ public static class GrpoCommand
                     NumGenerations = parse.GetValue(generations), NumGenerationsEval = parse.GetValue(generationsEval), MaxCompletionLength = parse.GetValue(maxCompletion), MaxPromptLength = parse.GetValue(maxPrompt),
                     Temperature = parse.GetValue(temperature), TopP = parse.GetValue(topP), TopK = parse.GetValue(topK), RepetitionPenalty = parse.GetValue(repetition),
                     Beta = parse.GetValue(beta), NumIterations = parse.GetValue(iterations), Epsilon = parse.GetValue(clip), EpsilonHigh = parse.GetValue(epsilonHigh),
-                    LossType = parse.GetValue(lossType)!, ScaleRewards = parse.GetValue(scale)!,
+                    LossType = parse.GetValue(lossType)!, ScaleRewards = parse.GetValue(scale)!, ImportanceSamplingLevel = parse.GetValue(level)!,
+                    Delta = parse.GetValue(delta), SapoTemperaturePos = parse.GetValue(sapoPos), SapoTemperatureNeg = parse.GetValue(sapoNeg),
+                    OffPolicyMaskThreshold = parse.GetValue(offPolicyMask), UseBiasCorrectionKl = parse.GetValue(biasCorrection),
+                    TopEntropyQuantile = parse.GetValue(topEntropy), MultiObjectiveAggregation = parse.GetValue(aggregation)!,
+                    StepsPerGeneration = parse.GetValue(stepsPerGeneration), GenerationBatchSize = parse.GetValue(generationBatchSize),
                     MaskTruncatedCompletions = parse.GetValue(maskTruncated), RewardWeights = weights is { Length: > 0 } ? weights : null,
                 },
                 Args = args, LogCompletions = parse.GetValue(logCompletions), Merge = parse.GetValue(merge),

@@ -54,50 +54,33 @@ public class GrpoAdvantageTests
         Assert.That(GroupAdvantages.Normalizers(micro, window, accumulation, "dapo", maxLength), Is.EqualTo(new[] { 1.0 / 20, 1.0 / 20 }).Within(1e-15));
     }
 
-    /// <summary>TRL's per-token loss −A·ratio + β·(e^(r − p) − (r − p) − 1) at ratio 1: its value, and −d/d log p as the
-    /// token weights.</summary>
+    /// <summary>cispo takes dapo's normalizer, sapo grpo's; luspo's is 1 / (rows × accumulation), each of a sequence's n
+    /// tokens carrying the sequence term, so that a sequence adds n·ℓ / (B·GA), TRL's mean of ℓ·n over rows.</summary>
     [Test]
-    public void TokenWeightsAreMinusTheLossGradientAndTheLossIsTrls()
+    public void TheNewerLossTypesNormalizeAsTrlDoes()
     {
-        var completion = new ScoredCompletion(2, 0.8, PolicyLogps: [-1.0f, -2.0f], ReferenceLogps: [-1.5f, -1.0f]);
-        const double norm = 0.1, beta = 0.04;
-        var weights = GroupAdvantages.TokenWeights(completion, norm, beta);
-        // d/dp of β·(e^(r − p) − (r − p) − 1) = β·(1 − e^(r − p))
-        Assert.That(weights[0], Is.EqualTo(norm * (0.8 - beta * (1 - Math.Exp(-0.5)))).Within(1e-7));
-        Assert.That(weights[1], Is.EqualTo(norm * (0.8 - beta * (1 - Math.Exp(1.0)))).Within(1e-7));
-        double Kl(double r, double p) => Math.Exp(r - p) - (r - p) - 1;
-        var (loss, klSum, _, _, _) = GroupAdvantages.Loss([completion], [norm], beta);
-        Assert.That(klSum, Is.EqualTo(Kl(-1.5, -1.0) + Kl(-1.0, -2.0)).Within(1e-7));
-        Assert.That(loss, Is.EqualTo(norm * (-0.8 * 2 + beta * klSum)).Within(1e-9));
-        Assert.That(GroupAdvantages.TokenWeights(new ScoredCompletion(3, -0.5), norm, 0), Is.All.EqualTo((float)(-0.05)));
+        ScoredCompletion[] micro = [new(3, 1.0), new(5, -1.0)];
+        Assert.That(GroupAdvantages.Normalizers(micro, 20, 2, "cispo", 16), Is.EqualTo(GroupAdvantages.Normalizers(micro, 20, 2, "dapo", 16)));
+        Assert.That(GroupAdvantages.Normalizers(micro, 20, 2, "sapo", 16), Is.EqualTo(GroupAdvantages.Normalizers(micro, 20, 2, "grpo", 16)));
+        Assert.That(GroupAdvantages.Normalizers(micro, 20, 2, "luspo", 16), Is.EqualTo(new[] { 1.0 / 2 / 2, 1.0 / 2 / 2 }));
     }
 
-    /// <summary>A later iteration on a generation batch (num_iterations > 1): the per-token loss is
-    /// −min(ρ·A, clip(ρ, 1 − ε, 1 + ε_high)·A). Where the unclipped term is the min its gradient is A·ρ·∇log p, where the
-    /// clipped one is, nothing: tokens whose ratio has left the trust region in the advantage's direction stop pulling.</summary>
+    /// <summary>GDPO (normalize_then_sum): each function's rewards are normalized within the group, a missing score stays
+    /// out, the weighted sums are normalized over the batch. Worked by hand for two groups of two and two functions.</summary>
     [Test]
-    public void LaterIterationsWeighByTheRatioAndStopAtTheClip()
+    public void NormalizeThenSumNormalizesEachRewardInItsGroupFirst()
     {
-        const double norm = 0.5, epsilon = 0.2, epsilonHigh = 0.28;
-        float[] old = [-1.0f, -1.0f, -1.0f, -1.0f];
-        // ratios e^(p − old): 1.1 (inside), 1.5 (above 1 + ε_high), 0.7 (below 1 − ε), 1.0
-        float[] policy = [(float)(-1 + Math.Log(1.1)), (float)(-1 + Math.Log(1.5)), (float)(-1 + Math.Log(0.7)), -1.0f];
-        var positive = new ScoredCompletion(4, 2.0, policy, OldLogps: old);
-        var negative = new ScoredCompletion(4, -2.0, policy, OldLogps: old);
-        double[] rho = [1.1, 1.5, 0.7, 1.0];
-        var up = GroupAdvantages.TokenWeights(positive, norm, 0, epsilon, epsilonHigh);
-        // A > 0: clipped above 1 + ε_high only; below 1 − ε the unclipped term is still the min
-        Assert.That(up, Is.EqualTo(new[] { norm * 2 * rho[0], 0, norm * 2 * rho[2], norm * 2 }).Within(1e-6));
-        var down = GroupAdvantages.TokenWeights(negative, norm, 0, epsilon, epsilonHigh);
-        // A < 0: clipped below 1 − ε only
-        Assert.That(down, Is.EqualTo(new[] { -norm * 2 * rho[0], -norm * 2 * rho[1], 0, -norm * 2 }).Within(1e-6));
-
-        var up_ = GroupAdvantages.Loss([positive], [norm], 0, epsilon, epsilonHigh);
-        double expected = -norm * 2 * (1.1 + (1 + epsilonHigh) + 0.7 + 1.0);
-        Assert.That(up_.Loss, Is.EqualTo(expected).Within(1e-6));
-        Assert.That((up_.LowClipped, up_.HighClipped, up_.RegionClipped), Is.EqualTo((0, 1, 2)));
-        var down_ = GroupAdvantages.Loss([negative], [norm], 0, epsilon, epsilonHigh);
-        Assert.That(down_.Loss, Is.EqualTo(norm * 2 * (1.1 + 1.5 + (1 - epsilon) + 1.0)).Within(1e-6));
-        Assert.That((down_.LowClipped, down_.HighClipped, down_.RegionClipped), Is.EqualTo((1, 0, 2)));
+        double[][] rewards = [[1, 0], [0, 10], [1, double.NaN], [1, 4]];
+        var (sums, advantages, std, zero) = GroupAdvantages.Compute(rewards, [1.0, 0.5], groupSize: 2, "group", "normalize_then_sum");
+        Assert.That(sums, Is.EqualTo(new[] { 1.0, 5.0, 1.0, 3.0 }), "the logged rewards are the weighted raw sums");
+        // group 1: f0 (1, 0) → ±0.5/(s + 1e-4), s = √0.5; f1 (0, 10) → ∓5/(s' + 1e-4), s' = √50
+        double s0 = Math.Sqrt(0.5), s1 = Math.Sqrt(50);
+        double a = 0.5 / (s0 + 1e-4) - 0.5 * 5 / (s1 + 1e-4), b = -0.5 / (s0 + 1e-4) + 0.5 * 5 / (s1 + 1e-4);
+        // group 2: f0 equal (0 each); f1 has one score: its std is NaN, so it adds nothing
+        double[] aggregated = [a, b, 0, 0];
+        double mean = aggregated.Average(), batchStd = Math.Sqrt(aggregated.Sum(x => (x - mean) * (x - mean)) / 3);
+        Assert.That(advantages, Is.EqualTo(aggregated.Select(x => (x - mean) / (batchStd + 1e-4))).Within(1e-12));
+        Assert.That(std, Is.All.EqualTo(batchStd).Within(1e-12));
+        Assert.That(zero, Is.All.False);
     }
 }

@@ -16,7 +16,7 @@ public class TrainGrpoTests
     }.Select(p => new PromptRow { prompt = p, solution = "x" }), "grpo_prompts.parquet"));
 
     /// <summary>Short completions of the random model, rewarded for holding the letter e: about three in four do at first.</summary>
-    static string[] GrpoArgs(string output, params string[] extra) =>
+    internal static string[] GrpoArgs(string output, params string[] extra) =>
     [
         "grpo", Tiny("model.onnx"), "--data", Prompts.Value, "--reward-funcs", "regex:e", "--max-completion-length", "8",
         "--num-generations", "8", "--per-device-train-batch-size", "16", "--learning-rate", "1e-2", "--logging-steps", "1", "--plain-log",
@@ -24,10 +24,10 @@ public class TrainGrpoTests
     ];
 
     /// <summary><paramref name="args"/> with <paramref name="option"/>'s value replaced.</summary>
-    static string[] With(string[] args, string option, string value) => [.. args.Select((a, i) => i > 0 && args[i - 1] == option ? value : a)];
+    internal static string[] With(string[] args, string option, string value) => [.. args.Select((a, i) => i > 0 && args[i - 1] == option ? value : a)];
 
-    static List<JsonNode> Metrics(string dir) => [.. File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)];
-    static double[] Series(List<JsonNode> metrics, string name) => [.. metrics.Where(m => m[name] is not null && m["train_runtime"] is null).Select(m => m[name]!.GetValue<double>())];
+    internal static List<JsonNode> Metrics(string dir) => [.. File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)];
+    internal static double[] Series(List<JsonNode> metrics, string name) => [.. metrics.Where(m => m[name] is not null && m["train_runtime"] is null).Select(m => m[name]!.GetValue<double>())];
 
     /// <summary>The reward rises from the random model's share to every completion, and TRL's metrics are logged: the
     /// reward is the mean of the function's, reward_std the group's, the loss (ratio 1, equal lengths) zero.</summary>
@@ -36,7 +36,7 @@ public class TrainGrpoTests
     {
         var dir = Shared.TempDir();
         var run = OrtloraOk(GrpoArgs(dir, "--max-steps", "30", "--log-completions", "--eval-data", Prompts.Value, "--eval-steps", "10"));
-        Assert.That(run.Out, Does.Contain("4 prompts (text), 2 per step × 8 completions"));
+        Assert.That(run.Out, Does.Contain("4 prompts (text), 2 per generation × 8 completions, 1 step each"));
         var metrics = Metrics(dir);
         var reward = Series(metrics.Where(m => m["eval_reward"] is null).ToList(), "reward");
         Assert.That(reward, Has.Length.EqualTo(30));
@@ -134,7 +134,7 @@ public class TrainGrpoTests
 
         var cut = Ortlora(GrpoArgs(Shared.TempDir(), "--max-steps", "4", "--num-iterations", "2", "--save-steps", "3"));
         Assert.That(cut.ExitCode, Is.EqualTo(1));
-        Assert.That(cut.Error, Does.Contain("--save-steps (3) must be a multiple of --num-iterations (2)"));
+        Assert.That(cut.Error, Does.Contain("--save-steps (3) must be a multiple of the 2 steps each generation batch trains"));
     }
 
     /// <summary>Conversational prompts (JSON Lines, lists of messages) are rendered by the chat template with the

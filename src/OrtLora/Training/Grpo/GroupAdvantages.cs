@@ -1,29 +1,21 @@
 namespace OrtLora.Training.Grpo;
 
-/// <summary>One sampled completion's part in a step: its tokens (those the loss counts) and, where needed, its tokens'
-/// log-probabilities under the policy as it is (β > 0, or a later iteration), the reference (β > 0), and the policy that
-/// sampled it (a later iteration of num_iterations: the ratio's denominator).</summary>
-/// <param name="CountedTokens">completion tokens in the loss (0 for a truncated completion under mask_truncated_completions)</param>
-public sealed record ScoredCompletion(int CountedTokens, double Advantage, float[]? PolicyLogps = null, float[]? ReferenceLogps = null,
-    float[]? OldLogps = null);
-
-/// <summary>A micro-batch's loss as TRL logs it, the sum of its KL terms, and how many of its tokens the clipping held:
-/// low (A &lt; 0, ratio &lt; 1 − ε), high (A &gt; 0, ratio &gt; 1 + ε_high), and out of [1 − ε, 1 + ε_high] at all.</summary>
-public sealed record MicroBatchLoss(double Loss, double KlSum, int LowClipped, int HighClipped, int RegionClipped);
-
-/// <summary>GRPO's arithmetic between the rewards and the loss, as TRL's GRPOTrainer computes it
-/// (_generate_and_score_completions, then _compute_loss). Each token's loss is −min(ρ·A, clip(ρ, 1 − ε, 1 + ε_high)·A)
-/// + β·kl with ρ = π / π_old; at the first iteration on a generation batch ρ is 1 and the clipping never acts.</summary>
+/// <summary>GRPO's arithmetic between the rewards and the loss, as TRL's GRPOTrainer computes it: the group-relative
+/// advantages (_generate_and_score_completions) and what each loss type divides its summed token terms by
+/// (_compute_loss). The token terms themselves are <see cref="PolicyLoss"/>'s.</summary>
 public static class GroupAdvantages
 {
     /// <summary>Rewards, advantages and the statistics TRL logs for one generation batch of groups of
     /// <paramref name="groupSize"/> consecutive completions.</summary>
     /// <param name="rewardsPerFunction">[completion][function], NaN where a function gave no score</param>
+    /// <param name="aggregation">sum_then_normalize (TRL's default); normalize_then_sum (GDPO): each function's rewards
+    /// normalized within the group first, their weighted sum then normalized over the batch (scale_rewards unused)</param>
     public static (double[] Rewards, double[] Advantages, double[] Std, bool[] StdIsZero) Compute(double[][] rewardsPerFunction, IReadOnlyList<double> weights,
-        int groupSize, string scaleRewards)
+        int groupSize, string scaleRewards, string aggregation = "sum_then_normalize")
     {
         int n = rewardsPerFunction.Length;
         if (n % groupSize != 0) throw new ArgumentException($"{n} completions are not whole groups of {groupSize}");
+        if (aggregation == "normalize_then_sum") return NormalizeThenSum(rewardsPerFunction, weights, groupSize);
         // nansum: a function that did not score a completion adds nothing to its reward
         var rewards = rewardsPerFunction.Select(row => row.Select((r, f) => double.IsNaN(r) ? 0 : r * weights[f]).Sum()).ToArray();
         var mean = new double[n];
@@ -40,6 +32,31 @@ public static class GroupAdvantages
         return (rewards, advantages, std, [.. std.Select(s => Math.Abs(s) <= 1e-8)]);
     }
 
+    /// <summary>GDPO as TRL computes it: per function and group, (r − nanmean) / (nanstd + 1e-4), a function's missing
+    /// scores staying missing; the weighted nansum over functions; then (x − batch mean) / (batch std + 1e-4). The rewards
+    /// returned (and logged) are the weighted sums of the raw scores; the std is the batch's, as TRL tests it for zero.</summary>
+    static (double[] Rewards, double[] Advantages, double[] Std, bool[] StdIsZero) NormalizeThenSum(double[][] rewardsPerFunction,
+        IReadOnlyList<double> weights, int groupSize)
+    {
+        int n = rewardsPerFunction.Length, functions = weights.Count;
+        var aggregated = new double[n];
+        for (int start = 0; start < n; start += groupSize)
+            for (int f = 0; f < functions; f++)
+            {
+                var scored = Enumerable.Range(start, groupSize).Select(i => rewardsPerFunction[i][f]).Where(r => !double.IsNaN(r)).ToList();
+                double mean = scored.Count == 0 ? double.NaN : scored.Average(), std = StdDev(scored);
+                for (int i = start; i < start + groupSize; i++)
+                {
+                    double normalized = (rewardsPerFunction[i][f] - mean) / (std + 1e-4);
+                    if (!double.IsNaN(normalized)) aggregated[i] += normalized * weights[f];
+                }
+            }
+        double batchMean = aggregated.Average(), batchStd = StdDev(aggregated);
+        var advantages = aggregated.Select(x => (x - batchMean) / (batchStd + 1e-4)).ToArray();
+        var raw = rewardsPerFunction.Select(row => row.Select((r, f) => double.IsNaN(r) ? 0 : r * weights[f]).Sum()).ToArray();
+        return (raw, advantages, [.. aggregated.Select(_ => batchStd)], [.. aggregated.Select(_ => Math.Abs(batchStd) <= 1e-8)]);
+    }
+
     static double StdDev(IReadOnlyList<double> values)
     {
         if (values.Count < 2) return double.NaN;
@@ -48,75 +65,24 @@ public static class GroupAdvantages
     }
 
     /// <summary>Each completion's normalizer for one micro-batch: what its summed per-token terms are divided by, with the
-    /// window's gradient accumulation folded in (TRL divides the grpo, bnpo and dr_grpo losses by the accumulation steps;
-    /// dapo's count is the whole window's).</summary>
+    /// step's gradient accumulation folded in (TRL divides the grpo, sapo, bnpo, dr_grpo and luspo losses by the
+    /// accumulation steps; dapo and cispo divide by the generation batch's completion tokens, TRL's num_items_in_batch).</summary>
     /// <param name="microBatch">the micro-batch's completions</param>
-    /// <param name="windowTokens">counted tokens of the whole generation batch (all micro-batches of the step)</param>
-    public static double[] Normalizers(IReadOnlyList<ScoredCompletion> microBatch, long windowTokens, int accumulationSteps, string lossType, int maxCompletionLength)
+    /// <param name="generationTokens">completion tokens of the whole generation batch, truncated ones included (TRL counts
+    /// them before mask_truncated_completions)</param>
+    public static double[] Normalizers(IReadOnlyList<ScoredCompletion> microBatch, long generationTokens, int accumulationSteps, string lossType, int maxCompletionLength)
     {
         int b = microBatch.Count;
         long batchTokens = microBatch.Sum(c => (long)c.CountedTokens);
         return [.. microBatch.Select(c => lossType switch
         {
-            "grpo" => 1.0 / Math.Max(1, c.CountedTokens) / b / accumulationSteps,
+            "grpo" or "sapo" => 1.0 / Math.Max(1, c.CountedTokens) / b / accumulationSteps,
             "bnpo" => 1.0 / Math.Max(1, batchTokens) / accumulationSteps,
             "dr_grpo" => 1.0 / ((double)b * maxCompletionLength) / accumulationSteps,
-            "dapo" => 1.0 / Math.Max(1, windowTokens),
+            "dapo" or "cispo" => 1.0 / Math.Max(1, generationTokens),
+            // mean over rows of the sequence's term times its length: each of its n tokens carries 1 / (B·GA)
+            "luspo" => 1.0 / b / accumulationSteps,
             _ => throw new OrtLoraException($"unknown GRPO loss type '{lossType}'"),
         })];
-    }
-
-    /// <summary>Token t's ratio ρ = π / π_old (1 without old log-probabilities) and which bound holds it: −1 low, +1 high,
-    /// 0 none (the min picks the unclipped term).</summary>
-    static (double Ratio, int Clipped) Ratio(ScoredCompletion c, int t, double epsilon, double epsilonHigh)
-    {
-        if (c.OldLogps is null) return (1, 0);
-        double ratio = Math.Exp(c.PolicyLogps![t] - c.OldLogps[t]);
-        return c.Advantage < 0 && ratio < 1 - epsilon ? (ratio, -1) : c.Advantage > 0 && ratio > 1 + epsilonHigh ? (ratio, 1) : (ratio, 0);
-    }
-
-    /// <summary>−d loss / d log p of each counted token of a completion (the token weights of the engine's weighted loss):
-    /// normalizer·(A·ρ − β·(1 − e^(ref − logp))), with A·ρ replaced by 0 where the clipped term is the min (it is constant
-    /// there), since d ρ / d log p = ρ and d/d log p of e^(ref − logp) − (ref − logp) − 1 is 1 − e^(ref − logp).</summary>
-    public static float[] TokenWeights(ScoredCompletion completion, double normalizer, double beta, double epsilon = 0.2, double epsilonHigh = 0.2)
-    {
-        var weights = new float[completion.CountedTokens];
-        for (int t = 0; t < weights.Length; t++)
-        {
-            var (ratio, clipped) = Ratio(completion, t, epsilon, epsilonHigh);
-            double kl = beta == 0 ? 0 : beta * (1 - Math.Exp(completion.ReferenceLogps![t] - completion.PolicyLogps![t]));
-            weights[t] = (float)(normalizer * ((clipped == 0 ? completion.Advantage * ratio : 0) - kl));
-        }
-        return weights;
-    }
-
-    /// <summary>TRL's logged loss for one micro-batch: Σ over counted tokens of normalizer·(−min(ρ·A, clip(ρ)·A) + β·kl),
-    /// with the KL terms' sum and the clipped tokens.</summary>
-    public static MicroBatchLoss Loss(IReadOnlyList<ScoredCompletion> microBatch, IReadOnlyList<double> normalizers, double beta,
-        double epsilon = 0.2, double epsilonHigh = 0.2)
-    {
-        double loss = 0, klSum = 0;
-        int low = 0, high = 0, region = 0;
-        for (int i = 0; i < microBatch.Count; i++)
-        {
-            var c = microBatch[i];
-            for (int t = 0; t < c.CountedTokens; t++)
-            {
-                double kl = 0;
-                if (beta > 0)
-                {
-                    double d = c.ReferenceLogps![t] - c.PolicyLogps![t];
-                    kl = Math.Exp(d) - d - 1;
-                }
-                var (ratio, clipped) = Ratio(c, t, epsilon, epsilonHigh);
-                double surrogate = Math.Min(ratio * c.Advantage, Math.Clamp(ratio, 1 - epsilon, 1 + epsilonHigh) * c.Advantage);
-                klSum += kl;
-                loss += normalizers[i] * (-surrogate + beta * kl);
-                if (clipped < 0) low++;
-                if (clipped > 0) high++;
-                if (ratio < 1 - epsilon || ratio > 1 + epsilonHigh) region++;
-            }
-        }
-        return new MicroBatchLoss(loss, klSum, low, high, region);
     }
 }

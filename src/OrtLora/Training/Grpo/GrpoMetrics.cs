@@ -11,17 +11,21 @@ public sealed class GrpoMetrics(IReadOnlyList<string> rewardNames)
 
     void Put(string name, double value) => (_values.TryGetValue(name, out var list) ? list : _values[name] = []).Add(value);
 
-    /// <summary>A training step's micro-batches: the loss, the mean KL and clipped shares over their counted tokens; and
-    /// the tokens they ran.</summary>
-    public void AddLoss(IReadOnlyList<GrpoMicroBatch> micro, long tokens)
+    /// <summary>A training step: its loss (TRL's), and per micro-batch the mean KL, the clipped shares and the mean
+    /// entropy, as TRL appends them per micro-batch; and the tokens it ran.</summary>
+    public void AddLoss(IReadOnlyList<GrpoMicroBatch> micro, double loss, long tokens)
     {
         Tokens += tokens;
-        double counted = Math.Max(1, micro.Sum(m => (long)m.CountedTokens));
-        Put("loss", micro.Sum(m => m.Loss.Loss));
-        Put("kl", micro.Sum(m => m.Loss.KlSum) / counted);
-        Put("clip_ratio/low_mean", micro.Sum(m => m.Loss.LowClipped) / counted);
-        Put("clip_ratio/high_mean", micro.Sum(m => m.Loss.HighClipped) / counted);
-        Put("clip_ratio/region_mean", micro.Sum(m => m.Loss.RegionClipped) / counted);
+        Put("loss", loss);
+        foreach (var m in micro)
+        {
+            Put("kl", m.Loss.KlMean);
+            Put("clip_ratio/low_mean", m.Loss.LowClip);
+            Put("clip_ratio/high_mean", m.Loss.HighClip);
+            Put("clip_ratio/region_mean", m.Loss.RegionClip);
+            Put("cispo_clip_ratio", m.Loss.CispoClip);
+            Put("entropy", m.Loss.EntropyMean);
+        }
     }
 
     /// <summary>A generation batch's rewards and completion lengths.</summary>
@@ -52,14 +56,17 @@ public sealed class GrpoMetrics(IReadOnlyList<string> rewardNames)
         return Math.Sqrt(values.Sum(v => (v - mean) * (v - mean)) / (values.Count - 1));
     }
 
-    /// <summary>Writes the means (kl only with β > 0, clip ratios only with num_iterations > 1), under TRL's names (evaluation: with the eval_
-    /// prefix), then starts over.</summary>
-    public void Report(JsonObject record, bool withKl, string prefix = "", bool withClipping = false)
+    /// <summary>Writes the means under TRL's names (evaluation: with the eval_ prefix), then starts over: kl only with
+    /// β > 0; the clip ratios only when steps can be off-policy (<paramref name="clipping"/>: "clip_ratio" for the clipped
+    /// losses, "cispo_clip_ratio" for cispo, null for none); entropy where it was computed.</summary>
+    public void Report(JsonObject record, bool withKl, string prefix = "", string? clipping = null)
     {
         foreach (var (name, values) in _values)
         {
-            if (name == "kl" && !withKl || name.StartsWith("clip_ratio/", StringComparison.Ordinal) && !withClipping) continue;
+            if (name == "kl" && !withKl || name.StartsWith("clip_ratio/", StringComparison.Ordinal) && clipping != "clip_ratio"
+                || name == "cispo_clip_ratio" && clipping != name) continue;
             var finite = values.Where(double.IsFinite).ToList();
+            if (name == "entropy" && finite.Count == 0) continue;
             record[prefix + name] = finite.Count == 0 ? null : finite.Average();
         }
         _values.Clear();

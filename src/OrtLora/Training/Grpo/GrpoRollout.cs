@@ -12,7 +12,10 @@ public sealed record Completion(GrpoPrompt Prompt, List<int> Ids, string Text, b
 /// statistics TRL logs.</summary>
 public sealed record RolloutScores(double[][] PerFunction, double[] Rewards, double[] Advantages, double[] Std, bool[] StdIsZero);
 
-/// <summary>One micro-batch for the engine with TRL's loss of it (and its KL and clipping counts).</summary>
+/// <summary>A completion's log p per token and the entropy of each token's distribution.</summary>
+public sealed record TokenScores(float[] Logps, float[] Entropies);
+
+/// <summary>One micro-batch for the engine with TRL's loss of it (and the means TRL logs of it).</summary>
 public sealed record GrpoMicroBatch(EngineBatch Batch, MicroBatchLoss Loss, int CountedTokens);
 
 /// <summary>A GRPO step's data path: sample the groups, score them, and lay them out as the engine's batches of weighted
@@ -56,37 +59,39 @@ public static class GrpoRollout
             for (int i = 0; i < scores.Length; i++) perFunction[i][f] = scores[i] ?? double.NaN;
         }
         var weights = grpo.RewardWeights ?? [.. rewards.Select(_ => 1.0)];
-        var (sums, advantages, std, zero) = GroupAdvantages.Compute(perFunction, weights, grpo.NumGenerations, grpo.ScaleRewards);
+        var (sums, advantages, std, zero) = GroupAdvantages.Compute(perFunction, weights, grpo.NumGenerations, grpo.ScaleRewards, grpo.MultiObjectiveAggregation);
         return new RolloutScores(perFunction, sums, advantages, std, zero);
     }
 
-    /// <summary>Each completion's log-probabilities under the sampler's policy as it is, or under the reference.</summary>
-    public static List<float[]> Logps(IReadOnlyList<Completion> completions, PolicySampler sampler, double temperature, bool reference = false) =>
-        [.. completions.Select(c => sampler.CompletionLogps(c.Prompt.Ids, c.Ids, temperature, reference))];
+    /// <summary>Each completion's log-probabilities (and the distributions' entropies) under the sampler's policy as it
+    /// is, or under the reference.</summary>
+    public static List<TokenScores> Logps(IEnumerable<Completion> completions, PolicySampler sampler, double temperature, bool reference = false) =>
+        [.. completions.Select(c => sampler.CompletionLogps(c.Prompt.Ids, c.Ids, temperature, reference)).Select(s => new TokenScores(s.Logps, s.Entropies))];
 
-    /// <summary>Consecutive runs of <paramref name="batchSize"/> completions as right-padded batches: prompt + completion,
-    /// the completion's tokens labelled and weighted by −d loss / d log p (<see cref="GroupAdvantages.TokenWeights"/>).</summary>
-    /// <param name="policyLogps">each completion's log-probabilities under the policy as it is (β > 0, or a later
-    /// iteration); null when the loss needs none</param>
-    /// <param name="referenceLogps">the same under the reference (β > 0)</param>
-    /// <param name="oldLogps">from the second iteration on a generation batch: under the policy that sampled it; null at
-    /// the first (the ratio is 1)</param>
-    public static List<GrpoMicroBatch> MicroBatches(IReadOnlyList<Completion> completions, RolloutScores scores, TextTokenizer tokenizer,
-        GrpoOptions grpo, int batchSize, IReadOnlyList<float[]>? policyLogps, IReadOnlyList<float[]>? referenceLogps, IReadOnlyList<float[]>? oldLogps)
+    /// <summary>One optimizer step's part of a generation batch, completions [<paramref name="start"/>, start + count),
+    /// as consecutive right-padded micro-batches of <paramref name="batchSize"/>: prompt + completion, the completion's
+    /// tokens labelled and weighted by −d loss / d log p (<see cref="PolicyLoss.Compute"/>).</summary>
+    /// <param name="policy">the step's completions' scores under the policy as it is (β > 0, off-policy, or entropies
+    /// needed); indexed from <paramref name="start"/>; null when the loss needs none</param>
+    /// <param name="reference">the generation batch's scores under the reference (β > 0)</param>
+    /// <param name="old">the generation batch's scores under the policy that sampled it, on an off-policy step; null
+    /// on-policy (the ratio is 1)</param>
+    public static List<GrpoMicroBatch> MicroBatches(IReadOnlyList<Completion> completions, RolloutScores scores, int start, int count, TextTokenizer tokenizer,
+        GrpoOptions grpo, int batchSize, IReadOnlyList<TokenScores>? policy, IReadOnlyList<TokenScores>? reference, IReadOnlyList<TokenScores>? old)
     {
-        double epsilonHigh = grpo.EpsilonHigh ?? grpo.Epsilon;
-        var scored = completions.Select((c, i) => new ScoredCompletion(grpo.MaskTruncatedCompletions && c.Truncated ? 0 : c.Ids.Count,
-            scores.Advantages[i], policyLogps?[i], referenceLogps?[i], oldLogps?[i])).ToList();
-        long windowTokens = scored.Sum(s => (long)s.CountedTokens);
-        int accumulation = (completions.Count + batchSize - 1) / batchSize;
+        var scored = Enumerable.Range(start, count).Select(i => new ScoredCompletion(grpo.MaskTruncatedCompletions && completions[i].Truncated ? 0 : completions[i].Ids.Count,
+            scores.Advantages[i], policy?[i - start].Logps, reference?[i].Logps, old?[i].Logps, policy?[i - start].Entropies)).ToList();
+        // TRL's num_items_in_batch: the generation batch's completion tokens, counted before truncated ones are masked
+        long generationTokens = completions.Sum(c => (long)c.Ids.Count);
+        int accumulation = (count + batchSize - 1) / batchSize;
         var batches = new List<GrpoMicroBatch>();
-        for (int start = 0; start < completions.Count; start += batchSize)
+        for (int first = 0; first < count; first += batchSize)
         {
-            int rows = Math.Min(batchSize, completions.Count - start);
-            var part = scored.GetRange(start, rows);
-            var normalizers = GroupAdvantages.Normalizers(part, windowTokens, accumulation, grpo.LossType, grpo.MaxCompletionLength);
-            var loss = GroupAdvantages.Loss(part, normalizers, grpo.Beta, grpo.Epsilon, epsilonHigh);
-            int length = Enumerable.Range(start, rows).Max(i => completions[i].Prompt.Ids.Length + completions[i].Ids.Count);
+            int rows = Math.Min(batchSize, count - first);
+            var part = scored.GetRange(first, rows);
+            var normalizers = GroupAdvantages.Normalizers(part, generationTokens, accumulation, grpo.LossType, grpo.MaxCompletionLength);
+            var (tokenWeights, loss) = PolicyLoss.Compute(part, normalizers, grpo);
+            int length = Enumerable.Range(start + first, rows).Max(i => completions[i].Prompt.Ids.Length + completions[i].Ids.Count);
             var ids = new long[rows * length];
             var mask = new long[rows * length];
             var labels = new long[rows * length];
@@ -95,15 +100,14 @@ public static class GrpoRollout
             Array.Fill(labels, -100);
             for (int r = 0; r < rows; r++)
             {
-                var c = completions[start + r];
-                var tokenWeights = GroupAdvantages.TokenWeights(part[r], normalizers[r], grpo.Beta, grpo.Epsilon, epsilonHigh);
+                var c = completions[start + first + r];
                 int at = r * length;
                 for (int t = 0; t < c.Prompt.Ids.Length; t++, at++) { ids[at] = c.Prompt.Ids[t]; mask[at] = 1; }
                 for (int t = 0; t < c.Ids.Count; t++, at++)
                 {
                     ids[at] = c.Ids[t];
                     mask[at] = 1;
-                    if (t < part[r].CountedTokens) { labels[at] = c.Ids[t]; weights[at] = tokenWeights[t]; }
+                    if (t < part[r].CountedTokens) { labels[at] = c.Ids[t]; weights[at] = tokenWeights[r][t]; }
                 }
             }
             batches.Add(new GrpoMicroBatch(new EngineBatch(ids, mask, labels, rows, length) { TokenWeights = weights }, loss,

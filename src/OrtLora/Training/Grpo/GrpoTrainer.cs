@@ -46,10 +46,7 @@ public static class GrpoTrainer
     {
         var args = job.Args;
         var grpo = job.Grpo;
-        int completionsPerStep = args.PerDeviceTrainBatchSize * args.GradientAccumulationSteps;
-        if (completionsPerStep % grpo.NumGenerations != 0)
-            throw new OrtLoraException($"--per-device-train-batch-size × --gradient-accumulation-steps ({completionsPerStep}) must be a multiple of " +
-                $"--num-generations ({grpo.NumGenerations}): each step takes whole groups of completions");
+        grpo.MicroBatchesPerGeneration(args.PerDeviceTrainBatchSize, args.GradientAccumulationSteps);
         var rewards = new List<IRewardFunction>();
         try
         {
@@ -85,11 +82,16 @@ public static class GrpoTrainer
                 if (reward.RequiredColumns.FirstOrDefault(c => !set.Columns.Contains(c)) is { } missing)
                     throw new OrtLoraException($"{set.Path}: reward function '{reward.Name}' reads column '{missing}', which the file lacks (columns: {string.Join(", ", set.Columns)})");
 
-        int promptsPerStep = args.PerDeviceTrainBatchSize * args.GradientAccumulationSteps / grpo.NumGenerations;
-        int stepsPerEpoch = (prompts.All.Count + promptsPerStep - 1) / promptsPerStep * grpo.NumIterations;
-        if (grpo.NumIterations > 1 && args.SaveStrategy == "steps" && args.SaveSteps % grpo.NumIterations != 0)
-            throw new OrtLoraException($"--save-steps ({args.SaveSteps}) must be a multiple of --num-iterations ({grpo.NumIterations}): " +
-                "a checkpoint between the iterations on one generation batch could not resume them");
+        // A generation batch is split into steps_per_generation micro-batches, gradient_accumulation_steps of them a step,
+        // and the pass over it repeats num_iterations times: a cycle of optimizer steps per generation batch.
+        int microBatches = grpo.MicroBatchesPerGeneration(args.PerDeviceTrainBatchSize, args.GradientAccumulationSteps);
+        int completionsPerStep = args.PerDeviceTrainBatchSize * args.GradientAccumulationSteps;
+        int stepsPerPass = microBatches / args.GradientAccumulationSteps, cycle = stepsPerPass * grpo.NumIterations;
+        int promptsPerGeneration = args.PerDeviceTrainBatchSize * microBatches / grpo.NumGenerations;
+        int stepsPerEpoch = (prompts.All.Count + promptsPerGeneration - 1) / promptsPerGeneration * cycle;
+        if (cycle > 1 && args.SaveStrategy == "steps" && args.SaveSteps % cycle != 0)
+            throw new OrtLoraException($"--save-steps ({args.SaveSteps}) must be a multiple of the {cycle} steps each generation batch trains " +
+                "(--num-iterations × --steps-per-generation / --gradient-accumulation-steps): a checkpoint inside one could not resume it");
         int totalSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * stepsPerEpoch);
         int warmup = LrSchedule.WarmupSteps(args, totalSteps);
 
@@ -122,8 +124,9 @@ public static class GrpoTrainer
         if (tokenizer.EosId is int eos) stops.Add(eos);
         reporter.Started(totalSteps, state.GlobalStep,
             $"{lora.Adapters.Count} adapters, {session.ParameterNames.Sum(p => session.Graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b)):N0} trainable parameters; " +
-            $"{prompts.All.Count} prompts ({(prompts.Conversational ? "conversational" : "text")}), {promptsPerStep} per step × {grpo.NumGenerations} completions; " +
-            $"rewards: {string.Join(", ", rewardNames)}; loss {grpo.LossType}, {totalSteps} steps, warmup {warmup}");
+            $"{prompts.All.Count} prompts ({(prompts.Conversational ? "conversational" : "text")}), {promptsPerGeneration} per generation × {grpo.NumGenerations} completions, " +
+            $"{cycle} step{(cycle == 1 ? "" : "s")} each; rewards: {string.Join(", ", rewardNames)}; loss {grpo.LossType}" +
+            $"{(grpo.ImportanceSamplingLevel == "sequence" ? " (sequence ratio)" : "")}, {totalSteps} steps, warmup {warmup}");
 
         // An evaluation samples every eval prompt's group from the policy as it is, with the same seeds each time (the
         // step key -1), so evaluations differ by the policy, not by the draw.
@@ -148,48 +151,60 @@ public static class GrpoTrainer
         var runClock = Stopwatch.StartNew();
         double lastLoss = double.NaN, lossThisRun = 0;
         int stepsThisRun = 0;
-        // The generation batch the current iterations train on: completions, scores, their log-probabilities under the
-        // policy that sampled them (μ > 1 or β > 0) and under the reference (β > 0), each computed once; with the data
-        // position after its prompts.
-        (List<Completion> Rollout, RolloutScores Scores, List<float[]>? Sampling, List<float[]>? Reference, int Epoch, int Index)? batch = null;
+        // The generation batch the current cycle trains on: completions, scores, their log-probabilities under the policy
+        // that sampled them (off-policy steps, β > 0, or entropies wanted) and under the reference (β > 0), each computed
+        // once; with the data position after its prompts.
+        (List<Completion> Rollout, RolloutScores Scores, List<TokenScores>? Sampling, List<TokenScores>? Reference, int Epoch, int Index)? batch = null;
+        bool samplingScores = cycle > 1 || grpo.Beta > 0 || grpo.TopEntropyQuantile < 1;
+        string? clipping = cycle == 1 ? null : grpo.LossType switch { "cispo" => "cispo_clip_ratio", "sapo" => null, _ => "clip_ratio" };
         while (state.GlobalStep < totalSteps)
         {
             double lr = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs);
             sampler.SetParameters(session.GetParameters(), session.Graph.ParameterShapes);
-            bool generates = batch is null || state.GlobalStep % grpo.NumIterations == 0;
+            int inCycle = state.GlobalStep % cycle;
+            bool generates = batch is null || inCycle == 0;
             if (generates)
             {
-                // The step's prompts, in the epoch's order; an epoch's last step may take the next epoch's first prompts.
+                // The generation's prompts, in the epoch's order; an epoch's last may take the next epoch's first prompts.
                 var group = new List<GrpoPrompt>();
                 var (at, next) = (state.Epoch, (int)state.DataIndex);
-                while (group.Count < promptsPerStep)
+                while (group.Count < promptsPerGeneration)
                 {
                     if (next == prompts.All.Count) (at, next) = (at + 1, 0);
                     group.Add(prompts.At(at, next++));
                 }
                 var sampled = GrpoRollout.Sample(sampler, group, tokenizer, grpo, stops, args.Seed, state.GlobalStep);
                 batch = (sampled, GrpoRollout.Score(sampled, rewards, grpo),
-                    grpo.NumIterations > 1 || grpo.Beta > 0 ? GrpoRollout.Logps(sampled, sampler, grpo.Temperature) : null,
+                    samplingScores ? GrpoRollout.Logps(sampled, sampler, grpo.Temperature) : null,
                     grpo.Beta > 0 ? GrpoRollout.Logps(sampled, sampler, grpo.Temperature, reference: true) : null, at, next);
             }
             var (rollout, scores, sampling, reference, epoch, index) = batch!.Value;
-            // at the first iteration the policy is the sampling one; later ones score the completions again
-            var policy = generates ? sampling : GrpoRollout.Logps(rollout, sampler, grpo.Temperature);
-            var micro = GrpoRollout.MicroBatches(rollout, scores, tokenizer, grpo, args.PerDeviceTrainBatchSize, policy, reference, generates ? null : sampling);
-            double loss = micro.Sum(m => m.Loss.Loss);
-            if (micro.Count == 1) session.Step(micro[0].Batch, (float)lr, (float)args.MaxGradNorm);
+            // The cycle's first step is on-policy: the policy is the sampling one. Later steps (the next slices of the
+            // generation batch, or the next iterations over it) score their completions again, and the ratio is to the
+            // sampling policy.
+            int start = inCycle % stepsPerPass * completionsPerStep;
+            bool onPolicy = inCycle == 0;
+            var policy = onPolicy ? sampling?.GetRange(start, completionsPerStep) : GrpoRollout.Logps(rollout.GetRange(start, completionsPerStep), sampler, grpo.Temperature);
+            var micro = GrpoRollout.MicroBatches(rollout, scores, start, completionsPerStep, tokenizer, grpo, args.PerDeviceTrainBatchSize, policy, reference,
+                onPolicy ? null : sampling);
+            double engineLoss = 0;
+            if (micro.Count == 1) engineLoss = session.Step(micro[0].Batch, (float)lr, (float)args.MaxGradNorm);
             else
             {
-                foreach (var m in micro) session.Accumulate(m.Batch, 1f);
+                foreach (var m in micro) engineLoss += session.Accumulate(m.Batch, 1f);
                 session.ApplyAccumulated((float)lr, (float)args.MaxGradNorm);
             }
+            // cispo's loss is a sum of A·log p terms, which needs log-probabilities the first step does not compute: there
+            // the engine's Σ w·nll with the same weights is TRL's value
+            double loss = micro.Sum(m => m.Loss.Loss);
+            if (double.IsNaN(loss)) loss = engineLoss;
             if (!double.IsFinite(session.LastGradNorm))
                 throw new OrtLoraException($"the gradient norm is {session.LastGradNorm} at step {state.GlobalStep + 1}: training stopped");
             long tokens = micro.Sum(m => m.Batch.AttentionMask.Sum());
             state = state with { GlobalStep = state.GlobalStep + 1, Epoch = epoch, DataIndex = index, TokensSeen = state.TokensSeen + tokens };
             // the rewards are the generation batch's, logged once (as TRL logs them when it scores)
             if (generates) window.Add(rollout, scores);
-            window.AddLoss(micro, tokens);
+            window.AddLoss(micro, loss, tokens);
             lastLoss = loss; lossThisRun += loss; stepsThisRun++;
             if (job.LogCompletions && generates) GrpoRollout.AppendLog(completionsLog, state.GlobalStep, rollout, scores, rewardNames);
 
@@ -203,7 +218,7 @@ public static class GrpoTrainer
                     ["learning_rate"] = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs),
                     ["grad_norm"] = session.LastGradNorm, ["num_tokens"] = state.TokensSeen, ["tokens_per_second"] = tokensPerSecond,
                 };
-                window.Report(record, grpo.Beta > 0, withClipping: grpo.NumIterations > 1);
+                window.Report(record, grpo.Beta > 0, clipping: clipping);
                 log.Append(record);
                 reporter.Info($"step {state.GlobalStep}: loss {(double?)record["loss"] ?? double.NaN:F4}  {Summary(record)}");
                 clock.Restart();

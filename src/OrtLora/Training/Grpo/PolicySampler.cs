@@ -77,24 +77,32 @@ public sealed class PolicySampler : IDisposable
     }
 
     /// <summary>log p of each completion token after the prompt, from the logits divided by <paramref name="temperature"/>
-    /// (as TRL scores completions), under the policy or the reference.</summary>
-    public float[] CompletionLogps(IReadOnlyList<int> prompt, IReadOnlyList<int> completion, double temperature, bool reference)
+    /// (as TRL scores completions), under the policy or the reference; with the entropy of each of those distributions.</summary>
+    public (float[] Logps, float[] Entropies) CompletionLogps(IReadOnlyList<int> prompt, IReadOnlyList<int> completion, double temperature, bool reference)
     {
         var ids = prompt.Concat(completion).ToList();
         using var options = new RunOptions();
         if (!reference && _adapter is not null) options.AddActiveLoraAdapter(_adapter);
         var logits = _generator.Model.AllLogits(ids, options);
         int vocab = logits.Length / ids.Count;
-        var result = new float[completion.Count];
+        var logps = new float[completion.Count];
+        var entropies = new float[completion.Count];
         for (int t = 0; t < completion.Count; t++)
         {
             var row = logits.AsSpan((prompt.Count - 1 + t) * vocab, vocab);
-            double max = double.NegativeInfinity, sum = 0;
+            double max = double.NegativeInfinity, sum = 0, weighted = 0;
             foreach (var v in row) max = Math.Max(max, v / temperature);
-            foreach (var v in row) sum += Math.Exp(v / temperature - max);
-            result[t] = (float)(row[completion[t]] / temperature - max - Math.Log(sum));
+            foreach (var v in row)
+            {
+                double e = Math.Exp(v / temperature - max);
+                sum += e;
+                weighted += e * (v / temperature - max);
+            }
+            // log Z = max + log Σ e^(z − max); H = log Z − Σ p·z = log Σ e^(z − max) − Σ p·(z − max)
+            logps[t] = (float)(row[completion[t]] / temperature - max - Math.Log(sum));
+            entropies[t] = (float)(Math.Log(sum) - weighted / sum);
         }
-        return result;
+        return (logps, entropies);
     }
 
     public void Dispose()
