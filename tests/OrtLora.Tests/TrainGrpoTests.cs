@@ -119,15 +119,7 @@ public class TrainGrpoTests
     {
         var dir = Shared.TempDir();
         OrtloraOk(GrpoArgs(dir, "--max-steps", "30", "--num-iterations", "2", "--epsilon", "0.1", "--log-completions"));
-        var metrics = Metrics(dir).Where(m => m["train_runtime"] is null).ToList();
-        Assert.That(metrics, Has.Count.EqualTo(30));
-        Assert.That(metrics.Select(m => m["reward"] is not null), Is.EqualTo(Enumerable.Range(1, 30).Select(step => step % 2 == 1)));
-        Assert.That(File.ReadAllLines(Path.Combine(dir, "completions.jsonl")), Has.Length.EqualTo(15 * 16), "one generation batch per two steps");
-        var region = metrics.Select(m => m["clip_ratio/region_mean"]!.GetValue<double>()).ToList();
-        Assert.That(region.Where((_, i) => i % 2 == 0), Is.All.EqualTo(0.0), "the first iteration's ratio is 1");
-        Assert.That(region.Where((_, i) => i % 2 == 1).Max(), Is.GreaterThan(0), "after a step at lr 1e-2 some ratios leave [0.9, 1.1]");
-        var reward = Series(metrics, "reward");
-        Assert.That(reward.TakeLast(3).Average(), Is.GreaterThan(reward.Take(3).Average() + 0.1), "the reward rises (a run: 0.73 → 0.90)");
+        AssertTwoStepsPerGeneration(dir, 30);
 
         // checkpoints fall between generation batches, so a resumed run ends byte for byte like the straight one
         AssertResumedRunEndsLikeStraight(dir => GrpoArgs(dir, "--max-steps", "4", "--num-iterations", "2", "--save-steps", "2"), "checkpoint-4");
@@ -135,6 +127,22 @@ public class TrainGrpoTests
         var cut = Ortlora(GrpoArgs(Shared.TempDir(), "--max-steps", "4", "--num-iterations", "2", "--save-steps", "3"));
         Assert.That(cut.ExitCode, Is.EqualTo(1));
         Assert.That(cut.Error, Does.Contain("--save-steps (3) must be a multiple of the 2 steps each generation batch trains"));
+    }
+
+    /// <summary>A run of <paramref name="steps"/> steps where each generation batch of 16 completions trains two steps:
+    /// the rewards (logged when sampled) on every other step, the first step's ratio 1 (no clipping), the second's moved
+    /// by the first step at lr 1e-2 out of [0.9, 1.1] somewhere, and the reward rising (a μ 2 run: 0.73 → 0.90).</summary>
+    internal static void AssertTwoStepsPerGeneration(string dir, int steps)
+    {
+        var metrics = Metrics(dir).Where(m => m["train_runtime"] is null).ToList();
+        Assert.That(metrics, Has.Count.EqualTo(steps));
+        Assert.That(metrics.Select(m => m["reward"] is not null), Is.EqualTo(Enumerable.Range(1, steps).Select(step => step % 2 == 1)));
+        Assert.That(File.ReadAllLines(Path.Combine(dir, "completions.jsonl")), Has.Length.EqualTo(steps / 2 * 16), "one generation batch per two steps");
+        var region = metrics.Select(m => m["clip_ratio/region_mean"]!.GetValue<double>()).ToList();
+        Assert.That(region.Where((_, i) => i % 2 == 0), Is.All.EqualTo(0.0), "a generation batch's first step is on-policy");
+        Assert.That(region.Where((_, i) => i % 2 == 1).Max(), Is.GreaterThan(0), "the first step moved the second step's ratios");
+        var reward = Series(metrics, "reward");
+        Assert.That(reward.TakeLast(3).Average(), Is.GreaterThan(reward.Take(3).Average() + 0.1), "the reward rises");
     }
 
     /// <summary>Conversational prompts (JSON Lines, lists of messages) are rendered by the chat template with the

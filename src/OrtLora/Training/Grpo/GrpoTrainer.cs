@@ -35,11 +35,13 @@ public sealed record GrpoJob
     public bool Merge { get; init; }
 }
 
-/// <summary>TRL's GRPOTrainer on the training engine, top to bottom: each step samples num_generations completions of
-/// (batch × accumulation) / num_generations prompts from the policy as it is, scores them with the reward functions,
-/// turns the rewards into group-relative advantages (<see cref="GroupAdvantages"/>), and takes one optimizer step on the
-/// loss of weighted tokens whose gradient is TRL's. With num_iterations μ a generation batch serves μ steps: the first
-/// with the ratio at 1, the others with the ratio to the policy that sampled it, clipped.</summary>
+/// <summary>TRL's GRPOTrainer on the training engine, top to bottom: a generation batch samples num_generations
+/// completions of (batch × steps_per_generation) / num_generations prompts from the policy as it is, scores them with the
+/// reward functions and turns the rewards into group-relative advantages (<see cref="GroupAdvantages"/>). Its
+/// micro-batches then train steps_per_generation / accumulation optimizer steps, on the loss of weighted tokens whose
+/// gradient is TRL's (<see cref="PolicyLoss"/>), and the pass repeats num_iterations (μ) times. The first step is on-policy
+/// (the ratio is 1); the others take the ratio to the policy that sampled the batch. Unlike TRL, the generation batch is
+/// not shuffled before it is split: each step trains whole groups, in order.</summary>
 public static class GrpoTrainer
 {
     public static TrainResult Run(GrpoJob job, ITrainingReporter reporter)
