@@ -49,7 +49,7 @@ for flags in "" "--cuda-graphs --max-seq-length 128" "--bf16" "--loss-type orpo"
     --learning-rate 5e-3 --plain-log $flags -o "$out/dpo${name}" "${ep[@]}"
 done
 # GRPO: the weighted-token loss's graphs on the device, sampling on the CPU session; the reward should reach 1.0 as on CPU.
-for flags in "" "--bf16"; do
+for flags in "" "--bf16" "--num-iterations 2 --importance-sampling-level sequence"; do
   name=$(echo "$flags" | tr -d ' ')
   case_ "grpo-tiny${name}" "${ortlora[@]}" grpo graphs/tiny/model.onnx --data graphs/tiny/demo_prompts.parquet \
     --reward-funcs "regex:e" --max-completion-length 8 --num-generations 8 --per-device-train-batch-size 16 \
