@@ -5,7 +5,7 @@ namespace OrtLora.Inference;
 
 /// <summary>A causal LM's ONNX interface as exporters write it: input_ids, optional attention_mask and position_ids,
 /// optional key/value cache (Optimum and ORT GenAI both name it past_key_values.N.key/value in, present.N.key/value
-/// out; older exports use past.N / present.N), logits out. Runs one decoding step at a time for batch size 1.</summary>
+/// out; older exports use past.N / present.N), logits out. Runs one decoding step at a time, for one sequence or a batch of them.</summary>
 public sealed class CausalLmSession : IDisposable
 {
     public InferenceSession Session { get; }
@@ -66,11 +66,25 @@ public sealed class CausalLmSession : IDisposable
     public float[] Step(DecodeState state, IReadOnlyList<int> newTokens, RunOptions? runOptions = null) =>
         Advance(state, [newTokens], runOptions, logits => LastRows(logits, 1)[0]);
 
-    /// <summary>Starts <paramref name="rows"/> sequences decoded side by side, one run for all of them per step (batch =
-    /// rows). The rows always have equal lengths (a shared prompt, then one token each per step), so nothing is padded.</summary>
-    public DecodeState StartGroup(int rows, bool useCache = true) => new(useCache && HasKvCache, rows);
+    /// <summary>Whether rows of different lengths can be decoded in one batch, left-padded: the padding must be masked
+    /// (attention_mask) and must not shift the real tokens' positions, which only position_ids can say. Without that
+    /// input the model numbers every fed position, pads included, which moves learned absolute positions.</summary>
+    public bool CanLeftPad => _maskName is not null && _positionName is not null;
 
-    /// <summary>Appends each row's tokens (equal counts) and returns each row's logits for its next token.</summary>
+    /// <summary>Starts <paramref name="rows"/> sequences decoded side by side, one run for all of them per step (batch =
+    /// rows). In the batch the rows have equal lengths: row r is preceded by <paramref name="leftPadding"/>[r] pads
+    /// (none by default), masked out and not counted in its positions, as generate pads a batch of prompts.</summary>
+    public DecodeState StartGroup(int rows, bool useCache = true, IReadOnlyList<int>? leftPadding = null)
+    {
+        if (leftPadding is not null && (leftPadding.Count != rows || leftPadding.Any(p => p < 0)))
+            throw new ArgumentException($"left padding needs one count of at least 0 for each of the {rows} rows");
+        if (leftPadding is not null && leftPadding.Any(p => p > 0) && !CanLeftPad)
+            throw new OrtLoraException("the model cannot decode left-padded rows (it needs attention_mask and position_ids inputs)");
+        return new(useCache && HasKvCache, rows, leftPadding);
+    }
+
+    /// <summary>Appends each row's tokens and returns each row's logits for its next token. The rows must stay of equal
+    /// length with their padding: a padded row's first tokens are that many fewer.</summary>
     public float[][] StepGroup(DecodeState state, IReadOnlyList<IReadOnlyList<int>> newTokens, RunOptions? runOptions = null) =>
         Advance(state, newTokens, runOptions, logits => LastRows(logits, newTokens.Count));
 
@@ -85,27 +99,42 @@ public sealed class CausalLmSession : IDisposable
     T Advance<T>(DecodeState state, IReadOnlyList<IReadOnlyList<int>> newTokens, RunOptions? runOptions, Func<OrtValue, T> read)
     {
         int rows = state.Rows.Length;
-        if (newTokens.Count != rows || newTokens.Any(t => t.Count != newTokens[0].Count))
-            throw new ArgumentException($"a step of {rows} rows needs as many token lists, all of one length");
-        if (newTokens[0].Count == 0) throw new ArgumentException("a step needs at least one token");
+        if (newTokens.Count != rows || Enumerable.Range(0, rows).Any(r => state.Length(r) + newTokens[r].Count != state.Length(0) + newTokens[0].Count))
+            throw new ArgumentException($"a step of {rows} rows needs as many token lists, of lengths that keep the rows (with their padding) equal");
+        if (newTokens.Any(t => t.Count == 0)) throw new ArgumentException("a step needs at least one token in each row");
         foreach (var tokens in newTokens)
             if (VocabSize is { } vocab && tokens.FirstOrDefault(t => t < 0 || t >= vocab, -1) is var bad && bad != -1)
                 throw new OrtLoraException($"token id {bad} is outside the model's vocabulary of {vocab} (wrong tokenizer for this model?)");
         for (int r = 0; r < rows; r++) state.Rows[r].AddRange(newTokens[r]);
-        int total = state.Rows[0].Count;
+        int total = state.Length(0);
         int pastLength = state.UseCache ? state.PastLength : 0;
-        var fed = state.Rows.SelectMany(row => row.Skip(pastLength)).ToList();
         int fedLength = total - pastLength;
+        // Each row as the batch holds it, pads first. A pad's id only has to be a valid token (the row's first one);
+        // the mask hides it, and position_ids count the row's real tokens only (generate's cumsum(mask) − 1; a pad's own
+        // position, 0 here, is never attended to).
+        var fed = new long[rows * fedLength];
+        var positions = new long[rows * fedLength];
+        var mask = new long[rows * total];
+        for (int r = 0; r < rows; r++)
+        {
+            int pad = state.Padding[r];
+            var row = state.Rows[r];
+            for (int t = 0; t < total; t++) mask[r * total + t] = t < pad ? 0 : 1;
+            for (int t = pastLength; t < total; t++)
+            {
+                fed[r * fedLength + t - pastLength] = row[Math.Max(0, t - pad)];
+                positions[r * fedLength + t - pastLength] = Math.Max(0, t - pad);
+            }
+        }
         var names = new List<string>();
         var values = new List<OrtValue>();
         var owned = new List<OrtValue>();
         void Feed(string name, OrtValue value, bool own = true) { names.Add(name); values.Add(value); if (own) owned.Add(value); }
         try
         {
-            Feed(_idsName, IntTensor(_idsName, [.. fed.Select(i => (long)i)], rows));
-            if (_maskName is not null) Feed(_maskName, IntTensor(_maskName, Enumerable.Repeat(1L, rows * total).ToArray(), rows));
-            if (_positionName is not null)
-                Feed(_positionName, IntTensor(_positionName, [.. Enumerable.Range(0, rows * fedLength).Select(i => (long)(pastLength + i % fedLength))], rows));
+            Feed(_idsName, IntTensor(_idsName, fed, rows));
+            if (_maskName is not null) Feed(_maskName, IntTensor(_maskName, mask, rows));
+            if (_positionName is not null) Feed(_positionName, IntTensor(_positionName, positions, rows));
             if (_useCacheBranchName is not null) Feed(_useCacheBranchName, OrtValue.CreateTensorValueFromMemory(new[] { pastLength > 0 }, [1]));
             for (int i = 0; i < _cache.Length; i++)
             {
@@ -167,12 +196,14 @@ public sealed class CausalLmSession : IDisposable
     }
 }
 
-/// <summary>Sequences being decoded (one, or a group side by side): their tokens so far and, with a cache, the previous
-/// step's present tensors.</summary>
+/// <summary>Sequences being decoded (one, or a batch side by side): their tokens so far (pads not included), each
+/// row's left padding and, with a cache, the previous step's present tensors.</summary>
 public sealed class DecodeState : IDisposable
 {
     internal List<int>[] Rows { get; }
     internal List<int> Ids => Rows[0];
+    /// <summary>Each row's pads before its first token (masked, not counted in its positions).</summary>
+    internal int[] Padding { get; }
     internal bool UseCache { get; }
     internal int PastLength { get; private set; }
     internal OrtValue[]? Past { get; private set; }
@@ -182,11 +213,15 @@ public sealed class DecodeState : IDisposable
     public IReadOnlyList<int> Tokens => Ids;
     public bool UsesCache => UseCache;
 
-    internal DecodeState(bool useCache, int rows = 1)
+    internal DecodeState(bool useCache, int rows = 1, IReadOnlyList<int>? leftPadding = null)
     {
         UseCache = useCache;
         Rows = [.. Enumerable.Range(0, rows).Select(_ => new List<int>())];
+        Padding = leftPadding?.ToArray() ?? new int[rows];
     }
+
+    /// <summary>Row r's length in the batch: its pads and its tokens.</summary>
+    internal int Length(int row) => Padding[row] + Rows[row].Count;
 
     /// <summary>The presents become the next step's pasts; the previous outputs (the pasts just consumed) are freed.</summary>
     internal void KeepCache(IDisposableReadOnlyCollection<OrtValue> outputs, int length)

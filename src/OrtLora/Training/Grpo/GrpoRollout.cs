@@ -22,16 +22,14 @@ public sealed record GrpoMicroBatch(EngineBatch Batch, MicroBatchLoss Loss, int 
 /// tokens.</summary>
 public static class GrpoRollout
 {
-    /// <summary>num_generations completions of each prompt, prompt by prompt (groups are consecutive), each group sampled
-    /// side by side (<see cref="PolicySampler.SampleGroup"/>). Each completion's sampler is seeded from (seed, step, its
-    /// place), so a run and a resumed run draw the same completions.</summary>
+    /// <summary>num_generations completions of each prompt, prompt by prompt (groups are consecutive), the groups decoded
+    /// side by side in batches (<see cref="PolicySampler.SampleGroups"/>). Each completion's sampler is seeded from (seed,
+    /// step, its place), so a run and a resumed run draw the same completions.</summary>
     public static List<Completion> Sample(PolicySampler sampler, IReadOnlyList<GrpoPrompt> prompts, TextTokenizer tokenizer, GrpoOptions grpo,
         IReadOnlyCollection<int> stops, int seed, int step)
     {
-        var completions = new List<Completion>();
-        foreach (var prompt in prompts)
-        {
-            var options = Enumerable.Range(completions.Count, grpo.NumGenerations).Select(place =>
+        var groups = prompts.Select((prompt, p) => ((IReadOnlyList<int>)prompt.Ids, (IReadOnlyList<GenerationOptions>)[.. Enumerable
+            .Range(p * grpo.NumGenerations, grpo.NumGenerations).Select(place =>
             {
                 ulong stream = SplitMix64.Stream((ulong)seed, (ulong)step, (ulong)place);
                 return new GenerationOptions
@@ -39,12 +37,11 @@ public static class GrpoRollout
                     MaxNewTokens = grpo.MaxCompletionLength, Temperature = grpo.Temperature, TopK = grpo.TopK, TopP = grpo.TopP,
                     RepetitionPenalty = grpo.RepetitionPenalty, StopTokenIds = stops, Seed = (int)(SplitMix64.Next(ref stream) & int.MaxValue),
                 };
-            }).ToList();
-            // the group side by side: one run per generated token for all its completions
-            foreach (var (ids, truncated) in sampler.SampleGroup(prompt.Ids, options))
-                completions.Add(new Completion(prompt, ids, tokenizer.Decode(ids, skipSpecialTokens: true), truncated));
-        }
-        return completions;
+            })])).ToList();
+        // all the prompts' groups side by side: one run per generated token for a batch of groups
+        var sampled = sampler.SampleGroups(groups);
+        return [.. sampled.SelectMany((group, p) => group.Select(c =>
+            new Completion(prompts[p], c.Ids, tokenizer.Decode(c.Ids, skipSpecialTokens: true), c.Truncated)))];
     }
 
     public static RolloutScores Score(IReadOnlyList<Completion> completions, IReadOnlyList<IRewardFunction> rewards, GrpoOptions grpo)

@@ -45,35 +45,83 @@ public sealed class PolicySampler : IDisposable
     }
 
     /// <summary>Completions of one prompt side by side, one per options (their seeds differ): one run per step for the
-    /// whole group (batch = group size; the rows share the prompt, so none is padded). A row that has stopped is fed its
-    /// stop token again until every row has stopped or reached <see cref="GenerationOptions.MaxNewTokens"/>; what it
-    /// produces then is dropped. Each row draws from its own sampler exactly as <see cref="Sample"/> would.</summary>
-    public List<(List<int> Ids, bool Truncated)> SampleGroup(IReadOnlyList<int> prompt, IReadOnlyList<GenerationOptions> options)
+    /// whole group (<see cref="SampleGroups"/> with one group, so nothing is padded).</summary>
+    public List<(List<int> Ids, bool Truncated)> SampleGroup(IReadOnlyList<int> prompt, IReadOnlyList<GenerationOptions> options) =>
+        SampleGroups([(prompt, options)])[0];
+
+    /// <summary>Completions of several prompts, each prompt's group in its own list in order. Through the KV cache the
+    /// groups' rows are decoded side by side in batches of whole groups, at most <paramref name="maxRows"/> rows unless
+    /// one group alone has more, one run per step for a batch; groups of prompts of equal length go together first (fewer
+    /// pads). Shorter prompts are left-padded to the batch's longest where the model allows it
+    /// (<see cref="CausalLmSession.CanLeftPad"/>); otherwise a batch holds prompts of one length only. Without the cache
+    /// each group is decoded alone: every step recomputes every position, so a larger batch saves no work and each pad
+    /// costs a token's (measured on the tiny shape: slower batched). A row that has stopped is fed its stop token again
+    /// until every row has stopped or reached its <see cref="GenerationOptions.MaxNewTokens"/>; what it produces then is
+    /// dropped. Each row draws from its own sampler exactly as <see cref="Sample"/> would.</summary>
+    public List<List<(List<int> Ids, bool Truncated)>> SampleGroups(
+        IReadOnlyList<(IReadOnlyList<int> Prompt, IReadOnlyList<GenerationOptions> Options)> groups, int maxRows = 64)
     {
-        if (prompt.Count == 0) throw new OrtLoraException("the prompt is empty (no tokens to start from)");
-        int rows = options.Count, max = options[0].MaxNewTokens;
-        using var state = _generator.Model.StartGroup(rows, options[0].UseKvCache);
+        foreach (var (prompt, options) in groups)
+        {
+            if (prompt.Count == 0) throw new OrtLoraException("the prompt is empty (no tokens to start from)");
+            if (options.Count == 0) throw new ArgumentException("a group needs at least one completion's options");
+        }
+        var results = new List<(List<int> Ids, bool Truncated)>[groups.Count];
+        bool Cached(int g) => groups[g].Options[0].UseKvCache && _generator.Model.HasKvCache;
+        bool pads = _generator.Model.CanLeftPad;
+        var order = Enumerable.Range(0, groups.Count).OrderBy(g => groups[g].Prompt.Count).ToList();
+        var batch = new List<int>();
+        void Decode()
+        {
+            var rows = DecodeBatch([.. batch.SelectMany(g => groups[g].Options.Select(o => (groups[g].Prompt, o)))]);
+            int at = 0;
+            foreach (var g in batch) { results[g] = rows.GetRange(at, groups[g].Options.Count); at += groups[g].Options.Count; }
+            batch.Clear();
+        }
+        foreach (var g in order)
+        {
+            if (batch.Count > 0)
+            {
+                int last = batch[^1];
+                bool joins = Cached(g) && Cached(last) && batch.Sum(b => groups[b].Options.Count) + groups[g].Options.Count <= maxRows
+                    && (pads || groups[last].Prompt.Count == groups[g].Prompt.Count);
+                if (!joins) Decode();
+            }
+            batch.Add(g);
+        }
+        if (batch.Count > 0) Decode();
+        return [.. results];
+    }
+
+    /// <summary>Rows decoded side by side, each prompt left-padded to the longest (one run per generated token).</summary>
+    List<(List<int> Ids, bool Truncated)> DecodeBatch(IReadOnlyList<(IReadOnlyList<int> Prompt, GenerationOptions Options)> rows)
+    {
+        int longest = rows.Max(r => r.Prompt.Count);
+        var padding = rows.Select(r => longest - r.Prompt.Count).ToArray();
+        using var state = _generator.Model.StartGroup(rows.Count, rows[0].Options.UseKvCache, padding.Any(p => p > 0) ? padding : null);
         using var run = new RunOptions();
         if (_adapter is not null) run.AddActiveLoraAdapter(_adapter);
-        var samplers = options.Select(o => new Sampler(o)).ToArray();
-        var seen = options.Select(o => o.RepetitionPenalty == 1.0 ? null : prompt.ToHashSet()).ToArray();
-        var ids = options.Select(_ => new List<int>()).ToArray();
-        var stopped = new bool[rows];
-        var logits = _generator.Model.StepGroup(state, [.. Enumerable.Repeat(prompt, rows)], run);
-        for (int produced = 0; produced < max; produced++)
+        var samplers = rows.Select(r => new Sampler(r.Options)).ToArray();
+        var seen = rows.Select(r => r.Options.RepetitionPenalty == 1.0 ? null : r.Prompt.ToHashSet()).ToArray();
+        var ids = rows.Select(_ => new List<int>()).ToArray();
+        var stopped = new bool[rows.Count];
+        var done = rows.Select(r => r.Options.MaxNewTokens <= 0).ToArray();
+        var logits = _generator.Model.StepGroup(state, [.. rows.Select(r => r.Prompt)], run);
+        while (!done.All(d => d))
         {
-            for (int r = 0; r < rows; r++)
+            for (int r = 0; r < rows.Count; r++)
             {
-                if (stopped[r]) continue;
+                if (done[r]) continue;
                 int next = samplers[r].Next(logits[r], seen[r]);
                 seen[r]?.Add(next);
                 ids[r].Add(next);
-                stopped[r] = options[r].StopTokenIds.Contains(next);
+                stopped[r] = rows[r].Options.StopTokenIds.Contains(next);
+                done[r] = stopped[r] || ids[r].Count >= rows[r].Options.MaxNewTokens;
             }
-            if (stopped.All(s => s) || produced + 1 == max) break;
-            logits = _generator.Model.StepGroup(state, [.. ids.Select(row => (IReadOnlyList<int>)[row[^1]])], run);
+            if (done.All(d => d)) break;
+            logits = _generator.Model.StepGroup(state, [.. ids.Select((row, r) => (IReadOnlyList<int>)[row.Count > 0 ? row[^1] : rows[r].Prompt[^1]])], run);
         }
-        return [.. ids.Select((row, r) => (row, !stopped[r] && row.Count >= max))];
+        return [.. ids.Select((row, r) => (row, !stopped[r] && row.Count >= rows[r].Options.MaxNewTokens))];
     }
 
     /// <summary>log p of each completion token after the prompt, from the logits divided by <paramref name="temperature"/>
