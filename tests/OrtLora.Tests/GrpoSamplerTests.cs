@@ -153,4 +153,35 @@ public class GrpoSamplerTests
             Assert.That(together[g].Select(c => c.Truncated), Is.EqualTo(alone.Select(c => c.Truncated)), $"group {g}");
         }
     }
+
+    /// <summary>An export whose attention mask adds −inf (here LlamaGraph's lowest float replaced by it): a left pad's own
+    /// query has nothing to attend to, its softmax is NaN, and the NaN reaches the real rows (0·NaN through the pad's
+    /// values). The sampler sees the padded prompt step's non-finite logits and decodes those groups one at a time,
+    /// unpadded, from then on: each group still gets what it gets alone.</summary>
+    [Test]
+    public void AMaskOfMinusInfinityFallsBackToGroupsAlone()
+    {
+        var model = LlamaGraph.Build(LlamaShape.Tiny, 42, new LlamaOptions(WithKvCache: true, WithPositionIds: true));
+        static float Value(global::Onnx.TensorProto t) => Tensors.BytesToFloats(Tensors.InlineBytes(t), t.DataType)[0];
+        var lowest = model.Graph.Node.Where(n => n.OpType == "Constant").Select(n => n.Attribute.Single(a => a.Name == "value").T)
+            .Single(t => t.DataType == (int)global::Onnx.TensorProto.Types.DataType.Float && t.Dims.Count == 0 && Value(t) == float.MinValue);
+        Tensors.SetRaw(lowest, Tensors.FloatsToBytes([float.NegativeInfinity], lowest.DataType));
+        using var injected = WithLora(model);
+        using var options = OrtRun.DefaultOptions();
+        using (var lm = new CausalLmSession(new InferenceSession(injected.ToBytes(), options), ownsSession: true))
+        using (var padded = lm.StartGroup(2, leftPadding: [4, 0]))
+        {
+            var logits = lm.StepGroup(padded, [Prompts[0], Prompts[1]]);
+            Assert.That(logits.Any(row => row.Any(float.IsNaN)), "padding this export does give NaN");
+        }
+        using var sampler = MovedSampler(injected, options);
+        var groups = Prompts.Take(3).Select((prompt, g) => ((IReadOnlyList<int>)prompt, (IReadOnlyList<GenerationOptions>)Options(4, stop: 1, firstSeed: 1000 + 10 * g))).ToList();
+        var together = sampler.SampleGroups(groups);
+        for (int g = 0; g < 3; g++)
+        {
+            var alone = sampler.SampleGroup(groups[g].Item1, groups[g].Item2);
+            Assert.That(together[g].Select(c => c.Ids), Is.EqualTo(alone.Select(c => c.Ids)), $"group {g}");
+            Assert.That(together[g].SelectMany(c => c.Ids), Is.All.InRange(0, 511), "real tokens, not a NaN draw's");
+        }
+    }
 }

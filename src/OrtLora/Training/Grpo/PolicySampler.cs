@@ -14,6 +14,10 @@ public sealed class PolicySampler : IDisposable
 {
     readonly InferenceSession _session;
     readonly Generator _generator;
+    /// <summary>Set when a left-padded batch gave non-finite logits (<see cref="PaddingFailedException"/>): no more padding.</summary>
+    bool _paddingFailed;
+
+    sealed class PaddingFailedException : Exception;
     OrtLoraAdapter? _adapter;
 
     public PolicySampler(OnnxModel injected, SessionOptions options)
@@ -68,12 +72,21 @@ public sealed class PolicySampler : IDisposable
         }
         var results = new List<(List<int> Ids, bool Truncated)>[groups.Count];
         bool Cached(int g) => groups[g].Options[0].UseKvCache && _generator.Model.HasKvCache;
-        bool pads = _generator.Model.CanLeftPad;
+        bool pads = _generator.Model.CanLeftPad && !_paddingFailed;
         var order = Enumerable.Range(0, groups.Count).OrderBy(g => groups[g].Prompt.Count).ToList();
         var batch = new List<int>();
         void Decode()
         {
-            var rows = DecodeBatch([.. batch.Select(g => groups[g])]);
+            List<(List<int> Ids, bool Truncated)> rows;
+            try { rows = DecodeBatch([.. batch.Select(g => groups[g])]); }
+            catch (PaddingFailedException)
+            {
+                // an export whose attention mask adds −inf gives a pad's own query nothing to attend to: NaN, which
+                // reaches the real rows through the pad's keys and values (weighted 0, but 0·NaN is NaN). Its groups
+                // are decoded one at a time, unpadded, from now on.
+                _paddingFailed = true;
+                rows = [.. batch.SelectMany(g => DecodeBatch([groups[g]]))];
+            }
             int at = 0;
             foreach (var g in batch) { results[g] = rows.GetRange(at, groups[g].Options.Count); at += groups[g].Options.Count; }
             batch.Clear();
@@ -101,6 +114,8 @@ public sealed class PolicySampler : IDisposable
         var started = RunPrompts(groups, run);
         using var state = started.State;
         var logits = started.Logits;
+        if (groups.Any(g => g.Prompt.Count != groups[0].Prompt.Count) && logits.Any(row => row.Any(v => !float.IsFinite(v))))
+            throw new PaddingFailedException();
         var rows = groups.SelectMany(g => g.Options.Select(o => (g.Prompt, Options: o))).ToList();
         var samplers = rows.Select(r => new Sampler(r.Options)).ToArray();
         var seen = rows.Select(r => r.Options.RepetitionPenalty == 1.0 ? null : r.Prompt.ToHashSet()).ToArray();
