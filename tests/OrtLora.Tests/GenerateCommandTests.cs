@@ -98,4 +98,83 @@ public class GenerateCommandTests
         Assert.That(code, Is.EqualTo(0), error);
         Assert.That(stopped.Trim(), Is.EqualTo(free[..1]), "stops at the second token, which is not printed");
     }
+
+    /// <summary>`generate --data`: every prompt of a prompt-only file (here of 3, 1, 7 and 2 letters) gets, greedily,
+    /// what `generate --prompt` prints for it alone; a batch of one row writes the same file; `--reward-funcs` scores
+    /// each completion and prints the mean. The toy model takes attention_mask but ignores it (its logits average every
+    /// position's embedding), so left padding would change its answers: the first padded batch's check against the
+    /// prompts run alone catches that, and the groups are decoded one at a time (batched they gave "cffb" for "abc"
+    /// where alone gives "hfff").</summary>
+    [Test]
+    public void DataGeneratesEachPromptAsThePromptAlone()
+    {
+        var dir = ToyModelDirectory();
+        var modelPath = Path.Combine(dir, "model.onnx");
+        string[] prompts = ["abc", "j", "abcdefg", "ba"];
+        var data = Path.Combine(dir, "prompts.jsonl");
+        File.WriteAllLines(data, prompts.Select(p => JsonSerializer.Serialize(new { prompt = p, answer = "a" })));
+        var output = Path.Combine(dir, "out.jsonl");
+        var (code, stdout, error) = Run("generate", modelPath, "--data", data, "-o", output, "--max-new-tokens", "8", "--reward-funcs", "contains:answer");
+        Assert.That(code, Is.EqualTo(0), error);
+        var lines = File.ReadAllLines(output).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.That(lines.Select(l => l.GetProperty("prompt").GetString()), Is.EqualTo(prompts));
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            var alone = Run("generate", modelPath, "--prompt", prompts[i], "--max-new-tokens", "8");
+            Assert.That(lines[i].GetProperty("completion").GetString() + Environment.NewLine, Is.EqualTo(alone.Out), $"prompt {prompts[i]}");
+        }
+        double mean = lines.Average(l => l.GetProperty("contains:answer").GetDouble());
+        Assert.That(lines.Select(l => l.GetProperty("contains:answer").GetDouble()),
+            Is.EqualTo(lines.Select(l => l.GetProperty("completion").GetString()!.Contains('a') ? 1.0 : 0.0)));
+        Assert.That(stdout, Does.Contain("4 completions of 4 prompts").And.Contain($"contains:answer: mean {mean:F4}"));
+        var oneRow = Path.Combine(dir, "one_row.jsonl");
+        Assert.That(Run("generate", modelPath, "--data", data, "-o", oneRow, "--max-new-tokens", "8", "--batch-size", "1").Code, Is.EqualTo(0));
+        Assert.That(File.ReadAllText(oneRow), Is.EqualTo(File.ReadAllText(output).Replace(",\"contains:answer\":1", "").Replace(",\"contains:answer\":0", "")));
+    }
+
+    /// <summary>Sampled, several completions a prompt: each completion's seed comes from (seed, row, its number), so the
+    /// file is the same whatever the batch size, and another seed gives other completions.</summary>
+    [Test]
+    public void SampledCompletionsDoNotDependOnTheBatch()
+    {
+        var dir = ToyModelDirectory();
+        var modelPath = Path.Combine(dir, "model.onnx");
+        var data = Path.Combine(dir, "prompts.jsonl");
+        File.WriteAllLines(data, new[] { "abc", "j", "abcdefg" }.Select(p => JsonSerializer.Serialize(new { prompt = p })));
+        string Generate(string name, params string[] extra)
+        {
+            var path = Path.Combine(dir, name);
+            var (code, _, error) = Run(["generate", modelPath, "--data", data, "-o", path, "--max-new-tokens", "6", "--temperature", "1.5",
+                "--num-return-sequences", "3", .. extra]);
+            Assert.That(code, Is.EqualTo(0), error);
+            return File.ReadAllText(path);
+        }
+        var batched = Generate("a.jsonl", "--seed", "5");
+        Assert.That(batched.Split('\n', StringSplitOptions.RemoveEmptyEntries), Has.Length.EqualTo(9));
+        Assert.That(Generate("b.jsonl", "--seed", "5", "--batch-size", "2"), Is.EqualTo(batched));
+        Assert.That(Generate("c.jsonl", "--seed", "6"), Is.Not.EqualTo(batched));
+    }
+
+    [Test]
+    public void DataMistakesAreOneClearError()
+    {
+        var dir = ToyModelDirectory();
+        var modelPath = Path.Combine(dir, "model.onnx");
+        var data = Path.Combine(dir, "prompts.jsonl");
+        File.WriteAllLines(data, [JsonSerializer.Serialize(new { prompt = "abc" })]);
+        var output = Path.Combine(dir, "out.jsonl");
+        var noOutput = Run("generate", modelPath, "--data", data);
+        Assert.That((noOutput.Code, noOutput.Err), Is.EqualTo((1, noOutput.Err)));
+        Assert.That(noOutput.Err, Does.Contain("--data needs --output"));
+        var texts = Path.Combine(dir, "texts.jsonl");
+        File.WriteAllLines(texts, [JsonSerializer.Serialize(new { text = "abc" })]);
+        var notPrompts = Run("generate", modelPath, "--data", texts, "-o", output);
+        Assert.That(notPrompts.Code, Is.EqualTo(1));
+        Assert.That(notPrompts.Err, Does.Contain("texts.jsonl"));
+        var column = Run("generate", modelPath, "--data", data, "-o", output, "--reward-funcs", "exact_match:answer");
+        Assert.That(column.Code, Is.EqualTo(1));
+        Assert.That(column.Err, Does.Contain("'answer'").And.Contain("prompts.jsonl"));
+        Assert.That(File.Exists(output), Is.False, "no partial output");
+        Assert.That(Directory.GetFiles(dir, "*.tmp"), Is.Empty);
+    }
 }

@@ -5,7 +5,7 @@ namespace OrtLora.Inference;
 /// <summary>Autoregressive generation with an ONNX causal LM on ONNX Runtime: the prompt in one step, then one token
 /// per step through the key/value cache when the model has one (or a full recompute when it has none), stopping at
 /// EOS or after max_new_tokens. Optionally with an ORT runtime adapter (.onnx_adapter) active.</summary>
-public sealed class Generator : IDisposable
+public sealed partial class Generator : IDisposable
 {
     readonly CausalLmSession _model;
 
