@@ -45,12 +45,10 @@ public static class DatasetGeneration
         {
             foreach (var spec in job.RewardFuncs) rewards.Add(RewardFunctions.Parse(spec, options.MaxNewTokens));
             var prompts = GrpoPrompts.Load(job.DataPath, tokenizer, chat, job.MaxPromptLength, job.Seed, job.Format);
-            foreach (var reward in rewards)
-                if (reward.RequiredColumns.FirstOrDefault(c => !prompts.Columns.Contains(c)) is { } missing)
-                    throw new OrtLoraException($"{job.DataPath}: reward function '{reward.Name}' reads column '{missing}', which the file lacks (columns: {string.Join(", ", prompts.Columns)})");
+            RewardFunctions.RequireColumns(rewards, job.DataPath, prompts.Columns);
             var stops = options.StopTokenIds.Concat(PromptFormat.StopIds(prompts.Conversational ? "chat" : "raw", tokenizer, chat)).ToHashSet();
             if (tokenizer.EosId is int eos) stops.Add(eos);
-            var names = rewards.Select((r, i) => rewards.Take(i).Count(o => o.Name == r.Name) is var before and > 0 ? $"{r.Name}_{before + 1}" : r.Name).ToList();
+            var names = RewardFunctions.MetricNames(rewards);
             return Write(job, prompts, rewards, names, stops, generator, adapter, tokenizer, options, progress);
         }
         finally

@@ -79,10 +79,7 @@ public static class GrpoTrainer
         var chat = Data.ChatTemplate.Resolve(job.ChatTemplate, config ?? tokenizer.Config, Path.Combine(tokenizerDir, "tokenizer_config.json"));
         var prompts = GrpoPrompts.Load(job.DataPath, tokenizer, chat, grpo.MaxPromptLength, args.Seed, job.Format);
         var evalPrompts = job.EvalDataPath is { } evalPath ? GrpoPrompts.Load(evalPath, tokenizer, chat, grpo.MaxPromptLength, args.Seed, job.Format) : null;
-        foreach (var set in new[] { prompts, evalPrompts }.OfType<GrpoPrompts>())
-            foreach (var reward in rewards)
-                if (reward.RequiredColumns.FirstOrDefault(c => !set.Columns.Contains(c)) is { } missing)
-                    throw new OrtLoraException($"{set.Path}: reward function '{reward.Name}' reads column '{missing}', which the file lacks (columns: {string.Join(", ", set.Columns)})");
+        foreach (var set in new[] { prompts, evalPrompts }.OfType<GrpoPrompts>()) RewardFunctions.RequireColumns(rewards, set.Path, set.Columns);
 
         // A generation batch is split into steps_per_generation micro-batches, gradient_accumulation_steps of them a step,
         // and the pass over it repeats num_iterations times: a cycle of optimizer steps per generation batch.
@@ -120,8 +117,7 @@ public static class GrpoTrainer
             File.Delete(completionsLog);
         }
 
-        // the metric names; a name given twice (two regex rewards) takes its place's number: regex, regex_2
-        var rewardNames = rewards.Select((r, i) => rewards.Take(i).Count(o => o.Name == r.Name) is var before and > 0 ? $"{r.Name}_{before + 1}" : r.Name).ToList();
+        var rewardNames = RewardFunctions.MetricNames(rewards);
         var stops = PromptFormat.StopIds(prompts.Conversational ? "chat" : "raw", tokenizer, chat).ToHashSet();
         if (tokenizer.EosId is int eos) stops.Add(eos);
         reporter.Started(totalSteps, state.GlobalStep,

@@ -49,6 +49,18 @@ public static class RewardFunctions
     /// <summary>The --reward-funcs names, for help text and errors.</summary>
     public static IReadOnlyList<string> Names { get; } = ["exact_match", "contains", "think_format", "regex", "soft_overlong_punishment", "command"];
 
+    /// <summary>The functions' metric names; a name given twice (two regex rewards) takes its place's number: regex, regex_2.</summary>
+    public static List<string> MetricNames(IReadOnlyList<IRewardFunction> rewards) =>
+        [.. rewards.Select((r, i) => rewards.Take(i).Count(o => o.Name == r.Name) is var before and > 0 ? $"{r.Name}_{before + 1}" : r.Name)];
+
+    /// <summary>One error naming the file when a function reads a column the data lacks.</summary>
+    public static void RequireColumns(IReadOnlyList<IRewardFunction> rewards, string path, IReadOnlyList<string> columns)
+    {
+        foreach (var reward in rewards)
+            if (reward.RequiredColumns.FirstOrDefault(c => !columns.Contains(c)) is { } missing)
+                throw new OrtLoraException($"{path}: reward function '{reward.Name}' reads column '{missing}', which the file lacks (columns: {string.Join(", ", columns)})");
+    }
+
     const string Forms = "exact_match[:COLUMN], contains[:COLUMN], think_format, regex:PATTERN, soft_overlong_punishment[:CACHE], command:CMD, command[NAME]:CMD";
 
     /// <summary>One spec as the CLI takes it; <paramref name="maxCompletionLength"/> is GRPO's max_completion_length
