@@ -28,7 +28,7 @@ public sealed class GrpoPrompts
     {
         using var data = ParquetDataset.Open(path, format);
         if (data.Format != DatasetFormat.Prompt)
-            throw new OrtLoraException($"{path}: GRPO samples completions of prompt-only data (a 'prompt' column, text or messages, and any columns the " +
+            throw new OrtLoraException($"{path}: GRPO and generate --data sample completions of prompt-only data (a 'prompt' column, text or messages, and any columns the " +
                 $"reward functions read); this file is {ParquetDataset.FormatName(data.Format)} data" +
                 (data.Columns.Contains("prompt") ? " (--dataset-format prompt-only reads its prompts and passes the other columns to the rewards)" : ""));
         var prompts = new List<GrpoPrompt>();
