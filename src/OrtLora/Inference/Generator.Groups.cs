@@ -69,11 +69,12 @@ public sealed partial class Generator
     {
         using var run = new RunOptions();
         if (adapter is not null) run.AddActiveLoraAdapter(adapter);
-        var started = RunPrompts(groups, run);
-        using var state = started.State;
-        var logits = started.Logits;
-        if (groups.Any(g => g.Prompt.Count != groups[0].Prompt.Count) && !PaddingKeepsLogits(groups, logits, run))
+        var (state, promptLogits) = RunPrompts(groups, run);
+        using var _ = state;
+        if (groups.Any(g => g.Prompt.Count != groups[0].Prompt.Count) && !PaddingKeepsLogits(groups, promptLogits, run))
             throw new PaddingFailedException();
+        // each group's rows start from its prompt's logits (read only by the samplers)
+        float[][] logits = [.. groups.SelectMany((g, i) => Enumerable.Repeat(promptLogits[i], g.Options.Count))];
         var rows = groups.SelectMany(g => g.Options.Select(o => (g.Prompt, Options: o))).ToList();
         var samplers = rows.Select(r => new Sampler(r.Options)).ToArray();
         var seen = rows.Select(r => r.Options.RepetitionPenalty == 1.0 ? null : r.Prompt.ToHashSet()).ToArray();
@@ -97,17 +98,16 @@ public sealed partial class Generator
         return [.. ids.Select((row, r) => (row, !stopped[r] && row.Count >= rows[r].Options.MaxNewTokens))];
     }
 
-    /// <summary>Each group's prompt run once, for one row, left-padded to the longest; then its cache and logits copied
-    /// to each of the group's rows (60 tokens run for 8 rows took 6.4 ms on the tiny shape, for one 1.05 ms).</summary>
-    (DecodeState State, float[][] Logits) RunPrompts(IReadOnlyList<(IReadOnlyList<int> Prompt, IReadOnlyList<GenerationOptions> Options)> groups, RunOptions run)
+    /// <summary>Each group's prompt run once, for one row, left-padded to the longest; then its cache copied to each of
+    /// the group's rows (60 tokens run for 8 rows took 6.4 ms on the tiny shape, for one 1.05 ms). Returns the rows'
+    /// state and each prompt's logits.</summary>
+    (DecodeState State, float[][] PromptLogits) RunPrompts(IReadOnlyList<(IReadOnlyList<int> Prompt, IReadOnlyList<GenerationOptions> Options)> groups, RunOptions run)
     {
-        var model = _model;
         int longest = groups.Max(g => g.Prompt.Count);
         var padding = groups.Select(g => longest - g.Prompt.Count).ToArray();
-        using var prompts = model.StartGroup(groups.Count, groups[0].Options[0].UseKvCache, padding.Any(p => p > 0) ? padding : null);
-        var logits = model.StepGroup(prompts, [.. groups.Select(g => g.Prompt)], run);
-        return (model.RepeatRows(prompts, [.. groups.Select(g => g.Options.Count)]),
-            [.. groups.SelectMany((g, i) => Enumerable.Repeat(logits[i], g.Options.Count))]);
+        using var prompts = _model.StartGroup(groups.Count, groups[0].Options[0].UseKvCache, padding.Any(p => p > 0) ? padding : null);
+        var logits = _model.StepGroup(prompts, [.. groups.Select(g => g.Prompt)], run);
+        return (_model.RepeatRows(prompts, [.. groups.Select(g => g.Options.Count)]), logits);
     }
 
     /// <summary>Whether a padded prompt step's logits are the rows' own. Two ways a model accepted as paddable
@@ -116,21 +116,18 @@ public sealed partial class Generator
     /// a model that takes attention_mask but ignores it lets the real rows attend to the pads. So every padded batch's
     /// logits must be finite, and in the first one each padded prompt's must match the prompt run alone (to 1e-3 of the
     /// logits' scale: equal to the bit on ONNX Runtime's CPU kernels). Run once per generator, for one row each.</summary>
-    bool PaddingKeepsLogits(IReadOnlyList<(IReadOnlyList<int> Prompt, IReadOnlyList<GenerationOptions> Options)> groups, float[][] logits, RunOptions run)
+    bool PaddingKeepsLogits(IReadOnlyList<(IReadOnlyList<int> Prompt, IReadOnlyList<GenerationOptions> Options)> groups, float[][] promptLogits, RunOptions run)
     {
-        if (logits.Any(row => row.Any(v => !float.IsFinite(v)))) return false;
+        if (promptLogits.Any(row => row.Any(v => !float.IsFinite(v)))) return false;
         if (_paddingChecked) return true;
-        int longest = groups.Max(g => g.Prompt.Count), first = 0;
-        foreach (var (prompt, options) in groups)
+        int longest = groups.Max(g => g.Prompt.Count);
+        for (int g = 0; g < groups.Count; g++)
         {
-            // the batch's logits are repeated per completion: a group's first row follows the earlier groups' rows
-            var padded = logits[first];
-            first += options.Count;
-            if (prompt.Count == longest) continue;
-            using var alone = _model.Start(options[0].UseKvCache);
-            var own = _model.Step(alone, prompt, run);
+            if (groups[g].Prompt.Count == longest) continue;
+            using var alone = _model.Start(groups[g].Options[0].UseKvCache);
+            var own = _model.Step(alone, groups[g].Prompt, run);
             float scale = Math.Max(1f, own.Max(Math.Abs));
-            if (own.Zip(padded).Any(p => Math.Abs(p.First - p.Second) > 1e-3f * scale)) return false;
+            if (own.Zip(promptLogits[g]).Any(p => Math.Abs(p.First - p.Second) > 1e-3f * scale)) return false;
         }
         _paddingChecked = true;
         return true;

@@ -12,9 +12,6 @@ public sealed record Completion(GrpoPrompt Prompt, List<int> Ids, string Text, b
 /// statistics TRL logs.</summary>
 public sealed record RolloutScores(double[][] PerFunction, double[] Rewards, double[] Advantages, double[] Std, bool[] StdIsZero);
 
-/// <summary>A completion's log p per token and the entropy of each token's distribution.</summary>
-public sealed record TokenScores(float[] Logps, float[] Entropies);
-
 /// <summary>One micro-batch for the engine with TRL's loss of it (and the means TRL logs of it).</summary>
 public sealed record GrpoMicroBatch(EngineBatch Batch, MicroBatchLoss Loss, int CountedTokens);
 
@@ -63,7 +60,7 @@ public static class GrpoRollout
     /// <summary>Each completion's log-probabilities (and the distributions' entropies) under the sampler's policy as it
     /// is, or under the reference.</summary>
     public static List<TokenScores> Logps(IEnumerable<Completion> completions, PolicySampler sampler, double temperature, bool reference = false) =>
-        [.. completions.Select(c => sampler.CompletionLogps(c.Prompt.Ids, c.Ids, temperature, reference)).Select(s => new TokenScores(s.Logps, s.Entropies))];
+        [.. completions.Select(c => sampler.CompletionLogps(c.Prompt.Ids, c.Ids, temperature, reference))];
 
     /// <summary>One optimizer step's part of a generation batch, completions [<paramref name="start"/>, start + count),
     /// as consecutive right-padded micro-batches of <paramref name="batchSize"/>: prompt + completion, the completion's

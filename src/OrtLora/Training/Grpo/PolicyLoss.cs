@@ -49,24 +49,28 @@ public static class PolicyLoss
             if (n == 0) continue;
             var logRatio = new double[n];
             if (c.OldLogps is { } old) for (int t = 0; t < n; t++) logRatio[t] = c.PolicyLogps![t] - old[t];
-            double sequenceRatio = Math.Exp(logRatio.Average());
+            double meanLogRatio = logRatio.Average(), sequenceRatio = Math.Exp(meanLogRatio);
+            var sequenceTerm = sequence ? Surrogate(grpo, sequenceRatio, a, epsilonHigh) : default;
             // DeepSeek-V3.2's off-policy sequence mask: the mean of log π_old − log π is −mean(logRatio)
-            bool keep = grpo.OffPolicyMaskThreshold is not { } threshold || a >= 0 || -logRatio.Average() <= threshold;
+            bool keep = grpo.OffPolicyMaskThreshold is not { } threshold || a >= 0 || -meanLogRatio <= threshold;
             var carries = Enumerable.Range(0, n).Select(t => keep && (entropyMasks?[i][t] ?? true)).ToArray();
             int carrying = carries.Count(x => x);
+            // per token e^(ref − p) − (ref − p) − 1 and its d/d log p, 1 − e^(ref − p)
             double klTotal = 0;
             var kl = new double[n];
+            var dKl = new double[n];
             if (grpo.Beta > 0)
                 for (int t = 0; t < n; t++)
                 {
                     double d = c.ReferenceLogps![t] - c.PolicyLogps![t];
                     kl[t] = Math.Exp(d) - d - 1;
+                    dKl[t] = 1 - Math.Exp(d);
                     klTotal += kl[t];
                 }
             for (int t = 0; t < n; t++)
             {
                 double ratio = sequence ? sequenceRatio : Math.Exp(logRatio[t]);
-                var term = Surrogate(grpo, ratio, a, epsilonHigh);
+                var term = sequence ? sequenceTerm : Surrogate(grpo, ratio, a, epsilonHigh);
                 double weight;
                 if (grpo.LossType == "cispo")
                 {
@@ -81,17 +85,16 @@ public static class PolicyLoss
                 }
                 if (grpo.Beta > 0)
                 {
-                    double d = c.ReferenceLogps![t] - c.PolicyLogps![t], dKl = 1 - Math.Exp(d);
                     if (grpo.UseBiasCorrectionKl)
                     {
                         // β·kl·ρ with ρ's own gradient: ρ at the token level, s/n from each token's kl at the sequence level
-                        weight -= grpo.Beta * (dKl * ratio + (sequence ? klTotal * ratio / n : kl[t] * ratio));
+                        weight -= grpo.Beta * (dKl[t] * ratio + (sequence ? klTotal * ratio / n : kl[t] * ratio));
                         loss += norm * grpo.Beta * kl[t] * ratio;
                         klSum += kl[t] * ratio;
                     }
                     else
                     {
-                        weight -= grpo.Beta * dKl;
+                        weight -= grpo.Beta * dKl[t];
                         loss += norm * grpo.Beta * kl[t];
                         klSum += kl[t];
                     }
@@ -100,7 +103,7 @@ public static class PolicyLoss
                 if (!sequence) Count(term);
                 if (c.Entropies is { } e) { entropySum += e[t]; entropyTokens++; }
             }
-            if (sequence) Count(Surrogate(grpo, sequenceRatio, a, epsilonHigh));
+            if (sequence) Count(sequenceTerm);
         }
         // TRL's masked_batch_mean: over counted tokens, or over the micro-batch's rows where the ratio is per sequence
         double units = sequence ? microBatch.Count : Math.Max(1, counted);

@@ -57,7 +57,7 @@ public sealed class PolicySampler : IDisposable
 
     /// <summary>log p of each completion token after the prompt, from the logits divided by <paramref name="temperature"/>
     /// (as TRL scores completions), under the policy or the reference; with the entropy of each of those distributions.</summary>
-    public (float[] Logps, float[] Entropies) CompletionLogps(IReadOnlyList<int> prompt, IReadOnlyList<int> completion, double temperature, bool reference)
+    public TokenScores CompletionLogps(IReadOnlyList<int> prompt, IReadOnlyList<int> completion, double temperature, bool reference)
     {
         var ids = prompt.Concat(completion).ToList();
         using var options = new RunOptions();
@@ -70,18 +70,20 @@ public sealed class PolicySampler : IDisposable
         {
             var row = logits.AsSpan((prompt.Count - 1 + t) * vocab, vocab);
             double max = double.NegativeInfinity, sum = 0, weighted = 0;
-            foreach (var v in row) max = Math.Max(max, v / temperature);
+            foreach (var v in row) max = Math.Max(max, v);
+            max /= temperature;
             foreach (var v in row)
             {
-                double e = Math.Exp(v / temperature - max);
+                double shifted = v / temperature - max;
+                double e = Math.Exp(shifted);
                 sum += e;
-                weighted += e * (v / temperature - max);
+                weighted += e * shifted;
             }
             // log Z = max + log Σ e^(z − max); H = log Z − Σ p·z = log Σ e^(z − max) − Σ p·(z − max)
             logps[t] = (float)(row[completion[t]] / temperature - max - Math.Log(sum));
             entropies[t] = (float)(Math.Log(sum) - weighted / sum);
         }
-        return (logps, entropies);
+        return new TokenScores(logps, entropies);
     }
 
     public void Dispose()
@@ -91,3 +93,6 @@ public sealed class PolicySampler : IDisposable
         _session.Dispose();
     }
 }
+
+/// <summary>A completion's log p per token and the entropy of each token's distribution.</summary>
+public sealed record TokenScores(float[] Logps, float[] Entropies);
