@@ -113,9 +113,5 @@ public static class DatasetGeneration
 
     /// <summary>Completion k of row <paramref name="row"/>'s seed: independent of the batch it was decoded in, so a run
     /// gives the same completions whatever its batch size.</summary>
-    static int CompletionSeed(int seed, long row, int k)
-    {
-        ulong stream = SplitMix64.Stream((ulong)seed, (ulong)row, (ulong)k);
-        return (int)(SplitMix64.Next(ref stream) & int.MaxValue);
-    }
+    static int CompletionSeed(int seed, long row, int k) => SplitMix64.Seed((ulong)seed, (ulong)row, (ulong)k);
 }

@@ -18,4 +18,11 @@ internal static class SplitMix64
         Next(ref state);
         return state;
     }
+
+    /// <summary>A non-negative sampler seed keyed by (a, b, c): the first draw of that stream.</summary>
+    public static int Seed(ulong a, ulong b, ulong c)
+    {
+        ulong stream = Stream(a, b, c);
+        return (int)(Next(ref stream) & int.MaxValue);
+    }
 }

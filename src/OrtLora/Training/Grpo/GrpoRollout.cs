@@ -26,14 +26,10 @@ public static class GrpoRollout
         IReadOnlyCollection<int> stops, int seed, int step)
     {
         var groups = prompts.Select((prompt, p) => ((IReadOnlyList<int>)prompt.Ids, (IReadOnlyList<GenerationOptions>)[.. Enumerable
-            .Range(p * grpo.NumGenerations, grpo.NumGenerations).Select(place =>
+            .Range(p * grpo.NumGenerations, grpo.NumGenerations).Select(place => new GenerationOptions
             {
-                ulong stream = SplitMix64.Stream((ulong)seed, (ulong)step, (ulong)place);
-                return new GenerationOptions
-                {
-                    MaxNewTokens = grpo.MaxCompletionLength, Temperature = grpo.Temperature, TopK = grpo.TopK, TopP = grpo.TopP,
-                    RepetitionPenalty = grpo.RepetitionPenalty, StopTokenIds = stops, Seed = (int)(SplitMix64.Next(ref stream) & int.MaxValue),
-                };
+                MaxNewTokens = grpo.MaxCompletionLength, Temperature = grpo.Temperature, TopK = grpo.TopK, TopP = grpo.TopP,
+                RepetitionPenalty = grpo.RepetitionPenalty, StopTokenIds = stops, Seed = SplitMix64.Seed((ulong)seed, (ulong)step, (ulong)place),
             })])).ToList();
         // all the prompts' groups side by side: one run per generated token for a batch of groups
         var sampled = sampler.SampleGroups(groups);
