@@ -20,6 +20,7 @@ public static class Commands
         ShowDataCommand.Create(),
         TrainCommand.Create(),
         GrpoCommand.Create(),
+        RlooCommand.Create(),
         DemoCommand.Create(),
     ];
 }

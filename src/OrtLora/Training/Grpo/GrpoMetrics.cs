@@ -19,7 +19,8 @@ public sealed class GrpoMetrics(IReadOnlyList<string> rewardNames)
         Put("loss", loss);
         foreach (var m in micro)
         {
-            Put("kl", m.Loss.KlMean);
+            // RLOO's KL is in its reward, logged once per generation batch (Add)
+            if (!double.IsNaN(m.Loss.KlMean)) Put("kl", m.Loss.KlMean);
             Put("clip_ratio/low_mean", m.Loss.LowClip);
             Put("clip_ratio/high_mean", m.Loss.HighClip);
             Put("clip_ratio/region_mean", m.Loss.RegionClip);
@@ -28,9 +29,10 @@ public sealed class GrpoMetrics(IReadOnlyList<string> rewardNames)
         }
     }
 
-    /// <summary>A generation batch's rewards and completion lengths.</summary>
+    /// <summary>A generation batch's rewards and completion lengths (and RLOO's KL).</summary>
     public void Add(IReadOnlyList<Completion> completions, RolloutScores scores)
     {
+        if (!double.IsNaN(scores.KlMean)) Put("kl", scores.KlMean);
         for (int f = 0; f < rewardNames.Count; f++)
         {
             var scored = scores.PerFunction.Select(r => r[f]).Where(v => !double.IsNaN(v)).ToList();

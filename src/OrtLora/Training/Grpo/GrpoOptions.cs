@@ -1,9 +1,13 @@
 namespace OrtLora.Training.Grpo;
 
-/// <summary>TRL's GRPOConfig options that shape sampling and the loss (the Trainer's own options are
+/// <summary>TRL's GRPOConfig (and RLOOConfig) options that shape sampling and the loss (the Trainer's own options are
 /// <see cref="TrainingArguments"/>'s).</summary>
 public sealed record GrpoOptions
 {
+    /// <summary>grpo (TRL's GRPOTrainer) or rloo (its RLOOTrainer: leave-one-out baselines, the KL in the reward, one
+    /// ratio per completion; <see cref="Rloo"/>).</summary>
+    public string Algorithm { get; init; } = "grpo";
+    public bool IsRloo => Algorithm == "rloo";
     /// <summary>The losses TRL's GRPOTrainer takes: how a step's per-token terms are summed and normalized.</summary>
     public static readonly string[] LossTypes = ["dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo"];
     public static readonly string[] RewardScalings = ["group", "batch", "none"];
@@ -67,6 +71,10 @@ public sealed record GrpoOptions
     public bool MaskTruncatedCompletions { get; init; }
     /// <summary>One weight per reward function (null: all 1).</summary>
     public IReadOnlyList<double>? RewardWeights { get; init; }
+    /// <summary>RLOO's normalize_advantages: the generation batch's advantages to mean 0 and standard deviation 1.</summary>
+    public bool NormalizeAdvantages { get; init; }
+    /// <summary>RLOO's reward_clip_range: each completion's weighted reward clamped to [Min, Max] before the KL penalty.</summary>
+    public (double Min, double Max)? RewardClipRange { get; init; }
 
     public void Validate(int rewardFunctions)
     {
@@ -104,9 +112,30 @@ public sealed record GrpoOptions
         if (GenerationBatchSize is < 1) throw new OrtLoraException($"--generation-batch-size must be at least 1, got {GenerationBatchSize}");
         if (StepsPerGeneration is not null && GenerationBatchSize is not null)
             throw new OrtLoraException("give --steps-per-generation or --generation-batch-size, not both");
-        if (rewardFunctions == 0) throw new OrtLoraException("GRPO needs at least one reward function (--reward-funcs)");
+        if (Algorithm is not ("grpo" or "rloo")) throw new OrtLoraException($"unknown policy-gradient algorithm '{Algorithm}'; expected grpo or rloo");
+        if (IsRloo) ValidateRloo();
+        else if (NormalizeAdvantages || RewardClipRange is not null)
+            throw new OrtLoraException("--normalize-advantages and --reward-clip-range are RLOO's (ortlora rloo); GRPO normalizes with --scale-rewards");
+        if (rewardFunctions == 0) throw new OrtLoraException($"{Algorithm.ToUpperInvariant()} needs at least one reward function (--reward-funcs)");
         if (RewardWeights is { } w && w.Count != rewardFunctions)
             throw new OrtLoraException($"--reward-weights has {w.Count} values for {rewardFunctions} reward functions");
+    }
+
+    /// <summary>RLOO's loss is its own (<see cref="Rloo.Loss"/>): GRPO's loss options have no meaning there.</summary>
+    void ValidateRloo()
+    {
+        var defaults = new GrpoOptions();
+        var grpoOnly = new (string Option, bool Changed)[]
+        {
+            ("--loss-type", LossType != defaults.LossType), ("--importance-sampling-level", ImportanceSamplingLevel != defaults.ImportanceSamplingLevel),
+            ("--delta", Delta is not null), ("--off-policy-mask-threshold", OffPolicyMaskThreshold is not null), ("--use-bias-correction-kl", UseBiasCorrectionKl),
+            ("--top-entropy-quantile", TopEntropyQuantile < 1), ("--multi-objective-aggregation", MultiObjectiveAggregation != defaults.MultiObjectiveAggregation),
+            ("--scale-rewards", ScaleRewards != defaults.ScaleRewards),
+        };
+        if (grpoOnly.FirstOrDefault(o => o.Changed).Option is { } option)
+            throw new OrtLoraException($"{option} is GRPO's (ortlora grpo); RLOO's loss is one clipped ratio per completion, its advantages leave-one-out");
+        if (RewardClipRange is { } range && !(range.Min < range.Max))
+            throw new OrtLoraException($"--reward-clip-range takes MIN MAX with MIN < MAX, got {range.Min} {range.Max}");
     }
 
     /// <summary>Micro-batches per generation batch (TRL's steps_per_generation): given, from generation_batch_size, or

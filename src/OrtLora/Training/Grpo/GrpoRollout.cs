@@ -8,9 +8,10 @@ namespace OrtLora.Training.Grpo;
 /// <summary>One sampled completion: its prompt, its ids (a stop id last unless truncated) and text.</summary>
 public sealed record Completion(GrpoPrompt Prompt, List<int> Ids, string Text, bool Truncated);
 
-/// <summary>A step's scores: each function's reward (NaN: not scored), the weighted sums, the advantages and the group
-/// statistics TRL logs.</summary>
-public sealed record RolloutScores(double[][] PerFunction, double[] Rewards, double[] Advantages, double[] Std, bool[] StdIsZero);
+/// <summary>A step's scores: each function's reward (NaN: not scored), the weighted sums, the advantages and the
+/// statistics TRL logs: per completion the standard deviation it logs as reward_std (the group's for GRPO, the batch's for
+/// RLOO) and whether its group's rewards are all equal; RLOO's mean KL per token (NaN: none).</summary>
+public sealed record RolloutScores(double[][] PerFunction, double[] Rewards, double[] Advantages, double[] Std, bool[] StdIsZero, double KlMean = double.NaN);
 
 /// <summary>One micro-batch for the engine with TRL's loss of it (and the means TRL logs of it).</summary>
 public sealed record GrpoMicroBatch(EngineBatch Batch, MicroBatchLoss Loss, int CountedTokens);
@@ -37,7 +38,11 @@ public static class GrpoRollout
             new Completion(prompts[p], c.Ids, tokenizer.Decode(c.Ids, skipSpecialTokens: true), c.Truncated)))];
     }
 
-    public static RolloutScores Score(IReadOnlyList<Completion> completions, IReadOnlyList<IRewardFunction> rewards, GrpoOptions grpo)
+    /// <summary>Scores the completions with the reward functions and turns the rewards into advantages, GRPO's or RLOO's.</summary>
+    /// <param name="kl">RLOO with β > 0: each completion's KL to the reference, which its reward is penalized by, and the
+    /// mean per token (<see cref="Rloo.SequenceKl"/>)</param>
+    public static RolloutScores Score(IReadOnlyList<Completion> completions, IReadOnlyList<IRewardFunction> rewards, GrpoOptions grpo,
+        (double[] PerCompletion, double Mean)? kl = null)
     {
         var inputs = completions.Select(c => new RewardInput(c.Prompt.Text, c.Text, c.Ids.Count, c.Truncated, c.Prompt.Columns)).ToList();
         var perFunction = completions.Select(_ => new double[rewards.Count]).ToArray();
@@ -49,6 +54,7 @@ public static class GrpoRollout
             for (int i = 0; i < scores.Length; i++) perFunction[i][f] = scores[i] ?? double.NaN;
         }
         var weights = grpo.RewardWeights ?? [.. rewards.Select(_ => 1.0)];
+        if (grpo.IsRloo) return Rloo.Score(perFunction, weights, grpo.NumGenerations, grpo, kl?.PerCompletion, kl?.Mean ?? double.NaN);
         var (sums, advantages, std, zero) = GroupAdvantages.Compute(perFunction, weights, grpo.NumGenerations, grpo.ScaleRewards, grpo.MultiObjectiveAggregation);
         return new RolloutScores(perFunction, sums, advantages, std, zero);
     }
@@ -60,7 +66,7 @@ public static class GrpoRollout
 
     /// <summary>One optimizer step's part of a generation batch, completions [<paramref name="start"/>, start + count),
     /// as consecutive right-padded micro-batches of <paramref name="batchSize"/>: prompt + completion, the completion's
-    /// tokens labelled and weighted by −d loss / d log p (<see cref="PolicyLoss.Compute"/>).</summary>
+    /// tokens labelled and weighted by −d loss / d log p (<see cref="PolicyLoss.Compute"/>, RLOO's <see cref="Rloo.Loss"/>).</summary>
     /// <param name="policy">the step's completions' scores under the policy as it is (β > 0, off-policy, or entropies
     /// needed); indexed from <paramref name="start"/>; null when the loss needs none</param>
     /// <param name="reference">the generation batch's scores under the reference (β > 0)</param>
@@ -79,8 +85,8 @@ public static class GrpoRollout
         {
             int rows = Math.Min(batchSize, count - first);
             var part = scored.GetRange(first, rows);
-            var normalizers = GroupAdvantages.Normalizers(part, generationTokens, accumulation, grpo.LossType, grpo.MaxCompletionLength);
-            var (tokenWeights, loss) = PolicyLoss.Compute(part, normalizers, grpo);
+            var (tokenWeights, loss) = grpo.IsRloo ? Rloo.Loss(part, accumulation, grpo)
+                : PolicyLoss.Compute(part, GroupAdvantages.Normalizers(part, generationTokens, accumulation, grpo.LossType, grpo.MaxCompletionLength), grpo);
             int length = Enumerable.Range(start + first, rows).Max(i => completions[i].Prompt.Ids.Length + completions[i].Ids.Count);
             var ids = new long[rows * length];
             var mask = new long[rows * length];

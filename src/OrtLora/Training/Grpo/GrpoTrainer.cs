@@ -41,7 +41,8 @@ public sealed record GrpoJob
 /// micro-batches then train steps_per_generation / accumulation optimizer steps, on the loss of weighted tokens whose
 /// gradient is TRL's (<see cref="PolicyLoss"/>), and the pass repeats num_iterations (μ) times. The first step is on-policy
 /// (the ratio is 1); the others take the ratio to the policy that sampled the batch. Unlike TRL, the generation batch is
-/// not shuffled before it is split: each step trains whole groups, in order.</summary>
+/// not shuffled before it is split: each step trains whole groups, in order. With <see cref="GrpoOptions.Algorithm"/> rloo
+/// the same loop is TRL's RLOOTrainer (<see cref="Rloo"/>: the advantages and the loss differ).</summary>
 public static class GrpoTrainer
 {
     public static TrainResult Run(GrpoJob job, ITrainingReporter reporter)
@@ -123,8 +124,9 @@ public static class GrpoTrainer
         reporter.Started(totalSteps, state.GlobalStep,
             $"{lora.Adapters.Count} adapters, {session.ParameterNames.Sum(p => session.Graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b)):N0} trainable parameters; " +
             $"{prompts.All.Count} prompts ({(prompts.Conversational ? "conversational" : "text")}), {promptsPerGeneration} per generation × {grpo.NumGenerations} completions, " +
-            $"{cycle} step{(cycle == 1 ? "" : "s")} each; rewards: {string.Join(", ", rewardNames)}; loss {grpo.LossType}" +
-            $"{(grpo.ImportanceSamplingLevel == "sequence" ? " (sequence ratio)" : "")}, {totalSteps} steps, warmup {warmup}");
+            $"{cycle} step{(cycle == 1 ? "" : "s")} each; rewards: {string.Join(", ", rewardNames)}; " +
+            (grpo.IsRloo ? "RLOO (leave-one-out baselines, one ratio per completion)" :
+                $"loss {grpo.LossType}{(grpo.ImportanceSamplingLevel == "sequence" ? " (sequence ratio)" : "")}") + $", {totalSteps} steps, warmup {warmup}");
 
         // An evaluation samples every eval prompt's group from the policy as it is, with the same seeds each time (the
         // step key -1), so evaluations differ by the policy, not by the draw.
@@ -172,9 +174,13 @@ public static class GrpoTrainer
                     group.Add(prompts.At(at, next++));
                 }
                 var sampled = GrpoRollout.Sample(sampler, group, tokenizer, grpo, stops, args.Seed, state.GlobalStep);
-                batch = (sampled, GrpoRollout.Score(sampled, rewards, grpo),
-                    samplingScores ? GrpoRollout.Logps(sampled, sampler, grpo.Temperature) : null,
-                    grpo.Beta > 0 ? GrpoRollout.Logps(sampled, sampler, grpo.Temperature, reference: true) : null, at, next);
+                var samplingLogps = samplingScores ? GrpoRollout.Logps(sampled, sampler, grpo.Temperature) : null;
+                var referenceLogps = grpo.Beta > 0 ? GrpoRollout.Logps(sampled, sampler, grpo.Temperature, reference: true) : null;
+                // RLOO penalizes each completion's reward by its KL to the reference under the sampling policy
+                var kl = grpo.IsRloo && referenceLogps is not null
+                    ? Rloo.SequenceKl([.. sampled.Select(c => grpo.MaskTruncatedCompletions && c.Truncated ? 0 : c.Ids.Count)], samplingLogps!, referenceLogps)
+                    : ((double[], double)?)null;
+                batch = (sampled, GrpoRollout.Score(sampled, rewards, grpo, kl), samplingLogps, referenceLogps, at, next);
             }
             var (rollout, scores, sampling, reference, epoch, index) = batch!.Value;
             // The cycle's first step is on-policy: the policy is the sampling one. Later steps (the next slices of the

@@ -121,9 +121,9 @@ public static class PolicyLoss
 
     /// <summary>A token's policy term ℓ(ρ) (for cispo, the factor of log p), its slope −ℓ'(ρ)·ρ (for cispo the weight of
     /// log p), and which clip holds it as TRL counts it.</summary>
-    readonly record struct Term(double Value, double Slope, bool Low = false, bool High = false, bool CispoClipped = false);
+    internal readonly record struct Term(double Value, double Slope, bool Low = false, bool High = false, bool CispoClipped = false);
 
-    static Term Surrogate(GrpoOptions grpo, double ratio, double a, double epsilonHigh)
+    internal static Term Surrogate(GrpoOptions grpo, double ratio, double a, double epsilonHigh)
     {
         switch (grpo.LossType)
         {
