@@ -42,7 +42,7 @@ public class TrainGrpoVariantsTests
     public void GspoClipsWholeCompletions()
     {
         var dir = Shared.TempDir();
-        var run = OrtloraOk(GrpoArgs(dir, "--max-steps", "20", "--num-iterations", "2", "--importance-sampling-level", "sequence", "--loss-type", "grpo",
+        var run = OrtloraOk(GrpoArgs(dir, "--max-steps", "30", "--num-iterations", "2", "--importance-sampling-level", "sequence", "--loss-type", "grpo",
             "--epsilon", "0.05"));
         Assert.That(run.Out, Does.Contain("loss grpo (sequence ratio)"));
         var steps = Steps(dir);

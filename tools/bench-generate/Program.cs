@@ -9,14 +9,19 @@ using OrtLora.Onnx;
 // Benchmarks for the deploy side, on a generated LLaMA-style model (graphs' builder, same weights every run):
 //   1. generate: tokens/s with the KV cache vs recomputing the whole sequence every step;
 //   2. runtime adapters: latency of one forward pass (and of cached decoding) with the LoRA branch kept and an ORT
-//      adapter active, vs the same model merged.
+//      adapter active, vs the same model merged;
+//   3. a GRPO/RLOO rollout: groups of completions sampled at temperature 1, side by side (Generator.GenerateGroups),
+//      and the share of that time spent drawing tokens from the logits (Sampler).
 // Usage: dotnet run -c Release --project tools/bench-generate -- [--shape tiny|smollm2-135m|llama-100m] [--new-tokens N]
-//        [--prompt-tokens N] [--repeats N] [--threads N]
+//        [--prompt-tokens N] [--repeats N] [--threads N] [--groups N] [--group-size N] [--sample-tokens N]
 var shapeName = Arg("--shape", "tiny");
 int newTokens = int.Parse(Arg("--new-tokens", "128"));
 int promptTokens = int.Parse(Arg("--prompt-tokens", "32"));
 int repeats = int.Parse(Arg("--repeats", "3"));
 int threads = int.Parse(Arg("--threads", "0"));
+int groups = int.Parse(Arg("--groups", "4"));
+int groupSize = int.Parse(Arg("--group-size", "8"));
+int sampleTokens = int.Parse(Arg("--sample-tokens", "24"));
 var shape = LlamaShape.Find(shapeName) ?? throw new ArgumentException($"unknown shape {shapeName}");
 Console.WriteLine($"shape {shape.Name}: {shape.ParameterCount / 1e6:F1}M parameters, {Environment.ProcessorCount} cores, " +
                   $"prompt {promptTokens} tokens, {newTokens} new tokens, best of {repeats}");
@@ -81,6 +86,23 @@ using (var adapter = OrtLoraAdapter.Create(adapterPath, null))
     Console.WriteLine($"runtime adapter (r={config.R}, all-linear) vs merged, same greedy tokens: {same}");
     Console.WriteLine($"  prompt forward ({promptTokens} tokens): adapter {adapterForward * 1000:F2} ms, merged {mergedForward * 1000:F2} ms ({adapterForward / mergedForward:F2}x)");
     Console.WriteLine($"  cached decoding: adapter {newTokens / adapterDecode:F1} tokens/s, merged {newTokens / mergedDecode:F1} tokens/s ({adapterDecode / mergedDecode:F2}x time)");
+}
+// 3. A rollout: `groups` prompts (of different lengths) × `groupSize` completions of `sampleTokens` tokens, no stop token.
+using (var session = new InferenceSession(cachedPath, Options()))
+using (var generator = new Generator(session))
+{
+    var rollout = Enumerable.Range(0, groups).Select(g => ((IReadOnlyList<int>)prompt.Take(promptTokens - g).ToArray(), (IReadOnlyList<GenerationOptions>)
+        [.. Enumerable.Range(0, groupSize).Select(k => new GenerationOptions { MaxNewTokens = sampleTokens, Temperature = 1.0, Seed = g * groupSize + k })])).ToList();
+    double seconds = Best(() => generator.GenerateGroups(rollout).Count);
+    // the draws alone: as many as the rollout makes, from logits of the model's vocabulary
+    var logits = new float[shape.VocabSize];
+    var draw = new Random(5);
+    for (int i = 0; i < logits.Length; i++) logits[i] = (float)(draw.NextDouble() * 8 - 4);
+    var sampler = new Sampler(new GenerationOptions { Temperature = 1.0, Seed = 1 });
+    int draws = groups * groupSize * sampleTokens;
+    double sampling = Best(() => { for (int i = 0; i < draws; i++) sampler.Next(logits); return draws; });
+    Console.WriteLine($"rollout, {groups} prompts x {groupSize} completions x {sampleTokens} tokens (temperature 1): {seconds:F2} s, " +
+        $"{draws / seconds:F0} tokens/s; drawing the tokens alone: {sampling * 1000:F0} ms ({sampling * 1e6 / draws:F0} us/token, vocabulary {shape.VocabSize})");
 }
 File.Delete(adapterPath);
 Directory.Delete(Path.Combine(Path.GetTempPath(), $"ortlora-bench-{Environment.ProcessId}"), recursive: true);

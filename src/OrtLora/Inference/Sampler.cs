@@ -39,24 +39,82 @@ public sealed class Sampler(GenerationOptions options)
         return Choose(logits);
     }
 
+    /// <summary>Draws from softmax(logits / T) restricted to top-k, then top-p, walking the vocabulary in index order as
+    /// torch.multinomial does after Hugging Face's warpers. A draw costs a few passes over the vocabulary, not a sort of
+    /// it. Tokens tied with the last one kept are all kept, as transformers' top-k keeps them.</summary>
     int Choose(ReadOnlySpan<float> logits)
     {
         if (options.Temperature <= 0) return ArgMax(logits);
-        var order = Enumerable.Range(0, logits.Length).ToArray();
-        var scaled = new double[logits.Length];
-        for (int i = 0; i < logits.Length; i++) scaled[i] = logits[i] / options.Temperature;
-        Array.Sort(order, (a, b) => scaled[b].CompareTo(scaled[a]));
-        int keep = options.TopK > 0 ? Math.Min(options.TopK, order.Length) : order.Length;
-        var probabilities = Softmax(order.Take(keep).Select(i => scaled[i]).ToArray());
-        keep = NucleusSize(probabilities, options.TopP);
-        double total = probabilities.Take(keep).Sum();
+        int n = logits.Length;
+        float max = logits[ArgMax(logits)];
+        if (_weights.Length < n) _weights = new double[n];
+        var weights = _weights.AsSpan(0, n);
+        // relative to the largest: every weight is in (0, 1], the largest 1
+        for (int i = 0; i < n; i++) weights[i] = Math.Exp((logits[i] - max) / options.Temperature);
+        double floor = 0;
+        if (options.TopK > 0 && options.TopK < n) floor = KthLargest(weights, options.TopK);
+        if (options.TopP < 1) floor = Math.Max(floor, NucleusFloor(weights, floor, options.TopP));
+        double total = 0;
+        foreach (var w in weights) if (w >= floor) total += w;
         double u = _random.NextDouble() * total, cumulative = 0;
-        for (int i = 0; i < keep; i++)
+        int last = 0;
+        for (int i = 0; i < n; i++)
         {
-            cumulative += probabilities[i];
-            if (u < cumulative) return order[i];
+            if (weights[i] < floor) continue;
+            cumulative += weights[i];
+            last = i;
+            if (u < cumulative) return i;
         }
-        return order[keep - 1];
+        return last;
+    }
+
+    double[] _weights = [];
+
+    /// <summary>The k-th largest weight: a bounded min-heap of the k largest seen.</summary>
+    static double KthLargest(ReadOnlySpan<double> weights, int k)
+    {
+        var heap = new PriorityQueue<double, double>(k);
+        foreach (var w in weights)
+        {
+            if (heap.Count < k) heap.Enqueue(w, w);
+            else if (w > heap.Peek()) heap.EnqueueDequeue(w, w);
+        }
+        return heap.Peek();
+    }
+
+    /// <summary>The smallest weight top-p keeps among those at or above <paramref name="floor"/>: the descending
+    /// weights are summed up to and including the one that reaches p of the kept mass (at least one is kept). The
+    /// weights are first binned by magnitude (eighths of an octave, from their bits); the bins above the one where the
+    /// sum reaches p·mass are kept whole, so only that bin is sorted.</summary>
+    static double NucleusFloor(ReadOnlySpan<double> weights, double floor, double topP)
+    {
+        Span<double> binMass = stackalloc double[Bins];
+        double mass = 0;
+        foreach (var w in weights)
+            if (w >= floor) { binMass[Bin(w)] += w; mass += w; }
+        double target = topP * mass, above = 0;
+        int bin = Bins - 1;
+        while (bin > 0 && above + binMass[bin] < target) above += binMass[bin--];
+        var members = new List<double>();
+        foreach (var w in weights)
+            if (w >= floor && Bin(w) == bin) members.Add(w);
+        members.Sort();
+        for (int i = members.Count - 1; i >= 0; i--)
+        {
+            above += members[i];
+            if (above >= target) return members[i];
+        }
+        return members.Count > 0 ? members[0] : floor;
+    }
+
+    /// <summary>64 octaves below 1 in eighths, and one bin for everything smaller (a weight of 1 is the top bin).</summary>
+    const int Bins = 64 * 8 + 2;
+
+    /// <summary>A weight's bin, increasing with it: the exponent and the top three bits of the mantissa.</summary>
+    static int Bin(double w)
+    {
+        long key = (BitConverter.DoubleToInt64Bits(w) >> 49) - ((1023L - 64) << 3);
+        return (int)Math.Clamp(key, 0, Bins - 1);
     }
 
     public static int ArgMax(ReadOnlySpan<float> logits)
@@ -64,27 +122,5 @@ public sealed class Sampler(GenerationOptions options)
         int best = 0;
         for (int i = 1; i < logits.Length; i++) if (logits[i] > logits[best]) best = i;
         return best;
-    }
-
-    static double[] Softmax(double[] sortedDescending)
-    {
-        double max = sortedDescending[0];
-        var e = sortedDescending.Select(v => Math.Exp(v - max)).ToArray();
-        double sum = e.Sum();
-        return e.Select(v => v / sum).ToArray();
-    }
-
-    /// <summary>How many of the (descending) probabilities top-p keeps: up to and including the one whose cumulative
-    /// sum reaches p, at least one.</summary>
-    static int NucleusSize(double[] probabilities, double topP)
-    {
-        if (topP >= 1) return probabilities.Length;
-        double cumulative = 0;
-        for (int i = 0; i < probabilities.Length; i++)
-        {
-            cumulative += probabilities[i];
-            if (cumulative >= topP) return i + 1;
-        }
-        return probabilities.Length;
     }
 }
