@@ -39,6 +39,38 @@ public class GrpoSamplerTests
     /// <summary>Prompts of 3, 7, 11 and again 7 tokens.</summary>
     static readonly int[][] Prompts = [[5, 17, 3], [8, 250, 99, 42, 7, 300, 12], [77, 3, 250, 11, 5, 17, 3, 99, 42, 8, 123], [400, 2, 31, 64, 9, 18, 200]];
 
+    /// <summary>Completions scored in batches (right-padded to the longest row, split where the logits would exceed the
+    /// budget) get each completion's log-probabilities and entropies scored alone, under the policy and the reference.</summary>
+    [TestCase(false)]
+    [TestCase(true)]
+    public void BatchedScoresAreEachCompletionsScoresAlone(bool kvCache)
+    {
+        using var model = Injected(kvCache, positionIds: kvCache);
+        using var options = OrtRun.DefaultOptions();
+        using var sampler = MovedSampler(model, options);
+        var items = Prompts.Select((p, i) => ((IReadOnlyList<int>)p, (IReadOnlyList<int>)[.. Enumerable.Range(0, 2 + 3 * i).Select(t => (t * 31 + i) % 400)])).ToList();
+        const int vocab = 512;
+        Assert.That(sampler.CompletionLogps([(Prompts[0], [1])], 1.0, false)[0].Logps, Has.Length.EqualTo(1));
+        foreach (bool reference in new[] { false, true })
+        {
+            var alone = items.Select(it => sampler.CompletionLogps(it.Item1, it.Item2, 0.7, reference)).ToList();
+            // a budget of two rows of the longest (11 + 11 tokens): batches of two, then of one
+            foreach (long budget in new[] { PolicySampler.LogitsPerBatch, 2L * 22 * vocab })
+            {
+                var batched = sampler.CompletionLogps(items, 0.7, reference, budget);
+                for (int i = 0; i < items.Count; i++)
+                {
+                    Assert.That(batched[i].Logps, Is.EqualTo(alone[i].Logps).Within(1e-5), $"row {i}, reference {reference}");
+                    Assert.That(batched[i].Entropies, Is.EqualTo(alone[i].Entropies).Within(1e-5));
+                }
+            }
+        }
+        var policy = sampler.CompletionLogps(items, 0.7, reference: false);
+        var start = sampler.CompletionLogps(items, 0.7, reference: true);
+        Assert.That(policy.Zip(start).Max(p => p.First.Logps.Zip(p.Second.Logps).Max(x => Math.Abs(x.First - x.Second))), Is.GreaterThan(1e-3),
+            "the moved adapter changes the policy's scores");
+    }
+
     [TestCase(false)]
     [TestCase(true)]
     public void AGroupDrawsWhatEachCompletionDrawsAlone(bool kvCache)

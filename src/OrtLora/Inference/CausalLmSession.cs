@@ -133,6 +133,23 @@ public sealed class CausalLmSession : IDisposable
         return Advance(state, [ids], runOptions, AllRows);
     }
 
+    /// <summary>The logits at every position of several sequences in one run without the cache: for each, [its length ×
+    /// vocabulary] as <see cref="AllLogits(IReadOnlyList{int}, RunOptions?)"/> gives it alone. The rows are right-padded
+    /// to the longest with their own last token. A causal model's logits at a position do not depend on later ones, so
+    /// the padding changes nothing that is read. Unlike left padding it needs no mask and shifts no positions.</summary>
+    public float[][] AllLogits(IReadOnlyList<IReadOnlyList<int>> sequences, RunOptions? runOptions = null)
+    {
+        if (sequences.Count == 0) return [];
+        int length = sequences.Max(s => s.Count);
+        using var state = StartGroup(sequences.Count, useCache: false);
+        var padded = sequences.Select(s => (IReadOnlyList<int>)[.. s, .. Enumerable.Repeat(s[^1], length - s.Count)]).ToList();
+        return Advance(state, padded, runOptions, logits =>
+        {
+            long perRow = length * logits.GetTensorTypeAndShape().Shape[^1], vocab = perRow / length;
+            return sequences.Select((s, r) => Floats(logits, new Range((int)(r * perRow), (int)(r * perRow + s.Count * vocab)))).ToArray();
+        });
+    }
+
     T Advance<T>(DecodeState state, IReadOnlyList<IReadOnlyList<int>> newTokens, RunOptions? runOptions, Func<OrtValue, T> read)
     {
         int rows = state.Rows.Length;

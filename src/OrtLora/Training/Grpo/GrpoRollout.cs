@@ -62,7 +62,7 @@ public static class GrpoRollout
     /// <summary>Each completion's log-probabilities (and the distributions' entropies) under the sampler's policy as it
     /// is, or under the reference.</summary>
     public static List<TokenScores> Logps(IEnumerable<Completion> completions, PolicySampler sampler, double temperature, bool reference = false) =>
-        [.. completions.Select(c => sampler.CompletionLogps(c.Prompt.Ids, c.Ids, temperature, reference))];
+        sampler.CompletionLogps([.. completions.Select(c => ((IReadOnlyList<int>)c.Prompt.Ids, (IReadOnlyList<int>)c.Ids))], temperature, reference);
 
     /// <summary>One optimizer step's part of a generation batch, completions [<paramref name="start"/>, start + count),
     /// as consecutive right-padded micro-batches of <paramref name="batchSize"/>: prompt + completion, the completion's
@@ -75,7 +75,7 @@ public static class GrpoRollout
     public static List<GrpoMicroBatch> MicroBatches(IReadOnlyList<Completion> completions, RolloutScores scores, int start, int count, TextTokenizer tokenizer,
         GrpoOptions grpo, int batchSize, IReadOnlyList<TokenScores>? policy, IReadOnlyList<TokenScores>? reference, IReadOnlyList<TokenScores>? old)
     {
-        var scored = Enumerable.Range(start, count).Select(i => new ScoredCompletion(grpo.MaskTruncatedCompletions && completions[i].Truncated ? 0 : completions[i].Ids.Count,
+        var scored = Enumerable.Range(start, count).Select(i => new ScoredCompletion(CountedTokens(completions[i], grpo),
             scores.Advantages[i], policy?[i - start].Logps, reference?[i].Logps, old?[i].Logps, policy?[i - start].Entropies)).ToList();
         // TRL's num_items_in_batch: the generation batch's completion tokens, counted before truncated ones are masked
         long generationTokens = completions.Sum(c => (long)c.Ids.Count);
@@ -111,6 +111,9 @@ public static class GrpoRollout
         }
         return batches;
     }
+
+    /// <summary>The completion's tokens the loss counts: none for a truncated one under mask_truncated_completions.</summary>
+    public static int CountedTokens(Completion completion, GrpoOptions grpo) => grpo.MaskTruncatedCompletions && completion.Truncated ? 0 : completion.Ids.Count;
 
     /// <summary>TRL's log_completions, as JSON Lines: each completion with its prompt, rewards and advantage.</summary>
     public static void AppendLog(string path, int step, IReadOnlyList<Completion> completions, RolloutScores scores, IReadOnlyList<string> rewardNames)

@@ -178,7 +178,7 @@ public static class GrpoTrainer
                 var referenceLogps = grpo.Beta > 0 ? GrpoRollout.Logps(sampled, sampler, grpo.Temperature, reference: true) : null;
                 // RLOO penalizes each completion's reward by its KL to the reference under the sampling policy
                 var kl = grpo.IsRloo && referenceLogps is not null
-                    ? Rloo.SequenceKl([.. sampled.Select(c => grpo.MaskTruncatedCompletions && c.Truncated ? 0 : c.Ids.Count)], samplingLogps!, referenceLogps)
+                    ? Rloo.SequenceKl([.. sampled.Select(c => GrpoRollout.CountedTokens(c, grpo))], samplingLogps!, referenceLogps)
                     : ((double[], double)?)null;
                 batch = (sampled, GrpoRollout.Score(sampled, rewards, grpo, kl), samplingLogps, referenceLogps, at, next);
             }

@@ -57,18 +57,46 @@ public sealed class PolicySampler : IDisposable
 
     /// <summary>log p of each completion token after the prompt, from the logits divided by <paramref name="temperature"/>
     /// (as TRL scores completions), under the policy or the reference; with the entropy of each of those distributions.</summary>
-    public TokenScores CompletionLogps(IReadOnlyList<int> prompt, IReadOnlyList<int> completion, double temperature, bool reference)
+    public TokenScores CompletionLogps(IReadOnlyList<int> prompt, IReadOnlyList<int> completion, double temperature, bool reference) =>
+        CompletionLogps([(prompt, completion)], temperature, reference)[0];
+
+    /// <summary><see cref="CompletionLogps(IReadOnlyList{int}, IReadOnlyList{int}, double, bool)"/> of many completions, in
+    /// batches of consecutive rows (<see cref="CausalLmSession.AllLogits(IReadOnlyList{IReadOnlyList{int}}, RunOptions?)"/>)
+    /// of at most <paramref name="logitsPerBatch"/> logits: one run per batch instead of one per completion.</summary>
+    public List<TokenScores> CompletionLogps(IReadOnlyList<(IReadOnlyList<int> Prompt, IReadOnlyList<int> Completion)> items, double temperature, bool reference,
+        long logitsPerBatch = LogitsPerBatch)
     {
-        var ids = prompt.Concat(completion).ToList();
         using var options = new RunOptions();
         if (!reference && _adapter is not null) options.AddActiveLoraAdapter(_adapter);
-        var logits = _generator.Model.AllLogits(ids, options);
-        int vocab = logits.Length / ids.Count;
+        long vocab = _generator.Model.VocabSize ?? 32_000;
+        var scores = new List<TokenScores>(items.Count);
+        for (int start = 0; start < items.Count;)
+        {
+            // the longest row sets the batch's length: grow the batch while rows × length × vocabulary stays in budget
+            int end = start + 1, longest = Length(items[start]);
+            while (end < items.Count && (end - start + 1L) * Math.Max(longest, Length(items[end])) * vocab <= logitsPerBatch)
+                longest = Math.Max(longest, Length(items[end++]));
+            var batch = Enumerable.Range(start, end - start).Select(i => (IReadOnlyList<int>)[.. items[i].Prompt, .. items[i].Completion]).ToList();
+            var logits = _generator.Model.AllLogits(batch, options);
+            for (int i = start; i < end; i++) scores.Add(Score(logits[i - start], items[i].Prompt.Count, items[i].Completion, temperature));
+            start = end;
+        }
+        return scores;
+
+        static int Length((IReadOnlyList<int> Prompt, IReadOnlyList<int> Completion) item) => item.Prompt.Count + item.Completion.Count;
+    }
+
+    /// <summary>By default at most this many logits (floats) in one scoring run: 128 MB.</summary>
+    public const long LogitsPerBatch = 32L << 20;
+
+    static TokenScores Score(float[] logits, int promptLength, IReadOnlyList<int> completion, double temperature)
+    {
+        int vocab = logits.Length / (promptLength + completion.Count);
         var logps = new float[completion.Count];
         var entropies = new float[completion.Count];
         for (int t = 0; t < completion.Count; t++)
         {
-            var row = logits.AsSpan((prompt.Count - 1 + t) * vocab, vocab);
+            var row = logits.AsSpan((promptLength - 1 + t) * vocab, vocab);
             double max = double.NegativeInfinity, sum = 0, weighted = 0;
             foreach (var v in row) max = Math.Max(max, v);
             max /= temperature;
