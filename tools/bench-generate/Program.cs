@@ -11,7 +11,8 @@ using OrtLora.Onnx;
 //   2. runtime adapters: latency of one forward pass (and of cached decoding) with the LoRA branch kept and an ORT
 //      adapter active, vs the same model merged;
 //   3. a GRPO/RLOO rollout: groups of completions sampled at temperature 1, side by side (Generator.GenerateGroups),
-//      and the share of that time spent drawing tokens from the logits (Sampler).
+//      the share of that time spent drawing tokens from the logits (Sampler), and scoring the completions (every
+//      position's logits) one run each vs in right-padded batches.
 // Usage: dotnet run -c Release --project tools/bench-generate -- [--shape tiny|smollm2-135m|llama-100m] [--new-tokens N]
 //        [--prompt-tokens N] [--repeats N] [--threads N] [--groups N] [--group-size N] [--sample-tokens N]
 var shapeName = Arg("--shape", "tiny");
@@ -93,7 +94,14 @@ using (var generator = new Generator(session))
 {
     var rollout = Enumerable.Range(0, groups).Select(g => ((IReadOnlyList<int>)prompt.Take(promptTokens - g).ToArray(), (IReadOnlyList<GenerationOptions>)
         [.. Enumerable.Range(0, groupSize).Select(k => new GenerationOptions { MaxNewTokens = sampleTokens, Temperature = 1.0, Seed = g * groupSize + k })])).ToList();
-    double seconds = Best(() => generator.GenerateGroups(rollout).Count);
+    List<List<(List<int> Ids, bool Truncated)>> completions = [];
+    double seconds = Best(() => (completions = generator.GenerateGroups(rollout)).Count);
+    // scoring the completions (what GRPO's KL and off-policy ratios need): one run per completion vs right-padded batches
+    var sequences = completions.SelectMany((group, g) => group.Select(c => (IReadOnlyList<int>)[.. rollout[g].Item1, .. c.Ids])).ToList();
+    using var lm = new CausalLmSession(session);
+    double one = Best(() => sequences.Sum(q => lm.AllLogits(q).Length));
+    int perBatch = (int)Math.Max(1, (32L << 20) / ((long)sequences.Max(q => q.Count) * shape.VocabSize));
+    double batched = Best(() => sequences.Chunk(perBatch).Sum(b => lm.AllLogits(b).Length));
     // the draws alone: as many as the rollout makes, from logits of the model's vocabulary
     var logits = new float[shape.VocabSize];
     var draw = new Random(5);
@@ -103,6 +111,7 @@ using (var generator = new Generator(session))
     double sampling = Best(() => { for (int i = 0; i < draws; i++) sampler.Next(logits); return draws; });
     Console.WriteLine($"rollout, {groups} prompts x {groupSize} completions x {sampleTokens} tokens (temperature 1): {seconds:F2} s, " +
         $"{draws / seconds:F0} tokens/s; drawing the tokens alone: {sampling * 1000:F0} ms ({sampling * 1e6 / draws:F0} us/token, vocabulary {shape.VocabSize})");
+    Console.WriteLine($"scoring its {sequences.Count} sequences: one run each {one:F2} s, batches of up to {perBatch} rows {batched:F2} s ({one / batched:F1}x)");
 }
 File.Delete(adapterPath);
 Directory.Delete(Path.Combine(Path.GetTempPath(), $"ortlora-bench-{Environment.ProcessId}"), recursive: true);
