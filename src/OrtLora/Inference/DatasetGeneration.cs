@@ -79,7 +79,7 @@ public static class DatasetGeneration
                     var sampled = generator.GenerateGroups(groups, adapter, job.MaxRows);
                     var rows = chunk.SelectMany((p, i) => sampled[i].Select(c => (Prompt: p, c.Ids, c.Truncated))).ToList();
                     var texts = rows.Select(r => tokenizer.Decode(r.Ids, skipSpecialTokens: true)).ToList();
-                    var inputs = rows.Select((r, i) => new RewardInput(r.Prompt.Text, texts[i], r.Ids.Count, r.Truncated, r.Prompt.Columns)).ToList();
+                    var inputs = rows.Select((r, i) => new RewardInput(r.Prompt.Text, texts[i], r.Ids.Count, r.Truncated, r.Prompt.Columns, r.Prompt.Messages)).ToList();
                     var scores = rewards.Select(f => f.Score(inputs)).ToList();
                     for (int i = 0; i < rows.Count; i++)
                     {

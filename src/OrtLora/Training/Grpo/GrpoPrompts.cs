@@ -3,9 +3,9 @@ using OrtLora.Training.Data;
 namespace OrtLora.Training.Grpo;
 
 /// <summary>One prompt to sample from: its ids (BOS + text, or the conversation through the chat template with the
-/// assistant's turn opened, as TRL's GRPOTrainer renders prompts), its text for the reward functions, and the row's other
-/// columns.</summary>
-public sealed record GrpoPrompt(long Row, int[] Ids, string Text, IReadOnlyDictionary<string, string?> Columns);
+/// assistant's turn opened, as TRL's GRPOTrainer renders prompts), its text for the reward functions, the row's other
+/// columns, and a conversational prompt's messages (a reward model renders them with its own template).</summary>
+public sealed record GrpoPrompt(long Row, int[] Ids, string Text, IReadOnlyDictionary<string, string?> Columns, IReadOnlyList<ChatMessage>? Messages = null);
 
 /// <summary>The prompt-only dataset, read and tokenized once (prompt sets are small next to their completions), in a
 /// seeded order per epoch, as TRL's RepeatSampler draws them: each prompt once per epoch, then its group of
@@ -42,7 +42,7 @@ public sealed class GrpoPrompts
             };
             // the prompt keeps its end, where the question and the opened turn are
             if (ids.Length > maxPromptLength) ids = ids[^maxPromptLength..];
-            prompts.Add(new GrpoPrompt(index, ids, text, columns));
+            prompts.Add(new GrpoPrompt(index, ids, text, columns, (record as ChatPromptRecord)?.Prompt));
         }
         if (prompts.Count == 0) throw new OrtLoraException($"{path}: no prompts ({data.Summary.SkippedNull} null, {data.Summary.SkippedEmpty} empty rows)");
         return new GrpoPrompts(path, prompts, data.ConversationalPrompts, [.. data.Columns], data.Summary, seed);

@@ -44,7 +44,7 @@ public static class GrpoRollout
     public static RolloutScores Score(IReadOnlyList<Completion> completions, IReadOnlyList<IRewardFunction> rewards, GrpoOptions grpo,
         (double[] PerCompletion, double Mean)? kl = null)
     {
-        var inputs = completions.Select(c => new RewardInput(c.Prompt.Text, c.Text, c.Ids.Count, c.Truncated, c.Prompt.Columns)).ToList();
+        var inputs = completions.Select(c => new RewardInput(c.Prompt.Text, c.Text, c.Ids.Count, c.Truncated, c.Prompt.Columns, c.Prompt.Messages)).ToList();
         var perFunction = completions.Select(_ => new double[rewards.Count]).ToArray();
         for (int f = 0; f < rewards.Count; f++)
         {

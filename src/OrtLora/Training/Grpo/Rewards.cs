@@ -6,9 +6,10 @@ namespace OrtLora.Training.Grpo;
 
 /// <summary>One completion to score: the prompt as text (for conversational data: the rendered prompt text), the
 /// completion's text (decoded, special tokens skipped), how many tokens it has, whether it was cut at
-/// max_completion_length (no EOS), and the row's other dataset columns (e.g. "solution") as text, null where the cell
-/// is null.</summary>
-public sealed record RewardInput(string Prompt, string Completion, int CompletionTokens, bool Truncated, IReadOnlyDictionary<string, string?> Columns);
+/// max_completion_length (no EOS), the row's other dataset columns (e.g. "solution") as text, null where the cell
+/// is null, and a conversational prompt's messages (null for a text prompt).</summary>
+public sealed record RewardInput(string Prompt, string Completion, int CompletionTokens, bool Truncated, IReadOnlyDictionary<string, string?> Columns,
+    IReadOnlyList<Data.ChatMessage>? PromptMessages = null);
 
 /// <summary>A GRPO reward function (TRL's GRPOTrainer reward_funcs entry).</summary>
 public interface IRewardFunction : IDisposable
@@ -41,13 +42,15 @@ public interface IRewardFunction : IDisposable
 /// [1, max_completion_length]. Metric name "soft_overlong_punishment_reward", as TRL logs it.</item>
 /// <item><c>command:CMD</c> or <c>command[NAME]:CMD</c>: an external process (<see cref="CommandReward"/>); metric
 /// name "command", or NAME.</item>
+/// <item><c>model:PATH</c>: a reward model, an ONNX sequence-classification export (<see cref="RewardModel"/>); metric
+/// name its folder's name.</item>
 /// </list></summary>
 public static class RewardFunctions
 {
     public const string DefaultColumn = "solution";
 
     /// <summary>The --reward-funcs names, for help text and errors.</summary>
-    public static IReadOnlyList<string> Names { get; } = ["exact_match", "contains", "think_format", "regex", "soft_overlong_punishment", "command"];
+    public static IReadOnlyList<string> Names { get; } = ["exact_match", "contains", "think_format", "regex", "soft_overlong_punishment", "command", "model"];
 
     /// <summary>The functions' metric names; a name given twice (two regex rewards) takes its place's number: regex, regex_2.</summary>
     public static List<string> MetricNames(IReadOnlyList<IRewardFunction> rewards) =>
@@ -61,7 +64,7 @@ public static class RewardFunctions
                 throw new OrtLoraException($"{path}: reward function '{reward.Name}' reads column '{missing}', which the file lacks (columns: {string.Join(", ", columns)})");
     }
 
-    const string Forms = "exact_match[:COLUMN], contains[:COLUMN], think_format, regex:PATTERN, soft_overlong_punishment[:CACHE], command:CMD, command[NAME]:CMD";
+    const string Forms = "exact_match[:COLUMN], contains[:COLUMN], think_format, regex:PATTERN, soft_overlong_punishment[:CACHE], command:CMD, command[NAME]:CMD, model:PATH";
 
     /// <summary>One spec as the CLI takes it; <paramref name="maxCompletionLength"/> is GRPO's max_completion_length
     /// (only soft_overlong_punishment reads it). A command spec starts its process here, so the caller disposes the
@@ -89,6 +92,9 @@ public static class RewardFunctions
             case "command":
                 if (string.IsNullOrWhiteSpace(argument)) throw Malformed(spec, "command needs a command line");
                 return new CommandReward("command", argument);
+            case "model":
+                if (string.IsNullOrWhiteSpace(argument)) throw Malformed(spec, "model needs the path of an ONNX reward model (or of its folder)");
+                return RewardModel.Load(argument.Trim());
         }
         if (name.StartsWith("command[", StringComparison.Ordinal))
         {
