@@ -166,7 +166,13 @@ public partial class GrpoRewardTests
     [Test]
     public void NamesCoverEveryKeyword()
     {
-        Assert.That(RewardFunctions.Names, Is.EqualTo(new[] { "exact_match", "contains", "think_format", "regex", "soft_overlong_punishment", "command" }));
+        Assert.That(RewardFunctions.Names, Is.EqualTo(new[] { "exact_match", "contains", "think_format", "regex", "soft_overlong_punishment", "command", "model" }));
+        // each name is one Parse knows: it makes a function, or asks for its argument
+        foreach (var name in RewardFunctions.Names)
+        {
+            try { RewardFunctions.Parse(name, 20).Dispose(); }
+            catch (OrtLoraException e) { Assert.That(e.Message, Does.Not.Contain("unknown reward function"), name); }
+        }
     }
 
     [TestCase("(unclosed")]
