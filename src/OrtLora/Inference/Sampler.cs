@@ -47,8 +47,8 @@ public sealed class Sampler(GenerationOptions options)
         if (options.Temperature <= 0) return ArgMax(logits);
         int n = logits.Length;
         float max = logits[ArgMax(logits)];
-        if (_weights.Length < n) _weights = new double[n];
-        var weights = _weights.AsSpan(0, n);
+        if (t_weights is null || t_weights.Length < n) t_weights = new double[n];
+        var weights = t_weights.AsSpan(0, n);
         // relative to the largest: every weight is in (0, 1], the largest 1
         for (int i = 0; i < n; i++) weights[i] = Math.Exp((logits[i] - max) / options.Temperature);
         double floor = 0;
@@ -68,7 +68,9 @@ public sealed class Sampler(GenerationOptions options)
         return last;
     }
 
-    double[] _weights = [];
+    /// <summary>The draw's weights, one buffer per thread rather than per sampler: a GRPO step makes a sampler per
+    /// completion, and a vocabulary's worth of doubles is a large-object allocation.</summary>
+    [ThreadStatic] static double[]? t_weights;
 
     /// <summary>The k-th largest weight: a bounded min-heap of the k largest seen.</summary>
     static double KthLargest(ReadOnlySpan<double> weights, int k)

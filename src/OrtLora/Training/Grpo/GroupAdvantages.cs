@@ -57,7 +57,7 @@ public static class GroupAdvantages
         return (raw, advantages, [.. aggregated.Select(_ => batchStd)], [.. aggregated.Select(_ => Math.Abs(batchStd) <= 1e-8)]);
     }
 
-    static double StdDev(IReadOnlyList<double> values)
+    internal static double StdDev(IReadOnlyList<double> values)
     {
         if (values.Count < 2) return double.NaN;
         double mean = values.Average();

@@ -37,7 +37,7 @@ public sealed class GrpoMetrics(IReadOnlyList<string> rewardNames)
         {
             var scored = scores.PerFunction.Select(r => r[f]).Where(v => !double.IsNaN(v)).ToList();
             Put($"rewards/{rewardNames[f]}/mean", scored.Count == 0 ? double.NaN : scored.Average());
-            Put($"rewards/{rewardNames[f]}/std", StdDev(scored));
+            Put($"rewards/{rewardNames[f]}/std", GroupAdvantages.StdDev(scored));
         }
         Put("reward", scores.Rewards.Average());
         Put("reward_std", scores.Std.Average());
@@ -49,13 +49,6 @@ public sealed class GrpoMetrics(IReadOnlyList<string> rewardNames)
         Put("completions/clipped_ratio", completions.Average(c => c.Truncated ? 1.0 : 0.0));
         var terminated = completions.Where(c => !c.Truncated).Select(c => (double)c.Ids.Count).ToList();
         Put("completions/mean_terminated_length", terminated.Count == 0 ? 0 : terminated.Average());
-    }
-
-    static double StdDev(IReadOnlyList<double> values)
-    {
-        if (values.Count < 2) return double.NaN;
-        double mean = values.Average();
-        return Math.Sqrt(values.Sum(v => (v - mean) * (v - mean)) / (values.Count - 1));
     }
 
     /// <summary>Writes the means under TRL's names (evaluation: with the eval_ prefix), then starts over: kl only with

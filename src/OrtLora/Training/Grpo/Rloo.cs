@@ -54,7 +54,7 @@ public static class Rloo
             double sum = 0;
             foreach (var r in group) sum += r;
             // torch.isclose(std, 0): within 1e-8
-            bool equal = Math.Abs(StdDev(group.ToArray())) <= 1e-8;
+            bool equal = Math.Abs(GroupAdvantages.StdDev(group.ToArray())) <= 1e-8;
             for (int i = start; i < start + groupSize; i++)
             {
                 // the baseline is the mean of the other completions' rewards
@@ -64,20 +64,12 @@ public static class Rloo
         }
         if (options.NormalizeAdvantages)
         {
-            double mean = advantages.Average(), std = StdDev(advantages);
+            double mean = advantages.Average(), std = GroupAdvantages.StdDev(advantages);
             for (int i = 0; i < n; i++) advantages[i] = (advantages[i] - mean) / (std + 1e-4);
         }
         // TRL logs the weighted sums of the scores (neither clamped nor penalized), reward_std over the whole batch
-        double batchStd = StdDev(raw);
+        double batchStd = GroupAdvantages.StdDev(raw);
         return new RolloutScores(rewardsPerFunction, raw, advantages, [.. raw.Select(_ => batchStd)], zero, klMean);
-    }
-
-    /// <summary>The unbiased standard deviation, as torch.std (NaN for fewer than two values).</summary>
-    static double StdDev(IReadOnlyList<double> values)
-    {
-        if (values.Count < 2) return double.NaN;
-        double mean = values.Average();
-        return Math.Sqrt(values.Sum(v => (v - mean) * (v - mean)) / (values.Count - 1));
     }
 
     /// <summary>RLOO's loss of one micro-batch and its token weights (−d loss / d log p). The completion's ratio is
