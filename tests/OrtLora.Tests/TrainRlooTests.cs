@@ -13,13 +13,15 @@ public class TrainRlooTests
 
     static List<JsonNode> Steps(string dir) => [.. Metrics(dir).Where(m => m["train_runtime"] is null && m["eval_reward"] is null)];
 
-    /// <summary>The reward rises from the random model's share to every completion. Each logged advantage is the
-    /// completion's reward less the mean of the other three of its group; with β 0 no KL is logged.</summary>
+    /// <summary>The reward rises from the random model's share to every completion, on the training prompts and in the
+    /// evaluations. Each logged advantage is the completion's reward less the mean of the other three of its group; with
+    /// β 0 no KL is logged.</summary>
     [Test]
     public void TheRewardRisesAndTheBaselineLeavesTheCompletionOut()
     {
         var dir = Shared.TempDir();
-        var run = OrtloraOk(RlooArgs(dir, "--max-steps", "30", "--beta", "0", "--log-completions"));
+        var args = RlooArgs(dir, "--max-steps", "30", "--beta", "0", "--log-completions", "--eval-steps", "15");
+        var run = OrtloraOk([.. args, "--eval-data", args[Array.IndexOf(args, "--data") + 1]]);
         Assert.That(run.Out, Does.Contain("4 prompts (text), 4 per generation × 4 completions, 1 step each").And.Contain("RLOO (leave-one-out baselines"));
         var steps = Steps(dir);
         var reward = Series(steps, "reward");
@@ -28,6 +30,13 @@ public class TrainRlooTests
         Assert.That(reward.TakeLast(5), Is.All.EqualTo(1.0), "after training every completion does");
         Assert.That(steps.All(m => m["kl"] is null), "β 0: no reference pass, no kl");
         Assert.That(Series(steps, "grad_norm")[0], Is.GreaterThan(0));
+        // evaluations at steps 0, 15 and 30; reward_std, as TRL's RLOO logs it, is the whole batch's
+        var evals = Metrics(dir).Where(m => m["eval_reward"] is not null).ToList();
+        Assert.That(evals.Select(m => m["step"]!.GetValue<int>()), Is.EqualTo(new[] { 0, 15, 30 }));
+        Assert.That(evals[0]["eval_reward"]!.GetValue<double>(), Is.InRange(0.3, 0.95));
+        Assert.That(evals[0]["eval_reward_std"]!.GetValue<double>(), Is.GreaterThan(0.3), "a 0/1 reward over the batch");
+        Assert.That(evals[^1]["eval_reward"]!.GetValue<double>(), Is.EqualTo(1.0));
+        Assert.That(evals[^1]["eval_reward_std"]!.GetValue<double>(), Is.EqualTo(0.0));
 
         var logged = File.ReadAllLines(Path.Combine(dir, "completions.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
         Assert.That(logged, Has.Count.EqualTo(30 * 16));
