@@ -9,6 +9,7 @@ public sealed class DataCliOptions
     public Option<string> Format { get; } = new("--dataset-format") { Description = "auto, text, instruction, chat, prompt-completion (TRL's: prompt and completion columns, text or messages), preference (TRL's: chosen and rejected, with or without prompt; trains with the DPO loss), unpaired-preference (prompt, completion, label; KTO) or prompt-only (TRL's: a prompt column, for ortlora grpo)", DefaultValueFactory = _ => "auto" };
     public Option<string> TextColumn { get; } = new("--dataset-text-field", "--text-column") { Description = "column of plain-text data (TRL's dataset_text_field)", DefaultValueFactory = _ => "text" };
     public Option<string?> ChatTemplate { get; } = new("--chat-template") { Description = "chatml, llama2 or a Jinja template file (default: the tokenizer's own template, run as transformers runs it, else chatml)" };
+    public Option<string?> ChatTemplateKwargs { get; } = new("--chat-template-kwargs") { Description = "JSON object of variables for a Jinja chat template, as TRL's chat_template_kwargs (e.g. '{\"enable_thinking\": false}' for Qwen3)" };
     public Option<string?> Tokenizer { get; } = new("--tokenizer") { Description = "tokenizer file or directory (default: beside the model)" };
     public Option<int> MaxSeqLength { get; } = new("--max-seq-length", "--max-length") { Description = "truncate examples to this many tokens (TRL's max_seq_length, now max_length)", DefaultValueFactory = _ => 512 };
     public Option<bool> TrainOnPrompt { get; } = new("--train-on-prompt") { Description = "also compute the loss on prompt tokens" };
@@ -22,12 +23,13 @@ public sealed class DataCliOptions
         TruncationMode.AcceptOnlyFromAmong("keep_end", "keep_start");
     }
 
-    public IEnumerable<Option> All => [Format, TextColumn, ChatTemplate, Tokenizer, MaxSeqLength, TrainOnPrompt, MaxPromptLength, MaxCompletionLength, TruncationMode];
+    public IEnumerable<Option> All => [Format, TextColumn, ChatTemplate, ChatTemplateKwargs, Tokenizer, MaxSeqLength, TrainOnPrompt, MaxPromptLength, MaxCompletionLength, TruncationMode];
 
     public DataOptions Read(ParseResult parse) => new()
     {
         Format = ParquetDataset.ParseFormat(parse.GetValue(Format)!), TextColumn = parse.GetValue(TextColumn)!,
         MaxSeqLength = parse.GetValue(MaxSeqLength), TrainOnPrompt = parse.GetValue(TrainOnPrompt), ChatTemplate = parse.GetValue(ChatTemplate),
+        ChatTemplateKwargs = parse.GetValue(ChatTemplateKwargs),
         MaxPromptLength = parse.GetValue(MaxPromptLength), MaxCompletionLength = parse.GetValue(MaxCompletionLength), TruncationMode = parse.GetValue(TruncationMode)!,
     };
 }

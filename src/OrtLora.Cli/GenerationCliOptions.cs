@@ -19,6 +19,7 @@ public sealed class GenerationCliOptions
     public Option<int?> Seed { get; } = new("--seed") { Description = "Random seed for sampling" };
     public Option<double> RepetitionPenalty { get; } = new("--repetition-penalty") { Description = "divide the logits of tokens already in the sequence by this (Hugging Face's repetition_penalty; 1: off)", DefaultValueFactory = _ => 1.0 };
     public Option<string?> ChatTemplate { get; } = new("--chat-template") { Description = "chatml, llama2 or a Jinja template file (default: the tokenizer's own, else chatml)" };
+    public Option<string?> ChatTemplateKwargs { get; } = new("--chat-template-kwargs") { Description = "JSON object of variables for a Jinja chat template (e.g. '{\"enable_thinking\": false}' for Qwen3)" };
     public Option<string?> System { get; } = new("--system") { Description = "a system message before the conversation (chat format)" };
     public Option<string?> Adapter { get; } = new("--adapter") { Description = "Runtime LoRA adapter: .onnx_adapter file or PEFT adapter directory (the model must be injected)" };
     public Option<string?> Tokenizer { get; } = new("--tokenizer") { Description = "Tokenizer file or directory (default: the model's directory)" };
@@ -27,7 +28,7 @@ public sealed class GenerationCliOptions
     public void AddTo(Command command)
     {
         command.Arguments.Add(Model);
-        foreach (var o in new Option[] { ChatTemplate, System, MaxNewTokens, Temperature, TopK, TopP, RepetitionPenalty, Seed, Adapter, Tokenizer, NoCache })
+        foreach (var o in new Option[] { ChatTemplate, ChatTemplateKwargs, System, MaxNewTokens, Temperature, TopK, TopP, RepetitionPenalty, Seed, Adapter, Tokenizer, NoCache })
             command.Options.Add(o);
     }
 
@@ -38,7 +39,7 @@ public sealed class GenerationCliOptions
         if (!File.Exists(modelPath)) throw new OrtLoraException($"{modelPath}: file not found");
         var text = LoadedTokenizer.Load(parse.GetValue(Tokenizer) ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!);
         var chat = Training.Data.ChatTemplate.Resolve(parse.GetValue(ChatTemplate), text.Inner.Config,
-            Path.Combine(Path.GetDirectoryName(Path.GetFullPath(text.Inner.Source)) ?? "", "tokenizer_config.json"));
+            Path.Combine(Path.GetDirectoryName(Path.GetFullPath(text.Inner.Source)) ?? "", "tokenizer_config.json"), parse.GetValue(ChatTemplateKwargs));
         return (modelPath, text, chat);
     }
 

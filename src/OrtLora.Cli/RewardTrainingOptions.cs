@@ -26,6 +26,7 @@ public sealed class RewardTrainingOptions
     readonly Option<double[]> _rewardWeights = new("--reward-weights") { Description = "one weight per reward function (default: all 1)", AllowMultipleArgumentsPerToken = true };
     readonly Option<string?> _tokenizer = new("--tokenizer") { Description = "tokenizer file or directory (default: beside the model)" };
     readonly Option<string?> _chatTemplate = new("--chat-template") { Description = "conversational prompts: chatml, llama2 or a Jinja template file (default: the tokenizer's own, else chatml)" };
+    readonly Option<string?> _chatTemplateKwargs = new("--chat-template-kwargs") { Description = "JSON object of variables for a Jinja chat template, as TRL's chat_template_kwargs (e.g. '{\"enable_thinking\": false}' for Qwen3)" };
     readonly Option<int> _generations;
     readonly Option<int> _maxCompletion = new("--max-completion-length") { DefaultValueFactory = _ => 256 };
     readonly Option<int> _maxPrompt = new("--max-prompt-length") { Description = "keep the prompt's last N tokens", DefaultValueFactory = _ => 512 };
@@ -89,7 +90,7 @@ public sealed class RewardTrainingOptions
         command.Arguments.Add(_model);
         command.Options.Add(_output);
         _lora.AddTo(command);
-        foreach (var o in new Option[] { _data, _format, _evalData, _evalSteps, _evalStrategy, _generationsEval, _rewardFuncs, _rewardWeights, _tokenizer, _chatTemplate,
+        foreach (var o in new Option[] { _data, _format, _evalData, _evalSteps, _evalStrategy, _generationsEval, _rewardFuncs, _rewardWeights, _tokenizer, _chatTemplate, _chatTemplateKwargs,
                      _generations, _maxCompletion, _maxPrompt, _temperature, _topP, _topK, _repetition, _beta, _iterations, _clip, _epsilonHigh }.Concat(own)
                      .Concat([_stepsPerGeneration, _generationBatchSize, _maskTruncated, _logCompletions, _epochs, _maxSteps, _batch, _accumulation, _lr, _scheduler,
                          _warmupRatio, _warmupSteps, _weightDecay, _beta1, _beta2, _adamEpsilon, _maxGradNorm, _logging, _loggingFirst, _saveSteps, _saveLimit,
@@ -121,7 +122,7 @@ public sealed class RewardTrainingOptions
         {
             ModelPath = parse.GetValue(_model)!, DataPath = parse.GetValue(_data)!, EvalDataPath = parse.GetValue(_evalData),
             Format = Training.Data.ParquetDataset.ParseFormat(parse.GetValue(_format)!), RewardFuncs = parse.GetValue(_rewardFuncs)!,
-            TokenizerPath = parse.GetValue(_tokenizer), ChatTemplate = parse.GetValue(_chatTemplate), Lora = _lora.Read(parse), InitFrom = parse.GetValue(_lora.InitFrom),
+            TokenizerPath = parse.GetValue(_tokenizer), ChatTemplate = parse.GetValue(_chatTemplate), ChatTemplateKwargs = parse.GetValue(_chatTemplateKwargs), Lora = _lora.Read(parse), InitFrom = parse.GetValue(_lora.InitFrom),
             Grpo = algorithm with
             {
                 NumGenerations = parse.GetValue(_generations), NumGenerationsEval = parse.GetValue(_generationsEval), MaxCompletionLength = parse.GetValue(_maxCompletion),

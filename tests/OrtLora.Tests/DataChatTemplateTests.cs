@@ -228,6 +228,39 @@ public class DataChatTemplateTests
         Assert.That(TrainedRuns(segments, bos, eos), Is.EqualTo(blocks));
     }
 
+    /// <summary>chat_template_kwargs (<c>--chat-template-kwargs</c>): the template reads them as variables, as
+    /// apply_chat_template passes its keyword arguments. SmolLM3's template with enable_thinking false and its two tool
+    /// lists gives jinja2's text, the empty think block in each assistant turn and after the generation prompt; without
+    /// them it does not. Special tokens can be overridden; the conversation's own names and non-objects are refused.</summary>
+    [TestCase("no_think_and_tools/nogen")]
+    [TestCase("no_think_and_tools/gen")]
+    public void ChatTemplateKwargsAreTheTemplatesVariables(string conversation)
+    {
+        var fixture = Case($"smollm3/{conversation}");
+        var variables = fixture["variables"]!.AsObject();
+        var kwargs = new JsonObject(variables.Where(v => v.Key is "enable_thinking" or "xml_tools" or "python_tools")
+            .Select(v => KeyValuePair.Create(v.Key, v.Value?.DeepClone()))).ToJsonString();
+        var (bos, eos) = (variables["bos_token"]!.GetValue<string>(), variables["eos_token"]!.GetValue<string>());
+        var messages = variables["messages"]!.AsArray().Select(m => new ChatMessage(m!["role"]!.GetValue<string>(), m["content"]!.GetValue<string>())).ToList();
+        var config = TokenizerConfig.Empty with { BosToken = bos, EosToken = eos };
+        var jinja = Fixture.Value["templates"]!["smollm3"]!["template"]!.GetValue<string>();
+        bool generation = variables["add_generation_prompt"]!.GetValue<bool>();
+        // strftime_now reads the fixture's clock, as render.py's does
+        var now = DateTime.Parse(Fixture.Value["now"]!.GetValue<string>(), System.Globalization.CultureInfo.InvariantCulture);
+        var chat = ChatTemplate.FromJinja(jinja, "smollm3", config, () => now, kwargs);
+        var text = Spell(chat.Render(new ChatRecord(messages), addBos: false, addGenerationPrompt: generation), bos, eos);
+        Assert.That(text, Is.EqualTo(fixture["expected"]!.GetValue<string>()), "the text jinja2 renders with these variables");
+        Assert.That(text, Does.Contain("<|im_start|>assistant\n<think>\n\n</think>\nRed and blue."));
+        var thinking = Spell(ChatTemplate.Resolve(null, config with { ChatTemplate = jinja }, "smollm3").Render(new ChatRecord(messages), addBos: false, addGenerationPrompt: generation), bos, eos);
+        Assert.That(thinking, Does.Not.Contain("<think>\n\n</think>"), "enable_thinking defaults to true");
+
+        var overridden = ChatTemplate.FromJinja("{{ bos_token }}{{ messages[0].content }}", "t", config with { BosToken = "<s>" }, kwargs: """{"bos_token": "[B]"}""");
+        Assert.That(Spell(overridden.Render(new ChatRecord([new ChatMessage("user", "x")]), addBos: false), bos, eos), Is.EqualTo("[B]x"));
+        Assert.That(() => ChatTemplate.Resolve(null, config, "t", """{"messages": []}"""), Throws.TypeOf<OrtLoraException>().With.Message.Contains("cannot set 'messages'"));
+        Assert.That(() => ChatTemplate.Resolve(null, config, "t", "[1]"), Throws.TypeOf<OrtLoraException>().With.Message.Contains("JSON object"));
+        Assert.That(() => ChatTemplate.Resolve(null, config, "t", "{enable_thinking: false}"), Throws.TypeOf<OrtLoraException>().With.Message.Contains("not valid JSON"));
+    }
+
     /// <summary>Preference rows through real templates (TRL's maybe_apply_chat_template): each sequence is the template's
     /// text of the conversation with that completion, and the learned part is the completion's turn (content and end
     /// marker, then at most the template's trailing whitespace and closing EOS), the generation prompt staying in the read

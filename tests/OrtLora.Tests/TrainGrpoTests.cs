@@ -163,6 +163,30 @@ public class TrainGrpoTests
         Assert.That(logged.Select(c => c["contains:country"]!.GetValue<double>()), Is.All.EqualTo(0.0).Or.EqualTo(1.0));
     }
 
+    /// <summary>--chat-template-kwargs reach the prompts' template (TRL's chat_template_kwargs), and the training data's
+    /// (show-data renders rows as train does): a template that writes /no_think first and closes an empty think block
+    /// after the generation prompt unless enable_thinking.</summary>
+    [Test]
+    public void ChatTemplateKwargsReachTheTemplate()
+    {
+        var template = Path.Combine(Shared.TempDir(), "thinking.jinja");
+        File.WriteAllText(template, "{% if enable_thinking is defined and not enable_thinking %}/no_think\n{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}" +
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}{% endif %}");
+        var data = Path.Combine(Shared.TempDir(), "chat_prompts.jsonl");
+        File.WriteAllLines(data, ["""{"prompt": [{"role": "user", "content": "What is the capital of France?"}]}"""]);
+        var dir = Shared.TempDir();
+        OrtloraOk([.. With(GrpoArgs(dir, "--max-steps", "1", "--log-completions", "--chat-template", template, "--chat-template-kwargs", """{"enable_thinking": false}"""), "--data", data)]);
+        var prompt = JsonNode.Parse(File.ReadLines(Path.Combine(dir, "completions.jsonl")).First())!["prompt"]!.GetValue<string>();
+        Assert.That(prompt, Does.StartWith("/no_think\n<|im_start|>user\n").And.EndWith("<|im_start|>assistant\n<think></think>"));
+        var bad = Ortlora([.. With(GrpoArgs(Shared.TempDir(), "--max-steps", "1", "--chat-template", template, "--chat-template-kwargs", "enable_thinking=false"), "--data", data)]);
+        Assert.That(bad.ExitCode, Is.EqualTo(1));
+        Assert.That(bad.Error, Does.Contain("--chat-template-kwargs is not valid JSON"));
+
+        var show = OrtloraOk("show-data", Shared.Require("data", "alpaca_500.chat.parquet"), "--tokenizer", Path.Combine(Shared.RepoRoot, "graphs", "tiny"),
+            "--chat-template", template, "--chat-template-kwargs", """{"enable_thinking": false}""", "--rows", "1");
+        Assert.That(show.Out, Does.Contain("tokens, ").And.Contain("/no_think\n<|im_start|>"), "train's data goes through the template with them");
+    }
+
     [Test]
     public void MistakesAreOneClearError()
     {

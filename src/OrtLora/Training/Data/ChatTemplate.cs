@@ -33,9 +33,9 @@ public sealed class ChatTemplate
     public static IReadOnlyList<string> BuiltInNames { get; } = ["chatml", "llama2"];
 
     /// <summary>A built-in template by name, or a Jinja template file.</summary>
-    public static ChatTemplate FromName(string name, TokenizerConfig? config = null)
+    public static ChatTemplate FromName(string name, TokenizerConfig? config = null, string? kwargs = null)
     {
-        if (File.Exists(name)) return FromJinja(File.ReadAllText(name), name, config);
+        if (File.Exists(name)) return FromJinja(File.ReadAllText(name), name, config, kwargs: kwargs);
         return name.ToLowerInvariant().Replace("-", "").Replace("_", "") switch
         {
             "chatml" => ChatMl,
@@ -45,18 +45,23 @@ public sealed class ChatTemplate
     }
 
     /// <summary>A model's Jinja chat template, run with its bos_token and eos_token; <paramref name="clock"/> is what
-    /// strftime_now reads (the local time when null).</summary>
-    public static ChatTemplate FromJinja(string jinja, string source, TokenizerConfig? config = null, Func<DateTime>? clock = null)
+    /// strftime_now reads (the local time when null); <paramref name="kwargs"/>: TRL's chat_template_kwargs, a JSON
+    /// object whose keys the template reads as variables (Qwen3's enable_thinking), as apply_chat_template passes them.</summary>
+    public static ChatTemplate FromJinja(string jinja, string source, TokenizerConfig? config = null, Func<DateTime>? clock = null, string? kwargs = null)
     {
-        var chat = new JinjaChat(JinjaTemplate.Parse(jinja, source), source, config?.BosToken, config?.EosToken, clock);
+        var chat = new JinjaChat(JinjaTemplate.Parse(jinja, source), source, config?.BosToken, config?.EosToken, clock, JinjaChat.Kwargs(kwargs));
         return new ChatTemplate($"{Path.GetFileName(source)}'s own", chat.Render, chat.EndOfTurn);
     }
 
-    /// <summary>The template to use: the one named, else the model's own (from its tokenizer_config.json), else ChatML.</summary>
-    public static ChatTemplate Resolve(string? name, TokenizerConfig? config, string configSource = "tokenizer_config.json") =>
-        name is not null ? FromName(name, config)
-        : config?.ChatTemplate is { } jinja ? FromJinja(jinja, configSource, config)
-        : ChatMl;
+    /// <summary>The template to use: the one named, else the model's own (from its tokenizer_config.json), else ChatML.
+    /// <paramref name="kwargs"/> (chat_template_kwargs, JSON) go to a Jinja template; the built-in ones read none.</summary>
+    public static ChatTemplate Resolve(string? name, TokenizerConfig? config, string configSource = "tokenizer_config.json", string? kwargs = null)
+    {
+        JinjaChat.Kwargs(kwargs); // checked even where the template is built in
+        return name is not null ? FromName(name, config, kwargs)
+            : config?.ChatTemplate is { } jinja ? FromJinja(jinja, configSource, config, kwargs: kwargs)
+            : ChatMl;
+    }
 
     /// <summary>The conversation as segments; <paramref name="addBos"/>: the tokenizer puts BOS first (a Jinja template
     /// writes its own BOS, as transformers encodes its output without adding special tokens);

@@ -11,8 +11,23 @@ namespace OrtLora.Training.Data;
 /// "\n" after &lt;|im_end|&gt;). Templates that render an
 /// earlier part differently once more messages follow (Mistral's system prompt moves to the last user turn) fall back
 /// to finding the turn's content in the whole text, followed by the template's end-of-turn marker.</summary>
-sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, string? eosToken, Func<DateTime>? clock)
+sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, string? eosToken, Func<DateTime>? clock,
+    IReadOnlyDictionary<string, object?>? kwargs = null)
 {
+    /// <summary>chat_template_kwargs given as a JSON object, as the template's values (null for none). The names
+    /// apply_chat_template sets itself are refused, as Python refuses a keyword given twice.</summary>
+    public static IReadOnlyDictionary<string, object?>? Kwargs(string? json)
+    {
+        if (string.IsNullOrWhiteSpace(json)) return null;
+        JsonNode? node;
+        try { node = JsonNode.Parse(json); }
+        catch (JsonException e) { throw new OrtLoraException($"--chat-template-kwargs is not valid JSON ({e.Message}): {json}"); }
+        if (node is not JsonObject obj) throw new OrtLoraException($"--chat-template-kwargs takes a JSON object, such as {{\"enable_thinking\": false}}; got {json}");
+        if (obj.Select(p => p.Key).FirstOrDefault(k => k is "messages" or "add_generation_prompt" or "tools" or "documents") is { } reserved)
+            throw new OrtLoraException($"--chat-template-kwargs cannot set '{reserved}': the conversation sets it");
+        return obj.ToDictionary(p => p.Key, p => FromJson(p.Value));
+    }
+
     const string Probe = "ortlora-probe-answer";
 
     /// <summary>apply_chat_template's text for <paramref name="messages"/>, offering <paramref name="tools"/> (a JSON
@@ -33,6 +48,8 @@ sealed class JinjaChat(JinjaTemplate template, string source, string? bosToken, 
         // transformers passes the special tokens the tokenizer has; one it lacks is undefined in the template.
         if (bosToken is not null) variables["bos_token"] = bosToken;
         if (eosToken is not null) variables["eos_token"] = eosToken;
+        // and then the caller's keyword arguments, which win over the special tokens as in transformers
+        foreach (var (name, value) in kwargs ?? new Dictionary<string, object?>()) variables[name] = value;
         return variables;
     }
 

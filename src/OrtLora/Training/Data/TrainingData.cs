@@ -29,6 +29,8 @@ public sealed record DataOptions
     public double EvalSplit { get; init; }
     /// <summary>A built-in chat template name; null: the model's own (tokenizer_config.json), else ChatML.</summary>
     public string? ChatTemplate { get; init; }
+    /// <summary>TRL's chat_template_kwargs as a JSON object (e.g. {"enable_thinking": false}), for a Jinja template.</summary>
+    public string? ChatTemplateKwargs { get; init; }
     /// <summary>Preference data (TRL's DPOConfig): the prompt keeps its last max_prompt_length tokens.</summary>
     public int MaxPromptLength { get; init; } = 512;
     /// <summary>Preference data: each completion keeps its first max_completion_length tokens (null: all).</summary>
@@ -124,7 +126,7 @@ public sealed class TrainingData : IDisposable
             eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn);
             var chat = train.IsConversational
                 ? Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizerConfig ?? tokenizer.Config,
-                    Path.Combine(Path.GetDirectoryName(tokenizer.Source) ?? "", "tokenizer_config.json"))
+                    Path.Combine(Path.GetDirectoryName(tokenizer.Source) ?? "", "tokenizer_config.json"), options.ChatTemplateKwargs)
                 : Data.ChatTemplate.ChatMl;
             return new TrainingData(train, eval, tokenizer, options, chat);
         }

@@ -26,6 +26,8 @@ public sealed record GrpoJob
     public string? InitFrom { get; init; }
     /// <summary>A built-in chat template name for conversational prompts; null: the model's own, else ChatML.</summary>
     public string? ChatTemplate { get; init; }
+    /// <summary>TRL's chat_template_kwargs as a JSON object, for a Jinja template.</summary>
+    public string? ChatTemplateKwargs { get; init; }
     public GrpoOptions Grpo { get; init; } = new();
     public TrainingArguments Args { get; init; } = new();
     /// <summary>null: start fresh; "": the latest checkpoint in OutputDir; else a checkpoint folder.</summary>
@@ -77,7 +79,7 @@ public static class GrpoTrainer
         VocabularyCheck.Require(tokenizer, model);
         var tokenizerDir = Directory.Exists(tokenizerPath) ? tokenizerPath : Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!;
         var config = TokenizerConfig.Read(tokenizerDir);
-        var chat = Data.ChatTemplate.Resolve(job.ChatTemplate, config ?? tokenizer.Config, Path.Combine(tokenizerDir, "tokenizer_config.json"));
+        var chat = Data.ChatTemplate.Resolve(job.ChatTemplate, config ?? tokenizer.Config, Path.Combine(tokenizerDir, "tokenizer_config.json"), job.ChatTemplateKwargs);
         var prompts = GrpoPrompts.Load(job.DataPath, tokenizer, chat, grpo.MaxPromptLength, args.Seed, job.Format);
         var evalPrompts = job.EvalDataPath is { } evalPath ? GrpoPrompts.Load(evalPath, tokenizer, chat, grpo.MaxPromptLength, args.Seed, job.Format) : null;
         foreach (var set in new[] { prompts, evalPrompts }.OfType<GrpoPrompts>()) RewardFunctions.RequireColumns(rewards, set.Path, set.Columns);
