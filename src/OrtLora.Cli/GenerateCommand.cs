@@ -39,7 +39,7 @@ public static class GenerateCommand
                 {
                     DataPath = dataPath, OutputPath = outputPath, NumReturnSequences = parse.GetValue(returnSequences), RewardFuncs = parse.GetValue(rewardFuncs) ?? [],
                     MaxRows = parse.GetValue(batchSize), MaxPromptLength = parse.GetValue(maxPrompt), Seed = parse.GetValue(shared.Seed) ?? 0,
-                    Format = Training.Data.ParquetDataset.ParseFormat(parse.GetValue(datasetFormat)!),
+                    Format = Training.Data.ParquetDataset.ParseFormat(parse.GetValue(datasetFormat)!), ChatTemplateKwargs = parse.GetValue(shared.ChatTemplateKwargs),
                 });
                 return;
             }

@@ -20,13 +20,14 @@ public class GrpoRewardModelTests
     static string TinyFile(string file) => Path.Combine(Shared.RepoRoot, "graphs", "tiny", file);
 
     /// <summary>input_ids, attention_mask → logits [batch, 1] = Σ over unmasked tokens of W[id].</summary>
-    static string WriteECounter(string dir)
+    static string WriteECounter(string dir, string? chatTemplate = null)
     {
         Directory.CreateDirectory(dir);
         foreach (var file in new[] { "vocab.json", "merges.txt" }) File.Copy(TinyFile(file), Path.Combine(dir, file));
         // a tokenizer that puts BOS first when it encodes with special tokens, which TRL's reward inputs are not
         var config = JsonNode.Parse(File.ReadAllText(TinyFile("tokenizer_config.json")))!;
         config["add_bos_token"] = true;
+        if (chatTemplate is not null) config["chat_template"] = chatTemplate;
         File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), config.ToJsonString());
         var tokenizer = TokenizerLoader.Load(dir);
         var weights = Enumerable.Range(0, tokenizer.VocabSize).Select(id => id == tokenizer.BosId ? 100f : tokenizer.Decode([id]).Contains('e') ? 1f : 0f).ToArray();
@@ -94,6 +95,21 @@ public class GrpoRewardModelTests
             Is.EqualTo("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhere is the tower?<|im_end|>\n<|im_start|>assistant\nParis.<|im_end|>\n"),
             "the tiny tokenizer has no template of its own: ChatML, the completion as the assistant's closed turn");
         Assert.That(reward.Score([input])[0], Is.EqualTo(reward.Ids(input).Count(id => tokenizer.Decode([id]).Contains('e'))));
+    }
+
+    /// <summary>A reward tokenizer's own template, with chat_template_kwargs (TRL passes them to the reward model's
+    /// template too).</summary>
+    [Test]
+    public void TheRewardTokenizersOwnTemplateReadsTheKwargs()
+    {
+        var dir = WriteECounter(Path.Combine(Shared.TempDir(), "templated"),
+            "{% if greeting is defined %}{{ greeting }}{% endif %}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}");
+        var input = new RewardInput("(unused)", "Paris.", 2, false, NoColumns, [new ChatMessage("user", "Where?")]);
+        var tokenizer = TokenizerLoader.Load(dir);
+        using (var plain = RewardModel.Load(dir))
+            Assert.That(tokenizer.Decode(plain.Ids(input)), Is.EqualTo("user: Where?\nassistant: Paris.\n"));
+        using var greeted = RewardModel.Load(dir, """{"greeting": "Hello. "}""");
+        Assert.That(tokenizer.Decode(greeted.Ids(input)), Is.EqualTo("Hello. user: Where?\nassistant: Paris.\n"));
     }
 
     [Test]

@@ -16,6 +16,8 @@ public sealed record DatasetGenerationJob
     public int NumReturnSequences { get; init; } = 1;
     /// <summary>GRPO's reward function specs (<see cref="RewardFunctions.Parse"/>); empty: no scoring.</summary>
     public IReadOnlyList<string> RewardFuncs { get; init; } = [];
+    /// <summary>chat_template_kwargs (JSON), for a reward model's chat template.</summary>
+    public string? ChatTemplateKwargs { get; init; }
     public int MaxPromptLength { get; init; } = 512;
     public DatasetFormat Format { get; init; } = DatasetFormat.Auto;
     /// <summary>Rows decoded side by side at most (whole prompts' groups).</summary>
@@ -43,7 +45,7 @@ public static class DatasetGeneration
         var rewards = new List<IRewardFunction>();
         try
         {
-            foreach (var spec in job.RewardFuncs) rewards.Add(RewardFunctions.Parse(spec, options.MaxNewTokens));
+            foreach (var spec in job.RewardFuncs) rewards.Add(RewardFunctions.Parse(spec, options.MaxNewTokens, job.ChatTemplateKwargs));
             var prompts = GrpoPrompts.Load(job.DataPath, tokenizer, chat, job.MaxPromptLength, job.Seed, job.Format);
             RewardFunctions.RequireColumns(rewards, job.DataPath, prompts.Columns);
             var stops = options.StopTokenIds.Concat(PromptFormat.StopIds(prompts.Conversational ? "chat" : "raw", tokenizer, chat)).ToHashSet();

@@ -56,7 +56,7 @@ public static class GrpoTrainer
         try
         {
             // one at a time: a command reward's process is running once parsed, and a later spec may be the wrong one
-            foreach (var spec in job.RewardFuncs) rewards.Add(RewardFunctions.Parse(spec, grpo.MaxCompletionLength));
+            foreach (var spec in job.RewardFuncs) rewards.Add(RewardFunctions.Parse(spec, grpo.MaxCompletionLength, job.ChatTemplateKwargs));
             grpo.Validate(rewards.Count);
             return Train(job, rewards, reporter);
         }

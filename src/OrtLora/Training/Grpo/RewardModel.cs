@@ -31,14 +31,15 @@ public sealed class RewardModel : IRewardFunction
     /// <summary>The model at <paramref name="path"/>: an .onnx file, or a folder holding model.onnx, with the tokenizer
     /// (tokenizer.json and tokenizer_config.json, or the other forms <see cref="TokenizerLoader"/> reads) in the same
     /// folder. Its metric name is the folder's name, as TRL names a reward model by its model id.</summary>
-    public static RewardModel Load(string path)
+    /// <param name="chatTemplateKwargs">chat_template_kwargs (JSON) for its template, as TRL passes them</param>
+    public static RewardModel Load(string path, string? chatTemplateKwargs = null)
     {
         var file = Directory.Exists(path) ? Path.Combine(path, "model.onnx") : path;
         if (!File.Exists(file)) throw new OrtLoraException($"{file}: reward model not found (model:PATH takes an .onnx file, or a folder holding model.onnx and its tokenizer)");
         var folder = Path.GetDirectoryName(Path.GetFullPath(file))!;
         var name = Path.GetFileName(file) == "model.onnx" ? Path.GetFileName(folder) : Path.GetFileNameWithoutExtension(file);
         var tokenizer = TokenizerLoader.Load(folder);
-        var chat = ChatTemplate.Resolve(null, TokenizerConfig.Read(folder), Path.Combine(folder, "tokenizer_config.json"));
+        var chat = ChatTemplate.Resolve(null, TokenizerConfig.Read(folder), Path.Combine(folder, "tokenizer_config.json"), chatTemplateKwargs);
         InferenceSession? session = null;
         try
         {

@@ -69,7 +69,8 @@ public static class RewardFunctions
     /// <summary>One spec as the CLI takes it; <paramref name="maxCompletionLength"/> is GRPO's max_completion_length
     /// (only soft_overlong_punishment reads it). A command spec starts its process here, so the caller disposes the
     /// result.</summary>
-    public static IRewardFunction Parse(string spec, int maxCompletionLength)
+    /// <param name="chatTemplateKwargs">chat_template_kwargs (JSON), for a reward model's chat template</param>
+    public static IRewardFunction Parse(string spec, int maxCompletionLength, string? chatTemplateKwargs = null)
     {
         ArgumentNullException.ThrowIfNull(spec);
         int colon = spec.IndexOf(':');
@@ -94,7 +95,7 @@ public static class RewardFunctions
                 return new CommandReward("command", argument);
             case "model":
                 if (string.IsNullOrWhiteSpace(argument)) throw Malformed(spec, "model needs the path of an ONNX reward model (or of its folder)");
-                return RewardModel.Load(argument.Trim());
+                return RewardModel.Load(argument.Trim(), chatTemplateKwargs);
         }
         if (name.StartsWith("command[", StringComparison.Ordinal))
         {
