@@ -19,13 +19,26 @@ public static class AdaptersCommand
     {
         var inputs = new Argument<string[]>("adapters") { Description = "PEFT adapter directories, each optionally DIR:WEIGHT (default weight 1; DIR:-1 subtracts)", Arity = ArgumentArity.OneOrMore };
         var output = new Option<string>("--output", "-o") { Description = "Output adapter directory", Required = true };
-        var rank = new Option<int?>("--rank") { Description = "Re-compress to this rank by truncated SVD (default: exact, ranks concatenated)" };
-        var cmd = new Command("combine", "Weighted sum of adapters, as PEFT's add_weighted_adapter (cat, or svd with --rank)") { inputs, output, rank };
+        var rank = new Option<int?>("--rank", "--svd-rank") { Description = "svd types: the new rank (default: the largest input rank)" };
+        var type = new Option<string?>("--combination-type") { Description = "PEFT's combination_type: " + string.Join(", ", AdapterCombiner.CombinationTypes) + " (default: svd with --rank, else cat)" };
+        type.AcceptOnlyFromAmong(AdapterCombiner.CombinationTypes);
+        var density = new Option<double?>("--density") { Description = "ties, dare and magnitude_prune types: the share of values each adapter keeps" };
+        var signMethod = new Option<string>("--majority-sign-method") { Description = "ties types: elect each value's sign by the sum of values (total) or of signs (frequency)", DefaultValueFactory = _ => "total" };
+        signMethod.AcceptOnlyFromAmong(TaskMerging.SignMethods);
+        var clamp = new Option<double?>("--svd-clamp") { Description = "svd types: clamp the factors at this quantile of their values" };
+        var seed = new Option<int>("--seed") { Description = "dare types: the seed of the random pruning" };
+        var cmd = new Command("combine", "Weighted combination of adapters, as PEFT's add_weighted_adapter (cat, linear, svd, ties, dare, magnitude_prune)")
+            { inputs, output, rank, type, density, signMethod, clamp, seed };
         cmd.SetAction(CliRunner.Guard(parse =>
         {
             var parsed = parse.GetValue(inputs)!.Select(ParseWeighted).ToList();
-            int r = AdapterCombiner.Combine(parsed, parse.GetValue(output)!, parse.GetValue(rank));
-            Console.WriteLine($"wrote {parse.GetValue(output)} (rank {r}, lora_alpha {r}, {(parse.GetValue(rank) is null ? "exact cat" : "truncated svd")})");
+            var options = new CombineOptions
+            {
+                CombinationType = parse.GetValue(type) ?? (parse.GetValue(rank) is null ? "cat" : "svd"), SvdRank = parse.GetValue(rank),
+                Density = parse.GetValue(density), MajoritySignMethod = parse.GetValue(signMethod)!, SvdClamp = parse.GetValue(clamp), Seed = parse.GetValue(seed),
+            };
+            int r = AdapterCombiner.Combine(parsed, parse.GetValue(output)!, options);
+            Console.WriteLine($"wrote {parse.GetValue(output)} (rank {r}, lora_alpha {r}, {(parsed.Count == 1 ? "linear (one adapter)" : options.CombinationType)})");
         }));
         return cmd;
     }

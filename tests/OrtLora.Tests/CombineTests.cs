@@ -131,7 +131,9 @@ public class CombineTests
         {
             var expected = WeightedSum(0.6, Delta(first, module, embedding), -0.4, Delta(second, module, embedding));
             Assert.That(MaxDiff(Delta(Path.Combine(dir, "cat"), module, embedding), expected), Is.LessThan(1e-5), $"cat {module}");
-            Assert.That(MaxDiff(Delta(Path.Combine(dir, "svd"), module, embedding), expected), Is.LessThan(1e-5), $"svd at full rank {module}");
+            // PEFT's svd weighs each ΔW (scale 2 here) by w·s
+            var peft = WeightedSum(0.6 * 2, Delta(first, module, embedding), -0.4 * 2, Delta(second, module, embedding));
+            Assert.That(MaxDiff(Delta(Path.Combine(dir, "svd"), module, embedding), peft), Is.LessThan(1e-5), $"svd at full rank {module}");
         }
     }
 
@@ -146,6 +148,9 @@ public class CombineTests
             Assert.That(MaxDiff(Delta(output, module), Delta(first, module), 1, -1), Is.LessThan(1e-6), module);
     }
 
+    /// <summary>PEFT's svd: Σ wᵢ·sᵢ·ΔWᵢ with ΔWᵢ = sᵢ·Bᵢ·Aᵢ (the scale counted twice, as add_weighted_adapter does;
+    /// the fixture's scale is 2, the second adapter's 1.5), exact at full rank, and at a lower rank its best
+    /// approximation.</summary>
     [Test]
     public void SvdAtFullRankReproducesAndTruncationIsOrthogonal()
     {
@@ -157,8 +162,10 @@ public class CombineTests
         AdapterCombiner.Combine([(first, 0.7), (second, 0.3)], Path.Combine(dir, "two"), rank: 2);
         foreach (var module in new[] { Q0, K1 })
         {
-            var exact = Delta(Path.Combine(dir, "cat"), module);
+            var exact = WeightedSum(0.7 * 2, Delta(first, module), 0.3 * 1.5, Delta(second, module));
             Assert.That(MaxDiff(Delta(Path.Combine(dir, "full"), module), exact), Is.LessThan(1e-5), module);
+            Assert.That(MaxDiff(Delta(Path.Combine(dir, "cat"), module), WeightedSum(0.7, Delta(first, module), 0.3, Delta(second, module))), Is.LessThan(1e-5),
+                "cat is the plain weighted sum");
             // Eckart–Young: the best rank-2 approximation leaves a residual orthogonal to it (Frobenius inner product).
             var approx = Delta(Path.Combine(dir, "two"), module);
             double inner = 0, norm = 0;
@@ -172,12 +179,12 @@ public class CombineTests
     [Test]
     public void SvdOfARankDeficientSumIsStillExact()
     {
-        // 0.5·X + 0.5·X: the concatenated factors have rank 8 but the product only rank 4.
+        // 0.5·X + 0.5·X: the concatenated factors have rank 8 but the product only rank 4 (PEFT's svd: scale 2 · X).
         var first = Shared.Peft("llama", "adapter");
         var output = Path.Combine(Shared.TempDir(), "halves");
         AdapterCombiner.Combine([(first, 0.5), (first, 0.5)], output, rank: 4);
         foreach (var module in PeftAdapterDirectory.Load(first).Modules.Keys)
-            Assert.That(MaxDiff(Delta(output, module), Delta(first, module)), Is.LessThan(1e-5), module);
+            Assert.That(MaxDiff(Delta(output, module), Delta(first, module), 1, 2), Is.LessThan(1e-5), module);
     }
 
     [Test]
@@ -213,8 +220,8 @@ public class CombineTests
         var output = Path.Combine(Shared.TempDir(), "verb");
         var (code, stdout, stderr) = DeployCliRunner.Run("adapters", "combine", first + ":0.5", first + ":0.5", "-o", output, "--rank", "4");
         Assert.That(code, Is.EqualTo(0), stderr);
-        Assert.That(stdout, Does.Contain("rank 4"));
-        Assert.That(MaxDiff(Delta(output, Q0), Delta(first, Q0)), Is.LessThan(1e-5));
+        Assert.That(stdout, Does.Contain("rank 4").And.Contain("svd"));
+        Assert.That(MaxDiff(Delta(output, Q0), Delta(first, Q0), 1, 2), Is.LessThan(1e-5), "PEFT's svd: w·s on ΔW");
         (code, _, stderr) = DeployCliRunner.Run("adapters", "combine", first, "-o", output, "--rank", "0");
         Assert.That((code, stderr.Trim()), Is.EqualTo((1, "error: --rank must be at least 1 (got 0)")));
     }

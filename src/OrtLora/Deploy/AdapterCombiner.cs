@@ -2,12 +2,37 @@ using System.Text.Json.Nodes;
 
 namespace OrtLora.Deploy;
 
-/// <summary>Weighted combination of PEFT LoRA adapters, as PEFT's add_weighted_adapter does it.
-/// "cat" (exact): ranks are concatenated, A = [w₁·s₁·A₁; w₂·s₂·A₂; ...], B = [B₁ B₂ ...], and the result has
-/// lora_alpha = r (scale 1), so ΔW = Σ wᵢ·sᵢ·Bᵢ·Aᵢ; a negative weight subtracts an adapter.
-/// "svd" (with a target rank): the same ΔW truncated to its leading singular directions.</summary>
+/// <summary>How <see cref="AdapterCombiner.Combine(IReadOnlyList{ValueTuple{string, double}}, string, CombineOptions)"/>
+/// combines, with add_weighted_adapter's names: combination_type, svd_rank (null: the largest input rank), density,
+/// majority_sign_method, svd_clamp; and the seed of DARE's random pruning.</summary>
+public sealed record CombineOptions
+{
+    public string CombinationType { get; init; } = "cat";
+    public int? SvdRank { get; init; }
+    public double? Density { get; init; }
+    public string MajoritySignMethod { get; init; } = "total";
+    public double? SvdClamp { get; init; }
+    public int Seed { get; init; }
+}
+
+/// <summary>Weighted combination of PEFT LoRA adapters, as PEFT's add_weighted_adapter does it. The result has
+/// lora_alpha = r (scale 1); each adapter's scale sᵢ (lora_alpha / r) goes into the weights. A negative weight
+/// subtracts an adapter. A single adapter is always combined as "linear", as PEFT does.
+/// <list type="bullet">
+/// <item>cat (exact): ranks are concatenated, A = [w₁·s₁·A₁; w₂·s₂·A₂; ...], B = [B₁ B₂ ...], so ΔW = Σ wᵢ·sᵢ·Bᵢ·Aᵢ.</item>
+/// <item>linear, ties, dare_linear, dare_ties, magnitude_prune (equal ranks): A and B are merged separately
+/// (<see cref="TaskMerging"/>), A with weights sign(wᵢsᵢ)·√|wᵢsᵢ| and B with √|wᵢsᵢ|. Their product has cross terms
+/// Bᵢ·Aⱼ, as PEFT's does.</item>
+/// <item>svd, ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd: each module's ΔWᵢ = sᵢ·Bᵢ·Aᵢ is merged
+/// with weights wᵢ·sᵢ, then truncated by SVD to svd_rank (B = U·S, A = Vh, optionally clamped at the svd_clamp
+/// quantile of their values). PEFT weighs each ΔWᵢ, which already carries sᵢ, by wᵢ·sᵢ: svd gives Σ wᵢ·sᵢ²·Bᵢ·Aᵢ
+/// truncated, not cat's sum, unless lora_alpha = r. ortlora does the same, so that the adapters match PEFT's.</item>
+/// </list></summary>
 public static class AdapterCombiner
 {
+    public static readonly string[] CombinationTypes =
+        ["svd", "linear", "cat", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd", "dare_linear_svd", "magnitude_prune", "magnitude_prune_svd"];
+
     /// <summary>The combined modules and their common rank (the largest per-module sum of ranks; modules that some
     /// adapters lack are padded with zero rows/columns, as PEFT leaves them).</summary>
     public static (int Rank, Dictionary<string, LoraPair> Modules) Cat(IReadOnlyList<(PeftAdapterDirectory Adapter, double Weight)> inputs)
@@ -19,18 +44,101 @@ public static class AdapterCombiner
         return (rank, result);
     }
 
-    /// <summary>Cat, then each module re-compressed to <paramref name="rank"/> by truncated SVD of its exact ΔW.</summary>
-    public static Dictionary<string, LoraPair> Svd(IReadOnlyList<(PeftAdapterDirectory Adapter, double Weight)> inputs, int rank)
+    /// <summary>linear, ties, dare_linear, dare_ties or magnitude_prune: A and B merged separately, the adapters' common
+    /// rank kept.</summary>
+    public static (int Rank, Dictionary<string, LoraPair> Modules) Factors(IReadOnlyList<(PeftAdapterDirectory Adapter, double Weight)> inputs,
+        string method, CombineOptions options)
     {
-        if (rank < 1) throw new OrtLoraException($"--rank must be at least 1 (got {rank})");
-        var (_, cat) = Cat(inputs);
+        var ranks = inputs.SelectMany(x => x.Adapter.Modules.Values.Select(p => p.Rank)).Distinct().ToList();
+        if (ranks.Count > 1)
+            throw new OrtLoraException($"combination type {options.CombinationType} merges A and B separately, so the adapters need one rank; they have {string.Join(", ", ranks)} (use cat or an svd type)");
+        var rng = new Random(options.Seed);
         var result = new Dictionary<string, LoraPair>();
-        foreach (var (name, p) in cat)
+        foreach (var name in inputs.SelectMany(x => x.Adapter.Modules.Keys).Distinct())
         {
-            var (b, a) = LowRank.Factor(p.B, p.A, p.Out, p.Rank, p.In, rank);
-            result[name] = new LoraPair(a, b, rank, p.In, p.Out, 1.0, p.Embedding);
+            var present = Present(name, inputs);
+            var scaled = present.Select(x => x.Weight * x.Pair.Scale).ToList();
+            // the sign goes on A only, so that it is applied once
+            var weightsA = scaled.Select(w => (w >= 0 ? 1 : -1) * Math.Sqrt(Math.Abs(w))).ToList();
+            var weightsB = scaled.Select(w => Math.Sqrt(Math.Abs(w))).ToList();
+            var first = present[0].Pair;
+            var a = TaskMerging.Merge(method, [.. present.Select(x => x.Pair.A)], weightsA, options.Density ?? 1, options.MajoritySignMethod, rng);
+            var b = TaskMerging.Merge(method, [.. present.Select(x => x.Pair.B)], weightsB, options.Density ?? 1, options.MajoritySignMethod, rng);
+            result[name] = new LoraPair(a, b, first.Rank, first.In, first.Out, 1.0, first.Embedding);
+        }
+        return (ranks[0], result);
+    }
+
+    /// <summary>svd and the pruned svd types: each module's merged ΔW truncated to <paramref name="rank"/> by SVD.
+    /// Plain svd stays factored (Σ wᵢ·sᵢ²·Bᵢ·Aᵢ as one concatenation, then <see cref="LowRank.Factor"/>: exact); the
+    /// pruned types work on the dense ΔWᵢ (<see cref="LowRank.TruncatedSvd"/>).</summary>
+    public static Dictionary<string, LoraPair> Svd(IReadOnlyList<(PeftAdapterDirectory Adapter, double Weight)> inputs, int rank, CombineOptions? options = null)
+    {
+        options ??= new CombineOptions { CombinationType = "svd" };
+        if (rank < 1) throw new OrtLoraException($"--rank must be at least 1 (got {rank})");
+        var rng = new Random(options.Seed);
+        var result = new Dictionary<string, LoraPair>();
+        foreach (var name in inputs.SelectMany(x => x.Adapter.Modules.Keys).Distinct())
+        {
+            var present = Present(name, inputs);
+            var first = present[0].Pair;
+            float[] b, a;
+            if (options.CombinationType == "svd")
+            {
+                // PEFT's weight wᵢ·sᵢ on a ΔWᵢ that carries sᵢ: cat's factors with wᵢ·sᵢ in place of wᵢ
+                var cat = CatModule(name, [.. present.Select(x => (x.Adapter, x.Weight * x.Pair.Scale))], present.Sum(x => x.Pair.Rank));
+                (b, a) = LowRank.Factor(cat.B, cat.A, cat.Out, cat.Rank, cat.In, rank);
+            }
+            else
+            {
+                var deltas = present.Select(x => Dense(x.Pair)).ToList();
+                var merged = TaskMerging.Merge(options.CombinationType[..^"_svd".Length], deltas, [.. present.Select(x => x.Weight * x.Pair.Scale)],
+                    options.Density ?? 1, options.MajoritySignMethod, rng);
+                (b, a) = LowRank.TruncatedSvd(merged, first.Out, first.In, rank, options.Seed);
+            }
+            if (options.SvdClamp is { } clamp) Clamp(b, a, clamp);
+            result[name] = new LoraPair(a, b, rank, first.In, first.Out, 1.0, first.Embedding);
         }
         return result;
+    }
+
+    /// <summary>The adapters that have module <paramref name="name"/>, checked to have its shape.</summary>
+    static List<(PeftAdapterDirectory Adapter, LoraPair Pair, double Weight)> Present(string name, IReadOnlyList<(PeftAdapterDirectory Adapter, double Weight)> inputs)
+    {
+        var present = inputs.Where(x => x.Adapter.Modules.ContainsKey(name)).Select(x => (x.Adapter, Pair: x.Adapter.Modules[name], x.Weight)).ToList();
+        foreach (var (adapter, pair, _) in present)
+            if (pair.In != present[0].Pair.In || pair.Out != present[0].Pair.Out || pair.Embedding != present[0].Pair.Embedding)
+                throw new OrtLoraException($"{adapter.Source}: module '{name}' is [{pair.Out}x{pair.In}] but {present[0].Adapter.Source} has " +
+                    $"[{present[0].Pair.Out}x{present[0].Pair.In}]; adapters of different base models cannot be combined");
+        return present;
+    }
+
+    /// <summary>ΔW = s·B·A [out, in], as PEFT's get_delta_weight (oriented as B·A also for embeddings).</summary>
+    static float[] Dense(LoraPair p)
+    {
+        var delta = new float[p.Out * p.In];
+        Parallel.For(0, p.Out, o =>
+        {
+            for (int r = 0; r < p.Rank; r++)
+            {
+                double coefficient = p.B[o * p.Rank + r] * p.Scale;
+                if (coefficient == 0) continue;
+                for (int i = 0; i < p.In; i++) delta[o * p.In + i] += (float)(coefficient * p.A[r * p.In + i]);
+            }
+        });
+        return delta;
+    }
+
+    /// <summary>PEFT's svd_clamp: both factors' values clamped to ±(the clamp quantile of all of them, torch.quantile's
+    /// linear interpolation).</summary>
+    static void Clamp(float[] b, float[] a, double quantile)
+    {
+        var all = b.Concat(a).Select(v => (double)v).Order().ToList();
+        double position = quantile * (all.Count - 1);
+        int below = (int)Math.Floor(position), above = Math.Min(all.Count - 1, below + 1);
+        float high = (float)(all[below] + (all[above] - all[below]) * (position - below));
+        for (int i = 0; i < b.Length; i++) b[i] = Math.Clamp(b[i], -high, high);
+        for (int i = 0; i < a.Length; i++) a[i] = Math.Clamp(a[i], -high, high);
     }
 
     static LoraPair CatModule(string name, IReadOnlyList<(PeftAdapterDirectory Adapter, double Weight)> inputs, int rank)
@@ -76,19 +184,36 @@ public static class AdapterCombiner
         return result;
     }
 
-    /// <summary>Loads the adapters, combines them and writes a PEFT adapter directory (config from the first one).</summary>
-    public static int Combine(IReadOnlyList<(string Dir, double Weight)> inputs, string outDir, int? rank = null)
+    /// <summary>Loads the adapters, combines them and writes a PEFT adapter directory (config from the first one):
+    /// cat, or PEFT's svd with <paramref name="rank"/>.</summary>
+    public static int Combine(IReadOnlyList<(string Dir, double Weight)> inputs, string outDir, int? rank = null) =>
+        Combine(inputs, outDir, new CombineOptions { CombinationType = rank is null ? "cat" : "svd", SvdRank = rank });
+
+    /// <summary>Loads the adapters, combines them as <paramref name="options"/> say and writes a PEFT adapter directory
+    /// (config from the first one, target_modules the union); returns the new rank.</summary>
+    public static int Combine(IReadOnlyList<(string Dir, double Weight)> inputs, string outDir, CombineOptions options)
     {
         if (inputs.Count == 0) throw new OrtLoraException("no adapters to combine");
+        var type = options.CombinationType;
+        if (!CombinationTypes.Contains(type)) throw new OrtLoraException($"unknown --combination-type '{type}'; expected {string.Join(", ", CombinationTypes)}");
+        bool svd = type.EndsWith("svd", StringComparison.Ordinal);
+        if (options.SvdRank is not null && !svd) throw new OrtLoraException($"--rank applies to the svd combination types, not to {type}");
+        if (options.SvdClamp is { } clamp && (!svd || clamp is <= 0 or > 1)) throw new OrtLoraException("--svd-clamp is a quantile in (0, 1] for the svd combination types");
+        bool prunes = type is not ("svd" or "linear" or "cat");
+        if (prunes && options.Density is not (>= 0 and <= 1)) throw new OrtLoraException($"combination type {type} needs --density in [0, 1] (the share of values kept)");
+        if (!prunes && options.Density is not null) throw new OrtLoraException($"--density applies to the ties, dare and magnitude_prune types, not to {type}");
         var loaded = inputs.Select(x => (PeftAdapterDirectory.Load(x.Dir), x.Weight)).ToList();
         var template = WithUnionOfTargets(loaded.Select(x => x.Item1.Config).ToList());
-        if (rank is { } k)
+        // PEFT combines a single adapter linearly whatever the type asked (for one adapter its ΔW is w·s·B·A)
+        if (loaded.Count == 1) (type, options) = ("linear", options with { CombinationType = "linear", Density = null });
+        var (newRank, modules) = type switch
         {
-            PeftAdapterDirectory.Save(outDir, template, k, Svd(loaded, k));
-            return k;
-        }
-        var (catRank, modules) = Cat(loaded);
-        PeftAdapterDirectory.Save(outDir, template, catRank, modules);
-        return catRank;
+            "cat" => Cat(loaded),
+            _ when svd => (options.SvdRank ?? loaded.Max(x => x.Item1.Modules.Values.Max(p => p.Rank)), (Dictionary<string, LoraPair>?)null),
+            _ => Factors(loaded, type, options),
+        };
+        modules ??= Svd(loaded, newRank, options);
+        PeftAdapterDirectory.Save(outDir, template, newRank, modules);
+        return newRank;
     }
 }

@@ -41,6 +41,47 @@ public static class LowRank
         return (newB, newA);
     }
 
+    /// <summary>The rank-k truncated SVD of a dense matrix w [out, in] as (B' = U·S [out, k], A' = Vh [k, in]). A
+    /// randomized range finder with ten more columns than k and eight power iterations gives Q with w ≈ Q·Qᵀ·w;
+    /// <see cref="Factor"/> then takes the exact SVD of Q·(Qᵀ·w). Where min(out, in) ≤ k + 10 the range is the whole
+    /// space and the result is exact; otherwise the top k directions are found to within the power iterations'
+    /// convergence (a gap in the spectrum makes it fast).</summary>
+    public static (float[] B, float[] A) TruncatedSvd(float[] w, int outDim, int inDim, int k, int seed = 0)
+    {
+        int q = Math.Min(k + 10, Math.Min(outDim, inDim));
+        var rng = new Random(seed);
+        var x = new double[inDim * q];
+        for (int i = 0; i < x.Length; i++) x[i] = rng.NextDouble() - 0.5;
+        var basis = Qr(Multiply(w, outDim, inDim, x, q, transposeLeft: false), outDim, q).Q;
+        for (int iteration = 0; iteration < 8; iteration++)
+        {
+            var back = Qr(Multiply(w, outDim, inDim, basis, q, transposeLeft: true), inDim, q).Q;
+            basis = Qr(Multiply(w, outDim, inDim, back, q, transposeLeft: false), outDim, q).Q;
+        }
+        // Qᵀ·w [q, in] = (wᵀ·Q)ᵀ
+        var projected = Multiply(w, outDim, inDim, basis, q, transposeLeft: true);
+        var small = new float[q * inDim];
+        for (int i = 0; i < inDim; i++) for (int c = 0; c < q; c++) small[c * inDim + i] = (float)projected[i * q + c];
+        return Factor([.. basis.Select(v => (float)v)], small, outDim, q, inDim, k);
+    }
+
+    /// <summary>w·x ([out, in]·[in, q]) or wᵀ·x ([in, out]·[out, q]), rows in parallel.</summary>
+    static double[] Multiply(float[] w, int outDim, int inDim, double[] x, int q, bool transposeLeft)
+    {
+        int rows = transposeLeft ? inDim : outDim, inner = transposeLeft ? outDim : inDim;
+        var y = new double[rows * q];
+        Parallel.For(0, rows, row =>
+        {
+            for (int t = 0; t < inner; t++)
+            {
+                double m = transposeLeft ? w[t * inDim + row] : w[row * inDim + t];
+                if (m == 0) continue;
+                for (int c = 0; c < q; c++) y[row * q + c] += m * x[t * q + c];
+            }
+        });
+        return y;
+    }
+
     /// <summary>The singular values of B·A, largest first (for reports and tests).</summary>
     public static double[] SingularValues(float[] b, float[] a, int outDim, int rank, int inDim)
     {
