@@ -38,7 +38,7 @@ public static class AdaptersCommand
                 Density = parse.GetValue(density), MajoritySignMethod = parse.GetValue(signMethod)!, SvdClamp = parse.GetValue(clamp), Seed = parse.GetValue(seed),
             };
             int r = AdapterCombiner.Combine(parsed, parse.GetValue(output)!, options);
-            Console.WriteLine($"wrote {parse.GetValue(output)} (rank {r}, lora_alpha {r}, {(parsed.Count == 1 ? "linear (one adapter)" : options.CombinationType)})");
+            Console.WriteLine($"wrote {parse.GetValue(output)} (rank {r}, lora_alpha {r}, {(parsed.Count == 1 ? "linear (one adapter)" + (options.SvdRank is null ? "" : ", truncated by SVD") : options.CombinationType)})");
         }));
         return cmd;
     }

@@ -88,6 +88,24 @@ public class CombineMethodsTests
         Assert.That(Tensor(ties, Q0 + ".lora_B.weight"), Is.EqualTo(TaskMerging.Merge("ties", [b1, b2], [wa1, wb2], 0.5, "total", new Random(0))));
     }
 
+    /// <summary>One adapter is combined linearly whatever the type (PEFT's rule): √|w·s| on both factors, the sign on
+    /// A. With a rank it is truncated (a compressed adapter): at rank 4 the fixture's own ΔW·w comes back.</summary>
+    [Test]
+    public void OneAdapterIsCombinedLinearly()
+    {
+        var first = Shared.Peft("llama", "adapter");
+        var output = Path.Combine(Shared.TempDir(), "one");
+        AdapterCombiner.Combine([(first, -1.0)], output, new CombineOptions { CombinationType = "ties_svd", Density = 0.1 });
+        var (a, a1) = (Tensor(output, Q0 + ".lora_A.weight"), Tensor(first, Q0 + ".lora_A.weight"));
+        var (b, b1) = (Tensor(output, Q0 + ".lora_B.weight"), Tensor(first, Q0 + ".lora_B.weight"));
+        for (int i = 0; i < a.Length; i++) Assert.That(a[i], Is.EqualTo(-Math.Sqrt(2) * a1[i]).Within(1e-6));
+        for (int i = 0; i < b.Length; i++) Assert.That(b[i], Is.EqualTo(Math.Sqrt(2) * b1[i]).Within(1e-6));
+        var compressed = Path.Combine(Shared.TempDir(), "compressed");
+        Assert.That(AdapterCombiner.Combine([(first, -1.0)], compressed, new CombineOptions { CombinationType = "svd", SvdRank = 4 }), Is.EqualTo(4));
+        var (expected, got) = (DenseDelta(first, Q0, 2), DenseDelta(compressed, Q0, 1));
+        Assert.That(got.Select((v, i) => Math.Abs(v + expected[i])).Max(), Is.LessThan(1e-5), "−ΔW, not PEFT's svd weighting of several adapters");
+    }
+
     static double[] DenseDelta(string dir, string module, double scale)
     {
         var (a, b) = (Tensor(dir, module + ".lora_A.weight"), Tensor(dir, module + ".lora_B.weight"));

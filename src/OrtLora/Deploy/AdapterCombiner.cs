@@ -17,7 +17,7 @@ public sealed record CombineOptions
 
 /// <summary>Weighted combination of PEFT LoRA adapters, as PEFT's add_weighted_adapter does it. The result has
 /// lora_alpha = r (scale 1); each adapter's scale sᵢ (lora_alpha / r) goes into the weights. A negative weight
-/// subtracts an adapter. A single adapter is always combined as "linear", as PEFT does.
+/// subtracts an adapter. A single adapter is combined as "linear", as PEFT does (and, given a rank, truncated).
 /// <list type="bullet">
 /// <item>cat (exact): ranks are concatenated, A = [w₁·s₁·A₁; w₂·s₂·A₂; ...], B = [B₁ B₂ ...], so ΔW = Σ wᵢ·sᵢ·Bᵢ·Aᵢ.</item>
 /// <item>linear, ties, dare_linear, dare_ties, magnitude_prune (equal ranks): A and B are merged separately
@@ -100,6 +100,22 @@ public static class AdapterCombiner
             result[name] = new LoraPair(a, b, rank, first.In, first.Out, 1.0, first.Embedding);
         }
         return result;
+    }
+
+    /// <summary>One adapter: PEFT combines it as linear whatever the type (its ΔW is w·s·B·A). Given a rank, ortlora then
+    /// truncates that ΔW by SVD (PEFT ignores svd_rank there), which compresses an adapter.</summary>
+    static (int Rank, Dictionary<string, LoraPair> Modules) Single(IReadOnlyList<(PeftAdapterDirectory Adapter, double Weight)> one, CombineOptions options)
+    {
+        // an adapter with a rank_pattern has modules of several ranks: cat pads them to one, exactly
+        if (options.SvdRank is not { } k)
+            return one[0].Adapter.Modules.Values.Select(p => p.Rank).Distinct().Count() == 1 ? Factors(one, "linear", options with { Density = null }) : Cat(one);
+        var (_, exact) = Cat(one);
+        return (k, exact.ToDictionary(m => m.Key, m =>
+        {
+            var p = m.Value;
+            var (b, a) = LowRank.Factor(p.B, p.A, p.Out, p.Rank, p.In, k);
+            return new LoraPair(a, b, k, p.In, p.Out, 1.0, p.Embedding);
+        }));
     }
 
     /// <summary>The adapters that have module <paramref name="name"/>, checked to have its shape.</summary>
@@ -198,20 +214,17 @@ public static class AdapterCombiner
         if (!CombinationTypes.Contains(type)) throw new OrtLoraException($"unknown --combination-type '{type}'; expected {string.Join(", ", CombinationTypes)}");
         bool svd = type.EndsWith("svd", StringComparison.Ordinal);
         if (options.SvdRank is not null && !svd) throw new OrtLoraException($"--rank applies to the svd combination types, not to {type}");
+        if (options.SvdRank is < 1) throw new OrtLoraException($"--rank must be at least 1 (got {options.SvdRank})");
         if (options.SvdClamp is { } clamp && (!svd || clamp is <= 0 or > 1)) throw new OrtLoraException("--svd-clamp is a quantile in (0, 1] for the svd combination types");
         bool prunes = type is not ("svd" or "linear" or "cat");
         if (prunes && options.Density is not (>= 0 and <= 1)) throw new OrtLoraException($"combination type {type} needs --density in [0, 1] (the share of values kept)");
         if (!prunes && options.Density is not null) throw new OrtLoraException($"--density applies to the ties, dare and magnitude_prune types, not to {type}");
         var loaded = inputs.Select(x => (PeftAdapterDirectory.Load(x.Dir), x.Weight)).ToList();
         var template = WithUnionOfTargets(loaded.Select(x => x.Item1.Config).ToList());
-        // PEFT combines a single adapter linearly whatever the type asked (for one adapter its ΔW is w·s·B·A)
-        if (loaded.Count == 1) (type, options) = ("linear", options with { CombinationType = "linear", Density = null });
-        var (newRank, modules) = type switch
-        {
-            "cat" => Cat(loaded),
-            _ when svd => (options.SvdRank ?? loaded.Max(x => x.Item1.Modules.Values.Max(p => p.Rank)), (Dictionary<string, LoraPair>?)null),
-            _ => Factors(loaded, type, options),
-        };
+        var (newRank, modules) = loaded.Count == 1 ? Single(loaded, options)
+            : type == "cat" ? Cat(loaded)
+            : svd ? (options.SvdRank ?? loaded.Max(x => x.Item1.Modules.Values.Max(p => p.Rank)), (Dictionary<string, LoraPair>?)null)
+            : Factors(loaded, type, options);
         modules ??= Svd(loaded, newRank, options);
         PeftAdapterDirectory.Save(outDir, template, newRank, modules);
         return newRank;
