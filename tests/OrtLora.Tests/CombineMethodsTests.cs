@@ -18,6 +18,8 @@ public class CombineMethodsTests
         Assert.That(TaskMerging.MagnitudePrune([3f, -1f, 0.5f, -4f], 0.5), Is.EqualTo(new[] { 3f, 0f, 0f, -4f }));
         Assert.That(TaskMerging.MagnitudePrune([3f, -1f, 0.5f], 0.5), Is.EqualTo(new[] { 3f, 0f, 0f }), "int(0.5·3) = 1 kept");
         Assert.That(TaskMerging.MagnitudePrune([3f, -1f], 1.0), Is.EqualTo(new[] { 3f, -1f }), "density 1 prunes nothing");
+        Assert.That(TaskMerging.MagnitudePrune([2f, -2f, 1f, 2f], 0.5), Is.EqualTo(new[] { 2f, -2f, 0f, 0f }), "equal magnitudes: the earlier ones");
+        Assert.That(TaskMerging.MagnitudePrune([2f, -2f], 0.4), Is.EqualTo(new[] { 0f, 0f }), "int(0.8) = 0 kept");
         var merged = TaskMerging.Merge("magnitude_prune", [[3f, -1f, 0.5f, -4f], [1f, 2f, -3f, 0.1f]], [2.0, -1.0], 0.5, "total", new Random(0));
         Assert.That(merged, Is.EqualTo(new[] { 6f - 0f, 0f - 2f, 0f + 3f, -8f - 0f }));
     }

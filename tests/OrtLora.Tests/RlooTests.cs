@@ -28,6 +28,9 @@ public class RlooTests
         Assert.That(scores.KlMean, Is.NaN);
         // G·(r − mean)/(G − 1): the leave-one-out advantage is the group-centred reward scaled by 3/2
         Assert.That(scores.Advantages[0], Is.EqualTo(1.5 * (1 - 0.5)).Within(1e-12));
+        // an evaluation with one completion per prompt: no baseline, advantage 0, std 0 as TRL sets it
+        var single = Rloo.Score([[1], [0]], [1.0], 1, Options());
+        Assert.That((single.Advantages, single.StdIsZero), Is.EqualTo((new[] { 0.0, 0.0 }, new[] { true, true })));
     }
 
     [Test]

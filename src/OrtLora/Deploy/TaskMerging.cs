@@ -42,14 +42,23 @@ public static class TaskMerging
         return sum;
     }
 
-    /// <summary>The int(density·n) largest magnitudes kept (on equal magnitudes the earlier element), the rest zero.</summary>
+    /// <summary>The int(density·n) largest magnitudes kept (on equal magnitudes the earlier elements), the rest zero.
+    /// The threshold comes from a sort of the magnitudes alone, which a dense ΔW of tens of millions of values allows.</summary>
     public static float[] MagnitudePrune(float[] tensor, double density)
     {
         if (density >= 1) return tensor;
         int keep = (int)(density * tensor.Length);
-        var order = Enumerable.Range(0, tensor.Length).OrderByDescending(i => Math.Abs(tensor[i])).ThenBy(i => i).Take(keep);
         var pruned = new float[tensor.Length];
-        foreach (var i in order) pruned[i] = tensor[i];
+        if (keep == 0) return pruned;
+        var magnitudes = tensor.Select(MathF.Abs).ToArray();
+        Array.Sort(magnitudes);
+        float threshold = magnitudes[^keep];
+        int ties = keep - tensor.Count(v => MathF.Abs(v) > threshold);
+        for (int i = 0; i < tensor.Length; i++)
+        {
+            float magnitude = MathF.Abs(tensor[i]);
+            if (magnitude > threshold || magnitude == threshold && ties-- > 0) pruned[i] = tensor[i];
+        }
         return pruned;
     }
 

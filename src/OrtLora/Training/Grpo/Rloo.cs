@@ -53,8 +53,8 @@ public static class Rloo
             var group = rewards.AsSpan(start, groupSize);
             double sum = 0;
             foreach (var r in group) sum += r;
-            // torch.isclose(std, 0): within 1e-8
-            bool equal = Math.Abs(GroupAdvantages.StdDev(group.ToArray())) <= 1e-8;
+            // torch.isclose(std, 0): within 1e-8; a group of one (an evaluation's) has std 0 in TRL
+            bool equal = groupSize < 2 || Math.Abs(GroupAdvantages.StdDev(group.ToArray())) <= 1e-8;
             for (int i = start; i < start + groupSize; i++)
             {
                 // the baseline is the mean of the other completions' rewards
