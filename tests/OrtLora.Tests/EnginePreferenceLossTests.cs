@@ -63,6 +63,7 @@ public class EnginePreferenceLossTests
     }
 
     static double LogSigmoid(double x) => -Math.Log(1 + Math.Exp(-x));
+    static double Sigmoid(double x) => 1 / (1 + Math.Exp(-x));
 
     /// <summary>TRL's DPOTrainer.dpo_loss written out, over the rows' sums (IPO: means) and lengths; RPO adds α times the
     /// chosen tokens' mean cross-entropy.</summary>
@@ -74,7 +75,8 @@ public class EnginePreferenceLossTests
         double e = o.LabelSmoothing, beta = o.Beta;
         for (int pair = 0; pair < Rows / 2; pair++)
         {
-            double logits = (Logp(policy, 2 * pair) - Logp(reference, 2 * pair)) - (Logp(policy, 2 * pair + 1) - Logp(reference, 2 * pair + 1));
+            double a = Logp(policy, 2 * pair) - Logp(reference, 2 * pair), b = Logp(policy, 2 * pair + 1) - Logp(reference, 2 * pair + 1);
+            double logits = a - b;
             total += o.LossType switch
             {
                 "sigmoid" => -LogSigmoid(beta * logits) * (1 - e) - LogSigmoid(-beta * logits) * e,
@@ -84,6 +86,12 @@ public class EnginePreferenceLossTests
                 // CPOTrainer's simpo: logits = π_c − π_r − γ/β, then the sigmoid loss of β·logits
                 "simpo" => -LogSigmoid(beta * (Logp(policy, 2 * pair) - Logp(policy, 2 * pair + 1) - o.SimpoGamma / beta)) * (1 - e)
                     - LogSigmoid(-beta * (Logp(policy, 2 * pair) - Logp(policy, 2 * pair + 1) - o.SimpoGamma / beta)) * e,
+                "nca_pair" => -LogSigmoid(beta * a) - 0.5 * LogSigmoid(-beta * a) - 0.5 * LogSigmoid(-beta * b),
+                "bco_pair" => -LogSigmoid(beta * a) - LogSigmoid(-beta * b),
+                "sppo_hard" => Math.Pow(a - 0.5 / beta, 2) + Math.Pow(b + 0.5 / beta, 2),
+                "apo_zero" => 1 - Sigmoid(beta * a) + Sigmoid(beta * b),
+                "apo_down" => Sigmoid(beta * a) + 1 - Sigmoid(beta * logits),
+                "discopop" => -LogSigmoid(beta * logits) * (1 - Sigmoid(beta * logits / o.DiscopopTau)) + Math.Exp(-beta * logits) * Sigmoid(beta * logits / o.DiscopopTau),
                 _ => Math.Pow(logits - 1 / (2 * beta), 2),
             };
             chosenNll -= policy.Sums[2 * pair];
@@ -96,6 +104,8 @@ public class EnginePreferenceLossTests
     [
         new(Beta), new(Beta, LabelSmoothing: 0.1), new(Beta, "robust", LabelSmoothing: 0.1), new(0.02, "hinge"), new(0.05, "ipo"),
         new(Beta, RpoAlpha: 0.5), new(Beta, "orpo"), new(2.0, "simpo", LabelSmoothing: 0.1), new(2.0, "simpo", SimpoGamma: 1, CpoAlpha: 0),
+        new(Beta, "nca_pair"), new(Beta, "bco_pair", RpoAlpha: 0.5), new(Beta, "sppo_hard"), new(Beta, "apo_zero"), new(Beta, "apo_down"),
+        new(Beta, "discopop"), new(Beta, "discopop", DiscopopTau: 1),
     ];
 
     static OnnxModel Injected()

@@ -152,12 +152,19 @@ public class TrainPreferenceTests
         Assert.That(shown.Out, Does.Contain("⟦I do not know.<|endoftext|>⟧").And.Contain("⟦I would rather not say.<|endoftext|>⟧"));
     }
 
-    /// <summary>--loss-type and --label-smoothing reach the loss: where the policy is its own reference (L = 0) each
-    /// type's eval loss is its value at zero, (1/(2β))² for IPO, 1 for the hinge, ln 2 for robust DPO; a type that
-    /// takes no smoothing refuses it.</summary>
+    /// <summary>--loss-type and --label-smoothing reach the loss: where the policy is its own reference (a = b = 0) each
+    /// type's eval loss is its value at zero: (1/(2β))² for IPO, 1 for the hinge, ln 2 for robust DPO, 2 ln 2 for nca_pair
+    /// and bco_pair, 2·(1/(2β))² for sppo_hard, 1 for both APO losses, (ln 2 + 1)/2 for discopop; a type that takes no
+    /// smoothing refuses it.</summary>
     [TestCase("ipo", 25.0)]
     [TestCase("hinge", 1.0)]
     [TestCase("robust", 0.69314718)]
+    [TestCase("nca_pair", 1.38629436)]
+    [TestCase("bco_pair", 1.38629436)]
+    [TestCase("sppo_hard", 50.0)]
+    [TestCase("apo_zero", 1.0)]
+    [TestCase("apo_down", 1.0)]
+    [TestCase("discopop", 0.84657359)]
     public void LossTypesStartAtTheirValueAtZero(string lossType, double atZero)
     {
         var dir = Shared.TempDir();

@@ -14,11 +14,15 @@ namespace OrtLora.Autodiff;
 /// <param name="CpoAlpha">SimPO: the weight of the chosen completions' cross-entropy (CPOConfig.cpo_alpha; 0: pure SimPO)</param>
 /// <param name="DesirableWeight">KTO: the weight of desirable examples' losses (KTOConfig.desirable_weight)</param>
 /// <param name="UndesirableWeight">KTO: the weight of undesirable examples' losses (KTOConfig.undesirable_weight)</param>
+/// <param name="DiscopopTau">discopop's temperature τ of the mix between its logistic and exponential parts (DPOConfig.discopop_tau)</param>
 public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sigmoid", double LabelSmoothing = 0, double RpoAlpha = 0,
-    double SimpoGamma = 0.5, double CpoAlpha = 1, double DesirableWeight = 1, double UndesirableWeight = 1)
+    double SimpoGamma = 0.5, double CpoAlpha = 1, double DesirableWeight = 1, double UndesirableWeight = 1, double DiscopopTau = 0.05)
 {
     /// <summary>The losses of paired data (chosen, rejected); KTO's takes unpaired data.</summary>
-    public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo", "orpo", "simpo"];
+    public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo", "orpo", "simpo", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop"];
+
+    /// <summary>The losses that weigh the chosen and the rejected log-ratio each in its own way, not only their difference.</summary>
+    public bool SeparateRatios => LossType is "nca_pair" or "bco_pair" or "sppo_hard" or "apo_zero" or "apo_down";
 
     /// <summary>KTO (TRL's KTOTrainer): unpaired examples with a desirable/undesirable label, and KL rows.</summary>
     public bool Unpaired => LossType == "kto";
@@ -39,6 +43,7 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
         if (LabelSmoothing > 0 && LossType is not ("sigmoid" or "robust" or "simpo"))
             throw new OrtLoraException($"DPO's label smoothing applies to the sigmoid, robust and simpo losses, not {LossType}");
         if (CpoAlpha < 0) throw new OrtLoraException($"cpo_alpha must not be negative, got {CpoAlpha}");
+        if (DiscopopTau <= 0) throw new OrtLoraException($"discopop_tau must be positive, got {DiscopopTau}");
         if (DesirableWeight < 0 || UndesirableWeight < 0) throw new OrtLoraException("KTO's desirable and undesirable weights must not be negative");
         if (Unpaired && RpoAlpha > 0) throw new OrtLoraException("rpo_alpha is for the DPO losses of paired data, not KTO");
         if (RpoAlpha < 0) throw new OrtLoraException($"rpo_alpha must not be negative, got {RpoAlpha}");
@@ -59,6 +64,10 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
 /// <item>ipo: (L − 1/(2β))²</item>
 /// <item>orpo (ORPOTrainer, no reference): −β·log σ(log odds(π_c) − log odds(π_r)), log odds(π) = π − log(1 − e^π)</item>
 /// <item>simpo (CPOTrainer, no reference): the sigmoid loss with z = β·(π_c − π_r) − γ</item>
+/// <item>with a = π_c − r_c and b = π_r − r_r (L = a − b): nca_pair −log σ(βa) − ½ log σ(−βa) − ½ log σ(−βb); bco_pair
+/// −log σ(βa) − log σ(−βb) (TRL's current form, without a running mean); sppo_hard (a − 1/(2β))² + (b + 1/(2β))²; apo_zero
+/// 1 − σ(βa) + σ(βb); apo_down σ(βa) + 1 − σ(z)</item>
+/// <item>discopop: with m = σ(z/τ), softplus(−z)·(1 − m) + e^(−z)·m</item>
 /// </list>
 /// and the loss is their mean, plus α·(the chosen tokens' mean cross-entropy) with rpo_alpha (ORPO: α = 1; SimPO: cpo_alpha). Its gradient with respect
 /// to the logits is written in closed form, as <see cref="CausalLmLoss"/>'s is: each row's summed log-probability has
@@ -72,8 +81,9 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
 /// counted pairs (at least 1), [pairs]</param>
 /// <param name="RowLengths">each row's counted tokens (IPO's divisor), [rows]; null for the summing losses</param>
 /// <param name="ChosenTokens">with rpo_alpha: the chosen rows' counted tokens, at least 1, scalar</param>
+/// <param name="Pairs">the compared values (a, b) per pair, [pairs, 2]; null for KTO</param>
 public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, CausalLmLoss? Tokens, string Difference, string PairWeight,
-    string? RowLengths, string? ChosenTokens, PreferenceOptions Options)
+    string? RowLengths, string? ChosenTokens, PreferenceOptions Options, string? Pairs = null)
 {
     /// <summary>The graph input of the reference model's per-row log-probabilities (float32, [rows]).</summary>
     public const string ReferenceInput = "reference_logps";
@@ -126,9 +136,18 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         var counted = Column(Op("Reshape", [Op("Min", [lengths, Scalar(1)]), Ints(-1, 2)]), 0);
         var pairWeight = Op("Div", [counted, Op("Max", [Op("ReduceSum", [counted], ("keepdims", 0L)), Scalar(1)])]);
         // −log σ(z) = softplus(−z), which ORT computes without overflow for large |z|
-        double e = options.LabelSmoothing;
+        double e = options.LabelSmoothing, beta = options.Beta;
+        var (a, b) = (Column(pairs, 0), Column(pairs, 1));
+        string LogSigmoidLoss(string x) => Op("Softplus", [Op("Neg", [x])]); // −log σ(x)
+        string Scaled(string x) => Op("Mul", [x, Scalar(beta)]);
         var perPair = options.LossType switch
         {
+            "nca_pair" => Op("Add", [LogSigmoidLoss(Scaled(a)), Op("Mul", [Op("Add", [Op("Softplus", [Scaled(a)]), Op("Softplus", [Scaled(b)])]), Scalar(0.5)])]),
+            "bco_pair" => Op("Add", [LogSigmoidLoss(Scaled(a)), Op("Softplus", [Scaled(b)])]),
+            "sppo_hard" => Op("Add", [Op("Pow", [Op("Sub", [a, Scalar(0.5 / beta)]), Scalar(2)]), Op("Pow", [Op("Add", [b, Scalar(0.5 / beta)]), Scalar(2)])]),
+            "apo_zero" => Op("Add", [Op("Sub", [Scalar(1), Op("Sigmoid", [Scaled(a)])]), Op("Sigmoid", [Scaled(b)])]),
+            "apo_down" => Op("Add", [Op("Sigmoid", [Scaled(a)]), Op("Sub", [Scalar(1), Op("Sigmoid", [z])])]),
+            "discopop" => Op("Add", [Op("Mul", [LogSigmoidLoss(z), Op("Sub", [Scalar(1), Modulation(z)])]), Op("Mul", [Op("Exp", [Op("Neg", [z])]), Modulation(z)])]),
             "hinge" => Op("Relu", [Op("Sub", [Scalar(1), z])]),
             "ipo" => Op("Pow", [Op("Sub", [difference, Scalar(1 / (2 * options.Beta))]), Scalar(2)]),
             "orpo" => Op("Mul", [Op("Softplus", [Op("Neg", [difference])]), Scalar(options.Beta)]),
@@ -146,7 +165,10 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
             var nll = Op("Div", [Op("Neg", [ChosenTotal(sums)]), chosenTokens]);
             loss = Op("Add", [loss, Op("Mul", [nll, Scalar(options.ChosenNllWeight)])]);
         }
-        return new PreferenceLoss(loss, logProbs, null, difference, pairWeight, options.Averages ? lengths : null, chosenTokens, options);
+        return new PreferenceLoss(loss, logProbs, null, difference, pairWeight, options.Averages ? lengths : null, chosenTokens, options, pairs);
+
+        // discopop's mix, σ(z / τ)
+        string Modulation(string x) => Op("Sigmoid", [Op("Div", [x, Scalar(options.DiscopopTau)])]);
     }
 
     /// <summary>d loss / d logits: for each row, d loss / d (its summed log-probability) times w·(onehot − softmax), i.e.
@@ -206,8 +228,31 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
                 Op("Mul", [PairWeight, RolesInput])]);
             return elemType == (int)DT.Float ? kto : Op("Cast", [kto], ("to", (long)elemType));
         }
-        // d (pair loss) / d L, per pair
+        // d (pair loss) / d L, per pair; or, where the loss weighs a and b apart, d / d a and d / d b
         var z = Margin(g, Difference, Options, "grad/dpo");
+        string Sig(string x) => Op("Sigmoid", [x]);
+        string SigSlope(string x) => Op("Mul", [Sig(x), Sig(Op("Neg", [x]))]); // σ'(x) = σ(x)·σ(−x)
+        string Scaled(string x) => Op("Mul", [x, Scalar(beta)]);
+        if (Options.SeparateRatios)
+        {
+            string Column(long index) => Op("Gather", [Pairs!, GraphConstants.Scalar(g, "grad/dpo/index", index, (int)DT.Int64)], ("axis", 1L));
+            var (a, b) = (Scaled(Column(0)), Scaled(Column(1)));
+            var (da, db) = Options.LossType switch
+            {
+                // d/dx −log σ(x) = σ(x) − 1, d/dx −log σ(−x) = σ(x)
+                "nca_pair" => (Op("Sub", [Op("Mul", [Sig(a), Scalar(1.5)]), Scalar(1)]), Op("Mul", [Sig(b), Scalar(0.5)])),
+                "bco_pair" => (Op("Sub", [Sig(a), Scalar(1)]), Sig(b)),
+                // the squares' slopes, already per unit of a and b: divided by β here, as β multiplies below
+                "sppo_hard" => (Op("Mul", [Op("Sub", [Column(0), Scalar(0.5 / beta)]), Scalar(2 / beta)]), Op("Mul", [Op("Add", [Column(1), Scalar(0.5 / beta)]), Scalar(2 / beta)])),
+                "apo_zero" => (Op("Neg", [SigSlope(a)]), SigSlope(b)),
+                _ => (Op("Sub", [SigSlope(a), SigSlope(z)]), SigSlope(z)), // apo_down
+            };
+            var chosen = Op("Unsqueeze", [Op("Mul", [Scaled(da), PairWeight]), Ints(1)]);
+            var rejected = Op("Unsqueeze", [Op("Mul", [Scaled(db), PairWeight]), Ints(1)]);
+            var scale = Op("Reshape", [Op("Neg", [Op("Concat", [chosen, rejected], ("axis", 1L))]), Ints(-1)]);
+            if (ChosenTokens is not null) scale = Op("Add", [scale, ChosenNllScale()]);
+            return elemType == (int)DT.Float ? scale : Op("Cast", [scale], ("to", (long)elemType));
+        }
         var slope = Options.LossType switch
         {
             "hinge" => Op("Mul", [Op("Cast", [Op("Less", [z, Scalar(1)])], ("to", (long)DT.Float)), Scalar(-beta)]),
@@ -215,6 +260,7 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
             "orpo" => Op("Mul", [Op("Sigmoid", [Op("Neg", [Difference])]), Scalar(-beta)]),
             "robust" => Op("Mul", [Op("Add", [Op("Mul", [Op("Sigmoid", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Sigmoid", [z]), Scalar(e)])]),
                 Scalar(-beta / (1 - 2 * e))]),
+            "discopop" => Scaled(DiscopopSlope(z)),
             _ => Op("Mul", [Op("Sub", [Op("Mul", [Op("Sigmoid", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Sigmoid", [z]), Scalar(e)])]), Scalar(-beta)]),
         };
         // d loss / d π: +slope for the chosen row, −slope for the rejected, weighted by the pair's share; its negative is the scale
@@ -223,14 +269,28 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         // ORPO: d (log odds) / d π = 1 / (1 − e^π)
         if (Options.LossType == "orpo") rowScale = Op("Div", [rowScale, Op("Sub", [Scalar(1), Op("Exp", [SequenceLogProbs])])]);
         if (RowLengths is not null) rowScale = Op("Div", [rowScale, Op("Max", [RowLengths, Scalar(1)])]); // IPO's and ORPO's π is a mean
-        if (ChosenTokens is not null)
+        if (ChosenTokens is not null) rowScale = Op("Add", [rowScale, ChosenNllScale()]);
+        return elemType == (int)DT.Float ? rowScale : Op("Cast", [rowScale], ("to", (long)elemType));
+
+        // RPO, ORPO: + α / (chosen tokens) on each chosen row (d loss / d sum is −α / N there)
+        string ChosenNllScale()
         {
-            // RPO, ORPO: + α / (chosen tokens) on each chosen row (d loss / d sum is −α / N there)
-            string Filled(float value) => Op("Unsqueeze", [Op("ConstantOfShape", [Op("Shape", [Difference])],
+            // shaped like the pairs by the pair weights, which every loss uses (L is not computed where the loss takes a and b)
+            string Filled(float value) => Op("Unsqueeze", [Op("ConstantOfShape", [Op("Shape", [PairWeight])],
                 ("value", Tensors.FromFloats("value", [1], [value], (int)DT.Float))), Ints(1)]);
             var chosenRows = Op("Reshape", [Op("Concat", [Filled(1), Filled(0)], ("axis", 1L)), Ints(-1)]); // 1, 0, 1, 0, ...
-            rowScale = Op("Add", [rowScale, Op("Mul", [chosenRows, Op("Div", [Scalar(Options.ChosenNllWeight), ChosenTokens])])]);
+            return Op("Mul", [chosenRows, Op("Div", [Scalar(Options.ChosenNllWeight), ChosenTokens!])]);
         }
-        return elemType == (int)DT.Float ? rowScale : Op("Cast", [rowScale], ("to", (long)elemType));
+
+        // d/dz of discopop's softplus(−z)·(1 − m) + e^(−z)·m, m = σ(z/τ): (σ(z) − 1)(1 − m) − e^(−z)·m + (e^(−z) − softplus(−z))·m(1 − m)/τ
+        string DiscopopSlope(string x)
+        {
+            var m = Sig(Op("Div", [x, Scalar(Options.DiscopopTau)]));
+            var oneMinusM = Op("Sub", [Scalar(1), m]);
+            var exp = Op("Exp", [Op("Neg", [x])]);
+            var logistic = Op("Mul", [Op("Sub", [Sig(x), Scalar(1)]), oneMinusM]);
+            var mix = Op("Mul", [Op("Sub", [exp, Op("Softplus", [Op("Neg", [x])])]), Op("Div", [Op("Mul", [m, oneMinusM]), Scalar(Options.DiscopopTau)])]);
+            return Op("Add", [Op("Sub", [logistic, Op("Mul", [exp, m])]), mix]);
+        }
     }
 }
