@@ -65,8 +65,8 @@ public static class LowRank
         return Factor([.. basis.Select(v => (float)v)], small, outDim, q, inDim, k);
     }
 
-    /// <summary>w·x ([out, in]·[in, q]) or wᵀ·x ([in, out]·[out, q]), rows in parallel.</summary>
-    static double[] Multiply(float[] w, int outDim, int inDim, double[] x, int q, bool transposeLeft)
+    /// <summary>w·x ([out, in]·[in, q]) or wᵀ·x ([in, out]·[out, q]) for a float or double w, rows in parallel.</summary>
+    internal static double[] Multiply<T>(T[] w, int outDim, int inDim, double[] x, int q, bool transposeLeft) where T : System.Numerics.IFloatingPoint<T>
     {
         int rows = transposeLeft ? inDim : outDim, inner = transposeLeft ? outDim : inDim;
         var y = new double[rows * q];
@@ -74,7 +74,7 @@ public static class LowRank
         {
             for (int t = 0; t < inner; t++)
             {
-                double m = transposeLeft ? w[t * inDim + row] : w[row * inDim + t];
+                double m = double.CreateTruncating(transposeLeft ? w[t * inDim + row] : w[row * inDim + t]);
                 if (m == 0) continue;
                 for (int c = 0; c < q; c++) y[row * q + c] += m * x[t * q + c];
             }

@@ -49,7 +49,7 @@ public static class ResidualInit
         var columns = new double[outDim * q];
         for (int o = 0; o < outDim; o++) for (int c = 0; c < q; c++) columns[o * q + c] = w[o * inDim + c];
         var basis = LowRank.Qr(columns, outDim, q).Q;
-        var rows = Multiply(w, outDim, inDim, basis, q, transposeLeft: true); // Wᵀ·Q_r [in, q] = R_rᵀ
+        var rows = LowRank.Multiply(w, outDim, inDim, basis, q, transposeLeft: true); // Wᵀ·Q_r [in, q] = R_rᵀ
         var a = new float[r * inDim];
         var b = new float[outDim * r];
         for (int c = 0; c < q; c++)
@@ -66,14 +66,14 @@ public static class ResidualInit
         int q = Math.Min(r, Math.Min(outDim, inDim));
         var gaussian = new double[inDim * q];
         for (int i = 0; i < gaussian.Length; i++) gaussian[i] = Normal(rng);
-        var basis = LowRank.Qr(Multiply(w, outDim, inDim, gaussian, q, transposeLeft: false), outDim, q).Q;
+        var basis = LowRank.Qr(LowRank.Multiply(w, outDim, inDim, gaussian, q, transposeLeft: false), outDim, q).Q;
         for (int k = 0; k < iterations; k++)
         {
-            var back = LowRank.Qr(Multiply(w, outDim, inDim, basis, q, transposeLeft: true), inDim, q).Q;
-            basis = LowRank.Qr(Multiply(w, outDim, inDim, back, q, transposeLeft: false), outDim, q).Q;
+            var back = LowRank.Qr(LowRank.Multiply(w, outDim, inDim, basis, q, transposeLeft: true), inDim, q).Q;
+            basis = LowRank.Qr(LowRank.Multiply(w, outDim, inDim, back, q, transposeLeft: false), outDim, q).Q;
         }
         // W ≈ Q·(Qᵀ·W); Qᵀ·W = R2ᵀ·Q2ᵀ from the QR of (Qᵀ·W)ᵀ = Wᵀ·Q; the small R2ᵀ [q, q] by Jacobi: R2ᵀ = Us·S·Vsᵀ.
-        var (q2, r2) = LowRank.Qr(Multiply(w, outDim, inDim, basis, q, transposeLeft: true), inDim, q);
+        var (q2, r2) = LowRank.Qr(LowRank.Multiply(w, outDim, inDim, basis, q, transposeLeft: true), inDim, q);
         var r2T = new double[q * q];
         for (int i = 0; i < q; i++) for (int j = 0; j < q; j++) r2T[i * q + j] = r2[j * q + i];
         var (us, vs, order) = LowRank.JacobiSvd(r2T, q);
@@ -99,23 +99,6 @@ public static class ResidualInit
             }
         }
         return (a, b);
-    }
-
-    /// <summary>W·X ([out, in]·[in, q]) or Wᵀ·X ([in, out]·[out, q]), rows in parallel.</summary>
-    static double[] Multiply(double[] w, int outDim, int inDim, double[] x, int q, bool transposeLeft)
-    {
-        int rows = transposeLeft ? inDim : outDim, inner = transposeLeft ? outDim : inDim;
-        var y = new double[rows * q];
-        Parallel.For(0, rows, row =>
-        {
-            for (int k = 0; k < inner; k++)
-            {
-                double m = transposeLeft ? w[k * inDim + row] : w[row * inDim + k];
-                if (m == 0) continue;
-                for (int c = 0; c < q; c++) y[row * q + c] += m * x[k * q + c];
-            }
-        });
-        return y;
     }
 
     static double Normal(Random rng) => Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble());
