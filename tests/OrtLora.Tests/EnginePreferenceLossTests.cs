@@ -91,6 +91,7 @@ public class EnginePreferenceLossTests
                 "sppo_hard" => Math.Pow(a - 0.5 / beta, 2) + Math.Pow(b + 0.5 / beta, 2),
                 "apo_zero" => 1 - Sigmoid(beta * a) + Sigmoid(beta * b),
                 "apo_down" => Sigmoid(beta * a) + 1 - Sigmoid(beta * logits),
+                "exo_pair" => Sigmoid(beta * logits) * (LogSigmoid(beta * logits) - Math.Log(1 - e)) + Sigmoid(-beta * logits) * (LogSigmoid(-beta * logits) - Math.Log(e)),
                 "discopop" => -LogSigmoid(beta * logits) * (1 - Sigmoid(beta * logits / o.DiscopopTau)) + Math.Exp(-beta * logits) * Sigmoid(beta * logits / o.DiscopopTau),
                 _ => Math.Pow(logits - 1 / (2 * beta), 2),
             };
@@ -105,7 +106,7 @@ public class EnginePreferenceLossTests
         new(Beta), new(Beta, LabelSmoothing: 0.1), new(Beta, "robust", LabelSmoothing: 0.1), new(0.02, "hinge"), new(0.05, "ipo"),
         new(Beta, RpoAlpha: 0.5), new(Beta, "orpo"), new(2.0, "simpo", LabelSmoothing: 0.1), new(2.0, "simpo", SimpoGamma: 1, CpoAlpha: 0),
         new(Beta, "nca_pair"), new(Beta, "bco_pair", RpoAlpha: 0.5), new(Beta, "sppo_hard"), new(Beta, "apo_zero"), new(Beta, "apo_down"),
-        new(Beta, "discopop"), new(Beta, "discopop", DiscopopTau: 1),
+        new(Beta, "discopop"), new(Beta, "discopop", DiscopopTau: 1), new(Beta, "exo_pair", LabelSmoothing: 0.05), new(Beta, "exo_pair", LabelSmoothing: 0.2),
     ];
 
     static OnnxModel Injected()

@@ -154,8 +154,8 @@ public class TrainPreferenceTests
 
     /// <summary>--loss-type and --label-smoothing reach the loss: where the policy is its own reference (a = b = 0) each
     /// type's eval loss is its value at zero: (1/(2β))² for IPO, 1 for the hinge, ln 2 for robust DPO, 2 ln 2 for nca_pair
-    /// and bco_pair, 2·(1/(2β))² for sppo_hard, 1 for both APO losses, (ln 2 + 1)/2 for discopop; a type that takes no
-    /// smoothing refuses it.</summary>
+    /// and bco_pair, 2·(1/(2β))² for sppo_hard, 1 for both APO losses, (ln 2 + 1)/2 for discopop, ½ log(¼ / (ε(1 − ε)))
+    /// for exo_pair at ε 0.1; a type that takes no smoothing refuses it, and exo_pair refuses none.</summary>
     [TestCase("ipo", 25.0)]
     [TestCase("hinge", 1.0)]
     [TestCase("robust", 0.69314718)]
@@ -165,16 +165,19 @@ public class TrainPreferenceTests
     [TestCase("apo_zero", 1.0)]
     [TestCase("apo_down", 1.0)]
     [TestCase("discopop", 0.84657359)]
+    [TestCase("exo_pair", 0.51082562)]
     public void LossTypesStartAtTheirValueAtZero(string lossType, double atZero)
     {
         var dir = Shared.TempDir();
-        string[] smoothing = lossType == "robust" ? ["--label-smoothing", "0.1"] : [];
+        string[] smoothing = lossType is "robust" or "exo_pair" ? ["--label-smoothing", "0.1"] : [];
         OrtloraOk([.. TrainArgs(dir, "--max-steps", "2", "--eval-split", "0.1", "--loss-type", lossType, "--beta", "0.1"), .. smoothing]);
         var evals = Metrics(dir).Where(m => m["eval_loss"] is not null).ToList();
         Assert.That((double)evals[0]["eval_loss"]!, Is.EqualTo(atZero).Within(1e-5 * atZero));
         Assert.That((double)evals[^1]["eval_loss"]!, Is.Not.EqualTo(atZero).Within(1e-4 * atZero), "two steps move it");
         var refused = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "hinge", "--label-smoothing", "0.1"));
-        Assert.That(refused.Error, Does.Contain("label smoothing applies to the sigmoid, robust and simpo losses"));
+        Assert.That(refused.Error, Does.Contain("label smoothing applies to the sigmoid, robust, simpo and exo_pair losses"));
+        var exo = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "exo_pair"));
+        Assert.That(exo.Error, Does.Contain("exo_pair needs --label-smoothing above 0"));
     }
 
     /// <summary>`ortlora eval` on preference data scores a DPO adapter against the model without it, and a merged model

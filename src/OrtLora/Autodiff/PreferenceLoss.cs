@@ -19,7 +19,7 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
     double SimpoGamma = 0.5, double CpoAlpha = 1, double DesirableWeight = 1, double UndesirableWeight = 1, double DiscopopTau = 0.05)
 {
     /// <summary>The losses of paired data (chosen, rejected); KTO's takes unpaired data.</summary>
-    public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo", "orpo", "simpo", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop"];
+    public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo", "orpo", "simpo", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop", "exo_pair"];
 
     /// <summary>The losses that weigh the chosen and the rejected log-ratio each in its own way, not only their difference.</summary>
     public bool SeparateRatios => LossType is "nca_pair" or "bco_pair" or "sppo_hard" or "apo_zero" or "apo_down";
@@ -40,8 +40,11 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
         if (!LossTypes.Contains(LossType) && !Unpaired) throw new OrtLoraException($"unknown DPO loss type '{LossType}'; expected {string.Join(", ", LossTypes)}");
         if (Beta <= 0) throw new OrtLoraException($"DPO's beta must be positive, got {Beta}");
         if (LabelSmoothing is < 0 or >= 0.5) throw new OrtLoraException($"DPO's label smoothing must be in [0, 0.5), got {LabelSmoothing}");
-        if (LabelSmoothing > 0 && LossType is not ("sigmoid" or "robust" or "simpo"))
-            throw new OrtLoraException($"DPO's label smoothing applies to the sigmoid, robust and simpo losses, not {LossType}");
+        if (LabelSmoothing > 0 && LossType is not ("sigmoid" or "robust" or "simpo" or "exo_pair"))
+            throw new OrtLoraException($"DPO's label smoothing applies to the sigmoid, robust, simpo and exo_pair losses, not {LossType}");
+        // EXO's target distribution is (1 − ε, ε): its KL takes log ε, infinite at ε = 0
+        if (LossType == "exo_pair" && LabelSmoothing <= 0)
+            throw new OrtLoraException("--loss-type exo_pair needs --label-smoothing above 0 (EXO's target puts ε on the rejected completion; TRL's value at 0 is infinite)");
         if (CpoAlpha < 0) throw new OrtLoraException($"cpo_alpha must not be negative, got {CpoAlpha}");
         if (DiscopopTau <= 0) throw new OrtLoraException($"discopop_tau must be positive, got {DiscopopTau}");
         if (DesirableWeight < 0 || UndesirableWeight < 0) throw new OrtLoraException("KTO's desirable and undesirable weights must not be negative");
@@ -68,6 +71,7 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
 /// −log σ(βa) − log σ(−βb) (TRL's current form, without a running mean); sppo_hard (a − 1/(2β))² + (b + 1/(2β))²; apo_zero
 /// 1 − σ(βa) + σ(βb); apo_down σ(βa) + 1 − σ(z)</item>
 /// <item>discopop: with m = σ(z/τ), softplus(−z)·(1 − m) + e^(−z)·m</item>
+/// <item>exo_pair (EXO): KL((σ(z), σ(−z)) ‖ (1 − ε, ε)) = σ(z)·(log σ(z) − log(1 − ε)) + σ(−z)·(log σ(−z) − log ε)</item>
 /// </list>
 /// and the loss is their mean, plus α·(the chosen tokens' mean cross-entropy) with rpo_alpha (ORPO: α = 1; SimPO: cpo_alpha). Its gradient with respect
 /// to the logits is written in closed form, as <see cref="CausalLmLoss"/>'s is: each row's summed log-probability has
@@ -148,6 +152,10 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
             "apo_zero" => Op("Add", [Op("Sub", [Scalar(1), Op("Sigmoid", [Scaled(a)])]), Op("Sigmoid", [Scaled(b)])]),
             "apo_down" => Op("Add", [Op("Sigmoid", [Scaled(a)]), Op("Sub", [Scalar(1), Op("Sigmoid", [z])])]),
             "discopop" => Op("Add", [Op("Mul", [LogSigmoidLoss(z), Op("Sub", [Scalar(1), Modulation(z)])]), Op("Mul", [Op("Exp", [Op("Neg", [z])]), Modulation(z)])]),
+            // log σ(±z) = −softplus(∓z)
+            "exo_pair" => Op("Add", [
+                Op("Mul", [Op("Sigmoid", [z]), Op("Sub", [Op("Neg", [Op("Softplus", [Op("Neg", [z])])]), Scalar(Math.Log(1 - e))])]),
+                Op("Mul", [Op("Sigmoid", [Op("Neg", [z])]), Op("Sub", [Op("Neg", [Op("Softplus", [z])]), Scalar(Math.Log(e))])])]),
             "hinge" => Op("Relu", [Op("Sub", [Scalar(1), z])]),
             "ipo" => Op("Pow", [Op("Sub", [difference, Scalar(1 / (2 * options.Beta))]), Scalar(2)]),
             "orpo" => Op("Mul", [Op("Softplus", [Op("Neg", [difference])]), Scalar(options.Beta)]),
@@ -261,6 +269,8 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
             "robust" => Op("Mul", [Op("Add", [Op("Mul", [Op("Sigmoid", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Sigmoid", [z]), Scalar(e)])]),
                 Scalar(-beta / (1 - 2 * e))]),
             "discopop" => Scaled(DiscopopSlope(z)),
+            // d/dz = σ(z)·σ(−z)·(z − log(1 − ε) + log ε), since log σ(z) − log σ(−z) = z
+            "exo_pair" => Scaled(Op("Mul", [SigSlope(z), Op("Add", [z, Scalar(Math.Log(e) - Math.Log(1 - e))])])),
             _ => Op("Mul", [Op("Sub", [Op("Mul", [Op("Sigmoid", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Sigmoid", [z]), Scalar(e)])]), Scalar(-beta)]),
         };
         // d loss / d π: +slope for the chosen row, −slope for the rejected, weighted by the pair's share; its negative is the scale
