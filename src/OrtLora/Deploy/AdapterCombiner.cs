@@ -149,25 +149,19 @@ public static class AdapterCombiner
     /// linear interpolation).</summary>
     static void Clamp(float[] b, float[] a, double quantile)
     {
-        var all = b.Concat(a).Select(v => (double)v).Order().ToList();
-        double position = quantile * (all.Count - 1);
-        int below = (int)Math.Floor(position), above = Math.Min(all.Count - 1, below + 1);
-        float high = (float)(all[below] + (all[above] - all[below]) * (position - below));
+        float high = (float)Statistics.Quantile(b.Concat(a).Select(v => (double)v).Order().ToList(), quantile);
         for (int i = 0; i < b.Length; i++) b[i] = Math.Clamp(b[i], -high, high);
         for (int i = 0; i < a.Length; i++) a[i] = Math.Clamp(a[i], -high, high);
     }
 
     static LoraPair CatModule(string name, IReadOnlyList<(PeftAdapterDirectory Adapter, double Weight)> inputs, int rank)
     {
-        var present = inputs.Where(x => x.Adapter.Modules.ContainsKey(name)).Select(x => (Pair: x.Adapter.Modules[name], x.Weight, x.Adapter.Source)).ToList();
+        var present = Present(name, inputs);
         var (inDim, outDim) = (present[0].Pair.In, present[0].Pair.Out);
-        foreach (var (pair, _, source) in present)
-            if (pair.In != inDim || pair.Out != outDim || pair.Embedding != present[0].Pair.Embedding)
-                throw new OrtLoraException($"{source}: module '{name}' is [{pair.Out}x{pair.In}] but {present[0].Source} has [{outDim}x{inDim}]; adapters of different base models cannot be combined");
         var a = new float[rank * inDim];
         var b = new float[outDim * rank];
         int row = 0;
-        foreach (var (pair, weight, _) in present)
+        foreach (var (_, pair, weight) in present)
         {
             // PEFT puts the whole weight (and the adapter's own scale) on A and copies B unchanged.
             double factor = weight * pair.Scale;

@@ -83,14 +83,14 @@ public static class DatasetGeneration
                     var texts = rows.Select(r => tokenizer.Decode(r.Ids, skipSpecialTokens: true)).ToList();
                     var inputs = rows.Select((r, i) => new RewardInput(r.Prompt.Text, texts[i], r.Ids.Count, r.Truncated, r.Prompt.Columns, r.Prompt.Messages)).ToList();
                     var scores = rewards.Select(f => f.Score(inputs)).ToList();
+                    if (scores.Select((s, f) => (s, f)).FirstOrDefault(x => x.s.Length != rows.Count) is { s: not null } wrong)
+                        throw new OrtLoraException($"reward function '{rewards[wrong.f].Name}' gave {wrong.s.Length} scores for {rows.Count} completions");
                     for (int i = 0; i < rows.Count; i++)
                     {
                         var record = new JsonObject { ["row"] = rows[i].Prompt.Row, ["prompt"] = rows[i].Prompt.Text, ["completion"] = texts[i],
                             ["completion_tokens"] = rows[i].Ids.Count, ["truncated"] = rows[i].Truncated };
                         for (int f = 0; f < rewards.Count; f++)
                         {
-                            if (scores[f].Length != rows.Count)
-                                throw new OrtLoraException($"reward function '{rewards[f].Name}' gave {scores[f].Length} scores for {rows.Count} completions");
                             record[names[f]] = scores[f][i];
                             if (scores[f][i] is { } v) { sums[f] += v; scored[f]++; }
                         }

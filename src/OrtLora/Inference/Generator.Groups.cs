@@ -31,7 +31,6 @@ public sealed partial class Generator
         }
         var results = new List<(List<int> Ids, bool Truncated)>[groups.Count];
         bool Cached(int g) => groups[g].Options[0].UseKvCache && _model.HasKvCache;
-        bool pads = _model.CanLeftPad && !_paddingFailed;
         var order = Enumerable.Range(0, groups.Count).OrderBy(g => groups[g].Prompt.Count).ToList();
         var batch = new List<int>();
         void Decode()
@@ -55,7 +54,7 @@ public sealed partial class Generator
             {
                 int last = batch[^1];
                 bool joins = Cached(g) && Cached(last) && batch.Sum(b => groups[b].Options.Count) + groups[g].Options.Count <= maxRows
-                    && (pads || groups[last].Prompt.Count == groups[g].Prompt.Count);
+                    && (_model.CanLeftPad && !_paddingFailed || groups[last].Prompt.Count == groups[g].Prompt.Count);
                 if (!joins) Decode();
             }
             batch.Add(g);

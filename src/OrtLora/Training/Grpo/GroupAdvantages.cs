@@ -20,11 +20,11 @@ public static class GroupAdvantages
         var rewards = rewardsPerFunction.Select(row => row.Select((r, f) => double.IsNaN(r) ? 0 : r * weights[f]).Sum()).ToArray();
         var mean = new double[n];
         var std = new double[n];
-        double batchStd = StdDev(rewards);
+        double batchStd = Statistics.StdDev(rewards);
         for (int start = 0; start < n; start += groupSize)
         {
             var group = rewards.AsSpan(start, groupSize).ToArray();
-            double m = group.Average(), s = scaleRewards == "batch" ? batchStd : StdDev(group);
+            double m = group.Average(), s = scaleRewards == "batch" ? batchStd : Statistics.StdDev(group);
             for (int i = start; i < start + groupSize; i++) { mean[i] = m; std[i] = s; }
         }
         // as torch.std: the unbiased estimate; torch.isclose(std, 0): within 1e-8
@@ -44,24 +44,17 @@ public static class GroupAdvantages
             for (int f = 0; f < functions; f++)
             {
                 var scored = Enumerable.Range(start, groupSize).Select(i => rewardsPerFunction[i][f]).Where(r => !double.IsNaN(r)).ToList();
-                double mean = scored.Count == 0 ? double.NaN : scored.Average(), std = StdDev(scored);
+                double mean = scored.Count == 0 ? double.NaN : scored.Average(), std = Statistics.StdDev(scored);
                 for (int i = start; i < start + groupSize; i++)
                 {
                     double normalized = (rewardsPerFunction[i][f] - mean) / (std + 1e-4);
                     if (!double.IsNaN(normalized)) aggregated[i] += normalized * weights[f];
                 }
             }
-        double batchMean = aggregated.Average(), batchStd = StdDev(aggregated);
+        double batchMean = aggregated.Average(), batchStd = Statistics.StdDev(aggregated);
         var advantages = aggregated.Select(x => (x - batchMean) / (batchStd + 1e-4)).ToArray();
         var raw = rewardsPerFunction.Select(row => row.Select((r, f) => double.IsNaN(r) ? 0 : r * weights[f]).Sum()).ToArray();
         return (raw, advantages, [.. aggregated.Select(_ => batchStd)], [.. aggregated.Select(_ => Math.Abs(batchStd) <= 1e-8)]);
-    }
-
-    internal static double StdDev(IReadOnlyList<double> values)
-    {
-        if (values.Count < 2) return double.NaN;
-        double mean = values.Average();
-        return Math.Sqrt(values.Sum(v => (v - mean) * (v - mean)) / (values.Count - 1));
     }
 
     /// <summary>Each completion's normalizer for one micro-batch: what its summed per-token terms are divided by, with the

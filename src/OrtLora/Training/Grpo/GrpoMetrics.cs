@@ -37,7 +37,7 @@ public sealed class GrpoMetrics(IReadOnlyList<string> rewardNames)
         {
             var scored = scores.PerFunction.Select(r => r[f]).Where(v => !double.IsNaN(v)).ToList();
             Put($"rewards/{rewardNames[f]}/mean", scored.Count == 0 ? double.NaN : scored.Average());
-            Put($"rewards/{rewardNames[f]}/std", GroupAdvantages.StdDev(scored));
+            Put($"rewards/{rewardNames[f]}/std", Statistics.StdDev(scored));
         }
         Put("reward", scores.Rewards.Average());
         Put("reward_std", scores.Std.Average());

@@ -164,9 +164,7 @@ public static class PolicyLoss
             ?? throw new InvalidOperationException("top_entropy_quantile needs the policy's entropies")).Select(e => (double)e).ToList();
         if (all.Count == 0) return [.. microBatch.Select(c => new bool[c.CountedTokens])];
         all.Sort();
-        double position = (1 - topEntropyQuantile) * (all.Count - 1);
-        int below = (int)Math.Floor(position), above = Math.Min(all.Count - 1, below + 1);
-        double threshold = all[below] + (all[above] - all[below]) * (position - below);
+        double threshold = Statistics.Quantile(all, 1 - topEntropyQuantile);
         return [.. microBatch.Select(c => Enumerable.Range(0, c.CountedTokens).Select(t => c.Entropies![t] >= threshold).ToArray())];
     }
 }

@@ -54,7 +54,7 @@ public static class Rloo
             double sum = 0;
             foreach (var r in group) sum += r;
             // torch.isclose(std, 0): within 1e-8; a group of one (an evaluation's) has std 0 in TRL
-            bool equal = groupSize < 2 || Math.Abs(GroupAdvantages.StdDev(group.ToArray())) <= 1e-8;
+            bool equal = groupSize < 2 || Math.Abs(Statistics.StdDev(group.ToArray())) <= 1e-8;
             for (int i = start; i < start + groupSize; i++)
             {
                 // the baseline is the mean of the other completions' rewards
@@ -64,11 +64,11 @@ public static class Rloo
         }
         if (options.NormalizeAdvantages)
         {
-            double mean = advantages.Average(), std = GroupAdvantages.StdDev(advantages);
+            double mean = advantages.Average(), std = Statistics.StdDev(advantages);
             for (int i = 0; i < n; i++) advantages[i] = (advantages[i] - mean) / (std + 1e-4);
         }
         // TRL logs the weighted sums of the scores (neither clamped nor penalized), reward_std over the whole batch
-        double batchStd = GroupAdvantages.StdDev(raw);
+        double batchStd = Statistics.StdDev(raw);
         return new RolloutScores(rewardsPerFunction, raw, advantages, [.. raw.Select(_ => batchStd)], zero, klMean);
     }
 
