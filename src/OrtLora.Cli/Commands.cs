@@ -19,6 +19,7 @@ public static class Commands
         EvalCommand.Create(),
         ShowDataCommand.Create(),
         TrainCommand.Create(),
+        TrainCommand.CreateReward(),
         GrpoCommand.Create(),
         RlooCommand.Create(),
         DemoCommand.Create(),

@@ -1,13 +1,21 @@
 using System.CommandLine;
+using OrtLora.Autodiff;
 using OrtLora.Training;
 using OrtLora.Training.Data;
 
 namespace OrtLora.Cli;
 
-/// <summary>ortlora train MODEL --data FILE.parquet -o DIR: options named as the Hugging Face Trainer's.</summary>
+/// <summary>ortlora train MODEL --data FILE.parquet -o DIR: options named as the Hugging Face Trainer's. And `ortlora
+/// reward`, the same loop and options training a reward model on preference pairs (TRL's RewardTrainer and RewardConfig).</summary>
 public static class TrainCommand
 {
-    public static Command Create()
+    public static Command Create() => Build("train", "Train LoRA adapters on Parquet or JSON Lines data", reward: false);
+
+    public static Command CreateReward() => Build("reward",
+        "Train a reward model on preference pairs (TRL's RewardTrainer): a sequence classifier with LoRA adapters and a trained score head; " +
+        "a causal LM export is turned into one", reward: true);
+
+    static Command Build(string name, string description, bool reward)
     {
         var model = new Argument<string>("model") { Description = "ONNX model: plain (injected with the LoRA options) or already injected" };
         var output = new Option<string>("--output", "-o") { Description = "output directory (adapter, checkpoints, metrics.jsonl, loss.png)", Required = true };
@@ -25,7 +33,14 @@ public static class TrainCommand
         var batch = new Option<int>("--per-device-train-batch-size") { DefaultValueFactory = _ => 8 };
         var evalBatch = new Option<int>("--per-device-eval-batch-size") { Description = "rows per eval batch (default: the training batch size)" };
         var accumulation = new Option<int>("--gradient-accumulation-steps") { DefaultValueFactory = _ => 1 };
-        var lr = new Option<double>("--learning-rate") { DefaultValueFactory = _ => 2e-4 };
+        // RewardConfig's learning rate and max_length
+        var lr = new Option<double>("--learning-rate") { DefaultValueFactory = _ => reward ? 1e-4 : 2e-4 };
+        if (reward)
+        {
+            dataOptions.MaxSeqLength.DefaultValueFactory = _ => 1024;
+            dataOptions.MaxSeqLength.Description = "leave out pairs whose chosen or rejected sequence is longer than this many tokens (RewardConfig.max_length)";
+        }
+        var center = new Option<double>("--center-rewards-coefficient") { Description = "add this times the mean (chosen + rejected score)² to the loss, pulling rewards towards zero (RewardConfig.center_rewards_coefficient; 0.01 recommended)" };
         var scheduler = new Option<string>("--lr-scheduler-type") { DefaultValueFactory = _ => "linear" };
         scheduler.AcceptOnlyFromAmong(LrSchedule.Types);
         var schedulerKwargs = new Option<string?>("--lr-scheduler-kwargs") { Description = "JSON object for the scheduler, e.g. {\"num_cycles\": 2} or {\"min_lr\": 1e-5}" };
@@ -80,14 +95,17 @@ public static class TrainCommand
         var merge = new Option<bool>("--merge") { Description = "also write the merged model to OUTPUT/merged" };
         var plain = new Option<bool>("--plain-log") { Description = "one line per logging step instead of a progress bar" };
 
-        var cmd = new Command("train", "Train LoRA adapters on Parquet or JSON Lines data") { model, output };
+        var cmd = new Command(name, description) { model, output };
         lora.AddTo(cmd);
-        foreach (var o in dataOptions.All.Concat(preference.All)) cmd.Options.Add(o);
-        foreach (var o in new Option[] { data, evalData, evalSplit, packing, groupByLength, dropLast, padToMax,
+        // a reward model has its own loss: no DPO options, and pairs are never packed or grouped apart
+        foreach (var o in reward ? dataOptions.All : dataOptions.All.Concat(preference.All)) cmd.Options.Add(o);
+        foreach (var o in new Option[] { data, evalData, evalSplit, dropLast, padToMax,
                      epochs, maxSteps, batch, evalBatch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay,
                      optim, beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, loggingStrategy, saveSteps, saveOnlyModel, saveStrategy, saveLimit, evalSteps, evalStrategy,
-                     loadBest, metricForBest, patience, threshold, neftune, labelSmoothing, precompute, lossChunks, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
+                     loadBest, metricForBest, patience, threshold, neftune, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
+        foreach (var o in reward ? new Option[] { center } : [packing, groupByLength, labelSmoothing, precompute, lossChunks]) cmd.Options.Add(o);
+        T Unless<T>(Option<T> option, ParseResult parse) => reward ? default! : parse.GetValue(option)!;
 
         cmd.SetAction(CliRunner.Guard(parse =>
         {
@@ -104,7 +122,8 @@ public static class TrainCommand
                 GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),
                 CudaGraphs = parse.GetValue(cudaGraphs), LoadBestModelAtEnd = parse.GetValue(loadBest),
                 EarlyStoppingPatience = parse.GetValue(patience), EarlyStoppingThreshold = parse.GetValue(threshold),
-                NeftuneNoiseAlpha = parse.GetValue(neftune), LabelSmoothingFactor = parse.GetValue(labelSmoothing), Preference = preference.Read(parse), PrecomputeRefLogProbs = parse.GetValue(precompute), LossChunks = parse.GetValue(lossChunks),
+                NeftuneNoiseAlpha = parse.GetValue(neftune), LabelSmoothingFactor = Unless(labelSmoothing, parse),
+                Preference = reward ? RewardOptions(parse.GetValue(center)) : preference.Read(parse), PrecomputeRefLogProbs = Unless(precompute, parse), LossChunks = Unless(lossChunks, parse),
             };
             Validate(args);
             var job = new TrainJob
@@ -113,7 +132,7 @@ public static class TrainCommand
                 TokenizerPath = parse.GetValue(dataOptions.Tokenizer), Lora = lora.Read(parse), InitFrom = parse.GetValue(lora.InitFrom),
                 Data = dataOptions.Read(parse) with
                 {
-                    Packing = parse.GetValue(packing), GroupByLength = parse.GetValue(groupByLength), DropLast = parse.GetValue(dropLast), PadToMaxLength = parse.GetValue(padToMax), EvalSplit = parse.GetValue(evalSplit),
+                    Packing = Unless(packing, parse), GroupByLength = Unless(groupByLength, parse), DropLast = parse.GetValue(dropLast), PadToMaxLength = parse.GetValue(padToMax), EvalSplit = parse.GetValue(evalSplit),
                 },
                 Args = args,
                 ResumeFromCheckpoint = parse.GetResult(resume) is null ? null : parse.GetValue(resume) ?? "",
@@ -123,6 +142,12 @@ public static class TrainCommand
             Console.WriteLine($"adapter: {result.AdapterDir}" + (result.MergedModel is { } m ? $"; merged model: {m}" : ""));
         }));
         return cmd;
+    }
+
+    static PreferenceOptions RewardOptions(double centerRewardsCoefficient)
+    {
+        if (centerRewardsCoefficient < 0) throw new OrtLoraException("--center-rewards-coefficient must not be negative");
+        return new PreferenceOptions(LossType: PreferenceOptions.RewardModelLoss, CenterRewardsCoefficient: centerRewardsCoefficient);
     }
 
     static void Validate(TrainingArguments a)

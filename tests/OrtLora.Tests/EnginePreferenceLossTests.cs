@@ -179,10 +179,12 @@ public class EnginePreferenceLossTests
 
     /// <summary>Each of the two largest gradient entries of every first-layer parameter against the central difference
     /// of <paramref name="loss"/> (read at the session's parameters) around <paramref name="values"/>.</summary>
-    internal static void MatchCentralDifferences(TrainingSession session, Dictionary<string, float[]> values, Dictionary<string, float[]> gradients, Func<double> loss)
+    /// <param name="checkedParameter">which parameters to check (default: the first layer's)</param>
+    internal static void MatchCentralDifferences(TrainingSession session, Dictionary<string, float[]> values, Dictionary<string, float[]> gradients, Func<double> loss,
+        Func<string, bool>? checkedParameter = null)
     {
         int checkedEntries = 0;
-        foreach (var name in session.ParameterNames.Where(p => p.Contains("layers.0.")))
+        foreach (var name in session.ParameterNames.Where(checkedParameter ?? (p => p.Contains("layers.0."))))
         {
             var grad = gradients[name];
             foreach (int index in Enumerable.Range(0, grad.Length).OrderByDescending(i => Math.Abs(grad[i])).Take(2))

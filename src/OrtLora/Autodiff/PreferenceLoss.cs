@@ -15,9 +15,18 @@ namespace OrtLora.Autodiff;
 /// <param name="DesirableWeight">KTO: the weight of desirable examples' losses (KTOConfig.desirable_weight)</param>
 /// <param name="UndesirableWeight">KTO: the weight of undesirable examples' losses (KTOConfig.undesirable_weight)</param>
 /// <param name="DiscopopTau">discopop's temperature τ of the mix between its logistic and exponential parts (DPOConfig.discopop_tau)</param>
+/// <param name="CenterRewardsCoefficient">reward modelling (<see cref="RewardModelLoss"/>): RewardConfig.center_rewards_coefficient (0: none)</param>
 public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sigmoid", double LabelSmoothing = 0, double RpoAlpha = 0,
-    double SimpoGamma = 0.5, double CpoAlpha = 1, double DesirableWeight = 1, double UndesirableWeight = 1, double DiscopopTau = 0.05)
+    double SimpoGamma = 0.5, double CpoAlpha = 1, double DesirableWeight = 1, double UndesirableWeight = 1, double DiscopopTau = 0.05,
+    double CenterRewardsCoefficient = 0)
 {
+    /// <summary>The loss type of reward modelling: TRL's RewardTrainer trains a sequence classifier on the pairs
+    /// (<see cref="RewardLoss"/>), not a causal LM against a reference.</summary>
+    public const string RewardModelLoss = "reward";
+
+    /// <summary>The pairs train a reward model (`ortlora reward`).</summary>
+    public bool IsRewardModel => LossType == RewardModelLoss;
+
     /// <summary>The losses of paired data (chosen, rejected); KTO's takes unpaired data.</summary>
     public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo", "orpo", "simpo", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop", "exo_pair"];
 
@@ -28,7 +37,7 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
     public bool Unpaired => LossType == "kto";
 
     /// <summary>Whether the loss compares with a reference model (all but ORPO and SimPO).</summary>
-    public bool UsesReference => LossType is not ("orpo" or "simpo");
+    public bool UsesReference => LossType is not ("orpo" or "simpo" or RewardModelLoss);
     /// <summary>Whether a row's π is the mean of its tokens' log-probabilities (IPO, ORPO, SimPO) rather than their sum.</summary>
     public bool Averages => LossType is "ipo" or "orpo" or "simpo";
     /// <summary>The weight of the chosen completions' token-mean cross-entropy in the loss: rpo_alpha, ORPO's 1, or
@@ -37,6 +46,13 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
 
     public void Validate()
     {
+        if (CenterRewardsCoefficient < 0) throw new OrtLoraException($"center_rewards_coefficient must not be negative, got {CenterRewardsCoefficient}");
+        if (CenterRewardsCoefficient > 0 && !IsRewardModel) throw new OrtLoraException("center_rewards_coefficient is for reward modelling (ortlora reward)");
+        if (IsRewardModel)
+        {
+            if (RpoAlpha > 0 || LabelSmoothing > 0) throw new OrtLoraException("reward modelling takes neither rpo_alpha nor label smoothing (DPO's options)");
+            return;
+        }
         if (!LossTypes.Contains(LossType) && !Unpaired) throw new OrtLoraException($"unknown DPO loss type '{LossType}'; expected {string.Join(", ", LossTypes)}");
         if (Beta <= 0) throw new OrtLoraException($"DPO's beta must be positive, got {Beta}");
         if (LabelSmoothing is < 0 or >= 0.5) throw new OrtLoraException($"DPO's label smoothing must be in [0, 0.5), got {LabelSmoothing}");

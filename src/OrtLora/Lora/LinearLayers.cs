@@ -242,9 +242,10 @@ public static class LinearLayers
 
     static long Clamp(long index, long width) => index < 0 ? Math.Max(0, width + index) : Math.Min(index, width);
 
-    // PEFT leaves out the output embedding; exports name it lm_head (GPT-NeoX: embed_out) and it writes the logits.
+    // PEFT leaves out the output embedding; exports name it lm_head (GPT-NeoX: embed_out) and it writes the logits. A
+    // sequence classifier's head (score, classifier) is read through the pooling, and PEFT's SEQ_CLS task saves it whole.
     static bool IsHead(GraphEditor g, string output, string module) =>
-        ModuleNames.LastSegment(module) is "lm_head" or "embed_out" || ReachesGraphOutput(g, output);
+        ModuleNames.LastSegment(module) is "lm_head" or "embed_out" or "score" or "classifier" || ReachesGraphOutput(g, output);
 
     static bool ReachesGraphOutput(GraphEditor g, string value)
     {

@@ -7,6 +7,8 @@ namespace OrtLora.Lora;
 /// (saved as PEFT's adapter_config.json).</summary>
 public sealed class LoraConfig
 {
+    /// <summary>PEFT's task_type: CAUSAL_LM, or SEQ_CLS for a sequence classifier (a reward model).</summary>
+    public string TaskType { get; set; } = "CAUSAL_LM";
     /// <summary>Rank of the update B·A.</summary>
     public int R { get; set; } = 8;
     /// <summary>The update is scaled by lora_alpha / r (or lora_alpha / sqrt(r) with rsLoRA).</summary>
@@ -88,7 +90,7 @@ public sealed class LoraConfig
     public JsonObject ToPeftJson(string? baseModel = null) => new()
     {
         ["peft_type"] = "LORA",
-        ["task_type"] = "CAUSAL_LM",
+        ["task_type"] = TaskType,
         ["base_model_name_or_path"] = baseModel,
         ["r"] = R,
         ["lora_alpha"] = LoraAlpha,
@@ -141,6 +143,7 @@ public sealed class LoraConfig
         };
         c.TargetModules = json["target_modules"] is null ? throw new OrtLoraException($"{path}: target_modules is missing") : ReadNamesOrRegex(json["target_modules"]);
         c.ExcludeModules = ReadNamesOrRegex(json["exclude_modules"]);
+        if (json["task_type"] is JsonValue task && task.TryGetValue<string>(out var taskType)) c.TaskType = taskType;
         c.ModulesToSave = ReadNamesOrRegex(json["modules_to_save"]);
         c.Bias = json["bias"]?.GetValue<string>() ?? "none";
         c.EnsureWeightTying = json["ensure_weight_tying"]?.GetValue<bool>() ?? false;

@@ -3,6 +3,7 @@ using OrtLora.Lora;
 using OrtLora.Onnx;
 using OrtLora.Training.Data;
 using OrtLora.Training.Engine;
+using OrtLora.Training.Reward;
 
 namespace OrtLora.Training;
 
@@ -27,13 +28,16 @@ public static class Evaluator
     public static EvalResult Run(string modelPath, string dataPath, DataOptions options, string? tokenizerPath = null,
         string device = "cpu", string? epLibrary = null, string? adapterDir = null, string? referenceModel = null, PreferenceOptions? preference = null)
     {
-        using var model = Scorable(modelPath, adapterDir);
         var tokenizerSource = tokenizerPath ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!;
         var tokenizer = TokenizerLoader.Load(tokenizerSource);
+        using var model = Scorable(modelPath, adapterDir, tokenizer);
         VocabularyCheck.Require(tokenizer, model);
         var tokenizerDir = Directory.Exists(tokenizerSource) ? tokenizerSource : Path.GetDirectoryName(Path.GetFullPath(tokenizerSource))!;
+        bool rewardModel = SequenceClassifier.IsClassifier(model);
         // Every row of the file is evaluation data: it is opened as the eval file, with no split of a training file.
-        using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false }, dataPath, TokenizerConfig.Read(tokenizerDir));
+        using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false, RewardModeling = rewardModel }, dataPath,
+            TokenizerConfig.Read(tokenizerDir));
+        if (rewardModel) return ScoreRewardModel(model, data, dataPath, device, epLibrary);
         if (data.IsPreference) return ScorePreferences(model, data, tokenizer, dataPath, referenceModel ?? (adapterDir is not null ? modelPath : null),
             preference ?? new PreferenceOptions(), device, epLibrary);
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary));
@@ -44,7 +48,9 @@ public static class Evaluator
 
     /// <summary>The model as the engine scores it, with the adapter injected. The engine evaluates models with LoRA
     /// parameters: a plain model gets rank-1 adapters whose B is zero, which add exactly 0 to every layer.</summary>
-    static OnnxModel Scorable(string modelPath, string? adapterDir)
+    /// <remarks>An adapter of a reward model (task_type SEQ_CLS) on a causal LM: the model becomes the classifier
+    /// `ortlora reward` trained (<see cref="SequenceClassifier"/>), whose score head the adapter holds.</remarks>
+    static OnnxModel Scorable(string modelPath, string? adapterDir, TextTokenizer? tokenizer)
     {
         var model = OnnxModel.Load(modelPath);
         try
@@ -53,7 +59,10 @@ public static class Evaluator
             {
                 if (LoraModel.Read(model) is not null)
                     throw new OrtLoraException($"{modelPath}: the model already has LoRA adapters; --adapter is for a plain (or merged) model");
-                LoraInjector.Inject(model, PeftAdapter.Load(adapterDir));
+                var adapter = PeftAdapter.Load(adapterDir);
+                if (adapter.Config.TaskType == "SEQ_CLS" && !SequenceClassifier.IsClassifier(model) && tokenizer is not null)
+                    SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(modelPath), seed: 0);
+                LoraInjector.Inject(model, adapter);
             }
             if (LoraModel.Read(model) is null) LoraInjector.Inject(model, new LoraConfig { R = 1, TargetModules = ["all-linear"] });
             return model;
@@ -63,6 +72,26 @@ public static class Evaluator
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>A sequence classifier on preference pairs: TRL's reward-model loss and metrics (eval_accuracy, ...).</summary>
+    static EvalResult ScoreRewardModel(OnnxModel model, TrainingData data, string dataPath, string device, string? epLibrary)
+    {
+        if (!data.IsPreference)
+            throw new OrtLoraException($"{model.Source} is a sequence classifier (logits [batch, labels]): it is scored on preference pairs (chosen, rejected), not on {ParquetDataset.FormatName(data.Train.Format)} data");
+        var options = new PreferenceOptions(LossType: PreferenceOptions.RewardModelLoss);
+        data.RequireLoss(options);
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary, Preference: options));
+        var metrics = new Reward.RewardMetrics();
+        var score = Trainer.Score(session, data, metrics);
+        if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no pair to score ({data.Summary})");
+        long pairs = metrics.Pairs;
+        var record = new System.Text.Json.Nodes.JsonObject();
+        metrics.Report(record);
+        return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString())
+        {
+            Rewards = record.ToDictionary(kv => kv.Key, kv => (double)kv.Value!), Pairs = pairs,
+        };
     }
 
     /// <summary>Preference data: the DPO loss of the model against a reference model (TRL's evaluate on a DPO model),
@@ -75,7 +104,7 @@ public static class Evaluator
         else if (referencePath is null)
             throw new OrtLoraException($"{dataPath}: preference data is scored by the DPO loss against a reference model: give --adapter DIR " +
                 "(the reference is then the model without it) or --reference-model PATH");
-        using var reference = referencePath is null ? null : Scorable(referencePath, adapterDir: null);
+        using var reference = referencePath is null ? null : Scorable(referencePath, adapterDir: null, tokenizer: null);
         if (reference is not null) VocabularyCheck.Require(tokenizer, reference);
         var sessionOptions = new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary, Preference: preference);
         using var referenceSession = reference is null ? null : new TrainingSession(reference, sessionOptions);

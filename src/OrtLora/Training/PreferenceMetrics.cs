@@ -2,12 +2,23 @@ using System.Text.Json.Nodes;
 
 namespace OrtLora.Training;
 
+/// <summary>Metrics over the rows of preference batches: each row's value from the graph (a log-probability for DPO, a
+/// score for a reward model) with its reference, logged under TRL's names.</summary>
+public interface IPreferenceMetrics
+{
+    /// <summary>The pairs (KTO: examples) seen since the last report.</summary>
+    long Pairs { get; }
+    void Add(IReadOnlyList<float> rows, IReadOnlyList<float> reference, IReadOnlyList<float>? roles = null);
+    /// <summary>Writes the metrics (eval: with the eval_ prefix), then starts over.</summary>
+    void Report(JsonObject record, string prefix = "");
+}
+
 /// <summary>TRL's preference metrics over the rows seen since the last report, from each row's log-probability under
 /// the trained model (π) and the reference (r). DPOTrainer's: the implicit rewards β·(π − r) of the chosen and rejected
 /// completions, how often the chosen one's is higher (rewards/accuracies), their difference (rewards/margins), and the
 /// mean log-probabilities; rows come in pairs, chosen then rejected. KTOTrainer's, for rows with roles: the same means
 /// over desirable (chosen) and undesirable (rejected) examples, and kl, the KL rows' mean π − r.</summary>
-public sealed class PreferenceMetrics(double beta)
+public sealed class PreferenceMetrics(double beta) : IPreferenceMetrics
 {
     double _chosenRewards, _rejectedRewards, _accurate, _chosenLogps, _rejectedLogps, _kl;
     long _chosen, _rejected, _klRows;

@@ -52,18 +52,22 @@ public static partial class Trainer
         Directory.CreateDirectory(args.OutputDir);
 
         using var model = OnnxModel.Load(job.ModelPath);
-        var lora = InjectUnlessInjected(model, job.InitFrom, job.Lora);
-
-        // Tokenizer and data.
         var modelDir = Path.GetDirectoryName(Path.GetFullPath(job.ModelPath))!;
         var tokenizerPath = job.TokenizerPath ?? modelDir;
         var tokenizer = TokenizerLoader.Load(tokenizerPath);
+        bool rewardModel = args.Preference.IsRewardModel;
+        var loraConfig = rewardModel ? Reward.RewardModeling.Prepare(model, job, tokenizer, reporter) : job.Lora;
+        var lora = InjectUnlessInjected(model, job.InitFrom, loraConfig);
+
+        // Tokenizer and data.
         VocabularyCheck.Require(tokenizer, model);
         var tokenizerDir = Directory.Exists(tokenizerPath) ? tokenizerPath : Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!;
         var dataOptions = job.Data with { BatchSize = args.PerDeviceTrainBatchSize,
             EvalBatchSize = args.PerDeviceEvalBatchSize > 0 ? args.PerDeviceEvalBatchSize : args.PerDeviceTrainBatchSize, Seed = args.Seed,
-            PadToMaxLength = job.Data.PadToMaxLength || args.CudaGraphs };
+            PadToMaxLength = job.Data.PadToMaxLength || args.CudaGraphs, RewardModeling = rewardModel };
         using var data = TrainingData.Open(job.DataPath, tokenizer, dataOptions, job.EvalDataPath, TokenizerConfig.Read(tokenizerDir));
+        if (rewardModel && !data.IsPreference)
+            throw new OrtLoraException($"{job.DataPath}: a reward model trains on preference pairs (chosen and rejected columns); this is {ParquetDataset.FormatName(data.Train.Format)} data");
 
         var best = new BestModel(args);
         if (best.Tracking && (!data.HasEval || args.EvalStrategy == "no"))
@@ -131,12 +135,14 @@ public static partial class Trainer
             $"{lora.Adapters.Count} adapters{(lora.SavedModules.Count > 0 ? $" and {lora.SavedModules.Count} modules_to_save ({string.Join(", ", lora.SavedModules.Select(m => m.Module))})" : "")}{(lora.TrainableTokens.Count > 0 ? $", {lora.TrainableTokens.Sum(t => t.TokenIds.Count)} trainable token rows" : "")}, {session.ParameterNames.Sum(p => session.Graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b)):N0} trainable parameters; " +
             $"{tokenizer.Kind} tokenizer ({tokenizer.VocabSize} tokens); {totalSteps} steps, warmup {warmup}; data: {data.Describe()}");
 
+        // TRL's metrics of preference batches: the DPO family's rewards, or a reward model's scores
+        IPreferenceMetrics? NewMetrics() => !data.IsPreference ? null : rewardModel ? new Reward.RewardMetrics() : new PreferenceMetrics(args.Preference.Beta);
         double? firstEval = null, lastEval = null;
         int lastEvalStep = -1;
         double EvaluateAt(int step)
         {
             var clock = Stopwatch.StartNew();
-            var evalPreference = data.IsPreference ? new PreferenceMetrics(args.Preference.Beta) : null;
+            var evalPreference = NewMetrics();
             var score = Score(session, data, evalPreference, evalPreference is null ? null : references.ForEvaluation());
             double loss = score.Loss, runtime = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
             // The Trainer's evaluate() names, TRL's eval_mean_token_accuracy, and perplexity; DPO's eval_rewards/* instead.
@@ -147,7 +153,8 @@ public static partial class Trainer
             record["eval_samples_per_second"] = Math.Round(score.Samples / runtime, 3);
             record["eval_steps_per_second"] = Math.Round(score.Batches / runtime, 3);
             log.Append(record);
-            string[] shown = evalPreference is null ? ["perplexity", "eval_mean_token_accuracy"] : ["eval_rewards/accuracies", "eval_rewards/margins", "eval_kl"];
+            string[] shown = evalPreference is null ? ["perplexity", "eval_mean_token_accuracy"]
+                : rewardModel ? ["eval_accuracy", "eval_margin"] : ["eval_rewards/accuracies", "eval_rewards/margins", "eval_kl"];
             reporter.Evaluated(step, loss, [.. shown.Where(record.ContainsKey).Select(name => (name.Replace("eval_", ""), (double)record[name]!))]);
             lastEvalStep = step;
             return loss;
@@ -165,7 +172,7 @@ public static partial class Trainer
         int stepsThisRun = 0;
         long samplesThisRun = 0;
         bool stoppedEarly = false;
-        var preference = data.IsPreference ? new PreferenceMetrics(args.Preference.Beta) : null;
+        var preference = NewMetrics();
         while (state.GlobalStep < totalSteps && !stoppedEarly)
         {
             var window = batches.Take(args.GradientAccumulationSteps);
@@ -203,6 +210,7 @@ public static partial class Trainer
                     ["learning_rate"] = LearningRateAt(state.GlobalStep),
                     ["grad_norm"] = session.LastGradNorm, ["tokens_per_second"] = tokensPerSecond,
                 };
+                if (rewardModel) record["num_tokens"] = state.TokensSeen;
                 if (preference is not null) preference.Report(record);
                 else record["mean_token_accuracy"] = correctSinceLog / Math.Max(1, scoredSinceLog);
                 log.Append(record);
@@ -276,7 +284,7 @@ public static partial class Trainer
     /// <returns>the loss, and the counted tokens the model predicted right</returns>
     /// <param name="prepare">the batch as the engine takes it</param>
     static (double Loss, double CorrectTokens) Update(TrainingSession session, IReadOnlyList<DataBatch> window, float lr, float maxGradNorm,
-        PreferenceMetrics? preference, Func<DataBatch, Engine.Batch> prepare)
+        IPreferenceMetrics? preference, Func<DataBatch, Engine.Batch> prepare)
     {
         void Observe(DataBatch b) => preference?.Add(session.LastSequenceLogps[..b.Sequences], session.LastReferenceLogps[..b.Sequences], Roles(b));
         if (window.Count == 1)
@@ -305,7 +313,7 @@ public static partial class Trainer
     /// <param name="preference">with preference data: the DPO loss is averaged over pairs, whose rewards this takes</param>
     /// <param name="reference">preference data: each batch's reference log-probabilities from elsewhere (another
     /// model's session); null: the session's own starting parameters</param>
-    public static EvalScore Score(TrainingSession session, TrainingData data, PreferenceMetrics? preference = null,
+    public static EvalScore Score(TrainingSession session, TrainingData data, IPreferenceMetrics? preference = null,
         Func<Engine.Batch, float[]>? reference = null)
     {
         double sum = 0, correct = 0, weights = 0;

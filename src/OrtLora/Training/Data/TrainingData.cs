@@ -37,6 +37,9 @@ public sealed record DataOptions
     public int? MaxCompletionLength { get; init; }
     /// <summary>Preference data: which end of prompt + completion a cut to MaxSeqLength keeps, keep_end (TRL's default) or keep_start.</summary>
     public string TruncationMode { get; init; } = "keep_end";
+    /// <summary>Preference data trains a reward model (TRL's RewardTrainer): each pair's sequences are tokenized whole
+    /// (<see cref="PreferenceEncoder.EncodeWhole"/>), and pairs longer than MaxSeqLength are dropped, not cut.</summary>
+    public bool RewardModeling { get; init; }
 }
 
 /// <summary>The training data: a Parquet file read row group by row group, rendered, tokenized, labelled, optionally
@@ -74,6 +77,8 @@ public sealed class TrainingData : IDisposable
     /// <summary>KTO's loss is what unpaired data trains with; paired data takes the others.</summary>
     public void RequireLoss(Autodiff.PreferenceOptions options)
     {
+        if (options.IsRewardModel && IsUnpaired)
+            throw new OrtLoraException($"{Train.Path}: a reward model trains on pairs (chosen, rejected); this file has unpaired preference data (prompt, completion, label)");
         if (IsUnpaired == options.Unpaired) return;
         throw new OrtLoraException(IsUnpaired
             ? $"{Train.Path}: unpaired preference data (prompt, completion, label) trains with --loss-type kto"
@@ -269,7 +274,7 @@ public sealed class TrainingData : IDisposable
 
     (TokenizedExample Chosen, TokenizedExample Rejected)? EncodePair(ParquetDataset file, long rowIndex, DataRecord record)
     {
-        try { return _preference!.Encode(rowIndex, record); }
+        try { return Options.RewardModeling ? _preference!.EncodeWhole(rowIndex, record) : _preference!.Encode(rowIndex, record); }
         catch (OrtLoraException e) { throw new OrtLoraException($"{file.Path}: row {rowIndex}: {e.Message}", e); }
     }
 
@@ -278,7 +283,7 @@ public sealed class TrainingData : IDisposable
         $"{Path.GetFileName(Train.Path)}: {ParquetDataset.FormatName(Train.Format)}{(Train.ConversationalPrompts ? " (conversational)" : "")} data" +
         (Train.IsConversational ? $" ({ChatTemplate.Name} template)" : "") +
         $", {Summary}" +
-        (SkippedNoTrainedTokens > 0 ? $", {SkippedNoTrainedTokens} dropped (no response left within {Options.MaxSeqLength} tokens)" : "") +
+        (SkippedNoTrainedTokens > 0 ? $", {SkippedNoTrainedTokens} dropped ({(Options.RewardModeling ? "longer than" : "no response left within")} {Options.MaxSeqLength} tokens)" : "") +
         (EvalFile is not null ? $"; eval: {Path.GetFileName(EvalFile.Path)}" : Options.EvalSplit > 0 ? string.Create(CultureInfo.InvariantCulture, $"; eval: {Options.EvalSplit * 100:0.##}% of rows") : "");
 
     /// <summary>Counts of the training file (reads it once, streamed, if not yet read whole).</summary>

@@ -20,7 +20,7 @@ public static class VocabularyCheck
     }
 
     /// <summary>Rows of the token embedding: the initializer a Gather indexes with input_ids (through Casts),
-    /// else the last dimension of a fixed-size logits output; null when neither is there.</summary>
+    /// else the last dimension of a fixed-size causal-LM logits output; null when neither is there.</summary>
     public static long? EmbeddingRows(OnnxModel model)
     {
         var graph = model.Graph;
@@ -30,6 +30,7 @@ public static class VocabularyCheck
         foreach (var node in graph.Node.Where(n => n.OpType == "Gather" && n.Input.Count > 1 && ids.Contains(n.Input[1])))
             if (initializers.TryGetValue(node.Input[0], out var table) && table.Dims.Count == 2) return table.Dims[0];
         var logits = graph.Output.FirstOrDefault(o => o.Name == "logits")?.Type?.TensorType?.Shape?.Dim;
-        return logits is { Count: > 0 } && logits[^1].HasDimValue ? logits[^1].DimValue : null;
+        // a causal LM's [batch, sequence, vocabulary]; a classifier's [batch, labels] says nothing of the vocabulary
+        return logits is { Count: 3 } && logits[^1].HasDimValue ? logits[^1].DimValue : null;
     }
 }

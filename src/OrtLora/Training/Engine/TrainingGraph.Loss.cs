@@ -31,6 +31,28 @@ public sealed partial class TrainingGraph
         g.Cleanup();
     }
 
+    /// <summary>Reward modelling: the gradient's seed at the logits (times the loss scale with float16 compute; the
+    /// Cast back to the logits' type is the upcast's gradient), and the count of pairs ranked right.</summary>
+    static (Dictionary<string, string> Seeds, string Correct) RewardGradient(ModelProto proto, GraphEditor g, RewardLoss reward, bool scalesLoss)
+    {
+        if (scalesLoss) proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
+        var gradient = reward.AppendLogitsGradient(g);
+        if (scalesLoss) gradient = g.Add("Mul", [gradient, LossScale], name: "loss/scale");
+        return (new() { [reward.Logits] = gradient }, reward.AppendAccurate(g));
+    }
+
+    static void RewardEvalOutputs(ModelProto eval, RewardLoss reward)
+    {
+        var g = new GraphEditor(eval.Graph);
+        g.Add("Identity", [reward.AppendAccurate(g)], name: "accuracy/output", outputs: [CorrectTokens]);
+        eval.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
+        g.Cleanup();
+    }
+
+    static OrtLoraException NotAClassifier(string source, int rank) =>
+        new($"{source}: reward modelling scores each sequence with a classifier's logits [batch, 1]; this model's logits have rank {rank} " +
+            "(a causal LM: `ortlora reward` turns one into a classifier itself when it is given the plain export)");
+
     /// <summary>The loss output (or <paramref name="output"/>) reads <paramref name="value"/>; its node moves after the
     /// nodes appended since.</summary>
     static void ReadLoss(ModelProto proto, GraphEditor g, string value, string outputName = Loss)

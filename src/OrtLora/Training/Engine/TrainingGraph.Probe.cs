@@ -9,10 +9,10 @@ namespace OrtLora.Training.Engine;
 /// shapes (which values vary with the batch: the activations).</summary>
 public sealed partial class TrainingGraph
 {
-    /// <remarks>DPO's batches are row pairs: its graphs are probed with an even second batch.</remarks>
+    /// <remarks>DPO's and reward modelling's batches are row pairs: their graphs are probed with an even second batch.</remarks>
     static ValueTable Probe(ModelProto proto, Dictionary<string, float[]> parameters, SharedInitializers frozen) =>
         ValueTable.Probe(proto, ProbeFeeds(proto, parameters, frozen, 2, 5),
-            ProbeFeeds(proto, parameters, frozen, proto.Graph.Input.Any(i => i.Name == PreferenceLoss.ReferenceInput) ? 4 : 3, 7), frozen.Values);
+            ProbeFeeds(proto, parameters, frozen, proto.Graph.Output.Any(o => o.Name == SequenceLogProbs) ? 4 : 3, 7), frozen.Values);
 
     /// <summary>A tiny synthetic batch for the probe run: token 1 everywhere, full attention, positions 0..S-1.</summary>
     static Dictionary<string, HostTensor> ProbeFeeds(ModelProto proto, Dictionary<string, float[]> parameters,

@@ -45,6 +45,9 @@ public sealed partial class TrainingGraph : IDisposable
     /// <summary>The loss is DPO's (<see cref="PreferenceLoss"/>): batches are preference pairs, the graphs take the
     /// reference model's <see cref="PreferenceLoss.ReferenceInput"/> and output each row's <see cref="SequenceLogProbs"/>.</summary>
     public bool Preference { get; private init; }
+    /// <summary>The loss is TRL's reward-model loss (<see cref="RewardLoss"/>) on a sequence classifier's scores, which
+    /// <see cref="SequenceLogProbs"/> then holds (one per row); also <see cref="Preference"/>: batches are pairs.</summary>
+    public bool RewardModel { get; private init; }
     /// <summary>The loss is Σ weight·nll over the counted tokens with each token's weight a <see cref="TokenWeights"/>
     /// input (a policy gradient: GRPO's advantages, normalized), not a mean.</summary>
     public bool TokenWeighted { get; private init; }
@@ -150,9 +153,18 @@ public sealed partial class TrainingGraph : IDisposable
         }
         // a position-wise Div: the chunked loss still finds the head through it
         if (logitsTemperature != 1) logits = g.Add("Div", [logits, GraphConstants.Scalar(g, "loss/temperature", logitsTemperature, logitsType)], name: "loss/temperature");
-        var loss = CausalLmLoss.Append(g, logits, CausalLmLoss.AppendTargets(g, Labels, logitsType, weightsInput), labelSmoothing);
+        RewardLoss? reward = null;
+        CausalLmLoss? loss = null;
         PreferenceLoss? preferenceLoss = null;
-        if (preference is not null)
+        if (preference is { IsRewardModel: true })
+        {
+            if (tokenWeights || labelSmoothing > 0) throw new OrtLoraException("reward modelling has its own loss: not with token weights or label smoothing");
+            if (proto.Graph.Output.FirstOrDefault(o => o.Name == logits)?.Type?.TensorType?.Shape is { } declared && declared.Dim.Count != 2)
+                throw NotAClassifier(model.Source, declared.Dim.Count);
+            reward = RewardLoss.Append(g, logits, Labels, preference.CenterRewardsCoefficient);
+        }
+        else loss = CausalLmLoss.Append(g, logits, CausalLmLoss.AppendTargets(g, Labels, logitsType, weightsInput), labelSmoothing);
+        if (preference is { IsRewardModel: false })
         {
             proto.Graph.Input.Add(Input(PreferenceLoss.ReferenceInput, (int)DT.Float, ["batch"]));
             batchInputs.Add(PreferenceLoss.ReferenceInput);
@@ -161,14 +173,14 @@ public sealed partial class TrainingGraph : IDisposable
                 proto.Graph.Input.Add(Input(PreferenceLoss.RolesInput, (int)DT.Float, ["batch"]));
                 batchInputs.Add(PreferenceLoss.RolesInput);
             }
-            preferenceLoss = PreferenceLoss.Append(g, loss, preference);
+            preferenceLoss = PreferenceLoss.Append(g, loss!, preference);
         }
-        g.Add("Identity", [preferenceLoss?.Loss ?? loss.Loss], name: "loss/output", outputs: [Loss]);
+        g.Add("Identity", [reward?.Loss ?? preferenceLoss?.Loss ?? loss!.Loss], name: "loss/output", outputs: [Loss]);
         proto.Graph.Output.Clear();
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
-        if (preferenceLoss is not null)
+        if ((reward?.Rewards ?? preferenceLoss?.SequenceLogProbs) is { } rows)
         {
-            g.Add("Identity", [preferenceLoss.SequenceLogProbs], name: "dpo/output", outputs: [SequenceLogProbs]);
+            g.Add("Identity", [rows], name: "dpo/output", outputs: [SequenceLogProbs]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = SequenceLogProbs });
         }
         g.Cleanup();
@@ -198,13 +210,25 @@ public sealed partial class TrainingGraph : IDisposable
 
             var types = Probe(proto, values, frozen);
             bool scalesLoss = compute == ComputeType.Float16;
-            int chunks = lossChunks ?? (types[loss.Logits].ShapeA[^1] >= 8192 ? 8 : 1);
-            // A trained lm_head (modules_to_save) needs the whole logits' gradient: the chunks give d loss / d h only.
-            if (HeadIsTrained(g, loss.Logits, parameters)) chunks = 1;
-            var (seeds, correct) = LossGradient(proto, g, loss, logitsType, types, opset, scalesLoss, chunks, preferenceLoss, weightsInput);
+            Dictionary<string, string> seeds;
+            string correct;
+            if (reward is not null)
+            {
+                if (types[reward.Logits].ShapeA is { } shape && (shape.Length != 2 || shape[^1] != 1)) throw NotAClassifier(model.Source, shape.Length);
+                (seeds, correct) = RewardGradient(proto, g, reward, scalesLoss);
+                RewardEvalOutputs(eval, reward);
+            }
+            else
+            {
+                var lmLoss = loss!;
+                int chunks = lossChunks ?? (types[lmLoss.Logits].ShapeA[^1] >= 8192 ? 8 : 1);
+                // A trained lm_head (modules_to_save) needs the whole logits' gradient: the chunks give d loss / d h only.
+                if (HeadIsTrained(g, lmLoss.Logits, parameters)) chunks = 1;
+                (seeds, correct) = LossGradient(proto, g, lmLoss, logitsType, types, opset, scalesLoss, chunks, preferenceLoss, weightsInput);
+                EvalOutputs(eval, lmLoss, logitsType, types, opset, chunks, preferenceLoss, weightsInput);
+            }
             g.Add("Identity", [correct], name: "accuracy/output", outputs: [CorrectTokens]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
-            EvalOutputs(eval, loss, logitsType, types, opset, chunks, preferenceLoss, weightsInput);
             // DoRA's weight norms are constants to the gradient, as PEFT detaches them.
             var detached = lora?.Adapters.Select(a => a.WeightNorm).OfType<string>().ToHashSet() ?? [];
             var grads = GradientBuilder.Build(g, seeds, parameters, types, opset, gradientCheckpointing, detached);
@@ -216,7 +240,7 @@ public sealed partial class TrainingGraph : IDisposable
             }
             g.Cleanup(); // recomputed values no rule read, the full logits of a chunked loss
             return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss, NeftuneWidth = neftuneWidth,
-                Preference = preferenceLoss is not null, TokenWeighted = tokenWeights,
+                Preference = preferenceLoss is not null || reward is not null, RewardModel = reward is not null, TokenWeighted = tokenWeights,
                 ScaledGradients = scalesLoss ? new(grads) : new() };
         }
         catch
@@ -281,7 +305,7 @@ public sealed partial class TrainingGraph : IDisposable
     /// <summary>A decoder exported for generation (Optimum: past_key_values.N.key/value inputs, present.N outputs) trains
     /// on whole sequences: each cache input becomes an in-graph empty tensor [batch, ..., 0, ...] (the batch size from
     /// input_ids, its other symbolic dimension the past length 0), so the batch feeds stay input_ids/attention_mask.</summary>
-    static void FeedEmptyCache(ModelProto proto, GraphEditor g)
+    internal static void FeedEmptyCache(ModelProto proto, GraphEditor g)
     {
         var cache = proto.Graph.Input.Where(i => i.Name.StartsWith("past") && i.Type?.TensorType is { } t && t.ElemType != (int)DT.Int64).ToList();
         if (cache.Count == 0) return;

@@ -1,0 +1,73 @@
+using OrtLora.Onnx;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Autodiff;
+
+/// <summary>TRL's RewardTrainer loss (Bradley–Terry) as graph nodes. A sequence classifier's logits [R, 1] hold one
+/// score per row; rows come in pairs, chosen then rejected (2i, 2i + 1). With c and r a pair's scores, its loss is
+/// −log σ(c − r), plus center_rewards_coefficient·(c + r)² (Eisenstein et al., 2023: rewards centred on zero); the
+/// loss is the mean over the pairs. Pairs whose rows have no token (filler rows of a batch padded to a fixed shape)
+/// are left out of the mean. The gradient with respect to the logits is written in closed form:
+/// d/dc = (−σ(r − c) + 2k·(c + r)) / P, d/dr = (σ(r − c) + 2k·(c + r)) / P.</summary>
+/// <param name="Loss">the scalar loss</param>
+/// <param name="Rewards">each row's score, [R] (float32)</param>
+/// <param name="Logits">the logits the loss reads, [R, 1]</param>
+/// <param name="PairWeight">1 / P for a counted pair, 0 for a filler pair, [P]</param>
+/// <param name="Pairs">the scores as [P, 2]: chosen, rejected</param>
+public sealed record RewardLoss(string Loss, string Rewards, string Logits, string PairWeight, string Pairs, double CenterCoefficient)
+{
+    /// <param name="logits">float32 [R, 1]</param>
+    /// <param name="labels">the batch's labels [R, S]: a row with no label other than -100 is a filler row</param>
+    public static RewardLoss Append(GraphEditor g, string logits, string labels, double centerCoefficient)
+    {
+        string Ints(params long[] v) => GraphConstants.Int64s(g, "reward/ints", v);
+        string Scalar(double v) => GraphConstants.Scalar(g, "reward/const", v, (int)DT.Float);
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "reward/" + op, attributes: attrs);
+        string Column(string pairs, long index) => Op("Gather", [pairs, GraphConstants.Scalar(g, "reward/index", index, (int)DT.Int64)], ("axis", 1L));
+
+        var rewards = Op("Reshape", [logits, Ints(-1)]);
+        var pairs = Op("Reshape", [rewards, Ints(-1, 2)]);
+        var (chosen, rejected) = (Column(pairs, 0), Column(pairs, 1));
+        var hasTokens = Op("Cast", [Op("Not", [Op("Equal", [labels, GraphConstants.Scalar(g, "reward/ignore", CausalLmLoss.IgnoreIndex, (int)DT.Int64)])])], ("to", (long)DT.Float));
+        var rowCounted = Op("ReduceMax", [hasTokens, Ints(1)], ("keepdims", 0L));
+        var counted = Column(Op("Reshape", [rowCounted, Ints(-1, 2)]), 0);
+        var pairWeight = Op("Div", [counted, Op("Max", [Op("ReduceSum", [counted], ("keepdims", 0L)), Scalar(1)])]);
+        var perPair = Op("Softplus", [Op("Sub", [rejected, chosen])]); // −log σ(c − r)
+        if (centerCoefficient > 0)
+            perPair = Op("Add", [perPair, Op("Mul", [Op("Pow", [Op("Add", [chosen, rejected]), Scalar(2)]), Scalar(centerCoefficient)])]);
+        var loss = Op("ReduceSum", [Op("Mul", [perPair, pairWeight])], ("keepdims", 0L));
+        return new RewardLoss(loss, rewards, logits, pairWeight, pairs, centerCoefficient);
+    }
+
+    /// <summary>Appends the number of counted pairs whose chosen row scores higher (TRL's accuracy times the pairs), a
+    /// float32 scalar.</summary>
+    public string AppendAccurate(GraphEditor g)
+    {
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "reward/accuracy/" + op, attributes: attrs);
+        string Column(long index) => Op("Gather", [Pairs, GraphConstants.Scalar(g, "reward/index", index, (int)DT.Int64)], ("axis", 1L));
+        string Float(string value) => Op("Cast", [value], ("to", (long)DT.Float));
+        var counted = Float(Op("Greater", [PairWeight, GraphConstants.Scalar(g, "reward/const", 0, (int)DT.Float)]));
+        return Op("ReduceSum", [Op("Mul", [Float(Op("Greater", [Column(0), Column(1)])), counted])], ("keepdims", 0L));
+    }
+
+    /// <summary>d loss / d logits, [R, 1], float32.</summary>
+    public string AppendLogitsGradient(GraphEditor g)
+    {
+        string Ints(params long[] v) => GraphConstants.Int64s(g, "grad/reward/ints", v);
+        string Scalar(double v) => GraphConstants.Scalar(g, "grad/reward/const", v, (int)DT.Float);
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "grad/reward/" + op, attributes: attrs);
+        string Column(long index) => Op("Gather", [Pairs, GraphConstants.Scalar(g, "grad/reward/index", index, (int)DT.Int64)], ("axis", 1L));
+
+        var (chosen, rejected) = (Column(0), Column(1));
+        var slope = Op("Sigmoid", [Op("Sub", [rejected, chosen])]); // −d/dc of −log σ(c − r)
+        string dChosen = Op("Neg", [slope]), dRejected = slope;
+        if (CenterCoefficient > 0)
+        {
+            var center = Op("Mul", [Op("Add", [chosen, rejected]), Scalar(2 * CenterCoefficient)]);
+            (dChosen, dRejected) = (Op("Add", [dChosen, center]), Op("Add", [dRejected, center]));
+        }
+        string Weighted(string d) => Op("Unsqueeze", [Op("Mul", [d, PairWeight]), Ints(1)]);
+        var rows = Op("Concat", [Weighted(dChosen), Weighted(dRejected)], ("axis", 1L)); // [P, 2]
+        return Op("Reshape", [rows, Op("Shape", [Logits])]);
+    }
+}

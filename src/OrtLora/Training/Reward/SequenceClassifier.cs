@@ -1,0 +1,118 @@
+using System.Text.Json.Nodes;
+using Onnx;
+using OrtLora.Onnx;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Training.Reward;
+
+/// <summary>A causal LM export turned into the sequence classifier Hugging Face's AutoModelForSequenceClassification
+/// makes of the same checkpoint, as TRL's RewardTrainer loads one (num_labels = 1): the LM head is replaced by a linear
+/// <c>score</c> layer [1, hidden] without bias, drawn from N(0, initializer_range²) as transformers initializes a new
+/// head, applied at every position, and the score of each row is read at its last non-pad token, found as
+/// LlamaForSequenceClassification finds it: the arg-max of position × (input_ids ≠ pad_token_id), so where the pad
+/// token is also EOS, the token before a final EOS. The output stays <c>logits</c>, now [batch, 1]. The score is
+/// gathered by GatherND with (row, position) pairs, the way torch.onnx writes <c>logits[arange(B), last]</c>, so
+/// training, merge and the reward-model scorer read it as they read a real export.</summary>
+public static class SequenceClassifier
+{
+    /// <summary>The head's initializer, named as the dynamo exporter names LlamaForSequenceClassification's score layer
+    /// (the module path <c>score</c>, which PEFT's SEQ_CLS task saves whole).</summary>
+    public const string ScoreWeight = "score.weight";
+    public const string ScoreModule = "score";
+
+    /// <summary>Ops that may lie between the LM head and the logits output (casts, Gemma's softcap): dropped with the head.</summary>
+    static readonly HashSet<string> AfterHead = ["Cast", "Identity", "Reshape", "Div", "Mul", "Tanh"];
+
+    /// <summary>Whether the model's logits output is a classifier's, [batch, labels] (declared rank 2), rather than a
+    /// causal LM's [batch, sequence, vocabulary].</summary>
+    public static bool IsClassifier(OnnxModel model) => LogitsOutput(model).Type?.TensorType?.Shape?.Dim.Count == 2;
+
+    static ValueInfoProto LogitsOutput(OnnxModel model) =>
+        model.Graph.Output.FirstOrDefault(o => o.Name == "logits") ?? model.Graph.Output.FirstOrDefault()
+        ?? throw new OrtLoraException($"{model.Source}: the model has no output");
+
+    /// <summary>Replaces the LM head of <paramref name="model"/> (in memory) by a score head.</summary>
+    /// <param name="padId">pad_token_id (TRL: the tokenizer's pad token, else its EOS): the batches' right padding</param>
+    /// <param name="initializerRange">the score weight's standard deviation (config.json's initializer_range; 0.02 by default)</param>
+    public static void FromCausalLm(OnnxModel model, long padId, double initializerRange, int seed)
+    {
+        var output = LogitsOutput(model);
+        var g = new GraphEditor(model.Graph);
+        if (model.Graph.Input.All(i => i.Name != "input_ids"))
+            throw new OrtLoraException($"{model.Source}: a sequence classifier reads each row's last non-pad token from input_ids; the model has no input_ids input");
+        // From the logits back to the head: the MatMul/Gemm whose weight has the vocabulary as one dimension.
+        var dropped = new List<NodeProto>();
+        var node = g.Producer(output.Name);
+        while (node is not null && node.OpType is not ("MatMul" or "Gemm"))
+        {
+            if (!AfterHead.Contains(node.OpType))
+                throw new OrtLoraException($"{model.Source}: the logits come from a {node.OpType} node ('{node.Name}'), not from an LM head (MatMul or Gemm); " +
+                                           "ortlora turns an exported causal LM into a sequence classifier by replacing that head");
+            dropped.Add(node);
+            node = g.Producer(node.Input[0]);
+        }
+        var head = node ?? throw new OrtLoraException($"{model.Source}: no LM head (MatMul or Gemm) produces the logits");
+        var (hidden, weightType) = HiddenSize(model, g, head);
+        dropped.Add(head);
+        foreach (var n in dropped) g.RemoveNode(n);
+
+        var rng = new Random(seed);
+        var values = new float[hidden];
+        for (int i = 0; i < hidden; i++) values[i] = (float)(initializerRange * Lora.LoraInit.Normal(rng));
+        g.AddInitializer(Tensors.FromFloats(ScoreWeight, [1, hidden], values, weightType));
+        string Ints(params long[] v) => g.AddInitializer(Tensors.FromInt64(g.Unique("score/ints"), [v.Length], v));
+        string Scalar(long v, int type) => g.AddInitializer(Tensors.Scalar(g.Unique("score/const"), v, type));
+        string Op(string op, string[] inputs, params (string, object)[] attributes) => g.Add(op, inputs, name: "/score/" + op, attributes: attributes);
+
+        // score(h) at every position, [B, S, 1] (a Gemm head reads h flattened to [B·S, hidden]: back to [B, S, 1])
+        var perPosition = Op("MatMul", [head.Input[0], Op("Transpose", [ScoreWeight], ("perm", new long[] { 1, 0 }))]);
+        var tokenShape = Op("Shape", ["input_ids"]);
+        perPosition = Op("Reshape", [perPosition, Op("Concat", [tokenShape, Ints(1)], ("axis", 0L))]);
+        // last non-pad token: argmax(position · (input_ids ≠ pad)), int32 as transformers computes it
+        var notPad = Op("Cast", [Op("Not", [Op("Equal", ["input_ids", Scalar(padId, (int)DT.Int64)])])], ("to", (long)DT.Int32));
+        string Dim(long axis) => Op("Gather", [tokenShape, Scalar(axis, (int)DT.Int64)], ("axis", 0L));
+        var positions = Op("Cast", [Op("Range", [Scalar(0, (int)DT.Int64), Dim(1), Scalar(1, (int)DT.Int64)])], ("to", (long)DT.Int32));
+        var last = Op("ArgMax", [Op("Mul", [positions, notPad])], ("axis", -1L), ("keepdims", 1L)); // [B, 1]
+        var rows = Op("Unsqueeze", [Op("Range", [Scalar(0, (int)DT.Int64), Dim(0), Scalar(1, (int)DT.Int64)]), Ints(1)]);
+        var pairs = Op("Concat", [rows, last], ("axis", 1L)); // [B, 2]: (row, position)
+        g.Add("GatherND", [perPosition, pairs], name: "/score/GatherND", outputs: [output.Name]);
+
+        // A generation export's cache: the classifier runs whole sequences (inputs fed empty, present outputs dropped).
+        Engine.TrainingGraph.FeedEmptyCache(model.Proto, g);
+        var logits = output.Clone();
+        var dims = logits.Type.TensorType.Shape.Dim;
+        var batchDim = dims.Count > 0 ? dims[0].Clone() : new TensorShapeProto.Types.Dimension { DimParam = "batch_size" };
+        dims.Clear();
+        dims.Add(batchDim);
+        dims.Add(new TensorShapeProto.Types.Dimension { DimValue = 1 });
+        model.Graph.Output.Clear();
+        model.Graph.Output.Add(logits);
+        g.TopologicalSort();
+        g.Cleanup();
+    }
+
+    /// <summary>The hidden size, from the head's weight (the dimension that is not the vocabulary), and the weight's type.</summary>
+    static (long Hidden, int DataType) HiddenSize(OnnxModel model, GraphEditor g, NodeProto head)
+    {
+        bool transposed = head.OpType == "Gemm" && Attrs.Int(head, "transB", 0) != 0;
+        var value = head.Input[1];
+        while (g.Initializer(value) is null && g.Producer(value) is { } p && p.OpType is "Transpose" or "Cast" or "Identity")
+        {
+            if (p.OpType == "Transpose") transposed = !transposed;
+            value = p.Input[0];
+        }
+        var weight = g.Initializer(value);
+        if (weight is null || weight.Dims.Count != 2 || !Tensors.IsFloat(weight.DataType))
+            throw new OrtLoraException($"{model.Source}: the LM head '{head.Name}' does not read a 2-D float weight (quantized heads are not supported here)");
+        return (transposed ? weight.Dims[1] : weight.Dims[0], weight.DataType == (int)DT.Double ? (int)DT.Float : weight.DataType);
+    }
+
+    /// <summary>initializer_range from the config.json beside the model, else transformers' default 0.02.</summary>
+    public static double InitializerRange(string modelPath)
+    {
+        var config = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(modelPath))!, "config.json");
+        if (!File.Exists(config)) return 0.02;
+        try { return JsonNode.Parse(File.ReadAllText(config))?["initializer_range"]?.GetValue<double>() ?? 0.02; }
+        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or FormatException) { return 0.02; }
+    }
+}
