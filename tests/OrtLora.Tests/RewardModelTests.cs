@@ -133,23 +133,28 @@ public class RewardModelTests
 
     static double Softplus(double x) => Math.Log(1 + Math.Exp(x));
 
+    /// <summary>Margins of TRL's margin column: the pair's on its chosen row, 0 on the rejected.</summary>
+    static readonly float[] Margins = [0.7f, 0, -1.5f, 0];
+
     /// <summary>The loss, the rows' scores and the count of pairs ranked right against TRL's compute_loss written out on
-    /// a plain ONNX Runtime run of the classifier: mean −log σ(c − r), plus k·mean (c + r)².</summary>
-    [TestCase(0.0)]
-    [TestCase(0.05)]
-    public void LossAndScoresEqualTrlsFormulaOnPlainLogits(double center)
+    /// a plain ONNX Runtime run of the classifier: mean −log σ(c − r − m), plus k·mean (c + r)².</summary>
+    [TestCase(0.0, false)]
+    [TestCase(0.05, false)]
+    [TestCase(0.0, true)]
+    [TestCase(0.05, true)]
+    public void LossAndScoresEqualTrlsFormulaOnPlainLogits(double center, bool withMargins)
     {
         using var model = InjectedClassifier();
         var options = new PreferenceOptions(LossType: PreferenceOptions.RewardModelLoss, CenterRewardsCoefficient: center);
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options));
-        var batch = PairBatch();
+        var batch = withMargins ? PairBatch() with { Margins = Margins } : PairBatch();
         var scores = OrtRun.Run(model, Feeds(model, batch.InputIds, batch.AttentionMask, Rows, Length), ["logits"])["logits"].Floats;
         double expected = 0;
         int right = 0;
         for (int pair = 0; pair < Rows / 2; pair++)
         {
-            double c = scores[2 * pair], r = scores[2 * pair + 1];
-            expected += (Softplus(r - c) + center * (c + r) * (c + r)) / (Rows / 2);
+            double c = scores[2 * pair], r = scores[2 * pair + 1], m = withMargins ? Margins[2 * pair] : 0;
+            expected += (Softplus(r + m - c) + center * (c + r) * (c + r)) / (Rows / 2);
             right += c > r ? 1 : 0;
         }
         var (loss, correct) = session.Evaluate(batch);
@@ -163,15 +168,15 @@ public class RewardModelTests
 
     /// <summary>The closed-form gradient at the logits, through the pooling's GatherND to the score head and the
     /// adapters, against central differences of the eval graph's loss.</summary>
-    [TestCase(0.0)]
-    [TestCase(0.05)]
-    public void GradientsMatchCentralDifferences(double center)
+    [TestCase(0.0, false)]
+    [TestCase(0.05, true)]
+    public void GradientsMatchCentralDifferences(double center, bool withMargins)
     {
         using var model = InjectedClassifier();
         var options = new PreferenceOptions(LossType: PreferenceOptions.RewardModelLoss, CenterRewardsCoefficient: center);
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options));
         var values = Values(model, session);
-        var batch = PairBatch();
+        var batch = withMargins ? PairBatch() with { Margins = Margins } : PairBatch();
         var (_, gradients) = session.ComputeGradients(batch);
         Assert.That(gradients.Keys, Has.Some.Contains("score"));
         EnginePreferenceLossTests.MatchCentralDifferences(session, values, gradients, () => session.Evaluate(batch).Loss,
@@ -213,6 +218,33 @@ public class RewardModelTests
 
         var shortEncoder = new PreferenceEncoder(tokenizer, ChatTemplate.ChatMl, chosen.InputIds.Length - 1, 512, null, keepEnd: true);
         Assert.That(shortEncoder.EncodeWhole(3, row), Is.Null, "a pair longer than max_length is dropped, not cut");
+    }
+
+    /// <summary>TRL's margin column, as a Parquet double column and as JSON Lines numbers (read as text): each pair's margin
+    /// reaches its chosen row of the batch, a null one is 0, and a column that is no number is one error.</summary>
+    [Test]
+    public void TheMarginColumnReachesTheChosenRows()
+    {
+        var rows = new[]
+        {
+            new { prompt = "Q1?", chosen = " yes", rejected = " no", margin = (double?)1.5 },
+            new { prompt = "Q2?", chosen = " up", rejected = " down", margin = (double?)null },
+            new { prompt = "Q3?", chosen = " left", rejected = " right", margin = (double?)-0.25 },
+        };
+        var parquet = Shared.WriteParquet(rows, "margins.parquet");
+        var jsonl = Path.Combine(Shared.TempDir(), "margins.jsonl");
+        File.WriteAllLines(jsonl, rows.Select(r => System.Text.Json.JsonSerializer.Serialize(r)));
+        foreach (var file in new[] { parquet, jsonl })
+        {
+            using var data = TrainingData.Open(file, TinyTokenizer.Value, new DataOptions { BatchSize = 3, Shuffle = false, RewardModeling = true });
+            var batch = data.Batches(new DataPosition(0, 0)).Single();
+            Assert.That(batch.Margins, Is.EqualTo(new[] { 1.5f, 0, 0, 0, -0.25f, 0 }), file);
+        }
+        var bad = Path.Combine(Shared.TempDir(), "bad.jsonl");
+        File.WriteAllText(bad, "{\"prompt\": \"Q\", \"chosen\": \" a\", \"rejected\": \" b\", \"margin\": \"big\"}\n");
+        using var badData = TrainingData.Open(bad, TinyTokenizer.Value, new DataOptions { BatchSize = 1, RewardModeling = true });
+        var error = Assert.Throws<OrtLoraException>(() => badData.Batches(new DataPosition(0, 0)).ToList())!;
+        Assert.That(error.Message, Does.Contain("bad.jsonl").And.Contain("margin 'big'"));
     }
 
     [Test]

@@ -5,17 +5,22 @@ namespace OrtLora.Autodiff;
 
 /// <summary>TRL's RewardTrainer loss (Bradley–Terry) as graph nodes. A sequence classifier's logits [R, 1] hold one
 /// score per row; rows come in pairs, chosen then rejected (2i, 2i + 1). With c and r a pair's scores, its loss is
-/// −log σ(c − r), plus center_rewards_coefficient·(c + r)² (Eisenstein et al., 2023: rewards centred on zero); the
+/// −log σ(c − r − m), m the pair's margin (TRL's optional margin column, fed as <see cref="MarginsInput"/>; 0 without
+/// one), plus center_rewards_coefficient·(c + r)² (Eisenstein et al., 2023: rewards centred on zero); the
 /// loss is the mean over the pairs. Pairs whose rows have no token (filler rows of a batch padded to a fixed shape)
 /// are left out of the mean. The gradient with respect to the logits is written in closed form:
-/// d/dc = (−σ(r − c) + 2k·(c + r)) / P, d/dr = (σ(r − c) + 2k·(c + r)) / P.</summary>
+/// d/dc = (−σ(r + m − c) + 2k·(c + r)) / P, d/dr = (σ(r + m − c) + 2k·(c + r)) / P.</summary>
 /// <param name="Loss">the scalar loss</param>
 /// <param name="Rewards">each row's score, [R] (float32)</param>
 /// <param name="Logits">the logits the loss reads, [R, 1]</param>
 /// <param name="PairWeight">1 / P for a counted pair, 0 for a filler pair, [P]</param>
 /// <param name="Pairs">the scores as [P, 2]: chosen, rejected</param>
-public sealed record RewardLoss(string Loss, string Rewards, string Logits, string PairWeight, string Pairs, double CenterCoefficient)
+/// <param name="Beyond">r + m − c per pair, [P]</param>
+public sealed record RewardLoss(string Loss, string Rewards, string Logits, string PairWeight, string Pairs, string Beyond, double CenterCoefficient)
 {
+    /// <summary>The graph input of each row's margin (float32, [rows]): the pair's on its chosen row, 0 on the rejected.</summary>
+    public const string MarginsInput = "reward_margins";
+
     /// <param name="logits">float32 [R, 1]</param>
     /// <param name="labels">the batch's labels [R, S]: a row with no label other than -100 is a filler row</param>
     public static RewardLoss Append(GraphEditor g, string logits, string labels, double centerCoefficient)
@@ -32,11 +37,13 @@ public sealed record RewardLoss(string Loss, string Rewards, string Logits, stri
         var rowCounted = Op("ReduceMax", [hasTokens, Ints(1)], ("keepdims", 0L));
         var counted = Column(Op("Reshape", [rowCounted, Ints(-1, 2)]), 0);
         var pairWeight = Op("Div", [counted, Op("Max", [Op("ReduceSum", [counted], ("keepdims", 0L)), Scalar(1)])]);
-        var perPair = Op("Softplus", [Op("Sub", [rejected, chosen])]); // −log σ(c − r)
+        var margin = Column(Op("Reshape", [MarginsInput, Ints(-1, 2)]), 0);
+        var beyond = Op("Sub", [Op("Add", [rejected, margin]), chosen]);
+        var perPair = Op("Softplus", [beyond]); // −log σ(c − r − m)
         if (centerCoefficient > 0)
             perPair = Op("Add", [perPair, Op("Mul", [Op("Pow", [Op("Add", [chosen, rejected]), Scalar(2)]), Scalar(centerCoefficient)])]);
         var loss = Op("ReduceSum", [Op("Mul", [perPair, pairWeight])], ("keepdims", 0L));
-        return new RewardLoss(loss, rewards, logits, pairWeight, pairs, centerCoefficient);
+        return new RewardLoss(loss, rewards, logits, pairWeight, pairs, beyond, centerCoefficient);
     }
 
     /// <summary>Appends the number of counted pairs whose chosen row scores higher (TRL's accuracy times the pairs), a
@@ -59,7 +66,7 @@ public sealed record RewardLoss(string Loss, string Rewards, string Logits, stri
         string Column(long index) => Op("Gather", [Pairs, GraphConstants.Scalar(g, "grad/reward/index", index, (int)DT.Int64)], ("axis", 1L));
 
         var (chosen, rejected) = (Column(0), Column(1));
-        var slope = Op("Sigmoid", [Op("Sub", [rejected, chosen])]); // −d/dc of −log σ(c − r)
+        var slope = Op("Sigmoid", [Beyond]); // −d/dc of −log σ(c − r − m)
         string dChosen = Op("Neg", [slope]), dRejected = slope;
         if (CenterCoefficient > 0)
         {

@@ -343,7 +343,7 @@ public static partial class Trainer
     /// <summary>KTO's rows' roles, null for other data.</summary>
     static float[]? Roles(DataBatch b) => b.Roles.Any(r => r != 0) ? b.Roles[..b.Sequences] : null;
 
-    internal static Engine.Batch ToEngine(DataBatch b) => new(b.InputIds, b.AttentionMask, b.Labels, b.BatchSize, b.SeqLength) { Roles = b.Roles };
+    internal static Engine.Batch ToEngine(DataBatch b) => new(b.InputIds, b.AttentionMask, b.Labels, b.BatchSize, b.SeqLength) { Roles = b.Roles, Margins = b.Margins };
 
     /// <summary>Batches across epochs: when one epoch's batches end, the next epoch starts from its first row.</summary>
     sealed class BatchStream(TrainingData data, DataPosition start) : IDisposable

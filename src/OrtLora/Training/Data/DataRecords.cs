@@ -33,12 +33,20 @@ public sealed record PromptCompletionRecord(string Prompt, string Completion) : 
 
 /// <summary>TRL's preference row, standard kind: a prompt (possibly empty) and two completions of it, the preferred one
 /// first.</summary>
-public sealed record PreferenceRecord(string Prompt, string Chosen, string Rejected) : DataRecord;
+public sealed record PreferenceRecord(string Prompt, string Chosen, string Rejected) : DataRecord
+{
+    /// <summary>TRL's optional <c>margin</c> column: how far a reward model should score chosen above rejected.</summary>
+    public double? Margin { get; init; }
+}
 
 /// <summary>TRL's preference row, conversational kind: the prompt's messages and each completion's (usually one
 /// assistant message); <see cref="Tools"/> as for <see cref="ChatRecord"/>.</summary>
 public sealed record ChatPreferenceRecord(IReadOnlyList<ChatMessage> Prompt, IReadOnlyList<ChatMessage> Chosen, IReadOnlyList<ChatMessage> Rejected,
-    string? Tools = null) : DataRecord;
+    string? Tools = null) : DataRecord
+{
+    /// <summary>TRL's optional <c>margin</c> column (<see cref="PreferenceRecord.Margin"/>).</summary>
+    public double? Margin { get; init; }
+}
 
 /// <summary>TRL's unpaired preference row (KTO), standard kind: a prompt, a completion, and whether the completion is
 /// desirable.</summary>

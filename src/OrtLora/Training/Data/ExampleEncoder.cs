@@ -5,6 +5,8 @@ namespace OrtLora.Training.Data;
 public sealed record TokenizedExample(long RowIndex, int[] InputIds, int[] Labels)
 {
     public int Length => InputIds.Length;
+    /// <summary>A reward model's chosen sequence: the pair's margin (TRL's margin column; 0 without one).</summary>
+    public float Margin { get; init; }
     public int TrainedTokens => Labels.Count(l => l != ExampleEncoder.IgnoreIndex);
 }
 

@@ -12,6 +12,7 @@ public sealed partial class ParquetDataset
         var chosen = ReadStrings(group, "chosen");
         var rejected = ReadStrings(group, "rejected");
         var prompt = Columns.Contains("prompt") ? ReadStrings(group, "prompt") : null;
+        var margins = ReadMargins(group);
         var rows = new List<Row>(chosen.Length);
         for (int i = 0; i < chosen.Length; i++)
         {
@@ -19,7 +20,7 @@ public sealed partial class ParquetDataset
             var (p, c, r) = prompt is not null ? (prompt[i]!, chosen[i]!, rejected[i]!) : ExtractPrompt(chosen[i]!, rejected[i]!);
             // An empty prompt is allowed; an empty completion has nothing to compare.
             var skip = Check(c, r);
-            rows.Add(skip == Skip.None ? new Row(new PreferenceRecord(p, c, r), skip) : new Row(null, skip));
+            rows.Add(skip == Skip.None ? new Row(new PreferenceRecord(p, c, r) { Margin = margins?[i] }, skip) : new Row(null, skip));
         }
         return rows;
     }
@@ -27,7 +28,8 @@ public sealed partial class ParquetDataset
     List<Row> ReadConversationalPreferences(int group)
     {
         var rows = Deserialize<PreferenceRow>(group);
-        return [.. rows.Select(row =>
+        var margins = ReadMargins(group);
+        return [.. rows.Select((row, i) =>
         {
             if (row.chosen is null || row.rejected is null || Columns.Contains("prompt") && row.prompt is null) return new Row(null, Skip.Null);
             var (chosen, chosenSkip) = ToMessages(row.chosen);
@@ -36,8 +38,20 @@ public sealed partial class ParquetDataset
             if (chosen is null || rejected is null || prompt is null) return new Row(null, new[] { chosenSkip, rejectedSkip, promptSkip }.Max());
             if (row.prompt is null) (prompt, chosen, rejected) = ExtractPrompt(chosen, rejected);
             if (chosen.Count == 0 || rejected.Count == 0) return new Row(null, Skip.Empty);
-            return new Row(new ChatPreferenceRecord(prompt, chosen, rejected, string.IsNullOrWhiteSpace(row.tools) ? null : row.tools), Skip.None);
+            return new Row(new ChatPreferenceRecord(prompt, chosen, rejected, string.IsNullOrWhiteSpace(row.tools) ? null : row.tools) { Margin = margins?[i] }, Skip.None);
         })];
+    }
+
+    /// <summary>TRL's optional margin column (a reward model's target gap between chosen and rejected), any numeric type
+    /// or numeric text (JSON Lines); null when the file has none. A null value is a margin of 0.</summary>
+    double?[]? ReadMargins(int group)
+    {
+        if (FirstReader.Schema.Fields.FirstOrDefault(f => f.Name == "margin") is not { } field) return null;
+        var text = field is DataField { IsArray: false } data ? ReadAsText(group, data) : null;
+        if (text is null) throw new OrtLoraException($"{Path}: column 'margin' holds {field.SchemaType.ToString().ToLowerInvariant()} values, not numbers");
+        return [.. text.Select((t, i) => t is null ? (double?)null
+            : double.TryParse(t, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var m) && double.IsFinite(m) ? m
+            : throw new OrtLoraException($"{Path}: row {RowGroupStart(group) + i}: margin '{t}' is not a finite number"))];
     }
 
     /// <summary>TRL's extract_prompt: the prompt is chosen's start up to the first place where rejected differs (a

@@ -31,7 +31,8 @@ public sealed class PreferenceEncoder(TextTokenizer tokenizer, ChatTemplate chat
     /// <summary>The pair as TRL's RewardTrainer tokenizes it for a sequence classifier: the whole of prompt + chosen and of
     /// prompt + rejected, each tokenized in one piece with the tokenizer's special tokens (BOS where it adds one) and
     /// ending with EOS (a standard row's text gets one unless it already ends with it); a conversational row is the
-    /// whole conversation through the chat template, without a generation prompt. Every token is labelled (the loss
+    /// whole conversation through the chat template, without a generation prompt. The chosen sequence carries the row's
+    /// margin. Every token is labelled (the loss
     /// reads one score per sequence). Null when either sequence is longer than max_length: TRL drops those pairs
     /// rather than cut them.</summary>
     public (TokenizedExample Chosen, TokenizedExample Rejected)? EncodeWhole(long rowIndex, DataRecord record)
@@ -42,15 +43,16 @@ public sealed class PreferenceEncoder(TextTokenizer tokenizer, ChatTemplate chat
             if (tokenizer.EosId is int eos && (ids.Count == 0 || ids[^1] != eos)) ids.Add(eos);
             return ids;
         }
-        var (chosen, rejected) = record switch
+        var (chosen, rejected, margin) = record switch
         {
-            PreferenceRecord row => (Whole(row.Prompt + row.Chosen), Whole(row.Prompt + row.Rejected)),
+            PreferenceRecord row => (Whole(row.Prompt + row.Chosen), Whole(row.Prompt + row.Rejected), row.Margin),
             ChatPreferenceRecord row => (Ids(Render([.. row.Prompt, .. row.Chosen], row.Tools, addGenerationPrompt: false)),
-                Ids(Render([.. row.Prompt, .. row.Rejected], row.Tools, addGenerationPrompt: false))),
+                Ids(Render([.. row.Prompt, .. row.Rejected], row.Tools, addGenerationPrompt: false)), row.Margin),
             _ => throw new OrtLoraException($"row {rowIndex} is not a preference row ({record.GetType().Name})"),
         };
         if (chosen.Count > maxLength || rejected.Count > maxLength || chosen.Count == 0 || rejected.Count == 0) return null;
-        return (new TokenizedExample(rowIndex, [.. chosen], [.. chosen]), new TokenizedExample(rowIndex, [.. rejected], [.. rejected]));
+        return (new TokenizedExample(rowIndex, [.. chosen], [.. chosen]) { Margin = (float)(margin ?? 0) },
+            new TokenizedExample(rowIndex, [.. rejected], [.. rejected]));
     }
 
     /// <summary>An unpaired (KTO) row: its sequence, and its prompt's and completion's ids (KTO's KL rows pair a prompt

@@ -12,6 +12,8 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
     public float[]? ReferenceLogps { get; init; }
     /// <summary>With KTO: each row's role (<see cref="Autodiff.PreferenceLoss.RolesInput"/>).</summary>
     public float[]? Roles { get; init; }
+    /// <summary>With a reward model's loss: each row's margin (<see cref="Autodiff.RewardLoss.MarginsInput"/>; null: 0).</summary>
+    public float[]? Margins { get; init; }
     /// <summary>With a loss of weighted tokens (<see cref="TrainingGraph.TokenWeighted"/>): each label's weight,
     /// [BatchSize, SequenceLength] like the labels.</summary>
     public float[]? TokenWeights { get; init; }
@@ -33,6 +35,7 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
                 TrainingGraph.Labels => HostTensor.Of(Labels, Shape),
                 TrainingGraph.TokenWeights => HostTensor.Of(TokenWeights is { } w && w.Length == n ? w
                     : throw new OrtLoraException($"a batch of weighted tokens needs {BatchSize}×{SequenceLength} token weights"), Shape),
+                Autodiff.RewardLoss.MarginsInput => HostTensor.Of(Margins is { } m && m.Length == BatchSize ? m : new float[BatchSize], BatchSize),
                 Autodiff.PreferenceLoss.RolesInput => HostTensor.Of(Roles ?? throw new OrtLoraException("a KTO batch needs each row's role"), BatchSize),
                 Autodiff.PreferenceLoss.ReferenceInput => HostTensor.Of(ReferenceLogps ?? throw new OrtLoraException("a DPO batch needs the reference model's log-probabilities"), BatchSize),
                 _ when name.Contains("position") => HostTensor.Of(Enumerable.Range(0, (int)n).Select(i => (long)(i % SequenceLength)).ToArray(), Shape),

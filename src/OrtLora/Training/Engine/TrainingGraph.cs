@@ -116,7 +116,7 @@ public sealed partial class TrainingGraph : IDisposable
         if (parameters.Count == 0)
             throw new OrtLoraException($"{model.Source}: no trainable parameters (no initializer ends in .lora_A.weight / .lora_B.weight); run `ortlora inject` first");
         var taken = proto.Graph.Input.Select(i => i.Name).Concat(proto.Graph.Node.SelectMany(n => n.Output)).Concat(proto.Graph.Initializer.Select(t => t.Name));
-        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens or SequenceLogProbs or TokenWeights or PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput) is { } clash)
+        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens or SequenceLogProbs or TokenWeights or PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or RewardLoss.MarginsInput) is { } clash)
             throw new OrtLoraException($"{model.Source}: the model already has a value named '{clash}' (exported with labels and a loss?); " +
                 "export it with input_ids and attention_mask in, logits out");
         logits ??= proto.Graph.Output.Any(o => o.Name == "logits") ? "logits" : proto.Graph.Output[0].Name;
@@ -161,6 +161,8 @@ public sealed partial class TrainingGraph : IDisposable
             if (tokenWeights || labelSmoothing > 0) throw new OrtLoraException("reward modelling has its own loss: not with token weights or label smoothing");
             if (proto.Graph.Output.FirstOrDefault(o => o.Name == logits)?.Type?.TensorType?.Shape is { } declared && declared.Dim.Count != 2)
                 throw NotAClassifier(model.Source, declared.Dim.Count);
+            proto.Graph.Input.Add(Input(RewardLoss.MarginsInput, (int)DT.Float, ["batch"]));
+            batchInputs.Add(RewardLoss.MarginsInput);
             reward = RewardLoss.Append(g, logits, Labels, preference.CenterRewardsCoefficient);
         }
         else loss = CausalLmLoss.Append(g, logits, CausalLmLoss.AppendTargets(g, Labels, logitsType, weightsInput), labelSmoothing);
@@ -368,7 +370,7 @@ public sealed partial class TrainingGraph : IDisposable
         foreach (var input in result.Graph.Input.Where(i => BatchInputs.Contains(i.Name) || i.Name == NeftuneNoise.Input))
         {
             var dims = input.Type?.TensorType?.Shape?.Dim;
-            if (input.Name is PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput && dims is { Count: 1 }) { dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch }; continue; }
+            if (input.Name is PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or RewardLoss.MarginsInput && dims is { Count: 1 }) { dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch }; continue; }
             if (dims is null || dims.Count != (input.Name == NeftuneNoise.Input ? 3 : 2)) continue;
             dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch };
             dims[1] = new TensorShapeProto.Types.Dimension { DimValue = sequence };
