@@ -22,6 +22,7 @@ public static class Commands
         TrainCommand.CreateReward(),
         GrpoCommand.Create(),
         RlooCommand.Create(),
+        OnlineDpoCommand.Create(),
         DemoCommand.Create(),
     ];
 }

@@ -4,9 +4,9 @@ using OrtLora.Training.Grpo;
 
 namespace OrtLora.Cli;
 
-/// <summary>The options `grpo` and `rloo` share, named as TRL's GRPOConfig and RLOOConfig name them. These cover the
-/// prompts, the reward functions, sampling, the clipped ratio of off-policy steps and the Trainer's own options. Each
-/// command adds its own loss options.</summary>
+/// <summary>The options `grpo`, `rloo` and `online-dpo` share, named as TRL's GRPOConfig, RLOOConfig and OnlineDPOConfig
+/// name them. These cover the prompts, the reward functions, sampling, the clipped ratio of off-policy steps (not
+/// online DPO's) and the Trainer's own options. Each command adds its own loss options.</summary>
 public sealed class RewardTrainingOptions
 {
     readonly Argument<string> _model = new("model") { Description = "ONNX model: plain (injected with the LoRA options), already injected, or with --init-from an SFT adapter" };
@@ -70,12 +70,24 @@ public sealed class RewardTrainingOptions
     readonly Option<string?> _resume = new("--resume-from-checkpoint") { Description = "continue from a checkpoint folder (no value: the latest)", Arity = ArgumentArity.ZeroOrOne };
     readonly Option<bool> _merge = new("--merge") { Description = "also write the merged model to OUTPUT/merged" };
     readonly Option<bool> _plain = new("--plain-log") { Description = "one line per step instead of a progress bar" };
+    /// <summary>Online DPO samples two completions of each prompt and takes no off-policy steps.</summary>
+    readonly bool _onlineDpo;
 
     /// <param name="numGenerations">the trainer's default num_generations (GRPO 8, RLOO 2)</param>
     /// <param name="beta">the trainer's default KL coefficient (GRPO 0, RLOO 0.05)</param>
     /// <param name="betaDescription">what β does in this trainer</param>
-    public RewardTrainingOptions(int numGenerations, double beta, string betaDescription)
+    /// <param name="onlineDpo">the options of `online-dpo` (OnlineDPOConfig's defaults; a batch counts prompts)</param>
+    public RewardTrainingOptions(int numGenerations, double beta, string betaDescription, bool onlineDpo = false)
     {
+        _onlineDpo = onlineDpo;
+        if (onlineDpo)
+        {
+            _batch.Description = "prompts per micro-batch, each sampled twice";
+            _lr.DefaultValueFactory = _ => 5e-7;
+            _maxCompletion.Aliases.Add("--max-new-tokens");
+            _maxCompletion.DefaultValueFactory = _ => 128;
+            _topK.DefaultValueFactory = _ => 30;
+        }
         _generations = new("--num-generations") { Description = "completions sampled per prompt (the group the rewards are compared in)", DefaultValueFactory = _ => numGenerations };
         _beta = new("--beta") { Description = betaDescription, DefaultValueFactory = _ => beta };
         _format.AcceptOnlyFromAmong("auto", "prompt-only");
@@ -84,15 +96,19 @@ public sealed class RewardTrainingOptions
         _device.AcceptOnlyFromAmong("cpu", "cuda");
     }
 
+    /// <summary>The --beta given (its meaning is the command's).</summary>
+    public double Beta(ParseResult parse) => parse.GetValue(_beta);
+
     /// <summary>The model argument, the output and LoRA options, then the shared options and the command's own.</summary>
     public void AddTo(Command command, params Option[] own)
     {
         command.Arguments.Add(_model);
         command.Options.Add(_output);
         _lora.AddTo(command);
-        foreach (var o in new Option[] { _data, _format, _evalData, _evalSteps, _evalStrategy, _generationsEval, _rewardFuncs, _rewardWeights, _tokenizer, _chatTemplate, _chatTemplateKwargs,
-                     _generations, _maxCompletion, _maxPrompt, _temperature, _topP, _topK, _repetition, _beta, _iterations, _clip, _epsilonHigh }.Concat(own)
-                     .Concat([_stepsPerGeneration, _generationBatchSize, _maskTruncated, _logCompletions, _epochs, _maxSteps, _batch, _accumulation, _lr, _scheduler,
+        Option[] groups = _onlineDpo ? [] : [_generationsEval, _generations, _iterations, _clip, _epsilonHigh, _stepsPerGeneration, _generationBatchSize, _maskTruncated, _logCompletions];
+        foreach (var o in new Option[] { _data, _format, _evalData, _evalSteps, _evalStrategy, _rewardFuncs, _rewardWeights, _tokenizer, _chatTemplate, _chatTemplateKwargs,
+                     _maxCompletion, _maxPrompt, _temperature, _topP, _topK, _repetition, _beta }.Concat(groups).Concat(own)
+                     .Concat([_epochs, _maxSteps, _batch, _accumulation, _lr, _scheduler,
                          _warmupRatio, _warmupSteps, _weightDecay, _beta1, _beta2, _adamEpsilon, _maxGradNorm, _logging, _loggingFirst, _saveSteps, _saveLimit,
                          _saveOnlyModel, _loraplus, _lossChunks, _device, _epLibrary, _fp16, _bf16, _checkpointing, _resume, _merge, _plain]))
             command.Options.Add(o);
@@ -100,8 +116,10 @@ public sealed class RewardTrainingOptions
 
     /// <summary>Runs the trainer on the parsed job; <paramref name="algorithm"/> holds the command's own loss options,
     /// the shared ones are filled in here.</summary>
-    public void Run(ParseResult parse, GrpoOptions algorithm)
+    /// <param name="train">the trainer (default: GRPO's loop, which also runs RLOO)</param>
+    public void Run(ParseResult parse, GrpoOptions algorithm, Func<GrpoJob, ITrainingReporter, TrainResult>? train = null)
     {
+        T Shared<T>(Option<T> option, T otherwise) => _onlineDpo ? otherwise : parse.GetValue(option)!;
         var args = new TrainingArguments
         {
             OutputDir = parse.GetValue(_output)!, NumTrainEpochs = parse.GetValue(_epochs), MaxSteps = parse.GetValue(_maxSteps),
@@ -125,16 +143,17 @@ public sealed class RewardTrainingOptions
             TokenizerPath = parse.GetValue(_tokenizer), ChatTemplate = parse.GetValue(_chatTemplate), ChatTemplateKwargs = parse.GetValue(_chatTemplateKwargs), Lora = _lora.Read(parse), InitFrom = parse.GetValue(_lora.InitFrom),
             Grpo = algorithm with
             {
-                NumGenerations = parse.GetValue(_generations), NumGenerationsEval = parse.GetValue(_generationsEval), MaxCompletionLength = parse.GetValue(_maxCompletion),
+                NumGenerations = Shared(_generations, 2), NumGenerationsEval = Shared(_generationsEval, null), MaxCompletionLength = parse.GetValue(_maxCompletion),
                 MaxPromptLength = parse.GetValue(_maxPrompt), Temperature = parse.GetValue(_temperature), TopP = parse.GetValue(_topP), TopK = parse.GetValue(_topK),
-                RepetitionPenalty = parse.GetValue(_repetition), Beta = parse.GetValue(_beta), NumIterations = parse.GetValue(_iterations), Epsilon = parse.GetValue(_clip),
-                EpsilonHigh = parse.GetValue(_epsilonHigh), StepsPerGeneration = parse.GetValue(_stepsPerGeneration), GenerationBatchSize = parse.GetValue(_generationBatchSize),
-                MaskTruncatedCompletions = parse.GetValue(_maskTruncated), RewardWeights = weights is { Length: > 0 } ? weights : null,
+                RepetitionPenalty = parse.GetValue(_repetition), Beta = Shared(_beta, 0), NumIterations = Shared(_iterations, 1), Epsilon = Shared(_clip, 0.2),
+                EpsilonHigh = Shared(_epsilonHigh, null), StepsPerGeneration = Shared(_stepsPerGeneration, null), GenerationBatchSize = Shared(_generationBatchSize, null),
+                MaskTruncatedCompletions = Shared(_maskTruncated, false), RewardWeights = weights is { Length: > 0 } ? weights : null,
             },
-            Args = args, LogCompletions = parse.GetValue(_logCompletions), Merge = parse.GetValue(_merge),
+            Args = args, LogCompletions = Shared(_logCompletions, false), Merge = parse.GetValue(_merge),
             ResumeFromCheckpoint = parse.GetResult(_resume) is null ? null : parse.GetValue(_resume) ?? "",
         };
-        var result = TrainingRunner.Run(reporter => GrpoTrainer.Run(job, reporter), args.LoggingSteps, parse.GetValue(_plain));
+        train ??= GrpoTrainer.Run;
+        var result = TrainingRunner.Run(reporter => train(job, reporter), args.LoggingSteps, parse.GetValue(_plain));
         Console.WriteLine($"adapter: {result.AdapterDir}" + (result.MergedModel is { } m ? $"; merged model: {m}" : ""));
     }
 }

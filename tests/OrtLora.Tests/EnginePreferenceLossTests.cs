@@ -69,7 +69,8 @@ public class EnginePreferenceLossTests
     /// chosen tokens' mean cross-entropy.</summary>
     static double TrlLoss(PreferenceOptions o, (double[] Sums, int[] Lengths) policy, (double[] Sums, int[] Lengths) reference)
     {
-        double Logp((double[] Sums, int[] Lengths) rows, int row) => o.LossType is "ipo" or "orpo" or "simpo" ? rows.Sums[row] / rows.Lengths[row] : rows.Sums[row];
+        // DPOTrainer's IPO, ORPO and SimPO average over the completion's tokens; online DPO's IPO sums (SumLogps)
+        double Logp((double[] Sums, int[] Lengths) rows, int row) => o.LossType is "ipo" && !o.SumLogps || o.LossType is "orpo" or "simpo" ? rows.Sums[row] / rows.Lengths[row] : rows.Sums[row];
         double LogOdds(int row) => Logp(policy, row) - Math.Log(1 - Math.Exp(Logp(policy, row))); // ORPO: π − log1p(−e^π)
         double total = 0, chosenNll = 0, chosenTokens = 0;
         double e = o.LabelSmoothing, beta = o.Beta;
@@ -103,7 +104,7 @@ public class EnginePreferenceLossTests
 
     static readonly PreferenceOptions[] LossTypes =
     [
-        new(Beta), new(Beta, LabelSmoothing: 0.1), new(Beta, "robust", LabelSmoothing: 0.1), new(0.02, "hinge"), new(0.05, "ipo"),
+        new(Beta), new(Beta, LabelSmoothing: 0.1), new(Beta, "robust", LabelSmoothing: 0.1), new(0.02, "hinge"), new(0.05, "ipo"), new(0.05, "ipo", SumLogps: true),
         new(Beta, RpoAlpha: 0.5), new(Beta, "orpo"), new(2.0, "simpo", LabelSmoothing: 0.1), new(2.0, "simpo", SimpoGamma: 1, CpoAlpha: 0),
         new(Beta, "nca_pair"), new(Beta, "bco_pair", RpoAlpha: 0.5), new(Beta, "sppo_hard"), new(Beta, "apo_zero"), new(Beta, "apo_down"),
         new(Beta, "discopop"), new(Beta, "discopop", DiscopopTau: 1), new(Beta, "exo_pair", LabelSmoothing: 0.05), new(Beta, "exo_pair", LabelSmoothing: 0.2),

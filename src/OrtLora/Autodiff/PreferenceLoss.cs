@@ -16,9 +16,10 @@ namespace OrtLora.Autodiff;
 /// <param name="UndesirableWeight">KTO: the weight of undesirable examples' losses (KTOConfig.undesirable_weight)</param>
 /// <param name="DiscopopTau">discopop's temperature τ of the mix between its logistic and exponential parts (DPOConfig.discopop_tau)</param>
 /// <param name="CenterRewardsCoefficient">reward modelling (<see cref="RewardModelLoss"/>): RewardConfig.center_rewards_coefficient (0: none)</param>
+/// <param name="SumLogps">IPO on summed log-probabilities, as TRL's OnlineDPOTrainer computes it (DPOTrainer's IPO averages them)</param>
 public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sigmoid", double LabelSmoothing = 0, double RpoAlpha = 0,
     double SimpoGamma = 0.5, double CpoAlpha = 1, double DesirableWeight = 1, double UndesirableWeight = 1, double DiscopopTau = 0.05,
-    double CenterRewardsCoefficient = 0)
+    double CenterRewardsCoefficient = 0, bool SumLogps = false)
 {
     /// <summary>The loss type of reward modelling: TRL's RewardTrainer trains a sequence classifier on the pairs
     /// (<see cref="RewardLoss"/>), not a causal LM against a reference.</summary>
@@ -39,7 +40,7 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
     /// <summary>Whether the loss compares with a reference model (all but ORPO and SimPO).</summary>
     public bool UsesReference => LossType is not ("orpo" or "simpo" or RewardModelLoss);
     /// <summary>Whether a row's π is the mean of its tokens' log-probabilities (IPO, ORPO, SimPO) rather than their sum.</summary>
-    public bool Averages => LossType is "ipo" or "orpo" or "simpo";
+    public bool Averages => LossType is "orpo" or "simpo" || LossType == "ipo" && !SumLogps;
     /// <summary>The weight of the chosen completions' token-mean cross-entropy in the loss: rpo_alpha, ORPO's 1, or
     /// SimPO's cpo_alpha.</summary>
     public double ChosenNllWeight => LossType switch { "orpo" => 1, "simpo" => CpoAlpha, _ => RpoAlpha };

@@ -73,16 +73,7 @@ public static class GrpoTrainer
         Directory.CreateDirectory(args.OutputDir);
         using var model = OnnxModel.Load(job.ModelPath);
         var lora = Trainer.InjectUnlessInjected(model, job.InitFrom, job.Lora);
-
-        var tokenizerPath = job.TokenizerPath ?? Path.GetDirectoryName(Path.GetFullPath(job.ModelPath))!;
-        var tokenizer = TokenizerLoader.Load(tokenizerPath);
-        VocabularyCheck.Require(tokenizer, model);
-        var tokenizerDir = Directory.Exists(tokenizerPath) ? tokenizerPath : Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!;
-        var config = TokenizerConfig.Read(tokenizerDir);
-        var chat = Data.ChatTemplate.Resolve(job.ChatTemplate, config ?? tokenizer.Config, Path.Combine(tokenizerDir, "tokenizer_config.json"), job.ChatTemplateKwargs);
-        var prompts = GrpoPrompts.Load(job.DataPath, tokenizer, chat, grpo.MaxPromptLength, args.Seed, job.Format);
-        var evalPrompts = job.EvalDataPath is { } evalPath ? GrpoPrompts.Load(evalPath, tokenizer, chat, grpo.MaxPromptLength, args.Seed, job.Format) : null;
-        foreach (var set in new[] { prompts, evalPrompts }.OfType<GrpoPrompts>()) RewardFunctions.RequireColumns(rewards, set.Path, set.Columns);
+        var (tokenizer, tokenizerPath, prompts, evalPrompts, stops) = Prepare(job, model, rewards);
 
         // A generation batch is split into steps_per_generation micro-batches, gradient_accumulation_steps of them a step,
         // and the pass over it repeats num_iterations times: a cycle of optimizer steps per generation batch.
@@ -121,8 +112,6 @@ public static class GrpoTrainer
         }
 
         var rewardNames = RewardFunctions.MetricNames(rewards);
-        var stops = PromptFormat.StopIds(prompts.Conversational ? "chat" : "raw", tokenizer, chat).ToHashSet();
-        if (tokenizer.EosId is int eos) stops.Add(eos);
         reporter.Started(totalSteps, state.GlobalStep,
             $"{lora.Adapters.Count} adapters, {session.ParameterNames.Sum(p => session.Graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b)):N0} trainable parameters; " +
             $"{prompts.All.Count} prompts ({(prompts.Conversational ? "conversational" : "text")}), {promptsPerGeneration} per generation × {grpo.NumGenerations} completions, " +
@@ -130,20 +119,8 @@ public static class GrpoTrainer
             (grpo.IsRloo ? "RLOO (leave-one-out baselines, one ratio per completion)" :
                 $"loss {grpo.LossType}{(grpo.ImportanceSamplingLevel == "sequence" ? " (sequence ratio)" : "")}") + $", {totalSteps} steps, warmup {warmup}");
 
-        // An evaluation samples every eval prompt's group from the policy as it is, with the same seeds each time (the
-        // step key -1), so evaluations differ by the policy, not by the draw.
-        void EvaluateAt(int step)
-        {
-            sampler.SetParameters(session.GetParameters(), session.Graph.ParameterShapes);
-            var options = grpo with { NumGenerations = grpo.NumGenerationsEval ?? grpo.NumGenerations };
-            var completions = GrpoRollout.Sample(sampler, evalPrompts!.All, tokenizer, options, stops, args.Seed, step: -1);
-            var metrics = new GrpoMetrics(rewardNames);
-            metrics.Add(completions, GrpoRollout.Score(completions, rewards, options));
-            var record = new JsonObject { ["step"] = step };
-            metrics.Report(record, withKl: false, prefix: "eval_");
-            log.Append(record);
-            reporter.Info($"eval at step {step}: {Summary(record, "eval_")}");
-        }
+        void EvaluateAt(int step) =>
+            Evaluate(step, sampler, session, evalPrompts!, tokenizer, grpo with { NumGenerations = grpo.NumGenerationsEval ?? grpo.NumGenerations }, stops, rewards, args.Seed, log, reporter);
         bool evaluates = evalPrompts is not null && args.EvalStrategy != "no";
         int lastEval = -1;
         if (evaluates && state.GlobalStep == 0) { EvaluateAt(0); lastEval = 0; }
@@ -252,6 +229,41 @@ public static class GrpoTrainer
         log.SavePlot(Path.Combine(args.OutputDir, "loss.png"));
         var merged = Trainer.SaveAdapter(model, session, args.OutputDir, job.Merge ? tokenizerPath : null);
         return new TrainResult(state.GlobalStep, null, null, lastLoss, args.OutputDir, merged);
+    }
+
+    /// <summary>What every reward-driven trainer reads before its loop: the tokenizer (checked against the model), the
+    /// chat template, the prompts and eval prompts (checked for the columns the reward functions read), and the ids that
+    /// end a completion (the template's end of turn for conversational prompts, and EOS).</summary>
+    internal static (TextTokenizer Tokenizer, string TokenizerPath, GrpoPrompts Prompts, GrpoPrompts? EvalPrompts, HashSet<int> Stops) Prepare(
+        GrpoJob job, OnnxModel model, IReadOnlyList<IRewardFunction> rewards)
+    {
+        var tokenizerPath = job.TokenizerPath ?? Path.GetDirectoryName(Path.GetFullPath(job.ModelPath))!;
+        var tokenizer = TokenizerLoader.Load(tokenizerPath);
+        VocabularyCheck.Require(tokenizer, model);
+        var tokenizerDir = Directory.Exists(tokenizerPath) ? tokenizerPath : Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!;
+        var config = TokenizerConfig.Read(tokenizerDir);
+        var chat = Data.ChatTemplate.Resolve(job.ChatTemplate, config ?? tokenizer.Config, Path.Combine(tokenizerDir, "tokenizer_config.json"), job.ChatTemplateKwargs);
+        var prompts = GrpoPrompts.Load(job.DataPath, tokenizer, chat, job.Grpo.MaxPromptLength, job.Args.Seed, job.Format);
+        var evalPrompts = job.EvalDataPath is { } evalPath ? GrpoPrompts.Load(evalPath, tokenizer, chat, job.Grpo.MaxPromptLength, job.Args.Seed, job.Format) : null;
+        foreach (var set in new[] { prompts, evalPrompts }.OfType<GrpoPrompts>()) RewardFunctions.RequireColumns(rewards, set.Path, set.Columns);
+        var stops = PromptFormat.StopIds(prompts.Conversational ? "chat" : "raw", tokenizer, chat).ToHashSet();
+        if (tokenizer.EosId is int eos) stops.Add(eos);
+        return (tokenizer, tokenizerPath, prompts, evalPrompts, stops);
+    }
+
+    /// <summary>An evaluation: every eval prompt's completions sampled from the policy as it is, with the same seeds each
+    /// time (the step key -1), so evaluations differ by the policy, not by the draw; scored and logged with the eval_ prefix.</summary>
+    internal static void Evaluate(int step, PolicySampler sampler, TrainingSession session, GrpoPrompts evalPrompts, TextTokenizer tokenizer, GrpoOptions options,
+        IReadOnlyCollection<int> stops, IReadOnlyList<IRewardFunction> rewards, int seed, TrainingLog log, ITrainingReporter reporter)
+    {
+        sampler.SetParameters(session.GetParameters(), session.Graph.ParameterShapes);
+        var completions = GrpoRollout.Sample(sampler, evalPrompts.All, tokenizer, options, stops, seed, step: -1);
+        var metrics = new GrpoMetrics(RewardFunctions.MetricNames(rewards));
+        metrics.Add(completions, GrpoRollout.Score(completions, rewards, options));
+        var record = new JsonObject { ["step"] = step };
+        metrics.Report(record, withKl: false, prefix: "eval_");
+        log.Append(record);
+        reporter.Info($"eval at step {step}: {Summary(record, "eval_")}");
     }
 
     /// <summary>The reported metrics of a training (or, with the eval_ prefix, an evaluation) record in one line; a step

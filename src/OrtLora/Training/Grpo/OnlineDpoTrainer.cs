@@ -1,0 +1,248 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using OrtLora.Autodiff;
+using OrtLora.Inference;
+using OrtLora.Onnx;
+using OrtLora.Training.Data;
+using OrtLora.Training.Engine;
+using EngineBatch = OrtLora.Training.Engine.Batch;
+
+namespace OrtLora.Training.Grpo;
+
+/// <summary>TRL's OnlineDPOConfig options of the loss (sampling is <see cref="GrpoOptions"/>').</summary>
+/// <param name="Beta">DPO's β: how far the policy may move from the reference</param>
+/// <param name="LossType">sigmoid (DPO) or ipo</param>
+/// <param name="MissingEosPenalty">subtracted from the reward of a completion that did not end (no EOS or end of turn
+/// within max_new_tokens); null: none</param>
+public sealed record OnlineDpoOptions(double Beta = 0.1, string LossType = "sigmoid", double? MissingEosPenalty = null)
+{
+    public void Validate()
+    {
+        if (Beta <= 0) throw new OrtLoraException($"--beta must be positive, got {Beta}");
+        if (LossType is not ("sigmoid" or "ipo")) throw new OrtLoraException($"online DPO's --loss-type is sigmoid or ipo, not '{LossType}'");
+        if (MissingEosPenalty is < 0) throw new OrtLoraException($"--missing-eos-penalty must not be negative, got {MissingEosPenalty}");
+    }
+}
+
+/// <summary>TRL's OnlineDPOTrainer on the training engine: each micro-batch samples two completions of each of its
+/// prompts from the policy as it is, scores them with the reward functions (a reward model among them), less
+/// missing_eos_penalty for one that did not end, and trains on the pairs, the higher-scored completion chosen (the
+/// first on a tie), with the DPO loss against the model as training started (<see cref="PreferenceLoss"/>: each row's
+/// log-probability summed over its completion's tokens, softmax without temperature, as TRL scores them). A step is
+/// gradient_accumulation_steps such micro-batches of per_device_train_batch_size prompts, each micro-batch's loss weighed
+/// equally, as TRL divides each by the accumulation steps.</summary>
+public static class OnlineDpoTrainer
+{
+    public static TrainResult Run(GrpoJob job, OnlineDpoOptions dpo, ITrainingReporter reporter)
+    {
+        dpo.Validate();
+        var rewards = new List<IRewardFunction>();
+        try
+        {
+            foreach (var spec in job.RewardFuncs) rewards.Add(RewardFunctions.Parse(spec, job.Grpo.MaxCompletionLength, job.ChatTemplateKwargs));
+            job.Grpo.Validate(rewards.Count);
+            return Train(job with { Grpo = job.Grpo with { NumGenerations = 2 } }, dpo, rewards, reporter);
+        }
+        finally
+        {
+            foreach (var r in rewards) r.Dispose();
+        }
+    }
+
+    static TrainResult Train(GrpoJob job, OnlineDpoOptions dpo, List<IRewardFunction> rewards, ITrainingReporter reporter)
+    {
+        var (args, grpo) = (job.Args, job.Grpo);
+        Directory.CreateDirectory(args.OutputDir);
+        using var model = OnnxModel.Load(job.ModelPath);
+        var lora = Trainer.InjectUnlessInjected(model, job.InitFrom, job.Lora);
+        var (tokenizer, tokenizerPath, prompts, evalPrompts, stops) = GrpoTrainer.Prepare(job, model, rewards);
+
+        int promptsPerStep = args.PerDeviceTrainBatchSize * args.GradientAccumulationSteps;
+        int stepsPerEpoch = (prompts.All.Count + promptsPerStep - 1) / promptsPerStep;
+        int totalSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * stepsPerEpoch);
+        int warmup = LrSchedule.WarmupSteps(args, totalSteps);
+        var preference = new PreferenceOptions(dpo.Beta, dpo.LossType, SumLogps: true);
+        using var session = new TrainingSession(model, new TrainingSessionOptions(args.AdamWFor(model), Optimization: args.OrtOptimizationLevel, Device: args.Device,
+            EpLibrary: args.EpLibrary, Compute: args.Compute, GradientCheckpointing: args.GradientCheckpointing, Seed: args.Seed, LossChunks: args.LossChunks,
+            Preference: preference));
+        using var sessionOptions = OrtRun.DefaultOptions();
+        using var sampler = new PolicySampler(model, sessionOptions);
+
+        var state = new TrainerState(0, 0, 0, args.Seed, 0);
+        var best = new BestModel(args);
+        var log = new TrainingLog(args.OutputDir);
+        if (job.ResumeFromCheckpoint is { } resume)
+        {
+            var path = resume == "" ? Checkpoint.Latest(args.OutputDir) ?? throw new OrtLoraException($"{args.OutputDir}: no checkpoint to resume from") : resume;
+            state = Trainer.Restore(session, best, path);
+            log.Reload(state.GlobalStep);
+            reporter.Info($"resumed from {path} at step {state.GlobalStep}");
+        }
+        else File.Delete(Path.Combine(args.OutputDir, "metrics.jsonl"));
+
+        reporter.Started(totalSteps, state.GlobalStep,
+            $"{lora.Adapters.Count} adapters, {session.ParameterNames.Sum(p => session.Graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b)):N0} trainable parameters; " +
+            $"{prompts.All.Count} prompts, {promptsPerStep} a step × 2 completions; rewards: {string.Join(", ", RewardFunctions.MetricNames(rewards))}; " +
+            $"{dpo.LossType} loss, beta {dpo.Beta}; {totalSteps} steps, warmup {warmup}");
+        bool evaluates = evalPrompts is not null && args.EvalStrategy != "no";
+        void EvaluateAt(int step) => GrpoTrainer.Evaluate(step, sampler, session, evalPrompts!, tokenizer, grpo, stops, rewards, args.Seed, log, reporter);
+        int lastEval = -1;
+        if (evaluates && state.GlobalStep == 0) { EvaluateAt(0); lastEval = 0; }
+
+        var metrics = new OnlineDpoMetrics(dpo.Beta);
+        var clock = Stopwatch.StartNew();
+        var runClock = Stopwatch.StartNew();
+        double lastLoss = double.NaN, lossThisRun = 0;
+        int stepsThisRun = 0;
+        long tokensSinceLog = 0;
+        while (state.GlobalStep < totalSteps)
+        {
+            double lr = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs);
+            sampler.SetParameters(session.GetParameters(), session.Graph.ParameterShapes);
+            var (epoch, index) = (state.Epoch, (int)state.DataIndex);
+            double loss = 0;
+            long tokens = 0;
+            for (int micro = 0; micro < args.GradientAccumulationSteps; micro++)
+            {
+                // this micro-batch's prompts in the epoch's order; an epoch's last may take the next epoch's first
+                var group = new List<GrpoPrompt>();
+                while (group.Count < args.PerDeviceTrainBatchSize)
+                {
+                    if (index == prompts.All.Count) (epoch, index) = (epoch + 1, 0);
+                    group.Add(prompts.At(epoch, index++));
+                }
+                var sampled = GrpoRollout.Sample(sampler, group, tokenizer, grpo, stops, args.Seed, state.GlobalStep * args.GradientAccumulationSteps + micro);
+                var scores = Rewards(sampled, rewards, grpo, dpo);
+                var (batch, order) = Pairs(sampled, scores, tokenizer);
+                loss += (args.GradientAccumulationSteps == 1 ? session.Step(batch, (float)lr, (float)args.MaxGradNorm)
+                    : session.Accumulate(batch, 1f / args.GradientAccumulationSteps)) / args.GradientAccumulationSteps;
+                tokens += batch.AttentionMask.Sum();
+                metrics.Add(session.LastSequenceLogps, session.LastReferenceLogps, [.. order.Select(i => scores[i])], [.. order.Select(i => !sampled[i].Truncated)]);
+            }
+            if (args.GradientAccumulationSteps > 1) session.ApplyAccumulated((float)lr, (float)args.MaxGradNorm);
+            if (!double.IsFinite(loss))
+                throw new OrtLoraException($"loss is {loss} at step {state.GlobalStep + 1}: training stopped. " +
+                    (Checkpoint.Latest(args.OutputDir) is { } good ? $"The last good checkpoint is {good}." : "No checkpoint was saved."));
+            state = state with { GlobalStep = state.GlobalStep + 1, Epoch = epoch, DataIndex = index, TokensSeen = state.TokensSeen + tokens };
+            lastLoss = loss; lossThisRun += loss; stepsThisRun++; tokensSinceLog += tokens;
+            metrics.AddLoss(loss);
+
+            double tokensPerSecond = tokensSinceLog / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
+            reporter.Stepped(new StepReport(state.GlobalStep, totalSteps, epoch, loss, lr, session.LastGradNorm, tokensPerSecond));
+            if (state.GlobalStep % Math.Max(1, args.LoggingSteps) == 0 || state.GlobalStep == totalSteps || args.LoggingFirstStep && state.GlobalStep == 1)
+            {
+                var record = new JsonObject
+                {
+                    ["step"] = state.GlobalStep, ["epoch"] = Math.Round(epoch + (double)index / prompts.All.Count, 4),
+                    ["learning_rate"] = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs),
+                    ["grad_norm"] = session.LastGradNorm, ["num_tokens"] = state.TokensSeen, ["tokens_per_second"] = tokensPerSecond,
+                };
+                metrics.Report(record);
+                log.Append(record);
+                reporter.Info($"step {state.GlobalStep}: loss {(double)record["loss"]!:F4}  scores {(double)record["objective/scores"]!:F4}  " +
+                    $"kl {(double)record["objective/kl"]!:F4}  rewards/accuracies {(double)record["rewards/accuracies"]!:F2}");
+                tokensSinceLog = 0;
+                clock.Restart();
+            }
+            if (evaluates && args.EvalSteps > 0 && state.GlobalStep % args.EvalSteps == 0 && state.GlobalStep < totalSteps) { EvaluateAt(state.GlobalStep); lastEval = state.GlobalStep; }
+            if (args.SaveStrategy == "steps" && args.SaveSteps > 0 && state.GlobalStep % args.SaveSteps == 0)
+            {
+                Trainer.SaveCheckpoint(model, session, state, best, args.OutputDir, args.SaveOnlyModel);
+                Checkpoint.Prune(args.OutputDir, args.SaveTotalLimit);
+            }
+        }
+
+        double runtime = runClock.Elapsed.TotalSeconds;
+        if (stepsThisRun > 0)
+            log.Append(new JsonObject
+            {
+                ["step"] = state.GlobalStep, ["train_runtime"] = Math.Round(runtime, 4),
+                ["train_steps_per_second"] = Math.Round(stepsThisRun / Math.Max(1e-9, runtime), 3), ["train_loss"] = lossThisRun / stepsThisRun,
+            });
+        if (evaluates && lastEval != state.GlobalStep) EvaluateAt(state.GlobalStep);
+        log.SavePlot(Path.Combine(args.OutputDir, "loss.png"));
+        var merged = Trainer.SaveAdapter(model, session, args.OutputDir, job.Merge ? tokenizerPath : null);
+        return new TrainResult(state.GlobalStep, null, null, lastLoss, args.OutputDir, merged);
+    }
+
+    /// <summary>Each completion's reward: the weighted sum of the functions' scores (TRL's nansum), less
+    /// missing_eos_penalty for a completion that did not end.</summary>
+    public static double[] Rewards(IReadOnlyList<Completion> completions, IReadOnlyList<IRewardFunction> rewards, GrpoOptions grpo, OnlineDpoOptions dpo)
+    {
+        var sums = GrpoRollout.Score(completions, rewards, grpo).Rewards;
+        return [.. sums.Select((r, i) => completions[i].Truncated && dpo.MissingEosPenalty is { } penalty ? r - penalty : r)];
+    }
+
+    /// <summary>The prompts' completion pairs as the DPO engine's rows, chosen then rejected (the higher reward chosen,
+    /// the first completion on a tie): prompt + completion, right-padded, the completion's tokens labelled.</summary>
+    /// <returns>the batch, and for each of its rows the index of its completion in <paramref name="completions"/></returns>
+    public static (EngineBatch Batch, int[] Order) Pairs(IReadOnlyList<Completion> completions, IReadOnlyList<double> rewards, TextTokenizer tokenizer)
+    {
+        var order = new int[completions.Count];
+        for (int p = 0; p < completions.Count / 2; p++)
+            (order[2 * p], order[2 * p + 1]) = rewards[2 * p] >= rewards[2 * p + 1] ? (2 * p, 2 * p + 1) : (2 * p + 1, 2 * p);
+        int rows = completions.Count, length = completions.Max(c => c.Prompt.Ids.Length + c.Ids.Count);
+        var ids = new long[rows * length];
+        var mask = new long[rows * length];
+        var labels = new long[rows * length];
+        Array.Fill(ids, tokenizer.PadId);
+        Array.Fill(labels, ExampleEncoder.IgnoreIndex);
+        for (int r = 0; r < rows; r++)
+        {
+            var c = completions[order[r]];
+            int at = r * length;
+            for (int t = 0; t < c.Prompt.Ids.Length; t++, at++) { ids[at] = c.Prompt.Ids[t]; mask[at] = 1; }
+            for (int t = 0; t < c.Ids.Count; t++, at++) { ids[at] = labels[at] = c.Ids[t]; mask[at] = 1; }
+        }
+        return (new EngineBatch(ids, mask, labels, rows, length), order);
+    }
+}
+
+/// <summary>TRL's OnlineDPOTrainer statistics, each appended per micro-batch and averaged at logging: the rewards'
+/// mean (objective/scores) and chosen − rejected gap (objective/scores_margin), the share of completions that ended
+/// (val/contain_eos_token), the KL to the reference summed over each completion (objective/kl), −β·kl
+/// (objective/non_score_reward), reward − β·kl (objective/rlhf_reward), −Σ log p (objective/entropy), DPO's implicit
+/// rewards (rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies), logps/chosen, logps/rejected, beta.</summary>
+sealed class OnlineDpoMetrics(double beta)
+{
+    readonly Dictionary<string, List<double>> _values = new();
+
+    void Put(string name, double value) => (_values.TryGetValue(name, out var list) ? list : _values[name] = []).Add(value);
+
+    public void AddLoss(double loss) => Put("loss", loss);
+
+    /// <param name="policy">each row's summed log-probability (rows chosen, rejected, ...)</param>
+    /// <param name="reference">each row's under the reference</param>
+    /// <param name="rewards">each row's reward</param>
+    /// <param name="ended">whether each row's completion ended within max_new_tokens</param>
+    public void Add(IReadOnlyList<float> policy, IReadOnlyList<float> reference, IReadOnlyList<double> rewards, IReadOnlyList<bool> ended)
+    {
+        int rows = rewards.Count, pairs = rows / 2;
+        double Mean(Func<int, double> f, IEnumerable<int> over) => over.Average(f);
+        var all = Enumerable.Range(0, rows).ToList();
+        var chosen = Enumerable.Range(0, pairs).Select(p => 2 * p).ToList();
+        var rejected = chosen.Select(i => i + 1).ToList();
+        double Kl(int i) => policy[i] - reference[i];
+        double Implicit(int i) => beta * Kl(i);
+        Put("objective/scores", Mean(i => rewards[i], all));
+        Put("objective/scores_margin", Mean(i => rewards[i] - rewards[i + 1], chosen));
+        Put("val/contain_eos_token", Mean(i => ended[i] ? 1 : 0, all));
+        Put("logps/chosen", Mean(i => policy[i], chosen));
+        Put("logps/rejected", Mean(i => policy[i], rejected));
+        Put("objective/kl", Mean(Kl, all));
+        Put("objective/non_score_reward", Mean(i => -beta * Kl(i), all));
+        Put("objective/rlhf_reward", Mean(i => rewards[i] - beta * Kl(i), all));
+        Put("objective/entropy", Mean(i => -policy[i], all));
+        Put("rewards/chosen", Mean(Implicit, chosen));
+        Put("rewards/rejected", Mean(Implicit, rejected));
+        Put("rewards/margins", Mean(i => Implicit(i) - Implicit(i + 1), chosen));
+        Put("rewards/accuracies", Mean(i => Implicit(i) > Implicit(i + 1) ? 1 : 0, chosen));
+        Put("beta", beta);
+    }
+
+    public void Report(JsonObject record)
+    {
+        foreach (var (name, values) in _values) record[name] = values.Average();
+        _values.Clear();
+    }
+}
