@@ -16,6 +16,7 @@ public sealed class GenerationCliOptions
     public Option<double> Temperature { get; } = new("--temperature") { Description = "0: greedy; otherwise sample from softmax(logits / T)", DefaultValueFactory = _ => 0 };
     public Option<int> TopK { get; } = new("--top-k") { Description = "Sample among the k most likely tokens (0: all)", DefaultValueFactory = _ => 0 };
     public Option<double> TopP { get; } = new("--top-p") { Description = "Sample among the most likely tokens whose probability reaches p", DefaultValueFactory = _ => 1.0 };
+    public Option<double> MinP { get; } = new("--min-p") { Description = "Sample only among tokens at least this times as likely as the most likely one (0: off; 0.05-0.1 typical)" };
     public Option<int?> Seed { get; } = new("--seed") { Description = "Random seed for sampling" };
     public Option<double> RepetitionPenalty { get; } = new("--repetition-penalty") { Description = "divide the logits of tokens already in the sequence by this (Hugging Face's repetition_penalty; 1: off)", DefaultValueFactory = _ => 1.0 };
     public Option<string?> ChatTemplate { get; } = new("--chat-template") { Description = "chatml, llama2 or a Jinja template file (default: the tokenizer's own, else chatml)" };
@@ -28,7 +29,7 @@ public sealed class GenerationCliOptions
     public void AddTo(Command command)
     {
         command.Arguments.Add(Model);
-        foreach (var o in new Option[] { ChatTemplate, ChatTemplateKwargs, System, MaxNewTokens, Temperature, TopK, TopP, RepetitionPenalty, Seed, Adapter, Tokenizer, NoCache })
+        foreach (var o in new Option[] { ChatTemplate, ChatTemplateKwargs, System, MaxNewTokens, Temperature, TopK, TopP, MinP, RepetitionPenalty, Seed, Adapter, Tokenizer, NoCache })
             command.Options.Add(o);
     }
 
@@ -52,6 +53,7 @@ public sealed class GenerationCliOptions
             Temperature = parse.GetValue(Temperature),
             TopK = parse.GetValue(TopK),
             TopP = parse.GetValue(TopP),
+            MinP = parse.GetValue(MinP),
             RepetitionPenalty = parse.GetValue(RepetitionPenalty),
             Seed = parse.GetValue(Seed),
             UseKvCache = !parse.GetValue(NoCache),
@@ -61,6 +63,7 @@ public sealed class GenerationCliOptions
         if (options.Temperature < 0) throw new OrtLoraException("--temperature must be 0 (greedy) or positive");
         if (options.TopK < 0) throw new OrtLoraException("--top-k must be 0 (off) or positive");
         if (options.TopP is <= 0 or > 1) throw new OrtLoraException("--top-p must be in (0, 1]");
+        if (options.MinP is < 0 or > 1) throw new OrtLoraException("--min-p must be in [0, 1]");
         if (options.RepetitionPenalty <= 0) throw new OrtLoraException("--repetition-penalty must be positive (1: off)");
         return options;
     }

@@ -33,6 +33,7 @@ public sealed class RewardTrainingOptions
     readonly Option<double> _temperature = new("--temperature") { DefaultValueFactory = _ => 1.0 };
     readonly Option<double> _topP = new("--top-p") { DefaultValueFactory = _ => 1.0 };
     readonly Option<int> _topK = new("--top-k") { Description = "0: no top-k filtering" };
+    readonly Option<double> _minP = new("--min-p") { Description = "only tokens at least this times as likely as the most likely one (0: off)" };
     readonly Option<double> _repetition = new("--repetition-penalty") { DefaultValueFactory = _ => 1.0 };
     readonly Option<double> _beta;
     readonly Option<int> _iterations = new("--num-iterations") { Description = "optimizer steps on each generation batch (TRL's mu); from the second on the policy ratio is clipped", DefaultValueFactory = _ => 1 };
@@ -107,7 +108,7 @@ public sealed class RewardTrainingOptions
         _lora.AddTo(command);
         Option[] groups = _onlineDpo ? [] : [_generationsEval, _generations, _iterations, _clip, _epsilonHigh, _stepsPerGeneration, _generationBatchSize, _maskTruncated, _logCompletions];
         foreach (var o in new Option[] { _data, _format, _evalData, _evalSteps, _evalStrategy, _rewardFuncs, _rewardWeights, _tokenizer, _chatTemplate, _chatTemplateKwargs,
-                     _maxCompletion, _maxPrompt, _temperature, _topP, _topK, _repetition, _beta }.Concat(groups).Concat(own)
+                     _maxCompletion, _maxPrompt, _temperature, _topP, _topK, _minP, _repetition, _beta }.Concat(groups).Concat(own)
                      .Concat([_epochs, _maxSteps, _batch, _accumulation, _lr, _scheduler,
                          _warmupRatio, _warmupSteps, _weightDecay, _beta1, _beta2, _adamEpsilon, _maxGradNorm, _logging, _loggingFirst, _saveSteps, _saveLimit,
                          _saveOnlyModel, _loraplus, _lossChunks, _device, _epLibrary, _fp16, _bf16, _checkpointing, _resume, _merge, _plain]))
@@ -144,7 +145,7 @@ public sealed class RewardTrainingOptions
             Grpo = algorithm with
             {
                 NumGenerations = Shared(_generations, 2), NumGenerationsEval = Shared(_generationsEval, null), MaxCompletionLength = parse.GetValue(_maxCompletion),
-                MaxPromptLength = parse.GetValue(_maxPrompt), Temperature = parse.GetValue(_temperature), TopP = parse.GetValue(_topP), TopK = parse.GetValue(_topK),
+                MaxPromptLength = parse.GetValue(_maxPrompt), Temperature = parse.GetValue(_temperature), TopP = parse.GetValue(_topP), TopK = parse.GetValue(_topK), MinP = parse.GetValue(_minP),
                 RepetitionPenalty = parse.GetValue(_repetition), Beta = Shared(_beta, 0), NumIterations = Shared(_iterations, 1), Epsilon = Shared(_clip, 0.2),
                 EpsilonHigh = Shared(_epsilonHigh, null), StepsPerGeneration = Shared(_stepsPerGeneration, null), GenerationBatchSize = Shared(_generationBatchSize, null),
                 MaskTruncatedCompletions = Shared(_maskTruncated, false), RewardWeights = weights is { Length: > 0 } ? weights : null,

@@ -65,6 +65,8 @@ public class GenerateCommandTests
         var modelPath = Path.Combine(dir, "model.onnx");
         var (code, _, error) = Run("generate", modelPath, "--prompt", "abc", "--top-p", "0");
         Assert.That((code, error.Trim()), Is.EqualTo((1, "error: --top-p must be in (0, 1]")));
+        (code, _, error) = Run("generate", modelPath, "--prompt", "abc", "--min-p", "1.5");
+        Assert.That((code, error.Trim()), Is.EqualTo((1, "error: --min-p must be in [0, 1]")));
         File.WriteAllText(Path.Combine(dir, "vocab.json"), "{\"a\": 0, \"z\": 99}");
         (code, _, error) = Run("generate", modelPath, "--prompt", "z");
         Assert.That(code, Is.EqualTo(1));

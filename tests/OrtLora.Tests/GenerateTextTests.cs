@@ -120,6 +120,24 @@ public class GenerateTextTests
         Assert.That(counts[0] / 20000.0, Is.EqualTo(0.625).Within(0.015));
     }
 
+    /// <summary>Hugging Face's MinPLogitsWarper: tokens below min_p times the top probability are dropped, the rest
+    /// renormalized; after top-k, whose survivors it compares with the same top token.</summary>
+    [Test]
+    public void MinPDropsTokensFarBelowTheTop()
+    {
+        // 0.5, 0.3, 0.15, 0.05: min_p 0.2 drops below 0.1 (token 3), token 0 then has 0.5 / 0.95; min_p 0.5 keeps {0, 1}
+        float[] logits = [(float)Math.Log(0.5), (float)Math.Log(0.3), (float)Math.Log(0.15), (float)Math.Log(0.05)];
+        foreach (var (minP, topK, kept, first) in new[] { (0.2, 0, 3, 0.5 / 0.95), (0.5, 0, 2, 0.625), (0.2, 2, 2, 0.625) })
+        {
+            var sampler = new Sampler(new GenerationOptions { Temperature = 1, MinP = minP, TopK = topK, Seed = 5 });
+            var counts = new int[4];
+            for (int i = 0; i < 20000; i++) counts[sampler.Next(logits)]++;
+            Assert.That(counts.Count(c => c > 0), Is.EqualTo(kept), $"min_p {minP}, top_k {topK}");
+            Assert.That(counts[0] / 20000.0, Is.EqualTo(first).Within(0.015), $"min_p {minP}, top_k {topK}");
+        }
+        Assert.That(new Sampler(new GenerationOptions { Temperature = 1, MinP = 1, Seed = 1 }).Next(logits), Is.Zero, "min_p 1 keeps the top token alone");
+    }
+
     [Test]
     public void InvalidBytesDoNotStallTheStream()
     {

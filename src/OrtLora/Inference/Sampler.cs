@@ -10,6 +10,9 @@ public sealed record GenerationOptions
     public int TopK { get; init; }
     /// <summary>Keep the smallest set of most likely tokens whose probability reaches top_p (1: all).</summary>
     public double TopP { get; init; } = 1.0;
+    /// <summary>Hugging Face's min_p: keep only tokens whose probability is at least min_p times the most likely
+    /// token's (0: off). Applied after top-k and top-p, as generate() orders its warpers.</summary>
+    public double MinP { get; init; }
     public int? Seed { get; init; }
     /// <summary>Hugging Face's repetition_penalty: the logit of every token already in the sequence (prompt included) is
     /// divided by it when positive, multiplied when negative, before temperature and sampling (1: off).</summary>
@@ -39,7 +42,7 @@ public sealed class Sampler(GenerationOptions options)
         return Choose(logits);
     }
 
-    /// <summary>Draws from softmax(logits / T) restricted to top-k, then top-p, walking the vocabulary in index order as
+    /// <summary>Draws from softmax(logits / T) restricted to top-k, then top-p, then min-p, walking the vocabulary in index order as
     /// torch.multinomial does after Hugging Face's warpers. A draw costs a few passes over the vocabulary, not a sort of
     /// it. Tokens tied with the last one kept are all kept, as transformers' top-k keeps them.</summary>
     int Choose(ReadOnlySpan<float> logits)
@@ -54,6 +57,8 @@ public sealed class Sampler(GenerationOptions options)
         double floor = 0;
         if (options.TopK > 0 && options.TopK < n) floor = KthLargest(weights, options.TopK);
         if (options.TopP < 1) floor = Math.Max(floor, NucleusFloor(weights, floor, options.TopP));
+        // min_p compares with the most likely token, whose weight is 1 and which top-k and top-p always keep
+        if (options.MinP > 0) floor = Math.Max(floor, options.MinP);
         double total = 0;
         foreach (var w in weights) if (w >= floor) total += w;
         double u = _random.NextDouble() * total, cumulative = 0;

@@ -26,6 +26,8 @@ public sealed record GrpoOptions
     public double TopP { get; init; } = 1.0;
     /// <summary>0: no top-k filtering.</summary>
     public int TopK { get; init; }
+    /// <summary>min_p: only tokens at least this times as likely as the most likely one (0: off).</summary>
+    public double MinP { get; init; }
     public double RepetitionPenalty { get; init; } = 1.0;
     /// <summary>dapo (TRL's default: the tokens of the whole generation batch), grpo (each completion's mean, then the
     /// mean over completions), bnpo (the micro-batch's tokens), dr_grpo (batch size × max_completion_length); cispo
@@ -85,6 +87,7 @@ public sealed record GrpoOptions
         if (Temperature <= 0) throw new OrtLoraException($"--temperature must be positive (GRPO samples its completions), got {Temperature}");
         if (TopP is <= 0 or > 1) throw new OrtLoraException($"--top-p must be in (0, 1], got {TopP}");
         if (TopK < 0) throw new OrtLoraException("--top-k must not be negative");
+        if (MinP is < 0 or > 1) throw new OrtLoraException($"--min-p must be in [0, 1], got {MinP}");
         if (RepetitionPenalty <= 0) throw new OrtLoraException("--repetition-penalty must be positive");
         if (!LossTypes.Contains(LossType)) throw new OrtLoraException($"unknown GRPO loss type '{LossType}'; expected {string.Join(", ", LossTypes)}");
         if (!RewardScalings.Contains(ScaleRewards)) throw new OrtLoraException($"unknown --scale-rewards '{ScaleRewards}'; expected {string.Join(", ", RewardScalings)}");

@@ -29,7 +29,7 @@ public static class GrpoRollout
         var groups = prompts.Select((prompt, p) => ((IReadOnlyList<int>)prompt.Ids, (IReadOnlyList<GenerationOptions>)[.. Enumerable
             .Range(p * grpo.NumGenerations, grpo.NumGenerations).Select(place => new GenerationOptions
             {
-                MaxNewTokens = grpo.MaxCompletionLength, Temperature = grpo.Temperature, TopK = grpo.TopK, TopP = grpo.TopP,
+                MaxNewTokens = grpo.MaxCompletionLength, Temperature = grpo.Temperature, TopK = grpo.TopK, TopP = grpo.TopP, MinP = grpo.MinP,
                 RepetitionPenalty = grpo.RepetitionPenalty, StopTokenIds = stops, Seed = SplitMix64.Seed((ulong)seed, (ulong)step, (ulong)place),
             })])).ToList();
         // all the prompts' groups side by side: one run per generated token for a batch of groups
