@@ -7,11 +7,11 @@ namespace OrtLora.Cli;
 public sealed class PreferenceCliOptions
 {
     public Option<double> Beta { get; } = new("--beta") { Description = "preference data: DPO's beta (TRL's DPOConfig.beta); higher keeps the model closer to the reference", DefaultValueFactory = _ => 0.1 };
-    public Option<string> LossType { get; } = new("--loss-type") { Description = "preference data: TRL's DPO loss_type (sigmoid: DPO, robust, hinge: SLiC, ipo: IPO, nca_pair, bco_pair, sppo_hard, apo_zero, apo_down, discopop) orpo (TRL's ORPOTrainer, no reference; --beta is its lambda) simpo (TRL's CPOTrainer, no reference), or kto for unpaired data (TRL's KTOTrainer)", DefaultValueFactory = _ => "sigmoid" };
+    public Option<string> LossType { get; } = new("--loss-type") { Description = "preference data: TRL's DPO loss_type (sigmoid: DPO, robust, hinge: SLiC, ipo: IPO, nca_pair, bco_pair, sppo_hard, apo_zero, apo_down, discopop) orpo (TRL's ORPOTrainer, no reference; --beta is its lambda), simpo and cpo (TRL's CPOTrainer, no reference), or kto for unpaired data (TRL's KTOTrainer)", DefaultValueFactory = _ => "sigmoid" };
     public Option<double> LabelSmoothing { get; } = new("--label-smoothing") { Description = "preference data: DPOConfig.label_smoothing, the assumed share of flipped pairs (sigmoid and robust losses)" };
     public Option<double> RpoAlpha { get; } = new("--rpo-alpha") { Description = "preference data: add alpha times the chosen completions' cross-entropy (RPO)" };
     public Option<double> SimpoGamma { get; } = new("--simpo-gamma") { Description = "--loss-type simpo: the target reward margin gamma (CPOConfig.simpo_gamma)", DefaultValueFactory = _ => 0.5 };
-    public Option<double> CpoAlpha { get; } = new("--cpo-alpha") { Description = "--loss-type simpo: the weight of the chosen completions' cross-entropy (CPOConfig.cpo_alpha; 0: pure SimPO)", DefaultValueFactory = _ => 1.0 };
+    public Option<double> CpoAlpha { get; } = new("--cpo-alpha") { Description = "--loss-type simpo and cpo: the weight of the chosen completions' cross-entropy (CPOConfig.cpo_alpha; 0: pure SimPO)", DefaultValueFactory = _ => 1.0 };
 
     public Option<double> DiscopopTau { get; } = new("--discopop-tau") { Description = "--loss-type discopop: the temperature of its logistic/exponential mix (DPOConfig.discopop_tau)", DefaultValueFactory = _ => 0.05 };
 

@@ -87,6 +87,9 @@ public class EnginePreferenceLossTests
                 // CPOTrainer's simpo: logits = π_c − π_r − γ/β, then the sigmoid loss of β·logits
                 "simpo" => -LogSigmoid(beta * (Logp(policy, 2 * pair) - Logp(policy, 2 * pair + 1) - o.SimpoGamma / beta)) * (1 - e)
                     - LogSigmoid(-beta * (Logp(policy, 2 * pair) - Logp(policy, 2 * pair + 1) - o.SimpoGamma / beta)) * e,
+                // CPOTrainer's default loss: the sigmoid loss of β·(π_c − π_r) on sums, no reference
+                "cpo" => -LogSigmoid(beta * (Logp(policy, 2 * pair) - Logp(policy, 2 * pair + 1))) * (1 - e)
+                    - LogSigmoid(-beta * (Logp(policy, 2 * pair) - Logp(policy, 2 * pair + 1))) * e,
                 "nca_pair" => -LogSigmoid(beta * a) - 0.5 * LogSigmoid(-beta * a) - 0.5 * LogSigmoid(-beta * b),
                 "bco_pair" => -LogSigmoid(beta * a) - LogSigmoid(-beta * b),
                 "sppo_hard" => Math.Pow(a - 0.5 / beta, 2) + Math.Pow(b + 0.5 / beta, 2),
@@ -99,13 +102,14 @@ public class EnginePreferenceLossTests
             chosenNll -= policy.Sums[2 * pair];
             chosenTokens += policy.Lengths[2 * pair];
         }
-        return total / (Rows / 2) + (o.LossType switch { "orpo" => 1, "simpo" => o.CpoAlpha, _ => o.RpoAlpha }) * chosenNll / chosenTokens;
+        return total / (Rows / 2) + (o.LossType switch { "orpo" => 1, "simpo" or "cpo" => o.CpoAlpha, _ => o.RpoAlpha }) * chosenNll / chosenTokens;
     }
 
     static readonly PreferenceOptions[] LossTypes =
     [
         new(Beta), new(Beta, LabelSmoothing: 0.1), new(Beta, "robust", LabelSmoothing: 0.1), new(0.02, "hinge"), new(0.05, "ipo"), new(0.05, "ipo", SumLogps: true),
         new(Beta, RpoAlpha: 0.5), new(Beta, "orpo"), new(2.0, "simpo", LabelSmoothing: 0.1), new(2.0, "simpo", SimpoGamma: 1, CpoAlpha: 0),
+        new(Beta, "cpo"), new(Beta, "cpo", LabelSmoothing: 0.1, CpoAlpha: 0.5),
         new(Beta, "nca_pair"), new(Beta, "bco_pair", RpoAlpha: 0.5), new(Beta, "sppo_hard"), new(Beta, "apo_zero"), new(Beta, "apo_down"),
         new(Beta, "discopop"), new(Beta, "discopop", DiscopopTau: 1), new(Beta, "exo_pair", LabelSmoothing: 0.05), new(Beta, "exo_pair", LabelSmoothing: 0.2),
     ];

@@ -6,8 +6,9 @@ namespace OrtLora.Autodiff;
 /// <summary>TRL's DPOConfig options that shape the loss.</summary>
 /// <param name="Beta">how far the policy may move from the reference (higher: closer)</param>
 /// <param name="LossType">sigmoid (DPO), robust (robust DPO), hinge (SLiC), ipo (IPO: log-probabilities averaged over
-/// the completion's tokens), orpo (TRL's ORPOTrainer: no reference; Beta is its λ) or simpo (TRL's CPOTrainer with
-/// loss_type simpo: no reference, token means, a target margin)</param>
+/// the completion's tokens), orpo (TRL's ORPOTrainer: no reference; Beta is its λ), simpo (TRL's CPOTrainer with
+/// loss_type simpo: no reference, token means, a target margin) or cpo (TRL's CPOTrainer with its default loss_type
+/// sigmoid: no reference, sums, plus cpo_alpha times the chosen completions' cross-entropy)</param>
 /// <param name="LabelSmoothing">ε, the assumed share of flipped labels (conservative DPO; sigmoid and robust)</param>
 /// <param name="RpoAlpha">α: adds α times the chosen completions' token-mean cross-entropy (RPO); 0: none</param>
 /// <param name="SimpoGamma">SimPO's target margin γ (CPOConfig.simpo_gamma)</param>
@@ -29,7 +30,7 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
     public bool IsRewardModel => LossType == RewardModelLoss;
 
     /// <summary>The losses of paired data (chosen, rejected); KTO's takes unpaired data.</summary>
-    public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo", "orpo", "simpo", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop", "exo_pair"];
+    public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo", "orpo", "simpo", "cpo", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop", "exo_pair"];
 
     /// <summary>The losses that weigh the chosen and the rejected log-ratio each in its own way, not only their difference.</summary>
     public bool SeparateRatios => LossType is "nca_pair" or "bco_pair" or "sppo_hard" or "apo_zero" or "apo_down";
@@ -38,12 +39,12 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
     public bool Unpaired => LossType == "kto";
 
     /// <summary>Whether the loss compares with a reference model (all but ORPO and SimPO).</summary>
-    public bool UsesReference => LossType is not ("orpo" or "simpo" or RewardModelLoss);
+    public bool UsesReference => LossType is not ("orpo" or "simpo" or "cpo" or RewardModelLoss);
     /// <summary>Whether a row's π is the mean of its tokens' log-probabilities (IPO, ORPO, SimPO) rather than their sum.</summary>
     public bool Averages => LossType is "orpo" or "simpo" || LossType == "ipo" && !SumLogps;
     /// <summary>The weight of the chosen completions' token-mean cross-entropy in the loss: rpo_alpha, ORPO's 1, or
     /// SimPO's cpo_alpha.</summary>
-    public double ChosenNllWeight => LossType switch { "orpo" => 1, "simpo" => CpoAlpha, _ => RpoAlpha };
+    public double ChosenNllWeight => LossType switch { "orpo" => 1, "simpo" or "cpo" => CpoAlpha, _ => RpoAlpha };
 
     public void Validate()
     {
@@ -57,7 +58,7 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
         if (!LossTypes.Contains(LossType) && !Unpaired) throw new OrtLoraException($"unknown DPO loss type '{LossType}'; expected {string.Join(", ", LossTypes)}");
         if (Beta <= 0) throw new OrtLoraException($"DPO's beta must be positive, got {Beta}");
         if (LabelSmoothing is < 0 or >= 0.5) throw new OrtLoraException($"DPO's label smoothing must be in [0, 0.5), got {LabelSmoothing}");
-        if (LabelSmoothing > 0 && LossType is not ("sigmoid" or "robust" or "simpo" or "exo_pair"))
+        if (LabelSmoothing > 0 && LossType is not ("sigmoid" or "robust" or "simpo" or "cpo" or "exo_pair"))
             throw new OrtLoraException($"DPO's label smoothing applies to the sigmoid, robust, simpo and exo_pair losses, not {LossType}");
         // EXO's target distribution is (1 − ε, ε): its KL takes log ε, infinite at ε = 0
         if (LossType == "exo_pair" && LabelSmoothing <= 0)
@@ -84,6 +85,7 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
 /// <item>ipo: (L − 1/(2β))²</item>
 /// <item>orpo (ORPOTrainer, no reference): −β·log σ(log odds(π_c) − log odds(π_r)), log odds(π) = π − log(1 − e^π)</item>
 /// <item>simpo (CPOTrainer, no reference): the sigmoid loss with z = β·(π_c − π_r) − γ</item>
+/// <item>cpo (CPOTrainer's own loss_type sigmoid, no reference): the sigmoid loss with z = β·(π_c − π_r), π summed</item>
 /// <item>with a = π_c − r_c and b = π_r − r_r (L = a − b): nca_pair −log σ(βa) − ½ log σ(−βa) − ½ log σ(−βb); bco_pair
 /// −log σ(βa) − log σ(−βb) (TRL's current form, without a running mean); sppo_hard (a − 1/(2β))² + (b + 1/(2β))²; apo_zero
 /// 1 − σ(βa) + σ(βb); apo_down σ(βa) + 1 − σ(z)</item>
@@ -147,7 +149,7 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         var logProbs = options.Averages ? Op("Div", [sums, Op("Max", [lengths, Scalar(1)])]) : sums;
         // ORPO compares log odds, π − log(1 − e^π), SimPO π itself, the others π − r
         var compared = options.UsesReference ? Op("Sub", [logProbs, ReferenceInput])
-            : options.LossType == "simpo" ? logProbs
+            : options.LossType is "simpo" or "cpo" ? logProbs
             : Op("Sub", [logProbs, Op("Log", [Op("Sub", [Scalar(1), Op("Exp", [logProbs])])])]);
         var pairs = Op("Reshape", [compared, Ints(-1, 2)]); // [P, 2]: chosen, rejected
         var difference = Op("Sub", [Column(pairs, 0), Column(pairs, 1)]); // L, [P]
