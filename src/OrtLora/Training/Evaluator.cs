@@ -84,14 +84,7 @@ public static class Evaluator
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary, Preference: options));
         var metrics = new Reward.RewardMetrics();
         var score = Trainer.Score(session, data, metrics);
-        if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no pair to score ({data.Summary})");
-        long pairs = metrics.Pairs;
-        var record = new System.Text.Json.Nodes.JsonObject();
-        metrics.Report(record);
-        return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString())
-        {
-            Rewards = record.ToDictionary(kv => kv.Key, kv => (double)kv.Value!), Pairs = pairs,
-        };
+        return PairResult(score, metrics, data, dataPath);
     }
 
     /// <summary>Preference data: the DPO loss of the model against a reference model (TRL's evaluate on a DPO model),
@@ -111,6 +104,12 @@ public static class Evaluator
         using var session = new TrainingSession(model, sessionOptions);
         var metrics = new PreferenceMetrics(preference.Beta);
         var score = Trainer.Score(session, data, metrics, referenceSession is null ? null : referenceSession.ReferenceLogps);
+        return PairResult(score, metrics, data, dataPath);
+    }
+
+    /// <summary>A preference evaluation's result: the loss and the metrics TRL logs of the pairs.</summary>
+    static EvalResult PairResult(Trainer.EvalScore score, IPreferenceMetrics metrics, TrainingData data, string dataPath)
+    {
         if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no pair to score ({data.Summary})");
         long pairs = metrics.Pairs;
         var record = new System.Text.Json.Nodes.JsonObject();

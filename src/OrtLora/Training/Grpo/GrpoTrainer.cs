@@ -193,14 +193,8 @@ public static class GrpoTrainer
 
             double tokensPerSecond = window.Tokens / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
             reporter.Stepped(new StepReport(state.GlobalStep, totalSteps, epoch, loss, lr, session.LastGradNorm, tokensPerSecond));
-            if (state.GlobalStep % Math.Max(1, args.LoggingSteps) == 0 || state.GlobalStep == totalSteps || args.LoggingFirstStep && state.GlobalStep == 1)
+            if (StepRecord(args, state, totalSteps, warmup, epoch, index, prompts.All.Count, session.LastGradNorm, tokensPerSecond) is { } record)
             {
-                var record = new JsonObject
-                {
-                    ["step"] = state.GlobalStep, ["epoch"] = Math.Round(epoch + (double)index / prompts.All.Count, 4),
-                    ["learning_rate"] = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs),
-                    ["grad_norm"] = session.LastGradNorm, ["num_tokens"] = state.TokensSeen, ["tokens_per_second"] = tokensPerSecond,
-                };
                 window.Report(record, grpo.Beta > 0, clipping: clipping);
                 log.Append(record);
                 reporter.Info($"step {state.GlobalStep}: loss {(double?)record["loss"] ?? double.NaN:F4}  {Summary(record)}");
@@ -218,17 +212,41 @@ public static class GrpoTrainer
             }
         }
 
-        double runtime = runClock.Elapsed.TotalSeconds;
+        return Finish(job, model, session, log, state.GlobalStep, runClock.Elapsed.TotalSeconds, stepsThisRun, lossThisRun, lastLoss, tokenizerPath,
+            finalEvaluation: evaluates && lastEval != state.GlobalStep ? () => EvaluateAt(state.GlobalStep) : null);
+    }
+
+    /// <summary>A logging step's record (null when the step logs nothing): the Trainer's step, fractional epoch, the
+    /// learning rate after the scheduler's step, grad_norm, and the tokens seen and per second.</summary>
+    internal static JsonObject? StepRecord(TrainingArguments args, TrainerState state, int totalSteps, int warmup, int epoch, int index, int prompts,
+        double gradNorm, double tokensPerSecond)
+    {
+        int step = state.GlobalStep;
+        if (!(step % Math.Max(1, args.LoggingSteps) == 0 || step == totalSteps || args.LoggingFirstStep && step == 1)) return null;
+        return new JsonObject
+        {
+            ["step"] = step, ["epoch"] = Math.Round(epoch + (double)index / prompts, 4),
+            ["learning_rate"] = LrSchedule.At(args.LrSchedulerType, args.LearningRate, step, warmup, totalSteps, args.LrSchedulerKwargs),
+            ["grad_norm"] = gradNorm, ["num_tokens"] = state.TokensSeen, ["tokens_per_second"] = tokensPerSecond,
+        };
+    }
+
+    /// <summary>The end of a reward-driven run: the Trainer's summary of this run's steps (a resumed run counts from
+    /// where it resumed), the last evaluation, the loss plot, the adapter and, with --merge, the merged model.</summary>
+    internal static TrainResult Finish(GrpoJob job, OnnxModel model, TrainingSession session, TrainingLog log, int globalStep, double runtime,
+        int stepsThisRun, double lossThisRun, double lastLoss, string tokenizerPath, Action? finalEvaluation)
+    {
+        var outputDir = job.Args.OutputDir;
         if (stepsThisRun > 0)
             log.Append(new JsonObject
             {
-                ["step"] = state.GlobalStep, ["train_runtime"] = Math.Round(runtime, 4),
+                ["step"] = globalStep, ["train_runtime"] = Math.Round(runtime, 4),
                 ["train_steps_per_second"] = Math.Round(stepsThisRun / Math.Max(1e-9, runtime), 3), ["train_loss"] = lossThisRun / stepsThisRun,
             });
-        if (evaluates && lastEval != state.GlobalStep) EvaluateAt(state.GlobalStep);
-        log.SavePlot(Path.Combine(args.OutputDir, "loss.png"));
-        var merged = Trainer.SaveAdapter(model, session, args.OutputDir, job.Merge ? tokenizerPath : null);
-        return new TrainResult(state.GlobalStep, null, null, lastLoss, args.OutputDir, merged);
+        finalEvaluation?.Invoke(); // an evaluation after the last step, unless one was just made
+        log.SavePlot(Path.Combine(outputDir, "loss.png"));
+        var merged = Trainer.SaveAdapter(model, session, outputDir, job.Merge ? tokenizerPath : null);
+        return new TrainResult(globalStep, null, null, lastLoss, outputDir, merged);
     }
 
     /// <summary>What every reward-driven trainer reads before its loop: the tokenizer (checked against the model), the

@@ -129,14 +129,8 @@ public static class OnlineDpoTrainer
 
             double tokensPerSecond = tokensSinceLog / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
             reporter.Stepped(new StepReport(state.GlobalStep, totalSteps, epoch, loss, lr, session.LastGradNorm, tokensPerSecond));
-            if (state.GlobalStep % Math.Max(1, args.LoggingSteps) == 0 || state.GlobalStep == totalSteps || args.LoggingFirstStep && state.GlobalStep == 1)
+            if (GrpoTrainer.StepRecord(args, state, totalSteps, warmup, epoch, index, prompts.All.Count, session.LastGradNorm, tokensPerSecond) is { } record)
             {
-                var record = new JsonObject
-                {
-                    ["step"] = state.GlobalStep, ["epoch"] = Math.Round(epoch + (double)index / prompts.All.Count, 4),
-                    ["learning_rate"] = LrSchedule.At(args.LrSchedulerType, args.LearningRate, state.GlobalStep, warmup, totalSteps, args.LrSchedulerKwargs),
-                    ["grad_norm"] = session.LastGradNorm, ["num_tokens"] = state.TokensSeen, ["tokens_per_second"] = tokensPerSecond,
-                };
                 metrics.Report(record);
                 log.Append(record);
                 reporter.Info($"step {state.GlobalStep}: loss {(double)record["loss"]!:F4}  scores {(double)record["objective/scores"]!:F4}  " +
@@ -152,17 +146,8 @@ public static class OnlineDpoTrainer
             }
         }
 
-        double runtime = runClock.Elapsed.TotalSeconds;
-        if (stepsThisRun > 0)
-            log.Append(new JsonObject
-            {
-                ["step"] = state.GlobalStep, ["train_runtime"] = Math.Round(runtime, 4),
-                ["train_steps_per_second"] = Math.Round(stepsThisRun / Math.Max(1e-9, runtime), 3), ["train_loss"] = lossThisRun / stepsThisRun,
-            });
-        if (evaluates && lastEval != state.GlobalStep) EvaluateAt(state.GlobalStep);
-        log.SavePlot(Path.Combine(args.OutputDir, "loss.png"));
-        var merged = Trainer.SaveAdapter(model, session, args.OutputDir, job.Merge ? tokenizerPath : null);
-        return new TrainResult(state.GlobalStep, null, null, lastLoss, args.OutputDir, merged);
+        return GrpoTrainer.Finish(job, model, session, log, state.GlobalStep, runClock.Elapsed.TotalSeconds, stepsThisRun, lossThisRun, lastLoss, tokenizerPath,
+            finalEvaluation: evaluates && lastEval != state.GlobalStep ? () => EvaluateAt(state.GlobalStep) : null);
     }
 
     /// <summary>Each completion's reward: the weighted sum of the functions' scores (TRL's nansum), less
