@@ -20,6 +20,7 @@ public static class Commands
         ShowDataCommand.Create(),
         TrainCommand.Create(),
         TrainCommand.CreateReward(),
+        TrainCommand.CreateDistill(),
         GrpoCommand.Create(),
         RlooCommand.Create(),
         OnlineDpoCommand.Create(),

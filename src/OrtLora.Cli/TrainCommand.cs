@@ -5,17 +5,22 @@ using OrtLora.Training.Data;
 
 namespace OrtLora.Cli;
 
-/// <summary>ortlora train MODEL --data FILE.parquet -o DIR: options named as the Hugging Face Trainer's. And `ortlora
-/// reward`, the same loop and options training a reward model on preference pairs (TRL's RewardTrainer and RewardConfig).</summary>
+/// <summary>ortlora train MODEL --data FILE.parquet -o DIR: options named as the Hugging Face Trainer's. And the same
+/// loop and options for `ortlora reward` (a reward model on preference pairs: TRL's RewardTrainer and RewardConfig) and
+/// `ortlora distill` (knowledge distillation from a teacher: TRL's GKDTrainer and GKDConfig).</summary>
 public static class TrainCommand
 {
-    public static Command Create() => Build("train", "Train LoRA adapters on Parquet or JSON Lines data", reward: false);
+    public static Command Create() => Build("train", "Train LoRA adapters on Parquet or JSON Lines data", reward: false, distill: false);
 
     public static Command CreateReward() => Build("reward",
         "Train a reward model on preference pairs (TRL's RewardTrainer): a sequence classifier with LoRA adapters and a trained score head; " +
-        "a causal LM export is turned into one", reward: true);
+        "a causal LM export is turned into one", reward: true, distill: false);
 
-    static Command Build(string name, string description, bool reward)
+    public static Command CreateDistill() => Build("distill",
+        "Distill a teacher model into the LoRA adapters (TRL's GKDTrainer): the generalized Jensen-Shannon divergence to the teacher's " +
+        "distribution at every completion token, on the data's completions and, with --lmbda, on the student's own", reward: false, distill: true);
+
+    static Command Build(string name, string description, bool reward, bool distill)
     {
         var model = new Argument<string>("model") { Description = "ONNX model: plain (injected with the LoRA options) or already injected" };
         var output = new Option<string>("--output", "-o") { Description = "output directory (adapter, checkpoints, metrics.jsonl, loss.png)", Required = true };
@@ -40,6 +45,11 @@ public static class TrainCommand
             dataOptions.MaxSeqLength.DefaultValueFactory = _ => 1024;
             dataOptions.MaxSeqLength.Description = "leave out pairs whose chosen or rejected sequence is longer than this many tokens (RewardConfig.max_length)";
         }
+        var teacher = new Option<string>("--teacher-model") { Description = "the teacher: an ONNX causal LM with the student's tokenizer", Required = true };
+        var jsdBeta = new Option<double>("--beta") { Description = "the generalized JSD's interpolation: 0 is KL(teacher||student), 1 KL(student||teacher) (GKDConfig.beta)", DefaultValueFactory = _ => 0.5 };
+        var lmbda = new Option<double>("--lmbda") { Description = "the share of micro-batches trained on completions the student samples itself (on-policy; GKDConfig.lmbda)", DefaultValueFactory = _ => 0.5 };
+        var temperature = new Option<double>("--temperature") { Description = "sampling temperature of the student's completions", DefaultValueFactory = _ => 0.9 };
+        var maxNewTokens = new Option<int>("--max-new-tokens") { Description = "the longest completion the student samples", DefaultValueFactory = _ => 128 };
         var center = new Option<double>("--center-rewards-coefficient") { Description = "add this times the mean (chosen + rejected score)² to the loss, pulling rewards towards zero (RewardConfig.center_rewards_coefficient; 0.01 recommended)" };
         var scheduler = new Option<string>("--lr-scheduler-type") { DefaultValueFactory = _ => "linear" };
         scheduler.AcceptOnlyFromAmong(LrSchedule.Types);
@@ -97,15 +107,17 @@ public static class TrainCommand
 
         var cmd = new Command(name, description) { model, output };
         lora.AddTo(cmd);
-        // a reward model has its own loss: no DPO options, and pairs are never packed or grouped apart
-        foreach (var o in reward ? dataOptions.All : dataOptions.All.Concat(preference.All)) cmd.Options.Add(o);
+        // a reward model and a distillation have their own losses: no DPO options (and pairs are never packed or grouped apart)
+        foreach (var o in reward || distill ? dataOptions.All : dataOptions.All.Concat(preference.All)) cmd.Options.Add(o);
         foreach (var o in new Option[] { data, evalData, evalSplit, dropLast, padToMax,
                      epochs, maxSteps, batch, evalBatch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay,
                      optim, beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, loggingStrategy, saveSteps, saveOnlyModel, saveStrategy, saveLimit, evalSteps, evalStrategy,
                      loadBest, metricForBest, patience, threshold, neftune, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
-        foreach (var o in reward ? new Option[] { center } : [packing, groupByLength, labelSmoothing, precompute, lossChunks]) cmd.Options.Add(o);
+        foreach (var o in reward ? new Option[] { center } : distill ? [teacher, jsdBeta, lmbda, temperature, maxNewTokens, packing, groupByLength]
+                     : [packing, groupByLength, labelSmoothing, precompute, lossChunks]) cmd.Options.Add(o);
         T Unless<T>(Option<T> option, ParseResult parse) => reward ? default! : parse.GetValue(option)!;
+        T TrainOnly<T>(Option<T> option, ParseResult parse) => reward || distill ? default! : parse.GetValue(option)!;
 
         cmd.SetAction(CliRunner.Guard(parse =>
         {
@@ -122,8 +134,9 @@ public static class TrainCommand
                 GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),
                 CudaGraphs = parse.GetValue(cudaGraphs), LoadBestModelAtEnd = parse.GetValue(loadBest),
                 EarlyStoppingPatience = parse.GetValue(patience), EarlyStoppingThreshold = parse.GetValue(threshold),
-                NeftuneNoiseAlpha = parse.GetValue(neftune), LabelSmoothingFactor = Unless(labelSmoothing, parse),
-                Preference = reward ? RewardOptions(parse.GetValue(center)) : preference.Read(parse), PrecomputeRefLogProbs = Unless(precompute, parse), LossChunks = Unless(lossChunks, parse),
+                NeftuneNoiseAlpha = parse.GetValue(neftune), LabelSmoothingFactor = TrainOnly(labelSmoothing, parse),
+                Preference = reward ? RewardOptions(parse.GetValue(center)) : distill ? new PreferenceOptions() : preference.Read(parse),
+                PrecomputeRefLogProbs = TrainOnly(precompute, parse), LossChunks = TrainOnly(lossChunks, parse),
             };
             Validate(args);
             var job = new TrainJob
@@ -137,6 +150,8 @@ public static class TrainCommand
                 Args = args,
                 ResumeFromCheckpoint = parse.GetResult(resume) is null ? null : parse.GetValue(resume) ?? "",
                 Merge = parse.GetValue(merge),
+                Distillation = distill ? new DistillationOptions(parse.GetValue(teacher)!, parse.GetValue(jsdBeta), parse.GetValue(lmbda), parse.GetValue(temperature),
+                    parse.GetValue(maxNewTokens)) : null,
             };
             var result = TrainingRunner.Run(job, parse.GetValue(plain));
             Console.WriteLine($"adapter: {result.AdapterDir}" + (result.MergedModel is { } m ? $"; merged model: {m}" : ""));

@@ -25,6 +25,8 @@ public sealed record TrainJob
     public string? ResumeFromCheckpoint { get; init; }
     /// <summary>Also write the merged model (OutputDir/merged/model.onnx) with the tokenizer files.</summary>
     public bool Merge { get; init; }
+    /// <summary>Knowledge distillation from a teacher (`ortlora distill`, TRL's GKD); null: the data's own loss.</summary>
+    public DistillationOptions? Distillation { get; init; }
 }
 
 public sealed record StepReport(int Step, int TotalSteps, int Epoch, double Loss, double LearningRate, double GradNorm, double TokensPerSecond);
@@ -49,6 +51,7 @@ public static partial class Trainer
     public static TrainResult Run(TrainJob job, ITrainingReporter reporter)
     {
         var args = job.Args;
+        job.Distillation?.Validate();
         Directory.CreateDirectory(args.OutputDir);
 
         using var model = OnnxModel.Load(job.ModelPath);
@@ -66,6 +69,10 @@ public static partial class Trainer
             EvalBatchSize = args.PerDeviceEvalBatchSize > 0 ? args.PerDeviceEvalBatchSize : args.PerDeviceTrainBatchSize, Seed = args.Seed,
             PadToMaxLength = job.Data.PadToMaxLength || args.CudaGraphs, RewardModeling = rewardModel };
         using var data = TrainingData.Open(job.DataPath, tokenizer, dataOptions, job.EvalDataPath, TokenizerConfig.Read(tokenizerDir));
+        if (job.Distillation is not null && data.IsPreference)
+            throw new OrtLoraException($"{job.DataPath}: distillation trains on completions (text, instruction, prompt-completion or chat data), not on preference pairs");
+        if (job.Distillation is { Lmbda: > 0 } && dataOptions.PadToMaxLength)
+            throw new OrtLoraException("--lmbda > 0 samples completions of their own lengths: not with --pad-to-max-length or --cuda-graphs (use --lmbda 0)");
         if (rewardModel && !data.IsPreference)
             throw new OrtLoraException($"{job.DataPath}: a reward model trains on preference pairs (chosen and rejected columns); this is {ParquetDataset.FormatName(data.Train.Format)} data");
 
@@ -91,7 +98,8 @@ public static partial class Trainer
         using var session = new TrainingSession(model, new TrainingSessionOptions(args.AdamWFor(model), Optimization: args.OrtOptimizationLevel, Device: args.Device, EpLibrary: args.EpLibrary, Compute: compute,
             GradientCheckpointing: args.GradientCheckpointing, StaticShapes: dataOptions.PadToMaxLength, CudaGraphs: args.CudaGraphs,
             NeftuneNoiseAlpha: args.NeftuneNoiseAlpha, Seed: args.Seed, LabelSmoothing: args.LabelSmoothingFactor, LossChunks: args.LossChunks,
-            Preference: data.IsPreference ? args.Preference : null));
+            Preference: data.IsPreference ? args.Preference : null, DistillationBeta: job.Distillation?.Beta));
+        using var distillation = job.Distillation is { } distill ? new Distillation(distill, model, session, data, args.Seed) : null;
         if (dataOptions.PadToMaxLength)
             reporter.Info($"every batch padded to [{dataOptions.BatchSize}, {dataOptions.MaxSeqLength}]; graphs loaded for that shape" +
                 (!args.CudaGraphs ? "" : args.Device == "cuda" ? "; CUDA graphs: each session captures its kernels once per state parity and replays them"
@@ -143,12 +151,16 @@ public static partial class Trainer
         {
             var clock = Stopwatch.StartNew();
             var evalPreference = NewMetrics();
-            var score = Score(session, data, evalPreference, evalPreference is null ? null : references.ForEvaluation());
+            var score = Score(session, data, evalPreference, evalPreference is null ? null : references.ForEvaluation(), distillation is null ? null : distillation.WithTeacher);
             double loss = score.Loss, runtime = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
             // The Trainer's evaluate() names, TRL's eval_mean_token_accuracy, and perplexity; DPO's eval_rewards/* instead.
             var record = new JsonObject { ["step"] = step, ["eval_loss"] = loss };
             if (evalPreference is not null) evalPreference.Report(record, "eval_");
-            else { record["perplexity"] = Math.Exp(loss); record["eval_mean_token_accuracy"] = score.MeanTokenAccuracy; }
+            else
+            {
+                if (distillation is null) record["perplexity"] = Math.Exp(loss); // a divergence's exp is no perplexity
+                record["eval_mean_token_accuracy"] = score.MeanTokenAccuracy;
+            }
             record["eval_runtime"] = Math.Round(runtime, 4);
             record["eval_samples_per_second"] = Math.Round(score.Samples / runtime, 3);
             record["eval_steps_per_second"] = Math.Round(score.Batches / runtime, 3);
@@ -177,7 +189,9 @@ public static partial class Trainer
         {
             var window = batches.Take(args.GradientAccumulationSteps);
             double lr = LearningRateAt(state.GlobalStep);
-            var (loss, correct) = Update(session, window, (float)lr, (float)args.MaxGradNorm, preference, references.ForTraining);
+            distillation?.BeginStep(state.GlobalStep);
+            var (loss, correct) = Update(session, window, (float)lr, (float)args.MaxGradNorm, preference,
+                distillation is null ? references.ForTraining : distillation.ForTraining, equalWeights: distillation is not null);
             position = window[^1].Next;
             long tokens = window.Sum(b => b.AttentionMask.Sum());
             state = state with
@@ -212,7 +226,8 @@ public static partial class Trainer
                 };
                 if (rewardModel) record["num_tokens"] = state.TokensSeen;
                 if (preference is not null) preference.Report(record);
-                else record["mean_token_accuracy"] = correctSinceLog / Math.Max(1, scoredSinceLog);
+                // a distillation's on-policy batches are not the data's: its tokens are not the data batches' to count
+                else if (distillation is null) record["mean_token_accuracy"] = correctSinceLog / Math.Max(1, scoredSinceLog);
                 log.Append(record);
                 lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; correctSinceLog = 0; scoredSinceLog = 0; clock.Restart();
             }
@@ -260,6 +275,8 @@ public static partial class Trainer
             reporter.Info($"loaded the best model: step {b.Step}, eval_loss {b.Metric:F4}");
         }
         log.SavePlot(Path.Combine(args.OutputDir, "loss.png"));
+        if (distillation is { Prepared: > 0 })
+            reporter.Info($"distillation: {distillation.OnPolicy} of {distillation.Prepared} micro-batches trained on the student's own completions");
         if (session.Scaler is { SkippedSteps: > 0 } scaler)
             reporter.Info($"fp16 loss scaling skipped {scaler.SkippedSteps} steps whose gradients overflowed (scale now {scaler.Scale})");
 
@@ -284,7 +301,7 @@ public static partial class Trainer
     /// <returns>the loss, and the counted tokens the model predicted right</returns>
     /// <param name="prepare">the batch as the engine takes it</param>
     static (double Loss, double CorrectTokens) Update(TrainingSession session, IReadOnlyList<DataBatch> window, float lr, float maxGradNorm,
-        IPreferenceMetrics? preference, Func<DataBatch, Engine.Batch> prepare)
+        IPreferenceMetrics? preference, Func<DataBatch, Engine.Batch> prepare, bool equalWeights = false)
     {
         void Observe(DataBatch b) => preference?.Add(session.LastSequenceLogps[..b.Sequences], session.LastReferenceLogps[..b.Sequences], Roles(b));
         if (window.Count == 1)
@@ -293,7 +310,8 @@ public static partial class Trainer
             Observe(window[0]);
             return (loss, session.LastCorrectTokens);
         }
-        long Weight(DataBatch b) => preference is null ? b.LossTokens : b.Sequences / 2;
+        // distillation: each micro-batch's loss is its own tokens' mean, and the Trainer divides each by the accumulation steps
+        long Weight(DataBatch b) => equalWeights ? 1 : preference is null ? b.LossTokens : b.Sequences / 2;
         long total = Math.Max(1, window.Sum(Weight));
         double weighted = 0, correct = 0;
         foreach (var b in window)
@@ -313,8 +331,10 @@ public static partial class Trainer
     /// <param name="preference">with preference data: the DPO loss is averaged over pairs, whose rewards this takes</param>
     /// <param name="reference">preference data: each batch's reference log-probabilities from elsewhere (another
     /// model's session); null: the session's own starting parameters</param>
+    /// <param name="prepare">distillation: each batch with the teacher's logits; its loss, a mean over the batch's
+    /// tokens, is then weighed by the batch's rows, as the Trainer's evaluation loop averages per-batch losses</param>
     public static EvalScore Score(TrainingSession session, TrainingData data, IPreferenceMetrics? preference = null,
-        Func<Engine.Batch, float[]>? reference = null)
+        Func<Engine.Batch, float[]>? reference = null, Func<Engine.Batch, Engine.Batch>? prepare = null)
     {
         double sum = 0, correct = 0, weights = 0;
         long tokens = 0, samples = 0;
@@ -322,9 +342,9 @@ public static partial class Trainer
         foreach (var b in data.EvalBatches())
         {
             if (b.LossTokens == 0) continue;
-            var batch = ToEngine(b);
+            var batch = prepare is null ? ToEngine(b) : prepare(ToEngine(b));
             var (loss, right) = session.Evaluate(reference is null ? batch : batch with { ReferenceLogps = reference(batch) });
-            double weight = preference is null ? b.LossTokens : b.Sequences / 2;
+            double weight = prepare is not null ? b.Sequences : preference is null ? b.LossTokens : b.Sequences / 2;
             sum += loss * weight;
             weights += weight;
             correct += right;

@@ -14,6 +14,9 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
     public float[]? Roles { get; init; }
     /// <summary>With a reward model's loss: each row's margin (<see cref="Autodiff.RewardLoss.MarginsInput"/>; null: 0).</summary>
     public float[]? Margins { get; init; }
+    /// <summary>With distillation: the teacher's logits for the batch, [BatchSize, SequenceLength, vocabulary]
+    /// (<see cref="Autodiff.DistillationLoss.TeacherInput"/>).</summary>
+    public float[]? TeacherLogits { get; init; }
     /// <summary>With a loss of weighted tokens (<see cref="TrainingGraph.TokenWeighted"/>): each label's weight,
     /// [BatchSize, SequenceLength] like the labels.</summary>
     public float[]? TokenWeights { get; init; }
@@ -35,6 +38,9 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
                 TrainingGraph.Labels => HostTensor.Of(Labels, Shape),
                 TrainingGraph.TokenWeights => HostTensor.Of(TokenWeights is { } w && w.Length == n ? w
                     : throw new OrtLoraException($"a batch of weighted tokens needs {BatchSize}×{SequenceLength} token weights"), Shape),
+                Autodiff.DistillationLoss.TeacherInput => TeacherLogits is { } t && t.Length % n == 0 && t.Length > 0
+                    ? HostTensor.Of(t, BatchSize, SequenceLength, t.Length / n)
+                    : throw new OrtLoraException($"a distillation batch needs the teacher's logits for its {BatchSize}×{SequenceLength} positions"),
                 Autodiff.RewardLoss.MarginsInput => HostTensor.Of(Margins is { } m && m.Length == BatchSize ? m : new float[BatchSize], BatchSize),
                 Autodiff.PreferenceLoss.RolesInput => HostTensor.Of(Roles ?? throw new OrtLoraException("a KTO batch needs each row's role"), BatchSize),
                 Autodiff.PreferenceLoss.ReferenceInput => HostTensor.Of(ReferenceLogps ?? throw new OrtLoraException("a DPO batch needs the reference model's log-probabilities"), BatchSize),

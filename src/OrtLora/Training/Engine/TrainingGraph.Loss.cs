@@ -41,6 +41,25 @@ public sealed partial class TrainingGraph
         return (new() { [reward.Logits] = gradient }, reward.AppendAccurate(g));
     }
 
+    /// <summary>Distillation: the gradient's seed at the logits (times the loss scale with float16 compute).</summary>
+    static Dictionary<string, string> DistillationGradient(ModelProto proto, GraphEditor g, DistillationLoss distill, bool scalesLoss)
+    {
+        if (scalesLoss) proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
+        var gradient = distill.AppendLogitsGradient(g);
+        if (scalesLoss) gradient = g.Add("Mul", [gradient, LossScale], name: "loss/scale");
+        return new() { [distill.Logits] = gradient };
+    }
+
+    /// <summary>The vocabulary dimension of the teacher's logits input: the student's logits' declared size, else its
+    /// token embedding's rows.</summary>
+    static long VocabularyOf(ModelProto proto, string logits, OnnxModel model)
+    {
+        var output = proto.Graph.Output.FirstOrDefault(o => o.Name == logits) ?? proto.Graph.Output.FirstOrDefault(o => o.Name == "logits");
+        if (output?.Type?.TensorType?.Shape?.Dim is { Count: 3 } dims && dims[2].DimValue > 0) return dims[2].DimValue;
+        return Training.Data.VocabularyCheck.EmbeddingRows(model)
+            ?? throw new OrtLoraException($"{model.Source}: distillation needs the vocabulary size: the logits output declares none and no token embedding was found");
+    }
+
     static void RewardEvalOutputs(ModelProto eval, RewardLoss reward)
     {
         var g = new GraphEditor(eval.Graph);

@@ -92,10 +92,13 @@ public sealed partial class TrainingGraph : IDisposable
     /// <param name="tokenWeights">the loss is Σ w·nll with w a <see cref="TokenWeights"/> input [batch, sequence] aligned
     /// with the labels, not divided by the token count (<see cref="TokenWeighted"/>)</param>
     /// <param name="logitsTemperature">the loss reads logits / T (TRL's GRPO scores completions at the sampling temperature)</param>
+    /// <param name="distillationBeta">knowledge distillation (TRL's GKD): the loss is <see cref="DistillationLoss"/>'s
+    /// generalized JSD with this β against the teacher's logits, a <see cref="DistillationLoss.TeacherInput"/> input;
+    /// null: no distillation</param>
     public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null,
         double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false, int? lossChunks = null,
         bool neftuneNoise = false, double labelSmoothing = 0, PreferenceOptions? preference = null, bool tokenWeights = false,
-        double logitsTemperature = 1)
+        double logitsTemperature = 1, double? distillationBeta = null)
     {
         if (logitsTemperature <= 0) throw new OrtLoraException($"the logits' temperature must be positive, got {logitsTemperature}");
         if (tokenWeights && (preference is not null || labelSmoothing > 0))
@@ -116,7 +119,7 @@ public sealed partial class TrainingGraph : IDisposable
         if (parameters.Count == 0)
             throw new OrtLoraException($"{model.Source}: no trainable parameters (no initializer ends in .lora_A.weight / .lora_B.weight); run `ortlora inject` first");
         var taken = proto.Graph.Input.Select(i => i.Name).Concat(proto.Graph.Node.SelectMany(n => n.Output)).Concat(proto.Graph.Initializer.Select(t => t.Name));
-        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens or SequenceLogProbs or TokenWeights or PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or RewardLoss.MarginsInput) is { } clash)
+        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens or SequenceLogProbs or TokenWeights or PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or RewardLoss.MarginsInput or DistillationLoss.TeacherInput) is { } clash)
             throw new OrtLoraException($"{model.Source}: the model already has a value named '{clash}' (exported with labels and a loss?); " +
                 "export it with input_ids and attention_mask in, logits out");
         logits ??= proto.Graph.Output.Any(o => o.Name == "logits") ? "logits" : proto.Graph.Output[0].Name;
@@ -155,6 +158,7 @@ public sealed partial class TrainingGraph : IDisposable
         if (logitsTemperature != 1) logits = g.Add("Div", [logits, GraphConstants.Scalar(g, "loss/temperature", logitsTemperature, logitsType)], name: "loss/temperature");
         RewardLoss? reward = null;
         CausalLmLoss? loss = null;
+        DistillationLoss? distill = null;
         PreferenceLoss? preferenceLoss = null;
         if (preference is { IsRewardModel: true })
         {
@@ -165,7 +169,19 @@ public sealed partial class TrainingGraph : IDisposable
             batchInputs.Add(RewardLoss.MarginsInput);
             reward = RewardLoss.Append(g, logits, Labels, preference.CenterRewardsCoefficient);
         }
-        else loss = CausalLmLoss.Append(g, logits, CausalLmLoss.AppendTargets(g, Labels, logitsType, weightsInput), labelSmoothing);
+        else
+        {
+            var targets = CausalLmLoss.AppendTargets(g, Labels, logitsType, weightsInput);
+            loss = CausalLmLoss.Append(g, logits, targets, labelSmoothing);
+            if (distillationBeta is { } beta)
+            {
+                if (preference is not null || tokenWeights || labelSmoothing > 0)
+                    throw new OrtLoraException("distillation has its own loss: not with a preference loss, token weights or label smoothing");
+                proto.Graph.Input.Add(Input(DistillationLoss.TeacherInput, (int)DT.Float, ["batch", "sequence", VocabularyOf(proto, logits, model)]));
+                batchInputs.Add(DistillationLoss.TeacherInput);
+                distill = DistillationLoss.Append(g, logits, targets, beta);
+            }
+        }
         if (preference is { IsRewardModel: false })
         {
             proto.Graph.Input.Add(Input(PreferenceLoss.ReferenceInput, (int)DT.Float, ["batch"]));
@@ -177,9 +193,15 @@ public sealed partial class TrainingGraph : IDisposable
             }
             preferenceLoss = PreferenceLoss.Append(g, loss!, preference);
         }
-        g.Add("Identity", [reward?.Loss ?? preferenceLoss?.Loss ?? loss!.Loss], name: "loss/output", outputs: [Loss]);
+        g.Add("Identity", [reward?.Loss ?? distill?.Loss ?? preferenceLoss?.Loss ?? loss!.Loss], name: "loss/output", outputs: [Loss]);
         proto.Graph.Output.Clear();
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
+        if (distill is not null)
+        {
+            // the tokens predicted right, from the student's logits; in both graphs, before the cross-entropy's nodes go
+            g.Add("Identity", [loss!.AppendCorrect(g)], name: "accuracy/output", outputs: [CorrectTokens]);
+            proto.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
+        }
         if ((reward?.Rewards ?? preferenceLoss?.SequenceLogProbs) is { } rows)
         {
             g.Add("Identity", [rows], name: "dpo/output", outputs: [SequenceLogProbs]);
@@ -213,12 +235,16 @@ public sealed partial class TrainingGraph : IDisposable
             var types = Probe(proto, values, frozen);
             bool scalesLoss = compute == ComputeType.Float16;
             Dictionary<string, string> seeds;
-            string correct;
+            string? correct = null;
             if (reward is not null)
             {
                 if (types[reward.Logits].ShapeA is { } shape && (shape.Length != 2 || shape[^1] != 1)) throw NotAClassifier(model.Source, shape.Length);
                 (seeds, correct) = RewardGradient(proto, g, reward, scalesLoss);
                 RewardEvalOutputs(eval, reward);
+            }
+            else if (distill is not null)
+            {
+                seeds = DistillationGradient(proto, g, distill, scalesLoss);
             }
             else
             {
@@ -229,8 +255,11 @@ public sealed partial class TrainingGraph : IDisposable
                 (seeds, correct) = LossGradient(proto, g, lmLoss, logitsType, types, opset, scalesLoss, chunks, preferenceLoss, weightsInput);
                 EvalOutputs(eval, lmLoss, logitsType, types, opset, chunks, preferenceLoss, weightsInput);
             }
-            g.Add("Identity", [correct], name: "accuracy/output", outputs: [CorrectTokens]);
-            proto.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
+            if (correct is not null)
+            {
+                g.Add("Identity", [correct], name: "accuracy/output", outputs: [CorrectTokens]);
+                proto.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
+            }
             // DoRA's weight norms are constants to the gradient, as PEFT detaches them.
             var detached = lora?.Adapters.Select(a => a.WeightNorm).OfType<string>().ToHashSet() ?? [];
             var grads = GradientBuilder.Build(g, seeds, parameters, types, opset, gradientCheckpointing, detached);
@@ -371,7 +400,7 @@ public sealed partial class TrainingGraph : IDisposable
         {
             var dims = input.Type?.TensorType?.Shape?.Dim;
             if (input.Name is PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or RewardLoss.MarginsInput && dims is { Count: 1 }) { dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch }; continue; }
-            if (dims is null || dims.Count != (input.Name == NeftuneNoise.Input ? 3 : 2)) continue;
+            if (dims is null || dims.Count != (input.Name is NeftuneNoise.Input or DistillationLoss.TeacherInput ? 3 : 2)) continue;
             dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch };
             dims[1] = new TensorShapeProto.Types.Dimension { DimValue = sequence };
         }

@@ -1,0 +1,159 @@
+using OrtLora.Inference;
+using OrtLora.Onnx;
+using OrtLora.Training.Data;
+using OrtLora.Training.Engine;
+using OrtLora.Training.Grpo;
+using DataBatch = OrtLora.Training.Data.Batch;
+
+namespace OrtLora.Training;
+
+/// <summary>TRL's GKDConfig: knowledge distillation from a teacher model (`ortlora distill`).</summary>
+/// <param name="TeacherModel">an ONNX causal LM with the student's vocabulary</param>
+/// <param name="Beta">the generalized JSD's interpolation (0: KL(teacher‖student), 1: KL(student‖teacher))</param>
+/// <param name="Lmbda">the share of micro-batches whose completions the student samples itself (on-policy), drawn per micro-batch</param>
+/// <param name="Temperature">sampling temperature of those completions (the loss takes none, as TRL's compute_loss)</param>
+/// <param name="MaxNewTokens">the longest sampled completion</param>
+public sealed record DistillationOptions(string TeacherModel, double Beta = 0.5, double Lmbda = 0.5, double Temperature = 0.9, int MaxNewTokens = 128)
+{
+    public void Validate()
+    {
+        if (Beta is < 0 or > 1) throw new OrtLoraException($"--beta must be in [0, 1], got {Beta}");
+        if (Lmbda is < 0 or > 1) throw new OrtLoraException($"--lmbda must be in [0, 1], got {Lmbda}");
+        if (Temperature <= 0) throw new OrtLoraException($"--temperature must be positive, got {Temperature}");
+        if (MaxNewTokens < 1) throw new OrtLoraException($"--max-new-tokens must be at least 1, got {MaxNewTokens}");
+    }
+}
+
+/// <summary>What a distillation run adds to each batch (GKDTrainer.training_step and compute_loss): with probability
+/// lmbda (drawn from the seed, the step and the micro-batch, so a resumed run draws the same) the batch's completions are
+/// replaced by the student's own, sampled from each row's prompt (its tokens before the first labelled one; a row with
+/// no prompt keeps its completion); then the teacher's logits for every row, which the loss compares with the student's.</summary>
+public sealed class Distillation : IDisposable
+{
+    readonly DistillationOptions _options;
+    readonly CausalLmSession _teacher;
+    readonly PolicySampler? _sampler;
+    readonly TrainingSession _session;
+    readonly TextTokenizer _tokenizer;
+    readonly IReadOnlyCollection<int> _stops;
+    readonly int _seed;
+    int _step, _micro;
+
+    /// <summary>Micro-batches whose completions the student sampled, of those prepared for training.</summary>
+    public int OnPolicy { get; private set; }
+    public int Prepared { get; private set; }
+
+    public Distillation(DistillationOptions options, OnnxModel student, TrainingSession session, TrainingData data, int seed)
+    {
+        options.Validate();
+        _options = options;
+        _session = session;
+        _tokenizer = data.Tokenizer;
+        _seed = seed;
+        var stops = new HashSet<int>(data.Train.IsConversational ? PromptFormat.StopIds("chat", data.Tokenizer, data.ChatTemplate) : []);
+        if (data.Tokenizer.EosId is int eos) stops.Add(eos);
+        _stops = stops;
+        if (!File.Exists(options.TeacherModel)) throw new OrtLoraException($"{options.TeacherModel}: no such teacher model");
+        _teacher = CausalLmSession.Load(options.TeacherModel);
+        try
+        {
+            long studentVocabulary = VocabularyCheck.EmbeddingRows(student) ?? -1;
+            if (_teacher.VocabSize is { } teacherVocabulary && studentVocabulary > 0 && teacherVocabulary != studentVocabulary)
+                throw new OrtLoraException($"{options.TeacherModel}: the teacher's vocabulary has {teacherVocabulary} tokens, the student's {studentVocabulary}: " +
+                                           "distillation compares their distributions token by token, so they must share a tokenizer");
+            if (options.Lmbda > 0) _sampler = new PolicySampler(student, OrtRun.DefaultOptions());
+        }
+        catch
+        {
+            _teacher.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Before an optimizer step: the student samples with the parameters the step starts from.</summary>
+    public void BeginStep(int globalStep)
+    {
+        _step = globalStep;
+        _micro = 0;
+        _sampler?.SetParameters(_session.GetParameters(), _session.Graph.ParameterShapes);
+    }
+
+    /// <summary>A training micro-batch: on-policy with probability lmbda, then with the teacher's logits.</summary>
+    public Engine.Batch ForTraining(DataBatch b)
+    {
+        var batch = Trainer.ToEngine(b);
+        int micro = _micro++;
+        Prepared++;
+        if (_sampler is not null && new Random(SplitMix64.Seed((ulong)_seed, (ulong)_step, (ulong)micro)).NextDouble() < _options.Lmbda)
+        {
+            batch = StudentCompletions(batch, micro);
+            OnPolicy++;
+        }
+        return WithTeacher(batch);
+    }
+
+    /// <summary>The batch with the teacher's logits at every position (padding positions 0).</summary>
+    public Engine.Batch WithTeacher(Engine.Batch batch)
+    {
+        // every row attends to at least one token (a filler row to one pad)
+        var rows = Enumerable.Range(0, batch.BatchSize).Select(r => (IReadOnlyList<int>)[.. Row(batch, r)]).ToList();
+        var logits = _teacher.AllLogits(rows);
+        int vocab = logits[0].Length / rows[0].Count;
+        var teacher = new float[(long)batch.BatchSize * batch.SequenceLength * vocab];
+        for (int r = 0; r < rows.Count; r++) logits[r].CopyTo(teacher.AsSpan(r * batch.SequenceLength * vocab));
+        return batch with { TeacherLogits = teacher };
+    }
+
+    /// <summary>A row's attended tokens (right padding dropped).</summary>
+    static IEnumerable<int> Row(Engine.Batch batch, int r) =>
+        Enumerable.Range(0, batch.SequenceLength).Where(t => batch.AttentionMask[r * batch.SequenceLength + t] != 0)
+            .Select(t => (int)batch.InputIds[r * batch.SequenceLength + t]);
+
+    /// <summary>GKD's generate_on_policy_outputs: each row's prompt (before its first label) with a completion the
+    /// student samples at the temperature, the completion labelled; rows without a prompt keep theirs.</summary>
+    Engine.Batch StudentCompletions(Engine.Batch batch, int micro)
+    {
+        int s = batch.SequenceLength;
+        var rows = new List<(List<int> Ids, List<int> Labels)>();
+        var prompts = new List<(int Row, IReadOnlyList<int> Prompt, IReadOnlyList<GenerationOptions> Options)>();
+        for (int r = 0; r < batch.BatchSize; r++)
+        {
+            var ids = Row(batch, r).ToList();
+            rows.Add((ids, [.. Enumerable.Range(0, ids.Count).Select(t => (int)batch.Labels[r * s + t])]));
+            int first = Enumerable.Range(0, ids.Count).FirstOrDefault(t => batch.Labels[r * s + t] != ExampleEncoder.IgnoreIndex, -1);
+            if (first > 0)
+                prompts.Add((r, ids[..first], [new GenerationOptions
+                {
+                    MaxNewTokens = _options.MaxNewTokens, Temperature = _options.Temperature, StopTokenIds = _stops,
+                    Seed = SplitMix64.Seed((ulong)_seed, (ulong)_step, ((ulong)micro << 32) | (uint)r),
+                }]));
+        }
+        // the rows' prompts decoded side by side, one completion each
+        var sampled = _sampler!.SampleGroups([.. prompts.Select(p => (p.Prompt, p.Options))]);
+        for (int i = 0; i < prompts.Count; i++)
+        {
+            var (prompt, completion) = (prompts[i].Prompt, sampled[i][0].Ids);
+            rows[prompts[i].Row] = ([.. prompt, .. completion], [.. Enumerable.Repeat(ExampleEncoder.IgnoreIndex, prompt.Count), .. completion]);
+        }
+        int length = rows.Max(r => r.Ids.Count);
+        var inputIds = new long[batch.BatchSize * length];
+        var mask = new long[batch.BatchSize * length];
+        var labels = new long[batch.BatchSize * length];
+        Array.Fill(inputIds, _tokenizer.PadId);
+        Array.Fill(labels, ExampleEncoder.IgnoreIndex);
+        for (int r = 0; r < rows.Count; r++)
+            for (int t = 0; t < rows[r].Ids.Count; t++)
+            {
+                inputIds[r * length + t] = rows[r].Ids[t];
+                mask[r * length + t] = 1;
+                labels[r * length + t] = rows[r].Labels[t];
+            }
+        return new Engine.Batch(inputIds, mask, labels, batch.BatchSize, length);
+    }
+
+    public void Dispose()
+    {
+        _teacher.Dispose();
+        _sampler?.Dispose();
+    }
+}
