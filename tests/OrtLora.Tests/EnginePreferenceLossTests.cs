@@ -185,8 +185,9 @@ public class EnginePreferenceLossTests
     /// <summary>Each of the two largest gradient entries of every first-layer parameter against the central difference
     /// of <paramref name="loss"/> (read at the session's parameters) around <paramref name="values"/>.</summary>
     /// <param name="checkedParameter">which parameters to check (default: the first layer's)</param>
+    /// <param name="step">the central difference's step</param>
     internal static void MatchCentralDifferences(TrainingSession session, Dictionary<string, float[]> values, Dictionary<string, float[]> gradients, Func<double> loss,
-        Func<string, bool>? checkedParameter = null)
+        Func<string, bool>? checkedParameter = null, float step = 2e-2f)
     {
         int checkedEntries = 0;
         foreach (var name in session.ParameterNames.Where(checkedParameter ?? (p => p.Contains("layers.0."))))
@@ -194,7 +195,7 @@ public class EnginePreferenceLossTests
             var grad = gradients[name];
             foreach (int index in Enumerable.Range(0, grad.Length).OrderByDescending(i => Math.Abs(grad[i])).Take(2))
             {
-                const float h = 2e-2f;
+                float h = step;
                 double LossAt(float delta)
                 {
                     var moved = values.ToDictionary(kv => kv.Key, kv => (float[])kv.Value.Clone());

@@ -34,7 +34,8 @@ public sealed record RewardLoss(string Loss, string Rewards, string Logits, stri
         var pairs = Op("Reshape", [rewards, Ints(-1, 2)]);
         var (chosen, rejected) = (Column(pairs, 0), Column(pairs, 1));
         var hasTokens = Op("Cast", [Op("Not", [Op("Equal", [labels, GraphConstants.Scalar(g, "reward/ignore", CausalLmLoss.IgnoreIndex, (int)DT.Int64)])])], ("to", (long)DT.Float));
-        var rowCounted = Op("ReduceMax", [hasTokens, Ints(1)], ("keepdims", 0L));
+        // 1 for a row with a label (ReduceSum, not ReduceMax: its axes are an input from opset 13, ReduceMax's from 18)
+        var rowCounted = Op("Min", [Op("ReduceSum", [hasTokens, Ints(1)], ("keepdims", 0L)), Scalar(1)]);
         var counted = Column(Op("Reshape", [rowCounted, Ints(-1, 2)]), 0);
         var pairWeight = Op("Div", [counted, Op("Max", [Op("ReduceSum", [counted], ("keepdims", 0L)), Scalar(1)])]);
         var margin = Column(Op("Reshape", [MarginsInput, Ints(-1, 2)]), 0);
