@@ -49,16 +49,16 @@ public class DistillationTests
     /// summed over the vocabulary, then divided by the number of counted positions.</summary>
     static double Expected(float[] student, float[] teacher, Batch batch, double beta)
     {
-        int vocab = student.Length / (Rows * Length);
+        int rows = batch.BatchSize, length = batch.SequenceLength, vocab = student.Length / (rows * length);
         double total = 0;
         int counted = 0;
-        for (int row = 0; row < Rows; row++)
-            for (int t = 0; t + 1 < Length; t++)
+        for (int row = 0; row < rows; row++)
+            for (int t = 0; t + 1 < length; t++)
             {
-                if (batch.Labels[row * Length + t + 1] == -100) continue;
+                if (batch.Labels[row * length + t + 1] == -100) continue;
                 counted++;
-                var s = LogSoftmax(student.AsSpan((row * Length + t) * vocab, vocab));
-                var q = LogSoftmax(teacher.AsSpan((row * Length + t) * vocab, vocab));
+                var s = LogSoftmax(student.AsSpan((row * length + t) * vocab, vocab));
+                var q = LogSoftmax(teacher.AsSpan((row * length + t) * vocab, vocab));
                 for (int v = 0; v < vocab; v++)
                 {
                     if (beta == 0) total += Math.Exp(q[v]) * (q[v] - s[v]);
@@ -103,6 +103,27 @@ public class DistillationTests
 
         var (itself, _) = session.Evaluate(batch with { TeacherLogits = Logits(student, batch) });
         Assert.That(itself, Is.EqualTo(0).Within(1e-5), "a model is its own perfect teacher");
+    }
+
+    /// <summary>On the fixtures' real exports, with PEFT's own numbers: the student is the base with the fixture's
+    /// adapter, the teacher the base alone, and the loss equals the divergence computed from PEFT's logits with the
+    /// adapter (`logits`) and without it (`logits_base`); its gradients equal central differences.</summary>
+    [TestCaseSource(typeof(LoraTestKit), nameof(LoraTestKit.Models))]
+    public void RealExportsAgreeWithPeftsLogits(string arch, string file)
+    {
+        var export = file.Split('.')[1];
+        var reference = LoraTestKit.Reference(arch);
+        using var student = EngineFixtures.InjectedModel(arch, export);
+        var batch = EngineFixtures.ReferenceBatch(reference) with { TeacherLogits = reference["logits_base"].AsFloats() };
+        using var session = new TrainingSession(student, new TrainingSessionOptions(new AdamWOptions(), DistillationBeta: 0.5));
+        var (loss, _) = session.Evaluate(batch);
+        double expected = Expected(reference["logits"].AsFloats(), reference["logits_base"].AsFloats(), batch, 0.5);
+        Assert.That(expected, Is.GreaterThan(1e-4), "the adapter moves the model");
+        Assert.That(loss, Is.EqualTo(expected).Within(1e-4 * expected + 1e-6));
+        var values = Values(student, session);
+        var (_, gradients) = session.ComputeGradients(batch);
+        EnginePreferenceLossTests.MatchCentralDifferences(session, values, gradients, () => session.Evaluate(batch).Loss,
+            p => p.Contains("layers.0.") || p.Contains(".h.0."), step: 1e-3f);
     }
 
     [TestCase(0.0)]
