@@ -49,7 +49,8 @@ public static class TrainCommand
         var jsdBeta = new Option<double>("--beta") { Description = "the generalized JSD's interpolation: 0 is KL(teacher||student), 1 KL(student||teacher) (GKDConfig.beta)", DefaultValueFactory = _ => 0.5 };
         var lmbda = new Option<double>("--lmbda") { Description = "the share of micro-batches trained on completions the student samples itself (on-policy; GKDConfig.lmbda)", DefaultValueFactory = _ => 0.5 };
         var temperature = new Option<double>("--temperature") { Description = "sampling temperature of the student's completions", DefaultValueFactory = _ => 0.9 };
-        var maxNewTokens = new Option<int>("--max-new-tokens") { Description = "the longest completion the student samples", DefaultValueFactory = _ => 128 };
+        var maxNewTokens = new Option<int>("--max-new-tokens") { Description = "the longest completion the student (or teacher) samples", DefaultValueFactory = _ => 128 };
+        var seqKd = new Option<bool>("--seq-kd") { Description = "sequence-level KD: train on completions the teacher samples (GKDConfig.seq_kd)" };
         var center = new Option<double>("--center-rewards-coefficient") { Description = "add this times the mean (chosen + rejected score)² to the loss, pulling rewards towards zero (RewardConfig.center_rewards_coefficient; 0.01 recommended)" };
         var scheduler = new Option<string>("--lr-scheduler-type") { DefaultValueFactory = _ => "linear" };
         scheduler.AcceptOnlyFromAmong(LrSchedule.Types);
@@ -114,7 +115,7 @@ public static class TrainCommand
                      optim, beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, loggingStrategy, saveSteps, saveOnlyModel, saveStrategy, saveLimit, evalSteps, evalStrategy,
                      loadBest, metricForBest, patience, threshold, neftune, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
-        foreach (var o in reward ? new Option[] { center } : distill ? [teacher, jsdBeta, lmbda, temperature, maxNewTokens, packing, groupByLength]
+        foreach (var o in reward ? new Option[] { center } : distill ? [teacher, jsdBeta, lmbda, temperature, maxNewTokens, seqKd, packing, groupByLength]
                      : [packing, groupByLength, labelSmoothing, precompute, lossChunks]) cmd.Options.Add(o);
         T Unless<T>(Option<T> option, ParseResult parse) => reward ? default! : parse.GetValue(option)!;
         T TrainOnly<T>(Option<T> option, ParseResult parse) => reward || distill ? default! : parse.GetValue(option)!;
@@ -151,7 +152,7 @@ public static class TrainCommand
                 ResumeFromCheckpoint = parse.GetResult(resume) is null ? null : parse.GetValue(resume) ?? "",
                 Merge = parse.GetValue(merge),
                 Distillation = distill ? new DistillationOptions(parse.GetValue(teacher)!, parse.GetValue(jsdBeta), parse.GetValue(lmbda), parse.GetValue(temperature),
-                    parse.GetValue(maxNewTokens)) : null,
+                    parse.GetValue(maxNewTokens), parse.GetValue(seqKd)) : null,
             };
             var result = TrainingRunner.Run(job, parse.GetValue(plain));
             Console.WriteLine($"adapter: {result.AdapterDir}" + (result.MergedModel is { } m ? $"; merged model: {m}" : ""));

@@ -228,9 +228,21 @@ public class DistillCommandTests
                     Assert.That(batch.TeacherLogits[(r * s + t) * vocab + v], Is.EqualTo(plain[(r * s + t) * vocab + v]).Within(1e-4));
     }
 
+    /// <summary>seq_kd: every micro-batch trains on the teacher's own completions (here with no on-policy ones), and the
+    /// divergence on the data's completions falls too.</summary>
+    [Test]
+    public void SequenceLevelKdTrainsOnTheTeachersCompletions()
+    {
+        var dir = Shared.TempDir();
+        var run = LoraTestKit.OrtloraOk(Args(dir, "--seq-kd", "--lmbda", "0", "--max-steps", "20"));
+        Assert.That(run.Out, Does.Contain("distillation: 0 of 20 micro-batches trained on the student's own completions, 20 on the teacher's (seq_kd)"));
+        var evals = Metrics(dir).Where(m => m["eval_loss"] is not null).Select(m => m["eval_loss"]!.GetValue<double>()).ToList();
+        Assert.That(evals[^1], Is.LessThan(0.9 * evals[0]));
+    }
+
     [Test]
     public void AResumedRunEndsLikeAStraightOne() =>
-        LoraTestKit.AssertResumedRunEndsLikeStraight(dir => Args(dir, "--max-steps", "4", "--save-steps", "2", "--gradient-accumulation-steps", "2"), "checkpoint-4");
+        LoraTestKit.AssertResumedRunEndsLikeStraight(dir => Args(dir, "--max-steps", "4", "--save-steps", "2", "--gradient-accumulation-steps", "2", "--seq-kd"), "checkpoint-4");
 
     [Test]
     public void MisuseIsOneClearError()

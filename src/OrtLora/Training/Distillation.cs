@@ -13,7 +13,10 @@ namespace OrtLora.Training;
 /// <param name="Lmbda">the share of micro-batches whose completions the student samples itself (on-policy), drawn per micro-batch</param>
 /// <param name="Temperature">sampling temperature of those completions (the loss takes none, as TRL's compute_loss)</param>
 /// <param name="MaxNewTokens">the longest sampled completion</param>
-public sealed record DistillationOptions(string TeacherModel, double Beta = 0.5, double Lmbda = 0.5, double Temperature = 0.9, int MaxNewTokens = 128)
+/// <param name="SeqKd">sequence-level KD: every micro-batch's completions are first sampled by the teacher (the student's
+/// own, drawn with lmbda, then take their place)</param>
+public sealed record DistillationOptions(string TeacherModel, double Beta = 0.5, double Lmbda = 0.5, double Temperature = 0.9, int MaxNewTokens = 128,
+    bool SeqKd = false)
 {
     public void Validate()
     {
@@ -24,14 +27,15 @@ public sealed record DistillationOptions(string TeacherModel, double Beta = 0.5,
     }
 }
 
-/// <summary>What a distillation run adds to each batch (GKDTrainer.training_step and compute_loss): with probability
+/// <summary>What a distillation run adds to each batch (GKDTrainer.training_step and compute_loss): with seq_kd the
+/// completions are first the teacher's own, sampled from each row's prompt; then with probability
 /// lmbda (drawn from the seed, the step and the micro-batch, so a resumed run draws the same) the batch's completions are
 /// replaced by the student's own, sampled from each row's prompt (its tokens before the first labelled one; a row with
 /// no prompt keeps its completion); then the teacher's logits for every row, which the loss compares with the student's.</summary>
 public sealed class Distillation : IDisposable
 {
     readonly DistillationOptions _options;
-    readonly CausalLmSession _teacher;
+    readonly Generator _teacher;
     readonly PolicySampler? _sampler;
     readonly TrainingSession _session;
     readonly TextTokenizer _tokenizer;
@@ -41,6 +45,8 @@ public sealed class Distillation : IDisposable
 
     /// <summary>Micro-batches whose completions the student sampled, of those prepared for training.</summary>
     public int OnPolicy { get; private set; }
+    /// <summary>Micro-batches whose completions the teacher sampled (seq_kd).</summary>
+    public int TeacherSampled { get; private set; }
     public int Prepared { get; private set; }
 
     public Distillation(DistillationOptions options, OnnxModel student, TrainingSession session, TrainingData data, int seed)
@@ -54,11 +60,11 @@ public sealed class Distillation : IDisposable
         if (data.Tokenizer.EosId is int eos) stops.Add(eos);
         _stops = stops;
         if (!File.Exists(options.TeacherModel)) throw new OrtLoraException($"{options.TeacherModel}: no such teacher model");
-        _teacher = CausalLmSession.Load(options.TeacherModel);
+        _teacher = new Generator(options.TeacherModel);
         try
         {
             long studentVocabulary = VocabularyCheck.EmbeddingRows(student) ?? -1;
-            if (_teacher.VocabSize is { } teacherVocabulary && studentVocabulary > 0 && teacherVocabulary != studentVocabulary)
+            if (_teacher.Model.VocabSize is { } teacherVocabulary && studentVocabulary > 0 && teacherVocabulary != studentVocabulary)
                 throw new OrtLoraException($"{options.TeacherModel}: the teacher's vocabulary has {teacherVocabulary} tokens, the student's {studentVocabulary}: " +
                                            "distillation compares their distributions token by token, so they must share a tokenizer");
             if (options.Lmbda > 0) _sampler = new PolicySampler(student, OrtRun.DefaultOptions());
@@ -84,9 +90,14 @@ public sealed class Distillation : IDisposable
         var batch = Trainer.ToEngine(b);
         int micro = _micro++;
         Prepared++;
+        if (_options.SeqKd)
+        {
+            batch = SampledCompletions(batch, micro, (groups, maxRows) => _teacher.GenerateGroups(groups, maxRows: maxRows), salt: 1);
+            TeacherSampled++;
+        }
         if (_sampler is not null && new Random(SplitMix64.Seed((ulong)_seed, (ulong)_step, (ulong)micro)).NextDouble() < _options.Lmbda)
         {
-            batch = StudentCompletions(batch, micro);
+            batch = SampledCompletions(batch, micro, (groups, maxRows) => _sampler.SampleGroups(groups, maxRows), salt: 0);
             OnPolicy++;
         }
         return WithTeacher(batch);
@@ -97,7 +108,7 @@ public sealed class Distillation : IDisposable
     {
         // every row attends to at least one token (a filler row to one pad)
         var rows = Enumerable.Range(0, batch.BatchSize).Select(r => (IReadOnlyList<int>)[.. Row(batch, r)]).ToList();
-        var logits = _teacher.AllLogits(rows);
+        var logits = _teacher.Model.AllLogits(rows);
         int vocab = logits[0].Length / rows[0].Count;
         var teacher = new float[(long)batch.BatchSize * batch.SequenceLength * vocab];
         for (int r = 0; r < rows.Count; r++) logits[r].CopyTo(teacher.AsSpan(r * batch.SequenceLength * vocab));
@@ -110,8 +121,12 @@ public sealed class Distillation : IDisposable
             .Select(t => (int)batch.InputIds[r * batch.SequenceLength + t]);
 
     /// <summary>GKD's generate_on_policy_outputs: each row's prompt (before its first label) with a completion the
-    /// student samples at the temperature, the completion labelled; rows without a prompt keep theirs.</summary>
-    Engine.Batch StudentCompletions(Engine.Batch batch, int micro)
+    /// student (or with seq_kd the teacher) samples at the temperature, the completion labelled; rows without a prompt
+    /// keep theirs.</summary>
+    /// <param name="sample">the prompts' completions, decoded side by side</param>
+    /// <param name="salt">keeps the teacher's draws apart from the student's</param>
+    Engine.Batch SampledCompletions(Engine.Batch batch, int micro,
+        Func<IReadOnlyList<(IReadOnlyList<int> Prompt, IReadOnlyList<GenerationOptions> Options)>, int, List<List<(List<int> Ids, bool Truncated)>>> sample, int salt)
     {
         int s = batch.SequenceLength;
         var rows = new List<(List<int> Ids, List<int> Labels)>();
@@ -125,11 +140,11 @@ public sealed class Distillation : IDisposable
                 prompts.Add((r, ids[..first], [new GenerationOptions
                 {
                     MaxNewTokens = _options.MaxNewTokens, Temperature = _options.Temperature, StopTokenIds = _stops,
-                    Seed = SplitMix64.Seed((ulong)_seed, (ulong)_step, ((ulong)micro << 32) | (uint)r),
+                    Seed = SplitMix64.Seed((ulong)_seed, (ulong)_step, ((ulong)micro << 32) | ((ulong)salt << 31) | (uint)r),
                 }]));
         }
         // the rows' prompts decoded side by side, one completion each
-        var sampled = _sampler!.SampleGroups([.. prompts.Select(p => (p.Prompt, p.Options))]);
+        var sampled = sample([.. prompts.Select(p => (p.Prompt, p.Options))], 64);
         for (int i = 0; i < prompts.Count; i++)
         {
             var (prompt, completion) = (prompts[i].Prompt, sampled[i][0].Ids);

@@ -71,8 +71,8 @@ public static partial class Trainer
         using var data = TrainingData.Open(job.DataPath, tokenizer, dataOptions, job.EvalDataPath, TokenizerConfig.Read(tokenizerDir));
         if (job.Distillation is not null && data.IsPreference)
             throw new OrtLoraException($"{job.DataPath}: distillation trains on completions (text, instruction, prompt-completion or chat data), not on preference pairs");
-        if (job.Distillation is { Lmbda: > 0 } && dataOptions.PadToMaxLength)
-            throw new OrtLoraException("--lmbda > 0 samples completions of their own lengths: not with --pad-to-max-length or --cuda-graphs (use --lmbda 0)");
+        if (job.Distillation is { Lmbda: > 0 } or { SeqKd: true } && dataOptions.PadToMaxLength)
+            throw new OrtLoraException("--lmbda > 0 and --seq-kd sample completions of their own lengths: not with --pad-to-max-length or --cuda-graphs");
         if (rewardModel && !data.IsPreference)
             throw new OrtLoraException($"{job.DataPath}: a reward model trains on preference pairs (chosen and rejected columns); this is {ParquetDataset.FormatName(data.Train.Format)} data");
 
@@ -276,7 +276,8 @@ public static partial class Trainer
         }
         log.SavePlot(Path.Combine(args.OutputDir, "loss.png"));
         if (distillation is { Prepared: > 0 })
-            reporter.Info($"distillation: {distillation.OnPolicy} of {distillation.Prepared} micro-batches trained on the student's own completions");
+            reporter.Info($"distillation: {distillation.OnPolicy} of {distillation.Prepared} micro-batches trained on the student's own completions" +
+                (distillation.TeacherSampled > 0 ? $", {distillation.TeacherSampled} on the teacher's (seq_kd)" : ""));
         if (session.Scaler is { SkippedSteps: > 0 } scaler)
             reporter.Info($"fp16 loss scaling skipped {scaler.SkippedSteps} steps whose gradients overflowed (scale now {scaler.Scale})");
 
