@@ -206,6 +206,35 @@ public class RewardModelTests
             p => p.Contains("layers.0.") || p.Contains(".h.0.") || p.Contains("score"), step: 1e-3f);
     }
 
+    static IEnumerable<Unseen.Architecture> UnseenExports() => Unseen.Architectures.All.Where(a => a.Trainable);
+
+    /// <summary>Every trainable export style of the Unseen set (fused projections, Gemm heads, KV caches, opset-23
+    /// attention, ORT GenAI builder graphs, fp16 weights behind Casts, int32 tokens, float masks) turns into a classifier
+    /// that trains: the score head gets a gradient and a step lowers the loss.</summary>
+    [TestCaseSource(nameof(UnseenExports))]
+    public void EveryExportStyleTrainsAsARewardModel(Unseen.Architecture arch)
+    {
+        using var model = arch.Build();
+        SequenceClassifier.FromCausalLm(model, padId: 0, initializerRange: 0.5, seed: 1);
+        Assert.That(SequenceClassifier.IsClassifier(model), Is.True);
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4, ModulesToSave = [SequenceClassifier.ScoreModule] });
+        var options = new PreferenceOptions(LossType: PreferenceOptions.RewardModelLoss);
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options));
+        var rng = new Random(4);
+        int[] lengths = [6, 4, 5, 3];
+        var ids = new long[4 * 6];
+        var labels = Enumerable.Repeat(-100L, 24).ToArray();
+        var mask = new long[24];
+        for (int r = 0; r < 4; r++)
+            for (int t = 0; t < lengths[r]; t++) { ids[r * 6 + t] = labels[r * 6 + t] = rng.Next(1, (int)Unseen.Architectures.Vocab); mask[r * 6 + t] = 1; }
+        var batch = new Batch(ids, mask, labels, 4, 6);
+        var (loss, gradients) = session.ComputeGradients(batch);
+        Assert.That(double.IsFinite(loss), Is.True);
+        Assert.That(gradients.Where(kv => kv.Key.Contains("score")).Sum(kv => kv.Value.Sum(x => (double)x * x)), Is.GreaterThan(0));
+        for (int i = 0; i < 5; i++) session.Step(batch, 1e-2f);
+        Assert.That(session.EvalLoss(batch), Is.LessThan(0.9 * loss)); // relative: some random heads start near zero loss
+    }
+
     /// <summary>A batch padded to a fixed shape ends in filler pairs: they count for nothing in the loss and the gradients.</summary>
     [Test]
     public void FillerPairsCountForNothing()

@@ -37,6 +37,7 @@ public static class SequenceClassifier
     public static void FromCausalLm(OnnxModel model, long padId, double initializerRange, int seed)
     {
         var output = LogitsOutput(model);
+        Lora.MatMulNBitsForm.ToQdq(model); // ONNX Runtime's int4 head as DequantizeLinear + MatMul, which the walk reads
         var g = new GraphEditor(model.Graph);
         if (model.Graph.Input.All(i => i.Name != "input_ids"))
             throw new OrtLoraException($"{model.Source}: a sequence classifier reads each row's last non-pad token from input_ids; the model has no input_ids input");
@@ -52,7 +53,7 @@ public static class SequenceClassifier
             node = g.Producer(node.Input[0]);
         }
         var head = node ?? throw new OrtLoraException($"{model.Source}: no LM head (MatMul or Gemm) produces the logits");
-        var (hidden, weightType) = HiddenSize(model, g, head);
+        var (hidden, weightType, computeType) = HiddenSize(model, g, head);
         dropped.Add(head);
         foreach (var n in dropped) g.RemoveNode(n);
 
@@ -60,16 +61,23 @@ public static class SequenceClassifier
         var values = new float[hidden];
         for (int i = 0; i < hidden; i++) values[i] = (float)(initializerRange * Lora.LoraInit.Normal(rng));
         g.AddInitializer(Tensors.FromFloats(ScoreWeight, [1, hidden], values, weightType));
+        // the weight as the head read it: through a Cast (float16 weights of a float32 model) or not
+        var scoreWeight = weightType == computeType ? ScoreWeight : g.Add("Cast", [ScoreWeight], name: "/score/Cast", attributes: ("to", (long)computeType));
         string Ints(params long[] v) => g.AddInitializer(Tensors.FromInt64(g.Unique("score/ints"), [v.Length], v));
         string Scalar(long v, int type) => g.AddInitializer(Tensors.Scalar(g.Unique("score/const"), v, type));
         string Op(string op, string[] inputs, params (string, object)[] attributes) => g.Add(op, inputs, name: "/score/" + op, attributes: attributes);
 
         // score(h) at every position, [B, S, 1] (a Gemm head reads h flattened to [B·S, hidden]: back to [B, S, 1])
-        var perPosition = Op("MatMul", [head.Input[0], Op("Transpose", [ScoreWeight], ("perm", new long[] { 1, 0 }))]);
+        var perPosition = Op("MatMul", [head.Input[0], Op("Transpose", [scoreWeight], ("perm", new long[] { 1, 0 }))]);
+        // half activations: the pooling in float32 (an exact cast; ONNX Runtime's CPU scatter, the gather's gradient,
+        // takes no float16), and float32 logits out
+        if (computeType is (int)DT.Float16 or (int)DT.Bfloat16) perPosition = Op("Cast", [perPosition], ("to", (long)DT.Float));
         var tokenShape = Op("Shape", ["input_ids"]);
         perPosition = Op("Reshape", [perPosition, Op("Concat", [tokenShape, Ints(1)], ("axis", 0L))]);
         // last non-pad token: argmax(position · (input_ids ≠ pad)), int32 as transformers computes it
-        var notPad = Op("Cast", [Op("Not", [Op("Equal", ["input_ids", Scalar(padId, (int)DT.Int64)])])], ("to", (long)DT.Int32));
+        var tokens = model.Graph.Input.First(i => i.Name == "input_ids").Type?.TensorType?.ElemType == (int)DT.Int64 ? "input_ids"
+            : Op("Cast", ["input_ids"], ("to", (long)DT.Int64)); // int32 token inputs
+        var notPad = Op("Cast", [Op("Not", [Op("Equal", [tokens, Scalar(padId, (int)DT.Int64)])])], ("to", (long)DT.Int32));
         string Dim(long axis) => Op("Gather", [tokenShape, Scalar(axis, (int)DT.Int64)], ("axis", 0L));
         var positions = Op("Cast", [Op("Range", [Scalar(0, (int)DT.Int64), Dim(1), Scalar(1, (int)DT.Int64)])], ("to", (long)DT.Int32));
         var last = Op("ArgMax", [Op("Mul", [positions, notPad])], ("axis", -1L), ("keepdims", 1L)); // [B, 1]
@@ -80,6 +88,7 @@ public static class SequenceClassifier
         // A generation export's cache: the classifier runs whole sequences (inputs fed empty, present outputs dropped).
         Engine.TrainingGraph.FeedEmptyCache(model.Proto, g);
         var logits = output.Clone();
+        logits.Type.TensorType.ElemType = computeType is (int)DT.Float16 or (int)DT.Bfloat16 ? (int)DT.Float : computeType;
         var dims = logits.Type.TensorType.Shape.Dim;
         var batchDim = dims.Count > 0 ? dims[0].Clone() : new TensorShapeProto.Types.Dimension { DimParam = "batch_size" };
         dims.Clear();
@@ -91,20 +100,26 @@ public static class SequenceClassifier
         g.Cleanup();
     }
 
-    /// <summary>The hidden size, from the head's weight (the dimension that is not the vocabulary), and the weight's type.</summary>
-    static (long Hidden, int DataType) HiddenSize(OnnxModel model, GraphEditor g, NodeProto head)
+    /// <summary>The hidden size, from the head's weight (the dimension that is not the vocabulary); the type the score
+    /// weight is stored in (the head weight's, float32 for a quantized one), and the type the head computed in (after
+    /// the Cast or DequantizeLinear between the weight and the head).</summary>
+    static (long Hidden, int StoredType, int ComputeType) HiddenSize(OnnxModel model, GraphEditor g, NodeProto head)
     {
         bool transposed = head.OpType == "Gemm" && Attrs.Int(head, "transB", 0) != 0;
         var value = head.Input[1];
-        while (g.Initializer(value) is null && g.Producer(value) is { } p && p.OpType is "Transpose" or "Cast" or "Identity")
+        int? seen = null; // the type the head reads, where a Cast or DequantizeLinear makes it
+        while (g.Initializer(value) is null && g.Producer(value) is { } p && p.OpType is "Transpose" or "Cast" or "Identity" or "DequantizeLinear")
         {
             if (p.OpType == "Transpose") transposed = !transposed;
+            if (p.OpType == "Cast") seen ??= (int)Attrs.Int(p, "to", 0);
+            if (p.OpType == "DequantizeLinear") seen ??= g.Initializer(p.Input[1])?.DataType ?? (int)DT.Float;
             value = p.Input[0];
         }
         var weight = g.Initializer(value);
-        if (weight is null || weight.Dims.Count != 2 || !Tensors.IsFloat(weight.DataType))
-            throw new OrtLoraException($"{model.Source}: the LM head '{head.Name}' does not read a 2-D float weight (quantized heads are not supported here)");
-        return (transposed ? weight.Dims[1] : weight.Dims[0], weight.DataType == (int)DT.Double ? (int)DT.Float : weight.DataType);
+        if (weight is null || weight.Dims.Count != 2)
+            throw new OrtLoraException($"{model.Source}: the LM head '{head.Name}' does not read a 2-D weight initializer; ortlora cannot tell its hidden size");
+        int stored = Tensors.IsFloat(weight.DataType) && weight.DataType != (int)DT.Double ? weight.DataType : (int)DT.Float;
+        return (transposed ? weight.Dims[1] : weight.Dims[0], stored, seen ?? stored);
     }
 
     /// <summary>initializer_range from the config.json beside the model, else transformers' default 0.02.</summary>
