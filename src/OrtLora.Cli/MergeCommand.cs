@@ -14,7 +14,7 @@ public static class MergeCommand
         var adapter = new Option<string?>("--adapter") { Description = "a PEFT adapter directory to merge into the plain MODEL (PEFT's merge_and_unload of a saved adapter)" };
         var output = new Option<string>("--output", "-o") { Description = "where to write the merged model", Required = true };
         var genai = new Option<bool>("--genai-config") { Description = "also write genai_config.json (ONNX Runtime GenAI) and the tokenizer files beside the merged model" };
-        var tokenizer = new Option<string?>("--tokenizer") { Description = "tokenizer file or directory for --genai-config (default: beside the input model)" };
+        var tokenizer = new Option<string?>("--tokenizer") { Description = "tokenizer file or directory for --genai-config, or for a reward model's pad id (default: beside the input model)" };
         var cmd = new Command("merge", "Merge LoRA adapters into the base weights (W += scale·B·A) and remove them") { model, output, adapter, genai, tokenizer };
         cmd.SetAction(CliRunner.Guard(parse =>
         {
@@ -23,7 +23,10 @@ public static class MergeCommand
             {
                 if (LoraModel.Read(m) is not null)
                     throw new OrtLoraException($"{m.Source}: the model already has LoRA adapters; --adapter merges a PEFT adapter into a plain model");
-                LoraInjector.Inject(m, PeftAdapter.Load(adapterDir));
+                var peft = PeftAdapter.Load(adapterDir);
+                // a reward model's adapter: the causal LM export becomes the classifier it was trained on
+                Training.Reward.RewardModeling.ConvertForAdapter(m, peft, parse.GetValue(model)!, parse.GetValue(tokenizer));
+                LoraInjector.Inject(m, peft);
             }
             int adapters = LoraModel.Read(m)?.Adapters.Count ?? 0;
             LoraMerger.Merge(m);

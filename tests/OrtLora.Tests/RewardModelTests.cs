@@ -349,6 +349,16 @@ public class RewardModelTests
             Assert.That(loss, Is.EqualTo(last).Within(2e-4), string.Join(' ', args));
             Assert.That(eval.Out, Does.Contain("accuracy"));
         }
+        // the adapter merged into the plain export (as `merge --adapter` folds any PEFT adapter) is the same classifier
+        var mergedAgain = Path.Combine(Shared.TempDir(), "model.onnx");
+        OrtloraOk("merge", Tiny("model.onnx"), "--adapter", dir, "-o", mergedAgain);
+        foreach (var file in new[] { "vocab.json", "merges.txt", "tokenizer_config.json" }) File.Copy(Tiny(file), Path.Combine(Path.GetDirectoryName(mergedAgain)!, file));
+        var again = OrtloraOk("eval", mergedAgain, "--data", data);
+        Assert.That(double.Parse(again.Out.Split("eval_loss ")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture), Is.EqualTo(last).Within(2e-4));
+        var generate = Ortlora("generate", merged, "--prompt", "Hello");
+        Assert.That(generate.ExitCode, Is.Not.Zero);
+        Assert.That(generate.Error, Does.Contain("sequence classifier"));
+
         using var rewardModel = Training.Grpo.RewardModel.Load(Path.Combine(dir, "merged"));
         var scores = rewardModel.Score([new Training.Grpo.RewardInput("What is the capital of France?", " Paris.", 3, false, new Dictionary<string, string?>())]);
         var ids = TinyTokenizer.Value.Encode("What is the capital of France? Paris.").Select(i => (long)i).ToArray();

@@ -30,6 +30,9 @@ public sealed class CausalLmSession : IDisposable
         _idsName = inputs.FirstOrDefault(n => n == "input_ids")
             ?? throw new OrtLoraException($"model has no 'input_ids' input (inputs: {string.Join(", ", inputs)})");
         _logitsName = outputs.FirstOrDefault(n => n == "logits") ?? outputs[0];
+        if (session.OutputMetadata[_logitsName].Dimensions.Length == 2)
+            throw new OrtLoraException($"the model's '{_logitsName}' are [batch, labels]: a sequence classifier (a reward model) scores sequences and does not " +
+                                       "generate; use it with --reward-funcs model:DIR, or score preference pairs with `ortlora eval`");
         _maskName = inputs.FirstOrDefault(n => n == "attention_mask");
         _positionName = inputs.FirstOrDefault(n => n == "position_ids");
         _useCacheBranchName = inputs.FirstOrDefault(n => n == "use_cache_branch");

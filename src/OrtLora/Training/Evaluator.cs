@@ -30,7 +30,7 @@ public static class Evaluator
     {
         var tokenizerSource = tokenizerPath ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!;
         var tokenizer = TokenizerLoader.Load(tokenizerSource);
-        using var model = Scorable(modelPath, adapterDir, tokenizer);
+        using var model = Scorable(modelPath, adapterDir, tokenizerSource);
         VocabularyCheck.Require(tokenizer, model);
         var tokenizerDir = Directory.Exists(tokenizerSource) ? tokenizerSource : Path.GetDirectoryName(Path.GetFullPath(tokenizerSource))!;
         bool rewardModel = SequenceClassifier.IsClassifier(model);
@@ -50,7 +50,7 @@ public static class Evaluator
     /// parameters: a plain model gets rank-1 adapters whose B is zero, which add exactly 0 to every layer.</summary>
     /// <remarks>An adapter of a reward model (task_type SEQ_CLS) on a causal LM: the model becomes the classifier
     /// `ortlora reward` trained (<see cref="SequenceClassifier"/>), whose score head the adapter holds.</remarks>
-    static OnnxModel Scorable(string modelPath, string? adapterDir, TextTokenizer? tokenizer)
+    static OnnxModel Scorable(string modelPath, string? adapterDir, string? tokenizerPath)
     {
         var model = OnnxModel.Load(modelPath);
         try
@@ -60,8 +60,7 @@ public static class Evaluator
                 if (LoraModel.Read(model) is not null)
                     throw new OrtLoraException($"{modelPath}: the model already has LoRA adapters; --adapter is for a plain (or merged) model");
                 var adapter = PeftAdapter.Load(adapterDir);
-                if (adapter.Config.TaskType == "SEQ_CLS" && !SequenceClassifier.IsClassifier(model) && tokenizer is not null)
-                    SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(modelPath), seed: 0);
+                RewardModeling.ConvertForAdapter(model, adapter, modelPath, tokenizerPath);
                 LoraInjector.Inject(model, adapter);
             }
             if (LoraModel.Read(model) is null) LoraInjector.Inject(model, new LoraConfig { R = 1, TargetModules = ["all-linear"] });
@@ -97,7 +96,7 @@ public static class Evaluator
         else if (referencePath is null)
             throw new OrtLoraException($"{dataPath}: preference data is scored by the DPO loss against a reference model: give --adapter DIR " +
                 "(the reference is then the model without it) or --reference-model PATH");
-        using var reference = referencePath is null ? null : Scorable(referencePath, adapterDir: null, tokenizer: null);
+        using var reference = referencePath is null ? null : Scorable(referencePath, adapterDir: null, tokenizerPath: null);
         if (reference is not null) VocabularyCheck.Require(tokenizer, reference);
         var sessionOptions = new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary, Preference: preference);
         using var referenceSession = reference is null ? null : new TrainingSession(reference, sessionOptions);

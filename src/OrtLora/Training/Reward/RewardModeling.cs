@@ -10,6 +10,16 @@ namespace OrtLora.Training.Reward;
 /// adapters (its modules_to_save gets <c>score</c> or <c>classifier</c>).</summary>
 public static class RewardModeling
 {
+    /// <summary>An adapter of a reward model (task_type SEQ_CLS, trained by `ortlora reward` on a causal LM export) to go
+    /// on that export: the export becomes the classifier the adapter was trained on, whose score head the adapter
+    /// holds (pad id from the tokenizer beside the model, or <paramref name="tokenizerPath"/>).</summary>
+    public static void ConvertForAdapter(OnnxModel model, PeftAdapter adapter, string modelPath, string? tokenizerPath = null)
+    {
+        if (adapter.Config.TaskType != "SEQ_CLS" || SequenceClassifier.IsClassifier(model)) return;
+        var tokenizer = TokenizerLoader.Load(tokenizerPath ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!);
+        SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(modelPath), seed: 0);
+    }
+
     /// <returns>the LoRA configuration to inject with (task_type SEQ_CLS, the head in modules_to_save)</returns>
     public static LoraConfig Prepare(OnnxModel model, TrainJob job, TextTokenizer tokenizer, ITrainingReporter reporter)
     {
