@@ -105,9 +105,15 @@ public class EnginePreferenceLossTests
         return total / (Rows / 2) + (o.LossType switch { "orpo" => 1, "simpo" or "cpo" => o.CpoAlpha, _ => o.RpoAlpha }) * chosenNll / chosenTokens;
     }
 
+    /// <summary>XPO's row term: α / pairs on the rows holding the reference's completion (here one of each pair, and
+    /// a negative weight to test the sign).</summary>
+    static readonly float[] RowWeights = [0, 0.3f, -0.2f, 0];
+
+    static Batch Batch(PreferenceOptions options) => options.RowTerms ? PairBatch() with { RowWeights = RowWeights } : PairBatch();
+
     static readonly PreferenceOptions[] LossTypes =
     [
-        new(Beta), new(Beta, LabelSmoothing: 0.1), new(Beta, "robust", LabelSmoothing: 0.1), new(0.02, "hinge"), new(0.05, "ipo"), new(0.05, "ipo", SumLogps: true),
+        new(Beta), new(Beta, LabelSmoothing: 0.1), new(Beta, "robust", LabelSmoothing: 0.1), new(0.02, "hinge"), new(0.05, "ipo"), new(0.05, "ipo", SumLogps: true), new(Beta, RowTerms: true), new(0.05, "ipo", SumLogps: true, RowTerms: true), new(0.05, "ipo", RowTerms: true),
         new(Beta, RpoAlpha: 0.5), new(Beta, "orpo"), new(2.0, "simpo", LabelSmoothing: 0.1), new(2.0, "simpo", SimpoGamma: 1, CpoAlpha: 0),
         new(Beta, "cpo"), new(Beta, "cpo", LabelSmoothing: 0.1, CpoAlpha: 0.5),
         new(Beta, "nca_pair"), new(Beta, "bco_pair", RpoAlpha: 0.5), new(Beta, "sppo_hard"), new(Beta, "apo_zero"), new(Beta, "apo_down"),
@@ -146,7 +152,7 @@ public class EnginePreferenceLossTests
     {
         using var model = Injected();
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options));
-        var batch = PairBatch();
+        var batch = Batch(options);
         var reference = RowSums(model, batch);
         var unmoved = TrlLoss(options, reference, reference);
         LoraTestKit.RandomizeB(model, std: 0.3f);
@@ -154,7 +160,8 @@ public class EnginePreferenceLossTests
         var policy = RowSums(model, batch);
 
         var (loss, _) = session.Evaluate(batch);
-        var expected = TrlLoss(options, policy, reference);
+        var expected = TrlLoss(options, policy, reference)
+            + (options.RowTerms ? Enumerable.Range(0, Rows).Sum(r => RowWeights[r] * policy.Sums[r] / (options.Averages ? policy.Lengths[r] : 1)) : 0);
         Assert.That(Math.Abs(expected - unmoved), Is.GreaterThan(1e-3), "the policy has moved away from the reference");
         Assert.That(loss, Is.EqualTo(expected).Within(2e-5 * Math.Max(1, Math.Abs(expected))));
         for (int row = 0; row < Rows; row++)
@@ -173,7 +180,7 @@ public class EnginePreferenceLossTests
     {
         using var model = Injected();
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options));
-        var batch = PairBatch();
+        var batch = Batch(options);
         LoraTestKit.RandomizeB(model, std: 0.3f);
         var values = LoraValues(model, session);
         session.SetParameters(values);
@@ -309,7 +316,7 @@ public class EnginePreferenceLossTests
         var moved = whole.GetParameters().ToDictionary(kv => kv.Key, kv => kv.Value.Select((v, i) => v + 0.02f * MathF.Sin(i)).ToArray());
         whole.SetParameters(moved);
         chunked.SetParameters(moved);
-        var batch = PairBatch();
+        var batch = Batch(options);
         var (wholeLoss, wholeGradients) = whole.ComputeGradients(batch);
         var (chunkedLoss, chunkedGradients) = chunked.ComputeGradients(batch);
         Assert.That(chunkedLoss, Is.EqualTo(wholeLoss).Within(1e-5 * Math.Max(1, Math.Abs(wholeLoss))));

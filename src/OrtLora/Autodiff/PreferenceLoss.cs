@@ -18,9 +18,11 @@ namespace OrtLora.Autodiff;
 /// <param name="DiscopopTau">discopop's temperature τ of the mix between its logistic and exponential parts (DPOConfig.discopop_tau)</param>
 /// <param name="CenterRewardsCoefficient">reward modelling (<see cref="RewardModelLoss"/>): RewardConfig.center_rewards_coefficient (0: none)</param>
 /// <param name="SumLogps">IPO on summed log-probabilities, as TRL's OnlineDPOTrainer computes it (DPOTrainer's IPO averages them)</param>
+/// <param name="RowTerms">the loss also adds Σ w·π over the rows, w a <see cref="PreferenceLoss.RowWeightsInput"/> input
+/// (XPO's exploration term α·log π of the reference model's completion)</param>
 public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sigmoid", double LabelSmoothing = 0, double RpoAlpha = 0,
     double SimpoGamma = 0.5, double CpoAlpha = 1, double DesirableWeight = 1, double UndesirableWeight = 1, double DiscopopTau = 0.05,
-    double CenterRewardsCoefficient = 0, bool SumLogps = false)
+    double CenterRewardsCoefficient = 0, bool SumLogps = false, bool RowTerms = false)
 {
     /// <summary>The loss type of reward modelling: TRL's RewardTrainer trains a sequence classifier on the pairs
     /// (<see cref="RewardLoss"/>), not a causal LM against a reference.</summary>
@@ -50,6 +52,8 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
     {
         if (CenterRewardsCoefficient < 0) throw new OrtLoraException($"center_rewards_coefficient must not be negative, got {CenterRewardsCoefficient}");
         if (CenterRewardsCoefficient > 0 && !IsRewardModel) throw new OrtLoraException("center_rewards_coefficient is for reward modelling (ortlora reward)");
+        if (RowTerms && (Unpaired || SeparateRatios || IsRewardModel))
+            throw new OrtLoraException($"a per-row term (XPO's) goes with the losses of the pair's difference, not {LossType}");
         if (IsRewardModel)
         {
             if (RpoAlpha > 0 || LabelSmoothing > 0) throw new OrtLoraException("reward modelling takes neither rpo_alpha nor label smoothing (DPO's options)");
@@ -112,6 +116,8 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
     public const string ReferenceInput = "reference_logps";
     /// <summary>KTO's graph input of each row's role: 1 desirable, -1 undesirable, 0 a KL row or padding (float32, [rows]).</summary>
     public const string RolesInput = "preference_roles";
+    /// <summary>With <see cref="PreferenceOptions.RowTerms"/>: each row's weight w in the loss's Σ w·π (float32, [rows]).</summary>
+    public const string RowWeightsInput = "row_weights";
 
     /// <summary>Appends the loss on top of <paramref name="tokens"/> (a plain cross-entropy: no label smoothing).</summary>
     public static PreferenceLoss Append(GraphEditor g, CausalLmLoss tokens, PreferenceOptions options)
@@ -192,6 +198,8 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
             var nll = Op("Div", [Op("Neg", [ChosenTotal(sums)]), chosenTokens]);
             loss = Op("Add", [loss, Op("Mul", [nll, Scalar(options.ChosenNllWeight)])]);
         }
+        // XPO: + Σ w·π, w = α / pairs on the rows that hold the reference model's completion
+        if (options.RowTerms) loss = Op("Add", [loss, Op("ReduceSum", [Op("Mul", [RowWeightsInput, logProbs])], ("keepdims", 0L))]);
         return new PreferenceLoss(loss, logProbs, null, difference, pairWeight, options.Averages ? lengths : null, chosenTokens, options, pairs);
 
         // discopop's mix, σ(z / τ)
@@ -297,6 +305,7 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         var rowScale = Op("Reshape", [Op("Concat", [Op("Neg", [column]), column], ("axis", 1L)), Ints(-1)]);
         // ORPO: d (log odds) / d π = 1 / (1 − e^π)
         if (Options.LossType == "orpo") rowScale = Op("Div", [rowScale, Op("Sub", [Scalar(1), Op("Exp", [SequenceLogProbs])])]);
+        if (Options.RowTerms) rowScale = Op("Sub", [rowScale, RowWeightsInput]); // −d(Σ w·π)/dπ, before a mean's division below
         if (RowLengths is not null) rowScale = Op("Div", [rowScale, Op("Max", [RowLengths, Scalar(1)])]); // IPO's and ORPO's π is a mean
         if (ChosenTokens is not null) rowScale = Op("Add", [rowScale, ChosenNllScale()]);
         return elemType == (int)DT.Float ? rowScale : Op("Cast", [rowScale], ("to", (long)elemType));

@@ -14,6 +14,8 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
     public float[]? Roles { get; init; }
     /// <summary>With a reward model's loss: each row's margin (<see cref="Autodiff.RewardLoss.MarginsInput"/>; null: 0).</summary>
     public float[]? Margins { get; init; }
+    /// <summary>With XPO's row term: each row's weight w in Σ w·π (<see cref="Autodiff.PreferenceLoss.RowWeightsInput"/>).</summary>
+    public float[]? RowWeights { get; init; }
     /// <summary>With distillation: the teacher's logits for the batch, [BatchSize, SequenceLength, vocabulary]
     /// (<see cref="Autodiff.DistillationLoss.TeacherInput"/>).</summary>
     public float[]? TeacherLogits { get; init; }
@@ -41,6 +43,8 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
                 Autodiff.DistillationLoss.TeacherInput => TeacherLogits is { } t && t.Length % n == 0 && t.Length > 0
                     ? HostTensor.Of(t, BatchSize, SequenceLength, t.Length / n)
                     : throw new OrtLoraException($"a distillation batch needs the teacher's logits for its {BatchSize}×{SequenceLength} positions"),
+                Autodiff.PreferenceLoss.RowWeightsInput => HostTensor.Of(RowWeights is { } w && w.Length == BatchSize ? w
+                    : throw new OrtLoraException($"a batch with XPO's term needs a weight for each of its {BatchSize} rows"), BatchSize),
                 Autodiff.RewardLoss.MarginsInput => HostTensor.Of(Margins is { } m && m.Length == BatchSize ? m : new float[BatchSize], BatchSize),
                 Autodiff.PreferenceLoss.RolesInput => HostTensor.Of(Roles ?? throw new OrtLoraException("a KTO batch needs each row's role"), BatchSize),
                 Autodiff.PreferenceLoss.ReferenceInput => HostTensor.Of(ReferenceLogps ?? throw new OrtLoraException("a DPO batch needs the reference model's log-probabilities"), BatchSize),

@@ -119,7 +119,7 @@ public sealed partial class TrainingGraph : IDisposable
         if (parameters.Count == 0)
             throw new OrtLoraException($"{model.Source}: no trainable parameters (no initializer ends in .lora_A.weight / .lora_B.weight); run `ortlora inject` first");
         var taken = proto.Graph.Input.Select(i => i.Name).Concat(proto.Graph.Node.SelectMany(n => n.Output)).Concat(proto.Graph.Initializer.Select(t => t.Name));
-        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens or SequenceLogProbs or TokenWeights or PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or RewardLoss.MarginsInput or DistillationLoss.TeacherInput) is { } clash)
+        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens or SequenceLogProbs or TokenWeights or PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or PreferenceLoss.RowWeightsInput or RewardLoss.MarginsInput or DistillationLoss.TeacherInput) is { } clash)
             throw new OrtLoraException($"{model.Source}: the model already has a value named '{clash}' (exported with labels and a loss?); " +
                 "export it with input_ids and attention_mask in, logits out");
         logits ??= proto.Graph.Output.Any(o => o.Name == "logits") ? "logits" : proto.Graph.Output[0].Name;
@@ -190,6 +190,11 @@ public sealed partial class TrainingGraph : IDisposable
             {
                 proto.Graph.Input.Add(Input(PreferenceLoss.RolesInput, (int)DT.Float, ["batch"]));
                 batchInputs.Add(PreferenceLoss.RolesInput);
+            }
+            if (preference.RowTerms)
+            {
+                proto.Graph.Input.Add(Input(PreferenceLoss.RowWeightsInput, (int)DT.Float, ["batch"]));
+                batchInputs.Add(PreferenceLoss.RowWeightsInput);
             }
             preferenceLoss = PreferenceLoss.Append(g, loss!, preference);
         }
@@ -343,7 +348,7 @@ public sealed partial class TrainingGraph : IDisposable
         foreach (var input in result.Graph.Input.Where(i => BatchInputs.Contains(i.Name) || i.Name == NeftuneNoise.Input))
         {
             var dims = input.Type?.TensorType?.Shape?.Dim;
-            if (input.Name is PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or RewardLoss.MarginsInput && dims is { Count: 1 }) { dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch }; continue; }
+            if (input.Name is PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or PreferenceLoss.RowWeightsInput or RewardLoss.MarginsInput && dims is { Count: 1 }) { dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch }; continue; }
             if (dims is null || dims.Count != (input.Name is NeftuneNoise.Input or DistillationLoss.TeacherInput ? 3 : 2)) continue;
             dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch };
             dims[1] = new TensorShapeProto.Types.Dimension { DimValue = sequence };
