@@ -24,6 +24,7 @@ public static class Commands
         GrpoCommand.Create(),
         RlooCommand.Create(),
         OnlineDpoCommand.Create(),
+        OnlineDpoCommand.CreateXpo(),
         DemoCommand.Create(),
     ];
 }

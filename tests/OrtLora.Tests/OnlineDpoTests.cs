@@ -89,11 +89,40 @@ public class OnlineDpoTests
         Assert.That(evals, Is.EqualTo(new[] { 0, 20, 40 }));
     }
 
+    /// <summary>XPO: each pair is the policy's completion against the starting model's. The policy's score rises to
+    /// every completion while the reference's stays where the random model is. At step 1 (policy = reference) the
+    /// DPO part is log 2 and the graph's α term is α times the mean log-probability of the reference's completions, as
+    /// logged: the row weights land on the reference's rows.</summary>
+    [Test]
+    public void XpoRaisesThePolicysScoreAgainstTheReference()
+    {
+        var dir = Shared.TempDir();
+        var args = Args(dir, "--max-steps", "60", "--alpha", "0.01");
+        args[0] = "xpo";
+        OrtloraOk(args);
+        var metrics = Metrics(dir).Where(m => m["objective/model_scores"] is not null).ToList();
+        var policy = Series(metrics, "objective/model_scores");
+        var reference = Series(metrics, "objective/ref_scores");
+        Assert.That(policy, Has.Length.EqualTo(60));
+        Assert.That(policy.TakeLast(15).Average(), Is.GreaterThanOrEqualTo(0.9));
+        Assert.That(reference.Average(), Is.LessThan(0.7), "the reference does not learn");
+        var first = metrics[0];
+        Assert.That(first["loss/dpo"]!.GetValue<double>(), Is.EqualTo(Math.Log(2)).Within(1e-5));
+        Assert.That(first["loss/xpo"]!.GetValue<double>(), Is.LessThan(-0.01), "α · a log-probability of several tokens");
+        Assert.That(first["objective/kl"]!.GetValue<double>(), Is.EqualTo(0).Within(1e-4));
+        Assert.That(first["alpha"]!.GetValue<double>(), Is.EqualTo(0.01));
+    }
+
     /// <summary>Checkpoints resume exactly: the sampling seeds come from the step, the reference from the start.</summary>
     [Test]
     public void AResumedRunEndsLikeAStraightOne() =>
         AssertResumedRunEndsLikeStraight(dir => With(Args(dir, "--max-steps", "4", "--save-steps", "2", "--gradient-accumulation-steps", "2"), "--per-device-train-batch-size", "2"),
             "checkpoint-4");
+
+    /// <summary>XPO's reference samples from the starting parameters, also after a resume.</summary>
+    [Test]
+    public void AResumedXpoRunEndsLikeAStraightOne() =>
+        AssertResumedRunEndsLikeStraight(dir => ["xpo", .. Args(dir, "--max-steps", "4", "--save-steps", "2", "--alpha", "0.01").Skip(1)], "checkpoint-4");
 
     [Test]
     public void MisuseIsOneClearError()

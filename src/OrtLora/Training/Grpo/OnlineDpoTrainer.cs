@@ -9,15 +9,20 @@ using EngineBatch = OrtLora.Training.Engine.Batch;
 
 namespace OrtLora.Training.Grpo;
 
-/// <summary>TRL's OnlineDPOConfig options of the loss (sampling is <see cref="GrpoOptions"/>').</summary>
+/// <summary>TRL's OnlineDPOConfig (and XPOConfig) options of the loss (sampling is <see cref="GrpoOptions"/>').</summary>
 /// <param name="Beta">DPO's β: how far the policy may move from the reference</param>
 /// <param name="LossType">sigmoid (DPO) or ipo</param>
 /// <param name="MissingEosPenalty">subtracted from the reward of a completion that did not end (no EOS or end of turn
 /// within max_new_tokens); null: none</param>
-public sealed record OnlineDpoOptions(double Beta = 0.1, string LossType = "sigmoid", double? MissingEosPenalty = null)
+/// <param name="XpoAlpha">XPO (TRL's XPOTrainer, Xie et al. 2024): each pair is one completion of the policy and one of
+/// the reference model, and the loss adds α·Σ log π of the reference's completion (exploration); null: online DPO</param>
+public sealed record OnlineDpoOptions(double Beta = 0.1, string LossType = "sigmoid", double? MissingEosPenalty = null, double? XpoAlpha = null)
 {
+    public bool IsXpo => XpoAlpha is not null;
+
     public void Validate()
     {
+        if (XpoAlpha is < 0) throw new OrtLoraException($"--alpha must not be negative, got {XpoAlpha}");
         if (Beta <= 0) throw new OrtLoraException($"--beta must be positive, got {Beta}");
         if (LossType is not ("sigmoid" or "ipo")) throw new OrtLoraException($"online DPO's --loss-type is sigmoid or ipo, not '{LossType}'");
         if (MissingEosPenalty is < 0) throw new OrtLoraException($"--missing-eos-penalty must not be negative, got {MissingEosPenalty}");
@@ -61,12 +66,15 @@ public static class OnlineDpoTrainer
         int stepsPerEpoch = (prompts.All.Count + promptsPerStep - 1) / promptsPerStep;
         int totalSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * stepsPerEpoch);
         int warmup = LrSchedule.WarmupSteps(args, totalSteps);
-        var preference = new PreferenceOptions(dpo.Beta, dpo.LossType, SumLogps: true);
+        var preference = new PreferenceOptions(dpo.Beta, dpo.LossType, SumLogps: true, RowTerms: dpo.IsXpo);
         using var session = new TrainingSession(model, new TrainingSessionOptions(args.AdamWFor(model), Optimization: args.OrtOptimizationLevel, Device: args.Device,
             EpLibrary: args.EpLibrary, Compute: args.Compute, GradientCheckpointing: args.GradientCheckpointing, Seed: args.Seed, LossChunks: args.LossChunks,
             Preference: preference));
         using var sessionOptions = OrtRun.DefaultOptions();
         using var sampler = new PolicySampler(model, sessionOptions);
+        // XPO samples from the reference too: the parameters as training starts (before any resume)
+        using var referenceSampler = dpo.IsXpo ? new PolicySampler(model, sessionOptions) : null;
+        referenceSampler?.SetParameters(session.GetParameters(), session.Graph.ParameterShapes);
 
         var state = new TrainerState(0, 0, 0, args.Seed, 0);
         var best = new BestModel(args);
@@ -111,13 +119,19 @@ public static class OnlineDpoTrainer
                     if (index == prompts.All.Count) (epoch, index) = (epoch + 1, 0);
                     group.Add(prompts.At(epoch, index++));
                 }
-                var sampled = GrpoRollout.Sample(sampler, group, tokenizer, grpo, stops, args.Seed, state.GlobalStep * args.GradientAccumulationSteps + micro);
+                int key = state.GlobalStep * args.GradientAccumulationSteps + micro;
+                var sampled = referenceSampler is null ? GrpoRollout.Sample(sampler, group, tokenizer, grpo, stops, args.Seed, key)
+                    : Interleave(GrpoRollout.Sample(sampler, group, tokenizer, grpo with { NumGenerations = 1 }, stops, args.Seed, key),
+                        GrpoRollout.Sample(referenceSampler, group, tokenizer, grpo with { NumGenerations = 1 }, stops, args.Seed, key + (1 << 30)));
                 var scores = Rewards(sampled, rewards, grpo, dpo);
                 var (batch, order) = Pairs(sampled, scores, tokenizer);
+                // XPO: α / prompts on the rows holding the reference's completion (the odd ones of the interleaving)
+                if (dpo.XpoAlpha is { } alpha) batch = batch with { RowWeights = [.. order.Select(i => i % 2 == 1 ? (float)(alpha / group.Count) : 0f)] };
                 loss += (args.GradientAccumulationSteps == 1 ? session.Step(batch, (float)lr, (float)args.MaxGradNorm)
                     : session.Accumulate(batch, 1f / args.GradientAccumulationSteps)) / args.GradientAccumulationSteps;
                 tokens += batch.AttentionMask.Sum();
-                metrics.Add(session.LastSequenceLogps, session.LastReferenceLogps, [.. order.Select(i => scores[i])], [.. order.Select(i => !sampled[i].Truncated)]);
+                metrics.Add(session.LastSequenceLogps, session.LastReferenceLogps, [.. order.Select(i => scores[i])], [.. order.Select(i => !sampled[i].Truncated)],
+                    dpo.IsXpo ? [.. order.Select(i => i % 2 == 1)] : null, dpo.XpoAlpha ?? 0);
             }
             if (args.GradientAccumulationSteps > 1) session.ApplyAccumulated((float)lr, (float)args.MaxGradNorm);
             if (!double.IsFinite(loss))
@@ -149,6 +163,10 @@ public static class OnlineDpoTrainer
         return GrpoTrainer.Finish(job, model, session, log, state.GlobalStep, runClock.Elapsed.TotalSeconds, stepsThisRun, lossThisRun, lastLoss, tokenizerPath,
             finalEvaluation: evaluates && lastEval != state.GlobalStep ? () => EvaluateAt(state.GlobalStep) : null);
     }
+
+    /// <summary>XPO's pairs: each prompt's policy completion, then its reference completion.</summary>
+    static List<Completion> Interleave(List<Completion> policy, List<Completion> reference) =>
+        [.. policy.Zip(reference).SelectMany(p => new[] { p.First, p.Second })];
 
     /// <summary>Each completion's reward: the weighted sum of the functions' scores (TRL's nansum), less
     /// missing_eos_penalty for a completion that did not end.</summary>
@@ -200,18 +218,29 @@ sealed class OnlineDpoMetrics(double beta)
     /// <param name="reference">each row's under the reference</param>
     /// <param name="rewards">each row's reward</param>
     /// <param name="ended">whether each row's completion ended within max_new_tokens</param>
-    public void Add(IReadOnlyList<float> policy, IReadOnlyList<float> reference, IReadOnlyList<double> rewards, IReadOnlyList<bool> ended)
+    /// <param name="fromReference">XPO: which rows hold the reference model's completion; its KL and entropy are the
+    /// policy's completions', its scores split by who wrote them, and its loss split into DPO's and the α term</param>
+    public void Add(IReadOnlyList<float> policy, IReadOnlyList<float> reference, IReadOnlyList<double> rewards, IReadOnlyList<bool> ended,
+        IReadOnlyList<bool>? fromReference = null, double alpha = 0)
     {
         int rows = rewards.Count, pairs = rows / 2;
         double Mean(Func<int, double> f, IEnumerable<int> over) => over.Average(f);
-        var all = Enumerable.Range(0, rows).ToList();
+        var all = Enumerable.Range(0, rows).Where(i => fromReference is null || !fromReference[i]).ToList();
+        if (fromReference is not null)
+        {
+            var referenceRows = Enumerable.Range(0, rows).Where(i => fromReference[i]).ToList();
+            Put("objective/model_scores", Mean(i => rewards[i], all));
+            Put("objective/ref_scores", Mean(i => rewards[i], referenceRows));
+            Put("loss/xpo", Mean(i => alpha * policy[i], referenceRows));
+            Put("alpha", alpha);
+        }
         var chosen = Enumerable.Range(0, pairs).Select(p => 2 * p).ToList();
         var rejected = chosen.Select(i => i + 1).ToList();
         double Kl(int i) => policy[i] - reference[i];
         double Implicit(int i) => beta * Kl(i);
-        Put("objective/scores", Mean(i => rewards[i], all));
+        Put("objective/scores", Mean(i => rewards[i], Enumerable.Range(0, rows)));
         Put("objective/scores_margin", Mean(i => rewards[i] - rewards[i + 1], chosen));
-        Put("val/contain_eos_token", Mean(i => ended[i] ? 1 : 0, all));
+        Put("val/contain_eos_token", Mean(i => ended[i] ? 1 : 0, Enumerable.Range(0, rows)));
         Put("logps/chosen", Mean(i => policy[i], chosen));
         Put("logps/rejected", Mean(i => policy[i], rejected));
         Put("objective/kl", Mean(Kl, all));
@@ -228,6 +257,8 @@ sealed class OnlineDpoMetrics(double beta)
     public void Report(JsonObject record)
     {
         foreach (var (name, values) in _values) record[name] = values.Average();
+        // XPO: the loss less its α term
+        if (_values.ContainsKey("loss/xpo")) record["loss/dpo"] = _values["loss"].Average() - _values["loss/xpo"].Average();
         _values.Clear();
     }
 }
