@@ -33,7 +33,10 @@ public static class HalfPrecision
     static readonly HashSet<string> HalfOps = ["MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum", "Attention"];
     static readonly HashSet<string> Float32Ops = ["Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare",
         "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceProd", "Pow", "Sqrt", "Reciprocal", "Exp", "Log",
-        "CumSum", "LayerNormalization", "RMSNormalization", "GroupNormalization", "InstanceNormalization", "BatchNormalization"];
+        "CumSum", "LayerNormalization", "RMSNormalization", "GroupNormalization", "InstanceNormalization", "BatchNormalization",
+        // not for its arithmetic (it has none) but for its gradient, a scatter-add, which ONNX Runtime's CPU provider
+        // has no float16 kernel for (a sequence classifier's pooling)
+        "GatherND"];
     /// <summary>Ops that move data without computing: on constants only (a transposed weight) they form constant
     /// expressions, which follow their readers' type like the constants themselves. DequantizeLinear too, in float16 from
     /// opset 19 (before, its scale is float32 only; CUDA has no bfloat16 scale): its output takes its scale's type, so a
