@@ -18,10 +18,12 @@ public static class EvalCommand
         var epLibrary = new Option<string?>("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
         var adapter = new Option<string?>("--adapter") { Description = "PEFT adapter directory to evaluate on the model (injected in memory)" };
         var reference = new Option<string?>("--reference-model") { Description = "preference data: the DPO reference model (default with --adapter: MODEL without the adapter)" };
+        var teacher = new Option<string?>("--teacher-model") { Description = "score the generalized JSD to this teacher (`distill`'s loss) instead of the cross-entropy" };
+        var jsdBeta = new Option<double>("--jsd-beta") { Description = "with --teacher-model: the divergence's beta (0: KL(teacher||model), 1: KL(model||teacher))", DefaultValueFactory = _ => 0.5 };
         var dataOptions = new DataCliOptions();
         var preference = new PreferenceCliOptions();
         var cmd = new Command("eval", "Loss, perplexity and mean token accuracy of a model on Parquet data (scored tokens as in training); DPO loss and rewards on preference data")
-            { model, data, adapter, reference, batch, device, epLibrary };
+            { model, data, adapter, reference, teacher, jsdBeta, batch, device, epLibrary };
         foreach (var o in dataOptions.All.Concat(preference.All)) cmd.Options.Add(o);
         cmd.SetAction(CliRunner.Guard(parse =>
         {
@@ -29,11 +31,18 @@ public static class EvalCommand
             if (batchSize < 1) throw new OrtLoraException("--per-device-eval-batch-size must be at least 1");
             var options = dataOptions.Read(parse) with { BatchSize = batchSize, EvalBatchSize = batchSize };
             var result = Evaluator.Run(parse.GetValue(model)!, parse.GetValue(data)!, options, parse.GetValue(dataOptions.Tokenizer),
-                parse.GetValue(device)!, parse.GetValue(epLibrary), parse.GetValue(adapter), parse.GetValue(reference), preference.Read(parse));
+                parse.GetValue(device)!, parse.GetValue(epLibrary), parse.GetValue(adapter), parse.GetValue(reference), preference.Read(parse),
+                parse.GetValue(teacher) is { } t ? new DistillationOptions(t, parse.GetValue(jsdBeta)) : null);
             if (result.Rewards is { } rewards)
             {
                 Console.WriteLine($"eval_loss {result.Loss:F4}  " + string.Join("  ", rewards.Select(r => $"{r.Key} {r.Value:F4}")) +
                     $"  ({result.Pairs:N0} pairs scored in {result.Batches} batches; {result.DataSummary})");
+                return;
+            }
+            if (parse.GetValue(teacher) is not null)
+            {
+                Console.WriteLine($"eval_loss {result.Loss:F4} (generalized JSD to the teacher, beta {parse.GetValue(jsdBeta)})  mean_token_accuracy {result.MeanTokenAccuracy:F4}  " +
+                    $"({result.Tokens:N0} tokens scored in {result.Batches} batches; {result.DataSummary})");
                 return;
             }
             Console.WriteLine($"eval_loss {result.Loss:F4}  perplexity {result.Perplexity:F2}  mean_token_accuracy {result.MeanTokenAccuracy:F4}  ({result.Tokens:N0} tokens scored in {result.Batches} batches; {result.DataSummary})");

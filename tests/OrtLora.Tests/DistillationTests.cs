@@ -207,6 +207,9 @@ public class DistillCommandTests
         int n = int.Parse(counted.Groups[1].Value);
         if (onPolicy >= 0) Assert.That(n, Is.EqualTo(onPolicy));
         else Assert.That(n, Is.InRange(10, 30), "about half");
+        // `eval --teacher-model` of the base with the adapter scores the divergence as training's last evaluation did
+        var eval = LoraTestKit.OrtloraOk("eval", LoraTestKit.Tiny("model.onnx"), "--adapter", dir, "--data", LoraTestKit.Tiny("demo_eval.parquet"), "--teacher-model", Teacher.Value);
+        Assert.That(double.Parse(eval.Out.Split("eval_loss ")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture), Is.EqualTo(evals[^1]).Within(2e-4));
     }
 
     /// <summary>An on-policy micro-batch keeps each row's prompt and labels the student's completion after it; every

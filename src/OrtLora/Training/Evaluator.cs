@@ -25,8 +25,11 @@ public static class Evaluator
     /// <param name="adapterDir">a PEFT adapter directory to evaluate on the (plain) model, injected in memory</param>
     /// <param name="referenceModel">preference data: the DPO reference model (default with an adapter: the plain model)</param>
     /// <param name="preference">preference data: the DPO loss's options</param>
+    /// <param name="distillation">score the divergence to this teacher (`distill`'s loss, its β) instead of the
+    /// cross-entropy; on-policy options do not apply (an evaluation scores the data's completions)</param>
     public static EvalResult Run(string modelPath, string dataPath, DataOptions options, string? tokenizerPath = null,
-        string device = "cpu", string? epLibrary = null, string? adapterDir = null, string? referenceModel = null, PreferenceOptions? preference = null)
+        string device = "cpu", string? epLibrary = null, string? adapterDir = null, string? referenceModel = null, PreferenceOptions? preference = null,
+        DistillationOptions? distillation = null)
     {
         var tokenizerSource = tokenizerPath ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!;
         var tokenizer = TokenizerLoader.Load(tokenizerSource);
@@ -40,8 +43,12 @@ public static class Evaluator
         if (rewardModel) return ScoreRewardModel(model, data, dataPath, device, epLibrary);
         if (data.IsPreference) return ScorePreferences(model, data, tokenizer, dataPath, referenceModel ?? (adapterDir is not null ? modelPath : null),
             preference ?? new PreferenceOptions(), device, epLibrary);
-        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary));
-        var score = Trainer.Score(session, data);
+        if (distillation is not null && data.IsPreference)
+            throw new OrtLoraException($"{dataPath}: the divergence to a teacher is scored on completions, not on preference pairs");
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary,
+            DistillationBeta: distillation?.Beta));
+        using var teacher = distillation is null ? null : new Distillation(distillation with { Lmbda = 0, SeqKd = false }, model, session, data, seed: 0);
+        var score = Trainer.Score(session, data, prepare: teacher is null ? null : teacher.WithTeacher);
         if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no token to score ({data.Summary})");
         return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString());
     }
