@@ -27,16 +27,20 @@ public sealed record DistillationOptions(string TeacherModel, double Beta = 0.5,
     }
 }
 
-/// <summary>What a distillation run adds to each batch (GKDTrainer.training_step and compute_loss): with seq_kd the
-/// completions are first the teacher's own, sampled from each row's prompt; then with probability
-/// lmbda (drawn from the seed, the step and the micro-batch, so a resumed run draws the same) the batch's completions are
-/// replaced by the student's own, sampled from each row's prompt (its tokens before the first labelled one; a row with
-/// no prompt keeps its completion); then the teacher's logits for every row, which the loss compares with the student's.</summary>
+/// <summary>What a distillation run adds to each batch, as GKDTrainer's training_step and compute_loss do:
+/// <list type="number">
+/// <item>with seq_kd, the completions become the teacher's own, sampled from each row's prompt (its tokens before the
+/// first labelled one; a row with no prompt keeps its completion);</item>
+/// <item>with probability lmbda (drawn from the seed, the step and the micro-batch, so a resumed run draws the same),
+/// they become the student's own, sampled the same way;</item>
+/// <item>the teacher's logits for every row, which the loss compares with the student's.</item>
+/// </list></summary>
 public sealed class Distillation : IDisposable
 {
     readonly DistillationOptions _options;
     readonly Generator _teacher;
     readonly PolicySampler? _sampler;
+    readonly Microsoft.ML.OnnxRuntime.SessionOptions? _samplerOptions;
     readonly TrainingSession _session;
     readonly TextTokenizer _tokenizer;
     readonly IReadOnlyCollection<int> _stops;
@@ -67,7 +71,11 @@ public sealed class Distillation : IDisposable
             if (_teacher.Model.VocabSize is { } teacherVocabulary && studentVocabulary > 0 && teacherVocabulary != studentVocabulary)
                 throw new OrtLoraException($"{options.TeacherModel}: the teacher's vocabulary has {teacherVocabulary} tokens, the student's {studentVocabulary}: " +
                                            "distillation compares their distributions token by token, so they must share a tokenizer");
-            if (options.Lmbda > 0) _sampler = new PolicySampler(student, OrtRun.DefaultOptions());
+            if (options.Lmbda > 0)
+            {
+                _samplerOptions = OrtRun.DefaultOptions();
+                _sampler = new PolicySampler(student, _samplerOptions);
+            }
         }
         catch
         {
@@ -170,5 +178,6 @@ public sealed class Distillation : IDisposable
     {
         _teacher.Dispose();
         _sampler?.Dispose();
+        _samplerOptions?.Dispose();
     }
 }
