@@ -71,6 +71,7 @@ public sealed class RewardTrainingOptions
     readonly Option<string?> _resume = new("--resume-from-checkpoint") { Description = "continue from a checkpoint folder (no value: the latest)", Arity = ArgumentArity.ZeroOrOne };
     readonly Option<bool> _merge = new("--merge") { Description = "also write the merged model to OUTPUT/merged" };
     readonly Option<bool> _plain = new("--plain-log") { Description = "one line per step instead of a progress bar" };
+    readonly Option<bool> _disableDropout = new("--disable-dropout") { Description = "no dropout while training, --lora-dropout included (TRL's disable_dropout; --disable-dropout false keeps it)", DefaultValueFactory = _ => true };
     /// <summary>Online DPO samples two completions of each prompt and takes no off-policy steps.</summary>
     readonly bool _onlineDpo;
 
@@ -106,7 +107,7 @@ public sealed class RewardTrainingOptions
         command.Arguments.Add(_model);
         command.Options.Add(_output);
         _lora.AddTo(command);
-        Option[] groups = _onlineDpo ? [] : [_generationsEval, _generations, _iterations, _clip, _epsilonHigh, _stepsPerGeneration, _generationBatchSize, _maskTruncated, _logCompletions];
+        Option[] groups = _onlineDpo ? [_disableDropout] : [_generationsEval, _generations, _iterations, _clip, _epsilonHigh, _stepsPerGeneration, _generationBatchSize, _maskTruncated, _logCompletions];
         foreach (var o in new Option[] { _data, _format, _evalData, _evalSteps, _evalStrategy, _rewardFuncs, _rewardWeights, _tokenizer, _chatTemplate, _chatTemplateKwargs,
                      _maxCompletion, _maxPrompt, _temperature, _topP, _topK, _minP, _repetition, _beta }.Concat(groups).Concat(own)
                      .Concat([_epochs, _maxSteps, _batch, _accumulation, _lr, _scheduler,
@@ -130,7 +131,7 @@ public sealed class RewardTrainingOptions
             MaxGradNorm = parse.GetValue(_maxGradNorm), Seed = parse.GetValue(_lora.Seed), LoggingSteps = parse.GetValue(_logging), LoggingFirstStep = parse.GetValue(_loggingFirst),
             SaveSteps = parse.GetValue(_saveSteps), SaveTotalLimit = parse.GetValue(_saveLimit), SaveOnlyModel = parse.GetValue(_saveOnlyModel), LoraplusLrRatio = parse.GetValue(_loraplus),
             LossChunks = parse.GetValue(_lossChunks), Device = parse.GetValue(_device)!, EpLibrary = parse.GetValue(_epLibrary), Fp16 = parse.GetValue(_fp16), Bf16 = parse.GetValue(_bf16),
-            GradientCheckpointing = parse.GetValue(_checkpointing), EvalSteps = parse.GetValue(_evalSteps), EvalStrategy = parse.GetValue(_evalStrategy)!,
+            GradientCheckpointing = parse.GetValue(_checkpointing), DisableDropout = _onlineDpo && parse.GetValue(_disableDropout), EvalSteps = parse.GetValue(_evalSteps), EvalStrategy = parse.GetValue(_evalStrategy)!,
         };
         if (args.PerDeviceTrainBatchSize < 1 || args.GradientAccumulationSteps < 1) throw new OrtLoraException("--per-device-train-batch-size and --gradient-accumulation-steps must be at least 1");
         if (args.LearningRate <= 0) throw new OrtLoraException("--learning-rate must be positive");

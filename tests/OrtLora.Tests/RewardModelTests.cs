@@ -387,6 +387,27 @@ public class RewardModelTests
         Assert.That(scores[0], Is.EqualTo(direct).Within(1e-5), "GRPO's reward-model scorer reads the merged classifier");
     }
 
+    /// <summary>TRL's disable_dropout (on by default for reward, distill, online-dpo and xpo) turns PEFT's lora_dropout
+    /// off in the training graphs, as TRL zeroes every nn.Dropout; `--disable-dropout false` keeps it.</summary>
+    [Test]
+    public void DisableDropoutTurnsLoraDropoutOff()
+    {
+        using var model = Classifier(Tiny("model.onnx"), padId: 511);
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["q_proj", "v_proj"], R = 4, LoraDropout = 0.2, ModulesToSave = [SequenceClassifier.ScoreModule] });
+        var options = new PreferenceOptions(LossType: PreferenceOptions.RewardModelLoss);
+        int Dropouts(bool disable)
+        {
+            using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options, DisableDropout: disable));
+            return session.Graph.Gradients.Graph.Node.Count(n => n.OpType == "Dropout");
+        }
+        Assert.That(Dropouts(disable: false), Is.EqualTo(2 * 4), "one a LoRA input: q and v of 4 layers");
+        Assert.That(Dropouts(disable: true), Is.Zero);
+        var dir = Shared.TempDir();
+        OrtloraOk("reward", Tiny("model.onnx"), "--data", Tiny("demo_preferences_eval.parquet"), "-o", dir, "--lora-dropout", "0.2", "--max-steps", "2",
+            "--disable-dropout", "false", "--plain-log");
+        Assert.That(JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "adapter_config.json")))!["lora_dropout"]!.GetValue<double>(), Is.EqualTo(0.2));
+    }
+
     [Test]
     public void MisuseIsOneClearError()
     {

@@ -43,7 +43,8 @@ public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThrea
     bool CpuMemArena = true, string? ProfilePrefix = null, bool StateInSessionMemory = false, ComputeType Compute = ComputeType.Float32,
     bool StaticShapes = false, bool GradientCheckpointing = false, int? LossChunks = null, bool CudaGraphs = false,
     double NeftuneNoiseAlpha = 0, int Seed = 42, double LabelSmoothing = 0, long HostUpdateFrom = ParameterBundle.AloneFrom,
-    PreferenceOptions? Preference = null, bool TokenWeighted = false, double LogitsTemperature = 1, double? DistillationBeta = null);
+    PreferenceOptions? Preference = null, bool TokenWeighted = false, double LogitsTemperature = 1, double? DistillationBeta = null,
+    bool DisableDropout = false);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -83,7 +84,7 @@ public sealed partial class TrainingSession : IDisposable
         _graph = TrainingGraph.Build(model, parameters, compute: options.Compute, gradientCheckpointing: options.GradientCheckpointing,
             lossChunks: options.LossChunks, neftuneNoise: options.NeftuneNoiseAlpha > 0, labelSmoothing: options.LabelSmoothing,
             preference: options.Preference, tokenWeights: options.TokenWeighted, logitsTemperature: options.LogitsTemperature,
-            distillationBeta: options.DistillationBeta);
+            distillationBeta: options.DistillationBeta, loraDropout: options.DisableDropout ? 0 : null);
         if (_graph.ScalesLoss) _scaler = new LossScaler();
         // State in host memory (the CPU, where PlaceState leaves it): large parameters are updated in place by the host.
         bool hostState = _options.Device == "cpu" && !_options.StateInSessionMemory;
