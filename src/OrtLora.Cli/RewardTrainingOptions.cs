@@ -131,7 +131,7 @@ public sealed class RewardTrainingOptions
             MaxGradNorm = parse.GetValue(_maxGradNorm), Seed = parse.GetValue(_lora.Seed), LoggingSteps = parse.GetValue(_logging), LoggingFirstStep = parse.GetValue(_loggingFirst),
             SaveSteps = parse.GetValue(_saveSteps), SaveTotalLimit = parse.GetValue(_saveLimit), SaveOnlyModel = parse.GetValue(_saveOnlyModel), LoraplusLrRatio = parse.GetValue(_loraplus),
             LossChunks = parse.GetValue(_lossChunks), Device = parse.GetValue(_device)!, EpLibrary = parse.GetValue(_epLibrary), Fp16 = parse.GetValue(_fp16), Bf16 = parse.GetValue(_bf16),
-            GradientCheckpointing = parse.GetValue(_checkpointing), DisableDropout = _onlineDpo && parse.GetValue(_disableDropout), EvalSteps = parse.GetValue(_evalSteps), EvalStrategy = parse.GetValue(_evalStrategy)!,
+            GradientCheckpointing = parse.GetValue(_checkpointing), DisableDropout = _onlineDpo ? parse.GetValue(_disableDropout) : null, EvalSteps = parse.GetValue(_evalSteps), EvalStrategy = parse.GetValue(_evalStrategy)!,
         };
         if (args.PerDeviceTrainBatchSize < 1 || args.GradientAccumulationSteps < 1) throw new OrtLoraException("--per-device-train-batch-size and --gradient-accumulation-steps must be at least 1");
         if (args.LearningRate <= 0) throw new OrtLoraException("--learning-rate must be positive");

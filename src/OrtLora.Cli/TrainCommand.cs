@@ -50,7 +50,7 @@ public static class TrainCommand
         var lmbda = new Option<double>("--lmbda") { Description = "the share of micro-batches trained on completions the student samples itself (on-policy; GKDConfig.lmbda)", DefaultValueFactory = _ => 0.5 };
         var temperature = new Option<double>("--temperature") { Description = "sampling temperature of the student's completions", DefaultValueFactory = _ => 0.9 };
         var maxNewTokens = new Option<int>("--max-new-tokens") { Description = "the longest completion the student (or teacher) samples", DefaultValueFactory = _ => 128 };
-        var disableDropout = new Option<bool>("--disable-dropout") { Description = "no dropout while training, --lora-dropout included (TRL's disable_dropout; --disable-dropout false keeps it)", DefaultValueFactory = _ => true };
+        var disableDropout = new Option<bool?>("--disable-dropout") { Description = "no dropout while training, --lora-dropout included (TRL's disable_dropout; default: on for preference data, reward models and distillation, as TRL's configs; --disable-dropout false keeps it)" };
         var seqKd = new Option<bool>("--seq-kd") { Description = "sequence-level KD: train on completions the teacher samples (GKDConfig.seq_kd)" };
         var center = new Option<double>("--center-rewards-coefficient") { Description = "add this times the mean (chosen + rejected score)² to the loss, pulling rewards towards zero (RewardConfig.center_rewards_coefficient; 0.01 recommended)" };
         var scheduler = new Option<string>("--lr-scheduler-type") { DefaultValueFactory = _ => "linear" };
@@ -117,7 +117,7 @@ public static class TrainCommand
                      loadBest, metricForBest, patience, threshold, neftune, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
             cmd.Options.Add(o);
         foreach (var o in reward ? new Option[] { center, disableDropout } : distill ? [teacher, jsdBeta, lmbda, temperature, maxNewTokens, seqKd, disableDropout, packing, groupByLength]
-                     : [packing, groupByLength, labelSmoothing, precompute, lossChunks]) cmd.Options.Add(o);
+                     : [packing, groupByLength, labelSmoothing, precompute, lossChunks, disableDropout]) cmd.Options.Add(o);
         T Unless<T>(Option<T> option, ParseResult parse) => reward ? default! : parse.GetValue(option)!;
         T TrainOnly<T>(Option<T> option, ParseResult parse) => reward || distill ? default! : parse.GetValue(option)!;
 
@@ -136,7 +136,7 @@ public static class TrainCommand
                 GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),
                 CudaGraphs = parse.GetValue(cudaGraphs), LoadBestModelAtEnd = parse.GetValue(loadBest),
                 EarlyStoppingPatience = parse.GetValue(patience), EarlyStoppingThreshold = parse.GetValue(threshold),
-                NeftuneNoiseAlpha = parse.GetValue(neftune), DisableDropout = (reward || distill) && parse.GetValue(disableDropout), LabelSmoothingFactor = TrainOnly(labelSmoothing, parse),
+                NeftuneNoiseAlpha = parse.GetValue(neftune), DisableDropout = parse.GetValue(disableDropout), LabelSmoothingFactor = TrainOnly(labelSmoothing, parse),
                 Preference = reward ? RewardOptions(parse.GetValue(center)) : distill ? new PreferenceOptions() : preference.Read(parse),
                 PrecomputeRefLogProbs = TrainOnly(precompute, parse), LossChunks = TrainOnly(lossChunks, parse),
             };

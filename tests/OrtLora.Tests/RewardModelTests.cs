@@ -406,6 +406,15 @@ public class RewardModelTests
         OrtloraOk("reward", Tiny("model.onnx"), "--data", Tiny("demo_preferences_eval.parquet"), "-o", dir, "--lora-dropout", "0.2", "--max-steps", "2",
             "--disable-dropout", "false", "--plain-log");
         Assert.That(JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "adapter_config.json")))!["lora_dropout"]!.GetValue<double>(), Is.EqualTo(0.2));
+
+        // `train`: on for preference data (TRL's DPOConfig default), off for SFT (SFTConfig has no such option)
+        string[] Train(string data, params string[] extra) =>
+            ["train", Tiny("model.onnx"), "--data", Tiny(data), "-o", Shared.TempDir(), "--lora-dropout", "0.2", "--max-steps", "1", "--plain-log", .. extra];
+        const string Off = "lora_dropout 0.2 is off while training";
+        Assert.That(OrtloraOk(Train("demo_preferences_eval.parquet")).Out, Does.Contain(Off));
+        Assert.That(OrtloraOk(Train("demo_preferences_eval.parquet", "--disable-dropout", "false")).Out, Does.Not.Contain(Off));
+        Assert.That(OrtloraOk(Train("demo_eval.parquet")).Out, Does.Not.Contain(Off));
+        Assert.That(OrtloraOk(Train("demo_eval.parquet", "--disable-dropout", "true")).Out, Does.Contain(Off));
     }
 
     [Test]

@@ -98,7 +98,7 @@ public static partial class Trainer
         using var session = new TrainingSession(model, new TrainingSessionOptions(args.AdamWFor(model), Optimization: args.OrtOptimizationLevel, Device: args.Device, EpLibrary: args.EpLibrary, Compute: compute,
             GradientCheckpointing: args.GradientCheckpointing, StaticShapes: dataOptions.PadToMaxLength, CudaGraphs: args.CudaGraphs,
             NeftuneNoiseAlpha: args.NeftuneNoiseAlpha, Seed: args.Seed, LabelSmoothing: args.LabelSmoothingFactor, LossChunks: args.LossChunks,
-            Preference: data.IsPreference ? args.Preference : null, DistillationBeta: job.Distillation?.Beta, DisableDropout: args.DisableDropout));
+            Preference: data.IsPreference ? args.Preference : null, DistillationBeta: job.Distillation?.Beta, DisableDropout: DropoutDisabled(args, data, job, lora, reporter)));
         using var distillation = job.Distillation is { } distill ? new Distillation(distill, model, session, data, args.Seed) : null;
         if (dataOptions.PadToMaxLength)
             reporter.Info($"every batch padded to [{dataOptions.BatchSize}, {dataOptions.MaxSeqLength}]; graphs loaded for that shape" +
@@ -283,6 +283,16 @@ public static partial class Trainer
 
         var merged = SaveAdapter(model, session, args.OutputDir, job.Merge ? tokenizerPath : null);
         return new TrainResult(state.GlobalStep, firstEval, lastEval, lastLoss, args.OutputDir, merged);
+    }
+
+    /// <summary>TRL's disable_dropout: as asked, else on for preference data (DPO, KTO, ORPO, CPO and reward models) and
+    /// distillation, whose TRL configs default to it; said when it silences the model's lora_dropout.</summary>
+    static bool DropoutDisabled(TrainingArguments args, TrainingData data, TrainJob job, LoraModel lora, ITrainingReporter reporter)
+    {
+        bool disabled = args.DisableDropout ?? (data.IsPreference || job.Distillation is not null);
+        if (disabled && lora.Config.LoraDropout > 0)
+            reporter.Info($"lora_dropout {lora.Config.LoraDropout} is off while training (TRL's disable_dropout); --disable-dropout false keeps it");
+        return disabled;
     }
 
     /// <summary>The model's adapters: its own when it already carries some, else injected from <paramref name="initFrom"/>'s

@@ -69,9 +69,11 @@ public sealed class TrainingArguments
     /// <summary>Recompute the forward in the backward, segment by segment, instead of storing its activations
     /// (Hugging Face's gradient_checkpointing): less memory, more compute.</summary>
     public bool GradientCheckpointing { get; set; }
-    /// <summary>TRL's disable_dropout (RewardConfig, GKDConfig, OnlineDPOConfig): no dropout while training, PEFT's
-    /// lora_dropout included (TRL sets every nn.Dropout's p to 0, and lora_dropout is one).</summary>
-    public bool DisableDropout { get; set; }
+    /// <summary>TRL's disable_dropout (DPOConfig, KTOConfig, ORPOConfig, CPOConfig, RewardConfig, GKDConfig,
+    /// OnlineDPOConfig, all true by default): no dropout while training, PEFT's lora_dropout included (TRL sets every
+    /// nn.Dropout's p to 0, and lora_dropout is one). Null: the trainer's default, on for preference data, reward
+    /// models and distillation, off for SFT (SFTConfig has no such option).</summary>
+    public bool? DisableDropout { get; set; }
     /// <summary>CUDA graphs: each step's kernels captured once and replayed (ONNX Runtime's enable_cuda_graph). Every batch
     /// is then padded to one shape (max_seq_length × the batch size).</summary>
     public bool CudaGraphs { get; set; }

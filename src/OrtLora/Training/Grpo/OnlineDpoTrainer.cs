@@ -69,7 +69,7 @@ public static class OnlineDpoTrainer
         var preference = new PreferenceOptions(dpo.Beta, dpo.LossType, SumLogps: true, RowTerms: dpo.IsXpo);
         using var session = new TrainingSession(model, new TrainingSessionOptions(args.AdamWFor(model), Optimization: args.OrtOptimizationLevel, Device: args.Device,
             EpLibrary: args.EpLibrary, Compute: args.Compute, GradientCheckpointing: args.GradientCheckpointing, Seed: args.Seed, LossChunks: args.LossChunks,
-            Preference: preference, DisableDropout: args.DisableDropout));
+            Preference: preference, DisableDropout: args.DisableDropout ?? true));
         using var sessionOptions = OrtRun.DefaultOptions();
         using var sampler = new PolicySampler(model, sessionOptions);
         // XPO samples from the reference too: the parameters as training starts (before any resume)
