@@ -420,6 +420,13 @@ public class RewardModelTests
     [Test]
     public void MisuseIsOneClearError()
     {
+        using (var causal = OnnxModel.Load(Tiny("model.onnx")))
+        {
+            LoraInjector.Inject(causal, new LoraConfig { R = 2 });
+            var error = Assert.Throws<OrtLoraException>(() => new TrainingSession(causal,
+                new TrainingSessionOptions(new AdamWOptions(), Preference: new PreferenceOptions(LossType: PreferenceOptions.RewardModelLoss))))!;
+            Assert.That(error.Message, Does.Contain("logits are [").And.Contain("a causal LM"));
+        }
         var dir = Shared.TempDir();
         var sft = Ortlora("reward", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "-o", dir, "--max-steps", "1");
         Assert.That(sft.ExitCode, Is.Not.Zero);

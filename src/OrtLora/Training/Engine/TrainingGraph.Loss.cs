@@ -68,9 +68,10 @@ public sealed partial class TrainingGraph
         g.Cleanup();
     }
 
-    static OrtLoraException NotAClassifier(string source, int rank) =>
-        new($"{source}: reward modelling scores each sequence with a classifier's logits [batch, 1]; this model's logits have rank {rank} " +
-            "(a causal LM: `ortlora reward` turns one into a classifier itself when it is given the plain export)");
+    static OrtLoraException NotAClassifier(string source, IReadOnlyList<long> shape) =>
+        new($"{source}: reward modelling scores each sequence with a classifier's logits [batch, 1]; this model's logits are [{string.Join(", ", shape)}]" +
+            (shape.Count == 3 ? " (a causal LM: `ortlora reward` turns one into a classifier itself when it is given the plain export)"
+                : " (a classifier of several labels: a reward model has one, num_labels = 1)"));
 
     /// <summary>The loss output (or <paramref name="output"/>) reads <paramref name="value"/>; its node moves after the
     /// nodes appended since.</summary>

@@ -164,7 +164,7 @@ public sealed partial class TrainingGraph : IDisposable
         {
             if (tokenWeights || labelSmoothing > 0) throw new OrtLoraException("reward modelling has its own loss: not with token weights or label smoothing");
             if (proto.Graph.Output.FirstOrDefault(o => o.Name == logits)?.Type?.TensorType?.Shape is { } declared && declared.Dim.Count != 2)
-                throw NotAClassifier(model.Source, declared.Dim.Count);
+                throw NotAClassifier(model.Source, [.. declared.Dim.Select(d => d.DimValue > 0 ? d.DimValue : -1)]);
             proto.Graph.Input.Add(Input(RewardLoss.MarginsInput, (int)DT.Float, ["batch"]));
             batchInputs.Add(RewardLoss.MarginsInput);
             reward = RewardLoss.Append(g, logits, Labels, preference.CenterRewardsCoefficient);
@@ -243,7 +243,7 @@ public sealed partial class TrainingGraph : IDisposable
             string? correct = null;
             if (reward is not null)
             {
-                if (types[reward.Logits].ShapeA is { } shape && (shape.Length != 2 || shape[^1] != 1)) throw NotAClassifier(model.Source, shape.Length);
+                if (types[reward.Logits].ShapeA is { } shape && (shape.Length != 2 || shape[^1] != 1)) throw NotAClassifier(model.Source, shape);
                 (seeds, correct) = RewardGradient(proto, g, reward, scalesLoss);
                 RewardEvalOutputs(eval, reward);
             }
