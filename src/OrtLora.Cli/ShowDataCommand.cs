@@ -15,8 +15,9 @@ public static class ShowDataCommand
     {
         var data = new Argument<string>("data") { Description = "training data (.parquet or .jsonl)" };
         var rows = new Option<int>("--rows") { Description = "how many usable rows to show, from the file's start", DefaultValueFactory = _ => 3 };
+        var reward = new Option<bool>("--reward") { Description = "preference data as `ortlora reward` tokenizes it: each sequence whole, with EOS; pairs over --max-length dropped" };
         var dataOptions = new DataCliOptions();
-        var cmd = new Command("show-data", $"Show the first rows of a data file as training tokenizes them, learned tokens between {LearnedOpen} {LearnedClose}") { data, rows };
+        var cmd = new Command("show-data", $"Show the first rows of a data file as training tokenizes them, learned tokens between {LearnedOpen} {LearnedClose}") { data, rows, reward };
         foreach (var o in dataOptions.All) cmd.Options.Add(o);
         cmd.SetAction(CliRunner.Guard(parse =>
         {
@@ -25,9 +26,16 @@ public static class ShowDataCommand
             var tokenizerPath = parse.GetValue(dataOptions.Tokenizer) ?? throw new OrtLoraException("show-data needs --tokenizer (a tokenizer file or a model's directory)");
             var tokenizer = TokenizerLoader.Load(tokenizerPath);
             var tokenizerDir = Directory.Exists(tokenizerPath) ? tokenizerPath : Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!;
-            using var training = TrainingData.Open(parse.GetValue(data)!, tokenizer, dataOptions.Read(parse), tokenizerConfig: TokenizerConfig.Read(tokenizerDir));
+            bool forReward = parse.GetValue(reward);
+            var options = dataOptions.Read(parse) with { RewardModeling = forReward };
+            // RewardConfig's max_length, the default `reward` takes
+            if (forReward && parse.GetResult(dataOptions.MaxSeqLength) is not { Implicit: false }) options = options with { MaxSeqLength = 1024 };
+            using var training = TrainingData.Open(parse.GetValue(data)!, tokenizer, options, tokenizerConfig: TokenizerConfig.Read(tokenizerDir));
+            if (forReward && !training.IsPreference)
+                throw new OrtLoraException($"{training.Train.Path}: --reward shows preference pairs (chosen, rejected); this is {ParquetDataset.FormatName(training.Train.Format)} data");
             Console.WriteLine($"{Path.GetFileName(training.Train.Path)}: {ParquetDataset.FormatName(training.Train.Format)}" +
-                (training.Train.IsConversational ? $" data, {training.ChatTemplate.Name} template" : " data") + $"; learned tokens between {LearnedOpen} {LearnedClose}");
+                (training.Train.IsConversational ? $" data, {training.ChatTemplate.Name} template" : " data") +
+                (forReward ? "; each sequence whole, as a reward model scores it" : $"; learned tokens between {LearnedOpen} {LearnedClose}"));
             // Preference rows show both sequences, chosen then rejected.
             bool pairs = training.IsPreference && !training.IsUnpaired;
             long previous = -1;
@@ -35,9 +43,14 @@ public static class ShowDataCommand
             {
                 var name = !pairs ? $"row {row}" : $"row {row} {(row == previous ? "rejected" : "chosen")}";
                 previous = row;
-                if (example is null) { Console.WriteLine($"── row {row}: nothing learned within {training.Options.MaxSeqLength} tokens (dropped from training)"); continue; }
-                Console.WriteLine($"── {name}: {example.Length} tokens, {example.TrainedTokens} learned");
-                Console.WriteLine(Marked(tokenizer, example));
+                if (example is null)
+                {
+                    Console.WriteLine(forReward ? $"── row {row}: longer than {training.Options.MaxSeqLength} tokens (dropped from training)"
+                        : $"── row {row}: nothing learned within {training.Options.MaxSeqLength} tokens (dropped from training)");
+                    continue;
+                }
+                Console.WriteLine(forReward ? $"── {name}: {example.Length} tokens" : $"── {name}: {example.Length} tokens, {example.TrainedTokens} learned");
+                Console.WriteLine(forReward ? tokenizer.Decode(example.InputIds) : Marked(tokenizer, example));
             }
         }));
         return cmd;

@@ -417,6 +417,20 @@ public class RewardModelTests
         Assert.That(OrtloraOk(Train("demo_eval.parquet", "--disable-dropout", "true")).Out, Does.Contain(Off));
     }
 
+    /// <summary>`show-data --reward` prints each pair as `reward` tokenizes it: whole, ending with EOS; a pair over
+    /// --max-length is reported dropped.</summary>
+    [Test]
+    public void ShowDataShowsPairsAsTheRewardModelReadsThem()
+    {
+        var tiny = Path.Combine(Shared.RepoRoot, "graphs", "tiny");
+        var shown = OrtloraOk("show-data", Tiny("demo_preferences_eval.parquet"), "--tokenizer", tiny, "--reward", "--rows", "1").Out;
+        Assert.That(shown, Does.Contain("each sequence whole").And.Contain("row 0 chosen").And.Contain("row 0 rejected"));
+        Assert.That(shown, Does.Contain("The review is positive.<|endoftext|>").And.Contain("The review is negative.<|endoftext|>"));
+        Assert.That(shown, Does.Not.Contain("⟦"));
+        var cut = OrtloraOk("show-data", Tiny("demo_preferences_eval.parquet"), "--tokenizer", tiny, "--reward", "--rows", "1", "--max-length", "10").Out;
+        Assert.That(cut, Does.Contain("row 0: longer than 10 tokens (dropped from training)"));
+    }
+
     [Test]
     public void MisuseIsOneClearError()
     {
