@@ -107,7 +107,7 @@ public sealed class RewardTrainingOptions
         command.Arguments.Add(_model);
         command.Options.Add(_output);
         _lora.AddTo(command);
-        Option[] groups = _onlineDpo ? [_disableDropout] : [_generationsEval, _generations, _iterations, _clip, _epsilonHigh, _stepsPerGeneration, _generationBatchSize, _maskTruncated, _logCompletions];
+        Option[] groups = _onlineDpo ? [_disableDropout, _logCompletions] : [_generationsEval, _generations, _iterations, _clip, _epsilonHigh, _stepsPerGeneration, _generationBatchSize, _maskTruncated, _logCompletions];
         foreach (var o in new Option[] { _data, _format, _evalData, _evalSteps, _evalStrategy, _rewardFuncs, _rewardWeights, _tokenizer, _chatTemplate, _chatTemplateKwargs,
                      _maxCompletion, _maxPrompt, _temperature, _topP, _topK, _minP, _repetition, _beta }.Concat(groups).Concat(own)
                      .Concat([_epochs, _maxSteps, _batch, _accumulation, _lr, _scheduler,
@@ -151,7 +151,7 @@ public sealed class RewardTrainingOptions
                 EpsilonHigh = Shared(_epsilonHigh, null), StepsPerGeneration = Shared(_stepsPerGeneration, null), GenerationBatchSize = Shared(_generationBatchSize, null),
                 MaskTruncatedCompletions = Shared(_maskTruncated, false), RewardWeights = weights is { Length: > 0 } ? weights : null,
             },
-            Args = args, LogCompletions = Shared(_logCompletions, false), Merge = parse.GetValue(_merge),
+            Args = args, LogCompletions = parse.GetValue(_logCompletions), Merge = parse.GetValue(_merge),
             ResumeFromCheckpoint = parse.GetResult(_resume) is null ? null : parse.GetValue(_resume) ?? "",
         };
         train ??= GrpoTrainer.Run;

@@ -65,7 +65,7 @@ public class OnlineDpoTests
     public void TheScoreRisesAndTrlsStatisticsAreLogged()
     {
         var dir = Shared.TempDir();
-        var run = OrtloraOk(Args(dir, "--max-steps", "40", "--eval-data", Prompts.Value, "--eval-steps", "20"));
+        var run = OrtloraOk(Args(dir, "--max-steps", "40", "--eval-data", Prompts.Value, "--eval-steps", "20", "--log-completions"));
         Assert.That(run.Out, Does.Contain("4 prompts, 4 a step × 2 completions"));
         var metrics = Metrics(dir).Where(m => m["eval_reward"] is null && m["train_runtime"] is null).ToList();
         var scores = Series(metrics, "objective/scores");
@@ -87,6 +87,16 @@ public class OnlineDpoTests
         Assert.That(Series(metrics, "objective/scores_margin"), Is.All.GreaterThanOrEqualTo(0), "the chosen completion never scores lower");
         var evals = Metrics(dir).Where(m => m["eval_reward"] is not null).Select(m => m["step"]!.GetValue<int>());
         Assert.That(evals, Is.EqualTo(new[] { 0, 20, 40 }));
+
+        // log_completions: every pair, the chosen one never rewarded lower, regex:e's rewards as the texts say
+        var pairs = File.ReadAllLines(Path.Combine(dir, "completions.jsonl")).Select(l => System.Text.Json.Nodes.JsonNode.Parse(l)!).ToList();
+        Assert.That(pairs, Has.Count.EqualTo(40 * 4));
+        foreach (var p in pairs)
+        {
+            Assert.That(p["chosen_reward"]!.GetValue<double>(), Is.GreaterThanOrEqualTo(p["rejected_reward"]!.GetValue<double>()));
+            Assert.That(p["chosen_reward"]!.GetValue<double>(), Is.EqualTo(p["chosen"]!.GetValue<string>().Contains('e') ? 1.0 : 0.0));
+        }
+        Assert.That(pairs.Select(p => p["step"]!.GetValue<int>()).Distinct(), Is.EqualTo(Enumerable.Range(1, 40)));
     }
 
     /// <summary>XPO: each pair is the policy's completion against the starting model's. The policy's score rises to

@@ -86,7 +86,11 @@ public static class OnlineDpoTrainer
             log.Reload(state.GlobalStep);
             reporter.Info($"resumed from {path} at step {state.GlobalStep}");
         }
-        else File.Delete(Path.Combine(args.OutputDir, "metrics.jsonl"));
+        else
+        {
+            File.Delete(Path.Combine(args.OutputDir, "metrics.jsonl"));
+            File.Delete(Path.Combine(args.OutputDir, "completions.jsonl"));
+        }
 
         reporter.Started(totalSteps, state.GlobalStep,
             $"{lora.Adapters.Count} adapters, {session.ParameterNames.Sum(p => session.Graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b)):N0} trainable parameters; " +
@@ -130,6 +134,7 @@ public static class OnlineDpoTrainer
                 loss += (args.GradientAccumulationSteps == 1 ? session.Step(batch, (float)lr, (float)args.MaxGradNorm)
                     : session.Accumulate(batch, 1f / args.GradientAccumulationSteps)) / args.GradientAccumulationSteps;
                 tokens += batch.AttentionMask.Sum();
+                if (job.LogCompletions) LogPairs(Path.Combine(args.OutputDir, "completions.jsonl"), state.GlobalStep + 1, sampled, scores, order, dpo.IsXpo);
                 metrics.Add(session.LastSequenceLogps, session.LastReferenceLogps, [.. order.Select(i => scores[i])], [.. order.Select(i => !sampled[i].Truncated)],
                     dpo.IsXpo ? [.. order.Select(i => i % 2 == 1)] : null, dpo.XpoAlpha ?? 0);
             }
@@ -162,6 +167,24 @@ public static class OnlineDpoTrainer
 
         return GrpoTrainer.Finish(job, model, session, log, state.GlobalStep, runClock.Elapsed.TotalSeconds, stepsThisRun, lossThisRun, lastLoss, tokenizerPath,
             finalEvaluation: evaluates && lastEval != state.GlobalStep ? () => EvaluateAt(state.GlobalStep) : null);
+    }
+
+    /// <summary>TRL's log_completions for pairs, as JSON Lines: each prompt with its chosen and rejected completions and
+    /// their rewards (XPO: whether the chosen one is the reference model's).</summary>
+    static void LogPairs(string path, int step, IReadOnlyList<Completion> sampled, IReadOnlyList<double> rewards, int[] order, bool xpo)
+    {
+        using var writer = File.AppendText(path);
+        for (int row = 0; row < order.Length; row += 2)
+        {
+            var (chosen, rejected) = (order[row], order[row + 1]);
+            var record = new JsonObject
+            {
+                ["step"] = step, ["prompt"] = sampled[chosen].Prompt.Text, ["chosen"] = sampled[chosen].Text, ["rejected"] = sampled[rejected].Text,
+                ["chosen_reward"] = rewards[chosen], ["rejected_reward"] = rewards[rejected],
+            };
+            if (xpo) record["chosen_from_reference"] = chosen % 2 == 1;
+            writer.WriteLine(record.ToJsonString());
+        }
     }
 
     /// <summary>XPO's pairs: each prompt's policy completion, then its reference completion.</summary>
