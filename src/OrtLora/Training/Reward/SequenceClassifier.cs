@@ -54,6 +54,7 @@ public static class SequenceClassifier
         }
         var head = node ?? throw new OrtLoraException($"{model.Source}: no LM head (MatMul or Gemm) produces the logits");
         var (hidden, weightType, computeType) = HiddenSize(model, g, head);
+        bool halfCompute = computeType is (int)DT.Float16 or (int)DT.Bfloat16;
         dropped.Add(head);
         foreach (var n in dropped) g.RemoveNode(n);
 
@@ -71,7 +72,7 @@ public static class SequenceClassifier
         var perPosition = Op("MatMul", [head.Input[0], Op("Transpose", [scoreWeight], ("perm", new long[] { 1, 0 }))]);
         // half activations: the pooling in float32 (an exact cast; ONNX Runtime's CPU scatter, the gather's gradient,
         // takes no float16), and float32 logits out
-        if (computeType is (int)DT.Float16 or (int)DT.Bfloat16) perPosition = Op("Cast", [perPosition], ("to", (long)DT.Float));
+        if (halfCompute) perPosition = Op("Cast", [perPosition], ("to", (long)DT.Float));
         var tokenShape = Op("Shape", ["input_ids"]);
         perPosition = Op("Reshape", [perPosition, Op("Concat", [tokenShape, Ints(1)], ("axis", 0L))]);
         // last non-pad token: argmax(position · (input_ids ≠ pad)), int32 as transformers computes it
@@ -88,7 +89,7 @@ public static class SequenceClassifier
         // A generation export's cache: the classifier runs whole sequences (inputs fed empty, present outputs dropped).
         Engine.TrainingGraph.FeedEmptyCache(model.Proto, g);
         var logits = output.Clone();
-        logits.Type.TensorType.ElemType = computeType is (int)DT.Float16 or (int)DT.Bfloat16 ? (int)DT.Float : computeType;
+        logits.Type.TensorType.ElemType = halfCompute ? (int)DT.Float : computeType;
         var dims = logits.Type.TensorType.Shape.Dim;
         var batchDim = dims.Count > 0 ? dims[0].Clone() : new TensorShapeProto.Types.Dimension { DimParam = "batch_size" };
         dims.Clear();
