@@ -94,22 +94,8 @@ public static class GrpoTrainer
         using var sessionOptions = OrtRun.DefaultOptions();
         using var sampler = new PolicySampler(model, sessionOptions);
 
-        var state = new TrainerState(0, 0, 0, args.Seed, 0);
-        var best = new BestModel(args);
-        var log = new TrainingLog(args.OutputDir);
-        var completionsLog = Path.Combine(args.OutputDir, "completions.jsonl");
-        if (job.ResumeFromCheckpoint is { } resume)
-        {
-            var path = resume == "" ? Checkpoint.Latest(args.OutputDir) ?? throw new OrtLoraException($"{args.OutputDir}: no checkpoint to resume from") : resume;
-            state = Trainer.Restore(session, best, path);
-            log.Reload(state.GlobalStep);
-            reporter.Info($"resumed from {path} at step {state.GlobalStep}");
-        }
-        else
-        {
-            File.Delete(Path.Combine(args.OutputDir, "metrics.jsonl"));
-            File.Delete(completionsLog);
-        }
+        var (state, best, log) = Start(job, session, reporter);
+        var completionsLog = Path.Combine(args.OutputDir, CompletionsFile);
 
         var rewardNames = RewardFunctions.MetricNames(rewards);
         reporter.Started(totalSteps, state.GlobalStep,
@@ -214,6 +200,28 @@ public static class GrpoTrainer
 
         return Finish(job, model, session, log, state.GlobalStep, runClock.Elapsed.TotalSeconds, stepsThisRun, lossThisRun, lastLoss, tokenizerPath,
             finalEvaluation: evaluates && lastEval != state.GlobalStep ? () => EvaluateAt(state.GlobalStep) : null);
+    }
+
+    public const string CompletionsFile = "completions.jsonl";
+
+    /// <summary>A reward-driven run's start: from the checkpoint asked for (its state, best model and log), else from
+    /// step 0 with the output folder's metrics and completions logs cleared.</summary>
+    internal static (TrainerState State, BestModel Best, TrainingLog Log) Start(GrpoJob job, TrainingSession session, ITrainingReporter reporter)
+    {
+        var args = job.Args;
+        var best = new BestModel(args);
+        var log = new TrainingLog(args.OutputDir);
+        if (job.ResumeFromCheckpoint is not { } resume)
+        {
+            File.Delete(Path.Combine(args.OutputDir, "metrics.jsonl"));
+            File.Delete(Path.Combine(args.OutputDir, CompletionsFile));
+            return (new TrainerState(0, 0, 0, args.Seed, 0), best, log);
+        }
+        var path = resume == "" ? Checkpoint.Latest(args.OutputDir) ?? throw new OrtLoraException($"{args.OutputDir}: no checkpoint to resume from") : resume;
+        var state = Trainer.Restore(session, best, path);
+        log.Reload(state.GlobalStep);
+        reporter.Info($"resumed from {path} at step {state.GlobalStep}");
+        return (state, best, log);
     }
 
     /// <summary>A logging step's record (null when the step logs nothing): the Trainer's step, fractional epoch, the

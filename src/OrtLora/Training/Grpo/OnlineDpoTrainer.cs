@@ -76,21 +76,7 @@ public static class OnlineDpoTrainer
         using var referenceSampler = dpo.IsXpo ? new PolicySampler(model, sessionOptions) : null;
         referenceSampler?.SetParameters(session.GetParameters(), session.Graph.ParameterShapes);
 
-        var state = new TrainerState(0, 0, 0, args.Seed, 0);
-        var best = new BestModel(args);
-        var log = new TrainingLog(args.OutputDir);
-        if (job.ResumeFromCheckpoint is { } resume)
-        {
-            var path = resume == "" ? Checkpoint.Latest(args.OutputDir) ?? throw new OrtLoraException($"{args.OutputDir}: no checkpoint to resume from") : resume;
-            state = Trainer.Restore(session, best, path);
-            log.Reload(state.GlobalStep);
-            reporter.Info($"resumed from {path} at step {state.GlobalStep}");
-        }
-        else
-        {
-            File.Delete(Path.Combine(args.OutputDir, "metrics.jsonl"));
-            File.Delete(Path.Combine(args.OutputDir, "completions.jsonl"));
-        }
+        var (state, best, log) = GrpoTrainer.Start(job, session, reporter);
 
         reporter.Started(totalSteps, state.GlobalStep,
             $"{lora.Adapters.Count} adapters, {session.ParameterNames.Sum(p => session.Graph.ParameterShapes[p].Aggregate(1L, (a, b) => a * b)):N0} trainable parameters; " +
@@ -134,7 +120,7 @@ public static class OnlineDpoTrainer
                 loss += (args.GradientAccumulationSteps == 1 ? session.Step(batch, (float)lr, (float)args.MaxGradNorm)
                     : session.Accumulate(batch, 1f / args.GradientAccumulationSteps)) / args.GradientAccumulationSteps;
                 tokens += batch.AttentionMask.Sum();
-                if (job.LogCompletions) LogPairs(Path.Combine(args.OutputDir, "completions.jsonl"), state.GlobalStep + 1, sampled, scores, order, dpo.IsXpo);
+                if (job.LogCompletions) LogPairs(Path.Combine(args.OutputDir, GrpoTrainer.CompletionsFile), state.GlobalStep + 1, sampled, scores, order, dpo.IsXpo);
                 metrics.Add(session.LastSequenceLogps, session.LastReferenceLogps, [.. order.Select(i => scores[i])], [.. order.Select(i => !sampled[i].Truncated)],
                     dpo.IsXpo ? [.. order.Select(i => i % 2 == 1)] : null, dpo.XpoAlpha ?? 0);
             }
