@@ -25,7 +25,7 @@ public static class InjectCommand
             if (parse.GetValue(lora.InitFrom) is { } dir)
             {
                 // The adapter fixes these; silently ignoring a value the user typed would be worse than refusing it.
-                var given = new Option[] { lora.R, lora.Alpha, lora.Targets, lora.Variant, lora.Rslora, lora.Init, lora.Seed, lora.ModulesToSave, lora.TrainableTokens, lora.RankPattern, lora.AlphaPattern, lora.Bias, lora.EnsureWeightTying }.Where(o => parse.GetResult(o) is { Implicit: false }).ToList();
+                var given = new Option[] { lora.R, lora.Alpha, lora.Targets, lora.Variant, lora.Rslora, lora.Init, lora.Seed, lora.ModulesToSave, lora.TrainableTokens, lora.RankPattern, lora.AlphaPattern, lora.Bias, lora.EnsureWeightTying, lora.EvaRho, lora.EvaTau, lora.EvaWhiten, lora.EvaAdjustScaling, lora.EvaUseLabelMask }.Where(o => parse.GetResult(o) is { Implicit: false }).ToList();
                 if (given.Count > 0)
                     throw new OrtLoraException($"{string.Join(", ", given.Select(o => o.Name))}: not allowed with --init-from (the adapter in {dir} sets them)");
                 injected = LoraInjector.Inject(m, PeftAdapter.Load(dir));
@@ -43,6 +43,8 @@ public static class InjectCommand
                 + (injected.TrainableTokens.Count > 0 ? $", {injected.TrainableTokens.Sum(t => t.TokenIds.Count)} trainable token rows" : "");
             Console.WriteLine($"{path}: {injected.Adapters.Count} {(injected.Config.UseDora ? "DoRA" : "LoRA")} adapters{extra}, {parameters:N0} trainable parameters " +
                 $"(r={injected.Adapters.Max(a => a.R)}, scale={injected.Adapters[0].Scale:G4})");
+            if (injected.Config.Init == "eva")
+                Console.WriteLine("EVA: `ortlora train` draws A from the training data's activations before its first step and redistributes the ranks");
         }));
         return cmd;
     }

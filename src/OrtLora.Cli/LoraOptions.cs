@@ -57,11 +57,17 @@ public sealed class LoraOptions
     public Option<string> Init { get; } = new("--init-lora-weights", "--init")
     {
         Description = "PEFT's init_lora_weights: true/kaiming (Kaiming-uniform A, B zero), gaussian, orthogonal (A and B dense, B·A = 0; even r), pissa_niter_K (A, B from W's top singular vectors), olora (from W's QR); " +
-            "with these two W keeps the residual; loftq: W stored quantized (--loftq-bits), A, B from the SVD of the quantization error",
+            "with these two W keeps the residual; loftq: W stored quantized (--loftq-bits), A, B from the SVD of the quantization error; " +
+            "eva: A from the principal components of each layer's inputs on the training data, ranks redistributed by explained variance (train computes it before the first step)",
         DefaultValueFactory = _ => "kaiming",
     };
     public Option<int> LoftqBits { get; } = new("--loftq-bits") { Description = "LoftQ: the targeted weights in 4 bits (uint4 blocks of 32) or 8 (int8 per channel)", DefaultValueFactory = _ => 4 };
     public Option<int> LoftqIter { get; } = new("--loftq-iter") { Description = "LoftQ: alternating quantize/SVD steps", DefaultValueFactory = _ => 1 };
+    public Option<double> EvaRho { get; } = new("--eva-rho") { Description = "EVA: components per layer are r·rho, the most a layer's rank can grow to (EvaConfig.rho; 1: every layer keeps r)", DefaultValueFactory = _ => 2.0 };
+    public Option<double> EvaTau { get; } = new("--eva-tau") { Description = "EVA: a component has converged when its cosine similarity to the previous batch's reaches tau (EvaConfig.tau)", DefaultValueFactory = _ => 0.99 };
+    public Option<bool> EvaWhiten { get; } = new("--eva-whiten") { Description = "EVA: divide each component by the square root of its singular value (EvaConfig.whiten)" };
+    public Option<bool> EvaAdjustScaling { get; } = new("--eva-adjust-scaling-factors") { Description = "EVA: lora_alpha follows each layer's new rank, so its scale stays lora_alpha / r (EvaConfig.adjust_scaling_factors)", DefaultValueFactory = _ => true };
+    public Option<bool> EvaUseLabelMask { get; } = new("--eva-use-label-mask") { Description = "EVA: only positions with a label feed the components, not prompts or padding (EvaConfig.use_label_mask)", DefaultValueFactory = _ => true };
     public Option<int> Seed { get; } = new("--seed") { Description = "random seed", DefaultValueFactory = _ => 42 };
     public Option<string?> InitFrom { get; } = new("--init-from") { Description = "PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to inject exactly" };
 
@@ -74,7 +80,7 @@ public sealed class LoraOptions
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { R, Alpha, RankPattern, AlphaPattern, Bias, Targets, Exclude, ModulesToSave, EnsureWeightTying, TrainableTokens, Layers, LayersPattern, Variant, Dropout, Rslora, LoraBias, UseDora, Init, LoftqBits, LoftqIter, Seed, InitFrom }) command.Options.Add(o);
+        foreach (var o in new Option[] { R, Alpha, RankPattern, AlphaPattern, Bias, Targets, Exclude, ModulesToSave, EnsureWeightTying, TrainableTokens, Layers, LayersPattern, Variant, Dropout, Rslora, LoraBias, UseDora, Init, LoftqBits, LoftqIter, EvaRho, EvaTau, EvaWhiten, EvaAdjustScaling, EvaUseLabelMask, Seed, InitFrom }) command.Options.Add(o);
     }
 
     public LoraConfig Read(ParseResult parse)
@@ -91,6 +97,19 @@ public sealed class LoraOptions
             AlphaPattern = ParsePattern<double>("--alpha-pattern", parse.GetValue(AlphaPattern)!, v => double.TryParse(v, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var a) && a > 0 ? a : (double?)null), LoftqBits = parse.GetValue(LoftqBits), LoftqIter = parse.GetValue(LoftqIter),
             LayersPattern = parse.GetValue(LayersPattern)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),
         };
+        var evaOptions = new Option[] { EvaRho, EvaTau, EvaWhiten, EvaAdjustScaling, EvaUseLabelMask };
+        if (config.Init == "eva")
+        {
+            config.EvaConfig = new EvaConfig
+            {
+                Rho = parse.GetValue(EvaRho), Tau = parse.GetValue(EvaTau), Whiten = parse.GetValue(EvaWhiten),
+                AdjustScalingFactors = parse.GetValue(EvaAdjustScaling), UseLabelMask = parse.GetValue(EvaUseLabelMask),
+            };
+            if (config.EvaConfig.Rho < 1) throw new OrtLoraException($"--eva-rho must be at least 1 (got {config.EvaConfig.Rho})");
+            if (config.EvaConfig.Tau is < 0 or > 1) throw new OrtLoraException($"--eva-tau must be in [0, 1] (got {config.EvaConfig.Tau})");
+        }
+        else if (evaOptions.FirstOrDefault(o => parse.GetResult(o) is { Implicit: false }) is { } stray)
+            throw new OrtLoraException($"{stray.Name} is an option of EVA: give --init-lora-weights eva");
         if (config.LayersPattern.Count > 0 && config.LayersToTransform.Count == 0)
             throw new OrtLoraException("--layers-pattern is read with --layers-to-transform (which layers to take)");
         if (config.LoftqIter < 1) throw new OrtLoraException($"--loftq-iter must be at least 1 (got {config.LoftqIter})");

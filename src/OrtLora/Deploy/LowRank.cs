@@ -72,11 +72,20 @@ public static class LowRank
         var y = new double[rows * q];
         Parallel.For(0, rows, row =>
         {
+            var output = y.AsSpan(row * q, q);
             for (int t = 0; t < inner; t++)
             {
                 double m = double.CreateTruncating(transposeLeft ? w[t * inDim + row] : w[row * inDim + t]);
                 if (m == 0) continue;
-                for (int c = 0; c < q; c++) y[row * q + c] += m * x[t * q + c];
+                var input = x.AsSpan(t * q, q);
+                int c = 0;
+                if (System.Numerics.Vector.IsHardwareAccelerated)
+                {
+                    var factor = new System.Numerics.Vector<double>(m);
+                    for (int width = System.Numerics.Vector<double>.Count; c <= q - width; c += width)
+                        (new System.Numerics.Vector<double>(output[c..]) + factor * new System.Numerics.Vector<double>(input[c..])).CopyTo(output[c..]);
+                }
+                for (; c < q; c++) output[c] += m * input[c];
             }
         });
         return y;

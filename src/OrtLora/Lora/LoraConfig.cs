@@ -43,6 +43,8 @@ public sealed class LoraConfig
     public int LoftqBits { get; set; } = 4;
     public int LoftqIter { get; set; } = 1;
     public int LoftqBlockSize { get; set; } = 32;
+    /// <summary>EVA (Init "eva"): PEFT's EvaConfig; null means its defaults.</summary>
+    public EvaConfig? EvaConfig { get; set; }
     public int Seed { get; set; } = 42;
     /// <summary>PEFT's modules_to_save: modules trained whole next to the adapters (names matched as target_modules
     /// names are), e.g. lm_head, embed_tokens.</summary>
@@ -103,7 +105,8 @@ public sealed class LoraConfig
         ["lora_bias"] = LoraBias,
         ["fan_in_fan_out"] = FanInFanOut,
         ["bias"] = Bias,
-        ["init_lora_weights"] = Init is "gaussian" or "loftq" or "orthogonal" ? Init : true,
+        ["init_lora_weights"] = Init is "gaussian" or "loftq" or "orthogonal" or "eva" ? Init : true,
+        ["eva_config"] = Init == "eva" ? (EvaConfig ?? new()).ToPeftJson() : null,
         ["loftq_config"] = Init == "loftq" ? new JsonObject { ["loftq_bits"] = LoftqBits, ["loftq_iter"] = LoftqIter } : new JsonObject(),
         ["use_dora"] = UseDora,
         ["inference_mode"] = true,
@@ -171,4 +174,27 @@ public sealed class LoraConfig
     /// <summary>Reads <see cref="ToJson"/>; also the PascalCase form written by the first ortlora builds.</summary>
     public static LoraConfig FromJson(JsonNode node) =>
         (node is JsonObject o && o.ContainsKey("R") ? node.Deserialize<LoraConfig>() : node.Deserialize<LoraConfig>(SnakeCase))!;
+}
+
+/// <summary>PEFT's EvaConfig: how EVA draws each adapter's A from the principal components of the layer's inputs on
+/// the training data, and redistributes the ranks (<see cref="Training.Eva"/>).</summary>
+public sealed class EvaConfig
+{
+    /// <summary>Each layer computes round(r·rho) components; the ranks are then shared out by explained variance, so a
+    /// layer ends with between 0 and r·rho (rho = 1: every layer keeps r).</summary>
+    public double Rho { get; set; } = 2.0;
+    /// <summary>A component has converged when its cosine similarity to the previous batch's is at least tau.</summary>
+    public double Tau { get; set; } = 0.99;
+    /// <summary>Only positions with a label (not -100) feed the components.</summary>
+    public bool UseLabelMask { get; set; } = true;
+    /// <summary>Divide each component by the square root of its singular value.</summary>
+    public bool Whiten { get; set; }
+    /// <summary>lora_alpha follows the rank (alpha·new_r/r), so a layer's scale stays lora_alpha / r.</summary>
+    public bool AdjustScalingFactors { get; set; } = true;
+
+    public JsonObject ToPeftJson() => new()
+    {
+        ["rho"] = Rho, ["tau"] = Tau, ["use_label_mask"] = UseLabelMask, ["label_mask_value"] = -100,
+        ["whiten"] = Whiten, ["adjust_scaling_factors"] = AdjustScalingFactors,
+    };
 }

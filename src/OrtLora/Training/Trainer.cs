@@ -76,6 +76,16 @@ public static partial class Trainer
         if (rewardModel && !data.IsPreference)
             throw new OrtLoraException($"{job.DataPath}: a reward model trains on preference pairs (chosen and rejected columns); this is {ParquetDataset.FormatName(data.Train.Format)} data");
 
+        // EVA (init_lora_weights "eva"): A from the training batches' activations, ranks redistributed; a resumed run
+        // takes the ranks from its checkpoint, which holds the values.
+        var resumePath = job.ResumeFromCheckpoint is not { } resume ? null : resume != "" ? resume
+            : Checkpoint.Latest(args.OutputDir) ?? throw new OrtLoraException($"{args.OutputDir}: no checkpoint to resume from");
+        if (lora.Config.Init == "eva")
+        {
+            if (resumePath is null) Eva.Initialize(model, lora, epoch => data.Batches(new DataPosition(epoch, 0)), reporter);
+            else Eva.RestoreRanks(model, lora, Checkpoint.Load(resumePath).Optimizer, resumePath);
+        }
+
         var best = new BestModel(args);
         if (best.Tracking && (!data.HasEval || args.EvalStrategy == "no"))
             throw new OrtLoraException($"{job.DataPath}: --load-best-model-at-end and --early-stopping-patience compare evaluations during " +
@@ -116,10 +126,8 @@ public static partial class Trainer
 
         var state = new TrainerState(0, 0, 0, args.Seed, 0);
         var log = new TrainingLog(args.OutputDir);
-        if (job.ResumeFromCheckpoint is { } resume)
+        if (resumePath is { } path)
         {
-            var path = resume == "" ? Checkpoint.Latest(args.OutputDir)
-                ?? throw new OrtLoraException($"{args.OutputDir}: no checkpoint to resume from") : resume;
             state = Restore(session, best, path);
             log.Reload(state.GlobalStep);
             reporter.Info($"resumed from {path} at step {state.GlobalStep} ({state.Position})");
@@ -297,6 +305,14 @@ public static partial class Trainer
 
     /// <summary>The model's adapters: its own when it already carries some, else injected from <paramref name="initFrom"/>'s
     /// PEFT adapter or with <paramref name="config"/>.</summary>
+    /// <summary>The loops that generate their own completions have no fixed training batches for EVA to read.</summary>
+    internal static void RefuseEva(LoraModel lora, string source)
+    {
+        if (lora.Config.Init == "eva")
+            throw new OrtLoraException($"{source}: init_lora_weights eva draws A from the activations of the training batches, which `train`, `reward` and `distill` " +
+                "compute; this loop samples its own completions. Inject with another init, or start from an adapter trained with EVA (--init-from)");
+    }
+
     internal static LoraModel InjectUnlessInjected(OnnxModel model, string? initFrom, LoraConfig config)
     {
         var lora = LoraModel.Read(model);

@@ -41,7 +41,7 @@ public sealed partial class TrainingGraph
 
     /// <summary>Token inputs declared int32 and masks declared float (some exporters) become int64 inputs cast to the
     /// declared type inside the graph, so a session feeds every model the same int64 batches.</summary>
-    static void TakeInt64BatchInputs(ModelProto proto, GraphEditor g)
+    internal static void TakeInt64BatchInputs(ModelProto proto, GraphEditor g)
     {
         var narrow = proto.Graph.Input.Where(i => i.Type?.TensorType?.ElemType is { } t
             && (t == (int)DT.Int32 || Tensors.IsFloat(t) && i.Name.Contains("mask"))).ToList();
