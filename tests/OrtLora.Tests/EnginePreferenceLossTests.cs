@@ -17,15 +17,15 @@ public class EnginePreferenceLossTests
 
     /// <summary>Two preference pairs (rows chosen, rejected, chosen, rejected): a shared prompt per pair, labelled -100,
     /// completions of different lengths, the last row padded.</summary>
-    static Batch PairBatch()
+    static Batch PairBatch(int rows = Rows)
     {
         var rng = new Random(11);
         int vocab = Graphs.LlamaShape.Tiny.VocabSize;
-        var ids = new long[Rows * Length];
-        var mask = new long[Rows * Length];
-        var labels = new long[Rows * Length];
-        int[] lengths = [20, 16, 18, 12];
-        for (int row = 0; row < Rows; row++)
+        var ids = new long[rows * Length];
+        var mask = new long[rows * Length];
+        var labels = new long[rows * Length];
+        int[] lengths = [20, 16, 18, 12, 19, 14, 17, 15];
+        for (int row = 0; row < rows; row++)
             for (int t = 0; t < Length; t++)
             {
                 int i = row * Length + t;
@@ -34,7 +34,7 @@ public class EnginePreferenceLossTests
                 mask[i] = t < lengths[row] ? 1 : 0;
                 labels[i] = t < PromptLength || t >= lengths[row] ? -100 : ids[i];
             }
-        return new Batch(ids, mask, labels, Rows, Length);
+        return new Batch(ids, mask, labels, rows, Length);
     }
 
     /// <summary>Each row's Σ log p(label) over its labelled positions, from plain logits (position t predicts t + 1).</summary>
@@ -44,10 +44,10 @@ public class EnginePreferenceLossTests
     {
         var feeds = new Dictionary<string, HostTensor> { ["input_ids"] = HostTensor.Of(batch.InputIds, batch.Shape), ["attention_mask"] = HostTensor.Of(batch.AttentionMask, batch.Shape) };
         var logits = OrtRun.Run(model, feeds, ["logits"])["logits"].Floats;
-        int vocab = logits.Length / (Rows * Length);
-        var result = new double[Rows];
-        var lengths = new int[Rows];
-        for (int row = 0; row < Rows; row++)
+        int rows = batch.BatchSize, vocab = logits.Length / (rows * Length);
+        var result = new double[rows];
+        var lengths = new int[rows];
+        for (int row = 0; row < rows; row++)
             for (int t = 0; t + 1 < Length; t++)
             {
                 long label = batch.Labels[row * Length + t + 1];
@@ -65,44 +65,61 @@ public class EnginePreferenceLossTests
     static double LogSigmoid(double x) => -Math.Log(1 + Math.Exp(-x));
     static double Sigmoid(double x) => 1 / (1 + Math.Exp(-x));
 
-    /// <summary>TRL's DPOTrainer.dpo_loss written out, over the rows' sums (IPO: means) and lengths; RPO adds α times the
-    /// chosen tokens' mean cross-entropy.</summary>
+    /// <summary>TRL's DPOTrainer.dpo_loss written out, over the rows' sums (IPO: means) and lengths, for each loss type of
+    /// a list weighted by loss_weights; RPO (and DPO's sft loss) add their weight times the chosen tokens' mean cross-entropy.</summary>
     static double TrlLoss(PreferenceOptions o, (double[] Sums, int[] Lengths) policy, (double[] Sums, int[] Lengths) reference)
     {
         // DPOTrainer's IPO, ORPO and SimPO average over the completion's tokens; online DPO's IPO sums (SumLogps)
         double Logp((double[] Sums, int[] Lengths) rows, int row) => o.LossType is "ipo" && !o.SumLogps || o.LossType is "orpo" or "simpo" ? rows.Sums[row] / rows.Lengths[row] : rows.Sums[row];
         double LogOdds(int row) => Logp(policy, row) - Math.Log(1 - Math.Exp(Logp(policy, row))); // ORPO: π − log1p(−e^π)
-        double total = 0, chosenNll = 0, chosenTokens = 0;
         double e = o.LabelSmoothing, beta = o.Beta;
-        for (int pair = 0; pair < Rows / 2; pair++)
+        int pairs = policy.Sums.Length / 2;
+        double Chosen((double[] Sums, int[] Lengths) rows, int pair) => Logp(rows, 2 * pair);
+        double Rejected((double[] Sums, int[] Lengths) rows, int pair) => Logp(rows, 2 * pair + 1);
+        double SigmoidLoss(double z) => -LogSigmoid(z) * (1 - e) - LogSigmoid(-z) * e;
+        // AOT: torch.sort of each side, then the sigmoid loss of β·(u sorted − v sorted), position by position
+        double[] Sorted(Func<int, double> value) => [.. Enumerable.Range(0, pairs).Select(value).Order()];
+        double[] PairLosses(string type)
         {
-            double a = Logp(policy, 2 * pair) - Logp(reference, 2 * pair), b = Logp(policy, 2 * pair + 1) - Logp(reference, 2 * pair + 1);
-            double logits = a - b;
-            total += o.LossType switch
+            if (type is "aot" or "aot_unpaired")
             {
-                "sigmoid" => -LogSigmoid(beta * logits) * (1 - e) - LogSigmoid(-beta * logits) * e,
-                "robust" => (-LogSigmoid(beta * logits) * (1 - e) + LogSigmoid(-beta * logits) * e) / (1 - 2 * e),
-                "hinge" => Math.Max(0, 1 - beta * logits),
-                "orpo" => -beta * LogSigmoid(LogOdds(2 * pair) - LogOdds(2 * pair + 1)),
-                // CPOTrainer's simpo: logits = π_c − π_r − γ/β, then the sigmoid loss of β·logits
-                "simpo" => -LogSigmoid(beta * (Logp(policy, 2 * pair) - Logp(policy, 2 * pair + 1) - o.SimpoGamma / beta)) * (1 - e)
-                    - LogSigmoid(-beta * (Logp(policy, 2 * pair) - Logp(policy, 2 * pair + 1) - o.SimpoGamma / beta)) * e,
-                // CPOTrainer's default loss: the sigmoid loss of β·(π_c − π_r) on sums, no reference
-                "cpo" => -LogSigmoid(beta * (Logp(policy, 2 * pair) - Logp(policy, 2 * pair + 1))) * (1 - e)
-                    - LogSigmoid(-beta * (Logp(policy, 2 * pair) - Logp(policy, 2 * pair + 1))) * e,
-                "nca_pair" => -LogSigmoid(beta * a) - 0.5 * LogSigmoid(-beta * a) - 0.5 * LogSigmoid(-beta * b),
-                "bco_pair" => -LogSigmoid(beta * a) - LogSigmoid(-beta * b),
-                "sppo_hard" => Math.Pow(a - 0.5 / beta, 2) + Math.Pow(b + 0.5 / beta, 2),
-                "apo_zero" => 1 - Sigmoid(beta * a) + Sigmoid(beta * b),
-                "apo_down" => Sigmoid(beta * a) + 1 - Sigmoid(beta * logits),
-                "exo_pair" => Sigmoid(beta * logits) * (LogSigmoid(beta * logits) - Math.Log(1 - e)) + Sigmoid(-beta * logits) * (LogSigmoid(-beta * logits) - Math.Log(e)),
-                "discopop" => -LogSigmoid(beta * logits) * (1 - Sigmoid(beta * logits / o.DiscopopTau)) + Math.Exp(-beta * logits) * Sigmoid(beta * logits / o.DiscopopTau),
-                _ => Math.Pow(logits - 1 / (2 * beta), 2),
-            };
-            chosenNll -= policy.Sums[2 * pair];
-            chosenTokens += policy.Lengths[2 * pair];
+                var (u, v) = type == "aot"
+                    ? (Sorted(p => Chosen(policy, p) - Rejected(policy, p)), Sorted(p => Chosen(reference, p) - Rejected(reference, p)))
+                    : (Sorted(p => Chosen(policy, p) - Chosen(reference, p)), Sorted(p => Rejected(policy, p) - Rejected(reference, p)));
+                return [.. u.Zip(v, (x, y) => SigmoidLoss(beta * (x - y)))];
+            }
+            return [.. Enumerable.Range(0, pairs).Select(pair =>
+            {
+                double a = Chosen(policy, pair) - Chosen(reference, pair), b = Rejected(policy, pair) - Rejected(reference, pair);
+                double logits = a - b;
+                return type switch
+                {
+                    "sigmoid" => SigmoidLoss(beta * logits),
+                    "robust" => (-LogSigmoid(beta * logits) * (1 - e) + LogSigmoid(-beta * logits) * e) / (1 - 2 * e),
+                    "hinge" => Math.Max(0, 1 - beta * logits),
+                    "orpo" => -beta * LogSigmoid(LogOdds(2 * pair) - LogOdds(2 * pair + 1)),
+                    // CPOTrainer's simpo: logits = π_c − π_r − γ/β, then the sigmoid loss of β·logits
+                    "simpo" => SigmoidLoss(beta * (Chosen(policy, pair) - Rejected(policy, pair) - o.SimpoGamma / beta)),
+                    // CPOTrainer's default loss: the sigmoid loss of β·(π_c − π_r) on sums, no reference
+                    "cpo" => SigmoidLoss(beta * (Chosen(policy, pair) - Rejected(policy, pair))),
+                    "nca_pair" => -LogSigmoid(beta * a) - 0.5 * LogSigmoid(-beta * a) - 0.5 * LogSigmoid(-beta * b),
+                    "bco_pair" => -LogSigmoid(beta * a) - LogSigmoid(-beta * b),
+                    "sppo_hard" => Math.Pow(a - 0.5 / beta, 2) + Math.Pow(b + 0.5 / beta, 2),
+                    "apo_zero" => 1 - Sigmoid(beta * a) + Sigmoid(beta * b),
+                    "apo_down" => Sigmoid(beta * a) + 1 - Sigmoid(beta * logits),
+                    "exo_pair" => Sigmoid(beta * logits) * (LogSigmoid(beta * logits) - Math.Log(1 - e)) + Sigmoid(-beta * logits) * (LogSigmoid(-beta * logits) - Math.Log(e)),
+                    "discopop" => -LogSigmoid(beta * logits) * (1 - Sigmoid(beta * logits / o.DiscopopTau)) + Math.Exp(-beta * logits) * Sigmoid(beta * logits / o.DiscopopTau),
+                    "sft" => 0, // the cross-entropy below
+                    "sigmoid_norm" => -LogSigmoid(beta * (a / policy.Lengths[2 * pair] - b / policy.Lengths[2 * pair + 1])),
+                    _ => Math.Pow(logits - 1 / (2 * beta), 2),
+                };
+            })];
         }
-        return total / (Rows / 2) + (o.LossType switch { "orpo" => 1, "simpo" or "cpo" => o.CpoAlpha, _ => o.RpoAlpha }) * chosenNll / chosenTokens;
+        var types = o.LossType.Split(',');
+        double total = types.Select((type, k) => (o.LossWeights?[k] ?? 1) * PairLosses(type).Average()).Sum();
+        double chosenNll = -Enumerable.Range(0, pairs).Sum(p => policy.Sums[2 * p]), chosenTokens = Enumerable.Range(0, pairs).Sum(p => policy.Lengths[2 * p]);
+        double sft = types.Select((type, k) => type == "sft" ? o.LossWeights?[k] ?? 1 : 0).Sum();
+        return total + (o.LossType switch { "orpo" => 1, "simpo" or "cpo" => o.CpoAlpha, _ => o.RpoAlpha + sft }) * chosenNll / chosenTokens;
     }
 
     /// <summary>XPO's row term: α / pairs on the rows holding the reference's completion (here one of each pair, and
@@ -118,6 +135,11 @@ public class EnginePreferenceLossTests
         new(Beta, "cpo"), new(Beta, "cpo", LabelSmoothing: 0.1, CpoAlpha: 0.5),
         new(Beta, "nca_pair"), new(Beta, "bco_pair", RpoAlpha: 0.5), new(Beta, "sppo_hard"), new(Beta, "apo_zero"), new(Beta, "apo_down"),
         new(Beta, "discopop"), new(Beta, "discopop", DiscopopTau: 1), new(Beta, "exo_pair", LabelSmoothing: 0.05), new(Beta, "exo_pair", LabelSmoothing: 0.2),
+        new(Beta, "aot"), new(Beta, "aot_unpaired", LabelSmoothing: 0.1), new(Beta, "sft"), new(2.0, "sigmoid_norm"),
+        // MPO (TRL's loss_type list with loss_weights), and a list of every other kind
+        new(Beta, "sigmoid,bco_pair,sft", LossWeights: [0.8, 0.2, 1.0]),
+        new(Beta, "hinge,nca_pair,aot_unpaired,exo_pair,discopop", LabelSmoothing: 0.1, LossWeights: [0.3, 1, 0.5, 2, 0.7], RpoAlpha: 0.2),
+        new(Beta, "sppo_hard,apo_zero,apo_down,robust,aot,sigmoid_norm", LabelSmoothing: 0.1),
     ];
 
     static OnnxModel Injected()
@@ -173,6 +195,32 @@ public class EnginePreferenceLossTests
         }
     }
 
+    /// <summary>AOT compares quantiles, not pairs: on this batch of four pairs the sorts reorder them, so the loss is not
+    /// what the pairs' own sigmoid losses give; it is what the sorted formula gives, and its gradients match central
+    /// differences.</summary>
+    [TestCase("aot")]
+    [TestCase("aot_unpaired")]
+    public void AotComparesTheSortedRatios(string lossType)
+    {
+        using var model = Injected();
+        var options = new PreferenceOptions(Beta, lossType);
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options));
+        var batch = PairBatch(rows: 8);
+        var reference = RowSums(model, batch);
+        LoraTestKit.RandomizeB(model, std: 0.3f);
+        session.SetParameters(LoraValues(model, session));
+        var policy = RowSums(model, batch);
+        double sorted = TrlLoss(options, policy, reference);
+        // unsorted: aot is then the sigmoid loss itself; aot_unpaired likewise (u − v = L pair by pair)
+        double unsorted = TrlLoss(new PreferenceOptions(Beta), policy, reference);
+        Assert.That(Math.Abs(sorted - unsorted), Is.GreaterThan(1e-3), "the sort changes the comparison on this batch");
+        Assert.That(session.Evaluate(batch).Loss, Is.EqualTo(sorted).Within(2e-5 * Math.Max(1, Math.Abs(sorted))));
+        // the gradient goes back through the sorts' permutations
+        var values = LoraValues(model, session);
+        var (_, gradients) = session.ComputeGradients(batch);
+        MatchCentralDifferences(session, values, gradients, () => session.Evaluate(batch with { ReferenceLogps = null }).Loss);
+    }
+
     /// <summary>The closed-form gradient through the rows' log-probabilities, against central differences of the loss
     /// the eval graph computes, on the entries with the largest gradients of A and B.</summary>
     [TestCaseSource(nameof(LossTypes))]
@@ -220,12 +268,14 @@ public class EnginePreferenceLossTests
     }
 
     /// <summary>A batch padded to a fixed shape (--pad-to-max-length) ends in empty pairs: the loss is the mean over the
-    /// pairs that count tokens, and the gradients are those of the unpadded batch.</summary>
-    [Test]
-    public void EmptyPaddingPairsCountForNothing()
+    /// pairs that count tokens, and the gradients are those of the unpadded batch (AOT: the empty pairs sort last).</summary>
+    [TestCase("sigmoid")]
+    [TestCase("aot")]
+    [TestCase("aot_unpaired")]
+    public void EmptyPaddingPairsCountForNothing(string lossType)
     {
         using var model = Injected();
-        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: new PreferenceOptions(Beta)));
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: new PreferenceOptions(Beta, lossType)));
         LoraTestKit.RandomizeB(model, std: 0.3f);
         session.SetParameters(LoraValues(model, session));
         var batch = PairBatch();

@@ -166,18 +166,39 @@ public class TrainPreferenceTests
     [TestCase("apo_down", 1.0)]
     [TestCase("discopop", 0.84657359)]
     [TestCase("exo_pair", 0.51082562)]
-    public void LossTypesStartAtTheirValueAtZero(string lossType, double atZero)
+    [TestCase("aot", 0.69314718)]
+    [TestCase("aot_unpaired", 0.69314718)]
+    [TestCase("sigmoid_norm", 0.69314718)]
+    [TestCase("sigmoid bco_pair", 0.83177662, "0.8 0.2")] // Σ w·(value at zero): 0.8 ln 2 + 0.2·2 ln 2
+    public void LossTypesStartAtTheirValueAtZero(string lossType, double atZero, string? weights = null)
     {
         var dir = Shared.TempDir();
         string[] smoothing = lossType is "robust" or "exo_pair" ? ["--label-smoothing", "0.1"] : [];
-        OrtloraOk([.. TrainArgs(dir, "--max-steps", "2", "--eval-split", "0.1", "--loss-type", lossType, "--beta", "0.1"), .. smoothing]);
+        string[] weighted = weights is null ? [] : ["--loss-weights", .. weights.Split(' ')];
+        OrtloraOk([.. TrainArgs(dir, "--max-steps", "2", "--eval-split", "0.1", "--beta", "0.1", "--loss-type"), .. lossType.Split(' '), .. smoothing, .. weighted]);
         var evals = Metrics(dir).Where(m => m["eval_loss"] is not null).ToList();
         Assert.That((double)evals[0]["eval_loss"]!, Is.EqualTo(atZero).Within(1e-5 * atZero));
         Assert.That((double)evals[^1]["eval_loss"]!, Is.Not.EqualTo(atZero).Within(1e-4 * atZero), "two steps move it");
         var refused = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "hinge", "--label-smoothing", "0.1"));
-        Assert.That(refused.Error, Does.Contain("label smoothing applies to the sigmoid, robust, simpo and exo_pair losses"));
+        Assert.That(refused.Error, Does.Contain("label smoothing applies to the sigmoid, robust, simpo, exo_pair and aot losses"));
         var exo = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "exo_pair"));
         Assert.That(exo.Error, Does.Contain("exo_pair needs --label-smoothing above 0"));
+    }
+
+    /// <summary>TRL's lists of loss types: --loss-weights must give one weight each, IPO (token means) combines with
+    /// nothing, and a list holds DPOTrainer's losses only.</summary>
+    [Test]
+    public void LossTypeListsRefuseWhatTheyCannotCombine()
+    {
+        var counted = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "sigmoid", "sft", "--loss-weights", "1"));
+        Assert.That(counted.Error, Does.Contain("--loss-weights: 1 weights for 2 loss types"));
+        var ipo = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "ipo", "sigmoid"));
+        Assert.That(ipo.Error, Does.Contain("ipo cannot be combined"));
+        var orpo = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "sigmoid", "orpo"));
+        Assert.That(orpo.Error, Does.Contain("a list of loss types combines DPOTrainer's losses"));
+        var unknown = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "sigmoid", "bogus"));
+        Assert.That(unknown.ExitCode, Is.Not.EqualTo(0));
+        Assert.That(unknown.Error, Does.Contain("bogus"));
     }
 
     /// <summary>`ortlora eval` on preference data scores a DPO adapter against the model without it, and a merged model

@@ -22,7 +22,7 @@ namespace OrtLora.Autodiff;
 /// (XPO's exploration term α·log π of the reference model's completion)</param>
 public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sigmoid", double LabelSmoothing = 0, double RpoAlpha = 0,
     double SimpoGamma = 0.5, double CpoAlpha = 1, double DesirableWeight = 1, double UndesirableWeight = 1, double DiscopopTau = 0.05,
-    double CenterRewardsCoefficient = 0, bool SumLogps = false, bool RowTerms = false)
+    double CenterRewardsCoefficient = 0, bool SumLogps = false, bool RowTerms = false, IReadOnlyList<double>? LossWeights = null)
 {
     /// <summary>The loss type of reward modelling: TRL's RewardTrainer trains a sequence classifier on the pairs
     /// (<see cref="RewardLoss"/>), not a causal LM against a reference.</summary>
@@ -32,10 +32,21 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
     public bool IsRewardModel => LossType == RewardModelLoss;
 
     /// <summary>The losses of paired data (chosen, rejected); KTO's takes unpaired data.</summary>
-    public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo", "orpo", "simpo", "cpo", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop", "exo_pair"];
+    public static readonly string[] LossTypes = ["sigmoid", "robust", "hinge", "ipo", "orpo", "simpo", "cpo", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop", "exo_pair", "aot", "aot_unpaired", "sft", "sigmoid_norm"];
 
-    /// <summary>The losses that weigh the chosen and the rejected log-ratio each in its own way, not only their difference.</summary>
-    public bool SeparateRatios => LossType is "nca_pair" or "bco_pair" or "sppo_hard" or "apo_zero" or "apo_down";
+    /// <summary>DPOTrainer's own loss types, the ones a list may combine (TRL's loss_type list with loss_weights, e.g. MPO's
+    /// sigmoid + bco_pair + sft).</summary>
+    public static readonly string[] DpoLossTypes = ["sigmoid", "robust", "hinge", "ipo", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop", "exo_pair", "aot", "aot_unpaired", "sft", "sigmoid_norm"];
+
+    /// <summary>The loss types combined, in order: <see cref="LossType"/> is one name or several joined by commas.</summary>
+    public IReadOnlyList<string> Losses => LossType.Split(',');
+    /// <summary>The k-th loss's weight in the sum (DPOConfig.loss_weights; default 1 each).</summary>
+    public double WeightOf(int k) => LossWeights?[k] ?? 1;
+
+    /// <summary>A loss that weighs the chosen and the rejected log-ratio each in its own way, not only their difference.</summary>
+    public static bool SeparateRatios(string lossType) => lossType is "nca_pair" or "bco_pair" or "sppo_hard" or "apo_zero" or "apo_down";
+    /// <summary>AOT's losses compare the batch's sorted ratios, quantile by quantile.</summary>
+    public static bool Sorts(string lossType) => lossType is "aot" or "aot_unpaired";
 
     /// <summary>KTO (TRL's KTOTrainer): unpaired examples with a desirable/undesirable label, and KL rows.</summary>
     public bool Unpaired => LossType == "kto";
@@ -46,26 +57,41 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
     public bool Averages => LossType is "orpo" or "simpo" || LossType == "ipo" && !SumLogps;
     /// <summary>The weight of the chosen completions' token-mean cross-entropy in the loss: rpo_alpha, ORPO's 1, or
     /// SimPO's cpo_alpha.</summary>
-    public double ChosenNllWeight => LossType switch { "orpo" => 1, "simpo" or "cpo" => CpoAlpha, _ => RpoAlpha };
+    public double ChosenNllWeight => LossType switch
+    {
+        "orpo" => 1,
+        "simpo" or "cpo" => CpoAlpha,
+        _ => RpoAlpha + Losses.Select((type, k) => type == "sft" ? WeightOf(k) : 0).Sum(), // DPO's sft loss is that cross-entropy
+    };
 
     public void Validate()
     {
         if (CenterRewardsCoefficient < 0) throw new OrtLoraException($"center_rewards_coefficient must not be negative, got {CenterRewardsCoefficient}");
         if (CenterRewardsCoefficient > 0 && !IsRewardModel) throw new OrtLoraException("center_rewards_coefficient is for reward modelling (ortlora reward)");
-        if (RowTerms && (Unpaired || SeparateRatios || IsRewardModel))
+        if (RowTerms && (Unpaired || Losses.Any(t => SeparateRatios(t) || Sorts(t) || t == "sft") || IsRewardModel))
             throw new OrtLoraException($"a per-row term (XPO's) goes with the losses of the pair's difference, not {LossType}");
         if (IsRewardModel)
         {
             if (RpoAlpha > 0 || LabelSmoothing > 0) throw new OrtLoraException("reward modelling takes neither rpo_alpha nor label smoothing (DPO's options)");
             return;
         }
-        if (!LossTypes.Contains(LossType) && !Unpaired) throw new OrtLoraException($"unknown DPO loss type '{LossType}'; expected {string.Join(", ", LossTypes)}");
+        var losses = Losses;
+        if (losses.Count > 1)
+        {
+            if (losses.FirstOrDefault(t => !DpoLossTypes.Contains(t)) is { } other)
+                throw new OrtLoraException($"a list of loss types combines DPOTrainer's losses ({string.Join(", ", DpoLossTypes)}), not '{other}'");
+            // IPO's π is a token mean, the others' a sum: one forward cannot give both
+            if (losses.Contains("ipo")) throw new OrtLoraException("ipo averages the log-probabilities over the tokens and the other losses sum them: ipo cannot be combined");
+        }
+        else if (!LossTypes.Contains(LossType) && !Unpaired) throw new OrtLoraException($"unknown DPO loss type '{LossType}'; expected {string.Join(", ", LossTypes)}");
+        if (LossWeights is { } weights && (weights.Count != losses.Count || weights.Any(w => w < 0 || !double.IsFinite(w))))
+            throw new OrtLoraException($"loss_weights needs one weight (not negative) for each of the {losses.Count} loss types, got {weights.Count}");
         if (Beta <= 0) throw new OrtLoraException($"DPO's beta must be positive, got {Beta}");
         if (LabelSmoothing is < 0 or >= 0.5) throw new OrtLoraException($"DPO's label smoothing must be in [0, 0.5), got {LabelSmoothing}");
-        if (LabelSmoothing > 0 && LossType is not ("sigmoid" or "robust" or "simpo" or "cpo" or "exo_pair"))
-            throw new OrtLoraException($"DPO's label smoothing applies to the sigmoid, robust, simpo and exo_pair losses, not {LossType}");
+        if (LabelSmoothing > 0 && !losses.Any(t => t is "sigmoid" or "robust" or "simpo" or "cpo" or "exo_pair" or "aot" or "aot_unpaired"))
+            throw new OrtLoraException($"DPO's label smoothing applies to the sigmoid, robust, simpo, exo_pair and aot losses, not {LossType}");
         // EXO's target distribution is (1 − ε, ε): its KL takes log ε, infinite at ε = 0
-        if (LossType == "exo_pair" && LabelSmoothing <= 0)
+        if (losses.Contains("exo_pair") && LabelSmoothing <= 0)
             throw new OrtLoraException("--loss-type exo_pair needs --label-smoothing above 0 (EXO's target puts ε on the rejected completion; TRL's value at 0 is infinite)");
         if (CpoAlpha < 0) throw new OrtLoraException($"cpo_alpha must not be negative, got {CpoAlpha}");
         if (DiscopopTau <= 0) throw new OrtLoraException($"discopop_tau must be positive, got {DiscopopTau}");
@@ -110,7 +136,7 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
 /// <param name="ChosenTokens">with rpo_alpha: the chosen rows' counted tokens, at least 1, scalar</param>
 /// <param name="Pairs">the compared values (a, b) per pair, [pairs, 2]; null for KTO</param>
 public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, CausalLmLoss? Tokens, string Difference, string PairWeight,
-    string? RowLengths, string? ChosenTokens, PreferenceOptions Options, string? Pairs = null)
+    string? RowLengths, string? ChosenTokens, PreferenceOptions Options, string? Pairs = null, string? PairLengths = null)
 {
     /// <summary>The graph input of the reference model's per-row log-probabilities (float32, [rows]).</summary>
     public const string ReferenceInput = "reference_logps";
@@ -167,9 +193,10 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         // −log σ(z) = softplus(−z), which ORT computes without overflow for large |z|
         double e = options.LabelSmoothing, beta = options.Beta;
         var (a, b) = (Column(pairs, 0), Column(pairs, 1));
+        var pairLengths = Op("Reshape", [Op("Max", [lengths, Scalar(1)]), Ints(-1, 2)]); // each completion's tokens, at least 1
         string LogSigmoidLoss(string x) => Op("Softplus", [Op("Neg", [x])]); // −log σ(x)
         string Scaled(string x) => Op("Mul", [x, Scalar(beta)]);
-        var perPair = options.LossType switch
+        string PerPair(string type) => type switch
         {
             "nca_pair" => Op("Add", [LogSigmoidLoss(Scaled(a)), Op("Mul", [Op("Add", [Op("Softplus", [Scaled(a)]), Op("Softplus", [Scaled(b)])]), Scalar(0.5)])]),
             "bco_pair" => Op("Add", [LogSigmoidLoss(Scaled(a)), Op("Softplus", [Scaled(b)])]),
@@ -185,10 +212,30 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
             "ipo" => Op("Pow", [Op("Sub", [difference, Scalar(1 / (2 * options.Beta))]), Scalar(2)]),
             "orpo" => Op("Mul", [Op("Softplus", [Op("Neg", [difference])]), Scalar(options.Beta)]),
             "robust" => Op("Div", [Op("Sub", [Op("Mul", [Op("Softplus", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Softplus", [z]), Scalar(e)])]), Scalar(1 - 2 * e)]),
-            _ => e == 0 ? Op("Softplus", [Op("Neg", [z])])
-                : Op("Add", [Op("Mul", [Op("Softplus", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Softplus", [z]), Scalar(e)])]),
+            // the ratios per completion token: −log σ(β·(a/n_c − b/n_r))
+            "sigmoid_norm" => LogSigmoidLoss(Scaled(Op("Sub", [Op("Div", [a, Column(pairLengths, 0)]), Op("Div", [b, Column(pairLengths, 1)])]))),
+            _ => SmoothedSigmoidLoss(z),
         };
-        var loss = Op("ReduceSum", [Op("Mul", [perPair, pairWeight])], ("keepdims", 0L));
+        string SmoothedSigmoidLoss(string x) => e == 0 ? Op("Softplus", [Op("Neg", [x])])
+            : Op("Add", [Op("Mul", [Op("Softplus", [Op("Neg", [x])]), Scalar(1 - e)]), Op("Mul", [Op("Softplus", [x]), Scalar(e)])]);
+        // Σ_k weight_k · (pair losses of type k, averaged); TRL's sft is the chosen cross-entropy, added below
+        string? loss = null;
+        var lossTypes = options.Losses;
+        for (int k = 0; k < lossTypes.Count; k++)
+        {
+            var type = lossTypes[k];
+            if (type == "sft") continue;
+            string term;
+            if (PreferenceOptions.Sorts(type))
+            {
+                var sorted = SortedDelta(g, type, pairs, logProbs, pairWeight, "dpo/aot");
+                term = Op("ReduceSum", [Op("Mul", [SmoothedSigmoidLoss(Scaled(sorted.Delta)), sorted.Weight])], ("keepdims", 0L));
+            }
+            else term = Op("ReduceSum", [Op("Mul", [PerPair(type), pairWeight])], ("keepdims", 0L));
+            if (options.WeightOf(k) != 1) term = Op("Mul", [term, Scalar(options.WeightOf(k))]);
+            loss = loss is null ? term : Op("Add", [loss, term]);
+        }
+        loss ??= Op("Mul", [Op("ReduceSum", [pairWeight], ("keepdims", 0L)), Scalar(0)]); // sft alone: no pair term
         string? chosenTokens = null;
         if (options.ChosenNllWeight > 0)
         {
@@ -200,7 +247,7 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         }
         // XPO: + Σ w·π, w = α / pairs on the rows that hold the reference model's completion
         if (options.RowTerms) loss = Op("Add", [loss, Op("ReduceSum", [Op("Mul", [RowWeightsInput, logProbs])], ("keepdims", 0L))]);
-        return new PreferenceLoss(loss, logProbs, null, difference, pairWeight, options.Averages ? lengths : null, chosenTokens, options, pairs);
+        return new PreferenceLoss(loss, logProbs, null, difference, pairWeight, options.Averages ? lengths : null, chosenTokens, options, pairs, pairLengths);
 
         // discopop's mix, σ(z / τ)
         string Modulation(string x) => Op("Sigmoid", [Op("Div", [x, Scalar(options.DiscopopTau)])]);
@@ -238,6 +285,37 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         return new PreferenceLoss(loss, logProbs, null, signed, rowWeight, null, null, options);
     }
 
+    /// <summary>AOT (TRL's aot and aot_unpaired): δ_i = u_(i) − v_(i), the i-th smallest of u less the i-th smallest of v,
+    /// with u = π_c − π_r and v = r_c − r_r (aot), or u = π_c − r_c and v = π_r − r_r (aot_unpaired). Padding pairs
+    /// (weight 0) are moved past every real one, in both sorts, so the real pairs' quantiles are compared with each
+    /// other; each position's weight is then 1/N for the N real pairs and 0 after them.</summary>
+    static (string Delta, string Weight, string OrderU, string OrderV) SortedDelta(GraphEditor g, string type, string pairs, string logProbs,
+        string pairWeight, string scope)
+    {
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: scope + "/" + op, attributes: attrs);
+        string Ints(params long[] v) => GraphConstants.Int64s(g, scope + "/ints", v);
+        string Scalar(double v) => GraphConstants.Scalar(g, scope + "/const", v, (int)DT.Float);
+        string Column(string m, long index) => Op("Gather", [m, GraphConstants.Scalar(g, scope + "/index", index, (int)DT.Int64)], ("axis", 1L));
+        string u, v;
+        if (type == "aot")
+        {
+            var (policy, reference) = (Op("Reshape", [logProbs, Ints(-1, 2)]), Op("Reshape", [ReferenceInput, Ints(-1, 2)]));
+            (u, v) = (Op("Sub", [Column(policy, 0), Column(policy, 1)]), Op("Sub", [Column(reference, 0), Column(reference, 1)]));
+        }
+        else (u, v) = (Column(pairs, 0), Column(pairs, 1));
+        var count = Op("Shape", [pairWeight]);
+        var padding = Op("Mul", [Op("Cast", [Op("Equal", [pairWeight, Scalar(0)])], ("to", (long)DT.Float)), Scalar(1e30)]);
+        (string Values, string Indices) Sort(string x, bool largest)
+        {
+            var outputs = new[] { g.Unique(scope + "/TopK_values"), g.Unique(scope + "/TopK_indices") };
+            g.Add("TopK", [x, count], name: scope + "/TopK", outputs: outputs, attributes: [("axis", 0L), ("largest", largest ? 1L : 0L), ("sorted", 1L)]);
+            return (outputs[0], outputs[1]);
+        }
+        var sortedU = Sort(Op("Add", [u, padding]), largest: false);
+        var sortedV = Sort(Op("Add", [v, padding]), largest: false);
+        return (Op("Sub", [sortedU.Values, sortedV.Values]), Sort(pairWeight, largest: true).Values, sortedU.Indices, sortedV.Indices);
+    }
+
     /// <summary>z = β·L, less SimPO's target margin γ.</summary>
     static string Margin(GraphEditor g, string difference, PreferenceOptions options, string scope)
     {
@@ -263,46 +341,78 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
                 Op("Mul", [PairWeight, RolesInput])]);
             return elemType == (int)DT.Float ? kto : Op("Cast", [kto], ("to", (long)elemType));
         }
-        // d (pair loss) / d L, per pair; or, where the loss weighs a and b apart, d / d a and d / d b
+        // Per loss type, d (its weighted mean over pairs) / d π_c and / d π_r, per pair: from d / d L (±), or, where the loss
+        // weighs a and b apart, from d / d a and d / d b; summed with the types' weights.
         var z = Margin(g, Difference, Options, "grad/dpo");
         string Sig(string x) => Op("Sigmoid", [x]);
         string SigSlope(string x) => Op("Mul", [Sig(x), Sig(Op("Neg", [x]))]); // σ'(x) = σ(x)·σ(−x)
         string Scaled(string x) => Op("Mul", [x, Scalar(beta)]);
-        if (Options.SeparateRatios)
+        // d/dx of the (smoothed) sigmoid loss −log σ(x)·(1 − ε) − log σ(−x)·ε
+        string SigmoidSlope(string x) => Op("Sub", [Op("Mul", [Sig(x), Scalar(e)]), Op("Mul", [Sig(Op("Neg", [x])), Scalar(1 - e)])]);
+        string Column(long index) => Op("Gather", [Pairs!, GraphConstants.Scalar(g, "grad/dpo/index", index, (int)DT.Int64)], ("axis", 1L));
+        (string Chosen, string Rejected) Slopes(string type)
         {
-            string Column(long index) => Op("Gather", [Pairs!, GraphConstants.Scalar(g, "grad/dpo/index", index, (int)DT.Int64)], ("axis", 1L));
-            var (a, b) = (Scaled(Column(0)), Scaled(Column(1)));
-            var (da, db) = Options.LossType switch
+            if (PreferenceOptions.SeparateRatios(type))
             {
-                // d/dx −log σ(x) = σ(x) − 1, d/dx −log σ(−x) = σ(x)
-                "nca_pair" => (Op("Sub", [Op("Mul", [Sig(a), Scalar(1.5)]), Scalar(1)]), Op("Mul", [Sig(b), Scalar(0.5)])),
-                "bco_pair" => (Op("Sub", [Sig(a), Scalar(1)]), Sig(b)),
-                // the squares' slopes, already per unit of a and b: divided by β here, as β multiplies below
-                "sppo_hard" => (Op("Mul", [Op("Sub", [Column(0), Scalar(0.5 / beta)]), Scalar(2 / beta)]), Op("Mul", [Op("Add", [Column(1), Scalar(0.5 / beta)]), Scalar(2 / beta)])),
-                "apo_zero" => (Op("Neg", [SigSlope(a)]), SigSlope(b)),
-                _ => (Op("Sub", [SigSlope(a), SigSlope(z)]), SigSlope(z)), // apo_down
+                var (a, b) = (Scaled(Column(0)), Scaled(Column(1)));
+                var (da, db) = type switch
+                {
+                    // d/dx −log σ(x) = σ(x) − 1, d/dx −log σ(−x) = σ(x)
+                    "nca_pair" => (Op("Sub", [Op("Mul", [Sig(a), Scalar(1.5)]), Scalar(1)]), Op("Mul", [Sig(b), Scalar(0.5)])),
+                    "bco_pair" => (Op("Sub", [Sig(a), Scalar(1)]), Sig(b)),
+                    // the squares' slopes, already per unit of a and b: divided by β here, as β multiplies below
+                    "sppo_hard" => (Op("Mul", [Op("Sub", [Column(0), Scalar(0.5 / beta)]), Scalar(2 / beta)]), Op("Mul", [Op("Add", [Column(1), Scalar(0.5 / beta)]), Scalar(2 / beta)])),
+                    "apo_zero" => (Op("Neg", [SigSlope(a)]), SigSlope(b)),
+                    _ => (Op("Sub", [SigSlope(a), SigSlope(z)]), SigSlope(z)), // apo_down
+                };
+                return (Op("Mul", [Scaled(da), PairWeight]), Op("Mul", [Scaled(db), PairWeight]));
+            }
+            if (PreferenceOptions.Sorts(type))
+            {
+                // each sorted position's slope goes back to the pair that sorted there (the sort's indices permute the pairs)
+                var sorted = SortedDelta(g, type, Pairs!, SequenceLogProbs, PairWeight, "grad/dpo/aot");
+                var atPositions = Op("Mul", [Scaled(SigmoidSlope(Scaled(sorted.Delta))), sorted.Weight]);
+                var zeros = Op("ConstantOfShape", [Op("Shape", [PairWeight])], ("value", Tensors.FromFloats("value", [1], [0f], (int)DT.Float)));
+                var first = Op("ScatterElements", [zeros, sorted.OrderU, atPositions], ("axis", 0L));
+                // aot: u = π_c − π_r; aot_unpaired: u = π_c − r_c and v = π_r − r_r, with δ = u − v
+                return type == "aot" ? (first, Op("Neg", [first]))
+                    : (first, Op("ScatterElements", [zeros, sorted.OrderV, Op("Neg", [atPositions])], ("axis", 0L)));
+            }
+            if (type == "sigmoid_norm")
+            {
+                string Lengths(long index) => Op("Gather", [PairLengths!, GraphConstants.Scalar(g, "grad/dpo/index", index, (int)DT.Int64)], ("axis", 1L));
+                var zn = Scaled(Op("Sub", [Op("Div", [Column(0), Lengths(0)]), Op("Div", [Column(1), Lengths(1)])]));
+                var perUnit = Op("Mul", [Scaled(Op("Neg", [Sig(Op("Neg", [zn]))])), PairWeight]); // d/dx −log σ(x) = −σ(−x), times β
+                return (Op("Div", [perUnit, Lengths(0)]), Op("Neg", [Op("Div", [perUnit, Lengths(1)])]));
+            }
+            var slope = type switch
+            {
+                "hinge" => Op("Mul", [Op("Cast", [Op("Less", [z, Scalar(1)])], ("to", (long)DT.Float)), Scalar(-beta)]),
+                "ipo" => Op("Mul", [Op("Sub", [Difference, Scalar(1 / (2 * beta))]), Scalar(2)]),
+                "orpo" => Op("Mul", [Op("Sigmoid", [Op("Neg", [Difference])]), Scalar(-beta)]),
+                "robust" => Op("Mul", [Op("Add", [Op("Mul", [Op("Sigmoid", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Sigmoid", [z]), Scalar(e)])]),
+                    Scalar(-beta / (1 - 2 * e))]),
+                "discopop" => Scaled(DiscopopSlope(z)),
+                // d/dz = σ(z)·σ(−z)·(z − log(1 − ε) + log ε), since log σ(z) − log σ(−z) = z
+                "exo_pair" => Scaled(Op("Mul", [SigSlope(z), Op("Add", [z, Scalar(Math.Log(e) - Math.Log(1 - e))])])),
+                _ => Scaled(SigmoidSlope(z)),
             };
-            var chosen = Op("Unsqueeze", [Op("Mul", [Scaled(da), PairWeight]), Ints(1)]);
-            var rejected = Op("Unsqueeze", [Op("Mul", [Scaled(db), PairWeight]), Ints(1)]);
-            var scale = Op("Reshape", [Op("Neg", [Op("Concat", [chosen, rejected], ("axis", 1L))]), Ints(-1)]);
-            if (ChosenTokens is not null) scale = Op("Add", [scale, ChosenNllScale()]);
-            return elemType == (int)DT.Float ? scale : Op("Cast", [scale], ("to", (long)elemType));
+            // d loss / d π: +slope for the chosen row, −slope for the rejected, weighted by the pair's share
+            var weighted = Op("Mul", [slope, PairWeight]);
+            return (weighted, Op("Neg", [weighted]));
         }
-        var slope = Options.LossType switch
+        string? chosen = null, rejected = null;
+        var lossTypes = Options.Losses;
+        for (int k = 0; k < lossTypes.Count; k++)
         {
-            "hinge" => Op("Mul", [Op("Cast", [Op("Less", [z, Scalar(1)])], ("to", (long)DT.Float)), Scalar(-beta)]),
-            "ipo" => Op("Mul", [Op("Sub", [Difference, Scalar(1 / (2 * beta))]), Scalar(2)]),
-            "orpo" => Op("Mul", [Op("Sigmoid", [Op("Neg", [Difference])]), Scalar(-beta)]),
-            "robust" => Op("Mul", [Op("Add", [Op("Mul", [Op("Sigmoid", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Sigmoid", [z]), Scalar(e)])]),
-                Scalar(-beta / (1 - 2 * e))]),
-            "discopop" => Scaled(DiscopopSlope(z)),
-            // d/dz = σ(z)·σ(−z)·(z − log(1 − ε) + log ε), since log σ(z) − log σ(−z) = z
-            "exo_pair" => Scaled(Op("Mul", [SigSlope(z), Op("Add", [z, Scalar(Math.Log(e) - Math.Log(1 - e))])])),
-            _ => Op("Mul", [Op("Sub", [Op("Mul", [Op("Sigmoid", [Op("Neg", [z])]), Scalar(1 - e)]), Op("Mul", [Op("Sigmoid", [z]), Scalar(e)])]), Scalar(-beta)]),
-        };
-        // d loss / d π: +slope for the chosen row, −slope for the rejected, weighted by the pair's share; its negative is the scale
-        var column = Op("Unsqueeze", [Op("Mul", [slope, PairWeight]), Ints(1)]);
-        var rowScale = Op("Reshape", [Op("Concat", [Op("Neg", [column]), column], ("axis", 1L)), Ints(-1)]);
+            if (lossTypes[k] == "sft") continue; // in ChosenNllScale
+            var (c, r) = Slopes(lossTypes[k]);
+            if (Options.WeightOf(k) != 1) (c, r) = (Op("Mul", [c, Scalar(Options.WeightOf(k))]), Op("Mul", [r, Scalar(Options.WeightOf(k))]));
+            (chosen, rejected) = chosen is null ? (c, r) : (Op("Add", [chosen, c]), Op("Add", [rejected!, r]));
+        }
+        // the scale is −d loss / d π, rows interleaved chosen, rejected (sft alone: none from the pairs)
+        var rowScale = chosen is null ? Op("Mul", [SequenceLogProbs, Scalar(0)])
+            : Op("Reshape", [Op("Neg", [Op("Concat", [Op("Unsqueeze", [chosen, Ints(1)]), Op("Unsqueeze", [rejected!, Ints(1)])], ("axis", 1L))]), Ints(-1)]);
         // ORPO: d (log odds) / d π = 1 / (1 − e^π)
         if (Options.LossType == "orpo") rowScale = Op("Div", [rowScale, Op("Sub", [Scalar(1), Op("Exp", [SequenceLogProbs])])]);
         if (Options.RowTerms) rowScale = Op("Sub", [rowScale, RowWeightsInput]); // −d(Σ w·π)/dπ, before a mean's division below
