@@ -68,6 +68,7 @@ public sealed class RewardTrainingOptions
     readonly Option<bool> _fp16 = new("--fp16");
     readonly Option<bool> _bf16 = new("--bf16");
     readonly Option<bool> _checkpointing = new("--gradient-checkpointing");
+    readonly ReportingCliOptions _reporting = new();
     readonly Option<string?> _resume = new("--resume-from-checkpoint") { Description = "continue from a checkpoint folder (no value: the latest)", Arity = ArgumentArity.ZeroOrOne };
     readonly Option<bool> _merge = new("--merge") { Description = "also write the merged model to OUTPUT/merged" };
     readonly Option<bool> _plain = new("--plain-log") { Description = "one line per step instead of a progress bar" };
@@ -112,7 +113,7 @@ public sealed class RewardTrainingOptions
                      _maxCompletion, _maxPrompt, _temperature, _topP, _topK, _minP, _repetition, _beta }.Concat(groups).Concat(own)
                      .Concat([_epochs, _maxSteps, _batch, _accumulation, _lr, _scheduler,
                          _warmupRatio, _warmupSteps, _weightDecay, _beta1, _beta2, _adamEpsilon, _maxGradNorm, _logging, _loggingFirst, _saveSteps, _saveLimit,
-                         _saveOnlyModel, _loraplus, _lossChunks, _device, _epLibrary, _fp16, _bf16, _checkpointing, _resume, _merge, _plain]))
+                         _saveOnlyModel, _loraplus, _lossChunks, _device, _epLibrary, _fp16, _bf16, _checkpointing, _resume, _merge, _plain, .. _reporting.All]))
             command.Options.Add(o);
     }
 
@@ -133,6 +134,7 @@ public sealed class RewardTrainingOptions
             LossChunks = parse.GetValue(_lossChunks), Device = parse.GetValue(_device)!, EpLibrary = parse.GetValue(_epLibrary), Fp16 = parse.GetValue(_fp16), Bf16 = parse.GetValue(_bf16),
             GradientCheckpointing = parse.GetValue(_checkpointing), DisableDropout = _onlineDpo ? parse.GetValue(_disableDropout) : null, EvalSteps = parse.GetValue(_evalSteps), EvalStrategy = parse.GetValue(_evalStrategy)!,
         };
+        _reporting.Apply(parse, args);
         if (args.PerDeviceTrainBatchSize < 1 || args.GradientAccumulationSteps < 1) throw new OrtLoraException("--per-device-train-batch-size and --gradient-accumulation-steps must be at least 1");
         if (args.LearningRate <= 0) throw new OrtLoraException("--learning-rate must be positive");
         if (args.MaxSteps <= 0 && args.NumTrainEpochs <= 0) throw new OrtLoraException("give --num-train-epochs > 0 or --max-steps > 0");

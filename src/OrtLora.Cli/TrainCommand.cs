@@ -106,6 +106,7 @@ public static class TrainCommand
         var resume = new Option<string?>("--resume-from-checkpoint") { Description = "continue from a checkpoint folder (no value: the latest in the output directory)", Arity = ArgumentArity.ZeroOrOne };
         var merge = new Option<bool>("--merge") { Description = "also write the merged model to OUTPUT/merged" };
         var plain = new Option<bool>("--plain-log") { Description = "one line per logging step instead of a progress bar" };
+        var reporting = new ReportingCliOptions();
 
         var cmd = new Command(name, description) { model, output };
         lora.AddTo(cmd);
@@ -114,7 +115,7 @@ public static class TrainCommand
         foreach (var o in new Option[] { data, evalData, evalSplit, dropLast, padToMax,
                      epochs, maxSteps, batch, evalBatch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay,
                      optim, beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, loggingStrategy, saveSteps, saveOnlyModel, saveStrategy, saveLimit, evalSteps, evalStrategy,
-                     loadBest, metricForBest, patience, threshold, neftune, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain })
+                     loadBest, metricForBest, patience, threshold, neftune, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain }.Concat(reporting.All))
             cmd.Options.Add(o);
         foreach (var o in reward ? new Option[] { center, disableDropout } : distill ? [teacher, jsdBeta, lmbda, temperature, maxNewTokens, seqKd, disableDropout, packing, groupByLength]
                      : [packing, groupByLength, labelSmoothing, precompute, lossChunks, disableDropout]) cmd.Options.Add(o);
@@ -140,6 +141,7 @@ public static class TrainCommand
                 Preference = reward ? RewardOptions(parse.GetValue(center)) : distill ? new PreferenceOptions() : preference.Read(parse),
                 PrecomputeRefLogProbs = TrainOnly(precompute, parse), LossChunks = TrainOnly(lossChunks, parse),
             };
+            reporting.Apply(parse, args);
             Validate(args);
             var job = new TrainJob
             {

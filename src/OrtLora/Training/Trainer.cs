@@ -125,7 +125,8 @@ public static partial class Trainer
         }
 
         var state = new TrainerState(0, 0, 0, args.Seed, 0);
-        var log = new TrainingLog(args.OutputDir);
+        var log = new TrainingLog(args);
+        if (log.TensorBoardFile is { } events) reporter.Info($"TensorBoard: {Path.GetDirectoryName(events)}");
         if (resumePath is { } path)
         {
             state = Restore(session, best, path);

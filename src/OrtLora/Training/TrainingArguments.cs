@@ -4,6 +4,11 @@ namespace OrtLora.Training;
 public sealed class TrainingArguments
 {
     public string OutputDir { get; set; } = "out";
+    /// <summary>The Trainer's report_to: "none", or "tensorboard" (also "all": every integration ortlora has).</summary>
+    public List<string> ReportTo { get; set; } = ["none"];
+    /// <summary>The Trainer's logging_dir, where TensorBoard's event files go; null: OUTPUT/runs/DATE_TIME_HOST.</summary>
+    public string? LoggingDir { get; set; }
+    public bool ReportsToTensorBoard => ReportTo.Contains("tensorboard") || ReportTo.Contains("all");
     public double NumTrainEpochs { get; set; } = 1;
     /// <summary>When positive, overrides NumTrainEpochs.</summary>
     public int MaxSteps { get; set; } = -1;

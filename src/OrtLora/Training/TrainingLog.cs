@@ -4,14 +4,27 @@ using System.Text.Json.Nodes;
 namespace OrtLora.Training;
 
 /// <summary>What the loop records: one JSON line per logging step in metrics.jsonl (appended and flushed, so a
-/// killed run keeps its history) and a loss curve in loss.png.</summary>
+/// killed run keeps its history), a loss curve in loss.png, and with --report-to tensorboard the same numbers as
+/// TensorBoard scalars under the Trainer's tags (train/loss, eval/loss, ...).</summary>
 public sealed class TrainingLog
 {
     readonly string _metricsPath;
+    readonly TensorBoard.TensorBoardWriter? _tensorBoard;
     public List<(int Step, double Loss)> TrainLoss { get; } = new();
     public List<(int Step, double Loss)> EvalLoss { get; } = new();
 
     public TrainingLog(string outputDir) => _metricsPath = Path.Combine(outputDir, "metrics.jsonl");
+
+    /// <summary>The log <paramref name="args"/> ask for: metrics.jsonl in the output directory, and TensorBoard event
+    /// files in --logging-dir (default OUTPUT/runs/DATE_TIME_HOST, as the Trainer names it) when reported to.</summary>
+    public TrainingLog(TrainingArguments args) : this(args.OutputDir)
+    {
+        if (args.ReportsToTensorBoard)
+            _tensorBoard = new TensorBoard.TensorBoardWriter(args.LoggingDir ?? Path.Combine(args.OutputDir, "runs", $"{DateTime.Now:MMMdd_HH-mm-ss}_{Environment.MachineName}"));
+    }
+
+    /// <summary>The event file being written, or null without TensorBoard.</summary>
+    public string? TensorBoardFile => _tensorBoard?.Path;
 
     public void Append(JsonObject record)
     {
@@ -19,6 +32,21 @@ public sealed class TrainingLog
         if (record["loss"] is { } l) TrainLoss.Add((step, l.GetValue<double>()));
         if (record["eval_loss"] is { } e) EvalLoss.Add((step, e.GetValue<double>()));
         File.AppendAllText(_metricsPath, record.ToJsonString(new JsonSerializerOptions { WriteIndented = false }) + "\n");
+        _tensorBoard?.Scalars(step, TensorBoardScalars(record));
+    }
+
+    /// <summary>transformers' rewrite_logs: eval_x becomes eval/x and every other number train/x; the step is the
+    /// event's own. An evaluation's perplexity (which the Trainer does not log) goes with its eval/ values.</summary>
+    public static IEnumerable<(string Tag, double Value)> TensorBoardScalars(JsonObject record)
+    {
+        bool evaluation = record.ContainsKey("eval_loss");
+        foreach (var (key, node) in record)
+        {
+            if (key == "step" || node is not JsonValue value || value.GetValueKind() != JsonValueKind.Number) continue;
+            double number = double.Parse(value.ToJsonString(), System.Globalization.CultureInfo.InvariantCulture);
+            yield return (key.StartsWith("eval_", StringComparison.Ordinal) ? "eval/" + key["eval_".Length..]
+                : evaluation && key == "perplexity" ? "eval/perplexity" : "train/" + key, number);
+        }
     }
 
     /// <summary>Rereads an existing metrics.jsonl (on resume), keeping records up to <paramref name="upToStep"/>.</summary>

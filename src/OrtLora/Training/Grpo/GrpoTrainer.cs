@@ -211,7 +211,8 @@ public static class GrpoTrainer
     {
         var args = job.Args;
         var best = new BestModel(args);
-        var log = new TrainingLog(args.OutputDir);
+        var log = new TrainingLog(args);
+        if (log.TensorBoardFile is { } events) reporter.Info($"TensorBoard: {Path.GetDirectoryName(events)}");
         if (job.ResumeFromCheckpoint is not { } resume)
         {
             File.Delete(Path.Combine(args.OutputDir, "metrics.jsonl"));
