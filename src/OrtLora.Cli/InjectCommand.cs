@@ -25,7 +25,7 @@ public static class InjectCommand
             if (parse.GetValue(lora.InitFrom) is { } dir)
             {
                 // The adapter fixes these; silently ignoring a value the user typed would be worse than refusing it.
-                var given = new Option[] { lora.R, lora.Alpha, lora.Targets, lora.Variant, lora.Rslora, lora.Init, lora.Seed, lora.ModulesToSave, lora.TrainableTokens, lora.RankPattern, lora.AlphaPattern, lora.Bias, lora.EnsureWeightTying, lora.EvaRho, lora.EvaTau, lora.EvaWhiten, lora.EvaAdjustScaling, lora.EvaUseLabelMask }.Where(o => parse.GetResult(o) is { Implicit: false }).ToList();
+                var given = new Option[] { lora.R, lora.Alpha, lora.Targets, lora.Variant, lora.Rslora, lora.Init, lora.Seed, lora.ModulesToSave, lora.TrainableTokens, lora.RankPattern, lora.AlphaPattern, lora.Bias, lora.EnsureWeightTying, lora.EvaRho, lora.EvaTau, lora.EvaWhiten, lora.EvaAdjustScaling, lora.EvaUseLabelMask, lora.CordaMethod, lora.CordaSamples }.Where(o => parse.GetResult(o) is { Implicit: false }).ToList();
                 if (given.Count > 0)
                     throw new OrtLoraException($"{string.Join(", ", given.Select(o => o.Name))}: not allowed with --init-from (the adapter in {dir} sets them)");
                 injected = LoraInjector.Inject(m, PeftAdapter.Load(dir));
@@ -45,6 +45,8 @@ public static class InjectCommand
                 $"(r={injected.Adapters.Max(a => a.R)}, scale={injected.Adapters[0].Scale:G4})");
             if (injected.Config.Init == "eva")
                 Console.WriteLine("EVA: `ortlora train` draws A from the training data's activations before its first step and redistributes the ranks");
+            if (injected.Config.Init == "corda")
+                Console.WriteLine("CorDA: `ortlora train` draws A and B from the training data's covariance before its first step; the weights then keep the residual");
         }));
         return cmd;
     }

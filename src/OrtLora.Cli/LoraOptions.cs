@@ -58,7 +58,7 @@ public sealed class LoraOptions
     {
         Description = "PEFT's init_lora_weights: true/kaiming (Kaiming-uniform A, B zero), gaussian, orthogonal (A and B dense, B·A = 0; even r), pissa_niter_K (A, B from W's top singular vectors), olora (from W's QR); " +
             "with these two W keeps the residual; loftq: W stored quantized (--loftq-bits), A, B from the SVD of the quantization error; " +
-            "eva: A from the principal components of each layer's inputs on the training data, ranks redistributed by explained variance (train computes it before the first step)",
+            "eva: A from the principal components of each layer's inputs on the training data, ranks redistributed by explained variance; corda: A and B from the SVD of W times the inputs' covariance, W keeps the residual (train computes both before the first step)",
         DefaultValueFactory = _ => "kaiming",
     };
     public Option<int> LoftqBits { get; } = new("--loftq-bits") { Description = "LoftQ: the targeted weights in 4 bits (uint4 blocks of 32) or 8 (int8 per channel)", DefaultValueFactory = _ => 4 };
@@ -68,19 +68,22 @@ public sealed class LoraOptions
     public Option<bool> EvaWhiten { get; } = new("--eva-whiten") { Description = "EVA: divide each component by the square root of its singular value (EvaConfig.whiten)" };
     public Option<bool> EvaAdjustScaling { get; } = new("--eva-adjust-scaling-factors") { Description = "EVA: lora_alpha follows each layer's new rank, so its scale stays lora_alpha / r (EvaConfig.adjust_scaling_factors)", DefaultValueFactory = _ => true };
     public Option<bool> EvaUseLabelMask { get; } = new("--eva-use-label-mask") { Description = "EVA: only positions with a label feed the components, not prompts or padding (EvaConfig.use_label_mask)", DefaultValueFactory = _ => true };
+    public Option<string> CordaMethod { get; } = new("--corda-method") { Description = "CorDA: ipm (the adapter takes the largest singular directions of W·C: instruction-previewed) or kpm (the smallest: knowledge-preserving) (CordaConfig.corda_method)", DefaultValueFactory = _ => "ipm" };
+    public Option<int> CordaSamples { get; } = new("--corda-samples") { Description = "CorDA: the training sequences the covariance is taken over", DefaultValueFactory = _ => 256 };
     public Option<int> Seed { get; } = new("--seed") { Description = "random seed", DefaultValueFactory = _ => 42 };
     public Option<string?> InitFrom { get; } = new("--init-from") { Description = "PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to inject exactly" };
 
     public LoraOptions()
     {
         Variant.AcceptOnlyFromAmong("performant", "canonical");
+        CordaMethod.AcceptOnlyFromAmong("ipm", "kpm");
         Bias.AcceptOnlyFromAmong(TrainedBiases.Options);
         LoftqBits.AcceptOnlyFromAmong("4", "8");
     }
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { R, Alpha, RankPattern, AlphaPattern, Bias, Targets, Exclude, ModulesToSave, EnsureWeightTying, TrainableTokens, Layers, LayersPattern, Variant, Dropout, Rslora, LoraBias, UseDora, Init, LoftqBits, LoftqIter, EvaRho, EvaTau, EvaWhiten, EvaAdjustScaling, EvaUseLabelMask, Seed, InitFrom }) command.Options.Add(o);
+        foreach (var o in new Option[] { R, Alpha, RankPattern, AlphaPattern, Bias, Targets, Exclude, ModulesToSave, EnsureWeightTying, TrainableTokens, Layers, LayersPattern, Variant, Dropout, Rslora, LoraBias, UseDora, Init, LoftqBits, LoftqIter, EvaRho, EvaTau, EvaWhiten, EvaAdjustScaling, EvaUseLabelMask, CordaMethod, CordaSamples, Seed, InitFrom }) command.Options.Add(o);
     }
 
     public LoraConfig Read(ParseResult parse)
@@ -110,6 +113,11 @@ public sealed class LoraOptions
         }
         else if (evaOptions.FirstOrDefault(o => parse.GetResult(o) is { Implicit: false }) is { } stray)
             throw new OrtLoraException($"{stray.Name} is an option of EVA: give --init-lora-weights eva");
+        config.CordaMethod = parse.GetValue(CordaMethod)!;
+        config.CordaSamples = parse.GetValue(CordaSamples);
+        if (config.Init != "corda" && new Option[] { CordaMethod, CordaSamples }.FirstOrDefault(o => parse.GetResult(o) is { Implicit: false }) is { } cordaStray)
+            throw new OrtLoraException($"{cordaStray.Name} is an option of CorDA: give --init-lora-weights corda");
+        if (config.CordaSamples < 1) throw new OrtLoraException($"--corda-samples must be at least 1 (got {config.CordaSamples})");
         if (config.LayersPattern.Count > 0 && config.LayersToTransform.Count == 0)
             throw new OrtLoraException("--layers-pattern is read with --layers-to-transform (which layers to take)");
         if (config.LoftqIter < 1) throw new OrtLoraException($"--loftq-iter must be at least 1 (got {config.LoftqIter})");

@@ -190,7 +190,7 @@ public class ResidualInitTests
             ("--init-lora-weights pissa", "pissa_niter_K"),
             ("--init-lora-weights pissa_niter_4 --use-dora", "pissa_niter_4 on 'transformer.h.0.attn.c_attn': with DoRA it is not supported"),
             ("--init-lora-weights pissa_niter_4 --variant canonical", "--variant performant"),
-            ("--init-lora-weights corda", "unknown init 'corda'"),
+            ("--init-lora-weights lora_ga", "unknown init 'lora_ga'"),
         ];
         foreach (var (options, message) in cases)
         {

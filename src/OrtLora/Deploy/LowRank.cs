@@ -137,46 +137,75 @@ public static class LowRank
 
     /// <summary>One-sided Jacobi SVD of the square matrix m [n, n]: returns U·S (columns scaled by the singular
     /// values), V, and the column order by descending singular value.</summary>
-    internal static (double[] US, double[] V, int[] Order) JacobiSvd(double[] m, int n)
+    internal static (double[] US, double[] V, int[] Order) JacobiSvd(double[] m, int n) => JacobiSvd(m, n, n);
+
+    /// <summary>One-sided Jacobi (Hestenes) SVD of m [rows, cols]: rotates column pairs until all are orthogonal, so
+    /// m·V = U·S. Returns U·S [rows, cols], V [cols, cols] and the column order by descending singular value (the
+    /// column norms of U·S). Accurate for small singular values too, which an eigen-decomposition of mᵀm is not.</summary>
+    internal static (double[] US, double[] V, int[] Order) JacobiSvd(double[] m, int rows, int cols)
     {
-        var w = (double[])m.Clone();
-        var v = new double[n * n];
-        for (int i = 0; i < n; i++) v[i * n + i] = 1;
+        // columns stored contiguously, so the sweeps' dot products and rotations run over spans
+        var w = new double[cols][];
+        var v = new double[cols][];
+        for (int j = 0; j < cols; j++)
+        {
+            w[j] = new double[rows];
+            for (int i = 0; i < rows; i++) w[j][i] = m[i * cols + j];
+            v[j] = new double[cols];
+            v[j][j] = 1;
+        }
         for (int sweep = 0; sweep < 60; sweep++)
         {
             bool rotated = false;
-            for (int p = 0; p < n - 1; p++)
-                for (int q = p + 1; q < n; q++)
+            for (int p = 0; p < cols - 1; p++)
+                for (int q = p + 1; q < cols; q++)
                 {
-                    double alpha = 0, beta = 0, gamma = 0;
-                    for (int i = 0; i < n; i++)
-                    {
-                        alpha += w[i * n + p] * w[i * n + p];
-                        beta += w[i * n + q] * w[i * n + q];
-                        gamma += w[i * n + p] * w[i * n + q];
-                    }
+                    double alpha = Dot(w[p], w[p]), beta = Dot(w[q], w[q]), gamma = Dot(w[p], w[q]);
                     if (gamma == 0 || Math.Abs(gamma) <= 1e-15 * Math.Sqrt(alpha * beta)) continue;
                     rotated = true;
                     double zeta = (beta - alpha) / (2 * gamma);
                     double t = Math.Sign(zeta == 0 ? 1 : zeta) / (Math.Abs(zeta) + Math.Sqrt(1 + zeta * zeta));
                     double c = 1 / Math.Sqrt(1 + t * t), s = c * t;
-                    Rotate(w, n, p, q, c, s);
-                    Rotate(v, n, p, q, c, s);
+                    Rotate(w[p], w[q], c, s);
+                    Rotate(v[p], v[q], c, s);
                 }
             if (!rotated) break;
         }
-        var norms = Enumerable.Range(0, n).Select(j => Enumerable.Range(0, n).Sum(i => w[i * n + j] * w[i * n + j])).ToArray();
-        var order = Enumerable.Range(0, n).OrderByDescending(j => norms[j]).ToArray();
-        return (w, v, order);
+        var us = new double[rows * cols];
+        var vm = new double[cols * cols];
+        for (int j = 0; j < cols; j++)
+        {
+            for (int i = 0; i < rows; i++) us[i * cols + j] = w[j][i];
+            for (int i = 0; i < cols; i++) vm[i * cols + j] = v[j][i];
+        }
+        var norms = w.Select(column => Dot(column, column)).ToArray();
+        var order = Enumerable.Range(0, cols).OrderByDescending(j => norms[j]).ToArray();
+        return (us, vm, order);
     }
 
-    static void Rotate(double[] x, int n, int p, int q, double c, double s)
+    static double Dot(ReadOnlySpan<double> x, ReadOnlySpan<double> y)
     {
-        for (int i = 0; i < n; i++)
+        double sum = 0;
+        int i = 0;
+        if (System.Numerics.Vector.IsHardwareAccelerated && x.Length >= System.Numerics.Vector<double>.Count)
         {
-            double xp = x[i * n + p], xq = x[i * n + q];
-            x[i * n + p] = c * xp - s * xq;
-            x[i * n + q] = s * xp + c * xq;
+            var acc = System.Numerics.Vector<double>.Zero;
+            for (int width = System.Numerics.Vector<double>.Count; i <= x.Length - width; i += width)
+                acc += new System.Numerics.Vector<double>(x[i..]) * new System.Numerics.Vector<double>(y[i..]);
+            sum = System.Numerics.Vector.Sum(acc);
+        }
+        for (; i < x.Length; i++) sum += x[i] * y[i];
+        return sum;
+    }
+
+    /// <summary>(x, y) ← (c·x − s·y, s·x + c·y).</summary>
+    static void Rotate(Span<double> x, Span<double> y, double c, double s)
+    {
+        for (int i = 0; i < x.Length; i++)
+        {
+            double xi = x[i], yi = y[i];
+            x[i] = c * xi - s * yi;
+            y[i] = s * xi + c * yi;
         }
     }
 }

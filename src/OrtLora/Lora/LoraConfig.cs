@@ -45,6 +45,11 @@ public sealed class LoraConfig
     public int LoftqBlockSize { get; set; } = 32;
     /// <summary>EVA (Init "eva"): PEFT's EvaConfig; null means its defaults.</summary>
     public EvaConfig? EvaConfig { get; set; }
+    /// <summary>CorDA (Init "corda"): PEFT's CordaConfig.corda_method, "ipm" (the adapter takes the principal
+    /// components of W·C, C the inputs' covariance) or "kpm" (the least ones, keeping what the data uses in W).</summary>
+    public string CordaMethod { get; set; } = "ipm";
+    /// <summary>CorDA: how many training sequences the covariance is taken over (PEFT leaves it to the caller's run_model).</summary>
+    public int CordaSamples { get; set; } = 256;
     public int Seed { get; set; } = 42;
     /// <summary>PEFT's modules_to_save: modules trained whole next to the adapters (names matched as target_modules
     /// names are), e.g. lm_head, embed_tokens.</summary>
@@ -105,8 +110,9 @@ public sealed class LoraConfig
         ["lora_bias"] = LoraBias,
         ["fan_in_fan_out"] = FanInFanOut,
         ["bias"] = Bias,
-        ["init_lora_weights"] = Init is "gaussian" or "loftq" or "orthogonal" or "eva" ? Init : true,
+        ["init_lora_weights"] = Init is "gaussian" or "loftq" or "orthogonal" or "eva" or "corda" ? Init : true,
         ["eva_config"] = Init == "eva" ? (EvaConfig ?? new()).ToPeftJson() : null,
+        ["corda_config"] = Init == "corda" ? new JsonObject { ["corda_method"] = CordaMethod, ["verbose"] = false, ["use_float16_for_covariance"] = false, ["prune_temporary_fields"] = true } : null,
         ["loftq_config"] = Init == "loftq" ? new JsonObject { ["loftq_bits"] = LoftqBits, ["loftq_iter"] = LoftqIter } : new JsonObject(),
         ["use_dora"] = UseDora,
         ["inference_mode"] = true,

@@ -13,14 +13,14 @@ public static class LoraInit
             double std = 1.0 / r;
             for (int i = 0; i < a.Length; i++) a[i] = (float)(std * Normal(rng));
         }
-        else if (init is "kaiming" or "loftq" or "orthogonal" or "eva" || ResidualInit.Applies(init)) // PiSSA, OLoRA, LoftQ, orthogonal and EVA replace A afterwards
+        else if (init is "kaiming" or "loftq" or "orthogonal" or "eva" or "corda" || ResidualInit.Applies(init)) // PiSSA, OLoRA, LoftQ, orthogonal, EVA and CorDA replace A afterwards
         {
             double bound = 1.0 / Math.Sqrt(inDim);
             for (int i = 0; i < a.Length; i++) a[i] = (float)((rng.NextDouble() * 2 - 1) * bound);
         }
         else if (init == "pissa")
             throw new OrtLoraException("init_lora_weights pissa (a full SVD of every weight) is not implemented; use pissa_niter_K, PEFT's fast variant (e.g. pissa_niter_16)");
-        else throw new OrtLoraException($"unknown init '{init}' (use kaiming, gaussian, orthogonal, pissa_niter_K, olora, loftq or eva)");
+        else throw new OrtLoraException($"unknown init '{init}' (use kaiming, gaussian, orthogonal, pissa_niter_K, olora, loftq, eva or corda)");
         return a;
     }
 

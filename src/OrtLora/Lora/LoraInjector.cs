@@ -112,6 +112,7 @@ public static class LoraInjector
                 offset += sizes[i];
             }
             bool residual = ResidualInit.Applies(config.Init);
+            if (config.Init == "corda") ResidualInit.Require(model, g, layer, path, config, partPlans.Count); // its residual is made when training starts
             var planned = layer;
             if (residual)
             {

@@ -21,16 +21,22 @@ public static class ResidualInit
     static int? Iterations(string init) =>
         init.StartsWith("pissa_niter_", StringComparison.Ordinal) && int.TryParse(init["pissa_niter_".Length..], out var k) && k >= 0 ? k : null;
 
-    /// <summary>A and B for one layer, after checking the layer can take it.</summary>
-    public static (float[] A, float[] B) ForLayer(OnnxModel model, GraphEditor g, LinearLayer layer, string path, LoraConfig config,
-        int r, double scale, int parts, Random rng)
+    /// <summary>Refuses a layer whose weight cannot become a residual W − scale·B·A (PiSSA, OLoRA, CorDA).</summary>
+    public static void Require(OnnxModel model, GraphEditor g, LinearLayer layer, string path, LoraConfig config, int parts)
     {
         string Refuse(string why) => throw new OrtLoraException($"{model.Source}: {config.Init} on '{path}': {why}");
         if (parts > 1) Refuse("it factors the whole fused weight; use --variant performant");
         if (config.UseDora) Refuse("with DoRA it is not supported");
         if (layer.GemmAlpha != 1) Refuse($"the layer is a Gemm with alpha {layer.GemmAlpha}");
         if (layer.Dequantize is not null) Refuse($"weight '{layer.Weight}' is stored quantized, and the residual W − scale·B·A would not survive requantization");
-        if (g.Consumers(layer.Weight).Count > 1) Refuse($"weight '{layer.Weight}' is read by other nodes too (tied?); PiSSA rewrites it");
+        if (g.Consumers(layer.Weight).Count > 1) Refuse($"weight '{layer.Weight}' is read by other nodes too (tied?); {config.Init} rewrites it");
+    }
+
+    /// <summary>A and B for one layer, after checking the layer can take it.</summary>
+    public static (float[] A, float[] B) ForLayer(OnnxModel model, GraphEditor g, LinearLayer layer, string path, LoraConfig config,
+        int r, double scale, int parts, Random rng)
+    {
+        Require(model, g, layer, path, config, parts);
         var weight = g.Initializer(layer.Weight)!;
         var values = model.ReadFloats(weight);
         int outDim = (int)layer.Out, inDim = (int)layer.In;

@@ -45,7 +45,7 @@ public static class Eva
         var holder = layers.GroupBy(l => l.Input).ToDictionary(g => g.Key, g => g.First().Adapter.Module); // the layer whose rank bounds its hook's
         int budget = layers.Sum(l => l.Adapter.R);
         var rankOf = layers.ToDictionary(l => l.Adapter.Module, l => l.MaxComponents);
-        using var forward = new ActivationModel(model, hooks.Keys);
+        using var forward = new LayerInputs(model, hooks.Keys);
         int batches = 0;
         bool converged = false;
         for (int e = 0; !converged && batches < MaxBatches; e++)
@@ -126,10 +126,7 @@ public static class Eva
         {
             if (adapter.Part is not null)
                 throw new OrtLoraException($"{model.Source}: EVA on '{adapter.Module}', one part of a fused layer: use --variant performant");
-            // x as the branch reads it: the input of the MatMul with Aᵀ (float32, after any Cast)
-            var transpose = g.Consumers(adapter.LoraA).FirstOrDefault(n => n.OpType == "Transpose");
-            var matmul = transpose is null ? null : g.Consumers(transpose.Output[0]).FirstOrDefault(n => n.OpType == "MatMul");
-            var input = matmul?.Input[0] ?? throw new OrtLoraException($"{model.Source}: the LoRA branch of '{adapter.Module}' has no MatMul with its A");
+            var input = LayerInputs.BranchInput(model, g, adapter);
             int components = (int)Math.Round(adapter.R * eva.Rho, MidpointRounding.ToEven); // Python's round()
             if (components > adapter.In)
                 throw new OrtLoraException($"{model.Source}: EVA on '{adapter.Module}': r·rho = {components} components of {adapter.In} input features; lower --r or --eva-rho");
@@ -186,43 +183,5 @@ public static class Eva
                 (counts[owner], counts[layer.Adapter.Module]) = (counts[layer.Adapter.Module], counts[owner]);
         }
         return counts;
-    }
-
-    /// <summary>The model as a function of a batch with the layers' inputs as its outputs: the generation cache fed
-    /// empty and narrow inputs taken as int64, as the training graphs take them, the weights shared from native memory.</summary>
-    sealed class ActivationModel : IDisposable
-    {
-        readonly Microsoft.ML.OnnxRuntime.InferenceSession _session;
-        readonly SharedInitializers _weights;
-        readonly List<string> _inputs;
-
-        public ActivationModel(OnnxModel model, IEnumerable<string> outputs)
-        {
-            var proto = model.Proto.Clone();
-            var g = new GraphEditor(proto.Graph);
-            TrainingGraph.FeedEmptyCache(proto, g);
-            TrainingGraph.TakeInt64BatchInputs(proto, g);
-            proto.Graph.Output.Clear();
-            foreach (var name in outputs) proto.Graph.Output.Add(new ValueInfoProto { Name = name });
-            _weights = SharedInitializers.Extract(model, proto.Graph);
-            _inputs = proto.Graph.Input.Select(i => i.Name).Where(n => !_weights.Values.ContainsKey(n)).ToList();
-            using var options = OrtRun.DefaultOptions();
-            try
-            {
-                using var graph = new OnnxModel(proto, source: model.Source);
-                _session = new Microsoft.ML.OnnxRuntime.InferenceSession(graph.ToBytes(), options);
-            }
-            catch { _weights.Dispose(); throw; }
-        }
-
-        public Dictionary<string, HostTensor> Run(DataBatch batch, IEnumerable<string> outputs) =>
-            OrtRun.Run(_session, new Engine.Batch(batch.InputIds, batch.AttentionMask, batch.Labels, batch.BatchSize, batch.SeqLength).Feeds(_inputs),
-                outputs, _weights.Values);
-
-        public void Dispose()
-        {
-            _session.Dispose();
-            _weights.Dispose();
-        }
     }
 }

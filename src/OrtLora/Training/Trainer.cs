@@ -76,8 +76,8 @@ public static partial class Trainer
         if (rewardModel && !data.IsPreference)
             throw new OrtLoraException($"{job.DataPath}: a reward model trains on preference pairs (chosen and rejected columns); this is {ParquetDataset.FormatName(data.Train.Format)} data");
 
-        // EVA (init_lora_weights "eva"): A from the training batches' activations, ranks redistributed; a resumed run
-        // takes the ranks from its checkpoint, which holds the values.
+        // EVA and CorDA (init_lora_weights "eva", "corda"): A (and B) from the training batches' activations. EVA
+        // redistributes the ranks, which a resumed run takes from its checkpoint, which holds the values.
         var resumePath = job.ResumeFromCheckpoint is not { } resume ? null : resume != "" ? resume
             : Checkpoint.Latest(args.OutputDir) ?? throw new OrtLoraException($"{args.OutputDir}: no checkpoint to resume from");
         if (lora.Config.Init == "eva")
@@ -85,6 +85,8 @@ public static partial class Trainer
             if (resumePath is null) Eva.Initialize(model, lora, epoch => data.Batches(new DataPosition(epoch, 0)), reporter);
             else Eva.RestoreRanks(model, lora, Checkpoint.Load(resumePath).Optimizer, resumePath);
         }
+        // CorDA rewrites the base weights too: a resumed run rebuilds them the same way (its A and B then come from the checkpoint)
+        if (lora.Config.Init == "corda") Corda.Initialize(model, lora, data.Batches(new DataPosition(0, 0)), reporter);
 
         var best = new BestModel(args);
         if (best.Tracking && (!data.HasEval || args.EvalStrategy == "no"))
@@ -306,12 +308,12 @@ public static partial class Trainer
 
     /// <summary>The model's adapters: its own when it already carries some, else injected from <paramref name="initFrom"/>'s
     /// PEFT adapter or with <paramref name="config"/>.</summary>
-    /// <summary>The loops that generate their own completions have no fixed training batches for EVA to read.</summary>
-    internal static void RefuseEva(LoraModel lora, string source)
+    /// <summary>The loops that generate their own completions have no fixed training batches for EVA or CorDA to read.</summary>
+    internal static void RefuseDataInits(LoraModel lora, string source)
     {
-        if (lora.Config.Init == "eva")
-            throw new OrtLoraException($"{source}: init_lora_weights eva draws A from the activations of the training batches, which `train`, `reward` and `distill` " +
-                "compute; this loop samples its own completions. Inject with another init, or start from an adapter trained with EVA (--init-from)");
+        if (lora.Config.Init is "eva" or "corda")
+            throw new OrtLoraException($"{source}: init_lora_weights {lora.Config.Init} draws the adapters from the activations of the training batches, which `train`, `reward` and `distill` " +
+                "compute; this loop samples its own completions. Inject with another init, or start from an adapter trained with it (--init-from)");
     }
 
     internal static LoraModel InjectUnlessInjected(OnnxModel model, string? initFrom, LoraConfig config)

@@ -73,7 +73,7 @@ public static class GrpoTrainer
         Directory.CreateDirectory(args.OutputDir);
         using var model = OnnxModel.Load(job.ModelPath);
         var lora = Trainer.InjectUnlessInjected(model, job.InitFrom, job.Lora);
-        Trainer.RefuseEva(lora, model.Source);
+        Trainer.RefuseDataInits(lora, model.Source);
         var (tokenizer, tokenizerPath, prompts, evalPrompts, stops) = Prepare(job, model, rewards);
 
         // A generation batch is split into steps_per_generation micro-batches, gradient_accumulation_steps of them a step,

@@ -60,7 +60,7 @@ public static class OnlineDpoTrainer
         Directory.CreateDirectory(args.OutputDir);
         using var model = OnnxModel.Load(job.ModelPath);
         var lora = Trainer.InjectUnlessInjected(model, job.InitFrom, job.Lora);
-        Trainer.RefuseEva(lora, model.Source);
+        Trainer.RefuseDataInits(lora, model.Source);
         var (tokenizer, tokenizerPath, prompts, evalPrompts, stops) = GrpoTrainer.Prepare(job, model, rewards);
 
         int promptsPerStep = args.PerDeviceTrainBatchSize * args.GradientAccumulationSteps;
