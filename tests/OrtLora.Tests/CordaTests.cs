@@ -5,6 +5,7 @@ using OrtLora.Onnx;
 using OrtLora.Training;
 using OrtLora.Training.Data;
 using static OrtLora.Tests.LoraTestKit;
+using static OrtLora.Tests.DataInitKit;
 
 namespace OrtLora.Tests;
 
@@ -90,32 +91,14 @@ public class CordaTests
             }
     }
 
-    static string Injected(string dir, params string[] options)
-    {
-        var path = Path.Combine(dir, "lora.onnx");
-        OrtloraOk(["inject", Tiny("model.onnx"), "-o", path, "--target-modules", "all-linear", "--init-lora-weights", "corda", .. options]);
-        return path;
-    }
-
-    static TrainingData DemoData() => TrainingData.Open(Tiny("demo.parquet"), TokenizerLoader.Load(Tiny("")),
-        new DataOptions { BatchSize = 8, MaxSeqLength = 128, Seed = 42 });
-
-    static float[] Values(OnnxModel model, string name) => model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == name));
-
     /// <summary>The covariance of one layer's inputs over the first <paramref name="samples"/> sequences, as PEFT's hook
     /// sums it (each sequence's attended X divided by |max X|), from a plain ONNX Runtime run with the input as an output.</summary>
     static double[] Covariance(OnnxModel model, LoraAdapter adapter, TrainingData data, int samples)
     {
-        var proto = model.Proto.Clone();
-        var transpose = proto.Graph.Node.Single(n => n.OpType == "Transpose" && n.Input[0] == adapter.LoraA);
-        var input = proto.Graph.Node.Single(n => n.OpType == "MatMul" && n.Input.Contains(transpose.Output[0])).Input[0];
-        proto.Graph.Output.Add(new ValueInfoProto { Name = input });
-        using var probe = new OnnxModel(proto, source: "probe");
         int n = (int)adapter.In, seen = 0;
         var sum = new double[n * n];
-        foreach (var batch in data.Batches(new DataPosition(0, 0)))
+        foreach (var (batch, x) in DataInitKit.LayerInputs(model, adapter, data))
         {
-            var x = OrtRun.Run(probe, batch.ToFeeds(withLabels: false), [input])[input].Floats;
             for (int row = 0; row < batch.BatchSize && seen < samples; row++, seen++)
             {
                 var positions = Enumerable.Range(row * batch.SeqLength, batch.SeqLength).Where(p => batch.AttentionMask[p] != 0).ToList();
@@ -135,7 +118,7 @@ public class CordaTests
     [TestCase("kpm")]
     public void CordaKeepsTheModelAndTakesTheCovariancesFactors(string method)
     {
-        using var model = OnnxModel.Load(Injected(Shared.TempDir(), "--r", "4", "--corda-method", method, "--corda-samples", "20"));
+        using var model = OnnxModel.Load(DataInitKit.Injected("corda", "--r", "4", "--corda-method", method, "--corda-samples", "20"));
         var lora = LoraModel.Read(model)!;
         using var data = DemoData();
         var feeds = data.Batches(new DataPosition(0, 0)).First().ToFeeds(withLabels: false);
@@ -169,7 +152,7 @@ public class CordaTests
     [Test]
     public void TrainWithCordaExportsTheConvertedAdapterAndResumes()
     {
-        var model = Injected(Shared.TempDir(), "--r", "4", "--lora-alpha", "8", "--corda-samples", "16");
+        var model = DataInitKit.Injected("corda", "--r", "4", "--lora-alpha", "8", "--corda-samples", "16");
         string[] Args(string dir) => ["train", model, "--data", Tiny("demo.parquet"), "--tokenizer", Tiny(""), "-o", dir, "--max-steps", "4",
             "--save-steps", "2", "--plain-log", "--max-seq-length", "128", "--learning-rate", "1e-3", "--merge"];
         var (straight, _) = AssertResumedRunEndsLikeStraight(Args, "checkpoint-4");
@@ -194,11 +177,11 @@ public class CordaTests
         var dir = Shared.TempDir();
         var dora = Ortlora("inject", Tiny("model.onnx"), "-o", Path.Combine(dir, "d.onnx"), "--init-lora-weights", "corda", "--use-dora");
         Assert.That(dora.Error, Does.Contain("corda on 'model.layers.0.self_attn.q_proj': with DoRA it is not supported"));
-        var grpo = Ortlora("grpo", Injected(dir), "--data", Tiny("demo_prompts.parquet"), "--reward-funcs", "exact_match", "-o", Path.Combine(dir, "grpo"));
+        var grpo = Ortlora("grpo", DataInitKit.Injected("corda"), "--data", Tiny("demo_prompts.parquet"), "--reward-funcs", "exact_match", "-o", Path.Combine(dir, "grpo"));
         Assert.That(grpo.Error, Does.Contain("init_lora_weights corda"));
         var stray = Ortlora("inject", Tiny("model.onnx"), "-o", Path.Combine(dir, "x.onnx"), "--corda-method", "kpm");
         Assert.That(stray.Error, Does.Contain("--corda-method is an option of CorDA"));
-        var wide = Ortlora("train", Injected(Shared.TempDir(), "--r", "100"), "--data", Tiny("demo.parquet"), "--tokenizer", Tiny(""), "-o", Path.Combine(dir, "w"), "--max-steps", "1");
+        var wide = Ortlora("train", DataInitKit.Injected("corda", "--r", "100"), "--data", Tiny("demo.parquet"), "--tokenizer", Tiny(""), "-o", Path.Combine(dir, "w"), "--max-steps", "1");
         Assert.That(wide.Error, Does.Contain("r = 100 exceeds the weight's smaller side 64"));
     }
 }

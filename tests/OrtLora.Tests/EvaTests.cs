@@ -5,6 +5,7 @@ using OrtLora.Onnx;
 using OrtLora.Training;
 using OrtLora.Training.Data;
 using static OrtLora.Tests.LoraTestKit;
+using static OrtLora.Tests.DataInitKit;
 
 namespace OrtLora.Tests;
 
@@ -88,37 +89,14 @@ public class EvaTests
         Assert.That(pca.ExplainedVarianceRatio.Take(3).Sum(), Is.GreaterThan(0.999));
     }
 
-    static string Injected(string dir, params string[] options)
+    /// <summary>An adapter's layer inputs at the counted positions of the first epoch (<see cref="DataInitKit.LayerInputs"/>).</summary>
+    static List<double[]> CountedInputs(OnnxModel model, LoraAdapter adapter, TrainingData data)
     {
-        var path = Path.Combine(dir, "lora.onnx");
-        OrtloraOk(["inject", Tiny("model.onnx"), "-o", path, "--target-modules", "all-linear", "--init-lora-weights", "eva", .. options]);
-        return path;
-    }
-
-    static TrainingData DemoData() => TrainingData.Open(Tiny("demo.parquet"), TokenizerLoader.Load(Tiny("")),
-        new DataOptions { BatchSize = 8, MaxSeqLength = 128, Seed = 42 });
-
-    static float[] Values(OnnxModel model, string name) => model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == name));
-
-    /// <summary>The inputs of one adapted layer at the counted positions of the first epoch, read by a plain ONNX Runtime
-    /// run of the model with that value as an extra output.</summary>
-    static List<double[]> LayerInputs(OnnxModel model, LoraAdapter adapter, TrainingData data)
-    {
-        var proto = model.Proto.Clone();
-        var transpose = proto.Graph.Node.Single(n => n.OpType == "Transpose" && n.Input[0] == adapter.LoraA);
-        var input = proto.Graph.Node.Single(n => n.OpType == "MatMul" && n.Input.Contains(transpose.Output[0])).Input[0];
-        proto.Graph.Output.Add(new ValueInfoProto { Name = input });
-        using var probe = new OnnxModel(proto, source: "probe");
-        using var options = OrtRun.DefaultOptions();
-        using var session = new Microsoft.ML.OnnxRuntime.InferenceSession(probe.ToBytes(), options);
         var rows = new List<double[]>();
-        foreach (var batch in data.Batches(new DataPosition(0, 0)))
-        {
-            var x = OrtRun.Run(session, batch.ToFeeds(withLabels: false), [input])[input].Floats;
+        foreach (var (batch, x) in DataInitKit.LayerInputs(model, adapter, data))
             for (int p = 0; p < batch.AttentionMask.Length; p++)
                 if (batch.AttentionMask[p] != 0 && batch.Labels[p] != -100)
                     rows.Add([.. x.AsSpan(p * (int)adapter.In, (int)adapter.In).ToArray().Select(v => (double)v)]);
-        }
         return rows;
     }
 
@@ -128,14 +106,14 @@ public class EvaTests
     public void EvaDrawsAFromThePrincipalComponentsOfEachLayersInputs()
     {
         var dir = Shared.TempDir();
-        using var model = OnnxModel.Load(Injected(dir, "--r", "4", "--eva-rho", "1"));
+        using var model = OnnxModel.Load(DataInitKit.Injected("eva", "--r", "4", "--eva-rho", "1"));
         var lora = LoraModel.Read(model)!;
         using var data = DemoData();
         var probeBatch = data.Batches(new DataPosition(0, 0)).First().ToFeeds(withLabels: false);
         var before = OrtRun.Run(model, probeBatch)["logits"].Floats;
         var q = lora.Adapters.Single(a => a.Module == "model.layers.1.self_attn.q_proj");
         var down = lora.Adapters.Single(a => a.Module == "model.layers.2.mlp.down_proj");
-        var inputs = (Q: LayerInputs(model, q, data), Down: LayerInputs(model, down, data));
+        var inputs = (Q: CountedInputs(model, q, data), Down: CountedInputs(model, down, data));
 
         var result = Eva.Initialize(model, lora, epoch => data.Batches(new DataPosition(epoch, 0)));
         Assert.That(result.Converged, Is.True);
@@ -172,7 +150,7 @@ public class EvaTests
     {
         var dir = Shared.TempDir();
         var output = Path.Combine(dir, "out");
-        var run = OrtloraOk("train", Injected(dir, "--r", "4", "--lora-alpha", "8"), "--data", Tiny("demo.parquet"), "--tokenizer", Tiny(""), "-o", output,
+        var run = OrtloraOk("train", DataInitKit.Injected("eva", "--r", "4", "--lora-alpha", "8"), "--data", Tiny("demo.parquet"), "--tokenizer", Tiny(""), "-o", output,
             "--max-steps", "2", "--plain-log", "--max-seq-length", "128");
         Assert.That(run.Out, Does.Contain("EVA: "));
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(output, "adapter_config.json")))!;
@@ -207,7 +185,7 @@ public class EvaTests
     public void WithoutAdjustedScalingTheAlphaStays()
     {
         var dir = Shared.TempDir();
-        using var model = OnnxModel.Load(Injected(dir, "--r", "4", "--lora-alpha", "8", "--eva-adjust-scaling-factors", "false"));
+        using var model = OnnxModel.Load(DataInitKit.Injected("eva", "--r", "4", "--lora-alpha", "8", "--eva-adjust-scaling-factors", "false"));
         var lora = LoraModel.Read(model)!;
         using var data = DemoData();
         Eva.Initialize(model, lora, epoch => data.Batches(new DataPosition(epoch, 0)));
@@ -261,7 +239,7 @@ public class EvaTests
     [Test]
     public void ResumedEvaRunEndsLikeTheStraightRun()
     {
-        var model = Injected(Shared.TempDir(), "--r", "4");
+        var model = DataInitKit.Injected("eva", "--r", "4");
         AssertResumedRunEndsLikeStraight(dir => ["train", model, "--data", Tiny("demo.parquet"), "--tokenizer", Tiny(""), "-o", dir, "--max-steps", "4",
             "--save-steps", "2", "--plain-log", "--max-seq-length", "128"], "checkpoint-4");
     }
@@ -270,14 +248,14 @@ public class EvaTests
     public void EvaRefusesWhatItCannotDo()
     {
         var dir = Shared.TempDir();
-        var eva = Injected(dir, "--r", "4");
+        var eva = DataInitKit.Injected("eva", "--r", "4");
         var grpo = Ortlora("grpo", eva, "--data", Tiny("demo_prompts.parquet"), "--reward-funcs", "exact_match", "-o", Path.Combine(dir, "grpo"));
         Assert.That(grpo.ExitCode, Is.Not.EqualTo(0));
         Assert.That(grpo.Error, Does.Contain("init_lora_weights eva"));
         var stray = Ortlora("inject", Tiny("model.onnx"), "-o", Path.Combine(dir, "x.onnx"), "--eva-rho", "3");
         Assert.That(stray.ExitCode, Is.Not.EqualTo(0));
         Assert.That(stray.Error, Does.Contain("--eva-rho is an option of EVA"));
-        var wide = Ortlora("train", Injected(Shared.TempDir(), "--r", "70"), "--data", Tiny("demo.parquet"), "--tokenizer", Tiny(""), "-o", Path.Combine(dir, "wide"), "--max-steps", "1");
+        var wide = Ortlora("train", DataInitKit.Injected("eva", "--r", "70"), "--data", Tiny("demo.parquet"), "--tokenizer", Tiny(""), "-o", Path.Combine(dir, "wide"), "--max-steps", "1");
         Assert.That(wide.ExitCode, Is.Not.EqualTo(0));
         Assert.That(wide.Error, Does.Contain("r·rho = 140 components of 128 input features"));
         var fused = Path.Combine(dir, "fused.onnx");

@@ -65,6 +65,51 @@ public static class LowRank
         return Factor([.. basis.Select(v => (float)v)], small, outDim, q, inDim, k);
     }
 
+    /// <summary>torch.svd_lowrank's algorithm for a [rows, cols] (row-major): a Gaussian range finder of width q, then
+    /// <paramref name="iterations"/> subspace iterations; Qᵀ·a = R2ᵀ·Q2ᵀ from the QR of aᵀ·Q, and the small R2ᵀ [q, q] by
+    /// Jacobi. Returns the q singular triplets, largest first: U [rows, q], S [q], V [cols, q] (columns).</summary>
+    public static (double[] U, double[] S, double[] V) SvdLowRank(double[] a, int rows, int cols, int q, int iterations, Random rng)
+    {
+        // aᵀ stored as its own matrix: the products with aᵀ then read rows, not strided columns
+        var aT = new double[a.Length];
+        Parallel.For(0, cols, c => { for (int i = 0; i < rows; i++) aT[(long)c * rows + i] = a[(long)i * cols + c]; });
+        var gaussian = new double[cols * q];
+        for (int i = 0; i < gaussian.Length; i++) gaussian[i] = Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble());
+        var basis = Qr(Multiply(a, rows, cols, gaussian, q, transposeLeft: false), rows, q).Q;
+        for (int k = 0; k < iterations; k++)
+        {
+            var back = Qr(Multiply(aT, cols, rows, basis, q, transposeLeft: false), cols, q).Q;
+            basis = Qr(Multiply(a, rows, cols, back, q, transposeLeft: false), rows, q).Q;
+        }
+        var (q2, r2) = Qr(Multiply(aT, cols, rows, basis, q, transposeLeft: false), cols, q);
+        var r2T = new double[q * q];
+        for (int i = 0; i < q; i++) for (int j = 0; j < q; j++) r2T[i * q + j] = r2[j * q + i];
+        var (us, vs, order) = JacobiSvd(r2T, q);
+        var u = new double[rows * q];
+        var s = new double[q];
+        var v = new double[cols * q];
+        for (int c = 0; c < q; c++)
+        {
+            int j = order[c];
+            double sigma = 0;
+            for (int t = 0; t < q; t++) sigma += us[t * q + j] * us[t * q + j];
+            s[c] = Math.Sqrt(sigma);
+            for (int i = 0; i < rows; i++)
+            {
+                double sum = 0;
+                for (int t = 0; t < q; t++) sum += basis[i * q + t] * us[t * q + j];
+                u[i * q + c] = s[c] == 0 ? 0 : sum / s[c];
+            }
+            for (int i = 0; i < cols; i++)
+            {
+                double sum = 0;
+                for (int t = 0; t < q; t++) sum += q2[i * q + t] * vs[t * q + j];
+                v[i * q + c] = sum;
+            }
+        }
+        return (u, s, v);
+    }
+
     /// <summary>w·x ([out, in]·[in, q]) or wᵀ·x ([in, out]·[out, q]) for a float or double w, rows in parallel.</summary>
     internal static double[] Multiply<T>(T[] w, int outDim, int inDim, double[] x, int q, bool transposeLeft) where T : System.Numerics.IFloatingPoint<T>
     {

@@ -97,39 +97,17 @@ public sealed class IncrementalPca(int components, int features, int seed = 0)
     (double[] Vectors, double[] Singular) TopRightSingularVectors(double[] a, int rows)
     {
         int q = Math.Min(2 * components, Math.Min(rows, features));
-        var gaussian = new double[features * q];
-        for (int i = 0; i < gaussian.Length; i++) gaussian[i] = Math.Sqrt(-2 * Math.Log(1 - _rng.NextDouble())) * Math.Cos(2 * Math.PI * _rng.NextDouble());
-        // aᵀ stored as its own matrix: the products with aᵀ then read rows, not strided columns
-        var aT = new double[a.Length];
-        Parallel.For(0, features, f => { for (int i = 0; i < rows; i++) aT[(long)f * rows + i] = a[(long)i * features + f]; });
-        var basis = LowRank.Qr(LowRank.Multiply(a, rows, features, gaussian, q, transposeLeft: false), rows, q).Q;
-        for (int k = 0; k < 4; k++)
-        {
-            var back = LowRank.Qr(LowRank.Multiply(aT, features, rows, basis, q, transposeLeft: false), features, q).Q;
-            basis = LowRank.Qr(LowRank.Multiply(a, rows, features, back, q, transposeLeft: false), rows, q).Q;
-        }
-        // B = Qᵀ·a [q, features]; Bᵀ = Q2·R2, so B = R2ᵀ·Q2ᵀ and B's right singular vectors are Q2 times R2ᵀ's.
-        var (q2, r2) = LowRank.Qr(LowRank.Multiply(aT, features, rows, basis, q, transposeLeft: false), features, q);
-        var r2T = new double[q * q];
-        for (int i = 0; i < q; i++) for (int j = 0; j < q; j++) r2T[i * q + j] = r2[j * q + i];
-        var (us, vs, order) = LowRank.JacobiSvd(r2T, q);
+        var (_, singular, v) = LowRank.SvdLowRank(a, rows, features, q, iterations: 4, _rng);
         var vectors = new double[q * features];
-        var singular = new double[q];
         for (int c = 0; c < q; c++)
         {
-            int j = order[c];
-            double s = 0;
-            for (int t = 0; t < q; t++) s += us[t * q + j] * us[t * q + j];
-            singular[c] = Math.Sqrt(s);
             int argMax = 0;
             for (int f = 0; f < features; f++)
             {
-                double v = 0;
-                for (int t = 0; t < q; t++) v += q2[f * q + t] * vs[t * q + j];
-                vectors[c * features + f] = v;
-                if (Math.Abs(v) > Math.Abs(vectors[c * features + argMax])) argMax = f;
+                vectors[c * features + f] = v[f * q + c];
+                if (Math.Abs(v[f * q + c]) > Math.Abs(v[argMax * q + c])) argMax = f;
             }
-            if (vectors[c * features + argMax] < 0)
+            if (v[argMax * q + c] < 0)
                 for (int f = 0; f < features; f++) vectors[c * features + f] = -vectors[c * features + f];
         }
         return (vectors, singular);

@@ -70,42 +70,16 @@ public static class ResidualInit
     public static (float[] A, float[] B) Pissa(double[] w, int outDim, int inDim, int r, double scale, int iterations, Random rng)
     {
         int q = Math.Min(r, Math.Min(outDim, inDim));
-        var gaussian = new double[inDim * q];
-        for (int i = 0; i < gaussian.Length; i++) gaussian[i] = Normal(rng);
-        var basis = LowRank.Qr(LowRank.Multiply(w, outDim, inDim, gaussian, q, transposeLeft: false), outDim, q).Q;
-        for (int k = 0; k < iterations; k++)
-        {
-            var back = LowRank.Qr(LowRank.Multiply(w, outDim, inDim, basis, q, transposeLeft: true), inDim, q).Q;
-            basis = LowRank.Qr(LowRank.Multiply(w, outDim, inDim, back, q, transposeLeft: false), outDim, q).Q;
-        }
-        // W ≈ Q·(Qᵀ·W); Qᵀ·W = R2ᵀ·Q2ᵀ from the QR of (Qᵀ·W)ᵀ = Wᵀ·Q; the small R2ᵀ [q, q] by Jacobi: R2ᵀ = Us·S·Vsᵀ.
-        var (q2, r2) = LowRank.Qr(LowRank.Multiply(w, outDim, inDim, basis, q, transposeLeft: true), inDim, q);
-        var r2T = new double[q * q];
-        for (int i = 0; i < q; i++) for (int j = 0; j < q; j++) r2T[i * q + j] = r2[j * q + i];
-        var (us, vs, order) = LowRank.JacobiSvd(r2T, q);
+        var (u, s, v) = LowRank.SvdLowRank(w, outDim, inDim, q, iterations, rng);
         var a = new float[r * inDim];
         var b = new float[outDim * r];
         for (int c = 0; c < q; c++)
         {
-            int j = order[c];
-            double sigma = Math.Sqrt(Enumerable.Range(0, q).Sum(t => us[t * q + j] * us[t * q + j]));
-            if (sigma == 0) continue;
-            double root = Math.Sqrt(sigma / scale); // √(S_r / scale) goes into each factor, as PEFT splits it
-            for (int o = 0; o < outDim; o++)
-            {
-                double u = 0;
-                for (int t = 0; t < q; t++) u += basis[o * q + t] * us[t * q + j];
-                b[o * r + c] = (float)(u / sigma * root);
-            }
-            for (int i = 0; i < inDim; i++)
-            {
-                double v = 0;
-                for (int t = 0; t < q; t++) v += q2[i * q + t] * vs[t * q + j];
-                a[c * inDim + i] = (float)(v * root);
-            }
+            if (s[c] == 0) continue;
+            double root = Math.Sqrt(s[c] / scale); // √(S_r / scale) goes into each factor, as PEFT splits it
+            for (int o = 0; o < outDim; o++) b[o * r + c] = (float)(u[o * q + c] * root);
+            for (int i = 0; i < inDim; i++) a[c * inDim + i] = (float)(v[i * q + c] * root);
         }
         return (a, b);
     }
-
-    static double Normal(Random rng) => Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble());
 }
