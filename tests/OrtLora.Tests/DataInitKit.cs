@@ -39,3 +39,4 @@ public static class DataInitKit
             yield return (batch, OrtRun.Run(session, batch.ToFeeds(withLabels: false), [input])[input].Floats);
     }
 }
+
