@@ -86,6 +86,12 @@ public class TensorBoardTests
         var wandb = Ortlora("train", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "-o", Path.Combine(dir, "y"), "--max-steps", "1", "--report-to", "wandb");
         Assert.That(wandb.ExitCode, Is.Not.EqualTo(0));
         Assert.That(wandb.Error, Does.Contain("wandb"));
+        var blocker = Path.Combine(dir, "a-file");
+        File.WriteAllText(blocker, "");
+        var unwritable = Ortlora("train", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "-o", Path.Combine(dir, "z"), "--max-steps", "1",
+            "--report-to", "tensorboard", "--logging-dir", Path.Combine(blocker, "runs"));
+        Assert.That(unwritable.ExitCode, Is.Not.EqualTo(0));
+        Assert.That(unwritable.Error, Does.Contain("cannot write TensorBoard's event file"));
         OrtloraOk("train", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "-o", Path.Combine(dir, "plain"), "--max-steps", "1", "--plain-log");
         Assert.That(Directory.Exists(Path.Combine(dir, "plain", "runs")), Is.False, "none by default");
     }

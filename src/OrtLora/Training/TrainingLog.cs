@@ -19,8 +19,13 @@ public sealed class TrainingLog
     /// files in --logging-dir (default OUTPUT/runs/DATE_TIME_HOST, as the Trainer names it) when reported to.</summary>
     public TrainingLog(TrainingArguments args) : this(args.OutputDir)
     {
-        if (args.ReportsToTensorBoard)
-            _tensorBoard = new TensorBoard.TensorBoardWriter(args.LoggingDir ?? Path.Combine(args.OutputDir, "runs", $"{DateTime.Now:MMMdd_HH-mm-ss}_{Environment.MachineName}"));
+        if (!args.ReportsToTensorBoard) return;
+        var logDir = args.LoggingDir ?? Path.Combine(args.OutputDir, "runs", $"{DateTime.Now:MMMdd_HH-mm-ss}_{Environment.MachineName}");
+        try { _tensorBoard = new TensorBoard.TensorBoardWriter(logDir); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new OrtLoraException($"{logDir}: cannot write TensorBoard's event file ({e.Message})", e);
+        }
     }
 
     /// <summary>The event file being written, or null without TensorBoard.</summary>
