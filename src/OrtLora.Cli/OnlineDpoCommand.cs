@@ -24,13 +24,16 @@ public static class OnlineDpoCommand
         var lossType = new Option<string>("--loss-type") { Description = "sigmoid (DPO) or ipo", DefaultValueFactory = _ => "sigmoid" };
         lossType.AcceptOnlyFromAmong("sigmoid", "ipo");
         var missingEos = new Option<double?>("--missing-eos-penalty") { Description = "subtract this from the reward of a completion that did not end within --max-new-tokens" };
+        var maxLength = new Option<int>("--max-length") { Description = "the most tokens of prompt + completion scored; a longer pair loses its first tokens, keeping the completion (OnlineDPOConfig.max_length)", DefaultValueFactory = _ => 512 };
         var alpha = new Option<double>("--alpha") { Description = "XPO's alpha: the weight of the policy's log-probability of the reference's completion (XPOConfig's 1e-5)", DefaultValueFactory = _ => 1e-5 };
 
         var cmd = new Command(name, description);
-        shared.AddTo(cmd, xpo ? [lossType, missingEos, alpha] : [lossType, missingEos]);
+        shared.AddTo(cmd, xpo ? [lossType, missingEos, maxLength, alpha] : [lossType, missingEos, maxLength]);
         cmd.SetAction(CliRunner.Guard(parse =>
         {
-            var dpo = new OnlineDpoOptions(shared.Beta(parse), parse.GetValue(lossType)!, parse.GetValue(missingEos), xpo ? parse.GetValue(alpha) : null);
+            var dpo = new OnlineDpoOptions(shared.Beta(parse), parse.GetValue(lossType)!, parse.GetValue(missingEos), xpo ? parse.GetValue(alpha) : null,
+                parse.GetValue(maxLength));
+            dpo.Validate();
             shared.Run(parse, new GrpoOptions { NumGenerations = 2 }, (job, reporter) => OnlineDpoTrainer.Run(job, dpo, reporter));
         }));
         return cmd;

@@ -45,6 +45,17 @@ public class OnlineDpoTests
         Assert.That(batch.Labels[..10], Is.EqualTo(new long[] { -100, -100, 2, 3, -100, -100, -100, 1, -100, -100 }));
         Assert.That(batch.AttentionMask[..10], Is.EqualTo(new long[] { 1, 1, 1, 1, 0, 1, 1, 1, 0, 0 }));
         Assert.That(batch.InputIds[20..25], Is.EqualTo(new long[] { 30, 31, 32, 6, 7 }));
+
+        // max_length 3: a row loses its first tokens, the prompt's before the completion's
+        var (cut, _) = OnlineDpoTrainer.Pairs(completions, [0.0, 1.0, 0.5, 0.5, 2.0, -1.0], tokenizer, maxLength: 3);
+        Assert.That(cut.SequenceLength, Is.EqualTo(3));
+        Assert.That(cut.InputIds[..6], Is.EqualTo(new long[] { 11, 2, 3, 10, 11, 1 }));
+        Assert.That(cut.Labels[..6], Is.EqualTo(new long[] { -100, 2, 3, -100, -100, 1 }));
+        Assert.That(cut.InputIds[12..15], Is.EqualTo(new long[] { 32, 6, 7 }));
+        Assert.That(cut.AttentionMask[6..9], Is.EqualTo(new long[] { 1, 1, 0 }), "a shorter row is padded as before");
+        var (completionOnly, _) = OnlineDpoTrainer.Pairs(completions, [0.0, 1.0, 0.5, 0.5, 2.0, -1.0], tokenizer, maxLength: 1);
+        Assert.That(completionOnly.InputIds[..2], Is.EqualTo(new long[] { 3, 1 }), "past the prompt, the completion's first tokens go");
+        Assert.That(completionOnly.Labels[..2], Is.EqualTo(new long[] { 3, 1 }));
     }
 
     /// <summary>missing_eos_penalty comes off the reward of a completion that did not end, not of one that did.</summary>

@@ -16,7 +16,10 @@ namespace OrtLora.Training.Grpo;
 /// within max_new_tokens); null: none</param>
 /// <param name="XpoAlpha">XPO (TRL's XPOTrainer, Xie et al. 2024): each pair is one completion of the policy and one of
 /// the reference model, and the loss adds α·Σ log π of the reference's completion (exploration); null: online DPO</param>
-public sealed record OnlineDpoOptions(double Beta = 0.1, string LossType = "sigmoid", double? MissingEosPenalty = null, double? XpoAlpha = null)
+/// <param name="MaxLength">OnlineDPOConfig.max_length: the most tokens of prompt + completion scored; a longer row loses
+/// its leftmost tokens, so that as much of the completion as possible stays</param>
+public sealed record OnlineDpoOptions(double Beta = 0.1, string LossType = "sigmoid", double? MissingEosPenalty = null, double? XpoAlpha = null,
+    int MaxLength = 512)
 {
     public bool IsXpo => XpoAlpha is not null;
 
@@ -26,6 +29,7 @@ public sealed record OnlineDpoOptions(double Beta = 0.1, string LossType = "sigm
         if (Beta <= 0) throw new OrtLoraException($"--beta must be positive, got {Beta}");
         if (LossType is not ("sigmoid" or "ipo")) throw new OrtLoraException($"online DPO's --loss-type is sigmoid or ipo, not '{LossType}'");
         if (MissingEosPenalty is < 0) throw new OrtLoraException($"--missing-eos-penalty must not be negative, got {MissingEosPenalty}");
+        if (MaxLength < 1) throw new OrtLoraException($"--max-length must be at least 1, got {MaxLength}");
     }
 }
 
@@ -115,7 +119,7 @@ public static class OnlineDpoTrainer
                     : Interleave(GrpoRollout.Sample(sampler, group, tokenizer, grpo with { NumGenerations = 1 }, stops, args.Seed, key),
                         GrpoRollout.Sample(referenceSampler, group, tokenizer, grpo with { NumGenerations = 1 }, stops, args.Seed, key + (1 << 30)));
                 var scores = Rewards(sampled, rewards, grpo, dpo);
-                var (batch, order) = Pairs(sampled, scores, tokenizer);
+                var (batch, order) = Pairs(sampled, scores, tokenizer, dpo.MaxLength);
                 // XPO: α / prompts on the rows holding the reference's completion (the odd ones of the interleaving)
                 if (dpo.XpoAlpha is { } alpha) batch = batch with { RowWeights = [.. order.Select(i => i % 2 == 1 ? (float)(alpha / group.Count) : 0f)] };
                 loss += (args.GradientAccumulationSteps == 1 ? session.Step(batch, (float)lr, (float)args.MaxGradNorm)
@@ -187,14 +191,16 @@ public static class OnlineDpoTrainer
     }
 
     /// <summary>The prompts' completion pairs as the DPO engine's rows, chosen then rejected (the higher reward chosen,
-    /// the first completion on a tie): prompt + completion, right-padded, the completion's tokens labelled.</summary>
+    /// the first completion on a tie): prompt + completion, its first tokens dropped beyond <paramref name="maxLength"/>
+    /// (OnlineDPOConfig.max_length), right-padded, the completion's tokens labelled.</summary>
     /// <returns>the batch, and for each of its rows the index of its completion in <paramref name="completions"/></returns>
-    public static (EngineBatch Batch, int[] Order) Pairs(IReadOnlyList<Completion> completions, IReadOnlyList<double> rewards, TextTokenizer tokenizer)
+    public static (EngineBatch Batch, int[] Order) Pairs(IReadOnlyList<Completion> completions, IReadOnlyList<double> rewards, TextTokenizer tokenizer,
+        int maxLength = int.MaxValue)
     {
         var order = new int[completions.Count];
         for (int p = 0; p < completions.Count / 2; p++)
             (order[2 * p], order[2 * p + 1]) = rewards[2 * p] >= rewards[2 * p + 1] ? (2 * p, 2 * p + 1) : (2 * p + 1, 2 * p);
-        int rows = completions.Count, length = completions.Max(c => c.Prompt.Ids.Length + c.Ids.Count);
+        int rows = completions.Count, length = Math.Min(maxLength, completions.Max(c => c.Prompt.Ids.Length + c.Ids.Count));
         var ids = new long[rows * length];
         var mask = new long[rows * length];
         var labels = new long[rows * length];
@@ -203,9 +209,9 @@ public static class OnlineDpoTrainer
         for (int r = 0; r < rows; r++)
         {
             var c = completions[order[r]];
-            int at = r * length;
-            for (int t = 0; t < c.Prompt.Ids.Length; t++, at++) { ids[at] = c.Prompt.Ids[t]; mask[at] = 1; }
-            for (int t = 0; t < c.Ids.Count; t++, at++) { ids[at] = labels[at] = c.Ids[t]; mask[at] = 1; }
+            int skip = Math.Max(0, c.Prompt.Ids.Length + c.Ids.Count - length), at = r * length;
+            for (int t = skip; t < c.Prompt.Ids.Length; t++, at++) { ids[at] = c.Prompt.Ids[t]; mask[at] = 1; }
+            for (int t = Math.Max(0, skip - c.Prompt.Ids.Length); t < c.Ids.Count; t++, at++) { ids[at] = labels[at] = c.Ids[t]; mask[at] = 1; }
         }
         return (new EngineBatch(ids, mask, labels, rows, length), order);
     }
