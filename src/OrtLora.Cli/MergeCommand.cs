@@ -15,7 +15,8 @@ public static class MergeCommand
         var output = new Option<string>("--output", "-o") { Description = "where to write the merged model", Required = true };
         var genai = new Option<bool>("--genai-config") { Description = "also write genai_config.json (ONNX Runtime GenAI) and the tokenizer files beside the merged model" };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "tokenizer file or directory for --genai-config, or for a reward model's pad id (default: beside the input model)" };
-        var cmd = new Command("merge", "Merge LoRA adapters into the base weights (W += scale·B·A) and remove them") { model, output, adapter, genai, tokenizer };
+        var safe = new Option<bool>("--safe-merge") { Description = "check every merged weight for NaNs and infinities first, and refuse a broken adapter naming its module (PEFT's safe_merge)" };
+        var cmd = new Command("merge", "Merge LoRA adapters into the base weights (W += scale·B·A) and remove them") { model, output, adapter, genai, tokenizer, safe };
         cmd.SetAction(CliRunner.Guard(parse =>
         {
             using var m = OnnxModel.Load(parse.GetValue(model)!);
@@ -29,7 +30,7 @@ public static class MergeCommand
                 LoraInjector.Inject(m, peft);
             }
             int adapters = LoraModel.Read(m)?.Adapters.Count ?? 0;
-            LoraMerger.Merge(m);
+            LoraMerger.Merge(m, safe: parse.GetValue(safe));
             var path = parse.GetValue(output)!;
             InjectCommand.WriteModel(m, path);
             Console.WriteLine($"{path}: merged {adapters} adapters");

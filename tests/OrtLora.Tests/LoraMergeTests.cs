@@ -134,4 +134,32 @@ public class LoraMergeTests
         Assert.That(result.Error, Does.Contain("no LoRA adapters").And.Contain("model.dynamo.onnx"));
         Assert.That(Directory.GetFiles(dir), Is.Empty);
     }
+
+    /// <summary>--safe-merge (PEFT's safe_merge): an adapter whose B holds a NaN is refused, naming its module, with no
+    /// output written; a sound adapter merges as without it; without the check the broken one merges.</summary>
+    [Test]
+    public void SafeMergeRefusesABrokenAdapter()
+    {
+        var dir = Shared.TempDir();
+        var injected = Path.Combine(dir, "lora.onnx");
+        OrtloraOk("inject", Tiny("model.onnx"), "-o", injected, "--target-modules", "all-linear", "--r", "4");
+        using (var model = OnnxModel.Load(injected))
+        {
+            RandomizeB(model, std: 0.3f);
+            model.Save(Path.Combine(dir, "sound.onnx"));
+            var b = model.Graph.Initializer.Single(t => t.Name == LoraModel.Read(model)!.Adapters.Single(a => a.Module == "model.layers.2.mlp.up_proj").LoraB);
+            var values = model.ReadFloats(b);
+            values[5] = float.NaN;
+            Tensors.SetRaw(b, Tensors.FloatsToBytes(values, b.DataType));
+            model.Save(Path.Combine(dir, "broken.onnx"));
+        }
+        var refused = Ortlora("merge", Path.Combine(dir, "broken.onnx"), "-o", Path.Combine(dir, "broken-merged.onnx"), "--safe-merge");
+        Assert.That(refused.ExitCode, Is.EqualTo(1));
+        Assert.That(refused.Error, Does.Contain("'model.layers.2.mlp.up_proj'").And.Contain("NaNs or infinities"));
+        Assert.That(File.Exists(Path.Combine(dir, "broken-merged.onnx")), Is.False);
+        OrtloraOk("merge", Path.Combine(dir, "broken.onnx"), "-o", Path.Combine(dir, "unchecked.onnx"));
+        OrtloraOk("merge", Path.Combine(dir, "sound.onnx"), "-o", Path.Combine(dir, "safe.onnx"), "--safe-merge");
+        OrtloraOk("merge", Path.Combine(dir, "sound.onnx"), "-o", Path.Combine(dir, "plain.onnx"));
+        Assert.That(File.ReadAllBytes(Path.Combine(dir, "safe.onnx")), Is.EqualTo(File.ReadAllBytes(Path.Combine(dir, "plain.onnx"))));
+    }
 }

@@ -12,8 +12,11 @@ namespace OrtLora.Lora;
 /// most of a small delta away. Those layers lose their DequantizeLinear; requantize the merged model if needed.</summary>
 public static class LoraMerger
 {
-    public static void Merge(OnnxModel model)
+    /// <param name="safe">PEFT's safe_merge: compute every merged weight first and refuse, naming the module, one that
+    /// holds a NaN or an infinity (a broken adapter), before anything is changed</param>
+    public static void Merge(OnnxModel model, bool safe = false)
     {
+        if (safe) CheckMergedWeights(model);
         var lora = LoraModel.Read(model) ?? throw new OrtLoraException($"{model.Source}: the model has no LoRA adapters to merge (no '{LoraModel.MetadataKey}' metadata)");
         var g = new GraphEditor(model.Graph);
         var removedNodes = new HashSet<string>();
@@ -85,6 +88,24 @@ public static class LoraMerger
         foreach (var input in model.Graph.Input.Where(i => removedInitializers.Contains(i.Name)).ToList()) model.Graph.Input.Remove(input);
         RemoveUnread(new GraphEditor(model.Graph), dequantizers); // a fresh index: the LoRA nodes are gone
         LoraModel.Remove(model.Proto);
+    }
+
+    /// <summary>Merges each layer's delta into a copy of its weight and checks every value is finite.</summary>
+    static void CheckMergedWeights(OnnxModel model)
+    {
+        var lora = LoraModel.Read(model) ?? throw new OrtLoraException($"{model.Source}: the model has no LoRA adapters to merge (no '{LoraModel.MetadataKey}' metadata)");
+        var g = new GraphEditor(model.Graph);
+        foreach (var group in lora.ByLayer())
+        {
+            var first = group[0];
+            var adapter = LayerAdapter.Read(model, group);
+            var weight = g.Initializer(first.BaseWeight);
+            bool finite = weight is not null && !model.Graph.Node.Any(n => n.OpType == "DequantizeLinear" && n.Input[0] == weight.Name)
+                ? Tensors.BytesToFloats(AddDelta(model.ReadBytes(weight), weight.DataType, adapter, first.Layout, 1.0 / first.GemmAlpha), weight.DataType).All(float.IsFinite)
+                : adapter.A.All(float.IsFinite) && adapter.B.All(float.IsFinite); // a quantized base: its delta at least
+            if (!finite || adapter.Magnitude?.All(float.IsFinite) == false || adapter.Bias?.All(float.IsFinite) == false)
+                throw new OrtLoraException($"{model.Source}: NaNs or infinities in the merged weights of '{first.Module}': the adapter seems to be broken (safe merge: nothing was merged)");
+        }
     }
 
     /// <summary>lora_bias: the layer's own bias += scale·b (Gemm adds beta·C: divided by beta), as PEFT merges it; a layer
