@@ -95,4 +95,15 @@ public class TensorBoardTests
         OrtloraOk("train", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "-o", Path.Combine(dir, "plain"), "--max-steps", "1", "--plain-log");
         Assert.That(Directory.Exists(Path.Combine(dir, "plain", "runs")), Is.False, "none by default");
     }
+
+    /// <summary>The reward-driven loops log through the same writer: GRPO's rewards under train/.</summary>
+    [Test]
+    public void GrpoReportsToTensorBoardToo()
+    {
+        var dir = Shared.TempDir();
+        OrtloraOk([.. TrainGrpoTests.GrpoArgs(dir, "--max-steps", "2"), "--report-to", "tensorboard"]);
+        var file = Directory.GetFiles(Path.Combine(dir, "runs"), "events.out.tfevents.*", SearchOption.AllDirectories).Single();
+        var tags = ReadEvents(file).SelectMany(e => e.Summary?.Value.Select(v => v.Tag) ?? []).ToList();
+        Assert.That(tags, Does.Contain("train/loss").And.Contain("train/reward"));
+    }
 }
