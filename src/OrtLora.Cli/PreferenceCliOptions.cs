@@ -19,6 +19,8 @@ public sealed class PreferenceCliOptions
         Description = "preference data with several --loss-type values: each one's weight in the sum (DPOConfig.loss_weights; default 1 each)",
         AllowMultipleArgumentsPerToken = true,
     };
+    public Option<string> FDivergenceType { get; } = new("--f-divergence-type") { Description = "preference data: DPOConfig.f_divergence_type, the f-divergence whose f' maps each log-ratio to the score DPO compares: reverse_kl (DPO), forward_kl, js_divergence or alpha_divergence", DefaultValueFactory = _ => "reverse_kl" };
+    public Option<double> FAlphaDivergenceCoef { get; } = new("--f-alpha-divergence-coef") { Description = "--f-divergence-type alpha_divergence: its alpha (DPOConfig.f_alpha_divergence_coef; 1 is reverse_kl)", DefaultValueFactory = _ => 1.0 };
     public Option<double> LabelSmoothing { get; } = new("--label-smoothing") { Description = "preference data: DPOConfig.label_smoothing, the assumed share of flipped pairs (sigmoid and robust losses)" };
     public Option<double> RpoAlpha { get; } = new("--rpo-alpha") { Description = "preference data: add alpha times the chosen completions' cross-entropy (RPO)" };
     public Option<double> SimpoGamma { get; } = new("--simpo-gamma") { Description = "--loss-type simpo: the target reward margin gamma (CPOConfig.simpo_gamma)", DefaultValueFactory = _ => 0.5 };
@@ -29,9 +31,13 @@ public sealed class PreferenceCliOptions
     public Option<double> DesirableWeight { get; } = new("--desirable-weight") { Description = "--loss-type kto: the weight of desirable examples' losses", DefaultValueFactory = _ => 1.0 };
     public Option<double> UndesirableWeight { get; } = new("--undesirable-weight") { Description = "--loss-type kto: the weight of undesirable examples' losses", DefaultValueFactory = _ => 1.0 };
 
-    public PreferenceCliOptions() => LossType.AcceptOnlyFromAmong([.. PreferenceOptions.LossTypes, "kto"]);
+    public PreferenceCliOptions()
+    {
+        LossType.AcceptOnlyFromAmong([.. PreferenceOptions.LossTypes, "kto"]);
+        FDivergenceType.AcceptOnlyFromAmong(PreferenceOptions.FDivergenceTypes);
+    }
 
-    public IEnumerable<Option> All => [Beta, LossType, LossWeights, LabelSmoothing, RpoAlpha, SimpoGamma, CpoAlpha, DiscopopTau, DesirableWeight, UndesirableWeight];
+    public IEnumerable<Option> All => [Beta, LossType, LossWeights, FDivergenceType, FAlphaDivergenceCoef, LabelSmoothing, RpoAlpha, SimpoGamma, CpoAlpha, DiscopopTau, DesirableWeight, UndesirableWeight];
 
     public PreferenceOptions Read(ParseResult parse)
     {
@@ -41,7 +47,7 @@ public sealed class PreferenceCliOptions
             throw new OrtLoraException($"--loss-weights: {weights.Length} weights for {lossTypes.Length} loss types (give one for each --loss-type)");
         var options = new PreferenceOptions(parse.GetValue(Beta), string.Join(",", lossTypes), parse.GetValue(LabelSmoothing), parse.GetValue(RpoAlpha),
             parse.GetValue(SimpoGamma), parse.GetValue(CpoAlpha), parse.GetValue(DesirableWeight), parse.GetValue(UndesirableWeight), parse.GetValue(DiscopopTau),
-            LossWeights: weights);
+            LossWeights: weights, FDivergenceType: parse.GetValue(FDivergenceType)!, FAlphaDivergenceCoef: parse.GetValue(FAlphaDivergenceCoef));
         // the option names, not PreferenceOptions' own words
         if (options.Beta <= 0) throw new OrtLoraException("--beta must be positive");
         if (options.LabelSmoothing is < 0 or >= 0.5) throw new OrtLoraException("--label-smoothing must be in [0, 0.5)");

@@ -88,10 +88,18 @@ public partial class EnginePreferenceLossTests
                     : (Sorted(p => Chosen(policy, p) - Chosen(reference, p)), Sorted(p => Rejected(policy, p) - Rejected(reference, p)));
                 return [.. u.Zip(v, (x, y) => SigmoidLoss(beta * (x - y)))];
             }
+            // f-DPO's scores of the log-ratios (TRL's f_divergence_type), which L compares
+            double Score(double ratio) => o.FDivergenceType switch
+            {
+                "forward_kl" => -Math.Exp(-ratio),
+                "js_divergence" => LogSigmoid(ratio),
+                "alpha_divergence" => Math.Exp(Math.Min((o.FAlphaDivergenceCoef - 1) * ratio, 80)) / (o.FAlphaDivergenceCoef - 1),
+                _ => ratio,
+            };
             return [.. Enumerable.Range(0, pairs).Select(pair =>
             {
                 double a = Chosen(policy, pair) - Chosen(reference, pair), b = Rejected(policy, pair) - Rejected(reference, pair);
-                double logits = a - b;
+                double logits = Score(a) - Score(b);
                 return type switch
                 {
                     "sigmoid" => SigmoidLoss(beta * logits),
@@ -140,7 +148,15 @@ public partial class EnginePreferenceLossTests
         new(Beta, "sigmoid,bco_pair,sft", LossWeights: [0.8, 0.2, 1.0]),
         new(Beta, "hinge,nca_pair,aot_unpaired,exo_pair,discopop", LabelSmoothing: 0.1, LossWeights: [0.3, 1, 0.5, 2, 0.7], RpoAlpha: 0.2),
         new(Beta, "sppo_hard,apo_zero,apo_down,robust,aot,sigmoid_norm", LabelSmoothing: 0.1),
+        // f-DPO: the scores of the log-ratios remapped by f' (TRL's f_divergence_type)
+        new(Beta, FDivergenceType: "forward_kl"), new(Beta, "hinge", FDivergenceType: "js_divergence"),
+        new(Beta, "robust", LabelSmoothing: 0.1, FDivergenceType: "alpha_divergence", FAlphaDivergenceCoef: 0.5),
+        new(Beta, "exo_pair,discopop", LabelSmoothing: 0.1, FDivergenceType: "js_divergence", RpoAlpha: 0.3),
     ];
+
+    /// <summary>How far B moves the policy: less for f-DPO, whose scores grow as e^(−ρ) (forward KL) or saturate
+    /// (JS) at the log-ratios a larger move gives.</summary>
+    static float Moved(PreferenceOptions options) => options.RemapsRatios ? 0.05f : 0.3f;
 
     static OnnxModel Injected()
     {
@@ -177,7 +193,7 @@ public partial class EnginePreferenceLossTests
         var batch = Batch(options);
         var reference = RowSums(model, batch);
         var unmoved = TrlLoss(options, reference, reference);
-        LoraTestKit.RandomizeB(model, std: 0.3f);
+        LoraTestKit.RandomizeB(model, std: Moved(options));
         session.SetParameters(LoraValues(model, session));
         var policy = RowSums(model, batch);
 
@@ -229,7 +245,7 @@ public partial class EnginePreferenceLossTests
         using var model = Injected();
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options));
         var batch = Batch(options);
-        LoraTestKit.RandomizeB(model, std: 0.3f);
+        LoraTestKit.RandomizeB(model, std: Moved(options));
         var values = LoraValues(model, session);
         session.SetParameters(values);
         var (_, gradients) = session.ComputeGradients(batch);
@@ -357,7 +373,7 @@ public partial class EnginePreferenceLossTests
     public void ChunkedLossEqualsTheWholeLoss(PreferenceOptions options)
     {
         using var model = Injected();
-        LoraTestKit.RandomizeB(model, std: 0.3f);
+        LoraTestKit.RandomizeB(model, std: Moved(options));
         using var whole = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options, LossChunks: 1));
         using var chunked = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options, LossChunks: 3));
         Assert.That(chunked.Graph.Gradients.Graph.Node.Count(n => n.Name.Contains("/chunk2/grad")), Is.GreaterThan(0), "the second pass's last chunk");

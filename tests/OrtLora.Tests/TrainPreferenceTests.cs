@@ -186,7 +186,8 @@ public class TrainPreferenceTests
     }
 
     /// <summary>TRL's lists of loss types: --loss-weights must give one weight each, IPO (token means) combines with
-    /// nothing, and a list holds DPOTrainer's losses only.</summary>
+    /// nothing, and a list holds DPOTrainer's losses only; an f-divergence goes with the losses of L only, and starts at
+    /// ln 2 as DPO does.</summary>
     [Test]
     public void LossTypeListsRefuseWhatTheyCannotCombine()
     {
@@ -196,6 +197,10 @@ public class TrainPreferenceTests
         Assert.That(ipo.Error, Does.Contain("ipo cannot be combined"));
         var orpo = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "sigmoid", "orpo"));
         Assert.That(orpo.Error, Does.Contain("a list of loss types combines DPOTrainer's losses"));
+        var fdpo = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "bco_pair", "--f-divergence-type", "js_divergence"));
+        Assert.That(fdpo.Error, Does.Contain("f_divergence_type js_divergence remaps the log-ratios"));
+        var forward = OrtloraOk(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--eval-split", "0.1", "--f-divergence-type", "forward_kl"));
+        Assert.That(forward.Out, Does.Contain("eval_loss 0.6931"), "f-DPO starts at ln 2 too: equal scores");
         var unknown = Ortlora(TrainArgs(Shared.TempDir(), "--max-steps", "1", "--loss-type", "sigmoid", "bogus"));
         Assert.That(unknown.ExitCode, Is.Not.EqualTo(0));
         Assert.That(unknown.Error, Does.Contain("bogus"));

@@ -38,6 +38,9 @@ namespace OrtLora.Autodiff;
 public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, CausalLmLoss? Tokens, string Difference, string PairWeight,
     string? RowLengths, string? ChosenTokens, PreferenceOptions Options, string? Pairs = null, string? PairLengths = null)
 {
+    /// <summary>With an f-divergence other than reverse KL: each row's log-ratio π − r before the remap, [rows].</summary>
+    public string? Ratios { get; init; }
+
     /// <summary>The graph input of the reference model's per-row log-probabilities (float32, [rows]).</summary>
     public const string ReferenceInput = "reference_logps";
     /// <summary>KTO's graph input of each row's role: 1 desirable, -1 undesirable, 0 a KL row or padding (float32, [rows]).</summary>
@@ -83,6 +86,8 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         var compared = options.UsesReference ? Op("Sub", [logProbs, ReferenceInput])
             : options.LossType is "simpo" or "cpo" ? logProbs
             : Op("Sub", [logProbs, Op("Log", [Op("Sub", [Scalar(1), Op("Exp", [logProbs])])])]);
+        var ratios = compared;
+        if (options.RemapsRatios) compared = FDivergenceScore(g, compared, options, "dpo/f_divergence");
         var pairs = Op("Reshape", [compared, Ints(-1, 2)]); // [P, 2]: chosen, rejected
         var difference = Op("Sub", [Column(pairs, 0), Column(pairs, 1)]); // L, [P]
         var z = Margin(g, difference, options, "dpo");
@@ -147,7 +152,8 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         }
         // XPO: + Σ w·π, w = α / pairs on the rows that hold the reference model's completion
         if (options.RowTerms) loss = Op("Add", [loss, Op("ReduceSum", [Op("Mul", [RowWeightsInput, logProbs])], ("keepdims", 0L))]);
-        return new PreferenceLoss(loss, logProbs, null, difference, pairWeight, options.Averages ? lengths : null, chosenTokens, options, pairs, pairLengths);
+        return new PreferenceLoss(loss, logProbs, null, difference, pairWeight, options.Averages ? lengths : null, chosenTokens, options, pairs, pairLengths)
+            { Ratios = options.RemapsRatios ? ratios : null };
 
         // discopop's mix, σ(z / τ)
         string Modulation(string x) => Op("Sigmoid", [Op("Div", [x, Scalar(options.DiscopopTau)])]);
@@ -214,6 +220,30 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         var sortedU = Sort(Op("Add", [u, padding]), largest: false);
         var sortedV = Sort(Op("Add", [v, padding]), largest: false);
         return (Op("Sub", [sortedU.Values, sortedV.Values]), Sort(pairWeight, largest: true).Values, sortedU.Indices, sortedV.Indices);
+    }
+
+    /// <summary>The f-divergence's score of each log-ratio ρ (<see cref="PreferenceOptions.FDivergenceType"/>).</summary>
+    static string FDivergenceScore(GraphEditor g, string ratio, PreferenceOptions options, string scope)
+    {
+        string Op(string op, string[] inputs) => g.Add(op, inputs, name: scope + "/" + op);
+        string Scalar(double v) => GraphConstants.Scalar(g, scope + "/const", v, (int)DT.Float);
+        return options.FDivergenceType switch
+        {
+            "forward_kl" => Op("Neg", [Op("Exp", [Op("Neg", [ratio])])]),
+            "js_divergence" => Op("Neg", [Op("Softplus", [Op("Neg", [ratio])])]), // log σ(ρ)
+            _ => Op("Div", [Op("Exp", [Op("Min", [Op("Mul", [ratio, Scalar(options.FAlphaDivergenceCoef - 1)]), Scalar(80)])]), Scalar(options.FAlphaDivergenceCoef - 1)]),
+        };
+    }
+
+    /// <summary>d score / d ρ: e^(−ρ), σ(−ρ), or e^((α−1)ρ) below the cap (0 above it, where the score is constant).</summary>
+    static string FDivergenceSlope(GraphEditor g, string ratio, PreferenceOptions options, string scope)
+    {
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: scope + "/" + op, attributes: attrs);
+        string Scalar(double v) => GraphConstants.Scalar(g, scope + "/const", v, (int)DT.Float);
+        if (options.FDivergenceType == "forward_kl") return Op("Exp", [Op("Neg", [ratio])]);
+        if (options.FDivergenceType == "js_divergence") return Op("Sigmoid", [Op("Neg", [ratio])]);
+        var exponent = Op("Mul", [ratio, Scalar(options.FAlphaDivergenceCoef - 1)]);
+        return Op("Mul", [Op("Exp", [Op("Min", [exponent, Scalar(80)])]), Op("Cast", [Op("Less", [exponent, Scalar(80)])], ("to", (long)DT.Float))]);
     }
 
     /// <summary>z = β·L, less SimPO's target margin γ.</summary>
@@ -313,6 +343,8 @@ public sealed record PreferenceLoss(string Loss, string SequenceLogProbs, Causal
         // the scale is −d loss / d π, rows interleaved chosen, rejected (sft alone: none from the pairs)
         var rowScale = chosen is null ? Op("Mul", [SequenceLogProbs, Scalar(0)])
             : Op("Reshape", [Op("Neg", [Op("Concat", [Op("Unsqueeze", [chosen, Ints(1)]), Op("Unsqueeze", [rejected!, Ints(1)])], ("axis", 1L))]), Ints(-1)]);
+        // f-DPO: the losses read scores f(ρ), so d / d π = d / d score · f'(ρ)
+        if (Ratios is not null) rowScale = Op("Mul", [rowScale, FDivergenceSlope(g, Ratios, Options, "grad/dpo/f_divergence")]);
         // ORPO: d (log odds) / d π = 1 / (1 − e^π)
         if (Options.LossType == "orpo") rowScale = Op("Div", [rowScale, Op("Sub", [Scalar(1), Op("Exp", [SequenceLogProbs])])]);
         if (Options.RowTerms) rowScale = Op("Sub", [rowScale, RowWeightsInput]); // −d(Σ w·π)/dπ, before a mean's division below

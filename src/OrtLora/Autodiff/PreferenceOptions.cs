@@ -19,8 +19,17 @@ namespace OrtLora.Autodiff;
 /// (XPO's exploration term α·log π of the reference model's completion)</param>
 public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sigmoid", double LabelSmoothing = 0, double RpoAlpha = 0,
     double SimpoGamma = 0.5, double CpoAlpha = 1, double DesirableWeight = 1, double UndesirableWeight = 1, double DiscopopTau = 0.05,
-    double CenterRewardsCoefficient = 0, bool SumLogps = false, bool RowTerms = false, IReadOnlyList<double>? LossWeights = null)
+    double CenterRewardsCoefficient = 0, bool SumLogps = false, bool RowTerms = false, IReadOnlyList<double>? LossWeights = null,
+    string FDivergenceType = "reverse_kl", double FAlphaDivergenceCoef = 1.0)
 {
+    /// <summary>DPOConfig.f_divergence_type: the f-divergence whose f' maps each log-ratio ρ = π − r to the score the loss
+    /// compares (f-DPO): reverse_kl ρ (DPO), forward_kl −e^(−ρ), js_divergence log σ(ρ), alpha_divergence
+    /// e^((α−1)ρ)/(α−1) with α the f_alpha_divergence_coef (the exponent capped at 80, as TRL caps it).</summary>
+    public static readonly string[] FDivergenceTypes = ["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"];
+
+    /// <summary>The scores are not the log-ratios themselves (alpha_divergence at α = 1 is reverse_kl, as TRL takes it).</summary>
+    public bool RemapsRatios => FDivergenceType is not "reverse_kl" && !(FDivergenceType == "alpha_divergence" && Math.Abs(FAlphaDivergenceCoef - 1) < 1e-6);
+
     /// <summary>The loss type of reward modelling: TRL's RewardTrainer trains a sequence classifier on the pairs
     /// (<see cref="RewardLoss"/>), not a causal LM against a reference.</summary>
     public const string RewardModelLoss = "reward";
@@ -84,6 +93,11 @@ public sealed record PreferenceOptions(double Beta = 0.1, string LossType = "sig
         if (LossWeights is { } weights && (weights.Count != losses.Count || weights.Any(w => w < 0 || !double.IsFinite(w))))
             throw new OrtLoraException($"loss_weights needs one weight (not negative) for each of the {losses.Count} loss types, got {weights.Count}");
         if (Beta <= 0) throw new OrtLoraException($"DPO's beta must be positive, got {Beta}");
+        if (!FDivergenceTypes.Contains(FDivergenceType))
+            throw new OrtLoraException($"unknown f_divergence_type '{FDivergenceType}'; expected {string.Join(", ", FDivergenceTypes)}");
+        // the remap goes into L = score_c − score_r, which these losses compare; the others read π or each ratio apart
+        if (RemapsRatios && (!UsesReference || Unpaired || RowTerms || losses.Any(t => t is not ("sigmoid" or "robust" or "hinge" or "exo_pair" or "discopop"))))
+            throw new OrtLoraException($"f_divergence_type {FDivergenceType} remaps the log-ratios that DPO's sigmoid, robust, hinge, exo_pair and discopop losses compare, not {LossType}'s");
         if (LabelSmoothing is < 0 or >= 0.5) throw new OrtLoraException($"DPO's label smoothing must be in [0, 0.5), got {LabelSmoothing}");
         if (LabelSmoothing > 0 && !losses.Any(t => t is "sigmoid" or "robust" or "simpo" or "cpo" or "exo_pair" or "aot" or "aot_unpaired"))
             throw new OrtLoraException($"DPO's label smoothing applies to the sigmoid, robust, simpo, exo_pair and aot losses, not {LossType}");
