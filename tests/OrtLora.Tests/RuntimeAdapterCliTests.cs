@@ -40,4 +40,28 @@ public class RuntimeAdapterCliTests
         Assert.That(Shared.MaxAbsDiff(Run(null), reference["logits_base"].AsFloats()), Is.LessThan(1e-5f), "without: the base model");
         Assert.That(Shared.MaxAbsDiff(Run(adapter), reference["logits"].AsFloats()), Is.LessThan(1e-4f), "and again, same session");
     }
+
+    /// <summary>A model injected with --runtime-adapters (A and B also listed as graph inputs) trains as the plain injected
+    /// one does, to the same adapter bytes, and takes the data-driven inits (EVA resizes the listed inputs too).</summary>
+    [Test]
+    public void ARuntimeFormModelTrainsAsThePlainOne()
+    {
+        var dir = Shared.TempDir();
+        string Injected(string name, params string[] extra)
+        {
+            var path = Path.Combine(dir, name);
+            OrtloraOk(["inject", Tiny("model.onnx"), "-o", path, "--target-modules", "all-linear", "--r", "4", .. extra]);
+            return path;
+        }
+        string Trained(string model, string name)
+        {
+            var output = Path.Combine(dir, name);
+            OrtloraOk("train", model, "--data", Tiny("demo.parquet"), "--tokenizer", Tiny(""), "-o", output, "--max-steps", "2", "--plain-log", "--max-seq-length", "128");
+            return Path.Combine(output, "adapter_model.safetensors");
+        }
+        Assert.That(File.ReadAllBytes(Trained(Injected("runtime.onnx", "--runtime-adapters"), "runtime")),
+            Is.EqualTo(File.ReadAllBytes(Trained(Injected("plain.onnx"), "plain"))));
+        Assert.That(File.ReadAllBytes(Trained(Injected("runtime-eva.onnx", "--runtime-adapters", "--init-lora-weights", "eva"), "runtime-eva")),
+            Is.EqualTo(File.ReadAllBytes(Trained(Injected("plain-eva.onnx", "--init-lora-weights", "eva"), "plain-eva"))));
+    }
 }

@@ -32,7 +32,7 @@ public static class LoraRuntimeForm
         return names;
     }
 
-    static ValueInfoProto InputFor(TensorProto t)
+    internal static ValueInfoProto InputFor(TensorProto t)
     {
         var shape = new TensorShapeProto();
         foreach (var d in t.Dims) shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = d });

@@ -45,6 +45,15 @@ public static class AdapterRanks
             g.AddInitializer(Tensors.Scalar(adapter.ScaleName, scale, (int)global::Onnx.TensorProto.Types.DataType.Float));
             lora.Adapters[i] = adapter with { R = rank.Rank, Scale = scale };
         }
+        // A model prepared for runtime adapters lists A and B as graph inputs too: their declared shapes follow the
+        // initializers, and a removed adapter's inputs go with it.
+        var initializers = model.Graph.Initializer.ToDictionary(t => t.Name);
+        foreach (var input in model.Graph.Input.Where(i => ModuleNames.IsLoraA(i.Name) || ModuleNames.IsLoraB(i.Name)).ToList())
+        {
+            int at = model.Graph.Input.IndexOf(input);
+            model.Graph.Input.RemoveAt(at);
+            if (initializers.TryGetValue(input.Name, out var tensor)) model.Graph.Input.Insert(at, Deploy.LoraRuntimeForm.InputFor(tensor));
+        }
         if (removedNodes.Count > 0)
         {
             var keep = model.Graph.Node.Where(n => !removedNodes.Contains(n.Name)).ToList();

@@ -37,10 +37,12 @@ public sealed class SharedInitializers : IDisposable
     public static SharedInitializers Extract(OnnxModel model, GraphProto graph)
     {
         var inputs = new HashSet<string>(graph.Input.Select(i => i.Name));
-        var transposedOnly = ReadOnlyTransposed(graph);
         // A quantized weight's scales stay initializers, as its integers do: ONNX Runtime fuses DequantizeLinear + MatMul
         // into MatMulNBits only over constants.
         var quantization = graph.Node.Where(n => n.OpType == "DequantizeLinear").SelectMany(n => n.Input).ToHashSet();
+        // only the weights that become shared inputs lose their Transposes: an overridable default (a runtime adapter's
+        // A) stays as it is read
+        var transposedOnly = ReadOnlyTransposed(graph).Where(w => !inputs.Contains(w.Key) && !quantization.Contains(w.Key)).ToDictionary();
         var shared = new SharedInitializers();
         try
         {

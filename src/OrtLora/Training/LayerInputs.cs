@@ -40,7 +40,8 @@ internal sealed class LayerInputs : IDisposable
         foreach (var name in outputs) proto.Graph.Output.Add(new ValueInfoProto { Name = name });
         if (covariances is { Count: > 0 }) AddCovariances(proto, g, covariances, model.Opset());
         _weights = SharedInitializers.Extract(model, proto.Graph);
-        _inputs = proto.Graph.Input.Select(i => i.Name).Where(n => !_weights.Values.ContainsKey(n)).ToList();
+        var defaults = proto.Graph.Initializer.Select(t => t.Name).ToHashSet(); // inputs with a default (runtime adapters' A and B)
+        _inputs = proto.Graph.Input.Select(i => i.Name).Where(n => !_weights.Values.ContainsKey(n) && !defaults.Contains(n)).ToList();
         using var options = OrtRun.DefaultOptions();
         try
         {

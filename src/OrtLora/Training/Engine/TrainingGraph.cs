@@ -134,6 +134,8 @@ public sealed partial class TrainingGraph : IDisposable
             shapes[p] = t.Dims.ToArray();
             values[p] = Tensors.BytesToFloats(weightSource.ReadBytes(t), t.DataType);
             g.RemoveInitializer(p);
+            // a model prepared for runtime adapters already lists it as an (overridable) input: one input stays
+            if (proto.Graph.Input.FirstOrDefault(i => i.Name == p) is { } listed) proto.Graph.Input.Remove(listed);
             proto.Graph.Input.Add(Input(p, (int)DT.Float, t.Dims.Select(d => (object)d)));
         }
         FeedEmptyCache(proto, g);
