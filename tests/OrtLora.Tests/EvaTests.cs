@@ -197,6 +197,22 @@ public class EvaTests
         Assert.That(AdapterExporter.Export(model).Config.AlphaPattern, Is.Empty);
     }
 
+    /// <summary>rank_pattern sets each layer's share of the budget (Σ of the layers' r), and the layers on one input share
+    /// their PCA's components, so k_proj (r 2) may take as many as q_proj (r 4): up to 8.</summary>
+    [Test]
+    public void RankPatternSetsTheBudget()
+    {
+        using var model = OnnxModel.Load(DataInitKit.Injected("eva", "--r", "4", "--rank-pattern", "k_proj=2"));
+        var lora = LoraModel.Read(model)!;
+        Assert.That(lora.Adapters.Where(a => a.Module.EndsWith("k_proj")).Select(a => a.R), Is.All.EqualTo(2));
+        using var data = DemoData();
+        var result = Eva.Initialize(model, lora, epoch => data.Batches(new DataPosition(epoch, 0)));
+        Assert.That(result.Ranks.Values.Sum(), Is.EqualTo(24 * 4 + 4 * 2));
+        Assert.That(result.Ranks.Values, Is.All.InRange(0, 8));
+        foreach (var (module, rank) in result.Ranks.Where(r => r.Key.EndsWith("k_proj")))
+            Assert.That(result.Ranks[module.Replace("k_proj", "q_proj")], Is.GreaterThanOrEqualTo(rank), module);
+    }
+
     /// <summary>Rank 0 removes an adapter (the layer computes its own output again, its module is excluded, merge and
     /// export work); another rank reshapes A and B and leaves the model unchanged.</summary>
     [Test]

@@ -133,7 +133,9 @@ public static class Eva
             layers.Add(new Layer(adapter, input, components, lora.Config.AlphaFor(adapter.Module)));
         }
         if (layers.Count == 0) throw new OrtLoraException($"{model.Source}: EVA initializes linear layers' adapters, and the model has none");
-        return layers;
+        // layers on one input share a PCA, so they share its number of components (the largest r·rho of the group), as PEFT sets them
+        var shared = layers.GroupBy(l => l.Input).ToDictionary(g => g.Key, g => g.Max(l => l.MaxComponents));
+        return [.. layers.Select(l => l with { MaxComponents = shared[l.Input] })];
     }
 
     /// <summary>The flat [batch·sequence] positions whose activations count.</summary>
