@@ -91,6 +91,31 @@ public class CordaTests
             }
     }
 
+    /// <summary>ipm on wide layers takes the randomized SVD: on a weight with a spectral gap after r, its B·A equals the
+    /// exact Jacobi's.</summary>
+    [Test]
+    public void IpmsRandomizedSvdGivesTheExactFactors()
+    {
+        const int outDim = 40, inDim = 30, r = 3;
+        var rng = new Random(9);
+        // W = Σ of 3 strong rank-one terms plus small noise: a clear gap after the third singular value
+        var w = Random(rng, outDim * inDim).Select(v => v * 0.01).ToArray();
+        for (int k = 0; k < r; k++)
+        {
+            var u = Random(rng, outDim);
+            var v = Random(rng, inDim);
+            for (int o = 0; o < outDim; o++) for (int i = 0; i < inDim; i++) w[o * inDim + i] += (3 - k) * u[o] * v[i];
+        }
+        var x = Random(rng, 60 * inDim);
+        var c = new double[inDim * inDim];
+        for (int t = 0; t < 60; t++) for (int i = 0; i < inDim; i++) for (int j = 0; j < inDim; j++) c[i * inDim + j] += x[t * inDim + i] * x[t * inDim + j] / 60;
+        double[] Delta((float[] A, float[] B) f) => Multiply(f.B.Select(v => (double)v).ToArray(), outDim, r, f.A.Select(v => (double)v).ToArray(), inDim);
+        var exact = Delta(Corda.Factors(w, outDim, inDim, c, r, 2, "ipm"));
+        var randomized = Delta(Corda.Factors(w, outDim, inDim, c, r, 2, "ipm", exactUpTo: 0));
+        double largest = exact.Max(Math.Abs);
+        for (int i = 0; i < exact.Length; i++) Assert.That(randomized[i], Is.EqualTo(exact[i]).Within(1e-5 * largest));
+    }
+
     /// <summary>The covariance of one layer's inputs over the first <paramref name="samples"/> sequences, as PEFT's hook
     /// sums it (each sequence's attended X divided by |max X|), from a plain ONNX Runtime run with the input as an output.</summary>
     static double[] Covariance(OnnxModel model, LoraAdapter adapter, TrainingData data, int samples)

@@ -65,8 +65,11 @@ public static class Corda
     }
 
     /// <summary>CorDA's A [r, in] and B [out, r] for W [out, in] and the covariance C [in, in].</summary>
+    /// <param name="exactUpTo">ipm on a weight whose smaller side is larger than this takes its r triplets from torch's
+    /// svd_lowrank algorithm (q = 2r, 16 subspace iterations, seeded) instead of the whole Jacobi SVD, which grows as n³
+    /// (16 s at 1,024 on 2 cores); kpm needs the whole spectrum and is always exact</param>
     public static (float[] A, float[] B) Factors(double[] w, int outDim, int inDim, double[] covariance, int r, double scale, string method,
-        string source = "", string module = "")
+        string source = "", string module = "", int exactUpTo = 512)
     {
         int minDim = Math.Min(outDim, inDim);
         if (r > minDim) throw new OrtLoraException($"{source}: CorDA on '{module}': r = {r} exceeds the weight's smaller side {minDim}");
@@ -74,7 +77,13 @@ public static class Corda
         var wc = Product(w, outDim, inDim, damped, inDim);
         // Hestenes' Jacobi works on columns: on W·C when it is tall, on its transpose when it is wide
         double[] left, right, singular;
-        if (outDim >= inDim)
+        if (method == "ipm" && minDim > exactUpTo)
+        {
+            int q = Math.Min(minDim, 2 * r);
+            (left, singular, right) = LowRank.SvdLowRank(wc, outDim, inDim, q, iterations: 16, new Random(0));
+            minDim = q; // the triplets' stride
+        }
+        else if (outDim >= inDim)
         {
             var (us, v, order) = LowRank.JacobiSvd(wc, outDim, inDim);
             (left, right, singular) = Triplets(us, outDim, v, inDim, order, minDim);
