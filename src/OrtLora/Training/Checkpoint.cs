@@ -89,6 +89,11 @@ public static class Checkpoint
 
     public static string? Latest(string outputDir) => List(outputDir).LastOrDefault();
 
+    /// <summary>The checkpoint --resume-from-checkpoint names: null (start fresh), "" (the latest in the output
+    /// directory, which must have one) or a folder.</summary>
+    public static string? ToResume(string? resume, string outputDir) => resume is null ? null : resume != "" ? resume
+        : Latest(outputDir) ?? throw new OrtLoraException($"{outputDir}: no checkpoint to resume from");
+
     public static void Prune(string outputDir, int saveTotalLimit)
     {
         if (saveTotalLimit <= 0) return;

@@ -137,13 +137,13 @@ public sealed class Distillation : IDisposable
         Func<IReadOnlyList<(IReadOnlyList<int> Prompt, IReadOnlyList<GenerationOptions> Options)>, int, List<List<(List<int> Ids, bool Truncated)>>> sample, int salt)
     {
         int s = batch.SequenceLength;
-        var rows = new List<(List<int> Ids, List<int> Labels)>();
+        var rows = new List<(int[] Ids, int[] Labels)>();
         var prompts = new List<(int Row, IReadOnlyList<int> Prompt, IReadOnlyList<GenerationOptions> Options)>();
         for (int r = 0; r < batch.BatchSize; r++)
         {
-            var ids = Row(batch, r).ToList();
-            rows.Add((ids, [.. Enumerable.Range(0, ids.Count).Select(t => (int)batch.Labels[r * s + t])]));
-            int first = Enumerable.Range(0, ids.Count).FirstOrDefault(t => batch.Labels[r * s + t] != ExampleEncoder.IgnoreIndex, -1);
+            int[] ids = [.. Row(batch, r)];
+            rows.Add((ids, [.. Enumerable.Range(0, ids.Length).Select(t => (int)batch.Labels[r * s + t])]));
+            int first = Enumerable.Range(0, ids.Length).FirstOrDefault(t => batch.Labels[r * s + t] != ExampleEncoder.IgnoreIndex, -1);
             if (first > 0)
                 prompts.Add((r, ids[..first], [new GenerationOptions
                 {
@@ -158,20 +158,7 @@ public sealed class Distillation : IDisposable
             var (prompt, completion) = (prompts[i].Prompt, sampled[i][0].Ids);
             rows[prompts[i].Row] = ([.. prompt, .. completion], [.. Enumerable.Repeat(ExampleEncoder.IgnoreIndex, prompt.Count), .. completion]);
         }
-        int length = rows.Max(r => r.Ids.Count);
-        var inputIds = new long[batch.BatchSize * length];
-        var mask = new long[batch.BatchSize * length];
-        var labels = new long[batch.BatchSize * length];
-        Array.Fill(inputIds, _tokenizer.PadId);
-        Array.Fill(labels, ExampleEncoder.IgnoreIndex);
-        for (int r = 0; r < rows.Count; r++)
-            for (int t = 0; t < rows[r].Ids.Count; t++)
-            {
-                inputIds[r * length + t] = rows[r].Ids[t];
-                mask[r * length + t] = 1;
-                labels[r * length + t] = rows[r].Labels[t];
-            }
-        return new Engine.Batch(inputIds, mask, labels, batch.BatchSize, length);
+        return Trainer.ToEngine(Batching.Pad([.. rows.Select(r => new Sequence(r.Ids, r.Labels, 0, []))], _tokenizer.PadId, epoch: 0));
     }
 
     public void Dispose()

@@ -78,8 +78,7 @@ public static partial class Trainer
 
         // EVA and CorDA (init_lora_weights "eva", "corda"): A (and B) from the training batches' activations. EVA
         // redistributes the ranks, which a resumed run takes from its checkpoint, which holds the values.
-        var resumePath = job.ResumeFromCheckpoint is not { } resume ? null : resume != "" ? resume
-            : Checkpoint.Latest(args.OutputDir) ?? throw new OrtLoraException($"{args.OutputDir}: no checkpoint to resume from");
+        var resumePath = Checkpoint.ToResume(job.ResumeFromCheckpoint, args.OutputDir);
         if (lora.Config.Init == "eva")
         {
             if (resumePath is null) Eva.Initialize(model, lora, epoch => data.Batches(new DataPosition(epoch, 0)), reporter);
@@ -306,8 +305,6 @@ public static partial class Trainer
         return disabled;
     }
 
-    /// <summary>The model's adapters: its own when it already carries some, else injected from <paramref name="initFrom"/>'s
-    /// PEFT adapter or with <paramref name="config"/>.</summary>
     /// <summary>The loops that generate their own completions have no fixed training batches for EVA or CorDA to read.</summary>
     internal static void RefuseDataInits(LoraModel lora, string source)
     {
@@ -316,6 +313,8 @@ public static partial class Trainer
                 "compute; this loop samples its own completions. Inject with another init, or start from an adapter trained with it (--init-from)");
     }
 
+    /// <summary>The model's adapters: its own when it already carries some, else injected from <paramref name="initFrom"/>'s
+    /// PEFT adapter or with <paramref name="config"/>.</summary>
     internal static LoraModel InjectUnlessInjected(OnnxModel model, string? initFrom, LoraConfig config)
     {
         var lora = LoraModel.Read(model);

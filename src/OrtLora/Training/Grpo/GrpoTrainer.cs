@@ -213,13 +213,12 @@ public static class GrpoTrainer
         var best = new BestModel(args);
         var log = new TrainingLog(args);
         if (log.TensorBoardFile is { } events) reporter.Info($"TensorBoard: {Path.GetDirectoryName(events)}");
-        if (job.ResumeFromCheckpoint is not { } resume)
+        if (Checkpoint.ToResume(job.ResumeFromCheckpoint, args.OutputDir) is not { } path)
         {
             File.Delete(Path.Combine(args.OutputDir, "metrics.jsonl"));
             File.Delete(Path.Combine(args.OutputDir, CompletionsFile));
             return (new TrainerState(0, 0, 0, args.Seed, 0), best, log);
         }
-        var path = resume == "" ? Checkpoint.Latest(args.OutputDir) ?? throw new OrtLoraException($"{args.OutputDir}: no checkpoint to resume from") : resume;
         var state = Trainer.Restore(session, best, path);
         log.Reload(state.GlobalStep);
         reporter.Info($"resumed from {path} at step {state.GlobalStep}");

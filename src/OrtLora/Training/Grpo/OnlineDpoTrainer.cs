@@ -200,20 +200,14 @@ public static class OnlineDpoTrainer
         var order = new int[completions.Count];
         for (int p = 0; p < completions.Count / 2; p++)
             (order[2 * p], order[2 * p + 1]) = rewards[2 * p] >= rewards[2 * p + 1] ? (2 * p, 2 * p + 1) : (2 * p + 1, 2 * p);
-        int rows = completions.Count, length = Math.Min(maxLength, completions.Max(c => c.Prompt.Ids.Length + c.Ids.Count));
-        var ids = new long[rows * length];
-        var mask = new long[rows * length];
-        var labels = new long[rows * length];
-        Array.Fill(ids, tokenizer.PadId);
-        Array.Fill(labels, ExampleEncoder.IgnoreIndex);
-        for (int r = 0; r < rows; r++)
+        var rows = order.Select(i =>
         {
-            var c = completions[order[r]];
-            int skip = Math.Max(0, c.Prompt.Ids.Length + c.Ids.Count - length), at = r * length;
-            for (int t = skip; t < c.Prompt.Ids.Length; t++, at++) { ids[at] = c.Prompt.Ids[t]; mask[at] = 1; }
-            for (int t = Math.Max(0, skip - c.Prompt.Ids.Length); t < c.Ids.Count; t++, at++) { ids[at] = labels[at] = c.Ids[t]; mask[at] = 1; }
-        }
-        return (new EngineBatch(ids, mask, labels, rows, length), order);
+            var c = completions[i];
+            int[] ids = [.. c.Prompt.Ids, .. c.Ids], labels = [.. Enumerable.Repeat(ExampleEncoder.IgnoreIndex, c.Prompt.Ids.Length), .. c.Ids];
+            int skip = Math.Max(0, ids.Length - maxLength);
+            return new Sequence(ids[skip..], labels[skip..], 0, []);
+        }).ToList();
+        return (Trainer.ToEngine(Batching.Pad(rows, tokenizer.PadId, epoch: 0)), order);
     }
 }
 
