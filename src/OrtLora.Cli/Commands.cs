@@ -21,6 +21,7 @@ public static class Commands
         TrainCommand.Create(),
         TrainCommand.CreateReward(),
         TrainCommand.CreateDistill(),
+        TrainCommand.CreateClassify(),
         GrpoCommand.Create(),
         RlooCommand.Create(),
         OnlineDpoCommand.Create(),

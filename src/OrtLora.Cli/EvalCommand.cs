@@ -11,7 +11,7 @@ public static class EvalCommand
     public static Command Create()
     {
         var model = new Argument<string>("model") { Description = "ONNX causal LM (input_ids, attention_mask → logits), with or without LoRA adapters" };
-        var data = new Option<string>("--data") { Description = "evaluation data: a .parquet or .jsonl file, a directory of them or a pattern (data/test-*.parquet); text, instruction/input/output, prompt/completion, or chat messages", Required = true };
+        var data = new Option<string>("--data") { Description = "evaluation data: a .parquet or .jsonl file, a directory of them or a pattern (data/test-*.parquet); text, instruction/input/output, prompt/completion, chat messages, preference pairs, or text and label for a classifier", Required = true };
         var batch = new Option<int>("--per-device-eval-batch-size") { DefaultValueFactory = _ => 8 };
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
         device.AcceptOnlyFromAmong("cpu", "cuda");
@@ -37,6 +37,11 @@ public static class EvalCommand
             {
                 Console.WriteLine($"eval_loss {result.Loss:F4}  " + string.Join("  ", rewards.Select(r => $"{r.Key} {r.Value:F4}")) +
                     $"  ({result.Pairs:N0} pairs scored in {result.Batches} batches; {result.DataSummary})");
+                return;
+            }
+            if (result.Classes is { } classes)
+            {
+                Console.WriteLine($"eval_loss {result.Loss:F4}  eval_accuracy {result.MeanTokenAccuracy:F4}  ({result.Tokens:N0} rows classified in {result.Batches} batches; {classes}; {result.DataSummary})");
                 return;
             }
             if (parse.GetValue(teacher) is not null)

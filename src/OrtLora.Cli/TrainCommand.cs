@@ -7,10 +7,15 @@ namespace OrtLora.Cli;
 
 /// <summary>ortlora train MODEL --data FILE.parquet -o DIR: options named as the Hugging Face Trainer's. And the same
 /// loop and options for `ortlora reward` (a reward model on preference pairs: TRL's RewardTrainer and RewardConfig) and
-/// `ortlora distill` (knowledge distillation from a teacher: TRL's GKDTrainer and GKDConfig).</summary>
+/// `ortlora distill` (knowledge distillation from a teacher: TRL's GKDTrainer and GKDConfig), and `ortlora classify` (a
+/// sequence classifier: transformers' AutoModelForSequenceClassification trained by the Trainer, PEFT's SEQ_CLS task).</summary>
 public static class TrainCommand
 {
     public static Command Create() => Build("train", "Train LoRA adapters on Parquet or JSON Lines data", reward: false, distill: false);
+
+    public static Command CreateClassify() => Build("classify",
+        "Train a sequence classifier on text and label data (AutoModelForSequenceClassification with the Trainer, PEFT's SEQ_CLS): LoRA adapters " +
+        "and a trained classification head [num_labels, hidden]; a causal LM export is turned into one", reward: false, distill: false, classify: true);
 
     public static Command CreateReward() => Build("reward",
         "Train a reward model on preference pairs (TRL's RewardTrainer): a sequence classifier with LoRA adapters and a trained score head; " +
@@ -20,12 +25,15 @@ public static class TrainCommand
         "Distill a teacher model into the LoRA adapters (TRL's GKDTrainer): the generalized Jensen-Shannon divergence to the teacher's " +
         "distribution at every completion token, on the data's completions and, with --lmbda, on the student's own", reward: false, distill: true);
 
-    static Command Build(string name, string description, bool reward, bool distill)
+    static Command Build(string name, string description, bool reward, bool distill, bool classify = false)
     {
         var model = new Argument<string>("model") { Description = "ONNX model: plain (injected with the LoRA options) or already injected" };
         var output = new Option<string>("--output", "-o") { Description = "output directory (adapter, checkpoints, metrics.jsonl, loss.png)", Required = true };
         var lora = new LoraOptions();
-        var data = new Option<string>("--data") { Description = "training data: a .parquet or .jsonl file, a directory of them or a pattern (data/train-*.parquet); text, instruction/input/output, prompt/completion, chat messages, or chosen/rejected preferences (DPO)", Required = true };
+        var data = new Option<string>("--data") { Description = classify
+            ? "training data: a .parquet or .jsonl file, a directory of them or a pattern, with a text column (--dataset-text-field, else 'sentence') and a 'label' column: class indices, booleans or names"
+            : "training data: a .parquet or .jsonl file, a directory of them or a pattern (data/train-*.parquet); text, instruction/input/output, prompt/completion, chat messages, or chosen/rejected preferences (DPO)", Required = true };
+        var numLabels = new Option<int?>("--num-labels") { Description = "the classes (default: the largest integer label + 1, or the number of label names)" };
         var evalData = new Option<string?>("--eval-data") { Description = "evaluation data: a .parquet or .jsonl file, a directory of them or a pattern" };
         var evalSplit = new Option<double>("--eval-split") { Description = "fraction of the training rows held out for evaluation" };
         var dataOptions = new DataCliOptions();
@@ -111,16 +119,17 @@ public static class TrainCommand
         var cmd = new Command(name, description) { model, output };
         lora.AddTo(cmd);
         // a reward model and a distillation have their own losses: no DPO options (and pairs are never packed or grouped apart)
-        foreach (var o in reward || distill ? dataOptions.All : dataOptions.All.Concat(preference.All)) cmd.Options.Add(o);
+        foreach (var o in reward || distill || classify ? dataOptions.All : dataOptions.All.Concat(preference.All)) cmd.Options.Add(o);
         foreach (var o in new Option[] { data, evalData, evalSplit, dropLast, padToMax,
                      epochs, maxSteps, batch, evalBatch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay,
                      optim, beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, loggingStrategy, saveSteps, saveOnlyModel, saveStrategy, saveLimit, evalSteps, evalStrategy,
                      loadBest, metricForBest, patience, threshold, neftune, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain }.Concat(reporting.All))
             cmd.Options.Add(o);
         foreach (var o in reward ? new Option[] { center, disableDropout } : distill ? [teacher, jsdBeta, lmbda, temperature, maxNewTokens, seqKd, disableDropout, packing, groupByLength]
+                     : classify ? [numLabels, groupByLength, labelSmoothing, disableDropout]
                      : [packing, groupByLength, labelSmoothing, precompute, lossChunks, disableDropout]) cmd.Options.Add(o);
-        T Unless<T>(Option<T> option, ParseResult parse) => reward ? default! : parse.GetValue(option)!;
-        T TrainOnly<T>(Option<T> option, ParseResult parse) => reward || distill ? default! : parse.GetValue(option)!;
+        T Unless<T>(Option<T> option, ParseResult parse) => reward || classify && ReferenceEquals(option, packing) ? default! : parse.GetValue(option)!;
+        T TrainOnly<T>(Option<T> option, ParseResult parse) => reward || distill || classify && !ReferenceEquals(option, labelSmoothing) ? default! : parse.GetValue(option)!;
 
         cmd.SetAction(CliRunner.Guard(parse =>
         {
@@ -138,7 +147,7 @@ public static class TrainCommand
                 CudaGraphs = parse.GetValue(cudaGraphs), LoadBestModelAtEnd = parse.GetValue(loadBest),
                 EarlyStoppingPatience = parse.GetValue(patience), EarlyStoppingThreshold = parse.GetValue(threshold),
                 NeftuneNoiseAlpha = parse.GetValue(neftune), DisableDropout = parse.GetValue(disableDropout), LabelSmoothingFactor = TrainOnly(labelSmoothing, parse),
-                Preference = reward ? RewardOptions(parse.GetValue(center)) : distill ? new PreferenceOptions() : preference.Read(parse),
+                Preference = reward ? RewardOptions(parse.GetValue(center)) : distill || classify ? new PreferenceOptions() : preference.Read(parse),
                 PrecomputeRefLogProbs = TrainOnly(precompute, parse), LossChunks = TrainOnly(lossChunks, parse),
             };
             reporting.Apply(parse, args);
@@ -156,6 +165,7 @@ public static class TrainCommand
                 Merge = parse.GetValue(merge),
                 Distillation = distill ? new DistillationOptions(parse.GetValue(teacher)!, parse.GetValue(jsdBeta), parse.GetValue(lmbda), parse.GetValue(temperature),
                     parse.GetValue(maxNewTokens), parse.GetValue(seqKd)) : null,
+                Classification = classify ? new ClassificationOptions(parse.GetValue(numLabels)) : null,
             };
             var result = TrainingRunner.Run(job, parse.GetValue(plain));
             Console.WriteLine($"adapter: {result.AdapterDir}" + (result.MergedModel is { } m ? $"; merged model: {m}" : ""));

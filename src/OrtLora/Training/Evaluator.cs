@@ -16,6 +16,9 @@ public sealed record EvalResult(double Loss, double MeanTokenAccuracy, long Toke
     /// <summary>Preference data: the pairs scored and TRL's metrics by name; null otherwise.</summary>
     public IReadOnlyDictionary<string, double>? Rewards { get; init; }
     public long Pairs { get; init; }
+    /// <summary>Classification data: the classes; <see cref="MeanTokenAccuracy"/> is then the share of rows classified
+    /// right (eval_accuracy) and <see cref="Tokens"/> the rows.</summary>
+    public ClassLabels? Classes { get; init; }
 }
 
 /// <summary>Evaluates any causal LM on Parquet data with the training engine's eval graph (the same loss, batches and
@@ -37,9 +40,14 @@ public static class Evaluator
         VocabularyCheck.Require(tokenizer, model);
         var tokenizerDir = Directory.Exists(tokenizerSource) ? tokenizerSource : Path.GetDirectoryName(Path.GetFullPath(tokenizerSource))!;
         bool rewardModel = SequenceClassifier.IsClassifier(model);
+        if (rewardModel && SequenceClassifier.NumLabels(model) is int numLabels and > 1)
+            return ScoreClassifier(model, dataPath, options, tokenizer, tokenizerDir, numLabels, device, epLibrary);
         // Every row of the file is evaluation data: it is opened as the eval file, with no split of a training file.
         using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false, RewardModeling = rewardModel }, dataPath,
             TokenizerConfig.Read(tokenizerDir));
+        if (data.IsClassification)
+            throw new OrtLoraException($"{dataPath}: classification data (text and label) is scored by a classifier of num_labels ≥ 2 (`ortlora classify` makes one); {Path.GetFileName(model.Source)} is " +
+                (rewardModel ? "a reward model (num_labels 1)" : "a causal LM"));
         if (rewardModel) return ScoreRewardModel(model, data, dataPath, device, epLibrary);
         if (data.IsPreference) return ScorePreferences(model, data, tokenizer, dataPath, referenceModel ?? (adapterDir is not null ? modelPath : null),
             preference ?? new PreferenceOptions(), device, epLibrary);
@@ -78,6 +86,27 @@ public static class Evaluator
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>A classifier of num_labels &gt; 1 on classification data (text and label): the cross-entropy and the
+    /// accuracy, as `classify` evaluates. The classes' names are the model's (its id2label, written by `classify`), else
+    /// the data's own, sorted.</summary>
+    static EvalResult ScoreClassifier(OnnxModel model, string dataPath, DataOptions options, TextTokenizer tokenizer, string tokenizerDir, int numLabels,
+        string device, string? epLibrary)
+    {
+        var classes = SequenceClassifier.Labels(model);
+        if (classes is null)
+        {
+            using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, options.TextColumn);
+            classes = ClassLabels.From(file, numLabels);
+        }
+        if (classes.Count != numLabels) throw new OrtLoraException($"{model.Source}: a classifier of {numLabels} labels, and its id2label names {classes.Count}");
+        using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false, Format = DatasetFormat.Classification, ClassLabels = classes },
+            dataPath, TokenizerConfig.Read(tokenizerDir));
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary, Classification: true));
+        var score = Trainer.Score(session, data);
+        if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no row to classify ({data.Summary})");
+        return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString()) { Classes = classes };
     }
 
     /// <summary>A sequence classifier on preference pairs: TRL's reward-model loss and metrics (eval_accuracy, ...).</summary>

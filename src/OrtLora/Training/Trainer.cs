@@ -27,7 +27,14 @@ public sealed record TrainJob
     public bool Merge { get; init; }
     /// <summary>Knowledge distillation from a teacher (`ortlora distill`, TRL's GKD); null: the data's own loss.</summary>
     public DistillationOptions? Distillation { get; init; }
+    /// <summary>Sequence classification (`ortlora classify`, transformers' AutoModelForSequenceClassification with the
+    /// Trainer): text and label data; null: the data's own loss.</summary>
+    public ClassificationOptions? Classification { get; init; }
 }
+
+/// <summary>`ortlora classify`'s options.</summary>
+/// <param name="NumLabels">num_labels; null: from the training data's labels (<see cref="ClassLabels.From"/>)</param>
+public sealed record ClassificationOptions(int? NumLabels = null);
 
 public sealed record StepReport(int Step, int TotalSteps, int Epoch, double Loss, double LearningRate, double GradNorm, double TokensPerSecond);
 
@@ -59,7 +66,9 @@ public static partial class Trainer
         var tokenizerPath = job.TokenizerPath ?? modelDir;
         var tokenizer = TokenizerLoader.Load(tokenizerPath);
         bool rewardModel = args.Preference.IsRewardModel;
-        var loraConfig = rewardModel ? Reward.RewardModeling.Prepare(model, job, tokenizer, reporter) : job.Lora;
+        var classes = job.Classification is { } classification ? ReadClasses(job, classification) : null;
+        bool classifier = classes is not null;
+        var loraConfig = rewardModel || classifier ? Reward.RewardModeling.Prepare(model, job, tokenizer, reporter, classes) : job.Lora;
         var lora = InjectUnlessInjected(model, job.InitFrom, loraConfig);
 
         // Tokenizer and data.
@@ -67,12 +76,15 @@ public static partial class Trainer
         var tokenizerDir = Directory.Exists(tokenizerPath) ? tokenizerPath : Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!;
         var dataOptions = job.Data with { BatchSize = args.PerDeviceTrainBatchSize,
             EvalBatchSize = args.PerDeviceEvalBatchSize > 0 ? args.PerDeviceEvalBatchSize : args.PerDeviceTrainBatchSize, Seed = args.Seed,
-            PadToMaxLength = job.Data.PadToMaxLength || args.CudaGraphs, RewardModeling = rewardModel };
+            PadToMaxLength = job.Data.PadToMaxLength || args.CudaGraphs, RewardModeling = rewardModel,
+            Format = classifier ? DatasetFormat.Classification : job.Data.Format, ClassLabels = classes };
         using var data = TrainingData.Open(job.DataPath, tokenizer, dataOptions, job.EvalDataPath, TokenizerConfig.Read(tokenizerDir));
         if (job.Distillation is not null && data.IsPreference)
             throw new OrtLoraException($"{job.DataPath}: distillation trains on completions (text, instruction, prompt-completion or chat data), not on preference pairs");
         if (job.Distillation is { Lmbda: > 0 } or { SeqKd: true } && dataOptions.PadToMaxLength)
             throw new OrtLoraException("--lmbda > 0 and --seq-kd sample completions of their own lengths: not with --pad-to-max-length or --cuda-graphs");
+        if (data.IsClassification && !classifier)
+            throw new OrtLoraException($"{job.DataPath}: classification data (text and label) trains a sequence classifier: `ortlora classify`");
         if (rewardModel && !data.IsPreference)
             throw new OrtLoraException($"{job.DataPath}: a reward model trains on preference pairs (chosen and rejected columns); this is {ParquetDataset.FormatName(data.Train.Format)} data");
 
@@ -109,7 +121,8 @@ public static partial class Trainer
         using var session = new TrainingSession(model, new TrainingSessionOptions(args.AdamWFor(model), Optimization: args.OrtOptimizationLevel, Device: args.Device, EpLibrary: args.EpLibrary, Compute: compute,
             GradientCheckpointing: args.GradientCheckpointing, StaticShapes: dataOptions.PadToMaxLength, CudaGraphs: args.CudaGraphs,
             NeftuneNoiseAlpha: args.NeftuneNoiseAlpha, Seed: args.Seed, LabelSmoothing: args.LabelSmoothingFactor, LossChunks: args.LossChunks,
-            Preference: data.IsPreference ? args.Preference : null, DistillationBeta: job.Distillation?.Beta, DisableDropout: DropoutDisabled(args, data, job, lora, reporter)));
+            Preference: data.IsPreference ? args.Preference : null, DistillationBeta: job.Distillation?.Beta, DisableDropout: DropoutDisabled(args, data, job, lora, reporter),
+            Classification: classifier));
         using var distillation = job.Distillation is { } distill ? new Distillation(distill, model, session, data, args.Seed) : null;
         if (dataOptions.PadToMaxLength)
             reporter.Info($"every batch padded to [{dataOptions.BatchSize}, {dataOptions.MaxSeqLength}]; graphs loaded for that shape" +
@@ -166,6 +179,7 @@ public static partial class Trainer
             // The Trainer's evaluate() names, TRL's eval_mean_token_accuracy, and perplexity; DPO's eval_rewards/* instead.
             var record = new JsonObject { ["step"] = step, ["eval_loss"] = loss };
             if (evalPreference is not null) evalPreference.Report(record, "eval_");
+            else if (classifier) record["eval_accuracy"] = score.MeanTokenAccuracy; // the rows classified right: each row has one counted label
             else
             {
                 if (distillation is null) record["perplexity"] = Math.Exp(loss); // a divergence's exp is no perplexity
@@ -175,7 +189,7 @@ public static partial class Trainer
             record["eval_samples_per_second"] = Math.Round(score.Samples / runtime, 3);
             record["eval_steps_per_second"] = Math.Round(score.Batches / runtime, 3);
             log.Append(record);
-            string[] shown = evalPreference is null ? ["perplexity", "eval_mean_token_accuracy"]
+            string[] shown = classifier ? ["eval_accuracy"] : evalPreference is null ? ["perplexity", "eval_mean_token_accuracy"]
                 : rewardModel ? ["eval_accuracy", "eval_margin"] : ["eval_rewards/accuracies", "eval_rewards/margins", "eval_kl"];
             reporter.Evaluated(step, loss, [.. shown.Where(record.ContainsKey).Select(name => (name.Replace("eval_", ""), (double)record[name]!))]);
             lastEvalStep = step;
@@ -237,7 +251,7 @@ public static partial class Trainer
                 if (rewardModel) record["num_tokens"] = state.TokensSeen;
                 if (preference is not null) preference.Report(record);
                 // a distillation's on-policy batches are not the data's: its tokens are not the data batches' to count
-                else if (distillation is null) record["mean_token_accuracy"] = correctSinceLog / Math.Max(1, scoredSinceLog);
+                else if (distillation is null && !classifier) record["mean_token_accuracy"] = correctSinceLog / Math.Max(1, scoredSinceLog);
                 log.Append(record);
                 lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; correctSinceLog = 0; scoredSinceLog = 0; clock.Restart();
             }
@@ -293,6 +307,16 @@ public static partial class Trainer
 
         var merged = SaveAdapter(model, session, args.OutputDir, job.Merge ? tokenizerPath : null);
         return new TrainResult(state.GlobalStep, firstEval, lastEval, lastLoss, args.OutputDir, merged);
+    }
+
+    /// <summary>The classes of `ortlora classify`'s training file (and its num_labels).</summary>
+    static ClassLabels ReadClasses(TrainJob job, ClassificationOptions options)
+    {
+        if (job.Args.Preference.IsRewardModel || job.Distillation is not null)
+            throw new OrtLoraException("sequence classification has its own loss: not a reward model's or a distillation's");
+        if (options.NumLabels is < 2) throw new OrtLoraException($"--num-labels must be at least 2, got {options.NumLabels}");
+        using var file = ParquetDataset.Open(job.DataPath, DatasetFormat.Classification, job.Data.TextColumn);
+        return ClassLabels.From(file, options.NumLabels);
     }
 
     /// <summary>TRL's disable_dropout: as asked, else on for preference data (DPO, KTO, ORPO, CPO and reward models) and

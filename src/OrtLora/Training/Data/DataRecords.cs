@@ -4,8 +4,9 @@ namespace OrtLora.Training.Data;
 /// <c>chosen</c> + <c>rejected</c> → preference (TRL's, trained with the DPO loss), <c>prompt</c> + <c>completion</c> +
 /// <c>label</c> → unpaired preference (TRL's, trained with the KTO loss), <c>prompt</c> + <c>completion</c> →
 /// prompt-completion (TRL's), <c>prompt</c> alone → prompt-only (TRL's, what GRPO samples completions for),
-/// <c>instruction</c> + <c>output</c> → instruction, the text column → text.</summary>
-public enum DatasetFormat { Auto, Text, Instruction, Chat, PromptCompletion, Preference, UnpairedPreference, Prompt }
+/// <c>instruction</c> + <c>output</c> → instruction, the text column → text.
+/// <c>Classification</c> (text + label, for `ortlora classify`) is never picked by Auto.</summary>
+public enum DatasetFormat { Auto, Text, Instruction, Chat, PromptCompletion, Preference, UnpairedPreference, Prompt, Classification }
 
 /// <summary>One message of a conversation, as Hugging Face's chat format writes it: an assistant's tool calls, a tool
 /// result's name and tool_call_id, where the data has them.</summary>
@@ -55,6 +56,10 @@ public sealed record UnpairedPreferenceRecord(string Prompt, string Completion, 
 /// <summary>TRL's unpaired preference row, conversational kind.</summary>
 public sealed record ChatUnpairedPreferenceRecord(IReadOnlyList<ChatMessage> Prompt, IReadOnlyList<ChatMessage> Completion, bool Label,
     string? Tools = null) : DataRecord;
+
+/// <summary>A sequence classification row: the text and its label as stored (an integer, true/false, or a name), which
+/// <see cref="ClassLabels"/> turns into a class index.</summary>
+public sealed record ClassificationRecord(string Text, string Label) : DataRecord;
 
 /// <summary>TRL's prompt-only row (GRPO's), standard kind: the prompt, and the row's other scalar columns as text
 /// (a reference answer, say), by column name, for reward functions; a null value stays null.</summary>

@@ -130,6 +130,7 @@ public sealed partial class ParquetDataset : IDisposable
 
     void RequireColumns()
     {
+        if (Format == DatasetFormat.Classification) { RequireClassificationColumns(); return; }
         var needed = Format switch
         {
             DatasetFormat.Text => [TextColumn],
@@ -220,6 +221,7 @@ public sealed partial class ParquetDataset : IDisposable
                 DatasetFormat.UnpairedPreference => ReadUnpaired(group),
                 DatasetFormat.Prompt when ConversationalPrompts => ReadConversationalPrompts(group),
                 DatasetFormat.Prompt => ReadPrompts(group),
+                DatasetFormat.Classification => ReadClassifications(group),
                 _ => ReadChats(group),
             };
             _summaryByGroup[group] = new DataSummary(rows.Count, rows.Count(r => r.Skip == Skip.Null), rows.Count(r => r.Skip == Skip.Empty));

@@ -40,6 +40,9 @@ public sealed record DataOptions
     /// <summary>Preference data trains a reward model (TRL's RewardTrainer): each pair's sequences are tokenized whole
     /// (<see cref="PreferenceEncoder.EncodeWhole"/>), and pairs longer than MaxSeqLength are dropped, not cut.</summary>
     public bool RewardModeling { get; init; }
+    /// <summary>Sequence classification (<see cref="DatasetFormat.Classification"/> data): the classes; null there:
+    /// found in the training file (<see cref="Data.ClassLabels.From"/>).</summary>
+    public ClassLabels? ClassLabels { get; init; }
 }
 
 /// <summary>The training data: a Parquet file read row group by row group, rendered, tokenized, labelled, optionally
@@ -89,6 +92,9 @@ public sealed class TrainingData : IDisposable
     int Sequences(int examples) => IsPreference ? 2 * examples : examples;
 
     public ParquetDataset Train { get; }
+    /// <summary>Classification data: its classes (null for other data).</summary>
+    public ClassLabels? ClassLabels => Options.ClassLabels;
+    public bool IsClassification => Train.Format == DatasetFormat.Classification;
     public ParquetDataset? EvalFile { get; }
     public TextTokenizer Tokenizer { get; }
     public DataOptions Options { get; }
@@ -96,6 +102,8 @@ public sealed class TrainingData : IDisposable
     /// <summary>Examples dropped because truncation left none of their response (counted once per row).</summary>
     public long SkippedNoTrainedTokens => _truncatedAway.Count;
     readonly HashSet<long> _truncatedAway = new();
+    /// <summary>Classification rows whose text was cut to fit max_length.</summary>
+    readonly HashSet<long> _cut = new();
 
     /// <summary>Opens the data. The chat template is the one the options name, else the model's own (from
     /// <paramref name="tokenizerConfig"/> when given, else the tokenizer's tokenizer_config.json), else ChatML.</summary>
@@ -120,6 +128,11 @@ public sealed class TrainingData : IDisposable
             throw new OrtLoraException($"{trainPath}: prompt-only data (a 'prompt' column and no completion) has nothing to learn from by itself: " +
                                        "it is for `ortlora grpo`, which samples completions and scores them with reward functions");
         }
+        if (train.Format == DatasetFormat.Classification && options.Packing)
+        {
+            train.Dispose();
+            throw new OrtLoraException($"{trainPath}: classification reads one label a sequence; --packing would put several texts in one");
+        }
         if (train.Format is DatasetFormat.Preference or DatasetFormat.UnpairedPreference && (options.Packing || options.GroupByLength))
         {
             train.Dispose();
@@ -133,7 +146,8 @@ public sealed class TrainingData : IDisposable
                 ? Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizerConfig ?? tokenizer.Config,
                     Path.Combine(Path.GetDirectoryName(tokenizer.Source) ?? "", "tokenizer_config.json"), options.ChatTemplateKwargs)
                 : Data.ChatTemplate.ChatMl;
-            return new TrainingData(train, eval, tokenizer, options, chat);
+            var classes = train.Format != DatasetFormat.Classification ? null : options.ClassLabels ?? Data.ClassLabels.From(train);
+            return new TrainingData(train, eval, tokenizer, options with { ClassLabels = classes }, chat);
         }
         catch
         {
@@ -218,7 +232,8 @@ public sealed class TrainingData : IDisposable
     /// nothing to learn), without the epoch's shuffle: what `ortlora show-data` prints. A preference row gives two,
     /// chosen then rejected.</summary>
     public IEnumerable<(long Row, TokenizedExample? Example)> FileExamples() =>
-        Train.ReadAll().SelectMany(r => _preference is null ? [(r.Index, _encoder.Encode(Render(Train, r.Index, r.Record)))]
+        Train.ReadAll().SelectMany(r => IsClassification ? [(r.Index, EncodeClassification(Train, r.Index, r.Record))]
+            : _preference is null ? [(r.Index, _encoder.Encode(Render(Train, r.Index, r.Record)))]
             : IsUnpaired ? [(r.Index, EncodeUnpaired(Train, r.Index, r.Record)?.Example)]
             : EncodePair(Train, r.Index, r.Record) is { } pair ? [(r.Index, pair.Chosen), (r.Index, pair.Rejected)]
             : new (long, TokenizedExample?)[] { (r.Index, null) });
@@ -252,10 +267,31 @@ public sealed class TrainingData : IDisposable
                 yield return (pair.Rejected, next);
                 continue;
             }
-            var example = _encoder.Encode(Render(file, rowIndex, record));
+            var example = IsClassification ? EncodeClassification(file, rowIndex, record) : _encoder.Encode(Render(file, rowIndex, record));
             if (example is null) { _truncatedAway.Add(rowIndex); continue; }
             yield return (example, next);
         }
+    }
+
+    /// <summary>A classification row as the tokenizer encodes it for run_glue.py (tokenizer(text, truncation=True,
+    /// max_length)): its special tokens (BOS where the tokenizer adds one, EOS where it adds one) around the text's
+    /// tokens, the text cut so that the whole fits max_length. The label is the class index at the last token, -100
+    /// elsewhere: the loss reads one class a row (the classifier scores the last non-pad token), and the batch's
+    /// counted labels are its rows.</summary>
+    TokenizedExample? EncodeClassification(ParquetDataset file, long rowIndex, DataRecord record)
+    {
+        var row = record as ClassificationRecord ?? throw new OrtLoraException($"{file.Path}: row {rowIndex} is not a classification row");
+        int label = ClassLabels!.Id(row.Label, file.Path, rowIndex);
+        int? bos = Tokenizer.AddsBos ? Tokenizer.BosId : null, eos = Tokenizer.AddsEos ? Tokenizer.EosId : null;
+        var text = Tokenizer.Encode(row.Text);
+        int room = Options.MaxSeqLength - (bos is null ? 0 : 1) - (eos is null ? 0 : 1);
+        if (room <= 0) throw new OrtLoraException($"--max-length {Options.MaxSeqLength} leaves no room for text between the special tokens");
+        int[] ids = [.. bos is { } b ? [b] : Array.Empty<int>(), .. text.Take(room), .. eos is { } e ? [e] : Array.Empty<int>()];
+        if (text.Length > room) _cut.Add(rowIndex);
+        if (ids.Length == 0) return null;
+        var labels = Enumerable.Repeat(ExampleEncoder.IgnoreIndex, ids.Length).ToArray();
+        labels[^1] = label;
+        return new TokenizedExample(rowIndex, ids, labels);
     }
 
     /// <summary>A row rendered; what the template refuses (a role it has no place for, its raise_exception) names the
@@ -283,6 +319,7 @@ public sealed class TrainingData : IDisposable
         $"{Path.GetFileName(Train.Path)}: {ParquetDataset.FormatName(Train.Format)}{(Train.ConversationalPrompts ? " (conversational)" : "")} data" +
         (Train.IsConversational ? $" ({ChatTemplate.Name} template)" : "") +
         $", {Summary}" +
+        (ClassLabels is { } classes ? $", {classes}" : "") + (_cut.Count > 0 ? $", {_cut.Count} cut to {Options.MaxSeqLength} tokens" : "") +
         (SkippedNoTrainedTokens > 0 ? $", {SkippedNoTrainedTokens} dropped ({(Options.RewardModeling ? "longer than" : "no response left within")} {Options.MaxSeqLength} tokens)" : "") +
         (EvalFile is not null ? $"; eval: {Path.GetFileName(EvalFile.Path)}" : Options.EvalSplit > 0 ? string.Create(CultureInfo.InvariantCulture, $"; eval: {Options.EvalSplit * 100:0.##}% of rows") : "");
 

@@ -41,6 +41,24 @@ public sealed partial class TrainingGraph
         return (new() { [reward.Logits] = gradient }, reward.AppendAccurate(g));
     }
 
+    /// <summary>Sequence classification: the gradient's seed at the logits (times the loss scale with float16 compute),
+    /// and the count of rows classified right.</summary>
+    static (Dictionary<string, string> Seeds, string Correct) ClassificationGradient(ModelProto proto, GraphEditor g, ClassificationLoss classify, bool scalesLoss)
+    {
+        if (scalesLoss) proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
+        var gradient = classify.AppendLogitsGradient(g);
+        if (scalesLoss) gradient = g.Add("Mul", [gradient, LossScale], name: "loss/scale");
+        return (new() { [classify.Logits] = gradient }, classify.AppendCorrect(g));
+    }
+
+    static void ClassificationEvalOutputs(ModelProto eval, ClassificationLoss classify)
+    {
+        var g = new GraphEditor(eval.Graph);
+        g.Add("Identity", [classify.AppendCorrect(g)], name: "accuracy/output", outputs: [CorrectTokens]);
+        eval.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
+        g.Cleanup();
+    }
+
     /// <summary>Distillation: the gradient's seed at the logits (times the loss scale with float16 compute).</summary>
     static Dictionary<string, string> DistillationGradient(ModelProto proto, GraphEditor g, DistillationLoss distill, bool scalesLoss)
     {
@@ -68,8 +86,11 @@ public sealed partial class TrainingGraph
         g.Cleanup();
     }
 
-    static OrtLoraException NotAClassifier(string source, IReadOnlyList<long> shape) =>
-        new($"{source}: reward modelling scores each sequence with a classifier's logits [batch, 1]; this model's logits are [{string.Join(", ", shape)}]" +
+    static OrtLoraException NotAClassifier(string source, IReadOnlyList<long> shape, bool classes = false) => classes
+        ? new($"{source}: sequence classification reads a classifier's logits [batch, num_labels ≥ 2]; this model's logits are [{string.Join(", ", shape)}]" +
+            (shape.Count == 3 ? " (a causal LM: `ortlora classify` turns one into a classifier itself when it is given the plain export)"
+                : " (one label: a reward model, `ortlora reward`)"))
+        : new($"{source}: reward modelling scores each sequence with a classifier's logits [batch, 1]; this model's logits are [{string.Join(", ", shape)}]" +
             (shape.Count == 3 ? " (a causal LM: `ortlora reward` turns one into a classifier itself when it is given the plain export)"
                 : " (a classifier of several labels: a reward model has one, num_labels = 1)"));
 

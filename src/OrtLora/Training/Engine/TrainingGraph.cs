@@ -48,6 +48,9 @@ public sealed partial class TrainingGraph : IDisposable
     /// <summary>The loss is TRL's reward-model loss (<see cref="RewardLoss"/>) on a sequence classifier's scores, which
     /// <see cref="SequenceLogProbs"/> then holds (one per row); also <see cref="Preference"/>: batches are pairs.</summary>
     public bool RewardModel { get; private init; }
+    /// <summary>The loss is a sequence classifier's cross-entropy over its classes (<see cref="ClassificationLoss"/>);
+    /// <see cref="CorrectTokens"/> then counts the rows classified right.</summary>
+    public bool Classification { get; private init; }
     /// <summary>The loss is Σ weight·nll over the counted tokens with each token's weight a <see cref="TokenWeights"/>
     /// input (a policy gradient: GRPO's advantages, normalized), not a mean.</summary>
     public bool TokenWeighted { get; private init; }
@@ -95,10 +98,12 @@ public sealed partial class TrainingGraph : IDisposable
     /// <param name="distillationBeta">knowledge distillation (TRL's GKD): the loss is <see cref="DistillationLoss"/>'s
     /// generalized JSD with this β against the teacher's logits, a <see cref="DistillationLoss.TeacherInput"/> input;
     /// null: no distillation</param>
+    /// <param name="classification">sequence classification: the logits are [batch, num_labels] and the loss is
+    /// <see cref="ClassificationLoss"/>'s, each row's class read from its labels</param>
     public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null,
         double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false, int? lossChunks = null,
         bool neftuneNoise = false, double labelSmoothing = 0, PreferenceOptions? preference = null, bool tokenWeights = false,
-        double logitsTemperature = 1, double? distillationBeta = null)
+        double logitsTemperature = 1, double? distillationBeta = null, bool classification = false)
     {
         if (logitsTemperature <= 0) throw new OrtLoraException($"the logits' temperature must be positive, got {logitsTemperature}");
         if (tokenWeights && (preference is not null || labelSmoothing > 0))
@@ -162,7 +167,16 @@ public sealed partial class TrainingGraph : IDisposable
         CausalLmLoss? loss = null;
         DistillationLoss? distill = null;
         PreferenceLoss? preferenceLoss = null;
-        if (preference is { IsRewardModel: true })
+        ClassificationLoss? classify = null;
+        if (classification)
+        {
+            if (preference is not null || tokenWeights || distillationBeta is not null)
+                throw new OrtLoraException("sequence classification has its own loss: not with a preference loss, token weights or distillation");
+            if (proto.Graph.Output.FirstOrDefault(o => o.Name == logits)?.Type?.TensorType?.Shape is { } declared && declared.Dim.Count != 2)
+                throw NotAClassifier(model.Source, [.. declared.Dim.Select(d => d.DimValue > 0 ? d.DimValue : -1)], classes: true);
+            classify = ClassificationLoss.Append(g, logits, Labels, labelSmoothing);
+        }
+        else if (preference is { IsRewardModel: true })
         {
             if (tokenWeights || labelSmoothing > 0) throw new OrtLoraException("reward modelling has its own loss: not with token weights or label smoothing");
             if (proto.Graph.Output.FirstOrDefault(o => o.Name == logits)?.Type?.TensorType?.Shape is { } declared && declared.Dim.Count != 2)
@@ -200,7 +214,7 @@ public sealed partial class TrainingGraph : IDisposable
             }
             preferenceLoss = PreferenceLoss.Append(g, loss!, preference);
         }
-        g.Add("Identity", [reward?.Loss ?? distill?.Loss ?? preferenceLoss?.Loss ?? loss!.Loss], name: "loss/output", outputs: [Loss]);
+        g.Add("Identity", [reward?.Loss ?? classify?.Loss ?? distill?.Loss ?? preferenceLoss?.Loss ?? loss!.Loss], name: "loss/output", outputs: [Loss]);
         proto.Graph.Output.Clear();
         proto.Graph.Output.Add(new ValueInfoProto { Name = Loss });
         if (distill is not null)
@@ -249,6 +263,12 @@ public sealed partial class TrainingGraph : IDisposable
                 (seeds, correct) = RewardGradient(proto, g, reward, scalesLoss);
                 RewardEvalOutputs(eval, reward);
             }
+            else if (classify is not null)
+            {
+                if (types[classify.Logits].ShapeA is { } shape && (shape.Length != 2 || shape[^1] < 2)) throw NotAClassifier(model.Source, shape, classes: true);
+                (seeds, correct) = ClassificationGradient(proto, g, classify, scalesLoss);
+                ClassificationEvalOutputs(eval, classify);
+            }
             else if (distill is not null)
             {
                 seeds = DistillationGradient(proto, g, distill, scalesLoss);
@@ -278,7 +298,7 @@ public sealed partial class TrainingGraph : IDisposable
             }
             g.Cleanup(); // recomputed values no rule read, the full logits of a chunked loss
             return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss, NeftuneWidth = neftuneWidth,
-                Preference = preferenceLoss is not null || reward is not null, RewardModel = reward is not null, TokenWeighted = tokenWeights,
+                Preference = preferenceLoss is not null || reward is not null, RewardModel = reward is not null, Classification = classify is not null, TokenWeighted = tokenWeights,
                 ScaledGradients = scalesLoss ? new(grads) : new() };
         }
         catch

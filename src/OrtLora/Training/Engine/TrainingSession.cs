@@ -36,6 +36,8 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// <param name="TokenWeighted">the loss is Σ w·nll with each batch's <see cref="Batch.TokenWeights"/> (GRPO's policy
 /// gradient) instead of the mean cross-entropy</param>
 /// <param name="LogitsTemperature">the loss reads the logits divided by this (GRPO's sampling temperature, as TRL scores completions)</param>
+/// <param name="Classification">sequence classification: the model's logits are [batch, num_labels] and the loss is
+/// <see cref="ClassificationLoss"/>'s</param>
 /// <param name="HostUpdateFrom">parameters of this many elements or more (modules_to_save weights) are updated by
 /// <see cref="HostAdamW"/> in place when the state is in host memory, instead of by the graph</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
@@ -44,7 +46,7 @@ public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThrea
     bool StaticShapes = false, bool GradientCheckpointing = false, int? LossChunks = null, bool CudaGraphs = false,
     double NeftuneNoiseAlpha = 0, int Seed = 42, double LabelSmoothing = 0, long HostUpdateFrom = ParameterBundle.AloneFrom,
     PreferenceOptions? Preference = null, bool TokenWeighted = false, double LogitsTemperature = 1, double? DistillationBeta = null,
-    bool DisableDropout = false);
+    bool DisableDropout = false, bool Classification = false);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -84,7 +86,7 @@ public sealed partial class TrainingSession : IDisposable
         _graph = TrainingGraph.Build(model, parameters, compute: options.Compute, gradientCheckpointing: options.GradientCheckpointing,
             lossChunks: options.LossChunks, neftuneNoise: options.NeftuneNoiseAlpha > 0, labelSmoothing: options.LabelSmoothing,
             preference: options.Preference, tokenWeights: options.TokenWeighted, logitsTemperature: options.LogitsTemperature,
-            distillationBeta: options.DistillationBeta, loraDropout: options.DisableDropout ? 0 : null);
+            distillationBeta: options.DistillationBeta, loraDropout: options.DisableDropout ? 0 : null, classification: options.Classification);
         if (_graph.ScalesLoss) _scaler = new LossScaler();
         // State in host memory (the CPU, where PlaceState leaves it): large parameters are updated in place by the host.
         bool hostState = _options.Device == "cpu" && !_options.StateInSessionMemory;

@@ -17,22 +17,31 @@ public static class RewardModeling
     {
         if (adapter.Config.TaskType != "SEQ_CLS" || SequenceClassifier.IsClassifier(model)) return;
         var tokenizer = TokenizerLoader.Load(tokenizerPath ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!);
-        SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(modelPath), seed: 0);
+        // the head's rows are the classes: 1 for a reward model, num_labels for `ortlora classify`'s classifier
+        var head = adapter.Tensors.Where(kv => kv.Key.EndsWith(SequenceClassifier.ScoreModule + ".weight") && adapter.IsSavedModuleKey(kv.Key)).Select(kv => kv.Value).FirstOrDefault();
+        int numLabels = head is { Shape.Length: 2 } ? (int)head.Shape[0] : 1;
+        SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(modelPath), seed: 0, numLabels);
     }
 
+    /// <param name="classes">`ortlora classify`: the classes (num_labels); null: a reward model's one score</param>
     /// <returns>the LoRA configuration to inject with (task_type SEQ_CLS, the head in modules_to_save)</returns>
-    public static LoraConfig Prepare(OnnxModel model, TrainJob job, TextTokenizer tokenizer, ITrainingReporter reporter)
+    public static LoraConfig Prepare(OnnxModel model, TrainJob job, TextTokenizer tokenizer, ITrainingReporter reporter, ClassLabels? classes = null)
     {
         bool injected = LoraModel.Read(model) is not null;
+        int numLabels = classes?.Count ?? 1;
+        string what = classes is null ? "a reward model" : "a sequence classifier";
         if (!SequenceClassifier.IsClassifier(model))
         {
             if (injected)
-                throw new OrtLoraException($"{model.Source}: a causal LM with LoRA adapters already; a reward model is made from the plain export " +
+                throw new OrtLoraException($"{model.Source}: a causal LM with LoRA adapters already; {what} is made from the plain export " +
                                            "(its LM head becomes a score head before the adapters are injected): give the plain model and the LoRA options");
-            SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(job.ModelPath), job.Args.Seed);
-            reporter.Info($"{Path.GetFileName(model.Source)} is a causal LM: its LM head is replaced by a score head [1, hidden] read at each row's last " +
+            SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(job.ModelPath), job.Args.Seed, numLabels);
+            reporter.Info($"{Path.GetFileName(model.Source)} is a causal LM: its LM head is replaced by a score head [{numLabels}, hidden] read at each row's last " +
                           $"non-pad token (pad id {tokenizer.PadId}), as AutoModelForSequenceClassification loads it");
         }
+        else if (classes is not null && SequenceClassifier.NumLabels(model) is { } declared && declared != numLabels)
+            throw new OrtLoraException($"{model.Source}: a classifier of {declared} labels; the data has {classes}");
+        if (classes is not null) SequenceClassifier.SetLabels(model, classes);
         var config = LoraConfig.FromJson(job.Lora.ToJson());
         config.TaskType = "SEQ_CLS";
         var heads = LinearLayers.Find(new GraphEditor(model.Graph)).Select(l => ModuleNames.LastSegment(l.Module))

@@ -7,7 +7,7 @@ namespace OrtLora.Training.Reward;
 
 /// <summary>A causal LM export turned into the sequence classifier Hugging Face's AutoModelForSequenceClassification
 /// makes of the same checkpoint, as TRL's RewardTrainer loads one (num_labels = 1): the LM head is replaced by a linear
-/// <c>score</c> layer [1, hidden] without bias, drawn from N(0, initializer_range²) as transformers initializes a new
+/// <c>score</c> layer [num_labels, hidden] (1 for a reward model's score) without bias, drawn from N(0, initializer_range²) as transformers initializes a new
 /// head, applied at every position, and the score of each row is read at its last non-pad token, found as
 /// LlamaForSequenceClassification finds it: the arg-max of position × (input_ids ≠ pad_token_id), so where the pad
 /// token is also EOS, the token before a final EOS. The output stays <c>logits</c>, now [batch, 1]. The score is
@@ -34,7 +34,8 @@ public static class SequenceClassifier
     /// <summary>Replaces the LM head of <paramref name="model"/> (in memory) by a score head.</summary>
     /// <param name="padId">pad_token_id (TRL: the tokenizer's pad token, else its EOS): the batches' right padding</param>
     /// <param name="initializerRange">the score weight's standard deviation (config.json's initializer_range; 0.02 by default)</param>
-    public static void FromCausalLm(OnnxModel model, long padId, double initializerRange, int seed)
+    /// <param name="numLabels">the classes: 1 for a reward model's score, more for a classifier (`ortlora classify`)</param>
+    public static void FromCausalLm(OnnxModel model, long padId, double initializerRange, int seed, int numLabels = 1)
     {
         var output = LogitsOutput(model);
         Lora.MatMulNBitsForm.ToQdq(model); // ONNX Runtime's int4 head as DequantizeLinear + MatMul, which the walk reads
@@ -59,22 +60,22 @@ public static class SequenceClassifier
         foreach (var n in dropped) g.RemoveNode(n);
 
         var rng = new Random(seed);
-        var values = new float[hidden];
-        for (int i = 0; i < hidden; i++) values[i] = (float)(initializerRange * Lora.LoraInit.Normal(rng));
-        g.AddInitializer(Tensors.FromFloats(ScoreWeight, [1, hidden], values, weightType));
+        var values = new float[numLabels * hidden];
+        for (int i = 0; i < values.Length; i++) values[i] = (float)(initializerRange * Lora.LoraInit.Normal(rng));
+        g.AddInitializer(Tensors.FromFloats(ScoreWeight, [numLabels, hidden], values, weightType));
         // the weight as the head read it: through a Cast (float16 weights of a float32 model) or not
         var scoreWeight = weightType == computeType ? ScoreWeight : g.Add("Cast", [ScoreWeight], name: "/score/Cast", attributes: ("to", (long)computeType));
         string Ints(params long[] v) => g.AddInitializer(Tensors.FromInt64(g.Unique("score/ints"), [v.Length], v));
         string Scalar(long v, int type) => g.AddInitializer(Tensors.Scalar(g.Unique("score/const"), v, type));
         string Op(string op, string[] inputs, params (string, object)[] attributes) => g.Add(op, inputs, name: "/score/" + op, attributes: attributes);
 
-        // score(h) at every position, [B, S, 1] (a Gemm head reads h flattened to [B·S, hidden]: back to [B, S, 1])
+        // score(h) at every position, [B, S, N] (a Gemm head reads h flattened to [B·S, hidden]: back to [B, S, N])
         var perPosition = Op("MatMul", [head.Input[0], Op("Transpose", [scoreWeight], ("perm", new long[] { 1, 0 }))]);
         // half activations: the pooling in float32 (an exact cast; ONNX Runtime's CPU scatter, the gather's gradient,
         // takes no float16), and float32 logits out
         if (halfCompute) perPosition = Op("Cast", [perPosition], ("to", (long)DT.Float));
         var tokenShape = Op("Shape", ["input_ids"]);
-        perPosition = Op("Reshape", [perPosition, Op("Concat", [tokenShape, Ints(1)], ("axis", 0L))]);
+        perPosition = Op("Reshape", [perPosition, Op("Concat", [tokenShape, Ints(numLabels)], ("axis", 0L))]);
         // last non-pad token: argmax(position · (input_ids ≠ pad)), int32 as transformers computes it
         var tokens = model.Graph.Input.First(i => i.Name == "input_ids").Type?.TensorType?.ElemType == (int)DT.Int64 ? "input_ids"
             : Op("Cast", ["input_ids"], ("to", (long)DT.Int64)); // int32 token inputs
@@ -94,7 +95,7 @@ public static class SequenceClassifier
         var batchDim = dims.Count > 0 ? dims[0].Clone() : new TensorShapeProto.Types.Dimension { DimParam = "batch_size" };
         dims.Clear();
         dims.Add(batchDim);
-        dims.Add(new TensorShapeProto.Types.Dimension { DimValue = 1 });
+        dims.Add(new TensorShapeProto.Types.Dimension { DimValue = numLabels });
         model.Graph.Output.Clear();
         model.Graph.Output.Add(logits);
         g.TopologicalSort();
@@ -121,6 +122,24 @@ public static class SequenceClassifier
             throw new OrtLoraException($"{model.Source}: the LM head '{head.Name}' does not read a 2-D weight initializer; ortlora cannot tell its hidden size");
         int stored = Tensors.IsFloat(weight.DataType) && weight.DataType != (int)DT.Double ? weight.DataType : (int)DT.Float;
         return (transposed ? weight.Dims[1] : weight.Dims[0], stored, seen ?? stored);
+    }
+
+    /// <summary>The model's metadata key for the classes' names (transformers' config id2label), which `ortlora classify`
+    /// writes and `eval` reads.</summary>
+    public const string Id2LabelKey = "id2label";
+
+    /// <summary>The classifier's num_labels: its logits' declared last dimension (null when not declared).</summary>
+    public static int? NumLabels(OnnxModel model) =>
+        LogitsOutput(model).Type?.TensorType?.Shape?.Dim is { Count: 2 } dims && dims[1].DimValue > 0 ? (int)dims[1].DimValue : null;
+
+    /// <summary>The classes' names the model carries (<see cref="Id2LabelKey"/>), or null.</summary>
+    public static Data.ClassLabels? Labels(OnnxModel model) =>
+        model.Proto.MetadataProps.FirstOrDefault(p => p.Key == Id2LabelKey) is { } entry ? Data.ClassLabels.FromId2LabelJson(entry.Value, model.Source) : null;
+
+    public static void SetLabels(OnnxModel model, Data.ClassLabels classes)
+    {
+        foreach (var p in model.Proto.MetadataProps.Where(p => p.Key == Id2LabelKey).ToList()) model.Proto.MetadataProps.Remove(p);
+        model.Proto.MetadataProps.Add(new StringStringEntryProto { Key = Id2LabelKey, Value = classes.Id2LabelJson() });
     }
 
     /// <summary>initializer_range from the config.json beside the model, else transformers' default 0.02.</summary>

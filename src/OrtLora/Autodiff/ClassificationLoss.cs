@@ -1,0 +1,79 @@
+using OrtLora.Onnx;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Autodiff;
+
+/// <summary>The loss of a sequence classifier with num_labels &gt; 1 and integer labels, as transformers'
+/// ForSequenceClassification heads compute it (problem_type single_label_classification): the cross-entropy of the
+/// logits [R, N] against each row's class, averaged over the rows. The class comes in the labels [R, S] that every
+/// training graph takes: -100 everywhere but at one position, which holds it (a filler row of a padded batch has none,
+/// and counts for nothing). With the Trainer's label_smoothing_factor ε the row's loss is (1 − ε)·nll + ε·mean over the
+/// classes of −log p, as its LabelSmoother takes it. The gradient with respect to the logits, in closed form:
+/// (softmax − (1 − ε)·onehot − ε/N)·w, w = 1/rows for a counted row.</summary>
+/// <param name="Loss">the scalar loss</param>
+/// <param name="Logits">the logits the loss reads, [R, N] (float32)</param>
+/// <param name="Targets">each row's class, [R] (int64; 0 for a filler row)</param>
+/// <param name="RowWeight">1 / counted rows for a counted row, 0 for a filler row, [R]</param>
+/// <param name="Counted">1 for a counted row, 0 for a filler row, [R]</param>
+/// <param name="OneHot">the classes as [R, N] float32</param>
+public sealed record ClassificationLoss(string Loss, string Logits, string Targets, string RowWeight, string Counted, string OneHot, double Smoothing)
+{
+    /// <param name="logits">float32 [R, N]</param>
+    /// <param name="labels">the batch's labels [R, S]: each counted row holds its class at one position, -100 elsewhere</param>
+    public static ClassificationLoss Append(GraphEditor g, string logits, string labels, double smoothing)
+    {
+        string Ints(params long[] v) => GraphConstants.Int64s(g, "classify/ints", v);
+        string Scalar(double v) => GraphConstants.Scalar(g, "classify/const", v, (int)DT.Float);
+        string Long(long v) => GraphConstants.Scalar(g, "classify/index", v, (int)DT.Int64);
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "classify/" + op, attributes: attrs);
+
+        var labelled = Op("Not", [Op("Equal", [labels, Long(CausalLmLoss.IgnoreIndex)])]);
+        // the one counted position's value is the row's class (ReduceSum, whose axes are an input from opset 13)
+        var targets = Op("ReduceSum", [Op("Where", [labelled, labels, Long(0)]), Ints(1)], ("keepdims", 0L));
+        var counted = Op("Min", [Op("ReduceSum", [Op("Cast", [labelled], ("to", (long)DT.Float)), Ints(1)], ("keepdims", 0L)), Scalar(1)]);
+        var rowWeight = Op("Div", [counted, Op("Max", [Op("ReduceSum", [counted], ("keepdims", 0L)), Scalar(1)])]);
+        var classes = Op("Range", [Long(0), Op("Gather", [Op("Shape", [logits]), Long(1)], ("axis", 0L)), Long(1)]);
+        var oneHot = Op("Cast", [Op("Equal", [Op("Unsqueeze", [targets, Ints(1)]), classes])], ("to", (long)DT.Float));
+        var logProbs = Op("LogSoftmax", [logits], ("axis", -1L));
+        var perRow = Op("Neg", [Op("ReduceSum", [Op("Mul", [oneHot, logProbs]), Ints(1)], ("keepdims", 0L))]);
+        if (smoothing > 0)
+        {
+            var classCount = Op("Cast", [Op("Gather", [Op("Shape", [logits]), Long(1)], ("axis", 0L))], ("to", (long)DT.Float));
+            var meanNll = Op("Div", [Op("Neg", [Op("ReduceSum", [logProbs, Ints(1)], ("keepdims", 0L))]), classCount]);
+            perRow = Op("Add", [Op("Mul", [perRow, Scalar(1 - smoothing)]), Op("Mul", [meanNll, Scalar(smoothing)])]);
+        }
+        var loss = Op("ReduceSum", [Op("Mul", [perRow, rowWeight])], ("keepdims", 0L));
+        return new ClassificationLoss(loss, logits, targets, rowWeight, counted, oneHot, smoothing);
+    }
+
+    /// <summary>Appends the number of counted rows whose arg-max is their class (float32 scalar): the accuracy times the rows.</summary>
+    public string AppendCorrect(GraphEditor g)
+    {
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "classify/accuracy/" + op, attributes: attrs);
+        var predicted = Op("ArgMax", [Logits], ("axis", 1L), ("keepdims", 0L));
+        var right = Op("Cast", [Op("Equal", [predicted, Targets])], ("to", (long)DT.Float));
+        return Op("ReduceSum", [Op("Mul", [right, Counted])], ("keepdims", 0L));
+    }
+
+    /// <summary>Appends each row's predicted class as float32 [R] (for per-class metrics).</summary>
+    public string AppendPredictions(GraphEditor g) =>
+        g.Add("Cast", [g.Add("ArgMax", [Logits], name: "classify/predict/ArgMax", attributes: [("axis", 1L), ("keepdims", 0L)])],
+            name: "classify/predict/Cast", attributes: ("to", (long)DT.Float));
+
+    /// <summary>d loss / d logits, [R, N], float32.</summary>
+    public string AppendLogitsGradient(GraphEditor g)
+    {
+        string Ints(params long[] v) => GraphConstants.Int64s(g, "grad/classify/ints", v);
+        string Scalar(double v) => GraphConstants.Scalar(g, "grad/classify/const", v, (int)DT.Float);
+        string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "grad/classify/" + op, attributes: attrs);
+
+        string target = OneHot;
+        if (Smoothing > 0)
+        {
+            var classCount = Op("Cast", [Op("Gather", [Op("Shape", [Logits]), GraphConstants.Scalar(g, "grad/classify/index", 1, (int)DT.Int64)], ("axis", 0L))], ("to", (long)DT.Float));
+            target = Op("Add", [Op("Mul", [OneHot, Scalar(1 - Smoothing)]), Op("Div", [Scalar(Smoothing), classCount])]);
+        }
+        var difference = Op("Sub", [Op("Softmax", [Logits], ("axis", -1L)), target]);
+        return Op("Mul", [difference, Op("Unsqueeze", [RowWeight, Ints(1)])]);
+    }
+}

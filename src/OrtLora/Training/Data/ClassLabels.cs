@@ -1,0 +1,87 @@
+using System.Globalization;
+using System.Text.Json;
+
+namespace OrtLora.Training.Data;
+
+/// <summary>The classes of sequence classification data, as transformers' run_glue.py finds them: integer labels are
+/// class indices as they are (a datasets ClassLabel column), num_labels one more than the largest; other labels (names,
+/// booleans) are sorted, and a label's index is its place in that list (the config's id2label).</summary>
+public sealed class ClassLabels
+{
+    /// <summary>The class names in index order; null for integer labels.</summary>
+    public IReadOnlyList<string>? Names { get; }
+    /// <summary>num_labels: the classifier's outputs.</summary>
+    public int Count { get; }
+
+    ClassLabels(IReadOnlyList<string>? names, int count)
+    {
+        if (count < 2)
+            throw new OrtLoraException($"single-label classification needs at least 2 classes, got num_labels {count} " +
+                "(one label is a regression, which is not supported; give --num-labels when the data shows only one class)");
+        Names = names;
+        Count = count;
+    }
+
+    /// <summary>The classes of a training file (every row: the eval split's too, as run_glue reads train's labels).</summary>
+    /// <param name="numLabels">--num-labels: at least the classes found</param>
+    public static ClassLabels From(ParquetDataset train, int? numLabels = null)
+    {
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (_, record) in train.ReadAll())
+            if (record is ClassificationRecord row) seen.Add(row.Label);
+        if (seen.Count == 0) throw new OrtLoraException($"{train.Path}: no labelled row");
+        if (seen.All(IsIndex))
+        {
+            int largest = seen.Max(l => int.Parse(l, CultureInfo.InvariantCulture));
+            if (numLabels is { } n && n <= largest)
+                throw new OrtLoraException($"{train.Path}: label {largest} needs num_labels of at least {largest + 1}; --num-labels is {n}");
+            return new ClassLabels(null, numLabels ?? largest + 1);
+        }
+        var names = seen.Order(StringComparer.Ordinal).ToList();
+        if (numLabels is { } given && given != names.Count)
+            throw new OrtLoraException($"{train.Path}: {names.Count} label names ({string.Join(", ", names.Take(8))}{(names.Count > 8 ? ", ..." : "")}); --num-labels is {given}");
+        return new ClassLabels(names, names.Count);
+    }
+
+    /// <summary>Classes known from a model (its id2label) or a count.</summary>
+    public static ClassLabels Of(int count, IReadOnlyList<string>? names = null) =>
+        names is null ? new ClassLabels(null, count)
+        : names.Count == count ? new ClassLabels(names, count) : throw new OrtLoraException($"{names.Count} label names for {count} classes");
+
+    static bool IsIndex(string label) => int.TryParse(label, NumberStyles.None, CultureInfo.InvariantCulture, out _);
+
+    /// <summary>A row's class index; a label outside the classes names the file and the row.</summary>
+    public int Id(string label, string file, long row)
+    {
+        if (Names is null)
+        {
+            if (IsIndex(label) && int.Parse(label, CultureInfo.InvariantCulture) is var id && id < Count) return id;
+            throw new OrtLoraException($"{file}: row {row}: label '{label}' is not a class index in 0 .. {Count - 1}");
+        }
+        for (int i = 0; i < Names.Count; i++) if (Names[i] == label) return i;
+        throw new OrtLoraException($"{file}: row {row}: label '{label}' is not one of the training data's ({string.Join(", ", Names)})");
+    }
+
+    /// <summary>The name of class <paramref name="id"/> (its index for integer labels).</summary>
+    public string Name(int id) => Names?[id] ?? id.ToString(CultureInfo.InvariantCulture);
+
+    /// <summary>transformers' config id2label: {"0": name, ...}.</summary>
+    public string Id2LabelJson() =>
+        JsonSerializer.Serialize(Enumerable.Range(0, Count).ToDictionary(i => i.ToString(CultureInfo.InvariantCulture), Name));
+
+    /// <summary>Classes from an id2label JSON object (what <see cref="Id2LabelJson"/> writes); labels that are their
+    /// own index read back as integer labels.</summary>
+    public static ClassLabels FromId2LabelJson(string json, string source)
+    {
+        Dictionary<string, string>? map;
+        try { map = JsonSerializer.Deserialize<Dictionary<string, string>>(json); }
+        catch (JsonException e) { throw new OrtLoraException($"{source}: id2label is not a JSON object of names: {e.Message}"); }
+        if (map is null || map.Count == 0) throw new OrtLoraException($"{source}: id2label is empty");
+        var names = Enumerable.Range(0, map.Count).Select(i => map.TryGetValue(i.ToString(CultureInfo.InvariantCulture), out var n) ? n
+            : throw new OrtLoraException($"{source}: id2label has no entry {i}")).ToList();
+        return names.Select((n, i) => n == i.ToString(CultureInfo.InvariantCulture)).All(b => b) ? Of(names.Count) : Of(names.Count, names);
+    }
+
+    public override string ToString() =>
+        $"{Count} labels" + (Names is null ? "" : $": {string.Join(", ", Names.Take(8).Select((n, i) => $"{i} {n}"))}{(Names.Count > 8 ? ", ..." : "")}");
+}

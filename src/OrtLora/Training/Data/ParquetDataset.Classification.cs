@@ -1,0 +1,39 @@
+using Parquet.Schema;
+
+namespace OrtLora.Training.Data;
+
+/// <summary>Sequence classification rows (what transformers' text-classification example, run_glue.py, reads): a text
+/// column (the dataset text field, else GLUE's <c>sentence</c>) and a label column (<c>label</c>, else <c>labels</c>):
+/// integers (a datasets ClassLabel), booleans, or names.</summary>
+public sealed partial class ParquetDataset
+{
+    /// <summary>The classification text column (set for <see cref="DatasetFormat.Classification"/> data).</summary>
+    public string? ClassificationText { get; private set; }
+    /// <summary>The classification label column (set for <see cref="DatasetFormat.Classification"/> data).</summary>
+    public string? LabelColumn { get; private set; }
+
+    void RequireClassificationColumns()
+    {
+        ClassificationText = Columns.Contains(TextColumn) ? TextColumn : Columns.Contains("sentence") ? "sentence"
+            : throw new OrtLoraException($"{Path}: no text column ('{TextColumn}', or 'sentence') for classification data; the file has columns: {string.Join(", ", Columns)}");
+        LabelColumn = Columns.Contains("label") ? "label" : Columns.Contains("labels") ? "labels"
+            : throw new OrtLoraException($"{Path}: no column 'label' (or 'labels') for classification data; the file has columns: {string.Join(", ", Columns)}");
+        RequireStringColumn(ClassificationText);
+        var field = FirstReader.Schema.Fields.First(f => f.Name == LabelColumn);
+        var type = (field as DataField)?.ClrType;
+        if (field is not DataField { IsArray: false } || type == typeof(double) || type == typeof(float) || type == typeof(decimal) || type == typeof(DateTime))
+            throw new OrtLoraException($"{Path}: column '{LabelColumn}' holds {(field is DataField d ? d.ClrType.Name : field.SchemaType.ToString().ToLowerInvariant())}; " +
+                "single-label classification takes one class a row: integers (0 .. num_labels - 1), booleans or names " +
+                "(float labels, a regression, and lists of labels, multi-label classification, are not supported)");
+    }
+
+    List<Row> ReadClassifications(int group)
+    {
+        var text = ReadStrings(group, ClassificationText!);
+        var labels = ReadAsText(group, (DataField)FirstReader.Schema.Fields.First(f => f.Name == LabelColumn))
+            ?? throw new OrtLoraException($"{Path}: column '{LabelColumn}' cannot be read as class labels");
+        return [.. text.Select((t, i) => labels[i] is null ? new Row(null, Skip.Null)
+            : Check(t, labels[i]) is var skip && skip != Skip.None ? new Row(null, skip)
+            : new Row(new ClassificationRecord(t!, labels[i]!.Trim()), Skip.None))];
+    }
+}

@@ -1,0 +1,293 @@
+using System.Text.Json.Nodes;
+using OrtLora.Autodiff;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+using OrtLora.Training.Data;
+using OrtLora.Training.Engine;
+using OrtLora.Training.Reward;
+using static OrtLora.Tests.LoraTestKit;
+using Batch = OrtLora.Training.Engine.Batch;
+
+namespace OrtLora.Tests;
+
+/// <summary>Sequence classification (`ortlora classify`: AutoModelForSequenceClassification with num_labels &gt; 1 and
+/// the Trainer, PEFT's SEQ_CLS): the head [num_labels, hidden] on a causal LM export, the cross-entropy
+/// (<see cref="ClassificationLoss"/>) against its formula on plain runs of the classifier, its gradients against central
+/// differences, the data's classes and tokens, and the command end to end.</summary>
+public class ClassificationTests
+{
+    const int Rows = 4, Length = 10, Classes = 3;
+    static readonly int[] RowClasses = [0, 2, 1, 2];
+    static readonly int[] RowLengths = [10, 7, 9, 4];
+
+    static OnnxModel InjectedClassifier(string path, long padId, int classes = Classes)
+    {
+        var model = OnnxModel.Load(path);
+        SequenceClassifier.FromCausalLm(model, padId, 0.02, seed: 1, numLabels: classes);
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 4, ModulesToSave = [SequenceClassifier.ScoreModule], TaskType = "SEQ_CLS" });
+        RandomizeB(model, std: 0.3f);
+        var score = model.Graph.Initializer.Single(t => ModulesToSave.IsWeight(t.Name));
+        var rng = new Random(5);
+        Tensors.SetRaw(score, Tensors.FloatsToBytes(model.ReadFloats(score).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray(), score.DataType));
+        return model;
+    }
+
+    /// <summary>Four rows of different lengths, right-padded with <paramref name="pad"/>, each row's class at its last
+    /// token and -100 elsewhere, as `classify` labels them; <paramref name="rows"/> &gt; 4 adds filler rows.</summary>
+    static Batch ClassBatch(long pad, int rows = Rows, int vocab = 500)
+    {
+        var rng = new Random(11);
+        var ids = Enumerable.Repeat(pad, rows * Length).ToArray();
+        var mask = new long[rows * Length];
+        var labels = Enumerable.Repeat(-100L, rows * Length).ToArray();
+        for (int row = 0; row < Rows; row++)
+        {
+            for (int t = 0; t < RowLengths[row]; t++) { ids[row * Length + t] = rng.Next(1, vocab); mask[row * Length + t] = 1; }
+            labels[row * Length + RowLengths[row] - 1] = RowClasses[row];
+        }
+        for (int row = Rows; row < rows; row++) mask[row * Length] = 1; // filler rows: one attended pad token, no label
+        return new Batch(ids, mask, labels, rows, Length);
+    }
+
+    static float[] PlainLogits(OnnxModel model, Batch batch)
+    {
+        var feeds = new Dictionary<string, HostTensor>
+        {
+            ["input_ids"] = HostTensor.Of(batch.InputIds, batch.Shape), ["attention_mask"] = HostTensor.Of(batch.AttentionMask, batch.Shape),
+        };
+        if (model.Graph.Input.Any(i => i.Name == "position_ids"))
+            feeds["position_ids"] = HostTensor.Of(Enumerable.Range(0, batch.InputIds.Length).Select(i => (long)(i % Length)).ToArray(), batch.Shape);
+        return OrtRun.Run(model, feeds, ["logits"])["logits"].Floats;
+    }
+
+    /// <summary>transformers' CrossEntropyLoss over the rows, with the Trainer's LabelSmoother when ε &gt; 0:
+    /// (1 − ε)·nll + ε·mean over the classes of −log p.</summary>
+    static (double Loss, int Right) CrossEntropy(float[] logits, double smoothing)
+    {
+        double loss = 0;
+        int right = 0;
+        for (int row = 0; row < Rows; row++)
+        {
+            var z = logits.AsSpan(row * Classes, Classes).ToArray().Select(v => (double)v).ToArray();
+            double max = z.Max(), logSum = max + Math.Log(z.Sum(v => Math.Exp(v - max)));
+            var logp = z.Select(v => v - logSum).ToArray();
+            loss += ((1 - smoothing) * -logp[RowClasses[row]] + smoothing * -logp.Average()) / Rows;
+            right += Array.IndexOf(z, z.Max()) == RowClasses[row] ? 1 : 0;
+        }
+        return (loss, right);
+    }
+
+    [TestCase(0.0)]
+    [TestCase(0.1)]
+    public void LossAndAccuracyEqualTheCrossEntropyOfPlainLogits(double smoothing)
+    {
+        using var model = InjectedClassifier(Tiny("model.onnx"), padId: 511);
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), LabelSmoothing: smoothing, Classification: true));
+        var batch = ClassBatch(511);
+        var logits = PlainLogits(model, batch);
+        Assert.That(logits, Has.Length.EqualTo(Rows * Classes));
+        var (expected, right) = CrossEntropy(logits, smoothing);
+        var (loss, correct) = session.Evaluate(batch);
+        Assert.That(loss, Is.EqualTo(expected).Within(1e-5 * Math.Max(1, expected)));
+        Assert.That(Math.Abs(expected - Math.Log(Classes)), Is.GreaterThan(1e-2), "the head separates the classes");
+        Assert.That(correct, Is.EqualTo(right));
+        Assert.That(right, Is.InRange(1, Rows - 1), "some rows right, some wrong: the count is tested");
+    }
+
+    [TestCase(0.0)]
+    [TestCase(0.1)]
+    public void GradientsMatchCentralDifferences(double smoothing)
+    {
+        using var model = InjectedClassifier(Tiny("model.onnx"), padId: 511);
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), LabelSmoothing: smoothing, Classification: true));
+        var values = session.ParameterNames.ToDictionary(p => p, p => model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == p)));
+        var batch = ClassBatch(511);
+        var (_, gradients) = session.ComputeGradients(batch);
+        Assert.That(gradients.Keys, Has.Some.Contains("score"));
+        EnginePreferenceLossTests.MatchCentralDifferences(session, values, gradients, () => session.Evaluate(batch).Loss,
+            p => p.Contains("layers.0.") || p.Contains("score"));
+    }
+
+    /// <summary>The fixtures' real exports turned into 3-class classifiers: the backward runs through each exporter's
+    /// attention and GPT-2's fused c_attn to the head, and matches central differences.</summary>
+    [TestCase("llama", "model.dynamo.onnx")]
+    [TestCase("llama", "model.torchscript.onnx")]
+    [TestCase("gpt2", "model.dynamo.onnx")]
+    [TestCase("gpt2", "model.torchscript.onnx")]
+    public void RealExportsTrainAsClassifiers(string arch, string file)
+    {
+        using var model = InjectedClassifier(Shared.Peft(arch, file), padId: 0);
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Classification: true));
+        var batch = ClassBatch(0, vocab: 300);
+        var values = session.ParameterNames.ToDictionary(p => p, p => model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == p)));
+        var (loss, gradients) = session.ComputeGradients(batch);
+        Assert.That(loss, Is.EqualTo(CrossEntropy(PlainLogits(model, batch), 0).Loss).Within(1e-5 * Math.Max(1, loss)));
+        EnginePreferenceLossTests.MatchCentralDifferences(session, values, gradients, () => session.Evaluate(batch).Loss,
+            p => p.Contains("layers.0.") || p.Contains(".h.0.") || p.Contains("score"), step: 1e-3f);
+    }
+
+    /// <summary>A batch padded to a fixed shape ends in filler rows: they change neither the loss, nor the rows counted
+    /// right, nor the gradients.</summary>
+    [Test]
+    public void FillerRowsCountForNothing()
+    {
+        using var model = InjectedClassifier(Tiny("model.onnx"), padId: 511);
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Classification: true));
+        var (loss, gradients) = session.ComputeGradients(ClassBatch(511));
+        var (paddedLoss, paddedGradients) = session.ComputeGradients(ClassBatch(511, rows: Rows + 2));
+        Assert.That(paddedLoss, Is.EqualTo(loss).Within(1e-6));
+        foreach (var (name, g) in gradients) Assert.That(Shared.MaxAbsDiff(paddedGradients[name], g), Is.LessThan(1e-6), name);
+        Assert.That(session.Evaluate(ClassBatch(511, rows: Rows + 2)).CorrectTokens, Is.EqualTo(session.Evaluate(ClassBatch(511)).CorrectTokens));
+    }
+
+    sealed class IntRow { public string? text { get; set; } public long? label { get; set; } }
+    sealed class NameRow { public string? sentence { get; set; } public string? label { get; set; } }
+    sealed class BoolRow { public string? text { get; set; } public bool label { get; set; } }
+    sealed class FloatRow { public string? text { get; set; } public double label { get; set; } }
+
+    /// <summary>run_glue.py's classes: integer labels are indices (num_labels the largest + 1, or --num-labels), names
+    /// and booleans sorted; nulls are skipped; a label outside the classes, a float column, too few classes are one
+    /// error each.</summary>
+    [Test]
+    public void ClassesAreFoundAsRunGlueFindsThem()
+    {
+        var ints = Shared.WriteParquet([new IntRow { text = "a", label = 3 }, new IntRow { text = "b", label = 0 }, new IntRow { text = "c", label = null }], "ints.parquet");
+        using (var file = ParquetDataset.Open(ints, DatasetFormat.Classification))
+        {
+            var classes = ClassLabels.From(file);
+            Assert.That((classes.Count, classes.Names), Is.EqualTo((4, (IReadOnlyList<string>?)null)));
+            Assert.That(ClassLabels.From(file, numLabels: 6).Count, Is.EqualTo(6));
+            Assert.That(Assert.Throws<OrtLoraException>(() => ClassLabels.From(file, numLabels: 3))!.Message, Does.Contain("label 3").And.Contain("ints.parquet"));
+            Assert.That(file.ReadAll().Count(), Is.EqualTo(2), "the null label is skipped");
+            Assert.That(Assert.Throws<OrtLoraException>(() => classes.Id("7", "ints.parquet", 5))!.Message, Does.Contain("row 5").And.Contain("'7'"));
+        }
+        var names = Shared.WriteParquet([new NameRow { sentence = "x", label = "pos" }, new NameRow { sentence = "y", label = "neg" }, new NameRow { sentence = "z", label = "neutral" }], "names.parquet");
+        using (var file = ParquetDataset.Open(names, DatasetFormat.Classification))
+        {
+            Assert.That(file.ClassificationText, Is.EqualTo("sentence"), "GLUE's text column");
+            var classes = ClassLabels.From(file);
+            Assert.That(classes.Names, Is.EqualTo(new[] { "neg", "neutral", "pos" }));
+            Assert.That(classes.Id("pos", names, 0), Is.EqualTo(2));
+            Assert.That(ClassLabels.FromId2LabelJson(classes.Id2LabelJson(), "m").Names, Is.EqualTo(classes.Names));
+            Assert.That(Assert.Throws<OrtLoraException>(() => classes.Id("great", names, 1))!.Message, Does.Contain("'great'").And.Contain("neg, neutral, pos"));
+        }
+        var bools = Shared.WriteParquet([new BoolRow { text = "a", label = true }, new BoolRow { text = "b", label = false }], "bools.parquet");
+        using (var file = ParquetDataset.Open(bools, DatasetFormat.Classification))
+            Assert.That(ClassLabels.From(file).Names, Is.EqualTo(new[] { "false", "true" }));
+        var floats = Shared.WriteParquet([new FloatRow { text = "a", label = 0.5 }], "floats.parquet");
+        Assert.That(Assert.Throws<OrtLoraException>(() => ParquetDataset.Open(floats, DatasetFormat.Classification))!.Message,
+            Does.Contain("floats.parquet").And.Contain("regression"));
+        var one = Shared.WriteParquet([new IntRow { text = "a", label = 0 }], "one.parquet");
+        using (var file = ParquetDataset.Open(one, DatasetFormat.Classification))
+            Assert.That(Assert.Throws<OrtLoraException>(() => ClassLabels.From(file))!.Message, Does.Contain("at least 2 classes"));
+    }
+
+    /// <summary>Rows are tokenized as tokenizer(text, truncation=True, max_length): BOS where the tokenizer adds one
+    /// (Llama 2's), the text cut so the whole fits; the class sits at the last token, -100 elsewhere.</summary>
+    [Test]
+    public void RowsAreTokenizedWithTheClassAtTheLastToken()
+    {
+        var text = "The movie was wonderful, and the music was even better than the story.";
+        var path = Shared.WriteParquet([new NameRow { sentence = text, label = "pos" }, new NameRow { sentence = "Dull.", label = "neg" }], "rows.parquet");
+        var llama = TokenizerLoader.Load(Shared.Require("tokenizers", "llama2-tokenizer.model"));
+        using (var data = TrainingData.Open(path, llama, new DataOptions { Format = DatasetFormat.Classification, MaxSeqLength = 64 }))
+        {
+            var examples = data.FileExamples().Select(e => e.Example!).ToList();
+            Assert.That(examples[0].InputIds, Is.EqualTo(new[] { llama.BosId!.Value }.Concat(llama.Encode(text))));
+            Assert.That(examples[0].Labels[..^1], Is.All.EqualTo(-100));
+            Assert.That((examples[0].Labels[^1], examples[1].Labels[^1]), Is.EqualTo((1, 0)), "neg 0, pos 1");
+        }
+        using (var data = TrainingData.Open(path, llama, new DataOptions { Format = DatasetFormat.Classification, MaxSeqLength = 5 }))
+        {
+            var cut = data.FileExamples().First().Example!;
+            Assert.That(cut.InputIds, Is.EqualTo(new[] { llama.BosId!.Value }.Concat(llama.Encode(text).Take(4))));
+            Assert.That(data.Describe(), Does.Contain("1 cut to 5 tokens").And.Contain("2 labels: 0 neg, 1 pos"));
+        }
+    }
+
+    /// <summary>Three-class data a word decides ("The game was awful." is negative), as JSON Lines with label names.</summary>
+    static string SentimentData(string dir, string name, int rows, int seed)
+    {
+        string[][] words = [["good", "great", "lovely", "wonderful"], ["bad", "awful", "terrible", "boring"], ["okay", "average", "fine", "plain"]];
+        string[] labels = ["positive", "negative", "neutral"], things = ["movie", "book", "meal", "song", "game", "show"];
+        var rng = new Random(seed);
+        var path = Path.Combine(dir, name);
+        File.WriteAllLines(path, Enumerable.Range(0, rows).Select(_ =>
+        {
+            int c = rng.Next(3);
+            return new JsonObject { ["text"] = $"The {things[rng.Next(things.Length)]} was {words[c][rng.Next(4)]}.", ["label"] = labels[c] }.ToJsonString();
+        }));
+        return path;
+    }
+
+    /// <summary>`ortlora classify` on the embedded tiny model: the causal LM becomes a 3-class classifier whose adapters
+    /// and head learn the task (eval accuracy from chance to over 0.95), the adapter is PEFT's SEQ_CLS form with a score
+    /// [3, hidden], the merged folder's config.json names the classes, and the merged classifier, the base with the
+    /// adapter and the adapter merged by `merge --adapter` all evaluate as training's last evaluation.</summary>
+    [Test]
+    public void ClassifyTrainsMergesAndEvaluates()
+    {
+        var dir = Shared.TempDir();
+        var train = SentimentData(dir, "train.jsonl", 240, seed: 1);
+        var eval = SentimentData(dir, "eval.jsonl", 60, seed: 2);
+        var output = Path.Combine(dir, "out");
+        var run = OrtloraOk("classify", Tiny("model.onnx"), "--data", train, "--eval-data", eval, "-o", output, "--target-modules", "all-linear",
+            "--num-train-epochs", "2", "--learning-rate", "2e-3", "--eval-steps", "30", "--merge", "--plain-log");
+        Assert.That(run.Out, Does.Contain("score head [3, hidden]").And.Contain("3 labels: 0 negative, 1 neutral, 2 positive"));
+        var records = File.ReadAllLines(Path.Combine(output, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
+        var evals = records.Where(r => r.ContainsKey("eval_loss")).ToList();
+        Assert.That((double)evals[0]["eval_accuracy"]!, Is.LessThan(0.6), "a fresh head is near chance");
+        Assert.That((double)evals[^1]["eval_accuracy"]!, Is.GreaterThan(0.95));
+        Assert.That((double)evals[^1]["eval_loss"]!, Is.LessThan(0.5 * (double)evals[0]["eval_loss"]!));
+        Assert.That(evals.Any(r => r.ContainsKey("perplexity")), Is.False, "a classifier's loss has no perplexity");
+
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(output, "adapter_config.json")))!;
+        Assert.That((string?)config["task_type"], Is.EqualTo("SEQ_CLS"));
+        var score = SafeTensors.Read(Path.Combine(output, "adapter_model.safetensors"))["base_model.model.score.weight"];
+        Assert.That(score.Shape[0], Is.EqualTo(3));
+        var merged = Path.Combine(output, "merged", "model.onnx");
+        var mergedConfig = JsonNode.Parse(File.ReadAllText(Path.Combine(output, "merged", "config.json")))!;
+        Assert.That((string?)mergedConfig["id2label"]!["2"], Is.EqualTo("positive"));
+        Assert.That((int?)mergedConfig["label2id"]!["negative"], Is.EqualTo(0));
+
+        double last = (double)evals[^1]["eval_loss"]!, accuracy = (double)evals[^1]["eval_accuracy"]!;
+        var mergedAgain = Path.Combine(Shared.TempDir(), "model.onnx");
+        OrtloraOk("merge", Tiny("model.onnx"), "--adapter", output, "-o", mergedAgain);
+        foreach (var file in new[] { "vocab.json", "merges.txt", "tokenizer_config.json" }) File.Copy(Tiny(file), Path.Combine(Path.GetDirectoryName(mergedAgain)!, file));
+        foreach (var args in new[] { new[] { "eval", merged, "--data", eval }, ["eval", Tiny("model.onnx"), "--adapter", output, "--data", eval], ["eval", mergedAgain, "--data", eval] })
+        {
+            var result = OrtloraOk(args).Out;
+            double Value(string key) => double.Parse(result.Split(key + " ")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+            Assert.That(Value("eval_loss"), Is.EqualTo(last).Within(2e-4), string.Join(' ', args));
+            Assert.That(Value("eval_accuracy"), Is.EqualTo(accuracy).Within(1e-9), string.Join(' ', args));
+            Assert.That(result, Does.Contain("60 rows classified"));
+        }
+        var generate = Ortlora("generate", merged, "--prompt", "Hello");
+        Assert.That(generate.Error, Does.Contain("sequence classifier"));
+    }
+
+    [Test]
+    public void MisuseIsOneClearError()
+    {
+        var dir = Shared.TempDir();
+        var data = SentimentData(dir, "train.jsonl", 12, seed: 3);
+        var sft = Ortlora("classify", Tiny("model.onnx"), "--data", Tiny("demo.parquet"), "-o", Path.Combine(dir, "a"), "--max-steps", "1");
+        Assert.That(sft.ExitCode, Is.Not.Zero);
+        Assert.That(sft.Error, Does.Contain("demo.parquet").And.Contain("no text column"));
+        var asSft = Ortlora("train", Tiny("model.onnx"), "--data", data, "--dataset-format", "classification", "-o", Path.Combine(dir, "b"), "--max-steps", "1");
+        Assert.That(asSft.Error, Does.Contain("ortlora classify"));
+        var fewer = Ortlora("classify", Tiny("model.onnx"), "--data", data, "-o", Path.Combine(dir, "c"), "--num-labels", "2", "--max-steps", "1");
+        Assert.That(fewer.Error, Does.Contain("3 label names").And.Contain("--num-labels is 2"));
+        var injected = Path.Combine(dir, "injected.onnx");
+        OrtloraOk("inject", Tiny("model.onnx"), "-o", injected);
+        var again = Ortlora("classify", injected, "--tokenizer", Path.Combine(Shared.RepoRoot, "graphs", "tiny"), "--data", data, "-o", Path.Combine(dir, "d"), "--max-steps", "1");
+        Assert.That(again.Error, Does.Contain("plain export"));
+        var causalEval = Ortlora("eval", Tiny("model.onnx"), "--data", data, "--dataset-format", "classification");
+        Assert.That(causalEval.Error, Does.Contain("a causal LM").And.Contain("ortlora classify"));
+        using var causal = OnnxModel.Load(Tiny("model.onnx"));
+        LoraInjector.Inject(causal, new LoraConfig { R = 2 });
+        var error = Assert.Throws<OrtLoraException>(() => new TrainingSession(causal, new TrainingSessionOptions(new AdamWOptions(), Classification: true)))!;
+        Assert.That(error.Message, Does.Contain("num_labels").And.Contain("a causal LM"));
+        foreach (var sub in new[] { "a", "b", "c", "d" }) Assert.That(Directory.Exists(Path.Combine(dir, sub, "merged")), Is.False);
+    }
+}
