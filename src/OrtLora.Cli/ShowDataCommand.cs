@@ -35,7 +35,8 @@ public static class ShowDataCommand
                 throw new OrtLoraException($"{training.Train.Path}: --reward shows preference pairs (chosen, rejected); this is {ParquetDataset.FormatName(training.Train.Format)} data");
             Console.WriteLine($"{Path.GetFileName(training.Train.Path)}: {ParquetDataset.FormatName(training.Train.Format)}" +
                 (training.Train.IsConversational ? $" data, {training.ChatTemplate.Name} template" : " data") +
-                (forReward ? "; each sequence whole, as a reward model scores it" : $"; learned tokens between {LearnedOpen} {LearnedClose}"));
+                (training.ClassLabels is { } labels ? $" ({labels}); each row whole, as a classifier reads it"
+                    : forReward ? "; each sequence whole, as a reward model scores it" : $"; learned tokens between {LearnedOpen} {LearnedClose}"));
             // Preference rows show both sequences, chosen then rejected.
             bool pairs = training.IsPreference && !training.IsUnpaired;
             long previous = -1;
@@ -47,6 +48,13 @@ public static class ShowDataCommand
                 {
                     Console.WriteLine(forReward ? $"── row {row}: longer than {training.Options.MaxSeqLength} tokens (dropped from training)"
                         : $"── row {row}: nothing learned within {training.Options.MaxSeqLength} tokens (dropped from training)");
+                    continue;
+                }
+                if (training.ClassLabels is { } classes)
+                {
+                    // a classifier reads the whole row and learns its class, which the last token's label holds
+                    Console.WriteLine($"── {name}: {example.Length} tokens, label {example.Labels[^1]} ({classes.Name(example.Labels[^1])})");
+                    Console.WriteLine(tokenizer.Decode(example.InputIds));
                     continue;
                 }
                 Console.WriteLine(forReward ? $"── {name}: {example.Length} tokens" : $"── {name}: {example.Length} tokens, {example.TrainedTokens} learned");

@@ -140,6 +140,38 @@ public class ClassificationTests
         Assert.That(session.Evaluate(ClassBatch(511, rows: Rows + 2)).CorrectTokens, Is.EqualTo(session.Evaluate(ClassBatch(511)).CorrectTokens));
     }
 
+    static IEnumerable<Unseen.Architecture> UnseenExports() => Unseen.Architectures.All.Where(a => a.Trainable);
+
+    /// <summary>Every trainable export style of the Unseen set (fused projections, Gemm heads, KV caches, opset-23
+    /// attention, ORT GenAI builder graphs, float16 weights or activations, quantized heads, int32 tokens) turns into a
+    /// 3-class classifier whose logits are [batch, 3], whose head gets a gradient and whose loss falls in 5 steps.</summary>
+    [TestCaseSource(nameof(UnseenExports))]
+    public void EveryExportStyleTrainsAsAClassifier(Unseen.Architecture arch)
+    {
+        using var model = arch.Build();
+        SequenceClassifier.FromCausalLm(model, padId: 0, initializerRange: 0.5, seed: 1, numLabels: Classes);
+        Assert.That(SequenceClassifier.NumLabels(model), Is.EqualTo(Classes));
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4, ModulesToSave = [SequenceClassifier.ScoreModule] });
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Classification: true));
+        var batch = ClassBatch(0, vocab: (int)Unseen.Architectures.Vocab) is var b && b.SequenceLength > 6 ? Shorten(b, 6) : b;
+        var (loss, gradients) = session.ComputeGradients(batch);
+        Assert.That(double.IsFinite(loss), Is.True);
+        Assert.That(gradients.Where(kv => kv.Key.Contains("score")).Sum(kv => kv.Value.Sum(x => (double)x * x)), Is.GreaterThan(0));
+        for (int i = 0; i < 5; i++) session.Step(batch, 1e-2f);
+        Assert.That(session.EvalLoss(batch), Is.LessThan(0.9 * loss));
+    }
+
+    /// <summary>The batch's first <paramref name="length"/> positions, each row's class moved to its last kept token.</summary>
+    static Batch Shorten(Batch batch, int length)
+    {
+        long[] Take(long[] values) => [.. Enumerable.Range(0, batch.BatchSize).SelectMany(r => values.Skip(r * batch.SequenceLength).Take(length))];
+        var mask = Take(batch.AttentionMask);
+        var labels = Enumerable.Repeat(-100L, batch.BatchSize * length).ToArray();
+        for (int r = 0; r < Rows; r++)
+            labels[r * length + (int)mask.Skip(r * length).Take(length).Sum() - 1] = RowClasses[r];
+        return new Batch(Take(batch.InputIds), mask, labels, batch.BatchSize, length);
+    }
+
     sealed class IntRow { public string? text { get; set; } public long? label { get; set; } }
     sealed class NameRow { public string? sentence { get; set; } public string? label { get; set; } }
     sealed class BoolRow { public string? text { get; set; } public bool label { get; set; } }
@@ -264,6 +296,19 @@ public class ClassificationTests
         }
         var generate = Ortlora("generate", merged, "--prompt", "Hello");
         Assert.That(generate.Error, Does.Contain("sequence classifier"));
+    }
+
+    /// <summary>`show-data --dataset-format classification` prints each row whole with its class; --dataset-text-field
+    /// names another text column.</summary>
+    [Test]
+    public void ShowDataShowsEachRowsClass()
+    {
+        var path = Shared.WriteParquet([new NameRow { sentence = "The song was great.", label = "pos" }, new NameRow { sentence = "Dull.", label = "neg" }], "show.parquet");
+        var shown = OrtloraOk("show-data", path, "--tokenizer", Path.Combine(Shared.RepoRoot, "graphs", "tiny"), "--dataset-format", "classification",
+            "--dataset-text-field", "sentence").Out;
+        Assert.That(shown, Does.Contain("classification data (2 labels: 0 neg, 1 pos)"));
+        Assert.That(shown, Does.Contain("row 0: ").And.Contain("label 1 (pos)\nThe song was great.".Replace("\n", Environment.NewLine)));
+        Assert.That(shown, Does.Contain("label 0 (neg)"));
     }
 
     [Test]
