@@ -237,6 +237,41 @@ public class ClassificationTests
         }
     }
 
+    sealed class PairRow { public string? sentence1 { get; set; } public string? sentence2 { get; set; } public int label { get; set; } }
+
+    /// <summary>GLUE's text pairs (sentence1/sentence2) as tokenizer(text, text_pair) encodes them: Llama 2's template
+    /// BOS A BOS B, GPT-2's A B; truncation longest_first cuts the longer text, a tie the second.</summary>
+    [Test]
+    public void TextPairsAreEncodedAsTheTokenizerEncodesPairs()
+    {
+        string a = "The cat sat on the warm mat all afternoon long.", b = "A cat rested.";
+        var path = Shared.WriteParquet([new PairRow { sentence1 = a, sentence2 = b, label = 1 }, new PairRow { sentence1 = "x", sentence2 = null, label = 0 }], "pairs.parquet");
+        var llama = TokenizerLoader.Load(Shared.Require("tokenizers", "llama2-tokenizer.model"));
+        int bos = llama.BosId!.Value;
+        var (ia, ib) = (llama.Encode(a), llama.Encode(b));
+        using (var data = TrainingData.Open(path, llama, new DataOptions { Format = DatasetFormat.Classification, MaxSeqLength = 64 }))
+        {
+            Assert.That(data.Train.ClassificationTextPair, Is.EqualTo("sentence2"));
+            var examples = data.FileExamples().ToList();
+            Assert.That(examples, Has.Count.EqualTo(1), "the row with a null sentence2 is skipped");
+            Assert.That(examples[0].Example!.InputIds, Is.EqualTo(new[] { bos }.Concat(ia).Append(bos).Concat(ib)));
+            Assert.That(examples[0].Example!.Labels[^1], Is.EqualTo(1));
+        }
+        int fit = ib.Length + 4 + 2; // room for b and 4 more tokens: both texts are cut
+        using (var data = TrainingData.Open(path, llama, new DataOptions { Format = DatasetFormat.Classification, MaxSeqLength = fit }))
+        {
+            var ids = data.FileExamples().Single().Example!.InputIds;
+            Assert.That(ids, Has.Length.EqualTo(fit));
+            // longest_first: a loses tokens until it is as short as b, then b (a tie cuts the second) and a by turns
+            int room = fit - 2, keptB = Math.Min(ib.Length, room / 2), keptA = room - keptB;
+            Assert.That(keptB, Is.LessThan(ib.Length), "b is cut too");
+            Assert.That(ids, Is.EqualTo(new[] { bos }.Concat(ia.Take(keptA)).Append(bos).Concat(ib.Take(keptB))));
+        }
+        var gpt2 = TokenizerLoader.Load(Shared.Require("tokenizers", "hf-gpt2", "tokenizer.json"));
+        using (var data = TrainingData.Open(path, gpt2, new DataOptions { Format = DatasetFormat.Classification, MaxSeqLength = 64 }))
+            Assert.That(data.FileExamples().Single().Example!.InputIds, Is.EqualTo(gpt2.Encode(a).Concat(gpt2.Encode(b))));
+    }
+
     /// <summary>Three-class data a word decides ("The game was awful." is negative), as JSON Lines with label names.</summary>
     static string SentimentData(string dir, string name, int rows, int seed)
     {

@@ -59,7 +59,11 @@ public sealed record ChatUnpairedPreferenceRecord(IReadOnlyList<ChatMessage> Pro
 
 /// <summary>A sequence classification row: the text and its label as stored (an integer, true/false, or a name), which
 /// <see cref="ClassLabels"/> turns into a class index.</summary>
-public sealed record ClassificationRecord(string Text, string Label) : DataRecord;
+public sealed record ClassificationRecord(string Text, string Label) : DataRecord
+{
+    /// <summary>A text pair's second text (GLUE's sentence2), encoded after the first as the tokenizer encodes pairs.</summary>
+    public string? TextPair { get; init; }
+}
 
 /// <summary>TRL's prompt-only row (GRPO's), standard kind: the prompt, and the row's other scalar columns as text
 /// (a reference answer, say), by column name, for reward functions; a null value stays null.</summary>

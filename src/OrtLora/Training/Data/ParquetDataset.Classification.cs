@@ -3,19 +3,29 @@ using Parquet.Schema;
 namespace OrtLora.Training.Data;
 
 /// <summary>Sequence classification rows (what transformers' text-classification example, run_glue.py, reads): a text
-/// column (the dataset text field, else GLUE's <c>sentence</c>) and a label column (<c>label</c>, else <c>labels</c>):
-/// integers (a datasets ClassLabel), booleans, or names.</summary>
+/// column (the dataset text field), or GLUE's pair of text columns (sentence1/sentence2, question1/question2,
+/// question/sentence, premise/hypothesis), or GLUE's <c>sentence</c>; and a label column (<c>label</c>, else
+/// <c>labels</c>): integers (a datasets ClassLabel), booleans, or names.</summary>
 public sealed partial class ParquetDataset
 {
     /// <summary>The classification text column (set for <see cref="DatasetFormat.Classification"/> data).</summary>
     public string? ClassificationText { get; private set; }
     /// <summary>The classification label column (set for <see cref="DatasetFormat.Classification"/> data).</summary>
     public string? LabelColumn { get; private set; }
+    /// <summary>The second text of a pair (GLUE's sentence2, ...), or null for single texts.</summary>
+    public string? ClassificationTextPair { get; private set; }
+
+    /// <summary>GLUE's text pairs, run_glue.py's task_to_keys.</summary>
+    static readonly (string First, string Second)[] TextPairs = [("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"), ("premise", "hypothesis")];
 
     void RequireClassificationColumns()
     {
-        ClassificationText = Columns.Contains(TextColumn) ? TextColumn : Columns.Contains("sentence") ? "sentence"
-            : throw new OrtLoraException($"{Path}: no text column ('{TextColumn}', or 'sentence') for classification data; the file has columns: {string.Join(", ", Columns)}");
+        var pair = Columns.Contains(TextColumn) ? default : TextPairs.FirstOrDefault(p => Columns.Contains(p.First) && Columns.Contains(p.Second));
+        ClassificationTextPair = pair.Second;
+        ClassificationText = Columns.Contains(TextColumn) ? TextColumn : pair.First ?? (Columns.Contains("sentence") ? "sentence"
+            : throw new OrtLoraException($"{Path}: no text column ('{TextColumn}', a pair such as 'sentence1'/'sentence2', or 'sentence') for classification data; " +
+                                         $"the file has columns: {string.Join(", ", Columns)}"));
+        if (ClassificationTextPair is { } second) RequireStringColumn(second);
         LabelColumn = Columns.Contains("label") ? "label" : Columns.Contains("labels") ? "labels"
             : throw new OrtLoraException($"{Path}: no column 'label' (or 'labels') for classification data; the file has columns: {string.Join(", ", Columns)}");
         RequireStringColumn(ClassificationText);
@@ -30,10 +40,11 @@ public sealed partial class ParquetDataset
     List<Row> ReadClassifications(int group)
     {
         var text = ReadStrings(group, ClassificationText!);
+        var pair = ClassificationTextPair is { } second ? ReadStrings(group, second) : null;
         var labels = ReadAsText(group, (DataField)FirstReader.Schema.Fields.First(f => f.Name == LabelColumn))
             ?? throw new OrtLoraException($"{Path}: column '{LabelColumn}' cannot be read as class labels");
         return [.. text.Select((t, i) => labels[i] is null ? new Row(null, Skip.Null)
-            : Check(t, labels[i]) is var skip && skip != Skip.None ? new Row(null, skip)
-            : new Row(new ClassificationRecord(t!, labels[i]!.Trim()), Skip.None))];
+            : (pair is null ? Check(t, labels[i]) : Check(t, labels[i], pair[i])) is var skip && skip != Skip.None ? new Row(null, skip)
+            : new Row(new ClassificationRecord(t!, labels[i]!.Trim()) { TextPair = pair?[i] }, Skip.None))];
     }
 }

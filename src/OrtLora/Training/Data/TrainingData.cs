@@ -273,21 +273,29 @@ public sealed class TrainingData : IDisposable
         }
     }
 
-    /// <summary>A classification row as the tokenizer encodes it for run_glue.py (tokenizer(text, truncation=True,
-    /// max_length)): its special tokens (BOS where the tokenizer adds one, EOS where it adds one) around the text's
-    /// tokens, the text cut so that the whole fits max_length. The label is the class index at the last token, -100
-    /// elsewhere: the loss reads one class a row (the classifier scores the last non-pad token), and the batch's
-    /// counted labels are its rows.</summary>
+    /// <summary>A classification row as the tokenizer encodes it for run_glue.py (tokenizer(text, text_pair,
+    /// truncation=True, max_length)): each text between its special tokens (BOS where the tokenizer adds one, EOS where
+    /// it adds one; a pair is two such runs, as Llama's tokenizer templates a pair), the texts cut so that the whole fits
+    /// max_length, a pair's longer text first (truncation longest_first). The label is the class index at the last
+    /// token, -100 elsewhere: the loss reads one class a row (the classifier scores the last non-pad token), and the
+    /// batch's counted labels are its rows.</summary>
     TokenizedExample? EncodeClassification(ParquetDataset file, long rowIndex, DataRecord record)
     {
         var row = record as ClassificationRecord ?? throw new OrtLoraException($"{file.Path}: row {rowIndex} is not a classification row");
         int label = ClassLabels!.Id(row.Label, file.Path, rowIndex);
         int? bos = Tokenizer.AddsBos ? Tokenizer.BosId : null, eos = Tokenizer.AddsEos ? Tokenizer.EosId : null;
-        var text = Tokenizer.Encode(row.Text);
-        int room = Options.MaxSeqLength - (bos is null ? 0 : 1) - (eos is null ? 0 : 1);
+        var first = Tokenizer.Encode(row.Text).ToList();
+        var second = row.TextPair is { } pair ? Tokenizer.Encode(pair).ToList() : null;
+        int room = Options.MaxSeqLength - ((bos is null ? 0 : 1) + (eos is null ? 0 : 1)) * (second is null ? 1 : 2);
         if (room <= 0) throw new OrtLoraException($"--max-length {Options.MaxSeqLength} leaves no room for text between the special tokens");
-        int[] ids = [.. bos is { } b ? [b] : Array.Empty<int>(), .. text.Take(room), .. eos is { } e ? [e] : Array.Empty<int>()];
-        if (text.Length > room) _cut.Add(rowIndex);
+        if (first.Count + (second?.Count ?? 0) > room) _cut.Add(rowIndex);
+        while (first.Count + (second?.Count ?? 0) > room)
+        {
+            var longer = second is null || first.Count > second.Count ? first : second;
+            longer.RemoveAt(longer.Count - 1);
+        }
+        IEnumerable<int> Wrapped(List<int> text) => [.. bos is { } b ? [b] : Array.Empty<int>(), .. text, .. eos is { } e ? [e] : Array.Empty<int>()];
+        int[] ids = [.. Wrapped(first), .. second is null ? [] : Wrapped(second)];
         if (ids.Length == 0) return null;
         var labels = Enumerable.Repeat(ExampleEncoder.IgnoreIndex, ids.Length).ToArray();
         labels[^1] = label;
