@@ -41,7 +41,8 @@ public static class EvalCommand
             }
             if (result.Classes is { } classes)
             {
-                Console.WriteLine($"eval_loss {result.Loss:F4}  eval_accuracy {result.MeanTokenAccuracy:F4}  ({result.Tokens:N0} rows classified in {result.Batches} batches; {classes}; {result.DataSummary})");
+                Console.WriteLine($"eval_loss {result.Loss:F4}  " + string.Join("  ", result.Metrics!.Select(m => $"eval_{m.Key} {m.Value:F4}")) +
+                    $"  ({result.Tokens:N0} rows {(classes.IsRegression ? "scored" : "classified")} in {result.Batches} batches; {classes}; {result.DataSummary})");
                 return;
             }
             if (parse.GetValue(teacher) is not null)

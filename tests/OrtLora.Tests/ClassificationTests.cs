@@ -172,6 +172,67 @@ public class ClassificationTests
         return new Batch(Take(batch.InputIds), mask, labels, batch.BatchSize, length);
     }
 
+    /// <summary>A regression (num_labels 1): the loss is the mean squared error to each row's target, fed per row, and
+    /// its gradients match central differences; filler rows count for nothing.</summary>
+    [Test]
+    public void RegressionIsTheMeanSquaredError()
+    {
+        using var model = InjectedClassifier(Tiny("model.onnx"), padId: 511, classes: 1);
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Classification: true));
+        Assert.That(session.Graph.BatchInputs, Has.Member(ClassificationLoss.TargetsInput));
+        float[] targets = [0.5f, -1.25f, 2, 0.75f];
+        var batch = ClassBatch(511) is var b ? b with { Labels = [.. b.Labels.Select(l => l == -100 ? l : 0)], RowValues = targets } : null!;
+        var outputs = PlainLogits(model, batch);
+        double expected = Enumerable.Range(0, Rows).Average(r => (outputs[r] - targets[r]) * (double)(outputs[r] - targets[r]));
+        var (loss, correct) = session.Evaluate(batch);
+        Assert.That(loss, Is.EqualTo(expected).Within(1e-5 * Math.Max(1, expected)));
+        Assert.That(correct, Is.Zero, "a regression has no class to be right about");
+        Assert.That(session.LastSequenceLogps, Is.EqualTo(outputs).Within(1e-5), "the predictions are the outputs");
+        var values = session.ParameterNames.ToDictionary(p => p, p => model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == p)));
+        var (_, gradients) = session.ComputeGradients(batch);
+        EnginePreferenceLossTests.MatchCentralDifferences(session, values, gradients, () => session.Evaluate(batch).Loss,
+            p => p.Contains("layers.0.") || p.Contains("score"));
+        var padded = ClassBatch(511, rows: Rows + 2) is var pb ? pb with { Labels = [.. pb.Labels.Select(l => l == -100 ? l : 0)], RowValues = [.. targets, 9, 9] } : null!;
+        Assert.That(session.Evaluate(padded).Loss, Is.EqualTo(loss).Within(1e-6), "filler rows' targets count for nothing");
+        Assert.That(Assert.Throws<OrtLoraException>(() => new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), LabelSmoothing: 0.1, Classification: true)))!.Message,
+            Does.Contain("regression"));
+    }
+
+    static Training.Data.Batch Rows1(int[] classes, float[]? targets = null) =>
+        new([.. classes.Select(_ => 1L)], [.. classes.Select(_ => 1L)], [.. classes.Select(c => (long)c)], classes.Length, 1, new DataPosition(0, 0), [])
+        { Sequences = classes.Length, RowValues = targets ?? [] };
+
+    static Dictionary<string, double> Report(ClassificationMetrics metrics)
+    {
+        var record = new JsonObject();
+        metrics.Report(record, "eval_");
+        return record.ToDictionary(kv => kv.Key, kv => (double)kv.Value!);
+    }
+
+    /// <summary>The GLUE metrics against values worked out by hand (sklearn's and scipy's definitions): binary F1 and
+    /// MCC, the multiclass MCC, Pearson, and Spearman with tied ranks.</summary>
+    [Test]
+    public void MetricsAreGluesMetrics()
+    {
+        var binary = new ClassificationMetrics(ClassLabels.Of(2));
+        binary.Add([0, 1, 1, 1, 0, 0], Rows1([0, 0, 1, 1, 1, 0]));
+        var b = Report(binary);
+        Assert.That(b["eval_accuracy"], Is.EqualTo(4.0 / 6).Within(1e-12));
+        Assert.That(b["eval_f1"], Is.EqualTo(2.0 / 3).Within(1e-12)); // tp 2, fp 1, fn 1
+        Assert.That(b["eval_matthews_correlation"], Is.EqualTo(1.0 / 3).Within(1e-12)); // (2·2 − 1·1) / √(3·3·3·3)
+        var three = new ClassificationMetrics(ClassLabels.Of(3));
+        three.Add([0, 1, 1, 0, 0, 2], Rows1([0, 1, 2, 0, 1, 2]));
+        var t = Report(three);
+        Assert.That(t.ContainsKey("eval_f1"), Is.False, "F1 of class 1 is for two classes");
+        Assert.That(t["eval_matthews_correlation"], Is.EqualTo(12 / Math.Sqrt(22.0 * 24)).Within(1e-12)); // (4·6 − 12) / √((36 − 14)(36 − 12))
+        var regression = new ClassificationMetrics(ClassLabels.Regression);
+        regression.Add([1, 2, 3, 4], Rows1([0, 0, 0, 0], [1, 3, 2, 2]));
+        var r = Report(regression);
+        Assert.That(r["eval_pearson"], Is.EqualTo(1.0 / Math.Sqrt(5 * 2)).Within(1e-12));
+        Assert.That(r["eval_spearmanr"], Is.EqualTo(1.5 / Math.Sqrt(5 * 4.5)).Within(1e-12)); // ranks of [1, 3, 2, 2]: 1, 4, 2.5, 2.5
+        Assert.That(r.ContainsKey("eval_accuracy"), Is.False);
+    }
+
     sealed class IntRow { public string? text { get; set; } public long? label { get; set; } }
     sealed class NameRow { public string? sentence { get; set; } public string? label { get; set; } }
     sealed class BoolRow { public string? text { get; set; } public bool label { get; set; } }
@@ -206,9 +267,26 @@ public class ClassificationTests
         var bools = Shared.WriteParquet([new BoolRow { text = "a", label = true }, new BoolRow { text = "b", label = false }], "bools.parquet");
         using (var file = ParquetDataset.Open(bools, DatasetFormat.Classification))
             Assert.That(ClassLabels.From(file).Names, Is.EqualTo(new[] { "false", "true" }));
-        var floats = Shared.WriteParquet([new FloatRow { text = "a", label = 0.5 }], "floats.parquet");
-        Assert.That(Assert.Throws<OrtLoraException>(() => ParquetDataset.Open(floats, DatasetFormat.Classification))!.Message,
-            Does.Contain("floats.parquet").And.Contain("regression"));
+        // run_glue's is_regression: a float column, or num_labels 1; JSON Lines numbers that are not all integers
+        var floats = Shared.WriteParquet([new FloatRow { text = "a", label = 1 }, new FloatRow { text = "b", label = 2 }], "floats.parquet");
+        using (var file = ParquetDataset.Open(floats, DatasetFormat.Classification))
+        {
+            Assert.That(ClassLabels.From(file).IsRegression, Is.True, "a float column, integral values or not");
+            Assert.That(Assert.Throws<OrtLoraException>(() => ClassLabels.From(file, numLabels: 2))!.Message, Does.Contain("regression"));
+        }
+        using (var file = ParquetDataset.Open(ints, DatasetFormat.Classification))
+            Assert.That(ClassLabels.From(file, numLabels: 1).IsRegression, Is.True);
+        using (var file = ParquetDataset.Open(names, DatasetFormat.Classification))
+            Assert.That(Assert.Throws<OrtLoraException>(() => ClassLabels.From(file, numLabels: 1))!.Message, Does.Contain("numeric labels").And.Contain("is not one"));
+        var jsonl = Path.Combine(Shared.TempDir(), "scores.jsonl");
+        File.WriteAllLines(jsonl, ["{\"text\": \"a\", \"label\": 3.8}", "{\"text\": \"b\", \"label\": 1}"]);
+        using (var file = ParquetDataset.Open(jsonl, DatasetFormat.Classification))
+        {
+            var classes = ClassLabels.From(file);
+            Assert.That(classes.IsRegression, Is.True);
+            Assert.That(classes.Target("3.8", jsonl, 0), Is.EqualTo(3.8f));
+            Assert.That(Assert.Throws<OrtLoraException>(() => classes.Target("NaN", jsonl, 4))!.Message, Does.Contain("row 4"));
+        }
         var one = Shared.WriteParquet([new IntRow { text = "a", label = 0 }], "one.parquet");
         using (var file = ParquetDataset.Open(one, DatasetFormat.Classification))
             Assert.That(Assert.Throws<OrtLoraException>(() => ClassLabels.From(file))!.Message, Does.Contain("at least 2 classes"));

@@ -147,7 +147,7 @@ public class RewardModelTests
         using var model = InjectedClassifier();
         var options = new PreferenceOptions(LossType: PreferenceOptions.RewardModelLoss, CenterRewardsCoefficient: center);
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options));
-        var batch = withMargins ? PairBatch() with { Margins = Margins } : PairBatch();
+        var batch = withMargins ? PairBatch() with { RowValues = Margins } : PairBatch();
         var scores = OrtRun.Run(model, Feeds(model, batch.InputIds, batch.AttentionMask, Rows, Length), ["logits"])["logits"].Floats;
         double expected = 0;
         int right = 0;
@@ -176,7 +176,7 @@ public class RewardModelTests
         var options = new PreferenceOptions(LossType: PreferenceOptions.RewardModelLoss, CenterRewardsCoefficient: center);
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Preference: options));
         var values = Values(model, session);
-        var batch = withMargins ? PairBatch() with { Margins = Margins } : PairBatch();
+        var batch = withMargins ? PairBatch() with { RowValues = Margins } : PairBatch();
         var (_, gradients) = session.ComputeGradients(batch);
         Assert.That(gradients.Keys, Has.Some.Contains("score"));
         EnginePreferenceLossTests.MatchCentralDifferences(session, values, gradients, () => session.Evaluate(batch).Loss,
@@ -310,7 +310,7 @@ public class RewardModelTests
         {
             using var data = TrainingData.Open(file, TinyTokenizer.Value, new DataOptions { BatchSize = 3, Shuffle = false, RewardModeling = true });
             var batch = data.Batches(new DataPosition(0, 0)).Single();
-            Assert.That(batch.Margins, Is.EqualTo(new[] { 1.5f, 0, 0, 0, -0.25f, 0 }), file);
+            Assert.That(batch.RowValues, Is.EqualTo(new[] { 1.5f, 0, 0, 0, -0.25f, 0 }), file);
         }
         var bad = Path.Combine(Shared.TempDir(), "bad.jsonl");
         File.WriteAllText(bad, "{\"prompt\": \"Q\", \"chosen\": \" a\", \"rejected\": \" b\", \"margin\": \"big\"}\n");

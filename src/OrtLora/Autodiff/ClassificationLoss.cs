@@ -9,19 +9,26 @@ namespace OrtLora.Autodiff;
 /// training graph takes: -100 everywhere but at one position, which holds it (a filler row of a padded batch has none,
 /// and counts for nothing). With the Trainer's label_smoothing_factor ε the row's loss is (1 − ε)·nll + ε·mean over the
 /// classes of −log p, as its LabelSmoother takes it. The gradient with respect to the logits, in closed form:
-/// (softmax − (1 − ε)·onehot − ε/N)·w, w = 1/rows for a counted row.</summary>
+/// (softmax − (1 − ε)·onehot − ε/N)·w, w = 1/rows for a counted row. A regression (num_labels 1, problem_type
+/// regression) takes the mean squared error to each row's target, a <see cref="TargetsInput"/> input, instead; its
+/// gradient is 2·(z − t)·w.</summary>
 /// <param name="Loss">the scalar loss</param>
 /// <param name="Logits">the logits the loss reads, [R, N] (float32)</param>
-/// <param name="Targets">each row's class, [R] (int64; 0 for a filler row)</param>
+/// <param name="Targets">each row's class, [R] (int64; 0 for a filler row); a regression's targets input (float32)</param>
 /// <param name="RowWeight">1 / counted rows for a counted row, 0 for a filler row, [R]</param>
 /// <param name="Counted">1 for a counted row, 0 for a filler row, [R]</param>
-/// <param name="OneHot">the classes as [R, N] float32</param>
-public sealed record ClassificationLoss(string Loss, string Logits, string Targets, string RowWeight, string Counted, string OneHot, double Smoothing)
+/// <param name="OneHot">the classes as [R, N] float32 (a regression: z − t, [R])</param>
+public sealed record ClassificationLoss(string Loss, string Logits, string Targets, string RowWeight, string Counted, string OneHot, double Smoothing, bool Regression)
 {
-    /// <param name="logits">float32 [R, N]</param>
-    /// <param name="labels">the batch's labels [R, S]: each counted row holds its class at one position, -100 elsewhere</param>
-    public static ClassificationLoss Append(GraphEditor g, string logits, string labels, double smoothing)
+    /// <summary>The graph input of a regression's targets (float32, [rows]).</summary>
+    public const string TargetsInput = "regression_targets";
+
+    /// <param name="logits">float32 [R, N]; [R, 1] for a regression</param>
+    /// <param name="labels">the batch's labels [R, S]: each counted row holds its class at one position, -100 elsewhere
+    /// (a regression's: 0 there)</param>
+    public static ClassificationLoss Append(GraphEditor g, string logits, string labels, double smoothing, bool regression = false)
     {
+        if (regression && smoothing > 0) throw new OrtLoraException("label smoothing is for classes; a regression (num_labels 1) has none");
         string Ints(params long[] v) => GraphConstants.Int64s(g, "classify/ints", v);
         string Scalar(double v) => GraphConstants.Scalar(g, "classify/const", v, (int)DT.Float);
         string Long(long v) => GraphConstants.Scalar(g, "classify/index", v, (int)DT.Int64);
@@ -32,6 +39,12 @@ public sealed record ClassificationLoss(string Loss, string Logits, string Targe
         var targets = Op("ReduceSum", [Op("Where", [labelled, labels, Long(0)]), Ints(1)], ("keepdims", 0L));
         var counted = Op("Min", [Op("ReduceSum", [Op("Cast", [labelled], ("to", (long)DT.Float)), Ints(1)], ("keepdims", 0L)), Scalar(1)]);
         var rowWeight = Op("Div", [counted, Op("Max", [Op("ReduceSum", [counted], ("keepdims", 0L)), Scalar(1)])]);
+        if (regression)
+        {
+            var difference = Op("Sub", [Op("Reshape", [logits, Ints(-1)]), TargetsInput]);
+            var squared = Op("ReduceSum", [Op("Mul", [Op("Mul", [difference, difference]), rowWeight])], ("keepdims", 0L));
+            return new ClassificationLoss(squared, logits, TargetsInput, rowWeight, counted, difference, 0, Regression: true);
+        }
         var classes = Op("Range", [Long(0), Op("Gather", [Op("Shape", [logits]), Long(1)], ("axis", 0L)), Long(1)]);
         var oneHot = Op("Cast", [Op("Equal", [Op("Unsqueeze", [targets, Ints(1)]), classes])], ("to", (long)DT.Float));
         var logProbs = Op("LogSoftmax", [logits], ("axis", -1L));
@@ -43,21 +56,23 @@ public sealed record ClassificationLoss(string Loss, string Logits, string Targe
             perRow = Op("Add", [Op("Mul", [perRow, Scalar(1 - smoothing)]), Op("Mul", [meanNll, Scalar(smoothing)])]);
         }
         var loss = Op("ReduceSum", [Op("Mul", [perRow, rowWeight])], ("keepdims", 0L));
-        return new ClassificationLoss(loss, logits, targets, rowWeight, counted, oneHot, smoothing);
+        return new ClassificationLoss(loss, logits, targets, rowWeight, counted, oneHot, smoothing, Regression: false);
     }
 
     /// <summary>Appends the number of counted rows whose arg-max is their class (float32 scalar): the accuracy times the rows.</summary>
     public string AppendCorrect(GraphEditor g)
     {
+        if (Regression) return GraphConstants.Scalar(g, "classify/none", 0, (int)DT.Float); // no class to be right about
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "classify/accuracy/" + op, attributes: attrs);
         var predicted = Op("ArgMax", [Logits], ("axis", 1L), ("keepdims", 0L));
         var right = Op("Cast", [Op("Equal", [predicted, Targets])], ("to", (long)DT.Float));
         return Op("ReduceSum", [Op("Mul", [right, Counted])], ("keepdims", 0L));
     }
 
-    /// <summary>Appends each row's predicted class as float32 [R] (for per-class metrics).</summary>
-    public string AppendPredictions(GraphEditor g) =>
-        g.Add("Cast", [g.Add("ArgMax", [Logits], name: "classify/predict/ArgMax", attributes: [("axis", 1L), ("keepdims", 0L)])],
+    /// <summary>Appends each row's predicted class as float32 [R] (for per-class metrics); a regression's prediction.</summary>
+    public string AppendPredictions(GraphEditor g) => Regression
+        ? g.Add("Reshape", [Logits, GraphConstants.Int64s(g, "classify/ints", -1)], name: "classify/predict/Reshape")
+        : g.Add("Cast", [g.Add("ArgMax", [Logits], name: "classify/predict/ArgMax", attributes: [("axis", 1L), ("keepdims", 0L)])],
             name: "classify/predict/Cast", attributes: ("to", (long)DT.Float));
 
     /// <summary>d loss / d logits, [R, N], float32.</summary>
@@ -67,6 +82,8 @@ public sealed record ClassificationLoss(string Loss, string Logits, string Targe
         string Scalar(double v) => GraphConstants.Scalar(g, "grad/classify/const", v, (int)DT.Float);
         string Op(string op, string[] inputs, params (string, object)[] attrs) => g.Add(op, inputs, name: "grad/classify/" + op, attributes: attrs);
 
+        if (Regression) // OneHot holds z − t
+            return Op("Reshape", [Op("Mul", [Op("Mul", [OneHot, RowWeight]), Scalar(2)]), Op("Shape", [Logits])]);
         string target = OneHot;
         if (Smoothing > 0)
         {

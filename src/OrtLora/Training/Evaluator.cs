@@ -16,9 +16,10 @@ public sealed record EvalResult(double Loss, double MeanTokenAccuracy, long Toke
     /// <summary>Preference data: the pairs scored and TRL's metrics by name; null otherwise.</summary>
     public IReadOnlyDictionary<string, double>? Rewards { get; init; }
     public long Pairs { get; init; }
-    /// <summary>Classification data: the classes; <see cref="MeanTokenAccuracy"/> is then the share of rows classified
-    /// right (eval_accuracy) and <see cref="Tokens"/> the rows.</summary>
+    /// <summary>Classification data: the classes; <see cref="Tokens"/> is then the rows, and <see cref="Metrics"/> the
+    /// GLUE metrics (<see cref="ClassificationMetrics"/>).</summary>
     public ClassLabels? Classes { get; init; }
+    public IReadOnlyDictionary<string, double>? Metrics { get; init; }
 }
 
 /// <summary>Evaluates any causal LM on Parquet data with the training engine's eval graph (the same loss, batches and
@@ -40,7 +41,10 @@ public static class Evaluator
         VocabularyCheck.Require(tokenizer, model);
         var tokenizerDir = Directory.Exists(tokenizerSource) ? tokenizerSource : Path.GetDirectoryName(Path.GetFullPath(tokenizerSource))!;
         bool rewardModel = SequenceClassifier.IsClassifier(model);
-        if (rewardModel && SequenceClassifier.NumLabels(model) is int numLabels and > 1)
+        // a classifier of classes, or a regression (num_labels 1 too, as a reward model): told by the model's
+        // problem_type, or by classification data asked for
+        if (rewardModel && SequenceClassifier.NumLabels(model) is int numLabels
+            && (numLabels > 1 || SequenceClassifier.Labels(model) is { IsRegression: true } || options.Format == DatasetFormat.Classification))
             return ScoreClassifier(model, dataPath, options, tokenizer, tokenizerDir, numLabels, device, epLibrary);
         // Every row of the file is evaluation data: it is opened as the eval file, with no split of a training file.
         using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false, RewardModeling = rewardModel }, dataPath,
@@ -94,7 +98,7 @@ public static class Evaluator
     static EvalResult ScoreClassifier(OnnxModel model, string dataPath, DataOptions options, TextTokenizer tokenizer, string tokenizerDir, int numLabels,
         string device, string? epLibrary)
     {
-        var classes = SequenceClassifier.Labels(model);
+        var classes = SequenceClassifier.Labels(model) ?? (numLabels == 1 ? ClassLabels.Regression : null);
         if (classes is null)
         {
             using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, options.TextColumn);
@@ -104,9 +108,15 @@ public static class Evaluator
         using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false, Format = DatasetFormat.Classification, ClassLabels = classes },
             dataPath, TokenizerConfig.Read(tokenizerDir));
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary, Classification: true));
-        var score = Trainer.Score(session, data);
+        var metrics = new ClassificationMetrics(classes);
+        var score = Trainer.Score(session, data, classified: metrics);
         if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no row to classify ({data.Summary})");
-        return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString()) { Classes = classes };
+        var record = new System.Text.Json.Nodes.JsonObject();
+        metrics.Report(record);
+        return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString())
+        {
+            Classes = classes, Metrics = record.ToDictionary(kv => kv.Key, kv => (double)kv.Value!),
+        };
     }
 
     /// <summary>A sequence classifier on preference pairs: TRL's reward-model loss and metrics (eval_accuracy, ...).</summary>

@@ -35,7 +35,7 @@ public static partial class Trainer
         var id2label = JsonNode.Parse(classes.Id2LabelJson())!.AsObject();
         config["id2label"] = id2label;
         config["label2id"] = new JsonObject(id2label.Select(kv => KeyValuePair.Create((string)kv.Value!, (JsonNode?)int.Parse(kv.Key))));
-        config["problem_type"] = "single_label_classification";
+        config["problem_type"] = classes.ProblemType;
         if (config["architectures"] is JsonArray architectures)
             config["architectures"] = new JsonArray([.. architectures.Select(a => (JsonNode?)((string?)a ?? "").Replace("ForCausalLM", "ForSequenceClassification"))]);
         var temporary = path + ".tmp";

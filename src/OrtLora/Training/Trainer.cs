@@ -174,12 +174,14 @@ public static partial class Trainer
         {
             var clock = Stopwatch.StartNew();
             var evalPreference = NewMetrics();
-            var score = Score(session, data, evalPreference, evalPreference is null ? null : references.ForEvaluation(), distillation is null ? null : distillation.WithTeacher);
+            var classified = classes is null ? null : new Reward.ClassificationMetrics(classes);
+            var score = Score(session, data, evalPreference, evalPreference is null ? null : references.ForEvaluation(), distillation is null ? null : distillation.WithTeacher,
+                classified);
             double loss = score.Loss, runtime = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
             // The Trainer's evaluate() names, TRL's eval_mean_token_accuracy, and perplexity; DPO's eval_rewards/* instead.
             var record = new JsonObject { ["step"] = step, ["eval_loss"] = loss };
             if (evalPreference is not null) evalPreference.Report(record, "eval_");
-            else if (classifier) record["eval_accuracy"] = score.MeanTokenAccuracy; // the rows classified right: each row has one counted label
+            else if (classified is not null) classified.Report(record, "eval_");
             else
             {
                 if (distillation is null) record["perplexity"] = Math.Exp(loss); // a divergence's exp is no perplexity
@@ -189,7 +191,7 @@ public static partial class Trainer
             record["eval_samples_per_second"] = Math.Round(score.Samples / runtime, 3);
             record["eval_steps_per_second"] = Math.Round(score.Batches / runtime, 3);
             log.Append(record);
-            string[] shown = classifier ? ["eval_accuracy"] : evalPreference is null ? ["perplexity", "eval_mean_token_accuracy"]
+            string[] shown = classifier ? ["eval_accuracy", "eval_f1", "eval_pearson"] : evalPreference is null ? ["perplexity", "eval_mean_token_accuracy"]
                 : rewardModel ? ["eval_accuracy", "eval_margin"] : ["eval_rewards/accuracies", "eval_rewards/margins", "eval_kl"];
             reporter.Evaluated(step, loss, [.. shown.Where(record.ContainsKey).Select(name => (name.Replace("eval_", ""), (double)record[name]!))]);
             lastEvalStep = step;
@@ -314,7 +316,7 @@ public static partial class Trainer
     {
         if (job.Args.Preference.IsRewardModel || job.Distillation is not null)
             throw new OrtLoraException("sequence classification has its own loss: not a reward model's or a distillation's");
-        if (options.NumLabels is < 2) throw new OrtLoraException($"--num-labels must be at least 2, got {options.NumLabels}");
+        if (options.NumLabels is < 1) throw new OrtLoraException($"--num-labels must be at least 1 (1: a regression), got {options.NumLabels}");
         using var file = ParquetDataset.Open(job.DataPath, DatasetFormat.Classification, job.Data.TextColumn);
         return ClassLabels.From(file, options.NumLabels);
     }
@@ -386,8 +388,9 @@ public static partial class Trainer
     /// model's session); null: the session's own starting parameters</param>
     /// <param name="prepare">distillation: each batch with the teacher's logits; its loss, a mean over the batch's
     /// tokens, is then weighed by the batch's rows, as the Trainer's evaluation loop averages per-batch losses</param>
+    /// <param name="classified">a classifier's evaluation: takes each batch's predictions (<see cref="Reward.ClassificationMetrics"/>)</param>
     public static EvalScore Score(TrainingSession session, TrainingData data, IPreferenceMetrics? preference = null,
-        Func<Engine.Batch, float[]>? reference = null, Func<Engine.Batch, Engine.Batch>? prepare = null)
+        Func<Engine.Batch, float[]>? reference = null, Func<Engine.Batch, Engine.Batch>? prepare = null, Reward.ClassificationMetrics? classified = null)
     {
         double sum = 0, correct = 0, weights = 0;
         long tokens = 0, samples = 0;
@@ -405,6 +408,7 @@ public static partial class Trainer
             samples += preference is null ? b.Sequences : b.Sequences / 2;
             batches++;
             preference?.Add(session.LastSequenceLogps[..b.Sequences], session.LastReferenceLogps[..b.Sequences], Roles(b));
+            classified?.Add(session.LastSequenceLogps, b);
         }
         return new(tokens == 0 ? double.NaN : sum / weights, tokens == 0 ? double.NaN : correct / tokens, tokens, batches, samples);
     }
@@ -416,5 +420,5 @@ public static partial class Trainer
     /// <summary>KTO's rows' roles, null for other data.</summary>
     static float[]? Roles(DataBatch b) => b.Roles.Any(r => r != 0) ? b.Roles[..b.Sequences] : null;
 
-    internal static Engine.Batch ToEngine(DataBatch b) => new(b.InputIds, b.AttentionMask, b.Labels, b.BatchSize, b.SeqLength) { Roles = b.Roles, Margins = b.Margins };
+    internal static Engine.Batch ToEngine(DataBatch b) => new(b.InputIds, b.AttentionMask, b.Labels, b.BatchSize, b.SeqLength) { Roles = b.Roles, RowValues = b.RowValues };
 }

@@ -20,8 +20,8 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
     public int Sequences { get; init; }
     /// <summary>Each row's role in KTO's loss (<see cref="Sequence.Role"/>; padding rows 0).</summary>
     public float[] Roles { get; init; } = [];
-    /// <summary>Each row's margin for a reward model's loss (<see cref="Sequence.Margin"/>; padding rows 0).</summary>
-    public float[] Margins { get; init; } = [];
+    /// <summary>Each row's value for a loss that reads one a row (<see cref="Sequence.RowValue"/>; padding rows 0).</summary>
+    public float[] RowValues { get; init; } = [];
     /// <summary>Positions with a label (what the loss averages over).</summary>
     public int TrainedTokens => Labels.Count(l => l != ExampleEncoder.IgnoreIndex);
 
@@ -58,15 +58,15 @@ public sealed record Sequence(int[] InputIds, int[] Labels, long NextIndex, long
     /// <summary>Unpaired preference data (KTO): 1 for a desirable completion, -1 for an undesirable one, 0 for a KL row
     /// (a prompt with another row's completion, scored but not trained).</summary>
     public float Role { get; init; }
-    /// <summary>A reward model's chosen sequence: the pair's margin (<see cref="TokenizedExample.Margin"/>).</summary>
-    public float Margin { get; init; }
+    /// <summary>The example's value for a loss that reads one a row (<see cref="TokenizedExample.RowValue"/>).</summary>
+    public float RowValue { get; init; }
 }
 
 public static class Batching
 {
     /// <summary>Examples one per sequence.</summary>
     public static IEnumerable<Sequence> Single(IEnumerable<(TokenizedExample Example, long NextIndex)> examples) =>
-        examples.Select(e => new Sequence(e.Example.InputIds, e.Example.Labels, e.NextIndex, [e.Example.RowIndex]) { Margin = e.Example.Margin });
+        examples.Select(e => new Sequence(e.Example.InputIds, e.Example.Labels, e.NextIndex, [e.Example.RowIndex]) { RowValue = e.Example.RowValue });
 
     /// <summary>Examples concatenated in order into sequences of at most <paramref name="maxLength"/> tokens; an
     /// example never splits (each is already cut to the maximum), and each keeps its own labels.</summary>
@@ -173,7 +173,7 @@ public static class Batching
         return new Batch(inputIds, mask, labels, b, s, new DataPosition(epoch, sequences[^1].NextIndex), [.. sequences.SelectMany(x => x.Rows)])
             {
                 Sequences = sequences.Count, Roles = [.. sequences.Select(x => x.Role), .. new float[b - sequences.Count]],
-                Margins = [.. sequences.Select(x => x.Margin), .. new float[b - sequences.Count]],
+                RowValues = [.. sequences.Select(x => x.RowValue), .. new float[b - sequences.Count]],
             };
     }
 }

@@ -5,19 +5,28 @@ namespace OrtLora.Training.Data;
 
 /// <summary>The classes of sequence classification data, as transformers' run_glue.py finds them: integer labels are
 /// class indices as they are (a datasets ClassLabel column), num_labels one more than the largest; other labels (names,
-/// booleans) are sorted, and a label's index is its place in that list (the config's id2label).</summary>
+/// booleans) are sorted, and a label's index is its place in that list (the config's id2label). Float labels, or
+/// num_labels 1, make a regression (problem_type regression: one output, the MSE loss).</summary>
 public sealed class ClassLabels
 {
     /// <summary>The class names in index order; null for integer labels.</summary>
     public IReadOnlyList<string>? Names { get; }
     /// <summary>num_labels: the classifier's outputs.</summary>
     public int Count { get; }
+    /// <summary>A regression: one output, each row's label a number (<see cref="Target"/>).</summary>
+    public bool IsRegression { get; }
 
-    ClassLabels(IReadOnlyList<string>? names, int count)
+    /// <summary>transformers' problem_type.</summary>
+    public string ProblemType => IsRegression ? "regression" : "single_label_classification";
+
+    public static ClassLabels Regression { get; } = new(null, 1, regression: true);
+
+    ClassLabels(IReadOnlyList<string>? names, int count, bool regression = false)
     {
-        if (count < 2)
+        IsRegression = regression;
+        if (count < 2 && !regression)
             throw new OrtLoraException($"single-label classification needs at least 2 classes, got num_labels {count} " +
-                "(one label is a regression, which is not supported; give --num-labels when the data shows only one class)");
+                "(give --num-labels when the data shows only one class; --num-labels 1 is a regression on numeric labels)");
         Names = names;
         Count = count;
     }
@@ -30,6 +39,15 @@ public sealed class ClassLabels
         foreach (var (_, record) in train.ReadAll())
             if (record is ClassificationRecord row) seen.Add(row.Label);
         if (seen.Count == 0) throw new OrtLoraException($"{train.Path}: no labelled row");
+        // run_glue's is_regression: a float label column (JSON Lines numbers: any that is not an integer); or num_labels 1
+        bool numeric = seen.All(l => double.TryParse(l, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && double.IsFinite(v));
+        if (train.LabelIsFloat || numLabels == 1 || numeric && !seen.All(IsIndex))
+        {
+            if (!numeric) throw new OrtLoraException($"{train.Path}: a regression (num_labels 1{(train.LabelIsFloat ? ", a float label column" : "")}) takes numeric labels; " +
+                $"'{seen.First(l => !double.TryParse(l, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) || !double.IsFinite(v))}' is not one");
+            if (numLabels is > 1) throw new OrtLoraException($"{train.Path}: float labels are a regression (num_labels 1); --num-labels is {numLabels}");
+            return Regression;
+        }
         if (seen.All(IsIndex))
         {
             int largest = seen.Max(l => int.Parse(l, CultureInfo.InvariantCulture));
@@ -62,8 +80,14 @@ public sealed class ClassLabels
         throw new OrtLoraException($"{file}: row {row}: label '{label}' is not one of the training data's ({string.Join(", ", Names)})");
     }
 
-    /// <summary>The name of class <paramref name="id"/> (its index for integer labels).</summary>
-    public string Name(int id) => Names?[id] ?? id.ToString(CultureInfo.InvariantCulture);
+    /// <summary>A regression row's target; a label that is no finite number names the file and the row.</summary>
+    public float Target(string label, string file, long row) =>
+        double.TryParse(label, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) && double.IsFinite(value) ? (float)value
+            : throw new OrtLoraException($"{file}: row {row}: label '{label}' is not a number (the labels of a regression are)");
+
+    /// <summary>The name of class <paramref name="id"/> (its index for integer labels; transformers' LABEL_0 for a
+    /// regression's output).</summary>
+    public string Name(int id) => IsRegression ? "LABEL_0" : Names?[id] ?? id.ToString(CultureInfo.InvariantCulture);
 
     /// <summary>transformers' config id2label: {"0": name, ...}.</summary>
     public string Id2LabelJson() =>
@@ -82,6 +106,6 @@ public sealed class ClassLabels
         return names.Select((n, i) => n == i.ToString(CultureInfo.InvariantCulture)).All(b => b) ? Of(names.Count) : Of(names.Count, names);
     }
 
-    public override string ToString() =>
+    public override string ToString() => IsRegression ? "regression (num_labels 1)" :
         $"{Count} labels" + (Names is null ? "" : $": {string.Join(", ", Names.Take(8).Select((n, i) => $"{i} {n}"))}{(Names.Count > 8 ? ", ..." : "")}");
 }

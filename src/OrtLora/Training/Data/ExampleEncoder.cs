@@ -5,8 +5,9 @@ namespace OrtLora.Training.Data;
 public sealed record TokenizedExample(long RowIndex, int[] InputIds, int[] Labels)
 {
     public int Length => InputIds.Length;
-    /// <summary>A reward model's chosen sequence: the pair's margin (TRL's margin column; 0 without one).</summary>
-    public float Margin { get; init; }
+    /// <summary>A value for a loss that reads one a row: a reward model's chosen sequence holds the pair's margin (TRL's
+    /// margin column; 0 without one), a regression's row its target.</summary>
+    public float RowValue { get; init; }
     public int TrainedTokens => Labels.Count(l => l != ExampleEncoder.IgnoreIndex);
 }
 

@@ -14,6 +14,8 @@ public sealed partial class ParquetDataset
     public string? LabelColumn { get; private set; }
     /// <summary>The second text of a pair (GLUE's sentence2, ...), or null for single texts.</summary>
     public string? ClassificationTextPair { get; private set; }
+    /// <summary>The label column holds floats (run_glue's is_regression).</summary>
+    public bool LabelIsFloat { get; private set; }
 
     /// <summary>GLUE's text pairs, run_glue.py's task_to_keys.</summary>
     static readonly (string First, string Second)[] TextPairs = [("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"), ("premise", "hypothesis")];
@@ -31,10 +33,11 @@ public sealed partial class ParquetDataset
         RequireStringColumn(ClassificationText);
         var field = FirstReader.Schema.Fields.First(f => f.Name == LabelColumn);
         var type = (field as DataField)?.ClrType;
-        if (field is not DataField { IsArray: false } || type == typeof(double) || type == typeof(float) || type == typeof(decimal) || type == typeof(DateTime))
-            throw new OrtLoraException($"{Path}: column '{LabelColumn}' holds {(field is DataField d ? d.ClrType.Name : field.SchemaType.ToString().ToLowerInvariant())}; " +
-                "single-label classification takes one class a row: integers (0 .. num_labels - 1), booleans or names " +
-                "(float labels, a regression, and lists of labels, multi-label classification, are not supported)");
+        if (field is not DataField { IsArray: false } || type == typeof(DateTime) || type == typeof(DateTimeOffset) || type == typeof(byte[]))
+            throw new OrtLoraException($"{Path}: column '{LabelColumn}' holds {(field is DataField d ? d.ClrType.Name + (d.IsArray ? " lists" : "") : field.SchemaType.ToString().ToLowerInvariant())}; " +
+                "classification takes one label a row: integers (0 .. num_labels - 1), booleans, names, or numbers for a regression " +
+                "(lists of labels, multi-label classification, are not supported)");
+        LabelIsFloat = type == typeof(double) || type == typeof(float) || type == typeof(decimal);
     }
 
     List<Row> ReadClassifications(int group)

@@ -51,7 +51,7 @@ public sealed class PreferenceEncoder(TextTokenizer tokenizer, ChatTemplate chat
             _ => throw new OrtLoraException($"row {rowIndex} is not a preference row ({record.GetType().Name})"),
         };
         if (chosen.Count > maxLength || rejected.Count > maxLength || chosen.Count == 0 || rejected.Count == 0) return null;
-        return (new TokenizedExample(rowIndex, [.. chosen], [.. chosen]) { Margin = (float)(margin ?? 0) },
+        return (new TokenizedExample(rowIndex, [.. chosen], [.. chosen]) { RowValue = (float)(margin ?? 0) },
             new TokenizedExample(rowIndex, [.. rejected], [.. rejected]));
     }
 

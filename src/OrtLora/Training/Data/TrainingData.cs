@@ -282,7 +282,10 @@ public sealed class TrainingData : IDisposable
     TokenizedExample? EncodeClassification(ParquetDataset file, long rowIndex, DataRecord record)
     {
         var row = record as ClassificationRecord ?? throw new OrtLoraException($"{file.Path}: row {rowIndex} is not a classification row");
-        int label = ClassLabels!.Id(row.Label, file.Path, rowIndex);
+        var classes = ClassLabels!;
+        // a regression's row is counted by a label 0 at its last token; its target goes with the row
+        int label = classes.IsRegression ? 0 : classes.Id(row.Label, file.Path, rowIndex);
+        float target = classes.IsRegression ? classes.Target(row.Label, file.Path, rowIndex) : 0;
         int? bos = Tokenizer.AddsBos ? Tokenizer.BosId : null, eos = Tokenizer.AddsEos ? Tokenizer.EosId : null;
         var first = Tokenizer.Encode(row.Text).ToList();
         var second = row.TextPair is { } pair ? Tokenizer.Encode(pair).ToList() : null;
@@ -299,7 +302,7 @@ public sealed class TrainingData : IDisposable
         if (ids.Length == 0) return null;
         var labels = Enumerable.Repeat(ExampleEncoder.IgnoreIndex, ids.Length).ToArray();
         labels[^1] = label;
-        return new TokenizedExample(rowIndex, ids, labels);
+        return new TokenizedExample(rowIndex, ids, labels) { RowValue = target };
     }
 
     /// <summary>A row rendered; what the template refuses (a role it has no place for, its raise_exception) names the

@@ -12,8 +12,9 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
     public float[]? ReferenceLogps { get; init; }
     /// <summary>With KTO: each row's role (<see cref="Autodiff.PreferenceLoss.RolesInput"/>).</summary>
     public float[]? Roles { get; init; }
-    /// <summary>With a reward model's loss: each row's margin (<see cref="Autodiff.RewardLoss.MarginsInput"/>; null: 0).</summary>
-    public float[]? Margins { get; init; }
+    /// <summary>With a loss that reads a value a row: a reward model's margins (<see cref="Autodiff.RewardLoss.MarginsInput"/>),
+    /// a regression's targets (<see cref="Autodiff.ClassificationLoss.TargetsInput"/>); null: 0.</summary>
+    public float[]? RowValues { get; init; }
     /// <summary>With XPO's row term: each row's weight w in Σ w·π (<see cref="Autodiff.PreferenceLoss.RowWeightsInput"/>).</summary>
     public float[]? RowWeights { get; init; }
     /// <summary>With distillation: the teacher's logits for the batch, [BatchSize, SequenceLength, vocabulary]
@@ -45,7 +46,8 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
                     : throw new OrtLoraException($"a distillation batch needs the teacher's logits for its {BatchSize}×{SequenceLength} positions"),
                 Autodiff.PreferenceLoss.RowWeightsInput => HostTensor.Of(RowWeights is { } w && w.Length == BatchSize ? w
                     : throw new OrtLoraException($"a batch with XPO's term needs a weight for each of its {BatchSize} rows"), BatchSize),
-                Autodiff.RewardLoss.MarginsInput => HostTensor.Of(Margins is { } m && m.Length == BatchSize ? m : new float[BatchSize], BatchSize),
+                Autodiff.RewardLoss.MarginsInput or Autodiff.ClassificationLoss.TargetsInput =>
+                    HostTensor.Of(RowValues is { } m && m.Length == BatchSize ? m : new float[BatchSize], BatchSize),
                 Autodiff.PreferenceLoss.RolesInput => HostTensor.Of(Roles ?? throw new OrtLoraException("a KTO batch needs each row's role"), BatchSize),
                 Autodiff.PreferenceLoss.ReferenceInput => HostTensor.Of(ReferenceLogps ?? throw new OrtLoraException("a DPO batch needs the reference model's log-probabilities"), BatchSize),
                 _ when name.Contains("position") => HostTensor.Of(Enumerable.Range(0, (int)n).Select(i => (long)(i % SequenceLength)).ToArray(), Shape),

@@ -56,7 +56,7 @@ public sealed partial class TrainingGraph : IDisposable
     public bool TokenWeighted { get; private init; }
     /// <summary>The graph outputs a session reads back after each Run (the loss, the tokens predicted right, with DPO
     /// the rows' log-probabilities).</summary>
-    public IReadOnlyList<string> ReportedOutputs => Preference ? [Loss, CorrectTokens, SequenceLogProbs] : [Loss, CorrectTokens];
+    public IReadOnlyList<string> ReportedOutputs => Preference || Classification ? [Loss, CorrectTokens, SequenceLogProbs] : [Loss, CorrectTokens];
     /// <summary>The gradient graphs take a <c>loss_scale</c> input (float16 compute).</summary>
     public bool ScalesLoss { get; private init; }
     /// <summary>With loss scaling: each parameter's gradient before the division by the scale. The step and accumulate
@@ -124,7 +124,7 @@ public sealed partial class TrainingGraph : IDisposable
         if (parameters.Count == 0)
             throw new OrtLoraException($"{model.Source}: no trainable parameters (no initializer ends in .lora_A.weight / .lora_B.weight); run `ortlora inject` first");
         var taken = proto.Graph.Input.Select(i => i.Name).Concat(proto.Graph.Node.SelectMany(n => n.Output)).Concat(proto.Graph.Initializer.Select(t => t.Name));
-        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens or SequenceLogProbs or TokenWeights or PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or PreferenceLoss.RowWeightsInput or RewardLoss.MarginsInput or DistillationLoss.TeacherInput) is { } clash)
+        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens or SequenceLogProbs or TokenWeights or PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or PreferenceLoss.RowWeightsInput or RewardLoss.MarginsInput or ClassificationLoss.TargetsInput or DistillationLoss.TeacherInput) is { } clash)
             throw new OrtLoraException($"{model.Source}: the model already has a value named '{clash}' (exported with labels and a loss?); " +
                 "export it with input_ids and attention_mask in, logits out");
         logits ??= proto.Graph.Output.Any(o => o.Name == "logits") ? "logits" : proto.Graph.Output[0].Name;
@@ -172,9 +172,17 @@ public sealed partial class TrainingGraph : IDisposable
         {
             if (preference is not null || tokenWeights || distillationBeta is not null)
                 throw new OrtLoraException("sequence classification has its own loss: not with a preference loss, token weights or distillation");
-            if (proto.Graph.Output.FirstOrDefault(o => o.Name == logits)?.Type?.TensorType?.Shape is { } declared && declared.Dim.Count != 2)
+            var declared = proto.Graph.Output.FirstOrDefault(o => o.Name == logits)?.Type?.TensorType?.Shape;
+            if (declared is not null && declared.Dim.Count != 2)
                 throw NotAClassifier(model.Source, [.. declared.Dim.Select(d => d.DimValue > 0 ? d.DimValue : -1)], classes: true);
-            classify = ClassificationLoss.Append(g, logits, Labels, labelSmoothing);
+            // num_labels 1: transformers' regression (the MSE to each row's target)
+            bool regression = declared?.Dim[1].DimValue == 1;
+            if (regression)
+            {
+                proto.Graph.Input.Add(Input(ClassificationLoss.TargetsInput, (int)DT.Float, ["batch"]));
+                batchInputs.Add(ClassificationLoss.TargetsInput);
+            }
+            classify = ClassificationLoss.Append(g, logits, Labels, labelSmoothing, regression);
         }
         else if (preference is { IsRewardModel: true })
         {
@@ -223,7 +231,7 @@ public sealed partial class TrainingGraph : IDisposable
             g.Add("Identity", [loss!.AppendCorrect(g)], name: "accuracy/output", outputs: [CorrectTokens]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
         }
-        if ((reward?.Rewards ?? preferenceLoss?.SequenceLogProbs) is { } rows)
+        if ((reward?.Rewards ?? preferenceLoss?.SequenceLogProbs ?? classify?.AppendPredictions(g)) is { } rows)
         {
             g.Add("Identity", [rows], name: "dpo/output", outputs: [SequenceLogProbs]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = SequenceLogProbs });
@@ -265,7 +273,7 @@ public sealed partial class TrainingGraph : IDisposable
             }
             else if (classify is not null)
             {
-                if (types[classify.Logits].ShapeA is { } shape && (shape.Length != 2 || shape[^1] < 2)) throw NotAClassifier(model.Source, shape, classes: true);
+                if (types[classify.Logits].ShapeA is { } shape && (shape.Length != 2 || shape[^1] < 2 != classify.Regression)) throw NotAClassifier(model.Source, shape, classes: true);
                 (seeds, correct) = ClassificationGradient(proto, g, classify, scalesLoss);
                 ClassificationEvalOutputs(eval, classify);
             }
@@ -370,7 +378,7 @@ public sealed partial class TrainingGraph : IDisposable
         foreach (var input in result.Graph.Input.Where(i => BatchInputs.Contains(i.Name) || i.Name == NeftuneNoise.Input))
         {
             var dims = input.Type?.TensorType?.Shape?.Dim;
-            if (input.Name is PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or PreferenceLoss.RowWeightsInput or RewardLoss.MarginsInput && dims is { Count: 1 }) { dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch }; continue; }
+            if (input.Name is PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or PreferenceLoss.RowWeightsInput or RewardLoss.MarginsInput or ClassificationLoss.TargetsInput && dims is { Count: 1 }) { dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch }; continue; }
             if (dims is null || dims.Count != (input.Name is NeftuneNoise.Input or DistillationLoss.TeacherInput ? 3 : 2)) continue;
             dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch };
             dims[1] = new TensorShapeProto.Types.Dimension { DimValue = sequence };

@@ -35,11 +35,12 @@ public sealed partial class TrainingSession
 
     Batch WithReference(Batch batch) => !_graph.Preference || batch.ReferenceLogps is not null ? batch : batch with { ReferenceLogps = ReferenceLogps(batch) };
 
-    /// <summary>With DPO, the rows' log-probabilities come back with the loss.</summary>
+    /// <summary>With DPO, the rows' log-probabilities come back with the loss; with a classifier, its predictions
+    /// (<see cref="ClassificationLoss.AppendPredictions"/>).</summary>
     void BindSequenceLogps(RunBinding run, Batch batch)
     {
-        if (!_graph.Preference) return;
-        LastReferenceLogps = batch.ReferenceLogps!;
+        if (!_graph.Preference && !_graph.Classification) return;
+        LastReferenceLogps = batch.ReferenceLogps ?? [];
         LastSequenceLogps = new float[batch.BatchSize];
         run.HostOutput(TrainingGraph.SequenceLogProbs, LastSequenceLogps);
     }

@@ -124,22 +124,26 @@ public static class SequenceClassifier
         return (transposed ? weight.Dims[1] : weight.Dims[0], stored, seen ?? stored);
     }
 
-    /// <summary>The model's metadata key for the classes' names (transformers' config id2label), which `ortlora classify`
-    /// writes and `eval` reads.</summary>
-    public const string Id2LabelKey = "id2label";
+    /// <summary>The model's metadata keys for the classes' names (transformers' config id2label) and the problem_type,
+    /// which `ortlora classify` writes and `eval` reads.</summary>
+    public const string Id2LabelKey = "id2label", ProblemTypeKey = "problem_type";
 
     /// <summary>The classifier's num_labels: its logits' declared last dimension (null when not declared).</summary>
     public static int? NumLabels(OnnxModel model) =>
         LogitsOutput(model).Type?.TensorType?.Shape?.Dim is { Count: 2 } dims && dims[1].DimValue > 0 ? (int)dims[1].DimValue : null;
 
-    /// <summary>The classes' names the model carries (<see cref="Id2LabelKey"/>), or null.</summary>
-    public static Data.ClassLabels? Labels(OnnxModel model) =>
-        model.Proto.MetadataProps.FirstOrDefault(p => p.Key == Id2LabelKey) is { } entry ? Data.ClassLabels.FromId2LabelJson(entry.Value, model.Source) : null;
+    /// <summary>The classes the model carries (<see cref="Id2LabelKey"/>, <see cref="ProblemTypeKey"/>), or null.</summary>
+    public static Data.ClassLabels? Labels(OnnxModel model)
+    {
+        if (model.Proto.MetadataProps.FirstOrDefault(p => p.Key == ProblemTypeKey)?.Value == "regression") return Data.ClassLabels.Regression;
+        return model.Proto.MetadataProps.FirstOrDefault(p => p.Key == Id2LabelKey) is { } entry ? Data.ClassLabels.FromId2LabelJson(entry.Value, model.Source) : null;
+    }
 
     public static void SetLabels(OnnxModel model, Data.ClassLabels classes)
     {
-        foreach (var p in model.Proto.MetadataProps.Where(p => p.Key == Id2LabelKey).ToList()) model.Proto.MetadataProps.Remove(p);
+        foreach (var p in model.Proto.MetadataProps.Where(p => p.Key is Id2LabelKey or ProblemTypeKey).ToList()) model.Proto.MetadataProps.Remove(p);
         model.Proto.MetadataProps.Add(new StringStringEntryProto { Key = Id2LabelKey, Value = classes.Id2LabelJson() });
+        model.Proto.MetadataProps.Add(new StringStringEntryProto { Key = ProblemTypeKey, Value = classes.ProblemType });
     }
 
     /// <summary>initializer_range from the config.json beside the model, else transformers' default 0.02.</summary>
