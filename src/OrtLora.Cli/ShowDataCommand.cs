@@ -53,7 +53,8 @@ public static class ShowDataCommand
                 if (training.ClassLabels is { } classes)
                 {
                     // a classifier reads the whole row and learns its class, which the last token's label holds
-                    Console.WriteLine($"── {name}: {example.Length} tokens, label {example.Labels[^1]} ({classes.Name(example.Labels[^1])})");
+                    Console.WriteLine($"── {name}: {example.Length} tokens, " + (classes.IsRegression
+                        ? $"target {example.RowValue.ToString(System.Globalization.CultureInfo.InvariantCulture)}" : $"label {example.Labels[^1]} ({classes.Name(example.Labels[^1])})"));
                     Console.WriteLine(tokenizer.Decode(example.InputIds));
                     continue;
                 }

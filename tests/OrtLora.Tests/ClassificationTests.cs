@@ -424,6 +424,46 @@ public class ClassificationTests
         Assert.That(shown, Does.Contain("label 0 (neg)"));
     }
 
+    sealed class ScoredPairRow { public string? sentence1 { get; set; } public string? sentence2 { get; set; } public double label { get; set; } }
+
+    /// <summary>`ortlora classify` on STS-B-shaped data (sentence pairs, a float score): a regression whose held-out
+    /// Pearson correlation ends over 0.95; the merged config.json says regression; the merged model and the base with
+    /// the adapter evaluate as training's last evaluation, with no --dataset-format needed.</summary>
+    [Test]
+    public void ClassifyTrainsARegressionOnSentencePairs()
+    {
+        var words = new Dictionary<string, double> { ["awful"] = 0.5, ["bad"] = 1.5, ["okay"] = 2.5, ["good"] = 3.5, ["great"] = 4.5 };
+        string Write(string name, int rows, int seed)
+        {
+            var rng = new Random(seed);
+            return Shared.WriteParquet(Enumerable.Range(0, rows).Select(_ => words.ElementAt(rng.Next(words.Count)))
+                .Select(w => new ScoredPairRow { sentence1 = $"The meal was {w.Key}.", sentence2 = "How good was it?", label = w.Value }).ToList(), name);
+        }
+        var (train, eval) = (Write("train.parquet", 160, 1), Write("eval.parquet", 40, 2));
+        Assert.That(OrtloraOk("show-data", train, "--tokenizer", Path.Combine(Shared.RepoRoot, "graphs", "tiny"), "--dataset-format", "classification", "--rows", "4").Out,
+            Does.Contain("regression (num_labels 1)").And.Match("tokens, target [0-9.]+\\s+The meal was"));
+        var output = Shared.TempDir();
+        var run = OrtloraOk("classify", Tiny("model.onnx"), "--data", train, "--eval-data", eval, "-o", output, "--target-modules", "all-linear",
+            "--num-train-epochs", "3", "--learning-rate", "2e-3", "--merge", "--plain-log");
+        Assert.That(run.Out, Does.Contain("regression (num_labels 1)").And.Contain("score head [1, hidden]"));
+        var evals = File.ReadAllLines(Path.Combine(output, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!.AsObject()).Where(r => r.ContainsKey("eval_loss")).ToList();
+        Assert.That((double)evals[^1]["eval_pearson"]!, Is.GreaterThan(0.95));
+        Assert.That((double)evals[^1]["eval_loss"]!, Is.LessThan(0.1 * (double)evals[0]["eval_loss"]!));
+        Assert.That(evals[^1].ContainsKey("eval_accuracy"), Is.False);
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(output, "merged", "config.json")))!;
+        Assert.That((string?)config["problem_type"], Is.EqualTo("regression"));
+        Assert.That((string?)config["id2label"]!["0"], Is.EqualTo("LABEL_0"));
+        double last = (double)evals[^1]["eval_loss"]!, pearson = (double)evals[^1]["eval_pearson"]!;
+        foreach (var args in new[] { new[] { "eval", Path.Combine(output, "merged", "model.onnx"), "--data", eval }, ["eval", Tiny("model.onnx"), "--adapter", output, "--data", eval] })
+        {
+            var result = OrtloraOk(args).Out;
+            double Value(string key) => double.Parse(result.Split(key + " ")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+            Assert.That(Value("eval_loss"), Is.EqualTo(last).Within(2e-4), string.Join(' ', args));
+            Assert.That(Value("eval_pearson"), Is.EqualTo(pearson).Within(1e-4), string.Join(' ', args));
+            Assert.That(result, Does.Contain("40 rows scored"));
+        }
+    }
+
     [Test]
     public void MisuseIsOneClearError()
     {

@@ -42,9 +42,11 @@ public static class Evaluator
         var tokenizerDir = Directory.Exists(tokenizerSource) ? tokenizerSource : Path.GetDirectoryName(Path.GetFullPath(tokenizerSource))!;
         bool rewardModel = SequenceClassifier.IsClassifier(model);
         // a classifier of classes, or a regression (num_labels 1 too, as a reward model): told by the model's
-        // problem_type, or by classification data asked for
+        // problem_type, or by labelled data that is not pairs (chosen, rejected)
         if (rewardModel && SequenceClassifier.NumLabels(model) is int numLabels
-            && (numLabels > 1 || SequenceClassifier.Labels(model) is { IsRegression: true } || options.Format == DatasetFormat.Classification))
+            && (numLabels > 1 || SequenceClassifier.Labels(model) is { IsRegression: true } || options.Format == DatasetFormat.Classification
+                || options.Format == DatasetFormat.Auto && ParquetDataset.ReadColumns(dataPath) is var columns
+                    && (columns.Contains("label") || columns.Contains("labels")) && !(columns.Contains("chosen") && columns.Contains("rejected"))))
             return ScoreClassifier(model, dataPath, options, tokenizer, tokenizerDir, numLabels, device, epLibrary);
         // Every row of the file is evaluation data: it is opened as the eval file, with no split of a training file.
         using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false, RewardModeling = rewardModel }, dataPath,

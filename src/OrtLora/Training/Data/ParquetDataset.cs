@@ -20,7 +20,8 @@ public sealed partial class ParquetDataset : IDisposable
     readonly Dictionary<int, DataSummary> _summaryByGroup = new();
     readonly long[] _groupStarts;
 
-    ParquetDataset(string path, List<Shard> shards, DatasetFormat format, string textColumn)
+    /// <param name="columnsOnly">read the schema only: no format detected, no columns required</param>
+    ParquetDataset(string path, List<Shard> shards, DatasetFormat format, string textColumn, bool columnsOnly = false)
     {
         Path = path;
         _shards = shards;
@@ -33,6 +34,7 @@ public sealed partial class ParquetDataset : IDisposable
         RowGroupRowCounts = [.. shards.SelectMany(s => Enumerable.Range(0, s.Reader.RowGroupCount).Select(g => s.Reader.RowGroups[g].RowCount))];
         _groupStarts = new long[RowGroupRowCounts.Count + 1];
         for (int g = 0; g < RowGroupRowCounts.Count; g++) _groupStarts[g + 1] = _groupStarts[g] + RowGroupRowCounts[g];
+        if (columnsOnly) return;
         Format = format == DatasetFormat.Auto ? Detect() : format;
         RequireColumns();
     }
@@ -73,7 +75,9 @@ public sealed partial class ParquetDataset : IDisposable
     /// <summary>Opens <paramref name="path"/>: a Parquet file, a directory of them (a dataset's shards, read in name
     /// order as one table) or a file pattern (<c>data/train-*.parquet</c>); JSON Lines files (.jsonl, .json) too, read
     /// whole into memory (<see cref="JsonLines"/>). The format is detected from the columns unless given.</summary>
-    public static ParquetDataset Open(string path, DatasetFormat format = DatasetFormat.Auto, string textColumn = "text")
+    public static ParquetDataset Open(string path, DatasetFormat format = DatasetFormat.Auto, string textColumn = "text") => Open(path, format, textColumn, columnsOnly: false);
+
+    static ParquetDataset Open(string path, DatasetFormat format = DatasetFormat.Auto, string textColumn = "text", bool columnsOnly = false)
     {
         var shards = new List<Shard>();
         try
@@ -92,13 +96,20 @@ public sealed partial class ParquetDataset : IDisposable
                     throw new OrtLoraException($"{file} is not a readable Parquet file (truncated or another format?): {e.Message}", e);
                 }
             }
-            return new ParquetDataset(path, shards, format, textColumn);
+            return new ParquetDataset(path, shards, format, textColumn, columnsOnly);
         }
         catch
         {
             foreach (var shard in shards) Close(shard);
             throw;
         }
+    }
+
+    /// <summary>The columns of the data at <paramref name="path"/> (its first file's), without choosing a format.</summary>
+    public static IReadOnlyList<string> ReadColumns(string path)
+    {
+        using var data = Open(path, columnsOnly: true);
+        return data.Columns;
     }
 
     /// <summary>The files a data path names, in the order their rows are numbered.</summary>
