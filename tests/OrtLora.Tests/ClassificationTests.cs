@@ -299,6 +299,49 @@ public class ClassificationTests
         }
     }
 
+    /// <summary>A classifier's run resumes from a checkpoint byte for byte (the head is in the checkpoint), also with
+    /// EVA, which reads every attended token of a classifier's rows (their one label marks no tokens); gradient
+    /// accumulation weighs micro-batches by rows, so two micro-batches of 4 rows give one batch of 8's step.</summary>
+    [Test]
+    public void ResumesAndAccumulatesByRows()
+    {
+        var data = SentimentData(Shared.TempDir(), "train.jsonl", 40, seed: 4);
+        string[] Args(string dir, params string[] extra) => ["classify", Tiny("model.onnx"), "--data", data, "-o", dir, "--max-steps", "4",
+            "--save-steps", "2", "--learning-rate", "2e-3", "--plain-log", .. extra];
+        AssertResumedRunEndsLikeStraight(dir => Args(dir), "checkpoint-4");
+        var (eva, _) = AssertResumedRunEndsLikeStraight(dir => Args(dir, "--init-lora-weights", "eva", "--per-device-train-batch-size", "16"), "checkpoint-4");
+        Assert.That((string?)JsonNode.Parse(File.ReadAllText(Path.Combine(eva, "adapter_config.json")))!["init_lora_weights"], Is.EqualTo("eva"));
+
+        var (whole, halves) = (Shared.TempDir(), Shared.TempDir());
+        string[] Once(string dir, params string[] extra) => ["classify", Tiny("model.onnx"), "--data", data, "-o", dir, "--max-steps", "1", "--learning-rate", "2e-3",
+            "--plain-log", "--dataloader-drop-last", .. extra];
+        OrtloraOk(Once(whole, "--per-device-train-batch-size", "8"));
+        OrtloraOk(Once(halves, "--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "2"));
+        var (a, b) = (SafeTensors.Read(Path.Combine(whole, "adapter_model.safetensors")), SafeTensors.Read(Path.Combine(halves, "adapter_model.safetensors")));
+        foreach (var (name, tensor) in a)
+            Assert.That(Shared.MaxAbsDiff(tensor.AsFloats(), b[name].AsFloats()), Is.LessThan(1e-5), name);
+    }
+
+    /// <summary>A one-token row holds its class in column 0, which the causal LM's count of scored tokens leaves out: a
+    /// classifier's evaluation and accumulation count rows instead.</summary>
+    [Test]
+    public void OneTokenRowsCount()
+    {
+        var dir = Shared.TempDir();
+        var data = Path.Combine(dir, "letters.jsonl");
+        File.WriteAllLines(data, "abcdefghij".Select((c, i) => new JsonObject { ["text"] = c.ToString(), ["label"] = i % 2 }.ToJsonString()));
+        var tokenizer = TokenizerLoader.Load(Tiny(""));
+        Assert.That("abcdefghij".Select(c => tokenizer.Encode(c.ToString()).Length), Is.All.EqualTo(1), "each row one token");
+        var output = Path.Combine(dir, "out");
+        OrtloraOk("classify", Tiny("model.onnx"), "--data", data, "--eval-data", data, "-o", output, "--max-steps", "2", "--merge", "--plain-log",
+            "--per-device-train-batch-size", "5");
+        var evals = File.ReadAllLines(Path.Combine(output, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!.AsObject()).Where(r => r.ContainsKey("eval_loss")).ToList();
+        Assert.That(evals, Has.Count.EqualTo(2));
+        Assert.That((double)evals[^1]["eval_accuracy"]!, Is.InRange(0.0, 1.0));
+        Assert.That(double.IsFinite((double)evals[^1]["eval_loss"]!), Is.True);
+        Assert.That(OrtloraOk("eval", Path.Combine(output, "merged", "model.onnx"), "--data", data).Out, Does.Contain("10 rows classified"));
+    }
+
     [Test]
     public void MisuseIsOneClearError()
     {

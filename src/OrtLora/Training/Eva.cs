@@ -34,7 +34,11 @@ public static class Eva
 
     sealed record Layer(LoraAdapter Adapter, string Input, int MaxComponents, double Alpha);
 
-    public static EvaResult Initialize(OnnxModel model, LoraModel lora, Func<int, IEnumerable<DataBatch>> epoch, ITrainingReporter? reporter = null)
+    /// <param name="labelsPerToken">false for a sequence classifier's batches, whose one label a row marks no tokens:
+    /// every attended position counts, as PEFT's mask does where the labels are the rows' (use_label_mask has no token
+    /// labels to read)</param>
+    public static EvaResult Initialize(OnnxModel model, LoraModel lora, Func<int, IEnumerable<DataBatch>> epoch, ITrainingReporter? reporter = null,
+        bool labelsPerToken = true)
     {
         var eva = lora.Config.EvaConfig ?? new EvaConfig();
         var layers = Layers(model, lora, eva);
@@ -58,7 +62,7 @@ public static class Eva
                 if (active.Count == 0) { converged = true; break; }
                 if (batches >= MaxBatches) break;
                 batches++;
-                var rows = CountedPositions(batch, eva.UseLabelMask);
+                var rows = CountedPositions(batch, eva.UseLabelMask && labelsPerToken);
                 var activations = forward.Run(batch, active.Select(h => h.Input));
                 foreach (var hook in active)
                 {

@@ -93,7 +93,7 @@ public static partial class Trainer
         var resumePath = Checkpoint.ToResume(job.ResumeFromCheckpoint, args.OutputDir);
         if (lora.Config.Init == "eva")
         {
-            if (resumePath is null) Eva.Initialize(model, lora, epoch => data.Batches(new DataPosition(epoch, 0)), reporter);
+            if (resumePath is null) Eva.Initialize(model, lora, epoch => data.Batches(new DataPosition(epoch, 0)), reporter, labelsPerToken: !classifier);
             else Eva.RestoreRanks(model, lora, Checkpoint.Load(resumePath).Optimizer, resumePath);
         }
         // CorDA rewrites the base weights too: a resumed run rebuilds them the same way (its A and B then come from the checkpoint)
@@ -229,7 +229,7 @@ public static partial class Trainer
                 throw new OrtLoraException($"loss is {loss} at step {state.GlobalStep}: training stopped. " +
                     (Checkpoint.Latest(args.OutputDir) is { } good ? $"The last good checkpoint is {good}." : "No checkpoint was saved."));
             lastLoss = loss; lossSinceLog += loss; stepsSinceLog++; tokensSinceLog += tokens;
-            correctSinceLog += correct; scoredSinceLog += window.Sum(b => (long)b.LossTokens);
+            correctSinceLog += correct; scoredSinceLog += window.Sum(b => Scored(session, b));
             lossThisRun += loss; stepsThisRun++; samplesThisRun += window.Sum(b => (long)b.Rows.Length) / (data.IsPreference ? 2 : 1);
 
             double tokensPerSecond = tokensSinceLog / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
@@ -328,7 +328,7 @@ public static partial class Trainer
             return (loss, session.LastCorrectTokens);
         }
         // distillation: each micro-batch's loss is its own tokens' mean, and the Trainer divides each by the accumulation steps
-        long Weight(DataBatch b) => equalWeights ? 1 : preference is null ? b.LossTokens : b.Sequences / 2;
+        long Weight(DataBatch b) => equalWeights ? 1 : preference is null ? Scored(session, b) : b.Sequences / 2;
         long total = Math.Max(1, window.Sum(Weight));
         double weighted = 0, correct = 0;
         foreach (var b in window)
@@ -359,14 +359,15 @@ public static partial class Trainer
         int batches = 0;
         foreach (var b in data.EvalBatches())
         {
-            if (b.LossTokens == 0) continue;
+            long scored = Scored(session, b);
+            if (scored == 0) continue;
             var batch = prepare is null ? ToEngine(b) : prepare(ToEngine(b));
             var (loss, right) = session.Evaluate(reference is null ? batch : batch with { ReferenceLogps = reference(batch) });
-            double weight = prepare is not null ? b.Sequences : preference is null ? b.LossTokens : b.Sequences / 2;
+            double weight = prepare is not null ? b.Sequences : preference is null ? scored : b.Sequences / 2;
             sum += loss * weight;
             weights += weight;
             correct += right;
-            tokens += b.LossTokens;
+            tokens += scored;
             samples += preference is null ? b.Sequences : b.Sequences / 2;
             batches++;
             preference?.Add(session.LastSequenceLogps[..b.Sequences], session.LastReferenceLogps[..b.Sequences], Roles(b));
@@ -374,6 +375,10 @@ public static partial class Trainer
         }
         return new(tokens == 0 ? double.NaN : sum / weights, tokens == 0 ? double.NaN : correct / tokens, tokens, batches, samples);
     }
+
+    /// <summary>What a batch's loss averages over: the causal LM's scored tokens, or a classifier's rows (one label each,
+    /// which may sit in column 0 of a one-token row).</summary>
+    static long Scored(TrainingSession session, DataBatch b) => session.Graph.Classification ? b.TrainedTokens : b.LossTokens;
 
     /// <summary>The epoch as the Trainer logs it, fractional: the share of the epoch's rows used so far.</summary>
     static double FractionalEpoch(DataPosition position, TrainingData data) =>
