@@ -20,10 +20,11 @@ public static class EvalCommand
         var reference = new Option<string?>("--reference-model") { Description = "preference data: the DPO reference model (default with --adapter: MODEL without the adapter)" };
         var teacher = new Option<string?>("--teacher-model") { Description = "score the generalized JSD to this teacher (`distill`'s loss) instead of the cross-entropy" };
         var jsdBeta = new Option<double>("--jsd-beta") { Description = "with --teacher-model: the divergence's beta (0: KL(teacher||model), 1: KL(model||teacher))", DefaultValueFactory = _ => 0.5 };
+        var predictions = new Option<string?>("--predictions") { Description = "a classifier: also write each row's predicted label and class probabilities (or a regression's value) to this JSON Lines file" };
         var dataOptions = new DataCliOptions();
         var preference = new PreferenceCliOptions();
         var cmd = new Command("eval", "Loss, perplexity and mean token accuracy of a model on Parquet data (scored tokens as in training); DPO loss and rewards on preference data")
-            { model, data, adapter, reference, teacher, jsdBeta, batch, device, epLibrary };
+            { model, data, adapter, reference, teacher, jsdBeta, predictions, batch, device, epLibrary };
         foreach (var o in dataOptions.All.Concat(preference.All)) cmd.Options.Add(o);
         cmd.SetAction(CliRunner.Guard(parse =>
         {
@@ -32,7 +33,7 @@ public static class EvalCommand
             var options = dataOptions.Read(parse) with { BatchSize = batchSize, EvalBatchSize = batchSize };
             var result = Evaluator.Run(parse.GetValue(model)!, parse.GetValue(data)!, options, parse.GetValue(dataOptions.Tokenizer),
                 parse.GetValue(device)!, parse.GetValue(epLibrary), parse.GetValue(adapter), parse.GetValue(reference), preference.Read(parse),
-                parse.GetValue(teacher) is { } t ? new DistillationOptions(t, parse.GetValue(jsdBeta)) : null);
+                parse.GetValue(teacher) is { } t ? new DistillationOptions(t, parse.GetValue(jsdBeta)) : null, parse.GetValue(predictions));
             if (result.Rewards is { } rewards)
             {
                 Console.WriteLine($"eval_loss {result.Loss:F4}  " + string.Join("  ", rewards.Select(r => $"{r.Key} {r.Value:F4}")) +
@@ -43,6 +44,7 @@ public static class EvalCommand
             {
                 Console.WriteLine($"eval_loss {result.Loss:F4}  " + string.Join("  ", result.Metrics!.Select(m => $"eval_{m.Key} {m.Value:F4}")) +
                     $"  ({result.Tokens:N0} rows {(classes.IsRegression ? "scored" : "classified")} in {result.Batches} batches; {classes}; {result.DataSummary})");
+                if (parse.GetValue(predictions) is { } written) Console.WriteLine($"predictions: {written}");
                 return;
             }
             if (parse.GetValue(teacher) is not null)

@@ -257,6 +257,22 @@ public class ClassificationTests
         }
         var generate = Ortlora("generate", merged, "--prompt", "Hello");
         Assert.That(generate.Error, Does.Contain("sequence classifier"));
+
+        // run_glue's do_predict: each row's label, predicted class and probabilities, which agree with the accuracy
+        var predictions = Path.Combine(Shared.TempDir(), "predictions.jsonl");
+        Assert.That(OrtloraOk("eval", merged, "--data", eval, "--predictions", predictions).Out, Does.Contain("predictions: " + predictions));
+        var lines = File.ReadAllLines(predictions).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
+        Assert.That(lines.Select(l => (int)l["row"]!), Is.EqualTo(Enumerable.Range(0, 60)));
+        Assert.That(lines.Count(l => (string?)l["label"] == (string?)l["prediction"]) / 60.0, Is.EqualTo(accuracy).Within(1e-9));
+        foreach (var line in lines)
+        {
+            var probabilities = line["probabilities"]!.AsObject();
+            Assert.That(probabilities.Select(p => p.Key), Is.EqualTo(new[] { "negative", "neutral", "positive" }));
+            Assert.That(probabilities.Sum(p => (double)p.Value!), Is.EqualTo(1).Within(1e-5));
+            Assert.That(probabilities.MaxBy(p => (double)p.Value!).Key, Is.EqualTo((string?)line["prediction"]));
+        }
+        var causal = Ortlora("eval", Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet"), "--predictions", Path.Combine(Shared.TempDir(), "p.jsonl"));
+        Assert.That(causal.Error, Does.Contain("--predictions").And.Contain("a causal LM"));
     }
 
     sealed class ScoredPairRow { public string? sentence1 { get; set; } public string? sentence2 { get; set; } public double label { get; set; } }

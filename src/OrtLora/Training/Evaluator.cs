@@ -33,7 +33,7 @@ public static class Evaluator
     /// cross-entropy; on-policy options do not apply (an evaluation scores the data's completions)</param>
     public static EvalResult Run(string modelPath, string dataPath, DataOptions options, string? tokenizerPath = null,
         string device = "cpu", string? epLibrary = null, string? adapterDir = null, string? referenceModel = null, PreferenceOptions? preference = null,
-        DistillationOptions? distillation = null)
+        DistillationOptions? distillation = null, string? predictionsPath = null)
     {
         var tokenizerSource = tokenizerPath ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!;
         var tokenizer = TokenizerLoader.Load(tokenizerSource);
@@ -47,7 +47,9 @@ public static class Evaluator
             && (numLabels > 1 || SequenceClassifier.Labels(model) is { IsRegression: true } || options.Format == DatasetFormat.Classification
                 || options.Format == DatasetFormat.Auto && ParquetDataset.ReadColumns(dataPath) is var columns
                     && (columns.Contains("label") || columns.Contains("labels")) && !(columns.Contains("chosen") && columns.Contains("rejected"))))
-            return ScoreClassifier(model, dataPath, options, tokenizer, tokenizerDir, numLabels, device, epLibrary);
+            return ScoreClassifier(model, dataPath, options, tokenizer, tokenizerDir, numLabels, device, epLibrary, predictionsPath);
+        if (predictionsPath is not null)
+            throw new OrtLoraException($"{modelPath}: --predictions writes a classifier's predictions (from `ortlora classify`); this model is {(rewardModel ? "a reward model" : "a causal LM")}");
         // Every row of the file is evaluation data: it is opened as the eval file, with no split of a training file.
         using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false, RewardModeling = rewardModel }, dataPath,
             TokenizerConfig.Read(tokenizerDir));
@@ -97,8 +99,9 @@ public static class Evaluator
     /// <summary>A classifier of num_labels &gt; 1 on classification data (text and label): the cross-entropy and the
     /// accuracy, as `classify` evaluates. The classes' names are the model's (its id2label, written by `classify`), else
     /// the data's own, sorted.</summary>
+    /// <param name="predictionsPath">also write each row's prediction there (<see cref="ClassifierPredictions"/>)</param>
     static EvalResult ScoreClassifier(OnnxModel model, string dataPath, DataOptions options, TextTokenizer tokenizer, string tokenizerDir, int numLabels,
-        string device, string? epLibrary)
+        string device, string? epLibrary, string? predictionsPath)
     {
         var classes = SequenceClassifier.Labels(model) ?? (numLabels == 1 ? ClassLabels.Regression : null);
         if (classes is null)
@@ -115,6 +118,7 @@ public static class Evaluator
         if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no row to classify ({data.Summary})");
         var record = new System.Text.Json.Nodes.JsonObject();
         metrics.Report(record);
+        if (predictionsPath is not null) ClassifierPredictions.Write(model, data, classes, predictionsPath);
         return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString())
         {
             Classes = classes, Metrics = record.ToDictionary(kv => kv.Key, kv => (double)kv.Value!),
