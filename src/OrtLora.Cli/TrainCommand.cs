@@ -31,9 +31,9 @@ public static class TrainCommand
         var output = new Option<string>("--output", "-o") { Description = "output directory (adapter, checkpoints, metrics.jsonl, loss.png)", Required = true };
         var lora = new LoraOptions();
         var data = new Option<string>("--data") { Description = classify
-            ? "training data: a .parquet or .jsonl file, a directory of them or a pattern, with a text column (--dataset-text-field, else 'sentence') and a 'label' column: class indices, booleans or names"
+            ? "training data: a .parquet or .jsonl file, a directory of them or a pattern, with the text (--dataset-text-field; else GLUE's pairs, sentence1/sentence2 ..., or 'sentence') and a 'label' column: class indices, booleans or names, or numbers for a regression"
             : "training data: a .parquet or .jsonl file, a directory of them or a pattern (data/train-*.parquet); text, instruction/input/output, prompt/completion, chat messages, or chosen/rejected preferences (DPO)", Required = true };
-        var numLabels = new Option<int?>("--num-labels") { Description = "the classes (default: the largest integer label + 1, or the number of label names)" };
+        var numLabels = new Option<int?>("--num-labels") { Description = "the classes (default: the largest integer label + 1, or the number of label names; 1: a regression)" };
         var evalData = new Option<string?>("--eval-data") { Description = "evaluation data: a .parquet or .jsonl file, a directory of them or a pattern" };
         var evalSplit = new Option<double>("--eval-split") { Description = "fraction of the training rows held out for evaluation" };
         var dataOptions = new DataCliOptions();

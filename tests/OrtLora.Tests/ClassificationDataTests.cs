@@ -98,6 +98,12 @@ public class ClassificationDataTests
             Assert.That(classes.Target("3.8", jsonl, 0), Is.EqualTo(3.8f));
             Assert.That(Assert.Throws<OrtLoraException>(() => classes.Target("NaN", jsonl, 4))!.Message, Does.Contain("row 4"));
         }
+        var unlabelled = Shared.WriteParquet([new IntRow { text = "a", label = 1 }, new IntRow { text = "b", label = -1 }], "test.parquet");
+        using (var file = ParquetDataset.Open(unlabelled, DatasetFormat.Classification))
+            Assert.That(Assert.Throws<OrtLoraException>(() => ClassLabels.From(file))!.Message, Does.Contain("label -1").And.Contain("test.parquet"));
+        var ids = Shared.WriteParquet([new IntRow { text = "a", label = 1 }, new IntRow { text = "b", label = 7_000_000 }], "ids.parquet");
+        using (var file = ParquetDataset.Open(ids, DatasetFormat.Classification))
+            Assert.That(Assert.Throws<OrtLoraException>(() => ClassLabels.From(file))!.Message, Does.Contain("label 7000000"));
         var one = Shared.WriteParquet([new IntRow { text = "a", label = 0 }], "one.parquet");
         using (var file = ParquetDataset.Open(one, DatasetFormat.Classification))
             Assert.That(Assert.Throws<OrtLoraException>(() => ClassLabels.From(file))!.Message, Does.Contain("at least 2 classes"));

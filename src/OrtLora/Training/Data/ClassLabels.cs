@@ -41,15 +41,21 @@ public sealed class ClassLabels
         if (seen.Count == 0) throw new OrtLoraException($"{train.Path}: no labelled row");
         // run_glue's is_regression: a float label column (JSON Lines numbers: any that is not an integer); or num_labels 1
         bool numeric = seen.All(l => double.TryParse(l, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && double.IsFinite(v));
-        if (train.LabelIsFloat || numLabels == 1 || numeric && !seen.All(IsIndex))
+        bool integers = seen.All(l => long.TryParse(l, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out _));
+        if (train.LabelIsFloat || numLabels == 1 || numeric && !integers)
         {
             if (!numeric) throw new OrtLoraException($"{train.Path}: a regression (num_labels 1{(train.LabelIsFloat ? ", a float label column" : "")}) takes numeric labels; " +
                 $"'{seen.First(l => !double.TryParse(l, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) || !double.IsFinite(v))}' is not one");
             if (numLabels is > 1) throw new OrtLoraException($"{train.Path}: float labels are a regression (num_labels 1); --num-labels is {numLabels}");
             return Regression;
         }
-        if (seen.All(IsIndex))
+        if (integers)
         {
+            // datasets mark unlabelled rows (GLUE's test splits) -1: no class to learn
+            if (seen.FirstOrDefault(l => !IsIndex(l)) is { } negative)
+                throw new OrtLoraException($"{train.Path}: label {negative} is no class index (0 .. num_labels - 1); rows without a label (datasets mark them -1) have nothing to learn");
+            if (seen.FirstOrDefault(l => long.Parse(l, CultureInfo.InvariantCulture) > MaxClasses) is { } huge)
+                throw new OrtLoraException($"{train.Path}: label {huge} would make num_labels {huge}+1; class indices run from 0 (map the labels to 0 .. K - 1)");
             int largest = seen.Max(l => int.Parse(l, CultureInfo.InvariantCulture));
             if (numLabels is { } n && n <= largest)
                 throw new OrtLoraException($"{train.Path}: label {largest} needs num_labels of at least {largest + 1}; --num-labels is {n}");
@@ -66,7 +72,10 @@ public sealed class ClassLabels
         names is null ? new ClassLabels(null, count)
         : names.Count == count ? new ClassLabels(names, count) : throw new OrtLoraException($"{names.Count} label names for {count} classes");
 
-    static bool IsIndex(string label) => int.TryParse(label, NumberStyles.None, CultureInfo.InvariantCulture, out _);
+    /// <summary>The largest class index taken as one (a label beyond it is an id, not a class).</summary>
+    const int MaxClasses = 100_000;
+
+    static bool IsIndex(string label) => int.TryParse(label, NumberStyles.None, CultureInfo.InvariantCulture, out var index) && index <= MaxClasses;
 
     /// <summary>A row's class index; a label outside the classes names the file and the row.</summary>
     public int Id(string label, string file, long row)

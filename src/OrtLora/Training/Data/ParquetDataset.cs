@@ -77,7 +77,7 @@ public sealed partial class ParquetDataset : IDisposable
     /// whole into memory (<see cref="JsonLines"/>). The format is detected from the columns unless given.</summary>
     public static ParquetDataset Open(string path, DatasetFormat format = DatasetFormat.Auto, string textColumn = "text") => Open(path, format, textColumn, columnsOnly: false);
 
-    static ParquetDataset Open(string path, DatasetFormat format = DatasetFormat.Auto, string textColumn = "text", bool columnsOnly = false)
+    static ParquetDataset Open(string path, DatasetFormat format, string textColumn, bool columnsOnly)
     {
         var shards = new List<Shard>();
         try
@@ -108,7 +108,7 @@ public sealed partial class ParquetDataset : IDisposable
     /// <summary>The columns of the data at <paramref name="path"/> (its first file's), without choosing a format.</summary>
     public static IReadOnlyList<string> ReadColumns(string path)
     {
-        using var data = Open(path, columnsOnly: true);
+        using var data = Open(path, DatasetFormat.Auto, "text", columnsOnly: true);
         return data.Columns;
     }
 
