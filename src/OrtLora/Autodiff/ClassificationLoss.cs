@@ -3,8 +3,8 @@ using DT = Onnx.TensorProto.Types.DataType;
 
 namespace OrtLora.Autodiff;
 
-/// <summary>The loss of a sequence classifier with num_labels &gt; 1 and integer labels, as transformers'
-/// ForSequenceClassification heads compute it (problem_type single_label_classification): the cross-entropy of the
+/// <summary>The loss of a sequence classifier, as transformers' ForSequenceClassification heads compute it. Classes
+/// (num_labels &gt; 1, problem_type single_label_classification): the cross-entropy of the
 /// logits [R, N] against each row's class, averaged over the rows. The class comes in the labels [R, S] that every
 /// training graph takes: -100 everywhere but at one position, which holds it (a filler row of a padded batch has none,
 /// and counts for nothing). With the Trainer's label_smoothing_factor ε the row's loss is (1 − ε)·nll + ε·mean over the

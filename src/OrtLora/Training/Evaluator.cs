@@ -54,7 +54,7 @@ public static class Evaluator
         using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false, RewardModeling = rewardModel }, dataPath,
             TokenizerConfig.Read(tokenizerDir));
         if (data.IsClassification)
-            throw new OrtLoraException($"{dataPath}: classification data (text and label) is scored by a classifier of num_labels ≥ 2 (`ortlora classify` makes one); {Path.GetFileName(model.Source)} is " +
+            throw new OrtLoraException($"{dataPath}: classification data (text and label) is scored by a classifier or a regression (`ortlora classify` makes one); {Path.GetFileName(model.Source)} is " +
                 (rewardModel ? "a reward model (num_labels 1)" : "a causal LM"));
         if (rewardModel) return ScoreRewardModel(model, data, dataPath, device, epLibrary);
         if (data.IsPreference) return ScorePreferences(model, data, tokenizer, dataPath, referenceModel ?? (adapterDir is not null ? modelPath : null),
@@ -96,9 +96,9 @@ public static class Evaluator
         }
     }
 
-    /// <summary>A classifier of num_labels &gt; 1 on classification data (text and label): the cross-entropy and the
-    /// accuracy, as `classify` evaluates. The classes' names are the model's (its id2label, written by `classify`), else
-    /// the data's own, sorted.</summary>
+    /// <summary>A classifier (or a regression) on classification data (text and label): the loss and the GLUE metrics,
+    /// as `classify` evaluates. The classes' names are the model's (its id2label, written by `classify`), else the
+    /// data's own, sorted.</summary>
     /// <param name="predictionsPath">also write each row's prediction there (<see cref="ClassifierPredictions"/>)</param>
     static EvalResult ScoreClassifier(OnnxModel model, string dataPath, DataOptions options, TextTokenizer tokenizer, string tokenizerDir, int numLabels,
         string device, string? epLibrary, string? predictionsPath)
