@@ -87,10 +87,10 @@ public static class TrainCommand
         evalStrategy.AcceptOnlyFromAmong("no", "steps", "epoch");
         var saveStrategy = new Option<string>("--save-strategy") { Description = "steps (every --save-steps), epoch or no", DefaultValueFactory = _ => "steps" };
         saveStrategy.AcceptOnlyFromAmong("no", "steps", "epoch");
-        var loadBest = new Option<bool>("--load-best-model-at-end") { Description = "the adapter (and --merge) take the parameters of the evaluation with the lowest eval_loss" };
-        var metricForBest = new Option<string>("--metric-for-best-model") { Description = "eval_loss (loss and perplexity name the same order)", DefaultValueFactory = _ => "eval_loss" };
-        metricForBest.AcceptOnlyFromAmong("eval_loss", "loss", "perplexity", "eval_perplexity");
-        var patience = new Option<int>("--early-stopping-patience") { Description = "stop after this many evaluations without a lower eval_loss (transformers' EarlyStoppingCallback)" };
+        var loadBest = new Option<bool>("--load-best-model-at-end") { Description = "the adapter (and --merge) take the parameters of the evaluation with the best --metric-for-best-model (default: the lowest eval_loss)" };
+        var metricForBest = new Option<string>("--metric-for-best-model") { Description = "the evaluation metric --load-best-model-at-end and early stopping compare: eval_loss, or any other the evaluations report (accuracy, f1, rewards/accuracies ...; eval_ is prepended)", DefaultValueFactory = _ => "eval_loss" };
+        var greaterIsBetter = new Option<bool?>("--greater-is-better") { Description = "whether a larger --metric-for-best-model is better (default: true unless its name ends in loss; perplexity: false)" };
+        var patience = new Option<int>("--early-stopping-patience") { Description = "stop after this many evaluations without a better --metric-for-best-model (transformers' EarlyStoppingCallback)" };
         var threshold = new Option<double>("--early-stopping-threshold") { Description = "how much lower eval_loss must be to count as better, for --early-stopping-patience" };
         var neftune = new Option<double>("--neftune-noise-alpha") { Description = "NEFTune: uniform noise of magnitude alpha/sqrt(seq_len·hidden) on the token embeddings while training (the papers use 5)" };
         var labelSmoothing = new Option<double>("--label-smoothing-factor") { Description = "label smoothing ε: (1 − ε)·cross-entropy + ε·mean −log p over the vocabulary (train and eval loss)" };
@@ -123,7 +123,7 @@ public static class TrainCommand
         foreach (var o in new Option[] { data, evalData, evalSplit, dropLast, padToMax,
                      epochs, maxSteps, batch, evalBatch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay,
                      optim, beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, loggingStrategy, saveSteps, saveOnlyModel, saveStrategy, saveLimit, evalSteps, evalStrategy,
-                     loadBest, metricForBest, patience, threshold, neftune, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain }.Concat(reporting.All))
+                     loadBest, metricForBest, greaterIsBetter, patience, threshold, neftune, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain }.Concat(reporting.All))
             cmd.Options.Add(o);
         foreach (var o in reward ? new Option[] { center, disableDropout } : distill ? [teacher, jsdBeta, lmbda, temperature, maxNewTokens, seqKd, disableDropout, packing, groupByLength]
                      : classify ? [numLabels, groupByLength, labelSmoothing, disableDropout]
@@ -145,6 +145,7 @@ public static class TrainCommand
                 Fp16 = parse.GetValue(fp16), Bf16 = parse.GetValue(bf16), Device = parse.GetValue(device)!, EpLibrary = parse.GetValue(epLibrary),
                 GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),
                 CudaGraphs = parse.GetValue(cudaGraphs), LoadBestModelAtEnd = parse.GetValue(loadBest),
+                MetricForBestModel = parse.GetValue(metricForBest)!, GreaterIsBetter = parse.GetValue(greaterIsBetter),
                 EarlyStoppingPatience = parse.GetValue(patience), EarlyStoppingThreshold = parse.GetValue(threshold),
                 NeftuneNoiseAlpha = parse.GetValue(neftune), DisableDropout = parse.GetValue(disableDropout), LabelSmoothingFactor = TrainOnly(labelSmoothing, parse),
                 Preference = reward ? RewardOptions(parse.GetValue(center)) : distill || classify ? new PreferenceOptions() : preference.Read(parse),

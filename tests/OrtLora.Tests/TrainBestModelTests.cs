@@ -86,6 +86,47 @@ public class TrainBestModelTests
         Assert.That(bad.Error, Does.Contain("--eval-data"));
     }
 
+    /// <summary>--metric-for-best-model with a higher-is-better metric (the Trainer's greater_is_better default for a
+    /// name that does not end in loss): a classifier keeps the evaluation with the highest eval_accuracy, taking the
+    /// first of equal ones, and reports that evaluation's eval_loss; --greater-is-better false turns the order round;
+    /// a metric the evaluations lack is one error before training, naming those they have.</summary>
+    [Test]
+    public void MetricForBestModelCanBeHigherIsBetter()
+    {
+        var work = Shared.TempDir();
+        var rng = new Random(3);
+        string[] words = ["good", "bad", "fine"];
+        var data = Path.Combine(work, "classes.jsonl");
+        File.WriteAllLines(data, Enumerable.Range(0, 48).Select(_ => rng.Next(3)).Select(c => new JsonObject { ["text"] = $"It was {words[c]}.", ["label"] = c }.ToJsonString()));
+        string[] Args(string dir, params string[] extra) => ["classify", Tiny("model.onnx"), "--data", data, "--eval-split", "0.25", "-o", dir, "--max-steps", "12",
+            "--eval-steps", "2", "--learning-rate", "3e-3", "--plain-log", "--load-best-model-at-end", .. extra];
+        (int Step, double Accuracy, double Loss)[] Evaluations(string dir) => [.. Metrics(dir).Where(m => m["eval_accuracy"] is not null && m["step"]!.GetValue<int>() > 0)
+            .Select(m => (m["step"]!.GetValue<int>(), m["eval_accuracy"]!.GetValue<double>(), m["eval_loss"]!.GetValue<double>()))];
+        int BestStep(string dir) => Metrics(dir).Single(m => m["best_global_step"] is not null)["best_global_step"]!.GetValue<int>();
+
+        var highest = Path.Combine(work, "highest");
+        var run = OrtloraOk(Args(highest, "--metric-for-best-model", "accuracy"));
+        var evals = Evaluations(highest);
+        var expected = evals.First(e => e.Accuracy == evals.Max(x => x.Accuracy));
+        Assert.That(evals.Select(e => e.Accuracy).Distinct().Count(), Is.GreaterThan(1), "the accuracies differ: " + string.Join(", ", evals));
+        Assert.That(expected.Step, Is.LessThan(evals[^1].Step), "an earlier evaluation is the best: " + string.Join(", ", evals));
+        Assert.That(BestStep(highest), Is.EqualTo(expected.Step));
+        Assert.That(run.Out, Does.Contain($"loaded the best model: step {expected.Step}, eval_accuracy"));
+        Assert.That(evals.Count(e => e.Accuracy == expected.Accuracy), Is.GreaterThan(1), "ties: the first is kept");
+
+        var lowest = Path.Combine(work, "lowest");
+        OrtloraOk(Args(lowest, "--metric-for-best-model", "eval_accuracy", "--greater-is-better", "false"));
+        var lowEvals = Evaluations(lowest);
+        var lowExpected = lowEvals.First(e => e.Accuracy == lowEvals.Min(x => x.Accuracy));
+        Assert.That(BestStep(lowest), Is.EqualTo(lowExpected.Step));
+        Assert.That(lowExpected.Step, Is.Not.EqualTo(expected.Step));
+
+        var missing = Ortlora(Args(Path.Combine(work, "missing"), "--metric-for-best-model", "f1"));
+        Assert.That(missing.ExitCode, Is.Not.Zero);
+        Assert.That(missing.Error, Does.Contain("--metric-for-best-model f1").And.Contain("eval_accuracy").And.Contain("eval_matthews_correlation"));
+        Assert.That(Directory.Exists(Path.Combine(work, "missing", "checkpoint-2")), Is.False, "refused before training");
+    }
+
     /// <summary>--adam-epsilon reaches AdamW: from B = 0 the first step moves each element of B by lr·g/(|g| + eps)
     /// (bias-corrected moments are g and g²): lr to rounding with the default 1e-8 wherever g is not tiny, under lr/2
     /// everywhere with eps = 1 (|g| is far below 1 here). --adam-beta1 0 changes the second step.</summary>

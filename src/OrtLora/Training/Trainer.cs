@@ -170,6 +170,7 @@ public static partial class Trainer
         IPreferenceMetrics? NewMetrics() => !data.IsPreference ? null : rewardModel ? new Reward.RewardMetrics() : new PreferenceMetrics(args.Preference.Beta);
         double? firstEval = null, lastEval = null;
         int lastEvalStep = -1;
+        var lastRecord = new JsonObject();
         double EvaluateAt(int step)
         {
             var clock = Stopwatch.StartNew();
@@ -195,9 +196,14 @@ public static partial class Trainer
                 : rewardModel ? ["eval_accuracy", "eval_margin"] : ["eval_rewards/accuracies", "eval_rewards/margins", "eval_kl"];
             reporter.Evaluated(step, loss, [.. shown.Where(record.ContainsKey).Select(name => (name.Replace("eval_", ""), (double)record[name]!))]);
             lastEvalStep = step;
+            lastRecord = record;
             return loss;
         }
-        if (data.HasEval && state.GlobalStep == 0) firstEval = lastEval = EvaluateAt(0); // the baseline: never the "best model"
+        if (data.HasEval && state.GlobalStep == 0)
+        {
+            firstEval = lastEval = EvaluateAt(0); // the baseline: never the "best model"
+            if (best.Tracking) best.ValueIn(lastRecord); // a metric the evaluations lack is said before training, not after
+        }
 
         var position = state.Position;
         using var batches = new BatchStream(data, position);
@@ -266,10 +272,10 @@ public static partial class Trainer
             {
                 lastEval = EvaluateAt(state.GlobalStep);
                 if (plateau) state = state with { Plateau = ReduceLrOnPlateau.Step(state.Plateau!, lastEval.Value, args.LrSchedulerKwargs) };
-                stoppedEarly = best.Observe(state.GlobalStep, lastEval.Value, session.GetParameters);
+                stoppedEarly = best.Observe(state.GlobalStep, lastRecord, session.GetParameters);
                 state = state with { Best = best.Best };
                 if (stoppedEarly)
-                    reporter.Info($"early stopping at step {state.GlobalStep}: {args.EarlyStoppingPatience} evaluations without lowering eval_loss " +
+                    reporter.Info($"early stopping at step {state.GlobalStep}: {args.EarlyStoppingPatience} evaluations without improving {best.Metric} " +
                         $"by more than {args.EarlyStoppingThreshold} (best {best.Best!.Metric:F4} at step {best.Best.Step})");
             }
             if (args.SaveStrategy switch { "steps" => args.SaveSteps > 0 && state.GlobalStep % args.SaveSteps == 0, "epoch" => epochEnded, _ => false })
@@ -291,14 +297,14 @@ public static partial class Trainer
         if (data.HasEval && lastEvalStep != state.GlobalStep)
         {
             lastEval = EvaluateAt(state.GlobalStep);
-            best.Observe(state.GlobalStep, lastEval.Value, session.GetParameters);
+            best.Observe(state.GlobalStep, lastRecord, session.GetParameters);
         }
         if (args.LoadBestModelAtEnd && best is { Best: { } b, Parameters: { } bestParameters } && b.Step != state.GlobalStep)
         {
             session.SetParameters(bestParameters);
-            lastEval = b.Metric;
+            lastEval = best.LossAtBest ?? lastEval;
             log.Append(new JsonObject { ["step"] = state.GlobalStep, ["best_global_step"] = b.Step, ["best_metric"] = b.Metric });
-            reporter.Info($"loaded the best model: step {b.Step}, eval_loss {b.Metric:F4}");
+            reporter.Info($"loaded the best model: step {b.Step}, {best.Metric} {b.Metric:F4}");
         }
         log.SavePlot(Path.Combine(args.OutputDir, "loss.png"));
         if (distillation is { Prepared: > 0 })

@@ -49,6 +49,12 @@ public sealed class TrainingArguments
     public string SaveStrategy { get; set; } = "steps";
     /// <summary>At the end, the adapter (and merge) takes the parameters of the evaluation with the lowest eval loss.</summary>
     public bool LoadBestModelAtEnd { get; set; }
+    /// <summary>The evaluation metric the best model and early stopping compare (the Trainer's metric_for_best_model;
+    /// "eval_" is prepended when missing, as the Trainer does).</summary>
+    public string MetricForBestModel { get; set; } = "eval_loss";
+    /// <summary>The Trainer's greater_is_better; null: true unless the metric's name ends in "loss" (perplexity, too,
+    /// is lower-better here).</summary>
+    public bool? GreaterIsBetter { get; set; }
     /// <summary>Stop when this many evaluations in a row have not lowered the best eval loss by more than
     /// EarlyStoppingThreshold (transformers' EarlyStoppingCallback); 0: never.</summary>
     public int EarlyStoppingPatience { get; set; }
