@@ -313,6 +313,12 @@ public class ClassificationTests
             Assert.That(Value("eval_pearson"), Is.EqualTo(pearson).Within(1e-4), string.Join(' ', args));
             Assert.That(result, Does.Contain("40 rows scored"));
         }
+        var predictions = Path.Combine(output, "predictions.jsonl");
+        OrtloraOk("eval", Path.Combine(output, "merged", "model.onnx"), "--data", eval, "--predictions", predictions);
+        var lines = File.ReadAllLines(predictions).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
+        Assert.That(lines, Has.Count.EqualTo(40));
+        double mse = lines.Average(l => Math.Pow((double)l["prediction"]! - (double)l["label"]!, 2));
+        Assert.That(mse, Is.EqualTo(last).Within(1e-4), "the predictions' squared error is the eval loss");
     }
 
     /// <summary>A classifier's run resumes from a checkpoint byte for byte (the head is in the checkpoint), also with
