@@ -40,6 +40,11 @@ public static class EvalCommand
                     $"  ({result.Pairs:N0} pairs scored in {result.Batches} batches; {result.DataSummary})");
                 return;
             }
+            if (result is { PredictionsOnly: true, Classes: { } predicted })
+            {
+                Console.WriteLine($"{result.Tokens:N0} rows predicted, without labels to score them against ({predicted}); predictions: {parse.GetValue(predictions)}");
+                return;
+            }
             if (result.Classes is { } classes)
             {
                 Console.WriteLine($"eval_loss {result.Loss:F4}  " + string.Join("  ", result.Metrics!.Select(m => $"eval_{m.Key} {m.Value:F4}")) +

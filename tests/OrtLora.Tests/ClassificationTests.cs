@@ -271,6 +271,22 @@ public class ClassificationTests
             Assert.That(probabilities.Sum(p => (double)p.Value!), Is.EqualTo(1).Within(1e-5));
             Assert.That(probabilities.MaxBy(p => (double)p.Value!).Key, Is.EqualTo((string?)line["prediction"]));
         }
+        // a test split: the same texts without a label column, or labelled -1 as datasets mark unlabelled rows; predicted, not scored
+        var texts = File.ReadAllLines(eval).Select(l => JsonNode.Parse(l)!["text"]!.GetValue<string>()).ToList();
+        var unlabelled = Path.Combine(Shared.TempDir(), "test.jsonl");
+        File.WriteAllLines(unlabelled, texts.Select(t => new JsonObject { ["text"] = t }.ToJsonString()));
+        var glueTest = Path.Combine(Shared.TempDir(), "glue_test.jsonl");
+        File.WriteAllLines(glueTest, texts.Select(t => new JsonObject { ["text"] = t, ["label"] = -1 }.ToJsonString()));
+        foreach (var test in new[] { unlabelled, glueTest })
+        {
+            var testPredictions = Path.Combine(Shared.TempDir(), "test_predictions.jsonl");
+            Assert.That(OrtloraOk("eval", merged, "--data", test, "--predictions", testPredictions).Out, Does.Contain("60 rows predicted, without labels"));
+            var predicted = File.ReadAllLines(testPredictions).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
+            Assert.That(predicted.Select(l => (string?)l["prediction"]), Is.EqualTo(lines.Select(l => (string?)l["prediction"])), test);
+            Assert.That(predicted.Any(l => l.ContainsKey("label")), Is.EqualTo(test == glueTest), "a -1 label is written as it is");
+        }
+        var unscored = Ortlora("eval", merged, "--data", unlabelled);
+        Assert.That(unscored.Error, Does.Contain("no labels to score").And.Contain("--predictions"));
         var causal = Ortlora("eval", Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet"), "--predictions", Path.Combine(Shared.TempDir(), "p.jsonl"));
         Assert.That(causal.Error, Does.Contain("--predictions").And.Contain("a causal LM"));
     }

@@ -20,6 +20,8 @@ public sealed record EvalResult(double Loss, double MeanTokenAccuracy, long Toke
     /// GLUE metrics (<see cref="ClassificationMetrics"/>).</summary>
     public ClassLabels? Classes { get; init; }
     public IReadOnlyDictionary<string, double>? Metrics { get; init; }
+    /// <summary>The data had no labels (a test split): the rows were only predicted, with no loss or metrics.</summary>
+    public bool PredictionsOnly { get; init; }
 }
 
 /// <summary>Evaluates any causal LM on Parquet data with the training engine's eval graph (the same loss, batches and
@@ -104,6 +106,15 @@ public static class Evaluator
         string device, string? epLibrary, string? predictionsPath)
     {
         var classes = SequenceClassifier.Labels(model) ?? (numLabels == 1 ? ClassLabels.Regression : null);
+        if (!Labelled(dataPath, options.TextColumn))
+        {
+            // a test split (no label column, or every label null or -1): predicted, not scored
+            if (predictionsPath is null)
+                throw new OrtLoraException($"{dataPath}: no labels to score the classifier against; --predictions FILE writes its predictions for these rows");
+            classes ??= ClassLabels.Of(numLabels);
+            int rows = ClassifierPredictions.Write(model, dataPath, tokenizer, classes, options, predictionsPath);
+            return new EvalResult(double.NaN, double.NaN, rows, 0, $"{rows} rows predicted") { Classes = classes, Metrics = new Dictionary<string, double>(), PredictionsOnly = true };
+        }
         if (classes is null)
         {
             using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, options.TextColumn);
@@ -118,11 +129,20 @@ public static class Evaluator
         if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no row to classify ({data.Summary})");
         var record = new System.Text.Json.Nodes.JsonObject();
         metrics.Report(record);
-        if (predictionsPath is not null) ClassifierPredictions.Write(model, data, classes, predictionsPath);
+        if (predictionsPath is not null) ClassifierPredictions.Write(model, dataPath, tokenizer, classes, options, predictionsPath);
         return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString())
         {
             Classes = classes, Metrics = record.ToDictionary(kv => kv.Key, kv => (double)kv.Value!),
         };
+    }
+
+    /// <summary>Whether classification data has a label to score against: a label column with a value other than null
+    /// or a negative integer (datasets' mark of an unlabelled row) somewhere.</summary>
+    static bool Labelled(string dataPath, string textColumn)
+    {
+        using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, textColumn, labelsOptional: true);
+        return file.LabelColumn is not null && file.ReadAll().Any(r => r.Record is ClassificationRecord { Label: var label } && label != ""
+            && !(long.TryParse(label, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out var value) && value < 0));
     }
 
     /// <summary>A sequence classifier on preference pairs: TRL's reward-model loss and metrics (eval_accuracy, ...).</summary>

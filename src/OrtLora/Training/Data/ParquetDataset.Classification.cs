@@ -17,6 +17,8 @@ public sealed partial class ParquetDataset
     /// <summary>The label column holds floats (run_glue's is_regression).</summary>
     public bool LabelIsFloat { get; private set; }
 
+    readonly bool _labelsOptional;
+
     /// <summary>GLUE's text pairs, run_glue.py's task_to_keys.</summary>
     static readonly (string First, string Second)[] TextPairs = [("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"), ("premise", "hypothesis")];
 
@@ -28,9 +30,11 @@ public sealed partial class ParquetDataset
             : throw new OrtLoraException($"{Path}: no text column ('{TextColumn}', a pair such as 'sentence1'/'sentence2', or 'sentence') for classification data; " +
                                          $"the file has columns: {string.Join(", ", Columns)}"));
         if (ClassificationTextPair is { } second) RequireStringColumn(second);
-        LabelColumn = Columns.Contains("label") ? "label" : Columns.Contains("labels") ? "labels"
-            : throw new OrtLoraException($"{Path}: no column 'label' (or 'labels') for classification data; the file has columns: {string.Join(", ", Columns)}");
         RequireStringColumn(ClassificationText);
+        LabelColumn = Columns.Contains("label") ? "label" : Columns.Contains("labels") ? "labels"
+            : _labelsOptional ? null
+            : throw new OrtLoraException($"{Path}: no column 'label' (or 'labels') for classification data; the file has columns: {string.Join(", ", Columns)}");
+        if (LabelColumn is null) return; // rows to predict
         var field = FirstReader.Schema.Fields.First(f => f.Name == LabelColumn);
         var type = (field as DataField)?.ClrType;
         if (field is not DataField { IsArray: false } || type == typeof(DateTime) || type == typeof(DateTimeOffset) || type == typeof(byte[]))
@@ -44,10 +48,17 @@ public sealed partial class ParquetDataset
     {
         var text = ReadStrings(group, ClassificationText!);
         var pair = ClassificationTextPair is { } second ? ReadStrings(group, second) : null;
-        var labels = ReadAsText(group, (DataField)FirstReader.Schema.Fields.First(f => f.Name == LabelColumn))
+        var labels = LabelColumn is null ? new string?[text.Length] : ReadAsText(group, (DataField)FirstReader.Schema.Fields.First(f => f.Name == LabelColumn))
             ?? throw new OrtLoraException($"{Path}: column '{LabelColumn}' cannot be read as class labels");
-        return [.. text.Select((t, i) => labels[i] is null ? new Row(null, Skip.Null)
-            : (pair is null ? Check(t, labels[i]) : Check(t, labels[i], pair[i])) is var skip && skip != Skip.None ? new Row(null, skip)
-            : new Row(new ClassificationRecord(t!, labels[i]!.Trim()) { TextPair = pair?[i] }, Skip.None))];
+        var rows = new List<Row>(text.Length);
+        for (int i = 0; i < text.Length; i++)
+        {
+            // a row to predict needs no label
+            string?[] required = [text[i], .. pair is null ? [] : new[] { pair[i] }, .. _labelsOptional ? [] : new[] { labels[i] }];
+            var skip = Check(required);
+            rows.Add(skip != Skip.None ? new Row(null, skip)
+                : new Row(new ClassificationRecord(text[i]!, labels[i]?.Trim() ?? "") { TextPair = pair?[i] }, Skip.None));
+        }
+        return rows;
     }
 }

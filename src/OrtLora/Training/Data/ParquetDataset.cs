@@ -21,9 +21,11 @@ public sealed partial class ParquetDataset : IDisposable
     readonly long[] _groupStarts;
 
     /// <param name="columnsOnly">read the schema only: no format detected, no columns required</param>
-    ParquetDataset(string path, List<Shard> shards, DatasetFormat format, string textColumn, bool columnsOnly = false)
+    /// <param name="labelsOptional">classification rows to predict: the label column may be missing, a label null</param>
+    ParquetDataset(string path, List<Shard> shards, DatasetFormat format, string textColumn, bool columnsOnly = false, bool labelsOptional = false)
     {
         Path = path;
+        _labelsOptional = labelsOptional;
         _shards = shards;
         TextColumn = textColumn;
         Columns = [.. FirstReader.Schema.Fields.Select(f => f.Name)];
@@ -75,9 +77,11 @@ public sealed partial class ParquetDataset : IDisposable
     /// <summary>Opens <paramref name="path"/>: a Parquet file, a directory of them (a dataset's shards, read in name
     /// order as one table) or a file pattern (<c>data/train-*.parquet</c>); JSON Lines files (.jsonl, .json) too, read
     /// whole into memory (<see cref="JsonLines"/>). The format is detected from the columns unless given.</summary>
-    public static ParquetDataset Open(string path, DatasetFormat format = DatasetFormat.Auto, string textColumn = "text") => Open(path, format, textColumn, columnsOnly: false);
+    /// <param name="labelsOptional">classification rows to predict: the label column may be missing, a label null</param>
+    public static ParquetDataset Open(string path, DatasetFormat format = DatasetFormat.Auto, string textColumn = "text", bool labelsOptional = false) =>
+        Open(path, format, textColumn, columnsOnly: false, labelsOptional);
 
-    static ParquetDataset Open(string path, DatasetFormat format, string textColumn, bool columnsOnly)
+    static ParquetDataset Open(string path, DatasetFormat format, string textColumn, bool columnsOnly, bool labelsOptional = false)
     {
         var shards = new List<Shard>();
         try
@@ -96,7 +100,7 @@ public sealed partial class ParquetDataset : IDisposable
                     throw new OrtLoraException($"{file} is not a readable Parquet file (truncated or another format?): {e.Message}", e);
                 }
             }
-            return new ParquetDataset(path, shards, format, textColumn, columnsOnly);
+            return new ParquetDataset(path, shards, format, textColumn, columnsOnly, labelsOptional);
         }
         catch
         {

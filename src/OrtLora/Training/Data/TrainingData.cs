@@ -273,32 +273,17 @@ public sealed class TrainingData : IDisposable
         }
     }
 
-    /// <summary>A classification row as the tokenizer encodes it for run_glue.py (tokenizer(text, text_pair,
-    /// truncation=True, max_length)): each text between its special tokens (BOS where the tokenizer adds one, EOS where
-    /// it adds one; a pair is two such runs, as Llama's tokenizer templates a pair), the texts cut so that the whole fits
-    /// max_length, a pair's longer text first (truncation longest_first). The label is the class index at the last
-    /// token, -100 elsewhere: the loss reads one class a row (the classifier scores the last non-pad token), and the
-    /// batch's counted labels are its rows.</summary>
+    /// <summary>A classification row's tokens (<see cref="ClassificationTokens"/>). The label is the class index at the
+    /// last token, -100 elsewhere: the loss reads one class a row (the classifier scores the last non-pad token), and the
+    /// batch's labelled rows are its rows. A regression's row is marked by a label 0 there; its target goes with the row.</summary>
     TokenizedExample? EncodeClassification(ParquetDataset file, long rowIndex, DataRecord record)
     {
         var row = record as ClassificationRecord ?? throw new OrtLoraException($"{file.Path}: row {rowIndex} is not a classification row");
         var classes = ClassLabels!;
-        // a regression's row is counted by a label 0 at its last token; its target goes with the row
         int label = classes.IsRegression ? 0 : classes.Id(row.Label, file.Path, rowIndex);
         float target = classes.IsRegression ? classes.Target(row.Label, file.Path, rowIndex) : 0;
-        int? bos = Tokenizer.AddsBos ? Tokenizer.BosId : null, eos = Tokenizer.AddsEos ? Tokenizer.EosId : null;
-        var first = Tokenizer.Encode(row.Text).ToList();
-        var second = row.TextPair is { } pair ? Tokenizer.Encode(pair).ToList() : null;
-        int room = Options.MaxSeqLength - ((bos is null ? 0 : 1) + (eos is null ? 0 : 1)) * (second is null ? 1 : 2);
-        if (room <= 0) throw new OrtLoraException($"--max-length {Options.MaxSeqLength} leaves no room for text between the special tokens");
-        if (first.Count + (second?.Count ?? 0) > room) _cut.Add(rowIndex);
-        while (first.Count + (second?.Count ?? 0) > room)
-        {
-            var longer = second is null || first.Count > second.Count ? first : second;
-            longer.RemoveAt(longer.Count - 1);
-        }
-        IEnumerable<int> Wrapped(List<int> text) => [.. bos is { } b ? [b] : Array.Empty<int>(), .. text, .. eos is { } e ? [e] : Array.Empty<int>()];
-        int[] ids = [.. Wrapped(first), .. second is null ? [] : Wrapped(second)];
+        var (ids, cut) = ClassificationTokens.Encode(Tokenizer, row.Text, row.TextPair, Options.MaxSeqLength);
+        if (cut) _cut.Add(rowIndex);
         if (ids.Length == 0) return null;
         var labels = Enumerable.Repeat(ExampleEncoder.IgnoreIndex, ids.Length).ToArray();
         labels[^1] = label;

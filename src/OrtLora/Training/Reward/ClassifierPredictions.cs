@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json.Nodes;
 using Microsoft.ML.OnnxRuntime;
 using OrtLora.Onnx;
@@ -5,53 +6,65 @@ using OrtLora.Training.Data;
 
 namespace OrtLora.Training.Reward;
 
-/// <summary>A classifier's prediction for each row of its eval data, as run_glue.py's do_predict writes them (one line a
-/// row): JSON Lines with the file row, the label, the predicted class's name and the classes' probabilities (softmax of
-/// the logits); a regression's predicted value. The model runs as exported (no training graph), on the batches the
-/// evaluation scored.</summary>
+/// <summary>A classifier's prediction for each row of a data file, as run_glue.py's do_predict writes them (one line a
+/// row): JSON Lines with the file row, the row's label where it has one, the predicted class's name and the classes'
+/// probabilities (softmax of the logits); a regression's predicted value. Rows need no label (a test split's), so the
+/// file is read here, tokenized as training tokenizes it, and the model runs as exported (no training graph).</summary>
 public static class ClassifierPredictions
 {
-    public static void Write(OnnxModel model, TrainingData data, ClassLabels classes, string path)
+    /// <returns>the rows predicted</returns>
+    public static int Write(OnnxModel model, string dataPath, TextTokenizer tokenizer, ClassLabels classes, DataOptions options, string path)
     {
         var proto = model.Proto.Clone();
         Engine.TrainingGraph.TakeInt64BatchInputs(proto, new GraphEditor(proto.Graph)); // int32 tokens, float masks: fed as int64
         using var runnable = new OnnxModel(proto, source: model.Source);
-        using var options = OrtRun.DefaultOptions();
-        using var session = new InferenceSession(runnable.ToBytes(), options);
+        using var sessionOptions = OrtRun.DefaultOptions();
+        using var session = new InferenceSession(runnable.ToBytes(), sessionOptions);
         var inputs = session.InputNames.ToList();
+        using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, options.TextColumn, labelsOptional: true);
         var temporary = path + ".tmp";
+        int written = 0;
         try
         {
             using (var writer = new StreamWriter(temporary))
-                foreach (var batch in data.EvalBatches())
+                foreach (var chunk in file.ReadAll().Chunk(Math.Max(1, options.EvalBatchSize)))
                 {
-                    var logits = OrtRun.Run(session, Trainer.ToEngine(batch).Feeds(inputs), ["logits"])["logits"].Floats;
-                    for (int row = 0; row < batch.Sequences; row++)
-                        writer.WriteLine(Line(batch, row, logits.AsSpan(row * classes.Count, classes.Count), classes).ToJsonString());
+                    var ids = chunk.Select(r => r.Record is ClassificationRecord row ? ClassificationTokens.Encode(tokenizer, row.Text, row.TextPair, options.MaxSeqLength).Ids
+                        : throw new OrtLoraException($"{dataPath}: row {r.Index} is not a classification row")).ToList();
+                    int length = Math.Max(1, ids.Max(i => i.Length));
+                    var tokens = new long[chunk.Length * length];
+                    var mask = new long[tokens.Length];
+                    Array.Fill(tokens, tokenizer.PadId); // right padding, as the classifier reads each row's last non-pad token
+                    for (int r = 0; r < chunk.Length; r++)
+                        for (int t = 0; t < ids[r].Length; t++) { tokens[r * length + t] = ids[r][t]; mask[r * length + t] = 1; }
+                    var batch = new Engine.Batch(tokens, mask, new long[tokens.Length], chunk.Length, length);
+                    var logits = OrtRun.Run(session, batch.Feeds(inputs), ["logits"])["logits"].Floats;
+                    for (int r = 0; r < chunk.Length; r++)
+                        writer.WriteLine(Line(chunk[r].Index, ((ClassificationRecord)chunk[r].Record).Label, logits.AsSpan(r * classes.Count, classes.Count), classes).ToJsonString());
+                    written += chunk.Length;
                 }
             File.Move(temporary, path, overwrite: true);
         }
         finally { if (File.Exists(temporary)) File.Delete(temporary); }
+        return written;
     }
 
-    static JsonObject Line(Data.Batch batch, int row, ReadOnlySpan<float> logits, ClassLabels classes)
+    static JsonObject Line(long row, string label, ReadOnlySpan<float> logits, ClassLabels classes)
     {
-        var line = new JsonObject { ["row"] = batch.Rows[row] };
+        var line = new JsonObject { ["row"] = row };
         if (classes.IsRegression)
         {
-            line["label"] = batch.RowValues[row];
+            if (label != "") line["label"] = double.TryParse(label, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) ? value : label;
             line["prediction"] = logits[0];
             return line;
         }
-        int label = (int)batch.Labels[Array.FindIndex(batch.Labels, row * batch.SeqLength, batch.SeqLength, l => l != ExampleEncoder.IgnoreIndex)];
         float max = float.NegativeInfinity;
         foreach (var z in logits) max = Math.Max(max, z);
         var exp = new double[logits.Length];
         for (int c = 0; c < logits.Length; c++) exp[c] = Math.Exp(logits[c] - max);
         double sum = exp.Sum();
-        int predicted = Array.IndexOf(exp, exp.Max());
-        line["label"] = classes.Name(label);
-        line["prediction"] = classes.Name(predicted);
+        if (label != "") line["label"] = label;
+        line["prediction"] = classes.Name(Array.IndexOf(exp, exp.Max()));
         line["probabilities"] = new JsonObject(Enumerable.Range(0, logits.Length).Select(c => KeyValuePair.Create(classes.Name(c), (JsonNode?)Math.Round(exp[c] / sum, 6))));
         return line;
     }
