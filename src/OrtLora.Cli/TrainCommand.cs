@@ -27,7 +27,9 @@ public static class TrainCommand
 
     static Command Build(string name, string description, bool reward, bool distill, bool classify = false)
     {
-        var model = new Argument<string>("model") { Description = "ONNX model: plain (injected with the LoRA options) or already injected" };
+        var model = new Argument<string>("model") { Description = reward || classify
+            ? "ONNX model: a plain causal LM export (its LM head becomes a classification head; injected with the LoRA options) or a classifier export"
+            : "ONNX model: plain (injected with the LoRA options) or already injected" };
         var output = new Option<string>("--output", "-o") { Description = "output directory (adapter, checkpoints, metrics.jsonl, loss.png)", Required = true };
         var lora = new LoraOptions();
         var data = new Option<string>("--data") { Description = classify
