@@ -18,7 +18,9 @@ namespace OrtLora.Autodiff;
 /// <param name="RowWeight">1 / counted rows for a counted row, 0 for a filler row, [R]</param>
 /// <param name="Counted">1 for a counted row, 0 for a filler row, [R]</param>
 /// <param name="OneHot">the classes as [R, N] float32 (a regression: z − t, [R])</param>
-public sealed record ClassificationLoss(string Loss, string Logits, string Targets, string RowWeight, string Counted, string OneHot, double Smoothing, bool Regression)
+/// <param name="ClassCount">N as a float32 scalar, with label smoothing (null without)</param>
+public sealed record ClassificationLoss(string Loss, string Logits, string Targets, string RowWeight, string Counted, string OneHot, double Smoothing, bool Regression,
+    string? ClassCount = null)
 {
     /// <summary>The graph input of a regression's targets (float32, [rows]).</summary>
     public const string TargetsInput = "regression_targets";
@@ -45,18 +47,20 @@ public sealed record ClassificationLoss(string Loss, string Logits, string Targe
             var squared = Op("ReduceSum", [Op("Mul", [Op("Mul", [difference, difference]), rowWeight])], ("keepdims", 0L));
             return new ClassificationLoss(squared, logits, TargetsInput, rowWeight, counted, difference, 0, Regression: true);
         }
-        var classes = Op("Range", [Long(0), Op("Gather", [Op("Shape", [logits]), Long(1)], ("axis", 0L)), Long(1)]);
+        var width = Op("Gather", [Op("Shape", [logits]), Long(1)], ("axis", 0L));
+        var classes = Op("Range", [Long(0), width, Long(1)]);
         var oneHot = Op("Cast", [Op("Equal", [Op("Unsqueeze", [targets, Ints(1)]), classes])], ("to", (long)DT.Float));
         var logProbs = Op("LogSoftmax", [logits], ("axis", -1L));
         var perRow = Op("Neg", [Op("ReduceSum", [Op("Mul", [oneHot, logProbs]), Ints(1)], ("keepdims", 0L))]);
+        string? classCount = null;
         if (smoothing > 0)
         {
-            var classCount = Op("Cast", [Op("Gather", [Op("Shape", [logits]), Long(1)], ("axis", 0L))], ("to", (long)DT.Float));
+            classCount = Op("Cast", [width], ("to", (long)DT.Float));
             var meanNll = Op("Div", [Op("Neg", [Op("ReduceSum", [logProbs, Ints(1)], ("keepdims", 0L))]), classCount]);
             perRow = Op("Add", [Op("Mul", [perRow, Scalar(1 - smoothing)]), Op("Mul", [meanNll, Scalar(smoothing)])]);
         }
         var loss = Op("ReduceSum", [Op("Mul", [perRow, rowWeight])], ("keepdims", 0L));
-        return new ClassificationLoss(loss, logits, targets, rowWeight, counted, oneHot, smoothing, Regression: false);
+        return new ClassificationLoss(loss, logits, targets, rowWeight, counted, oneHot, smoothing, Regression: false, classCount);
     }
 
     /// <summary>Appends the number of counted rows whose arg-max is their class (float32 scalar): the accuracy times the rows.</summary>
@@ -85,11 +89,8 @@ public sealed record ClassificationLoss(string Loss, string Logits, string Targe
         if (Regression) // OneHot holds z − t
             return Op("Reshape", [Op("Mul", [Op("Mul", [OneHot, RowWeight]), Scalar(2)]), Op("Shape", [Logits])]);
         string target = OneHot;
-        if (Smoothing > 0)
-        {
-            var classCount = Op("Cast", [Op("Gather", [Op("Shape", [Logits]), GraphConstants.Scalar(g, "grad/classify/index", 1, (int)DT.Int64)], ("axis", 0L))], ("to", (long)DT.Float));
+        if (ClassCount is { } classCount)
             target = Op("Add", [Op("Mul", [OneHot, Scalar(1 - Smoothing)]), Op("Div", [Scalar(Smoothing), classCount])]);
-        }
         var difference = Op("Sub", [Op("Softmax", [Logits], ("axis", -1L)), target]);
         return Op("Mul", [difference, Op("Unsqueeze", [RowWeight, Ints(1)])]);
     }

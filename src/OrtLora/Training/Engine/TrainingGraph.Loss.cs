@@ -31,41 +31,25 @@ public sealed partial class TrainingGraph
         g.Cleanup();
     }
 
-    /// <summary>Reward modelling: the gradient's seed at the logits (times the loss scale with float16 compute; the
-    /// Cast back to the logits' type is the upcast's gradient), and the count of pairs ranked right.</summary>
-    static (Dictionary<string, string> Seeds, string Correct) RewardGradient(ModelProto proto, GraphEditor g, RewardLoss reward, bool scalesLoss)
+    /// <summary>A loss with a closed-form gradient at the logits (a reward model's, a classifier's, a distillation's):
+    /// the backward's seed, <paramref name="gradient"/> appended to <paramref name="g"/>, times the loss scale with
+    /// float16 compute (the Cast back to the logits' type is the upcast's gradient).</summary>
+    static Dictionary<string, string> LogitsSeed(ModelProto proto, GraphEditor g, string logits, Func<GraphEditor, string> gradient, bool scalesLoss)
     {
         if (scalesLoss) proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
-        var gradient = reward.AppendLogitsGradient(g);
-        if (scalesLoss) gradient = g.Add("Mul", [gradient, LossScale], name: "loss/scale");
-        return (new() { [reward.Logits] = gradient }, reward.AppendAccurate(g));
+        var seed = gradient(g);
+        if (scalesLoss) seed = g.Add("Mul", [seed, LossScale], name: "loss/scale");
+        return new() { [logits] = seed };
     }
 
-    /// <summary>Sequence classification: the gradient's seed at the logits (times the loss scale with float16 compute),
-    /// and the count of rows classified right.</summary>
-    static (Dictionary<string, string> Seeds, string Correct) ClassificationGradient(ModelProto proto, GraphEditor g, ClassificationLoss classify, bool scalesLoss)
-    {
-        if (scalesLoss) proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
-        var gradient = classify.AppendLogitsGradient(g);
-        if (scalesLoss) gradient = g.Add("Mul", [gradient, LossScale], name: "loss/scale");
-        return (new() { [classify.Logits] = gradient }, classify.AppendCorrect(g));
-    }
-
-    static void ClassificationEvalOutputs(ModelProto eval, ClassificationLoss classify)
+    /// <summary>The eval graph's count of what was predicted right (<see cref="CorrectTokens"/>), appended by
+    /// <paramref name="correct"/>: pairs ranked right, rows classified right.</summary>
+    static void CorrectOutput(ModelProto eval, Func<GraphEditor, string> correct)
     {
         var g = new GraphEditor(eval.Graph);
-        g.Add("Identity", [classify.AppendCorrect(g)], name: "accuracy/output", outputs: [CorrectTokens]);
+        g.Add("Identity", [correct(g)], name: "accuracy/output", outputs: [CorrectTokens]);
         eval.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
         g.Cleanup();
-    }
-
-    /// <summary>Distillation: the gradient's seed at the logits (times the loss scale with float16 compute).</summary>
-    static Dictionary<string, string> DistillationGradient(ModelProto proto, GraphEditor g, DistillationLoss distill, bool scalesLoss)
-    {
-        if (scalesLoss) proto.Graph.Input.Add(Input(LossScale, (int)DT.Float, []));
-        var gradient = distill.AppendLogitsGradient(g);
-        if (scalesLoss) gradient = g.Add("Mul", [gradient, LossScale], name: "loss/scale");
-        return new() { [distill.Logits] = gradient };
     }
 
     /// <summary>The vocabulary dimension of the teacher's logits input: the student's logits' declared size, else its
@@ -76,14 +60,6 @@ public sealed partial class TrainingGraph
         if (output?.Type?.TensorType?.Shape?.Dim is { Count: 3 } dims && dims[2].DimValue > 0) return dims[2].DimValue;
         return Training.Data.VocabularyCheck.EmbeddingRows(model)
             ?? throw new OrtLoraException($"{model.Source}: distillation needs the vocabulary size: the logits output declares none and no token embedding was found");
-    }
-
-    static void RewardEvalOutputs(ModelProto eval, RewardLoss reward)
-    {
-        var g = new GraphEditor(eval.Graph);
-        g.Add("Identity", [reward.AppendAccurate(g)], name: "accuracy/output", outputs: [CorrectTokens]);
-        eval.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
-        g.Cleanup();
     }
 
     static OrtLoraException NotAClassifier(string source, IReadOnlyList<long> shape, bool classes = false) => classes

@@ -268,18 +268,18 @@ public sealed partial class TrainingGraph : IDisposable
             if (reward is not null)
             {
                 if (types[reward.Logits].ShapeA is { } shape && (shape.Length != 2 || shape[^1] != 1)) throw NotAClassifier(model.Source, shape);
-                (seeds, correct) = RewardGradient(proto, g, reward, scalesLoss);
-                RewardEvalOutputs(eval, reward);
+                (seeds, correct) = (LogitsSeed(proto, g, reward.Logits, reward.AppendLogitsGradient, scalesLoss), reward.AppendAccurate(g));
+                CorrectOutput(eval, reward.AppendAccurate);
             }
             else if (classify is not null)
             {
                 if (types[classify.Logits].ShapeA is { } shape && (shape.Length != 2 || shape[^1] < 2 != classify.Regression)) throw NotAClassifier(model.Source, shape, classes: true);
-                (seeds, correct) = ClassificationGradient(proto, g, classify, scalesLoss);
-                ClassificationEvalOutputs(eval, classify);
+                (seeds, correct) = (LogitsSeed(proto, g, classify.Logits, classify.AppendLogitsGradient, scalesLoss), classify.AppendCorrect(g));
+                CorrectOutput(eval, classify.AppendCorrect);
             }
             else if (distill is not null)
             {
-                seeds = DistillationGradient(proto, g, distill, scalesLoss);
+                seeds = LogitsSeed(proto, g, distill.Logits, distill.AppendLogitsGradient, scalesLoss);
             }
             else
             {

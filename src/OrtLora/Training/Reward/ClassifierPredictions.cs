@@ -29,15 +29,8 @@ public static class ClassifierPredictions
             using (var writer = new StreamWriter(temporary))
                 foreach (var chunk in file.ReadAll().Chunk(Math.Max(1, options.EvalBatchSize)))
                 {
-                    var ids = chunk.Select(r => r.Record is ClassificationRecord row ? ClassificationTokens.Encode(tokenizer, row.Text, row.TextPair, options.MaxSeqLength).Ids
-                        : throw new OrtLoraException($"{dataPath}: row {r.Index} is not a classification row")).ToList();
-                    int length = Math.Max(1, ids.Max(i => i.Length));
-                    var tokens = new long[chunk.Length * length];
-                    var mask = new long[tokens.Length];
-                    Array.Fill(tokens, tokenizer.PadId); // right padding, as the classifier reads each row's last non-pad token
-                    for (int r = 0; r < chunk.Length; r++)
-                        for (int t = 0; t < ids[r].Length; t++) { tokens[r * length + t] = ids[r][t]; mask[r * length + t] = 1; }
-                    var batch = new Engine.Batch(tokens, mask, new long[tokens.Length], chunk.Length, length);
+                    // right padding (Batching.Pad), as the classifier reads each row's last non-pad token
+                    var batch = Trainer.ToEngine(Batching.Pad([.. chunk.Select(r => Unlabelled(r.Index, r.Record))], tokenizer.PadId, epoch: 0));
                     var logits = OrtRun.Run(session, batch.Feeds(inputs), ["logits"])["logits"].Floats;
                     for (int r = 0; r < chunk.Length; r++)
                         writer.WriteLine(Line(chunk[r].Index, ((ClassificationRecord)chunk[r].Record).Label, logits.AsSpan(r * classes.Count, classes.Count), classes).ToJsonString());
@@ -47,6 +40,13 @@ public static class ClassifierPredictions
         }
         finally { if (File.Exists(temporary)) File.Delete(temporary); }
         return written;
+
+        Sequence Unlabelled(long index, DataRecord record)
+        {
+            var row = record as ClassificationRecord ?? throw new OrtLoraException($"{dataPath}: row {index} is not a classification row");
+            var ids = ClassificationTokens.Encode(tokenizer, row.Text, row.TextPair, options.MaxSeqLength).Ids;
+            return new Sequence(ids, [.. ids.Select(_ => ExampleEncoder.IgnoreIndex)], index + 1, [index]);
+        }
     }
 
     static JsonObject Line(long row, string label, ReadOnlySpan<float> logits, ClassLabels classes)
