@@ -48,7 +48,7 @@ public static class EvalCommand
             if (result.Classes is { } classes)
             {
                 Console.WriteLine($"eval_loss {result.Loss:F4}  " + string.Join("  ", result.Metrics!.Select(m => $"eval_{m.Key} {m.Value:F4}")) +
-                    $"  ({result.Tokens:N0} rows {(classes.IsRegression ? "scored" : "classified")} in {result.Batches} batches; {classes}; {result.DataSummary})");
+                    $"  ({result.Tokens:N0} {(result.PerToken ? "tokens" : "rows")} {(classes.IsRegression ? "scored" : "classified")} in {result.Batches} batches; {classes}; {result.DataSummary})");
                 if (parse.GetValue(predictions) is { } written) Console.WriteLine($"predictions: {written}");
                 return;
             }

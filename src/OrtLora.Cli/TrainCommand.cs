@@ -14,7 +14,8 @@ public static class TrainCommand
     public static Command Create() => Build("train", "Train LoRA adapters on Parquet or JSON Lines data", reward: false, distill: false);
 
     public static Command CreateClassify() => Build("classify",
-        "Train a sequence classifier on text and label data (AutoModelForSequenceClassification with the Trainer, PEFT's SEQ_CLS): LoRA adapters " +
+        "Train a classifier: a sequence classifier on text and label data (AutoModelForSequenceClassification with the Trainer, PEFT's SEQ_CLS), " +
+        "or with --task-type TOKEN_CLS a token classifier on words and their labels (NER, run_ner.py's AutoModelForTokenClassification); LoRA adapters " +
         "and a trained classification head [num_labels, hidden]; a causal LM export is turned into one", reward: false, distill: false, classify: true);
 
     public static Command CreateReward() => Build("reward",
@@ -33,9 +34,14 @@ public static class TrainCommand
         var output = new Option<string>("--output", "-o") { Description = "output directory (adapter, checkpoints, metrics.jsonl, loss.png)", Required = true };
         var lora = new LoraOptions();
         var data = new Option<string>("--data") { Description = classify
-            ? "training data: a .parquet or .jsonl file, a directory of them or a pattern, with the text (--dataset-text-field; else GLUE's pairs, sentence1/sentence2 ..., or 'sentence') and a 'label' column: class indices, booleans or names, or numbers for a regression"
+            ? "training data: a .parquet or .jsonl file, a directory of them or a pattern, with the text (--dataset-text-field; else GLUE's pairs, sentence1/sentence2 ..., or 'sentence') and a 'label' column: class indices, booleans or names, or numbers for a regression. " +
+              "TOKEN_CLS: a list of words ('tokens') and a list of their labels ('ner_tags', 'tags', 'labels')"
             : "training data: a .parquet or .jsonl file, a directory of them or a pattern (data/train-*.parquet); text, instruction/input/output, prompt/completion, chat messages, or chosen/rejected preferences (DPO)", Required = true };
         var numLabels = new Option<int?>("--num-labels") { Description = "the classes (default: the largest integer label + 1, or the number of label names; 1: a regression)" };
+        var taskType = new Option<string>("--task-type") { Description = "PEFT's task_type: SEQ_CLS (a class a row) or TOKEN_CLS (a class a word: named entities, tags)", DefaultValueFactory = _ => "SEQ_CLS" };
+        taskType.AcceptOnlyFromAmong("SEQ_CLS", "TOKEN_CLS");
+        var labelAllTokens = new Option<bool>("--label-all-tokens") { Description = "TOKEN_CLS: a word's later tokens take its label too (B-X as I-X), not only its first (run_ner's label_all_tokens)" };
+        var classifierDropout = new Option<double>("--classifier-dropout") { Description = "TOKEN_CLS: dropout on the classification head's input while training (transformers' classifier_dropout)", DefaultValueFactory = _ => 0.1 };
         var evalData = new Option<string?>("--eval-data") { Description = "evaluation data: a .parquet or .jsonl file, a directory of them or a pattern" };
         var evalSplit = new Option<double>("--eval-split") { Description = "fraction of the training rows held out for evaluation" };
         var dataOptions = new DataCliOptions();
@@ -128,7 +134,7 @@ public static class TrainCommand
                      loadBest, metricForBest, greaterIsBetter, patience, threshold, neftune, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain }.Concat(reporting.All))
             cmd.Options.Add(o);
         foreach (var o in reward ? new Option[] { center, disableDropout } : distill ? [teacher, jsdBeta, lmbda, temperature, maxNewTokens, seqKd, disableDropout, packing, groupByLength]
-                     : classify ? [numLabels, groupByLength, labelSmoothing, disableDropout]
+                     : classify ? [numLabels, taskType, labelAllTokens, classifierDropout, groupByLength, labelSmoothing, disableDropout]
                      : [packing, groupByLength, labelSmoothing, precompute, lossChunks, disableDropout]) cmd.Options.Add(o);
         T Unless<T>(Option<T> option, ParseResult parse) => reward || classify && ReferenceEquals(option, packing) ? default! : parse.GetValue(option)!;
         T TrainOnly<T>(Option<T> option, ParseResult parse) => reward || distill || classify && !ReferenceEquals(option, labelSmoothing) ? default! : parse.GetValue(option)!;
@@ -168,7 +174,8 @@ public static class TrainCommand
                 Merge = parse.GetValue(merge),
                 Distillation = distill ? new DistillationOptions(parse.GetValue(teacher)!, parse.GetValue(jsdBeta), parse.GetValue(lmbda), parse.GetValue(temperature),
                     parse.GetValue(maxNewTokens), parse.GetValue(seqKd)) : null,
-                Classification = classify ? new ClassificationOptions(parse.GetValue(numLabels)) : null,
+                Classification = classify ? new ClassificationOptions(parse.GetValue(numLabels), parse.GetValue(taskType)!, parse.GetValue(labelAllTokens),
+                    parse.GetValue(classifierDropout)) : null,
             };
             var result = TrainingRunner.Run(job, parse.GetValue(plain));
             Console.WriteLine($"adapter: {result.AdapterDir}" + (result.MergedModel is { } m ? $"; merged model: {m}" : ""));

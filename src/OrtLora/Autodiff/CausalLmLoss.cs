@@ -54,7 +54,9 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
     /// <param name="tokenWeights">a float32 [B, S] input aligned with the labels: each token's weight in a loss
     /// Σ weight·nll that is not divided by a count (a policy gradient's per-token coefficients, GRPO's); null: the mean
     /// over counted tokens</param>
-    public static Targets AppendTargets(GraphEditor g, string labels, int logitsElemType, string? tokenWeights = null)
+    /// <param name="shift">false: token t's logits score label t itself (a token classifier's loss, which transformers'
+    /// ForTokenClassification heads take unshifted)</param>
+    public static Targets AppendTargets(GraphEditor g, string labels, int logitsElemType, string? tokenWeights = null, bool shift = true)
     {
         string Ints(params long[] v) => GraphConstants.Int64s(g, "loss/ints", v);
         string Scalar(double v, int type) => GraphConstants.Scalar(g, "loss/const", v, type);
@@ -63,7 +65,7 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
         var batchDim = Op("Slice", [Op("Shape", [labels]), Ints(0), Ints(1), Ints(0)]);
         var ignoredColumn = Op("ConstantOfShape", [Op("Concat", [batchDim, Ints(1)], ("axis", 0L))],
             ("value", Tensors.FromInt64("ignore", [1], [IgnoreIndex])));
-        var shifted = Op("Concat", [Op("Slice", [labels, Ints(1), Ints(long.MaxValue), Ints(1)]), ignoredColumn], ("axis", 1L));
+        var shifted = shift ? Op("Concat", [Op("Slice", [labels, Ints(1), Ints(long.MaxValue), Ints(1)]), ignoredColumn], ("axis", 1L)) : labels;
         var counted = Op("Not", [Op("Equal", [shifted, Scalar(IgnoreIndex, (int)DT.Int64)])]);
         var targetIndex = Op("Unsqueeze", [Op("Where", [counted, shifted, Scalar(0, (int)DT.Int64)]), Ints(-1)]);
         var weights = Op("Cast", [counted], ("to", (long)logitsElemType));

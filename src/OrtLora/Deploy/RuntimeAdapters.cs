@@ -21,8 +21,9 @@ public static class RuntimeAdapters
         var result = new Dictionary<string, (float[], long[])>();
         foreach (var (key, tensor) in SafeTensors.Read(weights))
         {
-            // A modules_to_save weight goes to the injected model's copy of it (same layout, PyTorch's).
-            var name = ModulesToSave.PathOfPeftKey(key, config?.ModulesToSave ?? []) is { } saved ? ModulesToSave.WeightName(saved)
+            // A modules_to_save weight goes to the injected model's copy of it (same layout, PyTorch's); its bias is
+            // trained under the adapter's own key.
+            var name = ModulesToSave.PathOfPeftKey(key, config?.ModulesToSave ?? []) is { } saved ? key.EndsWith(".bias", StringComparison.Ordinal) ? key : ModulesToSave.WeightName(saved)
                 : key.Replace(".default.weight", ".weight", StringComparison.Ordinal).Replace(".lora_B.default.bias", ".lora_B.bias", StringComparison.Ordinal) is var k && k.EndsWith(".default", StringComparison.Ordinal) ? k[..^".default".Length] : k;
             if (!LoraRuntimeForm.IsLoraParameter(name)) continue;
             var values = tensor.AsFloats();

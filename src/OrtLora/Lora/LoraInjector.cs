@@ -70,7 +70,10 @@ public static class LoraInjector
         var saved = ModulesToSave.Apply(model, editor, config.ModulesToSave, layers, prefix, adapted, peft?.Tensors, peft?.WeightsPath,
             config.EnsureWeightTying);
         var tokens = TrainableTokens.Apply(model, editor, config.TrainableTokenIndices, layers, prefix, adapted, saved, peft?.Tensors, peft?.WeightsPath);
-        var biases = TrainedBiases.Apply(model, editor, config.Bias, layerBiases, layers, adapted, prefix, peft?.Tensors, peft?.WeightsPath);
+        // PEFT's ModulesToSaveWrapper copies the whole module: a saved linear layer's bias trains with its weight
+        var savedBiases = layers.Where(l => layerBiases.ContainsKey(l.Node) && saved.Any(s => s.Kind == "linear" && s.Module == ModuleNames.Strip(l.Module, prefix)))
+            .ToDictionary(l => layerBiases[l.Node], l => ModuleNames.Strip(l.Module, prefix));
+        var biases = TrainedBiases.Apply(model, editor, config.Bias, layerBiases, layers, adapted, prefix, peft?.Tensors, peft?.WeightsPath, savedBiases);
         var lora = new LoraModel { Config = config, Adapters = adapters, SavedModules = saved, TrainableTokens = tokens, TrainedBiases = biases };
         lora.Write(model.Proto);
         return lora;

@@ -20,7 +20,8 @@ public sealed record SavedModule(string Module, string Weight, string Original, 
     string StandsFor, List<string> Nodes);
 
 /// <summary>PEFT's modules_to_save: whole layers trained next to the adapters (the LM head and the token embeddings
-/// when a chat template brings new tokens, a classification head). As PEFT's ModulesToSaveWrapper copies the module,
+/// when a chat template brings new tokens, a classification head). A saved linear layer's bias is trained too, as
+/// <see cref="TrainedBiases"/> train one (under the same key, <c>base_model.model.PATH.bias</c>). As PEFT's ModulesToSaveWrapper copies the module,
 /// inject gives the module its own float32 copy of the weight, so tied embeddings come apart exactly as they do in
 /// PEFT; export saves it under PEFT's key (<c>base_model.model.lm_head.weight</c>, PyTorch's layout) and merge writes it
 /// back in the original's type.</summary>
@@ -32,13 +33,14 @@ public static class ModulesToSave
     public static string PeftKey(string path) => ModuleNames.PeftKeyPrefix + path + ".weight";
     public static bool IsWeight(string name) => name.EndsWith(Suffix, StringComparison.Ordinal);
 
-    /// <summary>The module path when <paramref name="key"/> is a PEFT adapter's modules_to_save weight
-    /// (<c>base_model.model.lm_head.weight</c>, a module <paramref name="modulesToSave"/> names), else null.</summary>
+    /// <summary>The module path when <paramref name="key"/> is a PEFT adapter's modules_to_save weight or bias
+    /// (<c>base_model.model.lm_head.weight</c>, <c>base_model.model.score.bias</c>, a module <paramref name="modulesToSave"/>
+    /// names), else null.</summary>
     public static string? PathOfPeftKey(string key, IReadOnlyList<string> modulesToSave)
     {
-        if (!key.StartsWith(ModuleNames.PeftKeyPrefix, StringComparison.Ordinal) || !key.EndsWith(".weight", StringComparison.Ordinal)
-            || ModuleNames.ParseAdapterKey(key) is not null) return null;
-        var path = key[ModuleNames.PeftKeyPrefix.Length..^".weight".Length];
+        var suffix = key.EndsWith(".weight", StringComparison.Ordinal) ? ".weight" : key.EndsWith(".bias", StringComparison.Ordinal) ? ".bias" : null;
+        if (suffix is null || !key.StartsWith(ModuleNames.PeftKeyPrefix, StringComparison.Ordinal) || ModuleNames.ParseAdapterKey(key) is not null) return null;
+        var path = key[ModuleNames.PeftKeyPrefix.Length..^suffix.Length];
         return modulesToSave.Any(name => ModuleNames.NameMatches(name, path)) ? path : null;
     }
 
@@ -74,8 +76,6 @@ public static class ModulesToSave
             {
                 if (c.Kind == "quantized")
                     throw new OrtLoraException($"{model.Source}: module '{c.Path}' is stored quantized (DequantizeLinear); modules_to_save trains a float weight whole");
-                if (c.Kind == "linear" && TrainedBiases.Of(g, c.Node) is not null)
-                    throw new OrtLoraException($"{model.Source}: module '{c.Path}' has a bias, which PEFT's modules_to_save trains too; ortlora trains the weight only");
                 if (adapted.Contains(c.Node))
                     throw new OrtLoraException($"{model.Source}: module '{c.Path}' is both in target_modules and in modules_to_save; a module is adapted or trained whole, not both");
                 if (tie && saved.FirstOrDefault(s => s.Original == c.Table) is { } tiedTo)

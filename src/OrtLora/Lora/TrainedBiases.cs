@@ -60,21 +60,22 @@ public static class TrainedBiases
     /// <param name="values">PEFT tensors by key (an imported adapter), or null: the biases start as they are</param>
     public static List<TrainedBias> Apply(OnnxModel model, GraphEditor g, string mode, Dictionary<NodeProto, string> layerBiases,
         IReadOnlyList<LinearLayer> layers, IReadOnlySet<NodeProto> adapted, string prefix,
-        IReadOnlyDictionary<string, SafeTensor>? values = null, string? valuesSource = null)
+        IReadOnlyDictionary<string, SafeTensor>? values = null, string? valuesSource = null, IReadOnlyDictionary<string, string>? savedModuleBiases = null)
     {
         if (!Options.Contains(mode)) throw new OrtLoraException($"bias '{mode}' is not one of {string.Join(", ", Options)}");
-        if (mode == "none") return [];
-        if (GenAiNames.Applies(g.Graph))
+        savedModuleBiases ??= new Dictionary<string, string>();
+        if (mode == "none" && savedModuleBiases.Count == 0) return [];
+        if (mode != "none" && GenAiNames.Applies(g.Graph))
             throw new OrtLoraException($"{model.Source}: bias '{mode}' on an ORT GenAI builder export: its biases (packed q|k|v, names of its own) have no PEFT key to travel under; train without --bias");
         // initializer → module path
-        var chosen = new Dictionary<string, string>();
-        foreach (var layer in layers.Where(l => layerBiases.ContainsKey(l.Node) && (mode == "all" || adapted.Contains(l.Node))))
+        var chosen = new Dictionary<string, string>(savedModuleBiases);
+        foreach (var layer in layers.Where(l => mode != "none" && layerBiases.ContainsKey(l.Node) && (mode == "all" || adapted.Contains(l.Node))))
             chosen.TryAdd(layerBiases[layer.Node], ModuleNames.Strip(layer.Module, prefix));
         if (mode == "all")
             foreach (var t in g.Graph.Initializer.Where(t => t.Name.EndsWith(".bias", StringComparison.Ordinal) && t.Dims.Count == 1 && Tensors.IsFloat(t.DataType)
                          && !t.Name.StartsWith(ModuleNames.PeftKeyPrefix, StringComparison.Ordinal)).ToList())
                 chosen.TryAdd(t.Name, ModuleNames.Strip(t.Name[..^".bias".Length], prefix));
-        if (chosen.Count == 0) throw new OrtLoraException($"{model.Source}: bias '{mode}': the {(mode == "all" ? "model has" : "adapted layers have")} no bias to train");
+        if (chosen.Count == savedModuleBiases.Count && mode != "none") throw new OrtLoraException($"{model.Source}: bias '{mode}': the {(mode == "all" ? "model has" : "adapted layers have")} no bias to train");
         var result = new List<TrainedBias>();
         foreach (var (original, module) in chosen)
         {
@@ -83,7 +84,7 @@ public static class TrainedBiases
             float[] start;
             if (values is null) start = model.ReadFloats(t);
             else if (values.TryGetValue(key, out var given) && given.Shape.SequenceEqual(t.Dims)) start = given.AsFloats();
-            else throw new OrtLoraException($"{valuesSource}: bias is '{mode}' but " + (values.TryGetValue(key, out var wrong)
+            else throw new OrtLoraException($"{valuesSource}: {(savedModuleBiases.ContainsKey(original) ? $"modules_to_save lists '{module}', which has a bias," : $"bias is '{mode}'")} but " + (values.TryGetValue(key, out var wrong)
                 ? $"tensor '{key}' has shape [{string.Join(", ", wrong.Shape)}], the model's bias [{string.Join(", ", t.Dims)}]" : $"there is no tensor '{key}'"));
             var weight = g.AddInitializer(Tensors.FromFloats(key, t.Dims.ToArray(), start));
             var standsFor = weight;

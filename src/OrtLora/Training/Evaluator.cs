@@ -20,6 +20,8 @@ public sealed record EvalResult(double Loss, double MeanTokenAccuracy, long Toke
     /// GLUE metrics (<see cref="ClassificationMetrics"/>).</summary>
     public ClassLabels? Classes { get; init; }
     public IReadOnlyDictionary<string, double>? Metrics { get; init; }
+    /// <summary>A token classifier's evaluation: <see cref="Tokens"/> is the labelled tokens, <see cref="Metrics"/> seqeval's.</summary>
+    public bool PerToken { get; init; }
     /// <summary>The data had no labels (a test split): the rows were only predicted, with no loss or metrics.</summary>
     public bool PredictionsOnly { get; init; }
 }
@@ -42,6 +44,8 @@ public static class Evaluator
         using var model = Scorable(modelPath, adapterDir, tokenizerSource);
         VocabularyCheck.Require(tokenizer, model);
         var tokenizerDir = Directory.Exists(tokenizerSource) ? tokenizerSource : Path.GetDirectoryName(Path.GetFullPath(tokenizerSource))!;
+        if (SequenceClassifier.IsTokenClassifier(model) || LoraModel.Read(model)?.Config.TaskType == "TOKEN_CLS")
+            return ScoreTokenClassifier(model, dataPath, options, tokenizer, tokenizerDir, device, epLibrary, predictionsPath);
         bool rewardModel = SequenceClassifier.IsClassifier(model);
         // a classifier of classes, or a regression (num_labels 1 too, as a reward model): told by the model's
         // problem_type, or by labelled data that is not pairs (chosen, rejected)
@@ -133,6 +137,36 @@ public static class Evaluator
         return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString())
         {
             Classes = classes, Metrics = record.ToDictionary(kv => kv.Key, kv => (double)kv.Value!),
+        };
+    }
+
+    /// <summary>A token classifier on token classification data (words and their labels): the loss and seqeval's
+    /// metrics, as `classify --task-type TOKEN_CLS` evaluates. The classes are the model's (its id2label), else the data's.</summary>
+    static EvalResult ScoreTokenClassifier(OnnxModel model, string dataPath, DataOptions options, TextTokenizer tokenizer, string tokenizerDir,
+        string device, string? epLibrary, string? predictionsPath)
+    {
+        if (predictionsPath is not null)
+            throw new OrtLoraException($"{model.Source}: --predictions writes a sequence classifier's predictions; a token classifier's are not written yet");
+        var numLabels = model.Graph.Output.FirstOrDefault(o => o.Name == "logits")?.Type?.TensorType?.Shape?.Dim is { Count: 3 } dims && dims[2].DimValue > 0 ? (int)dims[2].DimValue
+            : throw new OrtLoraException($"{model.Source}: a token classifier's logits are [batch, sequence, labels] with the labels declared");
+        var classes = SequenceClassifier.Labels(model);
+        if (classes is null)
+        {
+            using var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn);
+            classes = ClassLabels.From(file, numLabels);
+        }
+        if (classes.Count != numLabels) throw new OrtLoraException($"{model.Source}: a classifier of {numLabels} labels, and its id2label names {classes.Count}");
+        using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false, Format = DatasetFormat.TokenClassification, ClassLabels = classes },
+            dataPath, TokenizerConfig.Read(tokenizerDir));
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary, TokenClassification: true));
+        var metrics = new TokenClassificationMetrics(classes);
+        var score = Trainer.Score(session, data, classified: metrics);
+        if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no labelled word to classify ({data.Summary})");
+        var record = new System.Text.Json.Nodes.JsonObject();
+        metrics.Report(record);
+        return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString())
+        {
+            Classes = classes, Metrics = record.ToDictionary(kv => kv.Key, kv => (double)kv.Value!), PerToken = true,
         };
     }
 

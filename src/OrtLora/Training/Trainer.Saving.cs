@@ -22,22 +22,26 @@ public static partial class Trainer
         var merged = Path.Combine(mergedDir, "model.onnx");
         model.Save(merged);
         Deploy.GenAiConfig.CopyTokenizerFiles(mergeWithTokenizer, mergedDir);
-        if (Reward.SequenceClassifier.Labels(model) is { } classes) WriteClassifierConfig(Path.Combine(mergedDir, "config.json"), classes);
+        if (Reward.SequenceClassifier.Labels(model) is { } classes)
+            WriteClassifierConfig(Path.Combine(mergedDir, "config.json"), classes, Reward.SequenceClassifier.IsTokenClassifier(model));
         return merged;
     }
 
     /// <summary>A classifier's config.json as transformers writes one: the causal LM's (when it came with the tokenizer),
-    /// with id2label, label2id, problem_type and the ForSequenceClassification architecture.</summary>
-    static void WriteClassifierConfig(string path, Data.ClassLabels classes)
+    /// with id2label, label2id, problem_type and the ForSequenceClassification architecture (a token classifier's: no
+    /// problem_type, ForTokenClassification).</summary>
+    static void WriteClassifierConfig(string path, Data.ClassLabels classes, bool perToken)
     {
         var config = File.Exists(path) ? JsonNode.Parse(File.ReadAllText(path)) as JsonObject : null;
         config ??= new JsonObject();
         var id2label = JsonNode.Parse(classes.Id2LabelJson())!.AsObject();
         config["id2label"] = id2label;
         config["label2id"] = new JsonObject(id2label.Select(kv => KeyValuePair.Create((string)kv.Value!, (JsonNode?)int.Parse(kv.Key))));
-        config["problem_type"] = classes.ProblemType;
+        if (perToken) config.Remove("problem_type");
+        else config["problem_type"] = classes.ProblemType;
+        var architecture = perToken ? "ForTokenClassification" : "ForSequenceClassification";
         if (config["architectures"] is JsonArray architectures)
-            config["architectures"] = new JsonArray([.. architectures.Select(a => (JsonNode?)((string?)a ?? "").Replace("ForCausalLM", "ForSequenceClassification"))]);
+            config["architectures"] = new JsonArray([.. architectures.Select(a => (JsonNode?)((string?)a ?? "").Replace("ForCausalLM", architecture))]);
         var temporary = path + ".tmp";
         File.WriteAllText(temporary, config.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
         File.Move(temporary, path, overwrite: true);

@@ -14,7 +14,11 @@ public static partial class Trainer
         if (job.Args.Preference.IsRewardModel || job.Distillation is not null)
             throw new OrtLoraException("sequence classification has its own loss: not a reward model's or a distillation's");
         if (options.NumLabels is < 1) throw new OrtLoraException($"--num-labels must be at least 1 (1: a regression), got {options.NumLabels}");
-        using var file = ParquetDataset.Open(job.DataPath, DatasetFormat.Classification, job.Data.TextColumn);
+        if (options.TaskType is not ("SEQ_CLS" or "TOKEN_CLS"))
+            throw new OrtLoraException($"--task-type '{options.TaskType}': a classifier's task type is SEQ_CLS (a class a row) or TOKEN_CLS (a class a word)");
+        if (options.ClassifierDropout is < 0 or >= 1) throw new OrtLoraException($"--classifier-dropout must be in [0, 1), got {options.ClassifierDropout}");
+        if (!options.PerToken && options.LabelAllTokens) throw new OrtLoraException("--label-all-tokens labels a word's tokens: it is for --task-type TOKEN_CLS");
+        using var file = ParquetDataset.Open(job.DataPath, options.PerToken ? DatasetFormat.TokenClassification : DatasetFormat.Classification, job.Data.TextColumn);
         return ClassLabels.From(file, options.NumLabels);
     }
 

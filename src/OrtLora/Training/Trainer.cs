@@ -34,7 +34,15 @@ public sealed record TrainJob
 
 /// <summary>`ortlora classify`'s options.</summary>
 /// <param name="NumLabels">num_labels; null: from the training data's labels (<see cref="ClassLabels.From"/>)</param>
-public sealed record ClassificationOptions(int? NumLabels = null);
+/// <param name="TaskType">PEFT's task_type: SEQ_CLS (a class a row, AutoModelForSequenceClassification) or TOKEN_CLS
+/// (a class a word, AutoModelForTokenClassification, on <see cref="DatasetFormat.TokenClassification"/> data)</param>
+/// <param name="LabelAllTokens">TOKEN_CLS: a word's later tokens take its label too (run_ner's label_all_tokens)</param>
+/// <param name="ClassifierDropout">TOKEN_CLS: dropout on the head's input while training (transformers'
+/// classifier_dropout, 0.1 where the config has none)</param>
+public sealed record ClassificationOptions(int? NumLabels = null, string TaskType = "SEQ_CLS", bool LabelAllTokens = false, double ClassifierDropout = 0.1)
+{
+    public bool PerToken => TaskType == "TOKEN_CLS";
+}
 
 public sealed record StepReport(int Step, int TotalSteps, int Epoch, double Loss, double LearningRate, double GradNorm, double TokensPerSecond);
 
@@ -67,8 +75,8 @@ public static partial class Trainer
         var tokenizer = TokenizerLoader.Load(tokenizerPath);
         bool rewardModel = args.Preference.IsRewardModel;
         var classes = job.Classification is { } classification ? ReadClasses(job, classification) : null;
-        bool classifier = classes is not null;
-        var loraConfig = rewardModel || classifier ? Reward.RewardModeling.Prepare(model, job, tokenizer, reporter, classes) : job.Lora;
+        bool classifier = classes is not null, perToken = job.Classification?.PerToken == true;
+        var loraConfig = rewardModel || classifier ? Reward.RewardModeling.Prepare(model, job, tokenizer, reporter, classes, perToken) : job.Lora;
         var lora = InjectUnlessInjected(model, job.InitFrom, loraConfig);
 
         // Tokenizer and data.
@@ -77,14 +85,16 @@ public static partial class Trainer
         var dataOptions = job.Data with { BatchSize = args.PerDeviceTrainBatchSize,
             EvalBatchSize = args.PerDeviceEvalBatchSize > 0 ? args.PerDeviceEvalBatchSize : args.PerDeviceTrainBatchSize, Seed = args.Seed,
             PadToMaxLength = job.Data.PadToMaxLength || args.CudaGraphs, RewardModeling = rewardModel,
-            Format = classifier ? DatasetFormat.Classification : job.Data.Format, ClassLabels = classes };
+            Format = perToken ? DatasetFormat.TokenClassification : classifier ? DatasetFormat.Classification : job.Data.Format, ClassLabels = classes,
+            LabelAllTokens = job.Classification?.LabelAllTokens == true };
         using var data = TrainingData.Open(job.DataPath, tokenizer, dataOptions, job.EvalDataPath, TokenizerConfig.Read(tokenizerDir));
         if (job.Distillation is not null && data.IsPreference)
             throw new OrtLoraException($"{job.DataPath}: distillation trains on completions (text, instruction, prompt-completion or chat data), not on preference pairs");
         if (job.Distillation is { Lmbda: > 0 } or { SeqKd: true } && dataOptions.PadToMaxLength)
             throw new OrtLoraException("--lmbda > 0 and --seq-kd sample completions of their own lengths: not with --pad-to-max-length or --cuda-graphs");
         if (data.IsClassification && !classifier)
-            throw new OrtLoraException($"{job.DataPath}: classification data (text and label) trains a sequence classifier: `ortlora classify`");
+            throw new OrtLoraException($"{job.DataPath}: classification data ({(data.IsTokenClassification ? "words and their labels" : "text and label")}) trains a classifier: " +
+                $"`ortlora classify{(data.IsTokenClassification ? " --task-type TOKEN_CLS" : "")}`");
         if (rewardModel && !data.IsPreference)
             throw new OrtLoraException($"{job.DataPath}: a reward model trains on preference pairs (chosen and rejected columns); this is {ParquetDataset.FormatName(data.Train.Format)} data");
 
@@ -122,7 +132,7 @@ public static partial class Trainer
             GradientCheckpointing: args.GradientCheckpointing, StaticShapes: dataOptions.PadToMaxLength, CudaGraphs: args.CudaGraphs,
             NeftuneNoiseAlpha: args.NeftuneNoiseAlpha, Seed: args.Seed, LabelSmoothing: args.LabelSmoothingFactor, LossChunks: args.LossChunks,
             Preference: data.IsPreference ? args.Preference : null, DistillationBeta: job.Distillation?.Beta, DisableDropout: DropoutDisabled(args, data, job, lora, reporter),
-            Classification: classifier));
+            Classification: classifier && !perToken, TokenClassification: perToken, ClassifierDropout: job.Classification?.ClassifierDropout ?? 0));
         using var distillation = job.Distillation is { } distill ? new Distillation(distill, model, session, data, args.Seed) : null;
         if (dataOptions.PadToMaxLength)
             reporter.Info($"every batch padded to [{dataOptions.BatchSize}, {dataOptions.MaxSeqLength}]; graphs loaded for that shape" +
@@ -175,7 +185,7 @@ public static partial class Trainer
         {
             var clock = Stopwatch.StartNew();
             var evalPreference = NewMetrics();
-            var classified = classes is null ? null : new Reward.ClassificationMetrics(classes);
+            var classified = classes is null ? null : Reward.ClassificationMetrics.For(classes, perToken);
             var score = Score(session, data, evalPreference, evalPreference is null ? null : references.ForEvaluation(), distillation is null ? null : distillation.WithTeacher,
                 classified);
             double loss = score.Loss, runtime = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
@@ -192,7 +202,7 @@ public static partial class Trainer
             record["eval_samples_per_second"] = Math.Round(score.Samples / runtime, 3);
             record["eval_steps_per_second"] = Math.Round(score.Batches / runtime, 3);
             log.Append(record);
-            string[] shown = classifier ? ["eval_accuracy", "eval_f1", "eval_pearson"] : evalPreference is null ? ["perplexity", "eval_mean_token_accuracy"]
+            string[] shown = classifier ? ["eval_f1", "eval_accuracy", "eval_pearson"] : evalPreference is null ? ["perplexity", "eval_mean_token_accuracy"]
                 : rewardModel ? ["eval_accuracy", "eval_margin"] : ["eval_rewards/accuracies", "eval_rewards/margins", "eval_kl"];
             reporter.Evaluated(step, loss, [.. shown.Where(record.ContainsKey).Select(name => (name.Replace("eval_", ""), (double)record[name]!))]);
             lastEvalStep = step;
@@ -356,9 +366,9 @@ public static partial class Trainer
     /// model's session); null: the session's own starting parameters</param>
     /// <param name="prepare">distillation: each batch with the teacher's logits; its loss, a mean over the batch's
     /// tokens, is then weighed by the batch's rows, as the Trainer's evaluation loop averages per-batch losses</param>
-    /// <param name="classified">a classifier's evaluation: takes each batch's predictions (<see cref="Reward.ClassificationMetrics"/>)</param>
+    /// <param name="classified">a classifier's evaluation: takes each batch's predictions (<see cref="Reward.IClassifierMetrics"/>)</param>
     public static EvalScore Score(TrainingSession session, TrainingData data, IPreferenceMetrics? preference = null,
-        Func<Engine.Batch, float[]>? reference = null, Func<Engine.Batch, Engine.Batch>? prepare = null, Reward.ClassificationMetrics? classified = null)
+        Func<Engine.Batch, float[]>? reference = null, Func<Engine.Batch, Engine.Batch>? prepare = null, Reward.IClassifierMetrics? classified = null)
     {
         double sum = 0, correct = 0, weights = 0;
         long tokens = 0, samples = 0;
@@ -383,7 +393,7 @@ public static partial class Trainer
     }
 
     /// <summary>What a batch's loss averages over: the causal LM's scored tokens, or a classifier's rows (one label each,
-    /// which may sit in column 0 of a one-token row).</summary>
+    /// which may sit in column 0 of a one-token row), or a token classifier's labelled tokens (unshifted).</summary>
     static long Scored(TrainingSession session, DataBatch b) => session.Graph.Classification ? b.TrainedTokens : b.LossTokens;
 
     /// <summary>The epoch as the Trainer logs it, fractional: the share of the epoch's rows used so far.</summary>

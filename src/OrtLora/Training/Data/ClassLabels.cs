@@ -3,10 +3,11 @@ using System.Text.Json;
 
 namespace OrtLora.Training.Data;
 
-/// <summary>The classes of sequence classification data, as transformers' run_glue.py finds them: integer labels are
-/// class indices as they are (a datasets ClassLabel column), num_labels one more than the largest; other labels (names,
-/// booleans) are sorted, and a label's index is its place in that list (the config's id2label). Float labels, or
-/// num_labels 1, make a regression (problem_type regression: one output, the MSE loss).</summary>
+/// <summary>The classes of sequence classification data, as transformers' run_glue.py finds them (and of token
+/// classification data, as run_ner.py does): integer labels are class indices as they are (a datasets ClassLabel column,
+/// whose names the file's metadata may carry), num_labels one more than the largest; other labels (names, booleans) are
+/// sorted, and a label's index is its place in that list (the config's id2label). Float labels, or num_labels 1, make a
+/// regression (problem_type regression: one output, the MSE loss).</summary>
 public sealed class ClassLabels
 {
     /// <summary>The class names in index order; null for integer labels.</summary>
@@ -35,14 +36,19 @@ public sealed class ClassLabels
     /// <param name="numLabels">--num-labels: at least the classes found</param>
     public static ClassLabels From(ParquetDataset train, int? numLabels = null)
     {
+        bool tokens = train.Format == DatasetFormat.TokenClassification;
         var seen = new HashSet<string>(StringComparer.Ordinal);
         foreach (var (_, record) in train.ReadAll())
             if (record is ClassificationRecord row) seen.Add(row.Label);
+            else if (record is TokenClassificationRecord words) seen.UnionWith(words.Labels);
         if (seen.Count == 0) throw new OrtLoraException($"{train.Path}: no labelled row");
         // run_glue's is_regression: a float label column (JSON Lines numbers: any that is not an integer); or num_labels 1
         bool numeric = seen.All(l => double.TryParse(l, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && double.IsFinite(v));
         bool integers = seen.All(l => long.TryParse(l, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out _));
-        if (train.LabelIsFloat || numLabels == 1 || numeric && !integers)
+        if (tokens && (numLabels == 1 || numeric && !integers))
+            throw new OrtLoraException($"{train.Path}: token classification labels each word with a class (integers or names); " +
+                (numLabels == 1 ? "--num-labels 1 would make a regression" : $"'{seen.First(l => !long.TryParse(l, out _))}' is a number but no class index"));
+        if (!tokens && (train.LabelIsFloat || numLabels == 1 || numeric && !integers))
         {
             if (!numeric) throw new OrtLoraException($"{train.Path}: a regression (num_labels 1{(train.LabelIsFloat ? ", a float label column" : "")}) takes numeric labels; " +
                 $"'{seen.First(l => !double.TryParse(l, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) || !double.IsFinite(v))}' is not one");
@@ -57,9 +63,15 @@ public sealed class ClassLabels
             if (seen.FirstOrDefault(l => long.Parse(l, CultureInfo.InvariantCulture) > MaxClasses) is { } huge)
                 throw new OrtLoraException($"{train.Path}: label {huge} would make num_labels {huge}+1; class indices run from 0 (map the labels to 0 .. K - 1)");
             int largest = seen.Max(l => int.Parse(l, CultureInfo.InvariantCulture));
-            if (numLabels is { } n && n <= largest)
-                throw new OrtLoraException($"{train.Path}: label {largest} needs num_labels of at least {largest + 1}; --num-labels is {n}");
-            return new ClassLabels(null, numLabels ?? largest + 1);
+            // a datasets ClassLabel: its names, as run_glue and run_ner take features[label].names
+            var declared = train.LabelColumn is { } column ? train.DeclaredClassNames(column) : null;
+            int count = numLabels ?? declared?.Count ?? largest + 1;
+            if (count <= largest)
+                throw new OrtLoraException($"{train.Path}: label {largest} needs num_labels of at least {largest + 1}; " +
+                    (numLabels is not null ? $"--num-labels is {numLabels}" : $"the file's ClassLabel names {declared!.Count} classes"));
+            if (declared is not null && declared.Count != count)
+                throw new OrtLoraException($"{train.Path}: the file's ClassLabel names {declared.Count} classes; --num-labels is {count}");
+            return new ClassLabels(declared, count);
         }
         var names = seen.Order(StringComparer.Ordinal).ToList();
         if (numLabels is { } given && given != names.Count)
@@ -77,16 +89,24 @@ public sealed class ClassLabels
 
     static bool IsIndex(string label) => int.TryParse(label, NumberStyles.None, CultureInfo.InvariantCulture, out var index) && index <= MaxClasses;
 
-    /// <summary>A row's class index; a label outside the classes names the file and the row.</summary>
+    /// <summary>A row's class index: a class name, else an index (a datasets ClassLabel's integers, whose names the
+    /// classes may carry); a label outside the classes names the file and the row.</summary>
     public int Id(string label, string file, long row)
     {
-        if (Names is null)
-        {
-            if (IsIndex(label) && int.Parse(label, CultureInfo.InvariantCulture) is var id && id < Count) return id;
-            throw new OrtLoraException($"{file}: row {row}: label '{label}' is not a class index in 0 .. {Count - 1}");
-        }
-        for (int i = 0; i < Names.Count; i++) if (Names[i] == label) return i;
-        throw new OrtLoraException($"{file}: row {row}: label '{label}' is not one of the training data's ({string.Join(", ", Names)})");
+        if (Names is not null)
+            for (int i = 0; i < Names.Count; i++) if (Names[i] == label) return i;
+        if (IsIndex(label) && int.Parse(label, CultureInfo.InvariantCulture) is var id && id < Count) return id;
+        throw new OrtLoraException(Names is null ? $"{file}: row {row}: label '{label}' is not a class index in 0 .. {Count - 1}"
+            : $"{file}: row {row}: label '{label}' is neither one of the classes ({string.Join(", ", Names.Take(12))}{(Names.Count > 12 ? ", ..." : "")}) nor an index in 0 .. {Count - 1}");
+    }
+
+    /// <summary>run_ner's b_to_i_label: the class a word's later sub-tokens take with label_all_tokens, I-X for B-X
+    /// where the classes have it, else the class itself.</summary>
+    public int Inside(int id)
+    {
+        if (Names is not { } names || !names[id].StartsWith("B-", StringComparison.Ordinal)) return id;
+        for (int i = 0; i < names.Count; i++) if (names[i] == "I-" + names[id][2..]) return i;
+        return id;
     }
 
     /// <summary>A regression row's target; a label that is no finite number names the file and the row.</summary>

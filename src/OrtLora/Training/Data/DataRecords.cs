@@ -5,8 +5,9 @@ namespace OrtLora.Training.Data;
 /// <c>label</c> → unpaired preference (TRL's, trained with the KTO loss), <c>prompt</c> + <c>completion</c> →
 /// prompt-completion (TRL's), <c>prompt</c> alone → prompt-only (TRL's, what GRPO samples completions for),
 /// <c>instruction</c> + <c>output</c> → instruction, the text column → text.
-/// <c>Classification</c> (text + label, for `ortlora classify`) is never picked by Auto.</summary>
-public enum DatasetFormat { Auto, Text, Instruction, Chat, PromptCompletion, Preference, UnpairedPreference, Prompt, Classification }
+/// <c>Classification</c> (text + label, for `ortlora classify`) and <c>TokenClassification</c> (words + a label a word,
+/// for `ortlora classify --task-type TOKEN_CLS`) are never picked by Auto.</summary>
+public enum DatasetFormat { Auto, Text, Instruction, Chat, PromptCompletion, Preference, UnpairedPreference, Prompt, Classification, TokenClassification }
 
 /// <summary>One message of a conversation, as Hugging Face's chat format writes it: an assistant's tool calls, a tool
 /// result's name and tool_call_id, where the data has them.</summary>
@@ -64,6 +65,10 @@ public sealed record ClassificationRecord(string Text, string Label) : DataRecor
     /// <summary>A text pair's second text (GLUE's sentence2), encoded after the first as the tokenizer encodes pairs.</summary>
     public string? TextPair { get; init; }
 }
+
+/// <summary>A token classification row (run_ner.py's: CoNLL's tokens and ner_tags): the words, and each word's label as
+/// stored (an integer or a name); no labels for a row to predict.</summary>
+public sealed record TokenClassificationRecord(IReadOnlyList<string> Words, IReadOnlyList<string> Labels) : DataRecord;
 
 /// <summary>TRL's prompt-only row (GRPO's), standard kind: the prompt, and the row's other scalar columns as text
 /// (a reference answer, say), by column name, for reward functions; a null value stays null.</summary>

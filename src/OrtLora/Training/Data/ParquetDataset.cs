@@ -146,6 +146,7 @@ public sealed partial class ParquetDataset : IDisposable
     void RequireColumns()
     {
         if (Format == DatasetFormat.Classification) { RequireClassificationColumns(); return; }
+        if (Format == DatasetFormat.TokenClassification) { RequireTokenClassificationColumns(); return; }
         var needed = Format switch
         {
             DatasetFormat.Text => [TextColumn],
@@ -191,6 +192,7 @@ public sealed partial class ParquetDataset : IDisposable
         DatasetFormat.PromptCompletion => "prompt-completion",
         DatasetFormat.UnpairedPreference => "unpaired-preference",
         DatasetFormat.Prompt => "prompt-only",
+        DatasetFormat.TokenClassification => "token-classification",
         _ => format.ToString().ToLowerInvariant(),
     };
 
@@ -237,6 +239,7 @@ public sealed partial class ParquetDataset : IDisposable
                 DatasetFormat.Prompt when ConversationalPrompts => ReadConversationalPrompts(group),
                 DatasetFormat.Prompt => ReadPrompts(group),
                 DatasetFormat.Classification => ReadClassifications(group),
+                DatasetFormat.TokenClassification => ReadTokenClassifications(group),
                 _ => ReadChats(group),
             };
             _summaryByGroup[group] = new DataSummary(rows.Count, rows.Count(r => r.Skip == Skip.Null), rows.Count(r => r.Skip == Skip.Empty));

@@ -43,6 +43,8 @@ public sealed record DataOptions
     /// <summary>Sequence classification (<see cref="DatasetFormat.Classification"/> data): the classes; null there:
     /// found in the training file (<see cref="Data.ClassLabels.From"/>).</summary>
     public ClassLabels? ClassLabels { get; init; }
+    /// <summary>Token classification: a word's later tokens take its label too (run_ner's label_all_tokens), not -100.</summary>
+    public bool LabelAllTokens { get; init; }
 }
 
 /// <summary>The training data: a Parquet file read row group by row group, rendered, tokenized, labelled, optionally
@@ -94,7 +96,9 @@ public sealed class TrainingData : IDisposable
     public ParquetDataset Train { get; }
     /// <summary>Classification data: its classes (null for other data).</summary>
     public ClassLabels? ClassLabels => Options.ClassLabels;
-    public bool IsClassification => Train.Format == DatasetFormat.Classification;
+    public bool IsClassification => Train.Format is DatasetFormat.Classification or DatasetFormat.TokenClassification;
+    /// <summary>Token classification data: a class for each word.</summary>
+    public bool IsTokenClassification => Train.Format == DatasetFormat.TokenClassification;
     public ParquetDataset? EvalFile { get; }
     public TextTokenizer Tokenizer { get; }
     public DataOptions Options { get; }
@@ -128,10 +132,10 @@ public sealed class TrainingData : IDisposable
             throw new OrtLoraException($"{trainPath}: prompt-only data (a 'prompt' column and no completion) has nothing to learn from by itself: " +
                                        "it is for `ortlora grpo`, which samples completions and scores them with reward functions");
         }
-        if (train.Format == DatasetFormat.Classification && options.Packing)
+        if (train.Format is DatasetFormat.Classification or DatasetFormat.TokenClassification && options.Packing)
         {
             train.Dispose();
-            throw new OrtLoraException($"{trainPath}: classification reads one label a sequence; --packing would put several texts in one");
+            throw new OrtLoraException($"{trainPath}: classification reads its labels from each row's own sequence; --packing would put several rows in one");
         }
         if (train.Format is DatasetFormat.Preference or DatasetFormat.UnpairedPreference && (options.Packing || options.GroupByLength))
         {
@@ -146,7 +150,7 @@ public sealed class TrainingData : IDisposable
                 ? Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizerConfig ?? tokenizer.Config,
                     Path.Combine(Path.GetDirectoryName(tokenizer.Source) ?? "", "tokenizer_config.json"), options.ChatTemplateKwargs)
                 : Data.ChatTemplate.ChatMl;
-            var classes = train.Format != DatasetFormat.Classification ? null : options.ClassLabels ?? Data.ClassLabels.From(train);
+            var classes = train.Format is not (DatasetFormat.Classification or DatasetFormat.TokenClassification) ? null : options.ClassLabels ?? Data.ClassLabels.From(train);
             return new TrainingData(train, eval, tokenizer, options with { ClassLabels = classes }, chat);
         }
         catch
@@ -278,6 +282,7 @@ public sealed class TrainingData : IDisposable
     /// batch's labelled rows are its rows. A regression's row is marked by a label 0 there; its target goes with the row.</summary>
     TokenizedExample? EncodeClassification(ParquetDataset file, long rowIndex, DataRecord record)
     {
+        if (record is TokenClassificationRecord words) return EncodeTokenClassification(file, rowIndex, words);
         var row = record as ClassificationRecord ?? throw new OrtLoraException($"{file.Path}: row {rowIndex} is not a classification row");
         var classes = ClassLabels!;
         int label = classes.IsRegression ? 0 : classes.Id(row.Label, file.Path, rowIndex);
@@ -288,6 +293,18 @@ public sealed class TrainingData : IDisposable
         var labels = Enumerable.Repeat(ExampleEncoder.IgnoreIndex, ids.Length).ToArray();
         labels[^1] = label;
         return new TokenizedExample(rowIndex, ids, labels) { RowValue = target };
+    }
+
+    /// <summary>A token classification row's tokens and labels (<see cref="TokenClassificationTokens"/>): each word's
+    /// class at its first token.</summary>
+    TokenizedExample? EncodeTokenClassification(ParquetDataset file, long rowIndex, TokenClassificationRecord row)
+    {
+        var classes = ClassLabels!;
+        var labels = row.Labels.Count == 0 ? null : row.Labels.Select(l => classes.Id(l, file.Path, rowIndex)).ToList();
+        var (ids, tags, _, cut) = TokenClassificationTokens.Encode(Tokenizer, row.Words, labels, Options.MaxSeqLength, Options.LabelAllTokens, classes);
+        if (cut) _cut.Add(rowIndex);
+        var example = new TokenizedExample(rowIndex, ids, tags);
+        return example.TrainedTokens == 0 ? null : example;
     }
 
     /// <summary>A row rendered; what the template refuses (a role it has no place for, its raise_exception) names the

@@ -48,8 +48,9 @@ public sealed partial class TrainingGraph : IDisposable
     /// <summary>The loss is TRL's reward-model loss (<see cref="RewardLoss"/>) on a sequence classifier's scores, which
     /// <see cref="SequenceLogProbs"/> then holds (one per row); also <see cref="Preference"/>: batches are pairs.</summary>
     public bool RewardModel { get; private init; }
-    /// <summary>The loss is a sequence classifier's cross-entropy over its classes (<see cref="ClassificationLoss"/>);
-    /// <see cref="CorrectTokens"/> then counts the rows classified right.</summary>
+    /// <summary>The loss is a sequence classifier's cross-entropy over its classes (<see cref="ClassificationLoss"/>), or
+    /// a token classifier's (<see cref="TokenClassification"/>); <see cref="CorrectTokens"/> then counts the rows (the
+    /// tokens) classified right, and <see cref="SequenceLogProbs"/> holds the predictions.</summary>
     public bool Classification { get; private init; }
     /// <summary>The loss is Σ weight·nll over the counted tokens with each token's weight a <see cref="TokenWeights"/>
     /// input (a policy gradient: GRPO's advantages, normalized), not a mean.</summary>
@@ -100,11 +101,18 @@ public sealed partial class TrainingGraph : IDisposable
     /// null: no distillation</param>
     /// <param name="classification">sequence classification: the logits are [batch, num_labels] and the loss is
     /// <see cref="ClassificationLoss"/>'s, each row's class read from its labels</param>
+    /// <param name="tokenClassification">token classification: the logits are [batch, sequence, num_labels] and the
+    /// loss is the cross-entropy at each labelled token, unshifted (<see cref="TokenClassification"/>)</param>
+    /// <param name="classifierDropout">token classification: dropout on the head's input in the training graphs
+    /// (transformers' classifier_dropout)</param>
     public static TrainingGraph Build(OnnxModel model, IReadOnlyList<string>? parameters = null, string? logits = null,
         double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false, int? lossChunks = null,
         bool neftuneNoise = false, double labelSmoothing = 0, PreferenceOptions? preference = null, bool tokenWeights = false,
-        double logitsTemperature = 1, double? distillationBeta = null, bool classification = false)
+        double logitsTemperature = 1, double? distillationBeta = null, bool classification = false, bool tokenClassification = false,
+        double classifierDropout = 0)
     {
+        if (tokenClassification && (classification || preference is not null || tokenWeights || distillationBeta is not null))
+            throw new OrtLoraException("token classification has its own loss: not with sequence classification, a preference loss, token weights or distillation");
         if (logitsTemperature <= 0) throw new OrtLoraException($"the logits' temperature must be positive, got {logitsTemperature}");
         if (tokenWeights && (preference is not null || labelSmoothing > 0))
             throw new OrtLoraException("a loss of weighted tokens is its own loss: not with a preference loss or label smoothing");
@@ -195,7 +203,7 @@ public sealed partial class TrainingGraph : IDisposable
         }
         else
         {
-            var targets = CausalLmLoss.AppendTargets(g, Labels, logitsType, weightsInput);
+            var targets = CausalLmLoss.AppendTargets(g, Labels, logitsType, weightsInput, shift: !tokenClassification);
             loss = CausalLmLoss.Append(g, logits, targets, labelSmoothing);
             if (distillationBeta is { } beta)
             {
@@ -231,7 +239,7 @@ public sealed partial class TrainingGraph : IDisposable
             g.Add("Identity", [loss!.AppendCorrect(g)], name: "accuracy/output", outputs: [CorrectTokens]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = CorrectTokens });
         }
-        if ((reward?.Rewards ?? preferenceLoss?.SequenceLogProbs ?? classify?.AppendPredictions(g)) is { } rows)
+        if ((reward?.Rewards ?? preferenceLoss?.SequenceLogProbs ?? classify?.AppendPredictions(g) ?? (tokenClassification ? AppendTokenPredictions(g, logits) : null)) is { } rows)
         {
             g.Add("Identity", [rows], name: "dpo/output", outputs: [SequenceLogProbs]);
             proto.Graph.Output.Add(new ValueInfoProto { Name = SequenceLogProbs });
@@ -259,6 +267,7 @@ public sealed partial class TrainingGraph : IDisposable
                 g.TopologicalSort();
             }
 
+            if (tokenClassification && classifierDropout > 0) AddClassifierDropout(g, parameters, classifierDropout, model.Source);
             long? neftuneWidth = neftuneNoise ? NeftuneNoise.Apply(g, model.Source) : null;
 
             var types = Probe(proto, values, frozen);
@@ -284,7 +293,7 @@ public sealed partial class TrainingGraph : IDisposable
             else
             {
                 var lmLoss = loss!;
-                int chunks = lossChunks ?? (types[lmLoss.Logits].ShapeA[^1] >= 8192 ? 8 : 1);
+                int chunks = tokenClassification ? 1 : lossChunks ?? (types[lmLoss.Logits].ShapeA[^1] >= 8192 ? 8 : 1);
                 // A trained lm_head (modules_to_save) needs the whole logits' gradient: the chunks give d loss / d h only.
                 if (HeadIsTrained(g, lmLoss.Logits, parameters)) chunks = 1;
                 (seeds, correct) = LossGradient(proto, g, lmLoss, logitsType, types, opset, scalesLoss, chunks, preferenceLoss, weightsInput);
@@ -306,7 +315,8 @@ public sealed partial class TrainingGraph : IDisposable
             }
             g.Cleanup(); // recomputed values no rule read, the full logits of a chunked loss
             return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss, NeftuneWidth = neftuneWidth,
-                Preference = preferenceLoss is not null || reward is not null, RewardModel = reward is not null, Classification = classify is not null, TokenWeighted = tokenWeights,
+                Preference = preferenceLoss is not null || reward is not null, RewardModel = reward is not null, Classification = classify is not null || tokenClassification,
+                TokenClassification = tokenClassification, TokenWeighted = tokenWeights,
                 ScaledGradients = scalesLoss ? new(grads) : new() };
         }
         catch

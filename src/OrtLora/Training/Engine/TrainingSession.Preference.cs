@@ -36,12 +36,12 @@ public sealed partial class TrainingSession
     Batch WithReference(Batch batch) => !_graph.Preference || batch.ReferenceLogps is not null ? batch : batch with { ReferenceLogps = ReferenceLogps(batch) };
 
     /// <summary>With DPO, the rows' log-probabilities come back with the loss; with a classifier, its predictions
-    /// (<see cref="ClassificationLoss.AppendPredictions"/>).</summary>
+    /// (<see cref="ClassificationLoss.AppendPredictions"/>), a token classifier's for every token ([batch · sequence]).</summary>
     void BindSequenceLogps(RunBinding run, Batch batch)
     {
         if (!_graph.Preference && !_graph.Classification) return;
         LastReferenceLogps = batch.ReferenceLogps ?? [];
-        LastSequenceLogps = new float[batch.BatchSize];
+        LastSequenceLogps = new float[_graph.TokenClassification ? batch.BatchSize * batch.SequenceLength : batch.BatchSize];
         run.HostOutput(TrainingGraph.SequenceLogProbs, LastSequenceLogps);
     }
 }

@@ -4,12 +4,21 @@ using DataBatch = OrtLora.Training.Data.Batch;
 
 namespace OrtLora.Training.Reward;
 
+/// <summary>What an evaluation of a classifier collects from each batch's predictions, and reports.</summary>
+public interface IClassifierMetrics
+{
+    /// <param name="predictions">the session's predictions of the batch: one a row, or one a token for a token classifier</param>
+    void Add(IReadOnlyList<float> predictions, DataBatch batch);
+    /// <summary>Writes the metrics (names prefixed) and starts over.</summary>
+    void Report(JsonObject record, string prefix = "");
+}
+
 /// <summary>What an evaluation of a sequence classifier reports, under the names of the GLUE metrics that run_glue.py
 /// loads (evaluate's "glue"): <c>accuracy</c> for classes, <c>f1</c> of class 1 with two classes (MRPC's, QQP's),
 /// <c>matthews_correlation</c> (CoLA's; the multiclass form with more); <c>pearson</c> and <c>spearmanr</c> for a
 /// regression (STS-B's). Each counted row's prediction (the arg-max class, or the regression's output) against its
 /// label.</summary>
-public sealed class ClassificationMetrics(ClassLabels classes)
+public sealed class ClassificationMetrics(ClassLabels classes) : IClassifierMetrics
 {
     readonly List<(double Predicted, double Target)> _rows = [];
 
@@ -58,6 +67,10 @@ public sealed class ClassificationMetrics(ClassLabels classes)
         record[prefix + "matthews_correlation"] = denominator == 0 ? 0 : (right * s - sumPt) / denominator;
         _rows.Clear();
     }
+
+    /// <summary>The metrics of a classifier's evaluation: a sequence classifier's (GLUE's) or a token classifier's (seqeval's).</summary>
+    public static IClassifierMetrics For(ClassLabels classes, bool perToken) =>
+        perToken ? new TokenClassificationMetrics(classes) : new ClassificationMetrics(classes);
 
     static double Pearson(double[] x, double[] y)
     {

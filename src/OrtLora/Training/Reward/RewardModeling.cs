@@ -15,35 +15,42 @@ public static class RewardModeling
     /// holds (pad id from the tokenizer beside the model, or <paramref name="tokenizerPath"/>).</summary>
     public static void ConvertForAdapter(OnnxModel model, PeftAdapter adapter, string modelPath, string? tokenizerPath = null)
     {
-        if (adapter.Config.TaskType != "SEQ_CLS" || SequenceClassifier.IsClassifier(model)) return;
+        bool perToken = adapter.Config.TaskType == "TOKEN_CLS";
+        if (adapter.Config.TaskType is not ("SEQ_CLS" or "TOKEN_CLS") || (perToken ? SequenceClassifier.IsTokenClassifier(model) : SequenceClassifier.IsClassifier(model))) return;
         var tokenizer = TokenizerLoader.Load(tokenizerPath ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!);
         // the head's rows are the classes: 1 for a reward model, num_labels for `ortlora classify`'s classifier
         var head = adapter.Tensors.Where(kv => kv.Key.EndsWith(SequenceClassifier.ScoreModule + ".weight") && adapter.IsSavedModuleKey(kv.Key)).Select(kv => kv.Value).FirstOrDefault();
         int numLabels = head is { Shape.Length: 2 } ? (int)head.Shape[0] : 1;
-        SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(modelPath), seed: 0, numLabels);
+        SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(modelPath), seed: 0, numLabels, perToken);
     }
 
     /// <param name="classes">`ortlora classify`: the classes (num_labels); null: a reward model's one score</param>
-    /// <returns>the LoRA configuration to inject with (task_type SEQ_CLS, the head in modules_to_save)</returns>
-    public static LoraConfig Prepare(OnnxModel model, TrainJob job, TextTokenizer tokenizer, ITrainingReporter reporter, ClassLabels? classes = null)
+    /// <param name="perToken">a token classifier (TOKEN_CLS): the head scores every token</param>
+    /// <returns>the LoRA configuration to inject with (task_type SEQ_CLS or TOKEN_CLS, the head in modules_to_save)</returns>
+    public static LoraConfig Prepare(OnnxModel model, TrainJob job, TextTokenizer tokenizer, ITrainingReporter reporter, ClassLabels? classes = null, bool perToken = false)
     {
         bool injected = LoraModel.Read(model) is not null;
         int numLabels = classes?.Count ?? 1;
-        string what = classes is null ? "a reward model" : "a sequence classifier";
-        if (!SequenceClassifier.IsClassifier(model))
+        string what = classes is null ? "a reward model" : perToken ? "a token classifier" : "a sequence classifier";
+        if (perToken ? !SequenceClassifier.IsTokenClassifier(model) : !SequenceClassifier.IsClassifier(model))
         {
             if (injected)
                 throw new OrtLoraException($"{model.Source}: a causal LM with LoRA adapters already; {what} is made from the plain export " +
                                            "(its LM head becomes a score head before the adapters are injected): give the plain model and the LoRA options");
-            SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(job.ModelPath), job.Args.Seed, numLabels);
-            reporter.Info($"{Path.GetFileName(model.Source)} is a causal LM: its LM head is replaced by a score head [{numLabels}, hidden] read at each row's last " +
-                          $"non-pad token (pad id {tokenizer.PadId}), as AutoModelForSequenceClassification loads it");
+            if (SequenceClassifier.IsClassifier(model))
+                throw new OrtLoraException($"{model.Source}: a sequence classifier (logits [batch, labels]); a token classifier is made from a causal LM export");
+            SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(job.ModelPath), job.Args.Seed, numLabels, perToken);
+            reporter.Info(perToken
+                ? $"{Path.GetFileName(model.Source)} is a causal LM: its LM head is replaced by a score head [{numLabels}, hidden] with a bias, applied at every token, " +
+                  "as AutoModelForTokenClassification loads it"
+                : $"{Path.GetFileName(model.Source)} is a causal LM: its LM head is replaced by a score head [{numLabels}, hidden] read at each row's last " +
+                  $"non-pad token (pad id {tokenizer.PadId}), as AutoModelForSequenceClassification loads it");
         }
         else if (classes is not null && SequenceClassifier.NumLabels(model) is { } declared && declared != numLabels)
             throw new OrtLoraException($"{model.Source}: a classifier of {declared} labels; the data has {classes}");
-        if (classes is not null) SequenceClassifier.SetLabels(model, classes);
+        if (classes is not null) SequenceClassifier.SetLabels(model, classes, perToken);
         var config = LoraConfig.FromJson(job.Lora.ToJson());
-        config.TaskType = "SEQ_CLS";
+        config.TaskType = perToken ? "TOKEN_CLS" : "SEQ_CLS";
         var heads = LinearLayers.Find(new GraphEditor(model.Graph)).Select(l => ModuleNames.LastSegment(l.Module))
             .Where(name => name is SequenceClassifier.ScoreModule or "classifier").Distinct();
         foreach (var head in heads)

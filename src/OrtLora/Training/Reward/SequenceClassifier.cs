@@ -18,6 +18,8 @@ public static class SequenceClassifier
     /// <summary>The head's initializer, named as the dynamo exporter names LlamaForSequenceClassification's score layer
     /// (the module path <c>score</c>, which PEFT's SEQ_CLS task saves whole).</summary>
     public const string ScoreWeight = "score.weight";
+    /// <summary>A token classifier's head has a bias (GenericForTokenClassification's nn.Linear), zero at the start.</summary>
+    public const string ScoreBias = "score.bias";
     public const string ScoreModule = "score";
 
     /// <summary>Ops that may lie between the LM head and the logits output (casts, Gemma's softcap): dropped with the head.</summary>
@@ -35,7 +37,9 @@ public static class SequenceClassifier
     /// <param name="padId">pad_token_id (TRL: the tokenizer's pad token, else its EOS): the batches' right padding</param>
     /// <param name="initializerRange">the score weight's standard deviation (config.json's initializer_range; 0.02 by default)</param>
     /// <param name="numLabels">the classes: 1 for a reward model's score, more for a classifier (`ortlora classify`)</param>
-    public static void FromCausalLm(OnnxModel model, long padId, double initializerRange, int seed, int numLabels = 1)
+    /// <param name="perToken">a token classifier (AutoModelForTokenClassification, PEFT's TOKEN_CLS): the head, with a
+    /// bias, scores every position and the logits stay [batch, sequence, num_labels]</param>
+    public static void FromCausalLm(OnnxModel model, long padId, double initializerRange, int seed, int numLabels = 1, bool perToken = false)
     {
         var output = LogitsOutput(model);
         Lora.MatMulNBitsForm.ToQdq(model); // ONNX Runtime's int4 head as DequantizeLinear + MatMul, which the walk reads
@@ -71,21 +75,30 @@ public static class SequenceClassifier
 
         // score(h) at every position, [B, S, N] (a Gemm head reads h flattened to [B·S, hidden]: back to [B, S, N])
         var perPosition = Op("MatMul", [head.Input[0], Op("Transpose", [scoreWeight], ("perm", new long[] { 1, 0 }))]);
+        if (perToken)
+        {
+            g.AddInitializer(Tensors.FromFloats(ScoreBias, [numLabels], new float[numLabels], weightType));
+            perPosition = Op("Add", [perPosition, weightType == computeType ? ScoreBias : Op("Cast", [ScoreBias], ("to", (long)computeType))]);
+        }
         // half activations: the pooling in float32 (an exact cast; ONNX Runtime's CPU scatter, the gather's gradient,
         // takes no float16), and float32 logits out
         if (halfCompute) perPosition = Op("Cast", [perPosition], ("to", (long)DT.Float));
         var tokenShape = Op("Shape", ["input_ids"]);
         perPosition = Op("Reshape", [perPosition, Op("Concat", [tokenShape, Ints(numLabels)], ("axis", 0L))]);
-        // last non-pad token: argmax(position · (input_ids ≠ pad)), int32 as transformers computes it
-        var tokens = model.Graph.Input.First(i => i.Name == "input_ids").Type?.TensorType?.ElemType == (int)DT.Int64 ? "input_ids"
-            : Op("Cast", ["input_ids"], ("to", (long)DT.Int64)); // int32 token inputs
-        var notPad = Op("Cast", [Op("Not", [Op("Equal", [tokens, Scalar(padId, (int)DT.Int64)])])], ("to", (long)DT.Int32));
-        string Dim(long axis) => Op("Gather", [tokenShape, Scalar(axis, (int)DT.Int64)], ("axis", 0L));
-        var positions = Op("Cast", [Op("Range", [Scalar(0, (int)DT.Int64), Dim(1), Scalar(1, (int)DT.Int64)])], ("to", (long)DT.Int32));
-        var last = Op("ArgMax", [Op("Mul", [positions, notPad])], ("axis", -1L), ("keepdims", 1L)); // [B, 1]
-        var rows = Op("Unsqueeze", [Op("Range", [Scalar(0, (int)DT.Int64), Dim(0), Scalar(1, (int)DT.Int64)]), Ints(1)]);
-        var pairs = Op("Concat", [rows, last], ("axis", 1L)); // [B, 2]: (row, position)
-        g.Add("GatherND", [perPosition, pairs], name: "/score/GatherND", outputs: [output.Name]);
+        if (perToken) g.Add("Identity", [perPosition], name: "/score/Identity", outputs: [output.Name]);
+        else
+        {
+            // last non-pad token: argmax(position · (input_ids ≠ pad)), int32 as transformers computes it
+            var tokens = model.Graph.Input.First(i => i.Name == "input_ids").Type?.TensorType?.ElemType == (int)DT.Int64 ? "input_ids"
+                : Op("Cast", ["input_ids"], ("to", (long)DT.Int64)); // int32 token inputs
+            var notPad = Op("Cast", [Op("Not", [Op("Equal", [tokens, Scalar(padId, (int)DT.Int64)])])], ("to", (long)DT.Int32));
+            string Dim(long axis) => Op("Gather", [tokenShape, Scalar(axis, (int)DT.Int64)], ("axis", 0L));
+            var positions = Op("Cast", [Op("Range", [Scalar(0, (int)DT.Int64), Dim(1), Scalar(1, (int)DT.Int64)])], ("to", (long)DT.Int32));
+            var last = Op("ArgMax", [Op("Mul", [positions, notPad])], ("axis", -1L), ("keepdims", 1L)); // [B, 1]
+            var rows = Op("Unsqueeze", [Op("Range", [Scalar(0, (int)DT.Int64), Dim(0), Scalar(1, (int)DT.Int64)]), Ints(1)]);
+            var pairs = Op("Concat", [rows, last], ("axis", 1L)); // [B, 2]: (row, position)
+            g.Add("GatherND", [perPosition, pairs], name: "/score/GatherND", outputs: [output.Name]);
+        }
 
         // A generation export's cache: the classifier runs whole sequences (inputs fed empty, present outputs dropped).
         Engine.TrainingGraph.FeedEmptyCache(model.Proto, g);
@@ -93,8 +106,10 @@ public static class SequenceClassifier
         logits.Type.TensorType.ElemType = halfCompute ? (int)DT.Float : computeType;
         var dims = logits.Type.TensorType.Shape.Dim;
         var batchDim = dims.Count > 0 ? dims[0].Clone() : new TensorShapeProto.Types.Dimension { DimParam = "batch_size" };
+        var sequenceDim = dims.Count > 1 ? dims[1].Clone() : new TensorShapeProto.Types.Dimension { DimParam = "sequence_length" };
         dims.Clear();
         dims.Add(batchDim);
+        if (perToken) dims.Add(sequenceDim);
         dims.Add(new TensorShapeProto.Types.Dimension { DimValue = numLabels });
         model.Graph.Output.Clear();
         model.Graph.Output.Add(logits);
@@ -130,7 +145,13 @@ public static class SequenceClassifier
 
     /// <summary>The classifier's num_labels: its logits' declared last dimension (null when not declared).</summary>
     public static int? NumLabels(OnnxModel model) =>
-        LogitsOutput(model).Type?.TensorType?.Shape?.Dim is { Count: 2 } dims && dims[1].DimValue > 0 ? (int)dims[1].DimValue : null;
+        LogitsOutput(model).Type?.TensorType?.Shape?.Dim is { Count: 2 or 3 } dims && (IsClassifier(model) || IsTokenClassifier(model)) && dims[^1].DimValue > 0 ? (int)dims[^1].DimValue : null;
+
+    /// <summary>Whether the model is a token classifier (`ortlora classify --task-type TOKEN_CLS` made it): logits
+    /// [batch, sequence, labels] and the classes' names in its metadata (<see cref="Id2LabelKey"/>), which a causal LM
+    /// does not carry.</summary>
+    public static bool IsTokenClassifier(OnnxModel model) =>
+        LogitsOutput(model).Type?.TensorType?.Shape?.Dim.Count == 3 && model.Proto.MetadataProps.Any(p => p.Key == Id2LabelKey);
 
     /// <summary>The classes the model carries (<see cref="Id2LabelKey"/>, <see cref="ProblemTypeKey"/>), or null.</summary>
     public static Data.ClassLabels? Labels(OnnxModel model)
@@ -139,11 +160,12 @@ public static class SequenceClassifier
         return model.Proto.MetadataProps.FirstOrDefault(p => p.Key == Id2LabelKey) is { } entry ? Data.ClassLabels.FromId2LabelJson(entry.Value, model.Source) : null;
     }
 
-    public static void SetLabels(OnnxModel model, Data.ClassLabels classes)
+    /// <param name="perToken">a token classifier: no problem_type (transformers' is for sequence classification)</param>
+    public static void SetLabels(OnnxModel model, Data.ClassLabels classes, bool perToken = false)
     {
         foreach (var p in model.Proto.MetadataProps.Where(p => p.Key is Id2LabelKey or ProblemTypeKey).ToList()) model.Proto.MetadataProps.Remove(p);
         model.Proto.MetadataProps.Add(new StringStringEntryProto { Key = Id2LabelKey, Value = classes.Id2LabelJson() });
-        model.Proto.MetadataProps.Add(new StringStringEntryProto { Key = ProblemTypeKey, Value = classes.ProblemType });
+        if (!perToken) model.Proto.MetadataProps.Add(new StringStringEntryProto { Key = ProblemTypeKey, Value = classes.ProblemType });
     }
 
     /// <summary>initializer_range from the config.json beside the model, else transformers' default 0.02.</summary>
