@@ -6,7 +6,7 @@ namespace OrtLora.Cli;
 /// <summary>How Parquet rows become token sequences, shared by `train` and `eval` (TRL's / the Trainer's names).</summary>
 public sealed class DataCliOptions
 {
-    public Option<string> Format { get; } = new("--dataset-format") { Description = "auto, text, instruction, chat, prompt-completion (TRL's: prompt and completion columns, text or messages), preference (TRL's: chosen and rejected, with or without prompt; trains with the DPO loss), unpaired-preference (prompt, completion, label; KTO), prompt-only (TRL's: a prompt column, for ortlora grpo) or classification (text and label; `classify` and a classifier's eval read any file so)", DefaultValueFactory = _ => "auto" };
+    public Option<string> Format { get; } = new("--dataset-format") { Description = "auto, text, instruction, chat, prompt-completion (TRL's: prompt and completion columns, text or messages), preference (TRL's: chosen and rejected, with or without prompt; trains with the DPO loss), unpaired-preference (prompt, completion, label; KTO), prompt-only (TRL's: a prompt column, for ortlora grpo) classification (text and label; `classify` and a classifier's eval read any file so) or token-classification (words and a label a word; `classify --task-type TOKEN_CLS`)", DefaultValueFactory = _ => "auto" };
     public Option<string> TextColumn { get; } = new("--dataset-text-field", "--text-column") { Description = "column of plain-text data (TRL's dataset_text_field)", DefaultValueFactory = _ => "text" };
     public Option<string?> ChatTemplate { get; } = new("--chat-template") { Description = "chatml, llama2 or a Jinja template file (default: the tokenizer's own template, run as transformers runs it, else chatml)" };
     public Option<string?> ChatTemplateKwargs { get; } = new("--chat-template-kwargs") { Description = "JSON object of variables for a Jinja chat template, as TRL's chat_template_kwargs (e.g. '{\"enable_thinking\": false}' for Qwen3)" };
@@ -19,7 +19,7 @@ public sealed class DataCliOptions
 
     public DataCliOptions()
     {
-        Format.AcceptOnlyFromAmong("auto", "text", "instruction", "chat", "prompt-completion", "preference", "unpaired-preference", "prompt-only", "classification");
+        Format.AcceptOnlyFromAmong("auto", "text", "instruction", "chat", "prompt-completion", "preference", "unpaired-preference", "prompt-only", "classification", "token-classification");
         TruncationMode.AcceptOnlyFromAmong("keep_end", "keep_start");
     }
 

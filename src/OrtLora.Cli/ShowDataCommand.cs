@@ -16,8 +16,9 @@ public static class ShowDataCommand
         var data = new Argument<string>("data") { Description = "training data (.parquet or .jsonl)" };
         var rows = new Option<int>("--rows") { Description = "how many usable rows to show, from the file's start", DefaultValueFactory = _ => 3 };
         var reward = new Option<bool>("--reward") { Description = "preference data as `ortlora reward` tokenizes it: each sequence whole, with EOS; pairs over --max-length dropped" };
+        var labelAllTokens = new Option<bool>("--label-all-tokens") { Description = "token classification data: a word's later tokens take its label too (run_ner's label_all_tokens)" };
         var dataOptions = new DataCliOptions();
-        var cmd = new Command("show-data", $"Show the first rows of a data file as training tokenizes them, learned tokens between {LearnedOpen} {LearnedClose}") { data, rows, reward };
+        var cmd = new Command("show-data", $"Show the first rows of a data file as training tokenizes them, learned tokens between {LearnedOpen} {LearnedClose}") { data, rows, reward, labelAllTokens };
         foreach (var o in dataOptions.All) cmd.Options.Add(o);
         cmd.SetAction(CliRunner.Guard(parse =>
         {
@@ -27,7 +28,7 @@ public static class ShowDataCommand
             var tokenizer = TokenizerLoader.Load(tokenizerPath);
             var tokenizerDir = Directory.Exists(tokenizerPath) ? tokenizerPath : Path.GetDirectoryName(Path.GetFullPath(tokenizerPath))!;
             bool forReward = parse.GetValue(reward);
-            var options = dataOptions.Read(parse) with { RewardModeling = forReward };
+            var options = dataOptions.Read(parse) with { RewardModeling = forReward, LabelAllTokens = parse.GetValue(labelAllTokens) };
             // RewardConfig's max_length, the default `reward` takes
             if (forReward && parse.GetResult(dataOptions.MaxSeqLength) is not { Implicit: false }) options = options with { MaxSeqLength = 1024 };
             using var training = TrainingData.Open(parse.GetValue(data)!, tokenizer, options, tokenizerConfig: TokenizerConfig.Read(tokenizerDir));
@@ -48,6 +49,14 @@ public static class ShowDataCommand
                 {
                     Console.WriteLine(forReward ? $"── row {row}: longer than {training.Options.MaxSeqLength} tokens (dropped from training)"
                         : $"── row {row}: nothing learned within {training.Options.MaxSeqLength} tokens (dropped from training)");
+                    continue;
+                }
+                if (training.IsTokenClassification)
+                {
+                    // each token (␣ for a space), and the class of each labelled one (a word's first token)
+                    Console.WriteLine($"── {name}: {example.Length} tokens, {example.TrainedTokens} labelled");
+                    Console.WriteLine(string.Join(" ", example.InputIds.Select((id, t) => tokenizer.Decode([id]).Replace(' ', '␣') +
+                        (example.Labels[t] == ExampleEncoder.IgnoreIndex ? "" : "/" + training.ClassLabels!.Name(example.Labels[t])))));
                     continue;
                 }
                 if (training.ClassLabels is { } classes)

@@ -153,6 +153,52 @@ public class ModulesToSaveTests
         foreach (var (p, g) in grads) Assert.That(Shared.MaxAbsDiff(chunkedGrads[p], g), Is.LessThanOrEqualTo(1e-6f * g.Max(Math.Abs) + 1e-9f), p);
     }
 
+    /// <summary>PEFT's ModulesToSaveWrapper copies a whole linear layer, bias too: GPT-2's biased MLP layers train
+    /// weight and bias (the bias under PEFT's key, <c>PATH.bias</c>), each its own, though the TorchScript export shares
+    /// the (equal) biases of the two layers through an Identity; with trained values the merged model computes the
+    /// injected one's logits, has the original's ops (less that Identity), and the adapter injected again into the
+    /// plain export gives them too. With bias="all" the other biases train as well, the saved ones once.</summary>
+    [Test]
+    public void ASavedLayerTrainsItsBiasToo()
+    {
+        const string file = "model.torchscript.onnx";
+        var reference = Reference("gpt2");
+        using var model = OnnxModel.Load(Shared.Peft("gpt2", file));
+        var lora = LoraInjector.Inject(model, new LoraConfig { R = 2, TargetModules = ["c_attn"], ModulesToSave = ["mlp.c_fc"] });
+        Assert.That(lora.SavedModules.Select(m => m.Module), Is.EquivalentTo(new[] { "transformer.h.0.mlp.c_fc", "transformer.h.1.mlp.c_fc" }));
+        Assert.That(lora.TrainedBiases.Select(b => b.Weight), Is.EquivalentTo(new[] { "base_model.model.transformer.h.0.mlp.c_fc.bias", "base_model.model.transformer.h.1.mlp.c_fc.bias" }));
+        using (var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions())))
+            Assert.That(session.ParameterNames, Is.SupersetOf(lora.TrainedBiases.Select(b => b.Weight)), "the biases train");
+        RandomizeB(model);
+        var rng = new Random(3);
+        foreach (var t in model.Graph.Initializer.Where(t => t.Name.EndsWith(".c_fc.bias") || ModulesToSave.IsWeight(t.Name)))
+            Tensors.SetRaw(t, Tensors.FloatsToBytes(model.ReadFloats(t).Select(v => v + (float)(rng.NextDouble() - 0.5) * 0.2f).ToArray(), t.DataType));
+        var injected = Logits(model, reference);
+        var adapter = AdapterExporter.Export(model);
+        Assert.That(adapter.Tensors.Keys, Is.SupersetOf(new[] { "base_model.model.transformer.h.0.mlp.c_fc.weight", "base_model.model.transformer.h.0.mlp.c_fc.bias" }));
+        Assert.That(adapter.Config.Bias, Is.EqualTo("none"));
+        var dir = Shared.TempDir();
+        adapter.Save(dir);
+        using (var again = OnnxModel.Load(Shared.Peft("gpt2", file)))
+        {
+            LoraInjector.Inject(again, PeftAdapter.Load(dir));
+            Assert.That(Shared.MaxAbsDiff(Logits(again, reference), injected), Is.LessThan(1e-4f));
+        }
+        using var plain = OnnxModel.Load(Shared.Peft("gpt2", file));
+        LoraMerger.Merge(model);
+        var ops = GraphEditor.OpHistogram(plain.Graph);
+        ops["Identity"]--; // the shared bias's hop, which nothing reads once each layer has its own
+        Assert.That(GraphEditor.OpHistogram(model.Graph), Is.EqualTo(ops));
+        Assert.That(Shared.MaxAbsDiff(Logits(model, reference), injected), Is.LessThan(1e-4f));
+        Assert.That(Shared.MaxAbsDiff(Logits(plain, reference), injected), Is.GreaterThan(1e-3f), "the saved layers changed the model");
+
+        using var all = OnnxModel.Load(Shared.Peft("gpt2", file));
+        var both = LoraInjector.Inject(all, new LoraConfig { R = 2, TargetModules = ["c_attn"], ModulesToSave = ["mlp.c_fc"], Bias = "all" });
+        Assert.That(both.TrainedBiases.Select(b => b.Weight), Has.Member("base_model.model.transformer.h.1.mlp.c_fc.bias").And.Member("base_model.model.transformer.h.0.attn.c_attn.bias"));
+        Assert.That(both.TrainedBiases.Select(b => b.Weight), Is.Unique);
+        Assert.That(Shared.MaxAbsDiff(Logits(all, reference), reference["logits_base"].AsFloats()), Is.LessThan(1e-4f), "nothing moved yet");
+    }
+
     /// <summary>Each mistake is one error naming the file and the module.</summary>
     [Test]
     public void MistakesAreOneErrorEach()

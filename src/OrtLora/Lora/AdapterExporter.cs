@@ -86,7 +86,9 @@ public static class AdapterExporter
             tensors[rows.Rows] = SafeTensor.FromFloats(t.Dims.ToArray(), model.ReadFloats(t));
         }
         config.Variant = "performant";
-        return new PeftAdapter { Config = config, Tensors = tensors };
+        // a classifier's classes travel in the weights file's metadata, which PEFT and safetensors leave alone
+        var classes = model.Proto.MetadataProps.Where(p => PeftAdapter.ClassifierMetadataKeys.Contains(p.Key)).ToDictionary(p => p.Key, p => p.Value);
+        return new PeftAdapter { Config = config, Tensors = tensors, Metadata = classes };
     }
 
     /// <summary>PEFT derives each module's rank from r (or rank_pattern) and its scale from lora_alpha (or

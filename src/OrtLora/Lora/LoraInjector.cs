@@ -71,9 +71,10 @@ public static class LoraInjector
             config.EnsureWeightTying);
         var tokens = TrainableTokens.Apply(model, editor, config.TrainableTokenIndices, layers, prefix, adapted, saved, peft?.Tensors, peft?.WeightsPath);
         // PEFT's ModulesToSaveWrapper copies the whole module: a saved linear layer's bias trains with its weight
-        var savedBiases = layers.Where(l => layerBiases.ContainsKey(l.Node) && saved.Any(s => s.Kind == "linear" && s.Module == ModuleNames.Strip(l.Module, prefix)))
-            .ToDictionary(l => layerBiases[l.Node], l => ModuleNames.Strip(l.Module, prefix));
-        var biases = TrainedBiases.Apply(model, editor, config.Bias, layerBiases, layers, adapted, prefix, peft?.Tensors, peft?.WeightsPath, savedBiases);
+        var savedBiases = layers.Where(l => saved.Any(s => s.Kind == "linear" && s.Module == ModuleNames.Strip(l.Module, prefix)))
+            .Select(l => TrainedBiases.ForSavedModule(model, editor, l.Node, ModuleNames.Strip(l.Module, prefix), peft?.Tensors, peft?.WeightsPath))
+            .OfType<TrainedBias>().ToList();
+        var biases = savedBiases.Concat(TrainedBiases.Apply(model, editor, config.Bias, layerBiases, layers, adapted, prefix, peft?.Tensors, peft?.WeightsPath, savedBiases)).ToList();
         var lora = new LoraModel { Config = config, Adapters = adapters, SavedModules = saved, TrainableTokens = tokens, TrainedBiases = biases };
         lora.Write(model.Proto);
         return lora;

@@ -12,6 +12,10 @@ public sealed class PeftAdapter
     /// base_model.model.model.embed_tokens.lora_embedding_A).</summary>
     public required Dictionary<string, SafeTensor> Tensors { get; init; }
     public string WeightsPath { get; init; } = WeightsFile;
+    /// <summary>The weights file's metadata besides PEFT's format: a classifier's classes (transformers' id2label and
+    /// problem_type, the keys `ortlora classify` writes into the model), which a PEFT adapter has no field for.</summary>
+    public IReadOnlyDictionary<string, string> Metadata { get; init; } = new Dictionary<string, string>();
+    public static readonly string[] ClassifierMetadataKeys = ["id2label", "problem_type"];
 
     /// <summary>One module's A [r, in] and B [out, r] under their keys, and DoRA's magnitude m [out] when the adapter has one.</summary>
     /// <param name="Embedding">an embedding's adapter (lora_embedding_A [r, vocabulary], lora_embedding_B [hidden, r])</param>
@@ -29,7 +33,12 @@ public sealed class PeftAdapter
             throw new OrtLoraException(File.Exists(Path.Combine(dir, "adapter_model.bin"))
                 ? $"{dir}: only adapter_model.bin (pickle) found; save the adapter with safe_serialization=True"
                 : $"{dir}: no {WeightsFile}");
-        return new PeftAdapter { Config = LoraConfig.FromPeftJson(configPath), Tensors = SafeTensors.Read(weightsPath), WeightsPath = weightsPath };
+        var tensors = SafeTensors.Read(weightsPath, out var metadata);
+        return new PeftAdapter
+        {
+            Config = LoraConfig.FromPeftJson(configPath), Tensors = tensors, WeightsPath = weightsPath,
+            Metadata = metadata.Where(kv => ClassifierMetadataKeys.Contains(kv.Key)).ToDictionary(),
+        };
     }
 
     /// <summary>The adapter's modules: every lora_A key paired with its lora_B. The weights of modules_to_save are
@@ -92,7 +101,7 @@ public sealed class PeftAdapter
         var configPath = Path.Combine(dir, ConfigFile);
         var tmp = configPath + $".tmp{Environment.ProcessId}";
         File.WriteAllText(tmp, Config.ToPeftJson().ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
-        SafeTensors.Write(Path.Combine(dir, WeightsFile), Tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        SafeTensors.Write(Path.Combine(dir, WeightsFile), Tensors, new Dictionary<string, string>(Metadata) { ["format"] = "pt" });
         File.Move(tmp, configPath, overwrite: true);
     }
 }

@@ -60,22 +60,23 @@ public static class TrainedBiases
     /// <param name="values">PEFT tensors by key (an imported adapter), or null: the biases start as they are</param>
     public static List<TrainedBias> Apply(OnnxModel model, GraphEditor g, string mode, Dictionary<NodeProto, string> layerBiases,
         IReadOnlyList<LinearLayer> layers, IReadOnlySet<NodeProto> adapted, string prefix,
-        IReadOnlyDictionary<string, SafeTensor>? values = null, string? valuesSource = null, IReadOnlyDictionary<string, string>? savedModuleBiases = null)
+        IReadOnlyDictionary<string, SafeTensor>? values = null, string? valuesSource = null, IReadOnlyList<TrainedBias>? alreadyTrained = null)
     {
         if (!Options.Contains(mode)) throw new OrtLoraException($"bias '{mode}' is not one of {string.Join(", ", Options)}");
-        savedModuleBiases ??= new Dictionary<string, string>();
-        if (mode == "none" && savedModuleBiases.Count == 0) return [];
-        if (mode != "none" && GenAiNames.Applies(g.Graph))
+        if (mode == "none") return [];
+        if (GenAiNames.Applies(g.Graph))
             throw new OrtLoraException($"{model.Source}: bias '{mode}' on an ORT GenAI builder export: its biases (packed q|k|v, names of its own) have no PEFT key to travel under; train without --bias");
         // initializer → module path
-        var chosen = new Dictionary<string, string>(savedModuleBiases);
-        foreach (var layer in layers.Where(l => mode != "none" && layerBiases.ContainsKey(l.Node) && (mode == "all" || adapted.Contains(l.Node))))
+        var chosen = new Dictionary<string, string>();
+        var taken = alreadyTrained?.Select(b => b.Module).ToHashSet() ?? [];
+        foreach (var layer in layers.Where(l => layerBiases.ContainsKey(l.Node) && (mode == "all" || adapted.Contains(l.Node))
+                     && !taken.Contains(ModuleNames.Strip(l.Module, prefix)) && g.Initializer(layerBiases[l.Node]) is not null))
             chosen.TryAdd(layerBiases[layer.Node], ModuleNames.Strip(layer.Module, prefix));
         if (mode == "all")
             foreach (var t in g.Graph.Initializer.Where(t => t.Name.EndsWith(".bias", StringComparison.Ordinal) && t.Dims.Count == 1 && Tensors.IsFloat(t.DataType)
-                         && !t.Name.StartsWith(ModuleNames.PeftKeyPrefix, StringComparison.Ordinal)).ToList())
+                         && !t.Name.StartsWith(ModuleNames.PeftKeyPrefix, StringComparison.Ordinal) && g.Consumers(t.Name).Count > 0).ToList())
                 chosen.TryAdd(t.Name, ModuleNames.Strip(t.Name[..^".bias".Length], prefix));
-        if (chosen.Count == savedModuleBiases.Count && mode != "none") throw new OrtLoraException($"{model.Source}: bias '{mode}': the {(mode == "all" ? "model has" : "adapted layers have")} no bias to train");
+        if (chosen.Count == 0) throw new OrtLoraException($"{model.Source}: bias '{mode}': the {(mode == "all" ? "model has" : "adapted layers have")} no bias to train");
         var result = new List<TrainedBias>();
         foreach (var (original, module) in chosen)
         {
@@ -84,7 +85,7 @@ public static class TrainedBiases
             float[] start;
             if (values is null) start = model.ReadFloats(t);
             else if (values.TryGetValue(key, out var given) && given.Shape.SequenceEqual(t.Dims)) start = given.AsFloats();
-            else throw new OrtLoraException($"{valuesSource}: {(savedModuleBiases.ContainsKey(original) ? $"modules_to_save lists '{module}', which has a bias," : $"bias is '{mode}'")} but " + (values.TryGetValue(key, out var wrong)
+            else throw new OrtLoraException($"{valuesSource}: bias is '{mode}' but " + (values.TryGetValue(key, out var wrong)
                 ? $"tensor '{key}' has shape [{string.Join(", ", wrong.Shape)}], the model's bias [{string.Join(", ", t.Dims)}]" : $"there is no tensor '{key}'"));
             var weight = g.AddInitializer(Tensors.FromFloats(key, t.Dims.ToArray(), start));
             var standsFor = weight;
@@ -100,5 +101,45 @@ public static class TrainedBiases
         }
         g.TopologicalSort();
         return result;
+    }
+
+    /// <summary>A modules_to_save linear layer's bias (PEFT's ModulesToSaveWrapper copies the layer whole, bias too):
+    /// its own trainable float32 copy under PEFT's key, read by that layer alone, also where the exporter shares one
+    /// initializer between equal biases (TorchScript's Identity nodes); null when the layer has no bias.</summary>
+    /// <param name="values">PEFT tensors by key (an imported adapter), or null: the bias starts as it is</param>
+    public static TrainedBias? ForSavedModule(OnnxModel model, GraphEditor g, NodeProto layer, string module,
+        IReadOnlyDictionary<string, SafeTensor>? values, string? valuesSource)
+    {
+        var (reader, slot) = layer.OpType == "Gemm" && layer.Input.Count > 2 && layer.Input[2] != "" ? (layer, 2)
+            : layer.OpType == "MatMul" && g.Consumers(layer.Output[0]) is [{ OpType: "Add" } add] ? (add, add.Input[0] == layer.Output[0] ? 1 : 0)
+            : (null, -1);
+        if (reader is null) return null;
+        var value = reader.Input[slot];
+        var source = value;
+        var hops = new List<NodeProto>();
+        while (g.Producer(source) is { OpType: "Identity" } hop) { hops.Add(hop); source = hop.Input[0]; }
+        if (g.Initializer(source) is not { Dims.Count: 1 } t || !Tensors.IsFloat(t.DataType)) return null;
+        var key = PeftKey(module);
+        float[] start;
+        if (values is null) start = model.ReadFloats(t);
+        else if (values.TryGetValue(key, out var given) && given.Shape.SequenceEqual(t.Dims)) start = given.AsFloats();
+        else throw new OrtLoraException($"{valuesSource}: modules_to_save lists '{module}', which has a bias, but " + (values.TryGetValue(key, out var wrong)
+            ? $"tensor '{key}' has shape [{string.Join(", ", wrong.Shape)}], the model's bias [{string.Join(", ", t.Dims)}]" : $"there is no tensor '{key}'"));
+        var weight = g.AddInitializer(Tensors.FromFloats(key, t.Dims.ToArray(), start));
+        var standsFor = weight;
+        var nodes = new List<string>();
+        if (t.DataType != (int)DT.Float)
+        {
+            standsFor = g.Add("Cast", [weight], name: module + "/bias/Cast", attributes: ("to", (long)t.DataType));
+            nodes.Add(g.Producer(standsFor)!.Name);
+        }
+        reader.Input[slot] = standsFor;
+        // What merge writes the trained bias back as: the value the layer read, freed of whatever no one reads now
+        // (the Identity hops, the initializer); a fresh name where another layer still reads the shared one.
+        string original = value;
+        if (g.Consumers(value).Count > 0) original = g.Unique(value + "." + module.Replace('.', '_'));
+        else if (hops.Count > 0) foreach (var hop in hops.Where(h => g.Consumers(h.Output[0]).Count == 0)) g.RemoveNode(hop);
+        if (g.Consumers(source).Count == 0 && !g.IsGraphOutput(source)) g.RemoveInitializer(source);
+        return new TrainedBias(module, weight, original, t.DataType, standsFor, nodes);
     }
 }

@@ -22,6 +22,8 @@ public static class RewardModeling
         var head = adapter.Tensors.Where(kv => kv.Key.EndsWith(SequenceClassifier.ScoreModule + ".weight") && adapter.IsSavedModuleKey(kv.Key)).Select(kv => kv.Value).FirstOrDefault();
         int numLabels = head is { Shape.Length: 2 } ? (int)head.Shape[0] : 1;
         SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(modelPath), seed: 0, numLabels, perToken);
+        // the classes `classify` trained with, in its order, which the adapter's weights file carries
+        foreach (var (key, value) in adapter.Metadata) model.Proto.MetadataProps.Add(new global::Onnx.StringStringEntryProto { Key = key, Value = value });
     }
 
     /// <param name="classes">`ortlora classify`: the classes (num_labels); null: a reward model's one score</param>
