@@ -79,7 +79,7 @@ public class DataPromptCompletionTests
             .With.Message.EqualTo($"{mixed}: column 'completion' holds list, not text"));
         Assert.That(ParquetDataset.ParseFormat("prompt_completion"), Is.EqualTo(DatasetFormat.PromptCompletion));
         Assert.That(() => ParquetDataset.ParseFormat("sharegpt"), Throws.TypeOf<OrtLoraException>()
-            .With.Message.EqualTo("unknown dataset format 'sharegpt'; expected auto, text, instruction, chat, prompt-completion, preference, unpaired-preference, prompt-only, classification"));
+            .With.Message.EqualTo("unknown dataset format 'sharegpt'; expected auto, text, instruction, chat, prompt-completion, preference, unpaired-preference, prompt-only, classification, token-classification"));
     }
 
     /// <summary>`ortlora train` on prompt-completion files made from the tiny model's demo data, text and conversational

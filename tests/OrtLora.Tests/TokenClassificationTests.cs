@@ -246,6 +246,22 @@ public class TokenClassificationTests
             Assert.That(Value("eval_f1"), Is.EqualTo(f1).Within(1e-4), string.Join(' ', args));
             Assert.That(result, Does.Contain("tokens classified"));
         }
+
+        // run_ner's do_predict: each word's tag, which agree with the accuracy; the words without labels get the same
+        double accuracy = (double)evals[^1]["eval_accuracy"]!;
+        var predictions = Path.Combine(Shared.TempDir(), "tags.jsonl");
+        Assert.That(OrtloraOk("eval", merged, "--data", eval, "--predictions", predictions).Out, Does.Contain("predictions: " + predictions));
+        var lines = File.ReadAllLines(predictions).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
+        Assert.That(lines, Has.Count.EqualTo(40));
+        var pairs = lines.SelectMany(l => l["labels"]!.AsArray().Zip(l["predictions"]!.AsArray(), (t, p) => ((string?)t, (string?)p))).ToList();
+        Assert.That(lines.All(l => l["tokens"]!.AsArray().Count == l["predictions"]!.AsArray().Count), Is.True);
+        Assert.That(pairs.Count(p => p.Item1 == p.Item2) / (double)pairs.Count, Is.EqualTo(accuracy).Within(1e-9));
+        var unlabelled = Path.Combine(Shared.TempDir(), "test.jsonl");
+        File.WriteAllLines(unlabelled, lines.Select(l => new JsonObject { ["tokens"] = l["tokens"]!.DeepClone() }.ToJsonString()));
+        var testPredictions = Path.Combine(Shared.TempDir(), "test_tags.jsonl");
+        Assert.That(OrtloraOk("eval", merged, "--data", unlabelled, "--predictions", testPredictions).Out, Does.Contain("40 rows predicted, without labels"));
+        Assert.That(File.ReadAllLines(testPredictions).Select(l => JsonNode.Parse(l)!["predictions"]!.ToJsonString()), Is.EqualTo(lines.Select(l => l["predictions"]!.ToJsonString())));
+        Assert.That(Ortlora("eval", merged, "--data", unlabelled).Error, Does.Contain("no labels to score").And.Contain("--predictions"));
     }
 
     /// <summary>A token classifier's run resumes from a checkpoint byte for byte (the head's weight and bias are in it);

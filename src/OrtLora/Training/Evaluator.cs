@@ -145,11 +145,21 @@ public static class Evaluator
     static EvalResult ScoreTokenClassifier(OnnxModel model, string dataPath, DataOptions options, TextTokenizer tokenizer, string tokenizerDir,
         string device, string? epLibrary, string? predictionsPath)
     {
-        if (predictionsPath is not null)
-            throw new OrtLoraException($"{model.Source}: --predictions writes a sequence classifier's predictions; a token classifier's are not written yet");
         var numLabels = model.Graph.Output.FirstOrDefault(o => o.Name == "logits")?.Type?.TensorType?.Shape?.Dim is { Count: 3 } dims && dims[2].DimValue > 0 ? (int)dims[2].DimValue
             : throw new OrtLoraException($"{model.Source}: a token classifier's logits are [batch, sequence, labels] with the labels declared");
         var classes = SequenceClassifier.Labels(model);
+        bool labelled;
+        using (var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn, labelsOptional: true))
+            labelled = file.LabelColumn is not null && file.ReadAll().Any(r => r.Record is TokenClassificationRecord { Labels.Count: > 0 });
+        if (!labelled)
+        {
+            // a test split (no label column, or no row with labels): predicted, not scored
+            if (predictionsPath is null)
+                throw new OrtLoraException($"{dataPath}: no labels to score the token classifier against; --predictions FILE writes its predictions for these rows");
+            classes ??= ClassLabels.Of(numLabels);
+            int rows = ClassifierPredictions.WriteTokens(model, dataPath, tokenizer, classes, options, predictionsPath);
+            return new EvalResult(double.NaN, double.NaN, rows, 0, $"{rows} rows predicted") { Classes = classes, Metrics = new Dictionary<string, double>(), PredictionsOnly = true, PerToken = true };
+        }
         if (classes is null)
         {
             using var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn);
@@ -164,6 +174,7 @@ public static class Evaluator
         if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no labelled word to classify ({data.Summary})");
         var record = new System.Text.Json.Nodes.JsonObject();
         metrics.Report(record);
+        if (predictionsPath is not null) ClassifierPredictions.WriteTokens(model, dataPath, tokenizer, classes, options, predictionsPath);
         return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString())
         {
             Classes = classes, Metrics = record.ToDictionary(kv => kv.Key, kv => (double)kv.Value!), PerToken = true,

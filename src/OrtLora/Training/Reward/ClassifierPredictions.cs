@@ -49,6 +49,54 @@ public static class ClassifierPredictions
         }
     }
 
+    /// <summary>A token classifier's predictions, as run_ner.py's do_predict writes them (a line a row, a tag a word):
+    /// JSON Lines with the file row, the words, their labels where the row has them, and each word's predicted class
+    /// (its first token's arg-max; null for a word cut away by --max-length).</summary>
+    /// <returns>the rows predicted</returns>
+    public static int WriteTokens(OnnxModel model, string dataPath, TextTokenizer tokenizer, ClassLabels classes, DataOptions options, string path)
+    {
+        var proto = model.Proto.Clone();
+        Engine.TrainingGraph.TakeInt64BatchInputs(proto, new GraphEditor(proto.Graph));
+        using var runnable = new OnnxModel(proto, source: model.Source);
+        using var sessionOptions = OrtRun.DefaultOptions();
+        using var session = new InferenceSession(runnable.ToBytes(), sessionOptions);
+        var inputs = session.InputNames.ToList();
+        using var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn, labelsOptional: true);
+        var temporary = path + ".tmp";
+        int written = 0;
+        try
+        {
+            using (var writer = new StreamWriter(temporary))
+                foreach (var chunk in file.ReadAll().Chunk(Math.Max(1, options.EvalBatchSize)))
+                {
+                    var rows = chunk.Select(r => (r.Index, Row: (TokenClassificationRecord)r.Record,
+                        Encoded: TokenClassificationTokens.Encode(tokenizer, ((TokenClassificationRecord)r.Record).Words, null, options.MaxSeqLength))).ToList();
+                    var batch = Trainer.ToEngine(Batching.Pad([.. rows.Select(r => new Sequence(r.Encoded.Ids, r.Encoded.Labels, r.Index + 1, [r.Index]))], tokenizer.PadId, epoch: 0));
+                    var logits = OrtRun.Run(session, batch.Feeds(inputs), ["logits"])["logits"].Floats;
+                    for (int r = 0; r < rows.Count; r++)
+                    {
+                        var predicted = rows[r].Encoded.WordStarts.Select(start => start < 0 ? null : (JsonNode?)classes.Name(ArgMax(logits.AsSpan(
+                            ((r * batch.SequenceLength) + start) * classes.Count, classes.Count))));
+                        var line = new JsonObject { ["row"] = rows[r].Index, ["tokens"] = new JsonArray([.. rows[r].Row.Words.Select(w => (JsonNode?)w)]) };
+                        if (rows[r].Row.Labels.Count > 0) line["labels"] = new JsonArray([.. rows[r].Row.Labels.Select(l => (JsonNode?)l)]);
+                        line["predictions"] = new JsonArray([.. predicted]);
+                        writer.WriteLine(line.ToJsonString());
+                    }
+                    written += chunk.Length;
+                }
+            File.Move(temporary, path, overwrite: true);
+        }
+        finally { if (File.Exists(temporary)) File.Delete(temporary); }
+        return written;
+    }
+
+    static int ArgMax(ReadOnlySpan<float> values)
+    {
+        int best = 0;
+        for (int i = 1; i < values.Length; i++) if (values[i] > values[best]) best = i;
+        return best;
+    }
+
     static JsonObject Line(long row, string label, ReadOnlySpan<float> logits, ClassLabels classes)
     {
         var line = new JsonObject { ["row"] = row };
