@@ -63,7 +63,9 @@ public static class ShowDataCommand
                 {
                     // a classifier reads the whole row and learns its class, which the last token's label holds
                     Console.WriteLine($"── {name}: {example.Length} tokens, " + (classes.IsRegression
-                        ? $"target {example.RowValue.ToString(System.Globalization.CultureInfo.InvariantCulture)}" : $"label {example.Labels[^1]} ({classes.Name(example.Labels[^1])})"));
+                        ? $"target {example.RowValue.ToString(System.Globalization.CultureInfo.InvariantCulture)}"
+                        : classes.IsMultiLabel ? $"labels [{string.Join(", ", Enumerable.Range(0, classes.Count).Where(c => example.RowTargets![c] > 0).Select(classes.Name))}]"
+                        : $"label {example.Labels[^1]} ({classes.Name(example.Labels[^1])})"));
                     Console.WriteLine(tokenizer.Decode(example.InputIds));
                     continue;
                 }

@@ -127,7 +127,8 @@ public static class Evaluator
         if (classes.Count != numLabels) throw new OrtLoraException($"{model.Source}: a classifier of {numLabels} labels, and its id2label names {classes.Count}");
         using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false, Format = DatasetFormat.Classification, ClassLabels = classes },
             dataPath, TokenizerConfig.Read(tokenizerDir));
-        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary, Classification: true));
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary, Classification: true,
+            MultiLabel: classes.IsMultiLabel));
         var metrics = new ClassificationMetrics(classes);
         var score = Trainer.Score(session, data, classified: metrics);
         if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no row to classify ({data.Summary})");
@@ -186,7 +187,8 @@ public static class Evaluator
     static bool Labelled(string dataPath, string textColumn)
     {
         using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, textColumn, labelsOptional: true);
-        return file.LabelColumn is not null && file.ReadAll().Any(r => r.Record is ClassificationRecord { Label: var label } && label != ""
+        return file.LabelColumn is not null && file.ReadAll().Any(r => r.Record is ClassificationRecord { LabelSet: not null }
+            || r.Record is ClassificationRecord { Label: var label } && label != ""
             && !(long.TryParse(label, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out var value) && value < 0));
     }
 

@@ -132,7 +132,7 @@ public static partial class Trainer
             GradientCheckpointing: args.GradientCheckpointing, StaticShapes: dataOptions.PadToMaxLength, CudaGraphs: args.CudaGraphs,
             NeftuneNoiseAlpha: args.NeftuneNoiseAlpha, Seed: args.Seed, LabelSmoothing: args.LabelSmoothingFactor, LossChunks: args.LossChunks,
             Preference: data.IsPreference ? args.Preference : null, DistillationBeta: job.Distillation?.Beta, DisableDropout: DropoutDisabled(args, data, job, lora, reporter),
-            Classification: classifier && !perToken, TokenClassification: perToken, ClassifierDropout: job.Classification?.ClassifierDropout ?? 0));
+            Classification: classifier && !perToken, TokenClassification: perToken, MultiLabel: classes?.IsMultiLabel == true, ClassifierDropout: job.Classification?.ClassifierDropout ?? 0));
         using var distillation = job.Distillation is { } distill ? new Distillation(distill, model, session, data, args.Seed) : null;
         if (dataOptions.PadToMaxLength)
             reporter.Info($"every batch padded to [{dataOptions.BatchSize}, {dataOptions.MaxSeqLength}]; graphs loaded for that shape" +

@@ -20,7 +20,8 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
     public int Sequences { get; init; }
     /// <summary>Each row's role in KTO's loss (<see cref="Sequence.Role"/>; padding rows 0).</summary>
     public float[] Roles { get; init; } = [];
-    /// <summary>Each row's value for a loss that reads one a row (<see cref="Sequence.RowValue"/>; padding rows 0).</summary>
+    /// <summary>Each row's value for a loss that reads one a row (<see cref="Sequence.RowValue"/>; padding rows 0); a
+    /// multi-label batch's multi-hot classes, [rows · num_labels].</summary>
     public float[] RowValues { get; init; } = [];
     /// <summary>Positions with a label (what the loss averages over).</summary>
     public int TrainedTokens => Labels.Count(l => l != ExampleEncoder.IgnoreIndex);
@@ -60,13 +61,15 @@ public sealed record Sequence(int[] InputIds, int[] Labels, long NextIndex, long
     public float Role { get; init; }
     /// <summary>The example's value for a loss that reads one a row (<see cref="TokenizedExample.RowValue"/>).</summary>
     public float RowValue { get; init; }
+    /// <summary>A multi-label row's multi-hot classes (<see cref="TokenizedExample.RowTargets"/>).</summary>
+    public float[]? RowTargets { get; init; }
 }
 
 public static class Batching
 {
     /// <summary>Examples one per sequence.</summary>
     public static IEnumerable<Sequence> Single(IEnumerable<(TokenizedExample Example, long NextIndex)> examples) =>
-        examples.Select(e => new Sequence(e.Example.InputIds, e.Example.Labels, e.NextIndex, [e.Example.RowIndex]) { RowValue = e.Example.RowValue });
+        examples.Select(e => new Sequence(e.Example.InputIds, e.Example.Labels, e.NextIndex, [e.Example.RowIndex]) { RowValue = e.Example.RowValue, RowTargets = e.Example.RowTargets });
 
     /// <summary>Examples concatenated in order into sequences of at most <paramref name="maxLength"/> tokens; an
     /// example never splits (each is already cut to the maximum), and each keeps its own labels.</summary>
@@ -173,7 +176,15 @@ public static class Batching
         return new Batch(inputIds, mask, labels, b, s, new DataPosition(epoch, sequences[^1].NextIndex), [.. sequences.SelectMany(x => x.Rows)])
             {
                 Sequences = sequences.Count, Roles = [.. sequences.Select(x => x.Role), .. new float[b - sequences.Count]],
-                RowValues = [.. sequences.Select(x => x.RowValue), .. new float[b - sequences.Count]],
+                RowValues = RowValues(sequences, b),
             };
+    }
+
+    /// <summary>Each row's value, padding rows 0; multi-label rows' multi-hot classes, row after row ([rows · num_labels]).</summary>
+    static float[] RowValues(IReadOnlyList<Sequence> sequences, int rows)
+    {
+        if (sequences[0].RowTargets is not { } first) return [.. sequences.Select(x => x.RowValue), .. new float[rows - sequences.Count]];
+        return [.. sequences.SelectMany(x => x.RowTargets ?? throw new InvalidOperationException("a multi-label batch with a row without classes")),
+            .. new float[(rows - sequences.Count) * first.Length]];
     }
 }

@@ -16,15 +16,19 @@ public sealed class ClassLabels
     public int Count { get; }
     /// <summary>A regression: one output, each row's label a number (<see cref="Target"/>).</summary>
     public bool IsRegression { get; }
+    /// <summary>Multi-label classification: each row has a set of classes (<see cref="Targets"/>), each class its own
+    /// yes or no (the BCE loss).</summary>
+    public bool IsMultiLabel { get; }
 
     /// <summary>transformers' problem_type.</summary>
-    public string ProblemType => IsRegression ? "regression" : "single_label_classification";
+    public string ProblemType => IsRegression ? "regression" : IsMultiLabel ? "multi_label_classification" : "single_label_classification";
 
     public static ClassLabels Regression { get; } = new(null, 1, regression: true);
 
-    ClassLabels(IReadOnlyList<string>? names, int count, bool regression = false)
+    ClassLabels(IReadOnlyList<string>? names, int count, bool regression = false, bool multiLabel = false)
     {
         IsRegression = regression;
+        IsMultiLabel = multiLabel;
         if (count < 2 && !regression)
             throw new OrtLoraException($"single-label classification needs at least 2 classes, got num_labels {count} " +
                 "(give --num-labels when the data shows only one class; --num-labels 1 is a regression on numeric labels)");
@@ -38,17 +42,23 @@ public sealed class ClassLabels
     {
         bool tokens = train.Format == DatasetFormat.TokenClassification;
         var seen = new HashSet<string>(StringComparer.Ordinal);
+        int sets = 0, single = 0;
         foreach (var (_, record) in train.ReadAll())
-            if (record is ClassificationRecord row) seen.Add(row.Label);
+            if (record is ClassificationRecord { LabelSet: { } set }) { seen.UnionWith(set); sets++; }
+            else if (record is ClassificationRecord row) { seen.Add(row.Label); single++; }
             else if (record is TokenClassificationRecord words) seen.UnionWith(words.Labels);
+        if (sets > 0 && single > 0)
+            throw new OrtLoraException($"{train.Path}: {sets} rows hold lists of labels and {single} one label; a file is multi-label (lists) or single-label, not both");
+        bool multiLabel = sets > 0;
         if (seen.Count == 0) throw new OrtLoraException($"{train.Path}: no labelled row");
+        if (multiLabel && numLabels == 1) throw new OrtLoraException($"{train.Path}: lists of labels are multi-label classification; --num-labels 1 would make a regression");
         // run_glue's is_regression: a float label column (JSON Lines numbers: any that is not an integer); or num_labels 1
         bool numeric = seen.All(l => double.TryParse(l, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && double.IsFinite(v));
         bool integers = seen.All(l => long.TryParse(l, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out _));
         if (tokens && (numLabels == 1 || numeric && !integers))
             throw new OrtLoraException($"{train.Path}: token classification labels each word with a class (integers or names); " +
                 (numLabels == 1 ? "--num-labels 1 would make a regression" : $"'{seen.First(l => !long.TryParse(l, out _))}' is a number but no class index"));
-        if (!tokens && (train.LabelIsFloat || numLabels == 1 || numeric && !integers))
+        if (!tokens && !multiLabel && (train.LabelIsFloat || numLabels == 1 || numeric && !integers))
         {
             if (!numeric) throw new OrtLoraException($"{train.Path}: a regression (num_labels 1{(train.LabelIsFloat ? ", a float label column" : "")}) takes numeric labels; " +
                 $"'{seen.First(l => !double.TryParse(l, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) || !double.IsFinite(v))}' is not one");
@@ -71,18 +81,21 @@ public sealed class ClassLabels
                     (numLabels is not null ? $"--num-labels is {numLabels}" : $"the file's ClassLabel names {declared!.Count} classes"));
             if (declared is not null && declared.Count != count)
                 throw new OrtLoraException($"{train.Path}: the file's ClassLabel names {declared.Count} classes; --num-labels is {count}");
-            return new ClassLabels(declared, count);
+            return new ClassLabels(declared, count, multiLabel: multiLabel);
         }
         var names = seen.Order(StringComparer.Ordinal).ToList();
         if (numLabels is { } given && given != names.Count)
             throw new OrtLoraException($"{train.Path}: {names.Count} label names ({string.Join(", ", names.Take(8))}{(names.Count > 8 ? ", ..." : "")}); --num-labels is {given}");
-        return new ClassLabels(names, names.Count);
+        return new ClassLabels(names, names.Count, multiLabel: multiLabel);
     }
 
     /// <summary>Classes known from a model (its id2label) or a count.</summary>
-    public static ClassLabels Of(int count, IReadOnlyList<string>? names = null) =>
-        names is null ? new ClassLabels(null, count)
-        : names.Count == count ? new ClassLabels(names, count) : throw new OrtLoraException($"{names.Count} label names for {count} classes");
+    public static ClassLabels Of(int count, IReadOnlyList<string>? names = null, bool multiLabel = false) =>
+        names is null ? new ClassLabels(null, count, multiLabel: multiLabel)
+        : names.Count == count ? new ClassLabels(names, count, multiLabel: multiLabel) : throw new OrtLoraException($"{names.Count} label names for {count} classes");
+
+    /// <summary>These classes as a multi-label classifier's (the model's problem_type says so).</summary>
+    public ClassLabels AsMultiLabel() => IsRegression ? throw new OrtLoraException("a regression has no classes to be multi-label") : new ClassLabels(Names, Count, multiLabel: true);
 
     /// <summary>The largest class index taken as one (a label beyond it is an id, not a class).</summary>
     const int MaxClasses = 100_000;
@@ -107,6 +120,14 @@ public sealed class ClassLabels
         if (Names is not { } names || !names[id].StartsWith("B-", StringComparison.Ordinal)) return id;
         for (int i = 0; i < names.Count; i++) if (names[i] == "I-" + names[id][2..]) return i;
         return id;
+    }
+
+    /// <summary>A multi-label row's classes as multi-hot [num_labels] (run_classification's multi_labels_to_ids).</summary>
+    public float[] Targets(IReadOnlyList<string> labels, string file, long row)
+    {
+        var targets = new float[Count];
+        foreach (var label in labels) targets[Id(label, file, row)] = 1;
+        return targets;
     }
 
     /// <summary>A regression row's target; a label that is no finite number names the file and the row.</summary>
@@ -136,5 +157,5 @@ public sealed class ClassLabels
     }
 
     public override string ToString() => IsRegression ? "regression (num_labels 1)" :
-        $"{Count} labels" + (Names is null ? "" : $": {string.Join(", ", Names.Take(8).Select((n, i) => $"{i} {n}"))}{(Names.Count > 8 ? ", ..." : "")}");
+        $"{Count} labels{(IsMultiLabel ? " (multi-label)" : "")}" + (Names is null ? "" : $": {string.Join(", ", Names.Take(8).Select((n, i) => $"{i} {n}"))}{(Names.Count > 8 ? ", ..." : "")}");
 }

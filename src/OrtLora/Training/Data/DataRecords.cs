@@ -64,6 +64,9 @@ public sealed record ClassificationRecord(string Text, string Label) : DataRecor
 {
     /// <summary>A text pair's second text (GLUE's sentence2), encoded after the first as the tokenizer encodes pairs.</summary>
     public string? TextPair { get; init; }
+    /// <summary>A multi-label row's labels (a list of classes, run_classification.py's multi-label data); null for one
+    /// label a row. <see cref="Label"/> is then empty.</summary>
+    public IReadOnlyList<string>? LabelSet { get; init; }
 }
 
 /// <summary>A token classification row (run_ner.py's: CoNLL's tokens and ner_tags): the words, and each word's label as

@@ -8,6 +8,9 @@ public sealed record TokenizedExample(long RowIndex, int[] InputIds, int[] Label
     /// <summary>A value for a loss that reads one a row: a reward model's chosen sequence holds the pair's margin (TRL's
     /// margin column; 0 without one), a regression's row its target.</summary>
     public float RowValue { get; init; }
+    /// <summary>A multi-label classification row's classes, multi-hot [num_labels] (the BCE loss's targets); null for
+    /// other rows.</summary>
+    public float[]? RowTargets { get; init; }
     public int TrainedTokens => Labels.Count(l => l != ExampleEncoder.IgnoreIndex);
 }
 

@@ -16,6 +16,9 @@ public sealed partial class ParquetDataset
     public string? ClassificationTextPair { get; private set; }
     /// <summary>The label column holds floats (run_glue's is_regression).</summary>
     public bool LabelIsFloat { get; private set; }
+    /// <summary>The label column holds lists of classes (a Parquet list; in JSON Lines, arrays): multi-label
+    /// classification, as run_classification.py reads a list-typed label.</summary>
+    public bool LabelIsList { get; private set; }
 
     readonly bool _labelsOptional;
 
@@ -36,11 +39,19 @@ public sealed partial class ParquetDataset
             : throw new OrtLoraException($"{Path}: no column 'label' (or 'labels') for classification data; the file has columns: {string.Join(", ", Columns)}");
         if (LabelColumn is null) return; // rows to predict
         var field = FirstReader.Schema.Fields.First(f => f.Name == LabelColumn);
+        if (field is ListField { Item: DataField { ClrType: var element } })
+        {
+            if (element == typeof(double) || element == typeof(float))
+                throw new OrtLoraException($"{Path}: column '{LabelColumn}' holds lists of numbers (multi-hot?); multi-label classification takes each row's classes as a list of indices or names");
+            RequireListColumn(LabelColumn, "labels");
+            LabelIsList = true;
+            return;
+        }
         var type = (field as DataField)?.ClrType;
         if (field is not DataField { IsArray: false } || type == typeof(DateTime) || type == typeof(DateTimeOffset) || type == typeof(byte[]))
             throw new OrtLoraException($"{Path}: column '{LabelColumn}' holds {(field is DataField d ? d.ClrType.Name + (d.IsArray ? " lists" : "") : field.SchemaType.ToString().ToLowerInvariant())}; " +
                 "classification takes one label a row: integers (0 .. num_labels - 1), booleans, names, or numbers for a regression " +
-                "(lists of labels, multi-label classification, are not supported)");
+                "(or lists of them for multi-label classification)");
         LabelIsFloat = type == typeof(double) || type == typeof(float) || type == typeof(decimal);
     }
 
@@ -48,16 +59,24 @@ public sealed partial class ParquetDataset
     {
         var text = ReadStrings(group, ClassificationText!);
         var pair = ClassificationTextPair is { } second ? ReadStrings(group, second) : null;
-        var labels = LabelColumn is null ? new string?[text.Length] : ReadAsText(group, (DataField)FirstReader.Schema.Fields.First(f => f.Name == LabelColumn))
-            ?? throw new OrtLoraException($"{Path}: column '{LabelColumn}' cannot be read as class labels");
+        var labelSets = LabelIsList ? ReadLists(group, LabelColumn!) : null;
+        var labels = LabelColumn is null ? new string?[text.Length]
+            : LabelIsList ? [.. labelSets!.Select(l => l is null ? null : "")]
+            : ReadAsText(group, (DataField)FirstReader.Schema.Fields.First(f => f.Name == LabelColumn))
+              ?? throw new OrtLoraException($"{Path}: column '{LabelColumn}' cannot be read as class labels");
         var rows = new List<Row>(text.Length);
         for (int i = 0; i < text.Length; i++)
         {
             // a row to predict needs no label
             string?[] required = [text[i], .. pair is null ? [] : new[] { pair[i] }, .. _labelsOptional ? [] : new[] { labels[i] }];
             var skip = Check(required);
-            rows.Add(skip != Skip.None ? new Row(null, skip)
-                : new Row(new ClassificationRecord(text[i]!, labels[i]?.Trim() ?? "") { TextPair = pair?[i] }, Skip.None));
+            if (skip != Skip.None && !(LabelIsList && labels[i] == "" && Check(text[i]) == Skip.None)) { rows.Add(new Row(null, skip)); continue; }
+            // JSON Lines: a row's labels as a JSON array (an empty one: no class applies)
+            var set = labelSets?[i] is { } listed ? [.. listed.Select(l => l?.Trim() ?? "")]
+                : labels[i]?.TrimStart().StartsWith('[') == true ? JsonList(labels[i]!, LabelColumn!, RowGroupStart(group) + i).Select(l => l?.Trim() ?? "").ToList() : null;
+            if (set is not null && set.Any(l => l == ""))
+                throw new OrtLoraException($"{Path}: row {RowGroupStart(group) + i}: a null or empty label in '{LabelColumn}'");
+            rows.Add(new Row(new ClassificationRecord(text[i]!, set is null ? labels[i]?.Trim() ?? "" : "") { TextPair = pair?[i], LabelSet = set }, Skip.None));
         }
         return rows;
     }

@@ -279,20 +279,24 @@ public sealed class TrainingData : IDisposable
 
     /// <summary>A classification row's tokens (<see cref="ClassificationTokens"/>). The label is the class index at the
     /// last token, -100 elsewhere: the loss reads one class a row (the classifier scores the last non-pad token), and the
-    /// batch's labelled rows are its rows. A regression's row is marked by a label 0 there; its target goes with the row.</summary>
+    /// batch's labelled rows are its rows. A regression's row is marked by a label 0 there, its target going with the
+    /// row; a multi-label row too, with its classes multi-hot.</summary>
     TokenizedExample? EncodeClassification(ParquetDataset file, long rowIndex, DataRecord record)
     {
         if (record is TokenClassificationRecord words) return EncodeTokenClassification(file, rowIndex, words);
         var row = record as ClassificationRecord ?? throw new OrtLoraException($"{file.Path}: row {rowIndex} is not a classification row");
         var classes = ClassLabels!;
-        int label = classes.IsRegression ? 0 : classes.Id(row.Label, file.Path, rowIndex);
+        if (classes.IsMultiLabel != row.LabelSet is not null && !(row.LabelSet is null && row.Label == ""))
+            throw new OrtLoraException($"{file.Path}: row {rowIndex}: {(classes.IsMultiLabel ? "one label; the classifier is multi-label (a list of labels a row)" : "a list of labels; the classifier takes one label a row")}");
+        int label = classes.IsRegression || classes.IsMultiLabel ? 0 : classes.Id(row.Label, file.Path, rowIndex);
+        float[]? targets = classes.IsMultiLabel ? classes.Targets(row.LabelSet ?? [], file.Path, rowIndex) : null;
         float target = classes.IsRegression ? classes.Target(row.Label, file.Path, rowIndex) : 0;
         var (ids, cut) = ClassificationTokens.Encode(Tokenizer, row.Text, row.TextPair, Options.MaxSeqLength);
         if (cut) _cut.Add(rowIndex);
         if (ids.Length == 0) return null;
         var labels = Enumerable.Repeat(ExampleEncoder.IgnoreIndex, ids.Length).ToArray();
         labels[^1] = label;
-        return new TokenizedExample(rowIndex, ids, labels) { RowValue = target };
+        return new TokenizedExample(rowIndex, ids, labels) { RowValue = target, RowTargets = targets };
     }
 
     /// <summary>A token classification row's tokens and labels (<see cref="TokenClassificationTokens"/>): each word's

@@ -13,7 +13,8 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
     /// <summary>With KTO: each row's role (<see cref="Autodiff.PreferenceLoss.RolesInput"/>).</summary>
     public float[]? Roles { get; init; }
     /// <summary>With a loss that reads a value a row: a reward model's margins (<see cref="Autodiff.RewardLoss.MarginsInput"/>),
-    /// a regression's targets (<see cref="Autodiff.ClassificationLoss.TargetsInput"/>); null: 0.</summary>
+    /// a regression's targets (<see cref="Autodiff.ClassificationLoss.TargetsInput"/>); null: 0. A multi-label batch's
+    /// multi-hot classes, [BatchSize · classes] (<see cref="Autodiff.ClassificationLoss.MultiLabelTargetsInput"/>).</summary>
     public float[]? RowValues { get; init; }
     /// <summary>With XPO's row term: each row's weight w in Σ w·π (<see cref="Autodiff.PreferenceLoss.RowWeightsInput"/>).</summary>
     public float[]? RowWeights { get; init; }
@@ -48,6 +49,9 @@ public sealed record Batch(long[] InputIds, long[] AttentionMask, long[] Labels,
                     : throw new OrtLoraException($"a batch with XPO's term needs a weight for each of its {BatchSize} rows"), BatchSize),
                 Autodiff.RewardLoss.MarginsInput or Autodiff.ClassificationLoss.TargetsInput =>
                     HostTensor.Of(RowValues is { } m && m.Length == BatchSize ? m : new float[BatchSize], BatchSize),
+                Autodiff.ClassificationLoss.MultiLabelTargetsInput => RowValues is { Length: > 0 } targets && targets.Length % BatchSize == 0
+                    ? HostTensor.Of(targets, BatchSize, targets.Length / BatchSize)
+                    : throw new OrtLoraException($"a multi-label batch needs each of its {BatchSize} rows' classes"),
                 Autodiff.PreferenceLoss.RolesInput => HostTensor.Of(Roles ?? throw new OrtLoraException("a KTO batch needs each row's role"), BatchSize),
                 Autodiff.PreferenceLoss.ReferenceInput => HostTensor.Of(ReferenceLogps ?? throw new OrtLoraException("a DPO batch needs the reference model's log-probabilities"), BatchSize),
                 _ when name.Contains("position") => HostTensor.Of(Enumerable.Range(0, (int)n).Select(i => (long)(i % SequenceLength)).ToArray(), Shape),

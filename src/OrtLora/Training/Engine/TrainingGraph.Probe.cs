@@ -31,7 +31,8 @@ public sealed partial class TrainingGraph
         var type = input.Type.TensorType;
         var dims = type.Shape?.Dim.Select((d, i) => d.DimValue > 0 ? d.DimValue : i == 0 ? batch : sequence).ToArray() ?? [batch, sequence];
         long n = Tensors.ElementCount(dims);
-        if (input.Name is NeftuneNoise.Input or PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or PreferenceLoss.RowWeightsInput or RewardLoss.MarginsInput or ClassificationLoss.TargetsInput or DistillationLoss.TeacherInput or TokenWeights) return HostTensor.Of(new float[n], dims);
+        if (input.Name is NeftuneNoise.Input or PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or PreferenceLoss.RowWeightsInput or RewardLoss.MarginsInput or ClassificationLoss.TargetsInput or ClassificationLoss.MultiLabelTargetsInput or DistillationLoss.TeacherInput or TokenWeights)
+            return HostTensor.Of(new float[n], dims);
         if (type.ElemType != (int)DT.Int64)
             throw new OrtLoraException($"model input '{input.Name}' is {(DT)type.ElemType}; ortlora feeds int64 token inputs only");
         var data = input.Name.Contains("position")

@@ -12,6 +12,13 @@ public sealed partial class TrainingGraph
 {
     /// <summary>Token classification (<see cref="Classification"/> too): the loss averages over the labelled tokens.</summary>
     public bool TokenClassification { get; private init; }
+    /// <summary>A multi-label classifier's classes: <see cref="SequenceLogProbs"/> then holds each row's predicted classes
+    /// multi-hot, [batch · classes]; null otherwise.</summary>
+    public int? MultiLabelClasses { get; private init; }
+
+    /// <summary>How many values <see cref="SequenceLogProbs"/> holds for a batch of that shape.</summary>
+    public int PredictionsOf(int batchSize, int sequenceLength) =>
+        TokenClassification ? batchSize * sequenceLength : batchSize * (MultiLabelClasses ?? 1);
 
     /// <summary>Each token's arg-max class as float32, flattened to [batch · sequence].</summary>
     static string AppendTokenPredictions(GraphEditor g, string logits) =>

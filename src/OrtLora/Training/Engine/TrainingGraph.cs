@@ -109,8 +109,9 @@ public sealed partial class TrainingGraph : IDisposable
         double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false, int? lossChunks = null,
         bool neftuneNoise = false, double labelSmoothing = 0, PreferenceOptions? preference = null, bool tokenWeights = false,
         double logitsTemperature = 1, double? distillationBeta = null, bool classification = false, bool tokenClassification = false,
-        double classifierDropout = 0)
+        double classifierDropout = 0, bool multiLabel = false)
     {
+        if (multiLabel && !classification) throw new OrtLoraException("multi-label is a sequence classifier's problem type");
         if (tokenClassification && (classification || preference is not null || tokenWeights || distillationBeta is not null))
             throw new OrtLoraException("token classification has its own loss: not with sequence classification, a preference loss, token weights or distillation");
         if (logitsTemperature <= 0) throw new OrtLoraException($"the logits' temperature must be positive, got {logitsTemperature}");
@@ -132,7 +133,7 @@ public sealed partial class TrainingGraph : IDisposable
         if (parameters.Count == 0)
             throw new OrtLoraException($"{model.Source}: no trainable parameters (no initializer ends in .lora_A.weight / .lora_B.weight); run `ortlora inject` first");
         var taken = proto.Graph.Input.Select(i => i.Name).Concat(proto.Graph.Node.SelectMany(n => n.Output)).Concat(proto.Graph.Initializer.Select(t => t.Name));
-        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens or SequenceLogProbs or TokenWeights or PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or PreferenceLoss.RowWeightsInput or RewardLoss.MarginsInput or ClassificationLoss.TargetsInput or DistillationLoss.TeacherInput) is { } clash)
+        if (taken.FirstOrDefault(n => n is Labels or Loss or CorrectTokens or SequenceLogProbs or TokenWeights or PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or PreferenceLoss.RowWeightsInput or RewardLoss.MarginsInput or ClassificationLoss.TargetsInput or ClassificationLoss.MultiLabelTargetsInput or DistillationLoss.TeacherInput) is { } clash)
             throw new OrtLoraException($"{model.Source}: the model already has a value named '{clash}' (exported with labels and a loss?); " +
                 "export it with input_ids and attention_mask in, logits out");
         logits ??= proto.Graph.Output.Any(o => o.Name == "logits") ? "logits" : proto.Graph.Output[0].Name;
@@ -190,7 +191,14 @@ public sealed partial class TrainingGraph : IDisposable
                 proto.Graph.Input.Add(Input(ClassificationLoss.TargetsInput, (int)DT.Float, ["batch"]));
                 batchInputs.Add(ClassificationLoss.TargetsInput);
             }
-            classify = ClassificationLoss.Append(g, logits, Labels, labelSmoothing, regression);
+            if (multiLabel)
+            {
+                if (regression || declared?.Dim[1] is not { DimValue: > 1 } classes)
+                    throw new OrtLoraException($"{model.Source}: multi-label classification needs a classifier of 2 or more declared labels");
+                proto.Graph.Input.Add(Input(ClassificationLoss.MultiLabelTargetsInput, (int)DT.Float, ["batch", classes.DimValue]));
+                batchInputs.Add(ClassificationLoss.MultiLabelTargetsInput);
+            }
+            classify = ClassificationLoss.Append(g, logits, Labels, labelSmoothing, regression, multiLabel);
         }
         else if (preference is { IsRewardModel: true })
         {
@@ -316,7 +324,8 @@ public sealed partial class TrainingGraph : IDisposable
             g.Cleanup(); // recomputed values no rule read, the full logits of a chunked loss
             return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss, NeftuneWidth = neftuneWidth,
                 Preference = preferenceLoss is not null || reward is not null, RewardModel = reward is not null, Classification = classify is not null || tokenClassification,
-                TokenClassification = tokenClassification, TokenWeighted = tokenWeights,
+                TokenClassification = tokenClassification, MultiLabelClasses = classify is { MultiLabel: true } ? (int)proto.Graph.Input.First(i => i.Name == ClassificationLoss.MultiLabelTargetsInput).Type.TensorType.Shape.Dim[1].DimValue : null,
+                TokenWeighted = tokenWeights,
                 ScaledGradients = scalesLoss ? new(grads) : new() };
         }
         catch
@@ -388,7 +397,8 @@ public sealed partial class TrainingGraph : IDisposable
         foreach (var input in result.Graph.Input.Where(i => BatchInputs.Contains(i.Name) || i.Name == NeftuneNoise.Input))
         {
             var dims = input.Type?.TensorType?.Shape?.Dim;
-            if (input.Name is PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or PreferenceLoss.RowWeightsInput or RewardLoss.MarginsInput or ClassificationLoss.TargetsInput && dims is { Count: 1 }) { dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch }; continue; }
+            if (input.Name is PreferenceLoss.ReferenceInput or PreferenceLoss.RolesInput or PreferenceLoss.RowWeightsInput or RewardLoss.MarginsInput or ClassificationLoss.TargetsInput && dims is { Count: 1 }
+                || input.Name == ClassificationLoss.MultiLabelTargetsInput && dims is { Count: 2 }) { dims![0] = new TensorShapeProto.Types.Dimension { DimValue = batch }; continue; }
             if (dims is null || dims.Count != (input.Name is NeftuneNoise.Input or DistillationLoss.TeacherInput ? 3 : 2)) continue;
             dims[0] = new TensorShapeProto.Types.Dimension { DimValue = batch };
             dims[1] = new TensorShapeProto.Types.Dimension { DimValue = sequence };

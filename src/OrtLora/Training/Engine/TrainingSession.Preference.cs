@@ -41,7 +41,7 @@ public sealed partial class TrainingSession
     {
         if (!_graph.Preference && !_graph.Classification) return;
         LastReferenceLogps = batch.ReferenceLogps ?? [];
-        LastSequenceLogps = new float[_graph.TokenClassification ? batch.BatchSize * batch.SequenceLength : batch.BatchSize];
+        LastSequenceLogps = new float[_graph.PredictionsOf(batch.BatchSize, batch.SequenceLength)];
         run.HostOutput(TrainingGraph.SequenceLogProbs, LastSequenceLogps);
     }
 }

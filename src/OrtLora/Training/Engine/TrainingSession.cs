@@ -42,6 +42,8 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// the unshifted cross-entropy at the labelled tokens (<see cref="TrainingGraph.TokenClassification"/>)</param>
 /// <param name="ClassifierDropout">token classification: dropout on the classification head's input while training
 /// (transformers' classifier_dropout; off with DisableDropout)</param>
+/// <param name="MultiLabel">with Classification: multi-label classification, the BCE loss against each row's
+/// multi-hot classes (<see cref="ClassificationLoss.MultiLabelTargetsInput"/>)</param>
 /// <param name="HostUpdateFrom">parameters of this many elements or more (modules_to_save weights) are updated by
 /// <see cref="HostAdamW"/> in place when the state is in host memory, instead of by the graph</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
@@ -50,7 +52,7 @@ public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThrea
     bool StaticShapes = false, bool GradientCheckpointing = false, int? LossChunks = null, bool CudaGraphs = false,
     double NeftuneNoiseAlpha = 0, int Seed = 42, double LabelSmoothing = 0, long HostUpdateFrom = ParameterBundle.AloneFrom,
     PreferenceOptions? Preference = null, bool TokenWeighted = false, double LogitsTemperature = 1, double? DistillationBeta = null,
-    bool DisableDropout = false, bool Classification = false, bool TokenClassification = false, double ClassifierDropout = 0);
+    bool DisableDropout = false, bool Classification = false, bool TokenClassification = false, double ClassifierDropout = 0, bool MultiLabel = false);
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -91,7 +93,7 @@ public sealed partial class TrainingSession : IDisposable
             lossChunks: options.LossChunks, neftuneNoise: options.NeftuneNoiseAlpha > 0, labelSmoothing: options.LabelSmoothing,
             preference: options.Preference, tokenWeights: options.TokenWeighted, logitsTemperature: options.LogitsTemperature,
             distillationBeta: options.DistillationBeta, loraDropout: options.DisableDropout ? 0 : null, classification: options.Classification,
-            tokenClassification: options.TokenClassification, classifierDropout: options.DisableDropout ? 0 : options.ClassifierDropout);
+            tokenClassification: options.TokenClassification, classifierDropout: options.DisableDropout ? 0 : options.ClassifierDropout, multiLabel: options.MultiLabel);
         if (_graph.ScalesLoss) _scaler = new LossScaler();
         // State in host memory (the CPU, where PlaceState leaves it): large parameters are updated in place by the host.
         bool hostState = _options.Device == "cpu" && !_options.StateInSessionMemory;

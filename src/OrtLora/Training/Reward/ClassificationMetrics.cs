@@ -16,13 +16,15 @@ public interface IClassifierMetrics
 /// <summary>What an evaluation of a sequence classifier reports, under the names of the GLUE metrics that run_glue.py
 /// loads (evaluate's "glue"): <c>accuracy</c> for classes, <c>f1</c> of class 1 with two classes (MRPC's, QQP's),
 /// <c>matthews_correlation</c> (CoLA's; the multiclass form with more); <c>pearson</c> and <c>spearmanr</c> for a
-/// regression (STS-B's). Each counted row's prediction (the arg-max class, or the regression's output) against its
+/// regression (STS-B's); micro <c>f1</c> and subset <c>accuracy</c> for multi-label classification (run_classification.py's). Each counted row's prediction (the arg-max class, or the regression's output) against its
 /// label.</summary>
 public sealed class ClassificationMetrics(ClassLabels classes) : IClassifierMetrics
 {
     readonly List<(double Predicted, double Target)> _rows = [];
+    /// <summary>Multi-label: each counted row's predicted and true classes, multi-hot.</summary>
+    readonly List<(float[] Predicted, float[] Target)> _sets = [];
 
-    public int Rows => _rows.Count;
+    public int Rows => _rows.Count + _sets.Count;
 
     /// <param name="predictions">each row's prediction (<see cref="Autodiff.ClassificationLoss.AppendPredictions"/>)</param>
     /// <param name="batch">the batch: each counted row's class at its one label, a regression's target in its row values</param>
@@ -32,12 +34,19 @@ public sealed class ClassificationMetrics(ClassLabels classes) : IClassifierMetr
         {
             int labelled = Array.FindIndex(batch.Labels, row * batch.SeqLength, batch.SeqLength, l => l != ExampleEncoder.IgnoreIndex);
             if (labelled < 0) continue; // a filler row
+            if (classes.IsMultiLabel)
+            {
+                int n = classes.Count;
+                _sets.Add(([.. predictions.Skip(row * n).Take(n)], batch.RowValues[(row * n)..((row + 1) * n)]));
+                continue;
+            }
             _rows.Add((predictions[row], classes.IsRegression ? batch.RowValues[row] : batch.Labels[labelled]));
         }
     }
 
     public void Report(JsonObject record, string prefix = "")
     {
+        if (classes.IsMultiLabel) { ReportMultiLabel(record, prefix); return; }
         if (_rows.Count == 0) return;
         if (classes.IsRegression)
         {
@@ -66,6 +75,30 @@ public sealed class ClassificationMetrics(ClassLabels classes) : IClassifierMetr
         double s = total, denominator = Math.Sqrt((s * s - sumPp) * (s * s - sumTt));
         record[prefix + "matthews_correlation"] = denominator == 0 ? 0 : (right * s - sumPt) / denominator;
         _rows.Clear();
+    }
+
+    /// <summary>Multi-label: run_classification.py's metric, evaluate's multilabel f1 with average="micro" (over every
+    /// row's every class), and sklearn's accuracy_score of multi-hot rows, the share of rows with every class right.</summary>
+    void ReportMultiLabel(JsonObject record, string prefix)
+    {
+        if (_sets.Count == 0) return;
+        long truePositive = 0, falsePositive = 0, falseNegative = 0, exact = 0;
+        foreach (var (predicted, target) in _sets)
+        {
+            bool all = true;
+            for (int c = 0; c < predicted.Length; c++)
+            {
+                bool p = predicted[c] > 0.5f, t = target[c] > 0.5f;
+                if (p && t) truePositive++;
+                else if (p) falsePositive++;
+                else if (t) falseNegative++;
+                all &= p == t;
+            }
+            if (all) exact++;
+        }
+        record[prefix + "f1"] = truePositive == 0 ? 0 : 2.0 * truePositive / (2 * truePositive + falsePositive + falseNegative);
+        record[prefix + "accuracy"] = (double)exact / _sets.Count;
+        _sets.Clear();
     }
 
     /// <summary>The metrics of a classifier's evaluation: a sequence classifier's (GLUE's) or a token classifier's (seqeval's).</summary>

@@ -8,7 +8,8 @@ namespace OrtLora.Training.Reward;
 
 /// <summary>A classifier's prediction for each row of a data file, as run_glue.py's do_predict writes them (one line a
 /// row): JSON Lines with the file row, the row's label where it has one, the predicted class's name and the classes'
-/// probabilities (softmax of the logits); a regression's predicted value. Rows need no label (a test split's), so the
+/// probabilities (softmax of the logits); a regression's predicted value; a multi-label classifier's predicted classes
+/// and each class's own probability (sigmoid). Rows need no label (a test split's), so the
 /// file is read here, tokenized as training tokenizes it, and the model runs as exported (no training graph).</summary>
 public static class ClassifierPredictions
 {
@@ -33,7 +34,7 @@ public static class ClassifierPredictions
                     var batch = Trainer.ToEngine(Batching.Pad([.. chunk.Select(r => Unlabelled(r.Index, r.Record))], tokenizer.PadId, epoch: 0));
                     var logits = OrtRun.Run(session, batch.Feeds(inputs), ["logits"])["logits"].Floats;
                     for (int r = 0; r < chunk.Length; r++)
-                        writer.WriteLine(Line(chunk[r].Index, ((ClassificationRecord)chunk[r].Record).Label, logits.AsSpan(r * classes.Count, classes.Count), classes).ToJsonString());
+                        writer.WriteLine(Line(chunk[r].Index, (ClassificationRecord)chunk[r].Record, logits.AsSpan(r * classes.Count, classes.Count), classes).ToJsonString());
                     written += chunk.Length;
                 }
             File.Move(temporary, path, overwrite: true);
@@ -97,9 +98,22 @@ public static class ClassifierPredictions
         return best;
     }
 
-    static JsonObject Line(long row, string label, ReadOnlySpan<float> logits, ClassLabels classes)
+    static JsonObject Line(long row, ClassificationRecord record, ReadOnlySpan<float> logits, ClassLabels classes)
     {
+        var label = record.Label;
         var line = new JsonObject { ["row"] = row };
+        if (classes.IsMultiLabel)
+        {
+            // each class its own sigmoid; predicted where the logit is above 0 (probability above 0.5), as run_classification
+            if (record.LabelSet is { } set) line["labels"] = new JsonArray([.. set.Select(l => (JsonNode?)l)]);
+            var chosen = new JsonArray();
+            for (int c = 0; c < logits.Length; c++) if (logits[c] > 0) chosen.Add(classes.Name(c));
+            line["predictions"] = chosen;
+            var sigmoid = new double[logits.Length];
+            for (int c = 0; c < logits.Length; c++) sigmoid[c] = 1 / (1 + Math.Exp(-logits[c]));
+            line["probabilities"] = new JsonObject(Enumerable.Range(0, logits.Length).Select(c => KeyValuePair.Create(classes.Name(c), (JsonNode?)Math.Round(sigmoid[c], 6))));
+            return line;
+        }
         if (classes.IsRegression)
         {
             if (label != "") line["label"] = double.TryParse(label, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) ? value : label;

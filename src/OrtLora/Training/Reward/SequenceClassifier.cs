@@ -156,8 +156,10 @@ public static class SequenceClassifier
     /// <summary>The classes the model carries (<see cref="Id2LabelKey"/>, <see cref="ProblemTypeKey"/>), or null.</summary>
     public static Data.ClassLabels? Labels(OnnxModel model)
     {
-        if (model.Proto.MetadataProps.FirstOrDefault(p => p.Key == ProblemTypeKey)?.Value == "regression") return Data.ClassLabels.Regression;
-        return model.Proto.MetadataProps.FirstOrDefault(p => p.Key == Id2LabelKey) is { } entry ? Data.ClassLabels.FromId2LabelJson(entry.Value, model.Source) : null;
+        var problemType = model.Proto.MetadataProps.FirstOrDefault(p => p.Key == ProblemTypeKey)?.Value;
+        if (problemType == "regression") return Data.ClassLabels.Regression;
+        var classes = model.Proto.MetadataProps.FirstOrDefault(p => p.Key == Id2LabelKey) is { } entry ? Data.ClassLabels.FromId2LabelJson(entry.Value, model.Source) : null;
+        return problemType == "multi_label_classification" ? classes?.AsMultiLabel() : classes;
     }
 
     /// <param name="perToken">a token classifier: no problem_type (transformers' is for sequence classification)</param>
