@@ -41,7 +41,7 @@ public static class TrainCommand
         var taskType = new Option<string>("--task-type") { Description = "PEFT's task_type: SEQ_CLS (a class a row) or TOKEN_CLS (a class a word: named entities, tags)", DefaultValueFactory = _ => "SEQ_CLS" };
         taskType.AcceptOnlyFromAmong("SEQ_CLS", "TOKEN_CLS");
         var labelAllTokens = new Option<bool>("--label-all-tokens") { Description = "TOKEN_CLS: a word's later tokens take its label too (B-X as I-X), not only its first (run_ner's label_all_tokens)" };
-        var classifierDropout = new Option<double>("--classifier-dropout") { Description = "TOKEN_CLS: dropout on the classification head's input while training (transformers' classifier_dropout)", DefaultValueFactory = _ => 0.1 };
+        var classifierDropout = new Option<double?>("--classifier-dropout") { Description = "TOKEN_CLS: dropout on the classification head's input while training (default: config.json's classifier_dropout, else hidden_dropout, else 0.1, as transformers)" };
         var evalData = new Option<string?>("--eval-data") { Description = "evaluation data: a .parquet or .jsonl file, a directory of them or a pattern" };
         var evalSplit = new Option<double>("--eval-split") { Description = "fraction of the training rows held out for evaluation" };
         var dataOptions = new DataCliOptions();

@@ -278,6 +278,34 @@ public class TokenClassificationTests
         Assert.That(Count(all, "I-"), Is.GreaterThan(Count(first, "I-")), "a word's later tokens take its label, as I-");
     }
 
+    /// <summary>GPT-2's family names its token classifier's head <c>classifier</c> (GPT2ForTokenClassification), as
+    /// PEFT then saves it; classifier_dropout comes from config.json as transformers reads it. A model folder whose
+    /// config.json says gpt2 trains, saves, merges and evaluates with that head.</summary>
+    [Test]
+    public void GptFamiliesNameTheHeadClassifier()
+    {
+        var dir = Shared.TempDir();
+        foreach (var file in new[] { "model.onnx", "vocab.json", "merges.txt", "tokenizer_config.json" }) File.Copy(Tiny(file), Path.Combine(dir, file));
+        File.WriteAllText(Path.Combine(dir, "config.json"), new JsonObject { ["model_type"] = "gpt2", ["architectures"] = new JsonArray("GPT2LMHeadModel"), ["classifier_dropout"] = 0.25 }.ToJsonString());
+        var model = Path.Combine(dir, "model.onnx");
+        Assert.That(SequenceClassifier.TokenHeadModule(model), Is.EqualTo("classifier"));
+        Assert.That(SequenceClassifier.ClassifierDropout(model), Is.EqualTo(0.25));
+        Assert.That((SequenceClassifier.TokenHeadModule(Tiny("model.onnx")), SequenceClassifier.ClassifierDropout(Tiny("model.onnx"))), Is.EqualTo(("score", 0.1)), "a Llama: score, the default dropout");
+        var data = NerData(dir, "train.jsonl", 40, seed: 5);
+        var output = Path.Combine(dir, "out");
+        var run = OrtloraOk("classify", model, "--task-type", "TOKEN_CLS", "--data", data, "--eval-data", data, "-o", output, "--max-steps", "6", "--learning-rate", "2e-3",
+            "--merge", "--plain-log");
+        Assert.That(run.Out, Does.Contain("classifier head [5, hidden] with a bias").And.Contain("modules_to_save (classifier)"));
+        var tensors = SafeTensors.Read(Path.Combine(output, "adapter_model.safetensors"));
+        Assert.That(tensors.Keys, Is.SupersetOf(new[] { "base_model.model.classifier.weight", "base_model.model.classifier.bias" }));
+        Assert.That(tensors.Keys.Any(k => k.Contains("score")), Is.False);
+        var mergedConfig = JsonNode.Parse(File.ReadAllText(Path.Combine(output, "merged", "config.json")))!;
+        Assert.That((string?)mergedConfig["architectures"]![0], Is.EqualTo("GPT2ForTokenClassification"));
+        double last = EvalLosses(output)[^1];
+        foreach (var args in new[] { new[] { "eval", Path.Combine(output, "merged", "model.onnx"), "--data", data }, ["eval", model, "--adapter", output, "--data", data] })
+            Assert.That(double.Parse(OrtloraOk(args).Out.Split("eval_loss ")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture), Is.EqualTo(last).Within(2e-4), string.Join(' ', args));
+    }
+
     static int Count(string text, string what) => (text.Length - text.Replace(what, "").Length) / what.Length;
 
     [Test]

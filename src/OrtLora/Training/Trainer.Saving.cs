@@ -41,7 +41,8 @@ public static partial class Trainer
         else config["problem_type"] = classes.ProblemType;
         var architecture = perToken ? "ForTokenClassification" : "ForSequenceClassification";
         if (config["architectures"] is JsonArray architectures)
-            config["architectures"] = new JsonArray([.. architectures.Select(a => (JsonNode?)((string?)a ?? "").Replace("ForCausalLM", architecture))]);
+            // LlamaForCausalLM → LlamaForTokenClassification; GPT-2's GPT2LMHeadModel → GPT2ForTokenClassification
+            config["architectures"] = new JsonArray([.. architectures.Select(a => (JsonNode?)((string?)a ?? "").Replace("ForCausalLM", architecture).Replace("LMHeadModel", architecture))]);
         var temporary = path + ".tmp";
         File.WriteAllText(temporary, config.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
         File.Move(temporary, path, overwrite: true);

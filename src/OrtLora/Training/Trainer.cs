@@ -37,9 +37,9 @@ public sealed record TrainJob
 /// <param name="TaskType">PEFT's task_type: SEQ_CLS (a class a row, AutoModelForSequenceClassification) or TOKEN_CLS
 /// (a class a word, AutoModelForTokenClassification, on <see cref="DatasetFormat.TokenClassification"/> data)</param>
 /// <param name="LabelAllTokens">TOKEN_CLS: a word's later tokens take its label too (run_ner's label_all_tokens)</param>
-/// <param name="ClassifierDropout">TOKEN_CLS: dropout on the head's input while training (transformers'
-/// classifier_dropout, 0.1 where the config has none)</param>
-public sealed record ClassificationOptions(int? NumLabels = null, string TaskType = "SEQ_CLS", bool LabelAllTokens = false, double ClassifierDropout = 0.1)
+/// <param name="ClassifierDropout">TOKEN_CLS: dropout on the head's input while training; null: transformers'
+/// classifier_dropout from the config.json beside the model, else its hidden_dropout, else 0.1</param>
+public sealed record ClassificationOptions(int? NumLabels = null, string TaskType = "SEQ_CLS", bool LabelAllTokens = false, double? ClassifierDropout = null)
 {
     public bool PerToken => TaskType == "TOKEN_CLS";
 }
@@ -132,7 +132,7 @@ public static partial class Trainer
             GradientCheckpointing: args.GradientCheckpointing, StaticShapes: dataOptions.PadToMaxLength, CudaGraphs: args.CudaGraphs,
             NeftuneNoiseAlpha: args.NeftuneNoiseAlpha, Seed: args.Seed, LabelSmoothing: args.LabelSmoothingFactor, LossChunks: args.LossChunks,
             Preference: data.IsPreference ? args.Preference : null, DistillationBeta: job.Distillation?.Beta, DisableDropout: DropoutDisabled(args, data, job, lora, reporter),
-            Classification: classifier && !perToken, TokenClassification: perToken, MultiLabel: classes?.IsMultiLabel == true, ClassifierDropout: job.Classification?.ClassifierDropout ?? 0));
+            Classification: classifier && !perToken, TokenClassification: perToken, MultiLabel: classes?.IsMultiLabel == true,             ClassifierDropout: job.Classification is { PerToken: true } tokenOptions ? tokenOptions.ClassifierDropout ?? Reward.SequenceClassifier.ClassifierDropout(job.ModelPath) : 0));
         using var distillation = job.Distillation is { } distill ? new Distillation(distill, model, session, data, args.Seed) : null;
         if (dataOptions.PadToMaxLength)
             reporter.Info($"every batch padded to [{dataOptions.BatchSize}, {dataOptions.MaxSeqLength}]; graphs loaded for that shape" +

@@ -19,9 +19,12 @@ public static class RewardModeling
         if (adapter.Config.TaskType is not ("SEQ_CLS" or "TOKEN_CLS") || (perToken ? SequenceClassifier.IsTokenClassifier(model) : SequenceClassifier.IsClassifier(model))) return;
         var tokenizer = TokenizerLoader.Load(tokenizerPath ?? Path.GetDirectoryName(Path.GetFullPath(modelPath))!);
         // the head's rows are the classes: 1 for a reward model, num_labels for `ortlora classify`'s classifier
-        var head = adapter.Tensors.Where(kv => kv.Key.EndsWith(SequenceClassifier.ScoreModule + ".weight") && adapter.IsSavedModuleKey(kv.Key)).Select(kv => kv.Value).FirstOrDefault();
-        int numLabels = head is { Shape.Length: 2 } ? (int)head.Shape[0] : 1;
-        SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(modelPath), seed: 0, numLabels, perToken);
+        var head = adapter.Tensors.Where(kv => kv.Key.EndsWith(".weight") && adapter.IsSavedModuleKey(kv.Key)
+                && ModuleNames.LastSegment(kv.Key[..^".weight".Length]) is SequenceClassifier.ScoreModule or "classifier")
+            .Select(kv => (Module: ModuleNames.LastSegment(kv.Key[..^".weight".Length]), kv.Value)).FirstOrDefault();
+        int numLabels = head.Value is { Shape.Length: 2 } ? (int)head.Value.Shape[0] : 1;
+        SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(modelPath), seed: 0, numLabels, perToken,
+            head.Module ?? SequenceClassifier.ScoreModule);
         // the classes `classify` trained with, in its order, which the adapter's weights file carries
         foreach (var (key, value) in adapter.Metadata) model.Proto.MetadataProps.Add(new global::Onnx.StringStringEntryProto { Key = key, Value = value });
     }
@@ -41,9 +44,10 @@ public static class RewardModeling
                                            "(its LM head becomes a score head before the adapters are injected): give the plain model and the LoRA options");
             if (SequenceClassifier.IsClassifier(model))
                 throw new OrtLoraException($"{model.Source}: a sequence classifier (logits [batch, labels]); a token classifier is made from a causal LM export");
-            SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(job.ModelPath), job.Args.Seed, numLabels, perToken);
+            var headModule = perToken ? SequenceClassifier.TokenHeadModule(job.ModelPath) : SequenceClassifier.ScoreModule;
+            SequenceClassifier.FromCausalLm(model, tokenizer.PadId, SequenceClassifier.InitializerRange(job.ModelPath), job.Args.Seed, numLabels, perToken, headModule);
             reporter.Info(perToken
-                ? $"{Path.GetFileName(model.Source)} is a causal LM: its LM head is replaced by a score head [{numLabels}, hidden] with a bias, applied at every token, " +
+                ? $"{Path.GetFileName(model.Source)} is a causal LM: its LM head is replaced by a {headModule} head [{numLabels}, hidden] with a bias, applied at every token, " +
                   "as AutoModelForTokenClassification loads it"
                 : $"{Path.GetFileName(model.Source)} is a causal LM: its LM head is replaced by a score head [{numLabels}, hidden] read at each row's last " +
                   $"non-pad token (pad id {tokenizer.PadId}), as AutoModelForSequenceClassification loads it");

@@ -18,8 +18,6 @@ public static class SequenceClassifier
     /// <summary>The head's initializer, named as the dynamo exporter names LlamaForSequenceClassification's score layer
     /// (the module path <c>score</c>, which PEFT's SEQ_CLS task saves whole).</summary>
     public const string ScoreWeight = "score.weight";
-    /// <summary>A token classifier's head has a bias (GenericForTokenClassification's nn.Linear), zero at the start.</summary>
-    public const string ScoreBias = "score.bias";
     public const string ScoreModule = "score";
 
     /// <summary>Ops that may lie between the LM head and the logits output (casts, Gemma's softcap): dropped with the head.</summary>
@@ -39,8 +37,12 @@ public static class SequenceClassifier
     /// <param name="numLabels">the classes: 1 for a reward model's score, more for a classifier (`ortlora classify`)</param>
     /// <param name="perToken">a token classifier (AutoModelForTokenClassification, PEFT's TOKEN_CLS): the head, with a
     /// bias, scores every position and the logits stay [batch, sequence, num_labels]</param>
-    public static void FromCausalLm(OnnxModel model, long padId, double initializerRange, int seed, int numLabels = 1, bool perToken = false)
+    /// <param name="headModule">the head's module name: <c>score</c>, or <c>classifier</c> for the token classifiers of
+    /// GPT-2's family (<see cref="TokenHeadModule"/>)</param>
+    public static void FromCausalLm(OnnxModel model, long padId, double initializerRange, int seed, int numLabels = 1, bool perToken = false,
+        string headModule = ScoreModule)
     {
+        string headWeight = headModule + ".weight", headBias = headModule + ".bias";
         var output = LogitsOutput(model);
         Lora.MatMulNBitsForm.ToQdq(model); // ONNX Runtime's int4 head as DequantizeLinear + MatMul, which the walk reads
         var g = new GraphEditor(model.Graph);
@@ -66,26 +68,26 @@ public static class SequenceClassifier
         var rng = new Random(seed);
         var values = new float[numLabels * hidden];
         for (int i = 0; i < values.Length; i++) values[i] = (float)(initializerRange * Lora.LoraInit.Normal(rng));
-        g.AddInitializer(Tensors.FromFloats(ScoreWeight, [numLabels, hidden], values, weightType));
+        g.AddInitializer(Tensors.FromFloats(headWeight, [numLabels, hidden], values, weightType));
         // the weight as the head read it: through a Cast (float16 weights of a float32 model) or not
-        var scoreWeight = weightType == computeType ? ScoreWeight : g.Add("Cast", [ScoreWeight], name: "/score/Cast", attributes: ("to", (long)computeType));
+        var scoreWeight = weightType == computeType ? headWeight : g.Add("Cast", [headWeight], name: $"/{headModule}/Cast", attributes: ("to", (long)computeType));
         string Ints(params long[] v) => g.AddInitializer(Tensors.FromInt64(g.Unique("score/ints"), [v.Length], v));
         string Scalar(long v, int type) => g.AddInitializer(Tensors.Scalar(g.Unique("score/const"), v, type));
-        string Op(string op, string[] inputs, params (string, object)[] attributes) => g.Add(op, inputs, name: "/score/" + op, attributes: attributes);
+        string Op(string op, string[] inputs, params (string, object)[] attributes) => g.Add(op, inputs, name: $"/{headModule}/{op}", attributes: attributes);
 
         // score(h) at every position, [B, S, N] (a Gemm head reads h flattened to [B·S, hidden]: back to [B, S, N])
         var perPosition = Op("MatMul", [head.Input[0], Op("Transpose", [scoreWeight], ("perm", new long[] { 1, 0 }))]);
         if (perToken)
         {
-            g.AddInitializer(Tensors.FromFloats(ScoreBias, [numLabels], new float[numLabels], weightType));
-            perPosition = Op("Add", [perPosition, weightType == computeType ? ScoreBias : Op("Cast", [ScoreBias], ("to", (long)computeType))]);
+            g.AddInitializer(Tensors.FromFloats(headBias, [numLabels], new float[numLabels], weightType));
+            perPosition = Op("Add", [perPosition, weightType == computeType ? headBias : Op("Cast", [headBias], ("to", (long)computeType))]);
         }
         // half activations: the pooling in float32 (an exact cast; ONNX Runtime's CPU scatter, the gather's gradient,
         // takes no float16), and float32 logits out
         if (halfCompute) perPosition = Op("Cast", [perPosition], ("to", (long)DT.Float));
         var tokenShape = Op("Shape", ["input_ids"]);
         perPosition = Op("Reshape", [perPosition, Op("Concat", [tokenShape, Ints(numLabels)], ("axis", 0L))]);
-        if (perToken) g.Add("Identity", [perPosition], name: "/score/Identity", outputs: [output.Name]);
+        if (perToken) g.Add("Identity", [perPosition], name: $"/{headModule}/Identity", outputs: [output.Name]);
         else
         {
             // last non-pad token: argmax(position · (input_ids ≠ pad)), int32 as transformers computes it
@@ -171,11 +173,29 @@ public static class SequenceClassifier
     }
 
     /// <summary>initializer_range from the config.json beside the model, else transformers' default 0.02.</summary>
-    public static double InitializerRange(string modelPath)
+    public static double InitializerRange(string modelPath) => ConfigNumber(modelPath, "initializer_range") ?? 0.02;
+
+    /// <summary>The models whose token classifier names its head <c>classifier</c> (GPT2ForTokenClassification,
+    /// GPTNeoXForTokenClassification, Bloom's, Falcon's, MPT's ...); the others' (GenericForTokenClassification: Llama,
+    /// Mistral, Qwen2, Gemma ...) is <c>score</c>. PEFT saves the head under that name.</summary>
+    static readonly HashSet<string> ClassifierHeads = ["gpt2", "gpt_neo", "gpt_neox", "gpt_bigcode", "bloom", "falcon", "mpt"];
+
+    /// <summary>The token classifier's head module for the model (by config.json's model_type).</summary>
+    public static string TokenHeadModule(string modelPath) =>
+        Config(modelPath)?["model_type"] is JsonValue v && v.TryGetValue<string>(out var type) && ClassifierHeads.Contains(type) ? "classifier" : ScoreModule;
+
+    /// <summary>transformers' token classifiers' dropout: config.json's classifier_dropout, else its hidden_dropout, else 0.1.</summary>
+    public static double ClassifierDropout(string modelPath) =>
+        ConfigNumber(modelPath, "classifier_dropout") ?? ConfigNumber(modelPath, "hidden_dropout") ?? 0.1;
+
+    static JsonObject? Config(string modelPath)
     {
         var config = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(modelPath))!, "config.json");
-        if (!File.Exists(config)) return 0.02;
-        try { return JsonNode.Parse(File.ReadAllText(config))?["initializer_range"]?.GetValue<double>() ?? 0.02; }
-        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or FormatException) { return 0.02; }
+        if (!File.Exists(config)) return null;
+        try { return JsonNode.Parse(File.ReadAllText(config)) as JsonObject; }
+        catch (System.Text.Json.JsonException) { return null; }
     }
+
+    static double? ConfigNumber(string modelPath, string key) =>
+        Config(modelPath)?[key] is JsonValue v && v.TryGetValue<double>(out var number) ? number : null;
 }
