@@ -306,6 +306,38 @@ public class TokenClassificationTests
             Assert.That(double.Parse(OrtloraOk(args).Out.Split("eval_loss ")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture), Is.EqualTo(last).Within(2e-4), string.Join(' ', args));
     }
 
+    /// <summary>--label-column-name picks the label column (run_ner's and run_classification's label_column_name) for
+    /// token and sequence data; `eval --label-all-tokens` scores every token of a word, as training with it does.</summary>
+    [Test]
+    public void LabelColumnNameAndLabelAllTokensInEval()
+    {
+        var dir = Shared.TempDir();
+        var renamed = Path.Combine(dir, "renamed.jsonl");
+        File.WriteAllLines(renamed, File.ReadAllLines(NerData(dir, "ner.jsonl", 40, seed: 6)).Select(l => JsonNode.Parse(l)!.AsObject() is var o
+            ? new JsonObject { ["tokens"] = o["tokens"]!.DeepClone(), ["entity"] = o["ner_tags"]!.DeepClone() }.ToJsonString() : ""));
+        var missing = Ortlora("classify", Tiny("model.onnx"), "--task-type", "TOKEN_CLS", "--data", renamed, "-o", Path.Combine(dir, "a"), "--max-steps", "1");
+        Assert.That(missing.Error, Does.Contain("renamed.jsonl: no column 'ner_tags' or 'tags'").And.Contain("tokens, entity"));
+        var wrong = Ortlora("classify", Tiny("model.onnx"), "--task-type", "TOKEN_CLS", "--data", renamed, "--label-column-name", "tag", "-o", Path.Combine(dir, "b"), "--max-steps", "1");
+        Assert.That(wrong.Error, Does.Contain("no column 'tag' (--label-column-name)"));
+        var output = Path.Combine(dir, "out");
+        var run = OrtloraOk("classify", Tiny("model.onnx"), "--task-type", "TOKEN_CLS", "--data", renamed, "--label-column-name", "entity", "-o", output,
+            "--max-steps", "2", "--merge", "--plain-log");
+        Assert.That(run.Out, Does.Contain("5 labels: 0 B-LOC, 1 B-PER, 2 I-LOC, 3 I-PER, 4 O"));
+        var merged = Path.Combine(output, "merged", "model.onnx");
+        long Tokens(string text) => long.Parse(text.Split(" tokens classified")[0].Split('(')[^1].Replace(",", ""), System.Globalization.CultureInfo.InvariantCulture);
+        long first = Tokens(OrtloraOk("eval", merged, "--data", renamed, "--label-column-name", "entity").Out);
+        long all = Tokens(OrtloraOk("eval", merged, "--data", renamed, "--label-column-name", "entity", "--label-all-tokens").Out);
+        var words = File.ReadAllLines(renamed).Sum(l => JsonNode.Parse(l)!["tokens"]!.AsArray().Count);
+        Assert.That(first, Is.EqualTo(words), "a word's first token each");
+        Assert.That(all, Is.GreaterThan(first), "every token of a word");
+        Assert.That(Ortlora("eval", Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet"), "--label-all-tokens").Error, Does.Contain("not one"));
+        // a sequence classifier's label column too
+        var sentiment = Path.Combine(dir, "sentiment.jsonl");
+        File.WriteAllLines(sentiment, [new JsonObject { ["text"] = "good", ["sentiment"] = "pos" }.ToJsonString(), new JsonObject { ["text"] = "bad", ["sentiment"] = "neg" }.ToJsonString()]);
+        using var file = ParquetDataset.Open(sentiment, DatasetFormat.Classification, labelColumn: "sentiment");
+        Assert.That(ClassLabels.From(file).ToString(), Is.EqualTo("2 labels: 0 neg, 1 pos"));
+    }
+
     static int Count(string text, string what) => (text.Length - text.Replace(what, "").Length) / what.Length;
 
     [Test]

@@ -46,6 +46,8 @@ public static class Evaluator
         var tokenizerDir = Directory.Exists(tokenizerSource) ? tokenizerSource : Path.GetDirectoryName(Path.GetFullPath(tokenizerSource))!;
         if (SequenceClassifier.IsTokenClassifier(model) || LoraModel.Read(model)?.Config.TaskType == "TOKEN_CLS")
             return ScoreTokenClassifier(model, dataPath, options, tokenizer, tokenizerDir, device, epLibrary, predictionsPath);
+        if (options.LabelAllTokens)
+            throw new OrtLoraException($"{modelPath}: --label-all-tokens scores every token of a word for a token classifier; this model is not one");
         bool rewardModel = SequenceClassifier.IsClassifier(model);
         // a classifier of classes, or a regression (num_labels 1 too, as a reward model): told by the model's
         // problem_type, or by labelled data that is not pairs (chosen, rejected)
@@ -110,7 +112,7 @@ public static class Evaluator
         string device, string? epLibrary, string? predictionsPath)
     {
         var classes = SequenceClassifier.Labels(model) ?? (numLabels == 1 ? ClassLabels.Regression : null);
-        if (!Labelled(dataPath, options.TextColumn))
+        if (!Labelled(dataPath, options))
         {
             // a test split (no label column, or every label null or -1): predicted, not scored
             if (predictionsPath is null)
@@ -121,7 +123,7 @@ public static class Evaluator
         }
         if (classes is null)
         {
-            using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, options.TextColumn);
+            using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, options.TextColumn, labelColumn: options.LabelColumn);
             classes = ClassLabels.From(file, numLabels);
         }
         if (classes.Count != numLabels) throw new OrtLoraException($"{model.Source}: a classifier of {numLabels} labels, and its id2label names {classes.Count}");
@@ -150,7 +152,7 @@ public static class Evaluator
             : throw new OrtLoraException($"{model.Source}: a token classifier's logits are [batch, sequence, labels] with the labels declared");
         var classes = SequenceClassifier.Labels(model);
         bool labelled;
-        using (var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn, labelsOptional: true))
+        using (var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn, labelsOptional: true, options.LabelColumn))
             labelled = file.LabelColumn is not null && file.ReadAll().Any(r => r.Record is TokenClassificationRecord { Labels.Count: > 0 });
         if (!labelled)
         {
@@ -163,7 +165,7 @@ public static class Evaluator
         }
         if (classes is null)
         {
-            using var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn);
+            using var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn, labelColumn: options.LabelColumn);
             classes = ClassLabels.From(file, numLabels);
         }
         if (classes.Count != numLabels) throw new OrtLoraException($"{model.Source}: a classifier of {numLabels} labels, and its id2label names {classes.Count}");
@@ -184,9 +186,9 @@ public static class Evaluator
 
     /// <summary>Whether classification data has a label to score against: a label column with a value other than null
     /// or a negative integer (datasets' mark of an unlabelled row) somewhere.</summary>
-    static bool Labelled(string dataPath, string textColumn)
+    static bool Labelled(string dataPath, DataOptions options)
     {
-        using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, textColumn, labelsOptional: true);
+        using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, options.TextColumn, labelsOptional: true, options.LabelColumn);
         return file.LabelColumn is not null && file.ReadAll().Any(r => r.Record is ClassificationRecord { LabelSet: not null }
             || r.Record is ClassificationRecord { Label: var label } && label != ""
             && !(long.TryParse(label, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out var value) && value < 0));

@@ -21,6 +21,20 @@ public sealed partial class ParquetDataset
     public bool LabelIsList { get; private set; }
 
     readonly bool _labelsOptional;
+    /// <summary>The label column asked for (--label-column-name), or null for the format's usual names.</summary>
+    readonly string? _labelColumnName;
+
+    /// <summary>The label column: the one asked for (which must exist unless labels are optional), else the first of
+    /// <paramref name="usual"/> the file has.</summary>
+    string? FindLabelColumn(string[] usual, string what)
+    {
+        if (_labelColumnName is { } asked)
+            return Columns.Contains(asked) ? asked : _labelsOptional ? null
+                : throw new OrtLoraException($"{Path}: no column '{asked}' (--label-column-name) for {what}; the file has columns: {string.Join(", ", Columns)}");
+        return usual.FirstOrDefault(Columns.Contains)
+            ?? (_labelsOptional ? null
+                : throw new OrtLoraException($"{Path}: no column {string.Join(" or ", usual.Select(c => $"'{c}'"))} for {what}; the file has columns: {string.Join(", ", Columns)}"));
+    }
 
     /// <summary>GLUE's text pairs, run_glue.py's task_to_keys.</summary>
     static readonly (string First, string Second)[] TextPairs = [("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"), ("premise", "hypothesis")];
@@ -34,9 +48,7 @@ public sealed partial class ParquetDataset
                                          $"the file has columns: {string.Join(", ", Columns)}"));
         if (ClassificationTextPair is { } second) RequireStringColumn(second);
         RequireStringColumn(ClassificationText);
-        LabelColumn = Columns.Contains("label") ? "label" : Columns.Contains("labels") ? "labels"
-            : _labelsOptional ? null
-            : throw new OrtLoraException($"{Path}: no column 'label' (or 'labels') for classification data; the file has columns: {string.Join(", ", Columns)}");
+        LabelColumn = FindLabelColumn(["label", "labels"], "classification data");
         if (LabelColumn is null) return; // rows to predict
         var field = FirstReader.Schema.Fields.First(f => f.Name == LabelColumn);
         if (field is ListField { Item: DataField { ClrType: var element } })

@@ -25,10 +25,7 @@ public sealed partial class ParquetDataset
             ?? throw new OrtLoraException($"{Path}: no column of words ('tokens', or --dataset-text-field) for token classification data; " +
                                           $"the file has columns: {string.Join(", ", Columns)}");
         RequireListColumn(WordsColumn, "words");
-        LabelColumn = TagColumns.FirstOrDefault(Columns.Contains)
-            ?? (_labelsOptional ? null
-                : throw new OrtLoraException($"{Path}: no column of labels ({string.Join(", ", TagColumns.Select(c => $"'{c}'"))}) for token classification data; " +
-                                             $"the file has columns: {string.Join(", ", Columns)}"));
+        LabelColumn = FindLabelColumn(TagColumns, "token classification data");
         if (LabelColumn is not null) RequireListColumn(LabelColumn, "labels");
     }
 

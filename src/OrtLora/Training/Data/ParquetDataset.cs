@@ -22,10 +22,12 @@ public sealed partial class ParquetDataset : IDisposable
 
     /// <param name="columnsOnly">read the schema only: no format detected, no columns required</param>
     /// <param name="labelsOptional">classification rows to predict: the label column may be missing, a label null</param>
-    ParquetDataset(string path, List<Shard> shards, DatasetFormat format, string textColumn, bool columnsOnly = false, bool labelsOptional = false)
+    ParquetDataset(string path, List<Shard> shards, DatasetFormat format, string textColumn, bool columnsOnly = false, bool labelsOptional = false,
+        string? labelColumn = null)
     {
         Path = path;
         _labelsOptional = labelsOptional;
+        _labelColumnName = labelColumn;
         _shards = shards;
         TextColumn = textColumn;
         Columns = [.. FirstReader.Schema.Fields.Select(f => f.Name)];
@@ -78,10 +80,13 @@ public sealed partial class ParquetDataset : IDisposable
     /// order as one table) or a file pattern (<c>data/train-*.parquet</c>); JSON Lines files (.jsonl, .json) too, read
     /// whole into memory (<see cref="JsonLines"/>). The format is detected from the columns unless given.</summary>
     /// <param name="labelsOptional">classification rows to predict: the label column may be missing, a label null</param>
-    public static ParquetDataset Open(string path, DatasetFormat format = DatasetFormat.Auto, string textColumn = "text", bool labelsOptional = false) =>
-        Open(path, format, textColumn, columnsOnly: false, labelsOptional);
+    /// <param name="labelColumn">classification data: the label column (run_ner's and run_classification's
+    /// label_column_name); null: the format's usual names</param>
+    public static ParquetDataset Open(string path, DatasetFormat format = DatasetFormat.Auto, string textColumn = "text", bool labelsOptional = false,
+        string? labelColumn = null) =>
+        Open(path, format, textColumn, columnsOnly: false, labelsOptional, labelColumn);
 
-    static ParquetDataset Open(string path, DatasetFormat format, string textColumn, bool columnsOnly, bool labelsOptional = false)
+    static ParquetDataset Open(string path, DatasetFormat format, string textColumn, bool columnsOnly, bool labelsOptional = false, string? labelColumn = null)
     {
         var shards = new List<Shard>();
         try
@@ -100,7 +105,7 @@ public sealed partial class ParquetDataset : IDisposable
                     throw new OrtLoraException($"{file} is not a readable Parquet file (truncated or another format?): {e.Message}", e);
                 }
             }
-            return new ParquetDataset(path, shards, format, textColumn, columnsOnly, labelsOptional);
+            return new ParquetDataset(path, shards, format, textColumn, columnsOnly, labelsOptional, labelColumn);
         }
         catch
         {

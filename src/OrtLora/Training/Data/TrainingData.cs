@@ -8,6 +8,9 @@ public sealed record DataOptions
     public DatasetFormat Format { get; init; } = DatasetFormat.Auto;
     /// <summary>The column of plain-text data (TRL's dataset_text_field).</summary>
     public string TextColumn { get; init; } = "text";
+    /// <summary>Classification data: the label column (run_ner's and run_classification's label_column_name); null:
+    /// label/labels, or a token classifier's ner_tags, tags, ...</summary>
+    public string? LabelColumn { get; init; }
     public int MaxSeqLength { get; init; } = 512;
     /// <summary>Also learn the prompt (instruction data) / user turns (chat data); off: loss on responses only.</summary>
     public bool TrainOnPrompt { get; init; }
@@ -124,7 +127,7 @@ public sealed class TrainingData : IDisposable
             throw new OrtLoraException($"--truncation-mode must be keep_end or keep_start, got '{options.TruncationMode}'");
         if (options.MaxPromptLength <= 0 || options.MaxCompletionLength <= 0)
             throw new OrtLoraException($"--max-prompt-length and --max-completion-length must be positive, got {options.MaxPromptLength} and {options.MaxCompletionLength}");
-        var train = ParquetDataset.Open(trainPath, options.Format, options.TextColumn);
+        var train = ParquetDataset.Open(trainPath, options.Format, options.TextColumn, labelColumn: options.LabelColumn);
         // Without this the renderer and encoders, which know completions only, would fail on the first row.
         if (train.Format == DatasetFormat.Prompt)
         {
@@ -145,7 +148,7 @@ public sealed class TrainingData : IDisposable
         ParquetDataset? eval = null;
         try
         {
-            eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn);
+            eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn, labelColumn: options.LabelColumn);
             var chat = train.IsConversational
                 ? Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizerConfig ?? tokenizer.Config,
                     Path.Combine(Path.GetDirectoryName(tokenizer.Source) ?? "", "tokenizer_config.json"), options.ChatTemplateKwargs)

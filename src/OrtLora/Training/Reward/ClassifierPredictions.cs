@@ -22,7 +22,7 @@ public static class ClassifierPredictions
         using var sessionOptions = OrtRun.DefaultOptions();
         using var session = new InferenceSession(runnable.ToBytes(), sessionOptions);
         var inputs = session.InputNames.ToList();
-        using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, options.TextColumn, labelsOptional: true);
+        using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, options.TextColumn, labelsOptional: true, options.LabelColumn);
         var temporary = path + ".tmp";
         int written = 0;
         try
@@ -62,7 +62,7 @@ public static class ClassifierPredictions
         using var sessionOptions = OrtRun.DefaultOptions();
         using var session = new InferenceSession(runnable.ToBytes(), sessionOptions);
         var inputs = session.InputNames.ToList();
-        using var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn, labelsOptional: true);
+        using var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn, labelsOptional: true, options.LabelColumn);
         var temporary = path + ".tmp";
         int written = 0;
         try
