@@ -32,18 +32,6 @@ public sealed record TrainJob
     public ClassificationOptions? Classification { get; init; }
 }
 
-/// <summary>`ortlora classify`'s options.</summary>
-/// <param name="NumLabels">num_labels; null: from the training data's labels (<see cref="ClassLabels.From"/>)</param>
-/// <param name="TaskType">PEFT's task_type: SEQ_CLS (a class a row, AutoModelForSequenceClassification) or TOKEN_CLS
-/// (a class a word, AutoModelForTokenClassification, on <see cref="DatasetFormat.TokenClassification"/> data)</param>
-/// <param name="LabelAllTokens">TOKEN_CLS: a word's later tokens take its label too (run_ner's label_all_tokens)</param>
-/// <param name="ClassifierDropout">TOKEN_CLS: dropout on the head's input while training; null: transformers'
-/// classifier_dropout from the config.json beside the model, else its hidden_dropout, else 0.1</param>
-public sealed record ClassificationOptions(int? NumLabels = null, string TaskType = "SEQ_CLS", bool LabelAllTokens = false, double? ClassifierDropout = null)
-{
-    public bool PerToken => TaskType == "TOKEN_CLS";
-}
-
 public sealed record StepReport(int Step, int TotalSteps, int Epoch, double Loss, double LearningRate, double GradNorm, double TokensPerSecond);
 
 /// <summary>How the loop tells the outside what happens (the CLI draws a progress bar or prints lines).</summary>

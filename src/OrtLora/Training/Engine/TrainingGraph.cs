@@ -363,30 +363,6 @@ public sealed partial class TrainingGraph : IDisposable
 
     public void Dispose() => Frozen.Dispose();
 
-    /// <summary>PEFT's lora_dropout: Dropout(x) in training mode feeds x·Aᵀ (the base path keeps x).</summary>
-    /// <returns>lora_A name → its dropout's output (the dropped-out input) and input</returns>
-    static Dictionary<string, (string Output, string Input)> AddLoraDropout(GraphEditor g, IReadOnlyList<string> parameters, double ratio)
-    {
-        var dropped = new Dictionary<string, (string, string)>();
-        var ratioName = g.Unique("lora_dropout/ratio");
-        g.AddInitializer(Tensors.Scalar(ratioName, ratio, (int)DT.Float));
-        var training = g.Unique("lora_dropout/training_mode");
-        g.AddInitializer(Tensors.Scalar(training, 1, (int)DT.Bool));
-        foreach (var a in parameters.Where(p => p.EndsWith(".lora_A.weight")))
-        {
-            var uses = g.Consumers(a).SelectMany(n => n.OpType == "Transpose" ? g.Consumers(n.Output[0]) : [n])
-                .Where(n => n.OpType is "MatMul" or "Gemm" && !n.Name.Contains("/dora/")).ToList(); // DoRA's B·A is not x·Aᵀ
-            foreach (var use in uses)
-            {
-                var output = g.Add("Dropout", [use.Input[0], ratioName, training], name: a + "/lora_dropout",
-                    outputs: [g.Unique(a + "/lora_dropout_output"), g.Unique(a + "/lora_dropout_mask")]);
-                dropped[a] = (output, use.Input[0]);
-                use.Input[0] = output;
-            }
-        }
-        return dropped;
-    }
-
     /// <summary>A copy of <paramref name="graph"/> whose batch inputs (input_ids, attention_mask, labels, ...) are
     /// fixed to [batch, sequence]. ORT then knows every shape when it loads the graph and folds the shape arithmetic of
     /// the export and of the backward (Shape, Gather, Concat, Unsqueeze ... feeding Reshape, Expand, Slice) into

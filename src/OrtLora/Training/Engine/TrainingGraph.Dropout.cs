@@ -4,27 +4,33 @@ using DT = Onnx.TensorProto.Types.DataType;
 
 namespace OrtLora.Training.Engine;
 
-/// <summary>A token classifier's training graphs (transformers' ForTokenClassification heads, PEFT's TOKEN_CLS): the
-/// loss is the causal-LM cross-entropy without the shift (token t's logits score token t's label, -100 where a token is
-/// no word's first), the head's input goes through the classifier's dropout in training, and
-/// <see cref="SequenceLogProbs"/> holds every token's predicted class, [batch · sequence], for seqeval's metrics.</summary>
+/// <summary>The dropouts the training graphs add, in training mode (evaluation runs without them): PEFT's lora_dropout
+/// on each adapter's input, and a token classifier's classifier_dropout on its head's input.</summary>
 public sealed partial class TrainingGraph
 {
-    /// <summary>Token classification (<see cref="Classification"/> too): the loss averages over the labelled tokens.</summary>
-    public bool TokenClassification { get; private init; }
-    /// <summary>A multi-label classifier's classes: <see cref="SequenceLogProbs"/> then holds each row's predicted classes
-    /// multi-hot, [batch · classes]; null otherwise.</summary>
-    public int? MultiLabelClasses { get; private init; }
-
-    /// <summary>How many values <see cref="SequenceLogProbs"/> holds for a batch of that shape.</summary>
-    public int PredictionsOf(int batchSize, int sequenceLength) =>
-        TokenClassification ? batchSize * sequenceLength : batchSize * (MultiLabelClasses ?? 1);
-
-    /// <summary>Each token's arg-max class as float32, flattened to [batch · sequence].</summary>
-    static string AppendTokenPredictions(GraphEditor g, string logits) =>
-        g.Add("Reshape", [g.Add("Cast", [g.Add("ArgMax", [logits], name: "token_classify/predict/ArgMax", attributes: [("axis", -1L), ("keepdims", 0L)])],
-                name: "token_classify/predict/Cast", attributes: ("to", (long)DT.Float)), GraphConstants.Int64s(g, "token_classify/ints", -1)],
-            name: "token_classify/predict/Reshape");
+    /// <summary>PEFT's lora_dropout: Dropout(x) in training mode feeds x·Aᵀ (the base path keeps x).</summary>
+    /// <returns>lora_A name → its dropout's output (the dropped-out input) and input</returns>
+    static Dictionary<string, (string Output, string Input)> AddLoraDropout(GraphEditor g, IReadOnlyList<string> parameters, double ratio)
+    {
+        var dropped = new Dictionary<string, (string, string)>();
+        var ratioName = g.Unique("lora_dropout/ratio");
+        g.AddInitializer(Tensors.Scalar(ratioName, ratio, (int)DT.Float));
+        var training = g.Unique("lora_dropout/training_mode");
+        g.AddInitializer(Tensors.Scalar(training, 1, (int)DT.Bool));
+        foreach (var a in parameters.Where(p => p.EndsWith(".lora_A.weight")))
+        {
+            var uses = g.Consumers(a).SelectMany(n => n.OpType == "Transpose" ? g.Consumers(n.Output[0]) : [n])
+                .Where(n => n.OpType is "MatMul" or "Gemm" && !n.Name.Contains("/dora/")).ToList(); // DoRA's B·A is not x·Aᵀ
+            foreach (var use in uses)
+            {
+                var output = g.Add("Dropout", [use.Input[0], ratioName, training], name: a + "/lora_dropout",
+                    outputs: [g.Unique(a + "/lora_dropout_output"), g.Unique(a + "/lora_dropout_mask")]);
+                dropped[a] = (output, use.Input[0]);
+                use.Input[0] = output;
+            }
+        }
+        return dropped;
+    }
 
     /// <summary>GenericForTokenClassification's dropout(hidden) before its score head (classifier_dropout, 0.1 unless the
     /// config says otherwise): a Dropout in training mode on the input of each layer that reads a trained head's weight
