@@ -49,14 +49,29 @@ public class ClassificationTests
         return new Batch(ids, mask, labels, rows, Length);
     }
 
-    static float[] PlainLogits(OnnxModel model, Batch batch)
+    /// <summary>Each `ortlora eval` run prints training's last eval_loss and <paramref name="metric"/> (within
+    /// <paramref name="tolerance"/>), and <paramref name="says"/>.</summary>
+    internal static void AssertEvaluationsMatch(IEnumerable<string[]> runs, double loss, string metric, double value, double tolerance, string says)
+    {
+        foreach (var args in runs)
+        {
+            var result = OrtloraOk(args).Out;
+            double Value(string key) => double.Parse(result.Split(key + " ")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+            Assert.That(Value("eval_loss"), Is.EqualTo(loss).Within(2e-4), string.Join(' ', args));
+            Assert.That(Value(metric), Is.EqualTo(value).Within(tolerance), string.Join(' ', args));
+            Assert.That(result, Does.Contain(says));
+        }
+    }
+
+    /// <summary>The model's logits for the batch, run as exported (no training graph).</summary>
+    internal static float[] PlainLogits(OnnxModel model, Batch batch)
     {
         var feeds = new Dictionary<string, HostTensor>
         {
             ["input_ids"] = HostTensor.Of(batch.InputIds, batch.Shape), ["attention_mask"] = HostTensor.Of(batch.AttentionMask, batch.Shape),
         };
         if (model.Graph.Input.Any(i => i.Name == "position_ids"))
-            feeds["position_ids"] = HostTensor.Of(Enumerable.Range(0, batch.InputIds.Length).Select(i => (long)(i % Length)).ToArray(), batch.Shape);
+            feeds["position_ids"] = HostTensor.Of(Enumerable.Range(0, batch.InputIds.Length).Select(i => (long)(i % batch.SequenceLength)).ToArray(), batch.Shape);
         return OrtRun.Run(model, feeds, ["logits"])["logits"].Floats;
     }
 
@@ -247,14 +262,8 @@ public class ClassificationTests
         var mergedAgain = Path.Combine(Shared.TempDir(), "model.onnx");
         OrtloraOk("merge", Tiny("model.onnx"), "--adapter", output, "-o", mergedAgain);
         foreach (var file in new[] { "vocab.json", "merges.txt", "tokenizer_config.json" }) File.Copy(Tiny(file), Path.Combine(Path.GetDirectoryName(mergedAgain)!, file));
-        foreach (var args in new[] { new[] { "eval", merged, "--data", eval }, ["eval", Tiny("model.onnx"), "--adapter", output, "--data", eval], ["eval", mergedAgain, "--data", eval] })
-        {
-            var result = OrtloraOk(args).Out;
-            double Value(string key) => double.Parse(result.Split(key + " ")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
-            Assert.That(Value("eval_loss"), Is.EqualTo(last).Within(2e-4), string.Join(' ', args));
-            Assert.That(Value("eval_accuracy"), Is.EqualTo(accuracy).Within(1e-9), string.Join(' ', args));
-            Assert.That(result, Does.Contain("60 rows classified"));
-        }
+        AssertEvaluationsMatch([["eval", merged, "--data", eval], ["eval", Tiny("model.onnx"), "--adapter", output, "--data", eval], ["eval", mergedAgain, "--data", eval]],
+            last, "eval_accuracy", accuracy, 1e-9, "60 rows classified");
         var generate = Ortlora("generate", merged, "--prompt", "Hello");
         Assert.That(generate.Error, Does.Contain("sequence classifier"));
 
@@ -321,14 +330,8 @@ public class ClassificationTests
         Assert.That((string?)config["problem_type"], Is.EqualTo("regression"));
         Assert.That((string?)config["id2label"]!["0"], Is.EqualTo("LABEL_0"));
         double last = (double)evals[^1]["eval_loss"]!, pearson = (double)evals[^1]["eval_pearson"]!;
-        foreach (var args in new[] { new[] { "eval", Path.Combine(output, "merged", "model.onnx"), "--data", eval }, ["eval", Tiny("model.onnx"), "--adapter", output, "--data", eval] })
-        {
-            var result = OrtloraOk(args).Out;
-            double Value(string key) => double.Parse(result.Split(key + " ")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
-            Assert.That(Value("eval_loss"), Is.EqualTo(last).Within(2e-4), string.Join(' ', args));
-            Assert.That(Value("eval_pearson"), Is.EqualTo(pearson).Within(1e-4), string.Join(' ', args));
-            Assert.That(result, Does.Contain("40 rows scored"));
-        }
+        AssertEvaluationsMatch([["eval", Path.Combine(output, "merged", "model.onnx"), "--data", eval], ["eval", Tiny("model.onnx"), "--adapter", output, "--data", eval]],
+            last, "eval_pearson", pearson, 1e-4, "40 rows scored");
         var predictions = Path.Combine(output, "predictions.jsonl");
         OrtloraOk("eval", Path.Combine(output, "merged", "model.onnx"), "--data", eval, "--predictions", predictions);
         var lines = File.ReadAllLines(predictions).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();

@@ -50,17 +50,6 @@ public class TokenClassificationTests
         return new Batch(ids, mask, labels, rows, Length);
     }
 
-    static float[] PlainLogits(OnnxModel model, Batch batch)
-    {
-        var feeds = new Dictionary<string, HostTensor>
-        {
-            ["input_ids"] = HostTensor.Of(batch.InputIds, batch.Shape), ["attention_mask"] = HostTensor.Of(batch.AttentionMask, batch.Shape),
-        };
-        if (model.Graph.Input.Any(i => i.Name == "position_ids"))
-            feeds["position_ids"] = HostTensor.Of(Enumerable.Range(0, batch.InputIds.Length).Select(i => (long)(i % Length)).ToArray(), batch.Shape);
-        return OrtRun.Run(model, feeds, ["logits"])["logits"].Floats;
-    }
-
     /// <summary>transformers' CrossEntropyLoss over the labelled tokens (ignore_index -100), not shifted, with the
     /// Trainer's LabelSmoother when ε &gt; 0; and the tokens whose arg-max is their class.</summary>
     static (double Loss, int Right, int[] Predicted) CrossEntropy(float[] logits, Batch batch, double smoothing)
@@ -90,7 +79,7 @@ public class TokenClassificationTests
         Assert.That(SequenceClassifier.NumLabels(model), Is.Null, "no id2label yet: not told from a causal LM");
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), LabelSmoothing: smoothing, TokenClassification: true));
         var batch = TokenBatch();
-        var logits = PlainLogits(model, batch);
+        var logits = ClassificationTests.PlainLogits(model, batch);
         Assert.That(logits, Has.Length.EqualTo(Rows * Length * Classes));
         var (expected, right, predicted) = CrossEntropy(logits, batch, smoothing);
         var (loss, correct) = session.Evaluate(batch);
@@ -130,7 +119,7 @@ public class TokenClassificationTests
         var batch = TokenBatch(vocab: 300);
         var values = session.ParameterNames.ToDictionary(p => p, p => model.ReadFloats(model.Graph.Initializer.Single(t => t.Name == p)));
         var (loss, gradients) = session.ComputeGradients(batch);
-        Assert.That(loss, Is.EqualTo(CrossEntropy(PlainLogits(model, batch), batch, 0).Loss).Within(1e-5 * Math.Max(1, loss)));
+        Assert.That(loss, Is.EqualTo(CrossEntropy(ClassificationTests.PlainLogits(model, batch), batch, 0).Loss).Within(1e-5 * Math.Max(1, loss)));
         EnginePreferenceLossTests.MatchCentralDifferences(session, values, gradients, () => session.Evaluate(batch).Loss,
             p => p.Contains("layers.0.") || p.Contains(".h.0.") || p.Contains("score"), step: 1e-3f);
     }
@@ -238,14 +227,8 @@ public class TokenClassificationTests
         var mergedAgain = Path.Combine(Shared.TempDir(), "model.onnx");
         OrtloraOk("merge", Tiny("model.onnx"), "--adapter", output, "-o", mergedAgain);
         foreach (var file in new[] { "vocab.json", "merges.txt", "tokenizer_config.json" }) File.Copy(Tiny(file), Path.Combine(Path.GetDirectoryName(mergedAgain)!, file));
-        foreach (var args in new[] { new[] { "eval", merged, "--data", eval }, ["eval", Tiny("model.onnx"), "--adapter", output, "--data", eval], ["eval", mergedAgain, "--data", eval] })
-        {
-            var result = OrtloraOk(args).Out;
-            double Value(string key) => double.Parse(result.Split(key + " ")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
-            Assert.That(Value("eval_loss"), Is.EqualTo(last).Within(2e-4), string.Join(' ', args));
-            Assert.That(Value("eval_f1"), Is.EqualTo(f1).Within(1e-4), string.Join(' ', args));
-            Assert.That(result, Does.Contain("tokens classified"));
-        }
+        ClassificationTests.AssertEvaluationsMatch([["eval", merged, "--data", eval], ["eval", Tiny("model.onnx"), "--adapter", output, "--data", eval], ["eval", mergedAgain, "--data", eval]],
+            last, "eval_f1", f1, 1e-4, "tokens classified");
 
         // run_ner's do_predict: each word's tag, which agree with the accuracy; the words without labels get the same
         double accuracy = (double)evals[^1]["eval_accuracy"]!;

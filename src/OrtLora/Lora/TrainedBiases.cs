@@ -81,20 +81,7 @@ public static class TrainedBiases
         foreach (var (original, module) in chosen)
         {
             var t = g.Initializer(original)!;
-            var key = PeftKey(module);
-            float[] start;
-            if (values is null) start = model.ReadFloats(t);
-            else if (values.TryGetValue(key, out var given) && given.Shape.SequenceEqual(t.Dims)) start = given.AsFloats();
-            else throw new OrtLoraException($"{valuesSource}: bias is '{mode}' but " + (values.TryGetValue(key, out var wrong)
-                ? $"tensor '{key}' has shape [{string.Join(", ", wrong.Shape)}], the model's bias [{string.Join(", ", t.Dims)}]" : $"there is no tensor '{key}'"));
-            var weight = g.AddInitializer(Tensors.FromFloats(key, t.Dims.ToArray(), start));
-            var standsFor = weight;
-            var nodes = new List<string>();
-            if (t.DataType != (int)DT.Float)
-            {
-                standsFor = g.Add("Cast", [weight], name: module + "/bias/Cast", attributes: ("to", (long)t.DataType));
-                nodes.Add(g.Producer(standsFor)!.Name);
-            }
+            var (weight, standsFor, nodes) = TrainableCopy(model, g, t, module, values, valuesSource, $"bias is '{mode}'");
             g.ReplaceUses(original, standsFor);
             g.RemoveInitializer(original);
             result.Add(new TrainedBias(module, weight, original, t.DataType, standsFor, nodes));
@@ -119,20 +106,7 @@ public static class TrainedBiases
         var hops = new List<NodeProto>();
         while (g.Producer(source) is { OpType: "Identity" } hop) { hops.Add(hop); source = hop.Input[0]; }
         if (g.Initializer(source) is not { Dims.Count: 1 } t || !Tensors.IsFloat(t.DataType)) return null;
-        var key = PeftKey(module);
-        float[] start;
-        if (values is null) start = model.ReadFloats(t);
-        else if (values.TryGetValue(key, out var given) && given.Shape.SequenceEqual(t.Dims)) start = given.AsFloats();
-        else throw new OrtLoraException($"{valuesSource}: modules_to_save lists '{module}', which has a bias, but " + (values.TryGetValue(key, out var wrong)
-            ? $"tensor '{key}' has shape [{string.Join(", ", wrong.Shape)}], the model's bias [{string.Join(", ", t.Dims)}]" : $"there is no tensor '{key}'"));
-        var weight = g.AddInitializer(Tensors.FromFloats(key, t.Dims.ToArray(), start));
-        var standsFor = weight;
-        var nodes = new List<string>();
-        if (t.DataType != (int)DT.Float)
-        {
-            standsFor = g.Add("Cast", [weight], name: module + "/bias/Cast", attributes: ("to", (long)t.DataType));
-            nodes.Add(g.Producer(standsFor)!.Name);
-        }
+        var (weight, standsFor, nodes) = TrainableCopy(model, g, t, module, values, valuesSource, $"modules_to_save lists '{module}', which has a bias,");
         reader.Input[slot] = standsFor;
         // What merge writes the trained bias back as: the value the layer read, freed of whatever no one reads now
         // (the Identity hops, the initializer); a fresh name where another layer still reads the shared one.
@@ -141,5 +115,25 @@ public static class TrainedBiases
         else if (hops.Count > 0) foreach (var hop in hops.Where(h => g.Consumers(h.Output[0]).Count == 0)) g.RemoveNode(hop);
         if (g.Consumers(source).Count == 0 && !g.IsGraphOutput(source)) g.RemoveInitializer(source);
         return new TrainedBias(module, weight, original, t.DataType, standsFor, nodes);
+    }
+
+    /// <summary>The bias's trainable float32 copy under PEFT's key, starting from the model's values or an adapter's,
+    /// and what its readers read: the copy, or a Cast of it to the original's type.</summary>
+    /// <param name="why">what asks for the bias, for the error when the adapter's tensor is missing or misshapen</param>
+    static (string Weight, string StandsFor, List<string> Nodes) TrainableCopy(OnnxModel model, GraphEditor g, TensorProto t, string module,
+        IReadOnlyDictionary<string, SafeTensor>? values, string? valuesSource, string why)
+    {
+        var key = PeftKey(module);
+        float[] start;
+        if (values is null) start = model.ReadFloats(t);
+        else if (values.TryGetValue(key, out var given) && given.Shape.SequenceEqual(t.Dims)) start = given.AsFloats();
+        else throw new OrtLoraException($"{valuesSource}: {why} but " + (values.TryGetValue(key, out var wrong)
+            ? $"tensor '{key}' has shape [{string.Join(", ", wrong.Shape)}], the model's bias [{string.Join(", ", t.Dims)}]" : $"there is no tensor '{key}'"));
+        var weight = g.AddInitializer(Tensors.FromFloats(key, t.Dims.ToArray(), start));
+        var nodes = new List<string>();
+        if (t.DataType == (int)DT.Float) return (weight, weight, nodes);
+        var cast = g.Add("Cast", [weight], name: module + "/bias/Cast", attributes: ("to", (long)t.DataType));
+        nodes.Add(g.Producer(cast)!.Name);
+        return (weight, cast, nodes);
     }
 }

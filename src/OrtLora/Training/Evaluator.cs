@@ -45,7 +45,7 @@ public static class Evaluator
         VocabularyCheck.Require(tokenizer, model);
         var tokenizerDir = Directory.Exists(tokenizerSource) ? tokenizerSource : Path.GetDirectoryName(Path.GetFullPath(tokenizerSource))!;
         if (SequenceClassifier.IsTokenClassifier(model) || LoraModel.Read(model)?.Config.TaskType == "TOKEN_CLS")
-            return ScoreTokenClassifier(model, dataPath, options, tokenizer, tokenizerDir, device, epLibrary, predictionsPath);
+            return ScoreClassifier(model, dataPath, options, tokenizer, tokenizerDir, TokenClassifierLabels(model), perToken: true, device, epLibrary, predictionsPath);
         if (options.LabelAllTokens)
             throw new OrtLoraException($"{modelPath}: --label-all-tokens scores every token of a word for a token classifier; this model is not one");
         bool rewardModel = SequenceClassifier.IsClassifier(model);
@@ -55,7 +55,7 @@ public static class Evaluator
             && (numLabels > 1 || SequenceClassifier.Labels(model) is { IsRegression: true } || options.Format == DatasetFormat.Classification
                 || options.Format == DatasetFormat.Auto && ParquetDataset.ReadColumns(dataPath) is var columns
                     && (columns.Contains("label") || columns.Contains("labels")) && !(columns.Contains("chosen") && columns.Contains("rejected"))))
-            return ScoreClassifier(model, dataPath, options, tokenizer, tokenizerDir, numLabels, device, epLibrary, predictionsPath);
+            return ScoreClassifier(model, dataPath, options, tokenizer, tokenizerDir, numLabels, perToken: false, device, epLibrary, predictionsPath);
         if (predictionsPath is not null)
             throw new OrtLoraException($"{modelPath}: --predictions writes a classifier's predictions (from `ortlora classify`); this model is {(rewardModel ? "a reward model" : "a causal LM")}");
         // Every row of the file is evaluation data: it is opened as the eval file, with no split of a training file.
@@ -104,95 +104,64 @@ public static class Evaluator
         }
     }
 
-    /// <summary>A classifier (or a regression) on classification data (text and label): the loss and the GLUE metrics,
-    /// as `classify` evaluates. The classes' names are the model's (its id2label, written by `classify`), else the
-    /// data's own, sorted.</summary>
+    /// <summary>A classifier (or a regression) on classification data: the loss and the metrics `classify` reports
+    /// (GLUE's for a sequence classifier, seqeval's for a token classifier). The classes' names are the model's (its
+    /// id2label, written by `classify`), else the data's own, sorted.</summary>
+    /// <param name="perToken">a token classifier, on words and their labels</param>
     /// <param name="predictionsPath">also write each row's prediction there (<see cref="ClassifierPredictions"/>)</param>
     static EvalResult ScoreClassifier(OnnxModel model, string dataPath, DataOptions options, TextTokenizer tokenizer, string tokenizerDir, int numLabels,
-        string device, string? epLibrary, string? predictionsPath)
+        bool perToken, string device, string? epLibrary, string? predictionsPath)
     {
-        var classes = SequenceClassifier.Labels(model) ?? (numLabels == 1 ? ClassLabels.Regression : null);
-        if (!Labelled(dataPath, options))
+        var format = perToken ? DatasetFormat.TokenClassification : DatasetFormat.Classification;
+        var classes = SequenceClassifier.Labels(model) ?? (numLabels == 1 && !perToken ? ClassLabels.Regression : null);
+        int Predict(ClassLabels known) => perToken ? ClassifierPredictions.WriteTokens(model, dataPath, tokenizer, known, options, predictionsPath!)
+            : ClassifierPredictions.Write(model, dataPath, tokenizer, known, options, predictionsPath!);
+        if (!Labelled(dataPath, options, format))
         {
             // a test split (no label column, or every label null or -1): predicted, not scored
             if (predictionsPath is null)
-                throw new OrtLoraException($"{dataPath}: no labels to score the classifier against; --predictions FILE writes its predictions for these rows");
+                throw new OrtLoraException($"{dataPath}: no labels to score the {(perToken ? "token " : "")}classifier against; --predictions FILE writes its predictions for these rows");
             classes ??= ClassLabels.Of(numLabels);
-            int rows = ClassifierPredictions.Write(model, dataPath, tokenizer, classes, options, predictionsPath);
-            return new EvalResult(double.NaN, double.NaN, rows, 0, $"{rows} rows predicted") { Classes = classes, Metrics = new Dictionary<string, double>(), PredictionsOnly = true };
+            int rows = Predict(classes);
+            return new EvalResult(double.NaN, double.NaN, rows, 0, $"{rows} rows predicted")
+                { Classes = classes, Metrics = new Dictionary<string, double>(), PredictionsOnly = true, PerToken = perToken };
         }
         if (classes is null)
         {
-            using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, options.TextColumn, labelColumn: options.LabelColumn);
+            using var file = ParquetDataset.Open(dataPath, format, options.TextColumn, labelColumn: options.LabelColumn);
             classes = ClassLabels.From(file, numLabels);
         }
         if (classes.Count != numLabels) throw new OrtLoraException($"{model.Source}: a classifier of {numLabels} labels, and its id2label names {classes.Count}");
-        using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false, Format = DatasetFormat.Classification, ClassLabels = classes },
+        using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false, Format = format, ClassLabels = classes },
             dataPath, TokenizerConfig.Read(tokenizerDir));
-        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary, Classification: true,
-            MultiLabel: classes.IsMultiLabel));
-        var metrics = new ClassificationMetrics(classes);
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary, Classification: !perToken,
+            TokenClassification: perToken, MultiLabel: classes.IsMultiLabel));
+        var metrics = ClassificationMetrics.For(classes, perToken);
         var score = Trainer.Score(session, data, classified: metrics);
-        if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no row to classify ({data.Summary})");
+        if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no {(perToken ? "labelled word" : "row")} to classify ({data.Summary})");
         var record = new System.Text.Json.Nodes.JsonObject();
         metrics.Report(record);
-        if (predictionsPath is not null) ClassifierPredictions.Write(model, dataPath, tokenizer, classes, options, predictionsPath);
+        if (predictionsPath is not null) Predict(classes);
         return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString())
         {
-            Classes = classes, Metrics = record.ToDictionary(kv => kv.Key, kv => (double)kv.Value!),
-        };
-    }
-
-    /// <summary>A token classifier on token classification data (words and their labels): the loss and seqeval's
-    /// metrics, as `classify --task-type TOKEN_CLS` evaluates. The classes are the model's (its id2label), else the data's.</summary>
-    static EvalResult ScoreTokenClassifier(OnnxModel model, string dataPath, DataOptions options, TextTokenizer tokenizer, string tokenizerDir,
-        string device, string? epLibrary, string? predictionsPath)
-    {
-        var numLabels = model.Graph.Output.FirstOrDefault(o => o.Name == "logits")?.Type?.TensorType?.Shape?.Dim is { Count: 3 } dims && dims[2].DimValue > 0 ? (int)dims[2].DimValue
-            : throw new OrtLoraException($"{model.Source}: a token classifier's logits are [batch, sequence, labels] with the labels declared");
-        var classes = SequenceClassifier.Labels(model);
-        bool labelled;
-        using (var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn, labelsOptional: true, options.LabelColumn))
-            labelled = file.LabelColumn is not null && file.ReadAll().Any(r => r.Record is TokenClassificationRecord { Labels.Count: > 0 });
-        if (!labelled)
-        {
-            // a test split (no label column, or no row with labels): predicted, not scored
-            if (predictionsPath is null)
-                throw new OrtLoraException($"{dataPath}: no labels to score the token classifier against; --predictions FILE writes its predictions for these rows");
-            classes ??= ClassLabels.Of(numLabels);
-            int rows = ClassifierPredictions.WriteTokens(model, dataPath, tokenizer, classes, options, predictionsPath);
-            return new EvalResult(double.NaN, double.NaN, rows, 0, $"{rows} rows predicted") { Classes = classes, Metrics = new Dictionary<string, double>(), PredictionsOnly = true, PerToken = true };
-        }
-        if (classes is null)
-        {
-            using var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn, labelColumn: options.LabelColumn);
-            classes = ClassLabels.From(file, numLabels);
-        }
-        if (classes.Count != numLabels) throw new OrtLoraException($"{model.Source}: a classifier of {numLabels} labels, and its id2label names {classes.Count}");
-        using var data = TrainingData.Open(dataPath, tokenizer, options with { EvalSplit = 0, Shuffle = false, Format = DatasetFormat.TokenClassification, ClassLabels = classes },
-            dataPath, TokenizerConfig.Read(tokenizerDir));
-        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary, TokenClassification: true));
-        var metrics = new TokenClassificationMetrics(classes);
-        var score = Trainer.Score(session, data, classified: metrics);
-        if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no labelled word to classify ({data.Summary})");
-        var record = new System.Text.Json.Nodes.JsonObject();
-        metrics.Report(record);
-        if (predictionsPath is not null) ClassifierPredictions.WriteTokens(model, dataPath, tokenizer, classes, options, predictionsPath);
-        return new EvalResult(score.Loss, score.MeanTokenAccuracy, score.Tokens, score.Batches, data.Summary.ToString())
-        {
-            Classes = classes, Metrics = record.ToDictionary(kv => kv.Key, kv => (double)kv.Value!), PerToken = true,
+            Classes = classes, Metrics = record.ToDictionary(kv => kv.Key, kv => (double)kv.Value!), PerToken = perToken,
         };
     }
 
     /// <summary>Whether classification data has a label to score against: a label column with a value other than null
-    /// or a negative integer (datasets' mark of an unlabelled row) somewhere.</summary>
-    static bool Labelled(string dataPath, DataOptions options)
+    /// or a negative integer (datasets' mark of an unlabelled row) somewhere; a token classifier's, a row with labels.</summary>
+    static bool Labelled(string dataPath, DataOptions options, DatasetFormat format)
     {
-        using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, options.TextColumn, labelsOptional: true, options.LabelColumn);
-        return file.LabelColumn is not null && file.ReadAll().Any(r => r.Record is ClassificationRecord { LabelSet: not null }
+        using var file = ParquetDataset.Open(dataPath, format, options.TextColumn, labelsOptional: true, options.LabelColumn);
+        return file.LabelColumn is not null && file.ReadAll().Any(r => r.Record is ClassificationRecord { LabelSet: not null } or TokenClassificationRecord { Labels.Count: > 0 }
             || r.Record is ClassificationRecord { Label: var label } && label != ""
             && !(long.TryParse(label, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out var value) && value < 0));
     }
+
+    /// <summary>A token classifier's num_labels: its logits' declared last dimension.</summary>
+    static int TokenClassifierLabels(OnnxModel model) =>
+        model.Graph.Output.FirstOrDefault(o => o.Name == "logits")?.Type?.TensorType?.Shape?.Dim is { Count: 3 } dims && dims[2].DimValue > 0 ? (int)dims[2].DimValue
+            : throw new OrtLoraException($"{model.Source}: a token classifier's logits are [batch, sequence, labels] with the labels declared");
 
     /// <summary>A sequence classifier on preference pairs: TRL's reward-model loss and metrics (eval_accuracy, ...).</summary>
     static EvalResult ScoreRewardModel(OnnxModel model, TrainingData data, string dataPath, string device, string? epLibrary)

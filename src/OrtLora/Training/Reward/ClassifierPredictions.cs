@@ -16,31 +16,14 @@ public static class ClassifierPredictions
     /// <returns>the rows predicted</returns>
     public static int Write(OnnxModel model, string dataPath, TextTokenizer tokenizer, ClassLabels classes, DataOptions options, string path)
     {
-        var proto = model.Proto.Clone();
-        Engine.TrainingGraph.TakeInt64BatchInputs(proto, new GraphEditor(proto.Graph)); // int32 tokens, float masks: fed as int64
-        using var runnable = new OnnxModel(proto, source: model.Source);
-        using var sessionOptions = OrtRun.DefaultOptions();
-        using var session = new InferenceSession(runnable.ToBytes(), sessionOptions);
-        var inputs = session.InputNames.ToList();
         using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, options.TextColumn, labelsOptional: true, options.LabelColumn);
-        var temporary = path + ".tmp";
-        int written = 0;
-        try
+        return Predict(model, file, tokenizer, options, path, (chunk, writer, run) =>
         {
-            using (var writer = new StreamWriter(temporary))
-                foreach (var chunk in file.ReadAll().Chunk(Math.Max(1, options.EvalBatchSize)))
-                {
-                    // right padding (Batching.Pad), as the classifier reads each row's last non-pad token
-                    var batch = Trainer.ToEngine(Batching.Pad([.. chunk.Select(r => Unlabelled(r.Index, r.Record))], tokenizer.PadId, epoch: 0));
-                    var logits = OrtRun.Run(session, batch.Feeds(inputs), ["logits"])["logits"].Floats;
-                    for (int r = 0; r < chunk.Length; r++)
-                        writer.WriteLine(Line(chunk[r].Index, (ClassificationRecord)chunk[r].Record, logits.AsSpan(r * classes.Count, classes.Count), classes).ToJsonString());
-                    written += chunk.Length;
-                }
-            File.Move(temporary, path, overwrite: true);
-        }
-        finally { if (File.Exists(temporary)) File.Delete(temporary); }
-        return written;
+            // right padding (Batching.Pad), as the classifier reads each row's last non-pad token
+            var logits = run([.. chunk.Select(r => Unlabelled(r.Index, r.Record))]).Logits;
+            for (int r = 0; r < chunk.Length; r++)
+                writer.WriteLine(Line(chunk[r].Index, (ClassificationRecord)chunk[r].Record, logits.AsSpan(r * classes.Count, classes.Count), classes).ToJsonString());
+        });
 
         Sequence Unlabelled(long index, DataRecord record)
         {
@@ -56,13 +39,42 @@ public static class ClassifierPredictions
     /// <returns>the rows predicted</returns>
     public static int WriteTokens(OnnxModel model, string dataPath, TextTokenizer tokenizer, ClassLabels classes, DataOptions options, string path)
     {
+        using var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn, labelsOptional: true, options.LabelColumn);
+        return Predict(model, file, tokenizer, options, path, (chunk, writer, run) =>
+        {
+            var rows = chunk.Select(r => (r.Index, Row: (TokenClassificationRecord)r.Record,
+                Encoded: TokenClassificationTokens.Encode(tokenizer, ((TokenClassificationRecord)r.Record).Words, null, options.MaxSeqLength))).ToList();
+            var (logits, length) = run([.. rows.Select(r => new Sequence(r.Encoded.Ids, r.Encoded.Labels, r.Index + 1, [r.Index]))]);
+            for (int r = 0; r < rows.Count; r++)
+            {
+                var predicted = rows[r].Encoded.WordStarts.Select(start => start < 0 ? null
+                    : (JsonNode?)classes.Name(ArgMax(logits.AsSpan((r * length + start) * classes.Count, classes.Count))));
+                var line = new JsonObject { ["row"] = rows[r].Index, ["tokens"] = new JsonArray([.. rows[r].Row.Words.Select(w => (JsonNode?)w)]) };
+                if (rows[r].Row.Labels.Count > 0) line["labels"] = new JsonArray([.. rows[r].Row.Labels.Select(l => (JsonNode?)l)]);
+                line["predictions"] = new JsonArray([.. predicted]);
+                writer.WriteLine(line.ToJsonString());
+            }
+        });
+    }
+
+    /// <summary>Runs the model as exported over the file's rows, EvalBatchSize a batch, and writes what
+    /// <paramref name="write"/> makes of each batch's logits to <paramref name="path"/>, whole or not at all.</summary>
+    /// <param name="write">a batch's rows, the writer, and the run: sequences in, the logits and the padded length out</param>
+    /// <returns>the rows predicted</returns>
+    static int Predict(OnnxModel model, ParquetDataset file, TextTokenizer tokenizer, DataOptions options, string path,
+        Action<(long Index, DataRecord Record)[], StreamWriter, Func<List<Sequence>, (float[] Logits, int Length)>> write)
+    {
         var proto = model.Proto.Clone();
-        Engine.TrainingGraph.TakeInt64BatchInputs(proto, new GraphEditor(proto.Graph));
+        Engine.TrainingGraph.TakeInt64BatchInputs(proto, new GraphEditor(proto.Graph)); // int32 tokens, float masks: fed as int64
         using var runnable = new OnnxModel(proto, source: model.Source);
         using var sessionOptions = OrtRun.DefaultOptions();
         using var session = new InferenceSession(runnable.ToBytes(), sessionOptions);
         var inputs = session.InputNames.ToList();
-        using var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn, labelsOptional: true, options.LabelColumn);
+        (float[], int) Run(List<Sequence> sequences)
+        {
+            var batch = Trainer.ToEngine(Batching.Pad(sequences, tokenizer.PadId, epoch: 0));
+            return (OrtRun.Run(session, batch.Feeds(inputs), ["logits"])["logits"].Floats, batch.SequenceLength);
+        }
         var temporary = path + ".tmp";
         int written = 0;
         try
@@ -70,19 +82,7 @@ public static class ClassifierPredictions
             using (var writer = new StreamWriter(temporary))
                 foreach (var chunk in file.ReadAll().Chunk(Math.Max(1, options.EvalBatchSize)))
                 {
-                    var rows = chunk.Select(r => (r.Index, Row: (TokenClassificationRecord)r.Record,
-                        Encoded: TokenClassificationTokens.Encode(tokenizer, ((TokenClassificationRecord)r.Record).Words, null, options.MaxSeqLength))).ToList();
-                    var batch = Trainer.ToEngine(Batching.Pad([.. rows.Select(r => new Sequence(r.Encoded.Ids, r.Encoded.Labels, r.Index + 1, [r.Index]))], tokenizer.PadId, epoch: 0));
-                    var logits = OrtRun.Run(session, batch.Feeds(inputs), ["logits"])["logits"].Floats;
-                    for (int r = 0; r < rows.Count; r++)
-                    {
-                        var predicted = rows[r].Encoded.WordStarts.Select(start => start < 0 ? null : (JsonNode?)classes.Name(ArgMax(logits.AsSpan(
-                            ((r * batch.SequenceLength) + start) * classes.Count, classes.Count))));
-                        var line = new JsonObject { ["row"] = rows[r].Index, ["tokens"] = new JsonArray([.. rows[r].Row.Words.Select(w => (JsonNode?)w)]) };
-                        if (rows[r].Row.Labels.Count > 0) line["labels"] = new JsonArray([.. rows[r].Row.Labels.Select(l => (JsonNode?)l)]);
-                        line["predictions"] = new JsonArray([.. predicted]);
-                        writer.WriteLine(line.ToJsonString());
-                    }
+                    write(chunk, writer, Run);
                     written += chunk.Length;
                 }
             File.Move(temporary, path, overwrite: true);
