@@ -77,8 +77,8 @@ public static class TrainCommand
         var weightDecay = new Option<double>("--weight-decay");
         // The optimizer is torch.optim.AdamW's arithmetic (fused or not, the same numbers): the Trainer's names for it are
         // taken, so its command lines carry over; any other optimizer is refused by the parser, listing these.
-        var optim = new Option<string>("--optim") { Description = "the Trainer's optim: adamw_torch or adamw_torch_fused (the AdamW ortlora computes)", DefaultValueFactory = _ => "adamw_torch" };
-        optim.AcceptOnlyFromAmong("adamw_torch", "adamw_torch_fused");
+        var optim = new Option<string>("--optim") { Description = "the Trainer's optim: adamw_torch or adamw_torch_fused (the AdamW ortlora computes), or lorafa (PEFT's create_lorafa_optimizer: A frozen, B's gradient projected)", DefaultValueFactory = _ => "adamw_torch" };
+        optim.AcceptOnlyFromAmong("adamw_torch", "adamw_torch_fused", "lorafa");
         var beta1 = new Option<double>("--adam-beta1") { DefaultValueFactory = _ => 0.9 };
         var beta2 = new Option<double>("--adam-beta2") { DefaultValueFactory = _ => 0.999 };
         var epsilon = new Option<double>("--adam-epsilon") { DefaultValueFactory = _ => 1e-8 };
@@ -155,7 +155,7 @@ public static class TrainCommand
                 CudaGraphs = parse.GetValue(cudaGraphs), LoadBestModelAtEnd = parse.GetValue(loadBest),
                 MetricForBestModel = parse.GetValue(metricForBest)!, GreaterIsBetter = parse.GetValue(greaterIsBetter),
                 EarlyStoppingPatience = parse.GetValue(patience), EarlyStoppingThreshold = parse.GetValue(threshold),
-                NeftuneNoiseAlpha = parse.GetValue(neftune), DisableDropout = parse.GetValue(disableDropout), LabelSmoothingFactor = TrainOnly(labelSmoothing, parse),
+                NeftuneNoiseAlpha = parse.GetValue(neftune), Optim = parse.GetValue(optim)!, DisableDropout = parse.GetValue(disableDropout), LabelSmoothingFactor = TrainOnly(labelSmoothing, parse),
                 Preference = reward ? RewardOptions(parse.GetValue(center)) : distill || classify ? new PreferenceOptions() : preference.Read(parse),
                 PrecomputeRefLogProbs = TrainOnly(precompute, parse), LossChunks = TrainOnly(lossChunks, parse),
             };

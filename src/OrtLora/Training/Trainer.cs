@@ -116,11 +116,16 @@ public static partial class Trainer
         // The session trains a copy of the model (half compute with --fp16/--bf16); `model` stays float32 for the adapter
         // and the merge.
         var compute = args.Compute;
-        using var session = new TrainingSession(model, new TrainingSessionOptions(args.AdamWFor(model), Optimization: args.OrtOptimizationLevel, Device: args.Device, EpLibrary: args.EpLibrary, Compute: compute,
+        // LoRA-FA: A frozen, B's gradient projected; every parameter in the graphs' update (the host's is torch's AdamW)
+        bool loraFa = args.Optim == LoraFa.Optim;
+        if (loraFa) LoraFa.Require(lora, args, model.Source);
+        using var session = new TrainingSession(model, new TrainingSessionOptions(loraFa ? LoraFa.Options(model, lora, args.WeightDecay) : args.AdamWFor(model),
+            HostUpdateFrom: loraFa ? long.MaxValue : Autodiff.ParameterBundle.AloneFrom, Optimization: args.OrtOptimizationLevel, Device: args.Device, EpLibrary: args.EpLibrary, Compute: compute,
             GradientCheckpointing: args.GradientCheckpointing, StaticShapes: dataOptions.PadToMaxLength, CudaGraphs: args.CudaGraphs,
             NeftuneNoiseAlpha: args.NeftuneNoiseAlpha, Seed: args.Seed, LabelSmoothing: args.LabelSmoothingFactor, LossChunks: args.LossChunks,
             Preference: data.IsPreference ? args.Preference : null, DistillationBeta: job.Distillation?.Beta, DisableDropout: DropoutDisabled(args, data, job, lora, reporter),
-            Classification: classifier && !perToken, TokenClassification: perToken, MultiLabel: classes?.IsMultiLabel == true,             ClassifierDropout: job.Classification is { PerToken: true } tokenOptions ? tokenOptions.ClassifierDropout ?? Reward.SequenceClassifier.ClassifierDropout(job.ModelPath) : 0));
+            Classification: classifier && !perToken, TokenClassification: perToken, MultiLabel: classes?.IsMultiLabel == true,             ClassifierDropout: job.Classification is { PerToken: true } tokenOptions ? tokenOptions.ClassifierDropout ?? Reward.SequenceClassifier.ClassifierDropout(job.ModelPath) : 0),
+            loraFa ? LoraFa.Parameters(model) : null);
         using var distillation = job.Distillation is { } distill ? new Distillation(distill, model, session, data, args.Seed) : null;
         if (dataOptions.PadToMaxLength)
             reporter.Info($"every batch padded to [{dataOptions.BatchSize}, {dataOptions.MaxSeqLength}]; graphs loaded for that shape" +

@@ -73,6 +73,8 @@ public sealed class TrainingArguments
     public double NeftuneNoiseAlpha { get; set; }
     /// <summary>LoRA+: B's learning rate is LearningRate times this (1 = plain LoRA).</summary>
     public double LoraplusLrRatio { get; set; } = 1;
+    /// <summary>The Trainer's optim: adamw_torch (and its fused twin, the same numbers), or PEFT's LoRA-FA (<see cref="LoraFa"/>).</summary>
+    public string Optim { get; set; } = "adamw_torch";
     /// <summary>Mixed precision: the frozen model computes in float16 (bf16: bfloat16); LoRA parameters, their branches,
     /// the loss and AdamW stay float32, as PEFT trains a model loaded in half.</summary>
     public bool Fp16 { get; set; }
