@@ -182,7 +182,7 @@ public class TokenClassificationTests
                 },
             },
         };
-        Parquet.Serialization.ParquetSerializer.SerializeAsync(lines.Select(l => new NerRow { tokens = l.Tokens, ner_tags = [.. l.Tags.Select(t => (long?)Array.IndexOf(names, t))] }), path,
+        Parquet.Serialization.ParquetSerializer.SerializeAsync(lines.Select(l => new NerRow { tokens = [.. l.Tokens], ner_tags = [.. l.Tags.Select(t => (long?)Array.IndexOf(names, t))] }), path,
             customMetadata: new Dictionary<string, string> { ["huggingface"] = metadata.ToJsonString() }).GetAwaiter().GetResult();
         return path;
     }
@@ -229,6 +229,7 @@ public class TokenClassificationTests
         foreach (var file in new[] { "vocab.json", "merges.txt", "tokenizer_config.json" }) File.Copy(Tiny(file), Path.Combine(Path.GetDirectoryName(mergedAgain)!, file));
         ClassificationTests.AssertEvaluationsMatch([["eval", merged, "--data", eval], ["eval", Tiny("model.onnx"), "--adapter", output, "--data", eval], ["eval", mergedAgain, "--data", eval]],
             last, "eval_f1", f1, 1e-4, "tokens classified");
+        Assert.That(Ortlora("generate", merged, "--prompt", "Hello").Error, Does.Contain("token classifier"));
 
         // run_ner's do_predict: each word's tag, which agree with the accuracy; the words without labels get the same
         double accuracy = (double)evals[^1]["eval_accuracy"]!;

@@ -33,6 +33,10 @@ public sealed class CausalLmSession : IDisposable
         if (session.OutputMetadata[_logitsName].Dimensions.Length == 2)
             throw new OrtLoraException($"the model's '{_logitsName}' are [batch, labels]: a sequence classifier (a reward model) scores sequences and does not " +
                                        "generate; use it with --reward-funcs model:DIR, or score preference pairs with `ortlora eval`");
+        // a token classifier's logits have a causal LM's rank; its classes' names (metadata `classify` writes) tell it apart
+        if (session.ModelMetadata.CustomMetadataMap.ContainsKey(Training.Reward.SequenceClassifier.Id2LabelKey))
+            throw new OrtLoraException($"the model's '{_logitsName}' score classes at every token: a token classifier tags words and does not generate; " +
+                                       "`ortlora eval MODEL --data FILE --predictions OUT` writes its tags");
         _maskName = inputs.FirstOrDefault(n => n == "attention_mask");
         _positionName = inputs.FirstOrDefault(n => n == "position_ids");
         _useCacheBranchName = inputs.FirstOrDefault(n => n == "use_cache_branch");

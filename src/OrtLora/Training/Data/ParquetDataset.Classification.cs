@@ -79,10 +79,10 @@ public sealed partial class ParquetDataset
         var rows = new List<Row>(text.Length);
         for (int i = 0; i < text.Length; i++)
         {
-            // a row to predict needs no label
-            string?[] required = [text[i], .. pair is null ? [] : new[] { pair[i] }, .. _labelsOptional ? [] : new[] { labels[i] }];
-            var skip = Check(required);
-            if (skip != Skip.None && !(LabelIsList && labels[i] == "" && Check(text[i]) == Skip.None)) { rows.Add(new Row(null, skip)); continue; }
+            // a row to predict needs no label; an empty list of labels is a row where no class applies
+            string?[] texts = [text[i], .. pair is null ? [] : new[] { pair[i] }];
+            var skip = Check([.. texts, .. _labelsOptional || LabelIsList && labels[i] == "" ? [] : new[] { labels[i] }]);
+            if (skip != Skip.None) { rows.Add(new Row(null, skip)); continue; }
             // JSON Lines: a row's labels as a JSON array (an empty one: no class applies)
             var set = labelSets?[i] is { } listed ? [.. listed.Select(l => l?.Trim() ?? "")]
                 : labels[i]?.TrimStart().StartsWith('[') == true ? JsonList(labels[i]!, LabelColumn!, RowGroupStart(group) + i).Select(l => l?.Trim() ?? "").ToList() : null;

@@ -76,7 +76,7 @@ public sealed partial class ParquetDataset
         var leaf = (DataField)((ListField)field).Item;
         var (shard, local) = Locate(group);
         using var rowGroup = shard.Reader.OpenRowGroupReader(local);
-        var raw = rowGroup.ReadRawColumnDataBaseAsync(leaf).GetAwaiter().GetResult();
+        using var raw = rowGroup.ReadRawColumnDataBaseAsync(leaf).GetAwaiter().GetResult(); // pooled buffers, returned on dispose
         var values = RawValues(raw);
         var definitions = raw.DefinitionLevels.ToArray();
         var repetitions = raw.RepetitionLevels.ToArray();
