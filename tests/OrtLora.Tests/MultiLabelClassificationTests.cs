@@ -110,9 +110,9 @@ public class MultiLabelClassificationTests
     sealed class MultiHotRow { public string? text { get; set; } public List<double>? labels { get; set; } }
     sealed class MixedRow { public string? text { get; set; } public string? labels { get; set; } }
 
-    /// <summary>A list-typed label column is multi-label: integer lists are class indices, name lists sorted names; an
-    /// empty list is a row with no class; a null list skips the row; multi-hot float lists, and a file mixing lists
-    /// with single labels, are one error each.</summary>
+    /// <summary>A list-typed label column is multi-label: integer lists are class indices, name lists sorted names,
+    /// float lists multi-hot; an empty list is a row with no class; a null list skips the row; soft or ragged multi-hot
+    /// lists, and a file mixing lists with single labels, are one error each.</summary>
     [Test]
     public void ListsOfLabelsAreMultiLabel()
     {
@@ -130,8 +130,21 @@ public class MultiLabelClassificationTests
         var names = Shared.WriteParquet([new NamesRow { text = "a", label = ["sports", "food"] }, new NamesRow { text = "b", label = ["music"] }], "names.parquet");
         using (var file = ParquetDataset.Open(names, DatasetFormat.Classification))
             Assert.That(ClassLabels.From(file).ToString(), Is.EqualTo("3 labels (multi-label): 0 food, 1 music, 2 sports"));
-        var multiHot = Shared.WriteParquet([new MultiHotRow { text = "a", labels = [1.0, 0.0] }], "multihot.parquet");
-        Assert.That(Assert.Throws<OrtLoraException>(() => ParquetDataset.Open(multiHot, DatasetFormat.Classification))!.Message, Does.Contain("multihot.parquet").And.Contain("lists of numbers"));
+        // multi-hot floats (run_classification's multi_labels_to_ids, stored): num_labels is their length, even where no row has the last class
+        var multiHot = Shared.WriteParquet([new MultiHotRow { text = "a", labels = [1.0, 0.0, 0.0] }, new MultiHotRow { text = "b", labels = [0.0, 1.0, 0.0] }], "multihot.parquet");
+        using (var file = ParquetDataset.Open(multiHot, DatasetFormat.Classification))
+        {
+            var classes = ClassLabels.From(file);
+            Assert.That((classes.IsMultiLabel, classes.Count), Is.EqualTo((true, 3)));
+            var rows = file.ReadAll().Select(r => (ClassificationRecord)r.Record).ToList();
+            Assert.That(classes.Targets(rows[1].LabelSet!, file.Path, 1), Is.EqualTo(new float[] { 0, 1, 0 }));
+        }
+        var soft = Shared.WriteParquet([new MultiHotRow { text = "a", labels = [0.5, 0.0] }], "soft.parquet");
+        using (var file = ParquetDataset.Open(soft, DatasetFormat.Classification))
+            Assert.That(Assert.Throws<OrtLoraException>(() => file.ReadAll().ToList())!.Message, Does.Contain("soft.parquet: row 0").And.Contain("0 or 1"));
+        var ragged = Shared.WriteParquet([new MultiHotRow { text = "a", labels = [1.0, 0.0] }, new MultiHotRow { text = "b", labels = [1.0] }], "ragged.parquet");
+        using (var file = ParquetDataset.Open(ragged, DatasetFormat.Classification))
+            Assert.That(Assert.Throws<OrtLoraException>(() => file.ReadAll().ToList())!.Message, Does.Contain("ragged.parquet: row 1").And.Contain("other rows have 2"));
         var dir = Shared.TempDir();
         var mixed = Path.Combine(dir, "mixed.jsonl");
         File.WriteAllLines(mixed, [new JsonObject { ["text"] = "a", ["labels"] = new JsonArray("x", "y") }.ToJsonString(), new JsonObject { ["text"] = "b", ["labels"] = "x" }.ToJsonString()]);

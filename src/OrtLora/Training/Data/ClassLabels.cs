@@ -50,7 +50,7 @@ public sealed class ClassLabels
         if (sets > 0 && single > 0)
             throw new OrtLoraException($"{train.Path}: {sets} rows hold lists of labels and {single} one label; a file is multi-label (lists) or single-label, not both");
         bool multiLabel = sets > 0;
-        if (seen.Count == 0) throw new OrtLoraException($"{train.Path}: no labelled row");
+        if (seen.Count == 0 && train.MultiHotWidth is null) throw new OrtLoraException($"{train.Path}: no labelled row");
         if (multiLabel && numLabels == 1) throw new OrtLoraException($"{train.Path}: lists of labels are multi-label classification; --num-labels 1 would make a regression");
         // run_glue's is_regression: a float label column (JSON Lines numbers: any that is not an integer); or num_labels 1
         bool numeric = seen.All(l => double.TryParse(l, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && double.IsFinite(v));
@@ -72,7 +72,8 @@ public sealed class ClassLabels
                 throw new OrtLoraException($"{train.Path}: label {negative} is no class index (0 .. num_labels - 1); rows without a label (datasets mark them -1) have nothing to learn");
             if (seen.FirstOrDefault(l => long.Parse(l, CultureInfo.InvariantCulture) > MaxClasses) is { } huge)
                 throw new OrtLoraException($"{train.Path}: label {huge} would make num_labels {huge}+1; class indices run from 0 (map the labels to 0 .. K - 1)");
-            int largest = seen.Max(l => int.Parse(l, CultureInfo.InvariantCulture));
+            // multi-hot lists: a class for every position, whether any row has it or not
+            int largest = Math.Max(seen.Count == 0 ? -1 : seen.Max(l => int.Parse(l, CultureInfo.InvariantCulture)), (train.MultiHotWidth ?? 0) - 1);
             // a datasets ClassLabel: its names, as run_glue and run_ner take features[label].names
             var declared = train.LabelColumn is { } column ? train.DeclaredClassNames(column) : null;
             int count = numLabels ?? declared?.Count ?? largest + 1;

@@ -19,6 +19,11 @@ public sealed partial class ParquetDataset
     /// <summary>The label column holds lists of classes (a Parquet list; in JSON Lines, arrays): multi-label
     /// classification, as run_classification.py reads a list-typed label.</summary>
     public bool LabelIsList { get; private set; }
+    /// <summary>The label lists are multi-hot floats, a 0 or 1 for each class (what multi_labels_to_ids makes); read as
+    /// the list of the classes at 1, and <see cref="MultiHotWidth"/> is num_labels.</summary>
+    public bool LabelIsMultiHot { get; private set; }
+    /// <summary>The multi-hot lists' length, once a row group is read (every row's must agree).</summary>
+    public int? MultiHotWidth { get; private set; }
 
     readonly bool _labelsOptional;
     /// <summary>The label column asked for (--label-column-name), or null for the format's usual names.</summary>
@@ -53,9 +58,9 @@ public sealed partial class ParquetDataset
         var field = FirstReader.Schema.Fields.First(f => f.Name == LabelColumn);
         if (field is ListField { Item: DataField { ClrType: var element } })
         {
-            if (element == typeof(double) || element == typeof(float))
-                throw new OrtLoraException($"{Path}: column '{LabelColumn}' holds lists of numbers (multi-hot?); multi-label classification takes each row's classes as a list of indices or names");
-            RequireListColumn(LabelColumn, "labels");
+            // a float list is multi-hot (a 0 or 1 for every class); others list the classes that apply
+            LabelIsMultiHot = element == typeof(double) || element == typeof(float);
+            if (!LabelIsMultiHot) RequireListColumn(LabelColumn, "labels");
             LabelIsList = true;
             return;
         }
@@ -84,12 +89,30 @@ public sealed partial class ParquetDataset
             var skip = Check([.. texts, .. _labelsOptional || LabelIsList && labels[i] == "" ? [] : new[] { labels[i] }]);
             if (skip != Skip.None) { rows.Add(new Row(null, skip)); continue; }
             // JSON Lines: a row's labels as a JSON array (an empty one: no class applies)
-            var set = labelSets?[i] is { } listed ? [.. listed.Select(l => l?.Trim() ?? "")]
+            var set = labelSets?[i] is { } listed ? LabelIsMultiHot ? MultiHot(listed, RowGroupStart(group) + i) : [.. listed.Select(l => l?.Trim() ?? "")]
                 : labels[i]?.TrimStart().StartsWith('[') == true ? JsonList(labels[i]!, LabelColumn!, RowGroupStart(group) + i).Select(l => l?.Trim() ?? "").ToList() : null;
             if (set is not null && set.Any(l => l == ""))
                 throw new OrtLoraException($"{Path}: row {RowGroupStart(group) + i}: a null or empty label in '{LabelColumn}'");
             rows.Add(new Row(new ClassificationRecord(text[i]!, set is null ? labels[i]?.Trim() ?? "" : "") { TextPair = pair?[i], LabelSet = set }, Skip.None));
         }
         return rows;
+    }
+
+    /// <summary>A multi-hot row as the indices of its classes; values other than 0 and 1, or a row of another length than
+    /// the others, name the file and the row.</summary>
+    List<string> MultiHot(string?[] values, long row)
+    {
+        if (MultiHotWidth is { } width && width != values.Length)
+            throw new OrtLoraException($"{Path}: row {row}: a multi-hot list of {values.Length} values; other rows have {width} (one for each class)");
+        MultiHotWidth = values.Length;
+        var set = new List<string>();
+        for (int c = 0; c < values.Length; c++)
+            switch (values[c])
+            {
+                case "1": set.Add(c.ToString(System.Globalization.CultureInfo.InvariantCulture)); break;
+                case "0": break;
+                default: throw new OrtLoraException($"{Path}: row {row}: '{values[c]}' in the multi-hot list of '{LabelColumn}'; a class is 0 or 1 (soft labels are not taken)");
+            }
+        return set;
     }
 }

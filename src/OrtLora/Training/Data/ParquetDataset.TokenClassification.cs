@@ -115,6 +115,8 @@ public sealed partial class ParquetDataset
         RawColumnData<uint> v => [.. v.Values.ToArray().Select(x => x.ToString(CultureInfo.InvariantCulture))],
         RawColumnData<ulong> v => [.. v.Values.ToArray().Select(x => x.ToString(CultureInfo.InvariantCulture))],
         RawColumnData<bool> v => [.. v.Values.ToArray().Select(x => x ? "true" : "false")],
+        RawColumnData<double> v => [.. v.Values.ToArray().Select(x => x.ToString("R", CultureInfo.InvariantCulture))],
+        RawColumnData<float> v => [.. v.Values.ToArray().Select(x => x.ToString("R", CultureInfo.InvariantCulture))],
         _ => throw new OrtLoraException($"a list column of {raw.GetType().GetGenericArguments().FirstOrDefault()?.Name} values is neither words nor labels"),
     };
 
