@@ -124,6 +124,28 @@ public class TokenClassificationTests
             p => p.Contains("layers.0.") || p.Contains(".h.0.") || p.Contains("score"), step: 1e-3f);
     }
 
+    static IEnumerable<Unseen.Architecture> UnseenExports() => Unseen.Architectures.All.Where(a => a.Trainable);
+
+    /// <summary>Every trainable export style of the Unseen set (fused projections, Gemm heads, KV caches, opset-23
+    /// attention, ORT GenAI builder graphs, float16 weights or activations, quantized heads, int32 tokens) turns into a
+    /// 5-class token classifier whose head's weight and bias get gradients and whose loss falls in 5 steps.</summary>
+    [TestCaseSource(nameof(UnseenExports))]
+    public void EveryExportStyleTrainsAsATokenClassifier(Unseen.Architecture arch)
+    {
+        using var model = arch.Build();
+        SequenceClassifier.FromCausalLm(model, padId: 0, initializerRange: 0.5, seed: 1, numLabels: Classes, perToken: true);
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4, ModulesToSave = [SequenceClassifier.ScoreModule] });
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), TokenClassification: true, ClassifierDropout: 0.1));
+        var batch = TokenBatch(vocab: (int)Unseen.Architectures.Vocab);
+        var (loss, gradients) = session.ComputeGradients(batch);
+        Assert.That(double.IsFinite(loss), Is.True);
+        foreach (var head in new[] { ModulesToSave.WeightName(SequenceClassifier.ScoreModule), TrainedBiases.PeftKey(SequenceClassifier.ScoreModule) })
+            Assert.That(gradients[head].Sum(x => (double)x * x), Is.GreaterThan(0), head);
+        double before = session.Evaluate(batch).Loss;
+        for (int i = 0; i < 5; i++) session.Step(batch, 1e-2f);
+        Assert.That(session.Evaluate(batch).Loss, Is.LessThan(0.9 * before));
+    }
+
     /// <summary>GenericForTokenClassification's dropout before the head: in the gradient graphs only, on the head's
     /// input, so a training step's loss is not the evaluation's; --disable-dropout (TRL's) turns it off.</summary>
     [Test]

@@ -114,6 +114,7 @@ public static class TrainedBiases
         if (g.Consumers(value).Count > 0) original = g.Unique(value + "." + module.Replace('.', '_'));
         else if (hops.Count > 0) foreach (var hop in hops.Where(h => g.Consumers(h.Output[0]).Count == 0)) g.RemoveNode(hop);
         if (g.Consumers(source).Count == 0 && !g.IsGraphOutput(source)) g.RemoveInitializer(source);
+        if (nodes.Count > 0) g.TopologicalSort(); // the Cast to the original's type, appended, runs before its reader
         return new TrainedBias(module, weight, original, t.DataType, standsFor, nodes);
     }
 

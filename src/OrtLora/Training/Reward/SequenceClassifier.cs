@@ -79,8 +79,9 @@ public static class SequenceClassifier
         var perPosition = Op("MatMul", [head.Input[0], Op("Transpose", [scoreWeight], ("perm", new long[] { 1, 0 }))]);
         if (perToken)
         {
-            g.AddInitializer(Tensors.FromFloats(headBias, [numLabels], new float[numLabels], weightType));
-            perPosition = Op("Add", [perPosition, weightType == computeType ? headBias : Op("Cast", [headBias], ("to", (long)computeType))]);
+            // stored in the type the head computes in, read as it is (a saved module's bias is found right after its MatMul)
+            g.AddInitializer(Tensors.FromFloats(headBias, [numLabels], new float[numLabels], computeType));
+            perPosition = Op("Add", [perPosition, headBias]);
         }
         // half activations: the pooling in float32 (an exact cast; ONNX Runtime's CPU scatter, the gather's gradient,
         // takes no float16), and float32 logits out
