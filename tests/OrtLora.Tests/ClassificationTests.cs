@@ -168,7 +168,7 @@ public class ClassificationTests
         Assert.That(SequenceClassifier.NumLabels(model), Is.EqualTo(Classes));
         LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4, ModulesToSave = [SequenceClassifier.ScoreModule] });
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Classification: true));
-        var batch = ClassBatch(0, vocab: (int)Unseen.Architectures.Vocab) is var b && b.SequenceLength > 6 ? Shorten(b, 6) : b;
+        var batch = ClassBatch(0, vocab: (int)Unseen.Architectures.Vocab) is var b && b.SequenceLength > 6 ? Shorten(b, 6, Rows, r => RowClasses[r]) : b;
         var (loss, gradients) = session.ComputeGradients(batch);
         Assert.That(double.IsFinite(loss), Is.True);
         Assert.That(gradients.Where(kv => kv.Key.Contains("score")).Sum(kv => kv.Value.Sum(x => (double)x * x)), Is.GreaterThan(0));
@@ -176,15 +176,16 @@ public class ClassificationTests
         Assert.That(session.EvalLoss(batch), Is.LessThan(0.9 * loss));
     }
 
-    /// <summary>The batch's first <paramref name="length"/> positions, each row's class moved to its last kept token.</summary>
-    static Batch Shorten(Batch batch, int length)
+    /// <summary>The batch's first <paramref name="length"/> positions, each of its first <paramref name="rows"/> rows'
+    /// label (<paramref name="labelOf"/>) moved to its last kept token; the row values kept.</summary>
+    internal static Batch Shorten(Batch batch, int length, int rows, Func<int, long> labelOf)
     {
         long[] Take(long[] values) => [.. Enumerable.Range(0, batch.BatchSize).SelectMany(r => values.Skip(r * batch.SequenceLength).Take(length))];
         var mask = Take(batch.AttentionMask);
         var labels = Enumerable.Repeat(-100L, batch.BatchSize * length).ToArray();
-        for (int r = 0; r < Rows; r++)
-            labels[r * length + (int)mask.Skip(r * length).Take(length).Sum() - 1] = RowClasses[r];
-        return new Batch(Take(batch.InputIds), mask, labels, batch.BatchSize, length);
+        for (int r = 0; r < rows; r++)
+            labels[r * length + (int)mask.Skip(r * length).Take(length).Sum() - 1] = labelOf(r);
+        return new Batch(Take(batch.InputIds), mask, labels, batch.BatchSize, length) { RowValues = batch.RowValues };
     }
 
     /// <summary>A regression (num_labels 1): the loss is the mean squared error to each row's target, fed per row, and

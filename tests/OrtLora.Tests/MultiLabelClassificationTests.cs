@@ -90,6 +90,25 @@ public class MultiLabelClassificationTests
             Does.Contain("BCE"));
     }
 
+    static IEnumerable<Unseen.Architecture> UnseenExports() => Unseen.Architectures.All.Where(a => a.Trainable);
+
+    /// <summary>Every trainable export style of the Unseen set trains as a multi-label classifier: finite loss, a head
+    /// gradient, and a loss that falls in 5 steps.</summary>
+    [TestCaseSource(nameof(UnseenExports))]
+    public void EveryExportStyleTrainsMultiLabel(Unseen.Architecture arch)
+    {
+        using var model = arch.Build();
+        SequenceClassifier.FromCausalLm(model, padId: 0, initializerRange: 0.5, seed: 1, numLabels: Classes);
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 2, LoraAlpha = 4, ModulesToSave = [SequenceClassifier.ScoreModule] });
+        using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Classification: true, MultiLabel: true));
+        var batch = MultiLabelBatch(vocab: (int)Unseen.Architectures.Vocab) is var b && b.SequenceLength > 6 ? ClassificationTests.Shorten(b, 6, Rows, _ => 0) : b;
+        var (loss, gradients) = session.ComputeGradients(batch);
+        Assert.That(double.IsFinite(loss), Is.True);
+        Assert.That(gradients.Where(kv => kv.Key.Contains("score")).Sum(kv => kv.Value.Sum(x => (double)x * x)), Is.GreaterThan(0));
+        for (int i = 0; i < 5; i++) session.Step(batch, 1e-2f);
+        Assert.That(session.EvalLoss(batch), Is.LessThan(0.9 * loss));
+    }
+
     /// <summary>run_classification's multi-label metric (f1, micro over every row's every class) and sklearn's subset
     /// accuracy, against values worked out by hand.</summary>
     [Test]
