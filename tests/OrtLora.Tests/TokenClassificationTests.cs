@@ -356,6 +356,8 @@ public class TokenClassificationTests
         Assert.That(sequence.Error, Does.Contain("train.jsonl"));
         var allTokens = Ortlora("classify", Tiny("model.onnx"), "--data", data, "-o", Path.Combine(dir, "b"), "--max-steps", "1", "--label-all-tokens");
         Assert.That(allTokens.Error, Does.Contain("TOKEN_CLS"));
+        var dropout = Ortlora("classify", Tiny("model.onnx"), "--data", data, "-o", Path.Combine(dir, "b"), "--max-steps", "1", "--classifier-dropout", "0.2");
+        Assert.That(dropout.Error, Does.Contain("--classifier-dropout").And.Contain("TOKEN_CLS"));
         var mismatched = Path.Combine(dir, "mismatched.jsonl");
         File.WriteAllLines(mismatched, [new JsonObject { ["tokens"] = new JsonArray("Anna", "went"), ["ner_tags"] = new JsonArray("B-PER") }.ToJsonString()]);
         var lengths = Ortlora("classify", Tiny("model.onnx"), "--task-type", "TOKEN_CLS", "--data", mismatched, "-o", Path.Combine(dir, "c"), "--max-steps", "1");

@@ -30,6 +30,8 @@ public static partial class Trainer
             throw new OrtLoraException($"--task-type '{options.TaskType}': a classifier's task type is SEQ_CLS (a class a row) or TOKEN_CLS (a class a word)");
         if (options.ClassifierDropout is < 0 or >= 1) throw new OrtLoraException($"--classifier-dropout must be in [0, 1), got {options.ClassifierDropout}");
         if (!options.PerToken && options.LabelAllTokens) throw new OrtLoraException("--label-all-tokens labels a word's tokens: it is for --task-type TOKEN_CLS");
+        if (!options.PerToken && options.ClassifierDropout is not null)
+            throw new OrtLoraException("--classifier-dropout is a token classifier's (transformers' ForSequenceClassification heads of causal LMs have none): it is for --task-type TOKEN_CLS");
         using var file = ParquetDataset.Open(job.DataPath, options.PerToken ? DatasetFormat.TokenClassification : DatasetFormat.Classification, job.Data.TextColumn,
             labelColumn: job.Data.LabelColumn);
         return ClassLabels.From(file, options.NumLabels);
