@@ -7,7 +7,8 @@ namespace OrtLora.Training.Reward;
 /// <summary>What `ortlora reward` does to the model before the loop: TRL's RewardTrainer loads any checkpoint with
 /// AutoModelForSequenceClassification (num_labels = 1), so a causal LM export becomes a sequence classifier
 /// (<see cref="SequenceClassifier"/>); and PEFT's SEQ_CLS task trains the classification head whole, next to the
-/// adapters (its modules_to_save gets <c>score</c> or <c>classifier</c>).</summary>
+/// adapters (its modules_to_save gets <c>score</c> or <c>classifier</c>). `ortlora classify` prepares its sequence and
+/// token classifiers (TOKEN_CLS) the same way.</summary>
 public static class RewardModeling
 {
     /// <summary>An adapter of a reward model (task_type SEQ_CLS, trained by `ortlora reward` on a causal LM export) to go

@@ -12,7 +12,9 @@ namespace OrtLora.Training.Reward;
 /// LlamaForSequenceClassification finds it: the arg-max of position × (input_ids ≠ pad_token_id), so where the pad
 /// token is also EOS, the token before a final EOS. The output stays <c>logits</c>, now [batch, 1]. The score is
 /// gathered by GatherND with (row, position) pairs, the way torch.onnx writes <c>logits[arange(B), last]</c>, so
-/// training, merge and the reward-model scorer read it as they read a real export.</summary>
+/// training, merge and the reward-model scorer read it as they read a real export. The same head, with a bias and
+/// read at every position, makes the token classifier of AutoModelForTokenClassification (`classify --task-type
+/// TOKEN_CLS`): its logits stay [batch, sequence, num_labels].</summary>
 public static class SequenceClassifier
 {
     /// <summary>The head's initializer, named as the dynamo exporter names LlamaForSequenceClassification's score layer
