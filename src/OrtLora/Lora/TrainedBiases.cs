@@ -29,9 +29,14 @@ public static class TrainedBiases
 
     /// <summary>What a linear layer adds after its product: Gemm's C, or the other input of the one Add that reads a
     /// MatMul's output; null when neither.</summary>
-    static string? AddedInput(GraphEditor g, NodeProto node) =>
-        node.OpType == "Gemm" && node.Input.Count > 2 && node.Input[2] != "" ? node.Input[2]
-        : node.OpType == "MatMul" && g.Consumers(node.Output[0]) is [{ OpType: "Add" } add] ? add.Input.FirstOrDefault(i => i != node.Output[0]) : null;
+    static string? AddedInput(GraphEditor g, NodeProto node) => BiasSlot(g, node) is { } slot ? slot.Reader.Input[slot.Index] : null;
+
+    /// <summary>Where a linear layer reads what it adds after its product: Gemm's input 2, or the other input of the one
+    /// Add that reads a MatMul's output; null when neither.</summary>
+    static (NodeProto Reader, int Index)? BiasSlot(GraphEditor g, NodeProto node) =>
+        node.OpType == "Gemm" && node.Input.Count > 2 && node.Input[2] != "" ? (node, 2)
+        : node.OpType == "MatMul" && g.Consumers(node.Output[0]) is [{ OpType: "Add" } add] ? (add, add.Input[0] == node.Output[0] ? 1 : 0)
+        : null;
 
     /// <summary>The value a linear layer adds as its bias (Gemm's C, or the other input of the Add right after a MatMul)
     /// when it is a 1-D float initializer, read directly or through Identity nodes (the TorchScript exporter shares equal
@@ -97,10 +102,8 @@ public static class TrainedBiases
     public static TrainedBias? ForSavedModule(OnnxModel model, GraphEditor g, NodeProto layer, string module,
         IReadOnlyDictionary<string, SafeTensor>? values, string? valuesSource)
     {
-        var (reader, slot) = layer.OpType == "Gemm" && layer.Input.Count > 2 && layer.Input[2] != "" ? (layer, 2)
-            : layer.OpType == "MatMul" && g.Consumers(layer.Output[0]) is [{ OpType: "Add" } add] ? (add, add.Input[0] == layer.Output[0] ? 1 : 0)
-            : (null, -1);
-        if (reader is null) return null;
+        if (BiasSlot(g, layer) is not { } found) return null;
+        var (reader, slot) = found;
         var value = reader.Input[slot];
         var source = value;
         var hops = new List<NodeProto>();

@@ -45,7 +45,8 @@ public static class Evaluator
         VocabularyCheck.Require(tokenizer, model);
         var tokenizerDir = Directory.Exists(tokenizerSource) ? tokenizerSource : Path.GetDirectoryName(Path.GetFullPath(tokenizerSource))!;
         if (SequenceClassifier.IsTokenClassifier(model) || LoraModel.Read(model)?.Config.TaskType == "TOKEN_CLS")
-            return ScoreClassifier(model, dataPath, options, tokenizer, tokenizerDir, TokenClassifierLabels(model), perToken: true, device, epLibrary, predictionsPath);
+            return ScoreClassifier(model, dataPath, options, tokenizer, tokenizerDir, SequenceClassifier.DeclaredLabels(model)
+                ?? throw new OrtLoraException($"{model.Source}: a token classifier's logits are [batch, sequence, labels] with the labels declared"), perToken: true, device, epLibrary, predictionsPath);
         if (options.LabelAllTokens)
             throw new OrtLoraException($"{modelPath}: --label-all-tokens scores every token of a word for a token classifier; this model is not one");
         bool rewardModel = SequenceClassifier.IsClassifier(model);
@@ -157,11 +158,6 @@ public static class Evaluator
             || r.Record is ClassificationRecord { Label: var label } && label != ""
             && !(long.TryParse(label, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out var value) && value < 0));
     }
-
-    /// <summary>A token classifier's num_labels: its logits' declared last dimension.</summary>
-    static int TokenClassifierLabels(OnnxModel model) =>
-        model.Graph.Output.FirstOrDefault(o => o.Name == "logits")?.Type?.TensorType?.Shape?.Dim is { Count: 3 } dims && dims[2].DimValue > 0 ? (int)dims[2].DimValue
-            : throw new OrtLoraException($"{model.Source}: a token classifier's logits are [batch, sequence, labels] with the labels declared");
 
     /// <summary>A sequence classifier on preference pairs: TRL's reward-model loss and metrics (eval_accuracy, ...).</summary>
     static EvalResult ScoreRewardModel(OnnxModel model, TrainingData data, string dataPath, string device, string? epLibrary)

@@ -99,7 +99,8 @@ public sealed class TrainingData : IDisposable
     public ParquetDataset Train { get; }
     /// <summary>Classification data: its classes (null for other data).</summary>
     public ClassLabels? ClassLabels => Options.ClassLabels;
-    public bool IsClassification => Train.Format is DatasetFormat.Classification or DatasetFormat.TokenClassification;
+    public bool IsClassification => Classifies(Train.Format);
+    static bool Classifies(DatasetFormat format) => format is DatasetFormat.Classification or DatasetFormat.TokenClassification;
     /// <summary>Token classification data: a class for each word.</summary>
     public bool IsTokenClassification => Train.Format == DatasetFormat.TokenClassification;
     public ParquetDataset? EvalFile { get; }
@@ -135,7 +136,7 @@ public sealed class TrainingData : IDisposable
             throw new OrtLoraException($"{trainPath}: prompt-only data (a 'prompt' column and no completion) has nothing to learn from by itself: " +
                                        "it is for `ortlora grpo`, which samples completions and scores them with reward functions");
         }
-        if (train.Format is DatasetFormat.Classification or DatasetFormat.TokenClassification && options.Packing)
+        if (Classifies(train.Format) && options.Packing)
         {
             train.Dispose();
             throw new OrtLoraException($"{trainPath}: classification reads its labels from each row's own sequence; --packing would put several rows in one");
@@ -153,7 +154,7 @@ public sealed class TrainingData : IDisposable
                 ? Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizerConfig ?? tokenizer.Config,
                     Path.Combine(Path.GetDirectoryName(tokenizer.Source) ?? "", "tokenizer_config.json"), options.ChatTemplateKwargs)
                 : Data.ChatTemplate.ChatMl;
-            var classes = train.Format is not (DatasetFormat.Classification or DatasetFormat.TokenClassification) ? null : options.ClassLabels ?? Data.ClassLabels.From(train);
+            var classes = !Classifies(train.Format) ? null : options.ClassLabels ?? Data.ClassLabels.From(train);
             return new TrainingData(train, eval, tokenizer, options with { ClassLabels = classes }, chat);
         }
         catch

@@ -177,6 +177,7 @@ public sealed partial class TrainingGraph : IDisposable
         DistillationLoss? distill = null;
         PreferenceLoss? preferenceLoss = null;
         ClassificationLoss? classify = null;
+        int? multiLabelClasses = null;
         if (classification)
         {
             if (preference is not null || tokenWeights || distillationBeta is not null)
@@ -195,6 +196,7 @@ public sealed partial class TrainingGraph : IDisposable
             {
                 if (regression || declared?.Dim[1] is not { DimValue: > 1 } classes)
                     throw new OrtLoraException($"{model.Source}: multi-label classification needs a classifier of 2 or more declared labels");
+                multiLabelClasses = (int)classes.DimValue;
                 proto.Graph.Input.Add(Input(ClassificationLoss.MultiLabelTargetsInput, (int)DT.Float, ["batch", classes.DimValue]));
                 batchInputs.Add(ClassificationLoss.MultiLabelTargetsInput);
             }
@@ -324,7 +326,7 @@ public sealed partial class TrainingGraph : IDisposable
             g.Cleanup(); // recomputed values no rule read, the full logits of a chunked loss
             return new TrainingGraph(parameters, shapes, values, batchInputs, eval, proto, frozen, opset) { HalfPrecision = halfReport, ScalesLoss = scalesLoss, NeftuneWidth = neftuneWidth,
                 Preference = preferenceLoss is not null || reward is not null, RewardModel = reward is not null, Classification = classify is not null || tokenClassification,
-                TokenClassification = tokenClassification, MultiLabelClasses = classify is { MultiLabel: true } ? (int)proto.Graph.Input.First(i => i.Name == ClassificationLoss.MultiLabelTargetsInput).Type.TensorType.Shape.Dim[1].DimValue : null,
+                TokenClassification = tokenClassification, MultiLabelClasses = multiLabelClasses,
                 TokenWeighted = tokenWeights,
                 ScaledGradients = scalesLoss ? new(grads) : new() };
         }

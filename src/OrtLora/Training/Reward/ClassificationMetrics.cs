@@ -37,7 +37,7 @@ public sealed class ClassificationMetrics(ClassLabels classes) : IClassifierMetr
             if (classes.IsMultiLabel)
             {
                 int n = classes.Count;
-                _sets.Add(([.. predictions.Skip(row * n).Take(n)], batch.RowValues[(row * n)..((row + 1) * n)]));
+                _sets.Add(([.. Enumerable.Range(row * n, n).Select(i => predictions[i])], batch.RowValues[(row * n)..((row + 1) * n)]));
                 continue;
             }
             _rows.Add((predictions[row], classes.IsRegression ? batch.RowValues[row] : batch.Labels[labelled]));

@@ -149,8 +149,11 @@ public static class SequenceClassifier
     public const string Id2LabelKey = "id2label", ProblemTypeKey = "problem_type";
 
     /// <summary>The classifier's num_labels: its logits' declared last dimension (null when not declared).</summary>
-    public static int? NumLabels(OnnxModel model) =>
-        LogitsOutput(model).Type?.TensorType?.Shape?.Dim is { Count: 2 or 3 } dims && (IsClassifier(model) || IsTokenClassifier(model)) && dims[^1].DimValue > 0 ? (int)dims[^1].DimValue : null;
+    public static int? NumLabels(OnnxModel model) => IsClassifier(model) || IsTokenClassifier(model) ? DeclaredLabels(model) : null;
+
+    /// <summary>The logits' declared last dimension (null when symbolic): a classifier's labels, whatever says it is one.</summary>
+    public static int? DeclaredLabels(OnnxModel model) =>
+        LogitsOutput(model).Type?.TensorType?.Shape?.Dim is { Count: > 0 } dims && dims[^1].DimValue > 0 ? (int)dims[^1].DimValue : null;
 
     /// <summary>Whether the model is a token classifier (`ortlora classify --task-type TOKEN_CLS` made it): logits
     /// [batch, sequence, labels] and the classes' names in its metadata (<see cref="Id2LabelKey"/>), which a causal LM
