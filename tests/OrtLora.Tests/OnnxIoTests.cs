@@ -100,4 +100,31 @@ public class ExecutionDeviceTests
         e = Assert.Throws<OrtLoraException>(() => ExecutionDevice.Configure(options, "tpu", null))!;
         Assert.That(e.Message, Does.Contain("tpu"));
     }
+
+    [Test]
+    public void DiagnosticConfigEntriesReachTheSession()
+    {
+        var bytes = File.ReadAllBytes(Path.Combine(Shared.RepoRoot, "graphs", "tiny", "model.onnx"));
+        // An entry ORT acts on at load: the model is read as ORT format, which an ONNX file is not.
+        using (var options = OrtRun.DefaultOptions())
+        {
+            OrtRun.ApplyDiagnostics(options, "3", " session.load_model_format = ORT ;");
+            Assert.That(options.LogSeverityLevel, Is.EqualTo(Microsoft.ML.OnnxRuntime.OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR));
+            Assert.Throws<Microsoft.ML.OnnxRuntime.OnnxRuntimeException>(() => new Microsoft.ML.OnnxRuntime.InferenceSession(bytes, options).Dispose());
+        }
+        using (var options = OrtRun.DefaultOptions())
+        {
+            OrtRun.ApplyDiagnostics(options, "0", "session.disable_cpu_ep_fallback=1");
+            Assert.That(options.LogSeverityLevel, Is.EqualTo(Microsoft.ML.OnnxRuntime.OrtLoggingLevel.ORT_LOGGING_LEVEL_VERBOSE));
+            // Without a device provider every node lands on the CPU provider, which this entry refuses at load: on a
+            // GPU the same error means some node fell back (docs/gpu.md).
+            var e = Assert.Throws<Microsoft.ML.OnnxRuntime.OnnxRuntimeException>(() => new Microsoft.ML.OnnxRuntime.InferenceSession(bytes, options).Dispose())!;
+            Assert.That(e.Message, Does.Contain("fallback to CPU EP has been explicitly disabled"));
+        }
+        using var plain = OrtRun.DefaultOptions();
+        Assert.That(Assert.Throws<OrtLoraException>(() => OrtRun.ApplyDiagnostics(plain, null, "session.disable_cpu_ep_fallback"))!.Message,
+            Does.Contain("ORTLORA_ORT_CONFIG").And.Contain("key=value"));
+        Assert.That(Assert.Throws<OrtLoraException>(() => OrtRun.ApplyDiagnostics(plain, "verbose", null))!.Message,
+            Does.Contain("ORTLORA_ORT_LOG_LEVEL"));
+    }
 }

@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
 # On the GPU machine, after staging (README.md here): does ortlora train correctly on CUDA, and which graphs crash the
-# plugin? Each case runs in its own process, so a segfault is recorded and the next case still runs.
+# plugin? Each case runs in its own process, so a segfault is recorded and the other cases still run; JOBS (default 1)
+# cases run at once (the GPU has room for many of these small runs; timing is not measured here).
 #   bash tools/gpu-race/check.sh            (fixtures from .gpu/fixtures, carried by the staging call)
 #   DEVICE=cpu FIXTURES=../shared/fixtures/peft bash tools/gpu-race/check.sh    (the same cases here, with the local build)
 set -uo pipefail
-venv=/opt/torch/.venv/lib/python3.12/site-packages
-export DOTNET_ROOT=/tmp/gpu/dotnet PATH=/tmp/gpu/dotnet:$PATH
-export LD_LIBRARY_PATH=/usr/local/cuda-13.0/lib64:$venv/nvidia/cu13/lib ORT_REAL_CORE=$venv/onnxruntime/capi/libonnxruntime.so.1.30.0
-ep=(--device cuda --ep-library /tmp/gpu/libonnxruntime_providers_cuda.so)
+source "$(dirname "$0")/env.sh"
+ep=(--device cuda --ep-library "$EP_LIBRARY")
 ortlora=(dotnet /tmp/gpu/app/ortlora.dll)
 if [ "${DEVICE:-cuda}" = cpu ]; then ep=(); ortlora=(dotnet src/OrtLora.Cli/bin/Release/net10.0/ortlora.dll); fi
 fixtures=${FIXTURES:-.gpu/fixtures}
-out=/tmp/check; mkdir -p "$out"
-summary=()
-case_() { # name command...
+out=${CHECK_OUT:-/tmp/check}; mkdir -p "$out"
+jobs=${JOBS:-1}
+run_case() { # name command...: the log in $out/NAME.log, the verdict in $out/NAME.verdict
   local name=$1; shift
-  timeout 300 "$@" > "$out/$name.log" 2>&1
+  timeout "${CASE_TIMEOUT:-300}" "$@" > "$out/$name.log" 2>&1
   local rc=$?
-  local verdict=$([ $rc -eq 0 ] && echo ok || { [ $rc -ge 128 ] && echo "CRASH (signal $((rc - 128)))" || echo "failed (rc $rc)"; })
-  summary+=("$name: $verdict")
-  echo "== $name: $verdict"; grep -E "│ (loss|grad|AdamW|20-step)|eval_loss|error" "$out/$name.log" | head -6
+  local verdict=$([ $rc -eq 0 ] && echo ok || { [ $rc -eq 124 ] && echo "timed out" || { [ $rc -ge 128 ] && echo "CRASH (signal $((rc - 128)))" || echo "failed (rc $rc)"; }; })
+  echo "$name: $verdict" > "$out/$name.verdict"
+  { echo "== $name: $verdict"; grep -E "│ (loss|grad|AdamW|20-step)|eval_loss|rror|placed on|Node placements" "$out/$name.log" | head -6; } | tee "$out/$name.brief"
+}
+names=()
+case_() { # at most $jobs cases at once
+  names+=("$1")
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+  run_case "$@" &
 }
 for arch in llama gpt2; do
   for export in dynamo torchscript; do
@@ -33,6 +38,15 @@ done
 case_ "verify-llama-dynamo-checkpointing-chunks" "${ortlora[@]}" verify "$fixtures/llama/model.dynamo.onnx" \
   --init-from "$fixtures/llama/adapter" --reference "$fixtures/llama/reference.safetensors" \
   -o "$out/llama-checkpointing.safetensors" --gradient-checkpointing --loss-chunks 4 "${ep[@]}"
+# Where ORT puts each node of a training run (verbose log, placement lines only), and whether any node falls back to
+# the CPU at all (session.disable_cpu_ep_fallback turns that into a load error): the crash suspects of docs/gpu.md.
+tiny_train=(train graphs/tiny/model.onnx --data graphs/tiny/demo.parquet --target-modules all-linear --max-steps 2 --plain-log)
+for flags in "" --bf16; do
+  case_ "placement-tiny${flags}" bash -c 'set -o pipefail; ORTLORA_ORT_LOG_LEVEL=0 "$@" 2>&1 | grep -E -A2 "Node placements|placed on|explicitly assigns|CPUExecutionProvider|rror" | head -400' \
+    _ "${ortlora[@]}" "${tiny_train[@]}" $flags -o "$out/placement${flags}" "${ep[@]}"
+  case_ "nofallback-tiny${flags}" env ORTLORA_ORT_CONFIG=session.disable_cpu_ep_fallback=1 "${ortlora[@]}" "${tiny_train[@]}" $flags \
+    -o "$out/nofallback${flags}" "${ep[@]}"
+done
 # --cuda-graphs: captured and replayed step, eval and accumulate graphs; their losses should match the runs without.
 for flags in "" --fp16 --bf16 "--bf16 --gradient-checkpointing" "--pad-to-max-length --max-seq-length 128" \
     "--cuda-graphs --max-seq-length 128" "--bf16 --cuda-graphs --max-seq-length 128"; do
@@ -55,4 +69,5 @@ for flags in "" "--bf16" "--num-iterations 2 --importance-sampling-level sequenc
     --reward-funcs "regex:e" --max-completion-length 8 --num-generations 8 --per-device-train-batch-size 16 \
     --max-steps 30 --learning-rate 1e-2 --logging-steps 10 --plain-log $flags -o "$out/grpo${name}" "${ep[@]}"
 done
-printf '%s\n' "${summary[@]}"
+wait
+for name in "${names[@]}"; do cat "$out/$name.verdict"; done

@@ -15,9 +15,6 @@ autocast_adapter_dtype), loss from `labels`, global-norm clipping at 1.0, torch'
 """
 import argparse, json, os, time
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
 # hidden, layers, heads, kv heads, intermediate, vocab, tied embeddings (as graphs/OrtLora.Graphs/LlamaShape.cs; rope
 # theta is left at the default: it changes no cost, and transformers 5 moved it into rope_parameters)
 SHAPES = {
@@ -28,7 +25,9 @@ SHAPES = {
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def build(shape: str) -> LlamaForCausalLM:
+def build(shape: str):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
     h, layers, heads, kv, inter, vocab, tied = SHAPES[shape]
     config = LlamaConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
                          intermediate_size=inter, vocab_size=vocab, tie_word_embeddings=tied,
@@ -38,6 +37,7 @@ def build(shape: str) -> LlamaForCausalLM:
 
 
 def time_peft(a) -> dict:
+    import torch
     from peft import LoraConfig, get_peft_model
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
     model = build(a.shape).to("cuda", dtype)
@@ -74,17 +74,18 @@ def time_peft(a) -> dict:
             "torch": torch.__version__}
 
 
-class LogitsOnly(torch.nn.Module):
-    """The fixtures' export convention: inputs input_ids and attention_mask, output logits, parameters under model_."""
-    def __init__(self, model):
-        super().__init__()
-        self.model_ = model
-
-    def forward(self, input_ids, attention_mask):
-        return self.model_(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-
-
 def export(a) -> dict:
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        """The fixtures' export convention: inputs input_ids and attention_mask, output logits, parameters under model_."""
+        def __init__(self, model):
+            super().__init__()
+            self.model_ = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model_(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
     model = LogitsOnly(build(a.shape).eval())
     os.makedirs(a.out, exist_ok=True)
     ids = torch.randint(0, model.model_.config.vocab_size, (2, 16))

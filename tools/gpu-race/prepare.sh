@@ -7,6 +7,11 @@ root=$(git rev-parse --show-toplevel)
 cd "$root"
 shared=$(cd ../shared && pwd)
 "$shared/gpu/prepare.sh"
+# Three parts instead of four (one device call fewer): each part plus the working tree stays under a call's 64 MiB.
+rm -f .gpu/cuda-ep.part* && split -n 3 -d ~/.cache/ortlora-gpu/cuda-ep.so.xz .gpu/cuda-ep.part
+sed -i 's/-ge 4 \]/-ge 3 ]/' .gpu/stage.sh
+# The first staging call's time, for session.sh to reckon the device time left.
+sed -i 's|^mkdir -p /tmp/gpu$|mkdir -p /tmp/gpu; [ -f /tmp/gpu/first-call ] \|\| date +%s > /tmp/gpu/first-call|' .gpu/stage.sh
 rm -rf .gpu/app
 for project in src/OrtLora.Cli/OrtLora.Cli.csproj tools/bench-train/bench-train.csproj; do
   dotnet publish "$project" -c Release -r linux-x64 --self-contained false -o .gpu/app >/dev/null

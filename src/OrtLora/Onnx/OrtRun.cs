@@ -53,7 +53,25 @@ public static class OrtRun
     {
         var options = new SessionOptions { GraphOptimizationLevel = level, LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
         options.AddSessionConfigEntry("session.qdq_matmulnbits_accuracy_level", "1");
+        ApplyDiagnostics(options, Environment.GetEnvironmentVariable("ORTLORA_ORT_LOG_LEVEL"), Environment.GetEnvironmentVariable("ORTLORA_ORT_CONFIG"));
         return options;
+    }
+
+    /// <summary>Diagnostics for a device whose provider misbehaves (docs/gpu.md), from the environment so that any
+    /// command takes them: ORTLORA_ORT_LOG_LEVEL (0 verbose: ORT lists where each node runs) and ORTLORA_ORT_CONFIG
+    /// ("key=value;..." session config entries, e.g. session.disable_cpu_ep_fallback=1, which turns a node placed on
+    /// the CPU into a load error naming it).</summary>
+    public static void ApplyDiagnostics(SessionOptions options, string? logLevel, string? config)
+    {
+        if (logLevel is { Length: > 0 })
+            options.LogSeverityLevel = int.TryParse(logLevel, out var level) && level is >= 0 and <= 4 ? (OrtLoggingLevel)level
+                : throw new OrtLoraException($"ORTLORA_ORT_LOG_LEVEL: expected 0 (verbose) to 4 (fatal), got '{logLevel}'");
+        foreach (var entry in (config ?? "").Split(';', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var keyValue = entry.Split('=', 2);
+            if (keyValue.Length != 2 || keyValue[0].Trim().Length == 0) throw new OrtLoraException($"ORTLORA_ORT_CONFIG: expected key=value, got '{entry}'");
+            options.AddSessionConfigEntry(keyValue[0].Trim(), keyValue[1].Trim());
+        }
     }
 
     /// <param name="fixedInputs">inputs that are OrtValues already (a training graph's frozen weights): not disposed</param>
