@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine, after staging (README.md here): does ortlora train correctly on CUDA, and which graphs crash the
 # plugin? Each case runs in its own process, so a segfault is recorded and the other cases still run; JOBS (default 1)
-# cases run at once (the GPU has room for many of these small runs; timing is not measured here).
+# cases run at once (the GPU has room for many of these small runs; timing is not measured here). ONLY: a regex of
+# the case names to run.
 #   bash tools/gpu-race/check.sh            (fixtures from .gpu/fixtures, carried by the staging call)
 #   DEVICE=cpu FIXTURES=../shared/fixtures/peft bash tools/gpu-race/check.sh    (the same cases here, with the local build)
 set -uo pipefail
@@ -21,7 +22,8 @@ run_case() { # name command...: the log in $out/NAME.log, the verdict in $out/NA
   { echo "== $name: $verdict"; grep -E "│ (loss|grad|AdamW|20-step)|eval_loss|rror|placed on|Node placements" "$out/$name.log" | head -6; } | tee "$out/$name.brief"
 }
 names=()
-case_() { # at most $jobs cases at once
+case_() { # at most $jobs cases at once; ONLY (an extended regex) keeps the cases whose names match it
+  [ -n "${ONLY:-}" ] && ! [[ $1 =~ ^(${ONLY})$ ]] && return
   names+=("$1")
   while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
   run_case "$@" &
@@ -42,11 +44,15 @@ case_ "verify-llama-dynamo-checkpointing-chunks" "${ortlora[@]}" verify "$fixtur
 # the CPU at all (session.disable_cpu_ep_fallback turns that into a load error): the crash suspects of docs/gpu.md.
 tiny_train=(train graphs/tiny/model.onnx --data graphs/tiny/demo.parquet --target-modules all-linear --max-steps 2 --plain-log)
 for flags in "" --bf16; do
-  case_ "placement-tiny${flags}" bash -c 'set -o pipefail; ORTLORA_ORT_LOG_LEVEL=0 "$@" 2>&1 | grep -E -A2 "Node placements|placed on|explicitly assigns|CPUExecutionProvider|rror" | head -400' \
+  case_ "placement-tiny${flags}" bash -c 'set -o pipefail; ORTLORA_ORT_LOG_LEVEL=0 "$@" 2>&1 | awk "/placed on/ {cpu = /CPUExecutionProvider/; print; next} /VerifyEachNodeIsAssignedToAnEp\\]   / {if (cpu) print; next} /rror|step/" | head -400' \
     _ "${ortlora[@]}" "${tiny_train[@]}" $flags -o "$out/placement${flags}" "${ep[@]}"
   case_ "nofallback-tiny${flags}" env ORTLORA_ORT_CONFIG=session.disable_cpu_ep_fallback=1 "${ortlora[@]}" "${tiny_train[@]}" $flags \
     -o "$out/nofallback${flags}" "${ep[@]}"
 done
+# Parameters and state in host memory (ORT copies them in each run): the device allocator and bound device buffers out of play.
+case_ "train-tiny-state-on-host" env ORTLORA_STATE_ON_HOST=1 "${ortlora[@]}" train graphs/tiny/model.onnx --data graphs/tiny/demo.parquet \
+  --eval-data graphs/tiny/demo_eval.parquet --target-modules all-linear --max-steps 20 --eval-steps 20 --learning-rate 5e-3 --plain-log \
+  -o "$out/state-on-host" "${ep[@]}"
 # --cuda-graphs: captured and replayed step, eval and accumulate graphs; their losses should match the runs without.
 for flags in "" --fp16 --bf16 "--bf16 --gradient-checkpointing" "--pad-to-max-length --max-seq-length 128" \
     "--cuda-graphs --max-seq-length 128" "--bf16 --cuda-graphs --max-seq-length 128"; do

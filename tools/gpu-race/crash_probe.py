@@ -51,6 +51,32 @@ def case_graph(case):
         nodes = [helper.make_node("FusedMatMul", ["X", "W"], ["Y"], domain="com.microsoft", transB=1, alpha=1.0)]
         inits = [const("W", np.random.default_rng(0).standard_normal((16, 16)), np.float32)]
         opsets.append(helper.make_opsetid("com.microsoft", 1))
+    elif case == "gather-const":  # what SliceAsGather makes of slice-const under static shapes
+        nodes = [helper.make_node("Gather", ["X", "idx"], ["Y"], axis=2)]
+        inits = [const("idx", list(range(8, 16)))]
+    elif case == "range-gather":  # what it makes of it when the dim is known only at run time
+        nodes = [helper.make_node("Shape", ["X"], ["shape"]), helper.make_node("Gather", ["shape", "two"], ["dim"], axis=0),
+                 helper.make_node("Range", ["eight", "dim", "one"], ["idx"]), helper.make_node("Gather", ["X", "idx"], ["Y"], axis=2)]
+        inits = [const("two", 2), const("eight", 8), const("one", 1)]
+    elif case == "slice-int64":  # labels shifted: a Slice of integer data
+        nodes = [helper.make_node("Cast", ["X"], ["xi"], to=TensorProto.INT64),
+                 helper.make_node("Slice", ["xi", "s", "e", "a"], ["yi"]), helper.make_node("Cast", ["yi"], ["Y"], to=TensorProto.FLOAT)]
+        inits = [const("s", [1]), const("e", [2**62]), const("a", [1])]
+    elif case == "pad":  # Slice's gradient
+        nodes = [helper.make_node("Pad", ["X", "pads"], ["Y"])]
+        inits = [const("pads", [0, 0, 0, 0, 0, 4])]
+    elif case == "split-sizes":
+        nodes = [helper.make_node("Split", ["X", "sizes"], ["Y", "rest"], axis=2)]
+        inits = [const("sizes", [4, 12])]
+    elif case == "expand":
+        nodes = [helper.make_node("ReduceSum", ["X", "ax"], ["r"], keepdims=1), helper.make_node("Expand", ["r", "shape"], ["Y"])]
+        inits = [const("ax", [2]), const("shape", [2, 8, 16])]
+    elif case == "scatternd-add":  # the embedding's gradient
+        nodes = [helper.make_node("ScatterND", ["X", "where", "upd"], ["Y"], reduction="add")]
+        inits = [const("where", [[1]]), const("upd", np.ones((1, 8, 16)), np.float32)]
+    elif case == "gatherelements":  # the loss picks the labels' log-probabilities
+        nodes = [helper.make_node("GatherElements", ["X", "idx"], ["Y"], axis=2)]
+        inits = [const("idx", np.arange(2 * 8 * 16).reshape(2, 8, 16) % 16)]
     else:
         raise SystemExit(f"unknown case {case}")
     y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
@@ -59,8 +85,9 @@ def case_graph(case):
     return model.SerializeToString()
 
 
-CASES = ["identity", "matmul", "sigmoid", "slice-const", "slice-const-steps", "slice-computed", "split", "cpu-in-middle",
-         "fusedmatmul"]
+CASES = ["identity", "matmul", "sigmoid", "slice-const", "slice-const-steps", "slice-computed", "slice-int64", "split",
+         "cpu-in-middle", "fusedmatmul", "gather-const", "range-gather", "pad", "split-sizes", "expand", "scatternd-add",
+         "gatherelements"]
 
 
 def one(library, case, level):
@@ -82,20 +109,23 @@ def one(library, case, level):
     print(f"max |cuda - cpu| = {float(np.abs(got - expected).max()):.2e}")
 
 
+def verdict(library, case, level):
+    try:
+        p = subprocess.run([sys.executable, __file__, "one", library, case, level], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "timed out"
+    last = (p.stdout.strip().splitlines() or p.stderr.strip().splitlines() or ["?"])[-1]
+    return (("ok " + last.split("= ")[-1]) if p.returncode == 0 else
+            f"CRASH (signal {-p.returncode})" if p.returncode < 0 else f"failed: {last[:60]}")
+
+
 def all_cases(library):
-    print(f"{'case':20} {'basic':28} {'all':28}")
-    for case in CASES:
-        verdicts = []
-        for level in ("basic", "all"):
-            try:
-                p = subprocess.run([sys.executable, __file__, "one", library, case, level], capture_output=True, text=True, timeout=60)
-            except subprocess.TimeoutExpired:
-                verdicts.append("timed out")
-                continue
-            last = (p.stdout.strip().splitlines() or p.stderr.strip().splitlines() or ["?"])[-1]
-            verdicts.append(("ok " + last.split("= ")[-1]) if p.returncode == 0 else
-                            f"CRASH (signal {-p.returncode})" if p.returncode < 0 else f"failed: {last[:60]}")
-        print(f"{case:20} {verdicts[0]:28} {verdicts[1]:28}", flush=True)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as pool:  # processes: threads only wait for them
+        runs = {(case, level): pool.submit(verdict, library, case, level) for case in CASES for level in ("basic", "all")}
+        print(f"{'case':20} {'basic':28} {'all':28}")
+        for case in CASES:
+            print(f"{case:20} {runs[(case, 'basic')].result():28} {runs[(case, 'all')].result():28}", flush=True)
 
 
 if __name__ == "__main__":

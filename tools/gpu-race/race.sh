@@ -7,7 +7,7 @@
 # --quantize-weights 4, a QLoRA-style base: other numbers than PEFT's, for memory only). A variant that fails is
 # reported and the race goes on. A name containing "basic" ("extended", "none") loads the graphs at that ORT
 # optimization level instead of all (basic: no com.microsoft fusions). PROFILE=1: ORT's per-node profile of each run, summarized (the profiler slows the steps it times).
-# RUN_TIMEOUT: seconds one measured run may take (300). SKIP_PEFT=1: ortlora only (PEFT measured before in the same results file). RESULTS: the JSON lines' file
+# NO_EXPORT=1: no torch.onnx export (ortlora then trains graphs/'s LlamaGraph of the shape). RUN_TIMEOUT: seconds one measured run may take (300). SKIP_PEFT=1: ortlora only (PEFT measured before in the same results file). RESULTS: the JSON lines' file
 # (default /tmp/race/results.jsonl; give profiled runs their own, or their slower steps would enter the table).
 # Appends one JSON line per measurement to /tmp/race/results.jsonl and prints the side-by-side table.
 set -euo pipefail
@@ -30,14 +30,16 @@ measured() { # LOG command...: the run's output kept in $out/LOG
   grep '^{' "$log" | tail -1 | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r['smi_peak_mib']=$peak-$base; print(json.dumps(r))"
 }
 
-if [ ! -f "$out/$shape/model.onnx" ]; then
+if [ ! -f "$out/$shape/model.onnx" ] && [ -z "${NO_EXPORT:-}" ]; then
   echo "exporting $shape with torch.onnx (dynamo)..."; python3 "$here/peft_race.py" export --shape "$shape" --out "$out/$shape" || true
 fi
 # Should the export fail, ortlora trains its own LLaMA graph of the same shape (graphs/: LlamaGraph), said in the log.
 model=(--model "$out/$shape/model.onnx")
 [ -f "$out/$shape/model.onnx" ] || { echo "no export of $shape: ortlora runs graphs/'s LlamaGraph of that shape"; model=(); }
 for dtype in $dtypes; do
-  [ -n "${SKIP_PEFT:-}" ] || { echo "PEFT $shape $dtype..."
+  # PEFT once per shape and dtype: a results file that has its row already (an earlier session's) is not measured again.
+  known=$(grep -c "\"engine\": \"peft\", \"shape\": \"$shape\", \"dtype\": \"$dtype\"" "$results" 2>/dev/null || true)
+  [ -n "${SKIP_PEFT:-}" ] || [ "${known:-0}" -gt 0 ] || { echo "PEFT $shape $dtype..."
   measured "peft-$shape-$dtype.log" python3 "$here/peft_race.py" time --shape "$shape" --dtype "$dtype" --batch "$batch" --seq "$seq" --steps "$steps" \
     | tee -a "$results" || echo "PEFT $shape $dtype FAILED (log above)"; }
   precision=(); [ "$dtype" = fp32 ] || precision=(--"$dtype")

@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # One GPU session's device work in one call (the device gives 15 minutes a session, staging and start included):
-# correctness on CUDA (check.sh, 8 cases at a time) and the single-op crash probe while both exports run on the CPU,
+# correctness on CUDA (check.sh, 8 cases at a time) and the single-op crash probe while the exports run on the CPU,
 # then the race, most important first, each phase started only if the time left allows it. Everything lands in $OUT
 # as it is made, so a call stopped at its limit still returns what ran.
 #   bash .gpu/stage.sh && bash tools/gpu-race/session.sh
-# BUDGET: seconds this script may use; by default what is left of the session's DEVICE_BUDGET (900 s) since the first
-# staging call (stage.sh notes its time), less MARGIN (180 s: the machine's start before that call, the files' way
-# back, give_back), between 120 and 540.
+# BUDGET: seconds this script may use; by default what is left of DEVICE_BUDGET (the session's device seconds when
+# staging began, 900) since the first staging call (stage.sh notes its time), less MARGIN (100 s: the machine's start
+# before that call, the files' way back, give_back), between 120 and 540.
+# EXPORTS: the shapes exported with torch.onnx (default both; a shape not exported races as graphs/'s LlamaGraph).
+# CHECK_ONLY: a regex of check.sh's cases to run (default all). SEED_RESULTS: a results.jsonl of an earlier session
+# (its PEFT rows are not measured again).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/env.sh"
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 start=$(date +%s); first=$(cat /tmp/gpu/first-call 2>/dev/null || echo "$start")
-auto=$(( ${DEVICE_BUDGET:-900} - (start - first) - ${MARGIN:-180} )); [ "$auto" -gt 540 ] && auto=540; [ "$auto" -lt 120 ] && auto=120
+auto=$(( ${DEVICE_BUDGET:-900} - (start - first) - ${MARGIN:-100} )); [ "$auto" -gt 540 ] && auto=540; [ "$auto" -lt 120 ] && auto=120
 budget=${BUDGET:-$auto}
 echo "$((start - first)) s since the first staging call: this script has ${budget} s" | tee "$out/session.log"
 left() { echo $((budget - ($(date +%s) - start))); }
 log() { echo "[$(( $(date +%s) - start ))s] $*" | tee -a "$out/session.log"; }
 save() { # the small results back to this session's machine (at most 8 files come back)
   cp /tmp/race/results.jsonl "$out/results.jsonl" 2>/dev/null
-  (cd /tmp && tar -czf "$out/logs.tar.gz" check race/*.log race/*.txt race/*.jsonl 2>/dev/null)
+  (cd /tmp && tar -czf "$out/logs.tar.gz" check/*.log race/*.log race/*.txt race/*.jsonl 2>/dev/null)
 }
 # phase NAME SECONDS_NEEDED command...: runs it if that many seconds are left, stopped when the budget ends
 phase() {
@@ -29,46 +32,55 @@ phase() {
   timeout "$(( $(left) - 5 ))" "$@" 2>&1 | tee "/tmp/race/$name.txt"
   log "end $name (rc ${PIPESTATUS[0]})"; save
 }
+# The ortlora variants that ran for SHAPE, fastest first (names as race.sh takes them)
+ran() {
+  python3 - "$1" <<'EOP'
+import json, os, sys
+path = "/tmp/race/results.jsonl"
+rows = [json.loads(l) for l in open(path) if l.startswith("{")] if os.path.exists(path) else []
+ours = sorted((r for r in rows if r.get("engine", "").startswith("ortlora") and r.get("shape") == sys.argv[1] and r.get("tokens_per_s")),
+              key=lambda r: -r["tokens_per_s"])
+def variant(engine):
+    parts = engine.split("+")[1:]
+    level = next((p for p in parts if p in ("basic", "extended", "none")), "")
+    return ("graphs" if "cuda-graphs" in parts else "stored") + ("-" + level if level else "")
+print(" ".join(dict.fromkeys(variant(r["engine"]) for r in ours)))
+EOP
+}
 mkdir -p /tmp/race /tmp/check
+[ -n "${SEED_RESULTS:-}" ] && [ -f "$SEED_RESULTS" ] && grep '"engine": "peft"' "$SEED_RESULTS" > /tmp/race/results.jsonl
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   echo "ORT core: $ORT_REAL_CORE"; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
   python3 -c 'import torch, transformers, peft, onnxruntime; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__, "onnxruntime", onnxruntime.__version__)'
   ls -la /tmp/gpu; } 2>&1 | tee "$out/machine.txt"
 
 # The exports are CPU work: they run beside the correctness checks, whose timing does not matter.
-( python3 "$here/peft_race.py" export --shape smollm2-135m --out /tmp/race/smollm2-135m > /tmp/race/export-smollm2.log 2>&1
-  python3 "$here/peft_race.py" export --shape tinyllama-1.1b --out /tmp/race/tinyllama-1.1b > /tmp/race/export-tinyllama.log 2>&1 ) &
+( for shape in ${EXPORTS-smollm2-135m tinyllama-1.1b}; do
+    python3 "$here/peft_race.py" export --shape "$shape" --out "/tmp/race/$shape" > "/tmp/race/export-$shape.log" 2>&1
+  done ) &
 exports=$!
 phase probe 60 python3 "$here/crash_probe.py" all "$EP_LIBRARY" &
 probe=$!
-JOBS=8 CASE_TIMEOUT=150 CHECK_OUT=/tmp/check phase check 60 bash "$here/check.sh"
+ONLY=${CHECK_ONLY:-} JOBS=8 CASE_TIMEOUT=150 CHECK_OUT=/tmp/check phase check 60 bash "$here/check.sh"
 wait $probe
-log "waiting for the exports"; wait $exports; log "exports: $(cat /tmp/race/export-*.log | grep -c exported) of 2"; save
+log "waiting for the exports"; wait $exports; log "exports: $(cat /tmp/race/export-*.log 2>/dev/null | grep -c exported)"; save
 
-# The race: SmolLM2 bf16 (the launch-bound case) at levels basic (the plugin was seen to leave com.microsoft fusions to
-# the CPU) and all; then TinyLlama bf16, one profiled run and float32 with the variants that ran best on SmolLM2.
-# Should none run, SmolLM2 again at levels extended and none: which of ORT's rewrites does the plugin trip on?
-RUN_TIMEOUT=150 VARIANTS="stored-basic graphs-basic stored graphs" phase race-smollm2-bf16 150 bash "$here/race.sh" smollm2-135m bf16
-best=$(python3 - <<'EOP'
-import json
-rows = [json.loads(l) for l in open("/tmp/race/results.jsonl") if l.startswith("{")] if __import__("os").path.exists("/tmp/race/results.jsonl") else []
-ours = sorted((r for r in rows if r.get("engine", "").startswith("ortlora") and r.get("shape") == "smollm2-135m" and r.get("tokens_per_s")),
-              key=lambda r: -r["tokens_per_s"])
-def variant(engine):
-    parts = engine.split("+")[1:]
-    level = next((p for p in parts if p in ("basic", "extended", "none")), "")
-    return ("graphs" if "cuda-graphs" in parts else "stored") + ("-" + level if level else "")
-print(" ".join(dict.fromkeys(variant(r["engine"]) for r in ours[:2])))
-EOP
-)
-log "best SmolLM2 variants: ${best:-none ran}"
+# The race: SmolLM2 bf16 (the launch-bound case); TinyLlama bf16, one profiled run and float32 with the variants that
+# ran best on SmolLM2. Should none run at ORT's level all, SmolLM2 again at levels basic and none.
+RUN_TIMEOUT=150 VARIANTS=${VARIANTS:-graphs stored} phase race-smollm2-bf16 100 bash "$here/race.sh" smollm2-135m bf16
+best=$(ran smollm2-135m)
 if [ -z "$best" ]; then
-  SKIP_PEFT=1 VARIANTS="stored-extended stored-none" phase race-smollm2-bf16-levels 90 bash "$here/race.sh" smollm2-135m bf16
-else
-  RUN_TIMEOUT=200 STEPS=5 VARIANTS="$best" phase race-tinyllama-bf16 120 bash "$here/race.sh" tinyllama-1.1b bf16
+  log "no SmolLM2 variant ran"
+  RUN_TIMEOUT=120 VARIANTS="stored-basic stored-none" phase race-smollm2-bf16-levels 90 bash "$here/race.sh" smollm2-135m bf16
+  best=$(ran smollm2-135m)
+fi
+log "SmolLM2 variants that ran, fastest first: ${best:-none}"
+if [ -n "$best" ]; then
+  no_export=1; [[ " ${EXPORTS-smollm2-135m tinyllama-1.1b} " == *" tinyllama-1.1b "* ]] && no_export=
+  NO_EXPORT=$no_export RUN_TIMEOUT=200 STEPS=5 VARIANTS="${best%% *}" phase race-tinyllama-bf16 150 bash "$here/race.sh" tinyllama-1.1b bf16
   RESULTS=/tmp/race/profiled.jsonl PROFILE=1 SKIP_PEFT=1 STEPS=3 VARIANTS="${best%% *}" \
-    phase profile-smollm2-bf16 60 bash "$here/race.sh" smollm2-135m bf16
-  VARIANTS="$best" phase race-smollm2-fp32 90 bash "$here/race.sh" smollm2-135m fp32
+    phase profile-smollm2-bf16 50 bash "$here/race.sh" smollm2-135m bf16
+  VARIANTS="${best%% *}" phase race-smollm2-fp32 90 bash "$here/race.sh" smollm2-135m fp32
 fi
 python3 "$here/peft_race.py" table /tmp/race/results.jsonl | tee "$out/table.md"
 save; log "done"

@@ -32,6 +32,11 @@ public sealed partial class TrainingSession
     InferenceSession Load(ModelProto proto)
     {
         if (_options.CudaGraphs) FixedAddresses.RequireNoRandomness(proto);
+        if (_options.RewritesSlices)
+        {
+            proto = proto.Clone();
+            SliceAsGather.Apply(proto.Graph);
+        }
         using var options = SessionOptions(profile: true, cudaGraphs: _options.CudaGraphs);
         InferenceSession session;
         try { session = new InferenceSession(proto.ToByteArray(), options); }
@@ -64,7 +69,7 @@ public sealed partial class TrainingSession
         using var memories = session.GetMemoryInfosForInputs();
         bool OnDevice(int input) => memories[input].GetDeviceType() != OrtMemoryInfoDeviceType.CPU || _options.StateInSessionMemory;
         int first = inputs.ToList().IndexOf(_graph.Parameters[0]);
-        if (!OnDevice(first)) return;
+        if (!OnDevice(first) || _options.StateOnHost) return;
         _stateAllocator = new OrtAllocator(session, memories[first]); // keeps its own copy of the memory info
         _allocatorSession = session;
         _deviceCopy = new DeviceCopy(SessionOptions(profile: false, cudaGraphs: false)); // copies run with new addresses every time

@@ -52,7 +52,13 @@ public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThrea
     bool StaticShapes = false, bool GradientCheckpointing = false, int? LossChunks = null, bool CudaGraphs = false,
     double NeftuneNoiseAlpha = 0, int Seed = 42, double LabelSmoothing = 0, long HostUpdateFrom = ParameterBundle.AloneFrom,
     PreferenceOptions? Preference = null, bool TokenWeighted = false, double LogitsTemperature = 1, double? DistillationBeta = null,
-    bool DisableDropout = false, bool Classification = false, bool TokenClassification = false, double ClassifierDropout = 0, bool MultiLabel = false);
+    bool DisableDropout = false, bool Classification = false, bool TokenClassification = false, double ClassifierDropout = 0, bool MultiLabel = false,
+    bool? SlicesAsGathers = null, bool StateOnHost = false)
+{
+    /// <summary>Whether each graph's Slices load as Gathers (<see cref="SliceAsGather"/>): by default with a plugin
+    /// execution provider (--ep-library), whose CUDA build crashes on Slice.</summary>
+    public bool RewritesSlices => SlicesAsGathers ?? EpLibrary is not null;
+}
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
 /// InferenceSessions. Parameters, AdamW moments and gradient accumulators live in <see cref="PingPong"/> buffers bound
@@ -86,6 +92,9 @@ public sealed partial class TrainingSession : IDisposable
     {
         // CUDA graphs need fixed shapes and every buffer where the session allocates: the two options that give them.
         _options = options.CudaGraphs ? options with { StaticShapes = true, StateInSessionMemory = true } : options;
+        // A diagnostic for a device provider that misbehaves (docs/gpu.md): parameters and state stay in host memory
+        // and ORT copies them to the device each run, so the device allocator and bound device buffers are out of play.
+        if (Environment.GetEnvironmentVariable("ORTLORA_STATE_ON_HOST") == "1" && !_options.CudaGraphs) _options = _options with { StateOnHost = true };
         if (options.Compute == ComputeType.BFloat16 && options.Device == "cpu")
             throw new OrtLoraException("bfloat16 compute needs an execution provider with bfloat16 kernels (--device cuda): ONNX Runtime's CPU " +
                 "provider has none for MatMul, Add, Softmax and most other ops. On CPU use --fp16 (ONNX Runtime runs float16 through float32 kernels there)");

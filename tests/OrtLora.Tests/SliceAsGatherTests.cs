@@ -1,0 +1,118 @@
+using Onnx;
+using OrtLora.Autodiff;
+using OrtLora.Lora;
+using OrtLora.Onnx;
+using OrtLora.Training.Engine;
+using DT = Onnx.TensorProto.Types.DataType;
+
+namespace OrtLora.Tests;
+
+/// <summary>The plugin CUDA provider's Slice crash worked around (docs/gpu.md): every Slice it would run becomes
+/// Gathers that pick the same elements, checked against ORT's own Slice on the CPU.</summary>
+public class SliceAsGatherTests
+{
+    const long Max = long.MaxValue, Min = long.MinValue;
+
+    /// <summary>starts, ends, axes (null: omitted), steps (null: omitted).</summary>
+    static readonly (long[] Starts, long[] Ends, long[]? Axes, long[]? Steps)[] Forms =
+    [
+        ([2], [7], [1], null),                  // a plain range
+        ([1], [Max], [2], null),                // x[..., 1:] as exporters write it
+        ([-3], [Max], [-1], [1]),               // negative start and axis
+        ([0], [-1], [1], [2]),                  // negative end, stride 2
+        ([1], [Max], [-1], [2]),                // the interleaved rotary's odd half
+        ([-1], [Min], [1], [-1]),               // reversed
+        ([8], [2], [1], [-3]),                  // negative stride inside the range
+        ([0, 1], [2, 5], null, null),           // axes omitted: 0 and 1
+        ([1, -4, 0], [3, Max, 100], [0, 2, 1], [1, 1, 3]), // three axes, an end past the dim
+        ([5], [2], [1], null),                  // empty
+        ([-100], [100], [2], null),             // bounds far outside the dim
+    ];
+
+    [Test]
+    public void EverySliceFormPicksTheSameElementsAsSlice()
+    {
+        var model = new ModelProto { IrVersion = 9, Graph = new GraphProto { Name = "slices" } };
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = 18 });
+        var g = new GraphEditor(model.Graph);
+        model.Graph.Input.Add(Input("x", DT.Float, "a", "b", 6L));
+        model.Graph.Input.Add(Input("ids", DT.Int64, "a", "b"));
+        var outputs = new List<string>();
+        foreach (var (starts, ends, axes, steps) in Forms)
+        {
+            var inputs = new List<string> { "x", GraphConstants.Int64s(g, "starts", starts), GraphConstants.Int64s(g, "ends", ends) };
+            if (axes is not null || steps is not null) inputs.Add(axes is null ? "" : GraphConstants.Int64s(g, "axes", axes));
+            if (steps is not null) inputs.Add(GraphConstants.Int64s(g, "steps", steps));
+            outputs.Add(g.Add("Slice", inputs));
+        }
+        // Bounds computed at run time (the torchscript rotary's middle), int32 bounds, and int64 data (labels shifted).
+        var shape = g.Add("Shape", ["x"]);
+        var middle = g.Add("Div", [g.Add("Slice", [shape, GraphConstants.Int64s(g, "two", 2), GraphConstants.Int64s(g, "three", 3)]), GraphConstants.Int64s(g, "half", 2)]);
+        outputs.Add(g.Add("Slice", ["x", middle, GraphConstants.Int64s(g, "end", Max), GraphConstants.Int64s(g, "axis", 2)]));
+        var int32Start = GraphConstants.Add(g, "i32start", n => new TensorProto { Name = n, DataType = (int)DT.Int32, Dims = { 1 }, Int32Data = { -2 } });
+        var int32End = GraphConstants.Add(g, "i32end", n => new TensorProto { Name = n, DataType = (int)DT.Int32, Dims = { 1 }, Int32Data = { int.MaxValue } });
+        var int32Axis = GraphConstants.Add(g, "i32axis", n => new TensorProto { Name = n, DataType = (int)DT.Int32, Dims = { 1 }, Int32Data = { 1 } });
+        outputs.Add(g.Add("Slice", ["x", int32Start, int32End, int32Axis]));
+        outputs.Add(g.Add("Slice", ["ids", GraphConstants.Int64s(g, "one", 1), GraphConstants.Int64s(g, "max", Max), GraphConstants.Int64s(g, "axis1b", 1)]));
+        var shapeSlice = g.Add("Slice", [shape, GraphConstants.Int64s(g, "zero", 0), GraphConstants.Int64s(g, "first", 1)]);
+        outputs.Add(shapeSlice);
+        foreach (var o in outputs) model.Graph.Output.Add(new ValueInfoProto { Name = o });
+
+        var rewritten = model.Clone();
+        int count = SliceAsGather.Apply(rewritten.Graph);
+        Assert.That(count, Is.EqualTo(Forms.Length + 3), "every Slice of data; not the Slices of shapes");
+        var left = rewritten.Graph.Node.Where(n => n.OpType == "Slice").ToList();
+        Assert.That(left.Select(n => n.Output[0]), Is.EquivalentTo(new[] { shapeSlice, g.Graph.Node.Single(n => n.OpType == "Div").Input[0] }));
+
+        var rng = new Random(5);
+        foreach (var (a, b) in new[] { (3, 10), (2, 4) }) // two shapes through the same graphs: bounds follow the dims
+        {
+            var feeds = new Dictionary<string, HostTensor>
+            {
+                ["x"] = HostTensor.Of(Enumerable.Range(0, a * b * 6).Select(_ => (float)rng.NextDouble()).ToArray(), a, b, 6),
+                ["ids"] = HostTensor.Of(Enumerable.Range(0, a * b).Select(i => (long)i).ToArray(), a, b),
+            };
+            using var original = new OnnxModel(model.Clone());
+            using var gathers = new OnnxModel(rewritten.Clone());
+            var expected = OrtRun.Run(original, feeds, level: Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_DISABLE_ALL);
+            var actual = OrtRun.Run(gathers, feeds, level: Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_DISABLE_ALL);
+            foreach (var o in outputs)
+            {
+                Assert.That(actual[o].Shape, Is.EqualTo(expected[o].Shape), $"{o} at [{a}, {b}, 6]");
+                Assert.That(actual[o].Data, Is.EqualTo(expected[o].Data), $"{o} at [{a}, {b}, 6]");
+            }
+            Assert.That(expected.Values.Sum(v => v.Data.Length), Is.GreaterThan(100), "the forms pick elements");
+        }
+    }
+
+    static ValueInfoProto Input(string name, DT type, params object[] dims)
+    {
+        var tensor = new TypeProto.Types.Tensor { ElemType = (int)type, Shape = new TensorShapeProto() };
+        foreach (var d in dims)
+            tensor.Shape.Dim.Add(d is long v ? new TensorShapeProto.Types.Dimension { DimValue = v } : new TensorShapeProto.Types.Dimension { DimParam = (string)d });
+        return new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = tensor } };
+    }
+
+    /// <summary>Training through the rewritten graphs (what a plugin provider loads) is training: the tiny LLaMA's
+    /// rotary halves, the loss's label shift and the backward's Slices all become Gathers, and losses and parameters
+    /// stay those of the Slices.</summary>
+    [Test]
+    public void TrainingThroughGathersMatchesTrainingThroughSlices()
+    {
+        var batch = PeftParity.ReadBatch(SafeTensors.Read(Shared.Peft("llama", "reference.safetensors")));
+        using var model = EngineFixtures.InjectedModel("llama", "torchscript"); // computed rotary bounds
+        var options = new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01));
+        using var slices = new TrainingSession(model, options);
+        using var gathers = new TrainingSession(model, options with { SlicesAsGathers = true });
+        Assert.That(options.RewritesSlices, Is.False);
+        Assert.That((options with { EpLibrary = "plugin.so" }).RewritesSlices, Is.True, "on by default with a plugin provider");
+        var probe = slices.Graph.Gradients.Clone();
+        Assert.That(SliceAsGather.Apply(probe.Graph), Is.GreaterThan(4), "the graph had Slices of data to rewrite");
+        for (int i = 0; i < 3; i++)
+            Assert.That(gathers.Step(batch, 1e-2f, maxGradNorm: 1f), Is.EqualTo(slices.Step(batch, 1e-2f, maxGradNorm: 1f)).Within(1e-6), $"step {i}");
+        Assert.That(gathers.EvalLoss(batch), Is.EqualTo(slices.EvalLoss(batch)).Within(1e-6));
+        var (a, b) = (slices.GetParameters(), gathers.GetParameters());
+        foreach (var p in slices.ParameterNames)
+            Assert.That(b[p].Zip(a[p]).Max(t => Math.Abs(t.First - t.Second)), Is.LessThan(1e-6), p);
+    }
+}
