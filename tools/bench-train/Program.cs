@@ -6,6 +6,7 @@
 //       [--gradient-checkpointing] [--loss-chunks N] [--cuda-graphs] [--use-dora] [--quantize-weights 4|8 [--block-size 32]]
 //       [--modules-to-save lm_head,embed_tokens] [--trainable-tokens N (the first N ids of the token embedding)]
 //       [--target-modules q_proj,v_proj,embed_tokens (default all-linear)] [--dpo BETA (the batch's rows as chosen/rejected pairs)]
+//       [--bisect eval|gradients|step [--keep-slices]] (the first node of that graph the device crashes on: Bisect.cs)
 // --quantize-weights: the base's linear weights stored quantized (WeightQuantizer: uint4 blocks or int8 channels, read
 // through DequantizeLinear), QLoRA-style. --save-base PATH writes the
 // (quantized) base and stops: bench it with --model PATH in a fresh process.
@@ -54,9 +55,10 @@ Console.WriteLine($"model: {options.Model ?? options.Shape}, {forwardNodes} forw
 
 clock.Restart();
 var compute = args.Contains("--bf16") ? ComputeType.BFloat16 : args.Contains("--fp16") ? ComputeType.Float16 : ComputeType.Float32;
+var ortLevel = OrtLora.Training.TrainingArguments.OrtLevel(args.Contains("--opt-basic") ? "basic"
+    : Array.IndexOf(args, "--graph-optimization-level") is var level and >= 0 ? args[level + 1] : "all");
 var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01), options.Threads,
-    CpuMemArena: !args.Contains("--no-arena"), Optimization: OrtLora.Training.TrainingArguments.OrtLevel(args.Contains("--opt-basic") ? "basic"
-        : Array.IndexOf(args, "--graph-optimization-level") is var level and >= 0 ? args[level + 1] : "all"),
+    CpuMemArena: !args.Contains("--no-arena"), Optimization: ortLevel,
     Device: options.Device, EpLibrary: options.EpLibrary, ProfilePrefix: options.Profile, StaticShapes: args.Contains("--static-shapes"),
     Compute: compute, GradientCheckpointing: args.Contains("--gradient-checkpointing"), CudaGraphs: args.Contains("--cuda-graphs"),
     LossChunks: options.LossChunks, Preference: Array.IndexOf(args, "--dpo") is var dpoAt and >= 0 ? new PreferenceOptions(double.Parse(args[dpoAt + 1])) : null));
@@ -75,6 +77,18 @@ if (args.Contains("--graph-stats"))
 }
 
 if (args.Contains("--ort-graph-stats")) OrtLora.Bench.OrtGraphStats.Print(session.Graph, options.Batch, options.Seq);
+
+if (Array.IndexOf(args, "--bisect") is var bisectAt and >= 0)
+{
+    // Slices load as Gathers with a plugin provider, as TrainingSession loads them; --keep-slices bisects the graph as emitted.
+    var (proto, feeds) = OrtLora.Bench.Bisect.Prepare(session.Graph, args[bisectAt + 1], args.Contains("--static-shapes"),
+        options.EpLibrary is not null && !args.Contains("--keep-slices"), options.Batch, options.Seq);
+    int code = Array.IndexOf(args, "--bisect-prefix") is var prefixAt and >= 0
+        ? OrtLora.Bench.Bisect.RunPrefix(proto, feeds, session.Graph, int.Parse(args[prefixAt + 1]), ortLevel, options.Device, options.EpLibrary)
+        : OrtLora.Bench.Bisect.Search(proto, feeds, session.Graph, args);
+    session.Dispose();
+    Environment.Exit(code);
+}
 
 if (args.Contains("--build-only")) { session.Dispose(); return; }
 var rng = new Random(1);

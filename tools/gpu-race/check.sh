@@ -49,6 +49,8 @@ for flags in "" --bf16; do
   case_ "nofallback-tiny${flags}" env ORTLORA_ORT_CONFIG=session.disable_cpu_ep_fallback=1 "${ortlora[@]}" "${tiny_train[@]}" $flags \
     -o "$out/nofallback${flags}" "${ep[@]}"
 done
+# The forward alone (eval graph: no backward, no optimizer), for a crash that only training graphs have.
+case_ "eval-tiny" "${ortlora[@]}" eval graphs/tiny/model.onnx --data graphs/tiny/demo_eval.parquet "${ep[@]}"
 # Parameters and state in host memory (ORT copies them in each run): the device allocator and bound device buffers out of play.
 case_ "train-tiny-state-on-host" env ORTLORA_STATE_ON_HOST=1 "${ortlora[@]}" train graphs/tiny/model.onnx --data graphs/tiny/demo.parquet \
   --eval-data graphs/tiny/demo_eval.parquet --target-modules all-linear --max-steps 20 --eval-steps 20 --learning-rate 5e-3 --plain-log \

@@ -77,6 +77,18 @@ def case_graph(case):
     elif case == "gatherelements":  # the loss picks the labels' log-probabilities
         nodes = [helper.make_node("GatherElements", ["X", "idx"], ["Y"], axis=2)]
         inits = [const("idx", np.arange(2 * 8 * 16).reshape(2, 8, 16) % 16)]
+    elif case == "gatherelements-pick":  # the loss's shape: one index along the axis
+        nodes = [helper.make_node("GatherElements", ["X", "idx"], ["Y"], axis=2)]
+        inits = [const("idx", np.arange(2 * 8).reshape(2, 8, 1) % 16)]
+    elif case == "gatherelements-computed":  # and indices computed on the device, as the loss's from the labels
+        nodes = [helper.make_node("ArgMax", ["X"], ["idx"], axis=2, keepdims=1),
+                 helper.make_node("GatherElements", ["X", "idx"], ["Y"], axis=2)]
+    elif case in ("scatterelements", "scatterelements-add"):  # the loss's gradient writes at the labels
+        extra = {"reduction": "add"} if case.endswith("add") else {}
+        nodes = [helper.make_node("ScatterElements", ["X", "idx", "upd"], ["Y"], axis=2, **extra)]
+        inits = [const("idx", np.arange(2 * 8).reshape(2, 8, 1) % 16), const("upd", np.ones((2, 8, 1)), np.float32)]
+    elif case == "logsoftmax":
+        nodes = [helper.make_node("LogSoftmax", ["X"], ["Y"], axis=-1)]
     else:
         raise SystemExit(f"unknown case {case}")
     y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
@@ -87,7 +99,8 @@ def case_graph(case):
 
 CASES = ["identity", "matmul", "sigmoid", "slice-const", "slice-const-steps", "slice-computed", "slice-int64", "split",
          "cpu-in-middle", "fusedmatmul", "gather-const", "range-gather", "pad", "split-sizes", "expand", "scatternd-add",
-         "gatherelements"]
+         "gatherelements", "gatherelements-pick", "gatherelements-computed", "scatterelements", "scatterelements-add",
+         "logsoftmax"]
 
 
 def one(library, case, level):

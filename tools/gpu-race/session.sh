@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session's device work in one call (the device gives 15 minutes a session, staging and start included):
-# correctness on CUDA (check.sh, 8 cases at a time) and the single-op crash probe while the exports run on the CPU,
+# correctness on CUDA (check.sh, 8 cases at a time), the single-op crash probe and the bisection of graphs/tiny's
+# training graphs for the node the provider crashes on (bisect.sh), while the exports run on the CPU,
 # then the race, most important first, each phase started only if the time left allows it. Everything lands in $OUT
 # as it is made, so a call stopped at its limit still returns what ran.
 #   bash .gpu/stage.sh && bash tools/gpu-race/session.sh
@@ -63,6 +64,7 @@ phase probe 60 python3 "$here/crash_probe.py" all "$EP_LIBRARY" &
 probe=$!
 ONLY=${CHECK_ONLY:-} JOBS=8 CASE_TIMEOUT=150 CHECK_OUT=/tmp/check phase check 60 bash "$here/check.sh"
 wait $probe
+phase bisect 60 bash "$here/bisect.sh"
 log "waiting for the exports"; wait $exports; log "exports: $(cat /tmp/race/export-*.log 2>/dev/null | grep -c exported)"; save
 
 # The race: SmolLM2 bf16 (the launch-bound case); TinyLlama bf16, one profiled run and float32 with the variants that
