@@ -9,7 +9,7 @@ using OrtLora.Training.Engine;
 namespace OrtLora.Bench;
 
 /// <summary>--bisect eval|gradients|step: which node of a training graph makes the device's provider crash (issue 6: the
-/// CUDA plugin segfaults in Run)? The graph, rewritten as the session would load it (SliceAsGather with a plugin), is
+/// CUDA plugin segfaults in Run)? The graph, rewritten as the session would load it (TrainingSession.ForPlugin), is
 /// cut after its first k nodes, every value no kept node reads becoming an output so that ORT prunes none of them, and
 /// run in a child process (a segfault ends only the child). k is bisected: the first node whose prefix crashes is the
 /// trigger, printed with its op, attributes and its inputs' types and shapes from a CPU probe. Each child rebuilds the
@@ -18,7 +18,7 @@ static class Bisect
 {
     /// <summary>The graph to cut and feeds for it: all-ones tokens of [batch, seq], the parameters' initial values.</summary>
     public static (ModelProto Graph, Dictionary<string, HostTensor> Feeds) Prepare(TrainingGraph graph, string which, bool staticShapes,
-        bool rewriteSlices, int batch, int seq)
+        bool pluginRewrites, int batch, int seq)
     {
         var proto = which switch
         {
@@ -28,7 +28,7 @@ static class Bisect
             _ => throw new ArgumentException($"--bisect {which}: expected eval, gradients or step"),
         };
         proto = staticShapes ? graph.WithBatchShape(proto, batch, seq) : proto.Clone();
-        if (rewriteSlices) SliceAsGather.Apply(proto.Graph);
+        if (pluginRewrites) proto = OrtLora.Training.Engine.TrainingSession.ForPlugin(proto);
         var feeds = proto.Graph.Input.Where(i => !graph.Frozen.Values.ContainsKey(i.Name)).ToDictionary(i => i.Name, i => Feed(graph, i, batch, seq));
         return (proto, feeds);
     }

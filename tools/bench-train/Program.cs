@@ -80,7 +80,7 @@ if (args.Contains("--ort-graph-stats")) OrtLora.Bench.OrtGraphStats.Print(sessio
 
 if (Array.IndexOf(args, "--bisect") is var bisectAt and >= 0)
 {
-    // Slices load as Gathers with a plugin provider, as TrainingSession loads them; --keep-slices bisects the graph as emitted.
+    // With a plugin provider the graph is rewritten as TrainingSession loads it; --keep-slices bisects the graph as emitted.
     var (proto, feeds) = OrtLora.Bench.Bisect.Prepare(session.Graph, args[bisectAt + 1], args.Contains("--static-shapes"),
         options.EpLibrary is not null && !args.Contains("--keep-slices"), options.Batch, options.Seq);
     int code = Array.IndexOf(args, "--bisect-prefix") is var prefixAt and >= 0

@@ -90,6 +90,7 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
 
         var logProbs = Op("LogSoftmax", [logits], ("axis", -1L));
         var picked = Op("GatherElements", [logProbs, targets.TargetIndex], ("axis", -1L));
+        RowIndexAsGather.Mark(g, picked);
         var nll = Op("Mul", [Op("Neg", [Op("Squeeze", [picked, Ints(-1)])]), targets.Weights]);
         var total = Op("ReduceSum", [nll], ("keepdims", 0L));
         var loss = Op("Div", [total, targets.Count]);
@@ -143,10 +144,16 @@ public sealed record CausalLmLoss(string Loss, string Logits, string LogProbs, s
             var share = Op("Div", [GraphConstants.Scalar(g, "grad/loss/const", Smoothing, ElemType), Vocabulary!]);
             var smoothed = Op("Mul", [Op("Sub", [probs, share]), scale]);
             var smoothedTarget = Op("Mul", [Op("Sub", [Op("Sub", [targetProb, share]), GraphConstants.Scalar(g, "grad/loss/const", 1 - Smoothing, ElemType)]), scale]);
-            return Op("ScatterElements", [smoothed, TargetIndex, smoothedTarget], ("axis", -1L));
+            return RowIndexed(g, Op("ScatterElements", [smoothed, TargetIndex, smoothedTarget], ("axis", -1L)));
         }
         var scaled = Op("Mul", [probs, scale]);
         var atTarget = Op("Sub", [Op("Mul", [targetProb, scale]), scale]);
-        return Op("ScatterElements", [scaled, TargetIndex, atTarget], ("axis", -1L));
+        return RowIndexed(g, Op("ScatterElements", [scaled, TargetIndex, atTarget], ("axis", -1L)));
+    }
+
+    static string RowIndexed(GraphEditor g, string output)
+    {
+        RowIndexAsGather.Mark(g, output);
+        return output;
     }
 }

@@ -32,11 +32,7 @@ public sealed partial class TrainingSession
     InferenceSession Load(ModelProto proto)
     {
         if (_options.CudaGraphs) FixedAddresses.RequireNoRandomness(proto);
-        if (_options.RewritesSlices)
-        {
-            proto = proto.Clone();
-            SliceAsGather.Apply(proto.Graph);
-        }
+        if (_options.RewritesForPlugin) proto = ForPlugin(proto);
         using var options = SessionOptions(profile: true, cudaGraphs: _options.CudaGraphs);
         InferenceSession session;
         try { session = new InferenceSession(proto.ToByteArray(), options); }
@@ -46,6 +42,15 @@ public sealed partial class TrainingSession
         }
         PlaceState(session);
         return session;
+    }
+
+    /// <summary>A copy of the graph without the ops the CUDA plugin crashes on (<see cref="TrainingSessionOptions.RewritesForPlugin"/>).</summary>
+    public static ModelProto ForPlugin(ModelProto proto)
+    {
+        proto = proto.Clone();
+        SliceAsGather.Apply(proto.Graph);
+        RowIndexAsGather.Apply(proto.Graph);
+        return proto;
     }
 
     SessionOptions SessionOptions(bool profile, bool cudaGraphs)

@@ -53,11 +53,12 @@ public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThrea
     double NeftuneNoiseAlpha = 0, int Seed = 42, double LabelSmoothing = 0, long HostUpdateFrom = ParameterBundle.AloneFrom,
     PreferenceOptions? Preference = null, bool TokenWeighted = false, double LogitsTemperature = 1, double? DistillationBeta = null,
     bool DisableDropout = false, bool Classification = false, bool TokenClassification = false, double ClassifierDropout = 0, bool MultiLabel = false,
-    bool? SlicesAsGathers = null, bool StateOnHost = false)
+    bool? PluginRewrites = null, bool StateOnHost = false)
 {
-    /// <summary>Whether each graph's Slices load as Gathers (<see cref="SliceAsGather"/>): by default with a plugin
-    /// execution provider (--ep-library), whose CUDA build crashes on Slice.</summary>
-    public bool RewritesSlices => SlicesAsGathers ?? EpLibrary is not null;
+    /// <summary>Whether each graph loads with the ops the CUDA plugin crashes on rewritten (docs/gpu.md): Slices as
+    /// Gathers (<see cref="SliceAsGather"/>), the loss's GatherElements and ScatterElements as flat Gather and
+    /// ScatterND (<see cref="RowIndexAsGather"/>). By default with a plugin execution provider (--ep-library).</summary>
+    public bool RewritesForPlugin => PluginRewrites ?? EpLibrary is not null;
 }
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain

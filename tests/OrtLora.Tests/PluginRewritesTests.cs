@@ -7,9 +7,10 @@ using DT = Onnx.TensorProto.Types.DataType;
 
 namespace OrtLora.Tests;
 
-/// <summary>The plugin CUDA provider's Slice crash worked around (docs/gpu.md): every Slice it would run becomes
-/// Gathers that pick the same elements, checked against ORT's own Slice on the CPU.</summary>
-public class SliceAsGatherTests
+/// <summary>The ops the plugin CUDA provider crashes on, rewritten (docs/gpu.md): every Slice it would run becomes
+/// Gathers that pick the same elements, the loss's GatherElements and ScatterElements a flat Gather and ScatterND;
+/// each checked against ORT's own op on the CPU, and by training through the rewritten graphs.</summary>
+public class PluginRewritesTests
 {
     const long Max = long.MaxValue, Min = long.MinValue;
 
@@ -85,6 +86,53 @@ public class SliceAsGatherTests
         }
     }
 
+    /// <summary>The loss's row indexing (marked GatherElements and ScatterElements along the last axis) against the
+    /// flat Gather and ScatterND it becomes, at two batch shapes and with one and with three indices a row.</summary>
+    [TestCase(1)]
+    [TestCase(3)]
+    public void RowIndexingPicksAndWritesTheSameElements(int perRow)
+    {
+        var model = new ModelProto { IrVersion = 9, Graph = new GraphProto { Name = "rows" } };
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = 18 });
+        var g = new GraphEditor(model.Graph);
+        model.Graph.Input.Add(Input("data", DT.Float, "b", "s", 7L));
+        model.Graph.Input.Add(Input("index", DT.Int64, "b", "s", (long)perRow));
+        model.Graph.Input.Add(Input("values", DT.Float, "b", "s", (long)perRow));
+        var picked = g.Add("GatherElements", ["data", "index"], attributes: ("axis", -1L));
+        var written = g.Add("ScatterElements", ["data", "index", "values"], attributes: ("axis", -1L));
+        var unmarked = g.Add("GatherElements", ["data", "index"], attributes: ("axis", -1L));
+        RowIndexAsGather.Mark(g, picked);
+        RowIndexAsGather.Mark(g, written);
+        foreach (var o in new[] { picked, written, unmarked }) model.Graph.Output.Add(new ValueInfoProto { Name = o });
+        var rewritten = model.Clone();
+        Assert.That(RowIndexAsGather.Apply(rewritten.Graph), Is.EqualTo(2), "the marked nodes only");
+        Assert.That(rewritten.Graph.Node.Count(n => n.OpType is "GatherElements" or "ScatterElements"), Is.EqualTo(1));
+
+        var rng = new Random(7);
+        foreach (var (b, s) in new[] { (2, 5), (3, 1) })
+        {
+            int rows = b * s;
+            // distinct indices within a row: ScatterElements leaves the order of duplicate writes unspecified
+            var index = Enumerable.Range(0, rows).SelectMany(_ => Enumerable.Range(0, 7).OrderBy(_ => rng.Next()).Take(perRow)).Select(i => (long)i).ToArray();
+            var feeds = new Dictionary<string, HostTensor>
+            {
+                ["data"] = HostTensor.Of(Enumerable.Range(0, rows * 7).Select(_ => (float)rng.NextDouble()).ToArray(), b, s, 7),
+                ["index"] = HostTensor.Of(index, b, s, perRow),
+                ["values"] = HostTensor.Of(Enumerable.Range(0, rows * perRow).Select(_ => -(float)rng.NextDouble()).ToArray(), b, s, perRow),
+            };
+            using var original = new OnnxModel(model.Clone());
+            using var flat = new OnnxModel(rewritten.Clone());
+            var expected = OrtRun.Run(original, feeds);
+            var actual = OrtRun.Run(flat, feeds);
+            foreach (var o in new[] { picked, written })
+            {
+                Assert.That(actual[o].Shape, Is.EqualTo(expected[o].Shape), o);
+                Assert.That(actual[o].Data, Is.EqualTo(expected[o].Data), o);
+            }
+            Assert.That(expected[written].Floats.Count(v => v < 0), Is.EqualTo(rows * perRow), "the scatter wrote every index");
+        }
+    }
+
     static ValueInfoProto Input(string name, DT type, params object[] dims)
     {
         var tensor = new TypeProto.Types.Tensor { ElemType = (int)type, Shape = new TensorShapeProto() };
@@ -93,21 +141,26 @@ public class SliceAsGatherTests
         return new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = tensor } };
     }
 
-    /// <summary>Training through the rewritten graphs (what a plugin provider loads) is training: the tiny LLaMA's
-    /// rotary halves, the loss's label shift and the backward's Slices all become Gathers, and losses and parameters
-    /// stay those of the Slices.</summary>
-    [Test]
-    public void TrainingThroughGathersMatchesTrainingThroughSlices()
+    /// <summary>Training through the rewritten graphs (what a plugin provider loads) is training: the rotary halves,
+    /// the loss's label shift and the backward's Slices become Gathers, the loss's row indexing flat Gather and
+    /// ScatterND, and losses and parameters stay those of the original ops (with label smoothing too).</summary>
+    [TestCase(0.0)]
+    [TestCase(0.1)]
+    public void TrainingThroughTheRewritesMatchesTrainingWithout(double labelSmoothing)
     {
         var batch = PeftParity.ReadBatch(SafeTensors.Read(Shared.Peft("llama", "reference.safetensors")));
         using var model = EngineFixtures.InjectedModel("llama", "torchscript"); // computed rotary bounds
-        var options = new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01));
+        var options = new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01), LabelSmoothing: labelSmoothing);
         using var slices = new TrainingSession(model, options);
-        using var gathers = new TrainingSession(model, options with { SlicesAsGathers = true });
-        Assert.That(options.RewritesSlices, Is.False);
-        Assert.That((options with { EpLibrary = "plugin.so" }).RewritesSlices, Is.True, "on by default with a plugin provider");
-        var probe = slices.Graph.Gradients.Clone();
-        Assert.That(SliceAsGather.Apply(probe.Graph), Is.GreaterThan(4), "the graph had Slices of data to rewrite");
+        using var gathers = new TrainingSession(model, options with { PluginRewrites = true });
+        Assert.That(options.RewritesForPlugin, Is.False);
+        Assert.That((options with { EpLibrary = "plugin.so" }).RewritesForPlugin, Is.True, "on by default with a plugin provider");
+        var step = slices.Graph.BuildStep(options.AdamW);
+        var forPlugin = TrainingSession.ForPlugin(step).Graph.Node;
+        Assert.That(step.Graph.Node.Count(n => n.OpType is "Slice" or "GatherElements" or "ScatterElements"), Is.GreaterThan(6), "the step had ops to rewrite");
+        Assert.That(forPlugin.Count(n => n.OpType is "GatherElements" or "ScatterElements"), Is.Zero);
+        Assert.That(forPlugin.Where(n => n.OpType == "Slice").Select(n => forPlugin.FirstOrDefault(p => p.Output.Contains(n.Input[0]))?.OpType ?? "initializer"),
+            Has.All.AnyOf("Shape", "Constant", "initializer"), "only Slices of shapes and constants are left (the CPU runs those)");
         for (int i = 0; i < 3; i++)
             Assert.That(gathers.Step(batch, 1e-2f, maxGradNorm: 1f), Is.EqualTo(slices.Step(batch, 1e-2f, maxGradNorm: 1f)).Within(1e-6), $"step {i}");
         Assert.That(gathers.EvalLoss(batch), Is.EqualTo(slices.EvalLoss(batch)).Within(1e-6));
