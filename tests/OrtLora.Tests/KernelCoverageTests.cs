@@ -33,6 +33,13 @@ public class KernelCoverageTests
             + string.Join("\n  ", missing.Take(20)));
         var copies = HostArguments.DeviceToHost(graph, types);
         Assert.That(copies, Is.Empty, $"{what}: device-to-host copies for\n  " + string.Join("\n  ", copies.Take(20)));
+        // What a plugin provider loads (TrainingSession.ForPlugin) holds none of the ops the plugin was seen to crash on,
+        // and still has a CUDA kernel for every node.
+        var forPlugin = TrainingSession.ForPlugin(graph);
+        var crashes = KernelCoverage.PluginCrashes(forPlugin);
+        Assert.That(crashes.Select(n => $"{n.OpType} {n.Name}"), Is.Empty, $"{what}: left for the plugin to crash on");
+        var pluginMissing = KernelCoverage.Missing(forPlugin, KernelTable.Cuda, ValueTable.ElemTypes(forPlugin));
+        Assert.That(pluginMissing, Is.Empty, $"{what} for the plugin: no CUDA kernel for\n  " + string.Join("\n  ", pluginMissing.Take(20)));
     }
 
     /// <summary>All four graphs a training run loads (eval, step, accumulate, apply), with LoRA dropout and weight

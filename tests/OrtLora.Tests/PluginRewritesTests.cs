@@ -105,7 +105,7 @@ public class PluginRewritesTests
         RowIndexAsGather.Mark(g, written);
         foreach (var o in new[] { picked, written, unmarked }) model.Graph.Output.Add(new ValueInfoProto { Name = o });
         var rewritten = model.Clone();
-        Assert.That(RowIndexAsGather.Apply(rewritten.Graph), Is.EqualTo(2), "the marked nodes only");
+        Assert.That(RowIndexAsGather.Apply(rewritten), Is.EqualTo(2), "the marked nodes only");
         Assert.That(rewritten.Graph.Node.Count(n => n.OpType is "GatherElements" or "ScatterElements"), Is.EqualTo(1));
 
         var rng = new Random(7);

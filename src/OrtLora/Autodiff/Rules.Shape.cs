@@ -116,7 +116,9 @@ public static partial class GradientRules
             long axis = axes[k];
             var dim = c.Op("Squeeze", [c.Dims(c.I(0), (int)axis, (int)axis + 1), c.Ints(0)]);
             var ramp = c.Op("Range", [c.ScalarOfType(0, Int64), dim, c.ScalarOfType(1, Int64)]);
-            string Part(int input) => AsInt64(c, c.Op("Slice", [c.I(input), c.Ints(k), c.Ints(k + 1), c.Ints(0)]), c.I(input));
+            // Constant bounds and steps stay constants (the CUDA plugin's SliceAsGather needs a constant step).
+            string Part(int input) => c.ConstInts(c.I(input)) is { } constant ? c.Ints(constant[k])
+                : AsInt64(c, c.Op("Slice", [c.I(input), c.Ints(k), c.Ints(k + 1), c.Ints(0)]), c.I(input));
             var picked = c.Op("Slice", [ramp, Part(1), Part(2), c.Ints(0), c.HasInput(4) ? Part(4) : c.Ints(1)]);
             var viewShape = Enumerable.Repeat(1L, rank).ToArray(); viewShape[axis] = -1;
             var gradShape = c.Op("Shape", [grad]);

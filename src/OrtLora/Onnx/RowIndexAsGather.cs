@@ -15,9 +15,14 @@ public static class RowIndexAsGather
     public static void Mark(GraphEditor g, string output) => g.Producer(output)!.DocString = Marker;
 
     /// <summary>Rewrites the marked nodes in place; returns how many.</summary>
-    public static int Apply(GraphProto graph)
+    public static int Apply(ModelProto model)
     {
+        var graph = model.Graph;
         var g = new GraphEditor(graph);
+        // Back to the original shape, which may have a 0 dim (an empty chunk of the chunked loss): Reshape reads a 0 in
+        // the shape as "copy the input's dim" unless allowzero (opset 14) says it is a 0.
+        long opset = model.OpsetImport.Where(o => o.Domain is "" or "ai.onnx").Select(o => o.Version).DefaultIfEmpty(1).Max();
+        (string, object)[] keepZeros = opset >= 14 ? [("allowzero", 1L)] : [];
         var constants = new Dictionary<(long, bool), string>();
         string Int64(long value, bool vector = false)
         {
@@ -42,10 +47,10 @@ public static class RowIndexAsGather
             var flatIndices = Op("Reshape", [Op("Add", [offsets, byRow]), flat]);
             var flatData = Op("Reshape", [data, flat]);
             if (node.OpType == "GatherElements")
-                g.Add("Reshape", [Op("Gather", [flatData, flatIndices]), Op("Shape", [indices])], name: name + "/flat", outputs: [node.Output[0]]);
+                g.Add("Reshape", [Op("Gather", [flatData, flatIndices]), Op("Shape", [indices])], name: name + "/flat", outputs: [node.Output[0]], attributes: keepZeros);
             else
                 g.Add("Reshape", [Op("ScatterND", [flatData, Op("Unsqueeze", [flatIndices, flat]), Op("Reshape", [node.Input[2], flat])]), Op("Shape", [data])],
-                    name: name + "/flat", outputs: [node.Output[0]]);
+                    name: name + "/flat", outputs: [node.Output[0]], attributes: keepZeros);
             g.RemoveNode(node);
             rewritten++;
         }

@@ -26,7 +26,7 @@ public static class SliceAsGather
         int rewritten = 0;
         foreach (var slice in graph.Node.Where(n => n.OpType == "Slice" && n.Domain is "" or "ai.onnx").ToList())
         {
-            if (OnHost(g, slice.Input[0])) continue;
+            if (RunsOnHost(g, slice.Input[0])) continue;
             string? Optional(int i) => slice.Input.Count > i && slice.Input[i] != "" ? slice.Input[i] : null;
             long[]? axes = Optional(3) is { } a ? Longs(g, a) : null;
             long[]? steps = Optional(4) is { } s ? Longs(g, s) : null;
@@ -60,7 +60,7 @@ public static class SliceAsGather
     }
 
     /// <summary>Shapes and constants: the CPU provider computes their slices (shape arithmetic), no CUDA kernel runs.</summary>
-    static bool OnHost(GraphEditor g, string data) => g.Constant(data) is not null || g.Producer(data) is { OpType: "Shape" };
+    public static bool RunsOnHost(GraphEditor g, string data) => g.Constant(data) is not null || g.Producer(data) is { OpType: "Shape" };
 
     static long[]? Longs(GraphEditor g, string name) =>
         g.Constant(name) is { } t ? Tensors.ReadInt64s(Tensors.InlineBytes(t), t.DataType) : null;

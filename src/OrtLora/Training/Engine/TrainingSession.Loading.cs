@@ -49,7 +49,7 @@ public sealed partial class TrainingSession
     {
         proto = proto.Clone();
         SliceAsGather.Apply(proto.Graph);
-        RowIndexAsGather.Apply(proto.Graph);
+        RowIndexAsGather.Apply(proto);
         return proto;
     }
 
