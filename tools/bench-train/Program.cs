@@ -82,7 +82,7 @@ if (Array.IndexOf(args, "--bisect") is var bisectAt and >= 0)
 {
     // With a plugin provider the graph is rewritten as TrainingSession loads it; --keep-slices bisects the graph as emitted.
     var (proto, feeds) = OrtLora.Bench.Bisect.Prepare(session.Graph, args[bisectAt + 1], args.Contains("--static-shapes"),
-        options.EpLibrary is not null && !args.Contains("--keep-slices"), options.Batch, options.Seq);
+        session.RewritesForPlugin && !args.Contains("--keep-slices"), options.Batch, options.Seq);
     int code = Array.IndexOf(args, "--bisect-prefix") is var prefixAt and >= 0
         ? OrtLora.Bench.Bisect.RunPrefix(proto, feeds, session.Graph, int.Parse(args[prefixAt + 1]), ortLevel, options.Device, options.EpLibrary)
         : OrtLora.Bench.Bisect.Search(proto, feeds, session.Graph, args);

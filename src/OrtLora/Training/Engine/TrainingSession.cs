@@ -89,6 +89,9 @@ public sealed partial class TrainingSession : IDisposable
     bool _statePlaced;
     int _microBatches; // accumulated since the last update
 
+    /// <summary>Whether the graphs load with the CUDA plugin's rewrites (<see cref="TrainingSessionOptions.RewritesForPlugin"/>).</summary>
+    public bool RewritesForPlugin => _options.RewritesForPlugin;
+
     public TrainingSession(OnnxModel model, TrainingSessionOptions options, IReadOnlyList<string>? parameters = null)
     {
         // CUDA graphs need fixed shapes and every buffer where the session allocates: the two options that give them.
@@ -96,6 +99,8 @@ public sealed partial class TrainingSession : IDisposable
         // A diagnostic for a device provider that misbehaves (docs/gpu.md): parameters and state stay in host memory
         // and ORT copies them to the device each run, so the device allocator and bound device buffers are out of play.
         if (Environment.GetEnvironmentVariable("ORTLORA_STATE_ON_HOST") == "1" && !_options.CudaGraphs) _options = _options with { StateOnHost = true };
+        // And the plugin rewrites forced on (1) or off (0), to tell a provider that needs them from one that does not.
+        if (Environment.GetEnvironmentVariable("ORTLORA_PLUGIN_REWRITES") is { } rewrites && rewrites is "0" or "1") _options = _options with { PluginRewrites = rewrites == "1" };
         if (options.Compute == ComputeType.BFloat16 && options.Device == "cpu")
             throw new OrtLoraException("bfloat16 compute needs an execution provider with bfloat16 kernels (--device cuda): ONNX Runtime's CPU " +
                 "provider has none for MatMul, Add, Softmax and most other ops. On CPU use --fp16 (ONNX Runtime runs float16 through float32 kernels there)");
