@@ -167,6 +167,31 @@ public class ClassificationDataTests
             Assert.That(data.FileExamples().Single().Example!.InputIds, Is.EqualTo(gpt2.Encode(a).Concat(gpt2.Encode(b))));
     }
 
+    /// <summary>run_classification's text_column_names: the columns joined, in the order given, by text_column_delimiter
+    /// into one text (no pair); a null in any of them skips the row; a missing column or another format is an error.</summary>
+    [Test]
+    public void TextColumnNamesJoinColumnsIntoOneText()
+    {
+        string a = "The cat sat on the warm mat.", b = "A cat rested.";
+        var path = Shared.WriteParquet([new PairRow { sentence1 = a, sentence2 = b, label = 1 }, new PairRow { sentence1 = "x", sentence2 = null, label = 0 }], "joined.parquet");
+        var gpt2 = TokenizerLoader.Load(Shared.Require("tokenizers", "hf-gpt2", "tokenizer.json"));
+        var options = new DataOptions { Format = DatasetFormat.Classification, MaxSeqLength = 64, TextColumnNames = ["sentence2", "sentence1"], TextColumnDelimiter = " | " };
+        using (var data = TrainingData.Open(path, gpt2, options))
+        {
+            Assert.That(data.Train.ClassificationTextPair, Is.Null, "joined, not a pair");
+            var example = data.FileExamples().Single(); // the row with a null sentence2 is skipped
+            Assert.That(example.Example!.InputIds, Is.EqualTo(gpt2.Encode(b + " | " + a)));
+            Assert.That(example.Example.Labels[^1], Is.EqualTo(1));
+        }
+        Assert.That(Assert.Throws<OrtLoraException>(() => TrainingData.Open(path, gpt2, options with { TextColumnNames = ["sentence1", "premise"] }).Dispose())!.Message,
+            Does.Contain("joined.parquet").And.Contain("'premise'").And.Contain("--text-column-names"));
+        Assert.That(Assert.Throws<OrtLoraException>(() => TrainingData.Open(path, gpt2, options with { Format = DatasetFormat.Text }).Dispose())!.Message,
+            Does.Contain("--text-column-names is for classification data"));
+        var shown = OrtloraOk("show-data", path, "--tokenizer", Path.Combine(Shared.RepoRoot, "graphs", "tiny"), "--dataset-format", "classification",
+            "--text-column-names", "sentence2, sentence1", "--text-column-delimiter", " | ").Out;
+        Assert.That(shown, Does.Contain(b + " | " + a));
+    }
+
     /// <summary>`show-data --dataset-format classification` prints each row whole with its class; --dataset-text-field
     /// names another text column.</summary>
     [Test]

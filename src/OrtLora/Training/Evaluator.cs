@@ -129,7 +129,7 @@ public static class Evaluator
         }
         if (classes is null)
         {
-            using var file = ParquetDataset.Open(dataPath, format, options.TextColumn, labelColumn: options.LabelColumn);
+            using var file = ParquetDataset.Open(dataPath, format, options.TextColumn, labelColumn: options.LabelColumn, textColumnNames: options.TextColumnNames, textColumnDelimiter: options.TextColumnDelimiter);
             classes = ClassLabels.From(file, numLabels);
         }
         if (classes.Count != numLabels) throw new OrtLoraException($"{model.Source}: a classifier of {numLabels} labels, and its id2label names {classes.Count}");
@@ -153,7 +153,7 @@ public static class Evaluator
     /// or a negative integer (datasets' mark of an unlabelled row) somewhere; a token classifier's, a row with labels.</summary>
     static bool Labelled(string dataPath, DataOptions options, DatasetFormat format)
     {
-        using var file = ParquetDataset.Open(dataPath, format, options.TextColumn, labelsOptional: true, options.LabelColumn);
+        using var file = ParquetDataset.Open(dataPath, format, options.TextColumn, labelsOptional: true, options.LabelColumn, options.TextColumnNames, options.TextColumnDelimiter);
         return file.LabelColumn is not null && file.ReadAll().Any(r => r.Record is ClassificationRecord { LabelSet: not null } or TokenClassificationRecord { Labels.Count: > 0 }
             || r.Record is ClassificationRecord { Label: var label } && label != ""
             && !(long.TryParse(label, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out var value) && value < 0));

@@ -33,7 +33,7 @@ public static partial class Trainer
         if (!options.PerToken && options.ClassifierDropout is not null)
             throw new OrtLoraException("--classifier-dropout is a token classifier's (transformers' ForSequenceClassification heads of causal LMs have none): it is for --task-type TOKEN_CLS");
         using var file = ParquetDataset.Open(job.DataPath, options.PerToken ? DatasetFormat.TokenClassification : DatasetFormat.Classification, job.Data.TextColumn,
-            labelColumn: job.Data.LabelColumn);
+            labelColumn: job.Data.LabelColumn, textColumnNames: options.PerToken ? null : job.Data.TextColumnNames, textColumnDelimiter: job.Data.TextColumnDelimiter);
         return ClassLabels.From(file, options.NumLabels);
     }
 

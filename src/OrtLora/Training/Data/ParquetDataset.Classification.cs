@@ -28,6 +28,9 @@ public sealed partial class ParquetDataset
     readonly bool _labelsOptional;
     /// <summary>The label column asked for (--label-column-name), or null for the format's usual names.</summary>
     readonly string? _labelColumnName;
+    /// <summary>Text columns joined into a row's text (run_classification's text_column_names), or null.</summary>
+    readonly IReadOnlyList<string>? _textColumnNames;
+    readonly string _textColumnDelimiter;
 
     /// <summary>The label column: the one asked for (which must exist unless labels are optional), else the first of
     /// <paramref name="usual"/> the file has.</summary>
@@ -46,6 +49,15 @@ public sealed partial class ParquetDataset
 
     void RequireClassificationColumns()
     {
+        if (_textColumnNames is { } names)
+        {
+            foreach (var name in names.Where(n => !Columns.Contains(n)))
+                throw new OrtLoraException($"{Path}: no column '{name}' (--text-column-names); the file has columns: {string.Join(", ", Columns)}");
+            foreach (var name in names) RequireStringColumn(name);
+            ClassificationText = names[0];
+            FindClassificationLabel();
+            return;
+        }
         var pair = Columns.Contains(TextColumn) ? default : TextPairs.FirstOrDefault(p => Columns.Contains(p.First) && Columns.Contains(p.Second));
         ClassificationTextPair = pair.Second;
         ClassificationText = Columns.Contains(TextColumn) ? TextColumn : pair.First ?? (Columns.Contains("sentence") ? "sentence"
@@ -53,6 +65,11 @@ public sealed partial class ParquetDataset
                                          $"the file has columns: {string.Join(", ", Columns)}"));
         if (ClassificationTextPair is { } second) RequireStringColumn(second);
         RequireStringColumn(ClassificationText);
+        FindClassificationLabel();
+    }
+
+    void FindClassificationLabel()
+    {
         LabelColumn = FindLabelColumn(["label", "labels"], "classification data");
         if (LabelColumn is null) return; // rows to predict
         var field = FirstReader.Schema.Fields.First(f => f.Name == LabelColumn);
@@ -76,6 +93,7 @@ public sealed partial class ParquetDataset
     {
         var text = ReadStrings(group, ClassificationText!);
         var pair = ClassificationTextPair is { } second ? ReadStrings(group, second) : null;
+        var joined = _textColumnNames?.Skip(1).Select(c => ReadStrings(group, c)).ToList() ?? [];
         var labelSets = LabelIsList ? ReadLists(group, LabelColumn!) : null;
         var labels = LabelColumn is null ? new string?[text.Length]
             : LabelIsList ? [.. labelSets!.Select(l => l is null ? null : "")]
@@ -85,7 +103,7 @@ public sealed partial class ParquetDataset
         for (int i = 0; i < text.Length; i++)
         {
             // a row to predict needs no label; an empty list of labels is a row where no class applies
-            string?[] texts = [text[i], .. pair is null ? [] : new[] { pair[i] }];
+            string?[] texts = [text[i], .. pair is null ? [] : new[] { pair[i] }, .. joined.Select(column => column[i])];
             var skip = Check([.. texts, .. _labelsOptional || LabelIsList && labels[i] == "" ? [] : new[] { labels[i] }]);
             if (skip != Skip.None) { rows.Add(new Row(null, skip)); continue; }
             // JSON Lines: a row's labels as a JSON array (an empty one: no class applies)
@@ -93,7 +111,9 @@ public sealed partial class ParquetDataset
                 : labels[i]?.TrimStart().StartsWith('[') == true ? JsonList(labels[i]!, LabelColumn!, RowGroupStart(group) + i).Select(l => l?.Trim() ?? "").ToList() : null;
             if (set is not null && set.Any(l => l == ""))
                 throw new OrtLoraException($"{Path}: row {RowGroupStart(group) + i}: a null or empty label in '{LabelColumn}'");
-            rows.Add(new Row(new ClassificationRecord(text[i]!, set is null ? labels[i]?.Trim() ?? "" : "") { TextPair = pair?[i], LabelSet = set }, Skip.None));
+            // run_classification's text_column_names: the columns joined into one text, no pair
+            var rowText = joined.Count == 0 ? text[i]! : string.Join(_textColumnDelimiter, texts);
+            rows.Add(new Row(new ClassificationRecord(rowText, set is null ? labels[i]?.Trim() ?? "" : "") { TextPair = pair?[i], LabelSet = set }, Skip.None));
         }
         return rows;
     }

@@ -23,11 +23,13 @@ public sealed partial class ParquetDataset : IDisposable
     /// <param name="columnsOnly">read the schema only: no format detected, no columns required</param>
     /// <param name="labelsOptional">classification rows to predict: the label column may be missing, a label null</param>
     ParquetDataset(string path, List<Shard> shards, DatasetFormat format, string textColumn, bool columnsOnly = false, bool labelsOptional = false,
-        string? labelColumn = null)
+        string? labelColumn = null, IReadOnlyList<string>? textColumnNames = null, string textColumnDelimiter = " ")
     {
         Path = path;
         _labelsOptional = labelsOptional;
         _labelColumnName = labelColumn;
+        _textColumnNames = textColumnNames is { Count: > 0 } ? textColumnNames : null;
+        _textColumnDelimiter = textColumnDelimiter;
         _shards = shards;
         TextColumn = textColumn;
         Columns = [.. FirstReader.Schema.Fields.Select(f => f.Name)];
@@ -82,11 +84,14 @@ public sealed partial class ParquetDataset : IDisposable
     /// <param name="labelsOptional">classification rows to predict: the label column may be missing, a label null</param>
     /// <param name="labelColumn">classification data: the label column (run_ner's and run_classification's
     /// label_column_name); null: the format's usual names</param>
+    /// <param name="textColumnNames">classification data: the text columns, joined into one text with
+    /// <paramref name="textColumnDelimiter"/> (run_classification's text_column_names and text_column_delimiter)</param>
     public static ParquetDataset Open(string path, DatasetFormat format = DatasetFormat.Auto, string textColumn = "text", bool labelsOptional = false,
-        string? labelColumn = null) =>
-        Open(path, format, textColumn, columnsOnly: false, labelsOptional, labelColumn);
+        string? labelColumn = null, IReadOnlyList<string>? textColumnNames = null, string textColumnDelimiter = " ") =>
+        Open(path, format, textColumn, columnsOnly: false, labelsOptional, labelColumn, textColumnNames, textColumnDelimiter);
 
-    static ParquetDataset Open(string path, DatasetFormat format, string textColumn, bool columnsOnly, bool labelsOptional = false, string? labelColumn = null)
+    static ParquetDataset Open(string path, DatasetFormat format, string textColumn, bool columnsOnly, bool labelsOptional = false, string? labelColumn = null,
+        IReadOnlyList<string>? textColumnNames = null, string textColumnDelimiter = " ")
     {
         var shards = new List<Shard>();
         try
@@ -105,7 +110,7 @@ public sealed partial class ParquetDataset : IDisposable
                     throw new OrtLoraException($"{file} is not a readable Parquet file (truncated or another format?): {e.Message}", e);
                 }
             }
-            return new ParquetDataset(path, shards, format, textColumn, columnsOnly, labelsOptional, labelColumn);
+            return new ParquetDataset(path, shards, format, textColumn, columnsOnly, labelsOptional, labelColumn, textColumnNames, textColumnDelimiter);
         }
         catch
         {
@@ -150,6 +155,8 @@ public sealed partial class ParquetDataset : IDisposable
 
     void RequireColumns()
     {
+        if (_textColumnNames is not null && Format != DatasetFormat.Classification)
+            throw new OrtLoraException($"{Path}: --text-column-names is for classification data (run_classification's text_column_names), not {Format} data");
         if (Format == DatasetFormat.Classification) { RequireClassificationColumns(); return; }
         if (Format == DatasetFormat.TokenClassification) { RequireTokenClassificationColumns(); return; }
         var needed = Format switch

@@ -11,6 +11,10 @@ public sealed record DataOptions
     /// <summary>Classification data: the label column (run_ner's and run_classification's label_column_name); null:
     /// label/labels, or a token classifier's ner_tags, tags, ...</summary>
     public string? LabelColumn { get; init; }
+    /// <summary>Classification data: text columns joined into one text (run_classification's text_column_names), or null.</summary>
+    public IReadOnlyList<string>? TextColumnNames { get; init; }
+    /// <summary>What joins <see cref="TextColumnNames"/> (run_classification's text_column_delimiter).</summary>
+    public string TextColumnDelimiter { get; init; } = " ";
     public int MaxSeqLength { get; init; } = 512;
     /// <summary>Also learn the prompt (instruction data) / user turns (chat data); off: loss on responses only.</summary>
     public bool TrainOnPrompt { get; init; }
@@ -128,7 +132,7 @@ public sealed class TrainingData : IDisposable
             throw new OrtLoraException($"--truncation-mode must be keep_end or keep_start, got '{options.TruncationMode}'");
         if (options.MaxPromptLength <= 0 || options.MaxCompletionLength <= 0)
             throw new OrtLoraException($"--max-prompt-length and --max-completion-length must be positive, got {options.MaxPromptLength} and {options.MaxCompletionLength}");
-        var train = ParquetDataset.Open(trainPath, options.Format, options.TextColumn, labelColumn: options.LabelColumn);
+        var train = ParquetDataset.Open(trainPath, options.Format, options.TextColumn, labelColumn: options.LabelColumn, textColumnNames: options.TextColumnNames, textColumnDelimiter: options.TextColumnDelimiter);
         // Without this the renderer and encoders, which know completions only, would fail on the first row.
         if (train.Format == DatasetFormat.Prompt)
         {
@@ -149,7 +153,7 @@ public sealed class TrainingData : IDisposable
         ParquetDataset? eval = null;
         try
         {
-            eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn, labelColumn: options.LabelColumn);
+            eval = evalPath is null ? null : ParquetDataset.Open(evalPath, train.Format, options.TextColumn, labelColumn: options.LabelColumn, textColumnNames: options.TextColumnNames, textColumnDelimiter: options.TextColumnDelimiter);
             var chat = train.IsConversational
                 ? Data.ChatTemplate.Resolve(options.ChatTemplate, tokenizerConfig ?? tokenizer.Config,
                     Path.Combine(Path.GetDirectoryName(tokenizer.Source) ?? "", "tokenizer_config.json"), options.ChatTemplateKwargs)

@@ -16,7 +16,7 @@ public static class ClassifierPredictions
     /// <returns>the rows predicted</returns>
     public static int Write(OnnxModel model, string dataPath, TextTokenizer tokenizer, ClassLabels classes, DataOptions options, string path)
     {
-        using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, options.TextColumn, labelsOptional: true, options.LabelColumn);
+        using var file = ParquetDataset.Open(dataPath, DatasetFormat.Classification, options.TextColumn, labelsOptional: true, options.LabelColumn, options.TextColumnNames, options.TextColumnDelimiter);
         return Predict(model, file, tokenizer, options, path, (chunk, writer, run) =>
         {
             // right padding (Batching.Pad), as the classifier reads each row's last non-pad token
@@ -39,7 +39,7 @@ public static class ClassifierPredictions
     /// <returns>the rows predicted</returns>
     public static int WriteTokens(OnnxModel model, string dataPath, TextTokenizer tokenizer, ClassLabels classes, DataOptions options, string path)
     {
-        using var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn, labelsOptional: true, options.LabelColumn);
+        using var file = ParquetDataset.Open(dataPath, DatasetFormat.TokenClassification, options.TextColumn, labelsOptional: true, options.LabelColumn, options.TextColumnNames, options.TextColumnDelimiter);
         return Predict(model, file, tokenizer, options, path, (chunk, writer, run) =>
         {
             var rows = chunk.Select(r => (r.Index, Row: (TokenClassificationRecord)r.Record,
