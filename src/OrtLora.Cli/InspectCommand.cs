@@ -102,6 +102,12 @@ public static class InspectCommand
             ? "no device-to-host copies: every host-memory argument (shapes, axes, counts) is computed from shapes, constants or token inputs"
             : $"{copies.Count} host-memory arguments are computed on the device and copied back mid-graph:");
         foreach (var c in copies) Console.WriteLine($"  {c} ({Origin(c.Node)})");
+        // The ops the CUDA plugin was seen to crash on (docs/gpu.md), as emitted and as a plugin loads the graph.
+        var crashes = KernelCoverage.PluginCrashes(step);
+        var left = KernelCoverage.PluginCrashes(TrainingSession.ForPlugin(step));
+        Console.WriteLine($"CUDA plugin (--ep-library): {crashes.Count} nodes of ops it was seen to crash on " +
+            $"({string.Join(", ", crashes.GroupBy(n => n.OpType).Select(g => $"{g.Key} {g.Count()}"))}); {left.Count} left after its rewrites");
+        foreach (var n in left) Console.WriteLine($"  {n.OpType} '{n.Name}' ({Origin(n)})");
     }
 
     static void WriteAdapters(LoraModel lora, GraphEditor graph)
