@@ -7,6 +7,7 @@
 //       [--modules-to-save lm_head,embed_tokens] [--trainable-tokens N (the first N ids of the token embedding)]
 //       [--target-modules q_proj,v_proj,embed_tokens (default all-linear)] [--dpo BETA (the batch's rows as chosen/rejected pairs)]
 //       [--bisect eval|gradients|step [--keep-slices]] (the first node of that graph the device crashes on: Bisect.cs)
+//       [--sweep eval|gradients|step [--keep-slices]] (every node signature of that graph run alone: Sweep.cs; SWEEP_JOBS, SWEEP_DIR)
 // --quantize-weights: the base's linear weights stored quantized (WeightQuantizer: uint4 blocks or int8 channels, read
 // through DequantizeLinear), QLoRA-style. --save-base PATH writes the
 // (quantized) base and stops: bench it with --model PATH in a fresh process.
@@ -27,6 +28,8 @@ using OrtLora.Onnx;
 using OrtLora.Training.Engine;
 
 var options = Args.Parse(args);
+if (Array.IndexOf(args, "--sweep-worker") is var workerAt and >= 0) // a child of --sweep: runs cases, builds nothing
+    Environment.Exit(OrtLora.Bench.Sweep.Worker(args[workerAt + 1], int.Parse(args[workerAt + 2]), int.Parse(args[workerAt + 3]), options.Device, options.EpLibrary));
 var clock = Stopwatch.StartNew();
 using var model = options.Model is { } path ? OnnxModel.Load(path) : LlamaGraph.Build(
     LlamaShape.Find(options.Shape) ?? throw new ArgumentException($"unknown shape {options.Shape}"), seed: 42);
@@ -86,6 +89,17 @@ if (Array.IndexOf(args, "--bisect") is var bisectAt and >= 0)
     int code = Array.IndexOf(args, "--bisect-prefix") is var prefixAt and >= 0
         ? OrtLora.Bench.Bisect.RunPrefix(proto, feeds, session.Graph, int.Parse(args[prefixAt + 1]), ortLevel, options.Device, options.EpLibrary)
         : OrtLora.Bench.Bisect.Search(proto, feeds, session.Graph, args);
+    session.Dispose();
+    Environment.Exit(code);
+}
+
+if (Array.IndexOf(args, "--sweep") is var sweepAt and >= 0)
+{
+    var (proto, feeds) = OrtLora.Bench.Bisect.Prepare(session.Graph, args[sweepAt + 1], args.Contains("--static-shapes"),
+        session.RewritesForPlugin && !args.Contains("--keep-slices"), options.Batch, options.Seq);
+    string sweepDir = Environment.GetEnvironmentVariable("SWEEP_DIR") ?? Path.Combine(Path.GetTempPath(), $"sweep-{Environment.ProcessId}");
+    int code = OrtLora.Bench.Sweep.Run(proto, feeds, session.Graph, args, sweepDir,
+        int.TryParse(Environment.GetEnvironmentVariable("SWEEP_JOBS"), out var jobs) ? jobs : Environment.ProcessorCount);
     session.Dispose();
     Environment.Exit(code);
 }

@@ -41,9 +41,9 @@ public static class RowIndexAsGather
             var flat = Int64(-1, vector: true);
             var width = Op("Gather", [Op("Shape", [data]), Int64(-1)]);                                     // V
             var columns = Op("Gather", [Op("Shape", [indices]), flat]);                                     // [K]
-            var rows = Op("Div", [Op("Size", [indices]), Op("Squeeze", [columns])]);                        // B·S
-            var offsets = Op("Unsqueeze", [Op("Mul", [Op("Range", [Int64(0), rows, Int64(1)]), width]), flat]); // [rows, 1]: row · V
             var byRow = Op("Reshape", [indices, Op("Concat", [flat, columns], ("axis", 0L))]);                // [rows, K]
+            var rows = Op("Gather", [Op("Shape", [byRow]), Int64(0)]);                                      // B·S (no Size: SizeAsShape)
+            var offsets = Op("Unsqueeze", [Op("Mul", [Op("Range", [Int64(0), rows, Int64(1)]), width]), flat]); // [rows, 1]: row · V
             var flatIndices = Op("Reshape", [Op("Add", [offsets, byRow]), flat]);
             var flatData = Op("Reshape", [data, flat]);
             if (node.OpType == "GatherElements")

@@ -9,7 +9,8 @@ namespace OrtLora.Onnx;
 /// may not need this, which session.sh in tools/gpu-race tries first). This rewrite computes such a
 /// Slice as one Gather per sliced axis, with the indices Range(start, end, step) after ONNX's clamping of the bounds:
 /// the same elements in the same order. With static shapes ORT folds the index arithmetic into constant indices.
-/// Slices of shapes and constants are left alone: ORT runs them on the CPU.</summary>
+/// Slices of shapes are rewritten too: the 2026-12-04 sweep (tools/bench-train Sweep.cs) crashed on a one-node Slice
+/// of an int64 shape vector, and ORT places shape arithmetic on the device when a device node reads it.</summary>
 public static class SliceAsGather
 {
     /// <summary>Rewrites the graph in place; returns how many Slices it replaced.</summary>
@@ -27,7 +28,6 @@ public static class SliceAsGather
         int rewritten = 0;
         foreach (var slice in graph.Node.Where(n => n.OpType == "Slice" && n.Domain is "" or "ai.onnx").ToList())
         {
-            if (RunsOnHost(g, slice.Input[0])) continue;
             string? Optional(int i) => slice.Input.Count > i && slice.Input[i] != "" ? slice.Input[i] : null;
             long[]? axes = Optional(3) is { } a ? Longs(g, a) : null;
             long[]? steps = Optional(4) is { } s ? Longs(g, s) : null;
@@ -59,9 +59,6 @@ public static class SliceAsGather
         if (rewritten > 0) g.TopologicalSort();
         return rewritten;
     }
-
-    /// <summary>Shapes and constants: the CPU provider computes their slices (shape arithmetic), no CUDA kernel runs.</summary>
-    public static bool RunsOnHost(GraphEditor g, string data) => g.Constant(data) is not null || g.Producer(data) is { OpType: "Shape" };
 
     static long[]? Longs(GraphEditor g, string name) =>
         g.Constant(name) is { } t ? Tensors.ReadInt64s(Tensors.InlineBytes(t), t.DataType) : null;

@@ -50,6 +50,7 @@ public sealed partial class TrainingSession
         proto = proto.Clone();
         SliceAsGather.Apply(proto.Graph);
         RowIndexAsGather.Apply(proto);
+        SizeAsShape.Apply(proto.Graph);
         return proto;
     }
 
