@@ -7,6 +7,8 @@
 //       [--modules-to-save lm_head,embed_tokens] [--trainable-tokens N (the first N ids of the token embedding)]
 //       [--target-modules q_proj,v_proj,embed_tokens (default all-linear)] [--dpo BETA (the batch's rows as chosen/rejected pairs)]
 //       [--bisect eval|gradients|step [--keep-slices]] (the first node of that graph the device crashes on: Bisect.cs)
+//       [--compare eval|gradients|step [--tolerance 1e-2]] (static shapes: which nodes the device computes differently
+//       from the CPU: Compare.cs)
 //       [--sweep eval|gradients|step [--keep-slices]] (every node signature of that graph run alone: Sweep.cs; SWEEP_JOBS, SWEEP_DIR)
 // --quantize-weights: the base's linear weights stored quantized (WeightQuantizer: uint4 blocks or int8 channels, read
 // through DequantizeLinear), QLoRA-style. --save-base PATH writes the
@@ -100,6 +102,15 @@ if (Array.IndexOf(args, "--sweep") is var sweepAt and >= 0)
     string sweepDir = Environment.GetEnvironmentVariable("SWEEP_DIR") ?? Path.Combine(Path.GetTempPath(), $"sweep-{Environment.ProcessId}");
     int code = OrtLora.Bench.Sweep.Run(proto, feeds, session.Graph, args, sweepDir,
         int.TryParse(Environment.GetEnvironmentVariable("SWEEP_JOBS"), out var jobs) ? jobs : Environment.ProcessorCount);
+    session.Dispose();
+    Environment.Exit(code);
+}
+
+if (Array.IndexOf(args, "--compare") is var compareAt and >= 0)
+{
+    int code = OrtLora.Bench.Compare.Run(session.Graph, args[compareAt + 1], session.RewritesForPlugin && !args.Contains("--keep-slices"),
+        options.Batch, options.Seq, vocab, ortLevel, options.Device, options.EpLibrary,
+        Array.IndexOf(args, "--tolerance") is var tolAt and >= 0 ? double.Parse(args[tolAt + 1], System.Globalization.CultureInfo.InvariantCulture) : 1e-2);
     session.Dispose();
     Environment.Exit(code);
 }

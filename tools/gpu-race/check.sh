@@ -18,6 +18,10 @@ run_case() { # name command...: the log in $out/NAME.log, the verdict in $out/NA
   timeout "${CASE_TIMEOUT:-300}" "$@" > "$out/$name.log" 2>&1
   local rc=$?
   local verdict=$([ $rc -eq 0 ] && echo ok || { [ $rc -eq 124 ] && echo "timed out" || { [ $rc -ge 128 ] && echo "CRASH (signal $((rc - 128)))" || echo "failed (rc $rc)"; }; })
+  # A run that ends is not yet a right run: its last eval_loss next to the CPU's for the same command (cpu-eval-loss.txt).
+  local loss; loss=$(grep -o 'eval_loss [0-9.]*' "$out/$name.log" | tail -1 | cut -d' ' -f2)
+  local cpu; cpu=$(awk -v n="$name" '$1 == n {print $2}' "$(dirname "$0")/cpu-eval-loss.txt" 2>/dev/null)
+  [ $rc -eq 0 ] && [ -n "$loss" ] && verdict="ok, eval_loss $loss${cpu:+ (CPU $cpu)}"
   echo "$name: $verdict" > "$out/$name.verdict"
   { echo "== $name: $verdict"; grep -E "│ (loss|grad|AdamW|20-step)|eval_loss|rror|placed on|Node placements" "$out/$name.log" | head -6; } | tee "$out/$name.brief"
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session's device work in one call (the device gives 15 minutes a session, staging and start included):
-# which ONNX Runtime core the CUDA provider trains with (its own 1.29, staged, or the machine's 1.30 with ortlora's
-# plugin rewrites), correctness on CUDA (check.sh, 8 cases at a time), the single-op crash probe and, if training
-# still crashes, the bisection of graphs/tiny's training graphs (bisect.sh), while the exports run on the CPU,
-# then the race, most important first, each phase started only if the time left allows it. Everything lands in $OUT
+# correctness on CUDA (check.sh, 8 cases at a time), graphs/tiny's values on the device against the CPU (--compare),
+# the single-op crash probe, every op signature alone (sweep.sh) and, if training still crashes, the bisection of
+# graphs/tiny's training graphs (bisect.sh), while the exports run on the CPU; then the SmolLM2 export's signatures
+# and the race, most important first, each phase started only if the time left allows it. Everything lands in $OUT
 # as it is made, so a call stopped at its limit still returns what ran.
 #   bash .gpu/stage.sh && bash tools/gpu-race/session.sh
 # BUDGET: seconds this script may use; by default what is left of DEVICE_BUDGET (the session's device seconds when
@@ -63,23 +63,24 @@ mkdir -p /tmp/race /tmp/check
 exports=$!
 phase probe 60 python3 "$here/crash_probe.py" all "$EP_LIBRARY" &
 probe=$!
-# Which core: the 1.30 core of the machine's Python crashed on ops whose provider-bridge helpers come late in the
-# bridge's table (GatherElements, Slice), which a core and provider of different versions would explain. So first the
-# provider's own version, ONNX Runtime 1.29's core (staged), without the plugin rewrites and with them.
-core_cases='verify-llama-dynamo-all|verify-gpt2-dynamo-all|train-tiny|train-tiny--bf16|train-tiny--cuda-graphs--max-seq-length128|eval-tiny|dpo-tiny'
-if [ -f /tmp/gpu/ort129/libonnxruntime.so ]; then
-  ORT_CORE=1.29 ORTLORA_PLUGIN_REWRITES=0 ONLY=$core_cases JOBS=7 CASE_TIMEOUT=150 CHECK_OUT=/tmp/check-1.29 phase check-1.29 60 bash "$here/check.sh"
-  ORT_CORE=1.29 ONLY=$core_cases JOBS=7 CASE_TIMEOUT=150 CHECK_OUT=/tmp/check-1.29-rewrites phase check-1.29-rewrites 60 bash "$here/check.sh"
-fi
-trains() { grep -q ': ok' "$1/train-tiny.verdict" 2>/dev/null; }
-if trains /tmp/check-1.29; then export ORT_CORE=1.29 ORTLORA_PLUGIN_REWRITES=0
-elif trains /tmp/check-1.29-rewrites; then export ORT_CORE=1.29
-fi
-log "core for the race: ${ORT_CORE:-1.30}, plugin rewrites ${ORTLORA_PLUGIN_REWRITES:-on}"
+# The machine's 1.30 core with the plugin rewrites: ORT 1.29's own core crashed the same way (2026-12-04; both are
+# CPU builds, docs/gpu.md).
 ONLY=${CHECK_ONLY:-} JOBS=8 CASE_TIMEOUT=150 CHECK_OUT=/tmp/check phase check 60 bash "$here/check.sh"
+# Numbers, not only crashes: graphs/tiny's step and eval graphs (static shapes, float32) on the device against the CPU,
+# every value compared; the "origin" lines name kernels that compute differently (Compare.cs).
+tiny=(dotnet "${APP:-/tmp/gpu/app}/bench-train.dll" --shape tiny --batch 2 --seq 16 --device cuda --ep-library "$EP_LIBRARY")
+phase compare-tiny 30 bash -c '"$@" --compare step; "$@" --compare eval' _ "${tiny[@]}"
 wait $probe
+phase sweep-tiny 45 bash "$here/sweep.sh"
+trains() { grep -q ': ok' "$1/train-tiny.verdict" 2>/dev/null; }
 trains /tmp/check || phase bisect 60 bash "$here/bisect.sh"
 log "waiting for the exports"; wait $exports; log "exports: $(cat /tmp/race/export-*.log 2>/dev/null | grep -c exported)"; save
+# The SmolLM2 export crashed with static shapes where graphs/tiny trained (2026-12-04): its op signatures alone, in bf16.
+if [ -f /tmp/race/smollm2-135m/model.onnx ]; then
+  SWEEP_JOBS=8 SWEEP_DIR=/tmp/sweep-smollm2 phase sweep-smollm2-bf16 90 dotnet "${APP:-/tmp/gpu/app}/bench-train.dll" \
+    --model /tmp/race/smollm2-135m/model.onnx --shape smollm2-135m --batch 2 --seq 16 --bf16 --device cuda --ep-library "$EP_LIBRARY" \
+    --sweep step --static-shapes
+fi
 
 # The race: SmolLM2 bf16 (the launch-bound case); TinyLlama bf16, one profiled run and float32 with the variants that
 # ran best on SmolLM2. Should none run at ORT's level all, SmolLM2 again at levels basic and none.
