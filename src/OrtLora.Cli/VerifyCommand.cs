@@ -24,8 +24,12 @@ public static class VerifyCommand
         optimization.AcceptOnlyFromAmong("all", "extended", "basic", "none");
         var checkpointing = new Option<bool>("--gradient-checkpointing") { Description = "verify the graphs that recompute the forward in the backward" };
         var lossChunks = new Option<int?>("--loss-chunks") { Description = "take the loss in this many sequence chunks (default: 8 from a vocabulary of 8192, else 1)" };
+        var staticShapes = new Option<bool>("--static-shapes")
+        {
+            Description = "load the graphs for the reference batch's shape (ORT folds the shape arithmetic; the CUDA plugin of docs/gpu.md crashes on dynamic-shape graphs)",
+        };
         var cmd = new Command("verify", "Check ortlora's loss, gradients and AdamW against a PEFT reference")
-            { model, initFrom, referencePath, output, device, epLibrary, optimization, checkpointing, lossChunks };
+            { model, initFrom, referencePath, output, device, epLibrary, optimization, checkpointing, lossChunks, staticShapes };
         cmd.SetAction(parse =>
         {
             try
@@ -36,7 +40,7 @@ public static class VerifyCommand
                 var level = Training.TrainingArguments.OrtLevel(parse.GetValue(optimization)!);
                 var ours = PeftParity.Compute(m, reference, options: new TrainingSessionOptions(new Autodiff.AdamWOptions(), Optimization: level,
                     Device: parse.GetValue(device)!, EpLibrary: parse.GetValue(epLibrary), GradientCheckpointing: parse.GetValue(checkpointing),
-                    LossChunks: parse.GetValue(lossChunks)));
+                    LossChunks: parse.GetValue(lossChunks), StaticShapes: parse.GetValue(staticShapes)));
                 var rows = PeftParity.Compare(ours, reference);
                 SafeTensors.Write(parse.GetValue(output)!, ours);
                 var table = new Table().AddColumns("quantity", "tensors", "max |diff|", "tolerance", "result", "note");

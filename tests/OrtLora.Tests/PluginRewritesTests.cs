@@ -166,6 +166,21 @@ public class PluginRewritesTests
         }
     }
 
+    /// <summary>What verify --static-shapes computes on the plugin, here on the CPU: PEFT's loss, gradients, AdamW step
+    /// and 20-step trajectory through all three rewrites with graphs loaded for the batch's shape, every row within
+    /// tolerance, on an export of each exporter.</summary>
+    [TestCase("llama", "torchscript")]
+    [TestCase("gpt2", "dynamo")]
+    public void PeftParityHoldsThroughTheRewritesWithStaticShapes(string arch, string exporter)
+    {
+        var reference = SafeTensors.Read(Shared.Peft(arch, "reference.safetensors"));
+        using var model = EngineFixtures.InjectedModel(arch, exporter);
+        var options = new TrainingSessionOptions(new AdamWOptions(), StaticShapes: true, PluginRewrites: true);
+        var rows = PeftParity.Compare(PeftParity.Compute(model, reference, options: options), reference);
+        Assert.That(rows.Where(r => !r.Passed).Select(r => $"{r.Quantity}: {r.MaxDiff:E2} > {r.Tolerance:E2}"), Is.Empty);
+        Assert.That(rows, Has.Count.GreaterThanOrEqualTo(4));
+    }
+
     static ValueInfoProto Input(string name, DT type, params object[] dims)
     {
         var tensor = new TypeProto.Types.Tensor { ElemType = (int)type, Shape = new TensorShapeProto() };
