@@ -33,9 +33,7 @@ public class PluginRewritesTests
     [Test]
     public void EverySliceFormPicksTheSameElementsAsSlice()
     {
-        var model = new ModelProto { IrVersion = 9, Graph = new GraphProto { Name = "slices" } };
-        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = 18 });
-        var g = new GraphEditor(model.Graph);
+        var (model, g) = Opset18Model("slices");
         model.Graph.Input.Add(Input("x", DT.Float, "a", "b", 6L));
         model.Graph.Input.Add(Input("ids", DT.Int64, "a", "b"));
         var outputs = new List<string>();
@@ -72,15 +70,8 @@ public class PluginRewritesTests
                 ["x"] = HostTensor.Of(Enumerable.Range(0, a * b * 6).Select(_ => (float)rng.NextDouble()).ToArray(), a, b, 6),
                 ["ids"] = HostTensor.Of(Enumerable.Range(0, a * b).Select(i => (long)i).ToArray(), a, b),
             };
-            using var original = new OnnxModel(model.Clone());
-            using var gathers = new OnnxModel(rewritten.Clone());
-            var expected = OrtRun.Run(original, feeds, level: Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_DISABLE_ALL);
-            var actual = OrtRun.Run(gathers, feeds, level: Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_DISABLE_ALL);
-            foreach (var o in outputs)
-            {
-                Assert.That(actual[o].Shape, Is.EqualTo(expected[o].Shape), $"{o} at [{a}, {b}, 6]");
-                Assert.That(actual[o].Data, Is.EqualTo(expected[o].Data), $"{o} at [{a}, {b}, 6]");
-            }
+            var (expected, _) = AssertSameOutputs(model, rewritten, feeds, outputs, $"at [{a}, {b}, 6]",
+                Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_DISABLE_ALL);
             Assert.That(expected.Values.Sum(v => v.Data.Length), Is.GreaterThan(100), "the forms pick elements");
         }
     }
@@ -91,9 +82,7 @@ public class PluginRewritesTests
     [TestCase(3)]
     public void RowIndexingPicksAndWritesTheSameElements(int perRow)
     {
-        var model = new ModelProto { IrVersion = 9, Graph = new GraphProto { Name = "rows" } };
-        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = 18 });
-        var g = new GraphEditor(model.Graph);
+        var (model, g) = Opset18Model("rows");
         model.Graph.Input.Add(Input("data", DT.Float, "b", "s", 7L));
         model.Graph.Input.Add(Input("index", DT.Int64, "b", "s", (long)perRow));
         model.Graph.Input.Add(Input("values", DT.Float, "b", "s", (long)perRow));
@@ -119,15 +108,7 @@ public class PluginRewritesTests
                 ["index"] = HostTensor.Of(index, b, s, perRow),
                 ["values"] = HostTensor.Of(Enumerable.Range(0, rows * perRow).Select(_ => -(float)rng.NextDouble()).ToArray(), b, s, perRow),
             };
-            using var original = new OnnxModel(model.Clone());
-            using var flat = new OnnxModel(rewritten.Clone());
-            var expected = OrtRun.Run(original, feeds);
-            var actual = OrtRun.Run(flat, feeds);
-            foreach (var o in new[] { picked, written })
-            {
-                Assert.That(actual[o].Shape, Is.EqualTo(expected[o].Shape), o);
-                Assert.That(actual[o].Data, Is.EqualTo(expected[o].Data), o);
-            }
+            var (expected, _) = AssertSameOutputs(model, rewritten, feeds, [picked, written], "");
             Assert.That(expected[written].Floats.Count(v => v < 0), Is.EqualTo(rows * perRow), "the scatter wrote every index");
         }
     }
@@ -136,9 +117,7 @@ public class PluginRewritesTests
     [Test]
     public void SizeAsShapeCountsTheSameElements()
     {
-        var model = new ModelProto { IrVersion = 9, Graph = new GraphProto { Name = "sizes" } };
-        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = 18 });
-        var g = new GraphEditor(model.Graph);
+        var (model, g) = Opset18Model("sizes");
         model.Graph.Input.Add(Input("x", DT.Float, "a", "b", 6L));
         model.Graph.Input.Add(Input("ids", DT.Int64, "a", "b"));
         var outputs = new[] { g.Add("Size", ["x"]), g.Add("Mul", [g.Add("Size", ["ids"]), g.Add("Size", ["x"])]) };
@@ -153,16 +132,8 @@ public class PluginRewritesTests
                 ["x"] = HostTensor.Of(new float[a * b * 6], a, b, 6),
                 ["ids"] = HostTensor.Of(new long[a * b], a, b),
             };
-            using var original = new OnnxModel(model.Clone());
-            using var shapes = new OnnxModel(rewritten.Clone());
-            var expected = OrtRun.Run(original, feeds);
-            var actual = OrtRun.Run(shapes, feeds);
+            var (_, actual) = AssertSameOutputs(model, rewritten, feeds, outputs, "");
             Assert.That(actual[outputs[0]].Int64s, Is.EqualTo(new[] { (long)a * b * 6 }), $"[{a}, {b}, 6]");
-            foreach (var o in outputs)
-            {
-                Assert.That(actual[o].Shape, Is.EqualTo(expected[o].Shape), o);
-                Assert.That(actual[o].Data, Is.EqualTo(expected[o].Data), o);
-            }
         }
     }
 
@@ -179,6 +150,30 @@ public class PluginRewritesTests
         var rows = PeftParity.Compare(PeftParity.Compute(model, reference, options: options), reference);
         Assert.That(rows.Where(r => !r.Passed).Select(r => $"{r.Quantity}: {r.MaxDiff:E2} > {r.Tolerance:E2}"), Is.Empty);
         Assert.That(rows, Has.Count.GreaterThanOrEqualTo(4));
+    }
+
+    static (ModelProto Model, GraphEditor Editor) Opset18Model(string name)
+    {
+        var model = new ModelProto { IrVersion = 9, Graph = new GraphProto { Name = name } };
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = 18 });
+        return (model, new GraphEditor(model.Graph));
+    }
+
+    /// <summary>The model and its rewrite run on the same feeds: each output the same shape and the same elements.</summary>
+    static (Dictionary<string, HostTensor> Expected, Dictionary<string, HostTensor> Actual) AssertSameOutputs(ModelProto model,
+        ModelProto rewritten, Dictionary<string, HostTensor> feeds, IEnumerable<string> outputs, string where,
+        Microsoft.ML.OnnxRuntime.GraphOptimizationLevel level = Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    {
+        using var original = new OnnxModel(model.Clone());
+        using var changed = new OnnxModel(rewritten.Clone());
+        var expected = OrtRun.Run(original, feeds, level: level);
+        var actual = OrtRun.Run(changed, feeds, level: level);
+        foreach (var o in outputs)
+        {
+            Assert.That(actual[o].Shape, Is.EqualTo(expected[o].Shape), $"{o} {where}");
+            Assert.That(actual[o].Data, Is.EqualTo(expected[o].Data), $"{o} {where}");
+        }
+        return (expected, actual);
     }
 
     static ValueInfoProto Input(string name, DT type, params object[] dims)

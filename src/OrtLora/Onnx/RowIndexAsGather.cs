@@ -23,14 +23,8 @@ public static class RowIndexAsGather
         // the shape as "copy the input's dim" unless allowzero (opset 14) says it is a 0.
         long opset = model.OpsetImport.Where(o => o.Domain is "" or "ai.onnx").Select(o => o.Version).DefaultIfEmpty(1).Max();
         (string, object)[] keepZeros = opset >= 14 ? [("allowzero", 1L)] : [];
-        var constants = new Dictionary<(long, bool), string>();
-        string Int64(long value, bool vector = false)
-        {
-            if (constants.TryGetValue((value, vector), out var name)) return name;
-            name = g.Unique($"row_index/{value}");
-            graph.Initializer.Add(Tensors.FromInt64(name, vector ? [1] : [], [value]));
-            return constants[(value, vector)] = name;
-        }
+        var constants = new Int64Constants(g, "row_index");
+        string Int64(long value) => constants.Scalar(value);
         int rewritten = 0;
         foreach (var node in graph.Node.Where(n => n.DocString == Marker && n.OpType is "GatherElements" or "ScatterElements").ToList())
         {
@@ -38,7 +32,7 @@ public static class RowIndexAsGather
             var name = node.Name == "" ? "row_index" : node.Name;
             string Op(string op, string[] inputs, params (string, object)[] attributes) => g.Add(op, inputs, name: name + "/flat/" + op, attributes: attributes);
             var (data, indices) = (node.Input[0], node.Input[1]);
-            var flat = Int64(-1, vector: true);
+            var flat = constants.Vector(-1);
             var width = Op("Gather", [Op("Shape", [data]), Int64(-1)]);                                     // V
             var columns = Op("Gather", [Op("Shape", [indices]), flat]);                                     // [K]
             var byRow = Op("Reshape", [indices, Op("Concat", [flat, columns], ("axis", 0L))]);                // [rows, K]

@@ -14,10 +14,8 @@ public static class SizeAsShape
         var g = new GraphEditor(graph);
         var sizes = graph.Node.Where(n => n.OpType == "Size" && n.Domain is "" or "ai.onnx").ToList();
         if (sizes.Count == 0) return 0;
-        var flat = g.Unique("size_as_shape/flat");
-        var first = g.Unique("size_as_shape/0");
-        graph.Initializer.Add(Tensors.FromInt64(flat, [1], [-1]));
-        graph.Initializer.Add(Tensors.FromInt64(first, [], [0]));
+        var constants = new Int64Constants(g, "size_as_shape");
+        var (flat, first) = (constants.Vector(-1), constants.Scalar(0));
         foreach (var size in sizes)
         {
             var name = size.Name == "" ? "size" : size.Name;

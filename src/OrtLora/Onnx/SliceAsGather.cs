@@ -17,14 +17,8 @@ public static class SliceAsGather
     public static int Apply(GraphProto graph)
     {
         var g = new GraphEditor(graph);
-        var constants = new Dictionary<long, string>();
-        string Int64(long value) // one scalar initializer per value for all the rewritten Slices
-        {
-            if (constants.TryGetValue(value, out var name)) return name;
-            name = g.Unique($"slice_as_gather/{value}");
-            graph.Initializer.Add(Tensors.FromInt64(name, [], [value]));
-            return constants[value] = name;
-        }
+        var constants = new Int64Constants(g, "slice_as_gather");
+        string Int64(long value) => constants.Scalar(value);
         int rewritten = 0;
         foreach (var slice in graph.Node.Where(n => n.OpType == "Slice" && n.Domain is "" or "ai.onnx").ToList())
         {
