@@ -7,7 +7,8 @@
 # --quantize-weights 4, a QLoRA-style base: other numbers than PEFT's, for memory only). A variant that fails is
 # reported and the race goes on. A name containing "basic" ("extended", "none") loads the graphs at that ORT
 # optimization level instead of all (basic: no com.microsoft fusions). PROFILE=1: ORT's per-node profile of each run, summarized (the profiler slows the steps it times).
-# NO_EXPORT=1: no torch.onnx export (ortlora then trains graphs/'s LlamaGraph of the shape). RUN_TIMEOUT: seconds one measured run may take (300). SKIP_PEFT=1: ortlora only (PEFT measured before in the same results file). RESULTS: the JSON lines' file
+# NO_EXPORT=1: no torch.onnx export (ortlora then trains graphs/'s LlamaGraph of the shape); OWN_GRAPH=1: that graph
+# even where an export exists. RUN_TIMEOUT: seconds one measured run may take (300). SKIP_PEFT=1: ortlora only (PEFT measured before in the same results file). RESULTS: the JSON lines' file
 # (default /tmp/race/results.jsonl; give profiled runs their own, or their slower steps would enter the table).
 # Appends one JSON line per measurement to /tmp/race/results.jsonl and prints the side-by-side table.
 set -euo pipefail
@@ -36,6 +37,8 @@ fi
 # Should the export fail, ortlora trains its own LLaMA graph of the same shape (graphs/: LlamaGraph), said in the log.
 model=(--model "$out/$shape/model.onnx")
 [ -f "$out/$shape/model.onnx" ] || { echo "no export of $shape: ortlora runs graphs/'s LlamaGraph of that shape"; model=(); }
+# OWN_GRAPH=1: graphs/'s LlamaGraph of the shape even where the export exists (the export crashed the plugin, 2026-12-04).
+[ -n "${OWN_GRAPH:-}" ] && { echo "ortlora runs graphs/'s LlamaGraph of $shape (OWN_GRAPH)"; model=(); }
 for dtype in $dtypes; do
   # PEFT once per shape and dtype: a results file that has its row already (an earlier session's) is not measured again.
   known=$(grep -c "\"engine\": \"peft\", \"shape\": \"$shape\", \"dtype\": \"$dtype\"" "$results" 2>/dev/null || true)
