@@ -9,7 +9,8 @@
 //       [--bisect eval|gradients|step [--keep-slices]] (the first node of that graph the device crashes on: Bisect.cs)
 //       [--compare eval|gradients|step [--tolerance 1e-2]] (static shapes: which nodes the device computes differently
 //       from the CPU: Compare.cs)
-//       [--sweep eval|gradients|step [--keep-slices]] (every node signature of that graph run alone: Sweep.cs; SWEEP_JOBS, SWEEP_DIR)
+//       [--sweep eval|gradients|step [--keep-slices] [--cone NODE]] (every node signature of that graph run alone, or
+//       with --cone that node with its producers to depth 0, 1, 2 ...: Sweep.cs; SWEEP_JOBS, SWEEP_DIR)
 // --quantize-weights: the base's linear weights stored quantized (WeightQuantizer: uint4 blocks or int8 channels, read
 // through DequantizeLinear), QLoRA-style. --save-base PATH writes the
 // (quantized) base and stops: bench it with --model PATH in a fresh process.
@@ -101,7 +102,8 @@ if (Array.IndexOf(args, "--sweep") is var sweepAt and >= 0)
         session.RewritesForPlugin && !args.Contains("--keep-slices"), options.Batch, options.Seq);
     string sweepDir = Environment.GetEnvironmentVariable("SWEEP_DIR") ?? Path.Combine(Path.GetTempPath(), $"sweep-{Environment.ProcessId}");
     int code = OrtLora.Bench.Sweep.Run(proto, feeds, session.Graph, args, sweepDir,
-        int.TryParse(Environment.GetEnvironmentVariable("SWEEP_JOBS"), out var jobs) ? jobs : Environment.ProcessorCount);
+        int.TryParse(Environment.GetEnvironmentVariable("SWEEP_JOBS"), out var jobs) ? jobs : Environment.ProcessorCount,
+        coneOf: Array.IndexOf(args, "--cone") is var coneAt and >= 0 ? args[coneAt + 1] : null);
     session.Dispose();
     Environment.Exit(code);
 }

@@ -20,25 +20,22 @@ static class Sweep
     static readonly string[] Modes = ["const", "fed"];
 
     /// <summary>In the parent: writes the cases to <paramref name="dir"/>, runs them over <paramref name="jobs"/>
-    /// workers and prints one line per signature; the exit code is 1 if any case crashed.</summary>
-    public static int Run(ModelProto model, Dictionary<string, HostTensor> feeds, TrainingGraph graph, string[] args, string dir, int jobs)
+    /// workers and prints one line per case; the exit code is 1 if any case crashed. The cases are the graph's node
+    /// signatures or, with <paramref name="coneOf"/> (a node that crashes in its graph but not alone), that node with
+    /// its producers to depth 0, 1, 2 ...: the first depth that crashes is the smallest context that does.</summary>
+    public static int Run(ModelProto model, Dictionary<string, HostTensor> feeds, TrainingGraph graph, string[] args, string dir, int jobs,
+        string? coneOf = null)
     {
         var values = CpuValues(model, feeds, graph);
         var initializers = model.Graph.Initializer.ToDictionary(t => t.Name);
-        var signatures = new List<string>();
-        var seen = new HashSet<string>();
+        var cases = coneOf is null ? Signatures(model, values, initializers) : Cone(model, coneOf, values, initializers);
+        var signatures = cases.Select(c => c.Label).ToList();
         Directory.CreateDirectory(dir);
         foreach (var f in Directory.GetFiles(dir, "case-*.onnx")) File.Delete(f);
-        foreach (var node in model.Graph.Node)
-        {
-            if (node.OpType == "Constant" || node.Input.Any(i => i != "" && !values.ContainsKey(i) && !initializers.ContainsKey(i))) continue;
-            string signature = Signature(node, values, initializers);
-            if (!seen.Add(signature)) continue;
-            File.WriteAllBytes(Path.Combine(dir, $"case-{signatures.Count:D4}.onnx"), CaseModel(model, node, values, initializers).ToByteArray());
-            signatures.Add(signature);
-        }
+        for (int c = 0; c < cases.Count; c++) File.WriteAllBytes(Path.Combine(dir, $"case-{c:D4}.onnx"), cases[c].Model.ToByteArray());
         int items = signatures.Count * Modes.Length;
-        Console.WriteLine($"sweep: {model.Graph.Node.Count} nodes, {signatures.Count} signatures, {items} runs over {jobs} workers");
+        jobs = Math.Max(1, Math.Min(jobs, items / 2));
+        Console.WriteLine($"sweep: {model.Graph.Node.Count} nodes, {signatures.Count} {(coneOf is null ? "signatures" : $"cones of '{coneOf}'")}, {items} runs over {jobs} workers");
         var verdicts = new string?[items];
         Parallel.For(0, jobs, new ParallelOptions { MaxDegreeOfParallelism = jobs }, job =>
             RunRange(args, dir, job * items / jobs, (job + 1) * items / jobs, verdicts));
@@ -49,10 +46,47 @@ static class Sweep
             if (Verdict(0).StartsWith("CRASH") || Verdict(1).StartsWith("CRASH")) crashed++;
             Console.WriteLine($"{c,4} {string.Join("  ", Modes.Select((m, i) => $"{m}: {Verdict(i),-22}"))} {signatures[c]}");
         }
-        var crashOps = signatures.Where((s, c) => Enumerable.Range(0, Modes.Length).Any(m => verdicts[c * Modes.Length + m]?.StartsWith("CRASH") == true))
-            .Select(s => s.Split(' ')[0]).Distinct().Order();
-        Console.WriteLine($"signatures that crashed: {crashed} of {signatures.Count}; ops: {string.Join(", ", crashOps)}");
+        var crashing = signatures.Where((s, c) => Enumerable.Range(0, Modes.Length).Any(m => verdicts[c * Modes.Length + m]?.StartsWith("CRASH") == true)).ToList();
+        Console.WriteLine(coneOf is null
+            ? $"signatures that crashed: {crashed} of {signatures.Count}; ops: {string.Join(", ", crashing.Select(s => s.Split(' ')[0]).Distinct().Order())}"
+            : $"cones that crashed: {crashed} of {signatures.Count}; the smallest: {crashing.FirstOrDefault() ?? "none"}");
         return crashed > 0 ? 1 : 0;
+    }
+
+    static List<(string Label, ModelProto Model)> Signatures(ModelProto model, Dictionary<string, TensorProto> values, Dictionary<string, TensorProto> initializers)
+    {
+        var cases = new List<(string, ModelProto)>();
+        var seen = new HashSet<string>();
+        foreach (var node in model.Graph.Node)
+        {
+            if (node.OpType == "Constant" || node.Input.Any(i => i != "" && !values.ContainsKey(i) && !initializers.ContainsKey(i))) continue;
+            string signature = Signature(node, values, initializers);
+            if (seen.Add(signature)) cases.Add((signature, Subgraph(model, [node], values, initializers)));
+        }
+        return cases;
+    }
+
+    /// <summary>The node named <paramref name="name"/> and its producers up to depth d, for d = 0 until the whole cone
+    /// (or depth 16); the values entering each cut come from the CPU run.</summary>
+    static List<(string Label, ModelProto Model)> Cone(ModelProto model, string name, Dictionary<string, TensorProto> values, Dictionary<string, TensorProto> initializers)
+    {
+        var nodes = model.Graph.Node.ToList();
+        int target = nodes.FindIndex(n => n.Name == name);
+        if (target < 0) throw new ArgumentException($"--cone: the graph has no node '{name}'");
+        var producer = new Dictionary<string, int>();
+        for (int i = 0; i < target; i++) foreach (var o in nodes[i].Output) if (o != "") producer[o] = i;
+        var cases = new List<(string, ModelProto)>();
+        var kept = new SortedSet<int> { target };
+        for (int depth = 0; depth <= 16; depth++)
+        {
+            var members = kept.Select(i => nodes[i]).ToList();
+            string ops = string.Join(" ", members.Select(n => n.OpType));
+            cases.Add(($"depth {depth}: {members.Count} nodes: {(ops.Length > 160 ? ops[..160] + " ..." : ops)}", Subgraph(model, members, values, initializers)));
+            var next = members.SelectMany(n => n.Input).Where(producer.ContainsKey).Select(i => producer[i]).Where(p => !kept.Contains(p)).ToList();
+            if (next.Count == 0) break;
+            kept.UnionWith(next);
+        }
+        return cases;
     }
 
     /// <summary>Runs items [first, last) in worker processes, restarting after each crash.</summary>
@@ -99,7 +133,7 @@ static class Sweep
         {
             var model = ModelProto.Parser.ParseFrom(File.ReadAllBytes(files[item / Modes.Length]));
             bool fed = Modes[item % Modes.Length] == "fed";
-            if (crashOn is { Length: > 0 } && model.Graph.Node[0].OpType == crashOn) return 134;
+            if (crashOn is { Length: > 0 } && model.Graph.Node.Any(n => n.OpType == crashOn)) return 134;
             double[][]? expected = null;
             try { expected = RunCase(model, fed, "cpu", null); } catch (OnnxRuntimeException) { } // e.g. bfloat16 ops the CPU lacks
             string verdict;
@@ -177,14 +211,17 @@ static class Sweep
         return $"{(node.Domain is "" or "ai.onnx" ? "" : node.Domain + ".")}{node.OpType} ({string.Join(", ", node.Input.Select(Input))}) {string.Join(" ", attributes)}";
     }
 
-    /// <summary>One node; every input that is not an initializer of the graph is both an initializer (its CPU value)
-    /// and a graph input of the same name, so a run may feed it or leave it to the initializer.</summary>
-    static ModelProto CaseModel(ModelProto model, NodeProto node, Dictionary<string, TensorProto> values, Dictionary<string, TensorProto> initializers)
+    /// <summary>Some nodes of the graph, in its order; every value they read that none of them makes and that is not an
+    /// initializer of the graph is both an initializer (its CPU value) and a graph input of the same name, so a run may
+    /// feed it or leave it to the initializer. Every output no kept node reads is a graph output.</summary>
+    static ModelProto Subgraph(ModelProto model, IReadOnlyList<NodeProto> nodes, Dictionary<string, TensorProto> values, Dictionary<string, TensorProto> initializers)
     {
         var single = new ModelProto { IrVersion = model.IrVersion, Graph = new GraphProto { Name = "case" } };
         single.OpsetImport.AddRange(model.OpsetImport);
-        single.Graph.Node.Add(node.Clone());
-        foreach (var name in node.Input.Where(i => i != "").Distinct())
+        single.Graph.Node.AddRange(nodes.Select(n => n.Clone()));
+        var made = nodes.SelectMany(n => n.Output).ToHashSet();
+        var read = nodes.SelectMany(n => n.Input).ToHashSet();
+        foreach (var name in nodes.SelectMany(n => n.Input).Where(i => i != "" && !made.Contains(i)).Distinct())
         {
             if (initializers.TryGetValue(name, out var init)) { single.Graph.Initializer.Add(init); continue; }
             var value = values[name];
@@ -193,7 +230,7 @@ static class Sweep
             foreach (var d in value.Dims) type.Shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = d });
             single.Graph.Input.Add(new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = type } });
         }
-        foreach (var o in node.Output.Where(o => o != "")) single.Graph.Output.Add(new ValueInfoProto { Name = o });
+        foreach (var o in nodes.SelectMany(n => n.Output).Where(o => o != "" && !read.Contains(o))) single.Graph.Output.Add(new ValueInfoProto { Name = o });
         return single;
     }
 
