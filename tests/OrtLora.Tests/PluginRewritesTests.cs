@@ -152,6 +152,37 @@ public class PluginRewritesTests
         Assert.That(rows, Has.Count.GreaterThanOrEqualTo(4));
     }
 
+    /// <summary>`train` through the rewrites (forced with ORTLORA_PLUGIN_REWRITES=1, as --ep-library turns them on)
+    /// writes the adapter plain training writes; unpadded it notes that the plugin wants static shapes, padded it does not.</summary>
+    [Test]
+    public void TrainThroughTheRewritesWritesTheSameAdapter()
+    {
+        string[] Args(string dir, params string[] extra) =>
+        [
+            "train", LoraTestKit.Tiny("model.onnx"), "--data", LoraTestKit.Tiny("demo.parquet"), "--target-modules", "all-linear",
+            "--r", "4", "--per-device-train-batch-size", "4", "--learning-rate", "5e-3", "--max-steps", "3", "--plain-log", "-o", dir, .. extra,
+        ];
+        var (plainDir, rewrittenDir, paddedDir) = (Shared.TempDir(), Shared.TempDir(), Shared.TempDir());
+        var plain = LoraTestKit.Ortlora(Args(plainDir));
+        LoraTestKit.CliResult rewritten, padded;
+        Environment.SetEnvironmentVariable("ORTLORA_PLUGIN_REWRITES", "1");
+        try
+        {
+            rewritten = LoraTestKit.Ortlora(Args(rewrittenDir));
+            padded = LoraTestKit.Ortlora(Args(paddedDir, "--pad-to-max-length", "--max-seq-length", "128"));
+        }
+        finally { Environment.SetEnvironmentVariable("ORTLORA_PLUGIN_REWRITES", null); }
+        foreach (var run in new[] { plain, rewritten, padded }) Assert.That(run.ExitCode, Is.Zero, run.Out + run.Error);
+        const string note = "--pad-to-max-length (or --cuda-graphs) loads them for one padded batch shape";
+        Assert.That(rewritten.Out, Does.Contain(note));
+        Assert.That(plain.Out + padded.Out, Does.Not.Contain(note));
+        var expected = SafeTensors.Read(Path.Combine(plainDir, PeftAdapter.WeightsFile));
+        var actual = SafeTensors.Read(Path.Combine(rewrittenDir, PeftAdapter.WeightsFile));
+        Assert.That(actual.Keys, Is.EquivalentTo(expected.Keys));
+        foreach (var (name, tensor) in expected)
+            Assert.That(actual[name].AsFloats().Zip(tensor.AsFloats()).Max(p => Math.Abs(p.First - p.Second)), Is.LessThan(1e-5), name);
+    }
+
     static (ModelProto Model, GraphEditor Editor) Opset18Model(string name)
     {
         var model = new ModelProto { IrVersion = 9, Graph = new GraphProto { Name = name } };

@@ -131,6 +131,9 @@ public static partial class Trainer
             reporter.Info($"every batch padded to [{dataOptions.BatchSize}, {dataOptions.MaxSeqLength}]; graphs loaded for that shape" +
                 (!args.CudaGraphs ? "" : args.Device == "cuda" ? "; CUDA graphs: each session captures its kernels once per state parity and replays them"
                     : "; every buffer bound at a fixed address (the CUDA graphs themselves need --device cuda)"));
+        else if (session.RewritesForPlugin)
+            reporter.Info("note: with --ep-library, graphs with dynamic shapes crashed the CUDA plugin on the GPU machine where static ones ran " +
+                "(docs/gpu.md); --pad-to-max-length (or --cuda-graphs) loads them for one padded batch shape");
         if (session.Graph.HalfPrecision is { } half)
             reporter.Info($"{(args.Bf16 ? "bf16" : "fp16")} compute: {half.HalfNodes} nodes in half, {half.Float32Nodes} in float32 (LoRA branches, " +
                 $"norms, softmax), {half.Casts} casts; {half.ConvertedTensors} frozen tensors stored in half ({half.ConvertedBytes / 1048576.0:F1} MiB)");
