@@ -67,9 +67,10 @@ probe=$!
 # CPU builds, docs/gpu.md).
 ONLY=${CHECK_ONLY:-} JOBS=8 CASE_TIMEOUT=150 CHECK_OUT=/tmp/check phase check 60 bash "$here/check.sh"
 # Numbers, not only crashes: graphs/tiny's step and eval graphs (static shapes, float32) on the device against the CPU,
-# every value compared; the "origin" lines name kernels that compute differently (Compare.cs).
+# as loaded and with every value compared; the "origin" lines name kernels that compute differently, outputs off only
+# as loaded point at a fused kernel (hence level basic too; Compare.cs).
 tiny=(dotnet "${APP:-/tmp/gpu/app}/bench-train.dll" --shape tiny --batch 2 --seq 16 --device cuda --ep-library "$EP_LIBRARY")
-phase compare-tiny 30 bash -c '"$@" --compare step; "$@" --compare eval' _ "${tiny[@]}"
+phase compare-tiny 40 bash -c '"$@" --compare step; "$@" --compare eval; "$@" --compare step --graph-optimization-level basic' _ "${tiny[@]}"
 wait $probe
 phase sweep-tiny 45 bash "$here/sweep.sh"
 trains() { grep -q ': ok' "$1/train-tiny.verdict" 2>/dev/null; }
