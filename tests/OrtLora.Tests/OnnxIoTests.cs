@@ -127,4 +127,17 @@ public class ExecutionDeviceTests
         Assert.That(Assert.Throws<OrtLoraException>(() => OrtRun.ApplyDiagnostics(plain, "verbose", null))!.Message,
             Does.Contain("ORTLORA_ORT_LOG_LEVEL"));
     }
+
+    /// <summary>The CUDA provider's options: none unless asked; CUDA graphs; ORTLORA_CUDA_OPTIONS entries on top (the
+    /// later wins); a malformed entry is one error naming the variable.</summary>
+    [Test]
+    public void CudaOptionsAreOnlyWhatIsAskedFor()
+    {
+        Assert.That(ExecutionDevice.CudaOptions(false, null), Is.Empty);
+        Assert.That(ExecutionDevice.CudaOptions(true, null), Is.EqualTo(new Dictionary<string, string> { ["enable_cuda_graph"] = "1" }));
+        Assert.That(ExecutionDevice.CudaOptions(true, " use_tf32 = 0 ;enable_cuda_graph=0"),
+            Is.EqualTo(new Dictionary<string, string> { ["enable_cuda_graph"] = "0", ["use_tf32"] = "0" }));
+        Assert.That(Assert.Throws<OrtLoraException>(() => ExecutionDevice.CudaOptions(false, "use_tf32"))!.Message,
+            Does.Contain("ORTLORA_CUDA_OPTIONS").And.Contain("key=value"));
+    }
 }

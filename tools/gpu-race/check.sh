@@ -38,6 +38,10 @@ for arch in llama gpt2; do
     case_ "verify-$arch-$export-static" "${ortlora[@]}" verify "$fixtures/$arch/model.$export.onnx" \
       --init-from "$fixtures/$arch/adapter" --reference "$fixtures/$arch/reference.safetensors" \
       -o "$out/$arch-$export-static.safetensors" --static-shapes "${ep[@]}"
+    # PEFT's float32 numbers come from matmuls without TF32 (PyTorch's default); the CUDA provider uses TF32 unless told.
+    case_ "verify-$arch-$export-static-notf32" env ORTLORA_CUDA_OPTIONS=use_tf32=0 "${ortlora[@]}" verify "$fixtures/$arch/model.$export.onnx" \
+      --init-from "$fixtures/$arch/adapter" --reference "$fixtures/$arch/reference.safetensors" \
+      -o "$out/$arch-$export-static-notf32.safetensors" --static-shapes "${ep[@]}"
   done
 done
 for arch in llama gpt2; do

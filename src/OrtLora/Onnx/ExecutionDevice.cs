@@ -14,8 +14,7 @@ public static class ExecutionDevice
     /// which needs every input and output bound at a fixed address (<see cref="Training.Engine.FixedAddresses"/>)</param>
     public static void Configure(SessionOptions options, string device, string? epLibrary, int deviceId = 0, bool cudaGraphs = false)
     {
-        // The plugin got no options when it was seen to work: only add what is asked for.
-        var cudaOptions = cudaGraphs ? new Dictionary<string, string> { ["enable_cuda_graph"] = "1" } : new Dictionary<string, string>();
+        var cudaOptions = CudaOptions(cudaGraphs, Environment.GetEnvironmentVariable("ORTLORA_CUDA_OPTIONS"));
         switch (device)
         {
             case "cpu":
@@ -40,6 +39,16 @@ public static class ExecutionDevice
             default:
                 throw new OrtLoraException($"--device {device}: expected cpu or cuda");
         }
+    }
+
+    /// <summary>The CUDA provider's options. The plugin got none when it was seen to work: only what is asked for, CUDA
+    /// graphs and, from ORTLORA_CUDA_OPTIONS ("key=value;..."), any of the provider's own (e.g. use_tf32=0: float32
+    /// matmuls without TF32, as PyTorch computes them by default, for PEFT's numbers).</summary>
+    public static Dictionary<string, string> CudaOptions(bool cudaGraphs, string? extra)
+    {
+        var options = cudaGraphs ? new Dictionary<string, string> { ["enable_cuda_graph"] = "1" } : new Dictionary<string, string>();
+        foreach (var (key, value) in OrtRun.KeyValues(extra, "ORTLORA_CUDA_OPTIONS")) options[key] = value;
+        return options;
     }
 
     static void AppendPlugin(SessionOptions options, string library, string vendorHint, Dictionary<string, string> providerOptions)

@@ -66,11 +66,17 @@ public static class OrtRun
         if (logLevel is { Length: > 0 })
             options.LogSeverityLevel = int.TryParse(logLevel, out var level) && level is >= 0 and <= 4 ? (OrtLoggingLevel)level
                 : throw new OrtLoraException($"ORTLORA_ORT_LOG_LEVEL: expected 0 (verbose) to 4 (fatal), got '{logLevel}'");
-        foreach (var entry in (config ?? "").Split(';', StringSplitOptions.RemoveEmptyEntries))
+        foreach (var (key, value) in KeyValues(config, "ORTLORA_ORT_CONFIG")) options.AddSessionConfigEntry(key, value);
+    }
+
+    /// <summary>"key=value;key=value" (spaces around each trimmed); <paramref name="source"/> names it in the error.</summary>
+    public static IEnumerable<(string Key, string Value)> KeyValues(string? text, string source)
+    {
+        foreach (var entry in (text ?? "").Split(';', StringSplitOptions.RemoveEmptyEntries))
         {
             var keyValue = entry.Split('=', 2);
-            if (keyValue.Length != 2 || keyValue[0].Trim().Length == 0) throw new OrtLoraException($"ORTLORA_ORT_CONFIG: expected key=value, got '{entry}'");
-            options.AddSessionConfigEntry(keyValue[0].Trim(), keyValue[1].Trim());
+            if (keyValue.Length != 2 || keyValue[0].Trim().Length == 0) throw new OrtLoraException($"{source}: expected key=value, got '{entry}'");
+            yield return (keyValue[0].Trim(), keyValue[1].Trim());
         }
     }
 
