@@ -18,6 +18,8 @@ namespace OrtLora.Bench;
 static class Sweep
 {
     static readonly string[] Modes = ["const", "fed"];
+    /// <summary>How long a worker may take for one case (its start included: loading the provider, the device's context).</summary>
+    static readonly TimeSpan StallLimit = TimeSpan.FromSeconds(60);
 
     /// <summary>In the parent: writes the cases to <paramref name="dir"/>, runs them over <paramref name="jobs"/>
     /// workers and prints one line per case; the exit code is 1 if any case crashed. The cases are the graph's node
@@ -101,13 +103,18 @@ static class Sweep
             using var process = Process.Start(child)!;
             var error = process.StandardError.ReadToEndAsync();
             int lastDone = next - 1;
-            while (process.StandardOutput.ReadLine() is { } line)
+            bool hung = false;
+            while (true)
             {
+                var read = process.StandardOutput.ReadLineAsync();
+                if (!read.Wait(StallLimit)) { process.Kill(entireProcessTree: true); hung = true; break; } // a hang is a verdict too
+                if (read.Result is not { } line) break;
                 var parts = line.Split(' ', 2); // "<item> <verdict>"
                 if (parts.Length == 2 && int.TryParse(parts[0], out int item)) { verdicts[item] = parts[1]; lastDone = item; }
             }
             process.WaitForExit();
             next = lastDone + 1;
+            if (hung) { if (next < last) verdicts[next++] = $"HANG (no result in {StallLimit.TotalSeconds:F0} s)"; continue; }
             if (next < last && process.ExitCode != 0)
             {
                 string why = (error.Result.Trim().Split('\n').LastOrDefault(l => l.Length > 0) ?? "").Trim();
