@@ -33,6 +33,8 @@ public class KernelCoverageTests
             + string.Join("\n  ", missing.Take(20)));
         var copies = HostArguments.DeviceToHost(graph, types);
         Assert.That(copies, Is.Empty, $"{what}: device-to-host copies for\n  " + string.Join("\n  ", copies.Take(20)));
+        var fromBatch = HostArguments.FromFedIntegers(graph);
+        Assert.That(fromBatch, Is.Empty, $"{what}: host arguments a CUDA graph would freeze at the first batch\n  " + string.Join("\n  ", fromBatch.Take(20)));
         // What a plugin provider loads (TrainingSession.ForPlugin) holds none of the ops the plugin was seen to crash on,
         // and still has a CUDA kernel for every node.
         var forPlugin = TrainingSession.ForPlugin(graph);
@@ -230,6 +232,27 @@ public class KernelCoverageTests
 
         Assert.That(copies.Select(c => (c.Node.OpType, c.Input)), Is.EqualTo(new[] { ("Reshape", 1) }));
         Assert.That(copies[0].Node.Output[0], Is.EqualTo(fromData));
+        Assert.That(HostArguments.FromFedIntegers(net.Proto), Is.Empty, "the tokens reach a host argument only through Shape");
+    }
+
+    /// <summary>A host argument computed from the tokens' values (a count of nonzero ids as a Range limit) is what a
+    /// captured CUDA graph would freeze: found, and --cuda-graphs refuses the graph naming it; one from their shape is not.</summary>
+    [Test]
+    public void FindsHostArgumentsComputedFromTheBatch()
+    {
+        var net = new Net(17);
+        net.Input("ids", (int)DT.Int64, 2, 3);
+        var fromShape = net.Op("Range", [net.I(0L), net.Op("ReduceProd", [net.Op("Shape", "ids")], ("keepdims", 0L)), net.I(1L)]);
+        var count = net.Op("ReduceSum", [net.Op("Cast", [net.Op("Greater", "ids", net.I(0L))], ("to", (long)DT.Int64))], ("keepdims", 0L));
+        var fromValues = net.Op("Range", [net.I(0L), count, net.I(1L)]);
+        net.Output(net.Op("Concat", [fromShape, fromValues], ("axis", 0L)), "y", -1);
+
+        var copies = HostArguments.FromFedIntegers(net.Proto);
+
+        Assert.That(copies.Select(c => (c.Node.OpType, c.Input)), Is.EqualTo(new[] { ("Range", 1) }));
+        Assert.That(copies[0].Node.Output[0], Is.EqualTo(fromValues));
+        var e = Assert.Throws<OrtLoraException>(() => FixedAddresses.RequireNoBatchHostArguments(net.Proto))!;
+        Assert.That(e.Message, Does.Contain("Range").And.Contain("--cuda-graphs"));
     }
 
     [Test]

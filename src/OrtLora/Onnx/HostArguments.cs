@@ -32,6 +32,33 @@ public static class HostArguments
     /// <summary>Ops whose output depends on their input's shape only, never its contents.</summary>
     static readonly HashSet<string> ShapeOnly = ["Shape", "Size"];
 
+    /// <summary>Host-memory arguments computed from the contents of the integer inputs each run feeds (tokens, masks,
+    /// labels). ORT computes those on the host, which is fine for a plain run; a captured CUDA graph keeps what the
+    /// kernels read at capture, so such an argument would stay at the first batch's value in every replay. Shapes do not
+    /// count (Shape and Size read metadata, fixed under the static shapes CUDA graphs need).</summary>
+    public static List<HostCopy> FromFedIntegers(ModelProto model)
+    {
+        var initializers = new HashSet<string>(model.Graph.Initializer.Select(t => t.Name));
+        var fed = new HashSet<string>(model.Graph.Input
+            .Where(i => !initializers.Contains(i.Name) && i.Type?.TensorType is { } t && !Tensors.IsFloat(t.ElemType)).Select(i => i.Name));
+        return Reaching(model, fed);
+    }
+
+    /// <summary>The host-memory arguments whose value depends on <paramref name="sources"/>, through any op but Shape and Size.</summary>
+    static List<HostCopy> Reaching(ModelProto model, HashSet<string> sources)
+    {
+        var copies = new List<HostCopy>();
+        foreach (var node in model.Graph.Node)
+        {
+            if (CudaHostInputs.TryGetValue(node.OpType, out var hostInputs))
+                foreach (var i in hostInputs.Where(i => i < node.Input.Count && sources.Contains(node.Input[i])))
+                    copies.Add(new HostCopy(node, i, node.Input[i]));
+            if (!ShapeOnly.Contains(node.OpType) && node.Input.Any(sources.Contains))
+                foreach (var o in node.Output) if (o != "") sources.Add(o);
+        }
+        return copies;
+    }
+
     /// <param name="elemTypes">element type of each value (<see cref="Autodiff.ValueTable.ElemTypes"/>)</param>
     public static List<HostCopy> DeviceToHost(ModelProto model, IReadOnlyDictionary<string, int> elemTypes)
     {
@@ -39,15 +66,6 @@ public static class HostArguments
         // float graph inputs (parameters, moments, lr) live on the device with the compute that reads them
         var deviceData = new HashSet<string>(model.Graph.Input
             .Where(i => !initializers.Contains(i.Name) && elemTypes.TryGetValue(i.Name, out var t) && Tensors.IsFloat(t)).Select(i => i.Name));
-        var copies = new List<HostCopy>();
-        foreach (var node in model.Graph.Node)
-        {
-            if (CudaHostInputs.TryGetValue(node.OpType, out var hostInputs))
-                foreach (var i in hostInputs.Where(i => i < node.Input.Count && deviceData.Contains(node.Input[i])))
-                    copies.Add(new HostCopy(node, i, node.Input[i]));
-            if (!ShapeOnly.Contains(node.OpType) && node.Input.Any(deviceData.Contains))
-                foreach (var o in node.Output) if (o != "") deviceData.Add(o);
-        }
-        return copies;
+        return Reaching(model, deviceData);
     }
 }

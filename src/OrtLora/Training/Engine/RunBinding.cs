@@ -55,6 +55,15 @@ public sealed class FixedAddresses : IDisposable
                 $"('{random.Name}'); train without --cuda-graphs, or with --lora-dropout 0");
     }
 
+    /// <summary>A captured graph keeps the host-memory arguments its kernels read at capture (a Reshape's shape, a
+    /// Range's limit): one computed from the batch's contents would stay at the first batch's value.</summary>
+    public static void RequireNoBatchHostArguments(global::Onnx.ModelProto proto)
+    {
+        if (OrtLora.Onnx.HostArguments.FromFedIntegers(proto) is [var first, ..])
+            throw new OrtLoraException($"CUDA graphs keep what a kernel reads from host memory at capture, and {first} is computed from " +
+                "the batch's contents: every replay would reuse the first batch's value; train without --cuda-graphs");
+    }
+
     /// <summary>Frees a session's buffers when the session is unloaded (its captured graphs go with it).</summary>
     public void Release(InferenceSession session)
     {

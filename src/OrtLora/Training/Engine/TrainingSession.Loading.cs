@@ -31,7 +31,11 @@ public sealed partial class TrainingSession
 
     InferenceSession Load(ModelProto proto)
     {
-        if (_options.CudaGraphs) FixedAddresses.RequireNoRandomness(proto);
+        if (_options.CudaGraphs)
+        {
+            FixedAddresses.RequireNoRandomness(proto);
+            FixedAddresses.RequireNoBatchHostArguments(proto);
+        }
         if (_options.RewritesForPlugin) proto = ForPlugin(proto);
         using var options = SessionOptions(profile: true, cudaGraphs: _options.CudaGraphs);
         InferenceSession session;
