@@ -79,6 +79,11 @@ for flags in "" --fp16 --bf16 "--bf16 --gradient-checkpointing" "--pad-to-max-le
     --eval-data graphs/tiny/demo_eval.parquet --target-modules all-linear --max-steps 20 --eval-steps 20 \
     --learning-rate 5e-3 --plain-log $flags -o "$out/train${name}" "${ep[@]}"
 done
+# One captured graph per session, the state copied back (ORTLORA_COPY_STATE_BACK): should the runs with CUDA graphs
+# lose updates against the padded run without them, this tells whether keeping one graph per state parity is the cause.
+case_ "train-tiny--cuda-graphs--max-seq-length128-copyback" env ORTLORA_COPY_STATE_BACK=1 "${ortlora[@]}" train graphs/tiny/model.onnx \
+  --data graphs/tiny/demo.parquet --eval-data graphs/tiny/demo_eval.parquet --target-modules all-linear --max-steps 20 --eval-steps 20 \
+  --learning-rate 5e-3 --plain-log --cuda-graphs --max-seq-length 128 -o "$out/train-copyback" "${ep[@]}"
 # DPO: the reference forward is its own graph (its own captured graph id under --cuda-graphs); ORPO has none.
 for flags in "" "--cuda-graphs --max-seq-length 128" "--bf16" "--loss-type orpo"; do
   name=$(echo "$flags" | tr -d ' ')

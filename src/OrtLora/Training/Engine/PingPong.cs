@@ -39,6 +39,17 @@ public sealed class PingPong : IDisposable
     public OrtValue Current => _values[_current];
     public OrtValue Next => _values[1 - _current];
     public void Swap() => _current = 1 - _current;
+
+    /// <summary>Makes what a run wrote into <see cref="Next"/> current: by swapping the buffers, or with
+    /// <paramref name="copyBack"/> by copying it into <see cref="Current"/>, which then stays the same buffer (a single
+    /// buffer, updated in place, needs neither).</summary>
+    public void Advance(bool copyBack)
+    {
+        if (!copyBack) { Swap(); return; }
+        if (Single) return;
+        if (_host is not null) Array.Copy(_host[1 - _current], _host[_current], _count);
+        else _copy!.Copy(Next, Current);
+    }
     /// <summary>Which buffer is current (0 or 1).</summary>
     public int Parity => _current;
     /// <summary>Whether the buffers are in a device's memory rather than host arrays.</summary>

@@ -44,6 +44,10 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// (transformers' classifier_dropout; off with DisableDropout)</param>
 /// <param name="MultiLabel">with Classification: multi-label classification, the BCE loss against each row's
 /// multi-hot classes (<see cref="ClassificationLoss.MultiLabelTargetsInput"/>)</param>
+/// <param name="CopyStateBack">a run writes the next state into the second buffer and it is copied back into the first
+/// (<see cref="PingPong.Advance"/>), so every run reads and writes the same buffers and a session captures one CUDA graph
+/// (id 0) instead of one per state parity: for a provider that may not keep several captured graphs apart (docs/gpu.md).
+/// Costs one device copy of the state per update. Env ORTLORA_COPY_STATE_BACK=1.</param>
 /// <param name="HostUpdateFrom">parameters of this many elements or more (modules_to_save weights) are updated by
 /// <see cref="HostAdamW"/> in place when the state is in host memory, instead of by the graph</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
@@ -53,7 +57,7 @@ public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThrea
     double NeftuneNoiseAlpha = 0, int Seed = 42, double LabelSmoothing = 0, long HostUpdateFrom = ParameterBundle.AloneFrom,
     PreferenceOptions? Preference = null, bool TokenWeighted = false, double LogitsTemperature = 1, double? DistillationBeta = null,
     bool DisableDropout = false, bool Classification = false, bool TokenClassification = false, double ClassifierDropout = 0, bool MultiLabel = false,
-    bool? PluginRewrites = null, bool StateOnHost = false)
+    bool? PluginRewrites = null, bool StateOnHost = false, bool CopyStateBack = false)
 {
     /// <summary>Whether each graph loads with the ops the CUDA plugin crashes on rewritten (docs/gpu.md): Slices as
     /// Gathers (<see cref="SliceAsGather"/>), the loss's GatherElements and ScatterElements as flat Gather and
@@ -101,6 +105,8 @@ public sealed partial class TrainingSession : IDisposable
         if (Environment.GetEnvironmentVariable("ORTLORA_STATE_ON_HOST") == "1" && !_options.CudaGraphs) _options = _options with { StateOnHost = true };
         // And the plugin rewrites forced on (1) or off (0), to tell a provider that needs them from one that does not.
         if (Environment.GetEnvironmentVariable("ORTLORA_PLUGIN_REWRITES") is { } rewrites && rewrites is "0" or "1") _options = _options with { PluginRewrites = rewrites == "1" };
+        // And one captured graph per session (the state copied back) instead of one per state parity.
+        if (Environment.GetEnvironmentVariable("ORTLORA_COPY_STATE_BACK") == "1") _options = _options with { CopyStateBack = true };
         if (options.Compute == ComputeType.BFloat16 && options.Device == "cpu")
             throw new OrtLoraException("bfloat16 compute needs an execution provider with bfloat16 kernels (--device cuda): ONNX Runtime's CPU " +
                 "provider has none for MatMul, Add, Softmax and most other ops. On CPU use --fp16 (ONNX Runtime runs float16 through float32 kernels there)");
@@ -183,7 +189,7 @@ public sealed partial class TrainingSession : IDisposable
         BindSequenceLogps(run, batch);
         Run(run, graphId: 2 * StateParity + AccumulatorParity);
         LastCorrectTokens = _correct.Get();
-        foreach (var a in _accumulators.Values) a.Swap();
+        foreach (var a in _accumulators.Values) a.Advance(_options.CopyStateBack);
         foreach (var (p, gradient) in _hostGradients) HostAdamW.Accumulate(_accumulators[p].HostArray, gradient.HostArray, gradScale);
         return _loss.Get();
     }
@@ -350,7 +356,7 @@ public sealed partial class TrainingSession : IDisposable
         foreach (var p in _hostUpdated)
             HostAdamW.Update(_params[p].HostArray, _expAvg[p].HostArray, _expAvgSq[p].HostArray, hostGradient(p), _clipCoefficient.Get(),
                 _options.AdamW, _lr.Get(), _options.AdamW.LrMultiplier?.Invoke(p) ?? 1.0, _options.AdamW.WeightDecayOf(p), OptimizerStep + 1);
-        foreach (var p in _graph.Parameters) { _params[p].Swap(); _expAvg[p].Swap(); _expAvgSq[p].Swap(); }
+        foreach (var p in _graph.Parameters) { _params[p].Advance(_options.CopyStateBack); _expAvg[p].Advance(_options.CopyStateBack); _expAvgSq[p].Advance(_options.CopyStateBack); }
         OptimizerStep++;
     }
 
