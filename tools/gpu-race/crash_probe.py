@@ -21,7 +21,9 @@ def const(name, values, dtype=np.int64):
 
 
 def case_graph(case):
-    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 8, 16])
+    # "-dynamic" cases declare X's dims symbolic: ORT cannot fold its Shape, so shape arithmetic runs at run time (on
+    # the CPU, as ORT places it) between device nodes, as in ortlora's dynamic-shape graphs that crashed.
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["a", "b", "c"] if case.endswith("-dynamic") else [2, 8, 16])
     nodes, inits, opsets = [], [], [helper.make_opsetid("", 18)]
     if case == "identity":
         nodes = [helper.make_node("Identity", ["X"], ["Y"])]
@@ -54,7 +56,7 @@ def case_graph(case):
     elif case == "gather-const":  # what SliceAsGather makes of slice-const under static shapes
         nodes = [helper.make_node("Gather", ["X", "idx"], ["Y"], axis=2)]
         inits = [const("idx", list(range(8, 16)))]
-    elif case == "range-gather":  # what it makes of it when the dim is known only at run time
+    elif case in ("range-gather", "range-gather-dynamic"):  # what it makes of it when the dim is known only at run time
         nodes = [helper.make_node("Shape", ["X"], ["shape"]), helper.make_node("Gather", ["shape", "two"], ["dim"], axis=0),
                  helper.make_node("Range", ["eight", "dim", "one"], ["idx"]), helper.make_node("Gather", ["X", "idx"], ["Y"], axis=2)]
         inits = [const("two", 2), const("eight", 8), const("one", 1)]
@@ -87,6 +89,10 @@ def case_graph(case):
         extra = {"reduction": "add"} if case.endswith("add") else {}
         nodes = [helper.make_node("ScatterElements", ["X", "idx", "upd"], ["Y"], axis=2, **extra)]
         inits = [const("idx", np.arange(2 * 8).reshape(2, 8, 1) % 16), const("upd", np.ones((2, 8, 1)), np.float32)]
+    elif case == "unique-int64-roundtrip":  # int64 device -> CPU (Unique has no CUDA kernel) -> device mid-graph
+        nodes = [helper.make_node("ArgMax", ["X"], ["am"], axis=2, keepdims=0), helper.make_node("Reshape", ["am", "flat"], ["amf"]),
+                 helper.make_node("Unique", ["amf"], ["u"], sorted=1), helper.make_node("Gather", ["X", "u"], ["Y"], axis=2)]
+        inits = [const("flat", [-1])]
     elif case == "logsoftmax":
         nodes = [helper.make_node("LogSoftmax", ["X"], ["Y"], axis=-1)]
     else:
@@ -100,7 +106,7 @@ def case_graph(case):
 CASES = ["identity", "matmul", "sigmoid", "slice-const", "slice-const-steps", "slice-computed", "slice-int64", "split",
          "cpu-in-middle", "fusedmatmul", "gather-const", "range-gather", "pad", "split-sizes", "expand", "scatternd-add",
          "gatherelements", "gatherelements-pick", "gatherelements-computed", "scatterelements", "scatterelements-add",
-         "logsoftmax"]
+         "logsoftmax", "range-gather-dynamic", "unique-int64-roundtrip"]
 
 
 def one(library, case, level):
