@@ -66,7 +66,6 @@ public static class KernelCoverage
         return Check(true, node.Input) ?? Check(false, node.Output);
     }
 
-    /// <summary>The ONNX name of an element type, as kernel tables write it: float, float16, bfloat16, int64, bool ...</summary>
     /// <summary>Ops the CUDA plugin on the GPU machine crashed on in a one-node graph (docs/gpu.md, 2026-12-04): the
     /// kernels that call the core's CPU helpers a CPU build of the core does not have.</summary>
     public static readonly string[] PluginCrashOps = ["Slice", "GatherElements", "Size"];
@@ -75,6 +74,7 @@ public static class KernelCoverage
     public static List<NodeProto> PluginCrashes(ModelProto model) =>
         model.Graph.Node.Where(n => PluginCrashOps.Contains(n.OpType) && n.Domain is "" or "ai.onnx").ToList();
 
+    /// <summary>The ONNX name of an element type, as kernel tables write it: float, float16, bfloat16, int64, bool ...</summary>
     public static string TypeName(int elemType) => ((DT)elemType).ToString().ToLowerInvariant();
 
     static string TypeList(NodeProto node, IReadOnlyDictionary<string, int> elemTypes)

@@ -3,7 +3,8 @@ using Onnx;
 namespace OrtLora.Onnx;
 
 /// <summary>The loss's per-row indexing without GatherElements and ScatterElements, for the CUDA plugin that crashed on
-/// a one-node GatherElements graph (the 1.29 provider in a 1.30 core; docs/gpu.md). The causal-LM loss picks each row's target log-probability with
+/// a one-node GatherElements graph (its kernel calls a CPU helper the machine's CPU-build core lacks; docs/gpu.md). The
+/// causal-LM loss picks each row's target log-probability with
 /// GatherElements along the last axis and writes the gradient's target column with ScatterElements; both are marked
 /// (<see cref="Marker"/>: indices [..., K] with the data's leading dims). Marked nodes become a Gather and a ScatterND
 /// on the data flattened to one axis, at the flat indices row · V + index: the same elements, read or written.</summary>

@@ -3,10 +3,10 @@ using DT = Onnx.TensorProto.Types.DataType;
 
 namespace OrtLora.Onnx;
 
-/// <summary>ONNX Runtime's 1.29 CUDA provider loaded as a plugin into the GPU machine's 1.30 core crashes in Run on
-/// every Slice it executes: a one-node Slice graph crashes, in Python as in C#, whatever its bounds, while Split,
-/// Gather, Sigmoid, MatMul and a CPU node between two CUDA nodes run (docs/gpu.md; a core of the provider's own version
-/// may not need this, which session.sh in tools/gpu-race tries first). This rewrite computes such a
+/// <summary>ONNX Runtime's CUDA provider loaded as a plugin into the GPU machine's core (a CPU build, whose provider
+/// bridge lacks the CPU helpers Slice's CUDA kernel calls) crashes in Run on every Slice it executes: a one-node Slice
+/// graph crashes, in Python as in C#, whatever its bounds, while Split, Gather, Sigmoid, MatMul and a CPU node between
+/// two CUDA nodes run (docs/gpu.md). This rewrite computes such a
 /// Slice as one Gather per sliced axis, with the indices Range(start, end, step) after ONNX's clamping of the bounds:
 /// the same elements in the same order. With static shapes ORT folds the index arithmetic into constant indices.
 /// Slices of shapes are rewritten too: the 2026-12-04 sweep (tools/bench-train Sweep.cs) crashed on a one-node Slice
