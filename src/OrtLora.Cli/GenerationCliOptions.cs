@@ -25,11 +25,13 @@ public sealed class GenerationCliOptions
     public Option<string?> Adapter { get; } = new("--adapter") { Description = "Runtime LoRA adapter: .onnx_adapter file or PEFT adapter directory (the model must be injected)" };
     public Option<string?> Tokenizer { get; } = new("--tokenizer") { Description = "Tokenizer file or directory (default: the model's directory)" };
     public Option<bool> NoCache { get; } = new("--no-kv-cache") { Description = "Recompute the whole sequence every step even if the model has a KV cache" };
+    public Option<string> Device { get; } = new("--device") { Description = "cpu or cuda (cuda: a GPU build of ONNX Runtime, or --ep-library)", DefaultValueFactory = _ => "cpu" };
+    public Option<string?> EpLibrary { get; } = new("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
 
     public void AddTo(Command command)
     {
         command.Arguments.Add(Model);
-        foreach (var o in new Option[] { ChatTemplate, ChatTemplateKwargs, System, MaxNewTokens, Temperature, TopK, TopP, MinP, RepetitionPenalty, Seed, Adapter, Tokenizer, NoCache })
+        foreach (var o in new Option[] { ChatTemplate, ChatTemplateKwargs, System, MaxNewTokens, Temperature, TopK, TopP, MinP, RepetitionPenalty, Seed, Adapter, Tokenizer, NoCache, Device, EpLibrary })
             command.Options.Add(o);
     }
 
@@ -83,6 +85,8 @@ public sealed class GenerationCliOptions
         }
     }
 
+    /// <summary>The model's session on the device asked for; with a plugin provider the graph loads without the ops it
+    /// crashes on (<see cref="PluginRewrites"/>).</summary>
     public Loaded Open(ParseResult parse, string modelPath)
     {
         var sessionOptions = OrtRun.DefaultOptions();
@@ -91,7 +95,12 @@ public sealed class GenerationCliOptions
         InferenceSession? session = null;
         try
         {
-            session = adapterPath is null ? new InferenceSession(modelPath, sessionOptions) : RuntimeAdapters.OpenOverridable(modelPath, sessionOptions, out modelScale);
+            var epLibrary = parse.GetValue(EpLibrary);
+            ExecutionDevice.Configure(sessionOptions, parse.GetValue(Device)!, epLibrary);
+            bool rewrite = PluginRewrites.Wanted(epLibrary);
+            session = adapterPath is not null ? RuntimeAdapters.OpenOverridable(modelPath, sessionOptions, out modelScale, rewrite)
+                : rewrite ? PluginRewrites.Load(modelPath, sessionOptions)
+                : new InferenceSession(modelPath, sessionOptions);
             return new Loaded(sessionOptions, session, adapterPath is null ? null : RuntimeAdapters.Load(adapterPath, session, modelScale));
         }
         catch

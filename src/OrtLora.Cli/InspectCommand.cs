@@ -104,7 +104,7 @@ public static class InspectCommand
         foreach (var c in copies) Console.WriteLine($"  {c} ({Origin(c.Node)})");
         // The ops the CUDA plugin was seen to crash on (docs/gpu.md), as emitted and as a plugin loads the graph.
         var crashes = KernelCoverage.PluginCrashes(step);
-        var left = KernelCoverage.PluginCrashes(TrainingSession.ForPlugin(step));
+        var left = KernelCoverage.PluginCrashes(PluginRewrites.Apply(step));
         Console.WriteLine($"CUDA plugin (--ep-library): {crashes.Count} nodes of ops it was seen to crash on " +
             $"({string.Join(", ", crashes.GroupBy(n => n.OpType).Select(g => $"{g.Key} {g.Count()}"))}); {left.Count} left after its rewrites");
         foreach (var n in left) Console.WriteLine($"  {n.OpType} '{n.Name}' ({Origin(n)})");

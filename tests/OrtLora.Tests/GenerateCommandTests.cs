@@ -73,6 +73,19 @@ public class GenerateCommandTests
         Assert.That(error, Does.Contain("token id 99 is outside the model's vocabulary of 11"));
     }
 
+    /// <summary>generate on a device: a missing provider library or a CPU-only build is one line naming it, nothing printed.</summary>
+    [Test]
+    public void AMissingDeviceIsOneClearError()
+    {
+        var modelPath = Path.Combine(ToyModelDirectory(), "model.onnx");
+        var missing = Path.Combine(Shared.TempDir(), "no-such-provider.so");
+        var (code, output, error) = Run("generate", modelPath, "--prompt", "abc", "--device", "cuda", "--ep-library", missing);
+        Assert.That((code, error.Trim(), output), Is.EqualTo((1, $"error: {missing}: execution provider library not found", "")));
+        (code, output, error) = Run("generate", modelPath, "--prompt", "abc", "--device", "cuda");
+        Assert.That((code, output), Is.EqualTo((1, "")));
+        Assert.That(error, Does.Contain("--device cuda").And.Contain("--ep-library"));
+    }
+
     [Test]
     public void SeededSamplingIsReproducibleAndSeedsDiffer()
     {

@@ -46,6 +46,34 @@ public class GenerateTinyTests
         Assert.That(text, Is.EqualTo(string.Concat(plain.GenerateText(tokenizer, "### Instruction:\nName a color.\n\n### Response:\n", options))));
     }
 
+    /// <summary>What `generate --ep-library` loads (every Slice as Gathers, Size as a Shape: <see cref="PluginRewrites"/>)
+    /// gives the logits of the model as it is, step by step through the prompt and the KV cache; the committed model has
+    /// Slices to rewrite.</summary>
+    [Test]
+    public void GenerationThroughThePluginRewritesGivesTheSameLogits()
+    {
+        using var cachedModel = LlamaGraph.Build(LlamaShape.Tiny, 42, new LlamaOptions(WithKvCache: true, WithPositionIds: true));
+        using var committed = OnnxModel.Load(Tiny("model.onnx"));
+        Assert.That(committed.Graph.Node.Count(n => n.OpType == "Slice"), Is.GreaterThan(0), "the committed model has Slices");
+        var prompt = LoadedTokenizer.Load(Tiny("")).Encode("### Instruction:\nName a color.\n\n### Response:\n");
+        foreach (var (name, model) in new[] { ("committed", committed), ("cached", cachedModel) })
+        {
+            using var plainSession = new InferenceSession(model.ToBytes(), OrtRun.DefaultOptions());
+            using var rewrittenSession = PluginRewrites.Load(model, OrtRun.DefaultOptions());
+            using var plain = new Generator(plainSession);
+            using var rewritten = new Generator(rewrittenSession);
+            using var a = plain.Model.Start();
+            using var b = rewritten.Model.Start();
+            var (la, lb) = (plain.Model.Step(a, prompt), rewritten.Model.Step(b, prompt));
+            for (int step = 0; step < 8; step++)
+            {
+                Assert.That(Shared.MaxAbsDiff(la, lb), Is.LessThan(1e-5f), $"{name}, step {step}");
+                int next = Sampler.ArgMax(la);
+                (la, lb) = (plain.Model.Step(a, [next]), rewritten.Model.Step(b, [next]));
+            }
+        }
+    }
+
     [Test]
     public void GenAiDimensionsOfTinyMatchItsConfigJson()
     {

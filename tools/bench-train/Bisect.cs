@@ -9,7 +9,7 @@ using OrtLora.Training.Engine;
 namespace OrtLora.Bench;
 
 /// <summary>--bisect eval|gradients|step: which node of a training graph makes the device's provider crash (issue 6: the
-/// CUDA plugin segfaults in Run)? The graph, rewritten as the session would load it (TrainingSession.ForPlugin), is
+/// CUDA plugin segfaults in Run)? The graph, rewritten as the session would load it (PluginRewrites.Apply), is
 /// cut after its first k nodes, every value no kept node reads becoming an output so that ORT prunes none of them, and
 /// run in a child process (a segfault ends only the child). k is bisected: the first node whose prefix crashes is the
 /// trigger, printed with its op, attributes and its inputs' types and shapes from a CPU probe. Each child rebuilds the
@@ -28,7 +28,7 @@ static class Bisect
             _ => throw new ArgumentException($"--bisect {which}: expected eval, gradients or step"),
         };
         proto = staticShapes ? graph.WithBatchShape(proto, batch, seq) : proto.Clone();
-        if (pluginRewrites) proto = OrtLora.Training.Engine.TrainingSession.ForPlugin(proto);
+        if (pluginRewrites) proto = PluginRewrites.Apply(proto);
         var feeds = proto.Graph.Input.Where(i => !graph.Frozen.Values.ContainsKey(i.Name)).ToDictionary(i => i.Name, i => Feed(graph, i, batch, seq));
         return (proto, feeds);
     }

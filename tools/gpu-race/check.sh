@@ -79,6 +79,9 @@ for flags in "" --fp16 --bf16 "--bf16 --gradient-checkpointing" "--pad-to-max-le
     --eval-data graphs/tiny/demo_eval.parquet --target-modules all-linear --max-steps 20 --eval-steps 20 \
     --learning-rate 5e-3 --plain-log $flags -o "$out/train${name}" "${ep[@]}"
 done
+# Generation on the device (generate loads the model through the same plugin rewrites): its text should be the CPU's,
+# "rererererererererererere" for graphs/tiny's untrained weights and this prompt.
+case_ "generate-tiny" "${ortlora[@]}" generate graphs/tiny/model.onnx --prompt "Hello there" --max-new-tokens 12 "${ep[@]}"
 # One captured graph per session, the state copied back (ORTLORA_COPY_STATE_BACK): should the runs with CUDA graphs
 # lose updates against the padded run without them, this tells whether keeping one graph per state parity is the cause.
 case_ "train-tiny--cuda-graphs--max-seq-length128-copyback" env ORTLORA_COPY_STATE_BACK=1 "${ortlora[@]}" train graphs/tiny/model.onnx \

@@ -58,15 +58,17 @@ public static class RuntimeAdapters
     /// <summary>A session over the model with its LoRA parameters as overridable inputs. A model already in that form
     /// is opened from its file; otherwise the form is made in memory (models under 2 GB). <paramref name="modelScale"/>
     /// is the LoRA scale baked into the model (from its ortlora metadata), for adapters trained with another one.</summary>
-    public static InferenceSession OpenOverridable(string modelPath, SessionOptions options, out double? modelScale)
+    /// <param name="pluginRewrites">load the graph without the ops the GPU machine's CUDA plugin crashes on (<see cref="PluginRewrites"/>)</param>
+    public static InferenceSession OpenOverridable(string modelPath, SessionOptions options, out double? modelScale, bool pluginRewrites = false)
     {
         using var model = OnnxModel.Load(modelPath);
         modelScale = LoraModel.Read(model)?.Config.Scale;
         var inputs = model.Graph.Input.Select(i => i.Name).ToHashSet();
-        if (model.Graph.Initializer.Where(t => LoraRuntimeForm.IsLoraParameter(t.Name)).All(t => inputs.Contains(t.Name))
-            && model.Graph.Initializer.Any(t => LoraRuntimeForm.IsLoraParameter(t.Name)))
-            return new InferenceSession(modelPath, options);
-        LoraRuntimeForm.MakeOverridable(model);
+        bool overridable = model.Graph.Initializer.Where(t => LoraRuntimeForm.IsLoraParameter(t.Name)).All(t => inputs.Contains(t.Name))
+            && model.Graph.Initializer.Any(t => LoraRuntimeForm.IsLoraParameter(t.Name));
+        if (!overridable) LoraRuntimeForm.MakeOverridable(model);
+        if (pluginRewrites) return PluginRewrites.Load(model, options);
+        if (overridable) return new InferenceSession(modelPath, options);
         if (model.Graph.Initializer.Sum(Tensors.ByteSize) > 1_800_000_000L)
             throw new OrtLoraException($"{modelPath}: too large to prepare for runtime adapters in memory; inject it with --runtime-adapters");
         return new InferenceSession(model.ToBytes(), options);

@@ -36,7 +36,7 @@ public sealed partial class TrainingSession
             FixedAddresses.RequireNoRandomness(proto);
             FixedAddresses.RequireNoBatchHostArguments(proto);
         }
-        if (_options.RewritesForPlugin) proto = ForPlugin(proto);
+        if (_options.RewritesForPlugin) proto = PluginRewrites.Apply(proto);
         using var options = SessionOptions(profile: true, cudaGraphs: _options.CudaGraphs);
         InferenceSession session;
         try { session = new InferenceSession(proto.ToByteArray(), options); }
@@ -48,15 +48,6 @@ public sealed partial class TrainingSession
         return session;
     }
 
-    /// <summary>A copy of the graph without the ops the CUDA plugin crashes on (<see cref="TrainingSessionOptions.RewritesForPlugin"/>).</summary>
-    public static ModelProto ForPlugin(ModelProto proto)
-    {
-        proto = proto.Clone();
-        SliceAsGather.Apply(proto.Graph);
-        RowIndexAsGather.Apply(proto);
-        SizeAsShape.Apply(proto.Graph);
-        return proto;
-    }
 
     SessionOptions SessionOptions(bool profile, bool cudaGraphs)
     {

@@ -59,9 +59,8 @@ public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThrea
     bool DisableDropout = false, bool Classification = false, bool TokenClassification = false, double ClassifierDropout = 0, bool MultiLabel = false,
     bool? PluginRewrites = null, bool StateOnHost = false, bool CopyStateBack = false)
 {
-    /// <summary>Whether each graph loads with the ops the CUDA plugin crashes on rewritten (docs/gpu.md): Slices as
-    /// Gathers (<see cref="SliceAsGather"/>), the loss's GatherElements and ScatterElements as flat Gather and
-    /// ScatterND (<see cref="RowIndexAsGather"/>). By default with a plugin execution provider (--ep-library).</summary>
+    /// <summary>Whether each graph loads without the ops the CUDA plugin crashes on (<see cref="OrtLora.Onnx.PluginRewrites"/>,
+    /// docs/gpu.md). By default with a plugin execution provider (--ep-library).</summary>
     public bool RewritesForPlugin => PluginRewrites ?? EpLibrary is not null;
 }
 

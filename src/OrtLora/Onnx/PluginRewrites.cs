@@ -1,0 +1,54 @@
+using Microsoft.ML.OnnxRuntime;
+using Onnx;
+
+namespace OrtLora.Onnx;
+
+/// <summary>What a graph loads as on the GPU machine's CUDA plugin: without the ops it crashes on (docs/gpu.md). Its
+/// kernels for Slice, GatherElements and Size call CPU helpers that a CPU build of the core lacks, so every Slice
+/// becomes Gathers (<see cref="SliceAsGather"/>), the loss's marked GatherElements and ScatterElements a flat Gather and
+/// ScatterND (<see cref="RowIndexAsGather"/>) and Size the Shape of the flattened tensor (<see cref="SizeAsShape"/>):
+/// the same values, tested against ORT's own ops.</summary>
+public static class PluginRewrites
+{
+    /// <summary>Whether graphs load rewritten: with a plugin execution provider library, unless the environment says
+    /// otherwise (ORTLORA_PLUGIN_REWRITES=0 or 1, to tell a provider that needs them from one that does not).</summary>
+    public static bool Wanted(string? epLibrary) => Environment.GetEnvironmentVariable("ORTLORA_PLUGIN_REWRITES") switch
+    {
+        "1" => true,
+        "0" => false,
+        _ => epLibrary is not null,
+    };
+
+    /// <summary>A rewritten copy of <paramref name="proto"/>.</summary>
+    public static ModelProto Apply(ModelProto proto)
+    {
+        proto = proto.Clone();
+        SliceAsGather.Apply(proto.Graph);
+        RowIndexAsGather.Apply(proto);
+        SizeAsShape.Apply(proto.Graph);
+        return proto;
+    }
+
+    /// <summary>An inference session on the model at <paramref name="path"/>, rewritten.</summary>
+    public static InferenceSession Load(string path, SessionOptions options)
+    {
+        using var model = OnnxModel.Load(path);
+        return Load(model, options);
+    }
+
+    /// <summary>An inference session on the rewritten <paramref name="model"/>: from memory, or through a temporary copy
+    /// with external data when the weights are too large for one protobuf message.</summary>
+    public static InferenceSession Load(OnnxModel model, SessionOptions options)
+    {
+        using var rewritten = new OnnxModel(Apply(model.Proto), model.BaseDirectory, model.Source);
+        if (rewritten.Graph.Initializer.Sum(Tensors.ByteSize) < 1_800_000_000L) return new InferenceSession(rewritten.ToBytes(), options);
+        var dir = Directory.CreateTempSubdirectory("ortlora-plugin-").FullName;
+        try
+        {
+            var path = Path.Combine(dir, "model.onnx");
+            rewritten.Save(path, externalData: true);
+            return new InferenceSession(path, options); // ORT has read or mapped the weights: the files may go
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+}
