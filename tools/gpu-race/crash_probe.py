@@ -93,6 +93,23 @@ def case_graph(case):
         nodes = [helper.make_node("ArgMax", ["X"], ["am"], axis=2, keepdims=0), helper.make_node("Reshape", ["am", "flat"], ["amf"]),
                  helper.make_node("Unique", ["amf"], ["u"], sorted=1), helper.make_node("Gather", ["X", "u"], ["Y"], axis=2)]
         inits = [const("flat", [-1])]
+    elif case == "gathernd-bool":  # torch.onnx's causal mask: GatherND of a bool mask by computed indices
+        nodes = [helper.make_node("Greater", ["X", "zero"], ["m"]), helper.make_node("GatherND", ["m", "idx"], ["g"]),
+                 helper.make_node("Cast", ["g"], ["Y"], to=TensorProto.FLOAT)]
+        inits = [const("zero", 0.0, np.float32), const("idx", [[0, 1], [1, 3]])]
+    elif case == "cumsum":  # position ids from an attention mask, in some exports
+        nodes = [helper.make_node("CumSum", ["X", "ax"], ["Y"])]
+        inits = [const("ax", 2)]
+    elif case == "tile":  # repeat_kv in some exports
+        nodes = [helper.make_node("Tile", ["X", "reps"], ["Y"])]
+        inits = [const("reps", [1, 2, 1])]
+    elif case == "einsum":  # rotary frequencies in some exports
+        nodes = [helper.make_node("Einsum", ["X", "X"], ["Y"], equation="bij,bkj->bik")]
+    elif case == "onehot":
+        nodes = [helper.make_node("ArgMax", ["X"], ["am"], axis=2, keepdims=0), helper.make_node("OneHot", ["am", "depth", "vals"], ["Y"], axis=-1)]
+        inits = [const("depth", 16), const("vals", [0.0, 1.0], np.float32)]
+    elif case == "concat":  # ran inside graphs: alone too?
+        nodes = [helper.make_node("Concat", ["X", "X"], ["Y"], axis=2)]
     elif case == "logsoftmax":
         nodes = [helper.make_node("LogSoftmax", ["X"], ["Y"], axis=-1)]
     else:
@@ -106,7 +123,8 @@ def case_graph(case):
 CASES = ["identity", "matmul", "sigmoid", "slice-const", "slice-const-steps", "slice-computed", "slice-int64", "split",
          "cpu-in-middle", "fusedmatmul", "gather-const", "range-gather", "pad", "split-sizes", "expand", "scatternd-add",
          "gatherelements", "gatherelements-pick", "gatherelements-computed", "scatterelements", "scatterelements-add",
-         "logsoftmax", "range-gather-dynamic", "unique-int64-roundtrip"]
+         "logsoftmax", "range-gather-dynamic", "unique-int64-roundtrip", "gathernd-bool", "cumsum", "tile", "einsum", "onehot",
+         "concat"]
 
 
 def one(library, case, level):
