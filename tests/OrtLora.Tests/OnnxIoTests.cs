@@ -128,6 +128,26 @@ public class ExecutionDeviceTests
             Does.Contain("ORTLORA_ORT_LOG_LEVEL"));
     }
 
+    /// <summary>DeviceCopy.CopyAll: tensors of several shapes copied in one Run, each into its own destination, and a
+    /// second call of the same count reusing the session.</summary>
+    [Test]
+    public void CopyAllCopiesEveryTensorInOneRun()
+    {
+        using var copy = new DeviceCopy(OrtRun.DefaultOptions());
+        float[][] sources = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10, 11]];
+        long[][] shapes = [[3], [1, 2], [2, 3]];
+        var destinations = sources.Select(s => new float[s.Length]).ToArray();
+        for (int round = 0; round < 2; round++)
+        {
+            var values = sources.Select((s, i) => (Microsoft.ML.OnnxRuntime.OrtValue.CreateTensorValueFromMemory(s, shapes[i]),
+                Microsoft.ML.OnnxRuntime.OrtValue.CreateTensorValueFromMemory(destinations[i], shapes[i]))).ToList();
+            copy.CopyAll(values);
+            for (int i = 0; i < sources.Length; i++) Assert.That(destinations[i], Is.EqualTo(sources[i]), $"round {round}, tensor {i}");
+            foreach (var (a, b) in values) { a.Dispose(); b.Dispose(); }
+            foreach (var s in sources) for (int j = 0; j < s.Length; j++) s[j] += 100;
+        }
+    }
+
     /// <summary>The CUDA provider's options: none unless asked; CUDA graphs; ORTLORA_CUDA_OPTIONS entries on top (the
     /// later wins); a malformed entry is one error naming the variable.</summary>
     [Test]

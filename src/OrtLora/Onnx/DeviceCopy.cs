@@ -11,30 +11,42 @@ namespace OrtLora.Onnx;
 public sealed class DeviceCopy : IDisposable
 {
     readonly SessionOptions _options;
-    readonly Dictionary<int, InferenceSession> _sessions = new();
+    readonly Dictionary<(int Type, int Count), InferenceSession> _sessions = new();
     readonly RunOptions _run = new();
 
     /// <param name="options">the training sessions' options (same device); owned from here on</param>
     public DeviceCopy(SessionOptions options) => _options = options;
 
-    public void Copy(OrtValue source, OrtValue destination)
+    public void Copy(OrtValue source, OrtValue destination) => CopyAll([(source, destination)]);
+
+    /// <summary>Many copies of one element type in one Run (one Identity node each): the per-Run cost of ORT, paid once,
+    /// is what a step's copies of hundreds of state tensors would otherwise add up to.</summary>
+    public void CopyAll(IReadOnlyList<(OrtValue Source, OrtValue Destination)> copies)
     {
-        int type = (int)source.GetTensorTypeAndShape().ElementDataType; // ORT's element types are ONNX's data types
-        if (!_sessions.TryGetValue(type, out var session)) _sessions[type] = session = new InferenceSession(IdentityModel(type), _options);
+        if (copies.Count == 0) return;
+        int type = (int)copies[0].Source.GetTensorTypeAndShape().ElementDataType; // ORT's element types are ONNX's data types
+        if (!_sessions.TryGetValue((type, copies.Count), out var session))
+            _sessions[(type, copies.Count)] = session = new InferenceSession(IdentityModel(type, copies.Count), _options);
         using var binding = session.CreateIoBinding();
-        binding.BindInput("x", source);
-        binding.BindOutput("y", destination);
+        for (int i = 0; i < copies.Count; i++)
+        {
+            binding.BindInput($"x{i}", copies[i].Source);
+            binding.BindOutput($"y{i}", copies[i].Destination);
+        }
         session.RunWithBinding(_run, binding);
     }
 
-    static byte[] IdentityModel(int elementType)
+    static byte[] IdentityModel(int elementType, int count)
     {
         var model = new ModelProto { IrVersion = 8, Graph = new GraphProto { Name = "copy" } };
         model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = 17 });
-        model.Graph.Node.Add(new NodeProto { OpType = "Identity", Name = "copy", Input = { "x" }, Output = { "y" } });
         var tensor = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = elementType } };
-        model.Graph.Input.Add(new ValueInfoProto { Name = "x", Type = tensor });
-        model.Graph.Output.Add(new ValueInfoProto { Name = "y", Type = tensor });
+        for (int i = 0; i < count; i++)
+        {
+            model.Graph.Node.Add(new NodeProto { OpType = "Identity", Name = $"copy{i}", Input = { $"x{i}" }, Output = { $"y{i}" } });
+            model.Graph.Input.Add(new ValueInfoProto { Name = $"x{i}", Type = tensor });
+            model.Graph.Output.Add(new ValueInfoProto { Name = $"y{i}", Type = tensor });
+        }
         return model.ToByteArray();
     }
 

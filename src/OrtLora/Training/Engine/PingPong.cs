@@ -40,15 +40,15 @@ public sealed class PingPong : IDisposable
     public OrtValue Next => _values[1 - _current];
     public void Swap() => _current = 1 - _current;
 
-    /// <summary>Makes what a run wrote into <see cref="Next"/> current: by swapping the buffers, or with
-    /// <paramref name="copyBack"/> by copying it into <see cref="Current"/>, which then stays the same buffer (a single
-    /// buffer, updated in place, needs neither).</summary>
-    public void Advance(bool copyBack)
+    /// <summary>Makes what a run wrote into <see cref="Next"/> current without swapping: <see cref="Current"/> stays the
+    /// same buffer. Host buffers copy here (a single buffer, updated in place, needs nothing); device buffers are left to
+    /// the caller, which copies many in one Run (<see cref="DeviceCopy.CopyAll"/>): returns false for those.</summary>
+    public bool CopyBackOnHost()
     {
-        if (!copyBack) { Swap(); return; }
-        if (Single) return;
-        if (_host is not null) Array.Copy(_host[1 - _current], _host[_current], _count);
-        else _copy!.Copy(Next, Current);
+        if (Single) return true;
+        if (_host is null) return false;
+        Array.Copy(_host[1 - _current], _host[_current], _count);
+        return true;
     }
     /// <summary>Which buffer is current (0 or 1).</summary>
     public int Parity => _current;

@@ -45,7 +45,7 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// <param name="MultiLabel">with Classification: multi-label classification, the BCE loss against each row's
 /// multi-hot classes (<see cref="ClassificationLoss.MultiLabelTargetsInput"/>)</param>
 /// <param name="CopyStateBack">a run writes the next state into the second buffer and it is copied back into the first
-/// (<see cref="PingPong.Advance"/>), so every run reads and writes the same buffers and a session captures one CUDA graph
+/// (<see cref="PingPong.CopyBackOnHost"/>, <see cref="DeviceCopy.CopyAll"/>), so every run reads and writes the same buffers and a session captures one CUDA graph
 /// (id 0) instead of one per state parity: for a provider that may not keep several captured graphs apart (docs/gpu.md).
 /// Costs one device copy of the state per update. Env ORTLORA_COPY_STATE_BACK=1.</param>
 /// <param name="HostUpdateFrom">parameters of this many elements or more (modules_to_save weights) are updated by
@@ -188,7 +188,7 @@ public sealed partial class TrainingSession : IDisposable
         BindSequenceLogps(run, batch);
         Run(run, graphId: 2 * StateParity + AccumulatorParity);
         LastCorrectTokens = _correct.Get();
-        foreach (var a in _accumulators.Values) a.Advance(_options.CopyStateBack);
+        Advance(_accumulators.Values);
         foreach (var (p, gradient) in _hostGradients) HostAdamW.Accumulate(_accumulators[p].HostArray, gradient.HostArray, gradScale);
         return _loss.Get();
     }
@@ -348,6 +348,15 @@ public sealed partial class TrainingSession : IDisposable
     /// <summary>Takes the update the Run wrote to the Next buffers and makes the host's (from <paramref name="hostGradient"/>
     /// times the clip coefficient), unless loss scaling found that the gradients overflowed: then parameters and moments
     /// stay as they were (GradScaler skips optimizer.step).</summary>
+    /// <summary>What the last run wrote into the state's Next buffers becomes current: the buffers swap, or with
+    /// <see cref="TrainingSessionOptions.CopyStateBack"/> Next is copied into Current (device buffers in one Run).</summary>
+    void Advance(IEnumerable<PingPong> state)
+    {
+        if (!_options.CopyStateBack) { foreach (var s in state) s.Swap(); return; }
+        var onDevice = state.Where(s => !s.CopyBackOnHost()).Select(s => (s.Next, s.Current)).ToList();
+        if (onDevice.Count > 0) _deviceCopy!.CopyAll(onDevice);
+    }
+
     void FinishUpdate(Func<string, float[]> hostGradient)
     {
         LastGradNorm = _gradNorm.Get();
@@ -355,7 +364,7 @@ public sealed partial class TrainingSession : IDisposable
         foreach (var p in _hostUpdated)
             HostAdamW.Update(_params[p].HostArray, _expAvg[p].HostArray, _expAvgSq[p].HostArray, hostGradient(p), _clipCoefficient.Get(),
                 _options.AdamW, _lr.Get(), _options.AdamW.LrMultiplier?.Invoke(p) ?? 1.0, _options.AdamW.WeightDecayOf(p), OptimizerStep + 1);
-        foreach (var p in _graph.Parameters) { _params[p].Advance(_options.CopyStateBack); _expAvg[p].Advance(_options.CopyStateBack); _expAvgSq[p].Advance(_options.CopyStateBack); }
+        Advance(_graph.Parameters.SelectMany(p => new[] { _params[p], _expAvg[p], _expAvgSq[p] }));
         OptimizerStep++;
     }
 
