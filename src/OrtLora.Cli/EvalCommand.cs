@@ -22,16 +22,22 @@ public static class EvalCommand
         var jsdBeta = new Option<double>("--jsd-beta") { Description = "with --teacher-model: the divergence's beta (0: KL(teacher||model), 1: KL(model||teacher))", DefaultValueFactory = _ => 0.5 };
         var predictions = new Option<string?>("--predictions") { Description = "a classifier: also write each row's predicted label and class probabilities (or a regression's value; a token classifier's tag for each word) to this JSON Lines file" };
         var labelAllTokens = new Option<bool>("--label-all-tokens") { Description = "a token classifier: score every token of a word, not only its first (run_ner's label_all_tokens)" };
+        var padToMax = new Option<bool>("--pad-to-max-length")
+        {
+            Description = "pad every batch to --max-seq-length and load the graphs for that one shape (ORT folds the shape arithmetic; " +
+                          "the GPU machine's CUDA plugin ran static shapes only, docs/gpu.md)",
+        };
         var dataOptions = new DataCliOptions();
         var preference = new PreferenceCliOptions();
         var cmd = new Command("eval", "Loss, perplexity and mean token accuracy of a model on Parquet data (scored tokens as in training); DPO loss and rewards on preference data")
-            { model, data, adapter, reference, teacher, jsdBeta, predictions, labelAllTokens, batch, device, epLibrary };
+            { model, data, adapter, reference, teacher, jsdBeta, predictions, labelAllTokens, batch, device, epLibrary, padToMax };
         foreach (var o in dataOptions.All.Concat(preference.All)) cmd.Options.Add(o);
         cmd.SetAction(CliRunner.Guard(parse =>
         {
             int batchSize = parse.GetValue(batch);
             if (batchSize < 1) throw new OrtLoraException("--per-device-eval-batch-size must be at least 1");
-            var options = dataOptions.Read(parse) with { BatchSize = batchSize, EvalBatchSize = batchSize, LabelAllTokens = parse.GetValue(labelAllTokens) };
+            var options = dataOptions.Read(parse) with { BatchSize = batchSize, EvalBatchSize = batchSize, LabelAllTokens = parse.GetValue(labelAllTokens), PadToMaxLength = parse.GetValue(padToMax) };
+            if (options.PadToMaxLength) Console.WriteLine($"every batch padded to [{batchSize}, {options.MaxSeqLength}]; graphs loaded for that shape");
             var result = Evaluator.Run(parse.GetValue(model)!, parse.GetValue(data)!, options, parse.GetValue(dataOptions.Tokenizer),
                 parse.GetValue(device)!, parse.GetValue(epLibrary), parse.GetValue(adapter), parse.GetValue(reference), preference.Read(parse),
                 parse.GetValue(teacher) is { } t ? new DistillationOptions(t, parse.GetValue(jsdBeta)) : null, parse.GetValue(predictions));

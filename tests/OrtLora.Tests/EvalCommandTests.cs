@@ -47,6 +47,10 @@ public class EvalCommandTests
         Assert.That(training, Is.Not.Empty.And.All.InRange(0.0, 1.0), "the training steps' accuracy, logged with their loss");
         Assert.That(trained, Is.LessThan(evals[0] - 1));
         Assert.That(EvalLoss(merged, "--data", Tiny("demo_eval.parquet"), "--per-device-eval-batch-size", "3"), Is.EqualTo(trained).Within(1e-5));
+        // Padded to one shape with static-shape graphs (how eval runs on the GPU machine's plugin): the same numbers.
+        string[] padded = ["--data", Tiny("demo_eval.parquet"), "--pad-to-max-length", "--max-seq-length", "128"];
+        Assert.That(Eval([merged, .. padded]), Is.EqualTo((trained, accuracy)));
+        Assert.That(OrtloraOk(["eval", merged, .. padded]).Out, Does.Contain("every batch padded to [8, 128]; graphs loaded for that shape"));
         // The base model with the trained adapter directory, injected in memory.
         Assert.That(EvalLoss(Tiny("model.onnx"), "--data", Tiny("demo_eval.parquet"), "--adapter", dir), Is.EqualTo(trained).Within(1e-4));
         var injected = Path.Combine(Shared.TempDir(), "injected.onnx");

@@ -67,6 +67,7 @@ for flags in "" --bf16; do
 done
 # The forward alone (eval graph: no backward, no optimizer), for a crash that only training graphs have.
 case_ "eval-tiny" "${ortlora[@]}" eval graphs/tiny/model.onnx --data graphs/tiny/demo_eval.parquet "${ep[@]}"
+case_ "eval-tiny-static" "${ortlora[@]}" eval graphs/tiny/model.onnx --data graphs/tiny/demo_eval.parquet --pad-to-max-length --max-seq-length 128 "${ep[@]}"
 # Parameters and state in host memory (ORT copies them in each run): the device allocator and bound device buffers out of play.
 case_ "train-tiny-state-on-host" env ORTLORA_STATE_ON_HOST=1 "${ortlora[@]}" train graphs/tiny/model.onnx --data graphs/tiny/demo.parquet \
   --eval-data graphs/tiny/demo_eval.parquet --target-modules all-linear --max-steps 20 --eval-steps 20 --learning-rate 5e-3 --plain-log \

@@ -66,7 +66,7 @@ phase probe 60 python3 "$here/crash_probe.py" all "$EP_LIBRARY" &
 probe=$!
 # The machine's 1.30 core with the plugin rewrites: ORT 1.29's own core crashed the same way (2026-12-04; both are
 # CPU builds, docs/gpu.md).
-static_cases='generate-tiny|verify-.*-static.*|train-tiny--pad-to-max-length--max-seq-length128|train-tiny.*cuda-graphs.*|eval-tiny|dpo-tiny--cuda-graphs--max-seq-length128'
+static_cases='generate-tiny|verify-.*-static.*|train-tiny--pad-to-max-length--max-seq-length128|train-tiny.*cuda-graphs.*|eval-tiny|eval-tiny-static|dpo-tiny--cuda-graphs--max-seq-length128'
 only=${CHECK_ONLY:-$static_cases}; [ "$only" = all ] && only=
 ONLY=$only JOBS=8 CASE_TIMEOUT=150 CHECK_OUT=/tmp/check phase check 60 bash "$here/check.sh"
 # Numbers, not only crashes: graphs/tiny's step and eval graphs (static shapes, float32) on the device against the CPU,

@@ -71,7 +71,7 @@ public static class Evaluator
         if (distillation is not null && data.IsPreference)
             throw new OrtLoraException($"{dataPath}: the divergence to a teacher is scored on completions, not on preference pairs");
         using var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(), Device: device, EpLibrary: epLibrary,
-            DistillationBeta: distillation?.Beta));
+            DistillationBeta: distillation?.Beta, StaticShapes: options.PadToMaxLength));
         using var teacher = distillation is null ? null : new Distillation(distillation with { Lmbda = 0, SeqKd = false }, model, session, data, seed: 0);
         var score = Trainer.Score(session, data, prepare: teacher is null ? null : teacher.WithTeacher);
         if (score.Tokens == 0) throw new OrtLoraException($"{dataPath}: no token to score ({data.Summary})");
