@@ -100,7 +100,7 @@ def export(a) -> dict:
 def table(path: str) -> str:
     """One row per (shape, dtype, ortlora variant): PEFT and ortlora side by side, ortlora's speed-up. The latest
     measurement of each wins."""
-    rows = [json.loads(line) for line in open(path) if line.startswith("{")]
+    rows = [json.loads(line) for line in open(path) if line.startswith("{")] if os.path.exists(path) else []
     lines = ["| shape | dtype | ortlora variant | PEFT tokens/s | ortlora tokens/s | speed-up | PEFT step ms | ortlora step ms "
              "| peak GPU MiB PEFT / ortlora (nvidia-smi) |", "|---|---|---|---|---|---|---|---|---|"]
     for shape, dtype, engine in dict.fromkeys((r["shape"], r["dtype"], r["engine"]) for r in rows
