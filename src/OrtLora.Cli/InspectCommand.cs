@@ -102,6 +102,11 @@ public static class InspectCommand
             ? "no device-to-host copies: every host-memory argument (shapes, axes, counts) is computed from shapes, constants or token inputs"
             : $"{copies.Count} host-memory arguments are computed on the device and copied back mid-graph:");
         foreach (var c in copies) Console.WriteLine($"  {c} ({Origin(c.Node)})");
+        // What --cuda-graphs refuses: a host-memory argument read from the batch's contents stays at the first batch's value.
+        var fromBatch = HostArguments.FromFedIntegers(step);
+        Console.WriteLine(fromBatch.Count == 0 ? "CUDA graphs (--cuda-graphs): no host-memory argument is computed from the batch's contents"
+            : $"CUDA graphs (--cuda-graphs) refuse this graph: {fromBatch.Count} host-memory arguments are computed from the batch's contents:");
+        foreach (var c in fromBatch) Console.WriteLine($"  {c} ({Origin(c.Node)})");
         // The ops the CUDA plugin was seen to crash on (docs/gpu.md), as emitted and as a plugin loads the graph.
         var crashes = KernelCoverage.PluginCrashes(step);
         var left = KernelCoverage.PluginCrashes(PluginRewrites.Apply(step));

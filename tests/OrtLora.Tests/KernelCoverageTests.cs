@@ -262,6 +262,7 @@ public class KernelCoverageTests
         Assert.That(output, Does.Match(@"training step graph: \d,\d{3} nodes"));
         Assert.That(output, Does.Match(@"MatMul \d+").And.Contain("ScatterElements 1").And.Contain("LogSoftmax 1"));
         Assert.That(output, Does.Contain("CUDAExecutionProvider: every node has a kernel").And.Contain("no device-to-host copies"));
+        Assert.That(output, Does.Contain("CUDA graphs (--cuda-graphs): no host-memory argument is computed from the batch's contents"));
         // graphs/tiny's rotary halves and the loss's label pick and shift, and none after the plugin's rewrites
         var plugin = System.Text.RegularExpressions.Regex.Match(output, @"CUDA plugin \(--ep-library\): (\d+) nodes of ops it was seen to crash on \(([^)]*)\); (\d+) left");
         Assert.That(plugin.Success, output);
