@@ -257,13 +257,7 @@ static class Sweep
         try
         {
             foreach (var (name, tensor) in feeds) owned.Add(inputs[name] = tensor.ToOrtValue());
-            foreach (var (name, frozen) in graph.Frozen.Values)
-            {
-                var info = frozen.GetTensorTypeAndShape();
-                if (!twin || info.ElementDataType != TensorElementType.BFloat16) { inputs[name] = frozen; continue; }
-                var halves = frozen.GetTensorDataAsSpan<BFloat16>().ToArray().Select(b => (Float16)(float)b).ToArray();
-                owned.Add(inputs[name] = OrtValue.CreateTensorValueFromMemory(halves, info.Shape));
-            }
+            foreach (var (name, frozen) in twin ? ValueTable.AsFloat16(graph.Frozen.Values, owned) : graph.Frozen.Values) inputs[name] = frozen;
             using var options = OrtRun.DefaultOptions(GraphOptimizationLevel.ORT_DISABLE_ALL);
             using var session = new InferenceSession(probe.ToByteArray(), options);
             var names = session.OutputNames.ToList();

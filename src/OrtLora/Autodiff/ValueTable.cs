@@ -111,8 +111,9 @@ public sealed class ValueTable
         return new HostTensor(data, dims);
     }
 
-    /// <summary>bfloat16 inputs converted to float16 for the twin probe (values in range; only types and shapes are read).</summary>
-    static Dictionary<string, OrtValue> AsFloat16(IReadOnlyDictionary<string, OrtValue> inputs, List<OrtValue> converted)
+    /// <summary>bfloat16 inputs converted to float16 for the twin probe (values in range; only types and shapes are read).
+    /// The converted values are added to <paramref name="converted"/> for the caller to dispose.</summary>
+    public static Dictionary<string, OrtValue> AsFloat16(IReadOnlyDictionary<string, OrtValue> inputs, List<OrtValue> converted)
     {
         var result = new Dictionary<string, OrtValue>();
         foreach (var (name, v) in inputs)

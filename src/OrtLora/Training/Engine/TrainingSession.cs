@@ -60,8 +60,9 @@ public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThrea
     bool? PluginRewrites = null, bool StateOnHost = false, bool CopyStateBack = false)
 {
     /// <summary>Whether each graph loads without the ops the CUDA plugin crashes on (<see cref="OrtLora.Onnx.PluginRewrites"/>,
-    /// docs/gpu.md). By default with a plugin execution provider (--ep-library).</summary>
-    public bool RewritesForPlugin => PluginRewrites ?? EpLibrary is not null;
+    /// docs/gpu.md). By default with a plugin execution provider (--ep-library), or as ORTLORA_PLUGIN_REWRITES says
+    /// (<see cref="OrtLora.Onnx.PluginRewrites.Wanted"/>).</summary>
+    public bool RewritesForPlugin => PluginRewrites ?? OrtLora.Onnx.PluginRewrites.Wanted(EpLibrary);
 }
 
 /// <summary>Trains the LoRA parameters of an injected model with graphs from <see cref="TrainingGraph"/>, run by plain
@@ -102,8 +103,6 @@ public sealed partial class TrainingSession : IDisposable
         // A diagnostic for a device provider that misbehaves (docs/gpu.md): parameters and state stay in host memory
         // and ORT copies them to the device each run, so the device allocator and bound device buffers are out of play.
         if (Environment.GetEnvironmentVariable("ORTLORA_STATE_ON_HOST") == "1" && !_options.CudaGraphs) _options = _options with { StateOnHost = true };
-        // And the plugin rewrites forced on (1) or off (0), to tell a provider that needs them from one that does not.
-        if (Environment.GetEnvironmentVariable("ORTLORA_PLUGIN_REWRITES") is { } rewrites && rewrites is "0" or "1") _options = _options with { PluginRewrites = rewrites == "1" };
         // And one captured graph per session (the state copied back) instead of one per state parity.
         if (Environment.GetEnvironmentVariable("ORTLORA_COPY_STATE_BACK") == "1") _options = _options with { CopyStateBack = true };
         if (options.Compute == ComputeType.BFloat16 && options.Device == "cpu")
