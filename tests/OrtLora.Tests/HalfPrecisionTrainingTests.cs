@@ -57,6 +57,32 @@ public class HalfPrecisionTrainingTests
         Assert.That(stepGraph.Graph.Initializer.Where(t => Tensors.ElementCount(t.Dims) > 1000).Select(t => t.DataType), Is.All.EqualTo((int)DT.Float16));
     }
 
+    /// <summary>A model past protobuf's 2 GB (TinyLlama's 1.1B parameters are 4.4 GB in float32) builds its half-compute
+    /// training graph: the weights are converted in an inline copy made in memory, never serialized (the GPU race's
+    /// TinyLlama export failed here with OutOfSpaceException, 2026-12-04). A 1-layer LLaMA whose embedding and lm_head
+    /// are made 4.3M × 64 each (zeros, cheap to make): 2.2 GB.</summary>
+    [Test]
+    public void HalfComputeBuildsAModelPastProtobufsTwoGigabytes()
+    {
+        const int vocab = 4_300_000, hidden = 64;
+        var shape = new OrtLora.Graphs.LlamaShape("past-2gb", hidden, 1, 2, 1, 128, 32, TieWordEmbeddings: false);
+        using var model = OrtLora.Graphs.LlamaGraph.Build(shape, 7);
+        foreach (var t in model.Graph.Initializer.Where(t => t.Name is "model.embed_tokens.weight" or "lm_head.weight"))
+        {
+            t.Dims[0] = vocab;
+            Tensors.SetRaw(t, new byte[(long)vocab * hidden * sizeof(float)]);
+        }
+        model.Graph.Output.Single(o => o.Name == "logits").Type.TensorType.Shape.Dim[2].DimValue = vocab;
+        LoraInjector.Inject(model, new LoraConfig { R = 2, LoraAlpha = 4, TargetModules = ["all-linear"] });
+        Assert.That(model.Graph.Initializer.Sum(Tensors.ByteSize), Is.GreaterThan(int.MaxValue));
+
+        using var graph = TrainingGraph.Build(model, compute: ComputeType.BFloat16);
+        // The frozen embedding and lm_head in bfloat16 (half of 2.2 GB); what trains is LoRA's float32 A and B.
+        var big = graph.Frozen.Values.Values.Select(v => v.GetTensorTypeAndShape()).Where(s => s.ElementCount >= vocab).ToList();
+        Assert.That(big.Select(s => s.ElementDataType), Is.EqualTo(Enumerable.Repeat(Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.BFloat16, 2)));
+        Assert.That(graph.Parameters, Has.Count.EqualTo(7 * 2));
+    }
+
     static IEnumerable<Unseen.Architecture> Float32Exports() => Unseen.Architectures.All.Where(a => a.Trainable && !a.HalfActivations);
 
     /// <summary>Every float32 export style of the Unseen set (fused projections, Gemm layers, KV caches, opset-23

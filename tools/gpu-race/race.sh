@@ -5,7 +5,7 @@
 # VARIANTS ("stored graphs checkpointing-graphs": ortlora keeping all activations, with --cuda-graphs, with both
 # --gradient-checkpointing and --cuda-graphs; "checkpointing" is the fourth; a name containing "copyback" keeps one
 # captured graph per session (ORTLORA_COPY_STATE_BACK=1); a name containing "int4" adds
-# --quantize-weights 4, a QLoRA-style base: other numbers than PEFT's, for memory only). A variant that fails is
+# --quantize-weights 4, a QLoRA-style base: other numbers than PEFT's, for memory only; VARIANTS= (empty): PEFT only). A variant that fails is
 # reported and the race goes on. A name containing "basic" ("extended", "none") loads the graphs at that ORT
 # optimization level instead of all (basic: no com.microsoft fusions). PROFILE=1: ORT's per-node profile of each run, summarized (the profiler slows the steps it times).
 # NO_EXPORT=1: no torch.onnx export (ortlora then trains graphs/'s LlamaGraph of the shape); OWN_GRAPH=1: that graph
@@ -17,7 +17,7 @@ shape=$1; shift
 dtypes=${*:-bf16 fp32}
 here=$(cd "$(dirname "$0")" && pwd)
 out=/tmp/race; mkdir -p "$out"; results=${RESULTS:-$out/results.jsonl}
-batch=${BATCH:-8}; seq=${SEQ:-512}; steps=${STEPS:-10}; app=${APP:-/tmp/gpu/app}; variants=${VARIANTS:-stored graphs checkpointing-graphs}
+batch=${BATCH:-8}; seq=${SEQ:-512}; steps=${STEPS:-10}; app=${APP:-/tmp/gpu/app}; variants=${VARIANTS-stored graphs checkpointing-graphs}
 source "$here/env.sh"
 
 # Runs a command that ends with one JSON line while sampling the GPU's memory in use every 100 ms; prints that line

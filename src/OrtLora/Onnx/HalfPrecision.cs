@@ -1,3 +1,5 @@
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
 using Onnx;
 using DT = Onnx.TensorProto.Types.DataType;
 
@@ -240,12 +242,15 @@ public static class HalfPrecision
                 var source = producer is null ? _editor.Initializer(name)! : ConstantTensor(producer);
                 var converted = new TensorProto { Name = name, DataType = half };
                 converted.Dims.AddRange(source.Dims);
-                converted.RawData = Google.Protobuf.ByteString.CopyFrom(Saturated(Tensors.BytesToFloats(Tensors.InlineBytes(source), F32)));
+                // One pass from the float32 bytes to the half ones, wrapped, not copied: a billion-parameter model's weights
+                // are gigabytes, which each extra copy (or LINQ) turned into seconds.
+                var floats = source.HasRawData ? MemoryMarshal.Cast<byte, float>(source.RawData.Span) : Tensors.BytesToFloats(Tensors.InlineBytes(source), F32);
+                converted.RawData = Google.Protobuf.UnsafeByteOperations.UnsafeWrap(SaturatedHalf(floats));
                 _converted++;
                 _convertedBytes += converted.RawData.Length;
                 if (!use.Float32)
                 {
-                    if (producer is null) { source.DataType = half; Tensors.SetRaw(source, converted.RawData.ToByteArray()); }
+                    if (producer is null) { source.DataType = half; Tensors.SetRaw(source, converted.RawData); }
                     else { producer.Attribute.Clear(); producer.Attribute.Add(Attrs.Make("value", converted)); }
                     _now[name] = half;
                     continue;
@@ -256,12 +261,24 @@ public static class HalfPrecision
             }
         }
 
-        byte[] Saturated(float[] values)
+        /// <summary>The values in <c>half</c>, finite ones clamped to its largest finite value (float16 would turn a
+        /// float32 weight past 65504 into infinity).</summary>
+        byte[] SaturatedHalf(ReadOnlySpan<float> values)
         {
             float max = MaxFinite(half);
-            for (int i = 0; i < values.Length; i++)
-                if (float.IsFinite(values[i])) values[i] = Math.Clamp(values[i], -max, max);
-            return Tensors.FloatsToBytes(values, half);
+            var bytes = new byte[values.Length * 2L];
+            if (half == (int)DT.Bfloat16)
+            {
+                // bfloat16 has float32's range: rounding to nearest even can only overflow the largest values, to infinity
+                var bits = MemoryMarshal.Cast<byte, ushort>(bytes.AsSpan());
+                for (int i = 0; i < values.Length; i++)
+                    bits[i] = Tensors.FloatToBf16(float.IsFinite(values[i]) ? Math.Clamp(values[i], -max, max) : values[i]);
+                return bytes;
+            }
+            var clamped = new float[values.Length];
+            for (int i = 0; i < values.Length; i++) clamped[i] = float.IsFinite(values[i]) ? Math.Clamp(values[i], -max, max) : values[i];
+            TensorPrimitives.ConvertToHalf(clamped, MemoryMarshal.Cast<byte, Half>(bytes.AsSpan()));
+            return bytes;
         }
 
         static TensorProto ConstantTensor(NodeProto constant)

@@ -152,8 +152,12 @@ public sealed class OnnxModel : IDisposable
 
     public bool HasExternalData => Graph.Initializer.Any(IsExternal);
 
-    /// <summary>Serialized with every tensor inline, e.g. for an in-memory InferenceSession. Small models only.</summary>
-    public byte[] ToBytes()
+    /// <summary>Serialized with every tensor inline, e.g. for an in-memory InferenceSession. Under protobuf's 2 GB only.</summary>
+    public byte[] ToBytes() => InlineCopy().ToByteArray();
+
+    /// <summary>A copy of the model with every tensor's bytes inline (external and deferred ones read in), in memory:
+    /// never serialized, so any size (a 1.1B-parameter model's float32 weights are 4.4 GB, past protobuf's 2 GB).</summary>
+    public ModelProto InlineCopy()
     {
         var clone = Proto.Clone();
         for (int i = 0; i < clone.Graph.Initializer.Count; i++)
@@ -161,7 +165,7 @@ public sealed class OnnxModel : IDisposable
             var t = clone.Graph.Initializer[i];
             if (IsExternal(t) || _deferred.ContainsKey(t.Name)) Tensors.SetRaw(t, ReadBytes(Graph.Initializer[i]));
         }
-        return clone.ToByteArray();
+        return clone;
     }
 
     /// <summary>Writes the model atomically (temp file, then rename). With <paramref name="externalData"/> (null: keep

@@ -121,7 +121,7 @@ public sealed partial class TrainingGraph : IDisposable
         if (opset < 13) throw new OrtLoraException($"{model.Source}: opset {opset}; training needs opset 13 or later (re-export the model)");
         // A copy of the structure: tensors in raw_data share their bytes with the model, external ones stay external.
         // Half compute converts the weights, so it works on an inline copy and the weights are read from that.
-        var proto = compute == ComputeType.Float32 ? model.Proto.Clone() : ModelProto.Parser.ParseFrom(model.ToBytes());
+        var proto = compute == ComputeType.Float32 ? model.Proto.Clone() : model.InlineCopy();
         // Opsets 13-15 go to 16 in the training graphs: an embedding's gradient (Gather's) is a scatter-add, ScatterND's
         // reduction from 16; nothing an exported LM uses means anything else there.
         if (opset < 16) { OpsetRaise.Raise(proto, 16, model.Source); opset = 16; }
