@@ -148,15 +148,15 @@ public class ExecutionDeviceTests
         }
     }
 
-    /// <summary>The CUDA provider's options: none unless asked; CUDA graphs; ORTLORA_CUDA_OPTIONS entries on top (the
-    /// later wins); a malformed entry is one error naming the variable.</summary>
+    /// <summary>The CUDA provider's options: float32 without TF32, as PyTorch; CUDA graphs when asked;
+    /// ORTLORA_CUDA_OPTIONS entries on top (the later wins); a malformed entry is one error naming the variable.</summary>
     [Test]
-    public void CudaOptionsAreOnlyWhatIsAskedFor()
+    public void CudaOptionsAreTorchsFloat32AndWhatIsAskedFor()
     {
-        Assert.That(ExecutionDevice.CudaOptions(false, null), Is.Empty);
-        Assert.That(ExecutionDevice.CudaOptions(true, null), Is.EqualTo(new Dictionary<string, string> { ["enable_cuda_graph"] = "1" }));
-        Assert.That(ExecutionDevice.CudaOptions(true, " use_tf32 = 0 ;enable_cuda_graph=0"),
-            Is.EqualTo(new Dictionary<string, string> { ["enable_cuda_graph"] = "0", ["use_tf32"] = "0" }));
+        Assert.That(ExecutionDevice.CudaOptions(false, null), Is.EqualTo(new Dictionary<string, string> { ["use_tf32"] = "0" }));
+        Assert.That(ExecutionDevice.CudaOptions(true, null), Is.EqualTo(new Dictionary<string, string> { ["use_tf32"] = "0", ["enable_cuda_graph"] = "1" }));
+        Assert.That(ExecutionDevice.CudaOptions(true, " use_tf32 = 1 ;enable_cuda_graph=0"),
+            Is.EqualTo(new Dictionary<string, string> { ["enable_cuda_graph"] = "0", ["use_tf32"] = "1" }));
         Assert.That(Assert.Throws<OrtLoraException>(() => ExecutionDevice.CudaOptions(false, "use_tf32"))!.Message,
             Does.Contain("ORTLORA_CUDA_OPTIONS").And.Contain("key=value"));
     }

@@ -1,3 +1,4 @@
+using Google.Protobuf;
 using Onnx;
 using OrtLora.Autodiff;
 using OrtLora.Lora;
@@ -135,6 +136,40 @@ public class PluginRewritesTests
             var (_, actual) = AssertSameOutputs(model, rewritten, feeds, outputs, "");
             Assert.That(actual[outputs[0]].Int64s, Is.EqualTo(new[] { (long)a * b * 6 }), $"[{a}, {b}, 6]");
         }
+    }
+
+    /// <summary>ORT's GatherToSliceFusion turns SliceAsGather's Range and Gather back into a Slice when the shape is only
+    /// known at run time (the dynamic-shape crash on the plugin, docs/gpu.md); a session configured with
+    /// <see cref="PluginRewrites.KeepRewritten"/> keeps the Gather. Read from the model ORT optimized (level all, CPU).</summary>
+    [Test]
+    public void TheOptimizerKeepsTheRewrittenSlice()
+    {
+        var (model, g) = Opset18Model("shifted");
+        model.Graph.Input.Add(Input("labels", DT.Int64, "batch", "sequence"));
+        var shifted = g.Add("Slice", ["labels", GraphConstants.Int64s(g, "one", 1), GraphConstants.Int64s(g, "max", Max), GraphConstants.Int64s(g, "axis", 1)]);
+        model.Graph.Output.Add(new ValueInfoProto { Name = shifted });
+        var rewritten = PluginRewrites.Apply(model);
+        Assert.That(rewritten.Graph.Node.Select(n => n.OpType), Has.Member("Range").And.No.Member("Slice"));
+
+        string[] Optimized(bool keep)
+        {
+            var dir = Directory.CreateTempSubdirectory("ortlora-optimized-").FullName;
+            try
+            {
+                using var options = new Microsoft.ML.OnnxRuntime.SessionOptions
+                {
+                    GraphOptimizationLevel = Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                    OptimizedModelFilePath = Path.Combine(dir, "optimized.onnx"),
+                };
+                if (keep) PluginRewrites.KeepRewritten(options);
+                using (var session = new Microsoft.ML.OnnxRuntime.InferenceSession(rewritten.ToByteArray(), options)) { }
+                using var optimized = OnnxModel.Load(options.OptimizedModelFilePath);
+                return [.. optimized.Graph.Node.Select(n => n.OpType)];
+            }
+            finally { Directory.Delete(dir, recursive: true); }
+        }
+        Assert.That(Optimized(keep: false), Has.Member("Slice"), "ORT fuses the Range and Gather back into a Slice");
+        Assert.That(Optimized(keep: true), Has.Member("Gather").And.No.Member("Slice"));
     }
 
     /// <summary>What verify --static-shapes computes on the plugin, here on the CPU: PEFT's loss, gradients, AdamW step

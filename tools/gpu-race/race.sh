@@ -3,8 +3,9 @@
 #   bash tools/gpu-race/race.sh SHAPE [DTYPE ...]       SHAPE: smollm2-135m | tinyllama-1.1b; DTYPE: bf16 fp32 (default both)
 # Environment: BATCH (8), SEQ (512), STEPS (10), APP (/tmp/gpu/app: a published bench-train, see README.md here),
 # VARIANTS ("stored graphs checkpointing-graphs": ortlora keeping all activations, with --cuda-graphs, with both
-# --gradient-checkpointing and --cuda-graphs; "checkpointing" is the fourth; a name containing "copyback" keeps one
-# captured graph per session (ORTLORA_COPY_STATE_BACK=1); a name containing "int4" adds
+# --gradient-checkpointing and --cuda-graphs; "checkpointing" is the fourth; --cuda-graphs keeps one captured graph per
+# session (the state copied back), a name containing "parity" one per state parity (ORTLORA_COPY_STATE_BACK=0, which
+# lost updates on the plugin); a name containing "int4" adds
 # --quantize-weights 4, a QLoRA-style base: other numbers than PEFT's, for memory only; VARIANTS= (empty): PEFT only). A variant that fails is
 # reported and the race goes on. A name containing "basic" ("extended", "none") loads the graphs at that ORT
 # optimization level instead of all (basic: no com.microsoft fusions). PROFILE=1: ORT's per-node profile of each run, summarized (the profiler slows the steps it times).
@@ -55,8 +56,8 @@ for dtype in $dtypes; do
     case $variant in *int4*) flags+=(--quantize-weights 4) ;; esac
     case $variant in *basic*) flags+=(--graph-optimization-level basic) ;; *extended*) flags+=(--graph-optimization-level extended) ;;
       *none*) flags+=(--graph-optimization-level none) ;; esac
-    # "copyback": one captured graph per session, the state copied back after each update (ORTLORA_COPY_STATE_BACK).
-    run_env=(env); case $variant in *copyback*) run_env+=(ORTLORA_COPY_STATE_BACK=1) ;; esac
+    # "parity": one captured graph per state parity instead of the state copied back (ORTLORA_COPY_STATE_BACK=0).
+    run_env=(env); case $variant in *parity*) run_env+=(ORTLORA_COPY_STATE_BACK=0) ;; esac
     # The profiler's own cost would slow the timed steps: PROFILE=1 profiles (time those runs separately).
     [ -n "${PROFILE:-}" ] && flags+=(--profile "$out/$shape-$dtype-$variant")
     measured "ortlora-$shape-$dtype-$variant.log" "${run_env[@]}" dotnet "$app/bench-train.dll" "${model[@]}" --shape "$shape" --device cuda \

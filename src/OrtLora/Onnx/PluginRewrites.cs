@@ -29,6 +29,16 @@ public static class PluginRewrites
         return proto;
     }
 
+    /// <summary>ORT's optimizer would undo <see cref="SliceAsGather"/>: GatherToSliceFusion (level extended, for the CPU and
+    /// CUDA providers) turns a Gather of a Range back into a Slice. With static shapes the Range folds into constant
+    /// indices first, so only dynamic shapes met it: on the GPU machine a Range and its Gather crashed together at level
+    /// all and ran at basic (2026-12-04), the crash of every unpadded graph.</summary>
+    public const string UndoingFusions = "GatherToSliceFusion";
+
+    /// <summary>Keeps a session's optimizer from undoing the rewrites (<see cref="UndoingFusions"/>).</summary>
+    public static void KeepRewritten(SessionOptions options) =>
+        options.AddSessionConfigEntry("optimization.disable_specified_optimizers", UndoingFusions);
+
     /// <summary>An inference session on the model at <paramref name="path"/>, rewritten.</summary>
     public static InferenceSession Load(string path, SessionOptions options)
     {
@@ -40,6 +50,7 @@ public static class PluginRewrites
     /// with external data when the weights are too large for one protobuf message.</summary>
     public static InferenceSession Load(OnnxModel model, SessionOptions options)
     {
+        KeepRewritten(options);
         using var rewritten = new OnnxModel(Apply(model.Proto), model.BaseDirectory, model.Source);
         if (rewritten.Graph.Initializer.Sum(Tensors.ByteSize) < 1_800_000_000L) return new InferenceSession(rewritten.ToBytes(), options);
         var dir = Directory.CreateTempSubdirectory("ortlora-plugin-").FullName;

@@ -38,6 +38,7 @@ public sealed partial class TrainingSession
         }
         if (_options.RewritesForPlugin) proto = PluginRewrites.Apply(proto);
         using var options = SessionOptions(profile: true, cudaGraphs: _options.CudaGraphs);
+        if (_options.RewritesForPlugin) PluginRewrites.KeepRewritten(options);
         InferenceSession session;
         try { session = new InferenceSession(proto.ToByteArray(), options); }
         catch (OnnxRuntimeException e) when (_options.CudaGraphs && e.Message.Contains("graph capture", StringComparison.OrdinalIgnoreCase))

@@ -46,8 +46,10 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// multi-hot classes (<see cref="ClassificationLoss.MultiLabelTargetsInput"/>)</param>
 /// <param name="CopyStateBack">a run writes the next state into the second buffer and it is copied back into the first
 /// (<see cref="PingPong.CopyBackOnHost"/>, <see cref="DeviceCopy.CopyAll"/>), so every run reads and writes the same buffers and a session captures one CUDA graph
-/// (id 0) instead of one per state parity: for a provider that may not keep several captured graphs apart (docs/gpu.md).
-/// Costs one device copy of the state per update. Env ORTLORA_COPY_STATE_BACK=1.</param>
+/// (id 0) instead of one per state parity. Null: with CUDA graphs, since the CUDA plugin replayed the first captured
+/// graph whatever the graph id asked (graphs/tiny trained to eval loss 6.59 against the CPU's 2.93 with one graph per
+/// parity, to 2.9284 copying back; docs/gpu.md). Costs one device copy of the state per update.
+/// Env ORTLORA_COPY_STATE_BACK=1 or 0 decides instead.</param>
 /// <param name="HostUpdateFrom">parameters of this many elements or more (modules_to_save weights) are updated by
 /// <see cref="HostAdamW"/> in place when the state is in host memory, instead of by the graph</param>
 public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThreads = 0,
@@ -57,7 +59,7 @@ public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThrea
     double NeftuneNoiseAlpha = 0, int Seed = 42, double LabelSmoothing = 0, long HostUpdateFrom = ParameterBundle.AloneFrom,
     PreferenceOptions? Preference = null, bool TokenWeighted = false, double LogitsTemperature = 1, double? DistillationBeta = null,
     bool DisableDropout = false, bool Classification = false, bool TokenClassification = false, double ClassifierDropout = 0, bool MultiLabel = false,
-    bool? PluginRewrites = null, bool StateOnHost = false, bool CopyStateBack = false)
+    bool? PluginRewrites = null, bool StateOnHost = false, bool? CopyStateBack = null)
 {
     /// <summary>Whether each graph loads without the ops the CUDA plugin crashes on (<see cref="OrtLora.Onnx.PluginRewrites"/>,
     /// docs/gpu.md). By default with a plugin execution provider (--ep-library), or as ORTLORA_PLUGIN_REWRITES says
@@ -103,8 +105,9 @@ public sealed partial class TrainingSession : IDisposable
         // A diagnostic for a device provider that misbehaves (docs/gpu.md): parameters and state stay in host memory
         // and ORT copies them to the device each run, so the device allocator and bound device buffers are out of play.
         if (Environment.GetEnvironmentVariable("ORTLORA_STATE_ON_HOST") == "1" && !_options.CudaGraphs) _options = _options with { StateOnHost = true };
-        // And one captured graph per session (the state copied back) instead of one per state parity.
-        if (Environment.GetEnvironmentVariable("ORTLORA_COPY_STATE_BACK") == "1") _options = _options with { CopyStateBack = true };
+        // One captured graph per session (the state copied back) instead of one per state parity: by default with CUDA graphs.
+        var copyBack = Environment.GetEnvironmentVariable("ORTLORA_COPY_STATE_BACK") switch { "1" => true, "0" => false, _ => _options.CopyStateBack };
+        _options = _options with { CopyStateBack = copyBack ?? _options.CudaGraphs };
         if (options.Compute == ComputeType.BFloat16 && options.Device == "cpu")
             throw new OrtLoraException("bfloat16 compute needs an execution provider with bfloat16 kernels (--device cuda): ONNX Runtime's CPU " +
                 "provider has none for MatMul, Add, Softmax and most other ops. On CPU use --fp16 (ONNX Runtime runs float16 through float32 kernels there)");
@@ -351,7 +354,7 @@ public sealed partial class TrainingSession : IDisposable
     /// <see cref="TrainingSessionOptions.CopyStateBack"/> Next is copied into Current (device buffers in one Run).</summary>
     void Advance(IEnumerable<PingPong> state)
     {
-        if (!_options.CopyStateBack) { foreach (var s in state) s.Swap(); return; }
+        if (_options.CopyStateBack != true) { foreach (var s in state) s.Swap(); return; }
         var onDevice = state.Where(s => !s.CopyBackOnHost()).Select(s => (s.Next, s.Current)).ToList();
         if (onDevice.Count > 0) _deviceCopy!.CopyAll(onDevice);
     }
