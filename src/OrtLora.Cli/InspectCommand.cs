@@ -26,7 +26,10 @@ public static class InspectCommand
         device.AcceptOnlyFromAmong("cpu", "cuda");
         var fp16 = new Option<bool>("--fp16") { Description = "with --training-graph: the graph `train --fp16` runs (frozen base in float16)" };
         var bf16 = new Option<bool>("--bf16") { Description = "with --training-graph: the graph `train --bf16` runs (frozen base in bfloat16)" };
-        var cmd = new Command("inspect", "List targetable linear layers, LoRA adapters and the op histogram") { model, r, trainingGraph, device, fp16, bf16 };
+        var memory = new Option<bool>("--memory") { Description = "with --training-graph: the memory one step needs at --per-device-train-batch-size × --max-seq-length (static shapes): inputs, and the peak of what the nodes make, by op" };
+        var batchSize = new Option<int>("--per-device-train-batch-size") { Description = "with --memory: the batch", DefaultValueFactory = _ => 8 };
+        var maxSeqLength = new Option<int>("--max-seq-length") { Description = "with --memory: tokens a row", DefaultValueFactory = _ => 512 };
+        var cmd = new Command("inspect", "List targetable linear layers, LoRA adapters and the op histogram") { model, r, trainingGraph, device, fp16, bf16, memory, batchSize, maxSeqLength };
         cmd.SetAction(CliRunner.Guard(parse =>
         {
             using var m = OnnxModel.Load(parse.GetValue(model)!);
@@ -35,7 +38,7 @@ public static class InspectCommand
             bool withTrainingGraph = parse.GetValue(trainingGraph);
             if (parse.GetValue(fp16) && parse.GetValue(bf16)) throw new OrtLoraException("--fp16 and --bf16: choose one");
             var compute = parse.GetValue(bf16) ? ComputeType.BFloat16 : parse.GetValue(fp16) ? ComputeType.Float16 : ComputeType.Float32;
-            foreach (var (given, option) in new[] { (parse.GetValue(device) != "cpu", "--device"), (parse.GetValue(fp16), "--fp16"), (parse.GetValue(bf16), "--bf16") })
+            foreach (var (given, option) in new[] { (parse.GetValue(device) != "cpu", "--device"), (parse.GetValue(fp16), "--fp16"), (parse.GetValue(bf16), "--bf16"), (parse.GetValue(memory), "--memory") })
                 if (given && !withTrainingGraph) throw new OrtLoraException($"{option} is for --training-graph");
             int nbits = MatMulNBitsForm.ToQdq(m); // as inject reads them
             var editor = new GraphEditor(m.Graph);
@@ -64,7 +67,9 @@ public static class InspectCommand
             if (lora is not null) WriteAdapters(lora, editor);
             Console.WriteLine();
             Console.WriteLine("op histogram: " + string.Join(", ", GraphEditor.OpHistogram(m.Graph).Select(p => $"{p.Key} {p.Value}")));
-            if (withTrainingGraph) WriteTrainingGraph(m, inject: lora is null, rank, parse.GetValue(device)!, compute);
+            (int, int)? shape = parse.GetValue(memory) ? (parse.GetValue(batchSize), parse.GetValue(maxSeqLength)) : null;
+            if (shape is ({ } b, { } seq) && (b < 1 || seq < 2)) throw new OrtLoraException($"--memory needs a batch of at least 1 and at least 2 tokens a row (got {b} × {seq})");
+            if (withTrainingGraph) WriteTrainingGraph(m, inject: lora is null, rank, parse.GetValue(device)!, compute, shape);
         }));
         return cmd;
     }
@@ -78,7 +83,8 @@ public static class InspectCommand
     }
 
     /// <param name="inject">the model has no adapters: give it all-linear ones of rank <paramref name="rank"/></param>
-    static void WriteTrainingGraph(OnnxModel m, bool inject, int rank, string device, ComputeType compute)
+    /// <param name="memoryAt">the batch shape to estimate one step's memory at, or null</param>
+    static void WriteTrainingGraph(OnnxModel m, bool inject, int rank, string device, ComputeType compute, (int Batch, int Sequence)? memoryAt)
     {
         var exported = new HashSet<string>(m.Graph.Node.Select(n => n.Name));
         if (inject) LoraInjector.Inject(m, new LoraConfig { R = rank, TargetModules = ["all-linear"] });
@@ -88,6 +94,7 @@ public static class InspectCommand
         Console.WriteLine($"training step graph: {step.Graph.Node.Count:N0} nodes (forward + loss {graph.Eval.Graph.Node.Count:N0}, " +
             $"with backward {graph.Gradients.Graph.Node.Count:N0}, then clipping and AdamW){(inject ? $", for all-linear adapters at r={rank}" : "")}");
         Console.WriteLine("op histogram: " + string.Join(", ", GraphEditor.OpHistogram(step.Graph).Select(p => $"{p.Key} {p.Value}")));
+        if (memoryAt is var (batch, sequence)) MemoryReport.Write(graph, step, batch, sequence);
         if (device != "cuda") return;
         var table = KernelTable.Cuda;
         var types = ValueTable.ElemTypes(step, graph.Frozen.Values);
