@@ -126,6 +126,11 @@ public class ExecutionDeviceTests
             Does.Contain("ORTLORA_ORT_CONFIG").And.Contain("key=value"));
         Assert.That(Assert.Throws<OrtLoraException>(() => OrtRun.ApplyDiagnostics(plain, "verbose", null))!.Message,
             Does.Contain("ORTLORA_ORT_LOG_LEVEL"));
+        Assert.That(plain.EnableMemoryPattern, Is.True);
+        OrtRun.ApplyDiagnostics(plain, null, null, "0");
+        Assert.That(plain.EnableMemoryPattern, Is.False);
+        Assert.That(Assert.Throws<OrtLoraException>(() => OrtRun.ApplyDiagnostics(plain, null, null, "off"))!.Message,
+            Does.Contain("ORTLORA_MEMORY_PATTERN"));
     }
 
     /// <summary>DeviceCopy.CopyAll: tensors of several shapes copied in one Run, each into its own destination, and a

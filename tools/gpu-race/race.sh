@@ -58,6 +58,8 @@ for dtype in $dtypes; do
       *none*) flags+=(--graph-optimization-level none) ;; esac
     # "parity": one captured graph per state parity instead of the state copied back (ORTLORA_COPY_STATE_BACK=0).
     run_env=(env); case $variant in *parity*) run_env+=(ORTLORA_COPY_STATE_BACK=0) ;; esac
+    # "nopattern": ORT allocates each value as it is made, not one planned block (ORTLORA_MEMORY_PATTERN=0): the peak's A/B.
+    case $variant in *nopattern*) run_env+=(ORTLORA_MEMORY_PATTERN=0) ;; esac
     # The profiler's own cost would slow the timed steps: PROFILE=1 profiles (time those runs separately).
     [ -n "${PROFILE:-}" ] && flags+=(--profile "$out/$shape-$dtype-$variant")
     measured "ortlora-$shape-$dtype-$variant.log" "${run_env[@]}" dotnet "$app/bench-train.dll" "${model[@]}" --shape "$shape" --device cuda \

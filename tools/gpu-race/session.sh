@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
 # One GPU session's device work in one call (the device gives 15 minutes a session, staging and start included):
 # correctness on CUDA (check.sh, 8 cases at a time), graphs/tiny's values on the device against the CPU (--compare),
-# the single-op crash probe, every op signature alone (sweep.sh) and, if training still crashes, the bisection of
-# graphs/tiny's training graphs (bisect.sh), while the exports run on the CPU; then the SmolLM2 export's signatures
-# and the race, most important first, each phase started only if the time left allows it. Everything lands in $OUT
+# the single-op crash probe and, if unpadded training still crashes, every op signature alone (sweep.sh) and the
+# bisection of graphs/tiny's training graphs (bisect.sh), while the exports run on the CPU; then the race (the SmolLM2
+# export's signatures if no variant runs on it), most important first, each phase started only if the time left allows it. Everything lands in $OUT
 # as it is made, so a call stopped at its limit still returns what ran.
 #   bash .gpu/stage.sh && bash tools/gpu-race/session.sh
 # BUDGET: seconds this script may use; by default what is left of DEVICE_BUDGET (the session's device seconds when
 # staging began, 900) since the first staging call (stage.sh notes its time), less MARGIN (100 s: the machine's start
 # before that call, the files' way back, give_back), between 120 and 540.
 # EXPORTS: the shapes exported with torch.onnx (default both; a shape not exported races as graphs/'s LlamaGraph).
-# CHECK_ONLY: a regex of check.sh's cases to run (default: the static-shape cases, which ran on the plugin in the
-# 2026-12-04 session, and eval; "all" for every case; the dynamic-shape ones crashed then). SEED_RESULTS: a results.jsonl of an earlier session
+# CHECK_ONLY: a regex of check.sh's cases to run (default all). SEED_RESULTS: a results.jsonl of an earlier session
 # (its PEFT rows are not measured again).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,7 +45,7 @@ ours = sorted((r for r in rows if r.get("engine", "").startswith("ortlora") and 
 def variant(engine):
     parts = engine.split("+")[1:]
     level = next((p for p in parts if p in ("basic", "extended", "none")), "")
-    return ("graphs" if "cuda-graphs" in parts else "stored") + ("-parity" if "parity" in parts else "") + ("-" + level if level else "")
+    return ("graphs" if "cuda-graphs" in parts else "stored") + ("-parity" if "parity" in parts else "") + ("-nopattern" if "nopattern" in parts else "") + ("-" + level if level else "")
 print(" ".join(dict.fromkeys(variant(r["engine"]) for r in ours)))
 EOP
 }
@@ -66,8 +65,8 @@ phase probe 60 python3 "$here/crash_probe.py" all "$EP_LIBRARY" &
 probe=$!
 # The machine's 1.30 core with the plugin rewrites: ORT 1.29's own core crashed the same way (2026-12-04; both are
 # CPU builds, docs/gpu.md).
-static_cases='generate-tiny|verify-.*-static.*|train-tiny--pad-to-max-length--max-seq-length128|train-tiny.*cuda-graphs.*|eval-tiny|eval-tiny-static|dpo-tiny--cuda-graphs--max-seq-length128'
-only=${CHECK_ONLY:-$static_cases}; [ "$only" = all ] && only=
+# Every case: the dynamic-shape ones crashed until the plugin sessions kept GatherToSliceFusion off (2026-12-04).
+only=${CHECK_ONLY:-all}; [ "$only" = all ] && only=
 ONLY=$only JOBS=8 CASE_TIMEOUT=150 CHECK_OUT=/tmp/check phase check 60 bash "$here/check.sh"
 # Numbers, not only crashes: graphs/tiny's step and eval graphs (static shapes, float32) on the device against the CPU,
 # as loaded and with every value compared; the "origin" lines name kernels that compute differently, outputs off only
@@ -75,16 +74,11 @@ ONLY=$only JOBS=8 CASE_TIMEOUT=150 CHECK_OUT=/tmp/check phase check 60 bash "$he
 tiny=(dotnet "${APP:-/tmp/gpu/app}/bench-train.dll" --shape tiny --batch 2 --seq 16 --device cuda --ep-library "$EP_LIBRARY")
 phase compare-tiny 40 bash -c '"$@" --compare step; "$@" --compare eval; "$@" --compare step --graph-optimization-level basic' _ "${tiny[@]}"
 wait $probe
-phase sweep-tiny 45 bash "$here/sweep.sh"
+# The crash hunt only while unpadded training still crashes (every op signature ran alone on 2026-12-04, so the sweep
+# and the bisection look for a context).
 trains() { grep -q ': ok' "$1/train-tiny.verdict" 2>/dev/null; }
-trains /tmp/check || phase bisect 60 bash "$here/bisect.sh"
+trains /tmp/check || { phase sweep-tiny 45 bash "$here/sweep.sh"; phase bisect 60 bash "$here/bisect.sh"; }
 log "waiting for the exports"; wait $exports; log "exports: $(cat /tmp/race/export-*.log 2>/dev/null | grep -c exported)"; save
-# The SmolLM2 export crashed with static shapes where graphs/tiny trained (2026-12-04): its op signatures alone, in bf16.
-if [ -f /tmp/race/smollm2-135m/model.onnx ]; then
-  SWEEP_JOBS=8 SWEEP_DIR=/tmp/sweep-smollm2 phase sweep-smollm2-bf16 90 dotnet "${APP:-/tmp/gpu/app}/bench-train.dll" \
-    --model /tmp/race/smollm2-135m/model.onnx --shape smollm2-135m --batch 2 --seq 16 --bf16 --device cuda --ep-library "$EP_LIBRARY" \
-    --sweep step --static-shapes
-fi
 
 # The race: SmolLM2 bf16 (the launch-bound case); TinyLlama bf16, one profiled run and float32 with the variants that
 # ran best on SmolLM2. Should no variant run on the export, ortlora trains graphs/'s LlamaGraph of the same shape (the
@@ -99,6 +93,10 @@ RUN_TIMEOUT=150 VARIANTS=${VARIANTS:-${graphs:+$graphs }stored} phase race-smoll
 best=$(ran smollm2-135m)
 if [ -z "$best" ]; then
   log "no SmolLM2 variant ran on the export"
+  # Its op signatures alone, in bf16 (all 209 ran alone on 2026-12-04), then graphs/'s LlamaGraph of the shape.
+  [ -f /tmp/race/smollm2-135m/model.onnx ] && SWEEP_JOBS=8 SWEEP_DIR=/tmp/sweep-smollm2 phase sweep-smollm2-bf16 90 \
+    dotnet "${APP:-/tmp/gpu/app}/bench-train.dll" --model /tmp/race/smollm2-135m/model.onnx --shape smollm2-135m --batch 2 --seq 16 \
+    --bf16 --device cuda --ep-library "$EP_LIBRARY" --sweep step --static-shapes
   export OWN_GRAPH=1
   RUN_TIMEOUT=120 VARIANTS="${graphs:+$graphs }stored" phase race-smollm2-bf16-own-graph 90 bash "$here/race.sh" smollm2-135m bf16
   best=$(ran smollm2-135m)
@@ -109,6 +107,8 @@ if [ -n "$best" ]; then
   NO_EXPORT=$no_export RUN_TIMEOUT=200 STEPS=5 VARIANTS="${best%% *}" phase race-tinyllama-bf16 150 bash "$here/race.sh" tinyllama-1.1b bf16
   RESULTS=/tmp/race/profiled.jsonl PROFILE=1 SKIP_PEFT=1 STEPS=3 VARIANTS="${best%% *}" \
     phase profile-smollm2-bf16 50 bash "$here/race.sh" smollm2-135m bf16
+  # The peak's A/B: ORT planned 7.5 GiB for this step (inspect --memory) where nvidia-smi saw 26.6 GiB (2026-12-04).
+  SKIP_PEFT=1 VARIANTS="${best%% *}-nopattern" phase memory-smollm2-bf16 80 bash "$here/race.sh" smollm2-135m bf16
   VARIANTS="${best%% *}" phase race-smollm2-fp32 90 bash "$here/race.sh" smollm2-135m fp32
 fi
 python3 "$here/peft_race.py" table /tmp/race/results.jsonl | tee "$out/table.md"

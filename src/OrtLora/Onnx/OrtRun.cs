@@ -53,16 +53,25 @@ public static class OrtRun
     {
         var options = new SessionOptions { GraphOptimizationLevel = level, LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
         options.AddSessionConfigEntry("session.qdq_matmulnbits_accuracy_level", "1");
-        ApplyDiagnostics(options, Environment.GetEnvironmentVariable("ORTLORA_ORT_LOG_LEVEL"), Environment.GetEnvironmentVariable("ORTLORA_ORT_CONFIG"));
+        ApplyDiagnostics(options, Environment.GetEnvironmentVariable("ORTLORA_ORT_LOG_LEVEL"), Environment.GetEnvironmentVariable("ORTLORA_ORT_CONFIG"),
+            Environment.GetEnvironmentVariable("ORTLORA_MEMORY_PATTERN"));
         return options;
     }
 
     /// <summary>Diagnostics for a device whose provider misbehaves (docs/gpu.md), from the environment so that any
     /// command takes them: ORTLORA_ORT_LOG_LEVEL (0 verbose: ORT lists where each node runs) and ORTLORA_ORT_CONFIG
     /// ("key=value;..." session config entries, e.g. session.disable_cpu_ep_fallback=1, which turns a node placed on
-    /// the CPU into a load error naming it).</summary>
-    public static void ApplyDiagnostics(SessionOptions options, string? logLevel, string? config)
+    /// the CPU into a load error naming it) and ORTLORA_MEMORY_PATTERN (0: no memory pattern, ORT then allocates each
+    /// value when it is made instead of one planned block for a shape; for the device peak's A/B, docs/gpu.md).</summary>
+    public static void ApplyDiagnostics(SessionOptions options, string? logLevel, string? config, string? memoryPattern = null)
     {
+        if (memoryPattern is { Length: > 0 })
+            options.EnableMemoryPattern = memoryPattern switch
+            {
+                "0" => false,
+                "1" => true,
+                _ => throw new OrtLoraException($"ORTLORA_MEMORY_PATTERN: expected 0 or 1, got '{memoryPattern}'"),
+            };
         if (logLevel is { Length: > 0 })
             options.LogSeverityLevel = int.TryParse(logLevel, out var level) && level is >= 0 and <= 4 ? (OrtLoggingLevel)level
                 : throw new OrtLoraException($"ORTLORA_ORT_LOG_LEVEL: expected 0 (verbose) to 4 (fatal), got '{logLevel}'");
