@@ -102,6 +102,14 @@ if [ -z "$best" ]; then
   best=$(ran smollm2-135m)
 fi
 log "SmolLM2 variants that ran, fastest first: ${best:-none}"
+# CUDA graphs segfaulted on the SmolLM2 export before its first step (2026-12-04): if they still do, ORT's verbose log
+# up to the crash (its last lines name what ran last), kept short.
+if [ -n "$graphs" ] && [[ " $best " != *" graphs "* ]] && [ -f /tmp/race/smollm2-135m/model.onnx ]; then
+  phase graphs-crash-log 90 bash -c 'ORTLORA_ORT_LOG_LEVEL=0 timeout 80 dotnet "$1/bench-train.dll" --model /tmp/race/smollm2-135m/model.onnx \
+    --shape smollm2-135m --device cuda --ep-library "$2" --batch 8 --seq 512 --r 16 --steps 1 --bf16 --cuda-graphs --static-shapes \
+    > /tmp/graphs-verbose.log 2>&1; echo "rc $?"; grep -v ScatterND /tmp/graphs-verbose.log | tail -c 30000 > /tmp/race/graphs-crash-tail.txt; tail -15 /tmp/race/graphs-crash-tail.txt' \
+    _ "${APP:-/tmp/gpu/app}" "$EP_LIBRARY"
+fi
 if [ -n "$best" ]; then
   no_export=1; [[ " ${EXPORTS-smollm2-135m tinyllama-1.1b} " == *" tinyllama-1.1b "* ]] && no_export=
   NO_EXPORT=$no_export RUN_TIMEOUT=200 STEPS=5 VARIANTS="${best%% *}" phase race-tinyllama-bf16 150 bash "$here/race.sh" tinyllama-1.1b bf16
