@@ -170,6 +170,10 @@ public class PluginRewritesTests
         }
         Assert.That(Optimized(keep: false), Has.Member("Slice"), "ORT fuses the Range and Gather back into a Slice");
         Assert.That(Optimized(keep: true), Has.Member("Gather").And.No.Member("Slice"));
+        // Optimizers that ORTLORA_ORT_CONFIG disables join the list instead of replacing it.
+        Environment.SetEnvironmentVariable("ORTLORA_ORT_CONFIG", "optimization.disable_specified_optimizers=ConstantFolding");
+        try { Assert.That(Optimized(keep: true), Has.Member("Gather").And.No.Member("Slice")); }
+        finally { Environment.SetEnvironmentVariable("ORTLORA_ORT_CONFIG", null); }
     }
 
     /// <summary>What verify --static-shapes computes on the plugin, here on the CPU: PEFT's loss, gradients, AdamW step

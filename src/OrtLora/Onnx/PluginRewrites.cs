@@ -35,9 +35,18 @@ public static class PluginRewrites
     /// all and ran at basic (2026-12-04), the crash of every unpadded graph.</summary>
     public const string UndoingFusions = "GatherToSliceFusion";
 
-    /// <summary>Keeps a session's optimizer from undoing the rewrites (<see cref="UndoingFusions"/>).</summary>
-    public static void KeepRewritten(SessionOptions options) =>
-        options.AddSessionConfigEntry("optimization.disable_specified_optimizers", UndoingFusions);
+    const string DisabledOptimizers = "optimization.disable_specified_optimizers";
+
+    /// <summary>Keeps a session's optimizer from undoing the rewrites (<see cref="UndoingFusions"/>), with any optimizers
+    /// ORTLORA_ORT_CONFIG disables too: the entry is one list, which a second write would replace. Its names are separated
+    /// by ';' (tested: ORT 1.31 read "A,B" as one name, whatever its header says), so that variable names one optimizer an
+    /// entry, as often as needed.</summary>
+    public static void KeepRewritten(SessionOptions options)
+    {
+        var asked = OrtRun.KeyValues(Environment.GetEnvironmentVariable("ORTLORA_ORT_CONFIG"), "ORTLORA_ORT_CONFIG")
+            .Where(kv => kv.Key == DisabledOptimizers).Select(kv => kv.Value);
+        options.AddSessionConfigEntry(DisabledOptimizers, string.Join(";", asked.Append(UndoingFusions)));
+    }
 
     /// <summary>An inference session on the model at <paramref name="path"/>, rewritten.</summary>
     public static InferenceSession Load(string path, SessionOptions options)
