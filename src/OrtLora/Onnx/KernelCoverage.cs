@@ -67,8 +67,9 @@ public static class KernelCoverage
     }
 
     /// <summary>Ops the CUDA plugin on the GPU machine crashed on in a one-node graph (docs/gpu.md, 2026-12-04): the
-    /// kernels that call the core's CPU helpers a CPU build of the core does not have.</summary>
-    public static readonly string[] PluginCrashOps = ["Slice", "GatherElements", "Size"];
+    /// kernels that call the core's CPU helpers a CPU build of the core does not have. Tile, Einsum and OneHot have no
+    /// rewrite: no training graph of graphs/tiny, the fixtures or the unseen export styles has them (tested).</summary>
+    public static readonly string[] PluginCrashOps = ["Slice", "GatherElements", "Size", "Tile", "Einsum", "OneHot"];
 
     /// <summary>The nodes of <paramref name="model"/> whose op the CUDA plugin was seen to crash on (<see cref="PluginCrashOps"/>).</summary>
     public static List<NodeProto> PluginCrashes(ModelProto model) =>
