@@ -1,4 +1,3 @@
-using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using Onnx;
 using DT = Onnx.TensorProto.Types.DataType;
@@ -266,19 +265,9 @@ public static class HalfPrecision
         byte[] SaturatedHalf(ReadOnlySpan<float> values)
         {
             float max = MaxFinite(half);
-            var bytes = new byte[values.Length * 2L];
-            if (half == (int)DT.Bfloat16)
-            {
-                // bfloat16 has float32's range: rounding to nearest even can only overflow the largest values, to infinity
-                var bits = MemoryMarshal.Cast<byte, ushort>(bytes.AsSpan());
-                for (int i = 0; i < values.Length; i++)
-                    bits[i] = Tensors.FloatToBf16(float.IsFinite(values[i]) ? Math.Clamp(values[i], -max, max) : values[i]);
-                return bytes;
-            }
             var clamped = new float[values.Length];
             for (int i = 0; i < values.Length; i++) clamped[i] = float.IsFinite(values[i]) ? Math.Clamp(values[i], -max, max) : values[i];
-            TensorPrimitives.ConvertToHalf(clamped, MemoryMarshal.Cast<byte, Half>(bytes.AsSpan()));
-            return bytes;
+            return Tensors.FloatsToBytes(clamped, half);
         }
 
         static TensorProto ConstantTensor(NodeProto constant)
