@@ -28,8 +28,9 @@ public static class InspectCommand
         var bf16 = new Option<bool>("--bf16") { Description = "with --training-graph: the graph `train --bf16` runs (frozen base in bfloat16)" };
         var memory = new Option<bool>("--memory") { Description = "with --training-graph: the memory one step needs at --per-device-train-batch-size × --max-seq-length (static shapes): inputs, and the peak of what the nodes make, by op" };
         var batchSize = new Option<int>("--per-device-train-batch-size") { Description = "with --memory: the batch", DefaultValueFactory = _ => 8 };
+        var recompute = new Option<bool>("--recompute-attention") { Description = "with --training-graph: the graph `train --recompute-attention` runs (attention's probabilities recomputed in the backward)" };
         var maxSeqLength = new Option<int>("--max-seq-length") { Description = "with --memory: tokens a row", DefaultValueFactory = _ => 512 };
-        var cmd = new Command("inspect", "List targetable linear layers, LoRA adapters and the op histogram") { model, r, trainingGraph, device, fp16, bf16, memory, batchSize, maxSeqLength };
+        var cmd = new Command("inspect", "List targetable linear layers, LoRA adapters and the op histogram") { model, r, trainingGraph, device, fp16, bf16, memory, batchSize, maxSeqLength, recompute };
         cmd.SetAction(CliRunner.Guard(parse =>
         {
             using var m = OnnxModel.Load(parse.GetValue(model)!);
@@ -38,7 +39,7 @@ public static class InspectCommand
             bool withTrainingGraph = parse.GetValue(trainingGraph);
             if (parse.GetValue(fp16) && parse.GetValue(bf16)) throw new OrtLoraException("--fp16 and --bf16: choose one");
             var compute = parse.GetValue(bf16) ? ComputeType.BFloat16 : parse.GetValue(fp16) ? ComputeType.Float16 : ComputeType.Float32;
-            foreach (var (given, option) in new[] { (parse.GetValue(device) != "cpu", "--device"), (parse.GetValue(fp16), "--fp16"), (parse.GetValue(bf16), "--bf16"), (parse.GetValue(memory), "--memory") })
+            foreach (var (given, option) in new[] { (parse.GetValue(device) != "cpu", "--device"), (parse.GetValue(fp16), "--fp16"), (parse.GetValue(bf16), "--bf16"), (parse.GetValue(memory), "--memory"), (parse.GetValue(recompute), "--recompute-attention") })
                 if (given && !withTrainingGraph) throw new OrtLoraException($"{option} is for --training-graph");
             int nbits = MatMulNBitsForm.ToQdq(m); // as inject reads them
             var editor = new GraphEditor(m.Graph);
@@ -69,7 +70,7 @@ public static class InspectCommand
             Console.WriteLine("op histogram: " + string.Join(", ", GraphEditor.OpHistogram(m.Graph).Select(p => $"{p.Key} {p.Value}")));
             (int, int)? shape = parse.GetValue(memory) ? (parse.GetValue(batchSize), parse.GetValue(maxSeqLength)) : null;
             if (shape is ({ } b, { } seq) && (b < 1 || seq < 2)) throw new OrtLoraException($"--memory needs a batch of at least 1 and at least 2 tokens a row (got {b} × {seq})");
-            if (withTrainingGraph) WriteTrainingGraph(m, inject: lora is null, rank, parse.GetValue(device)!, compute, shape);
+            if (withTrainingGraph) WriteTrainingGraph(m, inject: lora is null, rank, parse.GetValue(device)!, compute, shape, parse.GetValue(recompute));
         }));
         return cmd;
     }
@@ -84,11 +85,13 @@ public static class InspectCommand
 
     /// <param name="inject">the model has no adapters: give it all-linear ones of rank <paramref name="rank"/></param>
     /// <param name="memoryAt">the batch shape to estimate one step's memory at, or null</param>
-    static void WriteTrainingGraph(OnnxModel m, bool inject, int rank, string device, ComputeType compute, (int Batch, int Sequence)? memoryAt)
+    /// <param name="recomputeAttention">the graph that recomputes attention's probabilities in the backward</param>
+    static void WriteTrainingGraph(OnnxModel m, bool inject, int rank, string device, ComputeType compute, (int Batch, int Sequence)? memoryAt,
+        bool recomputeAttention)
     {
         var exported = new HashSet<string>(m.Graph.Node.Select(n => n.Name));
         if (inject) LoraInjector.Inject(m, new LoraConfig { R = rank, TargetModules = ["all-linear"] });
-        using var graph = TrainingGraph.Build(m, compute: compute);
+        using var graph = TrainingGraph.Build(m, compute: compute, recomputeAttention: recomputeAttention);
         var step = graph.BuildStep(new AdamWOptions());
         Console.WriteLine();
         Console.WriteLine($"training step graph: {step.Graph.Node.Count:N0} nodes (forward + loss {graph.Eval.Graph.Node.Count:N0}, " +

@@ -111,6 +111,7 @@ public static class TrainCommand
         var fp16 = new Option<bool>("--fp16") { Description = "mixed precision: the frozen model computes in float16, LoRA weights, loss and optimizer stay float32" };
         var bf16 = new Option<bool>("--bf16") { Description = "as --fp16 with bfloat16 (needs --device cuda: ONNX Runtime's CPU provider has no bfloat16 kernels)" };
         var checkpointing = new Option<bool>("--gradient-checkpointing") { Description = "recompute each layer's forward in the backward instead of storing its activations: less memory, about a third more compute" };
+        var recomputeAttention = new Option<bool>("--recompute-attention") { Description = "recompute attention's probabilities in the backward instead of storing them (as PyTorch's sdpa does): the same numbers, much less memory at long sequences" };
         var cudaGraphs = new Option<bool>("--cuda-graphs") { Description = "capture each step's kernels once and replay them (ONNX Runtime's enable_cuda_graph; implies --pad-to-max-length, not with --lora-dropout)" };
         var epLibrary = new Option<string?>("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
         var optimization = new Option<string>("--graph-optimization-level")
@@ -131,7 +132,7 @@ public static class TrainCommand
         foreach (var o in new Option[] { data, evalData, evalSplit, dropLast, padToMax,
                      epochs, maxSteps, batch, evalBatch, accumulation, lr, scheduler, schedulerKwargs, warmupRatio, warmupSteps, weightDecay,
                      optim, beta1, beta2, epsilon, maxGradNorm, logging, loggingFirst, loggingStrategy, saveSteps, saveOnlyModel, saveStrategy, saveLimit, evalSteps, evalStrategy,
-                     loadBest, metricForBest, greaterIsBetter, patience, threshold, neftune, loraplus, fp16, bf16, checkpointing, cudaGraphs, device, epLibrary, optimization, resume, merge, plain }.Concat(reporting.All))
+                     loadBest, metricForBest, greaterIsBetter, patience, threshold, neftune, loraplus, fp16, bf16, checkpointing, recomputeAttention, cudaGraphs, device, epLibrary, optimization, resume, merge, plain }.Concat(reporting.All))
             cmd.Options.Add(o);
         foreach (var o in reward ? new Option[] { center, disableDropout } : distill ? [teacher, jsdBeta, lmbda, temperature, maxNewTokens, seqKd, disableDropout, packing, groupByLength]
                      : classify ? [numLabels, taskType, labelAllTokens, classifierDropout, groupByLength, labelSmoothing, disableDropout]
@@ -152,7 +153,7 @@ public static class TrainCommand
                 SaveTotalLimit = parse.GetValue(saveLimit), EvalSteps = parse.GetValue(evalSteps), EvalStrategy = parse.GetValue(evalStrategy)!, SaveStrategy = parse.GetValue(saveStrategy)!, LoraplusLrRatio = parse.GetValue(loraplus),
                 Fp16 = parse.GetValue(fp16), Bf16 = parse.GetValue(bf16), Device = parse.GetValue(device)!, EpLibrary = parse.GetValue(epLibrary),
                 GraphOptimizationLevel = parse.GetValue(optimization)!, GradientCheckpointing = parse.GetValue(checkpointing),
-                CudaGraphs = parse.GetValue(cudaGraphs), LoadBestModelAtEnd = parse.GetValue(loadBest),
+                RecomputeAttention = parse.GetValue(recomputeAttention), CudaGraphs = parse.GetValue(cudaGraphs), LoadBestModelAtEnd = parse.GetValue(loadBest),
                 MetricForBestModel = parse.GetValue(metricForBest)!, GreaterIsBetter = parse.GetValue(greaterIsBetter),
                 EarlyStoppingPatience = parse.GetValue(patience), EarlyStoppingThreshold = parse.GetValue(threshold),
                 NeftuneNoiseAlpha = parse.GetValue(neftune), Optim = parse.GetValue(optim)!, DisableDropout = parse.GetValue(disableDropout), LabelSmoothingFactor = TrainOnly(labelSmoothing, parse),

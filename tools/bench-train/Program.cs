@@ -3,7 +3,7 @@
 //       [--steps 3] [--mode train|eval|train+eval] [--model PATH [--init-from PEFT_DIR]] [--threads N] [--no-arena]
 //       [--graph-stats] [--ort-graph-stats] [--build-only] [--opt-basic | --graph-optimization-level all|extended|basic|none]
 //       [--fp16 | --bf16] [--device cpu|cuda] [--ep-library PATH] [--profile PREFIX] [--json] [--static-shapes]
-//       [--gradient-checkpointing] [--loss-chunks N] [--cuda-graphs] [--use-dora] [--quantize-weights 4|8 [--block-size 32]]
+//       [--gradient-checkpointing] [--recompute-attention] [--loss-chunks N] [--cuda-graphs] [--use-dora] [--quantize-weights 4|8 [--block-size 32]]
 //       [--modules-to-save lm_head,embed_tokens] [--trainable-tokens N (the first N ids of the token embedding)]
 //       [--target-modules q_proj,v_proj,embed_tokens (default all-linear)] [--dpo BETA (the batch's rows as chosen/rejected pairs)]
 //       [--bisect eval|gradients|step [--keep-slices]] (the first node of that graph the device crashes on: Bisect.cs)
@@ -66,7 +66,7 @@ var ortLevel = OrtLora.Training.TrainingArguments.OrtLevel(args.Contains("--opt-
 var session = new TrainingSession(model, new TrainingSessionOptions(new AdamWOptions(WeightDecay: 0.01), options.Threads,
     CpuMemArena: !args.Contains("--no-arena"), Optimization: ortLevel,
     Device: options.Device, EpLibrary: options.EpLibrary, ProfilePrefix: options.Profile, StaticShapes: args.Contains("--static-shapes"),
-    Compute: compute, GradientCheckpointing: args.Contains("--gradient-checkpointing"), CudaGraphs: args.Contains("--cuda-graphs"),
+    Compute: compute, GradientCheckpointing: args.Contains("--gradient-checkpointing"), RecomputeAttention: args.Contains("--recompute-attention"), CudaGraphs: args.Contains("--cuda-graphs"),
     LossChunks: options.LossChunks, Preference: Array.IndexOf(args, "--dpo") is var dpoAt and >= 0 ? new PreferenceOptions(double.Parse(args[dpoAt + 1])) : null));
 if (session.Graph.HalfPrecision is { } half) Console.WriteLine($"half compute: {half}");
 long trainable = session.Graph.ParameterShapes.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
@@ -151,7 +151,7 @@ foreach (var trace in session.ProfileFiles) Console.WriteLine($"profile: {trace}
 if (args.Contains("--json"))
     Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
     {
-        ["engine"] = "ortlora" + (args.Contains("--use-dora") ? "+dora" : "") + (args.Contains("--modules-to-save") ? "+modules_to_save" : "") + (Array.IndexOf(args, "--quantize-weights") is var q and >= 0 ? $"+int{args[q + 1]}" : "") + (Array.IndexOf(args, "--graph-optimization-level") is var lv and >= 0 && args[lv + 1] != "all" ? "+" + args[lv + 1] : "") + (args.Contains("--gradient-checkpointing") ? "+checkpointing" : "") + (args.Contains("--cuda-graphs") ? "+cuda-graphs" : "") + (Environment.GetEnvironmentVariable("ORTLORA_COPY_STATE_BACK") == "0" ? "+parity" : "") + (Environment.GetEnvironmentVariable("ORTLORA_MEMORY_PATTERN") == "0" ? "+nopattern" : "") + (args.Contains("--dpo") ? "+dpo" : ""), ["shape"] = options.Shape, ["model"] = options.Model is null ? "LlamaGraph" : "export", ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
+        ["engine"] = "ortlora" + (args.Contains("--use-dora") ? "+dora" : "") + (args.Contains("--modules-to-save") ? "+modules_to_save" : "") + (Array.IndexOf(args, "--quantize-weights") is var q and >= 0 ? $"+int{args[q + 1]}" : "") + (Array.IndexOf(args, "--graph-optimization-level") is var lv and >= 0 && args[lv + 1] != "all" ? "+" + args[lv + 1] : "") + (args.Contains("--gradient-checkpointing") ? "+checkpointing" : "") + (args.Contains("--recompute-attention") ? "+recompute-attention" : "") + (args.Contains("--cuda-graphs") ? "+cuda-graphs" : "") + (Environment.GetEnvironmentVariable("ORTLORA_COPY_STATE_BACK") == "0" ? "+parity" : "") + (Environment.GetEnvironmentVariable("ORTLORA_MEMORY_PATTERN") == "0" ? "+nopattern" : "") + (args.Contains("--dpo") ? "+dpo" : ""), ["shape"] = options.Shape, ["model"] = options.Model is null ? "LlamaGraph" : "export", ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
         ["batch"] = options.Batch, ["seq"] = options.Seq, ["r"] = options.R, ["step_ms"] = Math.Round(median * 1000, 2),
         ["tokens_per_s"] = Math.Round(n / median), ["peak_working_set_mib"] = Math.Round(peakMiB), ["graph_nodes"] = stepNodes,
         ["trainable"] = trainable,

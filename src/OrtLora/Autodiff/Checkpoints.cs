@@ -18,8 +18,9 @@ namespace OrtLora.Autodiff;
 public sealed class Checkpoints
 {
     /// <summary>One recomputed range of forward nodes (First, Last], from Start (produced by node First) to End
-    /// (produced by node Last).</summary>
-    sealed record Segment(int First, int Last, string Start, string End);
+    /// (produced by node Last). Without RecomputeLast, node Last is not run again: its gradient rule reads its inputs'
+    /// recomputation only (a MatMul's).</summary>
+    sealed record Segment(int First, int Last, string Start, string End, bool RecomputeLast = true);
 
     /// <summary>Name of the node starting each segment's recomputation (made unique with _1, _2, ...).</summary>
     public const string SegmentStart = "checkpoint/segment_start";
@@ -90,6 +91,73 @@ public sealed class Checkpoints
         return new Checkpoints(nodes, segments);
     }
 
+    /// <summary>Attention's probabilities recomputed in the backward instead of kept, as PyTorch's sdpa kernels do: each
+    /// Softmax whose input is a chain of elementwise ops (scale, mask, casts) from a MatMul of two activations (Q·Kᵀ)
+    /// and whose output goes, through casts, into a MatMul as its left input (P·V) is one segment from Q to P·V's
+    /// output. The backward of P·V recomputes the scores, the Softmax and the casts from Q and Kᵀ, which the backward of
+    /// Q·Kᵀ keeps anyway; P·V itself is not run again. The probabilities, [batch, heads, sequence, sequence] in float32
+    /// and again in half with mixed precision, were most of what a step keeps for the backward (inspect --memory:
+    /// 3.2 of SmolLM2's 7.5 GiB, 8.4 of TinyLlama's 19.1 at B=8, S=512); recomputing them adds two small MatMuls' worth
+    /// of work a layer. The same numbers: the recomputation runs the forward's own nodes again.</summary>
+    internal static Checkpoints Attention(List<NodeProto> nodes, HashSet<string> needed, ValueTable types)
+    {
+        var producer = new Dictionary<string, int>();
+        var readers = new Dictionary<string, List<int>>();
+        for (int k = 0; k < nodes.Count; k++)
+        {
+            foreach (var o in nodes[k].Output) if (o != "") producer[o] = k;
+            foreach (var i in nodes[k].Input) if (i != "") (readers.TryGetValue(i, out var l) ? l : readers[i] = []).Add(k);
+        }
+        bool Activation(string v) => v != "" && needed.Contains(v) && types.VariesWithBatch(v);
+        var segments = new List<Segment>();
+        for (int k = 0; k < nodes.Count; k++)
+        {
+            if (nodes[k].OpType != "Softmax" || !Activation(nodes[k].Input[0])) continue;
+            // Back along the scores: each step takes the input shaped like the node's output (the scores, not the
+            // broadcast mask or scale), to the MatMul of two activations.
+            int? qk = null;
+            var v = nodes[k].Input[0];
+            for (int step = 0; step < 8 && producer.TryGetValue(v, out var p); step++)
+            {
+                var n = nodes[p];
+                if (n.OpType == "MatMul") { if (Activation(n.Input[0]) && Activation(n.Input[1])) qk = p; break; }
+                if (n.OpType is not ("Cast" or "Add" or "Sub" or "Mul" or "Div" or "Where")) break;
+                var shaped = n.Input.Where(i => Activation(i) && types[i].ShapeB.SequenceEqual(types[n.Output[0]].ShapeB)).ToList();
+                if (shaped.Count != 1) break;
+                v = shaped[0];
+            }
+            // Forward from the probabilities, through casts, to the MatMul that reads them on the left.
+            var w = nodes[k].Output[0];
+            int? pv = null;
+            for (int step = 0; step < 4 && readers.TryGetValue(w, out var r) && r.Count == 1; step++)
+            {
+                var n = nodes[r[0]];
+                if (n.OpType == "Cast") { w = n.Output[0]; continue; }
+                if (n.OpType == "MatMul" && n.Input[0] == w) pv = r[0];
+                break;
+            }
+            if (qk is not int first || pv is not int last) continue;
+            var start = nodes[first].Input[0];
+            if (!producer.TryGetValue(start, out var startAt) || (segments.Count > 0 && startAt < segments[^1].Last)) continue;
+            // What the segment recomputes: the nodes after Q's that depend on Q, up to P·V; few and all deterministic.
+            var dependent = new HashSet<string> { start };
+            int count = 0;
+            bool ok = true;
+            for (int j = startAt + 1; j < last && ok; j++)
+            {
+                if (!nodes[j].Input.Any(dependent.Contains)) continue;
+                count++;
+                ok = Recomputable(nodes[j]) && count <= 16;
+                foreach (var o in nodes[j].Output) if (o != "") dependent.Add(o);
+            }
+            if (ok) segments.Add(new Segment(startAt, last, start, nodes[last].Output[0], RecomputeLast: false));
+        }
+        return new Checkpoints(nodes, segments);
+    }
+
+    /// <summary>How many segments <paramref name="checkpoints"/> recomputes (0 for none).</summary>
+    internal int Count => _segments.Count;
+
     /// <summary>Nodes that give the same result when run again. Training-mode Dropout is redone from its mask.</summary>
     static bool Recomputable(NodeProto n) =>
         !n.OpType.StartsWith("Random") && n.OpType != "Multinomial" && !n.Attribute.Any(a => a.G is not null || a.Graphs.Count > 0);
@@ -138,7 +206,7 @@ public sealed class Checkpoints
         for (int k = segment.First + 1; k <= segment.Last; k++)
         {
             var n = _nodes[k];
-            if (!n.Input.Any(renames.ContainsKey)) continue;
+            if (!n.Input.Any(renames.ContainsKey) || k == segment.Last && !segment.RecomputeLast) continue;
             if (n.OpType == "Dropout" && n.Input.Count > 2 && n.Input[2] != "") { RecomputeDropout(n, renames, graph, types); continue; }
             graph.AddRenamedCopy(n, renames, "/recompute");
             foreach (var o in n.Output)

@@ -24,11 +24,11 @@ public static class GradientBuilder
     /// <param name="types">rank and dtype of every forward value (see <see cref="ValueTable.Probe"/>)</param>
     /// <returns>parameter name → name of its gradient value (zeros for a parameter the loss does not depend on)</returns>
     public static Dictionary<string, string> Build(GraphEditor graph, string loss, IReadOnlyList<string> parameters,
-        ValueTable types, int opset, bool checkpointing = false)
+        ValueTable types, int opset, bool checkpointing = false, bool recomputeAttention = false)
     {
         var ones = graph.Add("ConstantOfShape", [graph.Add("Shape", [loss], name: "grad/seed/Shape")], name: "grad/seed/ones",
             attributes: ("value", Tensors.FromFloats("one", [1], [1f], types.ElemType(loss))));
-        return Build(graph, new Dictionary<string, string> { [loss] = ones }, parameters, types, opset, checkpointing);
+        return Build(graph, new Dictionary<string, string> { [loss] = ones }, parameters, types, opset, checkpointing, recomputeAttention: recomputeAttention);
     }
 
     /// <summary>The vector–Jacobian product from given gradients: for each seeded value v with given gradient s (same
@@ -38,8 +38,11 @@ public static class GradientBuilder
     /// <param name="checkpointing">recompute segments of the forward in the backward (<see cref="Checkpoints"/>)
     /// instead of keeping their activations</param>
     /// <param name="detached">values treated as constants (torch's detach): no gradient flows through them</param>
+    /// <param name="recomputeAttention">without <paramref name="checkpointing"/>: recompute attention's probabilities in
+    /// the backward instead of keeping them (<see cref="Checkpoints.Attention"/>)</param>
     public static Dictionary<string, string> Build(GraphEditor graph, IReadOnlyDictionary<string, string> seeds,
-        IReadOnlyList<string> parameters, ValueTable types, int opset, bool checkpointing = false, IReadOnlySet<string>? detached = null)
+        IReadOnlyList<string> parameters, ValueTable types, int opset, bool checkpointing = false, IReadOnlySet<string>? detached = null,
+        bool recomputeAttention = false)
     {
         var nodes = graph.Graph.Node.ToList();
         var active = ForwardActive(nodes, parameters, types, detached ?? new HashSet<string>());
@@ -49,7 +52,9 @@ public static class GradientBuilder
             throw new OrtLoraException($"autodiff: {quantize.OpType} '{quantize.Name}' quantizes an activation that depends on a trainable parameter " +
                 "(static or dynamic QDQ): train on a model whose weights only are quantized (ortlora quantize, or ONNX Runtime's weight-only quantizers)");
         var needed = BackwardNeeded(nodes, seeds.Keys, active);
-        var checkpoints = checkpointing ? Checkpoints.Plan(nodes, needed, types) : null;
+        // Checkpointed segments recompute attention too; alone, attention's probabilities are the segments.
+        var checkpoints = checkpointing ? Checkpoints.Plan(nodes, needed, types)
+            : recomputeAttention ? Checkpoints.Attention(nodes, needed, types) : null;
         var widened = new WidenedWeights(graph, types, active);
         // With checkpointing: the gradients of parameter-sized values computed from activations since the last segment
         // was recomputed (LoRA's dA, dB), which the next recomputation waits for (Checkpoints.NodeForBackward)

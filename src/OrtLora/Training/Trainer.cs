@@ -121,7 +121,7 @@ public static partial class Trainer
         if (loraFa) LoraFa.Require(lora, args, model.Source);
         using var session = new TrainingSession(model, new TrainingSessionOptions(loraFa ? LoraFa.Options(model, lora, args.WeightDecay) : args.AdamWFor(model),
             HostUpdateFrom: loraFa ? long.MaxValue : Autodiff.ParameterBundle.AloneFrom, Optimization: args.OrtOptimizationLevel, Device: args.Device, EpLibrary: args.EpLibrary, Compute: compute,
-            GradientCheckpointing: args.GradientCheckpointing, StaticShapes: dataOptions.PadToMaxLength, CudaGraphs: args.CudaGraphs,
+            GradientCheckpointing: args.GradientCheckpointing, RecomputeAttention: args.RecomputeAttention, StaticShapes: dataOptions.PadToMaxLength, CudaGraphs: args.CudaGraphs,
             NeftuneNoiseAlpha: args.NeftuneNoiseAlpha, Seed: args.Seed, LabelSmoothing: args.LabelSmoothingFactor, LossChunks: args.LossChunks,
             Preference: data.IsPreference ? args.Preference : null, DistillationBeta: job.Distillation?.Beta, DisableDropout: DropoutDisabled(args, data, job, lora, reporter),
             Classification: classifier && !perToken, TokenClassification: perToken, MultiLabel: classes?.IsMultiLabel == true,             ClassifierDropout: job.Classification is { PerToken: true } tokenOptions ? tokenOptions.ClassifierDropout ?? Reward.SequenceClassifier.ClassifierDropout(job.ModelPath) : 0),
@@ -137,6 +137,12 @@ public static partial class Trainer
         if (session.Graph.HalfPrecision is { } half)
             reporter.Info($"{(args.Bf16 ? "bf16" : "fp16")} compute: {half.HalfNodes} nodes in half, {half.Float32Nodes} in float32 (LoRA branches, " +
                 $"norms, softmax), {half.Casts} casts; {half.ConvertedTensors} frozen tensors stored in half ({half.ConvertedBytes / 1048576.0:F1} MiB)");
+        if (args.RecomputeAttention && !args.GradientCheckpointing)
+        {
+            int segments = Autodiff.Checkpoints.CountSegments(session.Graph.Gradients.Graph);
+            reporter.Info(segments > 0 ? $"recompute attention: the backward recomputes {segments} layers' attention probabilities"
+                : "recompute attention: no Softmax between a Q·Kᵀ and a P·V MatMul was found; training stores them");
+        }
         if (args.GradientCheckpointing)
         {
             int segments = Autodiff.Checkpoints.CountSegments(session.Graph.Gradients.Graph);

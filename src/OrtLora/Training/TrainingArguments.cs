@@ -82,6 +82,9 @@ public sealed class TrainingArguments
     /// <summary>Recompute the forward in the backward, segment by segment, instead of storing its activations
     /// (Hugging Face's gradient_checkpointing): less memory, more compute.</summary>
     public bool GradientCheckpointing { get; set; }
+    /// <summary>Recompute attention's probabilities in the backward instead of storing them, as PyTorch's sdpa kernels
+    /// do: the same numbers, much less memory at long sequences, a little more compute.</summary>
+    public bool RecomputeAttention { get; set; }
     /// <summary>TRL's disable_dropout (DPOConfig, KTOConfig, ORPOConfig, CPOConfig, RewardConfig, GKDConfig,
     /// OnlineDPOConfig, all true by default): no dropout while training, PEFT's lora_dropout included (TRL sets every
     /// nn.Dropout's p to 0, and lora_dropout is one). Null: the trainer's default, on for preference data, reward

@@ -87,6 +87,8 @@ public sealed partial class TrainingGraph : IDisposable
     /// LoRA branches, parameters, loss and optimizer in float32</param>
     /// <param name="gradientCheckpointing">the backward recomputes the forward segment by segment instead of keeping
     /// its activations (<see cref="Checkpoints"/>): less memory, about one more forward of compute</param>
+    /// <param name="recomputeAttention">the backward recomputes attention's probabilities from Q and K instead of
+    /// keeping them (<see cref="Checkpoints.Attention"/>): the same numbers, much less memory at long sequences</param>
     /// <param name="lossChunks">the loss and its gradient in this many chunks of the sequence, through the lm_head
     /// (<see cref="ChunkedLoss"/>); default: 8 when the vocabulary has 8192 or more entries, else 1 (whole)</param>
     /// <param name="neftuneNoise">NEFTune: the training graphs add the <see cref="NeftuneNoise.Input"/> to the token embeddings</param>
@@ -109,7 +111,7 @@ public sealed partial class TrainingGraph : IDisposable
         double? loraDropout = null, ComputeType compute = ComputeType.Float32, bool gradientCheckpointing = false, int? lossChunks = null,
         bool neftuneNoise = false, double labelSmoothing = 0, PreferenceOptions? preference = null, bool tokenWeights = false,
         double logitsTemperature = 1, double? distillationBeta = null, bool classification = false, bool tokenClassification = false,
-        double classifierDropout = 0, bool multiLabel = false)
+        double classifierDropout = 0, bool multiLabel = false, bool recomputeAttention = false)
     {
         if (multiLabel && !classification) throw new OrtLoraException("multi-label is a sequence classifier's problem type");
         if (tokenClassification && (classification || preference is not null || tokenWeights || distillationBeta is not null))
@@ -316,7 +318,7 @@ public sealed partial class TrainingGraph : IDisposable
             }
             // DoRA's weight norms are constants to the gradient, as PEFT detaches them.
             var detached = lora?.Adapters.Select(a => a.WeightNorm).OfType<string>().ToHashSet() ?? [];
-            var grads = GradientBuilder.Build(g, seeds, parameters, types, opset, gradientCheckpointing, detached);
+            var grads = GradientBuilder.Build(g, seeds, parameters, types, opset, gradientCheckpointing, detached, recomputeAttention);
             foreach (var p in parameters)
             {
                 var grad = scalesLoss ? g.Add("Div", [grads[p], LossScale], name: "grad/unscale") : grads[p]; // Gradients' own outputs (verify)

@@ -21,6 +21,8 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// Without it the state moves to the device only when the sessions want their inputs outside host memory.</param>
 /// <param name="GradientCheckpointing">the backward recomputes the forward segment by segment (about one layer each)
 /// instead of keeping every activation: far less activation memory for about a third more compute</param>
+/// <param name="RecomputeAttention">the backward recomputes attention's probabilities instead of keeping them
+/// (<see cref="Autodiff.Checkpoints.Attention"/>; with GradientCheckpointing they are recomputed anyway)</param>
 /// <param name="LossChunks">the loss and its gradient taken in this many chunks of the sequence through the lm_head, so
 /// that no [batch, sequence, vocabulary] tensor is built whole (default: 8 from a vocabulary of 8192, else 1)</param>
 /// <param name="CudaGraphs">CUDA graphs (ORT's enable_cuda_graph): each session captures its kernels once per state parity
@@ -59,7 +61,7 @@ public sealed record TrainingSessionOptions(AdamWOptions AdamW, int IntraOpThrea
     double NeftuneNoiseAlpha = 0, int Seed = 42, double LabelSmoothing = 0, long HostUpdateFrom = ParameterBundle.AloneFrom,
     PreferenceOptions? Preference = null, bool TokenWeighted = false, double LogitsTemperature = 1, double? DistillationBeta = null,
     bool DisableDropout = false, bool Classification = false, bool TokenClassification = false, double ClassifierDropout = 0, bool MultiLabel = false,
-    bool? PluginRewrites = null, bool StateOnHost = false, bool? CopyStateBack = null)
+    bool? PluginRewrites = null, bool StateOnHost = false, bool? CopyStateBack = null, bool RecomputeAttention = false)
 {
     /// <summary>Whether each graph loads without the ops the CUDA plugin crashes on (<see cref="OrtLora.Onnx.PluginRewrites"/>,
     /// docs/gpu.md). By default with a plugin execution provider (--ep-library), or as ORTLORA_PLUGIN_REWRITES says
@@ -112,6 +114,7 @@ public sealed partial class TrainingSession : IDisposable
             throw new OrtLoraException("bfloat16 compute needs an execution provider with bfloat16 kernels (--device cuda): ONNX Runtime's CPU " +
                 "provider has none for MatMul, Add, Softmax and most other ops. On CPU use --fp16 (ONNX Runtime runs float16 through float32 kernels there)");
         _graph = TrainingGraph.Build(model, parameters, compute: options.Compute, gradientCheckpointing: options.GradientCheckpointing,
+            recomputeAttention: options.RecomputeAttention,
             lossChunks: options.LossChunks, neftuneNoise: options.NeftuneNoiseAlpha > 0, labelSmoothing: options.LabelSmoothing,
             preference: options.Preference, tokenWeights: options.TokenWeighted, logitsTemperature: options.LogitsTemperature,
             distillationBeta: options.DistillationBeta, loraDropout: options.DisableDropout ? 0 : null, classification: options.Classification,
