@@ -5,7 +5,7 @@
 # VARIANTS ("stored graphs checkpointing-graphs": ortlora keeping all activations, with --cuda-graphs, with both
 # --gradient-checkpointing and --cuda-graphs; "checkpointing" is the fourth; --cuda-graphs keeps one captured graph per
 # session (the state copied back), a name containing "parity" one per state parity (ORTLORA_COPY_STATE_BACK=0, which
-# lost updates on the plugin); a name containing "int4" adds
+# lost updates on the plugin); "recompute" adds --recompute-attention; a name containing "int4" adds
 # --quantize-weights 4, a QLoRA-style base: other numbers than PEFT's, for memory only; VARIANTS= (empty): PEFT only). A variant that fails is
 # reported and the race goes on. A name containing "basic" ("extended", "none") loads the graphs at that ORT
 # optimization level instead of all (basic: no com.microsoft fusions). PROFILE=1: ORT's per-node profile of each run, summarized (the profiler slows the steps it times).
@@ -52,6 +52,7 @@ for dtype in $dtypes; do
     echo "ortlora $shape $dtype $variant..."
     flags=()
     case $variant in *checkpointing*) flags+=(--gradient-checkpointing) ;; esac
+    case $variant in *recompute*) flags+=(--recompute-attention) ;; esac
     case $variant in *graphs*) flags+=(--cuda-graphs) ;; esac
     case $variant in *int4*) flags+=(--quantize-weights 4) ;; esac
     case $variant in *basic*) flags+=(--graph-optimization-level basic) ;; *extended*) flags+=(--graph-optimization-level extended) ;;

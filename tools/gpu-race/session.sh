@@ -45,7 +45,7 @@ ours = sorted((r for r in rows if r.get("engine", "").startswith("ortlora") and 
 def variant(engine):
     parts = engine.split("+")[1:]
     level = next((p for p in parts if p in ("basic", "extended", "none")), "")
-    return ("graphs" if "cuda-graphs" in parts else "stored") + ("-parity" if "parity" in parts else "") + ("-nopattern" if "nopattern" in parts else "") + ("-" + level if level else "")
+    return ("graphs" if "cuda-graphs" in parts else "stored") + ("-parity" if "parity" in parts else "") + ("-nopattern" if "nopattern" in parts else "") + ("-recompute" if "recompute-attention" in parts else "") + ("-" + level if level else "")
 print(" ".join(dict.fromkeys(variant(r["engine"]) for r in ours)))
 EOP
 }
@@ -115,8 +115,9 @@ if [ -n "$best" ]; then
   NO_EXPORT=$no_export RUN_TIMEOUT=200 STEPS=5 VARIANTS="${best%% *}" phase race-tinyllama-bf16 150 bash "$here/race.sh" tinyllama-1.1b bf16
   RESULTS=/tmp/race/profiled.jsonl PROFILE=1 SKIP_PEFT=1 STEPS=3 VARIANTS="${best%% *}" \
     phase profile-smollm2-bf16 50 bash "$here/race.sh" smollm2-135m bf16
-  # The peak's A/B: ORT planned 7.5 GiB for this step (inspect --memory) where nvidia-smi saw 26.6 GiB (2026-12-04).
-  SKIP_PEFT=1 VARIANTS="${best%% *}-nopattern" phase memory-smollm2-bf16 80 bash "$here/race.sh" smollm2-135m bf16
+  # The peak's A/B: ORT planned 7.5 GiB for this step (inspect --memory; 4.3 with --recompute-attention) where
+  # nvidia-smi saw 26.6 GiB (2026-12-04).
+  SKIP_PEFT=1 VARIANTS="${best%% *}-recompute ${best%% *}-nopattern" phase memory-smollm2-bf16 160 bash "$here/race.sh" smollm2-135m bf16
   VARIANTS="${best%% *}" phase race-smollm2-fp32 90 bash "$here/race.sh" smollm2-135m fp32
 fi
 python3 "$here/peft_race.py" table /tmp/race/results.jsonl | tee "$out/table.md"

@@ -19,8 +19,12 @@ public sealed class Checkpoints
 {
     /// <summary>One recomputed range of forward nodes (First, Last], from Start (produced by node First) to End
     /// (produced by node Last). Without RecomputeLast, node Last is not run again: its gradient rule reads its inputs'
-    /// recomputation only (a MatMul's).</summary>
-    sealed record Segment(int First, int Last, string Start, string End, bool RecomputeLast = true);
+    /// recomputation only (a MatMul's); attention's segments are that (<see cref="Attention"/>), and their recomputation
+    /// waits for the gradient at their end only, not for the parameter gradients before it: a few nodes, not dozens.</summary>
+    sealed record Segment(int First, int Last, string Start, string End, bool RecomputeLast = true)
+    {
+        public bool IsAttention => !RecomputeLast;
+    }
 
     /// <summary>Name of the node starting each segment's recomputation (made unique with _1, _2, ...).</summary>
     public const string SegmentStart = "checkpoint/segment_start";
@@ -181,8 +185,10 @@ public sealed class Checkpoints
             if (k != segment.Last) throw new InvalidOperationException($"checkpoint segment entered at node {k}, not at its end {segment.Last}");
             var endGradient = outputGrads[node.Output.IndexOf(segment.End)]
                 ?? throw new InvalidOperationException($"no gradient for checkpoint '{segment.End}'");
-            renames = _renames[segment] = Recompute(segment, [(endGradient, types.ElemType(segment.End)), .. parameterGrads], graph, types);
-            parameterGrads.Clear();
+            (string, int)[] waitFor = segment.IsAttention ? [(endGradient, types.ElemType(segment.End))]
+                : [(endGradient, types.ElemType(segment.End)), .. parameterGrads];
+            renames = _renames[segment] = Recompute(segment, waitFor, graph, types);
+            if (!segment.IsAttention) parameterGrads.Clear();
         }
         if (!node.Input.Concat(node.Output).Any(renames.ContainsKey)) return node;
         var copy = node.Clone();
