@@ -159,9 +159,6 @@ public sealed class Checkpoints
         return new Checkpoints(nodes, segments);
     }
 
-    /// <summary>How many segments <paramref name="checkpoints"/> recomputes (0 for none).</summary>
-    internal int Count => _segments.Count;
-
     /// <summary>Nodes that give the same result when run again. Training-mode Dropout is redone from its mask.</summary>
     static bool Recomputable(NodeProto n) =>
         !n.OpType.StartsWith("Random") && n.OpType != "Multinomial" && !n.Attribute.Any(a => a.G is not null || a.Graphs.Count > 0);

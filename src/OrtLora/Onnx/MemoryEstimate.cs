@@ -72,8 +72,9 @@ public sealed record MemoryEstimate(long InputBytes, long PeakBytes, NodeProto P
 }
 
 /// <summary>Every value's dims in a graph whose inputs have static shapes, as ONNX Runtime infers them when it loads the
-/// graph (read back from the model it writes with value_info). On the CPU provider: a bfloat16 graph loads as its
-/// float16 twin, whose shapes are the same.</summary>
+/// graph, read back from the optimized model it writes. On the CPU provider: a bfloat16 graph loads as its float16
+/// twin, whose shapes are the same. For graphs whose weights are inputs (a training graph's frozen ones): the model is
+/// serialized whole.</summary>
 public static class StaticShapes
 {
     public static Dictionary<string, long[]> Infer(ModelProto model)
