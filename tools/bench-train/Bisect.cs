@@ -67,6 +67,7 @@ static class Bisect
             return 3;
         using var options = OrtRun.DefaultOptions(level);
         ExecutionDevice.Configure(options, device, epLibrary);
+        if (epLibrary is not null) PluginRewrites.KeepRewritten(options); // as the training sessions load it
         using var session = new InferenceSession(Prefix(model, count).ToByteArray(), options);
         OrtRun.Run(session, feeds, fixedInputs: graph.Frozen.Values);
         return 0;

@@ -38,6 +38,7 @@ static class Compare
         {
             using var options = OrtRun.DefaultOptions(level);
             ExecutionDevice.Configure(options, on, library);
+            if (library is not null) PluginRewrites.KeepRewritten(options); // as the training sessions load it
             using var session = new InferenceSession(model.ToByteArray(), options);
             var readable = session.OutputMetadata.Where(m => m.Value.ElementDataType is not Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.BFloat16
                 and not Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.String).Select(m => m.Key);

@@ -160,6 +160,7 @@ static class Sweep
     {
         using var options = OrtRun.DefaultOptions();
         ExecutionDevice.Configure(options, device, epLibrary);
+        if (epLibrary is not null) PluginRewrites.KeepRewritten(options); // as the training sessions load it
         using var session = new InferenceSession(model.ToByteArray(), options);
         var inputs = new Dictionary<string, OrtValue>();
         try
