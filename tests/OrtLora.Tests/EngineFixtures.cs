@@ -16,6 +16,16 @@ public static class EngineFixtures
     }
 
     /// <summary>graphs/' LLaMA builder at the tiny shape (seed 3) with r=4 adapters on every linear layer.</summary>
+    /// <summary>PEFT's loss, gradients, AdamW step and 20-step trajectory on a fixture export with these options:
+    /// every row within its tolerance (PeftParity, what `ortlora verify` prints).</summary>
+    public static void AssertPeftParity(OnnxModel model, string arch, TrainingSessionOptions options)
+    {
+        var reference = SafeTensors.Read(Shared.Peft(arch, "reference.safetensors"));
+        var rows = PeftParity.Compare(PeftParity.Compute(model, reference, options: options), reference);
+        Assert.That(rows.Where(r => !r.Passed).Select(r => $"{r.Quantity}: {r.MaxDiff:E2} > {r.Tolerance:E2}"), Is.Empty);
+        Assert.That(rows, Has.Count.GreaterThanOrEqualTo(4));
+    }
+
     public static OnnxModel TinyWithLora()
     {
         var model = Graphs.LlamaGraph.Build(Graphs.LlamaShape.Tiny, seed: 3);
