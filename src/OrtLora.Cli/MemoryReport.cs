@@ -18,7 +18,9 @@ static class MemoryReport
         // element types from a run of the shape-agnostic graph at a few tokens (the shaped one would run the whole batch)
         var estimate = MemoryEstimate.Of(shaped, StaticShapes.Infer(shaped), ValueTable.ElemTypes(step, graph.Frozen.Values));
         static string MiB(long bytes) => $"{bytes / 1048576.0:N1} MiB";
-        static bool Backward(NodeProto n) => n.Name.StartsWith("grad/") || n.Name.StartsWith("adamw/") || n.Name.StartsWith("clip/");
+        // the forward and the loss are the eval graph's nodes; everything else (gradients, recomputations, AdamW) is after them
+        var forward = graph.Eval.Graph.Node.Select(n => n.Name).ToHashSet();
+        bool Backward(NodeProto n) => !forward.Contains(n.Name);
         var saved = estimate.LiveAtPeak.Where(v => !Backward(v.Producer)).ToList();
         Console.WriteLine();
         Console.WriteLine($"memory of one step at {batch} × {sequence} tokens (static shapes; the floor of a device's peak: an arena rounds and fragments on top):");

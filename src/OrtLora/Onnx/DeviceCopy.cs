@@ -19,12 +19,17 @@ public sealed class DeviceCopy : IDisposable
 
     public void Copy(OrtValue source, OrtValue destination) => CopyAll([(source, destination)]);
 
-    /// <summary>Many copies of one element type in one Run (one Identity node each): the per-Run cost of ORT, paid once,
+    /// <summary>Many copies in one Run per element type (one Identity node each): the per-Run cost of ORT, paid once,
     /// is what a step's copies of hundreds of state tensors would otherwise add up to.</summary>
     public void CopyAll(IReadOnlyList<(OrtValue Source, OrtValue Destination)> copies)
     {
-        if (copies.Count == 0) return;
-        int type = (int)copies[0].Source.GetTensorTypeAndShape().ElementDataType; // ORT's element types are ONNX's data types
+        // ORT's element types are ONNX's data types
+        foreach (var ofType in copies.GroupBy(c => (int)c.Source.GetTensorTypeAndShape().ElementDataType))
+            CopyAll(ofType.Key, ofType.ToList());
+    }
+
+    void CopyAll(int type, List<(OrtValue Source, OrtValue Destination)> copies)
+    {
         if (!_sessions.TryGetValue((type, copies.Count), out var session))
             _sessions[(type, copies.Count)] = session = new InferenceSession(IdentityModel(type, copies.Count), _options);
         using var binding = session.CreateIoBinding();

@@ -36,9 +36,12 @@ public sealed partial class TrainingSession
             FixedAddresses.RequireNoRandomness(proto);
             FixedAddresses.RequireNoBatchHostArguments(proto);
         }
-        if (_options.RewritesForPlugin) proto = PluginRewrites.Apply(proto);
         using var options = SessionOptions(profile: true, cudaGraphs: _options.CudaGraphs);
-        if (_options.RewritesForPlugin) PluginRewrites.KeepRewritten(options);
+        if (_options.RewritesForPlugin)
+        {
+            proto = PluginRewrites.Apply(proto);
+            PluginRewrites.KeepRewritten(options);
+        }
         InferenceSession session;
         try { session = new InferenceSession(proto.ToByteArray(), options); }
         catch (OnnxRuntimeException e) when (_options.CudaGraphs && e.Message.Contains("graph capture", StringComparison.OrdinalIgnoreCase))

@@ -25,8 +25,8 @@ public enum ComputeType { Float32, Float16, BFloat16 }
 /// (<see cref="Autodiff.Checkpoints.Attention"/>; with GradientCheckpointing they are recomputed anyway)</param>
 /// <param name="LossChunks">the loss and its gradient taken in this many chunks of the sequence through the lm_head, so
 /// that no [batch, sequence, vocabulary] tensor is built whole (default: 8 from a vocabulary of 8192, else 1)</param>
-/// <param name="CudaGraphs">CUDA graphs (ORT's enable_cuda_graph): each session captures its kernels once per state parity
-/// and replays them, with no per-node launch cost on the host. Implies static shapes and state in session memory; every
+/// <param name="CudaGraphs">CUDA graphs (ORT's enable_cuda_graph): each session captures its kernels once (see
+/// CopyStateBack) and replays them, with no per-node launch cost on the host. Implies static shapes and state in session memory; every
 /// input and output is bound at a fixed address (<see cref="FixedAddresses"/>). Not with dropout (a replay repeats the
 /// captured random numbers).</param>
 /// <param name="NeftuneNoiseAlpha">NEFTune: uniform noise of magnitude α/√(S·d) on the token embeddings while training
@@ -350,9 +350,6 @@ public sealed partial class TrainingSession : IDisposable
         run.HostInput(TrainingGraph.LossScale, _lossScale.Value);
     }
 
-    /// <summary>Takes the update the Run wrote to the Next buffers and makes the host's (from <paramref name="hostGradient"/>
-    /// times the clip coefficient), unless loss scaling found that the gradients overflowed: then parameters and moments
-    /// stay as they were (GradScaler skips optimizer.step).</summary>
     /// <summary>What the last run wrote into the state's Next buffers becomes current: the buffers swap, or with
     /// <see cref="TrainingSessionOptions.CopyStateBack"/> Next is copied into Current (device buffers in one Run).</summary>
     void Advance(IEnumerable<PingPong> state)
@@ -362,6 +359,9 @@ public sealed partial class TrainingSession : IDisposable
         if (onDevice.Count > 0) _deviceCopy!.CopyAll(onDevice);
     }
 
+    /// <summary>Takes the update the Run wrote to the Next buffers and makes the host's (from <paramref name="hostGradient"/>
+    /// times the clip coefficient), unless loss scaling found that the gradients overflowed: then parameters and moments
+    /// stay as they were (GradScaler skips optimizer.step).</summary>
     void FinishUpdate(Func<string, float[]> hostGradient)
     {
         LastGradNorm = _gradNorm.Get();
