@@ -56,10 +56,11 @@ public class EngineCheckpointingTests
         var stored = Train(false);
         var recomputed = Train(true);
         // float16 activations: ORT fuses the forward differently once the backward no longer reads its intermediates,
-        // which moves float16 roundings; the tolerances are a tenth of those fp16 training meets against PEFT's float32
+        // which moves float16 roundings; the tolerances are a fifth of those fp16 training meets against PEFT's float32
+        // (measured 1.1e-3 of the largest gradient since q and k rotate in float16, as Hugging Face's do)
         bool half = compute == ComputeType.Float16;
         foreach (var (p, g) in stored.Grads)
-            Assert.That(Shared.MaxAbsDiff(recomputed.Grads[p], g), Is.LessThanOrEqualTo((half ? 1e-3f : 1e-5f) * g.Max(Math.Abs)), $"grad of {p}");
+            Assert.That(Shared.MaxAbsDiff(recomputed.Grads[p], g), Is.LessThanOrEqualTo((half ? 2e-3f : 1e-5f) * g.Max(Math.Abs)), $"grad of {p}");
         Assert.That(recomputed.Losses, Is.EqualTo(stored.Losses).Within(half ? 2e-4 : 1e-5));
         Assert.That(recomputed.Losses[^1], Is.LessThan(recomputed.Losses[0] - 0.01), "it trains");
         if (half) return; // Adam's first steps are ill-conditioned where |g| is tiny: the parameters are compared in float32

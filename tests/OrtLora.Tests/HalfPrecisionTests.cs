@@ -149,6 +149,39 @@ public class HalfPrecisionTests
         Assert.That(diff, Is.LessThan(2e-2f * scale).And.GreaterThan(0f));
     }
 
+    /// <summary>Hugging Face returns the rotary tables in the compute dtype (<c>cos.to(x.dtype)</c>): each table is cast
+    /// to half once, and every product of q or k with a table computes in half (float32 tables promoted the rotation to
+    /// float32: q and k went to float32 and back in every layer).</summary>
+    [TestCase("llama", "dynamo")]
+    [TestCase("llama", "torchscript")]
+    [TestCase("tiny", "")]
+    public void RotaryTablesAreCastToHalfOnceAndTheRotationComputesInHalf(string arch, string export)
+    {
+        using var model = arch == "tiny" ? OnnxModel.Load(Path.Combine(Shared.RepoRoot, "graphs", "tiny", "model.onnx")) : EngineFixtures.InjectedModel(arch, export);
+        if (arch == "tiny") LoraInjector.Inject(model, new LoraConfig { TargetModules = ["all-linear"], R = 8 });
+        int layers = model.Graph.Initializer.Select(t => t.Name).Concat(model.Graph.Node.Select(n => n.Name))
+            .Select(n => System.Text.RegularExpressions.Regex.Match(n, @"layers\.(\d+)\.")).Where(m => m.Success).Select(m => int.Parse(m.Groups[1].Value)).Distinct().Count();
+        foreach (var half in new[] { Fp16, Bf16 })
+        {
+            using var converted = Half(model, half, out var report);
+            var g = converted.Graph;
+            var types = ElementTypes.Infer(g);
+            // The tables: what Cos and Sin make, and everything computed from them alone.
+            var tables = new HashSet<string>();
+            var constants = g.Initializer.Select(t => t.Name).Concat(g.Node.Where(n => n.OpType == "Constant").Select(n => n.Output[0])).ToHashSet();
+            foreach (var n in g.Node)
+                if (n.OpType is "Cos" or "Sin" || n.Input.Any(tables.Contains) && n.Input.All(i => i == "" || tables.Contains(i) || constants.Contains(i)))
+                    tables.UnionWith(n.Output);
+            var rotations = g.Node.Where(n => n.OpType == "Mul" && n.Input.Any(tables.Contains) && n.Input.Any(i => !tables.Contains(i) && !constants.Contains(i))).ToList();
+            Assert.That(rotations, Has.Count.EqualTo(4 * layers), "q·cos, rotate_half(q)·sin, and k's, in each layer");
+            Assert.That(rotations.Select(n => types[n.Output[0]]), Is.All.EqualTo(half), "the rotation computes in half");
+            // (TorchScript exports keep the float32 `.to(x.dtype)` of the float32 export: those stay, reading float32.)
+            var tableCasts = g.Node.Where(n => n.OpType == "Cast" && tables.Contains(n.Input[0]) && Attrs.Int(n, "to", 0) != F32).ToList();
+            Assert.That(tableCasts.Select(n => Attrs.Int(n, "to", 0)), Is.EqualTo(new[] { (long)half, half }), "cos and sin, each cast once");
+            TestContext.Out.WriteLine($"{arch} {export} {HalfPrecision.Suffix(half)}: {layers} layers, {report}");
+        }
+    }
+
     /// <summary>Two rows of 24 tokens, the second right-padded by 5.</summary>
     static Dictionary<string, HostTensor> TinyFeeds()
     {

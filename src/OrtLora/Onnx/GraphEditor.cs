@@ -83,9 +83,12 @@ public sealed class GraphEditor
         return node.Output[0];
     }
 
-    public NodeProto AddNode(NodeProto node)
+    public NodeProto AddNode(NodeProto node) => InsertNode(Graph.Node.Count, node);
+
+    /// <summary>Puts <paramref name="node"/> at <paramref name="index"/> in the node list (before its readers).</summary>
+    public NodeProto InsertNode(int index, NodeProto node)
     {
-        Graph.Node.Add(node);
+        Graph.Node.Insert(index, node);
         _names.Add(node.Name);
         foreach (var o in node.Output) _names.Add(o);
         Changed();

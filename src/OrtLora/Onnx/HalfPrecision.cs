@@ -14,6 +14,10 @@ public sealed record HalfPrecisionReport(int HalfNodes, int Float32Nodes, int Ca
 /// <item>Activations are the values computed from the token embeddings (a Gather from a constant table) or from a float
 /// graph input other than a mask. Only nodes that read an activation change; masks, rotary tables and shape
 /// arithmetic, computed from integer inputs, stay float32 (Hugging Face computes rotary embeddings in float32 too).</item>
+/// <item>Rotary tables (values computed off the activation path from a Cos or Sin) are then stored in half, once, where
+/// a layout op (each layer's Unsqueeze) or the activation path first reads them: Hugging Face's rotary embedding returns
+/// <c>cos.to(x.dtype)</c>, so q and k rotate in half; keeping the tables float32 would promote the rotation to float32
+/// and cost q and k a round trip through float32 in every layer, with the matching casts in the backward.</item>
 /// <item>On the activation path MatMul, Gemm, Conv, Einsum and Attention compute in half (autocast's lower-precision
 /// list); the reductions, Softmax, LogSoftmax, Pow, Sqrt, Reciprocal, Exp, Log, CumSum and the normalization ops in
 /// float32 (autocast's float32 list; LlamaRMSNorm and eager attention's softmax upcast the same way, and a sum of
@@ -66,7 +70,7 @@ public static class HalfPrecision
 
         readonly GraphEditor _editor = new(g);
         readonly Dictionary<string, int> _original = new(), _now = new();
-        readonly HashSet<string> _activations = new(), _weak = new(), _constants = new();
+        readonly HashSet<string> _activations = new(), _weak = new(), _constants = new(), _tables = new();
         readonly Dictionary<string, ConstantUse> _constantUses = new();
         readonly Dictionary<(string, int), string> _casts = new();
         readonly List<NodeProto> _nodes = new(), _constantExpressions = new();
@@ -123,15 +127,28 @@ public static class HalfPrecision
             }
             if (!branch && !n.Input.Any(_activations.Contains) && !IsEmbeddingLookup(n))
             {
-                // Off the activation path: unchanged, in float32.
-                foreach (var v in n.Input) if (_constants.Contains(v) && _original[v] == F32) Use(v).Float32 = true;
-                foreach (var o in n.Output.Where(o => o != "")) _now[o] = _original[o];
+                // Off the activation path: unchanged, in float32, except that a layout op moves a rotary table in half.
+                bool table = n.OpType is "Cos" or "Sin" || n.Input.Any(_tables.Contains);
+                bool layout = table && LayoutOps.Contains(n.OpType);
+                for (int i = 0; i < n.Input.Count; i++)
+                {
+                    var v = n.Input[i];
+                    if (_constants.Contains(v) && _original[v] == F32) Use(v).Float32 = true;
+                    if (!_tables.Contains(v)) continue;
+                    if (layout && _now[v] == F32) n.Input[i] = CastTo(v, half);
+                    else if (!layout && _now[v] == half) n.Input[i] = CastTo(v, F32);
+                }
+                foreach (var o in n.Output.Where(o => o != ""))
+                {
+                    _now[o] = layout && _original[o] == F32 ? half : _original[o];
+                    if (table && _original[o] == F32) _tables.Add(o);
+                }
                 _nodes.Add(n);
                 return;
             }
             int compute = branch || Float32Ops.Contains(n.OpType) ? F32
                 : HalfOps.Contains(n.OpType) ? half
-                : n.Input.Any(v => v != "" && !_weak.Contains(v) && _now.GetValueOrDefault(v) == F32) ? F32 : half;
+                : n.Input.Any(v => v != "" && !_weak.Contains(v) && !_tables.Contains(v) && _now.GetValueOrDefault(v) == F32) ? F32 : half;
             if (n.OpType == "Cast")
             {
                 var to = Attrs.Find(n, "to")!;

@@ -283,6 +283,7 @@ public sealed partial class TrainingGraph : IDisposable
             long? neftuneWidth = neftuneNoise ? NeftuneNoise.Apply(g, model.Source) : null;
 
             var types = Probe(proto, values, frozen);
+            SlicesAsSplit.Apply(g, types, opset);
             bool scalesLoss = compute == ComputeType.Float16;
             Dictionary<string, string> seeds;
             string? correct = null;
