@@ -11,6 +11,32 @@ public class EngineTrainingTests
 {
     static Dictionary<string, SafeTensor> Reference(string arch) => SafeTensors.Read(Shared.Peft(arch, "reference.safetensors"));
 
+    /// <summary>ONNX Runtime's memory pattern is off unless the options or ORTLORA_MEMORY_PATTERN ask for it (on the CPU
+    /// it doubled what a step's values take: TrainingSessionOptions.MemoryPattern); training is the same either way.</summary>
+    [Test]
+    public void TheMemoryPatternIsOffUnlessAskedFor()
+    {
+        using var model = EngineFixtures.TinyWithLora();
+        var options = new TrainingSessionOptions(new AdamWOptions());
+        var ids = Enumerable.Range(0, 2 * 16).Select(i => (long)(i * 7 % 500 + 1)).ToArray();
+        var batch = new Batch(ids, Enumerable.Repeat(1L, ids.Length).ToArray(), ids, 2, 16);
+        using var off = new TrainingSession(model, options);
+        using var on = new TrainingSession(model, options with { MemoryPattern = true });
+        Assert.That((off.MemoryPattern, on.MemoryPattern), Is.EqualTo((false, true)));
+        for (int step = 0; step < 2; step++)
+            Assert.That(on.Step(batch, 1e-2f, maxGradNorm: 1f), Is.EqualTo(off.Step(batch, 1e-2f, maxGradNorm: 1f)), $"step {step}");
+        try
+        {
+            Environment.SetEnvironmentVariable("ORTLORA_MEMORY_PATTERN", "1");
+            using (var fromEnvironment = new TrainingSession(model, options)) Assert.That(fromEnvironment.MemoryPattern, Is.True);
+            Environment.SetEnvironmentVariable("ORTLORA_MEMORY_PATTERN", "0");
+            using (var fromEnvironment = new TrainingSession(model, options with { MemoryPattern = true })) Assert.That(fromEnvironment.MemoryPattern, Is.False);
+            Environment.SetEnvironmentVariable("ORTLORA_MEMORY_PATTERN", "yes");
+            Assert.That(Assert.Throws<OrtLoraException>(() => new TrainingSession(model, options).Dispose())!.Message, Does.Contain("ORTLORA_MEMORY_PATTERN"));
+        }
+        finally { Environment.SetEnvironmentVariable("ORTLORA_MEMORY_PATTERN", null); }
+    }
+
     static Batch Row(Batch b, int row)
     {
         int s = b.SequenceLength;

@@ -103,12 +103,14 @@ def table(path: str) -> str:
     rows = [json.loads(line) for line in open(path) if line.startswith("{")] if os.path.exists(path) else []
     lines = ["| shape | dtype | ortlora variant | PEFT tokens/s | ortlora tokens/s | speed-up | PEFT step ms | ortlora step ms "
              "| peak GPU MiB PEFT / ortlora (nvidia-smi) |", "|---|---|---|---|---|---|---|---|---|"]
-    for shape, dtype, engine in dict.fromkeys((r["shape"], r["dtype"], r["engine"]) for r in rows
-                                              if r.get("engine", "").startswith("ortlora")):
+    # ortlora on graphs/'s LlamaGraph of the shape (no export, or OWN_GRAPH) is its own row
+    for shape, dtype, engine, model in dict.fromkeys((r["shape"], r["dtype"], r["engine"], r.get("model")) for r in rows
+                                                     if r.get("engine", "").startswith("ortlora")):
         peft = next((r for r in reversed(rows) if r.get("engine") == "peft" and r["shape"] == shape and r["dtype"] == dtype), {})
-        ours = next(r for r in reversed(rows) if r.get("engine") == engine and r["shape"] == shape and r["dtype"] == dtype)
+        ours = next(r for r in reversed(rows) if r.get("engine") == engine and r["shape"] == shape and r["dtype"] == dtype and r.get("model") == model)
         speedup = f"{ours['tokens_per_s'] / peft['tokens_per_s']:.2f}x" if peft.get("tokens_per_s") and ours.get("tokens_per_s") else "-"
-        lines.append(f"| {shape} | {dtype} | {engine} | {peft.get('tokens_per_s', '-')} | {ours.get('tokens_per_s', '-')} | {speedup} "
+        label = engine + (" (LlamaGraph)" if model == "LlamaGraph" else "")
+        lines.append(f"| {shape} | {dtype} | {label} | {peft.get('tokens_per_s', '-')} | {ours.get('tokens_per_s', '-')} | {speedup} "
                      f"| {peft.get('step_ms', '-')} | {ours.get('step_ms', '-')} | {peft.get('smi_peak_mib', '-')} / {ours.get('smi_peak_mib', '-')} |")
     return "\n".join(lines)
 

@@ -59,8 +59,13 @@ for dtype in $dtypes; do
       *none*) flags+=(--graph-optimization-level none) ;; esac
     # "parity": one captured graph per state parity instead of the state copied back (ORTLORA_COPY_STATE_BACK=0).
     run_env=(env); case $variant in *parity*) run_env+=(ORTLORA_COPY_STATE_BACK=0) ;; esac
-    # "nopattern": ORT allocates each value as it is made, not one planned block (ORTLORA_MEMORY_PATTERN=0): the peak's A/B.
-    case $variant in *nopattern*) run_env+=(ORTLORA_MEMORY_PATTERN=0) ;; esac
+    # "pattern": ORT's memory pattern, one planned block per shape (ORTLORA_MEMORY_PATTERN=1), off by default since it
+    # doubled a step's values on the CPU: the peak's A/B. "nopattern" forces the default off.
+    case $variant in *nopattern*) run_env+=(ORTLORA_MEMORY_PATTERN=0) ;; *pattern*) run_env+=(ORTLORA_MEMORY_PATTERN=1) ;; esac
+    # "sameas": the CUDA arena grows by what is asked, not by doubling regions (kNextPowerOfTwo, ORT's default).
+    # "chunks1": the loss over the whole logits at once (the default cuts a vocabulary of 8192 or more into 8 chunks).
+    case $variant in *chunks1*) flags+=(--loss-chunks 1) ;; esac
+    case $variant in *sameas*) run_env+=(ORTLORA_CUDA_OPTIONS=arena_extend_strategy=kSameAsRequested) ;; esac
     # The profiler's own cost would slow the timed steps: PROFILE=1 profiles (time those runs separately).
     [ -n "${PROFILE:-}" ] && flags+=(--profile "$out/$shape-$dtype-$variant")
     measured "ortlora-$shape-$dtype-$variant.log" "${run_env[@]}" dotnet "$app/bench-train.dll" "${model[@]}" --shape "$shape" --device cuda \

@@ -45,7 +45,7 @@ ours = sorted((r for r in rows if r.get("engine", "").startswith("ortlora") and 
 def variant(engine):
     parts = engine.split("+")[1:]
     level = next((p for p in parts if p in ("basic", "extended", "none")), "")
-    return ("graphs" if "cuda-graphs" in parts else "stored") + ("-parity" if "parity" in parts else "") + ("-nopattern" if "nopattern" in parts else "") + ("-recompute" if "recompute-attention" in parts else "") + ("-" + level if level else "")
+    return ("graphs" if "cuda-graphs" in parts else "stored") + ("-parity" if "parity" in parts else "") + ("-nopattern" if "nopattern" in parts else "-pattern" if "pattern" in parts else "") + ("-sameas" if any("kSameAsRequested" in p for p in parts) else "") + ("-chunks1" if "chunks1" in parts else "") + ("-recompute" if "recompute-attention" in parts else "") + ("-" + level if level else "")
 print(" ".join(dict.fromkeys(variant(r["engine"]) for r in ours)))
 EOP
 }
@@ -109,6 +109,10 @@ if [ -n "$graphs" ] && [[ " $best " != *" graphs "* ]] && [ -f /tmp/race/smollm2
     --shape smollm2-135m --device cuda --ep-library "$2" --batch 8 --seq 512 --r 16 --steps 1 --bf16 --cuda-graphs --static-shapes \
     > /tmp/graphs-verbose.log 2>&1; echo "rc $?"; grep -v ScatterND /tmp/graphs-verbose.log | tail -c 30000 > /tmp/race/graphs-crash-tail.txt; tail -15 /tmp/race/graphs-crash-tail.txt' \
     _ "${APP:-/tmp/gpu/app}" "$EP_LIBRARY"
+  # What differs from graphs/tiny, whose CUDA graphs run: the export itself, or the chunked loss (SmolLM2's 49,152-token
+  # vocabulary is cut into 8 chunks, tiny's 512 is not). One run each way tells which.
+  RUN_TIMEOUT=100 SKIP_PEFT=1 STEPS=3 VARIANTS=graphs-chunks1 phase graphs-unchunked 80 bash "$here/race.sh" smollm2-135m bf16
+  OWN_GRAPH=1 RUN_TIMEOUT=100 SKIP_PEFT=1 STEPS=3 VARIANTS=graphs phase graphs-own-graph 80 bash "$here/race.sh" smollm2-135m bf16
 fi
 if [ -n "$best" ]; then
   no_export=1; [[ " ${EXPORTS-smollm2-135m tinyllama-1.1b} " == *" tinyllama-1.1b "* ]] && no_export=
@@ -116,8 +120,10 @@ if [ -n "$best" ]; then
   RESULTS=/tmp/race/profiled.jsonl PROFILE=1 SKIP_PEFT=1 STEPS=3 VARIANTS="${best%% *}" \
     phase profile-smollm2-bf16 50 bash "$here/race.sh" smollm2-135m bf16
   # The peak's A/B: ORT planned 7.5 GiB for this step (inspect --memory; 4.3 with --recompute-attention) where
-  # nvidia-smi saw 26.6 GiB (2026-12-04).
-  SKIP_PEFT=1 VARIANTS="${best%% *}-recompute ${best%% *}-nopattern" phase memory-smollm2-bf16 160 bash "$here/race.sh" smollm2-135m bf16
+  # nvidia-smi saw 26.6 GiB with ORT's memory pattern on (2026-12-04); it is off by default since (on the CPU the peak
+  # fell by the step's values, 6.1 to 4.1 GiB, without it), so the race rows above measure that. "-sameas": the CUDA
+  # arena grown by what is asked instead of by doubling regions ("-pattern" would turn the pattern back on).
+  SKIP_PEFT=1 VARIANTS="${best%% *}-recompute ${best%% *}-sameas" phase memory-smollm2-bf16 160 bash "$here/race.sh" smollm2-135m bf16
   VARIANTS="${best%% *}" phase race-smollm2-fp32 90 bash "$here/race.sh" smollm2-135m fp32
 fi
 python3 "$here/peft_race.py" table /tmp/race/results.jsonl | tee "$out/table.md"

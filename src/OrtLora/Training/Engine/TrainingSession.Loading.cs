@@ -58,6 +58,7 @@ public sealed partial class TrainingSession
         var options = OrtRun.DefaultOptions(_options.Optimization);
         if (_options.IntraOpThreads > 0) options.IntraOpNumThreads = _options.IntraOpThreads;
         options.EnableCpuMemArena = _options.CpuMemArena;
+        options.EnableMemoryPattern = _options.MemoryPattern;
         if (profile && _options.ProfilePrefix is { } prefix) { options.ProfileOutputPathPrefix = prefix; options.EnableProfiling = true; } // prefix first: the setter reads it
         ExecutionDevice.Configure(options, _options.Device, _options.EpLibrary, cudaGraphs: cudaGraphs);
         return options;
