@@ -182,6 +182,37 @@ public class HalfPrecisionTests
         }
     }
 
+    /// <summary>A table moved together with other float32 data (Concat of cos(p) and p itself) stays float32 through
+    /// that op, and is cast once where the activations read it: the graph loads and computes float32's logits.</summary>
+    [Test]
+    public void ATableConcatenatedWithOtherFloatDataStaysFloat32ThroughTheConcat()
+    {
+        var n = new Net(17);
+        n.Input("input_ids", (int)DT.Int64, "batch", "sequence");
+        n.Input("position_ids", (int)DT.Int64, "batch", "sequence");
+        var x = n.Embedding("input_ids", "model.embed_tokens.weight", 64, 2);
+        var p = n.Unsqueeze(n.Op("Cast", ["position_ids"], ("to", (long)F32)), 2);
+        var rotary = n.Op("Concat", [n.Op("Cos", p), n.Op("Mul", p, n.F(0.1f))], ("axis", -1L));
+        var h = n.Linear(n.Op("Mul", x, rotary), "model.layers.0.mlp.up_proj", 2, 8, LinearStyle.Dynamo);
+        n.Output(n.Linear(h, "lm_head", 8, 64, LinearStyle.Dynamo), "logits", "batch", "sequence", 64);
+        using var model = n.Model();
+        LoraInjector.Inject(model, new LoraConfig { TargetModules = ["up_proj"], R = 2 });
+        var feeds = new Dictionary<string, HostTensor>
+        {
+            ["input_ids"] = HostTensor.Of(new long[] { 1, 5, 9, 63, 2, 7 }, 2, 3),
+            ["position_ids"] = HostTensor.Of(new long[] { 0, 1, 2, 0, 1, 2 }, 2, 3),
+        };
+        var expected = OrtRun.Run(model, feeds, ["logits"])["logits"].Floats;
+        using var fp16 = Half(model, Fp16, out _);
+        var types = ElementTypes.Infer(fp16.Graph);
+        var concat = fp16.Graph.Node.Single(n => n.OpType == "Concat");
+        Assert.That(concat.Input.Select(i => types[i]).Append(types[concat.Output[0]]), Is.All.EqualTo(F32));
+        var product = fp16.Graph.Node.Single(n => n.OpType == "Mul" && n.Input.Any(i => i.StartsWith(concat.Output[0])));
+        Assert.That(types[product.Output[0]], Is.EqualTo(Fp16), "the activations read the table in half");
+        var actual = OrtRun.Run(fp16, feeds, ["logits"])["logits"].Floats;
+        Assert.That(Shared.MaxAbsDiff(actual, expected), Is.LessThan(5e-3f * expected.Max(Math.Abs)));
+    }
+
     /// <summary>Two rows of 24 tokens, the second right-padded by 5.</summary>
     static Dictionary<string, HostTensor> TinyFeeds()
     {

@@ -129,7 +129,8 @@ public static class HalfPrecision
             {
                 // Off the activation path: unchanged, in float32, except that a layout op moves a rotary table in half.
                 bool table = n.OpType is "Cos" or "Sin" || n.Input.Any(_tables.Contains);
-                bool layout = table && LayoutOps.Contains(n.OpType);
+                // (a layout op that also moves other float32 data, a table concatenated with positions, stays float32)
+                bool layout = table && LayoutOps.Contains(n.OpType) && n.Input.All(v => v == "" || _tables.Contains(v) || _original[v] != F32);
                 for (int i = 0; i < n.Input.Count; i++)
                 {
                     var v = n.Input[i];
