@@ -9,7 +9,8 @@ namespace OrtLora.Autodiff;
 /// The forward computes the same values; the backward changes. A Slice's gradient is a Pad of the piece's gradient back
 /// to the full size, with the arithmetic that replays Slice's clamping of its bounds, and the pads are then summed; in
 /// bfloat16, which CUDA cannot Pad, each pad is also a round trip through float32. A Split's gradient is one Concat of
-/// the pieces' gradients: on the SmolLM2 shape that is 120 Pads, 240 Casts and 120 three-way Sums fewer a step.
+/// the pieces' gradients: on the SmolLM2 shape (bf16) 120 Pads and their 240 Casts fewer a step, and 120 Sums of three
+/// gradients become Sums of two.
 /// <para>A piece's bounds are known when one of its start and end is a constant and its size is static (the same in
 /// both probes): dynamo exports have both constant, TorchScript ones compute the middle bound from the shape.</para></summary>
 public static class SlicesAsSplit
