@@ -83,6 +83,39 @@ public class HalfPrecisionTrainingTests
         Assert.That(graph.Parameters, Has.Count.EqualTo(7 * 2));
     }
 
+    /// <summary>Half compute reads each weight as it converts it, from wherever the model keeps it: weights computed on
+    /// read (LlamaGraph's lazy weights, as PiSSA's residual base is) and weights in a side file give the frozen half
+    /// weights and the initial LoRA values that the same model held inline gives, byte for byte.</summary>
+    [Test]
+    public void HalfComputeReadsWeightsKeptElsewhereAsInlineOnes()
+    {
+        OnnxModel Injected(bool lazy)
+        {
+            var model = OrtLora.Graphs.LlamaGraph.Build(OrtLora.Graphs.LlamaShape.Tiny, 11, new OrtLora.Graphs.LlamaOptions(LazyWeights: lazy));
+            LoraInjector.Inject(model, new LoraConfig { R = 4, TargetModules = ["all-linear"], Seed = 5 });
+            return model;
+        }
+        using var inline = Injected(lazy: false);
+        using var lazy = Injected(lazy: true);
+        Assert.That(lazy.IsDeferred("model.layers.0.self_attn.q_proj.weight"), Is.True);
+        var dir = Shared.TempDir();
+        inline.Save(Path.Combine(dir, "model.onnx"), externalData: true);
+        using var external = OnnxModel.Load(Path.Combine(dir, "model.onnx"));
+        Assert.That(external.HasExternalData, Is.True);
+
+        using var expected = TrainingGraph.Build(inline, compute: ComputeType.Float16);
+        foreach (var model in new[] { lazy, external })
+        {
+            using var actual = TrainingGraph.Build(model, compute: ComputeType.Float16);
+            Assert.That(actual.Frozen.Values.Keys, Is.EquivalentTo(expected.Frozen.Values.Keys));
+            foreach (var (name, value) in expected.Frozen.Values)
+                Assert.That(actual.Frozen.Values[name].GetTensorMutableRawData().ToArray(), Is.EqualTo(value.GetTensorMutableRawData().ToArray()), name);
+            foreach (var p in expected.Parameters) Assert.That(actual.InitialValues[p], Is.EqualTo(expected.InitialValues[p]), p);
+        }
+        Assert.That(expected.Frozen.Values["model.embed_tokens.weight"].GetTensorTypeAndShape().ElementDataType,
+            Is.EqualTo(Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.Float16));
+    }
+
     static IEnumerable<Unseen.Architecture> Float32Exports() => Unseen.Architectures.All.Where(a => a.Trainable && !a.HalfActivations);
 
     /// <summary>Every float32 export style of the Unseen set (fused projections, Gemm layers, KV caches, opset-23

@@ -53,18 +53,20 @@ public static class HalfPrecision
 
     public static string Suffix(int half) => half == (int)DT.Float16 ? "fp16" : "bf16";
 
-    /// <summary>Rewrites <paramref name="model"/> in place; its initializers must be inline.</summary>
-    public static HalfPrecisionReport Apply(ModelProto model, int half, IReadOnlySet<string> float32Nodes)
+    /// <summary>Rewrites <paramref name="model"/> in place. Its initializers are inline, or <paramref name="read"/> gives
+    /// the bytes of those that are not (<see cref="OnnxModel.ReadIfNotInline"/>): each is then read once, when it is
+    /// converted, so a large model is never held in float32 whole; those that stay float32 stay as they are.</summary>
+    public static HalfPrecisionReport Apply(ModelProto model, int half, IReadOnlySet<string> float32Nodes, Func<TensorProto, byte[]?>? read = null)
     {
         if (half is not ((int)DT.Float16 or (int)DT.Bfloat16)) throw new ArgumentException($"not a half type: {(DT)half}");
         int opset = model.OpsetImport.Where(o => o.Domain is "" or "ai.onnx").Select(o => (int)o.Version).DefaultIfEmpty(0).Max();
-        return new Pass(model.Graph, half, float32Nodes, halfScales: opset >= 19 && half == (int)DT.Float16).Run();
+        return new Pass(model.Graph, half, float32Nodes, halfScales: opset >= 19 && half == (int)DT.Float16, read).Run();
     }
 
     /// <summary>The largest finite value of <paramref name="half"/>; float32 values beyond it saturate.</summary>
     public static float MaxFinite(int half) => half == (int)DT.Float16 ? (float)Half.MaxValue : BitConverter.Int32BitsToSingle(0x7F7F0000);
 
-    sealed class Pass(GraphProto g, int half, IReadOnlySet<string> float32Nodes, bool halfScales)
+    sealed class Pass(GraphProto g, int half, IReadOnlySet<string> float32Nodes, bool halfScales, Func<TensorProto, byte[]?>? read)
     {
         sealed class ConstantUse { public bool Float32; public readonly List<(NodeProto Node, int Input)> Half = new(); }
 
@@ -261,7 +263,9 @@ public static class HalfPrecision
                 converted.Dims.AddRange(source.Dims);
                 // One pass from the float32 bytes to the half ones, wrapped, not copied: a billion-parameter model's weights
                 // are gigabytes, which each extra copy (or LINQ) turned into seconds.
-                var floats = source.HasRawData ? MemoryMarshal.Cast<byte, float>(source.RawData.Span) : Tensors.BytesToFloats(Tensors.InlineBytes(source), F32);
+                var stored = producer is null ? read?.Invoke(source) : null;
+                ReadOnlySpan<float> floats = stored is not null ? MemoryMarshal.Cast<byte, float>(stored.AsSpan())
+                    : source.HasRawData ? MemoryMarshal.Cast<byte, float>(source.RawData.Span) : Tensors.BytesToFloats(Tensors.InlineBytes(source), F32);
                 converted.RawData = Google.Protobuf.UnsafeByteOperations.UnsafeWrap(SaturatedHalf(floats));
                 _converted++;
                 _convertedBytes += converted.RawData.Length;

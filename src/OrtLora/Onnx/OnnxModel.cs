@@ -152,6 +152,21 @@ public sealed class OnnxModel : IDisposable
 
     public bool HasExternalData => Graph.Initializer.Any(IsExternal);
 
+    /// <summary>The bytes of a tensor of this model (or of a clone of its proto) that are not in the proto as they are
+    /// read: in a side file or computed on read (<see cref="Defer"/>); null for a plain inline tensor.</summary>
+    public byte[]? ReadIfNotInline(TensorProto t) => IsExternal(t) || _deferred.ContainsKey(t.Name) ? ReadBytes(t) : null;
+
+    /// <summary>Makes inline the tensors of <paramref name="copy"/>, a clone of this model's proto, that are still in a
+    /// side file or computed on read here, read as this model reads them. Tensors the copy retyped (converted in place)
+    /// or added are its own already.</summary>
+    public void InlineInto(ModelProto copy)
+    {
+        var originals = Graph.Initializer.GroupBy(t => t.Name).ToDictionary(g => g.Key, g => g.First());
+        foreach (var t in copy.Graph.Initializer)
+            if (originals.TryGetValue(t.Name, out var original) && original.DataType == t.DataType && ReadIfNotInline(t) is { } bytes)
+                Tensors.SetRaw(t, bytes);
+    }
+
     /// <summary>Serialized with every tensor inline, e.g. for an in-memory InferenceSession. Under protobuf's 2 GB only.</summary>
     public byte[] ToBytes() => InlineCopy().ToByteArray();
 
