@@ -36,10 +36,15 @@ public class AutodiffRuleTests
     [Test]
     public void SquareNeedsNoPowInItsGradient()
     {
-        // RMSNorm's x² appears once per norm; its gradient is 2·x, so the backward adds no Pow node.
+        // RMSNorm's x² appears once per norm; its gradient is 2·x, so the backward adds no Pow node. (The norms as
+        // exported: by default they become SimplifiedLayerNormalization, RmsNormAsOp.)
         using var model = OrtLora.Graphs.LlamaGraph.Build(OrtLora.Graphs.LlamaShape.Tiny, seed: 1);
         OrtLora.Lora.LoraInjector.Inject(model, new OrtLora.Lora.LoraConfig { R = 2, LoraAlpha = 4, TargetModules = ["all-linear"] });
-        using var graph = OrtLora.Training.Engine.TrainingGraph.Build(model);
+        Environment.SetEnvironmentVariable("ORTLORA_RMSNORM_OP", "0");
+        OrtLora.Training.Engine.TrainingGraph graph;
+        try { graph = OrtLora.Training.Engine.TrainingGraph.Build(model); }
+        finally { Environment.SetEnvironmentVariable("ORTLORA_RMSNORM_OP", null); }
+        using var _ = graph;
         int Pows(global::Onnx.GraphProto g) => g.Node.Count(n => n.OpType == "Pow");
         Assert.That(Pows(graph.Eval.Graph), Is.GreaterThan(0));
         Assert.That(Pows(graph.Gradients.Graph), Is.EqualTo(Pows(graph.Eval.Graph)));

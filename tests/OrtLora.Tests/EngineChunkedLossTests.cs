@@ -55,8 +55,10 @@ public class EngineChunkedLossTests
         var whole = Train(1);
         var chunked = Train(8);
         bool half = compute == ComputeType.Float16;
+        // float16: two of its ulps (2 × 9.8e-4) of the largest gradient, as ORT fuses the two graphs' float16 nodes
+        // differently (measured 1.06e-3)
         foreach (var (p, g) in whole.Grads)
-            Assert.That(Shared.MaxAbsDiff(chunked.Grads[p], g), Is.LessThanOrEqualTo((half ? 1e-3f : 1e-5f) * g.Max(Math.Abs)), $"grad of {p}");
+            Assert.That(Shared.MaxAbsDiff(chunked.Grads[p], g), Is.LessThanOrEqualTo((half ? 2e-3f : 1e-5f) * g.Max(Math.Abs)), $"grad of {p}");
         Assert.That(chunked.Losses, Is.EqualTo(whole.Losses).Within(half ? 2e-4 : 1e-5));
         Assert.That(chunked.Losses[^1], Is.LessThan(chunked.Losses[0]), "it trains");
     }

@@ -112,6 +112,9 @@ def case_graph(case):
         nodes = [helper.make_node("Concat", ["X", "X"], ["Y"], axis=2)]
     elif case == "logsoftmax":
         nodes = [helper.make_node("LogSoftmax", ["X"], ["Y"], axis=-1)]
+    elif case == "rmsnorm":  # what ortlora's training graphs make of the exported RMSNorms (RmsNormAsOp), with 1/sigma out
+        nodes = [helper.make_node("SimplifiedLayerNormalization", ["X", "w"], ["Y", "inv_std"], axis=-1, epsilon=1e-5)]
+        inits = [const("w", np.ones(16), np.float32)]
     else:
         raise SystemExit(f"unknown case {case}")
     y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
@@ -124,7 +127,7 @@ CASES = ["identity", "matmul", "sigmoid", "slice-const", "slice-const-steps", "s
          "cpu-in-middle", "fusedmatmul", "gather-const", "range-gather", "pad", "split-sizes", "expand", "scatternd-add",
          "gatherelements", "gatherelements-pick", "gatherelements-computed", "scatterelements", "scatterelements-add",
          "logsoftmax", "range-gather-dynamic", "unique-int64-roundtrip", "gathernd-bool", "cumsum", "tile", "einsum", "onehot",
-         "concat"]
+         "concat", "rmsnorm"]
 
 
 def one(library, case, level):

@@ -80,8 +80,11 @@ public static partial class GradientRules
         var axes = Enumerable.Range((int)axis, rank - (int)axis).Select(i => (long)i).ToArray();
         double epsilon = c.Attr("epsilon", 1e-5f);
         var xc = centered ? c.Sub(x, c.ReduceMean(x, axes, keepdims: true)) : x;
-        var variance = c.ReduceMean(c.Mul(xc, xc), axes, keepdims: true);
-        var rstd = c.Op("Reciprocal", [c.Op("Sqrt", [c.Add(variance, c.Scalar(epsilon, x))])]);
+        // 1/σ as the forward saved it (LayerNormalization's InvStdDev, SimplifiedLayerNormalization's inv_std_var) when
+        // it did, in x's type; else computed again
+        int saved = c.Node.OpType == "LayerNormalization" ? 2 : c.Node.OpType == "SimplifiedLayerNormalization" ? 1 : -1;
+        var rstd = saved > 0 && c.Node.Output.Count > saved && c.O(saved) != "" && c.Types.Find(c.O(saved))?.ElemType == c.Types.ElemType(x) ? c.O(saved)
+            : c.Op("Reciprocal", [c.Op("Sqrt", [c.Add(c.ReduceMean(c.Mul(xc, xc), axes, keepdims: true), c.Scalar(epsilon, x))])]);
         var xhat = c.Mul(xc, rstd);
         string? gx = null, gscale = null, gbias = null;
         if (c.Needs(0))

@@ -285,6 +285,13 @@ public sealed partial class TrainingGraph : IDisposable
 
             var types = Probe(proto, values, frozen);
             SlicesAsSplit.Apply(g, types, opset);
+            // In eval too, so that eval and a DPO reference (the eval graph) compute what the training forward does.
+            // ORTLORA_RMSNORM_OP=0 keeps the exported norms (a provider without the op's kernel; docs/gpu.md).
+            if (Environment.GetEnvironmentVariable("ORTLORA_RMSNORM_OP") != "0")
+            {
+                RmsNormAsOp.Apply(g, types);
+                RmsNormAsOp.Apply(new GraphEditor(eval.Graph), types);
+            }
             bool scalesLoss = compute == ComputeType.Float16;
             Dictionary<string, string> seeds;
             string? correct = null;
