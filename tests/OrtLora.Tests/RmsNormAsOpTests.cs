@@ -10,10 +10,13 @@ namespace OrtLora.Tests;
 /// stays as exported.</summary>
 public class RmsNormAsOpTests
 {
-    /// <summary>2 layers × 2 norms + the final norm; in bf16 the norms read the float32 cast of the residual.</summary>
+    /// <summary>Both forward rewrites on the fixture exports, in float32 and bf16: 2 layers × 2 norms + the final norm
+    /// become the op (in bf16 the norms read the float32 cast of the residual); rotate_half of q and of k in each layer
+    /// becomes a Split (<see cref="SlicesAsSplit"/>), so no Pad is left in the backward; PEFT's loss, gradients, AdamW
+    /// step and trajectory.</summary>
     [TestCase("llama", "dynamo")]
     [TestCase("llama", "torchscript")]
-    public void EveryNormBecomesOneNodeAndPeftParityHolds(string arch, string exporter)
+    public void TheForwardRewritesKeepPeftParity(string arch, string exporter)
     {
         using var model = EngineFixtures.InjectedModel(arch, exporter);
         foreach (var compute in new[] { ComputeType.Float32, ComputeType.BFloat16 })
@@ -27,6 +30,8 @@ public class RmsNormAsOpTests
             Assert.That(norms.Count(norm => nodes.Any(n => n.Name.StartsWith("grad/") && n.Input.Contains(norm.Output[1]))), Is.EqualTo(4),
                 "each norm's backward reads its 1/σ");
             Assert.That(graph.Eval.Graph.Node.Count(n => n.OpType == "SimplifiedLayerNormalization"), Is.EqualTo(5), "eval computes the same forward");
+            Assert.That(nodes.Count(n => n.OpType == "Split" && n.Name.EndsWith("/as_split")), Is.EqualTo(4), $"{compute}: q's and k's halves in 2 layers");
+            Assert.That(nodes.Count(n => n.OpType == "Pad"), Is.Zero, $"{compute}: no slice gradient pads");
         }
         EngineFixtures.AssertPeftParity(model, arch, new TrainingSessionOptions(new AdamWOptions()));
     }
