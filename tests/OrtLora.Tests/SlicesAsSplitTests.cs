@@ -7,8 +7,8 @@ using DT = Onnx.TensorProto.Types.DataType;
 namespace OrtLora.Tests;
 
 /// <summary>Slices that cut a value into consecutive pieces become one Split before the backward
-/// (<see cref="SlicesAsSplit"/>): slices that do not partition their input left alone. (rotate_half's halves in the
-/// fixture exports, with PEFT's numbers: RmsNormAsOpTests, which checks both forward rewrites there.)</summary>
+/// (<see cref="SlicesAsSplit"/>) with the same values; slices that do not partition their input stay. (rotate_half's
+/// halves in the fixture exports, with PEFT's numbers: RmsNormAsOpTests checks both forward rewrites there.)</summary>
 public class SlicesAsSplitTests
 {
     /// <summary>x [batch, 12] cut at 4 and 9 (the last bound past the end, as `x[:, 9:]` exports); y [batch, 12] in
