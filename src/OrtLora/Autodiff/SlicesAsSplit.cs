@@ -34,13 +34,12 @@ public static class SlicesAsSplit
             if (axis < 0 || axis >= x.Rank) continue;
             long dim = x.ShapeA[axis], size = piece.ShapeA[axis];
             if (dim != x.ShapeB[axis] || size != piece.ShapeB[axis] || size <= 0) continue;
-            long? start = Ints(n, 1) is [var s] ? Clamp(s, dim) : null, end = Ints(n, 2) is [var e] ? Clamp(e, dim) : null;
-            if (start is null && end is null) continue;
-            start ??= end - size;
-            end ??= start + size;
+            long? knownStart = Ints(n, 1) is [var s] ? Clamp(s, dim) : null, knownEnd = Ints(n, 2) is [var e] ? Clamp(e, dim) : null;
+            if (knownStart is null && knownEnd is null) continue;
+            long start = knownStart ?? knownEnd!.Value - size, end = knownEnd ?? start + size;
             if (end - start != size) continue;
             var key = (n.Input[0], axis);
-            (groups.TryGetValue(key, out var list) ? list : groups[key] = []).Add((n, start.Value, end.Value));
+            (groups.TryGetValue(key, out var list) ? list : groups[key] = []).Add((n, start, end));
         }
 
         int rewritten = 0;
