@@ -18,13 +18,10 @@ namespace OrtLora.Autodiff;
 public sealed class Checkpoints
 {
     /// <summary>One recomputed range of forward nodes (First, Last], from Start (produced by node First) to End
-    /// (produced by node Last). Without RecomputeLast, node Last is not run again: its gradient rule reads its inputs'
-    /// recomputation only (a MatMul's); attention's segments are that (<see cref="Attention"/>), and their recomputation
-    /// waits for the gradient at their end only, not for the parameter gradients before it: a few nodes, not dozens.</summary>
-    sealed record Segment(int First, int Last, string Start, string End, bool RecomputeLast = true)
-    {
-        public bool IsAttention => !RecomputeLast;
-    }
+    /// (produced by node Last). An attention segment (<see cref="Attention"/>) does not run node Last again: its gradient
+    /// rule reads its inputs' recomputation only (a MatMul's); and its recomputation waits for the gradient at its end
+    /// only, not for the parameter gradients before it: a few nodes, not dozens.</summary>
+    sealed record Segment(int First, int Last, string Start, string End, bool IsAttention = false);
 
     /// <summary>Name of the node starting each segment's recomputation (made unique with _1, _2, ...).</summary>
     public const string SegmentStart = "checkpoint/segment_start";
@@ -154,7 +151,7 @@ public sealed class Checkpoints
                 ok = Recomputable(nodes[j]) && count <= 16;
                 foreach (var o in nodes[j].Output) if (o != "") dependent.Add(o);
             }
-            if (ok) segments.Add(new Segment(startAt, last, start, nodes[last].Output[0], RecomputeLast: false));
+            if (ok) segments.Add(new Segment(startAt, last, start, nodes[last].Output[0], IsAttention: true));
         }
         return new Checkpoints(nodes, segments);
     }
@@ -209,7 +206,7 @@ public sealed class Checkpoints
         for (int k = segment.First + 1; k <= segment.Last; k++)
         {
             var n = _nodes[k];
-            if (!n.Input.Any(renames.ContainsKey) || k == segment.Last && !segment.RecomputeLast) continue;
+            if (!n.Input.Any(renames.ContainsKey) || k == segment.Last && segment.IsAttention) continue;
             if (n.OpType == "Dropout" && n.Input.Count > 2 && n.Input[2] != "") { RecomputeDropout(n, renames, graph, types); continue; }
             graph.AddRenamedCopy(n, renames, "/recompute");
             foreach (var o in n.Output)

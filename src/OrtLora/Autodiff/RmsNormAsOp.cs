@@ -12,6 +12,9 @@ namespace OrtLora.Autodiff;
 /// recomputing it. Each norm then runs 8 nodes a step instead of 20 (two a layer); same values up to float rounding.</summary>
 public static class RmsNormAsOp
 {
+    /// <summary>A matched norm: its nodes, input, weight, output and ε.</summary>
+    sealed record Norm(NodeProto[] Nodes, string X, string Weight, string Y, float Epsilon);
+
     /// <summary>Rewrites the graph in place; probed <paramref name="types"/> give the shapes and learn the new 1/σ
     /// values. Returns how many norms it replaced.</summary>
     public static int Apply(GraphEditor g, ValueTable types)
@@ -24,8 +27,10 @@ public static class RmsNormAsOp
             g.Producer(value) is { } p && p.OpType == op && p.Domain is "" or "ai.onnx" && readers.GetValueOrDefault(value) == 1 && !outputs.Contains(value) ? p : null;
         float[]? Floats(string value) => constants.TryGetValue(value, out var t) && Tensors.IsFloat(t.DataType) ? Tensors.BytesToFloats(Tensors.InlineBytes(t), t.DataType) : null;
 
-        var norms = new List<(NodeProto[] Nodes, string X, string Weight, string Y, float Epsilon)>();
-        foreach (var scaled in g.Graph.Node.Where(n => n.OpType == "Mul" && n.Domain is "" or "ai.onnx").ToList())
+        var norms = g.Graph.Node.Where(n => n.OpType == "Mul" && n.Domain is "" or "ai.onnx").Select(Match).OfType<Norm>().ToList();
+
+        // scaled = Mul(weight, [no-op Cast] Mul(x, 1/σ)), either operand order at each Mul
+        Norm? Match(NodeProto scaled)
         {
             for (int side = 0; side < 2; side++)
             {
@@ -40,17 +45,16 @@ public static class RmsNormAsOp
                 chain.Add(product);
                 for (int xSide = 0; xSide < 2; xSide++)
                 {
-                    string x = product.Input[xSide], rstd = product.Input[1 - xSide];
-                    if (Rstd(rstd, x) is not var (rstdNodes, epsilon)) continue;
+                    string x = product.Input[xSide];
+                    if (Rstd(product.Input[1 - xSide], x) is not var (rstdNodes, epsilon)) continue;
                     // float32 only: the op normalizes in float32 whatever its input, and the gradient rule would
                     // recompute 1/σ in x's type (a float16 export's norm stays as exported, forward and backward)
                     if (types.Find(x) is not { } xInfo || types.Find(weight) is not { } wInfo || xInfo.ElemType != (int)DT.Float || xInfo.ElemType != wInfo.ElemType
                         || wInfo.Rank != 1 || xInfo.Rank < 1 || wInfo.ShapeA[0] != xInfo.ShapeA[^1] || xInfo.ShapeA[^1] != xInfo.ShapeB[^1]) continue;
-                    norms.Add(([.. chain, .. rstdNodes], x, weight, scaled.Output[0], epsilon));
-                    break;
+                    return new Norm([.. chain, .. rstdNodes], x, weight, scaled.Output[0], epsilon);
                 }
-                if (norms.Count > 0 && norms[^1].Y == scaled.Output[0]) break;
             }
+            return null;
         }
 
         (List<NodeProto>, float)? Rstd(string rstd, string x)

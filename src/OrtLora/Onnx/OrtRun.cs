@@ -61,22 +61,25 @@ public static class OrtRun
     /// <summary>Diagnostics for a device whose provider misbehaves (docs/gpu.md), from the environment so that any
     /// command takes them: ORTLORA_ORT_LOG_LEVEL (0 verbose: ORT lists where each node runs) and ORTLORA_ORT_CONFIG
     /// ("key=value;..." session config entries, e.g. session.disable_cpu_ep_fallback=1, which turns a node placed on
-    /// the CPU into a load error naming it) and ORTLORA_MEMORY_PATTERN (0: no memory pattern, ORT then allocates each
-    /// value when it is made instead of one planned block for a shape; for the device peak's A/B, docs/gpu.md).</summary>
+    /// the CPU into a load error naming it) and ORTLORA_MEMORY_PATTERN (0 or 1: ORT's memory pattern, one planned block a
+    /// shape, off or on; training sessions default to off, TrainingSessionOptions.MemoryPattern).</summary>
     public static void ApplyDiagnostics(SessionOptions options, string? logLevel, string? config, string? memoryPattern = null)
     {
-        if (memoryPattern is { Length: > 0 })
-            options.EnableMemoryPattern = memoryPattern switch
-            {
-                "0" => false,
-                "1" => true,
-                _ => throw new OrtLoraException($"ORTLORA_MEMORY_PATTERN: expected 0 or 1, got '{memoryPattern}'"),
-            };
+        if (MemoryPattern(memoryPattern) is { } pattern) options.EnableMemoryPattern = pattern;
         if (logLevel is { Length: > 0 })
             options.LogSeverityLevel = int.TryParse(logLevel, out var level) && level is >= 0 and <= 4 ? (OrtLoggingLevel)level
                 : throw new OrtLoraException($"ORTLORA_ORT_LOG_LEVEL: expected 0 (verbose) to 4 (fatal), got '{logLevel}'");
         foreach (var (key, value) in KeyValues(config, "ORTLORA_ORT_CONFIG")) options.AddSessionConfigEntry(key, value);
     }
+
+    /// <summary>ORTLORA_MEMORY_PATTERN's value ("0" or "1") as a setting; null when it is not set.</summary>
+    public static bool? MemoryPattern(string? value) => value switch
+    {
+        null or "" => null,
+        "0" => false,
+        "1" => true,
+        _ => throw new OrtLoraException($"ORTLORA_MEMORY_PATTERN: expected 0 or 1, got '{value}'"),
+    };
 
     /// <summary>"key=value;key=value" (spaces around each trimmed); <paramref name="source"/> names it in the error.</summary>
     public static IEnumerable<(string Key, string Value)> KeyValues(string? text, string source)
