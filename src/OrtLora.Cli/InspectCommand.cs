@@ -28,7 +28,7 @@ public static class InspectCommand
         var bf16 = new Option<bool>("--bf16") { Description = "with --training-graph: the graph `train --bf16` runs (frozen base in bfloat16)" };
         var memory = new Option<bool>("--memory") { Description = "with --training-graph: the memory one step needs at --per-device-train-batch-size × --max-seq-length (static shapes): inputs, and the peak of what the nodes make, by op" };
         var batchSize = new Option<int>("--per-device-train-batch-size") { Description = "with --memory: the batch", DefaultValueFactory = _ => 8 };
-        var recompute = new Option<bool>("--recompute-attention") { Description = "with --training-graph: the graph `train --recompute-attention` runs (attention's probabilities recomputed in the backward)" };
+        var recompute = new Option<bool>("--recompute-attention") { Description = "with --training-graph: attention's probabilities recomputed in the backward, as `train` does by default; `--recompute-attention false`: the graph that stores them", DefaultValueFactory = _ => true };
         var maxSeqLength = new Option<int>("--max-seq-length") { Description = "with --memory: tokens a row", DefaultValueFactory = _ => 512 };
         var cmd = new Command("inspect", "List targetable linear layers, LoRA adapters and the op histogram") { model, r, trainingGraph, device, fp16, bf16, memory, batchSize, maxSeqLength, recompute };
         cmd.SetAction(CliRunner.Guard(parse =>
@@ -39,7 +39,7 @@ public static class InspectCommand
             bool withTrainingGraph = parse.GetValue(trainingGraph);
             if (parse.GetValue(fp16) && parse.GetValue(bf16)) throw new OrtLoraException("--fp16 and --bf16: choose one");
             var compute = parse.GetValue(bf16) ? ComputeType.BFloat16 : parse.GetValue(fp16) ? ComputeType.Float16 : ComputeType.Float32;
-            foreach (var (given, option) in new[] { (parse.GetValue(device) != "cpu", "--device"), (parse.GetValue(fp16), "--fp16"), (parse.GetValue(bf16), "--bf16"), (parse.GetValue(memory), "--memory"), (parse.GetValue(recompute), "--recompute-attention") })
+            foreach (var (given, option) in new[] { (parse.GetValue(device) != "cpu", "--device"), (parse.GetValue(fp16), "--fp16"), (parse.GetValue(bf16), "--bf16"), (parse.GetValue(memory), "--memory"), (parse.GetResult(recompute) is { Implicit: false }, "--recompute-attention") })
                 if (given && !withTrainingGraph) throw new OrtLoraException($"{option} is for --training-graph");
             int nbits = MatMulNBitsForm.ToQdq(m); // as inject reads them
             var editor = new GraphEditor(m.Graph);

@@ -111,7 +111,7 @@ public static class TrainCommand
         var fp16 = new Option<bool>("--fp16") { Description = "mixed precision: the frozen model computes in float16, LoRA weights, loss and optimizer stay float32" };
         var bf16 = new Option<bool>("--bf16") { Description = "as --fp16 with bfloat16 (needs --device cuda: ONNX Runtime's CPU provider has no bfloat16 kernels)" };
         var checkpointing = new Option<bool>("--gradient-checkpointing") { Description = "recompute each layer's forward in the backward instead of storing its activations: less memory, about a third more compute" };
-        var recomputeAttention = new Option<bool>("--recompute-attention") { Description = "recompute attention's probabilities in the backward instead of storing them (as PyTorch's sdpa does): the same numbers, much less memory at long sequences" };
+        var recomputeAttention = new Option<bool>("--recompute-attention") { Description = "recompute attention's probabilities in the backward instead of storing them, as PyTorch's sdpa (Hugging Face's default attention) does: the same numbers, much less memory at long sequences, a little more compute; `--recompute-attention false` stores them (eager attention's memory)", DefaultValueFactory = _ => true };
         var cudaGraphs = new Option<bool>("--cuda-graphs") { Description = "capture each step's kernels once and replay them (ONNX Runtime's enable_cuda_graph; implies --pad-to-max-length, not with --lora-dropout)" };
         var epLibrary = new Option<string?>("--ep-library") { Description = "plugin execution provider library (e.g. libonnxruntime_providers_cuda.so)" };
         var optimization = new Option<string>("--graph-optimization-level")

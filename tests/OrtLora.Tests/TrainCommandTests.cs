@@ -69,6 +69,24 @@ public class TrainCommandTests
         Assert.That(error.Error, Does.Contain($"{checkpoint}: saved with --save-only-model"));
     }
 
+    /// <summary>Attention's probabilities are recomputed in the backward by default (Hugging Face's default attention, sdpa,
+    /// stores none); `--recompute-attention false` stores them. Same training either way, to float rounding.</summary>
+    [Test]
+    public void AttentionIsRecomputedByDefaultAndCanBeStored()
+    {
+        double[] Losses(string dir) => File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!)
+            .Where(m => m["loss"] is not null).Select(m => m["loss"]!.GetValue<double>()).ToArray();
+        var (recomputedDir, storedDir) = (Shared.TempDir(), Shared.TempDir());
+        var recomputed = OrtloraOk(TrainArgs(recomputedDir, "--max-steps", "4"));
+        var stored = OrtloraOk(TrainArgs(storedDir, "--max-steps", "4", "--recompute-attention", "false"));
+        // 3 of tiny's 4 layers: no gradient flows through the first layer's K (no k_proj adapter, nothing trainable
+        // below it), so its Q·Kᵀ keeps no Q to recompute from, and that layer keeps its probabilities.
+        Assert.That(recomputed.Out + recomputed.Error, Does.Contain("recompute attention: the backward recomputes 3 layers' attention probabilities"));
+        Assert.That(stored.Out + stored.Error, Does.Not.Contain("recompute attention"));
+        Assert.That(Losses(recomputedDir), Has.Length.EqualTo(4));
+        Assert.That(Losses(recomputedDir), Is.EqualTo(Losses(storedDir)).Within(1e-4));
+    }
+
     [Test]
     public void TrainingWritesAPeftAdapterMetricsAndPlotAndLowersEvalLoss()
     {

@@ -41,6 +41,9 @@ static class OrtGraphStats
             var ops = optimized.Node.GroupBy(n => n.Domain is "" or "ai.onnx" ? n.OpType : $"{n.Domain}.{n.OpType}")
                 .OrderByDescending(g => g.Count()).Select(g => $"{g.Key} {g.Count()}");
             Console.WriteLine("  " + string.Join(", ", ops));
+            if (Environment.GetEnvironmentVariable("ORTLORA_ORT_GRAPH_NODES") is { Length: > 0 } filter && level == GraphOptimizationLevel.ORT_ENABLE_ALL)
+                foreach (var n in optimized.Node.Where(n => n.Name.Contains(filter) || n.Input.Concat(n.Output).Any(v => v.Contains(filter))))
+                    Console.WriteLine($"    {n.OpType} {n.Name}: {string.Join(", ", n.Input)} -> {string.Join(", ", n.Output)}");
             var origins = optimized.Node.GroupBy(n => Origin(n.Name)).OrderByDescending(g => g.Count()).Select(g => $"{g.Key} {g.Count()}");
             Console.WriteLine("  by origin: " + string.Join(", ", origins));
         }

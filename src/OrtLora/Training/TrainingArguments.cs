@@ -83,8 +83,10 @@ public sealed class TrainingArguments
     /// (Hugging Face's gradient_checkpointing): less memory, more compute.</summary>
     public bool GradientCheckpointing { get; set; }
     /// <summary>Recompute attention's probabilities in the backward instead of storing them, as PyTorch's sdpa kernels
-    /// do: the same numbers, much less memory at long sequences, a little more compute.</summary>
-    public bool RecomputeAttention { get; set; }
+    /// do: the same numbers, much less memory at long sequences, a little more compute. On by default because sdpa is
+    /// Hugging Face's default attention: a PEFT user's memory is what a model that stores no [batch, heads, seq, seq]
+    /// probabilities takes (storing them is eager attention's memory).</summary>
+    public bool RecomputeAttention { get; set; } = true;
     /// <summary>TRL's disable_dropout (DPOConfig, KTOConfig, ORPOConfig, CPOConfig, RewardConfig, GKDConfig,
     /// OnlineDPOConfig, all true by default): no dropout while training, PEFT's lora_dropout included (TRL sets every
     /// nn.Dropout's p to 0, and lora_dropout is one). Null: the trainer's default, on for preference data, reward
