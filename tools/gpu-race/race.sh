@@ -5,7 +5,8 @@
 # VARIANTS ("stored graphs checkpointing-graphs": ortlora keeping all activations, with --cuda-graphs, with both
 # --gradient-checkpointing and --cuda-graphs; "checkpointing" is the fourth; --cuda-graphs keeps one captured graph per
 # session (the state copied back), a name containing "parity" one per state parity (ORTLORA_COPY_STATE_BACK=0, which
-# lost updates on the plugin); "recompute" adds --recompute-attention; a name containing "int4" adds
+# lost updates on the plugin); "recompute" adds --recompute-attention (`ortlora train`'s default; bench-train's
+# engine stores the probabilities unless told); a name containing "int4" adds
 # --quantize-weights 4, a QLoRA-style base: other numbers than PEFT's, for memory only; VARIANTS= (empty): PEFT only). A variant that fails is
 # reported and the race goes on. A name containing "basic" ("extended", "none") loads the graphs at that ORT
 # optimization level instead of all (basic: no com.microsoft fusions). PROFILE=1: ORT's per-node profile of each run, summarized (the profiler slows the steps it times).
