@@ -10,10 +10,11 @@ namespace OrtLora.Tests;
 /// stays as exported.</summary>
 public class RmsNormAsOpTests
 {
-    /// <summary>Both forward rewrites on the fixture exports, in float32 and bf16: 2 layers × 2 norms + the final norm
+    /// <summary>The forward rewrites on the fixture exports, in float32 and bf16: 2 layers × 2 norms + the final norm
     /// become the op (in bf16 the norms read the float32 cast of the residual); rotate_half of q and of k in each layer
-    /// becomes a Split (<see cref="SlicesAsSplit"/>), so no Pad is left in the backward; PEFT's loss, gradients, AdamW
-    /// step and trajectory.</summary>
+    /// becomes a Split (<see cref="SlicesAsSplit"/>), so no Pad is left in the backward, and then one MatMul by a signed
+    /// permutation (<see cref="RotateHalfAsMatMul"/>); PEFT's loss, gradients, AdamW step and trajectory, with and
+    /// without that last step.</summary>
     [TestCase("llama", "dynamo")]
     [TestCase("llama", "torchscript")]
     public void TheForwardRewritesKeepPeftParity(string arch, string exporter)
@@ -30,9 +31,23 @@ public class RmsNormAsOpTests
             Assert.That(norms.Count(norm => nodes.Any(n => n.Name.StartsWith("grad/") && n.Input.Contains(norm.Output[1]))), Is.EqualTo(4),
                 "each norm's backward reads its 1/σ");
             Assert.That(graph.Eval.Graph.Node.Count(n => n.OpType == "SimplifiedLayerNormalization"), Is.EqualTo(5), "eval computes the same forward");
-            Assert.That(nodes.Count(n => n.OpType == "Split" && n.Name.EndsWith("/as_split")), Is.EqualTo(4), $"{compute}: q's and k's halves in 2 layers");
+            // rotate_half: its slices became a Split, and Split, Neg and Concat one MatMul by a ±1 permutation in half
+            // when the graph computes in half
+            var rotations = nodes.Where(n => n.OpType == "MatMul" && n.Name.EndsWith("/as_matmul")).ToList();
+            Assert.That(rotations, Has.Count.EqualTo(4), $"{compute}: q's and k's rotate_half in 2 layers");
+            int rotationType = graph.Gradients.Graph.Initializer.Single(t => t.Name == rotations[0].Input[1]).DataType;
+            Assert.That(rotationType, Is.EqualTo(compute == ComputeType.BFloat16 ? (int)global::Onnx.TensorProto.Types.DataType.Bfloat16 : (int)global::Onnx.TensorProto.Types.DataType.Float));
+            Assert.That(nodes.Count(n => n.OpType == "Split" && n.Name.EndsWith("/as_split")), Is.Zero, $"{compute}: no rotate_half Split left");
             Assert.That(nodes.Count(n => n.OpType == "Pad"), Is.Zero, $"{compute}: no slice gradient pads");
         }
+        Environment.SetEnvironmentVariable("ORTLORA_ROTATE_HALF_MATMUL", "0");
+        try
+        {
+            using var graph = TrainingGraph.Build(model);
+            Assert.That(graph.Gradients.Graph.Node.Count(n => n.OpType == "Split" && n.Name.EndsWith("/as_split")), Is.EqualTo(4), "ORTLORA_ROTATE_HALF_MATMUL=0: the Splits stay");
+            EngineFixtures.AssertPeftParity(model, arch, new TrainingSessionOptions(new AdamWOptions()));
+        }
+        finally { Environment.SetEnvironmentVariable("ORTLORA_ROTATE_HALF_MATMUL", null); }
         EngineFixtures.AssertPeftParity(model, arch, new TrainingSessionOptions(new AdamWOptions()));
     }
 

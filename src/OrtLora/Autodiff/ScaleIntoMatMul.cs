@@ -45,7 +45,11 @@ public static class ScaleIntoMatMul
             var factors = reshapes.Select(r => r.Output[0]).Append(product).ToHashSet();
             if (gemms.Any(gemm => factors.Contains(gemm.Input[0]) && factors.Contains(gemm.Input[1]))) continue;
 
-            foreach (var gemm in gemms.Distinct()) SetAlpha(gemm, Alpha(gemm) * scale);
+            foreach (var gemm in gemms.Distinct())
+            {
+                SetAlpha(gemm, Alpha(gemm) * scale);
+                for (int i = 0; i < 2; i++) if (gemm.Input[i] == product) gemm.Input[i] = scaled; // read directly, not through a Reshape
+            }
             foreach (var reshape in reshapes) reshape.Input[0] = scaled;
             foreach (var matMul in matMuls)
             {

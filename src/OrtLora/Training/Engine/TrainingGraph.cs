@@ -285,6 +285,7 @@ public sealed partial class TrainingGraph : IDisposable
 
             var types = Probe(proto, values, frozen);
             SlicesAsSplit.Apply(g, types, opset);
+            if (Environment.GetEnvironmentVariable("ORTLORA_ROTATE_HALF_MATMUL") != "0") RotateHalfAsMatMul.Apply(g, types);
             // In eval too, so that eval and a DPO reference (the eval graph) compute what the training forward does.
             // ORTLORA_RMSNORM_OP=0 keeps the exported norms (a provider without the op's kernel; docs/gpu.md).
             if (Environment.GetEnvironmentVariable("ORTLORA_RMSNORM_OP") != "0")
