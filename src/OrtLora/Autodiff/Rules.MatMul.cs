@@ -34,7 +34,15 @@ public static partial class GradientRules
                 : c.Unbroadcast(c.MatMul(gy, c.Transpose(b, SwapLastTwo(rb))), BatchShapes(c, a), a);
         if (c.Needs(1))
         {
-            if (rb == 2 && (ra > 2 || gemm))
+            if (rb == 2 && ra == 3 && SmallSide(c, b) <= BatchedUpTo)
+            {
+                // x[batch, rows, K]·W[K, N] with K or N small (a LoRA matrix: r): one product per batch row and their
+                // sum, xᵀ·dY batched (ORT fuses the Transpose into the product, transA) and a ReduceSum over the batch,
+                // instead of both operands reshaped to rows and one Gemm: one node fewer, and no Reshape of the
+                // [batch, rows, N] gradient. The batch's partial products are [batch, K, N]: small when K or N is.
+                gb = c.SumLeading(c.MatMul(c.Transpose(a, [0, 2, 1]), gy), 3, 2);
+            }
+            else if (rb == 2 && (ra > 2 || gemm))
             {
                 // one [K, rows]·[rows, N] product
                 var rows = ra == 2 ? a : c.Reshape(a, c.Concat(c.Ints(-1), c.LastDims(a, 1)));
@@ -45,6 +53,15 @@ public static partial class GradientRules
         }
         return [ga, gb];
     }
+
+    /// <summary>A weight gradient of x[batch, rows, K]·W[K, N] is taken batched (<see cref="MatMul"/>) when K or N is
+    /// at most this: LoRA's ranks, a classifier's labels; not an LM head, whose [batch, hidden, vocab] partial products
+    /// would be larger than its inputs.</summary>
+    const long BatchedUpTo = 256;
+
+    /// <summary>The smaller of a matrix operand's two dims when both probes agree on them, else long.MaxValue.</summary>
+    static long SmallSide(GradContext c, string matrix) =>
+        c.Types[matrix] is { } t && t.ShapeA.SequenceEqual(t.ShapeB) && t.ShapeA.Length == 2 ? Math.Min(t.ShapeA[0], t.ShapeA[1]) : long.MaxValue;
 
     /// <summary>Gemm for float and double; other types keep MatMul, whose kernels cover more types.</summary>
     static bool HasGemm(GradContext c, string value) => c.Types.ElemType(value) is Float or Double;

@@ -329,7 +329,6 @@ public sealed partial class TrainingGraph : IDisposable
             // DoRA's weight norms are constants to the gradient, as PEFT detaches them.
             var detached = lora?.Adapters.Select(a => a.WeightNorm).OfType<string>().ToHashSet() ?? [];
             var grads = GradientBuilder.Build(g, seeds, parameters, types, opset, gradientCheckpointing, detached, recomputeAttention);
-            if (Environment.GetEnvironmentVariable("ORTLORA_SCALE_INTO_MATMUL") != "0") ScaleIntoMatMul.Apply(g);
             foreach (var p in parameters)
             {
                 var grad = scalesLoss ? g.Add("Div", [grads[p], LossScale], name: "grad/unscale") : grads[p]; // Gradients' own outputs (verify)
