@@ -115,6 +115,16 @@ def case_graph(case):
     elif case == "rmsnorm":  # what ortlora's training graphs make of the exported RMSNorms (RmsNormAsOp), with 1/sigma out
         nodes = [helper.make_node("SimplifiedLayerNormalization", ["X", "w"], ["Y", "inv_std"], axis=-1, epsilon=1e-5)]
         inits = [const("w", np.ones(16), np.float32)]
+    elif case == "lora-weight-grad":  # a LoRA matrix's gradient since 2026-12-04: batched xT.dY (FusedMatMul transA at all), summed over the batch
+        nodes = [helper.make_node("Transpose", ["X"], ["Xt"], perm=[0, 2, 1]), helper.make_node("MatMul", ["Xt", "X"], ["P"]),
+                 helper.make_node("ReduceSum", ["P", "axes"], ["Y"], keepdims=0)]
+        inits = [const("axes", [0])]
+    elif case == "rotate-half-matmul":  # rotate_half as x.R, R a constant signed permutation (RotateHalfAsMatMul)
+        r = np.zeros((16, 16), np.float32)
+        for i in range(8):
+            r[i + 8, i], r[i, i + 8] = -1, 1
+        nodes = [helper.make_node("MatMul", ["X", "R"], ["Y"])]
+        inits = [const("R", r, np.float32)]
     else:
         raise SystemExit(f"unknown case {case}")
     y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
@@ -127,7 +137,7 @@ CASES = ["identity", "matmul", "sigmoid", "slice-const", "slice-const-steps", "s
          "cpu-in-middle", "fusedmatmul", "gather-const", "range-gather", "pad", "split-sizes", "expand", "scatternd-add",
          "gatherelements", "gatherelements-pick", "gatherelements-computed", "scatterelements", "scatterelements-add",
          "logsoftmax", "range-gather-dynamic", "unique-int64-roundtrip", "gathernd-bool", "cumsum", "tile", "einsum", "onehot",
-         "concat", "rmsnorm"]
+         "concat", "rmsnorm", "lora-weight-grad", "rotate-half-matmul"]
 
 
 def one(library, case, level):
