@@ -69,6 +69,27 @@ public class AutodiffRuleTests
     [TestCase(new long[] { 4 }, new long[] { 4 })]
     public void MatMul(long[] a, long[] b) => Check((g, x) => Op(g, "MatMul", x), [X("a", a), X("b", b)]);
 
+    /// <summary>The weight gradient of x[batch, rows, K]·W[K, N] is Σ xᵀ·dY in either of its forms: batched products
+    /// and a ReduceSum when K or N is at most 256 (LoRA's r), one Gemm over rows when both are larger (an LM head),
+    /// too large to check by finite differences: checked against the sum on the host.</summary>
+    [TestCase(4, 5)]
+    [TestCase(257, 258)]
+    public void WeightGradientOfABatchedMatMulInBothForms(int k, int n)
+    {
+        var outputs = RunOnce((g, x) => Op(g, "MatMul", [x[1], x[0]]), [X("w", k, n), X("x", 2, 3, k)], (int)global::Onnx.TensorProto.Types.DataType.Double, out var grad);
+        var w = X("w", k, n).Values!; var x = X("x", 2, 3, k).Values!;
+        var expected = new double[k * n];
+        for (int row = 0; row < 6; row++)
+            for (int j = 0; j < n; j++)
+            {
+                double y = 0;
+                for (int i = 0; i < k; i++) y += x[row * k + i] * w[i * n + j];
+                double dy = 2 * y + 0.3; // L = Σ y·(y + 0.3)
+                for (int i = 0; i < k; i++) expected[i * n + j] += x[row * k + i] * dy;
+            }
+        Assert.That(outputs[grad].Doubles, Is.EqualTo(expected).Within(1e-9));
+    }
+
     [TestCase(0, 0, 1f, 1f)] [TestCase(1, 0, 0.5f, 2f)] [TestCase(0, 1, 2f, 0.5f)] [TestCase(1, 1, 1.5f, 1f)]
     public void Gemm(int transA, int transB, float alpha, float beta)
     {
