@@ -41,13 +41,20 @@ static class OrtGraphStats
             var ops = optimized.Node.GroupBy(n => n.Domain is "" or "ai.onnx" ? n.OpType : $"{n.Domain}.{n.OpType}")
                 .OrderByDescending(g => g.Count()).Select(g => $"{g.Key} {g.Count()}");
             Console.WriteLine("  " + string.Join(", ", ops));
-            if (Environment.GetEnvironmentVariable("ORTLORA_ORT_GRAPH_NODES") is { Length: > 0 } filter && level == GraphOptimizationLevel.ORT_ENABLE_ALL)
-                foreach (var n in optimized.Node.Where(n => n.Name.Contains(filter) || n.Input.Concat(n.Output).Any(v => v.Contains(filter))))
-                    Console.WriteLine($"    {n.OpType} {n.Name}: {string.Join(", ", n.Input)} -> {string.Join(", ", n.Output)}");
+            if (level == GraphOptimizationLevel.ORT_ENABLE_ALL) ListNodes(optimized);
             var origins = optimized.Node.GroupBy(n => Origin(n.Name)).OrderByDescending(g => g.Count()).Select(g => $"{g.Key} {g.Count()}");
             Console.WriteLine("  by origin: " + string.Join(", ", origins));
         }
         finally { File.Delete(path); }
+    }
+
+    /// <summary>ORTLORA_ORT_GRAPH_NODES=FILTER: each node whose name, inputs or outputs contain FILTER (a layer's nodes,
+    /// e.g. "layers.3"), one line each with its inputs and outputs.</summary>
+    public static void ListNodes(GraphProto graph)
+    {
+        if (Environment.GetEnvironmentVariable("ORTLORA_ORT_GRAPH_NODES") is not { Length: > 0 } filter) return;
+        foreach (var n in graph.Node.Where(n => n.Name.Contains(filter) || n.Input.Concat(n.Output).Any(v => v.Contains(filter))))
+            Console.WriteLine($"    {n.OpType} {n.Name}: {string.Join(", ", n.Input)} -> {string.Join(", ", n.Output)}");
     }
 
     /// <summary>Which part of the step a node comes from, by the name prefix autodiff and the optimizer give their

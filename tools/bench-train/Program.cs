@@ -79,9 +79,7 @@ if (args.Contains("--graph-stats"))
     Console.WriteLine($"step graph (with clipping and AdamW): {step.Node.Count} nodes, {step.Initializer.Count} initializers");
     foreach (var (op, count) in GraphEditor.OpHistogram(step).OrderByDescending(kv => kv.Value).Take(12)) Console.Write($"{op} {count}, ");
     Console.WriteLine();
-    if (Environment.GetEnvironmentVariable("ORTLORA_ORT_GRAPH_NODES") is { Length: > 0 } filter)
-        foreach (var node in step.Node.Where(node => node.Name.Contains(filter) || node.Input.Concat(node.Output).Any(v => v.Contains(filter))))
-            Console.WriteLine($"    {node.OpType} {node.Name}: {string.Join(", ", node.Input)} -> {string.Join(", ", node.Output)}");
+    OrtLora.Bench.OrtGraphStats.ListNodes(step);
     Console.WriteLine($"[B, S, V] values in forward+loss+backward: {FullVocabValues(session.Graph, vocab)}");
 }
 

@@ -19,13 +19,9 @@ public static class RmsNormAsOp
     /// values. Returns how many norms it replaced.</summary>
     public static int Apply(GraphEditor g, ValueTable types)
     {
-        var constants = GraphConstants.Index(g.Graph);
-        var outputs = g.Graph.Output.Select(o => o.Name).ToHashSet();
-        var readers = new Dictionary<string, int>();
-        foreach (var n in g.Graph.Node) foreach (var i in n.Input.Distinct()) readers[i] = readers.GetValueOrDefault(i) + 1;
+        // the producer of a value that one node reads and the graph does not output: a part of the norm alone
         NodeProto? Single(string value, string op) =>
-            g.Producer(value) is { } p && p.OpType == op && p.Domain is "" or "ai.onnx" && readers.GetValueOrDefault(value) == 1 && !outputs.Contains(value) ? p : null;
-        float[]? Floats(string value) => constants.TryGetValue(value, out var t) && Tensors.IsFloat(t.DataType) ? Tensors.BytesToFloats(Tensors.InlineBytes(t), t.DataType) : null;
+            g.Producer(value) is { } p && p.OpType == op && p.Domain is "" or "ai.onnx" && g.Consumers(value).Count == 1 && !g.IsGraphOutput(value) ? p : null;
 
         var norms = g.Graph.Node.Where(n => n.OpType == "Mul" && n.Domain is "" or "ai.onnx").Select(Match).OfType<Norm>().ToList();
 
@@ -60,18 +56,18 @@ public static class RmsNormAsOp
         (List<NodeProto>, float)? Rstd(string rstd, string x)
         {
             string? root = Single(rstd, "Reciprocal")?.Input[0]
-                ?? (Single(rstd, "Div") is { } div && Floats(div.Input[0]) is [1f] ? div.Input[1] : null);
+                ?? (Single(rstd, "Div") is { } div && g.ConstantFloats(div.Input[0]) is [1f] ? div.Input[1] : null);
             if (root is null || Single(root, "Sqrt") is not { } sqrt || Single(sqrt.Input[0], "Add") is not { } add) return null;
-            int epsAt = Floats(add.Input[1]) is [_] ? 1 : Floats(add.Input[0]) is [_] ? 0 : -1;
+            int epsAt = g.ConstantFloats(add.Input[1]) is [_] ? 1 : g.ConstantFloats(add.Input[0]) is [_] ? 0 : -1;
             if (epsAt < 0 || Single(add.Input[1 - epsAt], "ReduceMean") is not { } mean || Onnx.Attrs.Int(mean, "keepdims", 1) != 1) return null;
             int rank = types.Find(x)?.Rank ?? 0;
-            long[]? axes = Onnx.Attrs.Ints(mean, "axes") ?? (mean.Input.Count > 1 && constants.TryGetValue(mean.Input[1], out var a) ? Tensors.ReadInt64s(Tensors.InlineBytes(a), a.DataType) : null);
+            long[]? axes = Onnx.Attrs.Ints(mean, "axes") ?? (mean.Input.Count > 1 ? g.ConstantInts(mean.Input[1]) : null);
             if (axes is not [var axis] || (axis < 0 ? axis + rank : axis) != rank - 1) return null;
-            var square = Single(mean.Input[0], "Pow") is { } pow && pow.Input[0] == x && Floats(pow.Input[1]) is [2f] ? pow
+            var square = Single(mean.Input[0], "Pow") is { } pow && pow.Input[0] == x && g.ConstantFloats(pow.Input[1]) is [2f] ? pow
                 : Single(mean.Input[0], "Mul") is { } mul && mul.Input[0] == x && mul.Input[1] == x ? mul : null;
             if (square is null) return null;
             var nodes = new List<NodeProto> { g.Producer(rstd)!, sqrt, add, mean, square };
-            return (nodes, Floats(add.Input[epsAt])![0]);
+            return (nodes, g.ConstantFloats(add.Input[epsAt])![0]);
         }
 
         foreach (var (nodes, x, weight, y, epsilon) in norms)

@@ -18,8 +18,6 @@ public static class RotateHalfAsMatMul
     /// rotate_halfs became MatMuls.</summary>
     public static int Apply(GraphEditor g, ValueTable types)
     {
-        var constants = GraphConstants.Index(g.Graph);
-        long[]? Ints(string name) => constants.TryGetValue(name, out var t) ? Tensors.ReadInt64s(Tensors.InlineBytes(t), t.DataType) : null;
         var matrices = new Dictionary<(long D, int Type), string>(); // one constant per head size and type, shared
         int rewritten = 0;
         foreach (var concat in g.Graph.Node.Where(n => n.OpType == "Concat" && n.Input.Count == 2).ToList())
@@ -32,8 +30,10 @@ public static class RotateHalfAsMatMul
             long d = info.ShapeA[^1];
             if (d != info.ShapeB[^1] || d % 2 != 0 || d < 2) continue;
             if (!LastAxis(Attrs.Int(split, "axis", 0), info.Rank) || !LastAxis(Attrs.Int(concat, "axis", 0), info.Rank)) continue;
-            if (split.Input.Count > 1 && split.Input[1] != "" ? Ints(split.Input[1]) is not [var a, var b] || a != d / 2 || b != d / 2
-                : Attrs.Ints(split, "split") is { Length: > 0 } sizes && !sizes.SequenceEqual([d / 2, d / 2])) continue;
+            // the halves' sizes: a constant input (one computed: [0], no match), the old attribute, or equal (num_outputs)
+            long[]? sizes = split.Input.Count > 1 && split.Input[1] != "" ? g.ConstantInts(split.Input[1]) ?? [0]
+                : Attrs.Ints(split, "split") is { Length: > 0 } attribute ? attribute : null;
+            if (sizes is not null && !sizes.SequenceEqual([d / 2, d / 2])) continue;
             // the halves and the negation feed nothing else
             if (g.Consumers(split.Output[0]).Count != 1 || g.Consumers(split.Output[1]).Count != 1 || g.Consumers(neg.Output[0]).Count != 1) continue;
             if (new[] { split.Output[0], split.Output[1], neg.Output[0] }.Any(g.IsGraphOutput)) continue;

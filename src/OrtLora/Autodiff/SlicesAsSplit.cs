@@ -20,9 +20,7 @@ public static class SlicesAsSplit
     public static int Apply(GraphEditor g, ValueTable types, int opset)
     {
         if (opset < 13) return 0; // Split's sizes as an input
-        var constants = GraphConstants.Index(g.Graph);
-        long[]? Ints(NodeProto n, int i) =>
-            n.Input.Count > i && n.Input[i] != "" && constants.TryGetValue(n.Input[i], out var t) ? Tensors.ReadInt64s(Tensors.InlineBytes(t), t.DataType) : null;
+        long[]? Ints(NodeProto n, int i) => n.Input.Count > i ? g.ConstantInts(n.Input[i]) : null;
 
         var groups = new Dictionary<(string Value, long Axis), List<(NodeProto Slice, long Start, long End)>>();
         foreach (var n in g.Graph.Node)

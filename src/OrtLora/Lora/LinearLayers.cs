@@ -204,7 +204,7 @@ public static class LinearLayers
         if (axis == 0) return null; // the batch or row axis, not the features
         long[]? sizes = Attrs.Ints(split, "split");
         if (sizes is null && split.Input.Count > 1 && split.Input[1] != "")
-            sizes = g.Constant(split.Input[1]) is { } t ? Tensors.ReadInt64s(Tensors.InlineBytes(t), t.DataType) : null;
+            sizes = g.ConstantInts(split.Input[1]);
         if (sizes is null)
         {
             long n = Attrs.Int(split, "num_outputs", split.Output.Count);
@@ -221,8 +221,7 @@ public static class LinearLayers
         long? sliceAxis = null;
         foreach (var s in slices)
         {
-            long[]? Read(int i) => s.Input.Count > i && s.Input[i] != "" && g.Constant(s.Input[i]) is { } t
-                ? Tensors.ReadInt64s(Tensors.InlineBytes(t), t.DataType) : null;
+            long[]? Read(int i) => s.Input.Count > i ? g.ConstantInts(s.Input[i]) : null;
             var (starts, ends, axes, steps) = (Read(1), Read(2), Read(3), Read(4));
             if (starts is not { Length: 1 } || ends is not { Length: 1 } || axes is not { Length: 1 }) return null;
             if (steps is not null && steps[0] != 1) return null;

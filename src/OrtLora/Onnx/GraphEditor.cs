@@ -67,6 +67,14 @@ public sealed class GraphEditor
         return null;
     }
 
+    /// <summary>The integers of a constant value (<see cref="Constant"/>): axes, sizes, bounds; null when it is none.</summary>
+    public long[]? ConstantInts(string name) =>
+        name != "" && Constant(name) is { } t ? Tensors.ReadInt64s(Tensors.InlineBytes(t), t.DataType) : null;
+
+    /// <summary>The values of a constant float tensor (<see cref="Constant"/>) as float32; null when it is none.</summary>
+    public float[]? ConstantFloats(string name) =>
+        name != "" && Constant(name) is { } t && Tensors.IsFloat(t.DataType) ? Tensors.BytesToFloats(Tensors.InlineBytes(t), t.DataType) : null;
+
     public bool IsGraphOutput(string name) => Graph.Output.Any(o => o.Name == name);
 
     /// <summary>Adds a node; returns its first output. Output names default to fresh names from the node's name.</summary>

@@ -23,10 +23,10 @@ public static class SliceAsGather
         foreach (var slice in graph.Node.Where(n => n.OpType == "Slice" && n.Domain is "" or "ai.onnx").ToList())
         {
             string? Optional(int i) => slice.Input.Count > i && slice.Input[i] != "" ? slice.Input[i] : null;
-            long[]? axes = Optional(3) is { } a ? Longs(g, a) : null;
-            long[]? steps = Optional(4) is { } s ? Longs(g, s) : null;
+            long[]? axes = Optional(3) is { } a ? g.ConstantInts(a) : null;
+            long[]? steps = Optional(4) is { } s ? g.ConstantInts(s) : null;
             if (Optional(3) is not null && axes is null || Optional(4) is not null && steps is null) continue; // Gather's axis is an attribute
-            long[]? starts = Longs(g, slice.Input[1]), ends = Longs(g, slice.Input[2]);
+            long[]? starts = g.ConstantInts(slice.Input[1]), ends = g.ConstantInts(slice.Input[2]);
             int count = axes?.Length ?? starts?.Length ?? ends?.Length ?? -1;
             if (count < 0 || steps is not null && steps.Any(st => st == 0)) continue;
             var name = slice.Name == "" ? "slice" : slice.Name;
@@ -53,9 +53,6 @@ public static class SliceAsGather
         if (rewritten > 0) g.TopologicalSort();
         return rewritten;
     }
-
-    static long[]? Longs(GraphEditor g, string name) =>
-        g.Constant(name) is { } t ? Tensors.ReadInt64s(Tensors.InlineBytes(t), t.DataType) : null;
 
     static string FromEnd(GraphEditor g, string name, string bound, string dim, string zero) =>
         g.Add("Where", [g.Add("Less", [bound, zero], name: name + "/gather/Less"), g.Add("Add", [bound, dim], name: name + "/gather/Add"), bound],

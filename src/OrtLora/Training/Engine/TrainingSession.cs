@@ -116,8 +116,11 @@ public sealed partial class TrainingSession : IDisposable
         if (Environment.GetEnvironmentVariable("ORTLORA_STATE_ON_HOST") == "1" && !_options.CudaGraphs) _options = _options with { StateOnHost = true };
         // One captured graph per session (the state copied back) instead of one per state parity: by default with CUDA graphs.
         var copyBack = Environment.GetEnvironmentVariable("ORTLORA_COPY_STATE_BACK") switch { "1" => true, "0" => false, _ => _options.CopyStateBack };
-        _options = _options with { CopyStateBack = copyBack ?? _options.CudaGraphs };
-        _options = _options with { MemoryPattern = OrtRun.MemoryPattern(Environment.GetEnvironmentVariable("ORTLORA_MEMORY_PATTERN")) ?? _options.MemoryPattern };
+        _options = _options with
+        {
+            CopyStateBack = copyBack ?? _options.CudaGraphs,
+            MemoryPattern = OrtRun.MemoryPattern(Environment.GetEnvironmentVariable("ORTLORA_MEMORY_PATTERN")) ?? _options.MemoryPattern,
+        };
         if (options.Compute == ComputeType.BFloat16 && options.Device == "cpu")
             throw new OrtLoraException("bfloat16 compute needs an execution provider with bfloat16 kernels (--device cuda): ONNX Runtime's CPU " +
                 "provider has none for MatMul, Add, Softmax and most other ops. On CPU use --fp16 (ONNX Runtime runs float16 through float32 kernels there)");
