@@ -40,10 +40,8 @@ public class AutodiffRuleTests
         // exported: by default they become SimplifiedLayerNormalization, RmsNormAsOp.)
         using var model = OrtLora.Graphs.LlamaGraph.Build(OrtLora.Graphs.LlamaShape.Tiny, seed: 1);
         OrtLora.Lora.LoraInjector.Inject(model, new OrtLora.Lora.LoraConfig { R = 2, LoraAlpha = 4, TargetModules = ["all-linear"] });
-        Environment.SetEnvironmentVariable("ORTLORA_RMSNORM_OP", "0");
         OrtLora.Training.Engine.TrainingGraph graph;
-        try { graph = OrtLora.Training.Engine.TrainingGraph.Build(model); }
-        finally { Environment.SetEnvironmentVariable("ORTLORA_RMSNORM_OP", null); }
+        using (Shared.EnvironmentVariable("ORTLORA_RMSNORM_OP", "0")) graph = OrtLora.Training.Engine.TrainingGraph.Build(model);
         using var _ = graph;
         int Pows(global::Onnx.GraphProto g) => g.Node.Count(n => n.OpType == "Pow");
         Assert.That(Pows(graph.Eval.Graph), Is.GreaterThan(0));

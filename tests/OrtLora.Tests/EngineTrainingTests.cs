@@ -25,16 +25,12 @@ public class EngineTrainingTests
         Assert.That((off.MemoryPattern, on.MemoryPattern), Is.EqualTo((false, true)));
         for (int step = 0; step < 2; step++)
             Assert.That(on.Step(batch, 1e-2f, maxGradNorm: 1f), Is.EqualTo(off.Step(batch, 1e-2f, maxGradNorm: 1f)), $"step {step}");
-        try
-        {
-            Environment.SetEnvironmentVariable("ORTLORA_MEMORY_PATTERN", "1");
-            using (var fromEnvironment = new TrainingSession(model, options)) Assert.That(fromEnvironment.MemoryPattern, Is.True);
-            Environment.SetEnvironmentVariable("ORTLORA_MEMORY_PATTERN", "0");
-            using (var fromEnvironment = new TrainingSession(model, options with { MemoryPattern = true })) Assert.That(fromEnvironment.MemoryPattern, Is.False);
-            Environment.SetEnvironmentVariable("ORTLORA_MEMORY_PATTERN", "yes");
+        using (Shared.EnvironmentVariable("ORTLORA_MEMORY_PATTERN", "1"))
+        using (var fromEnvironment = new TrainingSession(model, options)) Assert.That(fromEnvironment.MemoryPattern, Is.True);
+        using (Shared.EnvironmentVariable("ORTLORA_MEMORY_PATTERN", "0"))
+        using (var fromEnvironment = new TrainingSession(model, options with { MemoryPattern = true })) Assert.That(fromEnvironment.MemoryPattern, Is.False);
+        using (Shared.EnvironmentVariable("ORTLORA_MEMORY_PATTERN", "yes"))
             Assert.That(Assert.Throws<OrtLoraException>(() => new TrainingSession(model, options).Dispose())!.Message, Does.Contain("ORTLORA_MEMORY_PATTERN"));
-        }
-        finally { Environment.SetEnvironmentVariable("ORTLORA_MEMORY_PATTERN", null); }
     }
 
     static Batch Row(Batch b, int row)

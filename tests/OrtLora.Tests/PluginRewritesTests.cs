@@ -171,9 +171,8 @@ public class PluginRewritesTests
         Assert.That(Optimized(keep: false), Has.Member("Slice"), "ORT fuses the Range and Gather back into a Slice");
         Assert.That(Optimized(keep: true), Has.Member("Gather").And.No.Member("Slice"));
         // Optimizers that ORTLORA_ORT_CONFIG disables join the list instead of replacing it.
-        Environment.SetEnvironmentVariable("ORTLORA_ORT_CONFIG", "optimization.disable_specified_optimizers=ConstantFolding");
-        try { Assert.That(Optimized(keep: true), Has.Member("Gather").And.No.Member("Slice")); }
-        finally { Environment.SetEnvironmentVariable("ORTLORA_ORT_CONFIG", null); }
+        using (Shared.EnvironmentVariable("ORTLORA_ORT_CONFIG", "optimization.disable_specified_optimizers=ConstantFolding"))
+            Assert.That(Optimized(keep: true), Has.Member("Gather").And.No.Member("Slice"));
     }
 
     /// <summary>What verify --static-shapes computes on the plugin, here on the CPU: PEFT's loss, gradients, AdamW step
@@ -200,13 +199,11 @@ public class PluginRewritesTests
         var (plainDir, rewrittenDir, paddedDir) = (Shared.TempDir(), Shared.TempDir(), Shared.TempDir());
         var plain = LoraTestKit.Ortlora(Args(plainDir));
         LoraTestKit.CliResult rewritten, padded;
-        Environment.SetEnvironmentVariable("ORTLORA_PLUGIN_REWRITES", "1");
-        try
+        using (Shared.EnvironmentVariable("ORTLORA_PLUGIN_REWRITES", "1"))
         {
             rewritten = LoraTestKit.Ortlora(Args(rewrittenDir));
             padded = LoraTestKit.Ortlora(Args(paddedDir, "--pad-to-max-length", "--max-seq-length", "128"));
         }
-        finally { Environment.SetEnvironmentVariable("ORTLORA_PLUGIN_REWRITES", null); }
         foreach (var run in new[] { plain, rewritten, padded }) Assert.That(run.ExitCode, Is.Zero, run.Out + run.Error);
         const string note = "--pad-to-max-length (or --cuda-graphs) loads them for one padded batch shape";
         Assert.That(rewritten.Out, Does.Contain(note));

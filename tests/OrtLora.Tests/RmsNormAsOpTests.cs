@@ -40,14 +40,12 @@ public class RmsNormAsOpTests
             Assert.That(nodes.Count(n => n.OpType == "Split" && n.Name.EndsWith("/as_split")), Is.Zero, $"{compute}: no rotate_half Split left");
             Assert.That(nodes.Count(n => n.OpType == "Pad"), Is.Zero, $"{compute}: no slice gradient pads");
         }
-        Environment.SetEnvironmentVariable("ORTLORA_ROTATE_HALF_MATMUL", "0");
-        try
+        using (Shared.EnvironmentVariable("ORTLORA_ROTATE_HALF_MATMUL", "0"))
         {
             using var graph = TrainingGraph.Build(model);
             Assert.That(graph.Gradients.Graph.Node.Count(n => n.OpType == "Split" && n.Name.EndsWith("/as_split")), Is.EqualTo(4), "ORTLORA_ROTATE_HALF_MATMUL=0: the Splits stay");
             EngineFixtures.AssertPeftParity(model, arch, new TrainingSessionOptions(new AdamWOptions()));
         }
-        finally { Environment.SetEnvironmentVariable("ORTLORA_ROTATE_HALF_MATMUL", null); }
         EngineFixtures.AssertPeftParity(model, arch, new TrainingSessionOptions(new AdamWOptions()));
     }
 
@@ -60,13 +58,11 @@ public class RmsNormAsOpTests
         {
             using (var graph = TrainingGraph.Build(tiny))
                 Assert.That(graph.Gradients.Graph.Node.Count(n => n.OpType == "SimplifiedLayerNormalization"), Is.EqualTo(9));
-            Environment.SetEnvironmentVariable("ORTLORA_RMSNORM_OP", "0");
-            try
+            using (Shared.EnvironmentVariable("ORTLORA_RMSNORM_OP", "0"))
             {
                 using var exported = TrainingGraph.Build(tiny);
                 Assert.That(exported.Gradients.Graph.Node.Count(n => n.OpType == "SimplifiedLayerNormalization"), Is.Zero, "ORTLORA_RMSNORM_OP=0");
             }
-            finally { Environment.SetEnvironmentVariable("ORTLORA_RMSNORM_OP", null); }
         }
 
         foreach (bool rstdReadElsewhere in new[] { false, true })

@@ -28,6 +28,20 @@ public static class Shared
         return path;
     }
 
+    /// <summary>Sets an environment variable (ortlora's ORTLORA_* switches) until the returned scope is disposed, then
+    /// restores what it was: <c>using (Shared.EnvironmentVariable("ORTLORA_RMSNORM_OP", "0")) ...</c>.</summary>
+    public static IDisposable EnvironmentVariable(string name, string? value)
+    {
+        var before = Environment.GetEnvironmentVariable(name);
+        Environment.SetEnvironmentVariable(name, value);
+        return new Restore(() => Environment.SetEnvironmentVariable(name, before));
+    }
+
+    sealed class Restore(Action restore) : IDisposable
+    {
+        public void Dispose() => restore();
+    }
+
     public static string Peft(string arch, string file) => Require("fixtures", "peft", arch, file);
 
     /// <summary>The fixture batch (input_ids, attention_mask) as ORT feeds.</summary>

@@ -152,11 +152,36 @@ foreach (var trace in session.ProfileFiles) Console.WriteLine($"profile: {trace}
 if (args.Contains("--json"))
     Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
     {
-        ["engine"] = "ortlora" + (args.Contains("--use-dora") ? "+dora" : "") + (args.Contains("--modules-to-save") ? "+modules_to_save" : "") + (Array.IndexOf(args, "--quantize-weights") is var q and >= 0 ? $"+int{args[q + 1]}" : "") + (Array.IndexOf(args, "--graph-optimization-level") is var lv and >= 0 && args[lv + 1] != "all" ? "+" + args[lv + 1] : "") + (args.Contains("--gradient-checkpointing") ? "+checkpointing" : "") + (args.Contains("--recompute-attention") ? "+recompute-attention" : "") + (Array.IndexOf(args, "--loss-chunks") is var chunks and >= 0 ? $"+chunks{args[chunks + 1]}" : "") + (args.Contains("--cuda-graphs") ? "+cuda-graphs" : "") + (Environment.GetEnvironmentVariable("ORTLORA_COPY_STATE_BACK") == "0" ? "+parity" : "") + (Environment.GetEnvironmentVariable("ORTLORA_MEMORY_PATTERN") switch { "0" => "+nopattern", "1" => "+pattern", _ => "" }) + (Environment.GetEnvironmentVariable("ORTLORA_CUDA_OPTIONS") is { Length: > 0 } cudaOptions ? "+cuda_options:" + cudaOptions : "") + (Environment.GetEnvironmentVariable("ORTLORA_RMSNORM_OP") == "0" ? "+exported_norms" : "") + (args.Contains("--dpo") ? "+dpo" : ""), ["shape"] = options.Shape, ["model"] = options.Model is null ? "LlamaGraph" : "export", ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
+        ["engine"] = EngineName(args), ["shape"] = options.Shape, ["model"] = options.Model is null ? "LlamaGraph" : "export", ["dtype"] = compute switch { ComputeType.BFloat16 => "bf16", ComputeType.Float16 => "fp16", _ => "fp32" }, ["device"] = options.Device, ["mode"] = options.Mode,
         ["batch"] = options.Batch, ["seq"] = options.Seq, ["r"] = options.R, ["step_ms"] = Math.Round(median * 1000, 2),
         ["tokens_per_s"] = Math.Round(n / median), ["peak_working_set_mib"] = Math.Round(peakMiB), ["graph_nodes"] = stepNodes,
         ["trainable"] = trainable,
     }));
+
+// The engine as the race table names it: "ortlora" and what this run changed from the defaults, options and
+// ORTLORA_* switches, each as a "+name" suffix (race.sh's variant names map to these).
+static string EngineName(string[] args)
+{
+    string? Value(string option) => Array.IndexOf(args, option) is var at and >= 0 ? args[at + 1] : null;
+    string? Env(string name) => Environment.GetEnvironmentVariable(name) is { Length: > 0 } value ? value : null;
+    var suffixes = new[]
+    {
+        args.Contains("--use-dora") ? "dora" : null,
+        args.Contains("--modules-to-save") ? "modules_to_save" : null,
+        Value("--quantize-weights") is { } bits ? $"int{bits}" : null,
+        Value("--graph-optimization-level") is { } level && level != "all" ? level : null,
+        args.Contains("--gradient-checkpointing") ? "checkpointing" : null,
+        args.Contains("--recompute-attention") ? "recompute-attention" : null,
+        Value("--loss-chunks") is { } chunks ? $"chunks{chunks}" : null,
+        args.Contains("--cuda-graphs") ? "cuda-graphs" : null,
+        Env("ORTLORA_COPY_STATE_BACK") == "0" ? "parity" : null,
+        Env("ORTLORA_MEMORY_PATTERN") switch { "0" => "nopattern", "1" => "pattern", _ => null },
+        Env("ORTLORA_CUDA_OPTIONS") is { } cudaOptions ? "cuda_options:" + cudaOptions : null,
+        Env("ORTLORA_RMSNORM_OP") == "0" ? "exported_norms" : null,
+        args.Contains("--dpo") ? "dpo" : null,
+    };
+    return "ortlora" + string.Concat(suffixes.OfType<string>().Select(suffix => "+" + suffix));
+}
 
 // Values shaped [B, S, vocab] in the gradient graph, counted in a probe run at B=2, S=5: the logits-sized tensors.
 static int FullVocabValues(TrainingGraph graph, long vocab)
